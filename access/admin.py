@@ -1,0 +1,29 @@
+from django.contrib import admin, messages
+
+from access.models import ApiKey
+from access.services import api_key_revoke
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are issued by `manage.py hitl_access --api-key` (shown once); here they are
+    listed and revoked. Nothing about a key is editable."""
+
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "user__username", "name"]
+    readonly_fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    exclude = ["key_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key_id=key.pk, actor=request.user)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)

@@ -1,0 +1,53 @@
+import hmac
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from access.models import ApiKey, hash_key
+
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer hitl_<prefix>_<secret>``. A header that is not Bearer is
+    left to the next class (session auth); a bad, revoked or inactive key is 401."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
+        try:
+            raw = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        parts = raw.split("_", 2)
+        if len(parts) != 3 or parts[0] != "hitl" or not parts[1]:
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
+        if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        if key.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        if not key.user.is_active:
+            raise exceptions.AuthenticationFailed("This user is inactive.")
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)  # bookkeeping, at most once a minute
+        return key.user, key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "access.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key from `manage.py hitl_access`."}

@@ -1,0 +1,63 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from access import roles
+from access.models import ApiKey
+from access.services import api_key_create, api_key_revoke, role_grant, role_revoke_all
+from projects.models import Project
+
+
+class Command(BaseCommand):
+    help = (
+        "Create users, grant per-project roles and issue API keys. With --api-key the new key is "
+        "printed alone on the last line. An unknown user or project exits with 2."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--role", choices=sorted(roles.ROLES), help="role to grant on --project")
+        parser.add_argument("--project", metavar="SLUG", help="project slug for --role / --revoke-roles")
+        parser.add_argument("--create-user", action="store_true", help="create the user if it does not exist")
+        parser.add_argument("--api-key", action="store_true", help="issue a new API key and print it last")
+        parser.add_argument("--key-name", default="", help="a label for the new key")
+        parser.add_argument("--revoke-keys", action="store_true", help="revoke every active key of the user")
+        parser.add_argument("--revoke-roles", action="store_true", help="remove every role on --project")
+
+    def handle(self, *args, username, role, project, create_user, api_key, key_name, revoke_keys,
+               revoke_roles, **options):
+        User = get_user_model()
+        if (role or revoke_roles) and not project:
+            raise CommandError("--role and --revoke-roles need --project SLUG.", returncode=2)
+        if project and not (role or revoke_roles):
+            raise CommandError("--project needs --role or --revoke-roles.", returncode=2)
+        target_project = None
+        if project:
+            target_project = Project.objects.filter(slug=project).first()
+            if target_project is None:
+                raise CommandError(f"No project with slug {project!r}.", returncode=2)
+
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            if not create_user:
+                raise CommandError(f"No user {username!r} (add --create-user to create it).", returncode=2)
+            user = User.objects.create_user(username=username)  # no password: API keys or set one later
+            self.stdout.write(f"Created user {username} (no password; set one with changepassword).")
+        elif create_user:
+            self.stdout.write(f"User {username} already exists.")
+
+        if revoke_roles:
+            role_revoke_all(user=user, project=target_project)
+            self.stdout.write(f"Removed every role of {username} on project {target_project.slug}.")
+        if role:
+            perms = role_grant(user=user, project=target_project, role=role)
+            self.stdout.write(f"Granted {role} on project {target_project.slug} to {username} "
+                              f"({', '.join(perms)}).")
+        if revoke_keys:
+            active = list(ApiKey.objects.filter(user=user, revoked_at__isnull=True).values_list("pk", flat=True))
+            for key_id in active:
+                api_key_revoke(key_id=key_id)
+            self.stdout.write(f"Revoked {len(active)} API key(s) of {username}.")
+        if api_key:
+            key, raw = api_key_create(user=user, name=key_name or "hitl_access")
+            self.stdout.write(f"API key for {username} (prefix {key.prefix}); it is shown only once:")
+            self.stdout.write(raw)

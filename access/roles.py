@@ -1,0 +1,17 @@
+"""Roles are sets of per-project object permissions (django-guardian) on projects.Project.
+
+API.md: an agent creates tasks, requests approvals, submits responses, reports outcomes and
+reads its project; a reviewer reads and decides; a manager also sets budgets, approves large
+overrides and starts recovery. Superusers (admins) may do everything.
+"""
+VIEW = "view_project"
+ACT_AS_AGENT = "act_as_agent"
+REVIEW = "review_project"
+MANAGE = "manage_project"
+
+ROLES: dict[str, list[str]] = {
+    "agent": [VIEW, ACT_AS_AGENT],
+    "reviewer": [VIEW, REVIEW],
+    "manager": [VIEW, REVIEW, MANAGE],
+}
+ALL_PERMS = sorted({perm for perms in ROLES.values() for perm in perms})

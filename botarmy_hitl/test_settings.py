@@ -1,0 +1,11 @@
+"""Settings for the test suite: the real settings (same DATABASE_URL / REDIS_URL rules),
+plus a throwaway secret, eager Celery and a fast password hasher."""
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-not-for-production")
+
+from botarmy_hitl.settings import *  # noqa: E402,F403
+
+CELERY_TASK_ALWAYS_EAGER = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

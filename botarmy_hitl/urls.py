@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core.views import HealthApi, api_not_found
+from events.api import EventListApi
+from projects.api import ProjectDetailApi, ProjectListCreateApi, TaskCreateApi, TaskDetailApi, TaskStatusApi
+
+api_v1 = [
+    path("health", HealthApi.as_view(), name="health"),
+    path("projects", ProjectListCreateApi.as_view(), name="projects"),
+    path("projects/<str:project_id>", ProjectDetailApi.as_view(), name="project-detail"),
+    path("tasks", TaskCreateApi.as_view(), name="tasks"),
+    path("tasks/<str:task_id>", TaskDetailApi.as_view(), name="task-detail"),
+    path("tasks/<str:task_id>/status", TaskStatusApi.as_view(), name="task-status"),
+    path("events", EventListApi.as_view(), name="events"),
+]
+
+urlpatterns = [
+    path("", include("core.urls")),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", include(api_v1)),
+    re_path(r"^api/", api_not_found),  # unknown API paths: JSON 404, never an HTML page
+]
+
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

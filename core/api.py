@@ -1,0 +1,107 @@
+"""Helpers shared by every app's API views."""
+import hashlib
+import json
+import uuid
+from functools import wraps
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.renderers import JSONRenderer
+
+from core.models import IdempotencyRecord
+
+
+def parse_uuid(value, *, field: str | None = None) -> uuid.UUID:
+    """A UUID from a path or query value. Bad path ids are 404 (no such object); bad
+    query/body ids are 400 naming the field."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        if field:
+            raise ValidationError({field: ["Must be a valid UUID."]}) from None
+        raise NotFound() from None
+
+
+def get_or_404(queryset: QuerySet, pk):
+    """One object of an already permission-filtered queryset, or 404."""
+    obj = queryset.filter(pk=parse_uuid(pk)).first()
+    if obj is None:
+        raise NotFound()
+    return obj
+
+
+# --- OpenAPI: the error shape --------------------------------------------------------
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "error": serializers.CharField(help_text="invalid, unauthenticated, forbidden, not_found, conflict, "
+                                       "expired, emergency_stop or throttled"),
+        "detail": serializers.CharField(),
+        "fields": serializers.DictField(
+            child=serializers.ListField(child=serializers.CharField()), required=False,
+            help_text="400 only: each bad field and its messages"),
+        "status": serializers.CharField(required=False, help_text="409 only: the current status"),
+        "emergency_stop_id": serializers.UUIDField(required=False, allow_null=True, help_text="423 only"),
+    },
+)
+
+
+def error_responses(*codes: int) -> dict:
+    return {code: ErrorSerializer for code in (401, *codes)}
+
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    name="Idempotency-Key", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER, required=False,
+    description="A retry with the same key and body returns the first result and creates nothing new.",
+)
+
+
+# --- Idempotency-Key -----------------------------------------------------------------
+def _fingerprint(request) -> str:
+    body = json.dumps(request.data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+
+
+def idempotent(post):
+    """Decorate an APIView's create ``post``: with an ``Idempotency-Key`` header, the first
+    2xx answer is stored in the same transaction as what it created, and a retry with the
+    same key and body gets that answer again (a different body with the same key is 400).
+    Concurrent retries wait for the first one on the key's unique constraint."""
+    from rest_framework.response import Response
+
+    @wraps(post)
+    def wrapper(self, request, *args, **kwargs):
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return post(self, request, *args, **kwargs)
+        if not key or len(key) > 255:
+            raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+        fingerprint = _fingerprint(request)  # parses the body: a bad body is 400 here
+        with transaction.atomic():
+            try:
+                with transaction.atomic():
+                    record = IdempotencyRecord.objects.create(
+                        user=request.user, key=key, fingerprint=fingerprint, status_code=0, response_body={}
+                    )
+            except IntegrityError:
+                previous = IdempotencyRecord.objects.get(user=request.user, key=key)
+                if previous.fingerprint != fingerprint:
+                    raise ValidationError(
+                        {"Idempotency-Key": ["This key was already used with a different request."]}
+                    ) from None
+                return Response(previous.response_body, status=previous.status_code,
+                                headers={"Idempotent-Replayed": "true"})
+            response = post(self, request, *args, **kwargs)
+            if not 200 <= response.status_code < 300:
+                transaction.set_rollback(True)  # errors are not stored: a retry tries again
+                return response
+            record.status_code = response.status_code
+            record.response_body = json.loads(JSONRenderer().render(response.data))
+            record.save(update_fields=["status_code", "response_body"])
+            return response
+
+    return wrapper

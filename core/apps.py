@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    """What every app shares: base model, API errors, JSON parsing, idempotency, heartbeat."""
+
+    name = "core"
+    default_auto_field = "django.db.models.BigAutoField"

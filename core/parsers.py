@@ -1,0 +1,56 @@
+import json
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+
+MAX_DEPTH = 64
+
+
+def _check_document(value, path="body"):
+    """Refuse U+0000 anywhere (PostgreSQL cannot store it in text or jsonb) and nesting
+    deeper than MAX_DEPTH (it would only fail later, when stored or rendered)."""
+    stack = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ParseError(f"JSON parse error - nesting is deeper than {MAX_DEPTH} levels.")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ParseError(f"{where} contains a NUL character (\\u0000), which is not accepted.")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if "\x00" in k:
+                    raise ParseError(f"{where} has a key with a NUL character (\\u0000).")
+                stack.append((v, f"{where}.{k}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+
+
+class BoundedJSONParser(JSONParser):
+    """JSON only, at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes, no NaN, no NUL, bounded nesting.
+
+    DRF reads the request stream itself, so Django's body size limit does not apply to it:
+    this parser enforces the limit while reading.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise ParseError(f"Request body is larger than {limit} bytes.")
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = raw.decode(encoding)
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:
+            raise ParseError("JSON parse error - nesting is too deep.") from None
+        _check_document(data)
+        return data
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,63 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access.permissions import project_for_user
+from core.api import error_responses
+from events.models import EventType
+from events.selectors import event_list
+from events.services import event_payload
+
+class EventSerializer(serializers.Serializer):
+    """Documents events.services.event_payload."""
+
+    id = serializers.IntegerField()
+    event_type = serializers.ChoiceField(choices=EventType.values)
+    project_id = serializers.UUIDField()
+    task_id = serializers.UUIDField(allow_null=True)
+    data = serializers.DictField()
+    created_at = serializers.DateTimeField()
+
+
+class EventPageSerializer(serializers.Serializer):
+    results = EventSerializer(many=True)
+    last_event_id = serializers.IntegerField(
+        help_text="id of the last event returned, or `after` when none: pass it as the next `after`")
+    has_more = serializers.BooleanField()
+
+
+class EventListApi(APIView):
+    @extend_schema_serializer(component_name="EventFilter")
+    class FilterSerializer(serializers.Serializer):
+        project_id = serializers.UUIDField()
+        after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1)
+        limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
+
+    @extend_schema(
+        operation_id="events_list",
+        parameters=[
+            OpenApiParameter("project_id", OpenApiTypes.UUID, required=True),
+            OpenApiParameter("after", OpenApiTypes.INT, description="return events with id > after (default 0)"),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="at most this many (1-1000, default 100)"),
+        ],
+        responses={
+            200: EventPageSerializer,
+            **error_responses(400, 404),
+        },
+    )
+    def get(self, request):
+        """A project's events in id order, after a given id: the outbox over HTTP."""
+        s = self.FilterSerializer(data=request.query_params)
+        s.is_valid(raise_exception=True)
+        project = project_for_user(user=request.user, project_id=s.validated_data["project_id"])
+        limit = s.validated_data["limit"]
+        events = event_list(project=project, after=s.validated_data["after"], limit=limit + 1)
+        has_more = len(events) > limit
+        events = events[:limit]
+        return Response({
+            "results": [event_payload(e) for e in events],
+            "last_event_id": events[-1].id if events else s.validated_data["after"],
+            "has_more": has_more,
+        })

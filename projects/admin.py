@@ -1,0 +1,58 @@
+from django.contrib import admin
+from guardian.admin import GuardedModelAdmin
+
+from projects.models import AgentState, Project, Task
+
+
+class AgentStateInline(admin.TabularInline):
+    model = AgentState
+    fields = ["agent_type", "status", "current_task", "updated_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Project)
+class ProjectAdmin(GuardedModelAdmin):
+    """Status is changed only by the emergency and recovery services, never edited here.
+    'Object permissions' (top right of a project) shows and edits who holds which role."""
+
+    list_display = ["slug", "name", "status", "timezone", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["id", "status", "created_at", "updated_at"]
+    inlines = [AgentStateInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Creation goes through the API or this form's save_model → project_create.
+        return self.readonly_fields + (["slug"] if obj else [])
+
+    def save_model(self, request, obj, form, change):
+        from projects.services import project_create, project_update
+
+        if change:
+            project_update(actor=request.user, project_id=obj.pk, name=obj.name, timezone_name=obj.timezone)
+        else:
+            created = project_create(actor=request.user, name=obj.name, slug=obj.slug, timezone_name=obj.timezone)
+            obj.pk = created.pk
+            obj._state.adding = False
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ["title", "project", "agent_type", "status", "created_at", "finished_at"]
+    list_filter = ["status", "agent_type", "project"]
+    search_fields = ["title", "id"]
+    readonly_fields = [f.name for f in Task._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

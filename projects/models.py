@@ -1,0 +1,122 @@
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from guardian.models import UserObjectPermissionBase
+
+from core.models import BaseModel
+
+
+class AgentType(models.TextChoices):
+    ORCHESTRATOR = "orchestrator"
+    ANALYST = "analyst"
+    ARCHITECT = "architect"
+    CODER = "coder"
+    TESTER = "tester"
+    DEPLOYER = "deployer"
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone name (for example Europe/Berlin).")
+
+
+class Project(BaseModel):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        EMERGENCY_STOPPED = "emergency_stopped"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone],
+                                help_text="IANA time zone; budget days start at its local midnight.")
+
+    class Meta:
+        ordering = ["name"]
+        # Object permissions (django-guardian) that make up the roles; see access/roles.py.
+        permissions = [
+            ("act_as_agent", "Act as an agent: create tasks, request approvals, report outcomes"),
+            ("review_project", "Review: decide approvals and overrides up to the manager threshold"),
+            ("manage_project", "Manage: set budgets, large overrides, start recovery"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+
+class ProjectUserObjectPermission(UserObjectPermissionBase):
+    """Direct foreign key for guardian: fast lookups, deleted with the project."""
+
+    content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+    class Meta(UserObjectPermissionBase.Meta):
+        pass
+
+
+class Task(BaseModel):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        WAITING_FOR_HITL = "waiting_for_hitl"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        HALTED = "halted"
+        CANCELLED = "cancelled"
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.WAITING_FOR_HITL, Status.RUNNING, Status.COMPLETED, Status.FAILED,
+                         Status.HALTED, Status.CANCELLED},
+        Status.WAITING_FOR_HITL: {Status.PENDING, Status.RUNNING, Status.FAILED, Status.HALTED,
+                                  Status.CANCELLED},
+        Status.RUNNING: {Status.WAITING_FOR_HITL, Status.COMPLETED, Status.FAILED, Status.HALTED},
+        Status.HALTED: {Status.PENDING, Status.CANCELLED},
+        Status.COMPLETED: set(),
+        Status.FAILED: set(),
+        Status.CANCELLED: set(),
+    }
+    # What an agent may report through POST /api/v1/tasks/{id}/status.
+    OUTCOMES = (Status.COMPLETED, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tasks")
+    agent_type = models.CharField(max_length=20, choices=AgentType.choices)
+    title = models.CharField(max_length=500)
+    input_data = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "status"]), models.Index(fields=["project", "finished_at"])]
+
+    def __str__(self):
+        return f"{self.title} ({self.status})"
+
+
+class AgentState(BaseModel):
+    class Status(models.TextChoices):
+        IDLE = "idle"
+        WORKING = "working"
+        WAITING_FOR_HITL = "waiting_for_hitl"
+        ERROR = "error"
+        EMERGENCY_STOPPED = "emergency_stopped"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agent_states")
+    agent_type = models.CharField(max_length=20, choices=AgentType.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.IDLE)
+    current_task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["project", "agent_type"]
+        constraints = [models.UniqueConstraint(fields=["project", "agent_type"], name="agent_state_unique")]
+
+    def __str__(self):
+        return f"{self.project}:{self.agent_type} {self.status}"

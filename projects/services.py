@@ -1,0 +1,88 @@
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from core.errors import EmergencyStopActive, InvalidInput, TransitionError
+from projects.models import AgentState, AgentType, Project, Task, validate_timezone
+
+
+def _task_snapshot(task: Task) -> dict:
+    return {"status": task.status, "error": task.error}
+
+
+@transaction.atomic
+def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -> Project:
+    try:
+        validate_timezone(timezone_name)
+    except Exception as exc:  # django ValidationError
+        raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
+    try:
+        with transaction.atomic():
+            project = Project.objects.create(name=name, slug=slug, timezone=timezone_name)
+    except IntegrityError:
+        raise InvalidInput(fields={"slug": [f"A project with slug {slug!r} already exists."]}) from None
+    AgentState.objects.bulk_create(AgentState(project=project, agent_type=t) for t in AgentType.values)
+    audit_record(actor=actor, action="project.create", obj=project,
+                 after={"name": name, "slug": slug, "timezone": timezone_name, "status": project.status})
+    return project
+
+
+@transaction.atomic
+def project_update(*, actor, project_id, name: str, timezone_name: str) -> Project:
+    """Rename a project or change its time zone (its status is the emergency services' own)."""
+    try:
+        validate_timezone(timezone_name)
+    except Exception as exc:
+        raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
+    project = Project.objects.select_for_update().get(pk=project_id)
+    before = {"name": project.name, "timezone": project.timezone}
+    project.name, project.timezone = name, timezone_name
+    project.save(update_fields=["name", "timezone", "updated_at"])
+    audit_record(actor=actor, action="project.update", obj=project, before=before,
+                 after={"name": name, "timezone": timezone_name})
+    return project
+
+
+def project_lock_for_admission(project_id) -> Project:
+    """Lock the project row and refuse if it is emergency-stopped (423). Every admission of
+    new work takes this lock, so nothing is admitted once a stop has committed."""
+    project = Project.objects.select_for_update().get(pk=project_id)
+    if project.status == Project.Status.EMERGENCY_STOPPED:
+        raise EmergencyStopActive(f"Project {project.slug} is under an emergency stop.")
+    return project
+
+
+@transaction.atomic
+def task_create(*, actor, project_id, agent_type: str, title: str, input_data=None) -> Task:
+    project = project_lock_for_admission(project_id)
+    task = Task.objects.create(project=project, agent_type=agent_type, title=title,
+                               input_data=input_data if input_data is not None else {}, created_by=actor)
+    audit_record(actor=actor, action="task.create", obj=task,
+                 after={"agent_type": agent_type, "title": title, "status": task.status})
+    return task
+
+
+@transaction.atomic
+def task_report_outcome(*, actor, task_id, status: str, error: str = "") -> Task:
+    """An agent reports that a task completed or failed. Reporting the same outcome again
+    changes nothing; any other transition out of a finished task is refused (409)."""
+    if status not in Task.OUTCOMES:
+        raise InvalidInput(fields={"status": [f"Must be one of {', '.join(Task.OUTCOMES)}."]})
+    task = Task.objects.select_for_update().get(pk=task_id)
+    if task.status == status:
+        return task  # a retried report
+    if status not in Task.TRANSITIONS[task.status]:
+        raise TransitionError(f"A task that is {task.status} cannot become {status}.", current_status=task.status)
+    before = _task_snapshot(task)
+    task.status = status
+    task.error = error if status == Task.Status.FAILED else ""
+    task.finished_at = timezone.now()
+    task.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    state = AgentState.objects.select_for_update().get(project_id=task.project_id, agent_type=task.agent_type)
+    if state.status != AgentState.Status.EMERGENCY_STOPPED:
+        state.status = AgentState.Status.IDLE if status == Task.Status.COMPLETED else AgentState.Status.ERROR
+        if state.current_task_id == task.pk:
+            state.current_task = None
+        state.save(update_fields=["status", "current_task", "updated_at"])
+    audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
+    return task

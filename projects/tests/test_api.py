@@ -1,0 +1,168 @@
+import uuid
+
+import pytest
+
+from audit.models import AuditEvent
+from projects.models import AgentState, Project, Task
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ["admin", "agent", "reviewer", "manager", "outsider"]
+
+
+@pytest.fixture
+def clients(users, client_for):
+    return {name: client_for(user) for name, user in users.items()}
+
+
+@pytest.fixture
+def task(project, agent):
+    return task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Write code")
+
+
+# --- the permission matrix ----------------------------------------------------------
+@pytest.mark.parametrize("role,expected", [("admin", 201), ("agent", 403), ("reviewer", 403),
+                                           ("manager", 403), ("outsider", 403)])
+def test_create_project_is_for_admins(clients, role, expected):
+    r = clients[role].post("/api/v1/projects", {"name": "New", "slug": f"new-{role}"}, format="json")
+    assert r.status_code == expected, r.content
+    assert Project.objects.filter(slug=f"new-{role}").exists() == (expected == 201)
+    if expected == 403:
+        assert r.json()["error"] == "forbidden"
+
+
+@pytest.mark.parametrize("role,expected", [("admin", 200), ("agent", 200), ("reviewer", 200),
+                                           ("manager", 200), ("outsider", 404)])
+def test_read_project(clients, project, role, expected):
+    r = clients[role].get(f"/api/v1/projects/{project.pk}")
+    assert r.status_code == expected
+    if expected == 200:
+        body = r.json()
+        assert body["id"] == str(project.pk) and body["status"] == "active" and body["timezone"] == "UTC"
+        assert {s["agent_type"] for s in body["agent_states"]} == {
+            "orchestrator", "analyst", "architect", "coder", "tester", "deployer"}
+    else:
+        assert r.json() == {"error": "not_found", "detail": "Not found."}
+
+
+@pytest.mark.parametrize("role,slugs", [("admin", ["demo", "other"]), ("agent", ["demo"]),
+                                        ("outsider", ["other"])])
+def test_project_list_shows_only_visible_projects(clients, role, slugs):
+    r = clients[role].get("/api/v1/projects")
+    assert r.status_code == 200
+    assert [p["slug"] for p in r.json()["results"]] == slugs
+
+
+@pytest.mark.parametrize("role,expected", [("admin", 201), ("agent", 201), ("reviewer", 403),
+                                           ("manager", 403), ("outsider", 404)])
+def test_create_task(clients, project, role, expected):
+    r = clients[role].post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder",
+                                             "title": "Implement", "input_data": {"spec": "x"}}, format="json")
+    assert r.status_code == expected, r.content
+    assert Task.objects.filter(project=project).count() == (1 if expected == 201 else 0)
+    if expected == 201:
+        body = r.json()
+        assert body["status"] == "pending" and body["project_id"] == str(project.pk)
+        assert body["agent_type"] == "coder" and body["title"] == "Implement"
+        assert Task.objects.get(pk=body["task_id"]).input_data == {"spec": "x"}
+
+
+@pytest.mark.parametrize("role,expected", [("admin", 200), ("agent", 200), ("reviewer", 200),
+                                           ("manager", 200), ("outsider", 404)])
+def test_read_task(clients, task, role, expected):
+    r = clients[role].get(f"/api/v1/tasks/{task.pk}")
+    assert r.status_code == expected
+    if expected == 200:
+        assert r.json()["task_id"] == str(task.pk)
+
+
+@pytest.mark.parametrize("role,expected", [("admin", 200), ("agent", 200), ("reviewer", 403),
+                                           ("manager", 403), ("outsider", 404)])
+def test_report_task_outcome(clients, task, role, expected):
+    r = clients[role].post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
+    assert r.status_code == expected
+    task.refresh_from_db()
+    assert task.status == ("completed" if expected == 200 else "pending")
+
+
+def test_unknown_ids_are_404(clients):
+    for path in [f"/api/v1/projects/{uuid.uuid4()}", f"/api/v1/tasks/{uuid.uuid4()}", "/api/v1/tasks/not-a-uuid"]:
+        r = clients["admin"].get(path)
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r = clients["admin"].post("/api/v1/tasks", {"project_id": str(uuid.uuid4()), "agent_type": "coder",
+                                                "title": "x"}, format="json")
+    assert r.status_code == 404
+
+
+# --- behaviour -----------------------------------------------------------------------
+def test_outcomes_move_task_and_agent_state_and_are_audited(clients, task, project):
+    r = clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "boom"},
+                              format="json")
+    assert r.status_code == 200
+    assert r.json()["status"] == "failed" and r.json()["error"] == "boom" and r.json()["finished_at"]
+    assert AgentState.objects.get(project=project, agent_type="coder").status == "error"
+    row = AuditEvent.objects.get(action="task.failed")
+    assert row.object_id == str(task.pk) and row.before["status"] == "pending" and row.after["status"] == "failed"
+    assert row.actor_repr.startswith("agent#")
+
+
+def test_repeated_outcome_is_accepted_once_and_a_different_one_is_409(clients, task):
+    agent = clients["agent"]
+    assert agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json").status_code == 200
+    again = agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
+    assert again.status_code == 200
+    assert AuditEvent.objects.filter(action="task.completed").count() == 1
+    r = agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "late"}, format="json")
+    assert r.status_code == 409
+    assert r.json()["error"] == "conflict" and r.json()["status"] == "completed"
+    task.refresh_from_db()
+    assert task.status == "completed" and task.error == ""
+
+
+def test_task_creation_is_refused_with_423_while_the_project_is_stopped(clients, project):
+    # The emergency-stop service arrives with its own issue; set the status the way it will.
+    Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
+    r = clients["agent"].post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder",
+                                                "title": "x"}, format="json")
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop" and "emergency_stop_id" in r.json()
+    assert not Task.objects.exists()
+    assert clients["agent"].get(f"/api/v1/projects/{project.pk}").status_code == 200  # reading stays allowed
+
+
+def test_project_detail_counts_tasks(clients, project, task):
+    body = clients["reviewer"].get(f"/api/v1/projects/{project.pk}").json()
+    assert body["task_counts"]["pending"] == 1 and body["task_counts"]["completed"] == 0
+
+
+def test_create_project_validates_timezone_and_slug(clients):
+    admin = clients["admin"]
+    r = admin.post("/api/v1/projects", {"name": "X", "slug": "x", "timezone": "Mars/Olympus"}, format="json")
+    assert r.status_code == 400 and "timezone" in r.json()["fields"]
+    r = admin.post("/api/v1/projects", {"name": "X", "slug": "demo"}, format="json")
+    assert r.status_code == 400 and "slug" in r.json()["fields"]
+    r = admin.post("/api/v1/projects", {"name": "NY", "slug": "ny", "timezone": "America/New_York"}, format="json")
+    assert r.status_code == 201 and r.json()["timezone"] == "America/New_York"
+
+
+# --- Idempotency-Key -----------------------------------------------------------------
+def test_idempotency_key_replays_the_first_result(clients, project):
+    body = {"project_id": str(project.pk), "agent_type": "tester", "title": "Run tests"}
+    first = clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    second = clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert Task.objects.count() == 1
+    other = clients["agent"].post("/api/v1/tasks", {**body, "title": "Other"}, format="json",
+                                  HTTP_IDEMPOTENCY_KEY="k-1")
+    assert other.status_code == 400 and "Idempotency-Key" in other.json()["fields"]
+    fresh = clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert fresh.status_code == 201 and Task.objects.count() == 2
+
+
+def test_idempotency_key_does_not_store_errors(clients, project):
+    body = {"project_id": str(project.pk), "agent_type": "tester", "title": "Run tests"}
+    Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
+    assert clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k").status_code == 423
+    Project.objects.filter(pk=project.pk).update(status=Project.Status.ACTIVE)
+    assert clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k").status_code == 201
