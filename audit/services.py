@@ -47,7 +47,7 @@ def audit_record(*, actor, action: str, obj=None, project_id=None, object_type: 
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or str(obj.pk)
         if project_id is None:
-            project_id = getattr(obj, "project_id", None)
+            project_id = obj.pk if obj._meta.label_lower == "projects.project" else getattr(obj, "project_id", None)
     chain = _lock_chain(chain_key(project_id))
     event = AuditEvent(
         chain=chain,

@@ -1,0 +1,87 @@
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
+
+from access.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    out = io.StringIO()
+    call_command("hitl_access", *args, stdout=out)
+    return out.getvalue().splitlines()
+
+
+def test_printed_key_works_against_the_api(project):
+    lines = run("newagent", "--create-user", "--role", "agent", "--project", "demo", "--api-key")
+    key = lines[-1]
+    assert key.startswith("hitl_") and " " not in key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert client.get(f"/api/v1/projects/{project.pk}").status_code == 200
+    r = client.post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "analyst", "title": "Analyse"},
+                    format="json")
+    assert r.status_code == 201
+    # an agent may not decide or manage: creating a project stays admin-only
+    assert client.post("/api/v1/projects", {"name": "x", "slug": "x"}, format="json").status_code == 403
+
+
+def test_admin_key_creates_the_first_project(admin_user):
+    key = run("admin", "--api-key")[-1]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    r = client.post("/api/v1/projects", {"name": "First", "slug": "first"}, format="json")
+    assert r.status_code == 201 and r.json()["status"] == "active"
+
+
+def test_role_without_key_prints_no_key(project):
+    lines = run("rev", "--create-user", "--role", "reviewer", "--project", "demo")
+    user = get_user_model().objects.get(username="rev")
+    assert user.has_perm("projects.review_project", project)
+    assert not user.has_perm("projects.act_as_agent", project)
+    assert not ApiKey.objects.filter(user=user).exists()
+    assert not any(line.startswith("hitl_") for line in lines)
+
+
+@pytest.mark.parametrize("args", [
+    ["ghost", "--api-key"],                                            # unknown user, no --create-user
+    ["ghost", "--create-user", "--role", "agent", "--project", "nope"],  # unknown project
+    ["ghost", "--create-user", "--role", "agent"],                      # role without project
+])
+def test_unknown_user_or_project_exits_2_and_creates_nothing(project, args):
+    with pytest.raises(CommandError) as exc:
+        run(*args)
+    assert exc.value.returncode == 2
+    assert not get_user_model().objects.filter(username="ghost").exists()
+    assert not ApiKey.objects.exists()
+
+
+def test_revoke_keys(agent, project):
+    key = run("agent", "--api-key")[-1]
+    run("agent", "--revoke-keys")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert client.get(f"/api/v1/projects/{project.pk}").status_code == 401
+
+
+def test_command_line_exit_codes_and_last_line(tmp_path):
+    """The real command line, on a throwaway SQLite database."""
+    env = {**os.environ, "DJANGO_DEBUG": "1", "DATABASE_URL": "", "REDIS_URL": "",
+           "HITL_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings"}
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+    missing = subprocess.run([*manage, "hitl_access", "nobody", "--api-key"], env=env, cwd=ROOT,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "nobody" in missing.stderr
+    made = subprocess.run([*manage, "hitl_access", "bot", "--create-user", "--api-key"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert made.stdout.splitlines()[-1].startswith("hitl_")

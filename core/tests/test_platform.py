@@ -1,0 +1,144 @@
+"""The platform pieces: settings from the environment, health/heartbeat, Celery through a
+real broker, the Redis channel layer, the OpenAPI schema and docs."""
+import os
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import connection, connections
+from rest_framework.test import APIClient
+
+from core.models import Heartbeat
+from core.tasks import heartbeat_task
+from projects.models import Task
+
+pytestmark = pytest.mark.django_db
+
+
+def test_database_follows_database_url():
+    url = os.environ.get("DATABASE_URL", "")
+    assert connection.vendor == ("postgresql" if url.startswith("postgres") else "sqlite")
+
+
+def test_channel_layer_and_broker_follow_redis_url():
+    from botarmy_hitl import settings as real
+
+    if os.environ.get("REDIS_URL"):
+        assert real.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+        assert settings.CELERY_BROKER_URL.startswith("redis://")
+    else:
+        assert real.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
+        assert settings.CELERY_BROKER_URL == "filesystem://"
+
+
+def test_health_reports_the_beat_heartbeat():
+    client = APIClient()
+    body = client.get("/api/v1/health").json()
+    assert body["heartbeat"] is None and body["database"] == connection.vendor
+    heartbeat_task.delay()
+    body = client.get("/api/v1/health").json()
+    assert body["heartbeat"] is not None and 0 <= body["heartbeat_age_seconds"] < 60
+
+
+def test_beat_schedule_runs_the_heartbeat():
+    entry = settings.CELERY_BEAT_SCHEDULE["core-heartbeat"]
+    assert entry["task"] == heartbeat_task.name == "core.heartbeat"
+    assert entry["schedule"].total_seconds() == settings.HITL_HEARTBEAT_SECONDS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_runs_a_task_sent_through_the_configured_broker(settings, tmp_path):
+    """Not eager: the task goes through the broker (Redis in CI, the filesystem broker on the
+    embedded default) and a worker thread consumes it."""
+    from celery.contrib.testing.worker import start_worker
+
+    from botarmy_hitl.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    app.conf.task_always_eager = False
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10,
+                          loglevel="WARNING"):
+            heartbeat_task.apply_async()
+            for _ in range(100):
+                if Heartbeat.objects.filter(name="beat").exists():
+                    break
+                threading.Event().wait(0.1)
+    finally:
+        app.conf.task_always_eager = True
+        connections.close_all()
+    assert Heartbeat.objects.filter(name="beat").exists()
+
+
+@pytest.mark.redis
+def test_redis_channel_layer_round_trip(settings):
+    from channels.layers import get_channel_layer
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [os.environ["REDIS_URL"]]}}}
+    layer = get_channel_layer()
+
+    async def round_trip():
+        channel = await layer.new_channel()
+        await layer.group_add("events.project.test", channel)
+        await layer.group_send("events.project.test", {"type": "hitl.event", "event": {"id": 1}})
+        message = await layer.receive(channel)
+        await layer.group_discard("events.project.test", channel)
+        return message
+
+    assert async_to_sync(round_trip)() == {"type": "hitl.event", "event": {"id": 1}}
+
+
+def test_openapi_schema_documents_the_endpoints():
+    r = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert r.status_code == 200
+    schema = r.json()
+    paths = schema["paths"]
+    for path in ["/api/v1/projects", "/api/v1/projects/{project_id}", "/api/v1/tasks", "/api/v1/tasks/{task_id}",
+                 "/api/v1/tasks/{task_id}/status", "/api/v1/events"]:
+        assert path in paths, path
+    create = paths["/api/v1/tasks"]["post"]
+    assert set(create["responses"]) >= {"201", "400", "401", "403", "404", "423"}
+    body = schema["components"]["schemas"]["TaskCreateInputRequest"]
+    assert set(body["required"]) == {"project_id", "agent_type", "title"}
+    assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+
+
+def test_swagger_ui_is_served_without_a_cdn():
+    client = APIClient()
+    r = client.get("/api/docs/")
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "cdn" not in html.lower() and "/static/drf_spectacular_sidecar/" in html
+
+
+def test_unknown_api_path_is_json_404():
+    r = APIClient().get("/api/v2/whatever")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_with_one_idempotency_key_create_one_task(project, agent, client_for):
+    body = {"project_id": str(project.pk), "agent_type": "coder", "title": "once"}
+    clients = [client_for(agent) for _ in range(10)]
+    start = threading.Barrier(10)
+    results = []
+
+    def call(client):
+        try:
+            start.wait()
+            r = client.post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="same")
+            results.append((r.status_code, r.json()["task_id"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 10 and {status for status, _ in results} == {201}
+    assert len({task_id for _, task_id in results}) == 1
+    assert Task.objects.filter(project=project).count() == 1

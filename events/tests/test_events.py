@@ -1,0 +1,137 @@
+import json
+import random
+import threading
+import time
+
+import pytest
+from django.db import connections, transaction
+
+from events.models import Event
+from events.services import event_emit
+
+pytestmark = pytest.mark.django_db
+
+
+def emit(project, n=1, event_type="safety_alert", **data):
+    for i in range(n):
+        event_emit(project_id=project.pk, event_type=event_type, data={"i": i, **data})
+
+
+def test_event_is_written_only_when_the_transaction_commits(project, django_capture_on_commit_callbacks):
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with transaction.atomic():
+            emit(project)
+            raise Boom
+    assert Event.objects.count() == 0
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with transaction.atomic():
+            emit(project, note="kept")
+    assert Event.objects.get().data == {"i": 0, "note": "kept"}
+    assert len(callbacks) == 1  # the live push waits for the commit
+
+
+def test_live_push_payload_is_plain_json(project, django_capture_on_commit_callbacks, settings):
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(f"events.project.{project.pk}", channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        emit(project, amount="0.0125")
+    message = async_to_sync(layer.receive)(channel)
+    assert message["type"] == "hitl.event"
+    assert json.loads(json.dumps(message["event"])) == message["event"]
+    assert message["event"]["event_type"] == "safety_alert" and message["event"]["data"]["amount"] == "0.0125"
+
+
+def test_unknown_event_type_is_refused(project):
+    with pytest.raises(ValueError):
+        event_emit(project_id=project.pk, event_type="made_up", data={})
+
+
+def test_events_api_pages_with_after(project, agent, client_for):
+    emit(project, n=5)
+    client = client_for(agent)
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "limit": 2})
+    assert r.status_code == 200
+    page = r.json()
+    assert [e["data"]["i"] for e in page["results"]] == [0, 1] and page["has_more"] is True
+    first = page["results"][0]
+    assert set(first) == {"id", "event_type", "project_id", "task_id", "data", "created_at"}
+    assert first["project_id"] == str(project.pk) and first["task_id"] is None
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": page["last_event_id"]})
+    rest = r.json()
+    assert [e["data"]["i"] for e in rest["results"]] == [2, 3, 4] and rest["has_more"] is False
+    assert all(a["id"] < b["id"] for a, b in zip(rest["results"], rest["results"][1:]))
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": rest["last_event_id"]})
+    assert r.json() == {"results": [], "last_event_id": rest["last_event_id"], "has_more": False}
+
+
+def test_events_are_per_project_and_hidden_from_outsiders(project, other_project, outsider, agent, client_for):
+    emit(project, n=2)
+    emit(other_project, n=3)
+    assert len(client_for(agent).get("/api/v1/events", {"project_id": str(project.pk)}).json()["results"]) == 2
+    r = client_for(outsider).get("/api/v1/events", {"project_id": str(project.pk)})
+    assert r.status_code == 404
+    assert len(client_for(outsider).get("/api/v1/events", {"project_id": str(other_project.pk)})
+               .json()["results"]) == 3
+
+
+@pytest.mark.parametrize("params,field", [({}, "project_id"), ({"project_id": "nope"}, "project_id"),
+                                          ({"after": "-1"}, "after"), ({"after": "x"}, "after"),
+                                          ({"limit": "0"}, "limit"), ({"limit": "100000"}, "limit")])
+def test_events_api_refuses_bad_queries(project, agent, client_for, params, field):
+    query = {"project_id": str(project.pk), **params} if "project_id" not in params and field != "project_id" \
+        else params
+    r = client_for(agent).get("/api/v1/events", query)
+    assert r.status_code == 400 and field in r.json()["fields"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_poller_never_skips_an_event_under_concurrent_writers(project):
+    """Writers hold their transaction open for a random moment after inserting, so later ids
+    could commit first; a reader following ``after`` must still see every event, in order."""
+    writers, per_writer = 8, 15
+    done = threading.Event()
+    seen = []
+
+    def write(w):
+        try:
+            for i in range(per_writer):
+                with transaction.atomic():
+                    event_emit(project_id=project.pk, event_type="safety_alert", data={"w": w, "i": i})
+                    time.sleep(random.uniform(0, 0.004))
+        finally:
+            connections.close_all()
+
+    def read():
+        after = 0
+        try:
+            while True:
+                finished = done.is_set()
+                batch = list(Event.objects.filter(project=project, id__gt=after).order_by("id"))
+                for event in batch:
+                    seen.append(event.id)
+                    after = event.id
+                if finished and not batch:
+                    return
+        finally:
+            connections.close_all()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+    all_ids = list(Event.objects.filter(project=project).order_by("id").values_list("id", flat=True))
+    assert len(all_ids) == writers * per_writer
+    assert seen == all_ids
