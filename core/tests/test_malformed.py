@@ -1,0 +1,638 @@
+"""Malformed input on every endpoint gets a documented 4xx in the JSON error shape and
+changes nothing (API.md, "Errors": no request, however malformed, gets a 500).
+
+Endpoints covered: GET/POST /api/v1/projects, GET /api/v1/projects/{id}, POST /api/v1/tasks,
+GET /api/v1/tasks/{id}, POST /api/v1/tasks/{id}/status, GET /api/v1/events, GET /api/v1/health.
+"""
+import json
+import uuid
+from contextlib import contextmanager
+
+import pytest
+from django.apps import apps
+from rest_framework.test import APIClient
+
+from access.services import api_key_create, api_key_revoke
+from projects.models import Task
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+
+# Every table a request could write to: none may change after a refused request.
+WATCHED_APPS = ("auth", "guardian", "core", "projects", "access", "audit", "events",
+                "approvals", "budgets", "emergency", "recovery")
+
+
+def row_counts() -> dict[str, int]:
+    return {model._meta.label: model._default_manager.count()
+            for app in WATCHED_APPS for model in apps.get_app_config(app).get_models()}
+
+
+@contextmanager
+def nothing_changes(task=None):
+    before = row_counts()
+    task_before = (task.status, task.error, task.finished_at) if task else None
+    yield
+    assert row_counts() == before, "a refused request changed the database"
+    if task is not None:
+        task.refresh_from_db()
+        assert (task.status, task.error, task.finished_at) == task_before
+
+
+def assert_error(response, status: int, code: str, *fields: str) -> dict:
+    """The documented error: status, JSON body {"error", "detail", ...}; for 400 a
+    ``fields`` dict naming each offending field."""
+    assert response.status_code == status, response.content[:2000]
+    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
+    body = json.loads(response.content)
+    assert isinstance(body, dict), body
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    if status == 400:
+        assert isinstance(body["fields"], dict) and body["fields"], body
+        for field in fields:
+            assert field in body["fields"], body
+    return body
+
+
+def assert_names(body: dict, field: str) -> None:
+    """A body-level (parse) error names the offending field in its text."""
+    assert "body" in body["fields"], body
+    assert field in json.dumps(body), body
+
+
+# --- fixtures ---------------------------------------------------------------------
+@pytest.fixture
+def task(project, agent):
+    return task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Write code")
+
+
+@pytest.fixture
+def clients(client_for, admin_user, agent):
+    return {"admin": client_for(admin_user), "agent": client_for(agent)}
+
+
+@pytest.fixture
+def targets(clients, project, task):
+    """The three endpoints that take a body: (client, url, a valid body)."""
+    return {
+        "project_create": (clients["admin"], "/api/v1/projects", {"name": "New", "slug": "new"}),
+        "task_create": (clients["agent"], "/api/v1/tasks",
+                        {"project_id": str(project.pk), "agent_type": "coder", "title": "Do it",
+                         "input_data": {"spec": "x"}}),
+        "task_status": (clients["agent"], f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "boom"}),
+    }
+
+
+TARGETS = ["project_create", "task_create", "task_status"]
+CREATES = ["project_create", "task_create"]  # the POSTs that take an Idempotency-Key
+FIELDS = {"project_create": ["name", "slug", "timezone"],
+          "task_create": ["project_id", "agent_type", "title", "input_data"],
+          "task_status": ["status", "error"]}
+TARGET_FIELDS = [(t, f) for t in TARGETS for f in FIELDS[t]]
+SUCCESS = {"project_create": 201, "task_create": 201, "task_status": 200}
+
+
+def send(client, url, raw, content_type="application/json", method="POST", **extra):
+    return client.generic(method, url, raw, content_type=content_type, **extra)
+
+
+def with_literal(valid: dict, field: str, literal: str) -> str:
+    """``valid`` as JSON text with ``field``'s value replaced by a raw JSON literal."""
+    return json.dumps({**valid, field: "@@X@@"}).replace('"@@X@@"', literal)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_valid_bodies_are_accepted(targets, target):
+    """Sanity: every malformed variant below differs from an accepted request only in the flaw."""
+    client, url, valid = targets[target]
+    assert send(client, url, json.dumps(valid)).status_code == SUCCESS[target]
+
+
+# --- bodies that are not a JSON object ------------------------------------------
+UNPARSEABLE = [
+    pytest.param("{", id="truncated"),
+    pytest.param("not json", id="text"),
+    pytest.param("{'name': 'x'}", id="single-quotes"),
+    pytest.param('{"name": "x",}', id="trailing-comma"),
+    pytest.param('{"name": "x"} {"name": "y"}', id="two-documents"),
+    pytest.param('{"name": "x"]', id="mismatched-bracket"),
+    pytest.param('{"name": "a\nb"}', id="raw-control-char-in-string"),
+    pytest.param('{"name": "\x00"}', id="raw-nul-byte"),
+    pytest.param(b"\xff\xfe\x00{", id="invalid-utf8"),
+    pytest.param(b'{"name": "\xc3\x28"}', id="invalid-utf8-in-string"),
+    pytest.param("\ufeff{}", id="bom"),
+    pytest.param("NaN", id="bare-nan"),
+    pytest.param("1" * 5000, id="int-over-4300-digits"),
+]
+
+
+@pytest.mark.parametrize("raw", UNPARSEABLE)
+@pytest.mark.parametrize("target", TARGETS)
+def test_invalid_json_is_400(targets, task, target, raw):
+    client, url, _ = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, raw)
+    assert_error(r, 400, "invalid", "body")
+
+
+@pytest.mark.parametrize("raw", ["[]", '[{"name": "x", "slug": "x"}]', '"a string"', "42", "4.2", "true", "null"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_json_that_is_not_an_object_is_400(targets, task, target, raw):
+    client, url, _ = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, raw)
+    assert_error(r, 400, "invalid")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_empty_body_is_400_naming_the_required_fields(targets, task, target):
+    client, url, _ = targets[target]
+    required = {"project_create": ["name", "slug"], "task_create": ["project_id", "agent_type", "title"],
+                "task_status": ["status"]}[target]
+    with nothing_changes(task):
+        r = send(client, url, "")
+    assert_error(r, 400, "invalid", *required)
+
+
+# --- NaN, Infinity and numbers that overflow to infinity ---------------------------
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("target,field", TARGET_FIELDS)
+def test_nan_and_infinity_literals_are_400(targets, task, target, field, literal):
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, with_literal(valid, field, literal))
+    assert_error(r, 400, "invalid", "body")
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", '{"x": 1e999}', '[1E+999]'])
+def test_numbers_that_overflow_to_infinity_are_400(targets, literal):
+    """json.loads turns 1e400 into float('inf'), which is not JSON: it can be neither
+    stored in jsonb nor rendered back (DRF's strict JSON renderer)."""
+    client, url, valid = targets["task_create"]
+    with nothing_changes():
+        r = send(client, url, with_literal(valid, "input_data", '{"n": %s}' % literal))
+    assert_error(r, 400, "invalid")
+
+
+# --- NUL characters and lone surrogates ---------------------------------------------
+@pytest.mark.parametrize("target,field", TARGET_FIELDS)
+def test_nul_in_a_string_value_is_400(targets, task, target, field):
+    client, url, valid = targets[target]
+    value = {"input_data": {"k": "a\u0000b"}}.get(field, "a\u0000b")
+    with nothing_changes(task):
+        r = send(client, url, json.dumps({**valid, field: value}))
+    assert_names(assert_error(r, 400, "invalid", "body"), field)
+
+
+@pytest.mark.parametrize("where", ["top-level", "nested"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_nul_in_a_json_key_is_400(targets, task, target, where):
+    client, url, valid = targets[target]
+    body = {**valid, "bad\u0000key": 1} if where == "top-level" else {**valid, "input_data": {"a": {"k\u0000": 1}}}
+    with nothing_changes(task):
+        r = send(client, url, json.dumps(body))
+    assert_error(r, 400, "invalid", "body")
+
+
+@pytest.mark.parametrize("value", [pytest.param("\ud800", id="high"), pytest.param("x\udfffy", id="low")])
+@pytest.mark.parametrize("target,field", TARGET_FIELDS)
+def test_lone_surrogate_in_a_string_is_400(targets, task, target, field, value):
+    r"""JSON "\ud800" decodes to a str that cannot be encoded as UTF-8: it can be neither
+    stored (SQLite, PostgreSQL) nor rendered in an error message."""
+    client, url, valid = targets[target]
+    value = {"input_data": {"k": value}}.get(field, value)
+    with nothing_changes(task):
+        r = send(client, url, json.dumps({**valid, field: value}))
+    body = assert_error(r, 400, "invalid")
+    assert field in body["fields"] or "body" in body["fields"], body
+
+
+def test_lone_surrogate_in_a_key_is_400(targets):
+    client, url, valid = targets["task_create"]
+    with nothing_changes():
+        r = send(client, url, json.dumps({**valid, "input_data": {"\ud800": 1}}))
+    assert_error(r, 400, "invalid")
+
+
+# --- deep nesting -------------------------------------------------------------------
+def nested(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+@pytest.mark.parametrize("kind", ["list", "object"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_deep_nesting_is_400(targets, task, target, kind, depth):
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, with_literal(valid, FIELDS[target][-1], nested(depth, kind)))
+    assert_error(r, 400, "invalid", "body")
+    with nothing_changes(task):
+        r = send(client, url, nested(depth, kind))  # the whole body
+    assert_error(r, 400, "invalid", "body")
+
+
+def test_nesting_within_the_limit_is_accepted(targets):
+    client, url, valid = targets["task_create"]
+    r = send(client, url, with_literal(valid, "input_data", nested(30, "object")))
+    assert r.status_code == 201, r.content
+
+
+# --- size ---------------------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_body_over_the_size_limit_is_400(settings, targets, task, target):
+    client, url, valid = targets[target]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 300
+    small = json.dumps(valid)
+    big = json.dumps({**valid, "padding": "x" * 400})
+    assert len(small) < 300 < len(big)
+    with nothing_changes(task):
+        r = send(client, url, big)
+    body = assert_error(r, 400, "invalid", "body")
+    assert "300" in body["detail"]
+
+
+@pytest.mark.parametrize("target,field,limit", [("project_create", "name", 200), ("project_create", "slug", 64),
+                                                ("task_create", "title", 500), ("task_status", "error", 20000)])
+def test_strings_over_max_length_are_400_and_at_max_length_accepted(targets, task, target, field, limit):
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, json.dumps({**valid, field: "x" * (limit + 1)}))
+    assert_error(r, 400, "invalid", field)
+    r = send(client, url, json.dumps({**valid, field: "x" * limit}))
+    assert r.status_code == SUCCESS[target], r.content
+
+
+# --- content type -------------------------------------------------------------------
+@pytest.mark.parametrize("content_type", [
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "application/xml",
+    "application/octet-stream",
+    "application/jsonx",
+    "",
+])
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_body_that_is_not_declared_json_is_400(targets, task, target, content_type):
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, json.dumps(valid), content_type=content_type)
+    assert_error(r, 400, "invalid", "body")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_form_data_is_400(targets, task, target):
+    client, url, valid = targets[target]
+    form = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in valid.items()}
+    with nothing_changes(task):
+        r = client.post(url, form)  # multipart/form-data
+    assert_error(r, 400, "invalid", "body")
+    with nothing_changes(task):
+        r = client.post(url, form, format="json", content_type="application/x-www-form-urlencoded")
+    assert_error(r, 400, "invalid", "body")
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-32", "rot13", "hex", "base64", "zlib", "no-such-charset"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_wrong_or_bogus_charset_is_400(targets, task, target, charset):
+    """A UTF-8 body declared in another charset, or in a codec that is not a text
+    encoding at all (rot13, hex, base64, zlib): 400, never a 500."""
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, json.dumps({**valid, "x": "é"}), content_type=f"application/json; charset={charset}")
+    if charset == "no-such-charset":  # Django ignores an unknown charset and reads UTF-8
+        assert r.status_code == SUCCESS[target], r.content
+    else:
+        assert_error(r, 400, "invalid", "body")
+
+
+# --- wrong types, bad values, missing fields ----------------------------------------
+BAD_VALUES = [
+    ("project_create", "name", [123, 1.5, True, None, "", "   ", {"text": "x"}, ["x"]]),
+    ("project_create", "slug", ["has space", "ünïcode", "a/b", "", None, 42, {"a": 1}, ["x"]]),
+    ("project_create", "timezone", ["Mars/Olympus_Mons", "utc ", "", None, 0, ["UTC"], {"tz": "UTC"}]),
+    ("task_create", "project_id", ["not-a-uuid", "", None, 12345, "1234", {"id": "x"}, [], True,
+                                   "00000000-0000-0000-0000-00000000000g", "00000000-0000-0000-0000-0000000000000"]),
+    ("task_create", "agent_type", ["wizard", "", "CODER", " coder", None, 1, ["coder"], {"coder": True}]),
+    ("task_create", "title", [123, 1.5, False, None, "", "   ", {"text": "x"}, ["x"]]),
+    ("task_create", "input_data", [[1, 2], [], "text", 5, 1.5, True, None]),
+    ("task_status", "status", ["unknown", "pending", "running", "halted", "cancelled", "COMPLETED", "",
+                               None, 1, ["completed"], {"status": "completed"}]),
+    ("task_status", "error", [123, None, {"a": 1}, ["x"]]),
+]
+BAD_FIELD_CASES = [pytest.param(t, f, v, id=f"{t}-{f}-{json.dumps(v, ensure_ascii=True)}")
+                   for t, f, values in BAD_VALUES for v in values]
+
+
+@pytest.mark.parametrize("target,field,value", BAD_FIELD_CASES)
+def test_a_wrong_type_or_value_is_400_naming_the_field(targets, task, target, field, value):
+    client, url, valid = targets[target]
+    with nothing_changes(task):
+        r = send(client, url, json.dumps({**valid, field: value}))
+    body = assert_error(r, 400, "invalid", field)
+    assert set(body["fields"]) == {field}, body  # only the bad field is blamed
+
+
+MISSING = [("project_create", ["name"]), ("project_create", ["slug"]), ("project_create", ["name", "slug"]),
+           ("task_create", ["project_id"]), ("task_create", ["agent_type"]), ("task_create", ["title"]),
+           ("task_create", ["project_id", "agent_type", "title"]), ("task_status", ["status"])]
+
+
+@pytest.mark.parametrize("target,missing", MISSING)
+def test_missing_required_fields_are_400_naming_each(targets, task, target, missing):
+    client, url, valid = targets[target]
+    body = {k: v for k, v in valid.items() if k not in missing}
+    with nothing_changes(task):
+        r = send(client, url, json.dumps(body))
+    assert set(assert_error(r, 400, "invalid", *missing)["fields"]) == set(missing)
+
+
+def test_an_unknown_project_in_the_body_is_404(targets, other_project):
+    client, url, valid = targets["task_create"]
+    for project_id in (str(uuid.uuid4()), str(other_project.pk), "00000000-0000-0000-0000-000000000000"):
+        with nothing_changes():
+            r = send(client, url, json.dumps({**valid, "project_id": project_id}))
+        assert_error(r, 404, "not_found")
+
+
+def test_a_duplicate_slug_is_400(targets, project):
+    client, url, valid = targets["project_create"]
+    with nothing_changes():
+        r = send(client, url, json.dumps({**valid, "slug": project.slug}))
+    assert_error(r, 400, "invalid", "slug")
+
+
+# --- ids in paths and query strings ------------------------------------------------
+BAD_IDS = [
+    pytest.param("not-a-uuid", id="word"),
+    pytest.param("123", id="number"),
+    pytest.param("00000000-0000-0000-0000-000000000000", id="nil-uuid"),
+    pytest.param("RANDOM", id="unknown-uuid"),
+    pytest.param("%00", id="nul"),
+    pytest.param("abc%00def", id="nul-inside"),
+    pytest.param("%FF%FE", id="invalid-utf8"),
+    pytest.param("%ED%A0%80", id="encoded-surrogate"),
+    pytest.param("%E2%80%8B", id="zero-width-space"),
+    pytest.param("x" * 5000, id="very-long"),
+    pytest.param("1' OR '1'='1", id="sql"),
+    pytest.param("..%2F..%2Fetc%2Fpasswd", id="traversal"),
+    pytest.param("OTHER", id="id-of-another-kind"),
+]
+
+
+def path_id(raw: str, project) -> str:
+    return {"RANDOM": str(uuid.uuid4()), "OTHER": str(project.pk)}.get(raw, raw)
+
+
+@pytest.mark.parametrize("raw_id", BAD_IDS)
+@pytest.mark.parametrize("method,template", [("GET", "/api/v1/projects/{}"), ("GET", "/api/v1/tasks/{}"),
+                                             ("POST", "/api/v1/tasks/{}/status")])
+def test_a_malformed_or_unknown_id_in_the_path_is_404(clients, project, task, method, template, raw_id):
+    pid = path_id(raw_id, project)
+    if template.startswith("/api/v1/projects/") and raw_id == "OTHER":
+        pid = str(task.pk)  # a task's id is not a project's
+    with nothing_changes(task):
+        r = send(clients["admin"], template.format(pid), json.dumps({"status": "completed"}), method=method)
+    assert_error(r, 404, "not_found")
+
+
+def test_a_project_the_caller_cannot_see_is_404(clients, other_project, agent):
+    r = clients["agent"].get(f"/api/v1/projects/{other_project.pk}")
+    assert_error(r, 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/projects/", "/api/v1/tasks/", "/api/v1/tasks//status",
+                                  "/api/v1/nope", "/api/v1/projects/{p}/tasks", "/api/v1/tasks/{t}/status/x",
+                                  "/api/v2/projects", "/api/"])
+def test_unknown_api_paths_are_json_404(clients, project, task, path):
+    r = clients["admin"].get(path.format(p=project.pk, t=task.pk))
+    assert_error(r, 404, "not_found")
+
+
+EVENT_QUERIES = [
+    # (query string, offending field); PROJECT is replaced by a visible project's id
+    ("", "project_id"),
+    ("project_id=", "project_id"),
+    ("project_id=not-a-uuid", "project_id"),
+    ("project_id=%00", "project_id"),
+    ("project_id=PROJECT%00", "project_id"),
+    ("project_id=%FF", "project_id"),
+    ("project_id=" + "a" * 5000, "project_id"),
+    ("project_id=PROJECT&after=abc", "after"),
+    ("project_id=PROJECT&after=-1", "after"),
+    ("project_id=PROJECT&after=1.5", "after"),
+    ("project_id=PROJECT&after=", "after"),
+    ("project_id=PROJECT&after=%00", "after"),
+    ("project_id=PROJECT&after=1e3", "after"),
+    ("project_id=PROJECT&after=0x10", "after"),
+    ("project_id=PROJECT&after=NaN", "after"),
+    ("project_id=PROJECT&after=Infinity", "after"),
+    ("project_id=PROJECT&after=9223372036854775808", "after"),
+    ("project_id=PROJECT&after=" + "9" * 5000, "after"),
+    ("project_id=PROJECT&limit=0", "limit"),
+    ("project_id=PROJECT&limit=-1", "limit"),
+    ("project_id=PROJECT&limit=1001", "limit"),
+    ("project_id=PROJECT&limit=abc", "limit"),
+    ("project_id=PROJECT&limit=", "limit"),
+    ("project_id=PROJECT&limit=%00", "limit"),
+    ("project_id=PROJECT&limit=99999999999999999999999", "limit"),
+]
+
+
+@pytest.mark.parametrize("query,field", EVENT_QUERIES)
+def test_bad_event_query_is_400_naming_the_parameter(clients, project, query, field):
+    r = clients["agent"].get("/api/v1/events?" + query.replace("PROJECT", str(project.pk)))
+    assert_error(r, 400, "invalid", field)
+
+
+@pytest.mark.parametrize("project_id", ["RANDOM", "OTHER", "00000000-0000-0000-0000-000000000000"])
+def test_events_of_an_unknown_or_invisible_project_are_404(clients, other_project, project_id):
+    project_id = {"RANDOM": str(uuid.uuid4()), "OTHER": str(other_project.pk)}.get(project_id, project_id)
+    assert_error(clients["agent"].get(f"/api/v1/events?project_id={project_id}"), 404, "not_found")
+
+
+@pytest.mark.parametrize("query", ["after=9223372036854775807", "after=0&limit=1", "after=0&limit=1000",
+                                  "after=5&after=abc&limit=3"])
+def test_event_query_edges_that_are_valid(clients, project, query):
+    """The largest bigint is a valid `after` (an empty page, not a database overflow)."""
+    r = clients["agent"].get(f"/api/v1/events?project_id={project.pk}&{query}")
+    if "abc" in query:  # the last of repeated parameters wins
+        assert_error(r, 400, "invalid", "after")
+    else:
+        assert r.status_code == 200, r.content
+        assert r.json()["results"] == [] or "after=0" in query
+
+
+@pytest.mark.parametrize("page", ["0", "-1", "abc", "", "%00", "99999", "9" * 5000, "1.5"])
+def test_a_bad_page_of_the_project_list_is_json_404(clients, project, page):
+    r = clients["admin"].get(f"/api/v1/projects?page={page}")
+    if page == "":
+        assert r.status_code == 200  # an empty page parameter means the first page
+    else:
+        assert_error(r, 404, "not_found")
+
+
+# --- methods ------------------------------------------------------------------------
+UNSUPPORTED = [
+    ("PUT", "/api/v1/projects"), ("PATCH", "/api/v1/projects"), ("DELETE", "/api/v1/projects"),
+    ("POST", "/api/v1/projects/{p}"), ("PUT", "/api/v1/projects/{p}"), ("PATCH", "/api/v1/projects/{p}"),
+    ("DELETE", "/api/v1/projects/{p}"),
+    ("GET", "/api/v1/tasks"), ("PUT", "/api/v1/tasks"), ("PATCH", "/api/v1/tasks"), ("DELETE", "/api/v1/tasks"),
+    ("POST", "/api/v1/tasks/{t}"), ("PUT", "/api/v1/tasks/{t}"), ("PATCH", "/api/v1/tasks/{t}"),
+    ("DELETE", "/api/v1/tasks/{t}"),
+    ("GET", "/api/v1/tasks/{t}/status"), ("PUT", "/api/v1/tasks/{t}/status"),
+    ("PATCH", "/api/v1/tasks/{t}/status"), ("DELETE", "/api/v1/tasks/{t}/status"),
+    ("POST", "/api/v1/events"), ("PUT", "/api/v1/events"), ("DELETE", "/api/v1/events"),
+    ("POST", "/api/v1/health"), ("PUT", "/api/v1/health"), ("DELETE", "/api/v1/health"),
+    ("TRACE", "/api/v1/projects"), ("PROPFIND", "/api/v1/tasks/{t}"), ("FOO", "/api/v1/events"),
+]
+
+
+@pytest.mark.parametrize("method,template", UNSUPPORTED)
+def test_unsupported_methods_are_json_405(clients, project, task, method, template):
+    url = template.format(p=project.pk, t=task.pk)
+    body = json.dumps({"name": "X", "slug": "x", "status": "completed", "project_id": str(project.pk),
+                       "agent_type": "coder", "title": "T"})
+    with nothing_changes(task):
+        r = send(clients["admin"], url + ("?project_id=%s" % project.pk if "events" in url else ""), body,
+                 method=method)
+    assert_error(r, 405, "method_not_allowed")
+    assert method not in r["Allow"].split(", ")
+
+
+# --- Idempotency-Key ----------------------------------------------------------------
+@pytest.mark.parametrize("key", [pytest.param("k" * 256, id="256-chars"), pytest.param("k" * 10_000, id="10000-chars"),
+                                 pytest.param("", id="empty")])
+@pytest.mark.parametrize("target", CREATES)
+def test_a_bad_idempotency_key_is_400(targets, target, key):
+    client, url, valid = targets[target]
+    with nothing_changes():
+        r = send(client, url, json.dumps(valid), HTTP_IDEMPOTENCY_KEY=key)
+    assert_error(r, 400, "invalid", "Idempotency-Key")
+
+
+@pytest.mark.parametrize("target", CREATES)
+def test_an_idempotency_key_with_a_nul_is_400(targets, target):
+    client, url, valid = targets[target]
+    with nothing_changes():
+        r = send(client, url, json.dumps(valid), HTTP_IDEMPOTENCY_KEY="key\x00nul")
+    assert_error(r, 400, "invalid", "Idempotency-Key")
+
+
+@pytest.mark.parametrize("target", CREATES)
+def test_an_idempotency_key_of_255_chars_is_accepted(targets, target):
+    client, url, valid = targets[target]
+    r = send(client, url, json.dumps(valid), HTTP_IDEMPOTENCY_KEY="k" * 255)
+    assert r.status_code == 201, r.content
+
+
+@pytest.mark.parametrize("target", CREATES)
+def test_a_malformed_body_with_an_idempotency_key_is_400_and_not_remembered(targets, target):
+    client, url, valid = targets[target]
+    with nothing_changes():
+        r = send(client, url, "{", HTTP_IDEMPOTENCY_KEY="k1")
+    assert_error(r, 400, "invalid", "body")
+    with nothing_changes():
+        r = send(client, url, json.dumps({**valid, FIELDS[target][0]: None}), HTTP_IDEMPOTENCY_KEY="k1")
+    assert_error(r, 400, "invalid", FIELDS[target][0])
+    r = send(client, url, json.dumps(valid), HTTP_IDEMPOTENCY_KEY="k1")  # the key is still free
+    assert r.status_code == 201, r.content
+
+
+@pytest.mark.parametrize("target", CREATES)
+def test_a_reused_idempotency_key_with_another_body_is_400(targets, target):
+    client, url, valid = targets[target]
+    assert send(client, url, json.dumps(valid), HTTP_IDEMPOTENCY_KEY="k2").status_code == 201
+    other = {**valid, "name": "Other", "slug": "other-slug"} if target == "project_create" else {**valid, "title": "Z"}
+    with nothing_changes():
+        r = send(client, url, json.dumps(other), HTTP_IDEMPOTENCY_KEY="k2")
+    assert_error(r, 400, "invalid", "Idempotency-Key")
+
+
+# --- credentials --------------------------------------------------------------------
+BAD_AUTH = [
+    pytest.param(None, id="none"),
+    pytest.param("", id="empty"),
+    pytest.param("Bearer", id="bearer-alone"),
+    pytest.param("Bearer ", id="bearer-space"),
+    pytest.param("Bearer a b", id="three-words"),
+    pytest.param("Bearer garbage", id="garbage"),
+    pytest.param("Bearer hitl_", id="prefix-only"),
+    pytest.param("Bearer hitl__secret", id="empty-prefix"),
+    pytest.param("Bearer hitl_000000000000_secret", id="unknown-prefix"),
+    pytest.param("Bearer WRONG_SECRET", id="right-prefix-wrong-secret"),
+    pytest.param("Bearer REVOKED", id="revoked"),
+    pytest.param("Bearer INACTIVE", id="inactive-user"),
+    pytest.param("Bearer hitl_\x00_x", id="nul"),
+    pytest.param("Bearer hitl_é_x", id="non-ascii"),
+    pytest.param("Bearer " + "x" * 10_000, id="very-long"),
+    pytest.param("Basic YWRtaW46cHc=", id="basic-with-a-real-password"),
+    pytest.param("Token abc", id="token-scheme"),
+]
+ENDPOINTS = [("GET", "/api/v1/projects"), ("POST", "/api/v1/projects"), ("GET", "/api/v1/projects/{p}"),
+             ("POST", "/api/v1/tasks"), ("GET", "/api/v1/tasks/{t}"), ("POST", "/api/v1/tasks/{t}/status"),
+             ("GET", "/api/v1/events?project_id={p}"), ("DELETE", "/api/v1/tasks/{t}")]
+
+
+@pytest.fixture
+def bad_authorization(admin_user, make_user):
+    def resolve(header):
+        if header in ("Bearer WRONG_SECRET", "Bearer REVOKED"):
+            key, raw = api_key_create(user=admin_user)
+            if header == "Bearer REVOKED":
+                api_key_revoke(key_id=key.pk)
+                return f"Bearer {raw}"
+            return f"Bearer hitl_{key.prefix}_wrong"
+        if header == "Bearer INACTIVE":
+            user = make_user("inactive", superuser=True)
+            _, raw = api_key_create(user=user)
+            user.is_active = False
+            user.save()
+            return f"Bearer {raw}"
+        return header
+
+    return resolve
+
+
+@pytest.mark.parametrize("header", BAD_AUTH)
+@pytest.mark.parametrize("method,template", ENDPOINTS)
+def test_no_or_bad_credentials_are_401(project, task, bad_authorization, method, template, header):
+    client = APIClient()
+    header = bad_authorization(header)
+    if header is not None:
+        client.credentials(HTTP_AUTHORIZATION=header)
+    body = json.dumps({"name": "X", "slug": "x", "status": "completed", "project_id": str(project.pk),
+                       "agent_type": "coder", "title": "T"})
+    with nothing_changes(task):
+        r = send(client, template.format(p=project.pk, t=task.pk), body, method=method)
+    assert_error(r, 401, "unauthenticated")
+    assert r["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer garbage", "Bearer hitl_\x00_x"])
+def test_health_is_public_and_ignores_credentials(header):
+    client = APIClient()
+    if header is not None:
+        client.credentials(HTTP_AUTHORIZATION=header)
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200 and r.json()["database"]
+
+
+def test_a_session_without_csrf_token_cannot_post(client, admin_user):
+    """Session auth enforces CSRF: 403 in the error shape, nothing created."""
+    client.force_login(admin_user)
+    client.handler.enforce_csrf_checks = True
+    with nothing_changes():
+        r = client.post("/api/v1/projects", json.dumps({"name": "X", "slug": "x"}), content_type="application/json")
+    assert_error(r, 403, "forbidden")
+
+
+# --- a task's outcome is not changed by a refused report ---------------------------
+def test_refused_status_reports_leave_the_task_pending(targets, task):
+    client, url, _ = targets["task_status"]
+    for raw in ("{", '{"status": "completed", "error": "\\u0000"}', '{"status": NaN}', '{"status": "done"}',
+                "[]", nested(1000, "list")):
+        send(client, url, raw)
+    task.refresh_from_db()
+    assert task.status == Task.Status.PENDING and task.error == "" and task.finished_at is None
