@@ -1,4 +1,5 @@
 import hmac
+import re
 from datetime import timedelta
 
 from django.utils import timezone
@@ -8,6 +9,7 @@ from rest_framework import authentication, exceptions
 from access.models import ApiKey, hash_key
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+KEY_RE = re.compile(r"hitl_(?P<prefix>[0-9a-f]{1,16})_[A-Za-z0-9_-]{1,128}")
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -26,10 +28,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
-        parts = raw.split("_", 2)
-        if len(parts) != 3 or parts[0] != "hitl" or not parts[1]:
+        match = KEY_RE.fullmatch(raw)
+        if match is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
-        key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
+        key = ApiKey.objects.select_related("user").filter(prefix=match["prefix"]).first()
         if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
             raise exceptions.AuthenticationFailed("Invalid API key.")
         if key.revoked_at is not None:

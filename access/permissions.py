@@ -33,3 +33,10 @@ def project_for_user(*, user, project_id, field: str | None = None) -> Project:
     if project is None:
         raise NotFound()
     return project
+
+
+def require_not_requester(*, decider, requester_id) -> None:
+    """Nobody decides a request they made themselves (approvals, overrides, recovery steps),
+    whatever roles they hold, admins included."""
+    if requester_id is not None and decider.pk == requester_id:
+        raise Forbidden("You cannot decide a request that you made yourself.")

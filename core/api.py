@@ -1,6 +1,7 @@
 """Helpers shared by every app's API views."""
 import hashlib
 import json
+import re
 import uuid
 from functools import wraps
 
@@ -61,6 +62,9 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 
 # --- Idempotency-Key -----------------------------------------------------------------
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
 def _fingerprint(request) -> str:
     body = json.dumps(request.data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
@@ -78,8 +82,8 @@ def idempotent(post):
         key = request.headers.get("Idempotency-Key")
         if key is None:
             return post(self, request, *args, **kwargs)
-        if not key or len(key) > 255:
-            raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+        if not IDEMPOTENCY_KEY_RE.fullmatch(key):
+            raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 visible ASCII characters."]})
         fingerprint = _fingerprint(request)  # parses the body: a bad body is 400 here
         with transaction.atomic():
             try:

@@ -1,4 +1,6 @@
+import codecs
 import json
+import re
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -6,6 +8,7 @@ from rest_framework.parsers import JSONParser
 
 
 MAX_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_document(value, path="body"):
@@ -19,10 +22,12 @@ def _check_document(value, path="body"):
         if isinstance(item, str):
             if "\x00" in item:
                 raise ParseError(f"{where} contains a NUL character (\\u0000), which is not accepted.")
+            if _SURROGATE.search(item):
+                raise ParseError(f"{where} contains a lone UTF-16 surrogate, which is not valid Unicode.")
         elif isinstance(item, dict):
             for k, v in item.items():
-                if "\x00" in k:
-                    raise ParseError(f"{where} has a key with a NUL character (\\u0000).")
+                if "\x00" in k or _SURROGATE.search(k):
+                    raise ParseError(f"{where} has a key with a NUL character or a lone surrogate.")
                 stack.append((v, f"{where}.{k}", depth + 1))
         elif isinstance(item, list):
             stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
@@ -40,7 +45,7 @@ class BoundedJSONParser(JSONParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise ParseError(f"Request body is larger than {limit} bytes.")
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        encoding = _text_encoding((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET)
         try:
             text = raw.decode(encoding)
             data = json.loads(text, parse_constant=_refuse_constant)
@@ -50,6 +55,18 @@ class BoundedJSONParser(JSONParser):
             raise ParseError("JSON parse error - nesting is too deep.") from None
         _check_document(data)
         return data
+
+
+def _text_encoding(name: str) -> str:
+    """The charset to decode with: an unknown name falls back to UTF-8 (as Django does); a
+    codec that is not a text encoding (base64, zlib, rot13, ...) is refused."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return "utf-8"
+    if not getattr(info, "_is_text_encoding", True):
+        raise ParseError(f"charset={name} is not a text encoding; send UTF-8 JSON.")
+    return info.name
 
 
 def _refuse_constant(name):

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from access import roles
 from access.permissions import project_for_user, project_visible_to, require_project_perm
+from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
 from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent
 from projects import selectors, services
 from projects.models import AgentType, Project, Task
@@ -35,8 +36,8 @@ class ProjectPagination(PageNumberPagination):
 class ProjectListCreateApi(APIView):
     @extend_schema_serializer(component_name="ProjectCreateInput")
     class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200)
-        slug = serializers.SlugField(max_length=64)
+        name = StrictCharField(max_length=200)
+        slug = StrictSlugField(max_length=64)
         timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
                                            default="UTC")
 
@@ -76,9 +77,9 @@ class ProjectDetailApi(APIView):
 class TaskCreateApi(APIView):
     @extend_schema_serializer(component_name="TaskCreateInput")
     class InputSerializer(serializers.Serializer):
-        project_id = serializers.UUIDField()
+        project_id = StrictUUIDField()
         agent_type = serializers.ChoiceField(choices=AgentType.values)
-        title = serializers.CharField(max_length=500)
+        title = StrictCharField(max_length=500)
         input_data = serializers.JSONField(required=False, default=dict)
 
         def validate_input_data(self, value):
@@ -111,7 +112,7 @@ class TaskStatusApi(APIView):
     @extend_schema_serializer(component_name="TaskStatusInput")
     class InputSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=[s.value for s in Task.OUTCOMES])
-        error = serializers.CharField(required=False, allow_blank=True, default="", max_length=20000)
+        error = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
 
     @extend_schema(operation_id="tasks_report_status", request=InputSerializer,
                    responses={200: TaskOutputSerializer, **error_responses(400, 403, 404, 409)})
