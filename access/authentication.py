@@ -28,19 +28,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
-        match = KEY_RE.fullmatch(raw)
-        if match is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        key = ApiKey.objects.select_related("user").filter(prefix=match["prefix"]).first()
-        if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        if not key.user.is_active:
-            raise exceptions.AuthenticationFailed("This user is inactive.")
-        now = timezone.now()
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)  # bookkeeping, at most once a minute
+        key = api_key_check(raw)
         return key.user, key
 
     def authenticate_header(self, request):
@@ -53,3 +41,22 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "An API key from `manage.py hitl_access`."}
+
+
+def api_key_check(raw: str) -> ApiKey:
+    """The active key for a raw ``hitl_...`` string, with its user; AuthenticationFailed if
+    it is malformed, unknown, revoked or its user inactive. Records the last use."""
+    match = KEY_RE.fullmatch(raw)
+    if match is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    key = ApiKey.objects.select_related("user").filter(prefix=match["prefix"]).first()
+    if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if key.revoked_at is not None:
+        raise exceptions.AuthenticationFailed("This API key has been revoked.")
+    if not key.user.is_active:
+        raise exceptions.AuthenticationFailed("This user is inactive.")
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)  # bookkeeping, at most once a minute
+    return key

@@ -15,3 +15,5 @@ ROLES: dict[str, list[str]] = {
     "manager": [VIEW, REVIEW, MANAGE],
 }
 ALL_PERMS = sorted({perm for perms in ROLES.values() for perm in perms})
+# Roles that work in the Django admin (approval queue): granting one makes the user staff.
+STAFF_ROLES = {"reviewer", "manager"}

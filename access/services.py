@@ -37,6 +37,9 @@ def role_grant(*, user, project, role: str, actor=None) -> list[str]:
         raise ValueError(f"unknown role {role!r}")
     for perm in roles.ROLES[role]:
         assign_perm(f"projects.{perm}", user, project)
+    if role in roles.STAFF_ROLES and not user.is_staff:
+        user.is_staff = True  # reviewers and managers work in the admin's approval queue
+        user.save(update_fields=["is_staff"])
     audit_record(actor=actor, action="role.grant", obj=project, object_type="projects.project",
                  after={"user": user.get_username(), "role": role, "perms": roles.ROLES[role]})
     return roles.ROLES[role]

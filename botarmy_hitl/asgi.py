@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, websockets through Channels' auth stack.
+"""ASGI entry point: HTTP goes to Django (long polls to Channels consumers), websockets
+through Channels' auth stack.
 
 Served by `daphne botarmy_hitl.asgi:application`.
 """
@@ -13,11 +14,15 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from django.urls import re_path  # noqa: E402
+
+from approvals.routing import http_urlpatterns  # noqa: E402
 from events.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Long polls are Channels consumers (no thread or DB connection per waiter); the rest is Django.
+        "http": URLRouter([*http_urlpatterns, re_path(r"", django_asgi_app)]),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -171,6 +171,27 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# --- Agent call approvals -------------------------------------------------------------
+# Risk analyzers run in this order over every requested call (approvals/risk.py).
+HITL_RISK_ANALYZERS = env.list("HITL_RISK_ANALYZERS", default=[
+    "approvals.risk.SecretsAnalyzer",
+    "approvals.risk.PersonalDataAnalyzer",
+    "approvals.risk.PromptInjectionAnalyzer",
+    "approvals.risk.DestructiveCommandAnalyzer",
+    "approvals.risk.ExfiltrationAnalyzer",
+    "approvals.risk.ProductionDeployAnalyzer",
+    "approvals.risk.CostAnalyzer",
+])
+HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default=30)
+# How often beat times out due approvals and sends timeout warnings.
+HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
+# A waiting agent's long poll re-reads the database this often, in case a push was lost
+# (for example a decision made in another process on the in-process channel layer).
+HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS", default=1.0 if not env.str("REDIS_URL", default="") else 5.0)
+# A single call estimated above these amounts (USD) is flagged medium / high.
+HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
+HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")
+
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
@@ -210,6 +231,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "core.heartbeat",
         "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),
         "options": {"expires": HITL_HEARTBEAT_SECONDS},
+    },
+    "approvals-expire-overdue": {
+        "task": "approvals.expire_overdue",
+        "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
+        "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
+    },
+    "approvals-warn-due": {
+        "task": "approvals.warn_due",
+        "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
+        "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
     },
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",

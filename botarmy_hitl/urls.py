@@ -3,6 +3,8 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.views import HealthApi, api_not_found
+from approvals.api import (AgentApprovalCancelApi, AgentApprovalCreateApi, AgentApprovalDetailApi,
+                           AgentApprovalProjectListApi, AgentApprovalRespondApi, AgentApprovalStartApi)
 from events.api import EventListApi
 from projects.api import ProjectDetailApi, ProjectListCreateApi, TaskCreateApi, TaskDetailApi, TaskStatusApi
 
@@ -14,6 +16,15 @@ api_v1 = [
     path("tasks/<str:task_id>", TaskDetailApi.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/status", TaskStatusApi.as_view(), name="task-status"),
     path("events", EventListApi.as_view(), name="events"),
+    path("agent-approvals", AgentApprovalCreateApi.as_view(), name="agent-approvals"),
+    path("agent-approvals/project/<str:project_id>", AgentApprovalProjectListApi.as_view(),
+         name="agent-approvals-project"),
+    path("agent-approvals/<str:approval_id>", AgentApprovalDetailApi.as_view(), name="agent-approval-detail"),
+    path("agent-approvals/<str:approval_id>/respond", AgentApprovalRespondApi.as_view(),
+         name="agent-approval-respond"),
+    path("agent-approvals/<str:approval_id>/cancel", AgentApprovalCancelApi.as_view(), name="agent-approval-cancel"),
+    path("agent-approvals/<str:approval_id>/start", AgentApprovalStartApi.as_view(), name="agent-approval-start"),
+    # agent-approvals/<id>/wait is a Channels consumer: see approvals/routing.py and botarmy_hitl/asgi.py
 ]
 
 urlpatterns = [

@@ -109,3 +109,13 @@ def idempotent(post):
             return response
 
     return wrapper
+
+
+def paginated(item_serializer, name: str):
+    """OpenAPI shape of a PageNumberPagination answer: {count, next, previous, results}."""
+    return type(name, (serializers.Serializer,), {
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": item_serializer(many=True),
+    })

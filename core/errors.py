@@ -31,8 +31,8 @@ class DomainError(Exception):
 class TransitionError(DomainError):
     """The object is not in a state that allows this."""
 
-    def __init__(self, detail: str = "", *, current_status: str):
-        super().__init__(detail, status=current_status)
+    def __init__(self, detail: str = "", *, current_status: str, **extra):
+        super().__init__(detail, status=current_status, **extra)
 
 
 class Expired(DomainError):
@@ -57,6 +57,13 @@ class Forbidden(DomainError):
 
     status_code = status.HTTP_403_FORBIDDEN
     code = "forbidden"
+
+
+class NotFoundError(DomainError):
+    """No such object, or not visible to this user."""
+
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
 
 
 class InvalidInput(DomainError):

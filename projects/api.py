@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from access import roles
 from access.permissions import project_for_user, project_visible_to, require_project_perm
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
-from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent
+from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, paginated
 from projects import selectors, services
 from projects.models import AgentType, Project, Task
 from projects.serializers import AgentStateSerializer, ProjectOutputSerializer, TaskOutputSerializer
@@ -41,8 +41,8 @@ class ProjectListCreateApi(APIView):
         timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
                                            default="UTC")
 
-    @extend_schema(operation_id="projects_list", responses={200: ProjectOutputSerializer(many=True),
-                                                            **error_responses()})
+    @extend_schema(operation_id="projects_list",
+                   responses={200: paginated(ProjectOutputSerializer, "PaginatedProjectList"), **error_responses()})
     def get(self, request):
         """Projects the caller can see (paginated)."""
         paginator = ProjectPagination()

@@ -78,11 +78,46 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "") -> Task
     task.error = error if status == Task.Status.FAILED else ""
     task.finished_at = timezone.now()
     task.save(update_fields=["status", "error", "finished_at", "updated_at"])
-    state = AgentState.objects.select_for_update().get(project_id=task.project_id, agent_type=task.agent_type)
-    if state.status != AgentState.Status.EMERGENCY_STOPPED:
-        state.status = AgentState.Status.IDLE if status == Task.Status.COMPLETED else AgentState.Status.ERROR
-        if state.current_task_id == task.pk:
-            state.current_task = None
-        state.save(update_fields=["status", "current_task", "updated_at"])
+    agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
+                        failed=status == Task.Status.FAILED)
     audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
     return task
+
+
+def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = None) -> AgentState:
+    """Derive an agent type's state in a project from its tasks (call inside the transaction
+    that changed them): waiting_for_hitl while a task waits for a person, working while one
+    runs, else idle, or error after a failure (``failed=True``) until a success (``failed=False``).
+    An emergency stop is left for recovery to lift."""
+    state = AgentState.objects.select_for_update().get(project_id=project_id, agent_type=agent_type)
+    if state.status == AgentState.Status.EMERGENCY_STOPPED:
+        return state
+    tasks = Task.objects.filter(project_id=project_id, agent_type=agent_type)
+    waiting = tasks.filter(status=Task.Status.WAITING_FOR_HITL).order_by("-updated_at").first()
+    running = None if waiting else tasks.filter(status=Task.Status.RUNNING).order_by("-updated_at").first()
+    if waiting:
+        status, current = AgentState.Status.WAITING_FOR_HITL, waiting
+    elif running:
+        status, current = AgentState.Status.WORKING, running
+    elif failed or (failed is None and state.status == AgentState.Status.ERROR):
+        status, current = AgentState.Status.ERROR, None
+    else:
+        status, current = AgentState.Status.IDLE, None
+    if (state.status, state.current_task_id) != (status, current.pk if current else None):
+        state.status, state.current_task = status, current
+        state.save(update_fields=["status", "current_task", "updated_at"])
+    return state
+
+
+def task_move(*, task: Task, to: str) -> bool:
+    """Move a locked task along its TRANSITIONS; a move it does not allow is skipped (a task
+    halted or cancelled meanwhile stays so). Returns whether it moved."""
+    if task.status == to or to not in Task.TRANSITIONS[task.status]:
+        return False
+    task.status = to
+    fields = ["status", "updated_at"]
+    if to == Task.Status.RUNNING and task.started_at is None:
+        task.started_at = timezone.now()
+        fields.append("started_at")
+    task.save(update_fields=fields)
+    return True

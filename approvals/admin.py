@@ -1,0 +1,193 @@
+"""The reviewers' approval queue in the Django admin. Every decision goes through
+approvals.services (per object, with its permission check, lock, audit row and event);
+nothing here writes ``status``."""
+import json
+
+from django.contrib import admin, messages
+from django.db.models import Case, IntegerField, Value, When
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from access import roles
+from access.permissions import has_project_perm, project_visible_to
+from approvals.models import AgentCallApproval, ModelPrice
+from approvals.services import agent_approval_decide
+from core.errors import DomainError
+
+RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+class RiskLevelFilter(admin.SimpleListFilter):
+    title = "risk level"
+    parameter_name = "risk"
+
+    def lookups(self, request, model_admin):
+        return [(level, level) for level in RISK_COLOURS]
+
+    def queryset(self, request, queryset):
+        if self.value() in RISK_COLOURS:
+            return queryset.filter(risk_assessment__level=self.value())
+        return queryset
+
+
+class VisibleProjectFilter(admin.RelatedFieldListFilter):
+    def field_choices(self, field, request, model_admin):
+        return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]
+
+
+@admin.register(AgentCallApproval)
+class AgentCallApprovalAdmin(admin.ModelAdmin):
+    list_display = ["short_action", "project", "agent_type", "status", "risk", "estimated_cost", "age",
+                    "time_left", "requested_by"]
+    list_display_links = ["short_action"]
+    list_filter = ["status", "agent_type", RiskLevelFilter, ("project", VisibleProjectFilter)]
+    search_fields = ["proposed_action", "context_summary"]
+    list_per_page = 50
+    actions = ["approve_selected", "reject_selected"]
+    fieldsets = [
+        (None, {"fields": ["status", "project", "task", "agent_type", "requested_by", "model", "proposed_action",
+                           "context_summary"]}),
+        ("Risk", {"fields": ["risk_summary", "risk_flags"]}),
+        ("Input", {"fields": ["input_pretty", "amended_pretty", "input_digest"]}),
+        ("Cost", {"fields": ["estimated_tokens", "estimated_cost", "budget_override_id"]}),
+        ("Decision", {"fields": ["approved_by", "rejection_reason", "created_at", "responded_at", "expires_at",
+                                 "time_left", "started_at"]}),
+    ]
+    readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
+
+    # --- visibility: reviewers see the projects they hold a role on --------------------
+    def get_queryset(self, request):
+        qs = super().get_queryset(request).select_related("project", "requested_by", "approved_by")
+        return qs.filter(project__in=project_visible_to(user=request.user))
+
+    def get_ordering(self, request):
+        # The queue: pending first, oldest first.
+        pending_first = Case(When(status=AgentCallApproval.Status.PENDING, then=Value(0)), default=Value(1),
+                             output_field=IntegerField())
+        return [pending_first.asc(), "created_at"]
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None):
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        return obj is None or has_project_perm(request.user, roles.VIEW, obj.project)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    # --- columns --------------------------------------------------------------------
+    @admin.display(description="action", ordering="proposed_action")
+    def short_action(self, obj):
+        text = obj.proposed_action
+        return text if len(text) <= 80 else text[:77] + "…"
+
+    @admin.display(description="risk")
+    def risk(self, obj):
+        level = (obj.risk_assessment or {}).get("level", "?")
+        return format_html('<b style="color:{}">{}</b>', RISK_COLOURS.get(level, "#555"), level)
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj):
+        return _duration((timezone.now() - obj.created_at).total_seconds())
+
+    @admin.display(description="time left")
+    def time_left(self, obj):
+        if obj.status != AgentCallApproval.Status.PENDING:
+            return "—"
+        left = (obj.expires_at - timezone.now()).total_seconds()
+        return "expired" if left <= 0 else _duration(left)
+
+    @admin.display(description="risk")
+    def risk_summary(self, obj):
+        ra = obj.risk_assessment or {}
+        level = ra.get("level", "?")
+        return format_html('<b style="color:{}">{}</b> (score {})', RISK_COLOURS.get(level, "#555"), level,
+                           ra.get("score", "?"))
+
+    @admin.display(description="flags")
+    def risk_flags(self, obj):
+        flags = (obj.risk_assessment or {}).get("flags") or []
+        if not flags:
+            return "none"
+        rows = format_html_join(
+            "", '<tr><td style="color:{}"><b>{}</b></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>',
+            ((RISK_COLOURS.get(f.get("severity"), "#555"), f.get("severity"), f.get("code"), f.get("message"),
+              f.get("location", "")) for f in flags))
+        return format_html("<table><tr><th>severity</th><th>check</th><th>finding</th><th>where</th></tr>{}</table>",
+                           rows)
+
+    @admin.display(description="input_data")
+    def input_pretty(self, obj):
+        return format_html('<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>',
+                           json.dumps(obj.input_data, indent=2, ensure_ascii=False))
+
+    @admin.display(description="amended input")
+    def amended_pretty(self, obj):
+        if obj.amended_input_data is None:
+            return "—"
+        return format_html('<pre style="white-space:pre-wrap">{}</pre>',
+                           json.dumps(obj.amended_input_data, indent=2, ensure_ascii=False))
+
+    # --- bulk decisions -------------------------------------------------------------
+    def _decide_each(self, request, queryset, decision: str, reason: str = ""):
+        done = 0
+        for approval in queryset:
+            label = f"“{self.short_action(approval)}” ({approval.pk})"
+            if not has_project_perm(request.user, roles.REVIEW, approval.project):
+                self.message_user(request, f"{label}: you may not decide calls in project {approval.project}.",
+                                  messages.ERROR)
+                continue
+            try:
+                agent_approval_decide(approval_id=approval.pk, decider=request.user, decision=decision, reason=reason)
+            except DomainError as err:
+                status = err.extra.get("status")
+                self.message_user(request, f"{label}: not {decision}d: {err.detail}"
+                                  f"{f' (status {status})' if status else ''}", messages.WARNING)
+                continue
+            done += 1
+            self.message_user(request, f"{label}: {decision}d.", messages.SUCCESS)
+        return done
+
+    @admin.action(description="Approve selected calls")
+    def approve_selected(self, request, queryset):
+        self._decide_each(request, queryset, "approve")
+
+    @admin.action(description="Reject selected calls (asks for a reason)")
+    def reject_selected(self, request, queryset):
+        reason = (request.POST.get("reason") or "").strip()
+        if "apply" in request.POST and reason:
+            self._decide_each(request, queryset, "reject", reason=reason)
+            return None
+        return TemplateResponse(request, "admin/approvals/agentcallapproval/reject_reason.html", {
+            **self.admin_site.each_context(request),
+            "title": "Reject agent calls",
+            "queryset": queryset,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "missing_reason": "apply" in request.POST,
+        })
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ["model", "input_per_million", "output_per_million", "default_output_tokens", "updated_at"]
+    list_editable = ["input_per_million", "output_per_million", "default_output_tokens"]
+    search_fields = ["model"]

@@ -1,0 +1,143 @@
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access import roles
+from access.permissions import project_for_user, require_not_requester, require_project_perm
+from approvals import selectors, services
+from approvals.models import AgentCallApproval
+from approvals.serializers import AgentCallApprovalOutputSerializer, AgentCallApprovalStartOutputSerializer
+from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, paginated
+from core.fields import StrictCharField, StrictUUIDField
+from projects.models import AgentType
+
+MAX_TEXT = 20_000
+
+
+def _object(value):
+    if not isinstance(value, dict):
+        raise serializers.ValidationError("Must be a JSON object.")
+    return value
+
+
+class AgentApprovalPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class AgentApprovalCreateApi(APIView):
+    @extend_schema_serializer(component_name="AgentApprovalCreateInput")
+    class InputSerializer(serializers.Serializer):
+        project_id = StrictUUIDField()
+        task_id = StrictUUIDField()
+        agent_type = serializers.ChoiceField(choices=AgentType.values)
+        proposed_action = StrictCharField(max_length=MAX_TEXT)
+        input_data = serializers.JSONField(validators=[_object])
+        context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
+        estimated_tokens = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+        estimated_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+        timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
+        model = StrictCharField(required=False, allow_blank=True, default="", max_length=100)
+
+    @extend_schema(operation_id="agent_approvals_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
+    @idempotent
+    def post(self, request):
+        """Ask to run one agent call (agent role). The server estimates tokens and cost when not
+        given (an unknown `model` is 400), assesses the risk and sets `expires_at`."""
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        data = s.validated_data
+        project = project_for_user(user=request.user, project_id=data["project_id"])
+        require_project_perm(request.user, roles.ACT_AS_AGENT, project, "request agent calls")
+        approval = services.agent_approval_request(
+            requester=request.user, project_id=project.pk, task_id=data["task_id"], agent_type=data["agent_type"],
+            proposed_action=data["proposed_action"], input_data=data["input_data"],
+            context_summary=data["context_summary"], estimated_tokens=data.get("estimated_tokens"),
+            estimated_cost=data.get("estimated_cost"), timeout_minutes=data.get("timeout_minutes"),
+            model=data["model"])
+        return Response(AgentCallApprovalOutputSerializer(approval).data, status=status.HTTP_201_CREATED)
+
+
+class AgentApprovalDetailApi(APIView):
+    @extend_schema(operation_id="agent_approvals_retrieve",
+                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(404)})
+    def get(self, request, approval_id):
+        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        return Response(AgentCallApprovalOutputSerializer(approval).data)
+
+
+class AgentApprovalRespondApi(APIView):
+    @extend_schema_serializer(component_name="AgentApprovalRespondInput")
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
+        amended_input_data = serializers.JSONField(required=False, validators=[_object])
+
+    @extend_schema(operation_id="agent_approvals_respond", request=InputSerializer,
+                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
+    def post(self, request, approval_id):
+        """Approve (optionally with `amended_input_data`) or reject (with a `reason`), as a
+        reviewer who did not request the call. Exactly one decision wins; the rest get 409.
+        At or after `expires_at` the approval times out and the decision gets 410."""
+        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        require_project_perm(request.user, roles.REVIEW, approval.project, "decide agent calls")
+        require_not_requester(decider=request.user, requester_id=approval.requested_by_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        approval = services.agent_approval_decide(approval_id=approval.pk, decider=request.user, **s.validated_data)
+        return Response(AgentCallApprovalOutputSerializer(approval).data)
+
+
+class AgentApprovalCancelApi(APIView):
+    @extend_schema_serializer(component_name="AgentApprovalCancelInput")
+    class InputSerializer(serializers.Serializer):
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
+
+    @extend_schema(operation_id="agent_approvals_cancel", request=InputSerializer,
+                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
+    def post(self, request, approval_id):
+        """The requesting agent withdraws a pending (or approved, not started) call."""
+        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        approval = services.agent_approval_cancel(approval_id=approval.pk, actor=request.user, **s.validated_data)
+        return Response(AgentCallApprovalOutputSerializer(approval).data)
+
+
+class AgentApprovalStartApi(APIView):
+    @extend_schema(operation_id="agent_approvals_start", request=None,
+                   responses={200: AgentCallApprovalStartOutputSerializer,
+                              **error_responses(403, 404, 409, 423)})
+    def post(self, request, approval_id):
+        """The single-use execution grant: marks an approved call started, exactly once, and
+        returns `input_to_run`. A second start gets 409."""
+        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = services.agent_approval_start(approval_id=approval.pk, actor=request.user)
+        return Response(AgentCallApprovalStartOutputSerializer(approval).data)
+
+
+class AgentApprovalProjectListApi(APIView):
+    @extend_schema_serializer(component_name="AgentApprovalFilter")
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=AgentCallApproval.Status.values, required=False)
+        agent_type = serializers.ChoiceField(choices=AgentType.values, required=False)
+
+    @extend_schema(operation_id="agent_approvals_project_list",
+                   parameters=[OpenApiParameter("status", enum=AgentCallApproval.Status.values),
+                               OpenApiParameter("agent_type", enum=AgentType.values),
+                               OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                   responses={200: paginated(AgentCallApprovalOutputSerializer, "PaginatedAgentApprovalList"),
+                              **error_responses(400, 404)})
+    def get(self, request, project_id):
+        """A project's agent call approvals, newest first, paginated."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        s = self.FilterSerializer(data=request.query_params)
+        s.is_valid(raise_exception=True)
+        paginator = AgentApprovalPagination()
+        page = paginator.paginate_queryset(selectors.agent_approval_list(project=project, **s.validated_data),
+                                           request, view=self)
+        return paginator.get_paginated_response(AgentCallApprovalOutputSerializer(page, many=True).data)

@@ -1,0 +1,148 @@
+"""GET /api/v1/agent-approvals/{id}/wait: the long poll of a waiting agent.
+
+Served by Channels (not Django's request handler), so a waiting agent costs one coroutine and
+one channel-layer channel: no thread and no database connection is held while it waits.
+Database reads run briefly through ``database_sync_to_async``. The decision services push
+``approval.updated`` to the approval's group after commit; the wait also re-reads the database
+every HITL_WAIT_POLL_SECONDS, so a lost push (or a decision made in another process on the
+in-process layer) only delays the answer, and an approval whose deadline passed is timed out
+on the spot even if beat is late.
+"""
+import asyncio
+import json
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.http import AsyncHttpConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+from rest_framework.exceptions import AuthenticationFailed
+
+from access.authentication import api_key_check
+from approvals.models import AgentCallApproval
+from approvals.selectors import agent_approval_visible_to
+from approvals.serializers import AgentCallApprovalOutputSerializer
+from approvals.services import agent_approval_time_out, approval_group
+from core.api import parse_uuid
+from core.errors import error_body
+
+MAX_WAIT_SECONDS = 60.0
+DEFAULT_WAIT_SECONDS = 30.0
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: dict, headers=()):
+        self.status, self.body, self.headers = status, body, list(headers)
+
+
+def _parse_timeout(query_string: bytes) -> float:
+    values = parse_qs(query_string.decode("latin-1")).get("timeout")
+    if not values:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        timeout = float(values[-1])
+    except ValueError:
+        timeout = -1.0
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:  # also refuses nan and inf
+        raise HttpError(400, error_body("invalid", "Invalid input.",
+                                        fields={"timeout": [f"Must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}."]}))
+    return timeout
+
+
+@database_sync_to_async
+def _authenticate(scope):
+    headers = dict(scope.get("headers") or [])
+    auth = headers.get(b"authorization", b"").split()
+    if auth and auth[0].lower() == b"bearer":
+        try:
+            if len(auth) != 2:
+                raise AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
+            return api_key_check(auth[1].decode("ascii")).user
+        except (AuthenticationFailed, UnicodeDecodeError) as exc:
+            detail = str(getattr(exc, "detail", "Invalid API key."))
+            raise HttpError(401, error_body("unauthenticated", detail),
+                            [(b"WWW-Authenticate", b'Bearer realm="api"')]) from None
+    user = scope.get("user")
+    if user is not None and user.is_authenticated and user.is_active:
+        return user
+    raise HttpError(401, error_body("unauthenticated", "Authentication credentials were not provided."),
+                    [(b"WWW-Authenticate", b'Bearer realm="api"')])
+
+
+@database_sync_to_async
+def _load(user, approval_id):
+    approval = agent_approval_visible_to(user=user).filter(pk=approval_id).first()
+    if approval is None:
+        raise HttpError(404, error_body("not_found", "Not found."))
+    return approval
+
+
+@database_sync_to_async
+def _current_status(approval_id) -> str:
+    """The status now; a pending approval past its deadline is timed out here and then."""
+    status, expires_at = AgentCallApproval.objects.values_list("status", "expires_at").get(pk=approval_id)
+    if status == AgentCallApproval.Status.PENDING and timezone.now() >= expires_at:
+        agent_approval_time_out(approval_id=approval_id)
+        status = AgentCallApproval.objects.values_list("status", flat=True).get(pk=approval_id)
+    return status
+
+
+@database_sync_to_async
+def _render(approval_id) -> bytes:
+    approval = AgentCallApproval.objects.select_related("approved_by", "requested_by").get(pk=approval_id)
+    return json.dumps(AgentCallApprovalOutputSerializer(approval).data, cls=DjangoJSONEncoder).encode()
+
+
+class AgentApprovalWaitConsumer(AsyncHttpConsumer):
+    async def handle(self, body):
+        try:
+            if self.scope["method"] != "GET":
+                raise HttpError(405, error_body("method_not_allowed", f'Method "{self.scope["method"]}" not allowed.'),
+                                [(b"Allow", b"GET")])
+            try:
+                approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
+            except Exception:
+                raise HttpError(404, error_body("not_found", "Not found.")) from None
+            user = await _authenticate(self.scope)
+            approval = await _load(user, approval_id)
+            timeout = _parse_timeout(self.scope.get("query_string", b""))
+            await self.wait_for_decision(approval.pk, timeout)
+            payload = await _render(approval.pk)
+        except HttpError as err:
+            await self.send_json_response(err.status, json.dumps(err.body).encode(), err.headers)
+            return
+        await self.send_json_response(200, payload)
+
+    async def send_json_response(self, status: int, body: bytes, headers=()):
+        await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])
+
+    async def wait_for_decision(self, approval_id, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        layer = get_channel_layer()
+        channel = group = None
+        if layer is not None:
+            channel = await layer.new_channel()
+            group = approval_group(approval_id)
+            await layer.group_add(group, channel)
+        try:
+            while True:
+                # Subscribed first, then read: a decision committed in between is not missed.
+                if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                pause = min(remaining, settings.HITL_WAIT_POLL_SECONDS)
+                try:
+                    if channel is not None:
+                        await asyncio.wait_for(layer.receive(channel), timeout=pause)
+                    else:
+                        await asyncio.sleep(pause)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if channel is not None:
+                await layer.group_discard(group, channel)

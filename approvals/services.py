@@ -1,0 +1,278 @@
+"""Agent call approvals: one service per transition, each in a transaction that locks the
+project (the emergency gate) and then the approval row, writes the audit row and outbox event,
+and wakes waiting agents after commit."""
+import hashlib
+import json
+from datetime import timedelta
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from access import roles
+from access.permissions import has_project_perm, require_not_requester, require_project_perm
+from approvals.estimation import estimate
+from approvals.models import AgentCallApproval
+from approvals.risk import RiskContext, assess
+from audit.services import audit_record
+from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from events.services import event_emit
+from projects.models import Task
+from projects.services import agent_state_refresh, project_lock_for_admission, task_move
+
+Status = AgentCallApproval.Status
+OPEN_TASK_STATUSES = (Task.Status.PENDING, Task.Status.RUNNING, Task.Status.WAITING_FOR_HITL)
+
+
+def input_digest(data) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def approval_group(approval_id) -> str:
+    """Channel-layer group that agents waiting on this approval listen to."""
+    return f"approvals.agent.{approval_id}"
+
+
+def approval_event_data(approval: AgentCallApproval) -> dict:
+    return {
+        "approval_id": str(approval.pk),
+        "agent_type": approval.agent_type,
+        "proposed_action": approval.proposed_action[:500],
+        "status": approval.status,
+        "estimated_tokens": approval.estimated_tokens,
+        "estimated_cost": f"{approval.estimated_cost:.4f}",
+        "risk_level": (approval.risk_assessment or {}).get("level"),
+        "expires_at": approval.expires_at.isoformat(),
+        "approved_by": approval.approved_by.get_username() if approval.approved_by_id else None,
+    }
+
+
+def _snapshot(approval: AgentCallApproval) -> dict:
+    return {"status": approval.status, "approved_by": approval.approved_by_id,
+            "rejection_reason": approval.rejection_reason, "started_at": approval.started_at}
+
+
+def _wake_waiters_on_commit(approval: AgentCallApproval) -> None:
+    message = {"type": "approval.updated", "approval_id": str(approval.pk), "status": approval.status}
+
+    def send():
+        async_to_sync(get_channel_layer().group_send)(approval_group(approval.pk), message)
+
+    transaction.on_commit(send, robust=True)  # waiters also poll the database: a lost push only delays
+
+
+def _close(approval: AgentCallApproval, *, actor, to: str, now, reason: str = "", event_type: str,
+           action: str, task_to: str = Task.Status.PENDING) -> None:
+    """Move a locked approval out of pending (or approved) and its task back to pending."""
+    before = _snapshot(approval)
+    approval.status = to
+    fields = ["status", "updated_at"]
+    if to in (Status.APPROVED, Status.REJECTED):
+        approval.responded_at, approval.approved_by = now, actor
+        fields += ["responded_at", "approved_by"]
+    if to == Status.REJECTED:
+        approval.rejection_reason = reason
+        fields.append("rejection_reason")
+    if to == Status.APPROVED:
+        approval.input_digest = input_digest(approval.input_to_run)
+        fields += ["amended_input_data", "input_digest"]
+    approval.save(update_fields=fields)
+    task = Task.objects.select_for_update().get(pk=approval.task_id)
+    task_move(task=task, to=task_to)
+    agent_state_refresh(project_id=approval.project_id, agent_type=task.agent_type)
+    audit_record(actor=actor, action=action, obj=approval, before=before, after=_snapshot(approval), reason=reason)
+    event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type,
+               data=approval_event_data(approval))
+    _wake_waiters_on_commit(approval)
+
+
+def agent_approval_request(*, requester, project_id, task_id, agent_type: str, proposed_action: str,
+                           input_data: dict, context_summary: str = "", estimated_tokens: int | None = None,
+                           estimated_cost=None, timeout_minutes: int | None = None,
+                           model: str = "") -> AgentCallApproval:
+    """An agent asks to run one call. Refused with 423 while the project is stopped."""
+    tokens, cost = estimate(model=model, proposed_action=proposed_action, input_data=input_data,
+                            context_summary=context_summary, estimated_tokens=estimated_tokens,
+                            estimated_cost=estimated_cost)
+    risk = assess(RiskContext(agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
+                              estimated_cost=cost, budget_remaining=None))
+    timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
+    with transaction.atomic():
+        project = project_lock_for_admission(project_id)
+        require_project_perm(requester, roles.ACT_AS_AGENT, project, "request agent calls")
+        task = Task.objects.select_for_update().filter(pk=task_id, project=project).first()
+        if task is None:
+            raise NotFoundError("No such task in this project.")
+        if task.agent_type != agent_type:
+            raise InvalidInput(fields={"agent_type": [f"The task belongs to the {task.agent_type} agent."]})
+        if task.status not in OPEN_TASK_STATUSES:
+            raise TransitionError(f"The task is {task.status}.", current_status=task.status)
+        now = timezone.now()
+        approval = AgentCallApproval(
+            project=project, task=task, agent_type=agent_type, proposed_action=proposed_action,
+            input_data=input_data, context_summary=context_summary, model=model, estimated_tokens=tokens,
+            estimated_cost=cost, risk_assessment=risk, timeout_minutes=timeout_minutes, requested_by=requester,
+            expires_at=now + timedelta(minutes=timeout_minutes),
+            warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5,
+        )
+        try:
+            with transaction.atomic():
+                approval.save(force_insert=True)
+        except IntegrityError:
+            pending = AgentCallApproval.objects.filter(task=task, status=Status.PENDING).first()
+            raise TransitionError("This task already has a pending approval.", current_status=Status.PENDING,
+                                  approval_id=str(pending.pk) if pending else None) from None
+        task_move(task=task, to=Task.Status.WAITING_FOR_HITL)
+        agent_state_refresh(project_id=project.pk, agent_type=agent_type)
+        audit_record(actor=requester, action="agent_approval.request", obj=approval,
+                     after={"status": approval.status, "proposed_action": proposed_action[:500],
+                            "estimated_tokens": tokens, "estimated_cost": cost, "risk_level": risk["level"],
+                            "expires_at": approval.expires_at})
+        event_emit(project_id=project.pk, task_id=task.pk, event_type="agent_approval_requested",
+                   data={**approval_event_data(approval), "risk_assessment": risk})
+    return approval
+
+
+def _lock(approval_id, *, gate: bool) -> AgentCallApproval:
+    """Lock the project (refusing with 423 when ``gate`` and stopped), then the approval."""
+    project_id = AgentCallApproval.objects.values_list("project_id", flat=True).get(pk=approval_id)
+    if gate:
+        project_lock_for_admission(project_id)
+    return AgentCallApproval.objects.select_for_update().select_related("project").get(pk=approval_id)
+
+
+def _time_out_locked(approval: AgentCallApproval, now) -> None:
+    _close(approval, actor=None, to=Status.TIMED_OUT, now=now, event_type="approval_timed_out",
+           action="agent_approval.time_out")
+
+
+def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = "",
+                          amended_input_data=None) -> AgentCallApproval:
+    """A reviewer approves (optionally with amended input) or rejects. Exactly one decision
+    wins (409 for the rest); at or after ``expires_at`` the approval times out instead (410)."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
+    if decision == "reject" and not (reason or "").strip():
+        raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
+    if decision == "reject" and amended_input_data is not None:
+        raise InvalidInput(fields={"amended_input_data": ["Only an approval can amend the input."]})
+    if amended_input_data is not None and not isinstance(amended_input_data, dict):
+        raise InvalidInput(fields={"amended_input_data": ["Must be a JSON object."]})
+    expired = False
+    with transaction.atomic():
+        approval = _lock(approval_id, gate=True)
+        require_project_perm(decider, roles.REVIEW, approval.project, "decide agent calls")
+        require_not_requester(decider=decider, requester_id=approval.requested_by_id)
+        if approval.status == Status.TIMED_OUT:
+            raise Expired("The approval timed out before this decision.", status=approval.status)
+        if approval.status != Status.PENDING:
+            raise TransitionError(f"The approval is already {approval.status}.", current_status=approval.status)
+        if approval.budget_override_id is not None:
+            raise TransitionError("A budget override must be approved first.", current_status=approval.status,
+                                  budget_override_id=str(approval.budget_override_id))
+        now = timezone.now()
+        if now >= approval.expires_at:
+            _time_out_locked(approval, now)
+            expired = True
+        elif decision == "approve":
+            approval.amended_input_data = amended_input_data
+            amended = amended_input_data is not None
+            _close(approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),
+                   event_type="agent_approval_decided",
+                   action="agent_approval.approve_amended" if amended else "agent_approval.approve")
+        else:
+            _close(approval, actor=decider, to=Status.REJECTED, now=now, reason=reason.strip(),
+                   event_type="agent_approval_decided", action="agent_approval.reject")
+    if expired:  # the time-out is committed; the decision is refused
+        raise Expired("The approval timed out before this decision.", status=Status.TIMED_OUT)
+    return approval
+
+
+def agent_approval_cancel(*, approval_id, actor, reason: str = "") -> AgentCallApproval:
+    """The requesting agent withdraws its call (pending, or approved but not started).
+    Cancelling again changes nothing."""
+    with transaction.atomic():
+        approval = _lock(approval_id, gate=False)
+        if actor.pk != approval.requested_by_id and not actor.is_superuser:
+            raise Forbidden("Only the agent that requested this call may cancel it.")
+        if approval.status == Status.CANCELLED:
+            return approval
+        if approval.status not in (Status.PENDING, Status.APPROVED) or approval.started_at is not None:
+            raise TransitionError(f"The approval is {approval.status}"
+                                  f"{' and started' if approval.started_at else ''}.", current_status=approval.status)
+        _close(approval, actor=actor, to=Status.CANCELLED, now=timezone.now(), reason=reason,
+               event_type="agent_approval_decided", action="agent_approval.cancel")
+    return approval
+
+
+def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
+    """The single-use execution grant: an approved call is started exactly once, by the agent
+    that requested it; the answer carries the input to run (amended if amended)."""
+    with transaction.atomic():
+        approval = _lock(approval_id, gate=True)
+        if actor.pk != approval.requested_by_id:
+            raise Forbidden("Only the agent that requested this call may start it.")
+        if approval.status != Status.APPROVED:
+            raise TransitionError(f"The approval is {approval.status}, not approved.",
+                                  current_status=approval.status)
+        if approval.started_at is not None:
+            raise TransitionError("This approved call was already started.", current_status=approval.status,
+                                  started_at=approval.started_at.isoformat())
+        if input_digest(approval.input_to_run) != approval.input_digest:
+            raise TransitionError("The input changed after it was approved.", current_status=approval.status)
+        before = _snapshot(approval)
+        approval.started_at = timezone.now()
+        approval.save(update_fields=["started_at", "updated_at"])
+        task = Task.objects.select_for_update().get(pk=approval.task_id)
+        task_move(task=task, to=Task.Status.RUNNING)
+        agent_state_refresh(project_id=approval.project_id, agent_type=approval.agent_type)
+        audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,
+                     after=_snapshot(approval))
+    return approval
+
+
+def agent_approval_time_out(*, approval_id, now=None) -> bool:
+    """Time out one approval if it is still pending and due. Safe to run any number of times."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        approval = AgentCallApproval.objects.select_for_update().filter(pk=approval_id).first()
+        if approval is None or approval.status != Status.PENDING or approval.expires_at > now:
+            return False
+        _time_out_locked(approval, now)
+        return True
+
+
+def agent_approval_expire_overdue(*, now=None) -> int:
+    """Beat sweep: every due pending approval goes through the time-out service."""
+    now = now or timezone.now()
+    due = AgentCallApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    return sum(agent_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+
+
+def agent_approval_warn_due(*, now=None) -> int:
+    """Beat sweep: ``approval_timeout_warning`` once per approval when a fifth of its time is left."""
+    now = now or timezone.now()
+    sent = 0
+    due = AgentCallApproval.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
+                                           warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
+    for pk in list(due[:1000]):
+        with transaction.atomic():
+            approval = AgentCallApproval.objects.select_for_update().get(pk=pk)
+            if approval.status != Status.PENDING or approval.timeout_warning_sent_at is not None:
+                continue
+            approval.timeout_warning_sent_at = now
+            approval.save(update_fields=["timeout_warning_sent_at", "updated_at"])
+            event_emit(project_id=approval.project_id, task_id=approval.task_id,
+                       event_type="approval_timeout_warning",
+                       data={**approval_event_data(approval),
+                             "seconds_left": int((approval.expires_at - now).total_seconds())})
+            sent += 1
+    return sent
+
+
+def can_decide(user, approval: AgentCallApproval) -> bool:
+    return has_project_perm(user, roles.REVIEW, approval.project) and user.pk != approval.requested_by_id
+

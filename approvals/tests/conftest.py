@@ -1,0 +1,51 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from projects.services import task_create
+
+
+@pytest.fixture
+def task(project, agent):
+    return task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Implement the login form")
+
+
+@pytest.fixture
+def request_body(project, task):
+    def make(**overrides):
+        body = {"project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+                "proposed_action": "Write the login form component", "input_data": {"files": ["login.tsx"]},
+                "context_summary": "Sprint 3", "model": "gpt-4o-mini"}
+        body.update(overrides)
+        return body
+
+    return make
+
+
+@pytest.fixture
+def agent_client(agent, client_for):
+    return client_for(agent)
+
+
+@pytest.fixture
+def reviewer_client(reviewer, client_for):
+    return client_for(reviewer)
+
+
+@pytest.fixture
+def requested(agent_client, request_body):
+    """A pending approval made through the API; returns its JSON."""
+    r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+    assert r.status_code == 201, r.content
+    return r.json()
+
+
+@pytest.fixture(autouse=True)
+def model_prices(db):
+    """The seeded price table (a transactional test flushes what the data migration wrote)."""
+    from approvals.models import ModelPrice
+
+    if not ModelPrice.objects.exists():
+        data = Path(__file__).resolve().parents[1] / "data" / "model_prices.json"
+        ModelPrice.objects.bulk_create(ModelPrice(**row) for row in json.loads(data.read_text()))

@@ -1,0 +1,128 @@
+"""The reviewers' queue in the Django admin, driven through Django's test client."""
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_decide, agent_approval_request
+from audit.models import AuditEvent
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = reverse("admin:approvals_agentcallapproval_changelist")
+
+
+@pytest.fixture
+def approvals(project, agent):
+    made = []
+    for i, action in enumerate(["write the parser", "rm -rf build/ and rebuild", "summarise the logs"]):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}")
+        made.append(agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk,
+                                           agent_type="coder", proposed_action=action, input_data={"i": i},
+                                           model="gpt-4o-mini"))
+    return made
+
+
+@pytest.fixture
+def reviewer_browser(client, reviewer):
+    client.force_login(reviewer)
+    return client
+
+
+def test_queue_lists_pending_first_oldest_first_with_its_columns(reviewer_browser, approvals, manager):
+    agent_approval_decide(approval_id=approvals[0].pk, decider=manager, decision="approve")
+    r = reviewer_browser.get(CHANGELIST)
+    assert r.status_code == 200
+    html = r.content.decode()
+    positions = [html.index(a.proposed_action) for a in approvals]
+    # the two pending ones first, oldest first; the decided one last
+    assert positions[1] < positions[2] < positions[0]
+    for column in ["risk", "time left", "age", "estimated cost", "agent type"]:
+        assert column in html.lower()
+    assert "29m" in html  # time left of a fresh 30-minute approval
+
+
+def test_queue_filters_and_search(reviewer_browser, approvals):
+    html = reviewer_browser.get(CHANGELIST, {"q": "parser"}).content.decode()
+    assert "write the parser" in html and "summarise the logs" not in html
+    html = reviewer_browser.get(CHANGELIST, {"status__exact": "approved"}).content.decode()
+    assert "write the parser" not in html
+    assert reviewer_browser.get(CHANGELIST, {"risk": "low"}).status_code == 200
+
+
+def test_detail_page_shows_input_and_risk(reviewer_browser, approvals):
+    r = reviewer_browser.get(reverse("admin:approvals_agentcallapproval_change", args=[approvals[0].pk]))
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "&quot;i&quot;: 0" in html or '"i": 0' in html
+    assert "flags" in html
+
+
+def test_bulk_approve_goes_through_the_service_per_object(reviewer_browser, approvals):
+    r = reviewer_browser.post(CHANGELIST, {"action": "approve_selected", "index": 0,
+                                           ACTION_CHECKBOX_NAME: [str(a.pk) for a in approvals[:2]]}, follow=True)
+    assert r.status_code == 200
+    statuses = {a.pk: a.status for a in AgentCallApproval.objects.all()}
+    assert statuses[approvals[0].pk] == statuses[approvals[1].pk] == "approved"
+    assert statuses[approvals[2].pk] == "pending"
+    assert AuditEvent.objects.filter(action="agent_approval.approve").count() == 2
+    messages = [str(m) for m in r.context["messages"]]
+    assert sum("approved" in m for m in messages) == 2
+
+
+def test_bulk_reject_asks_for_a_reason_first(reviewer_browser, approvals):
+    selected = [str(approvals[2].pk)]
+    r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "index": 0, ACTION_CHECKBOX_NAME: selected})
+    assert r.status_code == 200 and b"Reason" in r.content
+    assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
+    r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "",
+                                           ACTION_CHECKBOX_NAME: selected})
+    assert b"needs a reason" in r.content
+    assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
+    r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "not now",
+                                           ACTION_CHECKBOX_NAME: selected}, follow=True)
+    approval = AgentCallApproval.objects.get(pk=approvals[2].pk)
+    assert approval.status == "rejected" and approval.rejection_reason == "not now"
+    assert approval.approved_by.username == "reviewer"
+
+
+def test_bulk_actions_report_refusals_per_object(reviewer_browser, approvals, manager):
+    agent_approval_decide(approval_id=approvals[0].pk, decider=manager, decision="approve")
+    AgentCallApproval.objects.filter(pk=approvals[1].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = reviewer_browser.post(CHANGELIST, {"action": "approve_selected", "index": 0,
+                                           ACTION_CHECKBOX_NAME: [str(a.pk) for a in approvals]}, follow=True)
+    messages = [str(m) for m in r.context["messages"]]
+    assert any("already approved" in m for m in messages)
+    assert any("timed out" in m for m in messages)
+    assert AgentCallApproval.objects.get(pk=approvals[1].pk).status == "timed_out"
+    assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "approved"
+
+
+def test_staff_without_the_reviewer_role_sees_nothing_and_decides_nothing(client, make_user, approvals,
+                                                                         other_project):
+    stranger = make_user("stranger", role="manager", project=other_project)  # staff, but elsewhere
+    client.force_login(stranger)
+    html = client.get(CHANGELIST).content.decode()
+    assert "write the parser" not in html
+    client.post(CHANGELIST, {"action": "approve_selected", "index": 0,
+                             ACTION_CHECKBOX_NAME: [str(approvals[0].pk)]})
+    assert AgentCallApproval.objects.get(pk=approvals[0].pk).status == "pending"
+    r = client.get(reverse("admin:approvals_agentcallapproval_change", args=[approvals[0].pk]))
+    assert r.status_code == 302  # not visible: sent back to the admin index
+
+
+def test_an_agent_with_staff_cannot_approve_in_the_admin(client, agent, approvals):
+    agent.is_staff = True
+    agent.save()
+    client.force_login(agent)
+    client.post(CHANGELIST, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(approvals[0].pk)]})
+    assert AgentCallApproval.objects.get(pk=approvals[0].pk).status == "pending"
+
+
+def test_status_is_not_editable_in_the_admin(reviewer_browser, approvals):
+    url = reverse("admin:approvals_agentcallapproval_change", args=[approvals[0].pk])
+    reviewer_browser.post(url, {"status": "approved"})
+    assert AgentCallApproval.objects.get(pk=approvals[0].pk).status == "pending"

@@ -1,0 +1,291 @@
+import threading
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_decide, agent_approval_expire_overdue, agent_approval_warn_due
+from audit.models import AuditEvent
+from events.models import Event
+from projects.models import AgentState, Project, Task
+
+pytestmark = pytest.mark.django_db
+
+
+def respond(client, approval_id, **body):
+    return client.post(f"/api/v1/agent-approvals/{approval_id}/respond", body, format="json")
+
+
+def test_request_estimates_assesses_and_waits_for_a_person(requested, task, project):
+    assert requested["status"] == "pending"
+    assert requested["estimated_tokens"] > 1000  # prompt tokens + the model's default output
+    assert Decimal(requested["estimated_cost"]) > 0 and len(requested["estimated_cost"].split(".")[1]) == 4
+    assert requested["risk_assessment"]["level"] in {"low", "medium", "high", "critical"}
+    assert requested["approved_by"] is None and requested["budget_override_id"] is None
+    expires = timezone.datetime.fromisoformat(requested["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(minutes=29) < expires - timezone.now() <= timedelta(minutes=30)
+    task.refresh_from_db()
+    assert task.status == "waiting_for_hitl"
+    assert AgentState.objects.get(project=project, agent_type="coder").status == "waiting_for_hitl"
+    event = Event.objects.get(event_type="agent_approval_requested")
+    assert event.data["approval_id"] == requested["approval_id"] and event.task_id == task.pk
+    assert AuditEvent.objects.filter(action="agent_approval.request", object_id=requested["approval_id"]).exists()
+
+
+def test_full_lifecycle_approve_start_once(requested, agent_client, reviewer_client, task, project):
+    approval_id = requested["approval_id"]
+    r = respond(reviewer_client, approval_id, decision="approve")
+    assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["approved_by"] == "reviewer"
+    assert r.json()["responded_at"]
+    task.refresh_from_db()
+    assert task.status == "pending"
+    first = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    assert first.status_code == 200
+    assert first.json()["input_to_run"] == {"files": ["login.tsx"]} and first.json()["started_at"]
+    task.refresh_from_db()
+    assert task.status == "running"
+    assert AgentState.objects.get(project=project, agent_type="coder").status == "working"
+    second = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    assert second.status_code == 409 and second.json()["status"] == "approved"
+    assert AuditEvent.objects.filter(action="agent_approval.start").count() == 1
+    decided = Event.objects.get(event_type="agent_approval_decided")
+    assert decided.data["status"] == "approved" and decided.data["approved_by"] == "reviewer"
+
+
+def test_amended_input_is_what_start_returns(requested, agent_client, reviewer_client):
+    approval_id = requested["approval_id"]
+    r = respond(reviewer_client, approval_id, decision="approve", amended_input_data={"files": ["safe.tsx"]},
+                reason="only the safe file")
+    assert r.status_code == 200 and r.json()["amended_input_data"] == {"files": ["safe.tsx"]}
+    assert r.json()["input_digest"]
+    started = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").json()
+    assert started["input_to_run"] == {"files": ["safe.tsx"]} and started["input_data"] == {"files": ["login.tsx"]}
+
+
+def test_reject_needs_a_reason(requested, reviewer_client, agent_client, task):
+    approval_id = requested["approval_id"]
+    r = respond(reviewer_client, approval_id, decision="reject")
+    assert r.status_code == 400 and "reason" in r.json()["fields"]
+    assert AgentCallApproval.objects.get(pk=approval_id).status == "pending"
+    r = respond(reviewer_client, approval_id, decision="reject", reason="Too broad")
+    assert r.status_code == 200 and r.json()["status"] == "rejected" and r.json()["rejection_reason"] == "Too broad"
+    task.refresh_from_db()
+    assert task.status == "pending"
+    assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").status_code == 409
+
+
+def test_second_decision_is_409_with_the_status(requested, reviewer_client, manager, client_for):
+    approval_id = requested["approval_id"]
+    assert respond(reviewer_client, approval_id, decision="approve").status_code == 200
+    r = respond(client_for(manager), approval_id, decision="reject", reason="no")
+    assert r.status_code == 409 and r.json() == {"error": "conflict", "detail": r.json()["detail"],
+                                                 "status": "approved"}
+    assert AgentCallApproval.objects.get(pk=approval_id).status == "approved"
+
+
+def test_the_requester_cannot_decide_its_own_request(project, task, make_user, client_for, request_body):
+    both = make_user("both", role="agent", project=project)
+    from access.services import role_grant
+
+    role_grant(user=both, project=project, role="reviewer")
+    client = client_for(both)
+    approval = client.post("/api/v1/agent-approvals", request_body(), format="json").json()
+    r = respond(client, approval["approval_id"], decision="approve")
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    assert AgentCallApproval.objects.get(pk=approval["approval_id"]).status == "pending"
+
+
+def test_an_agent_cannot_decide_and_an_outsider_gets_404(requested, agent, make_user, project, client_for,
+                                                          outsider):
+    other_agent = make_user("agent2", role="agent", project=project)
+    r = respond(client_for(other_agent), requested["approval_id"], decision="approve")
+    assert r.status_code == 403
+    for path in ["", "/respond", "/start", "/cancel"]:
+        method = "get" if path == "" else "post"
+        r = getattr(client_for(outsider), method)(f"/api/v1/agent-approvals/{requested['approval_id']}{path}",
+                                                   {"decision": "approve"}, format="json")
+        assert r.status_code == 404, path
+    assert AgentCallApproval.objects.get(pk=requested["approval_id"]).status == "pending"
+
+
+def test_only_the_requester_starts_or_cancels(requested, reviewer_client, make_user, project, client_for):
+    respond(reviewer_client, requested["approval_id"], decision="approve")
+    other_agent = client_for(make_user("agent2", role="agent", project=project))
+    assert other_agent.post(f"/api/v1/agent-approvals/{requested['approval_id']}/start").status_code == 403
+    assert other_agent.post(f"/api/v1/agent-approvals/{requested['approval_id']}/cancel").status_code == 403
+
+
+def test_cancel_by_the_requesting_agent(requested, agent_client, reviewer_client, task):
+    approval_id = requested["approval_id"]
+    r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/cancel", {"reason": "not needed"}, format="json")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/cancel").status_code == 200  # replay
+    assert respond(reviewer_client, approval_id, decision="approve").status_code == 409
+    task.refresh_from_db()
+    assert task.status == "pending"
+
+
+def test_one_pending_approval_per_task(requested, agent_client, request_body):
+    r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+    assert r.status_code == 409 and r.json()["approval_id"] == requested["approval_id"]
+
+
+def test_crashed_agent_looks_its_approval_up_and_resumes(requested, agent_client, reviewer_client):
+    approval_id = requested["approval_id"]
+    assert agent_client.get(f"/api/v1/agent-approvals/{approval_id}").json()["status"] == "pending"
+    respond(reviewer_client, approval_id, decision="approve")
+    again = agent_client.get(f"/api/v1/agent-approvals/{approval_id}").json()
+    assert again["status"] == "approved" and again["started_at"] is None  # resume: start it
+    assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").status_code == 200
+    assert agent_client.get(f"/api/v1/agent-approvals/{approval_id}").json()["started_at"]  # resume: do not rerun
+
+
+def test_unknown_model_is_400_and_changes_nothing(agent_client, request_body, task):
+    r = agent_client.post("/api/v1/agent-approvals", request_body(model="gpt-99"), format="json")
+    assert r.status_code == 400 and "model" in r.json()["fields"]
+    r = agent_client.post("/api/v1/agent-approvals", request_body(model=""), format="json")
+    assert r.status_code == 400 and "model" in r.json()["fields"]
+    assert not AgentCallApproval.objects.exists()
+    task.refresh_from_db()
+    assert task.status == "pending"
+
+
+def test_agent_figures_are_kept(agent_client, request_body):
+    r = agent_client.post("/api/v1/agent-approvals",
+                          request_body(model="", estimated_tokens=1234, estimated_cost="0.5000"), format="json")
+    assert r.status_code == 201
+    assert r.json()["estimated_tokens"] == 1234 and r.json()["estimated_cost"] == "0.5000"
+
+
+def test_cost_comes_from_the_price_table(agent_client, request_body):
+    from approvals.models import ModelPrice
+
+    ModelPrice.objects.filter(model="gpt-4o-mini").update(input_per_million="1000000.0000",
+                                                          output_per_million="0.0000")
+    from approvals.estimation import count_tokens, prompt_text
+
+    body = request_body(estimated_tokens=500)
+    r = agent_client.post("/api/v1/agent-approvals", body, format="json")
+    # Input tokens cost exactly $1 each and output is free: the cost is the prompt's token count.
+    prompt_tokens = count_tokens(prompt_text(proposed_action=body["proposed_action"], input_data=body["input_data"],
+                                             context_summary=body["context_summary"]))
+    assert 5 < prompt_tokens < 500
+    assert r.json()["estimated_tokens"] == 500 and r.json()["estimated_cost"] == f"{prompt_tokens}.0000"
+
+
+def test_request_is_423_while_stopped(agent_client, request_body, project, task):
+    Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
+    r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
+    assert not AgentCallApproval.objects.exists()
+
+
+def test_task_of_another_project_or_agent_is_refused(agent_client, request_body, other_project, admin_user):
+    from projects.services import task_create
+
+    foreign = task_create(actor=admin_user, project_id=other_project.pk, agent_type="coder", title="x")
+    assert agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(foreign.pk)),
+                             format="json").status_code == 404
+    r = agent_client.post("/api/v1/agent-approvals", request_body(agent_type="tester"), format="json")
+    assert r.status_code == 400 and "agent_type" in r.json()["fields"]
+
+
+def test_project_list_filters_and_pages(requested, agent_client, project, reviewer_client, admin_user):
+    from projects.services import task_create
+
+    other = task_create(actor=admin_user, project_id=project.pk, agent_type="tester", title="t")
+    r = agent_client.post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(other.pk), "agent_type": "tester",
+        "proposed_action": "run pytest", "input_data": {}, "model": "gpt-4o-mini"}, format="json")
+    assert r.status_code == 201
+    page = reviewer_client.get(f"/api/v1/agent-approvals/project/{project.pk}").json()
+    assert page["count"] == 2 and page["results"][0]["agent_type"] == "tester"  # newest first
+    only = reviewer_client.get(f"/api/v1/agent-approvals/project/{project.pk}", {"agent_type": "coder"}).json()
+    assert [a["approval_id"] for a in only["results"]] == [requested["approval_id"]]
+    assert reviewer_client.get(f"/api/v1/agent-approvals/project/{project.pk}",
+                               {"status": "approved"}).json()["count"] == 0
+    assert reviewer_client.get(f"/api/v1/agent-approvals/project/{project.pk}",
+                               {"status": "bogus"}).status_code == 400
+
+
+# --- expiry -------------------------------------------------------------------------
+def _expire(approval_id, seconds_ago=1):
+    AgentCallApproval.objects.filter(pk=approval_id).update(
+        expires_at=timezone.now() - timedelta(seconds=seconds_ago))
+
+
+def test_decision_after_expiry_is_410_and_times_out_even_without_beat(requested, reviewer_client, task):
+    _expire(requested["approval_id"])
+    r = respond(reviewer_client, requested["approval_id"], decision="approve")
+    assert r.status_code == 410 and r.json()["error"] == "expired" and r.json()["status"] == "timed_out"
+    approval = AgentCallApproval.objects.get(pk=requested["approval_id"])
+    assert approval.status == "timed_out" and approval.approved_by is None
+    assert Event.objects.filter(event_type="approval_timed_out").count() == 1
+    task.refresh_from_db()
+    assert task.status == "pending"
+    again = respond(reviewer_client, requested["approval_id"], decision="reject", reason="late")
+    assert again.status_code == 410
+
+
+def test_beat_sweep_expires_due_approvals_exactly_once(requested):
+    assert agent_approval_expire_overdue() == 0  # not due yet
+    _expire(requested["approval_id"])
+    assert agent_approval_expire_overdue() == 1
+    assert agent_approval_expire_overdue() == 0
+    assert AgentCallApproval.objects.get(pk=requested["approval_id"]).status == "timed_out"
+    assert Event.objects.filter(event_type="approval_timed_out").count() == 1
+    assert AuditEvent.objects.filter(action="agent_approval.time_out").count() == 1
+
+
+def test_timeout_warning_is_sent_once_when_a_fifth_is_left(requested):
+    approval = AgentCallApproval.objects.get(pk=requested["approval_id"])
+    assert agent_approval_warn_due(now=approval.expires_at - timedelta(minutes=7)) == 0  # 7 of 30 left
+    assert agent_approval_warn_due(now=approval.expires_at - timedelta(minutes=5)) == 1  # 5 of 30 left
+    assert agent_approval_warn_due(now=approval.expires_at - timedelta(minutes=4)) == 0
+    warning = Event.objects.get(event_type="approval_timeout_warning")
+    assert warning.data["seconds_left"] == 300
+
+
+def test_beat_tasks_are_scheduled(settings):
+    tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"approvals.expire_overdue", "approvals.warn_due"} <= tasks
+
+
+# --- the race -----------------------------------------------------------------------
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_decisions_exactly_one_wins(project, task, agent, make_user, client_for, request_body):
+    reviewers = [make_user(f"rev{i}", role="reviewer", project=project) for i in range(20)]
+    clients = [client_for(r) for r in reviewers]
+    approval_id = client_for(agent).post("/api/v1/agent-approvals", request_body(), format="json").json()["approval_id"]
+    barrier = threading.Barrier(20)
+    statuses = []
+
+    def decide(i):
+        try:
+            barrier.wait()
+            body = {"decision": "approve"} if i % 2 else {"decision": "reject", "reason": f"no {i}"}
+            statuses.append(respond(clients[i], approval_id, **body).status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [409] * 19
+    assert AuditEvent.objects.filter(object_id=approval_id, action__in=[
+        "agent_approval.approve", "agent_approval.reject"]).count() == 1
+    assert Event.objects.filter(event_type="agent_approval_decided", data__approval_id=approval_id).count() == 1
+
+
+def test_service_refuses_unknown_decision(requested, reviewer):
+    from core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        agent_approval_decide(approval_id=uuid.UUID(requested["approval_id"]), decider=reviewer, decision="maybe")
