@@ -1,12 +1,12 @@
 """GET /api/v1/agent-approvals/{id}/wait: the long poll of a waiting agent.
 
 Served by Channels (not Django's request handler), so a waiting agent costs one coroutine and
-one channel-layer channel: no thread and no database connection is held while it waits.
-Database reads run briefly through ``database_sync_to_async``. The decision services push
-``approval.updated`` to the approval's group after commit; the wait also re-reads the database
-every HITL_WAIT_POLL_SECONDS, so a lost push (or a decision made in another process on the
-in-process layer) only delays the answer, and an approval whose deadline passed is timed out
-on the spot even if beat is late.
+an ``asyncio.Event`` (core.wakeup): no thread and no database connection is held while it
+waits. Database reads run briefly through ``database_sync_to_async``. The decision services
+wake the approval's group after commit; as a fallback, one query every HITL_WAIT_POLL_SECONDS
+checks all approvals waited on in the process, so a lost push (or a decision made in another
+process on the in-process layer) only delays the answer, and an approval whose deadline
+passed is timed out on the spot even if beat is late.
 """
 import asyncio
 import json
@@ -14,9 +14,9 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -27,6 +27,12 @@ from approvals.serializers import AgentCallApprovalOutputSerializer
 from approvals.services import agent_approval_time_out, approval_group
 from core.api import parse_uuid
 from core.errors import error_body
+from core.wakeup import BatchPoller, wakeup
+
+def db_read(func):
+    """Run briefly in Channels' database thread, with its connection clean-up around it."""
+    return database_sync_to_async(func)
+
 
 MAX_WAIT_SECONDS = 60.0
 DEFAULT_WAIT_SECONDS = 30.0
@@ -51,7 +57,7 @@ def _parse_timeout(query_string: bytes) -> float:
     return timeout
 
 
-@database_sync_to_async
+@db_read
 def _authenticate(scope):
     headers = dict(scope.get("headers") or [])
     auth = headers.get(b"authorization", b"").split()
@@ -71,7 +77,7 @@ def _authenticate(scope):
                     [(b"WWW-Authenticate", b'Bearer realm="api"')])
 
 
-@database_sync_to_async
+@db_read
 def _load(user, approval_id):
     approval = agent_approval_visible_to(user=user).filter(pk=approval_id).first()
     if approval is None:
@@ -79,7 +85,7 @@ def _load(user, approval_id):
     return approval
 
 
-@database_sync_to_async
+@db_read
 def _current_status(approval_id) -> str:
     """The status now; a pending approval past its deadline is timed out here and then."""
     status, expires_at = AgentCallApproval.objects.values_list("status", "expires_at").get(pk=approval_id)
@@ -89,7 +95,13 @@ def _current_status(approval_id) -> str:
     return status
 
 
-@database_sync_to_async
+def _due_for_release(approval_ids) -> list:
+    """Of the approvals being waited on, those decided or past their deadline (one query)."""
+    return list(AgentCallApproval.objects.filter(pk__in=approval_ids).filter(
+        ~Q(status=AgentCallApproval.Status.PENDING) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
+
+
+@db_read
 def _render(approval_id) -> bytes:
     approval = AgentCallApproval.objects.select_related("approved_by", "requested_by").get(pk=approval_id)
     return json.dumps(AgentCallApprovalOutputSerializer(approval).data, cls=DjangoJSONEncoder).encode()
@@ -119,15 +131,12 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
         await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])
 
     async def wait_for_decision(self, approval_id, timeout: float) -> None:
+        if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        layer = get_channel_layer()
-        channel = group = None
-        if layer is not None:
-            channel = await layer.new_channel()
-            group = approval_group(approval_id)
-            await layer.group_add(group, channel)
-        try:
+        poller = BatchPoller.for_loop(_due_for_release, settings.HITL_WAIT_POLL_SECONDS)
+        async with wakeup(approval_group(approval_id)) as woken, poller.watch(approval_id, woken):
             while True:
                 # Subscribed first, then read: a decision committed in between is not missed.
                 if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
@@ -135,14 +144,8 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
-                pause = min(remaining, settings.HITL_WAIT_POLL_SECONDS)
                 try:
-                    if channel is not None:
-                        await asyncio.wait_for(layer.receive(channel), timeout=pause)
-                    else:
-                        await asyncio.sleep(pause)
+                    await asyncio.wait_for(woken.wait(), timeout=remaining)
                 except asyncio.TimeoutError:
-                    pass
-        finally:
-            if channel is not None:
-                await layer.group_discard(group, channel)
+                    return
+                woken.clear()

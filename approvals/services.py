@@ -5,8 +5,6 @@ import hashlib
 import json
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,6 +15,7 @@ from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
 from audit.services import audit_record
+from core.wakeup import wakeup_on_commit
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from events.services import event_emit
 from projects.models import Task
@@ -55,15 +54,6 @@ def _snapshot(approval: AgentCallApproval) -> dict:
             "rejection_reason": approval.rejection_reason, "started_at": approval.started_at}
 
 
-def _wake_waiters_on_commit(approval: AgentCallApproval) -> None:
-    message = {"type": "approval.updated", "approval_id": str(approval.pk), "status": approval.status}
-
-    def send():
-        async_to_sync(get_channel_layer().group_send)(approval_group(approval.pk), message)
-
-    transaction.on_commit(send, robust=True)  # waiters also poll the database: a lost push only delays
-
-
 def _close(approval: AgentCallApproval, *, actor, to: str, now, reason: str = "", event_type: str,
            action: str, task_to: str = Task.Status.PENDING) -> None:
     """Move a locked approval out of pending (or approved) and its task back to pending."""
@@ -86,7 +76,7 @@ def _close(approval: AgentCallApproval, *, actor, to: str, now, reason: str = ""
     audit_record(actor=actor, action=action, obj=approval, before=before, after=_snapshot(approval), reason=reason)
     event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type,
                data=approval_event_data(approval))
-    _wake_waiters_on_commit(approval)
+    wakeup_on_commit(approval_group(approval.pk), status=approval.status)  # waiters also poll the DB
 
 
 def agent_approval_request(*, requester, project_id, task_id, agent_type: str, proposed_action: str,

@@ -36,5 +36,6 @@ urlpatterns = [
     re_path(r"^api/", api_not_found),  # unknown API paths: JSON 404, never an HTML page
 ]
 
+handler400 = "core.views.bad_request"
 handler404 = "core.views.not_found"
 handler500 = "core.views.server_error"

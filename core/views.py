@@ -2,6 +2,7 @@
 from django.db import connection
 from django.http import JsonResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -12,8 +13,18 @@ from core.errors import error_body
 from core.models import Heartbeat
 
 
+@csrf_exempt  # any method on an unknown API path is a JSON 404, not a CSRF page
 def api_not_found(request, *args, **kwargs):
     return JsonResponse(error_body("not_found", "No such endpoint."), status=404)
+
+
+def bad_request(request, exception=None):
+    """handler400 (for example a Host header not in DJANGO_ALLOWED_HOSTS): JSON for the API."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("invalid", "Bad request.", fields={"request": ["Bad request."]}), status=400)
+    from django.views.defaults import bad_request as default
+
+    return default(request, exception)
 
 
 def server_error(request, *args, **kwargs):

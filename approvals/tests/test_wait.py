@@ -101,3 +101,41 @@ def test_other_paths_still_reach_django(agent_key, project):
 
     response = async_to_sync(get)()
     assert response["status"] == 200 and json.loads(response["body"])["slug"] == "demo"
+
+
+def test_a_lost_push_only_delays_the_release(pending, agent_key, reviewer, settings, monkeypatch):
+    """A decision made elsewhere (another process on the in-process layer, or Redis down):
+    the batch poll finds it."""
+    import approvals.services
+
+    settings.HITL_WAIT_POLL_SECONDS = 0.2
+    monkeypatch.setattr(approvals.services, "wakeup_on_commit", lambda *args, **kwargs: None)
+
+    async def scenario():
+        waiting = asyncio.ensure_future(wait_call(pending.pk, agent_key, "timeout=30"))
+        await asyncio.sleep(0.5)
+        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
+                                                            decision="approve")
+        started = time.monotonic()
+        status, body = await waiting
+        return status, body, time.monotonic() - started
+
+    status, body, released_after = async_to_sync(scenario)()
+    assert status == 200 and body["status"] == "approved"
+    assert released_after < 5
+
+
+def test_many_waiters_share_one_poll_query(project, agent, agent_key, reviewer, settings, django_assert_max_num_queries):
+    from approvals.consumers import _due_for_release
+    from projects.services import task_create
+
+    approvals = []
+    for i in range(5):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="tester", title=f"w{i}")
+        approvals.append(agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk,
+                                                agent_type="tester", proposed_action="run tests", input_data={},
+                                                model="gpt-4o-mini"))
+    agent_approval_decide(approval_id=approvals[2].pk, decider=reviewer, decision="approve")
+    with django_assert_max_num_queries(1):
+        ready = _due_for_release([a.pk for a in approvals])
+    assert ready == [approvals[2].pk]

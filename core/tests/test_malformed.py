@@ -4,6 +4,7 @@ changes nothing (API.md, "Errors": no request, however malformed, gets a 500).
 Endpoints covered: GET/POST /api/v1/projects, GET /api/v1/projects/{id}, POST /api/v1/tasks,
 GET /api/v1/tasks/{id}, POST /api/v1/tasks/{id}/status, GET /api/v1/events, GET /api/v1/health.
 """
+import asyncio
 import json
 import uuid
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from django.apps import apps
 from rest_framework.test import APIClient
 
 from access.services import api_key_create, api_key_revoke
-from projects.models import Task
+from projects.models import Project, Task
 from projects.services import task_create
 
 pytestmark = pytest.mark.django_db
@@ -69,9 +70,11 @@ def task(project, agent):
 
 
 def answering(client):
-    """Let a server error come back as the 500 response a user would see (the traceback is
-    still logged), so a failing test shows the status and whether the database changed."""
+    """Behave like the real server: let a server error come back as the 500 response a user
+    would see (the traceback is still logged), so a failing test shows the status and whether
+    the database changed; and enforce CSRF as CsrfViewMiddleware does outside tests."""
     client.raise_request_exception = False
+    client.handler.enforce_csrf_checks = True
     return client
 
 
@@ -416,12 +419,22 @@ def test_a_project_the_caller_cannot_see_is_404(clients, other_project, agent):
     assert_error(r, 404, "not_found")
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
 @pytest.mark.parametrize("path", ["/api/v1/projects/", "/api/v1/tasks/", "/api/v1/tasks//status",
                                   "/api/v1/nope", "/api/v1/projects/{p}/tasks", "/api/v1/tasks/{t}/status/x",
                                   "/api/v2/projects", "/api/"])
-def test_unknown_api_paths_are_json_404(clients, project, task, path):
-    r = clients["admin"].get(path.format(p=project.pk, t=task.pk))
-    assert_error(r, 404, "not_found")
+def test_unknown_api_paths_are_json_404(clients, project, task, path, method):
+    """Whatever the method: a POST to an unknown path must not meet CSRF's HTML 403 page."""
+    with nothing_changes(task):
+        r = send(clients["admin"], path.format(p=project.pk, t=task.pk), json.dumps({"name": "X", "slug": "x"}),
+                 method=method)
+        assert_error(r, 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/projects", "/api/v1/health", "/api/v1/nope"])
+def test_a_disallowed_host_on_an_api_path_is_json_400(clients, path):
+    r = clients["admin"].get(path, HTTP_HOST="evil.example")
+    assert_error(r, 400, "invalid")
 
 
 EVENT_QUERIES = [
@@ -635,11 +648,73 @@ def test_health_is_public_and_ignores_credentials(header):
 def test_a_session_without_csrf_token_cannot_post(client, admin_user):
     """Session auth enforces CSRF: 403 in the error shape, nothing created."""
     client.force_login(admin_user)
-    client.handler.enforce_csrf_checks = True
     answering(client)
     with nothing_changes():
         r = client.post("/api/v1/projects", json.dumps({"name": "X", "slug": "x"}), content_type="application/json")
         assert_error(r, 403, "forbidden")
+
+
+# --- chunked bodies (no Content-Length) through the real ASGI handler ---------------
+def asgi_post(path: str, chunks: list[bytes], authorization: str):
+    """POST ``chunks`` as an HTTP/1.1 chunked body (no Content-Length), the way daphne hands
+    it to Django, and return (status, body)."""
+    from asgiref.sync import async_to_sync
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"transfer-encoding", b"chunked"), (b"authorization", authorization.encode())]}
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected until the response is sent
+
+    async def send_(message):
+        sent.append(message)
+
+    # as Django's test client does: keep the test's transaction (and connection) open
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        async_to_sync(ASGIHandler())(scope, receive, send_)
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+@pytest.fixture
+def raw_admin_key(admin_user):
+    return f"Bearer {api_key_create(user=admin_user)[1]}"
+
+
+def test_a_chunked_body_is_read_not_silently_dropped(raw_admin_key):
+    """A well-formed chunked request is either created, or refused for being chunked; never
+    answered as if the body were empty ("This field is required")."""
+    status, body = asgi_post("/api/v1/projects", [b'{"name": "Chun', b'ked", "slug": "chunked"}'], raw_admin_key)
+    if status == 201:
+        assert Project.objects.filter(slug="chunked", name="Chunked").exists()
+    else:
+        body = json.loads(body)
+        assert status in (400, 411) and body["error"] == "invalid" and "body" in body["fields"], body
+
+
+def test_a_chunked_body_over_the_size_limit_is_400(settings, raw_admin_key):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 300
+    chunks = [b'{"name": "Big", "slug": "big", "pad": "', *[b"x" * 100] * 10, b'"}']
+    with nothing_changes():
+        status, body = asgi_post("/api/v1/projects", chunks, raw_admin_key)
+        assert status == 400, body
+        body = json.loads(body)
+        assert body["error"] == "invalid" and "body" in body["fields"], body  # too large, not "required"
 
 
 # --- a task's outcome is not changed by a refused report ---------------------------

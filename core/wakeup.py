@@ -1,0 +1,153 @@
+"""Wake long-polling requests when a channel-layer group gets a message.
+
+One hub per event loop (one per daphne process) owns a single channel-layer channel and one
+receive loop that is never cancelled; each waiting request only holds an ``asyncio.Event``.
+That keeps a waiting request down to a coroutine, and avoids cancelling channel-layer
+receives (a cancelled channels-redis receive can drop a message meant for another waiter).
+
+Senders put the group name in the message: ``{"type": ..., "group": group}`` (see
+``wakeup_on_commit``). A lost message only delays a waiter, which also re-reads the database.
+"""
+import asyncio
+import logging
+import weakref
+from contextlib import asynccontextmanager
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+def wakeup_on_commit(group: str, **data) -> None:
+    """After the current transaction commits, wake every request waiting on ``group``."""
+    message = {"type": "hitl.wakeup", "group": group, **data}
+
+    def send():
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(group, message)
+
+    transaction.on_commit(send, robust=True)
+
+
+class _Hub:
+    def __init__(self, layer):
+        self.layer = layer
+        self.channel = None
+        self.waiters: dict[str, set[asyncio.Event]] = {}
+        self.lock = asyncio.Lock()
+        self.task = None
+
+    async def _ensure_started(self):
+        if self.channel is None:
+            self.channel = await self.layer.new_channel()
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving; waiters fall back to polling
+                log.exception("wake-up receive failed")
+                await asyncio.sleep(1)
+                continue
+            for event in self.waiters.get(message.get("group"), ()):
+                event.set()
+
+    async def subscribe(self, group: str) -> asyncio.Event:
+        event = asyncio.Event()
+        async with self.lock:
+            await self._ensure_started()
+            if group not in self.waiters:
+                self.waiters[group] = set()
+                await self.layer.group_add(group, self.channel)
+            self.waiters[group].add(event)
+        return event
+
+    async def unsubscribe(self, group: str, event: asyncio.Event) -> None:
+        async with self.lock:
+            events = self.waiters.get(group)
+            if events is None:
+                return
+            events.discard(event)
+            if not events:
+                del self.waiters[group]
+                await self.layer.group_discard(group, self.channel)
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def wakeup(group: str):
+    """``async with wakeup(group) as event``: ``event`` is set when the group gets a message
+    (with no channel layer configured, it is never set by a push)."""
+    layer = get_channel_layer()
+    if layer is None:
+        yield asyncio.Event()
+        return
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = _Hub(layer)
+    event = await hub.subscribe(group)
+    try:
+        yield event
+    finally:
+        await hub.unsubscribe(group, event)
+
+
+class BatchPoller:
+    """The database fallback for many waiters at once: every ``interval`` seconds, one query
+    (``due(keys) -> keys``, a sync function) finds which watched objects need their waiters
+    woken, instead of one query per waiter. One poller per event loop and ``due`` function."""
+
+    _pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, due, interval: float):
+        from channels.db import database_sync_to_async
+
+        self.due = database_sync_to_async(due)
+        self.interval = interval
+        self.watched: dict[object, set[asyncio.Event]] = {}
+        self.task = None
+
+    @classmethod
+    def for_loop(cls, due, interval: float) -> "BatchPoller":
+        per_loop = cls._pollers.setdefault(asyncio.get_running_loop(), {})
+        poller = per_loop.get(due)
+        if poller is None or poller.interval != interval:
+            poller = per_loop[due] = cls(due, interval)
+        return poller
+
+    async def _run(self):
+        while self.watched:
+            await asyncio.sleep(self.interval)
+            keys = list(self.watched)
+            try:
+                ready = await self.due(keys)
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("wake-up poll failed")
+                continue
+            for key in ready:
+                for event in self.watched.get(key, ()):
+                    event.set()
+        self.task = None
+
+    @asynccontextmanager
+    async def watch(self, key, event: asyncio.Event):
+        self.watched.setdefault(key, set()).add(event)
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        try:
+            yield event
+        finally:
+            events = self.watched.get(key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self.watched[key]
