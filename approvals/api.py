@@ -33,7 +33,7 @@ class AgentApprovalCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField()
-        agent_type = serializers.ChoiceField(choices=AgentType.values)
+        agent_type = serializers.ChoiceField(choices=AgentType.choices)
         proposed_action = StrictCharField(max_length=MAX_TEXT)
         input_data = serializers.JSONField(validators=[_object])
         context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
@@ -123,8 +123,8 @@ class AgentApprovalStartApi(APIView):
 class AgentApprovalProjectListApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalFilter")
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=AgentCallApproval.Status.values, required=False)
-        agent_type = serializers.ChoiceField(choices=AgentType.values, required=False)
+        status = serializers.ChoiceField(choices=AgentCallApproval.Status.choices, required=False)
+        agent_type = serializers.ChoiceField(choices=AgentType.choices, required=False)
 
     @extend_schema(operation_id="agent_approvals_project_list",
                    parameters=[OpenApiParameter("status", enum=AgentCallApproval.Status.values),

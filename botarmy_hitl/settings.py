@@ -177,6 +177,7 @@ SPECTACULAR_SETTINGS = {
         "AgentStateStatusEnum": "projects.models.AgentState.Status",
         "AgentTypeEnum": "projects.models.AgentType",
         "EventTypeEnum": "events.models.EventType",
+        "AgentCallApprovalStatusEnum": "approvals.models.AgentCallApproval.Status",
     },
 }
 

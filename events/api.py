@@ -1,5 +1,4 @@
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,16 +31,14 @@ class EventListApi(APIView):
     @extend_schema_serializer(component_name="EventFilter")
     class FilterSerializer(serializers.Serializer):
         project_id = serializers.UUIDField()
-        after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1)
-        limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
+        after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1,
+                                         help_text="return events with id > after")
+        limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000,
+                                         help_text="at most this many")
 
     @extend_schema(
         operation_id="events_list",
-        parameters=[
-            OpenApiParameter("project_id", OpenApiTypes.UUID, required=True),
-            OpenApiParameter("after", OpenApiTypes.INT, description="return events with id > after (default 0)"),
-            OpenApiParameter("limit", OpenApiTypes.INT, description="at most this many (1-1000, default 100)"),
-        ],
+        parameters=[FilterSerializer],
         responses={
             200: EventPageSerializer,
             **error_responses(400, 404),

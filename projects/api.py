@@ -78,7 +78,7 @@ class TaskCreateApi(APIView):
     @extend_schema_serializer(component_name="TaskCreateInput")
     class InputSerializer(serializers.Serializer):
         project_id = StrictUUIDField()
-        agent_type = serializers.ChoiceField(choices=AgentType.values)
+        agent_type = serializers.ChoiceField(choices=AgentType.choices)
         title = StrictCharField(max_length=500)
         input_data = serializers.JSONField(required=False, default=dict)
 
