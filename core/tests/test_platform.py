@@ -96,7 +96,10 @@ def test_openapi_schema_documents_the_endpoints():
     schema = r.json()
     paths = schema["paths"]
     for path in ["/api/v1/projects", "/api/v1/projects/{project_id}", "/api/v1/tasks", "/api/v1/tasks/{task_id}",
-                 "/api/v1/tasks/{task_id}/status", "/api/v1/events"]:
+                 "/api/v1/tasks/{task_id}/status", "/api/v1/events", "/api/v1/agent-approvals",
+                 "/api/v1/agent-approvals/{approval_id}", "/api/v1/agent-approvals/{approval_id}/respond",
+                 "/api/v1/agent-approvals/{approval_id}/start", "/api/v1/agent-approvals/{approval_id}/cancel",
+                 "/api/v1/agent-approvals/{approval_id}/wait", "/api/v1/agent-approvals/project/{project_id}"]:
         assert path in paths, path
     create = paths["/api/v1/tasks"]["post"]
     assert set(create["responses"]) >= {"201", "400", "401", "403", "404", "423"}

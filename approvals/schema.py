@@ -1,0 +1,30 @@
+"""OpenAPI for the long poll, which is a Channels consumer that drf-spectacular cannot see."""
+
+
+def add_wait_endpoint(result, generator, request, public):
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    result.setdefault("paths", {})["/api/v1/agent-approvals/{approval_id}/wait"] = {
+        "get": {
+            "operationId": "agent_approvals_wait",
+            "summary": "Long-poll an approval until it is decided",
+            "description": "Returns as soon as the status is no longer `pending` (approved, rejected, timed_out "
+                           "or cancelled), or after `timeout` seconds with the pending approval. An approval "
+                           "whose deadline passed is timed out here even if beat is late.",
+            "tags": ["api"],
+            "parameters": [
+                {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+                {"name": "timeout", "in": "query", "required": False,
+                 "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 30},
+                 "description": "seconds to wait at most"},
+            ],
+            "security": [{"ApiKey": []}, {"cookieAuth": []}],
+            "responses": {
+                "200": {"description": "The approval", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/AgentCallApprovalOutput"}}}},
+                "400": {"description": "Bad timeout", "content": error},
+                "401": {"description": "No or bad credentials", "content": error},
+                "404": {"description": "No such approval, or not visible", "content": error},
+            },
+        }
+    }
+    return result
