@@ -13,6 +13,7 @@ from access import roles
 from access.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, ModelPrice
 from approvals.services import agent_approval_decide
+from core.admin import ReadOnlyAdminMixin
 from core.errors import DomainError
 
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
@@ -46,7 +47,7 @@ class VisibleProjectFilter(admin.RelatedFieldListFilter):
 
 
 @admin.register(AgentCallApproval)
-class AgentCallApprovalAdmin(admin.ModelAdmin):
+class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["short_action", "project", "agent_type", "status", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
@@ -83,15 +84,6 @@ class AgentCallApprovalAdmin(admin.ModelAdmin):
         if not (request.user.is_active and request.user.is_staff):
             return False
         return obj is None or has_project_perm(request.user, roles.VIEW, obj.project)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     # --- columns --------------------------------------------------------------------
     @admin.display(description="action", ordering="proposed_action")

@@ -29,6 +29,7 @@ from core.api import parse_uuid
 from core.errors import error_body
 from core.wakeup import BatchPoller, wakeup
 
+
 def db_read(func):
     """Run briefly in Channels' database thread, with its connection clean-up around it."""
     return database_sync_to_async(func)

@@ -15,8 +15,8 @@ from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
 from audit.services import audit_record
-from core.wakeup import wakeup_on_commit
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.wakeup import wakeup_on_commit
 from events.services import event_emit
 from projects.models import Task
 from projects.services import agent_state_refresh, project_lock_for_admission, task_move

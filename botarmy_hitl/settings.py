@@ -198,7 +198,8 @@ HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default
 HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
 # A waiting agent's long poll re-reads the database this often, in case a push was lost
 # (for example a decision made in another process on the in-process channel layer).
-HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS", default=1.0 if not env.str("REDIS_URL", default="") else 5.0)
+HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS",
+                                   default=5.0 if env.str("REDIS_URL", default="") else 1.0)
 # A single call estimated above these amounts (USD) is flagged medium / high.
 HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
 HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")

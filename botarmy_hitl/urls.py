@@ -2,9 +2,15 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from approvals.api import (
+                           AgentApprovalCancelApi,
+                           AgentApprovalCreateApi,
+                           AgentApprovalDetailApi,
+                           AgentApprovalProjectListApi,
+                           AgentApprovalRespondApi,
+                           AgentApprovalStartApi,
+)
 from core.views import HealthApi, api_not_found
-from approvals.api import (AgentApprovalCancelApi, AgentApprovalCreateApi, AgentApprovalDetailApi,
-                           AgentApprovalProjectListApi, AgentApprovalRespondApi, AgentApprovalStartApi)
 from events.api import EventListApi
 from projects.api import ProjectDetailApi, ProjectListCreateApi, TaskCreateApi, TaskDetailApi, TaskStatusApi
 

@@ -6,7 +6,6 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-
 MAX_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -9,6 +9,7 @@ from events.models import EventType
 from events.selectors import event_list
 from events.services import event_payload
 
+
 class EventSerializer(serializers.Serializer):
     """Documents events.services.event_payload."""
 

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
+from core.admin import ReadOnlyAdminMixin
 from projects.models import AgentState, Project, Task
 
 
@@ -42,17 +43,8 @@ class ProjectAdmin(GuardedModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["title", "project", "agent_type", "status", "created_at", "finished_at"]
     list_filter = ["status", "agent_type", "project"]
     search_fields = ["title", "id"]
-    readonly_fields = [f.name for f in Task._meta.fields]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

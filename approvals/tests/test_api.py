@@ -11,7 +11,7 @@ from approvals.models import AgentCallApproval
 from approvals.services import agent_approval_decide, agent_approval_expire_overdue, agent_approval_warn_due
 from audit.models import AuditEvent
 from events.models import Event
-from projects.models import AgentState, Project, Task
+from projects.models import AgentState, Project
 
 pytestmark = pytest.mark.django_db
 
