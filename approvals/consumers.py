@@ -24,7 +24,7 @@ from access.authentication import api_key_check
 from approvals.models import AgentCallApproval
 from approvals.selectors import agent_approval_visible_to
 from approvals.serializers import AgentCallApprovalOutputSerializer
-from approvals.services import agent_approval_time_out, approval_group
+from approvals.services import agent_approval_time_out, approval_group, project_stop_group
 from core.api import parse_uuid
 from core.errors import error_body
 from core.wakeup import BatchPoller, wakeup
@@ -121,7 +121,7 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
             user = await _authenticate(self.scope)
             approval = await _load(user, approval_id)
             timeout = _parse_timeout(self.scope.get("query_string", b""))
-            await self.wait_for_decision(approval.pk, timeout)
+            await self.wait_for_decision(approval.pk, approval.project_id, timeout)
             payload = await _render(approval.pk)
         except HttpError as err:
             await self.send_json_response(err.status, json.dumps(err.body).encode(), err.headers)
@@ -131,13 +131,14 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
     async def send_json_response(self, status: int, body: bytes, headers=()):
         await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])
 
-    async def wait_for_decision(self, approval_id, timeout: float) -> None:
+    async def wait_for_decision(self, approval_id, project_id, timeout: float) -> None:
         if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         poller = BatchPoller.for_loop(_due_for_release, settings.HITL_WAIT_POLL_SECONDS)
-        async with wakeup(approval_group(approval_id)) as woken, poller.watch(approval_id, woken):
+        async with wakeup(approval_group(approval_id), project_stop_group(project_id)) as woken, \
+                poller.watch(approval_id, woken):
             while True:
                 # Subscribed first, then read: a decision committed in between is not missed.
                 if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:

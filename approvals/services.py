@@ -15,7 +15,7 @@ from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
 from audit.services import audit_record
-from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
 from projects.models import Task
@@ -33,6 +33,12 @@ def input_digest(data) -> str:
 def approval_group(approval_id) -> str:
     """Channel-layer group that agents waiting on this approval listen to."""
     return f"approvals.agent.{approval_id}"
+
+
+def project_stop_group(project_id) -> str:
+    """Channel-layer group that every agent waiting on a call of the project listens to too:
+    an emergency stop wakes them all with one message."""
+    return f"approvals.project.{project_id}"
 
 
 def approval_event_data(approval: AgentCallApproval) -> dict:
@@ -123,7 +129,27 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
                             "expires_at": approval.expires_at})
         event_emit(project_id=project.pk, task_id=task.pk, event_type="agent_approval_requested",
                    data={**approval_event_data(approval), "risk_assessment": risk})
+    if risk["level"] == "critical":
+        _stop_for_critical_risk(approval)
     return approval
+
+
+def _stop_for_critical_risk(approval: AgentCallApproval) -> None:
+    """security_threat: a call with a critical flag (a live secret, a catastrophic command)
+    stops the project. The request stays on record (cancelled by the stop); the agent gets 423."""
+    from emergency.models import Condition, Severity
+    from emergency.services import emergency_settings_for, emergency_stop_trigger
+
+    if not emergency_settings_for(approval.project_id).stop_on_critical_risk:
+        return
+    critical = [f for f in approval.risk_assessment.get("flags", []) if f.get("severity") == "critical"]
+    stop, _ = emergency_stop_trigger(
+        project_id=approval.project_id, condition=Condition.SECURITY_THREAT, severity=Severity.CRITICAL,
+        reason=f"Critical risk in a requested {approval.agent_type} call: "
+               f"{', '.join(sorted({f['code'] for f in critical}))}",
+        data={"approval_id": str(approval.pk), "flags": critical[:10]})
+    raise EmergencyStopActive("The requested call has a critical risk flag: the project is emergency-stopped.",
+                              emergency_stop_id=stop.pk)
 
 
 def _lock(approval_id, *, gate: bool) -> AgentCallApproval:

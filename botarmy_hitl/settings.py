@@ -200,6 +200,8 @@ HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
 # (for example a decision made in another process on the in-process channel layer).
 HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS",
                                    default=5.0 if env.str("REDIS_URL", default="") else 1.0)
+# How often beat evaluates the automatic emergency-stop conditions of every active project.
+HITL_CONDITION_CHECK_SECONDS = env.int("HITL_CONDITION_CHECK_SECONDS", default=5)
 # A single call estimated above these amounts (USD) is flagged medium / high.
 HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
 HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")
@@ -254,6 +256,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.warn_due",
         "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
         "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
+    },
+    "emergency-check-conditions": {
+        "task": "emergency.check_conditions",
+        "schedule": timedelta(seconds=HITL_CONDITION_CHECK_SECONDS),
+        "options": {"expires": HITL_CONDITION_CHECK_SECONDS},
     },
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",

@@ -11,7 +11,9 @@ from approvals.api import (
                            AgentApprovalStartApi,
 )
 from core.views import HealthApi, api_not_found
+from emergency.api import EmergencyStatusApi, EmergencyStopApi, RecoveryStartApi
 from events.api import EventListApi
+from recovery.api import RecoveryDetailApi, RecoveryStepRespondApi
 from projects.api import ProjectDetailApi, ProjectListCreateApi, TaskCreateApi, TaskDetailApi, TaskStatusApi
 
 api_v1 = [
@@ -30,6 +32,12 @@ api_v1 = [
          name="agent-approval-respond"),
     path("agent-approvals/<str:approval_id>/cancel", AgentApprovalCancelApi.as_view(), name="agent-approval-cancel"),
     path("agent-approvals/<str:approval_id>/start", AgentApprovalStartApi.as_view(), name="agent-approval-start"),
+    path("emergency/stop/<str:project_id>", EmergencyStopApi.as_view(), name="emergency-stop"),
+    path("emergency/status/<str:project_id>", EmergencyStatusApi.as_view(), name="emergency-status"),
+    path("emergency/recovery/<str:project_id>", RecoveryStartApi.as_view(), name="emergency-recovery"),
+    path("recovery/<str:session_id>", RecoveryDetailApi.as_view(), name="recovery-detail"),
+    path("recovery/<str:session_id>/steps/<str:step_id>/respond", RecoveryStepRespondApi.as_view(),
+         name="recovery-step-respond"),
     # agent-approvals/<id>/wait is a Channels consumer: see approvals/routing.py and botarmy_hitl/asgi.py
 ]
 

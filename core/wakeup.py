@@ -58,15 +58,13 @@ class _Hub:
             for event in self.waiters.get(message.get("group"), ()):
                 event.set()
 
-    async def subscribe(self, group: str) -> asyncio.Event:
-        event = asyncio.Event()
+    async def subscribe(self, group: str, event: asyncio.Event) -> None:
         async with self.lock:
             await self._ensure_started()
             if group not in self.waiters:
                 self.waiters[group] = set()
                 await self.layer.group_add(group, self.channel)
             self.waiters[group].add(event)
-        return event
 
     async def unsubscribe(self, group: str, event: asyncio.Event) -> None:
         async with self.lock:
@@ -83,22 +81,27 @@ _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.We
 
 
 @asynccontextmanager
-async def wakeup(group: str):
-    """``async with wakeup(group) as event``: ``event`` is set when the group gets a message
-    (with no channel layer configured, it is never set by a push)."""
+async def wakeup(*groups: str):
+    """``async with wakeup(group, ...) as event``: ``event`` is set when any of the groups gets
+    a message (with no channel layer configured, it is never set by a push)."""
+    event = asyncio.Event()
     layer = get_channel_layer()
     if layer is None:
-        yield asyncio.Event()
+        yield event
         return
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
     if hub is None or hub.layer is not layer:
         hub = _hubs[loop] = _Hub(layer)
-    event = await hub.subscribe(group)
+    subscribed = []
     try:
+        for group in groups:
+            await hub.subscribe(group, event)
+            subscribed.append(group)
         yield event
     finally:
-        await hub.unsubscribe(group, event)
+        for group in subscribed:
+            await hub.unsubscribe(group, event)
 
 
 class BatchPoller:

@@ -2,7 +2,7 @@ from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
 from core.admin import ReadOnlyAdminMixin
-from projects.models import AgentState, Project, Task
+from projects.models import AgentState, Project, ProjectNotifier, Task
 
 
 class AgentStateInline(admin.TabularInline):
@@ -16,6 +16,12 @@ class AgentStateInline(admin.TabularInline):
         return False
 
 
+class ProjectNotifierInline(admin.TabularInline):
+    model = ProjectNotifier
+    fields = ["kind", "target", "secret", "active"]
+    extra = 0
+
+
 @admin.register(Project)
 class ProjectAdmin(GuardedModelAdmin):
     """Status is changed only by the emergency and recovery services, never edited here.
@@ -25,7 +31,7 @@ class ProjectAdmin(GuardedModelAdmin):
     list_filter = ["status"]
     search_fields = ["slug", "name"]
     readonly_fields = ["id", "status", "created_at", "updated_at"]
-    inlines = [AgentStateInline]
+    inlines = [AgentStateInline, ProjectNotifierInline]
 
     def get_readonly_fields(self, request, obj=None):
         # Creation goes through the API or this form's save_model → project_create.

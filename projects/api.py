@@ -11,6 +11,8 @@ from access import roles
 from access.permissions import project_for_user, project_visible_to, require_project_perm
 from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, paginated
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
+from emergency.conditions import conditions_check
+from emergency.models import Condition
 from projects import selectors, services
 from projects.models import AgentType, Task
 from projects.serializers import AgentStateSerializer, ProjectOutputSerializer, TaskOutputSerializer
@@ -113,6 +115,9 @@ class TaskStatusApi(APIView):
     class InputSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=[s.value for s in Task.OUTCOMES])
         error = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
+        error_kind = serializers.ChoiceField(choices=Task.ErrorKind.choices, required=False, default="",
+                                             allow_blank=True,
+                                             help_text="rate_limit and quota failures count towards resource_exhaustion")
 
     @extend_schema(operation_id="tasks_report_status", request=InputSerializer,
                    responses={200: TaskOutputSerializer, **error_responses(400, 403, 404, 409)})
@@ -124,6 +129,8 @@ class TaskStatusApi(APIView):
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         task = services.task_report_outcome(actor=request.user, task_id=task.pk, **s.validated_data)
+        # The outcome is committed: now the conditions it feeds (each trips its own stop).
+        conditions_check(project_id=task.project_id, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])
         return Response(TaskOutputSerializer(task).data)
 
 

@@ -81,6 +81,15 @@ class Task(BaseModel):
     # What an agent may report through POST /api/v1/tasks/{id}/status.
     OUTCOMES = (Status.COMPLETED, Status.FAILED)
 
+    class ErrorKind(models.TextChoices):
+        RATE_LIMIT = "rate_limit"
+        QUOTA = "quota"
+        TIMEOUT = "timeout"
+        OTHER = "other"
+
+    # Failures that count towards the resource_exhaustion condition.
+    RESOURCE_ERROR_KINDS = (ErrorKind.RATE_LIMIT, ErrorKind.QUOTA)
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tasks")
     agent_type = models.CharField(max_length=20, choices=AgentType.choices)
@@ -88,6 +97,7 @@ class Task(BaseModel):
     input_data = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True, default="")
+    error_kind = models.CharField(max_length=20, choices=ErrorKind.choices, blank=True, default="")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     started_at = models.DateTimeField(null=True, blank=True)
@@ -120,3 +130,25 @@ class AgentState(BaseModel):
 
     def __str__(self):
         return f"{self.project}:{self.agent_type} {self.status}"
+
+
+class ProjectNotifier(BaseModel):
+    """Where a project's alerts go (emergency stops now, budget alerts later): an e-mail
+    address (Django's mail backend) or a webhook URL receiving a signed JSON POST."""
+
+    class Kind(models.TextChoices):
+        EMAIL = "email"
+        WEBHOOK = "webhook"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="notifiers")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    target = models.CharField(max_length=500, help_text="E-mail address or https:// URL")
+    secret = models.CharField(max_length=200, blank=True, default="",
+                              help_text="Webhooks: HMAC-SHA256 key for the X-HITL-Signature header")
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["project", "kind", "target"]
+
+    def __str__(self):
+        return f"{self.kind}: {self.target}"

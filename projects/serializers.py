@@ -23,5 +23,5 @@ class TaskOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Task
-        fields = ["task_id", "project_id", "agent_type", "title", "input_data", "status", "error",
+        fields = ["task_id", "project_id", "agent_type", "title", "input_data", "status", "error", "error_kind",
                   "created_at", "updated_at", "started_at", "finished_at"]

@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -48,7 +49,10 @@ def project_lock_for_admission(project_id) -> Project:
     new work takes this lock, so nothing is admitted once a stop has committed."""
     project = Project.objects.select_for_update().get(pk=project_id)
     if project.status == Project.Status.EMERGENCY_STOPPED:
-        raise EmergencyStopActive(f"Project {project.slug} is under an emergency stop.")
+        EmergencyStop = apps.get_model("emergency", "EmergencyStop")
+        stop_id = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).values_list(
+            "pk", flat=True).first()
+        raise EmergencyStopActive(f"Project {project.slug} is under an emergency stop.", emergency_stop_id=stop_id)
     return project
 
 
@@ -63,7 +67,7 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 
 
 @transaction.atomic
-def task_report_outcome(*, actor, task_id, status: str, error: str = "") -> Task:
+def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
     """An agent reports that a task completed or failed. Reporting the same outcome again
     changes nothing; any other transition out of a finished task is refused (409)."""
     if status not in Task.OUTCOMES:
@@ -76,8 +80,9 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "") -> Task
     before = _task_snapshot(task)
     task.status = status
     task.error = error if status == Task.Status.FAILED else ""
+    task.error_kind = error_kind if status == Task.Status.FAILED else ""
     task.finished_at = timezone.now()
-    task.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    task.save(update_fields=["status", "error", "error_kind", "finished_at", "updated_at"])
     agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
                         failed=status == Task.Status.FAILED)
     audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))

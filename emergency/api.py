@@ -1,0 +1,80 @@
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access import roles
+from access.permissions import has_project_perm, project_for_user
+from core.api import error_responses
+from core.errors import Forbidden
+from core.fields import StrictCharField
+from emergency.models import Condition, EmergencyStop, Severity
+from emergency.serializers import EmergencyStopOutputSerializer
+from emergency.services import emergency_stop_trigger
+from recovery.models import RecoverySession
+from recovery.serializers import RecoverySessionOutputSerializer
+from recovery.services import recovery_start
+
+
+class EmergencyStopApi(APIView):
+    @extend_schema_serializer(component_name="EmergencyStopInput")
+    class InputSerializer(serializers.Serializer):
+        reason = StrictCharField(max_length=5000)
+        severity = serializers.ChoiceField(choices=Severity.choices, required=False, default=Severity.HIGH)
+
+    @extend_schema(operation_id="emergency_stop", request=InputSerializer,
+                   responses={201: EmergencyStopOutputSerializer, 200: EmergencyStopOutputSerializer,
+                              **error_responses(400, 403, 404)})
+    def post(self, request, project_id):
+        """Stop the project now (reviewers, managers and the project's own agents): halts its
+        tasks, cancels its pending calls, and every agent call gets 423 until recovery lifts
+        the stop. 201 with the new stop; 200 with the active stop when already stopped (the
+        manual condition is added to it)."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        if not any(has_project_perm(request.user, perm, project) for perm in (roles.REVIEW, roles.ACT_AS_AGENT)):
+            raise Forbidden("You may not stop this project.")
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
+                                               actor=request.user, **s.validated_data)
+        return Response(EmergencyStopOutputSerializer(stop).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class EmergencyStatusApi(APIView):
+    @extend_schema(operation_id="emergency_status", responses={
+        200: inline_serializer("EmergencyStatus", {
+            "project_id": serializers.UUIDField(), "stopped": serializers.BooleanField(),
+            "active_stop": EmergencyStopOutputSerializer(allow_null=True),
+            "recovery_session": RecoverySessionOutputSerializer(allow_null=True)}),
+        **error_responses(404)})
+    def get(self, request, project_id):
+        project = project_for_user(user=request.user, project_id=project_id)
+        stop = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).first()
+        session = None
+        if stop is not None:
+            session = RecoverySession.objects.filter(emergency_stop=stop).order_by("-created_at").first()
+        return Response({
+            "project_id": str(project.pk),
+            "stopped": project.status == project.Status.EMERGENCY_STOPPED,
+            "active_stop": EmergencyStopOutputSerializer(stop).data if stop else None,
+            "recovery_session": RecoverySessionOutputSerializer(session).data if session else None,
+        })
+
+
+class RecoveryStartApi(APIView):
+    @extend_schema_serializer(component_name="RecoveryStartInput")
+    class InputSerializer(serializers.Serializer):
+        recovery_type = serializers.ChoiceField(choices=RecoverySession.Type.choices, required=False,
+                                                default=RecoverySession.Type.MANUAL)
+
+    @extend_schema(operation_id="emergency_recovery_start", request=InputSerializer,
+                   responses={201: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)})
+    def post(self, request, project_id):
+        """Open a recovery session on the active stop (managers): an assessment and a plan of
+        steps, each to be approved in order."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        session = recovery_start(project_id=project.pk, actor=request.user, **s.validated_data)
+        return Response(RecoverySessionOutputSerializer(session).data, status=status.HTTP_201_CREATED)

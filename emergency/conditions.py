@@ -1,0 +1,152 @@
+"""The automatic stop conditions: each a small class in a registry. Beat checks every active
+project every HITL_CONDITION_CHECK_SECONDS; the places where a signal arrives (task outcomes,
+risk assessments, the budget service) check or trip inline. The clock is a parameter."""
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from emergency.models import Condition, EmergencySettings, Severity
+from projects.models import Project, Task
+
+
+@dataclass
+class Trip:
+    condition: str
+    reason: str
+    severity: str
+    data: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, type["StopCondition"]] = {}
+
+
+class StopCondition:
+    name: str = ""
+    periodic = True  # checked by beat; False: only tripped where its signal arrives
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        REGISTRY[cls.name] = cls
+
+    def check(self, project: Project, settings: EmergencySettings, now) -> Trip | None:
+        return None
+
+
+def _failure_rate(outcomes: list[str]) -> Decimal:
+    return Decimal(sum(1 for s in outcomes if s == Task.Status.FAILED)) / Decimal(len(outcomes))
+
+
+class ErrorRateHigh(StopCondition):
+    """Failed / (completed + failed) above the threshold in BOTH windows (the last N outcomes
+    and the last S seconds), each holding at least ``error_min_outcomes`` outcomes."""
+
+    name = Condition.ERROR_RATE_HIGH
+
+    def check(self, project, settings, now):
+        outcomes = Task.objects.filter(project=project, status__in=Task.OUTCOMES, finished_at__lte=now)
+        if settings.error_window_reset_at:
+            outcomes = outcomes.filter(finished_at__gt=settings.error_window_reset_at)
+        by_count = list(outcomes.order_by("-finished_at").values_list("status", flat=True)[:settings.error_window_count])
+        by_time = list(outcomes.filter(finished_at__gt=now - timedelta(seconds=settings.error_window_seconds))
+                       .values_list("status", flat=True))
+        if min(len(by_count), len(by_time)) < settings.error_min_outcomes:
+            return None
+        count_rate, time_rate = _failure_rate(by_count), _failure_rate(by_time)
+        if count_rate > settings.error_rate_threshold and time_rate > settings.error_rate_threshold:
+            return Trip(self.name, f"Error rate {time_rate:.0%} over {settings.error_window_seconds}s and "
+                                   f"{count_rate:.0%} over the last {len(by_count)} outcomes "
+                                   f"(threshold {settings.error_rate_threshold:.0%})", Severity.HIGH,
+                        {"rate_by_count": str(round(count_rate, 3)), "rate_by_time": str(round(time_rate, 3)),
+                         "outcomes_by_count": len(by_count), "outcomes_by_time": len(by_time)})
+        return None
+
+
+class ResourceExhaustion(StopCondition):
+    """Too many pending approvals or open tasks, or a burst of rate-limit / quota failures."""
+
+    name = Condition.RESOURCE_EXHAUSTION
+
+    def check(self, project, settings, now):
+        pending = AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING).count()
+        if pending > settings.max_pending_approvals:
+            return Trip(self.name, f"{pending} pending approvals (limit {settings.max_pending_approvals})",
+                        Severity.HIGH, {"pending_approvals": pending})
+        open_tasks = Task.objects.filter(project=project, status__in=(
+            Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING)).count()
+        if open_tasks > settings.max_open_tasks:
+            return Trip(self.name, f"{open_tasks} open tasks (limit {settings.max_open_tasks})", Severity.HIGH,
+                        {"open_tasks": open_tasks})
+        since = now - timedelta(seconds=settings.rate_limit_window_seconds)
+        if settings.error_window_reset_at:
+            since = max(since, settings.error_window_reset_at)
+        throttled = Task.objects.filter(project=project, status=Task.Status.FAILED,
+                                        error_kind__in=Task.RESOURCE_ERROR_KINDS, finished_at__gt=since,
+                                        finished_at__lte=now).count()
+        if throttled >= settings.rate_limit_errors_threshold:
+            return Trip(self.name, f"{throttled} rate-limit or quota failures in "
+                                   f"{settings.rate_limit_window_seconds}s", Severity.MEDIUM,
+                        {"rate_limit_failures": throttled})
+        return None
+
+
+class SecurityThreat(StopCondition):
+    """A requested call whose risk assessment has a critical flag (a live secret, a
+    catastrophic command), tripped when the call is requested; beat re-checks pending calls."""
+
+    name = Condition.SECURITY_THREAT
+
+    def check(self, project, settings, now):
+        if not settings.stop_on_critical_risk:
+            return None
+        flagged = list(AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING,
+                                                        risk_assessment__level="critical").values_list("pk", flat=True)[:20])
+        if flagged:
+            return Trip(self.name, f"{len(flagged)} pending call(s) with a critical risk flag", Severity.CRITICAL,
+                        {"approvals": [str(pk) for pk in flagged]})
+        return None
+
+
+class BudgetCritical(StopCondition):
+    """Tripped by the budget service (projected daily cost over 1.5 x the limit)."""
+
+    name = Condition.BUDGET_CRITICAL
+    periodic = False
+
+
+class ManualStop(StopCondition):
+    """A person (or a project's agent) pressed stop."""
+
+    name = Condition.MANUAL_STOP
+    periodic = False
+
+
+def conditions_check(*, project_id, names=None, now=None) -> list[Trip]:
+    """Evaluate conditions for one active project and trip a stop for each that fires."""
+    from emergency.services import emergency_settings_for, emergency_stop_trigger
+
+    now = now or timezone.now()
+    project = Project.objects.get(pk=project_id)
+    if project.status != Project.Status.ACTIVE:
+        return []
+    settings = emergency_settings_for(project.pk)
+    trips = []
+    for name, cls in REGISTRY.items():
+        if (names is None and not cls.periodic) or (names is not None and name not in names):
+            continue
+        trip = cls().check(project, settings, now)
+        if trip is not None:
+            trips.append(trip)
+            emergency_stop_trigger(project_id=project.pk, condition=trip.condition, reason=trip.reason,
+                                   severity=trip.severity, data=trip.data)
+    return trips
+
+
+def conditions_check_all(*, now=None) -> int:
+    """Beat: every active project."""
+    tripped = 0
+    for project_id in Project.objects.filter(status=Project.Status.ACTIVE).values_list("pk", flat=True):
+        tripped += len(conditions_check(project_id=project_id, now=now))
+    return tripped

@@ -1,0 +1,81 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from core.models import BaseModel
+
+
+class Condition(models.TextChoices):
+    BUDGET_CRITICAL = "budget_critical"
+    ERROR_RATE_HIGH = "error_rate_high"
+    SECURITY_THREAT = "security_threat"
+    MANUAL_STOP = "manual_stop"
+    RESOURCE_EXHAUSTION = "resource_exhaustion"
+
+
+class Severity(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITY_ORDER = [Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
+
+
+class EmergencyStop(models.Model):
+    """One stop of a project, from trigger to resolution. At most one is active (unresolved)
+    per project; a second trigger while stopped adds its conditions to it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="emergency_stops")
+    triggered_conditions = models.JSONField(default=list, help_text="condition names, in the order they tripped")
+    condition_details = models.JSONField(default=list, help_text="[{condition, reason, severity, at, by, data}]")
+    stop_reason = models.TextField()
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    triggered_by = models.CharField(max_length=255, help_text="username#id, or system:<condition>")
+    triggered_by_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                          on_delete=models.PROTECT, related_name="+")
+    stopped_tasks = models.JSONField(default=list)
+    cancelled_approvals = models.JSONField(default=list)
+    recovery_session_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "created_at"], name="emergency_stop_project_created")]
+        constraints = [models.UniqueConstraint(fields=["project"], condition=Q(resolved_at__isnull=True),
+                                               name="one_active_stop_per_project")]
+
+    def __str__(self):
+        return f"{self.project} stop {','.join(self.triggered_conditions)} ({'resolved' if self.resolved_at else 'active'})"
+
+
+class EmergencySettings(BaseModel):
+    """Per-project thresholds of the automatic conditions (created with defaults on first use)."""
+
+    project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="emergency_settings")
+    # error_rate_high: both windows must exceed the rate, each with at least min_outcomes outcomes.
+    error_rate_threshold = models.DecimalField(max_digits=4, decimal_places=3, default="0.500",
+                                               help_text="failed / (completed + failed), 0..1")
+    error_window_count = models.PositiveIntegerField(default=20, help_text="the last N outcomes")
+    error_window_seconds = models.PositiveIntegerField(default=300, help_text="outcomes of the last S seconds")
+    error_min_outcomes = models.PositiveIntegerField(default=10)
+    error_window_reset_at = models.DateTimeField(null=True, blank=True,
+                                                 help_text="outcomes before this are ignored (set by recovery)")
+    # resource_exhaustion
+    max_pending_approvals = models.PositiveIntegerField(default=1000)
+    max_open_tasks = models.PositiveIntegerField(default=5000)
+    rate_limit_errors_threshold = models.PositiveIntegerField(default=20)
+    rate_limit_window_seconds = models.PositiveIntegerField(default=60)
+    # security_threat
+    stop_on_critical_risk = models.BooleanField(default=True,
+                                                help_text="a critical risk flag on a requested call stops the project")
+
+    def __str__(self):
+        return f"emergency settings of {self.project}"

@@ -1,0 +1,307 @@
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_start
+from audit.models import AuditEvent
+from emergency.conditions import conditions_check
+from emergency.models import EmergencyStop
+from emergency.services import emergency_settings_for, emergency_stop_trigger
+from events.models import Event
+from projects.models import AgentState, Project, Task
+from projects.services import task_create, task_report_outcome
+
+pytestmark = pytest.mark.django_db
+
+
+def request_call(project, agent, title="t", **kwargs):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    body = dict(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                proposed_action="write the parser", input_data={"t": title}, estimated_tokens=100,
+                estimated_cost="0.0100")
+    body.update(kwargs)
+    return agent_approval_request(**body)
+
+
+# --- manual stop --------------------------------------------------------------------
+def test_manual_stop_halts_everything_and_reports_it(project, agent, reviewer, manager, client_for):
+    pending = request_call(project, agent, "a")
+    approved = request_call(project, agent, "b")
+    agent_approval_decide(approval_id=approved.pk, decider=reviewer, decision="approve")
+    running = request_call(project, agent, "c")
+    agent_approval_decide(approval_id=running.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=running.pk, actor=agent)
+    done = task_create(actor=agent, project_id=project.pk, agent_type="tester", title="done")
+    task_report_outcome(actor=agent, task_id=done.pk, status="completed")
+
+    r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "agents misbehaving"},
+                                  format="json")
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["triggered_conditions"] == ["manual_stop"] and body["stop_reason"] == "agents misbehaving"
+    assert body["triggered_by"].startswith("reviewer#") and body["severity"] == "high"
+    project.refresh_from_db()
+    assert project.status == "emergency_stopped"
+    assert set(body["stopped_tasks"]) == {str(pending.task_id), str(approved.task_id), str(running.task_id)}
+    assert Task.objects.get(pk=done.pk).status == "completed"  # finished work stays as it was
+    assert set(Task.objects.filter(pk__in=body["stopped_tasks"]).values_list("status", flat=True)) == {"halted"}
+    assert AgentCallApproval.objects.get(pk=pending.pk).status == "cancelled"
+    assert AgentCallApproval.objects.get(pk=approved.pk).status == "cancelled"  # approved, not started
+    assert AgentCallApproval.objects.get(pk=running.pk).status == "approved"  # it already ran
+    assert set(AgentState.objects.filter(project=project).values_list("status", flat=True)) == {"emergency_stopped"}
+    event = Event.objects.get(event_type="emergency_stop_triggered")
+    assert event.data["id"] == body["id"] and event.data["triggered_conditions"] == ["manual_stop"]
+    assert AuditEvent.objects.filter(action="emergency_stop.trigger", object_id=body["id"]).exists()
+
+    status = client_for(manager).get(f"/api/v1/emergency/status/{project.pk}").json()
+    assert status["stopped"] is True and status["active_stop"]["id"] == body["id"]
+    assert status["recovery_session"] is None
+
+
+def test_every_admission_is_423_while_stopped(project, agent, reviewer, client_for):
+    pending = request_call(project, agent, "a")
+    approved = request_call(project, agent, "b")
+    agent_approval_decide(approval_id=approved.pk, decider=reviewer, decision="approve")
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="x", actor=reviewer)
+    agent_c, reviewer_c = client_for(agent), client_for(reviewer)
+    task = Task.objects.get(pk=pending.task_id)
+    calls = [
+        agent_c.post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder", "title": "new"},
+                     format="json"),
+        agent_c.post("/api/v1/agent-approvals", {"project_id": str(project.pk), "task_id": str(task.pk),
+                                                 "agent_type": "coder", "proposed_action": "x", "input_data": {},
+                                                 "estimated_tokens": 1, "estimated_cost": "0.0001"}, format="json"),
+        reviewer_c.post(f"/api/v1/agent-approvals/{pending.pk}/respond", {"decision": "approve"}, format="json"),
+        agent_c.post(f"/api/v1/agent-approvals/{approved.pk}/start"),
+    ]
+    for r in calls:
+        assert r.status_code == 423, r.content
+        assert r.json() == {"error": "emergency_stop", "detail": r.json()["detail"],
+                            "emergency_stop_id": str(stop.pk)}
+    assert agent_c.get(f"/api/v1/agent-approvals/{pending.pk}").status_code == 200  # reading stays allowed
+
+
+def test_a_second_trigger_adds_its_condition_to_the_active_stop(project, agent, reviewer, client_for):
+    first, created = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="a",
+                                            actor=reviewer)
+    assert created
+    r = client_for(agent).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "me too", "severity": "critical"},
+                               format="json")
+    assert r.status_code == 200 and r.json()["id"] == str(first.pk)
+    second, created = emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="b")
+    assert not created and second.pk == first.pk
+    assert second.triggered_conditions == ["manual_stop", "error_rate_high"]
+    assert second.severity == "critical" and len(second.condition_details) == 3
+    assert EmergencyStop.objects.filter(project=project).count() == 1
+
+
+def test_who_may_stop(project, client_for, make_user, outsider, other_project):
+    assert client_for(outsider).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "x"},
+                                     format="json").status_code == 404
+    r = client_for(make_user("x", role="agent", project=other_project)).post(
+        f"/api/v1/emergency/stop/{project.pk}", {"reason": "x"}, format="json")
+    assert r.status_code == 404
+    r = client_for(make_user("y", role="agent", project=project)).post(
+        f"/api/v1/emergency/stop/{project.pk}", {"reason": ""}, format="json")
+    assert r.status_code == 400  # a reason is required
+    Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_a_critical_risk_flag_stops_the_project(project, agent, client_for):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="t")
+    r = client_for(agent).post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+        "proposed_action": "Clean up the server with rm -rf / --no-preserve-root", "input_data": {},
+        "estimated_tokens": 10, "estimated_cost": "0.0010"}, format="json")
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.triggered_conditions == ["security_threat"] and stop.severity == "critical"
+    attempted = AgentCallApproval.objects.get(project=project)
+    assert attempted.status == "cancelled" and attempted.risk_assessment["level"] == "critical"
+
+
+def test_critical_risk_does_not_stop_when_disabled(project, agent):
+    settings_row = emergency_settings_for(project.pk)
+    settings_row.stop_on_critical_risk = False
+    settings_row.save()
+    approval = request_call(project, agent, proposed_action="rm -rf / --no-preserve-root")
+    assert approval.status == "pending" and approval.risk_assessment["level"] == "critical"
+    assert Project.objects.get(pk=project.pk).status == "active"
+
+
+# --- automatic conditions (the clock is a parameter: no sleeps) -----------------------
+def _outcomes(project, agent, statuses, at, kind=""):
+    for status in statuses:
+        task = task_create(actor=agent, project_id=project.pk, agent_type="tester", title=status)
+        task_report_outcome(actor=agent, task_id=task.pk, status=status, error_kind=kind if status == "failed" else "")
+        Task.objects.filter(pk=task.pk).update(finished_at=at)
+
+
+@pytest.fixture
+def small_windows(project):
+    row = emergency_settings_for(project.pk)
+    row.error_rate_threshold, row.error_window_count, row.error_window_seconds, row.error_min_outcomes = \
+        "0.500", 10, 300, 10
+    row.save()
+    return row
+
+
+def test_error_rate_trips_above_the_threshold_and_not_at_it(project, agent, small_windows):
+    now = timezone.now()
+    _outcomes(project, agent, ["completed"] * 5, now - timedelta(seconds=20))
+    _outcomes(project, agent, ["failed"] * 5, now - timedelta(seconds=10))
+    assert conditions_check(project_id=project.pk, now=now) == []  # 50 %: not above 50 %
+    _outcomes(project, agent, ["failed"], now - timedelta(seconds=5))  # last 10: 6 of 10; 300 s: 6 of 11
+    trips = conditions_check(project_id=project.pk, now=now)
+    assert [t.condition for t in trips] == ["error_rate_high"]
+    assert EmergencyStop.objects.get(project=project).triggered_conditions == ["error_rate_high"]
+
+
+def test_error_rate_needs_enough_outcomes(project, agent, small_windows):
+    now = timezone.now()
+    _outcomes(project, agent, ["failed"] * 9, now)  # 100 % but only 9 outcomes
+    assert conditions_check(project_id=project.pk, now=now) == []
+
+
+def test_error_rate_needs_both_windows(project, agent, small_windows):
+    now = timezone.now()
+    _outcomes(project, agent, ["failed"] * 10, now - timedelta(hours=1))  # old failures: count window only
+    _outcomes(project, agent, ["completed"] * 10, now - timedelta(seconds=1))
+    assert conditions_check(project_id=project.pk, now=now) == []
+    _outcomes(project, agent, ["failed"] * 10, now - timedelta(hours=2))
+    assert conditions_check(project_id=project.pk, now=now + timedelta(seconds=400)) == []  # time window empty
+
+
+def test_task_outcomes_check_the_error_rate_inline(project, agent, small_windows, client_for):
+    client = client_for(agent)
+    for i in range(10):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="tester", title=str(i))
+        r = client.post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "boom"}, format="json")
+        assert r.status_code == 200
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert EmergencyStop.objects.get(project=project).triggered_conditions == ["error_rate_high"]
+
+
+def test_resource_exhaustion_by_pending_approvals(project, agent):
+    row = emergency_settings_for(project.pk)
+    row.max_pending_approvals = 2
+    row.save()
+    for i in range(2):
+        request_call(project, agent, str(i))
+    assert conditions_check(project_id=project.pk) == []  # at the limit
+    request_call(project, agent, "one too many")
+    assert [t.condition for t in conditions_check(project_id=project.pk)] == ["resource_exhaustion"]
+
+
+def test_resource_exhaustion_by_rate_limit_failures(project, agent):
+    row = emergency_settings_for(project.pk)
+    row.rate_limit_errors_threshold, row.rate_limit_window_seconds, row.error_min_outcomes = 3, 60, 1000
+    row.save()
+    now = timezone.now()
+    _outcomes(project, agent, ["failed"] * 2, now - timedelta(seconds=5), kind="rate_limit")
+    _outcomes(project, agent, ["failed"] * 5, now - timedelta(seconds=5), kind="other")
+    assert conditions_check(project_id=project.pk, now=now) == []
+    _outcomes(project, agent, ["failed"], now - timedelta(seconds=1), kind="quota")
+    assert [t.condition for t in conditions_check(project_id=project.pk, now=now)] == ["resource_exhaustion"]
+
+
+def test_beat_task_checks_every_active_project(project, agent, small_windows):
+    from emergency.tasks import emergency_check_conditions_task
+
+    _outcomes(project, agent, ["failed"] * 10, timezone.now() - timedelta(seconds=1))
+    assert emergency_check_conditions_task.delay().get() == 1
+    assert emergency_check_conditions_task.delay().get() == 0  # stopped projects are not re-checked
+
+
+# --- the gate under concurrency -------------------------------------------------------
+def _race_the_stop(project, agent, reviewer) -> dict:
+    """Threads keep requesting, approving and starting calls while another stops the project.
+    Returns what happened after the stop committed."""
+    from core.errors import EmergencyStopActive
+
+    stop_committed = {}
+    outcomes = []  # (kind, finished_at, admitted)
+    go = threading.Event()
+
+    def agent_loop(n):
+        try:
+            go.wait()
+            for i in range(n):
+                try:
+                    task_id = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=str(i)).pk
+                    outcomes.append(("task", timezone.now(), True))
+                    a = agent_approval_request(requester=agent, project_id=project.pk, task_id=task_id,
+                                               agent_type="coder", proposed_action="write code", input_data={},
+                                               estimated_tokens=1, estimated_cost="0.0001")
+                    outcomes.append(("request", timezone.now(), True))
+                    agent_approval_decide(approval_id=a.pk, decider=reviewer, decision="approve")
+                    outcomes.append(("decide", timezone.now(), True))
+                    agent_approval_start(approval_id=a.pk, actor=agent)
+                    outcomes.append(("start", timezone.now(), True))
+                except EmergencyStopActive:
+                    outcomes.append(("refused", timezone.now(), False))
+                except Exception as exc:  # a call cancelled by the stop between two steps: 409
+                    outcomes.append((type(exc).__name__, timezone.now(), False))
+        finally:
+            connections.close_all()
+
+    def stopper():
+        try:
+            go.wait()
+            threading.Event().wait(0.05)
+            emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="race", actor=reviewer)
+            stop_committed["at"] = timezone.now()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=agent_loop, args=(10,)) for _ in range(6)]
+    threads.append(threading.Thread(target=stopper))
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join()
+    stop = EmergencyStop.objects.get(project=project)
+    return {
+        "decided_after_stop": AgentCallApproval.objects.filter(project=project, responded_at__gt=stop.created_at).count(),
+        "started_after_stop": AgentCallApproval.objects.filter(project=project, started_at__gt=stop.created_at).count(),
+        "admitted_after_commit": sum(1 for kind, at, ok in outcomes if ok and at > stop_committed["at"]),
+        "refused": sum(1 for kind, at, ok in outcomes if kind == "refused"),
+        "admitted": sum(1 for kind, at, ok in outcomes if ok),
+        "left_open": AgentCallApproval.objects.filter(project=project).filter(
+            status="pending").count() + AgentCallApproval.objects.filter(
+            project=project, status="approved", started_at__isnull=True).count(),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_admitted_after_the_stop_commits(project, agent, reviewer):
+    """Afterwards no approval has responded_at or started_at later than the stop, every call
+    after its commit got 423, and nothing admitted before it is left open."""
+    result = _race_the_stop(project, agent, reviewer)
+    assert result["admitted"] > 0 and result["refused"] > 0  # the race really ran both ways
+    assert result["decided_after_stop"] == result["started_after_stop"] == 0
+    assert result["admitted_after_commit"] == 0
+    assert result["left_open"] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_race_test_fails_without_the_gate(project, agent, reviewer, monkeypatch):
+    """The same race with the gate's check removed (the row is still locked, the stopped
+    status is not refused): work is admitted after the stop, which the test above catches."""
+    import approvals.services
+    import projects.services
+
+    def lock_without_check(project_id):
+        return Project.objects.select_for_update().get(pk=project_id)
+
+    monkeypatch.setattr(approvals.services, "project_lock_for_admission", lock_without_check)
+    monkeypatch.setattr(projects.services, "project_lock_for_admission", lock_without_check)
+    result = _race_the_stop(project, agent, reviewer)
+    assert result["admitted_after_commit"] > 0 or result["decided_after_stop"] > 0 or result["started_after_stop"] > 0

@@ -1,0 +1,173 @@
+"""Project alerts (emergency stops now, budget alerts later) sent to each active
+``ProjectNotifier`` of a project: an e-mail, or a signed JSON POST to a webhook.
+
+Callers use ``notify_project_on_commit`` inside their service transaction; the Celery task
+``projects.deliver_notification`` (projects/tasks.py) then calls ``deliver`` once per notifier,
+after the commit, and retries failed deliveries with a back-off.
+
+Webhook requests carry::
+
+    Content-Type: application/json
+    User-Agent: BotArmy-HITL
+    X-HITL-Event: <event_type>
+    X-HITL-Timestamp: <unix seconds>
+    X-HITL-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>   (only with a secret)
+
+and the body ``{"data": ..., "event_type": ..., "project_id": ..., "sent_at": ..., "subject": ...}``
+(compact JSON, sorted keys). Receivers recompute the HMAC over the raw bytes they got.
+"""
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone as dt_timezone
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT_SECONDS = 5
+USER_AGENT = "BotArmy-HITL"
+ALLOWED_SCHEMES = ("http", "https")
+
+
+class NotificationRefused(ValueError):
+    """A notifier that can never be delivered to as configured (e.g. a file:// URL):
+    retrying does not help, so the task logs it and gives up."""
+
+
+class DeliveryFailed(RuntimeError):
+    """The receiver answered with an error status; the task retries."""
+
+
+def _as_json(payload: dict) -> dict:
+    """JSON primitives only (UUIDs, datetimes and Decimals become strings); anything else
+    (e.g. a model instance) is a caller bug and raises TypeError at the call site."""
+    return json.loads(json.dumps(payload, cls=DjangoJSONEncoder))
+
+
+def notify_project_on_commit(*, project_id, event_type: str, subject: str, payload: dict) -> None:
+    """After the current transaction commits, queue one delivery per active notifier of the
+    project. Nothing is queued if the transaction rolls back."""
+    from projects.models import ProjectNotifier
+    from projects.tasks import deliver_notification_task
+
+    data = _as_json(payload or {})
+    project_id = str(project_id)
+
+    def queue():
+        notifier_ids = list(ProjectNotifier.objects.filter(project_id=project_id, active=True)
+                            .order_by("pk").values_list("pk", flat=True))
+        for notifier_id in notifier_ids:
+            try:
+                deliver_notification_task.delay(notifier_id=notifier_id, event_type=event_type,
+                                                subject=subject, payload=data)
+            except Exception:  # noqa: BLE001 - one failed enqueue must not stop the other notifiers
+                log.exception("could not queue %s notification for notifier %s", event_type, notifier_id)
+
+    transaction.on_commit(queue, robust=True)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``timestamp + "." + body`` keyed with ``secret``."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def deliver(*, notifier_id: int, event_type: str, subject: str, payload: dict) -> dict:
+    """Send one alert to one notifier. Returns a small dict describing the outcome; raises on a
+    failed delivery (HTTP status >= 400, connection error, mail error) so the task retries,
+    and ``NotificationRefused`` for a target that can never work (non-http(s) URL)."""
+    from projects.models import ProjectNotifier
+
+    notifier = ProjectNotifier.objects.select_related("project").filter(pk=notifier_id).first()
+    if notifier is None:
+        return {"notifier_id": notifier_id, "status": "skipped", "reason": "deleted"}
+    if not notifier.active:
+        return {"notifier_id": notifier_id, "status": "skipped", "reason": "inactive"}
+
+    now = time.time()
+    sent_at = datetime.fromtimestamp(now, tz=dt_timezone.utc).isoformat()
+    if notifier.kind == ProjectNotifier.Kind.EMAIL:
+        return _deliver_email(notifier, event_type=event_type, subject=subject, payload=payload, sent_at=sent_at)
+    if notifier.kind == ProjectNotifier.Kind.WEBHOOK:
+        return _deliver_webhook(notifier, event_type=event_type, subject=subject, payload=payload,
+                                sent_at=sent_at, timestamp=str(int(now)))
+    raise NotificationRefused(f"notifier {notifier_id}: unknown kind {notifier.kind!r}")
+
+
+def _deliver_email(notifier, *, event_type: str, subject: str, payload: dict, sent_at: str) -> dict:
+    project = notifier.project
+    subject = " ".join(subject.split())  # no newlines in a mail header
+    body = "\n".join([
+        subject,
+        "",
+        f"Project: {project.name} ({project.slug})",
+        f"Event:   {event_type}",
+        f"Sent at: {sent_at}",
+        "",
+        "Details:",
+        json.dumps(payload, indent=2, sort_keys=True, cls=DjangoJSONEncoder),
+        "",
+        "-- ",
+        "BotArmy HITL",
+    ])
+    sent = send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [notifier.target], fail_silently=False)
+    if not sent:
+        raise DeliveryFailed(f"notifier {notifier.pk}: the mail backend sent nothing")
+    return {"notifier_id": notifier.pk, "kind": "email", "status": "sent", "to": notifier.target}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would drop the POST body (or point anywhere): treat 3xx as a failure."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def webhook_body(*, event_type: str, project_id, subject: str, sent_at: str, payload: dict) -> bytes:
+    document = {"event_type": event_type, "project_id": str(project_id), "subject": subject,
+                "sent_at": sent_at, "data": payload}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True, cls=DjangoJSONEncoder).encode()
+
+
+def _deliver_webhook(notifier, *, event_type: str, subject: str, payload: dict, sent_at: str,
+                     timestamp: str) -> dict:
+    url = notifier.target.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
+        raise NotificationRefused(f"notifier {notifier.pk}: only http(s) URLs are allowed, not {url!r}")
+
+    body = webhook_body(event_type=event_type, project_id=notifier.project_id, subject=subject,
+                        sent_at=sent_at, payload=payload)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-HITL-Event": event_type,
+        "X-HITL-Timestamp": timestamp,
+    }
+    if notifier.secret:
+        headers["X-HITL-Signature"] = "sha256=" + sign(notifier.secret, timestamp, body)
+
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _opener.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+            status = response.status
+            response.read(4096)  # let the receiver finish; the answer itself is not used
+    except urllib.error.HTTPError as exc:  # any status >= 300 (redirects are not followed)
+        exc.close()
+        raise DeliveryFailed(f"notifier {notifier.pk}: {url} answered HTTP {exc.code}") from exc
+    # urllib.error.URLError, TimeoutError and other OSErrors (connection refused, DNS, TLS)
+    # propagate unchanged: the task retries them.
+    if status >= 400:  # unreachable with urllib's default handlers, kept as a guard
+        raise DeliveryFailed(f"notifier {notifier.pk}: {url} answered HTTP {status}")
+    return {"notifier_id": notifier.pk, "kind": "webhook", "status": "sent", "http_status": status}

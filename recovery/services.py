@@ -1,0 +1,228 @@
+"""Recovery: a person walks a stopped project back, one approved step at a time. Only the
+last step (lift_stop) resolves the stop and makes the project active again."""
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from access import roles
+from access.permissions import require_project_perm
+from approvals.models import AgentCallApproval
+from audit.services import audit_record
+from core.errors import InvalidInput, TransitionError
+from emergency.conditions import ErrorRateHigh, ResourceExhaustion
+from emergency.models import Condition, EmergencyStop
+from emergency.services import emergency_settings_for, stop_payload
+from events.services import event_emit
+from projects.models import AgentState, Project, Task
+from projects.services import agent_state_refresh
+from recovery.models import RecoverySession, RecoveryStep
+
+
+# --- the steps: what approving each one does --------------------------------------------
+def _review_flagged(session, step, now, option):
+    flagged = list(AgentCallApproval.objects.filter(pk__in=session.emergency_stop.cancelled_approvals,
+                                                    risk_assessment__level__in=["high", "critical"])
+                   .values("pk", "proposed_action", "risk_assessment__level"))
+    return {"reviewed": [{"approval_id": str(f["pk"]), "proposed_action": f["proposed_action"][:200],
+                          "risk_level": f["risk_assessment__level"]} for f in flagged]}
+
+
+def _confirm_budget(session, step, now, option):
+    return {"note": "Budgets are not built yet: nothing to confirm or raise.",
+            "conditions": session.emergency_stop.triggered_conditions}
+
+
+def _reset_error_window(session, step, now, option):
+    settings_row = emergency_settings_for(session.project_id)
+    settings_row.error_window_reset_at = now
+    settings_row.save(update_fields=["error_window_reset_at", "updated_at"])
+    return {"error_window_reset_at": now.isoformat()}
+
+
+def _re_enable_agents(session, step, now, option):
+    AgentState.objects.filter(project_id=session.project_id).update(status=AgentState.Status.IDLE, updated_at=now)
+    for agent_type in AgentState.objects.filter(project_id=session.project_id).values_list("agent_type", flat=True):
+        agent_state_refresh(project_id=session.project_id, agent_type=agent_type)
+    return {"agent_states": dict(AgentState.objects.filter(project_id=session.project_id)
+                                 .values_list("agent_type", "status"))}
+
+
+def _settle_halted_tasks(session, step, now, option):
+    option = option or "resume"
+    to = Task.Status.PENDING if option == "resume" else Task.Status.CANCELLED
+    ids = list(Task.objects.select_for_update().filter(project_id=session.project_id, status=Task.Status.HALTED)
+               .values_list("pk", flat=True))
+    Task.objects.filter(pk__in=ids).update(status=to, updated_at=now)
+    return {"option": option, "tasks": [str(pk) for pk in ids], "now": to}
+
+
+def _lift_stop(session, step, now, option):
+    stop = session.emergency_stop
+    stop.resolved_at, stop.resolved_by = now, step.approved_by
+    stop.recovery_session_id = session.pk
+    stop.save(update_fields=["resolved_at", "resolved_by", "recovery_session_id"])
+    Project.objects.filter(pk=session.project_id).update(status=Project.Status.ACTIVE, updated_at=now)
+    AgentState.objects.filter(project_id=session.project_id, status=AgentState.Status.EMERGENCY_STOPPED).update(
+        status=AgentState.Status.IDLE, updated_at=now)
+    return {"emergency_stop_id": str(stop.pk), "resolved_at": now.isoformat()}
+
+
+STEPS = {  # action: (description, run, options)
+    "review_flagged": ("Review the calls with high or critical risk flags that the stop cancelled.",
+                       _review_flagged, None),
+    "confirm_budget": ("Confirm the project's budget, or raise it, before agents spend again.", _confirm_budget, None),
+    "reset_error_window": ("Reset the error-rate window so past failures do not trip the stop again.",
+                           _reset_error_window, None),
+    "re_enable_agents": ("Re-enable the project's agents (their states go back to idle).", _re_enable_agents, None),
+    "settle_halted_tasks": ("Resume the halted tasks (option 'resume', the default: back to pending) or cancel "
+                            "them (option 'cancel').", _settle_halted_tasks, ["resume", "cancel"]),
+    "lift_stop": ("Lift the emergency stop: the project becomes active and accepts agent calls again.",
+                  _lift_stop, None),
+}
+
+
+def recovery_plan_for(stop: EmergencyStop) -> list[str]:
+    conditions = set(stop.triggered_conditions)
+    plan = []
+    if conditions & {Condition.SECURITY_THREAT, Condition.MANUAL_STOP}:
+        plan.append("review_flagged")
+    if Condition.BUDGET_CRITICAL in conditions:
+        plan.append("confirm_budget")
+    if conditions & {Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION}:
+        plan.append("reset_error_window")
+    return plan + ["re_enable_agents", "settle_halted_tasks", "lift_stop"]
+
+
+def recovery_assessment(stop: EmergencyStop, now) -> dict:
+    project = stop.project
+    settings_row = emergency_settings_for(project.pk)
+    error_trip = ErrorRateHigh().check(project, settings_row, now)
+    resource_trip = ResourceExhaustion().check(project, settings_row, now)
+    flagged = list(AgentCallApproval.objects.filter(pk__in=stop.cancelled_approvals,
+                                                    risk_assessment__level__in=["high", "critical"])
+                   .values_list("pk", flat=True))
+    tasks = dict(Task.objects.filter(project=project).values_list("status").annotate(n=Count("id")))
+    return {
+        "stop": stop_payload(stop),
+        "conditions": stop.condition_details,
+        "halted_tasks": len(stop.stopped_tasks),
+        "cancelled_approvals": len(stop.cancelled_approvals),
+        "task_counts": tasks,
+        "error_rate": error_trip.data if error_trip else "below threshold",
+        "resources": resource_trip.data if resource_trip else "within limits",
+        "open_flags": [str(pk) for pk in flagged],
+        "budget": None,  # budgets are not built yet
+    }
+
+
+def _session_payload(session: RecoverySession) -> dict:
+    return {"session_id": str(session.pk), "status": session.status, "steps_completed": session.steps_completed,
+            "total_steps": session.total_steps}
+
+
+def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
+    """A manager opens a recovery session on the project's active stop."""
+    if recovery_type not in RecoverySession.Type.values:
+        raise InvalidInput(fields={"recovery_type": ["Must be automated or manual."]})
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project_id)
+        require_project_perm(actor, roles.MANAGE, project, "start a recovery")
+        stop = EmergencyStop.objects.select_for_update().filter(project=project, resolved_at__isnull=True).first()
+        if stop is None:
+            raise TransitionError("The project is not emergency-stopped.", current_status=project.status)
+        now = timezone.now()
+        session = RecoverySession(project=project, emergency_stop=stop, recovery_type=recovery_type,
+                                  created_by=actor, assessment=recovery_assessment(stop, now))
+        try:
+            with transaction.atomic():
+                session.save(force_insert=True)
+        except IntegrityError:
+            open_session = RecoverySession.objects.filter(emergency_stop=stop, status__in=[
+                RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS]).first()
+            raise TransitionError("A recovery of this stop is already open.", current_status=open_session.status,
+                                  recovery_session_id=str(open_session.pk)) from None
+        plan = recovery_plan_for(stop)
+        RecoveryStep.objects.bulk_create(
+            RecoveryStep(session=session, order=i, action=action, description=STEPS[action][0])
+            for i, action in enumerate(plan, start=1))
+        session.total_steps = len(plan)
+        session.save(update_fields=["total_steps", "updated_at"])
+        stop.recovery_session_id = session.pk
+        stop.save(update_fields=["recovery_session_id"])
+        audit_record(actor=actor, action="recovery.start", obj=session, project_id=project.pk,
+                     after={"emergency_stop_id": str(stop.pk), "plan": plan, "recovery_type": recovery_type})
+        event_emit(project_id=project.pk, event_type="recovery_initiated",
+                   data={**_session_payload(session), "emergency_stop_id": str(stop.pk), "plan": plan})
+    return session
+
+
+def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: str = "",
+                          option: str = "") -> RecoverySession:
+    """Approve (and so run) or reject the next step. Steps run strictly in order; a rejected or
+    failed step fails the session and the stop stays; the last step lifts the stop."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
+    if decision == "reject" and not reason.strip():
+        raise InvalidInput(fields={"reason": ["Rejecting a step needs a reason."]})
+    with transaction.atomic():
+        project_id = RecoverySession.objects.values_list("project_id", flat=True).get(pk=session_id)
+        project = Project.objects.select_for_update().get(pk=project_id)
+        session = RecoverySession.objects.select_for_update().select_related("emergency_stop").get(pk=session_id)
+        require_project_perm(actor, roles.REVIEW, project, "approve recovery steps")
+        if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
+            raise TransitionError(f"The recovery is {session.status}.", current_status=session.status)
+        step = RecoveryStep.objects.select_for_update().filter(session=session, pk=step_id).first()
+        if step is None:
+            raise InvalidInput(fields={"step_id": ["No such step in this recovery."]})
+        next_step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
+        if step.status != RecoveryStep.Status.PENDING or step != next_step:
+            raise TransitionError(f"Step {step.order} is {step.status}; the next step is "
+                                  f"{next_step.order if next_step else 'none'}.", current_status=step.status)
+        options = STEPS[step.action][2]
+        if option and (options is None or option not in options):
+            raise InvalidInput(fields={"option": [f"This step takes {options or 'no options'}."]})
+        now = timezone.now()
+        step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()
+        if decision == "reject":
+            step.status = RecoveryStep.Status.REJECTED
+            step.save()
+            _fail(session, actor, f"Step {step.order} ({step.action}) rejected: {reason.strip()}")
+            audit_record(actor=actor, action="recovery.step_reject", obj=step, project_id=project.pk,
+                         reason=reason, after={"order": step.order, "action": step.action})
+            return session
+        step.status, step.started_at = RecoveryStep.Status.RUNNING, now
+        step.save()
+        try:
+            with transaction.atomic():
+                step.result = STEPS[step.action][1](session, step, now, option)
+        except Exception as exc:  # noqa: BLE001 - a failed step fails the session, the stop stays
+            step.status, step.result, step.finished_at = RecoveryStep.Status.FAILED, {"error": str(exc)}, timezone.now()
+            step.save()
+            _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}")
+            audit_record(actor=actor, action="recovery.step_fail", obj=step, project_id=project.pk,
+                         after={"order": step.order, "action": step.action, "error": str(exc)})
+            return session
+        step.status, step.finished_at = RecoveryStep.Status.COMPLETED, timezone.now()
+        step.save()
+        session.steps_completed += 1
+        session.status = RecoverySession.Status.IN_PROGRESS
+        if step.action == "lift_stop":
+            session.status, session.completed_at = RecoverySession.Status.COMPLETED, step.finished_at
+        session.save()
+        audit_record(actor=actor, action="recovery.step_complete", obj=step, project_id=project.pk, reason=reason,
+                     after={"order": step.order, "action": step.action, "option": option, "result": step.result})
+        event_emit(project_id=project.pk, event_type="recovery_step_completed",
+                   data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
+                         "action": step.action, "result": step.result})
+        if step.action == "lift_stop":
+            audit_record(actor=actor, action="emergency_stop.resolve", obj=session.emergency_stop,
+                         project_id=project.pk, after={"resolved_at": step.finished_at, "recovery_session": str(session.pk)})
+            event_emit(project_id=project.pk, event_type="emergency_resolved",
+                       data={**_session_payload(session), "emergency_stop_id": str(session.emergency_stop_id)})
+    return session
+
+
+def _fail(session: RecoverySession, actor, why: str) -> None:
+    session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
+    session.save(update_fields=["status", "completed_at", "updated_at"])
+    audit_record(actor=actor, action="recovery.fail", obj=session, project_id=session.project_id, reason=why)
