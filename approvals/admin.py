@@ -5,7 +5,6 @@ import json
 
 from django.contrib import admin, messages
 from django.db.models import Case, IntegerField, Value, When
-from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -13,9 +12,10 @@ from access import roles
 from access.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, ModelPrice
 from approvals.services import agent_approval_decide
-from core.admin import ReadOnlyAdminMixin
+from core.admin import ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError
 
+PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
 
 
@@ -56,12 +56,12 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_per_page = 50
     actions = ["approve_selected", "reject_selected"]
     fieldsets = [
-        (None, {"fields": ["status", "project", "task", "agent_type", "requested_by", "model", "proposed_action",
-                           "context_summary"]}),
+        (None, {"fields": ["status", "project_name", "task_title", "agent_type", "requester", "model",
+                           "proposed_action", "context_summary"]}),
         ("Risk", {"fields": ["risk_summary", "risk_flags"]}),
         ("Input", {"fields": ["input_pretty", "amended_pretty", "input_digest"]}),
         ("Cost", {"fields": ["estimated_tokens", "estimated_cost", "budget_override_id"]}),
-        ("Decision", {"fields": ["approved_by", "rejection_reason", "created_at", "responded_at", "expires_at",
+        ("Decision", {"fields": ["decider", "rejection_reason", "created_at", "responded_at", "expires_at",
                                  "time_left", "started_at"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
@@ -107,6 +107,23 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         left = (obj.expires_at - timezone.now()).total_seconds()
         return "expired" if left <= 0 else _duration(left)
 
+    # Related objects as plain text: a reviewer may not open the project, task or user pages.
+    @admin.display(description="project")
+    def project_name(self, obj):
+        return f"{obj.project.name} ({obj.project.slug})"
+
+    @admin.display(description="task")
+    def task_title(self, obj):
+        return f"{obj.task.title} ({obj.task_id})"
+
+    @admin.display(description="requested by")
+    def requester(self, obj):
+        return obj.requested_by.get_username()
+
+    @admin.display(description="decided by")
+    def decider(self, obj):
+        return obj.approved_by.get_username() if obj.approved_by_id else "—"
+
     @admin.display(description="risk")
     def risk_summary(self, obj):
         ra = obj.risk_assessment or {}
@@ -126,7 +143,7 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return format_html("<table><tr><th>severity</th><th>check</th><th>finding</th><th>where</th></tr>{}</table>",
                            rows)
 
-    @admin.display(description="input_data")
+    @admin.display(description="input data")
     def input_pretty(self, obj):
         return format_html('<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>',
                            json.dumps(obj.input_data, indent=2, ensure_ascii=False))
@@ -151,11 +168,11 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 agent_approval_decide(approval_id=approval.pk, decider=request.user, decision=decision, reason=reason)
             except DomainError as err:
                 status = err.extra.get("status")
-                self.message_user(request, f"{label}: not {decision}d: {err.detail}"
+                self.message_user(request, f"{label}: not {PAST[decision]}: {err.detail}"
                                   f"{f' (status {status})' if status else ''}", messages.WARNING)
                 continue
             done += 1
-            self.message_user(request, f"{label}: {decision}d.", messages.SUCCESS)
+            self.message_user(request, f"{label}: {PAST[decision]}.", messages.SUCCESS)
         return done
 
     @admin.action(description="Approve selected calls")
@@ -164,18 +181,13 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Reject selected calls (asks for a reason)")
     def reject_selected(self, request, queryset):
-        reason = (request.POST.get("reason") or "").strip()
-        if "apply" in request.POST and reason:
-            self._decide_each(request, queryset, "reject", reason=reason)
-            return None
-        return TemplateResponse(request, "admin/approvals/agentcallapproval/reject_reason.html", {
-            **self.admin_site.each_context(request),
-            "title": "Reject agent calls",
-            "queryset": queryset,
-            "opts": self.model._meta,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            "missing_reason": "apply" in request.POST,
-        })
+        reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject agent calls",
+                                  question=f"Reject these {queryset.count()} agent call(s)? The agents are told "
+                                           f"the reason.", submit_label="Reject")
+        if form is not None:
+            return form
+        self._decide_each(request, queryset, "reject", reason=reason)
+        return None
 
 
 @admin.register(ModelPrice)

@@ -10,6 +10,7 @@ passed is timed out on the spot even if beat is late.
 """
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -27,12 +28,17 @@ from approvals.serializers import AgentCallApprovalOutputSerializer
 from approvals.services import agent_approval_time_out, approval_group, project_stop_group
 from core.api import parse_uuid
 from core.errors import error_body
-from core.wakeup import BatchPoller, wakeup
+from core.wakeup import BatchLoader, BatchPoller, wakeup
+
+
+# A few threads of their own for the waits' database reads: many waiters are served in
+# parallel, none holds a thread while it waits, and the event loop's default executor stays free.
+_DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hitl-wait-db")
 
 
 def db_read(func):
-    """Run briefly in Channels' database thread, with its connection clean-up around it."""
-    return database_sync_to_async(func)
+    """Run briefly in the waits' database threads, with Channels' connection clean-up around it."""
+    return database_sync_to_async(func, thread_sensitive=False, executor=_DB_THREADS)
 
 
 MAX_WAIT_SECONDS = 60.0
@@ -86,26 +92,42 @@ def _load(user, approval_id):
     return approval
 
 
-@db_read
-def _current_status(approval_id) -> str:
-    """The status now; a pending approval past its deadline is timed out here and then."""
-    status, expires_at = AgentCallApproval.objects.values_list("status", "expires_at").get(pk=approval_id)
-    if status == AgentCallApproval.Status.PENDING and timezone.now() >= expires_at:
-        agent_approval_time_out(approval_id=approval_id)
-        status = AgentCallApproval.objects.values_list("status", flat=True).get(pk=approval_id)
-    return status
+def _statuses(approval_ids) -> dict:
+    """Current status of each approval (one query); pending ones past their deadline are
+    timed out here and then."""
+    rows = dict((pk, (status, expires_at)) for pk, status, expires_at in AgentCallApproval.objects.filter(
+        pk__in=approval_ids).values_list("pk", "status", "expires_at"))
+    now = timezone.now()
+    statuses = {}
+    for pk, (status, expires_at) in rows.items():
+        if status == AgentCallApproval.Status.PENDING and now >= expires_at:
+            agent_approval_time_out(approval_id=pk)
+            status = AgentCallApproval.objects.values_list("status", flat=True).get(pk=pk)
+        statuses[pk] = status
+    return statuses
+
+
+def _renders(approval_ids) -> dict:
+    """Each approval's JSON answer (one query)."""
+    approvals = list(AgentCallApproval.objects.filter(pk__in=approval_ids).select_related("approved_by",
+                                                                                          "requested_by"))
+    rendered = AgentCallApprovalOutputSerializer(approvals, many=True).data  # one serializer for the batch
+    return {a.pk: json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+            for a, data in zip(approvals, rendered)}
+
+
+async def _current_status(approval_id) -> str:
+    return await BatchLoader.for_loop(_statuses, db_read).load(approval_id)
+
+
+async def _render(approval_id) -> bytes:
+    return await BatchLoader.for_loop(_renders, db_read).load(approval_id)
 
 
 def _due_for_release(approval_ids) -> list:
     """Of the approvals being waited on, those decided or past their deadline (one query)."""
     return list(AgentCallApproval.objects.filter(pk__in=approval_ids).filter(
         ~Q(status=AgentCallApproval.Status.PENDING) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
-
-
-@db_read
-def _render(approval_id) -> bytes:
-    approval = AgentCallApproval.objects.select_related("approved_by", "requested_by").get(pk=approval_id)
-    return json.dumps(AgentCallApprovalOutputSerializer(approval).data, cls=DjangoJSONEncoder).encode()
 
 
 class AgentApprovalWaitConsumer(AsyncHttpConsumer):
@@ -124,7 +146,8 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
             await self.wait_for_decision(approval.pk, approval.project_id, timeout)
             payload = await _render(approval.pk)
         except HttpError as err:
-            await self.send_json_response(err.status, json.dumps(err.body).encode(), err.headers)
+            await self.send_json_response(err.status, json.dumps(err.body, separators=(",", ":")).encode(),
+                                          err.headers)
             return
         await self.send_json_response(200, payload)
 
@@ -136,7 +159,7 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        poller = BatchPoller.for_loop(_due_for_release, settings.HITL_WAIT_POLL_SECONDS)
+        poller = BatchPoller.for_loop(_due_for_release, settings.HITL_WAIT_POLL_SECONDS, db_read)
         async with wakeup(approval_group(approval_id), project_stop_group(project_id)) as woken, \
                 poller.watch(approval_id, woken):
             while True:

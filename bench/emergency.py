@@ -105,6 +105,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to let every agent park in its wait before the stop (default 2 + N/100)")
     args = parser.parse_args()
     if not args.port:
         with socket.socket() as probe:
@@ -190,7 +192,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
         t.start()
     for _ in tasks:
         waiting.acquire()
-    time.sleep(1.0 + len(tasks) / 500)  # every agent is now parked in its long poll
+    time.sleep(args.settle if args.settle is not None else 2.0 + len(tasks) / 100)  # all parked in their wait
 
     # The admission probe: a separate client, connected beforehand, that asks for a new call
     # approval on the spare task as soon as the stop has answered, until it is refused.

@@ -29,3 +29,19 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def ask_reason(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str):
+    """For an admin action that needs a reason: the reason when the intermediate form was
+    submitted with one, else the form to render (return it from the action)."""
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.template.response import TemplateResponse
+
+    reason = (request.POST.get("reason") or "").strip()
+    if "apply" in request.POST and reason:
+        return reason, None
+    return None, TemplateResponse(request, "admin/reason_form.html", {
+        **model_admin.admin_site.each_context(request), "title": title, "question": question,
+        "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST,
+    })

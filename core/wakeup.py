@@ -100,8 +100,8 @@ async def wakeup(*groups: str):
             subscribed.append(group)
         yield event
     finally:
-        for group in subscribed:
-            await hub.unsubscribe(group, event)
+        for group in subscribed:  # in the background: the answer need not wait for the clean-up
+            asyncio.ensure_future(hub.unsubscribe(group, event))
 
 
 class BatchPoller:
@@ -111,20 +111,20 @@ class BatchPoller:
 
     _pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
 
-    def __init__(self, due, interval: float):
+    def __init__(self, due, interval: float, run=None):
         from channels.db import database_sync_to_async
 
-        self.due = database_sync_to_async(due)
+        self.due = (run or database_sync_to_async)(due)
         self.interval = interval
         self.watched: dict[object, set[asyncio.Event]] = {}
         self.task = None
 
     @classmethod
-    def for_loop(cls, due, interval: float) -> "BatchPoller":
+    def for_loop(cls, due, interval: float, run=None) -> "BatchPoller":
         per_loop = cls._pollers.setdefault(asyncio.get_running_loop(), {})
         poller = per_loop.get(due)
         if poller is None or poller.interval != interval:
-            poller = per_loop[due] = cls(due, interval)
+            poller = per_loop[due] = cls(due, interval, run)
         return poller
 
     async def _run(self):
@@ -154,3 +154,54 @@ class BatchPoller:
                 events.discard(event)
                 if not events:
                     del self.watched[key]
+
+
+class BatchLoader:
+    """Coalesce the database reads of many waiters woken at once (an emergency stop wakes
+    every waiting agent of a project): concurrent ``await loader.load(key)`` calls are served
+    by one ``fetch_many(keys) -> {key: value}`` call (a sync function run off the event loop)."""
+
+    _loaders: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, fetch_many, run=None):
+        from channels.db import database_sync_to_async
+
+        self.fetch_many = (run or database_sync_to_async)(fetch_many)
+        self.queue: dict[object, list[asyncio.Future]] = {}
+        self.task = None
+
+    @classmethod
+    def for_loop(cls, fetch_many, run=None) -> "BatchLoader":
+        """``run`` wraps the sync function into a coroutine function (default: Channels'
+        database_sync_to_async)."""
+        per_loop = cls._loaders.setdefault(asyncio.get_running_loop(), {})
+        if fetch_many not in per_loop:
+            per_loop[fetch_many] = cls(fetch_many, run)
+        return per_loop[fetch_many]
+
+    async def load(self, key):
+        future = asyncio.get_running_loop().create_future()
+        self.queue.setdefault(key, []).append(future)
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self):
+        try:
+            await asyncio.sleep(0)  # let the other woken waiters queue their keys
+            while self.queue:
+                batch, self.queue = self.queue, {}
+                try:
+                    results = await self.fetch_many(list(batch))
+                except Exception as exc:  # noqa: BLE001 - each waiter gets the error
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for key, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(results.get(key))
+        finally:
+            self.task = None

@@ -80,7 +80,7 @@ def test_bulk_reject_asks_for_a_reason_first(reviewer_browser, approvals):
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "",
                                            ACTION_CHECKBOX_NAME: selected})
-    assert b"needs a reason" in r.content
+    assert b"A reason is required" in r.content
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "not now",
                                            ACTION_CHECKBOX_NAME: selected}, follow=True)

@@ -1,0 +1,118 @@
+import pytest
+
+from approvals.services import agent_approval_request
+from audit.models import AuditEvent
+from emergency.models import EmergencyStop
+from emergency.services import emergency_settings_for, emergency_stop_trigger
+from events.models import Event
+from projects.models import AgentState, Project, Task
+from projects.services import task_create
+from recovery.models import RecoverySession
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def stopped(project, agent, reviewer):
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}") for i in range(3)]
+    agent_approval_request(requester=agent, project_id=project.pk, task_id=tasks[0].pk, agent_type="coder",
+                           proposed_action="write code", input_data={}, estimated_tokens=1, estimated_cost="0.0001")
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="test", actor=reviewer)
+    emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors")
+    return stop
+
+
+def start(client, project, **body):
+    return client.post(f"/api/v1/emergency/recovery/{project.pk}", body or {"recovery_type": "manual"},
+                       format="json")
+
+
+def step(client, session, step_id, **body):
+    return client.post(f"/api/v1/recovery/{session['id']}/steps/{step_id}/respond", body, format="json")
+
+
+def test_a_full_session_walks_every_step_to_an_active_project(stopped, project, manager, reviewer, client_for):
+    r = start(client_for(manager), project)
+    assert r.status_code == 201, r.content
+    session = r.json()
+    assert session["emergency_stop_id"] == str(stopped.pk) and session["status"] == "waiting_approval"
+    assert session["assessment"]["halted_tasks"] == 3 and session["assessment"]["cancelled_approvals"] == 1
+    actions = [s["action"] for s in session["recovery_plan"]["steps"]]
+    assert actions == ["review_flagged", "reset_error_window", "re_enable_agents", "settle_halted_tasks",
+                       "lift_stop"]
+    assert session["total_steps"] == 5 and session["steps_completed"] == 0
+    reviewer_c = client_for(reviewer)
+    for i, s in enumerate(session["recovery_plan"]["steps"], start=1):
+        assert Project.objects.get(pk=project.pk).status == "emergency_stopped"  # nothing lifts it silently
+        r = step(reviewer_c, session, s["step_id"], decision="approve")
+        assert r.status_code == 200, r.content
+        assert r.json()["steps_completed"] == i
+        assert r.json()["recovery_plan"]["steps"][i - 1]["status"] == "completed"
+    final = r.json()
+    assert final["status"] == "completed"
+    project.refresh_from_db()
+    assert project.status == "active"
+    stopped.refresh_from_db()
+    assert stopped.resolved_at is not None
+    assert set(Task.objects.filter(project=project).values_list("status", flat=True)) == {"pending"}
+    assert set(AgentState.objects.filter(project=project).values_list("status", flat=True)) == {"idle"}
+    assert emergency_settings_for(project.pk).error_window_reset_at is not None
+    assert Event.objects.filter(event_type="recovery_step_completed").count() == 5
+    assert Event.objects.filter(event_type="emergency_resolved").count() == 1
+    assert Event.objects.filter(event_type="recovery_initiated").count() == 1
+    assert AuditEvent.objects.filter(action="emergency_stop.resolve").count() == 1
+    status = client_for(reviewer).get(f"/api/v1/emergency/status/{project.pk}").json()
+    assert status == {"project_id": str(project.pk), "stopped": False, "active_stop": None, "recovery_session": None}
+    # agents may work again
+    r = client_for(manager).get(f"/api/v1/recovery/{session['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+
+
+def test_a_rejected_step_fails_the_session_and_the_stop_stays(stopped, project, manager, reviewer, client_for):
+    session = start(client_for(manager), project).json()
+    first = session["recovery_plan"]["steps"][0]
+    assert step(client_for(reviewer), session, first["step_id"], decision="reject").status_code == 400  # reason
+    r = step(client_for(reviewer), session, first["step_id"], decision="reject", reason="not convinced")
+    assert r.status_code == 200 and r.json()["status"] == "failed"
+    assert r.json()["recovery_plan"]["steps"][0]["status"] == "rejected"
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert EmergencyStop.objects.get(pk=stopped.pk).resolved_at is None
+    second = session["recovery_plan"]["steps"][1]
+    assert step(client_for(reviewer), session, second["step_id"], decision="approve").status_code == 409
+    assert start(client_for(manager), project).status_code == 201  # a new session may begin
+
+
+def test_a_step_cannot_run_before_the_one_before_it(stopped, project, manager, reviewer, client_for):
+    session = start(client_for(manager), project).json()
+    last = session["recovery_plan"]["steps"][-1]
+    r = step(client_for(reviewer), session, last["step_id"], decision="approve")
+    assert r.status_code == 409 and r.json()["status"] == "pending"
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+
+
+def test_halted_tasks_can_be_cancelled_instead(stopped, project, manager, reviewer, client_for):
+    session = start(client_for(manager), project).json()
+    reviewer_c = client_for(reviewer)
+    for s in session["recovery_plan"]["steps"]:
+        body = {"decision": "approve"}
+        if s["action"] == "settle_halted_tasks":
+            assert step(reviewer_c, session, s["step_id"], decision="approve", option="bogus").status_code == 400
+            body["option"] = "cancel"
+        assert step(reviewer_c, session, s["step_id"], **body).status_code == 200
+    assert set(Task.objects.filter(project=project).values_list("status", flat=True)) == {"cancelled"}
+
+
+def test_who_may_start_and_approve(stopped, project, reviewer, agent, manager, outsider, client_for):
+    assert start(client_for(reviewer), project).status_code == 403  # managers start recovery
+    assert start(client_for(outsider), project).status_code == 404
+    session = start(client_for(manager), project).json()
+    assert start(client_for(manager), project).status_code == 409  # one open session per stop
+    first = session["recovery_plan"]["steps"][0]
+    assert step(client_for(agent), session, first["step_id"], decision="approve").status_code == 403
+    assert step(client_for(outsider), session, first["step_id"], decision="approve").status_code == 404
+
+
+def test_recovery_needs_an_active_stop(project, manager, client_for):
+    r = start(client_for(manager), project)
+    assert r.status_code == 409 and r.json()["status"] == "active"
+    assert RecoverySession.objects.count() == 0
