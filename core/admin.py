@@ -21,7 +21,7 @@ class ReadOnlyAdminMixin:
     def get_readonly_fields(self, request, obj=None):
         return list(super().get_readonly_fields(request, obj)) or [f.name for f in self.model._meta.fields]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request, obj=None):  # obj: inlines pass the parent
         return False
 
     def has_change_permission(self, request, obj=None):

@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from guardian.admin import GuardedModelAdmin
 
 from core.admin import ReadOnlyAdminMixin
@@ -32,6 +32,48 @@ class ProjectAdmin(GuardedModelAdmin):
     search_fields = ["slug", "name"]
     readonly_fields = ["id", "status", "created_at", "updated_at"]
     inlines = [AgentStateInline, ProjectNotifierInline]
+    actions = ["emergency_stop"]
+
+    # Staff see the projects they hold a role on (to stop one); only admins edit them.
+    def get_queryset(self, request):
+        from access.permissions import project_visible_to
+
+        return super().get_queryset(request).filter(pk__in=project_visible_to(user=request.user))
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None):
+        from access import roles
+        from access.permissions import has_project_perm
+
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        return obj is None or has_project_perm(request.user, roles.VIEW, obj)
+
+    @admin.action(description="Emergency stop selected projects (asks for a reason)")
+    def emergency_stop(self, request, queryset):
+        from access import roles
+        from access.permissions import has_project_perm
+        from core.admin import ask_reason
+        from emergency.services import emergency_stop_trigger
+
+        reason, form = ask_reason(self, request, queryset, action="emergency_stop", title="Emergency stop",
+                                  question="Stop these projects now? Their tasks are halted, their pending calls "
+                                           "cancelled, and no agent call is admitted until a recovery lifts the stop.",
+                                  submit_label="Stop now")
+        if form is not None:
+            return form
+        for project in queryset:
+            if not has_project_perm(request.user, roles.REVIEW, project):
+                self.message_user(request, f"{project}: you may not stop this project.", messages.ERROR)
+                continue
+            stop, created = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason=reason,
+                                                   actor=request.user)
+            self.message_user(request, f"{project}: {'stopped' if created else 'already stopped; reason added'} "
+                              f"({len(stop.stopped_tasks)} tasks halted, {len(stop.cancelled_approvals)} calls "
+                              f"cancelled).", messages.SUCCESS)
+        return None
 
     def get_readonly_fields(self, request, obj=None):
         # Creation goes through the API or this form's save_model → project_create.

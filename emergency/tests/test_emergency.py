@@ -305,3 +305,33 @@ def test_the_race_test_fails_without_the_gate(project, agent, reviewer, monkeypa
     monkeypatch.setattr(projects.services, "project_lock_for_admission", lock_without_check)
     result = _race_the_stop(project, agent, reviewer)
     assert result["admitted_after_commit"] > 0 or result["decided_after_stop"] > 0 or result["started_after_stop"] > 0
+
+
+# --- alerts -----------------------------------------------------------------------------
+def test_a_stop_alerts_by_signed_webhook_and_email(project, reviewer, mailoutbox,
+                                                   django_capture_on_commit_callbacks):
+    import hashlib
+    import hmac
+    import json as jsonlib
+
+    from projects.models import ProjectNotifier
+    from projects.tests.test_notifications import _Receiver
+
+    receiver = _Receiver(200)
+    try:
+        ProjectNotifier.objects.create(project=project, kind="webhook", target=receiver.url + "/hook", secret="k3y")
+        ProjectNotifier.objects.create(project=project, kind="email", target="oncall@example.com")
+        with django_capture_on_commit_callbacks(execute=True):
+            stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="alert test",
+                                             actor=reviewer)
+    finally:
+        receiver.close()
+    [hook] = receiver.requests
+    body = jsonlib.loads(hook["body"])
+    assert body["event_type"] == "emergency_stop_triggered" and body["data"]["id"] == str(stop.pk)
+    timestamp = hook["headers"]["X-HITL-Timestamp"]
+    expected = hmac.new(b"k3y", timestamp.encode() + b"." + hook["body"], hashlib.sha256).hexdigest()
+    assert hook["headers"]["X-HITL-Signature"] == f"sha256={expected}"
+    [mail] = mailoutbox
+    assert mail.to == ["oncall@example.com"] and "Emergency stop of demo" in mail.subject
+    assert "alert test" in mail.body

@@ -1,0 +1,72 @@
+"""Stops and recoveries through the Django admin, driven by Django's test client."""
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
+
+from emergency.models import EmergencyStop
+from emergency.services import emergency_stop_trigger
+from projects.models import Project
+from recovery.models import RecoverySession, RecoveryStep
+
+pytestmark = pytest.mark.django_db
+
+
+def login(client, user):
+    client.force_login(user)
+    return client
+
+
+def test_a_reviewer_stops_a_project_from_the_admin_with_a_reason(client, reviewer, project, other_project):
+    login(client, reviewer)
+    url = reverse("admin:projects_project_changelist")
+    html = client.get(url).content.decode()
+    assert "demo" in html and "other" not in html  # only projects the reviewer holds a role on
+    r = client.post(url, {"action": "emergency_stop", "index": 0, ACTION_CHECKBOX_NAME: [str(project.pk)]})
+    assert b"Reason" in r.content and Project.objects.get(pk=project.pk).status == "active"
+    client.post(url, {"action": "emergency_stop", "apply": "1", "reason": "runaway agents",
+                      ACTION_CHECKBOX_NAME: [str(project.pk)]}, follow=True)
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.stop_reason == "runaway agents" and stop.triggered_by.startswith("reviewer#")
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+
+
+def test_an_agent_with_staff_cannot_stop_from_the_admin(client, agent, project):
+    agent.is_staff = True
+    agent.save()
+    login(client, agent)
+    client.post(reverse("admin:projects_project_changelist"), {
+        "action": "emergency_stop", "apply": "1", "reason": "x", ACTION_CHECKBOX_NAME: [str(project.pk)]})
+    assert Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_recovery_through_the_admin(client, manager, reviewer, project):
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="x", actor=reviewer)
+    login(client, manager)
+    client.post(reverse("admin:emergency_emergencystop_changelist"), {
+        "action": "start_recovery", "index": 0, ACTION_CHECKBOX_NAME: [str(stop.pk)]})
+    session = RecoverySession.objects.get(emergency_stop=stop)
+    login(client, reviewer)
+    url = reverse("admin:recovery_recoverysession_changelist")
+    r = client.post(url, {"action": "reject_next_step", "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)]})
+    assert b"Reason" in r.content
+    for _ in range(session.total_steps):
+        client.post(url, {"action": "approve_next_step", "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)]})
+    session.refresh_from_db()
+    assert session.status == "completed"
+    assert set(RecoveryStep.objects.filter(session=session).values_list("status", flat=True)) == {"completed"}
+    assert Project.objects.get(pk=project.pk).status == "active"
+    page = client.get(reverse("admin:recovery_recoverysession_change", args=[session.pk]))
+    assert page.status_code == 200 and b"lift_stop" in page.content
+
+
+def test_rejecting_a_step_in_the_admin_keeps_the_stop(client, manager, reviewer, project):
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="x", actor=reviewer)
+    from recovery.services import recovery_start
+
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    login(client, reviewer)
+    client.post(reverse("admin:recovery_recoverysession_changelist"), {
+        "action": "reject_next_step", "apply": "1", "reason": "not yet", ACTION_CHECKBOX_NAME: [str(session.pk)]})
+    session.refresh_from_db()
+    assert session.status == "failed"
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"

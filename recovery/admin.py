@@ -1,0 +1,67 @@
+from django.contrib import admin, messages
+
+from access.permissions import project_visible_to
+from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.errors import DomainError
+from recovery.models import RecoverySession, RecoveryStep
+from recovery.services import recovery_step_respond
+
+
+class RecoveryStepInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = RecoveryStep
+    fields = ["order", "action", "description", "status", "approved_by", "reason", "result", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(RecoverySession)
+class RecoverySessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Sessions are opened by managers (API, or "Start a recovery session" on a stop); each
+    step is approved or rejected here or through the API, always by the step service."""
+
+    list_display = ["project", "status", "steps_completed", "total_steps", "recovery_type", "created_by",
+                    "created_at", "completed_at"]
+    list_filter = ["status"]
+    inlines = [RecoveryStepInline]
+    actions = ["approve_next_step", "reject_next_step"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(project__in=project_visible_to(user=request.user))
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff and (
+            obj is None or project_visible_to(user=request.user).filter(pk=obj.project_id).exists())
+
+    def _respond_next(self, request, queryset, decision: str, reason: str = ""):
+        for session in queryset:
+            step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
+            if step is None:
+                self.message_user(request, f"{session}: no step is waiting.", messages.WARNING)
+                continue
+            try:
+                session = recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=request.user,
+                                                decision=decision, reason=reason)
+            except DomainError as err:
+                self.message_user(request, f"{session}: step {step.order} ({step.action}): {err.detail}",
+                                  messages.WARNING)
+                continue
+            step.refresh_from_db()
+            self.message_user(request, f"{session.project}: step {step.order} ({step.action}) {step.status}; "
+                              f"recovery {session.status}.", messages.SUCCESS)
+
+    @admin.action(description="Approve and run the next step")
+    def approve_next_step(self, request, queryset):
+        self._respond_next(request, queryset, "approve")
+
+    @admin.action(description="Reject the next step (asks for a reason)")
+    def reject_next_step(self, request, queryset):
+        reason, form = ask_reason(self, request, queryset, action="reject_next_step", title="Reject recovery steps",
+                                  question="Reject the next step of these recoveries? The recovery fails and the "
+                                           "emergency stop stays.", submit_label="Reject")
+        if form is not None:
+            return form
+        self._respond_next(request, queryset, "reject", reason)
+        return None
