@@ -1,15 +1,32 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access import roles
-from access.permissions import project_for_user, require_not_requester, require_project_perm
+from access.permissions import (
+    project_for_user,
+    require_not_requester,
+    require_project_perm,
+)
 from approvals import selectors, services
 from approvals.models import AgentCallApproval
-from approvals.serializers import AgentCallApprovalOutputSerializer, AgentCallApprovalStartOutputSerializer
-from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, paginated
+from approvals.serializers import (
+    AgentCallApprovalOutputSerializer,
+    AgentCallApprovalStartOutputSerializer,
+)
+from core.api import (
+    IDEMPOTENCY_HEADER,
+    error_responses,
+    get_or_404,
+    idempotent,
+    paginated,
+)
 from core.fields import StrictCharField, StrictUUIDField
 from projects.models import AgentType
 

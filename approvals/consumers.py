@@ -25,11 +25,14 @@ from access.authentication import api_key_check
 from approvals.models import AgentCallApproval
 from approvals.selectors import agent_approval_visible_to
 from approvals.serializers import AgentCallApprovalOutputSerializer
-from approvals.services import agent_approval_time_out, approval_group, project_stop_group
+from approvals.services import (
+    agent_approval_time_out,
+    approval_group,
+    project_stop_group,
+)
 from core.api import parse_uuid
 from core.errors import error_body
 from core.wakeup import BatchLoader, BatchPoller, wakeup
-
 
 # A few threads of their own for the waits' database reads: many waiters are served in
 # parallel, none holds a thread while it waits, and the event loop's default executor stays free.

@@ -10,12 +10,24 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from access import roles
-from access.permissions import has_project_perm, require_not_requester, require_project_perm
+from access.permissions import (
+    has_project_perm,
+    require_not_requester,
+    require_project_perm,
+)
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
 from audit.services import audit_record
-from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from budgets.services import BudgetCritical, budget_release, budget_reserve
+from core.errors import (
+    EmergencyStopActive,
+    Expired,
+    Forbidden,
+    InvalidInput,
+    NotFoundError,
+    TransitionError,
+)
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
 from projects.models import Task
@@ -76,6 +88,8 @@ def _close(approval: AgentCallApproval, *, actor, to: str, now, reason: str = ""
         approval.input_digest = input_digest(approval.input_to_run)
         fields += ["amended_input_data", "input_digest"]
     approval.save(update_fields=fields)
+    if to in (Status.REJECTED, Status.CANCELLED, Status.TIMED_OUT):
+        budget_release(approval_id=approval.pk)  # the call will not run: give its reservation back
     task = Task.objects.select_for_update().get(pk=approval.task_id)
     task_move(task=task, to=task_to)
     agent_state_refresh(project_id=approval.project_id, agent_type=task.agent_type)
@@ -96,42 +110,69 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     risk = assess(RiskContext(agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
                               estimated_cost=cost, budget_remaining=None))
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
-    with transaction.atomic():
-        project = project_lock_for_admission(project_id)
-        require_project_perm(requester, roles.ACT_AS_AGENT, project, "request agent calls")
-        task = Task.objects.select_for_update().filter(pk=task_id, project=project).first()
-        if task is None:
-            raise NotFoundError("No such task in this project.")
-        if task.agent_type != agent_type:
-            raise InvalidInput(fields={"agent_type": [f"The task belongs to the {task.agent_type} agent."]})
-        if task.status not in OPEN_TASK_STATUSES:
-            raise TransitionError(f"The task is {task.status}.", current_status=task.status)
-        now = timezone.now()
-        approval = AgentCallApproval(
-            project=project, task=task, agent_type=agent_type, proposed_action=proposed_action,
-            input_data=input_data, context_summary=context_summary, model=model, estimated_tokens=tokens,
-            estimated_cost=cost, risk_assessment=risk, timeout_minutes=timeout_minutes, requested_by=requester,
-            expires_at=now + timedelta(minutes=timeout_minutes),
-            warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5,
-        )
-        try:
-            with transaction.atomic():
-                approval.save(force_insert=True)
-        except IntegrityError:
-            pending = AgentCallApproval.objects.filter(task=task, status=Status.PENDING).first()
-            raise TransitionError("This task already has a pending approval.", current_status=Status.PENDING,
-                                  approval_id=str(pending.pk) if pending else None) from None
-        task_move(task=task, to=Task.Status.WAITING_FOR_HITL)
-        agent_state_refresh(project_id=project.pk, agent_type=agent_type)
-        audit_record(actor=requester, action="agent_approval.request", obj=approval,
-                     after={"status": approval.status, "proposed_action": proposed_action[:500],
-                            "estimated_tokens": tokens, "estimated_cost": cost, "risk_level": risk["level"],
-                            "expires_at": approval.expires_at})
-        event_emit(project_id=project.pk, task_id=task.pk, event_type="agent_approval_requested",
-                   data={**approval_event_data(approval), "risk_assessment": risk})
-    if risk["level"] == "critical":
+    try:
+        approval = _request_locked(requester=requester, project_id=project_id, task_id=task_id,
+                                   agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
+                                   context_summary=context_summary, model=model, tokens=tokens, cost=cost,
+                                   risk=risk, timeout_minutes=timeout_minutes)
+    except BudgetCritical as critical:  # the request was rolled back; now stop the project
+        _stop_for_budget(project_id=project_id, requester=requester, critical=critical, estimated_cost=cost)
+    if approval.risk_assessment["level"] == "critical":
         _stop_for_critical_risk(approval)
     return approval
+
+
+@transaction.atomic
+def _request_locked(*, requester, project_id, task_id, agent_type, proposed_action, input_data, context_summary,
+                    model, tokens, cost, risk, timeout_minutes) -> AgentCallApproval:
+    project = project_lock_for_admission(project_id)
+    require_project_perm(requester, roles.ACT_AS_AGENT, project, "request agent calls")
+    task = Task.objects.select_for_update().filter(pk=task_id, project=project).first()
+    if task is None:
+        raise NotFoundError("No such task in this project.")
+    if task.agent_type != agent_type:
+        raise InvalidInput(fields={"agent_type": [f"The task belongs to the {task.agent_type} agent."]})
+    if task.status not in OPEN_TASK_STATUSES:
+        raise TransitionError(f"The task is {task.status}.", current_status=task.status)
+    now = timezone.now()
+    approval = AgentCallApproval(
+        project=project, task=task, agent_type=agent_type, proposed_action=proposed_action,
+        input_data=input_data, context_summary=context_summary, model=model, estimated_tokens=tokens,
+        estimated_cost=cost, risk_assessment=risk, timeout_minutes=timeout_minutes, requested_by=requester,
+        expires_at=now + timedelta(minutes=timeout_minutes),
+        warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5,
+    )
+    try:
+        with transaction.atomic():
+            approval.save(force_insert=True)
+    except IntegrityError:
+        pending = AgentCallApproval.objects.filter(task=task, status=Status.PENDING).first()
+        raise TransitionError("This task already has a pending approval.", current_status=Status.PENDING,
+                              approval_id=str(pending.pk) if pending else None) from None
+    budget_reserve(approval=approval, now=now)  # or blocks it behind an override; BudgetCritical
+    task_move(task=task, to=Task.Status.WAITING_FOR_HITL)
+    agent_state_refresh(project_id=project.pk, agent_type=agent_type)
+    audit_record(actor=requester, action="agent_approval.request", obj=approval,
+                 after={"status": approval.status, "proposed_action": proposed_action[:500],
+                        "estimated_tokens": tokens, "estimated_cost": cost, "risk_level": risk["level"],
+                        "expires_at": approval.expires_at})
+    event_emit(project_id=project.pk, task_id=task.pk, event_type="agent_approval_requested",
+               data={**approval_event_data(approval), "risk_assessment": risk})
+    return approval
+
+
+def _stop_for_budget(*, project_id, requester, critical, estimated_cost) -> None:
+    """budget_critical: the projected daily cost passes 1.5 x the limit. Stop, then 423."""
+    from emergency.models import Condition, Severity
+    from emergency.services import emergency_stop_trigger
+
+    stop, _ = emergency_stop_trigger(
+        project_id=project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
+        reason=f"Projected daily cost {critical.projected:.4f} passes 1.5 x the daily limit {critical.limit:.4f}",
+        data={"projected_daily_cost": f"{critical.projected:.4f}", "daily_cost_limit": f"{critical.limit:.4f}",
+              "estimated_cost": f"{estimated_cost:.4f}", "requested_by": requester.get_username()})
+    raise EmergencyStopActive("This call would push the projected daily cost past 1.5 x the limit: the project "
+                              "is emergency-stopped.", emergency_stop_id=stop.pk)
 
 
 def _stop_for_critical_risk(approval: AgentCallApproval) -> None:
@@ -287,6 +328,32 @@ def agent_approval_warn_due(*, now=None) -> int:
                              "seconds_left": int((approval.expires_at - now).total_seconds())})
             sent += 1
     return sent
+
+
+def budget_unblock_or_reject(*, approval_id, override, actor) -> None:
+    """A blocked call's override was decided (inside that decision's transaction): rejected
+    rejects the call; approved reserves it now (or blocks it behind a new override if another
+    limit is still passed)."""
+    approval = AgentCallApproval.objects.select_for_update().select_related("project").get(pk=approval_id)
+    if approval.status != Status.PENDING or approval.budget_override_id != override.pk:
+        return
+    if override.status == override.Status.REJECTED:
+        _close(approval, actor=actor, to=Status.REJECTED, now=timezone.now(),
+               reason=f"Budget override rejected: {override.rejection_reason}", event_type="agent_approval_decided",
+               action="agent_approval.reject_budget")
+        return
+    approval.budget_override_id = None
+    approval.save(update_fields=["budget_override_id", "updated_at"])
+    try:
+        with transaction.atomic():
+            budget_reserve(approval=approval)
+    except BudgetCritical:
+        approval.budget_override_id = override.pk  # still over 1.5 x: it stays blocked
+        approval.save(update_fields=["budget_override_id", "updated_at"])
+        return
+    audit_record(actor=actor, action="agent_approval.unblock", obj=approval,
+                 after={"budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None})
+    wakeup_on_commit(approval_group(approval.pk), status=approval.status)
 
 
 def can_decide(user, approval: AgentCallApproval) -> bool:

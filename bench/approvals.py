@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,7 @@ def setup(n_agents):
     from django.core.management import call_command
 
     from access.services import api_key_create, role_grant
+    from budgets.models import ProjectBudget
     from projects.services import project_create, task_create
 
     call_command("migrate", verbosity=0)
@@ -84,6 +86,10 @@ def setup(n_agents):
     stamp = str(int(time.time() * 1000))
     admin = User.objects.create_superuser(username=f"bench-admin-{stamp}", password="x", email="b@example.com")
     project = project_create(actor=admin, name=f"Bench {stamp}", slug=f"bench-{stamp}")
+    # Limits far above what the run needs: this measures approvals, not budget blocks.
+    ProjectBudget.objects.update_or_create(project=project, defaults={
+        "daily_token_limit": 10**12, "monthly_token_limit": 10**12,
+        "daily_cost_limit": Decimal("1000000"), "monthly_cost_limit": Decimal("1000000")})
     agent = User.objects.create_user(username=f"bench-agent-{stamp}")
     role_grant(user=agent, project=project, role="agent")
     reviewer = User.objects.create_user(username=f"bench-reviewer-{stamp}")

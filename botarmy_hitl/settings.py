@@ -179,6 +179,9 @@ SPECTACULAR_SETTINGS = {
         "AgentTypeEnum": "projects.models.AgentType",
         "EventTypeEnum": "events.models.EventType",
         "AgentCallApprovalStatusEnum": "approvals.models.AgentCallApproval.Status",
+        "BudgetOverrideStatusEnum": "budgets.models.BudgetOverrideRequest.Status",
+        "RecoveryStepStatusEnum": "recovery.models.RecoveryStep.Status",
+        "RecoverySessionStatusEnum": "recovery.models.RecoverySession.Status",
     },
 }
 
@@ -202,6 +205,8 @@ HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS",
                                    default=5.0 if env.str("REDIS_URL", default="") else 1.0)
 # How often beat evaluates the automatic emergency-stop conditions of every active project.
 HITL_CONDITION_CHECK_SECONDS = env.int("HITL_CONDITION_CHECK_SECONDS", default=5)
+# Reservations of calls approved but never settled are released after this many hours.
+HITL_BUDGET_STALE_RESERVATION_HOURS = env.int("HITL_BUDGET_STALE_RESERVATION_HOURS", default=24)
 # A single call estimated above these amounts (USD) is flagged medium / high.
 HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
 HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")
@@ -261,6 +266,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "emergency.check_conditions",
         "schedule": timedelta(seconds=HITL_CONDITION_CHECK_SECONDS),
         "options": {"expires": HITL_CONDITION_CHECK_SECONDS},
+    },
+    "budgets-release-stale": {
+        "task": "budgets.release_stale",
+        "schedule": timedelta(minutes=10),
+        "options": {"expires": 600},
+    },
+    "budgets-close-past-windows": {
+        "task": "budgets.close_past_windows",
+        "schedule": timedelta(minutes=5),
+        "options": {"expires": 300},
     },
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",

@@ -10,11 +10,23 @@ from approvals.api import (
                            AgentApprovalRespondApi,
                            AgentApprovalStartApi,
 )
+from budgets.api import (
+                           BudgetApi,
+                           BudgetOverrideCreateApi,
+                           BudgetOverrideProjectListApi,
+                           BudgetOverrideRespondApi,
+)
 from core.views import HealthApi, api_not_found
 from emergency.api import EmergencyStatusApi, EmergencyStopApi, RecoveryStartApi
 from events.api import EventListApi
+from projects.api import (
+                           ProjectDetailApi,
+                           ProjectListCreateApi,
+                           TaskCreateApi,
+                           TaskDetailApi,
+                           TaskStatusApi,
+)
 from recovery.api import RecoveryDetailApi, RecoveryStepRespondApi
-from projects.api import ProjectDetailApi, ProjectListCreateApi, TaskCreateApi, TaskDetailApi, TaskStatusApi
 
 api_v1 = [
     path("health", HealthApi.as_view(), name="health"),
@@ -32,6 +44,12 @@ api_v1 = [
          name="agent-approval-respond"),
     path("agent-approvals/<str:approval_id>/cancel", AgentApprovalCancelApi.as_view(), name="agent-approval-cancel"),
     path("agent-approvals/<str:approval_id>/start", AgentApprovalStartApi.as_view(), name="agent-approval-start"),
+    path("budgets/<str:project_id>", BudgetApi.as_view(), name="budget"),
+    path("budget-overrides", BudgetOverrideCreateApi.as_view(), name="budget-overrides"),
+    path("budget-overrides/project/<str:project_id>", BudgetOverrideProjectListApi.as_view(),
+         name="budget-overrides-project"),
+    path("budget-overrides/<str:override_id>/respond", BudgetOverrideRespondApi.as_view(),
+         name="budget-override-respond"),
     path("emergency/stop/<str:project_id>", EmergencyStopApi.as_view(), name="emergency-stop"),
     path("emergency/status/<str:project_id>", EmergencyStatusApi.as_view(), name="emergency-status"),
     path("emergency/recovery/<str:project_id>", RecoveryStartApi.as_view(), name="emergency-recovery"),

@@ -8,14 +8,28 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access import roles
-from access.permissions import project_for_user, project_visible_to, require_project_perm
-from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, paginated
+from access.permissions import (
+    project_for_user,
+    project_visible_to,
+    require_project_perm,
+)
+from core.api import (
+    IDEMPOTENCY_HEADER,
+    error_responses,
+    get_or_404,
+    idempotent,
+    paginated,
+)
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
 from emergency.conditions import conditions_check
 from emergency.models import Condition
 from projects import selectors, services
 from projects.models import AgentType, Task
-from projects.serializers import AgentStateSerializer, ProjectOutputSerializer, TaskOutputSerializer
+from projects.serializers import (
+    AgentStateSerializer,
+    ProjectOutputSerializer,
+    TaskOutputSerializer,
+)
 
 MAX_INT = 2**31 - 1
 

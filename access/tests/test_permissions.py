@@ -1,6 +1,10 @@
 import pytest
 
-from access.permissions import has_project_perm, project_visible_to, require_not_requester
+from access.permissions import (
+    has_project_perm,
+    project_visible_to,
+    require_not_requester,
+)
 from core.errors import Forbidden
 
 pytestmark = pytest.mark.django_db

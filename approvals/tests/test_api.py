@@ -8,7 +8,11 @@ from django.db import connections
 from django.utils import timezone
 
 from approvals.models import AgentCallApproval
-from approvals.services import agent_approval_decide, agent_approval_expire_overdue, agent_approval_warn_due
+from approvals.services import (
+    agent_approval_decide,
+    agent_approval_expire_overdue,
+    agent_approval_warn_due,
+)
 from audit.models import AuditEvent
 from events.models import Event
 from projects.models import AgentState, Project

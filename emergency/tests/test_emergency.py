@@ -6,7 +6,11 @@ from django.db import connections
 from django.utils import timezone
 
 from approvals.models import AgentCallApproval
-from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_start
+from approvals.services import (
+    agent_approval_decide,
+    agent_approval_request,
+    agent_approval_start,
+)
 from audit.models import AuditEvent
 from emergency.conditions import conditions_check
 from emergency.models import EmergencyStop

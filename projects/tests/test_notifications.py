@@ -12,7 +12,13 @@ from celery.exceptions import Retry
 from django.db import transaction
 
 from projects.models import ProjectNotifier
-from projects.notifications import DeliveryFailed, NotificationRefused, deliver, notify_project_on_commit, sign
+from projects.notifications import (
+    DeliveryFailed,
+    NotificationRefused,
+    deliver,
+    notify_project_on_commit,
+    sign,
+)
 from projects.tasks import deliver_notification_task
 
 pytestmark = pytest.mark.django_db

@@ -1,0 +1,138 @@
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access import roles
+from access.permissions import (
+    project_for_user,
+    project_visible_to,
+    require_project_perm,
+)
+from audit.services import audit_record
+from budgets.models import BudgetOverrideRequest, ProjectBudget
+from budgets.selectors import budget_summary
+from budgets.serializers import BudgetOutputSerializer, BudgetOverrideOutputSerializer
+from budgets.services import budget_for, budget_override_create, budget_override_respond
+from core.api import (
+    IDEMPOTENCY_HEADER,
+    error_responses,
+    get_or_404,
+    idempotent,
+    paginated,
+)
+from core.fields import StrictCharField
+
+MONEY = {"max_digits": 14, "decimal_places": 4, "min_value": 0}
+
+
+class BudgetApi(APIView):
+    @extend_schema_serializer(component_name="BudgetLimitsInput")
+    class InputSerializer(serializers.Serializer):
+        daily_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
+        monthly_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
+        daily_cost_limit = serializers.DecimalField(required=False, **MONEY)
+        monthly_cost_limit = serializers.DecimalField(required=False, **MONEY)
+        warning_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+        critical_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+        emergency_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+        manager_threshold = serializers.DecimalField(required=False, **MONEY)
+
+    @extend_schema(operation_id="budgets_retrieve", responses={200: BudgetOutputSerializer, **error_responses(404)})
+    def get(self, request, project_id):
+        """Limits, today's and this month's usage (spent and reserved), alerts of the current windows."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        return Response(BudgetOutputSerializer(budget_summary(project=project)).data)
+
+    @extend_schema(operation_id="budgets_update", request=InputSerializer,
+                   responses={200: BudgetOutputSerializer, **error_responses(400, 403, 404)})
+    def patch(self, request, project_id):
+        """Set limits and thresholds (managers)."""
+        from django.db import transaction
+
+        project = project_for_user(user=request.user, project_id=project_id)
+        require_project_perm(request.user, roles.MANAGE, project, "set budget limits")
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        with transaction.atomic():
+            budget = budget_for(project)
+            budget = ProjectBudget.objects.select_for_update().get(pk=budget.pk)
+            before = {k: getattr(budget, k) for k in s.validated_data}
+            for key, value in s.validated_data.items():
+                setattr(budget, key, value)
+            budget.save()
+            audit_record(actor=request.user, action="budget.update", obj=budget, project_id=project.pk,
+                         before=before, after=s.validated_data)
+        return Response(BudgetOutputSerializer(budget_summary(project=project)).data)
+
+
+class BudgetOverrideCreateApi(APIView):
+    @extend_schema_serializer(component_name="BudgetOverrideCreateInput")
+    class InputSerializer(serializers.Serializer):
+        project_id = serializers.UUIDField()
+        violation_type = serializers.ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
+        requested_amount = serializers.DecimalField(**MONEY)
+        justification = StrictCharField(max_length=5000)
+
+    @extend_schema(operation_id="budget_overrides_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: BudgetOverrideOutputSerializer, **error_responses(400, 404)})
+    @idempotent
+    def post(self, request):
+        """Ask for more room in the current day or month window (anyone with a role)."""
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        data = s.validated_data
+        project = project_for_user(user=request.user, project_id=data.pop("project_id"))
+        override = budget_override_create(project_id=project.pk, actor=request.user, **data)
+        return Response(BudgetOverrideOutputSerializer(override).data, status=status.HTTP_201_CREATED)
+
+
+def _overrides(user):
+    return BudgetOverrideRequest.objects.filter(project__in=project_visible_to(user=user)).select_related(
+        "window", "requested_by", "approved_by")
+
+
+class BudgetOverrideRespondApi(APIView):
+    @extend_schema_serializer(component_name="BudgetOverrideRespondInput")
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
+
+    @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
+                   responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409)})
+    def post(self, request, override_id):
+        """Approve or reject (with a reason). Above the manager threshold only a manager approves
+        (403 for a reviewer); nobody decides an override they requested."""
+        override = get_or_404(_overrides(request.user), override_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        override = budget_override_respond(override_id=override.pk, actor=request.user, **s.validated_data)
+        return Response(BudgetOverrideOutputSerializer(override).data)
+
+
+class BudgetOverrideProjectListApi(APIView):
+    @extend_schema_serializer(component_name="BudgetOverrideFilter")
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=BudgetOverrideRequest.Status.choices, required=False)
+
+    @extend_schema(operation_id="budget_overrides_project_list",
+                   parameters=[OpenApiParameter("status", enum=BudgetOverrideRequest.Status.values),
+                               OpenApiParameter("page", int)],
+                   responses={200: paginated(BudgetOverrideOutputSerializer, "PaginatedBudgetOverrideList"),
+                              **error_responses(400, 404)})
+    def get(self, request, project_id):
+        project = project_for_user(user=request.user, project_id=project_id)
+        s = self.FilterSerializer(data=request.query_params)
+        s.is_valid(raise_exception=True)
+        qs = _overrides(request.user).filter(project=project)
+        if s.validated_data.get("status"):
+            qs = qs.filter(status=s.validated_data["status"])
+        paginator = PageNumberPagination()
+        paginator.page_size = 50
+        page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
+        return paginator.get_paginated_response(BudgetOverrideOutputSerializer(page, many=True).data)

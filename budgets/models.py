@@ -1,0 +1,152 @@
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from core.models import BaseModel
+
+MONEY = {"max_digits": 14, "decimal_places": 4}
+
+
+class ProjectBudget(BaseModel):
+    """A project's limits. Usage lives in its windows; this row holds only configuration."""
+
+    project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="budget")
+    daily_token_limit = models.PositiveBigIntegerField(default=100_000)
+    monthly_token_limit = models.PositiveBigIntegerField(default=2_000_000)
+    daily_cost_limit = models.DecimalField(**MONEY, default=Decimal("100.0000"), validators=[MinValueValidator(0)])
+    monthly_cost_limit = models.DecimalField(**MONEY, default=Decimal("2000.0000"), validators=[MinValueValidator(0)])
+    warning_percent = models.PositiveSmallIntegerField(default=80, validators=[MaxValueValidator(1000)])
+    critical_percent = models.PositiveSmallIntegerField(default=95, validators=[MaxValueValidator(1000)])
+    emergency_percent = models.PositiveSmallIntegerField(default=100, validators=[MaxValueValidator(1000)])
+    manager_threshold = models.DecimalField(**MONEY, default=Decimal("100.0000"),
+                                            help_text="overrides above this amount need a manager")
+
+    def __str__(self):
+        return f"budget of {self.project}"
+
+
+class BudgetWindow(models.Model):
+    """Usage of one local day or month of a project. Found from the clock on every use."""
+
+    class Kind(models.TextChoices):
+        DAY = "day"
+        MONTH = "month"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="budget_windows")
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    start = models.DateTimeField(help_text="local midnight (day) or local 1st 00:00 (month), stored in UTC")
+    end = models.DateTimeField()
+    spent_tokens = models.BigIntegerField(default=0)
+    spent_cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    reserved_tokens = models.BigIntegerField(default=0)
+    reserved_cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    allowance_tokens = models.BigIntegerField(default=0, help_text="raised by approved overrides")
+    allowance_cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["project", "kind", "-start"]
+        constraints = [models.UniqueConstraint(fields=["project", "kind", "start"], name="budget_window_unique")]
+
+    def __str__(self):
+        return f"{self.project} {self.kind} from {self.start:%Y-%m-%d %H:%M}Z"
+
+
+class UsageEntry(models.Model):
+    """Append-only ledger. A call's reservation (reserve) is closed exactly once, by a settle
+    (the real usage) or a release (the call never ran)."""
+
+    class Kind(models.TextChoices):
+        RESERVE = "reserve"
+        SETTLE = "settle"
+        RELEASE = "release"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="usage_entries")
+    approval = models.ForeignKey("approvals.AgentCallApproval", on_delete=models.PROTECT, related_name="usage_entries")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    day_window = models.ForeignKey(BudgetWindow, on_delete=models.PROTECT, related_name="+")
+    month_window = models.ForeignKey(BudgetWindow, on_delete=models.PROTECT, related_name="+")
+    # the change this entry made: reserve (+reserved), settle (-reserved, +spent), release (-reserved)
+    reserved_tokens = models.BigIntegerField(default=0)
+    reserved_cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    spent_tokens = models.BigIntegerField(default=0)
+    spent_cost = models.DecimalField(**MONEY, default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["approval"], condition=Q(kind="reserve"), name="usage_one_reserve"),
+            models.UniqueConstraint(fields=["approval"], condition=Q(kind__in=["settle", "release"]),
+                                    name="usage_closed_once"),
+        ]
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("The usage ledger is append-only.")
+        super().save(*args, **kwargs)
+
+
+class BudgetAlert(models.Model):
+    class AlertType(models.TextChoices):
+        WARNING = "warning"
+        CRITICAL = "critical"
+        EMERGENCY = "emergency"
+        OVERRUN = "overrun"
+
+    class ThresholdType(models.TextChoices):
+        TOKEN_DAILY = "token_daily"
+        TOKEN_MONTHLY = "token_monthly"
+        COST_DAILY = "cost_daily"
+        COST_MONTHLY = "cost_monthly"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="budget_alerts")
+    window = models.ForeignKey(BudgetWindow, on_delete=models.CASCADE, related_name="alerts")
+    alert_type = models.CharField(max_length=10, choices=AlertType.choices)
+    threshold_type = models.CharField(max_length=14, choices=ThresholdType.choices)
+    threshold_value = models.DecimalField(**MONEY)
+    current_value = models.DecimalField(**MONEY)
+    detail = models.JSONField(default=dict, blank=True)
+    triggered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-triggered_at"]
+        constraints = [models.UniqueConstraint(fields=["window", "threshold_type", "alert_type"],
+                                               condition=~Q(alert_type="overrun"), name="budget_alert_once")]
+
+
+class BudgetOverrideRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    class Violation(models.TextChoices):
+        DAILY_TOKEN = "daily_token_limit"
+        MONTHLY_TOKEN = "monthly_token_limit"
+        DAILY_COST = "daily_cost_limit"
+        MONTHLY_COST = "monthly_cost_limit"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="budget_overrides")
+    window = models.ForeignKey(BudgetWindow, on_delete=models.PROTECT, related_name="overrides")
+    violation_type = models.CharField(max_length=20, choices=Violation.choices)
+    requested_amount = models.DecimalField(**MONEY, validators=[MinValueValidator(0)],
+                                           help_text="tokens for token limits, USD for cost limits")
+    justification = models.TextField()
+    requires_manager_approval = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
+    rejection_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    responded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status"], name="budget_override_status")]

@@ -1,0 +1,318 @@
+import io
+import json
+import random
+import threading
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from approvals.models import AgentCallApproval
+from approvals.services import (
+    agent_approval_cancel,
+    agent_approval_decide,
+    agent_approval_request,
+)
+from budgets.models import (
+    BudgetAlert,
+    BudgetOverrideRequest,
+    BudgetWindow,
+    ProjectBudget,
+    UsageEntry,
+)
+from budgets.services import (
+    budget_reconcile,
+    budget_reserve,
+    budget_settle,
+    current_windows,
+    ledger_totals,
+    window_bounds,
+)
+from emergency.models import EmergencyStop
+from events.models import Event
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+UTC = ZoneInfo("UTC")
+
+
+def limits(project, **values):
+    ProjectBudget.objects.update_or_create(project=project, defaults=values)
+
+
+def call(project, agent, tokens=100, cost="1.0000", title="t"):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="write the parser", input_data={}, estimated_tokens=tokens,
+                                  estimated_cost=Decimal(cost))
+
+
+def day_window(project):
+    return current_windows(project, lock=False)[0]
+
+
+# --- reservation and overrides ------------------------------------------------------
+def test_a_call_reserves_its_estimate_in_the_day_and_month_windows(project, agent, client_for):
+    call(project, agent, tokens=1500, cost="2.5000")
+    day, month = current_windows(project, lock=False)
+    for window in (day, month):
+        assert (window.reserved_tokens, window.reserved_cost, window.spent_cost) == (1500, Decimal("2.5"), 0)
+    body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
+    assert body["tokens_reserved"] == 1500 and body["cost_reserved"] == "2.5000"
+    assert body["cost_incurred_today"] == "0.0000" and body["daily_cost_limit"] == "100.0000"
+
+
+def test_passing_a_limit_blocks_the_call_behind_an_override(project, agent, reviewer, client_for):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    first = call(project, agent, cost="8.0000", title="a")
+    blocked = call(project, agent, cost="3.0000", title="b")
+    assert first.budget_override_id is None
+    assert blocked.budget_override_id is not None and blocked.status == "pending"
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    assert override.violation_type == "daily_cost_limit" and override.requested_amount == Decimal("1.0000")
+    assert day_window(project).reserved_cost == Decimal("8.0000")  # the blocked call reserved nothing
+    assert Event.objects.filter(event_type="budget_override_requested").count() == 1
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{blocked.pk}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 409 and r.json()["budget_override_id"] == str(override.pk)
+    r = client_for(reviewer).post(f"/api/v1/budget-overrides/{override.pk}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    blocked.refresh_from_db()
+    assert blocked.budget_override_id is None
+    window = day_window(project)
+    assert window.allowance_cost == Decimal("1.0000") and window.reserved_cost == Decimal("11.0000")
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{blocked.pk}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+
+
+def test_rejecting_the_override_rejects_the_blocked_call(project, agent, reviewer):
+    limits(project, daily_token_limit=1000)
+    blocked = call(project, agent, tokens=1500)
+    from budgets.services import budget_override_respond
+
+    budget_override_respond(override_id=blocked.budget_override_id, actor=reviewer, decision="reject",
+                            reason="too big")
+    blocked.refresh_from_db()
+    assert blocked.status == "rejected" and "too big" in blocked.rejection_reason
+
+
+def test_override_manager_rule_and_self_approval(project, agent, reviewer, manager, client_for):
+    def override(amount, who=agent):
+        r = client_for(who).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": amount,
+            "justification": "release day"}, format="json")
+        assert r.status_code == 201, r.content
+        return r.json()
+
+    at = override("100.0000")
+    above = override("100.0001")
+    assert at["requires_manager_approval"] is False and above["requires_manager_approval"] is True
+    assert client_for(reviewer).post(f"/api/v1/budget-overrides/{above['id']}/respond", {"decision": "approve"},
+                                     format="json").status_code == 403
+    assert client_for(reviewer).post(f"/api/v1/budget-overrides/{at['id']}/respond", {"decision": "approve"},
+                                     format="json").status_code == 200
+    assert client_for(manager).post(f"/api/v1/budget-overrides/{above['id']}/respond", {"decision": "approve"},
+                                    format="json").status_code == 200
+    own = override("5.0000", who=manager)
+    r = client_for(manager).post(f"/api/v1/budget-overrides/{own['id']}/respond", {"decision": "approve"},
+                                 format="json")
+    assert r.status_code == 403
+    assert day_window(project).allowance_cost == Decimal("200.0001")
+    listed = client_for(reviewer).get(f"/api/v1/budget-overrides/project/{project.pk}", {"status": "pending"}).json()
+    assert [o["id"] for o in listed["results"]] == [own["id"]]
+
+
+def test_one_and_a_half_times_the_daily_limit_stops_the_project(project, agent, client_for):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    call(project, agent, cost="9.0000", title="a")
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="b")
+    r = client_for(agent).post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder", "proposed_action": "x",
+        "input_data": {}, "estimated_tokens": 10, "estimated_cost": "6.0001"}, format="json")
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.triggered_conditions == ["budget_critical"]
+    assert AgentCallApproval.objects.filter(task=task).count() == 0  # the refused call was not recorded
+    body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
+    assert body["emergency_stop_triggered"] is True
+    assert body["cost_reserved"] == "0.0000"  # the stop cancelled the other call and released it
+
+
+# --- settlement and release ----------------------------------------------------------
+def test_settlement_counts_once_and_overruns_alert(project, agent, reviewer):
+    approval = call(project, agent, tokens=1000, cost="1.0000")
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    assert budget_settle(approval=approval, tokens_used=1200, actual_cost=Decimal("1.2500")) is True
+    assert budget_settle(approval=approval, tokens_used=1200, actual_cost=Decimal("1.2500")) is False
+    window = day_window(project)
+    assert (window.reserved_tokens, window.reserved_cost) == (0, Decimal("0"))
+    assert (window.spent_tokens, window.spent_cost) == (1200, Decimal("1.2500"))
+    assert BudgetAlert.objects.filter(alert_type="overrun").count() == 1
+    assert budget_reconcile() == []
+
+
+@pytest.mark.parametrize("end", ["reject", "cancel", "timeout"])
+def test_a_call_that_will_not_run_releases_its_reservation(project, agent, reviewer, end):
+    approval = call(project, agent, tokens=500, cost="0.5000")
+    if end == "reject":
+        agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="reject", reason="no")
+    elif end == "cancel":
+        agent_approval_cancel(approval_id=approval.pk, actor=agent)
+    else:
+        from approvals.services import agent_approval_time_out
+
+        AgentCallApproval.objects.filter(pk=approval.pk).update(expires_at=approval.created_at)
+        assert agent_approval_time_out(approval_id=approval.pk)
+    window = day_window(project)
+    assert (window.reserved_tokens, window.reserved_cost, window.spent_cost) == (0, Decimal("0"), Decimal("0"))
+    assert UsageEntry.objects.filter(approval=approval, kind="release").count() == 1
+    assert budget_reconcile() == []
+
+
+# --- windows -------------------------------------------------------------------------
+@pytest.mark.parametrize("tz,now,start,end", [
+    ("America/New_York", datetime(2026, 3, 10, 3, 59, tzinfo=UTC), datetime(2026, 3, 9, 4, 0, tzinfo=UTC),
+     datetime(2026, 3, 10, 4, 0, tzinfo=UTC)),                    # 23:59 local: still the 9th
+    ("America/New_York", datetime(2026, 3, 10, 4, 1, tzinfo=UTC), datetime(2026, 3, 10, 4, 0, tzinfo=UTC),
+     datetime(2026, 3, 11, 4, 0, tzinfo=UTC)),                    # 00:01 local: the 10th
+    ("Asia/Kolkata", datetime(2026, 6, 1, 18, 29, tzinfo=UTC), datetime(2026, 5, 31, 18, 30, tzinfo=UTC),
+     datetime(2026, 6, 1, 18, 30, tzinfo=UTC)),                   # UTC+05:30
+    ("America/New_York", datetime(2026, 3, 8, 12, 0, tzinfo=UTC), datetime(2026, 3, 8, 5, 0, tzinfo=UTC),
+     datetime(2026, 3, 9, 4, 0, tzinfo=UTC)),                     # spring forward: a 23-hour day
+    ("America/New_York", datetime(2026, 11, 1, 12, 0, tzinfo=UTC), datetime(2026, 11, 1, 4, 0, tzinfo=UTC),
+     datetime(2026, 11, 2, 5, 0, tzinfo=UTC)),                    # fall back: a 25-hour day
+])
+def test_day_windows_start_at_local_midnight(tz, now, start, end):
+    assert window_bounds(tz, "day", now) == (start, end)
+
+
+def test_month_windows_start_on_the_local_first():
+    now = datetime(2026, 2, 1, 2, 0, tzinfo=UTC)  # still January 31st in New York
+    assert window_bounds("America/New_York", "month", now) == (datetime(2026, 1, 1, 5, 0, tzinfo=UTC),
+                                                               datetime(2026, 2, 1, 5, 0, tzinfo=UTC))
+    assert window_bounds("Asia/Kolkata", "month", datetime(2026, 12, 31, 19, 0, tzinfo=UTC)) == (
+        datetime(2026, 12, 31, 18, 30, tzinfo=UTC), datetime(2027, 1, 31, 18, 30, tzinfo=UTC))
+
+
+def test_usage_around_local_midnight_lands_in_the_right_windows_without_beat(project, agent):
+    project.timezone = "America/New_York"
+    project.save()
+    a = call(project, agent, tokens=7, cost="0.0700", title="x")
+    b = call(project, agent, tokens=9, cost="0.0900", title="y")
+    UsageEntry.objects.all().delete()  # start over: reserve the two calls at chosen instants
+    BudgetWindow.objects.all().delete()
+    budget_reserve(approval=a, now=datetime(2026, 3, 10, 3, 59, tzinfo=UTC))  # 23:59 local on the 9th
+    budget_reserve(approval=b, now=datetime(2026, 3, 10, 4, 1, tzinfo=UTC))   # 00:01 local on the 10th
+    days = {w.start: w.reserved_tokens for w in BudgetWindow.objects.filter(kind="day")}
+    assert days == {datetime(2026, 3, 9, 4, 0, tzinfo=UTC): 7, datetime(2026, 3, 10, 4, 0, tzinfo=UTC): 9}
+    assert BudgetWindow.objects.get(kind="month").reserved_tokens == 16
+
+
+# --- alerts --------------------------------------------------------------------------
+def test_alerts_fire_once_per_threshold_per_window_and_again_in_the_next(project, agent):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    call(project, agent, cost="8.0000", title="a")  # 80 %: warning
+    call(project, agent, cost="0.5000", title="b")  # 85 %: nothing new
+    call(project, agent, cost="1.0000", title="c")  # 95 %: critical
+    alerts = BudgetAlert.objects.filter(threshold_type="cost_daily").order_by("triggered_at")
+    assert [a.alert_type for a in alerts] == ["warning", "critical"]
+    assert Event.objects.filter(event_type="budget_alert").count() == 2
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    approval = call(project, agent, cost="0.0000", title="d")
+    UsageEntry.objects.filter(approval=approval).delete()
+    AgentCallApproval.objects.filter(pk=approval.pk).update(estimated_cost=Decimal("9.0000"))
+    approval.refresh_from_db()
+    budget_reserve(approval=approval, now=tomorrow)
+    assert BudgetAlert.objects.filter(threshold_type="cost_daily", alert_type="warning").count() == 2
+
+
+def test_budget_json_has_no_floats(project, agent, client_for):
+    call(project, agent, cost="1.2345")
+    body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
+
+    def walk(value):
+        assert not isinstance(value, float), value
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        if isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(body)
+    assert body["cost_reserved"] == "1.2345" and body["monthly_cost_limit"] == "2000.0000"
+    raw = client_for(agent).get(f"/api/v1/budgets/{project.pk}").content.decode()
+    assert '"cost_reserved":"1.2345"' in raw.replace(" ", "")
+
+
+def test_limits_are_set_by_managers(project, manager, reviewer, client_for):
+    assert client_for(reviewer).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "5.0000"},
+                                      format="json").status_code == 403
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "5.0000"}, format="json")
+    assert r.status_code == 200 and r.json()["daily_cost_limit"] == "5.0000"
+    assert client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "-1"},
+                                     format="json").status_code == 400
+
+
+def test_reconcile_command_reports_a_tampered_window(project, agent):
+    call(project, agent, cost="1.0000")
+    out = io.StringIO()
+    call_command("reconcile_budgets", stdout=out)
+    assert "OK" in out.getvalue()
+    BudgetWindow.objects.filter(kind="day").update(reserved_cost=Decimal("5.0000"))
+    with pytest.raises(SystemExit) as exc:
+        call_command("reconcile_budgets", stdout=io.StringIO(), stderr=io.StringIO())
+    assert exc.value.code == 1
+
+
+# --- no overspend under concurrency ---------------------------------------------------
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_calls_never_overspend(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("10.0000"), monthly_cost_limit=Decimal("1000.0000"),
+           daily_token_limit=10**9, monthly_token_limit=10**9)
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"c{i}").pk for i in range(50)]
+    barrier = threading.Barrier(50)
+    made, errors = [], []
+
+    def request(task_id):
+        try:
+            barrier.wait()
+            made.append(agent_approval_request(requester=agent, project_id=project.pk, task_id=task_id,
+                                               agent_type="coder", proposed_action="write code", input_data={},
+                                               estimated_tokens=100, estimated_cost=Decimal("1.0000")))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=request, args=(t,)) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    admitted = [a for a in made if a.budget_override_id is None]
+    blocked = [a for a in made if a.budget_override_id is not None]
+    assert len(admitted) == 10 and len(blocked) == 40
+    day = day_window(project)
+    assert day.reserved_cost == Decimal("10.0000") and day.spent_cost + day.reserved_cost <= Decimal("10.0000")
+    # all fifty settle with random actual costs (the blocked ones never reserved: nothing to settle)
+    rng = random.Random(7)
+    for approval in admitted:
+        agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    for approval in made:
+        budget_settle(approval=approval, tokens_used=rng.randint(1, 200),
+                      actual_cost=Decimal(rng.randint(1, 20000)) / Decimal(10000))
+    for window in BudgetWindow.objects.filter(project=project):
+        totals = ledger_totals(window)
+        assert (window.spent_tokens, window.spent_cost, window.reserved_tokens, window.reserved_cost) == (
+            totals["spent_tokens"], totals["spent_cost"], totals["reserved_tokens"], totals["reserved_cost"])
+    assert day_window(project).reserved_cost == Decimal("0")
+    assert budget_reconcile() == []
+    assert json.loads(json.dumps(str(day_window(project).spent_cost)))
