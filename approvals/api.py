@@ -137,6 +137,26 @@ class AgentApprovalStartApi(APIView):
         return Response(AgentCallApprovalStartOutputSerializer(approval).data)
 
 
+class AgentApprovalUsageApi(APIView):
+    @extend_schema_serializer(component_name="AgentApprovalUsageInput")
+    class InputSerializer(serializers.Serializer):
+        tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+        actual_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+
+    @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer,
+                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
+    def post(self, request, approval_id):
+        """The requesting agent reports what a started call used (an addition to API.md, until
+        response approvals carry it): settles the budget reservation exactly once."""
+        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        approval, _ = services.agent_approval_report_usage(approval_id=approval.pk, actor=request.user,
+                                                           tokens_used=s.validated_data["tokens_used"],
+                                                           actual_cost=s.validated_data.get("actual_cost"))
+        return Response(AgentCallApprovalOutputSerializer(approval).data)
+
+
 class AgentApprovalProjectListApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalFilter")
     class FilterSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ and wakes waiting agents after commit."""
 import hashlib
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -289,6 +290,33 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,
                      after=_snapshot(approval))
     return approval
+
+
+def agent_approval_report_usage(*, approval_id, actor, tokens_used: int, actual_cost=None) -> tuple[AgentCallApproval, bool]:
+    """The requesting agent reports what a started call really used; that settles its budget
+    reservation exactly once (a retried report changes nothing). Without ``actual_cost`` the
+    cost comes from the price table of the call's model. Returns (approval, settled now)."""
+    from approvals.estimation import count_tokens, money, prompt_text
+    from approvals.models import ModelPrice
+    from budgets.services import budget_settle
+
+    with transaction.atomic():
+        approval = _lock(approval_id, gate=False)
+        if actor.pk != approval.requested_by_id:
+            raise Forbidden("Only the agent that requested this call may report its usage.")
+        if approval.status != Status.APPROVED or approval.started_at is None:
+            raise TransitionError("Only a started call has usage to report.", current_status=approval.status)
+        if actual_cost is None:
+            price = ModelPrice.objects.filter(model=approval.model).first() if approval.model else None
+            if price is None:
+                raise InvalidInput(fields={"actual_cost": ["Give actual_cost: the call has no priced model."]})
+            prompt = min(tokens_used, count_tokens(prompt_text(
+                proposed_action=approval.proposed_action, input_data=approval.input_to_run,
+                context_summary=approval.context_summary)))
+            actual_cost = money((Decimal(prompt) * price.input_per_million
+                                 + Decimal(tokens_used - prompt) * price.output_per_million) / Decimal(1_000_000))
+        settled = budget_settle(approval=approval, tokens_used=tokens_used, actual_cost=actual_cost)
+    return approval, settled
 
 
 def agent_approval_time_out(*, approval_id, now=None) -> bool:

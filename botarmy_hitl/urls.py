@@ -3,12 +3,13 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals.api import (
-                           AgentApprovalCancelApi,
-                           AgentApprovalCreateApi,
-                           AgentApprovalDetailApi,
-                           AgentApprovalProjectListApi,
-                           AgentApprovalRespondApi,
-                           AgentApprovalStartApi,
+    AgentApprovalCancelApi,
+    AgentApprovalCreateApi,
+    AgentApprovalDetailApi,
+    AgentApprovalProjectListApi,
+    AgentApprovalRespondApi,
+    AgentApprovalStartApi,
+    AgentApprovalUsageApi,
 )
 from budgets.api import (
                            BudgetApi,
@@ -44,6 +45,7 @@ api_v1 = [
          name="agent-approval-respond"),
     path("agent-approvals/<str:approval_id>/cancel", AgentApprovalCancelApi.as_view(), name="agent-approval-cancel"),
     path("agent-approvals/<str:approval_id>/start", AgentApprovalStartApi.as_view(), name="agent-approval-start"),
+    path("agent-approvals/<str:approval_id>/usage", AgentApprovalUsageApi.as_view(), name="agent-approval-usage"),
     path("budgets/<str:project_id>", BudgetApi.as_view(), name="budget"),
     path("budget-overrides", BudgetOverrideCreateApi.as_view(), name="budget-overrides"),
     path("budget-overrides/project/<str:project_id>", BudgetOverrideProjectListApi.as_view(),

@@ -316,3 +316,49 @@ def test_fifty_concurrent_calls_never_overspend(project, agent, reviewer):
     assert day_window(project).reserved_cost == Decimal("0")
     assert budget_reconcile() == []
     assert json.loads(json.dumps(str(day_window(project).spent_cost)))
+
+
+def test_the_agent_reports_usage_of_a_started_call_once(project, agent, reviewer, client_for):
+    approval = call(project, agent, tokens=1000, cost="1.0000")
+    client = client_for(agent)
+    url = f"/api/v1/agent-approvals/{approval.pk}/usage"
+    assert client.post(url, {"tokens_used": 900, "actual_cost": "0.9000"}, format="json").status_code == 409
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    assert client.post(f"/api/v1/agent-approvals/{approval.pk}/start").status_code == 200
+    assert client_for(reviewer).post(url, {"tokens_used": 900}, format="json").status_code == 403
+    assert client.post(url, {"tokens_used": 900}, format="json").status_code == 400  # no model: cost needed
+    for _ in range(2):
+        assert client.post(url, {"tokens_used": 900, "actual_cost": "0.9000"}, format="json").status_code == 200
+    window = day_window(project)
+    assert (window.spent_tokens, window.spent_cost, window.reserved_cost) == (900, Decimal("0.9000"), Decimal("0"))
+    body = client.get(f"/api/v1/budgets/{project.pk}").json()
+    assert body["tokens_used_today"] == 900 and body["cost_incurred_today"] == "0.9000"
+
+
+def test_usage_cost_from_the_price_table(project, agent, reviewer, client_for):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="priced")
+    approval = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                      proposed_action="write", input_data={}, model="gpt-4o-mini")
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    client = client_for(agent)
+    client.post(f"/api/v1/agent-approvals/{approval.pk}/start")
+    assert client.post(f"/api/v1/agent-approvals/{approval.pk}/usage", {"tokens_used": 2000},
+                       format="json").status_code == 200
+    spent = day_window(project).spent_cost
+    assert Decimal("0.0011") <= spent <= Decimal("0.0013")  # ~2000 tokens at $0.60 per million output
+
+
+def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.urls import reverse
+
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    blocked = call(project, agent, cost="1.2000")
+    client.force_login(reviewer)
+    url = reverse("admin:budgets_budgetoverriderequest_changelist")
+    client.post(url, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(blocked.budget_override_id)]})
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
+    blocked.refresh_from_db()
+    assert blocked.budget_override_id is None
+    for name in ["budgets_budgetwindow", "budgets_usageentry", "budgets_budgetalert"]:
+        assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200
