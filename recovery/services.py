@@ -27,9 +27,19 @@ def _review_flagged(session, step, now, option):
                           "risk_level": f["risk_assessment__level"]} for f in flagged]}
 
 
+def _budget_state(project) -> dict:
+    from budgets.services import budget_for, current_windows
+
+    budget = budget_for(project)
+    day, month = current_windows(project, lock=False)
+    return {"daily_cost_limit": f"{budget.daily_cost_limit:.4f}", "spent_today": f"{day.spent_cost:.4f}",
+            "reserved_today": f"{day.reserved_cost:.4f}", "allowance_today": f"{day.allowance_cost:.4f}",
+            "monthly_cost_limit": f"{budget.monthly_cost_limit:.4f}", "spent_month": f"{month.spent_cost:.4f}"}
+
+
 def _confirm_budget(session, step, now, option):
-    return {"note": "Budgets are not built yet: nothing to confirm or raise.",
-            "conditions": session.emergency_stop.triggered_conditions}
+    """Records the budget a person confirmed (raise the limit or approve an override first)."""
+    return {"confirmed": _budget_state(session.project)}
 
 
 def _reset_error_window(session, step, now, option):
@@ -111,7 +121,7 @@ def recovery_assessment(stop: EmergencyStop, now) -> dict:
         "error_rate": error_trip.data if error_trip else "below threshold",
         "resources": resource_trip.data if resource_trip else "within limits",
         "open_flags": [str(pk) for pk in flagged],
-        "budget": None,  # budgets are not built yet
+        "budget": _budget_state(project),
     }
 
 
