@@ -31,7 +31,7 @@ from core.errors import (
 )
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
-from projects.models import Task
+from projects.models import Project, Task
 from projects.services import agent_state_refresh, project_lock_for_admission, task_move
 
 Status = AgentCallApproval.Status
@@ -195,11 +195,16 @@ def _stop_for_critical_risk(approval: AgentCallApproval) -> None:
 
 
 def _lock(approval_id, *, gate: bool) -> AgentCallApproval:
-    """Lock the project (refusing with 423 when ``gate`` and stopped), then the approval."""
+    """Lock the project (refusing with 423 when ``gate`` and stopped), then the approval. Every
+    service takes the project first, so tasks, approvals and budget windows are always locked
+    in the same order and no two services can deadlock."""
     project_id = AgentCallApproval.objects.values_list("project_id", flat=True).get(pk=approval_id)
     if gate:
         project_lock_for_admission(project_id)
-    return AgentCallApproval.objects.select_for_update().select_related("project").get(pk=approval_id)
+    else:
+        Project.objects.select_for_update().filter(pk=project_id).first()
+    return AgentCallApproval.objects.select_for_update(of=("self",)).select_related("project", "task").get(
+        pk=approval_id)
 
 
 def _time_out_locked(approval: AgentCallApproval, now) -> None:
@@ -228,6 +233,9 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
             raise Expired("The approval timed out before this decision.", status=approval.status)
         if approval.status != Status.PENDING:
             raise TransitionError(f"The approval is already {approval.status}.", current_status=approval.status)
+        if approval.task.status not in OPEN_TASK_STATUSES:
+            raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
+                                  task_status=approval.task.status)
         if approval.budget_override_id is not None:
             raise TransitionError("A budget override must be approved first.", current_status=approval.status,
                                   budget_override_id=str(approval.budget_override_id))
@@ -279,6 +287,9 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         if approval.started_at is not None:
             raise TransitionError("This approved call was already started.", current_status=approval.status,
                                   started_at=approval.started_at.isoformat())
+        if approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL):
+            raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
+                                  task_status=approval.task.status)
         if input_digest(approval.input_to_run) != approval.input_digest:
             raise TransitionError("The input changed after it was approved.", current_status=approval.status)
         before = _snapshot(approval)
@@ -323,8 +334,10 @@ def agent_approval_time_out(*, approval_id, now=None) -> bool:
     """Time out one approval if it is still pending and due. Safe to run any number of times."""
     now = now or timezone.now()
     with transaction.atomic():
-        approval = AgentCallApproval.objects.select_for_update().filter(pk=approval_id).first()
-        if approval is None or approval.status != Status.PENDING or approval.expires_at > now:
+        if not AgentCallApproval.objects.filter(pk=approval_id).exists():
+            return False
+        approval = _lock(approval_id, gate=False)
+        if approval.status != Status.PENDING or approval.expires_at > now:
             return False
         _time_out_locked(approval, now)
         return True

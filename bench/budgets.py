@@ -108,6 +108,7 @@ def run_scenario(agent_pk, calls, threads):
     done_at = []
 
     def worker():
+        requester = None
         try:
             requester = get_user_model().objects.get(pk=agent_pk)  # one user object per thread
             connection.ensure_connection()  # take a pooled connection before the clock starts

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from kombu import Queue
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -245,6 +246,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_ROUTES = {"emergency.*": {"queue": "emergency"}}
+# Both queues are declared, so a plain `celery -A botarmy_hitl worker` consumes both; a dedicated
+# emergency worker can take `-Q emergency`.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("celery"), Queue("emergency"))
 HITL_HEARTBEAT_SECONDS = env.int("HITL_HEARTBEAT_SECONDS", default=10)
 CELERY_BEAT_SCHEDULE = {
     "core-heartbeat": {

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from access.permissions import project_visible_to
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import ReadOnlyAdminMixin, ask_reason, changed_values
 from core.errors import DomainError
 from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, ProjectBudget, UsageEntry
 from budgets.services import budget_override_respond
@@ -31,7 +31,7 @@ class ProjectBudgetAdmin(admin.ModelAdmin):
 
         super().save_model(request, obj, form, change)
         audit_record(actor=request.user, action="budget.update", obj=obj, project_id=obj.project_id,
-                     after={f: form.cleaned_data.get(f) for f in form.changed_data})
+                     after=changed_values(form))
 
 
 @admin.register(BudgetWindow)

@@ -58,7 +58,8 @@ class BudgetWindow(models.Model):
 
 class UsageEntry(models.Model):
     """Append-only ledger. A call's reservation (reserve) is closed exactly once, by a settle
-    (the real usage) or a release (the call never ran)."""
+    (the real usage) or a release (the call never ran, or never reported). A usage report that
+    arrives after a release still counts its spend, once (a settle with no reservation left)."""
 
     class Kind(models.TextChoices):
         RESERVE = "reserve"
@@ -81,8 +82,8 @@ class UsageEntry(models.Model):
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["approval"], condition=Q(kind="reserve"), name="usage_one_reserve"),
-            models.UniqueConstraint(fields=["approval"], condition=Q(kind__in=["settle", "release"]),
-                                    name="usage_closed_once"),
+            models.UniqueConstraint(fields=["approval"], condition=Q(kind="settle"), name="usage_one_settle"),
+            models.UniqueConstraint(fields=["approval"], condition=Q(kind="release"), name="usage_one_release"),
         ]
 
     def save(self, *args, **kwargs):

@@ -53,7 +53,7 @@ def window_bounds(tz_name: str, kind: str, now) -> tuple[datetime, datetime]:
 
 def _window(project, kind: str, now, lock: bool) -> BudgetWindow:
     start, end = window_bounds(project.timezone, kind, now)
-    qs = BudgetWindow.objects.select_for_update() if lock else BudgetWindow.objects
+    qs = (BudgetWindow.objects.select_for_update(of=("self",)) if lock else BudgetWindow.objects).order_by()
     window = qs.filter(project=project, kind=kind, start=start).first()
     if window is None:
         try:
@@ -89,7 +89,13 @@ def _violations(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, t
         ("monthly_cost_limit", month, budget.monthly_cost_limit + month.allowance_cost,
          month.spent_cost + month.reserved_cost + cost),
     ]
-    return [(kind, window, used - limit) for kind, window, limit, used in checks if used > limit]
+    # A limit of 0 means "no limit" (as for the alerts and the 1.5 x rule).
+    return [(kind, window, used - limit) for kind, window, limit, used in checks
+            if used > limit and limit - _allowance(window, kind) > 0]
+
+
+def _allowance(window: BudgetWindow, violation: str) -> Decimal:
+    return Decimal(window.allowance_tokens) if violation.endswith("token_limit") else window.allowance_cost
 
 
 def budget_reserve(*, approval, now=None) -> BudgetOverrideRequest | None:
@@ -140,17 +146,24 @@ def _close_reservation(*, approval_id, kind: str, tokens_used: int = 0, actual_c
         return False  # never reserved (blocked by an override): nothing to close
     windows = list(BudgetWindow.objects.select_for_update().filter(
         pk__in=[reserve.day_window_id, reserve.month_window_id]).order_by("kind"))  # "day" < "month"
+    closed = set(UsageEntry.objects.filter(approval_id=approval_id).exclude(kind=UsageEntry.Kind.RESERVE)
+                 .values_list("kind", flat=True))
+    if kind in closed or (kind == UsageEntry.Kind.RELEASE and closed):
+        return False  # already settled or released: a retried report changes nothing
+    # A settle after a release (a late report) only adds the spend: the reservation is gone.
+    released = UsageEntry.Kind.RELEASE in closed
+    give_back_tokens = 0 if released else reserve.reserved_tokens
+    give_back_cost = ZERO if released else reserve.reserved_cost
     try:
         with transaction.atomic():
             UsageEntry.objects.create(
                 project_id=reserve.project_id, approval_id=approval_id, kind=kind, day_window_id=reserve.day_window_id,
-                month_window_id=reserve.month_window_id, reserved_tokens=-reserve.reserved_tokens,
-                reserved_cost=-reserve.reserved_cost, spent_tokens=tokens_used, spent_cost=actual_cost)
+                month_window_id=reserve.month_window_id, reserved_tokens=-give_back_tokens,
+                reserved_cost=-give_back_cost, spent_tokens=tokens_used, spent_cost=actual_cost)
     except IntegrityError:
-        return False  # already settled or released: a retried report changes nothing
+        return False
     BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(
-        reserved_tokens=F("reserved_tokens") - reserve.reserved_tokens,
-        reserved_cost=F("reserved_cost") - reserve.reserved_cost,
+        reserved_tokens=F("reserved_tokens") - give_back_tokens, reserved_cost=F("reserved_cost") - give_back_cost,
         spent_tokens=F("spent_tokens") + tokens_used, spent_cost=F("spent_cost") + actual_cost)
     return True
 
@@ -207,6 +220,8 @@ def _check_alerts(project, budget: ProjectBudget, window_ids) -> list[BudgetAler
     levels = [(BudgetAlert.AlertType.WARNING, budget.warning_percent),
               (BudgetAlert.AlertType.CRITICAL, budget.critical_percent),
               (BudgetAlert.AlertType.EMERGENCY, budget.emergency_percent)]
+    fired = set(BudgetAlert.objects.filter(window_id__in=window_ids).values_list("window_id", "threshold_type",
+                                                                              "alert_type"))
     for window in BudgetWindow.objects.filter(pk__in=window_ids):
         daily = window.kind == BudgetWindow.Kind.DAY
         measures = [
@@ -221,7 +236,7 @@ def _check_alerts(project, budget: ProjectBudget, window_ids) -> list[BudgetAler
                 continue
             for alert_type, percent in levels:
                 threshold = (limit * percent / 100).quantize(Decimal("0.0001"))
-                if value < threshold:
+                if value < threshold or (window.pk, threshold_type, alert_type) in fired:
                     continue
                 try:
                     with transaction.atomic():
@@ -344,13 +359,14 @@ def budget_reconcile() -> list[str]:
 
 
 def budget_release_stale(*, older_than: timedelta, now=None) -> int:
-    """Beat: give back reservations of calls that never reported their usage: not approved
-    (blocked or pending past any deadline) or approved and never settled after ``older_than``."""
+    """Beat: give back reservations of decided calls that never reported their usage after
+    ``older_than``, so they stop holding budget. A report that comes later still counts its spend."""
     from approvals.models import AgentCallApproval
 
     now = now or timezone.now()
+    closed = UsageEntry.objects.exclude(kind=UsageEntry.Kind.RESERVE).values("approval_id")
     open_reserves = UsageEntry.objects.filter(kind=UsageEntry.Kind.RESERVE, created_at__lt=now - older_than).exclude(
-        approval__usage_entries__kind__in=[UsageEntry.Kind.SETTLE, UsageEntry.Kind.RELEASE])
+        approval_id__in=closed)
     released = 0
     for approval_id, project_id in open_reserves.values_list("approval_id", "project_id")[:1000]:
         with transaction.atomic():

@@ -45,3 +45,9 @@ def ask_reason(model_admin, request, queryset, *, action: str, title: str, quest
         "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
         "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST,
     })
+
+
+def changed_values(form, *, initial: bool = False) -> dict:
+    """A ModelForm's changed fields as JSON-ready values (related objects by primary key)."""
+    source = form.initial if initial else form.cleaned_data
+    return {name: getattr(source.get(name), "pk", source.get(name)) for name in form.changed_data}

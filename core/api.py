@@ -13,6 +13,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 
+from core.errors import EmergencyStopActive
 from core.models import IdempotencyRecord
 
 
@@ -85,6 +86,7 @@ def idempotent(post):
         if not IDEMPOTENCY_KEY_RE.fullmatch(key):
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 visible ASCII characters."]})
         fingerprint = _fingerprint(request)  # parses the body: a bad body is 400 here
+        refused = None
         with transaction.atomic():
             try:
                 with transaction.atomic():
@@ -99,14 +101,22 @@ def idempotent(post):
                     ) from None
                 return Response(previous.response_body, status=previous.status_code,
                                 headers={"Idempotent-Replayed": "true"})
-            response = post(self, request, *args, **kwargs)
-            if not 200 <= response.status_code < 300:
-                transaction.set_rollback(True)  # errors are not stored: a retry tries again
+            try:
+                response = post(self, request, *args, **kwargs)
+            except EmergencyStopActive as exc:
+                # A request can trip a stop (security_threat, budget_critical) before it is refused:
+                # the stop must commit, the refusal is not stored (a retry tries again).
+                record.delete()
+                refused = exc
+            else:
+                if not 200 <= response.status_code < 300:
+                    transaction.set_rollback(True)  # errors are not stored: a retry tries again
+                    return response
+                record.status_code = response.status_code
+                record.response_body = json.loads(JSONRenderer().render(response.data))
+                record.save(update_fields=["status_code", "response_body"])
                 return response
-            record.status_code = response.status_code
-            record.response_body = json.loads(JSONRenderer().render(response.data))
-            record.save(update_fields=["status_code", "response_body"])
-            return response
+        raise refused
 
     return wrapper
 

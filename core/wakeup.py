@@ -44,6 +44,7 @@ class _Hub:
         if self.channel is None:
             self.channel = await self.layer.new_channel()
             self.task = asyncio.ensure_future(self._run())
+            self.refresher = asyncio.ensure_future(self._refresh())
 
     async def _run(self):
         while True:
@@ -59,12 +60,16 @@ class _Hub:
                 event.set()
 
     async def subscribe(self, group: str, event: asyncio.Event) -> None:
-        async with self.lock:
-            await self._ensure_started()
-            if group not in self.waiters:
-                self.waiters[group] = set()
-                await self.layer.group_add(group, self.channel)
-            self.waiters[group].add(event)
+        """Never raises: with the channel layer down, the waiter relies on its database poll."""
+        try:
+            async with self.lock:
+                await self._ensure_started()
+                if group not in self.waiters:
+                    await self.layer.group_add(group, self.channel)
+                    self.waiters[group] = set()  # only once the layer knows the group
+                self.waiters[group].add(event)
+        except Exception:  # noqa: BLE001
+            log.warning("wake-up subscribe to %s failed; the waiter falls back to polling", group, exc_info=True)
 
     async def unsubscribe(self, group: str, event: asyncio.Event) -> None:
         async with self.lock:
@@ -74,7 +79,22 @@ class _Hub:
             events.discard(event)
             if not events:
                 del self.waiters[group]
-                await self.layer.group_discard(group, self.channel)
+                try:
+                    await self.layer.group_discard(group, self.channel)
+                except Exception:  # noqa: BLE001 - the group expires on its own
+                    log.warning("wake-up unsubscribe from %s failed", group, exc_info=True)
+
+    async def _refresh(self):
+        """Groups expire in the channel layer (group_expiry, a day by default): re-add the ones
+        still waited on well before that."""
+        period = max(60.0, getattr(self.layer, "group_expiry", 86400) / 4)
+        while True:
+            await asyncio.sleep(period)
+            for group in list(self.waiters):
+                try:
+                    await self.layer.group_add(group, self.channel)
+                except Exception:  # noqa: BLE001
+                    log.warning("wake-up refresh of %s failed", group, exc_info=True)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()

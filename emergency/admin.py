@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 from access import roles
 from access.permissions import has_project_perm, project_visible_to
 from audit.services import audit_record
-from core.admin import ReadOnlyAdminMixin
+from core.admin import ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError
 from emergency.models import EmergencySettings, EmergencyStop
 from recovery.services import recovery_start
@@ -54,7 +54,7 @@ class EmergencySettingsAdmin(admin.ModelAdmin):
     readonly_fields = ["error_window_reset_at"]
 
     def save_model(self, request, obj, form, change):
-        before = {f: form.initial.get(f) for f in form.changed_data} if change else None
+        before = changed_values(form, initial=True) if change else None
         super().save_model(request, obj, form, change)
         audit_record(actor=request.user, action="emergency_settings.update", obj=obj, project_id=obj.project_id,
-                     before=before, after={f: form.cleaned_data.get(f) for f in form.changed_data})
+                     before=before, after=changed_values(form))

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from access import roles
 from access.permissions import has_project_perm, project_for_user
-from core.api import error_responses
+from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent
 from core.errors import Forbidden
 from core.fields import StrictCharField
 from emergency.models import Condition, EmergencyStop, Severity
@@ -28,7 +28,8 @@ class EmergencyStopApi(APIView):
 
     @extend_schema(operation_id="emergency_stop", request=InputSerializer,
                    responses={201: EmergencyStopOutputSerializer, 200: EmergencyStopOutputSerializer,
-                              **error_responses(400, 403, 404)})
+                              **error_responses(400, 403, 404)}, parameters=[IDEMPOTENCY_HEADER])
+    @idempotent
     def post(self, request, project_id):
         """Stop the project now (reviewers, managers and the project's own agents): halts its
         tasks, cancels its pending calls, and every agent call gets 423 until recovery lifts
@@ -73,7 +74,9 @@ class RecoveryStartApi(APIView):
                                                 default=RecoverySession.Type.MANUAL)
 
     @extend_schema(operation_id="emergency_recovery_start", request=InputSerializer,
-                   responses={201: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)})
+                   responses={201: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)},
+                   parameters=[IDEMPOTENCY_HEADER])
+    @idempotent
     def post(self, request, project_id):
         """Open a recovery session on the active stop (managers): an assessment and a plan of
         steps, each to be approved in order."""

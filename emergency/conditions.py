@@ -1,6 +1,7 @@
 """The automatic stop conditions: each a small class in a registry. Beat checks every active
 project every HITL_CONDITION_CHECK_SECONDS; the places where a signal arrives (task outcomes,
 risk assessments, the budget service) check or trip inline. The clock is a parameter."""
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -20,6 +21,7 @@ class Trip:
     data: dict = field(default_factory=dict)
 
 
+logger = logging.getLogger(__name__)
 REGISTRY: dict[str, type["StopCondition"]] = {}
 
 
@@ -52,7 +54,7 @@ class ErrorRateHigh(StopCondition):
         by_count = list(outcomes.order_by("-finished_at").values_list("status", flat=True)[:settings.error_window_count])
         by_time = list(outcomes.filter(finished_at__gt=now - timedelta(seconds=settings.error_window_seconds))
                        .values_list("status", flat=True))
-        if min(len(by_count), len(by_time)) < settings.error_min_outcomes:
+        if min(len(by_count), len(by_time)) < max(settings.error_min_outcomes, 1):
             return None
         count_rate, time_rate = _failure_rate(by_count), _failure_rate(by_time)
         if count_rate > settings.error_rate_threshold and time_rate > settings.error_rate_threshold:
@@ -148,5 +150,8 @@ def conditions_check_all(*, now=None) -> int:
     """Beat: every active project."""
     tripped = 0
     for project_id in Project.objects.filter(status=Project.Status.ACTIVE).values_list("pk", flat=True):
-        tripped += len(conditions_check(project_id=project_id, now=now))
+        try:
+            tripped += len(conditions_check(project_id=project_id, now=now))
+        except Exception:  # noqa: BLE001 - one project's failure must not stop the others' checks
+            logger.exception("emergency conditions check failed for project %s", project_id)
     return tripped

@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -65,7 +66,7 @@ class EmergencySettings(BaseModel):
                                                help_text="failed / (completed + failed), 0..1")
     error_window_count = models.PositiveIntegerField(default=20, help_text="the last N outcomes")
     error_window_seconds = models.PositiveIntegerField(default=300, help_text="outcomes of the last S seconds")
-    error_min_outcomes = models.PositiveIntegerField(default=10)
+    error_min_outcomes = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     error_window_reset_at = models.DateTimeField(null=True, blank=True,
                                                  help_text="outcomes before this are ignored (set by recovery)")
     # resource_exhaustion

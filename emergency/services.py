@@ -78,6 +78,7 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
                                  stop_reason=reason, severity=severity, triggered_by=by,
                                  triggered_by_user=actor if actor is not None else None)
         else:
+            _fail_open_recovery(stop, condition, actor)
             if condition not in stop.triggered_conditions:
                 stop.triggered_conditions = [*stop.triggered_conditions, condition]
             stop.condition_details = [*stop.condition_details, detail]
@@ -100,6 +101,19 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
                                  subject=f"[BotArmy HITL] Emergency stop of {project.slug}: {condition}",
                                  payload=payload)
     return stop, created
+
+
+def _fail_open_recovery(stop: EmergencyStop, condition: str, actor) -> None:
+    """A new condition during a recovery voids its plan: that session fails and a new one,
+    planned for every condition, is needed to lift the stop."""
+    from recovery.models import RecoverySession
+
+    open_states = [RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS]
+    for session in RecoverySession.objects.select_for_update().filter(emergency_stop=stop, status__in=open_states):
+        session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
+        session.save(update_fields=["status", "completed_at", "updated_at"])
+        audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id,
+                     reason=f"New condition {condition} during the recovery: start a new one.")
 
 
 def active_stop(project_id) -> EmergencyStop | None:

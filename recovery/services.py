@@ -5,10 +5,10 @@ from django.db.models import Count
 from django.utils import timezone
 
 from access import roles
-from access.permissions import require_project_perm
+from access.permissions import require_not_requester, require_project_perm
 from approvals.models import AgentCallApproval
 from audit.services import audit_record
-from core.errors import InvalidInput, TransitionError
+from core.errors import InvalidInput, NotFoundError, TransitionError
 from emergency.conditions import ErrorRateHigh, ResourceExhaustion
 from emergency.models import Condition, EmergencyStop
 from emergency.services import emergency_settings_for, stop_payload
@@ -179,11 +179,12 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         project = Project.objects.select_for_update().get(pk=project_id)
         session = RecoverySession.objects.select_for_update().select_related("emergency_stop").get(pk=session_id)
         require_project_perm(actor, roles.REVIEW, project, "approve recovery steps")
+        require_not_requester(decider=actor, requester_id=session.created_by_id)  # a second person approves
         if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
             raise TransitionError(f"The recovery is {session.status}.", current_status=session.status)
         step = RecoveryStep.objects.select_for_update().filter(session=session, pk=step_id).first()
         if step is None:
-            raise InvalidInput(fields={"step_id": ["No such step in this recovery."]})
+            raise NotFoundError("No such step in this recovery.")
         next_step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
         if step.status != RecoveryStep.Status.PENDING or step != next_step:
             raise TransitionError(f"Step {step.order} is {step.status}; the next step is "

@@ -362,3 +362,27 @@ def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
     assert blocked.budget_override_id is None
     for name in ["budgets_budgetwindow", "budgets_usageentry", "budgets_budgetalert"]:
         assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200
+
+
+def test_a_late_report_after_a_stale_release_still_counts_once(project, agent, reviewer, client_for):
+    from budgets.services import budget_release_stale
+
+    approval = call(project, agent, tokens=100, cost="1.0000")
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    client = client_for(agent)
+    client.post(f"/api/v1/agent-approvals/{approval.pk}/start")
+    assert budget_release_stale(older_than=timedelta(hours=24)) == 0  # too fresh
+    assert budget_release_stale(older_than=timedelta(seconds=-1)) == 1
+    assert day_window(project).reserved_cost == Decimal("0")
+    for _ in range(2):
+        client.post(f"/api/v1/agent-approvals/{approval.pk}/usage", {"tokens_used": 80, "actual_cost": "0.8000"},
+                    format="json")
+    window = day_window(project)
+    assert (window.spent_cost, window.reserved_cost, window.spent_tokens) == (Decimal("0.8000"), Decimal("0"), 80)
+    assert budget_reconcile() == []
+
+
+def test_a_limit_of_zero_means_no_limit(project, agent):
+    limits(project, daily_cost_limit=Decimal("0"), daily_token_limit=0)
+    approval = call(project, agent, tokens=10**6, cost="500.0000")
+    assert approval.budget_override_id is None and day_window(project).reserved_cost == Decimal("500.0000")

@@ -2,6 +2,7 @@
 
 import django.db.models.deletion
 import uuid
+import django.core.validators
 from django.conf import settings
 from django.db import migrations, models
 
@@ -25,7 +26,7 @@ class Migration(migrations.Migration):
                 ('error_rate_threshold', models.DecimalField(decimal_places=3, default='0.500', help_text='failed / (completed + failed), 0..1', max_digits=4)),
                 ('error_window_count', models.PositiveIntegerField(default=20, help_text='the last N outcomes')),
                 ('error_window_seconds', models.PositiveIntegerField(default=300, help_text='outcomes of the last S seconds')),
-                ('error_min_outcomes', models.PositiveIntegerField(default=10)),
+                ('error_min_outcomes', models.PositiveIntegerField(default=10, validators=[django.core.validators.MinValueValidator(1)])),
                 ('error_window_reset_at', models.DateTimeField(blank=True, help_text='outcomes before this are ignored (set by recovery)', null=True)),
                 ('max_pending_approvals', models.PositiveIntegerField(default=1000)),
                 ('max_open_tasks', models.PositiveIntegerField(default=5000)),

@@ -339,3 +339,91 @@ def test_a_stop_alerts_by_signed_webhook_and_email(project, reviewer, mailoutbox
     [mail] = mailoutbox
     assert mail.to == ["oncall@example.com"] and "Emergency stop of demo" in mail.subject
     assert "alert test" in mail.body
+
+
+# --- found in review ----------------------------------------------------------------------
+def test_a_critical_call_with_an_idempotency_key_still_stops_the_project(project, agent, client_for):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="t")
+    body = {"project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+            "proposed_action": "rm -rf / --no-preserve-root", "input_data": {}, "estimated_tokens": 1,
+            "estimated_cost": "0.0001"}
+    r = client_for(agent).post("/api/v1/agent-approvals", body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert r.status_code == 423
+    stop = EmergencyStop.objects.get(project=project)
+    assert r.json()["emergency_stop_id"] == str(stop.pk)
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+
+
+def test_a_new_condition_during_a_recovery_voids_its_plan(project, reviewer, manager, client_for):
+    from recovery.services import recovery_start
+
+    emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors")
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "leaked key"}, format="json")
+    assert r.status_code == 200
+    session.refresh_from_db()
+    assert session.status == "failed"
+    step = session.steps.order_by("order").first()
+    r = client_for(reviewer).post(f"/api/v1/recovery/{session.pk}/steps/{step.pk}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 409
+    fresh = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    assert "review_flagged" in [s.action for s in fresh.steps.all()]  # planned for manual_stop too
+
+
+def test_a_finished_task_cannot_have_its_call_approved_or_started(project, agent, reviewer):
+    from core.errors import TransitionError
+
+    pending = request_call(project, agent, "a")
+    task_report_outcome(actor=agent, task_id=pending.task_id, status="failed", error="gave up")
+    with pytest.raises(TransitionError):
+        agent_approval_decide(approval_id=pending.pk, decider=reviewer, decision="approve")
+    approved = request_call(project, agent, "b")
+    agent_approval_decide(approval_id=approved.pk, decider=reviewer, decision="approve")
+    task_report_outcome(actor=agent, task_id=approved.task_id, status="completed")
+    with pytest.raises(TransitionError):
+        agent_approval_start(approval_id=approved.pk, actor=agent)
+
+
+def test_zero_minimum_outcomes_does_not_crash_the_check(project, agent):
+    row = emergency_settings_for(project.pk)
+    row.error_min_outcomes = 0
+    row.save()
+    assert conditions_check(project_id=project.pk) == []
+
+
+def test_a_plain_worker_consumes_the_emergency_queue():
+    from botarmy_hitl.celery import app
+
+    assert {q.name for q in app.amqp.queues.values()} >= {"celery", "emergency"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_and_the_time_out_sweep_do_not_deadlock(project, agent, reviewer):
+    from approvals.services import agent_approval_expire_overdue
+
+    calls = [request_call(project, agent, f"x{i}") for i in range(40)]
+    AgentCallApproval.objects.filter(pk__in=[c.pk for c in calls]).update(
+        expires_at=timezone.now() - timedelta(seconds=1))
+    errors, go = [], threading.Barrier(2)
+
+    def run(fn):
+        try:
+            go.wait()
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(agent_approval_expire_overdue,)),
+               threading.Thread(target=run, args=(lambda: emergency_stop_trigger(
+                   project_id=project.pk, condition="manual_stop", reason="race", actor=reviewer),))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert not AgentCallApproval.objects.filter(project=project, status="pending").exists()

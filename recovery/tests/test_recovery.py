@@ -116,3 +116,12 @@ def test_recovery_needs_an_active_stop(project, manager, client_for):
     r = start(client_for(manager), project)
     assert r.status_code == 409 and r.json()["status"] == "active"
     assert RecoverySession.objects.count() == 0
+
+
+def test_the_manager_who_starts_a_recovery_does_not_approve_its_steps(stopped, project, manager, client_for):
+    session = start(client_for(manager), project).json()
+    first = session["recovery_plan"]["steps"][0]
+    r = step(client_for(manager), session, first["step_id"], decision="approve")
+    assert r.status_code == 403
+    r = step(client_for(manager), session, "00000000-0000-0000-0000-000000000000", decision="approve")
+    assert r.status_code in (403, 404)
