@@ -173,6 +173,34 @@ def budget_release(*, approval_id) -> bool:
     return _close_reservation(approval_id=approval_id, kind=UsageEntry.Kind.RELEASE)
 
 
+def budget_release_many(*, approval_ids) -> int:
+    """Release the open reservations of many calls at once (an emergency stop cancels them
+    all): one ledger row each, one update per window. The caller holds the project lock."""
+    if not approval_ids:
+        return 0
+    closed = UsageEntry.objects.filter(approval_id__in=approval_ids).exclude(kind=UsageEntry.Kind.RESERVE)
+    reserves = list(UsageEntry.objects.filter(approval_id__in=approval_ids, kind=UsageEntry.Kind.RESERVE)
+                    .exclude(approval_id__in=closed.values("approval_id")))
+    if not reserves:
+        return 0
+    window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
+    list(BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).order_by("kind", "pk"))
+    UsageEntry.objects.bulk_create(UsageEntry(
+        project_id=r.project_id, approval_id=r.approval_id, kind=UsageEntry.Kind.RELEASE, day_window_id=r.day_window_id,
+        month_window_id=r.month_window_id, reserved_tokens=-r.reserved_tokens, reserved_cost=-r.reserved_cost)
+        for r in reserves)
+    totals: dict[int, list] = {}
+    for r in reserves:
+        for window_id in (r.day_window_id, r.month_window_id):
+            tokens_cost = totals.setdefault(window_id, [0, ZERO])
+            tokens_cost[0] += r.reserved_tokens
+            tokens_cost[1] += r.reserved_cost
+    for window_id, (tokens, cost) in totals.items():
+        BudgetWindow.objects.filter(pk=window_id).update(reserved_tokens=F("reserved_tokens") - tokens,
+                                                         reserved_cost=F("reserved_cost") - cost)
+    return len(reserves)
+
+
 def budget_settle(*, approval, tokens_used: int, actual_cost: Decimal) -> bool:
     """The call ran: its real usage replaces the reservation, exactly once, even when it is
     larger than the estimate (then an ``overrun`` budget_alert says so)."""

@@ -6,7 +6,7 @@ from django.utils import timezone
 from approvals.models import AgentCallApproval
 from approvals.services import project_stop_group
 from audit.services import actor_repr, audit_record
-from budgets.services import budget_release
+from budgets.services import budget_release_many
 from core.errors import InvalidInput
 from core.wakeup import wakeup_on_commit
 from emergency.models import (
@@ -47,8 +47,7 @@ def _halt_project_work(project: Project, now) -> tuple[list[str], list[str]]:
         | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).values_list("pk", flat=True))
     AgentCallApproval.objects.filter(pk__in=approvals).update(status=AgentCallApproval.Status.CANCELLED,
                                                               rejection_reason="emergency stop", updated_at=now)
-    for approval_id in approvals:
-        budget_release(approval_id=approval_id)
+    budget_release_many(approval_ids=approvals)  # the cancelled calls give their reservations back
     AgentState.objects.filter(project=project).update(status=AgentState.Status.EMERGENCY_STOPPED,
                                                       current_task=None, updated_at=now)
     return [str(t) for t in tasks], [str(a) for a in approvals]

@@ -386,3 +386,15 @@ def test_a_limit_of_zero_means_no_limit(project, agent):
     limits(project, daily_cost_limit=Decimal("0"), daily_token_limit=0)
     approval = call(project, agent, tokens=10**6, cost="500.0000")
     assert approval.budget_override_id is None and day_window(project).reserved_cost == Decimal("500.0000")
+
+
+def test_an_emergency_stop_releases_every_reservation_it_cancels(project, agent, reviewer):
+    from emergency.services import emergency_stop_trigger
+
+    calls = [call(project, agent, tokens=100, cost="1.0000", title=f"s{i}") for i in range(3)]
+    agent_approval_decide(approval_id=calls[0].pk, decider=reviewer, decision="approve")
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="x", actor=reviewer)
+    window = day_window(project)
+    assert (window.reserved_tokens, window.reserved_cost) == (0, Decimal("0"))
+    assert UsageEntry.objects.filter(kind="release").count() == 3
+    assert budget_reconcile() == []
