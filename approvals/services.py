@@ -20,7 +20,7 @@ from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
 from audit.services import audit_record
-from budgets.services import BudgetCritical, budget_release, budget_reserve
+from budgets.services import BudgetCritical, budget_release, budget_remaining, budget_reserve
 from core.errors import (
     EmergencyStopActive,
     Expired,
@@ -109,7 +109,7 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
                             context_summary=context_summary, estimated_tokens=estimated_tokens,
                             estimated_cost=estimated_cost)
     risk = assess(RiskContext(agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
-                              estimated_cost=cost, budget_remaining=None))
+                              estimated_cost=cost, budget_remaining=_budget_remaining(project_id)))
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
     try:
         approval = _request_locked(requester=requester, project_id=project_id, task_id=task_id,
@@ -121,6 +121,11 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     if approval.risk_assessment["level"] == "critical":
         _stop_for_critical_risk(approval)
     return approval
+
+
+def _budget_remaining(project_id):
+    project = Project.objects.filter(pk=project_id).first()
+    return budget_remaining(project) if project is not None else None
 
 
 @transaction.atomic

@@ -15,89 +15,20 @@ Prints one JSON object:
   server_errors                 5xx answers and failed connections (must be 0)
 """
 import argparse
-import faulthandler
-import http.client
 import json
 import os
 import queue
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
+
+from common import (Client, agent_and_reviewer_fixtures, approval_request_body, arm_traceback_dump,
+                    backend_description, bench_defaults, daphne_server, free_port, latency_summary, percentile)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))], 2)
-
-
-class Client:
-    def __init__(self, port, key):
-        self.port, self.key = port, key
-        self.conn = None
-
-    def call(self, method, path, body=None, timeout=75):
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-            try:
-                headers = {"Authorization": f"Bearer {self.key}", "Host": "localhost"}
-                payload = None
-                if body is not None:
-                    payload = json.dumps(body)
-                    headers["Content-Type"] = "application/json"
-                self.conn.request(method, path, body=payload, headers=headers)
-                response = self.conn.getresponse()
-                data = response.read()
-                return response.status, (json.loads(data) if data else None)
-            except (ConnectionError, http.client.HTTPException, socket.timeout):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-        raise RuntimeError("unreachable")
-
-
-def setup(n_agents):
-    """Users, keys, a project and one task per agent, written straight to the database."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-
-    from access.services import api_key_create, role_grant
-    from budgets.models import ProjectBudget
-    from projects.services import project_create, task_create
-
-    call_command("migrate", verbosity=0)
-    User = get_user_model()
-    stamp = str(int(time.time() * 1000))
-    admin = User.objects.create_superuser(username=f"bench-admin-{stamp}", password="x", email="b@example.com")
-    project = project_create(actor=admin, name=f"Bench {stamp}", slug=f"bench-{stamp}")
-    # Limits far above what the run needs: this measures approvals, not budget blocks.
-    ProjectBudget.objects.update_or_create(project=project, defaults={
-        "daily_token_limit": 10**12, "monthly_token_limit": 10**12,
-        "daily_cost_limit": Decimal("1000000"), "monthly_cost_limit": Decimal("1000000")})
-    agent = User.objects.create_user(username=f"bench-agent-{stamp}")
-    role_grant(user=agent, project=project, role="agent")
-    reviewer = User.objects.create_user(username=f"bench-reviewer-{stamp}")
-    role_grant(user=reviewer, project=project, role="reviewer")
-    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"bench {i}").pk
-             for i in range(n_agents)]
-    return (str(project.pk), [str(t) for t in tasks], api_key_create(user=agent)[1],
-            api_key_create(user=reviewer)[1])
 
 
 def count_threads(pid):
@@ -121,39 +52,22 @@ def count_db_connections():
 
 
 def main():
-    faulthandler.dump_traceback_later(int(os.environ.get("BENCH_DUMP_AFTER", "0")) or 10**6)
+    arm_traceback_dump()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--reviewers", type=int, default=4)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
     if not args.port:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            args.port = probe.getsockname()[1]
+        args.port = free_port()
 
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
-    if not os.environ.get("DATABASE_URL"):
-        os.environ["HITL_VAR_DIR"] = tempfile.mkdtemp(prefix="hitl-bench-")
-    project_id, tasks, agent_key, reviewer_key = setup(args.agents)
+    bench_defaults()
+    # Users, keys, a project and one task per agent, written straight to the database.
+    project_id, tasks, agent_key, reviewer_key = agent_and_reviewer_fixtures(args.agents)
 
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(args.port),
-                               "botarmy_hitl.asgi:application"], cwd=ROOT, env=os.environ.copy(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            try:
-                if Client(args.port, agent_key).call("GET", "/api/v1/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("server did not start: " + server.stderr.read().decode()[-2000:])
+    with daphne_server(args.port, agent_key) as (server, server_log):
         result = run(args, project_id, tasks, agent_key, reviewer_key, server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    os.unlink(server_log)
     print(json.dumps(result, indent=2))
 
 
@@ -167,10 +81,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key, server_pid):
         client = Client(args.port, agent_key)
         try:
             t0 = time.monotonic()
-            status, body = client.call("POST", "/api/v1/agent-approvals", {
-                "project_id": project_id, "task_id": task_id, "agent_type": "coder",
-                "proposed_action": "Implement the feature described in the task", "input_data": {"task": task_id},
-                "estimated_tokens": 1200, "estimated_cost": "0.0100"})
+            status, body = client.call("POST", "/api/v1/agent-approvals", approval_request_body(project_id, task_id))
             with lock:
                 create_ms.append((time.monotonic() - t0) * 1000)
             if status != 201:
@@ -240,12 +151,10 @@ def run(args, project_id, tasks, agent_key, reviewer_key, server_pid):
     return {
         "agents": len(tasks),
         "reviewers": args.reviewers,
-        "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
-        "channel_layer": "redis" if os.environ.get("REDIS_URL") else "in-memory",
+        **backend_description(),
         "approvals_completed": len(released),
         "approvals_per_second": round(len(released) / elapsed, 1) if elapsed else None,
-        "release_ms": {"p50": percentile(release_ms, 50), "p95": percentile(release_ms, 95),
-                       "p99": percentile(release_ms, 99), "max": round(max(release_ms), 2) if release_ms else None},
+        "release_ms": latency_summary(release_ms, 50, 95, 99),
         "respond_ms": {"p50": percentile(respond_ms, 50), "p99": percentile(respond_ms, 99)},
         "create_ms": {"p50": percentile(create_ms, 50), "p99": percentile(create_ms, 99),
                       "mean": round(statistics.mean(create_ms), 2) if create_ms else None},

@@ -24,7 +24,6 @@ Prints one JSON object {"database", "n", "threads", "hot": {...}, "spread": {...
   db_admitted               reservations in the usage ledger (must equal admitted)
 """
 import argparse
-import faulthandler
 import json
 import os
 import queue
@@ -35,53 +34,40 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common import (arm_traceback_dump, bench_defaults, latency_summary, migrate, run_stamp, set_large_budget,
+                    setup_django)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql", "psql")
 CALL_TOKENS = 1000
 CALL_COST = Decimal("1.0000")
-BIG_TOKENS = 10**12
-BIG_COST = Decimal("1000000")
 MAX_THREADS = 32  # PostgreSQL's max_connections (100) is shared
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))], 2)
 
 
 def setup(n):
     """An admin, an agent, the hot project (N tasks) and N spread projects (one task each)."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
-    django.setup()
+    setup_django()
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
 
     from access.services import role_grant
-    from budgets.models import ProjectBudget
     from projects.services import project_create, task_create
 
     if connection.vendor != "postgresql":
         print(f"bench/budgets.py needs PostgreSQL; DATABASE_URL gives {connection.vendor}.", file=sys.stderr)
         raise SystemExit(2)
-    call_command("migrate", verbosity=0)
+    migrate()
     User = get_user_model()
-    stamp = str(int(time.time() * 1000))
+    stamp = run_stamp()
     admin = User.objects.create_superuser(username=f"bench-budgets-admin-{stamp}", password="x",
                                           email="b@example.com")
     agent = User.objects.create_user(username=f"bench-budgets-agent-{stamp}")
 
     def make_project(slug, daily_cost_limit, tasks):
         project = project_create(actor=admin, name=f"Bench budgets {slug}", slug=slug)
-        ProjectBudget.objects.update_or_create(project=project, defaults={
-            "daily_token_limit": BIG_TOKENS, "monthly_token_limit": BIG_TOKENS,
-            "daily_cost_limit": daily_cost_limit, "monthly_cost_limit": BIG_COST})
+        set_large_budget(project, daily_cost_limit=daily_cost_limit)
         role_grant(user=agent, project=project, role="agent")
         return [(project.pk, task_create(actor=agent, project_id=project.pk, agent_type="coder",
                                          title=f"bench budgets {slug} {i}").pk) for i in range(tasks)]
@@ -188,8 +174,7 @@ def report(calls, result, expected_admitted):
         "calls": len(calls),
         "wall_s": round(result["wall"], 3),
         "reservations_per_second": round(len(calls) / result["wall"], 1) if result["wall"] > 0 else None,
-        "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-                       "max": round(max(latencies), 2) if latencies else None},
+        "latency_ms": latency_summary(latencies, 50, 99),
         "admitted": len(result["admitted"]),
         "blocked": len(result["blocked"]),
         "expected_admitted": expected_admitted,
@@ -200,7 +185,7 @@ def report(calls, result, expected_admitted):
 
 
 def main():
-    faulthandler.dump_traceback_later(int(os.environ.get("BENCH_DUMP_AFTER", "0")) or 10**6)
+    arm_traceback_dump()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200, help="calls per scenario (at least 4)")
     parser.add_argument("--threads", type=int, default=16, help=f"worker threads (1..{MAX_THREADS})")
@@ -216,8 +201,7 @@ def main():
                                                                else " (it is not set)") + ".", file=sys.stderr)
         raise SystemExit(2)
 
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+    bench_defaults()
     # One pooled connection per worker thread (plus the main thread), so the pool is not what waits.
     os.environ.setdefault("HITL_DB_POOL_MAX", str(max(20, args.threads + 2)))
     agent_pk, hot_calls, spread_calls = setup(args.n)

@@ -18,18 +18,15 @@ request is sent. Prints one JSON object:
   server_errors                 5xx answers, failed connections and unexpected answers (must be 0)
 """
 import argparse
-import faulthandler
-import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
+
+from common import (Client, agent_and_reviewer_fixtures, approval_request_body, arm_traceback_dump,
+                    backend_description, bench_defaults, daphne_server, free_port, latency_summary)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,77 +34,8 @@ sys.path.insert(0, str(ROOT))
 PROBES_AFTER_423 = 20  # the admission probe keeps asking this many times once refused, to catch a 201
 
 
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))], 2)
-
-
-class Client:
-    def __init__(self, port, key):
-        self.port, self.key = port, key
-        self.conn = None
-
-    def call(self, method, path, body=None, timeout=75):
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-            try:
-                headers = {"Authorization": f"Bearer {self.key}", "Host": "localhost"}
-                payload = None
-                if body is not None:
-                    payload = json.dumps(body)
-                    headers["Content-Type"] = "application/json"
-                self.conn.request(method, path, body=payload, headers=headers)
-                response = self.conn.getresponse()
-                data = response.read()
-                try:
-                    return response.status, (json.loads(data) if data else None)
-                except ValueError:
-                    return response.status, data[:500].decode(errors="replace")
-            except (ConnectionError, http.client.HTTPException, socket.timeout):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-        raise RuntimeError("unreachable")
-
-
-def setup(n_agents):
-    """Users, keys, a project and one task per agent plus a spare one, written straight to the database."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-
-    from access.services import api_key_create, role_grant
-    from budgets.models import ProjectBudget
-    from projects.services import project_create, task_create
-
-    call_command("migrate", verbosity=0)
-    User = get_user_model()
-    stamp = str(int(time.time() * 1000))
-    admin = User.objects.create_superuser(username=f"bench-admin-{stamp}", password="x", email="b@example.com")
-    project = project_create(actor=admin, name=f"Bench stop {stamp}", slug=f"bench-stop-{stamp}")
-    # Limits far above what the run needs: this measures approvals, not budget blocks.
-    ProjectBudget.objects.update_or_create(project=project, defaults={
-        "daily_token_limit": 10**12, "monthly_token_limit": 10**12,
-        "daily_cost_limit": Decimal("1000000"), "monthly_cost_limit": Decimal("1000000")})
-    agent = User.objects.create_user(username=f"bench-agent-{stamp}")
-    role_grant(user=agent, project=project, role="agent")
-    reviewer = User.objects.create_user(username=f"bench-reviewer-{stamp}")
-    role_grant(user=reviewer, project=project, role="reviewer")
-    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"bench {i}").pk
-             for i in range(n_agents + 1)]
-    return (str(project.pk), [str(t) for t in tasks], api_key_create(user=agent)[1],
-            api_key_create(user=reviewer)[1])
-
-
 def main():
-    faulthandler.dump_traceback_later(int(os.environ.get("BENCH_DUMP_AFTER", "0")) or 10**6)
+    arm_traceback_dump()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -115,47 +43,27 @@ def main():
                         help="seconds to let every agent park in its wait before the stop (default 2 + N/100)")
     args = parser.parse_args()
     if not args.port:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            args.port = probe.getsockname()[1]
+        args.port = free_port()
 
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
-    if not os.environ.get("DATABASE_URL"):
-        os.environ["HITL_VAR_DIR"] = tempfile.mkdtemp(prefix="hitl-bench-")
-    project_id, tasks, agent_key, reviewer_key = setup(args.agents)
+    bench_defaults()
+    # Users, keys, a project and one task per agent plus a spare one, written straight to the database.
+    project_id, tasks, agent_key, reviewer_key = agent_and_reviewer_fixtures(
+        args.agents + 1, name="Bench stop", slug="bench-stop")
     from django.db import connections
 
     connections.close_all()  # the server gets the database to itself
     if hasattr(connections["default"], "close_pool"):
         connections["default"].close_pool()  # and PostgreSQL, whose connections are shared, our pooled ones
 
-    # The server's stderr goes to a file: a pipe nobody reads could fill up and block it.
-    stderr_file = tempfile.NamedTemporaryFile(prefix="hitl-bench-daphne-", suffix=".log", delete=False)
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(args.port),
-                               "botarmy_hitl.asgi:application"], cwd=ROOT, env=os.environ.copy(),
-                              stdout=subprocess.DEVNULL, stderr=stderr_file)
-    try:
-        for _ in range(100):
-            try:
-                if Client(args.port, agent_key).call("GET", "/api/v1/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("server did not start: " + Path(stderr_file.name).read_text()[-2000:])
+    with daphne_server(args.port, agent_key) as (_server, server_log_path):
         result = run(args, project_id, tasks, agent_key, reviewer_key)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        stderr_file.close()
     print(json.dumps(result, indent=2))
-    server_log = Path(stderr_file.name).read_text(errors="replace")
+    server_log = Path(server_log_path).read_text(errors="replace")
     if result["server_errors"] or result["released_other"] or result["admitted_after_stop"]:
-        print(f"--- server stderr ({stderr_file.name}), last 4000 characters ---\n{server_log[-4000:]}",
+        print(f"--- server stderr ({server_log_path}), last 4000 characters ---\n{server_log[-4000:]}",
               file=sys.stderr)
     else:
-        os.unlink(stderr_file.name)
+        os.unlink(server_log_path)
 
 
 def run(args, project_id, tasks, agent_key, reviewer_key):
@@ -165,16 +73,11 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
     waiting = threading.Semaphore(0)
     lock = threading.Lock()
 
-    def request_body(task_id):
-        return {"project_id": project_id, "task_id": task_id, "agent_type": "coder",
-                "proposed_action": "Implement the feature described in the task", "input_data": {"task": task_id},
-                "estimated_tokens": 1200, "estimated_cost": "0.0100"}
-
     def agent(task_id):
-        client = Client(args.port, agent_key)
+        client = Client(args.port, agent_key, text_fallback=True)
         parked = False
         try:
-            status, body = client.call("POST", "/api/v1/agent-approvals", request_body(task_id))
+            status, body = client.call("POST", "/api/v1/agent-approvals", approval_request_body(project_id, task_id))
             if status != 201:
                 errors.append(("create", status, body))
                 return
@@ -204,7 +107,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
     # approval on the spare task as soon as the stop has answered, until it is refused.
     stop_answered = threading.Event()
     probe = {"first_423": None, "admitted": 0, "answers": []}
-    prober_client = Client(args.port, agent_key)
+    prober_client = Client(args.port, agent_key, text_fallback=True)
     prober_client.call("GET", "/api/v1/health")
 
     def prober():
@@ -213,7 +116,8 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
         deadline = time.monotonic() + 60
         while refused <= PROBES_AFTER_423 and time.monotonic() < deadline:
             try:
-                status, body = prober_client.call("POST", "/api/v1/agent-approvals", request_body(spare_task))
+                status, body = prober_client.call("POST", "/api/v1/agent-approvals",
+                                                  approval_request_body(project_id, spare_task))
             except Exception as exc:  # noqa: BLE001
                 errors.append(("probe", repr(exc)))
                 time.sleep(0.01)
@@ -234,7 +138,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
     probe_thread = threading.Thread(target=prober, daemon=True)
     probe_thread.start()
 
-    stopper = Client(args.port, reviewer_key)
+    stopper = Client(args.port, reviewer_key, text_fallback=True)
     stopper.call("GET", "/api/v1/health")  # connected before the clock starts
     start = time.monotonic()
     try:
@@ -264,11 +168,9 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
     server_errors = [e for e in errors if e[0] != "waits not released as cancelled"]
     return {
         "agents": len(tasks),
-        "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
-        "channel_layer": "redis" if os.environ.get("REDIS_URL") else "in-memory",
+        **backend_description(),
         "stop_request_ms": round((stop_done - start) * 1000, 2),
-        "release_ms": {"p50": percentile(release_ms, 50), "p99": percentile(release_ms, 99),
-                       "max": round(max(release_ms), 2) if release_ms else None},
+        "release_ms": latency_summary(release_ms, 50, 99),
         "released_cancelled": cancelled,
         "released_other": other,
         "first_423_after_stop_ms": (round((probe["first_423"] - start) * 1000, 2)

@@ -285,6 +285,16 @@ def override_payload(override: BudgetOverrideRequest) -> dict:
             "requires_manager_approval": override.requires_manager_approval, "status": override.status}
 
 
+def budget_remaining(project) -> Decimal | None:
+    """Cost still available today (limit + allowance - spent - reserved), read without locks
+    for the risk assessment; None when there is no daily cost limit."""
+    budget = budget_for(project)
+    if not budget.daily_cost_limit:
+        return None
+    day, _ = current_windows(project, lock=False)
+    return budget.daily_cost_limit + day.allowance_cost - day.spent_cost - day.reserved_cost
+
+
 def usage_summary(project, now=None) -> dict:
     """The numbers of GET /api/v1/budgets/{project_id}, all traceable to ledger rows."""
     budget = budget_for(project)

@@ -1,6 +1,6 @@
 import zoneinfo
 
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.pagination import PageNumberPagination
@@ -13,6 +13,8 @@ from access.permissions import (
     project_visible_to,
     require_project_perm,
 )
+from budgets.selectors import budget_summary
+from budgets.serializers import BudgetOutputSerializer
 from core.api import (
     IDEMPOTENCY_HEADER,
     error_responses,
@@ -37,12 +39,17 @@ MAX_INT = 2**31 - 1
 class ProjectDetailOutputSerializer(ProjectOutputSerializer):
     agent_states = AgentStateSerializer(many=True, read_only=True)
     task_counts = serializers.SerializerMethodField()
+    budget = serializers.SerializerMethodField(help_text="the budget summary, as GET /api/v1/budgets/{project_id}")
 
     class Meta(ProjectOutputSerializer.Meta):
-        fields = ProjectOutputSerializer.Meta.fields + ["agent_states", "task_counts"]
+        fields = ProjectOutputSerializer.Meta.fields + ["agent_states", "task_counts", "budget"]
 
     def get_task_counts(self, project) -> dict[str, int]:
         return selectors.project_task_counts(project=project)
+
+    @extend_schema_field(BudgetOutputSerializer)
+    def get_budget(self, project):
+        return BudgetOutputSerializer(budget_summary(project=project)).data
 
 
 class ProjectPagination(PageNumberPagination):

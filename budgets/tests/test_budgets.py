@@ -398,3 +398,11 @@ def test_an_emergency_stop_releases_every_reservation_it_cancels(project, agent,
     assert (window.reserved_tokens, window.reserved_cost) == (0, Decimal("0"))
     assert UsageEntry.objects.filter(kind="release").count() == 3
     assert budget_reconcile() == []
+
+
+def test_the_risk_assessment_sees_what_is_left_of_the_budget(project, agent):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    call(project, agent, cost="7.0000", title="a")
+    approval = call(project, agent, cost="2.0000", title="b")  # 2 of the 3 left: over half
+    codes = {f["code"] for f in approval.risk_assessment["flags"]}
+    assert "cost.budget_share" in codes

@@ -130,9 +130,10 @@ def test_task_creation_is_refused_with_423_while_the_project_is_stopped(clients,
     assert clients["agent"].get(f"/api/v1/projects/{project.pk}").status_code == 200  # reading stays allowed
 
 
-def test_project_detail_counts_tasks(clients, project, task):
+def test_project_detail_counts_tasks_and_shows_the_budget(clients, project, task):
     body = clients["reviewer"].get(f"/api/v1/projects/{project.pk}").json()
     assert body["task_counts"]["pending"] == 1 and body["task_counts"]["completed"] == 0
+    assert body["budget"]["daily_cost_limit"] == "100.0000" and body["budget"]["cost_incurred_today"] == "0.0000"
 
 
 def test_create_project_validates_timezone_and_slug(clients):
