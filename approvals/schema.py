@@ -14,8 +14,8 @@ def add_wait_endpoint(result, generator, request, public):
             "parameters": [
                 {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "timeout", "in": "query", "required": False,
-                 "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 30},
-                 "description": "seconds to wait at most"},
+                 "schema": {"type": "number", "minimum": 0, "default": 30},
+                 "description": "seconds to wait at most (values above 60 wait 60)"},
             ],
             "security": [{"ApiKey": []}, {"cookieAuth": []}],
             "responses": {

@@ -27,23 +27,22 @@ class EmergencyStopApi(APIView):
         severity = serializers.ChoiceField(choices=Severity.choices, required=False, default=Severity.HIGH)
 
     @extend_schema(operation_id="emergency_stop", request=InputSerializer,
-                   responses={201: EmergencyStopOutputSerializer, 200: EmergencyStopOutputSerializer,
+                   responses={201: EmergencyStopOutputSerializer,
                               **error_responses(400, 403, 404)}, parameters=[IDEMPOTENCY_HEADER])
     @idempotent
     def post(self, request, project_id):
         """Stop the project now (reviewers, managers and the project's own agents): halts its
         tasks, cancels its pending calls, and every agent call gets 423 until recovery lifts
-        the stop. 201 with the new stop; 200 with the active stop when already stopped (the
-        manual condition is added to it)."""
+        the stop. 201 with the stop; when the project is already stopped, the manual condition
+        is added to the active stop, which is returned."""
         project = project_for_user(user=request.user, project_id=project_id)
         if not any(has_project_perm(request.user, perm, project) for perm in (roles.REVIEW, roles.ACT_AS_AGENT)):
             raise Forbidden("You may not stop this project.")
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
+        stop, _ = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
                                                actor=request.user, **s.validated_data)
-        return Response(EmergencyStopOutputSerializer(stop).data,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(EmergencyStopOutputSerializer(stop).data, status=status.HTTP_201_CREATED)
 
 
 class EmergencyStatusApi(APIView):

@@ -197,7 +197,7 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         if decision == "reject":
             step.status = RecoveryStep.Status.REJECTED
             step.save()
-            _fail(session, actor, f"Step {step.order} ({step.action}) rejected: {reason.strip()}")
+            _fail(session, actor, f"Step {step.order} ({step.action}) rejected: {reason.strip()}", step)
             audit_record(actor=actor, action="recovery.step_reject", obj=step, project_id=project.pk,
                          reason=reason, after={"order": step.order, "action": step.action})
             return session
@@ -209,7 +209,7 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         except Exception as exc:  # noqa: BLE001 - a failed step fails the session, the stop stays
             step.status, step.result, step.finished_at = RecoveryStep.Status.FAILED, {"error": str(exc)}, timezone.now()
             step.save()
-            _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}")
+            _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}", step)
             audit_record(actor=actor, action="recovery.step_fail", obj=step, project_id=project.pk,
                          after={"order": step.order, "action": step.action, "error": str(exc)})
             return session
@@ -233,7 +233,11 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
     return session
 
 
-def _fail(session: RecoverySession, actor, why: str) -> None:
+def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None = None) -> None:
     session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
     session.save(update_fields=["status", "completed_at", "updated_at"])
     audit_record(actor=actor, action="recovery.fail", obj=session, project_id=session.project_id, reason=why)
+    if step is not None:  # live clients learn that the recovery failed and the stop stays
+        event_emit(project_id=session.project_id, event_type="recovery_step_completed",
+                   data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
+                         "action": step.action, "step_status": step.status, "reason": why})

@@ -75,7 +75,13 @@ def test_wait_times_out_an_expired_approval_even_if_beat_is_late(pending, agent_
     assert status == 200 and body["status"] == "timed_out"
 
 
-@pytest.mark.parametrize("query", ["timeout=61", "timeout=-1", "timeout=abc", "timeout=nan"])
+def test_a_timeout_over_sixty_seconds_waits_sixty(pending, agent_key, reviewer):
+    from approvals.consumers import _parse_timeout
+
+    assert _parse_timeout(b"timeout=3600") == 60 and _parse_timeout(b"") == 30
+
+
+@pytest.mark.parametrize("query", ["timeout=-1", "timeout=abc", "timeout=nan", "timeout=inf"])
 def test_bad_timeout_is_400(pending, agent_key, query):
     status, body = async_to_sync(wait_call)(pending.pk, agent_key, query)
     assert status == 400 and body["error"] == "invalid" and "timeout" in body["fields"]

@@ -95,7 +95,7 @@ def test_a_second_trigger_adds_its_condition_to_the_active_stop(project, agent, 
     assert created
     r = client_for(agent).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "me too", "severity": "critical"},
                                format="json")
-    assert r.status_code == 200 and r.json()["id"] == str(first.pk)
+    assert r.status_code == 201 and r.json()["id"] == str(first.pk)
     second, created = emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="b")
     assert not created and second.pk == first.pk
     assert second.triggered_conditions == ["manual_stop", "error_rate_high"]
@@ -360,7 +360,7 @@ def test_a_new_condition_during_a_recovery_voids_its_plan(project, reviewer, man
     emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors")
     session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
     r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "leaked key"}, format="json")
-    assert r.status_code == 200
+    assert r.status_code == 201
     session.refresh_from_db()
     assert session.status == "failed"
     step = session.steps.order_by("order").first()
