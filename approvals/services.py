@@ -19,8 +19,10 @@ from access.permissions import (
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
+from budgets.models import BudgetOverrideRequest
 from audit.services import audit_record
-from budgets.services import BudgetCritical, budget_release, budget_remaining, budget_reserve
+from budgets.services import (BudgetCritical, budget_override_withdraw, budget_release, budget_remaining,
+                              budget_reserve)
 from core.errors import (
     EmergencyStopActive,
     Expired,
@@ -91,6 +93,7 @@ def _close(approval: AgentCallApproval, *, actor, to: str, now, reason: str = ""
     approval.save(update_fields=fields)
     if to in (Status.REJECTED, Status.CANCELLED, Status.TIMED_OUT):
         budget_release(approval_id=approval.pk)  # the call will not run: give its reservation back
+        budget_override_withdraw(approval_ids=[approval.pk], reason=f"Its call ended ({to}) before a decision.")
     task = Task.objects.select_for_update().get(pk=approval.task_id)
     task_move(task=task, to=task_to)
     agent_state_refresh(project_id=approval.project_id, agent_type=task.agent_type)
@@ -241,7 +244,8 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
         if approval.task.status not in OPEN_TASK_STATUSES:
             raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
                                   task_status=approval.task.status)
-        if approval.budget_override_id is not None:
+        if approval.budget_override_id is not None and not BudgetOverrideRequest.objects.filter(
+                pk=approval.budget_override_id, status=BudgetOverrideRequest.Status.APPROVED).exists():
             raise TransitionError("A budget override must be approved first.", current_status=approval.status,
                                   budget_override_id=str(approval.budget_override_id))
         now = timezone.now()
@@ -388,15 +392,12 @@ def budget_unblock_or_reject(*, approval_id, override, actor) -> None:
                reason=f"Budget override rejected: {override.rejection_reason}", event_type="agent_approval_decided",
                action="agent_approval.reject_budget")
         return
-    approval.budget_override_id = None
-    approval.save(update_fields=["budget_override_id", "updated_at"])
     try:
         with transaction.atomic():
+            # reserves it now (the link to the approved override stays), or links a new override
             budget_reserve(approval=approval)
     except BudgetCritical:
-        approval.budget_override_id = override.pk  # still over 1.5 x: it stays blocked
-        approval.save(update_fields=["budget_override_id", "updated_at"])
-        return
+        return  # still over 1.5 x the limit: it stays blocked behind an override that cannot help
     audit_record(actor=actor, action="agent_approval.unblock", obj=approval,
                  after={"budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None})
     wakeup_on_commit(approval_group(approval.pk), status=approval.status)

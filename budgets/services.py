@@ -8,7 +8,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -23,6 +23,7 @@ from events.services import event_emit
 from projects.notifications import notify_project_on_commit
 
 ZERO = Decimal("0.0000")
+FOUR_PLACES = Decimal("0.0001")
 CRITICAL_FACTOR = Decimal("1.5")
 
 
@@ -71,6 +72,16 @@ def current_windows(project, now=None, lock: bool = True) -> tuple[BudgetWindow,
     return _window(project, BudgetWindow.Kind.DAY, now, lock), _window(project, BudgetWindow.Kind.MONTH, now, lock)
 
 
+def _add(window: BudgetWindow, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=0, spent_cost=ZERO) -> None:
+    """Change a locked window's totals in Python Decimal (exact on every database: SQLite would
+    do F() arithmetic on floats) and save them."""
+    window.reserved_tokens += reserved_tokens
+    window.reserved_cost = (window.reserved_cost + reserved_cost).quantize(FOUR_PLACES)
+    window.spent_tokens += spent_tokens
+    window.spent_cost = (window.spent_cost + spent_cost).quantize(FOUR_PLACES)
+    window.save(update_fields=["reserved_tokens", "reserved_cost", "spent_tokens", "spent_cost"])
+
+
 def budget_for(project) -> ProjectBudget:
     budget, _ = ProjectBudget.objects.get_or_create(project=project)
     return budget
@@ -109,7 +120,7 @@ def budget_reserve(*, approval, now=None) -> BudgetOverrideRequest | None:
     day, month = current_windows(project, now)
     tokens, cost = approval.estimated_tokens, approval.estimated_cost
     projected = day.spent_cost + day.reserved_cost + cost
-    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR + day.allowance_cost:
+    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR:  # overrides do not lift it
         raise BudgetCritical(projected, budget.daily_cost_limit)
     violations = _violations(budget, day, month, tokens, cost)
     if violations:
@@ -129,8 +140,8 @@ def budget_reserve(*, approval, now=None) -> BudgetOverrideRequest | None:
         return override
     UsageEntry.objects.create(project=project, approval=approval, kind=UsageEntry.Kind.RESERVE, day_window=day,
                               month_window=month, reserved_tokens=tokens, reserved_cost=cost)
-    BudgetWindow.objects.filter(pk__in=[day.pk, month.pk]).update(
-        reserved_tokens=F("reserved_tokens") + tokens, reserved_cost=F("reserved_cost") + cost)
+    for window in (day, month):
+        _add(window, reserved_tokens=tokens, reserved_cost=cost)
     _check_alerts(project, budget, [day.pk, month.pk])
     return None
 
@@ -162,9 +173,9 @@ def _close_reservation(*, approval_id, kind: str, tokens_used: int = 0, actual_c
                 reserved_cost=-give_back_cost, spent_tokens=tokens_used, spent_cost=actual_cost)
     except IntegrityError:
         return False
-    BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(
-        reserved_tokens=F("reserved_tokens") - give_back_tokens, reserved_cost=F("reserved_cost") - give_back_cost,
-        spent_tokens=F("spent_tokens") + tokens_used, spent_cost=F("spent_cost") + actual_cost)
+    for window in windows:
+        _add(window, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost, spent_tokens=tokens_used,
+             spent_cost=actual_cost)
     return True
 
 
@@ -184,7 +195,7 @@ def budget_release_many(*, approval_ids) -> int:
     if not reserves:
         return 0
     window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
-    list(BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).order_by("kind", "pk"))
+    windows = {w.pk: w for w in BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).order_by("kind", "pk")}
     UsageEntry.objects.bulk_create(UsageEntry(
         project_id=r.project_id, approval_id=r.approval_id, kind=UsageEntry.Kind.RELEASE, day_window_id=r.day_window_id,
         month_window_id=r.month_window_id, reserved_tokens=-r.reserved_tokens, reserved_cost=-r.reserved_cost)
@@ -196,8 +207,7 @@ def budget_release_many(*, approval_ids) -> int:
             tokens_cost[0] += r.reserved_tokens
             tokens_cost[1] += r.reserved_cost
     for window_id, (tokens, cost) in totals.items():
-        BudgetWindow.objects.filter(pk=window_id).update(reserved_tokens=F("reserved_tokens") - tokens,
-                                                         reserved_cost=F("reserved_cost") - cost)
+        _add(windows[window_id], reserved_tokens=-tokens, reserved_cost=-cost)
     return len(reserves)
 
 
@@ -308,7 +318,34 @@ def ledger_totals(window: BudgetWindow) -> dict:
     sums = UsageEntry.objects.filter(**{field: window}).aggregate(
         reserved_tokens=Sum("reserved_tokens"), reserved_cost=Sum("reserved_cost"),
         spent_tokens=Sum("spent_tokens"), spent_cost=Sum("spent_cost"))
-    return {k: (v if v is not None else (ZERO if k.endswith("cost") else 0)) for k, v in sums.items()}
+    # SQLite sums decimals as floats: round back to the 4 places every entry has.
+    return {k: (Decimal(str(v or 0)).quantize(FOUR_PLACES) if k.endswith("cost") else int(v or 0))
+            for k, v in sums.items()}
+
+
+def budget_override_withdraw(*, approval_ids, reason: str) -> int:
+    """Calls that ended before their override was decided (cancelled, timed out, stopped)
+    take it with them: a pending override no other pending call waits on is rejected, so
+    approving it later cannot add budget that nothing asked for."""
+    from approvals.models import AgentCallApproval
+
+    override_ids = set(AgentCallApproval.objects.filter(pk__in=approval_ids, budget_override_id__isnull=False)
+                       .values_list("budget_override_id", flat=True))
+    still_waited_on = set(AgentCallApproval.objects.filter(
+        budget_override_id__in=override_ids, status=AgentCallApproval.Status.PENDING).values_list(
+        "budget_override_id", flat=True))
+    withdrawn = 0
+    for override in BudgetOverrideRequest.objects.select_for_update().filter(
+            pk__in=override_ids - still_waited_on, status=BudgetOverrideRequest.Status.PENDING):
+        override.status, override.rejection_reason = BudgetOverrideRequest.Status.REJECTED, reason
+        override.responded_at = timezone.now()
+        override.save(update_fields=["status", "rejection_reason", "responded_at"])
+        audit_record(actor=None, action="budget_override.withdraw", obj=override, project_id=override.project_id,
+                     reason=reason, after=override_payload(override))
+        event_emit(project_id=override.project_id, event_type="budget_override_decided",
+                   data=override_payload(override))
+        withdrawn += 1
+    return withdrawn
 
 
 def budget_override_create(*, project_id, actor, violation_type: str, requested_amount: Decimal,

@@ -6,7 +6,7 @@ from django.utils import timezone
 from approvals.models import AgentCallApproval
 from approvals.services import project_stop_group
 from audit.services import actor_repr, audit_record
-from budgets.services import budget_release_many
+from budgets.services import budget_override_withdraw, budget_release_many
 from core.errors import InvalidInput
 from core.wakeup import wakeup_on_commit
 from emergency.models import (
@@ -48,6 +48,7 @@ def _halt_project_work(project: Project, now) -> tuple[list[str], list[str]]:
     AgentCallApproval.objects.filter(pk__in=approvals).update(status=AgentCallApproval.Status.CANCELLED,
                                                               rejection_reason="emergency stop", updated_at=now)
     budget_release_many(approval_ids=approvals)  # the cancelled calls give their reservations back
+    budget_override_withdraw(approval_ids=approvals, reason="Its call was cancelled by an emergency stop.")
     AgentState.objects.filter(project=project).update(status=AgentState.Status.EMERGENCY_STOPPED,
                                                       current_task=None, updated_at=now)
     return [str(t) for t in tasks], [str(a) for a in approvals]

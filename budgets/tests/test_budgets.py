@@ -23,6 +23,7 @@ from budgets.models import (
     ProjectBudget,
     UsageEntry,
 )
+from core.errors import EmergencyStopActive, TransitionError
 from budgets.services import (
     budget_reconcile,
     budget_reserve,
@@ -82,7 +83,7 @@ def test_passing_a_limit_blocks_the_call_behind_an_override(project, agent, revi
                                   format="json")
     assert r.status_code == 200 and r.json()["status"] == "approved"
     blocked.refresh_from_db()
-    assert blocked.budget_override_id is None
+    assert blocked.budget_override_id == override.pk  # the link stays; the override is approved
     window = day_window(project)
     assert window.allowance_cost == Decimal("1.0000") and window.reserved_cost == Decimal("11.0000")
     r = client_for(reviewer).post(f"/api/v1/agent-approvals/{blocked.pk}/respond", {"decision": "approve"},
@@ -358,8 +359,7 @@ def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
     url = reverse("admin:budgets_budgetoverriderequest_changelist")
     client.post(url, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(blocked.budget_override_id)]})
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
-    blocked.refresh_from_db()
-    assert blocked.budget_override_id is None
+    assert UsageEntry.objects.filter(approval=blocked, kind="reserve").exists()  # unblocked: reserved now
     for name in ["budgets_budgetwindow", "budgets_usageentry", "budgets_budgetalert"]:
         assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200
 
@@ -406,3 +406,40 @@ def test_the_risk_assessment_sees_what_is_left_of_the_budget(project, agent):
     approval = call(project, agent, cost="2.0000", title="b")  # 2 of the 3 left: over half
     codes = {f["code"] for f in approval.risk_assessment["flags"]}
     assert "cost.budget_share" in codes
+
+
+def test_an_override_whose_call_ended_is_withdrawn(project, agent, reviewer):
+    from budgets.services import budget_override_respond
+
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    blocked = call(project, agent, cost="1.2000")
+    agent_approval_cancel(approval_id=blocked.pk, actor=agent)
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    assert override.status == "rejected" and "ended" in override.rejection_reason
+    with pytest.raises(TransitionError):
+        budget_override_respond(override_id=override.pk, actor=reviewer, decision="approve")
+    assert day_window(project).allowance_cost == Decimal("0")
+
+
+def test_overrides_do_not_lift_the_one_and_a_half_ceiling(project, agent, reviewer):
+    from budgets.services import budget_override_create, budget_override_respond
+
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    override = budget_override_create(project_id=project.pk, actor=agent, violation_type="daily_cost_limit",
+                                      requested_amount=Decimal("5.0000"), justification="big day")
+    budget_override_respond(override_id=override.pk, actor=reviewer, decision="approve")
+    call(project, agent, cost="1.4000", title="a")
+    with pytest.raises(EmergencyStopActive):
+        call(project, agent, cost="0.2000", title="b")  # projected 1.6 > 1.5 x 1.0
+
+
+def test_totals_stay_exact_with_amounts_floats_cannot_hold(project, agent, reviewer):
+    """0.1 + 0.2 + 0.7 - ... is not exact in binary floating point (SQLite's arithmetic)."""
+    calls = [call(project, agent, tokens=1, cost=c, title=c) for c in ["0.1000", "0.2000", "0.7000", "0.8000"]]
+    for approval in calls[:3]:
+        agent_approval_cancel(approval_id=approval.pk, actor=agent)
+    window = day_window(project)
+    assert window.reserved_cost == Decimal("0.8000")
+    agent_approval_cancel(approval_id=calls[3].pk, actor=agent)
+    assert day_window(project).reserved_cost == Decimal("0")
+    assert budget_reconcile() == []
