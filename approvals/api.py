@@ -128,10 +128,11 @@ class AgentApprovalCancelApi(APIView):
 class AgentApprovalStartApi(APIView):
     @extend_schema(operation_id="agent_approvals_start", request=None,
                    responses={200: AgentCallApprovalStartOutputSerializer,
-                              **error_responses(403, 404, 409, 423)})
+                              **error_responses(403, 404, 409, 410, 423)})
     def post(self, request, approval_id):
         """The single-use execution grant: marks an approved call started, exactly once, and
-        returns `input_to_run`. A second start gets 409."""
+        returns `input_to_run`. A second start gets 409; a start later than
+        HITL_START_WITHIN_MINUTES after the approval gets 410 and cancels the grant."""
         approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
         approval = services.agent_approval_start(approval_id=approval.pk, actor=request.user)
         return Response(AgentCallApprovalStartOutputSerializer(approval).data)

@@ -285,7 +285,9 @@ def agent_approval_cancel(*, approval_id, actor, reason: str = "") -> AgentCallA
 
 def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
     """The single-use execution grant: an approved call is started exactly once, by the agent
-    that requested it; the answer carries the input to run (amended if amended)."""
+    that requested it, within HITL_START_WITHIN_MINUTES of the approval (later: 410, and the
+    grant is cancelled); the answer carries the input to run (amended if amended)."""
+    stale = False
     with transaction.atomic():
         approval = _lock(approval_id, gate=True)
         if actor.pk != approval.requested_by_id:
@@ -301,14 +303,23 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
                                   task_status=approval.task.status)
         if input_digest(approval.input_to_run) != approval.input_digest:
             raise TransitionError("The input changed after it was approved.", current_status=approval.status)
-        before = _snapshot(approval)
-        approval.started_at = timezone.now()
-        approval.save(update_fields=["started_at", "updated_at"])
-        task = Task.objects.select_for_update().get(pk=approval.task_id)
-        task_move(task=task, to=Task.Status.RUNNING)
-        agent_state_refresh(project_id=approval.project_id, agent_type=approval.agent_type)
-        audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,
-                     after=_snapshot(approval))
+        now = timezone.now()
+        if now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES):
+            _close(approval, actor=None, to=Status.CANCELLED, now=now, reason="approved but not started in time",
+                   event_type="agent_approval_decided", action="agent_approval.grant_expired")
+            stale = True
+        else:
+            before = _snapshot(approval)
+            approval.started_at = now
+            approval.save(update_fields=["started_at", "updated_at"])
+            task = Task.objects.select_for_update().get(pk=approval.task_id)
+            task_move(task=task, to=Task.Status.RUNNING)
+            agent_state_refresh(project_id=approval.project_id, agent_type=approval.agent_type)
+            audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,
+                         after=_snapshot(approval))
+    if stale:  # the cancellation is committed; the start is refused
+        raise Expired(f"The approval was not started within {settings.HITL_START_WITHIN_MINUTES} minutes: "
+                      f"request the call again.", status=Status.CANCELLED)
     return approval
 
 

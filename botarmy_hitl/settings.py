@@ -198,6 +198,8 @@ HITL_RISK_ANALYZERS = env.list("HITL_RISK_ANALYZERS", default=[
     "approvals.risk.CostAnalyzer",
 ])
 HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default=30)
+# An approved call must be started within this many minutes of its approval (410 afterwards).
+HITL_START_WITHIN_MINUTES = env.int("HITL_START_WITHIN_MINUTES", default=60)
 # How often beat times out due approvals and sends timeout warnings.
 HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
 # A waiting agent's long poll re-reads the database this often, in case a push was lost

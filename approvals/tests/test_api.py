@@ -293,3 +293,16 @@ def test_service_refuses_unknown_decision(requested, reviewer):
 
     with pytest.raises(InvalidInput):
         agent_approval_decide(approval_id=uuid.UUID(requested["approval_id"]), decider=reviewer, decision="maybe")
+
+
+def test_an_approval_not_started_in_time_expires(requested, agent_client, reviewer_client, task, settings):
+    approval_id = requested["approval_id"]
+    respond(reviewer_client, approval_id, decision="approve")
+    AgentCallApproval.objects.filter(pk=approval_id).update(
+        responded_at=timezone.now() - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES + 1))
+    r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    assert r.status_code == 410 and r.json()["status"] == "cancelled"
+    assert AgentCallApproval.objects.get(pk=approval_id).status == "cancelled"
+    assert AuditEvent.objects.filter(action="agent_approval.grant_expired").count() == 1
+    task.refresh_from_db()
+    assert task.status == "pending"  # the agent may request the call again
