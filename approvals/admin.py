@@ -12,7 +12,7 @@ from access import roles
 from access.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, ModelPrice
 from approvals.services import agent_approval_decide
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError
 
 PAST = {"approve": "approved", "reject": "rejected"}
@@ -47,7 +47,7 @@ class VisibleProjectFilter(admin.RelatedFieldListFilter):
 
 
 @admin.register(AgentCallApproval)
-class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["short_action", "project", "agent_type", "status", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
@@ -68,22 +68,13 @@ class AgentCallApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     # --- visibility: reviewers see the projects they hold a role on --------------------
     def get_queryset(self, request):
-        qs = super().get_queryset(request).select_related("project", "requested_by", "approved_by")
-        return qs.filter(project__in=project_visible_to(user=request.user))
+        return super().get_queryset(request).select_related("project", "requested_by", "approved_by")
 
     def get_ordering(self, request):
         # The queue: pending first, oldest first.
         pending_first = Case(When(status=AgentCallApproval.Status.PENDING, then=Value(0)), default=Value(1),
                              output_field=IntegerField())
         return [pending_first.asc(), "created_at"]
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
-
-    def has_view_permission(self, request, obj=None):
-        if not (request.user.is_active and request.user.is_staff):
-            return False
-        return obj is None or has_project_perm(request.user, roles.VIEW, obj.project)
 
     # --- columns --------------------------------------------------------------------
     @admin.display(description="action", ordering="proposed_action")

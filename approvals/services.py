@@ -12,17 +12,21 @@ from django.utils import timezone
 
 from access import roles
 from access.permissions import (
-    has_project_perm,
     require_not_requester,
     require_project_perm,
 )
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.risk import RiskContext, assess
-from budgets.models import BudgetOverrideRequest
 from audit.services import audit_record
-from budgets.services import (BudgetCritical, budget_override_withdraw, budget_release, budget_remaining,
-                              budget_reserve)
+from budgets.models import BudgetOverrideRequest
+from budgets.services import (
+    BudgetCritical,
+    budget_override_withdraw,
+    budget_release,
+    budget_remaining,
+    budget_reserve,
+)
 from core.errors import (
     EmergencyStopActive,
     Expired,
@@ -412,8 +416,3 @@ def budget_unblock_or_reject(*, approval_id, override, actor) -> None:
     audit_record(actor=actor, action="agent_approval.unblock", obj=approval,
                  after={"budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None})
     wakeup_on_commit(approval_group(approval.pk), status=approval.status)
-
-
-def can_decide(user, approval: AgentCallApproval) -> bool:
-    return has_project_perm(user, roles.REVIEW, approval.project) and user.pk != approval.requested_by_id
-

@@ -24,8 +24,18 @@ import threading
 import time
 from pathlib import Path
 
-from common import (Client, agent_and_reviewer_fixtures, approval_request_body, arm_traceback_dump,
-                    backend_description, bench_defaults, daphne_server, free_port, latency_summary, percentile)
+from common import (
+    Client,
+    agent_and_reviewer_fixtures,
+    approval_request_body,
+    arm_traceback_dump,
+    backend_description,
+    bench_defaults,
+    daphne_server,
+    free_port,
+    latency_summary,
+    percentile,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

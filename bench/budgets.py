@@ -34,8 +34,15 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from common import (arm_traceback_dump, bench_defaults, latency_summary, migrate, run_stamp, set_large_budget,
-                    setup_django)
+from common import (
+    arm_traceback_dump,
+    bench_defaults,
+    latency_summary,
+    migrate,
+    run_stamp,
+    set_large_budget,
+    setup_django,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -25,8 +25,17 @@ import threading
 import time
 from pathlib import Path
 
-from common import (Client, agent_and_reviewer_fixtures, approval_request_body, arm_traceback_dump,
-                    backend_description, bench_defaults, daphne_server, free_port, latency_summary)
+from common import (
+    Client,
+    agent_and_reviewer_fixtures,
+    approval_request_body,
+    arm_traceback_dump,
+    backend_description,
+    bench_defaults,
+    daphne_server,
+    free_port,
+    latency_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -1,22 +1,20 @@
 from django.contrib import admin, messages
 
-from access.permissions import project_visible_to
-from core.admin import ReadOnlyAdminMixin, ask_reason, changed_values
+from budgets.models import (
+    BudgetAlert,
+    BudgetOverrideRequest,
+    BudgetWindow,
+    ProjectBudget,
+    UsageEntry,
+)
+from budgets.services import budget_limits_update, budget_override_respond
+from core.admin import (
+    ProjectScopedAdminMixin,
+    ReadOnlyAdminMixin,
+    ask_reason,
+    changed_values,
+)
 from core.errors import DomainError
-from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, ProjectBudget, UsageEntry
-from budgets.services import budget_override_respond
-
-
-class VisibleToStaffMixin:
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(project__in=project_visible_to(user=request.user))
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff and (
-            obj is None or project_visible_to(user=request.user).filter(pk=obj.project_id).exists())
 
 
 @admin.register(ProjectBudget)
@@ -27,22 +25,19 @@ class ProjectBudgetAdmin(admin.ModelAdmin):
                     "manager_threshold"]
 
     def save_model(self, request, obj, form, change):
-        from audit.services import audit_record
-
-        super().save_model(request, obj, form, change)
-        audit_record(actor=request.user, action="budget.update", obj=obj, project_id=obj.project_id,
-                     after=changed_values(form))
+        values = {k: v for k, v in changed_values(form).items() if k != "project"}
+        budget_limits_update(project=obj.project, actor=request.user, values=values)
 
 
 @admin.register(BudgetWindow)
-class BudgetWindowAdmin(VisibleToStaffMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class BudgetWindowAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["project", "kind", "start", "end", "spent_tokens", "spent_cost", "reserved_tokens",
                     "reserved_cost", "allowance_cost", "closed_at"]
     list_filter = ["kind", "project"]
 
 
 @admin.register(UsageEntry)
-class UsageEntryAdmin(VisibleToStaffMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class UsageEntryAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """The append-only ledger every window total comes from (`manage.py reconcile_budgets`)."""
 
     list_display = ["created_at", "project", "approval", "kind", "reserved_tokens", "reserved_cost", "spent_tokens",
@@ -51,13 +46,13 @@ class UsageEntryAdmin(VisibleToStaffMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(VisibleToStaffMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class BudgetAlertAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["triggered_at", "project", "alert_type", "threshold_type", "threshold_value", "current_value"]
     list_filter = ["alert_type", "threshold_type"]
 
 
 @admin.register(BudgetOverrideRequest)
-class BudgetOverrideAdmin(VisibleToStaffMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class BudgetOverrideAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "project", "violation_type", "requested_amount", "requires_manager_approval",
                     "status", "requested_by", "approved_by"]
     list_filter = ["status", "violation_type", "requires_manager_approval"]

@@ -14,11 +14,14 @@ from access.permissions import (
     project_visible_to,
     require_project_perm,
 )
-from audit.services import audit_record
-from budgets.models import BudgetOverrideRequest, ProjectBudget
+from budgets.models import BudgetOverrideRequest
 from budgets.selectors import budget_summary
 from budgets.serializers import BudgetOutputSerializer, BudgetOverrideOutputSerializer
-from budgets.services import budget_for, budget_override_create, budget_override_respond
+from budgets.services import (
+    budget_limits_update,
+    budget_override_create,
+    budget_override_respond,
+)
 from core.api import (
     IDEMPOTENCY_HEADER,
     error_responses,
@@ -53,21 +56,11 @@ class BudgetApi(APIView):
                    responses={200: BudgetOutputSerializer, **error_responses(400, 403, 404)})
     def patch(self, request, project_id):
         """Set limits and thresholds (managers)."""
-        from django.db import transaction
-
         project = project_for_user(user=request.user, project_id=project_id)
         require_project_perm(request.user, roles.MANAGE, project, "set budget limits")
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        with transaction.atomic():
-            budget = budget_for(project)
-            budget = ProjectBudget.objects.select_for_update().get(pk=budget.pk)
-            before = {k: getattr(budget, k) for k in s.validated_data}
-            for key, value in s.validated_data.items():
-                setattr(budget, key, value)
-            budget.save()
-            audit_record(actor=request.user, action="budget.update", obj=budget, project_id=project.pk,
-                         before=before, after=s.validated_data)
+        budget_limits_update(project=project, actor=request.user, values=s.validated_data)
         return Response(BudgetOutputSerializer(budget_summary(project=project)).data)
 
 

@@ -305,11 +305,16 @@ def budget_remaining(project) -> Decimal | None:
     return budget.daily_cost_limit + day.allowance_cost - day.spent_cost - day.reserved_cost
 
 
-def usage_summary(project, now=None) -> dict:
-    """The numbers of GET /api/v1/budgets/{project_id}, all traceable to ledger rows."""
-    budget = budget_for(project)
-    day, month = current_windows(project, now, lock=False)
-    return {"budget": budget, "day": day, "month": month}
+@transaction.atomic
+def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
+    """Set limits and thresholds (managers through the API, admins in the admin), audited."""
+    budget = ProjectBudget.objects.select_for_update().get(pk=budget_for(project).pk)
+    before = {key: getattr(budget, key) for key in values}
+    for key, value in values.items():
+        setattr(budget, key, value)
+    budget.save()
+    audit_record(actor=actor, action="budget.update", obj=budget, project_id=project.pk, before=before, after=values)
+    return budget
 
 
 def ledger_totals(window: BudgetWindow) -> dict:

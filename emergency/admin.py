@@ -1,33 +1,20 @@
 from django.contrib import admin, messages
 
-from access import roles
-from access.permissions import has_project_perm, project_visible_to
-from audit.services import audit_record
-from core.admin import ReadOnlyAdminMixin, changed_values
+from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError
 from emergency.models import EmergencySettings, EmergencyStop
+from emergency.services import emergency_settings_save
 from recovery.services import recovery_start
 
 
 @admin.register(EmergencyStop)
-class EmergencyStopAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Stops are made by the trigger service (API, the projects' "Emergency stop" action,
     or a tripped condition) and lifted only by the last step of a recovery."""
 
     list_display = ["project", "conditions", "severity", "triggered_by", "created_at", "resolved_at"]
     list_filter = ["severity", ("resolved_at", admin.EmptyFieldListFilter)]
     actions = ["start_recovery"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(project__in=project_visible_to(user=request.user))
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
-
-    def has_view_permission(self, request, obj=None):
-        if not (request.user.is_active and request.user.is_staff):
-            return False
-        return obj is None or has_project_perm(request.user, roles.VIEW, obj.project)
 
     @admin.display(description="conditions")
     def conditions(self, obj):
@@ -54,7 +41,6 @@ class EmergencySettingsAdmin(admin.ModelAdmin):
     readonly_fields = ["error_window_reset_at"]
 
     def save_model(self, request, obj, form, change):
-        before = changed_values(form, initial=True) if change else None
-        super().save_model(request, obj, form, change)
-        audit_record(actor=request.user, action="emergency_settings.update", obj=obj, project_id=obj.project_id,
-                     before=before, after=changed_values(form))
+        emergency_settings_save(settings_row=obj, actor=request.user,
+                                before=changed_values(form, initial=True) if change else None,
+                                after=changed_values(form))

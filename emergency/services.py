@@ -116,5 +116,10 @@ def _fail_open_recovery(stop: EmergencyStop, condition: str, actor) -> None:
                      reason=f"New condition {condition} during the recovery: start a new one.")
 
 
-def active_stop(project_id) -> EmergencyStop | None:
-    return EmergencyStop.objects.filter(project_id=project_id, resolved_at__isnull=True).first()
+@transaction.atomic
+def emergency_settings_save(*, settings_row: EmergencySettings, actor, before, after) -> EmergencySettings:
+    """Save a project's condition thresholds (admin form), audited in the same transaction."""
+    settings_row.save()
+    audit_record(actor=actor, action="emergency_settings.update", obj=settings_row, project_id=settings_row.project_id,
+                 before=before, after=after)
+    return settings_row

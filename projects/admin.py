@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from guardian.admin import GuardedModelAdmin
 
-from core.admin import ReadOnlyAdminMixin
+from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin
 from projects.models import AgentState, Project, ProjectNotifier, Task
 
 
@@ -23,7 +23,7 @@ class ProjectNotifierInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(GuardedModelAdmin):
+class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
     """Status is changed only by the emergency and recovery services, never edited here.
     'Object permissions' (top right of a project) shows and edits who holds which role."""
 
@@ -34,22 +34,7 @@ class ProjectAdmin(GuardedModelAdmin):
     inlines = [AgentStateInline, ProjectNotifierInline]
     actions = ["emergency_stop"]
 
-    # Staff see the projects they hold a role on (to stop one); only admins edit them.
-    def get_queryset(self, request):
-        from access.permissions import project_visible_to
-
-        return super().get_queryset(request).filter(pk__in=project_visible_to(user=request.user))
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
-
-    def has_view_permission(self, request, obj=None):
-        from access import roles
-        from access.permissions import has_project_perm
-
-        if not (request.user.is_active and request.user.is_staff):
-            return False
-        return obj is None or has_project_perm(request.user, roles.VIEW, obj)
+    project_lookup = "pk"  # staff see the projects they hold a role on; only admins edit them
 
     @admin.action(description="Emergency stop selected projects (asks for a reason)")
     def emergency_stop(self, request, queryset):

@@ -1,7 +1,6 @@
 from django.contrib import admin, messages
 
-from access.permissions import project_visible_to
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.services import recovery_step_respond
@@ -15,7 +14,7 @@ class RecoveryStepInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(RecoverySession)
-class RecoverySessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Sessions are opened by managers (API, or "Start a recovery session" on a stop); each
     step is approved or rejected here or through the API, always by the step service."""
 
@@ -24,16 +23,6 @@ class RecoverySessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["status"]
     inlines = [RecoveryStepInline]
     actions = ["approve_next_step", "reject_next_step"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(project__in=project_visible_to(user=request.user))
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff and (
-            obj is None or project_visible_to(user=request.user).filter(pk=obj.project_id).exists())
 
     def _respond_next(self, request, queryset, decision: str, reason: str = ""):
         for session in queryset:

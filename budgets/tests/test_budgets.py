@@ -1,5 +1,4 @@
 import io
-import json
 import random
 import threading
 from datetime import datetime, timedelta
@@ -23,7 +22,6 @@ from budgets.models import (
     ProjectBudget,
     UsageEntry,
 )
-from core.errors import EmergencyStopActive, TransitionError
 from budgets.services import (
     budget_reconcile,
     budget_reserve,
@@ -32,6 +30,7 @@ from budgets.services import (
     ledger_totals,
     window_bounds,
 )
+from core.errors import EmergencyStopActive, TransitionError
 from emergency.models import EmergencyStop
 from events.models import Event
 from projects.services import task_create
@@ -316,7 +315,6 @@ def test_fifty_concurrent_calls_never_overspend(project, agent, reviewer):
             totals["spent_tokens"], totals["spent_cost"], totals["reserved_tokens"], totals["reserved_cost"])
     assert day_window(project).reserved_cost == Decimal("0")
     assert budget_reconcile() == []
-    assert json.loads(json.dumps(str(day_window(project).spent_cost)))
 
 
 def test_the_agent_reports_usage_of_a_started_call_once(project, agent, reviewer, client_for):
@@ -443,3 +441,17 @@ def test_totals_stay_exact_with_amounts_floats_cannot_hold(project, agent, revie
     agent_approval_cancel(approval_id=calls[3].pk, actor=agent)
     assert day_window(project).reserved_cost == Decimal("0")
     assert budget_reconcile() == []
+
+
+def test_limits_set_in_the_admin_are_audited(admin_client, project):
+    from django.urls import reverse
+
+    from audit.models import AuditEvent
+
+    r = admin_client.post(reverse("admin:budgets_projectbudget_add"), {
+        "project": str(project.pk), "daily_token_limit": 5, "monthly_token_limit": 50, "daily_cost_limit": "2.0000",
+        "monthly_cost_limit": "20.0000", "warning_percent": 80, "critical_percent": 95, "emergency_percent": 100,
+        "manager_threshold": "100.0000"})
+    assert r.status_code == 302, r.content[:500]
+    assert ProjectBudget.objects.get(project=project).daily_cost_limit == Decimal("2.0000")
+    assert AuditEvent.objects.filter(action="budget.update", project_id=project.pk).exists()

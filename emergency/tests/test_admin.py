@@ -70,3 +70,16 @@ def test_rejecting_a_step_in_the_admin_keeps_the_stop(client, manager, reviewer,
     session.refresh_from_db()
     assert session.status == "failed"
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+
+
+def test_condition_thresholds_set_in_the_admin_are_audited(admin_client, project):
+    from audit.models import AuditEvent
+    from emergency.models import EmergencySettings
+
+    r = admin_client.post(reverse("admin:emergency_emergencysettings_add"), {
+        "project": str(project.pk), "error_rate_threshold": "0.300", "error_window_count": 20,
+        "error_window_seconds": 300, "error_min_outcomes": 5, "max_pending_approvals": 100, "max_open_tasks": 100,
+        "rate_limit_errors_threshold": 10, "rate_limit_window_seconds": 60, "stop_on_critical_risk": "on"})
+    assert r.status_code == 302, r.content[:500]
+    assert EmergencySettings.objects.get(project=project).error_min_outcomes == 5
+    assert AuditEvent.objects.filter(action="emergency_settings.update", project_id=project.pk).exists()

@@ -112,7 +112,7 @@ def test_who_may_stop(project, client_for, make_user, outsider, other_project):
     r = client_for(make_user("y", role="agent", project=project)).post(
         f"/api/v1/emergency/stop/{project.pk}", {"reason": ""}, format="json")
     assert r.status_code == 400  # a reason is required
-    Project.objects.get(pk=project.pk).status == "active"
+    assert Project.objects.get(pk=project.pk).status == "active"
 
 
 def test_a_critical_risk_flag_stops_the_project(project, agent, client_for):
