@@ -4,7 +4,7 @@ from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from access import roles
+from projects import roles
 from access.models import ApiKey, hash_key
 from audit.services import audit_record
 

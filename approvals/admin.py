@@ -8,11 +8,14 @@ from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from access import roles
-from access.permissions import has_project_perm, project_visible_to
+from projects import roles
+from projects.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, ModelPrice
-from approvals.services import agent_approval_decide
-from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, ask_reason
+from approvals.services import agent_approval_decide, budget_override_respond
+from budgets.admin import BudgetOverrideAdmin
+from budgets.models import BudgetOverrideRequest
+from core.admin import ReadOnlyAdminMixin, ask_reason
+from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError
 
 PAST = {"approve": "approved", "reject": "rejected"}
@@ -48,10 +51,10 @@ class VisibleProjectFilter(admin.RelatedFieldListFilter):
 
 @admin.register(AgentCallApproval)
 class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["short_action", "project", "agent_type", "status", "risk", "estimated_cost", "age",
+    list_display = ["short_action", "project", "agent_type", "status", "budget", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
-    list_filter = ["status", "agent_type", RiskLevelFilter, ("project", VisibleProjectFilter)]
+    list_filter = ["status", "budget_state", "agent_type", RiskLevelFilter, ("project", VisibleProjectFilter)]
     search_fields = ["proposed_action", "context_summary"]
     list_per_page = 50
     actions = ["approve_selected", "reject_selected"]
@@ -60,7 +63,8 @@ class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.
                            "proposed_action", "context_summary"]}),
         ("Risk", {"fields": ["risk_summary", "risk_flags"]}),
         ("Input", {"fields": ["input_pretty", "amended_pretty", "input_digest"]}),
-        ("Cost", {"fields": ["estimated_tokens", "estimated_cost", "budget_override_id"]}),
+        ("Cost", {"fields": ["budget_state", "budget_blocked_reason", "estimated_tokens", "estimated_cost",
+                             "budget_override_id", "usage_flags"]}),
         ("Decision", {"fields": ["decider", "rejection_reason", "created_at", "responded_at", "expires_at",
                                  "time_left", "started_at"]}),
     ]
@@ -81,6 +85,14 @@ class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.
     def short_action(self, obj):
         text = obj.proposed_action
         return text if len(text) <= 80 else text[:77] + "…"
+
+    @admin.display(description="budget", ordering="budget_state")
+    def budget(self, obj):
+        """Blocked calls show it before anyone tries to approve them, with what unblocks them."""
+        if obj.budget_state == AgentCallApproval.BudgetState.BLOCKED:
+            return format_html('<strong style="color:#b00" title="{}">blocked by budget</strong>',
+                               obj.budget_blocked_reason)
+        return obj.budget_state
 
     @admin.display(description="risk")
     def risk(self, obj):
@@ -186,3 +198,39 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ["model", "input_per_million", "output_per_million", "default_output_tokens", "updated_at"]
     list_editable = ["input_per_million", "output_per_million", "default_output_tokens"]
     search_fields = ["model"]
+
+
+admin.site.unregister(BudgetOverrideRequest)
+
+
+@admin.register(BudgetOverrideRequest)
+class BudgetOverrideDecideAdmin(BudgetOverrideAdmin):
+    """The overrides admin (budgets.admin) plus approve / reject, added by this layer: deciding
+    an override admits or rejects the calls blocked behind it."""
+
+    actions = ["approve_selected", "reject_selected"]
+
+    def _respond(self, request, queryset, decision, reason=""):
+        for override in queryset:
+            try:
+                budget_override_respond(override_id=override.pk, actor=request.user, decision=decision,
+                                        reason=reason)
+            except DomainError as err:
+                self.message_user(request, f"{override.pk}: {err.detail}", messages.WARNING)
+                continue
+            self.message_user(request, f"{override.pk}: {'approved' if decision == 'approve' else 'rejected'}.",
+                              messages.SUCCESS)
+
+    @admin.action(description="Approve selected overrides")
+    def approve_selected(self, request, queryset):
+        self._respond(request, queryset, "approve")
+
+    @admin.action(description="Reject selected overrides (asks for a reason)")
+    def reject_selected(self, request, queryset):
+        reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject budget overrides",
+                                  question="Reject these overrides? Calls blocked behind them are rejected too.",
+                                  submit_label="Reject")
+        if form is not None:
+            return form
+        self._respond(request, queryset, "reject", reason)
+        return None

@@ -8,13 +8,15 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import roles
-from access.permissions import (
+from projects import roles
+from projects.permissions import (
     project_for_user,
     require_not_requester,
     require_project_perm,
 )
 from approvals import selectors, services
+from budgets.api import overrides_visible_to
+from budgets.serializers import BudgetOverrideOutputSerializer
 from approvals.models import AgentCallApproval
 from approvals.serializers import (
     AgentCallApprovalOutputSerializer,
@@ -179,3 +181,24 @@ class AgentApprovalProjectListApi(APIView):
         page = paginator.paginate_queryset(selectors.agent_approval_list(project=project, **s.validated_data),
                                            request, view=self)
         return paginator.get_paginated_response(AgentCallApprovalOutputSerializer(page, many=True).data)
+
+
+class BudgetOverrideRespondApi(APIView):
+    """POST /api/v1/budget-overrides/{id}/respond. Served by approvals, the layer that combines
+    overrides with the calls they block (approving one admits its calls again)."""
+
+    @extend_schema_serializer(component_name="BudgetOverrideRespondInput")
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
+
+    @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
+                   responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409)})
+    def post(self, request, override_id):
+        """Approve or reject (with a reason). Above the manager threshold only a manager approves
+        (403 for a reviewer); nobody decides an override they requested."""
+        override = get_or_404(overrides_visible_to(request.user), override_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        override = services.budget_override_respond(override_id=override.pk, actor=request.user, **s.validated_data)
+        return Response(BudgetOverrideOutputSerializer(override).data)

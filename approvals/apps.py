@@ -2,7 +2,15 @@ from django.apps import AppConfig
 
 
 class ApprovalsConfig(AppConfig):
-    """Agent call and response approvals. Not built yet: see the README's status table."""
+    """Agent call approvals (and, next, response approvals): requests, decisions, the budget
+    flows that combine calls with budgets, and what a stop does to calls."""
 
     name = "approvals"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        import approvals.conditions  # noqa: F401  (registers the call conditions)
+        from approvals.services import cancel_open_calls
+        from emergency.hooks import project_halting
+
+        project_halting.connect(cancel_open_calls)

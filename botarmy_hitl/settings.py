@@ -187,15 +187,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Agent call approvals -------------------------------------------------------------
-# Risk analyzers run in this order over every requested call (approvals/risk.py).
+# Risk analyzers run in this order over every requested call (approvals/analyzers/).
 HITL_RISK_ANALYZERS = env.list("HITL_RISK_ANALYZERS", default=[
-    "approvals.risk.SecretsAnalyzer",
-    "approvals.risk.PersonalDataAnalyzer",
-    "approvals.risk.PromptInjectionAnalyzer",
-    "approvals.risk.DestructiveCommandAnalyzer",
-    "approvals.risk.ExfiltrationAnalyzer",
-    "approvals.risk.ProductionDeployAnalyzer",
-    "approvals.risk.CostAnalyzer",
+    "approvals.analyzers.SecretsAnalyzer",
+    "approvals.analyzers.PersonalDataAnalyzer",
+    "approvals.analyzers.PromptInjectionAnalyzer",
+    "approvals.analyzers.DestructiveCommandAnalyzer",
+    "approvals.analyzers.ExfiltrationAnalyzer",
+    "approvals.analyzers.ProductionDeployAnalyzer",
+    "approvals.analyzers.CostAnalyzer",
 ])
 HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default=30)
 # An approved call must be started within this many minutes of its approval (410 afterwards).
@@ -213,6 +213,21 @@ HITL_BUDGET_STALE_RESERVATION_HOURS = env.int("HITL_BUDGET_STALE_RESERVATION_HOU
 # A single call estimated above these amounts (USD) is flagged medium / high.
 HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
 HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")
+
+# --- Budgets: estimates, managers, retries ---------------------------------------------
+# The server's estimate is the floor of every reservation: the offline token count of the input
+# plus this output allowance (tokens; the model's own default_output_tokens when it has a price),
+# priced with the call's model, or with this model's price when the call names none.
+HITL_OUTPUT_TOKEN_ALLOWANCE = env.int("HITL_OUTPUT_TOKEN_ALLOWANCE", default=1000)
+HITL_FLOOR_PRICE_MODEL = env.str("HITL_FLOOR_PRICE_MODEL", default="gpt-4o")
+# Reported usage above this many times the estimate raises a usage_overrun flag (safety_alert).
+HITL_USAGE_FLAG_FACTOR = env.float("HITL_USAGE_FLAG_FACTOR", default=2.0)
+# Budget overrides above these amounts need a manager (API.md: "above 100.0000"): cost limits
+# in USD, token limits in tokens. Deployment settings, not a project's: no API changes them.
+HITL_MANAGER_COST_THRESHOLD = env.str("HITL_MANAGER_COST_THRESHOLD", default="100.0000")
+HITL_MANAGER_TOKEN_THRESHOLD = env.int("HITL_MANAGER_TOKEN_THRESHOLD", default=100_000)
+# A deadlock or serialization failure is retried this many times before the API answers 503.
+HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
 
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

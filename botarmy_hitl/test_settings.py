@@ -10,3 +10,6 @@ CELERY_TASK_ALWAYS_EAGER = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 ALLOWED_HOSTS = ["testserver", "localhost"]
+# Tests give their calls exact estimates; the output allowance of the server's floor is tested
+# on its own (approvals/tests/test_hardening.py sets it back).
+HITL_OUTPUT_TOKEN_ALLOWANCE = 0

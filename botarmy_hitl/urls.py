@@ -10,29 +10,29 @@ from approvals.api import (
     AgentApprovalRespondApi,
     AgentApprovalStartApi,
     AgentApprovalUsageApi,
+    BudgetOverrideRespondApi,
 )
 from budgets.api import (
-                           BudgetApi,
-                           BudgetOverrideCreateApi,
-                           BudgetOverrideProjectListApi,
-                           BudgetOverrideRespondApi,
+    BudgetApi,
+    BudgetOverrideCreateApi,
+    BudgetOverrideProjectListApi,
+    ProjectDetailWithBudgetApi,
 )
 from core.views import HealthApi, api_not_found
-from emergency.api import EmergencyStatusApi, EmergencyStopApi, RecoveryStartApi
+from emergency.api import EmergencyStopApi
 from events.api import EventListApi
 from projects.api import (
-                           ProjectDetailApi,
-                           ProjectListCreateApi,
-                           TaskCreateApi,
-                           TaskDetailApi,
-                           TaskStatusApi,
+    ProjectListCreateApi,
+    TaskCreateApi,
+    TaskDetailApi,
+    TaskStatusApi,
 )
-from recovery.api import RecoveryDetailApi, RecoveryStepRespondApi
+from recovery.api import EmergencyStatusApi, RecoveryDetailApi, RecoveryStartApi, RecoveryStepRespondApi
 
 api_v1 = [
     path("health", HealthApi.as_view(), name="health"),
     path("projects", ProjectListCreateApi.as_view(), name="projects"),
-    path("projects/<str:project_id>", ProjectDetailApi.as_view(), name="project-detail"),
+    path("projects/<str:project_id>", ProjectDetailWithBudgetApi.as_view(), name="project-detail"),
     path("tasks", TaskCreateApi.as_view(), name="tasks"),
     path("tasks/<str:task_id>", TaskDetailApi.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/status", TaskStatusApi.as_view(), name="task-status"),

@@ -1,4 +1,4 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 
 from budgets.models import (
     BudgetAlert,
@@ -7,14 +7,9 @@ from budgets.models import (
     ProjectBudget,
     UsageEntry,
 )
-from budgets.services import budget_limits_update, budget_override_respond
-from core.admin import (
-    ProjectScopedAdminMixin,
-    ReadOnlyAdminMixin,
-    ask_reason,
-    changed_values,
-)
-from core.errors import DomainError
+from budgets.services import budget_limits_update
+from core.admin import ReadOnlyAdminMixin, changed_values
+from projects.admin_mixins import ProjectScopedAdminMixin
 
 
 @admin.register(ProjectBudget)
@@ -22,7 +17,7 @@ class ProjectBudgetAdmin(admin.ModelAdmin):
     """Limits (admins here; managers through PATCH /api/v1/budgets/{project_id}). Audited."""
 
     list_display = ["project", "daily_token_limit", "monthly_token_limit", "daily_cost_limit", "monthly_cost_limit",
-                    "manager_threshold"]
+                    "warning_percent", "critical_percent", "emergency_percent"]
 
     def save_model(self, request, obj, form, change):
         values = {k: v for k, v in changed_values(form).items() if k != "project"}
@@ -55,29 +50,4 @@ class BudgetAlertAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelA
 class BudgetOverrideAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "project", "violation_type", "requested_amount", "requires_manager_approval",
                     "status", "requested_by", "approved_by"]
-    list_filter = ["status", "violation_type", "requires_manager_approval"]
-    actions = ["approve_selected", "reject_selected"]
-
-    def _respond(self, request, queryset, decision, reason=""):
-        for override in queryset:
-            try:
-                budget_override_respond(override_id=override.pk, actor=request.user, decision=decision, reason=reason)
-            except DomainError as err:
-                self.message_user(request, f"{override.pk}: {err.detail}", messages.WARNING)
-                continue
-            self.message_user(request, f"{override.pk}: {'approved' if decision == 'approve' else 'rejected'}.",
-                              messages.SUCCESS)
-
-    @admin.action(description="Approve selected overrides")
-    def approve_selected(self, request, queryset):
-        self._respond(request, queryset, "approve")
-
-    @admin.action(description="Reject selected overrides (asks for a reason)")
-    def reject_selected(self, request, queryset):
-        reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject budget overrides",
-                                  question="Reject these overrides? Calls blocked behind them are rejected too.",
-                                  submit_label="Reject")
-        if form is not None:
-            return form
-        self._respond(request, queryset, "reject", reason)
-        return None
+    list_filter = ["status", "violation_type"]

@@ -1,15 +1,17 @@
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
+    extend_schema_field,
     extend_schema_serializer,
+    extend_schema_view,
 )
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import roles
-from access.permissions import (
+from projects import roles
+from projects.permissions import (
     project_for_user,
     project_visible_to,
     require_project_perm,
@@ -17,11 +19,7 @@ from access.permissions import (
 from budgets.models import BudgetOverrideRequest
 from budgets.selectors import budget_summary
 from budgets.serializers import BudgetOutputSerializer, BudgetOverrideOutputSerializer
-from budgets.services import (
-    budget_limits_update,
-    budget_override_create,
-    budget_override_respond,
-)
+from budgets.services import budget_limits_update, budget_override_create
 from core.api import (
     IDEMPOTENCY_HEADER,
     error_responses,
@@ -30,6 +28,7 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField
+from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
 
 MONEY = {"max_digits": 14, "decimal_places": 4, "min_value": 0}
 
@@ -41,10 +40,16 @@ class BudgetApi(APIView):
         monthly_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
         daily_cost_limit = serializers.DecimalField(required=False, **MONEY)
         monthly_cost_limit = serializers.DecimalField(required=False, **MONEY)
-        warning_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-        critical_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-        emergency_percent = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-        manager_threshold = serializers.DecimalField(required=False, **MONEY)
+        warning_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
+        critical_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
+        emergency_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
+
+        def validate(self, attrs):
+            if "manager_threshold" in self.initial_data:
+                raise serializers.ValidationError({"manager_threshold": [
+                    "A deployment setting (HITL_MANAGER_COST_THRESHOLD / HITL_MANAGER_TOKEN_THRESHOLD), not a "
+                    "project's: it cannot be changed through the API."]})
+            return attrs
 
     @extend_schema(operation_id="budgets_retrieve", responses={200: BudgetOutputSerializer, **error_responses(404)})
     def get(self, request, project_id):
@@ -85,27 +90,9 @@ class BudgetOverrideCreateApi(APIView):
         return Response(BudgetOverrideOutputSerializer(override).data, status=status.HTTP_201_CREATED)
 
 
-def _overrides(user):
+def overrides_visible_to(user):
     return BudgetOverrideRequest.objects.filter(project__in=project_visible_to(user=user)).select_related(
         "window", "requested_by", "approved_by")
-
-
-class BudgetOverrideRespondApi(APIView):
-    @extend_schema_serializer(component_name="BudgetOverrideRespondInput")
-    class InputSerializer(serializers.Serializer):
-        decision = serializers.ChoiceField(choices=["approve", "reject"])
-        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
-
-    @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
-                   responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409)})
-    def post(self, request, override_id):
-        """Approve or reject (with a reason). Above the manager threshold only a manager approves
-        (403 for a reviewer); nobody decides an override they requested."""
-        override = get_or_404(_overrides(request.user), override_id)
-        s = self.InputSerializer(data=request.data)
-        s.is_valid(raise_exception=True)
-        override = budget_override_respond(override_id=override.pk, actor=request.user, **s.validated_data)
-        return Response(BudgetOverrideOutputSerializer(override).data)
 
 
 class BudgetOverrideProjectListApi(APIView):
@@ -122,10 +109,32 @@ class BudgetOverrideProjectListApi(APIView):
         project = project_for_user(user=request.user, project_id=project_id)
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
-        qs = _overrides(request.user).filter(project=project)
+        qs = overrides_visible_to(request.user).filter(project=project)
         if s.validated_data.get("status"):
             qs = qs.filter(status=s.validated_data["status"])
         paginator = PageNumberPagination()
         paginator.page_size = 50
         page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
         return paginator.get_paginated_response(BudgetOverrideOutputSerializer(page, many=True).data)
+
+
+class ProjectDetailWithBudgetOutputSerializer(ProjectDetailOutputSerializer):
+    budget = serializers.SerializerMethodField(help_text="the budget summary, as GET /api/v1/budgets/{project_id}")
+
+    class Meta(ProjectDetailOutputSerializer.Meta):
+        fields = ProjectDetailOutputSerializer.Meta.fields + ["budget"]
+
+    @extend_schema_field(BudgetOutputSerializer)
+    def get_budget(self, project):
+        return BudgetOutputSerializer(budget_summary(project=project)).data
+
+
+@extend_schema_view(get=extend_schema(operation_id="projects_retrieve", responses={
+                        200: ProjectDetailWithBudgetOutputSerializer, **error_responses(404)}),
+                    patch=extend_schema(operation_id="projects_update", request=ProjectDetailApi.UpdateSerializer,
+                                        responses={200: ProjectDetailWithBudgetOutputSerializer,
+                                                   **error_responses(400, 403, 404)}))
+class ProjectDetailWithBudgetApi(ProjectDetailApi):
+    """GET /api/v1/projects/{project_id}: the project (projects) with its budget summary."""
+
+    output_serializer = ProjectDetailWithBudgetOutputSerializer

@@ -19,11 +19,13 @@ class ProjectBudget(BaseModel):
     monthly_token_limit = models.PositiveBigIntegerField(default=2_000_000)
     daily_cost_limit = models.DecimalField(**MONEY, default=Decimal("100.0000"), validators=[MinValueValidator(0)])
     monthly_cost_limit = models.DecimalField(**MONEY, default=Decimal("2000.0000"), validators=[MinValueValidator(0)])
-    warning_percent = models.PositiveSmallIntegerField(default=80, validators=[MaxValueValidator(1000)])
-    critical_percent = models.PositiveSmallIntegerField(default=95, validators=[MaxValueValidator(1000)])
-    emergency_percent = models.PositiveSmallIntegerField(default=100, validators=[MaxValueValidator(1000)])
-    manager_threshold = models.DecimalField(**MONEY, default=Decimal("100.0000"),
-                                            help_text="overrides above this amount need a manager")
+    # in (0, 100] and increasing (budgets.services.budget_limits_update checks the order)
+    warning_percent = models.PositiveSmallIntegerField(default=80, validators=[MinValueValidator(1),
+                                                                               MaxValueValidator(100)])
+    critical_percent = models.PositiveSmallIntegerField(default=95, validators=[MinValueValidator(1),
+                                                                                MaxValueValidator(100)])
+    emergency_percent = models.PositiveSmallIntegerField(default=100, validators=[MinValueValidator(1),
+                                                                                  MaxValueValidator(100)])
 
     def __str__(self):
         return f"budget of {self.project}"
@@ -139,7 +141,6 @@ class BudgetOverrideRequest(models.Model):
     requested_amount = models.DecimalField(**MONEY, validators=[MinValueValidator(0)],
                                            help_text="tokens for token limits, USD for cost limits")
     justification = models.TextField()
-    requires_manager_approval = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
@@ -151,3 +152,11 @@ class BudgetOverrideRequest(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status"], name="budget_override_status")]
+
+    @property
+    def requires_manager_approval(self) -> bool:
+        """Whether only a manager may approve it, from the deployment's current thresholds
+        (HITL_MANAGER_COST_THRESHOLD / HITL_MANAGER_TOKEN_THRESHOLD), never frozen at creation."""
+        limit = settings.HITL_MANAGER_TOKEN_THRESHOLD if self.violation_type.endswith("token_limit") \
+            else settings.HITL_MANAGER_COST_THRESHOLD
+        return self.requested_amount > Decimal(limit)

@@ -1,14 +1,17 @@
+from decimal import Decimal
+
+from django.conf import settings
+
 from budgets.models import BudgetAlert
 from budgets.services import budget_for, current_windows
+from emergency.models import Condition, EmergencyStop
 
 
 def budget_summary(*, project, now=None) -> dict:
     """Every number of the budget page, read from the current windows (kept equal to the
     ledger; `manage.py reconcile_budgets` checks it)."""
-    from emergency.models import EmergencyStop
-
     budget = budget_for(project)
-    day, month = current_windows(project, now, lock=False)
+    day, month = current_windows(project, now)
     alerts = BudgetAlert.objects.filter(window__in=[day, month]).select_related("window").order_by("triggered_at")
     return {
         "project_id": project.pk, "timezone": project.timezone,
@@ -21,10 +24,11 @@ def budget_summary(*, project, now=None) -> dict:
         "override_allowance_today": {"tokens": day.allowance_tokens, "cost": f"{day.allowance_cost:.4f}"},
         "override_allowance_month": {"tokens": month.allowance_tokens, "cost": f"{month.allowance_cost:.4f}"},
         "budget_alerts": list(alerts),
-        "emergency_stop_triggered": any("budget_critical" in stop.triggered_conditions for stop in
+        "emergency_stop_triggered": any(Condition.BUDGET_CRITICAL in stop.triggered_conditions for stop in
                                         EmergencyStop.objects.filter(project=project, resolved_at__isnull=True)),
         "last_reset_date": day.start, "month_start": month.start,
         "warning_percent": budget.warning_percent, "critical_percent": budget.critical_percent,
-        "emergency_percent": budget.emergency_percent, "manager_threshold": budget.manager_threshold,
+        "emergency_percent": budget.emergency_percent, "manager_threshold": Decimal(settings.HITL_MANAGER_COST_THRESHOLD),
+        "manager_token_threshold": int(settings.HITL_MANAGER_TOKEN_THRESHOLD),
     }
 

@@ -15,7 +15,9 @@ class BudgetAlertSerializer(serializers.ModelSerializer):
 class BudgetOverrideOutputSerializer(serializers.ModelSerializer):
     project_id = serializers.UUIDField(read_only=True)
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    requires_manager_approval = serializers.BooleanField(
+        read_only=True, help_text="from the deployment's current manager thresholds, at every read and decision")
     window_start = serializers.DateTimeField(source="window.start", read_only=True)
     window_kind = serializers.CharField(source="window.kind", read_only=True)
 
@@ -52,4 +54,8 @@ class BudgetOutputSerializer(serializers.Serializer):
     warning_percent = serializers.IntegerField()
     critical_percent = serializers.IntegerField()
     emergency_percent = serializers.IntegerField()
-    manager_threshold = serializers.DecimalField(max_digits=14, decimal_places=4)
+    manager_threshold = serializers.DecimalField(
+        max_digits=14, decimal_places=4,
+        help_text="cost overrides above this (USD) need a manager: HITL_MANAGER_COST_THRESHOLD, a deployment setting")
+    manager_token_threshold = serializers.IntegerField(
+        help_text="token overrides above this many tokens need a manager: HITL_MANAGER_TOKEN_THRESHOLD")

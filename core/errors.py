@@ -1,13 +1,24 @@
 """Domain errors and the one DRF exception handler that gives every error API.md's shape.
 
 Every error body is ``{"error": <code>, "detail": <text>, ...}``; see ``../shared/API.md``.
+Errors are always rendered as JSON, whatever the request's ``Accept`` header asks for (the
+browsable API may still render successful answers as HTML).
+
+A database that is momentarily busy (a deadlock, a serialization failure, a lock timeout, no
+free pooled connection, SQLite's "database is locked") is 503 ``unavailable`` with
+``Retry-After`` (HITL_RETRY_AFTER_SECONDS), never a 500: the client should simply retry.
 """
 import logging
+import math
+import sqlite3
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 log = logging.getLogger(__name__)
@@ -89,8 +100,82 @@ def error_body(code: str, detail: str, **extra) -> dict:
     return {"error": code, "detail": detail, **extra}
 
 
+# --- transient database errors ------------------------------------------------------
+# PostgreSQL SQLSTATEs worth retrying: the transaction was rolled back (or never got its lock)
+# only because of concurrent work; the same request succeeds when run again.
+_TRANSIENT_SQLSTATES = {
+    "40P01": "deadlock detected",       # psycopg.errors.DeadlockDetected
+    "40001": "serialization failure",   # psycopg.errors.SerializationFailure
+    "55P03": "lock not available",      # psycopg.errors.LockNotAvailable (lock_timeout, NOWAIT)
+}
+# SQLite's SQLITE_BUSY / SQLITE_LOCKED: another connection holds the write lock past the timeout.
+_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
+
+
+def _pool_exhausted_types() -> tuple:
+    try:
+        from psycopg_pool import PoolTimeout, TooManyRequests
+    except ImportError:  # SQLite-only installs need not have psycopg
+        return ()
+    return PoolTimeout, TooManyRequests
+
+
+def transient_db_error_kind(exc: BaseException | None) -> str | None:
+    """What makes ``exc`` a transient database error ("deadlock detected", "serialization
+    failure", "lock not available", "connection pool exhausted", "database is locked"), or None
+    when it is not one. Follows the ``__cause__`` chain, so it sees the driver's error behind
+    Django's ``OperationalError`` wrapper (and accepts the driver's error itself)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if sqlstate in _TRANSIENT_SQLSTATES:
+            return _TRANSIENT_SQLSTATES[sqlstate]
+        pool_errors = _pool_exhausted_types()
+        if pool_errors and isinstance(exc, pool_errors):
+            return "connection pool exhausted"
+        if isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+            message = str(exc).strip().lower()
+            if message.startswith(_SQLITE_BUSY_MESSAGES):
+                return "database is locked"
+        exc = exc.__cause__
+    return None
+
+
+def is_transient_db_error(exc: BaseException | None) -> bool:
+    """True for a deadlock, serialization failure, lock timeout, exhausted connection pool or
+    SQLite "database is locked": running the same transaction again may well succeed. (An
+    exhausted pool has already waited HITL_DB_POOL_TIMEOUT; see ``transient_db_error_kind``
+    to tell it apart.)"""
+    return transient_db_error_kind(exc) is not None
+
+
+def retry_after_seconds() -> int:
+    """The ``Retry-After`` of a 503 (setting HITL_RETRY_AFTER_SECONDS, default 1)."""
+    try:
+        value = float(getattr(settings, "HITL_RETRY_AFTER_SECONDS", 1))
+    except (TypeError, ValueError):
+        value = 1.0
+    return max(int(math.ceil(value)), 0) if math.isfinite(value) else 1
+
+
+def unavailable_body(kind: str) -> dict:
+    return error_body("unavailable", f"The database is busy ({kind}); retry the request shortly.")
+
+
 def api_exception_handler(exc, context):
-    """DRF EXCEPTION_HANDLER: every error becomes ``{"error", "detail", ...}``."""
+    """DRF EXCEPTION_HANDLER: every error becomes ``{"error", "detail", ...}``, rendered as JSON
+    even when the client asked for HTML (the browsable API) or anything else."""
+    response = _error_response(exc, context)
+    request = context.get("request") if context else None
+    if response is not None and request is not None:
+        # finalize_response renders with the request's negotiated renderer: make it JSON.
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
+    return response
+
+
+def _error_response(exc, context):
     headers = {}
     if isinstance(exc, DomainError):
         return Response(exc.body(), status=exc.status_code)
@@ -124,4 +209,8 @@ def api_exception_handler(exc, context):
         return Response(error_body("invalid", str(exc), fields={"body": [str(exc)]}), status=400)
     if isinstance(exc, exceptions.APIException):
         return Response(error_body(exc.default_code, str(exc.detail)), status=exc.status_code)
+    kind = transient_db_error_kind(exc)
+    if kind is not None:
+        log.warning("transient database error, answered 503: %s: %s", kind, exc)
+        return Response(unavailable_body(kind), status=503, headers={"Retry-After": str(retry_after_seconds())})
     return None  # unexpected: Django's 500 handler (JSON for /api/, see core.views)

@@ -1,10 +1,13 @@
 from django.contrib import admin, messages
 
-from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, changed_values
-from core.errors import DomainError
-from emergency.models import EmergencySettings, EmergencyStop
-from emergency.services import emergency_settings_save
-from recovery.services import recovery_start
+from core.admin import ReadOnlyAdminMixin, ask_reason, changed_values
+from emergency.models import Condition, EmergencySettings, EmergencyStop
+from emergency.services import emergency_settings_save, emergency_stop_trigger
+from projects import roles
+from projects.admin import ProjectAdmin
+from projects.admin_mixins import ProjectScopedAdminMixin
+from projects.models import Project
+from projects.permissions import has_project_perm
 
 
 @admin.register(EmergencyStop)
@@ -14,22 +17,10 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
 
     list_display = ["project", "conditions", "severity", "triggered_by", "created_at", "resolved_at"]
     list_filter = ["severity", ("resolved_at", admin.EmptyFieldListFilter)]
-    actions = ["start_recovery"]
 
     @admin.display(description="conditions")
     def conditions(self, obj):
         return ", ".join(obj.triggered_conditions)
-
-    @admin.action(description="Start a recovery session (managers)")
-    def start_recovery(self, request, queryset):
-        for stop in queryset:
-            try:
-                session = recovery_start(project_id=stop.project_id, actor=request.user, recovery_type="manual")
-            except DomainError as err:
-                self.message_user(request, f"{stop.project}: {err.detail}", messages.WARNING)
-                continue
-            self.message_user(request, f"{stop.project}: recovery {session.pk} started with {session.total_steps} "
-                              f"steps.", messages.SUCCESS)
 
 
 @admin.register(EmergencySettings)
@@ -44,3 +35,32 @@ class EmergencySettingsAdmin(admin.ModelAdmin):
         emergency_settings_save(settings_row=obj, actor=request.user,
                                 before=changed_values(form, initial=True) if change else None,
                                 after=changed_values(form))
+
+
+admin.site.unregister(Project)
+
+
+@admin.register(Project)
+class ProjectWithStopAdmin(ProjectAdmin):
+    """The projects admin (projects.admin) plus the emergency stop action, added by this layer."""
+
+    actions = [*(ProjectAdmin.actions or []), "emergency_stop"]
+
+    @admin.action(description="Emergency stop selected projects (asks for a reason)")
+    def emergency_stop(self, request, queryset):
+        reason, form = ask_reason(self, request, queryset, action="emergency_stop", title="Emergency stop",
+                                  question="Stop these projects now? Their tasks are halted, their pending calls "
+                                           "cancelled, and no agent call is admitted until a recovery lifts the stop.",
+                                  submit_label="Stop now")
+        if form is not None:
+            return form
+        for project in queryset:
+            if not has_project_perm(request.user, roles.REVIEW, project):
+                self.message_user(request, f"{project}: you may not stop this project.", messages.ERROR)
+                continue
+            stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP, reason=reason,
+                                                   actor=request.user)
+            self.message_user(request, f"{project}: {'stopped' if created else 'already stopped; reason added'} "
+                              f"({len(stop.stopped_tasks)} tasks halted, {len(stop.cancelled_approvals)} calls "
+                              f"cancelled).", messages.SUCCESS)
+        return None

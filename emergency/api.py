@@ -1,23 +1,19 @@
 from drf_spectacular.utils import (
     extend_schema,
     extend_schema_serializer,
-    inline_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import roles
-from access.permissions import has_project_perm, project_for_user
+from projects import roles
+from projects.permissions import has_project_perm, project_for_user
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent
 from core.errors import Forbidden
 from core.fields import StrictCharField
-from emergency.models import Condition, EmergencyStop, Severity
+from emergency.models import Condition, Severity
 from emergency.serializers import EmergencyStopOutputSerializer
 from emergency.services import emergency_stop_trigger
-from recovery.models import RecoverySession
-from recovery.serializers import RecoverySessionOutputSerializer
-from recovery.services import recovery_start
 
 
 class EmergencyStopApi(APIView):
@@ -43,44 +39,3 @@ class EmergencyStopApi(APIView):
         stop, _ = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
                                                actor=request.user, **s.validated_data)
         return Response(EmergencyStopOutputSerializer(stop).data, status=status.HTTP_201_CREATED)
-
-
-class EmergencyStatusApi(APIView):
-    @extend_schema(operation_id="emergency_status", responses={
-        200: inline_serializer("EmergencyStatus", {
-            "project_id": serializers.UUIDField(), "stopped": serializers.BooleanField(),
-            "active_stop": EmergencyStopOutputSerializer(allow_null=True),
-            "recovery_session": RecoverySessionOutputSerializer(allow_null=True)}),
-        **error_responses(404)})
-    def get(self, request, project_id):
-        project = project_for_user(user=request.user, project_id=project_id)
-        stop = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).first()
-        session = None
-        if stop is not None:
-            session = RecoverySession.objects.filter(emergency_stop=stop).order_by("-created_at").first()
-        return Response({
-            "project_id": str(project.pk),
-            "stopped": project.status == project.Status.EMERGENCY_STOPPED,
-            "active_stop": EmergencyStopOutputSerializer(stop).data if stop else None,
-            "recovery_session": RecoverySessionOutputSerializer(session).data if session else None,
-        })
-
-
-class RecoveryStartApi(APIView):
-    @extend_schema_serializer(component_name="RecoveryStartInput")
-    class InputSerializer(serializers.Serializer):
-        recovery_type = serializers.ChoiceField(choices=RecoverySession.Type.choices, required=False,
-                                                default=RecoverySession.Type.MANUAL)
-
-    @extend_schema(operation_id="emergency_recovery_start", request=InputSerializer,
-                   responses={201: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)},
-                   parameters=[IDEMPOTENCY_HEADER])
-    @idempotent
-    def post(self, request, project_id):
-        """Open a recovery session on the active stop (managers): an assessment and a plan of
-        steps, each to be approved in order."""
-        project = project_for_user(user=request.user, project_id=project_id)
-        s = self.InputSerializer(data=request.data)
-        s.is_valid(raise_exception=True)
-        session = recovery_start(project_id=project.pk, actor=request.user, **s.validated_data)
-        return Response(RecoverySessionOutputSerializer(session).data, status=status.HTTP_201_CREATED)

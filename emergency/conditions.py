@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from approvals.models import AgentCallApproval
 from emergency.models import Condition, EmergencySettings, Severity
+from emergency.services import emergency_settings_for, emergency_stop_trigger
 from projects.models import Project, Task
 
 
@@ -22,16 +22,19 @@ class Trip:
 
 
 logger = logging.getLogger(__name__)
-REGISTRY: dict[str, type["StopCondition"]] = {}
+REGISTRY: list[type["StopCondition"]] = []
 
 
 class StopCondition:
+    """Subclass it to add a check (in this app or an app above, which imports this module from
+    its AppConfig.ready): ``name`` is one of the Condition values; several classes may share one."""
+
     name: str = ""
     periodic = True  # checked by beat; False: only tripped where its signal arrives
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        REGISTRY[cls.name] = cls
+        REGISTRY.append(cls)
 
     def check(self, project: Project, settings: EmergencySettings, now) -> Trip | None:
         return None
@@ -67,15 +70,12 @@ class ErrorRateHigh(StopCondition):
 
 
 class ResourceExhaustion(StopCondition):
-    """Too many pending approvals or open tasks, or a burst of rate-limit / quota failures."""
+    """Too many open tasks, or a burst of rate-limit / quota failures (approvals adds the
+    pending-approvals check of the same condition)."""
 
     name = Condition.RESOURCE_EXHAUSTION
 
     def check(self, project, settings, now):
-        pending = AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING).count()
-        if pending > settings.max_pending_approvals:
-            return Trip(self.name, f"{pending} pending approvals (limit {settings.max_pending_approvals})",
-                        Severity.HIGH, {"pending_approvals": pending})
         open_tasks = Task.objects.filter(project=project, status__in=(
             Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING)).count()
         if open_tasks > settings.max_open_tasks:
@@ -94,23 +94,6 @@ class ResourceExhaustion(StopCondition):
         return None
 
 
-class SecurityThreat(StopCondition):
-    """A requested call whose risk assessment has a critical flag (a live secret, a
-    catastrophic command), tripped when the call is requested; beat re-checks pending calls."""
-
-    name = Condition.SECURITY_THREAT
-
-    def check(self, project, settings, now):
-        if not settings.stop_on_critical_risk:
-            return None
-        flagged = list(AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING,
-                                                        risk_assessment__level="critical").values_list("pk", flat=True)[:20])
-        if flagged:
-            return Trip(self.name, f"{len(flagged)} pending call(s) with a critical risk flag", Severity.CRITICAL,
-                        {"approvals": [str(pk) for pk in flagged]})
-        return None
-
-
 class BudgetCritical(StopCondition):
     """Tripped by the budget service (projected daily cost over 1.5 x the limit)."""
 
@@ -125,25 +108,34 @@ class ManualStop(StopCondition):
     periodic = False
 
 
-def conditions_check(*, project_id, names=None, now=None) -> list[Trip]:
-    """Evaluate conditions for one active project and trip a stop for each that fires."""
-    from emergency.services import emergency_settings_for, emergency_stop_trigger
-
-    now = now or timezone.now()
-    project = Project.objects.get(pk=project_id)
-    if project.status != Project.Status.ACTIVE:
-        return []
-    settings = emergency_settings_for(project.pk)
+def conditions_evaluate(project: Project, settings: EmergencySettings, now, names=None) -> list[Trip]:
+    """The trips of the named conditions (every periodic one when ``names`` is None), read only."""
     trips = []
-    for name, cls in REGISTRY.items():
-        if (names is None and not cls.periodic) or (names is not None and name not in names):
+    for cls in REGISTRY:
+        if (names is None and not cls.periodic) or (names is not None and cls.name not in names):
             continue
         trip = cls().check(project, settings, now)
         if trip is not None:
             trips.append(trip)
-            emergency_stop_trigger(project_id=project.pk, condition=trip.condition, reason=trip.reason,
-                                   severity=trip.severity, data=trip.data)
     return trips
+
+
+def conditions_check(*, project_id, names=None, now=None) -> list[Trip]:
+    """Evaluate conditions for one active project and trip a stop for each that fires."""
+    now = now or timezone.now()
+    project = Project.objects.get(pk=project_id)
+    if project.status != Project.Status.ACTIVE:
+        return []
+    trips = conditions_evaluate(project, emergency_settings_for(project.pk), now, names)
+    for trip in trips:
+        emergency_stop_trigger(project_id=project.pk, condition=trip.condition, reason=trip.reason,
+                               severity=trip.severity, data=trip.data)
+    return trips
+
+
+def task_outcome_check(*, task: Task) -> None:
+    """projects.task_outcome_reported: an outcome may trip the error-rate or resource stop."""
+    conditions_check(project_id=task.project_id, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])
 
 
 def conditions_check_all(*, now=None) -> int:

@@ -3,7 +3,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.permissions import project_for_user
+from projects.permissions import project_for_user
 from core.api import error_responses
 from events.models import EventType
 from events.selectors import event_list

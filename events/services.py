@@ -5,6 +5,7 @@ from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
 from audit.services import to_json
+from core.uow import defer_or_run
 from events.models import Event, EventType
 
 
@@ -35,14 +36,21 @@ def _lock_project_stream(project_id) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [4242, key])
 
 
-@transaction.atomic
-def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Event:
-    """Write an outbox row in the caller's transaction; push it to live listeners after commit."""
+def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Event | None:
+    """Write an outbox row in the caller's transaction; push it to live listeners after commit.
+    Inside a unit of work (core/uow.py) the row is written at its end, in the order emitted, with
+    ``data`` as it was at this call; the return value is then None."""
     if event_type not in EventType.values:
         raise ValueError(f"unknown event type {event_type!r}")
+    data = to_json(data) or {}
+    return defer_or_run("outbox", lambda: _write(project_id=project_id, event_type=event_type, data=data,
+                                                 task_id=task_id))
+
+
+@transaction.atomic
+def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
     _lock_project_stream(project_id)
-    event = Event.objects.create(project_id=project_id, task_id=task_id, event_type=event_type,
-                                 data=to_json(data) or {})
+    event = Event.objects.create(project_id=project_id, task_id=task_id, event_type=event_type, data=data)
     payload = event_payload(event)
 
     def broadcast():

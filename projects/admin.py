@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 from guardian.admin import GuardedModelAdmin
 
-from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin
+from core.admin import ReadOnlyAdminMixin
+from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.models import AgentState, Project, ProjectNotifier, Task
 
 
@@ -32,33 +33,8 @@ class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
     search_fields = ["slug", "name"]
     readonly_fields = ["id", "status", "created_at", "updated_at"]
     inlines = [AgentStateInline, ProjectNotifierInline]
-    actions = ["emergency_stop"]
 
     project_lookup = "pk"  # staff see the projects they hold a role on; only admins edit them
-
-    @admin.action(description="Emergency stop selected projects (asks for a reason)")
-    def emergency_stop(self, request, queryset):
-        from access import roles
-        from access.permissions import has_project_perm
-        from core.admin import ask_reason
-        from emergency.services import emergency_stop_trigger
-
-        reason, form = ask_reason(self, request, queryset, action="emergency_stop", title="Emergency stop",
-                                  question="Stop these projects now? Their tasks are halted, their pending calls "
-                                           "cancelled, and no agent call is admitted until a recovery lifts the stop.",
-                                  submit_label="Stop now")
-        if form is not None:
-            return form
-        for project in queryset:
-            if not has_project_perm(request.user, roles.REVIEW, project):
-                self.message_user(request, f"{project}: you may not stop this project.", messages.ERROR)
-                continue
-            stop, created = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason=reason,
-                                                   actor=request.user)
-            self.message_user(request, f"{project}: {'stopped' if created else 'already stopped; reason added'} "
-                              f"({len(stop.stopped_tasks)} tasks halted, {len(stop.cancelled_approvals)} calls "
-                              f"cancelled).", messages.SUCCESS)
-        return None
 
     def get_readonly_fields(self, request, obj=None):
         # Creation goes through the API or this form's save_model → project_create.

@@ -2,7 +2,6 @@ import zoneinfo
 
 from drf_spectacular.utils import (
     extend_schema,
-    extend_schema_field,
     extend_schema_serializer,
 )
 from rest_framework import serializers, status
@@ -11,14 +10,12 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access import roles
-from access.permissions import (
+from projects import roles
+from projects.permissions import (
     project_for_user,
     project_visible_to,
     require_project_perm,
 )
-from budgets.selectors import budget_summary
-from budgets.serializers import BudgetOutputSerializer
 from core.api import (
     IDEMPOTENCY_HEADER,
     error_responses,
@@ -27,8 +24,6 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
-from emergency.conditions import conditions_check
-from emergency.models import Condition
 from projects import selectors, services
 from projects.models import AgentType, Task
 from projects.serializers import (
@@ -43,17 +38,12 @@ MAX_INT = 2**31 - 1
 class ProjectDetailOutputSerializer(ProjectOutputSerializer):
     agent_states = AgentStateSerializer(many=True, read_only=True)
     task_counts = serializers.SerializerMethodField()
-    budget = serializers.SerializerMethodField(help_text="the budget summary, as GET /api/v1/budgets/{project_id}")
 
     class Meta(ProjectOutputSerializer.Meta):
-        fields = ProjectOutputSerializer.Meta.fields + ["agent_states", "task_counts", "budget"]
+        fields = ProjectOutputSerializer.Meta.fields + ["agent_states", "task_counts"]
 
     def get_task_counts(self, project) -> dict[str, int]:
         return selectors.project_task_counts(project=project)
-
-    @extend_schema_field(BudgetOutputSerializer)
-    def get_budget(self, project):
-        return BudgetOutputSerializer(budget_summary(project=project)).data
 
 
 class ProjectPagination(PageNumberPagination):
@@ -93,12 +83,40 @@ class ProjectListCreateApi(APIView):
 
 
 class ProjectDetailApi(APIView):
+    """GET and PATCH of a project. The layers above extend the answer (budgets adds the budget
+    summary: budgets.api.ProjectDetailWithBudgetApi is what the URL serves)."""
+
+    output_serializer = ProjectDetailOutputSerializer
+
+    @extend_schema_serializer(component_name="ProjectUpdateInput")
+    class UpdateSerializer(serializers.Serializer):
+        name = StrictCharField(max_length=200, required=False)
+        timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
+                                           help_text="IANA time zone name")
+
+    def _project(self, request, project_id):
+        return get_or_404(project_visible_to(user=request.user).prefetch_related("agent_states"), project_id)
+
     @extend_schema(operation_id="projects_retrieve",
                    responses={200: ProjectDetailOutputSerializer, **error_responses(404)})
     def get(self, request, project_id):
         """The project with its agents' states and task counts."""
-        project = get_or_404(project_visible_to(user=request.user).prefetch_related("agent_states"), project_id)
-        return Response(ProjectDetailOutputSerializer(project).data)
+        return Response(self.output_serializer(self._project(request, project_id)).data)
+
+    @extend_schema(operation_id="projects_update", request=UpdateSerializer,
+                   responses={200: ProjectDetailOutputSerializer, **error_responses(400, 403, 404)})
+    def patch(self, request, project_id):
+        """Rename the project or change its time zone (manager). A new time zone never resets or
+        loses what was spent or reserved: the current day and month windows run to their end."""
+        project = self._project(request, project_id)
+        require_project_perm(request.user, roles.MANAGE, project, "change the project")
+        s = self.UpdateSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        if not s.validated_data:
+            raise serializers.ValidationError({"non_field_errors": ["Give name or timezone."]})
+        services.project_update(actor=request.user, project_id=project.pk, name=s.validated_data.get("name"),
+                                timezone_name=s.validated_data.get("timezone"))
+        return Response(self.output_serializer(self._project(request, project_id)).data)
 
 
 class TaskCreateApi(APIView):
@@ -153,9 +171,8 @@ class TaskStatusApi(APIView):
         require_project_perm(request.user, roles.ACT_AS_AGENT, task.project, "report task outcomes")
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
+        # the outcome is committed, then the conditions it feeds run (projects.task_outcome_reported)
         task = services.task_report_outcome(actor=request.user, task_id=task.pk, **s.validated_data)
-        # The outcome is committed: now the conditions it feeds (each trips its own stop).
-        conditions_check(project_id=task.project_id, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])
         return Response(TaskOutputSerializer(task).data)
 
 

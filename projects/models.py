@@ -34,10 +34,12 @@ class Project(BaseModel):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone],
                                 help_text="IANA time zone; budget days start at its local midnight.")
+    active_stop_id = models.UUIDField(null=True, blank=True, editable=False,
+                                      help_text="the unresolved emergency stop (set and cleared by emergency)")
 
     class Meta:
         ordering = ["name"]
-        # Object permissions (django-guardian) that make up the roles; see access/roles.py.
+        # Object permissions (django-guardian) that make up the roles; see projects/roles.py.
         permissions = [
             ("act_as_agent", "Act as an agent: create tasks, request approvals, report outcomes"),
             ("review_project", "Review: decide approvals and overrides up to the manager threshold"),

@@ -1,6 +1,6 @@
 from django.db.models import Count
 
-from access.permissions import project_visible_to
+from projects.permissions import project_visible_to
 from projects.models import Task
 
 

@@ -1,10 +1,13 @@
-from django.apps import apps
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from core.errors import EmergencyStopActive, InvalidInput, TransitionError
+from core.errors import InvalidInput, TransitionError
+from core import uow as core_uow
+from core.uow import retry_transient
+from projects.hooks import task_outcome_reported
 from projects.models import AgentState, AgentType, Project, Task, validate_timezone
+from projects.uow import project_uow
 
 
 def _task_snapshot(task: Task) -> dict:
@@ -28,64 +31,62 @@ def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -
     return project
 
 
-@transaction.atomic
-def project_update(*, actor, project_id, name: str, timezone_name: str) -> Project:
-    """Rename a project or change its time zone (its status is the emergency services' own)."""
-    try:
-        validate_timezone(timezone_name)
-    except Exception as exc:
-        raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
-    project = Project.objects.select_for_update().get(pk=project_id)
-    before = {"name": project.name, "timezone": project.timezone}
-    project.name, project.timezone = name, timezone_name
-    project.save(update_fields=["name", "timezone", "updated_at"])
-    audit_record(actor=actor, action="project.update", obj=project, before=before,
-                 after={"name": name, "timezone": timezone_name})
+@retry_transient
+def project_update(*, actor, project_id, name: str | None = None, timezone_name: str | None = None) -> Project:
+    """Rename a project or change its time zone (its status is the emergency services' own).
+    Budget windows are found by the instant they cover, so a new time zone takes effect at the
+    end of the current day and month windows: nothing spent or reserved is lost or reset."""
+    if timezone_name is not None:
+        try:
+            validate_timezone(timezone_name)
+        except Exception as exc:
+            raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
+    with project_uow(project_id) as uow:
+        project = uow.project
+        before = {"name": project.name, "timezone": project.timezone}
+        project.name = project.name if name is None else name
+        project.timezone = project.timezone if timezone_name is None else timezone_name
+        project.save(update_fields=["name", "timezone", "updated_at"])
+        audit_record(actor=actor, action="project.update", obj=project, before=before,
+                     after={"name": project.name, "timezone": project.timezone})
     return project
 
 
-def project_lock_for_admission(project_id) -> Project:
-    """Lock the project row and refuse if it is emergency-stopped (423). Every admission of
-    new work takes this lock, so nothing is admitted once a stop has committed."""
-    project = Project.objects.select_for_update().get(pk=project_id)
-    if project.status == Project.Status.EMERGENCY_STOPPED:
-        EmergencyStop = apps.get_model("emergency", "EmergencyStop")
-        stop_id = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).values_list(
-            "pk", flat=True).first()
-        raise EmergencyStopActive(f"Project {project.slug} is under an emergency stop.", emergency_stop_id=stop_id)
-    return project
-
-
-@transaction.atomic
+@retry_transient
 def task_create(*, actor, project_id, agent_type: str, title: str, input_data=None) -> Task:
-    project = project_lock_for_admission(project_id)
-    task = Task.objects.create(project=project, agent_type=agent_type, title=title,
-                               input_data=input_data if input_data is not None else {}, created_by=actor)
-    audit_record(actor=actor, action="task.create", obj=task,
-                 after={"agent_type": agent_type, "title": title, "status": task.status})
+    with project_uow(project_id, gate=True) as uow:
+        task = Task.objects.create(project=uow.project, agent_type=agent_type, title=title,
+                                   input_data=input_data if input_data is not None else {}, created_by=actor)
+        audit_record(actor=actor, action="task.create", obj=task,
+                     after={"agent_type": agent_type, "title": title, "status": task.status})
     return task
 
 
-@transaction.atomic
+@retry_transient
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
     """An agent reports that a task completed or failed. Reporting the same outcome again
-    changes nothing; any other transition out of a finished task is refused (409)."""
+    changes nothing; any other transition out of a finished task is refused (409). Once the
+    outcome is committed, the ``task_outcome_reported`` hook runs (emergency: error rate)."""
     if status not in Task.OUTCOMES:
         raise InvalidInput(fields={"status": [f"Must be one of {', '.join(Task.OUTCOMES)}."]})
-    task = Task.objects.select_for_update().get(pk=task_id)
-    if task.status == status:
-        return task  # a retried report
-    if status not in Task.TRANSITIONS[task.status]:
-        raise TransitionError(f"A task that is {task.status} cannot become {status}.", current_status=task.status)
-    before = _task_snapshot(task)
-    task.status = status
-    task.error = error if status == Task.Status.FAILED else ""
-    task.error_kind = error_kind if status == Task.Status.FAILED else ""
-    task.finished_at = timezone.now()
-    task.save(update_fields=["status", "error", "error_kind", "finished_at", "updated_at"])
-    agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
-                        failed=status == Task.Status.FAILED)
-    audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
+    project_id = Task.objects.values_list("project_id", flat=True).get(pk=task_id)
+    with project_uow(project_id) as uow:
+        task = uow.lock("task", Task.objects, pk=task_id)
+        if task.status == status:
+            return task  # a retried report
+        if status not in Task.TRANSITIONS[task.status]:
+            raise TransitionError(f"A task that is {task.status} cannot become {status}.",
+                                  current_status=task.status)
+        before = _task_snapshot(task)
+        task.status = status
+        task.error = error if status == Task.Status.FAILED else ""
+        task.error_kind = error_kind if status == Task.Status.FAILED else ""
+        task.finished_at = timezone.now()
+        task.save(update_fields=["status", "error", "error_kind", "finished_at", "updated_at"])
+        agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
+                            failed=status == Task.Status.FAILED)
+        audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
+    task_outcome_reported(task=task)
     return task
 
 
@@ -94,7 +95,9 @@ def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = No
     that changed them): waiting_for_hitl while a task waits for a person, working while one
     runs, else idle, or error after a failure (``failed=True``) until a success (``failed=False``).
     An emergency stop is left for recovery to lift."""
-    state = AgentState.objects.select_for_update().get(project_id=project_id, agent_type=agent_type)
+    uow = core_uow.current()
+    qs = AgentState.objects.filter(project_id=project_id, agent_type=agent_type)
+    state = uow.lock("agent_state", qs) if uow is not None else qs.select_for_update().get()
     if state.status == AgentState.Status.EMERGENCY_STOPPED:
         return state
     tasks = Task.objects.filter(project_id=project_id, agent_type=agent_type)
@@ -115,6 +118,7 @@ def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = No
 
 
 def task_move(*, task: Task, to: str) -> bool:
+    # the caller holds the task's lock (stage "task" of its unit of work)
     """Move a locked task along its TRANSITIONS; a move it does not allow is skipped (a task
     halted or cancelled meanwhile stays so). Returns whether it moved."""
     if task.status == to or to not in Task.TRANSITIONS[task.status]:

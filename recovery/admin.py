@@ -1,9 +1,12 @@
 from django.contrib import admin, messages
 
-from core.admin import ProjectScopedAdminMixin, ReadOnlyAdminMixin, ask_reason
+from core.admin import ReadOnlyAdminMixin, ask_reason
+from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError
+from emergency.admin import EmergencyStopAdmin
+from emergency.models import EmergencyStop
 from recovery.models import RecoverySession, RecoveryStep
-from recovery.services import recovery_step_respond
+from recovery.services import recovery_start, recovery_step_respond
 
 
 class RecoveryStepInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -54,3 +57,24 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             return form
         self._respond_next(request, queryset, "reject", reason)
         return None
+
+
+admin.site.unregister(EmergencyStop)
+
+
+@admin.register(EmergencyStop)
+class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
+    """The stops admin (emergency.admin) plus starting a recovery, added by this layer."""
+
+    actions = [*(EmergencyStopAdmin.actions or []), "start_recovery"]
+
+    @admin.action(description="Start a recovery session (managers)")
+    def start_recovery(self, request, queryset):
+        for stop in queryset:
+            try:
+                session = recovery_start(project_id=stop.project_id, actor=request.user, recovery_type="manual")
+            except DomainError as err:
+                self.message_user(request, f"{stop.project}: {err.detail}", messages.WARNING)
+                continue
+            self.message_user(request, f"{stop.project}: recovery {session.pk} started with {session.total_steps} "
+                              f"steps.", messages.SUCCESS)

@@ -2,7 +2,13 @@ from django.apps import AppConfig
 
 
 class RecoveryConfig(AppConfig):
-    """Recovery sessions walked step by step after a stop. Not built yet: see the README."""
+    """Recovery sessions walked step by step after a stop (the top domain layer)."""
 
     name = "recovery"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from emergency.hooks import stop_condition_added
+        from recovery.services import fail_open_recovery
+
+        stop_condition_added.connect(fail_open_recovery)

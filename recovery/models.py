@@ -44,7 +44,6 @@ class RecoverySession(BaseModel):
 class RecoveryStep(BaseModel):
     class Status(models.TextChoices):
         PENDING = "pending"
-        APPROVED = "approved"
         RUNNING = "running"
         COMPLETED = "completed"
         FAILED = "failed"
@@ -55,7 +54,6 @@ class RecoveryStep(BaseModel):
     order = models.PositiveIntegerField()
     action = models.CharField(max_length=50)
     description = models.TextField()
-    params = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="+")

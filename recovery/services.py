@@ -4,22 +4,29 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from access import roles
-from access.permissions import require_not_requester, require_project_perm
 from approvals.models import AgentCallApproval
 from audit.services import audit_record
+from budgets.services import budget_for, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
-from emergency.conditions import ErrorRateHigh, ResourceExhaustion
-from emergency.models import Condition, EmergencyStop
-from emergency.services import emergency_settings_for, stop_payload
+from core.uow import retry_transient
+from emergency.conditions import conditions_evaluate
+from emergency.models import Condition, EmergencySettings, EmergencyStop
+from emergency.services import emergency_settings_for, emergency_stop_resolve, stop_payload
 from events.services import event_emit
-from projects.models import AgentState, Project, Task
+from projects import roles
+from projects.models import AgentState, Task
+from projects.permissions import require_not_requester, require_project_perm
 from projects.services import agent_state_refresh
+from projects.uow import project_uow
 from recovery.models import RecoverySession, RecoveryStep
+
+# Steps an automated recovery runs by itself when they come up (no judgement needed); the
+# others (review, budget, halted tasks, lifting the stop) always wait for a person.
+AUTOMATIC_STEPS = ("reset_error_window", "re_enable_agents")
 
 
 # --- the steps: what approving each one does --------------------------------------------
-def _review_flagged(session, step, now, option):
+def _review_flagged(session, step, now, option, uow):
     flagged = list(AgentCallApproval.objects.filter(pk__in=session.emergency_stop.cancelled_approvals,
                                                     risk_assessment__level__in=["high", "critical"])
                    .values("pk", "proposed_action", "risk_assessment__level"))
@@ -28,28 +35,28 @@ def _review_flagged(session, step, now, option):
 
 
 def _budget_state(project) -> dict:
-    from budgets.services import budget_for, current_windows
-
     budget = budget_for(project)
-    day, month = current_windows(project, lock=False)
+    day, month = current_windows(project)
     return {"daily_cost_limit": f"{budget.daily_cost_limit:.4f}", "spent_today": f"{day.spent_cost:.4f}",
             "reserved_today": f"{day.reserved_cost:.4f}", "allowance_today": f"{day.allowance_cost:.4f}",
             "monthly_cost_limit": f"{budget.monthly_cost_limit:.4f}", "spent_month": f"{month.spent_cost:.4f}"}
 
 
-def _confirm_budget(session, step, now, option):
+def _confirm_budget(session, step, now, option, uow):
     """Records the budget a person confirmed (raise the limit or approve an override first)."""
     return {"confirmed": _budget_state(session.project)}
 
 
-def _reset_error_window(session, step, now, option):
-    settings_row = emergency_settings_for(session.project_id)
+def _reset_error_window(session, step, now, option, uow):
+    emergency_settings_for(session.project_id)  # made on first use
+    settings_row = uow.lock("project_state", EmergencySettings.objects, project_id=session.project_id)
     settings_row.error_window_reset_at = now
     settings_row.save(update_fields=["error_window_reset_at", "updated_at"])
     return {"error_window_reset_at": now.isoformat()}
 
 
-def _re_enable_agents(session, step, now, option):
+def _re_enable_agents(session, step, now, option, uow):
+    uow.enter_stage("agent_state")
     AgentState.objects.filter(project_id=session.project_id).update(status=AgentState.Status.IDLE, updated_at=now)
     for agent_type in AgentState.objects.filter(project_id=session.project_id).values_list("agent_type", flat=True):
         agent_state_refresh(project_id=session.project_id, agent_type=agent_type)
@@ -57,23 +64,18 @@ def _re_enable_agents(session, step, now, option):
                                  .values_list("agent_type", "status"))}
 
 
-def _settle_halted_tasks(session, step, now, option):
+def _settle_halted_tasks(session, step, now, option, uow):
     option = option or "resume"
     to = Task.Status.PENDING if option == "resume" else Task.Status.CANCELLED
-    ids = list(Task.objects.select_for_update().filter(project_id=session.project_id, status=Task.Status.HALTED)
-               .values_list("pk", flat=True))
+    ids = [t.pk for t in uow.lock_many("task", Task.objects.filter(project_id=session.project_id,
+                                                                    status=Task.Status.HALTED).only("pk"))]
     Task.objects.filter(pk__in=ids).update(status=to, updated_at=now)
     return {"option": option, "tasks": [str(pk) for pk in ids], "now": to}
 
 
-def _lift_stop(session, step, now, option):
+def _lift_stop(session, step, now, option, uow):
     stop = session.emergency_stop
-    stop.resolved_at, stop.resolved_by = now, step.approved_by
-    stop.recovery_session_id = session.pk
-    stop.save(update_fields=["resolved_at", "resolved_by", "recovery_session_id"])
-    Project.objects.filter(pk=session.project_id).update(status=Project.Status.ACTIVE, updated_at=now)
-    AgentState.objects.filter(project_id=session.project_id, status=AgentState.Status.EMERGENCY_STOPPED).update(
-        status=AgentState.Status.IDLE, updated_at=now)
+    emergency_stop_resolve(uow=uow, stop=stop, actor=step.approved_by, now=now, recovery_session_id=session.pk)
     return {"emergency_stop_id": str(stop.pk), "resolved_at": now.isoformat()}
 
 
@@ -106,8 +108,9 @@ def recovery_plan_for(stop: EmergencyStop) -> list[str]:
 def recovery_assessment(stop: EmergencyStop, now) -> dict:
     project = stop.project
     settings_row = emergency_settings_for(project.pk)
-    error_trip = ErrorRateHigh().check(project, settings_row, now)
-    resource_trip = ResourceExhaustion().check(project, settings_row, now)
+    trips = {trip.condition: trip for trip in conditions_evaluate(
+        project, settings_row, now, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])}
+    error_trip, resource_trip = trips.get(Condition.ERROR_RATE_HIGH), trips.get(Condition.RESOURCE_EXHAUSTION)
     flagged = list(AgentCallApproval.objects.filter(pk__in=stop.cancelled_approvals,
                                                     risk_assessment__level__in=["high", "critical"])
                    .values_list("pk", flat=True))
@@ -130,16 +133,20 @@ def _session_payload(session: RecoverySession) -> dict:
             "total_steps": session.total_steps}
 
 
+@retry_transient
 def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
-    """A manager opens a recovery session on the project's active stop."""
+    """A manager opens a recovery session on the project's active stop. In an ``automated``
+    recovery the steps that need no judgement (AUTOMATIC_STEPS) run by themselves when they
+    come up; a ``manual`` one waits for a person at every step."""
     if recovery_type not in RecoverySession.Type.values:
         raise InvalidInput(fields={"recovery_type": ["Must be automated or manual."]})
-    with transaction.atomic():
-        project = Project.objects.select_for_update().get(pk=project_id)
+    with project_uow(project_id) as uow:
+        project = uow.project
         require_project_perm(actor, roles.MANAGE, project, "start a recovery")
-        stop = EmergencyStop.objects.select_for_update().filter(project=project, resolved_at__isnull=True).first()
-        if stop is None:
+        stops = uow.lock_many("project_state", EmergencyStop.objects.filter(project=project, resolved_at__isnull=True))
+        if not stops:
             raise TransitionError("The project is not emergency-stopped.", current_status=project.status)
+        stop = stops[0]
         now = timezone.now()
         session = RecoverySession(project=project, emergency_stop=stop, recovery_type=recovery_type,
                                   created_by=actor, assessment=recovery_assessment(stop, now))
@@ -163,9 +170,11 @@ def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
                      after={"emergency_stop_id": str(stop.pk), "plan": plan, "recovery_type": recovery_type})
         event_emit(project_id=project.pk, event_type="recovery_initiated",
                    data={**_session_payload(session), "emergency_stop_id": str(stop.pk), "plan": plan})
+        _run_automatic_steps(uow, session)
     return session
 
 
+@retry_transient
 def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: str = "",
                           option: str = "") -> RecoverySession:
     """Approve (and so run) or reject the next step. Steps run strictly in order; a rejected or
@@ -174,11 +183,14 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
     if decision == "reject" and not reason.strip():
         raise InvalidInput(fields={"reason": ["Rejecting a step needs a reason."]})
-    with transaction.atomic():
-        project_id = RecoverySession.objects.values_list("project_id", flat=True).get(pk=session_id)
-        project = Project.objects.select_for_update().get(pk=project_id)
-        session = RecoverySession.objects.select_for_update().select_related("emergency_stop").get(pk=session_id)
-        require_project_perm(actor, roles.REVIEW, project, "approve recovery steps")
+    project_id = RecoverySession.objects.filter(pk=session_id).values_list("project_id", flat=True).first()
+    if project_id is None:
+        raise NotFoundError("No such recovery.")
+    with project_uow(project_id) as uow:
+        sessions = uow.lock_many("project_state", RecoverySession.objects.filter(pk=session_id)
+                                 .select_related("emergency_stop"))
+        session = sessions[0]
+        require_project_perm(actor, roles.REVIEW, uow.project, "approve recovery steps")
         require_not_requester(decider=actor, requester_id=session.created_by_id)  # a second person approves
         if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
             raise TransitionError(f"The recovery is {session.status}.", current_status=session.status)
@@ -192,45 +204,69 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         options = STEPS[step.action][2]
         if option and (options is None or option not in options):
             raise InvalidInput(fields={"option": [f"This step takes {options or 'no options'}."]})
-        now = timezone.now()
-        step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()
         if decision == "reject":
+            now = timezone.now()
+            step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()
             step.status = RecoveryStep.Status.REJECTED
             step.save()
             _fail(session, actor, f"Step {step.order} ({step.action}) rejected: {reason.strip()}", step)
-            audit_record(actor=actor, action="recovery.step_reject", obj=step, project_id=project.pk,
+            audit_record(actor=actor, action="recovery.step_reject", obj=step, project_id=uow.project.pk,
                          reason=reason, after={"order": step.order, "action": step.action})
             return session
-        step.status, step.started_at = RecoveryStep.Status.RUNNING, now
-        step.save()
-        try:
-            with transaction.atomic():
-                step.result = STEPS[step.action][1](session, step, now, option)
-        except Exception as exc:  # noqa: BLE001 - a failed step fails the session, the stop stays
-            step.status, step.result, step.finished_at = RecoveryStep.Status.FAILED, {"error": str(exc)}, timezone.now()
-            step.save()
-            _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}", step)
-            audit_record(actor=actor, action="recovery.step_fail", obj=step, project_id=project.pk,
-                         after={"order": step.order, "action": step.action, "error": str(exc)})
-            return session
-        step.status, step.finished_at = RecoveryStep.Status.COMPLETED, timezone.now()
-        step.save()
-        session.steps_completed += 1
-        session.status = RecoverySession.Status.IN_PROGRESS
-        if step.action == "lift_stop":
-            session.status, session.completed_at = RecoverySession.Status.COMPLETED, step.finished_at
-        session.save()
-        audit_record(actor=actor, action="recovery.step_complete", obj=step, project_id=project.pk, reason=reason,
-                     after={"order": step.order, "action": step.action, "option": option, "result": step.result})
-        event_emit(project_id=project.pk, event_type="recovery_step_completed",
-                   data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
-                         "action": step.action, "result": step.result})
-        if step.action == "lift_stop":
-            audit_record(actor=actor, action="emergency_stop.resolve", obj=session.emergency_stop,
-                         project_id=project.pk, after={"resolved_at": step.finished_at, "recovery_session": str(session.pk)})
-            event_emit(project_id=project.pk, event_type="emergency_resolved",
-                       data={**_session_payload(session), "emergency_stop_id": str(session.emergency_stop_id)})
+        if _run_step(uow, session, step, actor, reason, option):
+            _run_automatic_steps(uow, session)
     return session
+
+
+def _run_automatic_steps(uow, session: RecoverySession) -> None:
+    """Automated recoveries: run the next steps while they are AUTOMATIC_STEPS."""
+    if session.recovery_type != RecoverySession.Type.AUTOMATED:
+        return
+    while session.status in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
+        step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
+        if step is None or step.action not in AUTOMATIC_STEPS:
+            return
+        if not _run_step(uow, session, step, None, "run automatically (automated recovery)", ""):
+            return
+
+
+def _run_step(uow, session: RecoverySession, step: RecoveryStep, actor, reason: str, option: str) -> bool:
+    """Run one approved step; False when it failed (the session failed with it)."""
+    project = uow.project
+    uow.new_pass("project_state")  # each step is its own pass through the lock order
+    now = timezone.now()
+    step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()
+    step.status, step.started_at = RecoveryStep.Status.RUNNING, now
+    step.save()
+    try:
+        with transaction.atomic():
+            step.result = STEPS[step.action][1](session, step, now, option, uow)
+    except Exception as exc:  # noqa: BLE001 - a failed step fails the session, the stop stays
+        step.status, step.result, step.finished_at = RecoveryStep.Status.FAILED, {"error": str(exc)}, timezone.now()
+        step.save()
+        _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}", step)
+        audit_record(actor=actor, action="recovery.step_fail", obj=step, project_id=project.pk,
+                     after={"order": step.order, "action": step.action, "error": str(exc)})
+        return False
+    step.status, step.finished_at = RecoveryStep.Status.COMPLETED, timezone.now()
+    step.save()
+    session.steps_completed += 1
+    session.status = RecoverySession.Status.IN_PROGRESS
+    if step.action == "lift_stop":
+        session.status, session.completed_at = RecoverySession.Status.COMPLETED, step.finished_at
+    session.save()
+    audit_record(actor=actor, action="recovery.step_complete", obj=step, project_id=project.pk, reason=reason,
+                 after={"order": step.order, "action": step.action, "option": option, "result": step.result,
+                        "automatic": actor is None})
+    event_emit(project_id=project.pk, event_type="recovery_step_completed",
+               data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
+                     "action": step.action, "result": step.result, "automatic": actor is None})
+    if step.action == "lift_stop":
+        audit_record(actor=actor, action="emergency_stop.resolve", obj=session.emergency_stop,
+                     project_id=project.pk, after={"resolved_at": step.finished_at, "recovery_session": str(session.pk)})
+        event_emit(project_id=project.pk, event_type="emergency_resolved",
+                   data={**_session_payload(session), "emergency_stop_id": str(session.emergency_stop_id)})
+    return True
 
 
 def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None = None) -> None:
@@ -241,3 +277,15 @@ def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None =
         event_emit(project_id=session.project_id, event_type="recovery_step_completed",
                    data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
                          "action": step.action, "step_status": step.status, "reason": why})
+
+
+def fail_open_recovery(*, uow, stop: EmergencyStop, condition: str, actor) -> None:
+    """emergency.hooks.stop_condition_added: a new condition during a recovery voids its plan;
+    that session fails and a new one, planned for every condition, is needed to lift the stop."""
+    open_states = [RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS]
+    for session in uow.lock_many("project_state", RecoverySession.objects.filter(emergency_stop=stop,
+                                                                                 status__in=open_states)):
+        session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
+        session.save(update_fields=["status", "completed_at", "updated_at"])
+        audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id,
+                     reason=f"New condition {condition} during the recovery: start a new one.")

@@ -1,6 +1,6 @@
 import pytest
 
-from access.permissions import (
+from projects.permissions import (
     has_project_perm,
     project_visible_to,
     require_not_requester,

@@ -172,13 +172,13 @@ def test_cost_comes_from_the_price_table(agent_client, request_body):
                                                           output_per_million="0.0000")
     from approvals.estimation import count_tokens, prompt_text
 
-    body = request_body(estimated_tokens=500)
+    body = request_body(estimated_tokens=5000)
     r = agent_client.post("/api/v1/agent-approvals", body, format="json")
     # Input tokens cost exactly $1 each and output is free: the cost is the prompt's token count.
     prompt_tokens = count_tokens(prompt_text(proposed_action=body["proposed_action"], input_data=body["input_data"],
                                              context_summary=body["context_summary"]))
     assert 5 < prompt_tokens < 500
-    assert r.json()["estimated_tokens"] == 500 and r.json()["estimated_cost"] == f"{prompt_tokens}.0000"
+    assert r.json()["estimated_tokens"] == 5000 and r.json()["estimated_cost"] == f"{prompt_tokens}.0000"
 
 
 def test_request_is_423_while_stopped(agent_client, request_body, project, task):

@@ -23,9 +23,8 @@ from budgets.models import (
     UsageEntry,
 )
 from budgets.services import (
+    budget_admit,
     budget_reconcile,
-    budget_reserve,
-    budget_settle,
     current_windows,
     ledger_totals,
     window_bounds,
@@ -50,14 +49,29 @@ def call(project, agent, tokens=100, cost="1.0000", title="t"):
                                   estimated_cost=Decimal(cost))
 
 
+def budget_settle(*, approval, tokens_used, actual_cost):
+    from budgets.services import budget_settle as settle
+    from projects.uow import project_uow
+
+    with project_uow(approval.project_id) as uow:
+        return settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost).settled
+
+
+def budget_reserve(*, approval, now):
+    from projects.uow import project_uow
+
+    with project_uow(approval.project_id) as uow:
+        return budget_admit(uow=uow, call=approval, requested_by=approval.requested_by, now=now)
+
+
 def day_window(project):
-    return current_windows(project, lock=False)[0]
+    return current_windows(project)[0]
 
 
 # --- reservation and overrides ------------------------------------------------------
 def test_a_call_reserves_its_estimate_in_the_day_and_month_windows(project, agent, client_for):
     call(project, agent, tokens=1500, cost="2.5000")
-    day, month = current_windows(project, lock=False)
+    day, month = current_windows(project)
     for window in (day, month):
         assert (window.reserved_tokens, window.reserved_cost, window.spent_cost) == (1500, Decimal("2.5"), 0)
     body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
@@ -93,7 +107,7 @@ def test_passing_a_limit_blocks_the_call_behind_an_override(project, agent, revi
 def test_rejecting_the_override_rejects_the_blocked_call(project, agent, reviewer):
     limits(project, daily_token_limit=1000)
     blocked = call(project, agent, tokens=1500)
-    from budgets.services import budget_override_respond
+    from approvals.services import budget_override_respond
 
     budget_override_respond(override_id=blocked.budget_override_id, actor=reviewer, decision="reject",
                             reason="too big")
@@ -137,7 +151,10 @@ def test_one_and_a_half_times_the_daily_limit_stops_the_project(project, agent, 
     assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
     stop = EmergencyStop.objects.get(project=project)
     assert stop.triggered_conditions == ["budget_critical"]
-    assert AgentCallApproval.objects.filter(task=task).count() == 0  # the refused call was not recorded
+    # the refused call is on record, cancelled by the stop that committed with it; it reserved nothing
+    refused = AgentCallApproval.objects.get(task=task)
+    assert refused.status == "cancelled" and str(refused.pk) in stop.cancelled_approvals
+    assert not UsageEntry.objects.filter(approval=refused, kind="reserve").exists()
     body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
     assert body["emergency_stop_triggered"] is True
     assert body["cost_reserved"] == "0.0000"  # the stop cancelled the other call and released it
@@ -363,7 +380,7 @@ def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
 
 
 def test_a_late_report_after_a_stale_release_still_counts_once(project, agent, reviewer, client_for):
-    from budgets.services import budget_release_stale
+    from approvals.services import budget_release_stale
 
     approval = call(project, agent, tokens=100, cost="1.0000")
     agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
@@ -407,7 +424,7 @@ def test_the_risk_assessment_sees_what_is_left_of_the_budget(project, agent):
 
 
 def test_an_override_whose_call_ended_is_withdrawn(project, agent, reviewer):
-    from budgets.services import budget_override_respond
+    from approvals.services import budget_override_respond
 
     limits(project, daily_cost_limit=Decimal("1.0000"))
     blocked = call(project, agent, cost="1.2000")
@@ -420,7 +437,8 @@ def test_an_override_whose_call_ended_is_withdrawn(project, agent, reviewer):
 
 
 def test_overrides_do_not_lift_the_one_and_a_half_ceiling(project, agent, reviewer):
-    from budgets.services import budget_override_create, budget_override_respond
+    from approvals.services import budget_override_respond
+    from budgets.services import budget_override_create
 
     limits(project, daily_cost_limit=Decimal("1.0000"))
     override = budget_override_create(project_id=project.pk, actor=agent, violation_type="daily_cost_limit",
@@ -450,8 +468,7 @@ def test_limits_set_in_the_admin_are_audited(admin_client, project):
 
     r = admin_client.post(reverse("admin:budgets_projectbudget_add"), {
         "project": str(project.pk), "daily_token_limit": 5, "monthly_token_limit": 50, "daily_cost_limit": "2.0000",
-        "monthly_cost_limit": "20.0000", "warning_percent": 80, "critical_percent": 95, "emergency_percent": 100,
-        "manager_threshold": "100.0000"})
+        "monthly_cost_limit": "20.0000", "warning_percent": 80, "critical_percent": 95, "emergency_percent": 100})
     assert r.status_code == 302, r.content[:500]
     assert ProjectBudget.objects.get(project=project).daily_cost_limit == Decimal("2.0000")
     assert AuditEvent.objects.filter(action="budget.update", project_id=project.pk).exists()

@@ -138,6 +138,15 @@ def test_critical_risk_does_not_stop_when_disabled(project, agent):
 
 
 # --- automatic conditions (the clock is a parameter: no sleeps) -----------------------
+@pytest.fixture
+def outcomes_without_inline_check(monkeypatch):
+    """For tests of the conditions' arithmetic at chosen instants: outcomes are recorded without
+    the inline check that task_report_outcome runs (projects.task_outcome_reported)."""
+    from projects.hooks import task_outcome_reported
+
+    monkeypatch.setattr(task_outcome_reported, "_handlers", [lambda **kwargs: None])
+
+
 def _outcomes(project, agent, statuses, at, kind=""):
     for status in statuses:
         task = task_create(actor=agent, project_id=project.pk, agent_type="tester", title=status)
@@ -154,7 +163,8 @@ def small_windows(project):
     return row
 
 
-def test_error_rate_trips_above_the_threshold_and_not_at_it(project, agent, small_windows):
+def test_error_rate_trips_above_the_threshold_and_not_at_it(project, agent, small_windows,
+                                                           outcomes_without_inline_check):
     now = timezone.now()
     _outcomes(project, agent, ["completed"] * 5, now - timedelta(seconds=20))
     _outcomes(project, agent, ["failed"] * 5, now - timedelta(seconds=10))
@@ -201,7 +211,7 @@ def test_resource_exhaustion_by_pending_approvals(project, agent):
     assert [t.condition for t in conditions_check(project_id=project.pk)] == ["resource_exhaustion"]
 
 
-def test_resource_exhaustion_by_rate_limit_failures(project, agent):
+def test_resource_exhaustion_by_rate_limit_failures(project, agent, outcomes_without_inline_check):
     row = emergency_settings_for(project.pk)
     row.rate_limit_errors_threshold, row.rate_limit_window_seconds, row.error_min_outcomes = 3, 60, 1000
     row.save()
@@ -213,7 +223,7 @@ def test_resource_exhaustion_by_rate_limit_failures(project, agent):
     assert [t.condition for t in conditions_check(project_id=project.pk, now=now)] == ["resource_exhaustion"]
 
 
-def test_beat_task_checks_every_active_project(project, agent, small_windows):
+def test_beat_task_checks_every_active_project(project, agent, small_windows, outcomes_without_inline_check):
     from emergency.tasks import emergency_check_conditions_task
 
     _outcomes(project, agent, ["failed"] * 10, timezone.now() - timedelta(seconds=1))

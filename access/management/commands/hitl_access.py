@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from access import roles
+from projects import roles
 from access.models import ApiKey
 from access.services import api_key_create, api_key_revoke, role_grant, role_revoke_all
 from projects.models import Project

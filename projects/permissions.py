@@ -2,7 +2,7 @@
 from guardian.shortcuts import get_objects_for_user
 from rest_framework.exceptions import NotFound
 
-from access import roles
+from projects import roles
 from core.api import parse_uuid
 from core.errors import Forbidden
 from projects.models import Project

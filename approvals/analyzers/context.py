@@ -1,0 +1,99 @@
+"""What a risk assessment looks at: the proposed call (``RiskContext``) and its text, cut into
+``Segment``s with a JSON path each. Extraction is iterative and capped (characters, nodes, depth)."""
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+MAX_SCAN_CHARS = 200_000   # total characters of text scanned per call
+MAX_NODES = 20_000         # JSON nodes visited in input_data
+MAX_DEPTH = 64             # JSON nesting followed
+
+
+@dataclass(frozen=True)
+class Segment:
+    location: str          # "proposed_action" or a path such as "input_data.files[2].content"
+    text: str
+    key: str | None = None  # the dict key this value sits under (None for list items and keys)
+    is_key: bool = False    # True when the text is the dict key itself
+
+
+@dataclass(frozen=True)
+class RiskContext:
+    agent_type: str
+    proposed_action: str
+    input_data: Any = None
+    estimated_cost: Decimal | None = None
+    budget_remaining: Decimal | None = None   # None: unknown, or no budget yet
+
+    @functools.cached_property
+    def segments(self) -> tuple[Segment, ...]:
+        return self._scan[0]
+
+    @functools.cached_property
+    def truncated(self) -> bool:
+        """True when part of the text was not scanned (size, node or depth cap)."""
+        return self._scan[1]
+
+    @functools.cached_property
+    def _scan(self) -> tuple[tuple[Segment, ...], bool]:
+        return _extract(self.proposed_action, self.input_data)
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _child_path(path: str, key: str) -> str:
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]" if '"' in key else f'{path}["{key}"]'
+
+
+def _extract(proposed_action: Any, input_data: Any) -> tuple[tuple[Segment, ...], bool]:
+    segments: list[Segment] = []
+    budget, truncated, nodes = MAX_SCAN_CHARS, False, 0
+
+    def add(location: str, text: str, key: str | None = None, is_key: bool = False) -> None:
+        nonlocal budget, truncated
+        if not text:
+            return
+        if len(text) > budget:
+            text, truncated = text[:budget], True
+        if text:
+            budget -= len(text)
+            segments.append(Segment(location, text, key, is_key))
+
+    add("proposed_action", "" if proposed_action is None else str(proposed_action))
+    stack: list[tuple[str, Any, str | None, int]] = [("input_data", input_data, None, 0)]
+    while stack:
+        path, value, key, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            truncated = True
+            break
+        if isinstance(value, str):
+            add(path, value, key)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            add(path, str(value), key)            # long integers can be card numbers
+        elif isinstance(value, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                truncated = True
+                continue
+            children = []
+            room = MAX_NODES - nodes - len(stack)
+            if len(value) > room:
+                truncated = True
+            if isinstance(value, dict):
+                for k, v in itertools.islice(value.items(), max(room, 0)):
+                    k = str(k)
+                    child = _child_path(path, k)
+                    add(child, k, is_key=True)
+                    children.append((child, v, k, depth + 1))
+            else:
+                children = [(f"{path}[{i}]", v, None, depth + 1) for i, v in enumerate(value[:max(room, 0)])]
+            stack.extend(reversed(children))       # visit in document order
+    return tuple(segments), truncated

@@ -1,0 +1,36 @@
+"""The stop conditions that look at calls (registered with emergency.conditions.REGISTRY when
+this module is imported, from ApprovalsConfig.ready)."""
+from approvals.models import AgentCallApproval
+from emergency.conditions import StopCondition, Trip
+from emergency.models import Condition, Severity
+
+
+class SecurityThreat(StopCondition):
+    """A requested call whose risk assessment has a critical flag (a live secret, a
+    catastrophic command): tripped in the request's own unit of work; beat re-checks pending
+    calls (for example after the setting is switched on)."""
+
+    name = Condition.SECURITY_THREAT
+
+    def check(self, project, settings, now):
+        if not settings.stop_on_critical_risk:
+            return None
+        flagged = list(AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING,
+                                                        risk_assessment__level="critical").values_list("pk", flat=True)[:20])
+        if flagged:
+            return Trip(self.name, f"{len(flagged)} pending call(s) with a critical risk flag", Severity.CRITICAL,
+                        {"approvals": [str(pk) for pk in flagged]})
+        return None
+
+
+class PendingApprovalsExhaustion(StopCondition):
+    """resource_exhaustion: more pending calls than the project allows."""
+
+    name = Condition.RESOURCE_EXHAUSTION
+
+    def check(self, project, settings, now):
+        pending = AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING).count()
+        if pending > settings.max_pending_approvals:
+            return Trip(self.name, f"{pending} pending approvals (limit {settings.max_pending_approvals})",
+                        Severity.HIGH, {"pending_approvals": pending})
+        return None

@@ -1,0 +1,29 @@
+"""Agent call approvals: one module per part of a call's life; the names other code uses are
+re-exported here. Every write runs in the call's unit of work (common.call_uow)."""
+from approvals.services.common import (
+    approval_event_data,
+    approval_group,
+    close_call,
+    input_digest,
+    project_stop_group,
+)
+from approvals.services.decisions import (
+    agent_approval_cancel,
+    agent_approval_decide,
+    agent_approval_expire_overdue,
+    agent_approval_start,
+    agent_approval_time_out,
+    agent_approval_warn,
+    agent_approval_warn_due,
+)
+from approvals.services.halting import cancel_open_calls
+from approvals.services.overrides import budget_override_respond
+from approvals.services.requests import agent_approval_request
+from approvals.services.usage import agent_approval_report_usage, budget_release_stale
+
+__all__ = [
+    "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_overdue", "agent_approval_report_usage",
+    "agent_approval_request", "agent_approval_start", "agent_approval_time_out", "agent_approval_warn",
+    "agent_approval_warn_due", "approval_event_data", "approval_group", "budget_override_respond",
+    "budget_release_stale", "cancel_open_calls", "close_call", "input_digest", "project_stop_group",
+]

@@ -1,0 +1,120 @@
+"""What every call-approval service shares: the unit of work of one call, the one function
+that moves a call's status, and the payloads of its events."""
+import hashlib
+import json
+from contextlib import contextmanager
+
+from audit.services import audit_record
+from budgets.services import budget_release, override_withdraw_locked
+from core.errors import NotFoundError, TransitionError
+from core.wakeup import wakeup_on_commit
+from events.services import event_emit
+from projects.models import Task
+from projects.services import agent_state_refresh, task_move
+from projects.uow import project_uow
+from approvals.models import AgentCallApproval
+
+Status = AgentCallApproval.Status
+BudgetState = AgentCallApproval.BudgetState
+OPEN_TASK_STATUSES = (Task.Status.PENDING, Task.Status.RUNNING, Task.Status.WAITING_FOR_HITL)
+
+
+def input_digest(data) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def approval_group(approval_id) -> str:
+    """Channel-layer group that agents waiting on this approval listen to."""
+    return f"approvals.agent.{approval_id}"
+
+
+def project_stop_group(project_id) -> str:
+    """Channel-layer group that every agent waiting on a call of the project listens to too:
+    an emergency stop wakes them all with one message."""
+    return f"approvals.project.{project_id}"
+
+
+def approval_event_data(approval: AgentCallApproval) -> dict:
+    return {
+        "approval_id": str(approval.pk),
+        "agent_type": approval.agent_type,
+        "proposed_action": approval.proposed_action[:500],
+        "status": approval.status,
+        "estimated_tokens": approval.estimated_tokens,
+        "estimated_cost": f"{approval.estimated_cost:.4f}",
+        "risk_level": (approval.risk_assessment or {}).get("level"),
+        "budget_state": approval.budget_state,
+        "budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None,
+        "expires_at": approval.expires_at.isoformat(),
+        "approved_by": approval.approved_by.get_username() if approval.approved_by_id else None,
+    }
+
+
+def snapshot(approval: AgentCallApproval) -> dict:
+    return {"status": approval.status, "approved_by": approval.approved_by_id, "budget_state": approval.budget_state,
+            "rejection_reason": approval.rejection_reason, "started_at": approval.started_at}
+
+
+@contextmanager
+def call_uow(approval_id, *, gate: bool):
+    """The unit of work of one call: project (423 when ``gate`` and stopped), then the call's
+    task, then the call, in LOCK_ORDER. Yields (uow, approval) with approval.task locked."""
+    row = AgentCallApproval.objects.filter(pk=approval_id).values("project_id", "task_id").first()
+    if row is None:
+        raise NotFoundError("No such approval.")
+    with project_uow(row["project_id"], gate=gate) as uow:
+        task = uow.lock("task", Task.objects, pk=row["task_id"])
+        approval = uow.lock("approval", AgentCallApproval.objects.select_related("project"), pk=approval_id)
+        approval.task = task
+        yield uow, approval
+
+
+def withdraw_orphaned_overrides(uow, approval_ids, reason: str) -> int:
+    """Calls that ended before their override was decided take it with them: a pending override
+    no other pending call waits on is withdrawn, so approving it later cannot add budget that
+    nothing asked for."""
+    override_ids = set(AgentCallApproval.objects.filter(pk__in=approval_ids, budget_override_id__isnull=False)
+                       .values_list("budget_override_id", flat=True))
+    if not override_ids:
+        return 0
+    still_waited_on = set(AgentCallApproval.objects.filter(
+        budget_override_id__in=override_ids, status=Status.PENDING).exclude(pk__in=approval_ids).values_list(
+        "budget_override_id", flat=True))
+    return override_withdraw_locked(uow=uow, override_ids=override_ids - still_waited_on, reason=reason)
+
+
+def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason: str = "", event_type: str,
+               action: str) -> None:
+    """The one place that moves a locked call out of pending (or approved, not started): along
+    AgentCallApproval.TRANSITIONS, with its budget, task, agent state, audit row and event."""
+    if to not in AgentCallApproval.TRANSITIONS.get(approval.status, ()):
+        raise TransitionError(f"The approval is {approval.status}.", current_status=approval.status)
+    before = snapshot(approval)
+    approval.status = to
+    fields = ["status", "budget_state", "updated_at"]
+    if to in (Status.APPROVED, Status.REJECTED):
+        approval.responded_at, approval.approved_by = now, actor
+        fields += ["responded_at", "approved_by"]
+    if to == Status.REJECTED:
+        approval.rejection_reason = reason
+        fields.append("rejection_reason")
+    if to == Status.APPROVED:
+        if approval.budget_state != BudgetState.RESERVED:  # the constraint says so too
+            raise TransitionError("The call holds no budget reservation.", current_status=approval.status,
+                                  budget_state=approval.budget_state)
+        approval.input_digest = input_digest(approval.input_to_run)
+        fields += ["amended_input_data", "input_digest"]
+    ended = to in (Status.REJECTED, Status.CANCELLED, Status.TIMED_OUT)
+    if ended:
+        approval.budget_state = BudgetState.RELEASED
+    approval.save(update_fields=fields)
+    if ended:  # the call will not run: withdraw its override, give its reservation back
+        withdraw_orphaned_overrides(uow, [approval.pk], f"Its call ended ({to}) before a decision.")
+        budget_release(uow=uow, call_id=approval.pk)
+    task_move(task=approval.task, to=Task.Status.PENDING)
+    agent_state_refresh(project_id=approval.project_id, agent_type=approval.task.agent_type)
+    audit_record(actor=actor, action=action, obj=approval, before=before, after=snapshot(approval), reason=reason)
+    event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type,
+               data=approval_event_data(approval))
+    wakeup_on_commit(approval_group(approval.pk), status=approval.status)  # waiters also poll the DB

@@ -1,0 +1,184 @@
+"""A person decides a call; the agent starts or cancels it; beat times it out. Each in the
+call's unit of work (common.call_uow), each status move through common.close_call."""
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services.common import (
+    BudgetState,
+    OPEN_TASK_STATUSES,
+    Status,
+    approval_event_data,
+    call_uow,
+    close_call,
+    input_digest,
+    snapshot,
+)
+from audit.services import audit_record
+from core.errors import Expired, Forbidden, InvalidInput, TransitionError
+from core.uow import retry_transient
+from events.services import event_emit
+from projects import roles
+from projects.models import Task
+from projects.permissions import require_not_requester, require_project_perm
+from projects.services import agent_state_refresh, task_move
+from projects.uow import project_uow
+
+
+def _time_out(uow, approval: AgentCallApproval, now) -> None:
+    close_call(uow, approval, actor=None, to=Status.TIMED_OUT, now=now, event_type="approval_timed_out",
+               action="agent_approval.time_out")
+
+
+@retry_transient
+def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = "",
+                          amended_input_data=None) -> AgentCallApproval:
+    """A reviewer approves (optionally with amended input) or rejects. Exactly one decision
+    wins (409 for the rest); at or after ``expires_at`` the approval times out instead (410),
+    whatever else would refuse it (blocked by its budget, task closed). A call blocked by its
+    budget cannot be approved (409, with the override that unblocks it); it can be rejected."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
+    if decision == "reject" and not (reason or "").strip():
+        raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
+    if decision == "reject" and amended_input_data is not None:
+        raise InvalidInput(fields={"amended_input_data": ["Only an approval can amend the input."]})
+    if amended_input_data is not None and not isinstance(amended_input_data, dict):
+        raise InvalidInput(fields={"amended_input_data": ["Must be a JSON object."]})
+    expired = False
+    with call_uow(approval_id, gate=True) as (uow, approval):
+        require_project_perm(decider, roles.REVIEW, approval.project, "decide agent calls")
+        require_not_requester(decider=decider, requester_id=approval.requested_by_id)
+        if approval.status == Status.TIMED_OUT:
+            raise Expired("The approval timed out before this decision.", status=approval.status)
+        if approval.status != Status.PENDING:
+            raise TransitionError(f"The approval is already {approval.status}.", current_status=approval.status)
+        now = timezone.now()
+        if now >= approval.expires_at:
+            _time_out(uow, approval, now)
+            expired = True
+        elif approval.task.status not in OPEN_TASK_STATUSES:
+            raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
+                                  task_status=approval.task.status)
+        elif decision == "approve" and approval.budget_state == BudgetState.BLOCKED:
+            raise TransitionError(approval.budget_blocked_reason or "A budget override must be approved first.",
+                                  current_status=approval.status, budget_state=approval.budget_state,
+                                  budget_override_id=str(approval.budget_override_id)
+                                  if approval.budget_override_id else None)
+        elif decision == "approve":
+            approval.amended_input_data = amended_input_data
+            amended = amended_input_data is not None
+            close_call(uow, approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),
+                       event_type="agent_approval_decided",
+                       action="agent_approval.approve_amended" if amended else "agent_approval.approve")
+        else:
+            close_call(uow, approval, actor=decider, to=Status.REJECTED, now=now, reason=reason.strip(),
+                       event_type="agent_approval_decided", action="agent_approval.reject")
+    if expired:  # the time-out is committed; the decision is refused
+        raise Expired("The approval timed out before this decision.", status=Status.TIMED_OUT)
+    return approval
+
+
+@retry_transient
+def agent_approval_cancel(*, approval_id, actor, reason: str = "") -> AgentCallApproval:
+    """The requesting agent withdraws its call (pending, or approved but not started).
+    Cancelling again changes nothing."""
+    with call_uow(approval_id, gate=False) as (uow, approval):
+        if actor.pk != approval.requested_by_id and not actor.is_superuser:
+            raise Forbidden("Only the agent that requested this call may cancel it.")
+        if approval.status == Status.CANCELLED:
+            return approval
+        if approval.status not in (Status.PENDING, Status.APPROVED) or approval.started_at is not None:
+            raise TransitionError(f"The approval is {approval.status}"
+                                  f"{' and started' if approval.started_at else ''}.", current_status=approval.status)
+        close_call(uow, approval, actor=actor, to=Status.CANCELLED, now=timezone.now(), reason=reason,
+                   event_type="agent_approval_decided", action="agent_approval.cancel")
+    return approval
+
+
+@retry_transient
+def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
+    """The single-use execution grant: an approved call is started exactly once, by the agent
+    that requested it, within HITL_START_WITHIN_MINUTES of the approval (later: 410, and the
+    grant is cancelled); the answer carries the input to run (amended if amended)."""
+    stale = False
+    with call_uow(approval_id, gate=True) as (uow, approval):
+        if actor.pk != approval.requested_by_id:
+            raise Forbidden("Only the agent that requested this call may start it.")
+        if approval.status != Status.APPROVED:
+            raise TransitionError(f"The approval is {approval.status}, not approved.",
+                                  current_status=approval.status)
+        if approval.started_at is not None:
+            raise TransitionError("This approved call was already started.", current_status=approval.status,
+                                  started_at=approval.started_at.isoformat())
+        if approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL):
+            raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
+                                  task_status=approval.task.status)
+        if input_digest(approval.input_to_run) != approval.input_digest:
+            raise TransitionError("The input changed after it was approved.", current_status=approval.status)
+        now = timezone.now()
+        if now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES):
+            close_call(uow, approval, actor=None, to=Status.CANCELLED, now=now,
+                       reason="approved but not started in time", event_type="agent_approval_decided",
+                       action="agent_approval.grant_expired")
+            stale = True
+        else:
+            before = snapshot(approval)
+            approval.started_at = now
+            approval.save(update_fields=["started_at", "updated_at"])
+            task_move(task=approval.task, to=Task.Status.RUNNING)
+            agent_state_refresh(project_id=approval.project_id, agent_type=approval.agent_type)
+            audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,
+                         after=snapshot(approval))
+    if stale:  # the cancellation is committed; the start is refused
+        raise Expired(f"The approval was not started within {settings.HITL_START_WITHIN_MINUTES} minutes: "
+                      f"request the call again.", status=Status.CANCELLED)
+    return approval
+
+
+@retry_transient
+def agent_approval_time_out(*, approval_id, now=None) -> bool:
+    """Time out one approval if it is still pending and due. Safe to run any number of times."""
+    now = now or timezone.now()
+    if not AgentCallApproval.objects.filter(pk=approval_id, status=Status.PENDING, expires_at__lte=now).exists():
+        return False
+    with call_uow(approval_id, gate=False) as (uow, approval):
+        if approval.status != Status.PENDING or approval.expires_at > now:
+            return False
+        _time_out(uow, approval, now)
+        return True
+
+
+def agent_approval_expire_overdue(*, now=None) -> int:
+    """Beat sweep: every due pending approval goes through the time-out service."""
+    now = now or timezone.now()
+    due = AgentCallApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    return sum(agent_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+
+
+@retry_transient
+def agent_approval_warn(*, approval_id, now=None) -> bool:
+    """``approval_timeout_warning`` once, when a fifth of the call's time is left."""
+    now = now or timezone.now()
+    project_id = AgentCallApproval.objects.values_list("project_id", flat=True).get(pk=approval_id)
+    with project_uow(project_id) as uow:
+        approval = uow.lock("approval", AgentCallApproval.objects, pk=approval_id)
+        if approval.status != Status.PENDING or approval.timeout_warning_sent_at is not None \
+                or approval.warn_at > now or approval.expires_at <= now:
+            return False
+        approval.timeout_warning_sent_at = now
+        approval.save(update_fields=["timeout_warning_sent_at", "updated_at"])
+        event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="approval_timeout_warning",
+                   data={**approval_event_data(approval),
+                         "seconds_left": int((approval.expires_at - now).total_seconds())})
+    return True
+
+
+def agent_approval_warn_due(*, now=None) -> int:
+    """Beat sweep: every call due a warning goes through agent_approval_warn."""
+    now = now or timezone.now()
+    due = AgentCallApproval.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
+                                           warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
+    return sum(agent_approval_warn(approval_id=pk, now=now) for pk in list(due[:1000]))

@@ -1,0 +1,67 @@
+"""Deciding a budget override that calls wait for: a flow of this layer, because it combines
+budgets (the override, the window's allowance) with calls (unblock or reject them)."""
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services.common import BudgetState, Status, approval_group, close_call
+from approvals.services.requests import admission_apply
+from audit.services import audit_record
+from budgets.models import BudgetOverrideRequest
+from budgets.services import BudgetCritical, budget_admit, override_decide_locked
+from core.errors import NotFoundError
+from core.uow import retry_transient
+from core.wakeup import wakeup_on_commit
+from projects.models import Task
+from projects.uow import project_uow
+
+
+@retry_transient
+def budget_override_respond(*, override_id, actor, decision: str, reason: str = "") -> BudgetOverrideRequest:
+    """Approve (raising the allowance of that window, then admitting its blocked calls again:
+    each is reserved, or stays blocked with the reason) or reject (rejecting its blocked calls).
+    One unit of work, locks in LOCK_ORDER: project, the calls' tasks, the calls, the override,
+    the windows."""
+    project_id = BudgetOverrideRequest.objects.filter(pk=override_id).values_list("project_id", flat=True).first()
+    if project_id is None:
+        raise NotFoundError("No such budget override.")
+    with project_uow(project_id) as uow:
+        waiting = AgentCallApproval.objects.filter(budget_override_id=override_id, status=Status.PENDING)
+        tasks = {t.pk: t for t in uow.lock_many("task", Task.objects.filter(pk__in=waiting.values("task_id")))}
+        calls = uow.lock_many("approval", waiting.select_related("project"))
+        override = override_decide_locked(uow=uow, override_id=override_id, actor=actor, decision=decision,
+                                          reason=reason)
+        now = timezone.now()
+        for call in calls:
+            call.task = tasks[call.task_id]
+            if call.budget_state != BudgetState.BLOCKED:
+                continue
+            if override.status == BudgetOverrideRequest.Status.REJECTED:
+                close_call(uow, call, actor=actor, to=Status.REJECTED, now=now,
+                           reason=f"Budget override rejected: {override.rejection_reason}",
+                           event_type="agent_approval_decided", action="agent_approval.reject_budget")
+                continue
+            _readmit(uow, call, actor, now)
+    return override
+
+
+def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
+    """Its override is approved: admit the call again. It is reserved, blocked behind a new
+    override (another limit still passed), or stays blocked with a clear reason (the projected
+    daily cost would pass 1.5 x the limit, which no override lifts)."""
+    try:
+        admission = budget_admit(uow=uow, call=call, requested_by=call.requested_by, now=now)
+    except BudgetCritical as critical:
+        call.budget_blocked_reason = (
+            f"Still blocked: with this call the projected daily cost {critical.projected:.4f} would pass 1.5 x the "
+            f"daily limit {critical.limit:.4f}, which no override lifts. A manager may raise the daily cost limit; "
+            f"then the agent requests the call again.")
+        call.save(update_fields=["budget_blocked_reason", "updated_at"])
+        audit_record(actor=actor, action="agent_approval.still_blocked", obj=call,
+                     after={"budget_state": call.budget_state, "reason": call.budget_blocked_reason})
+        return
+    admission_apply(call, admission)
+    audit_record(actor=actor, action="agent_approval.unblock" if admission.reserved else "agent_approval.reblock",
+                 obj=call, after={"budget_state": call.budget_state,
+                                  "budget_override_id": str(call.budget_override_id) if call.budget_override_id
+                                  else None})
+    wakeup_on_commit(approval_group(call.pk), status=call.status)

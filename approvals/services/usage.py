@@ -1,0 +1,95 @@
+"""What a started call used lands in the ledger, exactly once; stale reservations go back."""
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from approvals.estimation import count_tokens, money, prompt_text
+from approvals.models import AgentCallApproval, ModelPrice
+from approvals.services.common import BudgetState, Status, approval_event_data, call_uow
+from audit.services import audit_record
+from budgets.models import UsageEntry
+from budgets.services import budget_release, budget_settle
+from core.errors import Forbidden, InvalidInput, TransitionError
+from core.uow import retry_transient
+from emergency.models import Condition, Severity
+from emergency.services import emergency_stop_trigger
+from events.services import event_emit
+from projects.models import Project
+
+
+def _priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
+    price = ModelPrice.objects.filter(model=approval.model).first() if approval.model else None
+    if price is None:
+        raise InvalidInput(fields={"actual_cost": ["Give actual_cost: the call has no priced model."]})
+    prompt = min(tokens_used, count_tokens(prompt_text(
+        proposed_action=approval.proposed_action, input_data=approval.input_to_run,
+        context_summary=approval.context_summary)))
+    return money((Decimal(prompt) * price.input_per_million
+                  + Decimal(tokens_used - prompt) * price.output_per_million) / Decimal(1_000_000))
+
+
+@retry_transient
+def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
+                                actual_cost=None) -> tuple[AgentCallApproval, bool]:
+    """The requesting agent reports what a started call really used; that settles its budget
+    reservation exactly once (a retried report changes nothing), and lands in the ledger even
+    when the reservation was released meanwhile. Usage far above the estimate raises a
+    ``usage_overrun`` flag (a safety_alert event); a day's cost past 1.5 x the daily limit
+    stops the project (budget_critical). Returns (approval, settled now)."""
+    with call_uow(approval_id, gate=False) as (uow, approval):
+        if actor.pk != approval.requested_by_id:
+            raise Forbidden("Only the agent that requested this call may report its usage.")
+        if approval.status != Status.APPROVED or approval.started_at is None:
+            raise TransitionError("Only a started call has usage to report.", current_status=approval.status)
+        if actual_cost is None:
+            actual_cost = _priced_cost(approval, tokens_used)
+        settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost)
+        if settlement.settled:
+            approval.budget_state = BudgetState.SETTLED
+            fields = ["budget_state", "updated_at"]
+            if settlement.flagged:
+                flag = {"code": "usage_overrun", "severity": "high",
+                        "message": f"Reported usage ({tokens_used} tokens, {Decimal(actual_cost):.4f}) is far above "
+                                   f"the estimate ({approval.estimated_tokens} tokens, "
+                                   f"{approval.estimated_cost:.4f}).",
+                        "at": timezone.now().isoformat()}
+                approval.usage_flags = [*approval.usage_flags, flag]
+                fields.append("usage_flags")
+                event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",
+                           data={**approval_event_data(approval), "flag": flag})
+            approval.save(update_fields=fields)
+            if settlement.critical is not None and uow.project.status == Project.Status.ACTIVE:
+                emergency_stop_trigger(
+                    project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
+                    reason=f"The day's cost {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
+                           f"{settlement.critical.limit:.4f}",
+                    data={"daily_cost": f"{settlement.critical.projected:.4f}",
+                          "daily_cost_limit": f"{settlement.critical.limit:.4f}", "approval_id": str(approval.pk)})
+    return approval, settlement.settled
+
+
+def budget_release_stale(*, older_than: timedelta, now=None) -> int:
+    """Beat: give back reservations of decided calls that never reported their usage after
+    ``older_than``, so they stop holding budget. A report that comes later still counts its spend."""
+    now = now or timezone.now()
+    closed = UsageEntry.objects.exclude(kind=UsageEntry.Kind.RESERVE).values("approval_id")
+    open_reserves = UsageEntry.objects.filter(kind=UsageEntry.Kind.RESERVE, created_at__lt=now - older_than).exclude(
+        approval_id__in=closed)
+    return sum(_release_stale_one(approval_id=approval_id, older_than=older_than)
+               for approval_id in list(open_reserves.values_list("approval_id", flat=True)[:1000]))
+
+
+@retry_transient
+def _release_stale_one(*, approval_id, older_than: timedelta) -> bool:
+    with call_uow(approval_id, gate=False) as (uow, approval):
+        if approval.status == Status.PENDING:
+            return False  # still waiting for a person: its own time-out releases it
+        if not budget_release(uow=uow, call_id=approval_id):
+            return False
+        if approval.budget_state == BudgetState.RESERVED:
+            approval.budget_state = BudgetState.RELEASED
+            approval.save(update_fields=["budget_state", "updated_at"])
+        audit_record(actor=None, action="budget.release_stale", obj=approval,
+                     after={"status": approval.status, "older_than_seconds": older_than.total_seconds()})
+        return True

@@ -1,0 +1,42 @@
+"""Budgets: windows, the ledger (admission, settlement, release), alerts and overrides.
+One module per subdomain; the names other apps use are re-exported here."""
+from budgets.services.alerts import alert_payload, check_alerts, emit_alert
+from budgets.services.ledger import (
+    CRITICAL_FACTOR,
+    Admission,
+    BudgetCritical,
+    Settlement,
+    budget_admit,
+    budget_reconcile,
+    budget_release,
+    budget_release_many,
+    budget_settle,
+    ledger_totals,
+)
+from budgets.services.overrides import (
+    budget_limits_update,
+    budget_override_create,
+    manager_threshold,
+    needs_manager,
+    override_create_locked,
+    override_decide_locked,
+    override_payload,
+    override_withdraw_locked,
+)
+from budgets.services.windows import (
+    budget_close_past_windows,
+    budget_for,
+    budget_remaining,
+    current_windows,
+    window_add,
+    window_bounds,
+)
+
+__all__ = [
+    "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
+    "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
+    "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_settle",
+    "check_alerts", "current_windows", "emit_alert", "ledger_totals", "manager_threshold", "needs_manager",
+    "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
+    "window_add", "window_bounds",
+]

@@ -1,0 +1,225 @@
+"""The ledger: admission (reserve, or block behind an override), settlement and release.
+
+Every function that writes runs inside the caller's project unit of work (the project row is
+locked, so one project's budget changes are serialised) and locks the windows it changes at
+stage "budget_window". A call's reservation is closed exactly once, by a settle (the real
+usage) or a release; usage reported for a started call always lands in the ledger, whether
+its reservation is open, released or was never made."""
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from audit.services import audit_record
+from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, ProjectBudget, UsageEntry
+from budgets.services.alerts import check_alerts, emit_alert
+from budgets.services.overrides import override_create_locked
+from budgets.services.windows import FOUR_PLACES, ZERO, budget_for, current_windows, window_add
+
+CRITICAL_FACTOR = Decimal("1.5")
+
+
+class BudgetCritical(Exception):
+    """Projected daily cost over 1.5 x the limit: the caller stops the project."""
+
+    def __init__(self, projected: Decimal, limit: Decimal):
+        super().__init__(f"projected daily cost {projected} over 1.5 x {limit}")
+        self.projected, self.limit = projected, limit
+
+
+@dataclass
+class Admission:
+    """The outcome of admitting a call's estimate: reserved, or blocked behind ``override``."""
+
+    reserved: bool
+    override: BudgetOverrideRequest | None = None
+    reason: str = ""
+
+
+def _violations(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, tokens: int, cost: Decimal):
+    """The limits this call would pass: [(violation_type, window, excess)]. A limit of 0 means
+    "no limit" (as for the alerts and the 1.5 x rule)."""
+    checks = [
+        ("daily_token_limit", day, budget.daily_token_limit, day.allowance_tokens,
+         Decimal(day.spent_tokens + day.reserved_tokens + tokens)),
+        ("monthly_token_limit", month, budget.monthly_token_limit, month.allowance_tokens,
+         Decimal(month.spent_tokens + month.reserved_tokens + tokens)),
+        ("daily_cost_limit", day, budget.daily_cost_limit, day.allowance_cost,
+         day.spent_cost + day.reserved_cost + cost),
+        ("monthly_cost_limit", month, budget.monthly_cost_limit, month.allowance_cost,
+         month.spent_cost + month.reserved_cost + cost),
+    ]
+    return [(kind, window, used - Decimal(limit + allowance)) for kind, window, limit, allowance, used in checks
+            if limit and used > Decimal(limit + allowance)]
+
+
+def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
+    """Reserve a call's estimate (``call.estimated_tokens``, ``call.estimated_cost``) against
+    the windows covering ``now``, all or nothing; or, when it would pass a limit, reserve
+    nothing and open a BudgetOverrideRequest that a person must approve. Raises BudgetCritical
+    when the projected daily cost passes 1.5 x the daily cost limit (overrides do not lift it)."""
+    now = now or timezone.now()
+    project = uow.project
+    budget = budget_for(project)
+    day, month = current_windows(project, now, uow=uow)
+    tokens, cost = call.estimated_tokens, call.estimated_cost
+    projected = day.spent_cost + day.reserved_cost + cost
+    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR:
+        raise BudgetCritical(projected, budget.daily_cost_limit)
+    violations = _violations(budget, day, month, tokens, cost)
+    if violations:
+        violation, window, excess = violations[0]
+        amount = excess.quantize(FOUR_PLACES)
+        if violation.endswith("token_limit"):
+            amount = amount.to_integral_value(rounding="ROUND_CEILING")
+        override = override_create_locked(
+            project=project, window=window, violation_type=violation, requested_amount=amount,
+            justification=f"Automatic: the call {call.pk} ({call.agent_type}: {call.proposed_action[:200]}) "
+                          f"would pass the {violation.replace('_', ' ')} by {amount}.",
+            actor=requested_by, task_id=call.task_id, call_id=call.pk)
+        return Admission(False, override, f"It would pass the {violation.replace('_', ' ')} by {amount}: "
+                                          f"approving budget override {override.pk} unblocks it.")
+    UsageEntry.objects.create(project=project, approval_id=call.pk, kind=UsageEntry.Kind.RESERVE, day_window=day,
+                              month_window=month, reserved_tokens=tokens, reserved_cost=cost)
+    for window in (day, month):
+        window_add(window, reserved_tokens=tokens, reserved_cost=cost)
+    check_alerts(project, budget, [day.pk, month.pk])
+    return Admission(True)
+
+
+def _entries(call_id) -> dict[str, UsageEntry]:
+    return {e.kind: e for e in UsageEntry.objects.filter(approval_id=call_id)}
+
+
+def budget_release(*, uow, call_id) -> bool:
+    """A call that will not run gives its open reservation back (once)."""
+    entries = _entries(call_id)
+    reserve = entries.get(UsageEntry.Kind.RESERVE)
+    if reserve is None or len(entries) > 1:
+        return False
+    windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
+        pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))
+    UsageEntry.objects.create(project_id=reserve.project_id, approval_id=call_id, kind=UsageEntry.Kind.RELEASE,
+                              day_window_id=reserve.day_window_id, month_window_id=reserve.month_window_id,
+                              reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
+    for window in windows:
+        window_add(window, reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
+    return True
+
+
+def budget_release_many(*, uow, call_ids) -> int:
+    """Release the open reservations of many calls at once (an emergency stop cancels them
+    all): one ledger row each, one update per window."""
+    if not call_ids:
+        return 0
+    closed = UsageEntry.objects.filter(approval_id__in=call_ids).exclude(kind=UsageEntry.Kind.RESERVE)
+    reserves = list(UsageEntry.objects.filter(approval_id__in=call_ids, kind=UsageEntry.Kind.RESERVE)
+                    .exclude(approval_id__in=closed.values("approval_id")))
+    if not reserves:
+        return 0
+    window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
+    windows = {w.pk: w for w in uow.lock_many("budget_window", BudgetWindow.objects.filter(pk__in=window_ids),
+                                              order_by=("kind", "pk"))}
+    UsageEntry.objects.bulk_create(UsageEntry(
+        project_id=r.project_id, approval_id=r.approval_id, kind=UsageEntry.Kind.RELEASE, day_window_id=r.day_window_id,
+        month_window_id=r.month_window_id, reserved_tokens=-r.reserved_tokens, reserved_cost=-r.reserved_cost)
+        for r in reserves)
+    totals: dict[int, list] = {}
+    for r in reserves:
+        for window_id in (r.day_window_id, r.month_window_id):
+            tokens_cost = totals.setdefault(window_id, [0, ZERO])
+            tokens_cost[0] += r.reserved_tokens
+            tokens_cost[1] += r.reserved_cost
+    for window_id, (tokens, cost) in totals.items():
+        window_add(windows[window_id], reserved_tokens=-tokens, reserved_cost=-cost)
+    return len(reserves)
+
+
+@dataclass
+class Settlement:
+    settled: bool               # False: already settled (a retried report changes nothing)
+    overrun: bool = False       # more than the reservation
+    flagged: bool = False       # more than HITL_USAGE_FLAG_FACTOR x the estimate
+    critical: BudgetCritical | None = None  # the day's cost now passes 1.5 x the daily limit
+
+
+def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Settlement:
+    """The call ran: its real usage replaces its reservation, exactly once, even when larger
+    than the estimate. With the reservation released (a late report) or never made, the spend
+    still lands, in the reservation's windows or else in the windows covering the call's start."""
+    now = now or timezone.now()
+    actual_cost = Decimal(actual_cost).quantize(FOUR_PLACES)
+    entries = _entries(call.pk)
+    if UsageEntry.Kind.SETTLE in entries:
+        return Settlement(False)
+    reserve = entries.get(UsageEntry.Kind.RESERVE)
+    released = UsageEntry.Kind.RELEASE in entries
+    if reserve is not None:
+        windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
+            pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))
+        day_id, month_id = reserve.day_window_id, reserve.month_window_id
+    else:
+        windows = list(current_windows(uow.project, getattr(call, "started_at", None) or now, uow=uow))
+        day_id, month_id = windows[0].pk, windows[1].pk
+    give_back_tokens = reserve.reserved_tokens if reserve is not None and not released else 0
+    give_back_cost = reserve.reserved_cost if reserve is not None and not released else ZERO
+    try:
+        with transaction.atomic():
+            UsageEntry.objects.create(
+                project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.SETTLE, day_window_id=day_id,
+                month_window_id=month_id, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
+                spent_tokens=tokens_used, spent_cost=actual_cost)
+    except IntegrityError:
+        return Settlement(False)
+    for window in windows:
+        window_add(window, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
+                   spent_tokens=tokens_used, spent_cost=actual_cost)
+    budget = budget_for(uow.project)
+    day = next(w for w in windows if w.pk == day_id)
+    estimated_tokens, estimated_cost = call.estimated_tokens, call.estimated_cost
+    overrun = tokens_used > estimated_tokens or actual_cost > estimated_cost
+    factor = Decimal(str(settings.HITL_USAGE_FLAG_FACTOR))
+    flagged = (tokens_used > estimated_tokens * factor) or (actual_cost > estimated_cost * factor)
+    if overrun:
+        alert = BudgetAlert.objects.create(
+            project=uow.project, window=day, alert_type=BudgetAlert.AlertType.OVERRUN,
+            threshold_type=BudgetAlert.ThresholdType.COST_DAILY, threshold_value=estimated_cost,
+            current_value=actual_cost, detail={"approval_id": str(call.pk), "estimated_tokens": estimated_tokens,
+                                               "tokens_used": tokens_used, "reserved": reserve is not None,
+                                               "flagged": flagged})
+        emit_alert(alert)
+    check_alerts(uow.project, budget, [day_id, month_id])
+    audit_record(actor=None, action="budget.settle", obj=call, project_id=uow.project.pk,
+                 after={"tokens_used": tokens_used, "actual_cost": actual_cost, "estimated_tokens": estimated_tokens,
+                        "estimated_cost": estimated_cost, "reservation": "open" if give_back_tokens or give_back_cost
+                        else ("released" if released else ("none" if reserve is None else "empty"))})
+    critical = None
+    if budget.daily_cost_limit and day.spent_cost + day.reserved_cost > budget.daily_cost_limit * CRITICAL_FACTOR:
+        critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)
+    return Settlement(True, overrun, flagged, critical)
+
+
+def ledger_totals(window: BudgetWindow) -> dict:
+    """A window's totals recomputed from the ledger."""
+    field = "day_window" if window.kind == BudgetWindow.Kind.DAY else "month_window"
+    sums = UsageEntry.objects.filter(**{field: window}).aggregate(
+        reserved_tokens=Sum("reserved_tokens"), reserved_cost=Sum("reserved_cost"),
+        spent_tokens=Sum("spent_tokens"), spent_cost=Sum("spent_cost"))
+    # SQLite sums decimals as floats: round back to the 4 places every entry has.
+    return {k: (Decimal(str(v or 0)).quantize(FOUR_PLACES) if k.endswith("cost") else int(v or 0))
+            for k, v in sums.items()}
+
+
+def budget_reconcile() -> list[str]:
+    """Recompute every window from the ledger; return the differences found (none expected)."""
+    problems = []
+    for window in BudgetWindow.objects.order_by("project_id", "kind", "start"):
+        totals = ledger_totals(window)
+        for field, expected in totals.items():
+            actual = getattr(window, field)
+            if actual != expected:
+                problems.append(f"{window}: {field} is {actual}, the ledger says {expected}")
+    return problems

@@ -1,0 +1,155 @@
+"""Budget overrides: more room in one window, asked for automatically (a call over a limit)
+or by a person, decided by a reviewer (up to the manager threshold) or a manager.
+
+Who must approve is decided when the decision is made, from the deployment's settings
+(HITL_MANAGER_COST_THRESHOLD for cost limits, in USD; HITL_MANAGER_TOKEN_THRESHOLD for token
+limits, in tokens), never frozen at creation. Deciding an override that blocks calls is a flow
+of the layer above (approvals.services.overrides), which calls ``override_decide_locked``."""
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from audit.services import audit_record
+from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget
+from budgets.services.windows import budget_for, current_windows
+from core.errors import Forbidden, InvalidInput, TransitionError
+from core.uow import retry_transient
+from events.services import event_emit
+from projects import roles
+from projects.permissions import require_not_requester, require_project_perm
+from projects.uow import project_uow
+
+
+def manager_threshold(violation_type: str) -> Decimal:
+    """Overrides of this kind above this amount need a manager (a deployment setting)."""
+    if violation_type.endswith("token_limit"):
+        return Decimal(settings.HITL_MANAGER_TOKEN_THRESHOLD)
+    return Decimal(settings.HITL_MANAGER_COST_THRESHOLD)
+
+
+def needs_manager(violation_type: str, amount: Decimal) -> bool:
+    return Decimal(amount) > manager_threshold(violation_type)
+
+
+def override_payload(override: BudgetOverrideRequest) -> dict:
+    return {"id": str(override.pk), "project_id": str(override.project_id), "violation_type": override.violation_type,
+            "requested_amount": f"{override.requested_amount:.4f}", "justification": override.justification,
+            "requires_manager_approval": override.requires_manager_approval, "status": override.status}
+
+
+def override_create_locked(*, project, window: BudgetWindow, violation_type: str, requested_amount: Decimal,
+                           justification: str, actor, task_id=None, call_id=None) -> BudgetOverrideRequest:
+    """Record a pending override inside the caller's unit of work, with its audit row and event."""
+    override = BudgetOverrideRequest.objects.create(
+        project=project, window=window, violation_type=violation_type, requested_amount=requested_amount,
+        justification=justification, requested_by=actor)
+    audit_record(actor=actor, action="budget_override.request", obj=override, project_id=project.pk,
+                 after=override_payload(override))
+    data = override_payload(override)
+    if call_id is not None:
+        data["approval_id"] = str(call_id)
+    event_emit(project_id=project.pk, task_id=task_id, event_type="budget_override_requested", data=data)
+    return override
+
+
+@retry_transient
+def budget_override_create(*, project_id, actor, violation_type: str, requested_amount: Decimal,
+                           justification: str) -> BudgetOverrideRequest:
+    """A person asks for more room in the current window (by hand, through the API)."""
+    with project_uow(project_id) as uow:
+        require_project_perm(actor, roles.VIEW, uow.project, "request budget overrides")
+        day, month = current_windows(uow.project)
+        return override_create_locked(project=uow.project, window=day if violation_type.startswith("daily") else month,
+                                      violation_type=violation_type, requested_amount=requested_amount,
+                                      justification=justification, actor=actor)
+
+
+def override_decide_locked(*, uow, override_id, actor, decision: str, reason: str = "") -> BudgetOverrideRequest:
+    """Decide a pending override inside the caller's unit of work (stage "override"): approve
+    (raising the allowance of its window only) or reject. A reviewer may approve up to the
+    manager threshold, above it only a manager; nobody approves an override they requested."""
+    if decision not in ("approve", "reject"):
+        raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
+    if decision == "reject" and not (reason or "").strip():
+        raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
+    project = uow.project
+    override = uow.lock("override", BudgetOverrideRequest.objects, pk=override_id, project=project)
+    require_project_perm(actor, roles.REVIEW, project, "decide budget overrides")
+    require_not_requester(decider=actor, requester_id=override.requested_by_id)
+    if decision == "approve" and override.requires_manager_approval and \
+            not actor.has_perm(f"projects.{roles.MANAGE}", project):
+        raise Forbidden(f"Overrides of the {override.violation_type.replace('_', ' ')} above "
+                        f"{manager_threshold(override.violation_type)} need a manager.")
+    if override.status != BudgetOverrideRequest.Status.PENDING:
+        raise TransitionError(f"The override is already {override.status}.", current_status=override.status)
+    override.status = BudgetOverrideRequest.Status.APPROVED if decision == "approve" else \
+        BudgetOverrideRequest.Status.REJECTED
+    override.approved_by, override.responded_at = actor, timezone.now()
+    override.rejection_reason = reason.strip() if decision == "reject" else ""
+    override.save()
+    if decision == "approve":
+        window = uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
+        if override.violation_type.endswith("token_limit"):
+            window.allowance_tokens += int(override.requested_amount.to_integral_value(rounding="ROUND_CEILING"))
+        else:
+            window.allowance_cost += override.requested_amount
+        window.save(update_fields=["allowance_tokens", "allowance_cost"])
+    audit_record(actor=actor, action=f"budget_override.{decision}", obj=override, project_id=project.pk,
+                 reason=reason, after=override_payload(override))
+    event_emit(project_id=project.pk, event_type="budget_override_decided", data=override_payload(override))
+    return override
+
+
+def override_withdraw_locked(*, uow, override_ids, reason: str) -> int:
+    """Reject pending overrides that nothing waits on any more (their calls ended)."""
+    withdrawn = 0
+    for override in uow.lock_many("override", BudgetOverrideRequest.objects.filter(
+            pk__in=override_ids, status=BudgetOverrideRequest.Status.PENDING)):
+        override.status, override.rejection_reason = BudgetOverrideRequest.Status.REJECTED, reason
+        override.responded_at = timezone.now()
+        override.save(update_fields=["status", "rejection_reason", "responded_at"])
+        audit_record(actor=None, action="budget_override.withdraw", obj=override, project_id=override.project_id,
+                     reason=reason, after=override_payload(override))
+        event_emit(project_id=override.project_id, event_type="budget_override_decided",
+                   data=override_payload(override))
+        withdrawn += 1
+    return withdrawn
+
+
+LIMIT_FIELDS = ("daily_token_limit", "monthly_token_limit", "daily_cost_limit", "monthly_cost_limit")
+PERCENT_FIELDS = ("warning_percent", "critical_percent", "emergency_percent")
+
+
+@retry_transient
+def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
+    """Set limits and alert thresholds (managers through the API, admins in the admin), audited.
+    Percentages must be in (0, 100] and increase: warning < critical < emergency. The manager
+    threshold is not a project setting (see manager_threshold)."""
+    unknown = set(values) - set(LIMIT_FIELDS) - set(PERCENT_FIELDS)
+    if unknown:
+        raise InvalidInput(fields={name: ["Not a budget setting."] for name in sorted(unknown)})
+    with project_uow(project.pk) as uow:
+        uow.enter_stage("project_state")
+        budget = ProjectBudget.objects.select_for_update().get(pk=budget_for(uow.project).pk)
+        before = {key: getattr(budget, key) for key in values}
+        for key, value in values.items():
+            setattr(budget, key, value)
+        errors = {}
+        for name in LIMIT_FIELDS:
+            if getattr(budget, name) is None or getattr(budget, name) < 0:
+                errors[name] = ["Must be 0 (no limit) or more."]
+        for name in PERCENT_FIELDS:
+            value = getattr(budget, name)
+            if not isinstance(value, int) or not 0 < value <= 100:
+                errors[name] = ["Must be a whole percentage above 0 and at most 100."]
+        if not errors and not budget.warning_percent < budget.critical_percent < budget.emergency_percent:
+            errors["non_field_errors"] = [
+                f"Alert percentages must increase: warning ({budget.warning_percent}) < critical "
+                f"({budget.critical_percent}) < emergency ({budget.emergency_percent})."]
+        if errors:
+            raise InvalidInput(fields=errors)
+        budget.save()
+        audit_record(actor=actor, action="budget.update", obj=budget, project_id=uow.project.pk, before=before,
+                     after=values)
+    return budget

@@ -1,0 +1,98 @@
+"""Budget windows: the local day and month of a project, found by the instant they cover.
+
+A window is [start, end) in UTC. The current window of a kind is the one whose range covers
+``now``; a new one is made only when none does, from the project's time zone, starting no
+earlier than the end of the previous one. So a change of time zone never resets or loses what
+was spent or reserved: the current windows run to their end, and the new zone applies from
+there (the first window in the new zone may be shorter or longer than a day)."""
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from budgets.models import BudgetWindow, ProjectBudget
+
+ZERO = Decimal("0.0000")
+FOUR_PLACES = Decimal("0.0001")
+
+
+def window_bounds(tz_name: str, kind: str, now) -> tuple[datetime, datetime]:
+    """[start, end) of the local day or month containing ``now``, as UTC datetimes. A day
+    starts at local midnight (23 or 25 hours long on daylight-saving days); a month on the 1st."""
+    tz = ZoneInfo(tz_name)
+    local = now.astimezone(tz)
+    if kind == BudgetWindow.Kind.DAY:
+        first = local.date()
+        following = first + timedelta(days=1)
+    else:
+        first = local.date().replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    start = datetime.combine(first, time(), tzinfo=tz).astimezone(ZoneInfo("UTC"))
+    end = datetime.combine(following, time(), tzinfo=tz).astimezone(ZoneInfo("UTC"))
+    return start, end
+
+
+def _covering(project, kind: str, now):
+    return BudgetWindow.objects.filter(project=project, kind=kind, start__lte=now, end__gt=now).order_by("start")
+
+
+def _window(project, kind: str, now, uow) -> BudgetWindow:
+    qs = _covering(project, kind, now)
+    found = uow.lock_many("budget_window", qs) if uow is not None else list(qs[:1])
+    if found:
+        return found[0]
+    start, end = window_bounds(project.timezone, kind, now)
+    previous_end = BudgetWindow.objects.filter(project=project, kind=kind, end__gt=start, end__lte=now).aggregate(
+        end=Max("end"))["end"]
+    if previous_end is not None:
+        start = max(start, previous_end)  # never overlap a window of the old time zone
+    try:
+        with transaction.atomic():
+            BudgetWindow.objects.create(project=project, kind=kind, start=start, end=end)
+    except IntegrityError:
+        pass  # made concurrently
+    found = uow.lock_many("budget_window", qs) if uow is not None else list(qs[:1])
+    return found[0]
+
+
+def current_windows(project, now=None, *, uow=None) -> tuple[BudgetWindow, BudgetWindow]:
+    """The day and month windows covering ``now`` (made on first use). With ``uow`` (a write)
+    they are locked, day then month (stage "budget_window"); without, read as they are."""
+    now = now or timezone.now()
+    return _window(project, BudgetWindow.Kind.DAY, now, uow), _window(project, BudgetWindow.Kind.MONTH, now, uow)
+
+
+def window_add(window: BudgetWindow, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=0,
+               spent_cost=ZERO) -> None:
+    """Change a locked window's totals in Python Decimal (exact on every database: SQLite would
+    do F() arithmetic on floats) and save them."""
+    window.reserved_tokens += reserved_tokens
+    window.reserved_cost = (window.reserved_cost + reserved_cost).quantize(FOUR_PLACES)
+    window.spent_tokens += spent_tokens
+    window.spent_cost = (window.spent_cost + spent_cost).quantize(FOUR_PLACES)
+    window.save(update_fields=["reserved_tokens", "reserved_cost", "spent_tokens", "spent_cost"])
+
+
+def budget_for(project) -> ProjectBudget:
+    budget, _ = ProjectBudget.objects.get_or_create(project=project)
+    return budget
+
+
+def budget_remaining(project) -> Decimal | None:
+    """Cost still available today (limit + allowance - spent - reserved), read without locks
+    for the risk assessment; None when there is no daily cost limit."""
+    budget = budget_for(project)
+    if not budget.daily_cost_limit:
+        return None
+    day, _ = current_windows(project)
+    return budget.daily_cost_limit + day.allowance_cost - day.spent_cost - day.reserved_cost
+
+
+def budget_close_past_windows(*, now=None) -> int:
+    """Beat: mark windows that have ended as closed (usage never depends on this: the current
+    window is always found from the clock)."""
+    now = now or timezone.now()
+    return BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True).update(closed_at=now)

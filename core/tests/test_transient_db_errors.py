@@ -1,0 +1,229 @@
+"""A momentarily busy database (deadlock, serialization failure, lock timeout, exhausted
+connection pool, SQLite "database is locked") is 503 ``unavailable`` with ``Retry-After``,
+never a 500; any other OperationalError stays a (JSON) 500.
+
+The errors are raised through DRF views defined here (routed by this module's ``urlpatterns``
+with ``@pytest.mark.urls``), so the whole stack answers: view, exception handler, renderer.
+"""
+import json
+import sqlite3
+import threading
+
+import psycopg
+import pytest
+from django.db import IntegrityError, OperationalError, connection, connections, transaction
+from django.urls import path
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout, TooManyRequests
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.test import APIClient
+from rest_framework.views import APIView
+
+from core.errors import api_exception_handler, is_transient_db_error, transient_db_error_kind
+
+
+def wrapped(driver_error: Exception) -> OperationalError:
+    """The error as Django raises it: its OperationalError, caused by the driver's error (what
+    ``DatabaseErrorWrapper`` does on every cursor call, commit and connect)."""
+    try:
+        try:
+            raise driver_error
+        except Exception as exc:
+            raise OperationalError(*exc.args) from exc
+    except OperationalError as django_error:
+        return django_error
+
+
+TRANSIENT = {
+    "deadlock": (pg_errors.DeadlockDetected("deadlock detected"), "deadlock detected"),
+    "serialization": (pg_errors.SerializationFailure("could not serialize access due to concurrent update"),
+                      "serialization failure"),
+    "lock-timeout": (pg_errors.LockNotAvailable("canceling statement due to lock timeout"), "lock not available"),
+    "pool-timeout": (PoolTimeout("couldn't get a connection after 30.00 sec"), "connection pool exhausted"),
+    "pool-queue-full": (TooManyRequests("the pool has already 10 requests waiting"), "connection pool exhausted"),
+    "sqlite-locked": (sqlite3.OperationalError("database is locked"), "database is locked"),
+    "sqlite-table-locked": (sqlite3.OperationalError("database table is locked: projects_project"),
+                            "database is locked"),
+}
+NOT_TRANSIENT = {
+    "connection-refused": wrapped(psycopg.OperationalError("connection failed: Connection refused")),
+    "statement-timeout": wrapped(pg_errors.QueryCanceled("canceling statement due to statement timeout")),
+    "sqlite-no-such-table": wrapped(sqlite3.OperationalError("no such table: projects_project")),
+    "bare-operational-error": OperationalError("deadlock detected"),  # no driver error behind it
+    "integrity": IntegrityError("duplicate key value violates unique constraint"),
+    "value-error": ValueError("database is locked"),
+}
+
+
+# --- the classifier the transaction helper reuses for its retries -------------------------
+@pytest.mark.parametrize("name", TRANSIENT)
+def test_transient_errors_are_recognised_wrapped_or_raw(name):
+    driver_error, kind = TRANSIENT[name]
+    assert is_transient_db_error(wrapped(driver_error)) and transient_db_error_kind(wrapped(driver_error)) == kind
+    assert is_transient_db_error(driver_error)
+
+
+@pytest.mark.parametrize("name", NOT_TRANSIENT)
+def test_other_errors_are_not_transient(name):
+    assert not is_transient_db_error(NOT_TRANSIENT[name]) and transient_db_error_kind(NOT_TRANSIENT[name]) is None
+
+
+def test_the_classifier_takes_none_and_survives_a_cause_cycle():
+    assert not is_transient_db_error(None)
+    a, b = OperationalError("a"), OperationalError("b")
+    a.__cause__, b.__cause__ = b, a
+    assert not is_transient_db_error(a)
+
+
+def test_a_real_sqlite_busy_error_is_transient(tmp_path):
+    """The text SQLite really gives when another connection holds the write lock."""
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(tmp_path / "busy.db", timeout=0.05, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            other.execute("INSERT INTO t VALUES (1)")
+    finally:
+        holder.rollback()
+        holder.close()
+        other.close()
+    assert transient_db_error_kind(wrapped(raised.value)) == "database is locked"
+
+
+# --- through a DRF view ------------------------------------------------------------------
+class Raising(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes = []
+    error: Exception | None = None
+
+    def get(self, request):
+        raise self.error
+
+    def post(self, request):
+        raise self.error
+
+
+class Fine(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes = []
+
+    def get(self, request):
+        return Response({"ok": True})
+
+
+urlpatterns = [path("api/v1/raising", Raising.as_view()), path("api/v1/fine", Fine.as_view())]
+handler500 = "core.views.server_error"
+
+
+@pytest.fixture
+def raising(monkeypatch):
+    def set_error(error):
+        monkeypatch.setattr(Raising, "error", error)
+        client = APIClient()
+        client.raise_request_exception = False  # answer as the server would (a 500 is a response)
+        return client
+
+    return set_error
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("accept", [None, "application/json", "text/html", "*/*"])
+@pytest.mark.parametrize("name", TRANSIENT)
+def test_a_transient_database_error_is_503_with_retry_after(raising, name, accept):
+    driver_error, kind = TRANSIENT[name]
+    client = raising(wrapped(driver_error))
+    r = client.get("/api/v1/raising", **({"HTTP_ACCEPT": accept} if accept else {}))
+    assert r.status_code == 503, r.content[:500]
+    assert r["Content-Type"].startswith("application/json") and r["Retry-After"] == "1"
+    body = json.loads(r.content)
+    assert body["error"] == "unavailable" and kind in body["detail"]
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("value, header", [(5, "5"), (2.5, "3"), (0, "0")])
+def test_retry_after_follows_the_setting(raising, settings, value, header):
+    settings.HITL_RETRY_AFTER_SECONDS = value
+    r = raising(wrapped(pg_errors.DeadlockDetected("deadlock detected"))).post("/api/v1/raising", {}, format="json")
+    assert r.status_code == 503 and r["Retry-After"] == header
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("name", ["connection-refused", "statement-timeout", "sqlite-no-such-table",
+                                  "bare-operational-error"])
+def test_another_operational_error_stays_a_json_500(raising, name):
+    r = raising(NOT_TRANSIENT[name]).get("/api/v1/raising", HTTP_ACCEPT="text/html")
+    assert r.status_code == 500 and "Retry-After" not in r
+    assert r["Content-Type"].startswith("application/json") and r.json()["error"] == "server_error"
+
+
+@pytest.mark.urls(__name__)
+def test_a_successful_answer_still_negotiates():
+    client = APIClient()
+    assert client.get("/api/v1/fine", HTTP_ACCEPT="text/html")["Content-Type"].startswith("text/html")
+    assert client.get("/api/v1/fine")["Content-Type"].startswith("application/json")
+
+
+# --- real lock conflicts on PostgreSQL ----------------------------------------------------
+def _in_thread(fn):
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_real_lock_timeout_and_deadlock_are_transient(project, other_project):
+    from projects.models import Project
+
+    # Lock timeout: another transaction holds the row.
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            Project.objects.select_for_update().get(pk=project.pk)
+            locked.set()
+            release.wait(10)
+
+    holder, _ = _in_thread(hold)
+    assert locked.wait(10)
+    try:
+        with pytest.raises(OperationalError) as raised, transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '50ms'")
+            Project.objects.select_for_update().get(pk=project.pk)
+    finally:
+        release.set()
+        holder.join(10)
+    assert transient_db_error_kind(raised.value) == "lock not available"
+    response = api_exception_handler(raised.value, {"request": None, "view": None})
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+
+    # Deadlock: two transactions lock the same two rows in opposite orders.
+    barrier = threading.Barrier(2)
+
+    def lock(first, second):
+        def run():
+            with transaction.atomic():
+                Project.objects.select_for_update().get(pk=first)
+                barrier.wait(10)
+                Project.objects.select_for_update().get(pk=second)
+        return run
+
+    threads = [_in_thread(lock(project.pk, other_project.pk)), _in_thread(lock(other_project.pk, project.pk))]
+    for thread, _ in threads:
+        thread.join(20)
+    errors = [result["error"] for _, result in threads if "error" in result]
+    assert len(errors) == 1, errors  # PostgreSQL picks one victim; the other commits
+    assert transient_db_error_kind(errors[0]) == "deadlock detected"

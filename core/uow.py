@@ -1,0 +1,150 @@
+"""The unit of work: one transaction per write, row locks taken in one documented order, and
+the audit rows and outbox events of the change written last.
+
+Every write path (API, admin, pages, beat sweeps, management commands) runs its service inside
+a unit of work. ``projects.uow.project_uow`` opens one for a project: it locks the project row
+first, then the service locks what it changes through ``uow.lock`` / ``uow.lock_many`` in the
+order of ``LOCK_ORDER``. Taking a stage before one already taken is a programming error
+(``LockOrderError``), raised at once in every test, so an inversion cannot reach production.
+
+``audit.services.audit_record`` and ``events.services.event_emit`` see the active unit of work
+and defer their writes to its end: the outbox rows (stage ``outbox``, a per-project advisory
+lock) and then the audit rows (stage ``audit_chain``, the chain head's row lock) are written
+just before the commit, so those two hot locks are held for the shortest time and always last.
+
+A deadlock or serialization failure that still happens is retried (``retry_transient``) a few
+times from the start of the outermost transaction; if it keeps failing the API answers 503
+with ``Retry-After`` (core.errors), never 500.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import random
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import OperationalError, connection
+
+from core.errors import is_transient_db_error
+
+# The one lock order. A unit of work takes each stage at most once per row and never goes back.
+LOCK_ORDER = (
+    "project",          # the project row: the emergency gate and the budget's serialisation point
+    "project_state",    # rows that hang off the project only: emergency stop, recovery, settings
+    "task",             # tasks (by primary key when several)
+    "approval",         # agent call approvals
+    "override",         # budget override requests
+    "budget_window",    # budget windows, day before month (then by primary key)
+    "agent_state",      # agent states (derived from tasks)
+    "outbox",           # event outbox: pg advisory lock per project (written at the end)
+    "audit_chain",      # audit chain head (written at the end)
+)
+_RANK = {stage: i for i, stage in enumerate(LOCK_ORDER)}
+
+_current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("hitl_uow", default=None)
+
+
+class LockOrderError(RuntimeError):
+    """A service locked rows out of LOCK_ORDER: a bug that could deadlock under load."""
+
+
+class UnitOfWork:
+    """State of one open unit of work (see the module docstring). Created by a scope helper
+    such as ``projects.uow.project_uow``; services only call ``lock``/``lock_many``/``defer``."""
+
+    def __init__(self, scope: str):
+        self.scope = scope
+        self.stage = -1
+        self.stages_taken: list[str] = []
+        self._deferred: dict[str, list[Callable[[], object]]] = {"outbox": [], "audit_chain": []}
+        self.flushed = False
+
+    # --- locks ------------------------------------------------------------------------------
+    def enter_stage(self, stage: str) -> None:
+        rank = _RANK[stage]
+        if rank < self.stage:
+            raise LockOrderError(f"lock order violated in {self.scope}: {stage!r} after "
+                                 f"{LOCK_ORDER[self.stage]!r} (order: {' -> '.join(LOCK_ORDER)})")
+        if rank > self.stage:
+            self.stage = rank
+            self.stages_taken.append(stage)
+
+    def new_pass(self, stage: str) -> int:
+        """Start another pass through the order from ``stage`` (returns the position to restore).
+        Only for a scope whose first lock is exclusive and taken by every writer of its rows (the
+        project row): no other transaction can then hold any row of the pass."""
+        saved, self.stage = self.stage, _RANK[stage]
+        return saved
+
+    def lock(self, stage: str, queryset, **lookup):
+        """Lock and return one row (``queryset.select_for_update().get(**lookup)``)."""
+        self.enter_stage(stage)
+        return queryset.select_for_update(of=("self",)).get(**lookup)
+
+    def lock_many(self, stage: str, queryset, *, order_by=("pk",)) -> list:
+        """Lock many rows of one stage in a stable order (by primary key unless told)."""
+        self.enter_stage(stage)
+        return list(queryset.select_for_update(of=("self",)).order_by(*order_by))
+
+    # --- buffered writes --------------------------------------------------------------------
+    def defer(self, stage: str, write: Callable[[], object]) -> None:
+        """Run ``write`` at the end of the unit of work, in the stage's place of the order."""
+        if self.flushed:
+            raise RuntimeError("this unit of work is already flushed")
+        self._deferred[stage].append(write)
+
+    def flush(self) -> None:
+        """Write the buffered outbox events, then the audit rows (still inside the transaction)."""
+        for stage in ("outbox", "audit_chain"):
+            writes, self._deferred[stage] = self._deferred[stage], []
+            if writes:
+                self.enter_stage(stage)
+            for write in writes:
+                write()
+        self.flushed = True
+
+
+def current() -> UnitOfWork | None:
+    return _current.get()
+
+
+def activate(uow: UnitOfWork):
+    return _current.set(uow)
+
+
+def deactivate(token) -> None:
+    _current.reset(token)
+
+
+def defer_or_run(stage: str, write: Callable[[], object]):
+    """Used by audit_record and event_emit: inside a unit of work, write at its end (returns
+    None); outside one (a plain transaction, a test), write now and return the result."""
+    uow = _current.get()
+    if uow is not None and not uow.flushed:
+        uow.defer(stage, write)
+        return None
+    return write()
+
+
+def retry_transient(fn):
+    """Retry the whole service when the database answers with a deadlock, a serialization
+    failure or a lock timeout, a few times with jittered backoff (HITL_DB_RETRIES). Only the
+    outermost transaction retries: inside another one the error goes up to its owner."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if connection.in_atomic_block:
+            return fn(*args, **kwargs)
+        attempts = max(int(getattr(settings, "HITL_DB_RETRIES", 3)), 0) + 1
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as exc:
+                if attempt == attempts - 1 or not is_transient_db_error(exc):
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
+        raise AssertionError("unreachable")
+
+    return wrapper
