@@ -18,7 +18,8 @@ venv: $(BIN)/.installed
 run: venv
 	bin/run
 
-# System checks, missing migrations, then the whole test suite. Set DATABASE_URL=postgres://...
+# System checks, missing migrations, the OpenAPI schema, the layers of the apps (lint-imports),
+# then the whole test suite. Set DATABASE_URL=postgres://...
 # and REDIS_URL=redis://... to run it against PostgreSQL and Redis (as .ci/run does).
 test: venv check
 	$(TEST_ENV) $(BIN)/pytest
@@ -27,6 +28,7 @@ check: venv
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) var

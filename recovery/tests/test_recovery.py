@@ -125,3 +125,24 @@ def test_the_manager_who_starts_a_recovery_does_not_approve_its_steps(stopped, p
     assert r.status_code == 403
     r = step(client_for(manager), session, "00000000-0000-0000-0000-000000000000", decision="approve")
     assert r.status_code in (403, 404)
+
+
+def test_an_automated_recovery_runs_only_the_steps_that_need_no_judgement(stopped, project, manager, reviewer,
+                                                                         client_for):
+    session = start(client_for(manager), project, recovery_type="automated").json()
+    statuses = {s["action"]: s["status"] for s in session["recovery_plan"]["steps"]}
+    assert statuses == {"review_flagged": "pending", "reset_error_window": "pending", "re_enable_agents": "pending",
+                        "settle_halted_tasks": "pending", "lift_stop": "pending"}  # a person reviews first
+    steps = session["recovery_plan"]["steps"]
+    r = step(client_for(reviewer), session, steps[0]["step_id"], decision="approve")
+    after = {s["action"]: s["status"] for s in r.json()["recovery_plan"]["steps"]}
+    assert after == {"review_flagged": "completed", "reset_error_window": "completed",
+                     "re_enable_agents": "completed", "settle_halted_tasks": "pending", "lift_stop": "pending"}
+    assert r.json()["steps_completed"] == 3
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"  # lifting still needs a person
+    automatic = AuditEvent.objects.filter(action="recovery.step_complete", after__automatic=True)
+    assert sorted(automatic.values_list("after__action", flat=True)) == ["re_enable_agents", "reset_error_window"]
+    assert all(e.actor_id is None for e in automatic)
+    for s in steps[3:]:
+        assert step(client_for(reviewer), session, s["step_id"], decision="approve").status_code == 200
+    assert Project.objects.get(pk=project.pk).status == "active"

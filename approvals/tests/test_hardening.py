@@ -1,0 +1,298 @@
+"""The findings of the hardening review, each reproduced as a test (they failed before the
+fix): spend that escaped the ledger, agent-chosen estimates, time-zone resets, the critical-risk
+stop in a second transaction, contract deviations, and the lock order itself."""
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from approvals.estimation import count_tokens, prompt_text
+from approvals.models import AgentCallApproval
+from approvals.services import (
+    agent_approval_decide,
+    agent_approval_report_usage,
+    agent_approval_request,
+    agent_approval_start,
+    budget_override_respond,
+    budget_release_stale,
+)
+from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, UsageEntry
+from budgets.services import budget_reconcile, current_windows, ledger_totals
+from core.errors import EmergencyStopActive, Expired, Forbidden, TransitionError
+from core.uow import LockOrderError
+from emergency.models import EmergencyStop
+from projects.models import Project, Task
+from projects.services import task_create, task_report_outcome
+from projects.uow import project_uow
+
+pytestmark = pytest.mark.django_db
+
+ZERO = Decimal("0.0000")
+
+
+def limits(project, **values):
+    ProjectBudget.objects.update_or_create(project=project, defaults=values)
+
+
+def ask(project, agent, *, cost, tokens=10, title="t", input_data=None, **extra):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action=f"write {title}", input_data=input_data or {},
+                                  estimated_tokens=tokens, estimated_cost=Decimal(cost), **extra)
+
+
+def run(approval, reviewer, agent):
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    return agent_approval_start(approval_id=approval.pk, actor=agent)
+
+
+def day(project):
+    return current_windows(project)[0]
+
+
+# --- finding 1: spend can escape the ledger ------------------------------------------------
+def test_an_override_that_cannot_be_reserved_leaves_its_call_blocked_and_spend_always_lands(
+        project, agent, reviewer, manager):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    a = ask(project, agent, cost="9.0000", title="a")
+    b = ask(project, agent, cost="5.0000", title="b")
+    assert (a.budget_state, b.budget_state) == ("reserved", "blocked")
+    assert "override" in b.budget_blocked_reason and b.budget_override_id is not None
+    run(a, reviewer, agent)
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("12.0000"))
+    budget_override_respond(override_id=b.budget_override_id, actor=manager, decision="approve")
+    b.refresh_from_db()
+    assert b.status == "pending" and b.budget_state == "blocked"  # visibly still blocked, with the reason
+    assert "1.5 x" in b.budget_blocked_reason and "17.0000" in b.budget_blocked_reason
+    with pytest.raises(TransitionError) as refused:
+        agent_approval_decide(approval_id=b.pk, decider=reviewer, decision="approve")
+    assert refused.value.extra["budget_state"] == "blocked"
+    assert day(project).spent_cost == Decimal("12.0000")
+    assert budget_reconcile() == []
+
+
+def test_a_blocked_call_can_never_be_approved_the_database_refuses_it(project, agent):
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    blocked = ask(project, agent, cost="1.2000")
+    assert blocked.budget_state == "blocked"
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AgentCallApproval.objects.filter(pk=blocked.pk).update(status="approved")
+
+
+def test_usage_of_a_started_call_lands_even_with_its_reservation_released_or_missing(project, agent, reviewer):
+    first = run(ask(project, agent, cost="1.0000", title="released"), reviewer, agent)
+    assert budget_release_stale(older_than=timedelta(seconds=-1)) == 1  # beat gave the reservation back
+    first.refresh_from_db()
+    assert first.budget_state == "released" and day(project).reserved_cost == ZERO
+    agent_approval_report_usage(approval_id=first.pk, actor=agent, tokens_used=50, actual_cost=Decimal("1.5000"))
+    second = run(ask(project, agent, cost="1.0000", title="missing"), reviewer, agent)
+    UsageEntry.objects.filter(approval=second).delete()  # a reservation lost (say, data repaired by hand)
+    BudgetWindow.objects.filter(project=project).update(reserved_tokens=0, reserved_cost=ZERO)
+    agent_approval_report_usage(approval_id=second.pk, actor=agent, tokens_used=70, actual_cost=Decimal("2.0000"))
+    assert day(project).spent_cost == Decimal("3.5000") and day(project).spent_tokens == 120
+    second.refresh_from_db()
+    assert second.budget_state == "settled"
+    assert budget_reconcile() == []
+
+
+def test_spend_past_one_and_a_half_times_the_daily_limit_stops_the_project(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    a = run(ask(project, agent, cost="9.0000"), reviewer, agent)
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
+    stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
+    assert stop.triggered_conditions == ["budget_critical"]
+    assert day(project).spent_cost == Decimal("15.0001")
+
+
+def test_usage_far_above_the_estimate_raises_a_flag_for_reviewers(project, agent, reviewer):
+    from events.models import Event
+
+    a = run(ask(project, agent, cost="1.0000", tokens=100), reviewer, agent)
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=1000, actual_cost=Decimal("1.0000"))
+    a.refresh_from_db()
+    assert [f["code"] for f in a.usage_flags] == ["usage_overrun"]
+    assert Event.objects.filter(event_type="safety_alert", data__flag__code="usage_overrun").count() == 1
+
+
+# --- finding 3: the server's estimate is the floor ----------------------------------------
+def test_an_agent_cannot_reserve_less_than_the_servers_count(project, agent, settings):
+    settings.HITL_OUTPUT_TOKEN_ALLOWANCE = 500
+    big = {"document": "lorem ipsum dolor sit amet " * 2000}
+    approval = ask(project, agent, cost="0", tokens=0, input_data=big, title="big")
+    floor = count_tokens(prompt_text(proposed_action="write big", input_data=big, context_summary=""))
+    assert floor > 5000
+    assert approval.estimated_tokens == floor + 500
+    assert approval.estimated_cost > ZERO  # priced with HITL_FLOOR_PRICE_MODEL: the call named no model
+    assert day(project).reserved_tokens == floor + 500
+    more = ask(project, agent, cost="50.0000", tokens=10**6, title="more")
+    assert (more.estimated_tokens, more.estimated_cost) == (10**6, Decimal("50.0000"))  # more is allowed
+
+
+# --- finding 4: windows by instant ---------------------------------------------------------
+def test_changing_the_time_zone_loses_nothing_spent_or_reserved(project, agent, manager, client_for):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    project.timezone = "Europe/Berlin"
+    project.save()
+    ask(project, agent, cost="6.0000", title="a")
+    r = client_for(manager).patch(f"/api/v1/projects/{project.pk}", {"timezone": "America/New_York"},
+                                  format="json")
+    assert r.status_code == 200 and r.json()["timezone"] == "America/New_York"
+    assert r.json()["budget"]["cost_reserved"] == "6.0000"
+    second = ask(project, agent, cost="6.0000", title="b")
+    assert second.budget_state == "blocked"  # not admitted into a fresh, empty day
+    assert BudgetWindow.objects.filter(project=project, kind="day").count() == 1
+
+
+def test_after_a_zone_change_the_next_window_starts_where_the_old_one_ended(project):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    utc = ZoneInfo("UTC")
+    project.timezone = "Europe/Berlin"
+    project.save()
+    noon = datetime(2026, 6, 10, 12, 0, tzinfo=utc)
+    first, _ = current_windows(project, noon)
+    assert first.end == datetime(2026, 6, 10, 22, 0, tzinfo=utc)  # Berlin midnight
+    project.timezone = "America/New_York"
+    project.save()
+    assert current_windows(project, noon + timedelta(hours=2))[0].pk == first.pk  # still covers
+    late, _ = current_windows(project, datetime(2026, 6, 10, 23, 0, tzinfo=utc))
+    assert (late.start, late.end) == (first.end, datetime(2026, 6, 11, 4, 0, tzinfo=utc))  # New York midnight
+
+
+def test_patching_a_project_needs_a_manager(project, reviewer, client_for):
+    r = client_for(reviewer).patch(f"/api/v1/projects/{project.pk}", {"name": "New"}, format="json")
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = client_for(reviewer).patch(f"/api/v1/projects/{project.pk}", {"timezone": "Mars/Base"}, format="json")
+    assert r.status_code in (400, 403)
+    project.refresh_from_db()
+    assert project.name == "Demo"
+
+
+# --- finding 6: the critical-risk stop commits with the request ---------------------------
+CRITICAL_INPUT = {"command": "rm -rf / --no-preserve-root"}
+
+
+def test_a_critical_call_is_refused_and_stopped_in_one_transaction(project, agent):
+    with pytest.raises(EmergencyStopActive) as refused:
+        ask(project, agent, cost="0.1000", input_data=CRITICAL_INPUT, title="wipe")
+    stop = EmergencyStop.objects.get(project=project)
+    assert refused.value.extra["emergency_stop_id"] == str(stop.pk)
+    call = AgentCallApproval.objects.get(proposed_action="write wipe")
+    assert call.status == "cancelled" and str(call.pk) in stop.cancelled_approvals
+    assert Project.objects.get(pk=project.pk).active_stop_id == stop.pk
+
+
+def test_if_the_stop_fails_the_critical_request_is_not_committed_either(project, agent, monkeypatch):
+    import approvals.services.requests as requests
+
+    def crash(**kwargs):
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(requests, "emergency_stop_trigger", crash)
+    with pytest.raises(RuntimeError):
+        ask(project, agent, cost="0.1000", input_data=CRITICAL_INPUT, title="wipe")
+    assert not AgentCallApproval.objects.filter(proposed_action="write wipe").exists()  # no pending call escapes
+
+
+# --- finding 7: contract deviations -------------------------------------------------------
+def test_an_expired_blocked_call_answers_410_and_times_out(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    blocked = ask(project, agent, cost="1.2000")
+    AgentCallApproval.objects.filter(pk=blocked.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(Expired):
+        agent_approval_decide(approval_id=blocked.pk, decider=reviewer, decision="approve")
+    blocked.refresh_from_db()
+    assert blocked.status == "timed_out"
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "rejected"  # withdrawn
+
+
+def test_an_expired_call_of_a_closed_task_answers_410_and_times_out(project, agent, reviewer):
+    call = ask(project, agent, cost="0.1000")
+    task_report_outcome(actor=agent, task_id=call.task_id, status="failed", error="gave up")
+    AgentCallApproval.objects.filter(pk=call.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(Expired):
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="reject", reason="late")
+    call.refresh_from_db()
+    assert call.status == "timed_out"
+
+
+def test_token_overrides_above_the_token_threshold_need_a_manager(project, agent, reviewer, manager, settings):
+    settings.HITL_MANAGER_TOKEN_THRESHOLD = 1000
+    limits(project, daily_token_limit=100)
+    blocked = ask(project, agent, cost="0.0100", tokens=5000)
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    assert override.violation_type == "daily_token_limit" and override.requires_manager_approval
+    with pytest.raises(Forbidden):
+        budget_override_respond(override_id=override.pk, actor=reviewer, decision="approve")
+    budget_override_respond(override_id=override.pk, actor=manager, decision="approve")
+    blocked.refresh_from_db()
+    assert blocked.budget_state == "reserved"
+
+
+def test_who_must_approve_follows_the_setting_at_decision_time(project, agent, reviewer, settings):
+    settings.HITL_MANAGER_COST_THRESHOLD = "0.1000"
+    limits(project, daily_cost_limit=Decimal("2.0000"))
+    blocked = ask(project, agent, cost="2.5000")
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    assert override.requires_manager_approval
+    settings.HITL_MANAGER_COST_THRESHOLD = "100.0000"  # the deployment raised it
+    override.refresh_from_db()
+    assert not override.requires_manager_approval
+    budget_override_respond(override_id=override.pk, actor=reviewer, decision="approve")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"manager_threshold": "1000000"}, "manager_threshold"),
+    ({"warning_percent": 1000}, "warning_percent"),
+    ({"warning_percent": 0}, "warning_percent"),
+    ({"warning_percent": 99, "critical_percent": 10, "emergency_percent": 5}, "non_field_errors"),
+])
+def test_budget_settings_are_validated(project, manager, client_for, body, field):
+    before = ProjectBudget.objects.get_or_create(project=project)[0]
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", body, format="json")
+    assert r.status_code == 400 and r.json()["error"] == "invalid" and field in r.json()["fields"], r.content
+    after = ProjectBudget.objects.get(project=project)
+    assert (after.warning_percent, after.critical_percent, after.emergency_percent) == (
+        before.warning_percent, before.critical_percent, before.emergency_percent)
+
+
+def test_the_api_shows_a_blocked_call_and_what_unblocks_it(project, agent, client_for):
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    blocked = ask(project, agent, cost="1.2000")
+    body = client_for(agent).get(f"/api/v1/agent-approvals/{blocked.pk}").json()
+    assert body["budget_state"] == "blocked" and body["budget_override_id"] == str(blocked.budget_override_id)
+    assert str(blocked.budget_override_id) in body["budget_blocked_reason"]
+    assert body["approved_by"] is None
+
+
+# --- the lock order ---------------------------------------------------------------------------
+def test_locking_out_of_order_is_refused_at_once(project, agent):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="t")
+    with pytest.raises(LockOrderError), project_uow(project.pk) as uow:
+        current_windows(project, uow=uow)          # budget windows ...
+        uow.lock("task", Task.objects, pk=task.pk)  # ... then a task: the order says task first
+
+
+def test_audit_rows_and_events_are_written_last_in_the_unit_of_work(project, agent):
+    from audit.models import AuditEvent
+    from events.models import Event
+
+    events_before, audit_before = Event.objects.count(), AuditEvent.objects.count()
+    with project_uow(project.pk):
+        ask(project, agent, cost="0.1000")
+        assert (Event.objects.count(), AuditEvent.objects.count()) == (events_before, audit_before)
+    assert Event.objects.count() > events_before and AuditEvent.objects.count() > audit_before
+
+
+def test_ledger_totals_match_after_every_path(project, agent, reviewer, manager):
+    limits(project, daily_cost_limit=Decimal("5.0000"))
+    a = run(ask(project, agent, cost="2.0000", title="a"), reviewer, agent)
+    b = ask(project, agent, cost="4.0000", title="b")  # blocked
+    budget_override_respond(override_id=b.budget_override_id, actor=manager, decision="approve")
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=5, actual_cost=Decimal("1.0000"))
+    for window in BudgetWindow.objects.filter(project=project):
+        totals = ledger_totals(window)
+        assert (window.reserved_cost, window.spent_cost) == (totals["reserved_cost"], totals["spent_cost"])

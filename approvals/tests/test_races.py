@@ -1,0 +1,193 @@
+"""Services that share rows, racing in real threads on PostgreSQL: no deadlock, no 5xx, the
+ledger reconciles and the audit chain verifies. (SQLite has one writer at a time: skipped.)"""
+import random
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval
+from approvals.services import (
+    agent_approval_cancel,
+    agent_approval_decide,
+    agent_approval_request,
+    agent_approval_time_out,
+    agent_approval_warn_due,
+    budget_override_respond,
+)
+from audit.services import audit_verify
+from budgets.models import ProjectBudget
+from budgets.services import budget_reconcile
+from core.errors import DomainError
+from emergency.services import emergency_stop_trigger
+from projects.services import task_create, task_report_outcome
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def race(*workers, rounds: int = 1) -> list[BaseException]:
+    """Run the workers at once (a barrier per round); return the unexpected errors. A refusal
+    (DomainError: 409, 410, 423, ...) is an expected outcome of a race, anything else is not."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(workers))
+
+    def loop(work):
+        try:
+            for i in range(rounds):
+                barrier.wait(timeout=30)
+                try:
+                    work(i)
+                except DomainError:
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker hung (deadlock?)"
+    return errors
+
+
+def over_budget_call(project, agent, title, cost="1.5000"):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action=f"do {title}", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal(cost))
+
+
+@pytest.fixture
+def tight(project):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    return project
+
+
+def test_warning_sweep_races_override_decisions(tight, agent, reviewer):
+    """Was: warn_due locked the call then the outbox, override_respond the outbox then the call."""
+    over_budget_call(tight, agent, "base", cost="9.0000")
+    blocked = [over_budget_call(tight, agent, f"b{i}", cost="1.5000") for i in range(6)]
+    AgentCallApproval.objects.filter(pk__in=[b.pk for b in blocked]).update(warn_at=timezone.now())
+    overrides = [b.budget_override_id for b in blocked]
+    errors = race(lambda i: agent_approval_warn_due(),
+                  lambda i: budget_override_respond(override_id=overrides[i], actor=reviewer, decision="approve"),
+                  rounds=6)
+    assert errors == []
+    assert budget_reconcile() == [] and audit_verify() == []
+
+
+def test_task_outcomes_race_over_budget_requests(tight, agent):
+    """Was: task_report_outcome locked task, agent state, chain; a request chain then agent state."""
+    over_budget_call(tight, agent, "base", cost="9.0000")
+    tasks = [task_create(actor=agent, project_id=tight.pk, agent_type="coder", title=f"t{i}") for i in range(8)]
+    errors = race(lambda i: task_report_outcome(actor=agent, task_id=tasks[i].pk, status="completed"),
+                  lambda i: over_budget_call(tight, agent, f"r{i}", cost="1.5000"),
+                  rounds=8)
+    assert errors == []
+    assert budget_reconcile() == [] and audit_verify() == []
+
+
+def test_cancelling_and_timing_out_blocked_calls_race_requests_and_decisions(tight, agent, reviewer):
+    over_budget_call(tight, agent, "base", cost="9.0000")
+    blocked = [over_budget_call(tight, agent, f"b{i}") for i in range(6)]
+    due = [over_budget_call(tight, agent, f"d{i}") for i in range(6)]
+    AgentCallApproval.objects.filter(pk__in=[d.pk for d in due]).update(expires_at=timezone.now())
+    errors = race(lambda i: agent_approval_cancel(approval_id=blocked[i].pk, actor=agent),
+                  lambda i: agent_approval_time_out(approval_id=due[i].pk, now=timezone.now() + timedelta(seconds=1)),
+                  lambda i: over_budget_call(tight, agent, f"n{i}"),
+                  lambda i: budget_override_respond(override_id=due[i].budget_override_id, actor=reviewer,
+                                                    decision="reject", reason="no"),
+                  rounds=6)
+    assert errors == []
+    assert budget_reconcile() == [] and audit_verify() == []
+
+
+def test_a_stop_races_requests_decisions_and_overrides(tight, agent, reviewer):
+    over_budget_call(tight, agent, "base", cost="5.0000")
+    pending = [over_budget_call(tight, agent, f"p{i}", cost="0.1000") for i in range(4)]
+    blocked = [over_budget_call(tight, agent, f"b{i}", cost="5.5000") for i in range(4)]
+    errors = race(lambda i: emergency_stop_trigger(project_id=tight.pk, condition="manual_stop", reason="race",
+                                                   actor=reviewer) if i == 2 else None,
+                  lambda i: agent_approval_decide(approval_id=pending[i].pk, decider=reviewer, decision="approve"),
+                  lambda i: budget_override_respond(override_id=blocked[i].budget_override_id, actor=reviewer,
+                                                    decision="approve"),
+                  lambda i: over_budget_call(tight, agent, f"n{i}", cost="0.1000"),
+                  rounds=4)
+    assert errors == []
+    assert not AgentCallApproval.objects.filter(project=tight, status="pending").exists()  # the stop took all
+    assert budget_reconcile() == [] and audit_verify() == []
+
+
+def test_mixed_load_through_the_api_has_no_5xx_and_everything_reconciles(tight, agent, reviewer, manager,
+                                                                         client_for):
+    """Several agents and reviewers at once on a project with a tight budget."""
+    agents = [client_for(agent) for _ in range(3)]
+    reviewers = [client_for(reviewer), client_for(manager)]
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def note(response):
+        with lock:
+            statuses.append(response.status_code)
+        return response
+
+    def agent_work(client, seed):
+        rng = random.Random(seed)
+
+        def work(i):
+            task = note(client.post("/api/v1/tasks", {"project_id": str(tight.pk), "agent_type": "coder",
+                                                      "title": f"{seed}-{i}"}, format="json"))
+            if task.status_code != 201:
+                return
+            task_id = task.json()["task_id"]
+            r = note(client.post("/api/v1/agent-approvals", {
+                "project_id": str(tight.pk), "task_id": task_id, "agent_type": "coder",
+                "proposed_action": f"step {seed}-{i}", "input_data": {"i": i},
+                "estimated_tokens": 50, "estimated_cost": f"{rng.choice(['0.5000', '1.0000', '2.0000'])}"},
+                format="json"))
+            if r.status_code != 201:
+                return
+            approval = r.json()
+            choice = rng.random()
+            if choice < 0.25:
+                note(client.post(f"/api/v1/agent-approvals/{approval['approval_id']}/cancel", {}, format="json"))
+            elif approval["status"] == "approved" or choice < 0.9:
+                started = note(client.post(f"/api/v1/agent-approvals/{approval['approval_id']}/start", {},
+                                           format="json"))
+                if started.status_code == 200:
+                    note(client.post(f"/api/v1/agent-approvals/{approval['approval_id']}/usage",
+                                     {"tokens_used": 60, "actual_cost": "0.7000"}, format="json"))
+            note(client.post(f"/api/v1/tasks/{task_id}/status",
+                             {"status": rng.choice(["completed", "completed", "failed"])}, format="json"))
+        return work
+
+    def reviewer_work(client, seed):
+        rng = random.Random(seed)
+
+        def work(i):
+            page = client.get(f"/api/v1/agent-approvals/project/{tight.pk}", {"status": "pending"})
+            note(page)
+            for approval in page.json().get("results", [])[:5]:
+                if approval["budget_state"] == "blocked" and approval["budget_override_id"]:
+                    note(client.post(f"/api/v1/budget-overrides/{approval['budget_override_id']}/respond",
+                                     {"decision": rng.choice(["approve", "reject"]), "reason": "load"},
+                                     format="json"))
+                else:
+                    note(client.post(f"/api/v1/agent-approvals/{approval['approval_id']}/respond",
+                                     {"decision": rng.choice(["approve", "approve", "reject"]), "reason": "load"},
+                                     format="json"))
+        return work
+
+    workers = [agent_work(c, n) for n, c in enumerate(agents)] + [reviewer_work(c, 10 + n)
+                                                                  for n, c in enumerate(reviewers)]
+    errors = race(*workers, rounds=12)
+    assert errors == []
+    assert statuses and not [s for s in statuses if s >= 500], sorted(set(statuses))
+    assert budget_reconcile() == [] and audit_verify() == []
+    assert not AgentCallApproval.objects.filter(status="approved", budget_state="blocked").exists()
