@@ -1,8 +1,8 @@
-import hashlib
-import json
-
 from django.conf import settings
 from django.db import models
+
+from audit.hashing import legacy_digest, signed_digest
+from audit.keys import UnknownKeyId, chain_keys
 
 GENESIS_HASH = "0" * 64
 
@@ -21,12 +21,16 @@ class AuditChain(models.Model):
 
 class AuditEvent(models.Model):
     """One recorded state change. Written only by ``audit.services.audit_record`` in the
-    transaction of the change; never updated or deleted by the application."""
+    transaction of the change; never updated or deleted by the application.
+
+    ``hash`` is the HMAC-SHA256, under key ``key_id``, of every column and ``prev_hash``
+    (audit/hashing.py). Rows from before keying have an empty ``key_id`` and a plain SHA-256."""
 
     chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="events")
     seq = models.BigIntegerField()
     created_at = models.DateTimeField()
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+    # PROTECT: actor_id is signed, so it must never change (deactivate users who acted instead).
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                               related_name="+")
     actor_repr = models.CharField(max_length=200, help_text="username#id, or 'system'")
     action = models.CharField(max_length=100, db_index=True)
@@ -38,6 +42,9 @@ class AuditEvent(models.Model):
     reason = models.TextField(blank=True, default="")
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=32, blank=True, default="",
+                              help_text="Id of the HITL_AUDIT_KEYS key that signed the row; empty: unkeyed "
+                                        "row from before keying (plain SHA-256)")
 
     class Meta:
         ordering = ["chain_id", "seq"]
@@ -47,24 +54,14 @@ class AuditEvent(models.Model):
     def __str__(self):
         return f"{self.action} {self.object_type}:{self.object_id} by {self.actor_repr}"
 
-    def content(self) -> dict:
-        return {
-            "chain": self.chain.key,
-            "seq": self.seq,
-            "created_at": self.created_at.isoformat(),
-            "actor": self.actor_repr,
-            "action": self.action,
-            "project_id": str(self.project_id) if self.project_id else None,
-            "object_type": self.object_type,
-            "object_id": self.object_id,
-            "before": self.before,
-            "after": self.after,
-            "reason": self.reason,
-        }
-
-    def compute_hash(self) -> str:
-        canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(f"{self.prev_hash}{canonical}".encode()).hexdigest()
+    def compute_hash(self, keys: dict[str, bytes] | None = None) -> str:
+        """The row's hash as it should be; ``UnknownKeyId`` if its key is not configured."""
+        if not self.key_id:
+            return legacy_digest(self, self.chain.key)
+        keys = chain_keys() if keys is None else keys
+        if self.key_id not in keys:
+            raise UnknownKeyId(self.key_id)
+        return signed_digest(self, self.chain.key, keys[self.key_id])
 
     def save(self, *args, **kwargs):
         if not self._state.adding:

@@ -1,10 +1,20 @@
+import hmac
 import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 
-from audit.models import AuditChain, AuditEvent
+from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_file_read, checkpoint_file_write
+from audit.hashing import signed_digest
+from audit.keys import UnknownKeyId, chain_keys, signing_key
+from audit.models import GENESIS_HASH, AuditChain, AuditEvent
+from core.uow import defer_or_run
 
 
 def to_json(value):
@@ -36,19 +46,28 @@ def _lock_chain(key: str) -> AuditChain:
     return chain
 
 
-@transaction.atomic
 def audit_record(*, actor, action: str, obj=None, project_id=None, object_type: str = "",
-                 object_id: str = "", before=None, after=None, reason: str = "") -> AuditEvent:
+                 object_id: str = "", before=None, after=None, reason: str = "") -> AuditEvent | None:
     """Append one row to the project's chain, in the caller's transaction.
 
     Call it last in a service (after the row locks of the change): the chain head's lock is
-    then held only until the commit, and always taken after the domain rows, so no deadlock."""
+    then held only until the commit, and always taken after the domain rows, so no deadlock.
+    Inside a unit of work (core/uow.py) the row is written at its end (stage ``audit_chain``),
+    with ``before``/``after`` as they were at this call; the return value is then None."""
     if obj is not None:
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or str(obj.pk)
         if project_id is None:
             project_id = obj.pk if obj._meta.label_lower == "projects.project" else getattr(obj, "project_id", None)
+    row = {"actor": actor, "action": action, "project_id": project_id, "object_type": object_type,
+           "object_id": str(object_id), "before": to_json(before), "after": to_json(after), "reason": reason or ""}
+    return defer_or_run("audit_chain", lambda: _append(**row))
+
+
+@transaction.atomic
+def _append(*, actor, action, project_id, object_type, object_id, before, after, reason) -> AuditEvent:
     chain = _lock_chain(chain_key(project_id))
+    key_id, secret = signing_key()
     event = AuditEvent(
         chain=chain,
         seq=chain.last_seq + 1,
@@ -58,47 +77,181 @@ def audit_record(*, actor, action: str, obj=None, project_id=None, object_type: 
         action=action,
         project_id=project_id,
         object_type=object_type,
-        object_id=str(object_id),
-        before=to_json(before),
-        after=to_json(after),
-        reason=reason or "",
+        object_id=object_id,
+        before=before,
+        after=after,
+        reason=reason,
         prev_hash=chain.last_hash,
+        key_id=key_id,
     )
-    event.hash = event.compute_hash()
+    event.hash = signed_digest(event, chain.key, secret)
     event.save()
     chain.last_seq, chain.last_hash = event.seq, event.hash
     chain.save(update_fields=["last_seq", "last_hash"])
     return event
 
 
-def audit_verify() -> list[str]:
-    """Walk every chain; return the problems found, first bad row of each chain first."""
+@contextmanager
+def _read_snapshot(using: str = DEFAULT_DB_ALIAS):
+    """One consistent view of the database for a multi-query read.
+
+    PostgreSQL: a REPEATABLE READ, READ ONLY transaction (a snapshot taken at its first query).
+    SQLite: one read transaction, which is a snapshot too; it is begun DEFERRED even though the
+    settings begin transactions IMMEDIATE, so the walk does not hold the write lock and block
+    every writer for its duration. Inside a caller's transaction, that transaction is used as is."""
+    connection = connections[using]
+    if connection.in_atomic_block:
+        yield
+        return
+    sqlite_mode = None
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()  # connecting (re)sets transaction_mode from the settings
+        sqlite_mode, connection.transaction_mode = connection.transaction_mode, "DEFERRED"
+    try:
+        with transaction.atomic(using=using):
+            if connection.vendor == "sqlite":
+                connection.transaction_mode = sqlite_mode  # BEGIN DEFERRED is issued by now
+            elif connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+    finally:
+        if connection.vendor == "sqlite":
+            connection.transaction_mode = sqlite_mode
+
+
+@dataclass
+class AuditVerification:
+    problems: list[str] = field(default_factory=list)
+    rows: int = 0
+    chains: int = 0
+    checkpoints: int = 0
+
+
+def _chain_walk(chain: AuditChain, keys: dict[str, bytes]) -> str | None:
+    """The first problem of one chain, or None."""
+    expected_seq, expected_prev, keyed_seen = 1, GENESIS_HASH, False
+    for row in AuditEvent.objects.filter(chain=chain).order_by("seq").iterator(chunk_size=2000):
+        row.chain = chain
+        where = f"chain {chain.key}: row id={row.pk} seq={row.seq} ({row.action} {row.object_type}:{row.object_id})"
+        if row.seq != expected_seq:
+            kind = "a row is missing before it (deleted)" if row.seq > expected_seq else "duplicated sequence"
+            return f"{where}: expected seq {expected_seq}, {kind}"
+        if row.prev_hash != expected_prev:
+            return f"{where}: previous-hash link broken (a row before it was changed, deleted or inserted)"
+        if not row.key_id and keyed_seen:
+            return f"{where}: unkeyed row after keyed rows (forged, or re-hashed without the key)"
+        try:
+            expected_hash = row.compute_hash(keys)
+        except UnknownKeyId:
+            return (f"{where}: signed with unknown key id {row.key_id!r} (not in HITL_AUDIT_KEYS: "
+                    f"an old key was dropped, or the row was forged)")
+        if not hmac.compare_digest(expected_hash, row.hash):
+            return f"{where}: content does not match its hash (edited)"
+        keyed_seen = keyed_seen or bool(row.key_id)
+        expected_seq, expected_prev = row.seq + 1, row.hash
+    if expected_seq > 1 and not keyed_seen:
+        return (f"chain {chain.key}: all {expected_seq - 1} rows are unkeyed, with no keyed row after them "
+                f"(re-hashed without the key, or migration audit 0002 did not run)")
+    if chain.last_seq != expected_seq - 1 or chain.last_hash != expected_prev:
+        return (f"chain {chain.key}: head says {chain.last_seq} rows ending in {chain.last_hash[:12]}, "
+                f"found {expected_seq - 1} ending in {expected_prev[:12]} (rows deleted or inserted at the end)")
+    return None
+
+
+def _checkpoints_load(directory) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(name, payload) of every checkpoint file in ``directory`` whose signature holds, oldest first,
+    and a problem for every other one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    loaded, problems = [], []
+    for path in sorted(directory.glob(FILE_GLOB)):
+        try:
+            loaded.append((path.name, checkpoint_file_read(path)))
+        except CheckpointInvalid as exc:
+            problems.append(f"checkpoint {path.name}: {exc}")
+    loaded.sort(key=lambda item: (item[1]["created_at"], item[0]))
+    return loaded, problems
+
+
+def _checkpoints_compare(checkpoints, chains: dict[str, AuditChain]) -> list[str]:
+    """Each chain must still hold, at every checkpoint's last_seq, the row hash the checkpoint recorded.
+    Reports the oldest disagreeing checkpoint of each chain."""
+    by_chain: dict[str, list[tuple[str, str, int, str]]] = {}
+    for name, payload in checkpoints:
+        for entry in payload["chains"]:
+            by_chain.setdefault(entry["key"], []).append(
+                (name, payload["created_at"], entry["last_seq"], entry["last_hash"]))
     problems = []
-    known = set()
-    for chain in AuditChain.objects.order_by("key"):
-        known.add(chain.pk)
-        expected_seq, expected_prev = 1, "0" * 64
-        for row in AuditEvent.objects.filter(chain=chain).select_related("chain").order_by("seq").iterator():
-            where = f"chain {chain.key}: row id={row.pk} seq={row.seq} ({row.action} {row.object_type}:{row.object_id})"
-            if row.seq != expected_seq:
-                kind = "a row is missing before it (deleted)" if row.seq > expected_seq else "duplicated sequence"
-                problems.append(f"{where}: expected seq {expected_seq}, {kind}")
-                break
-            if row.prev_hash != expected_prev:
-                problems.append(f"{where}: previous-hash link broken (a row before it was changed, "
-                                f"deleted or inserted)")
-                break
-            if row.compute_hash() != row.hash:
-                problems.append(f"{where}: content does not match its hash (edited)")
-                break
-            expected_seq, expected_prev = row.seq + 1, row.hash
-        else:
-            if chain.last_seq != expected_seq - 1 or chain.last_hash != expected_prev:
-                problems.append(
-                    f"chain {chain.key}: head says {chain.last_seq} rows ending in {chain.last_hash[:12]}, "
-                    f"found {expected_seq - 1} ending in {expected_prev[:12]} (rows deleted or inserted at the end)"
-                )
-    orphans = AuditEvent.objects.exclude(chain_id__in=known)
-    for row in orphans.order_by("pk")[:1]:
-        problems.append(f"row id={row.pk}: belongs to no known chain (inserted)")
+    for key, entries in sorted(by_chain.items()):
+        chain = chains.get(key)
+        found = {}
+        if chain is not None:
+            seqs = sorted({seq for _, _, seq, _ in entries if seq > 0})
+            for i in range(0, len(seqs), 500):
+                found.update(AuditEvent.objects.filter(chain=chain, seq__in=seqs[i:i + 500])
+                             .values_list("seq", "hash"))
+            length = AuditEvent.objects.filter(chain=chain).aggregate(n=Max("seq"))["n"] or 0
+        bad = []
+        for name, created_at, seq, expected in entries:
+            at = f"checkpoint {name} ({created_at}) recorded {seq} rows ending in {expected[:12]}"
+            if chain is None:
+                bad.append(f"chain {key}: {at}, but the chain is missing (deleted)")
+            elif seq == 0:
+                continue
+            elif seq > length:
+                bad.append(f"chain {key}: {at}, but the chain has only {length} rows (rows deleted)")
+            elif seq not in found:
+                bad.append(f"chain {key}: {at}, but row seq={seq} is missing (deleted)")
+            elif not hmac.compare_digest(found[seq], expected):
+                bad.append(f"chain {key}: {at}, but row seq={seq} now hashes to {found[seq][:12]} "
+                           f"(rows up to it were rewritten after the checkpoint)")
+        if bad:
+            more = f" (and {len(bad) - 1} later checkpoints disagree)" if len(bad) > 1 else ""
+            problems.append(bad[0] + more)
     return problems
+
+
+def audit_verify_report(*, checkpoint_dir=None) -> AuditVerification:
+    """Walk every chain in one snapshot and report the first bad row of each; with ``checkpoint_dir``,
+    also compare the chains with every checkpoint file in it (an unreadable or badly signed file is
+    a problem too). ``FileNotFoundError`` if ``checkpoint_dir`` does not exist."""
+    report = AuditVerification()
+    checkpoints = []
+    if checkpoint_dir is not None:
+        # Read before the snapshot: every row a checkpoint names was committed before it was written.
+        checkpoints, report.problems = _checkpoints_load(checkpoint_dir)
+        report.checkpoints = len(checkpoints)
+    keys = chain_keys()
+    with _read_snapshot():
+        chains = {chain.key: chain for chain in AuditChain.objects.order_by("key")}
+        for chain in chains.values():
+            problem = _chain_walk(chain, keys)
+            if problem:
+                report.problems.append(problem)
+        orphans = AuditEvent.objects.exclude(chain_id__in=AuditChain.objects.values("pk"))
+        for row in orphans.order_by("pk")[:1]:
+            report.problems.append(f"row id={row.pk}: belongs to no known chain (inserted)")
+        report.problems += _checkpoints_compare(checkpoints, chains)
+        report.rows, report.chains = AuditEvent.objects.count(), len(chains)
+    return report
+
+
+def audit_verify(*, checkpoint_dir=None) -> list[str]:
+    """The problems ``audit_verify_report`` finds (empty: the trail is intact)."""
+    return audit_verify_report(checkpoint_dir=checkpoint_dir).problems
+
+
+def audit_checkpoint_write(directory=None) -> Path:
+    """Write the heads of every chain, signed, to a new file in ``directory`` (default
+    HITL_AUDIT_CHECKPOINT_DIR); return its path. Running it twice only writes two checkpoints."""
+    now = timezone.now()
+    heads = AuditChain.objects.order_by("key").values_list("key", "last_seq", "last_hash")  # one query: consistent
+    payload = {
+        "format": FORMAT,
+        "created_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "chains": [{"key": key, "last_seq": seq, "last_hash": last_hash} for key, seq, last_hash in heads],
+    }
+    return checkpoint_file_write(directory or settings.HITL_AUDIT_CHECKPOINT_DIR, payload,
+                                 stamp=now.strftime("%Y%m%dT%H%M%S.%fZ"))

@@ -1,25 +1,14 @@
-import io
 import threading
 
 import pytest
-from django.core.management import call_command
 from django.db import connection, connections
 
 from audit.models import AuditChain, AuditEvent
 from audit.services import audit_record, audit_verify
+from audit.tests.utils import verify
 from projects.services import task_create
 
 pytestmark = pytest.mark.django_db
-
-
-def verify():
-    """Run `manage.py verify_audit`; return (exit code, output)."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("verify_audit", stdout=out, stderr=err)
-        return 0, out.getvalue()
-    except SystemExit as exc:
-        return exc.code, err.getvalue()
 
 
 @pytest.fixture
@@ -73,16 +62,17 @@ def test_deleted_last_row_is_reported(trail):
 
 def test_inserted_row_is_reported(trail, project):
     last = trail[-1]
-    # A forged row appended behind the application's back, even with the right links.
+    # A forged row appended behind the application's back, even with the right links and a valid
+    # signature (an attacker holding the key): the head still gives it away.
     forged = AuditEvent(chain=last.chain, seq=last.seq + 1, created_at=last.created_at, actor_repr="x",
                         action="task.create", project_id=project.pk, object_type="projects.task",
-                        object_id="forged", reason="", prev_hash=last.hash)
+                        object_id="forged", reason="", prev_hash=last.hash, key_id=last.key_id)
     forged.hash = forged.compute_hash()
     sql("INSERT INTO audit_auditevent (chain_id, seq, created_at, actor_repr, action, project_id, object_type, "
-        "object_id, reason, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "object_id, reason, prev_hash, hash, key_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [last.chain_id, forged.seq, last.created_at, "x", "task.create",
          project.pk.hex if connection.vendor == "sqlite" else project.pk, "projects.task", "forged", "",
-         forged.prev_hash, forged.hash])
+         forged.prev_hash, forged.hash, forged.key_id])
     code, err = verify()
     assert code == 1 and "head says" in err
 
@@ -90,8 +80,8 @@ def test_inserted_row_is_reported(trail, project):
 def test_inserted_row_in_the_middle_is_reported(trail, project):
     sql("UPDATE audit_auditevent SET seq = seq + 100 WHERE chain_id = %s AND seq >= 3", [trail[0].chain_id])
     sql("INSERT INTO audit_auditevent (chain_id, seq, created_at, actor_repr, action, object_type, object_id, "
-        "reason, prev_hash, hash) VALUES (%s, 3, %s, 'x', 'forged', 't', '1', '', %s, %s)",
-        [trail[0].chain_id, trail[0].created_at, trail[1].hash, "f" * 64])
+        "reason, prev_hash, hash, key_id) VALUES (%s, 3, %s, 'x', 'forged', 't', '1', '', %s, %s, %s)",
+        [trail[0].chain_id, trail[0].created_at, trail[1].hash, "f" * 64, trail[1].key_id])
     code, err = verify()
     assert code == 1 and "seq=3 " in err
 
@@ -138,3 +128,20 @@ def test_concurrent_appends_keep_one_unbroken_chain(project, agent):
     seqs = list(AuditEvent.objects.filter(chain=chain).order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 1 + 1 + 1 + 100))  # project.create, the agent's role grant, 100 tasks
     assert audit_verify() == []
+
+
+def test_inside_a_unit_of_work_the_row_is_written_at_its_end(admin_user):
+    from core.uow import UnitOfWork, activate, deactivate
+
+    uow, after = UnitOfWork("test"), {"n": 1}
+    token = activate(uow)
+    try:
+        assert audit_record(actor=admin_user, action="test.deferred", object_type="x", object_id="1",
+                            after=after) is None
+        after["n"] = 2  # what the row records is fixed at the call
+        assert not AuditEvent.objects.filter(action="test.deferred").exists()
+        uow.flush()
+    finally:
+        deactivate(token)
+    row = AuditEvent.objects.get(action="test.deferred")
+    assert row.after == {"n": 1} and row.actor_id == admin_user.pk and audit_verify() == []

@@ -309,14 +309,9 @@ def test_nothing_is_admitted_after_the_stop_commits(project, agent, reviewer):
 def test_the_race_test_fails_without_the_gate(project, agent, reviewer, monkeypatch):
     """The same race with the gate's check removed (the row is still locked, the stopped
     status is not refused): work is admitted after the stop, which the test above catches."""
-    import approvals.services
-    import projects.services
+    import projects.uow
 
-    def lock_without_check(project_id):
-        return Project.objects.select_for_update().get(pk=project_id)
-
-    monkeypatch.setattr(approvals.services, "project_lock_for_admission", lock_without_check)
-    monkeypatch.setattr(projects.services, "project_lock_for_admission", lock_without_check)
+    monkeypatch.setattr(projects.uow, "_gate", lambda project: None)  # the unit of work's 423 check
     result = _race_the_stop(project, agent, reviewer)
     assert result["admitted_after_commit"] > 0 or result["decided_after_stop"] > 0 or result["started_after_stop"] > 0
 

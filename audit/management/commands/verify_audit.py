@@ -1,19 +1,32 @@
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 
-from audit.models import AuditChain, AuditEvent
-from audit.services import audit_verify
+from audit.services import audit_verify_report
 
 
 class Command(BaseCommand):
-    help = ("Check the audit trail's hash chains. Reports the first row that was edited, inserted or "
-            "deleted behind the application's back, and exits with 1 if any.")
+    help = ("Check the audit trail's keyed hash chains in one consistent snapshot. Reports the first row "
+            "that was edited, inserted or deleted behind the application's back, and exits with 1 if any. "
+            "With --checkpoints, also checks the chains against every signed checkpoint file.")
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--checkpoints", metavar="DIR", nargs="?", const="", default=None,
+            help="also compare with the checkpoint files in DIR (default: HITL_AUDIT_CHECKPOINT_DIR); "
+                 "a file with a bad signature is a problem too",
+        )
 
     def handle(self, *args, **options):
-        problems = audit_verify()
-        if problems:
-            for problem in problems:
+        checkpoint_dir = options["checkpoints"]
+        if checkpoint_dir == "":
+            checkpoint_dir = settings.HITL_AUDIT_CHECKPOINT_DIR
+        try:
+            report = audit_verify_report(checkpoint_dir=checkpoint_dir)
+        except FileNotFoundError as exc:
+            raise CommandError(str(exc)) from None
+        if report.problems:
+            for problem in report.problems:
                 self.stderr.write(f"TAMPERED: {problem}")
             raise SystemExit(1)
-        self.stdout.write(
-            f"OK: {AuditEvent.objects.count()} audit rows in {AuditChain.objects.count()} chains verified."
-        )
+        against = f" against {report.checkpoints} checkpoints" if checkpoint_dir is not None else ""
+        self.stdout.write(f"OK: {report.rows} audit rows in {report.chains} chains verified{against}.")

@@ -1,0 +1,17 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from audit.services import audit_checkpoint_write
+
+
+class Command(BaseCommand):
+    help = ("Write the audit chain heads (key, last seq, last hash, time) to a new checkpoint file, signed "
+            "with HITL_AUDIT_CHECKPOINT_KEY. Keep the directory outside the database (and ideally off the host).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dir", metavar="DIR", default=None,
+                            help="where to write it (default: HITL_AUDIT_CHECKPOINT_DIR)")
+
+    def handle(self, *args, **options):
+        path = audit_checkpoint_write(options["dir"] or settings.HITL_AUDIT_CHECKPOINT_DIR)
+        self.stdout.write(f"Checkpoint written: {path}")
