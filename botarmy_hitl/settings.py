@@ -232,9 +232,11 @@ HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
+    # channels-redis receives with a 5 s blocking pop; redis-py 8 reads with a 5 s socket timeout
+    # by default, so an idle receive raised TimeoutError. Read longer than the pop blocks.
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000}}
+                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 1000}}
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
@@ -316,3 +318,24 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
+
+# --- audit chain keys and checkpoints ---
+# Audit rows are chained with HMAC-SHA256 (audit/keys.py, audit/hashing.py), each row naming its key.
+# HITL_AUDIT_KEYS="k2:secret2,k1:secret1": the first key signs new rows, the others only verify older
+# rows (to rotate, put a new key first and keep the old ones listed). Unset, a development key derived
+# from DJANGO_SECRET_KEY is used: production MUST set random keys (32+ characters) of its own, kept out
+# of the database (`manage.py check --deploy` warns otherwise).
+HITL_AUDIT_KEYS = env.list("HITL_AUDIT_KEYS", default=[])
+# Signs the checkpoint files (chain heads written outside the database); separate from the chain keys.
+# Unset, derived from DJANGO_SECRET_KEY (development only).
+HITL_AUDIT_CHECKPOINT_KEY = env.str("HITL_AUDIT_CHECKPOINT_KEY", default="")
+# Keep it off the database's host if you can (another volume, synced to write-once storage).
+HITL_AUDIT_CHECKPOINT_DIR = Path(env.str("HITL_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
+# How often beat writes a checkpoint; 0 disables it.
+HITL_AUDIT_CHECKPOINT_MINUTES = env.int("HITL_AUDIT_CHECKPOINT_MINUTES", default=60)
+if HITL_AUDIT_CHECKPOINT_MINUTES > 0:
+    CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+        "task": "audit.checkpoint",
+        "schedule": timedelta(minutes=HITL_AUDIT_CHECKPOINT_MINUTES),
+        "options": {"expires": HITL_AUDIT_CHECKPOINT_MINUTES * 60},
+    }
