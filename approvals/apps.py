@@ -10,7 +10,9 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self):
         import approvals.conditions  # noqa: F401  (registers the call conditions)
-        from approvals.services import cancel_open_calls
+        from approvals.services import cancel_open_calls, readmit_after_limits_change
+        from budgets.hooks import budget_limits_changed
         from emergency.hooks import project_halting
 
         project_halting.connect(cancel_open_calls)
+        budget_limits_changed.connect(readmit_after_limits_change)

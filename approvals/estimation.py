@@ -36,6 +36,31 @@ def money(value) -> Decimal:
     return Decimal(value).quantize(CENT_FRACTION, rounding=ROUND_UP)
 
 
+MAX_OUTPUT_TOKENS = 10_000_000
+
+
+def _max_tokens(input_data) -> int:
+    """The output a call asks for (``max_tokens`` anywhere in its input: the top level or an
+    MCP tool call's ``arguments``; an int or a numeric string), capped; 0 when it names none."""
+    found = 0
+    stack, seen = [input_data], 0
+    while stack and seen < 10_000:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("max_tokens", "max_output_tokens", "max_completion_tokens"):
+                    try:
+                        found = max(found, int(float(value)) if not isinstance(value, bool) else 0)
+                    except (TypeError, ValueError, OverflowError):
+                        pass
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return min(max(found, 0), MAX_OUTPUT_TOKENS)
+
+
 def estimate(*, model: str, proposed_action: str, input_data, context_summary: str,
              estimated_tokens: int | None, estimated_cost: Decimal | None) -> tuple[int, Decimal]:
     """(tokens, cost) to reserve for a call. The server's own estimate is the floor: the offline
@@ -56,16 +81,14 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
         raise InvalidInput(fields={"model": ["Give the model (or estimated_cost) so the cost can be estimated."]})
     input_tokens = count_tokens(prompt_text(proposed_action=proposed_action, input_data=input_data,
                                             context_summary=context_summary))
-    max_tokens = input_data.get("max_tokens") if isinstance(input_data, dict) else None
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 < max_tokens < 10_000_000:
-        output_tokens = max_tokens
-    else:
-        output_tokens = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE
-    floor_price = price or ModelPrice.objects.filter(model=settings.HITL_FLOOR_PRICE_MODEL).first()
-    floor_cost = Decimal(0)
-    if floor_price is not None:
-        floor_cost = (Decimal(input_tokens) * floor_price.input_per_million
-                      + Decimal(output_tokens) * floor_price.output_per_million) / MILLION
+    allowance = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE
+    output_tokens = max(allowance, _max_tokens(input_data))
+    floor_price = price or ModelPrice.objects.filter(model=settings.HITL_FLOOR_PRICE_MODEL).first() \
+        or ModelPrice.objects.order_by("-output_per_million", "-input_per_million").first()  # the dearest
+    if floor_price is None:
+        raise InvalidInput(fields={"model": ["No model prices are configured: the cost cannot be estimated."]})
+    floor_cost = (Decimal(input_tokens) * floor_price.input_per_million
+                  + Decimal(output_tokens) * floor_price.output_per_million) / MILLION
     tokens = max(estimated_tokens or 0, input_tokens + output_tokens)
     cost = max(Decimal(estimated_cost) if estimated_cost is not None else Decimal(0), floor_cost)
     return tokens, money(cost)

@@ -12,7 +12,10 @@ def budget_summary(*, project, now=None) -> dict:
     ledger; `manage.py reconcile_budgets` checks it)."""
     budget = budget_for(project)
     day, month = current_windows(project, now)
-    alerts = BudgetAlert.objects.filter(window__in=[day, month]).select_related("window").order_by("triggered_at")
+    # API.md's alerts: warning / critical / emergency (overruns are events and admin rows of their own)
+    alerts = BudgetAlert.objects.filter(window_id__in=[w.pk for w in (day, month) if w.pk],
+                                        alert_type__in=["warning", "critical", "emergency"]).select_related(
+        "window").order_by("triggered_at")
     return {
         "project_id": project.pk, "timezone": project.timezone,
         "daily_token_limit": budget.daily_token_limit, "monthly_token_limit": budget.monthly_token_limit,

@@ -15,6 +15,7 @@ from rest_framework.renderers import JSONRenderer
 
 from core.errors import EmergencyStopActive
 from core.models import IdempotencyRecord
+from core.uow import retry_transient
 
 
 def parse_uuid(value, *, field: str | None = None) -> uuid.UUID:
@@ -79,6 +80,7 @@ def idempotent(post):
     from rest_framework.response import Response
 
     @wraps(post)
+    @retry_transient  # the wrapper owns the outermost transaction, so it retries (core/uow.py)
     def wrapper(self, request, *args, **kwargs):
         key = request.headers.get("Idempotency-Key")
         if key is None:

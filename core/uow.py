@@ -95,6 +95,16 @@ class UnitOfWork:
             raise RuntimeError("this unit of work is already flushed")
         self._deferred[stage].append(write)
 
+    def mark(self) -> dict[str, int]:
+        """Where the buffers stand (before a savepoint that may roll back)."""
+        return {stage: len(writes) for stage, writes in self._deferred.items()}
+
+    def discard_since(self, mark: dict[str, int]) -> None:
+        """Drop what was buffered after ``mark``: its savepoint rolled back, so must its audit
+        rows and events."""
+        for stage, length in mark.items():
+            del self._deferred[stage][length:]
+
     def flush(self) -> None:
         """Write the buffered outbox events, then the audit rows (still inside the transaction)."""
         for stage in ("outbox", "audit_chain"):

@@ -118,7 +118,10 @@ def emergency_settings_save(*, settings_row: EmergencySettings, actor, before, a
     """Save a project's condition thresholds (admin form), audited in the same unit of work."""
     with project_uow(settings_row.project_id) as uow:
         uow.enter_stage("project_state")
-        settings_row.save()
+        if settings_row.pk is not None and after:  # only what the form changed: never a stale copy of the rest
+            settings_row.save(update_fields=[*after.keys(), "updated_at"])
+        else:
+            settings_row.save()
         audit_record(actor=actor, action="emergency_settings.update", obj=settings_row,
                      project_id=settings_row.project_id, before=before, after=after)
     return settings_row

@@ -1,6 +1,6 @@
 """Recovery: a person walks a stopped project back, one approved step at a time. Only the
 last step (lift_stop) resolves the stop and makes the project active again."""
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -8,7 +8,7 @@ from approvals.models import AgentCallApproval
 from audit.services import audit_record
 from budgets.services import budget_for, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
-from core.uow import retry_transient
+from core.uow import LockOrderError, retry_transient
 from emergency.conditions import conditions_evaluate
 from emergency.models import Condition, EmergencySettings, EmergencyStop
 from emergency.services import emergency_settings_for, emergency_stop_resolve, stop_payload
@@ -238,10 +238,14 @@ def _run_step(uow, session: RecoverySession, step: RecoveryStep, actor, reason: 
     step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()
     step.status, step.started_at = RecoveryStep.Status.RUNNING, now
     step.save()
+    mark = uow.mark()
     try:
         with transaction.atomic():
             step.result = STEPS[step.action][1](session, step, now, option, uow)
+    except (OperationalError, LockOrderError):
+        raise  # the database or a bug, not the step: the whole unit of work retries or fails
     except Exception as exc:  # noqa: BLE001 - a failed step fails the session, the stop stays
+        uow.discard_since(mark)  # its savepoint rolled back: so do its buffered audit rows and events
         step.status, step.result, step.finished_at = RecoveryStep.Status.FAILED, {"error": str(exc)}, timezone.now()
         step.save()
         _fail(session, actor, f"Step {step.order} ({step.action}) failed: {exc}", step)

@@ -10,6 +10,7 @@ from approvals.services.common import (
 from approvals.services.decisions import (
     agent_approval_cancel,
     agent_approval_decide,
+    agent_approval_expire_grant,
     agent_approval_expire_overdue,
     agent_approval_start,
     agent_approval_time_out,
@@ -17,13 +18,13 @@ from approvals.services.decisions import (
     agent_approval_warn_due,
 )
 from approvals.services.halting import cancel_open_calls
-from approvals.services.overrides import budget_override_respond
+from approvals.services.overrides import budget_override_respond, readmit_after_limits_change
 from approvals.services.requests import agent_approval_request
 from approvals.services.usage import agent_approval_report_usage, budget_release_stale
 
 __all__ = [
-    "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_overdue", "agent_approval_report_usage",
+    "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_grant", "agent_approval_expire_overdue", "agent_approval_report_usage",
     "agent_approval_request", "agent_approval_start", "agent_approval_time_out", "agent_approval_warn",
     "agent_approval_warn_due", "approval_event_data", "approval_group", "budget_override_respond",
-    "budget_release_stale", "cancel_open_calls", "close_call", "input_digest", "project_stop_group",
+    "budget_release_stale", "cancel_open_calls", "readmit_after_limits_change", "close_call", "input_digest", "project_stop_group",
 ]

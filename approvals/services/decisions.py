@@ -1,10 +1,13 @@
 """A person decides a call; the agent starts or cancels it; beat times it out. Each in the
 call's unit of work (common.call_uow), each status move through common.close_call."""
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
 
+from approvals.analyzers import RiskContext, assess
+from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.services.common import (
     BudgetState,
@@ -25,6 +28,27 @@ from projects.models import Task
 from projects.permissions import require_not_requester, require_project_perm
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
+
+
+def _check_amendment(approval: AgentCallApproval, amended_input_data: dict) -> None:
+    """An amended input is estimated and assessed like a new request: it must fit in the call's
+    reservation (else 409: reject, and the agent requests the call with that input) and carry
+    no critical risk flag. Its assessment is kept next to the original one."""
+    tokens, cost = estimate(model=approval.model, proposed_action=approval.proposed_action,
+                            input_data=amended_input_data, context_summary=approval.context_summary,
+                            estimated_tokens=None, estimated_cost=None if approval.model else Decimal(0))
+    if tokens > approval.estimated_tokens or cost > approval.estimated_cost:
+        raise TransitionError(f"The amended input needs {tokens} tokens / {cost:.4f}, more than the call reserved "
+                              f"({approval.estimated_tokens} / {approval.estimated_cost:.4f}): reject the call and "
+                              f"let the agent request it with that input.", current_status=approval.status)
+    risk = assess(RiskContext(agent_type=approval.agent_type, proposed_action=approval.proposed_action,
+                              input_data=amended_input_data, estimated_cost=cost, budget_remaining=None))
+    if risk["level"] == "critical":
+        raise TransitionError("The amended input has a critical risk flag: "
+                              f"{', '.join(sorted({f['code'] for f in risk['flags'] if f['severity'] == 'critical'}))}.",
+                              current_status=approval.status)
+    approval.risk_assessment = {**approval.risk_assessment, "amended": risk}
+    approval.save(update_fields=["risk_assessment", "updated_at"])
 
 
 def _time_out(uow, approval: AgentCallApproval, now) -> None:
@@ -68,6 +92,8 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
                                   budget_override_id=str(approval.budget_override_id)
                                   if approval.budget_override_id else None)
         elif decision == "approve":
+            if amended_input_data is not None:
+                _check_amendment(approval, amended_input_data)
             approval.amended_input_data = amended_input_data
             amended = amended_input_data is not None
             close_call(uow, approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),
@@ -113,17 +139,18 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         if approval.started_at is not None:
             raise TransitionError("This approved call was already started.", current_status=approval.status,
                                   started_at=approval.started_at.isoformat())
-        if approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL):
+        now = timezone.now()
+        if _grant_expired(approval, now):
+            _expire_grant(uow, approval, now)
+            stale = True
+        elif approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL):
             raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
                                   task_status=approval.task.status)
-        if input_digest(approval.input_to_run) != approval.input_digest:
+        elif input_digest(approval.input_to_run) != approval.input_digest:
             raise TransitionError("The input changed after it was approved.", current_status=approval.status)
-        now = timezone.now()
-        if now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES):
-            close_call(uow, approval, actor=None, to=Status.CANCELLED, now=now,
-                       reason="approved but not started in time", event_type="agent_approval_decided",
-                       action="agent_approval.grant_expired")
-            stale = True
+        elif approval.budget_state != BudgetState.RESERVED:  # nothing runs without budget held for it
+            raise TransitionError("The call holds no budget reservation any more: request it again.",
+                                  current_status=approval.status, budget_state=approval.budget_state)
         else:
             before = snapshot(approval)
             approval.started_at = now
@@ -136,6 +163,27 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         raise Expired(f"The approval was not started within {settings.HITL_START_WITHIN_MINUTES} minutes: "
                       f"request the call again.", status=Status.CANCELLED)
     return approval
+
+
+def _grant_expired(approval: AgentCallApproval, now) -> bool:
+    return now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)
+
+
+def _expire_grant(uow, approval: AgentCallApproval, now) -> None:
+    close_call(uow, approval, actor=None, to=Status.CANCELLED, now=now, reason="approved but not started in time",
+               event_type="agent_approval_decided", action="agent_approval.grant_expired")
+
+
+@retry_transient
+def agent_approval_expire_grant(*, approval_id, now=None) -> bool:
+    """Cancel an approved call not started within HITL_START_WITHIN_MINUTES: its grant lapses
+    and its reservation goes back at once (not a day later). Safe to run any number of times."""
+    now = now or timezone.now()
+    with call_uow(approval_id, gate=False) as (uow, approval):
+        if approval.status != Status.APPROVED or approval.started_at is not None or not _grant_expired(approval, now):
+            return False
+        _expire_grant(uow, approval, now)
+        return True
 
 
 @retry_transient
@@ -152,10 +200,15 @@ def agent_approval_time_out(*, approval_id, now=None) -> bool:
 
 
 def agent_approval_expire_overdue(*, now=None) -> int:
-    """Beat sweep: every due pending approval goes through the time-out service."""
+    """Beat sweep: every due pending approval goes through the time-out service, and every
+    lapsed execution grant (approved, not started in time) through agent_approval_expire_grant."""
     now = now or timezone.now()
     due = AgentCallApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
-    return sum(agent_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+    lapsed = AgentCallApproval.objects.filter(
+        status=Status.APPROVED, started_at__isnull=True,
+        responded_at__lt=now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)).values_list("pk", flat=True)
+    return (sum(agent_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+            + sum(agent_approval_expire_grant(approval_id=pk, now=now) for pk in list(lapsed[:1000])))
 
 
 @retry_transient

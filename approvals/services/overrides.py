@@ -53,8 +53,8 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
     except BudgetCritical as critical:
         call.budget_blocked_reason = (
             f"Still blocked: with this call the projected daily cost {critical.projected:.4f} would pass 1.5 x the "
-            f"daily limit {critical.limit:.4f}, which no override lifts. A manager may raise the daily cost limit; "
-            f"then the agent requests the call again.")
+            f"daily limit {critical.limit:.4f}, which no override lifts. A manager may raise the daily cost limit "
+            f"(the call is then admitted again at once), or the agent cancels it.")
         call.save(update_fields=["budget_blocked_reason", "updated_at"])
         audit_record(actor=actor, action="agent_approval.still_blocked", obj=call,
                      after={"budget_state": call.budget_state, "reason": call.budget_blocked_reason})
@@ -65,3 +65,20 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
                                   "budget_override_id": str(call.budget_override_id) if call.budget_override_id
                                   else None})
     wakeup_on_commit(approval_group(call.pk), status=call.status)
+
+
+def readmit_after_limits_change(*, uow) -> None:
+    """budgets.hooks.budget_limits_changed: calls kept blocked although their override was
+    approved (only the 1.5 x ceiling held them) are admitted again under the new limits."""
+    approved = BudgetOverrideRequest.objects.filter(project=uow.project, status=BudgetOverrideRequest.Status.APPROVED)
+    waiting = AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
+                                               budget_state=BudgetState.BLOCKED,
+                                               budget_override_id__in=approved.values("pk"))
+    if not waiting.exists():
+        return
+    tasks = {t.pk: t for t in uow.lock_many("task", Task.objects.filter(pk__in=waiting.values("task_id")))}
+    calls = uow.lock_many("approval", waiting.select_related("project"))
+    now = timezone.now()
+    for call in calls:
+        call.task = tasks[call.task_id]
+        _readmit(uow, call, None, now)

@@ -84,20 +84,24 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
                      after={"status": approval.status, "proposed_action": proposed_action[:500],
                             "estimated_tokens": tokens, "estimated_cost": cost, "risk_level": risk["level"],
                             "expires_at": approval.expires_at})
+        critical = None
         try:
             admission_apply(approval, budget_admit(uow=uow, call=approval, requested_by=requester, now=now))
-        except BudgetCritical as critical:
+        except BudgetCritical as exc:
+            critical = exc
             approval.budget_blocked_reason = (f"The projected daily cost {critical.projected:.4f} passes 1.5 x the "
                                               f"daily limit {critical.limit:.4f}.")
             approval.save(update_fields=["budget_blocked_reason", "updated_at"])
-            stop = _stop_for_budget(approval, critical)
-            approval.refresh_from_db(fields=["status", "budget_state", "rejection_reason"])
         agent_state_refresh(project_id=uow.project.pk, agent_type=agent_type)
         event_emit(project_id=uow.project.pk, task_id=task.pk, event_type="agent_approval_requested",
                    data={**approval_event_data(approval), "risk_assessment": risk,
                          "budget_blocked_reason": approval.budget_blocked_reason})
-        if stop is None and risk["level"] == "critical" and emergency_settings_for(uow.project.pk).stop_on_critical_risk:
+        # Both conditions are recorded when both hold: recovery then plans the review of the call too.
+        if risk["level"] == "critical" and emergency_settings_for(uow.project.pk).stop_on_critical_risk:
             stop = _stop_for_critical_risk(approval)
+        if critical is not None:
+            stop = _stop_for_budget(approval, critical)
+        if stop is not None:
             approval.refresh_from_db(fields=["status", "budget_state", "rejection_reason"])
     if stop is not None:  # committed together with the request it refuses
         raise EmergencyStopActive(stop[1], emergency_stop_id=stop[0].pk)

@@ -12,10 +12,9 @@ from budgets.models import UsageEntry
 from budgets.services import budget_release, budget_settle
 from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
-from emergency.models import Condition, Severity
+from emergency.models import Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
-from projects.models import Project
 
 
 def _priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
@@ -59,7 +58,7 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
                 event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",
                            data={**approval_event_data(approval), "flag": flag})
             approval.save(update_fields=fields)
-            if settlement.critical is not None and uow.project.status == Project.Status.ACTIVE:
+            if settlement.critical is not None and not _already_stopped_for_budget(uow.project):
                 emergency_stop_trigger(
                     project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
                     reason=f"The day's cost {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
@@ -67,6 +66,11 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
                     data={"daily_cost": f"{settlement.critical.projected:.4f}",
                           "daily_cost_limit": f"{settlement.critical.limit:.4f}", "approval_id": str(approval.pk)})
     return approval, settlement.settled
+
+
+def _already_stopped_for_budget(project) -> bool:
+    stop = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).first()
+    return stop is not None and Condition.BUDGET_CRITICAL in stop.triggered_conditions
 
 
 def budget_release_stale(*, older_than: timedelta, now=None) -> int:
@@ -85,6 +89,9 @@ def _release_stale_one(*, approval_id, older_than: timedelta) -> bool:
     with call_uow(approval_id, gate=False) as (uow, approval):
         if approval.status == Status.PENDING:
             return False  # still waiting for a person: its own time-out releases it
+        if approval.status == Status.APPROVED and (
+                approval.started_at is None or approval.started_at > timezone.now() - older_than):
+            return False  # not started: its grant lapses first; started: its own age counts
         if not budget_release(uow=uow, call_id=approval_id):
             return False
         if approval.budget_state == BudgetState.RESERVED:

@@ -153,13 +153,19 @@ def test_after_a_zone_change_the_next_window_starts_where_the_old_one_ended(proj
     project.timezone = "Europe/Berlin"
     project.save()
     noon = datetime(2026, 6, 10, 12, 0, tzinfo=utc)
-    first, _ = current_windows(project, noon)
+
+    def windows(at):
+        with project_uow(project.pk) as uow:
+            return current_windows(uow.project, at, uow=uow)
+
+    first, _ = windows(noon)
     assert first.end == datetime(2026, 6, 10, 22, 0, tzinfo=utc)  # Berlin midnight
     project.timezone = "America/New_York"
     project.save()
-    assert current_windows(project, noon + timedelta(hours=2))[0].pk == first.pk  # still covers
-    late, _ = current_windows(project, datetime(2026, 6, 10, 23, 0, tzinfo=utc))
+    assert windows(noon + timedelta(hours=2))[0].pk == first.pk  # still covers
+    late, _ = windows(datetime(2026, 6, 10, 23, 0, tzinfo=utc))
     assert (late.start, late.end) == (first.end, datetime(2026, 6, 11, 4, 0, tzinfo=utc))  # New York midnight
+    assert current_windows(project, datetime(2026, 6, 12, 0, 0, tzinfo=utc))[0].pk is None  # reads make none
 
 
 def test_patching_a_project_needs_a_manager(project, reviewer, client_for):
@@ -296,3 +302,96 @@ def test_ledger_totals_match_after_every_path(project, agent, reviewer, manager)
     for window in BudgetWindow.objects.filter(project=project):
         totals = ledger_totals(window)
         assert (window.reserved_cost, window.spent_cost) == (totals["reserved_cost"], totals["spent_cost"])
+
+
+# --- found by the review of this change -----------------------------------------------------
+def test_a_critical_call_that_also_passes_the_ceiling_records_both_conditions(project, agent):
+    from recovery.services import recovery_plan_for
+
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    with pytest.raises(EmergencyStopActive):
+        ask(project, agent, cost="20.0000", input_data=CRITICAL_INPUT, title="wipe")
+    stop = EmergencyStop.objects.get(project=project)
+    assert set(stop.triggered_conditions) == {"security_threat", "budget_critical"}
+    assert "review_flagged" in recovery_plan_for(stop)  # the dangerous call is reviewed in the recovery
+
+
+def test_a_lapsed_grant_gives_its_reservation_back_at_once_and_cannot_start(project, agent, reviewer, settings):
+    settings.HITL_START_WITHIN_MINUTES = 5
+    call = ask(project, agent, cost="8.0000")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    assert budget_release_stale(older_than=timedelta(seconds=-1)) == 0  # not started: the grant decides
+    AgentCallApproval.objects.filter(pk=call.pk).update(responded_at=timezone.now() - timedelta(minutes=6))
+    from approvals.services import agent_approval_expire_overdue
+
+    assert agent_approval_expire_overdue() == 1
+    call.refresh_from_db()
+    assert (call.status, call.budget_state) == ("cancelled", "released")
+    assert day(project).reserved_cost == ZERO
+
+
+def test_a_call_whose_reservation_was_released_cannot_start(project, agent, reviewer):
+    call = ask(project, agent, cost="1.0000")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    AgentCallApproval.objects.filter(pk=call.pk).update(budget_state="released")
+    with pytest.raises(TransitionError) as refused:
+        agent_approval_start(approval_id=call.pk, actor=agent)
+    assert refused.value.extra["budget_state"] == "released"
+
+
+def test_raising_the_limit_admits_a_call_only_the_ceiling_kept_blocked(project, agent, reviewer, manager,
+                                                                        client_for):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    a = run(ask(project, agent, cost="9.0000", title="a"), reviewer, agent)
+    b = ask(project, agent, cost="5.0000", title="b")
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("12.0000"))
+    budget_override_respond(override_id=b.budget_override_id, actor=manager, decision="approve")
+    b.refresh_from_db()
+    assert b.budget_state == "blocked"
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "100.0000"}, format="json")
+    assert r.status_code == 200
+    b.refresh_from_db()
+    assert b.budget_state == "reserved" and b.budget_blocked_reason == ""
+    agent_approval_decide(approval_id=b.pk, decider=reviewer, decision="approve")
+
+
+def test_max_tokens_anywhere_in_the_input_is_reserved_never_ignored(project, agent):
+    huge = ask(project, agent, cost="0", tokens=0, input_data={"max_tokens": 10_000_000}, title="huge")
+    assert huge.estimated_tokens >= 10_000_000
+    nested = ask(project, agent, cost="0", tokens=0, title="nested",
+                 input_data={"tool": "llm", "arguments": {"max_tokens": "5000"}})
+    assert nested.estimated_tokens >= 5000
+
+
+def test_spend_past_the_ceiling_during_a_stop_joins_the_stop(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    a = run(ask(project, agent, cost="1.0000"), reviewer, agent)
+    from emergency.services import emergency_stop_trigger
+
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="look", actor=reviewer)
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("16.0000"))
+    stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
+    assert stop.triggered_conditions == ["manual_stop", "budget_critical"]
+
+
+def test_an_amended_input_is_estimated_and_assessed(project, agent, reviewer):
+    call = ask(project, agent, cost="0.0100", tokens=50, input_data={"files": ["a.py"]})
+    with pytest.raises(TransitionError, match="more than the call reserved"):
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                              amended_input_data={"files": ["a.py"], "max_tokens": 100_000})
+    with pytest.raises(TransitionError, match="critical risk"):
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                              amended_input_data={"command": "rm -rf /"})
+    call.refresh_from_db()
+    assert call.status == "pending"
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                          amended_input_data={"files": ["b.py"]})
+    call.refresh_from_db()
+    assert call.status == "approved" and call.risk_assessment["amended"]["level"] == "low"
+
+
+def test_overrun_alerts_are_not_in_the_budget_alerts_of_the_api(project, agent, reviewer, client_for):
+    a = run(ask(project, agent, cost="1.0000"), reviewer, agent)
+    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("1.5000"))
+    body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
+    assert {alert["alert_type"] for alert in body["budget_alerts"]} <= {"warning", "critical", "emergency"}

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.services import audit_record
+from budgets.hooks import budget_limits_changed
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget
 from budgets.services.windows import budget_for, current_windows
 from core.errors import Forbidden, InvalidInput, TransitionError
@@ -59,7 +60,7 @@ def budget_override_create(*, project_id, actor, violation_type: str, requested_
     """A person asks for more room in the current window (by hand, through the API)."""
     with project_uow(project_id) as uow:
         require_project_perm(actor, roles.VIEW, uow.project, "request budget overrides")
-        day, month = current_windows(uow.project)
+        day, month = current_windows(uow.project, uow=uow)
         return override_create_locked(project=uow.project, window=day if violation_type.startswith("daily") else month,
                                       violation_type=violation_type, requested_amount=requested_amount,
                                       justification=justification, actor=actor)
@@ -152,4 +153,5 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
         budget.save()
         audit_record(actor=actor, action="budget.update", obj=budget, project_id=uow.project.pk, before=before,
                      after=values)
+        budget_limits_changed(uow=uow)
     return budget

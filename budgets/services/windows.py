@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from budgets.models import BudgetWindow, ProjectBudget
+from projects.uow import project_uow
 
 ZERO = Decimal("0.0000")
 FOUR_PLACES = Decimal("0.0001")
@@ -44,7 +45,12 @@ def _window(project, kind: str, now, uow) -> BudgetWindow:
     found = uow.lock_many("budget_window", qs) if uow is not None else list(qs[:1])
     if found:
         return found[0]
-    start, end = window_bounds(project.timezone, kind, now)
+    if uow is None:
+        # A read makes no window (only a unit of work, holding the project row and so reading its
+        # current time zone, may): an unsaved, empty one stands for the window not yet used.
+        start, end = window_bounds(project.timezone, kind, now)
+        return BudgetWindow(project=project, kind=kind, start=start, end=end)
+    start, end = window_bounds(uow.project.timezone, kind, now)
     previous_end = BudgetWindow.objects.filter(project=project, kind=kind, end__gt=start, end__lte=now).aggregate(
         end=Max("end"))["end"]
     if previous_end is not None:
@@ -59,8 +65,9 @@ def _window(project, kind: str, now, uow) -> BudgetWindow:
 
 
 def current_windows(project, now=None, *, uow=None) -> tuple[BudgetWindow, BudgetWindow]:
-    """The day and month windows covering ``now`` (made on first use). With ``uow`` (a write)
-    they are locked, day then month (stage "budget_window"); without, read as they are."""
+    """The day and month windows covering ``now``. With ``uow`` (a write) they are locked, day
+    then month (stage "budget_window"), and made on first use; without, read as they are (an
+    unsaved empty window when none exists yet)."""
     now = now or timezone.now()
     return _window(project, BudgetWindow.Kind.DAY, now, uow), _window(project, BudgetWindow.Kind.MONTH, now, uow)
 
@@ -92,7 +99,14 @@ def budget_remaining(project) -> Decimal | None:
 
 
 def budget_close_past_windows(*, now=None) -> int:
-    """Beat: mark windows that have ended as closed (usage never depends on this: the current
-    window is always found from the clock)."""
+    """Beat: mark windows that have ended as closed, one project's unit of work at a time (a
+    late settle may still lock them). Usage never depends on this: the current window is always
+    found by the instant it covers."""
     now = now or timezone.now()
-    return BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True).update(closed_at=now)
+    closed = 0
+    past = BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True)
+    for project_id in list(past.values_list("project_id", flat=True).distinct()[:1000]):
+        with project_uow(project_id) as uow:
+            windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
+            closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
+    return closed
