@@ -1,6 +1,8 @@
 """Shared fixtures: users in each role on a project, and API clients that authenticate the
 way agents do (a real API key in ``Authorization: Bearer``)."""
+import json
 import os
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -24,6 +26,21 @@ def pytest_collection_modifyitems(config, items):
 def _in_memory_channel_layer(settings, request):
     if "redis" not in request.keywords:
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
+def model_prices(request):
+    """The seeded price table, for every database test (a transactional test flushes what the
+    data migration wrote; the estimate's floor needs a price)."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    from approvals.models import ModelPrice
+
+    if not ModelPrice.objects.exists():
+        data = Path(__file__).resolve().parent / "approvals" / "data" / "model_prices.json"
+        ModelPrice.objects.bulk_create(ModelPrice(**row) for row in json.loads(data.read_text()))
 
 
 @pytest.fixture

@@ -1,6 +1,3 @@
-import json
-from pathlib import Path
-
 import pytest
 
 from projects.services import task_create
@@ -39,13 +36,3 @@ def requested(agent_client, request_body):
     r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
     assert r.status_code == 201, r.content
     return r.json()
-
-
-@pytest.fixture(autouse=True)
-def model_prices(db):
-    """The seeded price table (a transactional test flushes what the data migration wrote)."""
-    from approvals.models import ModelPrice
-
-    if not ModelPrice.objects.exists():
-        data = Path(__file__).resolve().parents[1] / "data" / "model_prices.json"
-        ModelPrice.objects.bulk_create(ModelPrice(**row) for row in json.loads(data.read_text()))
