@@ -10,6 +10,7 @@ passed is timed out on the spot even if beat is late.
 """
 import asyncio
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
@@ -31,8 +32,10 @@ from approvals.services import (
     project_stop_group,
 )
 from core.api import parse_uuid
-from core.errors import error_body
+from core.errors import error_body, retry_after_seconds, transient_db_error_kind, unavailable_body
 from core.wakeup import BatchLoader, BatchPoller, wakeup
+
+log = logging.getLogger(__name__)
 
 # A few threads of their own for the waits' database reads: many waiters are served in
 # parallel, none holds a thread while it waits, and the event loop's default executor stays free.
@@ -151,6 +154,17 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
         except HttpError as err:
             await self.send_json_response(err.status, json.dumps(err.body, separators=(",", ":")).encode(),
                                           err.headers)
+            return
+        except Exception as exc:  # noqa: BLE001 - the answer keeps the API's JSON error shape
+            kind = transient_db_error_kind(exc)
+            if kind is None:
+                log.exception("Internal Server Error: %s", self.scope.get("path"))
+                status, body, headers = 500, error_body("server_error", "Internal server error."), []
+            else:  # a deadlock, lock timeout, exhausted pool...: retry shortly (as core.errors does)
+                log.warning("transient database error, answered 503: %s: %s", kind, exc)
+                status, body = 503, unavailable_body(kind)
+                headers = [(b"Retry-After", str(retry_after_seconds()).encode())]
+            await self.send_json_response(status, json.dumps(body, separators=(",", ":")).encode(), headers)
             return
         await self.send_json_response(200, payload)
 

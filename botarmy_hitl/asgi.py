@@ -16,12 +16,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import re_path  # noqa: E402
 
 from approvals.routing import http_urlpatterns  # noqa: E402
+from core.middleware import ApiErrorGuard  # noqa: E402
 from events.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+# ApiErrorGuard: a request Django cannot even build, or an exception escaping before an API answer,
+# still gets API.md's JSON error (400, 500, or 503 for a transient database error).
+application = ApiErrorGuard(ProtocolTypeRouter(
     {
         # Long polls are Channels consumers (no thread or DB connection per waiter); the rest is Django.
         "http": URLRouter([*http_urlpatterns, re_path(r"", django_asgi_app)]),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
-)
+))

@@ -228,6 +228,8 @@ HITL_MANAGER_COST_THRESHOLD = env.str("HITL_MANAGER_COST_THRESHOLD", default="10
 HITL_MANAGER_TOKEN_THRESHOLD = env.int("HITL_MANAGER_TOKEN_THRESHOLD", default=100_000)
 # A deadlock or serialization failure is retried this many times before the API answers 503.
 HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
+# The Retry-After (seconds) of a 503 answered for a transient database error.
+HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
 
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

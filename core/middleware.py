@@ -1,4 +1,30 @@
+"""Adapters between the HTTP server (daphne) and Django, so that every API error keeps the
+JSON error shape of API.md, however malformed the request.
+
+- ``ChunkedBodyMiddleware`` (Django middleware): gives a chunked request its Content-Length.
+- ``disable_server_form_parsing()``: daphne's Twisted request parses every multipart/form-data
+  POST body itself before the application sees it (into ``request.args``, which daphne never
+  uses) and answers a body it cannot parse with a bare, empty 400. The API takes JSON only, so
+  that parsing is switched off: the body reaches Django, which answers 400 ``invalid`` in JSON.
+  Applied when this module is imported (Django imports it to build its handler, in daphne's
+  process before it serves; see MIDDLEWARE).
+- ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
+  cannot even turn into a request (a Content-Type with an RFC 2231 parameter in an unknown
+  charset, a query string that is not UTF-8) gets 400 ``invalid`` in JSON instead of an
+  exception inside the application (a 500 HTML page from daphne) or an empty 400; and an
+  exception escaping the application before it answered an API path gets a JSON 500 (503
+  ``unavailable`` for a transient database error).
+"""
+import inspect
+import json
+import logging
 import os
+
+from django.utils.http import parse_header_parameters
+
+from core.errors import error_body, retry_after_seconds, transient_db_error_kind, unavailable_body
+
+log = logging.getLogger(__name__)
 
 
 class ChunkedBodyMiddleware:
@@ -21,3 +47,106 @@ class ChunkedBodyMiddleware:
             except (AttributeError, OSError, ValueError):
                 pass
         return self.get_response(request)
+
+
+# --- daphne: no form parsing in the server -------------------------------------------------
+def disable_server_form_parsing() -> bool:
+    """Make daphne's Twisted requests skip their own multipart / urlencoded body parsing
+    (Twisted's ``parsePOSTFormSubmission``). Idempotent; True when it is (now) off."""
+    try:
+        from daphne.http_protocol import WebRequest
+        from twisted.web.http import Request
+    except ImportError:  # not served by daphne
+        return False
+    if getattr(WebRequest, "_hitl_form_parsing_off", False):
+        return True
+    if "parsePOSTFormSubmission" not in inspect.signature(Request.__init__).parameters:
+        log.warning("this Twisted cannot turn off its multipart parsing: a malformed multipart body "
+                    "gets an empty 400 from the server")
+        return False
+    original_init = WebRequest.__init__
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        original_init(self, *args, **kwargs)
+
+    __init__.__wrapped__ = original_init
+    WebRequest.__init__ = __init__
+    WebRequest._hitl_form_parsing_off = True
+    return True
+
+
+disable_server_form_parsing()
+
+
+# --- ASGI: request heads Django cannot parse, exceptions before an answer ------------------
+def request_head_problem(scope) -> tuple[str, str] | None:
+    """(field, message) when Django could not build a request from this HTTP scope."""
+    try:
+        (scope.get("query_string") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return "query", "The query string is not valid UTF-8."
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"content-type":
+            try:
+                parse_header_parameters(value.decode("latin-1"))
+            except (ValueError, LookupError, UnicodeError) as exc:
+                return "body", f"Malformed Content-Type header: {exc}"
+    return None
+
+
+def _is_api(scope) -> bool:
+    return str(scope.get("path", "")).startswith("/api/")
+
+
+async def _send_json(send, status: int, body: dict, headers=()) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class ApiErrorGuard:
+    """ASGI middleware around the whole application (``botarmy_hitl/asgi.py``); passes every
+    scope other than HTTP straight through."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        problem = request_head_problem(scope)
+        if problem is not None:
+            field, message = problem
+            log.warning("Bad request head: %s: %s", scope.get("path"), message)
+            if _is_api(scope):
+                await _send_json(send, 400, error_body("invalid", message, fields={field: [message]}))
+            else:
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                await send({"type": "http.response.body", "body": b"Bad Request"})
+            return None
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started or not _is_api(scope):
+                raise
+            kind = transient_db_error_kind(exc)
+            if kind is not None:
+                log.warning("transient database error, answered 503: %s: %s", kind, exc)
+                await _send_json(send, 503, unavailable_body(kind),
+                                 [(b"retry-after", str(retry_after_seconds()).encode())])
+            else:
+                log.exception("Internal Server Error: %s", scope.get("path"))
+                await _send_json(send, 500, error_body("server_error", "Internal server error."))
+            return None

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import OperationalError, connection
 
-from core.errors import is_transient_db_error
+from core.errors import is_transient_db_error, transient_db_error_kind
 
 # The one lock order. A unit of work takes each stage at most once per row and never goes back.
 LOCK_ORDER = (
@@ -152,7 +152,8 @@ def retry_transient(fn):
             try:
                 return fn(*args, **kwargs)
             except OperationalError as exc:
-                if attempt == attempts - 1 or not is_transient_db_error(exc):
+                if attempt == attempts - 1 or not is_transient_db_error(exc) \
+                        or transient_db_error_kind(exc) == "connection pool exhausted":  # it already waited
                     raise
                 time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
         raise AssertionError("unreachable")

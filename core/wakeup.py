@@ -20,6 +20,20 @@ from django.db import transaction
 log = logging.getLogger(__name__)
 
 
+def _receive_timeout_types() -> tuple:
+    types = [asyncio.TimeoutError, TimeoutError]
+    try:
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # no Redis client installed: the in-process layer does not time out
+        pass
+    else:
+        types.append(RedisTimeoutError)
+    return tuple(types)
+
+
+_RECEIVE_TIMEOUTS = _receive_timeout_types()
+
+
 def wakeup_on_commit(group: str, **data) -> None:
     """After the current transaction commits, wake every request waiting on ``group``."""
     message = {"type": "hitl.wakeup", "group": group, **data}
@@ -39,6 +53,8 @@ class _Hub:
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self.lock = asyncio.Lock()
         self.task = None
+        self.refresher = None
+        self.closing = False
 
     async def _ensure_started(self):
         if self.channel is None:
@@ -47,15 +63,38 @@ class _Hub:
             self.refresher = asyncio.ensure_future(self._refresh())
 
     async def _run(self):
+        loop = asyncio.get_running_loop()
+        failing = False
+        timeouts = 0
         while True:
+            started = loop.time()
             try:
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
+            except _RECEIVE_TIMEOUTS as exc:
+                # An idle receive that timed out (a socket read timeout not above the layer's
+                # blocking pop; see CHANNEL_LAYERS): normal, receive again. At worst a wake-up
+                # is lost, and the waiters' database poll covers that.
+                timeouts += 1
+                log.debug("wake-up receive timed out: %r", exc)
+                if timeouts == 3:  # once per streak, no traceback
+                    log.warning("wake-up receives keep timing out (%r): the channel layer's socket timeout "
+                                "should exceed its blocking receive (see CHANNEL_LAYERS)", exc)
+                if loop.time() - started < 1:  # never spin on a timeout raised at once
+                    await asyncio.sleep(1)
+                continue
             except Exception:  # noqa: BLE001 - keep serving; waiters fall back to polling
-                log.exception("wake-up receive failed")
+                if not failing:  # the traceback once per outage, not every second
+                    log.exception("wake-up receive failed; waiters fall back to polling the database")
+                failing = True
                 await asyncio.sleep(1)
                 continue
+            if failing:
+                log.info("wake-up receive works again")
+            failing, timeouts = False, 0
+            if self.closing:
+                return
             for event in self.waiters.get(message.get("group"), ()):
                 event.set()
 
@@ -96,8 +135,31 @@ class _Hub:
                 except Exception:  # noqa: BLE001
                     log.warning("wake-up refresh of %s failed", group, exc_info=True)
 
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop the receive loop by sending it a message, not by cancelling its receive: on
+        Python 3.11, redis-py's ``asyncio.wait_for`` around a send can swallow a cancellation,
+        and the cancelled receive then loops in channels-redis for ever."""
+        self.closing = True
+        if self.refresher is not None:
+            self.refresher.cancel()
+        if self.task is None or self.task.done():
+            return
+        try:
+            await self.layer.send(self.channel, {"type": "hitl.wakeup.close"})
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        except Exception:  # noqa: BLE001 - the layer is down or slow: cancel after all
+            self.task.cancel()
+
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+
+
+async def close_wakeups() -> None:
+    """Stop this event loop's hub (a clean shutdown; tests call it before their loop ends).
+    Waiters still inside ``wakeup()`` fall back to their database poll."""
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
+    if hub is not None:
+        await hub.close()
 
 
 @asynccontextmanager

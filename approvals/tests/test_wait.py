@@ -1,4 +1,9 @@
-"""The long poll, driven through the real ASGI application (Channels routes it to a consumer)."""
+"""The long poll, driven through the real ASGI application (Channels routes it to a consumer).
+
+The wake-up tests set the database fallback poll to 30 s, so a waiter answered within a couple
+of seconds was woken by the push; each has a twin with the push dropped, which must NOT answer
+early (so the first one cannot pass on the poll alone).
+"""
 import asyncio
 import json
 import time
@@ -7,14 +12,20 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
 from django.utils import timezone
 
 from access.services import api_key_create
 from approvals.models import AgentCallApproval
-from approvals.services import agent_approval_decide, agent_approval_request
+from approvals.services import agent_approval_decide, agent_approval_request, approval_group, project_stop_group
+from core import wakeup as wakeup_module
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+PUSHED_WITHIN = 2.0  # seconds from the commit to the answer when the push works
+LAYERS = [pytest.param("in-memory", id="in-memory"),
+          pytest.param("redis", marks=pytest.mark.redis, id="redis")]  # the configured Redis layer
 
 
 def asgi_app():
@@ -28,6 +39,7 @@ async def wait_call(approval_id, key, query="timeout=10"):
     comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{approval_id}/wait?{query}",
                             headers=headers)
     response = await comm.get_response(timeout=70)
+    await comm.wait(timeout=10)  # the consumer's clean-up, before the test's event loop goes away
     return response["status"], json.loads(response["body"])
 
 
@@ -42,20 +54,103 @@ def agent_key(agent):
     return api_key_create(user=agent)[1]
 
 
-def test_wait_returns_as_soon_as_the_decision_is_made(pending, agent_key, reviewer):
-    async def scenario():
-        waiting = asyncio.ensure_future(wait_call(pending.pk, agent_key, "timeout=30"))
-        await asyncio.sleep(0.5)
-        assert not waiting.done()
-        started = time.monotonic()
-        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
-                                                            decision="approve")
-        status, body = await waiting
-        return status, body, time.monotonic() - started
+@pytest.fixture
+def slow_poll(settings):
+    """The database fallback polls every 30 s only: an answer within seconds came from the push."""
+    settings.HITL_WAIT_POLL_SECONDS = 30
 
-    status, body, released_after = async_to_sync(scenario)()
+
+@pytest.fixture
+def drop_pushes(monkeypatch):
+    """``drop_pushes(group, ...)``: wake-ups sent to those groups are lost on the way (dropped
+    by the channel layer, whichever module sends them), as when the push is disabled."""
+
+    def drop(*groups):
+        layer = get_channel_layer()
+        send = layer.group_send
+
+        async def group_send(group, message):
+            if group not in groups:
+                await send(group, message)
+
+        monkeypatch.setattr(layer, "group_send", group_send)
+
+    return drop
+
+
+async def _until_waiting(groups, timeout=10.0):
+    """Until the wait has subscribed to ``groups`` and blocks on its event (its first database
+    read is done), so what happens next can only reach it by a push or by the poll."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        hub = wakeup_module._hubs.get(loop)
+        events = [event for group in groups for event in (hub.waiters.get(group, ()) if hub else ())]
+        if events and all(getattr(event, "_waiters", True) for event in events):
+            return
+        assert loop.time() < deadline, f"the wait never subscribed to {groups}"
+        await asyncio.sleep(0.01)
+
+
+def released_after(pending, key, act, *, timeout: float):
+    """Start a wait on ``pending`` (``timeout`` seconds), run ``act`` once it waits, and return
+    (status, body, seconds from the end of ``act`` to the answer)."""
+
+    async def scenario():
+        waiting = asyncio.ensure_future(wait_call(pending.pk, key, f"timeout={timeout}"))
+        await _until_waiting([approval_group(pending.pk), project_stop_group(pending.project_id)])
+        assert not waiting.done()
+        await database_sync_to_async(act)()
+        started = time.monotonic()
+        status, body = await waiting
+        seconds = time.monotonic() - started
+        await wakeup_module.close_wakeups()  # not cancelled with the loop (see _Hub.close)
+        return status, body, seconds
+
+    return async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_wait_returns_as_soon_as_the_decision_is_made(pending, agent_key, reviewer, slow_poll, layer):
+    status, body, seconds = released_after(
+        pending, agent_key, lambda: agent_approval_decide(approval_id=pending.pk, decider=reviewer,
+                                                          decision="approve"), timeout=30)
     assert status == 200 and body["status"] == "approved" and body["approved_by"] == "reviewer"
-    assert released_after < 5  # woken by the push, long before the 30 s timeout
+    assert seconds < PUSHED_WITHIN  # woken by the push: the poll would take up to 30 s
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_an_emergency_stop_wakes_the_waiting_agent_through_the_project_stop_group(
+        pending, agent_key, manager, slow_poll, drop_pushes, layer):
+    from emergency.services import emergency_stop_trigger
+
+    drop_pushes(approval_group(pending.pk))  # only the project's stop group can wake it
+    status, body, seconds = released_after(
+        pending, agent_key, lambda: emergency_stop_trigger(project_id=pending.project_id, condition="manual_stop",
+                                                           reason="wake-up test", actor=manager), timeout=30)
+    assert status == 200 and body["status"] == "cancelled"
+    assert seconds < PUSHED_WITHIN
+
+
+@pytest.mark.parametrize("act", ["decision", "emergency_stop"])
+def test_without_the_push_the_waiter_is_not_answered_early(pending, agent_key, reviewer, manager, slow_poll,
+                                                           drop_pushes, act):
+    """The control for the two tests above: the same scenario with the push dropped answers only
+    at the wait's timeout (then with the decided approval, read afresh). So those two tests
+    cannot pass on the database poll."""
+    from emergency.services import emergency_stop_trigger
+
+    drop_pushes(approval_group(pending.pk), project_stop_group(pending.project_id))
+    if act == "decision":
+        def run():
+            agent_approval_decide(approval_id=pending.pk, decider=reviewer, decision="approve")
+    else:
+        def run():
+            emergency_stop_trigger(project_id=pending.project_id, condition="manual_stop", reason="no push",
+                                   actor=manager)
+    status, body, seconds = released_after(pending, agent_key, run, timeout=PUSHED_WITHIN + 2)
+    assert seconds >= PUSHED_WITHIN, "answered early without the push: the wake-up tests would prove nothing"
+    assert status == 200 and body["status"] == ("approved" if act == "decision" else "cancelled")
 
 
 def test_wait_returns_at_once_when_already_decided(pending, agent_key, reviewer):
@@ -103,32 +198,24 @@ def test_other_paths_still_reach_django(agent_key, project):
     async def get():
         comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/projects/{project.pk}",
                                 headers=[(b"authorization", f"Bearer {agent_key}".encode()), (b"host", b"localhost")])
-        return await comm.get_response(timeout=10)
+        response = await comm.get_response(timeout=10)
+        await comm.wait(timeout=10)  # Django closes the request and gives its connection back
+        return response
 
     response = async_to_sync(get)()
     assert response["status"] == 200 and json.loads(response["body"])["slug"] == "demo"
 
 
-def test_a_lost_push_only_delays_the_release(pending, agent_key, reviewer, settings, monkeypatch):
+def test_a_lost_push_only_delays_the_release(pending, agent_key, reviewer, settings, drop_pushes):
     """A decision made elsewhere (another process on the in-process layer, or Redis down):
     the batch poll finds it."""
-    import approvals.services
-
     settings.HITL_WAIT_POLL_SECONDS = 0.2
-    monkeypatch.setattr(approvals.services, "wakeup_on_commit", lambda *args, **kwargs: None)
-
-    async def scenario():
-        waiting = asyncio.ensure_future(wait_call(pending.pk, agent_key, "timeout=30"))
-        await asyncio.sleep(0.5)
-        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
-                                                            decision="approve")
-        started = time.monotonic()
-        status, body = await waiting
-        return status, body, time.monotonic() - started
-
-    status, body, released_after = async_to_sync(scenario)()
+    drop_pushes(approval_group(pending.pk), project_stop_group(pending.project_id))
+    status, body, seconds = released_after(
+        pending, agent_key, lambda: agent_approval_decide(approval_id=pending.pk, decider=reviewer,
+                                                          decision="approve"), timeout=30)
     assert status == 200 and body["status"] == "approved"
-    assert released_after < 5
+    assert seconds < 5
 
 
 def test_many_waiters_share_one_poll_query(project, agent, agent_key, reviewer, settings, django_assert_max_num_queries):

@@ -1,0 +1,316 @@
+"""Every API error is JSON in API.md's shape whatever the request's ``Accept`` header says
+(HTML for a browser, XML, ``*/*``, none), and however malformed the body or the request head is,
+through Django's test client, through the real ASGI application and through daphne itself.
+Successful answers still negotiate as before (the browsable API for ``text/html``).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from http.client import HTTPConnection
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import HttpCommunicator
+from django.conf import settings
+from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+from django.test import Client
+from rest_framework.test import APIClient
+
+from core.middleware import ApiErrorGuard, disable_server_form_parsing, request_head_problem
+
+pytestmark = pytest.mark.django_db
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+# Accept headers the API can satisfy (JSON, or the browsable API), and ones it cannot (406).
+ACCEPTS = [None, "application/json", "*/*", "text/html", BROWSER, "application/json; indent=2"]
+UNSATISFIABLE = ["application/xml", "text/plain", "image/png"]
+
+MULTIPART = [
+    pytest.param("multipart/form-data; boundary=x", b"garbage\r\n--x\r\nno headers", id="garbage-with-boundary"),
+    pytest.param("multipart/form-data", b"garbage", id="no-boundary"),
+    pytest.param('multipart/form-data; boundary="x', b"garbage", id="unterminated-quote"),
+    pytest.param("multipart/form-data;;;==", b"garbage", id="empty-params"),
+    pytest.param("multipart/form-data; boundary=", b"--\r\n\r\n--", id="empty-boundary"),
+    pytest.param("multipart/form-data; boundary=" + "b" * 300, b"garbage", id="overlong-boundary"),
+    pytest.param("multipart/form-data; boundary=x",
+                 b'--x\r\nContent-Disposition: form-data; name="title"\r\n\r\nT\r\n--x--\r\n', id="well-formed"),
+]
+
+
+def assert_json_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    assert response["Content-Type"].split(";")[0] == "application/json", response["Content-Type"]
+    body = json.loads(response.content)
+    assert body["error"] == code and isinstance(body["detail"], str) and body["detail"], body
+    if status == 400:
+        assert isinstance(body.get("fields"), dict) and body["fields"], body
+    return body
+
+
+def accept_kw(accept):
+    return {"HTTP_ACCEPT": accept} if accept is not None else {}
+
+
+@pytest.fixture
+def task(project, agent):
+    from projects.services import task_create
+
+    return task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Write code")
+
+
+@pytest.fixture
+def agent_client(client_for, agent):
+    client = client_for(agent)
+    client.raise_request_exception = False
+    return client
+
+
+# --- the Accept header does not change an error's format ---------------------------------
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("url", ["/api/v1/tasks", "/api/v1/agent-approvals"])
+def test_a_bad_json_body_is_a_json_400_whatever_the_accept(agent_client, url, accept):
+    r = agent_client.generic("POST", url, "{", content_type="application/json", **accept_kw(accept))
+    assert "body" in assert_json_error(r, 400, "invalid")["fields"]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("url", ["/api/v1/tasks", "/api/v1/agent-approvals"])
+def test_missing_fields_are_a_json_400_whatever_the_accept(agent_client, url, accept):
+    r = agent_client.post(url, {}, format="json", **accept_kw(accept))
+    assert "project_id" in assert_json_error(r, 400, "invalid")["fields"]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("content_type, raw", MULTIPART)
+@pytest.mark.parametrize("url", ["/api/v1/tasks", "/api/v1/agent-approvals"])
+def test_a_multipart_body_is_a_json_400_whatever_the_accept(agent_client, url, content_type, raw, accept):
+    r = agent_client.generic("POST", url, raw, content_type=content_type, **accept_kw(accept))
+    assert "body" in assert_json_error(r, 400, "invalid")["fields"]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_other_errors_are_json_whatever_the_accept(agent_client, task, project, accept):
+    kw = accept_kw(accept)
+    anonymous = APIClient()
+    assert_json_error(anonymous.post("/api/v1/tasks", {}, format="json", **kw), 401, "unauthenticated")
+    assert_json_error(agent_client.post("/api/v1/projects", {"name": "X", "slug": "x"}, format="json", **kw),
+                      403, "forbidden")
+    assert_json_error(agent_client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000", **kw), 404, "not_found")
+    assert_json_error(agent_client.get("/api/v1/tasks/not-a-uuid", **kw), 404, "not_found")
+    assert_json_error(agent_client.delete(f"/api/v1/tasks/{task.pk}", **kw), 405, "method_not_allowed")
+    assert_json_error(agent_client.get("/api/v1/no-such-endpoint", **kw), 404, "not_found")
+
+
+@pytest.mark.parametrize("accept", UNSATISFIABLE)
+def test_an_unsatisfiable_accept_is_a_json_406_before_anything_else(agent_client, project, accept):
+    """Content negotiation comes first (nothing runs for a client that cannot read the
+    answer): a malformed body or a missing key is then still a JSON 406."""
+    for r in [agent_client.generic("POST", "/api/v1/tasks", "{", content_type="application/json", HTTP_ACCEPT=accept),
+              agent_client.generic("POST", "/api/v1/tasks", b"garbage", content_type="multipart/form-data",
+                                   HTTP_ACCEPT=accept),
+              agent_client.get(f"/api/v1/projects/{project.pk}", HTTP_ACCEPT=accept),
+              APIClient().post("/api/v1/tasks", {}, format="json", HTTP_ACCEPT=accept)]:
+        assert_json_error(r, 406, "not_acceptable")
+
+
+def test_a_browser_session_gets_json_errors_too(agent, project):
+    """A logged-in browser (session cookie, CSRF, Accept: text/html) posting garbage."""
+    client = Client(enforce_csrf_checks=True, raise_request_exception=False)
+    client.force_login(agent)
+    secret = _get_new_csrf_string()
+    client.cookies[settings.CSRF_COOKIE_NAME] = secret
+    token = {"HTTP_X_CSRFTOKEN": _mask_cipher_secret(secret)}
+    for content_type, raw in [("multipart/form-data", b"garbage"), ("multipart/form-data; boundary=x", b"x"),
+                              ("application/json", b"{")]:
+        r = client.generic("POST", "/api/v1/tasks", raw, content_type=content_type, HTTP_ACCEPT=BROWSER, **token)
+        assert_json_error(r, 400, "invalid")
+    r = client.generic("POST", "/api/v1/tasks", b"{}", content_type="application/json", HTTP_ACCEPT=BROWSER)
+    assert "CSRF" in assert_json_error(r, 403, "forbidden")["detail"]  # no token
+
+
+@pytest.mark.parametrize("accept, content_type", [(None, "application/json"), ("*/*", "application/json"),
+                                                  ("application/json", "application/json"),
+                                                  ("text/html", "text/html"), (BROWSER, "text/html")])
+def test_successful_answers_still_negotiate(agent_client, project, accept, content_type):
+    r = agent_client.get(f"/api/v1/projects/{project.pk}", **accept_kw(accept))
+    assert r.status_code == 200 and r["Content-Type"].split(";")[0] == content_type
+
+
+# --- through the real ASGI application ----------------------------------------------------
+def guarded_application():
+    """botarmy_hitl.asgi.application, behind ApiErrorGuard (if asgi.py does not already put it there)."""
+    from botarmy_hitl.asgi import application
+
+    return application if isinstance(application, ApiErrorGuard) else ApiErrorGuard(application)
+
+
+def asgi_call(app, method, path, *, body=b"", headers=(), query_string=b""):
+    async def call():
+        comm = HttpCommunicator(app, method, path, body=body, headers=[(b"host", b"localhost"), *headers])
+        comm.scope["query_string"] = query_string
+        response = await comm.get_response(timeout=20)
+        await comm.wait(timeout=20)  # let Django close the request (and give its connection back)
+        return response
+
+    response = async_to_sync(call)()
+    response_headers = {k.decode().lower(): v.decode("latin-1") for k, v in response["headers"]}
+    return response["status"], response_headers, response["body"]
+
+
+def assert_asgi_json_error(result, status, code):
+    got_status, headers, body = result
+    assert got_status == status, (got_status, body[:300])
+    assert headers.get("content-type", "").split(";")[0] == "application/json", headers
+    body = json.loads(body)
+    assert body["error"] == code and body["detail"], body
+    return body
+
+
+@pytest.fixture
+def bearer(agent):
+    from access.services import api_key_create
+
+    return (b"authorization", f"Bearer {api_key_create(user=agent)[1]}".encode())
+
+
+BAD_HEADS = [
+    pytest.param("multipart/form-data; boundary*=nosuch''x", b"", id="rfc2231-unknown-charset"),
+    pytest.param("application/json; charset*=nosuch''x", b"", id="rfc2231-unknown-charset-json"),
+    pytest.param("multipart/form-data; boundary*=idna''%ff", b"", id="rfc2231-undecodable"),
+    pytest.param("application/json", b"a=\xff\xfe", id="query-not-utf8"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("accept", [None, "text/html", "*/*"])
+@pytest.mark.parametrize("content_type, raw", MULTIPART)
+def test_a_multipart_body_is_a_json_400_through_asgi(bearer, project, content_type, raw, accept):
+    headers = [bearer, (b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode())]
+    if accept:
+        headers.append((b"accept", accept.encode()))
+    for path in ("/api/v1/tasks", "/api/v1/agent-approvals"):
+        result = asgi_call(guarded_application(), "POST", path, body=raw, headers=headers)
+        assert "body" in assert_asgi_json_error(result, 400, "invalid")["fields"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("accept", [None, "text/html"])
+@pytest.mark.parametrize("content_type, query", BAD_HEADS)
+def test_a_request_head_django_cannot_parse_is_a_json_400(bearer, content_type, query, accept):
+    """Without the guard: an exception inside the application (daphne's HTML 500) for the
+    Content-Type cases, an empty 400 for the query string."""
+    assert request_head_problem({"query_string": query, "headers": [(b"content-type", content_type.encode())]})
+    headers = [bearer, (b"content-type", content_type.encode()), (b"content-length", b"2")]
+    if accept:
+        headers.append((b"accept", accept.encode()))
+    for method, path in [("POST", "/api/v1/tasks"), ("GET", "/api/v1/agent-approvals/x/wait"),
+                         ("POST", "/api/v1/no-such-endpoint")]:
+        result = asgi_call(guarded_application(), method, path, body=b"{}", headers=headers, query_string=query)
+        assert_asgi_json_error(result, 400, "invalid")
+    status, _, _ = asgi_call(guarded_application(), "POST", "/admin/login/", body=b"{}", headers=headers,
+                             query_string=query)
+    assert status == 400  # not an API path: a plain 400, still not a crash
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_guard_turns_an_escaped_exception_into_json(monkeypatch):
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    assert_asgi_json_error(asgi_call(ApiErrorGuard(broken), "GET", "/api/v1/x"), 500, "server_error")
+    with pytest.raises(RuntimeError):
+        asgi_call(ApiErrorGuard(broken), "GET", "/admin/")  # not the API's business
+
+    from psycopg import errors as pg_errors
+
+    async def deadlocked(scope, receive, send):
+        raise pg_errors.DeadlockDetected("deadlock detected")
+
+    status, headers, _ = asgi_call(ApiErrorGuard(deadlocked), "GET", "/api/v1/x")
+    assert status == 503 and headers["retry-after"] == "1"
+
+
+def test_the_served_asgi_application_is_guarded():
+    from botarmy_hitl.asgi import application
+
+    assert isinstance(application, ApiErrorGuard)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("accept", [None, "text/html"])
+def test_wait_errors_are_json(bearer, accept):
+    headers = [bearer] + ([(b"accept", accept.encode())] if accept else [])
+    assert_asgi_json_error(asgi_call(guarded_application(), "GET", "/api/v1/agent-approvals/nope/wait",
+                                     headers=headers), 404, "not_found")
+    assert_asgi_json_error(asgi_call(guarded_application(), "POST", "/api/v1/agent-approvals/nope/wait",
+                                     headers=headers), 405, "method_not_allowed")
+    assert_asgi_json_error(asgi_call(guarded_application(), "GET",
+                                     "/api/v1/agent-approvals/00000000-0000-0000-0000-000000000000/wait"),
+                           401, "unauthenticated")
+
+
+# --- through daphne itself ----------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daphne_server(tmp_path):
+    """A real daphne serving botarmy_hitl.asgi:application (SQLite under tmp_path, in-process
+    channel layer); the requests below need no database row."""
+    port = _free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DATABASE_URL": "", "REDIS_URL": "",
+           "HITL_VAR_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "daphne-test", "DJANGO_DEBUG": "0",
+           "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                             "botarmy_hitl.asgi:application"], cwd=settings.BASE_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"daphne did not start: {proc.stdout.read().decode()[-2000:]}") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _post(port, path, content_type, body, accept=None):
+    conn = HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    if accept:
+        headers["Accept"] = accept
+    conn.request("POST", path, body=body, headers=headers)
+    response = conn.getresponse()
+    result = response.status, response.getheader("Content-Type") or "", response.read()
+    conn.close()
+    return result
+
+
+@pytest.mark.django_db(transaction=True)
+def test_daphne_hands_a_malformed_multipart_body_to_the_application(daphne_server):
+    """Twisted (under daphne) parses multipart bodies itself and answered one it could not parse
+    with a bare empty 400 before Django saw it. No credentials here: the answer is Django's
+    JSON 401, which proves the request reached the application."""
+    assert disable_server_form_parsing()
+    for content_type in ["multipart/form-data", 'multipart/form-data; boundary="x', "multipart/form-data;;;==",
+                         "multipart/form-data; boundary=x"]:
+        for accept in (None, "text/html"):
+            status, got_type, body = _post(daphne_server, "/api/v1/tasks", content_type, b"garbage", accept)
+            assert (status, got_type.split(";")[0]) == (401, "application/json"), (content_type, status, body)
+            assert json.loads(body)["error"] == "unauthenticated"
