@@ -89,6 +89,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key, server_pid):
 
     def agent(task_id):
         client = Client(args.port, agent_key)
+        parked = False
         try:
             t0 = time.monotonic()
             status, body = client.call("POST", "/api/v1/agent-approvals", approval_request_body(project_id, task_id))
@@ -98,6 +99,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key, server_pid):
                 errors.append(("create", status, body))
                 return
             waiting.release()
+            parked = True
             status, body = client.call("GET", f"/api/v1/agent-approvals/{body['approval_id']}/wait?timeout=60")
             if status >= 500 or body.get("status") != "approved":
                 errors.append(("wait", status, body.get("status") if isinstance(body, dict) else body))
@@ -106,7 +108,9 @@ def run(args, project_id, tasks, agent_key, reviewer_key, server_pid):
                 released[body["approval_id"]] = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - every failure counts as a server error
             errors.append(("agent", repr(exc)))
-            waiting.release()
+        finally:
+            if not parked:  # a refused or failed create still counts as arrived: never hang the run
+                waiting.release()
 
     agents = [threading.Thread(target=agent, args=(t,)) for t in tasks]
     for t in agents:

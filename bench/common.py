@@ -226,5 +226,9 @@ def daphne_server(port, key):
         yield server, stderr_file.name
     finally:
         server.terminate()
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # never leave a daphne behind
+            server.kill()
+            server.wait(timeout=20)
         stderr_file.close()

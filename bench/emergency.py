@@ -89,7 +89,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
             status, body = client.call("POST", "/api/v1/agent-approvals", approval_request_body(project_id, task_id))
             if status != 201:
                 errors.append(("create", status, body))
-                return
+                return  # the finally below still releases: a refused create never hangs the run
             approval_id = body["approval_id"]
             waiting.release()
             parked = True
@@ -101,6 +101,7 @@ def run(args, project_id, tasks, agent_key, reviewer_key):
                 released[approval_id] = (returned, body.get("status") if isinstance(body, dict) else status)
         except Exception as exc:  # noqa: BLE001 - every failure counts as a server error
             errors.append(("agent", repr(exc)))
+        finally:
             if not parked:
                 waiting.release()
 
