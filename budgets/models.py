@@ -11,6 +11,15 @@ from core.models import BaseModel
 MONEY = {"max_digits": 14, "decimal_places": 4}
 
 
+def manager_threshold(violation_type: str) -> Decimal:
+    """Overrides of this kind above this amount need a manager: a deployment setting
+    (HITL_MANAGER_TOKEN_THRESHOLD in tokens for token limits, HITL_MANAGER_COST_THRESHOLD in USD
+    for cost limits), never a project's."""
+    if violation_type.endswith("token_limit"):
+        return Decimal(settings.HITL_MANAGER_TOKEN_THRESHOLD)
+    return Decimal(settings.HITL_MANAGER_COST_THRESHOLD)
+
+
 class ProjectBudget(BaseModel):
     """A project's limits. Usage lives in its windows; this row holds only configuration."""
 
@@ -157,6 +166,4 @@ class BudgetOverrideRequest(models.Model):
     def requires_manager_approval(self) -> bool:
         """Whether only a manager may approve it, from the deployment's current thresholds
         (HITL_MANAGER_COST_THRESHOLD / HITL_MANAGER_TOKEN_THRESHOLD), never frozen at creation."""
-        limit = settings.HITL_MANAGER_TOKEN_THRESHOLD if self.violation_type.endswith("token_limit") \
-            else settings.HITL_MANAGER_COST_THRESHOLD
-        return self.requested_amount > Decimal(limit)
+        return self.requested_amount > manager_threshold(self.violation_type)

@@ -1,8 +1,4 @@
-from decimal import Decimal
-
-from django.conf import settings
-
-from budgets.models import BudgetAlert
+from budgets.models import BudgetAlert, manager_threshold
 from budgets.services import budget_for, current_windows
 from emergency.models import Condition, EmergencyStop
 
@@ -31,7 +27,7 @@ def budget_summary(*, project, now=None) -> dict:
                                         EmergencyStop.objects.filter(project=project, resolved_at__isnull=True)),
         "last_reset_date": day.start, "month_start": month.start,
         "warning_percent": budget.warning_percent, "critical_percent": budget.critical_percent,
-        "emergency_percent": budget.emergency_percent, "manager_threshold": Decimal(settings.HITL_MANAGER_COST_THRESHOLD),
-        "manager_token_threshold": int(settings.HITL_MANAGER_TOKEN_THRESHOLD),
+        "emergency_percent": budget.emergency_percent, "manager_threshold": manager_threshold("daily_cost_limit"),
+        "manager_token_threshold": int(manager_threshold("daily_token_limit")),
     }
 

@@ -57,7 +57,6 @@ class UnitOfWork:
     def __init__(self, scope: str):
         self.scope = scope
         self.stage = -1
-        self.stages_taken: list[str] = []
         self._deferred: dict[str, list[Callable[[], object]]] = {"outbox": [], "audit_chain": []}
         self.flushed = False
 
@@ -67,9 +66,7 @@ class UnitOfWork:
         if rank < self.stage:
             raise LockOrderError(f"lock order violated in {self.scope}: {stage!r} after "
                                  f"{LOCK_ORDER[self.stage]!r} (order: {' -> '.join(LOCK_ORDER)})")
-        if rank > self.stage:
-            self.stage = rank
-            self.stages_taken.append(stage)
+        self.stage = max(self.stage, rank)
 
     def new_pass(self, stage: str) -> int:
         """Start another pass through the order from ``stage`` (returns the position to restore).

@@ -25,14 +25,12 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
     if project_id is None:
         raise NotFoundError("No such budget override.")
     with project_uow(project_id) as uow:
-        waiting = AgentCallApproval.objects.filter(budget_override_id=override_id, status=Status.PENDING)
-        tasks = {t.pk: t for t in uow.lock_many("task", Task.objects.filter(pk__in=waiting.values("task_id")))}
-        calls = uow.lock_many("approval", waiting.select_related("project"))
+        calls = _lock_calls(uow, AgentCallApproval.objects.filter(budget_override_id=override_id,
+                                                                 status=Status.PENDING))
         override = override_decide_locked(uow=uow, override_id=override_id, actor=actor, decision=decision,
                                           reason=reason)
         now = timezone.now()
         for call in calls:
-            call.task = tasks[call.task_id]
             if call.budget_state != BudgetState.BLOCKED:
                 continue
             if override.status == BudgetOverrideRequest.Status.REJECTED:
@@ -42,6 +40,15 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
                 continue
             _readmit(uow, call, actor, now)
     return override
+
+
+def _lock_calls(uow, calls) -> list[AgentCallApproval]:
+    """Lock some calls in LOCK_ORDER (their tasks, then them), each with its locked task."""
+    tasks = {t.pk: t for t in uow.lock_many("task", Task.objects.filter(pk__in=calls.values("task_id")))}
+    locked = uow.lock_many("approval", calls.select_related("project"))
+    for call in locked:
+        call.task = tasks[call.task_id]
+    return locked
 
 
 def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
@@ -76,9 +83,6 @@ def readmit_after_limits_change(*, uow) -> None:
                                                budget_override_id__in=approved.values("pk"))
     if not waiting.exists():
         return
-    tasks = {t.pk: t for t in uow.lock_many("task", Task.objects.filter(pk__in=waiting.values("task_id")))}
-    calls = uow.lock_many("approval", waiting.select_related("project"))
     now = timezone.now()
-    for call in calls:
-        call.task = tasks[call.task_id]
+    for call in _lock_calls(uow, waiting):
         _readmit(uow, call, None, now)

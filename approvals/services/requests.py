@@ -55,8 +55,7 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     stop = None
     with project_uow(project_id, gate=True) as uow:
         require_project_perm(requester, roles.ACT_AS_AGENT, uow.project, "request agent calls")
-        task = uow.lock("task", Task.objects.filter(project=uow.project), pk=task_id) \
-            if Task.objects.filter(pk=task_id, project=uow.project).exists() else None
+        task = next(iter(uow.lock_many("task", Task.objects.filter(pk=task_id, project=uow.project))), None)
         if task is None:
             raise NotFoundError("No such task in this project.")
         if task.agent_type != agent_type:

@@ -168,11 +168,13 @@ def test_after_a_zone_change_the_next_window_starts_where_the_old_one_ended(proj
     assert current_windows(project, datetime(2026, 6, 12, 0, 0, tzinfo=utc))[0].pk is None  # reads make none
 
 
-def test_patching_a_project_needs_a_manager(project, reviewer, client_for):
+def test_patching_a_project_needs_a_manager(project, reviewer, manager, client_for):
     r = client_for(reviewer).patch(f"/api/v1/projects/{project.pk}", {"name": "New"}, format="json")
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
     r = client_for(reviewer).patch(f"/api/v1/projects/{project.pk}", {"timezone": "Mars/Base"}, format="json")
     assert r.status_code in (400, 403)
+    r = client_for(manager).patch(f"/api/v1/projects/{project.pk}", {"timezone": "Mars/Base"}, format="json")
+    assert r.status_code == 400 and "timezone" in r.json()["fields"]
     project.refresh_from_db()
     assert project.name == "Demo"
 

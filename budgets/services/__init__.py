@@ -16,8 +16,6 @@ from budgets.services.ledger import (
 from budgets.services.overrides import (
     budget_limits_update,
     budget_override_create,
-    manager_threshold,
-    needs_manager,
     override_create_locked,
     override_decide_locked,
     override_payload,
@@ -36,7 +34,7 @@ __all__ = [
     "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_settle",
-    "check_alerts", "current_windows", "emit_alert", "ledger_totals", "manager_threshold", "needs_manager",
+    "check_alerts", "current_windows", "emit_alert", "ledger_totals", 
     "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
     "window_add", "window_bounds",
 ]

@@ -141,7 +141,6 @@ def budget_release_many(*, uow, call_ids) -> int:
 @dataclass
 class Settlement:
     settled: bool               # False: already settled (a retried report changes nothing)
-    overrun: bool = False       # more than the reservation
     flagged: bool = False       # more than HITL_USAGE_FLAG_FACTOR x the estimate
     critical: BudgetCritical | None = None  # the day's cost now passes 1.5 x the daily limit
 
@@ -199,7 +198,7 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     critical = None
     if budget.daily_cost_limit and day.spent_cost + day.reserved_cost > budget.daily_cost_limit * CRITICAL_FACTOR:
         critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)
-    return Settlement(True, overrun, flagged, critical)
+    return Settlement(True, flagged, critical)
 
 
 def ledger_totals(window: BudgetWindow) -> dict:

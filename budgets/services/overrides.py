@@ -7,12 +7,11 @@ limits, in tokens), never frozen at creation. Deciding an override that blocks c
 of the layer above (approvals.services.overrides), which calls ``override_decide_locked``."""
 from decimal import Decimal
 
-from django.conf import settings
 from django.utils import timezone
 
 from audit.services import audit_record
 from budgets.hooks import budget_limits_changed
-from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget
+from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import budget_for, current_windows
 from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
@@ -20,17 +19,6 @@ from events.services import event_emit
 from projects import roles
 from projects.permissions import require_not_requester, require_project_perm
 from projects.uow import project_uow
-
-
-def manager_threshold(violation_type: str) -> Decimal:
-    """Overrides of this kind above this amount need a manager (a deployment setting)."""
-    if violation_type.endswith("token_limit"):
-        return Decimal(settings.HITL_MANAGER_TOKEN_THRESHOLD)
-    return Decimal(settings.HITL_MANAGER_COST_THRESHOLD)
-
-
-def needs_manager(violation_type: str, amount: Decimal) -> bool:
-    return Decimal(amount) > manager_threshold(violation_type)
 
 
 def override_payload(override: BudgetOverrideRequest) -> dict:
