@@ -5,6 +5,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from projects import roles
+from projects.permissions import project_perms_changed
 from access.models import ApiKey, hash_key
 from audit.services import audit_record
 
@@ -37,6 +38,7 @@ def role_grant(*, user, project, role: str, actor=None) -> list[str]:
         raise ValueError(f"unknown role {role!r}")
     for perm in roles.ROLES[role]:
         assign_perm(f"projects.{perm}", user, project)
+    project_perms_changed(user)
     if role in roles.STAFF_ROLES and not user.is_staff:
         user.is_staff = True  # reviewers and managers work in the admin's approval queue
         user.save(update_fields=["is_staff"])
@@ -49,4 +51,5 @@ def role_grant(*, user, project, role: str, actor=None) -> list[str]:
 def role_revoke_all(*, user, project, actor=None) -> None:
     for perm in roles.ALL_PERMS:
         remove_perm(f"projects.{perm}", user, project)
+    project_perms_changed(user)
     audit_record(actor=actor, action="role.revoke_all", obj=project, after={"user": user.get_username()})

@@ -13,6 +13,7 @@ from projects.permissions import (
     project_for_user,
     require_not_requester,
     require_project_perm,
+    require_project_perm_by_id,
 )
 from approvals import selectors, services
 from budgets.api import overrides_visible_to
@@ -70,10 +71,10 @@ class AgentApprovalCreateApi(APIView):
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         data = s.validated_data
-        project = project_for_user(user=request.user, project_id=data["project_id"])
-        require_project_perm(request.user, roles.ACT_AS_AGENT, project, "request agent calls")
+        project_id = require_project_perm_by_id(request.user, roles.ACT_AS_AGENT, data["project_id"],
+                                                "request agent calls")
         approval = services.agent_approval_request(
-            requester=request.user, project_id=project.pk, task_id=data["task_id"], agent_type=data["agent_type"],
+            requester=request.user, project_id=project_id, task_id=data["task_id"], agent_type=data["agent_type"],
             proposed_action=data["proposed_action"], input_data=data["input_data"],
             context_summary=data["context_summary"], estimated_tokens=data.get("estimated_tokens"),
             estimated_cost=data.get("estimated_cost"), timeout_minutes=data.get("timeout_minutes"),
@@ -85,7 +86,7 @@ class AgentApprovalDetailApi(APIView):
     @extend_schema(operation_id="agent_approvals_retrieve",
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(404)})
     def get(self, request, approval_id):
-        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         return Response(AgentCallApprovalOutputSerializer(approval).data)
 
 
@@ -102,7 +103,7 @@ class AgentApprovalRespondApi(APIView):
         """Approve (optionally with `amended_input_data`) or reject (with a `reason`), as a
         reviewer who did not request the call. Exactly one decision wins; the rest get 409.
         At or after `expires_at` the approval times out and the decision gets 410."""
-        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         require_project_perm(request.user, roles.REVIEW, approval.project, "decide agent calls")
         require_not_requester(decider=request.user, requester_id=approval.requested_by_id)
         s = self.InputSerializer(data=request.data)
@@ -120,7 +121,7 @@ class AgentApprovalCancelApi(APIView):
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
     def post(self, request, approval_id):
         """The requesting agent withdraws a pending (or approved, not started) call."""
-        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         approval = services.agent_approval_cancel(approval_id=approval.pk, actor=request.user, **s.validated_data)
@@ -135,7 +136,7 @@ class AgentApprovalStartApi(APIView):
         """The single-use execution grant: marks an approved call started, exactly once, and
         returns `input_to_run`. A second start gets 409; a start later than
         HITL_START_WITHIN_MINUTES after the approval gets 410 and cancels the grant."""
-        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         approval = services.agent_approval_start(approval_id=approval.pk, actor=request.user)
         return Response(AgentCallApprovalStartOutputSerializer(approval).data)
 
@@ -151,7 +152,7 @@ class AgentApprovalUsageApi(APIView):
     def post(self, request, approval_id):
         """The requesting agent reports what a started call used (an addition to API.md, until
         response approvals carry it): settles the budget reservation exactly once."""
-        approval = get_or_404(selectors.agent_approval_visible_to(user=request.user), approval_id)
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         approval, _ = services.agent_approval_report_usage(approval_id=approval.pk, actor=request.user,

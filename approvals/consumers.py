@@ -70,7 +70,6 @@ def _parse_timeout(query_string: bytes) -> float:
     return min(timeout, MAX_WAIT_SECONDS)
 
 
-@db_read
 def _authenticate(scope):
     headers = dict(scope.get("headers") or [])
     auth = headers.get(b"authorization", b"").split()
@@ -91,11 +90,20 @@ def _authenticate(scope):
 
 
 @db_read
-def _load(user, approval_id):
+def _open(scope, approval_id):
+    """Authenticate, load the visible approval (404 otherwise) and, when it is already decided,
+    render the answer: one trip to a database thread for a wait that need not wait."""
+    user = _authenticate(scope)
     approval = agent_approval_visible_to(user=user).filter(pk=approval_id).first()
     if approval is None:
         raise HttpError(404, error_body("not_found", "Not found."))
-    return approval
+    if approval.status == AgentCallApproval.Status.PENDING and timezone.now() < approval.expires_at:
+        return approval, None
+    if approval.status == AgentCallApproval.Status.PENDING:  # past its deadline: timed out here and then
+        _statuses([approval.pk])
+        return approval, _renders([approval.pk])[approval.pk]
+    data = AgentCallApprovalOutputSerializer(approval).data
+    return approval, json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
 
 
 def _statuses(approval_ids) -> dict:
@@ -146,11 +154,11 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
                 approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
             except Exception:
                 raise HttpError(404, error_body("not_found", "Not found.")) from None
-            user = await _authenticate(self.scope)
-            approval = await _load(user, approval_id)
+            approval, payload = await _open(self.scope, approval_id)
             timeout = _parse_timeout(self.scope.get("query_string", b""))
-            await self.wait_for_decision(approval.pk, approval.project_id, timeout)
-            payload = await _render(approval.pk)
+            if payload is None:
+                await self.wait_for_decision(approval.pk, approval.project_id, timeout)
+                payload = await _render(approval.pk)
         except HttpError as err:
             await self.send_json_response(err.status, json.dumps(err.body, separators=(",", ":")).encode(),
                                           err.headers)

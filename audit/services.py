@@ -64,7 +64,7 @@ def audit_record(*, actor, action: str, obj=None, project_id=None, object_type: 
     return defer_or_run("audit_chain", lambda: _append(**row))
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside a unit of work: its failure fails the whole write
 def _append(*, actor, action, project_id, object_type, object_id, before, after, reason) -> AuditEvent:
     chain = _lock_chain(chain_key(project_id))
     key_id, secret = signing_key()

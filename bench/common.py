@@ -66,9 +66,11 @@ class Client:
         self.port, self.key = port, key
         self.text_fallback = text_fallback
         self.conn = None
+        self.retry_after = None  # the Retry-After header of the last answer, if any
 
-    def call(self, method, path, body=None, timeout=75):
-        for attempt in range(2):
+    def call(self, method, path, body=None, timeout=75, retry=True):
+        """With ``retry=False`` a dropped connection raises at once (a burst counts it)."""
+        for attempt in range(2 if retry else 1):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
             try:
@@ -80,11 +82,12 @@ class Client:
                 self.conn.request(method, path, body=payload, headers=headers)
                 response = self.conn.getresponse()
                 data = response.read()
+                self.retry_after = response.getheader("Retry-After")
                 return response.status, self._decode(data)
             except (ConnectionError, http.client.HTTPException, socket.timeout):
                 self.conn.close()
                 self.conn = None
-                if attempt:
+                if attempt or not retry:
                     raise
         raise RuntimeError("unreachable")
 

@@ -5,10 +5,12 @@ Served by `daphne botarmy_hitl.asgi:application`.
 """
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
-django_asgi_app = get_asgi_application()  # set up Django before importing consumers
+
+from core.asgi import get_asgi_application  # noqa: E402
+
+# Set up Django before importing consumers. One thread hop per request (see core/asgi.py).
+django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

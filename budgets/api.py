@@ -23,7 +23,6 @@ from budgets.services import budget_limits_update, budget_override_create
 from core.api import (
     IDEMPOTENCY_HEADER,
     error_responses,
-    get_or_404,
     idempotent,
     paginated,
 )

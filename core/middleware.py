@@ -1,7 +1,8 @@
 """Adapters between the HTTP server (daphne) and Django, so that every API error keeps the
 JSON error shape of API.md, however malformed the request.
 
-- ``ChunkedBodyMiddleware`` (Django middleware): gives a chunked request its Content-Length.
+- ``request_middleware`` (Django middleware, sync and async): the request-scoped cache, and a
+  chunked request given its Content-Length.
 - ``disable_server_form_parsing()``: daphne's Twisted request parses every multipart/form-data
   POST body itself before the application sees it (into ``request.args``, which daphne never
   uses) and answers a body it cannot parse with a bare, empty 400. The API takes JSON only, so
@@ -20,33 +21,51 @@ import json
 import logging
 import os
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import parse_header_parameters
+
+from core.request_cache import request_scope
+
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from core.errors import error_body, retry_after_seconds, transient_db_error_kind, unavailable_body
 
 log = logging.getLogger(__name__)
 
 
-class ChunkedBodyMiddleware:
-    """DRF reads a body only when Content-Length is set; a chunked request has none. Django
-    has already spooled the whole body (ASGI), so give it its length: BoundedJSONParser then
-    parses it and enforces the size limit like any other body."""
+def _give_chunked_body_its_length(request) -> None:
+    if not request.META.get("CONTENT_LENGTH") and \
+            "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        try:
+            stream = request._stream
+            stream.seek(0, os.SEEK_END)
+            size = stream.tell()
+            stream.seek(0)
+            request.META["CONTENT_LENGTH"] = str(size)
+        except (AttributeError, OSError, ValueError):
+            pass
 
-    def __init__(self, get_response):
-        self.get_response = get_response
 
-    def __call__(self, request):
-        if not request.META.get("CONTENT_LENGTH") and \
-                "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-            try:
-                stream = request._stream
-                stream.seek(0, os.SEEK_END)
-                size = stream.tell()
-                stream.seek(0)
-                request.META["CONTENT_LENGTH"] = str(size)
-            except (AttributeError, OSError, ValueError):
-                pass
-        return self.get_response(request)
+@sync_and_async_middleware
+def request_middleware(get_response):
+    """Our one Django middleware, sync and async capable (so the chain never switches threads
+    for it): a request-scoped cache (core.request_cache) around the request, and a chunked
+    body given its Content-Length. DRF reads a body only when Content-Length is set; Django
+    has already spooled the whole body (ASGI), so BoundedJSONParser then parses it and enforces
+    the size limit like any other body."""
+    if iscoroutinefunction(get_response):
+        async def middleware(request):
+            _give_chunked_body_its_length(request)
+            with request_scope():
+                return await get_response(request)
+    else:
+        def middleware(request):
+            _give_chunked_body_its_length(request)
+            with request_scope():
+                return get_response(request)
+    return middleware
 
 
 # --- daphne: no form parsing in the server -------------------------------------------------
@@ -150,3 +169,33 @@ class ApiErrorGuard:
                 log.exception("Internal Server Error: %s", scope.get("path"))
                 await _send_json(send, 500, error_body("server_error", "Internal server error."))
             return None
+
+
+# --- static files without a thread hop --------------------------------------------------------
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, async capable: WhiteNoise's own middleware is sync only, so under ASGI the
+    chain would hop to a thread and back for it on every request. A request for a static file
+    is served in a thread; every other one goes on in the chain's mode."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response=None, settings=settings):
+        super().__init__(get_response, settings=settings)
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def _static_file(self, request):
+        return self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request):
+        static_file = self._static_file(request)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)

@@ -47,7 +47,7 @@ def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Even
                                                  task_id=task_id))
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside a unit of work: its failure fails the whole write
 def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
     _lock_project_stream(project_id)
     event = Event.objects.create(project_id=project_id, task_id=task_id, event_type=event_type, data=data)

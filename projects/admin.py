@@ -1,4 +1,4 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
 from core.admin import ReadOnlyAdminMixin

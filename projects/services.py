@@ -1,4 +1,5 @@
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -100,19 +101,21 @@ def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = No
     state = uow.lock("agent_state", qs) if uow is not None else qs.select_for_update().get()
     if state.status == AgentState.Status.EMERGENCY_STOPPED:
         return state
-    tasks = Task.objects.filter(project_id=project_id, agent_type=agent_type)
-    waiting = tasks.filter(status=Task.Status.WAITING_FOR_HITL).order_by("-updated_at").first()
-    running = None if waiting else tasks.filter(status=Task.Status.RUNNING).order_by("-updated_at").first()
-    if waiting:
-        status, current = AgentState.Status.WAITING_FOR_HITL, waiting
-    elif running:
-        status, current = AgentState.Status.WORKING, running
+    # The most recent task waiting for a person, else the most recent running one: one query.
+    current = Task.objects.filter(
+        project_id=project_id, agent_type=agent_type, status__in=(Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING),
+    ).order_by(Case(When(status=Task.Status.WAITING_FOR_HITL, then=0), default=1), "-updated_at").only(
+        "pk", "status").first()
+    if current is not None and current.status == Task.Status.WAITING_FOR_HITL:
+        status = AgentState.Status.WAITING_FOR_HITL
+    elif current is not None:
+        status = AgentState.Status.WORKING
     elif failed or (failed is None and state.status == AgentState.Status.ERROR):
         status, current = AgentState.Status.ERROR, None
     else:
         status, current = AgentState.Status.IDLE, None
     if (state.status, state.current_task_id) != (status, current.pk if current else None):
-        state.status, state.current_task = status, current
+        state.status, state.current_task_id = status, current.pk if current else None
         state.save(update_fields=["status", "current_task", "updated_at"])
     return state
 

@@ -29,7 +29,9 @@ class ProjectUnitOfWork(core_uow.UnitOfWork):
 
 
 @contextmanager
-def project_uow(project_id, *, gate: bool = False):
+def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()):
+    """``related``: one-to-one rows read with the project row in the same query (a higher app
+    names its own, e.g. budgets' "budget"); they are read, not locked."""
     outer = core_uow.current()
     if outer is not None:
         if not isinstance(outer, ProjectUnitOfWork) or str(outer.project.pk) != str(project_id):
@@ -48,7 +50,8 @@ def project_uow(project_id, *, gate: bool = False):
         return
     with transaction.atomic():
         uow = None
-        project = Project.objects.select_for_update(of=("self",)).filter(pk=project_id).first()
+        project = Project.objects.select_for_update(of=("self",)).select_related(*related).filter(
+            pk=project_id).first()
         if project is None:
             raise NotFoundError("No such project.")
         uow = ProjectUnitOfWork(project)

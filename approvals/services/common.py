@@ -5,14 +5,16 @@ import json
 from contextlib import contextmanager
 
 from audit.services import audit_record
-from budgets.services import budget_release, override_withdraw_locked
+from budgets.services import BUDGET_RELATED, budget_release, override_withdraw_locked
 from core.errors import NotFoundError, TransitionError
+from core.request_cache import memo
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
 from projects.models import Task
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
 from approvals.models import AgentCallApproval
+from approvals.selectors import call_route_key
 
 Status = AgentCallApproval.Status
 BudgetState = AgentCallApproval.BudgetState
@@ -60,13 +62,18 @@ def snapshot(approval: AgentCallApproval) -> dict:
 def call_uow(approval_id, *, gate: bool):
     """The unit of work of one call: project (423 when ``gate`` and stopped), then the call's
     task, then the call, in LOCK_ORDER. Yields (uow, approval) with approval.task locked."""
-    row = AgentCallApproval.objects.filter(pk=approval_id).values("project_id", "task_id").first()
+    row = memo(call_route_key(approval_id), lambda: AgentCallApproval.objects.filter(pk=approval_id).values(
+        "project_id", "task_id").first())
     if row is None:
         raise NotFoundError("No such approval.")
-    with project_uow(row["project_id"], gate=gate) as uow:
-        task = uow.lock("task", Task.objects, pk=row["task_id"])
-        approval = uow.lock("approval", AgentCallApproval.objects.select_related("project"), pk=approval_id)
-        approval.task = task
+    with project_uow(row["project_id"], gate=gate, related=BUDGET_RELATED) as uow:
+        # The call and its task in one statement: both rows locked (stages task, then approval;
+        # the project row, held, already keeps every other writer of them out).
+        uow.enter_stage("task")
+        uow.enter_stage("approval")
+        approval = AgentCallApproval.objects.select_for_update(of=("self", "task")).select_related(
+            "task", "requested_by", "approved_by").get(pk=approval_id)
+        approval.project = uow.project
         yield uow, approval
 
 

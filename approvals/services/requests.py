@@ -13,14 +13,14 @@ from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.services.common import BudgetState, OPEN_TASK_STATUSES, Status, approval_event_data
 from audit.services import audit_record
-from budgets.services import BudgetCritical, budget_admit, budget_remaining
+from budgets.services import BUDGET_RELATED, BudgetCritical, budget_admit, budget_remaining
 from core.errors import EmergencyStopActive, InvalidInput, NotFoundError, TransitionError
 from core.uow import retry_transient
 from emergency.models import Condition, Severity
 from emergency.services import emergency_settings_for, emergency_stop_trigger
 from events.services import event_emit
 from projects import roles
-from projects.models import Project, Task
+from projects.models import Task
 from projects.permissions import require_project_perm
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
@@ -46,14 +46,11 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     tokens, cost = estimate(model=model, proposed_action=proposed_action, input_data=input_data,
                             context_summary=context_summary, estimated_tokens=estimated_tokens,
                             estimated_cost=estimated_cost)
-    project = Project.objects.filter(pk=project_id).first()
-    if project is None:
-        raise NotFoundError("No such project.")
     risk = assess(RiskContext(agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
-                              estimated_cost=cost, budget_remaining=budget_remaining(project)))
+                              estimated_cost=cost, budget_remaining=budget_remaining(project_id)))
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
     stop = None
-    with project_uow(project_id, gate=True) as uow:
+    with project_uow(project_id, gate=True, related=BUDGET_RELATED) as uow:
         require_project_perm(requester, roles.ACT_AS_AGENT, uow.project, "request agent calls")
         task = next(iter(uow.lock_many("task", Task.objects.filter(pk=task_id, project=uow.project))), None)
         if task is None:

@@ -22,6 +22,7 @@ from budgets.services.overrides import (
     override_withdraw_locked,
 )
 from budgets.services.windows import (
+    BUDGET_RELATED,
     budget_close_past_windows,
     budget_for,
     budget_remaining,
@@ -31,7 +32,7 @@ from budgets.services.windows import (
 )
 
 __all__ = [
-    "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
+    "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals", 

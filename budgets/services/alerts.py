@@ -24,15 +24,16 @@ def emit_alert(alert: BudgetAlert) -> None:
                                      f"{alert.project.slug}", payload=payload)
 
 
-def check_alerts(project, budget: ProjectBudget, window_ids) -> list[BudgetAlert]:
-    """warning / critical / emergency once per threshold type per window."""
+def check_alerts(project, budget: ProjectBudget, windows) -> list[BudgetAlert]:
+    """warning / critical / emergency once per threshold type per window. ``windows`` are the
+    locked windows as just updated; the alerts already fired are read only when a threshold is
+    reached (most calls reach none, and cost no query here)."""
     made = []
     levels = [(BudgetAlert.AlertType.WARNING, budget.warning_percent),
               (BudgetAlert.AlertType.CRITICAL, budget.critical_percent),
               (BudgetAlert.AlertType.EMERGENCY, budget.emergency_percent)]
-    fired = set(BudgetAlert.objects.filter(window_id__in=window_ids).values_list("window_id", "threshold_type",
-                                                                              "alert_type"))
-    for window in BudgetWindow.objects.filter(pk__in=window_ids):
+    fired = None
+    for window in windows:
         daily = window.kind == BudgetWindow.Kind.DAY
         measures = [
             ("token_daily" if daily else "token_monthly",
@@ -46,7 +47,12 @@ def check_alerts(project, budget: ProjectBudget, window_ids) -> list[BudgetAlert
                 continue
             for alert_type, percent in levels:
                 threshold = (limit * percent / 100).quantize(Decimal("0.0001"))
-                if value < threshold or (window.pk, threshold_type, alert_type) in fired:
+                if value < threshold:
+                    continue
+                if fired is None:
+                    fired = set(BudgetAlert.objects.filter(window_id__in=[w.pk for w in windows]).values_list(
+                        "window_id", "threshold_type", "alert_type"))
+                if (window.pk, threshold_type, alert_type) in fired:
                     continue
                 try:
                     with transaction.atomic():

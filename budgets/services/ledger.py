@@ -86,7 +86,7 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
                               month_window=month, reserved_tokens=tokens, reserved_cost=cost)
     for window in (day, month):
         window_add(window, reserved_tokens=tokens, reserved_cost=cost)
-    check_alerts(project, budget, [day.pk, month.pk])
+    check_alerts(project, budget, [day, month])
     return Admission(True)
 
 
@@ -190,7 +190,7 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
                                                "tokens_used": tokens_used, "reserved": reserve is not None,
                                                "flagged": flagged})
         emit_alert(alert)
-    check_alerts(uow.project, budget, [day_id, month_id])
+    check_alerts(uow.project, budget, windows)
     audit_record(actor=None, action="budget.settle", obj=call, project_id=uow.project.pk,
                  after={"tokens_used": tokens_used, "actual_cost": actual_cost, "estimated_tokens": estimated_tokens,
                         "estimated_cost": estimated_cost, "reservation": "open" if give_back_tokens or give_back_cost

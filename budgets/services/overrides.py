@@ -17,7 +17,7 @@ from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
 from events.services import event_emit
 from projects import roles
-from projects.permissions import require_not_requester, require_project_perm
+from projects.permissions import has_project_perm, require_not_requester, require_project_perm
 from projects.uow import project_uow
 
 
@@ -67,7 +67,7 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     require_project_perm(actor, roles.REVIEW, project, "decide budget overrides")
     require_not_requester(decider=actor, requester_id=override.requested_by_id)
     if decision == "approve" and override.requires_manager_approval and \
-            not actor.has_perm(f"projects.{roles.MANAGE}", project):
+            not has_project_perm(actor, roles.MANAGE, project):
         raise Forbidden(f"Overrides of the {override.violation_type.replace('_', ' ')} above "
                         f"{manager_threshold(override.violation_type)} need a manager.")
     if override.status != BudgetOverrideRequest.Status.PENDING:

@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from budgets.models import BudgetWindow, ProjectBudget
+from projects.models import Project
 from projects.uow import project_uow
 
 ZERO = Decimal("0.0000")
@@ -67,8 +68,16 @@ def _window(project, kind: str, now, uow) -> BudgetWindow:
 def current_windows(project, now=None, *, uow=None) -> tuple[BudgetWindow, BudgetWindow]:
     """The day and month windows covering ``now``. With ``uow`` (a write) they are locked, day
     then month (stage "budget_window"), and made on first use; without, read as they are (an
-    unsaved empty window when none exists yet)."""
+    unsaved empty window when none exists yet). Both are read (and locked) in one query when
+    they exist, as they do after a project's first call of the day."""
     now = now or timezone.now()
+    both = BudgetWindow.objects.filter(project=project, start__lte=now, end__gt=now)
+    found = uow.lock_many("budget_window", both, order_by=("kind", "start")) if uow is not None \
+        else list(both.order_by("kind", "start"))
+    day = next((w for w in found if w.kind == BudgetWindow.Kind.DAY), None)
+    month = next((w for w in found if w.kind == BudgetWindow.Kind.MONTH), None)
+    if day is not None and month is not None:
+        return day, month
     return _window(project, BudgetWindow.Kind.DAY, now, uow), _window(project, BudgetWindow.Kind.MONTH, now, uow)
 
 
@@ -84,18 +93,35 @@ def window_add(window: BudgetWindow, *, reserved_tokens=0, reserved_cost=ZERO, s
 
 
 def budget_for(project) -> ProjectBudget:
+    """The project's budget row (made on first use). No query when the project row was read
+    with it (``project_uow(..., related=BUDGET_RELATED)``)."""
+    if Project.budget.is_cached(project):
+        try:
+            return project.budget
+        except ProjectBudget.DoesNotExist:
+            pass
     budget, _ = ProjectBudget.objects.get_or_create(project=project)
     return budget
 
 
-def budget_remaining(project) -> Decimal | None:
+BUDGET_RELATED = ("budget",)  # project_uow(..., related=BUDGET_RELATED): the budget with the project row
+
+
+def budget_remaining(project_id, now=None) -> Decimal | None:
     """Cost still available today (limit + allowance - spent - reserved), read without locks
-    for the risk assessment; None when there is no daily cost limit."""
-    budget = budget_for(project)
-    if not budget.daily_cost_limit:
+    for the risk assessment (one query once the day's window exists); None when there is no
+    daily cost limit."""
+    now = now or timezone.now()
+    row = BudgetWindow.objects.filter(project_id=project_id, kind=BudgetWindow.Kind.DAY, start__lte=now,
+                                      end__gt=now).order_by("start").values_list(
+        "project__budget__daily_cost_limit", "allowance_cost", "spent_cost", "reserved_cost").first()
+    if row is None:  # nothing used today yet
+        row = (ProjectBudget.objects.filter(project_id=project_id).values_list("daily_cost_limit", flat=True).first(),
+               ZERO, ZERO, ZERO)
+    limit, allowance, spent, reserved = row
+    if not limit:
         return None
-    day, _ = current_windows(project)
-    return budget.daily_cost_limit + day.allowance_cost - day.spent_cost - day.reserved_cost
+    return limit + allowance - spent - reserved
 
 
 def budget_close_past_windows(*, now=None) -> int:

@@ -1,0 +1,70 @@
+"""Query counts of the hot operations, pinned: a change that adds queries to a request every
+agent makes fails here (raise a pin only with a reason in the commit).
+
+Counts are taken in the steady state (the project's budget windows of the day exist) inside
+the test's transaction, where each write's own transaction is a savepoint (2 statements that
+production does not send). Before the throughput work (issue 9) the same operations took:
+trivial GET 6, create 42, respond 31, start 23, usage 33."""
+import pytest
+
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+
+PINS = {
+    "trivial_get": 3,    # API key with its user, the user's project roles, the task
+    "approval_get": 3,
+    "create": 25,
+    "respond": 17,
+    "start": 15,
+    "usage": 21,
+    "stop": 25,
+}
+
+
+@pytest.fixture
+def steady(agent_client, reviewer_client, request_body, project, agent):
+    """One full round trip first, so the day's budget windows and the audit chain exist."""
+    r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+    assert r.status_code == 201, r.content
+    approval_id = r.json()["approval_id"]
+    assert reviewer_client.post(f"/api/v1/agent-approvals/{approval_id}/respond", {"decision": "approve"},
+                                format="json").status_code == 200
+    assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").status_code == 200
+    return task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Second task")
+
+
+def test_reads(agent_client, steady, django_assert_max_num_queries):
+    with django_assert_max_num_queries(PINS["trivial_get"]):
+        assert agent_client.get(f"/api/v1/tasks/{steady.pk}").status_code == 200
+
+
+def test_a_round_trip_and_its_usage(agent_client, reviewer_client, request_body, steady,
+                                    django_assert_max_num_queries):
+    with django_assert_max_num_queries(PINS["create"]):
+        r = agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(steady.pk)), format="json")
+    assert r.status_code == 201, r.content
+    approval_id = r.json()["approval_id"]
+    with django_assert_max_num_queries(PINS["approval_get"]):
+        assert agent_client.get(f"/api/v1/agent-approvals/{approval_id}").status_code == 200
+    with django_assert_max_num_queries(PINS["respond"]):
+        r = reviewer_client.post(f"/api/v1/agent-approvals/{approval_id}/respond", {"decision": "approve"},
+                                 format="json")
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    with django_assert_max_num_queries(PINS["start"]):
+        r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    assert r.status_code == 200 and r.json()["input_to_run"] is not None
+    with django_assert_max_num_queries(PINS["usage"]):
+        r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/usage",
+                              {"tokens_used": 900, "actual_cost": "0.0009"}, format="json")
+    assert r.status_code == 200 and r.json()["budget_state"] == "settled"
+
+
+def test_emergency_stop(reviewer_client, agent_client, request_body, steady, project,
+                        django_assert_max_num_queries):
+    """A stop with one pending call to cancel (it grows with what it cancels, not per request)."""
+    assert agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(steady.pk)),
+                             format="json").status_code == 201
+    with django_assert_max_num_queries(PINS["stop"]):
+        r = reviewer_client.post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "pinned"}, format="json")
+    assert r.status_code == 201, r.content

@@ -1,0 +1,413 @@
+"""Benchmark: server CPU per request and throughput of the real server, against its own floor.
+
+    .venv/bin/python bench/throughput.py [--requests 1000] [--burst 200,1000] [--deadline 900]
+
+Runs on the environment's configuration (PostgreSQL and Redis when DATABASE_URL / REDIS_URL
+are set, else a throwaway SQLite file) with the production launcher (bin/serve: N daphne
+processes on one port). Server CPU is read from the daphne processes (/proc utime + stime), so
+the client's own work does not count. Everything is measured in this one run, so the ratios
+hold on a noisy machine even when the absolute figures move. Prints one JSON object:
+
+  bare_asgi       CPU ms per response of a three-line ASGI app on the same daphne (the floor)
+  trivial_get     CPU ms per authenticated GET /api/v1/tasks/{id}, requests/s with 8 clients,
+                  and x_bare (the CPU ratio to the floor; goal <= 10)
+  operations      CPU ms per create, respond, wait (decided), start and usage
+  round_trip      create + respond + wait + start: CPU ms per round trip and x_trivial_get
+                  (goal <= 6); round trips/s with 8 and 50 agents; requests/s as a fraction of
+                  the trivial GET rate (goal >= 0.5)
+  bursts          N agents asking at once (one create each): p50/p99 ms and the count of
+                  201 / 503 / other answers and dropped connections (goal: no 500, none dropped)
+  scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5)
+  errors          unexpected answers (each a count and the first few); the run never hangs:
+                  a deadline stops it, and every server it started is stopped (SIGKILL after 20 s)
+"""
+import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from common import (
+    Client,
+    approval_request_body,
+    arm_traceback_dump,
+    backend_description,
+    bench_defaults,
+    free_port,
+    latency_summary,
+    migrate,
+    run_stamp,
+    set_large_budget,
+    setup_django,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GRACE = 20
+
+
+class Deadline(Exception):
+    pass
+
+
+class Run:
+    def __init__(self, deadline_s):
+        self.deadline = time.monotonic() + deadline_s
+        self.errors = collections.Counter()
+        self.first_errors = []
+        self.lock = threading.Lock()
+
+    def left(self):
+        return self.deadline - time.monotonic()
+
+    def check(self):
+        if self.left() <= 0:
+            raise Deadline()
+
+    def error(self, where, detail):
+        with self.lock:
+            self.errors[where] += 1
+            if len(self.first_errors) < 10:
+                self.first_errors.append([where, str(detail)[:300]])
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+def _children(pid):
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+@contextmanager
+def serve(workers, app="botarmy_hitl.asgi:application", health="/api/v1/health", key="-", extra_env=None):
+    """bin/serve with ``workers`` daphne processes on a free port; yields (port, worker pids)."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="hitl-bench-serve-", suffix=".log", delete=False)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}", **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "serve"), "--workers", str(workers),
+                             "--port", str(port), "--app", app], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=log, start_new_session=True)
+    try:
+        for _ in range(150):
+            try:
+                if Client(port, key, text_fallback=True).call("GET", health, timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        else:
+            raise SystemExit("server did not start: " + Path(log.name).read_text()[-2000:])
+        if proc.poll() is not None:
+            raise SystemExit("server exited: " + Path(log.name).read_text()[-2000:])
+        pids = []
+        for _ in range(50):
+            pids = _children(proc.pid)
+            if len(pids) == workers:
+                break
+            time.sleep(0.1)
+        yield port, pids
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=GRACE + 5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+def in_threads(run, n, target, *args):
+    threads = [threading.Thread(target=target, args=(i, *args), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(run.left(), 0.1))
+    run.check()
+
+
+def get_rate(run, port, key, path, clients, total):
+    """``total`` GETs of ``path`` over ``clients`` keep-alive connections: (seconds, statuses)."""
+    per = total // clients
+    statuses = collections.Counter()
+
+    def client(i):
+        c = Client(port, key, text_fallback=True)
+        for _ in range(per):
+            if run.left() <= 0:
+                return
+            try:
+                status, body = c.call("GET", path, timeout=60)
+            except OSError as exc:
+                run.error("get: dropped", exc)
+                continue
+            statuses[status] += 1
+            if status != 200:
+                run.error(f"get {status}", body)
+
+    t0 = time.monotonic()
+    in_threads(run, clients, client)
+    return time.monotonic() - t0, per * clients
+
+
+def measure_cpu(pids, fn):
+    before = cpu_seconds(pids)
+    result = fn()
+    return cpu_seconds(pids) - before, result
+
+
+def round_trip(run, port, fx, agent, task_id, reviewer_client):
+    """create, respond (a reviewer), wait (decided: answers at once), start. True when all went."""
+    status, body = agent.call("POST", "/api/v1/agent-approvals", approval_request_body(fx["project_id"], task_id),
+                              timeout=60)
+    if status != 201:
+        run.error(f"create {status}", body)
+        return False
+    approval_id = body["approval_id"]
+    status, body = reviewer_client.call("POST", f"/api/v1/agent-approvals/{approval_id}/respond",
+                                        {"decision": "approve"}, timeout=60)
+    if status != 200:
+        run.error(f"respond {status}", body)
+        return False
+    status, body = agent.call("GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30", timeout=60)
+    if status != 200 or body.get("status") != "approved":
+        run.error(f"wait {status}", body)
+        return False
+    status, body = agent.call("POST", f"/api/v1/agent-approvals/{approval_id}/start", timeout=60)
+    if status != 200:
+        run.error(f"start {status}", body)
+        return False
+    return True
+
+
+def round_trips(run, port, pids, fx, agents, seconds):
+    """``agents`` agents, each with its own task (reused: a started task may ask again), doing
+    round trips for ``seconds``: (round trips/s, CPU ms per round trip)."""
+    tasks = fx["tasks"].take(agents)
+    done = collections.Counter()
+    stop_at = time.monotonic() + seconds
+
+    def agent(i):
+        a, r = Client(port, fx["agent_key"]), Client(port, fx["reviewer_key"])
+        while time.monotonic() < stop_at and run.left() > 0:
+            try:
+                if round_trip(run, port, fx, a, tasks[i], r):
+                    done[i] += 1
+            except (OSError, ValueError) as exc:
+                run.error("round trip: dropped", exc)
+
+    t0 = time.monotonic()
+    cpu, _ = measure_cpu(pids, lambda: in_threads(run, agents, agent))
+    elapsed = time.monotonic() - t0
+    n = sum(done.values())
+    return {"round_trips_per_s": round(n / elapsed, 1), "requests_per_s": round(4 * n / elapsed, 1),
+            "cpu_ms_per_round_trip": round(cpu * 1000 / n, 2) if n else None, "round_trips": n}
+
+
+def operations(run, port, pids, fx, n):
+    """CPU per operation, each phase on its own over ``n`` fresh tasks with 8 clients."""
+    tasks = fx["tasks"].take(n)
+    ids = [None] * n
+    out = {}
+
+    def phase(name, call):
+        def worker(w, key):
+            c = Client(port, key)
+            for i in range(w, n, 8):
+                if run.left() <= 0:
+                    return
+                try:
+                    call(c, i)
+                except (OSError, ValueError) as exc:
+                    run.error(f"{name}: dropped", exc)
+        key = fx["reviewer_key"] if name == "respond" else fx["agent_key"]
+        cpu, _ = measure_cpu(pids, lambda: in_threads(run, 8, worker, key))
+        out[name] = round(cpu * 1000 / n, 2)
+
+    def create(c, i):
+        status, body = c.call("POST", "/api/v1/agent-approvals", approval_request_body(fx["project_id"], tasks[i]))
+        if status == 201:
+            ids[i] = body["approval_id"]
+        else:
+            run.error(f"create {status}", body)
+
+    def expect(name, method, suffix, body=None, ok=200):
+        def call(c, i):
+            if ids[i] is None:
+                return
+            status, answer = c.call(method, f"/api/v1/agent-approvals/{ids[i]}{suffix}", body)
+            if status != ok:
+                run.error(f"{name} {status}", answer)
+        return call
+
+    phase("create", create)
+    phase("respond", expect("respond", "POST", "/respond", {"decision": "approve"}))
+    phase("wait", expect("wait", "GET", "/wait?timeout=30"))
+    phase("start", expect("start", "POST", "/start"))
+    phase("usage", expect("usage", "POST", "/usage", {"tokens_used": 1000, "actual_cost": "0.0090"}))
+    return out
+
+
+def burst(run, port, fx, n):
+    """``n`` agents ask at once, one create each on a fresh task, each on its own connection."""
+    tasks = fx["tasks"].take(n)
+    statuses = collections.Counter()
+    latencies = []
+    retry_after = collections.Counter()
+    gate = threading.Barrier(n, timeout=120)
+    lock = threading.Lock()
+
+    def agent(i):
+        c = Client(port, fx["agent_key"], text_fallback=True)
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:
+            pass
+        t0 = time.monotonic()
+        try:
+            status, body = c.call("POST", "/api/v1/agent-approvals",
+                                  approval_request_body(fx["project_id"], tasks[i]), timeout=120, retry=False)
+        except OSError as exc:
+            with lock:
+                statuses["dropped"] += 1
+            run.error("burst: dropped", exc)
+            return
+        with lock:
+            latencies.append((time.monotonic() - t0) * 1000)
+            statuses[status] += 1
+            if status == 503:
+                retry_after[c.retry_after is not None] += 1
+        if status not in (201, 503):
+            run.error(f"burst {status}", body)
+
+    in_threads(run, n, agent)
+    return {"agents": n, **latency_summary(latencies, 50, 99),
+            "answers": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+            "503_with_retry_after": retry_after.get(True, 0)}
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+class TaskPool:
+    """Fresh pending coder tasks, handed out once each."""
+
+    def __init__(self, ids):
+        self.ids, self.next = ids, 0
+
+    def take(self, n):
+        if self.next + n > len(self.ids):
+            raise SystemExit("not enough tasks made for this run")
+        out, self.next = self.ids[self.next:self.next + n], self.next + n
+        return out
+
+
+def fixtures(n_tasks):
+    setup_django()
+    from django.contrib.auth import get_user_model
+
+    from access.services import api_key_create, role_grant
+    from projects.models import Task
+    from projects.services import project_create
+
+    migrate()
+    User = get_user_model()
+    stamp = run_stamp()
+    admin = User.objects.create_superuser(username=f"tp-admin-{stamp}", password="x", email="t@example.com")
+    project = project_create(actor=admin, name=f"Throughput {stamp}", slug=f"throughput-{stamp}")
+    set_large_budget(project)
+    agent = User.objects.create_user(username=f"tp-agent-{stamp}")
+    role_grant(user=agent, project=project, role="agent")
+    reviewer = User.objects.create_user(username=f"tp-reviewer-{stamp}")
+    role_grant(user=reviewer, project=project, role="reviewer")
+    tasks = Task.objects.bulk_create(Task(project=project, agent_type="coder", title=f"tp {i}", created_by=agent)
+                                     for i in range(n_tasks))
+    return {"project_id": str(project.pk), "tasks": TaskPool([str(t.pk) for t in tasks]),
+            "trivial_task": str(tasks[0].pk), "agent_key": api_key_create(user=agent)[1],
+            "reviewer_key": api_key_create(user=reviewer)[1]}
+
+
+def main():
+    arm_traceback_dump()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000, help="GETs per rate measurement")
+    parser.add_argument("--ops", type=int, default=200, help="calls per operation measured")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each round-trip run")
+    parser.add_argument("--burst", default="200,1000", help="sizes of the concurrent-create bursts")
+    parser.add_argument("--deadline", type=float, default=900, help="seconds before the run gives up")
+    args = parser.parse_args()
+    bursts = [int(b) for b in args.burst.split(",") if b]
+
+    bench_defaults()
+    run = Run(args.deadline)
+    fx = fixtures(1 + args.ops + 8 + 50 + 50 + sum(bursts))
+    fx["tasks"].take(1)  # the trivial GET's task
+    result = {**backend_description(), "cpus": os.cpu_count()}
+    try:
+        with serve(1, app="bare_asgi:app", health="/") as (port, pids):
+            get_rate(run, port, "-", "/", 8, 200)  # warm up
+            cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, "-", "/", 8, args.requests))
+            bare_ms = cpu * 1000 / n
+            result["bare_asgi"] = {"cpu_ms": round(bare_ms, 3), "requests_per_s": round(n / elapsed, 1)}
+
+        trivial = f"/api/v1/tasks/{fx['trivial_task']}"
+        with serve(1, key=fx["agent_key"]) as (port, pids):
+            get_rate(run, port, fx["agent_key"], trivial, 8, 200)  # warm up
+            cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, fx["agent_key"], trivial, 8,
+                                                                   args.requests))
+            get_ms, get_rps = cpu * 1000 / n, n / elapsed
+            result["trivial_get"] = {"cpu_ms": round(get_ms, 2), "requests_per_s": round(get_rps, 1),
+                                     "x_bare": round(get_ms / bare_ms, 1)}
+            result["operations_cpu_ms"] = operations(run, port, pids, fx, args.ops)
+            rt8 = round_trips(run, port, pids, fx, 8, args.seconds)
+            rt50 = round_trips(run, port, pids, fx, 50, args.seconds)
+            result["round_trip"] = {
+                "cpu_ms": rt8["cpu_ms_per_round_trip"],
+                "x_trivial_get": round(rt8["cpu_ms_per_round_trip"] / get_ms, 2) if rt8["round_trips"] else None,
+                "agents_8": rt8, "agents_50": rt50,
+                "requests_per_s_x_trivial_get": round(rt8["requests_per_s"] / get_rps, 2),
+            }
+            result["bursts"] = [burst(run, port, fx, n) for n in bursts]
+        with serve(2, key=fx["agent_key"]) as (port, pids):
+            rt2 = round_trips(run, port, pids, fx, 50, args.seconds)
+        one = result["round_trip"]["agents_50"]["round_trips_per_s"]
+        result["scale_out"] = {"processes_1_round_trips_per_s": one,
+                               "processes_2_round_trips_per_s": rt2["round_trips_per_s"],
+                               "ratio": round(rt2["round_trips_per_s"] / one, 2) if one else None}
+    except Deadline:
+        run.error("deadline", f"the run passed its {args.deadline} s deadline; figures so far are reported")
+    result["errors"] = dict(run.errors)
+    result["first_errors"] = run.first_errors
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Django under ASGI with one thread hop per request, a bounded pool of threads, and a 503
+instead of an unbounded queue.
+
+Django's own ASGIHandler runs the middleware chain in async mode: every middleware built on
+MiddlewareMixin (all of Django's) then runs its process_request and process_response through
+``sync_to_async``, the request_started and request_finished signals and the response's close
+hop too, and each request gets a thread of its own (ThreadSensitiveContext). About fifteen
+hops between the event loop and a new thread per request cost more CPU than the request's own
+work. ``OneHopASGIHandler`` keeps Django's body spooling and response sending, but runs the
+request's whole sync part (request_started, the sync middleware chain, the view, rendering,
+close and request_finished, which hands the database connection back to the pool) in one call
+on a thread of a fixed pool (HITL_WEB_THREADS per process). An async view is served by
+Django's own async path, so it never holds a thread while it waits.
+
+Backpressure: at most HITL_WEB_THREADS requests run at once per process; a request that
+waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 ``unavailable``
+with ``Retry-After`` (API.md's error shape) instead of piling up threads and database waits.
+"""
+import asyncio
+import contextvars
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import JsonResponse
+from django.urls import Resolver404, get_resolver, set_script_prefix
+
+from core.errors import error_body, retry_after_seconds
+
+log = logging.getLogger(__name__)
+
+
+def _saturated_response(path: str):
+    if path.startswith("/api/"):
+        response = JsonResponse(error_body("unavailable", "The server is saturated; retry the request shortly."),
+                                status=503)
+    else:
+        from django.http import HttpResponse
+
+        response = HttpResponse("The server is busy; retry shortly.", status=503, content_type="text/plain")
+    response["Retry-After"] = str(retry_after_seconds())
+    return response
+
+
+class OneHopASGIHandler(ASGIHandler):
+    def __init__(self):
+        super().__init__()
+        self._sync_handler = BaseHandler()
+        self._sync_handler.load_middleware(is_async=False)
+        self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 32)), 1)
+        self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 10))
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
+        self._slots: asyncio.Semaphore | None = None
+
+    def _is_async_view(self, path: str) -> bool:
+        try:
+            view = get_resolver().resolve(path).func
+        except Resolver404:
+            return False
+        return asyncio.iscoroutinefunction(view) or getattr(view, "view_is_async", False)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if self._is_async_view(scope["path"]):
+            return await super().__call__(scope, receive, send)
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.threads)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
+            except asyncio.TimeoutError:
+                log.warning("saturated: %s waited %.1f s for a thread, answered 503", scope["path"],
+                            self.queue_timeout)
+                await self.send_response(_saturated_response(scope["path"]), send)
+                return
+            try:
+                loop = asyncio.get_running_loop()
+                context = contextvars.copy_context()
+                response = await loop.run_in_executor(self._executor, context.run, self._serve, scope, body_file)
+            finally:
+                self._slots.release()
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client went away
+            finally:
+                if response.streaming:  # the rest was closed in the thread already
+                    await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
+        finally:
+            body_file.close()
+
+    def _serve(self, scope, body_file):
+        """The sync part of one request, on one pool thread."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self._sync_handler.get_response(request)
+        response._handler_class = self.__class__
+        if not response.streaming:
+            response.content  # render here, in the thread  # noqa: B018
+            response.close()  # request_finished: the database connection goes back to the pool
+        return response
+
+
+def get_asgi_application():
+    """django.core.asgi.get_asgi_application with the one-hop handler."""
+    import django
+
+    django.setup(set_prefix=False)
+    return OneHopASGIHandler()
