@@ -9,6 +9,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from access.models import ApiKey, hash_key
+from core.rawrows import Columns
 
 User = get_user_model()
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -49,41 +50,24 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 _KEY_QUERY = None
 
 
-def _key_query():
-    """(sql, key fields, user fields, converters per column), made once per process."""
+def _key_with_user(prefix: str) -> ApiKey | None:
+    """The key of ``prefix`` with its user, in one hand-written statement (core.rawrows): every
+    API request runs it, and compiling the ORM query cost more than running it."""
     global _KEY_QUERY
     if _KEY_QUERY is None:
-        key_fields, user_fields = list(ApiKey._meta.concrete_fields), list(User._meta.concrete_fields)
+        key, user = Columns(ApiKey, "k"), Columns(User, "u")
         quote = connection.ops.quote_name
-        columns = [f"k.{quote(f.column)}" for f in key_fields] + [f"u.{quote(f.column)}" for f in user_fields]
-        sql = (f"SELECT {', '.join(columns)} FROM {ApiKey._meta.db_table} k JOIN {User._meta.db_table} u "
-               f"ON u.{quote(User._meta.pk.column)} = k.user_id WHERE k.prefix = %s")
-        converters = []
-        for field in key_fields + user_fields:
-            expression = field.get_col(field.model._meta.db_table)
-            converters.append((expression, connection.ops.get_db_converters(expression)
-                               + field.get_db_converters(connection)))
-        _KEY_QUERY = (sql, key_fields, user_fields, converters)
-    return _KEY_QUERY
-
-
-def _key_with_user(prefix: str) -> ApiKey | None:
-    """The key of ``prefix`` with its user, in one statement: what select_related makes, written
-    out once, because every API request runs it and compiling the ORM query cost more than
-    running it."""
-    sql, key_fields, user_fields, converters = _key_query()
+        _KEY_QUERY = (f"SELECT {key.sql}, {user.sql} FROM {quote(ApiKey._meta.db_table)} k "
+                      f"JOIN {quote(User._meta.db_table)} u ON u.{quote(User._meta.pk.column)} = k.user_id "
+                      f"WHERE k.prefix = %s", key, user)
+    sql, key_columns, user_columns = _KEY_QUERY
     with connection.cursor() as cursor:
         cursor.execute(sql, [prefix])
         row = cursor.fetchone()
     if row is None:
         return None
-    values = []
-    for (expression, functions), value in zip(converters, row):
-        for convert in functions:
-            value = convert(value, expression, connection)
-        values.append(value)
-    key = ApiKey.from_db(connection.alias, [f.attname for f in key_fields], values[:len(key_fields)])
-    key.user = User.from_db(connection.alias, [f.attname for f in user_fields], values[len(key_fields):])
+    key = key_columns.build(row[:len(key_columns)])
+    key.user = user_columns.build(row[len(key_columns):])
     return key
 
 

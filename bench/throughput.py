@@ -17,7 +17,8 @@ hold on a noisy machine even when the absolute figures move. Prints one JSON obj
                   the trivial GET rate (goal >= 0.5)
   bursts          N agents asking at once (one create each): p50/p99 ms and the count of
                   201 / 503 / other answers and dropped connections (goal: no 500, none dropped)
-  scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5)
+  scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5),
+                  with the 50 agents in one project and spread over ten
   errors          unexpected answers (each a count and the first few); the run never hangs:
                   a deadline stops it, and every server it started is stopped (SIGKILL after 20 s)
 """
@@ -185,10 +186,9 @@ def measure_cpu(pids, fn):
     return cpu_seconds(pids) - before, result
 
 
-def round_trip(run, port, fx, agent, task_id, reviewer_client):
+def round_trip(run, port, agent, project_task, reviewer_client):
     """create, respond (a reviewer), wait (decided: answers at once), start. True when all went."""
-    status, body = agent.call("POST", "/api/v1/agent-approvals", approval_request_body(fx["project_id"], task_id),
-                              timeout=60)
+    status, body = agent.call("POST", "/api/v1/agent-approvals", approval_request_body(*project_task), timeout=60)
     if status != 201:
         run.error(f"create {status}", body)
         return False
@@ -209,10 +209,11 @@ def round_trip(run, port, fx, agent, task_id, reviewer_client):
     return True
 
 
-def round_trips(run, port, pids, fx, agents, seconds):
+def round_trips(run, port, pids, fx, agents, seconds, pool="tasks"):
     """``agents`` agents, each with its own task (reused: a started task may ask again), doing
-    round trips for ``seconds``: (round trips/s, CPU ms per round trip)."""
-    tasks = fx["tasks"].take(agents)
+    round trips for ``seconds``: (round trips/s, CPU ms per round trip). ``pool``: "tasks" (one
+    project) or "spread" (tasks spread over several projects)."""
+    tasks = fx[pool].take(agents)
     done = collections.Counter()
     stop_at = time.monotonic() + seconds
 
@@ -220,7 +221,7 @@ def round_trips(run, port, pids, fx, agents, seconds):
         a, r = Client(port, fx["agent_key"]), Client(port, fx["reviewer_key"])
         while time.monotonic() < stop_at and run.left() > 0:
             try:
-                if round_trip(run, port, fx, a, tasks[i], r):
+                if round_trip(run, port, a, tasks[i], r):
                     done[i] += 1
             except (OSError, ValueError) as exc:
                 run.error("round trip: dropped", exc)
@@ -254,7 +255,7 @@ def operations(run, port, pids, fx, n):
         out[name] = round(cpu * 1000 / n, 2)
 
     def create(c, i):
-        status, body = c.call("POST", "/api/v1/agent-approvals", approval_request_body(fx["project_id"], tasks[i]))
+        status, body = c.call("POST", "/api/v1/agent-approvals", approval_request_body(*tasks[i]))
         if status == 201:
             ids[i] = body["approval_id"]
         else:
@@ -294,8 +295,8 @@ def burst(run, port, fx, n):
             pass
         t0 = time.monotonic()
         try:
-            status, body = c.call("POST", "/api/v1/agent-approvals",
-                                  approval_request_body(fx["project_id"], tasks[i]), timeout=120, retry=False)
+            status, body = c.call("POST", "/api/v1/agent-approvals", approval_request_body(*tasks[i]), timeout=120,
+                                  retry=False)
         except OSError as exc:
             with lock:
                 statuses["dropped"] += 1
@@ -318,7 +319,7 @@ def burst(run, port, fx, n):
 # --- fixtures -----------------------------------------------------------------------------------
 
 class TaskPool:
-    """Fresh pending coder tasks, handed out once each."""
+    """Fresh pending coder tasks as (project id, task id), handed out once each."""
 
     def __init__(self, ids):
         self.ids, self.next = ids, 0
@@ -330,7 +331,7 @@ class TaskPool:
         return out
 
 
-def fixtures(n_tasks):
+def fixtures(n_tasks, n_spread=0, spread_projects=10):
     setup_django()
     from django.contrib.auth import get_user_model
 
@@ -350,9 +351,18 @@ def fixtures(n_tasks):
     role_grant(user=reviewer, project=project, role="reviewer")
     tasks = Task.objects.bulk_create(Task(project=project, agent_type="coder", title=f"tp {i}", created_by=agent)
                                      for i in range(n_tasks))
-    return {"project_id": str(project.pk), "tasks": TaskPool([str(t.pk) for t in tasks]),
-            "trivial_task": str(tasks[0].pk), "agent_key": api_key_create(user=agent)[1],
-            "reviewer_key": api_key_create(user=reviewer)[1]}
+    spread = []
+    for p in range(spread_projects if n_spread else 0):
+        other = project_create(actor=admin, name=f"Throughput {stamp} {p}", slug=f"throughput-{stamp}-{p}")
+        set_large_budget(other)
+        role_grant(user=agent, project=other, role="agent")
+        role_grant(user=reviewer, project=other, role="reviewer")
+        spread += [(str(other.pk), str(t.pk)) for t in Task.objects.bulk_create(
+            Task(project=other, agent_type="coder", title=f"tp {p} {i}", created_by=agent)
+            for i in range(n_spread // spread_projects))]
+    return {"project_id": str(project.pk), "tasks": TaskPool([(str(project.pk), str(t.pk)) for t in tasks]),
+            "spread": TaskPool(sorted(spread, key=lambda pt: pt[1])), "trivial_task": str(tasks[0].pk),
+            "agent_key": api_key_create(user=agent)[1], "reviewer_key": api_key_create(user=reviewer)[1]}
 
 
 def main():
@@ -368,7 +378,7 @@ def main():
 
     bench_defaults()
     run = Run(args.deadline)
-    fx = fixtures(1 + args.ops + 8 + 50 + 50 + sum(bursts))
+    fx = fixtures(1 + args.ops + 8 + 50 + 50 + sum(bursts), n_spread=100)
     fx["tasks"].take(1)  # the trivial GET's task
     result = {**backend_description(), "cpus": os.cpu_count()}
     try:
@@ -396,12 +406,18 @@ def main():
                 "requests_per_s_x_trivial_get": round(rt8["requests_per_s"] / get_rps, 2),
             }
             result["bursts"] = [burst(run, port, fx, n) for n in bursts]
+            spread1 = round_trips(run, port, pids, fx, 50, args.seconds, pool="spread")
         with serve(2, key=fx["agent_key"]) as (port, pids):
             rt2 = round_trips(run, port, pids, fx, 50, args.seconds)
+            spread2 = round_trips(run, port, pids, fx, 50, args.seconds, pool="spread")
         one = result["round_trip"]["agents_50"]["round_trips_per_s"]
-        result["scale_out"] = {"processes_1_round_trips_per_s": one,
-                               "processes_2_round_trips_per_s": rt2["round_trips_per_s"],
-                               "ratio": round(rt2["round_trips_per_s"] / one, 2) if one else None}
+        result["scale_out"] = {
+            "one_project": {"processes_1": one, "processes_2": rt2["round_trips_per_s"],
+                            "ratio": round(rt2["round_trips_per_s"] / one, 2) if one else None},
+            "ten_projects": {"processes_1": spread1["round_trips_per_s"], "processes_2": spread2["round_trips_per_s"],
+                             "ratio": round(spread2["round_trips_per_s"] / spread1["round_trips_per_s"], 2)
+                             if spread1["round_trips_per_s"] else None},
+        }
     except Deadline:
         run.error("deadline", f"the run passed its {args.deadline} s deadline; figures so far are reported")
     result["errors"] = dict(run.errors)

@@ -230,6 +230,12 @@ HITL_MANAGER_TOKEN_THRESHOLD = env.int("HITL_MANAGER_TOKEN_THRESHOLD", default=1
 HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
 # The Retry-After (seconds) of a 503 answered for a transient database error.
 HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
+# Threads per web process that run requests' Django code (core/asgi.py): at most this many requests
+# of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
+# threads use the rest). A request that waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn
+# is answered 503 with Retry-After.
+HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=16)
+HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=10.0)
 
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

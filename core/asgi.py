@@ -17,7 +17,6 @@ waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 ``unav
 with ``Retry-After`` (API.md's error shape) instead of piling up threads and database waits.
 """
 import asyncio
-import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +26,7 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
+from django.db import close_old_connections
 from django.http import JsonResponse
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
@@ -84,9 +84,11 @@ class OneHopASGIHandler(ASGIHandler):
                 await self.send_response(_saturated_response(scope["path"]), send)
                 return
             try:
-                loop = asyncio.get_running_loop()
-                context = contextvars.copy_context()
-                response = await loop.run_in_executor(self._executor, context.run, self._serve, scope, body_file)
+                # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
+                # async_to_sync (the channel layer's group_send after commit) then runs it on this
+                # event loop, with its connections, instead of a new loop per call.
+                response = await sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)(
+                    scope, body_file)
             finally:
                 self._slots.release()
             try:
@@ -110,6 +112,8 @@ class OneHopASGIHandler(ASGIHandler):
         if not response.streaming:
             response.content  # render here, in the thread  # noqa: B018
             response.close()  # request_finished: the database connection goes back to the pool
+        else:  # closed after it is sent, maybe on another thread: give this thread's connection back now
+            close_old_connections()
         return response
 
 

@@ -1,42 +1,107 @@
 """The project-scoped unit of work (see core/uow.py): every write that touches a project's rows
-opens one. It locks the project row first (so one project's writers are serialised on it and
-nothing is admitted after a stop commits), refuses with 423 when ``gate`` and the project is
+opens one. It locks the project row first, refuses with 423 when ``gate`` and the project is
 stopped, and writes the buffered outbox events and audit rows last, before the commit.
 
     with project_uow(project_id, gate=True) as uow:
         task = uow.lock("task", Task.objects, pk=task_id)
         ...
 
+Two modes of the project lock:
+
+- exclusive (the default, ``SELECT ... FOR UPDATE``): decisions, stops, recoveries, limits,
+  sweeps. One project's exclusive writers run one at a time, and while one runs no admission does.
+- shared (``shared=True``, PostgreSQL ``SELECT ... FOR SHARE``): admissions (an agent asking to
+  run a call). Admissions of one project run side by side: each locks only the rows it changes
+  (its task; the budget windows and the agent state late in its transaction, in LOCK_ORDER),
+  so they queue only for those, never for the whole transaction. A stop's exclusive lock waits
+  for the admissions in flight to commit and then holds every new one back until it commits;
+  the admission reads the project's status after its shared lock, so nothing is admitted after a
+  stop commits. The budget windows' row locks keep concurrent admissions from overspending:
+  each one reads the windows as the previous one left them. On SQLite (one writer at a time)
+  both modes are the same.
+
 A nested ``project_uow`` for the same project joins the open one (one transaction, one flush);
-one for another project is refused: cross-project writes do not exist.
+one that needs the exclusive lock inside a shared one (a stop tripped by a request) upgrades
+it first. One for another project is refused: cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
-locked in core.uow.LOCK_ORDER, which matters once admissions share the project lock."""
+locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another."""
 from contextlib import contextmanager
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from core import uow as core_uow
 from core.errors import EmergencyStopActive, NotFoundError
+from core.rawrows import Columns
 from projects.models import Project
 
 
 class ProjectUnitOfWork(core_uow.UnitOfWork):
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, *, shared: bool = False):
         super().__init__(scope=f"project {project.pk}")
         self.project = project
+        self.shared = shared
+
+
+def _lock_exclusive(project_id, related=()):
+    return Project.objects.select_for_update(of=("self",)).select_related(*related).filter(pk=project_id).first()
+
+
+_SHARED_SQL: dict[tuple, tuple] = {}
+
+
+def _lock_shared(project_id, related=()):
+    """The project row under a shared lock (PostgreSQL ``FOR SHARE``), with its ``related``
+    one-to-one rows, in one hand-written statement (the ORM has no FOR SHARE)."""
+    if connection.vendor != "postgresql":
+        return _lock_exclusive(project_id, related)
+    if related not in _SHARED_SQL:
+        quote = connection.ops.quote_name
+        project_columns = Columns(Project, "p")
+        joins, parts = [], []
+        for i, name in enumerate(related):
+            field = Project._meta.get_field(name)  # a reverse one-to-one (e.g. budgets' "budget")
+            columns = Columns(field.related_model, f"r{i}")
+            joins.append(f"LEFT JOIN {quote(field.related_model._meta.db_table)} r{i} "
+                         f"ON r{i}.{quote(field.field.column)} = p.{quote(Project._meta.pk.column)}")
+            parts.append((name, columns))
+        select = ", ".join([project_columns.sql, *(columns.sql for _, columns in parts)])
+        _SHARED_SQL[related] = (
+            f"SELECT {select} FROM {quote(Project._meta.db_table)} p {' '.join(joins)} "
+            f"WHERE p.{quote(Project._meta.pk.column)} = %s FOR SHARE OF p", project_columns, parts)
+    sql, project_columns, parts = _SHARED_SQL[related]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Project._meta.pk.get_db_prep_value(project_id, connection)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    project = project_columns.build(row[:len(project_columns)])
+    offset = len(project_columns)
+    for name, columns in parts:
+        related_row = columns.build(row[offset:offset + len(columns)])
+        offset += len(columns)
+        if related_row is not None:
+            setattr(project, name, related_row)  # cached, as select_related does
+        else:
+            Project._meta.get_field(name).set_cached_value(project, None)
+    return project
 
 
 @contextmanager
-def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()):
-    """``related``: one-to-one rows read with the project row in the same query (a higher app
-    names its own, e.g. budgets' "budget"); they are read, not locked."""
+def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = (), shared: bool = False):
+    """``shared``: the admission mode (see the module docstring). ``related``: one-to-one rows
+    read with the project row (a higher app names its own, e.g. budgets' "budget"), not locked."""
     outer = core_uow.current()
     if outer is not None:
         if not isinstance(outer, ProjectUnitOfWork) or str(outer.project.pk) != str(project_id):
             raise core_uow.LockOrderError(f"a unit of work for {outer.scope} cannot open one for project "
                                           f"{project_id}")
+        if outer.shared and not shared:
+            # Upgrade to the exclusive lock: it waits for the other admissions in flight to end (a
+            # deadlock between two upgrades is retried from the start by retry_transient).
+            _lock_exclusive(project_id)
+            outer.shared = False
         if gate:
             _gate(outer.project)
         # A nested unit of work (a stop tripped inside a request) makes a new pass through the
@@ -50,11 +115,10 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
         return
     with transaction.atomic():
         uow = None
-        project = Project.objects.select_for_update(of=("self",)).select_related(*related).filter(
-            pk=project_id).first()
+        project = (_lock_shared if shared else _lock_exclusive)(project_id, related)
         if project is None:
             raise NotFoundError("No such project.")
-        uow = ProjectUnitOfWork(project)
+        uow = ProjectUnitOfWork(project, shared=shared)
         uow.enter_stage("project")
         token = core_uow.activate(uow)
         try:

@@ -61,14 +61,16 @@ def snapshot(approval: AgentCallApproval) -> dict:
 @contextmanager
 def call_uow(approval_id, *, gate: bool):
     """The unit of work of one call: project (423 when ``gate`` and stopped), then the call's
-    task, then the call, in LOCK_ORDER. Yields (uow, approval) with approval.task locked."""
+    task, then the call, in LOCK_ORDER. Yields (uow, approval) with approval.task locked.
+
+    The project lock is shared (projects/uow.py): work on different calls of one project runs
+    side by side, each holding its call's rows; a stop (exclusive) waits for it and holds it back."""
     row = memo(call_route_key(approval_id), lambda: AgentCallApproval.objects.filter(pk=approval_id).values(
         "project_id", "task_id").first())
     if row is None:
         raise NotFoundError("No such approval.")
-    with project_uow(row["project_id"], gate=gate, related=BUDGET_RELATED) as uow:
-        # The call and its task in one statement: both rows locked (stages task, then approval;
-        # the project row, held, already keeps every other writer of them out).
+    with project_uow(row["project_id"], gate=gate, related=BUDGET_RELATED, shared=True) as uow:
+        # The call and its task in one statement: both rows locked (stages task, then approval).
         uow.enter_stage("task")
         uow.enter_stage("approval")
         approval = AgentCallApproval.objects.select_for_update(of=("self", "task")).select_related(

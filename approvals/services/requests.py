@@ -1,7 +1,9 @@
 """An agent asks to run one call: estimate (the server's count is the floor), assess the risk,
 admit it against the budget (reserved, or blocked behind an override), all in one unit of
 work. A critical risk or a projected daily cost past 1.5 x the limit stops the project in that
-same unit of work: the request stays on record, cancelled by the stop, and the agent gets 423."""
+same unit of work: the request stays on record, cancelled by the stop, and the agent gets 423.
+Admissions take the project's lock in shared mode: they do not queue behind one another, only
+behind a stop (or another exclusive writer), which waits for them in turn."""
 from datetime import timedelta
 
 from django.conf import settings
@@ -50,7 +52,9 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
                               estimated_cost=cost, budget_remaining=budget_remaining(project_id)))
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
     stop = None
-    with project_uow(project_id, gate=True, related=BUDGET_RELATED) as uow:
+    # Shared: admissions of one project run side by side (projects/uow.py); the budget windows and
+    # the agent state, locked late in the transaction, are all they queue for.
+    with project_uow(project_id, gate=True, related=BUDGET_RELATED, shared=True) as uow:
         require_project_perm(requester, roles.ACT_AS_AGENT, uow.project, "request agent calls")
         task = next(iter(uow.lock_many("task", Task.objects.filter(pk=task_id, project=uow.project))), None)
         if task is None:

@@ -1,0 +1,153 @@
+"""Admissions share the project lock (projects/uow.py): on PostgreSQL, in real threads, an
+admission does not queue behind another one in flight, a stop waits for the admissions in
+flight and then holds every new one back, and concurrent admissions never overspend."""
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connections
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_request
+from budgets.models import ProjectBudget
+from budgets.services import budget_reconcile
+from core.errors import EmergencyStopActive
+from emergency.models import Condition, Severity
+from emergency.services import emergency_stop_trigger
+from projects.models import Project
+from projects.services import task_create
+from projects.uow import project_uow
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+WAIT = 20  # seconds before a step that should happen is declared stuck (never reached when it works)
+
+
+def ask(project, agent, title, cost="0.0100", task=None):
+    task = task or task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action=f"do {title}", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal(cost))
+
+
+class Holder(threading.Thread):
+    """Holds a project unit of work open (shared or exclusive) until released."""
+
+    def __init__(self, project_id, shared, before_commit=None):
+        super().__init__(daemon=True)
+        self.project_id, self.shared, self.before_commit = project_id, shared, before_commit
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            with project_uow(self.project_id, shared=self.shared):
+                self.holding.set()
+                self.release.wait(WAIT)
+                if self.before_commit is not None:
+                    self.before_commit()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            self.error = exc
+            self.holding.set()
+        finally:
+            connections.close_all()
+
+
+def in_thread(fn):
+    done, box = threading.Event(), {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            box["error"] = exc
+        finally:
+            connections.close_all()
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, box
+
+
+def test_an_admission_does_not_wait_for_another_one_in_flight(project, agent):
+    ask(project, agent, "warm up")  # the day's windows exist
+    second = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="second")
+    holder = Holder(project.pk, shared=True)  # an admission in flight, holding its project lock
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    done, box = in_thread(lambda: ask(project, agent, "second", task=second))
+    try:
+        # With an exclusive project lock this would wait until the holder ends.
+        assert done.wait(WAIT), "the second admission queued behind the first one's project lock"
+        assert "error" not in box, box.get("error")
+        assert box["result"].status == AgentCallApproval.Status.PENDING
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+
+
+def test_an_exclusive_writer_still_waits_for_an_admission_in_flight(project, agent):
+    holder = Holder(project.pk, shared=True)
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    done, box = in_thread(lambda: emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
+                                                         severity=Severity.HIGH, reason="test"))
+    try:
+        assert not done.wait(1.0), "the stop did not wait for the admission in flight"
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert done.wait(WAIT) and "error" not in box, box.get("error")
+    assert Project.objects.get(pk=project.pk).status == Project.Status.EMERGENCY_STOPPED
+
+
+def test_an_admission_waits_for_a_stop_in_flight_and_is_refused_after_it(project, agent):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="late")
+    # An exclusive writer in flight that stops the project before it commits (as a stop does).
+    holder = Holder(project.pk, shared=False, before_commit=lambda: Project.objects.filter(pk=project.pk).update(
+        status=Project.Status.EMERGENCY_STOPPED))
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    done, box = in_thread(lambda: agent_approval_request(
+        requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder", proposed_action="x",
+        input_data={}, estimated_tokens=10, estimated_cost=Decimal("0.0100")))
+    try:
+        assert not done.wait(1.0), "the admission did not wait for the exclusive writer"
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert done.wait(WAIT)
+    assert isinstance(box.get("error"), EmergencyStopActive)
+    assert not AgentCallApproval.objects.filter(task=task).exists()
+
+
+def test_concurrent_admissions_never_overspend(project, agent):
+    """Thirty admissions at once against a limit that fits ten: exactly ten are reserved, the
+    rest are blocked behind overrides, and the windows match the ledger."""
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("1.0000")})
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}") for i in range(30)]
+    barrier = threading.Barrier(len(tasks))
+    errors = []
+
+    def work(task):
+        try:
+            barrier.wait(WAIT)
+            agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                   proposed_action="x", input_data={}, estimated_tokens=10,
+                                   estimated_cost=Decimal("0.1000"))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "an admission hung (deadlock?)"
+    assert errors == []
+    calls = AgentCallApproval.objects.filter(project=project)
+    assert calls.filter(budget_state="reserved").count() == 10
+    assert calls.filter(budget_state="blocked").count() == 20
+    assert budget_reconcile() == []
