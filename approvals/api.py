@@ -9,10 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from projects import roles
+from core.errors import Forbidden
 from projects.permissions import (
+    has_project_perm,
     project_for_user,
     require_not_requester,
-    require_project_perm,
     require_project_perm_by_id,
 )
 from approvals import selectors, services
@@ -103,12 +104,13 @@ class AgentApprovalRespondApi(APIView):
         """Approve (optionally with `amended_input_data`) or reject (with a `reason`), as a
         reviewer who did not request the call. Exactly one decision wins; the rest get 409.
         At or after `expires_at` the approval times out and the decision gets 410."""
-        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
-        require_project_perm(request.user, roles.REVIEW, approval.project, "decide agent calls")
-        require_not_requester(decider=request.user, requester_id=approval.requested_by_id)
+        route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
+        if not has_project_perm(request.user, roles.REVIEW, route["project_id"]):
+            raise Forbidden("You may not decide agent calls in this project.")
+        require_not_requester(decider=request.user, requester_id=route["requested_by_id"])
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        approval = services.agent_approval_decide(approval_id=approval.pk, decider=request.user, **s.validated_data)
+        approval = services.agent_approval_decide(approval_id=route["id"], decider=request.user, **s.validated_data)
         return Response(AgentCallApprovalOutputSerializer(approval).data)
 
 
@@ -121,10 +123,10 @@ class AgentApprovalCancelApi(APIView):
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
     def post(self, request, approval_id):
         """The requesting agent withdraws a pending (or approved, not started) call."""
-        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
+        route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        approval = services.agent_approval_cancel(approval_id=approval.pk, actor=request.user, **s.validated_data)
+        approval = services.agent_approval_cancel(approval_id=route["id"], actor=request.user, **s.validated_data)
         return Response(AgentCallApprovalOutputSerializer(approval).data)
 
 
@@ -136,8 +138,8 @@ class AgentApprovalStartApi(APIView):
         """The single-use execution grant: marks an approved call started, exactly once, and
         returns `input_to_run`. A second start gets 409; a start later than
         HITL_START_WITHIN_MINUTES after the approval gets 410 and cancels the grant."""
-        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
-        approval = services.agent_approval_start(approval_id=approval.pk, actor=request.user)
+        route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
+        approval = services.agent_approval_start(approval_id=route["id"], actor=request.user)
         return Response(AgentCallApprovalStartOutputSerializer(approval).data)
 
 
@@ -152,10 +154,10 @@ class AgentApprovalUsageApi(APIView):
     def post(self, request, approval_id):
         """The requesting agent reports what a started call used (an addition to API.md, until
         response approvals carry it): settles the budget reservation exactly once."""
-        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
+        route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        approval, _ = services.agent_approval_report_usage(approval_id=approval.pk, actor=request.user,
+        approval, _ = services.agent_approval_report_usage(approval_id=route["id"], actor=request.user,
                                                            tokens_used=s.validated_data["tokens_used"],
                                                            actual_cost=s.validated_data.get("actual_cost"))
         return Response(AgentCallApprovalOutputSerializer(approval).data)

@@ -1,7 +1,9 @@
 from approvals.models import AgentCallApproval
-from core.api import get_or_404
+from rest_framework.exceptions import NotFound
+
+from core.api import get_or_404, parse_uuid
 from core.request_cache import memo
-from projects.permissions import project_visible_to
+from projects.permissions import project_visible_to, visible_project_ids
 
 
 def call_route_key(approval_id) -> tuple:
@@ -9,11 +11,25 @@ def call_route_key(approval_id) -> tuple:
 
 
 def agent_approval_for(*, user, approval_id) -> AgentCallApproval:
-    """The call the user may see, or 404; its project and task (which never change) are kept
-    for the rest of the request, so the service's unit of work need not look them up again."""
-    approval = get_or_404(agent_approval_visible_to(user=user), approval_id)
-    memo(call_route_key(approval.pk), lambda: {"project_id": approval.project_id, "task_id": approval.task_id})
-    return approval
+    """The call the user may see, or 404, with its project and users."""
+    return get_or_404(agent_approval_visible_to(user=user), approval_id)
+
+
+def agent_approval_route(*, user, approval_id) -> dict:
+    """What a write on a call needs before its unit of work: {"id", "project_id", "task_id",
+    "requested_by_id"} of a call the user may see, or 404, in one light query. Its project and
+    task (which never change) are kept for the rest of the request, so the service's unit of
+    work need not look them up again."""
+    pk = parse_uuid(approval_id)
+    project_ids = [pk_ for pk_ in visible_project_ids(user)] if not user.is_superuser else None
+    qs = AgentCallApproval.objects.filter(pk=pk)
+    if project_ids is not None:
+        qs = qs.filter(project_id__in=project_ids)
+    route = qs.values("id", "project_id", "task_id", "requested_by_id").first() if user.is_active else None
+    if route is None:
+        raise NotFound()
+    memo(call_route_key(pk), lambda: {"project_id": route["project_id"], "task_id": route["task_id"]})
+    return route
 
 
 def agent_approval_visible_to(*, user):

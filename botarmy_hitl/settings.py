@@ -235,7 +235,7 @@ HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
 # threads use the rest). A request that waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn
 # is answered 503 with Retry-After.
 HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=16)
-HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=10.0)
+HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -53,7 +53,7 @@ class OneHopASGIHandler(ASGIHandler):
         self._sync_handler = BaseHandler()
         self._sync_handler.load_middleware(is_async=False)
         self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 32)), 1)
-        self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 10))
+        self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
         self._slots: asyncio.Semaphore | None = None
 
@@ -73,33 +73,39 @@ class OneHopASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.threads)
         try:
-            if self._slots is None:
-                self._slots = asyncio.Semaphore(self.threads)
-            try:
-                await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
-            except asyncio.TimeoutError:
-                log.warning("saturated: %s waited %.1f s for a thread, answered 503", scope["path"],
-                            self.queue_timeout)
-                await self.send_response(_saturated_response(scope["path"]), send)
-                return
-            try:
-                # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
-                # async_to_sync (the channel layer's group_send after commit) then runs it on this
-                # event loop, with its connections, instead of a new loop per call.
-                response = await sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)(
-                    scope, body_file)
-            finally:
-                self._slots.release()
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away
-            finally:
-                if response.streaming:  # the rest was closed in the thread already
-                    await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
-        finally:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
+        except asyncio.TimeoutError:
             body_file.close()
+            log.warning("saturated: %s waited %.1f s for a thread, answered 503", scope["path"], self.queue_timeout)
+            await self.send_response(_saturated_response(scope["path"]), send)
+            return
+        except BaseException:
+            body_file.close()
+            raise
+        # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
+        # async_to_sync (the channel layer's group_send after commit) then runs it on this event
+        # loop, with its connections, instead of a new loop per call.
+        work = asyncio.ensure_future(sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)(
+            scope, body_file))
+
+        def finished(_):
+            # The slot and the body are freed when the thread is done with them, not when this
+            # coroutine is cancelled (a client that gave up): a thread still busy keeps its slot.
+            self._slots.release()
+            body_file.close()
+
+        work.add_done_callback(finished)
+        response = await asyncio.shield(work)
+        try:
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            pass  # the client went away
+        finally:
+            if response.streaming:  # the rest was closed in the thread already
+                await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
 
     def _serve(self, scope, body_file):
         """The sync part of one request, on one pool thread."""

@@ -69,13 +69,18 @@ def project_perms_changed(user) -> None:
     forget(("project_perms", user.pk))
 
 
+def visible_project_ids(user) -> list[uuid.UUID]:
+    """Ids of the projects a (non-superuser) user may see, from this request's roles."""
+    return [pk for pk, perms in project_perms(user).items() if roles.VIEW in perms]
+
+
 def project_visible_to(*, user):
     """Projects the user may see: any role on it, or admin."""
     if not user.is_authenticated or not user.is_active:
         return Project.objects.none()
     if user.is_superuser:
         return Project.objects.all()
-    return Project.objects.filter(pk__in=[pk for pk, perms in project_perms(user).items() if roles.VIEW in perms])
+    return Project.objects.filter(pk__in=visible_project_ids(user))
 
 
 def has_project_perm(user, perm: str, project) -> bool:

@@ -255,11 +255,6 @@ def test_a_saturated_server_answers_503_with_retry_after_then_recovers(serve, pr
     assert "Traceback" not in server.log(), server.log()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core/asgi.py releases the request's slot when its coroutine is cancelled (daphne kills the "
-    "application of a client that went away) while the request still runs in the pool's only thread: "
-    "the next request is let in, queues inside the executor without a timeout, and hangs instead of "
-    "getting its 503"))
 def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(serve, project, agent_key):
     """A client gives up on a request that holds the only thread (it disconnects; daphne kills
     the application after --application-close-timeout). The thread is still busy: the next
