@@ -52,7 +52,7 @@ class OneHopASGIHandler(ASGIHandler):
         super().__init__()
         self._sync_handler = BaseHandler()
         self._sync_handler.load_middleware(is_async=False)
-        self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 32)), 1)
+        self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 4)), 1)
         self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
         self._slots: asyncio.Semaphore | None = None
