@@ -3,7 +3,7 @@ from rest_framework.exceptions import NotFound
 
 from core.api import get_or_404, parse_uuid
 from core.request_cache import memo
-from projects.permissions import project_visible_to, visible_project_ids
+from projects.permissions import in_visible_projects, visible_project_ids
 
 
 def call_route_key(approval_id) -> tuple:
@@ -33,7 +33,7 @@ def agent_approval_route(*, user, approval_id) -> dict:
 
 
 def agent_approval_visible_to(*, user):
-    return AgentCallApproval.objects.filter(project__in=project_visible_to(user=user)).select_related(
+    return AgentCallApproval.objects.filter(in_visible_projects(user)).select_related(
         "project", "approved_by", "requested_by")
 
 

@@ -1,9 +1,10 @@
 from rest_framework import serializers
 
 from approvals.models import AgentCallApproval
+from core.serializers import SharedFieldsMixin
 
 
-class AgentCallApprovalOutputSerializer(serializers.ModelSerializer):
+class AgentCallApprovalOutputSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     approval_id = serializers.UUIDField(source="id", read_only=True)
     project_id = serializers.UUIDField(read_only=True)
     task_id = serializers.UUIDField(read_only=True)

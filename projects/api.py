@@ -167,7 +167,7 @@ class TaskStatusApi(APIView):
     def post(self, request, task_id):
         """Report a task's outcome (agent role): completed or failed. A repeated report of the
         same outcome is accepted and changes nothing; a different one is 409."""
-        task = get_or_404(selectors.task_visible_to(user=request.user), task_id)
+        task = get_or_404(selectors.task_visible_to(user=request.user).select_related("project"), task_id)
         require_project_perm(request.user, roles.ACT_AS_AGENT, task.project, "report task outcomes")
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)

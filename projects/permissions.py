@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
+from django.db.models import Q
 from guardian.models import GroupObjectPermission
 from rest_framework.exceptions import NotFound
 
@@ -72,6 +73,16 @@ def project_perms_changed(user) -> None:
 def visible_project_ids(user) -> list[uuid.UUID]:
     """Ids of the projects a (non-superuser) user may see, from this request's roles."""
     return [pk for pk, perms in project_perms(user).items() if roles.VIEW in perms]
+
+
+def in_visible_projects(user, field: str = "project") -> Q:
+    """A filter on ``<field>_id`` for the rows of projects the user may see (no subquery: the ids
+    come from this request's roles)."""
+    if not user.is_authenticated or not user.is_active:
+        return Q(pk__in=[])
+    if user.is_superuser:
+        return Q()
+    return Q(**{f"{field}_id__in": visible_project_ids(user)})
 
 
 def project_visible_to(*, user):

@@ -1,11 +1,11 @@
 from django.db.models import Count
 
-from projects.permissions import project_visible_to
 from projects.models import Task
+from projects.permissions import in_visible_projects
 
 
 def task_visible_to(*, user):
-    return Task.objects.filter(project__in=project_visible_to(user=user)).select_related("project")
+    return Task.objects.filter(in_visible_projects(user))
 
 
 def project_task_counts(*, project) -> dict:

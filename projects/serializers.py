@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from core.serializers import SharedFieldsMixin
 from projects.models import AgentState, Project, Task
 
 
@@ -17,7 +18,7 @@ class ProjectOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "slug", "name", "status", "timezone", "created_at"]
 
 
-class TaskOutputSerializer(serializers.ModelSerializer):
+class TaskOutputSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     task_id = serializers.UUIDField(source="id", read_only=True)
     project_id = serializers.UUIDField(read_only=True)
 
