@@ -28,6 +28,7 @@ from common import (
     Client,
     agent_and_reviewer_fixtures,
     approval_request_body,
+    arm_deadline,
     arm_traceback_dump,
     backend_description,
     bench_defaults,
@@ -67,7 +68,9 @@ def main():
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--reviewers", type=int, default=4)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--deadline", type=float, default=600, help="seconds before the run gives up")
     args = parser.parse_args()
+    arm_deadline(args.deadline, "approvals")
     if not args.port:
         args.port = free_port()
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common import (
+    arm_deadline,
     arm_traceback_dump,
     bench_defaults,
     latency_summary,
@@ -196,7 +197,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200, help="calls per scenario (at least 4)")
     parser.add_argument("--threads", type=int, default=16, help=f"worker threads (1..{MAX_THREADS})")
+    parser.add_argument("--deadline", type=float, default=600, help="seconds before the run gives up")
     args = parser.parse_args()
+    arm_deadline(args.deadline, "budgets")
     if args.n < 4:
         parser.error("--n must be at least 4 (the hot project's limit fits N/2 calls, under 1.5 x of it)")
     if not 1 <= args.threads <= MAX_THREADS:

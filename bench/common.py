@@ -7,6 +7,7 @@ Every script still inserts the project's root (ROOT) itself, before Django is im
   Client                        a keep-alive HTTP client that authenticates with a Bearer API key
   free_port                     a free TCP port on 127.0.0.1
   arm_traceback_dump            dump every thread's stack after $BENCH_DUMP_AFTER seconds
+  arm_deadline                  after N seconds: kill the servers this run started, print a JSON error, exit 2
   bench_defaults                the environment a benchmark runs in (secret, hosts, throwaway SQLite)
   backend_description           which database and channel layer the environment selects
   setup_django, migrate         django.setup() on the project's settings, and the migrations
@@ -114,6 +115,32 @@ def arm_traceback_dump():
     faulthandler.dump_traceback_later(int(os.environ.get("BENCH_DUMP_AFTER", "0")) or 10**6)
 
 
+_SERVERS: list = []  # how to kill each server this run started (callables), for the deadline
+
+
+def arm_deadline(seconds: float, name: str):
+    """The run's deadline: if it is still running after ``seconds``, every server it started is
+    killed (SIGKILL), ``{"benchmark": name, "error": "deadline", ...}`` is printed and the process
+    exits with code 2, whatever its threads are waiting for."""
+    import threading
+
+    def expire():
+        for kill in list(_SERVERS):
+            try:
+                kill()
+            except OSError:
+                pass
+        print(json.dumps({"benchmark": name, "error": "deadline",
+                          "detail": f"the run did not finish within {seconds} s; its servers were killed"}),
+              flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def bench_defaults():
     """Settings the benchmarks need unless the environment gives them.
 
@@ -217,6 +244,7 @@ def daphne_server(port, key):
     server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                                "botarmy_hitl.asgi:application"], cwd=ROOT, env=os.environ.copy(),
                               stdout=subprocess.DEVNULL, stderr=stderr_file)
+    _SERVERS.append(server.kill)
     try:
         for _ in range(100):
             try:
@@ -234,4 +262,5 @@ def daphne_server(port, key):
         except subprocess.TimeoutExpired:  # never leave a daphne behind
             server.kill()
             server.wait(timeout=20)
+        _SERVERS.remove(server.kill)
         stderr_file.close()

@@ -29,6 +29,7 @@ from common import (
     Client,
     agent_and_reviewer_fixtures,
     approval_request_body,
+    arm_deadline,
     arm_traceback_dump,
     backend_description,
     bench_defaults,
@@ -50,7 +51,9 @@ def main():
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds to let every agent park in its wait before the stop (default 2 + N/100)")
+    parser.add_argument("--deadline", type=float, default=600, help="seconds before the run gives up")
     args = parser.parse_args()
+    arm_deadline(args.deadline, "emergency")
     if not args.port:
         args.port = free_port()
 

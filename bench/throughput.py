@@ -35,8 +35,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import common
 from common import (
     Client,
+    arm_deadline,
     approval_request_body,
     arm_traceback_dump,
     backend_description,
@@ -109,6 +111,11 @@ def serve(workers, app="botarmy_hitl.asgi:application", health="/api/v1/health",
     proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "serve"), "--workers", str(workers),
                              "--port", str(port), "--app", app], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=log, start_new_session=True)
+
+    def kill_group():
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    common._SERVERS.append(kill_group)
     try:
         for _ in range(150):
             try:
@@ -141,6 +148,7 @@ def serve(workers, app="botarmy_hitl.asgi:application", health="/api/v1/health",
         except ProcessLookupError:
             pass
         proc.wait()
+        common._SERVERS.remove(kill_group)
         log.close()
         os.unlink(log.name)
 
@@ -375,6 +383,7 @@ def main():
     parser.add_argument("--deadline", type=float, default=900, help="seconds before the run gives up")
     args = parser.parse_args()
     bursts = [int(b) for b in args.burst.split(",") if b]
+    arm_deadline(args.deadline + 120, "throughput")  # a backstop: the run's own deadline stops it first
 
     bench_defaults()
     run = Run(args.deadline)
