@@ -20,7 +20,9 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework.exceptions import AuthenticationFailed
+from django.http import QueryDict
+from rest_framework.exceptions import APIException, AuthenticationFailed
+from rest_framework.renderers import JSONRenderer
 
 from access.authentication import api_key_check
 from approvals.models import AgentCallApproval
@@ -32,7 +34,17 @@ from approvals.services import (
     project_stop_group,
 )
 from core.api import parse_uuid
-from core.errors import error_body, retry_after_seconds, transient_db_error_kind, unavailable_body
+from core.errors import (
+    DomainError,
+    api_exception_handler,
+    error_body,
+    retry_after_seconds,
+    transient_db_error_kind,
+    unavailable_body,
+)
+from events.api import EventListApi
+from events.selectors import event_page
+from projects.permissions import project_for_user
 from core.wakeup import BatchLoader, BatchPoller, wakeup
 
 log = logging.getLogger(__name__)
@@ -199,3 +211,50 @@ class AgentApprovalWaitConsumer(AsyncHttpConsumer):
                 except asyncio.TimeoutError:
                     return
                 woken.clear()
+
+
+# --- GET /api/v1/events: the outbox feed, async end to end --------------------------------------
+@db_read
+def _event_feed(scope) -> tuple[int, bytes]:
+    """(status, JSON body) of one page of a project's events, as events.api.EventListApi answers
+    it (same validation, visibility and error shapes), in one trip to a database thread."""
+    user = _authenticate(scope)
+    try:
+        query = QueryDict((scope.get("query_string") or b"").decode("utf-8"))
+        s = EventListApi.FilterSerializer(data=query)
+        s.is_valid(raise_exception=True)
+        project = project_for_user(user=user, project_id=s.validated_data["project_id"])
+        page = event_page(project=project, after=s.validated_data["after"], limit=s.validated_data["limit"])
+    except (APIException, DomainError) as exc:
+        response = api_exception_handler(exc, {})
+        return response.status_code, JSONRenderer().render(response.data)
+    return 200, JSONRenderer().render(page)
+
+
+class EventFeedConsumer(AsyncHttpConsumer):
+    """GET /api/v1/events without a thread of the request pool: authentication, the query and
+    the rendering run in one short database-thread call, the rest in the event loop. Other
+    methods go to Django's view (see approvals.routing.GetOr)."""
+
+    async def handle(self, body):
+        try:
+            status, payload = await _event_feed(self.scope)
+        except HttpError as err:
+            status, payload = err.status, json.dumps(err.body, separators=(",", ":")).encode()
+            await self.send_json_response(status, payload, err.headers)
+            return
+        except Exception as exc:  # noqa: BLE001 - the answer keeps the API's JSON error shape
+            kind = transient_db_error_kind(exc)
+            if kind is None:
+                log.exception("Internal Server Error: %s", self.scope.get("path"))
+                await self.send_json_response(500, json.dumps(error_body("server_error", "Internal server error."))
+                                              .encode())
+            else:
+                log.warning("transient database error, answered 503: %s: %s", kind, exc)
+                await self.send_json_response(503, json.dumps(unavailable_body(kind)).encode(),
+                                              [(b"Retry-After", str(retry_after_seconds()).encode())])
+            return
+        await self.send_json_response(status, payload)
+
+    async def send_json_response(self, status: int, body: bytes, headers=()):
+        await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])

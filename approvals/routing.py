@@ -2,7 +2,7 @@
 from channels.auth import AuthMiddlewareStack
 from django.urls import re_path
 
-from approvals.consumers import AgentApprovalWaitConsumer
+from approvals.consumers import AgentApprovalWaitConsumer, EventFeedConsumer
 
 
 class BearerOrSession:
@@ -21,7 +21,23 @@ class BearerOrSession:
         return await self.with_session(scope, receive, send)
 
 
-http_urlpatterns = [
-    re_path(r"^api/v1/agent-approvals/(?P<approval_id>[^/]+)/wait/?$",
-            BearerOrSession(AgentApprovalWaitConsumer.as_asgi())),
-]
+class GetOr:
+    """GET (and HEAD) to an async consumer, every other method to ``fallback`` (Django's view, which
+    answers them as before: 405, OPTIONS...)."""
+
+    def __init__(self, app, fallback):
+        self.app, self.fallback = app, fallback
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("method") in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        return await self.fallback(scope, receive, send)
+
+
+def http_urlpatterns(django_app) -> list:
+    """Routes served by consumers, in front of ``django_app`` (which serves the rest)."""
+    return [
+        re_path(r"^api/v1/agent-approvals/(?P<approval_id>[^/]+)/wait/?$",
+                BearerOrSession(AgentApprovalWaitConsumer.as_asgi())),
+        re_path(r"^api/v1/events$", GetOr(BearerOrSession(EventFeedConsumer.as_asgi()), django_app)),
+    ]

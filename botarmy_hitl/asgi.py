@@ -25,8 +25,8 @@ from events.routing import websocket_urlpatterns  # noqa: E402
 # still gets API.md's JSON error (400, 500, or 503 for a transient database error).
 application = ApiErrorGuard(ProtocolTypeRouter(
     {
-        # Long polls are Channels consumers (no thread or DB connection per waiter); the rest is Django.
-        "http": URLRouter([*http_urlpatterns, re_path(r"", django_asgi_app)]),
+        # Long polls and the events feed are Channels consumers (no request thread held); the rest is Django.
+        "http": URLRouter([*http_urlpatterns(django_asgi_app), re_path(r"", django_asgi_app)]),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 ))

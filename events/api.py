@@ -6,8 +6,7 @@ from rest_framework.views import APIView
 from projects.permissions import project_for_user
 from core.api import error_responses
 from events.models import EventType
-from events.selectors import event_list
-from events.services import event_payload
+from events.selectors import event_page
 
 
 class EventSerializer(serializers.Serializer):
@@ -46,16 +45,11 @@ class EventListApi(APIView):
         },
     )
     def get(self, request):
-        """A project's events in id order, after a given id: the outbox over HTTP."""
+        """A project's events in id order, after a given id: the outbox over HTTP. Served to
+        real clients by an async consumer (approvals.consumers.EventFeedConsumer) with the same
+        answers; this view documents it and serves the test client."""
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
         project = project_for_user(user=request.user, project_id=s.validated_data["project_id"])
-        limit = s.validated_data["limit"]
-        events = event_list(project=project, after=s.validated_data["after"], limit=limit + 1)
-        has_more = len(events) > limit
-        events = events[:limit]
-        return Response({
-            "results": [event_payload(e) for e in events],
-            "last_event_id": events[-1].id if events else s.validated_data["after"],
-            "has_more": has_more,
-        })
+        return Response(event_page(project=project, after=s.validated_data["after"],
+                                   limit=s.validated_data["limit"]))

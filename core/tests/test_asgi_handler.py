@@ -239,6 +239,9 @@ def test_a_saturated_server_answers_503_with_retry_after_then_recovers(serve, pr
             assert_unavailable(future.result(30))
         # A page outside the API: the same 503 and Retry-After, in plain text.
         assert_unavailable(server.request("GET", "/admin/login/"), api=False)
+        # The long poll and the events feed hold no request thread: they are still served.
+        feed = assert_json(server.request("GET", f"/api/v1/events?project_id={project.pk}", key=agent_key), 200)
+        assert feed["has_more"] is False
         assert not blocked.done(), blocked.result()
     finally:
         lock.release()
@@ -351,3 +354,33 @@ def test_pages_and_api_answers_keep_their_status_and_content_type(serve, project
     assert assert_json(server.request("GET", f"/api/v1/tasks/{created['task_id']}", key=agent_key), 200)["title"] == \
         "through daphne"
     assert server.proc.poll() is None, server.log()
+
+
+def test_the_events_feed_served_async_answers_as_the_view_does(serve, project, agent, agent_key, make_user,
+                                                               client_for):
+    """GET /api/v1/events is served by an async consumer (approvals.consumers.EventFeedConsumer)
+    with the same answers as the DRF view (the test client's): pages, `after`, validation errors,
+    404 for a project the user cannot see, 401 without a key; other methods still reach the view."""
+    from events.services import event_emit
+    from projects.services import project_create
+
+    for i in range(5):
+        event_emit(project_id=project.pk, event_type="agent_approval_requested", data={"n": i})
+    admin = make_user("feed-admin", superuser=True)
+    hidden = project_create(actor=admin, name="Hidden", slug="hidden")
+    server = serve()
+    view = client_for(agent)
+    for query in (f"project_id={project.pk}", f"project_id={project.pk}&limit=2",
+                  f"project_id={project.pk}&after=1&limit=3", f"project_id={project.pk}&limit=0",
+                  "project_id=not-a-uuid", "", f"project_id={hidden.pk}", f"project_id={project.pk}&after=-1"):
+        status, headers, body, _ = server.request("GET", f"/api/v1/events?{query}", key=agent_key)
+        expected = view.get(f"/api/v1/events?{query}")
+        assert status == expected.status_code, (query, body)
+        assert headers["content-type"].startswith("application/json")
+        assert json.loads(body) == expected.json(), query
+    first = json.loads(server.request("GET", f"/api/v1/events?project_id={project.pk}&limit=2", key=agent_key)[2])
+    assert len(first["results"]) == 2 and first["has_more"] is True
+    status, headers, body, _ = server.request("GET", f"/api/v1/events?project_id={project.pk}")
+    assert status == 401 and json.loads(body)["error"] == "unauthenticated" and "www-authenticate" in headers
+    status, _, body, _ = server.request("POST", f"/api/v1/events?project_id={project.pk}", key=agent_key, body={})
+    assert status == 405 and json.loads(body)["error"] == "method_not_allowed"
