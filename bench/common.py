@@ -192,6 +192,30 @@ def set_large_budget(project, **limits):
         "daily_cost_limit": LARGE_COST, "monthly_cost_limit": LARGE_COST, **limits})
 
 
+def bench_project(name="Bench", slug="bench"):
+    """Set up Django, migrate, and write straight to the database: an admin, a project
+    ``"{name} {stamp}"`` (slug ``"{slug}-{stamp}"``) with a large budget, and an agent and a
+    reviewer with their roles on it. Returns (admin, project, agent, reviewer, stamp)."""
+    setup_django()
+    from django.contrib.auth import get_user_model
+
+    from access.services import role_grant
+    from projects.services import project_create
+
+    migrate()
+    User = get_user_model()
+    stamp = run_stamp()
+    admin = User.objects.create_superuser(username=f"{slug}-admin-{stamp}", password="x", email="b@example.com")
+    project = project_create(actor=admin, name=f"{name} {stamp}", slug=f"{slug}-{stamp}")
+    # Limits far above what the run needs: this measures approvals, not budget blocks.
+    set_large_budget(project)
+    agent = User.objects.create_user(username=f"{slug}-agent-{stamp}")
+    role_grant(user=agent, project=project, role="agent")
+    reviewer = User.objects.create_user(username=f"{slug}-reviewer-{stamp}")
+    role_grant(user=reviewer, project=project, role="reviewer")
+    return admin, project, agent, reviewer, stamp
+
+
 def agent_and_reviewer_fixtures(n_tasks, name="Bench", slug="bench"):
     """Set up Django, migrate, and write straight to the database: an admin, a project
     ``"{name} {stamp}"`` (slug ``"{slug}-{stamp}"``) with a large budget, an agent and a reviewer
@@ -199,23 +223,10 @@ def agent_and_reviewer_fixtures(n_tasks, name="Bench", slug="bench"):
 
     Returns (project_id, [task_id, ...], agent_key, reviewer_key), ids as text.
     """
-    setup_django()
-    from django.contrib.auth import get_user_model
+    _admin, project, agent, reviewer, _stamp = bench_project(name, slug)
+    from access.services import api_key_create
+    from projects.services import task_create
 
-    from access.services import api_key_create, role_grant
-    from projects.services import project_create, task_create
-
-    migrate()
-    User = get_user_model()
-    stamp = run_stamp()
-    admin = User.objects.create_superuser(username=f"bench-admin-{stamp}", password="x", email="b@example.com")
-    project = project_create(actor=admin, name=f"{name} {stamp}", slug=f"{slug}-{stamp}")
-    # Limits far above what the run needs: this measures approvals, not budget blocks.
-    set_large_budget(project)
-    agent = User.objects.create_user(username=f"bench-agent-{stamp}")
-    role_grant(user=agent, project=project, role="agent")
-    reviewer = User.objects.create_user(username=f"bench-reviewer-{stamp}")
-    role_grant(user=reviewer, project=project, role="reviewer")
     tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"bench {i}").pk
              for i in range(n_tasks)]
     return (str(project.pk), [str(t) for t in tasks], api_key_create(user=agent)[1],

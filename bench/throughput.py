@@ -44,11 +44,9 @@ from common import (
     backend_description,
     bench_defaults,
     free_port,
+    bench_project,
     latency_summary,
-    migrate,
-    run_stamp,
     set_large_budget,
-    setup_django,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -340,23 +338,13 @@ class TaskPool:
 
 
 def fixtures(n_tasks, n_spread=0, spread_projects=10):
-    setup_django()
-    from django.contrib.auth import get_user_model
-
+    """The project of bench_project with ``n_tasks`` tasks, and ``n_spread`` more tasks spread over
+    ``spread_projects`` other projects where the same agent and reviewer have their roles."""
+    admin, project, agent, reviewer, stamp = bench_project("Throughput", "throughput")
     from access.services import api_key_create, role_grant
     from projects.models import Task
     from projects.services import project_create
 
-    migrate()
-    User = get_user_model()
-    stamp = run_stamp()
-    admin = User.objects.create_superuser(username=f"tp-admin-{stamp}", password="x", email="t@example.com")
-    project = project_create(actor=admin, name=f"Throughput {stamp}", slug=f"throughput-{stamp}")
-    set_large_budget(project)
-    agent = User.objects.create_user(username=f"tp-agent-{stamp}")
-    role_grant(user=agent, project=project, role="agent")
-    reviewer = User.objects.create_user(username=f"tp-reviewer-{stamp}")
-    role_grant(user=reviewer, project=project, role="reviewer")
     tasks = Task.objects.bulk_create(Task(project=project, agent_type="coder", title=f"tp {i}", created_by=agent)
                                      for i in range(n_tasks))
     spread = []
