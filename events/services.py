@@ -3,6 +3,7 @@ import zlib
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
+from django.utils import timezone
 
 from audit.services import to_json
 from core.uow import defer_or_run
@@ -47,10 +48,32 @@ def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Even
                                                  task_id=task_id))
 
 
+_INSERT = None
+
+
+def _insert(event: Event) -> None:
+    """INSERT the outbox row (one hand-written statement: every write emits at least one)."""
+    global _INSERT
+    if _INSERT is None:
+        quote = connection.ops.quote_name
+        fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+        returning = f" RETURNING {quote(Event._meta.pk.column)}" \
+            if connection.features.can_return_columns_from_insert else ""
+        _INSERT = (f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+                   f"VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields)
+    sql, fields = _INSERT
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields])
+        event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
+            connection.ops.last_insert_id(cursor, Event._meta.db_table, Event._meta.pk.column)
+    event._state.adding, event._state.db = False, connection.alias
+
+
 @transaction.atomic(savepoint=False)  # inside a unit of work: its failure fails the whole write
 def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
     _lock_project_stream(project_id)
-    event = Event.objects.create(project_id=project_id, task_id=task_id, event_type=event_type, data=data)
+    event = Event(project_id=project_id, task_id=task_id, event_type=event_type, data=data, created_at=timezone.now())
+    _insert(event)
     payload = event_payload(event)
 
     def broadcast():
