@@ -4,12 +4,12 @@
 
 PostgreSQL only (it refuses to run otherwise, exit 2). In-process, no HTTP server: --threads real
 threads call ``approvals.services.agent_approval_request`` directly (each reserves its call's
-estimate against the project's day and month windows under the project's row lock, or is created
-blocked behind a budget override). Users, projects, budgets and tasks are made first (not timed),
+estimate against the project's day and month windows, under their row locks and the project's
+shared lock, or is created blocked behind a budget override). Users, projects, budgets and tasks are made first (not timed),
 with unique slugs per run. Two scenarios, N calls each, every call estimated at 1000 tokens and
 1.0000 USD:
   hot     N calls against ONE project whose daily cost limit fits N/2 calls (so every reservation
-          takes that one project's lock; half are admitted, half blocked)
+          takes that one project's windows' locks; half are admitted, half blocked)
   spread  N calls against N projects, one call each, every limit fitting
 Prints one JSON object {"database", "n", "threads", "hot": {...}, "spread": {...}}, each scenario:
   reservations_per_second   calls handled (admitted or blocked) per second of the scenario's wall time
