@@ -57,7 +57,8 @@ class UnitOfWork:
     def __init__(self, scope: str):
         self.scope = scope
         self.stage = -1
-        self._deferred: dict[str, list[Callable[[], object]]] = {"outbox": [], "audit_chain": []}
+        self._deferred: dict[str, list[Callable[[], object]]] = {"agent_state": [], "outbox": [], "audit_chain": []}
+        self._deferred_keys: set = set()
         self.flushed = False
 
     # --- locks ------------------------------------------------------------------------------
@@ -86,10 +87,15 @@ class UnitOfWork:
         return list(queryset.select_for_update(of=("self",)).order_by(*order_by))
 
     # --- buffered writes --------------------------------------------------------------------
-    def defer(self, stage: str, write: Callable[[], object]) -> None:
-        """Run ``write`` at the end of the unit of work, in the stage's place of the order."""
+    def defer(self, stage: str, write: Callable[[], object], key=None) -> None:
+        """Run ``write`` at the end of the unit of work, in the stage's place of the order (once per
+        ``key`` when one is given)."""
         if self.flushed:
             raise RuntimeError("this unit of work is already flushed")
+        if key is not None:
+            if (stage, key) in self._deferred_keys:
+                return
+            self._deferred_keys.add((stage, key))
         self._deferred[stage].append(write)
 
     def mark(self) -> dict[str, int]:
@@ -101,10 +107,12 @@ class UnitOfWork:
         rows and events."""
         for stage, length in mark.items():
             del self._deferred[stage][length:]
+        self._deferred_keys.clear()  # a dropped write may be deferred again
 
     def flush(self) -> None:
-        """Write the buffered outbox events, then the audit rows (still inside the transaction)."""
-        for stage in ("outbox", "audit_chain"):
+        """Refresh the agent states, write the buffered outbox events, then the audit rows (still
+        inside the transaction): the hot rows are locked last and held shortest."""
+        for stage in ("agent_state", "outbox", "audit_chain"):
             writes, self._deferred[stage] = self._deferred[stage], []
             if writes:
                 self.enter_stage(stage)
@@ -125,12 +133,13 @@ def deactivate(token) -> None:
     _current.reset(token)
 
 
-def defer_or_run(stage: str, write: Callable[[], object]):
-    """Used by audit_record and event_emit: inside a unit of work, write at its end (returns
-    None); outside one (a plain transaction, a test), write now and return the result."""
+def defer_or_run(stage: str, write: Callable[[], object], key=None):
+    """Used by agent_state_refresh, audit_record and event_emit: inside a unit of work, write at
+    its end (returns None; once per ``key``); outside one (a plain transaction, a test), write now
+    and return the result."""
     uow = _current.get()
     if uow is not None and not uow.flushed:
-        uow.defer(stage, write)
+        uow.defer(stage, write, key)
         return None
     return write()
 

@@ -121,11 +121,15 @@ def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = No
     that changed them): waiting_for_hitl while a task waits for a person (the most recent one is
     its current task), working while one runs, else idle, or error after a failure
     (``failed=True``) until a success (``failed=False``). An emergency stop is left for recovery
-    to lift. One statement, which locks the state's row (stage "agent_state")."""
+    to lift. One statement, which locks the state's row: inside a unit of work it runs at the
+    unit's end (stage "agent_state", just before the outbox and the audit rows), so that hot row
+    is held only for the last statements of the transaction."""
+    core_uow.defer_or_run("agent_state", lambda: _refresh(project_id, agent_type, failed),
+                          key=(str(project_id), agent_type, failed))
+
+
+def _refresh(project_id, agent_type: str, failed: bool | None) -> None:
     global _REFRESH_SQL
-    uow = core_uow.current()
-    if uow is not None:
-        uow.enter_stage("agent_state")
     if _REFRESH_SQL is None:
         _REFRESH_SQL = _refresh_sql()
     params = {
