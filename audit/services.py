@@ -47,7 +47,7 @@ def _sql() -> dict[str, str]:
         returning = f" RETURNING {quote(event.pk.column)}" if connection.features.can_return_columns_from_insert else ""
         _SQL.update(
             lock=f"SELECT {quote(chain.pk.column)}, {quote('key')}, last_seq, last_hash FROM {quote(chain.db_table)} "
-                 f"WHERE {quote('key')} = %s" + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
+                 f"WHERE {quote('key')} = %s" + (" FOR NO KEY UPDATE" if connection.features.has_select_for_update else ""),
             insert=f"INSERT INTO {quote(event.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
                    f"VALUES ({', '.join(['%s'] * len(columns))}){returning}",
             head=f"UPDATE {quote(chain.db_table)} SET last_seq = %s, last_hash = %s WHERE {quote(chain.pk.column)} = %s",

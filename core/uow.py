@@ -77,14 +77,16 @@ class UnitOfWork:
         return saved
 
     def lock(self, stage: str, queryset, **lookup):
-        """Lock and return one row (``queryset.select_for_update().get(**lookup)``)."""
+        """Lock and return one row (``SELECT ... FOR NO KEY UPDATE``: no writer changes a key, and a
+        lock that does not block the foreign-key checks of other transactions cannot deadlock
+        with them; on SQLite the transaction's write lock is the lock)."""
         self.enter_stage(stage)
-        return queryset.select_for_update(of=("self",)).get(**lookup)
+        return queryset.select_for_update(of=("self",), no_key=True).get(**lookup)
 
     def lock_many(self, stage: str, queryset, *, order_by=("pk",)) -> list:
         """Lock many rows of one stage in a stable order (by primary key unless told)."""
         self.enter_stage(stage)
-        return list(queryset.select_for_update(of=("self",)).order_by(*order_by))
+        return list(queryset.select_for_update(of=("self",), no_key=True).order_by(*order_by))
 
     # --- buffered writes --------------------------------------------------------------------
     def defer(self, stage: str, write: Callable[[], object], key=None) -> None:

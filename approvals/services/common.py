@@ -95,7 +95,7 @@ def _lock_call(approval_id) -> AgentCallApproval:
                                           Columns(User, "d"))
         quote = connection.ops.quote_name
         field = lambda name: quote(AgentCallApproval._meta.get_field(name).column)  # noqa: E731
-        lock = " FOR UPDATE OF a, t" if connection.features.has_select_for_update_of else ""
+        lock = " FOR NO KEY UPDATE OF a, t" if connection.features.has_select_for_update_of else ""
         _CALL_SQL = (
             f"SELECT {call.sql}, {task.sql}, {requester.sql}, {decider.sql} "
             f"FROM {quote(AgentCallApproval._meta.db_table)} a "

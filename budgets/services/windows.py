@@ -113,7 +113,7 @@ def _window_sql() -> dict:
         _SQL["update"] = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
                           f"WHERE {quote(meta.pk.column)} = %s", fields)
         columns = Columns(BudgetWindow, "w")
-        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        lock = " FOR NO KEY UPDATE" if connection.features.has_select_for_update else ""
         _SQL["lock"] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} w WHERE w.{column('project')} = %s "
                         f"AND w.{column('start')} <= %s AND w.{column('end')} > %s "
                         f"ORDER BY w.{column('kind')}, w.{column('start')}{lock}", columns)
