@@ -156,40 +156,48 @@ def _due_for_release(approval_ids) -> list:
         ~Q(status=AgentCallApproval.Status.PENDING) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
 
 
-class AgentApprovalWaitConsumer(AsyncHttpConsumer):
+class JsonHttpConsumer(AsyncHttpConsumer):
+    """An HTTP consumer that answers in API.md's JSON shape: ``answer()`` returns (status, body
+    bytes); an HttpError is its own answer, a transient database error 503 with Retry-After (as
+    core.errors does), anything else a JSON 500."""
+
+    async def answer(self) -> tuple[int, bytes]:
+        raise NotImplementedError
+
     async def handle(self, body):
+        headers = []
         try:
-            if self.scope["method"] != "GET":
-                raise HttpError(405, error_body("method_not_allowed", f'Method "{self.scope["method"]}" not allowed.'),
-                                [(b"Allow", b"GET")])
-            try:
-                approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
-            except Exception:
-                raise HttpError(404, error_body("not_found", "Not found.")) from None
-            approval, payload = await _open(self.scope, approval_id)
-            timeout = _parse_timeout(self.scope.get("query_string", b""))
-            if payload is None:
-                await self.wait_for_decision(approval.pk, approval.project_id, timeout)
-                payload = await _render(approval.pk)
+            status, payload = await self.answer()
         except HttpError as err:
-            await self.send_json_response(err.status, json.dumps(err.body, separators=(",", ":")).encode(),
-                                          err.headers)
-            return
+            status, payload, headers = err.status, json.dumps(err.body, separators=(",", ":")).encode(), err.headers
         except Exception as exc:  # noqa: BLE001 - the answer keeps the API's JSON error shape
             kind = transient_db_error_kind(exc)
             if kind is None:
                 log.exception("Internal Server Error: %s", self.scope.get("path"))
-                status, body, headers = 500, error_body("server_error", "Internal server error."), []
-            else:  # a deadlock, lock timeout, exhausted pool...: retry shortly (as core.errors does)
+                status, body_ = 500, error_body("server_error", "Internal server error.")
+            else:  # a deadlock, lock timeout, exhausted pool...: retry shortly
                 log.warning("transient database error, answered 503: %s: %s", kind, exc)
-                status, body = 503, unavailable_body(kind)
+                status, body_ = 503, unavailable_body(kind)
                 headers = [(b"Retry-After", str(retry_after_seconds()).encode())]
-            await self.send_json_response(status, json.dumps(body, separators=(",", ":")).encode(), headers)
-            return
-        await self.send_json_response(200, payload)
+            payload = json.dumps(body_, separators=(",", ":")).encode()
+        await self.send_response(status, payload, headers=[(b"Content-Type", b"application/json"), *headers])
 
-    async def send_json_response(self, status: int, body: bytes, headers=()):
-        await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])
+
+class AgentApprovalWaitConsumer(JsonHttpConsumer):
+    async def answer(self):
+        if self.scope["method"] != "GET":
+            raise HttpError(405, error_body("method_not_allowed", f'Method "{self.scope["method"]}" not allowed.'),
+                            [(b"Allow", b"GET")])
+        try:
+            approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
+        except Exception:
+            raise HttpError(404, error_body("not_found", "Not found.")) from None
+        approval, payload = await _open(self.scope, approval_id)
+        timeout = _parse_timeout(self.scope.get("query_string", b""))
+        if payload is None:
+            await self.wait_for_decision(approval.pk, approval.project_id, timeout)
+            payload = await _render(approval.pk)
+        return 200, payload
 
     async def wait_for_decision(self, approval_id, project_id, timeout: float) -> None:
         if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
@@ -231,30 +239,10 @@ def _event_feed(scope) -> tuple[int, bytes]:
     return 200, JSONRenderer().render(page)
 
 
-class EventFeedConsumer(AsyncHttpConsumer):
+class EventFeedConsumer(JsonHttpConsumer):
     """GET /api/v1/events without a thread of the request pool: authentication, the query and
     the rendering run in one short database-thread call, the rest in the event loop. Other
     methods go to Django's view (see approvals.routing.GetOr)."""
 
-    async def handle(self, body):
-        try:
-            status, payload = await _event_feed(self.scope)
-        except HttpError as err:
-            status, payload = err.status, json.dumps(err.body, separators=(",", ":")).encode()
-            await self.send_json_response(status, payload, err.headers)
-            return
-        except Exception as exc:  # noqa: BLE001 - the answer keeps the API's JSON error shape
-            kind = transient_db_error_kind(exc)
-            if kind is None:
-                log.exception("Internal Server Error: %s", self.scope.get("path"))
-                await self.send_json_response(500, json.dumps(error_body("server_error", "Internal server error."))
-                                              .encode())
-            else:
-                log.warning("transient database error, answered 503: %s: %s", kind, exc)
-                await self.send_json_response(503, json.dumps(unavailable_body(kind)).encode(),
-                                              [(b"Retry-After", str(retry_after_seconds()).encode())])
-            return
-        await self.send_json_response(status, payload)
-
-    async def send_json_response(self, status: int, body: bytes, headers=()):
-        await self.send_response(status, body, headers=[(b"Content-Type", b"application/json"), *headers])
+    async def answer(self):
+        return await _event_feed(self.scope)

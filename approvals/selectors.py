@@ -3,7 +3,7 @@ from rest_framework.exceptions import NotFound
 
 from core.api import get_or_404, parse_uuid
 from core.request_cache import memo
-from projects.permissions import in_visible_projects, visible_project_ids
+from projects.permissions import in_visible_projects
 
 
 def call_route_key(approval_id) -> tuple:
@@ -21,11 +21,8 @@ def agent_approval_route(*, user, approval_id) -> dict:
     task (which never change) are kept for the rest of the request, so the service's unit of
     work need not look them up again."""
     pk = parse_uuid(approval_id)
-    project_ids = [pk_ for pk_ in visible_project_ids(user)] if not user.is_superuser else None
-    qs = AgentCallApproval.objects.filter(pk=pk)
-    if project_ids is not None:
-        qs = qs.filter(project_id__in=project_ids)
-    route = qs.values("id", "project_id", "task_id", "requested_by_id").first() if user.is_active else None
+    route = AgentCallApproval.objects.filter(in_visible_projects(user), pk=pk).values(
+        "id", "project_id", "task_id", "requested_by_id").first()
     if route is None:
         raise NotFound()
     memo(call_route_key(pk), lambda: {"project_id": route["project_id"], "task_id": route["task_id"]})

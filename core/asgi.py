@@ -27,7 +27,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.db import close_old_connections
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from core.errors import error_body, retry_after_seconds
@@ -40,8 +40,6 @@ def _saturated_response(path: str):
         response = JsonResponse(error_body("unavailable", "The server is saturated; retry the request shortly."),
                                 status=503)
     else:
-        from django.http import HttpResponse
-
         response = HttpResponse("The server is busy; retry shortly.", status=503, content_type="text/plain")
     response["Retry-After"] = str(retry_after_seconds())
     return response

@@ -27,18 +27,13 @@ from django.conf import settings
 from django.db import connection
 
 from access.services import api_key_create
+from core.tests.daphne import free_port, stop, wait_until_listening
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE_TIMEOUT = 0.5  # HITL_QUEUE_TIMEOUT_SECONDS of the saturation test's server
 SERVER_APP_NAME = "hitl-asgi-handler-test"
 RETRY_AFTER = 3  # HITL_RETRY_AFTER_SECONDS of every server here (not the default 1, to see it is used)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _on_postgres() -> bool:
@@ -97,7 +92,7 @@ def serve(tmp_path, transactional_db):
     started: list[Server] = []
 
     def start(daphne_args=(), **extra_env) -> Server:
-        port = _free_port()
+        port = free_port()
         db_env = _server_database_env(tmp_path)
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "REDIS_URL": "",
                "HITL_VAR_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": settings.SECRET_KEY, "DJANGO_DEBUG": "0",
@@ -111,27 +106,14 @@ def serve(tmp_path, transactional_db):
                                     stdout=log_file, stderr=subprocess.STDOUT)
         server = Server(port, proc, log_path, db_env)
         started.append(server)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"daphne did not start: {server.log()}") from None
-                time.sleep(0.1)
+        wait_until_listening(proc, port, server.log)
         return server
 
     try:
         yield start
     finally:
         for server in started:
-            server.proc.terminate()
-            try:
-                server.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait()
+            stop(server.proc)
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ Successful answers still negotiate as before (the browsable API for ``text/html`
 """
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from http.client import HTTPConnection
 
 import pytest
@@ -20,6 +18,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from core.middleware import ApiErrorGuard, disable_server_form_parsing, request_head_problem
+from core.tests.daphne import free_port, stop, wait_until_listening
 
 pytestmark = pytest.mark.django_db
 
@@ -253,17 +252,11 @@ def test_wait_errors_are_json(bearer, accept):
 
 
 # --- through daphne itself ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def daphne_server(tmp_path):
     """A real daphne serving botarmy_hitl.asgi:application (SQLite under tmp_path, in-process
     channel layer); the requests below need no database row."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DATABASE_URL": "", "REDIS_URL": "",
            "HITL_VAR_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "daphne-test", "DJANGO_DEBUG": "0",
            "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
@@ -271,23 +264,10 @@ def daphne_server(tmp_path):
                              "botarmy_hitl.asgi:application"], cwd=settings.BASE_DIR, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"daphne did not start: {proc.stdout.read().decode()[-2000:]}") from None
-                time.sleep(0.1)
+        wait_until_listening(proc, port, lambda: proc.stdout.read().decode()[-2000:])
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _post(port, path, content_type, body, accept=None):
