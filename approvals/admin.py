@@ -4,14 +4,23 @@ nothing here writes ``status``."""
 import json
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from projects import roles
 from projects.permissions import has_project_perm, project_visible_to
-from approvals.models import AgentCallApproval, ModelPrice
-from approvals.services import agent_approval_decide, budget_override_respond
+from approvals.models import AgentCallApproval, FlagSuppression, ModelPrice, ResponseApproval, RuleSetting
+from approvals.services import (
+    agent_approval_decide,
+    budget_override_respond,
+    flag_suppression_revoke,
+    response_approval_decide,
+    rule_precision,
+    rule_setting_save,
+)
+from approvals.services.calibration import PRECISION_DAYS
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
 from core.admin import ReadOnlyAdminMixin, ask_reason
@@ -234,3 +243,251 @@ class BudgetOverrideDecideAdmin(BudgetOverrideAdmin):
             return form
         self._respond(request, queryset, "reject", reason)
         return None
+
+
+def _flag_table(flags, empty="none"):
+    if not flags:
+        return empty
+    rows = format_html_join(
+        "", '<tr><td style="color:{}"><b>{}</b></td><td>{}</td><td>{}</td><td><code>{}</code></td>'
+            '<td><code title="fingerprint (for a suppression)">{}</code></td></tr>',
+        ((RISK_COLOURS.get(f.get("severity"), "#555"), f.get("severity"), f.get("code"), f.get("message"),
+          f.get("location", ""), f.get("fingerprint", "")) for f in flags))
+    return format_html("<table><tr><th>severity</th><th>check</th><th>finding</th><th>where</th><th>id</th></tr>"
+                       "{}</table>", rows)
+
+
+RESPONSE_PAST = {"approve": "approved", "reject": "rejected", "requires_modification": "sent back for modification"}
+
+
+@admin.register(ResponseApproval)
+class ResponseApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The queue of agents' outputs waiting for a person, with the analyzer's findings."""
+
+    list_display = ["short_summary", "project", "agent_type", "status", "risk", "safety", "flag_count", "age",
+                    "time_left", "submitted_by"]
+    list_display_links = ["short_summary"]
+    list_filter = ["status", "agent_type", ("project", VisibleProjectFilter)]
+    search_fields = ["response_summary"]
+    list_per_page = 50
+    actions = ["approve_selected", "reject_selected", "send_back_selected"]
+    fieldsets = [
+        (None, {"fields": ["status", "project_name", "task_title", "agent_type", "submitter", "call_action",
+                           "response_summary", "next_steps_list"]}),
+        ("Analysis", {"fields": ["risk", "safety", "confidence", "flags", "observed", "suppressed", "quality",
+                                 "recommendations", "tools"]}),
+        ("Output", {"fields": ["response_pretty"]}),
+        ("Usage", {"fields": ["tokens_used", "actual_cost"]}),
+        ("Decision", {"fields": ["decider", "rejection_reason", "modifications_required", "modification_round",
+                                 "created_at", "responded_at", "expires_at", "time_left"]}),
+    ]
+    readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("project", "task", "submitted_by", "approved_by",
+                                                            "agent_call_approval")
+
+    def get_ordering(self, request):
+        pending_first = Case(When(status=ResponseApproval.Status.PENDING, then=Value(0)), default=Value(1),
+                             output_field=IntegerField())
+        return [pending_first.asc(), "safety_score", "created_at"]
+
+    @admin.display(description="summary", ordering="response_summary")
+    def short_summary(self, obj):
+        text = obj.response_summary or f"({obj.agent_type} output)"
+        return text if len(text) <= 80 else text[:77] + "…"
+
+    @admin.display(description="risk")
+    def risk(self, obj):
+        level = (obj.analysis or {}).get("level", "low")
+        return format_html('<b style="color:{}">{}</b>', RISK_COLOURS.get(level, "#555"), level)
+
+    @admin.display(description="safety", ordering="safety_score")
+    def safety(self, obj):
+        return f"{obj.safety_score:.2f}"
+
+    @admin.display(description="confidence")
+    def confidence(self, obj):
+        return f"{obj.confidence_score:.2f}"
+
+    @admin.display(description="flags")
+    def flag_count(self, obj):
+        return len(obj.risk_flags or ())
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj):
+        return _duration((timezone.now() - obj.created_at).total_seconds())
+
+    @admin.display(description="time left")
+    def time_left(self, obj):
+        if obj.status != ResponseApproval.Status.PENDING:
+            return "—"
+        left = (obj.expires_at - timezone.now()).total_seconds()
+        return "expired" if left <= 0 else _duration(left)
+
+    @admin.display(description="project")
+    def project_name(self, obj):
+        return f"{obj.project.name} ({obj.project.slug})"
+
+    @admin.display(description="task")
+    def task_title(self, obj):
+        return f"{obj.task.title} ({obj.task_id})"
+
+    @admin.display(description="submitted by")
+    def submitter(self, obj):
+        return obj.submitted_by.get_username()
+
+    @admin.display(description="approved call")
+    def call_action(self, obj):
+        return f"{obj.agent_call_approval.proposed_action[:200]} ({obj.agent_call_approval_id})"
+
+    @admin.display(description="next steps")
+    def next_steps_list(self, obj):
+        return format_html("<ol>{}</ol>", format_html_join("", "<li>{}</li>", ((s,) for s in obj.next_steps or ())))
+
+    @admin.display(description="flags (scored)")
+    def flags(self, obj):
+        return _flag_table(obj.risk_flags)
+
+    @admin.display(description="observed (rules in observe mode or under threshold)")
+    def observed(self, obj):
+        return _flag_table((obj.analysis or {}).get("observed_flags"))
+
+    @admin.display(description="suppressed by a reviewer")
+    def suppressed(self, obj):
+        return _flag_table((obj.analysis or {}).get("suppressed_flags"))
+
+    @admin.display(description="quality")
+    def quality(self, obj):
+        return ", ".join(f"{k}: {v}" for k, v in sorted((obj.quality_metrics or {}).items())) or "—"
+
+    @admin.display(description="recommendations")
+    def recommendations(self, obj):
+        items = (obj.analysis or {}).get("recommendations") or []
+        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((r,) for r in items))) if items else "—"
+
+    @admin.display(description="analyzers and tools")
+    def tools(self, obj):
+        analysis = obj.analysis or {}
+        return format_html("<code>{}</code>", json.dumps({"analyzers": analysis.get("analyzers"),
+                                                         "tools": analysis.get("tools")}, sort_keys=True))
+
+    @admin.display(description="agent output")
+    def response_pretty(self, obj):
+        return format_html('<pre style="white-space:pre-wrap;max-height:40em;overflow:auto">{}</pre>',
+                           json.dumps(obj.agent_response, indent=2, ensure_ascii=False))
+
+    @admin.display(description="decided by")
+    def decider(self, obj):
+        return obj.approved_by.get_username() if obj.approved_by_id else "—"
+
+    def _decide_each(self, request, queryset, decision: str, reason: str = ""):
+        for response in queryset:
+            label = f"“{self.short_summary(response)}” ({response.pk})"
+            if not has_project_perm(request.user, roles.REVIEW, response.project):
+                self.message_user(request, f"{label}: you may not decide responses in project {response.project}.",
+                                  messages.ERROR)
+                continue
+            try:
+                response_approval_decide(
+                    approval_id=response.pk, decider=request.user, decision=decision,
+                    reason=reason if decision != "requires_modification" else "",
+                    modifications_required=reason if decision == "requires_modification" else None)
+            except DomainError as err:
+                status = err.extra.get("status")
+                self.message_user(request, f"{label}: not {RESPONSE_PAST[decision]}: {err.detail}"
+                                  f"{f' (status {status})' if status else ''}", messages.WARNING)
+                continue
+            self.message_user(request, f"{label}: {RESPONSE_PAST[decision]}.", messages.SUCCESS)
+
+    @admin.action(description="Approve selected responses")
+    def approve_selected(self, request, queryset):
+        self._decide_each(request, queryset, "approve")
+
+    @admin.action(description="Reject selected responses (asks for a reason)")
+    def reject_selected(self, request, queryset):
+        reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject agent outputs",
+                                  question=f"Reject these {queryset.count()} output(s)? The agents are told the "
+                                           f"reason.", submit_label="Reject")
+        if form is not None:
+            return form
+        self._decide_each(request, queryset, "reject", reason)
+        return None
+
+    @admin.action(description="Send selected back for modification (asks what must change)")
+    def send_back_selected(self, request, queryset):
+        reason, form = ask_reason(self, request, queryset, action="send_back_selected",
+                                  title="Send agent outputs back for modification",
+                                  question="What must change? The agents redo the work under a new call approval.",
+                                  submit_label="Send back")
+        if form is not None:
+            return form
+        self._decide_each(request, queryset, "requires_modification", reason)
+        return None
+
+
+@admin.register(RuleSetting)
+class RuleSettingAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
+    """Analyzer rules per project: each rule's precision over the last 30 days (from reviewers'
+    decisions) above the list; a manager turns a noisy rule to ``observe`` or raises its
+    threshold. Saved through approvals.services.rule_setting_save (audited)."""
+
+    change_list_template = "admin/approvals/rulesetting/change_list.html"
+    list_display = ["code", "project", "mode", "threshold", "note", "updated_by", "updated_at"]
+    list_filter = ["mode", ("project", VisibleProjectFilter)]
+    fields = ["project", "code", "mode", "threshold", "note"]
+
+    def _manages(self, request, project_id) -> bool:
+        return has_project_perm(request.user, roles.MANAGE, project_id)
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_staff and any(
+            self._manages(request, p.pk) for p in project_visible_to(user=request.user))
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:
+            return self.has_add_permission(request)
+        return self._manages(request, obj.project_id)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["project", "code"] if obj is not None else []
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "project":
+            kwargs["queryset"] = project_visible_to(user=request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if not self._manages(request, obj.project_id):
+            raise PermissionDenied
+        saved = rule_setting_save(actor=request.user, project_id=obj.project_id, code=obj.code, mode=obj.mode,
+                                  threshold=obj.threshold, note=obj.note)
+        obj.pk = saved.pk
+
+    def changelist_view(self, request, extra_context=None):
+        projects = list(project_visible_to(user=request.user).values_list("pk", flat=True))
+        return super().changelist_view(request, extra_context={
+            **(extra_context or {}), "precision_days": PRECISION_DAYS,
+            "precision_rows": rule_precision(project_ids=projects)})
+
+
+@admin.register(FlagSuppression)
+class FlagSuppressionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Findings reviewers marked false positives (made through the API, audited)."""
+
+    list_display = ["code", "fingerprint", "project", "reason", "expires_at", "created_by", "revoked_at"]
+    list_filter = [("project", VisibleProjectFilter)]
+    actions = ["revoke_selected"]
+
+    @admin.action(description="Revoke selected suppressions")
+    def revoke_selected(self, request, queryset):
+        for row in queryset:
+            try:
+                flag_suppression_revoke(actor=request.user, suppression_id=row.pk)
+            except DomainError as err:
+                self.message_user(request, f"{row}: {err.detail}", messages.WARNING)
+                continue
+            self.message_user(request, f"{row}: revoked.", messages.SUCCESS)

@@ -12,6 +12,7 @@ from projects import roles
 from core.errors import Forbidden
 from projects.permissions import (
     has_project_perm,
+    in_visible_projects,
     project_for_user,
     require_not_requester,
     require_project_perm_by_id,
@@ -19,10 +20,12 @@ from projects.permissions import (
 from approvals import selectors, services
 from budgets.api import overrides_visible_to
 from budgets.serializers import BudgetOverrideOutputSerializer
-from approvals.models import AgentCallApproval
+from approvals.models import AgentCallApproval, FlagSuppression, ResponseApproval
 from approvals.serializers import (
     AgentCallApprovalOutputSerializer,
     AgentCallApprovalStartOutputSerializer,
+    FlagSuppressionOutputSerializer,
+    ResponseApprovalOutputSerializer,
 )
 from core.api import (
     IDEMPOTENCY_HEADER,
@@ -205,3 +208,158 @@ class BudgetOverrideRespondApi(APIView):
         s.is_valid(raise_exception=True)
         override = services.budget_override_respond(override_id=override.pk, actor=request.user, **s.validated_data)
         return Response(BudgetOverrideOutputSerializer(override).data)
+
+
+# --- Response approvals -------------------------------------------------------------------------
+
+def _string_list(value):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise serializers.ValidationError("Must be a list of strings.")
+    if len(value) > 100:
+        raise serializers.ValidationError("At most 100 steps.")
+    return value
+
+
+class ResponseApprovalCreateApi(APIView):
+    @extend_schema_serializer(component_name="ResponseApprovalCreateInput")
+    class InputSerializer(serializers.Serializer):
+        project_id = StrictUUIDField()
+        task_id = StrictUUIDField()
+        agent_type = serializers.ChoiceField(choices=AgentType.choices)
+        original_call_approval_id = StrictUUIDField()
+        agent_response = serializers.JSONField(validators=[_object])
+        response_summary = StrictCharField(allow_blank=True, max_length=MAX_TEXT)
+        next_steps = serializers.JSONField(validators=[_string_list])
+        tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+        actual_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+        timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
+
+    @extend_schema(operation_id="response_approvals_create", request=InputSerializer,
+                   parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: ResponseApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
+    @idempotent
+    def post(self, request):
+        """The agent that ran a started call submits its output for review (agent role). Settles
+        the call's budget reservation with `tokens_used` / `actual_cost` (priced from the call's
+        model when omitted) exactly once, and runs the safety analyzer. 409 unless the call is
+        approved and started and has no response yet; a critical flag stops the project (423)."""
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        data = s.validated_data
+        project_id = require_project_perm_by_id(request.user, roles.ACT_AS_AGENT, data["project_id"],
+                                                "submit agent responses")
+        response = services.response_approval_submit(
+            submitter=request.user, project_id=project_id, task_id=data["task_id"], agent_type=data["agent_type"],
+            call_approval_id=data["original_call_approval_id"], agent_response=data["agent_response"],
+            response_summary=data["response_summary"], next_steps=data["next_steps"],
+            tokens_used=data["tokens_used"], actual_cost=data.get("actual_cost"),
+            timeout_minutes=data.get("timeout_minutes"))
+        return Response(ResponseApprovalOutputSerializer(response).data, status=status.HTTP_201_CREATED)
+
+
+class ResponseApprovalDetailApi(APIView):
+    @extend_schema(operation_id="response_approvals_retrieve",
+                   responses={200: ResponseApprovalOutputSerializer, **error_responses(404)})
+    def get(self, request, approval_id):
+        response = selectors.response_approval_for(user=request.user, approval_id=approval_id)
+        return Response(ResponseApprovalOutputSerializer(response).data)
+
+
+class ResponseApprovalRespondApi(APIView):
+    @extend_schema_serializer(component_name="ResponseApprovalRespondInput")
+    class InputSerializer(serializers.Serializer):
+        decision = serializers.ChoiceField(choices=["approve", "reject", "requires_modification"])
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
+        modifications_required = serializers.JSONField(required=False)
+
+    @extend_schema(operation_id="response_approvals_respond", request=InputSerializer,
+                   responses={200: ResponseApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
+    def post(self, request, approval_id):
+        """Approve, reject (with a `reason`) or ask for modifications (`modifications_required`:
+        text or JSON saying what must change; the agent redoes the work under a new call approval,
+        at most HITL_RESPONSE_MAX_MODIFICATION_ROUNDS times per task), as a reviewer who did not
+        submit it. Exactly one decision wins (409); after `expires_at` it times out (410)."""
+        response = selectors.response_approval_for(user=request.user, approval_id=approval_id)
+        if not has_project_perm(request.user, roles.REVIEW, response.project_id):
+            raise Forbidden("You may not decide agent responses in this project.")
+        require_not_requester(decider=request.user, requester_id=response.submitted_by_id)
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        response = services.response_approval_decide(approval_id=response.pk, decider=request.user,
+                                                     **s.validated_data)
+        return Response(ResponseApprovalOutputSerializer(response).data)
+
+
+class ResponseApprovalProjectListApi(APIView):
+    @extend_schema_serializer(component_name="ResponseApprovalFilter")
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=ResponseApproval.Status.choices, required=False)
+        agent_type = serializers.ChoiceField(choices=AgentType.choices, required=False)
+
+    @extend_schema(operation_id="response_approvals_project_list",
+                   parameters=[OpenApiParameter("status", enum=ResponseApproval.Status.values),
+                               OpenApiParameter("agent_type", enum=AgentType.values),
+                               OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                   responses={200: paginated(ResponseApprovalOutputSerializer, "PaginatedResponseApprovalList"),
+                              **error_responses(400, 404)})
+    def get(self, request, project_id):
+        """A project's response approvals, newest first, paginated."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        s = self.FilterSerializer(data=request.query_params)
+        s.is_valid(raise_exception=True)
+        paginator = AgentApprovalPagination()
+        page = paginator.paginate_queryset(selectors.response_approval_list(project=project, **s.validated_data),
+                                           request, view=self)
+        return paginator.get_paginated_response(ResponseApprovalOutputSerializer(page, many=True).data)
+
+
+# --- Reviewers' suppressions of analyzer findings -----------------------------------------------
+
+class FlagSuppressionCreateApi(APIView):
+    @extend_schema_serializer(component_name="FlagSuppressionCreateInput")
+    class InputSerializer(serializers.Serializer):
+        project_id = StrictUUIDField()
+        approval_id = StrictUUIDField(help_text="the call or response approval that carries the flag")
+        code = StrictCharField(max_length=100)
+        fingerprint = StrictCharField(max_length=64)
+        reason = StrictCharField(max_length=5000)
+        days = serializers.IntegerField(required=False, default=30, min_value=1, max_value=365)
+
+    @extend_schema(operation_id="flag_suppressions_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: FlagSuppressionOutputSerializer, **error_responses(400, 403, 404)})
+    @idempotent
+    def post(self, request):
+        """A reviewer marks one finding (its `code` and `fingerprint`, as on the approval) a false
+        positive for the project for `days` (default 30): later analyses list it under
+        `suppressed_flags` and do not score it. Audited."""
+        s = self.InputSerializer(data=request.data)
+        s.is_valid(raise_exception=True)
+        data = s.validated_data
+        project = project_for_user(user=request.user, project_id=data["project_id"])
+        if not has_project_perm(request.user, roles.REVIEW, project.pk):
+            raise Forbidden("Only a reviewer of the project may suppress findings.")
+        row = services.flag_suppression_create(actor=request.user, project_id=project.pk,
+                                               approval_id=data["approval_id"], code=data["code"],
+                                               fingerprint=data["fingerprint"], reason=data["reason"],
+                                               days=data["days"])
+        return Response(FlagSuppressionOutputSerializer(row).data, status=status.HTTP_201_CREATED)
+
+
+class FlagSuppressionProjectListApi(APIView):
+    @extend_schema(operation_id="flag_suppressions_project_list",
+                   responses={200: FlagSuppressionOutputSerializer(many=True), **error_responses(404)})
+    def get(self, request, project_id):
+        """A project's suppressions (active and past), newest first."""
+        project = project_for_user(user=request.user, project_id=project_id)
+        return Response(FlagSuppressionOutputSerializer(selectors.flag_suppression_list(project=project),
+                                                        many=True).data)
+
+
+class FlagSuppressionRevokeApi(APIView):
+    @extend_schema(operation_id="flag_suppressions_revoke", request=None,
+                   responses={200: FlagSuppressionOutputSerializer, **error_responses(403, 404)})
+    def post(self, request, suppression_id):
+        """End a suppression now (reviewer). Revoking again changes nothing."""
+        row = get_or_404(FlagSuppression.objects.filter(in_visible_projects(request.user)), suppression_id)
+        row = services.flag_suppression_revoke(actor=request.user, suppression_id=row.pk)
+        return Response(FlagSuppressionOutputSerializer(row).data)

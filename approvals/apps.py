@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class ApprovalsConfig(AppConfig):
-    """Agent call approvals (and, next, response approvals): requests, decisions, the budget
+    """Agent call approvals and response approvals: requests, decisions, the budget
     flows that combine calls with budgets, and what a stop does to calls."""
 
     name = "approvals"
@@ -10,9 +10,10 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self):
         import approvals.conditions  # noqa: F401  (registers the call conditions)
-        from approvals.services import cancel_open_calls, readmit_after_limits_change
+        from approvals.services import cancel_open_calls, cancel_open_responses, readmit_after_limits_change
         from budgets.hooks import budget_limits_changed
         from emergency.hooks import project_halting
 
         project_halting.connect(cancel_open_calls)
+        project_halting.connect(cancel_open_responses)  # after the calls: LOCK_ORDER approval, response
         budget_limits_changed.connect(readmit_after_limits_change)

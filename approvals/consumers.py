@@ -1,4 +1,5 @@
-"""GET /api/v1/agent-approvals/{id}/wait: the long poll of a waiting agent.
+"""GET /api/v1/agent-approvals/{id}/wait and /api/v1/response-approvals/{id}/wait: the long poll
+of a waiting agent.
 
 Served by Channels (not Django's request handler), so a waiting agent costs one coroutine and
 an ``asyncio.Event`` (core.wakeup): no thread and no database connection is held while it
@@ -25,13 +26,15 @@ from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.renderers import JSONRenderer
 
 from access.authentication import api_key_check
-from approvals.models import AgentCallApproval
-from approvals.selectors import agent_approval_visible_to
-from approvals.serializers import AgentCallApprovalOutputSerializer
+from approvals.models import AgentCallApproval, ResponseApproval
+from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
+from approvals.serializers import AgentCallApprovalOutputSerializer, ResponseApprovalOutputSerializer
 from approvals.services import (
     agent_approval_time_out,
     approval_group,
     project_stop_group,
+    response_approval_time_out,
+    response_group,
 )
 from core.api import parse_uuid
 from core.errors import (
@@ -101,59 +104,62 @@ def _authenticate(scope):
                     [(b"WWW-Authenticate", b'Bearer realm="api"')])
 
 
-@db_read
-def _open(scope, approval_id):
-    """Authenticate, load the visible approval (404 otherwise) and, when it is already decided,
-    render the answer: one trip to a database thread for a wait that need not wait."""
-    user = _authenticate(scope)
-    approval = agent_approval_visible_to(user=user).filter(pk=approval_id).first()
-    if approval is None:
-        raise HttpError(404, error_body("not_found", "Not found."))
-    if approval.status == AgentCallApproval.Status.PENDING and timezone.now() < approval.expires_at:
-        return approval, None
-    if approval.status == AgentCallApproval.Status.PENDING:  # past its deadline: timed out here and then
-        _statuses([approval.pk])
-        return approval, _renders([approval.pk])[approval.pk]
-    data = AgentCallApprovalOutputSerializer(approval).data
-    return approval, json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+class WaitKind:
+    """What a long poll waits on: a model with ``status`` and ``expires_at`` (pending until
+    decided), the queryset of those a user may see, the serializer of the answer, the time-out
+    service, and the channel-layer group its decisions wake."""
+
+    def __init__(self, model, visible_to, serializer, time_out, group, related):
+        self.model, self.visible_to, self.serializer, self.related = model, visible_to, serializer, related
+        self.time_out, self.group = time_out, group
+        self.pending = model.Status.PENDING
+
+    def open(self, scope, approval_id):
+        """Authenticate, load the visible approval (404 otherwise) and, when it is already
+        decided, render the answer: one trip to a database thread for a wait that need not wait."""
+        user = _authenticate(scope)
+        approval = self.visible_to(user=user).filter(pk=approval_id).first()
+        if approval is None:
+            raise HttpError(404, error_body("not_found", "Not found."))
+        if approval.status == self.pending and timezone.now() < approval.expires_at:
+            return approval, None
+        if approval.status == self.pending:  # past its deadline: timed out here and then
+            self.statuses([approval.pk])
+            return approval, self.renders([approval.pk])[approval.pk]
+        data = self.serializer(approval).data
+        return approval, json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+
+    def statuses(self, approval_ids) -> dict:
+        """Current status of each approval (one query); pending ones past their deadline are
+        timed out here and then."""
+        rows = dict((pk, (status, expires_at)) for pk, status, expires_at in self.model.objects.filter(
+            pk__in=approval_ids).values_list("pk", "status", "expires_at"))
+        now = timezone.now()
+        statuses = {}
+        for pk, (status, expires_at) in rows.items():
+            if status == self.pending and now >= expires_at:
+                self.time_out(approval_id=pk)
+                status = self.model.objects.values_list("status", flat=True).get(pk=pk)
+            statuses[pk] = status
+        return statuses
+
+    def renders(self, approval_ids) -> dict:
+        """Each approval's JSON answer (one query)."""
+        approvals = list(self.model.objects.filter(pk__in=approval_ids).select_related(*self.related))
+        rendered = self.serializer(approvals, many=True).data  # one serializer for the batch
+        return {a.pk: json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+                for a, data in zip(approvals, rendered)}
+
+    def due_for_release(self, approval_ids) -> list:
+        """Of the approvals being waited on, those decided or past their deadline (one query)."""
+        return list(self.model.objects.filter(pk__in=approval_ids).filter(
+            ~Q(status=self.pending) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
 
 
-def _statuses(approval_ids) -> dict:
-    """Current status of each approval (one query); pending ones past their deadline are
-    timed out here and then."""
-    rows = dict((pk, (status, expires_at)) for pk, status, expires_at in AgentCallApproval.objects.filter(
-        pk__in=approval_ids).values_list("pk", "status", "expires_at"))
-    now = timezone.now()
-    statuses = {}
-    for pk, (status, expires_at) in rows.items():
-        if status == AgentCallApproval.Status.PENDING and now >= expires_at:
-            agent_approval_time_out(approval_id=pk)
-            status = AgentCallApproval.objects.values_list("status", flat=True).get(pk=pk)
-        statuses[pk] = status
-    return statuses
-
-
-def _renders(approval_ids) -> dict:
-    """Each approval's JSON answer (one query)."""
-    approvals = list(AgentCallApproval.objects.filter(pk__in=approval_ids).select_related("approved_by",
-                                                                                          "requested_by"))
-    rendered = AgentCallApprovalOutputSerializer(approvals, many=True).data  # one serializer for the batch
-    return {a.pk: json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
-            for a, data in zip(approvals, rendered)}
-
-
-async def _current_status(approval_id) -> str:
-    return await BatchLoader.for_loop(_statuses, db_read).load(approval_id)
-
-
-async def _render(approval_id) -> bytes:
-    return await BatchLoader.for_loop(_renders, db_read).load(approval_id)
-
-
-def _due_for_release(approval_ids) -> list:
-    """Of the approvals being waited on, those decided or past their deadline (one query)."""
-    return list(AgentCallApproval.objects.filter(pk__in=approval_ids).filter(
-        ~Q(status=AgentCallApproval.Status.PENDING) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
+CALLS = WaitKind(AgentCallApproval, agent_approval_visible_to, AgentCallApprovalOutputSerializer,
+                 agent_approval_time_out, approval_group, ("approved_by", "requested_by"))
+RESPONSES = WaitKind(ResponseApproval, response_approval_visible_to, ResponseApprovalOutputSerializer,
+                     response_approval_time_out, response_group, ("approved_by", "submitted_by"))
 
 
 class JsonHttpConsumer(AsyncHttpConsumer):
@@ -183,7 +189,10 @@ class JsonHttpConsumer(AsyncHttpConsumer):
         await self.send_response(status, payload, headers=[(b"Content-Type", b"application/json"), *headers])
 
 
-class AgentApprovalWaitConsumer(JsonHttpConsumer):
+class ApprovalWaitConsumer(JsonHttpConsumer):
+    """GET .../{approval_id}/wait of one kind of approval (``kind``: CALLS or RESPONSES)."""
+    kind: WaitKind = CALLS
+
     async def answer(self):
         if self.scope["method"] != "GET":
             raise HttpError(405, error_body("method_not_allowed", f'Method "{self.scope["method"]}" not allowed.'),
@@ -192,24 +201,28 @@ class AgentApprovalWaitConsumer(JsonHttpConsumer):
             approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
         except Exception:
             raise HttpError(404, error_body("not_found", "Not found.")) from None
-        approval, payload = await _open(self.scope, approval_id)
+        approval, payload = await db_read(self.kind.open)(self.scope, approval_id)
         timeout = _parse_timeout(self.scope.get("query_string", b""))
         if payload is None:
             await self.wait_for_decision(approval.pk, approval.project_id, timeout)
-            payload = await _render(approval.pk)
+            payload = await BatchLoader.for_loop(self.kind.renders, db_read).load(approval.pk)
         return 200, payload
 
+    async def _current_status(self, approval_id) -> str:
+        return await BatchLoader.for_loop(self.kind.statuses, db_read).load(approval_id)
+
     async def wait_for_decision(self, approval_id, project_id, timeout: float) -> None:
-        if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
+        pending = self.kind.pending
+        if await self._current_status(approval_id) != pending:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        poller = BatchPoller.for_loop(_due_for_release, settings.HITL_WAIT_POLL_SECONDS, db_read)
-        async with wakeup(approval_group(approval_id), project_stop_group(project_id)) as woken, \
+        poller = BatchPoller.for_loop(self.kind.due_for_release, settings.HITL_WAIT_POLL_SECONDS, db_read)
+        async with wakeup(self.kind.group(approval_id), project_stop_group(project_id)) as woken, \
                 poller.watch(approval_id, woken):
             while True:
                 # Subscribed first, then read: a decision committed in between is not missed.
-                if await _current_status(approval_id) != AgentCallApproval.Status.PENDING:
+                if await self._current_status(approval_id) != pending:
                     return
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -219,6 +232,14 @@ class AgentApprovalWaitConsumer(JsonHttpConsumer):
                 except asyncio.TimeoutError:
                     return
                 woken.clear()
+
+
+class AgentApprovalWaitConsumer(ApprovalWaitConsumer):
+    kind = CALLS
+
+
+class ResponseApprovalWaitConsumer(ApprovalWaitConsumer):
+    kind = RESPONSES
 
 
 # --- GET /api/v1/events: the outbox feed, async end to end --------------------------------------

@@ -103,3 +103,140 @@ class AgentCallApproval(BaseModel):
     @property
     def input_to_run(self):
         return self.amended_input_data if self.amended_input_data is not None else self.input_data
+
+
+class ResponseApproval(BaseModel):
+    """An agent's output, held until a person approves it (the seed's ``response_approvals``).
+    It answers one started call approval; the analyzer's findings are attached before review."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        REQUIRES_MODIFICATION = "requires_modification"
+        TIMED_OUT = "timed_out"
+        CANCELLED = "cancelled"   # an addition to API.md: an emergency stop cancels pending reviews
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="response_approvals")
+    task = models.ForeignKey("projects.Task", on_delete=models.PROTECT, related_name="response_approvals")
+    agent_call_approval = models.ForeignKey(AgentCallApproval, on_delete=models.PROTECT,
+                                            related_name="response_approvals")
+    agent_type = models.CharField(max_length=20, choices=AgentType.choices)
+    agent_response = models.JSONField()
+    response_summary = models.TextField(blank=True, default="")
+    next_steps = models.JSONField(default=list, blank=True)
+    risk_flags = models.JSONField(default=list, blank=True)
+    confidence_score = models.DecimalField(max_digits=3, decimal_places=2, default=0)
+    safety_score = models.DecimalField(max_digits=3, decimal_places=2, default=0)
+    quality_metrics = models.JSONField(default=dict, blank=True)
+    analysis = models.JSONField(default=dict, blank=True,
+                                help_text="the analyzer's full result: observed and suppressed flags, analyzers "
+                                          "and tool versions, recommendations")
+    tokens_used = models.PositiveIntegerField(default=0)
+    actual_cost = models.DecimalField(max_digits=12, decimal_places=4, default=0)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING)
+    submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+", help_text="Who decided")
+    rejection_reason = models.TextField(blank=True, default="")
+    modifications_required = models.JSONField(null=True, blank=True)
+    modification_round = models.PositiveIntegerField(
+        default=0, help_text="how many earlier responses of this task were sent back for modification")
+    timeout_minutes = models.PositiveIntegerField(default=30)
+    responded_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["project", "status"], name="ra_project_status"),
+            models.Index(fields=["task", "status"], name="ra_task_status"),
+            models.Index(fields=["expires_at"], name="ra_pending_expires", condition=Q(status="pending")),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["agent_call_approval"], condition=Q(status="pending"),
+                                    name="ra_one_pending_per_call"),
+        ]
+
+    def __str__(self):
+        return f"{self.agent_type} response: {self.response_summary[:60]} ({self.status})"
+
+
+class RuleSetting(BaseModel):
+    """A project manager's setting for one analyzer rule (a flag code, or a prefix such as
+    ``secret``): ``observe`` shows its flags without scoring them; ``threshold`` drops findings
+    whose confidence is below it into the observed list."""
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce"
+        OBSERVE = "observe"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="rule_settings")
+    code = models.CharField(max_length=100, help_text="flag code (secret.github_token) or prefix (secret)")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ENFORCE)
+    threshold = models.DecimalField(max_digits=3, decimal_places=2, default=0,
+                                    validators=[MinValueValidator(0), MaxValueValidator(1)],
+                                    help_text="findings with a confidence below this are only observed")
+    note = models.TextField(blank=True, default="")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["project", "code"]
+        constraints = [models.UniqueConstraint(fields=["project", "code"], name="rule_setting_unique")]
+
+    def __str__(self):
+        return f"{self.code}: {self.mode} (threshold {self.threshold})"
+
+
+class FlagSuppression(BaseModel):
+    """A reviewer marked one finding (rule code + fingerprint) a false positive for a project,
+    until ``expires_at``. Only a person with the reviewer role creates one, through the API or the
+    admin; nothing an agent writes suppresses anything."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="flag_suppressions")
+    code = models.CharField(max_length=100)
+    fingerprint = models.CharField(max_length=64)
+    reason = models.TextField()
+    expires_at = models.DateTimeField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "expires_at"], name="flag_suppression_active")]
+
+    def __str__(self):
+        return f"{self.code} {self.fingerprint} (until {self.expires_at:%Y-%m-%d})"
+
+
+class FlagLabel(models.Model):
+    """What a person's decision says about one flag: approved with the flag present is a likely
+    false alarm for its rule; rejected (or sent back for modification) confirms it. The admin's
+    rule precision over the last 30 days is computed from these."""
+
+    class Outcome(models.TextChoices):
+        CONFIRMED = "confirmed"
+        FALSE_ALARM = "false_alarm"
+
+    class Source(models.TextChoices):
+        CALL = "call"
+        RESPONSE = "response"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="flag_labels")
+    code = models.CharField(max_length=100)
+    severity = models.CharField(max_length=10)
+    fingerprint = models.CharField(max_length=64, blank=True, default="")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    object_id = models.UUIDField()
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-decided_at"]
+        indexes = [models.Index(fields=["project", "code", "decided_at"], name="flag_label_rule")]
+
+    def __str__(self):
+        return f"{self.code}: {self.outcome}"

@@ -2,7 +2,7 @@
 from channels.auth import AuthMiddlewareStack
 from django.urls import re_path
 
-from approvals.consumers import AgentApprovalWaitConsumer, EventFeedConsumer
+from approvals.consumers import AgentApprovalWaitConsumer, EventFeedConsumer, ResponseApprovalWaitConsumer
 
 
 class BearerOrSession:
@@ -39,5 +39,7 @@ def http_urlpatterns(django_app) -> list:
     return [
         re_path(r"^api/v1/agent-approvals/(?P<approval_id>[^/]+)/wait/?$",
                 BearerOrSession(AgentApprovalWaitConsumer.as_asgi())),
+        re_path(r"^api/v1/response-approvals/(?P<approval_id>[^/]+)/wait/?$",
+                BearerOrSession(ResponseApprovalWaitConsumer.as_asgi())),
         re_path(r"^api/v1/events$", GetOr(BearerOrSession(EventFeedConsumer.as_asgi()), django_app)),
     ]

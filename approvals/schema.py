@@ -2,10 +2,18 @@
 
 
 def add_wait_endpoint(result, generator, request, public):
+    paths = result.setdefault("paths", {})
+    paths["/api/v1/agent-approvals/{approval_id}/wait"] = _wait("agent_approvals_wait", "AgentCallApprovalOutput")
+    paths["/api/v1/response-approvals/{approval_id}/wait"] = _wait("response_approvals_wait",
+                                                                   "ResponseApprovalOutput")
+    return result
+
+
+def _wait(operation_id: str, schema: str) -> dict:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    result.setdefault("paths", {})["/api/v1/agent-approvals/{approval_id}/wait"] = {
+    return {
         "get": {
-            "operationId": "agent_approvals_wait",
+            "operationId": operation_id,
             "summary": "Long-poll an approval until it is decided",
             "description": "Returns as soon as the status is no longer `pending` (approved, rejected, timed_out "
                            "or cancelled), or after `timeout` seconds with the pending approval. An approval "
@@ -20,11 +28,10 @@ def add_wait_endpoint(result, generator, request, public):
             "security": [{"ApiKey": []}, {"cookieAuth": []}],
             "responses": {
                 "200": {"description": "The approval", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/AgentCallApprovalOutput"}}}},
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
                 "400": {"description": "Bad timeout", "content": error},
                 "401": {"description": "No or bad credentials", "content": error},
                 "404": {"description": "No such approval, or not visible", "content": error},
             },
         }
     }
-    return result

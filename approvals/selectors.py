@@ -1,4 +1,4 @@
-from approvals.models import AgentCallApproval
+from approvals.models import AgentCallApproval, FlagSuppression, ResponseApproval
 from rest_framework.exceptions import NotFound
 
 from core.api import get_or_404, parse_uuid
@@ -41,3 +41,26 @@ def agent_approval_list(*, project, status: str | None = None, agent_type: str |
     if agent_type:
         qs = qs.filter(agent_type=agent_type)
     return qs.order_by("-created_at", "-id")
+
+
+def response_approval_visible_to(*, user):
+    return ResponseApproval.objects.filter(in_visible_projects(user)).select_related(
+        "project", "approved_by", "submitted_by")
+
+
+def response_approval_for(*, user, approval_id) -> ResponseApproval:
+    """The response approval the user may see, or 404."""
+    return get_or_404(response_approval_visible_to(user=user), approval_id)
+
+
+def response_approval_list(*, project, status: str | None = None, agent_type: str | None = None):
+    qs = ResponseApproval.objects.filter(project=project).select_related("approved_by", "submitted_by")
+    if status:
+        qs = qs.filter(status=status)
+    if agent_type:
+        qs = qs.filter(agent_type=agent_type)
+    return qs.order_by("-created_at", "-id")
+
+
+def flag_suppression_list(*, project):
+    return FlagSuppression.objects.filter(project=project).select_related("created_by")

@@ -3,12 +3,17 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 
-from approvals.services import agent_approval_expire_overdue, agent_approval_warn_due, budget_release_stale
+from approvals.services import (
+    agent_approval_expire_overdue,
+    agent_approval_warn_due,
+    budget_release_stale,
+    response_approval_expire_overdue,
+)
 
 
 @shared_task(name="approvals.expire_overdue", acks_late=True, soft_time_limit=50, time_limit=60)
 def approval_expire_overdue_task(**kwargs):
-    return agent_approval_expire_overdue()
+    return agent_approval_expire_overdue() + response_approval_expire_overdue()
 
 
 @shared_task(name="approvals.warn_due", acks_late=True, soft_time_limit=50, time_limit=60)

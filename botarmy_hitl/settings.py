@@ -180,6 +180,10 @@ SPECTACULAR_SETTINGS = {
         "AgentTypeEnum": "projects.models.AgentType",
         "EventTypeEnum": "events.models.EventType",
         "AgentCallApprovalStatusEnum": "approvals.models.AgentCallApproval.Status",
+        "ResponseApprovalStatusEnum": "approvals.models.ResponseApproval.Status",
+        "DecisionEnum": ["approve", "reject"],
+        "ResponseDecisionEnum": ["approve", "reject", "requires_modification"],
+        "SeverityEnum": "emergency.models.Severity",
         "BudgetOverrideStatusEnum": "budgets.models.BudgetOverrideRequest.Status",
         "RecoveryStepStatusEnum": "recovery.models.RecoveryStep.Status",
         "RecoverySessionStatusEnum": "recovery.models.RecoverySession.Status",
@@ -195,9 +199,31 @@ HITL_RISK_ANALYZERS = env.list("HITL_RISK_ANALYZERS", default=[
     "approvals.analyzers.DestructiveCommandAnalyzer",
     "approvals.analyzers.ExfiltrationAnalyzer",
     "approvals.analyzers.ProductionDeployAnalyzer",
+    "approvals.analyzers.CodeSafetyAnalyzer",
+    "approvals.analyzers.InvisibleUnicodeAnalyzer",
+    "approvals.analyzers.LinkAnalyzer",
     "approvals.analyzers.CostAnalyzer",
 ])
+# ... and over every agent response (the same pipeline; completeness and consistency are response-only).
+HITL_RESPONSE_ANALYZERS = env.list("HITL_RESPONSE_ANALYZERS", default=[
+    "approvals.analyzers.SecretsAnalyzer",
+    "approvals.analyzers.PersonalDataAnalyzer",
+    "approvals.analyzers.PromptInjectionAnalyzer",
+    "approvals.analyzers.InvisibleUnicodeAnalyzer",
+    "approvals.analyzers.LinkAnalyzer",
+    "approvals.analyzers.DestructiveCommandAnalyzer",
+    "approvals.analyzers.ExfiltrationAnalyzer",
+    "approvals.analyzers.CodeSafetyAnalyzer",
+    "approvals.analyzers.CompletenessAnalyzer",
+    "approvals.analyzers.ConsistencyAnalyzer",
+])
+# Each analyzer must finish within this many seconds; one that does not is reported (analyzer.timeout).
+HITL_ANALYZER_TIME_LIMIT_SECONDS = env.float("HITL_ANALYZER_TIME_LIMIT_SECONDS", default=2.0)
 HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default=30)
+# --- Response approvals (an agent's output held for review) -------------------------------
+HITL_RESPONSE_TIMEOUT_MINUTES = env.int("HITL_RESPONSE_TIMEOUT_MINUTES", default=60)
+# How many times one task's output may be sent back with requires_modification.
+HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = env.int("HITL_RESPONSE_MAX_MODIFICATION_ROUNDS", default=3)
 # An approved call must be started within this many minutes of its approval (410 afterwards).
 HITL_START_WITHIN_MINUTES = env.int("HITL_START_WITHIN_MINUTES", default=60)
 # How often beat times out due approvals and sends timeout warnings.

@@ -11,6 +11,13 @@ from approvals.api import (
     AgentApprovalStartApi,
     AgentApprovalUsageApi,
     BudgetOverrideRespondApi,
+    FlagSuppressionCreateApi,
+    FlagSuppressionProjectListApi,
+    FlagSuppressionRevokeApi,
+    ResponseApprovalCreateApi,
+    ResponseApprovalDetailApi,
+    ResponseApprovalProjectListApi,
+    ResponseApprovalRespondApi,
 )
 from budgets.api import (
     BudgetApi,
@@ -46,6 +53,18 @@ api_v1 = [
     path("agent-approvals/<str:approval_id>/cancel", AgentApprovalCancelApi.as_view(), name="agent-approval-cancel"),
     path("agent-approvals/<str:approval_id>/start", AgentApprovalStartApi.as_view(), name="agent-approval-start"),
     path("agent-approvals/<str:approval_id>/usage", AgentApprovalUsageApi.as_view(), name="agent-approval-usage"),
+    path("response-approvals", ResponseApprovalCreateApi.as_view(), name="response-approvals"),
+    path("response-approvals/project/<str:project_id>", ResponseApprovalProjectListApi.as_view(),
+         name="response-approvals-project"),
+    path("response-approvals/<str:approval_id>", ResponseApprovalDetailApi.as_view(),
+         name="response-approval-detail"),
+    path("response-approvals/<str:approval_id>/respond", ResponseApprovalRespondApi.as_view(),
+         name="response-approval-respond"),
+    path("flag-suppressions", FlagSuppressionCreateApi.as_view(), name="flag-suppressions"),
+    path("flag-suppressions/project/<str:project_id>", FlagSuppressionProjectListApi.as_view(),
+         name="flag-suppressions-project"),
+    path("flag-suppressions/<str:suppression_id>/revoke", FlagSuppressionRevokeApi.as_view(),
+         name="flag-suppression-revoke"),
     path("budgets/<str:project_id>", BudgetApi.as_view(), name="budget"),
     path("budget-overrides", BudgetOverrideCreateApi.as_view(), name="budget-overrides"),
     path("budget-overrides/project/<str:project_id>", BudgetOverrideProjectListApi.as_view(),
@@ -58,7 +77,7 @@ api_v1 = [
     path("recovery/<str:session_id>", RecoveryDetailApi.as_view(), name="recovery-detail"),
     path("recovery/<str:session_id>/steps/<str:step_id>/respond", RecoveryStepRespondApi.as_view(),
          name="recovery-step-respond"),
-    # agent-approvals/<id>/wait is a Channels consumer: see approvals/routing.py and botarmy_hitl/asgi.py
+    # agent-approvals/<id>/wait and response-approvals/<id>/wait are Channels consumers: see approvals/routing.py and botarmy_hitl/asgi.py
 ]
 
 urlpatterns = [

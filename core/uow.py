@@ -37,6 +37,7 @@ LOCK_ORDER = (
     "approval",         # agent call approvals
     "override",         # budget override requests
     "budget_window",    # budget windows, day before month (then by primary key)
+    "response",         # response approvals (an agent's output held for review; after its call's budget)
     "agent_state",      # agent states (derived from tasks)
     "outbox",           # event outbox: pg advisory lock per project (written at the end)
     "audit_chain",      # audit chain head (written at the end)

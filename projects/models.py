@@ -36,6 +36,9 @@ class Project(BaseModel):
                                 help_text="IANA time zone; budget days start at its local midnight.")
     active_stop_id = models.UUIDField(null=True, blank=True, editable=False,
                                       help_text="the unresolved emergency stop (set and cleared by emergency)")
+    allowed_link_hosts = models.JSONField(
+        default=list, blank=True,
+        help_text="hosts agents' output may link to without a flag (\"example.com\" allows its subdomains too)")
 
     class Meta:
         ordering = ["name"]

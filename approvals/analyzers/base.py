@@ -1,16 +1,11 @@
-"""The analyzer base class and ``assess()``: run the configured analyzers, merge their flags
-per (code, location), and combine them into a level and a score."""
+"""The analyzer base class, the severities and the loader of the configured analyzer classes."""
 from __future__ import annotations
 
 import functools
-import logging
 
-from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .context import MAX_SCAN_CHARS, RiskContext
-
-logger = logging.getLogger(__name__)
+from .context import RiskContext
 
 SEVERITIES = ("low", "medium", "high", "critical")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -18,14 +13,37 @@ SEVERITY_WEIGHT = {"low": 0.1, "medium": 0.3, "high": 0.6, "critical": 0.9}
 
 
 class Analyzer:
-    """Subclasses set ``code`` (the flag code prefix) and implement ``analyze``."""
+    """Subclasses set ``code`` (the flag code prefix) and implement ``analyze``.
+
+    ``kinds`` names what the analyzer looks at ("call", "response"); ``version`` is recorded with each
+    result (bump it when the rules change); ``prepare()`` builds heavy engines once, before the timed
+    run; ``run()`` may also return quality metrics. Flags may carry ``confidence`` (default 1.0) and
+    the matched text (``match``, used only for the fingerprint, never shown).
+    """
     code = "risk"
+    version = "1"
+    kinds: tuple[str, ...] = ("call", "response")
+
+    def prepare(self) -> None:
+        """Build engines once (called outside the time limit); must be idempotent and thread-safe."""
+
+    def applies(self, ctx) -> bool:
+        return True
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         raise NotImplementedError
 
-    def flag(self, name: str, severity: str, message: str, location: str) -> dict:
-        return {"code": f"{self.code}.{name}", "severity": severity, "message": message, "location": location}
+    def run(self, ctx) -> tuple[list[dict], dict]:
+        return self.analyze(ctx), {}
+
+    def flag(self, name: str, severity: str, message: str, location: str, *, confidence: float | None = None,
+             match: str | None = None) -> dict:
+        flag = {"code": f"{self.code}.{name}", "severity": severity, "message": message, "location": location}
+        if confidence is not None:
+            flag["confidence"] = confidence
+        if match is not None:
+            flag["match"] = match
+        return flag
 
     def for_each_segment(self, ctx: RiskContext, check) -> list[dict]:
         """``check(segment) -> flags`` over every segment. Repeated texts (the keys and many values of
@@ -42,61 +60,6 @@ class Analyzer:
         return flags
 
 
-class _Collector:
-    """Keeps one flag per (code, location), the most severe, and counts repeats."""
-
-    def __init__(self) -> None:
-        self.flags: dict[tuple[str, str], dict] = {}
-        self.counts: dict[tuple[str, str], int] = {}
-
-    def add(self, flag: dict) -> None:
-        key = (flag["code"], flag["location"])
-        self.counts[key] = self.counts.get(key, 0) + 1
-        old = self.flags.get(key)
-        if old is None or SEVERITY_RANK[flag["severity"]] > SEVERITY_RANK[old["severity"]]:
-            self.flags[key] = flag
-
-    def result(self) -> list[dict]:
-        out = []
-        for key, flag in self.flags.items():
-            if self.counts[key] > 1 and not flag["code"].startswith("cost."):
-                flag = {**flag, "message": f"{flag['message']} (+{self.counts[key] - 1} more)"}
-            out.append(flag)
-        return out
-
-
 @functools.lru_cache(maxsize=16)
-def _load_analyzers(paths: tuple[str, ...]) -> tuple[Analyzer, ...]:
+def load_analyzers(paths: tuple[str, ...]) -> tuple[Analyzer, ...]:
     return tuple(import_string(path)() for path in paths)
-
-
-def _normalise(flag: dict) -> dict:
-    severity = flag.get("severity")
-    if severity not in SEVERITY_RANK:
-        severity = "high"
-    return {"code": str(flag.get("code", "risk.unknown")), "severity": severity,
-            "message": str(flag.get("message", "")), "location": str(flag.get("location", ""))}
-
-
-def assess(ctx: RiskContext) -> dict:
-    """Run every configured analyzer; flags are deduplicated by (code, location)."""
-    collector = _Collector()
-    for analyzer in _load_analyzers(tuple(settings.HITL_RISK_ANALYZERS)):
-        try:
-            flags = [_normalise(flag) for flag in analyzer.analyze(ctx)]
-        except Exception:   # an analyzer bug must not hide the call from review: fail towards "look"
-            logger.exception("risk analyzer %s failed", type(analyzer).__name__)
-            flags = [{"code": "risk.analyzer_failed", "severity": "high", "location": "",
-                      "message": f"{type(analyzer).__name__} failed; review this call manually"}]
-        for flag in flags:
-            collector.add(flag)
-    if ctx.truncated:
-        collector.add({"code": "risk.scan_truncated", "severity": "medium", "location": "input_data",
-                       "message": f"Input is larger than the scanned {MAX_SCAN_CHARS:,} characters "
-                                  "(or too deeply nested); the rest was not checked"})
-    flags = sorted(collector.result(), key=lambda f: -SEVERITY_RANK[f["severity"]])   # stable
-    remaining = 1.0
-    for flag in flags:
-        remaining *= 1.0 - SEVERITY_WEIGHT[flag["severity"]]
-    level = flags[0]["severity"] if flags else "low"
-    return {"level": level, "score": round(1.0 - remaining, 3) if flags else 0.0, "flags": flags}

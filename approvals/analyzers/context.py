@@ -44,6 +44,37 @@ class RiskContext:
         return _extract(self.proposed_action, self.input_data)
 
 
+@dataclass(frozen=True)
+class ResponseContext:
+    """An agent's response to an approved call (see INTERFACE.md)."""
+    agent_type: str
+    agent_response: Any
+    response_summary: str = ""
+    next_steps: tuple[str, ...] = ()
+    tokens_used: int | None = None
+    call_agent_type: str | None = None
+    task_agent_type: str | None = None
+    proposed_action: str = ""
+    approved_input: Any = None
+    estimated_tokens: int | None = None
+    workflow_continues: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def segments(self) -> tuple[Segment, ...]:
+        return self._scan[0]
+
+    @functools.cached_property
+    def truncated(self) -> bool:
+        return self._scan[1]
+
+    @functools.cached_property
+    def _scan(self) -> tuple[tuple[Segment, ...], bool]:
+        return extract_roots([("agent_response", self.agent_response),
+                              ("response_summary", self.response_summary or ""),
+                              ("next_steps", list(self.next_steps or ()))])
+
+
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
@@ -54,6 +85,12 @@ def _child_path(path: str, key: str) -> str:
 
 
 def _extract(proposed_action: Any, input_data: Any) -> tuple[tuple[Segment, ...], bool]:
+    return extract_roots([("proposed_action", "" if proposed_action is None else str(proposed_action)),
+                          ("input_data", input_data)])
+
+
+def extract_roots(roots: list[tuple[str, Any]]) -> tuple[tuple[Segment, ...], bool]:
+    """Segments of each (path, JSON value), in document order, capped in characters, nodes and depth."""
     segments: list[Segment] = []
     budget, truncated, nodes = MAX_SCAN_CHARS, False, 0
 
@@ -67,8 +104,7 @@ def _extract(proposed_action: Any, input_data: Any) -> tuple[tuple[Segment, ...]
             budget -= len(text)
             segments.append(Segment(location, text, key, is_key))
 
-    add("proposed_action", "" if proposed_action is None else str(proposed_action))
-    stack: list[tuple[str, Any, str | None, int]] = [("input_data", input_data, None, 0)]
+    stack: list[tuple[str, Any, str | None, int]] = [(path, value, None, 0) for path, value in reversed(roots)]
     while stack:
         path, value, key, depth = stack.pop()
         nodes += 1

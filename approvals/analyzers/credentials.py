@@ -2,7 +2,10 @@
 high-entropy tokens (flag codes ``secret.*``)."""
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+import threading
 
 from detect_secrets.filters.heuristic import (
     is_indirect_reference,
@@ -58,6 +61,7 @@ _PLACEHOLDER = re.compile(
     r"sample\w*|dummy\w*|test\w*|fake\w*|mock\w*|placeholder\w*|redacted|hidden|none|null|nil|undefined|"
     r"true|false|todo|tbd|foo\w*|bar|baz|your[_-].*|my[_-]?(?:secret|password|token|key)\w*|.*xxxx.*|.*\*\*\*.*|"
     r"<[^>]*>|\{[^}]*\}|\$\{[^}]*\}|\$\([^)]*\)|\$[A-Za-z_]\w*|%\([^)]*\)s|%s|\?+|"
+    r".*\.\.\..*|.*….*|"
     r".*(?:insecure|not[-_]?for[-_]?prod|changeme|change[-_]me|placeholder|dummy|example|sample|fake|redacted).*)", _I)
 _DOTTED_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 _CONST_REF = re.compile(r"[A-Z][A-Z0-9_]*|[a-z][a-z_]*")
@@ -182,12 +186,80 @@ def _ds_values(plugin, text: str):
             yield m.group(i) if i and m.start(i) > m.start() else m.group(0)
 
 
+_PRAGMA = re.compile(r"pragma:\s*allowlist\s*(?:nextline\s+)?secret", _I)
+_DS_LOCK = threading.Lock()          # detect-secrets keeps its settings in a process-wide global
+_DS_FILTERS = (   # its default filters, without is_line_allowlisted: an agent must not silence a finding
+    "detect_secrets.filters.common.is_invalid_file", "detect_secrets.filters.heuristic.is_non_text_file",
+    "detect_secrets.filters.heuristic.is_sequential_string", "detect_secrets.filters.heuristic.is_potential_uuid",
+    "detect_secrets.filters.heuristic.is_likely_id_string", "detect_secrets.filters.heuristic.is_templated_secret",
+    "detect_secrets.filters.heuristic.is_prefixed_with_dollar_sign",
+    "detect_secrets.filters.heuristic.is_indirect_reference", "detect_secrets.filters.heuristic.is_lock_file",
+    "detect_secrets.filters.heuristic.is_not_alphanumeric_string", "detect_secrets.filters.heuristic.is_swagger_file")
+_DS_CONFIG = {"plugins_used": [{"name": type(plugin).__name__} for plugin, _ in _DS_PLUGINS],
+              "filters_used": [{"path": path} for path in _DS_FILTERS]}
+_DS_MAX_CHARS = 400_000
+
+
+def detect_secrets_file_scan(segments) -> list[tuple[int, str, str]]:
+    """detect-secrets' own file scan (``scan_file`` under ``transient_settings``) of the segments written
+    to a temporary file, allowlist pragmas neutralised; [(segment index, secret type, value)]. No
+    verification (a network call) is configured."""
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import transient_settings
+
+    lines_of: list[int] = []      # file line (0-based) -> segment index
+    parts: list[str] = []
+    size = 0
+    for i, seg in enumerate(segments):
+        if seg.is_key:
+            continue
+        text = _PRAGMA.sub(lambda m: " " * len(m.group(0)), seg.text)
+        size += len(text)
+        if size > _DS_MAX_CHARS:
+            break
+        parts.append(text)
+        lines_of.extend([i] * (text.count("\n") + 1))
+    if not parts:
+        return []
+    fd, path = tempfile.mkstemp(suffix=".txt", prefix="hitl-secrets-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
+            fh.write("\n".join(parts))
+        with _DS_LOCK, transient_settings(_DS_CONFIG):
+            found = [(s.line_number, s.type, s.secret_value or "") for s in scan_file(path)]
+    finally:
+        os.unlink(path)
+    return [(lines_of[line - 1], kind, value) for line, kind, value in found if 0 < line <= len(lines_of)]
+
+
 class SecretsAnalyzer(Analyzer):
-    """Known key formats (own regexes + detect-secrets plugins), hardcoded credentials, high entropy."""
+    """Known key formats (own regexes + detect-secrets plugins and its file scan), hardcoded credentials,
+    high entropy."""
     code = "secret"
+    version = "2"
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
-        return self.for_each_segment(ctx, self._segment)
+        flags = self.for_each_segment(ctx, self._segment)
+        segments = ctx.segments
+        if not any(_LONG_TOKEN.search(seg.text) for seg in segments if not seg.is_key):
+            return flags
+        seen: dict[str, list[str]] = {}
+        for flag in flags:
+            seen.setdefault(flag["location"], []).append(flag.get("match", ""))
+        for index, kind, value in detect_secrets_file_scan(segments):
+            seg = segments[index]
+            name = _DS_NAMES.get(kind) or re.sub(r"\W+", "_", kind.lower())
+            if name == "aws_access_key" and not value.startswith(("AKIA", "ASIA", "ABIA", "ACCA", "A3T")):
+                name = "aws_secret_key"
+            if not value or len(set(value)) < 6 or is_sequential_string(value) or (
+                    name in _DS_GENERIC and not _plausible_value(value)):
+                continue
+            known = seen.setdefault(seg.location, [])
+            if any(value in v or v in value for v in known if v):
+                continue
+            known.append(value)
+            flags.append(self.flag(name, "critical", f"{kind} ({mask(value)})", seg.location, match=value))
+        return flags
 
     def _segment(self, seg: Segment) -> list[dict]:
         text, loc, found, flags = seg.text, seg.location, [], []
@@ -200,7 +272,7 @@ class SecretsAnalyzer(Analyzer):
                 return
             found.append(value)
             shown = value if name == "private_key" else mask(value)
-            flags.append(self.flag(name, severity, f"{label} ({shown})", loc))
+            flags.append(self.flag(name, severity, f"{label} ({shown})", loc, match=value))
 
         long_token = bool(_LONG_TOKEN.search(text))
         for name, severity, hints, label, rx in _SECRET_PATTERNS:

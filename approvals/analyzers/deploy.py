@@ -17,7 +17,7 @@ _DEPLOY_VERB = re.compile(
     r"rollout\s+(?:restart|undo|resume)|"
     r"promot(?:e|es|ed|ing)|ship(?:s|ping)?|publish(?:es|ing)?|migrat(?:e|es|ed|ing|ions?)|upgrade|apply|"
     r"helm\s+(?:install|upgrade|rollback)|roll\s*back|scale|restart|go\s+live|cut\s*over|switch\s+traffic|"
-    r"failover|push)\b", _I)
+    r"failover|push|workflow\s+run|trigger(?:ed|s)?)\b", _I)
 _DRY_RUN = re.compile(r"--dry-run|\bdry[- ]run\b|\bterraform\s+plan\b|\bhelm\s+diff\b|\bread[- ]only\b", _I)
 _WINDOW = 100
 

@@ -16,6 +16,7 @@ _CRITICAL_PATHS = {"/", "/*", "~", "~/", "~/*", "$HOME", "${HOME}", "$HOME/", "$
 _BROAD_PATHS = {".", "./", "*", "./*", "..", "../", "../*", ".*"}
 _RM = re.compile(r"(?<![\w.-])(?:sudo\s+)?rm\s+([^\n;&|)`]{1,300})")
 _UNGUARDED_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?/?\*?")
+_TEMP_VAR = re.compile(r"^\$\{?(?:tmp|temp|tmpdir|tempdir|tmp_dir|temp_dir|TMPDIR|TMP|TEMP|scratch)\}?$", re.I)
 _DESTRUCTIVE = [   # (name, severity, hints, label, regex)
     ("disk_format", "critical", ("mkfs",), "Filesystem format", re.compile(r"(?<![\w.-])mkfs(?:\.\w+)?\s+\S")),
     ("disk_overwrite", "critical", ("/dev/",), "Raw disk overwrite", re.compile(
@@ -116,7 +117,7 @@ class DestructiveCommandAnalyzer(Analyzer):
         return flags
 
     def _rm(self, argstring: str, loc: str) -> dict | None:
-        args = [a.strip("'\"") for a in argstring.split()]
+        args = [a.replace("'", "").replace('"', "") for a in argstring.split()]
         opts = [a for a in args if a.startswith("-")]
         targets = [a for a in args if not a.startswith("-")]
         recursive = any(o in ("--recursive", "-R") or (not o.startswith("--") and "r" in o.lower()) for o in opts)
@@ -126,7 +127,8 @@ class DestructiveCommandAnalyzer(Analyzer):
         if "--no-preserve-root" in opts or any(t.rstrip("/") in _CRITICAL_PATHS or t in _CRITICAL_PATHS
                                                or t.lower() in _CRITICAL_PATHS for t in targets):
             return self.flag("rm_root", "critical", f"Recursive delete of a root/home/system path: \"{shown}\"", loc)
-        if any(t in _BROAD_PATHS or (_UNGUARDED_VAR.fullmatch(t) and ":?" not in t) for t in targets):
+        if any(t in _BROAD_PATHS or (_UNGUARDED_VAR.fullmatch(t) and ":?" not in t and not _TEMP_VAR.search(t))
+               for t in targets):
             return self.flag("rm_broad", "high", f"Recursive delete of the working directory or an "
                                                  f"unchecked variable path: \"{shown}\"", loc)
         return None

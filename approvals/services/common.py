@@ -16,8 +16,9 @@ from events.services import event_emit
 from projects.models import Task
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
-from approvals.models import AgentCallApproval
+from approvals.models import AgentCallApproval, FlagLabel
 from approvals.selectors import call_route_key
+from approvals.services.calibration import label_flags
 
 Status = AgentCallApproval.Status
 BudgetState = AgentCallApproval.BudgetState
@@ -160,6 +161,10 @@ def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason:
     if ended:  # the call will not run: withdraw its override, give its reservation back
         withdraw_orphaned_overrides(uow, [approval.pk], f"Its call ended ({to}) before a decision.")
         budget_release(uow=uow, call_id=approval.pk)
+    if to in (Status.APPROVED, Status.REJECTED) and actor is not None:  # a person's verdict on its flags
+        label_flags(project_id=approval.project_id, source=FlagLabel.Source.CALL, object_id=approval.pk,
+                    flags=(approval.risk_assessment or {}).get("flags"), now=now,
+                    outcome=FlagLabel.Outcome.FALSE_ALARM if to == Status.APPROVED else FlagLabel.Outcome.CONFIRMED)
     task_move(task=approval.task, to=Task.Status.PENDING)
     agent_state_refresh(project_id=approval.project_id, agent_type=approval.task.agent_type)
     audit_record(actor=actor, action=action, obj=approval, before=before, after=snapshot(approval), reason=reason)

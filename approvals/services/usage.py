@@ -17,7 +17,7 @@ from emergency.services import emergency_stop_trigger
 from events.services import event_emit
 
 
-def _priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
+def priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
     price = ModelPrice.objects.filter(model=approval.model).first() if approval.model else None
     if price is None:
         raise InvalidInput(fields={"actual_cost": ["Give actual_cost: the call has no priced model."]})
@@ -42,30 +42,38 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
         if approval.status != Status.APPROVED or approval.started_at is None:
             raise TransitionError("Only a started call has usage to report.", current_status=approval.status)
         if actual_cost is None:
-            actual_cost = _priced_cost(approval, tokens_used)
+            actual_cost = priced_cost(approval, tokens_used)
         settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost)
-        if settlement.settled:
-            approval.budget_state = BudgetState.SETTLED
-            fields = ["budget_state", "updated_at"]
-            if settlement.flagged:
-                flag = {"code": "usage_overrun", "severity": "high",
-                        "message": f"Reported usage ({tokens_used} tokens, {Decimal(actual_cost):.4f}) is far above "
-                                   f"the estimate ({approval.estimated_tokens} tokens, "
-                                   f"{approval.estimated_cost:.4f}).",
-                        "at": timezone.now().isoformat()}
-                approval.usage_flags = [*approval.usage_flags, flag]
-                fields.append("usage_flags")
-                event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",
-                           data={**approval_event_data(approval), "flag": flag})
-            approval.save(update_fields=fields)
-            if settlement.critical is not None and not _already_stopped_for_budget(uow.project):
-                emergency_stop_trigger(
-                    project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
-                    reason=f"The day's cost {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
-                           f"{settlement.critical.limit:.4f}",
-                    data={"daily_cost": f"{settlement.critical.projected:.4f}",
-                          "daily_cost_limit": f"{settlement.critical.limit:.4f}", "approval_id": str(approval.pk)})
+        record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
     return approval, settlement.settled
+
+
+def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_used: int, actual_cost) -> None:
+    """What a settlement means for its call: settled; a ``usage_overrun`` flag (and a
+    safety_alert event) when far above the estimate; a day's cost past 1.5 x the daily limit
+    stops the project (budget_critical). Nothing when the usage was already settled."""
+    if not settlement.settled:
+        return
+    approval.budget_state = BudgetState.SETTLED
+    fields = ["budget_state", "updated_at"]
+    if settlement.flagged:
+        flag = {"code": "usage_overrun", "severity": "high",
+                "message": f"Reported usage ({tokens_used} tokens, {Decimal(actual_cost):.4f}) is far above "
+                           f"the estimate ({approval.estimated_tokens} tokens, "
+                           f"{approval.estimated_cost:.4f}).",
+                "at": timezone.now().isoformat()}
+        approval.usage_flags = [*approval.usage_flags, flag]
+        fields.append("usage_flags")
+        event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",
+                   data={**approval_event_data(approval), "flag": flag})
+    approval.save(update_fields=fields)
+    if settlement.critical is not None and not _already_stopped_for_budget(uow.project):
+        emergency_stop_trigger(
+            project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
+            reason=f"The day's cost {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
+                   f"{settlement.critical.limit:.4f}",
+            data={"daily_cost": f"{settlement.critical.projected:.4f}",
+                  "daily_cost_limit": f"{settlement.critical.limit:.4f}", "approval_id": str(approval.pk)})
 
 
 def _already_stopped_for_budget(project) -> bool:

@@ -37,20 +37,25 @@ def case_context(case: dict) -> RiskContext:
 
 def test_assess_result_shape():
     result = assess(ctx("rm -rf /", {"files": [{"content": "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"}]}))
-    assert set(result) == {"level", "score", "flags"}
+    assert {"level", "score", "flags"} <= set(result)        # plus the pipeline's keys (INTERFACE.md)
+    assert set(result) - {"level", "score", "flags"} == {"confidence_score", "safety_score", "observed_flags",
+                                                        "suppressed_flags", "analyzers", "tools"}
     assert result["level"] == "critical"
     assert isinstance(result["score"], float) and 0.0 <= result["score"] <= 1.0
     assert result["score"] == round(result["score"], 3)
     assert result["flags"]
     for flag in result["flags"]:
-        assert set(flag) == {"code", "severity", "message", "location"}
-        assert flag["severity"] in analyzers.SEVERITIES and all(isinstance(v, str) and v for v in flag.values())
+        assert set(flag) == {"code", "severity", "message", "location", "fingerprint", "confidence", "analyzer"}
+        assert flag["severity"] in analyzers.SEVERITIES
+        assert all(isinstance(flag[k], str) and flag[k] for k in ("code", "severity", "message", "location"))
     assert {f["location"] for f in result["flags"]} == {"proposed_action", "input_data.files[0].content"}
     assert json.loads(json.dumps(result)) == result          # stored in a JSONField and sent on websockets
 
 
 def test_no_flags_is_low_with_zero_score():
-    assert assess(ctx("Run the unit tests", {"command": "pytest -q"})) == {"level": "low", "score": 0.0, "flags": []}
+    result = assess(ctx("Run the unit tests", {"command": "pytest -q"}))
+    assert {k: result[k] for k in ("level", "score", "flags")} == {"level": "low", "score": 0.0, "flags": []}
+    assert result["safety_score"] == 1.0 and result["confidence_score"] == 1.0
 
 
 def test_level_is_highest_severity_and_score_combines_weights():
@@ -394,7 +399,7 @@ def test_only_the_configured_analyzers_run(settings):
 def test_a_failing_analyzer_is_reported_not_raised(settings, caplog):
     settings.HITL_RISK_ANALYZERS = [f"{__name__}.Broken", "approvals.analyzers.CostAnalyzer"]
     result = assess(ctx("hello", cost="2.0000"))
-    assert codes(result) == {"risk.analyzer_failed", "cost.high_estimate"} and result["level"] == "high"
+    assert codes(result) == {"analyzer.failed", "cost.high_estimate"} and result["level"] == "high"
     assert any("Broken failed" in r.getMessage() for r in caplog.records)
 
 

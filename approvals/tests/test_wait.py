@@ -219,7 +219,7 @@ def test_a_lost_push_only_delays_the_release(pending, agent_key, reviewer, setti
 
 
 def test_many_waiters_share_one_poll_query(project, agent, agent_key, reviewer, settings, django_assert_max_num_queries):
-    from approvals.consumers import _due_for_release
+    from approvals.consumers import CALLS
     from projects.services import task_create
 
     approvals = []
@@ -230,5 +230,5 @@ def test_many_waiters_share_one_poll_query(project, agent, agent_key, reviewer, 
                                                 model="gpt-4o-mini"))
     agent_approval_decide(approval_id=approvals[2].pk, decider=reviewer, decision="approve")
     with django_assert_max_num_queries(1):
-        ready = _due_for_release([a.pk for a in approvals])
+        ready = CALLS.due_for_release([a.pk for a in approvals])
     assert ready == [approvals[2].pk]

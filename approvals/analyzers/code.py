@@ -1,0 +1,305 @@
+"""Code safety (flag codes ``code.*``) and the ``code_quality`` metric.
+
+Code is pulled out of ``files`` entries (language from the extension), ``code`` / ``script`` /
+``command`` fields and Markdown fenced blocks in any string. Python is parsed (``ast``) and scanned
+with Bandit, with ``# nosec`` ignored and the noisy tests left out; every text, code or not, is checked
+with a small rule set of our own: downloads piped into a shell, ``shutil.rmtree`` of a root path,
+``eval`` / ``exec`` of input, deserialisation of request data.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+
+from .base import Analyzer
+from .destructive import _CRITICAL_PATHS
+from .text import has_hint, redact
+
+logger = logging.getLogger(__name__)
+
+MAX_PYTHON_CHARS = 100_000      # per block given to ast / Bandit
+MAX_PYTHON_TOTAL = 200_000      # per scan
+
+_EXT = {".py": "python", ".pyw": "python", ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".ps1": "powershell",
+        ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".ts": "javascript", ".tsx": "javascript",
+        ".jsx": "javascript", ".rb": "ruby", ".go": "go", ".java": "java", ".sql": "sql", ".yml": "yaml",
+        ".yaml": "yaml", ".dockerfile": "shell", ".md": "markdown", ".txt": "text", ".json": "json"}
+_FENCE_LANG = {"python": "python", "py": "python", "python3": "python", "sh": "shell", "bash": "shell",
+               "shell": "shell", "zsh": "shell", "console": "shell", "shell-session": "shell", "powershell": "powershell",
+               "ps1": "powershell", "js": "javascript", "javascript": "javascript", "ts": "javascript",
+               "typescript": "javascript", "sql": "sql", "dockerfile": "shell"}
+_FENCE = re.compile(r"(?:^|\n)[ \t]*(```+|~~~+)[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*\1[ \t]*(?=\n|$)|\Z)", re.S)
+_CODE_KEYS = {"code", "source", "source_code", "script", "snippet", "patch_content"}
+_SHELL_KEYS = {"command", "cmd", "commands", "shell", "run"}
+_BLOCK_KEYS = {"content", "text", "body"} | _CODE_KEYS | _SHELL_KEYS
+_PY_HINT = re.compile(r"^(?:\s*(?:def |class |import |from \w[\w.]* import |async def |@\w|if __name__))", re.M)
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    location: str
+    language: str
+    text: str
+
+
+def _guess(text: str) -> str:
+    if text.startswith("#!"):
+        first = text.split("\n", 1)[0]
+        return "python" if "python" in first else "shell" if re.search(r"\b(?:ba|z|da|k)?sh\b", first) else "text"
+    return "python" if _PY_HINT.search(text) else "text"
+
+
+def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
+    """Code blocks of the original segments and of the source JSON (files entries, code fields)."""
+    blocks: list[CodeBlock] = []
+    by_location = {seg.location: seg for seg in ctx.original_segments}
+    # files entries: {path|filename|name, content|code}
+    for seg in ctx.original_segments:
+        if not seg.is_key and seg.key in _BLOCK_KEYS:
+            parent = seg.location.rsplit(".", 1)[0]
+            language = None
+            for name in ("path", "filename", "name", "file"):
+                sib = by_location.get(f"{parent}.{name}")
+                if sib is not None:
+                    ext = os.path.splitext(sib.text.strip().lower())[1] or (
+                        ".dockerfile" if sib.text.lower().endswith("dockerfile") else "")
+                    language = _EXT.get(ext, "text")
+                    break
+            sib = by_location.get(f"{parent}.language") or by_location.get(f"{parent}.lang")
+            if sib is not None:
+                language = _FENCE_LANG.get(sib.text.strip().lower(), language or "text")
+            if language is None:
+                if seg.key in _SHELL_KEYS:
+                    language = "shell"
+                elif seg.key in _CODE_KEYS:
+                    language = _guess(seg.text)
+            if language and language != "markdown":
+                blocks.append(CodeBlock(seg.location, language, seg.text))
+                continue
+        if "```" in seg.text or "~~~" in seg.text:
+            for m in _FENCE.finditer(seg.text):
+                lang = _FENCE_LANG.get(m.group(2).lower()) or _guess(m.group(3))
+                blocks.append(CodeBlock(seg.location, lang, m.group(3)))
+    return tuple(blocks)
+
+
+# --- rules on every text ---------------------------------------------------------------------------------
+
+_NET_FETCH = r"(?:curl|wget|fetch|http|aria2c|iwr|Invoke-WebRequest|irm|Invoke-RestMethod)\b"
+_SHELLS = r"(?:sudo\s+(?:-\w+\s+)*)?(?:/usr)?(?:/bin/)?(?:ba|z|da|k|fi|c|tc)?sh\b|python[\d.]*\b|perl\b|ruby\b|node\b"
+_PIPE_TO_SHELL = re.compile(
+    rf"\b{_NET_FETCH}[^\n|;&]{{0,300}}\|\s*(?:{_SHELLS})|"
+    rf"\b(?:{_SHELLS})\s+(?:-\w+\s+)*<\(\s*{_NET_FETCH}|"
+    rf"\b(?:{_SHELLS})\s+-c\s+[\"']?\$\(\s*{_NET_FETCH}|"
+    r"\b(?:iex|Invoke-Expression)\b[^\n]{0,40}(?:DownloadString|iwr|irm|Invoke-WebRequest|Invoke-RestMethod)|"
+    r"(?:DownloadString|iwr|irm|Invoke-WebRequest)[^\n|]{0,200}\|\s*(?:iex|Invoke-Expression)\b", re.I)
+_PLAIN_HTTP_OR_IP = re.compile(r"\bhttp://|://\d{1,3}(?:\.\d{1,3}){3}\b")
+_RMTREE = re.compile(r"\b(?:shutil\.rmtree|rmtree|os\.removedirs|os\.rmdir|fs\.rmSync|fs\.rmdirSync|"
+                     r"fs\.promises\.rm|rimraf(?:\.sync)?)\s*\(\s*([^,)\n]{1,120})")
+_HOME_EXPR = re.compile(r"os\.path\.expanduser\(\s*['\"]~/?['\"]\s*\)|Path\.home\(\)|os\.environ\[?\.?(?:get\()?"
+                        r"\s*['\"]HOME['\"]|os\.getenv\(\s*['\"]HOME['\"]|os\.homedir\(\)|Path\(\s*['\"]/['\"]\s*\)|"
+                        r"os\.sep\b|os\.path\.abspath\(\s*os\.sep\s*\)|['\"]C:[\\/]{1,2}['\"]", re.I)
+_EVAL_INPUT = re.compile(
+    r"\b(?:eval|exec)\s*\(\s*(?:input\s*\(|raw_input\s*\(|sys\.argv|(?:flask\.)?request\.|req\.(?:body|query|params)|"
+    r"self\.request\.|os\.environ|[\w.]*(?:recv|read)\s*\(|[\w.]*(?:user_input|payload|untrusted|body|data)\b)|"
+    r"\bnew\s+Function\s*\([^)\n]{0,80}\breq(?:uest)?\.(?:body|query|params)|\beval\s*\(\s*req\.", re.I)
+_PICKLE_UNTRUSTED = re.compile(
+    r"\b(?:pickle|cPickle|dill|marshal|shelve|jsonpickle)\.loads?\s*\(\s*(?:[\w.]+\(\s*)*(?:[\w.]*(?:request|recv|read|body|payload|"
+    r"data|message|msg|upload|untrusted|input|content|blob|b64decode|cookies?)\b)|\byaml\.unsafe_load(?:_all)?\s*\(|"
+    r"\byaml\.(?:unsafe_)?load\s*\([^)\n]*"
+    r"(?:Loader\s*=\s*yaml\.(?:Unsafe)?Loader|request|recv|body|payload)", re.I)
+_SHELL_TRUE_VAR = re.compile(
+    r"\b(?:subprocess\.(?:run|call|Popen|check_call|check_output)|os\.system|os\.popen)\s*\(\s*"
+    r"(?:f[\"']|[\"'][^\"'\n]*[\"']\s*(?:%|\+|\.format)|[a-z_][\w.]*\s*[,)+%]|[\"'][^\"'\n]*\{)[^\n]*", re.I)
+_CMD_INJECTION = re.compile(
+    r"\bexec(?:Sync)?\s*\(\s*`[^`]{0,200}\$\{\s*req(?:uest)?\.(?:body|query|params)|"
+    r"\bexec(?:Sync)?\s*\(\s*['\"][^'\"\n]*['\"]\s*\+\s*req(?:uest)?\.(?:body|query|params)|"
+    r"\bexec\.Command(?:Context)?\(\s*(?:ctx\s*,\s*)?\"(?:/bin/)?(?:ba)?sh\"\s*,\s*\"-c\"\s*,\s*(?!\")|"
+    r"\bRuntime\.getRuntime\(\)\.exec\(\s*(?:request|req)\.")
+_SHELL_TRUE = re.compile(r"shell\s*=\s*True")
+_CHMOD_777 = re.compile(r"\bos\.chmod\(\s*['\"]?/['\"]?\s*,\s*0o?777")
+
+_RULE_HINTS = ("|", "<(", "$(", "iex", "invoke-expression", "rmtree", "rmdir", "rmsync", "rimraf", "eval", "exec",
+               "function", "pickle", "marshal", "dill", "shelve", "yaml", "shell", "system", "popen")
+
+
+def _root_arg(arg: str) -> bool:
+    arg = arg.strip()
+    if _HOME_EXPR.search(arg):
+        return True
+    lit = re.fullmatch(r"[rbuf]?[\"']([^\"']*)[\"']", arg)
+    if not lit:
+        return False
+    path = lit.group(1)
+    return path in _CRITICAL_PATHS or path.rstrip("/") in _CRITICAL_PATHS or path.lower() in _CRITICAL_PATHS
+
+
+# --- Bandit ----------------------------------------------------------------------------------------------
+
+# Noisy for agent code, or covered better elsewhere: assert (B101), import/subprocess without a shell
+# (B404, B603, B607), hardcoded passwords (B105-B107: the secrets analyzer), random (B311),
+# try/except/pass (B110, B112), requests without timeout (B113), temp dirs (B108).
+BANDIT_SKIPS = ["B101", "B105", "B106", "B107", "B108", "B110", "B112", "B113", "B311", "B403", "B404", "B603",
+                "B607"]
+_BANDIT_CONF = {"HIGH": 0.9, "MEDIUM": 0.6, "LOW": 0.3, "UNDEFINED": 0.3}
+
+
+class _Bandit:
+    """One BanditManager per process (built once; loading the plugins is the slow part), used under a lock."""
+    _lock = threading.Lock()
+    _manager = None
+    _build_lock = threading.Lock()
+
+    @classmethod
+    def build(cls):
+        with cls._build_lock:
+            if cls._manager is None:
+                cls._manager = cls._new()
+        return cls._manager
+
+    @staticmethod
+    def _new():
+        quiet = logging.getLogger("stevedore.extension")
+        level, quiet.level = quiet.level, logging.CRITICAL     # optional formatters (sarif) are not installed
+        try:
+            from bandit.core import config as b_config
+            from bandit.core import manager as b_manager
+        finally:
+            quiet.setLevel(level)
+        logging.getLogger("bandit").setLevel(logging.CRITICAL)
+        conf = b_config.BanditConfig()
+        return b_manager.BanditManager(conf, "file", quiet=True, ignore_nosec=True,
+                                       profile={"include": set(), "exclude": set(BANDIT_SKIPS)})
+
+    @classmethod
+    def scan(cls, code: str) -> list:
+        from bandit.core import metrics as b_metrics
+        manager = cls.build()
+        acquired = cls._lock.acquire(timeout=0.5)
+        if not acquired:            # a stuck run holds the shared one: use a private manager
+            manager = cls._new()
+        try:
+            fd, path = tempfile.mkstemp(suffix=".py", prefix="hitl-bandit-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(code)
+                manager.files_list, manager.excluded_files, manager.skipped = [path], [], []
+                manager.results, manager.scores, manager.metrics = [], [], b_metrics.Metrics()
+                manager.run_tests()
+                return list(manager.get_issue_list())
+            finally:
+                os.unlink(path)
+        finally:
+            if acquired:
+                cls._lock.release()
+
+
+def _bandit_severity(issue) -> str:
+    sev, conf = str(issue.severity).upper(), str(issue.confidence).upper()
+    if sev == "HIGH":
+        return "high" if conf in ("HIGH", "MEDIUM") else "medium"
+    if sev == "MEDIUM":
+        return "medium" if conf in ("HIGH", "MEDIUM") else "low"
+    return "low"
+
+
+class CodeSafetyAnalyzer(Analyzer):
+    """Downloads piped into a shell and root deletes (critical), eval/deserialisation of input (high),
+    Bandit findings on Python code, syntax errors; ``code_quality`` for the code found."""
+    code = "code"
+    version = "1"
+
+    def prepare(self) -> None:
+        _Bandit.build()
+
+    def run(self, ctx) -> tuple[list[dict], dict]:
+        flags = self.for_each_segment(ctx, self._segment)
+        blocks = getattr(ctx, "code_blocks", ())
+        budget = MAX_PYTHON_TOTAL
+        scores = []
+        for block in blocks:
+            if block.language != "python" or budget <= 0:
+                scores.append(1.0 if block.text.strip() else 0.0)
+                continue
+            text = block.text[:MAX_PYTHON_CHARS]
+            budget -= len(text)
+            try:
+                ast.parse(text)
+            except (SyntaxError, ValueError) as exc:
+                line = getattr(exc, "lineno", None)
+                flags.append(self.flag("syntax_error", "low", f"Python does not parse: {exc.msg if hasattr(exc, 'msg') else exc}"
+                                       + (f" (line {line})" if line else ""), block.location, match=str(exc)))
+                scores.append(0.0)
+                continue
+            penalty = 0.0
+            for issue in _Bandit.scan(text):
+                severity = _bandit_severity(issue)
+                penalty += {"low": 0.05, "medium": 0.15, "high": 0.3, "critical": 0.5}[severity]
+                flags.append(self.flag(
+                    f"bandit.{issue.test_id}", severity,
+                    f"Bandit {issue.test_id} ({issue.test}): {redact(issue.text, 120)} (line {issue.lineno})",
+                    block.location, confidence=_BANDIT_CONF.get(str(issue.confidence).upper(), 0.5),
+                    match=f"{issue.test_id}:{redact(issue.get_code(max_lines=1, tabbed=False) or '', 200)}"))
+            size = len(block.text)
+            sanity = 1.0 if size <= MAX_PYTHON_CHARS else 0.5
+            scores.append(max(0.0, 1.0 - penalty) * sanity)
+        metrics = {}
+        if blocks:
+            metrics["code_quality"] = sum(scores) / len(scores)
+        elif getattr(ctx, "kind", "") == "response":
+            metrics["code_quality"] = 0.0
+        return flags, metrics
+
+    def analyze(self, ctx) -> list[dict]:
+        return self.run(ctx)[0]
+
+    def _segment(self, seg) -> list[dict]:
+        text, loc, flags = seg.text, seg.location, []
+        lower = text.lower()
+        if not has_hint(lower, _RULE_HINTS):
+            return flags
+        m = ("|" in text or "<(" in text or "$(" in text or "iex" in lower or "invoke-expression" in lower) \
+            and _PIPE_TO_SHELL.search(text)
+        if m:
+            severity = "critical" if _PLAIN_HTTP_OR_IP.search(m.group(0)) else "high"
+            flags.append(self.flag("pipe_to_shell", severity, f"Runs a downloaded script: \"{redact(m.group(0))}\"",
+                                   loc, match=m.group(0)))
+        if "rm" in lower:
+            for m in _RMTREE.finditer(text):
+                if _root_arg(m.group(1)):
+                    flags.append(self.flag("delete_root", "critical", f"Deletes a root/home/system path: "
+                                                                      f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
+                    break
+        if "eval" in lower or "exec" in lower or "function" in lower:
+            m = _EVAL_INPUT.search(text)
+            if m:
+                flags.append(self.flag("eval_input", "high", f"Evaluates untrusted input as code: "
+                                                             f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
+        m = _PICKLE_UNTRUSTED.search(text) if any(h in lower for h in ("pickle", "marshal", "dill", "shelve",
+                                                                        "yaml")) else None
+        if m:
+            flags.append(self.flag("unsafe_deserialization", "high", f"Deserialises untrusted data: "
+                                                                     f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
+        if "shell" in lower:
+            for m in _SHELL_TRUE_VAR.finditer(text):
+                if _SHELL_TRUE.search(m.group(0)):
+                    flags.append(self.flag("shell_injection", "high", f"Shell command built from variables with "
+                                                                      f"shell=True: \"{redact(m.group(0))}\"", loc,
+                                           match=m.group(0)))
+                    break
+        m = ("exec" in lower or "command" in lower) and _CMD_INJECTION.search(text)
+        if m:
+            flags.append(self.flag("shell_injection", "high", f"Shell command built from request data: "
+                                                              f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
+        if "system" in lower or "popen" in lower:
+            m = re.search(r"(?:\bos|__import__\(\s*['\"]os['\"]\s*\))\.(?:system|popen)\s*\(\s*(?:f[\"']|[\"'][^\"'\n]*[\"']\s*(?:%|\+|\.format)|"
+                          r"[a-z_][\w.]*\s*[)+%])", text)
+            if m:
+                flags.append(self.flag("shell_injection", "high", f"Shell command built from variables: "
+                                                                  f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
+        return flags

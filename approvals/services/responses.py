@@ -1,0 +1,317 @@
+"""Response approvals: an agent's output is held until a person approves it.
+
+The agent that ran a started call submits what it produced; the analyzer (approvals.analyzers,
+run before any lock is taken: it reads only what the call was approved to do) attaches its
+flags and scores; the call's budget reservation is settled with the reported usage, exactly
+once; a reviewer approves, rejects (with a reason) or sends it back for modification (the agent
+redoes the work under a new call approval, up to HITL_RESPONSE_MAX_MODIFICATION_ROUNDS rounds
+per task); beat times it out. A critical flag raises ``safety_alert`` and trips the emergency
+condition ``security_threat`` in the submission's own unit of work.
+
+Locks: project (shared), task, call approval, budget windows, response approval (LOCK_ORDER of
+core/uow.py): a submission settles the call's budget first, then records the response.
+"""
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from approvals.analyzers import ResponseContext, analyze_response
+from approvals.models import AgentCallApproval, FlagLabel, ResponseApproval
+from approvals.services.calibration import label_flags, project_rules
+from approvals.services.common import call_uow
+from approvals.services.usage import priced_cost, record_settlement
+from audit.services import audit_record
+from budgets.services import BUDGET_RELATED, budget_settle
+from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.uow import retry_transient
+from core.wakeup import wakeup_on_commit
+from emergency.models import Condition, EmergencyStop, Severity
+from emergency.services import emergency_settings_for, emergency_stop_trigger
+from events.services import event_emit
+from projects import roles
+from projects.models import Project, Task
+from projects.permissions import require_not_requester, require_project_perm
+from projects.services import agent_state_refresh, task_move
+from projects.uow import project_uow
+
+Status = ResponseApproval.Status
+CallStatus = AgentCallApproval.Status
+# A call approval takes one response; after one of these it is done with (a new call is needed).
+FINAL_FOR_CALL = (Status.PENDING, Status.APPROVED, Status.REJECTED, Status.REQUIRES_MODIFICATION)
+
+
+def response_group(approval_id) -> str:
+    """Channel-layer group that agents waiting on this response approval listen to."""
+    return f"approvals.response.{approval_id}"
+
+
+def response_event_data(response: ResponseApproval) -> dict:
+    return {
+        "approval_id": str(response.pk),
+        "original_call_approval_id": str(response.agent_call_approval_id),
+        "agent_type": response.agent_type,
+        "response_summary": response.response_summary[:500],
+        "status": response.status,
+        "risk_level": (response.analysis or {}).get("level"),
+        "risk_flags": [{k: f.get(k) for k in ("code", "severity", "message", "location")}
+                       for f in response.risk_flags[:20]],
+        "safety_score": float(response.safety_score),
+        "confidence_score": float(response.confidence_score),
+        "tokens_used": response.tokens_used,
+        "actual_cost": f"{response.actual_cost:.4f}",
+        "expires_at": response.expires_at.isoformat(),
+        "approved_by": response.approved_by.get_username() if response.approved_by_id else None,
+    }
+
+
+def _snapshot(response: ResponseApproval) -> dict:
+    return {"status": response.status, "approved_by": response.approved_by_id,
+            "rejection_reason": response.rejection_reason, "modifications_required": response.modifications_required}
+
+
+def _score(value) -> Decimal:
+    return Decimal(str(min(max(float(value), 0.0), 1.0))).quantize(Decimal("0.01"))
+
+
+def analysis_context(call: AgentCallApproval, *, agent_type: str, agent_response, response_summary: str,
+                     next_steps, tokens_used: int, allowed_hosts=()) -> ResponseContext:
+    return ResponseContext(
+        agent_type=agent_type, agent_response=agent_response, response_summary=response_summary,
+        next_steps=tuple(str(s) for s in next_steps), tokens_used=tokens_used, call_agent_type=call.agent_type,
+        task_agent_type=call.task.agent_type, proposed_action=call.proposed_action,
+        approved_input=call.input_to_run, estimated_tokens=call.estimated_tokens,
+        workflow_continues=bool(next_steps), allowed_hosts=tuple(allowed_hosts))
+
+
+@retry_transient
+def response_approval_submit(*, submitter, project_id, task_id, agent_type: str, call_approval_id,
+                             agent_response, response_summary: str = "", next_steps=(), tokens_used: int,
+                             actual_cost=None, timeout_minutes: int | None = None) -> ResponseApproval:
+    """The agent that ran a started call submits its output for review. Settles the call's
+    reservation with the reported usage (exactly once, also while the project is stopped: the
+    tokens were spent); refused with 423 while the project is stopped, 409 unless the call is
+    approved and started and has no response yet (one pending per call; after a decision the
+    agent requests a new call)."""
+    call = (AgentCallApproval.objects.select_related("task", "project").filter(pk=call_approval_id).first())
+    if call is None or call.project_id != project_id:
+        raise NotFoundError("No such call approval in this project.")
+    if call.task_id != task_id:
+        raise InvalidInput(fields={"task_id": ["The call approval belongs to another task."]})
+    if submitter.pk != call.requested_by_id:
+        raise Forbidden("Only the agent that requested the call may submit its response.")
+    # The analysis reads only what the call was approved to do (which no longer changes once it
+    # is approved and started), so it runs before any lock is taken.
+    rules = project_rules(project_id)
+    analysis = analyze_response(analysis_context(
+        call, agent_type=agent_type, agent_response=agent_response, response_summary=response_summary,
+        next_steps=next_steps, tokens_used=tokens_used, allowed_hosts=call.project.allowed_link_hosts or ()), rules)
+    timeout_minutes = timeout_minutes or settings.HITL_RESPONSE_TIMEOUT_MINUTES
+    stopped = stop = None
+    with call_uow(call.pk, gate=False) as (uow, call):
+        if call.status != CallStatus.APPROVED or call.started_at is None:
+            raise TransitionError(f"The call approval is {call.status}"
+                                  f"{'' if call.status != CallStatus.APPROVED else ' but not started'}: only the "
+                                  f"output of an approved, started call is reviewed.", current_status=call.status)
+        if actual_cost is None:
+            actual_cost = priced_cost(call, tokens_used)
+        stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
+        # stopped: the usage is still recorded (the tokens were spent); the output is not taken
+        settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost)
+        record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
+        if settlement.settled:
+            audit_record(actor=submitter, action="agent_approval.settle", obj=call,
+                         after={"tokens_used": tokens_used, "actual_cost": Decimal(actual_cost)})
+        # the usage itself may have tripped budget_critical (in this unit of work)
+        stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
+        if not stopped:
+            uow.enter_stage("response")
+            earlier = list(ResponseApproval.objects.filter(task=call.task).values_list(
+                "agent_call_approval_id", "status"))
+            taken = next((s for c, s in earlier if c == call.pk and s in FINAL_FOR_CALL), None)
+            if taken is not None:
+                raise TransitionError(f"This call already has a response ({taken}): request a new call to "
+                                      f"submit new work.", current_status=taken)
+            now = timezone.now()
+            response = ResponseApproval(
+                project=uow.project, task=call.task, agent_call_approval=call, agent_type=agent_type,
+                agent_response=agent_response, response_summary=response_summary, next_steps=list(next_steps),
+                risk_flags=analysis["risk_flags"], confidence_score=_score(analysis["confidence_score"]),
+                safety_score=_score(analysis["safety_score"]), quality_metrics=analysis["quality_metrics"],
+                analysis={k: v for k, v in analysis.items() if k not in ("risk_flags", "quality_metrics")},
+                tokens_used=tokens_used, actual_cost=Decimal(actual_cost), submitted_by=submitter,
+                modification_round=sum(1 for _, s in earlier if s == Status.REQUIRES_MODIFICATION),
+                timeout_minutes=timeout_minutes, expires_at=now + timedelta(minutes=timeout_minutes))
+            try:
+                with transaction.atomic():
+                    response.save(force_insert=True)
+            except IntegrityError:
+                raise TransitionError("This call already has a pending response.",
+                                      current_status=Status.PENDING) from None
+            response.approved_by = None
+            task_move(task=call.task, to=Task.Status.WAITING_FOR_HITL)
+            agent_state_refresh(project_id=uow.project.pk, agent_type=call.task.agent_type)
+            audit_record(actor=submitter, action="response_approval.submit", obj=response,
+                         after={"status": response.status, "call_approval_id": str(call.pk),
+                                "tokens_used": tokens_used, "actual_cost": response.actual_cost,
+                                "risk_level": analysis["level"], "safety_score": response.safety_score,
+                                "flags": sorted({f["code"] for f in response.risk_flags})})
+            event_emit(project_id=uow.project.pk, task_id=call.task_id, event_type="response_approval_requested",
+                       data=response_event_data(response))
+            critical = [f for f in response.risk_flags if f.get("severity") == "critical"]
+            if critical:
+                event_emit(project_id=uow.project.pk, task_id=call.task_id, event_type="safety_alert",
+                           data={**response_event_data(response), "source": "response", "flags": critical[:10]})
+                if emergency_settings_for(uow.project.pk).stop_on_critical_risk:
+                    stop, _ = emergency_stop_trigger(
+                        project_id=uow.project.pk, condition=Condition.SECURITY_THREAT, severity=Severity.CRITICAL,
+                        reason=f"Critical risk in a {agent_type} agent's output: "
+                               f"{', '.join(sorted({f['code'] for f in critical}))}",
+                        data={"response_approval_id": str(response.pk), "call_approval_id": str(call.pk),
+                              "flags": critical[:10]})
+                    response.refresh_from_db(fields=["status", "rejection_reason", "responded_at"])
+    if stopped:
+        raise EmergencyStopActive("The project is under an emergency stop: the usage was recorded, the output "
+                                  "is not taken.", emergency_stop_id=_active_stop_id(project_id))
+    if stop is not None:  # committed together with the response it holds back
+        raise EmergencyStopActive("The output has a critical risk flag: the project is emergency-stopped.",
+                                  emergency_stop_id=stop.pk)
+    return response
+
+
+def _active_stop_id(project_id):
+    stop = EmergencyStop.objects.filter(project_id=project_id, resolved_at__isnull=True).first()
+    return stop.pk if stop else None
+
+
+def _response_uow_lock(uow, approval_id) -> ResponseApproval:
+    uow.enter_stage("task")
+    response = ResponseApproval.objects.filter(pk=approval_id).select_related("task", "submitted_by").first()
+    if response is None:
+        raise NotFoundError("No such response approval.")
+    uow.lock("task", Task.objects, pk=response.task_id)
+    return uow.lock("response", ResponseApproval.objects.select_related("task", "submitted_by", "approved_by"),
+                    pk=approval_id)
+
+
+def _close(uow, response: ResponseApproval, *, actor, to: str, now, reason: str = "", modifications=None,
+           action: str, event_type: str = "response_approval_decided") -> None:
+    """The one place that moves a locked response out of pending, with its task, agent state,
+    flag labels, audit row and event."""
+    if response.status != Status.PENDING:
+        raise TransitionError(f"The response approval is {response.status}.", current_status=response.status)
+    before = _snapshot(response)
+    response.status = to
+    response.responded_at = now
+    fields = ["status", "responded_at", "updated_at"]
+    if to in (Status.APPROVED, Status.REJECTED, Status.REQUIRES_MODIFICATION):
+        response.approved_by = actor
+        fields.append("approved_by")
+    if reason:
+        response.rejection_reason = reason
+        fields.append("rejection_reason")
+    if modifications is not None:
+        response.modifications_required = modifications
+        fields.append("modifications_required")
+    response.save(update_fields=fields)
+    task_move(task=response.task, to=Task.Status.RUNNING if to == Status.APPROVED else Task.Status.PENDING)
+    agent_state_refresh(project_id=response.project_id, agent_type=response.task.agent_type)
+    if to in (Status.APPROVED, Status.REJECTED, Status.REQUIRES_MODIFICATION):
+        label_flags(project_id=response.project_id, source=FlagLabel.Source.RESPONSE, object_id=response.pk,
+                    flags=response.risk_flags, now=now,
+                    outcome=FlagLabel.Outcome.FALSE_ALARM if to == Status.APPROVED else FlagLabel.Outcome.CONFIRMED)
+    audit_record(actor=actor, action=action, obj=response, before=before, after=_snapshot(response), reason=reason)
+    event_emit(project_id=response.project_id, task_id=response.task_id, event_type=event_type,
+               data=response_event_data(response))
+    wakeup_on_commit(response_group(response.pk), status=response.status)
+
+
+@retry_transient
+def response_approval_decide(*, approval_id, decider, decision: str, reason: str = "",
+                             modifications_required=None) -> ResponseApproval:
+    """A reviewer (not the submitter) approves, rejects (reason required) or asks for
+    modifications (``modifications_required`` required; the task goes back to pending and the
+    agent redoes the work under a new call approval, at most HITL_RESPONSE_MAX_MODIFICATION_ROUNDS
+    times per task). Exactly one decision wins (409); after ``expires_at`` it times out (410)."""
+    if decision not in ("approve", "reject", "requires_modification"):
+        raise InvalidInput(fields={"decision": ["Must be approve, reject or requires_modification."]})
+    reason = (reason or "").strip()
+    if decision == "reject" and not reason:
+        raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
+    if decision == "requires_modification" and modifications_required in (None, "", [], {}):
+        raise InvalidInput(fields={"modifications_required": ["Say what must change."]})
+    if decision != "requires_modification" and modifications_required is not None:
+        raise InvalidInput(fields={"modifications_required": ["Only requires_modification takes modifications."]})
+    project_id = ResponseApproval.objects.filter(pk=approval_id).values_list("project_id", flat=True).first()
+    if project_id is None:
+        raise NotFoundError("No such response approval.")
+    expired = False
+    with project_uow(project_id, gate=True, shared=True) as uow:
+        response = _response_uow_lock(uow, approval_id)
+        require_project_perm(decider, roles.REVIEW, uow.project, "decide agent responses")
+        require_not_requester(decider=decider, requester_id=response.submitted_by_id)
+        if response.status == Status.TIMED_OUT:
+            raise Expired("The response approval timed out before this decision.", status=response.status)
+        if response.status != Status.PENDING:
+            raise TransitionError(f"The response approval is already {response.status}.",
+                                  current_status=response.status)
+        now = timezone.now()
+        if now >= response.expires_at:
+            _close(uow, response, actor=None, to=Status.TIMED_OUT, now=now, action="response_approval.time_out",
+                   event_type="approval_timed_out")
+            expired = True
+        elif decision == "approve":
+            _close(uow, response, actor=decider, to=Status.APPROVED, now=now, reason=reason,
+                   action="response_approval.approve")
+        elif decision == "reject":
+            _close(uow, response, actor=decider, to=Status.REJECTED, now=now, reason=reason,
+                   action="response_approval.reject")
+        else:
+            cap = settings.HITL_RESPONSE_MAX_MODIFICATION_ROUNDS
+            if response.modification_round + 1 > cap:
+                raise TransitionError(f"This task was already sent back {response.modification_round} times (the "
+                                      f"cap is {cap}): approve or reject it.", current_status=response.status,
+                                      modification_round=response.modification_round)
+            _close(uow, response, actor=decider, to=Status.REQUIRES_MODIFICATION, now=now, reason=reason,
+                   modifications=modifications_required, action="response_approval.requires_modification")
+    if expired:
+        raise Expired("The response approval timed out before this decision.", status=Status.TIMED_OUT)
+    return response
+
+
+@retry_transient
+def response_approval_time_out(*, approval_id, now=None) -> bool:
+    """Time out one response approval if it is still pending and due. Safe to repeat."""
+    now = now or timezone.now()
+    project_id = ResponseApproval.objects.filter(pk=approval_id, status=Status.PENDING,
+                                                 expires_at__lte=now).values_list("project_id", flat=True).first()
+    if project_id is None:
+        return False
+    with project_uow(project_id, shared=True) as uow:
+        response = _response_uow_lock(uow, approval_id)
+        if response.status != Status.PENDING or response.expires_at > now:
+            return False
+        _close(uow, response, actor=None, to=Status.TIMED_OUT, now=now, action="response_approval.time_out",
+               event_type="approval_timed_out")
+        return True
+
+
+def response_approval_expire_overdue(*, now=None) -> int:
+    """Beat sweep: every due pending response approval goes through the time-out service."""
+    now = now or timezone.now()
+    due = ResponseApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    return sum(response_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+
+
+def cancel_open_responses(*, uow, project, now) -> list[str]:
+    """An emergency stop (emergency.hooks.project_halting) cancels every pending response
+    approval of the project and wakes the agents waiting on them."""
+    pending = ResponseApproval.objects.filter(project=project, status=Status.PENDING)
+    ids = [r.pk for r in uow.lock_many("response", pending.only("pk"))]
+    ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason="emergency stop",
+                                                       responded_at=now, updated_at=now)
+    for pk in ids:
+        wakeup_on_commit(response_group(pk), status=Status.CANCELLED)
+    return [str(pk) for pk in ids]
