@@ -12,6 +12,7 @@
 from datetime import timedelta
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -30,13 +31,24 @@ PRECISION_DAYS = 30
 
 
 def project_rules(project_id) -> ProjectRules:
-    """The project's rule settings and active suppressions, as the analyzer takes them."""
+    """The project's rule settings and active suppressions, as the analyzer takes them: one
+    query (it runs in every request that creates a call), kept for the rest of the request."""
     def load():
-        settings_ = {row.code: {"mode": row.mode, "threshold": float(row.threshold)}
-                     for row in RuleSetting.objects.filter(project_id=project_id)}
-        now = timezone.now()
-        suppressions = frozenset(FlagSuppression.objects.filter(
-            project_id=project_id, revoked_at__isnull=True, expires_at__gt=now).values_list("code", "fingerprint"))
+        quote = connection.ops.quote_name
+        rules, sups = RuleSetting._meta, FlagSuppression._meta
+        sql = (f"SELECT {quote('code')}, {quote('mode')}, {quote('threshold')}, NULL "
+               f"FROM {quote(rules.db_table)} WHERE {quote('project_id')} = %s "
+               f"UNION ALL SELECT {quote('code')}, NULL, NULL, {quote('fingerprint')} "
+               f"FROM {quote(sups.db_table)} WHERE {quote('project_id')} = %s "
+               f"AND {quote('revoked_at')} IS NULL AND {quote('expires_at')} > %s")
+        pk = rules.get_field("project").target_field.get_db_prep_value(project_id, connection)
+        now = sups.get_field("expires_at").get_db_prep_value(timezone.now(), connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [pk, pk, now])
+            rows = cursor.fetchall()
+        settings_ = {code: {"mode": mode, "threshold": float(threshold)}
+                     for code, mode, threshold, fingerprint in rows if mode is not None}
+        suppressions = frozenset((code, fingerprint) for code, mode, _, fingerprint in rows if mode is None)
         return ProjectRules(settings=settings_, suppressions=suppressions)
     return memo(("project_rules", str(project_id)), load)
 

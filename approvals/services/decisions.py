@@ -9,6 +9,7 @@ from django.utils import timezone
 from approvals.analyzers import RiskContext, assess
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
+from approvals.services.calibration import project_rules
 from approvals.services.common import (
     BudgetState,
     OPEN_TASK_STATUSES,
@@ -42,7 +43,8 @@ def _check_amendment(approval: AgentCallApproval, amended_input_data: dict) -> N
                               f"({approval.estimated_tokens} / {approval.estimated_cost:.4f}): reject the call and "
                               f"let the agent request it with that input.", current_status=approval.status)
     risk = assess(RiskContext(agent_type=approval.agent_type, proposed_action=approval.proposed_action,
-                              input_data=amended_input_data, estimated_cost=cost, budget_remaining=None))
+                              input_data=amended_input_data, estimated_cost=cost, budget_remaining=None),
+                  project_rules(approval.project_id))
     if risk["level"] == "critical":
         raise TransitionError("The amended input has a critical risk flag: "
                               f"{', '.join(sorted({f['code'] for f in risk['flags'] if f['severity'] == 'critical'}))}.",

@@ -13,6 +13,7 @@ from django.utils import timezone
 from approvals.analyzers import RiskContext, assess
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
+from approvals.services.calibration import project_rules
 from approvals.services.common import BudgetState, OPEN_TASK_STATUSES, Status, approval_event_data
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, BudgetCritical, budget_admit, budget_remaining
@@ -49,7 +50,8 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
                             context_summary=context_summary, estimated_tokens=estimated_tokens,
                             estimated_cost=estimated_cost)
     risk = assess(RiskContext(agent_type=agent_type, proposed_action=proposed_action, input_data=input_data,
-                              estimated_cost=cost, budget_remaining=budget_remaining(project_id)))
+                              estimated_cost=cost, budget_remaining=budget_remaining(project_id)),
+                  project_rules(project_id))
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
     stop = None
     # Shared: admissions of one project run side by side (projects/uow.py); the budget windows and

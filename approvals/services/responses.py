@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from approvals.analyzers import ResponseContext, analyze_response
 from approvals.models import AgentCallApproval, FlagLabel, ResponseApproval
+from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
 from approvals.services.common import call_uow
 from approvals.services.usage import priced_cost, record_settlement
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, budget_settle
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.request_cache import memo
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
 from emergency.models import Condition, EmergencyStop, Severity
@@ -102,6 +104,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
         raise InvalidInput(fields={"task_id": ["The call approval belongs to another task."]})
     if submitter.pk != call.requested_by_id:
         raise Forbidden("Only the agent that requested the call may submit its response.")
+    memo(call_route_key(call.pk), lambda: {"project_id": call.project_id, "task_id": call.task_id})
     # The analysis reads only what the call was approved to do (which no longer changes once it
     # is approved and started), so it runs before any lock is taken.
     rules = project_rules(project_id)
@@ -310,6 +313,8 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
     approval of the project and wakes the agents waiting on them."""
     pending = ResponseApproval.objects.filter(project=project, status=Status.PENDING)
     ids = [r.pk for r in uow.lock_many("response", pending.only("pk"))]
+    if not ids:
+        return []
     ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason="emergency stop",
                                                        responded_at=now, updated_at=now)
     for pk in ids:

@@ -15,11 +15,13 @@ pytestmark = pytest.mark.django_db
 PINS = {
     "trivial_get": 3,    # API key with its user, the user's project roles, the task
     "approval_get": 3,
-    "create": 23,
+    "create": 24,        # 23 until issue 10: + the project's analyzer rules and suppressions (one query)
     "respond": 15,
     "start": 13,
     "usage": 21,
-    "stop": 25,
+    "stop": 26,          # 25 until issue 10: + the lock of the project's pending response approvals
+    "response_submit": 36,  # settles the budget (ledger, windows, alerts), records and analyzes the output
+    "response_decide": 18,
 }
 
 
@@ -69,3 +71,22 @@ def test_emergency_stop(reviewer_client, agent_client, request_body, steady, pro
     with django_assert_max_num_queries(PINS["stop"]):
         r = reviewer_client.post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "pinned"}, format="json")
     assert r.status_code == 201, r.content
+
+
+def test_response_approvals(agent_client, reviewer_client, steady, request_body, django_assert_max_num_queries):
+    call = agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(steady.pk)),
+                             format="json").json()
+    reviewer_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/respond", {"decision": "approve"},
+                         format="json")
+    agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/start")
+    body = {"project_id": call["project_id"], "task_id": call["task_id"], "agent_type": "coder",
+            "original_call_approval_id": call["approval_id"],
+            "agent_response": {"files": [{"path": "a.py", "content": "def f():\n    return 1\n"}]},
+            "response_summary": "f", "next_steps": ["test f"], "tokens_used": 100, "actual_cost": "0.0010"}
+    with django_assert_max_num_queries(PINS["response_submit"]):
+        r = agent_client.post("/api/v1/response-approvals", body, format="json")
+    assert r.status_code == 201, r.content
+    with django_assert_max_num_queries(PINS["response_decide"]):
+        d = reviewer_client.post(f"/api/v1/response-approvals/{r.json()['approval_id']}/respond",
+                                 {"decision": "approve"}, format="json")
+    assert d.status_code == 200, d.content
