@@ -44,7 +44,8 @@ class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
         from projects.services import project_create, project_update
 
         if change:
-            project_update(actor=request.user, project_id=obj.pk, name=obj.name, timezone_name=obj.timezone)
+            project_update(actor=request.user, project_id=obj.pk, name=obj.name, timezone_name=obj.timezone,
+                           allowed_link_hosts=obj.allowed_link_hosts)
         else:
             created = project_create(actor=request.user, name=obj.name, slug=obj.slug, timezone_name=obj.timezone)
             obj.pk = created.pk

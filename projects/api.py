@@ -40,7 +40,7 @@ class ProjectDetailOutputSerializer(ProjectOutputSerializer):
     task_counts = serializers.SerializerMethodField()
 
     class Meta(ProjectOutputSerializer.Meta):
-        fields = ProjectOutputSerializer.Meta.fields + ["agent_states", "task_counts"]
+        fields = ProjectOutputSerializer.Meta.fields + ["allowed_link_hosts", "agent_states", "task_counts"]
 
     def get_task_counts(self, project) -> dict[str, int]:
         return selectors.project_task_counts(project=project)
@@ -93,6 +93,9 @@ class ProjectDetailApi(APIView):
         name = StrictCharField(max_length=200, required=False)
         timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
                                            help_text="IANA time zone name")
+        allowed_link_hosts = serializers.ListField(
+            child=StrictCharField(max_length=253), required=False, max_length=200,
+            help_text="hosts agents' output may link to without a flag; a host allows its subdomains (addition)")
 
     def _project(self, request, project_id):
         return get_or_404(project_visible_to(user=request.user).prefetch_related("agent_states"), project_id)
@@ -113,9 +116,10 @@ class ProjectDetailApi(APIView):
         s = self.UpdateSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         if not s.validated_data:
-            raise serializers.ValidationError({"non_field_errors": ["Give name or timezone."]})
+            raise serializers.ValidationError({"non_field_errors": ["Give name, timezone or allowed_link_hosts."]})
         services.project_update(actor=request.user, project_id=project.pk, name=s.validated_data.get("name"),
-                                timezone_name=s.validated_data.get("timezone"))
+                                timezone_name=s.validated_data.get("timezone"),
+                                allowed_link_hosts=s.validated_data.get("allowed_link_hosts"))
         return Response(self.output_serializer(self._project(request, project_id)).data)
 
 

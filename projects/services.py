@@ -1,3 +1,5 @@
+import re
+
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -32,8 +34,10 @@ def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -
 
 
 @retry_transient
-def project_update(*, actor, project_id, name: str | None = None, timezone_name: str | None = None) -> Project:
-    """Rename a project or change its time zone (its status is the emergency services' own).
+def project_update(*, actor, project_id, name: str | None = None, timezone_name: str | None = None,
+                   allowed_link_hosts: list[str] | None = None) -> Project:
+    """Rename a project, change its time zone or the hosts its agents' output may link to
+    (its status is the emergency services' own).
     Budget windows are found by the instant they cover, so a new time zone takes effect at the
     end of the current day and month windows: nothing spent or reserved is lost or reset."""
     if timezone_name is not None:
@@ -43,13 +47,34 @@ def project_update(*, actor, project_id, name: str | None = None, timezone_name:
             raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
     with project_uow(project_id) as uow:
         project = uow.project
-        before = {"name": project.name, "timezone": project.timezone}
+        before = {"name": project.name, "timezone": project.timezone,
+                  "allowed_link_hosts": list(project.allowed_link_hosts or [])}
         project.name = project.name if name is None else name
         project.timezone = project.timezone if timezone_name is None else timezone_name
-        project.save(update_fields=["name", "timezone", "updated_at"])
+        if allowed_link_hosts is not None:
+            project.allowed_link_hosts = normalise_hosts(allowed_link_hosts)
+        project.save(update_fields=["name", "timezone", "allowed_link_hosts", "updated_at"])
         audit_record(actor=actor, action="project.update", obj=project, before=before,
-                     after={"name": project.name, "timezone": project.timezone})
+                     after={"name": project.name, "timezone": project.timezone,
+                            "allowed_link_hosts": project.allowed_link_hosts})
     return project
+
+
+_HOST = re.compile(r"(?=.{1,253}$)(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def normalise_hosts(hosts) -> list[str]:
+    """Host names, lower case, sorted, without duplicates ("example.com" allows its subdomains);
+    400 for anything that is not a host name (no scheme, path or port)."""
+    if not isinstance(hosts, (list, tuple)) or len(hosts) > 200:
+        raise InvalidInput(fields={"allowed_link_hosts": ["A list of at most 200 host names."]})
+    out = set()
+    for host in hosts:
+        host = str(host).strip().lower().rstrip(".")
+        if not _HOST.fullmatch(host):
+            raise InvalidInput(fields={"allowed_link_hosts": [f"Not a host name: {host[:100]!r}."]})
+        out.add(host.removeprefix("*."))
+    return sorted(out)
 
 
 @retry_transient

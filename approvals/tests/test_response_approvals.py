@@ -390,3 +390,20 @@ def test_a_manager_turns_a_noisy_rule_to_observe(started, agent_client, reviewer
     again = _flagged_response_maybe_clean(agent_client, started(task_id=task.pk))
     assert code not in {f["code"] for f in again["risk_flags"]}
     assert code in {f["code"] for f in again["analysis"]["observed_flags"]}
+
+
+def test_links_to_the_projects_allowed_hosts_are_not_flagged(started, agent_client, client_for, manager, project,
+                                                              reviewer_client, task):
+    manager_client = client_for(manager)
+    text = "Deploy notes: see https://docs.orbitcart.io/runbooks/deploy and https://paste.evilcdn.io/x"
+    r = manager_client.patch(f"/api/v1/projects/{project.pk}", {"allowed_link_hosts": ["OrbitCart.io"]},
+                             format="json")
+    assert r.status_code == 200 and r.json()["allowed_link_hosts"] == ["orbitcart.io"], r.content
+    assert manager_client.patch(f"/api/v1/projects/{project.pk}", {"allowed_link_hosts": ["https://x.io/a"]},
+                                format="json").status_code == 400
+    assert reviewer_client.patch(f"/api/v1/projects/{project.pk}", {"allowed_link_hosts": []},
+                                 format="json").status_code == 403
+    body = submit(agent_client, started(), agent_response={"files": [{"path": "NOTES.md", "content": text}]})
+    assert body.status_code == 201, body.content
+    flagged = " ".join(f["message"] for f in body.json()["risk_flags"] if f["code"].startswith("link."))
+    assert "paste.evilcdn.io" in flagged and "orbitcart.io" not in flagged
