@@ -1,14 +1,14 @@
 """The stop conditions that look at calls (registered with emergency.conditions.REGISTRY when
 this module is imported, from ApprovalsConfig.ready)."""
-from approvals.models import AgentCallApproval
+from approvals.models import AgentCallApproval, ResponseApproval
 from emergency.conditions import StopCondition, Trip
 from emergency.models import Condition, Severity
 
 
 class SecurityThreat(StopCondition):
-    """A requested call whose risk assessment has a critical flag (a live secret, a
+    """A requested call or a submitted output with a critical flag (a live secret, a
     catastrophic command): tripped in the request's own unit of work; beat re-checks pending
-    calls (for example after the setting is switched on)."""
+    ones (for example after the setting is switched on)."""
 
     name = Condition.SECURITY_THREAT
 
@@ -17,9 +17,12 @@ class SecurityThreat(StopCondition):
             return None
         flagged = list(AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING,
                                                         risk_assessment__level="critical").values_list("pk", flat=True)[:20])
-        if flagged:
-            return Trip(self.name, f"{len(flagged)} pending call(s) with a critical risk flag", Severity.CRITICAL,
-                        {"approvals": [str(pk) for pk in flagged]})
+        outputs = list(ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING,
+                                                       analysis__level="critical").values_list("pk", flat=True)[:20])
+        if flagged or outputs:
+            return Trip(self.name, f"{len(flagged)} pending call(s) and {len(outputs)} pending output(s) with a "
+                                   f"critical risk flag", Severity.CRITICAL,
+                        {"approvals": [str(pk) for pk in flagged], "response_approvals": [str(pk) for pk in outputs]})
         return None
 
 

@@ -407,3 +407,25 @@ def test_links_to_the_projects_allowed_hosts_are_not_flagged(started, agent_clie
     assert body.status_code == 201, body.content
     flagged = " ".join(f["message"] for f in body.json()["risk_flags"] if f["code"].startswith("link."))
     assert "paste.evilcdn.io" in flagged and "orbitcart.io" not in flagged
+
+
+def test_beat_rechecks_pending_outputs_with_a_critical_flag(started, agent_client, project):
+    from emergency.conditions import conditions_check
+    from emergency.services import emergency_settings_for
+
+    settings_row = emergency_settings_for(project.pk)
+    settings_row.stop_on_critical_risk = False
+    settings_row.save()
+    leaked = {"files": [{"path": "config.py", "content": f'GITHUB_TOKEN = "{GITHUB_TOKEN}"\n'}]}
+    r = submit(agent_client, started(), agent_response=leaked)
+    assert r.status_code == 201 and r.json()["analysis"]["level"] == "critical"     # held for review, no stop
+    assert Event.objects.filter(event_type="safety_alert", data__source="response").count() == 1
+    project.refresh_from_db()
+    assert project.status == "active"
+    settings_row.stop_on_critical_risk = True
+    settings_row.save()
+    trips = conditions_check(project_id=project.pk)
+    assert [t.condition for t in trips] == ["security_threat"]
+    project.refresh_from_db()
+    assert project.status == "emergency_stopped"
+    assert ResponseApproval.objects.get().status == "cancelled"
