@@ -71,7 +71,7 @@ def normalise_hosts(hosts) -> list[str]:
     out = set()
     for host in hosts:
         host = str(host).strip().lower().rstrip(".")
-        if not _HOST.fullmatch(host):
+        if not _HOST.fullmatch(host) or "." not in host.removeprefix("*."):
             raise InvalidInput(fields={"allowed_link_hosts": [f"Not a host name: {host[:100]!r}."]})
         out.add(host.removeprefix("*."))
     return sorted(out)

@@ -78,7 +78,8 @@ def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
                     language = "shell"
                 elif seg.key in _CODE_KEYS:
                     language = _guess(seg.text)
-            if language and language != "markdown":
+            # a code field that is itself a Markdown fence is unwrapped below, like fences in prose
+            if language and language != "markdown" and "```" not in seg.text and "~~~" not in seg.text:
                 blocks.append(CodeBlock(seg.location, language, seg.text))
                 continue
         if "```" in seg.text or "~~~" in seg.text:
@@ -92,12 +93,25 @@ def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
 
 _NET_FETCH = r"(?:curl|wget|fetch|http|aria2c|iwr|Invoke-WebRequest|irm|Invoke-RestMethod)\b"
 _SHELLS = r"(?:sudo\s+(?:-\w+\s+)*)?(?:/usr)?(?:/bin/)?(?:ba|z|da|k|fi|c|tc)?sh\b|python[\d.]*\b|perl\b|ruby\b|node\b"
+# what a download is piped into: a shell, or an interpreter reading it as its program (`| python3`); an
+# interpreter given a module or inline code (`| python -m json.tool`) reads the download as data
+_PIPE_TARGETS = (r"(?:sudo\s+(?:-\w+\s+)*)?(?:/usr)?(?:/bin/)?(?:ba|z|da|k|fi|c|tc)?sh\b|"
+                 r"(?:python[\d.]*|perl|ruby|node)\b(?!\s+-[mcepnE]\b)")
 _PIPE_TO_SHELL = re.compile(
-    rf"\b{_NET_FETCH}[^\n|;&]{{0,300}}\|\s*(?:{_SHELLS})|"
+    rf"\b{_NET_FETCH}[^\n|;&]{{0,300}}\|\s*(?:{_PIPE_TARGETS})|"
     rf"\b(?:{_SHELLS})\s+(?:-\w+\s+)*<\(\s*{_NET_FETCH}|"
     rf"\b(?:{_SHELLS})\s+-c\s+[\"']?\$\(\s*{_NET_FETCH}|"
     r"\b(?:iex|Invoke-Expression)\b[^\n]{0,40}(?:DownloadString|iwr|irm|Invoke-WebRequest|Invoke-RestMethod)|"
     r"(?:DownloadString|iwr|irm|Invoke-WebRequest)[^\n|]{0,200}\|\s*(?:iex|Invoke-Expression)\b", re.I)
+# downloaded to a file, then run (curl -o x.sh URL && sh x.sh; wget URL; chmod +x f && ./f)
+_FETCH_THEN_RUN = re.compile(
+    r"\b(?:curl|wget)\b[^\n;&|]{0,300}?(?:-o\s*|-O\s*|--output[= ]|--output-document[= ])['\"]?(?P<file>[\w./~-]+)"
+    r"[^\n]{0,300}?(?:&&|;|\n)\s*(?:sudo\s+)?(?:(?:ba|z|da)?sh|bash|python[\d.]*|perl|ruby|node|source|\.)\s+['\"]?(?P=file)\b|"
+    r"\b(?:curl|wget)\b[^\n;&|]{0,300}?(?:-o\s*|-O\s*|--output[= ])['\"]?(?P<file2>[\w./~-]+)"
+    r"[^\n]{0,300}?(?:&&|;|\n)\s*chmod\s+\+?[0-7]*x?\s+['\"]?(?P=file2)['\"]?\s*(?:&&|;|\n)\s*(?:sudo\s+)?['\"]?(?:\./)?(?P=file2)\b",
+    re.I)
+_EXEC_DOWNLOAD = re.compile(
+    r"\b(?:exec|eval)\s*\(\s*(?:urllib\.request\.)?(?:urlopen|requests\.get|httpx\.get|urllib\.request\.urlopen)\s*\(", re.I)
 _PLAIN_HTTP_OR_IP = re.compile(r"\bhttp://|://\d{1,3}(?:\.\d{1,3}){3}\b")
 _RMTREE = re.compile(r"\b(?:shutil\.rmtree|rmtree|os\.removedirs|os\.rmdir|fs\.rmSync|fs\.rmdirSync|"
                      r"fs\.promises\.rm|rimraf(?:\.sync)?)\s*\(\s*([^,)\n]{1,120})")
@@ -121,11 +135,20 @@ _CMD_INJECTION = re.compile(
     r"\bexec(?:Sync)?\s*\(\s*['\"][^'\"\n]*['\"]\s*\+\s*req(?:uest)?\.(?:body|query|params)|"
     r"\bexec\.Command(?:Context)?\(\s*(?:ctx\s*,\s*)?\"(?:/bin/)?(?:ba)?sh\"\s*,\s*\"-c\"\s*,\s*(?!\")|"
     r"\bRuntime\.getRuntime\(\)\.exec\(\s*(?:request|req)\.")
+# Request data reaching a shell or an evaluator in other languages (Ruby, PHP, Rust, Go, Java).
+_REQUEST_TO_EXEC = re.compile(
+    r"\b(?:eval|instance_eval|class_eval|system|exec|spawn|`)\s*\(?\s*[^\n)]{0,80}?\bparams\[|"            # Ruby
+    r"%x[({\[][^\n]{0,80}#\{\s*params\[|"
+    r"\b(?:shell_exec|system|exec|passthru|popen|proc_open|eval|assert)\s*\([^\n;]{0,120}?\$_(?:GET|POST|REQUEST|COOKIE)\b|"  # PHP
+    r"`[^`\n]{0,120}\$_(?:GET|POST|REQUEST)\b|"
+    r"Command::new\(\s*\"(?:/bin/)?(?:ba|z)?sh\"\s*\)\s*\.arg\(\s*\"-c\"\s*\)\s*\.arg\(\s*(?!\")|"   # Rust
+    r"\bProcessBuilder\(\s*\"(?:/bin/)?(?:ba)?sh\"\s*,\s*\"-c\"\s*,\s*(?!\")")          # Java
 _SHELL_TRUE = re.compile(r"shell\s*=\s*True")
 _CHMOD_777 = re.compile(r"\bos\.chmod\(\s*['\"]?/['\"]?\s*,\s*0o?777")
 
-_RULE_HINTS = ("|", "<(", "$(", "iex", "invoke-expression", "rmtree", "rmdir", "rmsync", "rimraf", "eval", "exec",
-               "function", "pickle", "marshal", "dill", "shelve", "yaml", "shell", "system", "popen")
+_RULE_HINTS = ("|", "<(", "$(", "curl", "wget", "iex", "invoke-expression", "rmtree", "rmdir", "rmsync", "rimraf", "eval", "exec",
+               "function", "pickle", "marshal", "dill", "shelve", "yaml", "shell", "system", "popen",
+               "params[", "$_get", "$_post", "$_request", "$_cookie", "command::new", "processbuilder")
 
 
 def _root_arg(arg: str) -> bool:
@@ -269,6 +292,13 @@ class CodeSafetyAnalyzer(Analyzer):
             severity = "critical" if _PLAIN_HTTP_OR_IP.search(m.group(0)) else "high"
             flags.append(self.flag("pipe_to_shell", severity, f"Runs a downloaded script: \"{redact(m.group(0))}\"",
                                    loc, match=m.group(0)))
+        m = ("curl" in lower or "wget" in lower) and _FETCH_THEN_RUN.search(text)
+        if not m and ("exec" in lower or "eval" in lower):
+            m = _EXEC_DOWNLOAD.search(text)
+        if m:
+            severity = "critical" if _PLAIN_HTTP_OR_IP.search(m.group(0)) else "high"
+            flags.append(self.flag("fetch_then_run", severity, f"Downloads a script and runs it: "
+                                                              f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))
         if "rm" in lower:
             for m in _RMTREE.finditer(text):
                 if _root_arg(m.group(1)):
@@ -293,6 +323,9 @@ class CodeSafetyAnalyzer(Analyzer):
                                            match=m.group(0)))
                     break
         m = ("exec" in lower or "command" in lower) and _CMD_INJECTION.search(text)
+        if not m and any(h in lower for h in ("params[", "$_get", "$_post", "$_request", "$_cookie", "command::new",
+                                              "processbuilder")):
+            m = _REQUEST_TO_EXEC.search(text)
         if m:
             flags.append(self.flag("shell_injection", "high", f"Shell command built from request data: "
                                                               f"\"{redact(m.group(0))}\"", loc, match=m.group(0)))

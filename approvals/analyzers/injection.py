@@ -10,6 +10,13 @@ from .text import has_hint, redact
 _I = re.IGNORECASE
 
 _INJECTION = [   # (name, hints, regex): all "high"
+    # text addressed to the person reviewing the output, asking them not to look
+    ("reviewer_manipulation", ("review", "approv"), re.compile(
+        r"\b(?:note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:human\s+)?(?:reviewer|approver|moderator)s?\b|"
+        r"\b(?:approve|accept|merge|sign\s+off)\s+(?:this|it|the\s+(?:output|change|response|request))\s+"
+        r"(?:without|before)\s+(?:reading|review(?:ing)?|checking|looking|testing)|"
+        r"\b(?:the\s+)?(?:reviewer|approver)\s+(?:must|should|has\s+to|is\s+required\s+to)\s+(?:approve|accept)\b|"
+        r"\bno\s+(?:need|reason)\s+to\s+(?:review|check|read)\s+(?:this|it|the\s+(?:output|code|diff))", _I)),
     ("ignore_instructions", ("ignore", "disregard", "forget", "override", "bypass"), re.compile(
         r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|your|my|of|these|those|every)\s+){0,3}"
         r"(?:previous|prior|above|earlier|preceding|former|original|initial|system|developer)\s+"
@@ -119,6 +126,7 @@ _INJECTION += [
         r"\b(?:your\s+)?new\s+instructions\s+(?:are|is)\s*:|(?:^|[-#>*]\s*|\n\s*)new\s+task\s*:", _I)),
 ]
 _INJECTION_LABELS = {
+    "reviewer_manipulation": "Text telling the reviewer to approve without looking",
     "ignore_instructions": "Instruction override", "system_prompt_leak": "Request to reveal the system prompt",
     "jailbreak_persona": "Jailbreak / role-play persona", "safety_bypass": "Request to bypass safety rules",
     "chat_template_tokens": "Chat-template control tokens", "new_instructions": "Injected 'new instructions' block",

@@ -52,6 +52,7 @@ def _iban_ok(raw: str) -> bool:
 # Presidio's pattern recognizers kept: numbers with a checksum or a strong shape. Left out: e-mail and URL
 # (tldextract would fetch the public suffix list), dates, IPs, UUIDs and the very weak national ids
 # (noisy on versions, order ids and timestamps), and everything NER-based (no spaCy model is loaded).
+_NHS_CONTEXT = re.compile(r"\bNHS\b|national\s+health|patient|hospital|\bGP\b|health\s*(?:care|service)", re.I)
 _PRESIDIO_ENTITIES = {"CREDIT_CARD": ("card_number", "Payment card number"), "IBAN_CODE": ("iban", "IBAN"),
                       "US_SSN": ("us_ssn", "US social security number"), "UK_NHS": ("uk_nhs", "UK NHS number")}
 _PRESIDIO_MIN_SCORE = 0.5
@@ -116,6 +117,8 @@ class PersonalDataAnalyzer(Analyzer):
                 continue
             if name == "iban" and not _iban_ok(value):
                 continue
+            if name == "uk_nhs" and not _NHS_CONTEXT.search(seg.text[max(0, result.start - 120):result.end + 40]):
+                continue   # the mod-11 check passes ~1 in 11 ten-digit numbers (order ids, timestamps)
             seen.add(digits)
             flags.append(self.flag(name, "high", f"{label} (…{digits[-4:]})", seg.location,
                                    confidence=round(min(1.0, result.score), 2), match=digits))

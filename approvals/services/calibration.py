@@ -138,6 +138,10 @@ def flag_suppression_create(*, actor, project_id, approval_id, code: str, finger
     with project_uow(project_id) as uow:
         require_project_perm(actor, roles.REVIEW, uow.project, "suppress analyzer findings")
         uow.enter_stage("project_state")
+        active = FlagSuppression.objects.filter(project=uow.project, code=code, fingerprint=fingerprint,
+                                                revoked_at__isnull=True, expires_at__gt=timezone.now()).first()
+        if active is not None:   # already suppressed: the same row, not a second one
+            return active
         row = FlagSuppression.objects.create(project=uow.project, code=code, fingerprint=fingerprint, reason=reason,
                                              expires_at=timezone.now() + timedelta(days=int(days)), created_by=actor)
         audit_record(actor=actor, action="analyzer_flag.suppress", obj=row, project_id=uow.project.pk, reason=reason,

@@ -16,6 +16,7 @@ from events.services import event_emit
 from projects.models import Task
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
+from approvals.analyzers.text import redact
 from approvals.models import AgentCallApproval, FlagLabel
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags
@@ -45,7 +46,7 @@ def approval_event_data(approval: AgentCallApproval) -> dict:
     return {
         "approval_id": str(approval.pk),
         "agent_type": approval.agent_type,
-        "proposed_action": approval.proposed_action[:500],
+        "proposed_action": redact(approval.proposed_action, 500),   # token-like strings masked
         "status": approval.status,
         "estimated_tokens": approval.estimated_tokens,
         "estimated_cost": f"{approval.estimated_cost:.4f}",

@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.analyzers import ResponseContext, analyze_response
+from approvals.analyzers.text import redact
 from approvals.models import AgentCallApproval, FlagLabel, ResponseApproval
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
@@ -55,7 +56,7 @@ def response_event_data(response: ResponseApproval) -> dict:
         "approval_id": str(response.pk),
         "original_call_approval_id": str(response.agent_call_approval_id),
         "agent_type": response.agent_type,
-        "response_summary": response.response_summary[:500],
+        "response_summary": redact(response.response_summary, 500),   # token-like strings masked
         "status": response.status,
         "risk_level": (response.analysis or {}).get("level"),
         "risk_flags": [{k: f.get(k) for k in ("code", "severity", "message", "location")}
@@ -85,7 +86,8 @@ def analysis_context(call: AgentCallApproval, *, agent_type: str, agent_response
         next_steps=tuple(str(s) for s in next_steps), tokens_used=tokens_used, call_agent_type=call.agent_type,
         task_agent_type=call.task.agent_type, proposed_action=call.proposed_action,
         approved_input=call.input_to_run, estimated_tokens=call.estimated_tokens,
-        workflow_continues=bool(next_steps), allowed_hosts=tuple(allowed_hosts))
+        # the BotArmy workflow goes on after every agent but the deployer, the last one
+        workflow_continues=agent_type != "deployer", allowed_hosts=tuple(allowed_hosts))
 
 
 @retry_transient
@@ -105,6 +107,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
     if submitter.pk != call.requested_by_id:
         raise Forbidden("Only the agent that requested the call may submit its response.")
     memo(call_route_key(call.pk), lambda: {"project_id": call.project_id, "task_id": call.task_id})
+    _refuse_unless_started(call)   # before the analysis; checked again under the lock
     # The analysis reads only what the call was approved to do (which no longer changes once it
     # is approved and started), so it runs before any lock is taken.
     rules = project_rules(project_id)
@@ -114,10 +117,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
     timeout_minutes = timeout_minutes or settings.HITL_RESPONSE_TIMEOUT_MINUTES
     stopped = stop = None
     with call_uow(call.pk, gate=False) as (uow, call):
-        if call.status != CallStatus.APPROVED or call.started_at is None:
-            raise TransitionError(f"The call approval is {call.status}"
-                                  f"{'' if call.status != CallStatus.APPROVED else ' but not started'}: only the "
-                                  f"output of an approved, started call is reviewed.", current_status=call.status)
+        _refuse_unless_started(call)
         if actual_cost is None:
             actual_cost = priced_cost(call, tokens_used)
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
@@ -231,6 +231,21 @@ def _close(uow, response: ResponseApproval, *, actor, to: str, now, reason: str 
     wakeup_on_commit(response_group(response.pk), status=response.status)
 
 
+def _says_something(value) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, dict)):
+        return any(_says_something(v) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def _refuse_unless_started(call: AgentCallApproval) -> None:
+    if call.status != CallStatus.APPROVED or call.started_at is None:
+        raise TransitionError(f"The call approval is {call.status}"
+                              f"{'' if call.status != CallStatus.APPROVED else ' but not started'}: only the "
+                              f"output of an approved, started call is reviewed.", current_status=call.status)
+
+
 @retry_transient
 def response_approval_decide(*, approval_id, decider, decision: str, reason: str = "",
                              modifications_required=None) -> ResponseApproval:
@@ -243,8 +258,9 @@ def response_approval_decide(*, approval_id, decider, decision: str, reason: str
     reason = (reason or "").strip()
     if decision == "reject" and not reason:
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
-    if decision == "requires_modification" and modifications_required in (None, "", [], {}):
-        raise InvalidInput(fields={"modifications_required": ["Say what must change."]})
+    if decision == "requires_modification" and not _says_something(modifications_required):
+        raise InvalidInput(fields={"modifications_required": ["Say what must change (text, or a non-empty list "
+                                                              "or object)."]})
     if decision != "requires_modification" and modifications_required is not None:
         raise InvalidInput(fields={"modifications_required": ["Only requires_modification takes modifications."]})
     project_id = ResponseApproval.objects.filter(pk=approval_id).values_list("project_id", flat=True).first()

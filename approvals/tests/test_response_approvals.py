@@ -429,3 +429,27 @@ def test_beat_rechecks_pending_outputs_with_a_critical_flag(started, agent_clien
     project.refresh_from_db()
     assert project.status == "emergency_stopped"
     assert ResponseApproval.objects.get().status == "cancelled"
+
+
+def test_blank_modifications_are_refused_and_a_repeated_suppression_is_one_row(started, agent_client,
+                                                                                reviewer_client, project):
+    body = _flagged_response(agent_client, started())
+    for blank in ("   ", [], [""], {}, 0, False):
+        r = respond(reviewer_client, body["approval_id"], decision="requires_modification",
+                    modifications_required=blank)
+        assert r.status_code == 400, (blank, r.content)
+    flag = body["risk_flags"][0]
+    suppress = {"project_id": str(project.pk), "approval_id": body["approval_id"], "code": flag["code"],
+                "fingerprint": flag["fingerprint"], "reason": "known host"}
+    first = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
+    again = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
+    assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
+    assert FlagSuppression.objects.count() == 1
+
+
+def test_event_payloads_mask_secrets_written_in_the_summary(started, agent_client):
+    r = submit(agent_client, started(), response_summary=f"Used the token {GITHUB_TOKEN} to clone")
+    event = Event.objects.get(event_type="response_approval_requested")
+    assert GITHUB_TOKEN not in json.dumps(event.data)
+    assert "Used the token ghp_" in event.data["response_summary"]
+    assert r.status_code in (201, 423)
