@@ -54,8 +54,17 @@ def _guess(text: str) -> str:
     return "python" if _PY_HINT.search(text) else "text"
 
 
+MAX_CODE_BLOCKS = 200   # code blocks checked per call or response (the rules on plain text still see all of it)
+
+
 def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
-    """Code blocks of the original segments and of the source JSON (files entries, code fields)."""
+    """Code blocks of the original segments and of the source JSON (files entries, code fields), at most
+    MAX_CODE_BLOCKS."""
+    blocks = _blocks(ctx)
+    return tuple(blocks[:MAX_CODE_BLOCKS])
+
+
+def _blocks(ctx) -> list[CodeBlock]:
     blocks: list[CodeBlock] = []
     by_location = {seg.location: seg for seg in ctx.original_segments}
     # files entries: {path|filename|name, content|code}
@@ -86,7 +95,11 @@ def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
             for m in _FENCE.finditer(seg.text):
                 lang = _FENCE_LANG.get(m.group(2).lower()) or _guess(m.group(3))
                 blocks.append(CodeBlock(seg.location, lang, m.group(3)))
-    return tuple(blocks)
+                if len(blocks) > MAX_CODE_BLOCKS:
+                    return blocks
+        if len(blocks) > MAX_CODE_BLOCKS:
+            return blocks
+    return blocks
 
 
 # --- rules on every text ---------------------------------------------------------------------------------

@@ -200,12 +200,27 @@ _DS_CONFIG = {"plugins_used": [{"name": type(plugin).__name__} for plugin, _ in 
 _DS_MAX_CHARS = 400_000
 
 
+_DS_CONFIGURED: list = []
+
+
+def _configure_detect_secrets() -> None:
+    """Our plugins and filters as detect-secrets' settings, set once per process (under _DS_LOCK):
+    nothing else in this process uses its global settings, and re-applying them per scan (its
+    ``transient_settings``) cost more than the scan."""
+    from detect_secrets.settings import cache_bust, configure_settings_from_baseline, get_settings
+
+    if _DS_CONFIGURED and _DS_CONFIGURED[0] is get_settings():
+        return
+    cache_bust()
+    configure_settings_from_baseline(_DS_CONFIG)
+    _DS_CONFIGURED[:] = [get_settings()]
+
+
 def detect_secrets_file_scan(segments) -> list[tuple[int, str, str]]:
-    """detect-secrets' own file scan (``scan_file`` under ``transient_settings``) of the segments written
+    """detect-secrets' own file scan (``scan_file`` with our settings) of the segments written
     to a temporary file, allowlist pragmas neutralised; [(segment index, secret type, value)]. No
     verification (a network call) is configured."""
     from detect_secrets.core.scan import scan_file
-    from detect_secrets.settings import transient_settings
 
     lines_of: list[int] = []      # file line (0-based) -> segment index
     parts: list[str] = []
@@ -225,7 +240,8 @@ def detect_secrets_file_scan(segments) -> list[tuple[int, str, str]]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
             fh.write("\n".join(parts))
-        with _DS_LOCK, transient_settings(_DS_CONFIG):
+        with _DS_LOCK:
+            _configure_detect_secrets()
             found = [(s.line_number, s.type, s.secret_value or "") for s in scan_file(path)]
     finally:
         os.unlink(path)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import queue
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,48 +85,72 @@ class ScanContext:
 
 # --- running the analyzers -----------------------------------------------------------------------------
 
-_DONE = object()
+class _Run:
+    """One batch of analyzers run by one worker thread. The worker records which analyzer runs since
+    when; the caller sleeps until the batch is done or the running analyzer overruns its limit: one
+    wake-up per analysis (not one thread hand-off per analyzer)."""
 
+    def __init__(self, analyzers: tuple[Analyzer, ...], ctx: ScanContext):
+        self.analyzers, self.ctx = analyzers, ctx
+        self.cond = threading.Condition()
+        self.results: list[tuple[str, Any]] = []      # (status, value) per finished analyzer, in order
+        self.started = time.monotonic()                 # when the running analyzer started
+        self.finished = self.abandoned = False
 
-def _worker(analyzers, ctx, out: queue.Queue) -> None:
-    for i, analyzer in enumerate(analyzers):
-        try:
-            out.put((i, "ok", analyzer.run(ctx)))
-        except Exception as exc:   # reported by the caller
-            out.put((i, "error", exc))
-    out.put((None, _DONE, None))
+    def work(self) -> None:
+        for analyzer in self.analyzers:
+            with self.cond:
+                if self.abandoned:
+                    return
+                self.started = time.monotonic()
+            try:
+                outcome = ("ok", analyzer.run(self.ctx))
+            except Exception as exc:   # reported by the caller
+                outcome = ("error", exc)
+            with self.cond:
+                if self.abandoned:
+                    return
+                self.results.append(outcome)
+        with self.cond:
+            self.finished = True
+            self.cond.notify()
+
+    def wait(self, limit: float) -> bool:
+        """True when every analyzer finished; False when the running one overran ``limit`` (then the
+        worker is abandoned: its later results are dropped)."""
+        with self.cond:
+            while not self.finished:
+                remaining = self.started + limit - time.monotonic()
+                if remaining <= 0:
+                    self.abandoned = True
+                    return False
+                self.cond.wait(timeout=remaining)
+            return True
 
 
 def _run_analyzers(analyzers: tuple[Analyzer, ...], ctx: ScanContext, limit: float):
     """[(analyzer, status, flags, metrics)] in order; each analyzer gets ``limit`` seconds."""
     results: list[tuple[Analyzer, str, list, dict]] = []
-    pending = list(analyzers)
+    pending = tuple(analyzers)
     while pending:
-        out: queue.Queue = queue.Queue()
-        batch = tuple(pending)
-        threading.Thread(target=_worker, args=(batch, ctx, out), daemon=True,
-                         name="hitl-analyzer").start()
-        done = 0
-        while done < len(batch):
-            try:
-                i, status, value = out.get(timeout=limit)
-            except queue.Empty:
-                analyzer = batch[done]
-                logger.error("analyzer %s timed out after %.1fs", type(analyzer).__name__, limit)
-                results.append((analyzer, "timeout", [], {}))
-                done += 1
-                break                      # the stuck thread is abandoned; the rest run in a new one
-            analyzer = batch[i]
+        run = _Run(pending, ctx)
+        threading.Thread(target=run.work, daemon=True, name="hitl-analyzer").start()
+        completed = run.wait(limit)
+        with run.cond:
+            finished = list(run.results)
+        for analyzer, (status, value) in zip(pending, finished):
             if status == "error":
                 logger.error("analyzer %s failed", type(analyzer).__name__, exc_info=value)
                 results.append((analyzer, "error", [], {}))
             else:
                 flags, metrics = value if isinstance(value, tuple) else (value, {})
                 results.append((analyzer, "ok", list(flags or ()), dict(metrics or {})))
-            done += 1
-        else:
-            out.get()                      # the worker's end marker
-        pending = pending[done:] if done < len(batch) else []
+        if completed:
+            break
+        stuck = pending[len(finished)]             # the stuck thread is abandoned; the rest run in a new one
+        logger.error("analyzer %s timed out after %.1fs", type(stuck).__name__, limit)
+        results.append((stuck, "timeout", [], {}))
+        pending = pending[len(finished) + 1:]
     return results
 
 
