@@ -1,8 +1,12 @@
-"""HTTP routes served by Channels consumers rather than Django views (see consumers.py)."""
+"""HTTP routes served by Channels consumers rather than Django views (see consumers.py), and the
+websocket routes (event_stream.py)."""
 from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
 from approvals.consumers import AgentApprovalWaitConsumer, EventFeedConsumer, ResponseApprovalWaitConsumer
+from approvals.event_stream import EventStreamConsumer
 
 
 class BearerOrSession:
@@ -43,3 +47,24 @@ def http_urlpatterns(django_app) -> list:
                 BearerOrSession(ResponseApprovalWaitConsumer.as_asgi())),
         re_path(r"^api/v1/events$", GetOr(BearerOrSession(EventFeedConsumer.as_asgi()), django_app)),
     ]
+
+
+class BrowserOriginOnly:
+    """Websockets: a browser always sends ``Origin``, which must be one of ALLOWED_HOSTS (no
+    cross-site page can use a reviewer's session cookie); agents and other programs send none
+    and authenticate with their API key."""
+
+    def __init__(self, app):
+        self.app = app
+        self.validated = AllowedHostsOriginValidator(app)
+
+    async def __call__(self, scope, receive, send):
+        if any(name.lower() == b"origin" for name, _ in scope.get("headers") or ()):
+            return await self.validated(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def websocket_application():
+    return BrowserOriginOnly(BearerOrSession(URLRouter([
+        re_path(r"^ws/events/?$", EventStreamConsumer.as_asgi()),
+    ])))

@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP goes to Django (long polls to Channels consumers), websockets
-through Channels' auth stack.
+"""ASGI entry point: HTTP goes to Django (long polls to Channels consumers), the /ws/events/
+websocket to its consumer.
 
 Served by `daphne botarmy_hitl.asgi:application`.
 """
@@ -12,14 +12,11 @@ from core.asgi import get_asgi_application  # noqa: E402
 # Set up Django before importing consumers. One thread hop per request (see core/asgi.py).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from approvals.routing import http_urlpatterns  # noqa: E402
+from approvals.routing import http_urlpatterns, websocket_application  # noqa: E402
 from core.middleware import ApiErrorGuard  # noqa: E402
-from events.routing import websocket_urlpatterns  # noqa: E402
 
 # ApiErrorGuard: a request Django cannot even build, or an exception escaping before an API answer,
 # still gets API.md's JSON error (400, 500, or 503 for a transient database error).
@@ -27,6 +24,7 @@ application = ApiErrorGuard(ProtocolTypeRouter(
     {
         # Long polls and the events feed are Channels consumers (no request thread held); the rest is Django.
         "http": URLRouter([*http_urlpatterns(django_asgi_app), re_path(r"", django_asgi_app)]),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # /ws/events/ (approvals/event_stream.py): API key or session; a browser's Origin must be allowed.
+        "websocket": websocket_application(),
     }
 ))

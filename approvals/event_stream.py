@@ -1,0 +1,275 @@
+"""WebSocket /ws/events/: every event of the projects a user may see, live, without gaps or
+duplicates, from ``last_event_id`` on.
+
+The outbox (events.Event) is the source of truth; the channel layer only says "something new".
+
+- One ``EventHub`` per process (per event loop) reads new events for every project some connection
+  follows, with one query per wake-up, and hands each event to the connections of its project. It
+  wakes on the channel-layer push that ``events.services.event_emit`` sends after commit, and at the
+  latest every HITL_WAIT_POLL_SECONDS: an event written by another process on the in-process layer
+  (a Celery worker or a management command on the embedded default), or whose push was lost (Redis
+  down), arrives on the next poll.
+- A connection first subscribes to the hub, then replays from the outbox every event after its
+  ``last_event_id``; it sends each project's events in id order (a project's events are committed
+  in id order: events.services holds a per-project lock until commit) and never one it already
+  sent. A slow client whose queue fills up is resynchronised from the outbox, never skipped.
+- Heartbeats: ``{"type": "ping"}`` every HITL_WS_HEARTBEAT_SECONDS (daphne's protocol pings also
+  drop dead connections).
+
+Authentication: ``Authorization: Bearer <key>`` in the handshake (agents) or the session cookie
+(browsers); anonymous users and projects the user cannot see are refused (the handshake is closed
+before it is accepted: HTTP 403). Events are sent as API.md shows them:
+``{id, event_type, project_id, task_id, data, created_at}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+import weakref
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db.models import Max
+
+from approvals.consumers import HttpError, _authenticate
+from events.models import Event
+from events.services import event_payload, project_group
+from projects.permissions import project_visible_to
+
+log = logging.getLogger(__name__)
+
+BATCH = 500                 # events read per query
+QUEUE_LIMIT = 5000          # events buffered per connection before it is resynchronised from the outbox
+
+
+@database_sync_to_async
+def _latest_ids(project_ids) -> dict:
+    rows = Event.objects.filter(project_id__in=project_ids).values("project_id").annotate(last=Max("id"))
+    latest = {row["project_id"]: row["last"] for row in rows}
+    return {pid: latest.get(pid, 0) for pid in project_ids}
+
+
+@database_sync_to_async
+def _read(cursors: dict, limit: int = BATCH) -> list[dict]:
+    """Events after each project's cursor, in id order (one query)."""
+    if not cursors:
+        return []
+    events = Event.objects.filter(project_id__in=list(cursors), id__gt=min(cursors.values())).order_by("id")[:limit]
+    return [event_payload(e) for e in events if e.id > cursors[e.project_id]]
+
+
+class EventHub:
+    """Per event loop: one reader of the outbox for every followed project (see the module doc)."""
+
+    _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def for_loop(cls) -> EventHub:
+        loop = asyncio.get_running_loop()
+        hub = cls._hubs.get(loop)
+        if hub is None:
+            hub = cls._hubs[loop] = cls()
+        return hub
+
+    def __init__(self):
+        self.subscribers: dict[uuid.UUID, set] = {}
+        self.cursors: dict[uuid.UUID, int] = {}
+        self.wake = asyncio.Event()
+        self.channel = None
+        self.tasks: list[asyncio.Task] = []
+
+    async def subscribe(self, stream: EventStreamConsumer, project_ids) -> None:
+        new = [pid for pid in project_ids if pid not in self.subscribers]
+        if new:
+            self.cursors.update(await _latest_ids(new))
+        for pid in project_ids:
+            self.subscribers.setdefault(pid, set()).add(stream)
+        await self._listen(new)
+
+    def unsubscribe(self, stream: EventStreamConsumer) -> None:
+        for pid in list(self.subscribers):
+            self.subscribers[pid].discard(stream)
+            if not self.subscribers[pid]:
+                del self.subscribers[pid]
+                self.cursors.pop(pid, None)   # channel-layer groups expire on their own
+        if not self.subscribers:
+            for task in self.tasks:
+                task.cancel()
+            self.tasks = []
+
+    async def _listen(self, new_projects) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            try:
+                if self.channel is None:
+                    self.channel = await layer.new_channel("hitl-events-hub.")
+                for pid in new_projects:
+                    await layer.group_add(project_group(pid), self.channel)
+            except Exception:  # noqa: BLE001 - the poll still delivers; Redis may be down
+                log.warning("event hub: channel layer unavailable, polling only", exc_info=True)
+        if not self.tasks or all(t.done() for t in self.tasks):
+            self.tasks = [asyncio.ensure_future(self._run())]
+            if layer is not None and self.channel is not None:
+                self.tasks.append(asyncio.ensure_future(self._receive(layer)))
+
+    async def _receive(self, layer) -> None:
+        while self.subscribers:
+            try:
+                await layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - back off, the poll covers the gap
+                await asyncio.sleep(1)
+                continue
+            self.wake.set()
+
+    async def _run(self) -> None:
+        interval = settings.HITL_WAIT_POLL_SECONDS
+        while self.subscribers:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                await self.deliver_new()
+            except Exception:  # noqa: BLE001 - try again on the next round
+                log.exception("event hub: reading the outbox failed")
+
+    async def deliver_new(self) -> None:
+        while self.subscribers:
+            batch = await _read(dict(self.cursors))
+            for event in batch:
+                pid = uuid.UUID(event["project_id"])
+                if pid not in self.cursors or event["id"] <= self.cursors[pid]:
+                    continue
+                self.cursors[pid] = event["id"]
+                for stream in list(self.subscribers.get(pid, ())):
+                    stream.push(event)
+            if len(batch) < BATCH:
+                return
+
+
+def _query(scope) -> tuple[uuid.UUID | None, int | None]:
+    params = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+    project_id = last = None
+    if params.get("project_id", [""])[-1]:
+        try:
+            project_id = uuid.UUID(params["project_id"][-1])
+        except ValueError:
+            raise HttpError(400, {}) from None
+    if params.get("last_event_id", [""])[-1]:
+        try:
+            last = int(params["last_event_id"][-1])
+        except ValueError:
+            raise HttpError(400, {}) from None
+        if last < 0:
+            raise HttpError(400, {})
+    return project_id, last
+
+
+@database_sync_to_async
+def _open(scope) -> tuple[object, list]:
+    """The user and the ids of the projects the stream follows (refused: HttpError)."""
+    user = _authenticate(scope)
+    project_id, _ = _query(scope)
+    visible = project_visible_to(user=user)
+    if project_id is not None:
+        visible = visible.filter(pk=project_id)
+    ids = list(visible.values_list("pk", flat=True))
+    if project_id is not None and not ids:
+        raise HttpError(404, {})
+    return user, ids
+
+
+class EventStreamConsumer(AsyncWebsocketConsumer):
+    """One client's stream (see the module doc)."""
+
+    async def connect(self):
+        try:
+            self.user, self.project_ids = await _open(self.scope)
+            _, last = _query(self.scope)
+        except HttpError as err:
+            log.info("event stream refused (%s): %s", err.status, self.scope.get("path"))
+            await self.close()
+            return
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.resync = False
+        # Where the stream starts: after last_event_id, or (without one) after what exists now, read
+        # before the handshake completes, so an event written once the client is connected is sent.
+        if last is None:
+            self.sent = await _latest_ids(self.project_ids)
+        else:
+            self.sent = {pid: last for pid in self.project_ids}
+        self.hub = EventHub.for_loop()
+        await self.accept()
+        # Subscribe, then catch up from the outbox: an event committed in between is read by the
+        # catch-up or delivered by the hub (and sent once).
+        await self.hub.subscribe(self, self.project_ids)
+        self.pump = asyncio.ensure_future(self._pump())
+        self.beat = asyncio.ensure_future(self._heartbeat())
+
+    def push(self, event: dict) -> None:
+        """Called by the hub (same event loop)."""
+        if self.resync:
+            return
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            self.resync = True       # too slow: drop the buffer, catch up from the outbox
+            self.queue = asyncio.Queue()
+        self.queue.put_nowait(event)
+
+    async def _send_event(self, event: dict) -> None:
+        pid = uuid.UUID(event["project_id"])
+        if event["id"] <= self.sent.get(pid, 0):
+            return                   # already sent (replay and live overlap)
+        self.sent[pid] = event["id"]
+        await self.send(text_data=json.dumps(event, separators=(",", ":")))
+
+    async def _catch_up(self) -> None:
+        while True:
+            batch = await _read(dict(self.sent))
+            for event in batch:
+                await self._send_event(event)
+            if len(batch) < BATCH:
+                return
+
+    async def _pump(self) -> None:
+        try:
+            await self._catch_up()
+            while True:
+                if self.resync:
+                    self.resync = False
+                    await self._catch_up()
+                event = await self.queue.get()
+                await self._send_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client reconnects with its last id
+            log.warning("event stream: sending failed, closing", exc_info=True)
+            await self.close()
+
+    async def _heartbeat(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(settings.HITL_WS_HEARTBEAT_SECONDS)
+                await self.send(text_data='{"type":"ping"}')
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the connection is gone
+            return
+
+    async def receive(self, text_data=None, bytes_data=None):
+        return   # clients only listen (a {"type": "pong"} is welcome and ignored)
+
+    async def disconnect(self, code):
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.unsubscribe(self)
+        for task in (getattr(self, "pump", None), getattr(self, "beat", None)):
+            if task is not None:
+                task.cancel()

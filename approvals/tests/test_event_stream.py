@@ -1,0 +1,190 @@
+"""The /ws/events/ websocket through the real ASGI application (WebsocketCommunicator)."""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import connection
+
+from access.services import api_key_create
+from approvals.services import agent_approval_request
+from emergency.services import emergency_stop_trigger
+from events.models import Event
+from events.services import event_emit
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def app():
+    from botarmy_hitl.asgi import application
+
+    return application
+
+
+def communicator(path, key=None, headers=()):
+    headers = list(headers)
+    if key:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    return WebsocketCommunicator(app(), path, headers=headers)
+
+
+async def receive_events(comm, n, timeout=10):
+    """The next ``n`` events (heartbeats skipped)."""
+    events = []
+    while len(events) < n:
+        message = json.loads(await comm.receive_from(timeout=timeout))
+        if message.get("type") == "ping":
+            continue
+        events.append(message)
+    return events
+
+
+def emit(project, n=1, kind="budget_alert"):
+    return [event_emit(project_id=project.pk, event_type=kind, data={"n": i}).id for i in range(n)]
+
+
+@pytest.fixture
+def keys(agent, outsider):
+    return {"agent": api_key_create(user=agent, name="ws")[1], "outsider": api_key_create(user=outsider, name="ws")[1]}
+
+
+def test_anonymous_and_outsiders_are_refused(project, keys):
+    async def run():
+        anonymous = communicator(f"/ws/events/?project_id={project.pk}")
+        connected, _ = await anonymous.connect()
+        assert not connected
+        outsider = communicator(f"/ws/events/?project_id={project.pk}", keys["outsider"])
+        connected, _ = await outsider.connect()
+        assert not connected
+        bad = communicator("/ws/events/?last_event_id=-3", keys["agent"])
+        connected, _ = await bad.connect()
+        assert not connected
+        wrong_key = communicator("/ws/events/", "hitl_nope_" + "x" * 30)
+        connected, _ = await wrong_key.connect()
+        assert not connected
+    async_to_sync(run)()
+
+
+def test_a_foreign_browser_origin_is_refused(project, keys):
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"],
+                            headers=[(b"origin", b"https://evil.example.net")])
+        connected, _ = await comm.connect()
+        assert not connected
+    async_to_sync(run)()
+
+
+def test_replay_after_last_event_id_then_live_without_gaps_or_duplicates(project, keys):
+    ids = emit(project, 5)
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[1]}", keys["agent"])
+        connected, _ = await comm.connect()
+        assert connected
+        replayed = await receive_events(comm, 3)
+        assert [e["id"] for e in replayed] == ids[2:]
+        assert set(replayed[0]) == {"id", "event_type", "project_id", "task_id", "data", "created_at"}
+        live = await database_sync_to_async(emit)(project, 3)
+        got = await receive_events(comm, 3)
+        assert [e["id"] for e in got] == live
+        assert await comm.receive_nothing(timeout=0.5)
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
+def test_without_last_event_id_only_new_events_and_only_visible_projects(project, other_project, keys):
+    emit(project, 2)
+
+    async def run():
+        comm = communicator("/ws/events/", keys["agent"])       # every project the agent can see
+        connected, _ = await comm.connect()
+        assert connected
+        await database_sync_to_async(emit)(other_project, 2)    # not the agent's project
+        mine = await database_sync_to_async(emit)(project, 1)
+        got = await receive_events(comm, 1)
+        assert [e["id"] for e in got] == mine
+        assert await comm.receive_nothing(timeout=0.5)
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
+def test_an_emergency_stop_reaches_every_connection(project, agent, reviewer, keys):
+    reviewer_key = api_key_create(user=reviewer, name="ws")[1]
+
+    async def run():
+        streams = [communicator(f"/ws/events/?project_id={project.pk}", keys["agent"]),
+                   communicator("/ws/events/", reviewer_key)]
+        for comm in streams:
+            assert (await comm.connect())[0]
+        await database_sync_to_async(emergency_stop_trigger)(project_id=project.pk, condition="manual_stop",
+                                                             reason="drill", actor=reviewer)
+        for comm in streams:
+            kinds = [e["event_type"] for e in await receive_events(comm, 1)]
+            assert kinds == ["emergency_stop_triggered"]
+            await comm.disconnect()
+    async_to_sync(run)()
+
+
+def test_events_of_a_request_arrive_in_order(project, agent, keys):
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await comm.connect())[0]
+
+        def requests():
+            for i in range(5):
+                task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}")
+                agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                       proposed_action=f"step {i}", input_data={}, model="gpt-4o-mini")
+        await database_sync_to_async(requests)()
+        got = await receive_events(comm, 5)
+        assert [e["data"]["proposed_action"] for e in got] == [f"step {i}" for i in range(5)]
+        assert [e["id"] for e in got] == sorted(e["id"] for e in got)
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
+def test_a_slow_client_is_resynchronised_from_the_outbox(project, keys, monkeypatch):
+    from approvals import event_stream
+
+    monkeypatch.setattr(event_stream, "QUEUE_LIMIT", 3)
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await comm.connect())[0]
+        ids = await database_sync_to_async(emit)(project, 20)
+        got = await receive_events(comm, 20)
+        assert [e["id"] for e in got] == ids
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
+@pytest.mark.postgres
+def test_an_event_written_by_another_process_reaches_the_socket(project, keys):
+    """A management command in another process (no Redis: the in-process channel layer cannot carry
+    its push) writes an event; the hub's outbox poll delivers it."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    code = (f"from events.services import event_emit; "
+            f"event_emit(project_id='{project.pk}', event_type='budget_alert', data={{'from': 'another process'}})")
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await comm.connect())[0]
+        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": "", "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings",
+               "DJANGO_SECRET_KEY": "test"}
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
+                                       env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = await receive_events(comm, 1, timeout=15)
+        assert got[0]["data"] == {"from": "another process"}
+        assert got[0]["id"] == await database_sync_to_async(lambda: Event.objects.latest("id").id)()
+        await comm.disconnect()
+    async_to_sync(run)()
