@@ -149,10 +149,15 @@ class EventHub:
                 if pid not in self.cursors or event["id"] <= self.cursors[pid]:
                     continue
                 self.cursors[pid] = event["id"]
+                item = (pid, event["id"], _text(event))     # serialised once for every connection
                 for stream in list(self.subscribers.get(pid, ())):
-                    stream.push(event)
+                    stream.push(item)
             if len(batch) < BATCH:
                 return
+
+
+def _text(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"))
 
 
 def _query(scope) -> tuple[uuid.UUID | None, int | None]:
@@ -214,27 +219,26 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self.pump = asyncio.ensure_future(self._pump())
         self.beat = asyncio.ensure_future(self._heartbeat())
 
-    def push(self, event: dict) -> None:
-        """Called by the hub (same event loop)."""
+    def push(self, item: tuple) -> None:
+        """Called by the hub (same event loop) with (project id, event id, JSON text)."""
         if self.resync:
             return
         if self.queue.qsize() >= QUEUE_LIMIT:
             self.resync = True       # too slow: drop the buffer, catch up from the outbox
             self.queue = asyncio.Queue()
-        self.queue.put_nowait(event)
+        self.queue.put_nowait(item)
 
-    async def _send_event(self, event: dict) -> None:
-        pid = uuid.UUID(event["project_id"])
-        if event["id"] <= self.sent.get(pid, 0):
+    async def _send_event(self, pid: uuid.UUID, event_id: int, text: str) -> None:
+        if event_id <= self.sent.get(pid, 0):
             return                   # already sent (replay and live overlap)
-        self.sent[pid] = event["id"]
-        await self.send(text_data=json.dumps(event, separators=(",", ":")))
+        self.sent[pid] = event_id
+        await self.send(text_data=text)
 
     async def _catch_up(self) -> None:
         while True:
             batch = await _read(dict(self.sent))
             for event in batch:
-                await self._send_event(event)
+                await self._send_event(uuid.UUID(event["project_id"]), event["id"], _text(event))
             if len(batch) < BATCH:
                 return
 
@@ -245,8 +249,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                 if self.resync:
                     self.resync = False
                     await self._catch_up()
-                event = await self.queue.get()
-                await self._send_event(event)
+                await self._send_event(*await self.queue.get())
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the client reconnects with its last id

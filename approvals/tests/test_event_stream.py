@@ -188,3 +188,18 @@ def test_an_event_written_by_another_process_reaches_the_socket(project, keys):
         assert got[0]["id"] == await database_sync_to_async(lambda: Event.objects.latest("id").id)()
         await comm.disconnect()
     async_to_sync(run)()
+
+
+def test_many_clients_each_receive_every_event_in_order(project, keys):
+    """The benchmark's load (bench/events.py: 500 clients, 1,000 events) in small."""
+    async def run():
+        streams = [communicator(f"/ws/events/?project_id={project.pk}", keys["agent"]) for _ in range(30)]
+        for comm in streams:
+            assert (await comm.connect())[0]
+        ids = await database_sync_to_async(emit)(project, 60)
+        for comm in streams:
+            got = await receive_events(comm, 60)
+            assert [e["id"] for e in got] == ids
+        for comm in streams:
+            await comm.disconnect()
+    async_to_sync(run)()
