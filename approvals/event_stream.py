@@ -4,9 +4,10 @@ duplicates, from ``last_event_id`` on.
 The outbox (events.Event) is the source of truth; the channel layer only says "something new".
 
 - One ``EventHub`` per process (per event loop) reads new events for every project some connection
-  follows, with one query per wake-up, and hands each event to the connections of its project. It
-  wakes on the channel-layer push that ``events.services.event_emit`` sends after commit, and at the
-  latest every HITL_WAIT_POLL_SECONDS: an event written by another process on the in-process layer
+  follows, with one query per wake-up, and hands each event (serialised once) to the connections of
+  its project. It wakes on the channel-layer push that ``events.services.event_emit`` sends after
+  commit (through the process's wake-up hub, core.wakeup), and at the latest every
+  HITL_WAIT_POLL_SECONDS: an event written by another process on the in-process layer
   (a Celery worker or a management command on the embedded default), or whose push was lost (Redis
   down), arrives on the next poll.
 - A connection first subscribes to the hub, then replays from the outbox every event after its
@@ -32,13 +33,13 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db.models import Max
 
 from approvals.consumers import HttpError, _authenticate
 from events.models import Event
 from events.services import event_payload, project_group
+from core.wakeup import wakeup_subscribe, wakeup_unsubscribe
 from projects.permissions import project_visible_to
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,7 @@ class EventHub:
         self.subscribers: dict[uuid.UUID, set] = {}
         self.cursors: dict[uuid.UUID, int] = {}
         self.wake = asyncio.Event()
-        self.channel = None
-        self.tasks: list[asyncio.Task] = []
+        self.task: asyncio.Task | None = None
 
     async def subscribe(self, stream: EventStreamConsumer, project_ids) -> None:
         new = [pid for pid in project_ids if pid not in self.subscribers]
@@ -89,44 +89,21 @@ class EventHub:
             self.cursors.update(await _latest_ids(new))
         for pid in project_ids:
             self.subscribers.setdefault(pid, set()).add(stream)
-        await self._listen(new)
+        for pid in new:   # the process's wake-up hub (core.wakeup): one channel-layer receive loop
+            await wakeup_subscribe(project_group(pid), self.wake)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
 
     def unsubscribe(self, stream: EventStreamConsumer) -> None:
         for pid in list(self.subscribers):
             self.subscribers[pid].discard(stream)
             if not self.subscribers[pid]:
                 del self.subscribers[pid]
-                self.cursors.pop(pid, None)   # channel-layer groups expire on their own
-        if not self.subscribers:
-            for task in self.tasks:
-                task.cancel()
-            self.tasks = []
-
-    async def _listen(self, new_projects) -> None:
-        layer = get_channel_layer()
-        if layer is not None:
-            try:
-                if self.channel is None:
-                    self.channel = await layer.new_channel("hitl-events-hub.")
-                for pid in new_projects:
-                    await layer.group_add(project_group(pid), self.channel)
-            except Exception:  # noqa: BLE001 - the poll still delivers; Redis may be down
-                log.warning("event hub: channel layer unavailable, polling only", exc_info=True)
-        if not self.tasks or all(t.done() for t in self.tasks):
-            self.tasks = [asyncio.ensure_future(self._run())]
-            if layer is not None and self.channel is not None:
-                self.tasks.append(asyncio.ensure_future(self._receive(layer)))
-
-    async def _receive(self, layer) -> None:
-        while self.subscribers:
-            try:
-                await layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - back off, the poll covers the gap
-                await asyncio.sleep(1)
-                continue
-            self.wake.set()
+                self.cursors.pop(pid, None)
+                asyncio.ensure_future(wakeup_unsubscribe(project_group(pid), self.wake))
+        if not self.subscribers and self.task is not None:
+            self.task.cancel()
+            self.task = None
 
     async def _run(self) -> None:
         interval = settings.HITL_WAIT_POLL_SECONDS

@@ -83,6 +83,7 @@ api_v1 = [
 urlpatterns = [
     path("", include("core.urls")),
     path("admin/", admin.site.urls),
+    path("review/", include("review.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api_v1)),

@@ -162,6 +162,31 @@ async def close_wakeups() -> None:
         await hub.close()
 
 
+def _loop_hub():
+    layer = get_channel_layer()
+    if layer is None:
+        return None
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = _Hub(layer)
+    return hub
+
+
+async def wakeup_subscribe(group: str, event: asyncio.Event) -> None:
+    """A long-lived subscription (``wakeup`` is the per-request form): ``event`` is set whenever
+    ``group`` gets a message. Never raises (without a working layer the caller polls)."""
+    hub = _loop_hub()
+    if hub is not None:
+        await hub.subscribe(group, event)
+
+
+async def wakeup_unsubscribe(group: str, event: asyncio.Event) -> None:
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        await hub.unsubscribe(group, event)
+
+
 @asynccontextmanager
 async def wakeup(*groups: str):
     """``async with wakeup(group, ...) as event``: ``event`` is set when any of the groups gets

@@ -78,7 +78,7 @@ def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
 
     def broadcast():
         async_to_sync(get_channel_layer().group_send)(
-            project_group(project_id), {"type": "hitl.event", "event": payload}
+            project_group(project_id), {"type": "hitl.event", "group": project_group(project_id), "event": payload}
         )
 
     transaction.on_commit(broadcast, robust=True)  # a failed push loses nothing: the row is the truth

@@ -16,6 +16,7 @@ from access.services import api_key_create
 from approvals.services import agent_approval_request
 from emergency.services import emergency_stop_trigger
 from events.models import Event
+from core.tests.test_asgi_handler import serve  # noqa: F401  (a real daphne on the test database)
 from events.services import event_emit
 from projects.services import task_create
 
@@ -203,3 +204,26 @@ def test_many_clients_each_receive_every_event_in_order(project, keys):
         for comm in streams:
             await comm.disconnect()
     async_to_sync(run)()
+
+
+@pytest.mark.redis
+def test_a_push_through_redis_reaches_a_socket_on_another_server_process(serve, project, keys, settings):
+    """A real daphne with Redis, its outbox poll set to 30 s: an event written by this process
+    arrives within seconds, so it came through the channel layer, not the poll."""
+    import websockets.sync.client
+
+    server = serve(REDIS_URL=os.environ["REDIS_URL"], HITL_WAIT_POLL_SECONDS=30)
+    uri = f"ws://127.0.0.1:{server.port}/ws/events/?project_id={project.pk}"
+    with websockets.sync.client.connect(uri, additional_headers={"Authorization": f"Bearer {keys['agent']}"},
+                                        open_timeout=20) as ws:
+        import time
+        time.sleep(0.5)
+        ids = emit(project, 3)
+        started = time.monotonic()
+        got = []
+        while len(got) < 3:
+            message = json.loads(ws.recv(timeout=10))
+            if "event_type" in message:
+                got.append(message["id"])
+        assert got == ids
+        assert time.monotonic() - started < 10, server.log()

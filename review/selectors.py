@@ -1,0 +1,414 @@
+"""Reads for the reviewers' pages: the inbox across projects, reviewer metrics, the precedent of
+a call, the projects under an emergency stop. Permission-filtered here; writes go through the
+domain services (review/views.py)."""
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from statistics import median
+
+from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from approvals.models import AgentCallApproval, ResponseApproval
+from budgets.models import BudgetOverrideRequest
+from emergency.models import EmergencyStop
+from projects import roles
+from projects.models import Project
+from projects.permissions import has_project_perm, project_perms, project_visible_to
+from recovery.models import RecoverySession, RecoveryStep
+
+RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
+RISK_LEVELS = ("critical", "high", "medium", "low")
+KINDS = {"call": "Agent calls", "response": "Responses", "override": "Budget overrides", "recovery": "Recovery steps"}
+
+
+def risk_rank(level: str | None) -> int:
+    return RISK_RANK.get(level or "low", 0)
+
+
+# --- who may decide where -------------------------------------------------------------------
+def reviewable_project_ids(user) -> list:
+    """Ids of the projects where the user may decide (reviewer or manager role; every project
+    for a superuser)."""
+    if not user.is_authenticated or not user.is_active:
+        return []
+    if user.is_superuser:
+        return list(Project.objects.values_list("pk", flat=True))
+    return [pk for pk, perms in project_perms(user).items() if roles.REVIEW in perms]
+
+
+def may_review(user, project) -> bool:
+    return has_project_perm(user, roles.REVIEW, project)
+
+
+def may_manage(user, project) -> bool:
+    return has_project_perm(user, roles.MANAGE, project)
+
+
+# --- the inbox ------------------------------------------------------------------------------
+@dataclass
+class InboxItem:
+    kind: str                      # call | response | override | recovery
+    id: str
+    url: str
+    risk: str
+    project: Project
+    agent_type: str
+    summary: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    blocked: bool = False
+    blocked_reason: str = ""
+    override_id: str | None = None
+    override_url: str = ""
+    obj: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}-{self.id}"
+
+    @property
+    def kind_label(self) -> str:
+        return {"call": "Agent call", "response": "Response", "override": "Budget override",
+                "recovery": "Recovery step"}[self.kind]
+
+    @property
+    def seconds_left(self) -> int | None:
+        if self.expires_at is None:
+            return None
+        return int((self.expires_at - timezone.now()).total_seconds())
+
+    @property
+    def time_left(self) -> str:
+        left = self.seconds_left
+        if left is None:
+            return "no deadline"
+        if left <= 0:
+            return "expired"
+        return duration_display(left) + " left"
+
+    @property
+    def urgent(self) -> bool:
+        left = self.seconds_left
+        return left is not None and left < 300
+
+
+def one_line(text: str, limit: int = 140) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _response_risk(response: ResponseApproval) -> str:
+    level = (response.analysis or {}).get("level")
+    if level in RISK_RANK:
+        return level
+    return max((f.get("severity", "low") for f in response.risk_flags or []), key=risk_rank, default="low")
+
+
+def inbox_items(*, user) -> list[InboxItem]:
+    """Every pending item the user may decide, across their projects: newest risk first
+    (critical, high, medium, low), then oldest first. Items the user requested are left out
+    (nobody decides their own request)."""
+    project_ids = reviewable_project_ids(user)
+    if not project_ids:
+        return []
+    items: list[InboxItem] = []
+    calls = (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING)
+             .exclude(requested_by=user).select_related("project", "task"))
+    for call in calls:
+        items.append(InboxItem(
+            kind="call", id=str(call.pk), url=reverse("review:agent_approval", args=[call.pk]),
+            risk=(call.risk_assessment or {}).get("level") or "low", project=call.project,
+            agent_type=call.agent_type, summary=one_line(call.proposed_action), created_at=call.created_at,
+            expires_at=call.expires_at, blocked=call.budget_state == AgentCallApproval.BudgetState.BLOCKED,
+            blocked_reason=call.budget_blocked_reason,
+            override_id=str(call.budget_override_id) if call.budget_override_id else None, obj=call,
+            extra={"estimated_cost": call.estimated_cost, "estimated_tokens": call.estimated_tokens,
+                   "flags": len((call.risk_assessment or {}).get("flags") or [])}))
+    responses = (ResponseApproval.objects.filter(project_id__in=project_ids, status=ResponseApproval.Status.PENDING)
+                 .exclude(submitted_by=user).select_related("project"))
+    for response in responses:
+        items.append(InboxItem(
+            kind="response", id=str(response.pk), url=reverse("review:response_approval", args=[response.pk]),
+            risk=_response_risk(response), project=response.project, agent_type=response.agent_type,
+            summary=one_line(response.response_summary or "(no summary)"), created_at=response.created_at,
+            expires_at=response.expires_at, obj=response,
+            extra={"safety_score": response.safety_score, "flags": len(response.risk_flags or [])}))
+    overrides = (BudgetOverrideRequest.objects.filter(project_id__in=project_ids,
+                                                      status=BudgetOverrideRequest.Status.PENDING)
+                 .exclude(requested_by=user).select_related("project"))
+    for override in overrides:
+        needs_manager = override.requires_manager_approval
+        if needs_manager and not may_manage(user, override.project):
+            continue  # only a manager may decide it; it is not in this user's inbox
+        items.append(InboxItem(
+            kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",
+            risk="high" if needs_manager else "medium", project=override.project, agent_type="",
+            summary=one_line(f"{override.get_violation_type_display()}: +{override.requested_amount} — "
+                             f"{override.justification}"),
+            created_at=override.created_at, obj=override,
+            extra={"needs_manager": needs_manager, "violation_type": override.violation_type,
+                   "requested_amount": override.requested_amount}))
+    sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=[
+        RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS])
+        .select_related("project", "emergency_stop"))
+    for session in sessions:
+        step = (RecoveryStep.objects.filter(session=session, status=RecoveryStep.Status.PENDING)
+                .order_by("order").first())
+        if step is None:
+            continue
+        items.append(InboxItem(
+            kind="recovery", id=str(step.pk), url=f"/review/recovery/{session.pk}",
+            risk=session.emergency_stop.severity or "high", project=session.project, agent_type="",
+            summary=one_line(f"Step {step.order} of {session.total_steps}: {step.action} — {step.description}"),
+            created_at=step.created_at, obj=step, extra={"session_id": str(session.pk)}))
+    overrides_by_id = {item.id: item for item in items if item.kind == "override"}
+    for item in items:
+        if item.kind == "call" and item.override_id:
+            target = overrides_by_id.get(item.override_id)
+            item.override_url = target.url if target else ""
+    items.sort(key=lambda i: (-risk_rank(i.risk), i.created_at))
+    return items
+
+
+def inbox_counts(items: list[InboxItem]) -> list[tuple[str, str, int]]:
+    """[(kind, label, count)] for every kind, zeros included."""
+    return [(kind, label, sum(1 for i in items if i.kind == kind)) for kind, label in KINDS.items()]
+
+
+# --- reviewer metrics -----------------------------------------------------------------------
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in (0, 100])."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class ReviewerMetrics:
+    decided: int
+    timed_out: int
+    median_seconds: float | None
+    p90_seconds: float | None
+
+    @property
+    def closed(self) -> int:
+        return self.decided + self.timed_out
+
+    @property
+    def timeout_rate(self) -> float | None:
+        return self.timed_out / self.closed if self.closed else None
+
+    @property
+    def median_display(self) -> str:
+        return duration_display(self.median_seconds)
+
+    @property
+    def p90_display(self) -> str:
+        return duration_display(self.p90_seconds)
+
+    @property
+    def timeout_rate_display(self) -> str:
+        rate = self.timeout_rate
+        return "—" if rate is None else f"{rate * 100:.1f} %"
+
+
+def duration_display(seconds: float | None) -> str:
+    """42 s, 3 min 5 s, 2 h 10 min; an em dash when there is nothing to measure."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def reviewer_metrics(*, user, now=None, hours: int = 24) -> ReviewerMetrics:
+    """Over the last ``hours``, for the projects the user may review, calls and responses:
+    time to decision (responded_at − created_at of those a person decided: approved, rejected,
+    sent back) as median and p90, and the timeout rate (timed out / decided + timed out;
+    cancelled ones were withdrawn, not missed). A time-out counts at its deadline."""
+    now = now or timezone.now()
+    since = now - timedelta(hours=hours)
+    project_ids = reviewable_project_ids(user)
+    durations: list[float] = []
+    timed_out = 0
+    for model, decided_statuses in (
+            (AgentCallApproval, ["approved", "rejected"]),
+            (ResponseApproval, ["approved", "rejected", "requires_modification"])):
+        base = model.objects.filter(project_id__in=project_ids)
+        rows = base.filter(status__in=decided_statuses, approved_by__isnull=False,
+                           responded_at__gt=since, responded_at__lte=now).values_list("created_at", "responded_at")
+        durations += [max((responded - created).total_seconds(), 0.0) for created, responded in rows]
+        timed_out += base.filter(status="timed_out", expires_at__gt=since, expires_at__lte=now).count()
+    return ReviewerMetrics(decided=len(durations), timed_out=timed_out,
+                           median_seconds=median(durations) if durations else None,
+                           p90_seconds=_percentile(durations, 90))
+
+
+# --- the precedent of a call ----------------------------------------------------------------
+def pretty_json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+@dataclass
+class Precedent:
+    counts: dict
+    last: list
+    last_approved: AgentCallApproval | None
+    diff: list  # [(kind, text)] kind in {"same", "add", "del", "hunk"}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def precedent_for(approval: AgentCallApproval, *, limit: int = 5) -> Precedent:
+    """How this project decided the same agent type and action before: counts of approved /
+    rejected / timed out, the last ``limit`` decisions with reasons and deciders, and a line diff
+    of this input against the input that ran in the last approved one."""
+    same = (AgentCallApproval.objects.filter(project_id=approval.project_id, agent_type=approval.agent_type,
+                                             proposed_action=approval.proposed_action)
+            .exclude(pk=approval.pk))
+    closed = ["approved", "rejected", "timed_out"]
+    found = dict(same.filter(status__in=closed).order_by().values_list("status").annotate(n=Count("pk")))
+    counts = {status: found.get(status, 0) for status in closed}
+    last = list(same.filter(status__in=closed).select_related("approved_by")
+                .order_by("-updated_at", "-created_at")[:limit])
+    last_approved = (same.filter(status="approved").order_by("-responded_at", "-created_at").first())
+    diff = []
+    if last_approved is not None:
+        diff = line_diff(pretty_json(last_approved.input_to_run), pretty_json(approval.input_data))
+    return Precedent(counts=counts, last=last, last_approved=last_approved, diff=diff)
+
+
+def line_diff(old: str, new: str, context: int = 3) -> list[tuple[str, str]]:
+    """A unified line diff as [(kind, line)]: ``hunk`` headers, ``del`` / ``add`` / ``same``."""
+    out = []
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), fromfile="last approved",
+                                     tofile="this call", lineterm="", n=context):
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith("@@"):
+            out.append(("hunk", line))
+        elif line.startswith("-"):
+            out.append(("del", line))
+        elif line.startswith("+"):
+            out.append(("add", line))
+        else:
+            out.append(("same", line))
+    return out
+
+
+# --- JSON with its paths, for flags that point into it --------------------------------------
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def child_path(path: str, key: str) -> str:
+    """The analyzers' JSON path notation (approvals/analyzers/context.py)."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]" if '"' in key else f'{path}["{key}"]'
+
+
+def flag_path(location: str | None) -> str:
+    """A flag's location without the decoding note (``input_data.x (base64)`` → ``input_data.x``)."""
+    return (location or "").split(" (", 1)[0].strip()
+
+
+def json_lines(value, root: str) -> list[dict]:
+    """The value pretty-printed like json.dumps(indent=2), one dict per line: {text, path}."""
+    lines: list[dict] = []
+
+    def dump(v) -> str:
+        return json.dumps(v, ensure_ascii=False, default=str)
+
+    def walk(v, path: str, indent: int, prefix: str, trailing: str) -> None:
+        pad = "  " * indent
+        if isinstance(v, dict) and v:
+            lines.append({"text": f"{pad}{prefix}{{", "path": path})
+            items = list(v.items())
+            for i, (k, child) in enumerate(items):
+                walk(child, child_path(path, str(k)), indent + 1, f"{dump(str(k))}: ", "," if i < len(items) - 1 else "")
+            lines.append({"text": f"{pad}}}{trailing}", "path": path})
+        elif isinstance(v, list) and v:
+            lines.append({"text": f"{pad}{prefix}[", "path": path})
+            for i, child in enumerate(v):
+                walk(child, f"{path}[{i}]", indent + 1, "", "," if i < len(v) - 1 else "")
+            lines.append({"text": f"{pad}]{trailing}", "path": path})
+        else:
+            lines.append({"text": f"{pad}{prefix}{dump(v)}{trailing}", "path": path})
+
+    walk(value, root, 0, "", "")
+    return lines
+
+
+def annotate_json(value, root: str, flags: list[dict]) -> list[dict]:
+    """json_lines with each line marked by the flags located exactly at its path (the opening
+    line of an object or list carries the flags of its whole path)."""
+    by_path: dict[str, list[dict]] = {}
+    for flag in flags or []:
+        path = flag_path(flag.get("location"))
+        if path:
+            by_path.setdefault(path, []).append(flag)
+    out, seen = [], set()
+    for line in json_lines(value, root):
+        path = line["path"]
+        line_flags = by_path.get(path, []) if path not in seen else []
+        seen.add(path)
+        severity = max((f.get("severity", "low") for f in line_flags), key=risk_rank, default="")
+        out.append({**line, "flags": line_flags, "severity": severity})
+    return out
+
+
+def unplaced_flags(flags: list[dict], lines: list[dict], extra_paths=()) -> list[dict]:
+    """Flags whose location matches no line (the proposed action, a derived text, none)."""
+    paths = {line["path"] for line in lines} | set(extra_paths)
+    return [f for f in flags or [] if flag_path(f.get("location")) not in paths]
+
+
+def code_blocks(agent_response) -> list[dict]:
+    """Code the agent produced: ``files[].content`` (with its path) and ``code`` strings."""
+    blocks = []
+    if not isinstance(agent_response, dict):
+        return blocks
+    files = agent_response.get("files")
+    if isinstance(files, list):
+        for i, entry in enumerate(files):
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                name = entry.get("path") or entry.get("name") or entry.get("filename") or f"files[{i}]"
+                blocks.append({"name": str(name), "location": f"agent_response.files[{i}].content",
+                               "content": entry["content"]})
+    if isinstance(agent_response.get("code"), str):
+        blocks.append({"name": "code", "location": "agent_response.code", "content": agent_response["code"]})
+    return blocks
+
+
+# --- the emergency banners ------------------------------------------------------------------
+def stopped_projects(*, user) -> list[dict]:
+    """Projects the user can see that are under an emergency stop, with the active stop."""
+    if not user.is_authenticated:
+        return []
+    projects = list(project_visible_to(user=user).filter(status=Project.Status.EMERGENCY_STOPPED).order_by("name"))
+    stops = {s.project_id: s for s in EmergencyStop.objects.filter(project__in=projects, resolved_at__isnull=True)}
+    return [{"project": p, "stop": stops.get(p.pk)} for p in projects]
+
+
+def latest_event_id() -> int:
+    from events.models import Event
+
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def visible_override(*, user, override_id) -> BudgetOverrideRequest | None:
+    return (BudgetOverrideRequest.objects.filter(Q(project__in=project_visible_to(user=user)), pk=override_id)
+            .select_related("project").first())

@@ -1,0 +1,279 @@
+/* BotArmy HITL reviewer pages: live events over the websocket, and keyboard shortcuts.
+ *
+ * Live: opens <body data-ws-url> (/ws/events/, authenticated by the session cookie), resuming
+ * after <body data-last-event-id> (the newest event when the page was rendered), remembers the
+ * last event id and reconnects with ?last_event_id= after a drop (exponential backoff with
+ * jitter; a silent socket is treated as dead after 45 s without any message or ping).
+ * Each event is dispatched on <body> as a DOM event "hitl:event" (detail: the event payload);
+ *   - the inbox list re-fetches itself with htmx (hx-trigger="hitl:event from:body");
+ *   - emergency_stop_triggered / emergency_resolved dispatch "hitl:stop" (the banners refresh);
+ *   - a decision panel [data-live-approval] still pending refreshes when an event names its
+ *     approval (decided elsewhere, timed out) or changes its project (stop, override decided).
+ * Keyboard: j / k move the selection in the inbox, Enter opens it; on a decision page a approves,
+ * e opens the amend editor, r focuses the rejection reason, m the modifications; Ctrl+Enter in a
+ * text area submits its form. Shortcuts are ignored while typing in a field.
+ */
+(function () {
+  "use strict";
+
+  var STOP_EVENTS = { emergency_stop_triggered: 1, emergency_resolved: 1 };
+  var PANEL_PROJECT_EVENTS = { emergency_stop_triggered: 1, emergency_resolved: 1, budget_override_decided: 1 };
+
+  // ---- live events ------------------------------------------------------------------------
+  var live = {
+    socket: null,
+    lastId: null,      // highest event id seen: the resume point (?last_event_id=)
+    initialId: null,   // the newest event when the page was rendered
+    seen: {},          // project id -> highest event id seen of that project
+    attempt: 0,
+    timer: null,
+    watchdog: null,
+    closedByUs: false,
+  };
+  window.hitlLive = live;  // for debugging and tests: hitlLive.lastId, hitlLive.socket
+
+  function setStatus(state, label) {
+    var el = document.getElementById("live-status");
+    if (!el) return;
+    el.setAttribute("data-state", state);
+    var text = el.querySelector(".label");
+    if (text) text.textContent = label;
+  }
+
+  function socketUrl() {
+    var path = document.body.getAttribute("data-ws-url");
+    if (!path) return null;
+    var url = new URL(path, window.location.href);
+    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+    var project = document.body.getAttribute("data-project-id");
+    if (project) url.searchParams.set("project_id", project);
+    if (live.lastId !== null) url.searchParams.set("last_event_id", String(live.lastId));
+    return url.toString();
+  }
+
+  function armWatchdog() {
+    clearTimeout(live.watchdog);
+    live.watchdog = setTimeout(function () {
+      // no message or ping for too long: the connection is dead even if the browser thinks not
+      if (live.socket) { try { live.socket.close(); } catch (e) { /* ignore */ } }
+    }, 45000);
+  }
+
+  function scheduleReconnect() {
+    clearTimeout(live.timer);
+    var base = Math.min(30000, 500 * Math.pow(2, live.attempt));
+    var delay = base / 2 + Math.random() * base / 2;
+    live.attempt += 1;
+    setStatus("reconnecting", "Reconnecting…");
+    live.timer = setTimeout(connect, delay);
+  }
+
+  function handle(payload) {
+    if (!payload || payload.type === "ping") return;
+    if (typeof payload.id === "number") {
+      // ids increase within a project (the server's order); across projects they may interleave,
+      // so duplicates are told per project, and the resume point is the highest id seen
+      var project = String(payload.project_id);
+      var floor = project in live.seen ? live.seen[project] : live.initialId;
+      if (floor !== null && payload.id <= floor) return;  // already seen (replay after a reconnect)
+      live.seen[project] = payload.id;
+      if (live.lastId === null || payload.id > live.lastId) live.lastId = payload.id;
+    }
+    document.body.dispatchEvent(new CustomEvent("hitl:event", { detail: payload, bubbles: true }));
+    if (STOP_EVENTS[payload.event_type]) {
+      document.body.dispatchEvent(new CustomEvent("hitl:stop", { detail: payload, bubbles: true }));
+    }
+    refreshPanels(payload);
+  }
+
+  function refreshPanels(payload) {
+    var data = payload.data || {};
+    var panels = document.querySelectorAll("[data-live-approval]");
+    for (var i = 0; i < panels.length; i++) {
+      var panel = panels[i];
+      if (panel.getAttribute("data-status") !== "pending") continue;   // settled: nothing changes it
+      if (panel.querySelector(".htmx-request")) continue;                // our own decision is on its way
+      var id = panel.getAttribute("data-live-approval");
+      var named = data.approval_id === id ||
+        (Array.isArray(data.approval_ids) && data.approval_ids.indexOf(id) >= 0);
+      var sameProject = PANEL_PROJECT_EVENTS[payload.event_type] &&
+        String(payload.project_id) === panel.getAttribute("data-project-id");
+      if (named || sameProject) {
+        if (window.htmx) window.htmx.trigger(panel, "hitl:refresh");
+      }
+    }
+  }
+
+  function connect() {
+    var url = socketUrl();
+    if (!url || !("WebSocket" in window)) return;
+    var socket;
+    try {
+      socket = new WebSocket(url);
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    live.socket = socket;
+    setStatus("connecting", "Connecting…");
+    socket.onopen = function () {
+      live.attempt = 0;
+      setStatus("live", "Live");
+      armWatchdog();
+    };
+    socket.onmessage = function (message) {
+      armWatchdog();
+      var payload;
+      try { payload = JSON.parse(message.data); } catch (e) { return; }
+      if (Array.isArray(payload)) { payload.forEach(handle); } else { handle(payload); }
+    };
+    socket.onclose = function () {
+      clearTimeout(live.watchdog);
+      if (live.socket === socket) live.socket = null;
+      if (!live.closedByUs) scheduleReconnect();
+    };
+    socket.onerror = function () { /* onclose follows and reconnects */ };
+  }
+
+  function startLive() {
+    var initial = document.body.getAttribute("data-last-event-id");
+    if (initial && /^\d+$/.test(initial)) live.lastId = live.initialId = parseInt(initial, 10);
+    connect();
+    window.addEventListener("pagehide", function () {
+      live.closedByUs = true;
+      if (live.socket) live.socket.close();
+    });
+    window.addEventListener("pageshow", function (e) {
+      if (e.persisted) { live.closedByUs = false; if (!live.socket) connect(); }
+    });
+  }
+
+  // ---- the inbox: don't pull the list from under someone typing in it ----------------------
+  function isTyping(target) {
+    if (!target) return false;
+    var tag = target.tagName;
+    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || target.isContentEditable;
+  }
+
+  document.addEventListener("htmx:confirm", function (evt) {
+    var elt = evt.detail && evt.detail.elt;
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-inbox")) return;
+    var trigger = evt.detail.triggeringEvent;
+    if (!trigger || trigger.type !== "hitl:event") return;
+    var active = document.activeElement;
+    if (isTyping(active) && elt.contains(active) && active.value) {
+      evt.preventDefault();  // refresh once the person leaves the field
+      elt.setAttribute("data-refresh-pending", "1");
+    }
+  });
+  document.addEventListener("focusout", function (evt) {
+    var inbox = document.querySelector("[data-inbox][data-refresh-pending]");
+    if (inbox && inbox.contains(evt.target)) {
+      setTimeout(function () {
+        if (inbox.contains(document.activeElement) && isTyping(document.activeElement)) return;
+        inbox.removeAttribute("data-refresh-pending");
+        if (window.htmx) window.htmx.trigger(document.body, "hitl:event", {});
+      }, 0);
+    }
+  });
+
+  // ---- inbox selection (j / k / Enter) -------------------------------------------------------
+  var selectedKey = null;
+
+  function inboxItems() {
+    return Array.prototype.slice.call(document.querySelectorAll("#inbox-list > .item"));
+  }
+
+  function select(item, focus) {
+    inboxItems().forEach(function (el) { el.classList.remove("selected"); el.removeAttribute("aria-current"); });
+    if (!item) return;
+    item.classList.add("selected");
+    item.setAttribute("aria-current", "true");
+    selectedKey = item.getAttribute("data-key");
+    var link = item.querySelector(".item-link");
+    if (focus && link) link.focus({ preventScroll: false });
+    if (item.scrollIntoView) item.scrollIntoView({ block: "nearest" });
+  }
+
+  function move(step) {
+    var items = inboxItems();
+    if (!items.length) return;
+    var index = -1;
+    for (var i = 0; i < items.length; i++) if (items[i].classList.contains("selected")) index = i;
+    var next = index < 0 ? 0 : Math.max(0, Math.min(items.length - 1, index + step));
+    select(items[next], true);
+  }
+
+  function openSelected() {
+    var item = document.querySelector("#inbox-list > .item.selected");
+    var link = item && item.querySelector(".item-link");
+    if (link) window.location.href = link.getAttribute("href");
+  }
+
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    // keep the selection (and focus) across live refreshes of the list
+    var target = evt.detail && evt.detail.target;
+    if (!target || !target.querySelector || !target.querySelector("#inbox-list, .empty")) return;
+    if (!selectedKey) return;
+    var hadFocus = target.contains(document.activeElement) || document.activeElement === document.body;
+    var items = inboxItems();
+    for (var i = 0; i < items.length; i++) {
+      if (items[i].getAttribute("data-key") === selectedKey) { select(items[i], hadFocus); return; }
+    }
+  });
+
+  // ---- decision shortcuts ------------------------------------------------------------------
+  function enabled(el) { return el && !el.disabled && el.getAttribute("aria-disabled") !== "true"; }
+
+  function focusField(id) {
+    var field = document.getElementById(id);
+    if (!enabled(field)) return false;
+    field.focus();
+    if (field.scrollIntoView) field.scrollIntoView({ block: "center" });
+    return true;
+  }
+
+  document.addEventListener("keydown", function (evt) {
+    if (evt.defaultPrevented) return;
+    // Ctrl/Cmd+Enter in a text area submits its form
+    if ((evt.ctrlKey || evt.metaKey) && evt.key === "Enter" && evt.target.tagName === "TEXTAREA" && evt.target.form) {
+      evt.preventDefault();
+      var submit = evt.target.form.querySelector("button[type=submit]");
+      if (enabled(submit)) {
+        if (evt.target.form.requestSubmit) evt.target.form.requestSubmit(submit); else submit.click();
+      }
+      return;
+    }
+    if (evt.ctrlKey || evt.metaKey || evt.altKey || isTyping(evt.target)) return;
+    var key = evt.key;
+    var inInbox = !!document.getElementById("inbox-list") || !!document.querySelector("[data-inbox]");
+    if (inInbox) {
+      if (key === "j") { evt.preventDefault(); move(1); return; }
+      if (key === "k") { evt.preventDefault(); move(-1); return; }
+      if (key === "Enter" && evt.target === document.body) { evt.preventDefault(); openSelected(); return; }
+    }
+    var panel = document.getElementById("decision-panel");
+    if (!panel) return;
+    if (key === "a") {
+      var approve = document.getElementById("btn-approve");
+      if (enabled(approve)) { evt.preventDefault(); approve.click(); }
+    } else if (key === "e") {
+      var amend = document.getElementById("amend");
+      if (amend && enabled(document.getElementById("amend-summary"))) {
+        evt.preventDefault();
+        amend.open = true;  // a closed <details> hides its text area from focus
+        focusField("amended-input");
+      }
+    } else if (key === "r") {
+      if (focusField("reject-reason")) evt.preventDefault();
+    } else if (key === "m") {
+      if (focusField("modifications")) evt.preventDefault();
+    }
+  });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", startLive);
+  } else {
+    startLive();
+  }
+})();

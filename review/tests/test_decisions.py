@@ -1,0 +1,345 @@
+"""The decision pages: /review/agent-approvals/<id> and /review/response-approvals/<id>. Login,
+per-project visibility (404 for outsiders), decisions through the services (status and audit),
+refusals shown on the page (400 / 403 / 409 / 410, never a 500), CSRF, precedent and diff."""
+import json
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from django.utils.html import escape
+
+from approvals.models import AgentCallApproval, ResponseApproval
+from approvals.services import (
+    agent_approval_decide,
+    agent_approval_request,
+    agent_approval_start,
+    agent_approval_time_out,
+    response_approval_submit,
+)
+from audit.models import AuditEvent
+from budgets.models import ProjectBudget
+from emergency.services import emergency_stop_trigger
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def make_call(project, agent, *, action="Write the login form", input_data=None, cost="0.0100", tokens=100):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=action)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action=action, input_data=input_data or {"files": ["login.tsx"]},
+                                  estimated_tokens=tokens, estimated_cost=Decimal(cost))
+
+
+def web(user, **kwargs):
+    client = Client(**kwargs)
+    client.force_login(user)
+    return client
+
+
+def page(call):
+    return f"/review/agent-approvals/{call.pk}"
+
+
+def decide_url(call):
+    return f"/review/agent-approvals/{call.pk}/decide"
+
+
+def audited(obj, action):
+    return AuditEvent.objects.filter(object_id=str(obj.pk), action=action).exists()
+
+
+@pytest.fixture
+def call(project, agent):
+    return make_call(project, agent, input_data={"path": "src/login.tsx", "max_tokens": 50,
+                                                 "notes": "<script>alert(1)</script>"})
+
+
+# --- the approval page ------------------------------------------------------------------------
+def test_pages_need_a_login(call):
+    for url in (page(call), f"{page(call)}/panel"):
+        r = Client().get(url)
+        assert r.status_code == 302 and r["Location"].startswith("/admin/login/")
+    r = Client().post(decide_url(call), {"decision": "approve"})
+    assert r.status_code == 302
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
+def test_outsiders_get_404_and_decide_nothing(call, outsider):
+    client = web(outsider)
+    assert client.get(page(call)).status_code == 404
+    assert client.get(f"{page(call)}/panel").status_code == 404
+    assert client.post(decide_url(call), {"decision": "approve"}).status_code == 404
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
+def test_the_page_shows_the_call(call, reviewer):
+    r = web(reviewer).get(page(call))
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "Write the login form" in html
+    assert escape('"path": "src/login.tsx",') in html              # pretty-printed JSON
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html   # escaped
+    assert "Estimated tokens" in html and "$0.0100" in html
+    assert 'id="btn-approve"' in html and 'id="amended-input"' in html and 'id="reject-reason"' in html
+    assert 'for="reject-reason"' in html and 'for="amended-input"' in html    # labels
+    assert 'aria-live="polite"' in html
+    assert 'data-live-approval="%s"' % call.pk in html
+    # the amend editor is prefilled with the pretty input
+    editor = re.search(r'<textarea id="amended-input"[^>]*>(.*?)</textarea>', html, re.S).group(1)
+    assert json.loads(editor.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                      .replace("&#x27;", "'").replace("&amp;", "&")) == call.input_data
+
+
+def test_risk_flags_are_marked_at_their_keys(project, agent, reviewer):
+    call = make_call(project, agent, action="Send the report",
+                     input_data={"to": "jane.doe@acme-corp.io", "body": "hello"})
+    flags = call.risk_assessment["flags"]
+    assert any(f.get("location") == "input_data.to" for f in flags), flags
+    html = web(reviewer).get(page(call)).content.decode()
+    line = re.search(r'<span class="ln flagged sev-(\w+)" id="input-L(\d+)">([^\n]*)', html)
+    assert line and "jane.doe" in line.group(3) and "(input_data.to)" in line.group(3)
+    assert f'href="#input-L{line.group(2)}"' in html                 # the flag list links to the line
+
+
+def test_approve_through_the_page(call, reviewer):
+    r = web(reviewer).post(decide_url(call), {"decision": "approve"}, **HTMX)
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "Approved." in html and 'data-status="approved"' in html and "<html" not in html
+    assert re.search(r'id="btn-approve"[^>]*disabled', html)          # the buttons are off now
+    call.refresh_from_db()
+    assert call.status == "approved" and call.approved_by == reviewer
+    assert audited(call, "agent_approval.approve")
+
+
+def test_approve_without_htmx_redirects_and_shows_the_outcome(call, reviewer):
+    client = web(reviewer)
+    r = client.post(decide_url(call), {"decision": "approve"})
+    assert r.status_code == 302 and r["Location"] == page(call)
+    assert "Approved." in client.get(page(call)).content.decode()
+
+
+def test_approve_with_amended_input(call, reviewer):
+    amended = {"path": "src/login.tsx", "max_tokens": 20}
+    r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": json.dumps(amended)},
+                           **HTMX)
+    assert "Approved with amended input." in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "approved" and call.amended_input_data == amended
+    assert audited(call, "agent_approval.approve_amended")
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"path": "src/login.tsx",', "not valid JSON"),
+    ('["a", "list"]', "must be a JSON object"),
+])
+def test_an_amendment_that_is_not_a_json_object_decides_nothing(call, reviewer, text, error):
+    r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": text})
+    assert r.status_code == 400
+    html = r.content.decode()
+    assert error in html and "Nothing was decided" in html
+    assert escape(text) in html                                        # what they typed is kept
+    assert '<details class="amend" id="amend" open>' in html and 'aria-invalid="true"' in html
+    r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": text}, **HTMX)
+    assert r.status_code == 200 and error in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "pending" and call.amended_input_data is None
+    assert not audited(call, "agent_approval.approve_amended")
+
+
+def test_an_amendment_the_service_refuses_is_shown(call, reviewer):
+    too_big = {"path": "src/login.tsx", "notes": "x " * 5000}
+    r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": json.dumps(too_big)})
+    assert r.status_code == 409 and "more than the call reserved" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
+def test_reject_needs_a_reason(call, reviewer):
+    client = web(reviewer)
+    r = client.post(decide_url(call), {"decision": "reject", "reason": "  "})
+    assert r.status_code == 400 and "Give a reason" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "pending"
+    r = client.post(decide_url(call), {"decision": "reject", "reason": "Wrong file"}, **HTMX)
+    assert "Rejected." in r.content.decode() and "Wrong file" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "rejected" and call.rejection_reason == "Wrong file"
+    assert audited(call, "agent_approval.reject")
+
+
+def test_a_second_decision_is_a_409_message(call, reviewer, manager):
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    r = web(reviewer).post(decide_url(call), {"decision": "reject", "reason": "too late"})
+    assert r.status_code == 409
+    html = r.content.decode()
+    assert "already approved" in html and 'role="status"' in html
+    r = web(reviewer).post(decide_url(call), {"decision": "reject", "reason": "too late"}, **HTMX)
+    assert r.status_code == 200 and "already approved" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "approved" and call.approved_by == manager
+
+
+def test_a_decision_after_the_deadline_is_a_410_message(call, reviewer):
+    AgentCallApproval.objects.filter(pk=call.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = web(reviewer).post(decide_url(call), {"decision": "approve"})
+    assert r.status_code == 410 and "timed out" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "timed_out"
+
+
+def test_an_emergency_stop_is_a_clear_message(call, reviewer, manager):
+    emergency_stop_trigger(project_id=call.project_id, condition="manual_stop", reason="halt", actor=manager)
+    r = web(reviewer).post(decide_url(call), {"decision": "approve"})
+    assert r.status_code in (409, 423)
+    assert "emergency" in r.content.decode().lower()
+    assert "Project Demo is under an emergency stop" in r.content.decode()
+
+
+def test_the_requester_and_an_agent_cannot_decide(call, agent):
+    html = web(agent).get(page(call)).content.decode()
+    assert "someone else decides it" in html and re.search(r'id="btn-approve"[^>]*disabled', html)
+    r = web(agent).post(decide_url(call), {"decision": "approve"})
+    assert r.status_code == 403 and "Not allowed" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
+def test_a_budget_blocked_call_cannot_be_approved_and_says_why(project, agent, reviewer):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    blocked = make_call(project, agent, cost="2.5000")
+    html = web(reviewer).get(page(blocked)).content.decode()
+    assert "blocked by budget" in html and escape(blocked.budget_blocked_reason) in html
+    assert f"#override-{blocked.budget_override_id}" in html
+    assert re.search(r'id="btn-approve"[^>]*disabled', html)
+    assert not re.search(r'id="btn-reject"[^>]*disabled', html)
+    r = web(reviewer).post(decide_url(blocked), {"decision": "approve"})
+    assert r.status_code == 409
+    blocked.refresh_from_db()
+    assert blocked.status == "pending"
+
+
+def test_csrf_is_enforced(call, reviewer):
+    client = web(reviewer, enforce_csrf_checks=True)
+    r = client.post(decide_url(call), {"decision": "approve"})
+    assert r.status_code == 403
+    call.refresh_from_db()
+    assert call.status == "pending"
+    client.get(page(call))
+    token = client.cookies["csrftoken"].value
+    r = client.post(decide_url(call), {"decision": "approve"}, HTTP_X_CSRFTOKEN=token, **HTMX)  # htmx's header
+    assert r.status_code == 200
+    call.refresh_from_db()
+    assert call.status == "approved"
+
+
+def test_the_panel_partial_reflects_a_decision_made_elsewhere(call, reviewer, manager):
+    client = web(reviewer)
+    assert 'data-status="pending"' in client.get(f"{page(call)}/panel").content.decode()
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="reject", reason="not now")
+    html = client.get(f"{page(call)}/panel").content.decode()
+    assert 'data-status="rejected"' in html and "manager" in html and "not now" in html
+    assert "This request is now rejected by manager." in html           # announced in the aria-live area
+    assert 'id="page-status" class="page-status" hx-swap-oob="true"' in html   # the page's header follows
+    assert re.search(r'id="btn-approve"[^>]*disabled', html) and re.search(r'id="btn-reject"[^>]*disabled', html)
+
+
+# --- precedent ---------------------------------------------------------------------------------
+def test_precedent_counts_last_decisions_and_the_diff(project, agent, reviewer, manager):
+    action = "Deploy the billing service"
+    first = make_call(project, agent, action=action, input_data={"service": "billing", "replicas": 2})
+    agent_approval_decide(approval_id=first.pk, decider=manager, decision="approve")
+    second = make_call(project, agent, action=action, input_data={"service": "billing", "replicas": 9})
+    agent_approval_decide(approval_id=second.pk, decider=reviewer, decision="reject", reason="Too many replicas")
+    third = make_call(project, agent, action=action, input_data={"service": "billing", "replicas": 3})
+    AgentCallApproval.objects.filter(pk=third.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert agent_approval_time_out(approval_id=third.pk)
+    make_call(project, agent, action="Something else", input_data={"service": "x"})  # not the same action
+    current = make_call(project, agent, action=action, input_data={"service": "billing", "replicas": 4})
+
+    html = web(reviewer).get(page(current)).content.decode()
+    assert re.search(r'data-status="approved"><span class="count-n">1</span> approved', html)
+    assert re.search(r'data-status="rejected"><span class="count-n">1</span> rejected', html)
+    assert re.search(r'data-status="timed_out"><span class="count-n">1</span> timed out', html)
+    assert "Too many replicas" in html and "manager" in html
+    assert '<span class="d-del">-  &quot;replicas&quot;: 2</span>' in html
+    assert '<span class="d-add">+  &quot;replicas&quot;: 4</span>' in html
+
+
+def test_no_precedent_says_so(call, reviewer):
+    html = web(reviewer).get(page(call)).content.decode()
+    assert "nothing to compare" in html
+
+
+# --- response approvals ------------------------------------------------------------------------
+@pytest.fixture
+def response(project, agent, reviewer):
+    call = make_call(project, agent, action="Write the parser")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    return response_approval_submit(
+        submitter=agent, project_id=project.pk, task_id=call.task_id, agent_type="coder", call_approval_id=call.pk,
+        agent_response={"files": [{"path": "parser.py", "content": "def parse(s):\n    return s.split(',')\n"}],
+                        "code": "print('<b>hi</b>')", "notes": "call me at jane.doe@acme-corp.io"},
+        response_summary="Parser written", next_steps=["write tests"], tokens_used=50,
+        actual_cost=Decimal("0.0050"))
+
+
+def rpage(response):
+    return f"/review/response-approvals/{response.pk}"
+
+
+def test_the_response_page(response, reviewer, outsider):
+    assert Client().get(rpage(response)).status_code == 302
+    assert web(outsider).get(rpage(response)).status_code == 404
+    html = web(reviewer).get(rpage(response)).content.decode()
+    assert "Parser written" in html and "write tests" in html
+    assert '<pre class="code" tabindex="0" aria-label="parser.py">def parse(s):' in html   # files[].content
+    assert "print(&#x27;&lt;b&gt;hi&lt;/b&gt;&#x27;)" in html                                 # code, escaped
+    assert "Safety score" in html and "Confidence" in html
+    assert f'href="/review/agent-approvals/{response.agent_call_approval_id}"' in html       # the call it answers
+    for flag in response.risk_flags:
+        assert flag["code"] in html
+    assert 'id="btn-approve"' in html and 'id="btn-modify"' in html and 'for="modifications"' in html
+
+
+def test_response_decisions(response, reviewer, project, agent):
+    client = web(reviewer)
+    url = f"{rpage(response)}/decide"
+    r = client.post(url, {"decision": "reject", "reason": ""})
+    assert r.status_code == 400 and "Give a reason" in r.content.decode()
+    r = client.post(url, {"decision": "requires_modification", "modifications_required": " "})
+    assert r.status_code == 400 and "Say what must change" in r.content.decode()
+    response.refresh_from_db()
+    assert response.status == "pending"
+    r = client.post(url, {"decision": "requires_modification", "modifications_required": "Handle quotes"}, **HTMX)
+    html = r.content.decode()
+    assert "Sent back for modification." in html and "Handle quotes" in html and 'data-status="requires_modification"' in html
+    response.refresh_from_db()
+    assert response.status == "requires_modification" and response.modifications_required == "Handle quotes"
+    assert audited(response, "response_approval.requires_modification")
+    r = client.post(url, {"decision": "approve"})
+    assert r.status_code == 409 and "already requires_modification" in r.content.decode()
+
+
+def test_response_approve_and_reject(response, reviewer, manager):
+    r = web(reviewer).post(f"{rpage(response)}/decide", {"decision": "approve"}, **HTMX)
+    assert "Approved." in r.content.decode()
+    response.refresh_from_db()
+    assert response.status == "approved" and response.approved_by == reviewer
+    assert audited(response, "response_approval.approve")
+
+
+def test_response_reject_and_410(response, reviewer):
+    ResponseApproval.objects.filter(pk=response.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = web(reviewer).post(f"{rpage(response)}/decide", {"decision": "reject", "reason": "bad"})
+    assert r.status_code == 410 and "timed out" in r.content.decode()
+    response.refresh_from_db()
+    assert response.status == "timed_out"

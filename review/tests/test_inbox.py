@@ -1,0 +1,197 @@
+"""The reviewers' inbox (/review/): login, per-project visibility, what it lists and in which
+order, budget-blocked calls and overrides, recovery steps, the metrics, the emergency banners."""
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from django.utils.html import escape
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_time_out
+from budgets.models import BudgetOverrideRequest, ProjectBudget
+from emergency.services import emergency_stop_trigger
+from projects.services import task_create
+from recovery.services import recovery_start
+from review.selectors import inbox_items, reviewer_metrics
+
+pytestmark = pytest.mark.django_db
+
+
+def make_call(project, agent, *, action="Write the login form", input_data=None, title=None, cost="0.0100",
+              tokens=100, risk=None):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title or action)
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action=action, input_data=input_data or {"files": ["login.tsx"]},
+                                  estimated_tokens=tokens, estimated_cost=Decimal(cost))
+    if risk is not None:  # test data: a known risk level (the analyzers are tested elsewhere)
+        AgentCallApproval.objects.filter(pk=call.pk).update(
+            risk_assessment={"level": risk, "score": 0.5, "flags": []})
+        call.refresh_from_db()
+    return call
+
+
+def web(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_inbox_needs_a_login():
+    r = Client().get("/review/")
+    assert r.status_code == 302 and r["Location"].startswith("/admin/login/?next=/review/")
+    assert Client().get("/review/inbox/items").status_code == 302
+    assert Client().get("/review/stop-banners").status_code == 302
+
+
+def test_pending_calls_are_listed_newest_risk_first_then_oldest_first(project, agent, reviewer):
+    low = make_call(project, agent, action="low one", risk="low")
+    high_old = make_call(project, agent, action="high old", risk="high")
+    critical = make_call(project, agent, action="critical one", risk="critical")
+    medium = make_call(project, agent, action="medium one", risk="medium")
+    high_new = make_call(project, agent, action="high new", risk="high")
+    base = timezone.now() - timedelta(minutes=10)
+    for i, call in enumerate([low, high_old, critical, medium, high_new]):
+        AgentCallApproval.objects.filter(pk=call.pk).update(created_at=base + timedelta(minutes=i))
+    decided = make_call(project, agent, action="already decided")
+    agent_approval_decide(approval_id=decided.pk, decider=reviewer, decision="approve")
+
+    r = web(reviewer).get("/review/")
+    assert r.status_code == 200
+    html = r.content.decode()
+    order = [html.index(text) for text in ("critical one", "high old", "high new", "medium one", "low one")]
+    assert order == sorted(order)
+    assert "already decided" not in html
+    assert f'href="/review/agent-approvals/{critical.pk}"' in html
+    assert re.search(r'<span class="count-n">5</span> Agent calls', html)
+    assert "<strong>5</strong> pending" in html
+    assert "Demo" in html and "coder" in html and "left" in html  # project, agent type, time left
+    # the partial the page re-fetches live lists the same
+    part = web(reviewer).get("/review/inbox/items").content.decode()
+    assert "critical one" in part and "<html" not in part
+
+
+def test_outsiders_and_agents_see_nothing_to_decide_of_other_projects(project, agent, reviewer, outsider):
+    make_call(project, agent, action="secret project work")
+    assert "secret project work" not in web(outsider).get("/review/").content.decode()
+    assert "secret project work" not in web(outsider).get("/review/inbox/items").content.decode()
+    # the agent made the request: it may not decide it, so it is not in its inbox
+    assert "secret project work" not in web(agent).get("/review/").content.decode()
+    assert [i.summary for i in inbox_items(user=reviewer)] == ["secret project work"]
+
+
+def test_a_call_blocked_by_its_budget_says_so_and_links_its_override(project, agent, reviewer, manager):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    blocked = make_call(project, agent, action="expensive call", cost="2.5000")
+    assert blocked.budget_state == "blocked" and blocked.budget_override_id
+    html = web(reviewer).get("/review/").content.decode()
+    assert "blocked by budget" in html
+    assert blocked.budget_blocked_reason and escape(blocked.budget_blocked_reason) in html
+    assert f'href="/review/#override-{blocked.budget_override_id}"' in html
+    assert f'id="override-{blocked.budget_override_id}"' in html  # the override is in the inbox too
+
+
+def test_a_budget_override_is_decided_from_the_inbox(project, agent, reviewer):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    blocked = make_call(project, agent, action="expensive call", cost="2.5000")
+    url = f"/review/budget-overrides/{blocked.budget_override_id}/decide"
+    client = web(reviewer)
+    # reject without a reason: refused, shown, nothing decided
+    r = client.post(url, {"decision": "reject", "reason": ""}, HTTP_HX_REQUEST="true")
+    assert r.status_code == 200 and "reason" in r.content.decode().lower()
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "pending"
+    r = client.post(url, {"decision": "approve"}, HTTP_HX_REQUEST="true")
+    assert r.status_code == 200 and "approved" in r.content.decode()
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
+    blocked.refresh_from_db()
+    assert blocked.budget_state == "reserved"
+    # a second decision: 409 as a message on the page, not a 500
+    r = client.post(url, {"decision": "approve"})
+    assert r.status_code == 409 and "Not possible now" in r.content.decode()
+
+
+def test_an_outsider_cannot_decide_an_override(project, agent, outsider):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    blocked = make_call(project, agent, cost="2.5000")
+    r = web(outsider).post(f"/review/budget-overrides/{blocked.budget_override_id}/decide", {"decision": "approve"})
+    assert r.status_code == 404
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "pending"
+
+
+def test_responses_and_recovery_steps_are_listed(project, agent, reviewer, manager):
+    from approvals.services import agent_approval_start, response_approval_submit
+
+    call = make_call(project, agent, action="write the parser")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    response = response_approval_submit(
+        submitter=agent, project_id=project.pk, task_id=call.task_id, agent_type="coder",
+        call_approval_id=call.pk, agent_response={"files": [{"path": "p.py", "content": "print(1)\n"}]},
+        response_summary="The parser is written", next_steps=["test it"], tokens_used=50,
+        actual_cost=Decimal("0.0050"))
+    html = web(reviewer).get("/review/").content.decode()
+    assert "The parser is written" in html and f"/review/response-approvals/{response.pk}" in html
+
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="test stop", actor=reviewer)
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    html = web(reviewer).get("/review/").content.decode()
+    assert f'href="/review/recovery/{session.pk}"' in html and "Recovery step" in html
+    assert "Project Demo is under an emergency stop" in html  # the red banner
+
+
+def test_the_stop_banner_partial(project, agent, reviewer, outsider):
+    client = web(reviewer)
+    assert "emergency stop" not in client.get("/review/stop-banners").content.decode()
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="smoke", actor=reviewer)
+    part = client.get("/review/stop-banners").content.decode()
+    assert "Project Demo is under an emergency stop" in part and 'role="alert"' in part
+    assert "emergency stop" not in web(outsider).get("/review/stop-banners").content.decode()
+
+
+def test_metrics_from_known_decisions(project, agent, reviewer):
+    now = timezone.now()
+    durations = [10, 20, 30, 40, 50, 60, 70, 80, 90, 600]  # seconds
+    for i, seconds in enumerate(durations):
+        call = make_call(project, agent, action=f"call {i}")
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve" if i % 2 else "reject",
+                              reason="no")
+        AgentCallApproval.objects.filter(pk=call.pk).update(
+            created_at=now - timedelta(hours=1, seconds=seconds), responded_at=now - timedelta(hours=1))
+    old = make_call(project, agent, action="long ago")  # decided 30 h ago: outside the window
+    agent_approval_decide(approval_id=old.pk, decider=reviewer, decision="approve")
+    AgentCallApproval.objects.filter(pk=old.pk).update(created_at=now - timedelta(hours=31),
+                                                       responded_at=now - timedelta(hours=30))
+    for i in range(2):
+        late = make_call(project, agent, action=f"late {i}")
+        AgentCallApproval.objects.filter(pk=late.pk).update(expires_at=now - timedelta(minutes=5))
+        assert agent_approval_time_out(approval_id=late.pk)
+    still_pending = make_call(project, agent, action="pending")  # not closed: not counted
+    assert still_pending.status == "pending"
+
+    metrics = reviewer_metrics(user=reviewer, now=now + timedelta(seconds=1))
+    assert metrics.decided == 10 and metrics.timed_out == 2
+    assert metrics.median_seconds == pytest.approx(55.0)
+    assert metrics.p90_seconds == pytest.approx(90.0)  # nearest rank: the 9th of 10
+    assert metrics.timeout_rate == pytest.approx(2 / 12)
+    html = web(reviewer).get("/review/").content.decode()
+    assert 'data-metric="median">55 s<' in html
+    assert 'data-metric="p90">1 min 30 s<' in html
+    assert 'data-metric="timeout-rate">16.7 %<' in html
+
+
+def test_metrics_without_data_show_dashes(reviewer):
+    html = web(reviewer).get("/review/").content.decode()
+    assert 'data-metric="median">—<' in html and 'data-metric="timeout-rate">—<' in html
+
+
+def test_the_page_carries_what_live_updates_need(project, agent, reviewer):
+    make_call(project, agent)
+    html = web(reviewer).get("/review/").content.decode()
+    assert 'data-ws-url="/ws/events/"' in html
+    assert re.search(r'data-last-event-id="\d+"', html)
+    assert 'hx-trigger="hitl:event from:body' in html and 'hx-get="/review/inbox/items"' in html
+    assert 'id="stop-banners"' in html and 'hx-get="/review/stop-banners"' in html
+    assert "X-CSRFToken" in html
+    assert "/static/review/live.js" in html and "htmx" in html and "unpkg" not in html and "cdn" not in html

@@ -1,0 +1,356 @@
+"""The project, recovery and audit pages (issue 11): server-rendered, behind login and per-project
+permissions, writing only through the services."""
+import datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape
+
+from approvals.services import agent_approval_request
+from audit.models import AuditEvent
+from budgets.models import BudgetAlert, ProjectBudget
+from emergency.models import EmergencyStop
+from emergency.services import emergency_stop_trigger
+from events.models import Event
+from projects.models import Project
+from projects.services import task_create
+from recovery.models import RecoverySession, RecoveryStep
+from recovery.services import recovery_start
+
+pytestmark = pytest.mark.django_db
+
+
+def web(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def call(project, agent, *, cost="1.0000", tokens=100, title="t"):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="write the parser", input_data={}, estimated_tokens=tokens,
+                                  estimated_cost=Decimal(cost))
+
+
+@pytest.fixture
+def stopped(project, agent, reviewer):
+    """A project stopped by hand and then by a high error rate, with halted work (as in recovery/tests)."""
+    call(project, agent, title="first")
+    task_create(actor=agent, project_id=project.pk, agent_type="tester", title="second")
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="runaway agent",
+                                     actor=reviewer)
+    emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors")
+    return stop
+
+
+@pytest.fixture
+def session(stopped, project, manager):
+    return recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+
+
+def steps_of(session):
+    return list(RecoveryStep.objects.filter(session=session).order_by("order"))
+
+
+def decide(client, session, step, **body):
+    return client.post(reverse("review:recovery_step_decide", args=[session.pk, step.pk]), body)
+
+
+# --- access ---------------------------------------------------------------------------
+def test_every_page_needs_a_login(project, session):
+    client = web()
+    for url in (reverse("review:project", args=[project.pk]), reverse("review:recovery", args=[session.pk]),
+                reverse("review:audit")):
+        r = client.get(url)
+        assert r.status_code == 302 and r["Location"].startswith("/admin/login/"), url
+    for url in (reverse("review:project_stop", args=[project.pk]), reverse("review:recovery_start", args=[project.pk])):
+        assert client.post(url, {"reason": "x", "confirm": "yes"}).status_code == 302
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert EmergencyStop.objects.filter(project=project).count() == 1
+
+
+def test_an_outsider_gets_404_everywhere(project, session, outsider):
+    client = web(outsider)
+    assert client.get(reverse("review:project", args=[project.pk])).status_code == 404
+    assert client.get(reverse("review:recovery", args=[session.pk])).status_code == 404
+    assert client.post(reverse("review:project_stop", args=[project.pk]),
+                       {"reason": "x", "severity": "high", "confirm": "yes"}).status_code == 404
+    assert client.post(reverse("review:recovery_start", args=[project.pk]),
+                       {"recovery_type": "manual"}).status_code == 404
+    step = steps_of(session)[0]
+    assert decide(client, session, step, decision="approve").status_code == 404
+    assert RecoveryStep.objects.get(pk=step.pk).status == "pending"
+
+
+# --- project page ---------------------------------------------------------------------
+def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, agent, reviewer):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    call(project, agent, cost="8.5000", tokens=1234, title="parse the logs")  # 85 % of the day: warning
+    assert BudgetAlert.objects.filter(project=project, alert_type="warning", threshold_type="cost_daily").exists()
+    r = web(reviewer).get(reverse("review:project", args=[project.pk]))
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "Demo" in html and "Active" in html
+    for agent_type in ("orchestrator", "coder", "tester", "deployer"):  # agent states
+        assert f'<th scope="row">{agent_type}</th>' in html
+    assert "parse the logs" in html  # recent tasks
+    assert html.count("<meter") == 4  # tokens and cost, today and this month
+    for label in ("Tokens today", "Cost today", "Tokens this month", "Cost this month"):
+        assert label in html
+    assert "8.5000 of 10.0000 USD" in html and "(85 %)" in html and "reserved 8.5000" in html
+    assert "1,234 of 100,000 tokens" in html
+    assert 'pp-tag pp-tag--warning">warning</span></td>' in html and "Cost Daily" in html  # the alert
+    assert "<strong class=\"pp-big\">1</strong>" in html  # one pending call, linked to the inbox
+    assert 'href="/review/"' in html
+    assert "Continue to stop Demo" in html  # a reviewer gets the stop form
+
+
+def test_a_zero_limit_is_shown_as_no_limit(project, reviewer):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_token_limit": 0})
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "no limit" in html and html.count("<meter") == 3
+
+
+# --- emergency stop -------------------------------------------------------------------
+def test_the_stop_needs_a_reason_and_a_confirmation_then_stops_through_the_service(project, agent, reviewer):
+    call(project, agent, title="running work")
+    client = web(reviewer)
+    url = reverse("review:project_stop", args=[project.pk])
+
+    r = client.post(url, {"reason": "  ", "severity": "critical"})  # no reason
+    assert r.status_code == 400 and "Give a reason" in r.content.decode()
+    r = client.post(url, {"reason": "  ", "severity": "critical", "confirm": "yes"})  # not even when confirmed
+    assert r.status_code == 400
+
+    r = client.post(url, {"reason": "it deletes files", "severity": "critical"})  # first post: confirm page
+    html = r.content.decode()
+    assert r.status_code == 200 and "Stop all agents of Demo" in html
+    assert 'name="confirm" value="yes"' in html and "it deletes files" in html and "csrfmiddlewaretoken" in html
+    assert Project.objects.get(pk=project.pk).status == "active"  # nothing happened yet
+    assert not EmergencyStop.objects.filter(project=project).exists()
+
+    r = client.post(url, {"reason": "it deletes files", "severity": "critical", "confirm": "yes"})
+    assert r.status_code == 302 and r["Location"] == reverse("review:project", args=[project.pk])
+    project.refresh_from_db()
+    assert project.status == "emergency_stopped"
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.triggered_conditions == ["manual_stop"] and stop.severity == "critical"
+    assert stop.stop_reason == "it deletes files" and stop.triggered_by_user == reviewer
+    assert len(stop.stopped_tasks) == 1 and len(stop.cancelled_approvals) == 1
+    assert AuditEvent.objects.filter(action="emergency_stop.trigger", project_id=project.pk,
+                                     actor=reviewer).count() == 1
+    assert Event.objects.filter(event_type="emergency_stop_triggered", project_id=project.pk).count() == 1
+
+    html = client.get(r["Location"]).content.decode()  # the page now shows the active stop
+    assert "Emergency stop active" in html and "it deletes files" in html and "reviewer" in html
+    assert "is stopped: 1 tasks halted" in html  # the outcome
+    assert "Continue to stop" not in html
+    assert "Start recovery" not in html and "A manager of this project starts the recovery" in html
+
+
+def test_an_unknown_severity_is_refused(project, reviewer):
+    r = web(reviewer).post(reverse("review:project_stop", args=[project.pk]),
+                           {"reason": "x", "severity": "apocalyptic", "confirm": "yes"})
+    assert r.status_code == 400 and Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_the_stop_form_needs_csrf(project, reviewer):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(reviewer)
+    r = client.post(reverse("review:project_stop", args=[project.pk]),
+                    {"reason": "x", "severity": "high", "confirm": "yes"})
+    assert r.status_code == 403 and Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_an_agent_sees_no_stop_button_and_cannot_post_it(project, agent):
+    client = web(agent)
+    html = client.get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "Continue to stop" not in html and "Only reviewers and managers of this project can stop it" in html
+    r = client.post(reverse("review:project_stop", args=[project.pk]),
+                    {"reason": "x", "severity": "high", "confirm": "yes"})
+    assert r.status_code == 403
+    assert "Only reviewers and managers of Demo may stop its agents." in r.content.decode()
+    assert Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_stopping_a_stopped_project_adds_to_the_active_stop(stopped, project, manager):
+    r = web(manager).post(reverse("review:project_stop", args=[project.pk]),
+                          {"reason": "again", "severity": "low"}, follow=False)
+    assert "already stopped" in r.content.decode()
+    r = web(manager).post(reverse("review:project_stop", args=[project.pk]),
+                          {"reason": "again", "severity": "low", "confirm": "yes"}, follow=True)
+    assert "was already stopped" in r.content.decode()
+    assert EmergencyStop.objects.filter(project=project).count() == 1
+
+
+# --- recovery -------------------------------------------------------------------------
+def test_a_manager_starts_a_recovery_from_the_project_page(stopped, project, manager, reviewer):
+    html = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "Start recovery" in html and 'value="automated"' in html
+    r = web(reviewer).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
+    assert r.status_code == 403 and "Only managers of Demo may start a recovery." in r.content.decode()
+    r = web(manager).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
+    session = RecoverySession.objects.get(project=project)
+    assert r.status_code == 302 and r["Location"] == reverse("review:recovery", args=[session.pk])
+    html = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "Continue the recovery" in html and "Start recovery" not in html
+    r = web(manager).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
+    assert r.status_code == 409 and "A recovery of this stop is already open." in r.content.decode()
+
+
+def test_starting_a_recovery_of_an_active_project_shows_the_services_message(project, manager):
+    r = web(manager).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "automated"})
+    assert r.status_code == 409 and "The project is not emergency-stopped." in r.content.decode()
+
+
+def test_the_recovery_page_lists_the_steps_in_order_with_a_readable_assessment(session, reviewer):
+    r = web(reviewer).get(reverse("review:recovery", args=[session.pk]))
+    html = r.content.decode()
+    assert r.status_code == 200
+    titles = ["Review the flagged calls", "Reset the error-rate window", "Re-enable the agents",
+              "Settle the halted tasks", "Lift the emergency stop"]
+    positions = [html.index(t) for t in titles]
+    assert positions == sorted(positions)
+    for step in steps_of(session):
+        assert escape(step.description) in html
+    assert html.count('aria-current="step"') == 1  # the next step is highlighted
+    assert html.count("Approve and run step 1") == 1 and "Approve and run step 2" not in html
+    assert "Reject step 1" in html
+    for heading in ("The stop", "What tripped", "Impact of the stop", "Tasks by status now", "Budget today"):
+        assert f"<h3>{heading}</h3>" in html
+    assert "runaway agent" in html and "Manual stop" in html and "Error rate high" in html
+    main = html[html.index('<main'):]
+    assert '{"' not in main and "{'" not in main  # no JSON blob
+
+
+def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session, project, reviewer):
+    client = web(reviewer)
+    steps = steps_of(session)
+    r = decide(client, session, steps[0], decision="approve", reason="looked at them")
+    assert r.status_code == 302 and r["Location"] == reverse("review:recovery", args=[session.pk])
+    assert RecoveryStep.objects.get(pk=steps[0].pk).status == "completed"
+    html = client.get(r["Location"]).content.decode()
+    assert "Step 1 approved and run: Review the flagged calls." in html
+    assert "What it did" in html and "Approved by reviewer" in html and "looked at them" in html
+    assert "Approve and run step 2" in html
+    for step in steps[1:]:
+        option = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
+        assert decide(client, session, step, decision="approve", **option).status_code == 302
+        assert Project.objects.get(pk=project.pk).status == ("active" if step.action == "lift_stop"
+                                                              else "emergency_stopped")
+    html = client.get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "The stop is lifted" in html and "Approve and run" not in html
+    assert html.count("pp-step--completed") == len(steps)
+    assert "Option: cancel" in html or "cancel" in html  # the settle step's result
+    session.refresh_from_db()
+    assert session.status == "completed"
+    assert EmergencyStop.objects.get(project=project).resolved_at is not None
+
+
+def test_out_of_order_and_repeated_decisions_show_the_services_message(session, reviewer):
+    client = web(reviewer)
+    steps = steps_of(session)
+    r = decide(client, session, steps[2], decision="approve")
+    assert r.status_code == 409
+    assert "Step 3 is pending; the next step is 1." in r.content.decode()
+    assert RecoveryStep.objects.get(pk=steps[2].pk).status == "pending"
+    assert decide(client, session, steps[0], decision="approve").status_code == 302
+    r = decide(client, session, steps[0], decision="approve")  # again
+    assert r.status_code == 409 and "Step 1 is completed; the next step is 2." in r.content.decode()
+
+
+def test_the_starter_may_not_approve_and_a_rejection_needs_a_reason(session, manager, reviewer):
+    step = steps_of(session)[0]
+    html = web(manager).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "You started this recovery" in html and "Approve and run" not in html
+    r = decide(web(manager), session, step, decision="approve")
+    assert r.status_code == 403 and "You cannot decide a request that you made yourself." in r.content.decode()
+    r = decide(web(reviewer), session, step, decision="reject", reason="   ")
+    assert r.status_code == 400 and "Rejecting a step needs a reason." in r.content.decode()
+    client = web(reviewer)
+    r = decide(client, session, step, decision="reject", reason="not convinced")
+    assert r.status_code == 302
+    html = client.get(r["Location"]).content.decode()
+    assert "This recovery failed: the stop stays" in html and "not convinced" in html
+    assert RecoverySession.objects.get(pk=session.pk).status == "failed"
+
+
+def test_an_agent_cannot_decide_recovery_steps(session, agent):
+    step = steps_of(session)[0]
+    html = web(agent).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "Approve and run" not in html
+    r = decide(web(agent), session, step, decision="approve")
+    assert r.status_code == 403 and RecoveryStep.objects.get(pk=step.pk).status == "pending"
+
+
+# --- audit log ------------------------------------------------------------------------
+def test_the_audit_page_shows_the_users_projects_newest_first_and_filters(stopped, project, other_project,
+                                                                           reviewer):
+    client = web(reviewer)
+    r = client.get(reverse("review:audit"))
+    html = r.content.decode()
+    assert r.status_code == 200
+    assert "emergency_stop.trigger" in html and "emergency_stop.add_condition" in html
+    assert str(other_project.pk) not in html and "Other" not in html  # not a project the reviewer sees
+    assert html.index("emergency_stop.add_condition") < html.index("emergency_stop.trigger")  # newest first
+
+    html = client.get(reverse("review:audit"), {"action": "emergency_stop"}).content.decode()
+    assert "emergency_stop.trigger" in html and "project.create" not in html
+    html = client.get(reverse("review:audit"), {"actor": "reviewer"}).content.decode()
+    assert "emergency_stop.trigger" in html and "emergency_stop.add_condition" not in html  # that one was system
+    tomorrow = (timezone.now() + datetime.timedelta(days=1)).date().isoformat()
+    html = client.get(reverse("review:audit"), {"since": tomorrow}).content.decode()
+    assert "No event matches." in html
+    today = timezone.now().date().isoformat()
+    html = client.get(reverse("review:audit"), {"since": today, "until": today}).content.decode()
+    assert "emergency_stop.trigger" in html
+    r = client.get(reverse("review:audit"), {"project": str(other_project.pk)})  # not theirs: refused
+    assert r.status_code == 200 and "No event matches." in r.content.decode()
+    assert "Select a valid choice" in r.content.decode()
+
+
+def test_the_audit_page_paginates(project, reviewer, admin_user):
+    from audit.services import audit_record
+
+    for i in range(60):
+        audit_record(actor=admin_user, action=f"test.row{i}", project_id=project.pk, object_type="x", object_id=i)
+    client = web(reviewer)
+    html = client.get(reverse("review:audit"), {"action": "test."}).content.decode()
+    assert "test.row59" in html and "test.row0<" not in html and "Page 1 of 2" in html
+    assert "action=test.&amp;page=2" in html
+    html = client.get(reverse("review:audit"), {"action": "test.", "page": 2}).content.decode()
+    assert "test.row0<" in html and "test.row59" not in html
+
+
+def test_the_chain_is_verified_on_demand_and_a_tampered_row_is_shown(stopped, project, reviewer, admin_user):
+    client = web(reviewer)
+    html = client.get(reverse("review:audit")).content.decode()
+    assert "Verify chain" in html and "Chain verified" not in html  # not run unless asked
+    rows = AuditEvent.objects.filter(project_id=project.pk).count()
+    html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert f"Chain verified: {rows} rows, OK." in html
+    r = client.get(reverse("review:audit"), {"verify": 1}, HTTP_HX_REQUEST="true")  # htmx: the result only
+    assert "Chain verified" in r.content.decode() and "<html" not in r.content.decode()
+
+    row = AuditEvent.objects.filter(project_id=project.pk, action="emergency_stop.trigger").get()
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {AuditEvent._meta.db_table} SET reason = %s WHERE id = %s", ["edited", row.pk])
+    html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain broken" in html and f"row id={row.pk}" in html and "content does not match its hash" in html
+    html = web(admin_user).get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain broken" in html and f"row id={row.pk}" in html
+
+
+def test_a_problem_in_another_projects_chain_is_not_detailed(project, other_project, reviewer):
+    row = AuditEvent.objects.filter(project_id=other_project.pk).first()
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {AuditEvent._meta.db_table} SET reason = %s WHERE id = %s", ["edited", row.pk])
+    html = web(reviewer).get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain verified" in html and "OK." in html
+    assert "1 problem in chains outside your projects" in html and f"row id={row.pk}" not in html

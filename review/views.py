@@ -1,0 +1,320 @@
+"""The reviewers' inbox and decision pages. Every view is behind the login; what a user sees is
+filtered by their project roles (someone else's approval is 404); every decision goes through
+the domain's service, and a refused one (409 / 410 / 423 / 403 / 400) is shown as a message on
+the page, never a 500. htmx requests get the swapped fragment; plain form posts the page."""
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
+from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
+from core.errors import DomainError
+from review import selectors
+
+LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
+
+
+def _is_htmx(request) -> bool:
+    return bool(getattr(request, "htmx", False))
+
+
+def _error_text(exc: DomainError) -> str:
+    """The service's own words, plus field messages for a 400."""
+    text = str(exc.detail)
+    fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None
+    if fields:
+        parts = [f"{name}: {' '.join(map(str, msgs))}" for name, msgs in fields.items()]
+        text = f"{text} {'; '.join(parts)}" if text and text != "Invalid input." else "; ".join(parts)
+    prefix = {409: "Not possible now", 410: "Too late", 423: "Emergency stop", 403: "Not allowed",
+              404: "Not found", 400: "Check the form"}.get(exc.status_code)
+    return f"{prefix}: {text}" if prefix else text
+
+
+# --- inbox ----------------------------------------------------------------------------------
+def _inbox_context(request, outcome=None):
+    items = selectors.inbox_items(user=request.user)
+    return {"items": items, "counts": selectors.inbox_counts(items), "total": len(items),
+            "now": timezone.now(), "outcome": outcome}
+
+
+@login_required
+@require_GET
+def inbox(request):
+    context = _inbox_context(request)
+    context["metrics"] = selectors.reviewer_metrics(user=request.user)
+    return render(request, "review/inbox.html", context)
+
+
+@login_required
+@require_GET
+def inbox_items(request):
+    return render(request, "review/partials/inbox_items.html", _inbox_context(request))
+
+
+@login_required
+@require_POST
+def override_decide(request, override_id):
+    """Approve or reject a budget override from the inbox (reject needs a reason)."""
+    override = selectors.visible_override(user=request.user, override_id=override_id)
+    if override is None:
+        raise Http404
+    decision = request.POST.get("decision", "")
+    reason = request.POST.get("reason", "")
+    try:
+        budget_override_respond(override_id=override.pk, actor=request.user, decision=decision, reason=reason)
+        outcome = {"level": "success", "text": f"Budget override for {override.project.name} "
+                                               f"{'approved' if decision == 'approve' else 'rejected'}."}
+        status = 200
+    except DomainError as exc:
+        outcome = {"level": "error", "text": _error_text(exc)}
+        status = exc.status_code
+    if _is_htmx(request):
+        return render(request, "review/partials/inbox_items.html", _inbox_context(request, outcome))
+    if status == 200:
+        messages.success(request, outcome["text"])
+        return redirect("review:inbox")
+    context = _inbox_context(request, outcome)
+    context["metrics"] = selectors.reviewer_metrics(user=request.user)
+    return render(request, "review/inbox.html", context, status=status)
+
+
+@login_required
+@require_GET
+def stop_banners(request):
+    return render(request, "review/partials/stop_banners.html")
+
+
+# --- agent call approval --------------------------------------------------------------------
+def _call_for(request, approval_id):
+    return get_object_or_404(agent_approval_visible_to(user=request.user).select_related("task"), pk=approval_id)
+
+
+def _decided_elsewhere(obj):
+    """The panel refreshed live (an event named it): say what happened, for the aria-live area."""
+    if obj.status == "pending":
+        return None
+    who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
+    return {"level": "info", "text": f"This request is now {obj.get_status_display().lower()}{who}."}
+
+
+def _call_panel_context(request, approval, *, outcome=None, amend_text=None, amend_error="", reason="",
+                        reason_error="", oob=False):
+    can_decide = selectors.may_review(request.user, approval.project) and approval.requested_by_id != request.user.pk
+    pending = approval.status == approval.Status.PENDING
+    blocked = approval.budget_state == approval.BudgetState.BLOCKED
+    override = None
+    if approval.budget_override_id:
+        override = selectors.visible_override(user=request.user, override_id=approval.budget_override_id)
+    return {
+        "approval": approval, "pending": pending, "can_decide": can_decide, "blocked": blocked,
+        "override": override,
+        "may_decide_override": bool(override and override.status == "pending" and selectors.may_review(
+            request.user, approval.project) and (not override.requires_manager_approval
+                                                 or selectors.may_manage(request.user, approval.project))
+            and override.requested_by_id != request.user.pk),
+        "enabled": pending and can_decide,
+        "amend_text": amend_text if amend_text is not None else selectors.pretty_json(approval.input_data),
+        "amend_error": amend_error, "reason": reason, "reason_error": reason_error,
+        "amended_pretty": selectors.pretty_json(approval.amended_input_data)
+        if approval.amended_input_data is not None else "",
+        "outcome": outcome, "oob": oob,
+    }
+
+
+def _with_lines(flags: list, lines: list) -> list:
+    """Flags (most severe first), each with the number of the line its location points at."""
+    first_line = {}
+    for number, line in enumerate(lines, start=1):
+        first_line.setdefault(line["path"], number)
+    flags = [{**f, "line": first_line.get(selectors.flag_path(f.get("location")))} for f in flags
+             if isinstance(f, dict)]
+    return sorted(flags, key=lambda f: -selectors.risk_rank(f.get("severity")))
+
+
+def _call_page_context(request, approval, **panel):
+    flags = (approval.risk_assessment or {}).get("flags") or []
+    lines = selectors.annotate_json(approval.input_data, "input_data", flags)
+    action_flags = [f for f in flags if selectors.flag_path(f.get("location")) == "proposed_action"]
+    context = _call_panel_context(request, approval, **panel)
+    context.update({
+        "flags": _with_lines(flags, lines),
+        "input_lines": lines, "action_flags": action_flags,
+        "other_flags": selectors.unplaced_flags(flags, lines, extra_paths=["proposed_action"]),
+        "risk_level": (approval.risk_assessment or {}).get("level") or "low",
+        "risk_score": (approval.risk_assessment or {}).get("score"),
+        "precedent": selectors.precedent_for(approval),
+        "responses": list(approval.response_approvals.order_by("-created_at")[:5]),
+    })
+    return context
+
+
+@login_required
+@require_GET
+def agent_approval(request, approval_id):
+    approval = _call_for(request, approval_id)
+    return render(request, "review/agent_approval.html", _call_page_context(request, approval))
+
+
+@login_required
+@require_GET
+def agent_approval_panel(request, approval_id):
+    approval = _call_for(request, approval_id)
+    return render(request, "review/partials/agent_approval_panel.html",
+                  _call_panel_context(request, approval, outcome=_decided_elsewhere(approval), oob=True))
+
+
+@login_required
+@require_POST
+def agent_approval_decide_view(request, approval_id):
+    approval = _call_for(request, approval_id)
+    decision = request.POST.get("decision", "")
+    reason = request.POST.get("reason", "")
+    amend_raw = request.POST.get("amended_input_data")
+    panel: dict = {}
+    status = 200
+    outcome = None
+    amended = None
+    if decision == "approve" and amend_raw is not None:
+        try:
+            amended = json.loads(amend_raw)
+        except ValueError as exc:
+            panel.update(amend_text=amend_raw, amend_error=f"This is not valid JSON: {exc}. Nothing was decided.")
+            status = 400
+        else:
+            if not isinstance(amended, dict):
+                panel.update(amend_text=amend_raw,
+                             amend_error="The amended input must be a JSON object ({...}). Nothing was decided.")
+                status = 400
+    if decision == "reject" and not reason.strip():
+        panel.update(reason_error="Give a reason for the rejection. Nothing was decided.")
+        status = 400
+    if decision not in ("approve", "reject"):
+        outcome = {"level": "error", "text": "Choose approve or reject."}
+        status = 400
+    if status == 200:
+        try:
+            approval = agent_approval_decide(approval_id=approval.pk, decider=request.user, decision=decision,
+                                             reason=reason, amended_input_data=amended)
+            verb = ("Approved with amended input" if amended is not None else "Approved") \
+                if decision == "approve" else "Rejected"
+            outcome = {"level": "success", "text": f"{verb}."}
+        except DomainError as exc:
+            status = exc.status_code
+            outcome = {"level": "error", "text": _error_text(exc)}
+            if status == 400 or (decision == "approve" and amended is not None and status == 409):
+                panel.update(amend_text=amend_raw, reason=reason)  # keep what the reviewer typed
+            elif decision == "reject":
+                panel.update(reason=reason)
+        approval = _call_for(request, approval_id)  # the state after the decision (or after a refusal)
+    elif outcome is None:
+        outcome = {"level": "error", "text": "Nothing was decided: correct the form below."}
+        if decision == "reject":
+            panel.update(reason=reason)
+    if _is_htmx(request):
+        return render(request, "review/partials/agent_approval_panel.html",
+                      _call_panel_context(request, approval, outcome=outcome, oob=True, **panel))
+    if status == 200:
+        messages.success(request, outcome["text"])
+        return redirect("review:agent_approval", approval_id=approval.pk)
+    return render(request, "review/agent_approval.html",
+                  _call_page_context(request, approval, outcome=outcome, **panel), status=status)
+
+
+# --- response approval ----------------------------------------------------------------------
+def _response_for(request, approval_id):
+    return get_object_or_404(response_approval_visible_to(user=request.user).select_related(
+        "agent_call_approval", "task"), pk=approval_id)
+
+
+def _response_panel_context(request, response, *, outcome=None, reason="", reason_error="", modifications="",
+                            modifications_error="", oob=False):
+    can_decide = selectors.may_review(request.user, response.project) and response.submitted_by_id != request.user.pk
+    pending = response.status == response.Status.PENDING
+    mods = response.modifications_required
+    return {"response": response, "pending": pending, "can_decide": can_decide, "enabled": pending and can_decide,
+            "outcome": outcome, "reason": reason, "reason_error": reason_error, "modifications": modifications,
+            "modifications_error": modifications_error, "oob": oob,
+            "modifications_pretty": mods if isinstance(mods, str) or mods is None else selectors.pretty_json(mods)}
+
+
+def _response_page_context(request, response, **panel):
+    flags = response.risk_flags or []
+    lines = selectors.annotate_json(response.agent_response, "agent_response", flags)
+    analysis = response.analysis or {}
+    context = _response_panel_context(request, response, **panel)
+    context.update({
+        "flags": _with_lines(flags, lines),
+        "output_lines": lines,
+        "code_blocks": selectors.code_blocks(response.agent_response),
+        "risk_level": selectors._response_risk(response),
+        "observed_flags": analysis.get("observed_flags") or [],
+        "suppressed_flags": analysis.get("suppressed_flags") or [],
+        "recommendations": analysis.get("recommendations") or [],
+        "quality_metrics": sorted((str(k).replace("_", " "), v) for k, v in (response.quality_metrics or {}).items()),
+        "next_steps": response.next_steps if isinstance(response.next_steps, list) else [response.next_steps],
+        "call": response.agent_call_approval,
+    })
+    return context
+
+
+@login_required
+@require_GET
+def response_approval(request, approval_id):
+    response = _response_for(request, approval_id)
+    return render(request, "review/response_approval.html", _response_page_context(request, response))
+
+
+@login_required
+@require_GET
+def response_approval_panel(request, approval_id):
+    response = _response_for(request, approval_id)
+    return render(request, "review/partials/response_approval_panel.html",
+                  _response_panel_context(request, response, outcome=_decided_elsewhere(response), oob=True))
+
+
+@login_required
+@require_POST
+def response_approval_decide_view(request, approval_id):
+    response = _response_for(request, approval_id)
+    decision = request.POST.get("decision", "")
+    reason = request.POST.get("reason", "")
+    modifications = request.POST.get("modifications_required", "")
+    panel: dict = {"reason": reason, "modifications": modifications}
+    status, outcome = 200, None
+    if decision == "reject" and not reason.strip():
+        panel["reason_error"] = "Give a reason for the rejection. Nothing was decided."
+        status = 400
+    elif decision == "requires_modification" and not modifications.strip():
+        panel["modifications_error"] = "Say what must change. Nothing was decided."
+        status = 400
+    elif decision not in ("approve", "reject", "requires_modification"):
+        outcome = {"level": "error", "text": "Choose approve, reject or requires modification."}
+        status = 400
+    if status == 200:
+        try:
+            response = response_approval_decide(
+                approval_id=response.pk, decider=request.user, decision=decision,
+                reason=reason,
+                modifications_required=modifications.strip() if decision == "requires_modification" else None)
+            outcome = {"level": "success", "text": {"approve": "Approved.", "reject": "Rejected.",
+                                                    "requires_modification": "Sent back for modification."}[decision]}
+            panel = {}
+        except DomainError as exc:
+            status = exc.status_code
+            outcome = {"level": "error", "text": _error_text(exc)}
+        response = _response_for(request, approval_id)
+    elif outcome is None:
+        outcome = {"level": "error", "text": "Nothing was decided: correct the form below."}
+    if _is_htmx(request):
+        return render(request, "review/partials/response_approval_panel.html",
+                      _response_panel_context(request, response, outcome=outcome, oob=True, **panel))
+    if status == 200:
+        messages.success(request, outcome["text"])
+        return redirect("review:response_approval", approval_id=response.pk)
+    return render(request, "review/response_approval.html",
+                  _response_page_context(request, response, outcome=outcome, **panel), status=status)

@@ -1,0 +1,493 @@
+"""Reviewer pages for one project, its recovery and the audit log (issue 11).
+
+Reads go through the domains' selectors (budgets.selectors.budget_summary, projects.permissions);
+every write goes through a service (emergency_stop_trigger, recovery_start, recovery_step_respond)
+and a refused one (core.errors.DomainError) is shown with its message, never a 500. Forms post back
+and redirect (no JavaScript needed); a page the user may not act on answers 403 with a clear message,
+a project they cannot see 404."""
+import datetime
+import json
+from decimal import Decimal
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals.models import AgentCallApproval, ResponseApproval
+from audit.models import AuditEvent
+from audit.services import audit_verify_report, chain_key
+from budgets.models import BudgetAlert, BudgetOverrideRequest
+from budgets.selectors import budget_summary
+from core.errors import DomainError
+from emergency.models import Condition, EmergencyStop, Severity
+from emergency.services import emergency_stop_trigger
+from projects import roles
+from projects.models import AgentState, Project, Task
+from projects.permissions import has_project_perm, project_visible_to
+from recovery.models import RecoverySession, RecoveryStep
+from recovery.services import STEPS, recovery_start, recovery_step_respond
+
+AUDIT_PAGE_SIZE = 50
+RECENT_TASKS = 15
+ALERT_HISTORY = 20
+OPEN_RECOVERY = (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS)
+
+SEVERITY_HELP = {
+    Severity.LOW: "Low: a precaution, nothing is known to be wrong.",
+    Severity.MEDIUM: "Medium: something looks wrong and needs a look.",
+    Severity.HIGH: "High: agents are doing harm or are about to (the default).",
+    Severity.CRITICAL: "Critical: an incident: secrets, data loss, production at risk.",
+}
+STEP_TITLES = {
+    "review_flagged": "Review the flagged calls",
+    "confirm_budget": "Confirm the budget",
+    "reset_error_window": "Reset the error-rate window",
+    "re_enable_agents": "Re-enable the agents",
+    "settle_halted_tasks": "Settle the halted tasks",
+    "lift_stop": "Lift the emergency stop",
+}
+
+
+# --- forms ----------------------------------------------------------------------------
+class StopForm(forms.Form):
+    reason = forms.CharField(label="Why stop every agent now?", max_length=5000, strip=True,
+                             widget=forms.Textarea(attrs={"rows": 3}),
+                             error_messages={"required": "Give a reason: it goes into the audit trail and "
+                                                         "the alerts, and the recovery starts from it."})
+    severity = forms.ChoiceField(label="Severity", choices=Severity.choices, initial=Severity.HIGH,
+                                 widget=forms.RadioSelect)
+
+
+class RecoveryStartForm(forms.Form):
+    recovery_type = forms.ChoiceField(choices=RecoverySession.Type.choices, initial=RecoverySession.Type.MANUAL)
+
+
+class StepDecisionForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("approve", "approve"), ("reject", "reject")])
+    reason = forms.CharField(required=False, max_length=5000, strip=True)
+    option = forms.CharField(required=False, max_length=50)
+
+
+class AuditFilterForm(forms.Form):
+    project = forms.ChoiceField(label="Project", required=False)
+    actor = forms.CharField(label="Actor starts with", required=False, max_length=200,
+                            widget=forms.TextInput(attrs={"placeholder": "username, or system"}))
+    action = forms.CharField(label="Action starts with", required=False, max_length=100,
+                             widget=forms.TextInput(attrs={"placeholder": "e.g. emergency_stop"}))
+    since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To (inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, projects=(), superuser=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [("", "All my projects" if not superuser else "All projects")]
+        if superuser:
+            choices.append(("global", "Global (no project)"))
+        choices += [(str(p.pk), p.name) for p in projects]
+        self.fields["project"].choices = choices
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            self.add_error("until", "The end date is before the start date.")
+        return data
+
+
+# --- helpers --------------------------------------------------------------------------
+def _project_or_404(user, project_id) -> Project:
+    project = project_visible_to(user=user).filter(pk=project_id).first()
+    if project is None:
+        raise Http404("No such project.")
+    return project
+
+
+def _forbidden(request, message: str, project=None):
+    return render(request, "review/project_forbidden.html", {"message": message, "project": project}, status=403)
+
+
+def _inbox_url() -> str:
+    try:
+        return reverse("review:inbox")
+    except NoReverseMatch:  # the inbox is another module's; the page still works without it
+        return "/review/"
+
+
+def _usage(label: str, used, reserved, limit, *, money: bool, warning, critical) -> dict:
+    """One budget bar: spent + reserved against the limit (0 = no limit)."""
+    used, reserved, limit = Decimal(used), Decimal(reserved), Decimal(limit)
+    total = used + reserved
+    percent = (total * 100 / limit) if limit else None
+    fmt = (lambda v: f"{v:,.4f}") if money else (lambda v: f"{int(v):,}")
+    unit = "USD" if money else "tokens"
+    level = "ok"
+    if percent is not None:
+        level = "over" if percent >= 100 else "critical" if percent >= critical else \
+            "warning" if percent >= warning else "ok"
+    return {"label": label, "id": "bar-" + label.lower().replace(" ", "-"), "unit": unit,
+            "total": fmt(total), "used": fmt(used), "reserved": fmt(reserved), "limit": fmt(limit) if limit else None,
+            # <meter> attributes as plain floats (a Decimal may print as 1E+5)
+            "value": float(min(total, limit)) if limit else float(total), "max": float(limit),
+            "low": float(limit * Decimal(warning) / 100) if limit else None,
+            "high": float(limit * Decimal(critical) / 100) if limit else None,
+            "percent": percent, "level": level, "has_reserved": reserved > 0}
+
+
+def _budget_bars(summary: dict) -> dict:
+    w, c = summary["warning_percent"], summary["critical_percent"]
+    return {
+        "today": [
+            _usage("Tokens today", summary["tokens_used_today"], summary["tokens_reserved"],
+                   summary["daily_token_limit"], money=False, warning=w, critical=c),
+            _usage("Cost today", summary["cost_incurred_today"], summary["cost_reserved"],
+                   summary["daily_cost_limit"], money=True, warning=w, critical=c),
+        ],
+        "month": [
+            _usage("Tokens this month", summary["tokens_used_month"], summary["tokens_reserved_month"],
+                   summary["monthly_token_limit"], money=False, warning=w, critical=c),
+            _usage("Cost this month", summary["cost_incurred_month"], summary["cost_reserved_month"],
+                   summary["monthly_cost_limit"], money=True, warning=w, critical=c),
+        ],
+    }
+
+
+def _pending_count(project) -> int:
+    """Everything of the project that waits for a person: calls, responses, overrides, recovery steps."""
+    return (AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING).count()
+            + ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
+            + BudgetOverrideRequest.objects.filter(project=project,
+                                                   status=BudgetOverrideRequest.Status.PENDING).count()
+            + (1 if RecoverySession.objects.filter(project=project, status__in=OPEN_RECOVERY).exists() else 0))
+
+
+def _active_stop(project):
+    return EmergencyStop.objects.filter(project=project, resolved_at__isnull=True).select_related(
+        "triggered_by_user").first()
+
+
+def _project_context(request, project, *, stop_form=None, recovery_form=None, error=None) -> dict:
+    user = request.user
+    stop = _active_stop(project)
+    session = None
+    if stop is not None:
+        session = RecoverySession.objects.filter(emergency_stop=stop).order_by("-created_at").first()
+    summary = budget_summary(project=project)
+    agent_states = list(AgentState.objects.filter(project=project).select_related("current_task")
+                        .order_by("agent_type"))
+    return {
+        "project": project,
+        "stopped": project.status == Project.Status.EMERGENCY_STOPPED,
+        "stop": stop,
+        "stop_conditions": stop.condition_details if stop else [],
+        "session": session,
+        "session_open": session is not None and session.status in OPEN_RECOVERY,
+        "agent_states": agent_states,
+        "tasks": list(Task.objects.filter(project=project).order_by("-created_at")[:RECENT_TASKS]),
+        "task_total": Task.objects.filter(project=project).count(),
+        "budget": summary,
+        "bars": _budget_bars(summary),
+        "alerts": list(BudgetAlert.objects.filter(project=project).order_by("-triggered_at")[:ALERT_HISTORY]),
+        "past_stops": list(EmergencyStop.objects.filter(project=project, resolved_at__isnull=False)
+                           .order_by("-created_at")[:5]),
+        "pending_count": _pending_count(project),
+        "inbox_url": _inbox_url(),
+        "can_stop": has_project_perm(user, roles.REVIEW, project),
+        "can_manage": has_project_perm(user, roles.MANAGE, project),
+        "stop_form": stop_form or StopForm(),
+        "severity_help": SEVERITY_HELP,
+        "recovery_form": recovery_form or RecoveryStartForm(),
+        "error": error,
+    }
+
+
+# --- project page ---------------------------------------------------------------------
+@login_required
+@require_GET
+def project_detail(request, project_id):
+    project = _project_or_404(request.user, project_id)
+    return render(request, "review/project.html", _project_context(request, project))
+
+
+@login_required
+@require_POST
+def project_stop(request, project_id):
+    """Two steps, no JavaScript needed: the form (reason, severity) posts here and gets a
+    confirmation page; that page posts again with ``confirm=yes`` and only then the project stops."""
+    project = _project_or_404(request.user, project_id)
+    if not has_project_perm(request.user, roles.REVIEW, project):
+        return _forbidden(request, f"Only reviewers and managers of {project.name} may stop its agents.", project)
+    form = StopForm(request.POST)
+    if not form.is_valid():
+        return render(request, "review/project.html", _project_context(request, project, stop_form=form), status=400)
+    if request.POST.get("confirm") != "yes":
+        return render(request, "review/project_stop_confirm.html", {
+            "project": project, "form": form, "severity_label": Severity(form.cleaned_data["severity"]).label,
+            "severity_help": SEVERITY_HELP[form.cleaned_data["severity"]],
+            "open_tasks": Task.objects.filter(project=project, status__in=[
+                Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).count(),
+            "pending_calls": AgentCallApproval.objects.filter(project=project,
+                                                              status=AgentCallApproval.Status.PENDING).count(),
+            "already_stopped": project.status == Project.Status.EMERGENCY_STOPPED,
+        })
+    try:
+        stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
+                                               reason=form.cleaned_data["reason"],
+                                               severity=form.cleaned_data["severity"], actor=request.user)
+    except DomainError as exc:
+        return render(request, "review/project.html",
+                      _project_context(request, project, stop_form=form, error=exc.detail), status=exc.status_code)
+    if created:
+        messages.success(request, f"{project.name} is stopped: {len(stop.stopped_tasks)} tasks halted, "
+                                  f"{len(stop.cancelled_approvals)} calls cancelled. Agents get 423 until a "
+                                  f"recovery lifts the stop.")
+    else:
+        messages.warning(request, f"{project.name} was already stopped: your reason was added to the active stop.")
+    return redirect("review:project", project_id=project.pk)
+
+
+@login_required
+@require_POST
+def recovery_start_view(request, project_id):
+    project = _project_or_404(request.user, project_id)
+    if not has_project_perm(request.user, roles.MANAGE, project):
+        return _forbidden(request, f"Only managers of {project.name} may start a recovery.", project)
+    form = RecoveryStartForm(request.POST)
+    if not form.is_valid():
+        return render(request, "review/project.html",
+                      _project_context(request, project, recovery_form=form,
+                                       error="Choose a recovery type: automated or manual."), status=400)
+    try:
+        session = recovery_start(project_id=project.pk, actor=request.user,
+                                 recovery_type=form.cleaned_data["recovery_type"])
+    except DomainError as exc:
+        return render(request, "review/project.html",
+                      _project_context(request, project, recovery_form=form, error=exc.detail),
+                      status=exc.status_code)
+    messages.success(request, f"Recovery started ({session.recovery_type}): another reviewer or manager now "
+                              f"approves its steps in order.")
+    return redirect("review:recovery", session_id=session.pk)
+
+
+# --- recovery page --------------------------------------------------------------------
+def _label(key) -> str:
+    return str(key).replace("_", " ").capitalize()
+
+
+def _readable(value) -> str:
+    """A JSON value as one line of text (nested dicts as 'key: value' pairs, ISO times as local times)."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
+        moment = parse_datetime(value)
+        if moment is not None:
+            return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+    if isinstance(value, dict):
+        return "; ".join(f"{_label(k).lower()}: {_readable(v)}" for k, v in value.items()) or "—"
+    if isinstance(value, list):
+        return ", ".join(_readable(v) for v in value) or "none"
+    return str(value)
+
+
+def _rows(data) -> list[tuple[str, str]]:
+    if isinstance(data, dict):
+        return [(_label(k), _readable(v)) for k, v in data.items()]
+    return [("", _readable(data))]
+
+
+def _assessment_sections(assessment: dict) -> list[dict]:
+    """The assessment as titled sections of label/value rows (not a JSON blob)."""
+    a = dict(assessment or {})
+    stop = a.pop("stop", None) or {}
+    sections = []
+    if stop:
+        sections.append({"title": "The stop", "rows": [
+            ("Conditions", ", ".join(_label(c) for c in stop.get("triggered_conditions", [])) or "—"),
+            ("Reason", stop.get("stop_reason") or "—"), ("Severity", stop.get("severity") or "—"),
+            ("Triggered by", stop.get("triggered_by") or "—"), ("At", stop.get("created_at") or "—")]})
+    conditions = a.pop("conditions", None) or []
+    if conditions:
+        sections.append({"title": "What tripped", "items": [
+            {"heading": f"{_label(c.get('condition', '?'))} ({c.get('severity', '?')})",
+             "rows": [("Reason", c.get("reason") or "—"), ("By", c.get("by") or "—"), ("At", c.get("at") or "—"),
+                      *[(_label(k), _readable(v)) for k, v in (c.get("data") or {}).items()]]}
+            for c in conditions]})
+    impact = [("Halted tasks", _readable(a.pop("halted_tasks", 0))),
+              ("Cancelled calls", _readable(a.pop("cancelled_approvals", 0)))]
+    flags = a.pop("open_flags", None)
+    if flags is not None:
+        impact.append(("Cancelled calls with high or critical flags", str(len(flags))))
+    sections.append({"title": "Impact of the stop", "rows": impact})
+    counts = a.pop("task_counts", None)
+    if counts is not None:
+        sections.append({"title": "Tasks by status now",
+                         "rows": [(_label(k), str(v)) for k, v in sorted(counts.items())] or [("", "no tasks")]})
+    for key, title in (("error_rate", "Error rate now"), ("resources", "Resource use now"),
+                       ("budget", "Budget today")):
+        if key in a:
+            sections.append({"title": title, "rows": _rows(a.pop(key))})
+    for key, value in a.items():  # anything newer the service records
+        sections.append({"title": _label(key), "rows": _rows(value)})
+    return sections
+
+
+def _step_view(step: RecoveryStep, next_step) -> dict:
+    result = step.result or {}
+    return {
+        "step": step, "title": STEP_TITLES.get(step.action, _label(step.action)),
+        "is_next": next_step is not None and step.pk == next_step.pk,
+        "options": STEPS.get(step.action, (None, None, None))[2],
+        "result_rows": [(_label(k), _readable(v)) for k, v in result.items()] if isinstance(result, dict) else
+        [("", _readable(result))],
+        "automatic": step.status == RecoveryStep.Status.COMPLETED and step.approved_by_id is None,
+    }
+
+
+def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
+    steps = list(session.steps.select_related("approved_by").order_by("order"))
+    open_ = session.status in OPEN_RECOVERY
+    next_step = next((s for s in steps if s.status == RecoveryStep.Status.PENDING), None) if open_ else None
+    user = request.user
+    return {
+        "session": session, "project": session.project, "stop": session.emergency_stop,
+        "sections": _assessment_sections(session.assessment),
+        "steps": [_step_view(s, next_step) for s in steps], "next_step": next_step,
+        "open": open_, "completed": session.status == RecoverySession.Status.COMPLETED,
+        "failed": session.status == RecoverySession.Status.FAILED,
+        "can_decide": has_project_perm(user, roles.REVIEW, session.project_id),
+        "is_starter": session.created_by_id == user.pk,
+        "error": error,
+        "progress_percent": int(session.steps_completed * 100 / session.total_steps) if session.total_steps else 0,
+    }
+
+
+def _session_or_404(user, session_id) -> RecoverySession:
+    session = (RecoverySession.objects.filter(pk=session_id, project__in=project_visible_to(user=user))
+               .select_related("project", "emergency_stop", "created_by").first())
+    if session is None:
+        raise Http404("No such recovery.")
+    return session
+
+
+@login_required
+@require_GET
+def recovery_detail(request, session_id):
+    session = _session_or_404(request.user, session_id)
+    return render(request, "review/recovery.html", _recovery_context(request, session))
+
+
+@login_required
+@require_POST
+def recovery_step_decide(request, session_id, step_id):
+    """Approve (runs the step) or reject (with a reason) one step; the service enforces the order,
+    the second person and the reason, and its refusal is shown on the page."""
+    session = _session_or_404(request.user, session_id)
+    if not has_project_perm(request.user, roles.REVIEW, session.project_id):
+        return _forbidden(request, f"Only reviewers and managers of {session.project.name} may decide "
+                                   f"recovery steps.", session.project)
+    form = StepDecisionForm(request.POST)
+    if not form.is_valid():
+        return render(request, "review/recovery.html",
+                      _recovery_context(request, session, error="Choose approve or reject."), status=400)
+    step = RecoveryStep.objects.filter(session=session, pk=step_id).first()
+    try:
+        session = recovery_step_respond(session_id=session.pk, step_id=step_id, actor=request.user,
+                                        decision=form.cleaned_data["decision"], reason=form.cleaned_data["reason"],
+                                        option=form.cleaned_data["option"])
+    except DomainError as exc:
+        detail = exc.detail
+        fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None
+        if fields:
+            detail = " ".join(str(m) for msgs in fields.values() for m in (msgs if isinstance(msgs, list) else [msgs]))
+        session = _session_or_404(request.user, session_id)
+        return render(request, "review/recovery.html", _recovery_context(request, session, error=detail),
+                      status=exc.status_code)
+    title = STEP_TITLES.get(step.action, step.action) if step else "The step"
+    if form.cleaned_data["decision"] == "approve":
+        if session.status == RecoverySession.Status.COMPLETED:
+            messages.success(request, f"{title}: done. The emergency stop is lifted and {session.project.name} "
+                                      f"is active again.")
+        elif session.status == RecoverySession.Status.FAILED:
+            messages.error(request, f"{title} failed: the recovery failed and the stop stays.")
+        else:
+            messages.success(request, f"Step {step.order if step else ''} approved and run: {title}.")
+    else:
+        messages.warning(request, f"Step {step.order if step else ''} rejected: the recovery failed and the stop "
+                                  f"stays. A manager can start a new one.")
+    return redirect("review:recovery", session_id=session.pk)
+
+
+# --- audit log ------------------------------------------------------------------------
+def _audit_rows(user, form: AuditFilterForm, visible_ids):
+    rows = AuditEvent.objects.all()
+    if not user.is_superuser:
+        rows = rows.filter(project_id__in=visible_ids)
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["project"] == "global":
+            rows = rows.filter(project_id__isnull=True)
+        elif data["project"]:
+            rows = rows.filter(project_id=data["project"])
+        if data["actor"]:
+            rows = rows.filter(actor_repr__istartswith=data["actor"])
+        if data["action"]:
+            rows = rows.filter(action__startswith=data["action"])
+        tz = timezone.get_current_timezone()
+        if data["since"]:
+            rows = rows.filter(created_at__gte=datetime.datetime.combine(data["since"], datetime.time.min, tz))
+        if data["until"]:
+            end = datetime.datetime.combine(data["until"] + datetime.timedelta(days=1), datetime.time.min, tz)
+            rows = rows.filter(created_at__lt=end)
+    else:
+        rows = rows.none()
+    return rows.order_by("-pk")  # insertion order (the primary key index): newest first, cheap at any size
+
+
+def _verification(user, visible_ids) -> dict:
+    """Walk the chains (every row: on demand only). A non-admin sees the result for the chains of
+    their projects, and only that other chains have problems, not which."""
+    started = timezone.now()
+    report = audit_verify_report()
+    elapsed = (timezone.now() - started).total_seconds()
+    if user.is_superuser:
+        mine, elsewhere = report.problems, 0
+        rows, chains = report.rows, report.chains
+    else:
+        keys = {chain_key(pk) for pk in visible_ids}
+        mine = [p for p in report.problems if any(p.startswith(f"chain {key}:") for key in keys)]
+        elsewhere = len(report.problems) - len(mine)
+        rows = AuditEvent.objects.filter(project_id__in=visible_ids).count()
+        chains = len(keys)
+    return {"ok": not mine, "problems": mine, "elsewhere": elsewhere, "rows": rows, "chains": chains,
+            "seconds": elapsed, "at": timezone.now()}
+
+
+@login_required
+@require_GET
+def audit_log(request):
+    user = request.user
+    projects = list(project_visible_to(user=user).order_by("name"))
+    visible_ids = [p.pk for p in projects]
+    params = request.GET.copy()
+    for name in ("page", "verify"):
+        params.pop(name, None)
+    form = AuditFilterForm(params, projects=projects, superuser=user.is_superuser)  # every field optional
+    paginator = Paginator(_audit_rows(user, form, visible_ids), AUDIT_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    names = {p.pk: p.name for p in projects}
+    events = [{"row": e, "project_name": names.get(e.project_id) if e.project_id else "global",
+               "before": json.dumps(e.before, indent=2, sort_keys=True) if e.before is not None else None,
+               "after": json.dumps(e.after, indent=2, sort_keys=True) if e.after is not None else None}
+              for e in page.object_list]
+    verification = _verification(user, visible_ids) if request.GET.get("verify") else None
+    context = {"form": form, "page": page, "events": events, "query": params.urlencode(),
+               "verification": verification, "total": paginator.count}
+    if verification is not None and request.htmx:
+        return render(request, "review/project_partials/audit_verification.html", context)
+    return render(request, "review/audit.html", context)
