@@ -3,9 +3,13 @@ approvals.services (per object, with its permission check, lock, audit row and e
 nothing here writes ``status``."""
 import json
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, IntegerField, Value, When
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -25,7 +29,7 @@ from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
 from core.admin import ReadOnlyAdminMixin, ask_reason
 from projects.admin_mixins import ProjectScopedAdminMixin
-from core.errors import DomainError
+from core.errors import DomainError, InvalidInput
 
 PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
@@ -58,8 +62,179 @@ class VisibleProjectFilter(admin.RelatedFieldListFilter):
         return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]
 
 
+# --- decisions on an approval's own page (change view) ---------------------------------
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _textarea(rows: int, **attrs):
+    return forms.Textarea(attrs={"rows": rows, "cols": 80, **attrs})
+
+
+class _DecisionForm(forms.Form):
+    """One decision posted from an approval's change page. Each decision has its own HTML form
+    (prefixed with the decision's name, so the page can carry all of them); the hidden
+    ``decision`` input names the one posted. The service still checks everything again."""
+
+    DECISIONS: dict[str, dict[str, str]] = {}  # decision -> {field: label}; a field not listed is left out
+    REQUIRED: dict[str, str] = {}              # decision -> the field it cannot go without
+
+    reason = forms.CharField(required=False, strip=True, widget=_textarea(3))
+
+    def __init__(self, *args, decision: str, **kwargs):
+        super().__init__(*args, prefix=decision, **kwargs)
+        self.decision = decision
+        labels = self.DECISIONS[decision]
+        for name in list(self.fields):
+            if name not in labels:
+                del self.fields[name]
+            else:
+                self.fields[name].label = labels[name]
+        required = self.REQUIRED.get(decision)
+        if required:
+            self.fields[required].widget.attrs["required"] = True
+
+    def clean(self):
+        cleaned = super().clean()
+        required = self.REQUIRED.get(self.decision)
+        if required and required not in self.errors:
+            value = cleaned.get(required)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                self.add_error(required, "This is required.")
+        return cleaned
+
+
+class AgentCallDecisionForm(_DecisionForm):
+    DECISIONS = {
+        "approve": {"reason": "Note (optional)"},
+        "amend": {"amended_input": "Input to run instead (a JSON object)", "reason": "Why it was amended (optional)"},
+        "reject": {"reason": "Reason (required; the agent is told)"},
+    }
+    REQUIRED = {"amend": "amended_input", "reject": "reason"}
+
+    amended_input = forms.CharField(required=False, strip=False,
+                                    widget=_textarea(14, spellcheck="false", style="font-family:monospace;width:100%"))
+
+    def clean_amended_input(self):
+        text = self.cleaned_data.get("amended_input") or ""
+        if self.decision != "amend" or not text.strip():
+            return None
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as err:
+            raise forms.ValidationError(f"Not valid JSON: {err}.") from err
+        if not isinstance(value, dict):
+            raise forms.ValidationError(f"Must be a JSON object ({{...}}), not a {type(value).__name__}.")
+        return value
+
+    def service_kwargs(self) -> dict:
+        data = self.cleaned_data
+        if self.decision == "amend":
+            return {"decision": "approve", "amended_input_data": data["amended_input"],
+                    "reason": data.get("reason", "")}
+        return {"decision": self.decision, "reason": data.get("reason", "")}
+
+
+class ResponseDecisionForm(_DecisionForm):
+    DECISIONS = {
+        "approve": {"reason": "Note (optional)"},
+        "requires_modification": {"modifications": "What must change (required; the agent redoes the work)"},
+        "reject": {"reason": "Reason (required; the agent is told)"},
+    }
+    REQUIRED = {"requires_modification": "modifications", "reject": "reason"}
+
+    modifications = forms.CharField(required=False, strip=True, widget=_textarea(4))
+
+    def service_kwargs(self) -> dict:
+        data = self.cleaned_data
+        if self.decision == "requires_modification":
+            return {"decision": self.decision, "modifications_required": data["modifications"]}
+        return {"decision": self.decision, "reason": data.get("reason", "")}
+
+
+class DecisionPageMixin:
+    """Approve / reject (and the like) on the change page of one approval, each through the
+    decide service, its outcome or refusal shown as an admin message. Once decided (here or
+    elsewhere) the page is shown again by a redirect; a form error (bad JSON, a missing reason)
+    or a refusal that leaves it pending shows the page again with what was typed, and decides
+    nothing. Other POSTs to the page get the admin's usual refusal (the rows are read-only here)."""
+
+    decision_form_class: type[_DecisionForm]
+    decision_past: dict[str, str]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        bound = None
+        if request.method == "POST" and "_decide" in request.POST:
+            obj = self.get_object(request, unquote(object_id))
+            if obj is None:  # not visible to this user: the admin's own answer (index, "does not exist")
+                return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            decision = request.POST.get("decision", "")
+            if decision not in self.decision_form_class.DECISIONS:
+                self.message_user(request, f"Unknown decision {decision!r}.", messages.ERROR)
+                return HttpResponseRedirect(request.get_full_path())
+            bound = self.decision_form_class(request.POST, decision=decision)
+            if bound.is_valid():
+                outcome = self._decide_from_page(request, obj, bound)
+                obj.refresh_from_db(fields=["status"])
+                if outcome == "decided" or obj.status != obj.Status.PENDING:
+                    return HttpResponseRedirect(request.get_full_path())
+            # Still pending after a form error or a refusal (an amendment too large, a budget
+            # block): show the page again with what was typed. Nothing was decided.
+            request.method = "GET"
+        obj = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if obj is not None:
+            context.update(self.decision_context(request, obj, bound))
+        return super().change_view(request, object_id, form_url, context)
+
+    def _decide_from_page(self, request, obj, form) -> str:
+        label = f"“{self.page_label(obj)}” ({obj.pk})"
+        past = self.decision_past[form.decision]
+        try:
+            self.decide_service(approval_id=obj.pk, decider=request.user, **form.service_kwargs())
+        except InvalidInput as err:
+            fields = err.extra.get("fields") or {}
+            for name, errors in fields.items():
+                form.add_error(name if name in form.fields else None, errors)
+            if not fields:
+                form.add_error(None, err.detail)
+            return "form_error"
+        except DomainError as err:
+            status = err.extra.get("status")
+            self.message_user(request, f"{label}: not {past}: {err.detail}{f' (status {status})' if status else ''}",
+                              messages.ERROR)
+            return "refused"
+        self.message_user(request, f"{label}: {past}.", messages.SUCCESS)
+        return "decided"
+
+    def decision_context(self, request, obj, bound) -> dict:
+        pending = obj.status == obj.Status.PENDING
+        may_decide = has_project_perm(request.user, roles.REVIEW, obj.project)
+        own = request.user.pk in (getattr(obj, "requested_by_id", None), getattr(obj, "submitted_by_id", None))
+        decision_forms = {}
+        for decision in self.decision_form_class.DECISIONS:
+            if bound is not None and bound.decision == decision:
+                decision_forms[decision] = bound
+            else:
+                decision_forms[decision] = self.decision_form_class(
+                    decision=decision, initial=self.decision_initial(obj, decision))
+        if not pending:
+            why_not = f"This {obj._meta.verbose_name} is {obj.get_status_display()}: nothing left to decide."
+        elif not may_decide:
+            why_not = f"You may see this {obj._meta.verbose_name} but not decide it (no reviewer role on " \
+                      f"project {obj.project.slug})."
+        elif own:
+            why_not = "You made this request: someone else must decide it."
+        else:
+            why_not = ""
+        return {"decision_forms": decision_forms, "can_decide": not why_not, "cannot_decide_reason": why_not}
+
+    def decision_initial(self, obj, decision) -> dict:
+        return {}
+
+
 @admin.register(AgentCallApproval)
-class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class AgentCallApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["short_action", "project", "agent_type", "status", "budget", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
@@ -78,6 +253,43 @@ class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.
                                  "time_left", "started_at"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
+
+    # --- decisions on the detail page (DecisionPageMixin) -------------------------------
+    change_form_template = "admin/approvals/agentcallapproval/change_form.html"
+    decision_form_class = AgentCallDecisionForm
+    decision_past = {"approve": "approved", "amend": "approved with amended input", "reject": "rejected"}
+    decide_service = staticmethod(agent_approval_decide)
+
+    def page_label(self, obj):
+        return self.short_action(obj)
+
+    def decision_initial(self, obj, decision):
+        if decision == "amend":
+            return {"amended_input": json.dumps(obj.input_data, indent=2, ensure_ascii=False)}
+        return {}
+
+    def decision_context(self, request, obj, bound):
+        context = super().decision_context(request, obj, bound)
+        context["budget_block"] = self.budget_block(obj)
+        return context
+
+    def budget_block(self, obj) -> dict | None:
+        """A call blocked by its budget: why, and what unblocks it (its override), for the top of
+        its page. None when the call is not blocked."""
+        if obj.budget_state != AgentCallApproval.BudgetState.BLOCKED:
+            return None
+        override = None
+        if obj.budget_override_id:
+            override = BudgetOverrideRequest.objects.filter(pk=obj.budget_override_id).first()
+        return {
+            "reason": obj.budget_blocked_reason or "Over a budget limit of its project.",
+            "pending": obj.status == AgentCallApproval.Status.PENDING,
+            "override": override,
+            "override_url": reverse("admin:budgets_budgetoverriderequest_change", args=[override.pk])
+            if override else None,
+            "overrides_url": reverse("admin:budgets_budgetoverriderequest_changelist")
+            + "?status__exact=pending",
+        }
 
     # --- visibility: reviewers see the projects they hold a role on --------------------
     def get_queryset(self, request):
@@ -99,7 +311,10 @@ class AgentCallApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.
     def budget(self, obj):
         """Blocked calls show it before anyone tries to approve them, with what unblocks them."""
         if obj.budget_state == AgentCallApproval.BudgetState.BLOCKED:
-            return format_html('<strong style="color:#b00" title="{}">blocked by budget</strong>',
+            if obj.status != AgentCallApproval.Status.PENDING:
+                return format_html('<span title="{}">was blocked by budget</span>', obj.budget_blocked_reason)
+            return format_html('<strong style="color:#b00" title="{}">blocked by budget</strong><br>'
+                               '<small style="color:#b00">approve its override first</small>',
                                obj.budget_blocked_reason)
         return obj.budget_state
 
@@ -261,7 +476,7 @@ RESPONSE_PAST = {"approve": "approved", "reject": "rejected", "requires_modifica
 
 
 @admin.register(ResponseApproval)
-class ResponseApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class ResponseApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """The queue of agents' outputs waiting for a person, with the analyzer's findings."""
 
     list_display = ["short_summary", "project", "agent_type", "status", "risk", "safety", "flag_count", "age",
@@ -282,6 +497,15 @@ class ResponseApprovalAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.M
                                  "created_at", "responded_at", "expires_at", "time_left"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
+
+    # --- decisions on the detail page (DecisionPageMixin) -------------------------------
+    change_form_template = "admin/approvals/responseapproval/change_form.html"
+    decision_form_class = ResponseDecisionForm
+    decision_past = RESPONSE_PAST
+    decide_service = staticmethod(response_approval_decide)
+
+    def page_label(self, obj):
+        return self.short_summary(obj)
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("project", "task", "submitted_by", "approved_by",

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "guardian",
     "channels",
+    "django_htmx",
     # shared domain
     "core",
     "projects",
@@ -53,6 +54,8 @@ INSTALLED_APPS = [
     "budgets",
     "emergency",
     "recovery",
+    # the reviewers' pages (top layer)
+    "review",
 ]
 
 MIDDLEWARE = [
@@ -65,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "botarmy_hitl.urls"
@@ -81,6 +85,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "review.context_processors.review",
             ],
         },
     },
@@ -228,10 +233,12 @@ HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = env.int("HITL_RESPONSE_MAX_MODIFICATION_
 HITL_START_WITHIN_MINUTES = env.int("HITL_START_WITHIN_MINUTES", default=60)
 # How often beat times out due approvals and sends timeout warnings.
 HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
-# A waiting agent's long poll re-reads the database this often, in case a push was lost
-# (for example a decision made in another process on the in-process channel layer).
+# A waiting agent's long poll (and the /ws/events/ hub) re-reads the database this often, in case a
+# push was lost (for example an event written in another process on the in-process channel layer).
 HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS",
                                    default=5.0 if env.str("REDIS_URL", default="") else 1.0)
+# The /ws/events/ websocket sends {"type": "ping"} this often (daphne's protocol pings drop dead peers).
+HITL_WS_HEARTBEAT_SECONDS = env.float("HITL_WS_HEARTBEAT_SECONDS", default=20.0)
 # How often beat evaluates the automatic emergency-stop conditions of every active project.
 HITL_CONDITION_CHECK_SECONDS = env.int("HITL_CONDITION_CHECK_SECONDS", default=5)
 # Reservations of calls approved but never settled are released after this many hours.
@@ -345,10 +352,13 @@ CELERY_BEAT_SCHEDULE = {
 # How long a stored Idempotency-Key answer is replayed.
 HITL_IDEMPOTENCY_TTL = timedelta(hours=env.int("HITL_IDEMPOTENCY_TTL_HOURS", default=24))
 
+# A refused request (403, 404, 409...) logs one warning line without traceback (Django logs the
+# exception's traceback with it); server errors (5xx) keep theirs. See core.errors.OneLineRefusals.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"one_line_refusals": {"()": "core.errors.OneLineRefusals"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["one_line_refusals"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

@@ -1,4 +1,7 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
 
 from budgets.models import (
     BudgetAlert,
@@ -9,26 +12,83 @@ from budgets.models import (
 )
 from budgets.services import budget_limits_update
 from core.admin import ReadOnlyAdminMixin, changed_values
-from projects.admin_mixins import ProjectScopedAdminMixin
+from core.errors import DomainError
+from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin, VisibleProjectListFilter
+
+
+class ProjectBudgetForm(forms.ModelForm):
+    class Meta:
+        model = ProjectBudget
+        fields = ["project", "daily_token_limit", "monthly_token_limit", "daily_cost_limit", "monthly_cost_limit",
+                  "warning_percent", "critical_percent", "emergency_percent"]
+
+    def clean(self):
+        # The rule budgets.services.budget_limits_update enforces, shown next to the fields
+        # (the service checks it again; the field ranges come from the model's validators).
+        cleaned = super().clean()
+        percents = [cleaned.get(name) for name in ("warning_percent", "critical_percent", "emergency_percent")]
+        if None not in percents and not percents[0] < percents[1] < percents[2]:
+            raise forms.ValidationError(
+                f"Alert percentages must increase: warning ({percents[0]}) < critical ({percents[1]}) < "
+                f"emergency ({percents[2]}).")
+        return cleaned
 
 
 @admin.register(ProjectBudget)
-class ProjectBudgetAdmin(admin.ModelAdmin):
-    """Limits (admins here; managers through PATCH /api/v1/budgets/{project_id}). Audited."""
+class ProjectBudgetAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
+    """Limits and alert percentages, set by the project's managers (and admins) here or through
+    PATCH /api/v1/budgets/{project_id}; reviewers see them. Saved through
+    budgets.services.budget_limits_update (validated, audited)."""
 
+    form = ProjectBudgetForm
     list_display = ["project", "daily_token_limit", "monthly_token_limit", "daily_cost_limit", "monthly_cost_limit",
                     "warning_percent", "critical_percent", "emergency_percent"]
+    list_filter = [("project", VisibleProjectListFilter)]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["project"] if obj is not None else []
 
     def save_model(self, request, obj, form, change):
+        if not self.manages(request, obj.project_id):
+            raise PermissionDenied
         values = {k: v for k, v in changed_values(form).items() if k != "project"}
-        budget_limits_update(project=obj.project, actor=request.user, values=values)
+        try:
+            budget = budget_limits_update(project=obj.project, actor=request.user, values=values)
+        except DomainError as err:  # refused after the form's own checks (a concurrent change)
+            obj._refused = err
+            fields = "; ".join(f"{name}: {' '.join(map(str, errors))}"
+                               for name, errors in (err.extra.get("fields") or {}).items())
+            self.message_user(request, f"Not saved: {err.detail} {fields}".strip(), messages.ERROR)
+            return
+        obj.pk = budget.pk
+        obj._state.adding = False
+
+    def log_addition(self, request, obj, message):
+        if not getattr(obj, "_refused", None):
+            return super().log_addition(request, obj, message)
+        return None
+
+    def log_change(self, request, obj, message):
+        if not getattr(obj, "_refused", None):
+            return super().log_change(request, obj, message)
+        return None
+
+    def response_add(self, request, obj, post_url_continue=None):
+        if getattr(obj, "_refused", None):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request, obj):
+        if getattr(obj, "_refused", None):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_change(request, obj)
 
 
 @admin.register(BudgetWindow)
 class BudgetWindowAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["project", "kind", "start", "end", "spent_tokens", "spent_cost", "reserved_tokens",
                     "reserved_cost", "allowance_cost", "closed_at"]
-    list_filter = ["kind", "project"]
+    list_filter = ["kind", ("project", VisibleProjectListFilter)]
 
 
 @admin.register(UsageEntry)
@@ -37,7 +97,7 @@ class UsageEntryAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAd
 
     list_display = ["created_at", "project", "approval", "kind", "reserved_tokens", "reserved_cost", "spent_tokens",
                     "spent_cost"]
-    list_filter = ["kind", "project"]
+    list_filter = ["kind", ("project", VisibleProjectListFilter)]
 
 
 @admin.register(BudgetAlert)

@@ -24,6 +24,25 @@ from rest_framework.response import Response
 log = logging.getLogger(__name__)
 
 
+class OneLineRefusals(logging.Filter):
+    """A refused request (any 4xx: 403, 404, 409, ...) is logged as one warning line, without
+    traceback. Django's ``log_response`` (logger ``django.request``, and ``django.security.*``
+    for a suspicious request, at error level) passes the exception as ``exc_info`` since
+    Django 4.1, so a plain 403 in the admin wrote a whole traceback into the log. Server errors
+    (5xx) keep their traceback. Installed on the console handler by settings.LOGGING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            record.exc_info = record.exc_text = record.stack_info = None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            message = record.getMessage()
+            if "\n" in message or "\r" in message:
+                record.msg, record.args = " ".join(message.split()), None
+        return True
+
+
 class DomainError(Exception):
     """A refused state change; services raise these, the API maps them to 4xx."""
 

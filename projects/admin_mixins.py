@@ -1,10 +1,17 @@
 """Admin helpers that know projects (core/admin.py holds the project-agnostic ones)."""
-from projects.permissions import project_visible_to
+from django.contrib import admin
+
+from projects import roles
+from projects.permissions import has_project_perm, project_visible_to
 
 
 class ProjectScopedAdminMixin:
     """Staff see the rows of the projects they hold a role on, and nothing else.
-    ``project_lookup`` names the project of a row ("pk" when the rows are projects)."""
+    ``project_lookup`` names the project of a row ("pk" when the rows are projects).
+
+    It only widens *viewing* (Django's model permissions are not used: roles are per project);
+    whether a row may be changed is left to the admin class (ReadOnlyAdminMixin, or
+    ProjectManagerEditsMixin below)."""
 
     project_lookup = "project"
 
@@ -22,3 +29,46 @@ class ProjectScopedAdminMixin:
         if not (request.user.is_active and request.user.is_staff):
             return False
         return obj is None or project_visible_to(user=request.user).filter(pk=self._project_id_of(obj)).exists()
+
+
+class ProjectManagerEditsMixin(ProjectScopedAdminMixin):
+    """Rows of a project that its managers (``manage_project``) and admins may add and change;
+    everyone else with a role on the project only sees them. Deleting is left to no one here.
+    Saving is up to the admin class (through a service, audited)."""
+
+    def manages(self, request, project_id) -> bool:
+        return request.user.is_active and request.user.is_staff and has_project_perm(
+            request.user, roles.MANAGE, project_id)
+
+    def managed_projects(self, request):
+        if not (request.user.is_active and request.user.is_staff):
+            return project_visible_to(user=request.user).none()
+        visible = project_visible_to(user=request.user)
+        if request.user.is_superuser:
+            return visible
+        return visible.filter(pk__in=[p for p in visible.values_list("pk", flat=True)
+                                      if has_project_perm(request.user, roles.MANAGE, p)])
+
+    def has_add_permission(self, request, obj=None):
+        return self.managed_projects(request).exists()
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:  # the list: editable if the user manages any project
+            return self.has_add_permission(request)
+        return self.manages(request, self._project_id_of(obj))
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == self.project_lookup:
+            kwargs["queryset"] = self.managed_projects(request)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class VisibleProjectListFilter(admin.RelatedFieldListFilter):
+    """The "by project" list filter offering only the projects the user can see (Django's own
+    lists every project, naming projects an outsider must not know of)."""
+
+    def field_choices(self, field, request, model_admin):
+        return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]

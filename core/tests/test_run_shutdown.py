@@ -1,0 +1,74 @@
+"""`make run` (bin/run) stops web, worker and beat on Ctrl-C within seconds, and returns only
+once they are gone (issue 11: the Celery worker was left hanging in warm shutdown after the
+script had exited). Runs the real script on the embedded default (SQLite, filesystem broker)
+in a fresh HITL_VAR_DIR: about 20-30 s."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from core.tests.daphne import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STOP_WITHIN = 12  # seconds: HITL_STOP_GRACE (6) + 4 before SIGKILL, and some slack
+
+
+def session_pids(sid: int) -> set[int]:
+    """Every live process of session ``sid`` (bin/run and all it started), from /proc."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) == sid and "Z" not in _state(entry):
+                pids.add(int(entry.name))
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return pids
+
+
+def _state(entry: Path) -> str:
+    try:
+        return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or not (ROOT / ".venv" / "bin" / "celery").exists(),
+                    reason="needs Linux /proc and the project's .venv")
+def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), HITL_HOST="127.0.0.1", DJANGO_DEBUG="1")
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    sid = proc.pid
+    try:
+        deadline = time.monotonic() + 60
+        while not all(mark in log_path.read_text(errors="replace")
+                      for mark in ("ready.", "beat: Starting", "daphne worker(s) on")):
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        started = session_pids(sid)
+        assert len(started) >= 5, started  # bin/run, worker (+ its pool), beat, bin/serve, daphne
+
+        began = time.monotonic()
+        os.killpg(sid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+        proc.wait(timeout=STOP_WITHIN + 5)
+        took = time.monotonic() - began
+        left = session_pids(sid)
+        assert not left, f"still running after bin/run returned: {left}\n" + log_path.read_text()[-3000:]
+        assert took < STOP_WITHIN, f"stopping took {took:.1f}s\n" + log_path.read_text()[-3000:]
+    finally:
+        if session_pids(sid):
+            os.killpg(sid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
