@@ -12,14 +12,38 @@ from access.services import api_key_create, role_grant
 from projects.services import project_create
 
 
+def _missing_browser() -> str | None:
+    """Why the browser tests cannot run (None when they can): Debian's Chromium at
+    /usr/bin/chromium, or the browser that HITL_CHROMIUM points at (review/tests/browser.py)."""
+    path = os.environ.get("HITL_CHROMIUM") or "/usr/bin/chromium"
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return None
+    return (f"needs Chromium: {path} is missing (apt-get install -y chromium, or set HITL_CHROMIUM to a "
+            f"Chromium executable)")
+
+
+def _fail_at_setup(item, message: str) -> None:
+    def setup():  # before any fixture: no server is started, no browser launched
+        pytest.fail(message, pytrace=False)
+
+    item.setup = setup
+
+
 def pytest_collection_modifyitems(config, items):
     on_postgres = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
     on_redis = bool(os.environ.get("REDIS_URL"))
+    no_browser = _missing_browser() if any("browser" in item.keywords for item in items) else None
+    require_browser = os.environ.get("HITL_REQUIRE_BROWSER") == "1"
     for item in items:
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
         if "redis" in item.keywords and not on_redis:
             item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL=redis://..."))
+        if "browser" in item.keywords and no_browser:
+            if require_browser:  # CI: a browser test must never be skipped silently
+                _fail_at_setup(item, f"HITL_REQUIRE_BROWSER=1 but the browser tests cannot run: {no_browser}")
+            else:
+                item.add_marker(pytest.mark.skip(reason=no_browser))
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,150 @@
+"""The reviewer pages in real Chromium (Playwright, sync API) against a real daphne started by the
+test on a free port (``serve``: the test's database; on SQLite a file copy of it, made when the
+server starts, so every row the server needs is written before that), served as in production
+(``DJANGO_DEBUG=0``; static files by WhiteNoise through its finders, no collectstatic).
+
+After the server starts, everything goes through it: the agent uses the API with its key, the
+reviewers the pages. Every wait is on a condition (Playwright's auto-waiting, WAIT_MS at most),
+never a fixed sleep. A failure leaves screenshots in var/test-artifacts/ (see review/tests/browser.py).
+"""
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from playwright.sync_api import expect
+
+pytest.register_assert_rewrite("review.tests.browser")  # imported here before pytest_plugins loads it
+
+from access.services import api_key_create  # noqa: E402
+from core.tests.test_asgi_handler import serve  # noqa: E402,F401  (a real daphne on the test database)
+from review.tests.browser import (WAIT_MS, assert_not_reloaded, full_log, log_in, mark_page,  # noqa: E402
+                                  open_page, server_password_hash, wait_live)
+
+pytest_plugins = ["review.tests.browser"]  # the chromium fixture, screenshots on failure
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def reviewers(make_user, project):
+    """Two reviewers of the project who log in with the password of review/tests/browser.py."""
+    people = [make_user("rita", role="reviewer", project=project), make_user("sam", role="reviewer", project=project)]
+    for user in people:
+        user.password = server_password_hash()
+        user.save(update_fields=["password"])
+    return people
+
+
+def api(server, method, path, key, body=None, status=(200,), timeout=20.0):
+    got, _, content, _ = server.request(method, path, key=key, body=body, timeout=timeout)
+    assert got in status, (method, path, got, content[:1000], server.log())
+    return json.loads(content)
+
+
+def test_a_new_request_appears_live_is_approved_by_keyboard_and_every_screen_follows(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    rita, sam = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()  # from here on, only the server's database counts
+
+    # Two reviewers, each in their own browser profile: Rita on the inbox, Sam on it as well.
+    rita_page = log_in(chromium.new_context(server), rita.username)
+    sam_context = chromium.new_context(server)
+    sam_inbox = log_in(sam_context, sam.username)
+    expect(rita_page.locator("#inbox-live .empty")).to_be_visible()
+    for page in (rita_page, sam_inbox):
+        mark_page(page)
+
+    # The agent asks, through the API.
+    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
+               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Implement login"})
+    action = "Write the login form component (browser test)"
+    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
+        "proposed_action": action, "input_data": {"files": ["login.tsx"]}, "context_summary": "Sprint 3",
+        "model": "gpt-4o-mini"})
+    approval_id = approval["approval_id"]
+    assert approval["status"] == "pending", approval
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The agent blocks on its decision (the long poll holds no request thread).
+        waiting = pool.submit(server.request, "GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30",
+                              key=agent_key, timeout=60)
+
+        # It shows up in both open inboxes, without a reload.
+        item = rita_page.locator(f"#call-{approval_id}")
+        expect(item).to_contain_text(action)
+        expect(sam_inbox.locator(f"#call-{approval_id}")).to_contain_text(action)
+        expect(rita_page.locator("#inbox-live .count-total")).to_contain_text("1 pending")
+        for page in (rita_page, sam_inbox):
+            assert_not_reloaded(page)
+
+        # Sam opens the call page and keeps it open.
+        sam_inbox.locator(f"#call-{approval_id} .item-link").click()
+        sam_inbox.wait_for_url(f"**/review/agent-approvals/{approval_id}")
+        wait_live(sam_inbox)
+        sam_panel = sam_inbox.locator("#decision-panel")
+        expect(sam_panel).to_have_attribute("data-status", "pending")
+        expect(sam_inbox.locator("#btn-approve")).to_be_enabled()
+        mark_page(sam_inbox)
+
+        # Rita: j selects it, Enter opens it, a approves it.
+        rita_page.keyboard.press("j")
+        expect(item).to_have_class(re.compile(r"(^|\s)selected(\s|$)"))
+        rita_page.keyboard.press("Enter")
+        rita_page.wait_for_url(f"**/review/agent-approvals/{approval_id}")
+        wait_live(rita_page)
+        expect(rita_page.locator("#btn-approve")).to_be_enabled()
+        rita_page.keyboard.press("a")
+        expect(rita_page.locator("#decision-panel")).to_have_attribute("data-status", "approved")
+        expect(rita_page.locator("#decision-panel .outcome-success")).to_contain_text("Approved.")
+        expect(rita_page.locator("#page-status .status-badge")).to_have_text("Approved")
+        expect(rita_page.locator("#btn-approve")).to_be_disabled()
+
+        # The agent's wait returns approved.
+        status, _, body, _ = waiting.result(timeout=WAIT_MS / 1000 + 30)
+        decided = json.loads(body)
+        assert status == 200 and decided["status"] == "approved", (status, body[:1000])
+        assert decided["approved_by"] == rita.username, decided
+
+    # Sam's open page shows it decided, without a reload: badge, buttons, who decided.
+    expect(sam_panel).to_have_attribute("data-status", "approved")
+    expect(sam_inbox.locator("#page-status .status-badge")).to_have_text("Approved")
+    expect(sam_panel.locator(".decided .status-badge")).to_have_text("Approved")
+    expect(sam_panel).to_contain_text(f"by {rita.username}")
+    for button in ("#btn-approve", "#btn-approve-amended", "#btn-reject"):
+        expect(sam_inbox.locator(button)).to_be_disabled()
+    expect(sam_inbox.locator("#amend-summary")).to_have_attribute("aria-disabled", "true")
+    assert_not_reloaded(sam_inbox)
+
+    # And the inbox is empty again (a fresh load: the decided call left the queue).
+    rita_page.goto("/review/")
+    expect(rita_page.locator("#inbox-live .empty")).to_be_visible()
+    assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chromium, project, reviewers):  # noqa: F811
+    rita, _ = reviewers
+    reviewer_key = api_key_create(user=rita, name="browser")[1]
+    server = serve()
+
+    context = chromium.new_context(server)
+    inbox = log_in(context, rita.username)
+    project_page = open_page(context, f"/review/projects/{project.pk}")  # same profile: logged in
+    for page in (inbox, project_page):
+        expect(page.locator("#stop-banners .banner-stop")).to_have_count(0)
+        mark_page(page)
+
+    stop = api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", reviewer_key, status=(201,),
+               body={"reason": "browser drill: agents misbehaving"})
+    assert stop["triggered_conditions"] == ["manual_stop"], stop
+
+    for page in (inbox, project_page):
+        banner = page.locator("#stop-banners .banner-stop")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text(f"Project {project.name} is under an emergency stop")
+        expect(banner).to_contain_text("browser drill: agents misbehaving")
+        expect(banner).to_have_attribute("role", "alert")
+        assert_not_reloaded(page)
+    assert "Traceback" not in full_log(server), full_log(server)
+
