@@ -1,5 +1,5 @@
-"""GET /api/v1/agent-approvals/{id}/wait and /api/v1/response-approvals/{id}/wait: the long poll
-of a waiting agent.
+"""GET /api/v1/agent-approvals/{id}/wait, /api/v1/response-approvals/{id}/wait and
+/api/v1/hitl/{id}/wait: the long poll of a waiting agent.
 
 Served by Channels (not Django's request handler), so a waiting agent costs one coroutine and
 an ``asyncio.Event`` (core.wakeup): no thread and no database connection is held while it
@@ -47,6 +47,10 @@ from core.errors import (
 )
 from events.api import EventListApi
 from events.selectors import event_page
+from hitl.models import HitlRequest
+from hitl.selectors import hitl_request_visible_to
+from hitl.serializers import HitlRequestOutputSerializer
+from hitl.services import hitl_group, hitl_request_time_out
 from projects.permissions import project_for_user
 from core.wakeup import BatchLoader, BatchPoller, wakeup
 
@@ -160,6 +164,9 @@ CALLS = WaitKind(AgentCallApproval, agent_approval_visible_to, AgentCallApproval
                  agent_approval_time_out, approval_group, ("approved_by", "requested_by"))
 RESPONSES = WaitKind(ResponseApproval, response_approval_visible_to, ResponseApprovalOutputSerializer,
                      response_approval_time_out, response_group, ("approved_by", "submitted_by"))
+HITL = WaitKind(HitlRequest, hitl_request_visible_to, HitlRequestOutputSerializer,
+                lambda approval_id: hitl_request_time_out(request_id=approval_id), hitl_group,
+                ("asked_by", "responded_by"))
 
 
 class JsonHttpConsumer(AsyncHttpConsumer):
@@ -240,6 +247,11 @@ class AgentApprovalWaitConsumer(ApprovalWaitConsumer):
 
 class ResponseApprovalWaitConsumer(ApprovalWaitConsumer):
     kind = RESPONSES
+
+
+class HitlRequestWaitConsumer(ApprovalWaitConsumer):
+    """GET /api/v1/hitl/{id}/wait: a question or checkpoint (hitl.HitlRequest)."""
+    kind = HITL
 
 
 # --- GET /api/v1/events: the outbox feed, async end to end --------------------------------------

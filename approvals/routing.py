@@ -5,7 +5,12 @@ from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
-from approvals.consumers import AgentApprovalWaitConsumer, EventFeedConsumer, ResponseApprovalWaitConsumer
+from approvals.consumers import (
+    AgentApprovalWaitConsumer,
+    EventFeedConsumer,
+    HitlRequestWaitConsumer,
+    ResponseApprovalWaitConsumer,
+)
 from approvals.event_stream import EventStreamConsumer
 
 
@@ -45,6 +50,7 @@ def http_urlpatterns(django_app) -> list:
                 BearerOrSession(AgentApprovalWaitConsumer.as_asgi())),
         re_path(r"^api/v1/response-approvals/(?P<approval_id>[^/]+)/wait/?$",
                 BearerOrSession(ResponseApprovalWaitConsumer.as_asgi())),
+        re_path(r"^api/v1/hitl/(?P<approval_id>[^/]+)/wait/?$", BearerOrSession(HitlRequestWaitConsumer.as_asgi())),
         re_path(r"^api/v1/events$", GetOr(BearerOrSession(EventFeedConsumer.as_asgi()), django_app)),
     ]
 

@@ -6,6 +6,7 @@ def add_wait_endpoint(result, generator, request, public):
     paths["/api/v1/agent-approvals/{approval_id}/wait"] = _wait("agent_approvals_wait", "AgentCallApprovalOutput")
     paths["/api/v1/response-approvals/{approval_id}/wait"] = _wait("response_approvals_wait",
                                                                    "ResponseApprovalOutput")
+    paths["/api/v1/hitl/{approval_id}/wait"] = _wait("hitl_wait", "HitlRequestOutput")
     return result
 
 

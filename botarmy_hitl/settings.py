@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "budgets",
     "emergency",
     "recovery",
+    "hitl",
     # the reviewers' pages (top layer)
     "review",
 ]
@@ -192,6 +193,9 @@ SPECTACULAR_SETTINGS = {
         "BudgetOverrideStatusEnum": "budgets.models.BudgetOverrideRequest.Status",
         "RecoveryStepStatusEnum": "recovery.models.RecoveryStep.Status",
         "RecoverySessionStatusEnum": "recovery.models.RecoverySession.Status",
+        "HitlRequestStatusEnum": "hitl.models.HitlRequest.Status",
+        "HitlRequestTypeEnum": "hitl.models.HitlRequest.RequestType",
+        "HitlActionEnum": ["approve", "reject", "amend"],
     },
 }
 
@@ -319,6 +323,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "approvals-expire-overdue": {
         "task": "approvals.expire_overdue",
+        "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
+        "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
+    },
+    "hitl-expire-overdue": {
+        "task": "hitl.expire_overdue",
         "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
         "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
     },

@@ -28,6 +28,13 @@ from budgets.api import (
 from core.views import HealthApi, api_not_found
 from emergency.api import EmergencyStopApi
 from events.api import EventListApi
+from hitl.api import (
+    HitlRequestCancelApi,
+    HitlRequestCreateApi,
+    HitlRequestDetailApi,
+    HitlRequestProjectListApi,
+    HitlRequestRespondApi,
+)
 from projects.api import (
     ProjectListCreateApi,
     TaskCreateApi,
@@ -77,6 +84,12 @@ api_v1 = [
     path("recovery/<str:session_id>", RecoveryDetailApi.as_view(), name="recovery-detail"),
     path("recovery/<str:session_id>/steps/<str:step_id>/respond", RecoveryStepRespondApi.as_view(),
          name="recovery-step-respond"),
+    path("hitl", HitlRequestCreateApi.as_view(), name="hitl"),
+    path("hitl/project/<str:project_id>", HitlRequestProjectListApi.as_view(), name="hitl-project"),
+    path("hitl/<str:request_id>", HitlRequestDetailApi.as_view(), name="hitl-detail"),
+    path("hitl/<str:request_id>/respond", HitlRequestRespondApi.as_view(), name="hitl-respond"),
+    path("hitl/<str:request_id>/cancel", HitlRequestCancelApi.as_view(), name="hitl-cancel"),
+    # hitl/<id>/wait is a Channels consumer too (approvals/routing.py)
     # agent-approvals/<id>/wait and response-approvals/<id>/wait are Channels consumers: see approvals/routing.py and botarmy_hitl/asgi.py
 ]
 

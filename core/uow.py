@@ -38,6 +38,7 @@ LOCK_ORDER = (
     "override",         # budget override requests
     "budget_window",    # budget windows, day before month (then by primary key)
     "response",         # response approvals (an agent's output held for review; after its call's budget)
+    "hitl",             # questions and checkpoints to a person (hitl.HitlRequest)
     "agent_state",      # agent states (derived from tasks)
     "outbox",           # event outbox: pg advisory lock per project (written at the end)
     "audit_chain",      # audit chain head (written at the end)

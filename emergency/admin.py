@@ -1,13 +1,46 @@
-from django.contrib import admin, messages
+"""Emergency stops in the Django admin. The stop itself is an action of the projects list,
+added by this layer: it asks for a reason and a severity on a confirmation page that says what
+will happen to each selected project, then stops each one the user may stop (reviewers and
+managers of it) through emergency.services.emergency_stop_trigger, the call the API makes."""
+from typing import Protocol
 
-from core.admin import ReadOnlyAdminMixin, ask_reason, changed_values
-from emergency.models import Condition, EmergencySettings, EmergencyStop
-from emergency.services import emergency_settings_save, emergency_stop_trigger
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.template.response import TemplateResponse
+
+from core.admin import ReadOnlyAdminMixin, changed_values
+from core.errors import DomainError
+from core.hooks import Hook
+from emergency.models import Condition, EmergencySettings, EmergencyStop, Severity
+from emergency.services import HALTED_TASK_STATUSES, emergency_settings_save, emergency_stop_trigger
 from projects import roles
 from projects.admin import ProjectAdmin
 from projects.admin_mixins import ProjectScopedAdminMixin
-from projects.models import Project
-from projects.permissions import has_project_perm
+from projects.models import Project, Task
+from projects.permissions import has_project_perm, project_perms
+
+SEVERITY_HELP = {
+    Severity.LOW: "a precaution: nothing is known to be wrong.",
+    Severity.MEDIUM: "something looks wrong and needs a look.",
+    Severity.HIGH: "agents are doing harm or are about to (the default).",
+    Severity.CRITICAL: "an incident: secrets, data loss or production at risk.",
+}
+
+
+class StopPreview(Protocol):
+    def __call__(self, *, project: Project) -> list[str]:
+        """What stopping ``project`` will do to one domain's open work, counted now, as short
+        sentences ("3 pending agent calls will be cancelled"). Read-only."""
+
+
+# The domains above this one (calls, responses, requests) say what the stop will cancel of
+# theirs; connected where those layers extend this admin (recovery/admin.py).
+stop_preview: Hook[StopPreview] = Hook("emergency.admin.stop_preview")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @admin.register(EmergencyStop)
@@ -15,7 +48,7 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
     """Stops are made by the trigger service (API, the projects' "Emergency stop" action,
     or a tripped condition) and lifted only by the last step of a recovery."""
 
-    list_display = ["project", "conditions", "severity", "triggered_by", "created_at", "resolved_at"]
+    list_display = ["project", "conditions", "severity", "stop_reason", "triggered_by", "created_at", "resolved_at"]
     list_filter = ["severity", ("resolved_at", admin.EmptyFieldListFilter)]
 
     @admin.display(description="conditions")
@@ -37,6 +70,20 @@ class EmergencySettingsAdmin(admin.ModelAdmin):
                                 after=changed_values(form))
 
 
+class EmergencyStopForm(forms.Form):
+    reason = forms.CharField(label="Reason (required)", max_length=5000, strip=True,
+                             widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+                             error_messages={"required": "A reason is required: it goes into the audit trail and "
+                                                         "the alerts, and the recovery starts from it."})
+    severity = forms.ChoiceField(label="Severity", choices=Severity.choices, initial=Severity.HIGH)
+
+    def __init__(self, data=None, **kwargs):
+        if data is not None and not data.get("severity"):  # the page always sends one; a bare post means high
+            data = data.copy()
+            data["severity"] = Severity.HIGH
+        super().__init__(data, **kwargs)
+
+
 admin.site.unregister(Project)
 
 
@@ -45,22 +92,66 @@ class ProjectWithStopAdmin(ProjectAdmin):
     """The projects admin (projects.admin) plus the emergency stop action, added by this layer."""
 
     actions = [*(ProjectAdmin.actions or []), "emergency_stop"]
+    stop_confirm_template = "admin/projects/project/emergency_stop_confirm.html"
 
-    @admin.action(description="Emergency stop selected projects (asks for a reason)")
+    def has_emergency_stop_permission(self, request) -> bool:
+        """The action is offered to those who may stop at least one project (reviewers, managers,
+        admins); each project is checked again when it is stopped."""
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        return user.is_superuser or any(roles.REVIEW in perms for perms in project_perms(user).values())
+
+    def stop_impact(self, project: Project) -> list[str]:
+        """What stopping the project does now, sentence by sentence (this layer's, then the hook's)."""
+        if project.status == Project.Status.EMERGENCY_STOPPED:
+            return ["It is already stopped: your reason and severity are added to the active stop."]
+        tasks = Task.objects.filter(project=project, status__in=HALTED_TASK_STATUSES).count()
+        lines = [f"{plural(tasks, 'open task')} will be halted."]
+        for handler_lines in stop_preview(project=project):
+            lines.extend(handler_lines)
+        lines.append("Its agents stop; every agent call gets 423 until a recovery lifts the stop.")
+        return lines
+
+    @admin.action(description="Emergency stop selected projects (asks for a reason and a severity)",
+                  permissions=["emergency_stop"])
     def emergency_stop(self, request, queryset):
-        reason, form = ask_reason(self, request, queryset, action="emergency_stop", title="Emergency stop",
-                                  question="Stop these projects now? Their tasks are halted, their pending calls "
-                                           "cancelled, and no agent call is admitted until a recovery lifts the stop.",
-                                  submit_label="Stop now")
-        if form is not None:
-            return form
-        for project in queryset:
+        if "apply" in request.POST:
+            form = EmergencyStopForm(request.POST)
+            if form.is_valid():
+                self._stop_each(request, queryset, reason=form.cleaned_data["reason"],
+                                severity=form.cleaned_data["severity"])
+                return None
+        else:
+            form = EmergencyStopForm(initial={"severity": Severity.HIGH})
+        projects = [{"project": p, "may_stop": has_project_perm(request.user, roles.REVIEW, p),
+                     "impact": self.stop_impact(p)} for p in queryset.order_by("name")]
+        chosen = form["severity"].value() or Severity.HIGH
+        return TemplateResponse(request, self.stop_confirm_template, {
+            **self.admin_site.each_context(request), "title": "Emergency stop", "opts": self.model._meta,
+            "form": form, "projects": projects, "stoppable": sum(1 for p in projects if p["may_stop"]),
+            "severities": [{"value": value, "label": label, "help": SEVERITY_HELP[value], "checked": value == chosen}
+                           for value, label in Severity.choices],
+            "action": "emergency_stop", "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        })
+
+    def _stop_each(self, request, queryset, *, reason: str, severity: str) -> None:
+        for project in queryset.order_by("name"):
             if not has_project_perm(request.user, roles.REVIEW, project):
-                self.message_user(request, f"{project}: you may not stop this project.", messages.ERROR)
+                self.message_user(request, f"{project}: not stopped: only its reviewers and managers may stop it.",
+                                  messages.ERROR)
                 continue
-            stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP, reason=reason,
-                                                   actor=request.user)
-            self.message_user(request, f"{project}: {'stopped' if created else 'already stopped; reason added'} "
-                              f"({len(stop.stopped_tasks)} tasks halted, {len(stop.cancelled_approvals)} calls "
-                              f"cancelled).", messages.SUCCESS)
-        return None
+            try:
+                stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
+                                                       severity=severity, reason=reason, actor=request.user)
+            except DomainError as err:
+                self.message_user(request, f"{project}: not stopped: {err.detail}", messages.ERROR)
+                continue
+            if created:
+                self.message_user(request, f"{project}: stopped (severity {stop.severity}): "
+                                  f"{plural(len(stop.stopped_tasks), 'task')} halted, "
+                                  f"{plural(len(stop.cancelled_approvals), 'open call')} cancelled. Agents get 423 "
+                                  f"until a recovery lifts the stop.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{project}: already stopped; your reason was added to the active stop "
+                                  f"(severity now {stop.severity}).", messages.WARNING)

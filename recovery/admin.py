@@ -1,48 +1,182 @@
+"""Recoveries in the Django admin. A session's page walks a reviewer through its plan: the
+assessment as readable sections, every step in order with the next one named before it runs, and
+Approve-and-run / Reject buttons. Every decision (page or list action) goes through
+recovery.services.recovery_step_respond, the service the API uses; a refusal is an admin message."""
+import uuid
+
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.db.models import OuterRef, Q, Subquery
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
 
+from approvals.models import AgentCallApproval, ResponseApproval
 from core.admin import ReadOnlyAdminMixin, ask_reason
-from projects.admin_mixins import ProjectScopedAdminMixin
-from core.errors import DomainError
-from emergency.admin import EmergencyStopAdmin
+from core.errors import DomainError, InvalidInput
+from emergency.admin import EmergencyStopAdmin, plural, stop_preview
 from emergency.models import EmergencyStop
+from hitl.models import HitlRequest
+from projects import roles
+from projects.admin_mixins import ProjectScopedAdminMixin
+from projects.permissions import has_project_perm
 from recovery.models import RecoverySession, RecoveryStep
-from recovery.services import recovery_start, recovery_step_respond
+from recovery.presentation import assessment_sections, step_result_rows, step_title
+from recovery.services import STEPS, recovery_start, recovery_step_respond
+
+OPEN = (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS)
 
 
-class RecoveryStepInline(ReadOnlyAdminMixin, admin.TabularInline):
-    model = RecoveryStep
-    fields = ["order", "action", "description", "status", "approved_by", "reason", "result", "finished_at"]
-    readonly_fields = fields
-    extra = 0
+def _refusal(err: DomainError) -> str:
+    """A service's refusal as one sentence (an InvalidInput's field messages, else its detail)."""
+    fields = err.extra.get("fields") if isinstance(err, InvalidInput) else None
+    if fields:
+        return " ".join(str(m) for msgs in fields.values() for m in (msgs if isinstance(msgs, list) else [msgs]))
+    return err.detail
+
+
+def _step_name(step: RecoveryStep) -> str:
+    return f"step {step.order}, {step_title(step.action)} ({step.action})"
+
+
+def _next_pending(session: RecoverySession):
+    return session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
 
 
 @admin.register(RecoverySession)
 class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Sessions are opened by managers (API, or "Start a recovery session" on a stop); each
-    step is approved or rejected here or through the API, always by the step service."""
+    step is approved or rejected on the session's page, by a list action or through the API,
+    always by the step service."""
 
-    list_display = ["project", "status", "steps_completed", "total_steps", "recovery_type", "created_by",
-                    "created_at", "completed_at"]
+    list_display = ["project", "status", "progress", "next_step", "recovery_type", "created_by", "created_at",
+                    "completed_at"]
     list_filter = ["status"]
-    inlines = [RecoveryStepInline]
+    fields = ["project", "emergency_stop", "recovery_type", "status", "steps_completed", "total_steps",
+              "created_by", "created_at", "completed_at"]
+    readonly_fields = fields
+    change_form_template = "admin/recovery/recoverysession/change_form.html"
     actions = ["approve_next_step", "reject_next_step"]
 
+    def get_queryset(self, request):
+        pending = RecoveryStep.objects.filter(session=OuterRef("pk"), status=RecoveryStep.Status.PENDING) \
+            .order_by("order")
+        return super().get_queryset(request).select_related("project", "created_by").annotate(
+            next_order=Subquery(pending.values("order")[:1]), next_action=Subquery(pending.values("action")[:1]))
+
+    @admin.display(description="steps done")
+    def progress(self, obj):
+        return f"{obj.steps_completed} of {obj.total_steps}"
+
+    @admin.display(description="next step")
+    def next_step(self, obj):
+        if obj.status not in OPEN or getattr(obj, "next_order", None) is None:
+            return "—"
+        return f"{obj.next_order}. {step_title(obj.next_action)}"
+
+    # --- the session's page: the walk-through ----------------------------------------------
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST" and "_step_decision" in request.POST:
+            obj = self.get_object(request, unquote(object_id))
+            if obj is None:  # not visible to this user: the admin's own answer
+                return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            self._decide_from_page(request, obj)
+            return HttpResponseRedirect(request.get_full_path())  # the outcome is in the messages
+        obj = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if obj is not None:
+            context.update(self.walkthrough_context(request, obj))
+        return super().change_view(request, object_id, form_url, context)
+
+    def walkthrough_context(self, request, session: RecoverySession) -> dict:
+        steps = list(session.steps.select_related("approved_by").order_by("order"))
+        is_open = session.status in OPEN
+        next_step = next((s for s in steps if s.status == RecoveryStep.Status.PENDING), None) if is_open else None
+        user = request.user
+        if not is_open:
+            why_not = f"This recovery is {session.get_status_display().lower()}: nothing left to decide."
+        elif not has_project_perm(user, roles.REVIEW, session.project_id):
+            why_not = (f"You may see this recovery but not decide its steps (no reviewer or manager role on "
+                       f"project {session.project.slug}).")
+        elif session.created_by_id == user.pk:
+            why_not = "You started this recovery: another reviewer or manager approves its steps (two people)."
+        else:
+            why_not = ""
+        stop = session.emergency_stop
+        failing = next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED, RecoveryStep.Status.FAILED)),
+                       None)
+        return {
+            "walk_steps": [{
+                "step": s, "title": step_title(s.action), "is_next": next_step is not None and s.pk == next_step.pk,
+                "result_rows": step_result_rows(s.result),
+                "automatic": s.status == RecoveryStep.Status.COMPLETED and s.approved_by_id is None,
+            } for s in steps],
+            "next_step": next_step,
+            "next_title": step_title(next_step.action) if next_step else "",
+            "next_options": STEPS.get(next_step.action, (None, None, None))[2] if next_step else None,
+            "sections": assessment_sections(session.assessment),
+            "session_open": is_open,
+            "session_completed": session.status == RecoverySession.Status.COMPLETED,
+            "session_failed": session.status == RecoverySession.Status.FAILED,
+            "failing_step": failing,
+            "stop": stop,
+            "can_decide": not why_not,
+            "cannot_decide_reason": why_not,
+        }
+
+    def _decide_from_page(self, request, session: RecoverySession) -> None:
+        decision = request.POST.get("decision", "")
+        if decision not in ("approve", "reject"):
+            self.message_user(request, f"Unknown decision {decision!r}.", messages.ERROR)
+            return
+        try:
+            step_id = uuid.UUID(request.POST.get("step_id", ""))
+        except ValueError:
+            self.message_user(request, "No such step in this recovery.", messages.ERROR)
+            return
+        step = RecoveryStep.objects.filter(session=session, pk=step_id).first()
+        if step is None:
+            self.message_user(request, "No such step in this recovery.", messages.ERROR)
+            return
+        self._respond(request, session, step, decision, reason=request.POST.get("reason", ""),
+                      option=request.POST.get("option", ""))
+
+    def _respond(self, request, session, step, decision: str, reason: str = "", option: str = "") -> None:
+        """One decision through the step service, its outcome or refusal as an admin message."""
+        verb = "approved" if decision == "approve" else "rejected"
+        try:
+            session = recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=request.user,
+                                            decision=decision, reason=reason, option=option)
+        except DomainError as err:
+            self.message_user(request, f"{session.project}: {_step_name(step)} not {verb}: {_refusal(err)}",
+                              messages.ERROR)
+            return
+        step.refresh_from_db()
+        project = session.project
+        if step.status == RecoveryStep.Status.REJECTED:
+            self.message_user(request, f"{project}: {_step_name(step)} rejected. The recovery failed and the "
+                                       f"emergency stop stays; a manager can start a new recovery.", messages.WARNING)
+        elif step.status == RecoveryStep.Status.FAILED:
+            error = (step.result or {}).get("error", "") if isinstance(step.result, dict) else ""
+            self.message_user(request, f"{project}: {_step_name(step)} failed{f': {error}' if error else ''}. "
+                                       f"The recovery failed and the emergency stop stays.", messages.ERROR)
+        elif session.status == RecoverySession.Status.COMPLETED:
+            self.message_user(request, f"{project}: {_step_name(step)} approved and run. The emergency stop is "
+                                       f"lifted: {project} is active again and accepts agent calls.",
+                              messages.SUCCESS)
+        else:
+            following = _next_pending(session) if session.status in OPEN else None
+            then = f" Next: {_step_name(following)}, waiting for approval." if following else ""
+            self.message_user(request, f"{project}: {_step_name(step)} approved and run.{then}", messages.SUCCESS)
+
+    # --- list actions (the same service, on the next step of each selected session) --------
     def _respond_next(self, request, queryset, decision: str, reason: str = ""):
         for session in queryset:
-            step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
-            if step is None:
+            step = _next_pending(session)
+            if step is None or session.status not in OPEN:
                 self.message_user(request, f"{session}: no step is waiting.", messages.WARNING)
                 continue
-            try:
-                session = recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=request.user,
-                                                decision=decision, reason=reason)
-            except DomainError as err:
-                self.message_user(request, f"{session}: step {step.order} ({step.action}): {err.detail}",
-                                  messages.WARNING)
-                continue
-            step.refresh_from_db()
-            self.message_user(request, f"{session.project}: step {step.order} ({step.action}) {step.status}; "
-                              f"recovery {session.status}.", messages.SUCCESS)
+            self._respond(request, session, step, decision, reason=reason)
 
     @admin.action(description="Approve and run the next step")
     def approve_next_step(self, request, queryset):
@@ -74,7 +208,30 @@ class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
             try:
                 session = recovery_start(project_id=stop.project_id, actor=request.user, recovery_type="manual")
             except DomainError as err:
-                self.message_user(request, f"{stop.project}: {err.detail}", messages.WARNING)
+                self.message_user(request, f"{stop.project}: {_refusal(err)}", messages.WARNING)
                 continue
-            self.message_user(request, f"{stop.project}: recovery {session.pk} started with {session.total_steps} "
-                              f"steps.", messages.SUCCESS)
+            first = _next_pending(session)
+            self.message_user(request, format_html(
+                '{}: recovery started with {} steps; another reviewer or manager approves them in order on '
+                '<a href="{}">its page</a>{}.', stop.project, session.total_steps,
+                reverse("admin:recovery_recoverysession_change", args=[session.pk]),
+                f" (first: {_step_name(first)})" if first else ""), messages.SUCCESS)
+
+
+@stop_preview.connect
+def open_calls_a_stop_cancels(*, project) -> list[str]:
+    """The confirmation page of the admin's emergency stop (emergency.admin): what the stop will
+    cancel in the layers below this one, counted as the project_halting handlers select it
+    (approvals.services.halting, responses, hitl). Read-only."""
+    calls = AgentCallApproval.objects.filter(project=project).filter(
+        Q(status=AgentCallApproval.Status.PENDING)
+        | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).count()
+    responses = ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
+    requests = HitlRequest.objects.filter(project=project, status=HitlRequest.Status.PENDING).count()
+    lines = [f"{plural(calls, 'pending agent call')} will be cancelled (approved ones not yet started "
+             f"included), their budget reservations released."]
+    if responses:
+        lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
+    if requests:
+        lines.append(f"{plural(requests, 'pending HITL request')} will be cancelled.")
+    return lines

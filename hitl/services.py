@@ -1,0 +1,263 @@
+"""Every write of a question or checkpoint (hitl.HitlRequest): ask, respond, cancel, time out,
+and what an emergency stop does to them. Each runs in the project's unit of work
+(projects.uow.project_uow): the project row (shared: one request's writers queue on its own
+row, a stop waits for them all), then the request row (LOCK_ORDER stage "hitl"); the audit row
+and the outbox event are written at its end, waiting agents are woken after the commit. Every
+change of status goes through ``close_request`` and is appended to the request's history."""
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from audit.services import audit_record
+from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.uow import retry_transient
+from core.wakeup import wakeup_on_commit
+from events.services import event_emit
+from hitl.models import MAX_OPTION_LENGTH, MAX_OPTIONS, HitlRequest
+from projects import roles
+from projects.models import Task
+from projects.permissions import require_not_requester, require_project_perm
+from projects.uow import project_uow
+
+Status = HitlRequest.Status
+ACTIONS = {"approve": Status.APPROVED, "reject": Status.REJECTED, "amend": Status.AMENDED}
+EVENT_TEXT = 500  # characters of the question and answer carried by an event
+
+
+def hitl_group(request_id) -> str:
+    """Channel-layer group that agents waiting on this request listen to."""
+    return f"hitl.request.{request_id}"
+
+
+def _by(actor) -> str:
+    return actor.get_username() if actor is not None else "system"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= EVENT_TEXT else text[:EVENT_TEXT - 1] + "…"
+
+
+def hitl_event_data(req: HitlRequest) -> dict:
+    """The payload of hitl_requested / hitl_decided / approval_timed_out (JSON primitives)."""
+    return {
+        "hitl_request_id": str(req.pk),
+        "kind": "hitl",
+        "request_type": req.request_type,
+        "question": _short(req.question),
+        "options": list(req.options or ()),
+        "status": req.status,
+        "response": _short(req.response or ""),
+        "amended": req.amended_content is not None,
+        "asked_by": req.asked_by.get_username() if req.asked_by_id else None,
+        "responded_by": req.responded_by.get_username() if req.responded_by_id else None,
+        "expires_at": req.expires_at.isoformat(),
+    }
+
+
+def snapshot(req: HitlRequest) -> dict:
+    return {"status": req.status, "response": req.response, "amended_content": req.amended_content,
+            "responded_by": req.responded_by_id}
+
+
+def _history_entry(status: str, actor, now, note: str = "") -> dict:
+    return {"status": status, "by": _by(actor), "at": now.isoformat(), "note": note}
+
+
+def clean_options(options) -> list[str]:
+    """At most MAX_OPTIONS unique, non-empty strings (stripped), or 400."""
+    if options is None:
+        return []
+    if not isinstance(options, list):
+        raise InvalidInput(fields={"options": ["Must be a list of strings."]})
+    if len(options) > MAX_OPTIONS:
+        raise InvalidInput(fields={"options": [f"At most {MAX_OPTIONS} options."]})
+    cleaned = []
+    for option in options:
+        if not isinstance(option, str) or not option.strip():
+            raise InvalidInput(fields={"options": ["Each option must be a non-empty string."]})
+        if len(option) > MAX_OPTION_LENGTH:
+            raise InvalidInput(fields={"options": [f"Each option has at most {MAX_OPTION_LENGTH} characters."]})
+        cleaned.append(option.strip())
+    if len(set(cleaned)) != len(cleaned):
+        raise InvalidInput(fields={"options": ["The options must be unique."]})
+    return cleaned
+
+
+# --- ask ---------------------------------------------------------------------------------------
+@retry_transient
+def hitl_request_create(*, asker, project_id, request_type: str, question: str, task_id=None, options=None,
+                        context=None, timeout_minutes: int | None = None) -> HitlRequest:
+    """An agent (agent role) asks a person a question or pauses at a checkpoint. Refused with
+    423 while the project is stopped; a task, when given, must be one of the project's (400)."""
+    if request_type not in HitlRequest.RequestType.values:
+        raise InvalidInput(fields={"request_type": ["Must be checkpoint or question."]})
+    question = (question or "").strip()
+    if not question:
+        raise InvalidInput(fields={"question": ["This field may not be blank."]})
+    options = clean_options(options)
+    timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
+    if not 1 <= timeout_minutes <= 24 * 60:
+        raise InvalidInput(fields={"timeout_minutes": ["Must be 1 to 1440 minutes."]})
+    # Shared, as admissions: asks of one project do not queue behind one another, only behind a stop.
+    with project_uow(project_id, gate=True, shared=True) as uow:
+        require_project_perm(asker, roles.ACT_AS_AGENT, uow.project, "ask people questions")
+        task = None
+        if task_id is not None:
+            task = Task.objects.filter(pk=task_id, project=uow.project).first()  # read, not changed: no lock
+            if task is None:
+                raise InvalidInput(fields={"task_id": ["No such task in this project."]})
+        now = timezone.now()
+        req = HitlRequest(
+            project=uow.project, task=task, request_type=request_type, question=question, options=options,
+            context=context, asked_by=asker, timeout_minutes=timeout_minutes,
+            expires_at=now + timedelta(minutes=timeout_minutes),
+            history=[_history_entry(Status.PENDING, asker, now, f"{request_type} asked")])
+        uow.enter_stage("hitl")
+        req.save(force_insert=True)
+        audit_record(actor=asker, action="hitl_request.create", obj=req,
+                     after={"status": req.status, "request_type": request_type, "question": question[:500],
+                            "options": options, "expires_at": req.expires_at})
+        event_emit(project_id=uow.project.pk, task_id=req.task_id, event_type="hitl_requested",
+                   data=hitl_event_data(req))
+    return req
+
+
+# --- the unit of work of one request, and the one place that moves its status -----------------
+@contextmanager
+def request_uow(request_id, *, gate: bool):
+    """The project (shared; 423 when ``gate`` and stopped), then the request row, locked."""
+    project_id = HitlRequest.objects.filter(pk=request_id).values_list("project_id", flat=True).first()
+    if project_id is None:
+        raise NotFoundError("No such question or checkpoint.")
+    with project_uow(project_id, gate=gate, shared=True) as uow:
+        req = uow.lock("hitl", HitlRequest.objects.select_related("asked_by", "responded_by"), pk=request_id)
+        req.project = uow.project
+        yield uow, req
+
+
+def close_request(req: HitlRequest, *, actor, to: str, now, note: str = "", event_type: str, action: str,
+                  response: str | None = None, amended_content=None) -> None:
+    """Move a locked pending request along HitlRequest.TRANSITIONS, with its history entry,
+    audit row, event and wake-up."""
+    if to not in HitlRequest.TRANSITIONS.get(req.status, ()):
+        raise TransitionError(f"The request is {req.status}.", current_status=req.status)
+    before = snapshot(req)
+    req.status = to
+    fields = ["status", "history", "updated_at"]
+    if to in (Status.APPROVED, Status.REJECTED, Status.AMENDED):
+        req.responded_by, req.responded_at = actor, now
+        req.response = response or ""
+        req.amended_content = amended_content
+        fields += ["responded_by", "responded_at", "response", "amended_content"]
+    req.history = [*(req.history or ()), _history_entry(to, actor, now, note)]
+    req.save(update_fields=fields)
+    audit_record(actor=actor, action=action, obj=req, before=before, after=snapshot(req), reason=note)
+    event_emit(project_id=req.project_id, task_id=req.task_id, event_type=event_type, data=hitl_event_data(req))
+    wakeup_on_commit(hitl_group(req.pk), status=req.status)
+
+
+# --- respond ------------------------------------------------------------------------------------
+def _check_answer(req: HitlRequest, action: str, response: str) -> None:
+    """A question (or checkpoint) with options is approved with one of them (400 otherwise)."""
+    if action == "approve" and req.options and response not in req.options:
+        raise InvalidInput(fields={"response": [f"Must be one of the options: {', '.join(req.options)}."]})
+
+
+@retry_transient
+def hitl_request_respond(*, request_id, responder, action: str, response: str = "",
+                         amended_content=None) -> HitlRequest:
+    """A reviewer (not the asker) approves (a question with options: ``response`` is one of
+    them), rejects (``response``: the reason, optional) or amends (``amended_content``: what to
+    do instead). Exactly one decision wins (409 for the rest); at or after ``expires_at`` the
+    request times out instead (410)."""
+    if action not in ACTIONS:
+        raise InvalidInput(fields={"action": ["Must be approve, reject or amend."]})
+    response = (response or "").strip()
+    if action == "amend" and amended_content is None:
+        raise InvalidInput(fields={"amended_content": ["An amendment needs amended_content."]})
+    if action != "amend" and amended_content is not None:
+        raise InvalidInput(fields={"amended_content": ["Only an amendment carries amended_content."]})
+    if isinstance(amended_content, str) and not amended_content.strip():
+        raise InvalidInput(fields={"amended_content": ["This field may not be blank."]})
+    expired = False
+    with request_uow(request_id, gate=True) as (uow, req):
+        require_project_perm(responder, roles.REVIEW, req.project, "answer questions and checkpoints")
+        require_not_requester(decider=responder, requester_id=req.asked_by_id)
+        if req.status == Status.TIMED_OUT:
+            raise Expired("The request timed out before this answer.", status=req.status)
+        if req.status != Status.PENDING:
+            raise TransitionError(f"The request is already {req.status}.", current_status=req.status)
+        now = timezone.now()
+        if now >= req.expires_at:
+            _time_out(req, now)
+            expired = True
+        else:
+            _check_answer(req, action, response)
+            close_request(req, actor=responder, to=ACTIONS[action], now=now, note=response,
+                          event_type="hitl_decided", action=f"hitl_request.{action}", response=response,
+                          amended_content=amended_content)
+    if expired:  # the time-out is committed; the answer is refused
+        raise Expired("The request timed out before this answer.", status=Status.TIMED_OUT)
+    return req
+
+
+# --- cancel -------------------------------------------------------------------------------------
+@retry_transient
+def hitl_request_cancel(*, request_id, actor, reason: str = "") -> HitlRequest:
+    """The asker withdraws a pending request (an addition to API.md). Cancelling again
+    changes nothing; a decided request is 409."""
+    with request_uow(request_id, gate=False) as (uow, req):
+        if actor.pk != req.asked_by_id and not actor.is_superuser:
+            raise Forbidden("Only the agent that asked may cancel this request.")
+        if req.status == Status.CANCELLED:
+            return req
+        if req.status != Status.PENDING:
+            raise TransitionError(f"The request is {req.status}.", current_status=req.status)
+        close_request(req, actor=actor, to=Status.CANCELLED, now=timezone.now(),
+                      note=(reason or "").strip() or "cancelled by the asker", event_type="hitl_decided",
+                      action="hitl_request.cancel")
+    return req
+
+
+# --- time-outs ----------------------------------------------------------------------------------
+def _time_out(req: HitlRequest, now) -> None:
+    close_request(req, actor=None, to=Status.TIMED_OUT, now=now, note="no answer in time",
+                  event_type="approval_timed_out", action="hitl_request.time_out")
+
+
+@retry_transient
+def hitl_request_time_out(*, request_id, now=None) -> bool:
+    """Time out one pending request past its deadline (beat, or a wait that finds it due).
+    True when this call timed it out; False when it was decided or timed out already."""
+    now = now or timezone.now()
+    if not HitlRequest.objects.filter(pk=request_id, status=Status.PENDING, expires_at__lte=now).exists():
+        return False
+    with request_uow(request_id, gate=False) as (uow, req):
+        if req.status != Status.PENDING or req.expires_at > now:
+            return False
+        _time_out(req, now)
+        return True
+
+
+def hitl_request_expire_overdue(*, now=None) -> int:
+    """Beat sweep: every due pending request goes through the time-out service (its own lock,
+    history entry, audit row and approval_timed_out event)."""
+    now = now or timezone.now()
+    due = HitlRequest.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    return sum(hitl_request_time_out(request_id=pk, now=now) for pk in list(due[:1000]))
+
+
+# --- emergency stop -----------------------------------------------------------------------------
+def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
+    """emergency.hooks.project_halting: a stop cancels every pending request of the project (in
+    the stop's unit of work, stage "hitl"), each with its history entry, and wakes their waiters.
+    The stop's own audit row and event list them."""
+    pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)))
+    for req in pending:
+        req.status = Status.CANCELLED
+        req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, "emergency stop")]
+        req.save(update_fields=["status", "history", "updated_at"])
+        wakeup_on_commit(hitl_group(req.pk), status=Status.CANCELLED)
+    return [str(req.pk) for req in pending]

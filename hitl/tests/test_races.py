@@ -1,0 +1,54 @@
+"""Ten reviewers answer one request at once, in real threads on PostgreSQL: exactly one wins,
+the others get 409, and the history, audit trail and outbox record one decision."""
+import threading
+
+import pytest
+from django.db import connections
+
+from audit.models import AuditEvent
+from audit.services import audit_verify
+from core.errors import TransitionError
+from events.models import Event
+from hitl.models import HitlRequest
+from hitl.services import hitl_request_create, hitl_request_respond
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_ten_reviewers_answer_one_request_at_once_exactly_one_wins(project, agent, make_user):
+    reviewers = [make_user(f"rev{i}", role="reviewer", project=project) for i in range(10)]
+    req = hitl_request_create(asker=agent, project_id=project.pk, request_type="question",
+                              question="Which database?", options=["PostgreSQL", "SQLite"])
+    barrier = threading.Barrier(len(reviewers))
+    wins, conflicts, errors = [], [], []
+
+    def answer(i, reviewer):
+        try:
+            barrier.wait(timeout=30)
+            action = ("approve", "reject", "amend")[i % 3]
+            hitl_request_respond(request_id=req.pk, responder=reviewer, action=action,
+                                 response="PostgreSQL" if action == "approve" else "",
+                                 amended_content={"use": "pg"} if action == "amend" else None)
+            wins.append(reviewer.username)
+        except TransitionError as exc:
+            conflicts.append(exc.status_code)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=answer, args=(i, r)) for i, r in enumerate(reviewers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a reviewer hung (deadlock?)"
+    assert not errors, errors
+    assert len(wins) == 1 and conflicts == [409] * 9
+    req.refresh_from_db()
+    assert req.responded_by.username == wins[0] and req.status in ("approved", "rejected", "amended")
+    assert [h["status"] for h in req.history] == ["pending", req.status]
+    assert Event.objects.filter(event_type="hitl_decided").count() == 1
+    assert AuditEvent.objects.filter(action__startswith="hitl_request.", object_id=str(req.pk)).count() == 2
+    assert HitlRequest.objects.count() == 1
+    assert audit_verify() == []

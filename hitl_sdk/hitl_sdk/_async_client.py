@@ -1,0 +1,522 @@
+"""AsyncHitlClient: every endpoint of API.md an agent, a tool or a reviewer's bot uses.
+
+This file is the source of ``_sync_client.py`` (``python hitl_sdk/tools/unasync.py`` writes it):
+edit this one and regenerate the other.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any, AsyncIterator, Dict, Optional, Sequence, Union
+
+import httpx
+
+from . import _common as c
+from ._common import RetryPolicy, WSRefused, _AsyncWS, _asleep
+from .errors import HitlConnectionError, HitlError, ServerError, WaitTimeout, error_from_response
+from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
+                     HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task)
+
+Money = Union[Decimal, str, int, None]
+
+
+class AsyncHitlClient:
+    """The BotArmy HITL API over HTTP and the ``/ws/events/`` websocket (async).
+
+    ``api_key`` defaults to the ``HITL_API_KEY`` environment variable. Every request is retried
+    with backoff on network errors, 5xx and 429 (see :class:`RetryPolicy`); every create carries an
+    ``Idempotency-Key`` reused by its retries, so a retried create never makes two objects.
+    Waits listen on the websocket and fall back to the ``wait`` long poll."""
+
+    def __init__(self, base_url: str, api_key: Optional[str] = None, *, retry: Optional[RetryPolicy] = None,
+                 timeout: float = 30.0, use_websocket: bool = True, recheck_seconds: float = 15.0,
+                 ws_open_timeout: float = 5.0, transport: Optional[Any] = None) -> None:
+        self.base_url = c.server_root(base_url)
+        self.api_key = c.resolve_api_key(api_key)
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.use_websocket = use_websocket
+        self.recheck_seconds = recheck_seconds  # a wait re-reads its object at least this often
+        self.ws_open_timeout = ws_open_timeout
+        self._transport = transport
+        headers = {"Accept": "application/json", "User-Agent": c.USER_AGENT}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self._headers = headers
+        self._http: Optional[httpx.AsyncClient] = None
+        self._http_loop: Any = None
+
+    def _session(self) -> httpx.AsyncClient:
+        """The HTTP connection pool (one per event loop: a pool can not move between loops)."""
+        loop = c.current_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx.AsyncClient(base_url=c.api_root(self.base_url), headers=self._headers,
+                                           timeout=self.timeout, transport=self._transport)
+            self._http_loop = loop
+        return self._http
+
+    async def __aenter__(self) -> "AsyncHitlClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # --- the HTTP core --------------------------------------------------------------------------
+    async def request(self, method: str, path: str, *, json_body: Optional[Dict[str, Any]] = None,
+                      params: Optional[Dict[str, Any]] = None, create: bool = False,
+                      idempotency_key: Optional[str] = None, deadline: Optional[float] = None,
+                      timeout: Optional[float] = None) -> Any:
+        """One API call with retries; the decoded JSON answer, or a :class:`HitlError`.
+
+        ``create`` sends an ``Idempotency-Key`` (``idempotency_key``, else a new uuid4) that every
+        retry of this call reuses. ``deadline`` (a ``time.monotonic()`` value) retries until then
+        instead of ``retry.attempts`` times. 4xx answers other than 429 are never retried."""
+        headers: Dict[str, str] = {}
+        if create:
+            headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+        content = json.dumps(json_body).encode() if json_body is not None else None
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        attempt, transport_failed = 0, False
+        while True:
+            attempt += 1
+            may_retry = (c.monotonic() < deadline) if deadline is not None else attempt < self.retry.attempts
+            try:
+                response = await self._session().request(method, path.lstrip("/"), content=content, params=params,
+                                                    headers=headers, timeout=timeout or self.timeout)
+            except httpx.TransportError as exc:
+                transport_failed = True
+                if not may_retry:
+                    raise HitlConnectionError(f"{method} {path}: {exc!r}", code="connection_error") from exc
+                await _asleep(self.retry.delay(attempt))
+                continue
+            if response.status_code in c.TRANSIENT_STATUSES and may_retry:
+                await _asleep(self.retry.delay(attempt, c.retry_after_seconds(response)))
+                continue
+            try:
+                body = response.json() if response.content else {}
+            except ValueError:
+                body = {"error": "bad_response", "detail": response.text[:500]}
+            if response.status_code >= 400:
+                error = error_from_response(response.status_code, body)
+                error.after_transport_failure = transport_failed  # type: ignore[attr-defined]
+                raise error
+            return body
+
+    # --- projects and tasks ---------------------------------------------------------------------
+    async def list_projects(self, page: Optional[int] = None) -> Page[Project]:
+        return Page.of(Project, await self.request("GET", "/projects", params={"page": page}))
+
+    async def get_project(self, project_id: str) -> Project:
+        return Project.from_api(await self.request("GET", f"/projects/{project_id}"))
+
+    async def create_project(self, name: str, slug: str, timezone: Optional[str] = None, *,
+                             idempotency_key: Optional[str] = None) -> Project:
+        body = c.clean({"name": name, "slug": slug, "timezone": timezone})
+        return Project.from_api(await self.request("POST", "/projects", json_body=body, create=True,
+                                                   idempotency_key=idempotency_key))
+
+    async def update_project(self, project_id: str, *, name: Optional[str] = None,
+                             timezone: Optional[str] = None) -> Project:
+        body = c.clean({"name": name, "timezone": timezone})
+        return Project.from_api(await self.request("PATCH", f"/projects/{project_id}", json_body=body))
+
+    async def create_task(self, project_id: str, agent_type: str, title: str,
+                          input_data: Optional[Dict[str, Any]] = None, *,
+                          idempotency_key: Optional[str] = None) -> Task:
+        body = c.clean({"project_id": project_id, "agent_type": agent_type, "title": title,
+                        "input_data": input_data})
+        return Task.from_api(await self.request("POST", "/tasks", json_body=body, create=True,
+                                                idempotency_key=idempotency_key))
+
+    async def get_task(self, task_id: str) -> Task:
+        return Task.from_api(await self.request("GET", f"/tasks/{task_id}"))
+
+    async def set_task_status(self, task_id: str, status: str, *, error: Optional[str] = None,
+                              error_kind: Optional[str] = None) -> Task:
+        """``status`` is ``completed`` or ``failed``; repeating the same outcome is a no-op."""
+        body = c.clean({"status": status, "error": error, "error_kind": error_kind})
+        return Task.from_api(await self.request("POST", f"/tasks/{task_id}/status", json_body=body))
+
+    # --- agent call approvals -------------------------------------------------------------------
+    async def request_approval(self, project_id: str, task_id: str, agent_type: str, proposed_action: str,
+                               input_data: Any, *, context_summary: Optional[str] = None,
+                               estimated_tokens: Optional[int] = None, estimated_cost: Money = None,
+                               timeout_minutes: Optional[int] = None, model: Optional[str] = None,
+                               idempotency_key: Optional[str] = None) -> AgentApproval:
+        """``POST /agent-approvals``: ask to run a call (does not wait; see :meth:`wait_for_approval`)."""
+        body = c.clean({"project_id": project_id, "task_id": task_id, "agent_type": agent_type,
+                        "proposed_action": proposed_action, "input_data": input_data,
+                        "context_summary": context_summary, "estimated_tokens": estimated_tokens,
+                        "estimated_cost": estimated_cost, "timeout_minutes": timeout_minutes, "model": model})
+        return AgentApproval.from_api(await self.request("POST", "/agent-approvals", json_body=body, create=True,
+                                                         idempotency_key=idempotency_key))
+
+    async def get_approval(self, approval_id: str) -> AgentApproval:
+        return AgentApproval.from_api(await self.request("GET", f"/agent-approvals/{approval_id}"))
+
+    async def poll_approval(self, approval_id: str, timeout: float = 30) -> AgentApproval:
+        """One ``wait`` long poll: the approval once it is not pending, or still pending after ``timeout``."""
+        return AgentApproval.from_api(await self._poll("agent", approval_id, timeout))
+
+    async def respond_approval(self, approval_id: str, decision: str, *, reason: Optional[str] = None,
+                               amended_input_data: Any = None) -> AgentApproval:
+        """A reviewer's decision: ``approve`` (with ``amended_input_data`` to amend) or ``reject``."""
+        body = c.clean({"decision": decision, "reason": reason, "amended_input_data": amended_input_data})
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/respond",
+                                                         json_body=body))
+
+    async def start_approval(self, approval_id: str) -> AgentApproval:
+        """The single-use execution grant: the approval with ``input_to_run``. A second start is 409.
+
+        If an earlier attempt of this very call was lost on the network and the retry finds the
+        call already started, the grant was ours: the approval is returned with its approved input."""
+        try:
+            body = await self.request("POST", f"/agent-approvals/{approval_id}/start")
+        except HitlError as error:
+            if error.status == 409 and getattr(error, "after_transport_failure", False):
+                approval = await self.get_approval(approval_id)
+                if approval.started_at is not None:
+                    approval.input_to_run = approval.approved_input
+                    return approval
+            raise
+        approval = AgentApproval.from_api(body)
+        return approval
+
+    async def cancel_approval(self, approval_id: str, reason: Optional[str] = None) -> AgentApproval:
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/cancel",
+                                                         json_body=c.clean({"reason": reason})))
+
+    async def report_usage(self, approval_id: str, tokens_used: int, actual_cost: Money = None) -> AgentApproval:
+        """What a started call used, for calls whose output is not sent for response approval
+        (tool calls). Settles the reservation once; a retried report changes nothing."""
+        body = c.clean({"tokens_used": int(tokens_used), "actual_cost": actual_cost})
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/usage",
+                                                         json_body=body))
+
+    async def list_approvals(self, project_id: str, *, status: Optional[str] = None,
+                             agent_type: Optional[str] = None, page: Optional[int] = None) -> Page[AgentApproval]:
+        params = {"status": status, "agent_type": agent_type, "page": page}
+        return Page.of(AgentApproval, await self.request("GET", f"/agent-approvals/project/{project_id}",
+                                                         params=params))
+
+    async def wait_for_approval(self, approval_id: str, timeout: Optional[float] = None, *,
+                                on_budget_block: str = "raise") -> AgentApproval:
+        """Until a person decides the call: the approved approval, or an exception
+        (:class:`ApprovalRejected`, :class:`ApprovalTimedOut`, :class:`ApprovalCancelled`,
+        :class:`EmergencyStopped`, :class:`BudgetOverrideRequired` while the call is blocked by the
+        budget unless ``on_budget_block="wait"``, :class:`WaitTimeout` after ``timeout`` seconds).
+        An agent restarted mid-wait calls this again with the approval's id."""
+        obj, stop_id = await self._await_decision("agent", approval_id, timeout, on_budget_block)
+        return c.outcome("agent", obj, stop_id)
+
+    async def wait_and_start(self, approval_id: str, timeout: Optional[float] = None) -> AgentApproval:
+        """Resume a call by id after a restart: wait if pending, then take the single-use grant."""
+        await self.wait_for_approval(approval_id, timeout)
+        return await self.start_approval(approval_id)
+
+    # --- response approvals ---------------------------------------------------------------------
+    async def submit_response(self, project_id: str, task_id: str, agent_type: str, original_call_approval_id: str,
+                              agent_response: Dict[str, Any], *, response_summary: str = "",
+                              next_steps: Sequence[str] = (), tokens_used: int = 0, actual_cost: Money = None,
+                              timeout_minutes: Optional[int] = None,
+                              idempotency_key: Optional[str] = None) -> ResponseApproval:
+        """``POST /response-approvals``: the output of a started call, with what it used."""
+        body = c.clean({"project_id": project_id, "task_id": task_id, "agent_type": agent_type,
+                        "original_call_approval_id": original_call_approval_id, "agent_response": agent_response,
+                        "response_summary": response_summary, "next_steps": list(next_steps),
+                        "tokens_used": int(tokens_used), "actual_cost": actual_cost,
+                        "timeout_minutes": timeout_minutes})
+        return ResponseApproval.from_api(await self.request("POST", "/response-approvals", json_body=body,
+                                                            create=True, idempotency_key=idempotency_key))
+
+    async def get_response(self, approval_id: str) -> ResponseApproval:
+        return ResponseApproval.from_api(await self.request("GET", f"/response-approvals/{approval_id}"))
+
+    async def poll_response(self, approval_id: str, timeout: float = 30) -> ResponseApproval:
+        return ResponseApproval.from_api(await self._poll("response", approval_id, timeout))
+
+    async def respond_response(self, approval_id: str, decision: str, *, reason: Optional[str] = None,
+                               modifications_required: Any = None) -> ResponseApproval:
+        """``approve``, ``reject`` (with ``reason``) or ``requires_modification`` (with ``modifications_required``)."""
+        body = c.clean({"decision": decision, "reason": reason, "modifications_required": modifications_required})
+        return ResponseApproval.from_api(await self.request("POST", f"/response-approvals/{approval_id}/respond",
+                                                            json_body=body))
+
+    async def list_responses(self, project_id: str, *, status: Optional[str] = None,
+                             agent_type: Optional[str] = None,
+                             page: Optional[int] = None) -> Page[ResponseApproval]:
+        params = {"status": status, "agent_type": agent_type, "page": page}
+        return Page.of(ResponseApproval, await self.request("GET", f"/response-approvals/project/{project_id}",
+                                                            params=params))
+
+    async def wait_for_response(self, approval_id: str, timeout: Optional[float] = None) -> ResponseApproval:
+        """Until a person decides the output: the approved response, or :class:`ApprovalRejected`,
+        :class:`ModificationRequired`, :class:`ApprovalTimedOut`, :class:`EmergencyStopped`..."""
+        obj, stop_id = await self._await_decision("response", approval_id, timeout, "wait")
+        return c.outcome("response", obj, stop_id)
+
+    # --- budgets --------------------------------------------------------------------------------
+    async def get_budget(self, project_id: str) -> Budget:
+        return Budget.from_api(await self.request("GET", f"/budgets/{project_id}"))
+
+    async def update_budget(self, project_id: str, **limits: Any) -> Budget:
+        """(manager) ``daily_token_limit``, ``monthly_token_limit``, ``daily_cost_limit``, ``monthly_cost_limit``..."""
+        return Budget.from_api(await self.request("PATCH", f"/budgets/{project_id}", json_body=c.clean(limits)))
+
+    async def request_budget_override(self, project_id: str, violation_type: str, requested_amount: Money,
+                                      justification: str, *, idempotency_key: Optional[str] = None) -> BudgetOverride:
+        body = c.clean({"project_id": project_id, "violation_type": violation_type,
+                        "requested_amount": requested_amount, "justification": justification})
+        return BudgetOverride.from_api(await self.request("POST", "/budget-overrides", json_body=body, create=True,
+                                                          idempotency_key=idempotency_key))
+
+    async def respond_budget_override(self, override_id: str, decision: str,
+                                      reason: Optional[str] = None) -> BudgetOverride:
+        return BudgetOverride.from_api(await self.request("POST", f"/budget-overrides/{override_id}/respond",
+                                                          json_body=c.clean({"decision": decision,
+                                                                             "reason": reason})))
+
+    async def list_budget_overrides(self, project_id: str, *, status: Optional[str] = None,
+                                    page: Optional[int] = None) -> Page[BudgetOverride]:
+        return Page.of(BudgetOverride, await self.request("GET", f"/budget-overrides/project/{project_id}",
+                                                          params={"status": status, "page": page}))
+
+    # --- emergency stop and recovery ------------------------------------------------------------
+    async def emergency_stop(self, project_id: str, reason: str, *, severity: Optional[str] = None,
+                             idempotency_key: Optional[str] = None) -> EmergencyStop:
+        return EmergencyStop.from_api(await self.request(
+            "POST", f"/emergency/stop/{project_id}", json_body=c.clean({"reason": reason, "severity": severity}),
+            create=True, idempotency_key=idempotency_key))
+
+    async def emergency_status(self, project_id: str) -> EmergencyStatus:
+        return EmergencyStatus.from_api(await self.request("GET", f"/emergency/status/{project_id}"))
+
+    async def start_recovery(self, project_id: str, recovery_type: str = "manual", *,
+                             idempotency_key: Optional[str] = None) -> RecoverySession:
+        return RecoverySession.from_api(await self.request(
+            "POST", f"/emergency/recovery/{project_id}", json_body={"recovery_type": recovery_type}, create=True,
+            idempotency_key=idempotency_key))
+
+    async def get_recovery(self, session_id: str) -> RecoverySession:
+        return RecoverySession.from_api(await self.request("GET", f"/recovery/{session_id}"))
+
+    async def respond_recovery_step(self, session_id: str, step_id: str, decision: str,
+                                    reason: Optional[str] = None) -> RecoverySession:
+        return RecoverySession.from_api(await self.request(
+            "POST", f"/recovery/{session_id}/steps/{step_id}/respond",
+            json_body=c.clean({"decision": decision, "reason": reason})))
+
+    # --- events ---------------------------------------------------------------------------------
+    async def list_events(self, project_id: str, after: int = 0, limit: Optional[int] = None) -> EventPage:
+        """``GET /events``: pass the page's ``last_event_id`` as the next ``after``."""
+        return EventPage.from_api(await self.request("GET", "/events", params={"project_id": project_id,
+                                                                                "after": after, "limit": limit}))
+
+    async def events(self, project_id: Optional[str] = None,
+                     last_event_id: Optional[int] = None) -> AsyncIterator[Event]:
+        """The project's events over the websocket, forever: replays after ``last_event_id``, then
+        live; reconnects with backoff and the last id seen, so none is lost or repeated."""
+        failures = 0
+        while True:
+            try:
+                ws = await _AsyncWS.connect(c.ws_url(self.base_url, project_id, last_event_id), self._headers,
+                                            self.ws_open_timeout)
+            except WSRefused as exc:
+                raise HitlError(f"the event stream refused this connection (HTTP {exc.args[0]})",
+                                status=int(exc.args[0]), code="ws_refused") from exc
+            except Exception:  # noqa: BLE001  (the server is down or restarting)
+                failures += 1
+                await _asleep(self.retry.delay(failures))
+                continue
+            failures = 0
+            try:
+                while True:
+                    message = c.parse_event(await ws.recv(3600))
+                    if message is not None:
+                        last_event_id = int(message["id"])
+                        yield Event.from_api(message)
+            except Exception:  # noqa: BLE001  (dropped: reconnect with last_event_id)
+                failures += 1
+                await _asleep(self.retry.delay(failures))
+            finally:
+                await ws.close()
+
+    async def watch_emergency_stop(self, project_id: str) -> EmergencyStop:
+        """Return as soon as the project is emergency-stopped (already stopped: at once)."""
+        failures, last_event_id = 0, None
+        while True:
+            ws = None
+            try:
+                status = await self.emergency_status(project_id)
+                if status.stopped:
+                    return status.active_stop or EmergencyStop(project_id=project_id)
+                ws = await _AsyncWS.connect(c.ws_url(self.base_url, project_id, last_event_id), self._headers,
+                                            self.ws_open_timeout)
+                failures = 0
+                status = await self.emergency_status(project_id)  # subscribed: nothing can fall in between
+                if status.stopped:
+                    return status.active_stop or EmergencyStop(project_id=project_id)
+                while True:
+                    message = c.parse_event(await ws.recv(self.recheck_seconds))
+                    if message is None:
+                        continue
+                    last_event_id = int(message["id"])
+                    if message["event_type"] == "emergency_stop_triggered":
+                        return EmergencyStop.from_api(message.get("data") or {})
+            except WSRefused:
+                await _asleep(max(1.0, self.recheck_seconds / 3))  # no websocket: poll the status
+            except (HitlConnectionError, ServerError):
+                failures += 1
+                await _asleep(self.retry.delay(failures))
+            except HitlError:
+                raise
+            except Exception:  # noqa: BLE001
+                failures += 1
+                await _asleep(self.retry.delay(failures))
+            finally:
+                if ws is not None:
+                    await ws.close()
+
+    # --- questions and checkpoints (/api/v1/hitl) -----------------------------------------------
+    async def create_hitl(self, project_id: str, request_type: str, question: str, *,
+                          options: Optional[Sequence[str]] = None, context: Any = None,
+                          task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
+                          idempotency_key: Optional[str] = None) -> HitlRequest:
+        body = c.clean({"project_id": project_id, "task_id": task_id, "request_type": request_type,
+                        "question": question, "options": list(options) if options is not None else None,
+                        "context": context, "timeout_minutes": timeout_minutes})
+        return HitlRequest.from_api(await self.request("POST", "/hitl", json_body=body, create=True,
+                                                       idempotency_key=idempotency_key))
+
+    async def get_hitl(self, request_id: str) -> HitlRequest:
+        return HitlRequest.from_api(await self.request("GET", f"/hitl/{request_id}"))
+
+    async def poll_hitl(self, request_id: str, timeout: float = 30) -> HitlRequest:
+        return HitlRequest.from_api(await self._poll("hitl", request_id, timeout))
+
+    async def respond_hitl(self, request_id: str, action: str, *, response: Optional[str] = None,
+                           amended_content: Any = None) -> HitlRequest:
+        """(reviewer) ``approve``, ``reject`` or ``amend``."""
+        body = c.clean({"action": action, "response": response, "amended_content": amended_content})
+        return HitlRequest.from_api(await self.request("POST", f"/hitl/{request_id}/respond", json_body=body))
+
+    async def list_hitl(self, project_id: str, *, status: Optional[str] = None,
+                        page: Optional[int] = None) -> Page[HitlRequest]:
+        return Page.of(HitlRequest, await self.request("GET", f"/hitl/project/{project_id}",
+                                                       params={"status": status, "page": page}))
+
+    async def wait_for_hitl(self, request_id: str, timeout: Optional[float] = None) -> HitlRequest:
+        """Until a person answers: the request (``approved`` or ``amended``; see ``.answer``), or
+        :class:`ApprovalRejected`, :class:`ApprovalTimedOut`, :class:`EmergencyStopped`..."""
+        obj, stop_id = await self._await_decision("hitl", request_id, timeout, "wait")
+        return c.outcome("hitl", obj, stop_id)
+
+    async def ask_human(self, project_id: str, question: str, options: Optional[Sequence[str]] = None, *,
+                        context: Any = None, task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
+                        wait_timeout: Optional[float] = None) -> HitlRequest:
+        """Ask a person a question and wait for the answer (``result.answer``): free text, or one
+        of ``options``."""
+        request = await self.create_hitl(project_id, "question", question, options=options, context=context,
+                                         task_id=task_id, timeout_minutes=timeout_minutes)
+        return await self.wait_for_hitl(request.id, wait_timeout)
+
+    async def checkpoint(self, project_id: str, question: str, *, context: Any = None,
+                         task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
+                         wait_timeout: Optional[float] = None) -> HitlRequest:
+        """Pause until a person lets the work go on ("the plan is ready, go on?"): the request when
+        approved or amended (``amended_content``), :class:`ApprovalRejected` when refused."""
+        request = await self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
+                                         timeout_minutes=timeout_minutes)
+        return await self.wait_for_hitl(request.id, wait_timeout)
+
+    # --- waiting --------------------------------------------------------------------------------
+    async def _get(self, kind: str, object_id: str, deadline: Optional[float] = None) -> Any:
+        return c.MODELS[kind].from_api(await self.request("GET", c.PATHS[kind] + object_id, deadline=deadline))
+
+    async def _poll(self, kind: str, object_id: str, timeout: float, deadline: Optional[float] = None) -> Any:
+        timeout = max(0.0, min(float(timeout), 60.0))
+        return await self.request("GET", f"{c.PATHS[kind]}{object_id}/wait", params={"timeout": f"{timeout:g}"},
+                                  timeout=timeout + self.timeout, deadline=deadline)
+
+    async def _await_decision(self, kind: str, object_id: str, timeout: Optional[float],
+                              on_budget_block: str) -> "tuple[Any, Optional[str]]":
+        """(the object once settled, the emergency stop id if a stop ended it). Websocket first
+        (events of the project, replayed after the last one seen on reconnect), the long poll
+        while the websocket is unavailable; network errors and restarts are retried until
+        ``timeout`` (forever when None)."""
+        model = c.MODELS[kind]
+        deadline = None if timeout is None else c.monotonic() + timeout
+        retry_deadline = deadline if deadline is not None else float("inf")
+        obj = await self._get(kind, object_id, retry_deadline)
+        use_ws, failures, last_event_id, stop_id = self.use_websocket, 0, None, None
+        while True:
+            if c.settled(kind, obj, on_budget_block) or stop_id:
+                if obj.status == "cancelled" and not stop_id:  # cancelled by a stop, or by its agent?
+                    status = await self.emergency_status(obj.project_id)
+                    if status.stopped and status.active_stop is not None:
+                        stop_id = status.active_stop.id
+                return obj, stop_id
+            if deadline is not None and c.monotonic() >= deadline:
+                raise WaitTimeout(approval_id=object_id, approval=obj)
+            if not use_ws:
+                obj = model.from_api(await self._poll(kind, object_id, c.remaining(deadline, 30), retry_deadline))
+                continue
+            try:
+                ws = await _AsyncWS.connect(c.ws_url(self.base_url, obj.project_id, last_event_id), self._headers,
+                                            self.ws_open_timeout)
+            except WSRefused:
+                use_ws = False
+                continue
+            except Exception:  # noqa: BLE001  (down or restarting: long-poll meanwhile, then try again)
+                failures += 1
+                try:
+                    obj = model.from_api(await self._poll(kind, object_id, c.remaining(deadline, 5), retry_deadline))
+                except HitlConnectionError:
+                    pass
+                await _asleep(min(self.retry.delay(failures), c.remaining(deadline, 60)))
+                continue
+            try:
+                # Subscribed: read the object once more, so a decision made before can not be missed.
+                obj = model.from_api(await self._poll(kind, object_id, 0, retry_deadline))
+                failures = 0
+                next_check = c.monotonic() + self.recheck_seconds
+                while not c.settled(kind, obj, on_budget_block):
+                    now = c.monotonic()
+                    if deadline is not None and now >= deadline:
+                        break
+                    wait = next_check - now if deadline is None else min(next_check, deadline) - now
+                    message = c.parse_event(await ws.recv(wait)) if wait > 0 else None
+                    if message is None:
+                        if c.monotonic() >= next_check:  # also times out a request past its deadline
+                            obj = model.from_api(await self._poll(kind, object_id, 0, retry_deadline))
+                            next_check = c.monotonic() + self.recheck_seconds
+                        continue
+                    last_event_id = int(message["id"])
+                    event_type, data = message["event_type"], message.get("data") or {}
+                    if event_type == "emergency_stop_triggered":
+                        stop_id = str(data.get("id") or "") or "unknown"
+                        obj = await self._get(kind, object_id, retry_deadline)
+                        break
+                    if (event_type in c.DECIDED_EVENTS[kind] and c.mentions(data, object_id)) or \
+                            (kind == "agent" and event_type == "budget_override_decided"):
+                        obj = await self._get(kind, object_id, retry_deadline)
+            except HitlConnectionError:
+                failures += 1
+            except (HitlError, WaitTimeout):
+                raise
+            except Exception:  # noqa: BLE001  (the socket dropped: reconnect with last_event_id)
+                failures += 1
+                await _asleep(min(self.retry.delay(failures), c.remaining(deadline, 60)))
+            finally:
+                await ws.close()
+
+
+__all__ = ["AsyncHitlClient"]

@@ -1,0 +1,235 @@
+"""What the sync and the async client share: configuration, the retry policy, the websocket
+wrappers, and how a decided request becomes a result or an exception."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired,
+                     EmergencyStopped, ModificationRequired)
+from .models import AgentApproval, HitlRequest, ResponseApproval
+
+USER_AGENT = "hitl-sdk/0.1"
+DECIDED_EVENTS = {
+    "agent": frozenset({"agent_approval_decided", "approval_timed_out"}),
+    "response": frozenset({"response_approval_decided", "approval_timed_out"}),
+    "hitl": frozenset({"hitl_decided", "approval_timed_out"}),
+}
+PATHS = {"agent": "/agent-approvals/", "response": "/response-approvals/", "hitl": "/hitl/"}
+MODELS: Dict[str, Any] = {"agent": AgentApproval, "response": ResponseApproval, "hitl": HitlRequest}
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter for network errors, 5xx and 429.
+
+    ``attempts`` bounds an ordinary request; a wait retries until its own deadline. ``Retry-After``
+    (seconds) is honoured, up to ``retry_after_max``."""
+    attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    retry_after_max: float = 60.0
+
+    def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1))))
+
+
+def retry_after_seconds(response: httpx.Response) -> Optional[float]:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None  # an HTTP date: use our own backoff
+
+
+def resolve_api_key(api_key: Optional[str]) -> Optional[str]:
+    return api_key if api_key is not None else os.environ.get("HITL_API_KEY")
+
+
+def api_root(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base if base.endswith("/api/v1") else base + "/api/v1"
+
+
+def server_root(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base[: -len("/api/v1")] if base.endswith("/api/v1") else base
+
+
+def ws_url(base_url: str, project_id: Optional[str], last_event_id: Optional[int]) -> str:
+    parts = urlsplit(server_root(base_url))
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    query: Dict[str, Any] = {}
+    if project_id:
+        query["project_id"] = project_id
+    if last_event_id is not None:
+        query["last_event_id"] = last_event_id
+    return urlunsplit((scheme, parts.netloc, parts.path + "/ws/events/", urlencode(query), ""))
+
+
+def clean(body: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON body without the optional fields left out (None)."""
+    return {k: (str(v) if hasattr(v, "as_tuple") else v) for k, v in body.items() if v is not None}
+
+
+def mentions(data: Any, object_id: str) -> bool:
+    if not isinstance(data, dict):
+        return False
+    return any(str(data.get(k)) == object_id for k in ("approval_id", "id", "hitl_id", "request_id", "hitl_request_id"))
+
+
+def parse_event(raw: Any) -> Optional[Dict[str, Any]]:
+    try:
+        message = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(message, dict) and "event_type" in message and "id" in message:
+        return message
+    return None  # a heartbeat
+
+
+def settled(kind: str, obj: Any, on_budget_block: str) -> bool:
+    if obj.status != "pending":
+        return True
+    return kind == "agent" and on_budget_block == "raise" and getattr(obj, "budget_state", None) == "blocked"
+
+
+def outcome(kind: str, obj: Any, stop_id: Optional[str]) -> Any:
+    """The approved object, or the exception for how it ended."""
+    status, oid = obj.status, str(getattr(obj, "approval_id", "") or getattr(obj, "id", ""))
+    if stop_id and status in ("pending", "cancelled"):
+        raise EmergencyStopped("its request was cancelled by the stop", emergency_stop_id=stop_id,
+                               project_id=obj.project_id, status=None)
+    if kind == "hitl":
+        if status in ("approved", "amended"):
+            return obj
+        reason = obj.response or (obj.history[-1].note if obj.history else None) or ""
+        if status == "rejected":
+            raise ApprovalRejected(reason, approval_id=oid, approval=obj, rejected_by=obj.responded_by)
+    else:
+        if status == "approved":
+            return obj
+        if status == "rejected":
+            raise ApprovalRejected(obj.rejection_reason or "", approval_id=oid, approval=obj,
+                                   rejected_by=obj.approved_by)
+        if status == "requires_modification":
+            raise ModificationRequired(obj.modifications_required, approval_id=oid, approval=obj)
+        if status == "pending" and kind == "agent" and obj.budget_state == "blocked":
+            raise BudgetOverrideRequired(obj.budget_blocked_reason or "", override_id=obj.budget_override_id,
+                                         approval_id=oid, approval=obj)
+    if status == "timed_out":
+        raise ApprovalTimedOut(approval_id=oid, approval=obj)
+    if status == "cancelled":
+        raise ApprovalCancelled(approval_id=oid, approval=obj)
+    raise ApprovalCancelled(f"unexpected status {status!r}", approval_id=oid, approval=obj)
+
+
+# --- websockets ------------------------------------------------------------------------------
+class WSRefused(Exception):
+    """The handshake got an HTTP answer (403: not allowed, 404: no websocket here): do not retry."""
+
+
+def _handshake_error(exc: BaseException) -> BaseException:
+    from websockets.exceptions import InvalidStatus
+
+    if isinstance(exc, InvalidStatus):
+        code = exc.response.status_code
+        if code in (400, 401, 403, 404, 405, 426):
+            return WSRefused(code)
+    return exc
+
+
+class _AsyncWS:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def connect(cls, url: str, headers: Dict[str, str], open_timeout: float) -> "_AsyncWS":
+        from websockets.asyncio.client import connect
+
+        try:
+            return cls(await connect(url, additional_headers=headers, open_timeout=open_timeout,
+                                     max_size=2 ** 24, ping_interval=20, ping_timeout=20))
+        except Exception as exc:  # noqa: BLE001
+            raise _handshake_error(exc) from exc
+
+    async def recv(self, timeout: float) -> Optional[str]:
+        """A message, or None after ``timeout`` seconds; ConnectionClosed when dropped."""
+        try:
+            return await asyncio.wait_for(self.conn.recv(), max(timeout, 0.01))
+        except (asyncio.TimeoutError, TimeoutError):
+            return None
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.close(), 2)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _SyncWS:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    def connect(cls, url: str, headers: Dict[str, str], open_timeout: float) -> "_SyncWS":
+        from websockets.sync.client import connect
+
+        try:
+            conn = connect(url, additional_headers=headers, open_timeout=open_timeout, max_size=2 ** 24)
+            return cls(conn.__enter__())  # websockets >= 17.1 warns unless entered like a context manager
+        except Exception as exc:  # noqa: BLE001
+            raise _handshake_error(exc) from exc
+
+    def recv(self, timeout: float) -> Optional[str]:
+        try:
+            return self.conn.recv(timeout=max(timeout, 0.01))
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _asleep(seconds: float) -> "asyncio.Future[None]":
+    return asyncio.sleep(seconds)  # type: ignore[return-value]
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def current_loop() -> Any:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+def remaining(deadline: Optional[float], cap: float) -> float:
+    return cap if deadline is None else max(0.0, min(cap, deadline - time.monotonic()))
+
+
+def split_start(body: Dict[str, Any]) -> Tuple[AgentApproval, Any]:
+    approval = AgentApproval.from_api(body)
+    return approval, body.get("input_to_run")

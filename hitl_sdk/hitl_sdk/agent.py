@@ -1,0 +1,344 @@
+"""SafetyEnhancedBaseAgent (section 1.2 and 2 of the architecture) and @require_approval."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Union, cast
+
+from ._async_client import AsyncHitlClient
+from ._sync_client import HitlClient
+from .errors import EmergencyStopped, HitlError, ModificationRequired
+from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage
+
+AnyClient = Union[HitlClient, AsyncHitlClient]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _twin_config(client: AnyClient) -> Dict[str, Any]:
+    return dict(retry=client.retry, timeout=client.timeout, use_websocket=client.use_websocket,
+                recheck_seconds=client.recheck_seconds, ws_open_timeout=client.ws_open_timeout)
+
+
+def as_async(client: AnyClient) -> AsyncHitlClient:
+    """The async client of ``client``'s server and key (``client`` itself if it is one)."""
+    if isinstance(client, AsyncHitlClient):
+        return client
+    twin = getattr(client, "_async_twin", None)
+    if twin is None:
+        twin = AsyncHitlClient(client.base_url, client.api_key, **_twin_config(client))
+        client._async_twin = twin  # type: ignore[attr-defined]
+    return twin
+
+
+def as_sync(client: AnyClient) -> HitlClient:
+    """The sync client of ``client``'s server and key (``client`` itself if it is one)."""
+    if isinstance(client, HitlClient):
+        return client
+    twin = getattr(client, "_sync_twin", None)
+    if twin is None:
+        twin = HitlClient(client.base_url, client.api_key, **_twin_config(client))
+        client._sync_twin = twin  # type: ignore[attr-defined]
+    return twin
+
+
+@dataclass
+class RunContext:
+    """What ``run(task, context)`` gets: the approved input (amended if a reviewer amended it),
+    the modifications asked for in earlier rounds, and the stop signal."""
+    input: Any
+    approval: AgentApproval
+    amended: bool
+    round: int
+    modifications: List[Any]
+    extra: Dict[str, Any]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def check_stop(self) -> None:
+        """For a sync ``run`` in its thread: raise EmergencyStopped once the project is stopped."""
+        if self.stop_event.is_set():
+            raise EmergencyStopped("the project was stopped during this run", status=None)
+
+
+@dataclass
+class ExecutionResult:
+    output: Dict[str, Any]
+    task: Task
+    call_approval: AgentApproval
+    response_approval: ResponseApproval
+    rounds: int
+    tokens_used: int = 0
+    actual_cost: Optional[Decimal] = None
+
+
+class SafetyEnhancedBaseAgent:
+    """Subclass it, set ``agent_type``, implement ``run(task, context)`` (sync or async) returning
+    a :class:`RunResult` (or a dict: the output). ``execute_task`` then runs the seed's sequence:
+    the task, the call approval with estimates, the wait, the single-use grant, ``run`` with the
+    approved (possibly amended) input, the response with its usage, the wait for the response
+    approval, and a new round (a new call approval with the modifications in the context) while a
+    reviewer asks for modifications, up to ``max_modification_rounds``. An emergency stop ends it
+    with :class:`EmergencyStopped`; a ``run`` in progress is cancelled (an async ``run``) or told
+    through ``context.stop_event`` (a sync ``run`` in its thread)."""
+
+    agent_type: str = "coder"
+    model: Optional[str] = "gpt-4o"
+    max_modification_rounds: int = 3
+    approval_timeout_minutes: Optional[int] = None  # the server's deadline for a person's decision
+    response_timeout_minutes: Optional[int] = None
+    on_budget_block: str = "raise"  # or "wait": keep waiting while a budget override is pending
+    complete_task: bool = True  # report the task completed once its output is approved
+
+    def __init__(self, client: AnyClient, project_id: str, *, agent_type: Optional[str] = None,
+                 model: Optional[str] = None) -> None:
+        self.client = as_async(client)
+        self.project_id = str(project_id)
+        if agent_type:
+            self.agent_type = agent_type
+        if model:
+            self.model = model
+
+    # --- what a subclass provides -----------------------------------------------------------
+    def run(self, task: Task, context: RunContext) -> Union[RunResult, Dict[str, Any],
+                                                         Awaitable[Union[RunResult, Dict[str, Any]]]]:
+        raise NotImplementedError
+
+    def describe_action(self, task: Task, extra: Dict[str, Any]) -> str:
+        return f"{self.agent_type}: {task.title}"
+
+    def build_input(self, task: Task, extra: Dict[str, Any], modifications: List[Any]) -> Dict[str, Any]:
+        data: Dict[str, Any] = {"task": {"title": task.title, "input_data": task.input_data or {}}}
+        if extra:
+            data["context"] = extra
+        if modifications:
+            data["modifications_required"] = modifications
+        return data
+
+    def summarize_context(self, task: Task, extra: Dict[str, Any], modifications: List[Any]) -> str:
+        text = f"Task {task.title!r} ({len(extra)} context item(s))."
+        if modifications:
+            text += f" Round {len(modifications) + 1}: the reviewer asked for: {modifications[-1]}"
+        return text
+
+    def estimate(self, task: Task, input_data: Dict[str, Any]) -> "tuple[Optional[int], Optional[Decimal]]":
+        """(estimated_tokens, estimated_cost); None lets the server estimate (its estimate is the floor)."""
+        return None, None
+
+    # --- the sequence -----------------------------------------------------------------------
+    async def execute_task(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
+                           *, title: Optional[str] = None,
+                           input_data: Optional[Dict[str, Any]] = None) -> ExecutionResult:
+        """Run one task under approvals. ``task`` is a Task, a task id, or None to create one from
+        ``title`` and ``input_data``. Raises ApprovalRejected, ApprovalTimedOut, ApprovalCancelled,
+        BudgetOverrideRequired, ModificationRequired (past the round limit), EmergencyStopped."""
+        client, extra = self.client, dict(context or {})
+        if task is None:
+            task = await client.create_task(self.project_id, self.agent_type, title or "untitled task", input_data)
+        elif isinstance(task, str):
+            task = await client.get_task(task)
+        modifications: List[Any] = []
+        for round_no in range(1, self.max_modification_rounds + 2):
+            call_input = self.build_input(task, extra, modifications)
+            tokens, cost = self.estimate(task, call_input)
+            call = await client.request_approval(
+                self.project_id, task.task_id, self.agent_type, self.describe_action(task, extra), call_input,
+                context_summary=self.summarize_context(task, extra, modifications), estimated_tokens=tokens,
+                estimated_cost=cost, timeout_minutes=self.approval_timeout_minutes, model=self.model)
+            await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
+            started = await client.start_approval(call.approval_id)
+            run_context = RunContext(input=started.input_to_run, approval=started,
+                                     amended=started.amended_input_data is not None, round=round_no,
+                                     modifications=list(modifications), extra=extra)
+            try:
+                result = self._as_result(await self._run_watched(task, run_context))
+            except EmergencyStopped:
+                raise
+            except BaseException as exc:  # the run failed: settle its reservation, report the failure
+                with contextlib.suppress(HitlError):
+                    await client.report_usage(call.approval_id, 0)
+                    await client.set_task_status(task.task_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                raise
+            response = await client.submit_response(
+                self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
+                response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
+                next_steps=result.next_steps, tokens_used=result.tokens_used, actual_cost=result.actual_cost,
+                timeout_minutes=self.response_timeout_minutes)
+            try:
+                approved = await client.wait_for_response(response.approval_id)
+            except ModificationRequired as exc:
+                if round_no > self.max_modification_rounds:
+                    raise
+                modifications.append(exc.modifications_required)
+                continue
+            if self.complete_task:
+                task = await client.set_task_status(task.task_id, "completed")
+            return ExecutionResult(output=result.output, task=task, call_approval=started,
+                                   response_approval=approved, rounds=round_no, tokens_used=result.tokens_used,
+                                   actual_cost=result.actual_cost)
+        raise AssertionError("unreachable")
+
+    def execute_task_sync(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
+                          **kwargs: Any) -> ExecutionResult:
+        """``execute_task`` from synchronous code (runs its own event loop)."""
+        return asyncio.run(self.execute_task(task, context, **kwargs))
+
+    async def _run_watched(self, task: Task, context: RunContext) -> Any:
+        """``run``, cancelled (or, in a thread, signalled) as soon as the project is stopped."""
+        if inspect.iscoroutinefunction(self.run):
+            runner: "asyncio.Future[Any]" = asyncio.ensure_future(cast(Awaitable[Any], self.run(task, context)))
+        else:
+            runner = asyncio.ensure_future(asyncio.to_thread(self.run, task, context))
+        watcher = asyncio.ensure_future(self.client.watch_emergency_stop(self.project_id))
+        try:
+            done, _ = await asyncio.wait({runner, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and watcher.exception() is None:
+                stop = watcher.result()
+                context.stop_event.set()
+                runner.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(runner), 0.1) if not runner.done() else None
+                raise EmergencyStopped(stop.stop_reason or "the project was stopped during the run",
+                                       emergency_stop_id=stop.id or None, project_id=self.project_id, status=None)
+            return await runner
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+
+    @staticmethod
+    def _as_result(value: Any) -> RunResult:
+        if isinstance(value, RunResult):
+            return value
+        if isinstance(value, dict):
+            return RunResult(output=value)
+        return RunResult(output={"result": value})
+
+
+# --- @require_approval -------------------------------------------------------------------------
+@dataclass
+class WithUsage:
+    """Return ``WithUsage(value, tokens_used, actual_cost)`` from a gated function to report what it
+    used; the caller gets ``value``."""
+    value: Any
+    tokens_used: int = 0
+    actual_cost: Optional[Decimal] = None
+
+
+def _input_of(signature: inspect.Signature, args: tuple, kwargs: dict) -> Dict[str, Any]:
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    data = dict(bound.arguments)
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"@require_approval: the arguments must be JSON-serialisable ({exc})") from exc
+    return data
+
+
+def _call_args(signature: inspect.Signature, data: Dict[str, Any]) -> "tuple[list, dict]":
+    args: list = []
+    kwargs: dict = {}
+    for name, param in signature.parameters.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(value or [])
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update(value or {})
+        elif param.kind is param.POSITIONAL_ONLY:
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return args, kwargs
+
+
+def require_approval(client: AnyClient, project: str, *, agent_type: str = "coder", action: Optional[str] = None,
+                     model: Optional[str] = "gpt-4o", estimated_tokens: Optional[int] = None,
+                     estimated_cost: Any = None, context_summary: Optional[str] = None,
+                     task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
+                     wait_timeout: Optional[float] = None) -> Callable[[F], F]:
+    """Gate a function (sync or async) behind a person's approval.
+
+    Each call becomes an agent call approval in ``project`` (its arguments, by parameter name,
+    are the ``input_data``; ``action`` is the ``proposed_action``, default ``call <name>``) under a
+    new task (or ``task_id``). Approved: the grant is started and the function runs with the
+    approved arguments (amended by the reviewer, if amended); its usage is reported (tokens 0
+    unless it returns :class:`WithUsage`) and the task's outcome recorded. Rejected:
+    :class:`ApprovalRejected` and the function never runs (likewise ApprovalTimedOut,
+    ApprovalCancelled, EmergencyStopped, BudgetOverrideRequired)."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        proposed = action or f"call {fn.__qualname__}"
+
+        if inspect.iscoroutinefunction(fn):
+            aclient = as_async(client)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                data = _input_of(signature, args, kwargs)
+                tid = task_id or (await aclient.create_task(project, agent_type, proposed[:200],
+                                                            {"function": fn.__qualname__})).task_id
+                call = await aclient.request_approval(
+                    project, tid, agent_type, proposed, data, context_summary=context_summary,
+                    estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
+                    timeout_minutes=timeout_minutes, model=model)
+                await aclient.wait_for_approval(call.approval_id, wait_timeout)
+                started = await aclient.start_approval(call.approval_id)
+                call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
+                try:
+                    value = await fn(*call_args, **call_kwargs)
+                except BaseException as exc:
+                    with contextlib.suppress(HitlError):
+                        await aclient.report_usage(call.approval_id, 0)
+                        if task_id is None:
+                            await aclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                    raise
+                used = value if isinstance(value, WithUsage) else WithUsage(value)
+                await aclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+                if task_id is None:
+                    await aclient.set_task_status(tid, "completed")
+                return used.value
+
+            return cast(F, async_wrapper)
+
+        sclient = as_sync(client)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            data = _input_of(signature, args, kwargs)
+            tid = task_id or sclient.create_task(project, agent_type, proposed[:200],
+                                                 {"function": fn.__qualname__}).task_id
+            call = sclient.request_approval(project, tid, agent_type, proposed, data, context_summary=context_summary,
+                                            estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
+                                            timeout_minutes=timeout_minutes, model=model)
+            sclient.wait_for_approval(call.approval_id, wait_timeout)
+            started = sclient.start_approval(call.approval_id)
+            call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
+            try:
+                value = fn(*call_args, **call_kwargs)
+            except BaseException as exc:
+                with contextlib.suppress(HitlError):
+                    sclient.report_usage(call.approval_id, 0)
+                    if task_id is None:
+                        sclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                raise
+            used = value if isinstance(value, WithUsage) else WithUsage(value)
+            sclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+            if task_id is None:
+                sclient.set_task_status(tid, "completed")
+            return used.value
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+__all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_approval", "WithUsage",
+           "as_async", "as_sync", "Usage"]

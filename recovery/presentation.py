@@ -1,0 +1,100 @@
+"""How a recovery reads to a person: the assessment as titled sections of labelled rows (never a
+JSON blob), each step's title and what it did. Pure functions of the stored JSON, no queries, so
+every page that shows a recovery (the admin here; the reviewer pages above may use them too)
+says the same thing the same way."""
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+STEP_TITLES = {
+    "review_flagged": "Review the flagged calls",
+    "confirm_budget": "Confirm the budget",
+    "reset_error_window": "Reset the error-rate window",
+    "re_enable_agents": "Re-enable the agents",
+    "settle_halted_tasks": "Settle the halted tasks",
+    "lift_stop": "Lift the emergency stop",
+}
+
+
+def label(key) -> str:
+    """``error_rate_high`` → ``Error rate high``."""
+    return str(key).replace("_", " ").capitalize()
+
+
+def step_title(action: str) -> str:
+    return STEP_TITLES.get(action, label(action))
+
+
+def readable(value) -> str:
+    """A JSON value as one line of text: nested objects as ``key: value`` pairs, lists comma
+    separated, ISO times as local times, booleans as yes/no, nothing as a dash."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
+        moment = parse_datetime(value)
+        if moment is not None:
+            if timezone.is_naive(moment):
+                moment = timezone.make_aware(moment)
+            return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+    if isinstance(value, dict):
+        return "; ".join(f"{label(k).lower()}: {readable(v)}" for k, v in value.items()) or "—"
+    if isinstance(value, list):
+        return ", ".join(readable(v) for v in value) or "none"
+    return str(value)
+
+
+def rows(data) -> list[tuple[str, str]]:
+    """An object as (label, text) rows; anything else as one unlabelled row."""
+    if isinstance(data, dict):
+        return [(label(k), readable(v)) for k, v in data.items()] or [("", "—")]
+    return [("", readable(data))]
+
+
+def assessment_sections(assessment: dict) -> list[dict]:
+    """The assessment recovery_start recorded, as ``[{title, rows: [(label, text)], items:
+    [{heading, rows}]}]``: the stop, what tripped (each condition with its reason and data), the
+    impact of the stop, tasks by status, error rate, resource use, the day's budget, then any key
+    a newer service adds (so nothing recorded is ever hidden)."""
+    a = dict(assessment or {})
+    sections = []
+    stop = a.pop("stop", None) or {}
+    if stop:
+        sections.append({"title": "The stop", "rows": [
+            ("Conditions", ", ".join(label(c) for c in stop.get("triggered_conditions") or []) or "—"),
+            ("Reason", readable(stop.get("stop_reason"))),
+            ("Severity", readable(stop.get("severity"))),
+            ("Triggered by", readable(stop.get("triggered_by"))),
+            ("Started", readable(stop.get("created_at"))),
+        ], "items": []})
+    conditions = a.pop("conditions", None) or []
+    if conditions:
+        sections.append({"title": "What tripped", "rows": [], "items": [
+            {"heading": f"{label(c.get('condition', '?'))} ({c.get('severity', '?')})",
+             "rows": [("Reason", readable(c.get("reason"))), ("By", readable(c.get("by"))),
+                      ("At", readable(c.get("at"))),
+                      *[(label(k), readable(v)) for k, v in (c.get("data") or {}).items()]]}
+            for c in conditions if isinstance(c, dict)]})
+    impact = [("Halted tasks", readable(a.pop("halted_tasks", 0))),
+              ("Cancelled calls", readable(a.pop("cancelled_approvals", 0)))]
+    flags = a.pop("open_flags", None)
+    if flags is not None:
+        impact.append(("Cancelled calls with high or critical flags", str(len(flags))))
+    sections.append({"title": "Impact of the stop", "rows": impact, "items": []})
+    counts = a.pop("task_counts", None)
+    if counts is not None:
+        sections.append({"title": "Tasks by status", "items": [],
+                         "rows": [(label(k), str(v)) for k, v in sorted(counts.items())] or [("", "no tasks")]})
+    for key, title in (("error_rate", "Error rate"), ("resources", "Resource use"), ("budget", "Budget today")):
+        if key in a:
+            sections.append({"title": title, "rows": rows(a.pop(key)), "items": []})
+    for key, value in a.items():  # anything newer the service records
+        sections.append({"title": label(key), "rows": rows(value), "items": []})
+    return sections
+
+
+def step_result_rows(result) -> list[tuple[str, str]]:
+    """What a finished step did (its ``result``), as labelled rows; none before it ran."""
+    if result is None or result == {}:
+        return []
+    return rows(result)

@@ -1,0 +1,179 @@
+"""A recovery session's admin page walks a reviewer through the plan (issue 11): the assessment as
+readable sections, every step in order with the next one named before it runs, and Approve-and-run /
+Reject buttons that go through recovery_step_respond, its refusals shown as admin messages."""
+import pytest
+from django.urls import reverse
+from django.utils.html import escape
+
+from approvals.services import agent_approval_request
+from audit.models import AuditEvent
+from emergency.services import emergency_stop_trigger
+from projects.models import Project, Task
+from projects.services import task_create
+from recovery.models import RecoverySession, RecoveryStep
+from recovery.presentation import assessment_sections
+from recovery.services import recovery_start
+
+pytestmark = pytest.mark.django_db
+
+PLAN = ["review_flagged", "reset_error_window", "re_enable_agents", "settle_halted_tasks", "lift_stop"]
+
+
+@pytest.fixture
+def session(project, agent, reviewer, manager):
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}") for i in range(3)]
+    agent_approval_request(requester=agent, project_id=project.pk, task_id=tasks[0].pk, agent_type="coder",
+                           proposed_action="write code", input_data={}, estimated_tokens=1, estimated_cost="0.0001")
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="runaway agent", actor=reviewer)
+    emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors over 50%",
+                           data={"rate": 0.8, "window": 20})
+    return recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+
+
+def page_url(session):
+    return reverse("admin:recovery_recoverysession_change", args=[session.pk])
+
+
+def steps_of(session):
+    return list(RecoveryStep.objects.filter(session=session).order_by("order"))
+
+
+def decide(client, session, step, decision, **extra):
+    return client.post(page_url(session), {"_step_decision": "1", "decision": decision, "step_id": str(step.pk),
+                                           **extra}, follow=True)
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_the_page_lists_every_step_in_order_and_names_the_next_one(client, session, reviewer):
+    client.force_login(reviewer)
+    r = client.get(page_url(session))
+    assert r.status_code == 200
+    html = r.content.decode()
+    table = html[html.index('id="recovery-steps"'):html.index("</table>", html.index('id="recovery-steps"'))]
+    positions = [table.index(f"<code>{action}</code>") for action in PLAN]
+    assert positions == sorted(positions)  # in plan order
+    for step in steps_of(session):
+        assert escape(step.description) in table
+    assert "Next: step 1 of 5: Review the flagged calls" in html  # named before it runs
+    assert table.count('aria-current="step"') == 1 and "next: waiting for approval" in table
+    assert "Approve and run step 1" in html and "Reject step 1" in html
+    # the assessment as labelled sections, not a JSON blob
+    for text in ("The stop", "What tripped", "Error rate high (high)", "errors over 50%", "runaway agent",
+                 "Impact of the stop", "Halted tasks", "Tasks by status", "Budget today", "Daily cost limit"):
+        assert text in html, text
+    assert '"halted_tasks"' not in html and "{&quot;" not in html and "{'" not in html
+
+
+def test_assessment_sections_render_every_key_as_rows():
+    sections = assessment_sections({"halted_tasks": 2, "cancelled_approvals": 1, "task_counts": {"halted": 2},
+                                    "error_rate": "below threshold", "something_new": {"a_b": True}})
+    titles = [s["title"] for s in sections]
+    assert titles == ["Impact of the stop", "Tasks by status", "Error rate", "Something new"]
+    assert sections[-1]["rows"] == [("A b", "yes")] and sections[1]["rows"] == [("Halted", "2")]
+
+
+def test_approving_the_next_step_runs_it_through_the_service(client, session, reviewer):
+    client.force_login(reviewer)
+    first = steps_of(session)[0]
+    r = decide(client, session, first, "approve", reason="checked them")
+    assert r.status_code == 200
+    first.refresh_from_db()
+    assert first.status == "completed" and first.approved_by == reviewer and first.reason == "checked them"
+    assert AuditEvent.objects.filter(action="recovery.step_complete", object_id=str(first.pk),
+                                     actor_id=reviewer.pk).exists()
+    assert any("step 1, Review the flagged calls (review_flagged) approved and run" in m and
+               "Next: step 2, Reset the error-rate window" in m for m in messages_of(r))
+    html = r.content.decode()
+    assert "Next: step 2 of 5: Reset the error-rate window" in html and "“checked them”" in html
+
+
+def test_rejecting_needs_a_reason_and_then_fails_the_recovery(client, session, reviewer, project):
+    client.force_login(reviewer)
+    first = steps_of(session)[0]
+    r = decide(client, session, first, "reject", reason="  ")
+    assert r.status_code == 200
+    assert any("not rejected: Rejecting a step needs a reason." in m for m in messages_of(r))
+    first.refresh_from_db()
+    session.refresh_from_db()
+    assert first.status == "pending" and session.status == "waiting_approval"
+
+    r = decide(client, session, first, "reject", reason="not convinced")
+    first.refresh_from_db()
+    session.refresh_from_db()
+    assert first.status == "rejected" and first.reason == "not convinced" and session.status == "failed"
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert AuditEvent.objects.filter(action="recovery.step_reject", object_id=str(first.pk)).exists()
+    html = r.content.decode()
+    assert "This recovery failed: the emergency stop stays" in html and "Approve and run" not in html
+
+
+def test_out_of_order_is_refused_with_the_services_message(client, session, reviewer):
+    client.force_login(reviewer)
+    third = steps_of(session)[2]
+    r = decide(client, session, third, "approve")
+    assert r.status_code == 200
+    assert any("step 3, Re-enable the agents (re_enable_agents) not approved: Step 3 is pending; the next step is 1."
+               in m for m in messages_of(r))
+    third.refresh_from_db()
+    assert third.status == "pending"
+    assert not AuditEvent.objects.filter(action="recovery.step_complete").exists()
+
+
+def test_a_bad_step_or_decision_is_a_message_never_a_500(client, session, reviewer):
+    client.force_login(reviewer)
+    for body in ({"decision": "approve", "step_id": "not-a-uuid"}, {"decision": "maybe", "step_id": ""},
+                 {"decision": "approve", "step_id": "00000000-0000-0000-0000-000000000000"}):
+        r = client.post(page_url(session), {"_step_decision": "1", **body}, follow=True)
+        assert r.status_code == 200 and messages_of(r)
+    assert set(RecoveryStep.objects.filter(session=session).values_list("status", flat=True)) == {"pending"}
+
+
+def test_walking_every_step_lifts_the_stop_and_says_so(client, session, reviewer, project):
+    client.force_login(reviewer)
+    for step in steps_of(session):
+        extra = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
+        r = decide(client, session, step, "approve", **extra)
+    session.refresh_from_db()
+    assert session.status == "completed" and session.steps_completed == 5
+    assert Project.objects.get(pk=project.pk).status == "active"
+    assert set(Task.objects.filter(project=project).values_list("status", flat=True)) == {"cancelled"}
+    assert any("The emergency stop is lifted" in m for m in messages_of(r))
+    html = r.content.decode()
+    assert 'id="stop-lifted"' in html and "Approve and run" not in html
+
+
+def test_the_manager_who_started_it_gets_no_buttons_and_is_refused(client, session, manager):
+    client.force_login(manager)
+    html = client.get(page_url(session)).content.decode()
+    assert "Approve and run step" not in html and "another reviewer or manager approves" in html
+    first = steps_of(session)[0]
+    r = decide(client, session, first, "approve")
+    assert r.status_code == 200 and any("not approved" in m for m in messages_of(r))
+    first.refresh_from_db()
+    assert first.status == "pending"
+
+
+def test_someone_without_a_role_on_the_project_cannot_see_or_decide(client, session, outsider, make_user, project):
+    client.force_login(outsider)
+    r = client.get(page_url(session), follow=True)
+    assert r.status_code == 200 and "Review the flagged calls" not in r.content.decode()  # not even shown
+    decide(client, session, steps_of(session)[0], "approve")
+    assert steps_of(session)[0].status == "pending"
+    viewer = make_user("viewer", role="agent", project=project)
+    viewer.is_staff = True
+    viewer.save()
+    client.force_login(viewer)
+    html = client.get(page_url(session)).content.decode()
+    assert "Approve and run step" not in html and "not decide its steps" in html
+    decide(client, session, steps_of(session)[0], "approve")
+    assert steps_of(session)[0].status == "pending"
+
+
+def test_the_list_names_the_next_step(client, session, reviewer):
+    client.force_login(reviewer)
+    html = client.get(reverse("admin:recovery_recoverysession_changelist")).content.decode()
+    assert "1. Review the flagged calls" in html and "0 of 5" in html
+    assert RecoverySession.objects.count() == 1

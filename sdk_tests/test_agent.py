@@ -1,0 +1,208 @@
+"""SafetyEnhancedBaseAgent and the client's waits against a real daphne: a reviewer decides
+through the API in another thread (``bot``)."""
+import asyncio
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+
+from hitl_sdk import (ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
+                      ModificationRequired, RunResult, SafetyEnhancedBaseAgent)
+from sdk_tests.conftest import approve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Coder(SafetyEnhancedBaseAgent):
+    agent_type = "coder"
+    model = "gpt-4o-mini"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runs = []
+
+    async def run(self, task, context):
+        self.runs.append(context)
+        return RunResult(output={"code": f"def login(): return {context.input['task']['input_data']!r}"},
+                         tokens_used=1200, actual_cost=Decimal("0.0150"), summary="login form",
+                         next_steps=["test it"])
+
+
+def test_lifecycle_request_approve_start_respond_approve(world, bot):
+    agent_client = world.client("agent")
+    reviewer_bot = bot(("agent", approve), ("response", approve))
+    coder = Coder(agent_client, world.project_id)
+    result = coder.execute_task_sync(title="Implement login", input_data={"files": ["login.py"]})
+    reviewer_bot.check()
+    assert result.rounds == 1 and result.output["code"].startswith("def login")
+    assert result.call_approval.status == "approved" and result.call_approval.started_at is not None
+    assert result.response_approval.status == "approved"
+    assert result.task.status == "completed"
+    assert len(coder.runs) == 1 and coder.runs[0].amended is False
+    assert coder.runs[0].input["task"]["input_data"] == {"files": ["login.py"]}
+    budget = agent_client.get_budget(world.project_id)
+    assert isinstance(budget.cost_incurred_today, Decimal) and budget.cost_incurred_today == Decimal("0.0150")
+    assert budget.tokens_used_today == 1200 and budget.cost_reserved == Decimal("0")
+
+
+def test_rejection_raises_and_run_never_happens(world, bot):
+    reviewer_bot = bot(("agent", lambda r, o: r.respond_approval(o.approval_id, "reject", reason="touches prod")))
+    coder = Coder(world.client("agent"), world.project_id)
+    with pytest.raises(ApprovalRejected) as caught:
+        coder.execute_task_sync(title="Drop the users table")
+    reviewer_bot.check()
+    assert caught.value.reason == "touches prod" and caught.value.rejected_by == "reviewer"
+    assert str(caught.value) == "A person refused this action: touches prod. Do not retry it as is."
+    assert coder.runs == []
+
+
+def test_an_amended_call_runs_with_the_amended_input(world, bot):
+    def amend(reviewer, obj):
+        amended = {**obj.input_data, "task": {**obj.input_data["task"], "input_data": {"files": ["safe.py"]}}}
+        reviewer.respond_approval(obj.approval_id, "approve", amended_input_data=amended)
+
+    reviewer_bot = bot(("agent", amend), ("response", approve))
+    coder = Coder(world.client("agent"), world.project_id)
+    result = coder.execute_task_sync(title="Edit files", input_data={"files": ["/etc/passwd"]})
+    reviewer_bot.check()
+    assert coder.runs[0].amended is True
+    assert coder.runs[0].input["task"]["input_data"] == {"files": ["safe.py"]}
+    assert "safe.py" in result.output["code"]
+
+
+def test_requires_modification_loops_with_a_new_call_approval(world, bot):
+    seen_inputs = []
+
+    def send_back(reviewer, obj):
+        reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required="add tests")
+
+    def approve_call(reviewer, obj):
+        seen_inputs.append(obj.input_data)
+        reviewer.respond_approval(obj.approval_id, "approve")
+
+    reviewer_bot = bot(("agent", approve_call), ("response", send_back), ("agent", approve_call), ("response", approve))
+    coder = Coder(world.client("agent"), world.project_id)
+    result = coder.execute_task_sync(title="Parser")
+    reviewer_bot.check()
+    assert result.rounds == 2 and len(coder.runs) == 2
+    assert coder.runs[1].modifications == ["add tests"]
+    assert "modifications_required" not in seen_inputs[0]
+    assert seen_inputs[1]["modifications_required"] == ["add tests"]
+    calls = world.client("agent").list_approvals(world.project_id)
+    assert calls.count == 2 and {c.task_id for c in calls.results} == {result.task.task_id}
+
+
+def test_past_the_round_limit_modification_required_is_raised(world, bot):
+    def send_back(reviewer, obj):
+        reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required={"fix": "all"})
+
+    reviewer_bot = bot(("agent", approve), ("response", send_back))
+    coder = Coder(world.client("agent"), world.project_id)
+    coder.max_modification_rounds = 0
+    with pytest.raises(ModificationRequired) as caught:
+        coder.execute_task_sync(title="Parser")
+    reviewer_bot.check()
+    assert caught.value.modifications_required == {"fix": "all"}
+
+
+def test_a_call_nobody_decides_times_out(world):
+    agent = world.client("agent", recheck_seconds=0.5)
+    task = agent.create_task(world.project_id, "coder", "slow review")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write code", {"x": 1}, model="gpt-4o-mini")
+    threading.Timer(1.0, world.expire_approval, args=(call.approval_id,)).start()
+    started = time.monotonic()
+    with pytest.raises(ApprovalTimedOut):
+        agent.wait_for_approval(call.approval_id, timeout=30)
+    assert time.monotonic() - started < 15
+    assert agent.get_approval(call.approval_id).status == "timed_out"
+
+
+def test_an_emergency_stop_during_a_wait_ends_it_at_once(world):
+    agent = world.client("agent")
+    reviewer = world.client("reviewer")
+    task = agent.create_task(world.project_id, "deployer", "deploy")
+    call = agent.request_approval(world.project_id, task.task_id, "deployer", "deploy to prod", {}, model="gpt-4o")
+    stops = []
+    threading.Timer(1.5, lambda: stops.append(reviewer.emergency_stop(world.project_id, "runaway agent"))).start()
+    started = time.monotonic()
+    with pytest.raises(EmergencyStopped) as caught:
+        agent.wait_for_approval(call.approval_id, timeout=30)
+    assert time.monotonic() - started < 8
+    assert caught.value.emergency_stop_id == stops[0].id
+    with pytest.raises(EmergencyStopped) as gate:  # from now on every call is refused (423)
+        agent.create_task(world.project_id, "coder", "more work")
+    assert gate.value.status == 423 and gate.value.emergency_stop_id == stops[0].id
+    assert agent.emergency_status(world.project_id).stopped is True
+
+
+def test_an_emergency_stop_during_run_cancels_it(world, bot):
+    running, cancelled = threading.Event(), threading.Event()
+
+    class Slow(SafetyEnhancedBaseAgent):
+        agent_type = "coder"
+
+        async def run(self, task, context):
+            running.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return {"never": True}
+
+    reviewer = world.client("reviewer")
+
+    def approve_then_stop(r, obj):
+        r.respond_approval(obj.approval_id, "approve")
+        assert running.wait(20)
+        time.sleep(0.3)
+        r.emergency_stop(world.project_id, "stop the run")
+
+    reviewer_bot = bot(("agent", approve_then_stop))
+    started = time.monotonic()
+    with pytest.raises(EmergencyStopped) as caught:
+        Slow(world.client("agent"), world.project_id).execute_task_sync(title="long job")
+    reviewer_bot.check()
+    assert cancelled.is_set() and time.monotonic() - started < 30
+    assert caught.value.emergency_stop_id == reviewer.emergency_status(world.project_id).active_stop.id
+
+
+def test_a_call_over_the_budget_needs_an_override(world, bot):
+    manager, agent, reviewer = world.client("manager"), world.client("agent"), world.client("reviewer")
+    manager.update_budget(world.project_id, daily_cost_limit="1.0000")
+    task = agent.create_task(world.project_id, "analyst", "big analysis")
+    call = agent.request_approval(world.project_id, task.task_id, "analyst", "analyse", {"q": 1},
+                                  estimated_cost=Decimal("1.2000"), model="gpt-4o-mini")
+    assert call.budget_state == "blocked" and call.budget_override_id
+    with pytest.raises(BudgetOverrideRequired) as caught:
+        agent.wait_for_approval(call.approval_id, timeout=20)
+    assert caught.value.override_id == call.budget_override_id and caught.value.approval_id == call.approval_id
+    # A person approves the override, then the call: an agent that waits through the block gets it.
+    threading.Timer(0.5, lambda: (reviewer.respond_budget_override(call.budget_override_id, "approve"),
+                                  reviewer.respond_approval(call.approval_id, "approve"))).start()
+    approved = agent.wait_for_approval(call.approval_id, timeout=20, on_budget_block="wait")
+    assert approved.status == "approved" and approved.budget_state == "reserved"
+    assert agent.start_approval(call.approval_id).input_to_run == {"q": 1}
+
+
+def test_ask_human_gets_the_persons_answer(world, bot):
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    from hitl_sdk import NotFound
+
+    try:
+        probe = agent.create_hitl(world.project_id, "question", "Which database should we use?",
+                                  options=["PostgreSQL", "SQLite"])
+    except NotFound:
+        pytest.skip("/api/v1/hitl is not built on this server yet")
+    threading.Timer(0.5, lambda: reviewer.respond_hitl(probe.id, "approve", response="PostgreSQL")).start()
+    answered = agent.wait_for_hitl(probe.id, timeout=20)
+    assert answered.status == "approved" and answered.answer == "PostgreSQL"
+
+    def refuse():
+        pending = reviewer.list_hitl(world.project_id, status="pending").results
+        reviewer.respond_hitl(pending[0].id, "reject", response="not now")
+
+    threading.Timer(1.0, refuse).start()
+    with pytest.raises(ApprovalRejected):
+        agent.checkpoint(world.project_id, "The plan is ready, go on?", wait_timeout=20)

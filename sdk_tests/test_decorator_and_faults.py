@@ -1,0 +1,155 @@
+"""@require_approval (sync and async) and network faults, against a real daphne."""
+import asyncio
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from hitl_sdk import (ApprovalRejected, AsyncHitlClient, HitlClient, RetryPolicy, WithUsage, require_approval)
+from sdk_tests.conftest import FAST_RETRY, approve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_require_approval_runs_a_sync_function_with_the_amended_arguments(world, bot):
+    agent = world.client("agent")
+    calls = []
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:write_file", model="gpt-4o-mini")
+    def write_file(path, content, mode="w"):
+        calls.append((path, content, mode))
+        return WithUsage(f"wrote {len(content)} bytes to {path}", tokens_used=10)
+
+    def amend(reviewer, obj):
+        assert obj.input_data == {"path": "/etc/hosts", "content": "x", "mode": "w"}
+        assert obj.proposed_action == "tool:write_file"
+        reviewer.respond_approval(obj.approval_id, "approve",
+                                  amended_input_data={**obj.input_data, "path": "/tmp/hosts"})
+
+    reviewer_bot = bot(("agent", amend))
+    assert write_file("/etc/hosts", content="x") == "wrote 1 bytes to /tmp/hosts"
+    reviewer_bot.check()
+    assert calls == [("/tmp/hosts", "x", "w")]
+    call = agent.get_approval(reviewer_bot.handled[0].approval_id)
+    assert call.started_at is not None and call.budget_state == "settled"  # usage reported once
+    assert agent.get_task(call.task_id).status == "completed"
+
+    # A rejection raises and the function never runs.
+    reviewer_bot = bot(("agent", lambda r, o: r.respond_approval(o.approval_id, "reject", reason="not that file")))
+    with pytest.raises(ApprovalRejected, match="A person refused this action: not that file"):
+        write_file("/etc/shadow", "y")
+    reviewer_bot.check()
+    assert len(calls) == 1
+
+
+def test_require_approval_gates_an_async_function(world, bot):
+    agent = world.client("agent")
+    ran = []
+
+    @require_approval(agent, world.project_id, agent_type="deployer", action="deploy", model="gpt-4o-mini")
+    async def deploy(service: str, replicas: int = 1):
+        await asyncio.sleep(0)
+        ran.append((service, replicas))
+        return {"deployed": service}
+
+    reviewer_bot = bot(("agent", approve))
+    assert asyncio.run(deploy("api", replicas=3)) == {"deployed": "api"}
+    reviewer_bot.check()
+    assert ran == [("api", 3)]
+    assert reviewer_bot.handled[0].input_data == {"service": "api", "replicas": 3}
+    assert agent.get_approval(reviewer_bot.handled[0].approval_id).budget_state == "settled"
+
+
+def test_the_agent_resumes_its_wait_across_a_server_restart(world):
+    agent = world.client("agent", recheck_seconds=1.0,
+                         retry=RetryPolicy(attempts=4, backoff_base=0.1, backoff_max=0.5))
+    task = agent.create_task(world.project_id, "coder", "survive a restart")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write code", {"a": 1},
+                                  model="gpt-4o-mini")
+    outcome = {}
+
+    def wait():
+        try:
+            outcome["approval"] = agent.wait_for_approval(call.approval_id, timeout=60)
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    time.sleep(1.0)  # the agent is on the websocket now
+    world.stop()     # the server goes away mid-wait...
+    time.sleep(1.5)  # ...for a while (the agent retries)...
+    assert waiter.is_alive()
+    world.start()    # ...and a new one comes up on the same port and database
+    world.client("reviewer").respond_approval(call.approval_id, "approve")
+    waiter.join(30)
+    assert not waiter.is_alive() and "error" not in outcome, (outcome, world.log())
+    assert outcome["approval"].status == "approved"
+
+    # A new agent process resumes by approval id alone.
+    fresh = world.client("agent")
+    assert fresh.wait_and_start(call.approval_id).input_to_run == {"a": 1}
+
+
+def test_a_retried_create_makes_one_approval(world):
+    """The same Idempotency-Key twice gives the first result; and a real retry: the first attempt
+    reaches the server (the approval is created), then its answer is lost; the retry carries the
+    same Idempotency-Key and gets the first result."""
+    plain = world.client("agent")
+    task = plain.create_task(world.project_id, "coder", "once")
+    key = str(uuid.uuid4())
+    args = (world.project_id, task.task_id, "coder", "write code", {"n": 1})
+    first = plain.request_approval(*args, model="gpt-4o-mini", idempotency_key=key)
+    second = plain.request_approval(*args, model="gpt-4o-mini", idempotency_key=key)
+    assert first.approval_id == second.approval_id
+    assert plain.list_approvals(world.project_id).count == 1
+
+    real = httpx.HTTPTransport()
+    keys, busy = [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/agent-approvals"):
+            keys.append(request.headers.get("Idempotency-Key"))
+            response = real.handle_request(request)
+            response.read()
+            if len(keys) == 1:
+                raise httpx.ReadError("connection reset after the server answered", request=request)
+            return response
+        if request.url.path.endswith("/tasks") and not busy:
+            busy.append(request.headers.get("Idempotency-Key"))  # a busy database: 503 + Retry-After
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"error": "unavailable", "detail": "busy"})
+        response = real.handle_request(request)
+        response.read()
+        return response
+
+    agent = HitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, transport=httpx.MockTransport(handler))
+    world.clients.append(agent)
+    task = agent.create_task(world.project_id, "coder", "flaky network")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write code", {"n": 2},
+                                  model="gpt-4o-mini")
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0]
+    assert busy and busy[0] and world.client("agent").get_task(task.task_id).title == "flaky network"
+    approvals = plain.list_approvals(world.project_id)
+    assert approvals.count == 2 and approvals.results[0].approval_id == call.approval_id  # one per create
+
+
+def test_a_4xx_is_never_retried():
+    attempts = []
+
+    def handler(request):
+        attempts.append(request)
+        return httpx.Response(409, json={"error": "conflict", "detail": "already decided", "status": "approved"})
+
+    async def run():
+        async with AsyncHitlClient("http://hitl.invalid", "key", retry=FAST_RETRY,
+                                   transport=httpx.MockTransport(handler)) as client:
+            from hitl_sdk import Conflict
+
+            with pytest.raises(Conflict) as caught:
+                await client.cancel_approval(str(uuid.uuid4()))
+            assert caught.value.current_status == "approved" and caught.value.status == 409
+
+    asyncio.run(run())
+    assert len(attempts) == 1
