@@ -16,6 +16,7 @@ from django.utils import timezone
 from approvals.models import AgentCallApproval, ResponseApproval
 from budgets.models import BudgetOverrideRequest
 from emergency.models import EmergencyStop
+from hitl.selectors import pending_for_reviewer
 from projects import roles
 from projects.models import Project
 from projects.permissions import has_project_perm, project_perms, project_visible_to
@@ -23,7 +24,8 @@ from recovery.models import RecoverySession, RecoveryStep
 
 RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
 RISK_LEVELS = ("critical", "high", "medium", "low")
-KINDS = {"call": "Agent calls", "response": "Responses", "override": "Budget overrides", "recovery": "Recovery steps"}
+KINDS = {"call": "Agent calls", "response": "Responses", "hitl": "Questions", "override": "Budget overrides",
+         "recovery": "Recovery steps"}
 
 
 def risk_rank(level: str | None) -> int:
@@ -52,7 +54,7 @@ def may_manage(user, project) -> bool:
 # --- the inbox ------------------------------------------------------------------------------
 @dataclass
 class InboxItem:
-    kind: str                      # call | response | override | recovery
+    kind: str                      # call | response | hitl | override | recovery
     id: str
     url: str
     risk: str
@@ -75,7 +77,7 @@ class InboxItem:
     @property
     def kind_label(self) -> str:
         return {"call": "Agent call", "response": "Response", "override": "Budget override",
-                "recovery": "Recovery step"}[self.kind]
+                "recovery": "Recovery step", "hitl": "Question"}[self.kind]
 
     @property
     def seconds_left(self) -> int | None:
@@ -167,6 +169,13 @@ def inbox_items(*, user) -> list[InboxItem]:
             risk=session.emergency_stop.severity or "high", project=session.project, agent_type="",
             summary=one_line(f"Step {step.order} of {session.total_steps}: {step.action} — {step.description}"),
             created_at=step.created_at, obj=step, extra={"session_id": str(session.pk)}))
+    for req in pending_for_reviewer(user):
+        items.append(InboxItem(
+            kind="hitl", id=str(req.pk), url=reverse("review:hitl_request", args=[req.pk]), risk="medium",
+            project=req.project, agent_type=req.task.agent_type if req.task_id else "",
+            summary=one_line(f"{req.get_request_type_display()}: {req.question}"), created_at=req.created_at,
+            expires_at=req.expires_at, obj=req,
+            extra={"options": req.options, "request_type": req.request_type}))
     overrides_by_id = {item.id: item for item in items if item.kind == "override"}
     for item in items:
         if item.kind == "call" and item.override_id:

@@ -13,6 +13,8 @@ urlpatterns = [
     path("agent-approvals/<uuid:approval_id>/decide", views.agent_approval_decide_view,
          name="agent_approval_decide"),
     path("response-approvals/<uuid:approval_id>", views.response_approval, name="response_approval"),
+    path("hitl/<uuid:request_id>", views.hitl_request, name="hitl_request"),
+    path("hitl/<uuid:request_id>/decide", views.hitl_request_decide, name="hitl_request_decide"),
     path("response-approvals/<uuid:approval_id>/panel", views.response_approval_panel,
          name="response_approval_panel"),
     path("response-approvals/<uuid:approval_id>/decide", views.response_approval_decide_view,

@@ -14,6 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError
+from hitl.selectors import hitl_request_visible_to
+from hitl.services import hitl_request_respond
 from review import selectors
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
@@ -318,3 +320,49 @@ def response_approval_decide_view(request, approval_id):
         return redirect("review:response_approval", approval_id=response.pk)
     return render(request, "review/response_approval.html",
                   _response_page_context(request, response, outcome=outcome, **panel), status=status)
+
+
+# --- questions and checkpoints (/api/v1/hitl) ------------------------------------------------
+def _hitl_context(request, req, *, outcome=None, form=None):
+    can_decide = selectors.may_review(request.user, req.project) and req.asked_by_id != request.user.pk
+    pending = req.status == req.Status.PENDING
+    return {"req": req, "pending": pending, "can_decide": can_decide, "enabled": pending and can_decide,
+            "outcome": outcome, "form": form or {}, "context_pretty": selectors.pretty_json(req.context)
+            if req.context not in (None, "", {}, []) else "",
+            "amended_pretty": selectors.pretty_json(req.amended_content) if req.amended_content is not None else "",
+            "history": list(reversed(req.history or []))}
+
+
+@login_required
+@require_GET
+def hitl_request(request, request_id):
+    req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
+    return render(request, "review/hitl_request.html", _hitl_context(request, req))
+
+
+@login_required
+@require_POST
+def hitl_request_decide(request, request_id):
+    """Approve (with the chosen option or an answer), reject (with a reason) or amend (with what
+    to do instead: JSON, or plain text) through hitl.services.hitl_request_respond."""
+    req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
+    action = request.POST.get("action", "")
+    answer = request.POST.get("response", "")
+    amended_text = request.POST.get("amended_content", "")
+    form = {"response": answer, "amended_content": amended_text, "action": action}
+    amended = None
+    if action == "amend":
+        try:
+            amended = json.loads(amended_text)
+        except ValueError:
+            amended = amended_text        # plain text is a valid amendment too
+    try:
+        hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,
+                             amended_content=amended)
+    except DomainError as exc:
+        req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
+        return render(request, "review/hitl_request.html",
+                      _hitl_context(request, req, outcome={"level": "error", "text": _error_text(exc)}, form=form),
+                      status=exc.status_code)
+    messages.success(request, {"approve": "Approved.", "reject": "Rejected.", "amend": "Amended."}.get(action, "Done."))
+    return redirect("review:hitl_request", request_id=req.pk)
