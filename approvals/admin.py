@@ -27,7 +27,7 @@ from approvals.services import (
 from approvals.services.calibration import PRECISION_DAYS
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 
@@ -35,13 +35,6 @@ PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 class RiskLevelFilter(admin.SimpleListFilter):
@@ -234,7 +227,8 @@ class DecisionPageMixin:
 
 
 @admin.register(AgentCallApproval)
-class AgentCallApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin,
+                             admin.ModelAdmin):
     list_display = ["short_action", "project", "agent_type", "status", "budget", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
@@ -323,25 +317,6 @@ class AgentCallApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnl
         level = (obj.risk_assessment or {}).get("level", "?")
         return format_html('<b style="color:{}">{}</b>', RISK_COLOURS.get(level, "#555"), level)
 
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj):
-        return _duration((timezone.now() - obj.created_at).total_seconds())
-
-    @admin.display(description="time left")
-    def time_left(self, obj):
-        if obj.status != AgentCallApproval.Status.PENDING:
-            return "—"
-        left = (obj.expires_at - timezone.now()).total_seconds()
-        return "expired" if left <= 0 else _duration(left)
-
-    # Related objects as plain text: a reviewer may not open the project, task or user pages.
-    @admin.display(description="project")
-    def project_name(self, obj):
-        return f"{obj.project.name} ({obj.project.slug})"
-
-    @admin.display(description="task")
-    def task_title(self, obj):
-        return f"{obj.task.title} ({obj.task_id})"
 
     @admin.display(description="requested by")
     def requester(self, obj):
@@ -476,7 +451,8 @@ RESPONSE_PAST = {"approve": "approved", "reject": "rejected", "requires_modifica
 
 
 @admin.register(ResponseApproval)
-class ResponseApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin,
+                            admin.ModelAdmin):
     """The queue of agents' outputs waiting for a person, with the analyzer's findings."""
 
     list_display = ["short_summary", "project", "agent_type", "status", "risk", "safety", "flag_count", "age",
@@ -538,24 +514,6 @@ class ResponseApprovalAdmin(DecisionPageMixin, ProjectScopedAdminMixin, ReadOnly
     def flag_count(self, obj):
         return len(obj.risk_flags or ())
 
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj):
-        return _duration((timezone.now() - obj.created_at).total_seconds())
-
-    @admin.display(description="time left")
-    def time_left(self, obj):
-        if obj.status != ResponseApproval.Status.PENDING:
-            return "—"
-        left = (obj.expires_at - timezone.now()).total_seconds()
-        return "expired" if left <= 0 else _duration(left)
-
-    @admin.display(description="project")
-    def project_name(self, obj):
-        return f"{obj.project.name} ({obj.project.slug})"
-
-    @admin.display(description="task")
-    def task_title(self, obj):
-        return f"{obj.task.title} ({obj.task_id})"
 
     @admin.display(description="submitted by")
     def submitter(self, obj):

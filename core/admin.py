@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.utils import timezone
 
 from core.models import Heartbeat
 
@@ -51,3 +52,38 @@ def changed_values(form, *, initial: bool = False) -> dict:
     """A ModelForm's changed fields as JSON-ready values (related objects by primary key)."""
     source = form.initial if initial else form.cleaned_data
     return {name: getattr(source.get(name), "pk", source.get(name)) for name in form.changed_data}
+
+
+def duration(seconds: float) -> str:
+    """42s, 3m 07s, 2h 05m: ages and times left in the queues."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+class QueueColumnsMixin:
+    """The columns every approval queue shows (calls, responses, questions): age, time left of a
+    pending row (``status``, ``expires_at``), and the project and task as plain text (a reviewer
+    may not open the project or task pages)."""
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj):
+        return duration((timezone.now() - obj.created_at).total_seconds())
+
+    @admin.display(description="time left")
+    def time_left(self, obj):
+        if obj.status != "pending":
+            return "—"
+        left = (obj.expires_at - timezone.now()).total_seconds()
+        return "expired" if left <= 0 else duration(left)
+
+    @admin.display(description="project")
+    def project_name(self, obj):
+        return f"{obj.project.name} ({obj.project.slug})"
+
+    @admin.display(description="task")
+    def task_title(self, obj):
+        return f"{obj.task.title} ({obj.task_id})" if obj.task_id else "—"

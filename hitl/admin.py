@@ -11,7 +11,7 @@ from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError, InvalidInput
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
@@ -22,13 +22,6 @@ from projects.permissions import has_project_perm, project_visible_to
 PAST = {"approve": "approved", "reject": "rejected", "amend": "amended"}
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 class VisibleProjectFilter(admin.RelatedFieldListFilter):
@@ -88,7 +81,7 @@ class HitlAnswerForm(forms.Form):
 
 
 @admin.register(HitlRequest)
-class HitlRequestAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["short_question", "project", "request_type", "status", "asker", "age", "time_left",
                     "responder"]
     list_display_links = ["short_question"]
@@ -206,24 +199,6 @@ class HitlRequestAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelA
     def responder(self, obj):
         return obj.responded_by.get_username() if obj.responded_by_id else "—"
 
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj):
-        return _duration((timezone.now() - obj.created_at).total_seconds())
-
-    @admin.display(description="time left")
-    def time_left(self, obj):
-        if obj.status != HitlRequest.Status.PENDING:
-            return "—"
-        left = (obj.expires_at - timezone.now()).total_seconds()
-        return "expired" if left <= 0 else _duration(left)
-
-    @admin.display(description="project")
-    def project_name(self, obj):
-        return f"{obj.project.name} ({obj.project.slug})"
-
-    @admin.display(description="task")
-    def task_title(self, obj):
-        return f"{obj.task.title} ({obj.task_id})" if obj.task_id else "—"
 
     @admin.display(description="options")
     def options_list(self, obj):
