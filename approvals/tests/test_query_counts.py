@@ -19,7 +19,7 @@ PINS = {
     "respond": 15,
     "start": 13,
     "usage": 21,
-    "stop": 26,          # 25 until issue 10: + the lock of the project's pending response approvals
+    "stop": 27,          # 25 until issue 10: + the locks of the pending response approvals and questions
     "response_submit": 36,  # settles the budget (ledger, windows, alerts), records and analyzes the output
     "response_decide": 18,
 }
