@@ -6,7 +6,7 @@ TEST_ENV := DJANGO_SETTINGS_MODULE=botarmy_hitl.test_settings
 
 .PHONY: venv run test check clean
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt hitl_sdk/pyproject.toml $(wildcard hitl_sdk/hitl_sdk/*.py)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt

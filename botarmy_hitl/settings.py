@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "hitl",
     # the reviewers' pages (top layer)
     "review",
+    "demo",
 ]
 
 MIDDLEWARE = [

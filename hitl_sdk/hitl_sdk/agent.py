@@ -207,6 +207,9 @@ class SafetyEnhancedBaseAgent:
             return await runner
         finally:
             watcher.cancel()
+            if not runner.done():   # execute_task itself was cancelled: so is its run
+                context.stop_event.set()
+                runner.cancel()
             with contextlib.suppress(BaseException):
                 await watcher
 
