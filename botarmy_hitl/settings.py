@@ -370,7 +370,9 @@ LOGGING = {
     "filters": {"one_line_refusals": {"()": "core.errors.OneLineRefusals"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["one_line_refusals"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+    "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                # the SDK's HTTP client (the demo fleet) logs every request at INFO: keep its warnings only
+                "httpx": {"level": "WARNING"}},
 }
 
 # --- audit chain keys and checkpoints ---
