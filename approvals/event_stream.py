@@ -166,6 +166,9 @@ def _open(scope) -> tuple[object, list]:
     ids = list(visible.values_list("pk", flat=True))
     if project_id is not None and not ids:
         raise HttpError(404, {})
+    _, last = _query(scope)
+    if last is not None and last > (Event.objects.aggregate(last=Max("id"))["last"] or 0):
+        raise HttpError(400, {})   # an id no event has had yet: the client would silently miss everything
     return user, ids
 
 

@@ -179,6 +179,8 @@ def hitl_request_respond(*, request_id, responder, action: str, response: str = 
         raise InvalidInput(fields={"amended_content": ["An amendment needs amended_content."]})
     if action != "amend" and amended_content is not None:
         raise InvalidInput(fields={"amended_content": ["Only an amendment carries amended_content."]})
+    if isinstance(amended_content, (list, dict)) and not amended_content:
+        raise InvalidInput(fields={"amended_content": ["Say what to do instead: this is empty."]})
     if isinstance(amended_content, str) and not amended_content.strip():
         raise InvalidInput(fields={"amended_content": ["This field may not be blank."]})
     expired = False

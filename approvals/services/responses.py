@@ -104,6 +104,8 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
         raise NotFoundError("No such call approval in this project.")
     if call.task_id != task_id:
         raise InvalidInput(fields={"task_id": ["The call approval belongs to another task."]})
+    if agent_type != call.agent_type:
+        raise InvalidInput(fields={"agent_type": [f"The call approval is the {call.agent_type} agent's."]})
     if submitter.pk != call.requested_by_id:
         raise Forbidden("Only the agent that requested the call may submit its response.")
     memo(call_route_key(call.pk), lambda: {"project_id": call.project_id, "task_id": call.task_id})

@@ -227,3 +227,16 @@ def test_a_push_through_redis_reaches_a_socket_on_another_server_process(serve, 
                 got.append(message["id"])
         assert got == ids
         assert time.monotonic() - started < 10, server.log()
+
+
+def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
+    ids = emit(project, 1)
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1] + 10**9}", keys["agent"])
+        connected, _ = await comm.connect()
+        assert not connected
+        ok = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1]}", keys["agent"])
+        assert (await ok.connect())[0]
+        await ok.disconnect()
+    async_to_sync(run)()

@@ -453,3 +453,9 @@ def test_event_payloads_mask_secrets_written_in_the_summary(started, agent_clien
     assert GITHUB_TOKEN not in json.dumps(event.data)
     assert "Used the token ghp_" in event.data["response_summary"]
     assert r.status_code in (201, 423)
+
+
+def test_the_agent_type_must_be_the_calls(started, agent_client):
+    r = submit(agent_client, started(), agent_type="tester")
+    assert r.status_code == 400 and "agent_type" in r.json()["fields"]
+    assert ResponseApproval.objects.count() == 0

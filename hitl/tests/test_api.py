@@ -132,6 +132,9 @@ def test_respond_amend_and_reject(agent_client, reviewer_client, body):
     url = f"/api/v1/hitl/{amend['id']}/respond"
     r = reviewer_client.post(url, {"action": "amend"}, format="json")
     assert r.status_code == 400 and "amended_content" in r.json()["fields"]
+    for empty in ({}, [], "  "):
+        r = reviewer_client.post(url, {"action": "amend", "amended_content": empty}, format="json")
+        assert r.status_code == 400 and "amended_content" in r.json()["fields"], empty
     r = reviewer_client.post(url, {"action": "amend", "amended_content": {"database": "PostgreSQL 16"},
                                    "response": "pin the version"}, format="json")
     assert r.status_code == 200 and r.json()["status"] == "amended"
