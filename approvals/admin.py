@@ -334,15 +334,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
 
     @admin.display(description="flags")
     def risk_flags(self, obj):
-        flags = (obj.risk_assessment or {}).get("flags") or []
-        if not flags:
-            return "none"
-        rows = format_html_join(
-            "", '<tr><td style="color:{}"><b>{}</b></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>',
-            ((RISK_COLOURS.get(f.get("severity"), "#555"), f.get("severity"), f.get("code"), f.get("message"),
-              f.get("location", "")) for f in flags))
-        return format_html("<table><tr><th>severity</th><th>check</th><th>finding</th><th>where</th></tr>{}</table>",
-                           rows)
+        return _flag_table((obj.risk_assessment or {}).get("flags"))
 
     @admin.display(description="input data")
     def input_pretty(self, obj):

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from core.admin import ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError
 from core.hooks import Hook
-from emergency.models import Condition, EmergencySettings, EmergencyStop, Severity
+from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity
 from emergency.services import HALTED_TASK_STATUSES, emergency_settings_save, emergency_stop_trigger
 from projects import roles
 from projects.admin import ProjectAdmin
@@ -20,12 +20,7 @@ from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.models import Project, Task
 from projects.permissions import has_project_perm, project_perms
 
-SEVERITY_HELP = {
-    Severity.LOW: "a precaution: nothing is known to be wrong.",
-    Severity.MEDIUM: "something looks wrong and needs a look.",
-    Severity.HIGH: "agents are doing harm or are about to (the default).",
-    Severity.CRITICAL: "an incident: secrets, data loss or production at risk.",
-}
+SEVERITY_HELP = SEVERITY_MEANINGS
 
 
 class StopPreview(Protocol):

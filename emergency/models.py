@@ -23,6 +23,15 @@ class Severity(models.TextChoices):
     CRITICAL = "critical"
 
 
+# What each severity of a stop means, for the people choosing one (admin and reviewer pages).
+SEVERITY_MEANINGS = {
+    Severity.LOW: "a precaution: nothing is known to be wrong.",
+    Severity.MEDIUM: "something looks wrong and needs a look.",
+    Severity.HIGH: "agents are doing harm or are about to (the default).",
+    Severity.CRITICAL: "an incident: secrets, data loss or production at risk.",
+}
+
+
 SEVERITY_ORDER = [Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
 
 

@@ -17,7 +17,6 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals.models import AgentCallApproval, ResponseApproval
@@ -26,12 +25,13 @@ from audit.services import audit_verify_report, chain_key
 from budgets.models import BudgetAlert, BudgetOverrideRequest
 from budgets.selectors import budget_summary
 from core.errors import DomainError
-from emergency.models import Condition, EmergencyStop, Severity
+from emergency.models import SEVERITY_MEANINGS, Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
 from projects import roles
 from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
+from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
 AUDIT_PAGE_SIZE = 50
@@ -39,20 +39,10 @@ RECENT_TASKS = 15
 ALERT_HISTORY = 20
 OPEN_RECOVERY = (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS)
 
-SEVERITY_HELP = {
-    Severity.LOW: "Low: a precaution, nothing is known to be wrong.",
-    Severity.MEDIUM: "Medium: something looks wrong and needs a look.",
-    Severity.HIGH: "High: agents are doing harm or are about to (the default).",
-    Severity.CRITICAL: "Critical: an incident: secrets, data loss, production at risk.",
-}
-STEP_TITLES = {
-    "review_flagged": "Review the flagged calls",
-    "confirm_budget": "Confirm the budget",
-    "reset_error_window": "Reset the error-rate window",
-    "re_enable_agents": "Re-enable the agents",
-    "settle_halted_tasks": "Settle the halted tasks",
-    "lift_stop": "Lift the emergency stop",
-}
+SEVERITY_HELP = {severity: f"{severity.label}: {meaning}" for severity, meaning in SEVERITY_MEANINGS.items()}
+# The assessment is read at the recovery's start; on this page the live sections say so.
+NOW_TITLES = {"Tasks by status": "Tasks by status now", "Error rate": "Error rate now",
+              "Resource use": "Resource use now"}
 
 
 # --- forms ----------------------------------------------------------------------------
@@ -274,77 +264,18 @@ def recovery_start_view(request, project_id):
 
 
 # --- recovery page --------------------------------------------------------------------
-def _label(key) -> str:
-    return str(key).replace("_", " ").capitalize()
-
-
-def _readable(value) -> str:
-    """A JSON value as one line of text (nested dicts as 'key: value' pairs, ISO times as local times)."""
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str) and len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
-        moment = parse_datetime(value)
-        if moment is not None:
-            return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
-    if isinstance(value, dict):
-        return "; ".join(f"{_label(k).lower()}: {_readable(v)}" for k, v in value.items()) or "—"
-    if isinstance(value, list):
-        return ", ".join(_readable(v) for v in value) or "none"
-    return str(value)
-
-
-def _rows(data) -> list[tuple[str, str]]:
-    if isinstance(data, dict):
-        return [(_label(k), _readable(v)) for k, v in data.items()]
-    return [("", _readable(data))]
-
-
 def _assessment_sections(assessment: dict) -> list[dict]:
-    """The assessment as titled sections of label/value rows (not a JSON blob)."""
-    a = dict(assessment or {})
-    stop = a.pop("stop", None) or {}
-    sections = []
-    if stop:
-        sections.append({"title": "The stop", "rows": [
-            ("Conditions", ", ".join(_label(c) for c in stop.get("triggered_conditions", [])) or "—"),
-            ("Reason", stop.get("stop_reason") or "—"), ("Severity", stop.get("severity") or "—"),
-            ("Triggered by", stop.get("triggered_by") or "—"), ("At", stop.get("created_at") or "—")]})
-    conditions = a.pop("conditions", None) or []
-    if conditions:
-        sections.append({"title": "What tripped", "items": [
-            {"heading": f"{_label(c.get('condition', '?'))} ({c.get('severity', '?')})",
-             "rows": [("Reason", c.get("reason") or "—"), ("By", c.get("by") or "—"), ("At", c.get("at") or "—"),
-                      *[(_label(k), _readable(v)) for k, v in (c.get("data") or {}).items()]]}
-            for c in conditions]})
-    impact = [("Halted tasks", _readable(a.pop("halted_tasks", 0))),
-              ("Cancelled calls", _readable(a.pop("cancelled_approvals", 0)))]
-    flags = a.pop("open_flags", None)
-    if flags is not None:
-        impact.append(("Cancelled calls with high or critical flags", str(len(flags))))
-    sections.append({"title": "Impact of the stop", "rows": impact})
-    counts = a.pop("task_counts", None)
-    if counts is not None:
-        sections.append({"title": "Tasks by status now",
-                         "rows": [(_label(k), str(v)) for k, v in sorted(counts.items())] or [("", "no tasks")]})
-    for key, title in (("error_rate", "Error rate now"), ("resources", "Resource use now"),
-                       ("budget", "Budget today")):
-        if key in a:
-            sections.append({"title": title, "rows": _rows(a.pop(key))})
-    for key, value in a.items():  # anything newer the service records
-        sections.append({"title": _label(key), "rows": _rows(value)})
-    return sections
+    """recovery.presentation's sections (the admin shows the same), titled for this page."""
+    return [{**section, "title": NOW_TITLES.get(section["title"], section["title"])}
+            for section in assessment_sections(assessment)]
 
 
 def _step_view(step: RecoveryStep, next_step) -> dict:
-    result = step.result or {}
     return {
-        "step": step, "title": STEP_TITLES.get(step.action, _label(step.action)),
+        "step": step, "title": step_title(step.action),
         "is_next": next_step is not None and step.pk == next_step.pk,
         "options": STEPS.get(step.action, (None, None, None))[2],
-        "result_rows": [(_label(k), _readable(v)) for k, v in result.items()] if isinstance(result, dict) else
-        [("", _readable(result))],
+        "result_rows": step_result_rows(step.result),
         "automatic": step.status == RecoveryStep.Status.COMPLETED and step.approved_by_id is None,
     }
 
@@ -408,7 +339,7 @@ def recovery_step_decide(request, session_id, step_id):
         session = _session_or_404(request.user, session_id)
         return render(request, "review/recovery.html", _recovery_context(request, session, error=detail),
                       status=exc.status_code)
-    title = STEP_TITLES.get(step.action, step.action) if step else "The step"
+    title = step_title(step.action) if step else "The step"
     if form.cleaned_data["decision"] == "approve":
         if session.status == RecoverySession.Status.COMPLETED:
             messages.success(request, f"{title}: done. The emergency stop is lifted and {session.project.name} "

@@ -26,12 +26,12 @@ from approvals.services.calibration import label_flags, project_rules
 from approvals.services.common import call_uow
 from approvals.services.usage import priced_cost, record_settlement
 from audit.services import audit_record
-from budgets.services import BUDGET_RELATED, budget_settle
+from budgets.services import budget_settle
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.request_cache import memo
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
-from emergency.models import Condition, EmergencyStop, Severity
+from emergency.models import Condition, Severity
 from emergency.services import emergency_settings_for, emergency_stop_trigger
 from events.services import event_emit
 from projects import roles
@@ -131,6 +131,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
                          after={"tokens_used": tokens_used, "actual_cost": Decimal(actual_cost)})
         # the usage itself may have tripped budget_critical (in this unit of work)
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
+        active_stop_id = uow.project.active_stop_id
         if not stopped:
             uow.enter_stage("response")
             earlier = list(ResponseApproval.objects.filter(task=call.task).values_list(
@@ -155,7 +156,6 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
             except IntegrityError:
                 raise TransitionError("This call already has a pending response.",
                                       current_status=Status.PENDING) from None
-            response.approved_by = None
             task_move(task=call.task, to=Task.Status.WAITING_FOR_HITL)
             agent_state_refresh(project_id=uow.project.pk, agent_type=call.task.agent_type)
             audit_record(actor=submitter, action="response_approval.submit", obj=response,
@@ -179,16 +179,11 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
                     response.refresh_from_db(fields=["status", "rejection_reason", "responded_at"])
     if stopped:
         raise EmergencyStopActive("The project is under an emergency stop: the usage was recorded, the output "
-                                  "is not taken.", emergency_stop_id=_active_stop_id(project_id))
+                                  "is not taken.", emergency_stop_id=active_stop_id)
     if stop is not None:  # committed together with the response it holds back
         raise EmergencyStopActive("The output has a critical risk flag: the project is emergency-stopped.",
                                   emergency_stop_id=stop.pk)
     return response
-
-
-def _active_stop_id(project_id):
-    stop = EmergencyStop.objects.filter(project_id=project_id, resolved_at__isnull=True).first()
-    return stop.pk if stop else None
 
 
 def _response_uow_lock(uow, approval_id) -> ResponseApproval:
