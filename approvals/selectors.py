@@ -1,9 +1,8 @@
 from approvals.models import AgentCallApproval, FlagSuppression, ResponseApproval
-from rest_framework.exceptions import NotFound
 
-from core.api import get_or_404, parse_uuid
+from core.api import get_or_404
 from core.request_cache import memo
-from projects.permissions import in_visible_projects
+from projects.permissions import in_visible_projects, visible_or_404
 
 
 def call_route_key(approval_id) -> tuple:
@@ -20,13 +19,14 @@ def agent_approval_route(*, user, approval_id) -> dict:
     "requested_by_id"} of a call the user may see, or 404, in one light query. Its project and
     task (which never change) are kept for the rest of the request, so the service's unit of
     work need not look them up again."""
-    pk = parse_uuid(approval_id)
-    route = AgentCallApproval.objects.filter(in_visible_projects(user), pk=pk).values(
-        "id", "project_id", "task_id", "requested_by_id").first()
-    if route is None:
-        raise NotFound()
-    memo(call_route_key(pk), lambda: {"project_id": route["project_id"], "task_id": route["task_id"]})
+    call = visible_or_404(user, AgentCallApproval, approval_id, ROUTE_FIELDS)
+    route = {"id": call.pk, "project_id": call.project_id, "task_id": call.task_id,
+             "requested_by_id": call.requested_by_id}
+    memo(call_route_key(call.pk), lambda: {"project_id": route["project_id"], "task_id": route["task_id"]})
     return route
+
+
+ROUTE_FIELDS = ("id", "project", "task", "requested_by")
 
 
 def agent_approval_visible_to(*, user):

@@ -59,6 +59,10 @@ class Deadline(Exception):
     pass
 
 
+class Finished(Exception):
+    """The parts asked for (--only) are measured."""
+
+
 class Run:
     def __init__(self, deadline_s):
         self.deadline = time.monotonic() + deadline_s
@@ -369,7 +373,13 @@ def main():
     parser.add_argument("--seconds", type=float, default=10, help="length of each round-trip run")
     parser.add_argument("--burst", default="200,1000", help="sizes of the concurrent-create bursts")
     parser.add_argument("--deadline", type=float, default=900, help="seconds before the run gives up")
+    parser.add_argument("--only", default="", help="comma-separated parts to run (get, ops, round_trip, bursts, "
+                        "scale_out; the bare floor always runs): a quicker look at one figure")
     args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+
+    def part(name):
+        return not only or name in only
     bursts = [int(b) for b in args.burst.split(",") if b]
     arm_deadline(args.deadline + 120, "throughput")  # a backstop: the run's own deadline stops it first
 
@@ -393,17 +403,23 @@ def main():
             get_ms, get_rps = cpu * 1000 / n, n / elapsed
             result["trivial_get"] = {"cpu_ms": round(get_ms, 2), "requests_per_s": round(get_rps, 1),
                                      "x_bare": round(get_ms / bare_ms, 1)}
-            result["operations_cpu_ms"] = operations(run, port, pids, fx, args.ops)
-            rt8 = round_trips(run, port, pids, fx, 8, args.seconds)
-            rt50 = round_trips(run, port, pids, fx, 50, args.seconds)
-            result["round_trip"] = {
-                "cpu_ms": rt8["cpu_ms_per_round_trip"],
-                "x_trivial_get": round(rt8["cpu_ms_per_round_trip"] / get_ms, 2) if rt8["round_trips"] else None,
-                "agents_8": rt8, "agents_50": rt50,
-                "requests_per_s_x_trivial_get": round(rt8["requests_per_s"] / get_rps, 2),
-            }
-            result["bursts"] = [burst(run, port, fx, n) for n in bursts]
-            spread1 = round_trips(run, port, pids, fx, 50, args.seconds, pool="spread")
+            if part("ops"):
+                result["operations_cpu_ms"] = operations(run, port, pids, fx, args.ops)
+            if part("round_trip") or part("scale_out"):
+                rt8 = round_trips(run, port, pids, fx, 8, args.seconds)
+                rt50 = round_trips(run, port, pids, fx, 50, args.seconds)
+                result["round_trip"] = {
+                    "cpu_ms": rt8["cpu_ms_per_round_trip"],
+                    "x_trivial_get": round(rt8["cpu_ms_per_round_trip"] / get_ms, 2) if rt8["round_trips"] else None,
+                    "agents_8": rt8, "agents_50": rt50,
+                    "requests_per_s_x_trivial_get": round(rt8["requests_per_s"] / get_rps, 2),
+                }
+            if part("bursts"):
+                result["bursts"] = [burst(run, port, fx, n) for n in bursts]
+            if part("scale_out"):
+                spread1 = round_trips(run, port, pids, fx, 50, args.seconds, pool="spread")
+        if not part("scale_out"):
+            raise Finished()
         with serve(2, key=fx["agent_key"]) as (port, pids):
             rt2 = round_trips(run, port, pids, fx, 50, args.seconds)
             spread2 = round_trips(run, port, pids, fx, 50, args.seconds, pool="spread")
@@ -415,6 +431,8 @@ def main():
                              "ratio": round(spread2["round_trips_per_s"] / spread1["round_trips_per_s"], 2)
                              if spread1["round_trips_per_s"] else None},
         }
+    except Finished:
+        pass
     except Deadline:
         run.error("deadline", f"the run passed its {args.deadline} s deadline; figures so far are reported")
     result["errors"] = dict(run.errors)

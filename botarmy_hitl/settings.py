@@ -73,6 +73,17 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
+# The chain of an API request that authenticates with ``Authorization: Bearer`` (an agent or a
+# script, never a browser): the browser's middleware (static files, sessions, CSRF, the session
+# user, messages, framing, htmx) has nothing to do for it, so core/asgi.py runs it through this
+# shorter chain. Every other request (pages, the admin, the API with a session cookie) takes
+# MIDDLEWARE.
+HITL_API_MIDDLEWARE = [
+    "core.middleware.request_middleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+
 ROOT_URLCONF = "botarmy_hitl.urls"
 WSGI_APPLICATION = "botarmy_hitl.wsgi.application"
 ASGI_APPLICATION = "botarmy_hitl.asgi.application"

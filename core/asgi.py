@@ -12,6 +12,13 @@ close and request_finished, which hands the database connection back to the pool
 on a thread of a fixed pool (HITL_WEB_THREADS per process). An async view is served by
 Django's own async path, so it never holds a thread while it waits.
 
+Two middleware chains: a request to /api/ that authenticates with ``Authorization: Bearer``
+(an agent) runs through HITL_API_MIDDLEWARE, without the browser's middleware (sessions, CSRF,
+the session user, messages, framing, htmx), which would only cost it CPU; every other request
+runs through MIDDLEWARE. And the path is resolved once per request, by Django: when no URL
+pattern routes to an async view (today none does: long polls are Channels consumers), the
+handler does not resolve it a second time to choose the async path.
+
 Backpressure: at most HITL_WEB_THREADS requests run at once per process; a request that
 waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 ``unavailable``
 with ``Retry-After`` (API.md's error shape) instead of piling up threads and database waits.
@@ -45,17 +52,60 @@ def _saturated_response(path: str):
     return response
 
 
+def _sync_handler(middleware: list[str] | None = None) -> BaseHandler:
+    """A BaseHandler whose sync chain is ``middleware`` (settings.MIDDLEWARE when None).
+    BaseHandler.load_middleware reads settings.MIDDLEWARE: it is swapped for the time of that
+    call only, once, while the process starts (before any request runs)."""
+    handler = BaseHandler()
+    if middleware is None:
+        handler.load_middleware(is_async=False)
+        return handler
+    full = settings.MIDDLEWARE
+    settings.MIDDLEWARE = list(middleware)
+    try:
+        handler.load_middleware(is_async=False)
+    finally:
+        settings.MIDDLEWARE = full
+    return handler
+
+
+def _async_views(patterns) -> bool:
+    """True when some URL pattern (in any include) routes to an async view."""
+    for pattern in patterns:
+        if hasattr(pattern, "url_patterns"):
+            if _async_views(pattern.url_patterns):
+                return True
+            continue
+        view = pattern.callback
+        if asyncio.iscoroutinefunction(view) or getattr(view, "view_is_async", False):
+            return True
+    return False
+
+
+def bearer_api_request(scope) -> bool:
+    """A request to /api/ with an ``Authorization: Bearer`` header (HITL_API_MIDDLEWARE's chain)."""
+    if not scope["path"].startswith("/api/"):
+        return False
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            return value[:7].lower() == b"bearer "
+    return False
+
+
 class OneHopASGIHandler(ASGIHandler):
     def __init__(self):
         super().__init__()
-        self._sync_handler = BaseHandler()
-        self._sync_handler.load_middleware(is_async=False)
+        self._sync_handler = _sync_handler()
+        self._api_handler = _sync_handler(getattr(settings, "HITL_API_MIDDLEWARE", None))
+        self._has_async_views = _async_views(get_resolver().url_patterns)
         self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 4)), 1)
         self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
         self._slots: asyncio.Semaphore | None = None
 
     def _is_async_view(self, path: str) -> bool:
+        if not self._has_async_views:
+            return False
         try:
             view = get_resolver().resolve(path).func
         except Resolver404:
@@ -111,7 +161,8 @@ class OneHopASGIHandler(ASGIHandler):
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
         if request is not None:
-            response = self._sync_handler.get_response(request)
+            handler = self._api_handler if bearer_api_request(scope) else self._sync_handler
+            response = handler.get_response(request)
         response._handler_class = self.__class__
         if not response.streaming:
             response.content  # render here, in the thread  # noqa: B018

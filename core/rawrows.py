@@ -9,9 +9,10 @@ from django.db import connection
 
 
 class Columns:
-    def __init__(self, model, alias: str):
+    def __init__(self, model, alias: str, names: tuple[str, ...] | None = None):
+        """``names``: only these fields (by name; the primary key first), else every column."""
         self.model, self.alias = model, alias
-        self.fields = list(model._meta.concrete_fields)
+        self.fields = [model._meta.get_field(n) for n in names] if names else list(model._meta.concrete_fields)
         quote = connection.ops.quote_name
         self.sql = ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
         self._converters = []
@@ -34,3 +35,23 @@ class Columns:
                 value = convert(value, expression, connection)
             converted.append(value)
         return self.model.from_db(connection.alias, self._names, converted)
+
+
+_BY_PK: dict[tuple, tuple] = {}
+
+
+def by_pk(model, pk, names: tuple[str, ...] | None = None):
+    """The row of ``model`` whose primary key is ``pk``, as an instance (only the fields ``names``
+    when given, the rest deferred), or None: one hand-written statement, for the reads every
+    request of a kind makes (a task, a call's route)."""
+    key = (model, names)
+    if key not in _BY_PK:
+        columns = Columns(model, "t", names)
+        quote = connection.ops.quote_name
+        _BY_PK[key] = (f"SELECT {columns.sql} FROM {quote(model._meta.db_table)} t "
+                       f"WHERE t.{quote(model._meta.pk.column)} = %s", columns)
+    sql, columns = _BY_PK[key]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [model._meta.pk.get_db_prep_value(pk, connection)])
+        row = cursor.fetchone()
+    return None if row is None else columns.build(row)

@@ -15,6 +15,7 @@ from projects.permissions import (
     project_for_user,
     project_visible_to,
     require_project_perm,
+    visible_or_404,
 )
 from core.api import (
     IDEMPOTENCY_HEADER,
@@ -154,7 +155,7 @@ class TaskCreateApi(APIView):
 class TaskDetailApi(APIView):
     @extend_schema(operation_id="tasks_retrieve", responses={200: TaskOutputSerializer, **error_responses(404)})
     def get(self, request, task_id):
-        return Response(TaskOutputSerializer(get_or_404(selectors.task_visible_to(user=request.user), task_id)).data)
+        return Response(TaskOutputSerializer(visible_or_404(request.user, Task, task_id)).data)
 
 
 class TaskStatusApi(APIView):
