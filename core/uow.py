@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 
 from core.errors import is_transient_db_error, transient_db_error_kind
 
@@ -61,6 +61,7 @@ class UnitOfWork:
         self.stage = -1
         self._deferred: dict[str, list[Callable[[], object]]] = {"agent_state": [], "outbox": [], "audit_chain": []}
         self._deferred_keys: set = set()
+        self._after_commit_keys: set = set()
         self.flushed = False
 
     # --- locks ------------------------------------------------------------------------------
@@ -112,6 +113,7 @@ class UnitOfWork:
         for stage, length in mark.items():
             del self._deferred[stage][length:]
         self._deferred_keys.clear()  # a dropped write may be deferred again
+        self._after_commit_keys.clear()  # Django drops the savepoint's on_commit callbacks itself
 
     def flush(self) -> None:
         """Refresh the agent states, write the buffered outbox events, then the audit rows (still
@@ -146,6 +148,23 @@ def defer_or_run(stage: str, write: Callable[[], object], key=None):
         uow.defer(stage, write, key)
         return None
     return write()
+
+
+def after_commit_or_run(write: Callable[[], object], key=None):
+    """Inside a unit of work: run ``write`` once per ``key`` after its transaction commits (a
+    failure is logged, never undoes the commit); outside one: now. For derived rows that every
+    write of a project changes (an agent type's state): written in a short transaction of their
+    own, their row lock is not held through the rest of the request's transaction, which would
+    queue every concurrent request of the project behind it."""
+    uow = _current.get()
+    if uow is None or uow.flushed:
+        return write()
+    if key is not None:
+        if key in uow._after_commit_keys:
+            return None
+        uow._after_commit_keys.add(key)
+    transaction.on_commit(write, robust=True)
+    return None
 
 
 def retry_transient(fn):

@@ -146,11 +146,37 @@ def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = No
     that changed them): waiting_for_hitl while a task waits for a person (the most recent one is
     its current task), working while one runs, else idle, or error after a failure
     (``failed=True``) until a success (``failed=False``). An emergency stop is left for recovery
-    to lift. One statement, which locks the state's row: inside a unit of work it runs at the
-    unit's end (stage "agent_state", just before the outbox and the audit rows), so that hot row
-    is held only for the last statements of the transaction."""
-    core_uow.defer_or_run("agent_state", lambda: _refresh(project_id, agent_type, failed),
-                          key=(str(project_id), agent_type, failed))
+    to lift.
+
+    Inside a unit of work it runs once the unit's transaction has committed, in a short
+    transaction of its own (every write on a call of the project changes that row: held to the
+    end of the request's transaction, it queued the project's concurrent requests one behind the
+    other). That transaction locks the state's row first, so its UPDATE reads the tasks as the
+    last commit before it left them: whatever order concurrent refreshes run in, the last one
+    sees every task change. The state is derived, never a decision: a refresh lost to a crash is
+    redone by the next write. Outside a unit of work it runs at once, in the caller's transaction."""
+    core_uow.after_commit_or_run(lambda: _refresh_alone(project_id, agent_type, failed),
+                                 key=(str(project_id), agent_type, failed))
+
+
+_LOCK_STATE_SQL = None
+
+
+def _refresh_alone(project_id, agent_type: str, failed: bool | None) -> None:
+    global _LOCK_STATE_SQL
+    if _LOCK_STATE_SQL is None:
+        quote, meta = connection.ops.quote_name, AgentState._meta
+        _LOCK_STATE_SQL = (f"SELECT {quote(meta.pk.column)} FROM {quote(meta.db_table)} "
+                           f"WHERE {quote(meta.get_field('project').column)} = %s "
+                           f"AND {quote(meta.get_field('agent_type').column)} = %s"
+                           + (" FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else ""))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL synchronous_commit = off")  # derived state: redone if lost
+            cursor.execute(_LOCK_STATE_SQL, [Task._meta.get_field("project").get_db_prep_value(project_id, connection),
+                                             agent_type])
+        _refresh(project_id, agent_type, failed)
 
 
 def _refresh(project_id, agent_type: str, failed: bool | None) -> None:

@@ -31,8 +31,10 @@ def reviewer_client(reviewer, client_for):
 
 
 @pytest.fixture
-def requested(agent_client, request_body):
-    """A pending approval made through the API; returns its JSON."""
-    r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+def requested(agent_client, request_body, django_capture_on_commit_callbacks):
+    """A pending approval made through the API; returns its JSON. What the request does after
+    its commit (the agent state's refresh, wake-ups) runs too, as in a server."""
+    with django_capture_on_commit_callbacks(execute=True):
+        r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
     assert r.status_code == 201, r.content
     return r.json()

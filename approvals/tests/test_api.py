@@ -40,14 +40,16 @@ def test_request_estimates_assesses_and_waits_for_a_person(requested, task, proj
     assert AuditEvent.objects.filter(action="agent_approval.request", object_id=requested["approval_id"]).exists()
 
 
-def test_full_lifecycle_approve_start_once(requested, agent_client, reviewer_client, task, project):
+def test_full_lifecycle_approve_start_once(requested, agent_client, reviewer_client, task, project,
+                                          django_capture_on_commit_callbacks):
     approval_id = requested["approval_id"]
     r = respond(reviewer_client, approval_id, decision="approve")
     assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["approved_by"] == "reviewer"
     assert r.json()["responded_at"]
     task.refresh_from_db()
     assert task.status == "pending"
-    first = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    with django_capture_on_commit_callbacks(execute=True):  # the agent state is refreshed after the commit
+        first = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
     assert first.status_code == 200
     assert first.json()["input_to_run"] == {"files": ["login.tsx"]} and first.json()["started_at"]
     task.refresh_from_db()

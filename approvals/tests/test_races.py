@@ -191,3 +191,48 @@ def test_mixed_load_through_the_api_has_no_5xx_and_everything_reconciles(tight, 
     assert statuses and not [s for s in statuses if s >= 500], sorted(set(statuses))
     assert budget_reconcile() == [] and audit_verify() == []
     assert not AgentCallApproval.objects.filter(status="approved", budget_state="blocked").exists()
+
+
+def test_the_agent_state_matches_its_tasks_after_concurrent_writes(project, agent, reviewer):
+    """The agent state is refreshed after each commit, in a transaction of its own (so that its
+    row is not held through the requests' transactions): whatever order the refreshes of
+    concurrent requests run in, the state left is the one the committed tasks give."""
+    from projects.models import AgentState, Task
+    from approvals.services import agent_approval_start
+
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"s{i}") for i in range(6)]
+    calls = [None] * len(tasks)
+
+    def work(n):
+        def step(i):
+            task = tasks[n]
+            if i == 0:
+                calls[n] = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk,
+                                                  agent_type="coder", proposed_action=f"do s{n}", input_data={},
+                                                  estimated_tokens=10, estimated_cost=Decimal("0.0100"))
+            elif i == 1:
+                agent_approval_decide(approval_id=calls[n].pk, decider=reviewer, decision="approve")
+            elif i == 2:
+                agent_approval_start(approval_id=calls[n].pk, actor=agent)
+            elif n % 2:  # half finish, half keep running
+                task_report_outcome(actor=agent, task_id=task.pk, status="completed")
+        return step
+
+    seen = []
+    for rounds in (1, 2, 3, 4):  # the state is checked after each phase
+        errors = race(*(lambda i, w=work(n), r=rounds: w(r - 1) for n in range(len(tasks))))
+        assert errors == []
+        statuses = set(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("status", flat=True))
+        state = AgentState.objects.get(project=project, agent_type="coder")
+        expected = ("waiting_for_hitl" if "waiting_for_hitl" in statuses else
+                    "working" if "running" in statuses else "idle")
+        assert state.status == expected, (rounds, statuses)
+        seen.append(expected)
+        if expected == "idle":
+            assert state.current_task_id is None
+            continue
+        current = Task.objects.get(pk=state.current_task_id)
+        assert current.status == ("waiting_for_hitl" if expected == "waiting_for_hitl" else "running")
+        newest = Task.objects.filter(pk__in=[t.pk for t in tasks], status=current.status).latest("updated_at")
+        assert current.pk == newest.pk
+    assert seen[-2:] == ["working", "working"]  # the phases did reach running tasks

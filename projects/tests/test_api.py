@@ -96,9 +96,11 @@ def test_unknown_ids_are_404(clients):
 
 
 # --- behaviour -----------------------------------------------------------------------
-def test_outcomes_move_task_and_agent_state_and_are_audited(clients, task, project):
-    r = clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "boom"},
-                              format="json")
+def test_outcomes_move_task_and_agent_state_and_are_audited(clients, task, project,
+                                                            django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):  # the agent state is refreshed after the commit
+        r = clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "boom"},
+                                  format="json")
     assert r.status_code == 200
     assert r.json()["status"] == "failed" and r.json()["error"] == "boom" and r.json()["finished_at"]
     assert AgentState.objects.get(project=project, agent_type="coder").status == "error"
