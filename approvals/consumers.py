@@ -172,7 +172,13 @@ HITL = WaitKind(HitlRequest, hitl_request_visible_to, HitlRequestOutputSerialize
 class JsonHttpConsumer(AsyncHttpConsumer):
     """An HTTP consumer that answers in API.md's JSON shape: ``answer()`` returns (status, body
     bytes); an HttpError is its own answer, a transient database error 503 with Retry-After (as
-    core.errors does), anything else a JSON 500."""
+    core.errors does), anything else a JSON 500.
+
+    No channel of its own on the channel layer (``channel_layer_alias`` names none): a wait is
+    woken through core.wakeup's one subscription per process, so the channel and the receive
+    that Channels would open on Redis for every request would only cost it time."""
+
+    channel_layer_alias = None
 
     async def answer(self) -> tuple[int, bytes]:
         raise NotImplementedError

@@ -8,7 +8,8 @@ processes on one port). Server CPU is read from the daphne processes (/proc utim
 the client's own work does not count. Everything is measured in this one run, so the ratios
 hold on a noisy machine even when the absolute figures move. Prints one JSON object:
 
-  bare_asgi       CPU ms per response of a three-line ASGI app on the same daphne (the floor)
+  bare_asgi       CPU ms per response of a three-line ASGI app on the same daphne (the floor),
+                  measured in batches alternating with the trivial GET's (--interleave)
   trivial_get     CPU ms per authenticated GET /api/v1/tasks/{id}, requests/s with 8 clients,
                   and x_bare (the CPU ratio to the floor; goal <= 10)
   operations      CPU ms per create, respond, wait (decided), start and usage
@@ -18,10 +19,8 @@ hold on a noisy machine even when the absolute figures move. Prints one JSON obj
   bursts          N agents asking at once (one create each): p50/p99 ms and the count of
                   201 / 503 / other answers and dropped connections (goal: no 500, none dropped)
   scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5),
-                  with the 50 agents in one project and spread over ten; beside it the machine's
-                  ceiling (a CPU-bound loop in 2 processes against 1, measured in the same run:
-                  on a shared host two cores do not give twice one) and the ratio as a fraction
-                  of that ceiling; interleaved runs (--repeats)
+                  with the 50 agents in one project and spread over ten; interleaved runs
+                  (--repeats), ratios over their sums
   errors          unexpected answers (each a count and the first few); the run never hangs:
                   a deadline stops it, and every server it started is stopped (SIGKILL after 20 s)
 """
@@ -329,34 +328,14 @@ def burst(run, port, fx, n):
             "503_with_retry_after": retry_after.get(True, 0)}
 
 
-SPIN = """
-import time
-n, end = 0, time.perf_counter() + {seconds}
-while time.perf_counter() < end:
-    n += 1
-print(n)
-"""
-
-
-def cpu_loop(processes, seconds=3.0):
-    """Iterations of a pure-Python loop done by ``processes`` processes at once in ``seconds``."""
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)], stdout=subprocess.PIPE, text=True)
-             for _ in range(processes)]
-    return sum(int(p.communicate(timeout=seconds + 30)[0]) for p in procs)
-
-
 def scale_out(run, fx, seconds, repeats):
-    """Round trips/s with 50 agents on 1 and on 2 web processes (one project, and ten), and the
-    machine's own ceiling: what two CPU-bound processes do on it against one (on a shared or
-    oversubscribed host, well under 2). Measured ``repeats`` times, interleaved (1, 2, 1, 2) so
-    that a change in the host's load falls on both sides; ratios are taken over the sums."""
+    """Round trips/s with 50 agents on 1 and on 2 web processes (one project, and ten), measured
+    ``repeats`` times interleaved (1, 2, 1, 2) so that a change in the shared host's speed falls
+    on both sides; the ratios are taken over the sums."""
     sums = collections.defaultdict(float)
     runs = []
     for _ in range(repeats):
-        one_loop, two_loop = cpu_loop(1), cpu_loop(2)
-        sums["loop_1"] += one_loop
-        sums["loop_2"] += two_loop
-        this = {"cpu_loop_2_over_1": round(two_loop / one_loop, 2)}
+        this = {}
         for workers in (1, 2):
             with serve(workers, key=fx["agent_key"]) as (port, pids):
                 for pool, name in (("tasks", "one_project"), ("spread", "ten_projects")):
@@ -364,14 +343,11 @@ def scale_out(run, fx, seconds, repeats):
                     sums[(name, workers)] += rt["round_trips_per_s"]
                     this[f"{name}_processes_{workers}"] = rt["round_trips_per_s"]
         runs.append(this)
-    ceiling = sums["loop_2"] / sums["loop_1"] if sums["loop_1"] else None
-    out = {"machine_ceiling": round(ceiling, 2) if ceiling else None, "runs": runs}
+    out = {"runs": runs}
     for name in ("one_project", "ten_projects"):
         one, two = sums[(name, 1)], sums[(name, 2)]
-        ratio = two / one if one else None
         out[name] = {"processes_1": round(one / repeats, 1), "processes_2": round(two / repeats, 1),
-                     "ratio": round(ratio, 2) if ratio else None,
-                     "ratio_of_machine_ceiling": round(ratio / ceiling, 2) if ratio and ceiling else None}
+                     "ratio": round(two / one, 2) if one else None}
     return out
 
 
@@ -417,10 +393,11 @@ def fixtures(n_tasks, n_spread=0, spread_projects=10):
 def main():
     arm_traceback_dump()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=1000, help="GETs per rate measurement")
+    parser.add_argument("--requests", type=int, default=2000, help="GETs per side (floor, trivial GET)")
     parser.add_argument("--ops", type=int, default=200, help="calls per operation measured")
     parser.add_argument("--seconds", type=float, default=10, help="length of each round-trip run")
     parser.add_argument("--burst", default="200,1000", help="sizes of the concurrent-create bursts")
+    parser.add_argument("--interleave", type=int, default=5, help="alternating batches of the floor and the GET")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved 1- and 2-process runs of the scale-out")
     parser.add_argument("--deadline", type=float, default=900, help="seconds before the run gives up")
     parser.add_argument("--only", default="", help="comma-separated parts to run (get, ops, round_trip, bursts, "
@@ -439,18 +416,24 @@ def main():
     fx["tasks"].take(1)  # the trivial GET's task
     result = {**backend_description(), "cpus": os.cpu_count()}
     try:
-        with serve(1, app="bare_asgi:app", health="/") as (port, pids):
-            get_rate(run, port, "-", "/", 8, 200)  # warm up
-            cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, "-", "/", 8, args.requests))
-            bare_ms = cpu * 1000 / n
-            result["bare_asgi"] = {"cpu_ms": round(bare_ms, 3), "requests_per_s": round(n / elapsed, 1)}
-
         trivial = f"/api/v1/tasks/{fx['trivial_task']}"
-        with serve(1, key=fx["agent_key"]) as (port, pids):
-            get_rate(run, port, fx["agent_key"], trivial, 8, 200)  # warm up
-            cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, fx["agent_key"], trivial, 8,
-                                                                   args.requests))
-            get_ms, get_rps = cpu * 1000 / n, n / elapsed
+        with serve(1, app="bare_asgi:app", health="/") as (bare_port, bare_pids), \
+                serve(1, key=fx["agent_key"]) as (port, pids):
+            # Interleaved: a change in the host's speed falls on the floor and on the GET alike.
+            sides = {"bare": (bare_port, bare_pids, "-", "/"), "get": (port, pids, fx["agent_key"], trivial)}
+            totals = {side: [0.0, 0.0, 0] for side in sides}  # cpu s, elapsed s, requests
+            for side, (p, _, key, path) in sides.items():
+                get_rate(run, p, key, path, 8, 200)  # warm up
+            for _ in range(args.interleave):
+                for side, (p, ps, key, path) in sides.items():
+                    cpu, (elapsed, n) = measure_cpu(ps, lambda: get_rate(run, p, key, path, 8,
+                                                                         args.requests // args.interleave))
+                    totals[side][0] += cpu
+                    totals[side][1] += elapsed
+                    totals[side][2] += n
+            (bare_cpu, bare_s, bare_n), (get_cpu, get_s, get_n) = totals["bare"], totals["get"]
+            bare_ms, get_ms, get_rps = bare_cpu * 1000 / bare_n, get_cpu * 1000 / get_n, get_n / get_s
+            result["bare_asgi"] = {"cpu_ms": round(bare_ms, 3), "requests_per_s": round(bare_n / bare_s, 1)}
             result["trivial_get"] = {"cpu_ms": round(get_ms, 2), "requests_per_s": round(get_rps, 1),
                                      "x_bare": round(get_ms / bare_ms, 1)}
             if part("ops"):

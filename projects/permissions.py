@@ -24,19 +24,36 @@ from projects.models import Project, ProjectUserObjectPermission
 User = get_user_model()
 
 
-def _perms_sql() -> str:
+def _perms_sql(user: str = "%s", content_type: str = "%s") -> str:
     """One indexed statement (user object permissions by user, group ones by the user's groups);
-    written out so that a request does not pay for compiling a union on every call."""
+    written out so that a request does not pay for compiling a union on every call. ``user`` and
+    ``content_type``: SQL for the user's id (twice) and the project content type's id, parameters
+    by default."""
     perm = Permission._meta.db_table
     direct = ProjectUserObjectPermission._meta
     grouped = GroupObjectPermission._meta
     membership = User.groups.through._meta.db_table
     return (
         f"SELECT CAST(d.{direct.get_field('content_object').column} AS TEXT), p.codename "
-        f"FROM {direct.db_table} d JOIN {perm} p ON p.id = d.permission_id WHERE d.user_id = %s "
+        f"FROM {direct.db_table} d JOIN {perm} p ON p.id = d.permission_id WHERE d.user_id = {user} "
         f"UNION ALL "
         f"SELECT g.object_pk, p.codename FROM {grouped.db_table} g JOIN {perm} p ON p.id = g.permission_id "
-        f"JOIN {membership} m ON m.group_id = g.group_id WHERE m.user_id = %s AND g.content_type_id = %s")
+        f"JOIN {membership} m ON m.group_id = g.group_id WHERE m.user_id = {user} "
+        f"AND g.content_type_id = {content_type}")
+
+
+def project_perms_sql(user: str) -> str:
+    """The statement of a user's (project id as text, codename) rows with ``user`` (SQL for the
+    user's id, e.g. a subquery) in it, for a caller that reads them in the same statement as
+    something else: the API key's lookup (access.authentication) reads the key, its user and the
+    user's roles in one trip, and hands the rows to ``remember_project_perms``."""
+    return _perms_sql(user, str(ContentType.objects.get_for_model(Project).pk))
+
+
+def remember_project_perms(user_id, rows) -> None:
+    """The roles of ``user_id`` read by the caller (rows of ``project_perms_sql``), kept for the
+    rest of the request as ``project_perms`` would load them."""
+    memo(("project_perms", user_id), lambda: _perms_from_rows(rows))
 
 
 def _load_project_perms(user_id) -> dict[uuid.UUID, frozenset[str]]:
@@ -47,6 +64,10 @@ def _load_project_perms(user_id) -> dict[uuid.UUID, frozenset[str]]:
     with connection.cursor() as cursor:
         cursor.execute(_PERMS_SQL, [user_id, user_id, content_type_id])
         rows = cursor.fetchall()
+    return _perms_from_rows(rows)
+
+
+def _perms_from_rows(rows) -> dict[uuid.UUID, frozenset[str]]:
     perms: dict[uuid.UUID, set[str]] = {}
     for project_id, codename in rows:
         try:

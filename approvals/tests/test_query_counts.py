@@ -5,7 +5,8 @@ Counts are taken in the steady state (the project's budget windows of the day ex
 the test's transaction, where each write's own transaction is a savepoint (2 statements that
 production does not send). Before the throughput work (issue 9) the same operations took:
 trivial GET 6, create 42, respond 31, start 23, usage 33. SQLite sends one fewer for writes (no
-shared lock statement)."""
+shared lock statement). Every pin came down by one when the API key's lookup began to read the
+user's project roles in the same statement."""
 import pytest
 
 from projects.services import task_create
@@ -13,15 +14,15 @@ from projects.services import task_create
 pytestmark = pytest.mark.django_db
 
 PINS = {
-    "trivial_get": 3,    # API key with its user, the user's project roles, the task
-    "approval_get": 3,
-    "create": 24,        # 23 until issue 10: + the project's analyzer rules and suppressions (one query)
-    "respond": 15,
-    "start": 13,
-    "usage": 21,
-    "stop": 27,          # 25 until issue 10: + the locks of the pending response approvals and questions
-    "response_submit": 36,  # settles the budget (ledger, windows, alerts), records and analyzes the output
-    "response_decide": 18,
+    "trivial_get": 2,    # API key with its user and the user's project roles (one statement), the task
+    "approval_get": 2,
+    "create": 23,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
+    "respond": 14,
+    "start": 12,
+    "usage": 20,
+    "stop": 26,          # + the locks of the pending response approvals and questions (issue 10)
+    "response_submit": 35,  # settles the budget (ledger, windows, alerts), records and analyzes the output
+    "response_decide": 17,
 }
 
 
