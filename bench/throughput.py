@@ -19,8 +19,8 @@ hold on a noisy machine even when the absolute figures move. Prints one JSON obj
   bursts          N agents asking at once (one create each): p50/p99 ms and the count of
                   201 / 503 / other answers and dropped connections (goal: no 500, none dropped)
   scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5),
-                  with the 50 agents in one project and spread over ten; interleaved runs
-                  (--repeats), ratios over their sums
+                  with the 50 agents in one project and spread over ten, beside trivial GETs/s
+                  (16 clients) on the same servers; interleaved runs (--repeats), ratios over sums
   errors          unexpected answers (each a count and the first few); the run never hangs:
                   a deadline stops it, and every server it started is stopped (SIGKILL after 20 s)
 """
@@ -329,7 +329,8 @@ def burst(run, port, fx, n):
 
 
 def scale_out(run, fx, seconds, repeats):
-    """Round trips/s with 50 agents on 1 and on 2 web processes (one project, and ten), measured
+    """Round trips/s with 50 agents on 1 and on 2 web processes (one project, and ten), beside
+    trivial GETs/s with 16 clients on the same servers (the host's own limit on scale-out), measured
     ``repeats`` times interleaved (1, 2, 1, 2) so that a change in the shared host's speed falls
     on both sides; the ratios are taken over the sums."""
     sums = collections.defaultdict(float)
@@ -338,13 +339,18 @@ def scale_out(run, fx, seconds, repeats):
         this = {}
         for workers in (1, 2):
             with serve(workers, key=fx["agent_key"]) as (port, pids):
+                # The simplest request on the same servers: what this host gives two processes at all.
+                get_rate(run, port, fx["agent_key"], f"/api/v1/tasks/{fx['trivial_task']}", 16, 320)  # warm up
+                elapsed, n = get_rate(run, port, fx["agent_key"], f"/api/v1/tasks/{fx['trivial_task']}", 16, 1600)
+                sums[("trivial_get", workers)] += n / elapsed
+                this[f"trivial_get_processes_{workers}"] = round(n / elapsed, 1)
                 for pool, name in (("tasks", "one_project"), ("spread", "ten_projects")):
                     rt = round_trips(run, port, pids, fx, 50, seconds, pool=pool)
                     sums[(name, workers)] += rt["round_trips_per_s"]
                     this[f"{name}_processes_{workers}"] = rt["round_trips_per_s"]
         runs.append(this)
     out = {"runs": runs}
-    for name in ("one_project", "ten_projects"):
+    for name in ("trivial_get", "one_project", "ten_projects"):
         one, two = sums[(name, 1)], sums[(name, 2)]
         out[name] = {"processes_1": round(one / repeats, 1), "processes_2": round(two / repeats, 1),
                      "ratio": round(two / one, 2) if one else None}

@@ -101,6 +101,10 @@ class OneHopASGIHandler(ASGIHandler):
         self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 4)), 1)
         self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
+        # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
+        # async_to_sync (the channel layer's group_send after commit) then runs it on this event
+        # loop, with its connections, instead of a new loop per call. Built once, called per request.
+        self._serve_in_thread = sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)
         self._slots: asyncio.Semaphore | None = None
 
     def _is_async_view(self, path: str) -> bool:
@@ -124,7 +128,10 @@ class OneHopASGIHandler(ASGIHandler):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
+            if self._slots.locked():  # every thread busy: wait for a turn, at most queue_timeout
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
+            else:  # a free thread: taken at once (no timer, no task)
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             body_file.close()
             log.warning("saturated: %s waited %.1f s for a thread, answered 503", scope["path"], self.queue_timeout)
@@ -133,11 +140,7 @@ class OneHopASGIHandler(ASGIHandler):
         except BaseException:
             body_file.close()
             raise
-        # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
-        # async_to_sync (the channel layer's group_send after commit) then runs it on this event
-        # loop, with its connections, instead of a new loop per call.
-        work = asyncio.ensure_future(sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)(
-            scope, body_file))
+        work = asyncio.ensure_future(self._serve_in_thread(scope, body_file))
 
         def finished(_):
             # The slot and the body are freed when the thread is done with them, not when this
