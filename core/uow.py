@@ -59,7 +59,7 @@ class UnitOfWork:
     def __init__(self, scope: str):
         self.scope = scope
         self.stage = -1
-        self._deferred: dict[str, list[Callable[[], object]]] = {"agent_state": [], "outbox": [], "audit_chain": []}
+        self._deferred: dict[str, list[Callable[[], object]]] = {"outbox": [], "audit_chain": []}
         self._deferred_keys: set = set()
         self._after_commit_keys: set = set()
         self.flushed = False
@@ -116,9 +116,9 @@ class UnitOfWork:
         self._after_commit_keys.clear()  # Django drops the savepoint's on_commit callbacks itself
 
     def flush(self) -> None:
-        """Refresh the agent states, write the buffered outbox events, then the audit rows (still
-        inside the transaction): the hot rows are locked last and held shortest."""
-        for stage in ("agent_state", "outbox", "audit_chain"):
+        """Write the buffered outbox events, then the audit rows (still inside the transaction):
+        the hot rows are locked last and held shortest."""
+        for stage in ("outbox", "audit_chain"):
             writes, self._deferred[stage] = self._deferred[stage], []
             if writes:
                 self.enter_stage(stage)

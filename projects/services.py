@@ -170,9 +170,10 @@ def _refresh_alone(project_id, agent_type: str, failed: bool | None) -> None:
                            f"WHERE {quote(meta.get_field('project').column)} = %s "
                            f"AND {quote(meta.get_field('agent_type').column)} = %s"
                            + (" FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else ""))
+    own_transaction = not connection.in_atomic_block
     with transaction.atomic():
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+            if own_transaction and connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL synchronous_commit = off")  # derived state: redone if lost
             cursor.execute(_LOCK_STATE_SQL, [Task._meta.get_field("project").get_db_prep_value(project_id, connection),
                                              agent_type])

@@ -26,7 +26,10 @@ it first. One for another project is refused: cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
-locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another."""
+locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another. One exception: the
+refresh of an agent state after a commit (projects.services.agent_state_refresh) runs in a
+transaction of its own that locks that one derived row and waits on nothing while it holds it,
+so it cannot close a cycle with any other transaction."""
 from contextlib import contextmanager
 
 from django.db import connection, transaction

@@ -236,3 +236,22 @@ def test_the_agent_state_matches_its_tasks_after_concurrent_writes(project, agen
         newest = Task.objects.filter(pk__in=[t.pk for t in tasks], status=current.status).latest("updated_at")
         assert current.pk == newest.pk
     assert seen[-2:] == ["working", "working"]  # the phases did reach running tasks
+
+
+def test_a_refresh_inside_a_callers_transaction_keeps_its_commit_durable(project, agent):
+    """Outside a unit of work the refresh runs in the caller's transaction: it must not turn that
+    transaction's commit asynchronous (only its own short transaction is)."""
+    from django.db import connection, transaction
+
+    from projects.services import agent_state_refresh
+
+    task_create(actor=agent, project_id=project.pk, agent_type="coder", title="durable")
+    with transaction.atomic():
+        agent_state_refresh(project_id=project.pk, agent_type="coder")
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+    agent_state_refresh(project_id=project.pk, agent_type="coder")  # its own transaction: allowed to be off
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"  # SET LOCAL ended with it
