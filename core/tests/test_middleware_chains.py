@@ -59,3 +59,10 @@ def test_a_reviewer_with_a_session_cookie_keeps_the_full_chain(reviewer, project
     assert headers["x-frame-options"] == "DENY"  # the full chain ran, and its session user is the reviewer
     status, headers, _ = call("/admin/login/")
     assert status == 200 and headers["x-frame-options"] == "DENY" and "csrftoken" in headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/schema/", "/api/v1/health", "/api/v1/nothing-here"])
+def test_every_api_page_answers_a_bearer_request_without_the_browser_middleware(agent, path):
+    key = api_key_create(user=agent)[1]
+    status, headers, body = call(path, [(b"authorization", f"Bearer {key}".encode())])
+    assert status == (404 if "nothing" in path else 200), body[:300]
