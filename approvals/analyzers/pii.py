@@ -66,6 +66,8 @@ class _Presidio:
 
     @classmethod
     def engine(cls):
+        if cls._engine is not None:  # built: no lock for every call of every request
+            return cls._engine
         with cls._lock:
             if cls._engine is None:
                 import logging
