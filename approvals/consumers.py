@@ -10,6 +10,7 @@ process on the in-process layer) only delays the answer, and an approval whose d
 passed is timed out on the spot even if beat is late.
 """
 import asyncio
+import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ from hitl.selectors import hitl_request_visible_to
 from hitl.serializers import HitlRequestOutputSerializer
 from hitl.services import hitl_group, hitl_request_time_out
 from projects.permissions import project_for_user
+from core.request_cache import request_scope
 from core.wakeup import BatchLoader, BatchPoller, wakeup
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,15 @@ _DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hitl-wait-db
 
 
 def db_read(func):
-    """Run briefly in the waits' database threads, with Channels' connection clean-up around it."""
-    return database_sync_to_async(func, thread_sensitive=False, executor=_DB_THREADS)
+    """Run briefly in the waits' database threads, with Channels' connection clean-up around it,
+    in a request scope of its own (core.request_cache): the roles the API key's lookup reads are
+    reused by the visibility check of the same trip, as in a request served by Django."""
+    @functools.wraps(func)
+    def scoped(*args, **kwargs):
+        with request_scope():
+            return func(*args, **kwargs)
+
+    return database_sync_to_async(scoped, thread_sensitive=False, executor=_DB_THREADS)
 
 
 MAX_WAIT_SECONDS = 60.0
