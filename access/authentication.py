@@ -10,7 +10,7 @@ from rest_framework import authentication, exceptions
 
 from access.models import ApiKey, hash_key
 from core.rawrows import Columns
-from projects.permissions import project_perms_sql, remember_project_perms
+from projects.permissions import project_content_type_id, project_perms_sql, remember_project_perms
 
 User = get_user_model()
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -71,7 +71,7 @@ def _key_with_user(prefix: str) -> ApiKey | None:
                       key, user)
     sql, key_columns, user_columns = _KEY_QUERY
     with connection.cursor() as cursor:
-        cursor.execute(sql, [prefix, prefix, prefix])
+        cursor.execute(sql, [prefix, prefix, prefix, project_content_type_id()])
         rows = cursor.fetchall()
     width = len(key_columns) + len(user_columns)
     found = [row for row in rows if row[0] is not None]

@@ -44,10 +44,15 @@ def _perms_sql(user: str = "%s", content_type: str = "%s") -> str:
 
 def project_perms_sql(user: str) -> str:
     """The statement of a user's (project id as text, codename) rows with ``user`` (SQL for the
-    user's id, e.g. a subquery) in it, for a caller that reads them in the same statement as
-    something else: the API key's lookup (access.authentication) reads the key, its user and the
-    user's roles in one trip, and hands the rows to ``remember_project_perms``."""
-    return _perms_sql(user, str(ContentType.objects.get_for_model(Project).pk))
+    user's id, e.g. a subquery) in it and one parameter left, ``project_content_type_id()``, for
+    a caller that reads them in the same statement as something else: the API key's lookup
+    (access.authentication) reads the key, its user and the user's roles in one trip, and hands
+    the rows to ``remember_project_perms``."""
+    return _perms_sql(user, "%s")
+
+
+def project_content_type_id() -> int:
+    return ContentType.objects.get_for_model(Project).pk  # cached after the first call
 
 
 def remember_project_perms(user_id, rows) -> None:
