@@ -140,7 +140,7 @@ def deactivate(token) -> None:
 
 
 def defer_or_run(stage: str, write: Callable[[], object], key=None):
-    """Used by agent_state_refresh, audit_record and event_emit: inside a unit of work, write at
+    """Used by audit_record and event_emit: inside a unit of work, write at
     its end (returns None; once per ``key``); outside one (a plain transaction, a test), write now
     and return the result."""
     uow = _current.get()

@@ -106,11 +106,14 @@ class LoggingClient(AsyncHitlClient):
         self.say(f"output approved by {response.approved_by or 'a person'} ✓")
         return response
 
-    async def checkpoint(self, project_id: str, question: str, **kwargs: Any):
-        request = await self.create_hitl(project_id, "checkpoint", question, context=kwargs.get("context"),
-                                         task_id=kwargs.get("task_id"), timeout_minutes=kwargs.get("timeout_minutes"))
-        self.say(f"checkpoint: {question!r} · waiting for a person [hitl {request.id[:8]}]")
-        answered = await self.wait_for_hitl(request.id, kwargs.get("wait_timeout"))
+    async def create_hitl(self, project_id: str, request_type: str, question: str, **kwargs: Any):
+        request = await super().create_hitl(project_id, request_type, question, **kwargs)
+        if request_type == "checkpoint":
+            self.say(f"checkpoint: {question!r} · waiting for a person [hitl {request.id[:8]}]")
+        return request
+
+    async def checkpoint(self, *args: Any, **kwargs: Any):
+        answered = await super().checkpoint(*args, **kwargs)  # create_hitl above says it is asked
         if answered.status == "amended":
             self.say(f"checkpoint amended by {answered.responded_by or 'a person'}: {answered.answer!r} → going on")
         else:

@@ -65,9 +65,8 @@ def _load_project_perms(user_id) -> dict[uuid.UUID, frozenset[str]]:
     global _PERMS_SQL
     if _PERMS_SQL is None:
         _PERMS_SQL = _perms_sql()
-    content_type_id = ContentType.objects.get_for_model(Project).pk  # cached after the first call
     with connection.cursor() as cursor:
-        cursor.execute(_PERMS_SQL, [user_id, user_id, content_type_id])
+        cursor.execute(_PERMS_SQL, [user_id, user_id, project_content_type_id()])
         rows = cursor.fetchall()
     return _perms_from_rows(rows)
 

@@ -8,11 +8,12 @@ stopped, and writes the buffered outbox events and audit rows last, before the c
 
 Two modes of the project lock:
 
-- exclusive (the default, ``SELECT ... FOR UPDATE``): decisions, stops, recoveries, limits,
-  sweeps. One project's exclusive writers run one at a time, and while one runs no admission does.
+- exclusive (the default, ``SELECT ... FOR UPDATE``): stops, recoveries, limits, overrides,
+  settings, sweeps. One project's exclusive writers run one at a time, and while one runs no admission does.
 - shared (``shared=True``, PostgreSQL ``SELECT ... FOR SHARE``): admissions (an agent asking to
-  run a call). Admissions of one project run side by side: each locks only the rows it changes
-  (its task; the budget windows and the agent state late in its transaction, in LOCK_ORDER),
+  run a call) and the other writes on one call (decisions, starts, usage, responses, questions).
+  Admissions of one project run side by side: each locks only the rows it changes (its task; the
+  budget windows late in its transaction, in LOCK_ORDER; its agent state after the commit),
   so they queue only for those, never for the whole transaction. A stop's exclusive lock waits
   for the admissions in flight to commit and then holds every new one back until it commits;
   the admission reads the project's status after its shared lock, so nothing is admitted after a
