@@ -69,11 +69,9 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     model (or HITL_FLOOR_PRICE_MODEL when it names none). An agent may reserve more, never less."""
     from django.conf import settings
 
-    from approvals.models import ModelPrice
-
     price = None
     if model:
-        price = ModelPrice.objects.filter(model=model).first()
+        price = _price(model)
         if price is None:
             raise InvalidInput(fields={"model": [f"Unknown model {model!r}: add its price in the admin "
                                                  f"(Model prices) or give estimated_cost."]})
@@ -83,8 +81,7 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
                                             context_summary=context_summary))
     allowance = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE
     output_tokens = max(allowance, _max_tokens(input_data))
-    floor_price = price or ModelPrice.objects.filter(model=settings.HITL_FLOOR_PRICE_MODEL).first() \
-        or ModelPrice.objects.order_by("-output_per_million", "-input_per_million").first()  # the dearest
+    floor_price = price or _price(settings.HITL_FLOOR_PRICE_MODEL, dearest=True)
     if floor_price is None:
         raise InvalidInput(fields={"model": ["No model prices are configured: the cost cannot be estimated."]})
     floor_cost = (Decimal(input_tokens) * floor_price.input_per_million
@@ -92,3 +89,29 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     tokens = max(estimated_tokens or 0, input_tokens + output_tokens)
     cost = max(Decimal(estimated_cost) if estimated_cost is not None else Decimal(0), floor_cost)
     return tokens, money(cost)
+
+
+_PRICE_SQL: dict[bool, tuple] = {}
+
+
+def _price(model: str, *, dearest: bool = False):
+    """The ModelPrice of ``model`` (with ``dearest``: else the dearest one, output price first),
+    or None, in one statement written out once: every request without an estimate of its own
+    reads one, and building the ORM's query cost more than running it."""
+    from django.db import connection
+
+    from approvals.models import ModelPrice
+    from core.rawrows import Columns
+
+    if dearest not in _PRICE_SQL:
+        quote, meta = connection.ops.quote_name, ModelPrice._meta
+        column = lambda name: f"p.{quote(meta.get_field(name).column)}"  # noqa: E731
+        columns = Columns(ModelPrice, "p")
+        tail = (f" ORDER BY CASE WHEN {column('model')} = %s THEN 0 ELSE 1 END, {column('output_per_million')} DESC, "
+                f"{column('input_per_million')} DESC LIMIT 1") if dearest else f" WHERE {column('model')} = %s"
+        _PRICE_SQL[dearest] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} p{tail}", columns)
+    sql, columns = _PRICE_SQL[dearest]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [model])
+        row = cursor.fetchone()
+    return None if row is None else columns.build(row)

@@ -5,14 +5,19 @@ shared lock); building them with the ORM cost more CPU than running them. ``Colu
 model's columns under a table alias for such a statement and turns that part of a result row
 back into an instance (``Model.from_db``, with the backend's and the fields' converters), so the
 caller gets the same objects as from a queryset."""
-from django.db import connection
+from django.db import DatabaseError, connection
 
 
 class Columns:
     def __init__(self, model, alias: str, names: tuple[str, ...] | None = None):
-        """``names``: only these fields (by name; the primary key first), else every column."""
+        """``names``: only these fields (by name; the primary key among them), else every column.
+        The columns come in the model's field order, whatever the order of ``names``
+        (``Model.from_db`` reads partial rows in that order)."""
         self.model, self.alias = model, alias
-        self.fields = [model._meta.get_field(n) for n in names] if names else list(model._meta.concrete_fields)
+        self.fields = list(model._meta.concrete_fields)
+        if names:
+            wanted = {model._meta.get_field(n) for n in names}
+            self.fields = [f for f in self.fields if f in wanted]
         quote = connection.ops.quote_name
         self.sql = ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
         self._converters = []
@@ -40,18 +45,79 @@ class Columns:
 _BY_PK: dict[tuple, tuple] = {}
 
 
-def by_pk(model, pk, names: tuple[str, ...] | None = None):
-    """The row of ``model`` whose primary key is ``pk``, as an instance (only the fields ``names``
-    when given, the rest deferred), or None: one hand-written statement, for the reads every
-    request of a kind makes (a task, a call's route)."""
-    key = (model, names)
+def by_pk(model, pk, names: tuple[str, ...] | None = None, *, lock: bool = False, **equal):
+    """The row of ``model`` whose primary key is ``pk`` (and whose fields ``equal`` has, by name:
+    ``project_id=...``), as an instance (only the fields ``names`` when given, the rest
+    deferred), or None: one hand-written statement, for the reads every request of a kind makes
+    (a task, a call's route). ``lock``: ``FOR NO KEY UPDATE``, as ``UnitOfWork.lock`` takes it
+    (the caller enters the stage)."""
+    key = (model, names, lock, tuple(sorted(equal)))
     if key not in _BY_PK:
         columns = Columns(model, "t", names)
-        quote = connection.ops.quote_name
-        _BY_PK[key] = (f"SELECT {columns.sql} FROM {quote(model._meta.db_table)} t "
-                       f"WHERE t.{quote(model._meta.pk.column)} = %s", columns)
-    sql, columns = _BY_PK[key]
+        quote, meta = connection.ops.quote_name, model._meta
+        extra = [meta.get_field(name) for name in key[3]]
+        where = "".join(f" AND t.{quote(f.column)} = %s" for f in extra)
+        suffix = " FOR NO KEY UPDATE" if lock and connection.features.has_select_for_no_key_update else ""
+        _BY_PK[key] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} t "
+                       f"WHERE t.{quote(meta.pk.column)} = %s{where}{suffix}", columns, extra)
+    sql, columns, extra = _BY_PK[key]
+    params = [model._meta.pk.get_db_prep_value(pk, connection)]
+    params += [f.get_db_prep_value(equal[f.name] if f.name in equal else equal[f.attname], connection)
+               for f in extra]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [model._meta.pk.get_db_prep_value(pk, connection)])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else columns.build(row)
+
+
+_INSERT: dict = {}
+
+
+def insert(instance) -> None:
+    """INSERT ``instance`` as ``save(force_insert=True)`` would (defaults and ``auto_now`` fields
+    filled by the fields' own ``pre_save``; an auto primary key read back), in one statement
+    written out once per model. For the rows every call writes (the call itself, its ledger
+    entry), where the ORM's save machinery cost more CPU than the insert. A unique or foreign-key
+    violation raises Django's IntegrityError, as ``save`` does. No signals are sent: use it
+    only for models without receivers."""
+    model = type(instance)
+    if model not in _INSERT:
+        meta, quote = model._meta, connection.ops.quote_name
+        auto_pk = meta.pk if meta.auto_field is not None and meta.pk is meta.auto_field else None
+        fields = [f for f in meta.concrete_fields if f is not auto_pk]
+        returning = ""
+        if auto_pk is not None and connection.features.can_return_columns_from_insert:
+            returning = f" RETURNING {quote(auto_pk.column)}"
+        _INSERT[model] = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+                          f"VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields, auto_pk)
+    sql, fields, auto_pk = _INSERT[model]
+    values = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if auto_pk is not None:
+            setattr(instance, auto_pk.attname, cursor.fetchone()[0] if connection.features.can_return_columns_from_insert
+                    else connection.ops.last_insert_id(cursor, model._meta.db_table, auto_pk.column))
+    instance._state.adding, instance._state.db = False, connection.alias
+
+
+_UPDATE: dict = {}
+
+
+def update_fields(instance, names) -> None:
+    """``instance.save(update_fields=names)`` in one statement written out once per (model,
+    fields): each field's ``pre_save`` runs (``auto_now`` stamps ``updated_at``), and a row that
+    is gone raises DatabaseError as ``save`` does. For the rows a call's every step changes (the
+    call, its task), which the caller has locked. No signals are sent."""
+    model, names = type(instance), tuple(names)
+    key = (model, names)
+    if key not in _UPDATE:
+        meta, quote = model._meta, connection.ops.quote_name
+        fields = [meta.get_field(name) for name in names]
+        _UPDATE[key] = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
+                        f"WHERE {quote(meta.pk.column)} = %s", fields)
+    sql, fields = _UPDATE[key]
+    values = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, model._meta.pk.get_db_prep_value(instance.pk, connection)])
+        if cursor.rowcount != 1:
+            raise DatabaseError(f"{model._meta.label} {instance.pk}: the row to update is gone.")

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from core.errors import InvalidInput, TransitionError
+from core import rawrows
 from core import uow as core_uow
 from core.uow import retry_transient
 from projects.hooks import task_outcome_reported
@@ -208,5 +209,5 @@ def task_move(*, task: Task, to: str) -> bool:
     if to == Task.Status.RUNNING and task.started_at is None:
         task.started_at = timezone.now()
         fields.append("started_at")
-    task.save(update_fields=fields)
+    rawrows.update_fields(task, fields)
     return True

@@ -9,6 +9,7 @@ from django.db import connection
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, budget_release, override_withdraw_locked
 from core.errors import NotFoundError, TransitionError
+from core import rawrows
 from core.rawrows import Columns
 from core.request_cache import memo
 from core.wakeup import wakeup_on_commit
@@ -158,7 +159,7 @@ def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason:
     ended = to in (Status.REJECTED, Status.CANCELLED, Status.TIMED_OUT)
     if ended:
         approval.budget_state = BudgetState.RELEASED
-    approval.save(update_fields=fields)
+    rawrows.update_fields(approval, fields)
     if ended:  # the call will not run: withdraw its override, give its reservation back
         withdraw_orphaned_overrides(uow, [approval.pk], f"Its call ended ({to}) before a decision.")
         budget_release(uow=uow, call_id=approval.pk)

@@ -21,6 +21,7 @@ from approvals.services.common import (
     snapshot,
 )
 from audit.services import audit_record
+from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
 from events.services import event_emit
@@ -156,7 +157,7 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         else:
             before = snapshot(approval)
             approval.started_at = now
-            approval.save(update_fields=["started_at", "updated_at"])
+            rawrows.update_fields(approval, ["started_at", "updated_at"])
             task_move(task=approval.task, to=Task.Status.RUNNING)
             agent_state_refresh(project_id=approval.project_id, agent_type=approval.agent_type)
             audit_record(actor=actor, action="agent_approval.start", obj=approval, before=before,

@@ -17,6 +17,7 @@ from approvals.services.calibration import project_rules
 from approvals.services.common import BudgetState, OPEN_TASK_STATUSES, Status, approval_event_data
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, BudgetCritical, budget_admit, budget_remaining
+from core import rawrows
 from core.errors import EmergencyStopActive, InvalidInput, NotFoundError, TransitionError
 from core.uow import retry_transient
 from emergency.models import Condition, Severity
@@ -37,7 +38,7 @@ def admission_apply(approval: AgentCallApproval, admission) -> None:
     else:
         approval.budget_state, approval.budget_blocked_reason = BudgetState.BLOCKED, admission.reason
         approval.budget_override_id = admission.override.pk if admission.override else approval.budget_override_id
-    approval.save(update_fields=["budget_state", "budget_blocked_reason", "budget_override_id", "updated_at"])
+    rawrows.update_fields(approval, ["budget_state", "budget_blocked_reason", "budget_override_id", "updated_at"])
 
 
 @retry_transient
@@ -58,7 +59,8 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     # locked late in the transaction, are all they queue for (the agent state is refreshed after it).
     with project_uow(project_id, gate=True, related=BUDGET_RELATED, shared=True) as uow:
         require_project_perm(requester, roles.ACT_AS_AGENT, uow.project, "request agent calls")
-        task = next(iter(uow.lock_many("task", Task.objects.filter(pk=task_id, project=uow.project))), None)
+        uow.enter_stage("task")
+        task = rawrows.by_pk(Task, task_id, lock=True, project_id=uow.project.pk)
         if task is None:
             raise NotFoundError("No such task in this project.")
         if task.agent_type != agent_type:
@@ -76,7 +78,7 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
         uow.enter_stage("approval")
         try:
             with transaction.atomic():
-                approval.save(force_insert=True)
+                rawrows.insert(approval)
         except IntegrityError:
             pending = AgentCallApproval.objects.filter(task=task, status=Status.PENDING).first()
             raise TransitionError("This task already has a pending approval.", current_status=Status.PENDING,

@@ -10,6 +10,7 @@ from approvals.services.common import BudgetState, Status, approval_event_data, 
 from audit.services import audit_record
 from budgets.models import UsageEntry
 from budgets.services import budget_release, budget_settle
+from core import rawrows
 from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
 from emergency.models import Condition, EmergencyStop, Severity
@@ -66,7 +67,7 @@ def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_us
         fields.append("usage_flags")
         event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",
                    data={**approval_event_data(approval), "flag": flag})
-    approval.save(update_fields=fields)
+    rawrows.update_fields(approval, fields)
     if settlement.critical is not None and not _already_stopped_for_budget(uow.project):
         emergency_stop_trigger(
             project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,

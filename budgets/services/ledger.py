@@ -17,6 +17,7 @@ from audit.services import audit_record
 from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, ProjectBudget, UsageEntry
 from budgets.services.alerts import check_alerts, emit_alert
 from budgets.services.overrides import override_create_locked
+from core import rawrows
 from budgets.services.windows import FOUR_PLACES, ZERO, budget_for, current_windows, window_add
 
 CRITICAL_FACTOR = Decimal("1.5")
@@ -82,8 +83,8 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
             actor=requested_by, task_id=call.task_id, call_id=call.pk)
         return Admission(False, override, f"It would pass the {violation.replace('_', ' ')} by {amount}: "
                                           f"approving budget override {override.pk} unblocks it.")
-    UsageEntry.objects.create(project=project, approval_id=call.pk, kind=UsageEntry.Kind.RESERVE, day_window=day,
-                              month_window=month, reserved_tokens=tokens, reserved_cost=cost)
+    rawrows.insert(UsageEntry(project=project, approval_id=call.pk, kind=UsageEntry.Kind.RESERVE, day_window=day,
+                              month_window=month, reserved_tokens=tokens, reserved_cost=cost))
     for window in (day, month):
         window_add(window, reserved_tokens=tokens, reserved_cost=cost)
     check_alerts(project, budget, [day, month])
@@ -102,9 +103,9 @@ def budget_release(*, uow, call_id) -> bool:
         return False
     windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
         pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))
-    UsageEntry.objects.create(project_id=reserve.project_id, approval_id=call_id, kind=UsageEntry.Kind.RELEASE,
+    rawrows.insert(UsageEntry(project_id=reserve.project_id, approval_id=call_id, kind=UsageEntry.Kind.RELEASE,
                               day_window_id=reserve.day_window_id, month_window_id=reserve.month_window_id,
-                              reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
+                              reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost))
     for window in windows:
         window_add(window, reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
     return True
@@ -167,10 +168,10 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     give_back_cost = reserve.reserved_cost if reserve is not None and not released else ZERO
     try:
         with transaction.atomic():
-            UsageEntry.objects.create(
+            rawrows.insert(UsageEntry(
                 project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.SETTLE, day_window_id=day_id,
                 month_window_id=month_id, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
-                spent_tokens=tokens_used, spent_cost=actual_cost)
+                spent_tokens=tokens_used, spent_cost=actual_cost))
     except IntegrityError:
         return Settlement(False)
     for window in windows:

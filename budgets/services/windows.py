@@ -146,21 +146,41 @@ def budget_for(project) -> ProjectBudget:
 BUDGET_RELATED = ("budget",)  # project_uow(..., related=BUDGET_RELATED): the budget with the project row
 
 
+_REMAINING_SQL: dict = {}
+
+
 def budget_remaining(project_id, now=None) -> Decimal | None:
     """Cost still available today (limit + allowance - spent - reserved), read without locks
-    for the risk assessment (one query once the day's window exists); None when there is no
-    daily cost limit."""
+    for the risk assessment, in one statement written out once (the budget with today's window,
+    when there is one yet); None when there is no daily cost limit."""
     now = now or timezone.now()
-    row = BudgetWindow.objects.filter(project_id=project_id, kind=BudgetWindow.Kind.DAY, start__lte=now,
-                                      end__gt=now).order_by("start").values_list(
-        "project__budget__daily_cost_limit", "allowance_cost", "spent_cost", "reserved_cost").first()
-    if row is None:  # nothing used today yet
-        row = (ProjectBudget.objects.filter(project_id=project_id).values_list("daily_cost_limit", flat=True).first(),
-               ZERO, ZERO, ZERO)
-    limit, allowance, spent, reserved = row
+    if "remaining" not in _REMAINING_SQL:
+        quote = connection.ops.quote_name
+        budget_meta, window_meta = ProjectBudget._meta, BudgetWindow._meta
+        b = lambda name: f"b.{quote(budget_meta.get_field(name).column)}"  # noqa: E731
+        w = lambda name: f"w.{quote(window_meta.get_field(name).column)}"  # noqa: E731
+        budget = Columns(ProjectBudget, "b", ("id", "daily_cost_limit"))
+        window = Columns(BudgetWindow, "w", ("id", "allowance_cost", "spent_cost", "reserved_cost"))
+        _REMAINING_SQL["remaining"] = (
+            f"SELECT {budget.sql}, {window.sql} FROM {quote(budget_meta.db_table)} b "
+            f"LEFT JOIN {quote(window_meta.db_table)} w ON {w('project')} = {b('project')} AND {w('kind')} = %s "
+            f"AND {w('start')} <= %s AND {w('end')} > %s WHERE {b('project')} = %s ORDER BY {w('start')} LIMIT 1",
+            budget, window)
+    sql, budget, window = _REMAINING_SQL["remaining"]
+    instant = BudgetWindow._meta.get_field("start").get_db_prep_value(now, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [BudgetWindow.Kind.DAY, instant, instant,
+                             ProjectBudget._meta.get_field("project").get_db_prep_value(project_id, connection)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    limit = budget.build(row[:len(budget)]).daily_cost_limit
+    today = window.build(row[len(budget):])
     if not limit:
         return None
-    return limit + allowance - spent - reserved
+    if today is None:  # nothing used today yet
+        return limit
+    return limit + today.allowance_cost - today.spent_cost - today.reserved_cost
 
 
 def budget_close_past_windows(*, now=None) -> int:

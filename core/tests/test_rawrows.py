@@ -1,0 +1,78 @@
+"""core.rawrows: the hand-written statements of the hot paths give the same rows and instances
+as the ORM they replace (defaults, auto_now stamps, converters, partial columns, errors)."""
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from budgets.models import UsageEntry
+from core import rawrows
+from projects.models import Task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_insert_writes_what_save_would(project, agent):
+    task = Task(project=project, agent_type="coder", title="raw", created_by=agent)
+    rawrows.insert(task)
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.title, stored.status, stored.input_data, stored.created_by_id) == ("raw", "pending", {}, agent.pk)
+    assert stored.created_at == task.created_at and stored.updated_at == task.updated_at
+    assert timezone.now() - stored.created_at < timedelta(minutes=1)
+    assert not task._state.adding  # a later save() updates, as after the ORM's insert
+
+
+def test_insert_reads_back_an_auto_primary_key(project, agent):
+    from approvals.services import agent_approval_request
+
+    task = Task.objects.create(project=project, agent_type="coder", title="t", created_by=agent)
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="run", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal("0.0100"))
+    reserve = UsageEntry.objects.get(approval=call, kind="reserve")
+    settle = UsageEntry(project=project, approval=call, kind="settle", day_window_id=reserve.day_window_id,
+                        month_window_id=reserve.month_window_id, spent_tokens=3, spent_cost=Decimal("0.2500"))
+    rawrows.insert(settle)
+    assert isinstance(settle.pk, int) and settle.pk > reserve.pk
+    stored = UsageEntry.objects.get(pk=settle.pk)
+    assert (stored.kind, stored.spent_tokens, stored.spent_cost, stored.reserved_cost) == \
+        ("settle", 3, Decimal("0.2500"), Decimal("0"))
+    assert stored.created_at == settle.created_at is not None
+
+
+def test_insert_raises_integrity_error_on_a_duplicate(project, agent):
+    task = Task(project=project, agent_type="coder", title="once", created_by=agent)
+    rawrows.insert(task)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rawrows.insert(Task(pk=task.pk, project=project, agent_type="coder", title="twice", created_by=agent))
+    assert Task.objects.get(pk=task.pk).title == "once"
+
+
+def test_update_fields_changes_only_those_fields_and_stamps_updated_at(project, agent):
+    task = Task.objects.create(project=project, agent_type="coder", title="before", created_by=agent)
+    stamped = task.updated_at
+    Task.objects.filter(pk=task.pk).update(title="changed elsewhere")
+    task.status, task.title = "running", "not saved"
+    rawrows.update_fields(task, ["status", "updated_at"])
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.title) == ("running", "changed elsewhere")
+    assert stored.updated_at > stamped and stored.updated_at == task.updated_at
+
+
+def test_update_fields_of_a_deleted_row_raises(project, agent):
+    task = Task.objects.create(project=project, agent_type="coder", title="gone", created_by=agent)
+    Task.objects.filter(pk=task.pk).delete()
+    task.status = "running"
+    with pytest.raises(DatabaseError):
+        rawrows.update_fields(task, ["status"])
+
+
+def test_by_pk_filters_on_the_extra_fields_and_builds_partial_rows_in_field_order(project, other_project, agent):
+    task = Task.objects.create(project=project, agent_type="coder", title="mine", created_by=agent)
+    assert rawrows.by_pk(Task, task.pk, lock=True, project_id=project.pk).title == "mine"
+    assert rawrows.by_pk(Task, task.pk, lock=True, project_id=other_project.pk) is None
+    partial = rawrows.by_pk(Task, task.pk, ("title", "status", "id"))  # names in any order
+    assert (partial.pk, partial.title, partial.status) == (task.pk, "mine", "pending")
+    assert partial.get_deferred_fields() >= {"agent_type", "created_by_id"}
