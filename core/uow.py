@@ -7,10 +7,12 @@ first, then the service locks what it changes through ``uow.lock`` / ``uow.lock_
 order of ``LOCK_ORDER``. Taking a stage before one already taken is a programming error
 (``LockOrderError``), raised at once in every test, so an inversion cannot reach production.
 
-``audit.services.audit_record`` and ``events.services.event_emit`` see the active unit of work
-and defer their writes to its end: the outbox rows (stage ``outbox``, a per-project advisory
-lock) and then the audit rows (stage ``audit_chain``, the chain head's row lock) are written
-just before the commit, so those two hot locks are held for the shortest time and always last.
+``projects.services.agent_state_refresh``, ``events.services.event_emit`` and
+``audit.services.audit_record`` see the active unit of work and defer their writes to its end:
+the derived agent states (stage ``agent_state``, one row per agent type), the outbox rows (stage
+``outbox``, a per-project advisory lock) and then the audit rows (stage ``audit_chain``, the
+chain head's row lock) are written just before the commit, so those hot locks, which every write
+of a project takes, are held for the shortest time and always last.
 
 A deadlock or serialization failure that still happens is retried (``retry_transient``) a few
 times from the start of the outermost transaction; if it keeps failing the API answers 503
@@ -39,11 +41,12 @@ LOCK_ORDER = (
     "budget_window",    # budget windows, day before month (then by primary key)
     "response",         # response approvals (an agent's output held for review; after its call's budget)
     "hitl",             # questions and checkpoints to a person (hitl.HitlRequest)
-    "agent_state",      # agent states (derived from tasks)
+    "agent_state",      # agent states (derived from tasks; written at the end, by agent type)
     "outbox",           # event outbox: pg advisory lock per project (written at the end)
     "audit_chain",      # audit chain head (written at the end)
 )
 _RANK = {stage: i for i, stage in enumerate(LOCK_ORDER)}
+FLUSHED = ("agent_state", "outbox", "audit_chain")  # the stages written by flush(), in this order
 
 _current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("hitl_uow", default=None)
 
@@ -59,9 +62,8 @@ class UnitOfWork:
     def __init__(self, scope: str):
         self.scope = scope
         self.stage = -1
-        self._deferred: dict[str, list[Callable[[], object]]] = {"outbox": [], "audit_chain": []}
+        self._deferred: dict[str, list[tuple[object, Callable[[], object]]]] = {stage: [] for stage in FLUSHED}
         self._deferred_keys: set = set()
-        self._after_commit_keys: set = set()
         self.flushed = False
 
     # --- locks ------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ class UnitOfWork:
             if (stage, key) in self._deferred_keys:
                 return
             self._deferred_keys.add((stage, key))
-        self._deferred[stage].append(write)
+        self._deferred[stage].append((key, write))
 
     def mark(self) -> dict[str, int]:
         """Where the buffers stand (before a savepoint that may roll back)."""
@@ -113,16 +115,17 @@ class UnitOfWork:
         for stage, length in mark.items():
             del self._deferred[stage][length:]
         self._deferred_keys.clear()  # a dropped write may be deferred again
-        self._after_commit_keys.clear()  # Django drops the savepoint's on_commit callbacks itself
 
     def flush(self) -> None:
-        """Write the buffered outbox events, then the audit rows (still inside the transaction):
-        the hot rows are locked last and held shortest."""
-        for stage in ("outbox", "audit_chain"):
+        """Write the buffered agent states, outbox events, then audit rows (still inside the
+        transaction): the hot rows are locked last and held shortest."""
+        for stage in FLUSHED:
             writes, self._deferred[stage] = self._deferred[stage], []
             if writes:
                 self.enter_stage(stage)
-            for write in writes:
+            if stage == "agent_state":  # rows of one stage in a stable order (by agent type)
+                writes.sort(key=lambda keyed: str(keyed[0]))
+            for _key, write in writes:
                 write()
         self.flushed = True
 
@@ -140,7 +143,7 @@ def deactivate(token) -> None:
 
 
 def defer_or_run(stage: str, write: Callable[[], object], key=None):
-    """Used by audit_record and event_emit: inside a unit of work, write at
+    """Used by agent_state_refresh, event_emit and audit_record: inside a unit of work, write at
     its end (returns None; once per ``key``); outside one (a plain transaction, a test), write now
     and return the result."""
     uow = _current.get()
@@ -148,23 +151,6 @@ def defer_or_run(stage: str, write: Callable[[], object], key=None):
         uow.defer(stage, write, key)
         return None
     return write()
-
-
-def after_commit_or_run(write: Callable[[], object], key=None):
-    """Inside a unit of work: run ``write`` once per ``key`` after its transaction commits (a
-    failure is logged, never undoes the commit); outside one: now. For derived rows that every
-    write of a project changes (an agent type's state): written in a short transaction of their
-    own, their row lock is not held through the rest of the request's transaction, which would
-    queue every concurrent request of the project behind it."""
-    uow = _current.get()
-    if uow is None or uow.flushed:
-        return write()
-    if key is not None:
-        if key in uow._after_commit_keys:
-            return None
-        uow._after_commit_keys.add(key)
-    transaction.on_commit(write, robust=True)
-    return None
 
 
 def retry_transient(fn):

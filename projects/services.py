@@ -142,28 +142,32 @@ def _refresh_sql() -> str:
         f"AND {status_column} <> %(state_stopped)s")
 
 
-def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = None) -> None:
-    """Derive an agent type's state in a project from its tasks (call inside the transaction
-    that changed them): waiting_for_hitl while a task waits for a person (the most recent one is
-    its current task), working while one runs, else idle, or error after a failure
-    (``failed=True``) until a success (``failed=False``). An emergency stop is left for recovery
-    to lift.
+def agent_state_refresh(*, project_id, agent_type: str, failed: bool | None = None, at_once: bool = False) -> None:
+    """Derive an agent type's state in a project from its tasks: waiting_for_hitl while a task
+    waits for a person (the most recent one is its current task), working while one runs, else
+    idle, or error after a failure (``failed=True``) until a success (``failed=False``). An
+    emergency stop is left for recovery to lift.
 
-    Inside a unit of work it runs once the unit's transaction has committed, in a short
-    transaction of its own (every write on a call of the project changes that row: held to the
-    end of the request's transaction, it queued the project's concurrent requests one behind the
-    other). That transaction locks the state's row first, so its UPDATE reads the tasks as the
-    last commit before it left them: whatever order concurrent refreshes run in, the last one
-    sees every task change. The state is derived, never a decision: a refresh lost to a crash is
-    redone by the next write. Outside a unit of work it runs at once, in the caller's transaction."""
-    core_uow.after_commit_or_run(lambda: _refresh_alone(project_id, agent_type, failed),
-                                 key=(str(project_id), agent_type, failed))
+    Inside a unit of work it is written at the unit's end (stage ``agent_state``, before the
+    outbox and the audit chain), once per agent type and outcome: every write on a call of the
+    project changes that row, so it is locked only for the last statements before the commit, as
+    the audit chain's head is, not through the whole transaction (which queued the project's
+    concurrent requests one behind the other). The row is locked first and derived in the next
+    statement, which reads the tasks as the last commit before it left them (READ COMMITTED takes
+    a snapshot per statement): whatever order concurrent writers commit in, the last one sees
+    every task change. Outside a unit of work, or ``at_once`` (a caller that reads the state back
+    in the same unit of work), it runs at once, in the caller's transaction."""
+    if at_once:
+        _refresh_locked(project_id, agent_type, failed)
+        return
+    core_uow.defer_or_run("agent_state", lambda: _refresh_locked(project_id, agent_type, failed),
+                          key=(agent_type, str(project_id), failed))
 
 
 _LOCK_STATE_SQL = None
 
 
-def _refresh_alone(project_id, agent_type: str, failed: bool | None) -> None:
+def _refresh_locked(project_id, agent_type: str, failed: bool | None) -> None:
     global _LOCK_STATE_SQL
     if _LOCK_STATE_SQL is None:
         quote, meta = connection.ops.quote_name, AgentState._meta
@@ -171,11 +175,8 @@ def _refresh_alone(project_id, agent_type: str, failed: bool | None) -> None:
                            f"WHERE {quote(meta.get_field('project').column)} = %s "
                            f"AND {quote(meta.get_field('agent_type').column)} = %s"
                            + (" FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else ""))
-    own_transaction = not connection.in_atomic_block
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
-            if own_transaction and connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL synchronous_commit = off")  # derived state: redone if lost
             cursor.execute(_LOCK_STATE_SQL, [Task._meta.get_field("project").get_db_prep_value(project_id, connection),
                                              agent_type])
         _refresh(project_id, agent_type, failed)

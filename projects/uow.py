@@ -13,8 +13,8 @@ Two modes of the project lock:
 - shared (``shared=True``, PostgreSQL ``SELECT ... FOR SHARE``): admissions (an agent asking to
   run a call) and the other writes on one call (decisions, starts, usage, responses, questions).
   Admissions of one project run side by side: each locks only the rows it changes (its task; the
-  budget windows late in its transaction, in LOCK_ORDER; its agent state after the commit),
-  so they queue only for those, never for the whole transaction. A stop's exclusive lock waits
+  budget windows late in its transaction, in LOCK_ORDER; its agent state, outbox and audit chain
+  head in the flush before the commit), so they queue only for those, never for the whole transaction. A stop's exclusive lock waits
   for the admissions in flight to commit and then holds every new one back until it commits;
   the admission reads the project's status after its shared lock, so nothing is admitted after a
   stop commits. The budget windows' row locks keep concurrent admissions from overspending:
@@ -27,10 +27,9 @@ it first. One for another project is refused: cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
-locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another. One exception: the
-refresh of an agent state after a commit (projects.services.agent_state_refresh) runs in a
-transaction of its own that locks that one derived row and waits on nothing while it holds it,
-so it cannot close a cycle with any other transaction."""
+locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another. The rows every
+write of a project changes (its agent state, its outbox, its audit chain head) are written by the
+unit's flush, last, so they are held only from there to the commit."""
 from contextlib import contextmanager
 
 from django.db import connection, transaction

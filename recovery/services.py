@@ -59,7 +59,7 @@ def _re_enable_agents(session, step, now, option, uow):
     uow.enter_stage("agent_state")
     AgentState.objects.filter(project_id=session.project_id).update(status=AgentState.Status.IDLE, updated_at=now)
     for agent_type in AgentState.objects.filter(project_id=session.project_id).values_list("agent_type", flat=True):
-        agent_state_refresh(project_id=session.project_id, agent_type=agent_type)
+        agent_state_refresh(project_id=session.project_id, agent_type=agent_type, at_once=True)  # read below
     return {"agent_states": dict(AgentState.objects.filter(project_id=session.project_id)
                                  .values_list("agent_type", "status"))}
 

@@ -6,7 +6,9 @@ the test's transaction, where each write's own transaction is a savepoint (2 sta
 production does not send). Before the throughput work (issue 9) the same operations took:
 trivial GET 6, create 42, respond 31, start 23, usage 33. SQLite sends one fewer for writes (no
 shared lock statement). Every pin came down by one when the API key's lookup began to read the
-user's project roles in the same statement."""
+user's project roles in the same statement. The writes on a call rose by one when the agent
+state's refresh moved from after the commit (a transaction of its own, five round trips these
+counts did not see) into the unit of work's flush (two statements: the row's lock, its update)."""
 import pytest
 
 from projects.services import task_create
@@ -16,13 +18,13 @@ pytestmark = pytest.mark.django_db
 PINS = {
     "trivial_get": 2,    # API key with its user and the user's project roles (one statement), the task
     "approval_get": 2,
-    "create": 23,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
-    "respond": 14,
-    "start": 12,
+    "create": 24,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
+    "respond": 15,
+    "start": 13,
     "usage": 20,
     "stop": 26,          # + the locks of the pending response approvals and questions (issue 10)
-    "response_submit": 35,  # settles the budget (ledger, windows, alerts), records and analyzes the output
-    "response_decide": 17,
+    "response_submit": 36,  # settles the budget (ledger, windows, alerts), records and analyzes the output
+    "response_decide": 18,
 }
 
 

@@ -194,9 +194,9 @@ def test_mixed_load_through_the_api_has_no_5xx_and_everything_reconciles(tight, 
 
 
 def test_the_agent_state_matches_its_tasks_after_concurrent_writes(project, agent, reviewer):
-    """The agent state is refreshed after each commit, in a transaction of its own (so that its
-    row is not held through the requests' transactions): whatever order the refreshes of
-    concurrent requests run in, the state left is the one the committed tasks give."""
+    """The agent state is written at the end of each request's transaction (locked, then
+    derived, so that its row is not held through the requests' transactions): whatever order
+    concurrent requests commit in, the state left is the one the committed tasks give."""
     from projects.models import AgentState, Task
     from approvals.services import agent_approval_start
 
@@ -236,22 +236,3 @@ def test_the_agent_state_matches_its_tasks_after_concurrent_writes(project, agen
         newest = Task.objects.filter(pk__in=[t.pk for t in tasks], status=current.status).latest("updated_at")
         assert current.pk == newest.pk
     assert seen[-2:] == ["working", "working"]  # the phases did reach running tasks
-
-
-def test_a_refresh_inside_a_callers_transaction_keeps_its_commit_durable(project, agent):
-    """Outside a unit of work the refresh runs in the caller's transaction: it must not turn that
-    transaction's commit asynchronous (only its own short transaction is)."""
-    from django.db import connection, transaction
-
-    from projects.services import agent_state_refresh
-
-    task_create(actor=agent, project_id=project.pk, agent_type="coder", title="durable")
-    with transaction.atomic():
-        agent_state_refresh(project_id=project.pk, agent_type="coder")
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            assert cursor.fetchone()[0] == "on"
-    agent_state_refresh(project_id=project.pk, agent_type="coder")  # its own transaction: allowed to be off
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        assert cursor.fetchone()[0] == "on"  # SET LOCAL ended with it
