@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
@@ -28,7 +29,6 @@ from rest_framework.renderers import JSONRenderer
 
 from access.authentication import api_key_check
 from approvals.models import AgentCallApproval, ResponseApproval
-from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.serializers import AgentCallApprovalOutputSerializer, ResponseApprovalOutputSerializer
 from approvals.services import (
     agent_approval_time_out,
@@ -38,6 +38,7 @@ from approvals.services import (
     response_group,
 )
 from core.api import parse_uuid
+from core.rawrows import by_pk_with
 from core.errors import (
     DomainError,
     api_exception_handler,
@@ -49,10 +50,9 @@ from core.errors import (
 from events.api import EventListApi
 from events.selectors import event_page
 from hitl.models import HitlRequest
-from hitl.selectors import hitl_request_visible_to
 from hitl.serializers import HitlRequestOutputSerializer
 from hitl.services import hitl_group, hitl_request_time_out
-from projects.permissions import project_for_user
+from projects.permissions import may_see, project_for_user
 from core.request_cache import request_scope
 from core.wakeup import BatchLoader, BatchPoller, wakeup
 
@@ -119,11 +119,12 @@ def _authenticate(scope):
 
 class WaitKind:
     """What a long poll waits on: a model with ``status`` and ``expires_at`` (pending until
-    decided), the queryset of those a user may see, the serializer of the answer, the time-out
-    service, and the channel-layer group its decisions wake."""
+    decided) in a project (a user sees those of the projects they may see), the serializer of
+    the answer and the users it names (``related``), the time-out service, and the
+    channel-layer group its decisions wake."""
 
-    def __init__(self, model, visible_to, serializer, time_out, group, related):
-        self.model, self.visible_to, self.serializer, self.related = model, visible_to, serializer, related
+    def __init__(self, model, serializer, time_out, group, related):
+        self.model, self.serializer, self.related = model, serializer, related
         self.time_out, self.group = time_out, group
         self.pending = model.Status.PENDING
 
@@ -131,8 +132,13 @@ class WaitKind:
         """Authenticate, load the visible approval (404 otherwise) and, when it is already
         decided, render the answer: one trip to a database thread for a wait that need not wait."""
         user = _authenticate(scope)
-        approval = self.visible_to(user=user).filter(pk=approval_id).first()
-        if approval is None:
+        try:
+            pk = uuid.UUID(str(approval_id))
+        except ValueError:
+            raise HttpError(404, error_body("not_found", "Not found.")) from None
+        # One hand-written statement (the ORM's three-way select_related cost a millisecond to build).
+        approval = by_pk_with(self.model, pk, self.related)
+        if approval is None or not may_see(user, approval.project_id):
             raise HttpError(404, error_body("not_found", "Not found."))
         if approval.status == self.pending and timezone.now() < approval.expires_at:
             return approval, None
@@ -169,11 +175,11 @@ class WaitKind:
             ~Q(status=self.pending) | Q(expires_at__lte=timezone.now())).values_list("pk", flat=True))
 
 
-CALLS = WaitKind(AgentCallApproval, agent_approval_visible_to, AgentCallApprovalOutputSerializer,
+CALLS = WaitKind(AgentCallApproval, AgentCallApprovalOutputSerializer,
                  agent_approval_time_out, approval_group, ("approved_by", "requested_by"))
-RESPONSES = WaitKind(ResponseApproval, response_approval_visible_to, ResponseApprovalOutputSerializer,
+RESPONSES = WaitKind(ResponseApproval, ResponseApprovalOutputSerializer,
                      response_approval_time_out, response_group, ("approved_by", "submitted_by"))
-HITL = WaitKind(HitlRequest, hitl_request_visible_to, HitlRequestOutputSerializer,
+HITL = WaitKind(HitlRequest, HitlRequestOutputSerializer,
                 lambda approval_id: hitl_request_time_out(request_id=approval_id), hitl_group,
                 ("asked_by", "responded_by"))
 

@@ -1,6 +1,5 @@
 from approvals.models import AgentCallApproval, FlagSuppression, ResponseApproval
 
-from core.api import get_or_404
 from core.request_cache import memo
 from projects.permissions import in_visible_projects, visible_or_404
 
@@ -10,8 +9,8 @@ def call_route_key(approval_id) -> tuple:
 
 
 def agent_approval_for(*, user, approval_id) -> AgentCallApproval:
-    """The call the user may see, or 404, with its project and users."""
-    return get_or_404(agent_approval_visible_to(user=user), approval_id)
+    """The call the user may see, or 404, with the users it names (one hand-written statement)."""
+    return visible_or_404(user, AgentCallApproval, approval_id, related=("approved_by", "requested_by"))
 
 
 def agent_approval_route(*, user, approval_id) -> dict:
@@ -49,8 +48,8 @@ def response_approval_visible_to(*, user):
 
 
 def response_approval_for(*, user, approval_id) -> ResponseApproval:
-    """The response approval the user may see, or 404."""
-    return get_or_404(response_approval_visible_to(user=user), approval_id)
+    """The response approval the user may see, or 404, with the users it names (one statement)."""
+    return visible_or_404(user, ResponseApproval, approval_id, related=("approved_by", "submitted_by"))
 
 
 def response_approval_list(*, project, status: str | None = None, agent_type: str | None = None):

@@ -70,6 +70,42 @@ def by_pk(model, pk, names: tuple[str, ...] | None = None, *, lock: bool = False
     return None if row is None else columns.build(row)
 
 
+
+_WITH: dict[tuple, tuple] = {}
+
+
+def by_pk_with(model, pk, related: tuple[str, ...]):
+    """``by_pk`` with the rows of the forward relations ``related`` (foreign keys by name) joined
+    in the same statement and cached on the instance, as ``select_related`` does; None when
+    there is no such row. For the reads of one object that every long poll makes."""
+    key = (model, related)
+    if key not in _WITH:
+        quote, meta = connection.ops.quote_name, model._meta
+        columns = Columns(model, "t")
+        parts, joins = [], []
+        for i, name in enumerate(related):
+            field = meta.get_field(name)
+            other = Columns(field.related_model, f"r{i}")
+            target = field.target_field
+            joins.append(f"LEFT JOIN {quote(field.related_model._meta.db_table)} r{i} "
+                         f"ON r{i}.{quote(target.column)} = t.{quote(field.column)}")
+            parts.append((field, other))
+        select = ", ".join([columns.sql, *(other.sql for _, other in parts)])
+        _WITH[key] = (f"SELECT {select} FROM {quote(meta.db_table)} t {' '.join(joins)} "
+                      f"WHERE t.{quote(meta.pk.column)} = %s", columns, parts)
+    sql, columns, parts = _WITH[key]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [model._meta.pk.get_db_prep_value(pk, connection)])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    obj = columns.build(row[:len(columns)])
+    offset = len(columns)
+    for field, other in parts:
+        field.set_cached_value(obj, other.build(row[offset:offset + len(other)]))
+        offset += len(other)
+    return obj
+
 _INSERT: dict = {}
 
 

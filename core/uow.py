@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection
 
 from core.errors import is_transient_db_error, transient_db_error_kind
 

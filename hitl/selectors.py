@@ -1,12 +1,10 @@
 """Reads of questions and checkpoints, filtered by what the user may see or decide."""
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework.exceptions import NotFound
 
-from core.api import parse_uuid
 from hitl.models import HitlRequest
 from projects import roles
-from projects.permissions import in_visible_projects, project_perms
+from projects.permissions import in_visible_projects, project_perms, visible_or_404
 
 
 def hitl_request_visible_to(*, user):
@@ -17,10 +15,7 @@ def hitl_request_visible_to(*, user):
 
 def hitl_request_for(*, user, request_id) -> HitlRequest:
     """The request the user may see, or 404 (also for a malformed id)."""
-    req = hitl_request_visible_to(user=user).filter(pk=parse_uuid(request_id)).first()
-    if req is None:
-        raise NotFound()
-    return req
+    return visible_or_404(user, HitlRequest, request_id, related=("asked_by", "responded_by"))
 
 
 def hitl_request_list(*, project, status: str | None = None):

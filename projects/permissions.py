@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound
 
 from core.api import parse_uuid
 from core.errors import Forbidden
-from core.rawrows import by_pk
+from core.rawrows import by_pk, by_pk_with
 from core.request_cache import forget, memo
 from projects import roles
 from projects.models import Project, ProjectUserObjectPermission
@@ -108,11 +108,12 @@ def may_see(user, project_id) -> bool:
     return user.is_superuser or roles.VIEW in project_perms(user).get(project_id, ())
 
 
-def visible_or_404(user, model, pk, names: tuple[str, ...] | None = None):
+def visible_or_404(user, model, pk, names: tuple[str, ...] | None = None, related: tuple[str, ...] = ()):
     """The ``model`` row ``pk`` (only ``names`` when given; they must include ``project``'s
-    column) of a project the user may see, else 404: one hand-written statement, the roles from
-    this request's cache."""
-    obj = by_pk(model, parse_uuid(pk), names)
+    column; or with the rows of its foreign keys ``related``, as select_related reads them) of a
+    project the user may see, else 404: one hand-written statement, the roles from this
+    request's cache."""
+    obj = by_pk_with(model, parse_uuid(pk), related) if related else by_pk(model, parse_uuid(pk), names)
     if obj is None or not may_see(user, obj.project_id):
         raise NotFound()
     return obj

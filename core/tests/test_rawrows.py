@@ -76,3 +76,22 @@ def test_by_pk_filters_on_the_extra_fields_and_builds_partial_rows_in_field_orde
     partial = rawrows.by_pk(Task, task.pk, ("title", "status", "id"))  # names in any order
     assert (partial.pk, partial.title, partial.status) == (task.pk, "mine", "pending")
     assert partial.get_deferred_fields() >= {"agent_type", "created_by_id"}
+
+
+def test_by_pk_with_joins_the_related_rows_as_select_related_does(project, agent, reviewer, django_assert_num_queries):
+    from approvals.models import AgentCallApproval
+    from approvals.services import agent_approval_decide, agent_approval_request
+
+    task = Task.objects.create(project=project, agent_type="coder", title="t", created_by=agent)
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="run", input_data={"a": 1}, estimated_tokens=10,
+                                  estimated_cost=Decimal("0.0100"))
+    pending = rawrows.by_pk_with(AgentCallApproval, call.pk, ("approved_by", "requested_by"))
+    with django_assert_num_queries(0):  # both relations are cached, the missing decider as None
+        assert (pending.requested_by.username, pending.approved_by) == ("agent", None)
+    assert pending.input_data == {"a": 1} and pending.estimated_cost == Decimal("0.0100")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    decided = rawrows.by_pk_with(AgentCallApproval, call.pk, ("approved_by", "requested_by"))
+    with django_assert_num_queries(0):
+        assert (decided.approved_by.username, decided.status) == ("reviewer", "approved")
+    assert rawrows.by_pk_with(AgentCallApproval, task.pk, ("approved_by",)) is None
