@@ -37,6 +37,7 @@ from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
+from core import broadcast
 from core.errors import error_body, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ class OneHopASGIHandler(ASGIHandler):
         self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
         # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls
-        # async_to_sync (the channel layer's group_send after commit) then runs it on this event
-        # loop, with its connections, instead of a new loop per call. Built once, called per request.
+        # async_to_sync then runs it on this event loop, with its connections, instead of a new
+        # loop per call (pushes after commit do not even wait: core.broadcast). Built once.
         self._serve_in_thread = sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)
         self._slots: asyncio.Semaphore | None = None
 
@@ -140,7 +141,7 @@ class OneHopASGIHandler(ASGIHandler):
         except BaseException:
             body_file.close()
             raise
-        work = asyncio.ensure_future(self._serve_in_thread(scope, body_file))
+        work = asyncio.ensure_future(self._serve_in_thread(scope, body_file, asyncio.get_running_loop()))
 
         def finished(_):
             # The slot and the body are freed when the thread is done with them, not when this
@@ -158,8 +159,16 @@ class OneHopASGIHandler(ASGIHandler):
             if response.streaming:  # the rest was closed in the thread already
                 await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
 
-    def _serve(self, scope, body_file):
-        """The sync part of one request, on one pool thread."""
+    def _serve(self, scope, body_file, loop=None):
+        """The sync part of one request, on one pool thread (its pushes after commit go to
+        ``loop``'s sender: core.broadcast)."""
+        broadcast.bind_loop(loop)
+        try:
+            return self._serve_bound(scope, body_file)
+        finally:
+            broadcast.bind_loop(None)
+
+    def _serve_bound(self, scope, body_file):
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)

@@ -13,9 +13,10 @@ import logging
 import weakref
 from contextlib import asynccontextmanager
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from core import broadcast
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,7 @@ def wakeup_on_commit(group: str, **data) -> None:
     """After the current transaction commits, wake every request waiting on ``group``."""
     message = {"type": "hitl.wakeup", "group": group, **data}
 
-    def send():
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(group, message)
-
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(lambda: broadcast.group_send(group, message), robust=True)
 
 
 class _Hub:

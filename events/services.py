@@ -1,11 +1,10 @@
 import zlib
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.services import to_json
+from core import broadcast
 from core.uow import defer_or_run
 from events.models import Event, EventType
 
@@ -76,10 +75,7 @@ def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
     _insert(event)
     payload = event_payload(event)
 
-    def broadcast():
-        async_to_sync(get_channel_layer().group_send)(
-            project_group(project_id), {"type": "hitl.event", "group": project_group(project_id), "event": payload}
-        )
-
-    transaction.on_commit(broadcast, robust=True)  # a failed push loses nothing: the row is the truth
+    message = {"type": "hitl.event", "group": project_group(project_id), "event": payload}
+    # a failed push loses nothing: the row is the truth
+    transaction.on_commit(lambda: broadcast.group_send(project_group(project_id), message), robust=True)
     return event
