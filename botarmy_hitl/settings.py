@@ -127,6 +127,9 @@ if DATABASE_URL:
         if prepare_threshold > 0:
             DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
             DATABASES["default"]["OPTIONS"]["prepare_threshold"] = prepare_threshold
+        # Django's backend with timestamps parsed in C and the connection parameters built once
+        # (core/postgresql/base.py).
+        DATABASES["default"]["ENGINE"] = "core.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
