@@ -109,31 +109,38 @@ def by_pk_with(model, pk, related: tuple[str, ...]):
 _INSERT: dict = {}
 
 
-def insert(instance) -> None:
+def insert(instance, *, skip_if_duplicate: bool = False) -> bool:
     """INSERT ``instance`` as ``save(force_insert=True)`` would (defaults and ``auto_now`` fields
     filled by the fields' own ``pre_save``; an auto primary key read back), in one statement
     written out once per model. For the rows every call writes (the call itself, its ledger
     entry), where the ORM's save machinery cost more CPU than the insert. A unique or foreign-key
-    violation raises Django's IntegrityError, as ``save`` does. No signals are sent: use it
-    only for models without receivers."""
+    violation raises Django's IntegrityError, as ``save`` does; with ``skip_if_duplicate`` a row
+    that would break a unique constraint is not written and False is returned (``ON CONFLICT DO
+    NOTHING``: no savepoint needed around it; other violations still raise). No signals are
+    sent: use it only for models without receivers."""
     model = type(instance)
-    if model not in _INSERT:
+    key = (model, skip_if_duplicate)
+    if key not in _INSERT:
         meta, quote = model._meta, connection.ops.quote_name
         auto_pk = meta.pk if meta.auto_field is not None and meta.pk is meta.auto_field else None
         fields = [f for f in meta.concrete_fields if f is not auto_pk]
         returning = ""
         if auto_pk is not None and connection.features.can_return_columns_from_insert:
             returning = f" RETURNING {quote(auto_pk.column)}"
-        _INSERT[model] = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-                          f"VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields, auto_pk)
-    sql, fields, auto_pk = _INSERT[model]
+        conflict = " ON CONFLICT DO NOTHING" if skip_if_duplicate else ""  # PostgreSQL, SQLite 3.24+
+        _INSERT[key] = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+                        f"VALUES ({', '.join(['%s'] * len(fields))}){conflict}{returning}", fields, auto_pk)
+    sql, fields, auto_pk = _INSERT[key]
     values = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
+        if skip_if_duplicate and cursor.rowcount == 0:
+            return False
         if auto_pk is not None:
             setattr(instance, auto_pk.attname, cursor.fetchone()[0] if connection.features.can_return_columns_from_insert
                     else connection.ops.last_insert_id(cursor, model._meta.db_table, auto_pk.column))
     instance._state.adding, instance._state.db = False, connection.alias
+    return True
 
 
 _UPDATE: dict = {}

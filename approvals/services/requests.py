@@ -7,7 +7,6 @@ behind a stop (or another exclusive writer), which waits for them in turn."""
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.analyzers import RiskContext, assess
@@ -76,13 +75,10 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
             warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5, budget_state=BudgetState.BLOCKED,
         )
         uow.enter_stage("approval")
-        try:
-            with transaction.atomic():
-                rawrows.insert(approval)
-        except IntegrityError:
+        if not rawrows.insert(approval, skip_if_duplicate=True):  # the one pending call per task
             pending = AgentCallApproval.objects.filter(task=task, status=Status.PENDING).first()
             raise TransitionError("This task already has a pending approval.", current_status=Status.PENDING,
-                                  approval_id=str(pending.pk) if pending else None) from None
+                                  approval_id=str(pending.pk) if pending else None)
         task_move(task=task, to=Task.Status.WAITING_FOR_HITL)
         audit_record(actor=requester, action="agent_approval.request", obj=approval,
                      after={"status": approval.status, "proposed_action": proposed_action[:500],

@@ -95,3 +95,20 @@ def test_by_pk_with_joins_the_related_rows_as_select_related_does(project, agent
     with django_assert_num_queries(0):
         assert (decided.approved_by.username, decided.status) == ("reviewer", "approved")
     assert rawrows.by_pk_with(AgentCallApproval, task.pk, ("approved_by",)) is None
+
+
+def test_insert_skipping_a_duplicate_reports_it_and_keeps_the_transaction_usable(project, agent):
+    from approvals.models import AgentCallApproval
+
+    task = Task.objects.create(project=project, agent_type="coder", title="t", created_by=agent)
+    now = timezone.now()
+
+    def call(title):
+        return AgentCallApproval(project=project, task=task, agent_type="coder", proposed_action=title, input_data={},
+                                 estimated_tokens=1, estimated_cost=Decimal("0.0001"), risk_assessment={},
+                                 timeout_minutes=30, requested_by=agent, expires_at=now, warn_at=now)
+    with transaction.atomic():
+        assert rawrows.insert(call("first"), skip_if_duplicate=True) is True
+        assert rawrows.insert(call("second"), skip_if_duplicate=True) is False  # one pending call per task
+        assert Task.objects.filter(pk=task.pk).exists()  # no savepoint needed: the transaction goes on
+    assert list(AgentCallApproval.objects.filter(task=task).values_list("proposed_action", flat=True)) == ["first"]
