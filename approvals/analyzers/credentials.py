@@ -133,6 +133,11 @@ _KNOWN_FORMAT = {"private_key", "aws_access_key", "aws_secret_key", "github_toke
 _CONTEXTUAL = {"url_credentials", "cli_password"}   # the syntax says it is a password: any literal counts
 # Every other format needs an unbroken run of 16+ token characters: texts without one skip those rules.
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9_+/=.-]{16}")
+# A value that is nothing but a UUID (an id in the input: the commonest long token agents send) cannot
+# give a detect-secrets finding: its filter is_potential_uuid drops every candidate holding a whole UUID,
+# its high-entropy plugins take quoted strings only, and no plugin's pattern fits inside the 4-12-character
+# hex groups. Such values do not set off its file scan, which costs twice the rest of the analysis.
+_BARE_UUID = re.compile(r"\s*[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\s*")
 _SHORT_OK = {"private_key", "url_credentials", "cli_password", "Private Key", "Basic Auth Credentials"}
 
 # detect-secrets regex plugins (IPPublicDetector, Artifactory and npm left out: noisy or slow), each with
@@ -257,7 +262,8 @@ class SecretsAnalyzer(Analyzer):
     def analyze(self, ctx: RiskContext) -> list[dict]:
         flags = self.for_each_segment(ctx, self._segment)
         segments = ctx.segments
-        if not any(_LONG_TOKEN.search(seg.text) for seg in segments if not seg.is_key):
+        if not any(_LONG_TOKEN.search(seg.text) and not _BARE_UUID.fullmatch(seg.text)
+                   for seg in segments if not seg.is_key):
             return flags
         seen: dict[str, list[str]] = {}
         for flag in flags:

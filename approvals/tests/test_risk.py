@@ -125,6 +125,26 @@ def test_secrets_analyzer_ignores_placeholders_ids_and_names(text):
     assert analyzers.SecretsAnalyzer().analyze(ctx(text)) == []
 
 
+
+def test_ids_alone_do_not_start_detect_secrets_file_scan_and_change_nothing(monkeypatch):
+    """A value that is only a UUID cannot give a detect-secrets finding (its UUID filter, quoted
+    high-entropy strings, no plugin fitting in a hex group): the costly file scan is skipped for
+    it, and runs as before once any other long token is there."""
+    from approvals.analyzers import credentials
+    from approvals.analyzers.context import Segment
+
+    ids = {"task": "3f1c9a2e-8b4d-4e6f-9a1b-2c3d4e5f6a7b", "run": " 0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D\n"}
+    segments = [Segment(f"input_data.{k}", v, key=k) for k, v in ids.items()]
+    assert credentials.detect_secrets_file_scan(segments) == []  # the premise, on detect-secrets itself
+    scans = []
+    real = credentials.detect_secrets_file_scan
+    monkeypatch.setattr(credentials, "detect_secrets_file_scan", lambda segs: scans.append(segs) or real(segs))
+    assert analyzers.SecretsAnalyzer().analyze(ctx("Run the task", ids)) == [] and scans == []
+    with_secret = analyzers.SecretsAnalyzer().analyze(ctx("Run the task", {**ids, "note": f"token {GITHUB_PAT}"}))
+    assert len(scans) == 1 and "secret.github_token" in codes(with_secret)
+    analyzers.SecretsAnalyzer().analyze(ctx("Run 3f1c9a2e-8b4d-4e6f-9a1b-2c3d4e5f6a7b now", {}))
+    assert len(scans) == 2  # an id inside a longer text still goes through the scan
+
 def test_secrets_analyzer_uses_the_json_field_name():
     flags = analyzers.SecretsAnalyzer().analyze(ctx("", {"pagerduty": {"api_token": "r8Yq2LmV0xTc7NbK4sHd9WfZ"}}))
     assert [(f["code"], f["location"]) for f in flags] == [
