@@ -3,13 +3,12 @@ import re
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from access.models import ApiKey, hash_key
-from core.rawrows import Columns
+from core.rawrows import Columns, db
 from projects.permissions import project_content_type_id, project_perms_sql, remember_project_perms
 
 User = get_user_model()
@@ -58,6 +57,7 @@ def _key_with_user(prefix: str) -> ApiKey | None:
     checks next: they are kept for the request, so authentication and the permission checks cost
     one trip to the database together."""
     global _KEY_QUERY
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _KEY_QUERY is None:
         key, user = Columns(ApiKey, "k"), Columns(User, "u")
         quote = connection.ops.quote_name

@@ -98,10 +98,10 @@ def _price(model: str, *, dearest: bool = False):
     """The ModelPrice of ``model`` (with ``dearest``: else the dearest one, output price first),
     or None, in one statement written out once: every request without an estimate of its own
     reads one, and building the ORM's query cost more than running it."""
-    from django.db import connection
-
     from approvals.models import ModelPrice
-    from core.rawrows import Columns
+    from core.rawrows import Columns, db
+
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
 
     if dearest not in _PRICE_SQL:
         quote, meta = connection.ops.quote_name, ModelPrice._meta

@@ -14,6 +14,7 @@ from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_f
 from audit.hashing import signed_digest
 from audit.keys import UnknownKeyId, chain_keys, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
+from core.rawrows import db
 from core.uow import defer_or_run
 
 
@@ -57,6 +58,7 @@ def _sql() -> dict[str, str]:
 
 
 def _lock_chain(key: str) -> AuditChain:
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     sql = _sql()
     with connection.cursor() as cursor:
         cursor.execute(sql["lock"], [key])
@@ -92,6 +94,7 @@ def audit_record(*, actor, action: str, obj=None, project_id=None, object_type: 
 
 @transaction.atomic(savepoint=False)  # inside a unit of work: its failure fails the whole write
 def _append(*, actor, action, project_id, object_type, object_id, before, after, reason) -> AuditEvent:
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     chain = _lock_chain(chain_key(project_id))
     key_id, secret = signing_key()
     event = AuditEvent(

@@ -5,7 +5,7 @@ shared lock); building them with the ORM cost more CPU than running them. ``Colu
 model's columns under a table alias for such a statement and turns that part of a result row
 back into an instance (``Model.from_db``, with the backend's and the fields' converters), so the
 caller gets the same objects as from a queryset."""
-from django.db import DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 
 
 class Columns:
@@ -26,6 +26,7 @@ class Columns:
             self._converters.append((expression, connection.ops.get_db_converters(expression)
                                      + field.get_db_converters(connection)))
         self._names = [f.attname for f in self.fields]
+        self._alias = connection.alias
 
     def __len__(self):
         return len(self.fields)
@@ -34,12 +35,13 @@ class Columns:
         """The instance of these values (None when the row had none: an outer join's missing side)."""
         if values[0] is None and all(v is None for v in values):
             return None
-        converted = []
+        converted, wrapper = [], None
         for (expression, functions), value in zip(self._converters, values):
             for convert in functions:
-                value = convert(value, expression, connection)
+                wrapper = wrapper or db()
+                value = convert(value, expression, wrapper)
             converted.append(value)
-        return self.model.from_db(connection.alias, self._names, converted)
+        return self.model.from_db(self._alias, self._names, converted)
 
 
 _BY_PK: dict[tuple, tuple] = {}
@@ -51,6 +53,7 @@ def by_pk(model, pk, names: tuple[str, ...] | None = None, *, lock: bool = False
     deferred), or None: one hand-written statement, for the reads every request of a kind makes
     (a task, a call's route). ``lock``: ``FOR NO KEY UPDATE``, as ``UnitOfWork.lock`` takes it
     (the caller enters the stage)."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     key = (model, names, lock, tuple(sorted(equal)))
     if key not in _BY_PK:
         columns = Columns(model, "t", names)
@@ -78,6 +81,7 @@ def by_pk_with(model, pk, related: tuple[str, ...]):
     """``by_pk`` with the rows of the forward relations ``related`` (foreign keys by name) joined
     in the same statement and cached on the instance, as ``select_related`` does; None when
     there is no such row. For the reads of one object that every long poll makes."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     key = (model, related)
     if key not in _WITH:
         quote, meta = connection.ops.quote_name, model._meta
@@ -118,6 +122,7 @@ def insert(instance, *, skip_if_duplicate: bool = False) -> bool:
     that would break a unique constraint is not written and False is returned (``ON CONFLICT DO
     NOTHING``: no savepoint needed around it; other violations still raise). No signals are
     sent: use it only for models without receivers."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     model = type(instance)
     key = (model, skip_if_duplicate)
     if key not in _INSERT:
@@ -151,6 +156,7 @@ def update_fields(instance, names) -> None:
     fields): each field's ``pre_save`` runs (``auto_now`` stamps ``updated_at``), and a row that
     is gone raises DatabaseError as ``save`` does. For the rows a call's every step changes (the
     call, its task), which the caller has locked. No signals are sent."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     model, names = type(instance), tuple(names)
     key = (model, names)
     if key not in _UPDATE:
@@ -164,3 +170,10 @@ def update_fields(instance, names) -> None:
         cursor.execute(sql, [*values, model._meta.pk.get_db_prep_value(instance.pk, connection)])
         if cursor.rowcount != 1:
             raise DatabaseError(f"{model._meta.label} {instance.pk}: the row to update is gone.")
+
+
+def db():
+    """This thread's database wrapper. ``django.db.connection`` is a proxy that looks the
+    wrapper up on every attribute access (about a microsecond each): the hot statements take it
+    once and hand it to the fields' conversions."""
+    return connections[DEFAULT_DB_ALIAS]

@@ -1,9 +1,10 @@
 import zlib
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from audit.services import to_json
+from core.rawrows import db
 from core import broadcast
 from core.uow import defer_or_run
 from events.models import Event, EventType
@@ -30,6 +31,7 @@ def _lock_project_stream(project_id) -> None:
     """Serialise a project's event inserts until commit (PostgreSQL advisory lock), so ids
     of one project are committed in increasing order and a reader polling ``after=N`` can
     never see N+1 before N. SQLite has one writer at a time already."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if connection.vendor == "postgresql":
         key = zlib.crc32(str(project_id).encode()) - 2**31  # signed 32-bit
         with connection.cursor() as cursor:
@@ -53,6 +55,7 @@ _INSERT = None
 def _insert(event: Event) -> None:
     """INSERT the outbox row (one hand-written statement: every write emits at least one)."""
     global _INSERT
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _INSERT is None:
         quote = connection.ops.quote_name
         fields = [f for f in Event._meta.concrete_fields if not f.primary_key]

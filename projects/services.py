@@ -6,6 +6,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from core.errors import InvalidInput, TransitionError
 from core import rawrows
+from core.rawrows import db
 from core import uow as core_uow
 from core.uow import retry_transient
 from projects.hooks import task_outcome_reported
@@ -169,6 +170,7 @@ _LOCK_STATE_SQL = None
 
 def _refresh_locked(project_id, agent_type: str, failed: bool | None) -> None:
     global _LOCK_STATE_SQL
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _LOCK_STATE_SQL is None:
         quote, meta = connection.ops.quote_name, AgentState._meta
         _LOCK_STATE_SQL = (f"SELECT {quote(meta.pk.column)} FROM {quote(meta.db_table)} "
@@ -184,6 +186,7 @@ def _refresh_locked(project_id, agent_type: str, failed: bool | None) -> None:
 
 def _refresh(project_id, agent_type: str, failed: bool | None) -> None:
     global _REFRESH_SQL
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _REFRESH_SQL is None:
         _REFRESH_SQL = _refresh_sql()
     params = {

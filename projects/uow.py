@@ -32,11 +32,11 @@ write of a project changes (its agent state, its outbox, its audit chain head) a
 unit's flush, last, so they are held only from there to the commit."""
 from contextlib import contextmanager
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from core import uow as core_uow
 from core.errors import EmergencyStopActive, NotFoundError
-from core.rawrows import Columns
+from core.rawrows import Columns, db
 from projects.models import Project
 
 
@@ -57,6 +57,7 @@ _SHARED_SQL: dict[tuple, tuple] = {}
 def _lock_shared(project_id, related=()):
     """The project row under a shared lock (PostgreSQL ``FOR SHARE``), with its ``related``
     one-to-one rows, in one hand-written statement (the ORM has no FOR SHARE)."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if connection.vendor != "postgresql":
         return _lock_exclusive(project_id, related)
     if related not in _SHARED_SQL:

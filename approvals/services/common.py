@@ -4,13 +4,11 @@ import hashlib
 import json
 from contextlib import contextmanager
 
-from django.db import connection
-
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, budget_release, override_withdraw_locked
 from core.errors import NotFoundError, TransitionError
 from core import rawrows
-from core.rawrows import Columns
+from core.rawrows import Columns, db
 from core.request_cache import memo
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
@@ -92,6 +90,7 @@ def _lock_call(approval_id) -> AgentCallApproval:
     statement (core.rawrows): the ORM's four-table select_related cost more CPU to build than
     the rest of a decision."""
     global _CALL_SQL
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _CALL_SQL is None:
         User = AgentCallApproval._meta.get_field("requested_by").related_model
         call, task, requester, decider = (Columns(AgentCallApproval, "a"), Columns(Task, "t"), Columns(User, "r"),

@@ -14,7 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from budgets.models import BudgetWindow, ProjectBudget
-from core.rawrows import Columns
+from core.rawrows import Columns, db
 from projects.models import Project
 from projects.uow import project_uow
 
@@ -89,6 +89,7 @@ def window_add(window: BudgetWindow, *, reserved_tokens=0, reserved_cost=ZERO, s
     """Change a locked window's totals in Python Decimal (exact on every database: SQLite would
     do F() arithmetic on floats) and save them (one hand-written UPDATE: every admission and
     settlement runs two)."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     window.reserved_tokens += reserved_tokens
     window.reserved_cost = (window.reserved_cost + reserved_cost).quantize(FOUR_PLACES)
     window.spent_tokens += spent_tokens
@@ -122,6 +123,7 @@ def _window_sql() -> dict:
 
 def _lock_covering(project_id, now) -> list[BudgetWindow]:
     """The project's windows covering ``now``, locked, day before month."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     sql, columns = _window_sql()["lock"]
     meta = BudgetWindow._meta
     instant = meta.get_field("start").get_db_prep_value(now, connection)
@@ -153,6 +155,7 @@ def budget_remaining(project_id, now=None) -> Decimal | None:
     """Cost still available today (limit + allowance - spent - reserved), read without locks
     for the risk assessment, in one statement written out once (the budget with today's window,
     when there is one yet); None when there is no daily cost limit."""
+    connection = db()  # this thread's database wrapper (the module's is a proxy)
     now = now or timezone.now()
     if "remaining" not in _REMAINING_SQL:
         quote = connection.ops.quote_name
