@@ -77,12 +77,14 @@ def by_pk(model, pk, names: tuple[str, ...] | None = None, *, lock: bool = False
 _WITH: dict[tuple, tuple] = {}
 
 
-def by_pk_with(model, pk, related: tuple[str, ...]):
-    """``by_pk`` with the rows of the forward relations ``related`` (foreign keys by name) joined
-    in the same statement and cached on the instance, as ``select_related`` does; None when
-    there is no such row. For the reads of one object that every long poll makes."""
+def by_pk_with(model, pk, related: tuple[str, ...], *, share_lock: bool = False):
+    """``by_pk`` with the rows of the relations ``related`` (by name: foreign keys, or reverse
+    one-to-ones such as a project's budget) joined in the same statement and cached on the
+    instance, as ``select_related`` does (a missing one cached as None); None when there is no
+    such row. ``share_lock``: the row (not the joined ones) under PostgreSQL's ``FOR SHARE`` (the
+    caller enters the stage). For the reads of one object that every request of a kind makes."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
-    key = (model, related)
+    key = (model, related, share_lock)
     if key not in _WITH:
         quote, meta = connection.ops.quote_name, model._meta
         columns = Columns(model, "t")
@@ -90,13 +92,16 @@ def by_pk_with(model, pk, related: tuple[str, ...]):
         for i, name in enumerate(related):
             field = meta.get_field(name)
             other = Columns(field.related_model, f"r{i}")
-            target = field.target_field
-            joins.append(f"LEFT JOIN {quote(field.related_model._meta.db_table)} r{i} "
-                         f"ON r{i}.{quote(target.column)} = t.{quote(field.column)}")
+            if field.concrete:  # a foreign key of this row
+                on = f"r{i}.{quote(field.target_field.column)} = t.{quote(field.column)}"
+            else:  # a reverse one-to-one: the other row's key points here
+                on = f"r{i}.{quote(field.field.column)} = t.{quote(meta.pk.column)}"
+            joins.append(f"LEFT JOIN {quote(field.related_model._meta.db_table)} r{i} ON {on}")
             parts.append((field, other))
         select = ", ".join([columns.sql, *(other.sql for _, other in parts)])
+        lock = " FOR SHARE OF t" if share_lock and connection.features.has_select_for_update_of else ""
         _WITH[key] = (f"SELECT {select} FROM {quote(meta.db_table)} t {' '.join(joins)} "
-                      f"WHERE t.{quote(meta.pk.column)} = %s", columns, parts)
+                      f"WHERE t.{quote(meta.pk.column)} = %s{lock}", columns, parts)
     sql, columns, parts = _WITH[key]
     with connection.cursor() as cursor:
         cursor.execute(sql, [model._meta.pk.get_db_prep_value(pk, connection)])
@@ -109,6 +114,7 @@ def by_pk_with(model, pk, related: tuple[str, ...]):
         field.set_cached_value(obj, other.build(row[offset:offset + len(other)]))
         offset += len(other)
     return obj
+
 
 _INSERT: dict = {}
 

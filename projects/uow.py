@@ -36,7 +36,7 @@ from django.db import transaction
 
 from core import uow as core_uow
 from core.errors import EmergencyStopActive, NotFoundError
-from core.rawrows import Columns, db
+from core.rawrows import by_pk_with, db
 from projects.models import Project
 
 
@@ -51,45 +51,12 @@ def _lock_exclusive(project_id, related=()):
     return Project.objects.select_for_update(of=("self",)).select_related(*related).filter(pk=project_id).first()
 
 
-_SHARED_SQL: dict[tuple, tuple] = {}
-
-
 def _lock_shared(project_id, related=()):
     """The project row under a shared lock (PostgreSQL ``FOR SHARE``), with its ``related``
     one-to-one rows, in one hand-written statement (the ORM has no FOR SHARE)."""
-    connection = db()  # this thread's database wrapper (the module's is a proxy)
-    if connection.vendor != "postgresql":
+    if db().vendor != "postgresql":
         return _lock_exclusive(project_id, related)
-    if related not in _SHARED_SQL:
-        quote = connection.ops.quote_name
-        project_columns = Columns(Project, "p")
-        joins, parts = [], []
-        for i, name in enumerate(related):
-            field = Project._meta.get_field(name)  # a reverse one-to-one (e.g. budgets' "budget")
-            columns = Columns(field.related_model, f"r{i}")
-            joins.append(f"LEFT JOIN {quote(field.related_model._meta.db_table)} r{i} "
-                         f"ON r{i}.{quote(field.field.column)} = p.{quote(Project._meta.pk.column)}")
-            parts.append((name, columns))
-        select = ", ".join([project_columns.sql, *(columns.sql for _, columns in parts)])
-        _SHARED_SQL[related] = (
-            f"SELECT {select} FROM {quote(Project._meta.db_table)} p {' '.join(joins)} "
-            f"WHERE p.{quote(Project._meta.pk.column)} = %s FOR SHARE OF p", project_columns, parts)
-    sql, project_columns, parts = _SHARED_SQL[related]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [Project._meta.pk.get_db_prep_value(project_id, connection)])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    project = project_columns.build(row[:len(project_columns)])
-    offset = len(project_columns)
-    for name, columns in parts:
-        related_row = columns.build(row[offset:offset + len(columns)])
-        offset += len(columns)
-        if related_row is not None:
-            setattr(project, name, related_row)  # cached, as select_related does
-        else:
-            Project._meta.get_field(name).set_cached_value(project, None)
-    return project
+    return by_pk_with(Project, project_id, tuple(related), share_lock=True)
 
 
 @contextmanager

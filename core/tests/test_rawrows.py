@@ -112,3 +112,19 @@ def test_insert_skipping_a_duplicate_reports_it_and_keeps_the_transaction_usable
         assert rawrows.insert(call("second"), skip_if_duplicate=True) is False  # one pending call per task
         assert Task.objects.filter(pk=task.pk).exists()  # no savepoint needed: the transaction goes on
     assert list(AgentCallApproval.objects.filter(task=task).values_list("proposed_action", flat=True)) == ["first"]
+
+
+def test_by_pk_with_caches_a_reverse_one_to_one_and_takes_a_share_lock(project, other_project,
+                                                                       django_assert_num_queries):
+    from budgets.models import ProjectBudget
+    from projects.models import Project
+
+    ProjectBudget.objects.get_or_create(project=project)
+    ProjectBudget.objects.filter(project=other_project).delete()
+    with transaction.atomic():
+        row = rawrows.by_pk_with(Project, project.pk, ("budget",), share_lock=True)
+        bare = rawrows.by_pk_with(Project, other_project.pk, ("budget",), share_lock=True)
+    with django_assert_num_queries(0):
+        assert row.slug == "demo" and row.budget.project_id == project.pk
+        with pytest.raises(ProjectBudget.DoesNotExist):  # cached as missing, as select_related does
+            bare.budget  # noqa: B018
