@@ -15,7 +15,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.analyzers import ResponseContext, analyze_response
@@ -27,6 +26,7 @@ from approvals.services.common import call_uow
 from approvals.services.usage import priced_cost, record_settlement
 from audit.services import audit_record
 from budgets.services import budget_settle
+from core import rawrows
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.request_cache import memo
 from core.uow import retry_transient
@@ -150,12 +150,8 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
                 tokens_used=tokens_used, actual_cost=Decimal(actual_cost), submitted_by=submitter,
                 modification_round=sum(1 for _, s in earlier if s == Status.REQUIRES_MODIFICATION),
                 timeout_minutes=timeout_minutes, expires_at=now + timedelta(minutes=timeout_minutes))
-            try:
-                with transaction.atomic():
-                    response.save(force_insert=True)
-            except IntegrityError:
-                raise TransitionError("This call already has a pending response.",
-                                      current_status=Status.PENDING) from None
+            if not rawrows.insert(response, skip_if_duplicate=True):  # one pending response per call
+                raise TransitionError("This call already has a pending response.", current_status=Status.PENDING)
             task_move(task=call.task, to=Task.Status.WAITING_FOR_HITL)
             agent_state_refresh(project_id=uow.project.pk, agent_type=call.task.agent_type)
             audit_record(actor=submitter, action="response_approval.submit", obj=response,
