@@ -40,7 +40,8 @@ _SQL: dict[str, str] = {}
 
 def _sql() -> dict[str, str]:
     """The three statements of an append, written out once (every write runs them; the ORM's
-    compiling cost more CPU than running them)."""
+    compiling cost more CPU than running them). On PostgreSQL the insert and the head's update go
+    as one statement (a data-modifying WITH), one round trip fewer while the chain's head is held."""
     if not _SQL:
         quote = connection.ops.quote_name
         chain, event = AuditChain._meta, AuditEvent._meta
@@ -53,6 +54,9 @@ def _sql() -> dict[str, str]:
                    f"VALUES ({', '.join(['%s'] * len(columns))}){returning}",
             head=f"UPDATE {quote(chain.db_table)} SET last_seq = %s, last_hash = %s WHERE {quote(chain.pk.column)} = %s",
         )
+        if connection.vendor == "postgresql":  # the insert and the head's update in one statement
+            _SQL["insert_and_head"] = (f"WITH e AS ({_SQL['insert']}) {_SQL['head']} "
+                                       f"RETURNING (SELECT {quote(event.pk.column)} FROM e)")
         _SQL["columns"] = columns
     return _SQL
 
@@ -117,11 +121,15 @@ def _append(*, actor, action, project_id, object_type, object_id, before, after,
     sql = _sql()
     values = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in sql["columns"]]
     with connection.cursor() as cursor:
-        cursor.execute(sql["insert"], values)
-        event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
-            connection.ops.last_insert_id(cursor, AuditEvent._meta.db_table, AuditEvent._meta.pk.column)
+        if "insert_and_head" in sql:
+            cursor.execute(sql["insert_and_head"], [*values, event.seq, event.hash, chain.pk])
+            event.pk = cursor.fetchone()[0]
+        else:
+            cursor.execute(sql["insert"], values)
+            event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
+                connection.ops.last_insert_id(cursor, AuditEvent._meta.db_table, AuditEvent._meta.pk.column)
+            cursor.execute(sql["head"], [event.seq, event.hash, chain.pk])
         event._state.adding, event._state.db = False, connection.alias
-        cursor.execute(sql["head"], [event.seq, event.hash, chain.pk])
     chain.last_seq, chain.last_hash = event.seq, event.hash
     return event
 

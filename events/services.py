@@ -27,15 +27,11 @@ def event_payload(event: Event) -> dict:
     }
 
 
-def _lock_project_stream(project_id) -> None:
-    """Serialise a project's event inserts until commit (PostgreSQL advisory lock), so ids
-    of one project are committed in increasing order and a reader polling ``after=N`` can
-    never see N+1 before N. SQLite has one writer at a time already."""
-    connection = db()  # this thread's database wrapper (the module's is a proxy)
-    if connection.vendor == "postgresql":
-        key = zlib.crc32(str(project_id).encode()) - 2**31  # signed 32-bit
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [4242, key])
+def _stream_lock_key(project_id) -> list[int]:
+    """The advisory lock that serialises a project's event inserts until commit (PostgreSQL),
+    so ids of one project are committed in increasing order and a reader polling ``after=N``
+    can never see N+1 before N. SQLite has one writer at a time already."""
+    return [4242, zlib.crc32(str(project_id).encode()) - 2**31]  # signed 32-bit
 
 
 def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Event | None:
@@ -53,19 +49,29 @@ _INSERT = None
 
 
 def _insert(event: Event) -> None:
-    """INSERT the outbox row (one hand-written statement: every write emits at least one)."""
+    """INSERT the outbox row (one hand-written statement: every write emits at least one). On
+    PostgreSQL the same statement takes the project's stream lock first (a materialised WITH
+    that the row's select reads from, so the id is drawn once the lock is held): one round trip
+    fewer while it is held."""
     global _INSERT
     connection = db()  # this thread's database wrapper (the module's is a proxy)
+    postgres = connection.vendor == "postgresql"
     if _INSERT is None:
         quote = connection.ops.quote_name
         fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
         returning = f" RETURNING {quote(Event._meta.pk.column)}" \
             if connection.features.can_return_columns_from_insert else ""
-        _INSERT = (f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-                   f"VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields)
+        into = f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+        if postgres:
+            values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+            _INSERT = (f"WITH stream AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s)) "
+                       f"{into} SELECT {values} FROM stream{returning}", fields)
+        else:
+            _INSERT = (f"{into} VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields)
     sql, fields = _INSERT
+    params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields])
+        cursor.execute(sql, [*_stream_lock_key(event.project_id), *params] if postgres else params)
         event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
             connection.ops.last_insert_id(cursor, Event._meta.db_table, Event._meta.pk.column)
     event._state.adding, event._state.db = False, connection.alias
@@ -73,7 +79,6 @@ def _insert(event: Event) -> None:
 
 @transaction.atomic(savepoint=False)  # inside a unit of work: its failure fails the whole write
 def _write(*, project_id, event_type: str, data: dict, task_id) -> Event:
-    _lock_project_stream(project_id)
     event = Event(project_id=project_id, task_id=task_id, event_type=event_type, data=data, created_at=timezone.now())
     _insert(event)
     payload = event_payload(event)
