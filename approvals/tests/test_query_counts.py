@@ -22,6 +22,7 @@ pytestmark = pytest.mark.django_db
 PINS = {  # PostgreSQL
     "trivial_get": 2,    # API key with its user and the user's project roles (one statement), the task
     "approval_get": 2,
+    "wait_decided": 2,   # a long poll on a decided call: the API key (with the roles), the call with its users
     "create": 20,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
     "respond": 13,
     "start": 12,
@@ -77,6 +78,26 @@ def test_a_round_trip_and_its_usage(agent_client, reviewer_client, request_body,
                               {"tokens_used": 900, "actual_cost": "0.0009"}, format="json")
     assert r.status_code == 200 and r.json()["budget_state"] == "settled"
 
+
+
+def test_a_long_poll_on_a_decided_call(agent, reviewer_client, agent_client, request_body, steady,
+                                       django_assert_max_num_queries):
+    """The long poll's database trip (approvals/consumers.py: ``WaitKind.open``, which runs on a
+    database thread under daphne) answered at once for a decided call."""
+    from access.services import api_key_create
+    from approvals.consumers import CALLS
+    from core.request_cache import request_scope
+
+    approval_id = agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(steady.pk)),
+                                    format="json").json()["approval_id"]
+    assert reviewer_client.post(f"/api/v1/agent-approvals/{approval_id}/respond", {"decision": "approve"},
+                                format="json").status_code == 200
+    scope = {"headers": [(b"authorization", f"Bearer {api_key_create(user=agent)[1]}".encode())]}
+    with request_scope():
+        CALLS.open(scope, approval_id)  # the key's first use is recorded (then at most once a minute)
+    with request_scope(), django_assert_max_num_queries(pin("wait_decided")):
+        approval, answer = CALLS.open(scope, approval_id)
+    assert approval.status == "approved" and b'"status":"approved"' in answer
 
 def test_emergency_stop(reviewer_client, agent_client, request_body, steady, project,
                         django_assert_max_num_queries):
