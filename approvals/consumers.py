@@ -13,7 +13,6 @@ import asyncio
 import functools
 import json
 import logging
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
@@ -24,7 +23,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q
 from django.utils import timezone
 from django.http import QueryDict
-from rest_framework.exceptions import APIException, AuthenticationFailed
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound
 from rest_framework.renderers import JSONRenderer
 
 from access.authentication import api_key_check
@@ -133,8 +132,8 @@ class WaitKind:
         decided, render the answer: one trip to a database thread for a wait that need not wait."""
         user = _authenticate(scope)
         try:
-            pk = uuid.UUID(str(approval_id))
-        except ValueError:
+            pk = parse_uuid(approval_id)
+        except NotFound:
             raise HttpError(404, error_body("not_found", "Not found.")) from None
         # One hand-written statement (the ORM's three-way select_related cost a millisecond to build).
         approval = by_pk_with(self.model, pk, self.related)

@@ -55,7 +55,8 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES
     stop = None
     # Shared: admissions of one project run side by side (projects/uow.py); the budget windows,
-    # locked late in the transaction, are all they queue for (the agent state is refreshed after it).
+    # locked late in the transaction, and the rows the flush writes last (agent state, outbox,
+    # audit chain head) are all they queue for.
     with project_uow(project_id, gate=True, related=BUDGET_RELATED, shared=True) as uow:
         require_project_perm(requester, roles.ACT_AS_AGENT, uow.project, "request agent calls")
         uow.enter_stage("task")

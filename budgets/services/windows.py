@@ -148,28 +148,29 @@ def budget_for(project) -> ProjectBudget:
 BUDGET_RELATED = ("budget",)  # project_uow(..., related=BUDGET_RELATED): the budget with the project row
 
 
-_REMAINING_SQL: dict = {}
+_REMAINING_SQL = None
 
 
 def budget_remaining(project_id, now=None) -> Decimal | None:
     """Cost still available today (limit + allowance - spent - reserved), read without locks
     for the risk assessment, in one statement written out once (the budget with today's window,
     when there is one yet); None when there is no daily cost limit."""
+    global _REMAINING_SQL
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     now = now or timezone.now()
-    if "remaining" not in _REMAINING_SQL:
+    if _REMAINING_SQL is None:
         quote = connection.ops.quote_name
         budget_meta, window_meta = ProjectBudget._meta, BudgetWindow._meta
         b = lambda name: f"b.{quote(budget_meta.get_field(name).column)}"  # noqa: E731
         w = lambda name: f"w.{quote(window_meta.get_field(name).column)}"  # noqa: E731
         budget = Columns(ProjectBudget, "b", ("id", "daily_cost_limit"))
         window = Columns(BudgetWindow, "w", ("id", "allowance_cost", "spent_cost", "reserved_cost"))
-        _REMAINING_SQL["remaining"] = (
+        _REMAINING_SQL = (
             f"SELECT {budget.sql}, {window.sql} FROM {quote(budget_meta.db_table)} b "
             f"LEFT JOIN {quote(window_meta.db_table)} w ON {w('project')} = {b('project')} AND {w('kind')} = %s "
             f"AND {w('start')} <= %s AND {w('end')} > %s WHERE {b('project')} = %s ORDER BY {w('start')} LIMIT 1",
             budget, window)
-    sql, budget, window = _REMAINING_SQL["remaining"]
+    sql, budget, window = _REMAINING_SQL
     instant = BudgetWindow._meta.get_field("start").get_db_prep_value(now, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, [BudgetWindow.Kind.DAY, instant, instant,

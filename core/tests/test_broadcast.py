@@ -10,13 +10,15 @@ from core import broadcast
 
 
 class Layer:
-    def __init__(self, fail_on=None, delay=0.0):
-        self.sent, self.fail_on, self.delay = [], fail_on, delay
+    def __init__(self, fail_on=None):
+        self.sent, self.fail_on = [], fail_on
         self.threads = set()
+        self.gate = None  # an asyncio.Event every send waits for, when set up by a test
 
     async def group_send(self, group, message):
         self.threads.add(threading.current_thread().name)
-        await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if group == self.fail_on:
             raise ConnectionError("redis is down")
         self.sent.append((group, message["n"]))
@@ -30,25 +32,23 @@ def layer(monkeypatch):
 
 
 def test_a_bound_thread_hands_pushes_to_its_loop_in_order_without_waiting(layer):
-    layer.delay = 0.05  # each send takes a while: the request's thread must not wait for it
-
     async def main():
         loop = asyncio.get_running_loop()
+        layer.gate = asyncio.Event()  # no send can finish before the request's thread is done
 
         def request_thread():
             broadcast.bind_loop(loop)
             try:
-                started = loop.time()
                 for n in range(5):
                     broadcast.group_send(f"g{n % 2}", {"n": n})
-                return loop.time() - started
             finally:
                 broadcast.bind_loop(None)
 
-        spent = await sync_to_async(request_thread, thread_sensitive=False)()
-        assert spent < 0.05 and layer.sent == []  # handed over, nothing sent yet
+        # A thread that waited for its sends would wait for ever here: the gate opens after it.
+        await asyncio.wait_for(sync_to_async(request_thread, thread_sensitive=False)(), timeout=10)
+        assert layer.sent == []  # handed over, nothing sent yet
+        layer.gate.set()
         await broadcast.drained()
-        return spent
 
     asyncio.run(main())
     assert layer.sent == [("g0", 0), ("g1", 1), ("g0", 2), ("g1", 3), ("g0", 4)]
