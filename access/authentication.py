@@ -8,7 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from access.models import ApiKey, hash_key
-from core.rawrows import Columns, db
+from core.rawrows import Columns, db, kept_cursor
 from projects.permissions import project_content_type_id, project_perms_sql, remember_project_perms
 
 User = get_user_model()
@@ -70,7 +70,7 @@ def _key_with_user(prefix: str) -> ApiKey | None:
                       f"UNION ALL SELECT {', '.join(['NULL'] * width)}, r.* FROM ({project_perms_sql(owner)}) r",
                       key, user)
     sql, key_columns, user_columns = _KEY_QUERY
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [prefix, prefix, prefix, project_content_type_id()])
         rows = cursor.fetchall()
     width = len(key_columns) + len(user_columns)

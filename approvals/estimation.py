@@ -99,7 +99,7 @@ def _price(model: str, *, dearest: bool = False):
     or None, in one statement written out once: every request without an estimate of its own
     reads one, and building the ORM's query cost more than running it."""
     from approvals.models import ModelPrice
-    from core.rawrows import Columns, db
+    from core.rawrows import Columns, db, kept_cursor
 
     connection = db()  # this thread's database wrapper (the module's is a proxy)
 
@@ -111,7 +111,7 @@ def _price(model: str, *, dearest: bool = False):
                 f"{column('input_per_million')} DESC LIMIT 1") if dearest else f" WHERE {column('model')} = %s"
         _PRICE_SQL[dearest] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} p{tail}", columns)
     sql, columns = _PRICE_SQL[dearest]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [model])
         row = cursor.fetchone()
     return None if row is None else columns.build(row)

@@ -14,7 +14,7 @@ from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_f
 from audit.hashing import signed_digest
 from audit.keys import UnknownKeyId, chain_keys, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
-from core.rawrows import db
+from core.rawrows import db, kept_cursor
 from core.uow import defer_or_run
 
 
@@ -64,7 +64,7 @@ def _sql() -> dict[str, str]:
 def _lock_chain(key: str) -> AuditChain:
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     sql = _sql()
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql["lock"], [key])
         row = cursor.fetchone()
         if row is None:
@@ -120,7 +120,7 @@ def _append(*, actor, action, project_id, object_type, object_id, before, after,
     event.hash = signed_digest(event, chain.key, secret)
     sql = _sql()
     values = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in sql["columns"]]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         if "insert_and_head" in sql:
             cursor.execute(sql["insert_and_head"], [*values, event.seq, event.hash, chain.pk])
             event.pk = cursor.fetchone()[0]

@@ -306,7 +306,7 @@ if REDIS_URL:
     # channels-redis receives with a 5 s blocking pop; redis-py 8 reads with a 5 s socket timeout
     # by default, so an idle receive raised TimeoutError. Read longer than the pop blocks.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+        "default": {"BACKEND": "core.channel_layer.RedisChannelLayer",  # channels_redis, fewer trips per group send
                     "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 1000}}
     }
 else:

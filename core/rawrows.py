@@ -67,7 +67,7 @@ def by_pk(model, pk, names: tuple[str, ...] | None = None, *, lock: bool = False
     params = [model._meta.pk.get_db_prep_value(pk, connection)]
     params += [f.get_db_prep_value(equal[f.name] if f.name in equal else equal[f.attname], connection)
                for f in extra]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else columns.build(row)
@@ -103,7 +103,7 @@ def by_pk_with(model, pk, related: tuple[str, ...], *, share_lock: bool = False)
         _WITH[key] = (f"SELECT {select} FROM {quote(meta.db_table)} t {' '.join(joins)} "
                       f"WHERE t.{quote(meta.pk.column)} = %s{lock}", columns, parts)
     sql, columns, parts = _WITH[key]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [model._meta.pk.get_db_prep_value(pk, connection)])
         row = cursor.fetchone()
     if row is None:
@@ -143,7 +143,7 @@ def insert(instance, *, skip_if_duplicate: bool = False) -> bool:
                         f"VALUES ({', '.join(['%s'] * len(fields))}){conflict}{returning}", fields, auto_pk)
     sql, fields, auto_pk = _INSERT[key]
     values = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, values)
         if skip_if_duplicate and cursor.rowcount == 0:
             return False
@@ -172,10 +172,49 @@ def update_fields(instance, names) -> None:
                         f"WHERE {quote(meta.pk.column)} = %s", fields)
     sql, fields = _UPDATE[key]
     values = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [*values, model._meta.pk.get_db_prep_value(instance.pk, connection)])
         if cursor.rowcount != 1:
             raise DatabaseError(f"{model._meta.label} {instance.pk}: the row to update is gone.")
+
+
+class _Kept:
+    """A kept cursor's wrapper for one statement: ``with`` hands it out and does not close it."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def __enter__(self):
+        return self.cursor
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+def kept_cursor(connection=None):
+    """A cursor for one hand-written statement, as ``with rawrows.kept_cursor(connection) as cursor:``.
+
+    Each database connection keeps one driver cursor for these statements instead of opening one
+    per statement: a new psycopg cursor looks up again how to send each parameter's type and read
+    each result column's type, which cost more CPU than the statement's own round trip. The cursor
+    lives on the driver's connection (a pooled connection checked out again brings its own; it is
+    this thread's alone while checked out) and gets Django's wrapper per statement, so errors are
+    Django's and tests still count the queries (a debug wrapper while queries are logged). On
+    PostgreSQL only; elsewhere, and until the connection is open and its health check (if
+    enabled) done for the request, Django makes and closes a cursor as usual."""
+    connection = connection or db()
+    raw = connection.connection
+    if (raw is None or connection.vendor != "postgresql"
+            or not (connection.health_check_done or not connection.health_check_enabled)):
+        return connection.cursor()
+    connection.validate_thread_sharing()
+    kept = getattr(raw, "_hitl_kept_cursor", None)
+    if kept is None or kept.closed:
+        with connection.wrap_database_errors:
+            kept = raw._hitl_kept_cursor = connection.create_cursor()
+    return _Kept(connection.make_debug_cursor(kept) if connection.queries_logged else connection.make_cursor(kept))
 
 
 def db():

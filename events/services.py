@@ -4,7 +4,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import to_json
-from core.rawrows import db
+from core.rawrows import db, kept_cursor
 from core import broadcast
 from core.uow import defer_or_run
 from events.models import Event, EventType
@@ -70,7 +70,7 @@ def _insert(event: Event) -> None:
             _INSERT = (f"{into} VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields)
     sql, fields = _INSERT
     params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [*_stream_lock_key(event.project_id), *params] if postgres else params)
         event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
             connection.ops.last_insert_id(cursor, Event._meta.db_table, Event._meta.pk.column)

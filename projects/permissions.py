@@ -9,14 +9,13 @@ import uuid
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection
 from django.db.models import Q
 from guardian.models import GroupObjectPermission
 from rest_framework.exceptions import NotFound
 
 from core.api import parse_uuid
 from core.errors import Forbidden
-from core.rawrows import by_pk, by_pk_with
+from core.rawrows import by_pk, by_pk_with, kept_cursor
 from core.request_cache import forget, memo
 from projects import roles
 from projects.models import Project, ProjectUserObjectPermission
@@ -65,7 +64,7 @@ def _load_project_perms(user_id) -> dict[uuid.UUID, frozenset[str]]:
     global _PERMS_SQL
     if _PERMS_SQL is None:
         _PERMS_SQL = _perms_sql()
-    with connection.cursor() as cursor:
+    with kept_cursor() as cursor:
         cursor.execute(_PERMS_SQL, [user_id, user_id, project_content_type_id()])
         rows = cursor.fetchall()
     return _perms_from_rows(rows)

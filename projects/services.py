@@ -6,7 +6,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from core.errors import InvalidInput, TransitionError
 from core import rawrows
-from core.rawrows import db
+from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
 from projects.hooks import task_outcome_reported
@@ -178,7 +178,7 @@ def _refresh_locked(project_id, agent_type: str, failed: bool | None) -> None:
                            f"AND {quote(meta.get_field('agent_type').column)} = %s"
                            + (" FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else ""))
     with transaction.atomic(savepoint=False):
-        with connection.cursor() as cursor:
+        with kept_cursor(connection) as cursor:
             cursor.execute(_LOCK_STATE_SQL, [Task._meta.get_field("project").get_db_prep_value(project_id, connection),
                                              agent_type])
         _refresh(project_id, agent_type, failed)
@@ -198,7 +198,7 @@ def _refresh(project_id, agent_type: str, failed: bool | None) -> None:
         "failed": {True: 1, False: 0, None: -1}[failed],
         "now": AgentState._meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection),
     }
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(_REFRESH_SQL, params)
 
 

@@ -20,6 +20,7 @@ from approvals.analyzers import ProjectRules
 from approvals.models import AgentCallApproval, FlagLabel, FlagSuppression, ResponseApproval, RuleSetting
 from audit.services import audit_record
 from core.errors import InvalidInput, NotFoundError
+from core.rawrows import kept_cursor
 from core.request_cache import memo
 from core.uow import retry_transient
 from projects import roles
@@ -43,7 +44,7 @@ def project_rules(project_id) -> ProjectRules:
                f"AND {quote('revoked_at')} IS NULL AND {quote('expires_at')} > %s")
         pk = rules.get_field("project").target_field.get_db_prep_value(project_id, connection)
         now = sups.get_field("expires_at").get_db_prep_value(timezone.now(), connection)
-        with connection.cursor() as cursor:
+        with kept_cursor() as cursor:
             cursor.execute(sql, [pk, pk, now])
             rows = cursor.fetchall()
         settings_ = {code: {"mode": mode, "threshold": float(threshold)}

@@ -106,7 +106,7 @@ def _lock_call(approval_id) -> AgentCallApproval:
             f"LEFT JOIN {quote(User._meta.db_table)} d ON d.{quote(User._meta.pk.column)} = a.{field('approved_by')} "
             f"WHERE a.{quote(AgentCallApproval._meta.pk.column)} = %s{lock}", (call, task, requester, decider))
     sql, parts = _CALL_SQL
-    with connection.cursor() as cursor:
+    with rawrows.kept_cursor(connection) as cursor:
         cursor.execute(sql, [AgentCallApproval._meta.pk.get_db_prep_value(approval_id, connection)])
         row = cursor.fetchone()
     if row is None:

@@ -29,6 +29,7 @@ from budgets.services.windows import (
     current_windows,
     window_add,
     window_bounds,
+    windows_add,
 )
 
 __all__ = [
@@ -37,5 +38,5 @@ __all__ = [
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals", 
     "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
-    "window_add", "window_bounds",
+    "window_add", "window_bounds", "windows_add",
 ]

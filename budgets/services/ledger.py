@@ -18,7 +18,7 @@ from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, Pro
 from budgets.services.alerts import check_alerts, emit_alert
 from budgets.services.overrides import override_create_locked
 from core import rawrows
-from budgets.services.windows import FOUR_PLACES, ZERO, budget_for, current_windows, window_add
+from budgets.services.windows import FOUR_PLACES, ZERO, budget_for, current_windows, window_add, windows_add
 
 CRITICAL_FACTOR = Decimal("1.5")
 
@@ -85,8 +85,7 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
                                           f"approving budget override {override.pk} unblocks it.")
     rawrows.insert(UsageEntry(project=project, approval_id=call.pk, kind=UsageEntry.Kind.RESERVE, day_window=day,
                               month_window=month, reserved_tokens=tokens, reserved_cost=cost))
-    for window in (day, month):
-        window_add(window, reserved_tokens=tokens, reserved_cost=cost)
+    windows_add([day, month], reserved_tokens=tokens, reserved_cost=cost)
     check_alerts(project, budget, [day, month])
     return Admission(True)
 
@@ -106,8 +105,7 @@ def budget_release(*, uow, call_id) -> bool:
     rawrows.insert(UsageEntry(project_id=reserve.project_id, approval_id=call_id, kind=UsageEntry.Kind.RELEASE,
                               day_window_id=reserve.day_window_id, month_window_id=reserve.month_window_id,
                               reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost))
-    for window in windows:
-        window_add(window, reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
+    windows_add(windows, reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
     return True
 
 
@@ -174,9 +172,8 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
                 spent_tokens=tokens_used, spent_cost=actual_cost))
     except IntegrityError:
         return Settlement(False)
-    for window in windows:
-        window_add(window, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
-                   spent_tokens=tokens_used, spent_cost=actual_cost)
+    windows_add(windows, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
+                spent_tokens=tokens_used, spent_cost=actual_cost)
     budget = budget_for(uow.project)
     day = next(w for w in windows if w.pk == day_id)
     estimated_tokens, estimated_cost = call.estimated_tokens, call.estimated_cost

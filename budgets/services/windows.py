@@ -14,7 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from budgets.models import BudgetWindow, ProjectBudget
-from core.rawrows import Columns, db
+from core.rawrows import Columns, db, kept_cursor
 from projects.models import Project
 from projects.uow import project_uow
 
@@ -86,33 +86,41 @@ def current_windows(project, now=None, *, uow=None) -> tuple[BudgetWindow, Budge
 
 def window_add(window: BudgetWindow, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=0,
                spent_cost=ZERO) -> None:
-    """Change a locked window's totals in Python Decimal (exact on every database: SQLite would
-    do F() arithmetic on floats) and save them (one hand-written UPDATE: every admission and
-    settlement runs two)."""
+    """Change one locked window's totals (see ``windows_add``)."""
+    windows_add([window], reserved_tokens=reserved_tokens, reserved_cost=reserved_cost, spent_tokens=spent_tokens,
+                spent_cost=spent_cost)
+
+
+def windows_add(windows, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=0, spent_cost=ZERO) -> None:
+    """Change locked windows' totals by the same amounts (a call's day and month window) in
+    Python Decimal (exact on every database: SQLite would do F() arithmetic on floats) and save
+    them in one hand-written UPDATE (every admission and settlement runs it)."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
-    window.reserved_tokens += reserved_tokens
-    window.reserved_cost = (window.reserved_cost + reserved_cost).quantize(FOUR_PLACES)
-    window.spent_tokens += spent_tokens
-    window.spent_cost = (window.spent_cost + spent_cost).quantize(FOUR_PLACES)
-    sql, fields = _window_sql()["update"]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [f.get_db_prep_save(getattr(window, f.attname), connection) for f in fields]
-                       + [window.pk])
+    for window in windows:
+        window.reserved_tokens += reserved_tokens
+        window.reserved_cost = (window.reserved_cost + reserved_cost).quantize(FOUR_PLACES)
+        window.spent_tokens += spent_tokens
+        window.spent_cost = (window.spent_cost + spent_cost).quantize(FOUR_PLACES)
+    sql, fields = _update_sql(len(windows))
+    params = []
+    for field in fields:  # SET column = CASE id WHEN <window> THEN <value> ... END
+        for window in windows:
+            params += [window.pk, field.get_db_prep_save(getattr(window, field.attname), connection)]
+    params += [window.pk for window in windows]
+    with kept_cursor(connection) as cursor:
+        cursor.execute(sql, params)
 
 
 _SQL: dict = {}
 
 
 def _window_sql() -> dict:
-    """Statements written out once (core.rawrows): the windows' lock and update run in every
-    admission and settlement, and building them with the ORM cost more CPU than running them."""
-    if not _SQL:
+    """Statements written out once (core.rawrows): the windows' lock runs in every admission
+    and settlement, and building it with the ORM cost more CPU than running it."""
+    if "lock" not in _SQL:
         quote = connection.ops.quote_name
         meta = BudgetWindow._meta
         column = lambda name: quote(meta.get_field(name).column)  # noqa: E731
-        fields = [meta.get_field(name) for name in ("reserved_tokens", "reserved_cost", "spent_tokens", "spent_cost")]
-        _SQL["update"] = (f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
-                          f"WHERE {quote(meta.pk.column)} = %s", fields)
         columns = Columns(BudgetWindow, "w")
         lock = " FOR NO KEY UPDATE" if connection.features.has_select_for_update else ""
         _SQL["lock"] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} w WHERE w.{column('project')} = %s "
@@ -121,13 +129,28 @@ def _window_sql() -> dict:
     return _SQL
 
 
+def _update_sql(count: int):
+    """The UPDATE of ``count`` windows' four totals, written out once per count."""
+    key = ("update", count)
+    if key not in _SQL:
+        quote = connection.ops.quote_name
+        meta = BudgetWindow._meta
+        pk = quote(meta.pk.column)
+        fields = [meta.get_field(name) for name in ("reserved_tokens", "reserved_cost", "spent_tokens", "spent_cost")]
+        cases = " ".join(["WHEN %s THEN %s"] * count)
+        _SQL[key] = (f"UPDATE {quote(meta.db_table)} SET "
+                     f"{', '.join(f'{quote(f.column)} = CASE {pk} {cases} END' for f in fields)} "
+                     f"WHERE {pk} IN ({', '.join(['%s'] * count)})", fields)
+    return _SQL[key]
+
+
 def _lock_covering(project_id, now) -> list[BudgetWindow]:
     """The project's windows covering ``now``, locked, day before month."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     sql, columns = _window_sql()["lock"]
     meta = BudgetWindow._meta
     instant = meta.get_field("start").get_db_prep_value(now, connection)
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [meta.get_field("project").get_db_prep_value(project_id, connection), instant, instant])
         rows = cursor.fetchall()
     return [columns.build(row) for row in rows]
@@ -172,7 +195,7 @@ def budget_remaining(project_id, now=None) -> Decimal | None:
             budget, window)
     sql, budget, window = _REMAINING_SQL
     instant = BudgetWindow._meta.get_field("start").get_db_prep_value(now, connection)
-    with connection.cursor() as cursor:
+    with kept_cursor(connection) as cursor:
         cursor.execute(sql, [BudgetWindow.Kind.DAY, instant, instant,
                              ProjectBudget._meta.get_field("project").get_db_prep_value(project_id, connection)])
         row = cursor.fetchone()

@@ -25,7 +25,7 @@ def test_channel_layer_and_broker_follow_redis_url():
     from botarmy_hitl import settings as real
 
     if os.environ.get("REDIS_URL"):
-        assert real.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+        assert real.CHANNEL_LAYERS["default"]["BACKEND"] == "core.channel_layer.RedisChannelLayer"
         assert settings.CELERY_BROKER_URL.startswith("redis://")
     else:
         assert real.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"

@@ -128,3 +128,47 @@ def test_by_pk_with_caches_a_reverse_one_to_one_and_takes_a_share_lock(project, 
         assert row.slug == "demo" and row.budget.project_id == project.pk
         with pytest.raises(ProjectBudget.DoesNotExist):  # cached as missing, as select_related does
             bare.budget  # noqa: B018
+
+
+def test_kept_cursor_statements_are_counted_and_their_errors_are_djangos(project, agent):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    task = Task.objects.create(project=project, agent_type="coder", title="kept", created_by=agent)
+    wrapper = rawrows.db()
+    with CaptureQueriesContext(connection) as captured:  # tests count them while queries are logged
+        assert rawrows.by_pk(Task, task.pk).title == "kept"
+    assert len(captured.captured_queries) == 1
+    with pytest.raises(IntegrityError), transaction.atomic():
+        with rawrows.kept_cursor(wrapper) as cursor:
+            cursor.execute(f"INSERT INTO {Task._meta.db_table} (id) VALUES (%s)", [task.pk.hex])
+    assert rawrows.by_pk(Task, task.pk).title == "kept"  # and the next statement goes on working
+    wrapper.close()  # a new connection (or another pooled one)
+    assert rawrows.by_pk(Task, task.pk).title == "kept"
+
+
+@pytest.mark.postgres
+def test_kept_cursor_is_one_driver_cursor_per_connection(project, agent):
+    from django.db.backends.utils import CursorDebugWrapper
+    from django.test.utils import CaptureQueriesContext
+
+    wrapper = rawrows.db()
+    wrapper.ensure_connection()
+    with rawrows.kept_cursor(wrapper) as first:
+        first.execute("SELECT 1")
+    with rawrows.kept_cursor(wrapper) as second:
+        assert second.cursor is first.cursor and not first.cursor.closed
+        second.execute("SELECT 2")
+        assert second.fetchone()[0] == 2
+    with CaptureQueriesContext(wrapper):
+        with rawrows.kept_cursor(wrapper) as logged:
+            assert isinstance(logged, CursorDebugWrapper) and logged.cursor is first.cursor
+    raw = wrapper.connection
+    wrapper.close()
+    wrapper.ensure_connection()
+    with rawrows.kept_cursor(wrapper) as renewed:
+        # the connection checked out now brings its own cursor (the same one if the pool handed
+        # the same connection back)
+        assert (renewed.cursor is first.cursor) == (wrapper.connection is raw)
+        renewed.execute("SELECT 3")
+        assert renewed.fetchone()[0] == 3

@@ -39,7 +39,9 @@ def test_an_idle_hub_logs_nothing_and_still_wakes_at_once(caplog):
     layer = get_channel_layer()
     assert isinstance(layer, RedisChannelLayer), "the redis marker keeps the configured layer"
     # Another process would send the wake-up: a layer instance of its own, same configuration.
-    sender = RedisChannelLayer(**settings.CHANNEL_LAYERS["default"].get("CONFIG", {}))
+    from core.channel_layer import RedisChannelLayer as Configured
+
+    sender = Configured(**settings.CHANNEL_LAYERS["default"].get("CONFIG", {}))
     group = f"hitl.test.idle.{os.getpid()}"
     caplog.set_level(logging.DEBUG)
 
