@@ -201,14 +201,15 @@ def kept_cursor(connection=None):
     each result column's type, which cost more CPU than the statement's own round trip. The cursor
     lives on the driver's connection (a pooled connection checked out again brings its own; it is
     this thread's alone while checked out) and gets Django's wrapper per statement, so errors are
-    Django's and tests still count the queries (a debug wrapper while queries are logged). On
-    PostgreSQL only; elsewhere, and until the connection is open and its health check (if
-    enabled) done for the request, Django makes and closes a cursor as usual."""
+    Django's and tests still count the queries (a debug wrapper while queries are logged). The
+    connection is opened and health-checked as for any cursor. On PostgreSQL only; elsewhere Django
+    makes and closes a cursor as usual."""
     connection = connection or db()
-    raw = connection.connection
-    if (raw is None or connection.vendor != "postgresql"
-            or not (connection.health_check_done or not connection.health_check_enabled)):
+    if connection.vendor != "postgresql":
         return connection.cursor()
+    connection.close_if_health_check_failed()  # what connection.cursor() does before a cursor
+    connection.ensure_connection()
+    raw = connection.connection
     connection.validate_thread_sharing()
     kept = getattr(raw, "_hitl_kept_cursor", None)
     if kept is None or kept.closed:
