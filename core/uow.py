@@ -20,7 +20,6 @@ with ``Retry-After`` (core.errors), never 500.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import random
@@ -120,32 +119,15 @@ class UnitOfWork:
     def flush(self) -> None:
         """Write the buffered agent states, outbox events, then audit rows (still inside the
         transaction): the hot rows are locked last and held shortest."""
-        with _pipeline():
-            for stage in FLUSHED:
-                writes, self._deferred[stage] = self._deferred[stage], []
-                if writes:
-                    self.enter_stage(stage)
-                if stage == "agent_state":  # rows of one stage in a stable order (by agent type)
-                    writes.sort(key=lambda keyed: str(keyed[0]))
-                for _key, write in writes:
-                    write()
+        for stage in FLUSHED:
+            writes, self._deferred[stage] = self._deferred[stage], []
+            if writes:
+                self.enter_stage(stage)
+            if stage == "agent_state":  # rows of one stage in a stable order (by agent type)
+                writes.sort(key=lambda keyed: str(keyed[0]))
+            for _key, write in writes:
+                write()
         self.flushed = True
-
-
-@contextlib.contextmanager
-def _pipeline():
-    """PostgreSQL: the flush's statements in psycopg's pipeline mode. They are sent without
-    waiting for each answer until one is read (the outbox row's id, the chain head), so the
-    agent state's lock, its update and the outbox insert take one round trip instead of three
-    while the project's hot locks are held. An error of a statement whose answer was not read
-    yet comes up when one is read or when the block ends, as Django's DatabaseError like any
-    other (a deadlock is retried). Elsewhere, nothing."""
-    if connection.vendor != "postgresql":
-        yield
-        return
-    connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.pipeline():
-        yield
 
 
 def current() -> UnitOfWork | None:
