@@ -95,6 +95,8 @@ def windows_add(windows, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=
     """Change locked windows' totals by the same amounts (a call's day and month window) in
     Python Decimal (exact on every database: SQLite would do F() arithmetic on floats) and save
     them in one hand-written UPDATE (every admission and settlement runs it)."""
+    if not windows:
+        return
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     for window in windows:
         window.reserved_tokens += reserved_tokens

@@ -79,6 +79,26 @@ def test_a_call_reserves_its_estimate_in_the_day_and_month_windows(project, agen
     assert body["cost_incurred_today"] == "0.0000" and body["daily_cost_limit"] == "100.0000"
 
 
+def test_the_day_and_month_windows_each_keep_their_own_totals_in_one_update(project, agent):
+    """windows_add changes both windows in one statement: each by the same amounts from its own
+    totals (the month's include earlier days), none swapped with the other's."""
+    from budgets.services import windows_add
+    from projects.uow import project_uow
+
+    call(project, agent, tokens=1500, cost="2.5000")
+    BudgetWindow.objects.filter(kind=BudgetWindow.Kind.MONTH, project=project).update(
+        spent_tokens=7000, spent_cost=Decimal("9.0000"))  # what earlier days of the month spent
+    with project_uow(project.pk) as uow:
+        day, month = current_windows(project, uow=uow)
+        windows_add([day, month], reserved_tokens=-1500, reserved_cost=Decimal("-2.5000"), spent_tokens=1200,
+                    spent_cost=Decimal("2.0001"))
+    day, month = current_windows(project)
+    assert (day.reserved_tokens, day.reserved_cost, day.spent_tokens, day.spent_cost) == \
+        (0, Decimal("0"), 1200, Decimal("2.0001"))
+    assert (month.reserved_tokens, month.reserved_cost, month.spent_tokens, month.spent_cost) == \
+        (0, Decimal("0"), 8200, Decimal("11.0001"))
+
+
 def test_passing_a_limit_blocks_the_call_behind_an_override(project, agent, reviewer, client_for):
     limits(project, daily_cost_limit=Decimal("10.0000"))
     first = call(project, agent, cost="8.0000", title="a")
