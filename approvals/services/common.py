@@ -86,15 +86,18 @@ _CALL_SQL = None
 
 
 def _lock_call(approval_id) -> AgentCallApproval:
-    """The call with its task (both locked) and its requester and decider, in one hand-written
+    """The call with its task (both locked) and its requester and decider (their ids and
+    usernames; any other field of theirs is read when first used), in one hand-written
     statement (core.rawrows): the ORM's four-table select_related cost more CPU to build than
     the rest of a decision."""
     global _CALL_SQL
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     if _CALL_SQL is None:
         User = AgentCallApproval._meta.get_field("requested_by").related_model
-        call, task, requester, decider = (Columns(AgentCallApproval, "a"), Columns(Task, "t"), Columns(User, "r"),
-                                          Columns(User, "d"))
+        # The users only with what a decision shows of them (their usernames): their other
+        # columns, timestamps among them, cost more to convert than the rest of the row.
+        call, task, requester, decider = (Columns(AgentCallApproval, "a"), Columns(Task, "t"),
+                                          Columns(User, "r", ("id", "username")), Columns(User, "d", ("id", "username")))
         quote = connection.ops.quote_name
         field = lambda name: quote(AgentCallApproval._meta.get_field(name).column)  # noqa: E731
         lock = " FOR NO KEY UPDATE OF a, t" if connection.features.has_select_for_update_of else ""
