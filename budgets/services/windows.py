@@ -116,9 +116,10 @@ def windows_add(windows, *, reserved_tokens=0, reserved_cost=ZERO, spent_tokens=
 _SQL: dict = {}
 
 
-def _window_sql() -> dict:
-    """Statements written out once (core.rawrows): the windows' lock runs in every admission
-    and settlement, and building it with the ORM cost more CPU than running it."""
+def _lock_sql():
+    """The lock of a project's windows covering an instant, written out once (core.rawrows): it
+    runs in every admission and settlement, and building it with the ORM cost more CPU than
+    running it. (sql, columns)"""
     if "lock" not in _SQL:
         quote = connection.ops.quote_name
         meta = BudgetWindow._meta
@@ -128,7 +129,7 @@ def _window_sql() -> dict:
         _SQL["lock"] = (f"SELECT {columns.sql} FROM {quote(meta.db_table)} w WHERE w.{column('project')} = %s "
                         f"AND w.{column('start')} <= %s AND w.{column('end')} > %s "
                         f"ORDER BY w.{column('kind')}, w.{column('start')}{lock}", columns)
-    return _SQL
+    return _SQL["lock"]
 
 
 def _update_sql(count: int):
@@ -149,7 +150,7 @@ def _update_sql(count: int):
 def _lock_covering(project_id, now) -> list[BudgetWindow]:
     """The project's windows covering ``now``, locked, day before month."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
-    sql, columns = _window_sql()["lock"]
+    sql, columns = _lock_sql()
     meta = BudgetWindow._meta
     instant = meta.get_field("start").get_db_prep_value(now, connection)
     with kept_cursor(connection) as cursor:

@@ -23,15 +23,20 @@ def run(scenario):
     return asyncio.run(scenario())
 
 
+async def member(lay, group="g"):
+    """A new channel of ``lay``, added to ``group``."""
+    channel = await lay.new_channel()
+    await lay.group_add(group, channel)
+    return channel
+
+
 def test_every_member_gets_the_message_once_as_with_channels_redis():
     one = layer()
     other = RedisChannelLayer(hosts=[os.environ["REDIS_URL"]], prefix=one.prefix)  # another process
     upstream = Upstream(hosts=[os.environ["REDIS_URL"]], prefix=one.prefix)
 
     async def scenario():
-        a, b, c = await one.new_channel(), await one.new_channel(), await other.new_channel()
-        for channel in (a, b, c):
-            await one.group_add("g", channel)
+        a, b, c = await member(one), await member(one), await member(other)
         await one.group_send("g", {"type": "hitl.event", "n": 1})
         await upstream.group_send("g", {"type": "hitl.event", "n": 2})  # the same format on the wire
         got = {}
@@ -63,8 +68,7 @@ def test_members_past_the_group_expiry_are_dropped_and_not_sent_to():
     lay = layer(group_expiry=1)
 
     async def scenario():
-        channel = await lay.new_channel()
-        await lay.group_add("g", channel)
+        channel = await member(lay)
         await asyncio.sleep(2.1)
         await lay.group_send("g", {"type": "hitl.event"})
         members = await lay.connection(0).zrange(lay._group_key("g"), 0, -1)
@@ -80,8 +84,7 @@ def test_a_channel_at_its_capacity_gets_no_more_and_the_script_survives_a_flush(
     lay = layer(capacity=2)
 
     async def scenario():
-        channel = await lay.new_channel()
-        await lay.group_add("g", channel)
+        channel = await member(lay)
         connection = lay.connection(0)
         await connection.script_flush()  # Redis forgot the script: EVALSHA fails, it is loaded again
         for n in range(3):
