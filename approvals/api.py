@@ -35,6 +35,7 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField, StrictUUIDField
+from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
 
 MAX_TEXT = 20_000
@@ -54,7 +55,7 @@ class AgentApprovalPagination(PageNumberPagination):
 
 class AgentApprovalCreateApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField()
         agent_type = serializers.ChoiceField(choices=AgentType.choices)
@@ -96,7 +97,7 @@ class AgentApprovalDetailApi(APIView):
 
 class AgentApprovalRespondApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalRespondInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         amended_input_data = serializers.JSONField(required=False, validators=[_object])
@@ -119,7 +120,7 @@ class AgentApprovalRespondApi(APIView):
 
 class AgentApprovalCancelApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalCancelInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
 
     @extend_schema(operation_id="agent_approvals_cancel", request=InputSerializer,
@@ -148,7 +149,7 @@ class AgentApprovalStartApi(APIView):
 
 class AgentApprovalUsageApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalUsageInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
         actual_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
 
@@ -194,7 +195,7 @@ class BudgetOverrideRespondApi(APIView):
     overrides with the calls they block (approving one admits its calls again)."""
 
     @extend_schema_serializer(component_name="BudgetOverrideRespondInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
@@ -222,7 +223,7 @@ def _string_list(value):
 
 class ResponseApprovalCreateApi(APIView):
     @extend_schema_serializer(component_name="ResponseApprovalCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField()
         agent_type = serializers.ChoiceField(choices=AgentType.choices)
@@ -267,7 +268,7 @@ class ResponseApprovalDetailApi(APIView):
 
 class ResponseApprovalRespondApi(APIView):
     @extend_schema_serializer(component_name="ResponseApprovalRespondInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject", "requires_modification"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         modifications_required = serializers.JSONField(required=False)
@@ -317,7 +318,7 @@ class ResponseApprovalProjectListApi(APIView):
 
 class FlagSuppressionCreateApi(APIView):
     @extend_schema_serializer(component_name="FlagSuppressionCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         approval_id = StrictUUIDField(help_text="the call or response approval that carries the flag")
         code = StrictCharField(max_length=100)

@@ -1,11 +1,11 @@
 """Benchmark: server CPU per request and throughput of the real server, against its own floor.
 
-    .venv/bin/python bench/throughput.py [--requests 1000] [--burst 200,1000] [--deadline 900]
+    .venv/bin/python bench/throughput.py [--requests 1000] [--burst 200,1000] [--deadline 900] [--server uvicorn]
 
 Runs on the environment's configuration (PostgreSQL and Redis when DATABASE_URL / REDIS_URL
 are set, else a throwaway SQLite file) with the production launcher (bin/serve: N daphne
-processes on one port). Server CPU is read from the daphne processes (/proc utime + stime), so
-the client's own work does not count. Everything is measured in this one run, so the ratios
+processes on one port; --server uvicorn runs every part on uvicorn instead). Server CPU is
+read from the web processes (/proc utime + stime), so the client's own work does not count. Everything is measured in this one run, so the ratios
 hold on a noisy machine even when the absolute figures move. Prints one JSON object:
 
   bare_asgi       CPU ms per response of a three-line ASGI app on the same daphne (the floor),
@@ -21,6 +21,9 @@ hold on a noisy machine even when the absolute figures move. Prints one JSON obj
   scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5),
                   with the 50 agents in one project and spread over ten, beside trivial GETs/s
                   (16 clients) on the same servers; interleaved runs (--repeats), ratios over sums
+  servers         daphne against uvicorn (bin/serve --server uvicorn), one process each on the same
+                  app: the floor, the trivial GET and round trips with 8 agents (CPU and rates),
+                  interleaved (--repeats), and uvicorn's ratios to daphne
   errors          unexpected answers (each a count and the first few); the run never hangs:
                   a deadline stops it, and every server it started is stopped (SIGKILL after 20 s)
 """
@@ -107,12 +110,18 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+SERVER = "daphne"  # --server: what every part but ``servers`` runs on
+
+
 @contextmanager
-def serve(workers, app="botarmy_hitl.asgi:application", health="/api/v1/health", key="-", extra_env=None):
-    """bin/serve with ``workers`` daphne processes on a free port; yields (port, worker pids)."""
+def serve(workers, app="botarmy_hitl.asgi:application", health="/api/v1/health", key="-", extra_env=None,
+          server=None):
+    """bin/serve with ``workers`` processes of ``server`` (daphne or uvicorn) on a free port;
+    yields (port, worker pids)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="hitl-bench-serve-", suffix=".log", delete=False)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}", **(extra_env or {})}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}", "HITL_WEB_SERVER": server or SERVER,
+           **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "serve"), "--workers", str(workers),
                              "--port", str(port), "--app", app], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=log, start_new_session=True)
@@ -358,6 +367,54 @@ def scale_out(run, fx, seconds, repeats):
     return out
 
 
+def servers(run, fx, seconds, repeats, requests):
+    """daphne against uvicorn (bin/serve --server), one process each, on the same app: the floor
+    (the bare ASGI app), the trivial GET and round trips with 8 agents, CPU per request and rates,
+    interleaved (daphne, uvicorn, daphne, uvicorn) ``repeats`` times; figures over the sums."""
+    sums = collections.defaultdict(float)
+    trivial = f"/api/v1/tasks/{fx['trivial_task']}"
+    for _ in range(repeats):
+        for server in ("daphne", "uvicorn"):
+            with serve(1, app="bare_asgi:app", health="/", server=server) as (port, pids):
+                get_rate(run, port, "-", "/", 8, 200)  # warm up
+                cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, "-", "/", 8, requests))
+                sums[(server, "bare_cpu")] += cpu
+                sums[(server, "bare_n")] += n
+                sums[(server, "bare_s")] += elapsed
+            with serve(1, key=fx["agent_key"], server=server) as (port, pids):
+                agent, reviewer = Client(port, fx["agent_key"]), Client(port, fx["reviewer_key"])
+                for task in fx["tasks"].take(WARM_UP // 2):
+                    round_trip(run, port, agent, task, reviewer)
+                get_rate(run, port, fx["agent_key"], trivial, 8, 200)  # warm up
+                cpu, (elapsed, n) = measure_cpu(pids, lambda: get_rate(run, port, fx["agent_key"], trivial, 8,
+                                                                       requests))
+                sums[(server, "get_cpu")] += cpu
+                sums[(server, "get_n")] += n
+                sums[(server, "get_s")] += elapsed
+                rt = round_trips(run, port, pids, fx, 8, seconds)
+                sums[(server, "rt_per_s")] += rt["round_trips_per_s"]
+                sums[(server, "rt_cpu_ms")] += rt["cpu_ms_per_round_trip"] or 0
+    out = {}
+    for server in ("daphne", "uvicorn"):
+        def total(name):
+            return sums[(server, name)]
+        out[server] = {
+            "bare_asgi_cpu_ms": round(total("bare_cpu") * 1000 / max(total("bare_n"), 1), 3),
+            "trivial_get_cpu_ms": round(total("get_cpu") * 1000 / max(total("get_n"), 1), 2),
+            "trivial_get_per_s": round(total("get_n") / max(total("get_s"), 1e-9), 1),
+            "round_trip_cpu_ms": round(total("rt_cpu_ms") / repeats, 2),
+            "round_trips_per_s_8_agents": round(total("rt_per_s") / repeats, 1),
+        }
+    d, u = out["daphne"], out["uvicorn"]
+    out["uvicorn_x_daphne"] = {
+        "trivial_get_per_s": round(u["trivial_get_per_s"] / d["trivial_get_per_s"], 2) if d["trivial_get_per_s"] else None,
+        "round_trips_per_s": (round(u["round_trips_per_s_8_agents"] / d["round_trips_per_s_8_agents"], 2)
+                              if d["round_trips_per_s_8_agents"] else None),
+        "round_trip_cpu": round(u["round_trip_cpu_ms"] / d["round_trip_cpu_ms"], 2) if d["round_trip_cpu_ms"] else None,
+    }
+    return out
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 class TaskPool:
@@ -408,8 +465,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="interleaved 1- and 2-process runs of the scale-out")
     parser.add_argument("--deadline", type=float, default=900, help="seconds before the run gives up")
     parser.add_argument("--only", default="", help="comma-separated parts to run (get, ops, round_trip, bursts, "
-                        "scale_out; the bare floor always runs): a quicker look at one figure")
+                        "scale_out, servers; the bare floor always runs): a quicker look at one figure")
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne",
+                        help="the web server of every part but servers (which runs both)")
     args = parser.parse_args()
+    global SERVER
+    SERVER = args.server
     only = set(filter(None, args.only.split(",")))
 
     def part(name):
@@ -419,7 +480,8 @@ def main():
 
     bench_defaults()
     run = Run(args.deadline)
-    fx = fixtures(1 + WARM_UP + args.ops + 8 + 50 + 2 * 50 * args.repeats + sum(bursts),
+    fx = fixtures(1 + WARM_UP + args.ops + 8 + 50 + 2 * 50 * args.repeats + sum(bursts)
+                  + 2 * args.repeats * (WARM_UP // 2 + 8),
                   n_spread=2 * 50 * args.repeats)
     fx["tasks"].take(1)  # the trivial GET's task
     result = {**backend_description(), "cpus": os.cpu_count()}
@@ -464,6 +526,8 @@ def main():
                 result["bursts"] = [burst(run, port, fx, n) for n in bursts]
         if part("scale_out"):
             result["scale_out"] = scale_out(run, fx, args.seconds, args.repeats)
+        if part("servers"):
+            result["servers"] = servers(run, fx, args.seconds, args.repeats, args.requests // 2)
     except Finished:
         pass
     except Deadline:

@@ -27,6 +27,7 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField
+from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
 
 MONEY = {"max_digits": 14, "decimal_places": 4, "min_value": 0}
@@ -34,7 +35,7 @@ MONEY = {"max_digits": 14, "decimal_places": 4, "min_value": 0}
 
 class BudgetApi(APIView):
     @extend_schema_serializer(component_name="BudgetLimitsInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         daily_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
         monthly_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
         daily_cost_limit = serializers.DecimalField(required=False, **MONEY)
@@ -70,7 +71,7 @@ class BudgetApi(APIView):
 
 class BudgetOverrideCreateApi(APIView):
     @extend_schema_serializer(component_name="BudgetOverrideCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = serializers.UUIDField()
         violation_type = serializers.ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
         requested_amount = serializers.DecimalField(**MONEY)

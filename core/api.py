@@ -83,7 +83,7 @@ def idempotent(post):
     @wraps(post)
     @retry_transient  # the wrapper owns the outermost transaction, so it retries (core/uow.py)
     def wrapper(self, request, *args, **kwargs):
-        key = request.headers.get("Idempotency-Key")
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY")  # not request.headers (built from every header)
         if key is None:
             return post(self, request, *args, **kwargs)
         if not IDEMPOTENCY_KEY_RE.fullmatch(key):

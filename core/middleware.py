@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def _give_chunked_body_its_length(request) -> None:
+    # META, not request.headers: building that parses every header, on every request.
     if not request.META.get("CONTENT_LENGTH") and \
-            "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
         try:
             stream = request._stream
             stream.seek(0, os.SEEK_END)

@@ -11,6 +11,7 @@ from projects.permissions import has_project_perm, project_for_user
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent
 from core.errors import Forbidden
 from core.fields import StrictCharField
+from core.serializers import CopiedFieldsMixin
 from emergency.models import Condition, Severity
 from emergency.serializers import EmergencyStopOutputSerializer
 from emergency.services import emergency_stop_trigger
@@ -18,7 +19,7 @@ from emergency.services import emergency_stop_trigger
 
 class EmergencyStopApi(APIView):
     @extend_schema_serializer(component_name="EmergencyStopInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         reason = StrictCharField(max_length=5000)
         severity = serializers.ChoiceField(choices=Severity.choices, required=False, default=Severity.HIGH)
 

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
 from core.fields import StrictCharField, StrictUUIDField
+from core.serializers import CopiedFieldsMixin
 from hitl import selectors, services
 from hitl.models import MAX_OPTIONS, HitlRequest
 from hitl.serializers import HitlRequestOutputSerializer
@@ -31,7 +32,7 @@ class HitlPagination(PageNumberPagination):
 
 class HitlRequestCreateApi(APIView):
     @extend_schema_serializer(component_name="HitlRequestCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField(required=False, allow_null=True, default=None)
         request_type = serializers.ChoiceField(choices=HitlRequest.RequestType.choices)
@@ -70,7 +71,7 @@ class HitlRequestDetailApi(APIView):
 
 class HitlRequestRespondApi(APIView):
     @extend_schema_serializer(component_name="HitlRequestRespondInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         action = serializers.ChoiceField(choices=["approve", "reject", "amend"])
         response = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT,
                                    help_text="the answer (approve; one of `options` when it has any), the "
@@ -95,7 +96,7 @@ class HitlRequestRespondApi(APIView):
 
 class HitlRequestCancelApi(APIView):
     @extend_schema_serializer(component_name="HitlRequestCancelInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
 
     @extend_schema(operation_id="hitl_cancel", request=InputSerializer,

@@ -25,6 +25,7 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
+from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
 from projects.models import AgentType, Task
 from projects.serializers import (
@@ -53,7 +54,7 @@ class ProjectPagination(PageNumberPagination):
 
 class ProjectListCreateApi(APIView):
     @extend_schema_serializer(component_name="ProjectCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         name = StrictCharField(max_length=200)
         slug = StrictSlugField(max_length=64)
         timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
@@ -126,7 +127,7 @@ class ProjectDetailApi(APIView):
 
 class TaskCreateApi(APIView):
     @extend_schema_serializer(component_name="TaskCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         agent_type = serializers.ChoiceField(choices=AgentType.choices)
         title = StrictCharField(max_length=500)
@@ -160,7 +161,7 @@ class TaskDetailApi(APIView):
 
 class TaskStatusApi(APIView):
     @extend_schema_serializer(component_name="TaskStatusInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         status = serializers.ChoiceField(choices=[s.value for s in Task.OUTCOMES])
         error = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
         error_kind = serializers.ChoiceField(choices=Task.ErrorKind.choices, required=False, default="",

@@ -5,6 +5,7 @@ from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, parse_uuid
 from core.fields import StrictCharField
+from core.serializers import CopiedFieldsMixin
 from emergency.models import EmergencyStop
 from emergency.serializers import EmergencyStopOutputSerializer
 from projects.permissions import project_for_user, project_visible_to
@@ -26,7 +27,7 @@ class RecoveryDetailApi(APIView):
 
 class RecoveryStepRespondApi(APIView):
     @extend_schema_serializer(component_name="RecoveryStepRespondInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = serializers.ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
         option = StrictCharField(required=False, allow_blank=True, default="", max_length=50,
@@ -68,7 +69,7 @@ class EmergencyStatusApi(APIView):
 
 class RecoveryStartApi(APIView):
     @extend_schema_serializer(component_name="RecoveryStartInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         recovery_type = serializers.ChoiceField(choices=RecoverySession.Type.choices, required=False,
                                                 default=RecoverySession.Type.MANUAL)
 

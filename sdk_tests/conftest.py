@@ -6,10 +6,12 @@ Everything the server must see from Django (users, roles, keys, the project) is 
 the server starts; the rest goes through the API, as an agent's would. A server can be
 restarted on the same port and the same database (``world.restart()``)."""
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.request
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ class World:
     project_id: str
     keys: dict
     proc: Optional[subprocess.Popen] = None
+    server: str = "daphne"  # or "uvicorn": bin/serve --server uvicorn (one worker)
     clients: List[HitlClient] = field(default_factory=list)
 
     @property
@@ -55,17 +58,40 @@ class World:
                "HITL_VAR_DIR": str(self.tmp_path / "var"), "DJANGO_SECRET_KEY": settings.SECRET_KEY,
                "DJANGO_DEBUG": "0", "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "HITL_RETRY_AFTER_SECONDS": "1",
                "HITL_WAIT_POLL_SECONDS": "0.5", "PGAPPNAME": "hitl-sdk-test", **self.db_env}
+        if self.server == "uvicorn":
+            command = [sys.executable, str(Path(settings.BASE_DIR) / "bin" / "serve"), "--server", "uvicorn",
+                       "--workers", "1", "--port", str(self.port)]
+            env["HITL_SERVE_GRACE"] = "5"
+        else:
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "botarmy_hitl.asgi:application"]
         with open(self.tmp_path / f"daphne-{self.port}.log", "ab") as log_file:
-            self.proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                          "botarmy_hitl.asgi:application"], cwd=settings.BASE_DIR, env=env,
-                                         stdout=log_file, stderr=subprocess.STDOUT)
+            # Its own process group: a kill reaches bin/serve's worker too.
+            self.proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log_file,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_listening(self.proc, self.port, self.log)
+        if self.server == "uvicorn":  # bin/serve listens before its worker has loaded the application
+            deadline = time.monotonic() + 30
+            while not self._healthy():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"bin/serve did not start: {self.log()}")
+                time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
 
     def stop(self, kill: bool = False) -> None:
         """Terminate (``kill``: SIGKILL, a crash) and wait for the process to end."""
         if self.proc is not None:
             if kill:
-                self.proc.kill()
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self.proc.wait()
             else:
                 stop(self.proc, grace=1)
@@ -107,11 +133,17 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, transactional_db, project, agent, reviewer, manager):
+def world_server() -> str:
+    """The server the ``world`` runs (a test module overrides it: sdk_tests/test_uvicorn.py)."""
+    return "daphne"
+
+
+@pytest.fixture
+def world(tmp_path, transactional_db, project, agent, reviewer, manager, world_server):
     keys = {who: api_key_create(user=user, name="sdk-test")[1]
             for who, user in (("agent", agent), ("reviewer", reviewer), ("manager", manager))}
     w = World(tmp_path=tmp_path, port=free_port(), db_env=_server_database_env(tmp_path),
-              project_id=str(project.pk), keys=keys)
+              project_id=str(project.pk), keys=keys, server=world_server)
     w.start()
     try:
         yield w

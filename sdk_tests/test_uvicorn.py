@@ -1,0 +1,105 @@
+"""The same application served by uvicorn through ``bin/serve --server uvicorn`` (the documented
+alternative to daphne): an agent's whole lifecycle through the SDK (its waits on the websocket),
+the event stream, the API's errors, and a clean stop."""
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.sync.client import connect
+
+from sdk_tests.conftest import approve
+from sdk_tests.test_agent import Coder
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def world_server() -> str:
+    return "uvicorn"
+
+
+def _call(world, method, path, *, key, body=None):
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(world.url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, answer.headers, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read())
+
+
+def test_an_agents_lifecycle_through_the_sdk(world, bot):
+    reviewer_bot = bot(("agent", approve), ("response", approve))
+    coder = Coder(world.client("agent"), world.project_id)
+    result = coder.execute_task_sync(title="Implement login", input_data={"files": ["login.py"]})
+    reviewer_bot.check()
+    assert result.call_approval.status == "approved" and result.call_approval.started_at is not None
+    assert result.response_approval.status == "approved" and result.task.status == "completed"
+    assert coder.runs[0].input["task"]["input_data"] == {"files": ["login.py"]}
+    log = (world.tmp_path / f"daphne-{world.port}.log").read_text()
+    assert log.startswith("serve: 1 uvicorn worker(s)") and "Started server process" in log
+
+
+def test_the_event_stream_sends_a_new_request_live(world):
+    agent_key = world.keys["agent"]
+    status, _, task = _call(world, "POST", "/api/v1/tasks", key=agent_key, body={
+        "project_id": world.project_id, "agent_type": "coder", "title": "Live"})
+    assert status == 201, task
+    with connect(f"ws://127.0.0.1:{world.port}/ws/events/?project_id={world.project_id}",
+                 additional_headers={"Authorization": f"Bearer {agent_key}"}, open_timeout=10) as ws:
+        time.sleep(0.3)  # subscribed before the request is made
+        status, _, created = _call(world, "POST", "/api/v1/agent-approvals", key=agent_key, body={
+            "project_id": world.project_id, "task_id": task["task_id"], "agent_type": "coder",
+            "proposed_action": "Write the login form", "input_data": {"files": ["login.py"]},
+            "model": "gpt-4o-mini"})
+        assert status == 201, created
+        deadline = time.monotonic() + 15
+        while True:
+            event = json.loads(ws.recv(max(deadline - time.monotonic(), 0.1)))
+            if event.get("event_type") == "agent_approval_requested":
+                break
+    assert event["data"]["approval_id"] == created["approval_id"]
+    assert event["project_id"] == world.project_id
+
+
+def _pending_approval(world) -> str:
+    key = world.keys["agent"]
+    status, _, task = _call(world, "POST", "/api/v1/tasks", key=key, body={
+        "project_id": world.project_id, "agent_type": "coder", "title": "Pending"})
+    assert status == 201, task
+    status, _, created = _call(world, "POST", "/api/v1/agent-approvals", key=key, body={
+        "project_id": world.project_id, "task_id": task["task_id"], "agent_type": "coder",
+        "proposed_action": "Write the login form", "input_data": {}, "model": "gpt-4o-mini"})
+    assert status == 201, created
+    return created["approval_id"]
+
+
+def test_bad_input_is_a_json_4xx_and_sigterm_stops_the_server_during_a_long_poll(world):
+    status, _, body = _call(world, "POST", "/api/v1/agent-approvals", key=world.keys["agent"], body=b"{not json")
+    assert status == 400 and body["error"] == "invalid", body
+    status, _, body = _call(world, "GET", "/api/v1/tasks/not-a-task", key=world.keys["agent"])
+    assert status == 404 and body["error"] == "not_found", body
+    approval_id = _pending_approval(world)
+    polling = threading.Thread(target=lambda: _poll_quietly(world, approval_id), daemon=True)
+    polling.start()
+    time.sleep(0.5)  # the long poll is waiting in the server
+    started = time.monotonic()
+    world.proc.send_signal(signal.SIGTERM)
+    # HITL_SERVE_GRACE is 5 s here: uvicorn cancels the long poll after 3 s and exits by itself.
+    assert world.proc.wait(15) == 0, world.log()
+    assert time.monotonic() - started < 5, world.log()
+    assert "Finished server process" in world.log()  # the worker ended by itself, not by SIGKILL
+    polling.join(5)
+    assert not polling.is_alive()
+
+
+def _poll_quietly(world, approval_id):
+    try:
+        _call(world, "GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30", key=world.keys["agent"])
+    except (OSError, ValueError):
+        pass  # the server went away under it: what a client of a stopping server sees
