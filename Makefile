@@ -19,7 +19,7 @@ run: venv
 	bin/run
 
 # System checks, missing migrations, the OpenAPI schema, the layers of the apps (lint-imports),
-# then the whole test suite. Set DATABASE_URL=postgres://...
+# the SDK's generated sync client (tools/unasync.py --check), then the whole test suite. Set DATABASE_URL=postgres://...
 # and REDIS_URL=redis://... to run it against PostgreSQL and Redis (as .ci/run does).
 test: venv check
 	$(TEST_ENV) $(BIN)/pytest
@@ -29,6 +29,7 @@ check: venv
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python hitl_sdk/tools/unasync.py --check
 
 clean:
 	rm -rf $(VENV) var
