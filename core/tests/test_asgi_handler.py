@@ -1,4 +1,5 @@
-"""core/asgi.py's OneHopASGIHandler, through a real daphne serving botarmy_hitl.asgi:application.
+"""core/asgi.py's OneHopASGIHandler, through a real daphne serving botarmy_hitl.asgi:application
+(and, for the saturation, queue and pool tests, through uvicorn too: bin/serve --server uvicorn).
 
 Each test starts its own daphne (its settings come from the environment: HITL_WEB_THREADS,
 HITL_QUEUE_TIMEOUT_SECONDS, HITL_DB_POOL_MAX...) against the rows the test made:
@@ -88,10 +89,11 @@ class Server:
 
 @pytest.fixture
 def serve(tmp_path, transactional_db):
-    """``serve(daphne_args=(), **env)``: a running daphne with these extra environment variables."""
+    """``serve(daphne_args=(), server="daphne", **env)``: a running daphne (or ``server="uvicorn"``:
+    ``bin/serve --server uvicorn`` with one worker) with these extra environment variables."""
     started: list[Server] = []
 
-    def start(daphne_args=(), **extra_env) -> Server:
+    def start(daphne_args=(), server="daphne", **extra_env) -> Server:
         port = free_port()
         db_env = _server_database_env(tmp_path)
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "REDIS_URL": "",
@@ -100,10 +102,16 @@ def serve(tmp_path, transactional_db):
                "PGAPPNAME": SERVER_APP_NAME,  # libpq: the server's connections, in pg_stat_activity
                **db_env, **{k: str(v) for k, v in extra_env.items()}}
         log_path = tmp_path / f"daphne-{port}.log"
+        if server == "uvicorn":
+            env["HITL_SERVE_GRACE"] = "5"
+            command = [sys.executable, str(settings.BASE_DIR / "bin" / "serve"), "--server", "uvicorn",
+                       "--workers", "1", "--port", str(port)]
+        else:
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *daphne_args,
+                       "botarmy_hitl.asgi:application"]
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                     *daphne_args, "botarmy_hitl.asgi:application"], cwd=settings.BASE_DIR, env=env,
-                                    stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log_file,
+                                    stderr=subprocess.STDOUT)
         server = Server(port, proc, log_path, db_env)
         started.append(server)
         wait_until_listening(proc, port, server.log)
@@ -199,8 +207,10 @@ def _first_probe_once_saturated(server: Server, lock: _Lock, path: str, key: str
             return result
 
 
-def test_a_saturated_server_answers_503_with_retry_after_then_recovers(serve, project, agent, agent_key):
-    server = serve(HITL_WEB_THREADS=1, HITL_QUEUE_TIMEOUT_SECONDS=QUEUE_TIMEOUT)
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_a_saturated_server_answers_503_with_retry_after_then_recovers(server_name, serve, project, agent,
+                                                                       agent_key):
+    server = serve(server=server_name, HITL_WEB_THREADS=1, HITL_QUEUE_TIMEOUT_SECONDS=QUEUE_TIMEOUT)
     detail = f"/api/v1/projects/{project.pk}"
     assert_json(server.request("GET", detail, key=agent_key), 200)  # warm: connection, key's last use
 
@@ -240,11 +250,13 @@ def test_a_saturated_server_answers_503_with_retry_after_then_recovers(serve, pr
     assert "Traceback" not in server.log(), server.log()
 
 
-def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(serve, project, agent_key):
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(server_name, serve, project, agent_key):
     """A client gives up on a request that holds the only thread (it disconnects; daphne kills
-    the application after --application-close-timeout). The thread is still busy: the next
-    request must still get its 503 within the queue timeout, not wait behind it."""
-    server = serve(daphne_args=["--application-close-timeout", "1"], HITL_WEB_THREADS=1,
+    the application after --application-close-timeout; uvicorn tells it the client is gone). The
+    thread is still busy: the next request must still get its 503 within the queue timeout, not
+    wait behind it."""
+    server = serve(server=server_name, daphne_args=["--application-close-timeout", "1"], HITL_WEB_THREADS=1,
                    HITL_QUEUE_TIMEOUT_SECONDS=QUEUE_TIMEOUT)
     detail = f"/api/v1/projects/{project.pk}"
     assert_json(server.request("GET", detail, key=agent_key), 200)
@@ -258,9 +270,11 @@ def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(serve, 
             assert_unavailable(_first_probe_once_saturated(server, lock, detail, agent_key))
         # The client has gone away while its request holds the thread.
         deadline = time.monotonic() + 10
-        while "took too long to shut down and was killed" not in server.log():
+        while server_name == "daphne" and "took too long to shut down and was killed" not in server.log():
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
+        if server_name == "uvicorn":
+            time.sleep(1)  # uvicorn has seen the disconnect (no log line to wait for)
         try:
             after = server.request("GET", detail, key=agent_key, timeout=QUEUE_TIMEOUT + 4)
         except TimeoutError:
@@ -270,10 +284,11 @@ def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(serve, 
         lock.release()
 
 
-def test_requests_queue_for_a_thread_within_the_queue_timeout(serve, project, agent_key):
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_requests_queue_for_a_thread_within_the_queue_timeout(server_name, serve, project, agent_key):
     """More concurrent requests than threads, each quicker than the queue timeout: they wait
     their turn and are all answered 200 (the 503 is for a saturated server, not for a queue)."""
-    server = serve(HITL_WEB_THREADS=1, HITL_QUEUE_TIMEOUT_SECONDS=20)
+    server = serve(server=server_name, HITL_WEB_THREADS=1, HITL_QUEUE_TIMEOUT_SECONDS=20)
     detail = f"/api/v1/projects/{project.pk}"
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(lambda _: server.request("GET", detail, key=agent_key), range(30)))
@@ -282,13 +297,14 @@ def test_requests_queue_for_a_thread_within_the_queue_timeout(serve, project, ag
 
 # --- database connections go back to the pool ----------------------------------------------
 @pytest.mark.postgres
-def test_every_request_hands_its_connection_back_to_the_pool(serve, project, agent_key):
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_every_request_hands_its_connection_back_to_the_pool(server_name, serve, project, agent_key):
     """A pool of 2 connections: 50 requests in a row, then concurrent ones spread over 4 threads
     (more threads than connections), are all 200. A connection kept by a request (or by an
     idle thread) would leave the others waiting for the pool until they fail (503 after the
     2 s pool timeout)."""
-    server = serve(HITL_DB_POOL_MIN=1, HITL_DB_POOL_MAX=2, HITL_DB_POOL_TIMEOUT=2, HITL_WEB_THREADS=4,
-                   HITL_QUEUE_TIMEOUT_SECONDS=20)
+    server = serve(server=server_name, HITL_DB_POOL_MIN=1, HITL_DB_POOL_MAX=2, HITL_DB_POOL_TIMEOUT=2,
+                   HITL_WEB_THREADS=4, HITL_QUEUE_TIMEOUT_SECONDS=20)
     detail = f"/api/v1/projects/{project.pk}"
     statuses = [server.request("GET", detail, key=agent_key)[0] for _ in range(50)]
     assert statuses == [200] * 50, statuses
