@@ -94,7 +94,12 @@ class World:
                     pass
                 self.proc.wait()
             else:
-                stop(self.proc, grace=1)
+                # bin/serve's worker needs up to HITL_SERVE_GRACE (5 s) to stop; daphne stops at once.
+                stop(self.proc, grace=8 if self.server == "uvicorn" else 1)
+                try:  # whatever of the group outlived its launcher (never a worker left holding connections)
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc = None
 
     def restart(self) -> None:
