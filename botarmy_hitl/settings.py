@@ -297,7 +297,7 @@ HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
 # of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
 # threads use the rest). A request that waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn
 # is answered 503 with Retry-After.
-HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=4)
+HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=2)
 HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Redis, channels and Celery -------------------------------------------------------
