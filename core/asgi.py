@@ -99,7 +99,7 @@ class OneHopASGIHandler(ASGIHandler):
         self._sync_handler = _sync_handler()
         self._api_handler = _sync_handler(getattr(settings, "HITL_API_MIDDLEWARE", None))
         self._has_async_views = _async_views(get_resolver().url_patterns)
-        self.threads = max(int(getattr(settings, "HITL_WEB_THREADS", 2)), 1)
+        self.threads = max(int(settings.HITL_WEB_THREADS), 1)
         self.queue_timeout = float(getattr(settings, "HITL_QUEUE_TIMEOUT_SECONDS", 30))
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hitl-web")
         # asgiref's SyncToAsync (not a bare run_in_executor): code in the thread that calls

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.request
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ if str(SDK_DIR) not in sys.path:  # the package itself, not the repository's hit
     sys.path.insert(0, str(SDK_DIR))
 
 from access.services import api_key_create  # noqa: E402
-from core.tests.daphne import free_port, stop, wait_until_listening  # noqa: E402
+from core.tests.daphne import free_port, stop, wait_until_healthy, wait_until_listening  # noqa: E402
 from core.tests.test_asgi_handler import _server_database_env  # noqa: E402
 from hitl_sdk import HitlClient, RetryPolicy  # noqa: E402
 
@@ -70,19 +69,8 @@ class World:
             self.proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log_file,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         wait_until_listening(self.proc, self.port, self.log)
-        if self.server == "uvicorn":  # bin/serve listens before its worker has loaded the application
-            deadline = time.monotonic() + 30
-            while not self._healthy():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"bin/serve did not start: {self.log()}")
-                time.sleep(0.1)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
+        if self.server == "uvicorn":
+            wait_until_healthy(self.proc, self.port, self.log)
 
     def stop(self, kill: bool = False) -> None:
         """Terminate (``kill``: SIGKILL, a crash) and wait for the process to end."""

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import connection
 
 from access.services import api_key_create
-from core.tests.daphne import free_port, stop, wait_until_listening
+from core.tests.daphne import free_port, stop, wait_until_healthy, wait_until_listening
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,16 +115,8 @@ def serve(tmp_path, transactional_db):
         server = Server(port, proc, log_path, db_env)
         started.append(server)
         wait_until_listening(proc, port, server.log)
-        if command[1].endswith("serve"):  # bin/serve listens before its worker has loaded the application
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if server.request("GET", "/api/v1/health", timeout=2)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, f"bin/serve did not start: {server.log()}"
-                time.sleep(0.1)
+        if command[1].endswith("serve"):
+            wait_until_healthy(proc, port, server.log)
         return server
 
     try:
@@ -262,8 +254,8 @@ def test_a_saturated_server_answers_503_with_retry_after_then_recovers(server_na
 
 def test_a_client_that_gives_up_does_not_free_the_busy_thread_for_others(serve, project, agent_key):
     """A client gives up on a request that holds the only thread (it disconnects; daphne kills
-    the application after --application-close-timeout). The thread is still busy: the next request must still get its 503 within the queue timeout, not
-    wait behind it."""
+    the application after --application-close-timeout). The thread is still busy: the next request
+    must still get its 503 within the queue timeout, not wait behind it."""
     server = serve(daphne_args=["--application-close-timeout", "1"], HITL_WEB_THREADS=1,
                    HITL_QUEUE_TIMEOUT_SECONDS=QUEUE_TIMEOUT)
     detail = f"/api/v1/projects/{project.pk}"
