@@ -1,6 +1,7 @@
 """The same application served by uvicorn through ``bin/serve --server uvicorn`` (the documented
 alternative to daphne): an agent's whole lifecycle through the SDK (its waits on the websocket),
-the event stream, the API's errors, and a clean stop."""
+the event stream, the API's errors, a header that must not pass for the idempotency key, a clean
+stop during a long poll, and a stop with a live socket open."""
 import json
 import re
 import signal
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from sdk_tests.conftest import approve
@@ -23,10 +25,11 @@ def world_server() -> str:
     return "uvicorn"
 
 
-def _call(world, method, path, *, key, body=None):
+def _call(world, method, path, *, key, body=None, headers=None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(world.url + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json"})
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json",
+        **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=20) as answer:
             return answer.status, answer.headers, json.loads(answer.read())
@@ -115,3 +118,57 @@ def _poll_quietly(world, approval_id):
         _call(world, "GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30", key=world.keys["agent"])
     except (OSError, ValueError):
         pass  # the server went away under it: what a client of a stopping server sees
+
+
+def test_a_header_named_with_an_underscore_is_not_the_idempotency_key(world):
+    """Django reads ``Idempotency_Key`` and ``Idempotency-Key`` as the same META key: a worker that
+    passed the first on would let it replay (or block) another request's result."""
+    key = world.keys["agent"]
+    body = {"project_id": world.project_id, "agent_type": "coder", "title": "Once"}
+    spoofed = [_call(world, "POST", "/api/v1/tasks", key=key, body=body, headers={"Idempotency_Key": "k-1"})
+               for _ in range(2)]
+    assert [status for status, _, _ in spoofed] == [201, 201], spoofed
+    assert spoofed[0][2]["task_id"] != spoofed[1][2]["task_id"]  # two tasks: no key was seen
+    real = [_call(world, "POST", "/api/v1/tasks", key=key, body=body, headers={"Idempotency-Key": "k-1"})
+            for _ in range(2)]
+    assert [status for status, _, _ in real] == [201, 201], real
+    assert real[0][2]["task_id"] == real[1][2]["task_id"]  # the real header replays the first result
+    assert real[0][2]["task_id"] not in {spoofed[0][2]["task_id"], spoofed[1][2]["task_id"]}
+
+
+def _until_requested(ws, approval_id, deadline) -> list:
+    """The events received up to and including the request of ``approval_id`` (heartbeats left out)."""
+    events = []
+    while True:
+        event = json.loads(ws.recv(max(deadline - time.monotonic(), 0.1)))
+        if event.get("type") != "ping":
+            events.append(event)
+        if event.get("event_type") == "agent_approval_requested" and event["data"]["approval_id"] == approval_id:
+            return events
+
+
+def test_sigterm_closes_the_event_stream_with_1012_and_a_reconnect_misses_nothing(world):
+    """What a live page sees when a uvicorn worker stops: its socket closed at once with 1012
+    (service restart), not left to time out; coming back with ``last_event_id`` after the restart,
+    it gets the event written while it was away, and no earlier one again."""
+    key = world.keys["agent"]
+    stream = f"ws://127.0.0.1:{world.port}/ws/events/?project_id={world.project_id}"
+    with connect(stream, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=10) as ws:
+        time.sleep(0.3)  # subscribed before the request is made
+        before = _until_requested(ws, _pending_approval(world), time.monotonic() + 15)[-1]
+        started = time.monotonic()
+        world.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(10)
+        closed_after = time.monotonic() - started
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    assert closed_after < 2, closed_after  # at once, not at the grace's end (5 s)
+    assert world.proc.wait(30) == 0, world.log()
+    world.start()  # the same port and database
+    missed = _pending_approval(world)
+    with connect(f"{stream}&last_event_id={before['id']}", additional_headers={"Authorization": f"Bearer {key}"},
+                 open_timeout=10) as ws:
+        replayed = _until_requested(ws, missed, time.monotonic() + 15)
+    assert all(event["id"] > before["id"] for event in replayed), (before, replayed)  # none again
+    assert [event["id"] for event in replayed] == sorted({event["id"] for event in replayed})  # in order, once
