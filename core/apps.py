@@ -6,3 +6,6 @@ class CoreConfig(AppConfig):
 
     name = "core"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from core import checks  # noqa: F401  (registers the middleware chains' check)

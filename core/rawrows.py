@@ -5,7 +5,9 @@ shared lock); building them with the ORM cost more CPU than running them. ``Colu
 model's columns under a table alias for such a statement and turns that part of a result row
 back into an instance (``Model.from_db``, with the backend's and the fields' converters), so the
 caller gets the same objects as from a queryset."""
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
+from django.db.models import signals
 
 
 class Columns:
@@ -127,9 +129,11 @@ def insert(instance, *, skip_if_duplicate: bool = False) -> bool:
     violation raises Django's IntegrityError, as ``save`` does; with ``skip_if_duplicate`` a row
     that would break a unique constraint is not written and False is returned (``ON CONFLICT DO
     NOTHING``: no savepoint needed around it; other violations still raise). No signals are
-    sent: use it only for models without receivers."""
+    sent: a model with save receivers is refused (``ImproperlyConfigured``), never written
+    behind their back."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     model = type(instance)
+    _refuse_receivers(model)
     key = (model, skip_if_duplicate)
     if key not in _INSERT:
         meta, quote = model._meta, connection.ops.quote_name
@@ -161,9 +165,11 @@ def update_fields(instance, names) -> None:
     """``instance.save(update_fields=names)`` in one statement written out once per (model,
     fields): each field's ``pre_save`` runs (``auto_now`` stamps ``updated_at``), and a row that
     is gone raises DatabaseError as ``save`` does. For the rows a call's every step changes (the
-    call, its task), which the caller has locked. No signals are sent."""
+    call, its task), which the caller has locked. No signals are sent: a model with save
+    receivers is refused, as by ``insert``."""
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     model, names = type(instance), tuple(names)
+    _refuse_receivers(model)
     key = (model, names)
     if key not in _UPDATE:
         meta, quote = model._meta, connection.ops.quote_name
@@ -176,6 +182,16 @@ def update_fields(instance, names) -> None:
         cursor.execute(sql, [*values, model._meta.pk.get_db_prep_value(instance.pk, connection)])
         if cursor.rowcount != 1:
             raise DatabaseError(f"{model._meta.label} {instance.pk}: the row to update is gone.")
+
+
+def _refuse_receivers(model) -> None:
+    """A receiver of ``pre_save``/``post_save`` (an audit hook, a cache invalidation, a
+    library's) that the hand-written statements would silently skip is a bug: refused at once,
+    so the model is written with ``save()`` instead (checked on each call, about a microsecond:
+    a receiver connected after the first write is refused too)."""
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+        raise ImproperlyConfigured(f"{model._meta.label} has pre_save/post_save receivers, which core.rawrows "
+                                   f"would skip: write it with save().")
 
 
 class _Kept:

@@ -66,3 +66,24 @@ def test_every_api_page_answers_a_bearer_request_without_the_browser_middleware(
     key = api_key_create(user=agent)[1]
     status, headers, body = call(path, [(b"authorization", f"Bearer {key}".encode())])
     assert status == (404 if "nothing" in path else 200), body[:300]
+
+
+def test_a_middleware_added_to_middleware_alone_fails_the_system_check(settings):
+    """A middleware in MIDDLEWARE that the Bearer chain skips must be named browser-only, else
+    ``manage.py check`` (make check, CI) fails: it would never see an agent's request."""
+    from django.core.checks import run_checks
+
+    def ids():
+        return [m.id for m in run_checks() if m.id.startswith("core.")]
+
+    assert ids() == []  # the settings as shipped
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "botarmy_hitl.example.RateLimitMiddleware"]
+    assert ids() == ["core.E003"]
+    settings.HITL_API_MIDDLEWARE = [*settings.HITL_API_MIDDLEWARE, "botarmy_hitl.example.RateLimitMiddleware"]
+    assert ids() == []
+    settings.HITL_API_MIDDLEWARE = ["django.middleware.common.CommonMiddleware",
+                                    "django.middleware.security.SecurityMiddleware",
+                                    "core.middleware.request_middleware", "botarmy_hitl.example.RateLimitMiddleware"]
+    assert ids() == ["core.E002"]
+    settings.HITL_API_MIDDLEWARE = [*settings.HITL_API_MIDDLEWARE, "botarmy_hitl.example.Other"]
+    assert ids() == ["core.E001"]

@@ -171,3 +171,29 @@ def test_kept_cursor_is_one_driver_cursor_per_connection(project, agent):
         assert wrapper.connection is not None and (renewed.cursor is first.cursor) == (wrapper.connection is raw)
         renewed.execute("SELECT 3")
         assert renewed.fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("signal", ["pre_save", "post_save"])
+def test_a_model_with_save_receivers_is_refused_not_written_behind_their_back(project, agent, signal):
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.models import signals
+
+    task = Task.objects.create(project=project, agent_type="coder", title="before", created_by=agent)
+    rawrows.update_fields(task, ["title"])  # no receiver: written
+    heard = []
+
+    def receiver(sender, instance, **kwargs):
+        heard.append(instance.pk)
+
+    getattr(signals, signal).connect(receiver, sender=Task)
+    try:
+        task.title = "behind its back"
+        with pytest.raises(ImproperlyConfigured, match="projects.Task has pre_save/post_save receivers"):
+            rawrows.update_fields(task, ["title"])
+        with pytest.raises(ImproperlyConfigured):
+            rawrows.insert(Task(project=project, agent_type="coder", title="new", created_by=agent))
+    finally:
+        getattr(signals, signal).disconnect(receiver, sender=Task)
+    assert heard == []
+    assert Task.objects.get(pk=task.pk).title == "before"
+    assert not Task.objects.filter(title="new").exists()

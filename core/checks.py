@@ -1,0 +1,44 @@
+"""System checks of the API's short middleware chain (core/asgi.py): a Bearer API request runs
+through HITL_API_MIDDLEWARE instead of MIDDLEWARE, so a middleware added to MIDDLEWARE alone
+would silently never see an agent's request. Each middleware of MIDDLEWARE is either in the short
+chain (in the same order) or named here as one only browsers need."""
+from django.conf import settings
+from django.core import checks
+
+# What a request authenticated by ``Authorization: Bearer`` (never a browser) has no use for.
+BROWSER_ONLY_MIDDLEWARE = frozenset({
+    "core.middleware.StaticFilesMiddleware",                         # /static/ is not under /api/
+    "django.contrib.sessions.middleware.SessionMiddleware",          # no cookie: no session
+    "django.middleware.csrf.CsrfViewMiddleware",                     # DRF exempts Bearer requests
+    "django.contrib.auth.middleware.AuthenticationMiddleware",       # DRF authenticates the key
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",        # JSON is never framed
+    "django_htmx.middleware.HtmxMiddleware",
+})
+
+
+@checks.register(checks.Tags.security)
+def api_middleware_check(app_configs=None, **kwargs):
+    full, short = list(settings.MIDDLEWARE), getattr(settings, "HITL_API_MIDDLEWARE", None)
+    if short is None:
+        return []  # core/asgi.py then runs every request through MIDDLEWARE
+    found = []
+    unknown = [name for name in short if name not in full]
+    if unknown:
+        found.append(checks.Error(
+            f"HITL_API_MIDDLEWARE has middleware that MIDDLEWARE does not: {', '.join(unknown)}.",
+            hint="The short chain is MIDDLEWARE without what only browsers need: add it to MIDDLEWARE too.",
+            id="core.E001"))
+    in_full = [name for name in full if name in short]
+    if not unknown and in_full != list(short):
+        found.append(checks.Error(
+            "HITL_API_MIDDLEWARE runs its middleware in another order than MIDDLEWARE does.",
+            hint=f"Order it as MIDDLEWARE does: {', '.join(in_full)}.", id="core.E002"))
+    skipped = [name for name in full if name not in short and name not in BROWSER_ONLY_MIDDLEWARE]
+    if skipped:
+        found.append(checks.Error(
+            f"Bearer API requests would skip {', '.join(skipped)}: it is in MIDDLEWARE but not in "
+            f"HITL_API_MIDDLEWARE.",
+            hint="Add it to HITL_API_MIDDLEWARE (in MIDDLEWARE's order), or, if only browsers need it, "
+                 "to core.checks.BROWSER_ONLY_MIDDLEWARE.", id="core.E003"))
+    return found
