@@ -169,10 +169,31 @@ def setup_django():
     django.setup()
 
 
+def database_reachable_or_exit():
+    """Before the first query: when DATABASE_URL names a PostgreSQL database that cannot be
+    reached (no server, no such database, refused), print ``{"benchmark": ..., "error":
+    "database", "detail": ...}`` and exit 2 at once, instead of a traceback after the
+    connection pool's 30 s timeout."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        return
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or "bench"
+        print(json.dumps({"benchmark": name, "error": "database",
+                          "detail": f"cannot connect to DATABASE_URL: {str(exc).strip()}"}), flush=True)
+        sys.exit(2)
+
+
 def migrate():
-    """Apply every migration to the configured database, quietly."""
+    """Apply every migration to the configured database, quietly (exits with a JSON error when
+    the database cannot be reached)."""
     from django.core.management import call_command
 
+    database_reachable_or_exit()
     call_command("migrate", verbosity=0)
 
 
