@@ -14,6 +14,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
+from django.db import connection
 from django.utils import timezone
 
 from access.services import api_key_create
@@ -232,3 +233,55 @@ def test_many_waiters_share_one_poll_query(project, agent, agent_key, reviewer, 
     with django_assert_max_num_queries(1):
         ready = CALLS.due_for_release([a.pk for a in approvals])
     assert ready == [approvals[2].pk]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="twenty readers beside a writer: the SQLite test database (in memory, shared cache) "
+                           "refuses them with 'database is locked'; set DATABASE_URL")
+def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
+        project, agent, agent_key, manager, slow_poll, monkeypatch):
+    """An emergency stop wakes every waiting agent of the project at once: their re-reads of
+    the call's status and their answers are coalesced (core.wakeup.BatchLoader), one query for
+    many waiters, not one per waiter (20 waiters here: without batching, 20 reads of each kind)."""
+    from approvals.consumers import CALLS
+    from emergency.services import emergency_stop_trigger
+    from projects.services import task_create
+
+    waiters = 20
+    calls = []
+    for i in range(waiters):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"many {i}")
+        calls.append(agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk,
+                                            agent_type="coder", proposed_action="write code", input_data={"i": i},
+                                            model="gpt-4o-mini"))
+    batches = {"statuses": [], "renders": []}
+    stopped = []
+
+    def counted(name):
+        fetch = getattr(CALLS, name)
+
+        def counting(ids):
+            if stopped:
+                batches[name].append(len(ids))
+            return fetch(ids)
+
+        return counting
+
+    for name in batches:
+        monkeypatch.setattr(CALLS, name, counted(name))
+
+    async def scenario():
+        waiting = [asyncio.ensure_future(wait_call(call.pk, agent_key, "timeout=30")) for call in calls]
+        await _until_waiting([approval_group(call.pk) for call in calls])
+        stopped.append(True)
+        await database_sync_to_async(emergency_stop_trigger)(
+            project_id=project.pk, condition="manual_stop", reason="many waiters", actor=manager)
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), timeout=PUSHED_WITHIN + 10)
+        await wakeup_module.close_wakeups()
+        return answers
+
+    answers = async_to_sync(scenario)()
+    assert [(status, body["status"]) for status, body in answers] == [(200, "cancelled")] * waiters
+    assert sum(batches["statuses"]) == waiters and sum(batches["renders"]) == waiters
+    assert len(batches["statuses"]) <= 3, batches
+    assert len(batches["renders"]) <= 3, batches
