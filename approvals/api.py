@@ -34,7 +34,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import StrictCharField, StrictUUIDField
+from core.fields import MoneyField, StrictCharField, StrictUUIDField
 from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
 
@@ -63,7 +63,7 @@ class AgentApprovalCreateApi(APIView):
         input_data = serializers.JSONField(validators=[_object])
         context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         estimated_tokens = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
-        estimated_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+        estimated_cost = MoneyField(required=False, max_digits=12)
         timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
         model = StrictCharField(required=False, allow_blank=True, default="", max_length=100)
 
@@ -151,7 +151,7 @@ class AgentApprovalUsageApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalUsageInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
-        actual_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+        actual_cost = MoneyField(required=False, max_digits=12)
 
     @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer,
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
@@ -232,7 +232,7 @@ class ResponseApprovalCreateApi(APIView):
         response_summary = StrictCharField(allow_blank=True, max_length=MAX_TEXT)
         next_steps = serializers.JSONField(validators=[_string_list])
         tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
-        actual_cost = serializers.DecimalField(required=False, max_digits=12, decimal_places=4, min_value=0)
+        actual_cost = MoneyField(required=False, max_digits=12)
         timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
 
     @extend_schema(operation_id="response_approvals_create", request=InputSerializer,

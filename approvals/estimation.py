@@ -75,8 +75,6 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
         if price is None:
             raise InvalidInput(fields={"model": [f"Unknown model {model!r}: add its price in the admin "
                                                  f"(Model prices) or give estimated_cost."]})
-    elif estimated_cost is None:
-        raise InvalidInput(fields={"model": ["Give the model (or estimated_cost) so the cost can be estimated."]})
     input_tokens = count_tokens(prompt_text(proposed_action=proposed_action, input_data=input_data,
                                             context_summary=context_summary))
     allowance = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE

@@ -26,20 +26,17 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import StrictCharField
+from core.fields import MoneyField, StrictCharField
 from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
-
-MONEY = {"max_digits": 14, "decimal_places": 4, "min_value": 0}
-
 
 class BudgetApi(APIView):
     @extend_schema_serializer(component_name="BudgetLimitsInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         daily_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
         monthly_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
-        daily_cost_limit = serializers.DecimalField(required=False, **MONEY)
-        monthly_cost_limit = serializers.DecimalField(required=False, **MONEY)
+        daily_cost_limit = MoneyField(required=False)
+        monthly_cost_limit = MoneyField(required=False)
         warning_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
         critical_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
         emergency_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
@@ -74,8 +71,13 @@ class BudgetOverrideCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = serializers.UUIDField()
         violation_type = serializers.ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
-        requested_amount = serializers.DecimalField(**MONEY)
+        requested_amount = MoneyField()
         justification = StrictCharField(max_length=5000)
+
+        def validate_requested_amount(self, value):
+            if value <= 0:
+                raise serializers.ValidationError("Ask for more than 0: an override of nothing changes nothing.")
+            return value
 
     @extend_schema(operation_id="budget_overrides_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={201: BudgetOverrideOutputSerializer, **error_responses(400, 404)})

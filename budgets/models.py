@@ -70,19 +70,22 @@ class BudgetWindow(models.Model):
 class UsageEntry(models.Model):
     """Append-only ledger. A call's reservation (reserve) is closed exactly once, by a settle
     (the real usage) or a release (the call never ran, or never reported). A usage report that
-    arrives after a release still counts its spend, once (a settle with no reservation left)."""
+    arrives after a release still counts its spend, once (a settle with no reservation left).
+    A later report above what a call's settle recorded lands the difference (adjust)."""
 
     class Kind(models.TextChoices):
         RESERVE = "reserve"
         SETTLE = "settle"
         RELEASE = "release"
+        ADJUST = "adjust"
 
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="usage_entries")
     approval = models.ForeignKey("approvals.AgentCallApproval", on_delete=models.PROTECT, related_name="usage_entries")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     day_window = models.ForeignKey(BudgetWindow, on_delete=models.PROTECT, related_name="+")
     month_window = models.ForeignKey(BudgetWindow, on_delete=models.PROTECT, related_name="+")
-    # the change this entry made: reserve (+reserved), settle (-reserved, +spent), release (-reserved)
+    # the change this entry made: reserve (+reserved), settle (-reserved, +spent), release (-reserved),
+    # adjust (+spent)
     reserved_tokens = models.BigIntegerField(default=0)
     reserved_cost = models.DecimalField(**MONEY, default=Decimal("0"))
     spent_tokens = models.BigIntegerField(default=0)

@@ -20,3 +20,17 @@ class StrictSlugField(_StrictString, serializers.SlugField):
 
 class StrictUUIDField(_StrictString, serializers.UUIDField):
     default_error_messages = {"invalid": "Must be a valid UUID string."}
+
+
+class MoneyField(serializers.DecimalField):
+    """Money as API.md has it: a decimal string ("0.0125"), never a float. A JSON float is refused
+    (0.1 is not 0.1 in binary); a JSON integer is exact and accepted. 4 places, never negative."""
+    default_error_messages = {"float": 'Money is a decimal string such as "0.0125", never a float.'}
+
+    def __init__(self, *, max_digits=14, decimal_places=4, min_value=0, **kwargs):
+        super().__init__(max_digits=max_digits, decimal_places=decimal_places, min_value=min_value, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, (float, bool)):
+            self.fail("float" if isinstance(data, float) else "invalid")
+        return super().to_internal_value(data)

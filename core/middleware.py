@@ -9,6 +9,9 @@ JSON error shape of API.md, however malformed the request.
   that parsing is switched off: the body reaches Django, which answers 400 ``invalid`` in JSON.
   Applied when this module is imported (Django imports it to build its handler, in daphne's
   process before it serves; see MIDDLEWARE).
+- ``answer_oversized_heads()``: a request line or header over Twisted's 16 KB makes daphne close
+  the socket without an answer (all headers over 16 KB: a bare 400); patched to answer 414 / 431
+  (400 for another malformed head) with the API's JSON error before closing.
 - ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
   cannot even turn into a request (a Content-Type with an RFC 2231 parameter in an unknown
   charset, a query string that is not UTF-8) gets 400 ``invalid`` in JSON instead of an
@@ -23,6 +26,7 @@ import os
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import parse_header_parameters
 
@@ -49,6 +53,22 @@ def _give_chunked_body_its_length(request) -> None:
             pass
 
 
+def _disallowed_host(request):
+    """A JSON 400 for an API request whose Host is not in ALLOWED_HOSTS (None otherwise).
+    Django would answer it through handler400, which under DEBUG is a text/plain debug page."""
+    if not request.path.startswith("/api/"):
+        return None
+    try:
+        request.get_host()
+    except DisallowedHost as exc:
+        logging.getLogger("django.security.DisallowedHost").warning(str(exc))
+        from django.http import JsonResponse
+
+        return JsonResponse(error_body("invalid", "This Host header is not served here (DJANGO_ALLOWED_HOSTS).",
+                                       fields={"host": ["Not an allowed host."]}), status=400)
+    return None
+
+
 @sync_and_async_middleware
 def request_middleware(get_response):
     """Our one Django middleware, sync and async capable (so the chain never switches threads
@@ -58,11 +78,15 @@ def request_middleware(get_response):
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
         async def middleware(request):
+            if (refused := _disallowed_host(request)) is not None:
+                return refused
             _give_chunked_body_its_length(request)
             with request_scope():
                 return await get_response(request)
     else:
         def middleware(request):
+            if (refused := _disallowed_host(request)) is not None:
+                return refused
             _give_chunked_body_its_length(request)
             with request_scope():
                 return get_response(request)
@@ -97,6 +121,53 @@ def disable_server_form_parsing() -> bool:
 
 
 disable_server_form_parsing()
+
+
+# --- daphne: an oversized request head gets an answer ---------------------------------------
+def _oversized_head_answer(status: int, reason: str, detail: str) -> bytes:
+    body = json.dumps(error_body("invalid", detail)).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def answer_oversized_heads() -> bool:
+    """Make daphne's Twisted channel answer a request head it will not read (a line over 16 KB:
+    it closes the socket without a word; all headers over 16 KB: a bare ``400`` with no body)
+    with the API's JSON error: 414 for the request line, 431 for the headers, then close.
+    Idempotent; True when it is (now) on."""
+    try:
+        from twisted.web.http import HTTPChannel
+    except ImportError:  # not served by daphne
+        return False
+    if getattr(HTTPChannel, "_hitl_oversized_answered", False):
+        return True
+    limit = HTTPChannel.MAX_LENGTH // 1024
+
+    def lineLengthExceeded(self, line):
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            answer = _oversized_head_answer(414, "URI Too Long", f"The request line is over {limit} KB.")
+        else:
+            answer = _oversized_head_answer(431, "Request Header Fields Too Large",
+                                            f"A request header is over {limit} KB.")
+        self.transport.write(answer)
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.transport.write(_oversized_head_answer(
+                431, "Request Header Fields Too Large",
+                f"The request's headers are over {self.totalHeadersSize // 1024} KB in all."))
+        else:
+            self.transport.write(_oversized_head_answer(400, "Bad Request", "Malformed request head."))
+        self.loseConnection()
+
+    HTTPChannel.lineLengthExceeded = lineLengthExceeded
+    HTTPChannel._respondToBadRequestAndDisconnect = _respondToBadRequestAndDisconnect
+    HTTPChannel._hitl_oversized_answered = True
+    return True
+
+
+answer_oversized_heads()
 
 
 # --- ASGI: request heads Django cannot parse, exceptions before an answer ------------------

@@ -21,6 +21,7 @@ from approvals.services.common import (
     snapshot,
 )
 from audit.services import audit_record
+from budgets.services import budget_reserve_more
 from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
@@ -32,17 +33,15 @@ from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
 
 
-def _check_amendment(approval: AgentCallApproval, amended_input_data: dict) -> None:
-    """An amended input is estimated and assessed like a new request: it must fit in the call's
-    reservation (else 409: reject, and the agent requests the call with that input) and carry
+def _check_amendment(uow, approval: AgentCallApproval, amended_input_data: dict) -> None:
+    """An amended input is estimated and assessed like a new request. When it needs more than
+    the call reserved, the reservation grows by the difference (admitted against the budget
+    like a new request: a limit it would pass is a 409, reject the call and let the agent
+    request it with that input) and the call's estimate becomes the amended one. It must carry
     no critical risk flag. Its assessment is kept next to the original one."""
     tokens, cost = estimate(model=approval.model, proposed_action=approval.proposed_action,
                             input_data=amended_input_data, context_summary=approval.context_summary,
                             estimated_tokens=None, estimated_cost=None if approval.model else Decimal(0))
-    if tokens > approval.estimated_tokens or cost > approval.estimated_cost:
-        raise TransitionError(f"The amended input needs {tokens} tokens / {cost:.4f}, more than the call reserved "
-                              f"({approval.estimated_tokens} / {approval.estimated_cost:.4f}): reject the call and "
-                              f"let the agent request it with that input.", current_status=approval.status)
     risk = assess(RiskContext(agent_type=approval.agent_type, proposed_action=approval.proposed_action,
                               input_data=amended_input_data, estimated_cost=cost, budget_remaining=None),
                   project_rules(approval.project_id))
@@ -50,8 +49,22 @@ def _check_amendment(approval: AgentCallApproval, amended_input_data: dict) -> N
         raise TransitionError("The amended input has a critical risk flag: "
                               f"{', '.join(sorted({f['code'] for f in risk['flags'] if f['severity'] == 'critical'}))}.",
                               current_status=approval.status)
+    fields = ["risk_assessment", "updated_at"]
+    more_tokens = max(tokens - approval.estimated_tokens, 0)
+    more_cost = max(cost - approval.estimated_cost, Decimal(0))
+    if more_tokens or more_cost:
+        refused = budget_reserve_more(uow=uow, call=approval, tokens=more_tokens, cost=more_cost)
+        if refused:
+            raise TransitionError(
+                f"The amended input needs {tokens} tokens / {cost:.4f}, more than the call reserved "
+                f"({approval.estimated_tokens} / {approval.estimated_cost:.4f}), and the budget cannot hold the "
+                f"difference: {refused} Reject the call and let the agent request it with that input.",
+                current_status=approval.status)
+        approval.estimated_tokens += more_tokens
+        approval.estimated_cost += more_cost
+        fields += ["estimated_tokens", "estimated_cost"]
     approval.risk_assessment = {**approval.risk_assessment, "amended": risk}
-    approval.save(update_fields=["risk_assessment", "updated_at"])
+    approval.save(update_fields=fields)
 
 
 def _time_out(uow, approval: AgentCallApproval, now) -> None:
@@ -96,7 +109,7 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
                                   if approval.budget_override_id else None)
         elif decision == "approve":
             if amended_input_data is not None:
-                _check_amendment(approval, amended_input_data)
+                _check_amendment(uow, approval, amended_input_data)
             approval.amended_input_data = amended_input_data
             amended = amended_input_data is not None
             close_call(uow, approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),

@@ -126,7 +126,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
         # stopped: the usage is still recorded (the tokens were spent); the output is not taken
         settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost)
         record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
-        if settlement.settled:
+        if settlement.settled and settlement.recorded is None:  # the first report (a later one: budget.adjust)
             audit_record(actor=submitter, action="agent_approval.settle", obj=call,
                          after={"tokens_used": tokens_used, "actual_cost": Decimal(actual_cost)})
         # the usage itself may have tripped budget_critical (in this unit of work)

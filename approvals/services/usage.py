@@ -32,9 +32,11 @@ def priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
 @retry_transient
 def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
                                 actual_cost=None) -> tuple[AgentCallApproval, bool]:
-    """The requesting agent reports what a started call really used; that settles its budget
-    reservation exactly once (a retried report changes nothing), and lands in the ledger even
-    when the reservation was released meanwhile. Usage far above the estimate raises a
+    """The requesting agent reports what a started call really used (its totals so far); that
+    settles its budget reservation exactly once, and lands in the ledger even when the
+    reservation was released meanwhile. A later report with the same totals (a retry) changes
+    nothing; one above them lands the difference; one below them is refused (409: spend never
+    goes back). Usage far above the estimate raises a
     ``usage_overrun`` flag (a safety_alert event); a day's cost past 1.5 x the daily limit
     stops the project (budget_critical). Returns (approval, settled now)."""
     with call_uow(approval_id, gate=False) as (uow, approval):
@@ -45,6 +47,12 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
         if actual_cost is None:
             actual_cost = priced_cost(approval, tokens_used)
         settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost)
+        if settlement.below:
+            tokens, cost = settlement.recorded
+            raise TransitionError(
+                f"This call's usage is already reported as {tokens} tokens and {cost:.4f}: a report gives the "
+                f"call's total usage, which can only grow.", current_status=approval.status,
+                tokens_used=tokens, actual_cost=f"{cost:.4f}")
         record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
     return approval, settlement.settled
 
@@ -86,7 +94,7 @@ def budget_release_stale(*, older_than: timedelta, now=None) -> int:
     """Beat: give back reservations of decided calls that never reported their usage after
     ``older_than``, so they stop holding budget. A report that comes later still counts its spend."""
     now = now or timezone.now()
-    closed = UsageEntry.objects.exclude(kind=UsageEntry.Kind.RESERVE).values("approval_id")
+    closed = UsageEntry.objects.filter(kind__in=(UsageEntry.Kind.SETTLE, UsageEntry.Kind.RELEASE)).values("approval_id")
     open_reserves = UsageEntry.objects.filter(kind=UsageEntry.Kind.RESERVE, created_at__lt=now - older_than).exclude(
         approval_id__in=closed)
     return sum(_release_stale_one(approval_id=approval_id, older_than=older_than)

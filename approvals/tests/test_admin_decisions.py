@@ -113,6 +113,9 @@ def test_a_refusal_of_the_service_shows_as_a_message(browser, call, manager):
 
 
 def test_an_amendment_the_service_refuses_keeps_the_editor_text(browser, project, agent):
+    from budgets.models import ProjectBudget
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_token_limit": 100})
     call = ask(project, agent, title="small", cost="0.0001", tokens=1)
     big = '{"files": ["' + "x" * 4000 + '"]}'
     r = browser.post(page(call), {"_decide": "1", "decision": "amend", "amend-amended_input": big})

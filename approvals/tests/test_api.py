@@ -16,6 +16,7 @@ from approvals.services import (
 from audit.models import AuditEvent
 from events.models import Event
 from projects.models import AgentState, Project
+from projects.services import task_create
 
 pytestmark = pytest.mark.django_db
 
@@ -153,11 +154,33 @@ def test_crashed_agent_looks_its_approval_up_and_resumes(requested, agent_client
 def test_unknown_model_is_400_and_changes_nothing(agent_client, request_body, task):
     r = agent_client.post("/api/v1/agent-approvals", request_body(model="gpt-99"), format="json")
     assert r.status_code == 400 and "model" in r.json()["fields"]
-    r = agent_client.post("/api/v1/agent-approvals", request_body(model=""), format="json")
+    r = agent_client.post("/api/v1/agent-approvals", request_body(model="gpt-99", estimated_cost="1.0000"),
+                          format="json")
     assert r.status_code == 400 and "model" in r.json()["fields"]
     assert not AgentCallApproval.objects.exists()
     task.refresh_from_db()
     assert task.status == "pending"
+
+
+@pytest.mark.parametrize("absent", [{}, {"model": ""}])
+def test_without_model_or_cost_the_server_estimates_both(agent_client, request_body, project, agent, absent,
+                                                          settings):
+    """API.md: model and estimated_cost are optional, the server estimates them. Priced with
+    HITL_FLOOR_PRICE_MODEL (gpt-4o, dearer than gpt-4o-mini), and reserved."""
+    settings.HITL_OUTPUT_TOKEN_ALLOWANCE = 1000  # as gpt-4o-mini's default output
+    body = request_body()
+    del body["model"]
+    body.update(absent)
+    r = agent_client.post("/api/v1/agent-approvals", body, format="json")
+    assert r.status_code == 201, r.content
+    created = r.json()
+    assert created["estimated_tokens"] > settings.HITL_OUTPUT_TOKEN_ALLOWANCE
+    other = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="other")
+    mini = agent_client.post("/api/v1/agent-approvals", request_body(task_id=str(other.pk)), format="json").json()
+    assert created["estimated_tokens"] == mini["estimated_tokens"]
+    assert Decimal(created["estimated_cost"]) > Decimal(mini["estimated_cost"]) > 0
+    budget = agent_client.get(f"/api/v1/budgets/{project.pk}").json()
+    assert Decimal(budget["cost_reserved"]) == Decimal(created["estimated_cost"]) + Decimal(mini["estimated_cost"])
 
 
 def test_agent_figures_are_kept(agent_client, request_body):

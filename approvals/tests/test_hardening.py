@@ -377,8 +377,9 @@ def test_spend_past_the_ceiling_during_a_stop_joins_the_stop(project, agent, rev
 
 
 def test_an_amended_input_is_estimated_and_assessed(project, agent, reviewer):
+    limits(project, daily_token_limit=5000)
     call = ask(project, agent, cost="0.0100", tokens=50, input_data={"files": ["a.py"]})
-    with pytest.raises(TransitionError, match="more than the call reserved"):
+    with pytest.raises(TransitionError, match="more than the call reserved.*daily token limit"):
         agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
                               amended_input_data={"files": ["a.py"], "max_tokens": 100_000})
     with pytest.raises(TransitionError, match="critical risk"):
@@ -390,6 +391,73 @@ def test_an_amended_input_is_estimated_and_assessed(project, agent, reviewer):
                           amended_input_data={"files": ["b.py"]})
     call.refresh_from_db()
     assert call.status == "approved" and call.risk_assessment["amended"]["level"] == "low"
+    assert budget_reconcile() == []
+
+
+@pytest.mark.parametrize("then", ["settle", "cancel", "stop"])
+def test_a_larger_amendment_grows_the_reservation_and_all_of_it_goes_back(project, agent, reviewer, settings, then):
+    """A reviewer's amendment a little longer than the input used to be refused (409 "needs 1012
+    tokens, more than reserved (1011)"): the reservation had no room for it. Now the difference
+    is reserved (within the limits) and the call's estimate is the amended one; settling,
+    cancelling or a stop gives back all of it."""
+    settings.HITL_OUTPUT_TOKEN_ALLOWANCE = 1000
+    call = ask(project, agent, cost="0", tokens=0, input_data={"files": ["a.py"]})
+    before = (call.estimated_tokens, call.estimated_cost, day(project).reserved_tokens)
+    assert before[2] == before[0]
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                          amended_input_data={"files": ["a.py", "b.py", "c.py"], "note": "also the tests"})
+    call.refresh_from_db()
+    assert call.status == "approved" and call.estimated_tokens > before[0] and call.estimated_cost >= before[1]
+    assert day(project).reserved_tokens == call.estimated_tokens
+    assert budget_reconcile() == []
+    if then == "settle":
+        agent_approval_start(approval_id=call.pk, actor=agent)
+        agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=700, actual_cost=Decimal("0.0100"))
+        assert (day(project).spent_tokens, day(project).reserved_tokens) == (700, 0)
+    elif then == "cancel":
+        from approvals.services import agent_approval_cancel
+
+        agent_approval_cancel(approval_id=call.pk, actor=agent)
+    else:
+        from emergency.services import emergency_stop_trigger
+
+        emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="look", actor=reviewer)
+    assert (day(project).reserved_tokens, day(project).reserved_cost) == (0, ZERO)
+    assert budget_reconcile() == []
+    if then != "settle":
+        assert budget_release_stale(older_than=timedelta(seconds=-1)) == 0  # closed: nothing left to release
+
+
+def test_later_usage_reports_are_totals_the_growth_lands_and_nothing_goes_back(project, agent, reviewer):
+    """A second report of a started call (70 tokens, then 99 tokens and 0.5000) answered 200 but
+    only the first reached the ledger. Reports give the call's totals: the same totals again
+    change nothing (a retry), larger ones land the difference, smaller ones are refused."""
+    call = run(ask(project, agent, cost="1.0000", tokens=100), reviewer, agent)
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=70, actual_cost=Decimal("0.2000"))
+    assert (day(project).spent_tokens, day(project).spent_cost, day(project).reserved_tokens) == (70, Decimal("0.2000"), 0)
+    _, settled = agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=70,
+                                             actual_cost=Decimal("0.2000"))
+    assert settled is False and day(project).spent_tokens == 70  # a retry
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=99, actual_cost=Decimal("0.5000"))
+    assert (day(project).spent_tokens, day(project).spent_cost) == (99, Decimal("0.5000"))
+    with pytest.raises(TransitionError, match="already reported as 99 tokens and 0.5000") as refused:
+        agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=98, actual_cost=Decimal("0.6000"))
+    assert refused.value.extra["tokens_used"] == 99
+    assert (day(project).spent_tokens, day(project).spent_cost) == (99, Decimal("0.5000"))
+    assert list(UsageEntry.objects.filter(approval=call).values_list("kind", "spent_tokens")) == [
+        ("reserve", 0), ("settle", 70), ("adjust", 29)]
+    assert budget_reconcile() == []
+
+
+def test_growth_reported_past_the_critical_line_stops_the_project(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    call = run(ask(project, agent, cost="1.0000"), reviewer, agent)
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("1.0000"))
+    assert not EmergencyStop.objects.filter(project=project).exists()
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
+    stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
+    assert stop.triggered_conditions == ["budget_critical"]
+    assert day(project).spent_cost == Decimal("15.0001")
 
 
 def test_overrun_alerts_are_not_in_the_budget_alerts_of_the_api(project, agent, reviewer, client_for):

@@ -236,3 +236,26 @@ def test_the_agent_state_matches_its_tasks_after_concurrent_writes(project, agen
         newest = Task.objects.filter(pk__in=[t.pk for t in tasks], status=current.status).latest("updated_at")
         assert current.pk == newest.pk
     assert seen[-2:] == ["working", "working"]  # the phases did reach running tasks
+
+
+def test_concurrent_usage_reports_of_one_call_land_its_largest_totals_once(project, agent, reviewer):
+    """Reports give a call's totals. Eight agents' threads report 100..800 tokens for one started
+    call at once, twice each: whatever the order, the ledger ends with the largest totals (800
+    tokens, 8.0000), never a sum of differences computed from a stale read."""
+    from approvals.services import agent_approval_report_usage, agent_approval_start
+
+    call = over_budget_call(project, agent, "reported", cost="0.5000")
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    workers = [lambda i, n=n: agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=100 * n,
+                                                          actual_cost=Decimal(n))
+               for n in range(1, 9)]
+    assert race(*workers, rounds=2) == []
+    from budgets.models import UsageEntry
+    from budgets.services import current_windows
+
+    day = current_windows(project)[0]
+    assert (day.spent_tokens, day.spent_cost, day.reserved_tokens) == (800, Decimal("8.0000"), 0)
+    entries = UsageEntry.objects.filter(approval=call).exclude(kind="reserve")
+    assert sum(e.spent_tokens for e in entries) == 800 and entries.filter(kind="settle").count() == 1
+    assert budget_reconcile() == []

@@ -129,8 +129,12 @@ def test_usage_reported_first_is_not_counted_twice(started, agent_client, projec
                                                                                    "actual_cost": "0.0050"},
                           format="json")
     assert r.status_code == 200
-    assert submit(agent_client, call).status_code == 201
-    assert spent_tokens(project) == 700
+    assert submit(agent_client, call).status_code == 201   # reports 900 tokens in all: 200 more land
+    assert spent_tokens(project) == 900
+    lower = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", {"tokens_used": 800},
+                              format="json")
+    assert lower.status_code == 409 and lower.json()["tokens_used"] == 900   # a total never shrinks
+    assert spent_tokens(project) == 900
 
 
 def test_cost_is_priced_from_the_calls_model_when_omitted(started, agent_client):

@@ -10,6 +10,7 @@ from budgets.services.ledger import (
     budget_reconcile,
     budget_release,
     budget_release_many,
+    budget_reserve_more,
     budget_settle,
     ledger_totals,
 )
@@ -35,7 +36,7 @@ from budgets.services.windows import (
 __all__ = [
     "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
-    "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_settle",
+    "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_reserve_more", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals", 
     "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
     "window_add", "window_bounds", "windows_add",

@@ -90,22 +90,60 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
     return Admission(True)
 
 
-def _entries(call_id) -> dict[str, UsageEntry]:
-    return {e.kind: e for e in UsageEntry.objects.filter(approval_id=call_id)}
+CLOSING_KINDS = (UsageEntry.Kind.SETTLE, UsageEntry.Kind.RELEASE)
+
+
+def _entries(call_id) -> list[UsageEntry]:
+    return list(UsageEntry.objects.filter(approval_id=call_id))
+
+
+def _open_reservation(entries: list[UsageEntry]) -> tuple[UsageEntry | None, int, Decimal]:
+    """(the reserve entry, tokens, cost) a call holds: its reserve plus what an amendment added
+    (adjust entries before the reservation closed); (None, 0, 0) when closed or never made."""
+    reserve = next((e for e in entries if e.kind == UsageEntry.Kind.RESERVE), None)
+    if reserve is None or any(e.kind in CLOSING_KINDS for e in entries):
+        return None, 0, ZERO
+    held = [e for e in entries if e.kind in (UsageEntry.Kind.RESERVE, UsageEntry.Kind.ADJUST)]
+    return reserve, sum(e.reserved_tokens for e in held), sum((e.reserved_cost for e in held), ZERO)
+
+
+def budget_reserve_more(*, uow, call, tokens: int, cost: Decimal) -> str:
+    """Grow a call's open reservation by ``tokens`` / ``cost`` (a reviewer amended its input into
+    a larger one), in the windows of its reservation, all or nothing. Returns "" when reserved,
+    else why not (a limit, or the day's cost past 1.5 x its limit): the caller refuses the change."""
+    reserve, _, _ = _open_reservation(_entries(call.pk))
+    if reserve is None:
+        return "The call holds no open reservation to grow."
+    windows = {w.pk: w for w in uow.lock_many("budget_window", BudgetWindow.objects.filter(
+        pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))}
+    day, month = windows[reserve.day_window_id], windows[reserve.month_window_id]
+    budget = budget_for(uow.project)
+    projected = day.spent_cost + day.reserved_cost + cost
+    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR:
+        return f"The day's cost would reach {projected:.4f}, past 1.5 x the daily limit."
+    violations = _violations(budget, day, month, tokens, cost)
+    if violations:
+        violation, _, excess = violations[0]
+        return f"It would pass the {violation.replace('_', ' ')} by {excess.quantize(FOUR_PLACES)}."
+    rawrows.insert(UsageEntry(project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.ADJUST,
+                              day_window_id=day.pk, month_window_id=month.pk, reserved_tokens=tokens,
+                              reserved_cost=cost))
+    windows_add([day, month], reserved_tokens=tokens, reserved_cost=cost)
+    check_alerts(uow.project, budget, [day, month])
+    return ""
 
 
 def budget_release(*, uow, call_id) -> bool:
     """A call that will not run gives its open reservation back (once)."""
-    entries = _entries(call_id)
-    reserve = entries.get(UsageEntry.Kind.RESERVE)
-    if reserve is None or len(entries) > 1:
+    reserve, tokens, cost = _open_reservation(_entries(call_id))
+    if reserve is None:
         return False
     windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
         pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))
     rawrows.insert(UsageEntry(project_id=reserve.project_id, approval_id=call_id, kind=UsageEntry.Kind.RELEASE,
                               day_window_id=reserve.day_window_id, month_window_id=reserve.month_window_id,
-                              reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost))
-    windows_add(windows, reserved_tokens=-reserve.reserved_tokens, reserved_cost=-reserve.reserved_cost)
+                              reserved_tokens=-tokens, reserved_cost=-cost))
+    windows_add(windows, reserved_tokens=-tokens, reserved_cost=-cost)
     return True
 
 
@@ -114,11 +152,16 @@ def budget_release_many(*, uow, call_ids) -> int:
     all): one ledger row each, one update per window."""
     if not call_ids:
         return 0
-    closed = UsageEntry.objects.filter(approval_id__in=call_ids).exclude(kind=UsageEntry.Kind.RESERVE)
-    reserves = list(UsageEntry.objects.filter(approval_id__in=call_ids, kind=UsageEntry.Kind.RESERVE)
-                    .exclude(approval_id__in=closed.values("approval_id")))
+    closed = UsageEntry.objects.filter(approval_id__in=call_ids, kind__in=CLOSING_KINDS)
+    held = list(UsageEntry.objects.filter(approval_id__in=call_ids, kind__in=(
+        UsageEntry.Kind.RESERVE, UsageEntry.Kind.ADJUST)).exclude(approval_id__in=closed.values("approval_id")))
+    reserves = [r for r in held if r.kind == UsageEntry.Kind.RESERVE]
     if not reserves:
         return 0
+    for grown in (e for e in held if e.kind == UsageEntry.Kind.ADJUST):  # amendments: the reserve gives them back
+        reserve = next(r for r in reserves if r.approval_id == grown.approval_id)
+        reserve.reserved_tokens += grown.reserved_tokens
+        reserve.reserved_cost += grown.reserved_cost
     window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
     windows = {w.pk: w for w in uow.lock_many("budget_window", BudgetWindow.objects.filter(pk__in=window_ids),
                                               order_by=("kind", "pk"))}
@@ -139,22 +182,31 @@ def budget_release_many(*, uow, call_ids) -> int:
 
 @dataclass
 class Settlement:
-    settled: bool               # False: already settled (a retried report changes nothing)
+    settled: bool               # False: nothing new (a retried report, or one below what landed)
     flagged: bool = False       # more than HITL_USAGE_FLAG_FACTOR x the estimate
     critical: BudgetCritical | None = None  # the day's cost now passes 1.5 x the daily limit
+    recorded: tuple[int, Decimal] | None = None  # a later report: the call's totals in the ledger before it
+    below: bool = False         # a later report: less than already landed (nothing changed)
 
 
 def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Settlement:
     """The call ran: its real usage replaces its reservation, exactly once, even when larger
     than the estimate. With the reservation released (a late report) or never made, the spend
-    still lands, in the reservation's windows or else in the windows covering the call's start."""
+    still lands, in the reservation's windows or else in the windows covering the call's start.
+
+    A report gives the call's total usage so far. A later report repeating the totals changes
+    nothing (a retry); one above them lands the difference as an ``adjust`` entry (every token a
+    started call reports lands in the ledger); one below them changes nothing (``below``: spend
+    never goes back)."""
     now = now or timezone.now()
     actual_cost = Decimal(actual_cost).quantize(FOUR_PLACES)
     entries = _entries(call.pk)
-    if UsageEntry.Kind.SETTLE in entries:
-        return Settlement(False)
-    reserve = entries.get(UsageEntry.Kind.RESERVE)
-    released = UsageEntry.Kind.RELEASE in entries
+    kinds = {e.kind for e in entries}
+    if UsageEntry.Kind.SETTLE in kinds:
+        return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost)
+    reserve = next((e for e in entries if e.kind == UsageEntry.Kind.RESERVE), None)
+    released = UsageEntry.Kind.RELEASE in kinds
+    _, give_back_tokens, give_back_cost = _open_reservation(entries)
     if reserve is not None:
         windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
             pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))
@@ -162,8 +214,6 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     else:
         windows = list(current_windows(uow.project, getattr(call, "started_at", None) or now, uow=uow))
         day_id, month_id = windows[0].pk, windows[1].pk
-    give_back_tokens = reserve.reserved_tokens if reserve is not None and not released else 0
-    give_back_cost = reserve.reserved_cost if reserve is not None and not released else ZERO
     try:
         with transaction.atomic():
             rawrows.insert(UsageEntry(
@@ -174,8 +224,43 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
         return Settlement(False)
     windows_add(windows, reserved_tokens=-give_back_tokens, reserved_cost=-give_back_cost,
                 spent_tokens=tokens_used, spent_cost=actual_cost)
-    budget = budget_for(uow.project)
     day = next(w for w in windows if w.pk == day_id)
+    reservation = "open" if give_back_tokens or give_back_cost else (
+        "released" if released else ("none" if reserve is None else "empty"))
+    return _after_spend(uow, call, windows, day, tokens_used=tokens_used, actual_cost=actual_cost,
+                        action="budget.settle", extra={"reservation": reservation, "reserved": reserve is not None})
+
+
+def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal) -> Settlement:
+    """A report after the call was settled: the difference above what landed, as one more entry."""
+    spent = [e for e in entries if e.kind in (UsageEntry.Kind.SETTLE, UsageEntry.Kind.ADJUST)]  # an amendment's: 0
+    recorded = (sum(e.spent_tokens for e in spent), sum((e.spent_cost for e in spent), ZERO))
+    more_tokens, more_cost = tokens_used - recorded[0], actual_cost - recorded[1]
+    if more_tokens < 0 or more_cost < 0:
+        return Settlement(False, recorded=recorded, below=True)
+    if not more_tokens and not more_cost:
+        return Settlement(False, recorded=recorded)
+    settle = next(e for e in spent if e.kind == UsageEntry.Kind.SETTLE)
+    windows = uow.lock_many("budget_window", BudgetWindow.objects.filter(
+        pk__in=[settle.day_window_id, settle.month_window_id]), order_by=("kind", "pk"))
+    rawrows.insert(UsageEntry(
+        project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.ADJUST, day_window_id=settle.day_window_id,
+        month_window_id=settle.month_window_id, spent_tokens=more_tokens, spent_cost=more_cost))
+    windows_add(windows, spent_tokens=more_tokens, spent_cost=more_cost)
+    day = next(w for w in windows if w.pk == settle.day_window_id)
+    settlement = _after_spend(uow, call, windows, day, tokens_used=tokens_used, actual_cost=actual_cost,
+                              action="budget.adjust", extra={"added_tokens": more_tokens, "added_cost": more_cost,
+                                                             "reserved": True})
+    settlement.recorded = recorded
+    return settlement
+
+
+def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Decimal, action: str,
+                 extra: dict) -> Settlement:
+    """What a call's spend (its totals now ``tokens_used`` / ``actual_cost``) means: an overrun
+    alert past the estimate, the threshold alerts, the audit row, and whether the day now passes
+    1.5 x the daily limit."""
+    budget = budget_for(uow.project)
     estimated_tokens, estimated_cost = call.estimated_tokens, call.estimated_cost
     overrun = tokens_used > estimated_tokens or actual_cost > estimated_cost
     factor = Decimal(str(settings.HITL_USAGE_FLAG_FACTOR))
@@ -185,14 +270,14 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
             project=uow.project, window=day, alert_type=BudgetAlert.AlertType.OVERRUN,
             threshold_type=BudgetAlert.ThresholdType.COST_DAILY, threshold_value=estimated_cost,
             current_value=actual_cost, detail={"approval_id": str(call.pk), "estimated_tokens": estimated_tokens,
-                                               "tokens_used": tokens_used, "reserved": reserve is not None,
+                                               "tokens_used": tokens_used, "reserved": extra["reserved"],
                                                "flagged": flagged})
         emit_alert(alert)
     check_alerts(uow.project, budget, windows)
-    audit_record(actor=None, action="budget.settle", obj=call, project_id=uow.project.pk,
+    audit_record(actor=None, action=action, obj=call, project_id=uow.project.pk,
                  after={"tokens_used": tokens_used, "actual_cost": actual_cost, "estimated_tokens": estimated_tokens,
-                        "estimated_cost": estimated_cost, "reservation": "open" if give_back_tokens or give_back_cost
-                        else ("released" if released else ("none" if reserve is None else "empty"))})
+                        "estimated_cost": estimated_cost,
+                        **{k: v for k, v in extra.items() if k != "reserved"}})
     critical = None
     if budget.daily_cost_limit and day.spent_cost + day.reserved_cost > budget.daily_cost_limit * CRITICAL_FACTOR:
         critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)

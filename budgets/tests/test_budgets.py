@@ -64,6 +64,16 @@ def budget_reserve(*, approval, now):
         return budget_admit(uow=uow, call=approval, requested_by=approval.requested_by, now=now)
 
 
+@pytest.fixture
+def request_body_for(project, agent):
+    def make(**overrides):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="money")
+        return {"project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+                "proposed_action": "Write it", "input_data": {}, "model": "gpt-4o-mini", **overrides}
+
+    return make
+
+
 def day_window(project):
     return current_windows(project)[0]
 
@@ -294,6 +304,39 @@ def test_limits_are_set_by_managers(project, manager, reviewer, client_for):
     assert r.status_code == 200 and r.json()["daily_cost_limit"] == "5.0000"
     assert client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "-1"},
                                      format="json").status_code == 400
+
+
+def _money_refused(response, field):
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error"] == "invalid" and field in body["fields"], body
+    return body["fields"][field]
+
+
+def test_money_is_a_decimal_string_never_a_float(project, manager, agent, reviewer, client_for, request_body_for):
+    """API.md: all money is a decimal string, never a float. A JSON float (0.1 is not 0.1 in
+    binary) is refused with a 400 naming the field, and changes nothing; an integer is exact."""
+    boss = client_for(manager)
+    before = boss.get(f"/api/v1/budgets/{project.pk}").json()
+    for field in ("daily_cost_limit", "monthly_cost_limit"):
+        message = _money_refused(boss.patch(f"/api/v1/budgets/{project.pk}", {field: 0.5}, format="json"), field)
+        assert "never a float" in message[0]
+    assert boss.get(f"/api/v1/budgets/{project.pk}").json() == before
+    assert boss.patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": 7}, format="json").json()[
+        "daily_cost_limit"] == "7.0000"
+    assert _money_refused(client_for(agent).post("/api/v1/agent-approvals", request_body_for(estimated_cost=0.1),
+                                                 format="json"), "estimated_cost")
+    assert not AgentCallApproval.objects.exists()
+    for amount in (0.5, 0, "0", "0.0000", "-1"):
+        r = client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": amount,
+            "justification": "more room"}, format="json")
+        _money_refused(r, "requested_amount")
+    assert not BudgetOverrideRequest.objects.exists()
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "0.5000",
+        "justification": "more room"}, format="json")
+    assert r.status_code == 201 and r.json()["requested_amount"] == "0.5000"
 
 
 def test_reconcile_command_reports_a_tampered_window(project, agent):

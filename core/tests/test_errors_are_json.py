@@ -5,6 +5,7 @@ Successful answers still negotiate as before (the browsable API for ``text/html`
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from http.client import HTTPConnection
@@ -294,3 +295,37 @@ def test_daphne_hands_a_malformed_multipart_body_to_the_application(daphne_serve
             status, got_type, body = _post(daphne_server, "/api/v1/tasks", content_type, b"garbage", accept)
             assert (status, got_type.split(";")[0]) == (401, "application/json"), (content_type, status, body)
             assert json.loads(body)["error"] == "unauthenticated"
+
+
+def _raw(port, head: bytes) -> bytes:
+    """Send a raw request head; everything daphne answers before it closes the socket."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("head, status", [
+    (b"GET /api/v1/tasks?q=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
+    (b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+    (b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+     + b"".join(b"X-Part-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n", 431),
+])
+def test_daphne_answers_an_oversized_request_head_with_a_json_error(daphne_server, head, status):
+    """Twisted closed the socket without a word for a line over 16 KB (and answered a bare 400
+    for headers over 16 KB in all): a client saw a dropped connection."""
+    answer = _raw(daphne_server, head)
+    head_out, _, body = answer.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert b"content-type: application/json" in head_out.lower()
+    assert json.loads(body)["error"] == "invalid"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_daphne_still_serves_a_request_head_just_under_the_limit(daphne_server):
+    answer = _raw(daphne_server, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: "
+                  + b"a" * 15_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]

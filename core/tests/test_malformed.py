@@ -431,10 +431,14 @@ def test_unknown_api_paths_are_json_404(clients, project, task, path, method):
         assert_error(r, 404, "not_found")
 
 
+@pytest.mark.parametrize("debug", [False, True])
 @pytest.mark.parametrize("path", ["/api/v1/projects", "/api/v1/health", "/api/v1/nope"])
-def test_a_disallowed_host_on_an_api_path_is_json_400(clients, path):
+def test_a_disallowed_host_on_an_api_path_is_json_400(clients, path, debug, settings):
+    """Also under DEBUG (``make run``), where Django's own answer is a text/plain debug page."""
+    settings.DEBUG = debug
     r = clients["admin"].get(path, HTTP_HOST="evil.example")
     assert_error(r, 400, "invalid")
+    assert "host" in r.json()["fields"]
 
 
 EVENT_QUERIES = [
