@@ -155,7 +155,10 @@ def test_an_amendment_that_is_not_a_json_object_decides_nothing(call, reviewer, 
 
 
 def test_an_amendment_the_service_refuses_is_shown(call, reviewer):
-    too_big = {"path": "src/login.tsx", "notes": "x " * 5000}
+    from budgets.models import ProjectBudget
+
+    ProjectBudget.objects.update_or_create(project=call.project, defaults={"daily_token_limit": 1000})
+    too_big = {"path": "src/login.tsx", "notes": "x " * 5000}  # the growth would pass the daily token limit
     r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": json.dumps(too_big)})
     assert r.status_code == 409 and "more than the call reserved" in r.content.decode()
     call.refresh_from_db()
