@@ -89,6 +89,15 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     return tokens, money(cost)
 
 
+def usage_price(model: str):
+    """The price a reported usage is costed at when the agent gives no ``actual_cost``: the
+    call's model, else (no model, or its price since removed) the price its floor estimate used
+    (HITL_FLOOR_PRICE_MODEL, else the dearest); None only when no price is configured at all."""
+    from django.conf import settings
+
+    return (_price(model) if model else None) or _price(settings.HITL_FLOOR_PRICE_MODEL, dearest=True)
+
+
 _PRICE_SQL: dict[bool, tuple] = {}
 
 

@@ -4,8 +4,8 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from approvals.estimation import count_tokens, money, prompt_text
-from approvals.models import AgentCallApproval, ModelPrice
+from approvals.estimation import count_tokens, money, prompt_text, usage_price
+from approvals.models import AgentCallApproval
 from approvals.services.common import BudgetState, Status, approval_event_data, call_uow
 from audit.services import audit_record
 from budgets.models import UsageEntry
@@ -19,9 +19,11 @@ from events.services import event_emit
 
 
 def priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
-    price = ModelPrice.objects.filter(model=approval.model).first() if approval.model else None
+    """The cost of ``tokens_used`` (the prompt's share at the input price, the rest at the output
+    price) at the call's model's price, or at the floor estimate's price when it names none."""
+    price = usage_price(approval.model)
     if price is None:
-        raise InvalidInput(fields={"actual_cost": ["Give actual_cost: the call has no priced model."]})
+        raise InvalidInput(fields={"actual_cost": ["Give actual_cost: no model prices are configured."]})
     prompt = min(tokens_used, count_tokens(prompt_text(
         proposed_action=approval.proposed_action, input_data=approval.input_to_run,
         context_summary=approval.context_summary)))

@@ -465,3 +465,27 @@ def test_overrun_alerts_are_not_in_the_budget_alerts_of_the_api(project, agent, 
     agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("1.5000"))
     body = client_for(agent).get(f"/api/v1/budgets/{project.pk}").json()
     assert {alert["alert_type"] for alert in body["budget_alerts"]} <= {"warning", "critical", "emergency"}
+
+
+def test_usage_of_a_call_without_a_model_is_priced_like_its_estimate(project, agent, reviewer, client_for):
+    """A call created without ``model`` (the server estimated it at HITL_FLOOR_PRICE_MODEL's
+    price) used to need ``actual_cost`` in every report (400 "the call has no priced model"),
+    though API.md makes it optional on usage and on response approvals."""
+    from approvals.models import ModelPrice
+
+    floor = ModelPrice.objects.get(model="gpt-4o")
+    usage = run(ask(project, agent, cost="0", tokens=0, title="usage"), reviewer, agent)
+    response = run(ask(project, agent, cost="0", tokens=0, title="response"), reviewer, agent)
+    assert usage.model == "" and response.model == ""
+    client = client_for(agent)
+    r = client.post(f"/api/v1/agent-approvals/{usage.pk}/usage", {"tokens_used": 1_000_000}, format="json")
+    assert r.status_code == 200, r.content
+    # a million tokens: the prompt's few at the input price, the rest at the output price
+    assert floor.input_per_million < day(project).spent_cost <= floor.output_per_million
+    r = client.post("/api/v1/response-approvals", {
+        "project_id": str(project.pk), "task_id": str(response.task_id), "agent_type": "coder",
+        "original_call_approval_id": str(response.pk), "agent_response": {"text": "done"},
+        "response_summary": "done", "next_steps": [], "tokens_used": 2000}, format="json")
+    assert r.status_code == 201, r.content
+    assert Decimal(r.json()["actual_cost"]) > 0
+    assert budget_reconcile() == []

@@ -405,7 +405,7 @@ def test_the_agent_reports_usage_of_a_started_call_once(project, agent, reviewer
     agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
     assert client.post(f"/api/v1/agent-approvals/{approval.pk}/start").status_code == 200
     assert client_for(reviewer).post(url, {"tokens_used": 900}, format="json").status_code == 403
-    assert client.post(url, {"tokens_used": 900}, format="json").status_code == 400  # no model: cost needed
+    assert client.post(url, {"actual_cost": "0.9000"}, format="json").status_code == 400  # tokens_used needed
     for _ in range(2):
         assert client.post(url, {"tokens_used": 900, "actual_cost": "0.9000"}, format="json").status_code == 200
     window = day_window(project)
