@@ -4,7 +4,6 @@ from drf_spectacular.utils import (
     extend_schema_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -36,6 +35,7 @@ from core.api import (
 )
 from core.fields import MoneyField, StrictCharField, StrictUUIDField
 from core.serializers import CopiedFieldsMixin
+from core.pagination import StrictPageNumberPagination
 from projects.models import AgentType
 
 MAX_TEXT = 20_000
@@ -47,7 +47,7 @@ def _object(value):
     return value
 
 
-class AgentApprovalPagination(PageNumberPagination):
+class AgentApprovalPagination(StrictPageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200

@@ -6,7 +6,6 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -28,6 +27,7 @@ from core.api import (
 )
 from core.fields import MoneyField, StrictCharField
 from core.serializers import CopiedFieldsMixin
+from core.pagination import StrictPageNumberPagination
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
 
 class BudgetApi(APIView):
@@ -114,7 +114,7 @@ class BudgetOverrideProjectListApi(APIView):
         qs = overrides_visible_to(request.user).filter(project=project)
         if s.validated_data.get("status"):
             qs = qs.filter(status=s.validated_data["status"])
-        paginator = PageNumberPagination()
+        paginator = StrictPageNumberPagination()
         paginator.page_size = 50
         page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
         return paginator.get_paginated_response(BudgetOverrideOutputSerializer(page, many=True).data)

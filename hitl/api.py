@@ -2,7 +2,6 @@
 is a Channels consumer (approvals/consumers.py, kind HITL)."""
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -10,6 +9,7 @@ from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
 from core.fields import StrictCharField, StrictUUIDField
 from core.serializers import CopiedFieldsMixin
+from core.pagination import StrictPageNumberPagination
 from hitl import selectors, services
 from hitl.models import MAX_OPTIONS, HitlRequest
 from hitl.serializers import HitlRequestOutputSerializer
@@ -24,7 +24,7 @@ from projects.permissions import (
 MAX_TEXT = 20_000
 
 
-class HitlPagination(PageNumberPagination):
+class HitlPagination(StrictPageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200

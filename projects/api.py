@@ -6,7 +6,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -26,6 +25,7 @@ from core.api import (
 )
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
 from core.serializers import CopiedFieldsMixin
+from core.pagination import StrictPageNumberPagination
 from projects import selectors, services
 from projects.models import AgentType, Task
 from projects.serializers import (
@@ -48,7 +48,7 @@ class ProjectDetailOutputSerializer(ProjectOutputSerializer):
         return selectors.project_task_counts(project=project)
 
 
-class ProjectPagination(PageNumberPagination):
+class ProjectPagination(StrictPageNumberPagination):
     page_size = 50
 
 

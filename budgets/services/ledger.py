@@ -124,7 +124,9 @@ def budget_reserve_more(*, uow, call, tokens: int, cost: Decimal) -> str:
     violations = _violations(budget, day, month, tokens, cost)
     if violations:
         violation, _, excess = violations[0]
-        return f"It would pass the {violation.replace('_', ' ')} by {excess.quantize(FOUR_PLACES)}."
+        by = (f"{excess.to_integral_value(rounding='ROUND_CEILING')} tokens" if violation.endswith("token_limit")
+              else f"{excess.quantize(FOUR_PLACES)}")
+        return f"It would pass the {violation.replace('_', ' ')} by {by}."
     rawrows.insert(UsageEntry(project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.ADJUST,
                               day_window_id=day.pk, month_window_id=month.pk, reserved_tokens=tokens,
                               reserved_cost=cost))

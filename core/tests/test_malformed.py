@@ -494,13 +494,22 @@ def test_event_query_edges_that_are_valid(clients, project, query):
         assert r.json()["results"] == []
 
 
-@pytest.mark.parametrize("page", ["0", "-1", "abc", "", "%00", "99999", "9" * 5000, "1.5"])
-def test_a_bad_page_of_the_project_list_is_json_404(clients, project, page):
-    r = clients["admin"].get(f"/api/v1/projects?page={page}")
-    if page == "":
-        assert r.status_code == 200  # an empty page parameter means the first page
+LISTS = ["/api/v1/projects", "/api/v1/agent-approvals/project/{p}", "/api/v1/response-approvals/project/{p}",
+         "/api/v1/budget-overrides/project/{p}", "/api/v1/hitl/project/{p}"]
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("page", ["0", "-1", "abc", "", "%00", "99999", "9" * 5000, "1.5", "000", "2", "last"])
+def test_a_bad_page_is_json_400_and_a_page_past_the_last_404(clients, project, page, path):
+    """A page that is not a whole number from 1 is malformed input (400 ``fields.page``); a
+    whole number past the last page names no page (404, saying which is the last)."""
+    r = clients["admin"].get(f"{path.format(p=project.pk)}?page={page}")
+    if page in ("", "last"):
+        assert r.status_code == 200 and "results" in r.json()  # empty: the first page; "last": DRF's last
+    elif page in ("99999", "9" * 5000, "2"):
+        assert "the last page is 1" in assert_error(r, 404, "not_found")["detail"]
     else:
-        assert_error(r, 404, "not_found")
+        assert_error(r, 400, "invalid", "page")
 
 
 # --- methods ------------------------------------------------------------------------

@@ -1,0 +1,22 @@
+"""Page-number pagination whose bad input is the API's 400, not a 404.
+
+DRF answers ``?page=abc`` (or 0, -1, 1.5) with 404 "Invalid page.", which API.md keeps for "no
+such object". Here a ``page`` that is not a whole number from 1 is 400 ``invalid`` with
+``fields.page``; a page past the last one stays 404 and says how many pages there are."""
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import PageNumberPagination
+
+from core.errors import NotFoundError
+
+
+class StrictPageNumberPagination(PageNumberPagination):
+    def paginate_queryset(self, queryset, request, view=None):
+        raw = request.query_params.get(self.page_query_param) or ""  # empty: the first page
+        if raw and raw not in self.last_page_strings and not (raw.isascii() and raw.isdigit() and raw.strip("0")):
+            raise serializers.ValidationError({self.page_query_param: ["A page is a whole number from 1."]})
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except NotFound:
+            last = self.django_paginator_class(queryset, self.get_page_size(request)).num_pages
+            raise NotFoundError(f"No page {raw[:20]}: the last page is {last}.") from None
