@@ -259,3 +259,29 @@ def test_concurrent_usage_reports_of_one_call_land_its_largest_totals_once(proje
     entries = UsageEntry.objects.filter(approval=call).exclude(kind="reserve")
     assert sum(e.spent_tokens for e in entries) == 800 and entries.filter(kind="settle").count() == 1
     assert budget_reconcile() == []
+
+
+def test_amendments_that_grow_reservations_race_new_calls_without_passing_a_limit(project, agent, reviewer):
+    """A reviewer's larger amendment grows its call's reservation under the same window locks as
+    an admission: four amendments and four new calls racing for a 10.0000 daily cost limit never
+    reserve past it, and every window reconciles with the ledger."""
+    from budgets.services import current_windows
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={
+        "daily_cost_limit": Decimal("10.0000"), "daily_token_limit": 0, "monthly_token_limit": 0})
+    calls = [over_budget_call(project, agent, f"amend {n}", cost="1.0000") for n in range(4)]
+    big = {"text": "word " * 200, "max_tokens": 200_000}  # priced at gpt-4o (the floor): about 1.0 more each
+
+    def amend(call):
+        return lambda i: agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                                               amended_input_data=big)
+
+    def ask(n):
+        return lambda i: over_budget_call(project, agent, f"new {n}", cost="1.0000")
+
+    assert race(*[amend(c) for c in calls], *[ask(n) for n in range(4)]) == []
+    day = current_windows(project)[0]
+    assert day.reserved_cost + day.spent_cost <= Decimal("10.0000")
+    grown = AgentCallApproval.objects.filter(pk__in=[c.pk for c in calls], status="approved")
+    assert grown.exists() and all(c.estimated_cost > Decimal("1.0000") for c in grown)
+    assert budget_reconcile() == []
