@@ -153,3 +153,13 @@ def test_a_4xx_is_never_retried():
 
     asyncio.run(run())
     assert len(attempts) == 1
+
+
+@pytest.mark.parametrize("detail", ["Project demo is under an emergency stop.", "Project demo is stopped", ""])
+def test_the_stop_message_reads_as_one_sentence(detail):
+    """The server's detail ends with a full stop; the SDK's message used to add another (".. Stop all work")."""
+    from hitl_sdk.errors import EmergencyStopped
+
+    message = str(EmergencyStopped(detail, emergency_stop_id="s1"))
+    assert ".." not in message and message.endswith("Stop all work on this project now; do not retry.")
+    assert (detail.rstrip(".") or "no reason given") + ". Stop all work" in message

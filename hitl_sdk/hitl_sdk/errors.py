@@ -78,7 +78,7 @@ class EmergencyStopped(HitlError):
         super().__init__(detail or "The project is under an emergency stop.", status=status, code="emergency_stop",
                          body=body,
                          message=(f"The project was emergency-stopped by a person or a safety condition "
-                                  f"(stop {self.emergency_stop_id}): {detail or 'no reason given'}. "
+                                  f"(stop {self.emergency_stop_id}): {(detail or 'no reason given').rstrip('. ')}. "
                                   "Stop all work on this project now; do not retry."))
 
 
