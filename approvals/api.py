@@ -34,8 +34,8 @@ from core.api import (
     paginated,
 )
 from core.fields import MoneyField, StrictCharField, StrictUUIDField
-from core.serializers import CopiedFieldsMixin
 from core.pagination import StrictPageNumberPagination
+from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
 
 MAX_TEXT = 20_000

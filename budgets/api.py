@@ -26,9 +26,10 @@ from core.api import (
     paginated,
 )
 from core.fields import MoneyField, StrictCharField
-from core.serializers import CopiedFieldsMixin
 from core.pagination import StrictPageNumberPagination
+from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
+
 
 class BudgetApi(APIView):
     @extend_schema_serializer(component_name="BudgetLimitsInput")

@@ -2,7 +2,7 @@
 
 DRF answers ``?page=abc`` (or 0, -1, 1.5) with 404 "Invalid page.", which API.md keeps for "no
 such object". Here a ``page`` that is not a whole number from 1 is 400 ``invalid`` with
-``fields.page``; a page past the last one stays 404 and says how many pages there are."""
+``fields.page``; a page past the last one stays 404 and names the last page."""
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination

@@ -8,8 +8,8 @@ from rest_framework.views import APIView
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
 from core.fields import StrictCharField, StrictUUIDField
-from core.serializers import CopiedFieldsMixin
 from core.pagination import StrictPageNumberPagination
+from core.serializers import CopiedFieldsMixin
 from hitl import selectors, services
 from hitl.models import MAX_OPTIONS, HitlRequest
 from hitl.serializers import HitlRequestOutputSerializer

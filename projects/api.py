@@ -24,8 +24,8 @@ from core.api import (
     paginated,
 )
 from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
-from core.serializers import CopiedFieldsMixin
 from core.pagination import StrictPageNumberPagination
+from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
 from projects.models import AgentType, Task
 from projects.serializers import (
