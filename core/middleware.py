@@ -27,6 +27,7 @@ import os
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.http import JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import parse_header_parameters
 
@@ -62,8 +63,6 @@ def _disallowed_host(request):
         request.get_host()
     except DisallowedHost as exc:
         logging.getLogger("django.security.DisallowedHost").warning(str(exc))
-        from django.http import JsonResponse
-
         return JsonResponse(error_body("invalid", "This Host header is not served here (DJANGO_ALLOWED_HOSTS).",
                                        fields={"host": ["Not an allowed host."]}), status=400)
     return None

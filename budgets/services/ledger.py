@@ -160,10 +160,10 @@ def budget_release_many(*, uow, call_ids) -> int:
     reserves = [r for r in held if r.kind == UsageEntry.Kind.RESERVE]
     if not reserves:
         return 0
+    by_call = {r.approval_id: r for r in reserves}
     for grown in (e for e in held if e.kind == UsageEntry.Kind.ADJUST):  # amendments: the reserve gives them back
-        reserve = next(r for r in reserves if r.approval_id == grown.approval_id)
-        reserve.reserved_tokens += grown.reserved_tokens
-        reserve.reserved_cost += grown.reserved_cost
+        by_call[grown.approval_id].reserved_tokens += grown.reserved_tokens
+        by_call[grown.approval_id].reserved_cost += grown.reserved_cost
     window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
     windows = {w.pk: w for w in uow.lock_many("budget_window", BudgetWindow.objects.filter(pk__in=window_ids),
                                               order_by=("kind", "pk"))}

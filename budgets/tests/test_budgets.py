@@ -30,6 +30,7 @@ from budgets.services import (
     window_bounds,
 )
 from core.errors import EmergencyStopActive, TransitionError
+from core.tests.test_malformed import assert_error
 from emergency.models import EmergencyStop
 from events.models import Event
 from projects.services import task_create
@@ -307,10 +308,7 @@ def test_limits_are_set_by_managers(project, manager, reviewer, client_for):
 
 
 def _money_refused(response, field):
-    assert response.status_code == 400, response.content
-    body = response.json()
-    assert body["error"] == "invalid" and field in body["fields"], body
-    return body["fields"][field]
+    return assert_error(response, 400, "invalid", field)["fields"][field]
 
 
 def test_money_is_a_decimal_string_never_a_float(project, manager, agent, reviewer, client_for, request_body_for):
