@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import os
+from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -185,6 +186,24 @@ def request_head_problem(scope) -> tuple[str, str] | None:
     return None
 
 
+def origin_form(scope):
+    """The scope of a request whose target came in absolute form (``GET http://host/path``,
+    what clients send to a proxy): RFC 9112 3.2.2 has a server accept it, with the target's
+    authority replacing the Host header. Daphne passes the whole URL on as the path, which no
+    route matches (an HTML 404 even for an API path). Any other scope is returned as it is."""
+    path = scope.get("path") or ""
+    if not path[:8].lower().startswith(("http://", "https://")):
+        return scope
+    target = urlsplit(path)
+    authority = target.netloc.rpartition("@")[2]  # never a user:password@ part in the Host
+    headers = [(name, value) for name, value in scope.get("headers") or () if name.lower() != b"host"]
+    headers.append((b"host", authority.encode("utf-8", "surrogateescape")))
+    origin = {**scope, "path": target.path or "/", "headers": headers}
+    if scope.get("raw_path"):
+        origin["raw_path"] = urlsplit(scope["raw_path"]).path or b"/"
+    return origin
+
+
 def _is_api(scope) -> bool:
     return str(scope.get("path", "")).startswith("/api/")
 
@@ -207,6 +226,7 @@ class ApiErrorGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        scope = origin_form(scope)
         problem = request_head_problem(scope)
         if problem is not None:
             field, message = problem

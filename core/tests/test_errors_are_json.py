@@ -329,3 +329,27 @@ def test_daphne_still_serves_a_request_head_just_under_the_limit(daphne_server):
     answer = _raw(daphne_server, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: "
                   + b"a" * 15_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("target, host, status, error", [
+    (b"http://127.0.0.1:{port}/api/v1/tasks", b"127.0.0.1", 401, "unauthenticated"),  # routed: DRF's answer
+    (b"HTTP://127.0.0.1:{port}/api/v1/tasks?page=1", b"elsewhere.example", 401, "unauthenticated"),  # its authority wins
+    (b"http://127.0.0.1:{port}/api/v1/nowhere", b"127.0.0.1", 404, "not_found"),
+    (b"http://user:secret@127.0.0.1:{port}/api/v1/tasks", b"", 401, "unauthenticated"),  # no user info in the Host
+    (b"http://evil.example/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # checked as the Host it is
+])
+def test_daphne_serves_a_request_target_in_absolute_form(daphne_server, target, host, status, error):
+    """RFC 9112 3.2.2: a server must accept ``GET http://host/path`` (what a client sends to a
+    proxy, and some send to any server), with the target's authority as the Host. Daphne handed
+    the whole URL to Django as the path: an HTML 404 page, even for /api/ paths."""
+    target = target.replace(b"{port}", str(daphne_server).encode())
+    host = b"Host: " + host + b"\r\n" if host else b""
+    answer = _raw(daphne_server, b"GET " + target + b" HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n")
+    head_out, _, body = answer.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert b"content-type: application/json" in head_out.lower()
+    if b"transfer-encoding: chunked" in head_out.lower():  # sizes in hex, each chunk on its line
+        parts, body = body.split(b"\r\n"), b""
+        body = b"".join(parts[i + 1] for i in range(0, len(parts) - 1, 2) if int(parts[i], 16))
+    assert json.loads(body)["error"] == error
