@@ -17,7 +17,8 @@ hold on a noisy machine even when the absolute figures move. Prints one JSON obj
                   (goal <= 6); round trips/s with 8 and 50 agents; requests/s as a fraction of
                   the trivial GET rate (goal >= 0.5); floor: the CPU of a create's estimate and
                   risk analysis (run in this process on the same body) in trivial GETs, and the
-                  four requests plus it, under which no round trip can go
+                  four requests (a trivial GET each) plus it: an estimate of what a round trip
+                  costs whatever its writes do
   bursts          N agents asking at once (one create each): p50/p99 ms and the count of
                   201 / 503 / other answers and dropped connections (goal: no 500, none dropped)
   scale_out       round trips/s with 50 agents on 1 and on 2 processes, and the ratio (goal >= 1.5),
@@ -303,10 +304,12 @@ def operations(run, port, pids, fx, n):
 
 
 def analysis_cpu_ms(fx, n):
-    """CPU ms of what every create computes before it touches the database, run in this process
-    on the benchmark's own request body: the server's estimate (tokenizer, price) and the risk
-    analysis (every analyzer of the pipeline), as agent_approval_request calls them. A round trip
-    must do it once; it is a floor under the round trip's CPU that no database work can lower."""
+    """CPU ms of what every create computes besides its writes, run in this process on the
+    benchmark's own request body: the server's estimate (tokenizer, price) and the risk analysis
+    (every analyzer of the pipeline) as agent_approval_request calls them, with the project's rules
+    read once and no remaining budget (the server reads both per request). A round trip does it
+    once: with four requests of at least a trivial GET each, an estimate of the floor under a
+    round trip's CPU that no change to its writes can lower."""
     from decimal import Decimal
 
     from approvals.analyzers import RiskContext, assess

@@ -23,7 +23,7 @@ import inspect
 import json
 import logging
 import os
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -186,22 +186,32 @@ def request_head_problem(scope) -> tuple[str, str] | None:
     return None
 
 
-def origin_form(scope):
-    """The scope of a request whose target came in absolute form (``GET http://host/path``,
+def origin_form(scope) -> tuple[dict, str | None]:
+    """(scope, problem) for a request whose target came in absolute form (``GET http://host/path``,
     what clients send to a proxy): RFC 9112 3.2.2 has a server accept it, with the target's
-    authority replacing the Host header. Daphne passes the whole URL on as the path, which no
-    route matches (an HTML 404 even for an API path). Any other scope is returned as it is."""
-    path = scope.get("path") or ""
-    if not path[:8].lower().startswith(("http://", "https://")):
-        return scope
-    target = urlsplit(path)
-    authority = target.netloc.rpartition("@")[2]  # never a user:password@ part in the Host
+    authority (host[:port]) replacing the Host header. Daphne passes the whole URL on as the path,
+    which no route matches (an HTML 404 even for an API path). The raw target is parsed, never the
+    percent-decoded path (``%2F``, ``%3F`` or ``%40`` must not split it). ``problem`` is a message
+    for a 400 when the authority is malformed, names no host or carries user info (RFC 9110
+    4.2). Any other scope is returned as it is, with no problem."""
+    raw = scope.get("raw_path")
+    decoded = not isinstance(raw, bytes)  # a server that sends no raw_path: its decoded path is all there is
+    if decoded:
+        raw = (scope.get("path") or "").encode("utf-8", "surrogateescape")
+    if not raw[:8].lower().startswith((b"http://", b"https://")):
+        return scope, None
+    try:
+        target = urlsplit(raw)
+        target.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return scope, "The request target's authority is malformed."
+    if not target.hostname or b"@" in target.netloc:
+        return scope, "The request target must name a host, without user information."
+    path = target.path or b"/"
     headers = [(name, value) for name, value in scope.get("headers") or () if name.lower() != b"host"]
-    headers.append((b"host", authority.encode("utf-8", "surrogateescape")))
-    origin = {**scope, "path": target.path or "/", "headers": headers}
-    if scope.get("raw_path"):
-        origin["raw_path"] = urlsplit(scope["raw_path"]).path or b"/"
-    return origin
+    headers.append((b"host", target.netloc))
+    text = path.decode("utf-8", "surrogateescape")
+    return {**scope, "path": text if decoded else unquote(text), "raw_path": path, "headers": headers}, None
 
 
 def _is_api(scope) -> bool:
@@ -226,12 +236,12 @@ class ApiErrorGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
-        scope = origin_form(scope)
-        problem = request_head_problem(scope)
+        scope, target_problem = origin_form(scope)
+        problem = ("target", target_problem) if target_problem else request_head_problem(scope)
         if problem is not None:
             field, message = problem
             log.warning("Bad request head: %s: %s", scope.get("path"), message)
-            if _is_api(scope):
+            if _is_api(scope) or target_problem:  # an absolute target that cannot be parsed: maybe an API path
                 await _send_json(send, 400, error_body("invalid", message, fields={field: [message]}))
             else:
                 await send({"type": "http.response.start", "status": 400,

@@ -3,12 +3,13 @@
 through Django's test client, through the real ASGI application and through daphne itself.
 Successful answers still negotiate as before (the browsable API for ``text/html``).
 """
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPResponse
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -18,7 +19,7 @@ from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from django.test import Client
 from rest_framework.test import APIClient
 
-from core.middleware import ApiErrorGuard, disable_server_form_parsing, request_head_problem
+from core.middleware import ApiErrorGuard, disable_server_form_parsing, origin_form, request_head_problem
 from core.tests.daphne import free_port, stop, wait_until_listening
 
 pytestmark = pytest.mark.django_db
@@ -331,25 +332,63 @@ def test_daphne_still_serves_a_request_head_just_under_the_limit(daphne_server):
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
 
 
+def _parsed(answer: bytes):
+    """(status, content type, body) of a raw HTTP answer, chunked or not."""
+    class Answer:
+        def makefile(self, mode):
+            return io.BytesIO(answer)
+    response = HTTPResponse(Answer())
+    response.begin()
+    return response.status, response.getheader("Content-Type") or "", response.read()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("target, host, status, error", [
     (b"http://127.0.0.1:{port}/api/v1/tasks", b"127.0.0.1", 401, "unauthenticated"),  # routed: DRF's answer
     (b"HTTP://127.0.0.1:{port}/api/v1/tasks?page=1", b"elsewhere.example", 401, "unauthenticated"),  # its authority wins
     (b"http://127.0.0.1:{port}/api/v1/nowhere", b"127.0.0.1", 404, "not_found"),
-    (b"http://user:secret@127.0.0.1:{port}/api/v1/tasks", b"", 401, "unauthenticated"),  # no user info in the Host
+    (b"http://127.0.0.1:{port}", b"127.0.0.1", 302, None),  # no path: served as "/" (its redirect)
     (b"http://evil.example/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # checked as the Host it is
+    (b"http://127.0.0.1%40evil.example/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # never decoded into a host
+    (b"http://user:secret@127.0.0.1:{port}/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # user info: refused
+    (b"http:///api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # no host
+    (b"http://[::1/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # malformed: urlsplit raises
+    (b"http://127.0.0.1:port/api/v1/tasks", b"127.0.0.1", 400, "invalid"),  # a port that is not a number
 ])
 def test_daphne_serves_a_request_target_in_absolute_form(daphne_server, target, host, status, error):
     """RFC 9112 3.2.2: a server must accept ``GET http://host/path`` (what a client sends to a
     proxy, and some send to any server), with the target's authority as the Host. Daphne handed
     the whole URL to Django as the path: an HTML 404 page, even for /api/ paths."""
     target = target.replace(b"{port}", str(daphne_server).encode())
-    host = b"Host: " + host + b"\r\n" if host else b""
-    answer = _raw(daphne_server, b"GET " + target + b" HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n")
-    head_out, _, body = answer.partition(b"\r\n\r\n")
-    assert head_out.startswith(b"HTTP/1.1 %d " % status), answer[:300]
-    assert b"content-type: application/json" in head_out.lower()
-    if b"transfer-encoding: chunked" in head_out.lower():  # sizes in hex, each chunk on its line
-        parts, body = body.split(b"\r\n"), b""
-        body = b"".join(parts[i + 1] for i in range(0, len(parts) - 1, 2) if int(parts[i], 16))
-    assert json.loads(body)["error"] == error
+    answer = _raw(daphne_server, b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+    got_status, content_type, body = _parsed(answer)
+    assert got_status == status, answer[:300]
+    if error is not None:
+        assert content_type.split(";")[0] == "application/json", answer[:300]
+        assert json.loads(body)["error"] == error
+
+
+@pytest.mark.parametrize("target, path, raw_path, host", [
+    (b"http://h:8000/api/v1/tasks", "/api/v1/tasks", b"/api/v1/tasks", b"h:8000"),
+    (b"https://[::1]:8000/api/v1/tasks", "/api/v1/tasks", b"/api/v1/tasks", b"[::1]:8000"),
+    # encoded delimiters stay in the path; an encoded slash does not end the authority
+    (b"http://h/api/v1/tasks/a%3Fb%23c", "/api/v1/tasks/a?b#c", b"/api/v1/tasks/a%3Fb%23c", b"h"),
+    (b"http://h/a%2F@x/api", "/a/@x/api", b"/a%2F@x/api", b"h"),
+    (b"http://h/caf%C3%A9", "/caf\u00e9", b"/caf%C3%A9", b"h"),
+    (b"http://h", "/", b"/", b"h"),
+])
+def test_origin_form_parses_the_raw_target(target, path, raw_path, host):
+    scope = {"type": "http", "path": "ignored", "raw_path": target, "headers": [(b"host", b"other"), (b"accept", b"*/*")]}
+    got, problem = origin_form(scope)
+    assert problem is None
+    assert (got["path"], got["raw_path"]) == (path, raw_path)
+    assert got["headers"] == [(b"accept", b"*/*"), (b"host", host)]
+
+
+@pytest.mark.parametrize("scope", [
+    {"type": "http", "path": "/api/v1/tasks", "raw_path": b"/api/v1/tasks", "headers": [(b"host", b"h")]},
+    {"type": "http", "path": "/http://x/", "raw_path": b"/http://x/", "headers": []},  # origin form: left alone
+    {"type": "http", "path": "http://x/api", "raw_path": b"http%3A%2F%2Fx%2Fapi", "headers": []},  # not a URL: left alone
+])
+def test_origin_form_leaves_other_targets_alone(scope):
+    assert origin_form(scope) == (scope, None)
