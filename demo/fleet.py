@@ -328,8 +328,7 @@ class Fleet:
             if watcher in done and not watcher.cancelled() and watcher.exception() is None:
                 runner.cancel()
                 self._halt(watcher.result(), report)
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(runner, 2.0)
+                await asyncio.wait({runner}, timeout=2.0)  # a moment to unwind (a stop of the fleet still ends it)
                 return report
             if watcher in done:  # the watcher failed (not allowed?): the SDK's own waits still see a stop
                 self.log(f"cannot watch for stops ({watcher.exception()!r}): relying on the waits")
@@ -343,9 +342,9 @@ class Fleet:
             tasks = [runner, watcher, *self.runs]
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            # Their ends, whatever they were; gather, not suppressed awaits: the fleet's own
+            # cancellation (Ctrl-C) arriving meanwhile must stop it, not be swallowed here.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _halt(self, stop: EmergencyStop, report: RoundReport) -> None:
         if report.ended == "halted":

@@ -89,7 +89,10 @@ class FleetThread(threading.Thread):
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.task.cancel)
         self.join(10)
-        assert not self.is_alive(), "the fleet did not stop"
+        if self.is_alive():  # say where it hangs (read from another thread: a diagnosis, not a result)
+            where = io.StringIO()
+            self.task.print_stack(file=where)
+            raise AssertionError(f"the fleet did not stop within 10 s of its cancellation:\n{where.getvalue()}")
         if self.error:
             raise self.error
 

@@ -200,8 +200,7 @@ class SafetyEnhancedBaseAgent:
                 stop = watcher.result()
                 context.stop_event.set()
                 runner.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(runner), 0.1) if not runner.done() else None
+                await asyncio.wait({runner}, timeout=0.1)  # a moment to unwind (a cancel of this task still ends it)
                 raise EmergencyStopped(stop.stop_reason or "the project was stopped during the run",
                                        emergency_stop_id=stop.id or None, project_id=self.project_id, status=None)
             return await runner
@@ -210,8 +209,9 @@ class SafetyEnhancedBaseAgent:
             if not runner.done():   # execute_task itself was cancelled: so is its run
                 context.stop_event.set()
                 runner.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+            # The watcher's end, whatever it was; gather, not a suppressed await: a cancellation of
+            # this task arriving meanwhile must end it, not be swallowed here.
+            await asyncio.gather(watcher, return_exceptions=True)
 
     @staticmethod
     def _as_result(value: Any) -> RunResult:
