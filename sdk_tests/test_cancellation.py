@@ -41,3 +41,49 @@ def test_a_cancel_that_arrives_while_the_run_cleans_up_ends_the_task():
         return outer.cancelled()
 
     assert asyncio.run(scenario()) is True
+
+
+class _Conn:
+    """A websocket connection whose next message the test hands over."""
+
+    def __init__(self):
+        self.message = asyncio.get_running_loop().create_future()
+
+    async def recv(self):  # cancel-safe, as websockets' own: the message waits for the next receive
+        return await asyncio.shield(self.message)
+
+
+def _ws():
+    from hitl_sdk._common import _AsyncWS
+
+    return _AsyncWS(_Conn())
+
+
+def test_a_receive_cancelled_just_as_its_message_arrives_ends_cancelled():
+    """Before Python 3.12, asyncio.wait_for returned the message and swallowed the cancellation
+    when the message came in the same turn of the loop (gh-86296): an agent told to stop went
+    on waiting for its approval. The message is already there; the cancel lands after 0 to 5
+    turns of the loop: a receive not yet done when cancelled must end cancelled."""
+    async def scenario(turns):
+        ws = _ws()
+        ws.conn.message.set_result('{"id": 1}')
+        waiting = asyncio.ensure_future(ws.recv(30))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        done_before = waiting.done()
+        waiting.cancel()
+        await asyncio.wait({waiting}, timeout=5)
+        return done_before or waiting.cancelled()
+
+    for turns in range(6):
+        assert asyncio.run(scenario(turns)), f"cancelled after {turns} turn(s), the receive went on"
+
+
+def test_a_receive_gives_the_message_or_none_after_its_timeout():
+    async def scenario():
+        ws = _ws()
+        assert await ws.recv(0.05) is None
+        asyncio.get_running_loop().call_later(0.02, ws.conn.message.set_result, "hello")
+        return await ws.recv(5)
+
+    assert asyncio.run(scenario()) == "hello"

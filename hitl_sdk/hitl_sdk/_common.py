@@ -167,11 +167,21 @@ class _AsyncWS:
             raise _handshake_error(exc) from exc
 
     async def recv(self, timeout: float) -> Optional[str]:
-        """A message, or None after ``timeout`` seconds; ConnectionClosed when dropped."""
+        """A message, or None after ``timeout`` seconds; ConnectionClosed when dropped.
+
+        Not ``asyncio.wait_for``: before Python 3.12 it returns the message, swallowing the
+        cancellation, when this task is cancelled just as a message arrives (gh-86296), and an
+        agent told to stop went on waiting. ``asyncio.wait`` never swallows it."""
+        receiving = asyncio.ensure_future(self.conn.recv())
         try:
-            return await asyncio.wait_for(self.conn.recv(), max(timeout, 0.01))
-        except (asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait({receiving}, timeout=max(timeout, 0.01))
+        finally:
+            if not receiving.done():  # the time is up, or this task is cancelled: so is the receive
+                receiving.cancel()
+                await asyncio.wait({receiving})  # cancelling websockets' recv() loses no message
+        if receiving.cancelled():
             return None
+        return receiving.result()  # a message that came as the time ran out is kept; ConnectionClosed raises
 
     async def close(self) -> None:
         try:
