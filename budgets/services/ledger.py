@@ -57,6 +57,25 @@ def _violations(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, t
             if limit and used > Decimal(limit + allowance)]
 
 
+def _critical_projection(budget: ProjectBudget, day: BudgetWindow, cost: Decimal) -> Decimal | None:
+    """The day's projected cost with ``cost`` added, when it passes 1.5 x the daily cost limit."""
+    projected = day.spent_cost + day.reserved_cost + cost
+    return projected if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR else None
+
+
+def _first_violation(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, tokens: int, cost: Decimal):
+    """The first limit ``tokens`` / ``cost`` would pass, as (violation_type, window, amount past
+    it: whole tokens rounded up, or cost to 4 places), or None."""
+    violations = _violations(budget, day, month, tokens, cost)
+    if not violations:
+        return None
+    violation, window, excess = violations[0]
+    amount = excess.quantize(FOUR_PLACES)
+    if violation.endswith("token_limit"):
+        amount = amount.to_integral_value(rounding="ROUND_CEILING")
+    return violation, window, amount
+
+
 def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
     """Reserve a call's estimate (``call.estimated_tokens``, ``call.estimated_cost``) against
     the windows covering ``now``, all or nothing; or, when it would pass a limit, reserve
@@ -67,15 +86,12 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
     budget = budget_for(project)
     day, month = current_windows(project, now, uow=uow)
     tokens, cost = call.estimated_tokens, call.estimated_cost
-    projected = day.spent_cost + day.reserved_cost + cost
-    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR:
+    projected = _critical_projection(budget, day, cost)
+    if projected is not None:
         raise BudgetCritical(projected, budget.daily_cost_limit)
-    violations = _violations(budget, day, month, tokens, cost)
-    if violations:
-        violation, window, excess = violations[0]
-        amount = excess.quantize(FOUR_PLACES)
-        if violation.endswith("token_limit"):
-            amount = amount.to_integral_value(rounding="ROUND_CEILING")
+    first = _first_violation(budget, day, month, tokens, cost)
+    if first:
+        violation, window, amount = first
         override = override_create_locked(
             project=project, window=window, violation_type=violation, requested_amount=amount,
             justification=f"Automatic: the call {call.pk} ({call.agent_type}: {call.proposed_action[:200]}) "
@@ -118,15 +134,14 @@ def budget_reserve_more(*, uow, call, tokens: int, cost: Decimal) -> str:
         pk__in=[reserve.day_window_id, reserve.month_window_id]), order_by=("kind", "pk"))}
     day, month = windows[reserve.day_window_id], windows[reserve.month_window_id]
     budget = budget_for(uow.project)
-    projected = day.spent_cost + day.reserved_cost + cost
-    if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR:
+    projected = _critical_projection(budget, day, cost)
+    if projected is not None:
         return f"The day's cost would reach {projected:.4f}, past 1.5 x the daily limit."
-    violations = _violations(budget, day, month, tokens, cost)
-    if violations:
-        violation, _, excess = violations[0]
-        by = (f"{excess.to_integral_value(rounding='ROUND_CEILING')} tokens" if violation.endswith("token_limit")
-              else f"{excess.quantize(FOUR_PLACES)}")
-        return f"It would pass the {violation.replace('_', ' ')} by {by}."
+    first = _first_violation(budget, day, month, tokens, cost)
+    if first:
+        violation, _, amount = first
+        return (f"It would pass the {violation.replace('_', ' ')} by {amount}"
+                f"{' tokens' if violation.endswith('token_limit') else ''}.")
     rawrows.insert(UsageEntry(project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.ADJUST,
                               day_window_id=day.pk, month_window_id=month.pk, reserved_tokens=tokens,
                               reserved_cost=cost))
@@ -230,7 +245,7 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     reservation = "open" if give_back_tokens or give_back_cost else (
         "released" if released else ("none" if reserve is None else "empty"))
     return _after_spend(uow, call, windows, day, tokens_used=tokens_used, actual_cost=actual_cost,
-                        action="budget.settle", extra={"reservation": reservation, "reserved": reserve is not None})
+                        action="budget.settle", reserved=reserve is not None, audit={"reservation": reservation})
 
 
 def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal) -> Settlement:
@@ -251,14 +266,14 @@ def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal)
     windows_add(windows, spent_tokens=more_tokens, spent_cost=more_cost)
     day = next(w for w in windows if w.pk == settle.day_window_id)
     settlement = _after_spend(uow, call, windows, day, tokens_used=tokens_used, actual_cost=actual_cost,
-                              action="budget.adjust", extra={"added_tokens": more_tokens, "added_cost": more_cost,
-                                                             "reserved": True})
+                              action="budget.adjust", reserved=True,
+                              audit={"added_tokens": more_tokens, "added_cost": more_cost})
     settlement.recorded = recorded
     return settlement
 
 
 def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Decimal, action: str,
-                 extra: dict) -> Settlement:
+                 reserved: bool, audit: dict) -> Settlement:
     """What a call's spend (its totals now ``tokens_used`` / ``actual_cost``) means: an overrun
     alert past the estimate, the threshold alerts, the audit row, and whether the day now passes
     1.5 x the daily limit."""
@@ -272,14 +287,13 @@ def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Deci
             project=uow.project, window=day, alert_type=BudgetAlert.AlertType.OVERRUN,
             threshold_type=BudgetAlert.ThresholdType.COST_DAILY, threshold_value=estimated_cost,
             current_value=actual_cost, detail={"approval_id": str(call.pk), "estimated_tokens": estimated_tokens,
-                                               "tokens_used": tokens_used, "reserved": extra["reserved"],
+                                               "tokens_used": tokens_used, "reserved": reserved,
                                                "flagged": flagged})
         emit_alert(alert)
     check_alerts(uow.project, budget, windows)
     audit_record(actor=None, action=action, obj=call, project_id=uow.project.pk,
                  after={"tokens_used": tokens_used, "actual_cost": actual_cost, "estimated_tokens": estimated_tokens,
-                        "estimated_cost": estimated_cost,
-                        **{k: v for k, v in extra.items() if k != "reserved"}})
+                        "estimated_cost": estimated_cost, **audit})
     critical = None
     if budget.daily_cost_limit and day.spent_cost + day.reserved_cost > budget.daily_cost_limit * CRITICAL_FACTOR:
         critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)
