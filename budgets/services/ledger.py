@@ -113,10 +113,15 @@ def _entries(call_id) -> list[UsageEntry]:
     return list(UsageEntry.objects.filter(approval_id=call_id))
 
 
+def _reserve_entry(entries: list[UsageEntry]) -> UsageEntry | None:
+    """The call's reserve entry (at most one), open or closed."""
+    return next((e for e in entries if e.kind == UsageEntry.Kind.RESERVE), None)
+
+
 def _open_reservation(entries: list[UsageEntry]) -> tuple[UsageEntry | None, int, Decimal]:
     """(the reserve entry, tokens, cost) a call holds: its reserve plus what an amendment added
     (adjust entries before the reservation closed); (None, 0, 0) when closed or never made."""
-    reserve = next((e for e in entries if e.kind == UsageEntry.Kind.RESERVE), None)
+    reserve = _reserve_entry(entries)
     if reserve is None or any(e.kind in CLOSING_KINDS for e in entries):
         return None, 0, ZERO
     held = [e for e in entries if e.kind in (UsageEntry.Kind.RESERVE, UsageEntry.Kind.ADJUST)]
@@ -169,32 +174,27 @@ def budget_release_many(*, uow, call_ids) -> int:
     all): one ledger row each, one update per window."""
     if not call_ids:
         return 0
-    closed = UsageEntry.objects.filter(approval_id__in=call_ids, kind__in=CLOSING_KINDS)
-    held = list(UsageEntry.objects.filter(approval_id__in=call_ids, kind__in=(
-        UsageEntry.Kind.RESERVE, UsageEntry.Kind.ADJUST)).exclude(approval_id__in=closed.values("approval_id")))
-    reserves = [r for r in held if r.kind == UsageEntry.Kind.RESERVE]
-    if not reserves:
+    entries: dict = {}
+    for entry in UsageEntry.objects.filter(approval_id__in=call_ids):  # every call's entries in one query
+        entries.setdefault(entry.approval_id, []).append(entry)
+    held = [held for held in map(_open_reservation, entries.values()) if held[0] is not None]
+    if not held:
         return 0
-    by_call = {r.approval_id: r for r in reserves}
-    for grown in (e for e in held if e.kind == UsageEntry.Kind.ADJUST):  # amendments: the reserve gives them back
-        by_call[grown.approval_id].reserved_tokens += grown.reserved_tokens
-        by_call[grown.approval_id].reserved_cost += grown.reserved_cost
-    window_ids = {r.day_window_id for r in reserves} | {r.month_window_id for r in reserves}
+    window_ids = {r.day_window_id for r, _, _ in held} | {r.month_window_id for r, _, _ in held}
     windows = {w.pk: w for w in uow.lock_many("budget_window", BudgetWindow.objects.filter(pk__in=window_ids),
                                               order_by=("kind", "pk"))}
     UsageEntry.objects.bulk_create(UsageEntry(
         project_id=r.project_id, approval_id=r.approval_id, kind=UsageEntry.Kind.RELEASE, day_window_id=r.day_window_id,
-        month_window_id=r.month_window_id, reserved_tokens=-r.reserved_tokens, reserved_cost=-r.reserved_cost)
-        for r in reserves)
+        month_window_id=r.month_window_id, reserved_tokens=-tokens, reserved_cost=-cost) for r, tokens, cost in held)
     totals: dict[int, list] = {}
-    for r in reserves:
+    for r, tokens, cost in held:
         for window_id in (r.day_window_id, r.month_window_id):
             tokens_cost = totals.setdefault(window_id, [0, ZERO])
-            tokens_cost[0] += r.reserved_tokens
-            tokens_cost[1] += r.reserved_cost
+            tokens_cost[0] += tokens
+            tokens_cost[1] += cost
     for window_id, (tokens, cost) in totals.items():
         window_add(windows[window_id], reserved_tokens=-tokens, reserved_cost=-cost)
-    return len(reserves)
+    return len(held)
 
 
 @dataclass
@@ -221,7 +221,7 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     kinds = {e.kind for e in entries}
     if UsageEntry.Kind.SETTLE in kinds:
         return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost)
-    reserve = next((e for e in entries if e.kind == UsageEntry.Kind.RESERVE), None)
+    reserve = _reserve_entry(entries)
     released = UsageEntry.Kind.RELEASE in kinds
     _, give_back_tokens, give_back_cost = _open_reservation(entries)
     if reserve is not None:
