@@ -87,3 +87,44 @@ def test_a_receive_gives_the_message_or_none_after_its_timeout():
         return await ws.recv(5)
 
     assert asyncio.run(scenario()) == "hello"
+
+
+def test_a_close_cancelled_just_as_its_handshake_ends_ends_cancelled():
+    """The websocket's close runs in clean-ups (a stop watcher, a wait that ended). It was
+    asyncio.wait_for, which before Python 3.12 swallows a cancellation that comes as the
+    handshake ends: the task went on after it was told to stop. The handshake ends; the cancel
+    lands after 0 to 5 turns of the loop: a close not yet done when cancelled must end cancelled."""
+    async def scenario(turns):
+        ws = _ws()
+        handshake = asyncio.get_running_loop().create_future()
+
+        async def close():
+            await asyncio.shield(handshake)
+
+        ws.conn.close = close
+        closing = asyncio.ensure_future(ws.close())
+        await asyncio.sleep(0)
+        handshake.set_result(None)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        done_before = closing.done()
+        closing.cancel()
+        await asyncio.wait({closing}, timeout=5)
+        return done_before or closing.cancelled()
+
+    for turns in range(6):
+        assert asyncio.run(scenario(turns)), f"cancelled after {turns} turn(s), the close went on"
+
+
+def test_a_close_error_is_not_raised():
+    async def scenario():
+        ws = _ws()
+
+        async def close():
+            raise ConnectionResetError("gone")
+
+        ws.conn.close = close
+        await ws.close()
+        return True
+
+    assert asyncio.run(scenario())

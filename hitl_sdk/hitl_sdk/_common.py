@@ -162,7 +162,7 @@ class _AsyncWS:
 
         try:
             return cls(await connect(url, additional_headers=headers, open_timeout=open_timeout,
-                                     max_size=2 ** 24, ping_interval=20, ping_timeout=20))
+                                     max_size=2 ** 24, ping_interval=20, ping_timeout=20, close_timeout=2))
         except Exception as exc:  # noqa: BLE001
             raise _handshake_error(exc) from exc
 
@@ -184,8 +184,10 @@ class _AsyncWS:
         return receiving.result()  # a message that came as the time ran out is kept; ConnectionClosed raises
 
     async def close(self) -> None:
+        """The closing handshake, bounded by the connection's ``close_timeout`` (2 s); not
+        ``asyncio.wait_for``, which can swallow a cancellation that comes as it ends (see recv)."""
         try:
-            await asyncio.wait_for(self.conn.close(), 2)
+            await self.conn.close()
         except Exception:  # noqa: BLE001
             pass
 
