@@ -289,6 +289,9 @@ HITL_USAGE_FLAG_FACTOR = env.float("HITL_USAGE_FLAG_FACTOR", default=2.0)
 # in USD, token limits in tokens. Deployment settings, not a project's: no API changes them.
 HITL_MANAGER_COST_THRESHOLD = env.str("HITL_MANAGER_COST_THRESHOLD", default="100.0000")
 HITL_MANAGER_TOKEN_THRESHOLD = env.int("HITL_MANAGER_TOKEN_THRESHOLD", default=100_000)
+# daphne closes a connection with nothing received for this many seconds; a request received
+# only in part by then (a client stalled mid-head or mid-body) is answered 408 first (core.middleware).
+HITL_HTTP_IDLE_TIMEOUT = env.float("HITL_HTTP_IDLE_TIMEOUT", default=60.0)
 # A deadlock or serialization failure is retried this many times before the API answers 503.
 HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
 # The Retry-After (seconds) of a 503 answered for a transient database error.

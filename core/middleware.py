@@ -12,6 +12,11 @@ JSON error shape of API.md, however malformed the request.
 - ``answer_oversized_heads()``: a request line or header over Twisted's 16 KB makes daphne close
   the socket without an answer (all headers over 16 KB: a bare 400); patched to answer 414 / 431
   (400 for another malformed head) with the API's JSON error before closing.
+- ``answer_stalled_requests()``: Twisted closes a connection after ``HITL_HTTP_IDLE_TIMEOUT``
+  seconds (60) with nothing received; a client that stalled in the middle of a request (its head
+  or its body) got no answer. Patched to answer 408 ``request_timeout`` in JSON first. An idle
+  keep-alive connection between requests is still closed without a word: an answer to no
+  request would be read as the answer to its next one.
 - ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
   cannot even turn into a request (a Content-Type with an RFC 2231 parameter in an unknown
   charset, a query string that is not UTF-8) gets 400 ``invalid`` in JSON instead of an
@@ -124,8 +129,8 @@ disable_server_form_parsing()
 
 
 # --- daphne: an oversized request head gets an answer ---------------------------------------
-def _oversized_head_answer(status: int, reason: str, detail: str) -> bytes:
-    body = json.dumps(error_body("invalid", detail)).encode()
+def _head_answer(status: int, reason: str, detail: str, code: str = "invalid") -> bytes:
+    body = json.dumps(error_body(code, detail)).encode()
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
@@ -145,20 +150,20 @@ def answer_oversized_heads() -> bool:
 
     def lineLengthExceeded(self, line):
         if getattr(self, "_HTTPChannel__first_line", 0):
-            answer = _oversized_head_answer(414, "URI Too Long", f"The request line is over {limit} KB.")
+            answer = _head_answer(414, "URI Too Long", f"The request line is over {limit} KB.")
         else:
-            answer = _oversized_head_answer(431, "Request Header Fields Too Large",
+            answer = _head_answer(431, "Request Header Fields Too Large",
                                             f"A request header is over {limit} KB.")
         self.transport.write(answer)
         self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self):
         if self._receivedHeaderSize > self.totalHeadersSize:
-            self.transport.write(_oversized_head_answer(
+            self.transport.write(_head_answer(
                 431, "Request Header Fields Too Large",
                 f"The request's headers are over {self.totalHeadersSize // 1024} KB in all."))
         else:
-            self.transport.write(_oversized_head_answer(400, "Bad Request", "Malformed request head."))
+            self.transport.write(_head_answer(400, "Bad Request", "Malformed request head."))
         self.loseConnection()
 
     HTTPChannel.lineLengthExceeded = lineLengthExceeded
@@ -168,6 +173,42 @@ def answer_oversized_heads() -> bool:
 
 
 answer_oversized_heads()
+
+
+def answer_stalled_requests() -> bool:
+    """Make daphne's Twisted channel time a connection out after ``HITL_HTTP_IDLE_TIMEOUT``
+    seconds with nothing received (Twisted's default is 60), and answer a request received only
+    in part by then with the API's JSON 408 before closing. Idempotent; True when it is (now) on."""
+    try:
+        from twisted.web.http import HTTPChannel
+    except ImportError:  # not served by daphne
+        return False
+    if getattr(HTTPChannel, "_hitl_stalled_answered", False):
+        return True
+    timed_out, made = HTTPChannel.timeoutConnection, HTTPChannel.connectionMade
+
+    def connectionMade(self):
+        self.timeOut = settings.HITL_HTTP_IDLE_TIMEOUT  # the idle timer starts in connectionMade
+        made(self)
+
+    def timeoutConnection(self):
+        # The timer is off while a request received in full is answered (Twisted stops it), so
+        # it fires between requests or in the middle of one: its request line begun (a partial
+        # line in the line buffer) or read (headers or body still to come).
+        started = getattr(self, "_HTTPChannel__first_line", 1) == 0 or bool(getattr(self, "_buffer", b""))
+        if started and not getattr(self, "_handlingRequest", False):
+            self.transport.write(_head_answer(
+                408, "Request Timeout", f"The request was not received in full within "
+                f"{self.timeOut:g} seconds of the last data.", code="request_timeout"))
+        timed_out(self)
+
+    HTTPChannel.connectionMade = connectionMade
+    HTTPChannel.timeoutConnection = timeoutConnection
+    HTTPChannel._hitl_stalled_answered = True
+    return True
+
+
+answer_stalled_requests()
 
 
 # --- ASGI: request heads Django cannot parse, exceptions before an answer ------------------

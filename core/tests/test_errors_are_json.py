@@ -258,10 +258,20 @@ def test_wait_errors_are_json(bearer, accept):
 def daphne_server(tmp_path):
     """A real daphne serving botarmy_hitl.asgi:application (SQLite under tmp_path, in-process
     channel layer); the requests below need no database row."""
+    yield from _daphne(tmp_path)
+
+
+@pytest.fixture
+def daphne_quick_idle(tmp_path):
+    """The same, timing idle connections out after 1 s instead of 60."""
+    yield from _daphne(tmp_path, HITL_HTTP_IDLE_TIMEOUT="1")
+
+
+def _daphne(tmp_path, **extra_env):
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DATABASE_URL": "", "REDIS_URL": "",
            "HITL_VAR_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "daphne-test", "DJANGO_DEBUG": "0",
-           "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
+           "DJANGO_ALLOWED_HOSTS": "127.0.0.1", **extra_env}
     proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                              "botarmy_hitl.asgi:application"], cwd=settings.BASE_DIR, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -330,6 +340,35 @@ def test_daphne_still_serves_a_request_head_just_under_the_limit(daphne_server):
     answer = _raw(daphne_server, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: "
                   + b"a" * 15_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stalled", [
+    b"GET /api/v1/ta",                                                     # in the request line
+    b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n",                   # in the headers
+    b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{\"title\": ",                               # in the body
+    b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /api/v1/tas",     # in the second request
+])
+def test_daphne_answers_a_client_that_stalls_mid_request_with_a_json_408(daphne_quick_idle, stalled):
+    """Twisted timed such a connection out (after 60 s) and closed it without a word: the client
+    saw a dropped connection. The answers before it (the first request's 401) are kept."""
+    answers = _raw(daphne_quick_idle, stalled)
+    last = answers[answers.rindex(b"HTTP/1.1 "):]
+    assert answers.count(b"HTTP/1.1 ") == stalled.count(b"\r\n\r\nGET") + 1, answers[:600]
+    status, content_type, body = _parsed(last)
+    assert (status, content_type) == (408, "application/json"), last[:300]
+    assert json.loads(body)["error"] == "request_timeout"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_daphne_closes_an_idle_connection_without_an_answer(daphne_quick_idle):
+    """Between requests there is nothing to answer: an unasked-for 408 would be read as the
+    answer to the client's next request. A new connection that sends nothing, and a keep-alive
+    one after its answer, are closed with no more bytes."""
+    assert _raw(daphne_quick_idle, b"") == b""
+    answers = _raw(daphne_quick_idle, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert answers.count(b"HTTP/1.1 ") == 1 and _parsed(answers)[0] == 401, answers[:300]
 
 
 def _parsed(answer: bytes):
