@@ -507,9 +507,29 @@ def test_a_bad_page_is_json_400_and_a_page_past_the_last_404(clients, project, p
     if page in ("", "last"):
         assert r.status_code == 200 and "results" in r.json()  # empty: the first page; "last": DRF's last
     elif page in ("99999", "9" * 5000, "2"):
-        assert "the last page is 1" in assert_error(r, 404, "not_found")["detail"]
+        detail = assert_error(r, 404, "not_found")["detail"]
+        assert "the last page is 1" in detail
+        assert detail.startswith(f"No page {page}:" if len(page) < 20 else "No such page:")  # never a cut number
     else:
         assert_error(r, 400, "invalid", "page")
+
+
+SIZED_LISTS = ["/api/v1/agent-approvals/project/{p}", "/api/v1/hitl/project/{p}"]  # the lists taking page_size
+
+
+@pytest.mark.parametrize("path", SIZED_LISTS)
+@pytest.mark.parametrize("size", ["0", "-1", "abc", "1.5", "%00", "000"])
+def test_a_bad_page_size_is_json_400(clients, project, size, path):
+    """DRF ignored a page_size it could not read and answered its default size."""
+    r = clients["admin"].get(f"{path.format(p=project.pk)}?page_size={size}")
+    assert_error(r, 400, "invalid", "page_size")
+
+
+@pytest.mark.parametrize("path", SIZED_LISTS)
+@pytest.mark.parametrize("size", ["", "1", "200", "9" * 50])
+def test_a_page_size_from_1_is_served_up_to_the_maximum(clients, project, size, path):
+    r = clients["admin"].get(f"{path.format(p=project.pk)}?page_size={size}")
+    assert r.status_code == 200 and "results" in r.json(), r.content
 
 
 # --- methods ------------------------------------------------------------------------
