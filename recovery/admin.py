@@ -21,6 +21,7 @@ from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.permissions import has_project_perm
 from recovery.models import RecoverySession, RecoveryStep
+from recovery.selectors import open_work_a_stop_cancels
 from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
@@ -218,20 +219,5 @@ class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
                 f" (first: {_step_name(first)})" if first else ""), messages.SUCCESS)
 
 
-@stop_preview.connect
-def open_calls_a_stop_cancels(*, project) -> list[str]:
-    """The confirmation page of the admin's emergency stop (emergency.admin): what the stop will
-    cancel in the layers below this one, counted as the project_halting handlers select it
-    (approvals.services.halting, responses, hitl). Read-only."""
-    calls = AgentCallApproval.objects.filter(project=project).filter(
-        Q(status=AgentCallApproval.Status.PENDING)
-        | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).count()
-    responses = ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
-    requests = HitlRequest.objects.filter(project=project, status=HitlRequest.Status.PENDING).count()
-    lines = [f"{plural(calls, 'pending agent call')} will be cancelled (approved ones not yet started "
-             f"included), their budget reservations released."]
-    if responses:
-        lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
-    if requests:
-        lines.append(f"{plural(requests, 'pending HITL request')} will be cancelled.")
-    return lines
+# The admin's stop confirmation (emergency.admin) lists what the stop cancels in the layers below.
+stop_preview.connect(open_work_a_stop_cancels)

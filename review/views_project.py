@@ -32,6 +32,7 @@ from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, step_result_rows, step_title
+from recovery.selectors import open_work_a_stop_cancels
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
 AUDIT_PAGE_SIZE = 50
@@ -220,8 +221,7 @@ def project_stop(request, project_id):
             "severity_help": SEVERITY_HELP[form.cleaned_data["severity"]],
             "open_tasks": Task.objects.filter(project=project, status__in=[
                 Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).count(),
-            "pending_calls": AgentCallApproval.objects.filter(project=project,
-                                                              status=AgentCallApproval.Status.PENDING).count(),
+            "cancels": open_work_a_stop_cancels(project=project),  # as the admin's confirmation says it
             "already_stopped": project.status == Project.Status.EMERGENCY_STOPPED,
         })
     try:

@@ -154,6 +154,24 @@ def test_the_stop_needs_a_reason_and_a_confirmation_then_stops_through_the_servi
     assert "Start recovery" not in html and "A manager of this project starts the recovery" in html
 
 
+def test_the_confirmation_counts_every_call_the_stop_cancels(project, agent, reviewer, manager):
+    """It counted pending calls only, while the stop also cancels approved calls not yet
+    started: a reviewer was not told those would be withdrawn. It now says what the admin's
+    confirmation says, and the stop cancels exactly that many."""
+    from approvals.services import agent_approval_decide
+
+    call(project, agent, title="waiting")
+    for title in ("approved a", "approved b"):
+        agent_approval_decide(approval_id=call(project, agent, title=title).pk, decider=manager, decision="approve")
+    client = web(reviewer)
+    url = reverse("review:project_stop", args=[project.pk])
+    html = client.post(url, {"reason": "look", "severity": "high"}).content.decode()
+    assert "3 open tasks will be halted." in html
+    assert "3 pending agent calls will be cancelled (approved ones not yet started included)" in html
+    client.post(url, {"reason": "look", "severity": "high", "confirm": "yes"})
+    assert len(EmergencyStop.objects.get(project=project).cancelled_approvals) == 3
+
+
 def test_an_unknown_severity_is_refused(project, reviewer):
     r = web(reviewer).post(reverse("review:project_stop", args=[project.pk]),
                            {"reason": "x", "severity": "apocalyptic", "confirm": "yes"})

@@ -1,0 +1,29 @@
+"""Reads of this layer that the pages above share (the admin here, the reviewer pages)."""
+from django.db.models import Q
+
+from approvals.models import AgentCallApproval, ResponseApproval
+from hitl.models import HitlRequest
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def open_work_a_stop_cancels(*, project) -> list[str]:
+    """What an emergency stop of ``project`` will cancel in the layers below this one (calls,
+    responses, HITL requests), counted now as the project_halting handlers select it
+    (approvals.services.halting, responses, hitl), as short sentences. Read-only. Both
+    confirmation pages show it: the admin's (emergency.admin's stop_preview hook) and the
+    reviewer pages' (review.views_project)."""
+    calls = AgentCallApproval.objects.filter(project=project).filter(
+        Q(status=AgentCallApproval.Status.PENDING)
+        | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).count()
+    responses = ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
+    requests = HitlRequest.objects.filter(project=project, status=HitlRequest.Status.PENDING).count()
+    lines = [f"{plural(calls, 'pending agent call')} will be cancelled (approved ones not yet started "
+             f"included), their budget reservations released."]
+    if responses:
+        lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
+    if requests:
+        lines.append(f"{plural(requests, 'pending HITL request')} will be cancelled.")
+    return lines
