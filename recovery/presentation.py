@@ -15,9 +15,16 @@ STEP_TITLES = {
 }
 
 
+# Keys whose plain reading says too little.
+KEY_LABELS = {
+    "allowance_today": "Override allowance today",  # what approved budget overrides added to the day's limits
+    "spent_month": "Spent this month",
+}
+
+
 def label(key) -> str:
     """``error_rate_high`` → ``Error rate high``."""
-    return str(key).replace("_", " ").capitalize()
+    return KEY_LABELS.get(key) or str(key).replace("_", " ").capitalize()
 
 
 def step_title(action: str) -> str:

@@ -7,12 +7,14 @@ and redirect (no JavaScript needed); a page the user may not act on answers 403 
 a project they cannot see 404."""
 import datetime
 import json
+from collections import Counter
 from decimal import Decimal
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -194,6 +196,29 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
         "recovery_form": recovery_form or RecoveryStartForm(),
         "error": error,
     }
+
+
+# --- projects ---------------------------------------------------------------------------
+@login_required
+@require_GET
+def project_list(request):
+    """Every project the user can see, stopped ones first: its status, what waits for a person
+    and its open tasks, each a link to its page (the stop button, the recovery, the budget)."""
+    projects = list(project_visible_to(user=request.user).order_by("name"))
+    ids = [p.pk for p in projects]
+    pending = Counter()
+    for model, status in ((AgentCallApproval, AgentCallApproval.Status.PENDING),
+                          (ResponseApproval, ResponseApproval.Status.PENDING),
+                          (BudgetOverrideRequest, BudgetOverrideRequest.Status.PENDING)):
+        pending.update(dict(model.objects.filter(project_id__in=ids, status=status).values_list("project_id")
+                            .annotate(n=Count("pk")).values_list("project_id", "n")))
+    open_tasks = dict(Task.objects.filter(project_id__in=ids, status__in=[
+        Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).values_list("project_id")
+        .annotate(n=Count("pk")).values_list("project_id", "n"))
+    rows = [{"project": p, "stopped": p.status == Project.Status.EMERGENCY_STOPPED, "pending": pending[p.pk],
+             "open_tasks": open_tasks.get(p.pk, 0)} for p in projects]
+    rows.sort(key=lambda row: not row["stopped"])  # stable: by name within each group
+    return render(request, "review/projects.html", {"rows": rows})
 
 
 # --- project page ---------------------------------------------------------------------

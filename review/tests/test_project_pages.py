@@ -1,6 +1,7 @@
 """The project, recovery and audit pages (issue 11): server-rendered, behind login and per-project
 permissions, writing only through the services."""
 import datetime
+import re
 from decimal import Decimal
 
 import pytest
@@ -372,3 +373,57 @@ def test_a_problem_in_another_projects_chain_is_not_detailed(project, other_proj
     html = web(reviewer).get(reverse("review:audit"), {"verify": 1}).content.decode()
     assert "Chain verified" in html and "OK." in html
     assert "1 problem in chains outside your projects" in html and f"row id={row.pk}" not in html
+
+
+# --- the projects list and the way there ----------------------------------------------
+def test_the_projects_page_lists_the_users_projects_stopped_first_with_what_waits(
+        project, other_project, agent, reviewer, admin_user):
+    """From the inbox nothing led to a project page (its stop button) unless a request was
+    pending or the project already stopped: a reviewer needed the project's id."""
+    from access.services import role_grant
+    from projects.services import project_create
+
+    third = project_create(actor=admin_user, name="Alpha", slug="alpha")
+    role_grant(user=reviewer, project=third, role="reviewer", actor=admin_user)
+    emergency_stop_trigger(project_id=third.pk, condition="manual_stop", reason="look", actor=reviewer)
+    call(project, agent, title="one")
+    call(project, agent, title="two")
+    r = web(reviewer).get(reverse("review:projects"))
+    html = r.content.decode()
+    assert r.status_code == 200
+    assert "Other" not in html  # no role there
+    rows = re.findall(r'<tr data-project="([^"]+)">(.*?)</tr>', html, re.S)
+    assert [pk for pk, _ in rows] == [str(third.pk), str(project.pk)]  # the stopped one first
+    alpha, demo = (row for _, row in rows)
+    assert "emergency stopped" in alpha and reverse("review:project", args=[third.pk]) in alpha
+    assert "active" in demo and reverse("review:project", args=[project.pk]) in demo
+    assert re.findall(r"<td>(\d+)</td>", demo) == ["2", "2"]  # two calls wait, two open tasks
+
+
+def test_every_review_page_links_the_inbox_the_projects_and_the_audit_log(project, agent, reviewer):
+    approval = call(project, agent)
+    client = web(reviewer)
+    for url in (reverse("review:inbox"), reverse("review:projects"), reverse("review:audit"),
+                reverse("review:project", args=[project.pk]), reverse("review:agent_approval", args=[approval.pk])):
+        html = client.get(url).content.decode()
+        nav = re.search(r'<nav aria-label="Main">(.*?)</nav>', html, re.S).group(1)
+        for target in ("review:inbox", "review:projects", "review:audit"):
+            assert f'href="{reverse(target)}"' in nav, (url, target)
+    inbox = client.get(reverse("review:inbox")).content.decode()
+    assert f'href="{reverse("review:project", args=[project.pk])}">Demo</a>' in inbox  # the row's project
+
+
+def test_the_live_inbox_fragment_carries_the_tab_title(project, agent, reviewer):
+    """The tab said "Inbox (0)" while the live list showed a pending request: htmx takes the
+    title of a swapped fragment, which had none."""
+    call(project, agent)
+    fragment = web(reviewer).get(reverse("review:inbox_items"), HTTP_HX_REQUEST="true").content.decode()
+    assert fragment.startswith("<title>Inbox (1) · BotArmy HITL</title>")
+    page = web(reviewer).get(reverse("review:inbox")).content.decode()
+    assert page.count("<title>") == 1  # the full page keeps its one title in its head
+
+
+def test_the_projects_page_needs_a_login_and_shows_no_project_to_someone_without_a_role(make_user, project):
+    assert web().get(reverse("review:projects")).status_code == 302
+    html = web(make_user("nobody")).get(reverse("review:projects")).content.decode()
+    assert "You have no role on any project yet" in html and "Demo" not in html

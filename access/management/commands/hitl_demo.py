@@ -55,6 +55,7 @@ class Command(BaseCommand):
             out(f"  {username:<9} {role:<18} password: {password}")
             out(f"  {'':<9} API key: {raw}")
         out("")
+        out(f"  Reviewer pages (live):    {url}/review/   (inbox, projects and their stop button, audit)")
         out(f"  Admin and approval queue: {url}/admin/   (log in as admin or reviewer)")
         out(f"  API docs (Swagger UI):    {url}/api/docs/")
         out(f"  OpenAPI schema:           {url}/api/schema/")
