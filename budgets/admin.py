@@ -26,6 +26,11 @@ class ProjectBudgetForm(forms.ModelForm):
         # The rule budgets.services.budget_limits_update enforces, shown next to the fields
         # (the service checks it again; the field ranges come from the model's validators).
         cleaned = super().clean()
+        for unit in ("token", "cost"):
+            daily, monthly = cleaned.get(f"daily_{unit}_limit"), cleaned.get(f"monthly_{unit}_limit")
+            if daily and monthly and daily > monthly:
+                self.add_error(f"daily_{unit}_limit", f"The daily {unit} limit ({daily}) is above the monthly one "
+                                                      f"({monthly}): one day could never use it.")
         percents = [cleaned.get(name) for name in ("warning_percent", "critical_percent", "emergency_percent")]
         if None not in percents and not percents[0] < percents[1] < percents[2]:
             raise forms.ValidationError(

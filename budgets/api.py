@@ -63,6 +63,9 @@ class BudgetApi(APIView):
         require_project_perm(request.user, roles.MANAGE, project, "set budget limits")
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
+        if not s.validated_data:  # {} or only fields that are not settings (tokens_used_today): nothing to change
+            raise serializers.ValidationError({"non_field_errors": [
+                f"Give at least one of {', '.join(self.InputSerializer().fields)}."]})
         budget_limits_update(project=project, actor=request.user, values=s.validated_data)
         return Response(BudgetOutputSerializer(budget_summary(project=project)).data)
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from budgets.hooks import budget_limits_changed
+from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import budget_for, current_windows
 from core.errors import Forbidden, InvalidInput, TransitionError
@@ -132,6 +133,11 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
             value = getattr(budget, name)
             if not isinstance(value, int) or not 0 < value <= 100:
                 errors[name] = ["Must be a whole percentage above 0 and at most 100."]
+        for unit, daily, monthly in (("token", budget.daily_token_limit, budget.monthly_token_limit),
+                                     ("cost", budget.daily_cost_limit, budget.monthly_cost_limit)):
+            if not errors and daily and monthly and daily > monthly:
+                errors[f"daily_{unit}_limit"] = [f"The daily {unit} limit ({daily}) is above the monthly one "
+                                                 f"({monthly}): one day could never use it."]
         if not errors and not budget.warning_percent < budget.critical_percent < budget.emergency_percent:
             errors["non_field_errors"] = [
                 f"Alert percentages must increase: warning ({budget.warning_percent}) < critical "
@@ -142,4 +148,7 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
         audit_record(actor=actor, action="budget.update", obj=budget, project_id=uow.project.pk, before=before,
                      after=values)
         budget_limits_changed(uow=uow)
+        # What is already spent and reserved, against the new limits: a lowered limit alerts now,
+        # not at the next call (each alert still fires once per window).
+        check_alerts(uow.project, budget, list(current_windows(uow.project, uow=uow)))
     return budget

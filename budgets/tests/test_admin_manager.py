@@ -71,6 +71,15 @@ def test_percentages_out_of_order_are_a_form_error(client, manager, budget):
     assert not AuditEvent.objects.filter(action="budget.update").exists()
 
 
+def test_a_daily_limit_above_the_monthly_one_is_a_form_error(client, manager, budget):
+    client.force_login(manager)
+    r = client.post(change_url(budget), form_data(daily_cost_limit="30.0000"))
+    assert r.status_code == 200 and b"is above the monthly one" in r.content
+    budget.refresh_from_db()
+    assert budget.daily_cost_limit == Decimal("100.0000")
+    assert not AuditEvent.objects.filter(action="budget.update").exists()
+
+
 def test_a_manager_adds_the_budget_of_their_project_only(client, manager, project, other_project):
     client.force_login(manager)
     r = client.get(ADD)

@@ -307,6 +307,41 @@ def test_limits_are_set_by_managers(project, manager, reviewer, client_for):
                                      format="json").status_code == 400
 
 
+def test_a_limits_change_needs_a_setting_and_a_daily_limit_within_the_monthly_one(project, manager, client_for):
+    """``{}`` or only fields that are not settings (the usage figures) answered 200 and changed
+    nothing; a daily limit above the monthly one was taken although no day could use it."""
+    boss, url = client_for(manager), f"/api/v1/budgets/{project.pk}"
+    before = boss.get(url).json()
+    for body in ({}, {"tokens_used_today": 0}, {"cost_incurred_today": "0.0000"}):
+        assert "daily_token_limit" in assert_error(boss.patch(url, body, format="json"), 400, "invalid",
+                                                   "non_field_errors")["fields"]["non_field_errors"][0]
+    r = boss.patch(url, {"daily_token_limit": 100, "monthly_token_limit": 50}, format="json")
+    assert "above the monthly one" in assert_error(r, 400, "invalid", "daily_token_limit")["fields"][
+        "daily_token_limit"][0]
+    r = boss.patch(url, {"daily_cost_limit": "2500.0000"}, format="json")  # the monthly one is 2000
+    assert_error(r, 400, "invalid", "daily_cost_limit")
+    assert boss.get(url).json() == before
+    assert boss.patch(url, {"daily_token_limit": 100, "monthly_token_limit": 0}, format="json").status_code == 200  # 0: no monthly limit
+
+
+def test_lowering_a_limit_below_what_is_used_alerts_at_once(project, agent, manager, client_for):
+    """The alerts waited for the next call: a manager who lowered the monthly limit under the
+    month's usage saw no alert. Each still fires once per window."""
+    call(project, agent, tokens=1000, cost="1.0000")
+    used = day_window(project).reserved_tokens  # the estimate (the server's count is its floor)
+    assert not BudgetAlert.objects.filter(project=project).exists()
+    boss, url = client_for(manager), f"/api/v1/budgets/{project.pk}"
+    limit = used * 100 // 90  # used is 90 % of it: past the warning (80 %), not the critical (95 %)
+    assert boss.patch(url, {"daily_token_limit": 0, "monthly_token_limit": limit}, format="json").status_code == 200
+    alerts = set(BudgetAlert.objects.filter(project=project).values_list("threshold_type", "alert_type"))
+    assert alerts == {("token_monthly", "warning")}
+    events = Event.objects.filter(project_id=project.pk, event_type="budget_alert")
+    assert [(e.data["threshold_type"], e.data["alert_type"]) for e in events] == [("token_monthly", "warning")]
+    assert boss.patch(url, {"monthly_token_limit": used}, format="json").status_code == 200  # 100 %
+    alerts = list(BudgetAlert.objects.filter(project=project).values_list("alert_type", flat=True))
+    assert sorted(alerts) == ["critical", "emergency", "warning"]  # the new ones only: no repeat
+
+
 def _money_refused(response, field):
     return assert_error(response, 400, "invalid", field)["fields"][field]
 
