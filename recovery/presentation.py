@@ -51,6 +51,13 @@ def readable(value) -> str:
     return str(value)
 
 
+def person(value) -> str:
+    """Who did it, as the pages name people: the audit's ``reviewer#2`` is ``reviewer``."""
+    text = readable(value)
+    name, _, number = text.rpartition("#")
+    return name if name and number.isdigit() else text
+
+
 def rows(data) -> list[tuple[str, str]]:
     """An object as (label, text) rows; anything else as one unlabelled row."""
     if isinstance(data, dict):
@@ -71,14 +78,14 @@ def assessment_sections(assessment: dict) -> list[dict]:
             ("Conditions", ", ".join(label(c) for c in stop.get("triggered_conditions") or []) or "—"),
             ("Reason", readable(stop.get("stop_reason"))),
             ("Severity", readable(stop.get("severity"))),
-            ("Triggered by", readable(stop.get("triggered_by"))),
+            ("Triggered by", person(stop.get("triggered_by"))),
             ("Started", readable(stop.get("created_at"))),
         ], "items": []})
     conditions = a.pop("conditions", None) or []
     if conditions:
         sections.append({"title": "What tripped", "rows": [], "items": [
             {"heading": f"{label(c.get('condition', '?'))} ({c.get('severity', '?')})",
-             "rows": [("Reason", readable(c.get("reason"))), ("By", readable(c.get("by"))),
+             "rows": [("Reason", readable(c.get("reason"))), ("By", person(c.get("by"))),
                       ("At", readable(c.get("at"))),
                       *[(label(k), readable(v)) for k, v in (c.get("data") or {}).items()]]}
             for c in conditions if isinstance(c, dict)]})

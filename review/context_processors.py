@@ -4,11 +4,24 @@ the page's rendering and the socket's opening). Lazy: a partial that uses neithe
 from django.utils.functional import SimpleLazyObject
 
 
+# The top bar's sections (review/project_partials/nav.html) and the pages under each: the section's
+# own page is marked aria-current="page", a page under it aria-current="true".
+NAV_SECTIONS = {
+    "inbox": ("inbox", "agent_approval", "response_approval", "hitl_request"),
+    "projects": ("projects", "project", "project_stop", "recovery_start", "recovery", "recovery_step_decide"),
+    "audit": ("audit",),
+}
+_SECTION_OF = {name: section for section, names in NAV_SECTIONS.items() for name in names}
+
+
 def review(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not request.path.startswith("/review/"):
         return {}
     from review.selectors import latest_event_id, stopped_projects
 
+    match = getattr(request, "resolver_match", None)
+    page = match.url_name if match is not None else None
     return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user)),
-            "last_event_id": SimpleLazyObject(latest_event_id)}
+            "last_event_id": SimpleLazyObject(latest_event_id),
+            "nav_page": page, "nav_section": _SECTION_OF.get(page)}

@@ -29,6 +29,7 @@ from budgets.selectors import budget_summary
 from core.errors import DomainError
 from emergency.models import SEVERITY_MEANINGS, Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
+from hitl.models import HitlRequest
 from projects import roles
 from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
@@ -149,13 +150,19 @@ def _budget_bars(summary: dict) -> dict:
     }
 
 
-def _pending_count(project) -> int:
-    """Everything of the project that waits for a person: calls, responses, overrides, recovery steps."""
-    return (AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING).count()
-            + ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
-            + BudgetOverrideRequest.objects.filter(project=project,
-                                                   status=BudgetOverrideRequest.Status.PENDING).count()
-            + (1 if RecoverySession.objects.filter(project=project, status__in=OPEN_RECOVERY).exists() else 0))
+def _pending_counts(project_ids) -> Counter:
+    """Per project, everything that waits for a person (as the inbox lists it): calls, responses,
+    overrides, questions and checkpoints, and an open recovery (its next step)."""
+    counts = Counter()
+    for model, status in ((AgentCallApproval, AgentCallApproval.Status.PENDING),
+                          (ResponseApproval, ResponseApproval.Status.PENDING),
+                          (BudgetOverrideRequest, BudgetOverrideRequest.Status.PENDING),
+                          (HitlRequest, HitlRequest.Status.PENDING)):
+        counts.update(dict(model.objects.filter(project_id__in=project_ids, status=status).values_list("project_id")
+                           .annotate(n=Count("pk")).values_list("project_id", "n")))
+    counts.update(RecoverySession.objects.filter(project_id__in=project_ids, status__in=OPEN_RECOVERY)
+                  .values_list("project_id", flat=True).distinct())
+    return counts
 
 
 def _active_stop(project):
@@ -187,7 +194,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
         "alerts": list(BudgetAlert.objects.filter(project=project).order_by("-triggered_at")[:ALERT_HISTORY]),
         "past_stops": list(EmergencyStop.objects.filter(project=project, resolved_at__isnull=False)
                            .order_by("-created_at")[:5]),
-        "pending_count": _pending_count(project),
+        "pending_count": _pending_counts([project.pk])[project.pk],
         "inbox_url": _inbox_url(),
         "can_stop": has_project_perm(user, roles.REVIEW, project),
         "can_manage": has_project_perm(user, roles.MANAGE, project),
@@ -206,12 +213,7 @@ def project_list(request):
     and its open tasks, each a link to its page (the stop button, the recovery, the budget)."""
     projects = list(project_visible_to(user=request.user).order_by("name"))
     ids = [p.pk for p in projects]
-    pending = Counter()
-    for model, status in ((AgentCallApproval, AgentCallApproval.Status.PENDING),
-                          (ResponseApproval, ResponseApproval.Status.PENDING),
-                          (BudgetOverrideRequest, BudgetOverrideRequest.Status.PENDING)):
-        pending.update(dict(model.objects.filter(project_id__in=ids, status=status).values_list("project_id")
-                            .annotate(n=Count("pk")).values_list("project_id", "n")))
+    pending = _pending_counts(ids)
     open_tasks = dict(Task.objects.filter(project_id__in=ids, status__in=[
         Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).values_list("project_id")
         .annotate(n=Count("pk")).values_list("project_id", "n"))

@@ -75,6 +75,20 @@ def test_assessment_sections_render_every_key_as_rows():
     assert sections[-1]["rows"] == [("A b", "yes")] and sections[1]["rows"] == [("Halted", "2")]
 
 
+def test_assessment_names_people_as_the_pages_do_and_explains_the_allowance():
+    """The audit's "manager#3" read as a raw id next to pages that say "manager"."""
+    sections = {s["title"]: s for s in assessment_sections({
+        "stop": {"triggered_conditions": ["manual_stop"], "triggered_by": "manager#3"},
+        "conditions": [{"condition": "manual_stop", "by": "rev#ie#w#er#12"},
+                       {"condition": "error_rate_high", "by": "system:error_rate_high"}],
+        "budget": {"allowance_today": "0.0000", "spent_month": "1.0000"}})}
+    assert ("Triggered by", "manager") in sections["The stop"]["rows"]
+    assert [item["rows"][1] for item in sections["What tripped"]["items"]] == [
+        ("By", "rev#ie#w#er"), ("By", "system:error_rate_high")]
+    assert sections["Budget today"]["rows"] == [("Override allowance today", "0.0000"),
+                                                ("Spent this month", "1.0000")]
+
+
 def test_approving_the_next_step_runs_it_through_the_service(client, session, reviewer):
     client.force_login(reviewer)
     first = steps_of(session)[0]

@@ -400,30 +400,39 @@ def test_the_projects_page_lists_the_users_projects_stopped_first_with_what_wait
     assert re.findall(r"<td>(\d+)</td>", demo) == ["2", "2"]  # two calls wait, two open tasks
 
 
-def test_every_review_page_links_the_inbox_the_projects_and_the_audit_log(project, agent, reviewer):
-    approval = call(project, agent)
+def waiting_on_page(html: str) -> int:
+    return int(re.search(r'<strong class="pp-big">(\d+)</strong>\s+requests? waits? for a person', html).group(1))
+
+
+def test_what_waits_counts_a_recovery_as_the_inbox_does(stopped, project, reviewer, manager):
+    """The list left out a recovery's next step, which the inbox and the project page showed."""
+    recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
     client = web(reviewer)
-    for url in (reverse("review:inbox"), reverse("review:projects"), reverse("review:audit"),
-                reverse("review:project", args=[project.pk]), reverse("review:agent_approval", args=[approval.pk])):
-        html = client.get(url).content.decode()
-        nav = re.search(r'<nav aria-label="Main">(.*?)</nav>', html, re.S).group(1)
-        for target in ("review:inbox", "review:projects", "review:audit"):
-            assert f'href="{reverse(target)}"' in nav, (url, target)
-    inbox = client.get(reverse("review:inbox")).content.decode()
-    assert f'href="{reverse("review:project", args=[project.pk])}">Demo</a>' in inbox  # the row's project
+    assert re.findall(r"<td>(\d+)</td>", client.get(reverse("review:projects")).content.decode())[0] == "1"
+    assert waiting_on_page(client.get(reverse("review:project", args=[project.pk])).content.decode()) == 1
 
 
-def test_the_live_inbox_fragment_carries_the_tab_title(project, agent, reviewer):
-    """The tab said "Inbox (0)" while the live list showed a pending request: htmx takes the
-    title of a swapped fragment, which had none."""
-    call(project, agent)
-    fragment = web(reviewer).get(reverse("review:inbox_items"), HTTP_HX_REQUEST="true").content.decode()
-    assert fragment.startswith("<title>Inbox (1) · BotArmy HITL</title>")
-    page = web(reviewer).get(reverse("review:inbox")).content.decode()
-    assert page.count("<title>") == 1  # the full page keeps its one title in its head
+def test_a_question_waits_for_a_person_on_the_list_and_the_project_page(project, agent, reviewer):
+    """Both left out questions and checkpoints, which the inbox showed."""
+    from hitl.services import hitl_request_create
+
+    hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="Which file?")
+    client = web(reviewer)
+    assert re.findall(r"<td>(\d+)</td>", client.get(reverse("review:projects")).content.decode())[0] == "1"
+    assert waiting_on_page(client.get(reverse("review:project", args=[project.pk])).content.decode()) == 1
 
 
 def test_the_projects_page_needs_a_login_and_shows_no_project_to_someone_without_a_role(make_user, project):
     assert web().get(reverse("review:projects")).status_code == 302
     html = web(make_user("nobody")).get(reverse("review:projects")).content.decode()
     assert "You have no role on any project yet" in html and "Demo" not in html
+
+
+def test_the_admin_and_review_pages_name_their_icon(reviewer):
+    """Without one, every browser asked for /favicon.ico and logged a 404 on each page."""
+    from django.contrib.staticfiles import finders
+
+    for client, url in ((web(), "/admin/login/"), (web(reviewer), reverse("review:inbox"))):
+        html = client.get(url).content.decode()
+        assert re.search(r'<link rel="icon" href="[^"]*review/favicon\.svg"', html), url
+    assert finders.find("review/favicon.svg")
