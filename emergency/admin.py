@@ -26,7 +26,7 @@ SEVERITY_HELP = SEVERITY_MEANINGS
 class StopPreview(Protocol):
     def __call__(self, *, project: Project) -> list[str]:
         """What stopping ``project`` will do to one domain's open work, counted now, as short
-        sentences ("3 pending agent calls will be cancelled"). Read-only."""
+        sentences ("3 agent calls will be cancelled"). Read-only."""
 
 
 # The domains above this one (calls, responses, requests) say what the stop will cancel of

@@ -20,8 +20,8 @@ def open_work_a_stop_cancels(*, project) -> list[str]:
         | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).count()
     responses = ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
     requests = HitlRequest.objects.filter(project=project, status=HitlRequest.Status.PENDING).count()
-    lines = [f"{plural(calls, 'pending agent call')} will be cancelled (approved ones not yet started "
-             f"included), their budget reservations released."]
+    lines = [f"{plural(calls, 'agent call')} will be cancelled (pending, or approved and not yet started), "
+             f"their budget reservations released."]
     if responses:
         lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
     if requests:

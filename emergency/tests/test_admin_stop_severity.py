@@ -45,7 +45,7 @@ def test_the_action_asks_for_reason_and_severity_and_says_what_will_happen(clien
                            ("critical", "an incident")):
         assert f'value="{value}"' in html and meaning in html
     assert 'id="id_severity_high" checked' in html  # high by default
-    assert "3 open tasks will be halted." in html and "2 pending agent calls will be cancelled" in html
+    assert "3 open tasks will be halted." in html and "2 agent calls will be cancelled (pending, or approved and not yet started)" in html
     assert Project.objects.get(pk=busy.pk).status == "active"  # nothing happened yet
 
 

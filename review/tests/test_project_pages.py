@@ -168,7 +168,7 @@ def test_the_confirmation_counts_every_call_the_stop_cancels(project, agent, rev
     url = reverse("review:project_stop", args=[project.pk])
     html = client.post(url, {"reason": "look", "severity": "high"}).content.decode()
     assert "3 open tasks will be halted." in html
-    assert "3 pending agent calls will be cancelled (approved ones not yet started included)" in html
+    assert "3 agent calls will be cancelled (pending, or approved and not yet started)" in html
     client.post(url, {"reason": "look", "severity": "high", "confirm": "yes"})
     assert len(EmergencyStop.objects.get(project=project).cancelled_approvals) == 3
 
