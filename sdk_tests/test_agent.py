@@ -168,6 +168,46 @@ def test_an_emergency_stop_during_run_cancels_it(world, bot):
     assert caught.value.emergency_stop_id == reviewer.emergency_status(world.project_id).active_stop.id
 
 
+def test_an_emergency_stop_ends_execute_task_sync_while_a_sync_run_is_still_in_its_thread(world, bot):
+    """A sync ``run`` that does not look at the stop: ``execute_task_sync`` still raises
+    EmergencyStopped without waiting for it (before, ``asyncio.run`` joined its thread first), and
+    the run sees ``context.stop_event`` set when it looks."""
+    running, release, finished = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    class Blocking(SafetyEnhancedBaseAgent):
+        agent_type = "coder"
+
+        def run(self, task, context):
+            running.set()
+            release.wait(20)  # busy with something that is not the stop
+            seen["stopped"] = context.stop_event.is_set()
+            try:
+                context.check_stop()
+            except EmergencyStopped:
+                seen["check_stop"] = "raised"
+            finished.set()
+            return {"never": "used"}
+
+    reviewer = world.client("reviewer")
+
+    def approve_then_stop(r, obj):
+        r.respond_approval(obj.approval_id, "approve")
+        assert running.wait(20)
+        r.emergency_stop(world.project_id, "stop the sync run")
+
+    reviewer_bot = bot(("agent", approve_then_stop))
+    try:
+        with pytest.raises(EmergencyStopped) as caught:
+            Blocking(world.client("agent"), world.project_id).execute_task_sync(title="sync job")
+        assert not finished.is_set(), "execute_task_sync waited for the run's thread to end"
+    finally:
+        release.set()
+    reviewer_bot.check()
+    assert caught.value.emergency_stop_id == reviewer.emergency_status(world.project_id).active_stop.id
+    assert finished.wait(10) and seen == {"stopped": True, "check_stop": "raised"}
+
+
 def test_a_call_over_the_budget_needs_an_override(world, bot):
     manager, agent, reviewer = world.client("manager"), world.client("agent"), world.client("reviewer")
     manager.update_budget(world.project_id, daily_cost_limit="1.0000")

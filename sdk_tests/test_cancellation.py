@@ -128,3 +128,78 @@ def test_a_close_error_is_not_raised():
         return True
 
     assert asyncio.run(scenario())
+
+
+class _NoStopClient(AsyncHitlClient):
+    def __init__(self):
+        super().__init__("http://127.0.0.1:9", "hitl_unused")
+
+    async def watch_emergency_stop(self, project_id):
+        await asyncio.sleep(3600)
+
+
+def _context():
+    return RunContext(input={}, approval=None, amended=False, round=1, modifications=[], extra={})
+
+
+def test_a_cancelled_execute_task_does_not_wait_for_its_sync_run():
+    """Ctrl-C (or a fleet's shutdown) cancels execute_task while a sync ``run`` is busy in its
+    thread: ``asyncio.run`` returns at once (``asyncio.to_thread`` made it join the thread first)
+    and the run's ``stop_event`` tells it to wind down."""
+    import threading
+
+    running, release, finished, contexts = threading.Event(), threading.Event(), threading.Event(), []
+
+    class Busy(SafetyEnhancedBaseAgent):
+        def run(self, task, context):
+            contexts.append(context)
+            running.set()
+            release.wait(20)
+            finished.set()
+            return {"late": True}
+
+    async def scenario():
+        client = _NoStopClient()
+        outer = asyncio.ensure_future(Busy(client, "p")._run_watched(None, _context()))
+        while not running.is_set():
+            await asyncio.sleep(0.01)
+        outer.cancel()
+        done, _ = await asyncio.wait({outer}, timeout=5)
+        await client.aclose()
+        return outer in done and outer.cancelled()
+
+    try:
+        assert asyncio.run(scenario()) is True
+        assert not finished.is_set(), "asyncio.run waited for the run's thread to end"
+        assert contexts[0].stop_event.is_set()
+    finally:
+        release.set()
+    assert finished.wait(5)
+
+
+def test_a_sync_run_gives_its_result_or_its_exception():
+    class Returns(SafetyEnhancedBaseAgent):
+        def run(self, task, context):
+            return {"value": 42}
+
+    class Raises(SafetyEnhancedBaseAgent):
+        def run(self, task, context):
+            raise KeyError("missing")
+
+    class StopsIterating(SafetyEnhancedBaseAgent):
+        def run(self, task, context):
+            raise StopIteration
+
+    async def outcome(agent_class):
+        client = _NoStopClient()
+        try:
+            return await agent_class(client, "p")._run_watched(None, _context())
+        except Exception as exc:  # noqa: BLE001 - the test looks at which
+            return exc
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(outcome(Returns)) == {"value": 42}
+    raised = asyncio.run(outcome(Raises))
+    assert isinstance(raised, KeyError) and raised.args == ("missing",)
+    assert isinstance(asyncio.run(outcome(StopsIterating)), RuntimeError)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import json
@@ -14,7 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Unio
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
 from .errors import EmergencyStopped, HitlError, ModificationRequired
-from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage
+from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage, money
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -192,7 +193,7 @@ class SafetyEnhancedBaseAgent:
         if inspect.iscoroutinefunction(self.run):
             runner: "asyncio.Future[Any]" = asyncio.ensure_future(cast(Awaitable[Any], self.run(task, context)))
         else:
-            runner = asyncio.ensure_future(asyncio.to_thread(self.run, task, context))
+            runner = _in_daemon_thread(self.run, task, context)
         watcher = asyncio.ensure_future(self.client.watch_emergency_stop(self.project_id))
         try:
             done, _ = await asyncio.wait({runner, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -222,6 +223,37 @@ class SafetyEnhancedBaseAgent:
         return RunResult(output={"result": value})
 
 
+def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+    """``fn(*args)`` in a daemon thread of its own, as a future of the running loop. Unlike
+    ``asyncio.to_thread`` (the loop's executor, which ``asyncio.run`` joins when it ends), nothing
+    waits for the thread: a stop or a cancel ends ``execute_task`` (and ``execute_task_sync``) at
+    once while a sync ``run`` winds down on its own (it sees ``context.stop_event``), and a run
+    that never looks at it does not keep the process alive."""
+    loop = asyncio.get_running_loop()
+    future: "asyncio.Future[Any]" = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():  # cancelled meanwhile: nobody wants the result
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def target() -> None:
+        try:
+            outcome = (True, ctx.run(fn, *args))
+        except StopIteration as exc:  # a future cannot hold StopIteration
+            outcome = (False, RuntimeError(f"run raised StopIteration: {exc}"))
+        except BaseException as exc:
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: execute_task is over
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=target, name=f"hitl-run-{getattr(fn, '__qualname__', 'run')}", daemon=True).start()
+    return future
+
+
 # --- @require_approval -------------------------------------------------------------------------
 @dataclass
 class WithUsage:
@@ -230,6 +262,9 @@ class WithUsage:
     value: Any
     tokens_used: int = 0
     actual_cost: Optional[Decimal] = None
+
+    def __post_init__(self) -> None:
+        self.actual_cost = money(self.actual_cost)
 
 
 def _input_of(signature: inspect.Signature, args: tuple, kwargs: dict) -> Dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Dict, Generic, List, Optional, Type, TypeVar
 
 T = TypeVar("T", bound="ApiObject")
@@ -16,6 +16,25 @@ AGENT_TYPES = ("orchestrator", "analyst", "architect", "coder", "tester", "deplo
 
 def _decimal(value: Any) -> Optional[Decimal]:
     return None if value is None else Decimal(str(value))
+
+
+def money(value: Any, name: str = "actual_cost") -> Optional[Decimal]:
+    """A money value an agent gives (a run's or a function's ``actual_cost``) as a ``Decimal``:
+    a Decimal, a decimal string or an int; never a float (the API refuses binary fractions, and
+    the run's output would be refused with it after the run), never text that is not a number."""
+    if value is None or isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            amount = Decimal(value.strip() if isinstance(value, str) else value)
+        except InvalidOperation:
+            raise ValueError(f"{name} must be a decimal number such as '0.0150', not {value!r}") from None
+    else:
+        raise TypeError(f"{name} must be a Decimal, a decimal string such as '0.0150' or an int, "
+                        f"not {type(value).__name__} ({value!r})")
+    if amount is not None and not amount.is_finite():
+        raise ValueError(f"{name} must be a finite decimal number, not {value!r}")
+    return amount
 
 
 def _time(value: Any) -> Optional[datetime]:
@@ -338,6 +357,9 @@ class Usage:
     tokens_used: int = 0
     actual_cost: Optional[Decimal] = None
 
+    def __post_init__(self) -> None:
+        self.actual_cost = money(self.actual_cost)
+
 
 @dataclass
 class RunResult:
@@ -348,3 +370,6 @@ class RunResult:
     actual_cost: Optional[Decimal] = None
     summary: str = ""
     next_steps: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.actual_cost = money(self.actual_cost)
