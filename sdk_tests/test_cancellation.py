@@ -203,3 +203,36 @@ def test_a_sync_run_gives_its_result_or_its_exception():
     raised = asyncio.run(outcome(Raises))
     assert isinstance(raised, KeyError) and raised.args == ("missing",)
     assert isinstance(asyncio.run(outcome(StopsIterating)), RuntimeError)
+
+
+def test_without_the_websocket_the_stop_watcher_polls_the_status(monkeypatch):
+    """``use_websocket=False``: the run's stop watcher reads the stop status (every
+    ``recheck_seconds / 3``, at least 1 s) and never opens a websocket."""
+    import httpx
+
+    from hitl_sdk import _async_client
+
+    reads, opened = [], []
+
+    def answer(request):
+        reads.append(request.url.path)
+        stopped = len(reads) >= 3
+        return httpx.Response(200, json={"project_id": "p", "stopped": stopped,
+                                         "active_stop": {"id": "s1", "stop_reason": "halt"} if stopped else None})
+
+    async def no_websocket(*args, **kwargs):
+        opened.append(args)
+        raise OSError("no websocket here")
+
+    monkeypatch.setattr(_async_client._AsyncWS, "connect", no_websocket)
+
+    async def scenario():
+        client = AsyncHitlClient("http://hitl.test", "hitl_unused", use_websocket=False, recheck_seconds=3,
+                                 transport=httpx.MockTransport(answer))
+        try:
+            return await asyncio.wait_for(client.watch_emergency_stop("p"), 10)
+        finally:
+            await client.aclose()
+
+    stop = asyncio.run(scenario())
+    assert stop.id == "s1" and reads == ["/api/v1/emergency/status/p"] * 3 and opened == []

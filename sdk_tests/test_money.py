@@ -1,5 +1,6 @@
 """What a run or a gated function reports it spent is money: a Decimal, whatever it was given as,
-and a float or a word is refused where it is written, not by the server after the run."""
+and what the API would refuse (a float, a word, a negative amount, a fraction of 0.0001) is refused
+where it is written, not by the server after the run; token counts likewise."""
 from decimal import Decimal
 
 import pytest
@@ -19,9 +20,32 @@ def test_actual_cost_is_kept_as_a_decimal(kind, given, kept):
 
 @pytest.mark.parametrize("given, error", [(0.015, TypeError), (True, TypeError), ([1], TypeError),
                                           ("abc", ValueError), ("", ValueError), ("NaN", ValueError),
-                                          ("Infinity", ValueError)])
+                                          ("Infinity", ValueError), ("-0.5", ValueError), (-1, ValueError),
+                                          ("0.000012345", ValueError), ("100000000", ValueError)])
 def test_a_float_or_a_word_is_refused_at_once(given, error):
     with pytest.raises(error, match="actual_cost"):
         RunResult(output={}, actual_cost=given)
     with pytest.raises(error, match="actual_cost"):
         WithUsage(None, actual_cost=given)
+
+
+@pytest.mark.parametrize("given, error", [(1.5, TypeError), ("12", TypeError), (None, TypeError), (False, TypeError),
+                                          (-5, ValueError), (2**31, ValueError)])
+def test_a_token_count_is_a_whole_number_the_api_takes(given, error):
+    with pytest.raises(error, match="tokens_used"):
+        RunResult(output={}, tokens_used=given)
+    with pytest.raises(error, match="tokens_used"):
+        WithUsage(None, tokens_used=given)
+    assert RunResult(output={}, tokens_used=2**31 - 1).tokens_used == 2**31 - 1
+
+
+def test_a_bad_request_says_which_field_and_why():
+    from hitl_sdk.errors import BadRequest, error_from_response
+
+    exc = error_from_response(400, {"error": "invalid", "detail": "Invalid input.",
+                                    "fields": {"actual_cost": ["Ensure that there are no more than 4 decimal places."],
+                                               "budget": {"daily_cost_limit": ["Must be positive."]}}})
+    assert isinstance(exc, BadRequest) and exc.detail == "Invalid input."
+    assert str(exc) == ("400 invalid: Invalid input. actual_cost: Ensure that there are no more than 4 decimal "
+                        "places.; budget: daily_cost_limit: Must be positive.")
+    assert str(error_from_response(400, {"error": "invalid", "detail": "Bad JSON."})) == "400 invalid: Bad JSON."

@@ -253,6 +253,16 @@ def join_literals(text: str) -> str | None:
 
 # --- segments ------------------------------------------------------------------------------------------
 
+DERIVED_LABELS = ("joined", "spaced", "unicode tags", "base64", "hex", "url-encoded")
+_DERIVED_SUFFIX = re.compile(r" \((?:" + "|".join(re.escape(label) for label in DERIVED_LABELS) + r")\)$")
+
+
+def base_location(location: str) -> str:
+    """The location a derived segment was derived from (``input_data.code (joined)`` ->
+    ``input_data.code``); a location that is not derived is its own."""
+    return _DERIVED_SUFFIX.sub("", location)
+
+
 @dataclass
 class Normalised:
     segments: tuple[Segment, ...]

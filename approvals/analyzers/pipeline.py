@@ -32,7 +32,7 @@ from django.conf import settings
 
 from .base import SEVERITY_RANK, Analyzer, load_analyzers
 from .context import MAX_SCAN_CHARS, ResponseContext, RiskContext, Segment
-from .normalise import Finding, normalise_segments
+from .normalise import Finding, base_location, normalise_segments
 from .scores import combine
 
 logger = logging.getLogger(__name__)
@@ -196,9 +196,18 @@ class _Collector:
                 SEVERITY_RANK[old["severity"]], old["confidence"]):
             self.flags[key] = flag
 
+    def _repeats_its_source(self, key: tuple[str, str]) -> bool:
+        """A derived segment's flag (``... (joined)``, ``... (spaced)``) that finds only what was
+        already found in the text it was derived from: the same finding, not a second one."""
+        code, location = key
+        source = base_location(location)
+        return source != location and self.prints[key] <= self.prints.get((code, source), set())
+
     def result(self) -> list[dict]:
         out = []
         for key, flag in self.flags.items():
+            if self._repeats_its_source(key):
+                continue
             more = len(self.prints[key]) - 1
             if more > 0 and not flag["code"].startswith("cost."):
                 flag = {**flag, "message": f"{flag['message']} (+{more} more)"}

@@ -146,6 +146,21 @@ def test_join_literals():
     assert join_literals('{"a": "b", "c": "d"}') is None
 
 
+def test_a_secret_found_again_in_a_joined_copy_is_one_flag():
+    """The demo coder's leaked key: the code's string literals, joined for the scan, hold the same
+    key again; reviewers must see one flag per key (the copy doubled them and halved the score)."""
+    code = ('BASE = "https://" + "api.example.com"\n\n'
+            'AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"\n'
+            'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"\n')
+    flags = analyze_response(response({"files": {"billing/export.py": code}}))["risk_flags"]
+    secrets = [(f["code"], f["location"]) for f in flags if f["code"].startswith("secret.aws")]
+    assert sorted(secrets) == [("secret.aws_access_key", 'agent_response.files["billing/export.py"]'),
+                               ("secret.aws_secret_key", 'agent_response.files["billing/export.py"]')]
+    # a key that only the joining reveals is still found, where it was joined
+    split = analyze_response(response({"files": {"a.py": 'KEY = "AKIAIOSFOD" + "NN7EXAMPLE"\n'}}))["risk_flags"]
+    assert [f["location"] for f in split if f["code"] == "secret.aws_access_key"] == ['agent_response.files["a.py"] (joined)']
+
+
 def test_normalisation_is_bounded():
     blob = " ".join(base64.b64encode(f"chunk number {i} of text".encode()).decode() for i in range(5000))
     started = time.perf_counter()

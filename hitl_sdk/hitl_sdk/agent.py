@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Unio
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
 from .errors import EmergencyStopped, HitlError, ModificationRequired
-from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage, money
+from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -264,6 +264,7 @@ class WithUsage:
     actual_cost: Optional[Decimal] = None
 
     def __post_init__(self) -> None:
+        self.tokens_used = token_count(self.tokens_used)
         self.actual_cost = money(self.actual_cost)
 
 

@@ -24,7 +24,16 @@ class HitlError(Exception):
 
 # --- HTTP errors ---------------------------------------------------------------------------
 class BadRequest(HitlError):
-    """400 ``invalid``: ``fields`` maps each bad field to its messages."""
+    """400 ``invalid``: ``fields`` maps each bad field to its messages, which ``str(exc)`` names
+    too, so an agent that puts it in its transcript learns what to change."""
+
+    def __init__(self, detail: str = "", *, status: Optional[int] = None, code: Optional[str] = None,
+                 body: Optional[dict] = None, message: Optional[str] = None) -> None:
+        fields = (body or {}).get("fields")
+        if message is None and status and isinstance(fields, dict) and fields:
+            message = f"{status} {code}: {detail} " + "; ".join(
+                f"{name}: {_messages(problems)}" for name, problems in fields.items())
+        super().__init__(detail, status=status, code=code, body=body, message=message)
 
     @property
     def fields(self) -> dict:
@@ -152,6 +161,15 @@ class BudgetOverrideRequired(ApprovalError):
         super().__init__(detail, approval_id=approval_id, approval=approval, code="budget_override_required",
                          message=(f"This action would pass the project's budget; it needs the budget override "
                                   f"{override_id} approved by a person first ({detail or 'over a limit'})."))
+
+
+def _messages(problems: Any) -> str:
+    """A field's messages as one line (a list of strings, or nested fields of an object)."""
+    if isinstance(problems, dict):
+        return "; ".join(f"{name}: {_messages(inner)}" for name, inner in problems.items())
+    if isinstance(problems, (list, tuple)):
+        return " ".join(_messages(p) for p in problems)
+    return str(problems)
 
 
 _BY_STATUS = {400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Expired,

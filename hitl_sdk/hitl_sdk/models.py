@@ -18,11 +18,18 @@ def _decimal(value: Any) -> Optional[Decimal]:
     return None if value is None else Decimal(str(value))
 
 
+MAX_COST = Decimal("99999999.9999")  # the API's money: 4 places, at most 12 digits, never negative
+MAX_TOKENS = 2**31 - 1
+
+
 def money(value: Any, name: str = "actual_cost") -> Optional[Decimal]:
     """A money value an agent gives (a run's or a function's ``actual_cost``) as a ``Decimal``:
-    a Decimal, a decimal string or an int; never a float (the API refuses binary fractions, and
-    the run's output would be refused with it after the run), never text that is not a number."""
-    if value is None or isinstance(value, Decimal):
+    a Decimal, a decimal string or an int the API accepts (not negative, at most 4 places and
+    99999999.9999). A float or anything else raises here, where it is written, rather than after
+    the run, where the server would refuse the report and the run's output with it."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
         amount = value
     elif isinstance(value, (str, int)) and not isinstance(value, bool):
         try:
@@ -32,9 +39,20 @@ def money(value: Any, name: str = "actual_cost") -> Optional[Decimal]:
     else:
         raise TypeError(f"{name} must be a Decimal, a decimal string such as '0.0150' or an int, "
                         f"not {type(value).__name__} ({value!r})")
-    if amount is not None and not amount.is_finite():
-        raise ValueError(f"{name} must be a finite decimal number, not {value!r}")
+    if not amount.is_finite() or amount < 0 or amount > MAX_COST:
+        raise ValueError(f"{name} must be a decimal number from 0 to {MAX_COST}, not {value!r}")
+    if amount != amount.quantize(Decimal("0.0001")):
+        raise ValueError(f"{name} has at most 4 decimal places (the API counts money in 0.0001), not {value!r}")
     return amount
+
+
+def token_count(value: Any, name: str = "tokens_used") -> int:
+    """A token count an agent reports: a whole number from 0 to 2**31 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number (int), not {type(value).__name__} ({value!r})")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"{name} must be from 0 to {MAX_TOKENS}, not {value}")
+    return value
 
 
 def _time(value: Any) -> Optional[datetime]:
@@ -358,6 +376,7 @@ class Usage:
     actual_cost: Optional[Decimal] = None
 
     def __post_init__(self) -> None:
+        self.tokens_used = token_count(self.tokens_used)
         self.actual_cost = money(self.actual_cost)
 
 
@@ -372,4 +391,5 @@ class RunResult:
     next_steps: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.tokens_used = token_count(self.tokens_used)
         self.actual_cost = money(self.actual_cost)
