@@ -6,6 +6,7 @@ import uuid
 from functools import wraps
 
 from django.db import IntegrityError, transaction
+from django.http import HttpResponse
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
@@ -102,8 +103,11 @@ def idempotent(post):
                     raise ValidationError(
                         {"Idempotency-Key": ["This key was already used with a different request."]}
                     ) from None
-                return Response(previous.response_body, status=previous.status_code,
-                                headers={"Idempotent-Replayed": "true"})
+                replayed = {"Idempotent-Replayed": "true"}
+                if isinstance(previous.response_body, str):  # the answer's JSON text, byte for byte
+                    return HttpResponse(previous.response_body, status=previous.status_code,
+                                        content_type="application/json", headers=replayed)
+                return Response(previous.response_body, status=previous.status_code, headers=replayed)
             try:
                 response = post(self, request, *args, **kwargs)
             except EmergencyStopActive as exc:
@@ -116,7 +120,9 @@ def idempotent(post):
                     transaction.set_rollback(True)  # errors are not stored: a retry tries again
                     return response
                 record.status_code = response.status_code
-                record.response_body = json.loads(JSONRenderer().render(response.data))
+                # The JSON text itself (a JSON string in the column): stored as an object, PostgreSQL's
+                # jsonb would give its keys back in its own order and the replay would differ.
+                record.response_body = JSONRenderer().render(response.data).decode()
                 record.save(update_fields=["status_code", "response_body"])
                 return response
         raise refused

@@ -17,7 +17,7 @@ class IdempotencyRecord(models.Model):
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="sha256 of method, path and body")
     status_code = models.PositiveSmallIntegerField()
-    response_body = models.JSONField()
+    response_body = models.JSONField()  # the answer's JSON text as a JSON string (older rows: the object)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

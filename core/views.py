@@ -1,9 +1,10 @@
 """JSON answers for API paths that no view handles, and the health endpoint."""
-from django.db import connection
+from django.conf import settings
+from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -45,29 +46,56 @@ def not_found(request, exception=None):
 
 
 class HealthApi(APIView):
-    """Liveness of the database and of Celery beat + worker (the heartbeat task's last run)."""
+    """Liveness of the database, Redis (when used) and Celery beat + worker (the heartbeat task's
+    last run). 503 when the database does not answer: nothing can be decided then. Redis down is
+    reported but still 200: decisions go on without it (live events and Celery wait for it)."""
 
     permission_classes = [AllowAny]
     authentication_classes = []
 
     @extend_schema(
-        responses=inline_serializer(
-            name="Health",
-            fields={
-                "database": serializers.CharField(),
-                "heartbeat": serializers.DateTimeField(allow_null=True,
-                                                       help_text="last run of the beat heartbeat task"),
-                "heartbeat_age_seconds": serializers.FloatField(allow_null=True),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                name="Health",
+                fields={
+                    "database": serializers.CharField(help_text="the database's vendor, or 'unreachable'"),
+                    "redis": serializers.ChoiceField(choices=["ok", "unreachable", "not used"]),
+                    "heartbeat": serializers.DateTimeField(allow_null=True,
+                                                           help_text="last run of the beat heartbeat task"),
+                    "heartbeat_age_seconds": serializers.FloatField(allow_null=True),
+                },
+            ),
+            503: OpenApiResponse(description="the database does not answer (the body also has error and detail)"),
+        },
         auth=[],
     )
     def get(self, request):
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        beat = Heartbeat.objects.filter(name="beat").first()
-        return Response({
-            "database": connection.vendor,
-            "heartbeat": beat.last_seen if beat else None,
-            "heartbeat_age_seconds": round((timezone.now() - beat.last_seen).total_seconds(), 3) if beat else None,
-        })
+        body = {"database": connection.vendor, "redis": _redis_health(), "heartbeat": None,
+                "heartbeat_age_seconds": None}
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            beat = Heartbeat.objects.filter(name="beat").first()
+        except DatabaseError:
+            body["database"] = "unreachable"
+            return Response({**error_body("unavailable", "The database does not answer."), **body}, status=503)
+        if beat:
+            body["heartbeat"] = beat.last_seen
+            body["heartbeat_age_seconds"] = round((timezone.now() - beat.last_seen).total_seconds(), 3)
+        return Response(body)
+
+
+def _redis_health() -> str:
+    url = getattr(settings, "REDIS_URL", "")
+    if not url:
+        return "not used"
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        return "unreachable"
+    finally:
+        client.close()
+    return "ok"

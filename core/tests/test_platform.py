@@ -41,6 +41,27 @@ def test_health_reports_the_beat_heartbeat():
     assert body["heartbeat"] is not None and 0 <= body["heartbeat_age_seconds"] < 60
 
 
+def test_health_reports_redis(settings):
+    client = APIClient()
+    body = client.get("/api/v1/health").json()
+    assert body["redis"] == ("ok" if os.environ.get("REDIS_URL") else "not used")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200 and r.json()["redis"] == "unreachable"  # decisions go on without Redis
+
+
+def test_health_is_503_when_the_database_does_not_answer(monkeypatch):
+    from django.db import OperationalError
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(connection, "cursor", refuse)
+    r = APIClient().get("/api/v1/health")
+    assert r.status_code == 503
+    assert r.json()["error"] == "unavailable" and r.json()["database"] == "unreachable"
+
+
 def test_beat_schedule_runs_the_heartbeat():
     entry = settings.CELERY_BEAT_SCHEDULE["core-heartbeat"]
     assert entry["task"] == heartbeat_task.name == "core.heartbeat"
