@@ -23,7 +23,7 @@ from approvals.models import AgentCallApproval, FlagLabel, ResponseApproval
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
 from approvals.services.common import call_uow
-from approvals.services.usage import priced_cost, record_settlement
+from approvals.services.usage import priced_cost, record_settlement, refuse_lower_totals
 from audit.services import audit_record
 from budgets.services import budget_settle
 from core import rawrows
@@ -125,6 +125,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
         # stopped: the usage is still recorded (the tokens were spent); the output is not taken
         settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost)
+        refuse_lower_totals(settlement, current_status=call.status)
         record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
         if settlement.settled and settlement.recorded is None:  # the first report (a later one: budget.adjust)
             audit_record(actor=submitter, action="agent_approval.settle", obj=call,

@@ -49,14 +49,20 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
         if actual_cost is None:
             actual_cost = priced_cost(approval, tokens_used)
         settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost)
-        if settlement.below:
-            tokens, cost = settlement.recorded
-            raise TransitionError(
-                f"This call's usage is already reported as {tokens} tokens and {cost:.4f}: a report gives the "
-                f"call's total usage, which can only grow.", current_status=approval.status,
-                tokens_used=tokens, actual_cost=f"{cost:.4f}")
+        refuse_lower_totals(settlement, current_status=approval.status)
         record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
     return approval, settlement.settled
+
+
+def refuse_lower_totals(settlement, *, current_status: str) -> None:
+    """409 for a report below the call's totals on record (a usage report or a response's
+    ``tokens_used`` / ``actual_cost``): a report gives the call's total usage, which only grows."""
+    if settlement.below:
+        tokens, cost = settlement.recorded
+        raise TransitionError(
+            f"This call's usage is already reported as {tokens} tokens and {cost:.4f}: a report gives the "
+            f"call's total usage, which can only grow.", current_status=current_status,
+            tokens_used=tokens, actual_cost=f"{cost:.4f}")
 
 
 def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_used: int, actual_cost) -> None:

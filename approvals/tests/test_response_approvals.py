@@ -137,6 +137,20 @@ def test_usage_reported_first_is_not_counted_twice(started, agent_client, projec
     assert spent_tokens(project) == 900
 
 
+def test_a_response_below_the_usage_already_reported_is_409_and_changes_nothing(started, agent_client, project):
+    call = started()
+    r = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", {"tokens_used": 1200,
+                                                                                   "actual_cost": "0.0100"},
+                          format="json")
+    assert r.status_code == 200
+    lower = submit(agent_client, call)  # 900 tokens, 0.0080: below the totals on record
+    assert lower.status_code == 409, lower.content
+    assert lower.json()["tokens_used"] == 1200 and lower.json()["actual_cost"] == "0.0100"
+    assert ResponseApproval.objects.count() == 0 and spent_tokens(project) == 1200
+    same = submit(agent_client, call, tokens_used=1200, actual_cost="0.0100")  # the totals again: taken
+    assert same.status_code == 201 and same.json()["tokens_used"] == 1200 and spent_tokens(project) == 1200
+
+
 def test_cost_is_priced_from_the_calls_model_when_omitted(started, agent_client):
     call = started()
     body = response_body(call)
