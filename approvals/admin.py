@@ -29,6 +29,7 @@ from budgets.models import BudgetOverrideRequest
 from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
+from core.parsers import loads_strict
 
 PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
@@ -55,10 +56,6 @@ class VisibleProjectFilter(admin.RelatedFieldListFilter):
 
 
 # --- decisions on an approval's own page (change view) ---------------------------------
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _textarea(rows: int, **attrs):
     return forms.Textarea(attrs={"rows": rows, "cols": 80, **attrs})
 
@@ -112,7 +109,7 @@ class AgentCallDecisionForm(_DecisionForm):
         if self.decision != "amend" or not text.strip():
             return None
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
+            value = loads_strict(text)
         except ValueError as err:
             raise forms.ValidationError(f"Not valid JSON: {err}.") from err
         if not isinstance(value, dict):

@@ -70,3 +70,18 @@ def _text_encoding(name: str) -> str:
 
 def _refuse_constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_strict(text: str):
+    """JSON typed by a person into a form (an amended input or answer), held to the API's rules:
+    no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
+    with the reason otherwise (never a RecursionError or a value the database refuses)."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
+    try:
+        _check_document(value, "the JSON")
+    except ParseError as exc:
+        raise ValueError(str(exc.detail).removeprefix("JSON parse error - ")) from None
+    return value

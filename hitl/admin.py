@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError, InvalidInput
+from core.parsers import loads_strict
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
 from projects import roles
@@ -70,7 +71,7 @@ class HitlAnswerForm(forms.Form):
         if not text.strip():
             raise forms.ValidationError("This is required.")
         try:
-            return json.loads(text)
+            return loads_strict(text)
         except ValueError:
             return text  # plain text is an amendment too
 

@@ -2,11 +2,12 @@
 filtered by their project roles (someone else's approval is 404); every decision goes through
 the domain's service, and a refused one (409 / 410 / 423 / 403 / 400) is shown as a message on
 the page, never a 500. htmx requests get the swapped fragment; plain form posts the page."""
-import json
+
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -14,11 +15,24 @@ from django.views.decorators.http import require_GET, require_POST
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError
+from core.parsers import loads_strict
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
+
+
+def without_nul(view):
+    """A posted field with a NUL character (U+0000: PostgreSQL cannot store it; Django's form
+    fields refuse it, these views read the post themselves) is a 400 that decides nothing."""
+    @wraps(view)
+    def guarded(request, *args, **kwargs):
+        if any("\x00" in value for _, values in request.POST.lists() for value in values):
+            return HttpResponseBadRequest("A field holds a NUL character (U+0000), which cannot be stored. "
+                                          "Nothing was decided.", content_type="text/plain; charset=utf-8")
+        return view(request, *args, **kwargs)
+    return guarded
 
 
 def _is_htmx(request) -> bool:
@@ -60,6 +74,7 @@ def inbox_items(request):
 
 @login_required
 @require_POST
+@without_nul
 def override_decide(request, override_id):
     """Approve or reject a budget override from the inbox (reject needs a reason)."""
     override = selectors.visible_override(user=request.user, override_id=override_id)
@@ -172,6 +187,7 @@ def agent_approval_panel(request, approval_id):
 
 @login_required
 @require_POST
+@without_nul
 def agent_approval_decide_view(request, approval_id):
     approval = _call_for(request, approval_id)
     decision = request.POST.get("decision", "")
@@ -183,7 +199,7 @@ def agent_approval_decide_view(request, approval_id):
     amended = None
     if decision == "approve" and amend_raw is not None:
         try:
-            amended = json.loads(amend_raw)
+            amended = loads_strict(amend_raw)
         except ValueError as exc:
             panel.update(amend_text=amend_raw, amend_error=f"This is not valid JSON: {exc}. Nothing was decided.")
             status = 400
@@ -281,6 +297,7 @@ def response_approval_panel(request, approval_id):
 
 @login_required
 @require_POST
+@without_nul
 def response_approval_decide_view(request, approval_id):
     response = _response_for(request, approval_id)
     decision = request.POST.get("decision", "")
@@ -342,6 +359,7 @@ def hitl_request(request, request_id):
 
 @login_required
 @require_POST
+@without_nul
 def hitl_request_decide(request, request_id):
     """Approve (with the chosen option or an answer), reject (with a reason) or amend (with what
     to do instead: JSON, or plain text) through hitl.services.hitl_request_respond."""
@@ -353,7 +371,7 @@ def hitl_request_decide(request, request_id):
     amended = None
     if action == "amend":
         try:
-            amended = json.loads(amended_text)
+            amended = loads_strict(amended_text)
         except ValueError:
             amended = amended_text        # plain text is a valid amendment too
     try:

@@ -78,6 +78,7 @@ def test_approve_with_amended_input(browser, call):
     ('{"files": [', "Not valid JSON"),
     ('["a list"]', "Must be a JSON object"),
     ('{"x": NaN}', "Not valid JSON"),
+    ('{"a": ' * 3000 + "1" + "}" * 3000, "nesting is deeper than 64 levels"),  # was a RecursionError: a 500
     ("", "This is required"),
 ])
 def test_bad_amended_json_is_a_form_error_and_decides_nothing(browser, call, text, error):
@@ -86,7 +87,7 @@ def test_bad_amended_json_is_a_form_error_and_decides_nothing(browser, call, tex
     html = r.content.decode()
     assert error in html
     if text:
-        assert "files&quot;: [" in html or "a list" in html or "NaN" in html  # what was typed is kept
+        assert "files&quot;: [" in html or "a list" in html or "NaN" in html or "&quot;a&quot;: {" in html  # kept
     call.refresh_from_db()
     assert call.status == "pending" and call.amended_input_data is None
     assert not AuditEvent.objects.filter(action__startswith="agent_approval.approve").exists()

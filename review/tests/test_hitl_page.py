@@ -51,8 +51,40 @@ def test_a_checkpoint_is_amended_with_json_and_the_asker_cannot_answer(project, 
     assert req.status == "amended" and req.amended_content == {"plan": ["build"]}
 
 
+@pytest.mark.parametrize("text", ["NaN", '{"x": Infinity}', '{"a": ' * 3000 + "1" + "}" * 3000])
+def test_an_amendment_that_is_not_strict_json_is_kept_as_the_text_typed(project, agent, reviewer, text):
+    """NaN and a 3,000-deep object were a 500 page (the database refused NaN; the parser recursed):
+    like any text that is not JSON, they are the plain-text amendment."""
+    req = ask(project, agent, request_type="checkpoint", question="Go on?")
+    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": text})
+    assert r.status_code == 302
+    req.refresh_from_db()
+    assert req.status == "amended" and req.amended_content == text
+
+
 def test_outsiders_get_404_and_login_is_required(project, agent, outsider):
     req = ask(project, agent)
     assert Client().get(f"/review/hitl/{req.pk}").status_code == 302
     assert browser(outsider).get(f"/review/hitl/{req.pk}").status_code == 404
     assert browser(outsider).post(f"/review/hitl/{req.pk}/decide", {"action": "reject"}).status_code == 404
+
+
+def test_a_nul_character_in_any_decision_field_is_400_and_decides_nothing(project, agent, reviewer):
+    """PostgreSQL cannot store U+0000: a reason, an answer or an amendment holding one was a 500
+    page; now every decision view answers 400 before deciding."""
+    from approvals.models import AgentCallApproval
+    from review.tests.test_decisions import decide_url, make_call, web
+
+    call = make_call(project, agent)
+    req = ask(project, agent, request_type="checkpoint", question="Go on?")
+    posts = [(decide_url(call), {"decision": "reject", "reason": "bad\x00reason"}),
+             (decide_url(call), {"decision": "approve", "amended_input_data": '{"a": "x\x00y"}'}),
+             (f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": "a\x00b"}),
+             (f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "a\x00b"})]
+    for url, data in posts:
+        r = web(reviewer).post(url, data)
+        assert r.status_code == 400 and "NUL character" in r.content.decode(), (url, data)
+    assert AgentCallApproval.objects.get(pk=call.pk).status == "pending"
+    req.refresh_from_db()
+    assert req.status == "pending"
+    assert not AuditEvent.objects.filter(action__in=("agent_approval.reject", "hitl.amend", "hitl.reject")).exists()
