@@ -93,6 +93,8 @@ api_v1 = [
     # agent-approvals/<id>/wait and response-approvals/<id>/wait are Channels consumers: see approvals/routing.py and botarmy_hitl/asgi.py
 ]
 
+admin.site.site_url = "/review/"  # the admin's "View site": the reviewers' pages
+
 urlpatterns = [
     path("", include("core.urls")),
     path("admin/", admin.site.urls),

@@ -94,6 +94,7 @@ class UsageEntry(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        verbose_name_plural = "usage entries"
         constraints = [
             models.UniqueConstraint(fields=["approval"], condition=Q(kind="reserve"), name="usage_one_reserve"),
             models.UniqueConstraint(fields=["approval"], condition=Q(kind="settle"), name="usage_one_settle"),

@@ -145,7 +145,8 @@ class ProjectWithStopAdmin(ProjectAdmin):
             if created:
                 self.message_user(request, f"{project}: stopped (severity {stop.severity}): "
                                   f"{plural(len(stop.stopped_tasks), 'task')} halted, "
-                                  f"{plural(len(stop.cancelled_approvals), 'open call')} cancelled. Agents get 423 "
+                                  f"{plural(len(stop.cancelled_approvals), 'open request')} cancelled (agent calls, responses "
+                                  f"awaiting review, questions). Agents get 423 "
                                   f"until a recovery lifts the stop.", messages.SUCCESS)
             else:
                 self.message_user(request, f"{project}: already stopped; your reason was added to the active stop "

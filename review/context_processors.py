@@ -1,6 +1,7 @@
-"""Context for every template (registered in settings): the emergency banners of base.html and
-the id of the newest event, from which the page's websocket resumes (no event is missed between
-the page's rendering and the socket's opening). Lazy: a partial that uses neither costs no query."""
+"""Context for every template (registered in settings): the emergency banners of base.html (and of
+the admin's base_site.html) and the id of the newest event, from which the page's websocket resumes
+(no event is missed between the page's rendering and the socket's opening). Lazy: a partial that
+uses neither costs no query."""
 from django.utils.functional import SimpleLazyObject
 
 
@@ -16,9 +17,12 @@ _SECTION_OF = {name: section for section, names in NAV_SECTIONS.items() for name
 
 def review(request):
     user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated or not request.path.startswith("/review/"):
+    if user is None or not user.is_authenticated or not request.path.startswith(("/review/", "/admin/")):
         return {}
     from review.selectors import latest_event_id, stopped_projects
+
+    if request.path.startswith("/admin/"):  # the admin shows the same stop banners (admin/base_site.html)
+        return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user))}
 
     match = getattr(request, "resolver_match", None)
     page = match.url_name if match is not None else None

@@ -24,8 +24,9 @@ from recovery.models import RecoverySession, RecoveryStep
 
 RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
 RISK_LEVELS = ("critical", "high", "medium", "low")
-KINDS = {"call": "Agent calls", "response": "Responses", "hitl": "Questions", "override": "Budget overrides",
-         "recovery": "Recovery steps"}
+KINDS = {"call": ("Agent call", "Agent calls"), "response": ("Response", "Responses"),  # (one, many)
+         "hitl": ("Question", "Questions"), "override": ("Budget override", "Budget overrides"),
+         "recovery": ("Recovery step", "Recovery steps")}
 
 
 def risk_rank(level: str | None) -> int:
@@ -76,8 +77,7 @@ class InboxItem:
 
     @property
     def kind_label(self) -> str:
-        return {"call": "Agent call", "response": "Response", "override": "Budget override",
-                "recovery": "Recovery step", "hitl": "Question"}[self.kind]
+        return KINDS[self.kind][0]
 
     @property
     def seconds_left(self) -> int | None:
@@ -186,8 +186,9 @@ def inbox_items(*, user) -> list[InboxItem]:
 
 
 def inbox_counts(items: list[InboxItem]) -> list[tuple[str, str, int]]:
-    """[(kind, label, count)] for every kind, zeros included."""
-    return [(kind, label, sum(1 for i in items if i.kind == kind)) for kind, label in KINDS.items()]
+    """[(kind, label, count)] for every kind, zeros included ("1 Agent call", "2 Agent calls")."""
+    counts = {kind: sum(1 for i in items if i.kind == kind) for kind in KINDS}
+    return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
 
 
 # --- reviewer metrics -----------------------------------------------------------------------

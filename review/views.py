@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
@@ -347,7 +348,8 @@ def _hitl_context(request, req, *, outcome=None, form=None):
             "outcome": outcome, "form": form or {}, "context_pretty": selectors.pretty_json(req.context)
             if req.context not in (None, "", {}, []) else "",
             "amended_pretty": selectors.pretty_json(req.amended_content) if req.amended_content is not None else "",
-            "history": list(reversed(req.history or []))}
+            "history": [{**entry, "at": parse_datetime(str(entry.get("at") or "")), "raw_at": entry.get("at")}
+                        for entry in reversed(req.history or [])]}  # newest first, as the page says
 
 
 @login_required

@@ -59,7 +59,7 @@ def test_the_stop_records_severity_and_reason(client, reviewer, busy):
     assert Project.objects.get(pk=busy.pk).status == "emergency_stopped"
     assert AuditEvent.objects.filter(action="emergency_stop.trigger", project_id=busy.pk,
                                      after__severity="critical").exists()
-    assert any("stopped (severity critical): 3 tasks halted, 2 open calls cancelled" in m for m in messages_of(r))
+    assert any("stopped (severity critical): 3 tasks halted, 2 open requests cancelled" in m for m in messages_of(r))
 
 
 def test_a_missing_reason_or_a_bad_severity_stops_nothing(client, reviewer, busy):

@@ -1,4 +1,6 @@
 """Questions and checkpoints in the reviewer pages: listed in the inbox, answered on their page."""
+import re
+
 import pytest
 from django.test import Client
 
@@ -88,3 +90,14 @@ def test_a_nul_character_in_any_decision_field_is_400_and_decides_nothing(projec
     req.refresh_from_db()
     assert req.status == "pending"
     assert not AuditEvent.objects.filter(action__in=("agent_approval.reject", "hitl.amend", "hitl.reject")).exists()
+
+
+def test_the_history_reads_newest_first_with_readable_times(project, agent, reviewer):
+    req = ask(project, agent, request_type="checkpoint", question="Go on?")
+    browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "not now"})
+    req.refresh_from_db()
+    html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
+    assert "History <span class=\"muted\">(newest first)</span>" in html
+    first, last = req.history[0], req.history[-1]
+    assert html.index(f'<time datetime="{last["at"]}">') < html.index(f'<time datetime="{first["at"]}">')
+    assert re.search(r'<time datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', html)

@@ -150,6 +150,34 @@ def test_the_stop_banner_partial(project, agent, reviewer, outsider):
     assert "emergency stop" not in web(outsider).get("/review/stop-banners").content.decode()
 
 
+def test_the_admin_shows_the_same_stop_banner(project, agent, reviewer, outsider):
+    """Reviewers in the admin's queue see a stop as they do on the reviewer pages."""
+    client = web(reviewer)
+    assert "emergency stop" not in client.get("/admin/").content.decode()
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="smoke", actor=reviewer)
+    for url in ("/admin/", "/admin/approvals/agentcallapproval/"):
+        html = client.get(url).content.decode()
+        assert "Project Demo is under an emergency stop" in html and 'role="alert"' in html, url
+        assert f'href="/review/projects/{project.pk}"' in html
+
+
+def test_the_top_bar_logs_out_and_leads_to_the_admin(reviewer, agent):
+    html = web(reviewer).get("/review/").content.decode()
+    assert '<form class="logout" method="post" action="/admin/logout/">' in html and ">Log out</button>" in html
+    assert 'href="/admin/">Admin</a>' in html  # reviewers are staff
+    client = web(reviewer)
+    client.post("/admin/logout/")
+    assert client.get("/review/").status_code == 302  # logged out: back to the login
+    assert Client().get("/admin/login/").status_code == 200
+
+
+def test_the_counts_say_one_or_many(project, agent, reviewer):
+    make_call(project, agent)
+    html = web(reviewer).get("/review/").content.decode()
+    assert re.search(r'<span class="count-n">1</span> Agent call</li>', html)
+    assert re.search(r'<span class="count-n">0</span> Budget overrides</li>', html)
+
+
 def test_metrics_from_known_decisions(project, agent, reviewer):
     now = timezone.now()
     durations = [10, 20, 30, 40, 50, 60, 70, 80, 90, 600]  # seconds
