@@ -104,6 +104,11 @@ def test_a_budget_override_is_decided_from_the_inbox(project, agent, reviewer):
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "pending"
     r = client.post(url, {"decision": "approve"}, HTTP_HX_REQUEST="true")
     assert r.status_code == 200 and "approved" in r.content.decode()
+    # the outcome goes to the area outside the live list (out of band): the list's next refresh,
+    # which the decision's own event sets off, no longer wipes it
+    assert '<div class="outcome-area" id="inbox-outcome" role="status" aria-live="polite" hx-swap-oob="true">' \
+           '<p class="outcome outcome-success">Budget override for Demo approved.</p>' in r.content.decode()
+    assert "outcome" not in client.get("/review/inbox/items", HTTP_HX_REQUEST="true").content.decode()
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
     blocked.refresh_from_db()
     assert blocked.budget_state == "reserved"
