@@ -258,6 +258,21 @@ def test_the_panel_partial_reflects_a_decision_made_elsewhere(call, reviewer, ma
     assert re.search(r'id="btn-approve"[^>]*disabled', html) and re.search(r'id="btn-reject"[^>]*disabled', html)
 
 
+def test_a_stop_that_cancels_an_approved_call_updates_its_open_page(call, reviewer, manager):
+    """An approved call not yet started is still live: its panel asks to be refreshed by a stop
+    (data-not-started), and the refresh brings the page's status and budget badges along."""
+    client = web(reviewer)
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    page_html = client.get(page(call)).content.decode()
+    assert 'data-status="approved" data-not-started' in page_html
+    assert '<span id="call-budget" class="badge budget-reserved">Reserved</span>' in page_html
+    emergency_stop_trigger(project_id=call.project_id, condition="manual_stop", reason="halt", actor=manager)
+    html = client.get(f"{page(call)}/panel").content.decode()
+    assert 'data-status="cancelled"' in html
+    assert '<span id="call-budget" class="badge budget-released" hx-swap-oob="true">Released</span>' in html
+    assert 'id="page-status" class="page-status" hx-swap-oob="true"' in html
+
+
 # --- precedent ---------------------------------------------------------------------------------
 def test_precedent_counts_last_decisions_and_the_diff(project, agent, reviewer, manager):
     action = "Deploy the billing service"

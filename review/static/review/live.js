@@ -91,7 +91,9 @@
     var panels = document.querySelectorAll("[data-live-approval]");
     for (var i = 0; i < panels.length; i++) {
       var panel = panels[i];
-      if (panel.getAttribute("data-status") !== "pending") continue;   // settled: nothing changes it
+      var status = panel.getAttribute("data-status");
+      // settled: nothing changes it (an approved call not yet started: a stop still cancels it)
+      if (status !== "pending" && !(status === "approved" && panel.hasAttribute("data-not-started"))) continue;
       if (panel.querySelector(".htmx-request")) continue;                // our own decision is on its way
       var id = panel.getAttribute("data-live-approval");
       var named = data.approval_id === id ||
