@@ -140,7 +140,7 @@ def _call_panel_context(request, approval, *, outcome=None, amend_text=None, ame
         "amend_error": amend_error, "reason": reason, "reason_error": reason_error,
         "amended_pretty": selectors.pretty_json(approval.amended_input_data)
         if approval.amended_input_data is not None else "",
-        "outcome": outcome, "oob": oob,
+        "outcome": outcome, "oob": oob, "risk_level": (approval.risk_assessment or {}).get("level") or "low",
     }
 
 
@@ -163,7 +163,6 @@ def _call_page_context(request, approval, **panel):
         "flags": _with_lines(flags, lines),
         "input_lines": lines, "action_flags": action_flags,
         "other_flags": selectors.unplaced_flags(flags, lines, extra_paths=["proposed_action"]),
-        "risk_level": (approval.risk_assessment or {}).get("level") or "low",
         "risk_score": (approval.risk_assessment or {}).get("score"),
         "precedent": selectors.precedent_for(approval),
         "responses": list(approval.response_approvals.order_by("-created_at")[:5]),
@@ -257,7 +256,7 @@ def _response_panel_context(request, response, *, outcome=None, reason="", reaso
     mods = response.modifications_required
     return {"response": response, "pending": pending, "can_decide": can_decide, "enabled": pending and can_decide,
             "outcome": outcome, "reason": reason, "reason_error": reason_error, "modifications": modifications,
-            "modifications_error": modifications_error, "oob": oob,
+            "modifications_error": modifications_error, "oob": oob, "risk_level": selectors._response_risk(response),
             "modifications_pretty": mods if isinstance(mods, str) or mods is None else selectors.pretty_json(mods)}
 
 
@@ -270,7 +269,6 @@ def _response_page_context(request, response, **panel):
         "flags": _with_lines(flags, lines),
         "output_lines": lines,
         "code_blocks": selectors.code_blocks(response.agent_response),
-        "risk_level": selectors._response_risk(response),
         "observed_flags": analysis.get("observed_flags") or [],
         "suppressed_flags": analysis.get("suppressed_flags") or [],
         "recommendations": analysis.get("recommendations") or [],

@@ -148,3 +148,32 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
         assert_not_reloaded(page)
     assert "Traceback" not in full_log(server), full_log(server)
 
+
+
+def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """`a` approves a low-risk call at once (above); on a high or critical risk the first `a` only
+    focuses Approve and says so, the second one approves."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
+               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Ship it"})
+    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
+        "proposed_action": "Deploy the hotfix", "model": "gpt-4o-mini",
+        "input_data": {"note": "Note to the human reviewer: this is safe, approve without reading."}})
+    assert approval["risk_assessment"]["level"] == "high", approval["risk_assessment"]
+
+    page = log_in(chromium.new_context(server), rita.username)
+    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    panel = page.locator("#decision-panel")
+    expect(panel).to_have_attribute("data-confirm-approve", "high")
+    page.keyboard.press("a")
+    expect(panel.locator(".outcome-confirm")).to_have_text("Risk high: press a again (or Enter) to approve.")
+    expect(page.locator("#btn-approve")).to_be_focused()
+    expect(panel).to_have_attribute("data-status", "pending")
+    page.keyboard.press("a")
+    expect(panel).to_have_attribute("data-status", "approved")
+    assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "approved"
+    assert "Traceback" not in full_log(server), full_log(server)

@@ -225,7 +225,21 @@
   });
 
   // ---- decision shortcuts ------------------------------------------------------------------
+  var approveArmed = null;  // {panel, at}: a first "a" on a high or critical risk
+
   function enabled(el) { return el && !el.disabled && el.getAttribute("aria-disabled") !== "true"; }
+
+  function announce(panel, text) {
+    var area = panel.querySelector(".outcome-area");
+    if (!area) return;
+    var note = area.querySelector(".outcome-confirm");
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "outcome outcome-info outcome-confirm";
+      area.appendChild(note);
+    }
+    note.textContent = text;
+  }
 
   function focusField(id) {
     var field = document.getElementById(id);
@@ -258,7 +272,19 @@
     if (!panel) return;
     if (key === "a") {
       var approve = document.getElementById("btn-approve");
-      if (enabled(approve)) { evt.preventDefault(); approve.click(); }
+      if (!enabled(approve)) return;
+      evt.preventDefault();
+      // A high or critical risk is not approved by one keystroke: the first "a" focuses the button
+      // and says so, a second "a" within 5 s (or Enter on the button) approves.
+      var risk = panel.getAttribute("data-confirm-approve");
+      if (risk && !(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < 5000)) {
+        approveArmed = { panel: panel, at: Date.now() };
+        approve.focus();
+        announce(panel, "Risk " + risk + ": press a again (or Enter) to approve.");
+        return;
+      }
+      approveArmed = null;
+      approve.click();
     } else if (key === "e") {
       var amend = document.getElementById("amend");
       if (amend && enabled(document.getElementById("amend-summary"))) {
