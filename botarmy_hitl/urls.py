@@ -94,6 +94,7 @@ api_v1 = [
 ]
 
 admin.site.site_url = "/review/"  # the admin's "View site": the reviewers' pages
+admin.site.enable_nav_sidebar = False  # the queues' columns need the width (at 1280 px they scrolled sideways)
 
 urlpatterns = [
     path("", include("core.urls")),
