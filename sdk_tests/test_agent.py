@@ -208,6 +208,27 @@ def test_an_emergency_stop_ends_execute_task_sync_while_a_sync_run_is_still_in_i
     assert finished.wait(10) and seen == {"stopped": True, "check_stop": "raised"}
 
 
+def test_a_run_whose_result_has_a_float_cost_fails_its_task_and_keeps_its_reservation(world, bot):
+    """The run ran (its model call may have cost something), but its usage cannot be reported:
+    execute_task raises the TypeError, reports the task failed with why, and reports no usage
+    of 0, so the call's reservation stays counted."""
+    class FloatCost(SafetyEnhancedBaseAgent):
+        agent_type = "coder"
+
+        async def run(self, task, context):
+            return RunResult(output={"done": True}, tokens_used=900, actual_cost=0.015)
+
+    reviewer_bot = bot(("agent", approve))
+    agent = world.client("agent")
+    with pytest.raises(TypeError, match="actual_cost"):
+        FloatCost(agent, world.project_id).execute_task_sync(title="float cost")
+    reviewer_bot.check()
+    calls = world.client("reviewer").list_approvals(world.project_id).results
+    assert len(calls) == 1 and calls[0].budget_state == "reserved" and calls[0].started_at is not None
+    task = agent.get_task(calls[0].task_id)
+    assert task.status == "failed" and "result is invalid" in task.error and "actual_cost" in task.error
+
+
 def test_a_call_over_the_budget_needs_an_override(world, bot):
     manager, agent, reviewer = world.client("manager"), world.client("agent"), world.client("reviewer")
     manager.update_budget(world.project_id, daily_cost_limit="1.0000")

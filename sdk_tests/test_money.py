@@ -1,42 +1,45 @@
 """What a run or a gated function reports it spent is money: a Decimal, whatever it was given as,
 and what the API would refuse (a float, a word, a negative amount, a fraction of 0.0001) is refused
-where it is written, not by the server after the run; token counts likewise."""
+before anything is sent, outside the run (the run ran: no usage of 0 is reported for it); token
+counts likewise."""
 from decimal import Decimal
 
 import pytest
 
-from hitl_sdk import RunResult, WithUsage
-from hitl_sdk.models import Usage
+from hitl_sdk import RunResult, SafetyEnhancedBaseAgent, WithUsage
 
 
-@pytest.mark.parametrize("kind", [RunResult, WithUsage, Usage])
+def checked(kind, **usage):
+    if kind is RunResult:
+        return SafetyEnhancedBaseAgent._as_result(RunResult(output={}, **usage))
+    return WithUsage.of(WithUsage(None, **usage))
+
+
+@pytest.mark.parametrize("kind", [RunResult, WithUsage])
 @pytest.mark.parametrize("given, kept", [("0.0150", Decimal("0.0150")), (" 0.5 ", Decimal("0.5")),
                                          (3, Decimal(3)), (Decimal("1.25"), Decimal("1.25")), (None, None)])
 def test_actual_cost_is_kept_as_a_decimal(kind, given, kept):
-    first = {"output": {}} if kind is RunResult else {"value": None} if kind is WithUsage else {}
-    made = kind(**first, tokens_used=10, actual_cost=given)
+    made = checked(kind, tokens_used=10, actual_cost=given)
     assert made.actual_cost == kept and (kept is None or type(made.actual_cost) is Decimal)
 
 
+@pytest.mark.parametrize("kind", [RunResult, WithUsage])
 @pytest.mark.parametrize("given, error", [(0.015, TypeError), (True, TypeError), ([1], TypeError),
                                           ("abc", ValueError), ("", ValueError), ("NaN", ValueError),
                                           ("Infinity", ValueError), ("-0.5", ValueError), (-1, ValueError),
                                           ("0.000012345", ValueError), ("100000000", ValueError)])
-def test_a_float_or_a_word_is_refused_at_once(given, error):
+def test_a_float_or_a_word_is_refused(kind, given, error):
     with pytest.raises(error, match="actual_cost"):
-        RunResult(output={}, actual_cost=given)
-    with pytest.raises(error, match="actual_cost"):
-        WithUsage(None, actual_cost=given)
+        checked(kind, actual_cost=given)
 
 
+@pytest.mark.parametrize("kind", [RunResult, WithUsage])
 @pytest.mark.parametrize("given, error", [(1.5, TypeError), ("12", TypeError), (None, TypeError), (False, TypeError),
                                           (-5, ValueError), (2**31, ValueError)])
-def test_a_token_count_is_a_whole_number_the_api_takes(given, error):
+def test_a_token_count_is_a_whole_number_the_api_takes(kind, given, error):
     with pytest.raises(error, match="tokens_used"):
-        RunResult(output={}, tokens_used=given)
-    with pytest.raises(error, match="tokens_used"):
-        WithUsage(None, tokens_used=given)
-    assert RunResult(output={}, tokens_used=2**31 - 1).tokens_used == 2**31 - 1
+        checked(kind, tokens_used=given)
+    assert checked(kind, tokens_used=2**31 - 1).tokens_used == 2**31 - 1
 
 
 def test_a_bad_request_says_which_field_and_why():

@@ -359,6 +359,7 @@ class AsyncHitlClient:
                 if status.stopped:
                     return status.active_stop or EmergencyStop(project_id=project_id)
                 if not self.use_websocket:  # told not to use one: poll the status
+                    failures = 0
                     await _asleep(max(1.0, self.recheck_seconds / 3))
                     continue
                 ws = await _AsyncWS.connect(c.ws_url(self.base_url, project_id, last_event_id), self._headers,

@@ -42,7 +42,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_max)
-        return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1))))
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** min(max(attempt - 1, 0), 30))))
 
 
 def retry_after_seconds(response: httpx.Response) -> Optional[float]:

@@ -361,6 +361,7 @@ class HitlClient:
                 if status.stopped:
                     return status.active_stop or EmergencyStop(project_id=project_id)
                 if not self.use_websocket:  # told not to use one: poll the status
+                    failures = 0
                     _sleep(max(1.0, self.recheck_seconds / 3))
                     continue
                 ws = _SyncWS.connect(c.ws_url(self.base_url, project_id, last_event_id), self._headers,

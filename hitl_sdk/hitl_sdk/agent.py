@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import inspect
 import json
@@ -156,13 +157,22 @@ class SafetyEnhancedBaseAgent:
                                      amended=started.amended_input_data is not None, round=round_no,
                                      modifications=list(modifications), extra=extra)
             try:
-                result = self._as_result(await self._run_watched(task, run_context))
+                value = await self._run_watched(task, run_context)
             except EmergencyStopped:
                 raise
             except BaseException as exc:  # the run failed: settle its reservation, report the failure
                 with contextlib.suppress(HitlError):
                     await client.report_usage(call.approval_id, 0)
                     await client.set_task_status(task.task_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                raise
+            try:
+                result = self._as_result(value)
+            except (TypeError, ValueError) as exc:
+                # The run ran (and may have spent) but its usage cannot be reported: no report of 0,
+                # its reservation stays counted until a report or the server's stale release.
+                with contextlib.suppress(HitlError):
+                    await client.set_task_status(task.task_id, "failed",
+                                                 error=f"the run's result is invalid: {exc}"[:2000])
                 raise
             response = await client.submit_response(
                 self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
@@ -217,7 +227,7 @@ class SafetyEnhancedBaseAgent:
     @staticmethod
     def _as_result(value: Any) -> RunResult:
         if isinstance(value, RunResult):
-            return value
+            return value.checked()
         if isinstance(value, dict):
             return RunResult(output=value)
         return RunResult(output={"result": value})
@@ -263,9 +273,13 @@ class WithUsage:
     tokens_used: int = 0
     actual_cost: Optional[Decimal] = None
 
-    def __post_init__(self) -> None:
-        self.tokens_used = token_count(self.tokens_used)
-        self.actual_cost = money(self.actual_cost)
+    @staticmethod
+    def of(returned: Any) -> "WithUsage":
+        """What a gated function returned, with its usage as the API takes it (TypeError or
+        ValueError naming the field otherwise: the function ran, so no usage of 0 is reported)."""
+        used = returned if isinstance(returned, WithUsage) else WithUsage(returned)
+        return dataclasses.replace(used, tokens_used=token_count(used.tokens_used),
+                                   actual_cost=money(used.actual_cost))
 
 
 def _input_of(signature: inspect.Signature, args: tuple, kwargs: dict) -> Dict[str, Any]:
@@ -339,7 +353,7 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                         if task_id is None:
                             await aclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
                     raise
-                used = value if isinstance(value, WithUsage) else WithUsage(value)
+                used = WithUsage.of(value)
                 await aclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
                 if task_id is None:
                     await aclient.set_task_status(tid, "completed")
@@ -368,7 +382,7 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                     if task_id is None:
                         sclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
                 raise
-            used = value if isinstance(value, WithUsage) else WithUsage(value)
+            used = WithUsage.of(value)
             sclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
             if task_id is None:
                 sclient.set_task_status(tid, "completed")

@@ -25,8 +25,8 @@ MAX_TOKENS = 2**31 - 1
 def money(value: Any, name: str = "actual_cost") -> Optional[Decimal]:
     """A money value an agent gives (a run's or a function's ``actual_cost``) as a ``Decimal``:
     a Decimal, a decimal string or an int the API accepts (not negative, at most 4 places and
-    99999999.9999). A float or anything else raises here, where it is written, rather than after
-    the run, where the server would refuse the report and the run's output with it."""
+    99999999.9999). A float or anything else raises, before anything is sent: the server would
+    refuse the report, and the run's output with it."""
     if value is None:
         return None
     if isinstance(value, Decimal):
@@ -375,10 +375,6 @@ class Usage:
     tokens_used: int = 0
     actual_cost: Optional[Decimal] = None
 
-    def __post_init__(self) -> None:
-        self.tokens_used = token_count(self.tokens_used)
-        self.actual_cost = money(self.actual_cost)
-
 
 @dataclass
 class RunResult:
@@ -390,6 +386,8 @@ class RunResult:
     summary: str = ""
     next_steps: List[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.tokens_used = token_count(self.tokens_used)
-        self.actual_cost = money(self.actual_cost)
+    def checked(self) -> "RunResult":
+        """This result with its usage as the API takes it (``actual_cost`` a ``Decimal``);
+        TypeError or ValueError naming the field otherwise."""
+        return dataclasses.replace(self, tokens_used=token_count(self.tokens_used),
+                                   actual_cost=money(self.actual_cost))

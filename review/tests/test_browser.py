@@ -169,9 +169,12 @@ def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, proj
     wait_live(page)
     panel = page.locator("#decision-panel")
     expect(panel).to_have_attribute("data-confirm-approve", "high")
-    page.keyboard.press("a")
+    page.keyboard.down("a")
+    page.keyboard.down("a")  # held: the key repeats, which confirms nothing
+    page.keyboard.up("a")
     expect(panel.locator(".outcome-confirm")).to_have_text("Risk high: press a again (or Enter) to approve.")
     expect(page.locator("#btn-approve")).to_be_focused()
+    page.wait_for_timeout(300)  # give a wrongly taken repeat the time to post
     expect(panel).to_have_attribute("data-status", "pending")
     page.keyboard.press("a")
     expect(panel).to_have_attribute("data-status", "approved")

@@ -261,6 +261,7 @@
       return;
     }
     if (evt.ctrlKey || evt.metaKey || evt.altKey || isTyping(evt.target)) return;
+    if (evt.repeat) return;  // a held key is one keystroke, never a confirmation of itself
     var key = evt.key;
     var inInbox = !!document.getElementById("inbox-list") || !!document.querySelector("[data-inbox]");
     if (inInbox) {
