@@ -81,7 +81,7 @@ def loads_strict(text: str):
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:
-        _check_document(value, "the JSON")
-    except ParseError as exc:
-        raise ValueError(str(exc.detail).removeprefix("JSON parse error - ")) from None
+        _check_document(value, "$")
+    except ParseError as exc:  # "$.files[0] contains a NUL character ...": the place, without the last period
+        raise ValueError(str(exc.detail).removeprefix("JSON parse error - ").rstrip(".")) from None
     return value

@@ -1,4 +1,6 @@
 """JSON answers for API paths that no view handles, and the health endpoint."""
+import functools
+
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
@@ -91,11 +93,18 @@ def _redis_health() -> str:
         return "not used"
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     try:
-        client.ping()
+        _redis_client(url).ping()
     except (redis.RedisError, OSError):
         return "unreachable"
-    finally:
-        client.close()
     return "ok"
+
+
+@functools.lru_cache(maxsize=4)
+def _redis_client(url: str):
+    """One client (a pool of at most 2 connections) per URL for every health check: an
+    unauthenticated endpoint must not open a connection per request."""
+    import redis
+
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        url, max_connections=2, timeout=1, socket_timeout=1, socket_connect_timeout=1))

@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from core.admin import ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError
 from core.hooks import Hook
+from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
 from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity
 from emergency.services import HALTED_TASK_STATUSES, emergency_settings_save, emergency_stop_trigger
 from projects import roles
@@ -32,10 +33,6 @@ class StopPreview(Protocol):
 # The domains above this one (calls, responses, requests) say what the stop will cancel of
 # theirs; connected where those layers extend this admin (recovery/admin.py).
 stop_preview: Hook[StopPreview] = Hook("emergency.admin.stop_preview")
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @admin.register(EmergencyStop)
@@ -144,9 +141,7 @@ class ProjectWithStopAdmin(ProjectAdmin):
                 continue
             if created:
                 self.message_user(request, f"{project}: stopped (severity {stop.severity}): "
-                                  f"{plural(len(stop.stopped_tasks), 'task')} halted, "
-                                  f"{plural(len(stop.cancelled_approvals), 'open request')} cancelled (agent calls, responses "
-                                  f"awaiting review, questions). Agents get 423 "
+                                  f"{stop.halted_summary}. Agents get 423 "
                                   f"until a recovery lifts the stop.", messages.SUCCESS)
             else:
                 self.message_user(request, f"{project}: already stopped; your reason was added to the active stop "

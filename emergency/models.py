@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.models import BaseModel
+from core.text import plural
 
 
 class Condition(models.TextChoices):
@@ -64,6 +65,12 @@ class EmergencyStop(models.Model):
 
     def __str__(self):
         return f"{self.project} stop {','.join(self.triggered_conditions)} ({'resolved' if self.resolved_at else 'active'})"
+
+    @property
+    def halted_summary(self) -> str:
+        """What the stop halted and cancelled, as the pages and the admin say it."""
+        return (f"{plural(len(self.stopped_tasks), 'task')} halted, {plural(len(self.cancelled_approvals), 'open request')}"
+                f" cancelled (agent calls, responses awaiting review, questions)")
 
 
 class EmergencySettings(BaseModel):

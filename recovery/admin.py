@@ -127,6 +127,10 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
 
     def _decide_from_page(self, request, session: RecoverySession) -> None:
         decision = request.POST.get("decision", "")
+        if any("\x00" in value for value in (request.POST.get("reason", ""), request.POST.get("option", ""))):
+            self.message_user(request, "The reason holds a NUL character (U+0000), which cannot be stored. "
+                                       "Nothing was decided.", messages.ERROR)
+            return
         if decision not in ("approve", "reject"):
             self.message_user(request, f"Unknown decision {decision!r}.", messages.ERROR)
             return

@@ -2,11 +2,8 @@
 from django.db.models import Q
 
 from approvals.models import AgentCallApproval, ResponseApproval
+from core.text import plural
 from hitl.models import HitlRequest
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def open_work_a_stop_cancels(*, project) -> list[str]:

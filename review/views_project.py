@@ -35,7 +35,7 @@ from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, step_result_rows, step_title
-from recovery.selectors import open_work_a_stop_cancels, plural
+from recovery.selectors import open_work_a_stop_cancels
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
 AUDIT_PAGE_SIZE = 50
@@ -259,10 +259,8 @@ def project_stop(request, project_id):
         return render(request, "review/project.html",
                       _project_context(request, project, stop_form=form, error=exc.detail), status=exc.status_code)
     if created:
-        messages.success(request, f"{project.name} is stopped: {plural(len(stop.stopped_tasks), 'task')} halted, "
-                                  f"{plural(len(stop.cancelled_approvals), 'open request')} cancelled (agent calls, "
-                                  f"responses awaiting review, questions). Agents get 423 until a recovery lifts "
-                                  f"the stop.")
+        messages.success(request, f"{project.name} is stopped: {stop.halted_summary}. Agents get 423 until a "
+                                  f"recovery lifts the stop.")
     else:
         messages.warning(request, f"{project.name} was already stopped: your reason was added to the active stop.")
     return redirect("review:project", project_id=project.pk)

@@ -120,12 +120,15 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
     stopped = stop = None
     with call_uow(call.pk, gate=False) as (uow, call):
         _refuse_unless_started(call)
-        if actual_cost is None:
+        cost_priced = actual_cost is None
+        if cost_priced:
             actual_cost = priced_cost(call, tokens_used)
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
         # stopped: the usage is still recorded (the tokens were spent); the output is not taken
-        settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost)
-        refuse_lower_totals(settlement, current_status=call.status)
+        settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost,
+                                   cost_priced=cost_priced)
+        if not stopped:  # stopped: the answer is 423 (below), whatever the totals
+            refuse_lower_totals(settlement, current_status=call.status)
         record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
         if settlement.settled and settlement.recorded is None:  # the first report (a later one: budget.adjust)
             audit_record(actor=submitter, action="agent_approval.settle", obj=call,

@@ -82,6 +82,11 @@ def test_bulk_reject_asks_for_a_reason_first(reviewer_browser, approvals):
                                            ACTION_CHECKBOX_NAME: selected})
     assert b"A reason is required" in r.content
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
+    # a NUL character (PostgreSQL cannot store it: it was a 500 page) asks again, nothing decided
+    r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "not\x00now",
+                                           ACTION_CHECKBOX_NAME: selected})
+    assert r.status_code == 200 and b"holds a NUL character" in r.content
+    assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "not now",
                                            ACTION_CHECKBOX_NAME: selected}, follow=True)
     approval = AgentCallApproval.objects.get(pk=approvals[2].pk)

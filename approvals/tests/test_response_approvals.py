@@ -21,6 +21,7 @@ from approvals.services import (
 from audit.models import AuditEvent
 from core.errors import Forbidden
 from budgets.models import UsageEntry
+from emergency.services import emergency_stop_trigger
 from events.models import Event
 from projects.models import Project
 from projects.services import task_create
@@ -149,6 +150,30 @@ def test_a_response_below_the_usage_already_reported_is_409_and_changes_nothing(
     assert ResponseApproval.objects.count() == 0 and spent_tokens(project) == 1200
     same = submit(agent_client, call, tokens_used=1200, actual_cost="0.0100")  # the totals again: taken
     assert same.status_code == 201 and same.json()["tokens_used"] == 1200 and spent_tokens(project) == 1200
+
+
+def test_a_response_without_a_cost_is_never_below_a_cost_reported_before(started, agent_client, project):
+    """No actual_cost: the server prices the tokens; that price never counts as less than the cost
+    the agent reported through .../usage (it was a 409 for totals the agent never sent)."""
+    call = started()
+    assert agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage",
+                             {"tokens_used": 700, "actual_cost": "5.0000"}, format="json").status_code == 200
+    body = response_body(call, tokens_used=900)
+    del body["actual_cost"]
+    r = agent_client.post("/api/v1/response-approvals", body, format="json")
+    assert r.status_code == 201, r.content
+    assert spent_tokens(project) == 900
+    assert sum(e.spent_cost for e in UsageEntry.objects.filter(approval_id=call["approval_id"])) == Decimal("5.0000")
+
+
+def test_a_stopped_project_answers_423_even_for_totals_below_those_reported(started, agent_client, project, manager):
+    call = started()
+    assert agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage",
+                             {"tokens_used": 1200, "actual_cost": "0.0100"}, format="json").status_code == 200
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="halt", actor=manager)
+    r = submit(agent_client, call)  # 900 tokens: below, but the project is stopped
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
+    assert spent_tokens(project) == 1200 and ResponseApproval.objects.count() == 0
 
 
 def test_cost_is_priced_from_the_calls_model_when_omitted(started, agent_client):

@@ -206,7 +206,7 @@ class Settlement:
     below: bool = False         # a later report: less than already landed (nothing changed)
 
 
-def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Settlement:
+def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None, cost_priced: bool = False) -> Settlement:
     """The call ran: its real usage replaces its reservation, exactly once, even when larger
     than the estimate. With the reservation released (a late report) or never made, the spend
     still lands, in the reservation's windows or else in the windows covering the call's start.
@@ -214,13 +214,15 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
     A report gives the call's total usage so far. A later report repeating the totals changes
     nothing (a retry); one above them lands the difference as an ``adjust`` entry (every token a
     started call reports lands in the ledger); one below them changes nothing (``below``: spend
-    never goes back)."""
+    never goes back). ``cost_priced``: the agent gave no cost and ``actual_cost`` is the server's
+    pricing of the tokens, which never counts as less than a cost the agent reported before."""
     now = now or timezone.now()
     actual_cost = Decimal(actual_cost).quantize(FOUR_PLACES)
     entries = _entries(call.pk)
     kinds = {e.kind for e in entries}
     if UsageEntry.Kind.SETTLE in kinds:
-        return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost)
+        return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost,
+                             cost_priced=cost_priced)
     reserve = _reserve_entry(entries)
     released = UsageEntry.Kind.RELEASE in kinds
     _, give_back_tokens, give_back_cost = _open_reservation(entries)
@@ -248,10 +250,12 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None) -> Sett
                         action="budget.settle", reserved=reserve is not None, audit={"reservation": reservation})
 
 
-def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal) -> Settlement:
+def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal, cost_priced: bool) -> Settlement:
     """A report after the call was settled: the difference above what landed, as one more entry."""
     spent = [e for e in entries if e.kind in (UsageEntry.Kind.SETTLE, UsageEntry.Kind.ADJUST)]  # an amendment's: 0
     recorded = (sum(e.spent_tokens for e in spent), sum((e.spent_cost for e in spent), ZERO))
+    if cost_priced:
+        actual_cost = max(actual_cost, recorded[1])
     more_tokens, more_cost = tokens_used - recorded[0], actual_cost - recorded[1]
     if more_tokens < 0 or more_cost < 0:
         return Settlement(False, recorded=recorded, below=True)

@@ -114,6 +114,11 @@ def test_rejecting_needs_a_reason_and_then_fails_the_recovery(client, session, r
     session.refresh_from_db()
     assert first.status == "pending" and session.status == "waiting_approval"
 
+    r = decide(client, session, first, "reject", reason="not\x00convinced")  # PostgreSQL: was a 500 page
+    assert r.status_code == 200 and any("holds a NUL character" in m for m in messages_of(r))
+    first.refresh_from_db()
+    assert first.status == "pending"
+
     r = decide(client, session, first, "reject", reason="not convinced")
     first.refresh_from_db()
     session.refresh_from_db()

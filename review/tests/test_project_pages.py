@@ -152,7 +152,7 @@ def test_the_stop_needs_a_reason_and_a_confirmation_then_stops_through_the_servi
     assert "Emergency stop active" in html and "it deletes files" in html and "reviewer" in html
     assert "is stopped: 1 task halted, 1 open request cancelled (agent calls, responses awaiting review, " \
            "questions)" in html  # the outcome, counted as what it is
-    assert "1 task, 1 open request cancelled" in html
+    assert "<dt>Halted</dt><dd>1 task halted, 1 open request cancelled" in html
     assert "Continue to stop" not in html
     assert "Start recovery" not in html and "A manager of this project starts the recovery" in html
 

@@ -224,6 +224,22 @@
     }
   });
 
+  // ---- refused htmx posts --------------------------------------------------------------------
+  // htmx swaps nothing for a 4xx/5xx answer: say so where the decision's outcome would show.
+  document.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail && evt.detail.xhr, elt = evt.detail && evt.detail.elt;
+    if (!xhr || !elt || !elt.closest) return;
+    var panel = elt.closest("#decision-panel");
+    var area = (panel && panel.querySelector(".outcome-area")) || document.getElementById("inbox-outcome");
+    if (!area) return;
+    var plain = (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0;
+    var note = document.createElement("p");
+    note.className = "outcome outcome-error";
+    note.textContent = plain && xhr.responseText ? xhr.responseText.slice(0, 500)
+      : "The server refused this (HTTP " + xhr.status + "). Nothing was decided: reload the page.";
+    area.replaceChildren(note);
+  });
+
   // ---- decision shortcuts ------------------------------------------------------------------
   var approveArmed = null;  // {panel, at}: a first "a" on a high or critical risk
 
