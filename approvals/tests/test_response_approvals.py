@@ -64,6 +64,11 @@ def submit(client, call, **overrides):
     return client.post("/api/v1/response-approvals", response_body(call, **overrides), format="json")
 
 
+def report_usage(client, call, tokens_used, actual_cost=None):
+    body = {"tokens_used": tokens_used, **({"actual_cost": actual_cost} if actual_cost is not None else {})}
+    return client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", body, format="json")
+
+
 def respond(client, approval_id, **body):
     return client.post(f"/api/v1/response-approvals/{approval_id}/respond", body, format="json")
 
@@ -126,24 +131,17 @@ def test_one_response_per_call_and_usage_settled_exactly_once(started, agent_cli
 
 def test_usage_reported_first_is_not_counted_twice(started, agent_client, project):
     call = started()
-    r = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", {"tokens_used": 700,
-                                                                                   "actual_cost": "0.0050"},
-                          format="json")
-    assert r.status_code == 200
+    assert report_usage(agent_client, call, 700, "0.0050").status_code == 200
     assert submit(agent_client, call).status_code == 201   # reports 900 tokens in all: 200 more land
     assert spent_tokens(project) == 900
-    lower = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", {"tokens_used": 800},
-                              format="json")
+    lower = report_usage(agent_client, call, 800)
     assert lower.status_code == 409 and lower.json()["tokens_used"] == 900   # a total never shrinks
     assert spent_tokens(project) == 900
 
 
 def test_a_response_below_the_usage_already_reported_is_409_and_changes_nothing(started, agent_client, project):
     call = started()
-    r = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage", {"tokens_used": 1200,
-                                                                                   "actual_cost": "0.0100"},
-                          format="json")
-    assert r.status_code == 200
+    assert report_usage(agent_client, call, 1200, "0.0100").status_code == 200
     lower = submit(agent_client, call)  # 900 tokens, 0.0080: below the totals on record
     assert lower.status_code == 409, lower.content
     assert lower.json()["tokens_used"] == 1200 and lower.json()["actual_cost"] == "0.0100"
@@ -156,8 +154,7 @@ def test_a_response_without_a_cost_is_never_below_a_cost_reported_before(started
     """No actual_cost: the server prices the tokens; that price never counts as less than the cost
     the agent reported through .../usage (it was a 409 for totals the agent never sent)."""
     call = started()
-    assert agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage",
-                             {"tokens_used": 700, "actual_cost": "5.0000"}, format="json").status_code == 200
+    assert report_usage(agent_client, call, 700, "5.0000").status_code == 200
     body = response_body(call, tokens_used=900)
     del body["actual_cost"]
     r = agent_client.post("/api/v1/response-approvals", body, format="json")
@@ -168,8 +165,7 @@ def test_a_response_without_a_cost_is_never_below_a_cost_reported_before(started
 
 def test_a_stopped_project_answers_423_even_for_totals_below_those_reported(started, agent_client, project, manager):
     call = started()
-    assert agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/usage",
-                             {"tokens_used": 1200, "actual_cost": "0.0100"}, format="json").status_code == 200
+    assert report_usage(agent_client, call, 1200, "0.0100").status_code == 200
     emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="halt", actor=manager)
     r = submit(agent_client, call)  # 900 tokens: below, but the project is stopped
     assert r.status_code == 423 and r.json()["error"] == "emergency_stop"
