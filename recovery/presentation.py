@@ -90,7 +90,7 @@ def assessment_sections(assessment: dict) -> list[dict]:
                       *[(label(k), readable(v)) for k, v in (c.get("data") or {}).items()]]}
             for c in conditions if isinstance(c, dict)]})
     impact = [("Halted tasks", readable(a.pop("halted_tasks", 0))),
-              ("Cancelled calls", readable(a.pop("cancelled_approvals", 0)))]
+              ("Cancelled open requests (calls, responses, questions)", readable(a.pop("cancelled_approvals", 0)))]
     flags = a.pop("open_flags", None)
     if flags is not None:
         impact.append(("Cancelled calls with high or critical flags", str(len(flags))))

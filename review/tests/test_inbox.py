@@ -171,10 +171,11 @@ def test_the_top_bar_logs_out_and_leads_to_the_admin(reviewer, agent):
     client.force_login(reviewer)
     html = client.get("/review/").content.decode()
     form = re.search(r'<form class="logout" method="post" action="/admin/logout/">(.*?)</form>', html).group(1)
-    assert ">Log out</button>" in form
+    assert ">Log out</button>" in form and 'name="next" value="/review/"' in form
     assert 'href="/admin/">Admin</a>' in html  # reviewers are staff
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # the form carries its token
-    assert client.post("/admin/logout/", {"csrfmiddlewaretoken": token}).status_code == 200
+    out = client.post("/admin/logout/", {"csrfmiddlewaretoken": token, "next": "/review/"})
+    assert out.status_code == 302 and out["Location"] == "/review/"  # back to the login, then the inbox
     assert client.get("/review/").status_code == 302  # logged out: back to the login
 
 
