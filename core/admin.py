@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from core.models import Heartbeat
+from core.text import has_nul
 
 
 @admin.register(Heartbeat)
@@ -39,14 +40,14 @@ def ask_reason(model_admin, request, queryset, *, action: str, title: str, quest
     from django.template.response import TemplateResponse
 
     reason = (request.POST.get("reason") or "").strip()
-    has_nul = "\x00" in reason  # the database cannot store U+0000: asked again, nothing decided
-    if "apply" in request.POST and reason and not has_nul:
+    nul = has_nul(reason)  # the database cannot store U+0000: asked again, nothing decided
+    if "apply" in request.POST and reason and not nul:
         return reason, None
     return None, TemplateResponse(request, "admin/reason_form.html", {
         **model_admin.admin_site.each_context(request), "title": title, "question": question,
         "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
-        "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST and not has_nul,
-        "nul_reason": has_nul,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST and not nul,
+        "nul_reason": nul,
     })
 
 

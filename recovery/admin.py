@@ -14,6 +14,7 @@ from django.utils.html import format_html
 from approvals.models import AgentCallApproval, ResponseApproval
 from core.admin import ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError, InvalidInput
+from core.text import has_nul
 from emergency.admin import EmergencyStopAdmin, plural, stop_preview
 from emergency.models import EmergencyStop
 from hitl.models import HitlRequest
@@ -127,7 +128,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
 
     def _decide_from_page(self, request, session: RecoverySession) -> None:
         decision = request.POST.get("decision", "")
-        if any("\x00" in value for value in (request.POST.get("reason", ""), request.POST.get("option", ""))):
+        if has_nul(request.POST.get("reason", ""), request.POST.get("option", "")):
             self.message_user(request, "The reason holds a NUL character (U+0000), which cannot be stored. "
                                        "Nothing was decided.", messages.ERROR)
             return

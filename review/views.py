@@ -17,6 +17,7 @@ from approvals.selectors import agent_approval_visible_to, response_approval_vis
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError
 from core.parsers import loads_strict
+from core.text import has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
@@ -29,7 +30,7 @@ def without_nul(view):
     fields refuse it, these views read the post themselves) is a 400 that decides nothing."""
     @wraps(view)
     def guarded(request, *args, **kwargs):
-        if any("\x00" in value for _, values in request.POST.lists() for value in values):
+        if has_nul(*(value for _, values in request.POST.lists() for value in values)):
             return HttpResponseBadRequest("A field holds a NUL character (U+0000), which cannot be stored. "
                                           "Nothing was decided.", content_type="text/plain; charset=utf-8")
         return view(request, *args, **kwargs)
