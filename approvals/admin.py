@@ -26,7 +26,7 @@ from approvals.services import (
 from approvals.services.calibration import PRECISION_DAYS
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
-from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
+from core.admin import FORM_ERROR_NOTE, QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
@@ -162,13 +162,15 @@ class DecisionPageMixin:
                 self.message_user(request, f"Unknown decision {decision!r}.", messages.ERROR)
                 return HttpResponseRedirect(request.get_full_path())
             bound = self.decision_form_class(request.POST, decision=decision)
+            refusal = FORM_ERROR_NOTE
             if bound.is_valid():
-                outcome = self._decide_from_page(request, obj, bound)
+                outcome, refusal = self._decide_from_page(request, obj, bound)
                 obj.refresh_from_db(fields=["status"])
                 if outcome == "decided" or obj.status != obj.Status.PENDING:
                     return HttpResponseRedirect(request.get_full_path())
             # Still pending after a form error or a refusal (an amendment too large, a budget
-            # block): show the page again with what was typed. Nothing was decided.
+            # block): show the page again with what was typed, and say why where it lands (#decide).
+            extra_context = {**(extra_context or {}), "decide_refusal": refusal}
             request.method = "GET"
         obj = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
@@ -176,7 +178,8 @@ class DecisionPageMixin:
             context.update(self.decision_context(request, obj, bound))
         return super().change_view(request, object_id, form_url, context)
 
-    def _decide_from_page(self, request, obj, form) -> str:
+    def _decide_from_page(self, request, obj, form) -> tuple[str, str]:
+        """(outcome, why nothing was decided): decided, form_error or refused."""
         label = f"“{self.page_label(obj)}” ({obj.pk})"
         past = self.decision_past[form.decision]
         try:
@@ -187,14 +190,14 @@ class DecisionPageMixin:
                 form.add_error(name if name in form.fields else None, errors)
             if not fields:
                 form.add_error(None, err.detail)
-            return "form_error"
+            return "form_error", FORM_ERROR_NOTE
         except DomainError as err:
             status = err.extra.get("status")
-            self.message_user(request, f"{label}: not {past}: {err.detail}{f' (status {status})' if status else ''}",
-                              messages.ERROR)
-            return "refused"
+            why = f"{err.detail}{f' (status {status})' if status else ''}"
+            self.message_user(request, f"{label}: not {past}: {why} Nothing was decided.", messages.ERROR)
+            return "refused", f"Nothing was decided: {why}"
         self.message_user(request, f"{label}: {past}.", messages.SUCCESS)
-        return "decided"
+        return "decided", ""
 
     def decision_context(self, request, obj, bound) -> dict:
         pending = obj.status == obj.Status.PENDING

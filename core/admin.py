@@ -5,6 +5,10 @@ from core.models import Heartbeat
 from core.text import has_nul
 
 
+# Shown where a decision page lands (#decide) when a posted decision was not made.
+FORM_ERROR_NOTE = "Nothing was decided: correct the form below."
+
+
 @admin.register(Heartbeat)
 class HeartbeatAdmin(admin.ModelAdmin):
     list_display = ["name", "last_seen"]

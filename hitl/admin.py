@@ -11,7 +11,7 @@ from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
+from core.admin import FORM_ERROR_NOTE, QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
 from hitl.models import HitlRequest
@@ -121,19 +121,25 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
                 self.message_user(request, f"Unknown action {action!r}.", messages.ERROR)
                 return HttpResponseRedirect(request.get_full_path())
             bound = HitlAnswerForm(request.POST, action=action, options=obj.options)
-            if bound.is_valid() and self._answer(request, obj, bound):
-                return HttpResponseRedirect(request.get_full_path())
+            refusal = FORM_ERROR_NOTE
+            if bound.is_valid():
+                refusal = self._answer(request, obj, bound)
+                if not refusal:
+                    return HttpResponseRedirect(request.get_full_path())
             obj.refresh_from_db(fields=["status"])
             if obj.status != HitlRequest.Status.PENDING:
                 return HttpResponseRedirect(request.get_full_path())
-            request.method = "GET"  # show the page again with what was typed; nothing was decided
+            # show the page again with what was typed, and why nothing was decided where it lands
+            extra_context = {**(extra_context or {}), "decide_refusal": refusal}
+            request.method = "GET"
         obj = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if obj is not None:
             context.update(self.answer_context(request, obj, bound))
         return super().change_view(request, object_id, form_url, context)
 
-    def _answer(self, request, obj, form) -> bool:
+    def _answer(self, request, obj, form) -> str:
+        """Answer through the service: "" when answered, else why nothing was decided."""
         label = f"“{self.short_question(obj)}” ({obj.pk})"
         try:
             hitl_request_respond(request_id=obj.pk, responder=request.user, **form.service_kwargs())
@@ -142,14 +148,15 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
                 form.add_error(name if name in form.fields else None, errors)
             if not err.extra.get("fields"):
                 form.add_error(None, err.detail)
-            return False
+            return FORM_ERROR_NOTE
         except DomainError as err:
             status = err.extra.get("status")
-            self.message_user(request, f"{label}: not {PAST[form.action]}: {err.detail}"
-                              f"{f' (status {status})' if status else ''}", messages.ERROR)
-            return False
+            why = f"{err.detail}{f' (status {status})' if status else ''}"
+            self.message_user(request, f"{label}: not {PAST[form.action]}: {why} Nothing was decided.",
+                              messages.ERROR)
+            return f"Nothing was decided: {why}"
         self.message_user(request, f"{label}: {PAST[form.action]}.", messages.SUCCESS)
-        return True
+        return ""
 
     def answer_context(self, request, obj, bound) -> dict:
         forms_ = {action: bound if bound is not None and bound.action == action

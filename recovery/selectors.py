@@ -17,10 +17,10 @@ def open_work_a_stop_cancels(*, project) -> list[str]:
         | Q(status=AgentCallApproval.Status.APPROVED, started_at__isnull=True)).count()
     responses = ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING).count()
     requests = HitlRequest.objects.filter(project=project, status=HitlRequest.Status.PENDING).count()
-    lines = [f"{plural(calls, 'agent call')} will be cancelled (pending, or approved and not yet started), "
-             f"their budget reservations released."]
+    held = {0: "", 1: ", its budget reservation released"}.get(calls, ", their budget reservations released")
+    lines = [f"{plural(calls, 'agent call')} will be cancelled (pending, or approved and not yet started){held}."]
     if responses:
         lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
     if requests:
-        lines.append(f"{plural(requests, 'pending HITL request')} will be cancelled.")
+        lines.append(f"{plural(requests, 'pending question')} will be cancelled (questions and checkpoints).")
     return lines

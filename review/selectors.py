@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from approvals.models import AgentCallApproval, ResponseApproval
 from budgets.models import BudgetOverrideRequest
+from audit.models import AuditEvent
 from emergency.models import EmergencyStop
 from hitl.selectors import pending_for_reviewer
 from projects import roles
@@ -411,6 +412,30 @@ def stopped_projects(*, user) -> list[dict]:
     projects = list(project_visible_to(user=user).filter(status=Project.Status.EMERGENCY_STOPPED).order_by("name"))
     stops = {s.project_id: s for s in EmergencyStop.objects.filter(project__in=projects, resolved_at__isnull=True)}
     return [{"project": p, "stop": stops.get(p.pk)} for p in projects]
+
+
+def call_cancellation(approval: AgentCallApproval) -> dict | None:
+    """Who cancelled a cancelled call, when and why (the call's approved_by / responded_at are
+    those of its approval, if any, and stay as they were). {"by", "at", "why", "stop"}."""
+    if approval.status != AgentCallApproval.Status.CANCELLED:
+        return None
+    event = (AuditEvent.objects.filter(object_type=approval._meta.label_lower, object_id=str(approval.pk),
+                                       action__in=("agent_approval.cancel", "agent_approval.grant_expired"))
+             .select_related("actor").order_by("-seq").first())
+    if event is not None and event.action == "agent_approval.grant_expired":
+        return {"by": "the system", "at": event.created_at, "stop": None,
+                "why": "it was approved but not started in time"}
+    if event is not None:
+        return {"by": f"its agent {event.actor.get_username()}" if event.actor_id else "its agent",
+                "at": event.created_at, "stop": None, "why": event.reason or ""}
+    stops = EmergencyStop.objects.filter(project_id=approval.project_id, created_at__gte=approval.created_at)
+    stop = next((s for s in stops.select_related("triggered_by_user").order_by("created_at")
+                 if str(approval.pk) in s.cancelled_approvals), None)
+    by = "an emergency stop"
+    if stop is not None:
+        by += f" ({stop.triggered_by_user.get_username()})" if stop.triggered_by_user_id else \
+            f" ({stop.triggered_by.removeprefix('system:')}, automatic)"
+    return {"by": by, "at": stop.created_at if stop else approval.updated_at, "stop": stop, "why": ""}
 
 
 def latest_event_id() -> int:

@@ -113,11 +113,14 @@ def _call_for(request, approval_id):
     return get_object_or_404(agent_approval_visible_to(user=request.user).select_related("task"), pk=approval_id)
 
 
-def _decided_elsewhere(obj):
+def _decided_elsewhere(obj, cancellation=None):
     """The panel refreshed live (an event named it): say what happened, for the aria-live area."""
     if obj.status == "pending":
         return None
-    who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
+    if cancellation:
+        who = f" by {cancellation['by']}"
+    else:
+        who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
     return {"level": "info", "text": f"This request is now {obj.get_status_display().lower()}{who}."}
 
 
@@ -142,6 +145,7 @@ def _call_panel_context(request, approval, *, outcome=None, amend_text=None, ame
         "amended_pretty": selectors.pretty_json(approval.amended_input_data)
         if approval.amended_input_data is not None else "",
         "outcome": outcome, "oob": oob, "risk_level": (approval.risk_assessment or {}).get("level") or "low",
+        "cancellation": selectors.call_cancellation(approval),
     }
 
 
@@ -182,8 +186,9 @@ def agent_approval(request, approval_id):
 @require_GET
 def agent_approval_panel(request, approval_id):
     approval = _call_for(request, approval_id)
-    return render(request, "review/partials/agent_approval_panel.html",
-                  _call_panel_context(request, approval, outcome=_decided_elsewhere(approval), oob=True))
+    context = _call_panel_context(request, approval, oob=True)
+    context["outcome"] = _decided_elsewhere(approval, context["cancellation"])
+    return render(request, "review/partials/agent_approval_panel.html", context)
 
 
 @login_required

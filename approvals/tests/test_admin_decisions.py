@@ -86,11 +86,21 @@ def test_bad_amended_json_is_a_form_error_and_decides_nothing(browser, call, tex
     assert r.status_code == 200
     html = r.content.decode()
     assert error in html
+    assert_refusal_where_the_page_lands(html, "Nothing was decided: correct the form below.")
     if text:
         assert "files&quot;: [" in html or "a list" in html or "NaN" in html or "&quot;a&quot;: {" in html  # kept
     call.refresh_from_db()
     assert call.status == "pending" and call.amended_input_data is None
     assert not AuditEvent.objects.filter(action__startswith="agent_approval.approve").exists()
+
+
+def assert_refusal_where_the_page_lands(html: str, text: str) -> None:
+    """The forms post to #decide: the note opens that section, right under its heading."""
+    section = html.split('<section class="hitl-decide" id="decide"')[1]
+    heading_end = section.index("</h2>")
+    note = section.index('<p class="errornote" role="alert" id="decide-refusal">')
+    assert heading_end < note < section.index("<form")
+    assert text in section[note:section.index("</p>", note)]
 
 
 def test_reject_needs_a_reason(browser, call):
@@ -122,8 +132,11 @@ def test_an_amendment_the_service_refuses_keeps_the_editor_text(browser, project
     r = browser.post(page(call), {"_decide": "1", "decision": "amend", "amend-amended_input": big})
     assert r.status_code == 200
     assert any("not approved with amended input" in m and "more than the call reserved" in m
-               for m in messages_of(r))
+               and m.endswith("Nothing was decided.") for m in messages_of(r))
     assert "x" * 4000 in r.content.decode()
+    # the page lands at #decide, far below the admin's messages: the refusal is said there too
+    assert_refusal_where_the_page_lands(r.content.decode(), "Nothing was decided: ")
+    assert "more than the call reserved" in r.content.decode().split('id="decide-refusal"')[1].split("</p>")[0]
     call.refresh_from_db()
     assert call.status == "pending"
 

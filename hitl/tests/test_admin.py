@@ -63,6 +63,9 @@ def test_a_form_error_decides_nothing(browser, ask):
     req = ask()
     r = browser.post(page(req), {"_decide": "1", "action": "amend", "amend-amended_content": "  "})
     assert r.status_code == 200 and "This is required" in r.content.decode()
+    decide = r.content.decode().split('id="decide"')[1]   # said where the form's post lands
+    assert '<p class="errornote" role="alert" id="decide-refusal">Nothing was decided: correct the form below.' \
+        in decide
     req.refresh_from_db()
     assert req.status == "pending"
 

@@ -134,6 +134,10 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
     for page in (inbox, project_page):
         expect(page.locator("#stop-banners .banner-stop")).to_have_count(0)
         mark_page(page)
+    admin_page = context.new_page()  # the admin has no websocket: it reads the banners every 10 s
+    admin_page.goto("/admin/")
+    expect(admin_page.locator("#hitl-stop-banners .banner-stop")).to_have_count(0)
+    mark_page(admin_page)
 
     stop = api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", reviewer_key, status=(201,),
                body={"reason": "browser drill: agents misbehaving"})
@@ -146,6 +150,10 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
         expect(banner).to_contain_text("browser drill: agents misbehaving")
         expect(banner).to_have_attribute("role", "alert")
         assert_not_reloaded(page)
+    admin_page.bring_to_front()
+    expect(admin_page.locator("#hitl-stop-banners .banner-stop")).to_contain_text(
+        f"Project {project.name} is under an emergency stop", timeout=15000)
+    assert_not_reloaded(admin_page)
     assert "Traceback" not in full_log(server), full_log(server)
 
 
@@ -176,7 +184,59 @@ def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, proj
     expect(page.locator("#btn-approve")).to_be_focused()
     page.wait_for_timeout(300)  # give a wrongly taken repeat the time to post
     expect(panel).to_have_attribute("data-status", "pending")
+    # the window closes after 5 s and its hint goes with it; an "a" then only arms it again
+    expect(panel.locator(".outcome-confirm")).to_have_count(0, timeout=8000)
+    page.keyboard.press("a")
+    expect(panel.locator(".outcome-confirm")).to_have_text("Risk high: press a again (or Enter) to approve.")
+    page.wait_for_timeout(300)
+    expect(panel).to_have_attribute("data-status", "pending")
     page.keyboard.press("a")
     expect(panel).to_have_attribute("data-status", "approved")
     assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "approved"
+    assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_refused_post_says_so_and_a_stop_cancels_an_open_approved_call_live(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """Two paths of live.js: an htmx post answered 4xx (htmx swaps nothing) is said in the outcome
+    area, and an approved call that has not started (data-not-started) follows a stop: its page
+    shows who cancelled it and its budget badge, without a reload."""
+    rita, sam = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server = serve()
+    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
+               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Write docs"})
+    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
+        "proposed_action": "Write the README", "input_data": {"files": ["README.md"]}, "model": "gpt-4o-mini"})
+    url = f"/api/v1/agent-approvals/{approval['approval_id']}"
+
+    page = log_in(chromium.new_context(server), rita.username)
+    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    mark_page(page)
+    panel = page.locator("#decision-panel")
+
+    # A NUL character cannot be stored: the server answers 400 in plain text, and the page says it.
+    page.locator("#reject-reason").evaluate("el => { el.value = 'bad\\u0000reason'; }")
+    page.locator("#btn-reject").click()
+    expect(panel.locator(".outcome-error")).to_contain_text("A field holds a NUL character")
+    expect(panel.locator(".outcome-error")).to_contain_text("Nothing was decided.")
+    expect(panel).to_have_attribute("data-status", "pending")
+    assert api(server, "GET", url, agent_key)["status"] == "pending"
+
+    page.locator("#btn-approve").click()
+    expect(panel).to_have_attribute("data-status", "approved")
+    expect(page.locator("#call-budget")).to_have_text("Reserved")
+
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", sam_key, status=(201,),
+        body={"reason": "browser drill"})
+    expect(panel).to_have_attribute("data-status", "cancelled")
+    expect(panel.locator(".decided .state")).to_contain_text(f"by an emergency stop ({sam.username})")
+    expect(panel).to_contain_text(f"It had been approved by {rita.username}")
+    expect(page.locator("#call-budget")).to_have_text("Released")
+    expect(page.locator("#page-status .status-badge")).to_have_text("Cancelled")
+    assert_not_reloaded(page)
+    assert api(server, "GET", url, agent_key)["status"] == "cancelled"
     assert "Traceback" not in full_log(server), full_log(server)

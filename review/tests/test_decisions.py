@@ -4,6 +4,7 @@ refusals shown on the page (400 / 403 / 409 / 410, never a 500), CSRF, precedent
 import json
 import re
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
@@ -271,6 +272,46 @@ def test_a_stop_that_cancels_an_approved_call_updates_its_open_page(call, review
     assert 'data-status="cancelled"' in html
     assert '<span id="call-budget" class="badge budget-released" hx-swap-oob="true">Released</span>' in html
     assert 'id="page-status" class="page-status" hx-swap-oob="true"' in html
+
+
+def test_a_call_cancelled_after_its_approval_names_who_cancelled_it_and_when(call, reviewer, manager, agent):
+    """The call keeps its approver and approval time: the page used to say "Cancelled by
+    <approver> at <approval time>". It names the stop (and who set it off) or the agent."""
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    call.refresh_from_db()
+    approved_at = call.responded_at
+    stop, _ = emergency_stop_trigger(project_id=call.project_id, condition="manual_stop", reason="halt",
+                                     actor=reviewer)
+    client = web(manager)
+    html = client.get(page(call)).content.decode()
+    stamp = stop.created_at.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"by <strong>an emergency stop (reviewer)</strong> at {stamp} UTC" in html
+    assert ("It had been approved by <strong>manager</strong> at "
+            f"{approved_at.astimezone(dt_timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC") in html
+    assert f'href="/review/projects/{call.project_id}"' in html
+    assert "This request is now cancelled by an emergency stop (reviewer)." in \
+        client.get(f"{page(call)}/panel").content.decode()
+
+
+def test_a_call_its_agent_withdrew_after_approval_names_the_agent_and_its_reason(call, manager, agent):
+    from approvals.services import agent_approval_cancel
+
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    agent_approval_cancel(approval_id=call.pk, actor=agent, reason="the user closed the ticket")
+    html = web(manager).get(page(call)).content.decode()
+    assert f"by <strong>its agent {agent.get_username()}</strong> at" in html
+    assert "Reason: the user closed the ticket" in html
+    assert "It had been approved by <strong>manager</strong>" in html
+
+
+def test_a_lapsed_grant_is_cancelled_by_the_system(call, manager):
+    from approvals.services import agent_approval_expire_grant
+
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    assert agent_approval_expire_grant(approval_id=call.pk, now=timezone.now() + timedelta(days=1))
+    html = web(manager).get(page(call)).content.decode()
+    assert "by <strong>the system</strong> at" in html
+    assert "Reason: it was approved but not started in time" in html
 
 
 # --- precedent ---------------------------------------------------------------------------------

@@ -175,6 +175,19 @@ def test_the_confirmation_counts_every_call_the_stop_cancels(project, agent, rev
     assert len(EmergencyStop.objects.get(project=project).cancelled_approvals) == 3
 
 
+def test_the_confirmation_speaks_of_one_call_and_of_questions(project, agent, reviewer):
+    from hitl.services import hitl_request_create
+
+    call(project, agent, title="waiting")
+    hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="Which DB?")
+    html = web(reviewer).post(reverse("review:project_stop", args=[project.pk]),
+                              {"reason": "look", "severity": "high"}).content.decode()
+    assert "1 agent call will be cancelled (pending, or approved and not yet started), its budget reservation " \
+           "released." in html
+    assert "1 pending question will be cancelled (questions and checkpoints)." in html
+    assert "HITL request" not in html
+
+
 def test_an_unknown_severity_is_refused(project, reviewer):
     r = web(reviewer).post(reverse("review:project_stop", args=[project.pk]),
                            {"reason": "x", "severity": "apocalyptic", "confirm": "yes"})
@@ -259,6 +272,8 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
     html = client.get(r["Location"]).content.decode()
     assert "Step 1 approved and run: Review the flagged calls." in html
     assert "What it did" in html and "Approved by reviewer" in html and "looked at them" in html
+    assert re.search(r"Approved by reviewer at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", html)  # times say their zone
+    assert re.search(r"recovery started by \w+\s+<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>", html)
     assert "Approve and run step 2" in html
     for step in steps[1:]:
         option = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}

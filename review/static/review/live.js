@@ -295,9 +295,15 @@
       // and says so, a second "a" within 5 s (or Enter on the button) approves.
       var risk = panel.getAttribute("data-confirm-approve");
       if (risk && !(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < 5000)) {
-        approveArmed = { panel: panel, at: Date.now() };
+        var armed = approveArmed = { panel: panel, at: Date.now() };
         approve.focus();
         announce(panel, "Risk " + risk + ": press a again (or Enter) to approve.");
+        setTimeout(function () {  // the window closed: the hint goes with it
+          if (approveArmed !== armed) return;
+          approveArmed = null;
+          var note = panel.querySelector(".outcome-confirm");
+          if (note) note.remove();
+        }, 5000);
         return;
       }
       approveArmed = null;
