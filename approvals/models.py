@@ -33,7 +33,7 @@ class AgentCallApproval(BaseModel):
         PENDING = "pending"
         APPROVED = "approved"
         REJECTED = "rejected"
-        TIMED_OUT = "timed_out"
+        TIMED_OUT = "timed_out", "Timed out"
         CANCELLED = "cancelled"
 
     # What approvals.services.common.close_call allows (the only place that moves a call's status,
@@ -113,8 +113,8 @@ class ResponseApproval(BaseModel):
         PENDING = "pending"
         APPROVED = "approved"
         REJECTED = "rejected"
-        REQUIRES_MODIFICATION = "requires_modification"
-        TIMED_OUT = "timed_out"
+        REQUIRES_MODIFICATION = "requires_modification", "Requires modification"
+        TIMED_OUT = "timed_out", "Timed out"
         CANCELLED = "cancelled"   # an addition to API.md: an emergency stop cancels pending reviews
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -219,7 +219,7 @@ class FlagLabel(models.Model):
 
     class Outcome(models.TextChoices):
         CONFIRMED = "confirmed"
-        FALSE_ALARM = "false_alarm"
+        FALSE_ALARM = "false_alarm", "False alarm"
 
     class Source(models.TextChoices):
         CALL = "call"

@@ -142,10 +142,10 @@ class BudgetOverrideRequest(models.Model):
         REJECTED = "rejected"
 
     class Violation(models.TextChoices):
-        DAILY_TOKEN = "daily_token_limit"
-        MONTHLY_TOKEN = "monthly_token_limit"
-        DAILY_COST = "daily_cost_limit"
-        MONTHLY_COST = "monthly_cost_limit"
+        DAILY_TOKEN = "daily_token_limit", "Daily token limit"
+        MONTHLY_TOKEN = "monthly_token_limit", "Monthly token limit"
+        DAILY_COST = "daily_cost_limit", "Daily cost limit"
+        MONTHLY_COST = "monthly_cost_limit", "Monthly cost limit"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="budget_overrides")

@@ -25,7 +25,7 @@ class HitlRequest(BaseModel):
         APPROVED = "approved"
         REJECTED = "rejected"
         AMENDED = "amended"
-        TIMED_OUT = "timed_out"
+        TIMED_OUT = "timed_out", "Timed out"
         CANCELLED = "cancelled"
 
     # What hitl.services.close_request allows (the only place that moves a request's status).

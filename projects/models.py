@@ -26,7 +26,7 @@ def validate_timezone(value: str) -> None:
 class Project(BaseModel):
     class Status(models.TextChoices):
         ACTIVE = "active"
-        EMERGENCY_STOPPED = "emergency_stopped"
+        EMERGENCY_STOPPED = "emergency_stopped", "Emergency stopped"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     slug = models.SlugField(max_length=64, unique=True)
@@ -65,7 +65,7 @@ class ProjectUserObjectPermission(UserObjectPermissionBase):
 class Task(BaseModel):
     class Status(models.TextChoices):
         PENDING = "pending"
-        WAITING_FOR_HITL = "waiting_for_hitl"
+        WAITING_FOR_HITL = "waiting_for_hitl", "Waiting for a person"
         RUNNING = "running"
         COMPLETED = "completed"
         FAILED = "failed"
@@ -120,9 +120,9 @@ class AgentState(BaseModel):
     class Status(models.TextChoices):
         IDLE = "idle"
         WORKING = "working"
-        WAITING_FOR_HITL = "waiting_for_hitl"
+        WAITING_FOR_HITL = "waiting_for_hitl", "Waiting for a person"
         ERROR = "error"
-        EMERGENCY_STOPPED = "emergency_stopped"
+        EMERGENCY_STOPPED = "emergency_stopped", "Emergency stopped"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="agent_states")
     agent_type = models.CharField(max_length=20, choices=AgentType.choices)

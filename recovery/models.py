@@ -13,8 +13,8 @@ class RecoverySession(BaseModel):
         MANUAL = "manual"
 
     class Status(models.TextChoices):
-        WAITING_APPROVAL = "waiting_approval"
-        IN_PROGRESS = "in_progress"
+        WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+        IN_PROGRESS = "in_progress", "In progress"
         COMPLETED = "completed"
         FAILED = "failed"
 

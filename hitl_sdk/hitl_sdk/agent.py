@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Unio
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
 from .errors import EmergencyStopped, HitlError, ModificationRequired
-from .models import AgentApproval, ResponseApproval, RunResult, Task, Usage, money, token_count
+from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -394,4 +394,4 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
 
 
 __all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_approval", "WithUsage",
-           "as_async", "as_sync", "Usage"]
+           "as_async", "as_sync"]

@@ -370,13 +370,6 @@ class Page(Generic[T]):
 
 
 @dataclass
-class Usage:
-    """What a run used, returned by ``run`` (or a gated function) to be reported."""
-    tokens_used: int = 0
-    actual_cost: Optional[Decimal] = None
-
-
-@dataclass
 class RunResult:
     """What a ``SafetyEnhancedBaseAgent.run`` returns: the output (a JSON object), what it used,
     a summary and next steps for the reviewer."""

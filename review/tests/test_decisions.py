@@ -385,6 +385,7 @@ def test_response_decisions(response, reviewer, project, agent):
     r = client.post(url, {"decision": "requires_modification", "modifications_required": "Handle quotes"}, **HTMX)
     html = r.content.decode()
     assert "Sent back for modification." in html and "Handle quotes" in html and 'data-status="requires_modification"' in html
+    assert '<span class="badge status-badge status-requires_modification">Requires modification</span>' in html
     response.refresh_from_db()
     assert response.status == "requires_modification" and response.modifications_required == "Handle quotes"
     assert audited(response, "response_approval.requires_modification")

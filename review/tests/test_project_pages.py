@@ -101,6 +101,7 @@ def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, age
     for agent_type in ("orchestrator", "coder", "tester", "deployer"):  # agent states
         assert f'<th scope="row">{agent_type}</th>' in html
     assert "parse the logs" in html  # recent tasks
+    assert '<span class="pp-state pp-state--waiting_for_hitl">Waiting for a person</span>' in html  # not "hitl"
     assert html.count("<meter") == 4  # tokens and cost, today and this month
     for label in ("Tokens today", "Cost today", "Tokens this month", "Cost this month"):
         assert label in html
