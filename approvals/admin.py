@@ -26,10 +26,11 @@ from approvals.services import (
 from approvals.services.calibration import PRECISION_DAYS
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
-from core.admin import FORM_ERROR_NOTE, QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
+from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, refusal_text, refuse_on_page
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
+from core.text import FORM_ERROR_NOTE
 
 PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
@@ -192,10 +193,7 @@ class DecisionPageMixin:
                 form.add_error(None, err.detail)
             return "form_error", FORM_ERROR_NOTE
         except DomainError as err:
-            status = err.extra.get("status")
-            why = f"{err.detail}{f' (status {status})' if status else ''}"
-            self.message_user(request, f"{label}: not {past}: {why} Nothing was decided.", messages.ERROR)
-            return "refused", f"Nothing was decided: {why}"
+            return "refused", refuse_on_page(self, request, label=label, past=past, err=err)
         self.message_user(request, f"{label}: {past}.", messages.SUCCESS)
         return "decided", ""
 
@@ -211,7 +209,7 @@ class DecisionPageMixin:
                 decision_forms[decision] = self.decision_form_class(
                     decision=decision, initial=self.decision_initial(obj, decision))
         if not pending:
-            why_not = f"This {obj._meta.verbose_name} is {obj.get_status_display()}: nothing left to decide."
+            why_not = f"This {obj._meta.verbose_name} is {obj.get_status_display().lower()}: nothing left to decide."
         elif not may_decide:
             why_not = f"You may see this {obj._meta.verbose_name} but not decide it (no reviewer role on " \
                       f"project {obj.project.slug})."
@@ -360,9 +358,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
             try:
                 agent_approval_decide(approval_id=approval.pk, decider=request.user, decision=decision, reason=reason)
             except DomainError as err:
-                status = err.extra.get("status")
-                self.message_user(request, f"{label}: not {PAST[decision]}: {err.detail}"
-                                  f"{f' (status {status})' if status else ''}", messages.WARNING)
+                self.message_user(request, f"{label}: not {PAST[decision]}: {refusal_text(err)}", messages.WARNING)
                 continue
             done += 1
             self.message_user(request, f"{label}: {PAST[decision]}.", messages.SUCCESS)
@@ -567,9 +563,8 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
                     reason=reason if decision != "requires_modification" else "",
                     modifications_required=reason if decision == "requires_modification" else None)
             except DomainError as err:
-                status = err.extra.get("status")
-                self.message_user(request, f"{label}: not {RESPONSE_PAST[decision]}: {err.detail}"
-                                  f"{f' (status {status})' if status else ''}", messages.WARNING)
+                self.message_user(request, f"{label}: not {RESPONSE_PAST[decision]}: {refusal_text(err)}",
+                                  messages.WARNING)
                 continue
             self.message_user(request, f"{label}: {RESPONSE_PAST[decision]}.", messages.SUCCESS)
 

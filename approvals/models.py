@@ -8,6 +8,9 @@ from django.db.models import Q
 from core.models import BaseModel
 from projects.models import AgentType
 
+# The rejection_reason of a call or a response an emergency stop cancelled (approvals.services.halting).
+CANCELLED_BY_STOP = "emergency stop"
+
 
 class ModelPrice(BaseModel):
     """Price of an LLM, in USD per million tokens. Seeded from approvals/data/model_prices.json,

@@ -1,12 +1,26 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils import timezone
 
 from core.models import Heartbeat
 from core.text import has_nul
 
 
-# Shown where a decision page lands (#decide) when a posted decision was not made.
-FORM_ERROR_NOTE = "Nothing was decided: correct the form below."
+def refusal_text(err) -> str:
+    """A service's refusal (a DomainError) as one sentence: its detail, and the status it
+    names unless the detail already says it."""
+    text = err.detail.strip()
+    status = err.extra.get("status")
+    if status and str(status) not in text:
+        text = f"{text.rstrip('.')} (status {status})."
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def refuse_on_page(model_admin, request, *, label: str, past: str, err) -> str:
+    """A decision page's refusal: said in the admin's messages, and returned as the note shown
+    where the page lands (#decide)."""
+    why = refusal_text(err)
+    model_admin.message_user(request, f"{label}: not {past}: {why} Nothing was decided.", messages.ERROR)
+    return f"Nothing was decided: {why}"
 
 
 @admin.register(Heartbeat)

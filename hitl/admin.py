@@ -11,9 +11,10 @@ from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from core.admin import FORM_ERROR_NOTE, QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason
+from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, refuse_on_page
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
+from core.text import FORM_ERROR_NOTE
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
 from projects import roles
@@ -150,11 +151,7 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
                 form.add_error(None, err.detail)
             return FORM_ERROR_NOTE
         except DomainError as err:
-            status = err.extra.get("status")
-            why = f"{err.detail}{f' (status {status})' if status else ''}"
-            self.message_user(request, f"{label}: not {PAST[form.action]}: {why} Nothing was decided.",
-                              messages.ERROR)
-            return f"Nothing was decided: {why}"
+            return refuse_on_page(self, request, label=label, past=PAST[form.action], err=err)
         self.message_user(request, f"{label}: {PAST[form.action]}.", messages.SUCCESS)
         return ""
 
@@ -162,7 +159,7 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
         forms_ = {action: bound if bound is not None and bound.action == action
                   else HitlAnswerForm(action=action, options=obj.options) for action in HitlAnswerForm.LABELS}
         if obj.status != HitlRequest.Status.PENDING:
-            why_not = f"This request is {obj.get_status_display()}: nothing left to answer."
+            why_not = f"This request is {obj.get_status_display().lower()}: nothing left to answer."
         elif obj.expires_at <= timezone.now():
             why_not = "This request has expired: it is timed out."
         elif not has_project_perm(request.user, roles.REVIEW, obj.project_id):

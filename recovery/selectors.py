@@ -22,5 +22,6 @@ def open_work_a_stop_cancels(*, project) -> list[str]:
     if responses:
         lines.append(f"{plural(responses, 'response')} awaiting review will be cancelled.")
     if requests:
-        lines.append(f"{plural(requests, 'pending question')} will be cancelled (questions and checkpoints).")
+        lines.append(f"{plural(requests, 'pending question or checkpoint', 'pending questions and checkpoints')}"
+                     f" will be cancelled.")
     return lines

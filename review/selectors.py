@@ -13,9 +13,9 @@ from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import AgentCallApproval, ResponseApproval
-from budgets.models import BudgetOverrideRequest
+from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
+from budgets.models import BudgetOverrideRequest
 from emergency.models import EmergencyStop
 from hitl.selectors import pending_for_reviewer
 from projects import roles
@@ -415,27 +415,39 @@ def stopped_projects(*, user) -> list[dict]:
 
 
 def call_cancellation(approval: AgentCallApproval) -> dict | None:
-    """Who cancelled a cancelled call, when and why (the call's approved_by / responded_at are
-    those of its approval, if any, and stay as they were). {"by", "at", "why", "stop"}."""
+    """Who cancelled a cancelled call, when and why: {"by", "at", "why", "stop"}. (The call's
+    approved_by / responded_at are those of its approval, if any, and stay as they were.)"""
     if approval.status != AgentCallApproval.Status.CANCELLED:
         return None
+    if approval.rejection_reason == CANCELLED_BY_STOP:
+        # Nothing is admitted while a project is stopped, so the stop that cancelled the call is
+        # the first one created after it (its lists of ids are not read).
+        stop = (EmergencyStop.objects.filter(project_id=approval.project_id, created_at__gte=approval.created_at)
+                .defer("cancelled_approvals", "stopped_tasks", "condition_details")
+                .select_related("triggered_by_user").order_by("created_at").first())
+        if stop is None:
+            return {"by": "an emergency stop", "at": approval.updated_at, "stop": None, "why": ""}
+        who = stop.triggered_by_user.get_username() if stop.triggered_by_user_id else \
+            f"{condition_label(stop.triggered_by.removeprefix('system:'))}, automatic"
+        return {"by": f"an emergency stop ({who})", "at": stop.created_at, "stop": stop, "why": ""}
     event = (AuditEvent.objects.filter(object_type=approval._meta.label_lower, object_id=str(approval.pk),
                                        action__in=("agent_approval.cancel", "agent_approval.grant_expired"))
              .select_related("actor").order_by("-seq").first())
-    if event is not None and event.action == "agent_approval.grant_expired":
+    if event is None:
+        return {"by": "", "at": approval.updated_at, "stop": None, "why": ""}
+    if event.action == "agent_approval.grant_expired":
         return {"by": "the system", "at": event.created_at, "stop": None,
                 "why": "it was approved but not started in time"}
-    if event is not None:
-        return {"by": f"its agent {event.actor.get_username()}" if event.actor_id else "its agent",
-                "at": event.created_at, "stop": None, "why": event.reason or ""}
-    stops = EmergencyStop.objects.filter(project_id=approval.project_id, created_at__gte=approval.created_at)
-    stop = next((s for s in stops.select_related("triggered_by_user").order_by("created_at")
-                 if str(approval.pk) in s.cancelled_approvals), None)
-    by = "an emergency stop"
-    if stop is not None:
-        by += f" ({stop.triggered_by_user.get_username()})" if stop.triggered_by_user_id else \
-            f" ({stop.triggered_by.removeprefix('system:')}, automatic)"
-    return {"by": by, "at": stop.created_at if stop else approval.updated_at, "stop": stop, "why": ""}
+    if event.actor_id == approval.requested_by_id:
+        by = f"its agent {event.actor.get_username()}"
+    else:
+        by = event.actor.get_username() if event.actor_id else "the system"  # an administrator
+    return {"by": by, "at": event.created_at, "stop": None, "why": event.reason or ""}
+
+
+def condition_label(condition: str) -> str:
+    """An emergency condition as a person reads it: "security threat"."""
+    return condition.replace("_", " ")
 
 
 def latest_event_id() -> int:

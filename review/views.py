@@ -17,7 +17,7 @@ from approvals.selectors import agent_approval_visible_to, response_approval_vis
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError
 from core.parsers import loads_strict
-from core.text import has_nul
+from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
@@ -118,7 +118,7 @@ def _decided_elsewhere(obj, cancellation=None):
     if obj.status == "pending":
         return None
     if cancellation:
-        who = f" by {cancellation['by']}"
+        who = f" by {cancellation['by']}" if cancellation["by"] else ""
     else:
         who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
     return {"level": "info", "text": f"This request is now {obj.get_status_display().lower()}{who}."}
@@ -236,7 +236,7 @@ def agent_approval_decide_view(request, approval_id):
                 panel.update(reason=reason)
         approval = _call_for(request, approval_id)  # the state after the decision (or after a refusal)
     elif outcome is None:
-        outcome = {"level": "error", "text": "Nothing was decided: correct the form below."}
+        outcome = {"level": "error", "text": FORM_ERROR_NOTE}
         if decision == "reject":
             panel.update(reason=reason)
     if _is_htmx(request):
@@ -333,7 +333,7 @@ def response_approval_decide_view(request, approval_id):
             outcome = {"level": "error", "text": _error_text(exc)}
         response = _response_for(request, approval_id)
     elif outcome is None:
-        outcome = {"level": "error", "text": "Nothing was decided: correct the form below."}
+        outcome = {"level": "error", "text": FORM_ERROR_NOTE}
     if _is_htmx(request):
         return render(request, "review/partials/response_approval_panel.html",
                       _response_panel_context(request, response, outcome=outcome, oob=True, **panel))

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from approvals.analyzers import ResponseContext, analyze_response
 from approvals.analyzers.text import redact
-from approvals.models import AgentCallApproval, FlagLabel, ResponseApproval
+from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, FlagLabel, ResponseApproval
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
 from approvals.services.common import call_uow
@@ -328,7 +328,7 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
     ids = [r.pk for r in uow.lock_many("response", pending.only("pk"))]
     if not ids:
         return []
-    ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason="emergency stop",
+    ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason=CANCELLED_BY_STOP,
                                                        responded_at=now, updated_at=now)
     for pk in ids:
         wakeup_on_commit(response_group(pk), status=Status.CANCELLED)

@@ -78,7 +78,10 @@ def test_the_asker_cannot_answer_from_the_page(client, ask, make_user, project):
     assert "You asked this" in client.get(page(req)).content.decode()
     r = client.post(page(req), {"_decide": "1", "action": "reject", "reject-response": "x"}, follow=True)
     req.refresh_from_db()
-    assert req.status == "pending" and any("not rejected" in m for m in messages_of(r))
+    assert req.status == "pending" and any("not rejected" in m and m.endswith("Nothing was decided.")
+                                           for m in messages_of(r))
+    decide = r.content.decode().split('id="decide"')[1]  # the service's refusal, where the post lands
+    assert '<p class="errornote" role="alert" id="decide-refusal">Nothing was decided: ' in decide
 
 
 def test_bulk_reject_asks_for_a_reason(browser, ask):

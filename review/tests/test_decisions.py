@@ -288,7 +288,7 @@ def test_a_call_cancelled_after_its_approval_names_who_cancelled_it_and_when(cal
     assert f"by <strong>an emergency stop (reviewer)</strong> at {stamp} UTC" in html
     assert ("It had been approved by <strong>manager</strong> at "
             f"{approved_at.astimezone(dt_timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC") in html
-    assert f'href="/review/projects/{call.project_id}"' in html
+    assert f'<a href="/review/projects/{call.project_id}">The project\'s stop and recovery</a>' in html
     assert "This request is now cancelled by an emergency stop (reviewer)." in \
         client.get(f"{page(call)}/panel").content.decode()
 
@@ -302,6 +302,32 @@ def test_a_call_its_agent_withdrew_after_approval_names_the_agent_and_its_reason
     assert f"by <strong>its agent {agent.get_username()}</strong> at" in html
     assert "Reason: the user closed the ticket" in html
     assert "It had been approved by <strong>manager</strong>" in html
+
+
+def test_a_pending_call_cancelled_by_an_automatic_stop_after_an_earlier_stop(call, project, manager, reviewer):
+    """A stop before the call (lifted) is not the one that cancelled it; an automatic stop names its
+    condition; a call never approved says nothing of an approval."""
+    from emergency.models import EmergencyStop
+
+    EmergencyStop.objects.create(project=project, triggered_conditions=["manual_stop"], stop_reason="old drill",
+                                 severity="high", triggered_by=f"{manager.username}#{manager.pk}",
+                                 triggered_by_user=manager, resolved_at=timezone.now(), resolved_by=manager)
+    EmergencyStop.objects.filter(stop_reason="old drill").update(created_at=call.created_at - timedelta(hours=1))
+    stop, _ = emergency_stop_trigger(project_id=call.project_id, condition="security_threat", reason="leak")
+    html = web(reviewer).get(page(call)).content.decode()
+    stamp = stop.created_at.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"by <strong>an emergency stop (security threat, automatic)</strong> at {stamp} UTC" in html
+    assert "It had been approved" not in html and manager.username not in html.split('id="decision-panel"')[1]
+
+
+def test_a_call_an_administrator_withdrew_names_the_administrator(call, manager, admin_user):
+    from approvals.services import agent_approval_cancel
+
+    agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
+    agent_approval_cancel(approval_id=call.pk, actor=admin_user, reason="wrong repository")
+    html = web(manager).get(page(call)).content.decode()
+    assert f"by <strong>{admin_user.username}</strong> at" in html and "its agent" not in html
+    assert "Reason: wrong repository" in html
 
 
 def test_a_lapsed_grant_is_cancelled_by_the_system(call, manager):

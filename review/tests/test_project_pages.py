@@ -185,7 +185,7 @@ def test_the_confirmation_speaks_of_one_call_and_of_questions(project, agent, re
                               {"reason": "look", "severity": "high"}).content.decode()
     assert "1 agent call will be cancelled (pending, or approved and not yet started), its budget reservation " \
            "released." in html
-    assert "1 pending question will be cancelled (questions and checkpoints)." in html
+    assert "1 pending question or checkpoint will be cancelled." in html
     assert "HITL request" not in html
 
 

@@ -242,6 +242,7 @@
 
   // ---- decision shortcuts ------------------------------------------------------------------
   var approveArmed = null;  // {panel, at}: a first "a" on a high or critical risk
+  var CONFIRM_MS = 5000;    // how long that first "a" waits for the second
 
   function enabled(el) { return el && !el.disabled && el.getAttribute("aria-disabled") !== "true"; }
 
@@ -294,7 +295,7 @@
       // A high or critical risk is not approved by one keystroke: the first "a" focuses the button
       // and says so, a second "a" within 5 s (or Enter on the button) approves.
       var risk = panel.getAttribute("data-confirm-approve");
-      if (risk && !(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < 5000)) {
+      if (risk && !(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < CONFIRM_MS)) {
         var armed = approveArmed = { panel: panel, at: Date.now() };
         approve.focus();
         announce(panel, "Risk " + risk + ": press a again (or Enter) to approve.");
@@ -303,7 +304,7 @@
           approveArmed = null;
           var note = panel.querySelector(".outcome-confirm");
           if (note) note.remove();
-        }, 5000);
+        }, CONFIRM_MS);
         return;
       }
       approveArmed = null;
