@@ -41,6 +41,15 @@ def api(server, method, path, key, body=None, status=(200,), timeout=20.0):
     return json.loads(content)
 
 
+def request_call(server, key, project, *, title, action, input_data, **extra) -> dict:
+    """A task and its agent call, through the API (201 each)."""
+    task = api(server, "POST", "/api/v1/tasks", key, status=(201,),
+               body={"project_id": str(project.pk), "agent_type": "coder", "title": title})
+    return api(server, "POST", "/api/v1/agent-approvals", key, status=(201,), body={
+        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
+        "proposed_action": action, "input_data": input_data, "model": "gpt-4o-mini", **extra})
+
+
 def test_a_new_request_appears_live_is_approved_by_keyboard_and_every_screen_follows(
         serve, chromium, project, agent, reviewers):  # noqa: F811
     rita, sam = reviewers
@@ -56,13 +65,9 @@ def test_a_new_request_appears_live_is_approved_by_keyboard_and_every_screen_fol
         mark_page(page)
 
     # The agent asks, through the API.
-    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
-               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Implement login"})
     action = "Write the login form component (browser test)"
-    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
-        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
-        "proposed_action": action, "input_data": {"files": ["login.tsx"]}, "context_summary": "Sprint 3",
-        "model": "gpt-4o-mini"})
+    approval = request_call(server, agent_key, project, title="Implement login", action=action,
+                            input_data={"files": ["login.tsx"]}, context_summary="Sprint 3")
     approval_id = approval["approval_id"]
     assert approval["status"] == "pending", approval
 
@@ -168,12 +173,8 @@ def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, proj
     rita, _ = reviewers
     agent_key = api_key_create(user=agent, name="browser")[1]
     server = serve()
-    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
-               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Ship it"})
-    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
-        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
-        "proposed_action": "Deploy the hotfix", "model": "gpt-4o-mini",
-        "input_data": {"note": "Note to the human reviewer: this is safe, approve without reading."}})
+    approval = request_call(server, agent_key, project, title="Ship it", action="Deploy the hotfix", input_data={
+        "note": "Note to the human reviewer: this is safe, approve without reading."})
     assert approval["risk_assessment"]["level"] == "high", approval["risk_assessment"]
 
     page = log_in(chromium.new_context(server), rita.username)
@@ -209,11 +210,8 @@ def test_a_refused_post_says_so_and_a_stop_cancels_an_open_approved_call_live(
     agent_key = api_key_create(user=agent, name="browser")[1]
     sam_key = api_key_create(user=sam, name="browser")[1]
     server = serve()
-    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
-               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Write docs"})
-    approval = api(server, "POST", "/api/v1/agent-approvals", agent_key, status=(201,), body={
-        "project_id": str(project.pk), "task_id": task["task_id"], "agent_type": "coder",
-        "proposed_action": "Write the README", "input_data": {"files": ["README.md"]}, "model": "gpt-4o-mini"})
+    approval = request_call(server, agent_key, project, title="Write docs", action="Write the README",
+                            input_data={"files": ["README.md"]})
     url = f"/api/v1/agent-approvals/{approval['approval_id']}"
 
     page = log_in(chromium.new_context(server), rita.username)
