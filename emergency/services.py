@@ -3,6 +3,7 @@ from django.utils import timezone
 
 from audit.services import actor_repr, audit_record
 from core.errors import InvalidInput
+from core.times import iso_utc
 from core.uow import retry_transient
 from emergency.hooks import project_halting, stop_condition_added
 from emergency.models import (
@@ -30,7 +31,7 @@ def stop_payload(stop: EmergencyStop) -> dict:
         "id": str(stop.pk), "project_id": str(stop.project_id), "triggered_conditions": stop.triggered_conditions,
         "stop_reason": stop.stop_reason, "severity": stop.severity, "triggered_by": stop.triggered_by,
         "stopped_tasks": stop.stopped_tasks, "cancelled_approvals": stop.cancelled_approvals,
-        "created_at": stop.created_at.isoformat(), "resolved_at": stop.resolved_at.isoformat() if stop.resolved_at else None,
+        "created_at": iso_utc(stop.created_at), "resolved_at": iso_utc(stop.resolved_at),
     }
 
 
@@ -66,7 +67,7 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
         project = uow.project
         now = timezone.now()
         by = actor_repr(actor) if actor is not None else f"system:{condition}"
-        detail = {"condition": condition, "reason": reason, "severity": severity, "at": now.isoformat(),
+        detail = {"condition": condition, "reason": reason, "severity": severity, "at": iso_utc(now),
                   "by": by, "data": data or {}}
         active = EmergencyStop.objects.filter(project=project, resolved_at__isnull=True)
         stop = uow.lock_many("project_state", active)

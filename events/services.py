@@ -6,6 +6,7 @@ from django.utils import timezone
 from audit.services import to_json
 from core.rawrows import db, kept_cursor
 from core import broadcast
+from core.times import iso_utc
 from core.uow import defer_or_run
 from events.models import Event, EventType
 
@@ -23,7 +24,7 @@ def event_payload(event: Event) -> dict:
         "project_id": str(event.project_id),
         "task_id": str(event.task_id) if event.task_id else None,
         "data": event.data,
-        "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
+        "created_at": iso_utc(event.created_at),
     }
 
 

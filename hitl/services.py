@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
@@ -52,7 +53,7 @@ def hitl_event_data(req: HitlRequest) -> dict:
         "amended": req.amended_content is not None,
         "asked_by": req.asked_by.get_username() if req.asked_by_id else None,
         "responded_by": req.responded_by.get_username() if req.responded_by_id else None,
-        "expires_at": req.expires_at.isoformat(),
+        "expires_at": iso_utc(req.expires_at),
     }
 
 
@@ -62,7 +63,7 @@ def snapshot(req: HitlRequest) -> dict:
 
 
 def _history_entry(status: str, actor, now, note: str = "") -> dict:
-    return {"status": status, "by": _by(actor), "at": now.isoformat(), "note": note}
+    return {"status": status, "by": _by(actor), "at": iso_utc(now), "note": note}
 
 
 def clean_options(options) -> list[str]:

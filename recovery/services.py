@@ -8,6 +8,7 @@ from approvals.models import AgentCallApproval
 from audit.services import audit_record
 from budgets.services import budget_for, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
+from core.times import iso_utc
 from core.uow import LockOrderError, retry_transient
 from emergency.conditions import conditions_evaluate
 from emergency.models import Condition, EmergencySettings, EmergencyStop
@@ -52,7 +53,7 @@ def _reset_error_window(session, step, now, option, uow):
     settings_row = uow.lock("project_state", EmergencySettings.objects, project_id=session.project_id)
     settings_row.error_window_reset_at = now
     settings_row.save(update_fields=["error_window_reset_at", "updated_at"])
-    return {"error_window_reset_at": now.isoformat()}
+    return {"error_window_reset_at": iso_utc(now)}
 
 
 def _re_enable_agents(session, step, now, option, uow):
@@ -76,7 +77,7 @@ def _settle_halted_tasks(session, step, now, option, uow):
 def _lift_stop(session, step, now, option, uow):
     stop = session.emergency_stop
     emergency_stop_resolve(uow=uow, stop=stop, actor=step.approved_by, now=now, recovery_session_id=session.pk)
-    return {"emergency_stop_id": str(stop.pk), "resolved_at": now.isoformat()}
+    return {"emergency_stop_id": str(stop.pk), "resolved_at": iso_utc(now)}
 
 
 STEPS = {  # action: (description, run, options)

@@ -10,6 +10,7 @@ from core.errors import NotFoundError, TransitionError
 from core import rawrows
 from core.rawrows import Columns, db
 from core.request_cache import memo
+from core.times import iso_utc
 from core.wakeup import wakeup_on_commit
 from events.services import event_emit
 from projects.models import Task
@@ -52,7 +53,7 @@ def approval_event_data(approval: AgentCallApproval) -> dict:
         "risk_level": (approval.risk_assessment or {}).get("level"),
         "budget_state": approval.budget_state,
         "budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None,
-        "expires_at": approval.expires_at.isoformat(),
+        "expires_at": iso_utc(approval.expires_at),
         "approved_by": approval.approved_by.get_username() if approval.approved_by_id else None,
     }
 

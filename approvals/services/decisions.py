@@ -24,6 +24,7 @@ from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, TransitionError
+from core.times import iso_utc
 from core.uow import retry_transient
 from events.services import event_emit
 from projects import roles
@@ -154,7 +155,7 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
                                   current_status=approval.status)
         if approval.started_at is not None:
             raise TransitionError("This approved call was already started.", current_status=approval.status,
-                                  started_at=approval.started_at.isoformat())
+                                  started_at=iso_utc(approval.started_at))
         now = timezone.now()
         if _grant_expired(approval, now):
             _expire_grant(uow, approval, now)

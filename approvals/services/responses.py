@@ -29,6 +29,7 @@ from budgets.services import budget_settle
 from core import rawrows
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.request_cache import memo
+from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
 from emergency.models import Condition, Severity
@@ -65,7 +66,7 @@ def response_event_data(response: ResponseApproval) -> dict:
         "confidence_score": float(response.confidence_score),
         "tokens_used": response.tokens_used,
         "actual_cost": f"{response.actual_cost:.4f}",
-        "expires_at": response.expires_at.isoformat(),
+        "expires_at": iso_utc(response.expires_at),
         "approved_by": response.approved_by.get_username() if response.approved_by_id else None,
     }
 

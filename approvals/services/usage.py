@@ -12,6 +12,7 @@ from budgets.models import UsageEntry
 from budgets.services import budget_release, budget_settle
 from core import rawrows
 from core.errors import Forbidden, InvalidInput, TransitionError
+from core.times import iso_utc
 from core.uow import retry_transient
 from emergency.models import Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
@@ -80,7 +81,7 @@ def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_us
                 "message": f"Reported usage ({tokens_used} tokens, {Decimal(actual_cost):.4f}) is far above "
                            f"the estimate ({approval.estimated_tokens} tokens, "
                            f"{approval.estimated_cost:.4f}).",
-                "at": timezone.now().isoformat()}
+                "at": iso_utc(timezone.now())}
         approval.usage_flags = [*approval.usage_flags, flag]
         fields.append("usage_flags")
         event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="safety_alert",

@@ -5,6 +5,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from budgets.models import BudgetAlert, BudgetWindow, ProjectBudget
+from core.times import iso_utc
 from events.services import event_emit
 from projects.notifications import notify_project_on_commit
 
@@ -12,7 +13,7 @@ from projects.notifications import notify_project_on_commit
 def alert_payload(alert: BudgetAlert) -> dict:
     return {"alert_type": alert.alert_type, "threshold_type": alert.threshold_type,
             "threshold_value": f"{alert.threshold_value:.4f}", "current_value": f"{alert.current_value:.4f}",
-            "triggered_at": alert.triggered_at.isoformat(), "window_start": alert.window.start.isoformat(),
+            "triggered_at": iso_utc(alert.triggered_at), "window_start": iso_utc(alert.window.start),
             "detail": alert.detail}
 
 

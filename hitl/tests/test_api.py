@@ -40,6 +40,7 @@ def test_create_answers_201_with_the_fields_of_api_md(asked, project, task):
     assert asked["context"] == {"load": "small"} and asked["response"] == "" and asked["amended_content"] is None
     assert asked["responded_by"] is None and asked["responded_at"] is None
     assert [(h["status"], h["by"]) for h in asked["history"]] == [("pending", "agent")]
+    assert asked["history"][0]["at"].endswith("Z") and asked["created_at"].endswith("Z")  # ISO-8601 UTC, one way
 
 
 def test_a_checkpoint_needs_no_task_or_options(agent_client, project):
