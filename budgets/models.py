@@ -115,10 +115,10 @@ class BudgetAlert(models.Model):
         OVERRUN = "overrun"
 
     class ThresholdType(models.TextChoices):
-        TOKEN_DAILY = "token_daily"
-        TOKEN_MONTHLY = "token_monthly"
-        COST_DAILY = "cost_daily"
-        COST_MONTHLY = "cost_monthly"
+        TOKEN_DAILY = "token_daily", "Tokens today"
+        TOKEN_MONTHLY = "token_monthly", "Tokens this month"
+        COST_DAILY = "cost_daily", "Cost today"
+        COST_MONTHLY = "cost_monthly", "Cost this month"
 
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="budget_alerts")
     window = models.ForeignKey(BudgetWindow, on_delete=models.CASCADE, related_name="alerts")

@@ -16,8 +16,8 @@ class EventType(models.TextChoices):
     APPROVAL_TIMEOUT_WARNING = "approval_timeout_warning"
     APPROVAL_TIMED_OUT = "approval_timed_out"
     SAFETY_ALERT = "safety_alert"
-    HITL_REQUESTED = "hitl_requested"
-    HITL_DECIDED = "hitl_decided"
+    HITL_REQUESTED = "hitl_requested", "Question asked"
+    HITL_DECIDED = "hitl_decided", "Question answered"
 
 
 class Event(models.Model):

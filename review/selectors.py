@@ -388,11 +388,17 @@ def unplaced_flags(flags: list[dict], lines: list[dict], extra_paths=()) -> list
 
 
 def code_blocks(agent_response) -> list[dict]:
-    """Code the agent produced: ``files[].content`` (with its path) and ``code`` strings."""
+    """Code the agent produced: ``files[].content`` (with its path), ``files`` as a mapping of
+    paths to contents, and ``code`` strings."""
     blocks = []
     if not isinstance(agent_response, dict):
         return blocks
     files = agent_response.get("files")
+    if isinstance(files, dict):
+        for path, content in files.items():
+            if isinstance(content, str):
+                blocks.append({"name": str(path), "location": child_path("agent_response.files", str(path)),
+                               "content": content})
     if isinstance(files, list):
         for i, entry in enumerate(files):
             if isinstance(entry, dict) and isinstance(entry.get("content"), str):

@@ -189,9 +189,13 @@ def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, proj
     expect(page.locator("#btn-approve")).to_be_focused()
     page.wait_for_timeout(300)  # give a wrongly taken repeat the time to post
     expect(panel).to_have_attribute("data-status", "pending")
-    # the window closes after 5 s and its hint goes with it; an "a" then only arms it again
+    # the window closes after 5 s and its hint goes with it, and the focus: Enter then approves nothing
     expect(panel.locator(".outcome-confirm")).to_have_count(0, timeout=8000)
-    page.keyboard.press("a")
+    expect(page.locator("#btn-approve")).not_to_be_focused()
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    expect(panel).to_have_attribute("data-status", "pending")
+    page.keyboard.press("a")  # only arms it again
     expect(panel.locator(".outcome-confirm")).to_have_text("Risk high: press a again (or Enter) to approve.")
     page.wait_for_timeout(300)
     expect(panel).to_have_attribute("data-status", "pending")

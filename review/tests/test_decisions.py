@@ -381,6 +381,16 @@ def response(project, agent, reviewer):
         actual_cost=Decimal("0.0050"))
 
 
+def test_files_as_a_mapping_of_paths_are_shown_as_code_too():
+    """The demo fleet's coder sends ``files`` as {path: content}: its code was only one-line JSON."""
+    from review.selectors import code_blocks
+
+    blocks = code_blocks({"files": {"src/app.py": "x = 1\n", "README": 3}, "code": "y = 2"})
+    assert blocks == [
+        {"name": "src/app.py", "location": 'agent_response.files["src/app.py"]', "content": "x = 1\n"},
+        {"name": "code", "location": "agent_response.code", "content": "y = 2"}]
+
+
 def rpage(response):
     return f"/review/response-approvals/{response.pk}"
 

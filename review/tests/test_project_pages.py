@@ -107,7 +107,7 @@ def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, age
         assert label in html
     assert "8.5000 of 10.0000 USD" in html and "(85 %)" in html and "reserved 8.5000" in html
     assert "1,234 of 100,000 tokens" in html
-    assert 'pp-tag pp-tag--warning">warning</span></td>' in html and "Cost Daily" in html  # the alert
+    assert 'pp-tag pp-tag--warning">warning</span></td>' in html and "Cost today</td>" in html  # the alert
     assert "<strong class=\"pp-big\">1</strong>" in html  # one pending call, linked to the inbox
     assert 'href="/review/"' in html
     assert "Continue to stop Demo" in html  # a reviewer gets the stop form

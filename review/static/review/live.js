@@ -299,11 +299,12 @@
         var armed = approveArmed = { panel: panel, at: Date.now() };
         approve.focus();
         announce(panel, "Risk " + risk + ": press a again (or Enter) to approve.");
-        setTimeout(function () {  // the window closed: the hint goes with it
-          if (approveArmed !== armed) return;
+        setTimeout(function () {  // the window closed: the hint goes with it, and so does the focus
+          if (approveArmed !== armed) return;  // that "a" set (else a later Enter would still approve)
           approveArmed = null;
           var note = panel.querySelector(".outcome-confirm");
           if (note) note.remove();
+          if (document.activeElement === approve) approve.blur();
         }, CONFIRM_MS);
         return;
       }
