@@ -22,6 +22,7 @@ from projects import roles
 from projects.models import Project
 from projects.permissions import has_project_perm, project_perms, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
+from recovery.presentation import step_title
 
 RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
 RISK_LEVELS = ("critical", "high", "medium", "low")
@@ -168,7 +169,7 @@ def inbox_items(*, user) -> list[InboxItem]:
         items.append(InboxItem(
             kind="recovery", id=str(step.pk), url=f"/review/recovery/{session.pk}",
             risk=session.emergency_stop.severity or "high", project=session.project, agent_type="",
-            summary=one_line(f"Step {step.order} of {session.total_steps}: {step.action} — {step.description}"),
+            summary=one_line(f"Step {step.order} of {session.total_steps}: {step_title(step.action)} — {step.description}"),
             created_at=step.created_at, obj=step, extra={"session_id": str(session.pk)}))
     for req in pending_for_reviewer(user):
         items.append(InboxItem(

@@ -14,6 +14,7 @@ from approvals.services import agent_approval_decide, agent_approval_request, ag
 from budgets.models import BudgetOverrideRequest, ProjectBudget
 from emergency.services import emergency_stop_trigger
 from projects.services import task_create
+from recovery.presentation import step_title
 from recovery.services import recovery_start
 from review.selectors import inbox_items, reviewer_metrics
 
@@ -143,6 +144,9 @@ def test_responses_and_recovery_steps_are_listed(project, agent, reviewer, manag
     session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
     html = web(reviewer).get("/review/").content.decode()
     assert f'href="/review/recovery/{session.pk}"' in html and "Recovery step" in html
+    first = session.steps.order_by("order").first()
+    assert f"Step 1 of {session.total_steps}: {step_title(first.action)} — " in html  # its title, not its code
+    assert f": {first.action} —" not in html
     assert "Project Demo is under an emergency stop" in html  # the red banner
 
 
