@@ -119,6 +119,20 @@ def test_output_of_a_call_not_approved_and_started_is_409(agent_client, reviewer
     assert ResponseApproval.objects.count() == 0
 
 
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_the_output_of_a_task_reported_finished_is_409_and_changes_nothing(started, agent_client, project, outcome):
+    """It was taken (201) while its task stayed finished: a rejection could neither send the task
+    back nor stop the output from being used, and the task could not be redone."""
+    call = started()
+    assert agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": outcome},
+                             format="json").status_code == 200
+    r = submit(agent_client, call)
+    assert r.status_code == 409 and r.json()["error"] == "conflict", r.content
+    assert r.json()["task_status"] == outcome and f"Its task is {outcome}" in r.json()["detail"]
+    assert ResponseApproval.objects.count() == 0 and spent_tokens(project) == 0  # nothing changed
+    assert report_usage(agent_client, call, 900, "0.0080").status_code == 200    # its usage is still taken
+
+
 def test_one_response_per_call_and_usage_settled_exactly_once(started, agent_client, project):
     call = started()
     assert submit(agent_client, call).status_code == 201
