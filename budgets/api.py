@@ -83,6 +83,13 @@ class BudgetOverrideCreateApi(APIView):
                 raise serializers.ValidationError("Ask for more than 0: an override of nothing changes nothing.")
             return value
 
+        def validate(self, attrs):
+            amount, violation = attrs.get("requested_amount"), attrs.get("violation_type", "")
+            if amount is not None and violation.endswith("token_limit") and amount != amount.to_integral_value():
+                raise serializers.ValidationError(  # it was granted rounded up: more than was asked for
+                    {"requested_amount": ["A token limit takes a whole number of tokens."]})
+            return attrs
+
     @extend_schema(operation_id="budget_overrides_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={201: BudgetOverrideOutputSerializer, **error_responses(400, 404)})
     @idempotent

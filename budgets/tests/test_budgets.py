@@ -370,6 +370,18 @@ def test_money_is_a_decimal_string_never_a_float(project, manager, agent, review
         "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "0.5000",
         "justification": "more room"}, format="json")
     assert r.status_code == 201 and r.json()["requested_amount"] == "0.5000"
+    # tokens come whole: 1.5 was granted as 2, more than was asked for
+    for violation in ("daily_token_limit", "monthly_token_limit"):
+        r = client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": violation, "requested_amount": "1.5",
+            "justification": "more room"}, format="json")
+        assert r.status_code == 400 and r.json()["fields"]["requested_amount"] == [
+            "A token limit takes a whole number of tokens."], r.content
+    assert BudgetOverrideRequest.objects.count() == 1
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_token_limit", "requested_amount": "1500.0000",
+        "justification": "more room"}, format="json")
+    assert r.status_code == 201 and r.json()["requested_amount"] == "1500.0000"
 
 
 def test_reconcile_command_reports_a_tampered_window(project, agent):
