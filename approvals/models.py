@@ -6,10 +6,8 @@ from django.db import models
 from django.db.models import Q
 
 from core.models import BaseModel
+from emergency.models import CANCELLED_BY_STOP  # noqa: F401  (a call's or response's rejection_reason)
 from projects.models import AgentType
-
-# The rejection_reason of a call or a response an emergency stop cancelled (approvals.services.halting).
-CANCELLED_BY_STOP = "emergency stop"
 
 
 class ModelPrice(BaseModel):

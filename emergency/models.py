@@ -9,6 +9,10 @@ from core.models import BaseModel
 from core.text import plural
 
 
+# The reason (a call's, a response's rejection_reason; a question's history note) on what a stop cancels.
+CANCELLED_BY_STOP = "emergency stop"
+
+
 class Condition(models.TextChoices):
     BUDGET_CRITICAL = "budget_critical"
     ERROR_RATE_HIGH = "error_rate_high"

@@ -15,6 +15,7 @@ from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, Transit
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
+from emergency.models import CANCELLED_BY_STOP
 from events.services import event_emit
 from hitl.models import MAX_OPTION_LENGTH, MAX_OPTIONS, HitlRequest
 from projects import roles
@@ -260,7 +261,7 @@ def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
     pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)))
     for req in pending:
         req.status = Status.CANCELLED
-        req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, "emergency stop")]
+        req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, CANCELLED_BY_STOP)]
         req.save(update_fields=["status", "history", "updated_at"])
         wakeup_on_commit(hitl_group(req.pk), status=Status.CANCELLED)
     return [str(req.pk) for req in pending]

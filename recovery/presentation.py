@@ -52,8 +52,11 @@ def readable(value) -> str:
 
 
 def person(value) -> str:
-    """Who did it, as the pages name people: the audit's ``reviewer#2`` is ``reviewer``."""
+    """Who did it, as the pages name people: the audit's ``reviewer#2`` is ``reviewer``, an
+    automatic condition's ``system:error_rate_high`` is ``the system (error rate high)``."""
     text = readable(value)
+    if text.startswith("system:"):
+        return f"the system ({text.removeprefix('system:').replace('_', ' ')})"
     name, _, number = text.rpartition("#")
     return name if name and number.isdigit() else text
 

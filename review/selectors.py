@@ -12,11 +12,12 @@ from statistics import median
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, ResponseApproval
+from approvals.models import AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
 from budgets.models import BudgetOverrideRequest
-from emergency.models import EmergencyStop
+from emergency.models import CANCELLED_BY_STOP, EmergencyStop
 from hitl.selectors import pending_for_reviewer
 from projects import roles
 from projects.models import Project
@@ -427,16 +428,7 @@ def call_cancellation(approval: AgentCallApproval) -> dict | None:
     if approval.status != AgentCallApproval.Status.CANCELLED:
         return None
     if approval.rejection_reason == CANCELLED_BY_STOP:
-        # Nothing is admitted while a project is stopped, so the stop that cancelled the call is
-        # the first one created after it (its lists of ids are not read).
-        stop = (EmergencyStop.objects.filter(project_id=approval.project_id, created_at__gte=approval.created_at)
-                .defer("cancelled_approvals", "stopped_tasks", "condition_details")
-                .select_related("triggered_by_user").order_by("created_at").first())
-        if stop is None:
-            return {"by": "an emergency stop", "at": approval.updated_at, "stop": None, "why": ""}
-        who = stop.triggered_by_user.get_username() if stop.triggered_by_user_id else \
-            f"{condition_label(stop.triggered_by.removeprefix('system:'))}, automatic"
-        return {"by": f"an emergency stop ({who})", "at": stop.created_at, "stop": stop, "why": ""}
+        return _stop_cancellation(approval.project_id, approval.created_at, fallback_at=approval.updated_at)
     event = (AuditEvent.objects.filter(object_type=approval._meta.label_lower, object_id=str(approval.pk),
                                        action__in=("agent_approval.cancel", "agent_approval.grant_expired"))
              .select_related("actor").order_by("-seq").first())
@@ -450,6 +442,32 @@ def call_cancellation(approval: AgentCallApproval) -> dict | None:
     else:
         by = event.actor.get_username() if event.actor_id else "the system"  # an administrator
     return {"by": by, "at": event.created_at, "stop": None, "why": event.reason or ""}
+
+
+def hitl_cancellation(req) -> dict | None:
+    """Who cancelled a cancelled question or checkpoint, when and why, as call_cancellation says it."""
+    if req.status != req.Status.CANCELLED or not req.history:
+        return None
+    last = req.history[-1]
+    at = parse_datetime(str(last.get("at") or "")) or req.updated_at
+    if last.get("note") == CANCELLED_BY_STOP and last.get("by") == "system":
+        return _stop_cancellation(req.project_id, req.created_at, fallback_at=at)
+    by = last.get("by") or ""
+    return {"by": f"its agent {by}" if by and by == req.asked_by.get_username() else by, "at": at, "stop": None,
+            "why": last.get("note") or ""}
+
+
+def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:
+    """Nothing is admitted while a project is stopped, so the stop that cancelled something is the
+    first one created after it (its lists of ids are not read)."""
+    stop = (EmergencyStop.objects.filter(project_id=project_id, created_at__gte=created_at)
+            .defer("cancelled_approvals", "stopped_tasks", "condition_details")
+            .select_related("triggered_by_user").order_by("created_at").first())
+    if stop is None:
+        return {"by": "an emergency stop", "at": fallback_at, "stop": None, "why": ""}
+    who = stop.triggered_by_user.get_username() if stop.triggered_by_user_id else \
+        f"{condition_label(stop.triggered_by.removeprefix('system:'))}, automatic"
+    return {"by": f"an emergency stop ({who})", "at": stop.created_at, "stop": stop, "why": ""}
 
 
 def condition_label(condition: str) -> str:

@@ -352,6 +352,7 @@ def _hitl_context(request, req, *, outcome=None, form=None):
             "outcome": outcome, "form": form or {}, "context_pretty": selectors.pretty_json(req.context)
             if req.context not in (None, "", {}, []) else "",
             "amended_pretty": selectors.pretty_json(req.amended_content) if req.amended_content is not None else "",
+            "cancellation": selectors.hitl_cancellation(req),
             "history": [{**entry, "at": parse_datetime(str(entry.get("at") or "")), "raw_at": entry.get("at")}
                         for entry in reversed(req.history or [])]}  # newest first, as the page says
 

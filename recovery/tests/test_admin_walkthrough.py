@@ -84,7 +84,7 @@ def test_assessment_names_people_as_the_pages_do_and_explains_the_allowance():
         "budget": {"allowance_today": "0.0000", "spent_month": "1.0000"}})}
     assert ("Triggered by", "manager") in sections["The stop"]["rows"]
     assert [item["rows"][1] for item in sections["What tripped"]["items"]] == [
-        ("By", "rev#ie#w#er"), ("By", "system:error_rate_high")]
+        ("By", "rev#ie#w#er"), ("By", "the system (error rate high)")]
     assert sections["Budget today"]["rows"] == [("Override allowance today", "0.0000"),
                                                 ("Spent this month", "1.0000")]
 

@@ -1,4 +1,5 @@
 """Questions and checkpoints in the reviewer pages: listed in the inbox, answered on their page."""
+import datetime
 import re
 
 import pytest
@@ -101,3 +102,24 @@ def test_the_history_reads_newest_first_with_readable_times(project, agent, revi
     first, last = req.history[0], req.history[-1]
     assert html.index(f'<time datetime="{last["at"]}">') < html.index(f'<time datetime="{first["at"]}">')
     assert re.search(r'<time datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', html)
+
+
+def test_a_question_cancelled_by_a_stop_names_the_stop_and_who_set_it_off(project, agent, reviewer, manager):
+    """Its history says "system": the page said only "Cancelled"."""
+    from emergency.services import emergency_stop_trigger
+
+    req = ask(project, agent)
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="halt", actor=manager)
+    html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
+    stamp = stop.created_at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"by <strong>an emergency stop ({manager.username})</strong> at {stamp} UTC" in html
+    assert f'<a href="/review/projects/{project.pk}">The project\'s stop and recovery</a>' in html
+
+
+def test_a_question_its_agent_withdrew_names_the_agent_and_its_reason(project, agent, reviewer):
+    from hitl.services import hitl_request_cancel
+
+    req = ask(project, agent)
+    hitl_request_cancel(request_id=req.pk, actor=agent, reason="solved it myself")
+    html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
+    assert f"by <strong>its agent {agent.username}</strong> at" in html and "Reason: solved it myself" in html
