@@ -13,6 +13,11 @@ from core.text import plural
 CANCELLED_BY_STOP = "emergency stop"
 
 
+def condition_words(condition: str) -> str:
+    """A condition as a person reads it: ``security_threat`` is "security threat"."""
+    return condition.replace("_", " ")
+
+
 class Condition(models.TextChoices):
     BUDGET_CRITICAL = "budget_critical"
     ERROR_RATE_HIGH = "error_rate_high"

@@ -5,6 +5,8 @@ says the same thing the same way."""
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from emergency.models import condition_words
+
 STEP_TITLES = {
     "review_flagged": "Review the flagged calls",
     "confirm_budget": "Confirm the budget",
@@ -56,7 +58,7 @@ def person(value) -> str:
     automatic condition's ``system:error_rate_high`` is ``the system (error rate high)``."""
     text = readable(value)
     if text.startswith("system:"):
-        return f"the system ({text.removeprefix('system:').replace('_', ' ')})"
+        return f"the system ({condition_words(text.removeprefix('system:'))})"
     name, _, number = text.rpartition("#")
     return name if name and number.isdigit() else text
 

@@ -17,7 +17,7 @@ from django.utils.dateparse import parse_datetime
 from approvals.models import AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
 from budgets.models import BudgetOverrideRequest
-from emergency.models import CANCELLED_BY_STOP, EmergencyStop
+from emergency.models import CANCELLED_BY_STOP, EmergencyStop, condition_words
 from hitl.selectors import pending_for_reviewer
 from projects import roles
 from projects.models import Project
@@ -466,13 +466,8 @@ def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:
     if stop is None:
         return {"by": "an emergency stop", "at": fallback_at, "stop": None, "why": ""}
     who = stop.triggered_by_user.get_username() if stop.triggered_by_user_id else \
-        f"{condition_label(stop.triggered_by.removeprefix('system:'))}, automatic"
+        f"{condition_words(stop.triggered_by.removeprefix('system:'))}, automatic"
     return {"by": f"an emergency stop ({who})", "at": stop.created_at, "stop": stop, "why": ""}
-
-
-def condition_label(condition: str) -> str:
-    """An emergency condition as a person reads it: "security threat"."""
-    return condition.replace("_", " ")
 
 
 def latest_event_id() -> int:

@@ -24,7 +24,6 @@ from approvals.services.calibration import label_flags
 Status = AgentCallApproval.Status
 BudgetState = AgentCallApproval.BudgetState
 OPEN_TASK_STATUSES = (Task.Status.PENDING, Task.Status.RUNNING, Task.Status.WAITING_FOR_HITL)
-ENDED_TASK_STATUSES = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)  # reported or settled
 
 
 def input_digest(data) -> str:

@@ -22,7 +22,7 @@ from approvals.analyzers.text import redact
 from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, FlagLabel, ResponseApproval
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
-from approvals.services.common import ENDED_TASK_STATUSES, call_uow
+from approvals.services.common import call_uow
 from approvals.services.usage import priced_cost, record_settlement, refuse_lower_totals
 from audit.services import audit_record
 from budgets.services import budget_settle
@@ -121,8 +121,9 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
     stopped = stop = None
     with call_uow(call.pk, gate=False) as (uow, call):
         _refuse_unless_started(call)
-        if uow.project.status != Project.Status.EMERGENCY_STOPPED and call.task.status in ENDED_TASK_STATUSES:
-            # the task was reported finished: an output reviewed now could no longer be redone or turned away
+        if uow.project.status != Project.Status.EMERGENCY_STOPPED and not Task.TRANSITIONS[call.task.status]:
+            # the task has ended (completed, failed, cancelled): an output reviewed now could no longer be
+            # redone or turned away
             raise TransitionError(f"Its task is {call.task.status}: an output is reviewed before its task ends.",
                                   current_status=call.status, task_status=call.task.status)
         cost_priced = actual_cost is None

@@ -15,4 +15,9 @@ class Migration(migrations.Migration):
             name='violation_type',
             field=models.CharField(choices=[('daily_token_limit', 'Daily token limit'), ('monthly_token_limit', 'Monthly token limit'), ('daily_cost_limit', 'Daily cost limit'), ('monthly_cost_limit', 'Monthly cost limit')], max_length=20),
         ),
+        migrations.AlterField(
+            model_name='budgetalert',
+            name='threshold_type',
+            field=models.CharField(choices=[('token_daily', 'Tokens today'), ('token_monthly', 'Tokens this month'), ('cost_daily', 'Cost today'), ('cost_monthly', 'Cost this month')], max_length=14),
+        ),
     ]
