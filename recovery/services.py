@@ -1,12 +1,14 @@
 """Recovery: a person walks a stopped project back, one approved step at a time. Only the
 last step (lift_stop) resolves the stop and makes the project active again."""
+from decimal import ROUND_CEILING, Decimal
+
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from approvals.models import AgentCallApproval
 from audit.services import audit_record
-from budgets.services import budget_for, current_windows
+from budgets.services import CRITICAL_FACTOR, budget_for, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
 from core.times import iso_utc
 from core.uow import LockOrderError, retry_transient
@@ -46,6 +48,27 @@ def _budget_state(project) -> dict:
 def _confirm_budget(session, step, now, option, uow):
     """Records the budget a person confirmed (raise the limit or approve an override first)."""
     return {"confirmed": _budget_state(session.project)}
+
+
+def refuse_while_budget_critical(project, step: RecoveryStep) -> None:
+    """confirm_budget and lift_stop are refused (409, the step stays pending, the session open)
+    while the day's cost still passes 1.5 x the daily cost limit: lifting the stop then would
+    only let the next call stop the project again. A person raises the limit first (or the
+    day's window ends)."""
+    budget = budget_for(project)
+    if not budget.daily_cost_limit:
+        return
+    day, _ = current_windows(project)
+    used, line = day.spent_cost + day.reserved_cost, budget.daily_cost_limit * CRITICAL_FACTOR
+    if used <= line:
+        return
+    needed = (used / CRITICAL_FACTOR).quantize(Decimal("0.0001"), rounding=ROUND_CEILING)
+    raise TransitionError(
+        f"The day's cost {used:.4f} still passes 1.5 x the daily cost limit {budget.daily_cost_limit:.4f}: "
+        f"the next call would stop the project again. Raise the daily cost limit to at least {needed:.4f} "
+        f"(or wait for the day's window to end at {iso_utc(day.end)}), then approve this step.",
+        current_status=step.status, daily_cost_today=f"{used:.4f}",
+        daily_cost_limit=f"{budget.daily_cost_limit:.4f}", daily_cost_limit_needed=f"{needed:.4f}")
 
 
 def _reset_error_window(session, step, now, option, uow):
@@ -214,6 +237,8 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
             audit_record(actor=actor, action="recovery.step_reject", obj=step, project_id=uow.project.pk,
                          reason=reason, after={"order": step.order, "action": step.action})
             return session
+        if step.action in ("confirm_budget", "lift_stop"):
+            refuse_while_budget_critical(uow.project, step)
         if _run_step(uow, session, step, actor, reason, option):
             _run_automatic_steps(uow, session)
     return session

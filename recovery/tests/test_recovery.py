@@ -146,3 +146,80 @@ def test_an_automated_recovery_runs_only_the_steps_that_need_no_judgement(stoppe
     for s in steps[3:]:
         assert step(client_for(reviewer), session, s["step_id"], decision="approve").status_code == 200
     assert Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_line(
+        project, agent, reviewer, manager, client_for):
+    """Confirming the budget (and lifting the stop) is refused while the day's cost still passes
+    1.5 x the daily limit: the next call would stop the project again. Raising the limit lets it through."""
+    from decimal import Decimal
+
+    from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
+    from budgets.models import ProjectBudget
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="spend")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="write code", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal("9.0000"))
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("16.0000"))
+    stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
+    assert stop.triggered_conditions == ["budget_critical"]
+
+    session = start(client_for(manager), project).json()
+    steps = {s["action"]: s["step_id"] for s in session["recovery_plan"]["steps"]}
+    assert list(steps) == ["confirm_budget", "re_enable_agents", "settle_halted_tasks", "lift_stop"]
+    r = step(client_for(reviewer), session, steps["confirm_budget"], decision="approve")
+    assert r.status_code == 409, r.content
+    body = r.json()
+    assert body["error"] == "conflict" and body["status"] == "pending"
+    assert "16.0000 still passes 1.5 x the daily cost limit 10.0000" in body["detail"]
+    assert body["daily_cost_limit_needed"] == "10.6667"
+    session_now = client_for(reviewer).get(f"/api/v1/recovery/{session['id']}").json()
+    assert session_now["status"] == "waiting_approval" and session_now["steps_completed"] == 0
+
+    # the manager raises the limit just enough: the step goes through, and the rest lifts the stop
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "10.6667"}, format="json")
+    assert r.status_code == 200, r.content
+    for action in ("confirm_budget", "re_enable_agents", "settle_halted_tasks", "lift_stop"):
+        r = step(client_for(reviewer), session, steps[action], decision="approve")
+        assert r.status_code == 200, (action, r.content)
+    assert r.json()["status"] == "completed"
+    assert Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_lifting_is_refused_while_the_day_passes_the_line_of_a_limit_lowered_during_the_recovery(
+        project, agent, reviewer, manager, client_for):
+    """Whatever stopped the project, the stop is not lifted into a day already past 1.5 x its limit."""
+    from decimal import Decimal
+
+    from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
+    from budgets.models import ProjectBudget
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="spend")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="write code", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal("8.0000"))
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("12.0000"))
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="test", actor=reviewer)
+    session = start(client_for(manager), project).json()
+    steps = [(s["action"], s["step_id"]) for s in session["recovery_plan"]["steps"]]
+    assert [action for action, _ in steps] == ["review_flagged", "re_enable_agents", "settle_halted_tasks",
+                                               "lift_stop"]
+    for _, step_id in steps[:-1]:
+        assert step(client_for(reviewer), session, step_id, decision="approve").status_code == 200
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "5.0000"}, format="json")
+    assert r.status_code == 200, r.content
+    r = step(client_for(reviewer), session, steps[-1][1], decision="approve")
+    assert r.status_code == 409, r.content
+    assert r.json()["daily_cost_limit_needed"] == "8.0000"
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+    assert client_for(reviewer).get(f"/api/v1/recovery/{session['id']}").json()["status"] == "in_progress"
+    client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "8.0000"}, format="json")
+    assert step(client_for(reviewer), session, steps[-1][1], decision="approve").status_code == 200
+    assert Project.objects.get(pk=project.pk).status == "active"
