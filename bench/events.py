@@ -28,13 +28,10 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 
-import common
 from common import Client, arm_deadline, arm_traceback_dump, backend_description, bench_defaults, bench_project, \
     latency_summary
 

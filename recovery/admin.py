@@ -6,18 +6,16 @@ import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from approvals.models import AgentCallApproval, ResponseApproval
 from core.admin import ReadOnlyAdminMixin, ask_reason
 from core.errors import DomainError, InvalidInput
 from core.text import has_nul
-from emergency.admin import EmergencyStopAdmin, plural, stop_preview
+from emergency.admin import EmergencyStopAdmin, stop_preview
 from emergency.models import EmergencyStop
-from hitl.models import HitlRequest
 from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.permissions import has_project_perm

@@ -20,7 +20,6 @@ from collections import Counter, defaultdict
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-import pytest
 
 CORPUS_PATH = Path(__file__).parent / "data" / "analyzer_corpus.jsonl"
 

@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 
 HOLDOUT = Path(__file__).resolve().parent / "data" / "analyzer_holdout.jsonl"
 MIN_ITEMS = 160
