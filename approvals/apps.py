@@ -10,10 +10,17 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self):
         import approvals.conditions  # noqa: F401  (registers the call conditions)
-        from approvals.services import cancel_open_calls, cancel_open_responses, readmit_after_limits_change
+        from approvals.services import (
+            cancel_calls_of_ended_task,
+            cancel_open_calls,
+            cancel_open_responses,
+            readmit_after_limits_change,
+        )
         from budgets.hooks import budget_limits_changed
         from emergency.hooks import project_halting
+        from projects.hooks import task_ending
 
         project_halting.connect(cancel_open_calls)
         project_halting.connect(cancel_open_responses)  # after the calls: LOCK_ORDER approval, response
         budget_limits_changed.connect(readmit_after_limits_change)
+        task_ending.connect(cancel_calls_of_ended_task)

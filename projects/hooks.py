@@ -9,5 +9,14 @@ class TaskOutcomeHandler(Protocol):
     def __call__(self, *, task: Task) -> None: ...
 
 
+class TaskEndingHandler(Protocol):
+    def __call__(self, *, uow, task: Task, actor, now) -> None: ...
+
+
 # After an outcome (completed / failed) is committed: emergency checks error rate and resources.
 task_outcome_reported: Hook[TaskOutcomeHandler] = Hook("projects.task_outcome_reported", required=True)
+
+# In the outcome's unit of work, the task locked and just saved completed / failed: approvals
+# cancels the task's calls that can no longer run (pending, or approved and not started) and
+# gives their reservations back at once.
+task_ending: Hook[TaskEndingHandler] = Hook("projects.task_ending", required=True)

@@ -9,7 +9,7 @@ from core import rawrows
 from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
-from projects.hooks import task_outcome_reported
+from projects.hooks import task_ending, task_outcome_reported
 from projects.models import AgentState, AgentType, Project, Task, validate_timezone
 from projects.uow import project_uow
 
@@ -92,7 +92,8 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 @retry_transient
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
     """An agent reports that a task completed or failed. Reporting the same outcome again
-    changes nothing; any other transition out of a finished task is refused (409). Once the
+    changes nothing; any other transition out of a finished task is refused (409). In the same
+    unit of work the ``task_ending`` hook cancels the task's calls that can no longer run. Once the
     outcome is committed, the ``task_outcome_reported`` hook runs (emergency: error rate)."""
     if status not in Task.OUTCOMES:
         raise InvalidInput(fields={"status": [f"Must be one of {', '.join(Task.OUTCOMES)}."]})
@@ -110,6 +111,7 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         task.error_kind = error_kind if status == Task.Status.FAILED else ""
         task.finished_at = timezone.now()
         task.save(update_fields=["status", "error", "error_kind", "finished_at", "updated_at"])
+        task_ending(uow=uow, task=task, actor=actor, now=task.finished_at)
         agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
                             failed=status == Task.Status.FAILED)
         audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))

@@ -430,7 +430,8 @@ def call_cancellation(approval: AgentCallApproval) -> dict | None:
     if approval.rejection_reason == CANCELLED_BY_STOP:
         return _stop_cancellation(approval.project_id, approval.created_at, fallback_at=approval.updated_at)
     event = (AuditEvent.objects.filter(object_type=approval._meta.label_lower, object_id=str(approval.pk),
-                                       action__in=("agent_approval.cancel", "agent_approval.grant_expired"))
+                                       action__in=("agent_approval.cancel", "agent_approval.grant_expired",
+                                                   "agent_approval.task_ended"))
              .select_related("actor").order_by("-seq").first())
     if event is None:
         return {"by": "", "at": approval.updated_at, "stop": None, "why": ""}

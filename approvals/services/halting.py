@@ -1,21 +1,63 @@
-"""What an emergency stop does to calls (emergency.hooks.project_halting, connected in
-ApprovalsConfig.ready): cancel every pending and approved-not-started call, withdraw the
-overrides they waited for, give their reservations back, and wake every waiting agent."""
+"""Calls cancelled in bulk because what they belong to halted or ended, connected in
+ApprovalsConfig.ready:
+- an emergency stop (emergency.hooks.project_halting) cancels every pending and
+  approved-not-started call of the project, and wakes every waiting agent;
+- a task reported completed or failed (projects.hooks.task_ending) cancels its own such calls,
+  each with its audit row and event.
+Either way the overrides they waited for are withdrawn and their reservations given back."""
 from django.db.models import Q
 
 from approvals.models import CANCELLED_BY_STOP, AgentCallApproval
-from approvals.services.common import BudgetState, Status, project_stop_group, withdraw_orphaned_overrides
+from approvals.services.common import (
+    BudgetState,
+    Status,
+    approval_event_data,
+    approval_group,
+    project_stop_group,
+    snapshot,
+    withdraw_orphaned_overrides,
+)
+from audit.services import audit_record
 from budgets.services import budget_release_many
 from core.wakeup import wakeup_on_commit
+from events.services import event_emit
+
+OPEN_CALLS = Q(status=Status.PENDING) | Q(status=Status.APPROVED, started_at__isnull=True)  # not run, may not
+
+
+def _cancel_locked(uow, ids, *, reason: str, override_reason: str, now) -> None:
+    AgentCallApproval.objects.filter(pk__in=ids).update(
+        status=Status.CANCELLED, budget_state=BudgetState.RELEASED, rejection_reason=reason, updated_at=now)
+    withdraw_orphaned_overrides(uow, ids, override_reason)
+    budget_release_many(uow=uow, call_ids=ids)
 
 
 def cancel_open_calls(*, uow, project, now) -> list[str]:
-    open_calls = AgentCallApproval.objects.filter(project=project).filter(
-        Q(status=Status.PENDING) | Q(status=Status.APPROVED, started_at__isnull=True))
-    ids = [call.pk for call in uow.lock_many("approval", open_calls.only("pk"))]
-    AgentCallApproval.objects.filter(pk__in=ids).update(
-        status=Status.CANCELLED, budget_state=BudgetState.RELEASED, rejection_reason=CANCELLED_BY_STOP, updated_at=now)
-    withdraw_orphaned_overrides(uow, ids, "Its call was cancelled by an emergency stop.")
-    budget_release_many(uow=uow, call_ids=ids)
+    ids = [call.pk for call in uow.lock_many("approval", AgentCallApproval.objects.filter(project=project)
+                                             .filter(OPEN_CALLS).only("pk"))]
+    _cancel_locked(uow, ids, reason=CANCELLED_BY_STOP, override_reason="Its call was cancelled by an emergency stop.",
+                   now=now)
     wakeup_on_commit(project_stop_group(project.pk), status="emergency_stopped")  # every waiting agent
     return [str(pk) for pk in ids]
+
+
+def cancel_calls_of_ended_task(*, uow, task, actor, now) -> list[str]:
+    """A task reported completed or failed will not run its calls: one still pending would ask a
+    person for nothing, one approved and not started would hold its reservation until its grant
+    lapsed. Both are cancelled, in the outcome's unit of work."""
+    calls = uow.lock_many("approval", AgentCallApproval.objects.filter(task=task).filter(OPEN_CALLS)
+                          .select_related("approved_by"))
+    if not calls:
+        return []
+    reason = f"its task was reported {task.status} before the call ran"
+    _cancel_locked(uow, [call.pk for call in calls], reason=reason,
+                   override_reason=f"Its call was cancelled: its task was reported {task.status}.", now=now)
+    for call in calls:
+        before = snapshot(call)
+        call.status, call.budget_state, call.rejection_reason = Status.CANCELLED, BudgetState.RELEASED, reason
+        audit_record(actor=actor, action="agent_approval.task_ended", obj=call, before=before, after=snapshot(call),
+                     reason=reason)
+        event_emit(project_id=call.project_id, task_id=call.task_id, event_type="agent_approval_decided",
+                   data=approval_event_data(call))
+        wakeup_on_commit(approval_group(call.pk), status=call.status)  # its waiting agent
+    return [str(call.pk) for call in calls]

@@ -217,16 +217,6 @@ def test_an_expired_blocked_call_answers_410_and_times_out(project, agent, revie
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "rejected"  # withdrawn
 
 
-def test_an_expired_call_of_a_closed_task_answers_410_and_times_out(project, agent, reviewer):
-    call = ask(project, agent, cost="0.1000")
-    task_report_outcome(actor=agent, task_id=call.task_id, status="failed", error="gave up")
-    AgentCallApproval.objects.filter(pk=call.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    with pytest.raises(Expired):
-        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="reject", reason="late")
-    call.refresh_from_db()
-    assert call.status == "timed_out"
-
-
 def test_token_overrides_above_the_token_threshold_need_a_manager(project, agent, reviewer, manager, settings):
     settings.HITL_MANAGER_TOKEN_THRESHOLD = 1000
     limits(project, daily_token_limit=100)

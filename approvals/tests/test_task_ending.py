@@ -1,0 +1,113 @@
+"""A task reported completed or failed takes its calls that can no longer run with it: a pending
+call stops asking a person, an approved one not started gives its reservation back at once (it
+used to hold it until its start window lapsed), each with its audit row and event."""
+from decimal import Decimal
+
+from django.utils import timezone
+
+import pytest
+
+from approvals.models import AgentCallApproval
+from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
+from audit.models import AuditEvent
+from budgets.models import BudgetOverrideRequest, ProjectBudget
+from budgets.services import budget_reconcile, current_windows
+from events.models import Event
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db
+
+
+def ask(client, project, agent, cost="1.0000", title="t"):
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+    r = client.post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+        "proposed_action": f"write {title}", "input_data": {"file": "a.py"}, "estimated_tokens": 100,
+        "estimated_cost": cost}, format="json")
+    assert r.status_code == 201, r.content
+    return task, r.json()["approval_id"]
+
+
+def report(client, task, status):
+    body = {"status": status} if status == "completed" else {"status": status, "error": "gave up"}
+    r = client.post(f"/api/v1/tasks/{task.pk}/status", body, format="json")
+    assert r.status_code == 200, r.content
+    return r
+
+
+def reserved_today(project):
+    return current_windows(project)[0].reserved_cost
+
+
+def test_an_approved_call_not_started_is_cancelled_and_its_reservation_released(
+        project, agent, reviewer, client_for):
+    agent_c = client_for(agent)
+    task, call_id = ask(agent_c, project, agent, cost="2.5000")
+    agent_approval_decide(approval_id=call_id, decider=reviewer, decision="approve")
+    assert reserved_today(project) == Decimal("2.5000")
+    report(agent_c, task, "completed")
+
+    call = AgentCallApproval.objects.get(pk=call_id)
+    assert (call.status, call.budget_state) == ("cancelled", "released")
+    assert call.rejection_reason == "its task was reported completed before the call ran"
+    assert reserved_today(project) == Decimal("0.0000")
+    assert budget_reconcile() == []
+    r = agent_c.post(f"/api/v1/agent-approvals/{call_id}/start")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+    assert agent_c.get(f"/api/v1/agent-approvals/{call_id}").json()["status"] == "cancelled"
+    audit = AuditEvent.objects.get(action="agent_approval.task_ended", object_id=str(call_id))
+    assert audit.actor == agent and audit.before["status"] == "approved" and audit.after["status"] == "cancelled"
+    event = Event.objects.filter(event_type="agent_approval_decided", data__approval_id=str(call_id)).last()
+    assert event.data["status"] == "cancelled" and event.data["budget_state"] == "released"
+    # the reviewer's page says who cancelled it and why
+    page = client_for(reviewer)
+    page.force_login(reviewer)
+    html = page.get(f"/review/agent-approvals/{call_id}").content.decode()
+    assert "its agent agent" in html and "its task was reported completed before the call ran" in html
+
+
+def test_a_pending_call_and_the_override_it_waited_for_end_with_a_failed_task(
+        project, agent, reviewer, client_for):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("1.0000")})
+    agent_c = client_for(agent)
+    task, call_id = ask(agent_c, project, agent, cost="1.5000")
+    call = AgentCallApproval.objects.get(pk=call_id)
+    assert call.status == "pending" and call.budget_override_id is not None
+    report(agent_c, task, "failed")
+
+    call.refresh_from_db()
+    assert call.status == "cancelled"
+    assert call.rejection_reason == "its task was reported failed before the call ran"
+    assert BudgetOverrideRequest.objects.get(pk=call.budget_override_id).status == "rejected"  # withdrawn
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{call_id}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+
+
+def test_a_started_call_and_other_tasks_calls_are_left_alone(project, agent, reviewer, client_for):
+    agent_c = client_for(agent)
+    task, started_id = ask(agent_c, project, agent, cost="1.0000", title="started")
+    agent_approval_decide(approval_id=started_id, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=started_id, actor=agent)
+    other_task, other_id = ask(agent_c, project, agent, cost="0.5000", title="other")
+    agent_approval_decide(approval_id=other_id, decider=reviewer, decision="approve")
+    report(agent_c, task, "completed")
+
+    started, other = AgentCallApproval.objects.get(pk=started_id), AgentCallApproval.objects.get(pk=other_id)
+    assert (started.status, started.budget_state, started.started_at is not None) == ("approved", "reserved", True)
+    assert (other.status, other.budget_state) == ("approved", "reserved")
+    assert reserved_today(project) == Decimal("1.5000")
+    agent_approval_report_usage(approval_id=started_id, actor=agent, tokens_used=90, actual_cost=Decimal("0.9000"))
+    assert reserved_today(project) == Decimal("0.5000")
+    assert not AuditEvent.objects.filter(action="agent_approval.task_ended").exists()
+
+
+def test_a_retried_report_changes_nothing_more(project, agent, reviewer, client_for):
+    agent_c = client_for(agent)
+    task, call_id = ask(agent_c, project, agent)
+    agent_approval_decide(approval_id=call_id, decider=reviewer, decision="approve")
+    report(agent_c, task, "completed")
+    before = timezone.now()
+    report(agent_c, task, "completed")
+    assert AuditEvent.objects.filter(action="agent_approval.task_ended").count() == 1
+    assert not Event.objects.filter(event_type="agent_approval_decided", created_at__gt=before).exists()
