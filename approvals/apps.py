@@ -14,6 +14,7 @@ class ApprovalsConfig(AppConfig):
             cancel_calls_of_ended_task,
             cancel_open_calls,
             cancel_open_responses,
+            cancel_responses_of_ended_task,
             readmit_after_limits_change,
         )
         from budgets.hooks import budget_limits_changed
@@ -24,3 +25,4 @@ class ApprovalsConfig(AppConfig):
         project_halting.connect(cancel_open_responses)  # after the calls: LOCK_ORDER approval, response
         budget_limits_changed.connect(readmit_after_limits_change)
         task_ending.connect(cancel_calls_of_ended_task)
+        task_ending.connect(cancel_responses_of_ended_task)  # after the calls, as for a stop

@@ -11,7 +11,9 @@ class HitlConfig(AppConfig):
 
     def ready(self):
         from emergency.hooks import project_halting
-        from hitl.services import cancel_open_hitl_requests
+        from hitl.services import cancel_hitl_requests_of_ended_task, cancel_open_hitl_requests
+        from projects.hooks import task_ending
 
         # Connected after approvals' handlers (INSTALLED_APPS order): LOCK_ORDER approval, response, hitl.
         project_halting.connect(cancel_open_hitl_requests)
+        task_ending.connect(cancel_hitl_requests_of_ended_task)

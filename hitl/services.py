@@ -265,3 +265,14 @@ def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
         req.save(update_fields=["status", "history", "updated_at"])
         wakeup_on_commit(hitl_group(req.pk), status=Status.CANCELLED)
     return [str(req.pk) for req in pending]
+
+
+def cancel_hitl_requests_of_ended_task(*, uow, task, actor, now) -> list[str]:
+    """projects.hooks.task_ending: a task reported failed (or completed) takes its pending
+    questions and checkpoints with it, each with its history entry, audit row and event: nobody
+    is asked about work the agent has ended."""
+    pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(task=task, status=Status.PENDING)))
+    for req in pending:
+        close_request(req, actor=actor, to=Status.CANCELLED, now=now, note=f"its task was reported {task.status}",
+                      event_type="hitl_decided", action="hitl_request.task_ended")
+    return [str(req.pk) for req in pending]

@@ -30,6 +30,7 @@ from approvals.services.calibration import (
 )
 from approvals.services.responses import (
     cancel_open_responses,
+    cancel_responses_of_ended_task,
     response_approval_decide,
     response_approval_expire_overdue,
     response_approval_submit,
@@ -39,11 +40,12 @@ from approvals.services.responses import (
 )
 
 __all__ = [
-    "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_grant", "agent_approval_expire_overdue", "agent_approval_report_usage",
-    "agent_approval_request", "agent_approval_start", "agent_approval_time_out", "agent_approval_warn",
-    "agent_approval_warn_due", "approval_event_data", "approval_group", "budget_override_respond",
-    "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls", "readmit_after_limits_change", "close_call", "input_digest", "project_stop_group",
-    "cancel_open_responses", "response_approval_decide", "response_approval_expire_overdue",
+    "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_grant", "agent_approval_expire_overdue",
+    "agent_approval_report_usage", "agent_approval_request", "agent_approval_start", "agent_approval_time_out",
+    "agent_approval_warn", "agent_approval_warn_due", "approval_event_data", "approval_group",
+    "budget_override_respond", "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls",
+    "readmit_after_limits_change", "close_call", "input_digest", "project_stop_group", "cancel_open_responses",
+    "cancel_responses_of_ended_task", "response_approval_decide", "response_approval_expire_overdue",
     "response_approval_submit", "response_approval_time_out", "response_event_data", "response_group",
     "flag_suppression_create", "flag_suppression_revoke", "project_rules", "rule_precision", "rule_setting_save",
 ]

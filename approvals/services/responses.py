@@ -339,3 +339,15 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
     for pk in ids:
         wakeup_on_commit(response_group(pk), status=Status.CANCELLED)
     return [str(pk) for pk in ids]
+
+
+def cancel_responses_of_ended_task(*, uow, task, actor, now) -> list[str]:
+    """projects.hooks.task_ending: a task reported failed (one waiting on a review cannot be
+    reported completed) drops its output held for review: nobody is asked to approve output the
+    agent has given up on. Each is cancelled with its audit row and event."""
+    pending = uow.lock_many("response", ResponseApproval.objects.filter(task=task, status=Status.PENDING)
+                            .select_related("task", "submitted_by", "approved_by"))
+    for response in pending:
+        _close(uow, response, actor=actor, to=Status.CANCELLED, now=now,
+               reason=f"its task was reported {task.status}", action="response_approval.task_ended")
+    return [str(response.pk) for response in pending]

@@ -111,3 +111,47 @@ def test_a_retried_report_changes_nothing_more(project, agent, reviewer, client_
     report(agent_c, task, "completed")
     assert AuditEvent.objects.filter(action="agent_approval.task_ended").count() == 1
     assert not Event.objects.filter(event_type="agent_approval_decided", created_at__gt=before).exists()
+
+
+def test_a_failed_task_drops_its_output_held_for_review_and_its_open_questions(
+        agent_client, reviewer_client, request_body, project, client_for, reviewer):
+    from approvals.tests.test_response_approvals import response_body
+    from hitl.models import HitlRequest
+
+    body = request_body()
+    call = agent_client.post("/api/v1/agent-approvals", body, format="json").json()
+    reviewer_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/respond", {"decision": "approve"},
+                         format="json")
+    call = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/start").json()
+    question = agent_client.post("/api/v1/hitl", {
+        "project_id": str(project.pk), "task_id": call["task_id"], "request_type": "question",
+        "question": "Which database?", "options": ["PostgreSQL", "SQLite"]}, format="json")
+    assert question.status_code == 201, question.content
+    question_id = question.json()["id"]
+    r = agent_client.post("/api/v1/response-approvals", response_body(call), format="json")
+    assert r.status_code == 201, r.content
+    response_id = r.json()["approval_id"]
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "completed"}, format="json")
+    assert r.status_code == 409  # its output waits for a review
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "failed", "error": "gave up"},
+                          format="json")
+    assert r.status_code == 200, r.content
+
+    response = agent_client.get(f"/api/v1/response-approvals/{response_id}").json()
+    assert response["status"] == "cancelled" and response["rejection_reason"] == "its task was reported failed"
+    r = reviewer_client.post(f"/api/v1/response-approvals/{response_id}/respond", {"decision": "approve"},
+                             format="json")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+    req = HitlRequest.objects.get(pk=question_id)
+    assert req.status == "cancelled" and req.history[-1]["note"] == "its task was reported failed"
+    r = reviewer_client.post(f"/api/v1/hitl/{question_id}/respond", {"action": "approve", "response": "SQLite"},
+                             format="json")
+    assert r.status_code == 409
+    assert set(AuditEvent.objects.filter(action__endswith=".task_ended").values_list("action", flat=True)) == {
+        "response_approval.task_ended", "hitl_request.task_ended"}
+    assert Event.objects.filter(event_type="response_approval_decided", data__status="cancelled").exists()
+    assert Event.objects.filter(event_type="hitl_decided", data__status="cancelled").exists()
+    page = client_for(reviewer)
+    page.force_login(reviewer)
+    html = page.get(f"/review/hitl/{question_id}").content.decode()
+    assert "its task was reported failed" in html
