@@ -24,7 +24,7 @@ from core.errors import EmergencyStopActive, Expired, Forbidden, TransitionError
 from core.uow import LockOrderError
 from emergency.models import EmergencyStop
 from projects.models import Project, Task
-from projects.services import task_create, task_report_outcome
+from projects.services import task_create
 from projects.uow import project_uow
 
 pytestmark = pytest.mark.django_db
