@@ -8,7 +8,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, IntegerField, Value, When
-from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -26,7 +25,14 @@ from approvals.services import (
 from approvals.services.calibration import PRECISION_DAYS
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
-from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, refusal_text, refuse_on_page
+from core.admin import (
+    QueueColumnsMixin,
+    ReadOnlyAdminMixin,
+    ask_reason,
+    back_to_messages,
+    refusal_text,
+    refuse_on_page,
+)
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
@@ -161,14 +167,14 @@ class DecisionPageMixin:
             decision = request.POST.get("decision", "")
             if decision not in self.decision_form_class.DECISIONS:
                 self.message_user(request, f"Unknown decision {decision!r}.", messages.ERROR)
-                return HttpResponseRedirect(request.get_full_path())
+                return back_to_messages(request)
             bound = self.decision_form_class(request.POST, decision=decision)
             refusal = FORM_ERROR_NOTE
             if bound.is_valid():
                 outcome, refusal = self._decide_from_page(request, obj, bound)
                 obj.refresh_from_db(fields=["status"])
                 if outcome == "decided" or obj.status != obj.Status.PENDING:
-                    return HttpResponseRedirect(request.get_full_path())
+                    return back_to_messages(request)
             # Still pending after a form error or a refusal (an amendment too large, a budget
             # block): show the page again with what was typed, and say why where it lands (#decide).
             extra_context = {**(extra_context or {}), "decide_refusal": refusal}

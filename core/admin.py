@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.utils import timezone
 
 from core.models import Heartbeat
@@ -21,6 +22,13 @@ def refuse_on_page(model_admin, request, *, label: str, past: str, err) -> str:
     why = refusal_text(err)
     model_admin.message_user(request, f"{label}: not {past}: {why} Nothing was decided.", messages.ERROR)
     return f"Nothing was decided: {why}"
+
+
+def back_to_messages(request) -> HttpResponseRedirect:
+    """After a decision from a page whose forms post to #decide: the same page, landing on the
+    admin's messages (its outcome) at the top of the content; a redirect keeps the form's
+    fragment unless it names its own."""
+    return HttpResponseRedirect(f"{request.get_full_path()}#content-start")
 
 
 @admin.register(Heartbeat)

@@ -7,11 +7,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db.models import Case, IntegerField, Value, When
-from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, refuse_on_page
+from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, back_to_messages, refuse_on_page
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
 from core.text import FORM_ERROR_NOTE
@@ -120,16 +119,16 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
             action = request.POST.get("action", "")
             if action not in HitlAnswerForm.LABELS:
                 self.message_user(request, f"Unknown action {action!r}.", messages.ERROR)
-                return HttpResponseRedirect(request.get_full_path())
+                return back_to_messages(request)
             bound = HitlAnswerForm(request.POST, action=action, options=obj.options)
             refusal = FORM_ERROR_NOTE
             if bound.is_valid():
                 refusal = self._answer(request, obj, bound)
                 if not refusal:
-                    return HttpResponseRedirect(request.get_full_path())
+                    return back_to_messages(request)
             obj.refresh_from_db(fields=["status"])
             if obj.status != HitlRequest.Status.PENDING:
-                return HttpResponseRedirect(request.get_full_path())
+                return back_to_messages(request)
             # show the page again with what was typed, and why nothing was decided where it lands
             extra_context = {**(extra_context or {}), "decide_refusal": refusal}
             request.method = "GET"

@@ -7,11 +7,10 @@ import uuid
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db.models import OuterRef, Subquery
-from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdminMixin, ask_reason
+from core.admin import ReadOnlyAdminMixin, ask_reason, back_to_messages
 from core.errors import DomainError, InvalidInput
 from core.text import has_nul
 from emergency.admin import EmergencyStopAdmin, stop_preview
@@ -81,7 +80,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             if obj is None:  # not visible to this user: the admin's own answer
                 return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
             self._decide_from_page(request, obj)
-            return HttpResponseRedirect(request.get_full_path())  # the outcome is in the messages
+            return back_to_messages(request)  # the outcome is in the messages
         obj = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if obj is not None:

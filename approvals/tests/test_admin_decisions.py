@@ -61,6 +61,9 @@ def test_approve_from_the_page_goes_through_the_service(browser, call):
     assert call.status == "approved" and call.approved_by.username == "reviewer"
     assert AuditEvent.objects.filter(action="agent_approval.approve").count() == 1
     assert any("approved" in m for m in messages_of(r))
+    # the form posted to #decide; the page lands on the messages, where the outcome is said
+    assert r.redirect_chain[-1][0].endswith("#content-start")
+    assert '<main id="content-start"' in r.content.decode()
     # decided: the page says so and offers no buttons any more
     html = r.content.decode()
     assert 'name="decision" value="approve"' not in html and "nothing left to decide" in html

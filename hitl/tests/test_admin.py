@@ -44,6 +44,7 @@ def test_the_page_offers_the_options_and_approves_through_the_service(browser, a
         assert f'name="action" value="{action}"' in html
     assert 'value="PostgreSQL"' in html and 'value="SQLite"' in html
     r = browser.post(page(req), {"_decide": "1", "action": "approve", "approve-response": "SQLite"}, follow=True)
+    assert r.redirect_chain[-1][0].endswith("#content-start")  # lands on the outcome's message
     req.refresh_from_db()
     assert req.status == "approved" and req.response == "SQLite" and req.history[-1]["by"] == "reviewer"
     assert any("approved" in m for m in messages_of(r))

@@ -94,6 +94,7 @@ def test_approving_the_next_step_runs_it_through_the_service(client, session, re
     first = steps_of(session)[0]
     r = decide(client, session, first, "approve", reason="checked them")
     assert r.status_code == 200
+    assert r.redirect_chain[-1][0].endswith("#content-start")  # lands on the outcome's message
     first.refresh_from_db()
     assert first.status == "completed" and first.approved_by == reviewer and first.reason == "checked them"
     assert AuditEvent.objects.filter(action="recovery.step_complete", object_id=str(first.pk),
