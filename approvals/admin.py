@@ -246,7 +246,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
         ("Input", {"fields": ["input_pretty", "amended_pretty", "input_digest"]}),
         ("Cost", {"fields": ["budget_state", "budget_blocked_reason", "estimated_tokens", "estimated_cost",
                              "budget_override_id", "usage_flags"]}),
-        ("Decision", {"fields": ["decider", "rejection_reason", "created_at", "responded_at", "expires_at",
+        ("Decision on record", {"fields": ["decider", "rejection_reason", "created_at", "responded_at", "expires_at",
                                  "time_left", "started_at"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
@@ -462,8 +462,9 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
                                  "recommendations", "tools"]}),
         ("Output", {"fields": ["response_pretty"]}),
         ("Usage", {"fields": ["tokens_used", "actual_cost"]}),
-        ("Decision", {"fields": ["decider", "rejection_reason", "modifications_required", "modification_round",
-                                 "created_at", "responded_at", "expires_at", "time_left"]}),
+        ("Decision on record", {"fields": ["decider", "rejection_reason", "modifications_required",
+                                           "modification_round", "created_at", "responded_at", "expires_at",
+                                           "time_left"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
 

@@ -53,6 +53,7 @@ def test_the_page_of_a_pending_call_offers_its_three_decisions(browser, call):
     # the editor is prefilled with the input, as formatted JSON
     assert "&quot;files&quot;: [" in html
     assert "blocked by its budget" not in html.lower()
+    assert html.count(">Decision</h2>") == 1  # the section with the forms; the record is "Decision on record"
 
 
 def test_approve_from_the_page_goes_through_the_service(browser, call):
