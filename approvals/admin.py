@@ -246,8 +246,8 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
         ("Input", {"fields": ["input_pretty", "amended_pretty", "input_digest"]}),
         ("Cost", {"fields": ["budget_state", "budget_blocked_reason", "estimated_tokens", "estimated_cost",
                              "budget_override_id", "usage_flags"]}),
-        ("Decision on record", {"fields": ["decider", "rejection_reason", "created_at", "responded_at", "expires_at",
-                                 "time_left", "started_at"]}),
+        ("Decision on record", {"fields": ["decider", "rejection_reason", "created_at", "responded_at",
+                                           "expires_at", "time_left", "started_at"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]
 
