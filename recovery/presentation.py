@@ -116,4 +116,9 @@ def step_result_rows(result) -> list[tuple[str, str]]:
     """What a finished step did (its ``result``), as labelled rows; none before it ran."""
     if result is None or result == {}:
         return []
+    result = dict(result) if isinstance(result, dict) else result
+    titles = result.pop("titles", None) if isinstance(result, dict) else None
+    if isinstance(titles, list) and isinstance(result.get("tasks"), list) and len(titles) == len(result["tasks"]):
+        # the settled tasks by their titles, each with the start of its id to tell them apart
+        result["tasks"] = [f"“{title}” ({str(pk)[:8]})" for title, pk in zip(titles, result["tasks"])]
     return rows(result)

@@ -91,10 +91,10 @@ def _re_enable_agents(session, step, now, option, uow):
 def _settle_halted_tasks(session, step, now, option, uow):
     option = option or "resume"
     to = Task.Status.PENDING if option == "resume" else Task.Status.CANCELLED
-    ids = [t.pk for t in uow.lock_many("task", Task.objects.filter(project_id=session.project_id,
-                                                                    status=Task.Status.HALTED).only("pk"))]
-    Task.objects.filter(pk__in=ids).update(status=to, updated_at=now)
-    return {"option": option, "tasks": [str(pk) for pk in ids], "now": to}
+    tasks = uow.lock_many("task", Task.objects.filter(project_id=session.project_id,
+                                                       status=Task.Status.HALTED).only("pk", "title"))
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(status=to, updated_at=now)
+    return {"option": option, "tasks": [str(t.pk) for t in tasks], "titles": [t.title for t in tasks], "now": to}
 
 
 def _lift_stop(session, step, now, option, uow):

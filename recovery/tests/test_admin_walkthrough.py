@@ -163,6 +163,9 @@ def test_walking_every_step_lifts_the_stop_and_says_so(client, session, reviewer
     assert any("The emergency stop is lifted" in m for m in messages_of(r))
     html = r.content.decode()
     assert 'id="stop-lifted"' in html and "Approve and run" not in html
+    # the settle step names the tasks it settled by their titles, not bare ids
+    settled = Task.objects.get(project=project, title="t1")
+    assert f"“t1” ({str(settled.pk)[:8]})" in html
 
 
 def test_the_manager_who_started_it_gets_no_buttons_and_is_refused(client, session, manager):
