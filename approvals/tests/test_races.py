@@ -22,6 +22,7 @@ from audit.services import audit_verify
 from budgets.models import ProjectBudget
 from budgets.services import budget_reconcile
 from core.errors import DomainError
+from emergency.models import EmergencyStop
 from emergency.services import emergency_stop_trigger
 from projects.services import task_create, task_report_outcome
 
@@ -285,3 +286,40 @@ def test_amendments_that_grow_reservations_race_new_calls_without_passing_a_limi
     grown = AgentCallApproval.objects.filter(pk__in=[c.pk for c in calls], status="approved")
     assert grown.exists() and all(c.estimated_cost > Decimal("1.0000") for c in grown)
     assert budget_reconcile() == []
+
+
+def test_task_outcomes_race_the_starts_and_decisions_of_their_calls(tight, agent, reviewer):
+    """A task reported completed or failed while its call is started or decided: one side wins.
+    A call is never both started and cancelled, none stays open on an ended task, and every
+    reservation of a cancelled call is back (the ledger reconciles)."""
+    from approvals.services import agent_approval_start
+    from emergency.services import emergency_settings_for
+
+    settings_row = emergency_settings_for(tight.pk)
+    settings_row.error_min_outcomes = 1000  # the failures reported here are not an error-rate stop
+    settings_row.save()
+    approved = [over_budget_call(tight, agent, f"a{i}", cost="0.2500") for i in range(6)]
+    for call in approved:
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    pending = [over_budget_call(tight, agent, f"p{i}", cost="0.2500") for i in range(6)]
+    # past the limit (3 reserved + 7.5 > 10); one override granted keeps the day under 1.5 x (no stop)
+    blocked = [over_budget_call(tight, agent, f"b{i}", cost="7.5000") for i in range(6)]
+    errors = race(lambda i: task_report_outcome(actor=agent, task_id=approved[i].task_id, status="completed"),
+                  lambda i: agent_approval_start(approval_id=approved[i].pk, actor=agent),
+                  lambda i: task_report_outcome(actor=agent, task_id=pending[i].task_id, status="failed"),
+                  lambda i: agent_approval_decide(approval_id=pending[i].pk, decider=reviewer, decision="approve"),
+                  lambda i: task_report_outcome(actor=agent, task_id=blocked[i].task_id, status="failed"),
+                  lambda i: budget_override_respond(override_id=blocked[i].budget_override_id, actor=reviewer,
+                                                    decision="approve") if i == 0 else None,
+                  rounds=6)
+    assert errors == []
+    assert not EmergencyStop.objects.filter(project=tight).exists()
+    calls = AgentCallApproval.objects.filter(pk__in=[c.pk for c in approved + pending + blocked]).select_related("task")
+    for call in calls:
+        if call.started_at is not None:
+            assert call.status == "approved" and call.budget_state == "reserved", call.pk
+        else:  # not started: its task ended, so it must be closed and hold nothing
+            assert call.task.status in ("completed", "failed")
+            assert call.status in ("cancelled", "rejected", "timed_out"), (call.pk, call.status)
+            assert call.budget_state == "released", (call.pk, call.budget_state)
+    assert budget_reconcile() == [] and audit_verify() == []
