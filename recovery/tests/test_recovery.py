@@ -148,23 +148,28 @@ def test_an_automated_recovery_runs_only_the_steps_that_need_no_judgement(stoppe
     assert Project.objects.get(pk=project.pk).status == "active"
 
 
-def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_line(
-        project, agent, reviewer, manager, client_for):
-    """Confirming the budget (and lifting the stop) is refused while the day's cost still passes
-    1.5 x the daily limit: the next call would stop the project again. Raising the limit lets it through."""
+def spend(project, agent, reviewer, *, limit: str, estimate: str, actual: str):
+    """A daily cost limit, and one call approved, started and reporting ``actual`` cost."""
     from decimal import Decimal
 
     from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
     from budgets.models import ProjectBudget
 
-    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal(limit)})
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="spend")
     call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
                                   proposed_action="write code", input_data={}, estimated_tokens=10,
-                                  estimated_cost=Decimal("9.0000"))
+                                  estimated_cost=Decimal(estimate))
     agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
     agent_approval_start(approval_id=call.pk, actor=agent)
-    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("16.0000"))
+    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal(actual))
+
+
+def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_line(
+        project, agent, reviewer, manager, client_for):
+    """Confirming the budget (and lifting the stop) is refused while the day's cost still passes
+    1.5 x the daily limit: the next call would stop the project again. Raising the limit lets it through."""
+    spend(project, agent, reviewer, limit="10.0000", estimate="9.0000", actual="16.0000")
     stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
     assert stop.triggered_conditions == ["budget_critical"]
 
@@ -193,19 +198,7 @@ def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_lin
 def test_lifting_is_refused_while_the_day_passes_the_line_of_a_limit_lowered_during_the_recovery(
         project, agent, reviewer, manager, client_for):
     """Whatever stopped the project, the stop is not lifted into a day already past 1.5 x its limit."""
-    from decimal import Decimal
-
-    from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
-    from budgets.models import ProjectBudget
-
-    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
-    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="spend")
-    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
-                                  proposed_action="write code", input_data={}, estimated_tokens=10,
-                                  estimated_cost=Decimal("8.0000"))
-    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
-    agent_approval_start(approval_id=call.pk, actor=agent)
-    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("12.0000"))
+    spend(project, agent, reviewer, limit="10.0000", estimate="8.0000", actual="12.0000")
     emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="test", actor=reviewer)
     session = start(client_for(manager), project).json()
     steps = [(s["action"], s["step_id"]) for s in session["recovery_plan"]["steps"]]
