@@ -17,6 +17,7 @@ class TaskEndingHandler(Protocol):
 task_outcome_reported: Hook[TaskOutcomeHandler] = Hook("projects.task_outcome_reported", required=True)
 
 # In the outcome's unit of work, the task locked and just saved completed / failed: approvals
-# cancels the task's calls that can no longer run (pending, or approved and not started) and
-# gives their reservations back at once.
+# cancels the task's calls that can no longer run (pending, or approved and not started, their
+# reservations given back at once) and its responses still pending review; hitl its pending
+# questions and checkpoints (connected in that order: LOCK_ORDER approval, response, hitl).
 task_ending: Hook[TaskEndingHandler] = Hook("projects.task_ending", required=True)

@@ -93,7 +93,8 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
     """An agent reports that a task completed or failed. Reporting the same outcome again
     changes nothing; any other transition out of a finished task is refused (409). In the same
-    unit of work the ``task_ending`` hook cancels the task's calls that can no longer run. Once the
+    unit of work the ``task_ending`` hook cancels what of the task still waits (calls not run,
+    responses and questions pending). Once the
     outcome is committed, the ``task_outcome_reported`` hook runs (emergency: error rate)."""
     if status not in Task.OUTCOMES:
         raise InvalidInput(fields={"status": [f"Must be one of {', '.join(Task.OUTCOMES)}."]})
