@@ -92,7 +92,8 @@ def clean_options(options) -> list[str]:
 def hitl_request_create(*, asker, project_id, request_type: str, question: str, task_id=None, options=None,
                         context=None, timeout_minutes: int | None = None) -> HitlRequest:
     """An agent (agent role) asks a person a question or pauses at a checkpoint. Refused with
-    423 while the project is stopped; a task, when given, must be one of the project's (400)."""
+    423 while the project is stopped; a task, when given, must be one of the project's (400) and
+    not ended (completed, failed or cancelled: 409)."""
     if request_type not in HitlRequest.RequestType.values:
         raise InvalidInput(fields={"request_type": ["Must be checkpoint or question."]})
     question = (question or "").strip()
@@ -110,6 +111,11 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
             task = Task.objects.filter(pk=task_id, project=uow.project).first()  # read, not changed: no lock
             if task is None:
                 raise InvalidInput(fields={"task_id": ["No such task in this project."]})
+            # An outcome is reported under the project's exclusive lock, so this read sees it or
+            # that report sees this request (and cancels it): nothing is asked about ended work.
+            if not Task.TRANSITIONS[task.status]:
+                raise TransitionError(f"The task is {task.status}: nothing more is asked about it.",
+                                      current_status=task.status)
         now = timezone.now()
         req = HitlRequest(
             project=uow.project, task=task, request_type=request_type, question=question, options=options,

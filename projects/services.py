@@ -104,8 +104,7 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         if task.status == status:
             return task  # a retried report
         if status not in Task.TRANSITIONS[task.status]:
-            raise TransitionError(f"A task that is {task.status} cannot become {status}.",
-                                  current_status=task.status)
+            raise TransitionError(_why_not(task, status), current_status=task.status)
         before = _task_snapshot(task)
         task.status = status
         task.error = error if status == Task.Status.FAILED else ""
@@ -118,6 +117,15 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
     task_outcome_reported(task=task)
     return task
+
+
+def _why_not(task: Task, status: str) -> str:
+    if task.status == Task.Status.WAITING_FOR_HITL:
+        return (f"The task waits for a person (a call or its output pending review), so it cannot be reported "
+                f"{status}: wait for the decision, cancel the call, or report the task failed.")
+    if task.status == Task.Status.HALTED:
+        return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
+    return f"A task that is {task.status} cannot become {status}."
 
 
 _REFRESH_SQL = None

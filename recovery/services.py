@@ -1,6 +1,7 @@
 """Recovery: a person walks a stopped project back, one approved step at a time. Only the
 last step (lift_stop) resolves the stop and makes the project active again."""
-from decimal import ROUND_CEILING, Decimal
+from datetime import timezone as dt_timezone
+from decimal import ROUND_FLOOR, Decimal
 
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count
@@ -52,21 +53,30 @@ def _confirm_budget(session, step, now, option, uow):
 
 def refuse_while_budget_critical(project, step: RecoveryStep) -> None:
     """confirm_budget and lift_stop are refused (409, the step stays pending, the session open)
-    while the day's cost still passes 1.5 x the daily cost limit: lifting the stop then would
-    only let the next call stop the project again. A person raises the limit first (or the
-    day's window ends)."""
+    while the day's spent + reserved cost is at or past 1.5 x the daily cost limit: lifting the
+    stop then would only let the next call stop the project again. A person raises the limit
+    first (or the day's window ends). The refusal names the least limit that clears it and what
+    leaves the next calls room."""
     budget = budget_for(project)
     if not budget.daily_cost_limit:
         return
     day, _ = current_windows(project)
-    used, line = day.spent_cost + day.reserved_cost, budget.daily_cost_limit * CRITICAL_FACTOR
-    if used <= line:
+    used = day.spent_cost + day.reserved_cost
+    if used < budget.daily_cost_limit * CRITICAL_FACTOR:
         return
-    needed = (used / CRITICAL_FACTOR).quantize(Decimal("0.0001"), rounding=ROUND_CEILING)
+    step_up = Decimal("0.0001")
+    needed = (used / CRITICAL_FACTOR).quantize(step_up, rounding=ROUND_FLOOR) + step_up  # 1.5 x it passes used
+    monthly = budget.monthly_cost_limit
+    also_monthly = (f" (and the monthly cost limit, now {monthly:.4f}, as high: a daily limit may not pass it)"
+                    if monthly and needed > monthly else "")
     raise TransitionError(
-        f"The day's cost {used:.4f} still passes 1.5 x the daily cost limit {budget.daily_cost_limit:.4f}: "
-        f"the next call would stop the project again. Raise the daily cost limit to at least {needed:.4f} "
-        f"(or wait for the day's window to end at {iso_utc(day.end)}), then approve this step.",
+        f"The day's cost {used:.4f} is still at or past 1.5 x the daily cost limit {budget.daily_cost_limit:.4f}: "
+        f"the next call would stop the project again. Raise the daily cost limit{also_monthly}, or set it to 0 "
+        f"(no daily limit). Above {needed - step_up:.4f} lifts the stop, but a call that would take the day past "
+        f"1.5 x the limit stops it again, and one past the limit waits for an override: a limit of {used:.4f} (the "
+        f"day's cost) leaves {used / 2:.4f} before the stop line; only a limit above the day's cost lets calls run "
+        f"without an override. Or wait for the day's window to end at "
+        f"{day.end.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M} UTC. Then approve this step.",
         current_status=step.status, daily_cost_today=f"{used:.4f}",
         daily_cost_limit=f"{budget.daily_cost_limit:.4f}", daily_cost_limit_needed=f"{needed:.4f}")
 

@@ -132,7 +132,8 @@ def test_a_failed_task_drops_its_output_held_for_review_and_its_open_questions(
     assert r.status_code == 201, r.content
     response_id = r.json()["approval_id"]
     r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "completed"}, format="json")
-    assert r.status_code == 409  # its output waits for a review
+    assert r.status_code == 409 and r.json()["status"] == "waiting_for_hitl"  # its output waits for a review
+    assert "waits for a person" in r.json()["detail"] and "report the task failed" in r.json()["detail"]
     r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "failed", "error": "gave up"},
                           format="json")
     assert r.status_code == 200, r.content

@@ -200,3 +200,12 @@ def test_the_schema_lists_the_endpoints():
                  "/api/v1/hitl/{request_id}/cancel", "/api/v1/hitl/project/{project_id}",
                  "/api/v1/hitl/{approval_id}/wait"):
         assert path in schema["paths"], path
+
+
+def test_nothing_is_asked_about_an_ended_task(agent_client, body, task):
+    r = agent_client.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
+    assert r.status_code == 200, r.content
+    r = agent_client.post("/api/v1/hitl", body(), format="json")
+    assert r.status_code == 409, r.content
+    assert r.json()["error"] == "conflict" and r.json()["status"] == "completed"
+    assert not HitlRequest.objects.exists()

@@ -52,3 +52,51 @@ def test_ten_reviewers_answer_one_request_at_once_exactly_one_wins(project, agen
     assert AuditEvent.objects.filter(action__startswith="hitl_request.", object_id=str(req.pk)).count() == 2
     assert HitlRequest.objects.count() == 1
     assert audit_verify() == []
+
+
+def test_a_question_asked_as_its_task_ends_is_refused_or_cancelled(project, agent):
+    """Asking about a task while it is reported failed: either the question is refused (409) or
+    the report cancels it. No question stays pending on an ended task."""
+    from emergency.services import emergency_settings_for
+    from projects.services import task_create, task_report_outcome
+
+    settings_row = emergency_settings_for(project.pk)
+    settings_row.error_min_outcomes = 1000  # these failures are not an error-rate stop
+    settings_row.save()
+    tasks = [task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"t{i}") for i in range(20)]
+    outcomes, errors = {"asked": 0, "refused": 0}, []
+
+    def ask(task):
+        try:
+            hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="late?",
+                                task_id=task.pk)
+            outcomes["asked"] += 1
+        except TransitionError:
+            outcomes["refused"] += 1
+
+    def fail(task):
+        task_report_outcome(actor=agent, task_id=task.pk, status="failed", error="gave up")
+
+    for task in tasks:
+        barrier = threading.Barrier(2)
+
+        def run(work, task=task, barrier=barrier):
+            try:
+                barrier.wait(timeout=30)
+                work(task)
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=run, args=(w,)) for w in (ask, fail)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "hung (deadlock?)"
+    assert not errors, errors
+    assert outcomes["asked"] + outcomes["refused"] == 20
+    assert not HitlRequest.objects.filter(task__in=tasks, status="pending").exists()
+    assert HitlRequest.objects.filter(task__in=tasks, status="cancelled").count() == outcomes["asked"]
+    assert audit_verify() == []

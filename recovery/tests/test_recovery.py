@@ -180,7 +180,8 @@ def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_lin
     assert r.status_code == 409, r.content
     body = r.json()
     assert body["error"] == "conflict" and body["status"] == "pending"
-    assert "16.0000 still passes 1.5 x the daily cost limit 10.0000" in body["detail"]
+    assert "16.0000 is still at or past 1.5 x the daily cost limit 10.0000" in body["detail"]
+    assert "Above 10.6666 lifts the stop" in body["detail"] and "a limit of 16.0000 (the day's cost) leaves 8.0000" in body["detail"]
     assert body["daily_cost_limit_needed"] == "10.6667"
     session_now = client_for(reviewer).get(f"/api/v1/recovery/{session['id']}").json()
     assert session_now["status"] == "waiting_approval" and session_now["steps_completed"] == 0
@@ -210,9 +211,11 @@ def test_lifting_is_refused_while_the_day_passes_the_line_of_a_limit_lowered_dur
     assert r.status_code == 200, r.content
     r = step(client_for(reviewer), session, steps[-1][1], decision="approve")
     assert r.status_code == 409, r.content
-    assert r.json()["daily_cost_limit_needed"] == "8.0000"
+    assert r.json()["daily_cost_limit_needed"] == "8.0001"  # at 8.0000 the day is at 1.5 x: still refused
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
     assert client_for(reviewer).get(f"/api/v1/recovery/{session['id']}").json()["status"] == "in_progress"
     client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "8.0000"}, format="json")
+    assert step(client_for(reviewer), session, steps[-1][1], decision="approve").status_code == 409
+    client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "8.0001"}, format="json")
     assert step(client_for(reviewer), session, steps[-1][1], decision="approve").status_code == 200
     assert Project.objects.get(pk=project.pk).status == "active"
