@@ -55,6 +55,7 @@ def approval_event_data(approval: AgentCallApproval) -> dict:
         "budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None,
         "expires_at": iso_utc(approval.expires_at),
         "approved_by": approval.approved_by.get_username() if approval.approved_by_id else None,
+        "rejection_reason": approval.rejection_reason,  # why it was rejected or cancelled ("" otherwise)
     }
 
 

@@ -151,7 +151,8 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         if actor.pk != approval.requested_by_id:
             raise Forbidden("Only the agent that requested this call may start it.")
         if approval.status != Status.APPROVED:
-            raise TransitionError(f"The approval is {approval.status}, not approved.",
+            why = f" ({approval.rejection_reason})" if approval.rejection_reason else ""
+            raise TransitionError(f"The approval is {approval.status}{why}, not approved.",
                                   current_status=approval.status)
         if approval.started_at is not None:
             raise TransitionError("This approved call was already started.", current_status=approval.status,

@@ -54,11 +54,13 @@ def test_an_approved_call_not_started_is_cancelled_and_its_reservation_released(
     assert budget_reconcile() == []
     r = agent_c.post(f"/api/v1/agent-approvals/{call_id}/start")
     assert r.status_code == 409 and r.json()["status"] == "cancelled"
+    assert "(its task was reported completed before the call ran)" in r.json()["detail"]
     assert agent_c.get(f"/api/v1/agent-approvals/{call_id}").json()["status"] == "cancelled"
     audit = AuditEvent.objects.get(action="agent_approval.task_ended", object_id=str(call_id))
     assert audit.actor == agent and audit.before["status"] == "approved" and audit.after["status"] == "cancelled"
     event = Event.objects.filter(event_type="agent_approval_decided", data__approval_id=str(call_id)).last()
     assert event.data["status"] == "cancelled" and event.data["budget_state"] == "released"
+    assert event.data["rejection_reason"] == "its task was reported completed before the call ran"
     # the reviewer's page says who cancelled it and why
     page = client_for(reviewer)
     page.force_login(reviewer)
