@@ -93,8 +93,8 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
     fieldsets = [
         (None, {"fields": ["status", "request_type", "project_name", "task_title", "asker", "question",
                            "options_list", "context_pretty"]}),
-        ("Answer", {"fields": ["responder", "response", "amended_pretty", "created_at", "responded_at",
-                               "expires_at", "time_left"]}),
+        ("Answer on record", {"fields": ["responder", "response", "amended_pretty", "created_at", "responded_at",
+                                         "expires_at", "time_left"]}),
         ("History", {"fields": ["history_table"]}),
     ]
     readonly_fields = [f for fs in fieldsets for f in fs[1]["fields"]]

@@ -43,6 +43,7 @@ def test_the_page_offers_the_options_and_approves_through_the_service(browser, a
     for action in ("approve", "reject", "amend"):
         assert f'name="action" value="{action}"' in html
     assert 'value="PostgreSQL"' in html and 'value="SQLite"' in html
+    assert html.count(">Answer</h2>") == 1  # the forms' section; the read-only one is "Answer on record"
     r = browser.post(page(req), {"_decide": "1", "action": "approve", "approve-response": "SQLite"}, follow=True)
     assert r.redirect_chain[-1][0].endswith("#content-start")  # lands on the outcome's message
     req.refresh_from_db()
