@@ -21,6 +21,7 @@ STEP_TITLES = {
 KEY_LABELS = {
     "allowance_today": "Override allowance today",  # what approved budget overrides added to the day's limits
     "spent_month": "Spent this month",
+    "now": "Their status now",  # the settle step: what the halted tasks became
 }
 
 

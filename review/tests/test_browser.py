@@ -246,3 +246,36 @@ def test_a_refused_post_says_so_and_a_stop_cancels_an_open_approved_call_live(
     assert_not_reloaded(page)
     assert api(server, "GET", url, agent_key)["status"] == "cancelled"
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_the_admin_recovery_walkthrough_fits_a_phone_screen(serve, chromium, project, agent, reviewers, make_user):  # noqa: F811
+    """At 390 px each step of the plan is a card of labelled rows: the page does not scroll sideways
+    and who decided a step and what it did stay on screen."""
+    from emergency.services import emergency_stop_trigger
+    from projects.services import task_create
+    from recovery.services import recovery_start, recovery_step_respond
+
+    rita, _ = reviewers
+    manager = make_user("mona", role="manager", project=project)
+    task_create(actor=agent, project_id=project.pk, agent_type="coder", title="A task with a rather long title to wrap")
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="phone drill", actor=rita)
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    for step in session.steps.order_by("order")[:3]:  # up to and with the settle step
+        recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=rita, decision="approve",
+                              reason="checked on the phone")
+    server = serve()
+
+    page = log_in(chromium.new_context(server), rita.username)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"/admin/recovery/recoverysession/{session.pk}/change/")
+    steps = page.locator("#recovery-steps")
+    expect(steps).to_be_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the page scrolls sideways"
+    settle = steps.locator("tr", has_text="settle_halted_tasks")
+    decided = settle.locator("td[data-label='Decided by']")
+    expect(decided).to_contain_text(rita.username)
+    expect(settle.locator("td[data-label='Note / result']")).to_contain_text("A task with a rather long title")
+    for cell in (decided, settle.locator("td[data-label='Note / result']")):
+        box = cell.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    assert "Traceback" not in full_log(server), full_log(server)
