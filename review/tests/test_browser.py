@@ -279,3 +279,31 @@ def test_the_admin_recovery_walkthrough_fits_a_phone_screen(serve, chromium, pro
         box = cell.bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when_they_leave_the_box(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
+               body={"project_id": str(project.pk), "agent_type": "coder", "title": "Pick a database"})
+    question = api(server, "POST", "/api/v1/hitl", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "task_id": task["task_id"], "request_type": "question",
+        "question": "Which database should we use?"})
+
+    page = log_in(chromium.new_context(server), rita.username, next_path=f"/review/hitl/{question['id']}")
+    mark_page(page)
+    page.fill("#reject-reason", "We need to talk about this first")
+    page.focus("#reject-reason")
+    api(server, "POST", f"/api/v1/tasks/{task['task_id']}/status", agent_key,
+        body={"status": "failed", "error": "the agent gave up"})
+
+    note = page.locator("#hitl-changed")
+    expect(note).to_contain_text("This request is now cancelled")
+    expect(page.locator("#decision-panel button[type=submit]").first).to_be_disabled()
+    assert_not_reloaded(page)  # not under the reviewer's typing
+    assert page.input_value("#reject-reason") == "We need to talk about this first"
+    page.locator("#decision-title").click()  # leaves the text box
+    expect(page.locator("#decision-panel .decided")).to_contain_text("its task was reported failed")
+    assert "Traceback" not in full_log(server), full_log(server)
