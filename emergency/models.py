@@ -76,6 +76,11 @@ class EmergencyStop(models.Model):
         return f"{self.project} stop {','.join(self.triggered_conditions)} ({'resolved' if self.resolved_at else 'active'})"
 
     @property
+    def condition_labels(self) -> list[str]:
+        """Its conditions as a person reads them ("manual stop", "error rate high")."""
+        return [condition_words(c) for c in self.triggered_conditions]
+
+    @property
     def halted_summary(self) -> str:
         """What the stop halted and cancelled, as the pages and the admin say it."""
         return (f"{plural(len(self.stopped_tasks), 'task')} halted, {plural(len(self.cancelled_approvals), 'open request')}"

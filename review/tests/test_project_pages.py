@@ -228,6 +228,7 @@ def test_stopping_a_stopped_project_adds_to_the_active_stop(stopped, project, ma
 def test_a_manager_starts_a_recovery_from_the_project_page(stopped, project, manager, reviewer):
     html = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
     assert "Start recovery" in html and 'value="automated"' in html
+    assert '<span class="pp-tag">manual stop</span> <span class="pp-tag">error rate high</span>' in html
     r = web(reviewer).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
     assert r.status_code == 403 and "Only managers of Demo may start a recovery." in r.content.decode()
     r = web(manager).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
