@@ -458,6 +458,25 @@ def hitl_cancellation(req) -> dict | None:
             "why": last.get("note") or ""}
 
 
+def response_cancellation(response) -> dict | None:
+    """Who cancelled a cancelled response approval, when and why, as call_cancellation says it:
+    an emergency stop, or the report that ended its task."""
+    if response.status != response.Status.CANCELLED:
+        return None
+    if response.rejection_reason == CANCELLED_BY_STOP:
+        return _stop_cancellation(response.project_id, response.created_at,
+                                  fallback_at=response.responded_at or response.updated_at)
+    event = (AuditEvent.objects.filter(object_type=response._meta.label_lower, object_id=str(response.pk),
+                                       action="response_approval.task_ended")
+             .select_related("actor").order_by("-seq").first())
+    at = event.created_at if event else (response.responded_at or response.updated_at)
+    by = ""
+    if event is not None and event.actor_id:
+        by = event.actor.get_username()
+        by = f"its agent {by}" if event.actor_id == response.submitted_by_id else by
+    return {"by": by, "at": at, "stop": None, "why": response.rejection_reason}
+
+
 def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:
     """Nothing is admitted while a project is stopped, so the stop that cancelled something is the
     first one created after it (its lists of ids are not read)."""

@@ -263,6 +263,7 @@ def _response_panel_context(request, response, *, outcome=None, reason="", reaso
     return {"response": response, "pending": pending, "can_decide": can_decide, "enabled": pending and can_decide,
             "outcome": outcome, "reason": reason, "reason_error": reason_error, "modifications": modifications,
             "modifications_error": modifications_error, "oob": oob, "risk_level": selectors._response_risk(response),
+            "cancellation": selectors.response_cancellation(response),
             "modifications_pretty": mods if isinstance(mods, str) or mods is None else selectors.pretty_json(mods)}
 
 

@@ -285,6 +285,7 @@ def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when
         serve, chromium, project, agent, reviewers):  # noqa: F811
     rita, _ = reviewers
     agent_key = api_key_create(user=agent, name="browser")[1]
+    rita_key = api_key_create(user=rita, name="stop")[1]
     server = serve()
     task = api(server, "POST", "/api/v1/tasks", agent_key, status=(201,),
                body={"project_id": str(project.pk), "agent_type": "coder", "title": "Pick a database"})
@@ -306,4 +307,14 @@ def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when
     assert page.input_value("#reject-reason") == "We need to talk about this first"
     page.locator("#decision-title").click()  # leaves the text box
     expect(page.locator("#decision-panel .decided")).to_contain_text("its task was reported failed")
+
+    # a question cancelled by a stop (its id is in the stop's event, not an event of its own)
+    other = api(server, "POST", "/api/v1/hitl", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "request_type": "checkpoint", "question": "Deploy now?"})
+    page.goto(f"/review/hitl/{other['id']}")
+    wait_live(page)
+    expect(page.locator("#decision-panel .decided")).to_have_count(0)
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", rita_key,
+        status=(201,), body={"reason": "browser drill"})
+    expect(page.locator("#decision-panel .decided")).to_contain_text(f"an emergency stop ({rita.username})")
     assert "Traceback" not in full_log(server), full_log(server)

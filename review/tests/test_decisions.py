@@ -409,6 +409,30 @@ def test_the_response_page(response, reviewer, outsider):
     assert 'id="btn-approve"' in html and 'id="btn-modify"' in html and 'for="modifications"' in html
 
 
+def test_a_cancelled_response_names_the_stop_or_the_report_that_ended_its_task(response, reviewer, manager, agent,
+                                                                                project):
+    """It used to say "Cancelled by an emergency stop." whatever cancelled it."""
+    from projects.services import task_report_outcome
+
+    task_report_outcome(actor=agent, task_id=response.task_id, status="failed", error="gave up")
+    html = web(reviewer).get(rpage(response)).content.decode()
+    assert "by <strong>its agent agent</strong>" in html and "Reason: its task was reported failed" in html
+    assert "emergency stop" not in html
+
+    other = make_call(project, agent, action="Write the lexer")
+    agent_approval_decide(approval_id=other.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=other.pk, actor=agent)
+    stopped = response_approval_submit(
+        submitter=agent, project_id=project.pk, task_id=other.task_id, agent_type="coder",
+        call_approval_id=other.pk, agent_response={"code": "x = 1"}, response_summary="Lexer", next_steps=[],
+        tokens_used=5, actual_cost=Decimal("0.0010"))
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="halt", actor=manager)
+    html = web(reviewer).get(rpage(stopped)).content.decode()
+    stamp = stop.created_at.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"by <strong>an emergency stop (manager)</strong> at {stamp} UTC" in html
+    assert "Reason: emergency stop" not in html
+
+
 def test_response_decisions(response, reviewer, project, agent):
     client = web(reviewer)
     url = f"{rpage(response)}/decide"
