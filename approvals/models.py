@@ -38,7 +38,8 @@ class AgentCallApproval(BaseModel):
         CANCELLED = "cancelled"
 
     # What approvals.services.common.close_call allows (the only place that moves a call's status,
-    # besides the emergency stop's bulk cancel of pending / approved-not-started calls).
+    # besides the bulk cancel of pending / approved-not-started calls by an emergency stop or by
+    # the end of their task: approvals.services.halting).
     TRANSITIONS = {
         Status.PENDING: {Status.APPROVED, Status.REJECTED, Status.TIMED_OUT, Status.CANCELLED},
         Status.APPROVED: {Status.CANCELLED},  # only while not started
@@ -116,7 +117,7 @@ class ResponseApproval(BaseModel):
         REJECTED = "rejected"
         REQUIRES_MODIFICATION = "requires_modification", "Requires modification"
         TIMED_OUT = "timed_out", "Timed out"
-        CANCELLED = "cancelled"   # an addition to API.md: an emergency stop cancels pending reviews
+        CANCELLED = "cancelled"   # an addition to API.md: a stop, or the end of its task, cancels a pending review
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="response_approvals")

@@ -3,7 +3,8 @@ from django.apps import AppConfig
 
 class HitlConfig(AppConfig):
     """Questions and checkpoints to a person (the seed's HitlRequest): an agent or orchestrator
-    asks, a reviewer approves, rejects or amends; beat times them out, a stop cancels them."""
+    asks, a reviewer approves, rejects or amends; beat times them out, a stop or the end of
+    their task cancels them."""
 
     name = "hitl"
     verbose_name = "Questions and checkpoints"

@@ -113,7 +113,7 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
                 raise InvalidInput(fields={"task_id": ["No such task in this project."]})
             # An outcome is reported under the project's exclusive lock, so this read sees it or
             # that report sees this request (and cancels it): nothing is asked about ended work.
-            if not Task.TRANSITIONS[task.status]:
+            if task.ended:
                 raise TransitionError(f"The task is {task.status}: nothing more is asked about it.",
                                       current_status=task.status)
         now = timezone.now()

@@ -10,7 +10,7 @@ class TaskOutcomeHandler(Protocol):
 
 
 class TaskEndingHandler(Protocol):
-    def __call__(self, *, uow, task: Task, actor, now) -> None: ...
+    def __call__(self, *, uow, task: Task, actor, now) -> list[str]: ...  # the ids it cancelled
 
 
 # After an outcome (completed / failed) is committed: emergency checks error rate and resources.

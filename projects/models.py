@@ -115,6 +115,11 @@ class Task(BaseModel):
     def __str__(self):
         return f"{self.title} ({self.status})"
 
+    @property
+    def ended(self) -> bool:
+        """Completed, failed or cancelled: nothing moves it any more, nothing more is asked about it."""
+        return not self.TRANSITIONS[self.status]
+
 
 class AgentState(BaseModel):
     class Status(models.TextChoices):

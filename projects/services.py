@@ -91,7 +91,8 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 
 @retry_transient
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
-    """An agent reports that a task completed or failed. Reporting the same outcome again
+    """An agent reports that a task completed or failed (under the project's exclusive lock: see
+    projects/uow.py; hitl relies on it). Reporting the same outcome again
     changes nothing; any other transition out of a finished task is refused (409). In the same
     unit of work the ``task_ending`` hook cancels what of the task still waits (calls not run,
     responses and questions pending). Once the
@@ -111,10 +112,10 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         task.error_kind = error_kind if status == Task.Status.FAILED else ""
         task.finished_at = timezone.now()
         task.save(update_fields=["status", "error", "error_kind", "finished_at", "updated_at"])
-        task_ending(uow=uow, task=task, actor=actor, now=task.finished_at)
         agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type,
                             failed=status == Task.Status.FAILED)
         audit_record(actor=actor, action=f"task.{status}", obj=task, before=before, after=_task_snapshot(task))
+        task_ending(uow=uow, task=task, actor=actor, now=task.finished_at)  # its audit rows follow the outcome's
     task_outcome_reported(task=task)
     return task
 

@@ -9,7 +9,8 @@ stopped, and writes the buffered outbox events and audit rows last, before the c
 Two modes of the project lock:
 
 - exclusive (the default, ``SELECT ... FOR UPDATE``): stops, recoveries, limits, overrides,
-  settings, sweeps. One project's exclusive writers run one at a time, and while one runs no admission does.
+  settings, sweeps, task outcomes (a question asked in shared mode therefore sees an outcome
+  committed before it, or that outcome's report sees the question and cancels it). One project's exclusive writers run one at a time, and while one runs no admission does.
 - shared (``shared=True``, PostgreSQL ``SELECT ... FOR SHARE``): admissions (an agent asking to
   run a call) and the other writes on one call (decisions, starts, usage, responses, questions).
   Admissions of one project run side by side: each locks only the rows it changes (its task; the

@@ -47,7 +47,8 @@ def _budget_state(project) -> dict:
 
 
 def _confirm_budget(session, step, now, option, uow):
-    """Records the budget a person confirmed (raise the limit or approve an override first)."""
+    """Records the budget a person confirmed (refused before it runs while the day's cost is at or
+    past 1.5 x the daily limit: refuse_while_budget_critical; an override does not clear that)."""
     return {"confirmed": _budget_state(session.project)}
 
 

@@ -55,7 +55,7 @@ def approval_event_data(approval: AgentCallApproval) -> dict:
         "budget_override_id": str(approval.budget_override_id) if approval.budget_override_id else None,
         "expires_at": iso_utc(approval.expires_at),
         "approved_by": approval.approved_by.get_username() if approval.approved_by_id else None,
-        "rejection_reason": approval.rejection_reason,  # why it was rejected or cancelled ("" otherwise)
+        "rejection_reason": redact(approval.rejection_reason, 500),  # why it was rejected or cancelled, or ""
     }
 
 
@@ -173,7 +173,14 @@ def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason:
                     outcome=FlagLabel.Outcome.FALSE_ALARM if to == Status.APPROVED else FlagLabel.Outcome.CONFIRMED)
     task_move(task=approval.task, to=Task.Status.PENDING)
     agent_state_refresh(project_id=approval.project_id, agent_type=approval.task.agent_type)
+    record_closed(approval, actor=actor, action=action, before=before, reason=reason, event_type=event_type)
+
+
+def record_closed(approval: AgentCallApproval, *, actor, action: str, before: dict, reason: str,
+                  event_type: str = "agent_approval_decided") -> None:
+    """What every move of a call out of pending (or approved, not started) leaves behind: its
+    audit row, its event and the wake-up of the agent waiting on it (waiters also poll the DB)."""
     audit_record(actor=actor, action=action, obj=approval, before=before, after=snapshot(approval), reason=reason)
     event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type,
                data=approval_event_data(approval))
-    wakeup_on_commit(approval_group(approval.pk), status=approval.status)  # waiters also poll the DB
+    wakeup_on_commit(approval_group(approval.pk), status=approval.status)

@@ -11,16 +11,13 @@ from approvals.models import CANCELLED_BY_STOP, AgentCallApproval
 from approvals.services.common import (
     BudgetState,
     Status,
-    approval_event_data,
-    approval_group,
     project_stop_group,
+    record_closed,
     snapshot,
     withdraw_orphaned_overrides,
 )
-from audit.services import audit_record
 from budgets.services import budget_release_many
 from core.wakeup import wakeup_on_commit
-from events.services import event_emit
 
 OPEN_CALLS = Q(status=Status.PENDING) | Q(status=Status.APPROVED, started_at__isnull=True)  # not run, may not
 
@@ -55,9 +52,5 @@ def cancel_calls_of_ended_task(*, uow, task, actor, now) -> list[str]:
     for call in calls:
         before = snapshot(call)
         call.status, call.budget_state, call.rejection_reason = Status.CANCELLED, BudgetState.RELEASED, reason
-        audit_record(actor=actor, action="agent_approval.task_ended", obj=call, before=before, after=snapshot(call),
-                     reason=reason)
-        event_emit(project_id=call.project_id, task_id=call.task_id, event_type="agent_approval_decided",
-                   data=approval_event_data(call))
-        wakeup_on_commit(approval_group(call.pk), status=call.status)  # its waiting agent
+        record_closed(call, actor=actor, action="agent_approval.task_ended", before=before, reason=reason)
     return [str(call.pk) for call in calls]

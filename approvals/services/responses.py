@@ -68,6 +68,7 @@ def response_event_data(response: ResponseApproval) -> dict:
         "actual_cost": f"{response.actual_cost:.4f}",
         "expires_at": iso_utc(response.expires_at),
         "approved_by": response.approved_by.get_username() if response.approved_by_id else None,
+        "rejection_reason": redact(response.rejection_reason, 500),  # why it was rejected or cancelled, or ""
     }
 
 
@@ -121,7 +122,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
     stopped = stop = None
     with call_uow(call.pk, gate=False) as (uow, call):
         _refuse_unless_started(call)
-        if uow.project.status != Project.Status.EMERGENCY_STOPPED and not Task.TRANSITIONS[call.task.status]:
+        if uow.project.status != Project.Status.EMERGENCY_STOPPED and call.task.ended:
             # the task has ended (completed, failed, cancelled): an output reviewed now could no longer be
             # redone or turned away
             raise TransitionError(f"Its task is {call.task.status}: an output is reviewed before its task ends.",
@@ -342,9 +343,10 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
 
 
 def cancel_responses_of_ended_task(*, uow, task, actor, now) -> list[str]:
-    """projects.hooks.task_ending: a task reported failed (one waiting on a review cannot be
-    reported completed) drops its output held for review: nobody is asked to approve output the
-    agent has given up on. Each is cancelled with its audit row and event."""
+    """projects.hooks.task_ending: a task reported failed or completed drops its output still held
+    for review (a task waiting on a review cannot be reported completed, but one moved back to
+    pending by a decision on another of its calls can): nobody is asked to approve output of work
+    the agent has ended. Each is cancelled with its audit row and event."""
     pending = uow.lock_many("response", ResponseApproval.objects.filter(task=task, status=Status.PENDING)
                             .select_related("task", "submitted_by", "approved_by"))
     for response in pending:

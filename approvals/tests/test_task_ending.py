@@ -158,3 +158,71 @@ def test_a_failed_task_drops_its_output_held_for_review_and_its_open_questions(
     page.force_login(reviewer)
     html = page.get(f"/review/hitl/{question_id}").content.decode()
     assert "its task was reported failed" in html
+
+
+def started_with_output(agent_client, reviewer_client, request_body):
+    """A call approved and started, its output submitted (pending review): (call JSON, response id)."""
+    from approvals.tests.test_response_approvals import response_body
+
+    call = agent_client.post("/api/v1/agent-approvals", request_body(), format="json").json()
+    reviewer_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/respond", {"decision": "approve"},
+                         format="json")
+    call = agent_client.post(f"/api/v1/agent-approvals/{call['approval_id']}/start").json()
+    r = agent_client.post("/api/v1/response-approvals", response_body(call), format="json")
+    assert r.status_code == 201, r.content
+    return call, r.json()["approval_id"]
+
+
+def test_one_outcome_cancels_every_kind_of_open_request_of_its_task_in_lock_order(
+        agent_client, reviewer_client, request_body, project, agent):
+    """A blocked call (its override withdrawn, nothing reserved), an output held for review and a
+    question, all on one task: one report cancels them all, in one unit of work (LOCK_ORDER
+    approval, override, budget window, response, hitl: a handler out of order would raise)."""
+    from hitl.models import HitlRequest
+    from approvals.models import ResponseApproval
+
+    call, response_id = started_with_output(agent_client, reviewer_client, request_body)
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("1.0000")})
+    blocked = agent_client.post("/api/v1/agent-approvals", {**request_body(task_id=call["task_id"]),
+                                                           "estimated_cost": "1.2000"}, format="json").json()
+    assert "approval_id" in blocked, blocked
+    assert AgentCallApproval.objects.get(pk=blocked["approval_id"]).budget_state == "blocked"
+    question = agent_client.post("/api/v1/hitl", {"project_id": str(project.pk), "task_id": call["task_id"],
+                                                  "request_type": "question", "question": "Go on?"}, format="json")
+    assert question.status_code == 201, question.content
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "failed", "error": "x"},
+                          format="json")
+    assert r.status_code == 200, r.content
+
+    blocked_call = AgentCallApproval.objects.get(pk=blocked["approval_id"])
+    assert (blocked_call.status, blocked_call.budget_state) == ("cancelled", "released")
+    assert BudgetOverrideRequest.objects.get(pk=blocked_call.budget_override_id).status == "rejected"
+    assert ResponseApproval.objects.get(pk=response_id).status == "cancelled"
+    assert HitlRequest.objects.get(pk=question.json()["id"]).status == "cancelled"
+    assert budget_reconcile() == []
+    # the outcome's audit row comes before the cancellations it caused
+    actions = list(AuditEvent.objects.filter(project_id=project.pk).order_by("seq").values_list("action", flat=True))
+    assert actions.index("task.failed") < min(actions.index(a) for a in (
+        "agent_approval.task_ended", "response_approval.task_ended", "hitl_request.task_ended"))
+
+
+def test_a_completed_task_cancels_its_pending_question_and_output_left_waiting(
+        agent_client, reviewer_client, request_body, project):
+    """A decision on another call of the task moves it back to pending while its output still
+    waits; reporting it completed then cancels that output and its question, with that word."""
+    from hitl.models import HitlRequest
+    from approvals.models import ResponseApproval
+
+    call, response_id = started_with_output(agent_client, reviewer_client, request_body)
+    second = agent_client.post("/api/v1/agent-approvals", request_body(task_id=call["task_id"]), format="json")
+    assert second.status_code == 201, second.content
+    reviewer_client.post(f"/api/v1/agent-approvals/{second.json()['approval_id']}/respond",
+                         {"decision": "reject", "reason": "not this one"}, format="json")
+    question = agent_client.post("/api/v1/hitl", {"project_id": str(project.pk), "task_id": call["task_id"],
+                                                  "request_type": "checkpoint", "question": "Ship?"}, format="json")
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "completed"}, format="json")
+    assert r.status_code == 200, r.content
+    response = ResponseApproval.objects.get(pk=response_id)
+    assert (response.status, response.rejection_reason) == ("cancelled", "its task was reported completed")
+    req = HitlRequest.objects.get(pk=question.json()["id"])
+    assert req.status == "cancelled" and req.history[-1]["note"] == "its task was reported completed"

@@ -170,8 +170,8 @@ def budget_release(*, uow, call_id) -> bool:
 
 
 def budget_release_many(*, uow, call_ids) -> int:
-    """Release the open reservations of many calls at once (an emergency stop cancels them
-    all): one ledger row each, one update per window."""
+    """Release the open reservations of many calls at once (an emergency stop or the end of their
+    task cancels them): one ledger row each, one update per window."""
     if not call_ids:
         return 0
     entries: dict = {}

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from approvals.services import agent_approval_request
@@ -165,9 +167,9 @@ def spend(project, agent, reviewer, *, limit: str, estimate: str, actual: str):
     agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal(actual))
 
 
-def test_a_budget_stop_is_not_lifted_while_the_day_still_passes_the_critical_line(
+def test_a_budget_stop_is_not_lifted_while_the_day_is_still_at_or_past_the_critical_line(
         project, agent, reviewer, manager, client_for):
-    """Confirming the budget (and lifting the stop) is refused while the day's cost still passes
+    """Confirming the budget (and lifting the stop) is refused while the day's cost is at or past
     1.5 x the daily limit: the next call would stop the project again. Raising the limit lets it through."""
     spend(project, agent, reviewer, limit="10.0000", estimate="9.0000", actual="16.0000")
     stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
@@ -219,3 +221,24 @@ def test_lifting_is_refused_while_the_day_passes_the_line_of_a_limit_lowered_dur
     client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "8.0001"}, format="json")
     assert step(client_for(reviewer), session, steps[-1][1], decision="approve").status_code == 200
     assert Project.objects.get(pk=project.pk).status == "active"
+
+
+def test_the_refusal_names_the_monthly_limit_when_the_daily_one_cannot_pass_it(
+        project, agent, reviewer, manager, client_for):
+    from budgets.models import ProjectBudget
+
+    spend(project, agent, reviewer, limit="10.0000", estimate="9.0000", actual="30.0000")
+    ProjectBudget.objects.filter(project=project).update(monthly_cost_limit="15.0000")
+    session = start(client_for(manager), project).json()
+    first = session["recovery_plan"]["steps"][0]
+    assert first["action"] == "confirm_budget"
+    r = step(client_for(reviewer), session, first["step_id"], decision="approve")
+    assert r.status_code == 409 and r.json()["daily_cost_limit_needed"] == "20.0001"
+    detail = r.json()["detail"]
+    assert "(and the monthly cost limit, now 15.0000, as high: a daily limit may not pass it)" in detail
+    assert "or set it to 0 (no daily limit)" in detail
+    assert re.search(r"wait for the day's window to end at \d{4}-\d\d-\d\d 00:00 UTC", detail), detail
+    # no daily limit at all clears it too
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "0"}, format="json")
+    assert r.status_code == 200, r.content
+    assert step(client_for(reviewer), session, first["step_id"], decision="approve").status_code == 200
