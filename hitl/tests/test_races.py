@@ -15,6 +15,15 @@ from hitl.services import hitl_request_create, hitl_request_respond
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
+def run_all(threads, timeout=120):
+    """Start the threads together and wait for them; none may hang (a deadlock)."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a worker hung (deadlock?)"
+
+
 def test_ten_reviewers_answer_one_request_at_once_exactly_one_wins(project, agent, make_user):
     reviewers = [make_user(f"rev{i}", role="reviewer", project=project) for i in range(10)]
     req = hitl_request_create(asker=agent, project_id=project.pk, request_type="question",
@@ -37,12 +46,7 @@ def test_ten_reviewers_answer_one_request_at_once_exactly_one_wins(project, agen
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=answer, args=(i, r)) for i, r in enumerate(reviewers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a reviewer hung (deadlock?)"
+    run_all([threading.Thread(target=answer, args=(i, r)) for i, r in enumerate(reviewers)])
     assert not errors, errors
     assert len(wins) == 1 and conflicts == [409] * 9
     req.refresh_from_db()
@@ -89,12 +93,7 @@ def test_a_question_asked_as_its_task_ends_is_refused_or_cancelled(project, agen
             finally:
                 connections.close_all()
 
-        threads = [threading.Thread(target=run, args=(w,)) for w in (ask, fail)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads), "hung (deadlock?)"
+        run_all([threading.Thread(target=run, args=(w,)) for w in (ask, fail)])
     assert not errors, errors
     assert outcomes["asked"] + outcomes["refused"] == 20
     assert not HitlRequest.objects.filter(task__in=tasks, status="pending").exists()
