@@ -10,7 +10,8 @@ Two modes of the project lock:
 
 - exclusive (the default, ``SELECT ... FOR UPDATE``): stops, recoveries, limits, overrides,
   settings, sweeps, task outcomes (a question asked in shared mode therefore sees an outcome
-  committed before it, or that outcome's report sees the question and cancels it). One project's exclusive writers run one at a time, and while one runs no admission does.
+  committed before it, or that outcome's report sees the question and cancels it). One
+  project's exclusive writers run one at a time, and while one runs no admission does.
 - shared (``shared=True``, PostgreSQL ``SELECT ... FOR SHARE``): admissions (an agent asking to
   run a call) and the other writes on one call (decisions, starts, usage, responses, questions).
   Admissions of one project run side by side: each locks only the rows it changes (its task; the

@@ -170,7 +170,8 @@ def inbox_items(*, user) -> list[InboxItem]:
         items.append(InboxItem(
             kind="recovery", id=str(step.pk), url=f"/review/recovery/{session.pk}",
             risk=session.emergency_stop.severity or "high", project=session.project, agent_type="",
-            summary=one_line(f"Step {step.order} of {session.total_steps}: {step_title(step.action)} — {step.description}"),
+            summary=one_line(f"Step {step.order} of {session.total_steps}: {step_title(step.action)} — "
+                             f"{step.description}"),
             created_at=step.created_at, obj=step, extra={"session_id": str(session.pk)}))
     for req in pending_for_reviewer(user):
         items.append(InboxItem(
@@ -438,11 +439,17 @@ def call_cancellation(approval: AgentCallApproval) -> dict | None:
     if event.action == "agent_approval.grant_expired":
         return {"by": "the system", "at": event.created_at, "stop": None,
                 "why": "it was approved but not started in time"}
-    if event.actor_id == approval.requested_by_id:
-        by = f"its agent {event.actor.get_username()}"
-    else:
-        by = event.actor.get_username() if event.actor_id else "the system"  # an administrator
-    return {"by": by, "at": event.created_at, "stop": None, "why": event.reason or ""}
+    return {"by": _canceller(event, approval.requested_by_id), "at": event.created_at, "stop": None,
+            "why": event.reason or ""}
+
+
+def _canceller(event: AuditEvent, agent_id) -> str:
+    """Who an audit row says cancelled something of ``agent_id``: its agent, someone else (an
+    administrator), or the system."""
+    if not event.actor_id:
+        return "the system"
+    name = event.actor.get_username()
+    return f"its agent {name}" if event.actor_id == agent_id else name
 
 
 def hitl_cancellation(req) -> dict | None:
@@ -469,12 +476,11 @@ def response_cancellation(response) -> dict | None:
     event = (AuditEvent.objects.filter(object_type=response._meta.label_lower, object_id=str(response.pk),
                                        action="response_approval.task_ended")
              .select_related("actor").order_by("-seq").first())
-    at = event.created_at if event else (response.responded_at or response.updated_at)
-    by = ""
-    if event is not None and event.actor_id:
-        by = event.actor.get_username()
-        by = f"its agent {by}" if event.actor_id == response.submitted_by_id else by
-    return {"by": by, "at": at, "stop": None, "why": response.rejection_reason}
+    if event is None:
+        return {"by": "", "at": response.responded_at or response.updated_at, "stop": None,
+                "why": response.rejection_reason}
+    return {"by": _canceller(event, response.submitted_by_id), "at": event.created_at, "stop": None,
+            "why": response.rejection_reason}
 
 
 def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:

@@ -297,8 +297,9 @@ def response_approval(request, approval_id):
 @require_GET
 def response_approval_panel(request, approval_id):
     response = _response_for(request, approval_id)
-    return render(request, "review/partials/response_approval_panel.html",
-                  _response_panel_context(request, response, outcome=_decided_elsewhere(response), oob=True))
+    context = _response_panel_context(request, response, oob=True)
+    context["outcome"] = _decided_elsewhere(response, context["cancellation"])
+    return render(request, "review/partials/response_approval_panel.html", context)
 
 
 @login_required
