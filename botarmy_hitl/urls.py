@@ -95,6 +95,7 @@ api_v1 = [
 
 admin.site.site_url = "/review/"  # the admin's "View site": the reviewers' pages
 admin.site.enable_nav_sidebar = False  # the queues' columns need the width (at 1280 px they scrolled sideways)
+admin.site.empty_value_display = "—"  # as our own columns and the reviewer pages write an empty value
 
 urlpatterns = [
     path("", include("core.urls")),

@@ -7,12 +7,13 @@ from core.text import has_nul
 
 
 def refusal_text(err) -> str:
-    """A service's refusal (a DomainError) as one sentence: its detail, and the status it
-    names unless the detail already says it."""
+    """A service's refusal (a DomainError) as one sentence: its detail, and the status the
+    refused item keeps unless the detail already says it ("Its task is completed (still
+    pending).")."""
     text = err.detail.strip()
     status = err.extra.get("status")
     if status and str(status) not in text:
-        text = f"{text.rstrip('.')} (status {status})."
+        text = f"{text.rstrip('.')} (still {status})."
     return text if text.endswith((".", "!", "?")) else f"{text}."
 
 

@@ -449,7 +449,13 @@ def _canceller(event: AuditEvent, agent_id) -> str:
     if not event.actor_id:
         return "the system"
     name = event.actor.get_username()
-    return f"its agent {name}" if event.actor_id == agent_id else name
+    return its_agent(name) if event.actor_id == agent_id else name
+
+
+def its_agent(name: str) -> str:
+    """The requesting agent, named: "its agent (coder-1)" (an agent called ``agent`` does not
+    read as "its agent agent")."""
+    return f"its agent ({name})"
 
 
 def hitl_cancellation(req) -> dict | None:
@@ -461,7 +467,7 @@ def hitl_cancellation(req) -> dict | None:
     if last.get("note") == CANCELLED_BY_STOP and last.get("by") == "system":
         return _stop_cancellation(req.project_id, req.created_at, fallback_at=at)
     by = last.get("by") or ""
-    return {"by": f"its agent {by}" if by and by == req.asked_by.get_username() else by, "at": at, "stop": None,
+    return {"by": its_agent(by) if by and by == req.asked_by.get_username() else by, "at": at, "stop": None,
             "why": last.get("note") or ""}
 
 

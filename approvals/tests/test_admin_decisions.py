@@ -54,6 +54,8 @@ def test_the_page_of_a_pending_call_offers_its_three_decisions(browser, call):
     assert "&quot;files&quot;: [" in html
     assert "blocked by its budget" not in html.lower()
     assert html.count(">Decision</h2>") == 1  # the section with the forms; the record is "Decision on record"
+    # an empty value (not responded, not started) reads as our own columns write it, not Django's "-"
+    assert '<div class="readonly">—</div>' in html and '<div class="readonly">-</div>' not in html
 
 
 def test_approve_from_the_page_goes_through_the_service(browser, call):
@@ -137,6 +139,7 @@ def test_an_amendment_the_service_refuses_keeps_the_editor_text(browser, project
     assert r.status_code == 200
     assert any("not approved with amended input" in m and "more than the call reserved" in m
                and m.endswith("Nothing was decided.") for m in messages_of(r))
+    assert any("(still pending). Nothing was decided." in m for m in messages_of(r)), messages_of(r)
     assert "x" * 4000 in r.content.decode()
     # the page lands at #decide, far below the admin's messages: the refusal is said there too
     assert_refusal_where_the_page_lands(r.content.decode(), "Nothing was decided: ")

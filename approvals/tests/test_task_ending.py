@@ -65,7 +65,7 @@ def test_an_approved_call_not_started_is_cancelled_and_its_reservation_released(
     page = client_for(reviewer)
     page.force_login(reviewer)
     html = page.get(f"/review/agent-approvals/{call_id}").content.decode()
-    assert "its agent agent" in html and "its task was reported completed before the call ran" in html
+    assert "its agent (agent)" in html and "its task was reported completed before the call ran" in html
 
 
 def test_a_pending_call_and_the_override_it_waited_for_end_with_a_failed_task(

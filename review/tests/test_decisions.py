@@ -299,7 +299,7 @@ def test_a_call_its_agent_withdrew_after_approval_names_the_agent_and_its_reason
     agent_approval_decide(approval_id=call.pk, decider=manager, decision="approve")
     agent_approval_cancel(approval_id=call.pk, actor=agent, reason="the user closed the ticket")
     html = web(manager).get(page(call)).content.decode()
-    assert f"by <strong>its agent {agent.get_username()}</strong> at" in html
+    assert f"by <strong>its agent ({agent.get_username()})</strong> at" in html
     assert "Reason: the user closed the ticket" in html
     assert "It had been approved by <strong>manager</strong>" in html
 
@@ -416,7 +416,7 @@ def test_a_cancelled_response_names_the_stop_or_the_report_that_ended_its_task(r
 
     task_report_outcome(actor=agent, task_id=response.task_id, status="failed", error="gave up")
     html = web(reviewer).get(rpage(response)).content.decode()
-    assert "by <strong>its agent agent</strong>" in html and "Reason: its task was reported failed" in html
+    assert "by <strong>its agent (agent)</strong>" in html and "Reason: its task was reported failed" in html
     assert "emergency stop" not in html
 
     other = make_call(project, agent, action="Write the lexer")

@@ -122,4 +122,4 @@ def test_a_question_its_agent_withdrew_names_the_agent_and_its_reason(project, a
     req = ask(project, agent)
     hitl_request_cancel(request_id=req.pk, actor=agent, reason="solved it myself")
     html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
-    assert f"by <strong>its agent {agent.username}</strong> at" in html and "Reason: solved it myself" in html
+    assert f"by <strong>its agent ({agent.username})</strong> at" in html and "Reason: solved it myself" in html
