@@ -286,13 +286,16 @@ def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Deci
     overrun = tokens_used > estimated_tokens or actual_cost > estimated_cost
     factor = Decimal(str(settings.HITL_USAGE_FLAG_FACTOR))
     flagged = (tokens_used > estimated_tokens * factor) or (actual_cost > estimated_cost * factor)
-    if overrun:
+    if overrun:  # one alert per call, on its cost when that passed the estimate, else on its tokens
+        by_cost = actual_cost > estimated_cost
         alert = BudgetAlert.objects.create(
             project=uow.project, window=day, alert_type=BudgetAlert.AlertType.OVERRUN,
-            threshold_type=BudgetAlert.ThresholdType.COST_DAILY, threshold_value=estimated_cost,
-            current_value=actual_cost, detail={"approval_id": str(call.pk), "estimated_tokens": estimated_tokens,
-                                               "tokens_used": tokens_used, "reserved": reserved,
-                                               "flagged": flagged})
+            threshold_type=BudgetAlert.ThresholdType.COST_DAILY if by_cost else BudgetAlert.ThresholdType.TOKEN_DAILY,
+            threshold_value=estimated_cost if by_cost else Decimal(estimated_tokens),
+            current_value=actual_cost if by_cost else Decimal(tokens_used),
+            detail={"approval_id": str(call.pk), "estimated_tokens": estimated_tokens, "tokens_used": tokens_used,
+                    "estimated_cost": f"{estimated_cost:.4f}", "actual_cost": f"{actual_cost:.4f}",
+                    "reserved": reserved, "flagged": flagged})
         emit_alert(alert)
     check_alerts(uow.project, budget, windows)
     audit_record(actor=None, action=action, obj=call, project_id=uow.project.pk,

@@ -200,8 +200,24 @@ def test_settlement_counts_once_and_overruns_alert(project, agent, reviewer):
     window = day_window(project)
     assert (window.reserved_tokens, window.reserved_cost) == (0, Decimal("0"))
     assert (window.spent_tokens, window.spent_cost) == (1200, Decimal("1.2500"))
-    assert BudgetAlert.objects.filter(alert_type="overrun").count() == 1
+    alert = BudgetAlert.objects.get(alert_type="overrun")  # one per call: on its cost, which passed the estimate
+    assert (alert.threshold_type, alert.threshold_value, alert.current_value) == ("cost_daily", Decimal("1.0000"),
+                                                                                  Decimal("1.2500"))
     assert budget_reconcile() == []
+
+
+def test_an_overrun_in_tokens_alone_alerts_on_the_tokens(project, agent, reviewer):
+    """Used more tokens than estimated for no more than the estimated cost: the alert names the
+    tokens (estimate and use), not a cost that stayed under its estimate."""
+    approval = call(project, agent, tokens=1010, cost="0.0101")
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    budget_settle(approval=approval, tokens_used=1234, actual_cost=Decimal("0.0100"))
+    alert = BudgetAlert.objects.get(alert_type="overrun")
+    assert (alert.threshold_type, alert.threshold_value, alert.current_value) == ("token_daily", 1010, 1234)
+    data = Event.objects.get(event_type="budget_alert", data__alert_type="overrun").data
+    assert (data["threshold_type"], data["threshold_value"], data["current_value"]) == (
+        "token_daily", "1010.0000", "1234.0000")
+    assert data["detail"]["actual_cost"] == "0.0100" and data["detail"]["estimated_cost"] == "0.0101"
 
 
 @pytest.mark.parametrize("end", ["reject", "cancel", "timeout"])
