@@ -33,7 +33,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import MoneyField, StrictCharField, StrictUUIDField
+from core.fields import ChoiceField, MoneyField, StrictCharField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
@@ -58,7 +58,7 @@ class AgentApprovalCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField()
-        agent_type = serializers.ChoiceField(choices=AgentType.choices)
+        agent_type = ChoiceField(choices=AgentType.choices)
         proposed_action = StrictCharField(max_length=MAX_TEXT)
         input_data = serializers.JSONField(validators=[_object])
         context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
@@ -98,7 +98,7 @@ class AgentApprovalDetailApi(APIView):
 class AgentApprovalRespondApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalRespondInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         amended_input_data = serializers.JSONField(required=False, validators=[_object])
 
@@ -170,8 +170,8 @@ class AgentApprovalUsageApi(APIView):
 class AgentApprovalProjectListApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalFilter")
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=AgentCallApproval.Status.choices, required=False)
-        agent_type = serializers.ChoiceField(choices=AgentType.choices, required=False)
+        status = ChoiceField(choices=AgentCallApproval.Status.choices, required=False)
+        agent_type = ChoiceField(choices=AgentType.choices, required=False)
 
     @extend_schema(operation_id="agent_approvals_project_list",
                    parameters=[OpenApiParameter("status", enum=AgentCallApproval.Status.values),
@@ -196,7 +196,7 @@ class BudgetOverrideRespondApi(APIView):
 
     @extend_schema_serializer(component_name="BudgetOverrideRespondInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
     @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
@@ -226,7 +226,7 @@ class ResponseApprovalCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField()
-        agent_type = serializers.ChoiceField(choices=AgentType.choices)
+        agent_type = ChoiceField(choices=AgentType.choices)
         original_call_approval_id = StrictUUIDField()
         agent_response = serializers.JSONField(validators=[_object])
         response_summary = StrictCharField(allow_blank=True, max_length=MAX_TEXT)
@@ -269,7 +269,7 @@ class ResponseApprovalDetailApi(APIView):
 class ResponseApprovalRespondApi(APIView):
     @extend_schema_serializer(component_name="ResponseApprovalRespondInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        decision = serializers.ChoiceField(choices=["approve", "reject", "requires_modification"])
+        decision = ChoiceField(choices=["approve", "reject", "requires_modification"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         modifications_required = serializers.JSONField(required=False)
 
@@ -294,8 +294,8 @@ class ResponseApprovalRespondApi(APIView):
 class ResponseApprovalProjectListApi(APIView):
     @extend_schema_serializer(component_name="ResponseApprovalFilter")
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=ResponseApproval.Status.choices, required=False)
-        agent_type = serializers.ChoiceField(choices=AgentType.choices, required=False)
+        status = ChoiceField(choices=ResponseApproval.Status.choices, required=False)
+        agent_type = ChoiceField(choices=AgentType.choices, required=False)
 
     @extend_schema(operation_id="response_approvals_project_list",
                    parameters=[OpenApiParameter("status", enum=ResponseApproval.Status.values),

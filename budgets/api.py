@@ -25,7 +25,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import MoneyField, StrictCharField
+from core.fields import ChoiceField, MoneyField, StrictCharField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
@@ -74,7 +74,7 @@ class BudgetOverrideCreateApi(APIView):
     @extend_schema_serializer(component_name="BudgetOverrideCreateInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = serializers.UUIDField()
-        violation_type = serializers.ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
+        violation_type = ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
         requested_amount = MoneyField()
         justification = StrictCharField(max_length=5000)
 
@@ -111,7 +111,7 @@ def overrides_visible_to(user):
 class BudgetOverrideProjectListApi(APIView):
     @extend_schema_serializer(component_name="BudgetOverrideFilter")
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=BudgetOverrideRequest.Status.choices, required=False)
+        status = ChoiceField(choices=BudgetOverrideRequest.Status.choices, required=False)
 
     @extend_schema(operation_id="budget_overrides_project_list",
                    parameters=[OpenApiParameter("status", enum=BudgetOverrideRequest.Status.values),

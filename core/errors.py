@@ -205,6 +205,13 @@ def _error_response(exc, context):
         return Response(error_body("invalid", "Invalid input.", fields=fields), status=400)
     if isinstance(exc, (exceptions.ParseError, exceptions.UnsupportedMediaType, RequestDataTooBig)):
         detail = str(getattr(exc, "detail", exc)) or "Malformed request body."
+        if isinstance(exc, RequestDataTooBig):  # Django's says "exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE"
+            detail = f"Request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        elif isinstance(exc, exceptions.UnsupportedMediaType):
+            media_type = (context.get("request") and context["request"].content_type or "").split(";")[0].strip()
+            detail = (f"The body is {media_type}: send it as JSON, with Content-Type: application/json."
+                      if media_type else "The body has no Content-Type: send it as JSON, with "
+                                         "Content-Type: application/json.")
         return Response(error_body("invalid", detail, fields={"body": [detail]}), status=400)
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         authenticate = context["request"] and context["view"].get_authenticate_header(context["request"])

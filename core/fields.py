@@ -34,3 +34,20 @@ class MoneyField(serializers.DecimalField):
         if isinstance(data, (float, bool)):
             self.fail("float" if isinstance(data, float) else "invalid")
         return super().to_internal_value(data)
+
+
+class ChoiceField(serializers.ChoiceField):
+    """A choice that, refused, names the values it takes ("one of: approve, reject"), so a client
+    need not look them up in the schema. A long list (time zones) keeps DRF's short message."""
+    MAX_LISTED = 20
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            values = [str(v) for v in self.choices]
+            if 0 < len(values) <= self.MAX_LISTED:
+                shown = str(data) if len(str(data)) <= 100 else f"{str(data)[:100]}…"
+                raise serializers.ValidationError(
+                    f'"{shown}" is not a valid choice: one of {", ".join(values)}.', code="invalid_choice") from None
+            raise

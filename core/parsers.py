@@ -47,8 +47,12 @@ class BoundedJSONParser(JSONParser):
         encoding = _text_encoding((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET)
         try:
             text = raw.decode(encoding)
-            data = json.loads(text, parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"JSON parse error - the body is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} "
+                             f"at position {exc.start}. Send JSON in UTF-8.") from None
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
+        except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             raise ParseError("JSON parse error - nesting is too deep.") from None
@@ -72,12 +76,23 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+MAX_INT_DIGITS = 4300  # Python's own limit for converting a string to an int
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer; one longer than Python converts says so plainly (Python's own message
+    names sys.set_int_max_str_digits, a server setting no client can change)."""
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        raise ValueError(f"a number has {len(text) - text.startswith('-')} digits, more than {MAX_INT_DIGITS}")
+    return int(text)
+
+
 def loads_strict(text: str):
     """JSON typed by a person into a form (an amended input or answer), held to the API's rules:
     no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
     with the reason otherwise (never a RecursionError or a value the database refuses)."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:

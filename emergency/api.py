@@ -10,7 +10,7 @@ from projects import roles
 from projects.permissions import has_project_perm, project_for_user
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent
 from core.errors import Forbidden
-from core.fields import StrictCharField
+from core.fields import ChoiceField, StrictCharField
 from core.serializers import CopiedFieldsMixin
 from emergency.models import Condition, Severity
 from emergency.serializers import EmergencyStopOutputSerializer
@@ -21,7 +21,7 @@ class EmergencyStopApi(APIView):
     @extend_schema_serializer(component_name="EmergencyStopInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         reason = StrictCharField(max_length=5000)
-        severity = serializers.ChoiceField(choices=Severity.choices, required=False, default=Severity.HIGH)
+        severity = ChoiceField(choices=Severity.choices, required=False, default=Severity.HIGH)
 
     @extend_schema(operation_id="emergency_stop", request=InputSerializer,
                    responses={201: EmergencyStopOutputSerializer,

@@ -4,6 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from projects.permissions import project_for_user
+from core.fields import ChoiceField
 from core.api import error_responses
 from events.models import EventType
 from events.selectors import event_page
@@ -13,7 +14,7 @@ class EventSerializer(serializers.Serializer):
     """Documents events.services.event_payload."""
 
     id = serializers.IntegerField()
-    event_type = serializers.ChoiceField(choices=EventType.values)
+    event_type = ChoiceField(choices=EventType.values)
     project_id = serializers.UUIDField()
     task_id = serializers.UUIDField(allow_null=True)
     data = serializers.DictField()

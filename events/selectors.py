@@ -1,3 +1,6 @@
+from django.db.models import Max
+
+from core.errors import InvalidInput
 from events.models import Event
 from events.services import event_payload
 
@@ -7,8 +10,18 @@ def event_list(*, project, after: int = 0, limit: int = 100):
 
 
 def event_page(*, project, after: int, limit: int) -> dict:
-    """GET /api/v1/events: ``{"results", "last_event_id", "has_more"}`` (one query)."""
+    """GET /api/v1/events: ``{"results", "last_event_id", "has_more"}`` (one query; a second
+    when the page is empty). An ``after`` past every event written so far is refused (400), as
+    the websocket refuses such a ``last_event_id``: no event has had that id, so a client holding
+    it (a corrupted cursor, a database restored from a backup) would otherwise be answered "no
+    news" for ever and miss every event to come."""
     events = event_list(project=project, after=after, limit=limit + 1)
+    if not events and after:
+        last = Event.objects.aggregate(last=Max("id"))["last"] or 0
+        if after > last:
+            raise InvalidInput(f"No event has had the id {after}: the last one is {last}.", fields={"after": [
+                f"No event has had the id {after} yet: the last one is {last}. Read again from 0 (or from "
+                f"{last}) and keep the last_event_id each page answers."]})
     has_more = len(events) > limit
     events = events[:limit]
     return {"results": [event_payload(e) for e in events], "last_event_id": events[-1].id if events else after,

@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
-from core.fields import StrictCharField, StrictUUIDField
+from core.fields import ChoiceField, StrictCharField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from hitl import selectors, services
@@ -35,7 +35,7 @@ class HitlRequestCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
         task_id = StrictUUIDField(required=False, allow_null=True, default=None)
-        request_type = serializers.ChoiceField(choices=HitlRequest.RequestType.choices)
+        request_type = ChoiceField(choices=HitlRequest.RequestType.choices)
         question = StrictCharField(max_length=MAX_TEXT)
         options = serializers.ListField(child=StrictCharField(max_length=500, allow_blank=True), required=False,
                                         allow_null=True, default=None, max_length=MAX_OPTIONS,
@@ -72,7 +72,7 @@ class HitlRequestDetailApi(APIView):
 class HitlRequestRespondApi(APIView):
     @extend_schema_serializer(component_name="HitlRequestRespondInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        action = serializers.ChoiceField(choices=["approve", "reject", "amend"])
+        action = ChoiceField(choices=["approve", "reject", "amend"])
         response = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT,
                                    help_text="the answer (approve; one of `options` when it has any), the "
                                              "reason (reject) or a note (amend)")
@@ -114,7 +114,7 @@ class HitlRequestCancelApi(APIView):
 class HitlRequestProjectListApi(APIView):
     @extend_schema_serializer(component_name="HitlRequestFilter")
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=HitlRequest.Status.choices, required=False)
+        status = ChoiceField(choices=HitlRequest.Status.choices, required=False)
 
     @extend_schema(operation_id="hitl_project_list",
                    parameters=[OpenApiParameter("status", enum=HitlRequest.Status.values),

@@ -23,7 +23,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import StrictCharField, StrictSlugField, StrictUUIDField
+from core.fields import ChoiceField, StrictCharField, StrictSlugField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
@@ -57,7 +57,7 @@ class ProjectListCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         name = StrictCharField(max_length=200)
         slug = StrictSlugField(max_length=64)
-        timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
+        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
                                            default="UTC")
 
     @extend_schema(operation_id="projects_list",
@@ -93,7 +93,7 @@ class ProjectDetailApi(APIView):
     @extend_schema_serializer(component_name="ProjectUpdateInput")
     class UpdateSerializer(serializers.Serializer):
         name = StrictCharField(max_length=200, required=False)
-        timezone = serializers.ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
+        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
                                            help_text="IANA time zone name")
         allowed_link_hosts = serializers.ListField(
             child=StrictCharField(max_length=253), required=False, max_length=200,
@@ -129,7 +129,7 @@ class TaskCreateApi(APIView):
     @extend_schema_serializer(component_name="TaskCreateInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         project_id = StrictUUIDField()
-        agent_type = serializers.ChoiceField(choices=AgentType.choices)
+        agent_type = ChoiceField(choices=AgentType.choices)
         title = StrictCharField(max_length=500)
         input_data = serializers.JSONField(required=False, default=dict)
 
@@ -162,9 +162,9 @@ class TaskDetailApi(APIView):
 class TaskStatusApi(APIView):
     @extend_schema_serializer(component_name="TaskStatusInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        status = serializers.ChoiceField(choices=[s.value for s in Task.OUTCOMES])
+        status = ChoiceField(choices=[s.value for s in Task.OUTCOMES])
         error = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
-        error_kind = serializers.ChoiceField(choices=Task.ErrorKind.choices, required=False, default="",
+        error_kind = ChoiceField(choices=Task.ErrorKind.choices, required=False, default="",
                                              allow_blank=True,
                                              help_text="rate_limit and quota failures count towards resource_exhaustion")
 

@@ -400,6 +400,21 @@ def test_money_is_a_decimal_string_never_a_float(project, manager, agent, review
     assert r.status_code == 201 and r.json()["requested_amount"] == "1500.0000"
 
 
+def test_an_unknown_choice_is_refused_naming_the_values_it_takes(project, agent, admin_user, client_for):
+    """API.md's threshold names are not the override's violation types: the 400 says which are."""
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "cost_daily", "requested_amount": "1.0000",
+        "justification": "more room"}, format="json")
+    assert r.status_code == 400 and r.json()["fields"]["violation_type"] == [
+        '"cost_daily" is not a valid choice: one of daily_token_limit, monthly_token_limit, daily_cost_limit, '
+        'monthly_cost_limit.'], r.content
+    assert not BudgetOverrideRequest.objects.exists()
+    # hundreds of time zones are not listed
+    r = client_for(admin_user).post("/api/v1/projects", {"name": "Z", "slug": "z", "timezone": "Mars/Olympus"},
+                                    format="json")
+    assert r.status_code == 400 and r.json()["fields"]["timezone"] == ['"Mars/Olympus" is not a valid choice.']
+
+
 def test_reconcile_command_reports_a_tampered_window(project, agent):
     call(project, agent, cost="1.0000")
     out = io.StringIO()

@@ -484,11 +484,13 @@ def test_events_of_an_unknown_or_invisible_project_are_404(clients, other_projec
 @pytest.mark.parametrize("query", ["after=9223372036854775807", "after=0&limit=1", "after=0&limit=1000",
                                   "after=&limit=", "after=5&after=abc&limit=3"])
 def test_event_query_edges_that_are_valid(clients, project, query):
-    """The largest bigint is a valid `after` (an empty page, not a database overflow);
-    an empty parameter means its default."""
+    """The largest bigint is read as a number (no database overflow), and refused as past every
+    event so far; an empty parameter means its default."""
     r = clients["agent"].get(f"/api/v1/events?project_id={project.pk}&{query}")
     if "abc" in query:  # the last of repeated parameters wins
         assert_error(r, 400, "invalid", "after")
+    elif "922337" in query:
+        assert "No event has had the id 9223372036854775807" in assert_error(r, 400, "invalid", "after")["detail"]
     else:
         assert r.status_code == 200, r.content
         assert r.json()["results"] == []
@@ -758,3 +760,27 @@ def test_refused_status_reports_leave_the_task_pending(targets, task):
         send(client, url, raw)
     task.refresh_from_db()
     assert task.status == Task.Status.PENDING and task.error == "" and task.finished_at is None
+
+
+# --- what a refused body's message says -------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_refused_body_says_what_to_send_in_the_clients_terms(settings, targets, task, target):
+    """Not the server's internals: no Django setting, no Python codec or sys function."""
+    client, url, valid = targets[target]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 300
+    with nothing_changes(task):
+        cases = [(send(client, url, json.dumps({**valid, "padding": "x" * 400})), "Request body is larger than 300 bytes.")]
+        settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+        cases += [
+            (send(client, url, "1" * 5000), "JSON parse error - a number has 5000 digits, more than 4300"),
+            (send(client, url, json.dumps(valid).encode("utf-16")),
+             "JSON parse error - the body is not valid utf-8: byte 0xff at position 0. Send JSON in UTF-8."),
+            (send(client, url, json.dumps(valid), content_type=""),
+             "The body has no Content-Type: send it as JSON, with Content-Type: application/json."),
+            (send(client, url, json.dumps(valid), content_type="text/plain; charset=utf-8"),
+             "The body is text/plain: send it as JSON, with Content-Type: application/json."),
+        ]
+        for r, detail in cases:
+            body = assert_error(r, 400, "invalid", "body")
+            assert body["detail"] == detail and body["fields"]["body"] == [detail], body
+            assert "settings." not in body["detail"] and "sys." not in body["detail"]

@@ -69,6 +69,15 @@ def test_events_api_pages_with_after(project, agent, client_for):
     assert all(a["id"] < b["id"] for a, b in zip(rest["results"], rest["results"][1:]))
     r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": rest["last_event_id"]})
     assert r.json() == {"results": [], "last_event_id": rest["last_event_id"], "has_more": False}
+    # a cursor past every event so far (corrupted, or a database restored from a backup) is
+    # refused: answered "no news", its client would miss every event to come
+    past = rest["last_event_id"] + 1
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past})
+    assert r.status_code == 400 and r.json()["fields"]["after"][0].startswith(
+        f"No event has had the id {past} yet: the last one is {rest['last_event_id']}."), r.content
+    emit(project, n=1)  # once an event has that id, the same cursor reads on
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past})
+    assert r.status_code == 200 and r.json()["results"] == [] and r.json()["last_event_id"] == past
 
 
 def test_events_are_per_project_and_hidden_from_outsiders(project, other_project, outsider, agent, client_for):
