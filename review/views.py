@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
-from core.errors import DomainError
+from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
@@ -121,7 +121,8 @@ def _decided_elsewhere(obj, cancellation=None):
         who = f" by {cancellation['by']}" if cancellation["by"] else ""
     else:
         who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
-    return {"level": "info", "text": f"This request is now {obj.get_status_display().lower()}{who}."}
+    state = {"requires_modification": "sent back for modification"}.get(obj.status, obj.get_status_display().lower())
+    return {"level": "info", "text": f"This request is now {state}{who}."}
 
 
 def _call_panel_context(request, approval, *, outcome=None, amend_text=None, amend_error="", reason="",
@@ -384,6 +385,8 @@ def hitl_request_decide(request, request_id):
         except ValueError:
             amended = amended_text        # plain text is a valid amendment too
     try:
+        if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
+            raise InvalidInput("A rejection needs a reason (the agent is told why); nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,
                              amended_content=amended)
     except DomainError as exc:

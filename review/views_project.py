@@ -245,7 +245,7 @@ def project_stop(request, project_id):
     if request.POST.get("confirm") != "yes":
         return render(request, "review/project_stop_confirm.html", {
             "project": project, "form": form, "severity_label": Severity(form.cleaned_data["severity"]).label,
-            "severity_help": SEVERITY_HELP[form.cleaned_data["severity"]],
+            "severity_meaning": SEVERITY_MEANINGS[form.cleaned_data["severity"]],
             "open_tasks": Task.objects.filter(project=project, status__in=[
                 Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).count(),
             "cancels": open_work_a_stop_cancels(project=project),  # as the admin's confirmation says it

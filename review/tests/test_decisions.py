@@ -467,3 +467,13 @@ def test_response_reject_and_410(response, reviewer):
     assert r.status_code == 410 and "timed out" in r.content.decode()
     response.refresh_from_db()
     assert response.status == "timed_out"
+
+
+def test_a_response_sent_back_elsewhere_is_announced_in_words(response, reviewer, manager):
+    """The live note reads as a sentence, not "is now requires modification"."""
+    from approvals.services import response_approval_decide
+
+    response_approval_decide(approval_id=response.pk, decider=manager, decision="requires_modification",
+                             modifications_required="Handle quotes")
+    html = web(reviewer).get(f"{rpage(response)}/panel").content.decode()
+    assert "This request is now sent back for modification by manager." in html, html

@@ -54,6 +54,24 @@ def test_a_checkpoint_is_amended_with_json_and_the_asker_cannot_answer(project, 
     assert req.status == "amended" and req.amended_content == {"plan": ["build"]}
 
 
+def test_stopping_at_a_checkpoint_needs_a_reason_on_the_page(project, agent, reviewer):
+    """One tap on "Stop here" ended the agent's round with no word why: the page asks for a reason,
+    as the call and response pages do (the API keeps it optional, as API.md has it)."""
+    req = ask(project, agent, request_type="checkpoint", question="The plan is ready, go on?")
+    client = browser(reviewer)
+    page = client.get(f"/review/hitl/{req.pk}").content.decode()
+    assert re.search(r'<textarea id="reject-reason" name="response" rows="2" required', page)
+    assert "Reason for rejecting <span class=\"req\">(required)</span>" in page
+    r = client.post(f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "  "})
+    assert r.status_code == 400 and "A rejection needs a reason (the agent is told why); nothing was decided." \
+        in r.content.decode()
+    assert HitlRequest.objects.get(pk=req.pk).status == "pending"
+    r = client.post(f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "the plan skips the tests"})
+    assert r.status_code == 302
+    req.refresh_from_db()
+    assert req.status == "rejected" and req.response == "the plan skips the tests"
+
+
 @pytest.mark.parametrize("text", ["NaN", '{"x": Infinity}', '{"a": ' * 3000 + "1" + "}" * 3000])
 def test_an_amendment_that_is_not_strict_json_is_kept_as_the_text_typed(project, agent, reviewer, text):
     """NaN and a 3,000-deep object were a 500 page (the database refused NaN; the parser recursed):

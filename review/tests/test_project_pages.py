@@ -125,8 +125,13 @@ def test_the_stop_needs_a_reason_and_a_confirmation_then_stops_through_the_servi
     client = web(reviewer)
     url = reverse("review:project_stop", args=[project.pk])
 
+    html = client.get(reverse("review:project", args=[project.pk])).content.decode()
+    form = html.split('<section class="pp-card pp-danger" aria-labelledby="estop-h" id="emergency-stop">')[1]
+    # the browser asks for the reason first; a refusal by the server lands on the form, its box focused
+    assert f'action="{url}#emergency-stop"' in form and "novalidate" not in form.split("</form>")[0]
     r = client.post(url, {"reason": "  ", "severity": "critical"})  # no reason
     assert r.status_code == 400 and "Give a reason" in r.content.decode()
+    assert 'aria-describedby="reason-err" autofocus' in r.content.decode()
     r = client.post(url, {"reason": "  ", "severity": "critical", "confirm": "yes"})  # not even when confirmed
     assert r.status_code == 400
 
@@ -134,6 +139,11 @@ def test_the_stop_needs_a_reason_and_a_confirmation_then_stops_through_the_servi
     html = r.content.decode()
     assert r.status_code == 200 and "Stop all agents of Demo" in html
     assert 'name="confirm" value="yes"' in html and "it deletes files" in html and "csrfmiddlewaretoken" in html
+    # Cancel has the focus (a stray Enter stops nothing); the severity is said once
+    assert 'class="pp-button pp-button--secondary" href="/review/projects/' in html
+    assert html.split('value="yes"')[1].split("</button>")[0].count("autofocus") == 0
+    assert "autofocus>Cancel</a>" in html
+    assert "Critical</span> Critical:" not in html and "Critical</span> " in html
     assert Project.objects.get(pk=project.pk).status == "active"  # nothing happened yet
     assert not EmergencyStop.objects.filter(project=project).exists()
 
