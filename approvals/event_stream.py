@@ -15,7 +15,10 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
   in id order: events.services holds a per-project lock until commit) and never one it already
   sent. A slow client whose queue fills up is resynchronised from the outbox, never skipped.
 - Heartbeats: ``{"type": "ping"}`` every HITL_WS_HEARTBEAT_SECONDS (daphne's protocol pings also
-  drop dead connections).
+  drop dead connections). Each heartbeat also checks the connection's access again: a revoked
+  API key, a session logged out (or its user deactivated) closes it (4401), as does losing the
+  role on the one project it follows (4403); a stream of every visible project starts following
+  a project that became visible and stops sending one that did not stay so.
 
 Authentication: ``Authorization: Bearer <key>`` in the handshake (agents) or the session cookie
 (browsers); anonymous users and projects the user cannot see are refused (the handshake is closed
@@ -29,11 +32,14 @@ import json
 import logging
 import uuid
 import weakref
+from importlib import import_module
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
 from django.db.models import Max
 
 from approvals.consumers import HttpError, _authenticate
@@ -62,6 +68,31 @@ def _read(cursors: dict, limit: int = BATCH) -> list[dict]:
         return []
     events = Event.objects.filter(project_id__in=list(cursors), id__gt=min(cursors.values())).order_by("id")[:limit]
     return [event_payload(e) for e in events if e.id > cursors[e.project_id]]
+
+
+@database_sync_to_async
+def _access_now(scope, user_id, project_id) -> list:
+    """The projects the connection may follow now (HttpError when it may follow none): its API
+    key checked again (a revoked one is refused), or its session read again from the session
+    store (a logout, a password change or a deactivated user ends it)."""
+    headers = dict(scope.get("headers") or [])
+    if headers.get(b"authorization", b"").split()[:1] and \
+            headers[b"authorization"].split()[0].lower() == b"bearer":
+        user = _authenticate(scope)
+    else:
+        session = scope.get("session")
+        key = getattr(session, "session_key", None)
+        user = auth.get_user(SimpleNamespace(session=import_module(settings.SESSION_ENGINE).SessionStore(key))) \
+            if key else None
+        if user is None or not user.is_authenticated or not user.is_active or user.pk != user_id:
+            raise HttpError(401, {})
+    visible = project_visible_to(user=user)
+    if project_id is not None:
+        visible = visible.filter(pk=project_id)
+    ids = list(visible.values_list("pk", flat=True))
+    if project_id is not None and not ids:
+        raise HttpError(403, {})
+    return ids
 
 
 class EventHub:
@@ -94,8 +125,9 @@ class EventHub:
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
 
-    def unsubscribe(self, stream: EventStreamConsumer) -> None:
-        for pid in list(self.subscribers):
+    def unsubscribe(self, stream: EventStreamConsumer, project_ids=None) -> None:
+        """``stream`` stops following ``project_ids`` (all of its projects when None)."""
+        for pid in list(self.subscribers) if project_ids is None else [p for p in project_ids if p in self.subscribers]:
             self.subscribers[pid].discard(stream)
             if not self.subscribers[pid]:
                 del self.subscribers[pid]
@@ -178,7 +210,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         try:
             self.user, self.project_ids = await _open(self.scope)
-            _, last = _query(self.scope)
+            self.project_filter, last = _query(self.scope)
         except HttpError as err:
             log.info("event stream refused (%s): %s", err.status, self.scope.get("path"))
             await self.close()
@@ -209,7 +241,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self.queue.put_nowait(item)
 
     async def _send_event(self, pid: uuid.UUID, event_id: int, text: str) -> None:
-        if event_id <= self.sent.get(pid, 0):
+        if pid not in self.sent:
+            return                   # a project the connection no longer follows (its access ended)
+        if event_id <= self.sent[pid]:
             return                   # already sent (replay and live overlap)
         self.sent[pid] = event_id
         await self.send(text_data=text)
@@ -240,11 +274,32 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         try:
             while True:
                 await asyncio.sleep(settings.HITL_WS_HEARTBEAT_SECONDS)
+                try:
+                    ids = await _access_now(self.scope, self.user.pk, self.project_filter)
+                except HttpError as err:
+                    log.info("event stream closed: its access ended (%s): %s", err.status, self.scope.get("path"))
+                    await self.close(code=4401 if err.status == 401 else 4403)
+                    return
+                await self._follow(ids)
                 await self.send(text_data='{"type":"ping"}')
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the connection is gone
             return
+
+    async def _follow(self, ids) -> None:
+        """Follow the projects visible now: a new one from its events after now, none of a lost one."""
+        gone = [pid for pid in self.project_ids if pid not in ids]
+        new = [pid for pid in ids if pid not in self.sent]
+        if gone:
+            self.hub.unsubscribe(self, gone)
+            for pid in gone:
+                self.sent.pop(pid, None)
+        if new:
+            await self.hub.subscribe(self, new)
+            for pid in new:   # what the hub has read of it: every later event is pushed here
+                self.sent[pid] = self.hub.cursors.get(pid, 0)
+        self.project_ids = list(ids)
 
     async def receive(self, text_data=None, bytes_data=None):
         return   # clients only listen (a {"type": "pong"} is welcome and ignored)

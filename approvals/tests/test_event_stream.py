@@ -240,3 +240,89 @@ def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
         assert (await ok.connect())[0]
         await ok.disconnect()
     async_to_sync(run)()
+
+
+
+async def closed_with(comm, timeout=5):
+    """The close code the server sent within ``timeout`` seconds (heartbeats skipped); None if it
+    sent an event first; "open" if it kept the connection open."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            output = await comm.receive_output(timeout=left)
+        except asyncio.TimeoutError:
+            break
+        if output["type"] == "websocket.close":
+            return output.get("code")
+        if output["type"] == "websocket.send" and json.loads(output["text"]).get("type") != "ping":
+            return None
+    return "open"
+
+
+def test_a_revoked_key_or_a_lost_role_ends_an_open_stream(project, agent, reviewer, settings):
+    """Access is checked again at each heartbeat: a stream opened with a key revoked since, or by
+    a user whose role on its one project was taken away, is closed, not left streaming."""
+    from access.services import api_key_revoke, role_revoke_all
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
+    revoked_key, revoked_raw = api_key_create(user=agent, name="ws, revoked")
+    kept_raw = api_key_create(user=agent, name="ws, kept")[1]
+    reviewer_raw = api_key_create(user=reviewer, name="ws")[1]
+
+    async def run():
+        revoked = communicator(f"/ws/events/?project_id={project.pk}", revoked_raw)
+        demoted = communicator(f"/ws/events/?project_id={project.pk}", reviewer_raw)
+        kept = communicator(f"/ws/events/?project_id={project.pk}", kept_raw)
+        for comm in (revoked, demoted, kept):
+            assert (await comm.connect())[0]
+        await database_sync_to_async(api_key_revoke)(key_id=revoked_key.pk)
+        await database_sync_to_async(role_revoke_all)(user=reviewer, project=project)
+        assert await closed_with(revoked) == 4401
+        assert await closed_with(demoted) == 4403
+        mine = await database_sync_to_async(emit)(project, 1)  # the agent's other key streams on
+        assert [e["id"] for e in await receive_events(kept, 1)] == mine
+        await kept.disconnect()
+    async_to_sync(run)()
+
+
+def test_a_stream_of_every_project_follows_the_roles_as_they_change(project, other_project, agent, keys, settings):
+    """Without project_id: a project that became visible is followed from then on, one that
+    did not stay visible is no longer sent."""
+    from access.services import role_grant, role_revoke_all
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
+
+    async def run():
+        comm = communicator("/ws/events/", keys["agent"])
+        assert (await comm.connect())[0]
+        await database_sync_to_async(role_grant)(user=agent, project=other_project, role="agent")
+        await database_sync_to_async(role_revoke_all)(user=agent, project=project)
+        await asyncio.sleep(0.6)  # a heartbeat or more
+        await database_sync_to_async(emit)(project, 1)        # no longer visible
+        theirs = await database_sync_to_async(emit)(other_project, 1)
+        assert [e["id"] for e in await receive_events(comm, 1)] == theirs
+        with pytest.raises(asyncio.TimeoutError):  # nothing but heartbeats: the other project's event is not sent
+            await asyncio.wait_for(receive_events(comm, 1), timeout=0.8)
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
+def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, settings):
+    from django.contrib.sessions.models import Session
+    from django.test import Client
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
+    client = Client()
+    client.force_login(reviewer)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    host = settings.ALLOWED_HOSTS[0] if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS[0] != "*" else "testserver"
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}",
+                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode())])
+        assert (await comm.connect())[0]
+        mine = await database_sync_to_async(emit)(project, 1)
+        assert [e["id"] for e in await receive_events(comm, 1)] == mine
+        await database_sync_to_async(lambda: Session.objects.all().delete())()  # logged out elsewhere
+        assert await closed_with(comm) == 4401
+    async_to_sync(run)()
