@@ -280,7 +280,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                     log.info("event stream closed: its access ended (%s): %s", err.status, self.scope.get("path"))
                     await self.close(code=4401 if err.status == 401 else 4403)
                     return
-                await self._follow(ids)
+                except Exception:  # noqa: BLE001 - the database is away: check again at the next heartbeat
+                    log.warning("event stream: its access could not be checked", exc_info=True)
+                else:
+                    await self._follow(ids)
                 await self.send(text_data='{"type":"ping"}')
         except asyncio.CancelledError:
             raise
