@@ -143,7 +143,7 @@ class AgentState(BaseModel):
 
 
 class ProjectNotifier(BaseModel):
-    """Where a project's alerts go (emergency stops now, budget alerts later): an e-mail
+    """Where a project's alerts go (emergency stops and budget alerts): an e-mail
     address (Django's mail backend) or a webhook URL receiving a signed JSON POST."""
 
     class Kind(models.TextChoices):

@@ -1,4 +1,4 @@
-"""Project alerts (emergency stops now, budget alerts later) sent to each active
+"""Project alerts (emergency stops and budget alerts) sent to each active
 ``ProjectNotifier`` of a project: an e-mail, or a signed JSON POST to a webhook.
 
 Callers use ``notify_project_on_commit`` inside their service transaction; the Celery task
