@@ -86,12 +86,17 @@ def _access_now(scope, user_id, project_id) -> list:
             if key else None
         if user is None or not user.is_authenticated or not user.is_active or user.pk != user_id:
             raise HttpError(401, {})
+    return _visible_ids(user, project_id, refused=403)
+
+
+def _visible_ids(user, project_id, *, refused: int) -> list:
+    """The projects ``user`` may see (only ``project_id`` when given: HttpError ``refused`` if not)."""
     visible = project_visible_to(user=user)
     if project_id is not None:
         visible = visible.filter(pk=project_id)
     ids = list(visible.values_list("pk", flat=True))
     if project_id is not None and not ids:
-        raise HttpError(403, {})
+        raise HttpError(refused, {})
     return ids
 
 
@@ -191,14 +196,8 @@ def _query(scope) -> tuple[uuid.UUID | None, int | None]:
 def _open(scope) -> tuple[object, list]:
     """The user and the ids of the projects the stream follows (refused: HttpError)."""
     user = _authenticate(scope)
-    project_id, _ = _query(scope)
-    visible = project_visible_to(user=user)
-    if project_id is not None:
-        visible = visible.filter(pk=project_id)
-    ids = list(visible.values_list("pk", flat=True))
-    if project_id is not None and not ids:
-        raise HttpError(404, {})
-    _, last = _query(scope)
+    project_id, last = _query(scope)
+    ids = _visible_ids(user, project_id, refused=404)
     if last is not None and last > (Event.objects.aggregate(last=Max("id"))["last"] or 0):
         raise HttpError(400, {})   # an id no event has had yet: the client would silently miss everything
     return user, ids
