@@ -45,6 +45,7 @@ from django.db.models import Max
 from approvals.consumers import HttpError, _authenticate
 from events.models import Event
 from events.services import event_payload, project_group
+from core.request_cache import request_scope
 from core.wakeup import wakeup_subscribe, wakeup_unsubscribe
 from projects.permissions import project_visible_to
 
@@ -74,7 +75,13 @@ def _read(cursors: dict, limit: int = BATCH) -> list[dict]:
 def _access_now(scope, user_id, project_id) -> list:
     """The projects the connection may follow now (HttpError when it may follow none): its API
     key checked again (a revoked one is refused), or its session read again from the session
-    store (a logout, a password change or a deactivated user ends it)."""
+    store (a logout, a password change or a deactivated user ends it). One request scope: the
+    user's roles, read with the key, are not read again for the projects."""
+    with request_scope():
+        return _access_in_scope(scope, user_id, project_id)
+
+
+def _access_in_scope(scope, user_id, project_id) -> list:
     headers = dict(scope.get("headers") or [])
     if headers.get(b"authorization", b"").split()[:1] and \
             headers[b"authorization"].split()[0].lower() == b"bearer":
@@ -125,6 +132,9 @@ class EventHub:
             self.cursors.update(await _latest_ids(new))
         for pid in project_ids:
             self.subscribers.setdefault(pid, set()).add(stream)
+            # A project the stream did not follow yet starts from what the hub has read of it, set
+            # here, before any await: an event the hub delivers meanwhile is pushed, not dropped.
+            stream.sent.setdefault(pid, self.cursors[pid])
         for pid in new:   # the process's wake-up hub (core.wakeup): one channel-layer receive loop
             await wakeup_subscribe(project_group(pid), self.wake)
         if self.task is None or self.task.done():
@@ -274,15 +284,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             while True:
                 await asyncio.sleep(settings.HITL_WS_HEARTBEAT_SECONDS)
                 try:
-                    ids = await _access_now(self.scope, self.user.pk, self.project_filter)
+                    await self._follow(await _access_now(self.scope, self.user.pk, self.project_filter))
                 except HttpError as err:
                     log.info("event stream closed: its access ended (%s): %s", err.status, self.scope.get("path"))
                     await self.close(code=4401 if err.status == 401 else 4403)
                     return
                 except Exception:  # noqa: BLE001 - the database is away: check again at the next heartbeat
                     log.warning("event stream: its access could not be checked", exc_info=True)
-                else:
-                    await self._follow(ids)
                 await self.send(text_data='{"type":"ping"}')
         except asyncio.CancelledError:
             raise
@@ -297,10 +305,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             self.hub.unsubscribe(self, gone)
             for pid in gone:
                 self.sent.pop(pid, None)
-        if new:
+        if new:  # from what the hub has read of it (EventHub.subscribe): every later event is pushed here
             await self.hub.subscribe(self, new)
-            for pid in new:   # what the hub has read of it: every later event is pushed here
-                self.sent[pid] = self.hub.cursors.get(pid, 0)
         self.project_ids = list(ids)
 
     async def receive(self, text_data=None, bytes_data=None):

@@ -12,7 +12,7 @@ def refusal_text(err) -> str:
     pending).")."""
     text = err.detail.strip()
     status = err.extra.get("status")
-    if status and str(status) not in text:
+    if status and str(status) not in text and str(status).replace("_", " ") not in text:
         text = f"{text.rstrip('.')} (still {status})."
     return text if text.endswith((".", "!", "?")) else f"{text}."
 

@@ -1,5 +1,7 @@
 """Serializer fields that refuse values of the wrong JSON type instead of coercing them
 (DRF turns 123 into "123" for a CharField and an integer into a UUID for a UUIDField)."""
+import json
+
 from rest_framework import serializers
 
 
@@ -47,7 +49,8 @@ class ChoiceField(serializers.ChoiceField):
         except serializers.ValidationError:
             values = [str(v) for v in self.choices]
             if 0 < len(values) <= self.MAX_LISTED:
-                shown = str(data) if len(str(data)) <= 100 else f"{str(data)[:100]}…"
+                shown = data if isinstance(data, str) else json.dumps(data, default=str)  # true, not True
+                shown = shown if len(shown) <= 100 else f"{shown[:100]}…"
                 raise serializers.ValidationError(
                     f'"{shown}" is not a valid choice: one of {", ".join(values)}.', code="invalid_choice") from None
             raise

@@ -3,9 +3,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from projects.permissions import project_for_user
-from core.fields import ChoiceField
 from core.api import error_responses
+from core.fields import ChoiceField
+from projects.permissions import project_for_user
 from events.models import EventType
 from events.selectors import event_page
 

@@ -19,9 +19,10 @@ def event_page(*, project, after: int, limit: int) -> dict:
     if not events and after:
         last = Event.objects.aggregate(last=Max("id"))["last"] or 0
         if after > last:
-            raise InvalidInput(f"No event has had the id {after}: the last one is {last}.", fields={"after": [
-                f"No event has had the id {after} yet: the last one is {last}. Read again from 0 (or from "
-                f"{last}) and keep the last_event_id each page answers."]})
+            said = f"No event has had the id {after} yet: the last one is {last}."
+            raise InvalidInput(said, fields={"after": [
+                f"{said} Read again from {'0 (or from ' + str(last) + ')' if last else '0'} and keep the "
+                f"last_event_id each page answers."]})
     has_more = len(events) > limit
     events = events[:limit]
     return {"results": [event_payload(e) for e in events], "last_event_id": events[-1].id if events else after,

@@ -57,8 +57,7 @@ class ProjectListCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         name = StrictCharField(max_length=200)
         slug = StrictSlugField(max_length=64)
-        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
-                                           default="UTC")
+        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False, default="UTC")
 
     @extend_schema(operation_id="projects_list",
                    responses={200: paginated(ProjectOutputSerializer, "PaginatedProjectList"), **error_responses()})
@@ -94,7 +93,7 @@ class ProjectDetailApi(APIView):
     class UpdateSerializer(serializers.Serializer):
         name = StrictCharField(max_length=200, required=False)
         timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
-                                           help_text="IANA time zone name")
+                               help_text="IANA time zone name")
         allowed_link_hosts = serializers.ListField(
             child=StrictCharField(max_length=253), required=False, max_length=200,
             help_text="hosts agents' output may link to without a flag; a host allows its subdomains (addition)")
@@ -164,9 +163,8 @@ class TaskStatusApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         status = ChoiceField(choices=[s.value for s in Task.OUTCOMES])
         error = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
-        error_kind = ChoiceField(choices=Task.ErrorKind.choices, required=False, default="",
-                                             allow_blank=True,
-                                             help_text="rate_limit and quota failures count towards resource_exhaustion")
+        error_kind = ChoiceField(choices=Task.ErrorKind.choices, required=False, default="", allow_blank=True,
+                                 help_text="rate_limit and quota failures count towards resource_exhaustion")
 
     @extend_schema(operation_id="tasks_report_status", request=InputSerializer,
                    responses={200: TaskOutputSerializer, **error_responses(400, 403, 404, 409)})

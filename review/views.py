@@ -386,7 +386,7 @@ def hitl_request_decide(request, request_id):
             amended = amended_text        # plain text is a valid amendment too
     try:
         if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
-            raise InvalidInput("A rejection needs a reason (the agent is told why); nothing was decided.", fields={})
+            raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,
                              amended_content=amended)
     except DomainError as exc:

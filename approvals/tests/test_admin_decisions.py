@@ -231,3 +231,14 @@ def test_an_unknown_decision_decides_nothing(browser, response):
     r = browser.post(page(response), {"_decide": "1", "decision": "delete"}, follow=True)
     assert any("Unknown decision" in m for m in messages_of(r))
     assert ResponseApproval.objects.get(pk=response.pk).status == "pending"
+
+
+def test_a_refusal_names_the_status_an_item_keeps_once():
+    from core.admin import refusal_text
+    from core.errors import Expired, TransitionError
+
+    assert refusal_text(TransitionError("Its task is completed.", current_status="pending")) == \
+        "Its task is completed (still pending)."
+    # a status the detail already says, in words, is not said again (it did not "stay" timed out: it just did)
+    assert refusal_text(Expired("The approval timed out before this decision.", status="timed_out")) == \
+        "The approval timed out before this decision."

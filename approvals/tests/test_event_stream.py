@@ -259,6 +259,16 @@ async def closed_with(comm, timeout=5):
     return "open"
 
 
+async def heartbeats_after_now(comm):
+    """Drain what was sent, then wait for two pings: the second one's access check began after the
+    first was sent, so after now (timing-free on a slow machine)."""
+    while not await comm.receive_nothing(timeout=0.05):
+        await comm.receive_output()
+    for _ in range(2):
+        while json.loads(await comm.receive_from(timeout=10)).get("type") != "ping":
+            pass
+
+
 def test_a_revoked_key_or_a_lost_role_ends_an_open_stream(project, agent, reviewer, settings):
     """Access is checked again at each heartbeat: a stream opened with a key revoked since, or by
     a user whose role on its one project was taken away, is closed, not left streaming."""
@@ -297,7 +307,7 @@ def test_a_stream_of_every_project_follows_the_roles_as_they_change(project, oth
         assert (await comm.connect())[0]
         await database_sync_to_async(role_grant)(user=agent, project=other_project, role="agent")
         await database_sync_to_async(role_revoke_all)(user=agent, project=project)
-        await asyncio.sleep(0.6)  # a heartbeat or more
+        await heartbeats_after_now(comm)
         await database_sync_to_async(emit)(project, 1)        # no longer visible
         theirs = await database_sync_to_async(emit)(other_project, 1)
         assert [e["id"] for e in await receive_events(comm, 1)] == theirs
@@ -324,5 +334,40 @@ def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, sett
         mine = await database_sync_to_async(emit)(project, 1)
         assert [e["id"] for e in await receive_events(comm, 1)] == mine
         await database_sync_to_async(lambda: Session.objects.all().delete())()  # logged out elsewhere
+        assert await closed_with(comm) == 4401
+    async_to_sync(run)()
+
+
+def test_a_database_away_at_a_heartbeat_does_not_end_the_checks(project, other_project, agent, settings,
+                                                                  monkeypatch):
+    """A check that fails (the database away while a newly visible project is followed) is tried
+    again at the next heartbeat: the revoked key is still caught."""
+    from django.db import OperationalError
+
+    from access.services import api_key_revoke, role_grant
+    from approvals import event_stream
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
+    key, raw = api_key_create(user=agent, name="ws")
+    real, failed, armed = event_stream._latest_ids, [], []
+
+    async def away_once(project_ids):
+        if armed and not failed:
+            failed.append(project_ids)
+            raise OperationalError("the database is away")
+        return await real(project_ids)
+
+    monkeypatch.setattr(event_stream, "_latest_ids", away_once)
+
+    async def run():
+        comm = communicator("/ws/events/", raw)
+        assert (await comm.connect())[0]
+        armed.append(True)
+        await database_sync_to_async(role_grant)(user=agent, project=other_project, role="agent")
+        await heartbeats_after_now(comm)
+        assert failed == [[other_project.pk]]  # the failing check happened, and the heartbeats went on
+        theirs = await database_sync_to_async(emit)(other_project, 1)  # followed at a later heartbeat
+        assert [e["id"] for e in await receive_events(comm, 1)] == theirs
+        await database_sync_to_async(api_key_revoke)(key_id=key.pk)
         assert await closed_with(comm) == 4401
     async_to_sync(run)()

@@ -408,6 +408,10 @@ def test_an_unknown_choice_is_refused_naming_the_values_it_takes(project, agent,
     assert r.status_code == 400 and r.json()["fields"]["violation_type"] == [
         '"cost_daily" is not a valid choice: one of daily_token_limit, monthly_token_limit, daily_cost_limit, '
         'monthly_cost_limit.'], r.content
+    r = client_for(agent).post("/api/v1/budget-overrides", {  # said as JSON, the client's own terms
+        "project_id": str(project.pk), "violation_type": ["daily_cost_limit", True], "requested_amount": "1.0000",
+        "justification": "more room"}, format="json")
+    assert r.json()["fields"]["violation_type"][0].startswith('"["daily_cost_limit", true]" is not a valid choice')
     assert not BudgetOverrideRequest.objects.exists()
     # hundreds of time zones are not listed
     r = client_for(admin_user).post("/api/v1/projects", {"name": "Z", "slug": "z", "timezone": "Mars/Olympus"},
