@@ -318,3 +318,19 @@ def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when
         status=(201,), body={"reason": "browser drill"})
     expect(page.locator("#decision-panel .decided")).to_contain_text(f"an emergency stop ({rita.username})")
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chromium, project, reviewers):  # noqa: F811
+    """The socket checks its session at every heartbeat: logged out in another tab, the open page's
+    live status says it is signed out (it used to reconnect for ever, refused each time)."""
+    rita, _ = reviewers
+    server = serve(HITL_WS_HEARTBEAT_SECONDS="0.5")
+    context = chromium.new_context(server)
+    inbox = log_in(context, rita.username)
+    other = open_page(context, f"/review/projects/{project.pk}")
+    with other.expect_navigation():
+        other.click("form.logout button")
+    status = inbox.locator("#live-status")
+    expect(status).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(status).to_contain_text("Signed out: reload to sign in")
+    assert inbox.evaluate("() => window.hitlLive.socket") is None  # and it does not reconnect

@@ -129,9 +129,13 @@
       try { payload = JSON.parse(message.data); } catch (e) { return; }
       if (Array.isArray(payload)) { payload.forEach(handle); } else { handle(payload); }
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       clearTimeout(live.watchdog);
       if (live.socket === socket) live.socket = null;
+      // The server ended the stream because its access ended (it checks at every heartbeat):
+      // reconnecting would only be refused, so say why and stop.
+      if (event && event.code === 4401) { setStatus("ended", "Signed out: reload to sign in"); return; }
+      if (event && event.code === 4403) { setStatus("ended", "No longer allowed here: reload"); return; }
       if (!live.closedByUs) scheduleReconnect();
     };
     socket.onerror = function () { /* onclose follows and reconnects */ };
