@@ -1,5 +1,6 @@
 import codecs
 import json
+import math
 import re
 
 from django.conf import settings
@@ -45,15 +46,21 @@ class BoundedJSONParser(JSONParser):
         if len(raw) > limit:
             raise ParseError(f"Request body is larger than {limit} bytes.")
         encoding = _text_encoding((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET)
+        # A charset other than UTF-8 is read as declared; the messages then say it was declared.
+        declared = "" if encoding == "utf-8" else f" (read as {encoding}, the charset its Content-Type declares)"
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
-            raise ParseError(f"JSON parse error - the body is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} "
+            said = "" if encoding == "utf-8" else ", the charset its Content-Type declares"
+            raise ParseError(f"JSON parse error - the body is not valid {encoding}{said}: byte 0x{exc.object[exc.start]:02x} "
                              f"at position {exc.start}. Send JSON in UTF-8.") from None
+        if text.startswith("\ufeff"):
+            raise ParseError("JSON parse error - the body starts with a byte order mark (U+FEFF): "
+                             "send the JSON without one.")
         try:
-            data = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
+            data = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
         except ValueError as exc:
-            raise ParseError(f"JSON parse error - {exc}") from None
+            raise ParseError(f"JSON parse error - {exc}{declared}") from None
         except RecursionError:
             raise ParseError("JSON parse error - nesting is too deep.") from None
         _check_document(data)
@@ -83,8 +90,20 @@ def _bounded_int(text: str) -> int:
     """A JSON integer; one longer than Python converts says so plainly (Python's own message
     names sys.set_int_max_str_digits, a server setting no client can change)."""
     if len(text) - text.startswith("-") > MAX_INT_DIGITS:
-        raise ValueError(f"a number has {len(text) - text.startswith('-')} digits, more than {MAX_INT_DIGITS}")
+        raise ValueError(f"a number has {len(text) - text.startswith('-')} digits, more than {MAX_INT_DIGITS}: "
+                         f"send at most {MAX_INT_DIGITS} digits, or the number as a string")
     return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or an exponent; one beyond the range of a double (1e999)
+    is refused by name, where Python would read it as infinity (which JSON cannot hold)."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
+        raise ValueError(f"the number {shown} is out of range: send one between -1.7e308 and 1.7e308, "
+                         f"or the number as a string")
+    return value
 
 
 def loads_strict(text: str):
@@ -92,7 +111,7 @@ def loads_strict(text: str):
     no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
     with the reason otherwise (never a RecursionError or a value the database refuses)."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:

@@ -15,6 +15,7 @@ from django.apps import apps
 from rest_framework.test import APIClient
 
 from access.services import api_key_create, api_key_revoke
+from core.parsers import loads_strict
 from projects.models import Project, Task
 from projects.services import task_create
 
@@ -322,6 +323,25 @@ def test_an_unknown_charset_is_ignored(targets, target):
     client, url, valid = targets[target]
     r = send(client, url, json.dumps(valid), content_type="application/json; charset=no-such-charset")
     assert r.status_code == SUCCESS[target], r.content
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("charset", ["utf-16", "latin-1"])
+def test_a_body_in_the_charset_it_declares_is_read_in_it(targets, target, charset):
+    """RFC 8259 asks for UTF-8, but a body that says its charset and is written in it is read as such."""
+    client, url, valid = targets[target]
+    r = send(client, url, json.dumps(valid, ensure_ascii=False).encode(charset),
+             content_type=f"application/json; charset={charset}")
+    assert r.status_code == SUCCESS[target], r.content
+
+
+def test_typed_json_is_held_to_the_same_number_rules():
+    """What a reviewer types into a form (an amended input, an answer) is refused as the API refuses it."""
+    with pytest.raises(ValueError, match=r"^the number 1e999 is out of range"):
+        loads_strict('{"n": 1e999}')
+    with pytest.raises(ValueError, match=r"^a number has 4301 digits, more than 4300"):
+        loads_strict("[" + "7" * 4301 + "]")
+    assert loads_strict('{"n": 1e308, "m": -2.5e-400}') == {"n": 1e308, "m": -0.0}
 
 
 # --- wrong types, bad values, missing fields ----------------------------------------
@@ -772,7 +792,22 @@ def test_a_refused_body_says_what_to_send_in_the_clients_terms(settings, targets
         cases = [(send(client, url, json.dumps({**valid, "padding": "x" * 400})), "Request body is larger than 300 bytes.")]
         settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
         cases += [
-            (send(client, url, "1" * 5000), "JSON parse error - a number has 5000 digits, more than 4300"),
+            (send(client, url, "1" * 5000), "JSON parse error - a number has 5000 digits, more than 4300: "
+                                             "send at most 4300 digits, or the number as a string"),
+            (send(client, url, "\ufeff" + json.dumps(valid)),
+             "JSON parse error - the body starts with a byte order mark (U+FEFF): send the JSON without one."),
+            (send(client, url, with_literal(valid, "x", "1e999")),
+             "JSON parse error - the number 1e999 is out of range: send one between -1.7e308 and 1.7e308, "
+             "or the number as a string"),
+            (send(client, url, with_literal(valid, "x", "-" + "9" * 400 + ".5")),
+             "JSON parse error - the number -9999999999999999999...99999999.5 is out of range: "
+             "send one between -1.7e308 and 1.7e308, or the number as a string"),
+            (send(client, url, b"{}", content_type="application/json; charset=utf-16"),
+             "JSON parse error - Expecting value: line 1 column 1 (char 0)"
+             " (read as utf-16, the charset its Content-Type declares)"),
+            (send(client, url, b"{} ", content_type="application/json; charset=utf-16"),
+             "JSON parse error - the body is not valid utf-16, the charset its Content-Type declares: "
+             "byte 0x20 at position 2. Send JSON in UTF-8."),
             (send(client, url, json.dumps(valid).encode("utf-16")),
              "JSON parse error - the body is not valid utf-8: byte 0xff at position 0. Send JSON in UTF-8."),
             (send(client, url, json.dumps(valid), content_type=""),
