@@ -47,20 +47,20 @@ class BoundedJSONParser(JSONParser):
             raise ParseError(f"Request body is larger than {limit} bytes.")
         encoding = _text_encoding((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET)
         # A charset other than UTF-8 is read as declared; the messages then say it was declared.
-        declared = "" if encoding == "utf-8" else f" (read as {encoding}, the charset its Content-Type declares)"
+        declared = "" if encoding == "utf-8" else ", the charset its Content-Type declares"
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
-            said = "" if encoding == "utf-8" else ", the charset its Content-Type declares"
-            raise ParseError(f"JSON parse error - the body is not valid {encoding}{said}: byte 0x{exc.object[exc.start]:02x} "
+            raise ParseError(f"JSON parse error - the body is not valid {encoding}{declared}: byte 0x{exc.object[exc.start]:02x} "
                              f"at position {exc.start}. Send JSON in UTF-8.") from None
         if text.startswith("\ufeff"):
             raise ParseError("JSON parse error - the body starts with a byte order mark (U+FEFF): "
                              "send the JSON without one.")
         try:
-            data = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+            data = _loads(text)
         except ValueError as exc:
-            raise ParseError(f"JSON parse error - {exc}{declared}") from None
+            read_as = f" (read as {encoding}{declared})" if declared else ""
+            raise ParseError(f"JSON parse error - {exc}{read_as}") from None
         except RecursionError:
             raise ParseError("JSON parse error - nesting is too deep.") from None
         _check_document(data)
@@ -106,12 +106,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _loads(text: str):
+    """json.loads with the API's number rules: no NaN or Infinity, integers of at most
+    MAX_INT_DIGITS digits, numbers within a double's range."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+
+
 def loads_strict(text: str):
     """JSON typed by a person into a form (an amended input or answer), held to the API's rules:
     no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
     with the reason otherwise (never a RecursionError or a value the database refuses)."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+        value = _loads(text)
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:
