@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from recovery.models import RecoverySession, RecoveryStep
@@ -17,12 +18,29 @@ class RecoverySessionOutputSerializer(serializers.ModelSerializer):
     project_id = serializers.UUIDField(read_only=True)
     emergency_stop_id = serializers.UUIDField(read_only=True)
     recovery_plan = serializers.SerializerMethodField()
+    current_step = serializers.SerializerMethodField(
+        help_text="the step a person decides next (the first pending one) while the session is open, else null")
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = RecoverySession
         fields = ["id", "project_id", "emergency_stop_id", "recovery_type", "status", "assessment", "recovery_plan",
-                  "steps_completed", "total_steps", "created_by", "created_at", "completed_at"]
+                  "steps_completed", "total_steps", "current_step", "created_by", "created_at", "completed_at"]
 
     def get_recovery_plan(self, session) -> dict:
-        return {"steps": RecoveryStepOutputSerializer(session.steps.order_by("order"), many=True).data}
+        return {"steps": RecoveryStepOutputSerializer(self._steps(session), many=True).data}
+
+    @extend_schema_field(RecoveryStepOutputSerializer(allow_null=True))
+    def get_current_step(self, session) -> dict | None:
+        if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
+            return None
+        step = next((s for s in self._steps(session) if s.status == RecoveryStep.Status.PENDING), None)
+        return RecoveryStepOutputSerializer(step).data if step else None
+
+    @staticmethod
+    def _steps(session) -> list[RecoveryStep]:
+        """The session's steps in order, read once for the plan and the current step."""
+        steps = getattr(session, "_ordered_steps", None)
+        if steps is None:
+            steps = session._ordered_steps = list(session.steps.order_by("order"))
+        return steps

@@ -44,14 +44,18 @@ def test_a_full_session_walks_every_step_to_an_active_project(stopped, project, 
                        "lift_stop"]
     assert session["total_steps"] == 5 and session["steps_completed"] == 0
     reviewer_c = client_for(reviewer)
+    current = session["current_step"]  # the step a person decides next
     for i, s in enumerate(session["recovery_plan"]["steps"], start=1):
+        assert current == s and current["status"] == "pending"
         assert Project.objects.get(pk=project.pk).status == "emergency_stopped"  # nothing lifts it silently
         r = step(reviewer_c, session, s["step_id"], decision="approve")
         assert r.status_code == 200, r.content
         assert r.json()["steps_completed"] == i
         assert r.json()["recovery_plan"]["steps"][i - 1]["status"] == "completed"
+        current = r.json()["current_step"]
+        assert current == (r.json()["recovery_plan"]["steps"][i] if i < 5 else None)
     final = r.json()
-    assert final["status"] == "completed"
+    assert final["status"] == "completed" and final["current_step"] is None
     project.refresh_from_db()
     assert project.status == "active"
     stopped.refresh_from_db()
@@ -76,6 +80,7 @@ def test_a_rejected_step_fails_the_session_and_the_stop_stays(stopped, project, 
     assert step(client_for(reviewer), session, first["step_id"], decision="reject").status_code == 400  # reason
     r = step(client_for(reviewer), session, first["step_id"], decision="reject", reason="not convinced")
     assert r.status_code == 200 and r.json()["status"] == "failed"
+    assert r.json()["current_step"] is None  # a failed session waits for nobody
     assert r.json()["recovery_plan"]["steps"][0]["status"] == "rejected"
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
     assert EmergencyStop.objects.get(pk=stopped.pk).resolved_at is None
