@@ -148,6 +148,9 @@ class ResponseApproval(BaseModel):
     timeout_minutes = models.PositiveIntegerField(default=30)
     responded_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
+    warn_at = models.DateTimeField(null=True, blank=True,
+                                   help_text="When a fifth of the time is left: approval_timeout_warning")
+    timeout_warning_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -8,6 +8,7 @@ from approvals.services import (
     agent_approval_warn_due,
     budget_release_stale,
     response_approval_expire_overdue,
+    response_approval_warn_due,
 )
 
 
@@ -18,7 +19,7 @@ def approval_expire_overdue_task(**kwargs):
 
 @shared_task(name="approvals.warn_due", acks_late=True, soft_time_limit=50, time_limit=60)
 def approval_warn_due_task(**kwargs):
-    return agent_approval_warn_due()
+    return agent_approval_warn_due() + response_approval_warn_due()
 
 
 # Kept under its old name: beat schedules and queued messages of a rolling deploy still match.

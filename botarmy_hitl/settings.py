@@ -365,6 +365,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
         "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
     },
+    "hitl-warn-due": {
+        "task": "hitl.warn_due",
+        "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),
+        "options": {"expires": HITL_APPROVAL_SWEEP_SECONDS},
+    },
     "emergency-check-conditions": {
         "task": "emergency.check_conditions",
         "schedule": timedelta(seconds=HITL_CONDITION_CHECK_SECONDS),

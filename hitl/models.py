@@ -54,6 +54,9 @@ class HitlRequest(BaseModel):
     timeout_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1),
                                                                           MaxValueValidator(24 * 60)])
     expires_at = models.DateTimeField()
+    warn_at = models.DateTimeField(null=True, blank=True,
+                                   help_text="When a fifth of the time is left: approval_timeout_warning")
+    timeout_warning_sent_at = models.DateTimeField(null=True, blank=True)
     history = models.JSONField(default=list, blank=True,
                                help_text="every change: [{status, by, at, note}], oldest first")
 

@@ -121,6 +121,7 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
             project=uow.project, task=task, request_type=request_type, question=question, options=options,
             context=context, asked_by=asker, timeout_minutes=timeout_minutes,
             expires_at=now + timedelta(minutes=timeout_minutes),
+            warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5,
             history=[_history_entry(Status.PENDING, asker, now, f"{request_type} asked")])
         uow.enter_stage("hitl")
         req.save(force_insert=True)
@@ -257,6 +258,30 @@ def hitl_request_expire_overdue(*, now=None) -> int:
     now = now or timezone.now()
     due = HitlRequest.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
     return sum(hitl_request_time_out(request_id=pk, now=now) for pk in list(due[:1000]))
+
+
+@retry_transient
+def hitl_request_warn(*, request_id, now=None) -> bool:
+    """``approval_timeout_warning`` once, when a fifth of the request's time is left (and it is
+    still pending). True when this call sent it."""
+    now = now or timezone.now()
+    with request_uow(request_id, gate=False) as (uow, req):
+        if req.status != Status.PENDING or req.timeout_warning_sent_at is not None or req.warn_at is None \
+                or req.warn_at > now or req.expires_at <= now:
+            return False
+        req.timeout_warning_sent_at = now
+        req.save(update_fields=["timeout_warning_sent_at", "updated_at"])
+        event_emit(project_id=req.project_id, task_id=req.task_id, event_type="approval_timeout_warning",
+                   data={**hitl_event_data(req), "seconds_left": int((req.expires_at - now).total_seconds())})
+    return True
+
+
+def hitl_request_warn_due(*, now=None) -> int:
+    """Beat sweep: every pending request due a warning goes through hitl_request_warn."""
+    now = now or timezone.now()
+    due = HitlRequest.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
+                                     warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
+    return sum(hitl_request_warn(request_id=pk, now=now) for pk in list(due[:1000]))
 
 
 # --- emergency stop -----------------------------------------------------------------------------

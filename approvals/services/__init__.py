@@ -35,6 +35,8 @@ from approvals.services.responses import (
     response_approval_expire_overdue,
     response_approval_submit,
     response_approval_time_out,
+    response_approval_warn,
+    response_approval_warn_due,
     response_event_data,
     response_group,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "budget_override_respond", "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls",
     "readmit_after_limits_change", "close_call", "input_digest", "project_stop_group", "cancel_open_responses",
     "cancel_responses_of_ended_task", "response_approval_decide", "response_approval_expire_overdue",
-    "response_approval_submit", "response_approval_time_out", "response_event_data", "response_group",
+    "response_approval_submit", "response_approval_time_out",
+    "response_approval_warn",
+    "response_approval_warn_due", "response_event_data", "response_group",
     "flag_suppression_create", "flag_suppression_revoke", "project_rules", "rule_precision", "rule_setting_save",
 ]

@@ -242,7 +242,7 @@ def agent_approval_warn(*, approval_id, now=None) -> bool:
         approval.timeout_warning_sent_at = now
         approval.save(update_fields=["timeout_warning_sent_at", "updated_at"])
         event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type="approval_timeout_warning",
-                   data={**approval_event_data(approval),
+                   data={**approval_event_data(approval), "kind": "agent_approval",
                          "seconds_left": int((approval.expires_at - now).total_seconds())})
     return True
 

@@ -160,7 +160,8 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
                 analysis={k: v for k, v in analysis.items() if k not in ("risk_flags", "quality_metrics")},
                 tokens_used=tokens_used, actual_cost=Decimal(actual_cost), submitted_by=submitter,
                 modification_round=sum(1 for _, s in earlier if s == Status.REQUIRES_MODIFICATION),
-                timeout_minutes=timeout_minutes, expires_at=now + timedelta(minutes=timeout_minutes))
+                timeout_minutes=timeout_minutes, expires_at=now + timedelta(minutes=timeout_minutes),
+                warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5)
             if not rawrows.insert(response, skip_if_duplicate=True):  # one pending response per call
                 raise TransitionError("This call already has a pending response.", current_status=Status.PENDING)
             task_move(task=call.task, to=Task.Status.WAITING_FOR_HITL)
@@ -326,6 +327,35 @@ def response_approval_expire_overdue(*, now=None) -> int:
     now = now or timezone.now()
     due = ResponseApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
     return sum(response_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+
+
+@retry_transient
+def response_approval_warn(*, approval_id, now=None) -> bool:
+    """``approval_timeout_warning`` once, when a fifth of the response approval's time is left
+    (and it is still pending). True when this call sent it."""
+    now = now or timezone.now()
+    project_id = ResponseApproval.objects.values_list("project_id", flat=True).filter(pk=approval_id).first()
+    if project_id is None:
+        return False
+    with project_uow(project_id, shared=True) as uow:
+        response = _response_uow_lock(uow, approval_id)
+        if response.status != Status.PENDING or response.timeout_warning_sent_at is not None \
+                or response.warn_at is None or response.warn_at > now or response.expires_at <= now:
+            return False
+        response.timeout_warning_sent_at = now
+        response.save(update_fields=["timeout_warning_sent_at", "updated_at"])
+        event_emit(project_id=project_id, task_id=response.task_id, event_type="approval_timeout_warning",
+                   data={**response_event_data(response), "kind": "response_approval",
+                         "seconds_left": int((response.expires_at - now).total_seconds())})
+    return True
+
+
+def response_approval_warn_due(*, now=None) -> int:
+    """Beat sweep: every pending response approval due a warning goes through response_approval_warn."""
+    now = now or timezone.now()
+    due = ResponseApproval.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
+                                          warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
+    return sum(response_approval_warn(approval_id=pk, now=now) for pk in list(due[:1000]))
 
 
 def cancel_open_responses(*, uow, project, now) -> list[str]:

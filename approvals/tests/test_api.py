@@ -276,7 +276,7 @@ def test_timeout_warning_is_sent_once_when_a_fifth_is_left(requested):
     assert agent_approval_warn_due(now=approval.expires_at - timedelta(minutes=5)) == 1  # 5 of 30 left
     assert agent_approval_warn_due(now=approval.expires_at - timedelta(minutes=4)) == 0
     warning = Event.objects.get(event_type="approval_timeout_warning")
-    assert warning.data["seconds_left"] == 300
+    assert warning.data["seconds_left"] == 300 and warning.data["kind"] == "agent_approval"
 
 
 def test_beat_tasks_are_scheduled(settings):

@@ -15,9 +15,11 @@ from approvals.models import AgentCallApproval, FlagLabel, FlagSuppression, Resp
 from approvals.services import (
     response_approval_decide,
     response_approval_expire_overdue,
+    response_approval_warn_due,
     rule_precision,
     rule_setting_save,
 )
+from approvals.tasks import approval_warn_due_task
 from audit.models import AuditEvent
 from core.errors import Forbidden
 from budgets.models import UsageEntry
@@ -296,6 +298,25 @@ def test_decision_after_expiry_is_410_and_beat_times_out_once(started, agent_cli
     assert response_approval_expire_overdue(now=later) == 0
     assert ResponseApproval.objects.get(pk=second["approval_id"]).status == "timed_out"
     assert Event.objects.filter(event_type="approval_timed_out", data__approval_id=second["approval_id"]).count() == 1
+
+
+def test_a_timeout_warning_is_sent_once_when_a_fifth_is_left(started, agent_client, reviewer_client, task):
+    pending = submit(agent_client, started()).json()
+    row = ResponseApproval.objects.get(pk=pending["approval_id"])
+    expires, fifth = row.expires_at, timedelta(minutes=row.timeout_minutes) / 5  # HITL_RESPONSE_TIMEOUT_MINUTES
+    assert response_approval_warn_due(now=expires - fifth - timedelta(seconds=1)) == 0  # more than a fifth left
+    assert approval_warn_due_task.delay().get() == 0                                    # beat's sweep, now
+    assert response_approval_warn_due(now=expires - fifth) == 1                         # a fifth left
+    assert response_approval_warn_due(now=expires - fifth / 2) == 0                     # once
+    [warning] = Event.objects.filter(event_type="approval_timeout_warning")
+    assert warning.data["kind"] == "response_approval" and warning.data["approval_id"] == pending["approval_id"]
+    assert warning.data["seconds_left"] == fifth.total_seconds() and warning.task_id == task.pk
+
+    t2 = task_create(actor=project_admin(task.project), project_id=task.project_id, agent_type="coder", title="b")
+    decided = submit(agent_client, started(task_id=t2.pk)).json()
+    assert respond(reviewer_client, decided["approval_id"], decision="approve").status_code == 200
+    assert response_approval_warn_due(now=expires + timedelta(minutes=1)) == 0  # decided, or past its time
+    assert Event.objects.filter(event_type="approval_timeout_warning").count() == 1
 
 
 def test_a_critical_finding_raises_safety_alert_and_stops_the_project(started, agent_client, project):

@@ -18,8 +18,9 @@ from hitl.services import (
     hitl_request_expire_overdue,
     hitl_request_respond,
     hitl_request_time_out,
+    hitl_request_warn_due,
 )
-from hitl.tasks import hitl_expire_overdue_task
+from hitl.tasks import hitl_expire_overdue_task, hitl_warn_due_task
 
 pytestmark = pytest.mark.django_db
 Status = HitlRequest.Status
@@ -195,6 +196,19 @@ def test_the_beat_sweep_times_out_each_due_request_exactly_once(ask, reviewer):
 def test_the_sweep_is_in_the_beat_schedule(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["hitl-expire-overdue"]
     assert entry["task"] == hitl_expire_overdue_task.name == "hitl.expire_overdue"
+
+
+def test_a_timeout_warning_is_sent_once_when_a_fifth_is_left(ask, reviewer, settings):
+    req, answered = ask(timeout_minutes=10), ask(question="Answered in time?", timeout_minutes=10)
+    hitl_request_respond(request_id=answered.pk, responder=reviewer, action="approve")
+    assert hitl_request_warn_due(now=req.expires_at - timedelta(minutes=3)) == 0   # 3 of 10 left
+    assert hitl_warn_due_task.delay().get() == 0                                  # beat's sweep, now
+    assert hitl_request_warn_due(now=req.expires_at - timedelta(minutes=2)) == 1  # 2 of 10 left: not the answered
+    assert hitl_request_warn_due(now=req.expires_at - timedelta(minutes=1)) == 0  # once
+    [warning] = events("approval_timeout_warning")
+    assert warning.data["hitl_request_id"] == str(req.pk) and warning.data["kind"] == "hitl"
+    assert warning.data["seconds_left"] == 120 and warning.data["status"] == "pending"
+    assert settings.CELERY_BEAT_SCHEDULE["hitl-warn-due"]["task"] == hitl_warn_due_task.name == "hitl.warn_due"
 
 
 # --- cancel --------------------------------------------------------------------------------------
