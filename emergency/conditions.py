@@ -51,7 +51,7 @@ class ErrorRateHigh(StopCondition):
     name = Condition.ERROR_RATE_HIGH
 
     def check(self, project, settings, now):
-        outcomes = Task.objects.filter(project=project, status__in=Task.OUTCOMES, finished_at__lte=now)
+        outcomes = Task.objects.filter(project=project, status__in=Task.RATED_OUTCOMES, finished_at__lte=now)
         if settings.error_window_reset_at:
             outcomes = outcomes.filter(finished_at__gt=settings.error_window_reset_at)
         by_count = list(outcomes.order_by("-finished_at").values_list("status", flat=True)[:settings.error_window_count])

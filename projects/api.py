@@ -169,8 +169,10 @@ class TaskStatusApi(APIView):
     @extend_schema(operation_id="tasks_report_status", request=InputSerializer,
                    responses={200: TaskOutputSerializer, **error_responses(400, 403, 404, 409)})
     def post(self, request, task_id):
-        """Report a task's outcome (agent role): completed or failed. A repeated report of the
-        same outcome is accepted and changes nothing; a different one is 409."""
+        """Report a task's outcome (agent role): completed or failed, or cancelled for work
+        abandoned before it ran (after a refusal, say; not counted by the error-rate condition; 409
+        for a running task). A repeated report of the same outcome is accepted and changes
+        nothing; a different one is 409."""
         task = get_or_404(selectors.task_visible_to(user=request.user).select_related("project"), task_id)
         require_project_perm(request.user, roles.ACT_AS_AGENT, task.project, "report task outcomes")
         s = self.InputSerializer(data=request.data)

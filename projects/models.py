@@ -83,8 +83,11 @@ class Task(BaseModel):
         Status.FAILED: set(),
         Status.CANCELLED: set(),
     }
-    # What an agent may report through POST /api/v1/tasks/{id}/status.
-    OUTCOMES = (Status.COMPLETED, Status.FAILED)
+    # What an agent may report through POST /api/v1/tasks/{id}/status: completed or failed (the
+    # outcomes the error-rate condition rates), or cancelled (work abandoned before it ran, after a
+    # refusal say: neither a success nor a failure).
+    OUTCOMES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    RATED_OUTCOMES = (Status.COMPLETED, Status.FAILED)
 
     class ErrorKind(models.TextChoices):
         RATE_LIMIT = "rate_limit"

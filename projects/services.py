@@ -126,6 +126,9 @@ def _why_not(task: Task, status: str) -> str:
                 f"{status}: wait for the decision, cancel the call, or report the task failed.")
     if task.status == Task.Status.HALTED:
         return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
+    if task.status == Task.Status.RUNNING and status == Task.Status.CANCELLED:
+        return ("The task is running (its call was started), so it cannot be reported cancelled: report it "
+                "completed or failed. Cancelled is for work abandoned before it ran.")
     return f"A task that is {task.status} cannot become {status}."
 
 

@@ -86,6 +86,22 @@ def test_a_pending_call_and_the_override_it_waited_for_end_with_a_failed_task(
     assert r.status_code == 409 and r.json()["status"] == "cancelled"
 
 
+def test_a_task_abandoned_while_its_call_waits_takes_the_call_and_its_reservation_with_it(
+        project, agent, reviewer, client_for):
+    agent_c = client_for(agent)
+    task, call_id = ask(agent_c, project, agent, cost="2.0000")
+    assert reserved_today(project) == Decimal("2.0000")
+    report(agent_c, task, "cancelled")  # the agent gives up on it while a person has not decided yet
+
+    call = AgentCallApproval.objects.get(pk=call_id)
+    assert (call.status, call.budget_state) == ("cancelled", "released")
+    assert call.rejection_reason == "its task was reported cancelled before the call ran"
+    assert reserved_today(project) == Decimal("0.0000")
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{call_id}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+
+
 def test_a_started_call_and_other_tasks_calls_are_left_alone(project, agent, reviewer, client_for):
     agent_c = client_for(agent)
     task, started_id = ask(agent_c, project, agent, cost="1.0000", title="started")

@@ -354,7 +354,7 @@ BAD_VALUES = [
     ("task_create", "agent_type", ["wizard", "", "CODER", " coder", None, 1, ["coder"], {"coder": True}]),
     ("task_create", "title", [123, 1.5, False, None, "", "   ", {"text": "x"}, ["x"]]),
     ("task_create", "input_data", [[1, 2], [], "text", 5, 1.5, True, None]),
-    ("task_status", "status", ["unknown", "pending", "running", "halted", "cancelled", "COMPLETED", "",
+    ("task_status", "status", ["unknown", "pending", "running", "halted", "COMPLETED", "",
                                None, 1, ["completed"], {"status": "completed"}]),
     ("task_status", "error", [123, None, {"a": 1}, ["x"]]),
 ]

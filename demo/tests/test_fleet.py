@@ -14,6 +14,7 @@ from demo.fleet import FLEET_MARK, Fleet
 from demo.llm import AGENT_ORDER, DemoLLM
 from demo.tests.conftest import FAST_RETRY
 from hitl_sdk import Conflict, HitlClient, HitlError
+from projects.models import Task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -249,6 +250,10 @@ def test_refusals_and_send_backs_are_logged_and_the_fleet_goes_on(world):
     assert re.search(r"r1\s+coder\s+output for review: .*risk low", log)  # the redo has no key in it
     assert re.search(r"r1\s+deployer\s+refused by reviewer: no deploys today → the round ends here", log)
     assert "round 2: " in log
+    # the refused deployers' tasks are reported cancelled: no task of the demo is left open
+    tasks = Task.objects.filter(project_id=world.project_id)
+    assert sorted(tasks.filter(agent_type="deployer").values_list("status", flat=True)) == ["cancelled", "cancelled"]
+    assert not tasks.exclude(status__in=["completed", "cancelled"]).exists()
 
 
 def test_the_command_needs_a_key(monkeypatch):

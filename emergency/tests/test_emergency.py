@@ -193,6 +193,17 @@ def test_error_rate_needs_both_windows(project, agent, small_windows):
     assert conditions_check(project_id=project.pk, now=now + timedelta(seconds=400)) == []  # time window empty
 
 
+def test_cancelled_tasks_are_neither_successes_nor_failures_to_the_error_rate(project, agent, small_windows,
+                                                                           outcomes_without_inline_check):
+    now = timezone.now()
+    _outcomes(project, agent, ["failed"] * 6, now - timedelta(seconds=10))
+    _outcomes(project, agent, ["cancelled"] * 20, now - timedelta(seconds=5))  # abandoned after refusals
+    assert conditions_check(project_id=project.pk, now=now) == []  # 6 rated outcomes: fewer than the 10 needed
+    _outcomes(project, agent, ["completed"] * 4, now - timedelta(seconds=8))
+    # the last 10 rated outcomes are 6 failed and 4 completed, whatever was cancelled after them
+    assert [t.condition for t in conditions_check(project_id=project.pk, now=now)] == ["error_rate_high"]
+
+
 def test_task_outcomes_check_the_error_rate_inline(project, agent, small_windows, client_for):
     client = client_for(agent)
     for i in range(10):

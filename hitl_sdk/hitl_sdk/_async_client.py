@@ -141,7 +141,8 @@ class AsyncHitlClient:
 
     async def set_task_status(self, task_id: str, status: str, *, error: Optional[str] = None,
                               error_kind: Optional[str] = None) -> Task:
-        """``status`` is ``completed`` or ``failed``; repeating the same outcome is a no-op."""
+        """``status`` is ``completed``, ``failed``, or ``cancelled`` (work abandoned before it ran,
+        after a refusal say; not a failure); repeating the same outcome is a no-op."""
         body = c.clean({"status": status, "error": error, "error_kind": error_kind})
         return Task.from_api(await self.request("POST", f"/tasks/{task_id}/status", json_body=body))
 

@@ -122,6 +122,27 @@ def test_repeated_outcome_is_accepted_once_and_a_different_one_is_409(clients, t
     assert task.status == "completed" and task.error == ""
 
 
+def test_work_abandoned_before_it_ran_is_reported_cancelled(clients, task, project):
+    agent = clients["agent"]
+    r = agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 200, r.content
+    assert r.json()["status"] == "cancelled" and r.json()["error"] == "" and r.json()["finished_at"]
+    assert AuditEvent.objects.filter(action="task.cancelled", object_id=str(task.pk)).count() == 1
+    assert agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json").status_code == 200
+    r = agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
+    assert r.status_code == 409 and r.json()["status"] == "cancelled"
+    assert agent.post(f"/api/v1/tasks/{task.pk}/status", {"status": "halted"}, format="json").status_code == 400
+
+
+def test_a_running_task_cannot_be_reported_cancelled(clients, task):
+    Task.objects.filter(pk=task.pk).update(status="running")
+    r = clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 409 and r.json()["status"] == "running"
+    assert "report it completed or failed" in r.json()["detail"]
+    task.refresh_from_db()
+    assert task.status == "running" and task.finished_at is None
+
+
 def test_task_creation_is_refused_with_423_while_the_project_is_stopped(clients, project):
     # The emergency-stop service arrives with its own issue; set the status the way it will.
     Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
