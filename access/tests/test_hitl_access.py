@@ -73,6 +73,45 @@ def test_revoke_keys(agent, project):
     assert client.get(f"/api/v1/projects/{project.pk}").status_code == 401
 
 
+def test_one_key_is_revoked_by_its_prefix_and_the_others_keep_working(agent, project):
+    """Rotation: a new key first, then the old one revoked by its prefix (or the whole key)."""
+    old, other = run("agent", "--api-key")[-1], run("agent", "--api-key")[-1]
+    old_prefix = old.split("_")[1]
+    lines = run("agent", "--revoke-key", old_prefix, "--list-keys")
+    assert lines[0] == f"Revoked API key {old_prefix} of agent."
+    listed = {line.split()[0]: line for line in lines[1:]}
+    assert set(listed) == {old_prefix, other.split("_")[1]}
+    assert "revoked" in listed[old_prefix] and listed[other.split("_")[1]].endswith("active")
+
+    def status(key):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        return client.get(f"/api/v1/projects/{project.pk}").status_code
+
+    assert (status(old), status(other)) == (401, 200)
+    assert run("agent", "--revoke-key", other) == [f"Revoked API key {other.split('_')[1]} of agent."]  # whole key
+    assert status(other) == 401
+    assert run("agent", "--revoke-key", old_prefix) == [f"API key {old_prefix} of agent was already revoked."]
+
+
+def test_an_unknown_prefix_exits_2_and_revokes_nothing(agent, make_user, project):
+    mine = run("agent", "--api-key")[-1]
+    theirs = run(make_user("someone").username, "--api-key")[-1]
+    for wrong in ["000000000000", theirs.split("_")[1], theirs]:  # no such key, or another user's
+        with pytest.raises(CommandError) as exc:
+            run("agent", "--revoke-key", mine.split("_")[1], "--revoke-key", wrong)
+        assert exc.value.returncode == 2 and "nothing was revoked" in str(exc.value)
+    assert not ApiKey.objects.filter(revoked_at__isnull=False).exists()
+
+
+def test_the_key_list_keeps_a_new_key_last_alone(agent):
+    lines = run("agent", "--list-keys", "--api-key", "--key-name", "ci")
+    key = lines[-1]
+    assert key.startswith("hitl_") and " " not in key
+    [row] = [line for line in lines if line.startswith(key.split("_")[1] + " ")]
+    assert " ci " in row and "last used never" in row and row.endswith("active")
+
+
 def test_command_line_exit_codes_and_last_line(tmp_path):
     """The real command line, on a throwaway SQLite database."""
     env = {**os.environ, "DJANGO_DEBUG": "1", "DATABASE_URL": "", "REDIS_URL": "",

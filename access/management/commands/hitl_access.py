@@ -21,10 +21,14 @@ class Command(BaseCommand):
         parser.add_argument("--api-key", action="store_true", help="issue a new API key and print it last")
         parser.add_argument("--key-name", default="", help="a label for the new key")
         parser.add_argument("--revoke-keys", action="store_true", help="revoke every active key of the user")
+        parser.add_argument("--revoke-key", action="append", default=[], metavar="PREFIX",
+                            help="revoke one key of the user, named by its prefix (or the whole key); repeatable")
+        parser.add_argument("--list-keys", action="store_true",
+                            help="list the user's keys: prefix, name, created, last used, active or revoked")
         parser.add_argument("--revoke-roles", action="store_true", help="remove every role on --project")
 
     def handle(self, *args, username, role, project, create_user, api_key, key_name, revoke_keys,
-               revoke_roles, **options):
+               revoke_roles, revoke_key=(), list_keys=False, **options):
         User = get_user_model()
         if (role or revoke_roles) and not project:
             raise CommandError("--role and --revoke-roles need --project SLUG.", returncode=2)
@@ -40,10 +44,14 @@ class Command(BaseCommand):
         if user is None:
             if not create_user:
                 raise CommandError(f"No user {username!r} (add --create-user to create it).", returncode=2)
+            if revoke_key:
+                raise CommandError(f"User {username!r} has no keys to revoke.", returncode=2)
             user = User.objects.create_user(username=username)  # no password: API keys or set one later
             self.stdout.write(f"Created user {username} (no password; set one with changepassword).")
         elif create_user:
             self.stdout.write(f"User {username} already exists.")
+        # every named key is checked before anything changes: one unknown prefix revokes nothing
+        named = [self._key_of(user, text) for text in revoke_key]
 
         if revoke_roles:
             role_revoke_all(user=user, project=target_project)
@@ -57,7 +65,36 @@ class Command(BaseCommand):
             for key_id in active:
                 api_key_revoke(key_id=key_id)
             self.stdout.write(f"Revoked {len(active)} API key(s) of {username}.")
+        for key in named:
+            was_active = key.revoked_at is None
+            api_key_revoke(key_id=key.pk)
+            self.stdout.write(f"Revoked API key {key.prefix} of {username}." if was_active
+                              else f"API key {key.prefix} of {username} was already revoked.")
+        key = raw = None
         if api_key:
             key, raw = api_key_create(user=user, name=key_name or "hitl_access")
+        if list_keys:
+            self._list_keys(user)
+        if api_key:  # the new key is the last line, alone
             self.stdout.write(f"API key for {username} (prefix {key.prefix}); it is shown only once:")
             self.stdout.write(raw)
+
+    @staticmethod
+    def _key_of(user, text: str) -> ApiKey:
+        """The user's key named by its prefix, or by the whole key (hitl_<prefix>_<secret>)."""
+        prefix = text.split("_")[1] if text.startswith("hitl_") and text.count("_") >= 2 else text
+        key = ApiKey.objects.filter(user=user, prefix=prefix).first() if prefix else None
+        if key is None:
+            raise CommandError(f"{user.get_username()} has no API key with prefix {prefix!r} "
+                               f"(--list-keys shows them); nothing was revoked.", returncode=2)
+        return key
+
+    def _list_keys(self, user) -> None:
+        keys = list(ApiKey.objects.filter(user=user).order_by("created_at"))
+        if not keys:
+            self.stdout.write(f"{user.get_username()} has no API keys.")
+        for key in keys:
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never"
+            self.stdout.write(f"{key.prefix}  {key.name or '-'}  created {key.created_at:%Y-%m-%d %H:%M}  "
+                              f"last used {used}  {state}")
