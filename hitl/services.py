@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.sweeps import timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -278,10 +279,7 @@ def hitl_request_warn(*, request_id, now=None) -> bool:
 
 def hitl_request_warn_due(*, now=None) -> int:
     """Beat sweep: every pending request due a warning goes through hitl_request_warn."""
-    now = now or timezone.now()
-    due = HitlRequest.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
-                                     warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
-    return sum(hitl_request_warn(request_id=pk, now=now) for pk in list(due[:1000]))
+    return timeout_warnings_due(HitlRequest, lambda pk, at: hitl_request_warn(request_id=pk, now=at), now=now)
 
 
 # --- emergency stop -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, TransitionError
+from core.sweeps import timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
 from events.services import event_emit
@@ -249,7 +250,5 @@ def agent_approval_warn(*, approval_id, now=None) -> bool:
 
 def agent_approval_warn_due(*, now=None) -> int:
     """Beat sweep: every call due a warning goes through agent_approval_warn."""
-    now = now or timezone.now()
-    due = AgentCallApproval.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
-                                           warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
-    return sum(agent_approval_warn(approval_id=pk, now=now) for pk in list(due[:1000]))
+    return timeout_warnings_due(AgentCallApproval, lambda pk, at: agent_approval_warn(approval_id=pk, now=at),
+                                now=now)

@@ -29,6 +29,7 @@ from budgets.services import budget_settle
 from core import rawrows
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.request_cache import memo
+from core.sweeps import timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -352,10 +353,8 @@ def response_approval_warn(*, approval_id, now=None) -> bool:
 
 def response_approval_warn_due(*, now=None) -> int:
     """Beat sweep: every pending response approval due a warning goes through response_approval_warn."""
-    now = now or timezone.now()
-    due = ResponseApproval.objects.filter(status=Status.PENDING, timeout_warning_sent_at__isnull=True,
-                                          warn_at__lte=now, expires_at__gt=now).values_list("pk", flat=True)
-    return sum(response_approval_warn(approval_id=pk, now=now) for pk in list(due[:1000]))
+    return timeout_warnings_due(ResponseApproval, lambda pk, at: response_approval_warn(approval_id=pk, now=at),
+                                now=now)
 
 
 def cancel_open_responses(*, uow, project, now) -> list[str]:
