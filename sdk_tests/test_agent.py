@@ -55,6 +55,19 @@ def test_rejection_raises_and_run_never_happens(world, bot):
     assert caught.value.reason == "touches prod" and caught.value.rejected_by == "reviewer"
     assert str(caught.value) == "A person refused this action: touches prod. Do not retry it as is."
     assert coder.runs == []
+    refused = world.client("agent").get_approval(reviewer_bot.handled[0].approval_id)
+    assert world.client("agent").get_task(refused.task_id).status == "cancelled"  # the task it made is ended
+
+
+def test_a_task_passed_in_is_the_callers_and_stays_pending_after_a_refusal(world, bot):
+    reviewer_bot = bot(("agent", lambda r, o: r.respond_approval(o.approval_id, "reject", reason="not now")))
+    agent_client = world.client("agent")
+    task = agent_client.create_task(world.project_id, "coder", "Retry me later")
+    coder = Coder(agent_client, world.project_id)
+    with pytest.raises(ApprovalRejected):
+        coder.execute_task_sync(task)
+    reviewer_bot.check()
+    assert agent_client.get_task(task.task_id).status == "pending"  # the caller may ask again
 
 
 def test_an_amended_call_runs_with_the_amended_input(world, bot):

@@ -42,6 +42,8 @@ def test_require_approval_runs_a_sync_function_with_the_amended_arguments(world,
         write_file("/etc/shadow", "y")
     reviewer_bot.check()
     assert len(calls) == 1
+    refused = agent.get_approval(reviewer_bot.handled[0].approval_id)
+    assert agent.get_task(refused.task_id).status == "cancelled"  # the task made for it is ended, not left open
 
 
 def test_require_approval_gates_an_async_function(world, bot):

@@ -15,11 +15,14 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Unio
 
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
-from .errors import EmergencyStopped, HitlError, ModificationRequired
+from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, EmergencyStopped, HitlError,
+                     ModificationRequired)
 from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
+# What ends a call before it runs: a task made for it alone is then reported cancelled.
+ENDS_UNRUN_TASK = (ApprovalRejected, ApprovalTimedOut, ApprovalCancelled)
 
 
 def _twin_config(client: AnyClient) -> Dict[str, Any]:
@@ -139,58 +142,66 @@ class SafetyEnhancedBaseAgent:
         ``title`` and ``input_data``. Raises ApprovalRejected, ApprovalTimedOut, ApprovalCancelled,
         BudgetOverrideRequired, ModificationRequired (past the round limit), EmergencyStopped."""
         client, extra = self.client, dict(context or {})
+        created = task is None
         if task is None:
             task = await client.create_task(self.project_id, self.agent_type, title or "untitled task", input_data)
         elif isinstance(task, str):
             task = await client.get_task(task)
-        modifications: List[Any] = []
-        for round_no in range(1, self.max_modification_rounds + 2):
-            call_input = self.build_input(task, extra, modifications)
-            tokens, cost = self.estimate(task, call_input)
-            call = await client.request_approval(
-                self.project_id, task.task_id, self.agent_type, self.describe_action(task, extra), call_input,
-                context_summary=self.summarize_context(task, extra, modifications), estimated_tokens=tokens,
-                estimated_cost=cost, timeout_minutes=self.approval_timeout_minutes, model=self.model)
-            await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
-            started = await client.start_approval(call.approval_id)
-            run_context = RunContext(input=started.input_to_run, approval=started,
-                                     amended=started.amended_input_data is not None, round=round_no,
-                                     modifications=list(modifications), extra=extra)
-            try:
-                value = await self._run_watched(task, run_context)
-            except EmergencyStopped:
-                raise
-            except BaseException as exc:  # the run failed: settle its reservation, report the failure
-                with contextlib.suppress(HitlError):
-                    await client.report_usage(call.approval_id, 0)
-                    await client.set_task_status(task.task_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-                raise
-            try:
-                result = self._as_result(value)
-            except (TypeError, ValueError) as exc:
-                # The run ran (and may have spent) but its usage cannot be reported: no report of 0,
-                # its reservation stays counted until a report or the server's stale release.
-                with contextlib.suppress(HitlError):
-                    await client.set_task_status(task.task_id, "failed",
-                                                 error=f"the run's result is invalid: {exc}"[:2000])
-                raise
-            response = await client.submit_response(
-                self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
-                response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
-                next_steps=result.next_steps, tokens_used=result.tokens_used, actual_cost=result.actual_cost,
-                timeout_minutes=self.response_timeout_minutes)
-            try:
-                approved = await client.wait_for_response(response.approval_id)
-            except ModificationRequired as exc:
-                if round_no > self.max_modification_rounds:
+        try:
+            modifications: List[Any] = []
+            for round_no in range(1, self.max_modification_rounds + 2):
+                call_input = self.build_input(task, extra, modifications)
+                tokens, cost = self.estimate(task, call_input)
+                call = await client.request_approval(
+                    self.project_id, task.task_id, self.agent_type, self.describe_action(task, extra), call_input,
+                    context_summary=self.summarize_context(task, extra, modifications), estimated_tokens=tokens,
+                    estimated_cost=cost, timeout_minutes=self.approval_timeout_minutes, model=self.model)
+                await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
+                started = await client.start_approval(call.approval_id)
+                run_context = RunContext(input=started.input_to_run, approval=started,
+                                         amended=started.amended_input_data is not None, round=round_no,
+                                         modifications=list(modifications), extra=extra)
+                try:
+                    value = await self._run_watched(task, run_context)
+                except EmergencyStopped:
                     raise
-                modifications.append(exc.modifications_required)
-                continue
-            if self.complete_task:
-                task = await client.set_task_status(task.task_id, "completed")
-            return ExecutionResult(output=result.output, task=task, call_approval=started,
-                                   response_approval=approved, rounds=round_no, tokens_used=result.tokens_used,
-                                   actual_cost=result.actual_cost)
+                except BaseException as exc:  # the run failed: settle its reservation, report the failure
+                    with contextlib.suppress(HitlError):
+                        await client.report_usage(call.approval_id, 0)
+                        await client.set_task_status(task.task_id, "failed",
+                                                     error=f"{type(exc).__name__}: {exc}"[:2000])
+                    raise
+                try:
+                    result = self._as_result(value)
+                except (TypeError, ValueError) as exc:
+                    # The run ran (and may have spent) but its usage cannot be reported: no report of 0,
+                    # its reservation stays counted until a report or the server's stale release.
+                    with contextlib.suppress(HitlError):
+                        await client.set_task_status(task.task_id, "failed",
+                                                     error=f"the run's result is invalid: {exc}"[:2000])
+                    raise
+                response = await client.submit_response(
+                    self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
+                    response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
+                    next_steps=result.next_steps, tokens_used=result.tokens_used, actual_cost=result.actual_cost,
+                    timeout_minutes=self.response_timeout_minutes)
+                try:
+                    approved = await client.wait_for_response(response.approval_id)
+                except ModificationRequired as exc:
+                    if round_no > self.max_modification_rounds:
+                        raise
+                    modifications.append(exc.modifications_required)
+                    continue
+                if self.complete_task:
+                    task = await client.set_task_status(task.task_id, "completed")
+                return ExecutionResult(output=result.output, task=task, call_approval=started,
+                                       response_approval=approved, rounds=round_no, tokens_used=result.tokens_used,
+                                       actual_cost=result.actual_cost)
+        except (*ENDS_UNRUN_TASK, ModificationRequired):
+            if created:  # the task it made: ended (cancelled, not failed: a person's refusal), not left pending
+                with contextlib.suppress(HitlError):
+                    await client.set_task_status(task.task_id, "cancelled")
+            raise
         raise AssertionError("unreachable")
 
     def execute_task_sync(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
@@ -324,7 +335,8 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
     approved arguments (amended by the reviewer, if amended); its usage is reported (tokens 0
     unless it returns :class:`WithUsage`) and the task's outcome recorded. Rejected:
     :class:`ApprovalRejected` and the function never runs (likewise ApprovalTimedOut,
-    ApprovalCancelled, EmergencyStopped, BudgetOverrideRequired)."""
+    ApprovalCancelled, EmergencyStopped, BudgetOverrideRequired); a task it made itself (no
+    ``task_id``) is then reported ``cancelled`` after a refusal, a time-out or a cancellation."""
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -342,7 +354,13 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                     project, tid, agent_type, proposed, data, context_summary=context_summary,
                     estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
                     timeout_minutes=timeout_minutes, model=model)
-                await aclient.wait_for_approval(call.approval_id, wait_timeout)
+                try:
+                    await aclient.wait_for_approval(call.approval_id, wait_timeout)
+                except ENDS_UNRUN_TASK:
+                    if task_id is None:  # the task it made for this call: ended, not left pending
+                        with contextlib.suppress(HitlError):
+                            await aclient.set_task_status(tid, "cancelled")
+                    raise
                 started = await aclient.start_approval(call.approval_id)
                 call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
                 try:
@@ -371,7 +389,13 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
             call = sclient.request_approval(project, tid, agent_type, proposed, data, context_summary=context_summary,
                                             estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
                                             timeout_minutes=timeout_minutes, model=model)
-            sclient.wait_for_approval(call.approval_id, wait_timeout)
+            try:
+                sclient.wait_for_approval(call.approval_id, wait_timeout)
+            except ENDS_UNRUN_TASK:
+                if task_id is None:  # the task it made for this call: ended, not left pending
+                    with contextlib.suppress(HitlError):
+                        sclient.set_task_status(tid, "cancelled")
+                raise
             started = sclient.start_approval(call.approval_id)
             call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
             try:
