@@ -89,6 +89,7 @@ def test_one_key_is_revoked_by_its_prefix_and_the_others_keep_working(agent, pro
         return client.get(f"/api/v1/projects/{project.pk}").status_code
 
     assert (status(old), status(other)) == (401, 200)
+    assert run("agent", "--revoke-key", f"hitl_{old_prefix}") == [f"API key {old_prefix} of agent was already revoked."]
     assert run("agent", "--revoke-key", other) == [f"Revoked API key {other.split('_')[1]} of agent."]  # whole key
     assert status(other) == 401
     assert run("agent", "--revoke-key", old_prefix) == [f"API key {old_prefix} of agent was already revoked."]

@@ -81,8 +81,8 @@ class Command(BaseCommand):
 
     @staticmethod
     def _key_of(user, text: str) -> ApiKey:
-        """The user's key named by its prefix, or by the whole key (hitl_<prefix>_<secret>)."""
-        prefix = text.split("_")[1] if text.startswith("hitl_") and text.count("_") >= 2 else text
+        """The user's key named by its prefix, ``hitl_<prefix>``, or the whole key (hitl_<prefix>_<secret>)."""
+        prefix = text.strip().removeprefix("hitl_").split("_")[0]
         key = ApiKey.objects.filter(user=user, prefix=prefix).first() if prefix else None
         if key is None:
             raise CommandError(f"{user.get_username()} has no API key with prefix {prefix!r} "
