@@ -1,5 +1,19 @@
 """Beat's sweeps over pending requests (calls, response approvals, questions and checkpoints)."""
+from datetime import timedelta
+
 from django.utils import timezone
+
+
+def warn_at_for(created, timeout_minutes: int):
+    """When a request made at ``created`` is warned of its time-out: a fifth of its time left."""
+    return created + timedelta(minutes=timeout_minutes) * 4 / 5
+
+
+def timeout_warning_due(row, now) -> bool:
+    """Whether ``row`` (locked by its service) is due its one time-out warning at ``now``: still
+    pending, not warned yet, past its ``warn_at`` and not past its ``expires_at``."""
+    return (row.status == "pending" and row.timeout_warning_sent_at is None and row.warn_at is not None
+            and row.warn_at <= now < row.expires_at)
 
 
 def timeout_warnings_due(model, warn, *, now=None, batch: int = 1000) -> int:

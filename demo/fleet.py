@@ -398,30 +398,25 @@ class Fleet:
                 budget = (await self.client.get_budget(self.project_id)).raw
         agent.round_no = number
         agent.proposal = self.llm.propose(agent_type, number, upstream=dict(upstream) or None, budget=budget)
-        task = None
         try:
-            task = await self.client.create_task(self.project_id, agent_type, f"{feature_title}: {agent_type}",
-                                                 {"round": number, "feature": feature_title})
-            result = await agent.execute_task(task, context=extra)
+            # execute_task makes the task; a refusal, time-out, cancellation or one send-back too
+            # many reports it cancelled (the SDK's rule for a task it made): none is left open
+            result = await agent.execute_task(title=f"{feature_title}: {agent_type}",
+                                              input_data={"round": number, "feature": feature_title}, context=extra)
         except ApprovalRejected as exc:
-            await self._abandon(task)
             return self._ended(report, "refused", f"refused by {exc.rejected_by or 'a person'}: {exc.reason} "
                                                    f"→ the round ends here")
         except ApprovalTimedOut:
-            await self._abandon(task)
             return self._ended(report, "timed out", "nobody decided in time (it failed closed) → the round ends here")
         except ApprovalCancelled as exc:
-            await self._abandon(task)
             return self._ended(report, "cancelled", f"cancelled: {exc.detail or 'by the server'} → the round ends here")
         except ModificationRequired:
-            await self._abandon(task)
             return self._ended(report, "sent back", "sent back too many times → the round ends here")
         except EmergencyStopped:
             raise
         except (HitlConnectionError, ServerError) as exc:
             return self._ended(report, "error", f"the server does not answer ({exc}) → the round ends here")
         except HitlError as exc:
-            await self._abandon(task)
             return self._ended(report, "error", f"the server refused: {exc} → the round ends here")
         report.ran.append(agent_type)
         report.tokens += result.tokens_used
@@ -458,13 +453,6 @@ class Fleet:
         elif answered.response:
             extra["plan_notes"] = answered.response
         return True
-
-    async def _abandon(self, task) -> None:
-        """The round ends before this agent's work ran: its task is reported cancelled (not failed:
-        a refusal is no error of the agent's), so no task of the demo stays open for ever."""
-        if task is not None:
-            with contextlib.suppress(HitlError):
-                await self.client.set_task_status(task.task_id, "cancelled")
 
     def _ended(self, report: RoundReport, how: str, text: str) -> None:
         """The round ends at this step (logged); None, for ``return self._ended(...)``."""

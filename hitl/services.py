@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
-from core.sweeps import timeout_warnings_due
+from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -122,7 +122,7 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
             project=uow.project, task=task, request_type=request_type, question=question, options=options,
             context=context, asked_by=asker, timeout_minutes=timeout_minutes,
             expires_at=now + timedelta(minutes=timeout_minutes),
-            warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5,
+            warn_at=warn_at_for(now, timeout_minutes),
             history=[_history_entry(Status.PENDING, asker, now, f"{request_type} asked")])
         uow.enter_stage("hitl")
         req.save(force_insert=True)
@@ -267,8 +267,7 @@ def hitl_request_warn(*, request_id, now=None) -> bool:
     still pending). True when this call sent it."""
     now = now or timezone.now()
     with request_uow(request_id, gate=False) as (uow, req):
-        if req.status != Status.PENDING or req.timeout_warning_sent_at is not None or req.warn_at is None \
-                or req.warn_at > now or req.expires_at <= now:
+        if not timeout_warning_due(req, now):
             return False
         req.timeout_warning_sent_at = now
         req.save(update_fields=["timeout_warning_sent_at", "updated_at"])

@@ -23,7 +23,7 @@ from recovery.selectors import open_work_a_stop_cancels
 from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
-OPEN = (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS)
+OPEN = RecoverySession.OPEN_STATUSES
 
 
 def _refusal(err: DomainError) -> str:
@@ -90,7 +90,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
     def walkthrough_context(self, request, session: RecoverySession) -> dict:
         steps = list(session.steps.select_related("approved_by").order_by("order"))
         is_open = session.status in OPEN
-        next_step = next((s for s in steps if s.status == RecoveryStep.Status.PENDING), None) if is_open else None
+        next_step = session.current_step(steps)
         user = request.user
         if not is_open:
             why_not = f"This recovery is {session.get_status_display().lower()}: nothing left to decide."

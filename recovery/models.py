@@ -18,6 +18,8 @@ class RecoverySession(BaseModel):
         COMPLETED = "completed"
         FAILED = "failed"
 
+    OPEN_STATUSES = (Status.WAITING_APPROVAL, Status.IN_PROGRESS)
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="recovery_sessions")
     emergency_stop = models.ForeignKey("emergency.EmergencyStop", on_delete=models.PROTECT,
@@ -39,6 +41,14 @@ class RecoverySession(BaseModel):
 
     def __str__(self):
         return f"recovery of {self.project} ({self.status})"
+
+    def current_step(self, steps=None) -> "RecoveryStep | None":
+        """The step a person decides next: the first pending one while the session is open, else
+        None. ``steps``: the session's steps in order, when the caller has read them already."""
+        if self.status not in self.OPEN_STATUSES:
+            return None
+        steps = self.steps.order_by("order") if steps is None else steps
+        return next((s for s in steps if s.status == RecoveryStep.Status.PENDING), None)
 
 
 class RecoveryStep(BaseModel):

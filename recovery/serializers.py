@@ -32,9 +32,7 @@ class RecoverySessionOutputSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(RecoveryStepOutputSerializer(allow_null=True))
     def get_current_step(self, session) -> dict | None:
-        if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
-            return None
-        step = next((s for s in self._steps(session) if s.status == RecoveryStep.Status.PENDING), None)
+        step = session.current_step(self._steps(session))
         return RecoveryStepOutputSerializer(step).data if step else None
 
     @staticmethod

@@ -41,7 +41,7 @@ from recovery.services import STEPS, recovery_start, recovery_step_respond
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
 ALERT_HISTORY = 20
-OPEN_RECOVERY = (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS)
+OPEN_RECOVERY = RecoverySession.OPEN_STATUSES
 
 SEVERITY_HELP = {severity: f"{severity.label}: {meaning}" for severity, meaning in SEVERITY_MEANINGS.items()}
 # The assessment is read at the recovery's start; on this page the live sections say so.
@@ -309,7 +309,7 @@ def _step_view(step: RecoveryStep, next_step) -> dict:
 def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
     steps = list(session.steps.select_related("approved_by").order_by("order"))
     open_ = session.status in OPEN_RECOVERY
-    next_step = next((s for s in steps if s.status == RecoveryStep.Status.PENDING), None) if open_ else None
+    next_step = session.current_step(steps)
     user = request.user
     return {
         "session": session, "project": session.project, "stop": session.emergency_stop,

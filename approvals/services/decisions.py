@@ -24,7 +24,7 @@ from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, TransitionError
-from core.sweeps import timeout_warnings_due
+from core.sweeps import timeout_warning_due, timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
 from events.services import event_emit
@@ -237,8 +237,7 @@ def agent_approval_warn(*, approval_id, now=None) -> bool:
     project_id = AgentCallApproval.objects.values_list("project_id", flat=True).get(pk=approval_id)
     with project_uow(project_id) as uow:
         approval = uow.lock("approval", AgentCallApproval.objects, pk=approval_id)
-        if approval.status != Status.PENDING or approval.timeout_warning_sent_at is not None \
-                or approval.warn_at > now or approval.expires_at <= now:
+        if not timeout_warning_due(approval, now):
             return False
         approval.timeout_warning_sent_at = now
         approval.save(update_fields=["timeout_warning_sent_at", "updated_at"])

@@ -18,6 +18,7 @@ from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, BudgetCritical, budget_admit, budget_remaining
 from core import rawrows
 from core.errors import EmergencyStopActive, InvalidInput, NotFoundError, TransitionError
+from core.sweeps import warn_at_for
 from core.uow import retry_transient
 from emergency.models import Condition, Severity
 from emergency.services import emergency_settings_for, emergency_stop_trigger
@@ -73,7 +74,7 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
             input_data=input_data, context_summary=context_summary, model=model, estimated_tokens=tokens,
             estimated_cost=cost, risk_assessment=risk, timeout_minutes=timeout_minutes, requested_by=requester,
             expires_at=now + timedelta(minutes=timeout_minutes),
-            warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5, budget_state=BudgetState.BLOCKED,
+            warn_at=warn_at_for(now, timeout_minutes), budget_state=BudgetState.BLOCKED,
         )
         uow.enter_stage("approval")
         if not rawrows.insert(approval, skip_if_duplicate=True):  # the one pending call per task

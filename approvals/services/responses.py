@@ -29,7 +29,7 @@ from budgets.services import budget_settle
 from core import rawrows
 from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.request_cache import memo
-from core.sweeps import timeout_warnings_due
+from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -162,7 +162,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
                 tokens_used=tokens_used, actual_cost=Decimal(actual_cost), submitted_by=submitter,
                 modification_round=sum(1 for _, s in earlier if s == Status.REQUIRES_MODIFICATION),
                 timeout_minutes=timeout_minutes, expires_at=now + timedelta(minutes=timeout_minutes),
-                warn_at=now + timedelta(minutes=timeout_minutes) * 4 / 5)
+                warn_at=warn_at_for(now, timeout_minutes))
             if not rawrows.insert(response, skip_if_duplicate=True):  # one pending response per call
                 raise TransitionError("This call already has a pending response.", current_status=Status.PENDING)
             task_move(task=call.task, to=Task.Status.WAITING_FOR_HITL)
@@ -340,8 +340,7 @@ def response_approval_warn(*, approval_id, now=None) -> bool:
         return False
     with project_uow(project_id, shared=True) as uow:
         response = _response_uow_lock(uow, approval_id)
-        if response.status != Status.PENDING or response.timeout_warning_sent_at is not None \
-                or response.warn_at is None or response.warn_at > now or response.expires_at <= now:
+        if not timeout_warning_due(response, now):
             return False
         response.timeout_warning_sent_at = now
         response.save(update_fields=["timeout_warning_sent_at", "updated_at"])

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from demo.fleet import FLEET_MARK, Fleet
 from demo.llm import AGENT_ORDER, DemoLLM
 from demo.tests.conftest import FAST_RETRY
-from hitl_sdk import Conflict, HitlClient, HitlError
+from hitl_sdk import Conflict, HitlClient, HitlError, NotFound
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -262,7 +262,7 @@ def test_refusals_and_send_backs_are_logged_and_the_fleet_goes_on(world):
 def _page(client, project_id, page):
     try:
         return client.list_approvals(project_id, page=page).results
-    except HitlError:  # past the last page (404)
+    except NotFound:  # past the last page
         return []
 
 
