@@ -202,12 +202,14 @@ class BudgetOverrideRespondApi(APIView):
     @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
                    responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409)})
     def post(self, request, override_id):
-        """Approve or reject (with a reason). Above the manager threshold only a manager approves
+        """Approve or reject (`reason` optional). Above the manager threshold only a manager approves
         (403 for a reviewer); nobody decides an override they requested."""
         override = get_or_404(overrides_visible_to(request.user), override_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
-        override = services.budget_override_respond(override_id=override.pk, actor=request.user, **s.validated_data)
+        # API.md makes the reason optional here (the reviewers' pages ask for one)
+        override = services.budget_override_respond(override_id=override.pk, actor=request.user,
+                                                    reason_required=False, **s.validated_data)
         return Response(BudgetOverrideOutputSerializer(override).data)
 
 
@@ -276,7 +278,7 @@ class ResponseApprovalRespondApi(APIView):
     @extend_schema(operation_id="response_approvals_respond", request=InputSerializer,
                    responses={200: ResponseApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
     def post(self, request, approval_id):
-        """Approve, reject (with a `reason`) or ask for modifications (`modifications_required`:
+        """Approve, reject (`reason` optional, as API.md has it) or ask for modifications (`modifications_required`:
         text or JSON saying what must change; the agent redoes the work under a new call approval,
         at most HITL_RESPONSE_MAX_MODIFICATION_ROUNDS times per task), as a reviewer who did not
         submit it. Exactly one decision wins (409); after `expires_at` it times out (410)."""
@@ -287,7 +289,7 @@ class ResponseApprovalRespondApi(APIView):
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         response = services.response_approval_decide(approval_id=response.pk, decider=request.user,
-                                                     **s.validated_data)
+                                                     reason_required=False, **s.validated_data)
         return Response(ResponseApprovalOutputSerializer(response).data)
 
 

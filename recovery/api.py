@@ -36,13 +36,13 @@ class RecoveryStepRespondApi(APIView):
     @extend_schema(operation_id="recovery_step_respond", request=InputSerializer,
                    responses={200: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)})
     def post(self, request, session_id, step_id):
-        """Approve (which runs it) or reject (with a reason) the next step of a recovery.
+        """Approve (which runs it) or reject (`reason` optional) the next step of a recovery.
         Steps run in order; a rejected or failed step fails the session and the stop stays."""
         session = get_or_404(_sessions(request.user), session_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         session = recovery_step_respond(session_id=session.pk, step_id=parse_uuid(step_id), actor=request.user,
-                                        **s.validated_data)
+                                        reason_required=False, **s.validated_data)
         return Response(RecoverySessionOutputSerializer(session).data)
 
 

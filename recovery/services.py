@@ -211,12 +211,13 @@ def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
 
 @retry_transient
 def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: str = "",
-                          option: str = "") -> RecoverySession:
-    """Approve (and so run) or reject the next step. Steps run strictly in order; a rejected or
-    failed step fails the session and the stop stays; the last step lifts the stop."""
+                          option: str = "", reason_required: bool = True) -> RecoverySession:
+    """Approve (and so run) or reject the next step (with a reason unless ``reason_required`` is
+    False, as through the API). Steps run strictly in order; a rejected or failed step fails the
+    session and the stop stays; the last step lifts the stop."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
-    if decision == "reject" and not reason.strip():
+    if decision == "reject" and not reason.strip() and reason_required:
         raise InvalidInput(fields={"reason": ["Rejecting a step needs a reason."]})
     project_id = RecoverySession.objects.filter(pk=session_id).values_list("project_id", flat=True).first()
     if project_id is None:

@@ -16,9 +16,11 @@ from projects.uow import project_uow
 
 
 @retry_transient
-def budget_override_respond(*, override_id, actor, decision: str, reason: str = "") -> BudgetOverrideRequest:
+def budget_override_respond(*, override_id, actor, decision: str, reason: str = "",
+                            reason_required: bool = True) -> BudgetOverrideRequest:
     """Approve (raising the allowance of that window, then admitting its blocked calls again:
-    each is reserved, or stays blocked with the reason) or reject (rejecting its blocked calls).
+    each is reserved, or stays blocked with the reason) or reject (rejecting its blocked calls;
+    with a reason unless ``reason_required`` is False, as through the API).
     One unit of work, locks in LOCK_ORDER: project, the calls' tasks, the calls, the override,
     the windows."""
     project_id = BudgetOverrideRequest.objects.filter(pk=override_id).values_list("project_id", flat=True).first()
@@ -28,14 +30,14 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
         calls = _lock_calls(uow, AgentCallApproval.objects.filter(budget_override_id=override_id,
                                                                  status=Status.PENDING))
         override = override_decide_locked(uow=uow, override_id=override_id, actor=actor, decision=decision,
-                                          reason=reason)
+                                          reason=reason, reason_required=reason_required)
         now = timezone.now()
         for call in calls:
             if call.budget_state != BudgetState.BLOCKED:
                 continue
             if override.status == BudgetOverrideRequest.Status.REJECTED:
                 close_call(uow, call, actor=actor, to=Status.REJECTED, now=now,
-                           reason=f"Budget override rejected: {override.rejection_reason}",
+                           reason=f"Budget override rejected{': ' + override.rejection_reason if override.rejection_reason else '.'}",
                            event_type="agent_approval_decided", action="agent_approval.reject_budget")
                 continue
             _readmit(uow, call, actor, now)

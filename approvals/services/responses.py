@@ -254,15 +254,16 @@ def _refuse_unless_started(call: AgentCallApproval) -> None:
 
 @retry_transient
 def response_approval_decide(*, approval_id, decider, decision: str, reason: str = "",
-                             modifications_required=None) -> ResponseApproval:
-    """A reviewer (not the submitter) approves, rejects (reason required) or asks for
+                             modifications_required=None, reason_required: bool = True) -> ResponseApproval:
+    """A reviewer (not the submitter) approves, rejects (with a reason unless ``reason_required``
+    is False: the API, where API.md makes it optional; the reviewers' pages ask for one) or asks for
     modifications (``modifications_required`` required; the task goes back to pending and the
     agent redoes the work under a new call approval, at most HITL_RESPONSE_MAX_MODIFICATION_ROUNDS
     times per task). Exactly one decision wins (409); after ``expires_at`` it times out (410)."""
     if decision not in ("approve", "reject", "requires_modification"):
         raise InvalidInput(fields={"decision": ["Must be approve, reject or requires_modification."]})
     reason = (reason or "").strip()
-    if decision == "reject" and not reason:
+    if decision == "reject" and not reason and reason_required:
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
     if decision == "requires_modification" and not _says_something(modifications_required):
         raise InvalidInput(fields={"modifications_required": ["Say what must change (text, or a non-empty list "

@@ -246,11 +246,28 @@ def test_the_submitter_cannot_decide_its_own_output(project, make_user, client_f
     assert respond(rev, response["approval_id"], decision="approve").status_code == 200
 
 
-def test_reject_needs_a_reason_and_exactly_one_decision_wins(started, agent_client, reviewer_client, manager,
-                                                             client_for, task):
+def test_reject_through_the_api_without_a_reason(started, agent_client, reviewer_client, task):
+    """API.md marks `reason?` optional on a response's decision (unlike a call's, where reject
+    needs one); the reviewers' pages still ask for one."""
     response = submit(agent_client, started()).json()
     r = respond(reviewer_client, response["approval_id"], decision="reject")
-    assert r.status_code == 400 and "reason" in r.json()["fields"]
+    assert r.status_code == 200, r.content
+    assert r.json()["status"] == "rejected" and r.json()["rejection_reason"] == ""
+    assert reviewer_client.get(f"/api/v1/response-approvals/{response['approval_id']}").json()["status"] == "rejected"
+
+
+def test_a_reviewer_page_still_needs_a_reason_to_reject(started, agent_client, reviewer, task):
+    from approvals.services import response_approval_decide
+    from core.errors import InvalidInput
+    response = submit(agent_client, started()).json()
+    with pytest.raises(InvalidInput):
+        response_approval_decide(approval_id=response["approval_id"], decider=reviewer, decision="reject")
+    assert ResponseApproval.objects.get(pk=response["approval_id"]).status == "pending"
+
+
+def test_reject_with_a_reason_and_exactly_one_decision_wins(started, agent_client, reviewer_client, manager,
+                                                            client_for, task):
+    response = submit(agent_client, started()).json()
     r = respond(reviewer_client, response["approval_id"], decision="reject", reason="Wrong component")
     assert r.status_code == 200 and r.json()["rejection_reason"] == "Wrong component"
     second = respond(client_for(manager), response["approval_id"], decision="approve")

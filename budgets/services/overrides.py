@@ -55,13 +55,15 @@ def budget_override_create(*, project_id, actor, violation_type: str, requested_
                                       justification=justification, actor=actor)
 
 
-def override_decide_locked(*, uow, override_id, actor, decision: str, reason: str = "") -> BudgetOverrideRequest:
+def override_decide_locked(*, uow, override_id, actor, decision: str, reason: str = "",
+                           reason_required: bool = True) -> BudgetOverrideRequest:
     """Decide a pending override inside the caller's unit of work (stage "override"): approve
-    (raising the allowance of its window only) or reject. A reviewer may approve up to the
+    (raising the allowance of its window only) or reject (with a reason unless
+    ``reason_required`` is False, as through the API). A reviewer may approve up to the
     manager threshold, above it only a manager; nobody approves an override they requested."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
-    if decision == "reject" and not (reason or "").strip():
+    if decision == "reject" and not (reason or "").strip() and reason_required:
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
     project = uow.project
     override = uow.lock("override", BudgetOverrideRequest.objects, pk=override_id, project=project)

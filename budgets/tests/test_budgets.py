@@ -146,6 +146,18 @@ def test_rejecting_the_override_rejects_the_blocked_call(project, agent, reviewe
     assert blocked.status == "rejected" and "too big" in blocked.rejection_reason
 
 
+def test_an_override_rejected_through_the_api_without_a_reason(project, agent, reviewer, client_for):
+    """API.md marks `reason?` optional on an override's decision; its blocked call is rejected too."""
+    limits(project, daily_token_limit=1000)
+    blocked = call(project, agent, tokens=1500)
+    r = client_for(reviewer).post(f"/api/v1/budget-overrides/{blocked.budget_override_id}/respond",
+                                  {"decision": "reject"}, format="json")
+    assert r.status_code == 200, r.content
+    assert r.json()["status"] == "rejected" and r.json()["rejection_reason"] == ""
+    blocked.refresh_from_db()
+    assert blocked.status == "rejected" and blocked.rejection_reason == "Budget override rejected."
+
+
 def test_override_manager_rule_and_self_approval(project, agent, reviewer, manager, client_for):
     def override(amount, who=agent):
         r = client_for(who).post("/api/v1/budget-overrides", {

@@ -77,7 +77,6 @@ def test_a_full_session_walks_every_step_to_an_active_project(stopped, project, 
 def test_a_rejected_step_fails_the_session_and_the_stop_stays(stopped, project, manager, reviewer, client_for):
     session = start(client_for(manager), project).json()
     first = session["recovery_plan"]["steps"][0]
-    assert step(client_for(reviewer), session, first["step_id"], decision="reject").status_code == 400  # reason
     r = step(client_for(reviewer), session, first["step_id"], decision="reject", reason="not convinced")
     assert r.status_code == 200 and r.json()["status"] == "failed"
     assert r.json()["current_step"] is None  # a failed session waits for nobody
@@ -87,6 +86,18 @@ def test_a_rejected_step_fails_the_session_and_the_stop_stays(stopped, project, 
     second = session["recovery_plan"]["steps"][1]
     assert step(client_for(reviewer), session, second["step_id"], decision="approve").status_code == 409
     assert start(client_for(manager), project).status_code == 201  # a new session may begin
+
+
+def test_a_step_rejected_through_the_api_without_a_reason(stopped, project, manager, reviewer, client_for):
+    """API.md marks `reason?` optional; the rejection still fails the session and keeps the stop."""
+    session = start(client_for(manager), project).json()
+    first = session["recovery_plan"]["steps"][0]
+    r = step(client_for(reviewer), session, first["step_id"], decision="reject")
+    assert r.status_code == 200, r.content
+    assert r.json()["status"] == "failed"
+    assert r.json()["recovery_plan"]["steps"][0]["status"] == "rejected"
+    assert r.json()["recovery_plan"]["steps"][0]["reason"] == ""
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
 
 
 def test_a_step_cannot_run_before_the_one_before_it(stopped, project, manager, reviewer, client_for):
