@@ -61,14 +61,15 @@ class BrowserSession:
             executable_path=chromium_executable(),
             args=["--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check"])
 
-    def new_context(self, server):
-        """A fresh browser profile (its own cookies) on ``server``; pages wait up to WAIT_MS."""
+    def new_context(self, server, **options):
+        """A fresh browser profile (its own cookies) on ``server``; pages wait up to WAIT_MS.
+        ``options`` go to Playwright's new_context (a phone: ``viewport``, ``has_touch``, ``is_mobile``)."""
         if self.browser is None:
             self._launch()
         if server not in self.servers:
             self.servers.append(server)
-        context = self.browser.new_context(base_url=f"http://127.0.0.1:{server.port}",
-                                           viewport={"width": 1280, "height": 900})
+        context = self.browser.new_context(**{"base_url": f"http://127.0.0.1:{server.port}",
+                                              "viewport": {"width": 1280, "height": 900}, **options})
         context.set_default_timeout(WAIT_MS)
         context.set_default_navigation_timeout(WAIT_MS)
         self.contexts.append(context)

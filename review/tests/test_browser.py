@@ -334,3 +334,86 @@ def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chro
     expect(status).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
     expect(status).to_contain_text("Signed out: reload to sign in")
     assert inbox.evaluate("() => window.hitlLive.socket") is None  # and it does not reconnect
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def _page_width(page) -> int:
+    return page.evaluate("() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+
+
+def test_the_pages_fit_a_phone_and_wide_tables_scroll_inside_their_card(
+        serve, chromium, project, agent, reviewers, make_user):  # noqa: F811
+    """At 390 px no page is wider than the screen: a table wider than its card scrolls inside it."""
+    from decimal import Decimal
+
+    from approvals.services import agent_approval_request
+    from budgets.models import BudgetAlert, ProjectBudget
+    from projects.services import task_create
+
+    rita, _ = reviewers
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
+    for n in range(3):  # tasks with long titles, calls in the inbox, a budget alert (85 % of the day)
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder",
+                           title=f"Refactor_the_invoice_export_pipeline_to_stream_rows_{n}_" + "x" * 40)
+        agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                               proposed_action=f"Write the CSV exporter part {n}", input_data={"n": n},
+                               estimated_tokens=12345, estimated_cost=Decimal("2.8333"))
+    assert BudgetAlert.objects.filter(project=project).exists()
+    server = serve()
+
+    page = log_in(chromium.new_context(server, viewport=PHONE), rita.username)
+    for path, rows in (("/review/", "#inbox-list > .item"),
+                       (f"/review/projects/{project.pk}", "main table tbody tr"),
+                       ("/review/projects/", "#project-list tbody tr"),
+                       ("/review/audit/", ".pp-audit tbody tr")):
+        page.goto(path)
+        wait_live(page)
+        expect(page.locator(rows).first).to_be_visible()  # with data in them
+        assert _page_width(page) <= 390, (path, _page_width(page))
+        for box in page.locator(".table-scroll").all():  # each table's card stays on the screen
+            width = box.evaluate("el => el.getBoundingClientRect().right")
+            assert width <= 390, (path, width)
+    # the project page's task table is wider than a phone: it scrolls inside its card
+    tasks = page.locator(".table-scroll", has=page.locator("th", has_text="Created"))
+    page.goto(f"/review/projects/{project.pk}")
+    assert tasks.evaluate("el => el.scrollWidth > el.clientWidth && getComputedStyle(el).overflowX === 'auto'")
+    calls = page.locator("#inbox-list .item-link")
+    page.goto("/review/")
+    href = calls.first.get_attribute("href")
+    page.goto(href)
+    wait_live(page)
+    assert _page_width(page) <= 390, (href, _page_width(page))
+    assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_keyboard_hints_show_with_a_keyboard_and_not_on_a_touch_screen(serve, chromium, project, agent, reviewers):  # noqa: F811
+    from decimal import Decimal
+
+    from approvals.services import agent_approval_request
+    from projects.services import task_create
+
+    rita, _ = reviewers
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Touch")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="Write the touch test", input_data={},
+                                  estimated_tokens=100, estimated_cost=Decimal("0.0100"))
+    server = serve()
+
+    desktop = log_in(chromium.new_context(server), rita.username)
+    phone = log_in(chromium.new_context(server, viewport=PHONE, has_touch=True, is_mobile=True), rita.username)
+    assert phone.evaluate("() => matchMedia('(pointer: coarse)').matches || matchMedia('(hover: none)').matches")
+    assert not desktop.evaluate("() => matchMedia('(pointer: coarse)').matches")
+    for page, shown in ((phone, False), (desktop, True)):
+        keys = page.locator("#inbox-keys")
+        expect(keys).to_be_visible() if shown else expect(keys).to_be_hidden()
+        expect(page.locator("main .hint")).to_contain_text("The list updates live.")  # what is not about keys stays
+        page.goto(f"/review/agent-approvals/{call.pk}")
+        wait_live(page)
+        for hint in (page.locator(".page-head .hint"), page.locator("#btn-approve kbd"),
+                     page.locator("#reject-help .kbd-hint")):
+            expect(hint).to_be_visible() if shown else expect(hint).to_be_hidden()
+        expect(page.locator("#btn-approve")).to_be_visible()
+        expect(page.locator("#reject-help")).to_contain_text("The agent sees this reason.")
+    assert "Traceback" not in full_log(server), full_log(server)

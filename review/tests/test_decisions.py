@@ -24,6 +24,7 @@ from audit.models import AuditEvent
 from budgets.models import ProjectBudget
 from emergency.services import emergency_stop_trigger
 from projects.services import task_create
+from review.templatetags.review_format import money_text
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -224,7 +225,8 @@ def test_a_budget_blocked_call_cannot_be_approved_and_says_why(project, agent, r
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
     blocked = make_call(project, agent, cost="2.5000")
     html = web(reviewer).get(page(blocked)).content.decode()
-    assert "blocked by budget" in html and escape(blocked.budget_blocked_reason) in html
+    assert "blocked by budget" in html and escape(money_text(blocked.budget_blocked_reason)) in html
+    assert "limit by $0.5000: approving budget override" in html  # its money as money
     assert f"#override-{blocked.budget_override_id}" in html
     assert re.search(r'id="btn-approve"[^>]*disabled', html)
     assert not re.search(r'id="btn-reject"[^>]*disabled', html)

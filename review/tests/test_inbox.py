@@ -17,6 +17,7 @@ from projects.services import task_create
 from recovery.presentation import step_title
 from recovery.services import recovery_start
 from review.selectors import inbox_items, reviewer_metrics
+from review.templatetags.review_format import money_text
 
 pytestmark = pytest.mark.django_db
 
@@ -89,7 +90,8 @@ def test_a_call_blocked_by_its_budget_says_so_and_links_its_override(project, ag
     assert blocked.budget_state == "blocked" and blocked.budget_override_id
     html = web(reviewer).get("/review/").content.decode()
     assert "blocked by budget" in html
-    assert blocked.budget_blocked_reason and escape(blocked.budget_blocked_reason) in html
+    assert blocked.budget_blocked_reason and escape(money_text(blocked.budget_blocked_reason)) in html
+    assert "limit by $0.5000: approving budget override" in html  # its money as money
     assert f'href="/review/#override-{blocked.budget_override_id}"' in html
     assert f'id="override-{blocked.budget_override_id}"' in html  # the override is in the inbox too
 

@@ -105,8 +105,8 @@ def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, age
     assert html.count("<meter") == 4  # tokens and cost, today and this month
     for label in ("Tokens today", "Cost today", "Tokens this month", "Cost this month"):
         assert label in html
-    assert "8.5000 of 10.0000 USD" in html and "(85 %)" in html and "reserved 8.5000" in html
-    assert "1,234 of 100,000 tokens" in html
+    assert "$8.5000 of $10.0000" in html and "(85 %)" in html and "reserved $8.5000" in html  # money: $, 4 places
+    assert "1,234 of 100,000 tokens" in html and "reserved 1,234 tokens" in html
     assert 'pp-tag pp-tag--warning">warning</span></td>' in html and "Cost today</td>" in html  # the alert
     assert "<strong class=\"pp-big\">1</strong>" in html  # one pending call, linked to the inbox
     assert 'href="/review/"' in html
@@ -285,7 +285,7 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
     assert "Step 1 approved and run: Review the flagged calls." in html
     assert "What it did" in html and "Approved by reviewer" in html and "looked at them" in html
     assert re.search(r"Approved by reviewer at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", html)  # times say their zone
-    assert re.search(r"recovery started by \w+\s+<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>", html)
+    assert re.search(r"recovery started by \w+\s+<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>", html)
     assert "Approve and run step 2" in html
     for step in steps[1:]:
         option = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
