@@ -21,7 +21,7 @@ from approvals.services import (
 )
 from approvals.tasks import approval_warn_due_task
 from audit.models import AuditEvent
-from core.errors import Forbidden
+from core.errors import Forbidden, InvalidInput
 from budgets.models import UsageEntry
 from emergency.services import emergency_stop_trigger
 from events.models import Event
@@ -257,8 +257,6 @@ def test_reject_through_the_api_without_a_reason(started, agent_client, reviewer
 
 
 def test_a_reviewer_page_still_needs_a_reason_to_reject(started, agent_client, reviewer, task):
-    from approvals.services import response_approval_decide
-    from core.errors import InvalidInput
     response = submit(agent_client, started()).json()
     with pytest.raises(InvalidInput):
         response_approval_decide(approval_id=response["approval_id"], decider=reviewer, decision="reject")

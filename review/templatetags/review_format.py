@@ -13,6 +13,9 @@ from django import template
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from core.times import iso_utc
+from review.selectors import duration_display  # the inbox's own words for a duration
+
 register = template.Library()
 
 NOTHING = "—"
@@ -24,7 +27,7 @@ _TOKENS_IN_TEXT = re.compile(r"(token limit by )(\d+)(?![\w.,])(?: tokens)?")
 
 
 def _decimal(value) -> Decimal | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value is None or value == "":
         return None
     try:
         number = Decimal(str(value).replace(",", "").strip())
@@ -33,14 +36,29 @@ def _decimal(value) -> Decimal | None:
     return number if number.is_finite() else None
 
 
+def _not_a_number(value) -> str:
+    """What money and tokens show for a value that is not a number: nothing, or the value as it is."""
+    return NOTHING if value is None or value == "" else str(value)
+
+
+def _utc(value):
+    """An aware UTC datetime from a datetime (aware, or naive in UTC) or an ISO-8601 string; any
+    other value comes back as it is."""
+    if isinstance(value, str):
+        value = parse_datetime(value.strip()) or value
+    if isinstance(value, datetime.datetime):
+        if timezone.is_naive(value):
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.astimezone(datetime.timezone.utc)
+    return value
+
+
 @register.filter
 def money(value) -> str:
     """``Decimal("0.0125")`` → ``$0.0125``; ``1234.5`` → ``$1,234.5000``; ``-1`` → ``-$1.0000``."""
-    if value is None or value == "":
-        return NOTHING
     number = _decimal(value)
     if number is None:
-        return str(value)
+        return _not_a_number(value)
     number = number.quantize(FOUR_PLACES, rounding=ROUND_HALF_UP)
     return f"{'-' if number < 0 else ''}${abs(number):,.4f}"
 
@@ -48,11 +66,9 @@ def money(value) -> str:
 @register.filter
 def tokens(value) -> str:
     """``12345`` → ``12,345 tokens``; ``1`` → ``1 token``."""
-    if value is None or value == "":
-        return NOTHING
     number = _decimal(value)
     if number is None:
-        return str(value)
+        return _not_a_number(value)
     count = int(number.to_integral_value(rounding=ROUND_HALF_UP))
     return f"{count:,} token{'' if count == 1 else 's'}"
 
@@ -81,15 +97,9 @@ def when(value) -> str:
     string (as the JSON columns keep them); a date as ``2026-12-05``."""
     if value is None or value == "":
         return NOTHING
-    if isinstance(value, str):
-        parsed = parse_datetime(value.strip())
-        if parsed is None:
-            return value
-        value = parsed
+    value = _utc(value)
     if isinstance(value, datetime.datetime):
-        if timezone.is_naive(value):
-            value = value.replace(tzinfo=datetime.timezone.utc)
-        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
     if isinstance(value, datetime.date):
         return value.strftime("%Y-%m-%d")
     return str(value)
@@ -99,20 +109,15 @@ def when(value) -> str:
 def iso(value) -> str:
     """The machine-readable moment for ``<time datetime>``, in UTC as the API writes it
     (``2026-12-05T14:07:33.721336Z``)."""
-    if isinstance(value, str):
-        value = parse_datetime(value.strip()) or value
+    value = _utc(value)
     if isinstance(value, datetime.datetime):
-        if timezone.is_naive(value):
-            value = value.replace(tzinfo=datetime.timezone.utc)
-        return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        return iso_utc(value)
     return "" if value is None else str(value)
 
 
 @register.filter
 def time_left(value) -> str:
     """A deadline as the inbox counts it down: ``4 min 5 s left``, ``expired``."""
-    from review.selectors import duration_display  # the inbox's own words for a duration
-
     if not isinstance(value, datetime.datetime):
         return NOTHING
     left = int((value - timezone.now()).total_seconds())
