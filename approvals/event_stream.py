@@ -22,7 +22,12 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
 
 Authentication: ``Authorization: Bearer <key>`` in the handshake (agents) or the session cookie
 (browsers); anonymous users and projects the user cannot see are refused (the handshake is closed
-before it is accepted: HTTP 403). Events are sent as API.md shows them:
+before it is accepted: HTTP 403, which says nothing of what exists). A user it lets in whose
+query is wrong (a ``project_id`` that is not a UUID, a ``last_event_id`` that is not a whole
+number or that no event has had yet) is told why: the connection is accepted, sends one
+``{"type": "error", "error": "invalid", "detail", "fields"}`` message (the API's error format)
+and is closed with code 4400; reconnecting with the same query is refused the same way. Events
+are sent as API.md shows them:
 ``{id, event_type, project_id, task_id, data, created_at}``.
 """
 from __future__ import annotations
@@ -184,6 +189,10 @@ def _text(event: dict) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
+def _invalid(field: str, message: str) -> HttpError:
+    return HttpError(400, {"error": "invalid", "detail": "Invalid input.", "fields": {field: [message]}})
+
+
 def _query(scope) -> tuple[uuid.UUID | None, int | None]:
     params = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
     project_id = last = None
@@ -191,25 +200,29 @@ def _query(scope) -> tuple[uuid.UUID | None, int | None]:
         try:
             project_id = uuid.UUID(params["project_id"][-1])
         except ValueError:
-            raise HttpError(400, {}) from None
+            raise _invalid("project_id", "Must be a valid UUID.") from None
     if params.get("last_event_id", [""])[-1]:
         try:
             last = int(params["last_event_id"][-1])
         except ValueError:
-            raise HttpError(400, {}) from None
+            last = -1
         if last < 0:
-            raise HttpError(400, {})
+            raise _invalid("last_event_id", "Must be a whole number, 0 or more: the id of the last event received.")
     return project_id, last
 
 
 @database_sync_to_async
 def _open(scope) -> tuple[object, list]:
-    """The user and the ids of the projects the stream follows (refused: HttpError)."""
+    """The user and the ids of the projects the stream follows (refused: HttpError; a 400 only
+    once the user is known to be let in)."""
     user = _authenticate(scope)
     project_id, last = _query(scope)
     ids = _visible_ids(user, project_id, refused=404)
-    if last is not None and last > (Event.objects.aggregate(last=Max("id"))["last"] or 0):
-        raise HttpError(400, {})   # an id no event has had yet: the client would silently miss everything
+    newest = Event.objects.aggregate(last=Max("id"))["last"] or 0
+    if last is not None and last > newest:  # an id no event has had yet: the client would silently miss everything
+        raise _invalid("last_event_id", f"No event has had the id {last} yet: the last one is {newest}. Connect "
+                                        f"without last_event_id (or with one you received) and keep the id of the "
+                                        f"last event each message carries.")
     return user, ids
 
 
@@ -222,7 +235,12 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             self.project_filter, last = _query(self.scope)
         except HttpError as err:
             log.info("event stream refused (%s): %s", err.status, self.scope.get("path"))
-            await self.close()
+            if err.status == 400:  # a user let in, with a wrong query: say what is wrong, then close
+                await self.accept()
+                await self.send(text_data=_text({"type": "error", **err.body}))
+                await self.close(code=4400)
+            else:
+                await self.close()
             return
         self.queue: asyncio.Queue = asyncio.Queue()
         self.resync = False

@@ -40,7 +40,9 @@ def _halt_project_work(uow, project: Project, now) -> tuple[list[str], list[str]
     work; stop every agent. Locks in LOCK_ORDER: tasks, then the hook's rows, then agent states."""
     tasks = [t.pk for t in uow.lock_many("task", Task.objects.filter(project=project, status__in=HALTED_TASK_STATUSES)
                                          .only("pk"))]
-    Task.objects.filter(pk__in=tasks).update(status=Task.Status.HALTED, updated_at=now)
+    # The hook cancels every pending question too, so none is left open about a halted task.
+    Task.objects.filter(pk__in=tasks).update(status=Task.Status.HALTED, open_questions=0, status_after_questions="",
+                                             updated_at=now)
     cancelled = [pk for ids in project_halting(uow=uow, project=project, now=now) for pk in ids]
     uow.enter_stage("agent_state")
     AgentState.objects.filter(project=project).update(status=AgentState.Status.EMERGENCY_STOPPED,

@@ -1,9 +1,11 @@
 """Every write of a question or checkpoint (hitl.HitlRequest): ask, respond, cancel, time out,
 and what an emergency stop does to them. Each runs in the project's unit of work
 (projects.uow.project_uow): the project row (shared: one request's writers queue on its own
-row, a stop waits for them all), then the request row (LOCK_ORDER stage "hitl"); the audit row
-and the outbox event are written at its end, waiting agents are woken after the commit. Every
-change of status goes through ``close_request`` and is appended to the request's history."""
+row, a stop waits for them all), then its task's row when it is about a task (stage "task": a
+pending question keeps its task waiting for a person, projects.services.task_question_asked),
+then the request row (LOCK_ORDER stage "hitl"); the audit row and the outbox event are written
+at its end, waiting agents are woken after the commit. Every change of status goes through
+``close_request`` and is appended to the request's history."""
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -22,6 +24,7 @@ from hitl.models import MAX_OPTION_LENGTH, MAX_OPTIONS, HitlRequest
 from projects import roles
 from projects.models import Task
 from projects.permissions import require_not_requester, require_project_perm
+from projects.services import task_question_asked, task_question_closed
 from projects.uow import project_uow
 
 Status = HitlRequest.Status
@@ -94,7 +97,8 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
                         context=None, timeout_minutes: int | None = None) -> HitlRequest:
     """An agent (agent role) asks a person a question or pauses at a checkpoint. Refused with
     423 while the project is stopped; a task, when given, must be one of the project's (400) and
-    not ended (completed, failed or cancelled: 409)."""
+    not ended (completed, failed or cancelled: 409); until it is closed that task waits for a
+    person (``waiting_for_hitl``), as its agent type does."""
     if request_type not in HitlRequest.RequestType.values:
         raise InvalidInput(fields={"request_type": ["Must be checkpoint or question."]})
     question = (question or "").strip()
@@ -109,7 +113,9 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
         require_project_perm(asker, roles.ACT_AS_AGENT, uow.project, "ask people questions")
         task = None
         if task_id is not None:
-            task = Task.objects.filter(pk=task_id, project=uow.project).first()  # read, not changed: no lock
+            uow.enter_stage("task")
+            task = Task.objects.select_for_update(of=("self",), no_key=True).filter(
+                pk=task_id, project=uow.project).first()
             if task is None:
                 raise InvalidInput(fields={"task_id": ["No such task in this project."]})
             # An outcome is reported under the project's exclusive lock, so this read sees it or
@@ -124,6 +130,8 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
             expires_at=now + timedelta(minutes=timeout_minutes),
             warn_at=warn_at_for(now, timeout_minutes),
             history=[_history_entry(Status.PENDING, asker, now, f"{request_type} asked")])
+        if task is not None:
+            task_question_asked(task=task)
         uow.enter_stage("hitl")
         req.save(force_insert=True)
         audit_record(actor=asker, action="hitl_request.create", obj=req,
@@ -136,21 +144,27 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
 
 # --- the unit of work of one request, and the one place that moves its status -----------------
 @contextmanager
-def request_uow(request_id, *, gate: bool):
-    """The project (shared; 423 when ``gate`` and stopped), then the request row, locked."""
-    project_id = HitlRequest.objects.filter(pk=request_id).values_list("project_id", flat=True).first()
-    if project_id is None:
+def request_uow(request_id, *, gate: bool, lock_task: bool = True):
+    """The project (shared; 423 when ``gate`` and stopped), then the request's task (when it is
+    about one and ``lock_task``: a change of status moves it), then the request row, locked."""
+    route = HitlRequest.objects.filter(pk=request_id).values_list("project_id", "task_id").first()
+    if route is None:
         raise NotFoundError("No such question or checkpoint.")
+    project_id, task_id = route
     with project_uow(project_id, gate=gate, shared=True) as uow:
+        task = uow.lock("task", Task.objects, pk=task_id) if task_id is not None and lock_task else None
         req = uow.lock("hitl", HitlRequest.objects.select_related("asked_by", "responded_by"), pk=request_id)
         req.project = uow.project
+        if task is not None:
+            req.task = task
         yield uow, req
 
 
 def close_request(req: HitlRequest, *, actor, to: str, now, note: str = "", event_type: str, action: str,
                   response: str | None = None, amended_content=None) -> None:
     """Move a locked pending request along HitlRequest.TRANSITIONS, with its history entry,
-    audit row, event and wake-up."""
+    audit row, event and wake-up; its task (``req.task``, locked by the caller) stops waiting for
+    it."""
     if to not in HitlRequest.TRANSITIONS.get(req.status, ()):
         raise TransitionError(f"The request is {req.status}.", current_status=req.status)
     before = snapshot(req)
@@ -163,6 +177,8 @@ def close_request(req: HitlRequest, *, actor, to: str, now, note: str = "", even
         fields += ["responded_by", "responded_at", "response", "amended_content"]
     req.history = [*(req.history or ()), _history_entry(to, actor, now, note)]
     req.save(update_fields=fields)
+    if req.task_id is not None:
+        task_question_closed(task=req.task)
     audit_record(actor=actor, action=action, obj=req, before=before, after=snapshot(req), reason=note)
     event_emit(project_id=req.project_id, task_id=req.task_id, event_type=event_type, data=hitl_event_data(req))
     wakeup_on_commit(hitl_group(req.pk), status=req.status)
@@ -266,7 +282,7 @@ def hitl_request_warn(*, request_id, now=None) -> bool:
     """``approval_timeout_warning`` once, when a fifth of the request's time is left (and it is
     still pending). True when this call sent it."""
     now = now or timezone.now()
-    with request_uow(request_id, gate=False) as (uow, req):
+    with request_uow(request_id, gate=False, lock_task=False) as (uow, req):
         if not timeout_warning_due(req, now):
             return False
         req.timeout_warning_sent_at = now
@@ -285,7 +301,8 @@ def hitl_request_warn_due(*, now=None) -> int:
 def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
     """emergency.hooks.project_halting: a stop cancels every pending request of the project (in
     the stop's unit of work, stage "hitl"), each with its history entry, and wakes their waiters.
-    The stop's own audit row and event list them."""
+    The stop's own audit row and event list them; the stop's halting of the tasks cleared their
+    open questions."""
     pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)))
     for req in pending:
         req.status = Status.CANCELLED
@@ -301,6 +318,7 @@ def cancel_hitl_requests_of_ended_task(*, uow, task, actor, now) -> list[str]:
     is asked about work the agent has ended."""
     pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(task=task, status=Status.PENDING)))
     for req in pending:
+        req.task = task  # the outcome's unit of work holds its lock
         close_request(req, actor=actor, to=Status.CANCELLED, now=now, note=f"its task was reported {task.status}",
                       event_type="hitl_decided", action="hitl_request.task_ended")
     return [str(req.pk) for req in pending]

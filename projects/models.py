@@ -110,6 +110,11 @@ class Task(BaseModel):
                                    related_name="+")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Questions and checkpoints about the task still pending (hitl.HitlRequest): while there are
+    # any the task waits for a person; where it goes when the last one is closed (running, or
+    # pending) is kept in status_after_questions, set by the moves they held back (task_move).
+    open_questions = models.PositiveIntegerField(default=0)
+    status_after_questions = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]

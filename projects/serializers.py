@@ -25,4 +25,4 @@ class TaskOutputSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = Task
         fields = ["task_id", "project_id", "agent_type", "title", "input_data", "status", "error", "error_kind",
-                  "created_at", "updated_at", "started_at", "finished_at"]
+                  "open_questions", "created_at", "updated_at", "started_at", "finished_at"]

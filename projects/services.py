@@ -122,8 +122,9 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
 
 def _why_not(task: Task, status: str) -> str:
     if task.status == Task.Status.WAITING_FOR_HITL:
-        return (f"The task waits for a person (a call or its output pending review), so it cannot be reported "
-                f"{status}: wait for the decision, cancel the call, or report the task failed.")
+        return (f"The task waits for a person (a call, its output or a question pending review), so it cannot "
+                f"be reported {status}: wait for the decision, cancel the call or the question, or report the "
+                f"task failed.")
     if task.status == Task.Status.HALTED:
         return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
     if task.status == Task.Status.RUNNING and status == Task.Status.CANCELLED:
@@ -220,13 +221,64 @@ def _refresh(project_id, agent_type: str, failed: bool | None) -> None:
 def task_move(*, task: Task, to: str) -> bool:
     # the caller holds the task's lock (stage "task" of its unit of work)
     """Move a locked task along its TRANSITIONS; a move it does not allow is skipped (a task
-    halted or cancelled meanwhile stays so). Returns whether it moved."""
+    halted or cancelled meanwhile stays so). Returns whether it moved.
+
+    A task with questions or checkpoints still pending (``open_questions``) keeps waiting for a
+    person: a move back to pending or running is held, and made when the last one is closed
+    (``task_question_closed``). A new wait (a call or an output sent for review) takes the task
+    over, so closing the questions then leaves it waiting for that."""
+    if to == Task.Status.WAITING_FOR_HITL and task.status_after_questions:
+        task.status_after_questions = ""
+        if task.status == to:
+            rawrows.update_fields(task, ["status_after_questions", "updated_at"])
+            return False
+    elif (task.open_questions and task.status == Task.Status.WAITING_FOR_HITL
+          and to in (Task.Status.PENDING, Task.Status.RUNNING)):
+        task.status_after_questions = to
+        fields = ["status_after_questions", "updated_at"]
+        if to == Task.Status.RUNNING and task.started_at is None:
+            task.started_at = timezone.now()
+            fields.append("started_at")
+        rawrows.update_fields(task, fields)
+        return False
     if task.status == to or to not in Task.TRANSITIONS[task.status]:
         return False
     task.status = to
     fields = ["status", "updated_at"]
+    if to == Task.Status.WAITING_FOR_HITL:
+        fields.append("status_after_questions")
     if to == Task.Status.RUNNING and task.started_at is None:
         task.started_at = timezone.now()
         fields.append("started_at")
     rawrows.update_fields(task, fields)
     return True
+
+
+def task_question_asked(*, task: Task) -> None:
+    # the caller holds the task's lock (stage "task" of its unit of work)
+    """A question or checkpoint about a locked open task: the task waits for a person until it is
+    closed (and its agent type's state with it), then goes back to where it was, or to where a
+    move held back meanwhile (task_move) would have taken it."""
+    task.open_questions += 1
+    fields = ["open_questions", "updated_at"]
+    if task.status in (Task.Status.PENDING, Task.Status.RUNNING):
+        task.status_after_questions, task.status = task.status, Task.Status.WAITING_FOR_HITL
+        fields += ["status", "status_after_questions"]
+    rawrows.update_fields(task, fields)
+    agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type)
+
+
+def task_question_closed(*, task: Task) -> None:
+    # the caller holds the task's lock (stage "task" of its unit of work)
+    """A question or checkpoint about a locked task was answered, cancelled or timed out: when it
+    was the last one, a task still waiting only for them goes back to pending or running."""
+    task.open_questions = max(task.open_questions - 1, 0)
+    fields = ["open_questions", "updated_at"]
+    if not task.open_questions and task.status_after_questions:
+        if task.status == Task.Status.WAITING_FOR_HITL:
+            task.status = task.status_after_questions
+            fields.append("status")
+        task.status_after_questions = ""
+        fields.append("status_after_questions")
+    rawrows.update_fields(task, fields)
+    agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type)

@@ -262,13 +262,8 @@ def test_a_call_over_the_budget_needs_an_override(world, bot):
 
 def test_ask_human_gets_the_persons_answer(world, bot):
     agent, reviewer = world.client("agent"), world.client("reviewer")
-    from hitl_sdk import NotFound
-
-    try:
-        probe = agent.create_hitl(world.project_id, "question", "Which database should we use?",
-                                  options=["PostgreSQL", "SQLite"])
-    except NotFound:
-        pytest.skip("/api/v1/hitl is not built on this server yet")
+    probe = agent.create_hitl(world.project_id, "question", "Which database should we use?",
+                              options=["PostgreSQL", "SQLite"])
     threading.Timer(0.5, lambda: reviewer.respond_hitl(probe.id, "approve", response="PostgreSQL")).start()
     answered = agent.wait_for_hitl(probe.id, timeout=20)
     assert answered.status == "approved" and answered.answer == "PostgreSQL"
@@ -280,3 +275,32 @@ def test_ask_human_gets_the_persons_answer(world, bot):
     threading.Timer(1.0, refuse).start()
     with pytest.raises(ApprovalRejected):
         agent.checkpoint(world.project_id, "The plan is ready, go on?", wait_timeout=20)
+
+
+def test_a_question_about_a_task_keeps_it_waiting_for_hitl_until_answered(world, bot):
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    task = agent.create_task(world.project_id, "coder", "Pick the database")
+    asked = agent.create_hitl(world.project_id, "question", "PostgreSQL or SQLite?", task_id=task.task_id)
+    waiting = agent.get_task(task.task_id)
+    assert waiting.status == "waiting_for_hitl" and waiting.open_questions == 1
+    reviewer.respond_hitl(asked.id, "approve", response="PostgreSQL")
+    back = agent.get_task(task.task_id)
+    assert back.status == "pending" and back.open_questions == 0
+
+
+def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_every_event(world, bot):
+    from hitl_sdk import BadRequest
+
+    agent = world.client("agent")
+    start = agent.list_events(world.project_id).last_event_id
+    asked = agent.create_hitl(world.project_id, "question", "Which queue should we use?")
+    stream = agent.events(world.project_id, last_event_id=start)
+    try:
+        first = next(stream)
+    finally:
+        stream.close()
+    assert first.event_type == "hitl_requested" and first.data["hitl_request_id"] == asked.id
+    with pytest.raises(BadRequest) as refused:  # not retried for ever: the server said why
+        next(agent.events(world.project_id, last_event_id=first.id + 10**9))
+    assert refused.value.status == 400 and "last_event_id" in refused.value.fields
+    assert f"No event has had the id {first.id + 10**9} yet" in str(refused.value)

@@ -65,9 +65,9 @@ def test_anonymous_and_outsiders_are_refused(project, keys):
         outsider = communicator(f"/ws/events/?project_id={project.pk}", keys["outsider"])
         connected, _ = await outsider.connect()
         assert not connected
-        bad = communicator("/ws/events/?last_event_id=-3", keys["agent"])
-        connected, _ = await bad.connect()
-        assert not connected
+        # Without a valid key a malformed query is not looked at: the handshake is refused first.
+        anonymous_bad = communicator("/ws/events/?last_event_id=-3")
+        assert not (await anonymous_bad.connect())[0]
         wrong_key = communicator("/ws/events/", "hitl_nope_" + "x" * 30)
         connected, _ = await wrong_key.connect()
         assert not connected
@@ -229,13 +229,35 @@ def test_a_push_through_redis_reaches_a_socket_on_another_server_process(serve, 
         assert time.monotonic() - started < 10, server.log()
 
 
+async def told_invalid(comm):
+    """Connected, then one error message in the API's format, then closed with 4400: the fields."""
+    connected, _ = await comm.connect()
+    assert connected
+    message = json.loads(await comm.receive_from(timeout=5))
+    assert message["type"] == "error" and message["error"] == "invalid", message
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
+    return message["fields"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("last_event_id=-3", "last_event_id"),
+    ("last_event_id=abc", "last_event_id"),
+    ("project_id=not-a-uuid", "project_id"),
+])
+def test_a_malformed_query_is_told_what_is_wrong_and_closed_with_4400(project, keys, query, field):
+    async def run():
+        fields = await told_invalid(communicator(f"/ws/events/?{query}", keys["agent"]))
+        assert list(fields) == [field] and fields[field][0]
+    async_to_sync(run)()
+
+
 def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
     ids = emit(project, 1)
 
     async def run():
         comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1] + 10**9}", keys["agent"])
-        connected, _ = await comm.connect()
-        assert not connected
+        fields = await told_invalid(comm)
+        assert f"the last one is {ids[-1]}" in fields["last_event_id"][0]
         ok = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1]}", keys["agent"])
         assert (await ok.connect())[0]
         await ok.disconnect()

@@ -99,3 +99,49 @@ def test_a_question_asked_as_its_task_ends_is_refused_or_cancelled(project, agen
     assert not HitlRequest.objects.filter(task__in=tasks, status="pending").exists()
     assert HitlRequest.objects.filter(task__in=tasks, status="cancelled").count() == outcomes["asked"]
     assert audit_verify() == []
+
+
+def test_questions_asked_and_answered_at_once_leave_their_task_where_the_work_was(project, agent, make_user):
+    """Eight agents' questions about one task, asked at once, then answered at once by eight
+    reviewers while its call is decided: the task counts every one and goes back to pending
+    only after the last, never early and never stuck waiting."""
+    from approvals.services import agent_approval_decide, agent_approval_request
+    from projects.models import Task
+    from projects.services import task_create
+
+    reviewers = [make_user(f"rev{i}", role="reviewer", project=project) for i in range(9)]
+    askers = [agent] + [make_user(f"agent{i}", role="agent", project=project) for i in range(7)]
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Implement the form")
+    errors, asked = [], []
+
+    def together(works):
+        barrier = threading.Barrier(len(works))
+
+        def run(work):
+            try:
+                barrier.wait(timeout=30)
+                work()
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        run_all([threading.Thread(target=run, args=(w,)) for w in works])
+        assert not errors, errors
+
+    together([lambda a=a: asked.append(hitl_request_create(
+        asker=a, project_id=project.pk, request_type="question", question="Which way?", task_id=task.pk))
+        for a in askers])
+    row = Task.objects.get(pk=task.pk)
+    assert row.status == "waiting_for_hitl" and row.open_questions == 8
+
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="Write the form", input_data={"f": 1}, model="gpt-4o-mini")
+    together([lambda r=r, q=q: hitl_request_respond(request_id=q.pk, responder=r, action="approve")
+              for r, q in zip(reviewers, asked)]
+             + [lambda: agent_approval_decide(approval_id=call.pk, decider=reviewers[8], decision="reject",
+                                              reason="not now")])
+    row = Task.objects.get(pk=task.pk)
+    assert (row.status, row.open_questions, row.status_after_questions) == ("pending", 0, "")
+    assert HitlRequest.objects.filter(task=task, status="approved").count() == 8
+    assert audit_verify() == []

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Dict, Optional, Sequence, Union
 import httpx
 
 from . import _common as c
-from ._common import RetryPolicy, WSRefused, _AsyncWS, _asleep
+from ._common import RetryPolicy, StreamRefused, WSRefused, _AsyncWS, _asleep
 from .errors import HitlConnectionError, HitlError, ServerError, WaitTimeout, error_from_response
 from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
                      HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task)
@@ -324,7 +324,9 @@ class AsyncHitlClient:
     async def events(self, project_id: Optional[str] = None,
                      last_event_id: Optional[int] = None) -> AsyncIterator[Event]:
         """The project's events over the websocket, forever: replays after ``last_event_id``, then
-        live; reconnects with backoff and the last id seen, so none is lost or repeated."""
+        live; reconnects with backoff and the last id seen, so none is lost or repeated. A query
+        the server refuses (a ``last_event_id`` no event has had, after a database restore say)
+        raises BadRequest with its ``fields``; a refused handshake raises HitlError."""
         failures = 0
         while True:
             try:
@@ -344,6 +346,8 @@ class AsyncHitlClient:
                     if message is not None:
                         last_event_id = int(message["id"])
                         yield Event.from_api(message)
+            except StreamRefused as refused:
+                raise refused.error from None
             except Exception:  # noqa: BLE001  (dropped: reconnect with last_event_id)
                 failures += 1
                 await _asleep(self.retry.delay(failures))
@@ -376,6 +380,8 @@ class AsyncHitlClient:
                     last_event_id = int(message["id"])
                     if message["event_type"] == "emergency_stop_triggered":
                         return EmergencyStop.from_api(message.get("data") or {})
+            except StreamRefused as refused:
+                raise refused.error from None
             except WSRefused:
                 await _asleep(max(1.0, self.recheck_seconds / 3))  # no websocket: poll the status
             except (HitlConnectionError, ServerError):

@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired,
-                     EmergencyStopped, ModificationRequired)
+                     EmergencyStopped, HitlError, ModificationRequired, error_from_response)
 from .models import AgentApproval, HitlRequest, ResponseApproval
 
 USER_AGENT = "hitl-sdk/0.1"
@@ -92,13 +92,26 @@ def mentions(data: Any, object_id: str) -> bool:
 
 
 def parse_event(raw: Any) -> Optional[Dict[str, Any]]:
+    """An event of the stream, or None (a heartbeat); the stream's error message (a query the
+    server refused: ``{"type": "error", "error": "invalid", ...}``, then it closes with 4400)
+    raises it as BadRequest: reconnecting with the same query would be refused again."""
     try:
         message = json.loads(raw)
     except (TypeError, ValueError):
         return None
     if isinstance(message, dict) and "event_type" in message and "id" in message:
         return message
+    if isinstance(message, dict) and message.get("type") == "error":
+        raise StreamRefused(error_from_response(400, message))
     return None  # a heartbeat
+
+
+class StreamRefused(Exception):
+    """The event stream said why it closes (its ``error``): raised to the caller, not retried."""
+
+    def __init__(self, error: HitlError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def settled(kind: str, obj: Any, on_budget_block: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Dict, Optional, Sequence, Union
 import httpx
 
 from . import _common as c
-from ._common import RetryPolicy, WSRefused, _SyncWS, _sleep
+from ._common import RetryPolicy, StreamRefused, WSRefused, _SyncWS, _sleep
 from .errors import HitlConnectionError, HitlError, ServerError, WaitTimeout, error_from_response
 from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
                      HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task)
@@ -326,7 +326,9 @@ class HitlClient:
     def events(self, project_id: Optional[str] = None,
                      last_event_id: Optional[int] = None) -> Iterator[Event]:
         """The project's events over the websocket, forever: replays after ``last_event_id``, then
-        live; reconnects with backoff and the last id seen, so none is lost or repeated."""
+        live; reconnects with backoff and the last id seen, so none is lost or repeated. A query
+        the server refuses (a ``last_event_id`` no event has had, after a database restore say)
+        raises BadRequest with its ``fields``; a refused handshake raises HitlError."""
         failures = 0
         while True:
             try:
@@ -346,6 +348,8 @@ class HitlClient:
                     if message is not None:
                         last_event_id = int(message["id"])
                         yield Event.from_api(message)
+            except StreamRefused as refused:
+                raise refused.error from None
             except Exception:  # noqa: BLE001  (dropped: reconnect with last_event_id)
                 failures += 1
                 _sleep(self.retry.delay(failures))
@@ -378,6 +382,8 @@ class HitlClient:
                     last_event_id = int(message["id"])
                     if message["event_type"] == "emergency_stop_triggered":
                         return EmergencyStop.from_api(message.get("data") or {})
+            except StreamRefused as refused:
+                raise refused.error from None
             except WSRefused:
                 _sleep(max(1.0, self.recheck_seconds / 3))  # no websocket: poll the status
             except (HitlConnectionError, ServerError):

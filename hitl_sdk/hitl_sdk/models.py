@@ -118,6 +118,7 @@ class Task(ApiObject):
     input_data: Optional[Dict[str, Any]] = None
     error: Optional[str] = None
     error_kind: Optional[str] = None
+    open_questions: int = 0  # pending questions and checkpoints about it (they keep it waiting_for_hitl)
     created_at: Optional[datetime] = None
     updated_at: Optional[datetime] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)

@@ -136,6 +136,9 @@
       // reconnecting would only be refused, so say why and stop.
       if (event && event.code === 4401) { setStatus("ended", "Signed out: reload to sign in"); return; }
       if (event && event.code === 4403) { setStatus("ended", "No longer allowed here: reload"); return; }
+      // The server refused the resume point (no event has had that id: a restored database, say):
+      // the same reconnect would be refused again, and the page is out of step with it.
+      if (event && event.code === 4400) { setStatus("ended", "Out of step with the server: reload"); return; }
       if (!live.closedByUs) scheduleReconnect();
     };
     socket.onerror = function () { /* onclose follows and reconnects */ };
