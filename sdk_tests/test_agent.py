@@ -304,3 +304,43 @@ def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_e
         next(agent.events(world.project_id, last_event_id=first.id + 10**9))
     assert refused.value.status == 400 and "last_event_id" in refused.value.fields
     assert f"No event has had the id {first.id + 10**9} yet" in str(refused.value)
+
+
+def test_a_step_the_server_refuses_ends_the_task_execute_task_made(world, bot):
+    """Not a person's refusal but the server's (a 400 here): the task the agent made for the
+    work is not left open. Cancelled when the call never ran, failed when it had run."""
+    from hitl_sdk import BadRequest
+
+    agent_client = world.client("agent")
+
+    class Refused(Coder):
+        """Its estimate is refused (negative tokens): the call is never created."""
+
+        def build_input(self, task, extra, modifications):
+            self.task_id = task.task_id
+            return super().build_input(task, extra, modifications)
+
+        def estimate(self, task, call_input):
+            return -5, None
+
+    refused = Refused(agent_client, world.project_id)
+    with pytest.raises(BadRequest):
+        refused.execute_task_sync(title="Estimate gone wrong")
+    assert agent_client.get_task(refused.task_id).status == "cancelled"
+
+    class Unsendable(Refused):
+        """Its call runs, then its output is refused (not a JSON object)."""
+
+        def estimate(self, task, call_input):
+            return None, None
+
+        async def run(self, task, context):
+            return RunResult(output=["not", "an", "object"], tokens_used=10, summary="a list")
+
+    reviewer_bot = bot(("agent", approve))
+    unsendable = Unsendable(agent_client, world.project_id)
+    with pytest.raises(BadRequest):
+        unsendable.execute_task_sync(title="Output gone wrong")
+    reviewer_bot.check()
+    ended = agent_client.get_task(unsendable.task_id)
+    assert ended.status == "failed" and "the server refused a step" in ended.error

@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Unio
 
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
-from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, EmergencyStopped, HitlError,
-                     ModificationRequired)
+from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
+                     HitlError, ModificationRequired)
 from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
@@ -140,9 +140,13 @@ class SafetyEnhancedBaseAgent:
                            input_data: Optional[Dict[str, Any]] = None) -> ExecutionResult:
         """Run one task under approvals. ``task`` is a Task, a task id, or None to create one from
         ``title`` and ``input_data``. Raises ApprovalRejected, ApprovalTimedOut, ApprovalCancelled,
-        BudgetOverrideRequired, ModificationRequired (past the round limit), EmergencyStopped."""
+        BudgetOverrideRequired, ModificationRequired (past the round limit), EmergencyStopped, or the
+        HitlError of a step the server refused. A task it made itself is not left open when it
+        raises: cancelled when its call did not run (a refusal, a time-out, a cancellation, a step
+        refused by the server), failed when the server refused a step after the run; left as it is
+        for EmergencyStopped (recovery decides) and BudgetOverrideRequired (its call still waits)."""
         client, extra = self.client, dict(context or {})
-        created = task is None
+        created, ran = task is None, False
         if task is None:
             task = await client.create_task(self.project_id, self.agent_type, title or "untitled task", input_data)
         elif isinstance(task, str):
@@ -158,6 +162,7 @@ class SafetyEnhancedBaseAgent:
                     estimated_cost=cost, timeout_minutes=self.approval_timeout_minutes, model=self.model)
                 await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
                 started = await client.start_approval(call.approval_id)
+                ran = True
                 run_context = RunContext(input=started.input_to_run, approval=started,
                                          amended=started.amended_input_data is not None, round=round_no,
                                          modifications=list(modifications), extra=extra)
@@ -201,6 +206,17 @@ class SafetyEnhancedBaseAgent:
             if created:  # the task it made: ended (cancelled, not failed: a person's refusal), not left pending
                 with contextlib.suppress(HitlError):
                     await client.set_task_status(task.task_id, "cancelled")
+            raise
+        except (EmergencyStopped, BudgetOverrideRequired):
+            raise
+        except HitlError as exc:
+            if created:  # the server refused a step: the task it made is ended too, not left open
+                with contextlib.suppress(HitlError):
+                    if ran:
+                        await client.set_task_status(task.task_id, "failed",
+                                                     error=f"the server refused a step: {exc}"[:2000])
+                    else:
+                        await client.set_task_status(task.task_id, "cancelled")
             raise
         raise AssertionError("unreachable")
 
