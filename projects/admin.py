@@ -54,7 +54,7 @@ class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
 
 @admin.register(Task)
 class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["title", "project", "agent_type", "status", "created_at", "finished_at"]
+    list_display = ["title", "project", "agent_type", "status", "open_questions", "created_at", "finished_at"]
     list_filter = ["status", "agent_type", "project"]
     search_fields = ["title", "id"]
 

@@ -64,6 +64,13 @@ def flow(agent_client, reviewer_client, project, coder_task):
             r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start", format="json")
             assert r.status_code == 200, r.content
 
+        def running(self):
+            """A call requested, approved and started: the task runs. Returns the call's id."""
+            call = self.call()
+            self.decide(call)
+            self.start(call)
+            return call
+
         def submit(self, approval_id):
             r = agent_client.post("/api/v1/response-approvals", {
                 "project_id": str(project.pk), "task_id": coder_task, "agent_type": "coder",
@@ -96,9 +103,7 @@ def test_a_question_about_a_pending_task_makes_it_wait_until_it_is_answered(flow
 
 
 def test_a_running_task_goes_back_to_running_after_the_last_of_its_questions(flow):
-    call = flow.call()
-    flow.decide(call)
-    flow.start(call)
+    flow.running()
     assert flow.status() == "running"
     first, second = flow.ask(), flow.ask(question="And the line length?")
     assert flow.task()["open_questions"] == 2 and flow.agent_state() == AgentState.Status.WAITING_FOR_HITL
@@ -129,9 +134,7 @@ def test_a_call_decided_while_a_question_waits_moves_the_task_when_the_question_
 
 
 def test_output_sent_for_review_while_a_question_waits_keeps_the_task_waiting_for_it(flow):
-    call = flow.call()
-    flow.decide(call)
-    flow.start(call)
+    call = flow.running()
     asked = flow.ask()
     response = flow.submit(call)
     flow.answer(asked)
@@ -141,9 +144,7 @@ def test_output_sent_for_review_while_a_question_waits_keeps_the_task_waiting_fo
 
 
 def test_a_task_waiting_for_a_question_cannot_be_reported_completed_but_can_fail(flow):
-    call = flow.call()
-    flow.decide(call)
-    flow.start(call)
+    flow.running()
     asked = flow.ask()
     r = flow.report("completed")
     assert r.status_code == 409 and "question" in r.json()["detail"]
