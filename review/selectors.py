@@ -99,8 +99,22 @@ class InboxItem:
 
     @property
     def urgent(self) -> bool:
-        left = self.seconds_left
-        return left is not None and left < 300
+        return expiring_soon(self.obj, self.expires_at)
+
+
+URGENT_SECONDS = 300  # under five minutes left is urgent, whatever the time-out
+
+
+def expiring_soon(obj, expires_at=None, now=None) -> bool:
+    """A deadline near enough to show in red: the moment its ``approval_timeout_warning`` goes out
+    (``warn_at``, a fifth of its time left: core.sweeps) has come, or under five minutes are left.
+    ``obj`` is a call, a response, a question (or anything with ``expires_at``)."""
+    expires_at = expires_at if expires_at is not None else getattr(obj, "expires_at", None)
+    if expires_at is None:
+        return False
+    now = now or timezone.now()
+    warn_at = getattr(obj, "warn_at", None)
+    return (expires_at - now).total_seconds() < URGENT_SECONDS or (warn_at is not None and now >= warn_at)
 
 
 def one_line(text: str, limit: int = 140) -> str:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.times import iso_utc
-from review.selectors import duration_display  # the inbox's own words for a duration
+from review.selectors import duration_display, expiring_soon  # the inbox's own words for a duration and urgency
 
 register = template.Library()
 
@@ -122,3 +122,10 @@ def time_left(value) -> str:
         return NOTHING
     left = int((value - timezone.now()).total_seconds())
     return "expired" if left <= 0 else f"{duration_display(left)} left"
+
+
+@register.filter
+def urgent_class(obj) -> str:
+    """`` urgent`` (the red countdown) for a pending item whose time-out warning is due or that has
+    under five minutes left, as the inbox marks it; else nothing."""
+    return " urgent" if getattr(obj, "status", "pending") == "pending" and expiring_soon(obj) else ""

@@ -237,3 +237,27 @@ def test_the_page_carries_what_live_updates_need(project, agent, reviewer):
     assert 'id="stop-banners"' in html and 'hx-get="/review/stop-banners"' in html
     assert "X-CSRFToken" in html
     assert "/static/review/live.js" in html and "htmx" in html and "unpkg" not in html and "cdn" not in html
+
+
+def test_an_item_whose_time_out_warning_is_due_is_shown_in_red_in_the_inbox_and_on_its_page(project, agent,
+                                                                                             reviewer):
+    """Red from the moment its approval_timeout_warning goes out (a fifth of its time left), or
+    under five minutes left, as the inbox and the decision page count it down."""
+    from review.selectors import expiring_soon
+
+    calm, warned = make_call(project, agent, action="plenty of time"), make_call(project, agent, action="warned")
+    AgentCallApproval.objects.filter(pk=warned.pk).update(warn_at=timezone.now() - timedelta(seconds=1))
+    part = web(reviewer).get("/review/inbox/items").content.decode()
+    spans = dict(re.findall(r'<a class="item-link" href="/review/agent-approvals/([0-9a-f-]+)".*?'
+                            r'<span class="(time-left[^"]*)"', part, re.S))
+    assert spans == {str(calm.pk): "time-left", str(warned.pk): "time-left urgent"}, spans
+    for call, red in ((calm, False), (warned, True)):
+        page = web(reviewer).get(f"/review/agent-approvals/{call.pk}").content.decode()
+        assert ('class="time-left urgent"' in page) is red
+        assert 'class="time-left' in page
+
+    now = timezone.now()
+    warned.refresh_from_db()
+    assert expiring_soon(warned, now=now) and not expiring_soon(calm, now=now)
+    assert expiring_soon(calm, now=calm.expires_at - timedelta(minutes=4))  # under five minutes left
+    assert not expiring_soon(None, None, now=now)  # no deadline (a budget override)
