@@ -189,8 +189,8 @@ def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
             with transaction.atomic():
                 session.save(force_insert=True)
         except IntegrityError:
-            open_session = RecoverySession.objects.filter(emergency_stop=stop, status__in=[
-                RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS]).first()
+            open_session = RecoverySession.objects.filter(emergency_stop=stop,
+                                                          status__in=RecoverySession.OPEN_STATUSES).first()
             raise TransitionError("A recovery of this stop is already open.", current_status=open_session.status,
                                   recovery_session_id=str(open_session.pk)) from None
         plan = recovery_plan_for(stop)
@@ -228,7 +228,7 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         session = sessions[0]
         require_project_perm(actor, roles.REVIEW, uow.project, "approve recovery steps")
         require_not_requester(decider=actor, requester_id=session.created_by_id)  # a second person approves
-        if session.status not in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
+        if session.status not in RecoverySession.OPEN_STATUSES:
             raise TransitionError(f"The recovery is {session.status}.", current_status=session.status)
         step = RecoveryStep.objects.select_for_update().filter(session=session, pk=step_id).first()
         if step is None:
@@ -260,7 +260,7 @@ def _run_automatic_steps(uow, session: RecoverySession) -> None:
     """Automated recoveries: run the next steps while they are AUTOMATIC_STEPS."""
     if session.recovery_type != RecoverySession.Type.AUTOMATED:
         return
-    while session.status in (RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS):
+    while session.status in RecoverySession.OPEN_STATUSES:
         step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
         if step is None or step.action not in AUTOMATIC_STEPS:
             return
@@ -324,9 +324,8 @@ def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None =
 def fail_open_recovery(*, uow, stop: EmergencyStop, condition: str, actor) -> None:
     """emergency.hooks.stop_condition_added: a new condition during a recovery voids its plan;
     that session fails and a new one, planned for every condition, is needed to lift the stop."""
-    open_states = [RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS]
-    for session in uow.lock_many("project_state", RecoverySession.objects.filter(emergency_stop=stop,
-                                                                                 status__in=open_states)):
+    for session in uow.lock_many("project_state", RecoverySession.objects.filter(
+            emergency_stop=stop, status__in=RecoverySession.OPEN_STATUSES)):
         session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
         session.save(update_fields=["status", "completed_at", "updated_at"])
         audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id,

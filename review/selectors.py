@@ -173,8 +173,7 @@ def inbox_items(*, user) -> list[InboxItem]:
             created_at=override.created_at, obj=override,
             extra={"needs_manager": needs_manager, "violation_type": override.violation_type,
                    "requested_amount": override.requested_amount}))
-    sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=[
-        RecoverySession.Status.WAITING_APPROVAL, RecoverySession.Status.IN_PROGRESS])
+    sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=RecoverySession.OPEN_STATUSES)
         .select_related("project", "emergency_stop"))
     for session in sessions:
         step = (RecoveryStep.objects.filter(session=session, status=RecoveryStep.Status.PENDING)
