@@ -58,8 +58,8 @@ def _check_amendment(uow, approval: AgentCallApproval, amended_input_data: dict)
         refused = budget_reserve_more(uow=uow, call=approval, tokens=more_tokens, cost=more_cost)
         if refused:
             raise TransitionError(
-                f"The amended input needs {tokens} tokens / {cost:.4f}, more than the call reserved "
-                f"({approval.estimated_tokens} / {approval.estimated_cost:.4f}), and the budget cannot hold the "
+                f"The amended input needs {tokens:,} tokens / {cost:.4f}, more than the call reserved "
+                f"({approval.estimated_tokens:,} / {approval.estimated_cost:.4f}), and the budget cannot hold the "
                 f"difference: {refused} Reject the call and let the agent request it with that input.",
                 current_status=approval.status)
         approval.estimated_tokens += more_tokens

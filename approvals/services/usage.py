@@ -63,7 +63,7 @@ def refuse_lower_totals(settlement, *, current_status: str) -> None:
     if settlement.below:
         tokens, cost = settlement.recorded
         raise TransitionError(
-            f"This call's usage is already reported as {tokens} tokens and {cost:.4f}: a report gives the "
+            f"This call's usage is already reported as {tokens:,} tokens and {cost:.4f}: a report gives the "
             f"call's total usage, which can only grow.", current_status=current_status,
             tokens_used=tokens, actual_cost=f"{cost:.4f}")
 
@@ -78,8 +78,8 @@ def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_us
     fields = ["budget_state", "updated_at"]
     if settlement.flagged:
         flag = {"code": "usage_overrun", "severity": "high",
-                "message": f"Reported usage ({tokens_used} tokens, {Decimal(actual_cost):.4f}) is far above "
-                           f"the estimate ({approval.estimated_tokens} tokens, "
+                "message": f"Reported usage ({tokens_used:,} tokens, {Decimal(actual_cost):.4f}) is far above "
+                           f"the estimate ({approval.estimated_tokens:,} tokens, "
                            f"{approval.estimated_cost:.4f}).",
                 "at": iso_utc(timezone.now())}
         approval.usage_flags = [*approval.usage_flags, flag]

@@ -369,7 +369,7 @@ def test_spend_past_the_ceiling_during_a_stop_joins_the_stop(project, agent, rev
 def test_an_amended_input_is_estimated_and_assessed(project, agent, reviewer):
     limits(project, daily_token_limit=5000)
     call = ask(project, agent, cost="0.0100", tokens=50, input_data={"files": ["a.py"]})
-    with pytest.raises(TransitionError, match=r"more than the call reserved.*daily token limit by \d+ tokens\."):
+    with pytest.raises(TransitionError, match=r"more than the call reserved.*daily token limit by \d{1,3}(?:,\d{3})+ tokens\."):
         agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
                               amended_input_data={"files": ["a.py"], "max_tokens": 100_000})
     with pytest.raises(TransitionError, match="critical risk"):

@@ -76,6 +76,11 @@ def _first_violation(budget: ProjectBudget, day: BudgetWindow, month: BudgetWind
     return violation, window, amount
 
 
+def excess_text(violation: str, amount) -> str:
+    """How far past a limit, in its unit: ``12,345 tokens`` or ``0.1234`` (cost, 4 places)."""
+    return f"{int(amount):,} tokens" if violation.endswith("token_limit") else f"{amount}"
+
+
 def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
     """Reserve a call's estimate (``call.estimated_tokens``, ``call.estimated_cost``) against
     the windows covering ``now``, all or nothing; or, when it would pass a limit, reserve
@@ -95,9 +100,10 @@ def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
         override = override_create_locked(
             project=project, window=window, violation_type=violation, requested_amount=amount,
             justification=f"Automatic: the call {call.pk} ({call.agent_type}: {call.proposed_action[:200]}) "
-                          f"would pass the {violation.replace('_', ' ')} by {amount}.",
+                          f"would pass the {violation.replace('_', ' ')} by {excess_text(violation, amount)}.",
             actor=requested_by, task_id=call.task_id, call_id=call.pk)
-        return Admission(False, override, f"It would pass the {violation.replace('_', ' ')} by {amount}: "
+        return Admission(False, override, f"It would pass the {violation.replace('_', ' ')} by "
+                                          f"{excess_text(violation, amount)}: "
                                           f"approving budget override {override.pk} unblocks it.")
     rawrows.insert(UsageEntry(project=project, approval_id=call.pk, kind=UsageEntry.Kind.RESERVE, day_window=day,
                               month_window=month, reserved_tokens=tokens, reserved_cost=cost))
@@ -145,8 +151,7 @@ def budget_reserve_more(*, uow, call, tokens: int, cost: Decimal) -> str:
     first = _first_violation(budget, day, month, tokens, cost)
     if first:
         violation, _, amount = first
-        return (f"It would pass the {violation.replace('_', ' ')} by {amount}"
-                f"{' tokens' if violation.endswith('token_limit') else ''}.")
+        return f"It would pass the {violation.replace('_', ' ')} by {excess_text(violation, amount)}."
     rawrows.insert(UsageEntry(project_id=uow.project.pk, approval_id=call.pk, kind=UsageEntry.Kind.ADJUST,
                               day_window_id=day.pk, month_window_id=month.pk, reserved_tokens=tokens,
                               reserved_cost=cost))
