@@ -336,6 +336,22 @@ def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chro
     assert inbox.evaluate("() => window.hitlLive.socket") is None  # and it does not reconnect
 
 
+def test_a_page_whose_resume_point_the_server_refuses_says_to_reload(serve, chromium, project, reviewers):  # noqa: F811
+    """A drop, then a reconnect with a last_event_id no event has had (a database restored under
+    the page, say): the server says why and closes with 4400, and the page says to reload instead
+    of reconnecting for ever."""
+    rita, _ = reviewers
+    server = serve()
+    context = chromium.new_context(server)
+    inbox = log_in(context, rita.username)
+    status = inbox.locator("#live-status")
+    expect(status).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    inbox.evaluate("() => { window.hitlLive.lastId = 1000000000; window.hitlLive.socket.close(); }")
+    expect(status).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(status).to_contain_text("Out of step with the server: reload")
+    assert inbox.evaluate("() => window.hitlLive.socket") is None
+
+
 PHONE = {"width": 390, "height": 844}
 
 
