@@ -189,8 +189,8 @@ def _text(event: dict) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
-def _invalid(field: str, message: str) -> HttpError:
-    return HttpError(400, {"error": "invalid", "detail": "Invalid input.", "fields": {field: [message]}})
+def _invalid(field: str, message: str, detail: str = "Invalid input.") -> HttpError:
+    return HttpError(400, {"error": "invalid", "detail": detail, "fields": {field: [message]}})
 
 
 def _query(scope) -> tuple[uuid.UUID | None, int | None]:
@@ -220,9 +220,9 @@ def _open(scope) -> tuple[object, list]:
     ids = _visible_ids(user, project_id, refused=404)
     newest = Event.objects.aggregate(last=Max("id"))["last"] or 0
     if last is not None and last > newest:  # an id no event has had yet: the client would silently miss everything
-        raise _invalid("last_event_id", f"No event has had the id {last} yet: the last one is {newest}. Connect "
-                                        f"without last_event_id (or with one you received) and keep the id of the "
-                                        f"last event each message carries.")
+        said = f"No event has had the id {last} yet: the last one is {newest}."
+        raise _invalid("last_event_id", f"{said} Connect without last_event_id (or with one you received) and keep "
+                                        f"the id of the last event each message carries.", detail=said)
     return user, ids
 
 

@@ -230,13 +230,13 @@ def test_a_push_through_redis_reaches_a_socket_on_another_server_process(serve, 
 
 
 async def told_invalid(comm):
-    """Connected, then one error message in the API's format, then closed with 4400: the fields."""
+    """Connected, then one error message in the API's format, then closed with 4400: the message."""
     connected, _ = await comm.connect()
     assert connected
     message = json.loads(await comm.receive_from(timeout=5))
     assert message["type"] == "error" and message["error"] == "invalid", message
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
-    return message["fields"]
+    return message
 
 
 @pytest.mark.parametrize("query, field", [
@@ -246,8 +246,8 @@ async def told_invalid(comm):
 ])
 def test_a_malformed_query_is_told_what_is_wrong_and_closed_with_4400(project, keys, query, field):
     async def run():
-        fields = await told_invalid(communicator(f"/ws/events/?{query}", keys["agent"]))
-        assert list(fields) == [field] and fields[field][0]
+        told = await told_invalid(communicator(f"/ws/events/?{query}", keys["agent"]))
+        assert list(told["fields"]) == [field] and told["fields"][field][0] and told["detail"] == "Invalid input."
     async_to_sync(run)()
 
 
@@ -256,8 +256,9 @@ def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
 
     async def run():
         comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1] + 10**9}", keys["agent"])
-        fields = await told_invalid(comm)
-        assert f"the last one is {ids[-1]}" in fields["last_event_id"][0]
+        told = await told_invalid(comm)
+        said = f"No event has had the id {ids[-1] + 10**9} yet: the last one is {ids[-1]}."
+        assert told["detail"] == said and told["fields"]["last_event_id"][0].startswith(said)
         ok = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1]}", keys["agent"])
         assert (await ok.connect())[0]
         await ok.disconnect()
