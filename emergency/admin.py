@@ -14,7 +14,7 @@ from core.errors import DomainError
 from core.hooks import Hook
 from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
 from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity
-from emergency.services import HALTED_TASK_STATUSES, emergency_settings_save, emergency_stop_trigger
+from emergency.services import emergency_settings_save, emergency_stop_trigger
 from projects import roles
 from projects.admin import ProjectAdmin
 from projects.admin_mixins import ProjectScopedAdminMixin
@@ -98,7 +98,7 @@ class ProjectWithStopAdmin(ProjectAdmin):
         """What stopping the project does now, sentence by sentence (this layer's, then the hook's)."""
         if project.status == Project.Status.EMERGENCY_STOPPED:
             return ["It is already stopped: your reason and severity are added to the active stop."]
-        tasks = Task.objects.filter(project=project, status__in=HALTED_TASK_STATUSES).count()
+        tasks = Task.objects.filter(project=project, status__in=Task.OPEN_STATUSES).count()
         lines = [f"{plural(tasks, 'open task')} will be halted."]
         for handler_lines in stop_preview(project=project):
             lines.extend(handler_lines)

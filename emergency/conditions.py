@@ -76,8 +76,7 @@ class ResourceExhaustion(StopCondition):
     name = Condition.RESOURCE_EXHAUSTION
 
     def check(self, project, settings, now):
-        open_tasks = Task.objects.filter(project=project, status__in=(
-            Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING)).count()
+        open_tasks = Task.objects.filter(project=project, status__in=Task.OPEN_STATUSES).count()
         if open_tasks > settings.max_open_tasks:
             return Trip(self.name, f"{open_tasks} open tasks (limit {settings.max_open_tasks})", Severity.HIGH,
                         {"open_tasks": open_tasks})

@@ -14,11 +14,11 @@ from emergency.models import (
     Severity,
 )
 from events.services import event_emit
-from projects.models import AgentState, Project, Task
+from projects.models import AgentState, Project
 from projects.notifications import notify_project_on_commit
+from projects.services import tasks_halt
 from projects.uow import project_uow
 
-HALTED_TASK_STATUSES = (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING)
 
 
 def emergency_settings_for(project_id) -> EmergencySettings:
@@ -38,11 +38,7 @@ def stop_payload(stop: EmergencyStop) -> dict:
 def _halt_project_work(uow, project: Project, now) -> tuple[list[str], list[str]]:
     """Halt every open task; the domains above (the project_halting hook) cancel their open
     work; stop every agent. Locks in LOCK_ORDER: tasks, then the hook's rows, then agent states."""
-    tasks = [t.pk for t in uow.lock_many("task", Task.objects.filter(project=project, status__in=HALTED_TASK_STATUSES)
-                                         .only("pk"))]
-    # The hook cancels every pending question too, so none is left open about a halted task.
-    Task.objects.filter(pk__in=tasks).update(status=Task.Status.HALTED, open_questions=0, status_after_questions="",
-                                             updated_at=now)
+    tasks = tasks_halt(uow=uow, project=project, now=now)
     cancelled = [pk for ids in project_halting(uow=uow, project=project, now=now) for pk in ids]
     uow.enter_stage("agent_state")
     AgentState.objects.filter(project=project).update(status=AgentState.Status.EMERGENCY_STOPPED,

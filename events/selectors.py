@@ -9,6 +9,13 @@ def event_list(*, project, after: int = 0, limit: int = 100):
     return list(Event.objects.filter(project=project, id__gt=after).order_by("id")[:limit])
 
 
+def no_such_event(event_id: int, project_ids) -> str:
+    """Why a cursor past every event is refused, naming the newest event of the projects the
+    client reads (not of every project: that would show how busy the others are)."""
+    last = Event.objects.filter(project_id__in=list(project_ids)).aggregate(last=Max("id"))["last"] or 0
+    return f"No event has had the id {event_id} yet: the last one you can see is {last}."
+
+
 def event_page(*, project, after: int, limit: int) -> dict:
     """GET /api/v1/events: ``{"results", "last_event_id", "has_more"}`` (one query; a second
     when the page is empty). An ``after`` past every event written so far is refused (400), as
@@ -17,12 +24,10 @@ def event_page(*, project, after: int, limit: int) -> dict:
     news" for ever and miss every event to come."""
     events = event_list(project=project, after=after, limit=limit + 1)
     if not events and after:
-        last = Event.objects.aggregate(last=Max("id"))["last"] or 0
-        if after > last:
-            said = f"No event has had the id {after} yet: the last one is {last}."
+        if after > (Event.objects.aggregate(last=Max("id"))["last"] or 0):
+            said = no_such_event(after, [project.pk])
             raise InvalidInput(said, fields={"after": [
-                f"{said} Read again from {'0 (or from ' + str(last) + ')' if last else '0'} and keep the "
-                f"last_event_id each page answers."]})
+                f"{said} Read again from 0 and keep the last_event_id each page answers."]})
     has_more = len(events) > limit
     events = events[:limit]
     return {"results": [event_payload(e) for e in events], "last_event_id": events[-1].id if events else after,

@@ -83,6 +83,8 @@ class Task(BaseModel):
         Status.FAILED: set(),
         Status.CANCELLED: set(),
     }
+    # Work not ended: what a stop halts.
+    OPEN_STATUSES = (Status.PENDING, Status.WAITING_FOR_HITL, Status.RUNNING)
     # What an agent may report through POST /api/v1/tasks/{id}/status: completed or failed (the
     # outcomes the error-rate condition rates), or cancelled (work abandoned before it ran, after a
     # refusal say: neither a success nor a failure).

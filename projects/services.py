@@ -1,3 +1,4 @@
+import logging
 import re
 
 from django.db import IntegrityError, connection, transaction
@@ -12,6 +13,8 @@ from core.uow import retry_transient
 from projects.hooks import task_ending, task_outcome_reported
 from projects.models import AgentState, AgentType, Project, Task, validate_timezone
 from projects.uow import project_uow
+
+log = logging.getLogger(__name__)
 
 
 def _task_snapshot(task: Task) -> dict:
@@ -104,7 +107,7 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         task = uow.lock("task", Task.objects, pk=task_id)
         if task.status == status:
             return task  # a retried report
-        if status not in Task.TRANSITIONS[task.status]:
+        if status not in Task.TRANSITIONS[task.status] or _ran(task) and status == Task.Status.CANCELLED:
             raise TransitionError(_why_not(task, status), current_status=task.status)
         before = _task_snapshot(task)
         task.status = status
@@ -120,16 +123,21 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
     return task
 
 
+def _ran(task: Task) -> bool:
+    """Running, or waiting for a question asked while it ran (it goes back to running after it)."""
+    return Task.Status.RUNNING in (task.status, task.status_after_questions)
+
+
 def _why_not(task: Task, status: str) -> str:
+    if _ran(task) and status == Task.Status.CANCELLED:
+        return ("The task is running (its call was started), so it cannot be reported cancelled: report it "
+                "completed or failed. Cancelled is for work abandoned before it ran.")
     if task.status == Task.Status.WAITING_FOR_HITL:
         return (f"The task waits for a person (a call, its output or a question pending review), so it cannot "
                 f"be reported {status}: wait for the decision, cancel the call or the question, or report the "
                 f"task failed.")
     if task.status == Task.Status.HALTED:
         return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
-    if task.status == Task.Status.RUNNING and status == Task.Status.CANCELLED:
-        return ("The task is running (its call was started), so it cannot be reported cancelled: report it "
-                "completed or failed. Cancelled is for work abandoned before it ran.")
     return f"A task that is {task.status} cannot become {status}."
 
 
@@ -272,6 +280,8 @@ def task_question_closed(*, task: Task) -> None:
     # the caller holds the task's lock (stage "task" of its unit of work)
     """A question or checkpoint about a locked task was answered, cancelled or timed out: when it
     was the last one, a task still waiting only for them goes back to pending or running."""
+    if task.open_questions < 1:  # a question the task did not count: keep it at 0, and say so
+        log.error("task %s: a question closed that its count of open questions did not hold", task.pk)
     task.open_questions = max(task.open_questions - 1, 0)
     fields = ["open_questions", "updated_at"]
     if not task.open_questions and task.status_after_questions:
@@ -282,3 +292,25 @@ def task_question_closed(*, task: Task) -> None:
         fields.append("status_after_questions")
     rawrows.update_fields(task, fields)
     agent_state_refresh(project_id=task.project_id, agent_type=task.agent_type)
+
+
+def tasks_halt(*, uow, project, now) -> list:
+    """An emergency stop halts every open task of the project (locked, stage ``task``): pending,
+    waiting for a person or running. Their open questions are cleared with them (the stop
+    cancels every pending question: none is left about a halted task). Returns their ids."""
+    ids = [t.pk for t in uow.lock_many("task", Task.objects.filter(project=project, status__in=Task.OPEN_STATUSES)
+                                       .only("pk"))]
+    Task.objects.filter(pk__in=ids).update(status=Task.Status.HALTED, open_questions=0, status_after_questions="",
+                                           updated_at=now)
+    return ids
+
+
+def tasks_settle_halted(*, uow, project_id, to: str, now) -> list[Task]:
+    """A recovery resumes (``pending``) or cancels the project's halted tasks (locked, stage
+    ``task``); a stop left none with an open question. Returns them (their ids and titles)."""
+    if to not in Task.TRANSITIONS[Task.Status.HALTED]:
+        raise ValueError(f"A halted task cannot become {to}.")
+    tasks = uow.lock_many("task", Task.objects.filter(project_id=project_id, status=Task.Status.HALTED)
+                          .only("pk", "title"))
+    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(status=to, updated_at=now)
+    return tasks

@@ -20,7 +20,7 @@ from events.services import event_emit
 from projects import roles
 from projects.models import AgentState, Task
 from projects.permissions import require_not_requester, require_project_perm
-from projects.services import agent_state_refresh
+from projects.services import agent_state_refresh, tasks_settle_halted
 from projects.uow import project_uow
 from recovery.models import RecoverySession, RecoveryStep
 
@@ -102,9 +102,7 @@ def _re_enable_agents(session, step, now, option, uow):
 def _settle_halted_tasks(session, step, now, option, uow):
     option = option or "resume"
     to = Task.Status.PENDING if option == "resume" else Task.Status.CANCELLED
-    tasks = uow.lock_many("task", Task.objects.filter(project_id=session.project_id,
-                                                       status=Task.Status.HALTED).only("pk", "title"))
-    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(status=to, updated_at=now)
+    tasks = tasks_settle_halted(uow=uow, project_id=session.project_id, to=to, now=now)
     return {"option": option, "tasks": [str(t.pk) for t in tasks], "titles": [t.title for t in tasks], "now": to}
 
 

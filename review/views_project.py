@@ -214,8 +214,7 @@ def project_list(request):
     projects = list(project_visible_to(user=request.user).order_by("name"))
     ids = [p.pk for p in projects]
     pending = _pending_counts(ids)
-    open_tasks = dict(Task.objects.filter(project_id__in=ids, status__in=[
-        Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).values_list("project_id")
+    open_tasks = dict(Task.objects.filter(project_id__in=ids, status__in=Task.OPEN_STATUSES).values_list("project_id")
         .annotate(n=Count("pk")).values_list("project_id", "n"))
     rows = [{"project": p, "stopped": p.status == Project.Status.EMERGENCY_STOPPED, "pending": pending[p.pk],
              "open_tasks": open_tasks.get(p.pk, 0)} for p in projects]
@@ -246,8 +245,7 @@ def project_stop(request, project_id):
         return render(request, "review/project_stop_confirm.html", {
             "project": project, "form": form, "severity_label": Severity(form.cleaned_data["severity"]).label,
             "severity_meaning": SEVERITY_MEANINGS[form.cleaned_data["severity"]],
-            "open_tasks": Task.objects.filter(project=project, status__in=[
-                Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING]).count(),
+            "open_tasks": Task.objects.filter(project=project, status__in=Task.OPEN_STATUSES).count(),
             "cancels": open_work_a_stop_cancels(project=project),  # as the admin's confirmation says it
             "already_stopped": project.status == Project.Status.EMERGENCY_STOPPED,
         })

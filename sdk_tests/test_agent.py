@@ -344,3 +344,95 @@ def test_a_step_the_server_refuses_ends_the_task_execute_task_made(world, bot):
     reviewer_bot.check()
     ended = agent_client.get_task(unsendable.task_id)
     assert ended.status == "failed" and "the server refused a step" in ended.error
+
+
+def test_an_approved_task_whose_completion_is_refused_is_not_reported_failed(world, bot):
+    """The run leaves a note for a person about its own task (a question it does not wait for):
+    the output is approved, the completion report is 409 while the question is open, and that is
+    raised as it is: the approved work is not turned into a failure."""
+    from hitl_sdk import Conflict
+
+    agent_client = world.client("agent")
+
+    class Noting(Coder):
+        async def run(self, task, context):
+            await self.client.create_hitl(world.project_id, "question", "FYI: I used tabs, fine?",
+                                          task_id=task.task_id)
+            self.task_id = task.task_id
+            return await super().run(task, context)
+
+    reviewer_bot = bot(("agent", approve), ("response", approve))
+    noting = Noting(agent_client, world.project_id)
+    with pytest.raises(Conflict):
+        noting.execute_task_sync(title="Indent the code")
+    reviewer_bot.check()
+    task = agent_client.get_task(noting.task_id)
+    assert task.status == "waiting_for_hitl" and task.open_questions == 1  # not failed
+
+
+def test_a_refused_output_still_reports_what_the_run_used(world, bot):
+    """The server refuses the output (not a JSON object): the run's tokens are reported as the
+    call's usage all the same (its reservation is settled, not left to the stale sweep)."""
+    from hitl_sdk import BadRequest
+
+    agent_client = world.client("agent")
+
+    class Unsendable(Coder):
+        async def run(self, task, context):
+            return RunResult(output=["not", "an", "object"], tokens_used=321, summary="a list")
+
+    reviewer_bot = bot(("agent", approve))
+    with pytest.raises(BadRequest):
+        Unsendable(agent_client, world.project_id).execute_task_sync(title="Output gone wrong")
+    reviewer_bot.check()
+    call = agent_client.get_approval(reviewer_bot.handled[0].approval_id)
+    assert call.budget_state == "settled"
+    assert agent_client.get_budget(world.project_id).tokens_used_today == 321
+
+
+def test_the_decorator_ends_the_task_it_made_when_the_server_refuses_the_call(world):
+    from hitl_sdk import BadRequest, require_approval
+
+    agent_client = world.client("agent")
+
+    @require_approval(agent_client, world.project_id, agent_type="coder", action="tool:noop", estimated_tokens=-1)
+    def noop():
+        raise AssertionError("never runs")
+
+    from projects.models import Task
+
+    with pytest.raises(BadRequest):
+        noop()
+    assert list(Task.objects.filter(title="tool:noop").values_list("status", flat=True)) == ["cancelled"]
+
+
+@pytest.fixture
+def stale_resume_point(monkeypatch):
+    """The first websocket each client opens resumes from an id no event has had (as after a
+    database restore under a running agent): the server answers 4400. Returns the URLs opened."""
+    from hitl_sdk import _common
+
+    real, opened = _common.ws_url, []
+
+    def ws_url(base_url, project_id, last_event_id):
+        opened.append(last_event_id)
+        return real(base_url, project_id, 10**12 if len(opened) == 1 else last_event_id)
+
+    monkeypatch.setattr(_common, "ws_url", ws_url)
+    return opened
+
+
+def test_a_wait_whose_resume_point_is_refused_resubscribes_and_gets_the_answer(world, stale_resume_point):
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    asked = agent.create_hitl(world.project_id, "question", "Ship it?")
+    threading.Timer(1.0, lambda: reviewer.respond_hitl(asked.id, "approve", response="yes")).start()
+    answered = agent.wait_for_hitl(asked.id, timeout=20)
+    assert answered.status == "approved" and answered.answer == "yes"
+    assert 2 <= len(stale_resume_point) <= 3  # refused once, then one socket (not a reconnect loop)
+
+
+def test_the_stop_watcher_survives_a_refused_resume_point(world, stale_resume_point):
+    agent, manager = world.client("agent"), world.client("manager")
+    threading.Timer(1.0, lambda: manager.emergency_stop(world.project_id, "drill")).start()
+    stop = agent.watch_emergency_stop(world.project_id)
+    assert stop.project_id == world.project_id and len(stale_resume_point) >= 2

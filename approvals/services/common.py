@@ -23,7 +23,7 @@ from approvals.services.calibration import label_flags
 
 Status = AgentCallApproval.Status
 BudgetState = AgentCallApproval.BudgetState
-OPEN_TASK_STATUSES = (Task.Status.PENDING, Task.Status.RUNNING, Task.Status.WAITING_FOR_HITL)
+OPEN_TASK_STATUSES = Task.OPEN_STATUSES
 
 
 def input_digest(data) -> str:

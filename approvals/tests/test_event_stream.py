@@ -257,7 +257,7 @@ def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
     async def run():
         comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1] + 10**9}", keys["agent"])
         told = await told_invalid(comm)
-        said = f"No event has had the id {ids[-1] + 10**9} yet: the last one is {ids[-1]}."
+        said = f"No event has had the id {ids[-1] + 10**9} yet: the last one you can see is {ids[-1]}."
         assert told["detail"] == said and told["fields"]["last_event_id"][0].startswith(said)
         ok = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={ids[-1]}", keys["agent"])
         assert (await ok.connect())[0]

@@ -53,7 +53,7 @@ def test_unknown_event_type_is_refused(project):
         event_emit(project_id=project.pk, event_type="made_up", data={})
 
 
-def test_events_api_pages_with_after(project, agent, client_for):
+def test_events_api_pages_with_after(project, other_project, agent, client_for):
     emit(project, n=5)
     client = client_for(agent)
     r = client.get("/api/v1/events", {"project_id": str(project.pk), "limit": 2})
@@ -74,10 +74,13 @@ def test_events_api_pages_with_after(project, agent, client_for):
     past = rest["last_event_id"] + 1
     r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past})
     assert r.status_code == 400 and r.json()["fields"]["after"][0].startswith(
-        f"No event has had the id {past} yet: the last one is {rest['last_event_id']}."), r.content
+        f"No event has had the id {past} yet: the last one you can see is {rest['last_event_id']}."), r.content
     emit(project, n=1)  # once an event has that id, the same cursor reads on
     r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past})
     assert r.status_code == 200 and r.json()["results"] == [] and r.json()["last_event_id"] == past
+    emit(other_project, n=3)  # another project's newer events are not named (how busy it is is not this user's)
+    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past + 10})
+    assert r.status_code == 400 and f"the last one you can see is {past}." in r.json()["detail"], r.content
 
 
 def test_events_are_per_project_and_hidden_from_outsiders(project, other_project, outsider, agent, client_for):

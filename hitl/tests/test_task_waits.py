@@ -1,11 +1,18 @@
 """A pending question or checkpoint about a task keeps the task (and its agent) waiting for a
 person, together with the calls and outputs of that task that wait for one: whichever closes
 last puts the task back where the work left it."""
+import importlib
+from datetime import timedelta
+
 import pytest
+from django.apps import apps
+from django.utils import timezone
 
 from emergency.services import emergency_stop_trigger
 from hitl.models import HitlRequest
+from hitl.services import hitl_request_expire_overdue
 from projects.models import AgentState, Task
+from projects.services import task_create
 
 pytestmark = pytest.mark.django_db
 
@@ -164,12 +171,6 @@ def test_a_question_withdrawn_or_timed_out_releases_its_task(flow, agent_client,
         r = agent_client.post(f"/api/v1/hitl/{asked}/cancel", {}, format="json")
         assert r.status_code == 200, r.content
     else:
-        from datetime import timedelta
-
-        from django.utils import timezone
-
-        from hitl.services import hitl_request_expire_overdue
-
         HitlRequest.objects.filter(pk=asked).update(expires_at=timezone.now() - timedelta(seconds=1))
         assert hitl_request_expire_overdue() == 1
     assert flow.status() == "pending" and flow.task()["open_questions"] == 0
@@ -182,3 +183,53 @@ def test_a_stop_halts_a_task_waiting_for_a_question_and_clears_it(flow, project)
     assert task["status"] == "halted" and task["open_questions"] == 0
     assert HitlRequest.objects.get(pk=asked).status == HitlRequest.Status.CANCELLED
     assert Task.objects.get(pk=task["task_id"]).status_after_questions == ""
+
+
+def test_a_task_that_ran_is_not_reported_cancelled_behind_a_question(flow):
+    """Cancelled is for work abandoned before it ran: a question asked while the task runs does
+    not open that door (409, as for the running task itself)."""
+    flow.running()
+    assert flow.report("cancelled").status_code == 409
+    flow.ask()
+    r = flow.report("cancelled")
+    assert r.status_code == 409 and "cannot be reported cancelled" in r.json()["detail"], r.content
+    assert flow.status() == "waiting_for_hitl"
+
+
+def test_after_a_stop_and_its_recovery_the_task_resumes_pending_and_counts_new_questions_afresh(
+        flow, project, manager, reviewer, client_for):
+    flow.running()
+    flow.ask()
+    flow.ask(question="And the other thing?")
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=reviewer)
+    r = client_for(manager).post(f"/api/v1/emergency/recovery/{project.pk}", {"recovery_type": "manual"},
+                                 format="json")
+    assert r.status_code == 201, r.content
+    session = r.json()
+    for s in session["recovery_plan"]["steps"]:  # settle_halted_tasks resumes them (pending)
+        r = client_for(reviewer).post(f"/api/v1/recovery/{session['id']}/steps/{s['step_id']}/respond",
+                                      {"decision": "approve"}, format="json")
+        assert r.status_code == 200, r.content
+    task = flow.task()
+    assert (task["status"], task["open_questions"]) == ("pending", 0)
+    asked = flow.ask()
+    assert flow.task()["open_questions"] == 1 and flow.status() == "waiting_for_hitl"
+    flow.answer(asked)
+    assert flow.status() == "pending"
+
+
+def test_the_migration_counts_questions_pending_before_tasks_counted_them(project, agent):
+    """Questions pending when tasks start counting them: the migration gives each open task its
+    count and makes a pending or running one wait; an ended task is left as it is."""
+    migration = importlib.import_module("hitl.migrations.0004_task_open_questions")
+    tasks = {status: task_create(actor=agent, project_id=project.pk, agent_type="coder", title=status)
+             for status in ("pending", "running", "completed")}
+    for status, task in tasks.items():
+        Task.objects.filter(pk=task.pk).update(status=status)
+        for n in range(2 if status == "running" else 1):
+            HitlRequest.objects.create(project=project, task=task, request_type="question", question=f"q{n}",
+                                       asked_by=agent, expires_at=task.created_at + timedelta(hours=1))
+    migration.count_open_questions(apps, None)
+    rows = {t.title: (t.status, t.open_questions, t.status_after_questions) for t in Task.objects.all()}
+    assert rows == {"pending": ("waiting_for_hitl", 1, "pending"), "running": ("waiting_for_hitl", 2, "running"),
+                    "completed": ("completed", 0, "")}

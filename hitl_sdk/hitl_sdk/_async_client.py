@@ -381,7 +381,10 @@ class AsyncHitlClient:
                     if message["event_type"] == "emergency_stop_triggered":
                         return EmergencyStop.from_api(message.get("data") or {})
             except StreamRefused as refused:
-                raise refused.error from None
+                if not c.refuses_resume_point(refused):  # the query itself (the project id) is refused
+                    raise refused.error from None
+                last_event_id = None  # a resume point it no longer knows (a restored database): the
+                # status is read again after subscribing, so a stop in between is not missed
             except WSRefused:
                 await _asleep(max(1.0, self.recheck_seconds / 3))  # no websocket: poll the status
             except (HitlConnectionError, ServerError):
@@ -523,6 +526,9 @@ class AsyncHitlClient:
                 failures += 1
             except (HitlError, WaitTimeout):
                 raise
+            except StreamRefused as refused:  # a resume point the server no longer knows: resubscribe
+                # without it (the object is read again after subscribing); long-poll if the query is refused
+                use_ws, last_event_id = c.refuses_resume_point(refused), None
             except Exception:  # noqa: BLE001  (the socket dropped: reconnect with last_event_id)
                 failures += 1
                 await _asleep(min(self.retry.delay(failures), c.remaining(deadline, 60)))

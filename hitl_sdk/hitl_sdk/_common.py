@@ -107,11 +107,17 @@ def parse_event(raw: Any) -> Optional[Dict[str, Any]]:
 
 
 class StreamRefused(Exception):
-    """The event stream said why it closes (its ``error``): raised to the caller, not retried."""
+    """The event stream said why it closes (its ``error``): not retried as it was."""
 
     def __init__(self, error: HitlError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def refuses_resume_point(refused: StreamRefused) -> bool:
+    """The stream refused the ``last_event_id`` (no event has had it: a restored database, say),
+    not the rest of the query: a waiter resubscribes without one and reads its object again."""
+    return "last_event_id" in (refused.error.body.get("fields") or {})
 
 
 def settled(kind: str, obj: Any, on_budget_block: str) -> bool:

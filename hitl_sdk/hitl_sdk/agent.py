@@ -11,18 +11,37 @@ import json
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Union, cast
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
-                     HitlError, ModificationRequired)
+                     HitlConnectionError, HitlError, ModificationRequired, ServerError, Throttled, WaitTimeout)
 from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
 # What ends a call before it runs: a task made for it alone is then reported cancelled.
 ENDS_UNRUN_TASK = (ApprovalRejected, ApprovalTimedOut, ApprovalCancelled)
+# Errors that are not the server refusing a step: a task made for the work is left as it is (a stop's
+# recovery decides; a blocked call, or one the caller stopped waiting for, still waits and can be
+# waited for again; an unreachable or overloaded server would turn a passing incident into
+# failures that count towards the error-rate stop).
+NOT_A_REFUSAL = (EmergencyStopped, BudgetOverrideRequired, WaitTimeout, HitlConnectionError, ServerError, Throttled)
+
+
+def made_task_ending(exc: BaseException, *, ran: bool) -> Optional[Tuple[str, Optional[str]]]:
+    """How a task made for one piece of work alone is ended when that work raises ``exc``: (status,
+    error) to report, or None to leave it. ``cancelled`` after a person's refusal, a time-out, a
+    cancellation or a send-back past the round limit, and after a step the server refused before
+    the call ran; ``failed`` ("the server refused a step: ...") when it refused one after the run.
+    None for NOT_A_REFUSAL and for errors that are not the server's (a run that raised reports its
+    own failure)."""
+    if isinstance(exc, (*ENDS_UNRUN_TASK, ModificationRequired)):
+        return "cancelled", None
+    if not isinstance(exc, HitlError) or isinstance(exc, NOT_A_REFUSAL):
+        return None
+    return ("failed", f"the server refused a step: {exc}"[:2000]) if ran else ("cancelled", None)
 
 
 def _twin_config(client: AnyClient) -> Dict[str, Any]:
@@ -142,9 +161,8 @@ class SafetyEnhancedBaseAgent:
         ``title`` and ``input_data``. Raises ApprovalRejected, ApprovalTimedOut, ApprovalCancelled,
         BudgetOverrideRequired, ModificationRequired (past the round limit), EmergencyStopped, or the
         HitlError of a step the server refused. A task it made itself is not left open when it
-        raises: cancelled when its call did not run (a refusal, a time-out, a cancellation, a step
-        refused by the server), failed when the server refused a step after the run; left as it is
-        for EmergencyStopped (recovery decides) and BudgetOverrideRequired (its call still waits)."""
+        raises (see ``made_task_ending``); once the output is approved, a refused completion report
+        (409 while a question about the task is still open, say) is raised as it is."""
         client, extra = self.client, dict(context or {})
         created, ran = task is None, False
         if task is None:
@@ -185,11 +203,18 @@ class SafetyEnhancedBaseAgent:
                         await client.set_task_status(task.task_id, "failed",
                                                      error=f"the run's result is invalid: {exc}"[:2000])
                     raise
-                response = await client.submit_response(
-                    self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
-                    response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
-                    next_steps=result.next_steps, tokens_used=result.tokens_used, actual_cost=result.actual_cost,
-                    timeout_minutes=self.response_timeout_minutes)
+                try:
+                    response = await client.submit_response(
+                        self.project_id, task.task_id, self.agent_type, call.approval_id, result.output,
+                        response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
+                        next_steps=result.next_steps, tokens_used=result.tokens_used,
+                        actual_cost=result.actual_cost, timeout_minutes=self.response_timeout_minutes)
+                except EmergencyStopped:  # a stopped project records the usage the response carried
+                    raise
+                except HitlError:  # the output was refused: what the run used is still reported
+                    with contextlib.suppress(HitlError):
+                        await client.report_usage(call.approval_id, result.tokens_used, result.actual_cost)
+                    raise
                 try:
                     approved = await client.wait_for_response(response.approval_id)
                 except ModificationRequired as exc:
@@ -197,28 +222,19 @@ class SafetyEnhancedBaseAgent:
                         raise
                     modifications.append(exc.modifications_required)
                     continue
-                if self.complete_task:
-                    task = await client.set_task_status(task.task_id, "completed")
-                return ExecutionResult(output=result.output, task=task, call_approval=started,
-                                       response_approval=approved, rounds=round_no, tokens_used=result.tokens_used,
-                                       actual_cost=result.actual_cost)
-        except (*ENDS_UNRUN_TASK, ModificationRequired):
-            if created:  # the task it made: ended (cancelled, not failed: a person's refusal), not left pending
+                break
+            else:
+                raise AssertionError("unreachable")
+        except BaseException as exc:
+            ending = made_task_ending(exc, ran=ran) if created else None
+            if ending is not None:
                 with contextlib.suppress(HitlError):
-                    await client.set_task_status(task.task_id, "cancelled")
+                    await client.set_task_status(task.task_id, ending[0], error=ending[1])
             raise
-        except (EmergencyStopped, BudgetOverrideRequired):
-            raise
-        except HitlError as exc:
-            if created:  # the server refused a step: the task it made is ended too, not left open
-                with contextlib.suppress(HitlError):
-                    if ran:
-                        await client.set_task_status(task.task_id, "failed",
-                                                     error=f"the server refused a step: {exc}"[:2000])
-                    else:
-                        await client.set_task_status(task.task_id, "cancelled")
-            raise
-        raise AssertionError("unreachable")
+        if self.complete_task:
+            task = await client.set_task_status(task.task_id, "completed")
+        return ExecutionResult(output=result.output, task=task, call_approval=started, response_approval=approved,
+                               rounds=round_no, tokens_used=result.tokens_used, actual_cost=result.actual_cost)
 
     def execute_task_sync(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
                           **kwargs: Any) -> ExecutionResult:
@@ -352,7 +368,8 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
     unless it returns :class:`WithUsage`) and the task's outcome recorded. Rejected:
     :class:`ApprovalRejected` and the function never runs (likewise ApprovalTimedOut,
     ApprovalCancelled, EmergencyStopped, BudgetOverrideRequired); a task it made itself (no
-    ``task_id``) is then reported ``cancelled`` after a refusal, a time-out or a cancellation."""
+    ``task_id``) is then reported ``cancelled`` after a refusal, a time-out, a cancellation or a
+    step the server refused (``made_task_ending``)."""
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -366,18 +383,19 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                 data = _input_of(signature, args, kwargs)
                 tid = task_id or (await aclient.create_task(project, agent_type, proposed[:200],
                                                             {"function": fn.__qualname__})).task_id
-                call = await aclient.request_approval(
-                    project, tid, agent_type, proposed, data, context_summary=context_summary,
-                    estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
-                    timeout_minutes=timeout_minutes, model=model)
-                try:
+                try:  # until the grant is started: a task it made is ended if this raises (made_task_ending)
+                    call = await aclient.request_approval(
+                        project, tid, agent_type, proposed, data, context_summary=context_summary,
+                        estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
+                        timeout_minutes=timeout_minutes, model=model)
                     await aclient.wait_for_approval(call.approval_id, wait_timeout)
-                except ENDS_UNRUN_TASK:
-                    if task_id is None:  # the task it made for this call: ended, not left pending
+                    started = await aclient.start_approval(call.approval_id)
+                except BaseException as exc:
+                    ending = made_task_ending(exc, ran=False) if task_id is None else None
+                    if ending is not None:
                         with contextlib.suppress(HitlError):
-                            await aclient.set_task_status(tid, "cancelled")
+                            await aclient.set_task_status(tid, ending[0], error=ending[1])
                     raise
-                started = await aclient.start_approval(call.approval_id)
                 call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
                 try:
                     value = await fn(*call_args, **call_kwargs)
@@ -402,17 +420,19 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
             data = _input_of(signature, args, kwargs)
             tid = task_id or sclient.create_task(project, agent_type, proposed[:200],
                                                  {"function": fn.__qualname__}).task_id
-            call = sclient.request_approval(project, tid, agent_type, proposed, data, context_summary=context_summary,
-                                            estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
-                                            timeout_minutes=timeout_minutes, model=model)
-            try:
+            try:  # until the grant is started: a task it made is ended if this raises (made_task_ending)
+                call = sclient.request_approval(project, tid, agent_type, proposed, data,
+                                                context_summary=context_summary, estimated_tokens=estimated_tokens,
+                                                estimated_cost=estimated_cost, timeout_minutes=timeout_minutes,
+                                                model=model)
                 sclient.wait_for_approval(call.approval_id, wait_timeout)
-            except ENDS_UNRUN_TASK:
-                if task_id is None:  # the task it made for this call: ended, not left pending
+                started = sclient.start_approval(call.approval_id)
+            except BaseException as exc:
+                ending = made_task_ending(exc, ran=False) if task_id is None else None
+                if ending is not None:
                     with contextlib.suppress(HitlError):
-                        sclient.set_task_status(tid, "cancelled")
+                        sclient.set_task_status(tid, ending[0], error=ending[1])
                 raise
-            started = sclient.start_approval(call.approval_id)
             call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
             try:
                 value = fn(*call_args, **call_kwargs)
@@ -434,4 +454,4 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
 
 
 __all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_approval", "WithUsage",
-           "as_async", "as_sync"]
+           "as_async", "as_sync", "made_task_ending"]

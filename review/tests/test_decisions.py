@@ -479,3 +479,16 @@ def test_a_response_sent_back_elsewhere_is_announced_in_words(response, reviewer
                              modifications_required="Handle quotes")
     html = web(reviewer).get(f"{rpage(response)}/panel").content.decode()
     assert "This request is now sent back for modification by manager." in html, html
+
+
+def test_the_countdown_turns_red_on_the_response_and_question_pages_when_the_warning_is_due(
+        response, reviewer, project, agent):
+    from hitl.models import HitlRequest
+    from hitl.services import hitl_request_create
+
+    question = hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="Ship it?")
+    pages = {rpage(response): (ResponseApproval, response.pk), f"/review/hitl/{question.pk}": (HitlRequest, question.pk)}
+    for url, (model, pk) in pages.items():
+        assert 'class="time-left urgent"' not in web(reviewer).get(url).content.decode(), url
+        model.objects.filter(pk=pk).update(warn_at=timezone.now() - timedelta(seconds=1))
+        assert 'class="time-left urgent"' in web(reviewer).get(url).content.decode(), url

@@ -69,7 +69,8 @@
   }
 
   function handle(payload) {
-    if (!payload || payload.type === "ping") return;
+    // heartbeats, and the error the server sends before closing with 4400 (onclose says it)
+    if (!payload || payload.type === "ping" || payload.type === "error") return;
     if (typeof payload.id === "number") {
       // ids increase within a project (the server's order); across projects they may interleave,
       // so duplicates are told per project, and the resume point is the highest id seen
