@@ -465,3 +465,19 @@ def test_the_admin_and_review_pages_name_their_icon(reviewer):
         html = client.get(url).content.decode()
         assert re.search(r'<link rel="icon" href="[^"]*review/favicon\.svg"', html), url
     assert finders.find("review/favicon.svg")
+
+
+
+def test_a_task_held_by_questions_says_how_many_on_the_project_page(project, agent, reviewer):
+    from hitl.services import hitl_request_create
+    from projects.services import task_create
+
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Pick the queue")
+    page = reverse("review:project", args=[project.pk])
+    assert "open question" not in web(reviewer).get(page).content.decode()
+    for n in range(2):
+        hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question=f"q{n}",
+                            task_id=task.pk)
+    html = web(reviewer).get(page).content.decode()
+    assert re.search(r"Pick the queue.*?Waiting for a person</span><br><small class=\"pp-muted\">2 open questions</small>",
+                     html, re.S)
