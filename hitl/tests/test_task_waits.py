@@ -233,3 +233,12 @@ def test_the_migration_counts_questions_pending_before_tasks_counted_them(projec
     rows = {t.title: (t.status, t.open_questions, t.status_after_questions) for t in Task.objects.all()}
     assert rows == {"pending": ("waiting_for_hitl", 1, "pending"), "running": ("waiting_for_hitl", 2, "running"),
                     "completed": ("completed", 0, "")}
+
+
+def test_a_task_abandoned_before_it_ran_takes_its_questions_with_it(flow):
+    asked = flow.ask()
+    r = flow.report("cancelled")
+    assert r.status_code == 200, r.content
+    assert HitlRequest.objects.get(pk=asked).status == HitlRequest.Status.CANCELLED
+    task = flow.task()
+    assert (task["status"], task["open_questions"]) == ("cancelled", 0)
