@@ -13,6 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.services import audit_record
+from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
@@ -114,8 +115,7 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
         task = None
         if task_id is not None:
             uow.enter_stage("task")
-            task = Task.objects.select_for_update(of=("self",), no_key=True).filter(
-                pk=task_id, project=uow.project).first()
+            task = rawrows.by_pk(Task, task_id, lock=True, project_id=uow.project.pk)  # as a call's request
             if task is None:
                 raise InvalidInput(fields={"task_id": ["No such task in this project."]})
             # An outcome is reported under the project's exclusive lock, so this read sees it or

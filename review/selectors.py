@@ -90,16 +90,20 @@ class InboxItem:
 
     @property
     def time_left(self) -> str:
-        left = self.seconds_left
-        if left is None:
-            return "no deadline"
-        if left <= 0:
-            return "expired"
-        return duration_display(left) + " left"
+        return time_left_text(self.expires_at)
 
     @property
     def urgent(self) -> bool:
         return expiring_soon(self.obj, self.expires_at)
+
+
+def time_left_text(expires_at, *, none: str = "no deadline") -> str:
+    """A deadline counted down as the pages show it: ``4 min 5 s left``, ``expired``, or ``none``
+    when there is no deadline."""
+    if expires_at is None:
+        return none
+    left = int((expires_at - timezone.now()).total_seconds())
+    return "expired" if left <= 0 else f"{duration_display(left)} left"
 
 
 URGENT_SECONDS = 300  # under five minutes left is urgent, whatever the time-out

@@ -23,7 +23,6 @@ from approvals.services.calibration import label_flags
 
 Status = AgentCallApproval.Status
 BudgetState = AgentCallApproval.BudgetState
-OPEN_TASK_STATUSES = Task.OPEN_STATUSES
 
 
 def input_digest(data) -> str:

@@ -12,7 +12,6 @@ from approvals.models import AgentCallApproval
 from approvals.services.calibration import project_rules
 from approvals.services.common import (
     BudgetState,
-    OPEN_TASK_STATUSES,
     Status,
     approval_event_data,
     call_uow,
@@ -101,7 +100,7 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
         if now >= approval.expires_at:
             _time_out(uow, approval, now)
             expired = True
-        elif approval.task.status not in OPEN_TASK_STATUSES:
+        elif approval.task.status not in Task.OPEN_STATUSES:
             raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
                                   task_status=approval.task.status)
         elif decision == "approve" and approval.budget_state == BudgetState.BLOCKED:

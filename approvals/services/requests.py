@@ -13,7 +13,7 @@ from approvals.analyzers import RiskContext, assess
 from approvals.estimation import estimate
 from approvals.models import AgentCallApproval
 from approvals.services.calibration import project_rules
-from approvals.services.common import BudgetState, OPEN_TASK_STATUSES, Status, approval_event_data
+from approvals.services.common import BudgetState, Status, approval_event_data
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, BudgetCritical, budget_admit, budget_remaining
 from core import rawrows
@@ -66,7 +66,7 @@ def agent_approval_request(*, requester, project_id, task_id, agent_type: str, p
             raise NotFoundError("No such task in this project.")
         if task.agent_type != agent_type:
             raise InvalidInput(fields={"agent_type": [f"The task belongs to the {task.agent_type} agent."]})
-        if task.status not in OPEN_TASK_STATUSES:
+        if task.status not in Task.OPEN_STATUSES:
             raise TransitionError(f"The task is {task.status}.", current_status=task.status)
         now = timezone.now()
         approval = AgentCallApproval(

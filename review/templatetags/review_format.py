@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.times import iso_utc
-from review.selectors import duration_display, expiring_soon  # the inbox's own words for a duration and urgency
+from review.selectors import expiring_soon, time_left_text  # the inbox's own words for a deadline and urgency
 
 register = template.Library()
 
@@ -22,7 +22,8 @@ NOTHING = "—"
 FOUR_PLACES = Decimal("0.0001")
 # A number written with exactly four decimals (the API's money), not part of a longer number or word.
 _MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?![\w.])")
-# The budget's "would pass the daily token limit by 12345" (whole tokens).
+# The budget's "would pass the daily token limit by 12345" (whole tokens), as texts stored before
+# the services printed "12,345 tokens" themselves (budgets.services.ledger.excess_text) have it.
 _TOKENS_IN_TEXT = re.compile(r"(token limit by )(\d+)(?![\w.,])(?: tokens)?")
 
 
@@ -118,10 +119,7 @@ def iso(value) -> str:
 @register.filter
 def time_left(value) -> str:
     """A deadline as the inbox counts it down: ``4 min 5 s left``, ``expired``."""
-    if not isinstance(value, datetime.datetime):
-        return NOTHING
-    left = int((value - timezone.now()).total_seconds())
-    return "expired" if left <= 0 else f"{duration_display(left)} left"
+    return time_left_text(value, none=NOTHING) if isinstance(value, datetime.datetime) else NOTHING
 
 
 @register.filter
