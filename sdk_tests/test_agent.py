@@ -421,13 +421,46 @@ def stale_resume_point(monkeypatch):
     return opened
 
 
-def test_a_wait_whose_resume_point_is_refused_resubscribes_and_gets_the_answer(world, stale_resume_point):
-    agent, reviewer = world.client("agent"), world.client("reviewer")
+def test_a_wait_whose_resume_point_is_refused_resubscribes_and_gets_the_answer(world, monkeypatch):
+    """The wait's socket drops after it saw an event, and the server it reconnects to knows no
+    such event any more (a database restored under a running agent): the server refuses the
+    resume point with 4400 and the wait subscribes again without it, instead of reconnecting
+    with the same refused id until its deadline."""
+    from hitl_sdk import _common
+
+    real, opened = _common.ws_url, []
+
+    def ws_url(base_url, project_id, last_event_id):  # every resume point is one the server never had
+        opened.append(last_event_id)
+        return real(base_url, project_id, None if last_event_id is None else 10**12)
+
+    monkeypatch.setattr(_common, "ws_url", ws_url)
+    agent, other, reviewer = world.client("agent"), world.client("agent"), world.client("reviewer")
     asked = agent.create_hitl(world.project_id, "question", "Ship it?")
-    threading.Timer(1.0, lambda: reviewer.respond_hitl(asked.id, "approve", response="yes")).start()
-    answered = agent.wait_for_hitl(asked.id, timeout=20)
+
+    def drop_then_answer():
+        _until(lambda: opened)
+        other.create_hitl(world.project_id, "question", "Another one?")  # an event the wait sees
+        time.sleep(1.0)
+        world.restart()  # the socket drops; the wait reconnects with the id of that event
+        _until(lambda: opened[-1] is None and len(opened) >= 3)
+        reviewer.respond_hitl(asked.id, "approve", response="yes")
+
+    helper = threading.Thread(target=drop_then_answer)
+    helper.start()
+    answered = agent.wait_for_hitl(asked.id, timeout=30)
+    helper.join()
     assert answered.status == "approved" and answered.answer == "yes"
-    assert 2 <= len(stale_resume_point) <= 3  # refused once, then one socket (not a reconnect loop)
+    resumed = [point for point in opened[1:] if point is not None]
+    assert resumed and opened[-1] is None, opened  # it resumed, was refused, then subscribed afresh
+    assert len(resumed) < 10, opened  # not a reconnect loop on the refused id
+
+
+def _until(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_the_stop_watcher_survives_a_refused_resume_point(world, stale_resume_point):
