@@ -8,7 +8,7 @@ from django.utils.dateparse import parse_datetime
 from emergency.models import condition_words
 
 STEP_TITLES = {
-    "review_flagged": "Review the flagged calls",
+    "review_flagged": "Review the flagged calls and outputs",
     "confirm_budget": "Confirm the budget",
     "reset_error_window": "Reset the error-rate window",
     "re_enable_agents": "Re-enable the agents",
@@ -99,7 +99,7 @@ def assessment_sections(assessment: dict) -> list[dict]:
               ("Cancelled open requests (calls, responses, questions)", readable(a.pop("cancelled_approvals", 0)))]
     flags = a.pop("open_flags", None)
     if flags is not None:
-        impact.append(("Cancelled calls with high or critical flags", str(len(flags))))
+        impact.append(("Cancelled calls and outputs with high or critical flags", str(len(flags))))
     sections.append({"title": "Impact of the stop", "rows": impact, "items": []})
     counts = a.pop("task_counts", None)
     if counts is not None:

@@ -7,7 +7,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from approvals.models import AgentCallApproval
+from approvals.models import AgentCallApproval, ResponseApproval
 from audit.services import audit_record
 from budgets.services import CRITICAL_FACTOR, budget_for, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
@@ -30,12 +30,31 @@ AUTOMATIC_STEPS = ("reset_error_window", "re_enable_agents")
 
 
 # --- the steps: what approving each one does --------------------------------------------
+def flagged_cancelled(stop: EmergencyStop) -> list[dict]:
+    """The calls and the outputs (response approvals) with high or critical risk flags that the
+    stop cancelled: what a person reviews before the project runs again (an output that tripped a
+    security_threat stop is one of them)."""
+    ids = stop.cancelled_approvals
+    levels = ["high", "critical"]
+    calls = AgentCallApproval.objects.filter(pk__in=ids, risk_assessment__level__in=levels).order_by("created_at")
+    outputs = (ResponseApproval.objects.filter(pk__in=ids, analysis__level__in=levels).order_by("created_at")
+               .select_related("agent_call_approval"))
+    return [
+        *({"kind": "call", "approval_id": str(c.pk), "proposed_action": c.proposed_action[:200],
+           "risk_level": c.risk_assessment["level"], "flags": _serious_codes(c.risk_assessment.get("flags"))}
+          for c in calls),
+        *({"kind": "response", "approval_id": str(r.pk), "proposed_action": r.agent_call_approval.proposed_action[:200],
+           "risk_level": r.analysis["level"], "flags": _serious_codes(r.risk_flags)} for r in outputs),
+    ]
+
+
+def _serious_codes(flags) -> list[str]:
+    return sorted({f.get("code", "?") for f in flags or [] if isinstance(f, dict)
+                   and f.get("severity") in ("high", "critical")})
+
+
 def _review_flagged(session, step, now, option, uow):
-    flagged = list(AgentCallApproval.objects.filter(pk__in=session.emergency_stop.cancelled_approvals,
-                                                    risk_assessment__level__in=["high", "critical"])
-                   .values("pk", "proposed_action", "risk_assessment__level"))
-    return {"reviewed": [{"approval_id": str(f["pk"]), "proposed_action": f["proposed_action"][:200],
-                          "risk_level": f["risk_assessment__level"]} for f in flagged]}
+    return {"reviewed": flagged_cancelled(session.emergency_stop)}
 
 
 def _budget_state(project) -> dict:
@@ -113,7 +132,7 @@ def _lift_stop(session, step, now, option, uow):
 
 
 STEPS = {  # action: (description, run, options)
-    "review_flagged": ("Review the calls with high or critical risk flags that the stop cancelled.",
+    "review_flagged": ("Review the calls and outputs with high or critical risk flags that the stop cancelled.",
                        _review_flagged, None),
     "confirm_budget": ("Confirm the project's budget, or raise it, before agents spend again.", _confirm_budget, None),
     "reset_error_window": ("Reset the error-rate window so past failures do not trip the stop again.",
@@ -144,9 +163,6 @@ def recovery_assessment(stop: EmergencyStop, now) -> dict:
     trips = {trip.condition: trip for trip in conditions_evaluate(
         project, settings_row, now, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])}
     error_trip, resource_trip = trips.get(Condition.ERROR_RATE_HIGH), trips.get(Condition.RESOURCE_EXHAUSTION)
-    flagged = list(AgentCallApproval.objects.filter(pk__in=stop.cancelled_approvals,
-                                                    risk_assessment__level__in=["high", "critical"])
-                   .values_list("pk", flat=True))
     tasks = dict(Task.objects.filter(project=project).values_list("status").annotate(n=Count("id")))
     return {
         "stop": stop_payload(stop),
@@ -156,7 +172,7 @@ def recovery_assessment(stop: EmergencyStop, now) -> dict:
         "task_counts": tasks,
         "error_rate": error_trip.data if error_trip else "below threshold",
         "resources": resource_trip.data if resource_trip else "within limits",
-        "open_flags": [str(pk) for pk in flagged],
+        "open_flags": [f["approval_id"] for f in flagged_cancelled(stop)],
         "budget": _budget_state(project),
     }
 

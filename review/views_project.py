@@ -36,7 +36,7 @@ from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.selectors import open_work_a_stop_cancels
-from recovery.services import STEPS, recovery_start, recovery_step_respond
+from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
 
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
@@ -294,9 +294,12 @@ def _assessment_sections(assessment: dict) -> list[dict]:
             for section in assessment_sections(assessment)]
 
 
-def _step_view(step: RecoveryStep, next_step) -> dict:
+def _step_view(step: RecoveryStep, next_step, stop) -> dict:
     return {
         "step": step, "title": step_title(step.action),
+        # what the review step is about, each linked to its page, before a person approves it
+        "to_review": (flagged_cancelled(stop) if step.action == "review_flagged"
+                      and step.status == RecoveryStep.Status.PENDING else None),
         "is_next": next_step is not None and step.pk == next_step.pk,
         "options": STEPS.get(step.action, (None, None, None))[2],
         "result_rows": step_result_rows(step.result),
@@ -312,7 +315,7 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
     return {
         "session": session, "project": session.project, "stop": session.emergency_stop,
         "sections": _assessment_sections(session.assessment),
-        "steps": [_step_view(s, next_step) for s in steps], "next_step": next_step,
+        "steps": [_step_view(s, next_step, session.emergency_stop) for s in steps], "next_step": next_step,
         "open": open_, "completed": session.status == RecoverySession.Status.COMPLETED,
         "failed": session.status == RecoverySession.Status.FAILED,
         "can_decide": has_project_perm(user, roles.REVIEW, session.project_id),

@@ -352,6 +352,37 @@ def test_a_critical_finding_raises_safety_alert_and_stops_the_project(started, a
     assert spent_tokens(project) == 900                          # the usage still counts
 
 
+def test_the_recovery_reviews_the_output_that_tripped_the_stop(started, agent_client, reviewer_client, project,
+                                                               manager, reviewer, client_for, client):
+    harmless = started()
+    call = started(task_id=task_create(actor=project_admin(project), project_id=project.pk, agent_type="coder",
+                                       title="b").pk)
+    assert submit(agent_client, harmless).status_code == 201  # cancelled by the stop too, but not flagged
+    leaked = {"files": [{"path": "deploy/config.py", "content": f'GITHUB_TOKEN = "{GITHUB_TOKEN}"\n'}]}
+    assert submit(agent_client, call, agent_response=leaked).status_code == 423
+    flagged = ResponseApproval.objects.get(agent_call_approval_id=call["approval_id"])
+    r = client_for(manager).post(f"/api/v1/emergency/recovery/{project.pk}", {"recovery_type": "manual"},
+                                 format="json")
+    assert r.status_code == 201, r.content
+    session = r.json()
+    assert session["assessment"]["open_flags"] == [str(flagged.pk)]
+    review = session["recovery_plan"]["steps"][0]
+    assert review["action"] == "review_flagged" and "outputs" in review["description"]
+
+    client.force_login(reviewer)  # the recovery page names what to review, with a link, before it is approved
+    html = client.get(f"/review/recovery/{session['id']}").content.decode()
+    assert f'href="/review/response-approvals/{flagged.pk}"' in html and "critical risk" in html
+    assert str(harmless["approval_id"]) not in html
+
+    r = reviewer_client.post(f"/api/v1/recovery/{session['id']}/steps/{review['step_id']}/respond",
+                             {"decision": "approve"}, format="json")
+    assert r.status_code == 200, r.content
+    [reviewed] = r.json()["recovery_plan"]["steps"][0]["result"]["reviewed"]
+    assert reviewed["kind"] == "response" and reviewed["approval_id"] == str(flagged.pk)
+    assert reviewed["risk_level"] == "critical" and reviewed["proposed_action"] == call["proposed_action"]
+    assert reviewed["flags"] and GITHUB_TOKEN not in json.dumps(reviewed)
+
+
 def test_a_stop_cancels_pending_responses_and_later_submissions_get_423(started, agent_client, reviewer_client,
                                                                          project, task):
     first = submit(agent_client, started()).json()

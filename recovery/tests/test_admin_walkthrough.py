@@ -57,7 +57,7 @@ def test_the_page_lists_every_step_in_order_and_names_the_next_one(client, sessi
     assert positions == sorted(positions)  # in plan order
     for step in steps_of(session):
         assert escape(step.description) in table
-    assert "Next: step 1 of 5: Review the flagged calls" in html  # named before it runs
+    assert "Next: step 1 of 5: Review the flagged calls and outputs" in html  # named before it runs
     assert table.count('aria-current="step"') == 1 and "next: waiting for approval" in table
     assert "Approve and run step 1" in html and "Reject step 1" in html
     # the assessment as labelled sections, not a JSON blob
@@ -99,7 +99,7 @@ def test_approving_the_next_step_runs_it_through_the_service(client, session, re
     assert first.status == "completed" and first.approved_by == reviewer and first.reason == "checked them"
     assert AuditEvent.objects.filter(action="recovery.step_complete", object_id=str(first.pk),
                                      actor_id=reviewer.pk).exists()
-    assert any("step 1, Review the flagged calls (review_flagged) approved and run" in m and
+    assert any("step 1, Review the flagged calls and outputs (review_flagged) approved and run" in m and
                "Next: step 2, Reset the error-rate window" in m for m in messages_of(r))
     html = r.content.decode()
     assert "Next: step 2 of 5: Reset the error-rate window" in html and "“checked them”" in html
@@ -198,5 +198,5 @@ def test_someone_without_a_role_on_the_project_cannot_see_or_decide(client, sess
 def test_the_list_names_the_next_step(client, session, reviewer):
     client.force_login(reviewer)
     html = client.get(reverse("admin:recovery_recoverysession_changelist")).content.decode()
-    assert "1. Review the flagged calls" in html and "0 of 5" in html
+    assert "1. Review the flagged calls and outputs" in html and "0 of 5" in html
     assert RecoverySession.objects.count() == 1

@@ -259,7 +259,7 @@ def test_the_recovery_page_lists_the_steps_in_order_with_a_readable_assessment(s
     r = web(reviewer).get(reverse("review:recovery", args=[session.pk]))
     html = r.content.decode()
     assert r.status_code == 200
-    titles = ["Review the flagged calls", "Reset the error-rate window", "Re-enable the agents",
+    titles = ["Review the flagged calls and outputs", "Reset the error-rate window", "Re-enable the agents",
               "Settle the halted tasks", "Lift the emergency stop"]
     positions = [html.index(t) for t in titles]
     assert positions == sorted(positions)
@@ -282,7 +282,7 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
     assert r.status_code == 302 and r["Location"] == reverse("review:recovery", args=[session.pk])
     assert RecoveryStep.objects.get(pk=steps[0].pk).status == "completed"
     html = client.get(r["Location"]).content.decode()
-    assert "Step 1 approved and run: Review the flagged calls." in html
+    assert "Step 1 approved and run: Review the flagged calls and outputs." in html
     assert "What it did" in html and "Approved by reviewer" in html and "looked at them" in html
     assert re.search(r"Approved by reviewer at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", html)  # times say their zone
     assert re.search(r"recovery started by \w+\s+<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>", html)
