@@ -167,6 +167,29 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
     assert "Traceback" not in full_log(server), full_log(server)
 
 
+def test_a_page_answered_at_a_refused_forms_address_goes_back_to_its_own_and_stays_live(
+        serve, chromium, project, reviewers):  # noqa: F811
+    """A refused form (a stop whose reason is only spaces: 400) is answered at the address it posted
+    to; the page puts its own address back (a reload does not post again) and its live refresh
+    reads the page, not the form's target (which answers only POST), so a stop made elsewhere
+    still shows."""
+    rita, sam = reviewers
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server = serve()
+    page = open_page(log_in(chromium.new_context(server), rita.username).context, f"/review/projects/{project.pk}")
+    page.locator("textarea[name=reason]").fill("   ")
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile("Continue to stop")).click()
+    expect(page.locator("#emergency-stop .pp-error")).to_be_visible()
+    assert page.url.endswith(f"/review/projects/{project.pk}#emergency-stop"), page.url
+    wait_live(page)
+    mark_page(page)
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", sam_key, status=(201,), body={"reason": "drill"})
+    expect(page.locator("#pp-live .pp-status")).to_have_text("Emergency stopped")
+    assert_not_reloaded(page)
+    assert "405" not in " ".join(line for line in full_log(server).splitlines() if "/stop" in line)
+
+
 def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, project, agent, reviewers):  # noqa: F811
     """`a` approves a low-risk call at once (above); on a high or critical risk the first `a` only
     focuses Approve and says so, the second one approves."""
