@@ -36,7 +36,7 @@ from core.admin import (
 from projects.admin_mixins import ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
-from core.text import FORM_ERROR_NOTE
+from core.text import FORM_ERROR_NOTE, plural
 
 PAST = {"approve": "approved", "reject": "rejected"}
 RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
@@ -377,7 +377,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
     @admin.action(description="Reject selected calls (asks for a reason)")
     def reject_selected(self, request, queryset):
         reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject agent calls",
-                                  question=f"Reject these {queryset.count()} agent call(s)? The agents are told "
+                                  question=f"Reject {plural(queryset.count(), 'agent call')}? The agents are told "
                                            f"the reason.", submit_label="Reject")
         if form is not None:
             return form
@@ -582,7 +582,7 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
     @admin.action(description="Reject selected responses (asks for a reason)")
     def reject_selected(self, request, queryset):
         reason, form = ask_reason(self, request, queryset, action="reject_selected", title="Reject agent outputs",
-                                  question=f"Reject these {queryset.count()} output(s)? The agents are told the "
+                                  question=f"Reject {plural(queryset.count(), 'output')}? The agents are told the "
                                            f"reason.", submit_label="Reject")
         if form is not None:
             return form

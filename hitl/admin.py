@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, back_to_messages, refuse_on_page
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
-from core.text import FORM_ERROR_NOTE
+from core.text import FORM_ERROR_NOTE, plural
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
 from projects import roles
@@ -175,7 +175,7 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
     def reject_selected(self, request, queryset):
         reason, form = ask_reason(self, request, queryset, action="reject_selected",
                                   title="Reject questions and checkpoints",
-                                  question=f"Reject these {queryset.count()} request(s)? The agents are told "
+                                  question=f"Reject {plural(queryset.count(), 'request')}? The agents are told "
                                            f"the reason.", submit_label="Reject")
         if form is not None:
             return form

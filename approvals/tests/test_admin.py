@@ -77,6 +77,7 @@ def test_bulk_reject_asks_for_a_reason_first(reviewer_browser, approvals):
     selected = [str(approvals[2].pk)]
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "index": 0, ACTION_CHECKBOX_NAME: selected})
     assert r.status_code == 200 and b"Reason" in r.content
+    assert b"Reject 1 agent call? The agents are told" in r.content
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "",
                                            ACTION_CHECKBOX_NAME: selected})

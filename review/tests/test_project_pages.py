@@ -299,6 +299,13 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
     session.refresh_from_db()
     assert session.status == "completed"
     assert EmergencyStop.objects.get(project=project).resolved_at is not None
+    assert "is <strong>active</strong> again" in html
+
+    # a newer stop: the old recovery's page no longer says the project is active
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="again", actor=reviewer)
+    html = client.get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "The stop is lifted" in html and "has been <strong>stopped again</strong> since" in html
+    assert "active</strong> again" not in html and "Agents may call again" not in html
 
 
 def test_out_of_order_and_repeated_decisions_show_the_services_message(session, reviewer):
