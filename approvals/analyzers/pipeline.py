@@ -290,9 +290,12 @@ def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules:
                                              f"review this {kind} manually"}, "pipeline"))
     if ctx.truncated:
         where = "input_data" if kind == "call" else "agent_response"
-        collector.add(_clean({"code": "risk.scan_truncated", "severity": "medium", "location": where,
+        # failing closed, as an analyzer that ran out of time: what was not read may hide anything
+        # (filler in front of a dangerous command), so the call is never rated below high
+        collector.add(_clean({"code": "risk.scan_truncated", "severity": "high", "location": where,
                               "message": f"Input is larger than the scanned {MAX_SCAN_CHARS:,} characters "
-                                         "(or too deeply nested); the rest was not checked"}, "pipeline"))
+                                         "(or too deeply nested); the rest was not checked: review it "
+                                         "manually"}, "pipeline"))
     enforced, observed, suppressed = apply_rules(collector.result(), rules)
     ran = [e["status"] for e in statuses.values() if e["status"] != "skipped"]
     scored = combine(enforced, ran=len(ran), ok=ran.count("ok"),
