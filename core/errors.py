@@ -106,13 +106,24 @@ class InvalidInput(DomainError):
         super().__init__(detail or "Invalid input.", fields=fields)
 
 
-def _flatten(detail):
-    """DRF error details as plain JSON: strings, lists and dicts."""
+def _messages(detail, where: str = "") -> list[str]:
+    """One field's DRF error details as API.md's list of messages: the errors of a list's items
+    and of a nested object's keys (a dict in DRF's details) are said in the message, "Item 0:
+    Must be a string." or "agent_types: ...", never as a nested object."""
     if isinstance(detail, dict):
-        return {str(k): _flatten(v) for k, v in detail.items()}
+        return [message for key, value in detail.items()
+                for message in _messages(value, f"{where}{'Item ' + str(key) if str(key).isdigit() else key}: ")]
     if isinstance(detail, list):
-        return [_flatten(v) for v in detail]
-    return str(detail)
+        if any(isinstance(value, dict) for value in detail):  # a list of objects: one entry per item
+            return [message for i, value in enumerate(detail) for message in _messages(value, f"{where}Item {i}: ")]
+        return [message for value in detail for message in _messages(value, where)]
+    return [f"{where}{detail}"]
+
+
+def _fields(detail) -> dict[str, list[str]]:
+    if isinstance(detail, dict):
+        return {str(key): _messages(value) for key, value in detail.items()}
+    return {"non_field_errors": _messages(detail)}
 
 
 def error_body(code: str, detail: str, **extra) -> dict:
@@ -199,10 +210,7 @@ def _error_response(exc, context):
     if isinstance(exc, DomainError):
         return Response(exc.body(), status=exc.status_code)
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        if not isinstance(fields, dict):
-            fields = {"non_field_errors": fields if isinstance(fields, list) else [fields]}
-        return Response(error_body("invalid", "Invalid input.", fields=fields), status=400)
+        return Response(error_body("invalid", "Invalid input.", fields=_fields(exc.detail)), status=400)
     if isinstance(exc, (exceptions.ParseError, exceptions.UnsupportedMediaType, RequestDataTooBig)):
         detail = str(getattr(exc, "detail", exc)) or "Malformed request body."
         if isinstance(exc, RequestDataTooBig):  # Django's says "exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE"

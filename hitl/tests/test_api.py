@@ -60,12 +60,21 @@ def test_a_checkpoint_needs_no_task_or_options(agent_client, project):
     ({"options": "a"}, "options"),
     ({"timeout_minutes": 0}, "timeout_minutes"),
     ({"project_id": "nope"}, "project_id"),
+    ({"options": [1, {"a": 2}]}, "options"),
 ])
 def test_create_refuses_bad_input_with_400(agent_client, body, overrides, field):
     r = agent_client.post("/api/v1/hitl", body(**overrides), format="json")
     assert r.status_code == 400, r.content
     assert r.json()["error"] == "invalid" and field in r.json()["fields"]
+    fields = r.json()["fields"]  # API.md: each bad field maps to its messages, a list of strings
+    assert all(isinstance(m, list) and m and all(isinstance(t, str) for t in m) for m in fields.values()), fields
     assert not HitlRequest.objects.exists()
+
+
+def test_bad_items_of_a_list_are_named_in_the_fields_messages(agent_client, body):
+    r = agent_client.post("/api/v1/hitl", body(options=["ok", 1, {"a": 2}]), format="json")
+    assert r.status_code == 400, r.content
+    assert r.json()["fields"] == {"options": ["Item 1: Must be a string.", "Item 2: Must be a string."]}
 
 
 def test_create_refuses_a_task_of_another_project(agent_client, body, other_project, admin_user):
