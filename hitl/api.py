@@ -44,7 +44,7 @@ class HitlRequestCreateApi(APIView):
         timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
 
     @extend_schema(operation_id="hitl_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={201: HitlRequestOutputSerializer, **error_responses(400, 403, 404, 423)})
+                   responses={201: HitlRequestOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
     @idempotent
     def post(self, request):
         """Ask a person a question, or pause at a checkpoint (agent role). It is pending until a

@@ -6,7 +6,9 @@ from recovery.models import RecoverySession, RecoveryStep
 
 class RecoveryStepOutputSerializer(serializers.ModelSerializer):
     step_id = serializers.UUIDField(source="id", read_only=True)
-    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True,
+                                               help_text="who decided the step; null until it is decided or when it "
+                                                         "ran by itself (automated recovery)")
 
     class Meta:
         model = RecoveryStep

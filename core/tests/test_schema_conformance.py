@@ -1,0 +1,178 @@
+"""The OpenAPI schema (/api/schema/) against what the API really answers: a whole project's life
+through the API (tasks, calls, outputs, questions, budgets and an override, a stop, its status and
+its recovery, events, errors), each answer checked to be a documented status whose body the
+schema's JSON Schema accepts. A client generated from the schema must be able to read every
+answer (a field the schema calls non-null that is null, an undocumented 409, ... fail here)."""
+from decimal import Decimal
+
+import jsonschema
+import pytest
+from drf_spectacular.generators import SchemaGenerator
+
+from budgets.models import ProjectBudget
+
+pytestmark = pytest.mark.django_db
+
+
+def _json_schema(node):
+    """OpenAPI 3.0's dialect as JSON Schema: ``nullable`` becomes a null alternative, component
+    references point into ``$defs``."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _json_schema(value) for key, value in node.items() if key != "nullable"}
+    if "$ref" in out:
+        out["$ref"] = out["$ref"].replace("#/components/schemas/", "#/$defs/")
+    if node.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+class Contract:
+    def __init__(self):
+        schema = SchemaGenerator().get_schema(request=None, public=True)
+        self.paths = schema["paths"]
+        self.defs = _json_schema(schema["components"]["schemas"])
+        self.checked = []
+
+    def check(self, response, method: str, template: str):
+        """``response`` answered ``method template`` (a path of the schema): a documented status,
+        a body the schema accepts. Returns the body."""
+        operation = self.paths[template][method.lower()]
+        status = str(response.status_code)
+        assert status in operation["responses"], (
+            f"{method} {template} answered {status}, undocumented (documented: {sorted(operation['responses'])}): "
+            f"{response.content[:500]!r}")
+        body = response.json()
+        content = operation["responses"][status].get("content", {}).get("application/json")
+        assert content is not None, f"{method} {template} {status}: the schema documents no JSON body"
+        schema = {**_json_schema(content["schema"]), "$defs": self.defs}
+        try:
+            jsonschema.validate(body, schema)
+        except jsonschema.ValidationError as exc:
+            raise AssertionError(f"{method} {template} {status}: {exc.message} at {list(exc.absolute_path)}\n"
+                                 f"{body}") from None
+        self.checked.append((method, template, status))
+        return body
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return Contract()
+
+
+def test_every_answer_of_a_projects_life_is_one_the_schema_documents(contract, project, agent, reviewer, manager,
+                                                                      client_for):
+    a, r, m = client_for(agent), client_for(reviewer), client_for(manager)
+    check = contract.check
+    p = str(project.pk)
+
+    task = check(a.post("/api/v1/tasks", {"project_id": p, "agent_type": "coder", "title": "Login form"},
+                        format="json"), "POST", "/api/v1/tasks")
+    check(a.get(f"/api/v1/tasks/{task['task_id']}"), "GET", "/api/v1/tasks/{task_id}")
+
+    def call(task_id, **extra):
+        return check(a.post("/api/v1/agent-approvals", {
+            "project_id": p, "task_id": task_id, "agent_type": "coder", "proposed_action": "Write the form",
+            "input_data": {"files": ["login.tsx"]}, "model": "gpt-4o-mini", **extra}, format="json"),
+            "POST", "/api/v1/agent-approvals")
+
+    first = call(task["task_id"])
+    assert first["approved_by"] is None and first["responded_at"] is None  # nulls the schema must allow
+    one = "/api/v1/agent-approvals/{approval_id}"
+    check(a.get(f"/api/v1/agent-approvals/{first['approval_id']}"), "GET", one)
+    check(a.get(f"/api/v1/agent-approvals/{first['approval_id']}/wait?timeout=0"), "GET", one + "/wait")
+    check(a.post(f"/api/v1/agent-approvals/{first['approval_id']}/respond", {"decision": "approve"}, format="json"),
+          "POST", one + "/respond")  # an agent may not decide
+    check(r.post(f"/api/v1/agent-approvals/{first['approval_id']}/respond", {"decision": "approve"}, format="json"),
+          "POST", one + "/respond")
+    check(r.post(f"/api/v1/agent-approvals/{first['approval_id']}/respond", {"decision": "reject", "reason": "late"},
+                 format="json"), "POST", one + "/respond")  # 409: decided
+    check(a.post(f"/api/v1/agent-approvals/{first['approval_id']}/start"), "POST", one + "/start")
+    check(a.post(f"/api/v1/agent-approvals/{first['approval_id']}/start"), "POST", one + "/start")  # 409
+    response = check(a.post("/api/v1/response-approvals", {
+        "project_id": p, "task_id": task["task_id"], "agent_type": "coder",
+        "original_call_approval_id": first["approval_id"], "agent_response": {"files": {"login.tsx": "ok"}},
+        "response_summary": "The form", "next_steps": [], "tokens_used": 900}, format="json"),
+        "POST", "/api/v1/response-approvals")
+    one_response = "/api/v1/response-approvals/{approval_id}"
+    check(a.get(f"/api/v1/response-approvals/{response['approval_id']}"), "GET", one_response)
+    check(r.post(f"/api/v1/response-approvals/{response['approval_id']}/respond",
+                 {"decision": "requires_modification", "modifications_required": "Add tests"}, format="json"),
+          "POST", one_response + "/respond")
+    check(a.get(f"/api/v1/response-approvals/project/{p}"), "GET", "/api/v1/response-approvals/project/{project_id}")
+    check(a.post("/api/v1/agent-approvals", {"project_id": "nope"}, format="json"), "POST", "/api/v1/agent-approvals")
+
+    second = check(a.post("/api/v1/tasks", {"project_id": p, "agent_type": "coder", "title": "Usage"}, format="json"),
+                   "POST", "/api/v1/tasks")
+    used = call(second["task_id"])
+    check(r.post(f"/api/v1/agent-approvals/{used['approval_id']}/respond", {"decision": "approve"}, format="json"),
+          "POST", one + "/respond")
+    check(a.post(f"/api/v1/agent-approvals/{used['approval_id']}/start"), "POST", one + "/start")
+    check(a.post(f"/api/v1/agent-approvals/{used['approval_id']}/usage", {"tokens_used": 300}, format="json"),
+          "POST", one + "/usage")
+    check(a.post(f"/api/v1/tasks/{second['task_id']}/status", {"status": "completed"}, format="json"),
+          "POST", "/api/v1/tasks/{task_id}/status")
+    check(a.get(f"/api/v1/agent-approvals/project/{p}?status=approved"), "GET",
+          "/api/v1/agent-approvals/project/{project_id}")
+
+    # budgets, and a call blocked behind an override
+    check(m.patch(f"/api/v1/budgets/{p}", {"daily_cost_limit": "1.0000"}, format="json"), "PATCH",
+          "/api/v1/budgets/{project_id}")
+    third = check(a.post("/api/v1/tasks", {"project_id": p, "agent_type": "coder", "title": "Costly"}, format="json"),
+                  "POST", "/api/v1/tasks")
+    blocked = call(third["task_id"], estimated_cost="1.2000")
+    assert blocked["budget_override_id"]
+    check(r.post(f"/api/v1/agent-approvals/{blocked['approval_id']}/respond", {"decision": "approve"}, format="json"),
+          "POST", one + "/respond")  # 409 until the override is approved
+    overrides = check(r.get(f"/api/v1/budget-overrides/project/{p}"), "GET",
+                      "/api/v1/budget-overrides/project/{project_id}")
+    assert overrides
+    check(r.post(f"/api/v1/budget-overrides/{blocked['budget_override_id']}/respond", {"decision": "approve"},
+                 format="json"), "POST", "/api/v1/budget-overrides/{override_id}/respond")
+    check(a.post("/api/v1/budget-overrides", {"project_id": p, "violation_type": "daily_cost_limit",
+                                              "requested_amount": "1.0000", "justification": "a bigger day"},
+                 format="json"), "POST", "/api/v1/budget-overrides")
+    assert ProjectBudget.objects.get(project=project).daily_cost_limit == Decimal("1.0000")
+    budget = check(a.get(f"/api/v1/budgets/{p}"), "GET", "/api/v1/budgets/{project_id}")
+    assert budget["budget_alerts"]  # the limit is passed: alerts, as the schema describes them
+    check(a.get(f"/api/v1/projects/{p}"), "GET", "/api/v1/projects/{project_id}")
+
+    # questions
+    asked = check(a.post("/api/v1/hitl", {"project_id": p, "task_id": task["task_id"], "request_type": "question",
+                                          "question": "Which database?", "options": ["PostgreSQL", "SQLite"]},
+                         format="json"), "POST", "/api/v1/hitl")
+    check(a.get(f"/api/v1/hitl/{asked['id']}"), "GET", "/api/v1/hitl/{request_id}")
+    check(r.post(f"/api/v1/hitl/{asked['id']}/respond", {"action": "approve", "response": "SQLite"}, format="json"),
+          "POST", "/api/v1/hitl/{request_id}/respond")
+    check(a.get(f"/api/v1/hitl/project/{p}"), "GET", "/api/v1/hitl/project/{project_id}")
+    check(a.post(f"/api/v1/tasks/{third['task_id']}/status", {"status": "failed", "error": "gave up"}, format="json"),
+          "POST", "/api/v1/tasks/{task_id}/status")
+    check(a.post("/api/v1/hitl", {"project_id": p, "task_id": third["task_id"], "request_type": "question",
+                                  "question": "Still there?"}, format="json"), "POST", "/api/v1/hitl")  # 409: ended
+
+    # a stop, its status, its recovery
+    stop = check(r.post(f"/api/v1/emergency/stop/{p}", {"reason": "drill"}, format="json"),
+                 "POST", "/api/v1/emergency/stop/{project_id}")
+    check(a.post("/api/v1/tasks", {"project_id": p, "agent_type": "coder", "title": "refused"}, format="json"),
+          "POST", "/api/v1/tasks")  # 423
+    check(a.get(f"/api/v1/emergency/status/{p}"), "GET", "/api/v1/emergency/status/{project_id}")
+    session = check(m.post(f"/api/v1/emergency/recovery/{p}", {"recovery_type": "manual"}, format="json"),
+                    "POST", "/api/v1/emergency/recovery/{project_id}")
+    assert session["emergency_stop_id"] == stop["id"] and session["current_step"]["approved_by"] is None
+    status = check(a.get(f"/api/v1/emergency/status/{p}"), "GET", "/api/v1/emergency/status/{project_id}")
+    assert status["recovery_session"]["id"] == session["id"]
+    step_path = "/api/v1/recovery/{session_id}/steps/{step_id}/respond"
+    for step in session["recovery_plan"]["steps"]:
+        check(r.post(f"/api/v1/recovery/{session['id']}/steps/{step['step_id']}/respond", {"decision": "approve"},
+                     format="json"), "POST", step_path)
+    done = check(r.get(f"/api/v1/recovery/{session['id']}"), "GET", "/api/v1/recovery/{session_id}")
+    assert done["status"] == "completed"
+    check(a.get(f"/api/v1/emergency/status/{p}"), "GET", "/api/v1/emergency/status/{project_id}")
+
+    events = check(a.get(f"/api/v1/events?project_id={p}&after=0"), "GET", "/api/v1/events")
+    assert {"agent_approval_requested", "emergency_stop_triggered", "budget_alert"} <= {
+        e["event_type"] for e in events["results"]}
+    check(a.get("/api/v1/events?project_id=nope"), "GET", "/api/v1/events")  # 400
+    assert len(contract.checked) >= 50
