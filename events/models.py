@@ -9,6 +9,7 @@ class EventType(models.TextChoices):
     BUDGET_OVERRIDE_REQUESTED = "budget_override_requested"
     BUDGET_OVERRIDE_DECIDED = "budget_override_decided"
     BUDGET_ALERT = "budget_alert"
+    BUDGET_OVERRUN = "budget_overrun"  # an addition to API.md: a call used more than its estimate
     EMERGENCY_STOP_TRIGGERED = "emergency_stop_triggered"
     RECOVERY_INITIATED = "recovery_initiated"
     RECOVERY_STEP_COMPLETED = "recovery_step_completed"

@@ -18,9 +18,13 @@ def alert_payload(alert: BudgetAlert) -> dict:
 
 
 def emit_alert(alert: BudgetAlert) -> None:
+    """A threshold alert is a ``budget_alert`` event (API.md: warning, critical or emergency); a
+    call's overrun is a ``budget_overrun`` event of its own, so no ``budget_alert`` carries an
+    ``alert_type`` outside API.md's three."""
     payload = alert_payload(alert)
-    event_emit(project_id=alert.project_id, event_type="budget_alert", data=payload)
-    notify_project_on_commit(project_id=alert.project_id, event_type="budget_alert",
+    event_type = "budget_overrun" if alert.alert_type == BudgetAlert.AlertType.OVERRUN else "budget_alert"
+    event_emit(project_id=alert.project_id, event_type=event_type, data=payload)
+    notify_project_on_commit(project_id=alert.project_id, event_type=event_type,
                              subject=f"[BotArmy HITL] Budget {alert.alert_type}: {alert.threshold_type} of "
                                      f"{alert.project.slug}", payload=payload)
 

@@ -226,7 +226,8 @@ def test_an_overrun_in_tokens_alone_alerts_on_the_tokens(project, agent, reviewe
     budget_settle(approval=approval, tokens_used=1234, actual_cost=Decimal("0.0100"))
     alert = BudgetAlert.objects.get(alert_type="overrun")
     assert (alert.threshold_type, alert.threshold_value, alert.current_value) == ("token_daily", 1010, 1234)
-    data = Event.objects.get(event_type="budget_alert", data__alert_type="overrun").data
+    data = Event.objects.get(event_type="budget_overrun").data  # its own event: no budget_alert says overrun
+    assert not Event.objects.filter(event_type="budget_alert", data__alert_type="overrun").exists()
     assert (data["threshold_type"], data["threshold_value"], data["current_value"]) == (
         "token_daily", "1010.0000", "1234.0000")
     assert data["detail"]["actual_cost"] == "0.0100" and data["detail"]["estimated_cost"] == "0.0101"
