@@ -1,5 +1,3 @@
-import zoneinfo
-
 from drf_spectacular.utils import (
     extend_schema,
     extend_schema_serializer,
@@ -27,7 +25,7 @@ from core.fields import ChoiceField, StrictCharField, StrictSlugField, StrictUUI
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
-from projects.models import AgentType, Task
+from projects.models import TIME_ZONES, AgentType, Task
 from projects.serializers import (
     AgentStateSerializer,
     ProjectOutputSerializer,
@@ -57,7 +55,7 @@ class ProjectListCreateApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         name = StrictCharField(max_length=200)
         slug = StrictSlugField(max_length=64)
-        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False, default="UTC")
+        timezone = ChoiceField(choices=TIME_ZONES, required=False, default="UTC")
 
     @extend_schema(operation_id="projects_list",
                    responses={200: paginated(ProjectOutputSerializer, "PaginatedProjectList"), **error_responses()})
@@ -92,7 +90,7 @@ class ProjectDetailApi(APIView):
     @extend_schema_serializer(component_name="ProjectUpdateInput")
     class UpdateSerializer(serializers.Serializer):
         name = StrictCharField(max_length=200, required=False)
-        timezone = ChoiceField(choices=sorted(zoneinfo.available_timezones()), required=False,
+        timezone = ChoiceField(choices=TIME_ZONES, required=False,
                                help_text="IANA time zone name")
         allowed_link_hosts = serializers.ListField(
             child=StrictCharField(max_length=253), required=False, max_length=200,

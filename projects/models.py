@@ -18,8 +18,14 @@ class AgentType(models.TextChoices):
     DEPLOYER = "deployer"
 
 
+# The IANA names the host's zone database knows, less the host-specific entries: "localtime" is
+# whatever the server's /etc/localtime is (moving hosts would move a project's budget days) and
+# "Factory" / "posixrules" are not zones a person means.
+TIME_ZONES = sorted(zoneinfo.available_timezones() - {"localtime", "Factory", "posixrules"})
+
+
 def validate_timezone(value: str) -> None:
-    if value not in zoneinfo.available_timezones():
+    if value not in TIME_ZONES:
         raise ValidationError(f"{value!r} is not an IANA time zone name (for example Europe/Berlin).")
 
 

@@ -161,8 +161,13 @@ def test_project_detail_counts_tasks_and_shows_the_budget(clients, project, task
 
 def test_create_project_validates_timezone_and_slug(clients):
     admin = clients["admin"]
-    r = admin.post("/api/v1/projects", {"name": "X", "slug": "x", "timezone": "Mars/Olympus"}, format="json")
-    assert r.status_code == 400 and "timezone" in r.json()["fields"]
+    for zone in ("Mars/Olympus", "localtime", "Factory"):  # localtime: the server's own zone, host-specific
+        r = admin.post("/api/v1/projects", {"name": "X", "slug": "x", "timezone": zone}, format="json")
+        assert r.status_code == 400 and "timezone" in r.json()["fields"], zone
+        r = clients["admin"].patch(f"/api/v1/projects/{Project.objects.get(slug='demo').pk}", {"timezone": zone},
+                                   format="json")
+        assert r.status_code == 400 and "timezone" in r.json()["fields"], zone
+    assert not Project.objects.filter(slug="x").exists()
     r = admin.post("/api/v1/projects", {"name": "X", "slug": "demo"}, format="json")
     assert r.status_code == 400 and "slug" in r.json()["fields"]
     r = admin.post("/api/v1/projects", {"name": "NY", "slug": "ny", "timezone": "America/New_York"}, format="json")
