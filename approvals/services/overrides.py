@@ -7,7 +7,8 @@ from approvals.services.common import BudgetState, Status, approval_group, close
 from approvals.services.requests import admission_apply
 from audit.services import audit_record
 from budgets.models import BudgetOverrideRequest
-from budgets.services import BudgetCritical, budget_admit, override_decide_locked
+from budgets.services import (BudgetCritical, budget_admission_preview, budget_admit, override_decide_locked,
+                              override_withdraw_locked)
 from core.errors import NotFoundError
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -77,14 +78,35 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
 
 
 def readmit_after_limits_change(*, uow) -> None:
-    """budgets.hooks.budget_limits_changed: calls kept blocked although their override was
-    approved (only the 1.5 x ceiling held them) are admitted again under the new limits."""
-    approved = BudgetOverrideRequest.objects.filter(project=uow.project, status=BudgetOverrideRequest.Status.APPROVED)
-    waiting = AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
-                                               budget_state=BudgetState.BLOCKED,
-                                               budget_override_id__in=approved.values("pk"))
-    if not waiting.exists():
-        return
+    """budgets.hooks.budget_limits_changed: the blocked calls admitted again under the new limits
+    (the limits change holds the project exclusively, so what is read here does not move):
+    - kept blocked although their override was approved (only the 1.5 x ceiling held them);
+    - waiting for a pending override they no longer need (a limit was raised enough), or need
+      for another amount or limit: that override is withdrawn, and the call is reserved, or
+      blocked behind a new override that asks for what is missing now (never a stale reason).
+    A call that only the 1.5 x ceiling blocks keeps its pending override."""
+    blocked = list(AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
+                                                    budget_state=BudgetState.BLOCKED)
+                   .exclude(budget_override_id=None).select_related("project"))
+    overrides = BudgetOverrideRequest.objects.in_bulk([call.budget_override_id for call in blocked])
     now = timezone.now()
-    for call in _lock_calls(uow, waiting):
+    again, withdrawn = [], []
+    for call in blocked:
+        override = overrides.get(call.budget_override_id)
+        if override is None:
+            continue
+        if override.status == BudgetOverrideRequest.Status.APPROVED:
+            again.append(call.pk)
+        elif override.status == BudgetOverrideRequest.Status.PENDING:
+            preview = budget_admission_preview(call, now)
+            if preview != "critical" and preview != (override.violation_type, override.requested_amount):
+                again.append(call.pk)
+                withdrawn.append(override.pk)
+    if not again:
+        return
+    locked = _lock_calls(uow, AgentCallApproval.objects.filter(pk__in=again, status=Status.PENDING,
+                                                               budget_state=BudgetState.BLOCKED))
+    override_withdraw_locked(uow=uow, override_ids=withdrawn,
+                             reason="The budget limits changed: its call was admitted again under the new ones.")
+    for call in sorted(locked, key=lambda call: call.created_at):  # the oldest call is admitted first
         _readmit(uow, call, None, now)

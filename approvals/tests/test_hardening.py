@@ -347,6 +347,40 @@ def test_raising_the_limit_admits_a_call_only_the_ceiling_kept_blocked(project, 
     agent_approval_decide(approval_id=b.pk, decider=reviewer, decision="approve")
 
 
+def test_raising_the_limit_admits_a_call_blocked_behind_a_pending_override_and_withdraws_it(
+        project, agent, reviewer, manager, client_for):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    run(ask(project, agent, cost="9.0000", title="a"), reviewer, agent)
+    b = ask(project, agent, cost="2.0000", title="b")
+    c = ask(project, agent, cost="5.0000", title="c")
+    old_b, old_c = b.budget_override_id, c.budget_override_id
+    assert b.budget_state == c.budget_state == "blocked"
+    assert "by 1.0000" in b.budget_blocked_reason
+
+    # raised enough for b, not for c: b is reserved at once and its override withdrawn; c now needs
+    # less, so its override is replaced by one for what is missing now (never a stale reason)
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "12.0000"}, format="json")
+    assert r.status_code == 200, r.content
+    b.refresh_from_db()
+    c.refresh_from_db()
+    assert (b.budget_state, b.budget_blocked_reason) == ("reserved", "")
+    assert c.budget_state == "blocked" and c.budget_override_id != old_c and "by 4.0000" in c.budget_blocked_reason
+    withdrawn = BudgetOverrideRequest.objects.in_bulk([old_b, old_c])
+    assert {o.status for o in withdrawn.values()} == {"rejected"}
+    assert all("limits changed" in o.rejection_reason for o in withdrawn.values())
+    assert BudgetOverrideRequest.objects.get(pk=c.budget_override_id).requested_amount == Decimal("4.0000")
+    assert day(project).reserved_cost == Decimal("11.0000")  # a (started, not settled) and b
+    agent_approval_decide(approval_id=b.pk, decider=reviewer, decision="approve")  # no override needed now
+
+    # a change that leaves c's need as it is leaves its override alone
+    current = c.budget_override_id
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"warning_percent": 70}, format="json")
+    assert r.status_code == 200, r.content
+    c.refresh_from_db()
+    assert c.budget_override_id == current
+    assert BudgetOverrideRequest.objects.get(pk=current).status == "pending"
+
+
 def test_max_tokens_anywhere_in_the_input_is_reserved_never_ignored(project, agent):
     huge = ask(project, agent, cost="0", tokens=0, input_data={"max_tokens": 10_000_000}, title="huge")
     assert huge.estimated_tokens >= 10_000_000

@@ -6,6 +6,7 @@ from budgets.services.ledger import (
     Admission,
     BudgetCritical,
     Settlement,
+    budget_admission_preview,
     budget_admit,
     budget_reconcile,
     budget_release,
@@ -34,10 +35,11 @@ from budgets.services.windows import (
 )
 
 __all__ = [
-    "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admit",
+    "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admission_preview",
+    "budget_admit",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_reserve_more", "budget_settle",
-    "check_alerts", "current_windows", "emit_alert", "ledger_totals", 
+    "check_alerts", "current_windows", "emit_alert", "ledger_totals",
     "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
     "window_add", "window_bounds", "windows_add",
 ]

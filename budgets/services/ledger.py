@@ -81,6 +81,19 @@ def excess_text(violation: str, amount) -> str:
     return f"{int(amount):,} tokens" if violation.endswith("token_limit") else f"{amount}"
 
 
+def budget_admission_preview(call, now=None):
+    """What admitting a call's estimate now would do, read without locks or writes: None (it
+    fits), "critical" (the projected daily cost passes 1.5 x the limit) or the (violation_type,
+    amount) of the override it would need. For a caller that holds its project exclusively (a
+    change of limits), so the windows cannot move before it admits for real."""
+    budget = budget_for(call.project)
+    day, month = current_windows(call.project, now)
+    if _critical_projection(budget, day, call.estimated_cost) is not None:
+        return "critical"
+    first = _first_violation(budget, day, month, call.estimated_tokens, call.estimated_cost)
+    return None if first is None else (first[0], first[2])
+
+
 def budget_admit(*, uow, call, requested_by, now=None) -> Admission:
     """Reserve a call's estimate (``call.estimated_tokens``, ``call.estimated_cost``) against
     the windows covering ``now``, all or nothing; or, when it would pass a limit, reserve
