@@ -200,7 +200,7 @@ class BudgetOverrideRespondApi(APIView):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
     @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
-                   responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409)})
+                   responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
     def post(self, request, override_id):
         """Approve or reject (`reason` optional). Above the manager threshold only a manager approves
         (403 for a reviewer); nobody decides an override they requested."""

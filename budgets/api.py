@@ -91,7 +91,7 @@ class BudgetOverrideCreateApi(APIView):
             return attrs
 
     @extend_schema(operation_id="budget_overrides_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={201: BudgetOverrideOutputSerializer, **error_responses(400, 404)})
+                   responses={201: BudgetOverrideOutputSerializer, **error_responses(400, 404, 423)})
     @idempotent
     def post(self, request):
         """Ask for more room in the current day or month window (anyone with a role)."""

@@ -23,11 +23,12 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
     each is reserved, or stays blocked with the reason) or reject (rejecting its blocked calls;
     with a reason unless ``reason_required`` is False, as through the API).
     One unit of work, locks in LOCK_ORDER: project, the calls' tasks, the calls, the override,
-    the windows."""
+    the windows. 423 while the project is stopped (no allowance changes under a stop; the
+    recovery settles the budget)."""
     project_id = BudgetOverrideRequest.objects.filter(pk=override_id).values_list("project_id", flat=True).first()
     if project_id is None:
         raise NotFoundError("No such budget override.")
-    with project_uow(project_id) as uow:
+    with project_uow(project_id, gate=True) as uow:
         calls = _lock_calls(uow, AgentCallApproval.objects.filter(budget_override_id=override_id,
                                                                  status=Status.PENDING))
         override = override_decide_locked(uow=uow, override_id=override_id, actor=actor, decision=decision,

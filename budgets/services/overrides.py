@@ -46,8 +46,9 @@ def override_create_locked(*, project, window: BudgetWindow, violation_type: str
 @retry_transient
 def budget_override_create(*, project_id, actor, violation_type: str, requested_amount: Decimal,
                            justification: str) -> BudgetOverrideRequest:
-    """A person asks for more room in the current window (by hand, through the API)."""
-    with project_uow(project_id) as uow:
+    """A person asks for more room in the current window (by hand, through the API). 423 while
+    the project is stopped: nothing spends then, and the recovery settles the budget."""
+    with project_uow(project_id, gate=True) as uow:
         require_project_perm(actor, roles.VIEW, uow.project, "request budget overrides")
         day, month = current_windows(uow.project, uow=uow)
         return override_create_locked(project=uow.project, window=day if violation_type.startswith("daily") else month,

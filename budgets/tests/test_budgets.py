@@ -184,6 +184,23 @@ def test_override_manager_rule_and_self_approval(project, agent, reviewer, manag
     assert [o["id"] for o in listed["results"]] == [own["id"]]
 
 
+def test_overrides_are_neither_asked_for_nor_decided_during_a_stop(project, agent, reviewer, client_for):
+    body = {"project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "50.0000",
+            "justification": "release day"}
+    before = client_for(agent).post("/api/v1/budget-overrides", body, format="json").json()
+    r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "drill"}, format="json")
+    assert r.status_code == 201
+    stop_id = r.json()["id"]
+    r = client_for(agent).post("/api/v1/budget-overrides", body, format="json")
+    assert r.status_code == 423 and r.json()["emergency_stop_id"] == stop_id, r.content
+    r = client_for(reviewer).post(f"/api/v1/budget-overrides/{before['id']}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 423 and r.json()["error"] == "emergency_stop", r.content
+    assert BudgetOverrideRequest.objects.count() == 1
+    assert BudgetOverrideRequest.objects.get().status == "pending"
+    assert day_window(project).allowance_cost == 0
+
+
 def test_one_and_a_half_times_the_daily_limit_stops_the_project(project, agent, client_for):
     limits(project, daily_cost_limit=Decimal("10.0000"))
     call(project, agent, cost="9.0000", title="a")
