@@ -343,6 +343,34 @@ def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when
     assert "Traceback" not in full_log(server), full_log(server)
 
 
+def test_a_call_decided_elsewhere_while_the_reviewer_types_keeps_the_text_until_they_leave_the_box(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    rita, sam = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server = serve()
+    approval = request_call(server, agent_key, project, title="Write docs", action="Write the README",
+                            input_data={"files": ["README.md"]})
+    page = log_in(chromium.new_context(server), rita.username,
+                  next_path=f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    mark_page(page)
+    panel = page.locator("#decision-panel")
+    page.fill("#reject-reason", "Not before the release")
+    page.focus("#reject-reason")
+    api(server, "POST", f"/api/v1/agent-approvals/{approval['approval_id']}/respond", sam_key,
+        body={"decision": "approve"})
+
+    expect(panel.locator(".outcome-changed")).to_contain_text("This request changed elsewhere")
+    assert page.input_value("#reject-reason") == "Not before the release"  # not swapped under the typing
+    expect(panel).to_have_attribute("data-status", "pending")
+    page.locator("#decision-title").click()  # leaves the text box: the panel shows the decision
+    expect(panel).to_have_attribute("data-status", "approved")
+    expect(panel.locator(".decided")).to_contain_text(sam.username)
+    assert_not_reloaded(page)
+    assert "Traceback" not in full_log(server), full_log(server)
+
+
 def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chromium, project, reviewers):  # noqa: F811
     """The socket checks its session at every heartbeat: logged out in another tab, the open page's
     live status says it is signed out (it used to reconnect for ever, refused each time)."""

@@ -8,7 +8,8 @@
  *   - the inbox list re-fetches itself with htmx (hx-trigger="hitl:event from:body");
  *   - emergency_stop_triggered / emergency_resolved dispatch "hitl:stop" (the banners refresh);
  *   - a decision panel [data-live-approval] still pending refreshes when an event names its
- *     approval (decided elsewhere, timed out) or changes its project (stop, override decided).
+ *     approval (decided elsewhere, timed out) or changes its project (stop, override decided);
+ *     not under someone typing in it: it says so and refreshes when they leave the text box.
  * Keyboard: j / k move the selection in the inbox, Enter opens it; on a decision page a approves,
  * e opens the amend editor, r focuses the rejection reason, m the modifications; Ctrl+Enter in a
  * text area submits its form. Shortcuts are ignored while typing in a field.
@@ -101,11 +102,41 @@
         (Array.isArray(data.approval_ids) && data.approval_ids.indexOf(id) >= 0);
       var sameProject = PANEL_PROJECT_EVENTS[payload.event_type] &&
         String(payload.project_id) === panel.getAttribute("data-project-id");
-      if (named || sameProject) {
-        if (window.htmx) window.htmx.trigger(panel, "hitl:refresh");
-      }
+      if (named || sameProject) refreshPanel(panel);
     }
   }
+
+  // A panel is not swapped under someone typing in it (a rejection reason, an amendment): it says
+  // that the request changed elsewhere and refreshes when they leave the text box. (Deciding in the
+  // meantime is safe: the server refuses a decision on a settled request, and the panel says so.)
+  function typingIn(panel) {
+    var active = document.activeElement;
+    return !!(active && panel.contains(active) && isTyping(active) && active.value);
+  }
+
+  function refreshPanel(panel) {
+    if (!typingIn(panel)) {
+      panel.removeAttribute("data-refresh-pending");
+      if (window.htmx) window.htmx.trigger(panel, "hitl:refresh");
+      return;
+    }
+    panel.setAttribute("data-refresh-pending", "1");
+    var area = panel.querySelector(".outcome-area") || panel;
+    var note = panel.querySelector(".outcome-changed");
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "outcome outcome-info outcome-changed";
+      area.appendChild(note);
+    }
+    note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box.";
+  }
+
+  document.addEventListener("focusout", function () {
+    setTimeout(function () {
+      var pending = document.querySelectorAll("[data-live-approval][data-refresh-pending]");
+      for (var i = 0; i < pending.length; i++) if (!typingIn(pending[i])) refreshPanel(pending[i]);
+    }, 0);
+  });
 
   function connect() {
     var url = socketUrl();
