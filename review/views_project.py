@@ -112,9 +112,10 @@ def _inbox_url() -> str:
         return "/review/"
 
 
-def _usage(label: str, used, reserved, limit, *, money: bool, warning, critical) -> dict:
-    """One budget bar: spent + reserved against the limit (0 = no limit)."""
-    used, reserved, limit = Decimal(used), Decimal(reserved), Decimal(limit)
+def _usage(label: str, used, reserved, limit, *, money: bool, warning, critical, allowance=0) -> dict:
+    """One budget bar: spent + reserved against the limit (0 = no limit), with what approved
+    overrides added to the window (``allowance``: calls may use it past the limit)."""
+    used, reserved, limit, allowance = Decimal(used), Decimal(reserved), Decimal(limit), Decimal(allowance)
     total = used + reserved
     percent = (total * 100 / limit) if limit else None
     fmt = (lambda v: f"{v:,.4f}") if money else (lambda v: f"{int(v):,}")
@@ -129,23 +130,26 @@ def _usage(label: str, used, reserved, limit, *, money: bool, warning, critical)
             "value": float(min(total, limit)) if limit else float(total), "max": float(limit),
             "low": float(limit * Decimal(warning) / 100) if limit else None,
             "high": float(limit * Decimal(critical) / 100) if limit else None,
-            "percent": percent, "level": level, "has_reserved": reserved > 0}
+            "percent": percent, "level": level, "has_reserved": reserved > 0,
+            "allowance": fmt(allowance) if allowance else None,
+            "within_allowance": bool(limit) and level == "over" and total <= limit + allowance}
 
 
 def _budget_bars(summary: dict) -> dict:
     w, c = summary["warning_percent"], summary["critical_percent"]
+    day, month = summary["override_allowance_today"], summary["override_allowance_month"]
     return {
         "today": [
             _usage("Tokens today", summary["tokens_used_today"], summary["tokens_reserved"],
-                   summary["daily_token_limit"], money=False, warning=w, critical=c),
+                   summary["daily_token_limit"], money=False, warning=w, critical=c, allowance=day["tokens"]),
             _usage("Cost today", summary["cost_incurred_today"], summary["cost_reserved"],
-                   summary["daily_cost_limit"], money=True, warning=w, critical=c),
+                   summary["daily_cost_limit"], money=True, warning=w, critical=c, allowance=day["cost"]),
         ],
         "month": [
             _usage("Tokens this month", summary["tokens_used_month"], summary["tokens_reserved_month"],
-                   summary["monthly_token_limit"], money=False, warning=w, critical=c),
+                   summary["monthly_token_limit"], money=False, warning=w, critical=c, allowance=month["tokens"]),
             _usage("Cost this month", summary["cost_incurred_month"], summary["cost_reserved_month"],
-                   summary["monthly_cost_limit"], money=True, warning=w, critical=c),
+                   summary["monthly_cost_limit"], money=True, warning=w, critical=c, allowance=month["cost"]),
         ],
     }
 

@@ -90,6 +90,22 @@ def test_an_outsider_gets_404_everywhere(project, session, outsider):
 
 
 # --- project page ---------------------------------------------------------------------
+def test_a_budget_bar_past_its_limit_within_approved_overrides_says_so(project, agent, reviewer, manager):
+    from approvals.services import budget_override_respond
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("100.0000")})
+    call(project, agent, cost="90.0000", title="a")
+    blocked = call(project, agent, cost="25.0000", title="b")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "approved overrides allow" not in html
+    budget_override_respond(override_id=blocked.budget_override_id, actor=manager, decision="approve")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    today = html[html.index('id="bar-cost-today"'):html.index('id="bar-cost-today"') + 2000]
+    assert "$115.0000 of $100.0000" in today
+    assert "approved overrides allow +$15.0000 past the limit" in today
+    assert "past the limit, within approved overrides" in today and "limit reached" not in today
+
+
 def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, agent, reviewer):
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
     call(project, agent, cost="8.5000", tokens=1234, title="parse the logs")  # 85 % of the day: warning
