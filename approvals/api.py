@@ -153,11 +153,14 @@ class AgentApprovalUsageApi(APIView):
         tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
         actual_cost = MoneyField(required=False, max_digits=12)
 
-    @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer,
+    @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
+    @idempotent
     def post(self, request, approval_id):
-        """The requesting agent reports what a started call used (an addition to API.md, until
-        response approvals carry it): settles the budget reservation exactly once."""
+        """The requesting agent reports what a started call used (for a call whose output is not
+        sent for response approval): settles the budget reservation exactly once. It writes the
+        ledger, so it honours an ``Idempotency-Key`` as a create does: a retry with the key and body
+        replays the first answer, the key with another body is 400."""
         route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)

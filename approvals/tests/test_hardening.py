@@ -491,6 +491,21 @@ def test_overrun_alerts_are_not_in_the_budget_alerts_of_the_api(project, agent, 
     assert {alert["alert_type"] for alert in body["budget_alerts"]} <= {"warning", "critical", "emergency"}
 
 
+def test_a_usage_report_honours_its_idempotency_key(project, agent, reviewer, client_for):
+    started = run(ask(project, agent, cost="1.0000", title="usage"), reviewer, agent)
+    client, url = client_for(agent), f"/api/v1/agent-approvals/{started.pk}/usage"
+    first = client.post(url, {"tokens_used": 100, "actual_cost": "0.5000"}, format="json", HTTP_IDEMPOTENCY_KEY="u1")
+    assert first.status_code == 200, first.content
+    other = client.post(url, {"tokens_used": 200, "actual_cost": "0.6000"}, format="json", HTTP_IDEMPOTENCY_KEY="u1")
+    assert other.status_code == 400 and "Idempotency-Key" in other.json()["fields"], other.content
+    assert day(project).spent_cost == Decimal("0.5000")  # the other body was not applied
+    again = client.post(url, {"tokens_used": 100, "actual_cost": "0.5000"}, format="json", HTTP_IDEMPOTENCY_KEY="u1")
+    assert again.status_code == 200 and again.content == first.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    grown = client.post(url, {"tokens_used": 200, "actual_cost": "0.6000"}, format="json", HTTP_IDEMPOTENCY_KEY="u2")
+    assert grown.status_code == 200 and day(project).spent_cost == Decimal("0.6000")
+
+
 def test_usage_of_a_call_without_a_model_is_priced_like_its_estimate(project, agent, reviewer, client_for):
     """A call created without ``model`` (the server estimated it at HITL_FLOOR_PRICE_MODEL's
     price) used to need ``actual_cost`` in every report (400 "the call has no priced model"),
