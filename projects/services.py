@@ -27,6 +27,12 @@ def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -
         validate_timezone(timezone_name)
     except Exception as exc:  # django ValidationError
         raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
+    # Slugs name projects on the command line (hitl_access --project): "Demo" beside "demo" would
+    # be two projects a person cannot tell apart, so they are compared without case.
+    taken = Project.objects.filter(slug__iexact=slug).values_list("slug", flat=True).first()
+    if taken is not None:
+        raise InvalidInput(fields={"slug": [f"A project with slug {taken!r} already exists (slugs are compared "
+                                            f"without case)."]})
     try:
         with transaction.atomic():
             project = Project.objects.create(name=name, slug=slug, timezone=timezone_name)

@@ -168,8 +168,10 @@ def test_create_project_validates_timezone_and_slug(clients):
                                    format="json")
         assert r.status_code == 400 and "timezone" in r.json()["fields"], zone
     assert not Project.objects.filter(slug="x").exists()
-    r = admin.post("/api/v1/projects", {"name": "X", "slug": "demo"}, format="json")
-    assert r.status_code == 400 and "slug" in r.json()["fields"]
+    for taken in ("demo", "DEMO", "Demo"):  # compared without case
+        r = admin.post("/api/v1/projects", {"name": "X", "slug": taken}, format="json")
+        assert r.status_code == 400 and "slug" in r.json()["fields"], taken
+    assert not Project.objects.filter(name="X").exists()
     r = admin.post("/api/v1/projects", {"name": "NY", "slug": "ny", "timezone": "America/New_York"}, format="json")
     assert r.status_code == 201 and r.json()["timezone"] == "America/New_York"
 
