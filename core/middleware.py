@@ -17,6 +17,8 @@ JSON error shape of API.md, however malformed the request.
   or its body) got no answer. Patched to answer 408 ``request_timeout`` in JSON first. An idle
   keep-alive connection between requests is still closed without a word: an answer to no
   request would be read as the answer to its next one.
+- ``name_every_status()``: the reason phrase of a status Twisted has no name for (423, 429)
+  was "Unknown Status"; it is the standard one now ("423 Locked").
 - ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
   cannot even turn into a request (a Content-Type with an RFC 2231 parameter in an unknown
   charset, a query string that is not UTF-8) gets 400 ``invalid`` in JSON instead of an
@@ -28,6 +30,7 @@ import inspect
 import json
 import logging
 import os
+from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -209,6 +212,22 @@ def answer_stalled_requests() -> bool:
 
 
 answer_stalled_requests()
+
+
+def name_every_status() -> bool:
+    """Twisted writes "Unknown Status" as the reason phrase of a status it has no name for: 423
+    (every agent call under an emergency stop), 429, 422, 431. Its table gets the standard names
+    from Python's ``http.HTTPStatus``. Idempotent; True when every status has a name."""
+    try:
+        from twisted.web.http import RESPONSES
+    except ImportError:  # not served by daphne
+        return False
+    for status in HTTPStatus:
+        RESPONSES.setdefault(status.value, status.phrase.encode())
+    return True
+
+
+name_every_status()
 
 
 # --- ASGI: request heads Django cannot parse, exceptions before an answer ------------------

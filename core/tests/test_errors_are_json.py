@@ -335,6 +335,17 @@ def test_daphne_answers_an_oversized_request_head_with_a_json_error(daphne_serve
     assert json.loads(body)["error"] == "invalid"
 
 
+def test_every_status_the_api_answers_has_its_reason_phrase_under_daphne():
+    from twisted.web.http import RESPONSES
+
+    from core.middleware import name_every_status
+
+    assert name_every_status()
+    for status in (400, 401, 403, 404, 405, 406, 408, 409, 410, 413, 414, 423, 429, 431, 500, 503):
+        assert RESPONSES[status] != b"Unknown Status", status
+    assert (RESPONSES[423], RESPONSES[429]) == (b"Locked", b"Too Many Requests")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_daphne_still_serves_a_request_head_just_under_the_limit(daphne_server):
     answer = _raw(daphne_server, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: "
