@@ -8,7 +8,7 @@ from approvals.services.requests import admission_apply
 from audit.services import audit_record
 from budgets.models import BudgetOverrideRequest
 from budgets.services import (BudgetCritical, budget_admission_preview, budget_admit, override_decide_locked,
-                              override_withdraw_locked)
+                              overrides_withdraw)
 from core.errors import NotFoundError
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -55,10 +55,11 @@ def _lock_calls(uow, calls) -> list[AgentCallApproval]:
     return locked
 
 
-def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
-    """Its override is approved: admit the call again. It is reserved, blocked behind a new
-    override (another limit still passed), or stays blocked with a clear reason (the projected
-    daily cost would pass 1.5 x the limit, which no override lifts)."""
+def _readmit(uow, call: AgentCallApproval, actor, now) -> bool:
+    """Admit the call again (its override approved, or the limits changed). It is reserved,
+    blocked behind a new override (a limit still passed), or stays blocked behind its override
+    with a clear reason (the projected daily cost would pass 1.5 x the limit, which no override
+    lifts). True when it no longer waits for its old override (reserved, or a new one)."""
     try:
         admission = budget_admit(uow=uow, call=call, requested_by=call.requested_by, now=now)
     except BudgetCritical as critical:
@@ -69,45 +70,45 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> None:
         call.save(update_fields=["budget_blocked_reason", "updated_at"])
         audit_record(actor=actor, action="agent_approval.still_blocked", obj=call,
                      after={"budget_state": call.budget_state, "reason": call.budget_blocked_reason})
-        return
+        return False
     admission_apply(call, admission)
     audit_record(actor=actor, action="agent_approval.unblock" if admission.reserved else "agent_approval.reblock",
                  obj=call, after={"budget_state": call.budget_state,
                                   "budget_override_id": str(call.budget_override_id) if call.budget_override_id
                                   else None})
     wakeup_on_commit(approval_group(call.pk), status=call.status)
+    return True
 
 
 def readmit_after_limits_change(*, uow) -> None:
-    """budgets.hooks.budget_limits_changed: the blocked calls admitted again under the new limits
-    (the limits change holds the project exclusively, so what is read here does not move):
-    - kept blocked although their override was approved (only the 1.5 x ceiling held them);
-    - waiting for a pending override they no longer need (a limit was raised enough), or need
-      for another amount or limit: that override is withdrawn, and the call is reserved, or
-      blocked behind a new override that asks for what is missing now (never a stale reason).
-    A call that only the 1.5 x ceiling blocks keeps its pending override."""
-    blocked = list(AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
-                                                    budget_state=BudgetState.BLOCKED)
-                   .exclude(budget_override_id=None).select_related("project"))
-    overrides = BudgetOverrideRequest.objects.in_bulk([call.budget_override_id for call in blocked])
-    now = timezone.now()
-    again, withdrawn = [], []
-    for call in blocked:
-        override = overrides.get(call.budget_override_id)
-        if override is None:
-            continue
-        if override.status == BudgetOverrideRequest.Status.APPROVED:
-            again.append(call.pk)
-        elif override.status == BudgetOverrideRequest.Status.PENDING:
-            preview = budget_admission_preview(call, now)
-            if preview != "critical" and preview != (override.violation_type, override.requested_amount):
-                again.append(call.pk)
-                withdrawn.append(override.pk)
-    if not again:
+    """budgets.hooks.budget_limits_changed: the blocked calls admitted again under the new limits,
+    oldest first, each against the windows as the ones before it left them (the limits change
+    holds the project exclusively, so nothing else moves them meanwhile):
+    - a call kept blocked although its override was approved (only the 1.5 x ceiling held it);
+    - a call waiting for a pending override that no longer asks for what it needs now (not
+      needed at all, or another amount or limit): it is reserved, or blocked behind a new override
+      for what is missing, and only then is the old one withdrawn. One that the 1.5 x ceiling now
+      holds keeps its override, with a reason that says so; one whose override still asks for the
+      right amount is left as it is."""
+    blocked = (AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
+                                                budget_state=BudgetState.BLOCKED)
+               .exclude(budget_override_id=None))
+    override_ids = list(blocked.values_list("budget_override_id", flat=True))
+    if not BudgetOverrideRequest.objects.filter(pk__in=override_ids, status__in=[
+            BudgetOverrideRequest.Status.APPROVED, BudgetOverrideRequest.Status.PENDING]).exists():
         return
-    locked = _lock_calls(uow, AgentCallApproval.objects.filter(pk__in=again, status=Status.PENDING,
-                                                               budget_state=BudgetState.BLOCKED))
-    override_withdraw_locked(uow=uow, override_ids=withdrawn,
-                             reason="The budget limits changed: its call was admitted again under the new ones.")
-    for call in sorted(locked, key=lambda call: call.created_at):  # the oldest call is admitted first
-        _readmit(uow, call, None, now)
+    calls = _lock_calls(uow, blocked)
+    overrides = {o.pk: o for o in uow.lock_many("override", BudgetOverrideRequest.objects.filter(
+        pk__in=[call.budget_override_id for call in calls]))}
+    now = timezone.now()
+    for call in sorted(calls, key=lambda call: call.created_at):
+        old = overrides.get(call.budget_override_id)
+        if old is None or old.status not in (BudgetOverrideRequest.Status.APPROVED,
+                                              BudgetOverrideRequest.Status.PENDING):
+            continue
+        if old.status == BudgetOverrideRequest.Status.PENDING and \
+                budget_admission_preview(call, now) == (old.violation_type, old.requested_amount):
+            continue  # it still asks for what the call needs
+        if _readmit(uow, call, None, now) and old.status == BudgetOverrideRequest.Status.PENDING:
+            overrides_withdraw([old], reason="The budget limits changed: its call was admitted again under the "
+                                             "new ones.")

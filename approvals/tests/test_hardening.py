@@ -357,20 +357,27 @@ def test_raising_the_limit_admits_a_call_blocked_behind_a_pending_override_and_w
     assert b.budget_state == c.budget_state == "blocked"
     assert "by 1.0000" in b.budget_blocked_reason
 
-    # raised enough for b, not for c: b is reserved at once and its override withdrawn; c now needs
-    # less, so its override is replaced by one for what is missing now (never a stale reason)
+    # raised enough for b, not for c: b (the older) is reserved at once and its override withdrawn;
+    # c, measured after b, still needs its 4.0000 and keeps its override
     r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "12.0000"}, format="json")
     assert r.status_code == 200, r.content
     b.refresh_from_db()
     c.refresh_from_db()
     assert (b.budget_state, b.budget_blocked_reason) == ("reserved", "")
-    assert c.budget_state == "blocked" and c.budget_override_id != old_c and "by 4.0000" in c.budget_blocked_reason
-    withdrawn = BudgetOverrideRequest.objects.in_bulk([old_b, old_c])
-    assert {o.status for o in withdrawn.values()} == {"rejected"}
-    assert all("limits changed" in o.rejection_reason for o in withdrawn.values())
-    assert BudgetOverrideRequest.objects.get(pk=c.budget_override_id).requested_amount == Decimal("4.0000")
+    withdrawn = BudgetOverrideRequest.objects.get(pk=old_b)
+    assert withdrawn.status == "rejected" and "limits changed" in withdrawn.rejection_reason
+    assert c.budget_state == "blocked" and c.budget_override_id == old_c and "by 4.0000" in c.budget_blocked_reason
+    assert BudgetOverrideRequest.objects.get(pk=old_c).status == "pending"
     assert day(project).reserved_cost == Decimal("11.0000")  # a (started, not settled) and b
     agent_approval_decide(approval_id=b.pk, decider=reviewer, decision="approve")  # no override needed now
+
+    # raised again, not enough for c: its override is replaced by one for what is missing now
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "14.0000"}, format="json")
+    assert r.status_code == 200, r.content
+    c.refresh_from_db()
+    assert c.budget_state == "blocked" and c.budget_override_id != old_c and "by 2.0000" in c.budget_blocked_reason
+    assert BudgetOverrideRequest.objects.get(pk=old_c).status == "rejected"
+    assert BudgetOverrideRequest.objects.get(pk=c.budget_override_id).requested_amount == Decimal("2.0000")
 
     # a change that leaves c's need as it is leaves its override alone
     current = c.budget_override_id
@@ -379,6 +386,31 @@ def test_raising_the_limit_admits_a_call_blocked_behind_a_pending_override_and_w
     c.refresh_from_db()
     assert c.budget_override_id == current
     assert BudgetOverrideRequest.objects.get(pk=current).status == "pending"
+
+
+def test_a_call_the_ceiling_holds_after_an_earlier_one_is_admitted_keeps_its_override(
+        project, agent, reviewer, manager, client_for):
+    """Readmitting the older call first takes the younger one past 1.5 x the new limit: it keeps
+    its pending override (never blocked behind a withdrawn one), says why, and a later raise
+    admits it."""
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    a = ask(project, agent, cost="11.0000", title="a")
+    b = ask(project, agent, cost="12.0000", title="b")
+    ask(project, agent, cost="9.0000", title="x")
+    assert a.budget_state == b.budget_state == "blocked"
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "20.0000"}, format="json")
+    assert r.status_code == 200, r.content
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert a.budget_state == "reserved"
+    assert BudgetOverrideRequest.objects.get(pk=a.budget_override_id).status == "rejected"  # withdrawn
+    assert b.budget_state == "blocked" and "1.5 x the daily limit" in b.budget_blocked_reason
+    assert BudgetOverrideRequest.objects.get(pk=b.budget_override_id).status == "pending"
+    r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "100.0000"}, format="json")
+    assert r.status_code == 200, r.content
+    b.refresh_from_db()
+    assert b.budget_state == "reserved"
+    assert BudgetOverrideRequest.objects.get(pk=b.budget_override_id).status == "rejected"
 
 
 def test_max_tokens_anywhere_in_the_input_is_reserved_never_ignored(project, agent):

@@ -22,6 +22,7 @@ from budgets.services.overrides import (
     override_decide_locked,
     override_payload,
     override_withdraw_locked,
+    overrides_withdraw,
 )
 from budgets.services.windows import (
     BUDGET_RELATED,
@@ -40,6 +41,6 @@ __all__ = [
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_reserve_more", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals",
-    "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked",
+    "override_create_locked", "override_decide_locked", "override_payload", "override_withdraw_locked", "overrides_withdraw",
     "window_add", "window_bounds", "windows_add",
 ]

@@ -96,9 +96,16 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
 
 def override_withdraw_locked(*, uow, override_ids, reason: str) -> int:
     """Reject pending overrides that nothing waits on any more (their calls ended)."""
+    return overrides_withdraw(uow.lock_many("override", BudgetOverrideRequest.objects.filter(
+        pk__in=override_ids, status=BudgetOverrideRequest.Status.PENDING)), reason=reason)
+
+
+def overrides_withdraw(overrides, *, reason: str) -> int:
+    """Reject pending overrides the caller's unit of work holds locked (stage "override")."""
     withdrawn = 0
-    for override in uow.lock_many("override", BudgetOverrideRequest.objects.filter(
-            pk__in=override_ids, status=BudgetOverrideRequest.Status.PENDING)):
+    for override in overrides:
+        if override.status != BudgetOverrideRequest.Status.PENDING:
+            continue
         override.status, override.rejection_reason = BudgetOverrideRequest.Status.REJECTED, reason
         override.responded_at = timezone.now()
         override.save(update_fields=["status", "rejection_reason", "responded_at"])
