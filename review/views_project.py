@@ -131,8 +131,8 @@ def _usage(label: str, used, reserved, limit, *, money: bool, warning, critical,
             "low": float(limit * Decimal(warning) / 100) if limit else None,
             "high": float(limit * Decimal(critical) / 100) if limit else None,
             "percent": percent, "level": level, "has_reserved": reserved > 0,
-            "allowance": fmt(allowance) if allowance else None,
-            "within_allowance": bool(limit) and level == "over" and total <= limit + allowance}
+            "allowance": fmt(allowance) if allowance and limit else None,
+            "within_allowance": bool(limit) and allowance > 0 and limit < total <= limit + allowance}
 
 
 def _budget_bars(summary: dict) -> dict:

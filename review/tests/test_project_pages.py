@@ -106,6 +106,15 @@ def test_a_budget_bar_past_its_limit_within_approved_overrides_says_so(project, 
     assert "past the limit, within approved overrides" in today and "limit reached" not in today
 
 
+def test_a_budget_bar_exactly_at_its_limit_with_no_override_says_limit_reached(project, agent, reviewer):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("100.0000")})
+    call(project, agent, cost="100.0000")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    today = html[html.index('id="bar-cost-today"'):html.index('id="bar-cost-today"') + 2000]
+    assert "limit reached" in today and "within approved overrides" not in today
+    assert "approved overrides allow" not in today
+
+
 def test_the_project_page_shows_agents_tasks_budget_bars_and_alerts(project, agent, reviewer):
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("10.0000")})
     call(project, agent, cost="8.5000", tokens=1234, title="parse the logs")  # 85 % of the day: warning
