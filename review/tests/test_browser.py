@@ -371,6 +371,52 @@ def test_a_call_decided_elsewhere_while_the_reviewer_types_keeps_the_text_until_
     assert "Traceback" not in full_log(server), full_log(server)
 
 
+def test_a_reason_typed_while_the_project_changes_survives_and_its_reject_click_goes_through(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """An unrelated change of the project (an override decided) while the reviewer types: the
+    panel waits; leaving the box for the Reject button rejects with the typed reason (the click
+    is not swallowed by a refresh), and leaving it elsewhere refreshes with the text kept."""
+    rita, sam = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server = serve()
+    first = request_call(server, agent_key, project, title="Write docs", action="Write the README",
+                         input_data={"files": ["README.md"]})
+    second = request_call(server, agent_key, project, title="Write more", action="Write the guide",
+                          input_data={"files": ["GUIDE.md"]})
+
+    def unrelated_change():
+        override = api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
+            "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "1.0000",
+            "justification": "a bigger day"})
+        api(server, "POST", f"/api/v1/budget-overrides/{override['id']}/respond", sam_key, body={"decision": "approve"})
+
+    page = log_in(chromium.new_context(server), rita.username,
+                  next_path=f"/review/agent-approvals/{first['approval_id']}")
+    wait_live(page)
+    panel = page.locator("#decision-panel")
+    page.fill("#reject-reason", "Not before the release")
+    page.focus("#reject-reason")
+    unrelated_change()
+    expect(panel.locator(".outcome-changed")).to_be_visible()
+    page.locator("#btn-reject").click()
+    expect(panel).to_have_attribute("data-status", "rejected")
+    assert api(server, "GET", f"/api/v1/agent-approvals/{first['approval_id']}", agent_key)["rejection_reason"] \
+        == "Not before the release"
+
+    page.goto(f"/review/agent-approvals/{second['approval_id']}")
+    wait_live(page)
+    page.fill("#reject-reason", "Keep this text")
+    page.focus("#reject-reason")
+    unrelated_change()
+    expect(panel.locator(".outcome-changed")).to_be_visible()
+    page.locator("#decision-title").click()  # leaves the box: the panel refreshes, the text stays
+    expect(panel.locator(".outcome-changed")).to_have_count(0)
+    expect(panel).to_have_attribute("data-status", "pending")
+    expect(page.locator("#reject-reason")).to_have_value("Keep this text")
+    assert "Traceback" not in full_log(server), full_log(server)
+
+
 def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chromium, project, reviewers):  # noqa: F811
     """The socket checks its session at every heartbeat: logged out in another tab, the open page's
     live status says it is signed out (it used to reconnect for ever, refused each time)."""

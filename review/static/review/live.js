@@ -9,7 +9,8 @@
  *   - emergency_stop_triggered / emergency_resolved dispatch "hitl:stop" (the banners refresh);
  *   - a decision panel [data-live-approval] still pending refreshes when an event names its
  *     approval (decided elsewhere, timed out) or changes its project (stop, override decided);
- *     not under someone typing in it: it says so and refreshes when they leave the text box.
+ *     not under someone typing in it: it says so and refreshes when they leave the text box (for
+ *     another place than one of its buttons), and the text typed goes back into the refreshed panel.
  * Keyboard: j / k move the selection in the inbox, Enter opens it; on a decision page a approves,
  * e opens the amend editor, r focuses the rejection reason, m the modifications; Ctrl+Enter in a
  * text area submits its form. Shortcuts are ignored while typing in a field.
@@ -114,8 +115,15 @@
     return !!(active && panel.contains(active) && isTyping(active) && active.value);
   }
 
+  var keptText = null;  // {field id: text} typed in a panel whose refresh waited: put back after it
+
   function refreshPanel(panel) {
     if (!typingIn(panel)) {
+      if (panel.hasAttribute("data-refresh-pending")) {
+        keptText = {};
+        var fields = panel.querySelectorAll("textarea[id], input[type=text][id]");
+        for (var i = 0; i < fields.length; i++) if (fields[i].value) keptText[fields[i].id] = fields[i].value;
+      }
       panel.removeAttribute("data-refresh-pending");
       if (window.htmx) window.htmx.trigger(panel, "hitl:refresh");
       return;
@@ -131,11 +139,29 @@
     note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box.";
   }
 
-  document.addEventListener("focusout", function () {
+  document.addEventListener("focusout", function (evt) {
+    // Leaving the box for one of the panel's buttons (Reject, Approve): the click goes through
+    // (the server answers for a request settled meanwhile); a refresh now would swallow it.
+    var to = evt.relatedTarget;
+    if (to && to.tagName === "BUTTON" && to.closest && to.closest("[data-live-approval][data-refresh-pending]")) return;
     setTimeout(function () {
       var pending = document.querySelectorAll("[data-live-approval][data-refresh-pending]");
-      for (var i = 0; i < pending.length; i++) if (!typingIn(pending[i])) refreshPanel(pending[i]);
+      for (var i = 0; i < pending.length; i++) {
+        // our own decision on its way: its answer replaces the panel (a refresh would race it)
+        if (pending[i].querySelector(".htmx-request") || pending[i].classList.contains("htmx-request")) continue;
+        if (!typingIn(pending[i])) refreshPanel(pending[i]);
+      }
     }, 0);
+  });
+
+  document.addEventListener("htmx:afterSwap", function () {
+    if (!keptText) return;
+    var kept = keptText;
+    keptText = null;
+    Object.keys(kept).forEach(function (id) {  // the refreshed panel's field, if it still takes text
+      var field = document.getElementById(id);
+      if (field && !field.disabled && !field.value) field.value = kept[id];
+    });
   });
 
   function connect() {
