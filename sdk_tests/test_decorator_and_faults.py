@@ -64,6 +64,49 @@ def test_require_approval_gates_an_async_function(world, bot):
     assert agent.get_approval(reviewer_bot.handled[0].approval_id).budget_state == "settled"
 
 
+@pytest.mark.parametrize("amended, problem", [
+    ({"replicas": 2}, "missing a required argument: 'service'"),
+    ({"service": "api", "bogus": 5}, "it has no parameter bogus"),
+])
+def test_an_amendment_that_does_not_fit_the_function_is_not_run_and_ends_its_task_cancelled(
+        world, bot, amended, problem):
+    agent = world.client("agent")
+    ran = []
+
+    @require_approval(agent, world.project_id, agent_type="deployer", action="deploy", model="gpt-4o-mini")
+    def deploy(service: str, replicas: int = 1):
+        ran.append((service, replicas))
+
+    reviewer_bot = bot(("agent", lambda r, o: r.respond_approval(o.approval_id, "approve",
+                                                                 amended_input_data=amended)))
+    with pytest.raises(TypeError, match="the input a person approved for deploy") as refused:
+        deploy("api", replicas=3)
+    assert problem in str(refused.value) and "was not run" in str(refused.value)
+    reviewer_bot.check()
+    assert ran == []
+    call = agent.get_approval(reviewer_bot.handled[0].approval_id)
+    assert call.status == "cancelled" and call.started_at is None  # the grant was never used
+    assert agent.get_task(call.task_id).status == "cancelled"  # a refusal, not the agent's failure
+
+
+@pytest.mark.parametrize("usage", [WithUsage("v", tokens_used=-3), WithUsage("v", 10, actual_cost="abc")])
+def test_a_function_that_returns_a_usage_that_is_not_valid_fails_its_task(world, bot, usage):
+    agent = world.client("agent")
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:noop", model="gpt-4o-mini")
+    def noop():
+        return usage
+
+    reviewer_bot = bot(("agent", approve))
+    with pytest.raises((TypeError, ValueError)):
+        noop()
+    reviewer_bot.check()
+    call = agent.get_approval(reviewer_bot.handled[0].approval_id)
+    task = agent.get_task(call.task_id)
+    assert task.status == "failed" and "usage is not valid" in task.error  # not left running for ever
+    assert call.budget_state == "reserved"  # the reservation stays counted, as the SDK README says
+
+
 def test_the_agent_resumes_its_wait_across_a_server_restart(world):
     agent = world.client("agent", recheck_seconds=1.0,
                          retry=RetryPolicy(attempts=4, backoff_base=0.1, backoff_max=0.5))

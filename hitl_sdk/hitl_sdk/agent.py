@@ -354,6 +354,37 @@ def _call_args(signature: inspect.Signature, data: Dict[str, Any]) -> "tuple[lis
     return args, kwargs
 
 
+def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "tuple[list, dict]":
+    """The arguments to run with, from the input a person approved (amended, maybe): a TypeError
+    that says so when it does not fit the function (a name it has no parameter for, a required
+    one missing), never a silent drop or a default in place of a value the call was asked with."""
+    data = data if isinstance(data, dict) else {}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = sorted(set(data) - set(signature.parameters))
+    problem = None
+    if unknown and not takes_any:
+        problem = f"it has no parameter {', '.join(unknown)}"
+    else:
+        args, kwargs = _call_args(signature, data)
+        try:
+            signature.bind(*args, **kwargs)
+            return args, kwargs
+        except TypeError as exc:
+            problem = str(exc)
+    raise TypeError(f"@require_approval: the input a person approved for {name}{signature} does not fit it "
+                    f"({problem}): the function was not run and its call was cancelled.")
+
+
+_MISFIT = "the input a person approved does not fit the function's parameters"
+
+
+def _usage_refusal(exc: BaseException) -> Optional[Tuple[str, Optional[str]]]:
+    """How a task made by @require_approval ends when its usage cannot be reported after the run."""
+    if not isinstance(exc, HitlError):  # the function returned a WithUsage that is not valid
+        return "failed", f"the function's usage is not valid: {exc}"[:2000]
+    return made_task_ending(exc, ran=True)
+
+
 def require_approval(client: AnyClient, project: str, *, agent_type: str = "coder", action: Optional[str] = None,
                      model: Optional[str] = "gpt-4o", estimated_tokens: Optional[int] = None,
                      estimated_cost: Any = None, context_summary: Optional[str] = None,
@@ -388,15 +419,23 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                         project, tid, agent_type, proposed, data, context_summary=context_summary,
                         estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
                         timeout_minutes=timeout_minutes, model=model)
-                    await aclient.wait_for_approval(call.approval_id, wait_timeout)
+                    approved = await aclient.wait_for_approval(call.approval_id, wait_timeout)
+                    try:
+                        _approved_call_args(signature, approved.approved_input, fn.__name__)
+                    except TypeError:
+                        with contextlib.suppress(HitlError):
+                            await aclient.cancel_approval(call.approval_id, reason=_MISFIT)
+                        raise
                     started = await aclient.start_approval(call.approval_id)
                 except BaseException as exc:
                     ending = made_task_ending(exc, ran=False) if task_id is None else None
+                    if isinstance(exc, TypeError) and task_id is None:
+                        ending = ("cancelled", None)
                     if ending is not None:
                         with contextlib.suppress(HitlError):
                             await aclient.set_task_status(tid, ending[0], error=ending[1])
                     raise
-                call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
+                call_args, call_kwargs = _approved_call_args(signature, started.input_to_run, fn.__name__)
                 try:
                     value = await fn(*call_args, **call_kwargs)
                 except BaseException as exc:
@@ -405,8 +444,15 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                         if task_id is None:
                             await aclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
                     raise
-                used = WithUsage.of(value)
-                await aclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+                try:
+                    used = WithUsage.of(value)
+                    await aclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+                except BaseException as exc:  # the reservation stays counted
+                    ending = _usage_refusal(exc) if task_id is None else None
+                    if ending is not None:
+                        with contextlib.suppress(HitlError):
+                            await aclient.set_task_status(tid, ending[0], error=ending[1])
+                    raise
                 if task_id is None:
                     await aclient.set_task_status(tid, "completed")
                 return used.value
@@ -425,15 +471,23 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                                                 context_summary=context_summary, estimated_tokens=estimated_tokens,
                                                 estimated_cost=estimated_cost, timeout_minutes=timeout_minutes,
                                                 model=model)
-                sclient.wait_for_approval(call.approval_id, wait_timeout)
+                approved = sclient.wait_for_approval(call.approval_id, wait_timeout)
+                try:
+                    _approved_call_args(signature, approved.approved_input, fn.__name__)
+                except TypeError:
+                    with contextlib.suppress(HitlError):
+                        sclient.cancel_approval(call.approval_id, reason=_MISFIT)
+                    raise
                 started = sclient.start_approval(call.approval_id)
             except BaseException as exc:
                 ending = made_task_ending(exc, ran=False) if task_id is None else None
+                if isinstance(exc, TypeError) and task_id is None:
+                    ending = ("cancelled", None)
                 if ending is not None:
                     with contextlib.suppress(HitlError):
                         sclient.set_task_status(tid, ending[0], error=ending[1])
                 raise
-            call_args, call_kwargs = _call_args(signature, started.input_to_run or {})
+            call_args, call_kwargs = _approved_call_args(signature, started.input_to_run, fn.__name__)
             try:
                 value = fn(*call_args, **call_kwargs)
             except BaseException as exc:
@@ -442,8 +496,15 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                     if task_id is None:
                         sclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
                 raise
-            used = WithUsage.of(value)
-            sclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+            try:
+                used = WithUsage.of(value)
+                sclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
+            except BaseException as exc:  # the reservation stays counted
+                ending = _usage_refusal(exc) if task_id is None else None
+                if ending is not None:
+                    with contextlib.suppress(HitlError):
+                        sclient.set_task_status(tid, ending[0], error=ending[1])
+                raise
             if task_id is None:
                 sclient.set_task_status(tid, "completed")
             return used.value
