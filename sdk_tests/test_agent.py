@@ -288,6 +288,29 @@ def test_a_question_about_a_task_keeps_it_waiting_for_hitl_until_answered(world,
     assert back.status == "pending" and back.open_questions == 0
 
 
+def test_a_question_whose_wait_timed_out_is_withdrawn_and_its_task_goes_on(world):
+    from hitl_sdk import WaitTimeout
+
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "Pick the queue")
+    with pytest.raises(WaitTimeout) as waited:
+        agent.ask_human(world.project_id, "Kafka or SQS?", task_id=task.task_id, wait_timeout=0.5)
+    asked = waited.value.approval_id
+    cancelled = agent.cancel_hitl(asked, reason="decided without it")
+    assert cancelled.status == "cancelled"
+    assert agent.get_task(task.task_id).status == "pending"
+    agent.set_task_status(task.task_id, "completed")  # no question holds it any more
+
+
+def test_an_id_from_a_model_is_one_escaped_path_segment(world):
+    from hitl_sdk import NotFound
+
+    agent = world.client("agent")
+    for fetch in (agent.get_approval, agent.get_hitl, agent.get_task):
+        with pytest.raises(NotFound):
+            fetch("../projects")  # never GET /api/v1/projects read as an approval
+
+
 def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_every_event(world, bot):
     from hitl_sdk import BadRequest
 

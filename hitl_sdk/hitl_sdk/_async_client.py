@@ -115,7 +115,7 @@ class AsyncHitlClient:
         return Page.of(Project, await self.request("GET", "/projects", params={"page": page}))
 
     async def get_project(self, project_id: str) -> Project:
-        return Project.from_api(await self.request("GET", f"/projects/{project_id}"))
+        return Project.from_api(await self.request("GET", f"/projects/{c.seg(project_id)}"))
 
     async def create_project(self, name: str, slug: str, timezone: Optional[str] = None, *,
                              idempotency_key: Optional[str] = None) -> Project:
@@ -126,7 +126,7 @@ class AsyncHitlClient:
     async def update_project(self, project_id: str, *, name: Optional[str] = None,
                              timezone: Optional[str] = None) -> Project:
         body = c.clean({"name": name, "timezone": timezone})
-        return Project.from_api(await self.request("PATCH", f"/projects/{project_id}", json_body=body))
+        return Project.from_api(await self.request("PATCH", f"/projects/{c.seg(project_id)}", json_body=body))
 
     async def create_task(self, project_id: str, agent_type: str, title: str,
                           input_data: Optional[Dict[str, Any]] = None, *,
@@ -137,14 +137,14 @@ class AsyncHitlClient:
                                                 idempotency_key=idempotency_key))
 
     async def get_task(self, task_id: str) -> Task:
-        return Task.from_api(await self.request("GET", f"/tasks/{task_id}"))
+        return Task.from_api(await self.request("GET", f"/tasks/{c.seg(task_id)}"))
 
     async def set_task_status(self, task_id: str, status: str, *, error: Optional[str] = None,
                               error_kind: Optional[str] = None) -> Task:
         """``status`` is ``completed``, ``failed``, or ``cancelled`` (work abandoned before it ran,
         after a refusal say; not a failure); repeating the same outcome is a no-op."""
         body = c.clean({"status": status, "error": error, "error_kind": error_kind})
-        return Task.from_api(await self.request("POST", f"/tasks/{task_id}/status", json_body=body))
+        return Task.from_api(await self.request("POST", f"/tasks/{c.seg(task_id)}/status", json_body=body))
 
     # --- agent call approvals -------------------------------------------------------------------
     async def request_approval(self, project_id: str, task_id: str, agent_type: str, proposed_action: str,
@@ -161,7 +161,7 @@ class AsyncHitlClient:
                                                          idempotency_key=idempotency_key))
 
     async def get_approval(self, approval_id: str) -> AgentApproval:
-        return AgentApproval.from_api(await self.request("GET", f"/agent-approvals/{approval_id}"))
+        return AgentApproval.from_api(await self.request("GET", f"/agent-approvals/{c.seg(approval_id)}"))
 
     async def poll_approval(self, approval_id: str, timeout: float = 30) -> AgentApproval:
         """One ``wait`` long poll: the approval once it is not pending, or still pending after ``timeout``."""
@@ -171,7 +171,7 @@ class AsyncHitlClient:
                                amended_input_data: Any = None) -> AgentApproval:
         """A reviewer's decision: ``approve`` (with ``amended_input_data`` to amend) or ``reject``."""
         body = c.clean({"decision": decision, "reason": reason, "amended_input_data": amended_input_data})
-        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/respond",
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/respond",
                                                          json_body=body))
 
     async def start_approval(self, approval_id: str) -> AgentApproval:
@@ -180,7 +180,7 @@ class AsyncHitlClient:
         If an earlier attempt of this very call was lost on the network and the retry finds the
         call already started, the grant was ours: the approval is returned with its approved input."""
         try:
-            body = await self.request("POST", f"/agent-approvals/{approval_id}/start")
+            body = await self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/start")
         except HitlError as error:
             if error.status == 409 and getattr(error, "after_transport_failure", False):
                 approval = await self.get_approval(approval_id)
@@ -192,20 +192,20 @@ class AsyncHitlClient:
         return approval
 
     async def cancel_approval(self, approval_id: str, reason: Optional[str] = None) -> AgentApproval:
-        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/cancel",
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/cancel",
                                                          json_body=c.clean({"reason": reason})))
 
     async def report_usage(self, approval_id: str, tokens_used: int, actual_cost: Money = None) -> AgentApproval:
         """What a started call used, for calls whose output is not sent for response approval
         (tool calls). Settles the reservation once; a retried report changes nothing."""
         body = c.clean({"tokens_used": int(tokens_used), "actual_cost": actual_cost})
-        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{approval_id}/usage",
+        return AgentApproval.from_api(await self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/usage",
                                                          json_body=body))
 
     async def list_approvals(self, project_id: str, *, status: Optional[str] = None,
                              agent_type: Optional[str] = None, page: Optional[int] = None) -> Page[AgentApproval]:
         params = {"status": status, "agent_type": agent_type, "page": page}
-        return Page.of(AgentApproval, await self.request("GET", f"/agent-approvals/project/{project_id}",
+        return Page.of(AgentApproval, await self.request("GET", f"/agent-approvals/project/{c.seg(project_id)}",
                                                          params=params))
 
     async def wait_for_approval(self, approval_id: str, timeout: Optional[float] = None, *,
@@ -239,7 +239,7 @@ class AsyncHitlClient:
                                                             create=True, idempotency_key=idempotency_key))
 
     async def get_response(self, approval_id: str) -> ResponseApproval:
-        return ResponseApproval.from_api(await self.request("GET", f"/response-approvals/{approval_id}"))
+        return ResponseApproval.from_api(await self.request("GET", f"/response-approvals/{c.seg(approval_id)}"))
 
     async def poll_response(self, approval_id: str, timeout: float = 30) -> ResponseApproval:
         return ResponseApproval.from_api(await self._poll("response", approval_id, timeout))
@@ -248,14 +248,14 @@ class AsyncHitlClient:
                                modifications_required: Any = None) -> ResponseApproval:
         """``approve``, ``reject`` (with ``reason``) or ``requires_modification`` (with ``modifications_required``)."""
         body = c.clean({"decision": decision, "reason": reason, "modifications_required": modifications_required})
-        return ResponseApproval.from_api(await self.request("POST", f"/response-approvals/{approval_id}/respond",
+        return ResponseApproval.from_api(await self.request("POST", f"/response-approvals/{c.seg(approval_id)}/respond",
                                                             json_body=body))
 
     async def list_responses(self, project_id: str, *, status: Optional[str] = None,
                              agent_type: Optional[str] = None,
                              page: Optional[int] = None) -> Page[ResponseApproval]:
         params = {"status": status, "agent_type": agent_type, "page": page}
-        return Page.of(ResponseApproval, await self.request("GET", f"/response-approvals/project/{project_id}",
+        return Page.of(ResponseApproval, await self.request("GET", f"/response-approvals/project/{c.seg(project_id)}",
                                                             params=params))
 
     async def wait_for_response(self, approval_id: str, timeout: Optional[float] = None) -> ResponseApproval:
@@ -266,11 +266,11 @@ class AsyncHitlClient:
 
     # --- budgets --------------------------------------------------------------------------------
     async def get_budget(self, project_id: str) -> Budget:
-        return Budget.from_api(await self.request("GET", f"/budgets/{project_id}"))
+        return Budget.from_api(await self.request("GET", f"/budgets/{c.seg(project_id)}"))
 
     async def update_budget(self, project_id: str, **limits: Any) -> Budget:
         """(manager) ``daily_token_limit``, ``monthly_token_limit``, ``daily_cost_limit``, ``monthly_cost_limit``..."""
-        return Budget.from_api(await self.request("PATCH", f"/budgets/{project_id}", json_body=c.clean(limits)))
+        return Budget.from_api(await self.request("PATCH", f"/budgets/{c.seg(project_id)}", json_body=c.clean(limits)))
 
     async def request_budget_override(self, project_id: str, violation_type: str, requested_amount: Money,
                                       justification: str, *, idempotency_key: Optional[str] = None) -> BudgetOverride:
@@ -281,38 +281,38 @@ class AsyncHitlClient:
 
     async def respond_budget_override(self, override_id: str, decision: str,
                                       reason: Optional[str] = None) -> BudgetOverride:
-        return BudgetOverride.from_api(await self.request("POST", f"/budget-overrides/{override_id}/respond",
+        return BudgetOverride.from_api(await self.request("POST", f"/budget-overrides/{c.seg(override_id)}/respond",
                                                           json_body=c.clean({"decision": decision,
                                                                              "reason": reason})))
 
     async def list_budget_overrides(self, project_id: str, *, status: Optional[str] = None,
                                     page: Optional[int] = None) -> Page[BudgetOverride]:
-        return Page.of(BudgetOverride, await self.request("GET", f"/budget-overrides/project/{project_id}",
+        return Page.of(BudgetOverride, await self.request("GET", f"/budget-overrides/project/{c.seg(project_id)}",
                                                           params={"status": status, "page": page}))
 
     # --- emergency stop and recovery ------------------------------------------------------------
     async def emergency_stop(self, project_id: str, reason: str, *, severity: Optional[str] = None,
                              idempotency_key: Optional[str] = None) -> EmergencyStop:
         return EmergencyStop.from_api(await self.request(
-            "POST", f"/emergency/stop/{project_id}", json_body=c.clean({"reason": reason, "severity": severity}),
+            "POST", f"/emergency/stop/{c.seg(project_id)}", json_body=c.clean({"reason": reason, "severity": severity}),
             create=True, idempotency_key=idempotency_key))
 
     async def emergency_status(self, project_id: str) -> EmergencyStatus:
-        return EmergencyStatus.from_api(await self.request("GET", f"/emergency/status/{project_id}"))
+        return EmergencyStatus.from_api(await self.request("GET", f"/emergency/status/{c.seg(project_id)}"))
 
     async def start_recovery(self, project_id: str, recovery_type: str = "manual", *,
                              idempotency_key: Optional[str] = None) -> RecoverySession:
         return RecoverySession.from_api(await self.request(
-            "POST", f"/emergency/recovery/{project_id}", json_body={"recovery_type": recovery_type}, create=True,
+            "POST", f"/emergency/recovery/{c.seg(project_id)}", json_body={"recovery_type": recovery_type}, create=True,
             idempotency_key=idempotency_key))
 
     async def get_recovery(self, session_id: str) -> RecoverySession:
-        return RecoverySession.from_api(await self.request("GET", f"/recovery/{session_id}"))
+        return RecoverySession.from_api(await self.request("GET", f"/recovery/{c.seg(session_id)}"))
 
     async def respond_recovery_step(self, session_id: str, step_id: str, decision: str,
                                     reason: Optional[str] = None) -> RecoverySession:
         return RecoverySession.from_api(await self.request(
-            "POST", f"/recovery/{session_id}/steps/{step_id}/respond",
+            "POST", f"/recovery/{c.seg(session_id)}/steps/{c.seg(step_id)}/respond",
             json_body=c.clean({"decision": decision, "reason": reason})))
 
     # --- events ---------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ class AsyncHitlClient:
                                                        idempotency_key=idempotency_key))
 
     async def get_hitl(self, request_id: str) -> HitlRequest:
-        return HitlRequest.from_api(await self.request("GET", f"/hitl/{request_id}"))
+        return HitlRequest.from_api(await self.request("GET", f"/hitl/{c.seg(request_id)}"))
 
     async def poll_hitl(self, request_id: str, timeout: float = 30) -> HitlRequest:
         return HitlRequest.from_api(await self._poll("hitl", request_id, timeout))
@@ -420,11 +420,17 @@ class AsyncHitlClient:
                            amended_content: Any = None) -> HitlRequest:
         """(reviewer) ``approve``, ``reject`` or ``amend``."""
         body = c.clean({"action": action, "response": response, "amended_content": amended_content})
-        return HitlRequest.from_api(await self.request("POST", f"/hitl/{request_id}/respond", json_body=body))
+        return HitlRequest.from_api(await self.request("POST", f"/hitl/{c.seg(request_id)}/respond", json_body=body))
+
+    async def cancel_hitl(self, request_id: str, reason: Optional[str] = None) -> HitlRequest:
+        """(the asker) Withdraw a pending question or checkpoint, e.g. after its wait timed out; its
+        task stops waiting for it. Cancelling again changes nothing; an answered one is 409."""
+        return HitlRequest.from_api(await self.request("POST", f"/hitl/{c.seg(request_id)}/cancel",
+                                                       json_body=c.clean({"reason": reason})))
 
     async def list_hitl(self, project_id: str, *, status: Optional[str] = None,
                         page: Optional[int] = None) -> Page[HitlRequest]:
-        return Page.of(HitlRequest, await self.request("GET", f"/hitl/project/{project_id}",
+        return Page.of(HitlRequest, await self.request("GET", f"/hitl/project/{c.seg(project_id)}",
                                                        params={"status": status, "page": page}))
 
     async def wait_for_hitl(self, request_id: str, timeout: Optional[float] = None) -> HitlRequest:
@@ -453,11 +459,11 @@ class AsyncHitlClient:
 
     # --- waiting --------------------------------------------------------------------------------
     async def _get(self, kind: str, object_id: str, deadline: Optional[float] = None) -> Any:
-        return c.MODELS[kind].from_api(await self.request("GET", c.PATHS[kind] + object_id, deadline=deadline))
+        return c.MODELS[kind].from_api(await self.request("GET", c.PATHS[kind] + c.seg(object_id), deadline=deadline))
 
     async def _poll(self, kind: str, object_id: str, timeout: float, deadline: Optional[float] = None) -> Any:
         timeout = max(0.0, min(float(timeout), 60.0))
-        return await self.request("GET", f"{c.PATHS[kind]}{object_id}/wait", params={"timeout": f"{timeout:g}"},
+        return await self.request("GET", f"{c.PATHS[kind]}{c.seg(object_id)}/wait", params={"timeout": f"{timeout:g}"},
                                   timeout=timeout + self.timeout, deadline=deadline)
 
     async def _await_decision(self, kind: str, object_id: str, timeout: Optional[float],

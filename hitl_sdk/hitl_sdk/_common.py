@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -67,6 +67,12 @@ def api_root(base_url: str) -> str:
 def server_root(base_url: str) -> str:
     base = base_url.rstrip("/")
     return base[: -len("/api/v1")] if base.endswith("/api/v1") else base
+
+
+def seg(value: Any) -> str:
+    """An id as one path segment, escaped: an id taken from a model's output ("../projects") never
+    names another path of the API."""
+    return quote(str(value), safe="")
 
 
 def ws_url(base_url: str, project_id: Optional[str], last_event_id: Optional[int]) -> str:
