@@ -4,6 +4,7 @@ import zoneinfo
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.functions import Lower
 from guardian.models import UserObjectPermissionBase
 
 from core.models import BaseModel
@@ -48,6 +49,8 @@ class Project(BaseModel):
 
     class Meta:
         ordering = ["name"]
+        # "Demo" beside "demo": two projects a person cannot tell apart on the command line
+        constraints = [models.UniqueConstraint(Lower("slug"), name="project_slug_unique_without_case")]
         # Object permissions (django-guardian) that make up the roles; see projects/roles.py.
         permissions = [
             ("act_as_agent", "Act as an agent: create tasks, request approvals, report outcomes"),

@@ -172,6 +172,9 @@ def test_create_project_validates_timezone_and_slug(clients):
         r = admin.post("/api/v1/projects", {"name": "X", "slug": taken}, format="json")
         assert r.status_code == 400 and "slug" in r.json()["fields"], taken
     assert not Project.objects.filter(name="X").exists()
+    from django.db import IntegrityError, transaction
+    with pytest.raises(IntegrityError), transaction.atomic():  # the database holds it too (two creates at once)
+        Project.objects.create(name="Y", slug="DeMo")
     r = admin.post("/api/v1/projects", {"name": "NY", "slug": "ny", "timezone": "America/New_York"}, format="json")
     assert r.status_code == 201 and r.json()["timezone"] == "America/New_York"
 
