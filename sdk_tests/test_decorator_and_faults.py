@@ -107,6 +107,26 @@ def test_a_function_that_returns_a_usage_that_is_not_valid_fails_its_task(world,
     assert call.budget_state == "reserved"  # the reservation stays counted, as the SDK README says
 
 
+def test_decimal_arguments_go_as_exact_strings_and_come_back_as_decimals(world, bot):
+    from decimal import Decimal
+
+    agent = world.client("agent")
+    paid = []
+
+    @require_approval(agent, world.project_id, agent_type="deployer", action="tool:pay", model="gpt-4o-mini")
+    def pay(amount: Decimal, memo: str):
+        paid.append((amount, memo))
+
+    reviewer_bot = bot(("agent", approve))
+    pay(Decimal("12.50"), memo="refund")
+    reviewer_bot.check()
+    assert reviewer_bot.handled[0].input_data == {"amount": "12.50", "memo": "refund"}
+    assert paid == [(Decimal("12.50"), "refund")] and isinstance(paid[0][0], Decimal)
+    task = agent.create_task(world.project_id, "coder", "Price it")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "price", {"price": Decimal("0.0125")})
+    assert call.input_data == {"price": "0.0125"}  # no TypeError from a Decimal inside input_data
+
+
 def test_the_agent_resumes_its_wait_across_a_server_restart(world):
     agent = world.client("agent", recheck_seconds=1.0,
                          retry=RetryPolicy(attempts=4, backoff_base=0.1, backoff_max=0.5))

@@ -8,6 +8,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -84,6 +85,14 @@ def ws_url(base_url: str, project_id: Optional[str], last_event_id: Optional[int
     if last_event_id is not None:
         query["last_event_id"] = last_event_id
     return urlunsplit((scheme, parts.netloc, parts.path + "/ws/events/", urlencode(query), ""))
+
+
+def json_default(value: Any) -> Any:
+    """A ``Decimal`` anywhere in a body (an ``input_data``, a ``context``) is sent as its exact
+    decimal string, as the API takes money; anything else JSON cannot hold stays a TypeError."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def clean(body: Dict[str, Any]) -> Dict[str, Any]:

@@ -84,7 +84,7 @@ class HitlClient:
             headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         if json_body is not None:
             headers["Content-Type"] = "application/json"
-        content = json.dumps(json_body).encode() if json_body is not None else None
+        content = json.dumps(json_body, default=c.json_default).encode() if json_body is not None else None
         params = {k: v for k, v in (params or {}).items() if v is not None}
         attempt, transport_failed = 0, False
         while True:

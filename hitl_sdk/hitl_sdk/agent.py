@@ -17,6 +17,7 @@ from ._async_client import AsyncHitlClient
 from ._sync_client import HitlClient
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
                      HitlConnectionError, HitlError, ModificationRequired, ServerError, Throttled, WaitTimeout)
+from ._common import json_default
 from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
@@ -330,7 +331,7 @@ def _input_of(signature: inspect.Signature, args: tuple, kwargs: dict) -> Dict[s
     bound.apply_defaults()
     data = dict(bound.arguments)
     try:
-        json.dumps(data)
+        json.dumps(data, default=json_default)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"@require_approval: the arguments must be JSON-serialisable ({exc})") from exc
     return data
@@ -365,6 +366,9 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
     if unknown and not takes_any:
         problem = f"it has no parameter {', '.join(unknown)}"
     else:
+        data = {name: (_as_decimal(value) if name in signature.parameters
+                       and signature.parameters[name].annotation in (Decimal, "Decimal") else value)
+                for name, value in data.items()}
         args, kwargs = _call_args(signature, data)
         try:
             signature.bind(*args, **kwargs)
@@ -373,6 +377,14 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
             problem = str(exc)
     raise TypeError(f"@require_approval: the input a person approved for {name}{signature} does not fit it "
                     f"({problem}): the function was not run and its call was cancelled.")
+
+
+def _as_decimal(value: Any) -> Any:
+    """A parameter annotated ``Decimal`` gets its value back as one (JSON carried it as a string)."""
+    try:
+        return Decimal(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    except ArithmeticError:
+        return value
 
 
 _MISFIT = "the input a person approved does not fit the function's parameters"
