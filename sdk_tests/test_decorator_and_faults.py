@@ -228,3 +228,16 @@ def test_the_stop_message_reads_as_one_sentence(detail):
     message = str(EmergencyStopped(detail, emergency_stop_id="s1"))
     assert ".." not in message and message.endswith("Stop all work on this project now; do not retry.")
     assert (detail.rstrip(".") or "no reason given") + ". Stop all work" in message
+
+
+@pytest.mark.parametrize("kind, says", [("agent", "Do not run it"), ("response", "Do not use it")])
+def test_a_time_out_is_worded_for_what_timed_out(kind, says):
+    from types import SimpleNamespace
+
+    from hitl_sdk import ApprovalTimedOut, _common
+
+    lapsed = SimpleNamespace(status="timed_out", approval_id="a1", project_id="p1")
+    with pytest.raises(ApprovalTimedOut) as timed_out:
+        _common.outcome(kind, lapsed, None)
+    assert says in str(timed_out.value)
+    assert ("run it" in str(timed_out.value)) == (kind == "agent")  # an output has run already

@@ -165,7 +165,7 @@ def outcome(kind: str, obj: Any, stop_id: Optional[str]) -> Any:
             raise BudgetOverrideRequired(obj.budget_blocked_reason or "", override_id=obj.budget_override_id,
                                          approval_id=oid, approval=obj)
     if status == "timed_out":
-        raise ApprovalTimedOut(approval_id=oid, approval=obj)
+        raise ApprovalTimedOut(approval_id=oid, approval=obj, output=kind == "response")
     if status == "cancelled":
         raise ApprovalCancelled(approval_id=oid, approval=obj)
     raise ApprovalCancelled(f"unexpected status {status!r}", approval_id=oid, approval=obj)

@@ -116,10 +116,13 @@ class ApprovalRejected(ApprovalError):
 class ApprovalTimedOut(ApprovalError):
     """Nobody decided before ``expires_at``: the request failed closed."""
 
-    def __init__(self, detail: str = "", *, approval_id: Optional[str] = None, approval: Any = None) -> None:
-        super().__init__(detail, approval_id=approval_id, approval=approval, code="timed_out",
-                         message=("No person approved this action in time, so it was not allowed. "
-                                  "Do not run it; ask again later if it is still needed."))
+    def __init__(self, detail: str = "", *, approval_id: Optional[str] = None, approval: Any = None,
+                 output: bool = False) -> None:
+        message = ("No person approved this output in time, so it must not be used. Do not use it; send it "
+                   "for review again later if it is still needed." if output else
+                   "No person approved this action in time, so it was not allowed. "
+                   "Do not run it; ask again later if it is still needed.")
+        super().__init__(detail, approval_id=approval_id, approval=approval, code="timed_out", message=message)
 
 
 class WaitTimeout(ApprovalError):
