@@ -104,6 +104,7 @@ def test_requires_modification_loops_with_a_new_call_approval(world, bot):
     assert seen_inputs[1]["modifications_required"] == ["add tests"]
     calls = world.client("agent").list_approvals(world.project_id)
     assert calls.count == 2 and {c.task_id for c in calls.results} == {result.task.task_id}
+    assert (result.tokens_used, result.actual_cost) == (2400, Decimal("0.0300"))  # both rounds, as the budget
 
 
 def test_past_the_round_limit_modification_required_is_raised(world, bot):

@@ -170,6 +170,7 @@ class SafetyEnhancedBaseAgent:
             task = await client.create_task(self.project_id, self.agent_type, title or "untitled task", input_data)
         elif isinstance(task, str):
             task = await client.get_task(task)
+        spent_tokens, spent_cost = 0, Decimal("0")  # every round's, as the budget counts them
         try:
             modifications: List[Any] = []
             for round_no in range(1, self.max_modification_rounds + 2):
@@ -210,6 +211,8 @@ class SafetyEnhancedBaseAgent:
                         response_summary=result.summary or f"{self.agent_type} output for {task.title!r}",
                         next_steps=result.next_steps, tokens_used=result.tokens_used,
                         actual_cost=result.actual_cost, timeout_minutes=self.response_timeout_minutes)
+                    spent_tokens += response.tokens_used
+                    spent_cost += response.actual_cost or Decimal("0")  # priced by the server when not given
                 except EmergencyStopped:  # a stopped project records the usage the response carried
                     raise
                 except HitlError:  # the output was refused: what the run used is still reported
@@ -235,7 +238,7 @@ class SafetyEnhancedBaseAgent:
         if self.complete_task:
             task = await client.set_task_status(task.task_id, "completed")
         return ExecutionResult(output=result.output, task=task, call_approval=started, response_approval=approved,
-                               rounds=round_no, tokens_used=result.tokens_used, actual_cost=result.actual_cost)
+                               rounds=round_no, tokens_used=spent_tokens, actual_cost=spent_cost)
 
     def execute_task_sync(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
                           **kwargs: Any) -> ExecutionResult:
