@@ -241,3 +241,19 @@ def test_a_time_out_is_worded_for_what_timed_out(kind, says):
         _common.outcome(kind, lapsed, None)
     assert says in str(timed_out.value)
     assert ("run it" in str(timed_out.value)) == (kind == "agent")  # an output has run already
+
+
+def test_execute_task_sync_inside_an_event_loop_says_to_await_execute_task():
+    from hitl_sdk import SafetyEnhancedBaseAgent
+
+    class Nothing(SafetyEnhancedBaseAgent):
+        agent_type = "coder"
+
+        async def run(self, task, context):
+            raise AssertionError("never runs")
+
+    async def inside_a_loop():
+        Nothing(HitlClient("http://127.0.0.1:9", "key"), "p").execute_task_sync(title="x")
+
+    with pytest.raises(RuntimeError, match="use `await agent.execute_task"):
+        asyncio.run(inside_a_loop())

@@ -243,7 +243,12 @@ class SafetyEnhancedBaseAgent:
     def execute_task_sync(self, task: Union[Task, str, None] = None, context: Optional[Dict[str, Any]] = None,
                           **kwargs: Any) -> ExecutionResult:
         """``execute_task`` from synchronous code (runs its own event loop)."""
-        return asyncio.run(self.execute_task(task, context, **kwargs))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.execute_task(task, context, **kwargs))
+        raise RuntimeError("execute_task_sync runs its own event loop, and one is already running here: "
+                           "use `await agent.execute_task(...)` instead")
 
     async def _run_watched(self, task: Task, context: RunContext) -> Any:
         """``run``, cancelled (or, in a thread, signalled) as soon as the project is stopped."""
