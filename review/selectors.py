@@ -176,7 +176,9 @@ def inbox_items(*, user) -> list[InboxItem]:
                              f"{override.justification}"),
             created_at=override.created_at, obj=override,
             extra={"needs_manager": needs_manager, "violation_type": override.violation_type,
-                   "requested_amount": override.requested_amount}))
+                   "requested_amount": override.requested_amount,
+                   # decided only once the stop is lifted (423 meanwhile)
+                   "stopped": override.project.status == override.project.Status.EMERGENCY_STOPPED}))
     sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=RecoverySession.OPEN_STATUSES)
         .select_related("project", "emergency_stop"))
     for session in sessions:

@@ -120,6 +120,21 @@ def test_a_budget_override_is_decided_from_the_inbox(project, agent, reviewer):
     assert r.status_code == 409 and "Not possible now" in r.content.decode()
 
 
+def test_an_override_of_a_stopped_project_has_no_buttons_that_would_answer_423(project, agent, reviewer):
+    from budgets.services import budget_override_create
+
+    override = budget_override_create(project_id=project.pk, actor=agent, violation_type="daily_cost_limit",
+                                      requested_amount=Decimal("5.0000"), justification="release day")
+    html = web(reviewer).get("/review/").content.decode()
+    assert f"/review/budget-overrides/{override.pk}/decide" in html
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=reviewer)
+    html = web(reviewer).get("/review/").content.decode()
+    assert f"override-{override.pk}" in html and "overrides are decided once a recovery lifts it" in html
+    assert f"/review/budget-overrides/{override.pk}/decide" not in html
+    r = web(reviewer).post(f"/review/budget-overrides/{override.pk}/decide", {"decision": "approve"})
+    assert r.status_code == 423 and BudgetOverrideRequest.objects.get(pk=override.pk).status == "pending"
+
+
 def test_an_outsider_cannot_decide_an_override(project, agent, outsider):
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
     blocked = make_call(project, agent, cost="2.5000")
