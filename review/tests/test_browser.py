@@ -343,47 +343,19 @@ def test_a_question_that_ends_while_the_reviewer_types_says_so_and_shows_it_when
     assert "Traceback" not in full_log(server), full_log(server)
 
 
-def test_a_call_decided_elsewhere_while_the_reviewer_types_keeps_the_text_until_they_leave_the_box(
+def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
         serve, chromium, project, agent, reviewers):  # noqa: F811
+    """The request changes elsewhere while the reviewer types a reason: the panel says so and waits.
+    - decided by someone else: it shows the decision when they leave the box;
+    - an unrelated change of the project (an override decided): leaving the box for the Reject button
+      rejects with the typed reason (the click is not swallowed by a refresh), and leaving it
+      elsewhere refreshes the still pending panel with the text kept."""
     rita, sam = reviewers
     agent_key = api_key_create(user=agent, name="browser")[1]
     sam_key = api_key_create(user=sam, name="browser")[1]
     server = serve()
-    approval = request_call(server, agent_key, project, title="Write docs", action="Write the README",
-                            input_data={"files": ["README.md"]})
-    page = log_in(chromium.new_context(server), rita.username,
-                  next_path=f"/review/agent-approvals/{approval['approval_id']}")
-    wait_live(page)
-    mark_page(page)
-    panel = page.locator("#decision-panel")
-    page.fill("#reject-reason", "Not before the release")
-    page.focus("#reject-reason")
-    api(server, "POST", f"/api/v1/agent-approvals/{approval['approval_id']}/respond", sam_key,
-        body={"decision": "approve"})
-
-    expect(panel.locator(".outcome-changed")).to_contain_text("This request changed elsewhere")
-    assert page.input_value("#reject-reason") == "Not before the release"  # not swapped under the typing
-    expect(panel).to_have_attribute("data-status", "pending")
-    page.locator("#decision-title").click()  # leaves the text box: the panel shows the decision
-    expect(panel).to_have_attribute("data-status", "approved")
-    expect(panel.locator(".decided")).to_contain_text(sam.username)
-    assert_not_reloaded(page)
-    assert "Traceback" not in full_log(server), full_log(server)
-
-
-def test_a_reason_typed_while_the_project_changes_survives_and_its_reject_click_goes_through(
-        serve, chromium, project, agent, reviewers):  # noqa: F811
-    """An unrelated change of the project (an override decided) while the reviewer types: the
-    panel waits; leaving the box for the Reject button rejects with the typed reason (the click
-    is not swallowed by a refresh), and leaving it elsewhere refreshes with the text kept."""
-    rita, sam = reviewers
-    agent_key = api_key_create(user=agent, name="browser")[1]
-    sam_key = api_key_create(user=sam, name="browser")[1]
-    server = serve()
-    first = request_call(server, agent_key, project, title="Write docs", action="Write the README",
-                         input_data={"files": ["README.md"]})
-    second = request_call(server, agent_key, project, title="Write more", action="Write the guide",
-                          input_data={"files": ["GUIDE.md"]})
+    calls = [request_call(server, agent_key, project, title=f"Write docs {i}", action="Write the README",
+                          input_data={"files": [f"README{i}.md"]}) for i in range(3)]
 
     def unrelated_change():
         override = api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
@@ -391,29 +363,42 @@ def test_a_reason_typed_while_the_project_changes_survives_and_its_reject_click_
             "justification": "a bigger day"})
         api(server, "POST", f"/api/v1/budget-overrides/{override['id']}/respond", sam_key, body={"decision": "approve"})
 
-    page = log_in(chromium.new_context(server), rita.username,
-                  next_path=f"/review/agent-approvals/{first['approval_id']}")
-    wait_live(page)
+    def typing_on(call, text):
+        page.goto(f"/review/agent-approvals/{call['approval_id']}")
+        wait_live(page)
+        mark_page(page)
+        page.fill("#reject-reason", text)
+        page.focus("#reject-reason")
+
+    page = log_in(chromium.new_context(server), rita.username)
     panel = page.locator("#decision-panel")
-    page.fill("#reject-reason", "Not before the release")
-    page.focus("#reject-reason")
+    typing_on(calls[0], "Not before the release")
+    api(server, "POST", f"/api/v1/agent-approvals/{calls[0]['approval_id']}/respond", sam_key,
+        body={"decision": "approve"})
+    expect(panel.locator(".outcome-changed")).to_contain_text("This request changed elsewhere")
+    assert page.input_value("#reject-reason") == "Not before the release"  # not swapped under the typing
+    expect(panel).to_have_attribute("data-status", "pending")
+    page.locator("#decision-title").click()  # leaves the text box: the panel shows the decision
+    expect(panel).to_have_attribute("data-status", "approved")
+    expect(panel.locator(".decided")).to_contain_text(sam.username)
+    assert_not_reloaded(page)
+
+    typing_on(calls[1], "Not this week")
     unrelated_change()
     expect(panel.locator(".outcome-changed")).to_be_visible()
     page.locator("#btn-reject").click()
     expect(panel).to_have_attribute("data-status", "rejected")
-    assert api(server, "GET", f"/api/v1/agent-approvals/{first['approval_id']}", agent_key)["rejection_reason"] \
-        == "Not before the release"
+    assert api(server, "GET", f"/api/v1/agent-approvals/{calls[1]['approval_id']}", agent_key)["rejection_reason"] \
+        == "Not this week"
 
-    page.goto(f"/review/agent-approvals/{second['approval_id']}")
-    wait_live(page)
-    page.fill("#reject-reason", "Keep this text")
-    page.focus("#reject-reason")
+    typing_on(calls[2], "Keep this text")
     unrelated_change()
     expect(panel.locator(".outcome-changed")).to_be_visible()
     page.locator("#decision-title").click()  # leaves the box: the panel refreshes, the text stays
     expect(panel.locator(".outcome-changed")).to_have_count(0)
     expect(panel).to_have_attribute("data-status", "pending")
     expect(page.locator("#reject-reason")).to_have_value("Keep this text")
+    assert_not_reloaded(page)
     assert "Traceback" not in full_log(server), full_log(server)
 
 
