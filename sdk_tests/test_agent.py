@@ -138,11 +138,13 @@ def test_an_emergency_stop_during_a_wait_ends_it_at_once(world):
     task = agent.create_task(world.project_id, "deployer", "deploy")
     call = agent.request_approval(world.project_id, task.task_id, "deployer", "deploy to prod", {}, model="gpt-4o")
     stops = []
-    threading.Timer(1.5, lambda: stops.append(reviewer.emergency_stop(world.project_id, "runaway agent"))).start()
+    stopper = threading.Timer(1.5, lambda: stops.append(reviewer.emergency_stop(world.project_id, "runaway agent")))
+    stopper.start()
     started = time.monotonic()
     with pytest.raises(EmergencyStopped) as caught:
         agent.wait_for_approval(call.approval_id, timeout=30)
     assert time.monotonic() - started < 8
+    stopper.join(10)  # the wait may end before the stop's own answer reaches the reviewer
     assert caught.value.emergency_stop_id == stops[0].id
     with pytest.raises(EmergencyStopped) as gate:  # from now on every call is refused (423)
         agent.create_task(world.project_id, "coder", "more work")
