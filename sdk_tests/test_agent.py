@@ -309,9 +309,10 @@ def test_an_id_from_a_model_is_one_escaped_path_segment(world):
     from hitl_sdk import NotFound
 
     agent = world.client("agent")
-    for fetch in (agent.get_approval, agent.get_hitl, agent.get_task):
-        with pytest.raises(NotFound):
-            fetch("../projects")  # never GET /api/v1/projects read as an approval
+    for fetch in (agent.get_approval, agent.get_hitl, agent.get_task, agent.get_project):
+        for made_up in ("../projects", ".", ".."):
+            with pytest.raises(NotFound):
+                fetch(made_up)  # never GET /api/v1/projects (or a create endpoint) read as the object
 
 
 def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_every_event(world, bot):

@@ -67,6 +67,7 @@ def test_require_approval_gates_an_async_function(world, bot):
 @pytest.mark.parametrize("amended, problem", [
     ({"replicas": 2}, "missing a required argument: 'service'"),
     ({"service": "api", "bogus": 5}, "it has no parameter bogus"),
+    ({"service": "api", "extra": {}, "y": 3}, "it has no parameter y"),  # not dropped beside **extra
 ])
 def test_an_amendment_that_does_not_fit_the_function_is_not_run_and_ends_its_task_cancelled(
         world, bot, amended, problem):
@@ -74,7 +75,7 @@ def test_an_amendment_that_does_not_fit_the_function_is_not_run_and_ends_its_tas
     ran = []
 
     @require_approval(agent, world.project_id, agent_type="deployer", action="deploy", model="gpt-4o-mini")
-    def deploy(service: str, replicas: int = 1):
+    def deploy(service: str, replicas: int = 1, **extra):
         ran.append((service, replicas))
 
     reviewer_bot = bot(("agent", lambda r, o: r.respond_approval(o.approval_id, "approve",

@@ -73,7 +73,8 @@ def server_root(base_url: str) -> str:
 def seg(value: Any) -> str:
     """An id as one path segment, escaped: an id taken from a model's output ("../projects") never
     names another path of the API."""
-    return quote(str(value), safe="")
+    segment = quote(str(value), safe="")
+    return {".": "%2E", "..": "%2E%2E"}.get(segment, segment)  # a dot segment would be resolved away
 
 
 def ws_url(base_url: str, project_id: Optional[str], last_event_id: Optional[int]) -> str:

@@ -368,10 +368,11 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
     that says so when it does not fit the function (a name it has no parameter for, a required
     one missing), never a silent drop or a default in place of a value the call was asked with."""
     data = data if isinstance(data, dict) else {}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    # The input names each parameter (a **kwargs one by its own name, holding its keywords), so a
+    # name that is none of them would be dropped: refused, even for a function that takes **kwargs.
     unknown = sorted(set(data) - set(signature.parameters))
     problem = None
-    if unknown and not takes_any:
+    if unknown:
         problem = f"it has no parameter {', '.join(unknown)}"
     else:
         data = {name: (_as_decimal(value) if name in signature.parameters
@@ -400,9 +401,9 @@ _MISFIT = "the input a person approved does not fit the function's parameters"
 
 def _usage_refusal(exc: BaseException) -> Optional[Tuple[str, Optional[str]]]:
     """How a task made by @require_approval ends when its usage cannot be reported after the run."""
-    if not isinstance(exc, HitlError):  # the function returned a WithUsage that is not valid
+    if isinstance(exc, (TypeError, ValueError)):  # the function returned a WithUsage that is not valid
         return "failed", f"the function's usage is not valid: {exc}"[:2000]
-    return made_task_ending(exc, ran=True)
+    return made_task_ending(exc, ran=True)  # None for anything not the server's (an interrupt, say)
 
 
 def require_approval(client: AnyClient, project: str, *, agent_type: str = "coder", action: Optional[str] = None,
