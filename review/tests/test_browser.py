@@ -355,7 +355,7 @@ def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
     sam_key = api_key_create(user=sam, name="browser")[1]
     server = serve()
     calls = [request_call(server, agent_key, project, title=f"Write docs {i}", action="Write the README",
-                          input_data={"files": [f"README{i}.md"]}) for i in range(3)]
+                          input_data={"files": [f"README{i}.md"]}) for i in range(4)]
 
     def unrelated_change():
         override = api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
@@ -399,6 +399,19 @@ def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
     expect(panel).to_have_attribute("data-status", "pending")
     expect(page.locator("#reject-reason")).to_have_value("Keep this text")
     assert_not_reloaded(page)
+
+    # an amendment being edited (its box starts as the call's input) is kept too, its section open
+    page.goto(f"/review/agent-approvals/{calls[3]['approval_id']}")
+    wait_live(page)
+    page.keyboard.press("e")  # opens the amend editor
+    page.fill("#amended-input", '{"files": ["SAFE.md"]}')
+    page.focus("#amended-input")
+    unrelated_change()
+    expect(panel.locator(".outcome-changed")).to_be_visible()
+    page.locator("#decision-title").click()
+    expect(panel.locator(".outcome-changed")).to_have_count(0)
+    expect(page.locator("#amended-input")).to_have_value('{"files": ["SAFE.md"]}')
+    expect(page.locator("#amend")).to_have_attribute("open", "")
     assert "Traceback" not in full_log(server), full_log(server)
 
 

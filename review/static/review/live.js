@@ -120,9 +120,13 @@
   function refreshPanel(panel) {
     if (!typingIn(panel)) {
       if (panel.hasAttribute("data-refresh-pending")) {
-        keptText = {};
+        keptText = {};  // what the reviewer changed (an amendment starts as the call's input)
         var fields = panel.querySelectorAll("textarea[id], input[type=text][id]");
-        for (var i = 0; i < fields.length; i++) if (fields[i].value) keptText[fields[i].id] = fields[i].value;
+        for (var i = 0; i < fields.length; i++) {
+          if (fields[i].value !== fields[i].defaultValue) keptText[fields[i].id] = fields[i].value;
+        }
+        var amend = panel.querySelector("details[open][id]");
+        if (amend) keptText["#open"] = amend.id;
       }
       panel.removeAttribute("data-refresh-pending");
       if (window.htmx) window.htmx.trigger(panel, "hitl:refresh");
@@ -139,11 +143,19 @@
     note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box.";
   }
 
+  // Leaving the box for one of the panel's buttons (Reject, Approve): the click goes through (the
+  // server answers for a request settled meanwhile); a refresh now would swallow it. Some browsers
+  // do not focus a clicked button, hence the pointer too.
+  var pressingUntil = 0;
+  document.addEventListener("pointerdown", function (evt) {
+    var button = evt.target && evt.target.closest && evt.target.closest("button");
+    if (button && button.closest("[data-live-approval][data-refresh-pending]")) pressingUntil = Date.now() + 1000;
+  }, true);
+
   document.addEventListener("focusout", function (evt) {
-    // Leaving the box for one of the panel's buttons (Reject, Approve): the click goes through
-    // (the server answers for a request settled meanwhile); a refresh now would swallow it.
     var to = evt.relatedTarget;
     if (to && to.tagName === "BUTTON" && to.closest && to.closest("[data-live-approval][data-refresh-pending]")) return;
+    if (Date.now() < pressingUntil) return;
     setTimeout(function () {
       var pending = document.querySelectorAll("[data-live-approval][data-refresh-pending]");
       for (var i = 0; i < pending.length; i++) {
@@ -154,13 +166,19 @@
     }, 0);
   });
 
-  document.addEventListener("htmx:afterSwap", function () {
-    if (!keptText) return;
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    var target = evt.detail && evt.detail.target;
+    if (!keptText || !target || !target.hasAttribute || !target.hasAttribute("data-live-approval")) return;
     var kept = keptText;
     keptText = null;
     Object.keys(kept).forEach(function (id) {  // the refreshed panel's field, if it still takes text
+      if (id === "#open") {
+        var details = document.getElementById(kept[id]);
+        if (details && !details.hasAttribute("disabled")) details.open = true;
+        return;
+      }
       var field = document.getElementById(id);
-      if (field && !field.disabled && !field.value) field.value = kept[id];
+      if (field && !field.disabled && field.value === field.defaultValue) field.value = kept[id];
     });
   });
 
