@@ -4,6 +4,20 @@ import django.db.models.functions.text
 from django.db import migrations, models
 
 
+def refuse_slugs_that_differ_only_in_case(apps, schema_editor):
+    """Before the constraint: projects whose slugs differ only in case (made before slugs were
+    compared without case) are named, so an operator renames them, instead of a bare IntegrityError."""
+    from collections import defaultdict
+
+    seen = defaultdict(list)
+    for slug in apps.get_model("projects", "Project").objects.values_list("slug", flat=True):
+        seen[slug.lower()].append(slug)
+    clashes = sorted(", ".join(sorted(slugs)) for slugs in seen.values() if len(slugs) > 1)
+    if clashes:
+        raise RuntimeError("Project slugs must now be unique without case; rename all but one of each of these "
+                           "(the admin's project page, or the shell), then migrate again: " + "; ".join(clashes))
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -11,6 +25,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(refuse_slugs_that_differ_only_in_case, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='project',
             constraint=models.UniqueConstraint(django.db.models.functions.text.Lower('slug'), name='project_slug_unique_without_case'),

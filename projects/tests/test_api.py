@@ -201,3 +201,18 @@ def test_idempotency_key_does_not_store_errors(clients, project):
     assert clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k").status_code == 423
     Project.objects.filter(pk=project.pk).update(status=Project.Status.ACTIVE)
     assert clients["agent"].post("/api/v1/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="k").status_code == 201
+
+
+def test_the_slug_migration_names_the_projects_to_rename_instead_of_failing_bare():
+    import importlib
+    from types import SimpleNamespace
+
+    migration = importlib.import_module("projects.migrations.0008_project_slug_unique_without_case")
+
+    def apps_with(*slugs):
+        rows = SimpleNamespace(values_list=lambda *a, **k: list(slugs))
+        return SimpleNamespace(get_model=lambda *a: SimpleNamespace(objects=rows))
+
+    migration.refuse_slugs_that_differ_only_in_case(apps_with("demo", "ops", "web"), None)  # nothing to rename
+    with pytest.raises(RuntimeError, match="rename all but one of each of these.*: Demo, demo; FUZZ-B, fuzz-b$"):
+        migration.refuse_slugs_that_differ_only_in_case(apps_with("fuzz-b", "demo", "FUZZ-B", "Demo", "ops"), None)
