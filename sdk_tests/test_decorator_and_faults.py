@@ -110,19 +110,21 @@ def test_a_function_that_returns_a_usage_that_is_not_valid_fails_its_task(world,
 
 def test_decimal_arguments_go_as_exact_strings_and_come_back_as_decimals(world, bot):
     from decimal import Decimal
+    from typing import Optional
 
     agent = world.client("agent")
     paid = []
 
     @require_approval(agent, world.project_id, agent_type="deployer", action="tool:pay", model="gpt-4o-mini")
-    def pay(amount: Decimal, memo: str):
-        paid.append((amount, memo))
+    def pay(amount: Decimal, memo: str, tip: Optional[Decimal] = None):
+        paid.append((amount, memo, tip))
 
     reviewer_bot = bot(("agent", approve))
-    pay(Decimal("12.50"), memo="refund")
+    pay(Decimal("12.50"), memo="refund", tip=Decimal("1.5"))
     reviewer_bot.check()
-    assert reviewer_bot.handled[0].input_data == {"amount": "12.50", "memo": "refund"}
-    assert paid == [(Decimal("12.50"), "refund")] and isinstance(paid[0][0], Decimal)
+    assert reviewer_bot.handled[0].input_data == {"amount": "12.50", "memo": "refund", "tip": "1.5"}
+    assert paid == [(Decimal("12.50"), "refund", Decimal("1.5"))]
+    assert all(isinstance(v, Decimal) for v in (paid[0][0], paid[0][2]))
     task = agent.create_task(world.project_id, "coder", "Price it")
     call = agent.request_approval(world.project_id, task.task_id, "coder", "price", {"price": Decimal("0.0125")})
     assert call.input_data == {"price": "0.0125"}  # no TypeError from a Decimal inside input_data

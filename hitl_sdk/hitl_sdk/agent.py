@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import threading
+import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
@@ -376,7 +377,7 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
         problem = f"it has no parameter {', '.join(unknown)}"
     else:
         data = {name: (_as_decimal(value) if name in signature.parameters
-                       and signature.parameters[name].annotation in (Decimal, "Decimal") else value)
+                       and _wants_decimal(signature.parameters[name].annotation) else value)
                 for name, value in data.items()}
         args, kwargs = _call_args(signature, data)
         try:
@@ -386,6 +387,13 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
             problem = str(exc)
     raise TypeError(f"@require_approval: the input a person approved for {name}{signature} does not fit it "
                     f"({problem}): the function was not run and its call was cancelled.")
+
+
+def _wants_decimal(annotation: Any) -> bool:
+    """``Decimal``, ``Optional[Decimal]`` or ``Decimal | None`` (as an object or as a string)."""
+    if annotation in (Decimal, "Decimal") or annotation in ("Optional[Decimal]", "Decimal | None"):
+        return True
+    return Decimal in typing.get_args(annotation)
 
 
 def _as_decimal(value: Any) -> Any:
