@@ -15,10 +15,10 @@ from decimal import Decimal
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 from ._async_client import AsyncHitlClient
+from ._common import json_default
 from ._sync_client import HitlClient
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
                      HitlConnectionError, HitlError, ModificationRequired, ServerError, Throttled, WaitTimeout)
-from ._common import json_default
 from .models import AgentApproval, ResponseApproval, RunResult, Task, money, token_count
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
@@ -367,7 +367,8 @@ def _call_args(signature: inspect.Signature, data: Dict[str, Any]) -> "tuple[lis
 def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "tuple[list, dict]":
     """The arguments to run with, from the input a person approved (amended, maybe): a TypeError
     that says so when it does not fit the function (a name it has no parameter for, a required
-    one missing), never a silent drop or a default in place of a value the call was asked with."""
+    one missing), never a value dropped in silence. (A parameter the amendment leaves out takes
+    its default: the person's input is the whole input.)"""
     data = data if isinstance(data, dict) else {}
     # The input names each parameter (a **kwargs one by its own name, holding its keywords), so a
     # name that is none of them would be dropped: refused, even for a function that takes **kwargs.
@@ -376,9 +377,8 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
     if unknown:
         problem = f"it has no parameter {', '.join(unknown)}"
     else:
-        data = {name: (_as_decimal(value) if name in signature.parameters
-                       and _wants_decimal(signature.parameters[name].annotation) else value)
-                for name, value in data.items()}
+        data = {key: (_as_decimal(value) if _wants_decimal(signature.parameters[key].annotation) else value)
+                for key, value in data.items()}
         args, kwargs = _call_args(signature, data)
         try:
             signature.bind(*args, **kwargs)
@@ -391,9 +391,8 @@ def _approved_call_args(signature: inspect.Signature, data: Any, name: str) -> "
 
 def _wants_decimal(annotation: Any) -> bool:
     """``Decimal``, ``Optional[Decimal]`` or ``Decimal | None`` (as an object or as a string)."""
-    if annotation in (Decimal, "Decimal") or annotation in ("Optional[Decimal]", "Decimal | None"):
-        return True
-    return Decimal in typing.get_args(annotation)
+    return annotation in (Decimal, "Decimal", "Optional[Decimal]", "Decimal | None") or \
+        Decimal in typing.get_args(annotation)
 
 
 def _as_decimal(value: Any) -> Any:
