@@ -9,6 +9,12 @@ def event_list(*, project, after: int = 0, limit: int = 100):
     return list(Event.objects.filter(project=project, id__gt=after).order_by("id")[:limit])
 
 
+def past_every_event(event_id: int) -> bool:
+    """A resume point no event has had yet (a restored database under a running client, or a
+    made-up id): following from it, a client would silently miss every event to come."""
+    return event_id > (Event.objects.aggregate(last=Max("id"))["last"] or 0)
+
+
 def no_such_event(event_id: int, project_ids) -> str:
     """Why a cursor past every event is refused, naming the newest event of the projects the
     client reads (not of every project: that would show how busy the others are)."""
@@ -24,7 +30,7 @@ def event_page(*, project, after: int, limit: int) -> dict:
     news" for ever and miss every event to come."""
     events = event_list(project=project, after=after, limit=limit + 1)
     if not events and after:
-        if after > (Event.objects.aggregate(last=Max("id"))["last"] or 0):
+        if past_every_event(after):
             said = no_such_event(after, [project.pk])
             raise InvalidInput(said, fields={"after": [
                 f"{said} Read again from 0 and keep the last_event_id each page answers."]})

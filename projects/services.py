@@ -27,17 +27,12 @@ def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -
         validate_timezone(timezone_name)
     except Exception as exc:  # django ValidationError
         raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
-    # Slugs name projects on the command line (hitl_access --project): "Demo" beside "demo" would
-    # be two projects a person cannot tell apart, so they are compared without case.
-    taken = Project.objects.filter(slug__iexact=slug).values_list("slug", flat=True).first()
-    if taken is not None:
-        raise InvalidInput(fields={"slug": [f"A project with slug {taken!r} already exists (slugs are compared "
-                                            f"without case)."]})
-    try:
+    try:  # the database holds slugs unique without case (project_slug_unique_without_case)
         with transaction.atomic():
             project = Project.objects.create(name=name, slug=slug, timezone=timezone_name)
     except IntegrityError:
-        raise InvalidInput(fields={"slug": [f"A project with slug {slug!r} already exists."]}) from None
+        raise InvalidInput(fields={"slug": [f"A project with slug {slug!r} already exists (slugs are compared "
+                                            f"without case)."]}) from None
     AgentState.objects.bulk_create(AgentState(project=project, agent_type=t) for t in AgentType.values)
     audit_record(actor=actor, action="project.create", obj=project,
                  after={"name": name, "slug": slug, "timezone": timezone_name, "status": project.status})

@@ -83,12 +83,6 @@ class InboxItem:
         return KINDS[self.kind][0]
 
     @property
-    def seconds_left(self) -> int | None:
-        if self.expires_at is None:
-            return None
-        return int((self.expires_at - timezone.now()).total_seconds())
-
-    @property
     def time_left(self) -> str:
         return time_left_text(self.expires_at)
 

@@ -97,8 +97,9 @@ def json_default(value: Any) -> Any:
 
 
 def clean(body: Dict[str, Any]) -> Dict[str, Any]:
-    """The JSON body without the optional fields left out (None)."""
-    return {k: (str(v) if hasattr(v, "as_tuple") else v) for k, v in body.items() if v is not None}
+    """The JSON body without the optional fields left out (None); a Decimal in it goes as its
+    string (``json_default``, as anywhere in a body)."""
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def mentions(data: Any, object_id: str) -> bool:
