@@ -20,7 +20,7 @@ from core.wakeup import wakeup
 
 pytestmark = pytest.mark.redis
 
-IDLE_SECONDS = float(os.environ.get("HITL_TEST_IDLE_SECONDS", "32"))
+IDLE_SECONDS = float(os.environ.get("HITL_TEST_IDLE_SECONDS", "13"))
 
 
 def test_the_configured_redis_layer_reads_longer_than_it_blocks():
