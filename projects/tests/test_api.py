@@ -86,6 +86,22 @@ def test_report_task_outcome(clients, task, role, expected):
     assert task.status == ("completed" if expected == 200 else "pending")
 
 
+def test_only_the_agent_that_created_a_task_reports_its_outcome(clients, client_for, make_user, task, project):
+    """Another agent of the same project may not end the task (and with it the calls its agent
+    may still start): 403, and nothing changes, a retried report included."""
+    other = client_for(make_user("other-agent", role="agent", project=project))
+    for status in ("failed", "completed", "cancelled"):
+        r = other.post(f"/api/v1/tasks/{task.pk}/status", {"status": status, "error": "x"}, format="json")
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", r.content
+        assert "created this task" in r.json()["detail"]
+    task.refresh_from_db()
+    assert task.status == "pending" and not AuditEvent.objects.filter(action__startswith="task.failed").exists()
+    assert clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"},
+                                 format="json").status_code == 200
+    r = other.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
+    assert r.status_code == 403  # not even the same outcome again
+
+
 def test_unknown_ids_are_404(clients):
     for path in [f"/api/v1/projects/{uuid.uuid4()}", f"/api/v1/tasks/{uuid.uuid4()}", "/api/v1/tasks/not-a-uuid"]:
         r = clients["admin"].get(path)
