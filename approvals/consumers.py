@@ -285,7 +285,7 @@ def _event_feed(scope) -> tuple[int, bytes]:
         s = EventListApi.FilterSerializer(data=query)
         s.is_valid(raise_exception=True)
         project = project_for_user(user=user, project_id=s.validated_data["project_id"])
-        page = event_page(project=project, after=s.validated_data["after"], limit=s.validated_data["limit"])
+        page = event_page(project=project, user=user, after=s.validated_data["after"], limit=s.validated_data["limit"])
     except (APIException, DomainError) as exc:
         response = api_exception_handler(exc, {})
         return response.status_code, JSONRenderer().render(response.data)

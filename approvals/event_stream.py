@@ -4,7 +4,7 @@ duplicates, from ``last_event_id`` on.
 The outbox (events.Event) is the source of truth; the channel layer only says "something new".
 
 - One ``EventHub`` per process (per event loop) reads new events for every project some connection
-  follows, with one query per wake-up, and hands each event (serialised once) to the connections of
+  follows, with one query per wake-up (per 200 projects), and hands each event (serialised once) to the connections of
   its project. It wakes on the channel-layer push that ``events.services.event_emit`` sends after
   commit (through the process's wake-up hub, core.wakeup), and at the latest every
   HITL_WAIT_POLL_SECONDS: an event written by another process on the in-process layer
@@ -37,6 +37,8 @@ import json
 import logging
 import uuid
 import weakref
+from functools import reduce
+from operator import or_
 from importlib import import_module
 from types import SimpleNamespace
 from urllib.parse import parse_qs
@@ -45,11 +47,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib import auth
-from django.db.models import Max
+from django.db.models import Max, Q
 
 from approvals.consumers import HttpError, _authenticate
 from events.models import Event
-from events.selectors import no_such_event, past_every_event
+from events.selectors import past_every_event
 from events.services import event_payload, project_group
 from core.request_cache import request_scope
 from core.wakeup import wakeup_subscribe, wakeup_unsubscribe
@@ -58,6 +60,7 @@ from projects.permissions import project_visible_to
 log = logging.getLogger(__name__)
 
 BATCH = 500                 # events read per query
+CHUNK = 200                 # projects per query
 QUEUE_LIMIT = 5000          # events buffered per connection before it is resynchronised from the outbox
 
 
@@ -69,12 +72,20 @@ def _latest_ids(project_ids) -> dict:
 
 
 @database_sync_to_async
-def _read(cursors: dict, limit: int = BATCH) -> list[dict]:
-    """Events after each project's cursor, in id order (one query)."""
-    if not cursors:
-        return []
-    events = Event.objects.filter(project_id__in=list(cursors), id__gt=min(cursors.values())).order_by("id")[:limit]
-    return [event_payload(e) for e in events if e.id > cursors[e.project_id]]
+def _read(cursors: dict) -> tuple[list[dict], bool]:
+    """Events after each project's own cursor, each project's in id order, and whether there may
+    be more (a query came back full). Only rows past their project's cursor are read: a quiet
+    project's old cursor must not make every wake-up read (and drop) a busy project's old events.
+    One query per CHUNK projects (an OR of their cursors; SQLite parses a long OR as deep as it is
+    long)."""
+    batch, more = [], False
+    pids = list(cursors)
+    for start in range(0, len(pids), CHUNK):
+        after = reduce(or_, (Q(project_id=pid, id__gt=cursors[pid]) for pid in pids[start:start + CHUNK]))
+        events = list(Event.objects.filter(after).order_by("id")[:BATCH])
+        more = more or len(events) == BATCH
+        batch.extend(event_payload(e) for e in events)
+    return batch, more
 
 
 @database_sync_to_async
@@ -173,7 +184,7 @@ class EventHub:
 
     async def deliver_new(self) -> None:
         while self.subscribers:
-            batch = await _read(dict(self.cursors))
+            batch, more = await _read(dict(self.cursors))
             for event in batch:
                 pid = uuid.UUID(event["project_id"])
                 if pid not in self.cursors or event["id"] <= self.cursors[pid]:
@@ -182,7 +193,7 @@ class EventHub:
                 item = (pid, event["id"], _text(event))     # serialised once for every connection
                 for stream in list(self.subscribers.get(pid, ())):
                     stream.push(item)
-            if len(batch) < BATCH:
+            if not more:
                 return
 
 
@@ -219,15 +230,21 @@ def _open(scope) -> tuple[object, list]:
     user = _authenticate(scope)
     project_id, last = _query(scope)
     ids = _visible_ids(user, project_id, refused=404)
-    if last is not None and past_every_event(last):
-        said = no_such_event(last, ids)
+    said = past_every_event(last, user=user) if last is not None else None
+    if said:
         raise _invalid("last_event_id", f"{said} Connect without last_event_id (or with one you received) and keep "
                                         f"the id of the last event each message carries.", detail=said)
     return user, ids
 
 
 class EventStreamConsumer(AsyncWebsocketConsumer):
-    """One client's stream (see the module doc)."""
+    """One client's stream (see the module doc).
+
+    No channel of its own on the channel layer (``channel_layer_alias`` names none): the hub is
+    woken through core.wakeup, and a receive of its own on Redis would only end the connection
+    (1011) whenever Redis is away, while the outbox poll keeps the stream going."""
+
+    channel_layer_alias = None
 
     async def connect(self):
         try:
@@ -277,10 +294,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
 
     async def _catch_up(self) -> None:
         while True:
-            batch = await _read(dict(self.sent))
+            batch, more = await _read(dict(self.sent))
             for event in batch:
                 await self._send_event(uuid.UUID(event["project_id"]), event["id"], _text(event))
-            if len(batch) < BATCH:
+            if not more:
                 return
 
     async def _pump(self) -> None:

@@ -306,11 +306,16 @@ HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=30.
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+
     # channels-redis receives with a 5 s blocking pop; redis-py 8 reads with a 5 s socket timeout
     # by default, so an idle receive raised TimeoutError. Read longer than the pop blocks.
+    # A pooled connection that a restarted Redis closed fails its next command: reconnect and try
+    # it once more (else the first push after a Redis restart was lost).
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "core.channel_layer.RedisChannelLayer",  # channels_redis, fewer trips per group send
-                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 1000}}
+                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15,
+                                          "retry_on_error": [_RedisConnectionError]}], "capacity": 1000}}
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}

@@ -47,6 +47,7 @@ class _Hub:
         self.layer = layer
         self.channel = None
         self.waiters: dict[str, set[asyncio.Event]] = {}
+        self.added: set[str] = set()   # the groups the layer has been told of
         self.lock = asyncio.Lock()
         self.task = None
         self.refresher = None
@@ -60,9 +61,17 @@ class _Hub:
 
     async def _run(self):
         loop = asyncio.get_running_loop()
-        failing = False
+        failing = reported = False
         timeouts = 0
         while True:
+            if failing:
+                # Back only once the layer takes the groups again: a restarted Redis has forgotten
+                # them (a receive alone would then wait for a message that never comes).
+                if not await self._add_all(quiet=True):
+                    await asyncio.sleep(1)
+                    continue
+                log.info("wake-up receive works again; its %d groups are added again", len(self.waiters))
+                failing = False
             started = loop.time()
             try:
                 message = await self.layer.receive(self.channel)
@@ -81,30 +90,47 @@ class _Hub:
                     await asyncio.sleep(1)
                 continue
             except Exception:  # noqa: BLE001 - keep serving; waiters fall back to polling
-                if not failing:  # the traceback once per outage, not every second
+                if not reported:  # the traceback once per outage, not every second
                     log.exception("wake-up receive failed; waiters fall back to polling the database")
-                failing = True
+                failing = reported = True
                 await asyncio.sleep(1)
                 continue
-            if failing:
-                log.info("wake-up receive works again")
-            failing, timeouts = False, 0
+            timeouts, reported = 0, False
             if self.closing:
                 return
             for event in self.waiters.get(message.get("group"), ()):
                 event.set()
 
     async def subscribe(self, group: str, event: asyncio.Event) -> None:
-        """Never raises: with the channel layer down, the waiter relies on its database poll."""
-        try:
-            async with self.lock:
+        """Never raises: with the channel layer down, the waiter relies on its database poll
+        until the layer is back (the receive loop then adds the group, see ``_add_all``)."""
+        async with self.lock:
+            try:
                 await self._ensure_started()
-                if group not in self.waiters:
-                    await self.layer.group_add(group, self.channel)
-                    self.waiters[group] = set()  # only once the layer knows the group
-                self.waiters[group].add(event)
-        except Exception:  # noqa: BLE001
-            log.warning("wake-up subscribe to %s failed; the waiter falls back to polling", group, exc_info=True)
+            except Exception:  # noqa: BLE001
+                log.warning("wake-up hub could not start; the waiter falls back to polling", exc_info=True)
+                return
+            self.waiters.setdefault(group, set()).add(event)
+            if group in self.added:
+                return
+            try:
+                await self.layer.group_add(group, self.channel)
+                self.added.add(group)
+            except Exception:  # noqa: BLE001
+                log.warning("wake-up subscribe to %s failed; the waiter falls back to polling", group, exc_info=True)
+
+    async def _add_all(self, quiet: bool = False) -> bool:
+        """Tell the layer of every group waited on (again); False if it refused one."""
+        for group in list(self.waiters):
+            try:
+                await self.layer.group_add(group, self.channel)
+                self.added.add(group)
+            except Exception:  # noqa: BLE001 - the next recovery or refresh adds it
+                self.added.discard(group)
+                if not quiet:
+                    log.warning("wake-up re-add of %s failed", group, exc_info=True)
+                return False
+        return True
 
     async def unsubscribe(self, group: str, event: asyncio.Event) -> None:
         async with self.lock:
@@ -114,6 +140,7 @@ class _Hub:
             events.discard(event)
             if not events:
                 del self.waiters[group]
+                self.added.discard(group)
                 try:
                     await self.layer.group_discard(group, self.channel)
                 except Exception:  # noqa: BLE001 - the group expires on its own
@@ -125,11 +152,7 @@ class _Hub:
         period = max(60.0, getattr(self.layer, "group_expiry", 86400) / 4)
         while True:
             await asyncio.sleep(period)
-            for group in list(self.waiters):
-                try:
-                    await self.layer.group_add(group, self.channel)
-                except Exception:  # noqa: BLE001
-                    log.warning("wake-up refresh of %s failed", group, exc_info=True)
+            await self._add_all()
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop the receive loop by sending it a message, not by cancelling its receive: on

@@ -52,5 +52,5 @@ class EventListApi(APIView):
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
         project = project_for_user(user=request.user, project_id=s.validated_data["project_id"])
-        return Response(event_page(project=project, after=s.validated_data["after"],
+        return Response(event_page(project=project, user=request.user, after=s.validated_data["after"],
                                    limit=s.validated_data["limit"]))

@@ -1,5 +1,5 @@
 """Context for every template (registered in settings): the emergency banners of base.html (and of
-the admin's base_site.html) and the id of the newest event, from which the page's websocket resumes
+the admin's base_site.html) and the id of the newest event the user can see, from which the page's websocket resumes
 (no event is missed between the page's rendering and the socket's opening). Lazy: a partial that
 uses neither costs no query."""
 from django.utils.functional import SimpleLazyObject
@@ -19,7 +19,8 @@ def review(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not request.path.startswith(("/review/", "/admin/")):
         return {}
-    from review.selectors import latest_event_id, stopped_projects
+    from events.selectors import newest_visible_event_id
+    from review.selectors import stopped_projects
 
     if request.path.startswith("/admin/"):  # the admin shows the same stop banners (admin/base_site.html)
         return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user))}
@@ -27,5 +28,5 @@ def review(request):
     match = getattr(request, "resolver_match", None)
     page = match.url_name if match is not None else None
     return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user)),
-            "last_event_id": SimpleLazyObject(latest_event_id),
+            "last_event_id": SimpleLazyObject(lambda: newest_visible_event_id(user)),
             "nav_page": page, "nav_section": _SECTION_OF.get(page)}

@@ -515,12 +515,6 @@ def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:
     return {"by": f"an emergency stop ({who})", "at": stop.created_at, "stop": stop, "why": ""}
 
 
-def latest_event_id() -> int:
-    from events.models import Event
-
-    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-
 def visible_override(*, user, override_id) -> BudgetOverrideRequest | None:
     return (BudgetOverrideRequest.objects.filter(Q(project__in=project_visible_to(user=user)), pk=override_id)
             .select_related("project").first())

@@ -206,6 +206,102 @@ def test_many_clients_each_receive_every_event_in_order(project, keys):
     async_to_sync(run)()
 
 
+def test_a_quiet_project_beside_a_busy_one_stalls_no_stream(project, other_project, keys, make_user, monkeypatch):
+    """One process's hub follows a project with more old events than one read takes and a project
+    with none: both streams still get every new event (the hub used to re-read the busy project's
+    old events from the quiet project's cursor on every wake-up, and deliver nothing again)."""
+    from approvals import event_stream
+
+    monkeypatch.setattr(event_stream, "BATCH", 5)
+    emit(project, 8)
+    quiet_key = api_key_create(user=make_user("quiet", role="agent", project=other_project), name="ws")[1]
+
+    async def run():
+        busy = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        quiet = communicator(f"/ws/events/?project_id={other_project.pk}", quiet_key)
+        assert (await busy.connect())[0] and (await quiet.connect())[0]
+        for _ in range(2):
+            mine = await database_sync_to_async(emit)(project, 7)
+            theirs = await database_sync_to_async(emit)(other_project, 1)
+            assert [e["id"] for e in await receive_events(busy, 7)] == mine
+            assert [e["id"] for e in await receive_events(quiet, 1)] == theirs
+        await busy.disconnect()
+        await quiet.disconnect()
+    async_to_sync(run)()
+
+
+@pytest.mark.redis
+def test_a_redis_outage_ends_no_stream_and_pushes_resume_after_it(serve, project, agent, keys, tmp_path):
+    """A real daphne on a Redis of its own: the Redis stops, and the open stream is not closed
+    (before, each stream's own channel-layer receive failed and daphne closed it with 1011); its
+    events come by the outbox poll. The Redis starts again (empty: it forgot every group), and
+    events are pushed again within a second, not left to the poll."""
+    import shutil
+    import time
+
+    import websockets.sync.client
+
+    from core.tests.daphne import free_port
+
+    redis_server = shutil.which("redis-server")
+    assert redis_server, "the Redis tests need redis-server"
+    port = free_port()
+
+    def start_redis():
+        proc = subprocess.Popen([redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                import socket
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    redis = start_redis()
+    try:
+        server = serve(REDIS_URL=f"redis://127.0.0.1:{port}/0", HITL_WAIT_POLL_SECONDS=6)
+        def request_call():  # through the server: its push goes to its Redis (a task has one call pending)
+            task_id = json.loads(server.request("POST", "/api/v1/tasks", key=keys["agent"], body={
+                "project_id": str(project.pk), "agent_type": "coder", "title": "t"})[2])["task_id"]
+            status, _, body, _ = server.request("POST", "/api/v1/agent-approvals", key=keys["agent"], body={
+                "project_id": str(project.pk), "task_id": task_id, "agent_type": "coder",
+                "proposed_action": "x", "input_data": {}})
+            assert status == 201, body
+            return json.loads(body)["approval_id"]
+
+        def next_call_event(ws, timeout):
+            started = time.monotonic()
+            while True:
+                message = json.loads(ws.recv(timeout=timeout))
+                if message.get("event_type") == "agent_approval_requested":
+                    return message["data"]["approval_id"], time.monotonic() - started
+
+        uri = f"ws://127.0.0.1:{server.port}/ws/events/?project_id={project.pk}"
+        with websockets.sync.client.connect(uri, additional_headers={"Authorization": f"Bearer {keys['agent']}"},
+                                            open_timeout=20) as ws:
+            time.sleep(0.5)
+            approval = request_call()
+            assert next_call_event(ws, 5)[0] == approval
+            redis.terminate()
+            redis.wait(10)
+            time.sleep(1.5)                    # the server's receives fail meanwhile
+            approval = request_call()          # the database is the source of truth
+            assert next_call_event(ws, 10)[0] == approval, server.log()
+            redis = start_redis()
+            time.sleep(3)                      # the hub's receive loop finds it again (every second)
+            for _ in range(2):                 # two pushes 2 s apart: the 6 s poll cannot answer both in 1 s
+                approval = request_call()
+                got, seconds = next_call_event(ws, 10)
+                assert got == approval and seconds < 1, (seconds, server.log())
+                time.sleep(2)
+        assert "1011" not in server.log() and "Exception inside application" not in server.log(), server.log()
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
 @pytest.mark.redis
 def test_a_push_through_redis_reaches_a_socket_on_another_server_process(serve, project, keys, settings):
     """A real daphne with Redis, its outbox poll set to 30 s: an event written by this process
@@ -264,6 +360,19 @@ def test_a_last_event_id_beyond_every_event_is_refused(project, keys):
         await ok.disconnect()
     async_to_sync(run)()
 
+
+
+def test_a_resume_point_past_the_projects_one_sees_is_refused(project, other_project, keys):
+    """An id that only a project the client may not see has reached is refused like any id no event
+    has had: accepting it would let a client find, id by id, how busy other projects are."""
+    ids = emit(project, 1)
+    theirs = emit(other_project, 3)
+
+    async def run():
+        for query in (f"project_id={project.pk}&", ""):
+            told = await told_invalid(communicator(f"/ws/events/?{query}last_event_id={theirs[-1]}", keys["agent"]))
+            assert told["detail"] == f"No event has had the id {theirs[-1]} yet: the last one you can see is {ids[-1]}."
+    async_to_sync(run)()
 
 
 async def closed_with(comm, timeout=5):

@@ -13,8 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def emit(project, n=1, event_type="safety_alert", **data):
-    for i in range(n):
-        event_emit(project_id=project.pk, event_type=event_type, data={"i": i, **data})
+    return [event_emit(project_id=project.pk, event_type=event_type, data={"i": i, **data}) for i in range(n)]
 
 
 def test_event_is_written_only_when_the_transaction_commits(project, django_capture_on_commit_callbacks):
@@ -78,9 +77,11 @@ def test_events_api_pages_with_after(project, other_project, agent, client_for):
     emit(project, n=1)  # once an event has that id, the same cursor reads on
     r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past})
     assert r.status_code == 200 and r.json()["results"] == [] and r.json()["last_event_id"] == past
-    emit(other_project, n=3)  # another project's newer events are not named (how busy it is is not this user's)
-    r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": past + 10})
-    assert r.status_code == 400 and f"the last one you can see is {past}." in r.json()["detail"], r.content
+    theirs = emit(other_project, n=3)  # another project's newer events are not named (how busy it is is not
+    # this user's), nor do they make a cursor up to them acceptable: a client could find them id by id
+    for after in (past + 10, theirs[-1].id, theirs[0].id):
+        r = client.get("/api/v1/events", {"project_id": str(project.pk), "after": after})
+        assert r.status_code == 400 and f"the last one you can see is {past}." in r.json()["detail"], r.content
 
 
 def test_events_are_per_project_and_hidden_from_outsiders(project, other_project, outsider, agent, client_for):

@@ -18,6 +18,7 @@
 (function () {
   "use strict";
 
+  var STABLE_MS = 10000;  // a connection open this long resets the reconnect backoff
   var STOP_EVENTS = { emergency_stop_triggered: 1, emergency_resolved: 1 };
   var PANEL_PROJECT_EVENTS = { emergency_stop_triggered: 1, emergency_resolved: 1, budget_override_decided: 1 };
 
@@ -194,8 +195,9 @@
     }
     live.socket = socket;
     setStatus("connecting", "Connecting…");
+    var openedAt = null;
     socket.onopen = function () {
-      live.attempt = 0;
+      openedAt = Date.now();
       setStatus("live", "Live");
       armWatchdog();
     };
@@ -215,6 +217,9 @@
       // The server refused the resume point (no event has had that id: a restored database, say):
       // the same reconnect would be refused again, and the page is out of step with it.
       if (event && event.code === 4400) { setStatus("ended", "Out of step with the server: reload"); return; }
+      // The backoff starts again only after a connection that lasted: one that the server drops
+      // right after opening (a server in trouble) must not be reopened every half second.
+      if (openedAt !== null && Date.now() - openedAt >= STABLE_MS) live.attempt = 0;
       if (!live.closedByUs) scheduleReconnect();
     };
     socket.onerror = function () { /* onclose follows and reconnects */ };
