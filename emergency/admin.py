@@ -17,7 +17,7 @@ from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, Em
 from emergency.services import emergency_settings_save, emergency_stop_trigger
 from projects import roles
 from projects.admin import ProjectAdmin
-from projects.admin_mixins import ProjectScopedAdminMixin
+from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin
 from projects.models import Project, Task
 from projects.permissions import has_project_perm, project_perms
 
@@ -49,12 +49,16 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
 
 
 @admin.register(EmergencySettings)
-class EmergencySettingsAdmin(admin.ModelAdmin):
-    """Thresholds of the automatic conditions, per project. Changes are audited."""
+class EmergencySettingsAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
+    """Thresholds of the automatic conditions, per project: seen by those with a role on the
+    project, changed by its managers (audited), deleted by no one (a project keeps its conditions)."""
 
     list_display = ["project", "error_rate_threshold", "error_window_count", "error_window_seconds",
                     "max_pending_approvals", "stop_on_critical_risk"]
     readonly_fields = ["error_window_reset_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, *(["project"] if obj else [])]  # a row stays its project's
 
     def save_model(self, request, obj, form, change):
         emergency_settings_save(settings_row=obj, actor=request.user,

@@ -1,8 +1,11 @@
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
+from audit.admin import AuditEventAdmin
+from audit.models import AuditEvent
 from core.admin import ReadOnlyAdminMixin
-from projects.admin_mixins import ProjectScopedAdminMixin
+from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
+from projects.permissions import project_visible_to
 from projects.models import AgentState, Project, ProjectNotifier, Task
 
 
@@ -53,8 +56,31 @@ class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TaskAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["title", "project", "agent_type", "status", "open_questions", "created_at", "finished_at"]
-    list_filter = ["status", "agent_type", "project"]
+    list_filter = ["status", "agent_type", ("project", VisibleProjectListFilter)]
     search_fields = ["title", "id"]
+
+
+admin.site.unregister(AuditEvent)
+
+
+@admin.register(AuditEvent)
+class ProjectAuditEventAdmin(ProjectScopedAdminMixin, AuditEventAdmin):
+    """The audit trail (audit.admin) limited, by this layer, to the projects the user holds a role
+    on; the rows of no project (users, keys, roles) are for admins only."""
+
+    def get_queryset(self, request):
+        rows = AuditEventAdmin.get_queryset(self, request)
+        if request.user.is_superuser:
+            return rows
+        return rows.filter(project_id__in=project_visible_to(user=request.user).values("pk"))
+
+    def _project_id_of(self, obj):
+        return obj.project_id
+
+    def has_view_permission(self, request, obj=None):
+        if request.user.is_active and request.user.is_superuser:
+            return True
+        return obj is None or obj.project_id is not None and super().has_view_permission(request, obj)
 
