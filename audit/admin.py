@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.http import HttpResponseRedirect
 
 from audit.models import AuditEvent
 from core.admin import ReadOnlyAdminMixin
@@ -14,3 +15,8 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["action", "object_id", "actor_repr", "reason"]
     date_hierarchy = "created_at"
 
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except OverflowError:  # a date far past any calendar (Django's date hierarchy lets it through)
+            return HttpResponseRedirect(f"{request.path}?e=1")  # the admin's "bad filter" answer

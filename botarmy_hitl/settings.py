@@ -112,9 +112,13 @@ if DATABASE_URL:
         # Under ASGI every request runs its database work in a thread of its own, so persistent
         # per-thread connections would pile up: a psycopg pool bounds them per process instead.
         DATABASES["default"]["CONN_MAX_AGE"] = 0
+        _pool_max = env.int("HITL_DB_POOL_MAX", default=20)
+        if _pool_max < 1:
+            raise ImproperlyConfigured(f"HITL_DB_POOL_MAX must be 1 or more (it is {_pool_max}).")
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": env.int("HITL_DB_POOL_MIN", default=2),
-            "max_size": env.int("HITL_DB_POOL_MAX", default=20),
+            # at most the maximum (psycopg refuses a pool whose minimum is larger: every request was a 500)
+            "min_size": min(env.int("HITL_DB_POOL_MIN", default=2), _pool_max),
+            "max_size": _pool_max,
             "timeout": env.float("HITL_DB_POOL_TIMEOUT", default=30.0),
         }
         # Server-side parameter binding lets psycopg prepare a statement on its connection once

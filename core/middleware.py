@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from http import HTTPStatus
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -298,6 +298,10 @@ class ApiErrorGuard:
             return await self.app(scope, receive, send)
         scope, target_problem = origin_form(scope)
         problem = ("target", target_problem) if target_problem else request_head_problem(scope)
+        if problem is None and not _is_api(scope) and b"\x00" in unquote_to_bytes(scope.get("query_string") or b""):
+            # A page's list filter or search would hand it to the database, which cannot store it
+            # (a 500 in the admin); the API's own validation names the field instead.
+            problem = ("query", "The query string contains a NUL character (%00).")
         if problem is not None:
             field, message = problem
             log.warning("Bad request head: %s: %s", scope.get("path"), message)

@@ -166,3 +166,24 @@ def test_concurrent_retries_with_one_idempotency_key_create_one_task(project, ag
     assert len(results) == 10 and {status for status, _ in results} == {201}
     assert len({task_id for _, task_id in results}) == 1
     assert Task.objects.filter(project=project).count() == 1
+
+
+@pytest.mark.parametrize("pool_max, answer", [("1", "1 1"), ("0", "HITL_DB_POOL_MAX must be 1 or more (it is 0).")])
+def test_a_small_database_pool_is_taken_or_refused_with_a_clear_message(pool_max, answer):
+    """A pool maximum under the default minimum (2) used to make every request a 500 (psycopg
+    refuses min_size > max_size): the minimum follows the maximum; a maximum under 1 is refused
+    at start-up, naming the setting."""
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    code = ("import django; from django.conf import settings; django.setup(); "
+            "pool = settings.DATABASES['default']['OPTIONS']['pool']; print(pool['min_size'], pool['max_size'])")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DJANGO_SECRET_KEY": "test",
+           "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/nowhere", "HITL_DB_POOL_MAX": pool_max,
+           "HITL_VAR_DIR": os.environ.get("HITL_VAR_DIR", str(django_settings.VAR_DIR))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert answer in (done.stdout + done.stderr), done.stderr[-2000:]
+    assert (done.returncode == 0) == (pool_max == "1")

@@ -80,3 +80,10 @@ def test_an_admin_sees_every_row_of_the_audit_trail(client, admin_user, rows):
     assert client.get(reverse("admin:audit_auditevent_change", args=[row.pk])).status_code == 200
     listed = client.get(reverse("admin:audit_auditevent_changelist")).context["cl"].result_count
     assert listed == AuditEvent.objects.count()
+
+
+def test_a_date_past_any_calendar_in_the_audit_list_is_a_bad_filter_not_a_500(client, admin_user, rows):
+    client.force_login(admin_user)
+    url = reverse("admin:audit_auditevent_changelist")
+    r = client.get(url, {"created_at__year": "2026", "created_at__month": "1", "created_at__day": "9" * 20})
+    assert r.status_code == 302 and r.url == f"{url}?e=1"
