@@ -43,7 +43,8 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
-    env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), HITL_HOST="127.0.0.1", DJANGO_DEBUG="1")
+    # listening on every interface: a Host name of the machine's (not a loopback one) is served too
+    env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), HITL_HOST="0.0.0.0", DJANGO_DEBUG="1")
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
@@ -58,6 +59,12 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
             time.sleep(0.2)
         started = session_pids(sid)
         assert len(started) >= 5, started  # bin/run, worker (+ its pool), beat, bin/serve, daphne
+        from http.client import HTTPConnection
+
+        conn = HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.request("GET", "/api/v1/health", headers={"Host": f"hitl-box.lan:{port}"})
+        assert conn.getresponse().status == 200
+        conn.close()
 
         began = time.monotonic()
         os.killpg(sid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
@@ -72,3 +79,16 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("service", ["DATABASE_URL", "REDIS_URL"])
+def test_the_demo_refuses_services_that_may_hold_real_data(tmp_path, service):
+    """`make run` seeds users with published passwords under DJANGO_DEBUG=1: with a service's URL
+    set (the production variables exported in the shell) it starts nothing and says what to do."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update(HITL_VAR_DIR=str(tmp_path / "var"), **{service: "postgres://nowhere.invalid/x"
+                                                      if service == "DATABASE_URL" else "redis://nowhere.invalid"})
+    done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "HITL_DEMO_ON_SERVICES=1" in done.stderr, done.stderr
+    assert not (tmp_path / "var").exists()  # nothing migrated, seeded or started
