@@ -82,8 +82,9 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
             stop.condition_details = [*stop.condition_details, detail]
             stop.severity = max(stop.severity, severity, key=SEVERITY_ORDER.index)
         tasks, approvals = _halt_project_work(uow, project, now)  # nothing new can exist while stopped; harmless
-        stop.stopped_tasks = [*stop.stopped_tasks, *tasks]
-        stop.cancelled_approvals = [*stop.cancelled_approvals, *approvals]
+        # each once: tasks a recovery resumed and this stop halts again are already listed
+        stop.stopped_tasks = list(dict.fromkeys([*stop.stopped_tasks, *tasks]))
+        stop.cancelled_approvals = list(dict.fromkeys([*stop.cancelled_approvals, *approvals]))
         stop.save()
         if project.status != Project.Status.EMERGENCY_STOPPED or project.active_stop_id != stop.pk:
             project.status, project.active_stop_id = Project.Status.EMERGENCY_STOPPED, stop.pk

@@ -74,6 +74,19 @@ def test_a_full_session_walks_every_step_to_an_active_project(stopped, project, 
     assert r.status_code == 200 and r.json()["status"] == "completed"
 
 
+def test_a_stop_during_a_recovery_that_resumed_the_tasks_lists_each_task_once(stopped, project, manager, reviewer,
+                                                                              client_for):
+    session = start(client_for(manager), project).json()
+    for s in session["recovery_plan"]["steps"][:4]:   # up to the halted tasks resumed to pending
+        assert step(client_for(reviewer), session, s["step_id"], decision="approve").status_code == 200
+    again, created = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="again",
+                                            actor=reviewer)
+    assert not created and again.pk == stopped.pk
+    tasks = sorted(str(pk) for pk in Task.objects.filter(project=project).values_list("pk", flat=True))
+    assert sorted(again.stopped_tasks) == tasks  # halted twice, listed once
+    assert len(again.cancelled_approvals) == len(set(again.cancelled_approvals))
+
+
 def test_a_rejected_step_fails_the_session_and_the_stop_stays(stopped, project, manager, reviewer, client_for):
     session = start(client_for(manager), project).json()
     first = session["recovery_plan"]["steps"][0]
