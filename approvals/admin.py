@@ -23,6 +23,7 @@ from approvals.services import (
     rule_setting_save,
 )
 from approvals.services.calibration import PRECISION_DAYS
+from approvals.services.prices import model_price_delete, model_price_save
 from budgets.admin import BudgetOverrideAdmin
 from budgets.models import BudgetOverrideRequest
 from core.admin import (
@@ -30,6 +31,7 @@ from core.admin import (
     ReadOnlyAdminMixin,
     ask_reason,
     back_to_messages,
+    changed_values,
     refusal_text,
     refuse_on_page,
 )
@@ -387,9 +389,22 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
+    """Every project's cost estimates follow these prices: each change and deletion is audited."""
+
     list_display = ["model", "input_per_million", "output_per_million", "default_output_tokens", "updated_at"]
     list_editable = ["input_per_million", "output_per_million", "default_output_tokens"]
     search_fields = ["model"]
+
+    def save_model(self, request, obj, form, change):
+        model_price_save(price=obj, actor=request.user, before=changed_values(form, initial=True) if change else None,
+                         after=changed_values(form))
+
+    def delete_model(self, request, obj):
+        model_price_delete(price=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for price in queryset:
+            model_price_delete(price=price, actor=request.user)
 
 
 admin.site.unregister(BudgetOverrideRequest)

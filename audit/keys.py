@@ -51,12 +51,18 @@ def using_dev_chain_keys() -> bool:
     return not parse_keys(settings.HITL_AUDIT_KEYS)
 
 
+def dev_chain_key() -> tuple[str, str]:
+    """(key id, secret) of the development chain key that ``SECRET_KEY`` derives."""
+    secret = _derived("audit chain key")
+    return f"{DEV_KEY_PREFIX}{hashlib.sha256(secret.encode()).hexdigest()[:8]}", secret
+
+
 def chain_keys() -> dict[str, bytes]:
     """Every key rows may be verified with, by id; the first one signs new rows."""
     keys = parse_keys(settings.HITL_AUDIT_KEYS)
     if not keys:
-        secret = _derived("audit chain key")
-        keys = {f"{DEV_KEY_PREFIX}{hashlib.sha256(secret.encode()).hexdigest()[:8]}": secret.encode()}
+        key_id, secret = dev_chain_key()
+        keys = {key_id: secret.encode()}
     return keys
 
 

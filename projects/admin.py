@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
@@ -6,6 +7,7 @@ from audit.models import AuditEvent
 from core.admin import ReadOnlyAdminMixin
 from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
 from projects.permissions import project_visible_to
+from projects.services import project_notifier_delete, project_notifier_save
 from projects.models import AgentState, Project, ProjectNotifier, Task
 
 
@@ -20,8 +22,31 @@ class AgentStateInline(admin.TabularInline):
         return False
 
 
+class ProjectNotifierForm(forms.ModelForm):
+    """A webhook's secret is never shown again: left blank on a change, it stays as it was."""
+
+    secret = forms.CharField(required=False, max_length=200, strip=False, widget=forms.PasswordInput,
+                             help_text="Webhooks: HMAC-SHA256 key for the X-HITL-Signature header "
+                                       "(left blank on a change: unchanged)")
+
+    class Meta:
+        model = ProjectNotifier
+        fields = ["kind", "target", "secret", "active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept_secret = self.instance.secret if self.instance.pk else ""
+        self.initial["secret"] = ""
+
+    def clean_secret(self):
+        return self.cleaned_data.get("secret") or self.kept_secret
+
+
 class ProjectNotifierInline(admin.TabularInline):
+    """Changes go through projects.services (audited, the secret never written to the trail)."""
+
     model = ProjectNotifier
+    form = ProjectNotifierForm
     fields = ["kind", "target", "secret", "active"]
     extra = 0
 
@@ -42,6 +67,34 @@ class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Creation goes through the API or this form's save_model → project_create.
         return self.readonly_fields + (["slug"] if obj else [])
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a project's trail, stops and spending stay: it is never deleted here
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not ProjectNotifier:
+            return super().save_formset(request, form, formset, change)
+        # what formset.save() would record, for the admin's own change message
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for inline_form in formset.forms:
+            notifier = inline_form.instance
+            if inline_form in formset.deleted_forms:
+                if not notifier._state.adding:
+                    project_notifier_delete(actor=request.user, notifier=notifier)
+                    formset.deleted_objects.append(notifier)
+                continue
+            if not inline_form.has_changed():
+                continue
+            existed = not notifier._state.adding
+            before = {**inline_form.initial, "secret": inline_form.kept_secret} if existed else None
+            notifier = inline_form.save(commit=False)
+            notifier.project_id = form.instance.pk
+            project_notifier_save(actor=request.user, notifier=notifier, before=before,
+                                  changed=inline_form.changed_data)
+            if existed:
+                formset.changed_objects.append((notifier, inline_form.changed_data))
+            else:
+                formset.new_objects.append(notifier)
 
     def save_model(self, request, obj, form, change):
         from projects.services import project_create, project_update

@@ -11,7 +11,7 @@ from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
 from projects.hooks import task_ending, task_outcome_reported
-from projects.models import AgentState, AgentType, Project, Task, validate_timezone
+from projects.models import AgentState, AgentType, Project, ProjectNotifier, Task, validate_timezone
 from projects.uow import project_uow
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,35 @@ def project_update(*, actor, project_id, name: str | None = None, timezone_name:
 
 
 _HOST = re.compile(r"(?=.{1,253}$)(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _notifier_snapshot(values: dict, fields) -> dict:
+    """What an audit row says of a notifier: never its secret, only whether one is set."""
+    return {name: bool(values.get(name)) if name == "secret" else values.get(name) for name in fields}
+
+
+def _notifier_values(notifier: ProjectNotifier) -> dict:
+    return {name: getattr(notifier, name) for name in ("kind", "target", "secret", "active")}
+
+
+@transaction.atomic
+def project_notifier_save(*, actor, notifier: ProjectNotifier, before: dict | None, changed) -> ProjectNotifier:
+    """Add (``before`` None) or change where a project's alerts go (admin), audited in its
+    project's chain with the fields that changed."""
+    notifier.save()
+    fields = ["kind", "target", "secret", "active"] if before is None else list(changed)
+    audit_record(actor=actor, action="project_notifier.create" if before is None else "project_notifier.update",
+                 obj=notifier, project_id=notifier.project_id,
+                 before=None if before is None else _notifier_snapshot(before, fields),
+                 after=_notifier_snapshot(_notifier_values(notifier), fields))
+    return notifier
+
+
+@transaction.atomic
+def project_notifier_delete(*, actor, notifier: ProjectNotifier) -> None:
+    audit_record(actor=actor, action="project_notifier.delete", obj=notifier, project_id=notifier.project_id,
+                 before=_notifier_snapshot(_notifier_values(notifier), ["kind", "target", "secret", "active"]))
+    notifier.delete()
 
 
 def normalise_hosts(hosts) -> list[str]:

@@ -158,6 +158,26 @@ def test_forged_key_id_is_reported(trail):
     assert code == 1 and f"row id={trail[2].pk} " in err and "unknown key id 'k-forged'" in err
 
 
+def test_rows_of_the_development_key_keep_verifying_once_keys_are_set_with_it_listed(settings, admin_user):
+    """An operator who started without HITL_AUDIT_KEYS sets them later: `audit_dev_key` prints the
+    derived key, listed after the new one the old rows verify and new rows are signed with the new."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.HITL_AUDIT_KEYS = []
+    old = audit_record(actor=admin_user, action="test.dev", object_type="test", object_id="1")
+    out = StringIO()
+    call_command("audit_dev_key", stdout=out)
+    dev = out.getvalue().strip()
+    assert dev.startswith(f"{old.key_id}:") and dev.count(":") == 1
+    settings.HITL_AUDIT_KEYS = [K1]
+    assert "unknown key id" in audit_verify()[0]   # what the operator met: the history reads as forged
+    settings.HITL_AUDIT_KEYS = f"{K1},{dev}"
+    new = audit_record(actor=admin_user, action="test.keyed", object_type="test", object_id="2")
+    assert new.key_id == "k1" and audit_verify() == []
+
+
 def test_a_key_id_with_another_secret_does_not_verify(trail, settings):
     settings.HITL_AUDIT_KEYS = ["k1:another-secret-0123456789abcdef0123456"]
     code, err = verify()

@@ -5,7 +5,7 @@ Who must approve is decided when the decision is made, from the deployment's set
 (HITL_MANAGER_COST_THRESHOLD for cost limits, in USD; HITL_MANAGER_TOKEN_THRESHOLD for token
 limits, in tokens), never frozen at creation. Deciding an override that blocks calls is a flow
 of the layer above (approvals.services.overrides), which calls ``override_decide_locked``."""
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from django.utils import timezone
 
@@ -122,6 +122,15 @@ PERCENT_FIELDS = ("warning_percent", "critical_percent", "emergency_percent")
 
 
 @retry_transient
+def _four_places(value):
+    if isinstance(value, Decimal) and value.is_finite():
+        try:
+            return value.quantize(Decimal("0.0001"))
+        except InvalidOperation:  # too many digits: the checks below refuse it
+            return value
+    return value
+
+
 def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
     """Set limits and alert thresholds (managers through the API, admins in the admin), audited.
     Percentages must be in (0, 100] and increase: warning < critical < emergency. The manager
@@ -133,6 +142,7 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
         uow.enter_stage("project_state")
         budget = ProjectBudget.objects.select_for_update().get(pk=budget_for(uow.project).pk)
         before = {key: getattr(budget, key) for key in values}
+        values = {key: _four_places(value) for key, value in values.items()}  # "1000.0000" in the trail, not "1E+3"
         for key, value in values.items():
             setattr(budget, key, value)
         errors = {}

@@ -51,6 +51,10 @@ def test_a_manager_sees_and_edits_the_limits_of_their_project(client, manager, b
     assert budget.daily_cost_limit == Decimal("2.0000") and budget.warning_percent == 70
     event = AuditEvent.objects.get(action="budget.update")
     assert event.actor_id == manager.pk and event.project_id == budget.project_id
+    r = client.post(change_url(budget), form_data(daily_cost_limit="1e3", monthly_cost_limit="2e4"))
+    assert r.status_code == 302, r.content[:2000]
+    event = AuditEvent.objects.filter(action="budget.update").latest("seq")
+    assert event.after["daily_cost_limit"] == "1000.0000", event.after  # money as the API writes it, not "1E+3"
 
 
 def test_a_manager_cannot_touch_another_projects_budget(client, manager, other_budget):

@@ -1,0 +1,89 @@
+"""Admin changes to what every call's safety depends on leave an audit row: model prices (every
+cost estimate follows them), where a project's alerts go (never the webhook's secret), and projects
+are never deleted from the admin."""
+import pytest
+from django.urls import reverse
+
+from approvals.models import ModelPrice
+from audit.models import AuditEvent
+from projects.models import ProjectNotifier
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(response) -> dict:
+    """The POST a browser would send back from an admin change page, as rendered."""
+    data = {}
+
+    def put(bound):
+        value = bound.value()
+        if value is True:
+            data[bound.html_name] = "on"
+        elif value is not None and value is not False:
+            data[bound.html_name] = value
+
+    for bound in response.context["adminform"].form:
+        put(bound)
+    for inline in response.context["inline_admin_formsets"]:
+        for bound in inline.formset.management_form:
+            put(bound)
+        for form in inline.formset.forms:
+            for bound in form:
+                put(bound)
+    return data
+
+
+def test_a_model_price_change_and_deletion_are_audited_with_exact_amounts(client, admin_user):
+    price = ModelPrice.objects.create(model="test-model", input_per_million="2.5000", output_per_million="10.0000")
+    client.force_login(admin_user)
+    url = reverse("admin:approvals_modelprice_change", args=[price.pk])
+    data = {**form_data(client.get(url)), "input_per_million": "0", "output_per_million": "1e3"}
+    assert client.post(url, data).status_code == 302
+    row = AuditEvent.objects.get(action="model_price.update")
+    assert row.project_id is None and row.object_id == str(price.pk)
+    assert row.before == {"input_per_million": "2.5000", "output_per_million": "10.0000"}
+    assert row.after == {"model": "test-model", "input_per_million": "0.0000", "output_per_million": "1000.0000"}
+    client.post(reverse("admin:approvals_modelprice_delete", args=[price.pk]), {"post": "yes"})
+    assert not ModelPrice.objects.filter(pk=price.pk).exists()
+    gone = AuditEvent.objects.get(action="model_price.delete")
+    assert gone.before["model"] == "test-model" and gone.before["output_per_million"] == "1000.0000"
+
+
+def test_a_projects_notifiers_are_audited_and_their_secret_is_never_shown_or_written(client, admin_user, project):
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_change", args=[project.pk])
+    data = form_data(client.get(url))
+    data.update({"notifiers-TOTAL_FORMS": "1", "notifiers-0-kind": "webhook",
+                 "notifiers-0-target": "https://hooks.example.com/hitl", "notifiers-0-secret": "s3cr3t-value",
+                 "notifiers-0-active": "on"})
+    r = client.post(url, data)
+    assert r.status_code == 302, r.context and r.context["inline_admin_formsets"][1].formset.errors
+    notifier = ProjectNotifier.objects.get(project=project)
+    assert notifier.secret == "s3cr3t-value"
+    created = AuditEvent.objects.get(action="project_notifier.create")
+    assert created.project_id == project.pk and created.after == {
+        "kind": "webhook", "target": "https://hooks.example.com/hitl", "secret": True, "active": True}
+
+    page = client.get(url)
+    assert b"s3cr3t-value" not in page.content
+    data = form_data(page)
+    data["notifiers-0-target"] = "https://hooks.example.com/other"   # the secret left blank: kept
+    assert client.post(url, data).status_code == 302
+    notifier.refresh_from_db()
+    assert notifier.secret == "s3cr3t-value" and notifier.target.endswith("/other")
+    changed = AuditEvent.objects.get(action="project_notifier.update")
+    assert changed.before == {"target": "https://hooks.example.com/hitl"}
+    assert changed.after == {"target": "https://hooks.example.com/other"}
+
+    data = {**form_data(client.get(url)), "notifiers-0-DELETE": "on"}
+    assert client.post(url, data).status_code == 302
+    assert not ProjectNotifier.objects.filter(project=project).exists()
+    assert AuditEvent.objects.get(action="project_notifier.delete").before["secret"] is True
+    assert not AuditEvent.objects.filter(after__icontains="s3cr3t").exists()
+
+
+def test_a_project_is_never_deleted_from_the_admin(client, admin_user, project):
+    client.force_login(admin_user)
+    r = client.post(reverse("admin:projects_project_delete", args=[project.pk]), {"post": "yes"})
+    assert r.status_code == 403
+    assert type(project).objects.filter(pk=project.pk).exists()
