@@ -1,14 +1,15 @@
 from django import forms
 from django.contrib import admin
-from guardian.admin import GuardedModelAdmin
+from django.utils.html import format_html_join
 
 from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
 from core.admin import ReadOnlyAdminMixin
+from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
 from projects.permissions import project_visible_to
 from projects.services import project_notifier_delete, project_notifier_save
-from projects.models import AgentState, Project, ProjectNotifier, Task
+from projects.models import AgentState, Project, ProjectNotifier, ProjectUserObjectPermission, Task
 
 
 class AgentStateInline(admin.TabularInline):
@@ -52,14 +53,32 @@ class ProjectNotifierInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(ProjectScopedAdminMixin, GuardedModelAdmin):
-    """Status is changed only by the emergency and recovery services, never edited here.
-    'Object permissions' (top right of a project) shows and edits who holds which role."""
+class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
+    """Status is changed only by the emergency and recovery services, never edited here. Who
+    holds which role is shown, not edited: roles change through ``hitl_access`` (whole roles,
+    audited), not django-guardian's per-permission page, which wrote no audit row and could grant
+    half a role."""
 
     list_display = ["slug", "name", "status", "timezone", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["id", "status", "created_at", "updated_at"]
+    readonly_fields = ["id", "status", "roles", "created_at", "updated_at"]
+
+    @admin.display(description="roles")
+    def roles(self, obj):
+        held: dict[str, set] = {}
+        for username, perm in (ProjectUserObjectPermission.objects.filter(content_object=obj)
+                               .values_list("user__username", "permission__codename")):
+            held.setdefault(username, set()).add(perm)
+        named = []
+        for username, perms in sorted(held.items()):
+            whole = [role for role in ("manager", "reviewer", "agent") if set(roles.ROLES[role]) <= perms]
+            if "manager" in whole:
+                whole.remove("reviewer")  # a manager reviews too
+            named.append((username, " + ".join(whole) or "part of a role"))
+        if not named:
+            return "Nobody yet: python manage.py hitl_access USERNAME --role ROLE --project SLUG"
+        return format_html_join(", ", "{} ({})", named)
     inlines = [AgentStateInline, ProjectNotifierInline]
 
     project_lookup = "pk"  # staff see the projects they hold a role on; only admins edit them

@@ -87,3 +87,15 @@ def test_a_project_is_never_deleted_from_the_admin(client, admin_user, project):
     r = client.post(reverse("admin:projects_project_delete", args=[project.pk]), {"post": "yes"})
     assert r.status_code == 403
     assert type(project).objects.filter(pk=project.pk).exists()
+
+
+def test_roles_are_shown_on_a_project_and_changed_only_through_the_audited_command(client, admin_user, project,
+                                                                                    agent, reviewer, manager):
+    """django-guardian's per-permission page wrote no audit row and could grant half a role: it is
+    gone (404, not a 500 for a malformed id either); the project's page names who holds what."""
+    client.force_login(admin_user)
+    for pk in (project.pk, "zzz"):
+        assert client.get(f"/admin/projects/project/{pk}/permissions/").status_code in (302, 404)
+    page = client.get(reverse("admin:projects_project_change", args=[project.pk])).content.decode()
+    assert "agent (agent)" in page and "manager (manager)" in page and "reviewer (reviewer)" in page
+    assert "/permissions/" not in page
