@@ -359,6 +359,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),
         "options": {"expires": HITL_HEARTBEAT_SECONDS},
     },
+    # The same on the emergency queue: a worker that consumes only `celery` leaves the automatic
+    # stop conditions unchecked, and /api/v1/health says so.
+    "core-heartbeat-emergency": {
+        "task": "core.heartbeat",
+        "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),
+        "kwargs": {"name": "emergency"},
+        "options": {"expires": HITL_HEARTBEAT_SECONDS, "queue": "emergency"},
+    },
     "approvals-expire-overdue": {
         "task": "approvals.expire_overdue",
         "schedule": timedelta(seconds=HITL_APPROVAL_SWEEP_SECONDS),

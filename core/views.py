@@ -65,6 +65,12 @@ class HealthApi(APIView):
                     "heartbeat": serializers.DateTimeField(allow_null=True,
                                                            help_text="last run of the beat heartbeat task"),
                     "heartbeat_age_seconds": serializers.FloatField(allow_null=True),
+                    "emergency_heartbeat_age_seconds": serializers.FloatField(
+                        allow_null=True, help_text="the same on the emergency queue (the stop conditions' checks)"),
+                    "status": serializers.ChoiceField(
+                        choices=["ok", "degraded"],
+                        help_text="degraded: something below does not work (still 200: decisions go on)"),
+                    "problems": serializers.ListField(child=serializers.CharField()),
                 },
             ),
             503: OpenApiResponse(description="the database does not answer (the body also has error and detail)"),
@@ -81,10 +87,31 @@ class HealthApi(APIView):
         except DatabaseError:
             body["database"] = "unreachable"
             return Response({**error_body("unavailable", "The database does not answer."), **body}, status=503)
+        now = timezone.now()
         if beat:
             body["heartbeat"] = beat.last_seen
-            body["heartbeat_age_seconds"] = round((timezone.now() - beat.last_seen).total_seconds(), 3)
+            body["heartbeat_age_seconds"] = round((now - beat.last_seen).total_seconds(), 3)
+        emergency = Heartbeat.objects.filter(name="emergency").first()
+        body["emergency_heartbeat_age_seconds"] = (round((now - emergency.last_seen).total_seconds(), 3)
+                                                   if emergency else None)
+        body["problems"] = _problems(body)
+        body["status"] = "degraded" if body["problems"] else "ok"
         return Response(body)
+
+
+def _problems(body) -> list[str]:
+    """What a monitor should page someone about (the answer stays 200: decisions go on)."""
+    stale = 3 * settings.HITL_HEARTBEAT_SECONDS
+    problems = []
+    if body["redis"] == "unreachable":
+        problems.append("Redis does not answer: live events and Celery wait for it.")
+    for key, what in (("heartbeat_age_seconds", "the default queue (celery): time-outs and budget resets"),
+                      ("emergency_heartbeat_age_seconds", "the emergency queue: the automatic stop conditions")):
+        age = body[key]
+        if age is None or age > stale:
+            problems.append(f"No heartbeat from {what} " + ("yet" if age is None else f"for {age:.0f} s")
+                            + ": is Celery beat running, and a worker consuming that queue?")
+    return problems
 
 
 def _redis_health() -> str:

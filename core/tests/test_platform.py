@@ -36,9 +36,33 @@ def test_health_reports_the_beat_heartbeat():
     client = APIClient()
     body = client.get("/api/v1/health").json()
     assert body["heartbeat"] is None and body["database"] == connection.vendor
+    assert body["status"] == "degraded" and len(body["problems"]) == 2  # neither queue has been heard from
     heartbeat_task.delay()
     body = client.get("/api/v1/health").json()
     assert body["heartbeat"] is not None and 0 <= body["heartbeat_age_seconds"] < 60
+    assert body["status"] == "degraded" and ["emergency queue" in p for p in body["problems"]] == [True]
+    heartbeat_task.delay(name="emergency")
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["problems"] == []
+    assert 0 <= r.json()["emergency_heartbeat_age_seconds"] < 60
+
+
+def test_health_says_which_queue_no_worker_has_served_lately(settings):
+    """A worker consuming only the default queue left the automatic stop conditions unchecked while
+    the health answer looked fine: a stale heartbeat of either queue now makes it degraded."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from core.models import Heartbeat
+
+    now = timezone.now()
+    Heartbeat.objects.create(name="beat", last_seen=now)
+    stale = timedelta(seconds=3 * settings.HITL_HEARTBEAT_SECONDS + 5)
+    Heartbeat.objects.create(name="emergency", last_seen=now - stale)
+    body = APIClient().get("/api/v1/health").json()
+    assert body["status"] == "degraded" and len(body["problems"]) == 1
+    assert "emergency queue" in body["problems"][0] and "worker consuming that queue" in body["problems"][0]
 
 
 def test_health_reports_redis(settings):
@@ -62,10 +86,14 @@ def test_health_is_503_when_the_database_does_not_answer(monkeypatch):
     assert r.json()["error"] == "unavailable" and r.json()["database"] == "unreachable"
 
 
-def test_beat_schedule_runs_the_heartbeat():
+def test_beat_schedule_runs_the_heartbeat_on_both_queues():
     entry = settings.CELERY_BEAT_SCHEDULE["core-heartbeat"]
     assert entry["task"] == heartbeat_task.name == "core.heartbeat"
     assert entry["schedule"].total_seconds() == settings.HITL_HEARTBEAT_SECONDS
+    emergency = settings.CELERY_BEAT_SCHEDULE["core-heartbeat-emergency"]
+    assert emergency["task"] == "core.heartbeat" and emergency["kwargs"] == {"name": "emergency"}
+    assert emergency["options"]["queue"] == "emergency"
+    assert emergency["schedule"].total_seconds() == settings.HITL_HEARTBEAT_SECONDS
 
 
 @pytest.mark.django_db(transaction=True)
