@@ -361,6 +361,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     # The same on the emergency queue: a worker that consumes only `celery` leaves the automatic
     # stop conditions unchecked, and /api/v1/health says so.
+    "projects-requeue-notifications": {
+        "task": "projects.requeue_notifications",
+        "schedule": timedelta(seconds=60),
+        "options": {"expires": 60},
+    },
     "core-heartbeat-emergency": {
         "task": "core.heartbeat",
         "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),

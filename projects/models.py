@@ -181,3 +181,19 @@ class ProjectNotifier(BaseModel):
 
     def __str__(self):
         return f"{self.kind}: {self.target}"
+
+
+class QueuedNotification(models.Model):
+    """An alert for one notifier, written in the transaction that raised it and deleted once its
+    delivery task is in the broker: a broker that is down when the change commits delays the
+    alert (beat queues it again, projects.requeue_notifications), never loses it."""
+
+    notifier = models.ForeignKey(ProjectNotifier, on_delete=models.CASCADE, related_name="+")
+    event_type = models.CharField(max_length=64)
+    subject = models.CharField(max_length=500)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self):
+        return f"{self.event_type} -> notifier {self.notifier_id}"
+

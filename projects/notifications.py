@@ -55,25 +55,40 @@ def _as_json(payload: dict) -> dict:
 
 
 def notify_project_on_commit(*, project_id, event_type: str, subject: str, payload: dict) -> None:
-    """After the current transaction commits, queue one delivery per active notifier of the
-    project. Nothing is queued if the transaction rolls back."""
-    from projects.models import ProjectNotifier
-    from projects.tasks import deliver_notification_task
+    """Queue one delivery per active notifier of the project: written now, in the current
+    transaction (nothing if it rolls back), and handed to the broker after the commit. One the
+    broker does not take (Redis down) stays in the database and is queued again by beat
+    (``requeue_notifications``): a stop's alert is delayed, never lost."""
+    from projects.models import ProjectNotifier, QueuedNotification
 
     data = _as_json(payload or {})
-    project_id = str(project_id)
+    rows = QueuedNotification.objects.bulk_create([
+        QueuedNotification(notifier_id=notifier_id, event_type=event_type, subject=subject[:500], payload=data)
+        for notifier_id in ProjectNotifier.objects.filter(project_id=project_id, active=True)
+        .order_by("pk").values_list("pk", flat=True)])
+    if rows:
+        ids = [row.pk for row in rows]
+        transaction.on_commit(lambda: queue_notifications(QueuedNotification.objects.filter(pk__in=ids)),
+                              robust=True)
 
-    def queue():
-        notifier_ids = list(ProjectNotifier.objects.filter(project_id=project_id, active=True)
-                            .order_by("pk").values_list("pk", flat=True))
-        for notifier_id in notifier_ids:
-            try:
-                deliver_notification_task.delay(notifier_id=notifier_id, event_type=event_type,
-                                                subject=subject, payload=data)
-            except Exception:  # noqa: BLE001 - one failed enqueue must not stop the other notifiers
-                log.exception("could not queue %s notification for notifier %s", event_type, notifier_id)
 
-    transaction.on_commit(queue, robust=True)
+def queue_notifications(rows) -> int:
+    """Hand each queued notification to the broker and forget it once the broker took it; the
+    ones it does not take stay for the next try. Returns how many were queued."""
+    from projects.tasks import deliver_notification_task
+
+    queued = 0
+    for row in rows:
+        try:
+            deliver_notification_task.delay(notifier_id=row.notifier_id, event_type=row.event_type,
+                                            subject=row.subject, payload=row.payload)
+        except Exception:  # noqa: BLE001 - one failed enqueue must not stop the others
+            log.exception("could not queue %s notification for notifier %s; it is tried again later",
+                          row.event_type, row.notifier_id)
+            continue
+        type(row).objects.filter(pk=row.pk).delete()
+        queued += 1
+    return queued
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

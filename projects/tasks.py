@@ -29,3 +29,19 @@ def deliver_notification_task(self, *, notifier_id, event_type, subject, payload
     if result.get("status") == "skipped":
         log.info("notification %s to notifier %s skipped: %s", event_type, notifier_id, result.get("reason"))
     return result
+
+
+@shared_task(name="projects.requeue_notifications", acks_late=True, soft_time_limit=50, time_limit=60)
+def requeue_notifications_task(**kwargs):
+    """Run by beat: queue again the alerts the broker did not take when their change committed
+    (older than a minute, so a commit's own hand-over is not raced)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from projects.models import QueuedNotification
+    from projects.notifications import queue_notifications
+
+    due = QueuedNotification.objects.filter(created_at__lt=timezone.now() - timedelta(minutes=1)).order_by("pk")
+    return queue_notifications(list(due[:500]))
+

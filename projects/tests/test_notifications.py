@@ -261,3 +261,48 @@ def test_task_skips_deleted_or_deactivated_notifier(project, webhook_server):
 def test_payload_must_be_json(project):
     with pytest.raises(TypeError):
         _notify(project, payload={"project": project})
+
+
+def test_an_alert_the_broker_does_not_take_is_kept_and_queued_again_later(project, webhook_server, monkeypatch,
+                                                                          django_capture_on_commit_callbacks):
+    """The broker (Redis) is down when a stop commits: its alert stays in the database, and beat's
+    sweep queues it once the broker is back (it used to be logged and lost)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from projects.models import QueuedNotification
+    from projects.tasks import requeue_notifications_task
+
+    server = webhook_server()
+    _notifier(project, target=f"{server.url}/hook", secret=SECRET)
+    original = deliver_notification_task.delay
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionRefusedError("the broker does not answer")
+
+    monkeypatch.setattr(deliver_notification_task, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            _notify(project)
+    assert server.requests == [] and QueuedNotification.objects.count() == 1
+    assert requeue_notifications_task.apply().get() == 0  # still down, and too fresh for the sweep anyway
+
+    monkeypatch.setattr(deliver_notification_task, "delay", original)   # the broker is back
+    assert requeue_notifications_task.apply().get() == 0  # under a minute old: the commit's own hand-over
+    QueuedNotification.objects.update(created_at=timezone.now() - timedelta(minutes=2))
+    assert requeue_notifications_task.apply().get() == 1
+    assert len(server.requests) == 1 and json.loads(server.requests[0]["body"])["event_type"] == "emergency.stopped"
+    assert not QueuedNotification.objects.exists()
+    assert requeue_notifications_task.apply().get() == 0  # sent once
+
+
+def test_a_delivered_alert_leaves_nothing_queued(project, webhook_server, django_capture_on_commit_callbacks):
+    from projects.models import QueuedNotification
+
+    server = webhook_server()
+    _notifier(project, target=f"{server.url}/hook")
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            _notify(project)
+    assert len(server.requests) == 1 and not QueuedNotification.objects.exists()
