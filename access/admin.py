@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 
 from access.models import ApiKey
 from access.services import api_key_revoke
+from core.text import plural
 
 
 @admin.register(ApiKey)
@@ -24,6 +25,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset):
+        already = [key for key in queryset if key.revoked_at is not None]
         for key in queryset:
-            api_key_revoke(key_id=key.pk, actor=request.user)
-        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+            api_key_revoke(key_id=key.pk, actor=request.user)  # revoking again changes nothing
+        revoked = len(queryset) - len(already)
+        self.message_user(request, f"Revoked {plural(revoked, 'key')}"
+                          + (f"; {plural(len(already), 'was', 'were')} already revoked." if already else "."),
+                          messages.SUCCESS)

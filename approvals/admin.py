@@ -217,7 +217,8 @@ class DecisionPageMixin:
                 decision_forms[decision] = self.decision_form_class(
                     decision=decision, initial=self.decision_initial(obj, decision))
         if not pending:
-            why_not = f"This {obj._meta.verbose_name} is {obj.get_status_display().lower()}: nothing left to decide."
+            why_not = (f"This {obj._meta.verbose_name} is settled ({obj.get_status_display().lower()}): "
+                       f"nothing left to decide.")
         elif not may_decide:
             why_not = f"You may see this {obj._meta.verbose_name} but not decide it (no reviewer role on " \
                       f"project {obj.project.slug})."
@@ -407,6 +408,12 @@ class ModelPriceAdmin(admin.ModelAdmin):
             model_price_delete(price=price, actor=request.user)
 
 
+def _named(obj) -> str:
+    """An object's name opening a message: "Override of daily cost limit (+5.0000) in demo"."""
+    name = str(obj)
+    return name[:1].upper() + name[1:]
+
+
 admin.site.unregister(BudgetOverrideRequest)
 
 
@@ -423,9 +430,9 @@ class BudgetOverrideDecideAdmin(BudgetOverrideAdmin):
                 budget_override_respond(override_id=override.pk, actor=request.user, decision=decision,
                                         reason=reason)
             except DomainError as err:
-                self.message_user(request, f"{override.pk}: {err.detail}", messages.WARNING)
+                self.message_user(request, f"{_named(override)}: {err.detail}", messages.WARNING)
                 continue
-            self.message_user(request, f"{override.pk}: {'approved' if decision == 'approve' else 'rejected'}.",
+            self.message_user(request, f"{_named(override)}: {'approved' if decision == 'approve' else 'rejected'}.",
                               messages.SUCCESS)
 
     @admin.action(description="Approve selected overrides")

@@ -166,6 +166,9 @@ class BudgetOverrideRequest(models.Model):
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status"], name="budget_override_status")]
 
+    def __str__(self):
+        return f"override of {self.get_violation_type_display().lower()} (+{self.requested_amount}) in {self.project}"
+
     @property
     def requires_manager_approval(self) -> bool:
         """Whether only a manager may approve it, from the deployment's current thresholds

@@ -50,7 +50,9 @@ class Project(BaseModel):
     class Meta:
         ordering = ["name"]
         # "Demo" beside "demo": two projects a person cannot tell apart on the command line
-        constraints = [models.UniqueConstraint(Lower("slug"), name="project_slug_unique_without_case")]
+        constraints = [models.UniqueConstraint(
+            Lower("slug"), name="project_slug_unique_without_case",
+            violation_error_message="A project with this slug exists already (slugs are told apart without case).")]
         # Object permissions (django-guardian) that make up the roles; see projects/roles.py.
         permissions = [
             ("act_as_agent", "Act as an agent: create tasks, request approvals, report outcomes"),

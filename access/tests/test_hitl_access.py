@@ -125,3 +125,17 @@ def test_command_line_exit_codes_and_last_line(tmp_path):
     made = subprocess.run([*manage, "hitl_access", "bot", "--create-user", "--api-key"], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=True)
     assert made.stdout.splitlines()[-1].startswith("hitl_")
+
+
+def test_the_admin_says_how_many_keys_it_revoked_and_which_were_revoked_already(client, admin_user, agent):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.urls import reverse
+
+    from access.services import api_key_create, api_key_revoke
+
+    first, second = api_key_create(user=agent, name="a")[0], api_key_create(user=agent, name="b")[0]
+    api_key_revoke(key_id=first.pk)
+    client.force_login(admin_user)
+    r = client.post(reverse("admin:access_apikey_changelist"),
+                    {"action": "revoke", "index": 0, ACTION_CHECKBOX_NAME: [first.pk, second.pk]}, follow=True)
+    assert [str(m) for m in r.context["messages"]] == ["Revoked 1 key; 1 was already revoked."]

@@ -281,7 +281,8 @@ def response_approval_decide(*, approval_id, decider, decision: str, reason: str
         if response.status == Status.TIMED_OUT:
             raise Expired("The response approval timed out before this decision.", status=response.status)
         if response.status != Status.PENDING:
-            raise TransitionError(f"The response approval is already {response.status}.",
+            raise TransitionError(f"The response approval is already decided: "
+                                  f"{response.get_status_display().lower()}.",
                                   current_status=response.status)
         now = timezone.now()
         if now >= response.expires_at:

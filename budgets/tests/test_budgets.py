@@ -545,8 +545,11 @@ def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
     blocked = call(project, agent, cost="1.2000")
     client.force_login(reviewer)
     url = reverse("admin:budgets_budgetoverriderequest_changelist")
-    client.post(url, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(blocked.budget_override_id)]})
+    r = client.post(url, {"action": "approve_selected", "index": 0,
+                          ACTION_CHECKBOX_NAME: [str(blocked.budget_override_id)]}, follow=True)
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
+    said = [str(m) for m in r.context["messages"]]  # named by what it allows, not by a bare id
+    assert said == ["Override of daily cost limit (+0.2000) in demo: approved."], said
     assert UsageEntry.objects.filter(approval=blocked, kind="reserve").exists()  # unblocked: reserved now
     for name in ["budgets_budgetwindow", "budgets_usageentry", "budgets_budgetalert"]:
         assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200

@@ -99,3 +99,12 @@ def test_roles_are_shown_on_a_project_and_changed_only_through_the_audited_comma
     page = client.get(reverse("admin:projects_project_change", args=[project.pk])).content.decode()
     assert "agent (agent)" in page and "manager (manager)" in page and "reviewer (reviewer)" in page
     assert "/permissions/" not in page
+
+
+def test_a_slug_taken_in_another_case_is_refused_in_words(client, admin_user, project):
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_add")
+    data = {**form_data(client.get(url)), "name": "Shouting", "slug": project.slug.upper(), "timezone": "UTC"}
+    r = client.post(url, data)
+    assert r.status_code == 200 and "slugs are told apart without case" in r.content.decode()
+    assert "project_slug_unique_without_case" not in r.content.decode()
