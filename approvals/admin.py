@@ -653,8 +653,10 @@ class RuleSettingAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
         return ["project", "code"] if obj is not None else []
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "project":
-            kwargs["queryset"] = project_visible_to(user=request.user)
+        if db_field.name == "project":  # only the projects whose rules the user may change
+            visible = project_visible_to(user=request.user)
+            kwargs["queryset"] = visible.filter(pk__in=[pk for pk in visible.values_list("pk", flat=True)
+                                                        if self._manages(request, pk)])
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):

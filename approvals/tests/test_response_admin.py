@@ -82,3 +82,14 @@ def test_rule_precision_page_and_a_managers_setting(client, reviewer, manager, r
                     {"project": str(project.pk), "code": "secret", "mode": "observe", "threshold": "0"})
     assert r.status_code == 403
     assert not RuleSetting.objects.filter(code="secret").exists()
+
+
+def test_the_rule_form_offers_only_the_projects_the_user_manages(client, manager, project, other_project):
+    """A manager of one project who only reviews another was offered both, and saving the other
+    answered a bare 403 page."""
+    from access.services import role_grant
+
+    role_grant(user=manager, project=other_project, role="reviewer")
+    client.force_login(manager)
+    field = client.get(reverse("admin:approvals_rulesetting_add")).context["adminform"].form.fields["project"]
+    assert list(field.queryset) == [project]
