@@ -1,6 +1,9 @@
 """Admin helpers that know projects (core/admin.py holds the project-agnostic ones)."""
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
 
+from core.text import plural
 from projects import roles
 from projects.permissions import has_project_perm, project_visible_to
 
@@ -24,6 +27,23 @@ class ProjectScopedAdminMixin:
 
     def has_module_permission(self, request):
         return request.user.is_active and request.user.is_staff
+
+    def response_action(self, request, queryset):
+        """Django's bulk actions drop selected rows the user may not see without a word (ids
+        edited by hand, or a role lost since the list was loaded): say how many were left out."""
+        selected = set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
+        hidden = 0
+        if selected and request.POST.get("select_across") != "1":
+            try:
+                hidden = len(selected) - self.get_queryset(request).filter(pk__in=selected).count()
+            except (ValidationError, ValueError):  # not even ids: none of them is visible
+                hidden = len(selected)
+        response = super().response_action(request, queryset)
+        if hidden > 0 and (response is None or response.status_code in (301, 302, 303)):
+            self.message_user(request, f"{plural(hidden, 'selected item')} {'is' if hidden == 1 else 'are'} not "
+                                       f"visible to you and {'was' if hidden == 1 else 'were'} not changed.",
+                              messages.WARNING)
+        return response
 
     def has_view_permission(self, request, obj=None):
         if not (request.user.is_active and request.user.is_staff):

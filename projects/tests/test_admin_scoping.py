@@ -87,3 +87,27 @@ def test_a_date_past_any_calendar_in_the_audit_list_is_a_bad_filter_not_a_500(cl
     url = reverse("admin:audit_auditevent_changelist")
     r = client.get(url, {"created_at__year": "2026", "created_at__month": "1", "created_at__day": "9" * 20})
     assert r.status_code == 302 and r.url == f"{url}?e=1"
+
+
+def test_a_bulk_action_says_how_many_selected_items_it_left_out(client, reviewer, agent, rows, project,
+                                                                   other_project):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    from approvals.models import AgentCallApproval
+    from approvals.services import agent_approval_request
+
+    def call(user, task):
+        return agent_approval_request(requester=user, project_id=task.project_id, task_id=task.pk,
+                                      agent_type="coder", proposed_action="x", input_data={},
+                                      estimated_tokens=1, estimated_cost="0.0001")
+
+    mine = call(agent, rows["mine"]["task"])
+    theirs = call(rows["theirs"]["task"].created_by, rows["theirs"]["task"])
+    client.force_login(reviewer)
+    r = client.post(reverse("admin:approvals_agentcallapproval_changelist"),
+                    {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(mine.pk), str(theirs.pk)]},
+                    follow=True)
+    said = [str(m) for m in r.context["messages"]]
+    assert "1 selected item is not visible to you and was not changed." in said, said
+    assert AgentCallApproval.objects.get(pk=mine.pk).status == "approved"
+    assert AgentCallApproval.objects.get(pk=theirs.pk).status == "pending"
