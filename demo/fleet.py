@@ -29,12 +29,18 @@ from hitl_sdk import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, Asy
 
 from .llm import AGENT_ORDER, RISK_LABELS, DemoLLM, Proposal
 
+
 class FleetError(Exception):
     """The fleet cannot start (no such project, a bad key)."""
 
 
 FLEET_MARK = "botarmy-demo-fleet"  # in every call's input: how the fleet recognises its own stale calls
 _where: contextvars.ContextVar = contextvars.ContextVar("demo_where", default=("", ""))
+
+
+def _ours(call) -> bool:
+    """A call this fleet made (in this run or an earlier one)."""
+    return isinstance(call.input_data, dict) and call.input_data.get("fleet") == FLEET_MARK
 
 
 def _money(value: Any) -> str:
@@ -253,15 +259,32 @@ class Fleet:
         self.log(f"six agents on project {project.slug!r} ({project.id}) at {self.url}: "
                  f"{'for ever' if self.rounds is None else f'{self.rounds} round(s)'}, "
                  f"pace {self.pace:g}s, seed {self.llm.seed}")
-        stale = 0
+        stale = outputs = 0
         with contextlib.suppress(HitlError):
             for call in (await self.client.list_approvals(self.project_id, status="pending")).results:
-                if isinstance(call.input_data, dict) and call.input_data.get("fleet") == FLEET_MARK:
+                if _ours(call):
                     with contextlib.suppress(HitlError):
                         await self.client.cancel_approval(call.approval_id, "the demo fleet restarted")
                         stale += 1
+                    await self._end_task(call.task_id)  # abandoned before it ran: cancelled
+        with contextlib.suppress(HitlError):  # outputs left for review: their agent is gone
+            for response in (await self.client.list_responses(self.project_id, status="pending")).results:
+                with contextlib.suppress(HitlError):
+                    if _ours(await self.client.get_approval(response.original_call_approval_id)):
+                        outputs += await self._end_task(response.task_id)
         if stale:
             self.log(f"cancelled {stale} call(s) left pending by an earlier run")
+        if outputs:
+            self.log(f"ended {outputs} task(s) whose output an earlier run left waiting for review")
+
+    async def _end_task(self, task_id) -> int:
+        """Report an earlier run's task ended: cancelled (abandoned before it ran), else failed (its
+        output will never be used); its pending reviews are withdrawn with it. 1 if ended."""
+        for status, error in (("cancelled", None), ("failed", "the demo fleet restarted before its output was used")):
+            with contextlib.suppress(HitlError):
+                await self.client.set_task_status(task_id, status, error=error)
+                return 1
+        return 0
 
     async def _find_project(self):
         """The project by slug or id; while the server does not answer yet (it is starting), wait

@@ -304,3 +304,28 @@ def test_stale_calls_of_an_earlier_run_are_cancelled(world):
     assert agent.get_approval(other.approval_id).status == "pending"
     with pytest.raises(HitlError):
         agent.start_approval(old.approval_id)
+    assert agent.get_task(task.task_id).status == "cancelled"  # its task is not left open for ever
+    assert agent.get_task(other_task.task_id).status == "waiting_for_hitl"
+
+
+def test_an_output_an_earlier_run_left_for_review_ends_its_task(world):
+    """Ctrl-C while an output waited for review: the next run ends that task (its agent is gone)
+    and withdraws the review, instead of leaving both open for ever."""
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    task = agent.create_task(world.project_id, "coder", "left over")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write code",
+                                  {"fleet": FLEET_MARK, "round": 3}, model="gpt-4o-mini")
+    reviewer.respond_approval(call.approval_id, "approve")
+    agent.start_approval(call.approval_id)
+    output = agent.submit_response(world.project_id, task.task_id, "coder", call.approval_id, {"text": "done"},
+                                   response_summary="done", tokens_used=10)
+    lines = []
+    runner = FleetThread(Fleet(world.url, "demo", world.keys["agent"], pace=0, log=lines.append, retry=FAST_RETRY))
+    runner.start()
+    try:
+        wait_for(lambda: agent.get_task(task.task_id).status in ("cancelled", "failed"), what="the task's end")
+        wait_for(lambda: any("ended 1 task(s) whose output an earlier run left" in line for line in list(lines)),
+                 what="the fleet's report of it")
+    finally:
+        runner.stop()
+    assert agent.get_response(output.approval_id).status == "cancelled"
