@@ -28,6 +28,13 @@ ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"] if DEBUG else []
 )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Behind a proxy that terminates HTTPS (and sets X-Forwarded-Proto): requests are known to be secure,
+# cookies are sent only over HTTPS, and browsers are told to keep to HTTPS (HSTS) for that long.
+if env.bool("HITL_BEHIND_HTTPS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("HITL_SSL_REDIRECT", default=False)  # usually the proxy's job
+    SECURE_HSTS_SECONDS = env.int("HITL_HSTS_SECONDS", default=0)
 
 INSTALLED_APPS = [
     "daphne",

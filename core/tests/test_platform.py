@@ -215,3 +215,19 @@ def test_a_small_database_pool_is_taken_or_refused_with_a_clear_message(pool_max
                           capture_output=True, text=True, timeout=60)
     assert answer in (done.stdout + done.stderr), done.stderr[-2000:]
     assert (done.returncode == 0) == (pool_max == "1")
+
+
+def test_behind_an_https_proxy_requests_are_secure_and_cookies_https_only():
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    code = ("import django; from django.conf import settings as s; django.setup(); "
+            "print(s.SECURE_PROXY_SSL_HEADER, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DJANGO_SECRET_KEY": "test",
+           "DATABASE_URL": "", "REDIS_URL": "", "HITL_BEHIND_HTTPS_PROXY": "1", "HITL_HSTS_SECONDS": "3600",
+           "HITL_VAR_DIR": os.environ.get("HITL_VAR_DIR", str(django_settings.VAR_DIR))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["('HTTP_X_FORWARDED_PROTO',", "'https')", "True", "True", "3600"], done.stderr
