@@ -73,19 +73,25 @@ def _latest_ids(project_ids) -> dict:
 
 @database_sync_to_async
 def _read(cursors: dict) -> tuple[list[dict], bool]:
-    """Events after each project's own cursor, each project's in id order, and whether there may
-    be more (a query came back full). Only rows past their project's cursor are read: a quiet
-    project's old cursor must not make every wake-up read (and drop) a busy project's old events.
-    One query per CHUNK projects (an OR of their cursors; SQLite parses a long OR as deep as it is
-    long)."""
-    batch, more = [], False
+    """Events after each project's own cursor, in id order, and whether there may be more. Only
+    rows past their project's cursor are read: a quiet project's old cursor must not make every
+    wake-up read (and drop) a busy project's old events. One query per CHUNK projects (an OR of
+    their cursors; SQLite parses a long OR as deep as it is long); when a query comes back full,
+    the batch ends at the lowest last id of the full ones, so what is sent stays in id order
+    across chunks (a client resumes after the highest id it has seen) and the next read goes on
+    from there."""
+    batch, cut = [], None
     pids = list(cursors)
     for start in range(0, len(pids), CHUNK):
         after = reduce(or_, (Q(project_id=pid, id__gt=cursors[pid]) for pid in pids[start:start + CHUNK]))
         events = list(Event.objects.filter(after).order_by("id")[:BATCH])
-        more = more or len(events) == BATCH
-        batch.extend(event_payload(e) for e in events)
-    return batch, more
+        if len(events) == BATCH:
+            cut = events[-1].id if cut is None else min(cut, events[-1].id)
+        batch.extend(events)
+    if cut is not None:
+        batch = [e for e in batch if e.id <= cut]
+    batch.sort(key=lambda e: e.id)
+    return [event_payload(e) for e in batch], cut is not None
 
 
 @database_sync_to_async

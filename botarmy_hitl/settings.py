@@ -366,13 +366,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),
         "options": {"expires": HITL_HEARTBEAT_SECONDS},
     },
-    # The same on the emergency queue: a worker that consumes only `celery` leaves the automatic
-    # stop conditions unchecked, and /api/v1/health says so.
     "projects-requeue-notifications": {
         "task": "projects.requeue_notifications",
         "schedule": timedelta(seconds=60),
         "options": {"expires": 60},
     },
+    # The same on the emergency queue: a worker that consumes only `celery` leaves the automatic
+    # stop conditions unchecked, and /api/v1/health says so.
     "core-heartbeat-emergency": {
         "task": "core.heartbeat",
         "schedule": timedelta(seconds=HITL_HEARTBEAT_SECONDS),

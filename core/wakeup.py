@@ -124,7 +124,8 @@ class _Hub:
         for group in list(self.waiters):
             try:
                 await self.layer.group_add(group, self.channel)
-                self.added.add(group)
+                if group in self.waiters:  # not left meanwhile (its discard may have run during the add)
+                    self.added.add(group)
             except Exception:  # noqa: BLE001 - the next recovery or refresh adds it
                 self.added.discard(group)
                 if not quiet:

@@ -9,12 +9,20 @@ class TaskOutcomeHandler(Protocol):
     def __call__(self, *, task: Task) -> None: ...
 
 
+class TaskWorkerCheck(Protocol):
+    def __call__(self, *, task: Task, user_id) -> bool: ...
+
+
 class TaskEndingHandler(Protocol):
     def __call__(self, *, uow, task: Task, actor, now) -> list[str]: ...  # the ids it cancelled
 
 
 # After an outcome (completed / failed) is committed: emergency checks error rate and resources.
 task_outcome_reported: Hook[TaskOutcomeHandler] = Hook("projects.task_outcome_reported", required=True)
+
+# Whether a user works on a task it did not create (approvals: it requested one of the task's calls,
+# as an agent running a task an orchestrator made for it does); such a user may report its outcome.
+task_worked_on_by: Hook[TaskWorkerCheck] = Hook("projects.task_worked_on_by")
 
 # In the outcome's unit of work, the task locked and just saved completed / failed: approvals
 # cancels the task's calls that can no longer run (pending, or approved and not started, their

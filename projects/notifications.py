@@ -80,13 +80,19 @@ def queue_notifications(rows) -> int:
     queued = 0
     for row in rows:
         try:
-            deliver_notification_task.delay(notifier_id=row.notifier_id, event_type=row.event_type,
-                                            subject=row.subject, payload=row.payload)
+            with transaction.atomic():
+                # claimed while it is handed over: a sweep running beside the commit's own hand-over
+                # (or another sweep) skips it rather than queueing it twice
+                claimed = type(row).objects.select_for_update(skip_locked=True).filter(pk=row.pk).first()
+                if claimed is None:
+                    continue
+                deliver_notification_task.delay(notifier_id=claimed.notifier_id, event_type=claimed.event_type,
+                                                subject=claimed.subject, payload=claimed.payload)
+                claimed.delete()
         except Exception:  # noqa: BLE001 - one failed enqueue must not stop the others
             log.exception("could not queue %s notification for notifier %s; it is tried again later",
                           row.event_type, row.notifier_id)
             continue
-        type(row).objects.filter(pk=row.pk).delete()
         queued += 1
     return queued
 

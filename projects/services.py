@@ -10,7 +10,7 @@ from core import rawrows
 from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
-from projects.hooks import task_ending, task_outcome_reported
+from projects.hooks import task_ending, task_outcome_reported, task_worked_on_by
 from projects.models import AgentState, AgentType, Project, ProjectNotifier, Task, validate_timezone
 from projects.uow import project_uow
 
@@ -124,8 +124,9 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 
 @retry_transient
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
-    """The agent that created a task reports that it completed or failed; another agent of the
-    project gets 403, since the outcome ends the task's calls as only their own agent may. Under
+    """The agent that created a task, or one that requested a call on it, reports that it completed
+    or failed; another agent of the project gets 403, since the outcome ends the task's calls as only
+    their own agent may. Under
     the project's exclusive lock (see projects/uow.py; hitl relies on it). Reporting the same outcome again
     changes nothing; any other transition out of a finished task is refused (409). In the same
     unit of work the ``task_ending`` hook cancels what of the task still waits (calls not run,
@@ -136,8 +137,10 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
     project_id = Task.objects.values_list("project_id", flat=True).get(pk=task_id)
     with project_uow(project_id) as uow:
         task = uow.lock("task", Task.objects, pk=task_id)
-        if actor.pk != task.created_by_id and not actor.is_superuser:
-            raise Forbidden("Only the agent that created this task may report its outcome.")
+        if actor.pk != task.created_by_id and not actor.is_superuser and \
+                not any(task_worked_on_by(task=task, user_id=actor.pk)):
+            raise Forbidden("Only the agent that created this task, or one that requested a call on it, may "
+                            "report its outcome.")
         if task.status == status:
             return task  # a retried report
         if status not in Task.TRANSITIONS[task.status] or _ran(task) and status == Task.Status.CANCELLED:

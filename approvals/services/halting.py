@@ -38,6 +38,11 @@ def cancel_open_calls(*, uow, project, now) -> list[str]:
     return [str(pk) for pk in ids]
 
 
+def requested_a_call_on(*, task, user_id) -> bool:
+    """Whether ``user_id`` requested one of ``task``'s calls (projects.task_worked_on_by)."""
+    return AgentCallApproval.objects.filter(task_id=task.pk, requested_by_id=user_id).exists()
+
+
 def cancel_calls_of_ended_task(*, uow, task, actor, now) -> list[str]:
     """A task reported completed or failed will not run its calls: one still pending would ask a
     person for nothing, one approved and not started would hold its reservation until its grant

@@ -230,6 +230,31 @@ def test_a_quiet_project_beside_a_busy_one_stalls_no_stream(project, other_proje
     async_to_sync(run)()
 
 
+@pytest.mark.parametrize("batch", [2, 500])
+def test_a_stream_of_projects_read_in_several_queries_keeps_id_order(project, other_project, agent, keys,
+                                                                      monkeypatch, batch):
+    """Projects are read in chunks (200 per query); what a stream sends stays in id order across
+    them, so a client resuming after the highest id it saw misses nothing of another chunk."""
+    from access.services import role_grant
+    from approvals import event_stream
+
+    monkeypatch.setattr(event_stream, "CHUNK", 1)      # one project per query
+    monkeypatch.setattr(event_stream, "BATCH", batch)  # and full queries cut the batch
+    role_grant(user=agent, project=other_project, role="agent")
+    start = emit(project, 1)[0]
+    written = []
+    for _ in range(3):
+        written += emit(project, 1) + emit(other_project, 1)
+
+    async def run():
+        comm = communicator(f"/ws/events/?last_event_id={start}", keys["agent"])
+        assert (await comm.connect())[0]
+        got = [e["id"] for e in await receive_events(comm, len(written))]
+        assert got == written, got
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
 @pytest.mark.redis
 def test_a_redis_outage_ends_no_stream_and_pushes_resume_after_it(serve, project, agent, keys, tmp_path):
     """A real daphne on a Redis of its own: the Redis stops, and the open stream is not closed

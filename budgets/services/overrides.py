@@ -121,7 +121,6 @@ LIMIT_FIELDS = ("daily_token_limit", "monthly_token_limit", "daily_cost_limit", 
 PERCENT_FIELDS = ("warning_percent", "critical_percent", "emergency_percent")
 
 
-@retry_transient
 def _four_places(value):
     if isinstance(value, Decimal) and value.is_finite():
         try:
@@ -131,6 +130,7 @@ def _four_places(value):
     return value
 
 
+@retry_transient
 def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
     """Set limits and alert thresholds (managers through the API, admins in the admin), audited.
     Percentages must be in (0, 100] and increase: warning < critical < emergency. The manager

@@ -648,3 +648,26 @@ def test_limits_set_in_the_admin_are_audited(admin_client, project):
     assert r.status_code == 302, r.content[:500]
     assert ProjectBudget.objects.get(project=project).daily_cost_limit == Decimal("2.0000")
     assert AuditEvent.objects.filter(action="budget.update", project_id=project.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_setting_limits_is_tried_again_after_a_transient_database_error(project, manager, monkeypatch):
+    """A deadlock or a busy database while limits are set is retried, like every write (a helper
+    placed between the decorator and the service once took the retry away)."""
+    from django.db import OperationalError
+
+    from budgets.services import overrides
+    from budgets.services.windows import budget_for
+
+    tries = []
+    real = overrides.check_alerts
+
+    def busy_once(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OperationalError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overrides, "check_alerts", busy_once)
+    overrides.budget_limits_update(project=project, actor=manager, values={"daily_cost_limit": Decimal("5")})
+    assert len(tries) == 2 and budget_for(project).daily_cost_limit == Decimal("5.0000")

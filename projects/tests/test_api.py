@@ -93,13 +93,26 @@ def test_only_the_agent_that_created_a_task_reports_its_outcome(clients, client_
     for status in ("failed", "completed", "cancelled"):
         r = other.post(f"/api/v1/tasks/{task.pk}/status", {"status": status, "error": "x"}, format="json")
         assert r.status_code == 403 and r.json()["error"] == "forbidden", r.content
-        assert "created this task" in r.json()["detail"]
+        assert "created this task, or one that requested a call on it" in r.json()["detail"]
     task.refresh_from_db()
     assert task.status == "pending" and not AuditEvent.objects.filter(action__startswith="task.failed").exists()
     assert clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"},
                                  format="json").status_code == 200
     r = other.post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"}, format="json")
     assert r.status_code == 403  # not even the same outcome again
+
+
+def test_an_agent_running_a_task_another_made_for_it_reports_its_outcome(clients, client_for, make_user, task,
+                                                                         project):
+    """An orchestrator creates the task, a coder key requests its call and runs it (the SDK's
+    execute_task(task=...)): the coder may report the outcome, having worked on it."""
+    from approvals.services import agent_approval_request
+
+    coder = make_user("coder-agent", role="agent", project=project)
+    agent_approval_request(requester=coder, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                           proposed_action="write code", input_data={}, estimated_tokens=1, estimated_cost="0.0001")
+    r = client_for(coder).post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "x"}, format="json")
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.content
 
 
 def test_unknown_ids_are_404(clients):
