@@ -13,3 +13,6 @@ ALLOWED_HOSTS = ["testserver", "localhost"]
 # Tests give their calls exact estimates; the output allowance of the server's floor is tested
 # on its own (approvals/tests/test_hardening.py sets it back).
 HITL_OUTPUT_TOKEN_ALLOWANCE = 0
+# PostgreSQL: the same backend with a flush that DELETEs instead of TRUNCATE (core/postgresql/testing)
+if DATABASES["default"]["ENGINE"] == "core.postgresql":  # noqa: F405
+    DATABASES["default"]["ENGINE"] = "core.postgresql.testing"  # noqa: F405

@@ -55,21 +55,23 @@ def _as_json(payload: dict) -> dict:
 
 
 def notify_project_on_commit(*, project_id, event_type: str, subject: str, payload: dict) -> None:
-    """Queue one delivery per active notifier of the project: written now, in the current
-    transaction (nothing if it rolls back), and handed to the broker after the commit. One the
-    broker does not take (Redis down) stays in the database and is queued again by beat
-    (``requeue_notifications``): a stop's alert is delayed, never lost."""
-    from projects.models import ProjectNotifier, QueuedNotification
-
+    """After the current transaction commits (nothing if it rolls back), queue one delivery per
+    active notifier of the project: each is first written to the database (QueuedNotification),
+    then handed to the broker. One the broker does not take (Redis down) stays there and is queued
+    again by beat (``requeue_notifications``): a stop's alert is delayed, never lost. (Written after
+    the commit, not in it: the decision's own transaction sends no statement more for it.)"""
     data = _as_json(payload or {})
-    rows = QueuedNotification.objects.bulk_create([
-        QueuedNotification(notifier_id=notifier_id, event_type=event_type, subject=subject[:500], payload=data)
-        for notifier_id in ProjectNotifier.objects.filter(project_id=project_id, active=True)
-        .order_by("pk").values_list("pk", flat=True)])
-    if rows:
-        ids = [row.pk for row in rows]
-        transaction.on_commit(lambda: queue_notifications(QueuedNotification.objects.filter(pk__in=ids)),
-                              robust=True)
+
+    def write_and_queue():
+        from projects.models import ProjectNotifier, QueuedNotification
+
+        rows = QueuedNotification.objects.bulk_create([
+            QueuedNotification(notifier_id=notifier_id, event_type=event_type, subject=subject[:500], payload=data)
+            for notifier_id in ProjectNotifier.objects.filter(project_id=project_id, active=True)
+            .order_by("pk").values_list("pk", flat=True)])
+        queue_notifications(rows)
+
+    transaction.on_commit(write_and_queue, robust=True)
 
 
 def queue_notifications(rows) -> int:

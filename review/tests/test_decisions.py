@@ -453,7 +453,7 @@ def test_response_decisions(response, reviewer, project, agent):
     assert response.status == "requires_modification" and response.modifications_required == "Handle quotes"
     assert audited(response, "response_approval.requires_modification")
     r = client.post(url, {"decision": "approve"})
-    assert r.status_code == 409 and "already requires_modification" in r.content.decode()
+    assert r.status_code == 409 and "already decided: requires modification" in r.content.decode()
 
 
 def test_response_approve_and_reject(response, reviewer, manager):
