@@ -35,7 +35,7 @@ from core.admin import (
     refusal_text,
     refuse_on_page,
 )
-from projects.admin_mixins import ProjectScopedAdminMixin
+from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
 from core.parsers import loads_strict
 from core.text import FORM_ERROR_NOTE, plural
@@ -624,7 +624,7 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
 
 
 @admin.register(RuleSetting)
-class RuleSettingAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
+class RuleSettingAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
     """Analyzer rules per project: each rule's precision over the last 30 days (from reviewers'
     decisions) above the list; a manager turns a noisy rule to ``observe`` or raises its
     threshold. Saved through approvals.services.rule_setting_save (audited)."""
@@ -634,33 +634,11 @@ class RuleSettingAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
     list_filter = ["mode", ("project", VisibleProjectFilter)]
     fields = ["project", "code", "mode", "threshold", "note"]
 
-    def _manages(self, request, project_id) -> bool:
-        return has_project_perm(request.user, roles.MANAGE, project_id)
-
-    def has_add_permission(self, request):
-        return request.user.is_active and request.user.is_staff and any(
-            self._manages(request, p.pk) for p in project_visible_to(user=request.user))
-
-    def has_change_permission(self, request, obj=None):
-        if obj is None:
-            return self.has_add_permission(request)
-        return self._manages(request, obj.project_id)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def get_readonly_fields(self, request, obj=None):
         return ["project", "code"] if obj is not None else []
 
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "project":  # only the projects whose rules the user may change
-            visible = project_visible_to(user=request.user)
-            kwargs["queryset"] = visible.filter(pk__in=[pk for pk in visible.values_list("pk", flat=True)
-                                                        if self._manages(request, pk)])
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
     def save_model(self, request, obj, form, change):
-        if not self._manages(request, obj.project_id):
+        if not self.manages(request, obj.project_id):
             raise PermissionDenied
         saved = rule_setting_save(actor=request.user, project_id=obj.project_id, code=obj.code, mode=obj.mode,
                                   threshold=obj.threshold, note=obj.note)

@@ -4,8 +4,8 @@ duplicates, from ``last_event_id`` on.
 The outbox (events.Event) is the source of truth; the channel layer only says "something new".
 
 - One ``EventHub`` per process (per event loop) reads new events for every project some connection
-  follows, with one query per wake-up (per 200 projects), and hands each event (serialised once) to the connections of
-  its project. It wakes on the channel-layer push that ``events.services.event_emit`` sends after
+  follows, with one query per wake-up (per 200 projects), and hands each event (serialised once)
+  to the connections of its project. It wakes on the channel-layer push that ``events.services.event_emit`` sends after
   commit (through the process's wake-up hub, core.wakeup), and at the latest every
   HITL_WAIT_POLL_SECONDS: an event written by another process on the in-process layer
   (a Celery worker or a management command on the embedded default), or whose push was lost (Redis

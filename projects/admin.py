@@ -62,10 +62,10 @@ class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
     list_display = ["slug", "name", "status", "timezone", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["id", "status", "roles", "created_at", "updated_at"]
+    readonly_fields = ["id", "status", "roles_held", "created_at", "updated_at"]
 
     @admin.display(description="roles")
-    def roles(self, obj):
+    def roles_held(self, obj):
         held: dict[str, set] = {}
         for username, perm in (ProjectUserObjectPermission.objects.filter(content_object=obj)
                                .values_list("user__username", "permission__codename")):

@@ -69,13 +69,16 @@ def project_update(*, actor, project_id, name: str | None = None, timezone_name:
 _HOST = re.compile(r"(?=.{1,253}$)(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
+NOTIFIER_FIELDS = ("kind", "target", "secret", "active")
+
+
 def _notifier_snapshot(values: dict, fields) -> dict:
     """What an audit row says of a notifier: never its secret, only whether one is set."""
     return {name: bool(values.get(name)) if name == "secret" else values.get(name) for name in fields}
 
 
 def _notifier_values(notifier: ProjectNotifier) -> dict:
-    return {name: getattr(notifier, name) for name in ("kind", "target", "secret", "active")}
+    return {name: getattr(notifier, name) for name in NOTIFIER_FIELDS}
 
 
 @transaction.atomic
@@ -83,7 +86,7 @@ def project_notifier_save(*, actor, notifier: ProjectNotifier, before: dict | No
     """Add (``before`` None) or change where a project's alerts go (admin), audited in its
     project's chain with the fields that changed."""
     notifier.save()
-    fields = ["kind", "target", "secret", "active"] if before is None else list(changed)
+    fields = NOTIFIER_FIELDS if before is None else list(changed)
     audit_record(actor=actor, action="project_notifier.create" if before is None else "project_notifier.update",
                  obj=notifier, project_id=notifier.project_id,
                  before=None if before is None else _notifier_snapshot(before, fields),
@@ -94,7 +97,7 @@ def project_notifier_save(*, actor, notifier: ProjectNotifier, before: dict | No
 @transaction.atomic
 def project_notifier_delete(*, actor, notifier: ProjectNotifier) -> None:
     audit_record(actor=actor, action="project_notifier.delete", obj=notifier, project_id=notifier.project_id,
-                 before=_notifier_snapshot(_notifier_values(notifier), ["kind", "target", "secret", "active"]))
+                 before=_notifier_snapshot(_notifier_values(notifier), NOTIFIER_FIELDS))
     notifier.delete()
 
 

@@ -17,9 +17,8 @@ def _exact(values: dict | None) -> dict | None:
 
 @transaction.atomic
 def model_price_save(*, price: ModelPrice, actor, before: dict | None, after: dict) -> ModelPrice:
-    created = price.pk is None or before is None
     price.save()
-    audit_record(actor=actor, action="model_price.create" if created else "model_price.update", obj=price,
+    audit_record(actor=actor, action="model_price.create" if before is None else "model_price.update", obj=price,
                  before=_exact(before), after=_exact({"model": price.model, **after}))
     return price
 
@@ -27,7 +26,7 @@ def model_price_save(*, price: ModelPrice, actor, before: dict | None, after: di
 @transaction.atomic
 def model_price_delete(*, price: ModelPrice, actor) -> None:
     audit_record(actor=actor, action="model_price.delete", obj=price,
-                 before={"model": price.model, "input_per_million": f"{price.input_per_million}",
-                         "output_per_million": f"{price.output_per_million}",
-                         "default_output_tokens": price.default_output_tokens})
+                 before=_exact({"model": price.model, "input_per_million": price.input_per_million,
+                                "output_per_million": price.output_per_million,
+                                "default_output_tokens": price.default_output_tokens}))
     price.delete()

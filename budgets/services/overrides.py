@@ -13,7 +13,7 @@ from audit.services import audit_record
 from budgets.hooks import budget_limits_changed
 from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
-from budgets.services.windows import budget_for, current_windows
+from budgets.services.windows import FOUR_PLACES, budget_for, current_windows
 from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
 from events.services import event_emit
@@ -124,7 +124,7 @@ PERCENT_FIELDS = ("warning_percent", "critical_percent", "emergency_percent")
 def _four_places(value):
     if isinstance(value, Decimal) and value.is_finite():
         try:
-            return value.quantize(Decimal("0.0001"))
+            return value.quantize(FOUR_PLACES)
         except InvalidOperation:  # too many digits: the checks below refuse it
             return value
     return value
