@@ -31,6 +31,9 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
+from django.utils import timezone
+
+from core import rawrows
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +58,34 @@ def _as_json(payload: dict) -> dict:
 
 
 def notify_project_on_commit(*, project_id, event_type: str, subject: str, payload: dict) -> None:
-    """After the current transaction commits (nothing if it rolls back), queue one delivery per
-    active notifier of the project: each is first written to the database (QueuedNotification),
-    then handed to the broker. One the broker does not take (Redis down) stays there and is queued
-    again by beat (``requeue_notifications``): a stop's alert is delayed, never lost. (Written after
-    the commit, not in it: the decision's own transaction sends no statement more for it.)"""
-    data = _as_json(payload or {})
+    """Queue one delivery per active notifier of the project, durably: the deliveries are written
+    in the caller's transaction (QueuedNotification: one ``INSERT ... SELECT`` over the project's
+    active notifiers, nothing if it rolls back) and handed to the broker after the commit. One the
+    broker does not take (Redis down), or that a process dying right after the commit never
+    handed over, stays there and is queued again by beat (``requeue_notifications``): an alert
+    is delayed, never lost. Alerts are rare (a stop, a budget threshold once per window): the
+    statement is sent only on the changes that raise one."""
+    from projects.models import ProjectNotifier, QueuedNotification
 
-    def write_and_queue():
-        from projects.models import ProjectNotifier, QueuedNotification
-
-        rows = QueuedNotification.objects.bulk_create([
-            QueuedNotification(notifier_id=notifier_id, event_type=event_type, subject=subject[:500], payload=data)
-            for notifier_id in ProjectNotifier.objects.filter(project_id=project_id, active=True)
-            .order_by("pk").values_list("pk", flat=True)])
-        queue_notifications(rows)
-
-    transaction.on_commit(write_and_queue, robust=True)
+    connection = rawrows.db()
+    if not connection.in_atomic_block:
+        raise RuntimeError("notify_project_on_commit runs inside the transaction of the change it reports")
+    queued, notifiers, quote = QueuedNotification._meta, ProjectNotifier._meta, connection.ops.quote_name
+    values = [queued.get_field(name).get_db_prep_save(value, connection) for name, value in (
+        ("event_type", event_type), ("subject", subject[:500]), ("payload", _as_json(payload or {})),
+        ("created_at", timezone.now()))]
+    with rawrows.kept_cursor(connection) as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(queued.db_table)} ({quote('notifier_id')}, {quote('event_type')}, "
+            f"{quote('subject')}, {quote('payload')}, {quote('created_at')}) "
+            f"SELECT {quote('id')}, %s, %s, %s, %s FROM {quote(notifiers.db_table)} "
+            f"WHERE {quote('project_id')} = %s AND {quote('active')} = %s ORDER BY {quote('id')} "
+            f"RETURNING {quote('id')}, {quote('notifier_id')}",
+            [*values, notifiers.get_field("project").get_db_prep_value(project_id, connection), True])
+        rows = [QueuedNotification(pk=pk, notifier_id=notifier_id, event_type=event_type)
+                for pk, notifier_id in cursor.fetchall()]
+    if rows:
+        transaction.on_commit(lambda: queue_notifications(rows), robust=True)
 
 
 def queue_notifications(rows) -> int:

@@ -12,7 +12,11 @@ a create and a response submit then fell by two when their insert stopped needin
 (``ON CONFLICT DO NOTHING`` refuses the second pending one), and on PostgreSQL every write by one
 per event and one per audit row when each of those became one statement with its lock or its
 chain head's update. A create, a usage report and a response submit then fell by one when the
-call's day and month window began to be updated in one statement."""
+call's day and month window began to be updated in one statement. A usage report, a stop and a
+response submit rose by one when an alert (a stop; a budget threshold or a call's overrun, which
+the usage below and the response's settlement raise) began to be written in the change's own
+transaction (one ``INSERT ... SELECT`` over the project's notifiers): a process dying right after
+the commit no longer loses it."""
 import pytest
 from django.db import connection
 
@@ -27,14 +31,14 @@ PINS = {  # PostgreSQL
     "create": 19,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
     "respond": 13,
     "start": 12,
-    "usage": 17,
-    "stop": 24,          # + the locks of the pending response approvals and questions (issue 10)
-    "response_submit": 28,  # settles the budget (ledger, windows, alerts), records and analyzes the output
+    "usage": 18,        # + the alert (an overrun) written with the change
+    "stop": 25,          # + the locks of the pending response approvals and questions (issue 10)
+    "response_submit": 29,  # settles the budget (ledger, windows, alerts), records and analyzes the output
     "response_decide": 16,
 }
 # SQLite sends an audit row's insert and its chain head's update as two statements (no
 # data-modifying WITH there): one more per audit row.
-SQLITE = {**PINS, "create": 20, "respond": 14, "start": 13, "usage": 18, "stop": 25, "response_submit": 31,
+SQLITE = {**PINS, "create": 20, "respond": 14, "start": 13, "usage": 19, "stop": 26, "response_submit": 32,
           "response_decide": 17}
 
 

@@ -306,3 +306,42 @@ def test_a_delivered_alert_leaves_nothing_queued(project, webhook_server, django
         with transaction.atomic():
             _notify(project)
     assert len(server.requests) == 1 and not QueuedNotification.objects.exists()
+
+
+def test_an_alert_is_written_with_its_change_so_a_process_dying_after_the_commit_loses_nothing(
+        project, other_project, webhook_server, django_capture_on_commit_callbacks):
+    """The change commits and the process dies before its after-commit hand-over (captured here and
+    never run): the alert's rows are already in the database, one per active notifier of that
+    project, and beat's sweep sends them."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from projects.models import QueuedNotification
+    from projects.tasks import requeue_notifications_task
+
+    server = webhook_server()
+    first, second = _notifier(project, target=f"{server.url}/a"), _notifier(project, target=f"{server.url}/b")
+    _notifier(project, target=f"{server.url}/inactive", active=False)
+    _notifier(other_project, target=f"{server.url}/other")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with transaction.atomic():
+            _notify(project)
+            rows = list(QueuedNotification.objects.order_by("pk").values_list("notifier_id", "event_type", "payload"))
+    assert len(callbacks) == 1 and server.requests == []
+    payload = {"reason": "runaway costs", "stopped_by": "admin"}
+    assert rows == [(first.pk, "emergency.stopped", payload), (second.pk, "emergency.stopped", payload)]
+
+    QueuedNotification.objects.update(created_at=timezone.now() - timedelta(minutes=2))
+    assert requeue_notifications_task.apply().get() == 2
+    assert sorted(r["path"] for r in server.requests) == ["/a", "/b"]
+    assert not QueuedNotification.objects.exists()
+
+
+def test_a_project_without_notifiers_queues_nothing(project, django_capture_on_commit_callbacks):
+    from projects.models import QueuedNotification
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with transaction.atomic():
+            _notify(project)
+    assert callbacks == [] and not QueuedNotification.objects.exists()
