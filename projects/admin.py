@@ -24,23 +24,41 @@ class AgentStateInline(admin.TabularInline):
 
 
 class ProjectNotifierForm(forms.ModelForm):
-    """A webhook's secret is never shown again: left blank on a change, it stays as it was."""
+    """A webhook's secret is never shown again: left blank on a change, it stays as it was;
+    "clear secret" removes it (the webhook's requests are then unsigned)."""
 
     secret = forms.CharField(required=False, max_length=200, strip=False, widget=forms.PasswordInput,
                              help_text="Webhooks: HMAC-SHA256 key for the X-HITL-Signature header "
                                        "(left blank on a change: unchanged)")
+    clear_secret = forms.BooleanField(required=False, label="Clear secret",
+                                      help_text="Remove the secret: requests are sent unsigned")
 
     class Meta:
         model = ProjectNotifier
-        fields = ["kind", "target", "secret", "active"]
+        fields = ["kind", "target", "secret", "clear_secret", "active"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.kept_secret = self.instance.secret if self.instance.pk else ""
         self.initial["secret"] = ""
 
-    def clean_secret(self):
-        return self.cleaned_data.get("secret") or self.kept_secret
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("clear_secret"):
+            if self.data.get(self.add_prefix("secret")):
+                self.add_error("clear_secret", "Either type a new secret or clear it, not both.")
+            cleaned["secret"] = ""
+        else:
+            cleaned["secret"] = cleaned.get("secret") or self.kept_secret
+        return cleaned
+
+    @property
+    def notifier_changes(self) -> list[str]:
+        """The notifier's fields this form changes (a cleared secret is a change of ``secret``)."""
+        names = [name for name in self.changed_data if name != "clear_secret"]
+        if self.cleaned_data.get("clear_secret") and self.kept_secret and "secret" not in names:
+            names.append("secret")
+        return names
 
 
 class ProjectNotifierInline(admin.TabularInline):
@@ -48,7 +66,7 @@ class ProjectNotifierInline(admin.TabularInline):
 
     model = ProjectNotifier
     form = ProjectNotifierForm
-    fields = ["kind", "target", "secret", "active"]
+    fields = ["kind", "target", "secret", "clear_secret", "active"]
     extra = 0
 
 
@@ -102,16 +120,16 @@ class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
                     project_notifier_delete(actor=request.user, notifier=notifier)
                     formset.deleted_objects.append(notifier)
                 continue
-            if not inline_form.has_changed():
+            if not inline_form.notifier_changes:
                 continue
             existed = not notifier._state.adding
             before = {**inline_form.initial, "secret": inline_form.kept_secret} if existed else None
             notifier = inline_form.save(commit=False)
             notifier.project_id = form.instance.pk
             project_notifier_save(actor=request.user, notifier=notifier, before=before,
-                                  changed=inline_form.changed_data)
+                                  changed=inline_form.notifier_changes)
             if existed:
-                formset.changed_objects.append((notifier, inline_form.changed_data))
+                formset.changed_objects.append((notifier, inline_form.notifier_changes))
             else:
                 formset.new_objects.append(notifier)
 

@@ -75,10 +75,22 @@ def test_a_projects_notifiers_are_audited_and_their_secret_is_never_shown_or_wri
     assert changed.before == {"target": "https://hooks.example.com/hitl"}
     assert changed.after == {"target": "https://hooks.example.com/other"}
 
+    data = {**form_data(client.get(url)), "notifiers-0-secret": "new", "notifiers-0-clear_secret": "on"}
+    r = client.post(url, data)   # both a new secret and "clear": refused, nothing changed
+    assert r.status_code == 200 and b"Either type a new secret or clear it" in r.content
+    notifier.refresh_from_db()
+    assert notifier.secret == "s3cr3t-value"
+    data = {**form_data(client.get(url)), "notifiers-0-clear_secret": "on"}
+    assert client.post(url, data).status_code == 302
+    notifier.refresh_from_db()
+    assert notifier.secret == "" and notifier.target.endswith("/other")   # unsigned from now on
+    cleared = AuditEvent.objects.filter(action="project_notifier.update").order_by("-pk").first()
+    assert cleared.before == {"secret": True} and cleared.after == {"secret": False}
+
     data = {**form_data(client.get(url)), "notifiers-0-DELETE": "on"}
     assert client.post(url, data).status_code == 302
     assert not ProjectNotifier.objects.filter(project=project).exists()
-    assert AuditEvent.objects.get(action="project_notifier.delete").before["secret"] is True
+    assert AuditEvent.objects.get(action="project_notifier.delete").before["secret"] is False
     assert not AuditEvent.objects.filter(after__icontains="s3cr3t").exists()
 
 
