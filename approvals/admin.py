@@ -20,6 +20,7 @@ from approvals.services import (
     flag_suppression_revoke,
     response_approval_decide,
     rule_precision,
+    rule_code_clean,
     rule_setting_save,
 )
 from approvals.services.calibration import PRECISION_DAYS
@@ -623,6 +624,18 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
         return None
 
 
+class RuleSettingForm(forms.ModelForm):
+    class Meta:
+        model = RuleSetting
+        fields = ["project", "code", "mode", "threshold", "note"]
+
+    def clean_code(self):
+        try:
+            return rule_code_clean(self.cleaned_data.get("code"))
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.extra["fields"]["code"]) from None
+
+
 @admin.register(RuleSetting)
 class RuleSettingAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
     """Analyzer rules per project: each rule's precision over the last 30 days (from reviewers'
@@ -630,6 +643,7 @@ class RuleSettingAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
     threshold. Saved through approvals.services.rule_setting_save (audited)."""
 
     change_list_template = "admin/approvals/rulesetting/change_list.html"
+    form = RuleSettingForm
     list_display = ["code", "project", "mode", "threshold", "note", "updated_by", "updated_at"]
     list_filter = ["mode", ("project", VisibleProjectFilter)]
     fields = ["project", "code", "mode", "threshold", "note"]

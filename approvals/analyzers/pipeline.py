@@ -258,6 +258,15 @@ def _limit() -> float:
     return float(getattr(settings, "HITL_ANALYZER_TIME_LIMIT_SECONDS", 2.0))
 
 
+def rule_families() -> tuple[str, ...]:
+    """The first part of every flag code the configured analyzers can report (``secret`` of
+    ``secret.github_token``), sorted: what a project's rule setting may name. The pipeline's own
+    fail-closed flags (``analyzer.*``, ``risk.scan_truncated``) are not among them: no rule moves them."""
+    analyzers = load_analyzers(tuple(settings.HITL_RISK_ANALYZERS)) + load_analyzers(
+        tuple(settings.HITL_RESPONSE_ANALYZERS))
+    return tuple(sorted({a.code for a in analyzers} - {"analyzer"}))
+
+
 def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules: ProjectRules | None) -> dict:
     ctx = ScanContext(source, kind)
     analyzers = load_analyzers(tuple(paths))

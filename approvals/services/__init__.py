@@ -26,6 +26,7 @@ from approvals.services.calibration import (
     flag_suppression_revoke,
     project_rules,
     rule_precision,
+    rule_code_clean,
     rule_setting_save,
 )
 from approvals.services.responses import (
@@ -52,5 +53,5 @@ __all__ = [
     "response_approval_submit", "response_approval_time_out",
     "response_approval_warn",
     "response_approval_warn_due", "response_event_data", "response_group",
-    "flag_suppression_create", "flag_suppression_revoke", "project_rules", "rule_precision", "rule_setting_save",
+    "flag_suppression_create", "flag_suppression_revoke", "project_rules", "rule_code_clean", "rule_precision", "rule_setting_save",
 ]

@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from approvals.analyzers import ProjectRules
+from approvals.analyzers import ProjectRules, rule_families
 from approvals.models import AgentCallApproval, FlagLabel, FlagSuppression, ResponseApproval, RuleSetting
 from audit.services import audit_record
 from core.errors import InvalidInput, NotFoundError
@@ -82,12 +82,26 @@ def rule_precision(*, project_ids=None, days: int = PRECISION_DAYS, now=None) ->
     return sorted(out, key=lambda r: (r["precision"] if r["precision"] is not None else 1, -r["labelled"]))
 
 
-@retry_transient
-def rule_setting_save(*, actor, project_id, code: str, mode: str, threshold, note: str = "") -> RuleSetting:
-    """A manager sets one rule's mode and threshold for the project (audited)."""
+def rule_code_clean(code: str) -> str:
+    """A rule setting's code, stripped: a flag code or a prefix of one that a configured analyzer
+    can report (a typo such as ``secert`` would otherwise be saved and never match anything)."""
     code = (code or "").strip()
     if not code or len(code) > 100 or any(c.isspace() for c in code):
         raise InvalidInput(fields={"code": ["A flag code (secret.github_token) or prefix (secret)."]})
+    families = rule_families()
+    if code.split(".", 1)[0] in ("analyzer", "risk") and code.split(".", 1)[0] not in families:
+        raise InvalidInput(fields={"code": ["The pipeline's own fail-closed flags (analyzer.failed, analyzer.timeout, "
+                                            "risk.scan_truncated) are never observed or suppressed."]})
+    if code.split(".", 1)[0] not in families:
+        raise InvalidInput(fields={"code": [f"No analyzer reports {code.split('.', 1)[0]!r} flags: a code starts with "
+                                            f"one of {', '.join(families)} (secret.github_token, or secret alone)."]})
+    return code
+
+
+@retry_transient
+def rule_setting_save(*, actor, project_id, code: str, mode: str, threshold, note: str = "") -> RuleSetting:
+    """A manager sets one rule's mode and threshold for the project (audited)."""
+    code = rule_code_clean(code)
     if mode not in RuleSetting.Mode.values:
         raise InvalidInput(fields={"mode": ["Must be enforce or observe."]})
     try:

@@ -93,3 +93,18 @@ def test_the_rule_form_offers_only_the_projects_the_user_manages(client, manager
     client.force_login(manager)
     field = client.get(reverse("admin:approvals_rulesetting_add")).context["adminform"].form.fields["project"]
     assert list(field.queryset) == [project]
+
+
+def test_a_rule_no_analyzer_reports_is_refused_with_the_known_families(client, manager, project):
+    """A typo (``secert``) was saved and silently matched nothing: the manager believed the rule
+    was in observe mode."""
+    client.force_login(manager)
+    r = client.post(reverse("admin:approvals_rulesetting_add"),
+                    {"project": str(project.pk), "code": "secert.github_token", "mode": "observe", "threshold": "0"})
+    assert r.status_code == 200
+    assert "No analyzer reports &#x27;secert&#x27; flags" in r.content.decode() and "secret" in r.content.decode()
+    assert not RuleSetting.objects.exists()
+    r = client.post(reverse("admin:approvals_rulesetting_add"),
+                    {"project": str(project.pk), "code": " secret ", "mode": "observe", "threshold": "0"})
+    assert r.status_code == 302
+    assert RuleSetting.objects.get(project=project).code == "secret"

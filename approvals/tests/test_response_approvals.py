@@ -581,3 +581,30 @@ def test_the_agent_type_must_be_the_calls(started, agent_client):
     r = submit(agent_client, started(), agent_type="tester")
     assert r.status_code == 400 and "agent_type" in r.json()["fields"]
     assert ResponseApproval.objects.count() == 0
+
+
+@pytest.mark.parametrize("code", ["secert", "secert.github_token", "Secret.x", ".secret"])
+def test_a_rule_code_no_analyzer_reports_is_refused(manager, project, code):
+    from core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as refused:
+        rule_setting_save(actor=manager, project_id=project.pk, code=code, mode="observe", threshold=0)
+    assert "No analyzer reports" in refused.value.extra["fields"]["code"][0]
+    assert not RuleSetting.objects.exists()
+
+
+@pytest.mark.parametrize("code", ["analyzer", "analyzer.timeout", "risk.scan_truncated", "risk"])
+def test_the_pipelines_fail_closed_flags_get_no_rule(manager, project, code):
+    from core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as refused:
+        rule_setting_save(actor=manager, project_id=project.pk, code=code, mode="observe", threshold=0)
+    assert "never observed or suppressed" in refused.value.extra["fields"]["code"][0]
+
+
+@pytest.mark.parametrize("code", ["secret", "secret.github_token", "pii.email", "code", "link.ip_literal",
+                                  "unicode", "exfil", "injection", "destructive", "deploy", "cost",
+                                  "completeness", "consistency"])
+def test_every_family_an_analyzer_reports_may_be_set(manager, project, code):
+    rule_setting_save(actor=manager, project_id=project.pk, code=code, mode="observe", threshold=0)
+    assert RuleSetting.objects.get(project=project).code == code
