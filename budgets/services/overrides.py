@@ -60,8 +60,9 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
                            reason_required: bool = True) -> BudgetOverrideRequest:
     """Decide a pending override inside the caller's unit of work (stage "override"): approve
     (raising the allowance of its window only) or reject (with a reason unless
-    ``reason_required`` is False, as through the API). A reviewer may approve up to the
-    manager threshold, above it only a manager; nobody approves an override they requested."""
+    ``reason_required`` is False, as through the API). A reviewer may approve while the window's
+    approved overrides of that kind (tokens or cost), this one included, stay within the manager
+    threshold, beyond it only a manager; nobody approves an override they requested."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
     if decision == "reject" and not (reason or "").strip() and reason_required:
@@ -70,10 +71,20 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     override = uow.lock("override", BudgetOverrideRequest.objects, pk=override_id, project=project)
     require_project_perm(actor, roles.REVIEW, project, "decide budget overrides")
     require_not_requester(decider=actor, requester_id=override.requested_by_id)
-    if decision == "approve" and override.requires_manager_approval and \
-            not has_project_perm(actor, roles.MANAGE, project):
-        raise Forbidden(f"Overrides of the {override.violation_type.replace('_', ' ')} above "
-                        f"{manager_threshold(override.violation_type)} need a manager.")
+    tokens = override.violation_type.endswith("token_limit")
+    window = None
+    if decision == "approve" and not has_project_perm(actor, roles.MANAGE, project):
+        threshold = manager_threshold(override.violation_type)
+        if override.requires_manager_approval:
+            raise Forbidden(f"Overrides of the {override.violation_type.replace('_', ' ')} above "
+                            f"{threshold} need a manager.")
+        # the threshold holds for the window's overrides together, not each: a reviewer does not
+        # grant 3 x 60 where a single 180 needs a manager
+        window = uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
+        total = (window.allowance_tokens if tokens else window.allowance_cost) + override.requested_amount
+        if total > threshold and override.status == BudgetOverrideRequest.Status.PENDING:
+            raise Forbidden(f"With this one, the overrides approved in this {window.kind}'s window would add "
+                            f"{total:.4f} {'tokens' if tokens else 'USD'}, above {threshold}: a manager approves it.")
     if override.status != BudgetOverrideRequest.Status.PENDING:
         raise TransitionError(f"The override is already {override.status}.", current_status=override.status)
     override.status = BudgetOverrideRequest.Status.APPROVED if decision == "approve" else \
@@ -82,8 +93,8 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     override.rejection_reason = reason.strip() if decision == "reject" else ""
     override.save()
     if decision == "approve":
-        window = uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
-        if override.violation_type.endswith("token_limit"):
+        window = window or uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
+        if tokens:
             window.allowance_tokens += int(override.requested_amount.to_integral_value(rounding="ROUND_CEILING"))
         else:
             window.allowance_cost += override.requested_amount

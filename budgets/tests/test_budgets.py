@@ -671,3 +671,31 @@ def test_setting_limits_is_tried_again_after_a_transient_database_error(project,
     monkeypatch.setattr(overrides, "check_alerts", busy_once)
     overrides.budget_limits_update(project=project, actor=manager, values={"daily_cost_limit": Decimal("5")})
     assert len(tries) == 2 and budget_for(project).daily_cost_limit == Decimal("5.0000")
+
+
+def test_a_reviewer_cannot_pass_the_manager_threshold_in_pieces(project, agent, reviewer, manager, client_for):
+    """Three cost overrides of 40 in one day each looked under the 100.0000 threshold: a reviewer
+    granted 120 that a single override would have needed a manager for."""
+    def override(amount, violation_type="daily_cost_limit"):
+        r = client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": violation_type, "requested_amount": amount,
+            "justification": "release day"}, format="json")
+        assert r.status_code == 201, r.content
+        return r.json()["id"]
+
+    def approve(override_id, who=reviewer):
+        return client_for(who).post(f"/api/v1/budget-overrides/{override_id}/respond", {"decision": "approve"},
+                                    format="json")
+
+    first, second, third = override("40.0000"), override("40.0000"), override("40.0000")
+    monthly = override("40.0000", "monthly_cost_limit")
+    tokens = override("5000", "daily_token_limit")
+    assert approve(first).status_code == 200 and approve(second).status_code == 200
+    r = approve(third)
+    assert r.status_code == 403 and "120.0000 USD, above 100.0000: a manager" in r.json()["detail"], r.content
+    assert BudgetOverrideRequest.objects.get(pk=third).status == "pending"
+    assert day_window(project).allowance_cost == Decimal("80.0000")
+    assert approve(monthly).status_code == 200   # another window
+    assert approve(tokens).status_code == 200    # another kind
+    assert approve(third, who=manager).status_code == 200
+    assert day_window(project).allowance_cost == Decimal("120.0000")
