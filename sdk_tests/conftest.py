@@ -53,7 +53,8 @@ class World:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def start(self) -> None:
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "REDIS_URL": "",
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings",
+               "REDIS_URL": os.environ.get("REDIS_URL", ""),  # the run's Redis, when it has one: pushes through it
                "HITL_VAR_DIR": str(self.tmp_path / "var"), "DJANGO_SECRET_KEY": settings.SECRET_KEY,
                "DJANGO_DEBUG": "0", "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "HITL_RETRY_AFTER_SECONDS": "1",
                "HITL_WAIT_POLL_SECONDS": "0.5", "PGAPPNAME": "hitl-sdk-test", **self.db_env}
