@@ -1,6 +1,7 @@
 """Serializer fields that refuse values of the wrong JSON type instead of coercing them
 (DRF turns 123 into "123" for a CharField and an integer into a UUID for a UUIDField)."""
 import json
+import re
 
 from rest_framework import serializers
 
@@ -35,7 +36,14 @@ class MoneyField(serializers.DecimalField):
     def to_internal_value(self, data):
         if isinstance(data, (float, bool)):
             self.fail("float" if isinstance(data, float) else "invalid")
+        if isinstance(data, str) and not _DECIMAL.fullmatch(data):
+            # Decimal() would also take "1_000", " 5 ", full-width or Arabic-Indic digits
+            raise serializers.ValidationError('Money is a decimal string such as "0.0125" (ASCII digits, a point, '
+                                              'no spaces or separators).', code="invalid")
         return super().to_internal_value(data)
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 class ChoiceField(serializers.ChoiceField):

@@ -53,6 +53,9 @@ class BoundedJSONParser(JSONParser):
         except UnicodeDecodeError as exc:
             raise ParseError(f"JSON parse error - the body is not valid {encoding}{declared}: byte 0x{exc.object[exc.start]:02x} "
                              f"at position {exc.start}. Send JSON in UTF-8.") from None
+        except UnicodeError:  # a codec that decodes nothing (charset=undefined)
+            raise ParseError(f"JSON parse error - the body cannot be read as {encoding}{declared}. "
+                             f"Send JSON in UTF-8.") from None
         if text.startswith("\ufeff"):
             raise ParseError("JSON parse error - the body starts with a byte order mark (U+FEFF): "
                              "send the JSON without one.")

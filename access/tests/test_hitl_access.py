@@ -139,3 +139,18 @@ def test_the_admin_says_how_many_keys_it_revoked_and_which_were_revoked_already(
     r = client.post(reverse("admin:access_apikey_changelist"),
                     {"action": "revoke", "index": 0, ACTION_CHECKBOX_NAME: [first.pk, second.pk]}, follow=True)
     assert [str(m) for m in r.context["messages"]] == ["Revoked 1 key; 1 was already revoked."]
+
+
+@pytest.mark.parametrize("username", ["a\x01b", "bad user!", "u" * 151, ""])
+def test_a_user_name_the_admin_would_refuse_is_not_created(username):
+    """--create-user stored control characters, spaces and 300-character names (SQLite does not
+    enforce the length): they then appear in every requested_by / approved_by."""
+    with pytest.raises(CommandError) as exc:
+        run(username, "--create-user", "--api-key")
+    assert exc.value.returncode == 2 and "Not a valid user name" in str(exc.value)
+    assert not get_user_model().objects.exists() and not ApiKey.objects.exists()
+
+
+def test_a_valid_new_user_name_is_created():
+    run("agent.bot-1@fleet", "--create-user")
+    assert get_user_model().objects.filter(username="agent.bot-1@fleet").exists()

@@ -430,6 +430,32 @@ def test_money_is_a_decimal_string_never_a_float(project, manager, agent, review
     assert r.status_code == 201 and r.json()["requested_amount"] == "1500.0000"
 
 
+@pytest.mark.parametrize("amount", ["1_000", "\u0665", "\uff11", " 5 ", "\u00a05", "5\n", "5,0", "0x10", "NaN",
+                                    "Infinity", "", "1e", "--1"])
+def test_money_is_an_ascii_decimal_string(project, manager, agent, client_for, amount):
+    """Python's Decimal also reads "1_000", an Arabic-Indic or full-width digit, and spaces:
+    each was saved as money. Now only an ASCII decimal string (exponent allowed) is."""
+    before = client_for(manager).get(f"/api/v1/budgets/{project.pk}").json()
+    message = _money_refused(client_for(manager).patch(f"/api/v1/budgets/{project.pk}",
+                                                       {"daily_cost_limit": amount}, format="json"), "daily_cost_limit")
+    assert "decimal string" in message[0]
+    assert client_for(manager).get(f"/api/v1/budgets/{project.pk}").json() == before
+    _money_refused(client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": amount,
+        "justification": "more room"}, format="json"), "requested_amount")
+    assert not BudgetOverrideRequest.objects.exists()
+
+
+@pytest.mark.parametrize("amount, saved", [("5", "5.0000"), ("5.", "5.0000"), (".5", "0.5000"), ("+5", "5.0000"),
+                                           ("1E+2", "100.0000"), ("2.5e-1", "0.2500"), ("0.0125", "0.0125")])
+def test_a_decimal_string_in_any_plain_form_is_money(project, agent, client_for, amount, saved):
+    """What the SDK sends for a Decimal (str(Decimal("1E+2")) is "1E+2") stays accepted."""
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": amount,
+        "justification": "more room"}, format="json")
+    assert r.status_code == 201 and r.json()["requested_amount"] == saved, r.content
+
+
 def test_an_unknown_choice_is_refused_naming_the_values_it_takes(project, agent, admin_user, client_for):
     """API.md's threshold names are not the override's violation types: the 400 says which are."""
     r = client_for(agent).post("/api/v1/budget-overrides", {

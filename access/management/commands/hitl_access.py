@@ -1,4 +1,5 @@
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from projects import roles
@@ -46,6 +47,11 @@ class Command(BaseCommand):
                 raise CommandError(f"No user {username!r} (add --create-user to create it).", returncode=2)
             if revoke_key:
                 raise CommandError(f"User {username!r} has no keys to revoke.", returncode=2)
+            field = User._meta.get_field(User.USERNAME_FIELD)
+            try:  # the rules the admin and createsuperuser apply (characters, length)
+                username = field.clean(username, None)
+            except ValidationError as exc:
+                raise CommandError(f"Not a valid user name {username!r}: {' '.join(exc.messages)}", returncode=2) from None
             user = User.objects.create_user(username=username)  # no password: API keys or set one later
             self.stdout.write(f"Created user {username} (no password; set one with changepassword).")
         elif create_user:
