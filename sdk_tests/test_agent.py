@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from hitl_sdk import (ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
+from hitl_sdk import (ApprovalRejected, ApprovalTimedOut, AsyncHitlClient, BudgetOverrideRequired, EmergencyStopped,
                       ModificationRequired, RunResult, SafetyEnhancedBaseAgent)
-from sdk_tests.conftest import approve
+from sdk_tests.conftest import FAST_RETRY, approve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -243,6 +243,49 @@ def test_a_run_whose_result_has_a_float_cost_fails_its_task_and_keeps_its_reserv
     assert len(calls) == 1 and calls[0].budget_state == "reserved" and calls[0].started_at is not None
     task = agent.get_task(calls[0].task_id)
     assert task.status == "failed" and "result is invalid" in task.error and "actual_cost" in task.error
+
+
+@pytest.mark.parametrize("how", ["an exception", "a cancel"])
+def test_a_failed_run_settles_at_zero_but_an_interrupted_one_keeps_its_reservation(world, bot, how):
+    """A run that raised reports zero usage; one interrupted (a cancel of execute_task, Ctrl-C)
+    may have spent part of its estimate: it reported zero too, under-counting the budget. Now it
+    reports no usage, so the reservation stays counted, and the task failed as interrupted."""
+    running = None
+
+    class Slow(SafetyEnhancedBaseAgent):
+        agent_type = "coder"
+
+        async def run(self, task, context):
+            running.set()
+            if how == "an exception":
+                raise RuntimeError("the model answered 500")
+            await asyncio.sleep(60)
+
+    async def scenario():
+        nonlocal running
+        running = asyncio.Event()
+        client = AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, recheck_seconds=2.0)
+        runner = asyncio.ensure_future(Slow(client, world.project_id).execute_task(title=f"interrupted by {how}"))
+        await asyncio.wait_for(running.wait(), 30)
+        if how == "a cancel":
+            runner.cancel()
+        done, _ = await asyncio.wait({runner}, timeout=10)
+        assert runner in done
+        with pytest.raises(asyncio.CancelledError if how == "a cancel" else RuntimeError):
+            runner.result()
+        await client.aclose()
+
+    reviewer_bot = bot(("agent", approve))
+    asyncio.run(scenario())
+    reviewer_bot.check()
+    calls = world.client("reviewer").list_approvals(world.project_id).results
+    assert len(calls) == 1 and calls[0].started_at is not None
+    task = world.client("agent").get_task(calls[0].task_id)
+    assert task.status == "failed"
+    if how == "a cancel":
+        assert calls[0].budget_state == "reserved" and "interrupted while running (CancelledError)" in task.error
+    else:
+        assert calls[0].budget_state == "settled" and "the model answered 500" in task.error
 
 
 def test_a_call_over_the_budget_needs_an_override(world, bot):

@@ -471,9 +471,19 @@ class AsyncHitlClient:
         """(the object once settled, the emergency stop id if a stop ended it). Websocket first
         (events of the project, replayed after the last one seen on reconnect), the long poll
         while the websocket is unavailable; network errors and restarts are retried until
-        ``timeout`` (forever when None)."""
-        model = c.MODELS[kind]
+        ``timeout`` (forever when None). A server that does not answer until the timeout passes
+        ends the wait as any other: WaitTimeout, whichever transport was waiting."""
         deadline = None if timeout is None else c.monotonic() + timeout
+        try:
+            return await self._await_decision_until(kind, object_id, deadline, on_budget_block)
+        except HitlConnectionError as exc:  # raised only once the deadline passed (retried until then)
+            if deadline is None or c.monotonic() < deadline:
+                raise
+            raise WaitTimeout(approval_id=object_id) from exc
+
+    async def _await_decision_until(self, kind: str, object_id: str, deadline: Optional[float],
+                                    on_budget_block: str) -> "tuple[Any, Optional[str]]":
+        model = c.MODELS[kind]
         retry_deadline = deadline if deadline is not None else float("inf")
         obj = await self._get(kind, object_id, retry_deadline)
         use_ws, failures, last_event_id, stop_id = self.use_websocket, 0, None, None

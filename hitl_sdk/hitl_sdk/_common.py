@@ -237,7 +237,8 @@ class _SyncWS:
         from websockets.sync.client import connect
 
         try:
-            conn = connect(url, additional_headers=headers, open_timeout=open_timeout, max_size=2 ** 24)
+            conn = connect(url, additional_headers=headers, open_timeout=open_timeout, max_size=2 ** 24,
+                           close_timeout=2)  # as the async socket's: a break out of a replay returns in 2 s, not 10
             return cls(conn.__enter__())  # websockets >= 17.1 warns unless entered like a context manager
         except Exception as exc:  # noqa: BLE001
             raise _handshake_error(exc) from exc

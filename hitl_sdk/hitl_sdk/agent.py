@@ -193,9 +193,14 @@ class SafetyEnhancedBaseAgent:
                     raise
                 except BaseException as exc:  # the run failed: settle its reservation, report the failure
                     with contextlib.suppress(HitlError):
-                        await client.report_usage(call.approval_id, 0)
-                        await client.set_task_status(task.task_id, "failed",
-                                                     error=f"{type(exc).__name__}: {exc}"[:2000])
+                        if isinstance(exc, Exception):
+                            await client.report_usage(call.approval_id, 0)
+                            error = f"{type(exc).__name__}: {exc}"[:2000]
+                        else:  # cancelled, Ctrl-C, exit: the run may have spent part of its estimate, so
+                            # no usage of 0 is reported and the reservation stays counted (as under a stop)
+                            error = (f"interrupted while running ({type(exc).__name__}): its usage is unknown, "
+                                     f"the call's reservation stays counted")
+                        await client.set_task_status(task.task_id, "failed", error=error)
                     raise
                 try:
                     result = self._as_result(value)
