@@ -223,6 +223,27 @@ def test_a_4xx_is_never_retried():
     assert len(attempts) == 1
 
 
+@pytest.mark.parametrize("use_websocket", [True, False])
+def test_a_server_down_for_the_whole_wait_ends_it_with_wait_timeout(use_websocket):
+    """With the server unreachable until the caller's timeout, the long poll raised
+    HitlConnectionError and the websocket path WaitTimeout: now both say the wait timed out."""
+    from hitl_sdk import HitlConnectionError, WaitTimeout
+
+    def refused(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def run():
+        async with AsyncHitlClient("http://127.0.0.1:9", "key", retry=FAST_RETRY, use_websocket=use_websocket,
+                                   transport=httpx.MockTransport(refused), ws_open_timeout=0.5) as client:
+            started = time.monotonic()
+            with pytest.raises(WaitTimeout) as caught:
+                await client.wait_for_approval(str(uuid.uuid4()), timeout=1.5)
+            assert isinstance(caught.value.__cause__, HitlConnectionError)
+            return time.monotonic() - started
+
+    assert 1.5 <= asyncio.run(run()) < 15  # ends at its deadline, not after every retry
+
+
 @pytest.mark.parametrize("detail", ["Project demo is under an emergency stop.", "Project demo is stopped", ""])
 def test_the_stop_message_reads_as_one_sentence(detail):
     """The server's detail ends with a full stop; the SDK's message used to add another (".. Stop all work")."""
