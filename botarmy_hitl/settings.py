@@ -28,6 +28,8 @@ ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"] if DEBUG else []
 )
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# The reviewer pages' htmx posts get a plain note, not Django's page pasted into a panel (review/auth.py)
+CSRF_FAILURE_VIEW = "review.auth.csrf_failure"
 # Behind a proxy that terminates HTTPS (and sets X-Forwarded-Proto): requests are known to be secure,
 # cookies are sent only over HTTPS, and browsers are told to keep to HTTPS (HSTS) for that long.
 if env.bool("HITL_BEHIND_HTTPS_PROXY", default=False):

@@ -174,6 +174,7 @@ def inbox_items(*, user) -> list[InboxItem]:
                    # decided only once the stop is lifted (423 meanwhile)
                    "stopped": override.project.status == override.project.Status.EMERGENCY_STOPPED}))
     sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=RecoverySession.OPEN_STATUSES)
+        .exclude(created_by=user)  # who started a recovery does not approve its steps
         .select_related("project", "emergency_stop"))
     for session in sessions:
         step = (RecoveryStep.objects.filter(session=session, status=RecoveryStep.Status.PENDING)

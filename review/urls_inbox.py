@@ -1,12 +1,13 @@
 """The inbox and the decision pages (namespace ``review``)."""
 from django.urls import path
 
-from review import views
+from review import auth, views
 
 urlpatterns = [
     path("", views.inbox, name="inbox"),
     path("inbox/items", views.inbox_items, name="inbox_items"),
     path("stop-banners", views.stop_banners, name="stop_banners"),
+    path("session", auth.session_probe, name="session"),
     path("budget-overrides/<uuid:override_id>/decide", views.override_decide, name="override_decide"),
     path("agent-approvals/<uuid:approval_id>", views.agent_approval, name="agent_approval"),
     path("agent-approvals/<uuid:approval_id>/panel", views.agent_approval_panel, name="agent_approval_panel"),

@@ -6,7 +6,6 @@ the page, never a 500. htmx requests get the swapped fragment; plain form posts 
 from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -21,6 +20,7 @@ from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
+from review.auth import signed_in
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
 
@@ -60,7 +60,7 @@ def _inbox_context(request, outcome=None):
             "now": timezone.now(), "outcome": outcome}
 
 
-@login_required
+@signed_in
 @require_GET
 def inbox(request):
     context = _inbox_context(request)
@@ -68,13 +68,13 @@ def inbox(request):
     return render(request, "review/inbox.html", context)
 
 
-@login_required
+@signed_in
 @require_GET
 def inbox_items(request):
     return render(request, "review/partials/inbox_items.html", _inbox_context(request))
 
 
-@login_required
+@signed_in
 @require_POST
 @without_nul
 def override_decide(request, override_id):
@@ -102,7 +102,7 @@ def override_decide(request, override_id):
     return render(request, "review/inbox.html", context, status=status)
 
 
-@login_required
+@signed_in
 @require_GET
 def stop_banners(request):
     return render(request, "review/partials/stop_banners.html")
@@ -176,14 +176,14 @@ def _call_page_context(request, approval, **panel):
     return context
 
 
-@login_required
+@signed_in
 @require_GET
 def agent_approval(request, approval_id):
     approval = _call_for(request, approval_id)
     return render(request, "review/agent_approval.html", _call_page_context(request, approval))
 
 
-@login_required
+@signed_in
 @require_GET
 def agent_approval_panel(request, approval_id):
     approval = _call_for(request, approval_id)
@@ -192,7 +192,7 @@ def agent_approval_panel(request, approval_id):
     return render(request, "review/partials/agent_approval_panel.html", context)
 
 
-@login_required
+@signed_in
 @require_POST
 @without_nul
 def agent_approval_decide_view(request, approval_id):
@@ -287,14 +287,14 @@ def _response_page_context(request, response, **panel):
     return context
 
 
-@login_required
+@signed_in
 @require_GET
 def response_approval(request, approval_id):
     response = _response_for(request, approval_id)
     return render(request, "review/response_approval.html", _response_page_context(request, response))
 
 
-@login_required
+@signed_in
 @require_GET
 def response_approval_panel(request, approval_id):
     response = _response_for(request, approval_id)
@@ -303,7 +303,7 @@ def response_approval_panel(request, approval_id):
     return render(request, "review/partials/response_approval_panel.html", context)
 
 
-@login_required
+@signed_in
 @require_POST
 @without_nul
 def response_approval_decide_view(request, approval_id):
@@ -360,14 +360,14 @@ def _hitl_context(request, req, *, outcome=None, form=None):
                         for entry in reversed(req.history or [])]}  # newest first, as the page says
 
 
-@login_required
+@signed_in
 @require_GET
 def hitl_request(request, request_id):
     req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
     return render(request, "review/hitl_request.html", _hitl_context(request, req))
 
 
-@login_required
+@signed_in
 @require_POST
 @without_nul
 def hitl_request_decide(request, request_id):

@@ -12,7 +12,6 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404
@@ -37,6 +36,7 @@ from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.selectors import open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
+from review.auth import signed_in
 
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
@@ -210,7 +210,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
 
 
 # --- projects ---------------------------------------------------------------------------
-@login_required
+@signed_in
 @require_GET
 def project_list(request):
     """Every project the user can see, stopped ones first: its status, what waits for a person
@@ -227,14 +227,14 @@ def project_list(request):
 
 
 # --- project page ---------------------------------------------------------------------
-@login_required
+@signed_in
 @require_GET
 def project_detail(request, project_id):
     project = _project_or_404(request.user, project_id)
     return render(request, "review/project.html", _project_context(request, project))
 
 
-@login_required
+@signed_in
 @require_POST
 def project_stop(request, project_id):
     """Two steps, no JavaScript needed: the form (reason, severity) posts here and gets a
@@ -268,7 +268,7 @@ def project_stop(request, project_id):
     return redirect("review:project", project_id=project.pk)
 
 
-@login_required
+@signed_in
 @require_POST
 def recovery_start_view(request, project_id):
     project = _project_or_404(request.user, project_id)
@@ -337,14 +337,14 @@ def _session_or_404(user, session_id) -> RecoverySession:
     return session
 
 
-@login_required
+@signed_in
 @require_GET
 def recovery_detail(request, session_id):
     session = _session_or_404(request.user, session_id)
     return render(request, "review/recovery.html", _recovery_context(request, session))
 
 
-@login_required
+@signed_in
 @require_POST
 def recovery_step_decide(request, session_id, step_id):
     """Approve (runs the step) or reject (with a reason) one step; the service enforces the order,
@@ -430,7 +430,7 @@ def _verification(user, visible_ids) -> dict:
             "seconds": elapsed, "at": timezone.now()}
 
 
-@login_required
+@signed_in
 @require_GET
 def audit_log(request):
     user = request.user

@@ -431,6 +431,48 @@ def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chro
     assert inbox.evaluate("() => window.hitlLive.socket") is None  # and it does not reconnect
 
 
+def test_a_page_whose_session_ended_while_its_socket_was_down_says_so(serve, chromium, project, reviewers):  # noqa: F811
+    """The session ends while the socket is down (a restart with new demo passwords, a sign-out):
+    each reconnect is refused at the handshake, which does not say why, and the page said
+    "Reconnecting…" for ever; the inbox's next re-fetch followed the login redirect and pasted the
+    login form into the list. Now the page asks the server, says it is signed out and stops, and a
+    re-fetch shows a note instead of the login form."""
+    rita, _ = reviewers
+    server = serve(HITL_WS_HEARTBEAT_SECONDS="600")  # the open socket does not notice the sign-out itself
+    context = chromium.new_context(server)
+    inbox = log_in(context, rita.username)
+    status = inbox.locator("#live-status")
+    expect(status).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    other = open_page(context, f"/review/projects/{project.pk}")
+    with other.expect_navigation():
+        other.click("form.logout button")
+    inbox.evaluate("() => window.hitlLive.socket.close()")  # a drop: every reconnect is now refused
+    expect(status).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(status).to_contain_text("Signed out: reload to sign in")
+    assert '"GET /review/session" 401' in full_log(server)  # told by asking, not by the socket
+    inbox.evaluate("() => htmx.trigger(document.body, 'hitl:event', {})")  # what a live event would do
+    expect(inbox.locator("#inbox-outcome")).to_contain_text("You are signed out", timeout=WAIT_MS)
+    assert inbox.locator("#id_username").count() == 0 and "Log in" not in inbox.title()
+
+
+def test_a_pending_calls_countdown_ticks_on_its_page(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """The call page's "29 min 59 s left" stood still until an event came (the inbox re-fetched
+    every 30 s); every countdown now counts down each second."""
+    rita, _ = reviewers
+    server = serve()
+    key = api_key_create(user=agent, name="browser")[1]
+    call = request_call(server, key, project, title="Countdown", action="Write the countdown",
+                        input_data={"files": ["a.py"]})
+    context = chromium.new_context(server)
+    log_in(context, rita.username)
+    page = open_page(context, f"/review/agent-approvals/{call['approval_id']}")
+    left = page.locator("#decision-panel .time-left")
+    expect(left).to_have_text(re.compile(r"^\d+ min \d+ s left$"), timeout=WAIT_MS)
+    first = left.inner_text()
+    expect(left).not_to_have_text(first, timeout=WAIT_MS)
+    expect(left).to_have_text(re.compile(r"^\d+ min \d+ s left$"))
+
+
 def test_a_page_whose_resume_point_the_server_refuses_says_to_reload(serve, chromium, project, reviewers):  # noqa: F811
     """A drop, then a reconnect with a last_event_id no event has had (a database restored under
     the page, say): the server says why and closes with 4400, and the page says to reload instead

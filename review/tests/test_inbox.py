@@ -1,6 +1,7 @@
 """The reviewers' inbox (/review/): login, per-project visibility, what it lists and in which
 order, budget-blocked calls and overrides, recovery steps, the metrics, the emergency banners."""
 import re
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -143,6 +144,44 @@ def test_an_outsider_cannot_decide_an_override(project, agent, outsider):
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "pending"
 
 
+def test_the_pages_own_requests_get_a_note_when_signed_out_not_the_login_page(reviewer):
+    """htmx followed the login redirect and pasted the login form into the inbox list or the
+    decision panel; now a signed-out page's own requests get 401 with a plain note, which
+    live.js shows, and a navigation still goes to the login page."""
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    for path in ("/review/inbox/items", "/review/stop-banners", "/review/session"):
+        r = Client().get(path, **htmx)
+        assert r.status_code == 401 and r["Content-Type"].startswith("text/plain"), path
+        assert "You are signed out: nothing was changed" in r.content.decode()
+    r = Client().post(f"/review/agent-approvals/{uuid.uuid4()}/decide", {"decision": "approve"}, **htmx)
+    assert r.status_code == 401
+    assert Client().get("/review/session").status_code == 302
+    assert web(reviewer).get("/review/session", **htmx).status_code == 204
+
+
+def test_a_post_whose_csrf_token_rotated_gets_a_plain_note(reviewer, project, agent):
+    """Signed in again in another tab (a new CSRF token): the decision button's post was answered
+    with Django's CSRF page, which the debug script then put in place of the whole page."""
+    call = make_call(project, agent)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(reviewer)
+    r = client.post(f"/review/agent-approvals/{call.pk}/decide", {"decision": "approve"}, HTTP_HX_REQUEST="true")
+    assert r.status_code == 403 and r["Content-Type"].startswith("text/plain")
+    assert "Your session changed" in r.content.decode()
+    call.refresh_from_db()
+    assert call.status == "pending"
+    r = client.post(f"/review/agent-approvals/{call.pk}/decide", {"decision": "approve"})  # not htmx
+    assert r.status_code == 403 and "CSRF" in r.content.decode()
+
+
+def test_no_debug_script_replaces_a_page_on_a_refused_request(reviewer, settings):
+    """django-htmx's debug script (loaded with DEBUG on, as by make run) replaced the whole page
+    with Django's error page on any 4xx, before live.js could say what was refused."""
+    settings.DEBUG = True
+    html = web(reviewer).get("/review/").content.decode()
+    assert "django-htmx.js" not in html and "/static/django_htmx/htmx-2.min.js" in html
+
+
 def test_responses_and_recovery_steps_are_listed(project, agent, reviewer, manager):
     from approvals.services import agent_approval_start, response_approval_submit
 
@@ -165,6 +204,9 @@ def test_responses_and_recovery_steps_are_listed(project, agent, reviewer, manag
     assert f"Step 1 of {session.total_steps}: {step_title(first.action)} — " in html  # its title, not its code
     assert f": {first.action} —" not in html
     assert "Project Demo is under an emergency stop" in html  # the red banner
+    # who started the recovery may not approve its steps: not in their inbox (it was, with no buttons)
+    assert [item.kind for item in inbox_items(user=manager)] == []  # the stop cancelled the response
+    assert [item.kind for item in inbox_items(user=reviewer)] == ["recovery"]
 
 
 def test_the_stop_banner_partial(project, agent, reviewer, outsider):
@@ -248,6 +290,8 @@ def test_the_page_carries_what_live_updates_need(project, agent, reviewer):
     html = web(reviewer).get("/review/").content.decode()
     assert 'data-ws-url="/ws/events/"' in html
     assert re.search(r'data-last-event-id="\d+"', html)
+    assert 'data-session-url="/review/session"' in html and re.search(r'data-server-now="\d+"', html)
+    assert re.search(r'class="time-left[^"]*" data-expires="\d{4}-\d\d-\d\dT[\d:.]+Z"', html)  # counts down
     assert 'hx-trigger="hitl:event from:body' in html and 'hx-get="/review/inbox/items"' in html
     assert 'id="stop-banners"' in html and 'hx-get="/review/stop-banners"' in html
     assert "X-CSRFToken" in html

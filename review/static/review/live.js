@@ -11,6 +11,9 @@
  *     approval (decided elsewhere, timed out) or changes its project (stop, override decided);
  *     not under someone typing in it: it says so and refreshes when they leave the text box (for
  *     another place than one of its buttons), and the text typed goes back into the refreshed panel.
+ * Signed out: a stream the server ends with 4401, or a reconnect refused twice in a row while
+ * <body data-session-url> answers 401, or any htmx request answered 401: the dot says so and the
+ * page stops reconnecting. Countdowns (.time-left[data-expires]) tick every second.
  * Keyboard: j / k move the selection in the inbox, Enter opens it; on a decision page a approves,
  * e opens the amend editor, r focuses the rejection reason, m the modifications; Ctrl+Enter in a
  * text area submits its form. Shortcuts are ignored while typing in a field.
@@ -62,8 +65,27 @@
     }, 45000);
   }
 
+  // A refused websocket handshake (the session ended while the socket was down: a restart, a
+  // sign-out) looks like any failed connection: after two failed attempts in a row, ask the server
+  // whether this browser is still signed in (204), else say so and stop reconnecting.
+  function signedOut() {
+    live.closedByUs = true;
+    clearTimeout(live.timer);
+    if (live.socket) { try { live.socket.close(); } catch (e) { /* ignore */ } }
+    setStatus("ended", "Signed out: reload to sign in");
+  }
+
+  function probeSession() {
+    var url = document.body.getAttribute("data-session-url");
+    if (!url || !window.fetch) return;
+    fetch(url, { credentials: "same-origin", headers: { "HX-Request": "true" }, cache: "no-store" })
+      .then(function (response) { if (response.status === 401) signedOut(); })
+      .catch(function () { /* the server is down: the reconnects go on */ });
+  }
+
   function scheduleReconnect() {
     clearTimeout(live.timer);
+    if (live.attempt >= 2) probeSession();
     var base = Math.min(30000, 500 * Math.pow(2, live.attempt));
     var delay = base / 2 + Math.random() * base / 2;
     live.attempt += 1;
@@ -184,6 +206,7 @@
   });
 
   function connect() {
+    if (live.closedByUs) return;
     var url = socketUrl();
     if (!url || !("WebSocket" in window)) return;
     var socket;
@@ -320,6 +343,7 @@
     var panel = elt.closest("#decision-panel");
     var area = (panel && panel.querySelector(".outcome-area")) || document.getElementById("inbox-outcome");
     if (!area) return;
+    if (xhr.status === 401) signedOut();  // the session ended: the note below says so too
     var plain = (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0;
     var note = document.createElement("p");
     note.className = "outcome outcome-error";
@@ -412,9 +436,45 @@
     }
   });
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", startLive);
-  } else {
+  // ---- countdowns ("4 min 5 s left") ---------------------------------------------------------
+  // Each [data-expires] deadline counts down every second, on the server's clock (its time when
+  // the page was rendered, <body data-server-now>, against this browser's), as the server words it
+  // (review.selectors.duration_display); under five minutes left it turns red, as the server marks it.
+  var clockOffset = 0;  // server time minus this browser's, in ms
+
+  function durationText(seconds) {
+    if (seconds < 60) return seconds + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+    return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+  }
+
+  function tickCountdowns() {
+    var now = Date.now() + clockOffset;
+    var spans = document.querySelectorAll(".time-left[data-expires]");
+    for (var i = 0; i < spans.length; i++) {
+      var at = Date.parse(spans[i].getAttribute("data-expires"));
+      if (isNaN(at)) continue;
+      var left = Math.round((at - now) / 1000);
+      var text = left <= 0 ? "expired" : durationText(left) + " left";
+      if (spans[i].textContent !== text) spans[i].textContent = text;
+      if (left < 300) spans[i].classList.add("urgent");
+    }
+  }
+
+  function startCountdowns() {
+    var rendered = parseInt(document.body.getAttribute("data-server-now") || "", 10);
+    if (!isNaN(rendered)) clockOffset = rendered * 1000 - Date.now();
+    setInterval(tickCountdowns, 1000);
+  }
+
+  function start() {
     startLive();
+    startCountdowns();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
   }
 })();

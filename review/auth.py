@@ -1,0 +1,50 @@
+"""Signing in on the reviewer pages, as the pages' scripts see it.
+
+A page's own requests (htmx: the inbox's re-fetch, a decision button) from someone whose session
+has ended get a 401 with a plain-text note instead of the login page's redirect: the browser would
+follow the redirect and htmx would paste the login form into the inbox list or the decision panel.
+live.js shows the note and says "Signed out: reload to sign in". A plain navigation still goes to
+the login page."""
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.http import require_GET
+
+SIGNED_OUT = "You are signed out: nothing was changed. Reload the page to sign in again."
+SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): nothing was changed. "
+                   "Reload the page, then try again.")
+
+
+def _is_htmx(request) -> bool:
+    return bool(getattr(request, "htmx", False))
+
+
+def signed_in(view):
+    """``login_required``, with a 401 note for the pages' own htmx requests."""
+    redirecting = login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if _is_htmx(request) and not request.user.is_authenticated:
+            return HttpResponse(SIGNED_OUT, status=401, content_type="text/plain; charset=utf-8")
+        return redirecting(request, *args, **kwargs)
+
+    return wrapper
+
+
+@require_GET
+@signed_in
+def session_probe(request):
+    """204 while signed in (401 to the pages' script once not): live.js asks after a reconnect of
+    its event stream is refused, since a refused websocket handshake does not say why."""
+    return HttpResponse(status=204)
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: the pages' htmx posts get a plain note (a session rotated by signing in
+    again in another tab); everything else Django's own page."""
+    if _is_htmx(request):
+        return HttpResponse(SESSION_CHANGED, status=403, content_type="text/plain; charset=utf-8")
+    return django_csrf_failure(request, reason=reason)
