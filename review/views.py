@@ -41,12 +41,17 @@ def _is_htmx(request) -> bool:
     return bool(getattr(request, "htmx", False))
 
 
+FIELD_LABELS = {"amended_content": "The amended answer", "amended_input_data": "The amended input",
+                "reason": "The reason", "response": "The answer"}  # as the forms label them
+
+
 def _error_text(exc: DomainError) -> str:
     """The service's own words, plus field messages for a 400."""
     text = str(exc.detail)
     fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None
     if fields:
-        parts = [f"{name}: {' '.join(map(str, msgs))}" for name, msgs in fields.items()]
+        parts = [f"{FIELD_LABELS.get(name, name.replace('_', ' ').capitalize())}: {' '.join(map(str, msgs))}"
+                 for name, msgs in fields.items()]
         text = f"{text} {'; '.join(parts)}" if text and text != "Invalid input." else "; ".join(parts)
     prefix = {409: "Not possible now", 410: "Too late", 423: "Emergency stop", 403: "Not allowed",
               404: "Not found", 400: "Check the form"}.get(exc.status_code)

@@ -54,6 +54,17 @@ def test_a_checkpoint_is_amended_with_json_and_the_asker_cannot_answer(project, 
     assert req.status == "amended" and req.amended_content == {"plan": ["build"]}
 
 
+def test_a_refused_amendment_names_the_field_as_the_form_does(project, agent, reviewer):
+    """It said "amended_content: This field may not be blank.", the API's field name."""
+    req = ask(project, agent, request_type="checkpoint", question="The plan is ready, go on?")
+    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": ""},
+                               HTTP_HX_REQUEST="true")
+    text = r.content.decode()
+    assert r.status_code == 400 and "The amended answer:" in text and "amended_content:" not in text
+    req.refresh_from_db()
+    assert req.status == "pending"
+
+
 def test_stopping_at_a_checkpoint_needs_a_reason_on_the_page(project, agent, reviewer):
     """One tap on "Stop here" ended the agent's round with no word why: the page asks for a reason,
     as the call and response pages do (the API keeps it optional, as API.md has it)."""
