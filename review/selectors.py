@@ -270,12 +270,12 @@ def reviewer_metrics(*, user, now=None, hours: int = 24) -> ReviewerMetrics:
     project_ids = reviewable_project_ids(user)
     durations: list[float] = []
     timed_out = 0
-    for model, decided_statuses in (
-            (AgentCallApproval, ["approved", "rejected"]),
-            (ResponseApproval, ["approved", "rejected", "requires_modification"])):
+    for model in (AgentCallApproval, ResponseApproval):
         base = model.objects.filter(project_id__in=project_ids)
-        rows = base.filter(status__in=decided_statuses, approved_by__isnull=False,
-                           responded_at__gt=since, responded_at__lte=now).values_list("created_at", "responded_at")
+        # decided by a person (approved_by: whatever came after, a call approved and then cancelled
+        # by a stop or its task's end was decided); cancelled while pending has no decider
+        rows = base.filter(approved_by__isnull=False, responded_at__gt=since,
+                           responded_at__lte=now).values_list("created_at", "responded_at")
         durations += [max((responded - created).total_seconds(), 0.0) for created, responded in rows]
         timed_out += base.filter(status="timed_out", expires_at__gt=since, expires_at__lte=now).count()
     return ReviewerMetrics(decided=len(durations), timed_out=timed_out,

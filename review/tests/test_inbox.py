@@ -268,16 +268,27 @@ def test_metrics_from_known_decisions(project, agent, reviewer):
         assert agent_approval_time_out(approval_id=late.pk)
     still_pending = make_call(project, agent, action="pending")  # not closed: not counted
     assert still_pending.status == "pending"
+    # approved, then cancelled (its task ended): a person decided it, in 60 s; it was left out
+    from approvals.services import agent_approval_cancel
+
+    cancelled = make_call(project, agent, action="approved then cancelled")
+    agent_approval_decide(approval_id=cancelled.pk, decider=reviewer, decision="approve")
+    agent_approval_cancel(approval_id=cancelled.pk, actor=agent)
+    AgentCallApproval.objects.filter(pk=cancelled.pk).update(created_at=now - timedelta(hours=1, seconds=60),
+                                                             responded_at=now - timedelta(hours=1))
+    withdrawn = make_call(project, agent, action="cancelled while pending")  # nobody decided it
+    agent_approval_cancel(approval_id=withdrawn.pk, actor=agent)
+    assert AgentCallApproval.objects.filter(status="cancelled").count() == 2
 
     metrics = reviewer_metrics(user=reviewer, now=now + timedelta(seconds=1))
-    assert metrics.decided == 10 and metrics.timed_out == 2
-    assert metrics.median_seconds == pytest.approx(55.0)
-    assert metrics.p90_seconds == pytest.approx(90.0)  # nearest rank: the 9th of 10
-    assert metrics.timeout_rate == pytest.approx(2 / 12)
+    assert metrics.decided == 11 and metrics.timed_out == 2
+    assert metrics.median_seconds == pytest.approx(60.0)
+    assert metrics.p90_seconds == pytest.approx(90.0)  # nearest rank: the 10th of 11
+    assert metrics.timeout_rate == pytest.approx(2 / 13)
     html = web(reviewer).get("/review/").content.decode()
-    assert 'data-metric="median">55 s<' in html
+    assert 'data-metric="median">1 min 0 s<' in html
     assert 'data-metric="p90">1 min 30 s<' in html
-    assert 'data-metric="timeout-rate">16.7 %<' in html
+    assert 'data-metric="timeout-rate">15.4 %<' in html
 
 
 def test_metrics_without_data_show_dashes(reviewer):
