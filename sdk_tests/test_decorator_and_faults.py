@@ -281,3 +281,41 @@ def test_execute_task_sync_inside_an_event_loop_says_to_await_execute_task():
 
     with pytest.raises(RuntimeError, match="use `await agent.execute_task"):
         asyncio.run(inside_a_loop())
+
+
+def test_retry_after_is_the_least_wait_and_zero_still_backs_off(monkeypatch):
+    """A 503 with Retry-After: 0 had all six attempts within ten milliseconds."""
+    import hitl_sdk._common as common
+
+    monkeypatch.setattr(common.random, "uniform", lambda low, high: high)  # the backoff's longest draw
+    policy = RetryPolicy(backoff_base=0.1, backoff_max=5, retry_after_max=2)
+    assert policy.delay(3) == pytest.approx(0.4)
+    assert policy.delay(3, 0.0) == pytest.approx(0.4)          # 0: the backoff
+    assert policy.delay(3, 1.5) == pytest.approx(1.5)          # longer than the backoff: honoured
+    assert policy.delay(3, 30.0) == pytest.approx(2)           # capped by retry_after_max
+    assert policy.delay(3, float("nan")) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("base_url", ["127.0.0.1:8000", "ftp://hitl.example", "", "hitl.example/api/v1"])
+def test_a_base_url_that_is_not_http_is_refused_at_once(base_url):
+    """A missing scheme was retried as a network error for six seconds."""
+    with pytest.raises(ValueError, match="http:// or https://"):
+        HitlClient(base_url, "key")
+    with pytest.raises(ValueError, match="http:// or https://"):
+        AsyncHitlClient(base_url, "key")
+
+
+def test_an_answer_that_is_not_the_apis_json_says_so_in_one_sentence():
+    """A wrong base path answered Django's HTML 404 page, which became the error's message."""
+    from hitl_sdk import NotFound
+
+    def page(request):
+        return httpx.Response(404, headers={"Content-Type": "text/html; charset=utf-8"},
+                              content=b"<!DOCTYPE html><html><body>" + b"x" * 2000 + b"</body></html>")
+
+    client = HitlClient("http://hitl.invalid/foo", "key", retry=FAST_RETRY, transport=httpx.MockTransport(page))
+    with pytest.raises(NotFound) as caught:
+        client.list_projects()
+    message = str(caught.value)
+    assert "with text/html, not the API's JSON" in message and "http://hitl.invalid/foo" in message
+    assert "<" not in message and len(message) < 300

@@ -103,7 +103,7 @@ class AsyncHitlClient:
             try:
                 body = response.json() if response.content else {}
             except ValueError:
-                body = {"error": "bad_response", "detail": response.text[:500]}
+                body = c.not_json_body(response, self.base_url)
             if response.status_code >= 400:
                 error = error_from_response(response.status_code, body)
                 error.after_transport_failure = transport_failed  # type: ignore[attr-defined]

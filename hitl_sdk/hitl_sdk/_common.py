@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import time
@@ -34,16 +35,18 @@ class RetryPolicy:
     """Exponential backoff with full jitter for network errors, 5xx and 429.
 
     ``attempts`` bounds an ordinary request; a wait retries until its own deadline. ``Retry-After``
-    (seconds) is honoured, up to ``retry_after_max``."""
+    (seconds) is honoured as the least wait, up to ``retry_after_max``: a ``Retry-After: 0`` still
+    gets the backoff (six attempts within milliseconds would not let a busy server recover)."""
     attempts: int = 6
     backoff_base: float = 0.5
     backoff_max: float = 10.0
     retry_after_max: float = 60.0
 
     def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.retry_after_max)
-        return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** min(max(attempt - 1, 0), 30))))
+        backoff = random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** min(max(attempt - 1, 0), 30))))
+        if retry_after is not None and math.isfinite(retry_after):
+            return min(max(retry_after, backoff), self.retry_after_max)
+        return backoff
 
 
 def retry_after_seconds(response: httpx.Response) -> Optional[float]:
@@ -56,6 +59,15 @@ def retry_after_seconds(response: httpx.Response) -> Optional[float]:
         return None  # an HTTP date: use our own backoff
 
 
+def not_json_body(response: httpx.Response, base_url: str) -> Dict[str, Any]:
+    """The error body of an answer that is not the API's JSON (a proxy's page, another server's
+    404): said in one sentence a model can act on, not the page's HTML."""
+    kind = (response.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    return {"error": "bad_response",
+            "detail": f"The server answered HTTP {response.status_code} with {kind}, not the API's JSON: "
+                      f"check that {base_url} is the HITL server's address."}
+
+
 def resolve_api_key(api_key: Optional[str]) -> Optional[str]:
     return api_key if api_key is not None else os.environ.get("HITL_API_KEY")
 
@@ -66,6 +78,11 @@ def api_root(base_url: str) -> str:
 
 
 def server_root(base_url: str) -> str:
+    """The server's root of ``base_url`` (with or without ``/api/v1``); a URL that is not http(s)
+    is a ValueError at once (a missing scheme was retried as a network error for seconds)."""
+    scheme = urlsplit(base_url).scheme.lower() if isinstance(base_url, str) else ""
+    if scheme not in ("http", "https"):
+        raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
     base = base_url.rstrip("/")
     return base[: -len("/api/v1")] if base.endswith("/api/v1") else base
 
