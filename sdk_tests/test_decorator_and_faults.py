@@ -319,3 +319,25 @@ def test_an_answer_that_is_not_the_apis_json_says_so_in_one_sentence():
     message = str(caught.value)
     assert "with text/html, not the API's JSON" in message and "http://hitl.invalid/foo" in message
     assert "<" not in message and len(message) < 300
+
+
+def test_a_retry_never_sleeps_past_the_waits_deadline(monkeypatch):
+    """A wait's retries slept their whole backoff (up to 10 s) past the caller's timeout."""
+    import hitl_sdk._common as common
+    from hitl_sdk import WaitTimeout
+
+    monkeypatch.setattr(common.random, "uniform", lambda low, high: high)  # every pause its longest: 8 s
+
+    def refused(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def run():
+        async with AsyncHitlClient("http://127.0.0.1:9", "key", use_websocket=False,
+                                   retry=RetryPolicy(backoff_base=8, backoff_max=8),
+                                   transport=httpx.MockTransport(refused)) as client:
+            started = time.monotonic()
+            with pytest.raises(WaitTimeout):
+                await client.wait_for_approval(str(uuid.uuid4()), timeout=1.0)
+            return time.monotonic() - started
+
+    assert asyncio.run(run()) < 6  # 8 s and more before: the first pause alone

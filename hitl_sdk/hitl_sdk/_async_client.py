@@ -95,10 +95,10 @@ class AsyncHitlClient:
                 transport_failed = True
                 if not may_retry:
                     raise HitlConnectionError(f"{method} {path}: {exc!r}", code="connection_error") from exc
-                await _asleep(self.retry.delay(attempt))
+                await _asleep(c.until(deadline, self.retry.delay(attempt)))
                 continue
             if response.status_code in c.TRANSIENT_STATUSES and may_retry:
-                await _asleep(self.retry.delay(attempt, c.retry_after_seconds(response)))
+                await _asleep(c.until(deadline, self.retry.delay(attempt, c.retry_after_seconds(response))))
                 continue
             try:
                 body = response.json() if response.content else {}

@@ -292,6 +292,12 @@ def monotonic() -> float:
     return time.monotonic()
 
 
+def until(deadline: Optional[float], seconds: float) -> float:
+    """A retry's pause, never past the deadline of the call it retries (a wait's backoff of up to
+    10 s overran the caller's timeout)."""
+    return seconds if deadline is None else max(0.0, min(seconds, deadline - time.monotonic()))
+
+
 def remaining(deadline: Optional[float], cap: float) -> float:
     return cap if deadline is None else max(0.0, min(cap, deadline - time.monotonic()))
 

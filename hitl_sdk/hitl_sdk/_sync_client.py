@@ -97,10 +97,10 @@ class HitlClient:
                 transport_failed = True
                 if not may_retry:
                     raise HitlConnectionError(f"{method} {path}: {exc!r}", code="connection_error") from exc
-                _sleep(self.retry.delay(attempt))
+                _sleep(c.until(deadline, self.retry.delay(attempt)))
                 continue
             if response.status_code in c.TRANSIENT_STATUSES and may_retry:
-                _sleep(self.retry.delay(attempt, c.retry_after_seconds(response)))
+                _sleep(c.until(deadline, self.retry.delay(attempt, c.retry_after_seconds(response))))
                 continue
             try:
                 body = response.json() if response.content else {}
