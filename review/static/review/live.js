@@ -163,7 +163,7 @@
       note.className = "outcome outcome-info outcome-changed";
       area.appendChild(note);
     }
-    note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box.";
+    note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box (a decision sent from its buttons meanwhile is answered for that new state).";
   }
 
   // Leaving the box for one of the panel's buttons (Reject, Approve): the click goes through (the
