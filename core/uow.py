@@ -153,9 +153,38 @@ def defer_or_run(stage: str, write: Callable[[], object], key=None):
     return write()
 
 
+class ExclusiveNeeded(Exception):
+    """A shared unit of work found it needs its project's exclusive lock (a stop tripped by a
+    request or a usage report) after it locked inner rows. Upgrading there deadlocks with the
+    other shared holders waiting for those rows (each holds the project's shared lock the upgrade
+    waits for): the transaction is rolled back instead and ``retry_transient`` runs the service
+    again with that project's lock exclusive from the start."""
+
+    def __init__(self, scope_key):
+        super().__init__(f"{scope_key} needs its exclusive lock: run again")
+        self.scope_key = scope_key
+
+
+_restartable: contextvars.ContextVar[bool] = contextvars.ContextVar("hitl_uow_restartable", default=False)
+_exclusive: contextvars.ContextVar[frozenset] = contextvars.ContextVar("hitl_uow_exclusive", default=frozenset())
+
+
+def restartable() -> bool:
+    """Whether the running service can be run again from the start (``retry_transient`` owns
+    its outermost transaction): then a needed upgrade raises ExclusiveNeeded."""
+    return _restartable.get()
+
+
+def exclusive_wanted(scope_key) -> bool:
+    """Whether this run of the service takes ``scope_key``'s lock exclusive from the start (an
+    earlier run of it raised ExclusiveNeeded)."""
+    return str(scope_key) in _exclusive.get()
+
+
 def retry_transient(fn):
     """Retry the whole service when the database answers with a deadlock, a serialization
-    failure or a lock timeout, a few times with jittered backoff (HITL_DB_RETRIES). Only the
+    failure or a lock timeout, a few times with jittered backoff (HITL_DB_RETRIES), and at once
+    with the exclusive lock when a unit of work asks for it (ExclusiveNeeded). Only the
     outermost transaction retries: inside another one the error goes up to its owner."""
 
     @functools.wraps(fn)
@@ -163,14 +192,24 @@ def retry_transient(fn):
         if connection.in_atomic_block:
             return fn(*args, **kwargs)
         attempts = max(int(getattr(settings, "HITL_DB_RETRIES", 3)), 0) + 1
-        for attempt in range(attempts):
-            try:
-                return fn(*args, **kwargs)
-            except OperationalError as exc:
-                if attempt == attempts - 1 or not is_transient_db_error(exc) \
-                        or transient_db_error_kind(exc) == "connection pool exhausted":  # it already waited
-                    raise
-                time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
-        raise AssertionError("unreachable")
+        restartable_token, exclusive_token = _restartable.set(True), _exclusive.set(_exclusive.get())
+        try:
+            attempt = 0
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except ExclusiveNeeded as exc:
+                    if str(exc.scope_key) in _exclusive.get():
+                        raise AssertionError(f"{exc.scope_key} asked for its exclusive lock twice") from exc
+                    _exclusive.set(_exclusive.get() | {str(exc.scope_key)})  # no attempt used: no failure
+                except OperationalError as exc:
+                    if attempt == attempts - 1 or not is_transient_db_error(exc) \
+                            or transient_db_error_kind(exc) == "connection pool exhausted":  # it already waited
+                        raise
+                    time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
+                    attempt += 1
+        finally:
+            _exclusive.reset(exclusive_token)
+            _restartable.reset(restartable_token)
 
     return wrapper

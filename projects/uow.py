@@ -24,8 +24,11 @@ Two modes of the project lock:
   both modes are the same.
 
 A nested ``project_uow`` for the same project joins the open one (one transaction, one flush);
-one that needs the exclusive lock inside a shared one (a stop tripped by a request) upgrades
-it first. One for another project is refused: cross-project writes do not exist.
+one that needs the exclusive lock inside a shared one (a stop tripped by a request or a usage
+report) rolls the service back and ``retry_transient`` runs it again with the exclusive lock
+from the start (core.uow.ExclusiveNeeded): upgrading in place, holding rows other shared holders
+wait for, deadlocked with them. Where the service cannot be run again (inside a caller's own
+transaction) it upgrades in place. One for another project is refused: cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
@@ -47,6 +50,7 @@ class ProjectUnitOfWork(core_uow.UnitOfWork):
         super().__init__(scope=f"project {project.pk}")
         self.project = project
         self.shared = shared
+        self.owns_transaction = True  # the outermost transaction is this unit's own (project_uow sets it)
 
 
 def _lock_exclusive(project_id, related=()):
@@ -71,8 +75,13 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
             raise core_uow.LockOrderError(f"a unit of work for {outer.scope} cannot open one for project "
                                           f"{project_id}")
         if outer.shared and not shared:
-            # Upgrade to the exclusive lock: it waits for the other admissions in flight to end (a
-            # deadlock between two upgrades is retried from the start by retry_transient).
+            if outer.owns_transaction and core_uow.restartable():
+                # Upgrading here, holding inner rows (the budget windows) other shared holders wait
+                # for while they hold the shared lock the upgrade waits for, deadlocks: roll back
+                # and run the service again with the exclusive lock from the start.
+                raise core_uow.ExclusiveNeeded(f"project:{project_id}")
+            # Not restartable (a caller's own transaction, a test's): upgrade in place; it waits for
+            # the other admissions in flight to end (a deadlock is the caller's to retry).
             _lock_exclusive(project_id)
             outer.shared = False
         if gate:
@@ -86,12 +95,16 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
         finally:
             outer.stage = max(saved, outer.stage)
         return
+    if shared and core_uow.exclusive_wanted(f"project:{project_id}"):
+        shared = False  # an earlier run of this service needed the exclusive lock (ExclusiveNeeded)
+    owns_transaction = not db().in_atomic_block
     with transaction.atomic():
         uow = None
         project = (_lock_shared if shared else _lock_exclusive)(project_id, related)
         if project is None:
             raise NotFoundError("No such project.")
         uow = ProjectUnitOfWork(project, shared=shared)
+        uow.owns_transaction = owns_transaction
         uow.enter_stage("project")
         token = core_uow.activate(uow)
         try:

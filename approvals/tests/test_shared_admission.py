@@ -136,3 +136,38 @@ def test_concurrent_admissions_never_overspend(project, agent):
     assert calls.filter(budget_state="reserved").count() == 10
     assert calls.filter(budget_state="blocked").count() == 20
     assert budget_reconcile() == []
+
+
+def _deadlocks() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def test_usage_reports_that_trip_the_budget_stop_do_not_deadlock(project, agent, reviewer):
+    """Twenty started calls of 0.1000 against a daily limit of 2.0000, each reporting 0.3000 at
+    once: the report that takes the day past 1.5 x stops the project. It upgraded its shared
+    project lock in place while holding the budget windows the others waited for (holding the
+    shared lock it waited for): deadlocks, retries and, on a server, a minute of 503s. Now it runs
+    again with the exclusive lock from the start: no deadlock, every report lands."""
+    from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
+    from emergency.models import EmergencyStop
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    calls = []
+    for i in range(20):
+        call = ask(project, agent, f"call {i}", cost="0.1000")
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+        agent_approval_start(approval_id=call.pk, actor=agent)
+        calls.append(call)
+    before = _deadlocks()
+    errors = race(*[(lambda i, call=call: agent_approval_report_usage(
+        approval_id=call.pk, actor=agent, tokens_used=100, actual_cost=Decimal("0.3000"))) for call in calls])
+    assert errors == []
+    assert _deadlocks() == before
+    assert AgentCallApproval.objects.filter(budget_state="settled").count() == 20  # every report landed
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.triggered_conditions == [Condition.BUDGET_CRITICAL]
+    assert budget_reconcile() == []
