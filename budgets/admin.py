@@ -115,4 +115,5 @@ class BudgetAlertAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelA
 class BudgetOverrideAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "project", "violation_type", "requested_amount", "requires_manager_approval",
                     "status", "requested_by", "approved_by"]
+    list_select_related = ["project", "window", "requested_by", "approved_by"]
     list_filter = ["status", "violation_type"]

@@ -172,5 +172,18 @@ class BudgetOverrideRequest(models.Model):
     @property
     def requires_manager_approval(self) -> bool:
         """Whether only a manager may approve it, from the deployment's current thresholds
-        (HITL_MANAGER_COST_THRESHOLD / HITL_MANAGER_TOKEN_THRESHOLD), never frozen at creation."""
-        return self.requested_amount > manager_threshold(self.violation_type)
+        (HITL_MANAGER_COST_THRESHOLD / HITL_MANAGER_TOKEN_THRESHOLD), never frozen at creation:
+        above the threshold alone, or, while pending, with what its window's approved overrides
+        of that kind (tokens or cost) already add (a reviewer does not grant 3 x 60 where one 180
+        needs a manager). Reads ``window`` (select it with the override in lists)."""
+        threshold = manager_threshold(self.violation_type)
+        if self.requested_amount > threshold:
+            return True
+        if self.status != self.Status.PENDING or self.window_id is None:
+            return False
+        return self.window_granted() + self.requested_amount > threshold
+
+    def window_granted(self) -> Decimal:
+        """What approved overrides of this kind already added to its window."""
+        tokens = self.violation_type.endswith("token_limit")
+        return Decimal(self.window.allowance_tokens) if tokens else self.window.allowance_cost

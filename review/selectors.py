@@ -158,7 +158,7 @@ def inbox_items(*, user) -> list[InboxItem]:
             extra={"safety_score": response.safety_score, "flags": len(response.risk_flags or [])}))
     overrides = (BudgetOverrideRequest.objects.filter(project_id__in=project_ids,
                                                       status=BudgetOverrideRequest.Status.PENDING)
-                 .exclude(requested_by=user).select_related("project"))
+                 .exclude(requested_by=user).select_related("project", "window"))
     for override in overrides:
         needs_manager = override.requires_manager_approval
         if needs_manager and not may_manage(user, override.project):
@@ -518,4 +518,4 @@ def _stop_cancellation(project_id, created_at, *, fallback_at) -> dict:
 
 def visible_override(*, user, override_id) -> BudgetOverrideRequest | None:
     return (BudgetOverrideRequest.objects.filter(Q(project__in=project_visible_to(user=user)), pk=override_id)
-            .select_related("project").first())
+            .select_related("project", "window").first())

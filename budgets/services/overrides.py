@@ -75,14 +75,14 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     window = None
     if decision == "approve" and not has_project_perm(actor, roles.MANAGE, project):
         threshold = manager_threshold(override.violation_type)
-        if override.requires_manager_approval:
+        if override.requested_amount > threshold:
             raise Forbidden(f"Overrides of the {override.violation_type.replace('_', ' ')} above "
                             f"{threshold} need a manager.")
-        # the threshold holds for the window's overrides together, not each: a reviewer does not
-        # grant 3 x 60 where a single 180 needs a manager
-        window = uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
-        total = (window.allowance_tokens if tokens else window.allowance_cost) + override.requested_amount
-        if total > threshold and override.status == BudgetOverrideRequest.Status.PENDING:
+        # the threshold holds for the window's overrides together (requires_manager_approval),
+        # read under the window's lock
+        window = override.window = uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
+        if override.requires_manager_approval:
+            total = override.window_granted() + override.requested_amount
             raise Forbidden(f"With this one, the overrides approved in this {window.kind}'s window would add "
                             f"{total:.4f} {'tokens' if tokens else 'USD'}, above {threshold}: a manager approves it.")
     if override.status != BudgetOverrideRequest.Status.PENDING:

@@ -717,6 +717,9 @@ def test_a_reviewer_cannot_pass_the_manager_threshold_in_pieces(project, agent, 
     monthly = override("40.0000", "monthly_cost_limit")
     tokens = override("5000", "daily_token_limit")
     assert approve(first).status_code == 200 and approve(second).status_code == 200
+    listed = {o["id"]: o["requires_manager_approval"] for o in client_for(reviewer).get(
+        f"/api/v1/budget-overrides/project/{project.pk}", {"status": "pending"}).json()["results"]}
+    assert listed == {third: True, monthly: False, tokens: False}  # said before a reviewer tries it
     r = approve(third)
     assert r.status_code == 403 and "120.0000 USD, above 100.0000: a manager" in r.json()["detail"], r.content
     assert BudgetOverrideRequest.objects.get(pk=third).status == "pending"
