@@ -92,3 +92,25 @@ def test_the_demo_refuses_services_that_may_hold_real_data(tmp_path, service):
     done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "HITL_DEMO_ON_SERVICES=1" in done.stderr, done.stderr
     assert not (tmp_path / "var").exists()  # nothing migrated, seeded or started
+
+
+def test_a_port_in_use_stops_make_run_before_it_changes_anything(tmp_path):
+    """A second make run on a busy port seeded the demo again (revoking the running one's keys,
+    which stopped its fleet) and then failed with a traceback. Now it stops first and says why."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    try:
+        env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(held.getsockname()[1]))
+        done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        held.close()
+    assert done.returncode == 2, done.stderr
+    assert "cannot listen on 127.0.0.1:" in done.stderr and "Nothing was changed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "var" / "db.sqlite3").exists() and "API key" not in done.stdout  # nothing seeded
