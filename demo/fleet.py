@@ -69,10 +69,21 @@ class LoggingClient(AsyncHitlClient):
         super().__init__(*args, **kwargs)
         self._log = log
         self.pending_call: Optional[str] = None  # the fleet's call waiting for a person, if any
+        self.open_tasks: Dict[str, None] = {}  # tasks this run made and has not ended (in order)
 
     def say(self, text: str) -> None:
         round_label, agent = _where.get()
         self._log(f"{round_label:<4} {agent:<12} {text}")
+
+    async def create_task(self, *args: Any, **kwargs: Any):
+        task = await super().create_task(*args, **kwargs)
+        self.open_tasks[task.task_id] = None
+        return task
+
+    async def set_task_status(self, task_id: str, *args: Any, **kwargs: Any):
+        task = await super().set_task_status(task_id, *args, **kwargs)
+        self.open_tasks.pop(task_id, None)
+        return task
 
     async def request_approval(self, *args: Any, **kwargs: Any):
         call = await super().request_approval(*args, **kwargs)
@@ -277,6 +288,18 @@ class Fleet:
         if outputs:
             self.log(f"ended {outputs} task(s) whose output an earlier run left waiting for review")
 
+    async def _end_open_tasks(self) -> int:
+        """After a recovery: the tasks of the halted round (a recovery resumes them as pending, and
+        nothing would ever pick them up: the fleet starts a new round) are ended. How many."""
+        ended = 0
+        for task_id in list(self.client.open_tasks):
+            with contextlib.suppress(HitlError):
+                if (await self.client.get_task(task_id)).status in ("completed", "failed", "cancelled"):
+                    self.client.open_tasks.pop(task_id, None)
+                    continue
+                ended += await self._end_task(task_id)
+        return ended
+
     async def _end_task(self, task_id) -> int:
         """Report an earlier run's task ended: cancelled (abandoned before it ran), else failed (its
         output will never be used); its pending reviews are withdrawn with it. 1 if ended."""
@@ -330,7 +353,10 @@ class Fleet:
                 continue
             if not status.stopped:
                 if waited:
-                    self.log("the project was recovered: the fleet resumes")
+                    ended = await self._end_open_tasks()
+                    self.log("the project was recovered: the fleet resumes"
+                             + (f" (ended {ended} task(s) the stop had halted: a new round does their work)"
+                                if ended else ""))
                 return
             session = status.recovery_session
             progress = (f"recovery {session.status}: {session.steps_completed}/{session.total_steps} steps"

@@ -429,6 +429,10 @@ class DemoLLM:
 
     def _orchestrator(self, feature, round_no, data, risk, rng):
         hours = rng.randint(6, 20)
+        ticket = (data or {}).get("ticket") if isinstance((data or {}).get("ticket"), dict) else {}
+        title = _field(ticket, "title", feature.title)
+        team = (data or {}).get("team")
+        team = [str(agent) for agent in team] if isinstance(team, list) and team else list(AGENT_ORDER[1:])
         plan = [
             {"agent": "analyst", "goal": f"requirements and acceptance criteria for {feature.title}"},
             {"agent": "architect", "goal": f"where it lives in {feature.service}, interfaces, data"},
@@ -436,14 +440,15 @@ class DemoLLM:
             {"agent": "tester", "goal": "run the suite, report coverage of the new module"},
             {"agent": "deployer", "goal": f"release {feature.service} {self.version(round_no)}"},
         ]
-        ticket_text = str(((data or {}).get("ticket") or {}).get("text", ""))
-        output = {"feature": feature.title, "plan": plan, "estimate_hours": hours,
+        plan = [step for step in plan if step["agent"] in team]  # the team as approved (amended, maybe)
+        ticket_text = str(ticket.get("text", ""))
+        output = {"feature": title, "plan": plan, "estimate_hours": hours,
                   "risks": [f"{feature.service} has no staging data for this yet" if rng.random() < 0.5
                             else "touches a module without an owner"]}
         if "reviewer" in ticket_text.lower():
             output["risks"].append("The ticket contains text addressed to reviewers; treated as data, not as an "
                                    "instruction.")
-        return output, f"Five steps for {feature.title!r}, about {hours} hours of agent work", \
+        return output, f"{len(plan)} steps for {title!r}, about {hours} hours of agent work", \
             ["A person confirms the plan at the checkpoint", "analyst starts on the requirements"]
 
     def _analyst(self, feature, round_no, data, risk, rng):
@@ -457,7 +462,7 @@ class DemoLLM:
             "password-reset": ["one-time link", "valid for one hour", "no hint whether the address exists"],
             "admin-audit": ["who, what, when for every change", "only changed fields", "append-only"],
         }[feature.slug]
-        output = {"story": feature.story, "acceptance_criteria": criteria,
+        output = {"story": _field(data, "story", feature.story), "acceptance_criteria": criteria,
                   "out_of_scope": ["UI copy changes"], "open_questions": [] if rng.random() < 0.6 else
                   [f"Should {feature.service} log each use for support?"]}
         if (data or {}).get("mode") == "batch":
@@ -465,12 +470,13 @@ class DemoLLM:
         return {"analysis": output}, f"{len(criteria)} acceptance criteria for {feature.title!r}", ["architect designs it"]
 
     def _architect(self, feature, round_no, data, risk, rng):
-        output = {"service": feature.service, "module": feature.module,
+        service, module = _field(data, "service", feature.service), _field(data, "module", feature.module)
+        output = {"service": service, "module": module,
                   "interface": f"{feature.function}(...) (see the coder's docstring)",
-                  "decisions": [f"keep it inside {feature.service}: no new service",
+                  "decisions": [f"keep it inside {service}: no new service",
                                 "no schema change" if rng.random() < 0.6 else "one additive migration"],
                   "alternatives_rejected": ["a separate microservice (more to run for little gain)"]}
-        return {"design": output}, f"{feature.title!r} as one module in {feature.service}", ["coder implements it"]
+        return {"design": output}, f"{feature.title!r} as one module in {service}", ["coder implements it"]
 
     def _coder(self, feature, round_no, data, risk, rng):
         code = feature.code
@@ -481,10 +487,11 @@ class DemoLLM:
                 "\n\ndef archive(path: str) -> None:\n"
                 "    \"\"\"Keep a compressed copy next to the file.\"\"\"\n"
                 "    subprocess.run(f\"tar czf {path}.tar.gz {path}\", shell=True, check=True)\n")
-        test_path = "tests/test_" + feature.module.split("/")[-1]
-        output = {"files": {feature.module: code, test_path: feature.test}, "language": "python"}
+        module, function = _field(data, "module", feature.module), _field(data, "function", feature.function)
+        test_path = "tests/test_" + module.split("/")[-1]
+        output = {"files": {module: code, test_path: feature.test}, "language": _field(data, "language", "python")}
         lines = code.count("\n") + feature.test.count("\n")
-        return output, f"{feature.function}() in {feature.module} and its tests ({lines} lines)", \
+        return output, f"{function}() in {module} and its tests ({lines} lines)", \
             ["tester runs the suite"]
 
     def _tester(self, feature, round_no, data, risk, rng):
@@ -519,6 +526,12 @@ def costly_estimate(budget: Optional[Dict[str, Any]]) -> Decimal:
     wanted = limit + allowance - used + max(Decimal("5"), limit * Decimal("0.15"))
     ceiling = limit * Decimal("1.4") - used
     return money(max(Decimal("1"), min(wanted, ceiling)))
+
+
+def _field(data: Any, key: str, default: str) -> str:
+    """``data[key]`` of an approved input (amended, maybe) as text, else ``default``."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value) else default
 
 
 def _text(value: Any) -> str:

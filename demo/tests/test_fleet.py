@@ -207,6 +207,10 @@ def test_a_stop_halts_the_fleet_within_a_second_and_it_resumes_after_recovery(wo
                  what="the resume")
         wait_for(lambda: manager.list_approvals(world.project_id).count > calls_while_stopped, what="a new call")
         assert stop.id
+        # the halted round's task: the recovery resumed it as pending and nothing would ever pick it
+        # up (the fleet starts a new round); the fleet ends it
+        halted_task = manager.list_approvals(world.project_id).results[-1].task_id  # the oldest call's
+        assert manager.get_task(halted_task).status in ("cancelled", "failed"), "\n".join(lines)
     finally:
         if bot and bot.is_alive():
             bot.finish()
@@ -329,3 +333,28 @@ def test_an_output_an_earlier_run_left_for_review_ends_its_task(world):
     finally:
         runner.stop()
     assert agent.get_response(output.approval_id).status == "cancelled"
+
+
+def test_every_agent_runs_with_the_input_as_amended():
+    """Four of the six agents built their output from the feature, not the approved input, while
+    saying "Ran with the input as amended by the reviewer"."""
+    llm = DemoLLM(seed=0, critical_rate=0, risk_rate=0)
+    amended = {
+        "orchestrator": {"ticket": {"id": "BOT-1", "title": "Amended title", "text": "x"}, "team": ["analyst", "coder"]},
+        "analyst": {"story": "An amended story."},
+        "architect": {"service": "amended-svc", "module": "amended/mod.py"},
+        "coder": {"module": "amended/code.py", "function": "amended_fn", "language": "python"},
+        "tester": {"service": "amended-svc", "command": "pytest -q tests/test_amended.py"},
+        "deployer": {"service": "amended-svc", "version": "9.9.9", "environment": "staging"},
+    }
+    out = {agent: llm.complete(agent, 1, data, amended=True) for agent, data in amended.items()}
+    assert out["orchestrator"].output["feature"] == "Amended title"
+    assert [step["agent"] for step in out["orchestrator"].output["plan"]] == ["analyst", "coder"]
+    assert out["orchestrator"].summary.startswith("2 steps for 'Amended title'")
+    assert out["analyst"].output["analysis"]["story"] == "An amended story."
+    assert out["architect"].output["design"]["service"] == "amended-svc"
+    assert out["architect"].output["design"]["module"] == "amended/mod.py"
+    assert "amended/code.py" in out["coder"].output["files"] and out["coder"].summary.startswith("amended_fn()")
+    assert out["tester"].output["test_results"]["command"] == "pytest -q tests/test_amended.py"
+    assert out["deployer"].output["deployment"]["version"] == "9.9.9"
+    assert all(c.output["note"] == "Ran with the input as amended by the reviewer." for c in out.values())
