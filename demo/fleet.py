@@ -419,14 +419,19 @@ class Fleet:
         self.log(f"round {number}: {feature.title!r}" + (f" · this round: {'; '.join(risky)}" if risky else ""))
         upstream: Dict[str, Any] = {}
         extra: Dict[str, Any] = {}
+        planned: Optional[set] = None  # the agents of the approved plan (a person may amend the team)
         for index, agent_type in enumerate(AGENT_ORDER):
+            _where.set((f"r{number}", agent_type))
+            if planned is not None and agent_type not in planned:
+                self.log("not in the approved plan: skipped")
+                continue
             if index:
                 await asyncio.sleep(self.pace)
-            _where.set((f"r{number}", agent_type))
             outcome = await self._step(agent_type, number, feature.title, upstream, extra, report)
             if outcome is None:
                 return
             if agent_type == "orchestrator":
+                planned = {step.get("agent") for step in outcome.get("plan", []) if isinstance(step, dict)}
                 if not await self._checkpoint(number, outcome, extra, report):
                     return
         budget = None
@@ -435,7 +440,8 @@ class Fleet:
         _where.set((f"r{number}", "fleet"))
         spent = (f" · today {_money(budget.cost_incurred_today)} of {_money(budget.daily_cost_limit)}, "
                  f"{budget.tokens_used_today:,} of {budget.daily_token_limit:,} tokens") if budget else ""
-        self.log(f"round {number} done: all six agents ran, {report.tokens:,} tokens, {_money(report.cost)}{spent}")
+        ran = "all six agents ran" if len(report.ran) == len(AGENT_ORDER) else f"{len(report.ran)} agents ran"
+        self.log(f"round {number} done: {ran}, {report.tokens:,} tokens, {_money(report.cost)}{spent}")
 
     async def _step(self, agent_type: str, number: int, feature_title: str, upstream: Dict[str, Any],
                     extra: Dict[str, Any], report: RoundReport) -> Optional[Dict[str, Any]]:

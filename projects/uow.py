@@ -28,13 +28,14 @@ one that needs the exclusive lock inside a shared one (a stop tripped by a reque
 report) rolls the service back and ``retry_transient`` runs it again with the exclusive lock
 from the start (core.uow.ExclusiveNeeded): upgrading in place, holding rows other shared holders
 wait for, deadlocked with them. Where the service cannot be run again (inside a caller's own
-transaction) it upgrades in place. One for another project is refused: cross-project writes do not exist.
+transaction opened outside ``retry_transient``) it upgrades in place. One for another project is refused: cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
 locked in core.uow.LOCK_ORDER, so shared holders never deadlock one another. The rows every
 write of a project changes (its agent state, its outbox, its audit chain head) are written by the
 unit's flush, last, so they are held only from there to the commit."""
+import uuid
 from contextlib import contextmanager
 
 from django.db import transaction
@@ -50,7 +51,6 @@ class ProjectUnitOfWork(core_uow.UnitOfWork):
         super().__init__(scope=f"project {project.pk}")
         self.project = project
         self.shared = shared
-        self.owns_transaction = True  # the outermost transaction is this unit's own (project_uow sets it)
 
 
 def _lock_exclusive(project_id, related=()):
@@ -75,12 +75,12 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
             raise core_uow.LockOrderError(f"a unit of work for {outer.scope} cannot open one for project "
                                           f"{project_id}")
         if outer.shared and not shared:
-            if outer.owns_transaction and core_uow.restartable():
+            if core_uow.restartable():
                 # Upgrading here, holding inner rows (the budget windows) other shared holders wait
                 # for while they hold the shared lock the upgrade waits for, deadlocks: roll back
                 # and run the service again with the exclusive lock from the start.
-                raise core_uow.ExclusiveNeeded(f"project:{project_id}")
-            # Not restartable (a caller's own transaction, a test's): upgrade in place; it waits for
+                raise core_uow.ExclusiveNeeded(_scope_key(project_id))
+            # Not restartable (a transaction opened outside retry_transient, a test's): upgrade in place; it waits for
             # the other admissions in flight to end (a deadlock is the caller's to retry).
             _lock_exclusive(project_id)
             outer.shared = False
@@ -95,16 +95,14 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
         finally:
             outer.stage = max(saved, outer.stage)
         return
-    if shared and core_uow.exclusive_wanted(f"project:{project_id}"):
+    if shared and core_uow.exclusive_wanted(_scope_key(project_id)):
         shared = False  # an earlier run of this service needed the exclusive lock (ExclusiveNeeded)
-    owns_transaction = not db().in_atomic_block
     with transaction.atomic():
         uow = None
         project = (_lock_shared if shared else _lock_exclusive)(project_id, related)
         if project is None:
             raise NotFoundError("No such project.")
         uow = ProjectUnitOfWork(project, shared=shared)
-        uow.owns_transaction = owns_transaction
         uow.enter_stage("project")
         token = core_uow.activate(uow)
         try:
@@ -114,6 +112,14 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
             uow.flush()
         finally:
             core_uow.deactivate(token)
+
+
+def _scope_key(project_id) -> str:
+    """One spelling of a project's id for ExclusiveNeeded (a UUID or its string, any case)."""
+    try:
+        return f"project:{uuid.UUID(str(project_id))}"
+    except ValueError:
+        return f"project:{project_id}"
 
 
 def _gate(project: Project) -> None:

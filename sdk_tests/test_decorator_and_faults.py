@@ -108,6 +108,30 @@ def test_a_function_that_returns_a_usage_that_is_not_valid_fails_its_task(world,
     assert call.budget_state == "reserved"  # the reservation stays counted, as the SDK README says
 
 
+@pytest.mark.parametrize("raised", [RuntimeError("the tool broke"), KeyboardInterrupt()])
+def test_a_gated_function_that_fails_settles_at_zero_but_an_interrupted_one_keeps_its_reservation(
+        world, bot, raised):
+    """The decorator reported usage 0 for a function interrupted by Ctrl-C as for one that raised
+    (execute_task had been mended, the decorator not)."""
+    agent = world.client("agent")
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:noop", model="gpt-4o-mini")
+    def noop():
+        raise raised
+
+    reviewer_bot = bot(("agent", approve))
+    with pytest.raises(type(raised)):
+        noop()
+    reviewer_bot.check()
+    call = agent.get_approval(reviewer_bot.handled[0].approval_id)
+    task = agent.get_task(call.task_id)
+    assert task.status == "failed"
+    if isinstance(raised, KeyboardInterrupt):
+        assert call.budget_state == "reserved" and "interrupted while running (KeyboardInterrupt)" in task.error
+    else:
+        assert call.budget_state == "settled" and "the tool broke" in task.error
+
+
 def test_decimal_arguments_go_as_exact_strings_and_come_back_as_decimals(world, bot):
     from decimal import Decimal
     from typing import Optional
@@ -341,3 +365,31 @@ def test_a_retry_never_sleeps_past_the_waits_deadline(monkeypatch):
             return time.monotonic() - started
 
     assert asyncio.run(run()) < 6  # 8 s and more before: the first pause alone
+
+
+def test_a_success_status_with_a_page_that_is_not_json_is_an_error_not_an_empty_result():
+    """A 200 HTML page (a proxy's login, a wrong host) came back as an empty list of projects."""
+    from hitl_sdk import HitlError
+
+    def page(request):
+        return httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>portal login</html>")
+
+    client = HitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, transport=httpx.MockTransport(page))
+    with pytest.raises(HitlError) as caught:
+        client.list_projects()
+    assert caught.value.code == "bad_response" and "with text/html, not the API's JSON" in str(caught.value)
+
+
+def test_a_proxy_answering_503_until_the_deadline_ends_the_wait_with_wait_timeout():
+    from hitl_sdk import WaitTimeout
+
+    def busy(request):
+        return httpx.Response(503, json={"error": "unavailable", "detail": "proxy: no upstream"})
+
+    async def run():
+        async with AsyncHitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, use_websocket=False,
+                                   transport=httpx.MockTransport(busy)) as client:
+            with pytest.raises(WaitTimeout):
+                await client.wait_for_approval(str(uuid.uuid4()), timeout=1.0)
+
+    asyncio.run(run())

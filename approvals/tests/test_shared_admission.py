@@ -171,3 +171,36 @@ def test_usage_reports_that_trip_the_budget_stop_do_not_deadlock(project, agent,
     stop = EmergencyStop.objects.get(project=project)
     assert stop.triggered_conditions == [Condition.BUDGET_CRITICAL]
     assert budget_reconcile() == []
+
+
+def test_through_the_api_with_an_idempotency_key_neither(project, agent, reviewer):
+    """The SDK sends an Idempotency-Key on admissions and outputs: the key's own transaction made
+    the unit of work look not re-runnable, and the stop's upgrade deadlocked in place again."""
+    from rest_framework.test import APIClient
+
+    from access.services import api_key_create
+    from approvals.services import agent_approval_decide, agent_approval_start
+    from emergency.models import EmergencyStop
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
+    calls = []
+    for i in range(20):
+        call = ask(project, agent, f"call {i}", cost="0.1000")
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+        agent_approval_start(approval_id=call.pk, actor=agent)
+        calls.append(call)
+    key = api_key_create(user=agent, name="race")[1]
+    answers = []
+
+    def report(i, call):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_IDEMPOTENCY_KEY=f"usage-{call.pk}")
+        answers.append(client.post(f"/api/v1/agent-approvals/{call.pk}/usage",
+                                   {"tokens_used": 100, "actual_cost": "0.3000"}, format="json").status_code)
+
+    before = _deadlocks()
+    errors = race(*[(lambda i, call=call: report(i, call)) for call in calls])
+    assert errors == [] and answers == [200] * 20, answers
+    assert _deadlocks() == before
+    assert EmergencyStop.objects.get(project=project).triggered_conditions == [Condition.BUDGET_CRITICAL]
+    assert budget_reconcile() == []

@@ -358,3 +358,29 @@ def test_every_agent_runs_with_the_input_as_amended():
     assert out["tester"].output["test_results"]["command"] == "pytest -q tests/test_amended.py"
     assert out["deployer"].output["deployment"]["version"] == "9.9.9"
     assert all(c.output["note"] == "Ran with the input as amended by the reviewer." for c in out.values())
+
+
+def test_an_amended_team_is_the_team_that_runs(world):
+    """A person amends the orchestrator's call to a smaller team: the plan listed only those
+    agents, but the fleet ran all six anyway."""
+    def on_call(reviewer, call):
+        if call.agent_type == "orchestrator":
+            amended = {**call.input_data, "team": ["coder", "tester"]}
+            reviewer.respond_approval(call.approval_id, "approve", amended_input_data=amended)
+        else:
+            reviewer.respond_approval(call.approval_id, "approve")
+
+    bot = ReviewerBot(world.client("reviewer"), world.project_id, on_call=on_call)
+    bot.start()
+    out = io.StringIO()
+    try:
+        call_command("run_demo_fleet", url=world.url, project="demo", agent_key=world.keys["agent"], rounds=1,
+                     seed=0, pace=0, stdout=out)
+    finally:
+        bot.finish()
+    log = out.getvalue()
+    assert "round 1 done: 3 agents ran" in log, log
+    calls = world.client("reviewer").list_approvals(world.project_id).results
+    assert sorted(c.agent_type for c in calls) == ["coder", "orchestrator", "tester"]
+    for skipped in ("analyst", "architect", "deployer"):
+        assert re.search(rf"r1\s+{skipped}\s+not in the approved plan: skipped", log), skipped

@@ -16,7 +16,7 @@ import httpx
 
 from . import _common as c
 from ._common import RetryPolicy, StreamRefused, WSRefused, _SyncWS, _sleep
-from .errors import HitlConnectionError, HitlError, ServerError, WaitTimeout, error_from_response
+from .errors import HitlConnectionError, HitlError, ServerError, Throttled, WaitTimeout, error_from_response
 from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
                      HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task)
 
@@ -104,8 +104,10 @@ class HitlClient:
                 continue
             try:
                 body = response.json() if response.content else {}
-            except ValueError:
+            except ValueError:  # a proxy's or another server's page, whatever its status: never a result
                 body = c.not_json_body(response, self.base_url)
+                if response.status_code < 400:
+                    raise HitlError(body["detail"], status=response.status_code, code="bad_response") from None
             if response.status_code >= 400:
                 error = error_from_response(response.status_code, body)
                 error.after_transport_failure = transport_failed  # type: ignore[attr-defined]
@@ -478,7 +480,8 @@ class HitlClient:
         deadline = None if timeout is None else c.monotonic() + timeout
         try:
             return self._await_decision_until(kind, object_id, deadline, on_budget_block)
-        except HitlConnectionError as exc:  # raised only once the deadline passed (retried until then)
+        except (HitlConnectionError, ServerError, Throttled) as exc:  # raised once the deadline passed
+            # (retried until then): a server, or a proxy before it, that never answered in time
             if deadline is None or c.monotonic() < deadline:
                 raise
             raise WaitTimeout(approval_id=object_id) from exc

@@ -191,15 +191,11 @@ class SafetyEnhancedBaseAgent:
                     value = await self._run_watched(task, run_context)
                 except EmergencyStopped:
                     raise
-                except BaseException as exc:  # the run failed: settle its reservation, report the failure
+                except BaseException as exc:  # the run failed (or was interrupted): see run_failure
+                    settle, error = run_failure(exc)
                     with contextlib.suppress(HitlError):
-                        if isinstance(exc, Exception):
+                        if settle:
                             await client.report_usage(call.approval_id, 0)
-                            error = f"{type(exc).__name__}: {exc}"[:2000]
-                        else:  # cancelled, Ctrl-C, exit: the run may have spent part of its estimate, so
-                            # no usage of 0 is reported and the reservation stays counted (as under a stop)
-                            error = (f"interrupted while running ({type(exc).__name__}): its usage is unknown, "
-                                     f"the call's reservation stays counted")
                         await client.set_task_status(task.task_id, "failed", error=error)
                     raise
                 try:
@@ -289,6 +285,17 @@ class SafetyEnhancedBaseAgent:
         if isinstance(value, dict):
             return RunResult(output=value)
         return RunResult(output={"result": value})
+
+
+def run_failure(exc: BaseException) -> Tuple[bool, str]:
+    """After a run (``run``, a gated function) raised ``exc``: (report usage 0?, the task's error).
+    An exception: the run failed, its reservation is settled at zero. A cancel, Ctrl-C or exit
+    interrupted it: it may have spent part of its estimate, so no usage is reported and the
+    reservation stays counted (as under a stop)."""
+    if isinstance(exc, Exception):
+        return True, f"{type(exc).__name__}: {exc}"[:2000]
+    return False, (f"interrupted while running ({type(exc).__name__}): its usage is unknown, "
+                   f"the call's reservation stays counted")
 
 
 def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
@@ -472,10 +479,12 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                 try:
                     value = await fn(*call_args, **call_kwargs)
                 except BaseException as exc:
+                    settle, error = run_failure(exc)
                     with contextlib.suppress(HitlError):
-                        await aclient.report_usage(call.approval_id, 0)
+                        if settle:
+                            await aclient.report_usage(call.approval_id, 0)
                         if task_id is None:
-                            await aclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                            await aclient.set_task_status(tid, "failed", error=error)
                     raise
                 try:
                     used = WithUsage.of(value)
@@ -524,10 +533,12 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
             try:
                 value = fn(*call_args, **call_kwargs)
             except BaseException as exc:
+                settle, error = run_failure(exc)
                 with contextlib.suppress(HitlError):
-                    sclient.report_usage(call.approval_id, 0)
+                    if settle:
+                        sclient.report_usage(call.approval_id, 0)
                     if task_id is None:
-                        sclient.set_task_status(tid, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                        sclient.set_task_status(tid, "failed", error=error)
                 raise
             try:
                 used = WithUsage.of(value)

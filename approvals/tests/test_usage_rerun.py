@@ -1,0 +1,43 @@
+"""A stop tripped inside a shared unit of work runs the service again with the exclusive lock
+(core.uow.ExclusiveNeeded), on every database, with or without an Idempotency-Key: most tests run
+inside the test's transaction, where the service cannot be re-run and upgrades in place, so this
+path needs a transactional test of its own."""
+from decimal import Decimal
+
+import pytest
+
+from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_start
+from budgets.models import ProjectBudget
+from core import uow as core_uow
+from emergency.models import EmergencyStop
+from projects.services import task_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "usage-once"])
+def test_a_usage_report_that_trips_the_stop_runs_again_with_the_exclusive_lock(
+        project, agent, reviewer, agent_client, monkeypatch, idempotency_key):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("1.0000")})
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="t")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="do it", input_data={}, estimated_tokens=10,
+                                  estimated_cost=Decimal("0.1000"))
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=call.pk, actor=agent)
+    raised = []
+    original = core_uow.ExclusiveNeeded.__init__
+
+    def spy(self, scope_key):
+        raised.append(scope_key)
+        original(self, scope_key)
+
+    monkeypatch.setattr(core_uow.ExclusiveNeeded, "__init__", spy)
+    headers = {"HTTP_IDEMPOTENCY_KEY": idempotency_key} if idempotency_key else {}
+    r = agent_client.post(f"/api/v1/agent-approvals/{call.pk}/usage", {"tokens_used": 100, "actual_cost": "2.0000"},
+                          format="json", **headers)
+    assert r.status_code == 200, r.content
+    assert raised == [f"project:{project.pk}"]  # once: the second run took the exclusive lock
+    call.refresh_from_db()
+    assert call.budget_state == "settled"
+    assert EmergencyStop.objects.get(project=project).triggered_conditions == ["budget_critical"]
