@@ -146,14 +146,9 @@ def _deadlocks() -> int:
         return cursor.fetchone()[0]
 
 
-def test_usage_reports_that_trip_the_budget_stop_do_not_deadlock(project, agent, reviewer):
-    """Twenty started calls of 0.1000 against a daily limit of 2.0000, each reporting 0.3000 at
-    once: the report that takes the day past 1.5 x stops the project. It upgraded its shared
-    project lock in place while holding the budget windows the others waited for (holding the
-    shared lock it waited for): deadlocks, retries and, on a server, a minute of 503s. Now it runs
-    again with the exclusive lock from the start: no deadlock, every report lands."""
-    from approvals.services import agent_approval_decide, agent_approval_report_usage, agent_approval_start
-    from emergency.models import EmergencyStop
+def _twenty_started_calls_at_the_limit(project, agent, reviewer) -> list:
+    """Twenty started calls of 0.1000 reserving a daily cost limit of 2.0000 in full."""
+    from approvals.services import agent_approval_decide, agent_approval_start
 
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
     calls = []
@@ -162,6 +157,19 @@ def test_usage_reports_that_trip_the_budget_stop_do_not_deadlock(project, agent,
         agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
         agent_approval_start(approval_id=call.pk, actor=agent)
         calls.append(call)
+    return calls
+
+
+def test_usage_reports_that_trip_the_budget_stop_do_not_deadlock(project, agent, reviewer):
+    """Twenty started calls of 0.1000 against a daily limit of 2.0000, each reporting 0.3000 at
+    once: the report that takes the day past 1.5 x stops the project. It upgraded its shared
+    project lock in place while holding the budget windows the others waited for (holding the
+    shared lock it waited for): deadlocks, retries and, on a server, a minute of 503s. Now it runs
+    again with the exclusive lock from the start: no deadlock, every report lands."""
+    from approvals.services import agent_approval_report_usage
+    from emergency.models import EmergencyStop
+
+    calls = _twenty_started_calls_at_the_limit(project, agent, reviewer)
     before = _deadlocks()
     errors = race(*[(lambda i, call=call: agent_approval_report_usage(
         approval_id=call.pk, actor=agent, tokens_used=100, actual_cost=Decimal("0.3000"))) for call in calls])
@@ -179,16 +187,9 @@ def test_through_the_api_with_an_idempotency_key_neither(project, agent, reviewe
     from rest_framework.test import APIClient
 
     from access.services import api_key_create
-    from approvals.services import agent_approval_decide, agent_approval_start
     from emergency.models import EmergencyStop
 
-    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("2.0000")})
-    calls = []
-    for i in range(20):
-        call = ask(project, agent, f"call {i}", cost="0.1000")
-        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
-        agent_approval_start(approval_id=call.pk, actor=agent)
-        calls.append(call)
+    calls = _twenty_started_calls_at_the_limit(project, agent, reviewer)
     key = api_key_create(user=agent, name="race")[1]
     answers = []
 

@@ -117,19 +117,24 @@ def test_the_seed_plays_risky_outputs_but_no_critical_in_round_one():
     assert 5 <= len(critical_rounds) <= 40  # occasional, not every round
 
 
-def test_the_fleet_runs_a_round_to_completion_unattended(world):
-    """``run_demo_fleet --rounds 1``: every agent type asks, runs and has its output approved;
-    the checkpoint and the analyst's costly call (a budget override) are approved by the bot."""
-    bot = ReviewerBot(world.client("reviewer"), world.project_id)
+def one_round(world, bot) -> str:
+    """``run_demo_fleet --rounds 1`` (seed 0, no pauses) while ``bot`` decides; its log."""
     bot.start()
     out = io.StringIO()
-    started = time.monotonic()
     try:
         call_command("run_demo_fleet", url=world.url, project="demo", agent_key=world.keys["agent"], rounds=1,
                      seed=0, pace=0, stdout=out)
     finally:
         bot.finish()
-    log = out.getvalue()
+    return out.getvalue()
+
+
+def test_the_fleet_runs_a_round_to_completion_unattended(world):
+    """``run_demo_fleet --rounds 1``: every agent type asks, runs and has its output approved;
+    the checkpoint and the analyst's costly call (a budget override) are approved by the bot."""
+    bot = ReviewerBot(world.client("reviewer"), world.project_id)
+    started = time.monotonic()
+    log = one_round(world, bot)
     print(log)
     assert time.monotonic() - started < 40
     assert "round 1 done: all six agents ran" in log, log
@@ -370,15 +375,7 @@ def test_an_amended_team_is_the_team_that_runs(world):
         else:
             reviewer.respond_approval(call.approval_id, "approve")
 
-    bot = ReviewerBot(world.client("reviewer"), world.project_id, on_call=on_call)
-    bot.start()
-    out = io.StringIO()
-    try:
-        call_command("run_demo_fleet", url=world.url, project="demo", agent_key=world.keys["agent"], rounds=1,
-                     seed=0, pace=0, stdout=out)
-    finally:
-        bot.finish()
-    log = out.getvalue()
+    log = one_round(world, ReviewerBot(world.client("reviewer"), world.project_id, on_call=on_call))
     assert "round 1 done: 3 agents ran" in log, log
     calls = world.client("reviewer").list_approvals(world.project_id).results
     assert sorted(c.agent_type for c in calls) == ["coder", "orchestrator", "tester"]
