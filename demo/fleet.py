@@ -297,13 +297,14 @@ class Fleet:
                 if (await self.client.get_task(task_id)).status in ("completed", "failed", "cancelled"):
                     self.client.open_tasks.pop(task_id, None)
                     continue
-                ended += await self._end_task(task_id)
+                ended += await self._end_task(task_id, "halted by an emergency stop; after the recovery a new round "
+                                                       "does its work")
         return ended
 
-    async def _end_task(self, task_id) -> int:
-        """Report an earlier run's task ended: cancelled (abandoned before it ran), else failed (its
-        output will never be used); its pending reviews are withdrawn with it. 1 if ended."""
-        for status, error in (("cancelled", None), ("failed", "the demo fleet restarted before its output was used")):
+    async def _end_task(self, task_id, why: str = "the demo fleet restarted before its output was used") -> int:
+        """Report a task no round will finish ended: cancelled (abandoned before it ran), else failed
+        (``why``: its output will never be used); its pending reviews are withdrawn with it. 1 if ended."""
+        for status, error in (("cancelled", None), ("failed", why)):
             with contextlib.suppress(HitlError):
                 await self.client.set_task_status(task_id, status, error=error)
                 return 1

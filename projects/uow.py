@@ -27,8 +27,9 @@ A nested ``project_uow`` for the same project joins the open one (one transactio
 one that needs the exclusive lock inside a shared one (a stop tripped by a request or a usage
 report) rolls the service back and ``retry_transient`` runs it again with the exclusive lock
 from the start (core.uow.ExclusiveNeeded): upgrading in place, holding rows other shared holders
-wait for, deadlocked with them. Where the service cannot be run again (inside a caller's own
-transaction opened outside ``retry_transient``) it upgrades in place. One for another project is refused: cross-project writes do not exist.
+wait for, deadlocked with them. Where the service cannot be run again (inside a transaction
+opened outside ``retry_transient``) it upgrades in place. One for another project is refused:
+cross-project writes do not exist.
 
 Rule: every writer of a project's rows (tasks, calls, overrides, windows, stops, recoveries,
 agent states, its outbox and audit chain) holds the project row first. Within that, rows are
@@ -80,8 +81,8 @@ def project_uow(project_id, *, gate: bool = False, related: tuple[str, ...] = ()
                 # for while they hold the shared lock the upgrade waits for, deadlocks: roll back
                 # and run the service again with the exclusive lock from the start.
                 raise core_uow.ExclusiveNeeded(_scope_key(project_id))
-            # Not restartable (a transaction opened outside retry_transient, a test's): upgrade in place; it waits for
-            # the other admissions in flight to end (a deadlock is the caller's to retry).
+            # Not restartable (a transaction opened outside retry_transient, a test's): upgrade in
+            # place; it waits for the other admissions in flight (a deadlock is the caller's to retry).
             _lock_exclusive(project_id)
             outer.shared = False
         if gate:

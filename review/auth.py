@@ -17,7 +17,8 @@ SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): not
                    "Reload the page, then try again.")
 
 
-def _is_htmx(request) -> bool:
+def is_htmx(request) -> bool:
+    """A page's own request (htmx sends HX-Request), not a navigation."""
     return bool(getattr(request, "htmx", False))
 
 
@@ -27,7 +28,7 @@ def signed_in(view):
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
-        if _is_htmx(request) and not request.user.is_authenticated:
+        if is_htmx(request) and not request.user.is_authenticated:
             return HttpResponse(SIGNED_OUT, status=401, content_type="text/plain; charset=utf-8")
         return redirecting(request, *args, **kwargs)
 
@@ -45,6 +46,6 @@ def session_probe(request):
 def csrf_failure(request, reason=""):
     """CSRF_FAILURE_VIEW: the pages' htmx posts get a plain note (a session rotated by signing in
     again in another tab); everything else Django's own page."""
-    if _is_htmx(request):
+    if is_htmx(request):
         return HttpResponse(SESSION_CHANGED, status=403, content_type="text/plain; charset=utf-8")
     return django_csrf_failure(request, reason=reason)

@@ -20,7 +20,7 @@ from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
-from review.auth import signed_in
+from review.auth import is_htmx, signed_in
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
 
@@ -35,10 +35,6 @@ def without_nul(view):
                                           "Nothing was decided.", content_type="text/plain; charset=utf-8")
         return view(request, *args, **kwargs)
     return guarded
-
-
-def _is_htmx(request) -> bool:
-    return bool(getattr(request, "htmx", False))
 
 
 FIELD_LABELS = {"amended_content": "The amended answer", "amended_input_data": "The amended input",
@@ -97,7 +93,7 @@ def override_decide(request, override_id):
     except DomainError as exc:
         outcome = {"level": "error", "text": _error_text(exc)}
         status = exc.status_code
-    if _is_htmx(request):
+    if is_htmx(request):
         return render(request, "review/partials/inbox_items.html", _inbox_context(request, outcome))
     if status == 200:
         messages.success(request, outcome["text"])
@@ -245,7 +241,7 @@ def agent_approval_decide_view(request, approval_id):
         outcome = {"level": "error", "text": FORM_ERROR_NOTE}
         if decision == "reject":
             panel.update(reason=reason)
-    if _is_htmx(request):
+    if is_htmx(request):
         return render(request, "review/partials/agent_approval_panel.html",
                       _call_panel_context(request, approval, outcome=outcome, oob=True, **panel))
     if status == 200:
@@ -342,7 +338,7 @@ def response_approval_decide_view(request, approval_id):
         response = _response_for(request, approval_id)
     elif outcome is None:
         outcome = {"level": "error", "text": FORM_ERROR_NOTE}
-    if _is_htmx(request):
+    if is_htmx(request):
         return render(request, "review/partials/response_approval_panel.html",
                       _response_panel_context(request, response, outcome=outcome, oob=True, **panel))
     if status == 200:

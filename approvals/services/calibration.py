@@ -88,14 +88,14 @@ def rule_code_clean(code: str) -> str:
     code = (code or "").strip()
     if not code or len(code) > 100 or any(c.isspace() for c in code):
         raise InvalidInput(fields={"code": ["A flag code (secret.github_token) or prefix (secret)."]})
-    families = rule_families()
-    if code.split(".", 1)[0] in ("analyzer", "risk") and code.split(".", 1)[0] not in families:
+    family, families = code.split(".", 1)[0], rule_families()
+    if family in families:
+        return code
+    if family in ("analyzer", "risk"):
         raise InvalidInput(fields={"code": ["The pipeline's own fail-closed flags (analyzer.failed, analyzer.timeout, "
                                             "risk.scan_truncated) are never observed or suppressed."]})
-    if code.split(".", 1)[0] not in families:
-        raise InvalidInput(fields={"code": [f"No analyzer reports {code.split('.', 1)[0]!r} flags: a code starts with "
-                                            f"one of {', '.join(families)} (secret.github_token, or secret alone)."]})
-    return code
+    raise InvalidInput(fields={"code": [f"No analyzer reports {family!r} flags: a code starts with "
+                                        f"one of {', '.join(families)} (secret.github_token, or secret alone)."]})
 
 
 @retry_transient

@@ -54,8 +54,9 @@ class BrowserSession:
         self.servers = []  # core.tests.test_asgi_handler.Server: their logs go into the failure report
 
     def _launch(self):
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
 
+        expect.set_options(timeout=WAIT_MS)  # expect()'s own default is 5 s, not the context's timeout
         self._playwright = sync_playwright().start()
         self.browser = self._playwright.chromium.launch(
             executable_path=chromium_executable(),
