@@ -86,8 +86,10 @@ async def _until_waiting(groups, timeout=10.0):
     deadline = loop.time() + timeout
     while True:
         hub = wakeup_module._hubs.get(loop)
-        events = [event for group in groups for event in (hub.waiters.get(group, ()) if hub else ())]
-        if events and all(getattr(event, "_waiters", True) for event in events):
+        per_group = [list(hub.waiters.get(group, ())) if hub else [] for group in groups]
+        # Every group subscribed (not only some: a wait that subscribes later would read its
+        # status after the caller acts) and every subscribed wait blocked on its event.
+        if all(per_group) and all(getattr(event, "_waiters", True) for events in per_group for event in events):
             return
         assert loop.time() < deadline, f"the wait never subscribed to {groups}"
         await asyncio.sleep(0.01)
