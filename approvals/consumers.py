@@ -14,11 +14,14 @@ import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
+from django.contrib import auth
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q
 from django.utils import timezone
@@ -116,6 +119,52 @@ def _authenticate(scope):
                     [(b"WWW-Authenticate", b'Bearer realm="api"')])
 
 
+def principal_of(scope, user_id) -> tuple:
+    """What authenticated a long-lived request (a wait, an event stream), to be checked again
+    later by ``authenticated_again``: ("bearer", its Authorization header) or ("session", the
+    session key, the user's id). Hashable: waits of one principal share one check."""
+    header = dict(scope.get("headers") or []).get(b"authorization", b"")
+    if header.split()[:1] and header.split()[0].lower() == b"bearer":
+        return ("bearer", header)
+    return ("session", getattr(scope.get("session"), "session_key", None), user_id)
+
+
+def authenticated_again(principal):
+    """The user of ``principal`` now (HttpError 401 if that has ended): its API key checked again
+    (revoked, or its user inactive: refused, as a new request would be) or its session read
+    again from the session store (a logout, a password change or a deactivated user ends it)."""
+    if principal[0] == "bearer":
+        return _authenticate({"headers": [(b"authorization", principal[1])]})
+    _, session_key, user_id = principal
+    user = auth.get_user(SimpleNamespace(session=import_module(settings.SESSION_ENGINE).SessionStore(session_key))) \
+        if session_key else None
+    if user is None or not user.is_authenticated or not user.is_active or user.pk != user_id:
+        raise HttpError(401, error_body("unauthenticated", "Your session has ended: sign in again."))
+    return user
+
+
+def access_again(keys) -> dict:
+    """For each (principal, project id) of waits that ended: None while the principal may still
+    see the project, else the HttpError a new request would get (401 for a revoked key, an
+    inactive user or an ended session; 404 for a lost role). One check per principal (its key
+    read with its roles in one statement), however many of its waits a stop ended at once."""
+    users, refused = {}, {}
+    for principal, project_id in keys:
+        if principal not in users:
+            try:
+                users[principal] = authenticated_again(principal)
+            except HttpError as err:
+                users[principal] = err
+        user = users[principal]
+        if isinstance(user, HttpError):
+            refused[(principal, project_id)] = user
+        elif not may_see(user, project_id):
+            refused[(principal, project_id)] = HttpError(404, error_body("not_found", "Not found."))
+        else:
+            refused[(principal, project_id)] = None
+    return refused
+
+
 class WaitKind:
     """What a long poll waits on: a model with ``status`` and ``expires_at`` (pending until
     decided) in a project (a user sees those of the projects they may see), the serializer of
@@ -129,8 +178,10 @@ class WaitKind:
 
     def open(self, scope, approval_id):
         """Authenticate, load the visible approval (404 otherwise) and, when it is already
-        decided, render the answer: one trip to a database thread for a wait that need not wait."""
+        decided, render the answer: one trip to a database thread for a wait that need not wait.
+        Returns (approval, answer or None, the principal to check again when the wait ends)."""
         user = _authenticate(scope)
+        principal = principal_of(scope, user.pk)
         try:
             pk = parse_uuid(approval_id)
         except NotFound:
@@ -140,12 +191,12 @@ class WaitKind:
         if approval is None or not may_see(user, approval.project_id):
             raise HttpError(404, error_body("not_found", "Not found."))
         if approval.status == self.pending and timezone.now() < approval.expires_at:
-            return approval, None
+            return approval, None, principal
         if approval.status == self.pending:  # past its deadline: timed out here and then
             self.statuses([approval.pk])
-            return approval, self.renders([approval.pk])[approval.pk]
+            return approval, self.renders([approval.pk])[approval.pk], principal
         data = self.serializer(approval).data
-        return approval, json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+        return approval, json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode(), principal
 
     def statuses(self, approval_ids) -> dict:
         """Current status of each approval (one query); pending ones past their deadline are
@@ -228,11 +279,17 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
             approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
         except Exception:
             raise HttpError(404, error_body("not_found", "Not found.")) from None
-        approval, payload = await db_read(self.kind.open)(self.scope, approval_id)
+        approval, payload, principal = await db_read(self.kind.open)(self.scope, approval_id)
         timeout = _parse_timeout(self.scope.get("query_string", b""))
         if payload is None:
             await self.wait_for_decision(approval.pk, approval.project_id, timeout)
-            payload = await BatchLoader.for_loop(self.kind.renders, db_read).load(approval.pk)
+            # Its access checked again, beside the render: a key revoked, a user deactivated or
+            # a role removed while it waited gets what a new request would, not the decision.
+            refused, payload = await asyncio.gather(
+                BatchLoader.for_loop(access_again, db_read).load((principal, approval.project_id)),
+                BatchLoader.for_loop(self.kind.renders, db_read).load(approval.pk))
+            if refused is not None:
+                raise refused
         return 200, payload
 
     async def _current_status(self, approval_id) -> str:

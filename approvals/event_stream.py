@@ -39,17 +39,14 @@ import uuid
 import weakref
 from functools import reduce
 from operator import or_
-from importlib import import_module
-from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib import auth
 from django.db.models import Max, Q
 
-from approvals.consumers import HttpError, _authenticate
+from approvals.consumers import HttpError, _authenticate, authenticated_again, principal_of
 from events.models import Event
 from events.selectors import past_every_event
 from events.services import event_payload, project_group
@@ -105,18 +102,7 @@ def _access_now(scope, user_id, project_id) -> list:
 
 
 def _access_in_scope(scope, user_id, project_id) -> list:
-    headers = dict(scope.get("headers") or [])
-    if headers.get(b"authorization", b"").split()[:1] and \
-            headers[b"authorization"].split()[0].lower() == b"bearer":
-        user = _authenticate(scope)
-    else:
-        session = scope.get("session")
-        key = getattr(session, "session_key", None)
-        user = auth.get_user(SimpleNamespace(session=import_module(settings.SESSION_ENGINE).SessionStore(key))) \
-            if key else None
-        if user is None or not user.is_authenticated or not user.is_active or user.pk != user_id:
-            raise HttpError(401, {})
-    return _visible_ids(user, project_id, refused=403)
+    return _visible_ids(authenticated_again(principal_of(scope, user_id)), project_id, refused=403)
 
 
 def _visible_ids(user, project_id, *, refused: int) -> list:

@@ -101,7 +101,7 @@ def test_a_long_poll_on_a_decided_call(agent, reviewer_client, agent_client, req
     with request_scope():
         CALLS.open(scope, approval_id)  # the key's first use is recorded (then at most once a minute)
     with request_scope(), django_assert_max_num_queries(pin("wait_decided")):
-        approval, answer = CALLS.open(scope, approval_id)
+        approval, answer, _ = CALLS.open(scope, approval_id)
     assert approval.status == "approved" and b'"status":"approved"' in answer
 
 def test_emergency_stop(reviewer_client, agent_client, request_body, steady, project,

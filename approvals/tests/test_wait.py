@@ -197,6 +197,100 @@ def test_wait_needs_credentials_and_visibility(pending, outsider):
     assert status == 404
 
 
+def _revoke_key(pending, agent):
+    from access.models import ApiKey
+    from access.services import api_key_revoke
+
+    (key,) = ApiKey.objects.filter(user=agent)
+    api_key_revoke(key_id=key.pk)
+
+
+def _deactivate(pending, agent):
+    agent.is_active = False
+    agent.save(update_fields=["is_active"])
+
+
+def _remove_role(pending, agent):
+    from access.services import role_revoke_all
+
+    role_revoke_all(user=agent, project=pending.project)
+
+
+@pytest.mark.parametrize("lose, answer", [
+    (_revoke_key, (401, "unauthenticated", "This API key has been revoked.")),
+    (_deactivate, (401, "unauthenticated", "This user is inactive.")),
+    (_remove_role, (404, "not_found", "Not found.")),
+])
+def test_a_wait_whose_access_ends_while_it_waits_is_not_given_the_decision(
+        pending, agent, agent_key, reviewer, slow_poll, lose, answer):
+    """The access of a waiting agent is checked again when its wait ends: a key revoked, a user
+    deactivated or a role removed meanwhile gets what a new request would, not the decided call
+    (and any amended input in it)."""
+    def act():
+        lose(pending, agent)
+        agent_approval_decide(approval_id=pending.pk, decider=reviewer, decision="approve")
+
+    status, body, _ = released_after(pending, agent_key, act, timeout=30)
+    assert (status, body["error"], body["detail"]) == answer
+    assert "input_data" not in body and "status" not in body
+
+
+def test_a_session_wait_ends_refused_when_the_session_logs_out_meanwhile(pending, agent, reviewer, slow_poll,
+                                                                           settings):
+    """The same for a wait authenticated by a browser session: logged out while it waited, 401."""
+    from django.contrib.sessions.models import Session
+    from django.test import Client
+
+    client = Client()
+    client.force_login(agent)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+    async def wait_with_session():
+        comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=30",
+                                headers=[(b"cookie", cookie)])
+        response = await comm.get_response(timeout=70)
+        await comm.wait(timeout=10)
+        return response["status"], json.loads(response["body"])
+
+    async def scenario(log_out):
+        waiting = asyncio.ensure_future(wait_with_session())
+        await _until_waiting([approval_group(pending.pk)])
+        if log_out:
+            await database_sync_to_async(lambda: Session.objects.all().delete())()
+        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
+                                                             decision="approve")
+        answer = await waiting
+        await wakeup_module.close_wakeups()
+        return answer
+
+    status, body = async_to_sync(scenario)(True)
+    assert status == 401 and body["error"] == "unauthenticated" and "status" not in body
+
+
+def test_a_session_wait_still_signed_in_gets_the_decision(pending, agent, reviewer, slow_poll, settings):
+    """The control of the test above: the same wait, not logged out, is answered with the call."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(agent)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+    async def scenario():
+        comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=30",
+                                headers=[(b"cookie", cookie)])
+        waiting = asyncio.ensure_future(comm.get_response(timeout=70))
+        await _until_waiting([approval_group(pending.pk)])
+        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
+                                                             decision="approve")
+        response = await waiting
+        await comm.wait(timeout=10)
+        await wakeup_module.close_wakeups()
+        return response["status"], json.loads(response["body"])
+
+    status, body = async_to_sync(scenario)()
+    assert status == 200 and body["status"] == "approved"
+
+
 def test_other_paths_still_reach_django(agent_key, project):
     async def get():
         comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/projects/{project.pk}",
