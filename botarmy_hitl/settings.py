@@ -309,6 +309,9 @@ HITL_HTTP_IDLE_TIMEOUT = env.float("HITL_HTTP_IDLE_TIMEOUT", default=60.0)
 HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
 # The Retry-After (seconds) of a 503 answered for a transient database error.
 HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
+# A webhook receiver that has not answered within this many seconds counts as failed: the alert
+# is sent again (with the same X-HITL-Delivery id) after the retry's back-off.
+HITL_WEBHOOK_TIMEOUT_SECONDS = env.float("HITL_WEBHOOK_TIMEOUT_SECONDS", default=10)
 # Threads per web process that run requests' Django code (core/asgi.py): at most this many requests
 # of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
 # threads use the rest). A request that waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn
@@ -335,6 +338,15 @@ else:
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
+# Redis broker: a task a worker took and never acknowledged (the worker was killed mid-task: the
+# tasks acknowledge late) is handed out again after this many seconds, checked every 10 s
+# (Redis's default would hold an alert's retry for an hour). It must outlast a task's wait in
+# a worker (the longest retry countdown is 80 s, the longest run 60 s), or the task runs twice.
+HITL_BROKER_VISIBILITY_TIMEOUT = env.int("HITL_BROKER_VISIBILITY_TIMEOUT", default=300)
+if CELERY_BROKER_URL.startswith("redis"):  # redis://, rediss://, redis+socket://
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": HITL_BROKER_VISIBILITY_TIMEOUT,
+                                       "unacked_restore_interval": min(10, HITL_BROKER_VISIBILITY_TIMEOUT),
+                                       "unacked_restore_throttle": 1}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("queue", "processed", "control"):

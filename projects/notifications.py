@@ -10,6 +10,7 @@ Webhook requests carry::
     Content-Type: application/json
     User-Agent: BotArmy-HITL
     X-HITL-Event: <event_type>
+    X-HITL-Delivery: <id>          (the same on every attempt of one alert to one notifier)
     X-HITL-Timestamp: <unix seconds>
     X-HITL-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>   (only with a secret)
 
@@ -34,10 +35,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import rawrows
+from core.times import iso_utc
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TIMEOUT_SECONDS = 5
 USER_AGENT = "BotArmy-HITL"
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -103,7 +104,8 @@ def queue_notifications(rows) -> int:
                 if claimed is None:
                     continue
                 deliver_notification_task.delay(notifier_id=claimed.notifier_id, event_type=claimed.event_type,
-                                                subject=claimed.subject, payload=claimed.payload)
+                                                subject=claimed.subject, payload=claimed.payload,
+                                                delivery_id=str(claimed.pk))
                 claimed.delete()
         except Exception:  # noqa: BLE001 - one failed enqueue must not stop the others
             log.exception("could not queue %s notification for notifier %s; it is tried again later",
@@ -118,10 +120,12 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def deliver(*, notifier_id: int, event_type: str, subject: str, payload: dict) -> dict:
+def deliver(*, notifier_id: int, event_type: str, subject: str, payload: dict, delivery_id: str | None = None) -> dict:
     """Send one alert to one notifier. Returns a small dict describing the outcome; raises on a
-    failed delivery (HTTP status >= 400, connection error, mail error) so the task retries,
-    and ``NotificationRefused`` for a target that can never work (non-http(s) URL)."""
+    failed delivery (HTTP status >= 400, connection error, no answer within
+    HITL_WEBHOOK_TIMEOUT_SECONDS, mail error) so the task retries, and ``NotificationRefused`` for
+    a target that can never work (non-http(s) URL). ``delivery_id`` (the queued row's id) is sent
+    as ``X-HITL-Delivery`` on every attempt, so a receiver can drop a copy it already has."""
     from projects.models import ProjectNotifier
 
     notifier = ProjectNotifier.objects.select_related("project").filter(pk=notifier_id).first()
@@ -131,12 +135,12 @@ def deliver(*, notifier_id: int, event_type: str, subject: str, payload: dict) -
         return {"notifier_id": notifier_id, "status": "skipped", "reason": "inactive"}
 
     now = time.time()
-    sent_at = datetime.fromtimestamp(now, tz=dt_timezone.utc).isoformat()
+    sent_at = iso_utc(datetime.fromtimestamp(now, tz=dt_timezone.utc))
     if notifier.kind == ProjectNotifier.Kind.EMAIL:
         return _deliver_email(notifier, event_type=event_type, subject=subject, payload=payload, sent_at=sent_at)
     if notifier.kind == ProjectNotifier.Kind.WEBHOOK:
         return _deliver_webhook(notifier, event_type=event_type, subject=subject, payload=payload,
-                                sent_at=sent_at, timestamp=str(int(now)))
+                                sent_at=sent_at, timestamp=str(int(now)), delivery_id=delivery_id)
     raise NotificationRefused(f"notifier {notifier_id}: unknown kind {notifier.kind!r}")
 
 
@@ -179,7 +183,7 @@ def webhook_body(*, event_type: str, project_id, subject: str, sent_at: str, pay
 
 
 def _deliver_webhook(notifier, *, event_type: str, subject: str, payload: dict, sent_at: str,
-                     timestamp: str) -> dict:
+                     timestamp: str, delivery_id: str | None = None) -> dict:
     url = notifier.target.strip()
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
@@ -193,12 +197,14 @@ def _deliver_webhook(notifier, *, event_type: str, subject: str, payload: dict, 
         "X-HITL-Event": event_type,
         "X-HITL-Timestamp": timestamp,
     }
+    if delivery_id:
+        headers["X-HITL-Delivery"] = delivery_id
     if notifier.secret:
         headers["X-HITL-Signature"] = "sha256=" + sign(notifier.secret, timestamp, body)
 
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with _opener.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+        with _opener.open(request, timeout=settings.HITL_WEBHOOK_TIMEOUT_SECONDS) as response:
             status = response.status
             response.read(4096)  # let the receiver finish; the answer itself is not used
     except urllib.error.HTTPError as exc:  # any status >= 300 (redirects are not followed)

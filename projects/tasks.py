@@ -7,13 +7,15 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="projects.deliver_notification", bind=True, acks_late=True, max_retries=5,
              soft_time_limit=20, time_limit=30)
-def deliver_notification_task(self, *, notifier_id, event_type, subject, payload, **kwargs):
+def deliver_notification_task(self, *, notifier_id, event_type, subject, payload, delivery_id=None, **kwargs):
     """Send one alert to one notifier (queued by notify_project_on_commit). A notifier deleted
-    or deactivated meanwhile is skipped; a failed delivery is retried after 5, 10, 20, 40, 80 s."""
+    or deactivated meanwhile is skipped; a failed delivery is retried after 5, 10, 20, 40, 80 s
+    (each attempt with the same ``delivery_id``)."""
     from projects.notifications import NotificationRefused, deliver
 
     try:
-        result = deliver(notifier_id=notifier_id, event_type=event_type, subject=subject, payload=payload)
+        result = deliver(notifier_id=notifier_id, event_type=event_type, subject=subject, payload=payload,
+                         delivery_id=delivery_id)
     except NotificationRefused as exc:  # misconfigured target: retrying cannot help
         log.error("notification %s refused for notifier %s: %s", event_type, notifier_id, exc)
         return {"notifier_id": notifier_id, "status": "refused", "reason": str(exc)}
@@ -25,7 +27,7 @@ def deliver_notification_task(self, *, notifier_id, event_type, subject, payload
         else:
             log.warning("notification %s to notifier %s failed (attempt %s/%s), retrying: %s",
                         event_type, notifier_id, attempt, attempts, exc)
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 300))
+        raise self.retry(exc=exc, countdown=2 ** self.request.retries * 5)
     if result.get("status") == "skipped":
         log.info("notification %s to notifier %s skipped: %s", event_type, notifier_id, result.get("reason"))
     return result

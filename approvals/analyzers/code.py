@@ -235,6 +235,42 @@ class _Bandit:
                 cls._lock.release()
 
 
+MAX_PARSE_TRIES = 12  # ast.parse calls for the parseable parts of one block that does not parse
+
+
+def parseable_parts(text: str) -> tuple[list[tuple[int, str]], Exception | None]:
+    """([(line offset, code)], the first syntax error or None): the whole text when it parses;
+    otherwise the runs of lines around each line Python refuses that do parse (a stray ``}`` or
+    a Python 2 ``print`` line appended to dangerous code must not hide it from Bandit), within
+    MAX_PARSE_TRIES parses."""
+    try:
+        ast.parse(text)
+        return [(0, text)], None
+    except (SyntaxError, ValueError) as exc:
+        first = exc
+    lines = text.splitlines(keepends=True)
+    parts, start, tries = [], 0, 1
+    while start < len(lines) and tries < MAX_PARSE_TRIES:
+        chunk = "".join(lines[start:])
+        tries += 1
+        try:
+            ast.parse(chunk)
+            parts.append((start, chunk))
+            break
+        except (SyntaxError, ValueError) as exc:
+            bad = start + max(1, min(getattr(exc, "lineno", None) or 1, len(lines) - start)) - 1
+        if bad > start and tries < MAX_PARSE_TRIES:  # the lines before the refused one
+            tries += 1
+            prefix = "".join(lines[start:bad])
+            try:
+                ast.parse(prefix)
+                parts.append((start, prefix))
+            except (SyntaxError, ValueError):
+                pass
+        start = bad + 1
+    return [(offset, part) for offset, part in parts if part.strip()], first
+
+
 def _bandit_severity(issue) -> str:
     sev, conf = str(issue.severity).upper(), str(issue.confidence).upper()
     if sev == "HIGH":
@@ -264,23 +300,25 @@ class CodeSafetyAnalyzer(Analyzer):
                 continue
             text = block.text[:MAX_PYTHON_CHARS]
             budget -= len(text)
-            try:
-                ast.parse(text)
-            except (SyntaxError, ValueError) as exc:
-                line = getattr(exc, "lineno", None)
-                flags.append(self.flag("syntax_error", "low", f"Python does not parse: {exc.msg if hasattr(exc, 'msg') else exc}"
-                                       + (f" (line {line})" if line else ""), block.location, match=str(exc)))
+            parts, error = parseable_parts(text)
+            if error is not None:
+                line = getattr(error, "lineno", None)
+                flags.append(self.flag("syntax_error", "low", f"Python does not parse: {getattr(error, 'msg', error)}"
+                                       + (f" (line {line})" if line else ""), block.location, match=str(error)))
+            penalty = 0.0
+            for offset, part in parts:  # Bandit still reads what parses: a stray line hides nothing
+                for issue in _Bandit.scan(part):
+                    severity = _bandit_severity(issue)
+                    penalty += {"low": 0.05, "medium": 0.15, "high": 0.3, "critical": 0.5}[severity]
+                    flags.append(self.flag(
+                        f"bandit.{issue.test_id}", severity,
+                        f"Bandit {issue.test_id} ({issue.test}): {redact(issue.text, 120)} "
+                        f"(line {issue.lineno + offset})",
+                        block.location, confidence=_BANDIT_CONF.get(str(issue.confidence).upper(), 0.5),
+                        match=f"{issue.test_id}:{redact(issue.get_code(max_lines=1, tabbed=False) or '', 200)}"))
+            if error is not None:
                 scores.append(0.0)
                 continue
-            penalty = 0.0
-            for issue in _Bandit.scan(text):
-                severity = _bandit_severity(issue)
-                penalty += {"low": 0.05, "medium": 0.15, "high": 0.3, "critical": 0.5}[severity]
-                flags.append(self.flag(
-                    f"bandit.{issue.test_id}", severity,
-                    f"Bandit {issue.test_id} ({issue.test}): {redact(issue.text, 120)} (line {issue.lineno})",
-                    block.location, confidence=_BANDIT_CONF.get(str(issue.confidence).upper(), 0.5),
-                    match=f"{issue.test_id}:{redact(issue.get_code(max_lines=1, tabbed=False) or '', 200)}"))
             size = len(block.text)
             sanity = 1.0 if size <= MAX_PYTHON_CHARS else 0.5
             scores.append(max(0.0, 1.0 - penalty) * sanity)

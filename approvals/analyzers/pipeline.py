@@ -34,6 +34,7 @@ from .base import SEVERITY_RANK, Analyzer, load_analyzers
 from .context import MAX_SCAN_CHARS, ResponseContext, RiskContext, Segment
 from .normalise import Finding, base_location, normalise_segments
 from .scores import combine
+from .text import mask
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,23 @@ class _Collector:
         return sorted(out, key=lambda f: -SEVERITY_RANK[f["severity"]])    # stable: analyzer order
 
 
+def _secrets_masked(flags: list[dict], secrets: set[str]) -> list[dict]:
+    """A location is a JSON path, whose keys are the agent's own text: a secret used as a key
+    (``{"files": {"ghp_...": ...}}``) would be stored, sent in events and shown whole there. Each
+    secret found is masked in every location as in the messages (its first 4 characters)."""
+    found = sorted((s for s in secrets if s.strip()), key=len, reverse=True)
+    if not found:
+        return flags
+    out = []
+    for flag in flags:
+        location = flag["location"]
+        for secret in found:
+            if secret in location:
+                location = location.replace(secret, mask(secret))
+        out.append(flag if location == flag["location"] else {**flag, "location": location})
+    return out
+
+
 def _rule_for(code: str, rules: Mapping[str, Mapping]) -> Mapping | None:
     if code in rules:
         return rules[code]
@@ -284,11 +302,15 @@ def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules:
             logger.exception("analyzer %s could not be prepared", name)
             entry["status"] = "error"
     metrics: dict[str, float] = {}
+    secrets: set[str] = set()
     for analyzer, status, flags, found in _run_analyzers(tuple(runnable), ctx, _limit()):
         name = type(analyzer).__name__
         statuses[name]["status"] = status
         for flag in flags:
-            collector.add(_clean(flag, name))
+            cleaned = _clean(flag, name)
+            if cleaned["code"].startswith("secret.") and isinstance(flag, dict) and flag.get("match"):
+                secrets.add(str(flag["match"]))
+            collector.add(cleaned)
         metrics.update({k: round(float(v), 3) for k, v in found.items()})
     for name, entry in statuses.items():
         if entry["status"] in ("error", "timeout"):
@@ -305,7 +327,7 @@ def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules:
                               "message": f"Input is larger than the scanned {MAX_SCAN_CHARS:,} characters "
                                          "(or too deeply nested); the rest was not checked: review it "
                                          "manually"}, "pipeline"))
-    enforced, observed, suppressed = apply_rules(collector.result(), rules)
+    enforced, observed, suppressed = apply_rules(_secrets_masked(collector.result(), secrets), rules)
     ran = [e["status"] for e in statuses.values() if e["status"] != "skipped"]
     scored = combine(enforced, ran=len(ran), ok=ran.count("ok"),
                      truncated=ctx.truncated, decode_capped=ctx.decode_capped)

@@ -408,3 +408,56 @@ def test_a_fenced_block_in_a_code_field_is_unwrapped_for_bandit():
     fenced = "```python\nimport yaml\n\ndef load(s):\n    return yaml.load(s)\n```"
     codes = {f["code"] for f in analyze_response(response({"code": fenced}))["risk_flags"]}
     assert "code.bandit.B506" in codes and "code.syntax_error" not in codes
+
+
+# --- Found from the outside (2026-12-06) --------------------------------------------------------------------
+
+GITHUB_TOKEN = "ghp_" + "bpa4DZuaAtRG91gbVUTmGKAxcwu9YAzl7eSZ"
+
+
+@pytest.mark.parametrize("where", ["call", "response"])
+def test_a_secret_used_as_a_key_is_masked_in_the_flag_locations_too(where):
+    """Locations are JSON paths made of the agent's keys: a token used as a key was stored and
+    sent whole in the flag's location (events, the stop's details) while its message was masked."""
+    value = {"files": {GITHUB_TOKEN: "x", "readme": f"contact a@corp.io, token {GITHUB_TOKEN}"}}
+    if where == "call":
+        result = assess(RiskContext(agent_type="coder", proposed_action="Write the helper", input_data=value,
+                                    estimated_cost=Decimal("0.01")))
+        flags = result["flags"] + result["observed_flags"]
+    else:
+        result = analyze_response(response(value))
+        flags = result["risk_flags"] + result["observed_flags"]
+    assert has(flags, "secret.github_token", "critical"), flags
+    assert GITHUB_TOKEN not in json.dumps(flags)
+    assert any(f["location"].endswith(".files.ghp_…") for f in flags), [f["location"] for f in flags]
+    assert any(f["location"].endswith(".files.readme") for f in flags)  # other locations unchanged
+
+
+DANGEROUS = [
+    ("import pickle\ndef load(b):\n    return pickle.loads(b)\n", "code.bandit.B301"),
+    ("import yaml\ndef load(s):\n    return yaml.load(s)\n", "code.bandit.B506"),
+    ("def find(cur, name):\n    cur.execute(\"SELECT * FROM t WHERE n = '%s'\" % name)\n", "code.bandit.B608"),
+]
+
+
+@pytest.mark.parametrize("code, rule", DANGEROUS, ids=["pickle", "yaml", "sql"])
+@pytest.mark.parametrize("stray", ["}\n", "x = (\n", "print 'py2'\n", "PREPEND"],
+                         ids=["brace", "unclosed", "py2-print", "py2-print-first"])
+def test_a_line_python_refuses_does_not_hide_bandit_findings(code, rule, stray):
+    """One stray line made the whole block unparseable and Bandit was skipped: the findings went
+    from medium to a low syntax error. Bandit now reads the parts that parse."""
+    assert has(analyze_response(response({"files": [{"path": "app.py", "content": code}]}))["risk_flags"],
+               rule, "medium")
+    content = "print 'py2'\n" + code if stray == "PREPEND" else code + stray
+    result = analyze_response(response({"files": [{"path": "app.py", "content": content}]}))
+    flags = result["risk_flags"] + result["observed_flags"]
+    assert has(flags, rule, "medium"), flags
+    assert any(f["code"] == "code.syntax_error" for f in flags)
+    assert result["level"] != "low" and result["quality_metrics"]["code_quality"] == 0.0
+
+
+def test_bandit_line_numbers_count_from_the_top_of_the_block():
+    content = "print 'py2'\nx = 1\nimport pickle\ndef load(b):\n    return pickle.loads(b)\n"
+    flags = analyze_response(response({"files": [{"path": "app.py", "content": content}]}))["risk_flags"]
+    (b301,) = [f for f in flags if f["code"] == "code.bandit.B301"]
+    assert "(line 5)" in b301["message"], b301["message"]

@@ -2,6 +2,7 @@
 import hashlib
 import hmac
 import json
+import re
 import socket
 import threading
 import urllib.error
@@ -115,6 +116,8 @@ def test_webhook_receives_signed_json_after_commit(project, webhook_server, djan
                         "subject": "Demo: emergency stop", "sent_at": document["sent_at"],
                         "data": {"reason": "runaway costs", "stopped_by": "admin"}}
     assert body == json.dumps(document, separators=(",", ":"), sort_keys=True).encode()  # compact, sorted
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", document["sent_at"])  # UTC with a Z, as the API
+    assert headers["X-HITL-Delivery"].isdigit()  # the queued alert's id, the same on every attempt
     assert headers["Content-Type"] == "application/json"
     assert headers["User-Agent"] == "BotArmy-HITL"
     assert headers["X-HITL-Event"] == "emergency.stopped"
