@@ -25,9 +25,10 @@ from django.contrib import auth
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q
 from django.utils import timezone
-from django.http import QueryDict
-from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound
+from django.http import HttpRequest, QueryDict
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotAcceptable, NotFound
 from rest_framework.renderers import JSONRenderer
+from rest_framework.utils.mediatypes import media_type_matches
 
 from access.authentication import api_key_check
 from approvals.models import AgentCallApproval, ResponseApproval
@@ -41,6 +42,7 @@ from approvals.services import (
 )
 from core.api import parse_uuid
 from core.rawrows import by_pk_with
+from core.middleware import disallowed_host_body
 from core.errors import (
     DomainError,
     api_exception_handler,
@@ -234,6 +236,35 @@ HITL = WaitKind(HitlRequest, HitlRequestOutputSerializer,
                 ("asked_by", "responded_by"))
 
 
+JSON_ACCEPTS = frozenset((b"", b"*/*", b"application/json"))  # what agents send: no parsing needed
+
+
+def head_refused(scope) -> HttpError | None:
+    """What Django and DRF refuse for an API request before its view, for the paths consumers
+    serve: a Host not in ALLOWED_HOSTS (400 ``invalid``, ``fields.host``; Django's own check) and
+    an Accept that neither JSON nor the browsable API's HTML satisfies (406 ``not_acceptable``)."""
+    request = HttpRequest()
+    server = scope.get("server") or ("", "")
+    request.META = {"SERVER_NAME": str(server[0] or ""), "SERVER_PORT": str(server[1] or "")}
+    accept = []
+    for name, value in scope.get("headers") or ():
+        name = name.lower()
+        if name == b"accept":
+            accept.append(value)
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        value = value.decode("latin-1")
+        request.META[key] = f"{request.META[key]},{value}" if key in request.META else value
+    body = disallowed_host_body(request)
+    if body is not None:
+        return HttpError(400, body)
+    if len(accept) == 1 and accept[0].strip() in JSON_ACCEPTS or not accept:
+        return None
+    tokens = [token.strip() for token in b",".join(accept).decode("latin-1").split(",") if token.strip()]
+    if any(media_type_matches(served, token) for token in tokens for served in ("application/json", "text/html")):
+        return None  # as DRF's negotiation decides (JSONRenderer or the browsable API's)
+    return HttpError(406, error_body("not_acceptable", str(NotAcceptable.default_detail)))
+
+
 class JsonHttpConsumer(AsyncHttpConsumer):
     """An HTTP consumer that answers in API.md's JSON shape: ``answer()`` returns (status, body
     bytes); an HttpError is its own answer, a transient database error 503 with Retry-After (as
@@ -251,6 +282,9 @@ class JsonHttpConsumer(AsyncHttpConsumer):
     async def handle(self, body):
         headers = []
         try:
+            refused = head_refused(self.scope)
+            if refused is not None:
+                raise refused
             status, payload = await self.answer()
         except HttpError as err:
             status, payload, headers = err.status, json.dumps(err.body, separators=(",", ":")).encode(), err.headers

@@ -63,18 +63,26 @@ def _give_chunked_body_its_length(request) -> None:
             pass
 
 
+def disallowed_host_body(request) -> dict | None:
+    """The API's 400 body when ``request``'s Host is not in ALLOWED_HOSTS (None when it is), as
+    Django's own check (``get_host``) decides; the refusal is logged as Django logs it. Also
+    used by the API paths that Channels consumers serve (approvals.consumers)."""
+    try:
+        request.get_host()
+    except DisallowedHost as exc:
+        logging.getLogger("django.security.DisallowedHost").warning(str(exc))
+        return error_body("invalid", "This Host header is not served here (DJANGO_ALLOWED_HOSTS).",
+                          fields={"host": ["Not an allowed host."]})
+    return None
+
+
 def _disallowed_host(request):
     """A JSON 400 for an API request whose Host is not in ALLOWED_HOSTS (None otherwise).
     Django would answer it through handler400, which under DEBUG is a text/plain debug page."""
     if not request.path.startswith("/api/"):
         return None
-    try:
-        request.get_host()
-    except DisallowedHost as exc:
-        logging.getLogger("django.security.DisallowedHost").warning(str(exc))
-        return JsonResponse(error_body("invalid", "This Host header is not served here (DJANGO_ALLOWED_HOSTS).",
-                                       fields={"host": ["Not an allowed host."]}), status=400)
-    return None
+    body = disallowed_host_body(request)
+    return None if body is None else JsonResponse(body, status=400)
 
 
 @sync_and_async_middleware

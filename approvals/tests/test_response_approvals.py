@@ -408,7 +408,7 @@ def test_wait_returns_when_decided(started, agent_client, reviewer, agent):
 
         comm = HttpCommunicator(application, "GET",
                                 f"/api/v1/response-approvals/{response['approval_id']}/wait?timeout=10",
-                                headers=[(b"authorization", f"Bearer {key}".encode())])
+                                headers=[(b"host", b"localhost"), (b"authorization", f"Bearer {key}".encode())])
         waiter = asyncio.ensure_future(comm.get_response(timeout=15))
         await asyncio.sleep(0.3)
         assert not waiter.done()

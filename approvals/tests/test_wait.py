@@ -36,7 +36,7 @@ def asgi_app():
 
 
 async def wait_call(approval_id, key, query="timeout=10"):
-    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    headers = [(b"host", b"localhost")] + ([(b"authorization", f"Bearer {key}".encode())] if key else [])
     comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{approval_id}/wait?{query}",
                             headers=headers)
     response = await comm.get_response(timeout=70)
@@ -247,7 +247,7 @@ def test_a_session_wait_ends_refused_when_the_session_logs_out_meanwhile(pending
 
     async def wait_with_session():
         comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=30",
-                                headers=[(b"cookie", cookie)])
+                                headers=[(b"host", b"localhost"), (b"cookie", cookie)])
         response = await comm.get_response(timeout=70)
         await comm.wait(timeout=10)
         return response["status"], json.loads(response["body"])
@@ -277,7 +277,7 @@ def test_a_session_wait_still_signed_in_gets_the_decision(pending, agent, review
 
     async def scenario():
         comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=30",
-                                headers=[(b"cookie", cookie)])
+                                headers=[(b"host", b"localhost"), (b"cookie", cookie)])
         waiting = asyncio.ensure_future(comm.get_response(timeout=70))
         await _until_waiting([approval_group(pending.pk)])
         await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,

@@ -148,9 +148,9 @@ def guarded_application():
     return application if isinstance(application, ApiErrorGuard) else ApiErrorGuard(application)
 
 
-def asgi_call(app, method, path, *, body=b"", headers=(), query_string=b"", timeout=20):
+def asgi_call(app, method, path, *, body=b"", headers=(), query_string=b"", timeout=20, host=b"localhost"):
     async def call():
-        comm = HttpCommunicator(app, method, path, body=body, headers=[(b"host", b"localhost"), *headers])
+        comm = HttpCommunicator(app, method, path, body=body, headers=[(b"host", host), *headers])
         comm.scope["query_string"] = query_string
         response = await comm.get_response(timeout=timeout)
         await comm.wait(timeout=timeout)  # let Django close the request (and give its connection back)
@@ -465,3 +465,42 @@ def test_a_nul_in_an_api_query_is_left_to_the_apis_own_validation(bearer):
     body = assert_asgi_json_error(asgi_call(guarded_application(), "GET", "/api/v1/events", headers=[bearer],
                                             query_string=b"project_id=%00"), 400, "invalid")
     assert list(body["fields"]) == ["project_id"], body
+
+
+@pytest.fixture
+def consumer_paths(project, task, agent):
+    """The API paths Channels consumers serve (approvals.consumers), not Django's views, each
+    with a query it would answer, and a path a Django view serves, for comparison."""
+    from approvals.services import agent_approval_request
+    from hitl.services import hitl_request_create
+
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="write code", input_data={}, model="gpt-4o-mini")
+    question = hitl_request_create(asker=agent, project_id=project.pk, task_id=task.pk, request_type="question",
+                                   question="Which one?")
+    return [("/api/v1/events", f"project_id={project.pk}"),
+            (f"/api/v1/agent-approvals/{call.pk}/wait", "timeout=0"),
+            (f"/api/v1/hitl/{question.pk}/wait", "timeout=0"),
+            (f"/api/v1/projects/{project.pk}", "")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_paths_consumers_serve_refuse_a_host_and_an_accept_as_django_does(bearer, consumer_paths):
+    """The events feed and the long polls are served by Channels consumers: they skipped Django's
+    Host check (any Host was answered) and the API's content negotiation (application/xml got
+    JSON 200). They now answer as Django's views do."""
+    app = guarded_application()
+    for path, query in consumer_paths:
+        q = query.encode()
+        status, _, body = asgi_call(app, "GET", path, headers=[bearer], query_string=q)
+        assert status == 200, (path, body[:300])
+        for accept in [*ACCEPTS[1:], "application/json;q=0.5, application/xml"]:
+            status, _, body = asgi_call(app, "GET", path, headers=[bearer, (b"accept", accept.encode())],
+                                        query_string=q)
+            assert status == 200, (path, accept, body[:300])
+        body = assert_asgi_json_error(asgi_call(app, "GET", path, headers=[bearer], query_string=q,
+                                                host=b"evil.example"), 400, "invalid")
+        assert body["fields"] == {"host": ["Not an allowed host."]}, path
+        for accept in UNSATISFIABLE:
+            assert_asgi_json_error(asgi_call(app, "GET", path, headers=[bearer, (b"accept", accept.encode())],
+                                             query_string=q), 406, "not_acceptable")

@@ -28,7 +28,7 @@ def asgi_app():
 
 
 async def wait_for(request_id, key, query="timeout=10"):
-    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    headers = [(b"host", b"localhost")] + ([(b"authorization", f"Bearer {key}".encode())] if key else [])
     comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/hitl/{request_id}/wait?{query}", headers=headers)
     response = await comm.get_response(timeout=70)
     await comm.wait(timeout=10)
