@@ -340,7 +340,11 @@ def fail_open_recovery(*, uow, stop: EmergencyStop, condition: str, actor) -> No
     that session fails and a new one, planned for every condition, is needed to lift the stop."""
     for session in uow.lock_many("project_state", RecoverySession.objects.filter(
             emergency_stop=stop, status__in=RecoverySession.OPEN_STATUSES)):
+        why = f"New condition {condition} during the recovery: start a new one."
         session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
         session.save(update_fields=["status", "completed_at", "updated_at"])
-        audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id,
-                     reason=f"New condition {condition} during the recovery: start a new one.")
+        audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id, reason=why)
+        # live clients learn it as they learn of a rejected step: no step failed, the session did
+        event_emit(project_id=stop.project_id, event_type="recovery_step_completed",
+                   data={**_session_payload(session), "step_id": None, "order": None, "action": None,
+                         "step_status": None, "condition": condition, "reason": why})

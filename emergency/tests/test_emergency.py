@@ -382,6 +382,12 @@ def test_a_new_condition_during_a_recovery_voids_its_plan(project, reviewer, man
     assert r.status_code == 201
     session.refresh_from_db()
     assert session.status == "failed"
+    # live clients learn it from the events, as they learn of a rejected step
+    feed = client_for(reviewer).get(f"/api/v1/events?project_id={project.pk}").json()["results"]
+    failed = [e for e in feed if e["event_type"] == "recovery_step_completed"]
+    assert [(e["data"]["session_id"], e["data"]["status"], e["data"]["condition"]) for e in failed] == [
+        (str(session.pk), "failed", "manual_stop")]
+    assert "start a new one" in failed[0]["data"]["reason"]
     step = session.steps.order_by("order").first()
     r = client_for(reviewer).post(f"/api/v1/recovery/{session.pk}/steps/{step.pk}/respond", {"decision": "approve"},
                                   format="json")
