@@ -180,6 +180,8 @@ def record_closed(approval: AgentCallApproval, *, actor, action: str, before: di
     """What every move of a call out of pending (or approved, not started) leaves behind: its
     audit row, its event and the wake-up of the agent waiting on it (waiters also poll the DB)."""
     audit_record(actor=actor, action=action, obj=approval, before=before, after=snapshot(approval), reason=reason)
-    event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type,
-               data=approval_event_data(approval))
+    data = approval_event_data(approval)
+    if event_type == "approval_timed_out":  # shared by calls, outputs and questions: say which, as the warning does
+        data["kind"] = "agent_approval"
+    event_emit(project_id=approval.project_id, task_id=approval.task_id, event_type=event_type, data=data)
     wakeup_on_commit(approval_group(approval.pk), status=approval.status)

@@ -232,8 +232,10 @@ def _close(uow, response: ResponseApproval, *, actor, to: str, now, reason: str 
                     flags=response.risk_flags, now=now,
                     outcome=FlagLabel.Outcome.FALSE_ALARM if to == Status.APPROVED else FlagLabel.Outcome.CONFIRMED)
     audit_record(actor=actor, action=action, obj=response, before=before, after=_snapshot(response), reason=reason)
-    event_emit(project_id=response.project_id, task_id=response.task_id, event_type=event_type,
-               data=response_event_data(response))
+    data = response_event_data(response)
+    if event_type == "approval_timed_out":  # shared by calls, outputs and questions: say which, as the warning does
+        data["kind"] = "response_approval"
+    event_emit(project_id=response.project_id, task_id=response.task_id, event_type=event_type, data=data)
     wakeup_on_commit(response_group(response.pk), status=response.status)
 
 

@@ -266,7 +266,8 @@ def test_beat_sweep_expires_due_approvals_exactly_once(requested):
     assert agent_approval_expire_overdue() == 1
     assert agent_approval_expire_overdue() == 0
     assert AgentCallApproval.objects.get(pk=requested["approval_id"]).status == "timed_out"
-    assert Event.objects.filter(event_type="approval_timed_out").count() == 1
+    [event] = Event.objects.filter(event_type="approval_timed_out")
+    assert event.data["kind"] == "agent_approval"  # as the warning says which kind (questions say "hitl")
     assert AuditEvent.objects.filter(action="agent_approval.time_out").count() == 1
 
 
