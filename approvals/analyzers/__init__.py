@@ -26,12 +26,12 @@ from .injection import PromptInjectionAnalyzer
 from .invisible import InvisibleUnicodeAnalyzer
 from .links import LinkAnalyzer
 from .pii import PersonalDataAnalyzer
-from .pipeline import ProjectRules, analyze_response, assess, fingerprint, rule_families
+from .pipeline import ProjectRules, analyze_response, assess, fingerprint, rule_code_reported, rule_families, rule_names
 from .quality import CompletenessAnalyzer, ConsistencyAnalyzer
 from .text import mask
 
 __all__ = ["RiskContext", "ResponseContext", "ProjectRules", "Segment", "Analyzer", "assess", "analyze_response",
-           "fingerprint", "rule_families", "mask", "SecretsAnalyzer", "PersonalDataAnalyzer", "PromptInjectionAnalyzer",
+           "fingerprint", "rule_code_reported", "rule_families", "rule_names", "mask", "SecretsAnalyzer", "PersonalDataAnalyzer", "PromptInjectionAnalyzer",
            "InvisibleUnicodeAnalyzer", "LinkAnalyzer", "DestructiveCommandAnalyzer", "ExfiltrationAnalyzer",
            "CodeSafetyAnalyzer", "ProductionDeployAnalyzer", "CostAnalyzer", "CompletenessAnalyzer",
            "ConsistencyAnalyzer", "MAX_SCAN_CHARS", "SEVERITIES"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 from django.utils.module_loading import import_string
 
@@ -23,6 +24,21 @@ class Analyzer:
     code = "risk"
     version = "1"
     kinds: tuple[str, ...] = ("call", "response")
+    #: The names (after ``<code>.``) of every flag it can report, and regexes for families of them
+    #: (``bandit\.B\d+``): a project's rule setting naming another is refused (a typo would match
+    #: nothing). None: not declared, and a setting is checked against ``code`` alone.
+    names: frozenset[str] | None = None
+    name_patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def reports(cls, rest: str) -> bool:
+        """Whether ``rest`` (a rule code after ``<code>.``) names a flag of this analyzer, or a
+        prefix of some (``bandit`` of ``bandit.B602``)."""
+        if cls.names is None:
+            return True
+        if any(name == rest or name.startswith(rest + ".") for name in cls.names):
+            return True
+        return any(re.fullmatch(pattern, rest) for pattern in cls.name_patterns)
 
     def prepare(self) -> None:
         """Build engines once (called outside the time limit); must be idempotent and thread-safe."""

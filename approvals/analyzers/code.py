@@ -285,6 +285,9 @@ class CodeSafetyAnalyzer(Analyzer):
     Bandit findings on Python code, syntax errors; ``code_quality`` for the code found."""
     code = "code"
     version = "1"
+    names = frozenset(("syntax_error", "pipe_to_shell", "fetch_then_run", "delete_root", "eval_input",
+                       "unsafe_deserialization", "shell_injection", "bandit"))
+    name_patterns = (r"bandit\.B\d{3}",)
 
     def prepare(self) -> None:
         _Bandit.build()

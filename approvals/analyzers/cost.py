@@ -21,6 +21,7 @@ def _decimal(value: Any) -> Decimal | None:
 class CostAnalyzer(Analyzer):
     """Estimated cost above the configured thresholds, or large against the remaining budget."""
     code = "cost"
+    names = frozenset(("high_estimate", "exceeds_budget", "budget_share"))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         cost = _decimal(ctx.estimated_cost)

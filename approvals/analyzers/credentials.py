@@ -221,6 +221,18 @@ def _configure_detect_secrets() -> None:
     _DS_CONFIGURED[:] = [get_settings()]
 
 
+def ds_name(kind: str) -> str:
+    """Our name for a detect-secrets secret type (``GitHub Token``: ``github_token``)."""
+    return _DS_NAMES.get(kind) or re.sub(r"\W+", "_", kind.lower())
+
+
+def ds_secret_types() -> list[str]:
+    """Every secret type detect-secrets' plugins report (its file scan may use any of them)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+    return list(get_mapping_from_secret_type_to_class())
+
+
 def detect_secrets_file_scan(segments) -> list[tuple[int, str, str]]:
     """detect-secrets' own file scan (``scan_file`` with our settings) of the segments written
     to a temporary file, allowlist pragmas neutralised; [(segment index, secret type, value)]. No
@@ -258,6 +270,8 @@ class SecretsAnalyzer(Analyzer):
     high entropy."""
     code = "secret"
     version = "2"
+    names = frozenset(("aws_secret_key", "hardcoded_credential", "high_entropy",
+                       *(rule[0] for rule in _SECRET_PATTERNS), *(ds_name(kind) for kind in ds_secret_types())))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         flags = self.for_each_segment(ctx, self._segment)
@@ -270,7 +284,7 @@ class SecretsAnalyzer(Analyzer):
             seen.setdefault(flag["location"], []).append(flag.get("match", ""))
         for index, kind, value in detect_secrets_file_scan(segments):
             seg = segments[index]
-            name = _DS_NAMES.get(kind) or re.sub(r"\W+", "_", kind.lower())
+            name = ds_name(kind)
             if name == "aws_access_key" and not value.startswith(("AKIA", "ASIA", "ABIA", "ACCA", "A3T")):
                 name = "aws_secret_key"
             if not value or len(set(value)) < 6 or is_sequential_string(value) or (
@@ -320,7 +334,7 @@ class SecretsAnalyzer(Analyzer):
                 continue
             for chunk in chunks:
                 for value in _ds_values(plugin, chunk):
-                    name = _DS_NAMES.get(plugin.secret_type) or re.sub(r"\W+", "_", plugin.secret_type.lower())
+                    name = ds_name(plugin.secret_type)
                     if name == "aws_access_key" and not value.startswith(("AKIA", "ASIA", "ABIA", "ACCA", "A3T")):
                         name = "aws_secret_key"
                     if name in _DS_GENERIC and not _plausible_value(value):

@@ -25,6 +25,7 @@ _WINDOW = 100
 class ProductionDeployAnalyzer(Analyzer):
     """Deployer agent deploying, migrating or rolling out to a production environment (high)."""
     code = "deploy"
+    names = frozenset(("production",))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         if (ctx.agent_type or "").strip().lower() != "deployer":

@@ -92,6 +92,7 @@ _PROTECTED = re.compile(r"(?:^|[\s:+])(?:refs/heads/)?(?:main|master|production|
 class DestructiveCommandAnalyzer(Analyzer):
     """Shell, SQL, git and cloud CLI commands that destroy data or hosts (critical/high)."""
     code = "destructive"
+    names = frozenset(("git_force_push", "rm_root", "rm_broad", *(rule[0] for rule in _DESTRUCTIVE)))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         return self.for_each_segment(ctx, self._segment)

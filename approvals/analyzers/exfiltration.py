@@ -67,6 +67,8 @@ class ExfiltrationAnalyzer(Analyzer):
     """Data leaving the machine: uploads, netcat, remote copies, paste/tunnel hosts (high);
     credential files read (high) or sent out (critical)."""
     code = "exfil"
+    names = frozenset(("credentials_upload", "credential_file_read", "dotenv_read", "system_file_read", "file_upload",
+                       "netcat", "reverse_shell", "remote_copy", "paste_or_tunnel_host", "cloud_metadata"))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         return self.for_each_segment(ctx, lambda seg: [] if seg.is_key else self._segment(seg.text, seg.location))

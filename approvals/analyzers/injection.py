@@ -137,6 +137,7 @@ _INJECTION_LABELS = {
 class PromptInjectionAnalyzer(Analyzer):
     """Known injection and jailbreak phrasings, anywhere in the call (high)."""
     code = "injection"
+    names = frozenset(("ignore_instructions", *(rule[0] for rule in _INJECTION)))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         return self.for_each_segment(ctx, self._segment)

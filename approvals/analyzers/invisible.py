@@ -14,6 +14,7 @@ _LABELS = {
 class InvisibleUnicodeAnalyzer(Analyzer):
     """Zero-width characters (medium), Unicode tags and bidi overrides (high), bidi marks (low)."""
     code = "unicode"
+    names = frozenset(label[0] for label in _LABELS.values())
 
     def analyze(self, ctx) -> list[dict]:
         flags = []

@@ -33,6 +33,7 @@ class LinkAnalyzer(Analyzer):
     """Links to hosts outside ``allowed_hosts`` (medium); public IP-literal URLs (medium), shorteners (medium,
     low in calls); internal IP literals in responses with an allow list (medium)."""
     code = "link"
+    names = frozenset(("private_ip", "ip_literal", "shortener", "external_host"))
 
     def analyze(self, ctx) -> list[dict]:
         return self.for_each_segment(ctx, lambda seg: self._segment(seg, ctx))

@@ -92,6 +92,7 @@ class PersonalDataAnalyzer(Analyzer):
     """Emails and phone numbers (medium); card numbers, US SSNs, IBANs and NHS numbers, checksum-validated,
     with our regexes and Presidio's pattern recognizers (high)."""
     code = "pii"
+    names = frozenset(("email", "phone", "card_number", "us_ssn", "iban", *(n for n, _ in _PRESIDIO_ENTITIES.values())))
     version = "2"
 
     def prepare(self) -> None:

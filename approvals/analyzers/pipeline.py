@@ -276,13 +276,35 @@ def _limit() -> float:
     return float(getattr(settings, "HITL_ANALYZER_TIME_LIMIT_SECONDS", 2.0))
 
 
+def _configured_analyzers() -> tuple[Analyzer, ...]:
+    return load_analyzers(tuple(settings.HITL_RISK_ANALYZERS)) + load_analyzers(tuple(settings.HITL_RESPONSE_ANALYZERS))
+
+
+def rule_code_reported(code: str) -> bool:
+    """Whether a configured analyzer can report ``code`` (a flag code, or a prefix of some such
+    as ``secret`` or ``code.bandit``), as far as the analyzers declare their names."""
+    family, _, rest = code.partition(".")
+    analyzers = [a for a in _configured_analyzers() if a.code == family]
+    return bool(analyzers) and (not rest or any(a.reports(rest) for a in analyzers))
+
+
+def rule_names(family: str) -> list[str]:
+    """The flag codes the configured analyzers of ``family`` declare (``code.bandit.B<nnn>`` for
+    a family of them), sorted: what a refused rule setting is told it may name."""
+    codes = set()
+    for analyzer in _configured_analyzers():
+        if analyzer.code == family:
+            codes.update(f"{family}.{name}" for name in analyzer.names or ())
+            codes.update(f"{family}.{p.replace(chr(92) + 'd{3}', '<nnn>').replace(chr(92) + '.', '.')}"
+                         for p in analyzer.name_patterns)
+    return sorted(codes)
+
+
 def rule_families() -> tuple[str, ...]:
     """The first part of every flag code the configured analyzers can report (``secret`` of
     ``secret.github_token``), sorted: what a project's rule setting may name. The pipeline's own
     fail-closed flags (``analyzer.*``, ``risk.scan_truncated``) are not among them: no rule moves them."""
-    analyzers = load_analyzers(tuple(settings.HITL_RISK_ANALYZERS)) + load_analyzers(
-        tuple(settings.HITL_RESPONSE_ANALYZERS))
-    return tuple(sorted({a.code for a in analyzers} - {"analyzer"}))
+    return tuple(sorted({a.code for a in _configured_analyzers()} - {"analyzer"}))
 
 
 def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules: ProjectRules | None) -> dict:

@@ -30,6 +30,7 @@ class CompletenessAnalyzer(Analyzer):
     """Empty responses (medium); the agent type's field missing, ``next_steps`` missing where the
     workflow continues (low)."""
     code = "completeness"
+    names = frozenset(("empty", "missing_field", "missing_next_steps"))
     kinds = ("response",)
 
     def run(self, ctx) -> tuple[list[dict], dict]:
@@ -105,6 +106,8 @@ class ConsistencyAnalyzer(Analyzer):
     """Agent type / task differing from the call approval's, tokens far above the estimate, and claims of
     actions (deployed, deleted, pushed, sent, paid) the approved call did not cover (medium)."""
     code = "consistency"
+    names = frozenset(("agent_mismatch", "task_agent_mismatch", "tokens_over_estimate", "tokens_negative",
+                       "unapproved_action", "unapproved_production"))
     kinds = ("response",)
 
     def run(self, ctx) -> tuple[list[dict], dict]:

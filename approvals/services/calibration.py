@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from approvals.analyzers import ProjectRules, rule_families
+from approvals.analyzers import ProjectRules, rule_code_reported, rule_families, rule_names
 from approvals.models import AgentCallApproval, FlagLabel, FlagSuppression, ResponseApproval, RuleSetting
 from audit.services import audit_record
 from core.errors import InvalidInput, NotFoundError
@@ -90,7 +90,10 @@ def rule_code_clean(code: str) -> str:
         raise InvalidInput(fields={"code": ["A flag code (secret.github_token) or prefix (secret)."]})
     family, families = code.split(".", 1)[0], rule_families()
     if family in families:
-        return code
+        if rule_code_reported(code):
+            return code
+        raise InvalidInput(fields={"code": [f"No analyzer reports {code!r}: {family} alone covers every {family} "
+                                            f"flag, or name one of {', '.join(rule_names(family))}."]})
     if family in ("analyzer", "risk"):
         raise InvalidInput(fields={"code": ["The pipeline's own fail-closed flags (analyzer.failed, analyzer.timeout, "
                                             "risk.scan_truncated) are never observed or suppressed."]})

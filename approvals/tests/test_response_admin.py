@@ -108,3 +108,22 @@ def test_a_rule_no_analyzer_reports_is_refused_with_the_known_families(client, m
                     {"project": str(project.pk), "code": " secret ", "mode": "observe", "threshold": "0"})
     assert r.status_code == 302
     assert RuleSetting.objects.get(project=project).code == "secret"
+
+
+@pytest.mark.parametrize("typo", ["pii.emial", "injection.ignore_instructionz", "secret.github_tokenX",
+                                  "code.bandit.B60"])
+def test_a_rule_whose_name_no_analyzer_reports_is_refused_with_the_names_that_exist(client, manager, project, typo):
+    """Only the family was checked: ``pii.emial`` was saved and matched nothing."""
+    client.force_login(manager)
+    r = client.post(reverse("admin:approvals_rulesetting_add"),
+                    {"project": str(project.pk), "code": typo, "mode": "observe", "threshold": "0"})
+    assert r.status_code == 200
+    family = typo.split(".")[0]
+    assert f"No analyzer reports &#x27;{typo}&#x27;" in r.content.decode()
+    assert f"{family} alone covers every {family} flag" in r.content.decode()
+    assert not RuleSetting.objects.exists()
+    for code in ("pii.email", "injection", "secret.github_token", "code.bandit", "code.bandit.B602"):
+        r = client.post(reverse("admin:approvals_rulesetting_add"),
+                        {"project": str(project.pk), "code": code, "mode": "observe", "threshold": "0"})
+        assert r.status_code == 302, code
+    assert RuleSetting.objects.filter(project=project).count() == 5
