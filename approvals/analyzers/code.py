@@ -235,40 +235,42 @@ class _Bandit:
                 cls._lock.release()
 
 
-MAX_PARSE_TRIES = 12  # ast.parse calls for the parseable parts of one block that does not parse
+MAX_PARSE_TRIES = 40  # ast.parse calls for the parseable parts of one block that does not parse
 
 
-def parseable_parts(text: str) -> tuple[list[tuple[int, str]], Exception | None]:
-    """([(line offset, code)], the first syntax error or None): the whole text when it parses;
-    otherwise the runs of lines around each line Python refuses that do parse (a stray ``}`` or
-    a Python 2 ``print`` line appended to dangerous code must not hide it from Bandit), within
-    MAX_PARSE_TRIES parses."""
+def parseable_parts(text: str) -> tuple[list[tuple[int, str]], Exception | None, bool]:
+    """([(line offset, code)], the first syntax error or None, whether lines were left unread):
+    the whole text when it parses; otherwise the runs of lines around each line Python refuses
+    that do parse, split again and again (a stray ``}``, a Python 2 ``print`` or an ``if`` left
+    without a body must not hide the code around them from Bandit), within MAX_PARSE_TRIES
+    parses. Lines still unread then make the caller fail closed."""
     try:
         ast.parse(text)
-        return [(0, text)], None
+        return [(0, text)], None, False
     except (SyntaxError, ValueError) as exc:
         first = exc
     lines = text.splitlines(keepends=True)
-    parts, start, tries = [], 0, 1
-    while start < len(lines) and tries < MAX_PARSE_TRIES:
-        chunk = "".join(lines[start:])
+    parts: list[tuple[int, str]] = []
+    tries, unread = 1, False
+    pending = [(0, len(lines))]  # runs of lines [lo, hi) to read, first run first
+    while pending:
+        lo, hi = pending.pop()
+        chunk = "".join(lines[lo:hi])
+        if not chunk.strip():
+            continue
+        if tries >= MAX_PARSE_TRIES:
+            unread = True
+            break
         tries += 1
         try:
             ast.parse(chunk)
-            parts.append((start, chunk))
-            break
+            parts.append((lo, chunk))
+            continue
         except (SyntaxError, ValueError) as exc:
-            bad = start + max(1, min(getattr(exc, "lineno", None) or 1, len(lines) - start)) - 1
-        if bad > start and tries < MAX_PARSE_TRIES:  # the lines before the refused one
-            tries += 1
-            prefix = "".join(lines[start:bad])
-            try:
-                ast.parse(prefix)
-                parts.append((start, prefix))
-            except (SyntaxError, ValueError):
-                pass
-        start = bad + 1
-    return [(offset, part) for offset, part in parts if part.strip()], first
+            bad = lo + max(1, min(getattr(exc, "lineno", None) or 1, hi - lo)) - 1
+        pending.append((bad + 1, hi))  # read after the run before it (a stack: pushed first, popped last)
+        pending.append((lo, bad))
+    return sorted(parts), first, unread
 
 
 def _bandit_severity(issue) -> str:
@@ -285,7 +287,7 @@ class CodeSafetyAnalyzer(Analyzer):
     Bandit findings on Python code, syntax errors; ``code_quality`` for the code found."""
     code = "code"
     version = "1"
-    names = frozenset(("syntax_error", "pipe_to_shell", "fetch_then_run", "delete_root", "eval_input",
+    names = frozenset(("syntax_error", "scan_incomplete", "pipe_to_shell", "fetch_then_run", "delete_root", "eval_input",
                        "unsafe_deserialization", "shell_injection", "bandit"))
     name_patterns = (r"bandit\.B\d{3}",)
 
@@ -303,11 +305,15 @@ class CodeSafetyAnalyzer(Analyzer):
                 continue
             text = block.text[:MAX_PYTHON_CHARS]
             budget -= len(text)
-            parts, error = parseable_parts(text)
+            parts, error, unread = parseable_parts(text)
             if error is not None:
                 line = getattr(error, "lineno", None)
                 flags.append(self.flag("syntax_error", "low", f"Python does not parse: {getattr(error, 'msg', error)}"
                                        + (f" (line {line})" if line else ""), block.location, match=str(error)))
+            if unread:  # fail closed, as the pipeline does for what it could not read
+                flags.append(self.flag("scan_incomplete", "medium", "Python that does not parse in many places: "
+                                       "Bandit could not read all of it; review it manually", block.location,
+                                       match="scan_incomplete"))
             penalty = 0.0
             for offset, part in parts:  # Bandit still reads what parses: a stray line hides nothing
                 for issue in _Bandit.scan(part):

@@ -32,7 +32,7 @@ from django.conf import settings
 
 from .base import SEVERITY_RANK, Analyzer, load_analyzers
 from .context import MAX_SCAN_CHARS, ResponseContext, RiskContext, Segment
-from .normalise import Finding, base_location, normalise_segments
+from .normalise import _STRIP_RX, Finding, base_location, normalise_segments
 from .scores import combine
 from .text import mask
 
@@ -217,20 +217,25 @@ class _Collector:
 
 
 def _secrets_masked(flags: list[dict], secrets: set[str]) -> list[dict]:
-    """A location is a JSON path, whose keys are the agent's own text: a secret used as a key
-    (``{"files": {"ghp_...": ...}}``) would be stored, sent in events and shown whole there. Each
-    secret found is masked in every location as in the messages (its first 4 characters)."""
-    found = sorted((s for s in secrets if s.strip()), key=len, reverse=True)
+    """A location is a JSON path, whose keys are the agent's own text: a secret (or a card number)
+    used as a key (``{"files": {"ghp_...": ...}}``) would be stored, sent in events and shown whole
+    there. Each one found is masked in every location as in the messages (its first 4
+    characters), also when invisible characters were slipped between its characters; flags that
+    then share a (code, location) are one flag, the most severe."""
+    found = sorted((s for s in secrets if len(s.strip()) >= 4), key=len, reverse=True)
     if not found:
         return flags
-    out = []
+    # between two characters of the match: invisible characters, or the separators a card number
+    # is written with (the PII matches are its digits alone)
+    gap = "(?:" + _STRIP_RX.pattern + r"|[\s\-./])*"
+    patterns = [(re.compile(gap.join(re.escape(c) for c in secret)), mask(secret)) for secret in found]
+    collector = _Collector()
     for flag in flags:
         location = flag["location"]
-        for secret in found:
-            if secret in location:
-                location = location.replace(secret, mask(secret))
-        out.append(flag if location == flag["location"] else {**flag, "location": location})
-    return out
+        for rx, masked in patterns:
+            location = rx.sub(lambda _match, masked=masked: masked, location)
+        collector.add(flag if location == flag["location"] else {**flag, "location": location})
+    return collector.result()
 
 
 def _rule_for(code: str, rules: Mapping[str, Mapping]) -> Mapping | None:
@@ -330,7 +335,7 @@ def run_pipeline(source: RiskContext | ResponseContext, kind: str, paths, rules:
         statuses[name]["status"] = status
         for flag in flags:
             cleaned = _clean(flag, name)
-            if cleaned["code"].startswith("secret.") and isinstance(flag, dict) and flag.get("match"):
+            if cleaned["code"].startswith(("secret.", "pii.")) and isinstance(flag, dict) and flag.get("match"):
                 secrets.add(str(flag["match"]))
             collector.add(cleaned)
         metrics.update({k: round(float(v), 3) for k, v in found.items()})

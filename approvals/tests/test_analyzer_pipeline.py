@@ -441,14 +441,14 @@ DANGEROUS = [
 
 
 @pytest.mark.parametrize("code, rule", DANGEROUS, ids=["pickle", "yaml", "sql"])
-@pytest.mark.parametrize("stray", ["}\n", "x = (\n", "print 'py2'\n", "PREPEND"],
-                         ids=["brace", "unclosed", "py2-print", "py2-print-first"])
+@pytest.mark.parametrize("stray", ["}\n", "x = (\n", "print 'py2'\n", "PREPEND", "if ready:\n}\n", "JUNK"],
+                         ids=["brace", "unclosed", "py2-print", "py2-print-first", "if-without-body", "junk-lines"])
 def test_a_line_python_refuses_does_not_hide_bandit_findings(code, rule, stray):
     """One stray line made the whole block unparseable and Bandit was skipped: the findings went
     from medium to a low syntax error. Bandit now reads the parts that parse."""
     assert has(analyze_response(response({"files": [{"path": "app.py", "content": code}]}))["risk_flags"],
                rule, "medium")
-    content = "print 'py2'\n" + code if stray == "PREPEND" else code + stray
+    content = {"PREPEND": "print 'py2'\n" + code, "JUNK": "}\n" * 15 + code}.get(stray, code + stray)
     result = analyze_response(response({"files": [{"path": "app.py", "content": content}]}))
     flags = result["risk_flags"] + result["observed_flags"]
     assert has(flags, rule, "medium"), flags
@@ -461,3 +461,28 @@ def test_bandit_line_numbers_count_from_the_top_of_the_block():
     flags = analyze_response(response({"files": [{"path": "app.py", "content": content}]}))["risk_flags"]
     (b301,) = [f for f in flags if f["code"] == "code.bandit.B301"]
     assert "(line 5)" in b301["message"], b301["message"]
+
+
+def test_code_too_broken_to_read_within_the_tries_fails_closed():
+    """Past MAX_PARSE_TRIES parses, what is left unread is not taken as clean: a medium flag says
+    Bandit could not read all of it."""
+    from approvals.analyzers.code import MAX_PARSE_TRIES
+
+    content = "x = 1\n}\n" * (MAX_PARSE_TRIES + 5) + "import pickle\ndef load(b):\n    return pickle.loads(b)\n"
+    result = analyze_response(response({"files": [{"path": "app.py", "content": content}]}))
+    assert has(result["risk_flags"], "code.scan_incomplete", "medium"), result["risk_flags"]
+    assert result["level"] != "low"
+    fine = analyze_response(response({"files": [{"path": "app.py", "content": "x = 1\n}\n" * 5}]}))
+    assert not has(fine["risk_flags"] + fine["observed_flags"], "code.scan_incomplete", "low")
+
+
+def test_masking_also_catches_invisible_characters_and_card_numbers_used_as_keys():
+    zero_width = GITHUB_TOKEN[:10] + "\u200b" + GITHUB_TOKEN[10:]
+    card = "4539 1488 0343 6467"
+    result = assess(RiskContext(agent_type="coder", proposed_action="Write the helper",
+                                input_data={"h": {zero_width: "x"}, "cards": {card: "visa"}},
+                                estimated_cost=Decimal("0.01")))
+    flags = result["flags"] + result["observed_flags"]
+    text = json.dumps(flags, ensure_ascii=False)
+    assert GITHUB_TOKEN[4:14] not in text.replace("\u200b", "") and "0343 6467" not in text, text
+    assert has(flags, "secret.github_token", "critical") and has(flags, "pii.card_number", "high"), flags
