@@ -340,9 +340,12 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesyste
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # Redis broker: a task a worker took and never acknowledged (the worker was killed mid-task: the
 # tasks acknowledge late) is handed out again after this many seconds, checked every 10 s
-# (Redis's default would hold an alert's retry for an hour). It must outlast a task's wait in
-# a worker (the longest retry countdown is 80 s, the longest run 60 s), or the task runs twice.
-HITL_BROKER_VISIBILITY_TIMEOUT = env.int("HITL_BROKER_VISIBILITY_TIMEOUT", default=300)
+# (Redis's default would hold an alert's retry for an hour). It must outlast a task's whole stay
+# in a worker, or the task runs twice: its retry countdown (at most 80 s), its wait behind the
+# tasks in front of it (a worker takes one task ahead per process: CELERY_WORKER_PREFETCH_MULTIPLIER
+# below) and its run (at most 60 s). Ten minutes leave room for a backlog of slow webhooks.
+HITL_BROKER_VISIBILITY_TIMEOUT = env.int("HITL_BROKER_VISIBILITY_TIMEOUT", default=600)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 if CELERY_BROKER_URL.startswith("redis"):  # redis://, rediss://, redis+socket://
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": HITL_BROKER_VISIBILITY_TIMEOUT,
                                        "unacked_restore_interval": min(10, HITL_BROKER_VISIBILITY_TIMEOUT),

@@ -195,7 +195,15 @@ class QueuedNotification(models.Model):
     subject = models.CharField(max_length=500)
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    alert_id = models.UUIDField(null=True, editable=False,
+                                help_text="One per alert (the same for each of its notifiers): with the notifier's "
+                                          "id, the X-HITL-Delivery a receiver deduplicates on")
 
     def __str__(self):
         return f"{self.event_type} -> notifier {self.notifier_id}"
+
+    @property
+    def delivery_id(self) -> str:
+        """The same on every attempt of this alert to this notifier, and unique across installations."""
+        return f"{self.alert_id}.{self.notifier_id}" if self.alert_id else f"queued-{self.pk}"
 

@@ -14,7 +14,7 @@ Webhook requests carry::
     X-HITL-Timestamp: <unix seconds>
     X-HITL-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>   (only with a secret)
 
-and the body ``{"data": ..., "event_type": ..., "project_id": ..., "sent_at": ..., "subject": ...}``
+and the body ``{"data": ..., "delivery_id": ..., "event_type": ..., "project_id": ..., "sent_at": ..., "subject": ...}``
 (compact JSON, sorted keys). Receivers recompute the HMAC over the raw bytes they got.
 """
 import hashlib
@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
@@ -74,12 +75,12 @@ def notify_project_on_commit(*, project_id, event_type: str, subject: str, paylo
     queued, notifiers, quote = QueuedNotification._meta, ProjectNotifier._meta, connection.ops.quote_name
     values = [queued.get_field(name).get_db_prep_save(value, connection) for name, value in (
         ("event_type", event_type), ("subject", subject[:500]), ("payload", _as_json(payload or {})),
-        ("created_at", timezone.now()))]
+        ("created_at", timezone.now()), ("alert_id", uuid.uuid4()))]
     with rawrows.kept_cursor(connection) as cursor:
         cursor.execute(
             f"INSERT INTO {quote(queued.db_table)} ({quote('notifier_id')}, {quote('event_type')}, "
-            f"{quote('subject')}, {quote('payload')}, {quote('created_at')}) "
-            f"SELECT {quote('id')}, %s, %s, %s, %s FROM {quote(notifiers.db_table)} "
+            f"{quote('subject')}, {quote('payload')}, {quote('created_at')}, {quote('alert_id')}) "
+            f"SELECT {quote('id')}, %s, %s, %s, %s, %s FROM {quote(notifiers.db_table)} "
             f"WHERE {quote('project_id')} = %s AND {quote('active')} = %s ORDER BY {quote('id')} "
             f"RETURNING {quote('id')}, {quote('notifier_id')}",
             [*values, notifiers.get_field("project").get_db_prep_value(project_id, connection), True])
@@ -105,7 +106,7 @@ def queue_notifications(rows) -> int:
                     continue
                 deliver_notification_task.delay(notifier_id=claimed.notifier_id, event_type=claimed.event_type,
                                                 subject=claimed.subject, payload=claimed.payload,
-                                                delivery_id=str(claimed.pk))
+                                                delivery_id=claimed.delivery_id)
                 claimed.delete()
         except Exception:  # noqa: BLE001 - one failed enqueue must not stop the others
             log.exception("could not queue %s notification for notifier %s; it is tried again later",
@@ -176,9 +177,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
-def webhook_body(*, event_type: str, project_id, subject: str, sent_at: str, payload: dict) -> bytes:
+def webhook_body(*, event_type: str, project_id, subject: str, sent_at: str, payload: dict,
+                 delivery_id: str | None = None) -> bytes:
     document = {"event_type": event_type, "project_id": str(project_id), "subject": subject,
                 "sent_at": sent_at, "data": payload}
+    if delivery_id:
+        document["delivery_id"] = delivery_id  # signed with the body (the header repeats it)
     return json.dumps(document, separators=(",", ":"), sort_keys=True, cls=DjangoJSONEncoder).encode()
 
 
@@ -190,7 +194,7 @@ def _deliver_webhook(notifier, *, event_type: str, subject: str, payload: dict, 
         raise NotificationRefused(f"notifier {notifier.pk}: only http(s) URLs are allowed, not {url!r}")
 
     body = webhook_body(event_type=event_type, project_id=notifier.project_id, subject=subject,
-                        sent_at=sent_at, payload=payload)
+                        sent_at=sent_at, payload=payload, delivery_id=delivery_id)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,

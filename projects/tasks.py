@@ -27,7 +27,7 @@ def deliver_notification_task(self, *, notifier_id, event_type, subject, payload
         else:
             log.warning("notification %s to notifier %s failed (attempt %s/%s), retrying: %s",
                         event_type, notifier_id, attempt, attempts, exc)
-        raise self.retry(exc=exc, countdown=2 ** self.request.retries * 5)
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 80))
     if result.get("status") == "skipped":
         log.info("notification %s to notifier %s skipped: %s", event_type, notifier_id, result.get("reason"))
     return result

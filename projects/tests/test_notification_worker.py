@@ -60,11 +60,22 @@ class _HoldingReceiver:
         self.server.server_close()
 
 
+def _spare_broker_url() -> str:
+    """A Redis database of its own for this test's broker (the REDIS_URL's number + 8, or
+    HITL_TEST_SPARE_REDIS_DB): its workers' short visibility timeout hands out again every
+    unacknowledged task of the database they consume, which must not reach anything else's."""
+    parts = urlsplit(os.environ["REDIS_URL"])
+    number = int((parts.path or "/0").strip("/") or 0)
+    spare = int(os.environ.get("HITL_TEST_SPARE_REDIS_DB", (number + 8) % 16))
+    return urlunsplit(parts._replace(path=f"/{spare}"))
+
+
 def _worker(queue: str, tmp_path, name: str) -> subprocess.Popen:
     parts = urlsplit(os.environ["DATABASE_URL"])
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DJANGO_DEBUG": "0",
            "DJANGO_SECRET_KEY": settings.SECRET_KEY, "HITL_VAR_DIR": str(tmp_path / "var"),
            "DATABASE_URL": urlunsplit(parts._replace(path="/" + quote(connection.settings_dict["NAME"]))),
+           "REDIS_URL": "", "CELERY_BROKER_URL": _spare_broker_url(),
            "HITL_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY)}
     log = open(tmp_path / f"{name}.log", "wb")
     return subprocess.Popen(
@@ -89,11 +100,12 @@ def test_an_alert_whose_worker_is_killed_mid_delivery_is_delivered_by_the_next_w
     try:
         notifier = ProjectNotifier.objects.create(project=project, kind="webhook", target=receiver.url, secret="s")
         queued = QueuedNotification.objects.create(notifier=notifier, event_type="emergency_stop_triggered",
-                                                   subject="stop", payload={"reason": "test"})
+                                                   subject="stop", payload={"reason": "test"}, alert_id=uuid.uuid4())
         # What queue_notifications hands the broker (the task acknowledges late), on this test's queue.
-        app.send_task("projects.deliver_notification", queue=queue, kwargs={
-            "notifier_id": notifier.pk, "event_type": queued.event_type, "subject": queued.subject,
-            "payload": queued.payload, "delivery_id": str(queued.pk)})
+        with app.connection_for_write(_spare_broker_url()) as broker:
+            app.send_task("projects.deliver_notification", queue=queue, connection=broker, kwargs={
+                "notifier_id": notifier.pk, "event_type": queued.event_type, "subject": queued.subject,
+                "payload": queued.payload, "delivery_id": queued.delivery_id})
 
         workers.append(_worker(queue, tmp_path, "first"))
         assert receiver.first_arrived.wait(60), (tmp_path / "first.log").read_text(errors="replace")[-3000:]
@@ -105,10 +117,17 @@ def test_an_alert_whose_worker_is_killed_mid_delivery_is_delivered_by_the_next_w
             time.sleep(0.2)
         assert len(receiver.requests) >= 2, (tmp_path / "second.log").read_text(errors="replace")[-3000:]
         (first_headers, first_body), (again_headers, again_body) = receiver.requests[:2]
-        assert again_headers["x-hitl-delivery"] == first_headers["x-hitl-delivery"] == str(queued.pk)
+        assert again_headers["x-hitl-delivery"] == first_headers["x-hitl-delivery"] == queued.delivery_id
+        assert json.loads(again_body)["delivery_id"] == queued.delivery_id  # signed with the body
         assert json.loads(again_body)["data"] == {"reason": "test"}
         assert json.loads(again_body)["event_type"] == "emergency_stop_triggered"
     finally:
         for proc in workers:
             _kill(proc)
         receiver.close()
+        import redis
+
+        spare = redis.Redis.from_url(_spare_broker_url())
+        leftovers = [key for key in spare.scan_iter(f"*{queue}*")]  # its queue and bindings
+        if leftovers:
+            spare.delete(*leftovers)

@@ -114,10 +114,13 @@ def test_webhook_receives_signed_json_after_commit(project, webhook_server, djan
     document = json.loads(body)
     assert document == {"event_type": "emergency.stopped", "project_id": str(project.pk),
                         "subject": "Demo: emergency stop", "sent_at": document["sent_at"],
+                        "delivery_id": headers["X-HITL-Delivery"],
                         "data": {"reason": "runaway costs", "stopped_by": "admin"}}
     assert body == json.dumps(document, separators=(",", ":"), sort_keys=True).encode()  # compact, sorted
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", document["sent_at"])  # UTC with a Z, as the API
-    assert headers["X-HITL-Delivery"].isdigit()  # the queued alert's id, the same on every attempt
+    # the same on every attempt (the alert's id and the notifier's), unique across installations,
+    # and signed: the body carries it too
+    assert re.fullmatch(r"[0-9a-f-]{36}\.\d+", headers["X-HITL-Delivery"])
     assert headers["Content-Type"] == "application/json"
     assert headers["User-Agent"] == "BotArmy-HITL"
     assert headers["X-HITL-Event"] == "emergency.stopped"
