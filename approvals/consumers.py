@@ -28,7 +28,8 @@ from django.utils import timezone
 from django.http import HttpRequest, QueryDict
 from rest_framework.exceptions import APIException, AuthenticationFailed, NotAcceptable, NotFound
 from rest_framework.renderers import JSONRenderer
-from rest_framework.utils.mediatypes import media_type_matches
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from access.authentication import api_key_check
 from approvals.models import AgentCallApproval, ResponseApproval
@@ -40,7 +41,7 @@ from approvals.services import (
     response_approval_time_out,
     response_group,
 )
-from core.api import parse_uuid
+from core.api import JsonFirstNegotiation, parse_uuid
 from core.rawrows import by_pk_with
 from core.middleware import disallowed_host_body
 from core.errors import (
@@ -141,7 +142,8 @@ def authenticated_again(principal):
     user = auth.get_user(SimpleNamespace(session=import_module(settings.SESSION_ENGINE).SessionStore(session_key))) \
         if session_key else None
     if user is None or not user.is_authenticated or not user.is_active or user.pk != user_id:
-        raise HttpError(401, error_body("unauthenticated", "Your session has ended: sign in again."))
+        raise HttpError(401, error_body("unauthenticated", "Your session has ended: sign in again."),
+                        [(b"WWW-Authenticate", b'Bearer realm="api"')])
     return user
 
 
@@ -236,33 +238,28 @@ HITL = WaitKind(HitlRequest, HitlRequestOutputSerializer,
                 ("asked_by", "responded_by"))
 
 
-JSON_ACCEPTS = frozenset((b"", b"*/*", b"application/json"))  # what agents send: no parsing needed
+_RENDERERS = tuple(renderer() for renderer in api_settings.DEFAULT_RENDERER_CLASSES)  # the API's
 
 
 def head_refused(scope) -> HttpError | None:
     """What Django and DRF refuse for an API request before its view, for the paths consumers
     serve: a Host not in ALLOWED_HOSTS (400 ``invalid``, ``fields.host``; Django's own check) and
-    an Accept that neither JSON nor the browsable API's HTML satisfies (406 ``not_acceptable``)."""
+    an Accept the API's renderers cannot satisfy (406 ``not_acceptable``; DRF's negotiation)."""
     request = HttpRequest()
     server = scope.get("server") or ("", "")
     request.META = {"SERVER_NAME": str(server[0] or ""), "SERVER_PORT": str(server[1] or "")}
-    accept = []
     for name, value in scope.get("headers") or ():
-        name = name.lower()
-        if name == b"accept":
-            accept.append(value)
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         value = value.decode("latin-1")
         request.META[key] = f"{request.META[key]},{value}" if key in request.META else value
     body = disallowed_host_body(request)
     if body is not None:
         return HttpError(400, body)
-    if len(accept) == 1 and accept[0].strip() in JSON_ACCEPTS or not accept:
-        return None
-    tokens = [token.strip() for token in b",".join(accept).decode("latin-1").split(",") if token.strip()]
-    if any(media_type_matches(served, token) for token in tokens for served in ("application/json", "text/html")):
-        return None  # as DRF's negotiation decides (JSONRenderer or the browsable API's)
-    return HttpError(406, error_body("not_acceptable", str(NotAcceptable.default_detail)))
+    try:
+        JsonFirstNegotiation().select_renderer(Request(request), _RENDERERS)
+    except NotAcceptable as exc:
+        return HttpError(406, error_body("not_acceptable", str(exc.detail)))
+    return None
 
 
 class JsonHttpConsumer(AsyncHttpConsumer):

@@ -325,14 +325,19 @@ def _run_step(uow, session: RecoverySession, step: RecoveryStep, actor, reason: 
     return True
 
 
-def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None = None) -> None:
+def _fail(session: RecoverySession, actor, why: str, step: RecoveryStep | None = None,
+          condition: str | None = None) -> None:
+    """The session failed (the stop stays): by ``step`` (rejected or failed), or by a new stop
+    ``condition``. Live clients learn it from a ``recovery_step_completed`` event either way."""
     session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
     session.save(update_fields=["status", "completed_at", "updated_at"])
     audit_record(actor=actor, action="recovery.fail", obj=session, project_id=session.project_id, reason=why)
-    if step is not None:  # live clients learn that the recovery failed and the stop stays
-        event_emit(project_id=session.project_id, event_type="recovery_step_completed",
-                   data={**_session_payload(session), "step_id": str(step.pk), "order": step.order,
-                         "action": step.action, "step_status": step.status, "reason": why})
+    if step is not None:
+        about = {"step_id": str(step.pk), "order": step.order, "action": step.action, "step_status": step.status}
+    else:  # no step failed, the session did
+        about = {"step_id": None, "order": None, "action": None, "step_status": None, "condition": condition}
+    event_emit(project_id=session.project_id, event_type="recovery_step_completed",
+               data={**_session_payload(session), **about, "reason": why})
 
 
 def fail_open_recovery(*, uow, stop: EmergencyStop, condition: str, actor) -> None:
@@ -340,11 +345,5 @@ def fail_open_recovery(*, uow, stop: EmergencyStop, condition: str, actor) -> No
     that session fails and a new one, planned for every condition, is needed to lift the stop."""
     for session in uow.lock_many("project_state", RecoverySession.objects.filter(
             emergency_stop=stop, status__in=RecoverySession.OPEN_STATUSES)):
-        why = f"New condition {condition} during the recovery: start a new one."
-        session.status, session.completed_at = RecoverySession.Status.FAILED, timezone.now()
-        session.save(update_fields=["status", "completed_at", "updated_at"])
-        audit_record(actor=actor, action="recovery.fail", obj=session, project_id=stop.project_id, reason=why)
-        # live clients learn it as they learn of a rejected step: no step failed, the session did
-        event_emit(project_id=stop.project_id, event_type="recovery_step_completed",
-                   data={**_session_payload(session), "step_id": None, "order": None, "action": None,
-                         "step_status": None, "condition": condition, "reason": why})
+        _fail(session, actor, f"New condition {condition} during the recovery: start a new one.",
+              condition=condition)

@@ -365,6 +365,16 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
 
     for name in batches:
         monkeypatch.setattr(CALLS, name, counted(name))
+    from approvals import consumers
+
+    checks = []  # the access checks of the woken waits: (keys, principals) per batch
+    access_again = consumers.access_again
+
+    def counted_access(keys):
+        checks.append((len(keys), len({principal for principal, _ in keys})))
+        return access_again(keys)
+
+    monkeypatch.setattr(consumers, "access_again", counted_access)
 
     async def scenario():
         waiting = [asyncio.ensure_future(wait_call(call.pk, agent_key, "timeout=30")) for call in calls]
@@ -381,3 +391,5 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
     assert sum(batches["statuses"]) == waiters and sum(batches["renders"]) == waiters
     assert len(batches["statuses"]) <= 3, batches
     assert len(batches["renders"]) <= 3, batches
+    # every wait's access is checked again (one key, one project here) in a few batches, once per key each
+    assert 1 <= len(checks) <= 3 and all(principals == 1 for _, principals in checks), checks
