@@ -235,40 +235,12 @@ def test_a_wait_whose_access_ends_while_it_waits_is_not_given_the_decision(
     assert "input_data" not in body and "status" not in body
 
 
-def test_a_session_wait_ends_refused_when_the_session_logs_out_meanwhile(pending, agent, reviewer, slow_poll,
-                                                                           settings):
-    """The same for a wait authenticated by a browser session: logged out while it waited, 401."""
+@pytest.mark.parametrize("log_out", [True, False], ids=["logged-out-meanwhile", "still-signed-in"])
+def test_a_session_wait_is_answered_only_while_its_session_lasts(pending, agent, reviewer, slow_poll, settings,
+                                                                 log_out):
+    """The same for a wait authenticated by a browser session: logged out while it waited, 401;
+    the control, still signed in, is answered with the call."""
     from django.contrib.sessions.models import Session
-    from django.test import Client
-
-    client = Client()
-    client.force_login(agent)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
-
-    async def wait_with_session():
-        comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=30",
-                                headers=[(b"host", b"localhost"), (b"cookie", cookie)])
-        response = await comm.get_response(timeout=70)
-        await comm.wait(timeout=10)
-        return response["status"], json.loads(response["body"])
-
-    async def scenario(log_out):
-        waiting = asyncio.ensure_future(wait_with_session())
-        await _until_waiting([approval_group(pending.pk)])
-        if log_out:
-            await database_sync_to_async(lambda: Session.objects.all().delete())()
-        await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
-                                                             decision="approve")
-        answer = await waiting
-        await wakeup_module.close_wakeups()
-        return answer
-
-    status, body = async_to_sync(scenario)(True)
-    assert status == 401 and body["error"] == "unauthenticated" and "status" not in body
-
-
-def test_a_session_wait_still_signed_in_gets_the_decision(pending, agent, reviewer, slow_poll, settings):
-    """The control of the test above: the same wait, not logged out, is answered with the call."""
     from django.test import Client
 
     client = Client()
@@ -280,6 +252,8 @@ def test_a_session_wait_still_signed_in_gets_the_decision(pending, agent, review
                                 headers=[(b"host", b"localhost"), (b"cookie", cookie)])
         waiting = asyncio.ensure_future(comm.get_response(timeout=70))
         await _until_waiting([approval_group(pending.pk)])
+        if log_out:
+            await database_sync_to_async(lambda: Session.objects.all().delete())()
         await database_sync_to_async(agent_approval_decide)(approval_id=pending.pk, decider=reviewer,
                                                              decision="approve")
         response = await waiting
@@ -288,7 +262,10 @@ def test_a_session_wait_still_signed_in_gets_the_decision(pending, agent, review
         return response["status"], json.loads(response["body"])
 
     status, body = async_to_sync(scenario)()
-    assert status == 200 and body["status"] == "approved"
+    if log_out:
+        assert status == 401 and body["error"] == "unauthenticated" and "status" not in body
+    else:
+        assert status == 200 and body["status"] == "approved"
 
 
 def test_other_paths_still_reach_django(agent_key, project):
