@@ -1,7 +1,9 @@
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -93,20 +95,32 @@ class EmergencySettings(BaseModel):
     project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="emergency_settings")
     # error_rate_high: both windows must exceed the rate, each with at least min_outcomes outcomes.
     error_rate_threshold = models.DecimalField(max_digits=4, decimal_places=3, default="0.500",
-                                               help_text="failed / (completed + failed), 0..1")
-    error_window_count = models.PositiveIntegerField(default=20, help_text="the last N outcomes")
-    error_window_seconds = models.PositiveIntegerField(default=300, help_text="outcomes of the last S seconds")
+                                               validators=[MinValueValidator(Decimal("0.001")),
+                                                           MaxValueValidator(Decimal("1"))],
+                                               help_text="failed / (completed + failed), above 0 and at most 1")
+    error_window_count = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1)],
+                                                     help_text="the last N outcomes")
+    error_window_seconds = models.PositiveIntegerField(default=300, validators=[MinValueValidator(1)],
+                                                       help_text="outcomes of the last S seconds")
     error_min_outcomes = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     error_window_reset_at = models.DateTimeField(null=True, blank=True,
                                                  help_text="outcomes before this are ignored (set by recovery)")
     # resource_exhaustion
-    max_pending_approvals = models.PositiveIntegerField(default=1000)
-    max_open_tasks = models.PositiveIntegerField(default=5000)
-    rate_limit_errors_threshold = models.PositiveIntegerField(default=20)
-    rate_limit_window_seconds = models.PositiveIntegerField(default=60)
+    max_pending_approvals = models.PositiveIntegerField(default=1000, validators=[MinValueValidator(1)])
+    max_open_tasks = models.PositiveIntegerField(default=5000, validators=[MinValueValidator(1)])
+    rate_limit_errors_threshold = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1)])
+    rate_limit_window_seconds = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
     # security_threat
     stop_on_critical_risk = models.BooleanField(default=True,
                                                 help_text="a critical risk flag on a requested call stops the project")
 
     def __str__(self):
         return f"emergency settings of {self.project}"
+
+    def clean(self):
+        """Settings that would stop a healthy project or never trip are refused (a threshold of -0.5
+        stopped a project on one completed task): at least as many outcomes in the window as the
+        condition needs."""
+        if self.error_min_outcomes and self.error_window_count and self.error_min_outcomes > self.error_window_count:
+            raise ValidationError({"error_min_outcomes": "At most the window's count of outcomes "
+                                                         f"({self.error_window_count}): the condition could never trip."})

@@ -1,4 +1,5 @@
 """Emergency stops: one unit of work that locks the project and halts everything in it."""
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audit.services import actor_repr, audit_record
@@ -115,7 +116,12 @@ def emergency_stop_resolve(*, uow, stop: EmergencyStop, actor, now, recovery_ses
 
 @retry_transient
 def emergency_settings_save(*, settings_row: EmergencySettings, actor, before, after) -> EmergencySettings:
-    """Save a project's condition thresholds (admin form), audited in the same unit of work."""
+    """Save a project's condition thresholds (admin form), audited in the same unit of work.
+    Values the model refuses (a threshold outside (0, 1], an empty window) are 400s, never saved."""
+    try:
+        settings_row.full_clean(exclude=["project"], validate_unique=False)
+    except ValidationError as exc:
+        raise InvalidInput(fields={k: list(v) for k, v in exc.message_dict.items()}) from None
     with project_uow(settings_row.project_id) as uow:
         uow.enter_stage("project_state")
         if settings_row.pk is not None and after:  # only what the form changed: never a stale copy of the rest

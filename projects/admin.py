@@ -5,10 +5,11 @@ from django.utils.html import format_html_join
 from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
 from core.admin import ReadOnlyAdminMixin
+from core.errors import InvalidInput
 from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
 from projects.permissions import project_visible_to
-from projects.services import project_notifier_delete, project_notifier_save
+from projects.services import normalise_hosts, notifier_target_clean, project_notifier_delete, project_notifier_save
 from projects.models import AgentState, Project, ProjectNotifier, ProjectUserObjectPermission, Task
 
 
@@ -44,6 +45,12 @@ class ProjectNotifierForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if cleaned.get("kind") and "target" in cleaned:
+            try:
+                cleaned["target"] = notifier_target_clean(cleaned["kind"], cleaned["target"])
+            except InvalidInput as exc:
+                for field, messages in exc.extra["fields"].items():
+                    self.add_error(field, messages)
         if cleaned.get("clear_secret"):
             if self.data.get(self.add_prefix("secret")):
                 self.add_error("clear_secret", "Either type a new secret or clear it, not both.")
@@ -70,6 +77,20 @@ class ProjectNotifierInline(admin.TabularInline):
     extra = 0
 
 
+class ProjectForm(forms.ModelForm):
+    """The allowed link hosts are checked as the API checks them (a form error, not a 500)."""
+
+    class Meta:
+        model = Project
+        fields = "__all__"
+
+    def clean_allowed_link_hosts(self):
+        try:
+            return normalise_hosts(self.cleaned_data.get("allowed_link_hosts") or [])
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.extra["fields"]["allowed_link_hosts"]) from None
+
+
 @admin.register(Project)
 class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
     """Status is changed only by the emergency and recovery services, never edited here. Who
@@ -77,6 +98,7 @@ class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
     audited), not django-guardian's per-permission page, which wrote no audit row and could grant
     half a role."""
 
+    form = ProjectForm
     list_display = ["slug", "name", "status", "timezone", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
@@ -140,7 +162,8 @@ class ProjectAdmin(ProjectScopedAdminMixin, admin.ModelAdmin):
             project_update(actor=request.user, project_id=obj.pk, name=obj.name, timezone_name=obj.timezone,
                            allowed_link_hosts=obj.allowed_link_hosts)
         else:
-            created = project_create(actor=request.user, name=obj.name, slug=obj.slug, timezone_name=obj.timezone)
+            created = project_create(actor=request.user, name=obj.name, slug=obj.slug, timezone_name=obj.timezone,
+                                     allowed_link_hosts=obj.allowed_link_hosts or [])
             obj.pk = created.pk
             obj._state.adding = False
 

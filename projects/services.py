@@ -1,6 +1,8 @@
 import logging
 import re
 
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator, URLValidator
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -22,20 +24,23 @@ def _task_snapshot(task: Task) -> dict:
 
 
 @transaction.atomic
-def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC") -> Project:
+def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC",
+                   allowed_link_hosts: list[str] | None = None) -> Project:
     try:
         validate_timezone(timezone_name)
     except Exception as exc:  # django ValidationError
         raise InvalidInput(fields={"timezone": list(getattr(exc, "messages", [str(exc)]))}) from None
+    hosts = normalise_hosts(allowed_link_hosts) if allowed_link_hosts is not None else []
     try:  # the database holds slugs unique without case (project_slug_unique_without_case)
         with transaction.atomic():
-            project = Project.objects.create(name=name, slug=slug, timezone=timezone_name)
+            project = Project.objects.create(name=name, slug=slug, timezone=timezone_name, allowed_link_hosts=hosts)
     except IntegrityError:
         raise InvalidInput(fields={"slug": [f"A project with slug {slug!r} already exists (slugs are compared "
                                             f"without case)."]}) from None
     AgentState.objects.bulk_create(AgentState(project=project, agent_type=t) for t in AgentType.values)
     audit_record(actor=actor, action="project.create", obj=project,
-                 after={"name": name, "slug": slug, "timezone": timezone_name, "status": project.status})
+                 after={"name": name, "slug": slug, "timezone": timezone_name, "status": project.status,
+                        **({"allowed_link_hosts": hosts} if hosts else {})})
     return project
 
 
@@ -82,9 +87,31 @@ def _notifier_values(notifier: ProjectNotifier) -> dict:
 
 
 @transaction.atomic
+def notifier_target_clean(kind: str, target: str) -> str:
+    """A notifier's target, stripped: an e-mail address for ``email``, an http(s) URL with a host
+    for ``webhook`` (what delivery accepts: anything else would be refused at the first alert,
+    after the stop it was meant to report)."""
+    target = (target or "").strip()
+    if kind == ProjectNotifier.Kind.EMAIL:
+        try:
+            EmailValidator()(target)
+        except ValidationError:
+            raise InvalidInput(fields={"target": ["An e-mail address (name@example.com)."]}) from None
+    elif kind == ProjectNotifier.Kind.WEBHOOK:
+        try:
+            URLValidator(schemes=["http", "https"])(target)
+        except ValidationError:
+            raise InvalidInput(fields={"target": ["An http:// or https:// URL with a host "
+                                                  "(https://hooks.example.com/hitl)."]}) from None
+    else:
+        raise InvalidInput(fields={"kind": [f"One of {', '.join(ProjectNotifier.Kind.values)}."]})
+    return target
+
+
 def project_notifier_save(*, actor, notifier: ProjectNotifier, before: dict | None, changed) -> ProjectNotifier:
     """Add (``before`` None) or change where a project's alerts go (admin), audited in its
-    project's chain with the fields that changed."""
+    project's chain with the fields that changed. A target delivery would refuse is refused here."""
+    notifier.target = notifier_target_clean(notifier.kind, notifier.target)
     notifier.save()
     fields = NOTIFIER_FIELDS if before is None else list(changed)
     audit_record(actor=actor, action="project_notifier.create" if before is None else "project_notifier.update",

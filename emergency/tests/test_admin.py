@@ -83,3 +83,28 @@ def test_condition_thresholds_set_in_the_admin_are_audited(admin_client, project
     assert r.status_code == 302, r.content[:500]
     assert EmergencySettings.objects.get(project=project).error_min_outcomes == 5
     assert AuditEvent.objects.filter(action="emergency_settings.update", project_id=project.pk).exists()
+
+
+@pytest.mark.parametrize("bad", [{"error_rate_threshold": "-0.5"}, {"error_rate_threshold": "1.5"},
+                                 {"error_rate_threshold": "0"}, {"error_window_count": 0},
+                                 {"error_min_outcomes": 25}, {"max_pending_approvals": 0},
+                                 {"rate_limit_window_seconds": 0}])
+def test_condition_thresholds_that_would_stop_a_healthy_project_or_never_trip_are_refused(admin_client, project,
+                                                                                           bad):
+    """A threshold of -0.5 (with one outcome in the window) stopped a project on one completed
+    task; above 1 the condition never trips. Refused in the form and in the service."""
+    from audit.models import AuditEvent
+    from core.errors import InvalidInput
+    from emergency.models import EmergencySettings
+    from emergency.services import emergency_settings_save
+
+    good = {"project": str(project.pk), "error_rate_threshold": "0.300", "error_window_count": 20,
+            "error_window_seconds": 300, "error_min_outcomes": 5, "max_pending_approvals": 100, "max_open_tasks": 100,
+            "rate_limit_errors_threshold": 10, "rate_limit_window_seconds": 60, "stop_on_critical_risk": "on"}
+    r = admin_client.post(reverse("admin:emergency_emergencysettings_add"), {**good, **bad})
+    assert r.status_code == 200 and r.context["adminform"].form.errors, r.status_code
+    assert not EmergencySettings.objects.filter(project=project).exists()
+    row = EmergencySettings(project=project, **{k: v for k, v in bad.items()})
+    with pytest.raises(InvalidInput):
+        emergency_settings_save(settings_row=row, actor=None, before=None, after=bad)
+    assert not AuditEvent.objects.filter(action="emergency_settings.update").exists()

@@ -120,3 +120,43 @@ def test_a_slug_taken_in_another_case_is_refused_in_words(client, admin_user, pr
     r = client.post(url, data)
     assert r.status_code == 200 and "slugs are told apart without case" in r.content.decode()
     assert "project_slug_unique_without_case" not in r.content.decode()
+
+
+@pytest.mark.parametrize("hosts", ['{"a": 1}', "[1, 2]", '["http://x y"]', '["' + "a" * 300 + '.com"]'])
+def test_link_hosts_the_api_would_refuse_are_a_form_error_not_a_500(client, admin_user, project, hosts):
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_change", args=[project.pk])
+    r = client.post(url, {**form_data(client.get(url)), "allowed_link_hosts": hosts})
+    assert r.status_code == 200 and r.context["adminform"].form.errors.get("allowed_link_hosts"), r.status_code
+    project.refresh_from_db()
+    assert project.allowed_link_hosts == []
+
+
+def test_a_project_added_in_the_admin_keeps_its_link_hosts(client, admin_user):
+    from projects.models import Project
+
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_add")
+    data = {**form_data(client.get(url)), "name": "Zeta", "slug": "zeta1", "timezone": "UTC",
+            "allowed_link_hosts": '["Example.com", "docs.example.org"]'}
+    assert client.post(url, data).status_code == 302
+    assert Project.objects.get(slug="zeta1").allowed_link_hosts == ["docs.example.org", "example.com"]
+    r = client.post(url, {**data, "slug": "zeta2", "allowed_link_hosts": "[1]"})
+    assert r.status_code == 200 and not Project.objects.filter(slug="zeta2").exists()
+
+
+@pytest.mark.parametrize("kind, target", [("webhook", "hooks.example.com/no-scheme"), ("webhook", "ftp://example.com/x"),
+                                          ("webhook", "javascript:alert(1)"), ("email", "not-an-email"),
+                                          ("email", "a@b.c\nBcc: x@y.z")])
+def test_a_notifier_target_delivery_would_refuse_is_refused_when_saved(client, admin_user, project, kind, target):
+    """It was saved, and the first alert (a stop) was then dropped by the worker."""
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_change", args=[project.pk])
+    data = {**form_data(client.get(url)), "notifiers-TOTAL_FORMS": "1", "notifiers-0-kind": kind,
+            "notifiers-0-target": target, "notifiers-0-active": "on"}
+    r = client.post(url, data)
+    assert r.status_code == 200 and "target" in r.context["inline_admin_formsets"][1].formset.errors[0]
+    assert not ProjectNotifier.objects.filter(project=project).exists()
+    ok = "alerts@example.com" if kind == "email" else "https://hooks.example.com/hitl"
+    assert client.post(url, {**data, "notifiers-0-target": f" {ok} "}).status_code == 302
+    assert ProjectNotifier.objects.get(project=project).target == ok

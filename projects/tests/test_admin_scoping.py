@@ -111,3 +111,42 @@ def test_a_bulk_action_says_how_many_selected_items_it_left_out(client, reviewer
     assert "1 selected item is not visible to you and was not changed." in said, said
     assert AgentCallApproval.objects.get(pk=mine.pk).status == "approved"
     assert AgentCallApproval.objects.get(pk=theirs.pk).status == "pending"
+
+
+def test_a_hand_edited_selection_that_is_not_an_id_is_left_out_not_a_500(client, reviewer, agent, rows):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    from approvals.models import AgentCallApproval
+    from approvals.services import agent_approval_request
+
+    mine = agent_approval_request(requester=agent, project_id=rows["mine"]["task"].project_id,
+                                  task_id=rows["mine"]["task"].pk, agent_type="coder", proposed_action="x",
+                                  input_data={}, estimated_tokens=1, estimated_cost="0.0001")
+    client.force_login(reviewer)
+    changelist = reverse("admin:approvals_agentcallapproval_changelist")
+    r = client.post(changelist, {"action": "approve_selected", "index": 0,
+                                 ACTION_CHECKBOX_NAME: [str(mine.pk), "not-a-uuid"]}, follow=True)
+    said = [str(m) for m in r.context["messages"]]
+    assert "1 selected item is not visible to you and was not changed." in said, said
+    assert AgentCallApproval.objects.get(pk=mine.pk).status == "approved"
+
+
+def test_an_action_asking_a_reason_names_the_selected_items_it_leaves_out(client, reviewer, agent, rows):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    from approvals.models import AgentCallApproval
+    from approvals.services import agent_approval_request
+
+    def call(user, task):
+        return agent_approval_request(requester=user, project_id=task.project_id, task_id=task.pk,
+                                      agent_type="coder", proposed_action="x", input_data={},
+                                      estimated_tokens=1, estimated_cost="0.0001")
+
+    mine = call(agent, rows["mine"]["task"])
+    theirs = call(rows["theirs"]["task"].created_by, rows["theirs"]["task"])
+    client.force_login(reviewer)
+    r = client.post(reverse("admin:approvals_agentcallapproval_changelist"),
+                    {"action": "reject_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(mine.pk), str(theirs.pk)]})
+    assert r.status_code == 200  # the page asking for the reason
+    assert "1 selected item is not visible to you and was not changed." in r.content.decode()
+    assert AgentCallApproval.objects.get(pk=theirs.pk).status == "pending"
