@@ -247,4 +247,21 @@ def _error_response(exc, context):
     if kind is not None:
         log.warning("transient database error, answered 503: %s: %s", kind, exc)
         return Response(unavailable_body(kind), status=503, headers={"Retry-After": str(retry_after_seconds())})
+    if out_of_range(exc):  # the whole unit of work rolled back with it: nothing was changed
+        log.warning("a total out of the database's range, answered 409: %s", exc)
+        return Response(error_body("conflict", "A total this request would store (of the budget's cost or tokens, "
+                                               "an override or an alert) is beyond what the database holds "
+                                               "(under 10,000,000,000): nothing was changed."), status=409)
     return None  # unexpected: Django's 500 handler (JSON for /api/, see core.views)
+
+
+def out_of_range(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error behind it) is PostgreSQL's "numeric value out of range"
+    (SQLSTATE 22003): a sum past its column's precision (NUMERIC(14,4) amounts)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) == "22003":
+            return True
+        exc = exc.__cause__
+    return False

@@ -273,7 +273,9 @@ def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal,
     spent = [e for e in entries if e.kind in (UsageEntry.Kind.SETTLE, UsageEntry.Kind.ADJUST)]  # an amendment's: 0
     recorded = (sum(e.spent_tokens for e in spent), sum((e.spent_cost for e in spent), ZERO))
     if cost_priced:
-        actual_cost = max(actual_cost, recorded[1])
+        # the server priced it: the same tokens again are a retry, whatever the price list says
+        # now (a price changed since the first report must not charge them twice)
+        actual_cost = recorded[1] if tokens_used == recorded[0] else max(actual_cost, recorded[1])
     more_tokens, more_cost = tokens_used - recorded[0], actual_cost - recorded[1]
     if more_tokens < 0 or more_cost < 0:
         return Settlement(False, recorded=recorded, below=True)

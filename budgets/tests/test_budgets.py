@@ -563,6 +563,28 @@ def test_usage_cost_from_the_price_table(project, agent, reviewer, client_for):
     assert Decimal("0.0011") <= spent <= Decimal("0.0013")  # ~2000 tokens at $0.60 per million output
 
 
+def test_a_priced_report_retried_after_a_price_change_charges_nothing_more(project, agent, reviewer, client_for):
+    """The same totals again are a retry (the SDK retries a report without an Idempotency-Key):
+    a price changed since the first report repriced the tokens and charged ten times more."""
+    from approvals.models import ModelPrice
+
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="priced")
+    approval = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                      proposed_action="write", input_data={}, model="gpt-4o-mini")
+    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
+    client = client_for(agent)
+    client.post(f"/api/v1/agent-approvals/{approval.pk}/start")
+    usage = f"/api/v1/agent-approvals/{approval.pk}/usage"
+    assert client.post(usage, {"tokens_used": 100000}, format="json").status_code == 200
+    spent = day_window(project).spent_cost
+    ModelPrice.objects.filter(model="gpt-4o-mini").update(input_per_million=Decimal("1.5"),
+                                                          output_per_million=Decimal("6.0"))
+    assert client.post(usage, {"tokens_used": 100000}, format="json").status_code == 200
+    assert day_window(project).spent_cost == spent
+    assert client.post(usage, {"tokens_used": 110000}, format="json").status_code == 200  # more tokens: they count
+    assert day_window(project).spent_cost > spent
+
+
 def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
     from django.urls import reverse
@@ -728,3 +750,22 @@ def test_a_reviewer_cannot_pass_the_manager_threshold_in_pieces(project, agent, 
     assert approve(tokens).status_code == 200    # another kind
     assert approve(third, who=manager).status_code == 200
     assert day_window(project).allowance_cost == Decimal("120.0000")
+
+
+@pytest.mark.postgres
+def test_totals_past_what_the_database_holds_are_a_409_that_changes_nothing(project, agent, client_for):
+    """Five reports of 2,147,483,647 tokens made every later call request a 500 for the month
+    (the automatic override's amount overflowed NUMERIC(14,4)): now a 409 in the API's format,
+    and nothing is written."""
+    limits(project, daily_token_limit=1000)
+    call(project, agent, cost="0.0001")  # the day's window exists
+    BudgetWindow.objects.filter(pk=day_window(project).pk).update(spent_tokens=20_000_000_000)
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="after the flood")
+    calls_before = AgentCallApproval.objects.count()
+    r = client_for(agent).post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder", "proposed_action": "x",
+        "input_data": {}, "estimated_tokens": 10, "estimated_cost": "0.0001"}, format="json")
+    assert_error(r, 409, "conflict")
+    assert "beyond what the database holds" in r.json()["detail"]
+    assert AgentCallApproval.objects.count() == calls_before
+    assert not BudgetOverrideRequest.objects.filter(project=project).exists()
