@@ -249,9 +249,9 @@ def _error_response(exc, context):
         return Response(unavailable_body(kind), status=503, headers={"Retry-After": str(retry_after_seconds())})
     if out_of_range(exc):  # the whole unit of work rolled back with it: nothing was changed
         log.warning("a total out of the database's range, answered 409: %s", exc)
-        return Response(error_body("conflict", "A total this request would store (of the budget's cost or tokens, "
-                                               "an override or an alert) is beyond what the database holds "
-                                               "(under 10,000,000,000): nothing was changed."), status=409)
+        return Response(error_body("conflict", "A value this request would store (a budget total, an override or "
+                                               "an alert amount, all under 10,000,000,000) is beyond what the "
+                                               "database holds: nothing was changed."), status=409)
     return None  # unexpected: Django's 500 handler (JSON for /api/, see core.views)
 
 

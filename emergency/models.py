@@ -96,8 +96,9 @@ class EmergencySettings(BaseModel):
     # error_rate_high: both windows must exceed the rate, each with at least min_outcomes outcomes.
     error_rate_threshold = models.DecimalField(max_digits=4, decimal_places=3, default="0.500",
                                                validators=[MinValueValidator(Decimal("0.001")),
-                                                           MaxValueValidator(Decimal("1"))],
-                                               help_text="failed / (completed + failed), above 0 and at most 1")
+                                                           MaxValueValidator(Decimal("0.999"))],
+                                               help_text="failed / (completed + failed), above 0 and below 1 "
+                                                         "(the condition trips above it)")
     error_window_count = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1)],
                                                      help_text="the last N outcomes")
     error_window_seconds = models.PositiveIntegerField(default=300, validators=[MinValueValidator(1)],

@@ -45,7 +45,8 @@ class ProjectNotifierForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("kind") and "target" in cleaned:
+        if cleaned.get("kind") and "target" in cleaned and (not self.instance.pk or {"kind", "target"} & set(
+                self.changed_data)):  # a notifier saved before, left untouched, is not checked again
             try:
                 cleaned["target"] = notifier_target_clean(cleaned["kind"], cleaned["target"])
             except InvalidInput as exc:

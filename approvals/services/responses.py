@@ -134,7 +134,7 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
         # stopped: the usage is still recorded (the tokens were spent); the output is not taken
         settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost,
-                                   cost_priced=cost_priced)
+                                   price=(lambda tokens: priced_cost(call, tokens)) if cost_priced else None)
         if not stopped:  # stopped: the answer is 423 (below), whatever the totals
             refuse_lower_totals(settlement, current_status=call.status)
         record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)

@@ -51,7 +51,7 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
         if cost_priced:
             actual_cost = priced_cost(approval, tokens_used)
         settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost,
-                                   cost_priced=cost_priced)
+                                   price=(lambda tokens: priced_cost(approval, tokens)) if cost_priced else None)
         refuse_lower_totals(settlement, current_status=approval.status)
         record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
     return approval, settlement.settled

@@ -224,7 +224,7 @@ class Settlement:
     below: bool = False         # a later report: less than already landed (nothing changed)
 
 
-def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None, cost_priced: bool = False) -> Settlement:
+def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None, price=None) -> Settlement:
     """The call ran: its real usage replaces its reservation, exactly once, even when larger
     than the estimate. With the reservation released (a late report) or never made, the spend
     still lands, in the reservation's windows or else in the windows covering the call's start.
@@ -232,15 +232,16 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None, cost_pr
     A report gives the call's total usage so far. A later report repeating the totals changes
     nothing (a retry); one above them lands the difference as an ``adjust`` entry (every token a
     started call reports lands in the ledger); one below them changes nothing (``below``: spend
-    never goes back). ``cost_priced``: the agent gave no cost and ``actual_cost`` is the server's
-    pricing of the tokens, which never counts as less than a cost the agent reported before."""
+    never goes back). ``price``: the agent gave no cost, ``actual_cost`` is the server's pricing
+    of the tokens and ``price(tokens)`` prices a count at today's prices: a later report then adds
+    the price of its new tokens alone (a price changed in between never reprices the tokens that
+    already landed), and never counts as less than a cost the agent reported before."""
     now = now or timezone.now()
     actual_cost = Decimal(actual_cost).quantize(FOUR_PLACES)
     entries = _entries(call.pk)
     kinds = {e.kind for e in entries}
     if UsageEntry.Kind.SETTLE in kinds:
-        return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost,
-                             cost_priced=cost_priced)
+        return _settle_again(uow, call, entries, tokens_used=tokens_used, actual_cost=actual_cost, price=price)
     reserve = _reserve_entry(entries)
     released = UsageEntry.Kind.RELEASE in kinds
     _, give_back_tokens, give_back_cost = _open_reservation(entries)
@@ -268,14 +269,14 @@ def budget_settle(*, uow, call, tokens_used: int, actual_cost, now=None, cost_pr
                         action="budget.settle", reserved=reserve is not None, audit={"reservation": reservation})
 
 
-def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal, cost_priced: bool) -> Settlement:
+def _settle_again(uow, call, entries, *, tokens_used: int, actual_cost: Decimal, price=None) -> Settlement:
     """A report after the call was settled: the difference above what landed, as one more entry."""
     spent = [e for e in entries if e.kind in (UsageEntry.Kind.SETTLE, UsageEntry.Kind.ADJUST)]  # an amendment's: 0
     recorded = (sum(e.spent_tokens for e in spent), sum((e.spent_cost for e in spent), ZERO))
-    if cost_priced:
-        # the server priced it: the same tokens again are a retry, whatever the price list says
-        # now (a price changed since the first report must not charge them twice)
-        actual_cost = recorded[1] if tokens_used == recorded[0] else max(actual_cost, recorded[1])
+    if price is not None and tokens_used >= recorded[0]:
+        # the server prices it: what landed stays, the new tokens (none for a retry) at today's prices
+        new = Decimal(price(tokens_used)) - Decimal(price(recorded[0])) if tokens_used > recorded[0] else ZERO
+        actual_cost = (recorded[1] + max(new, ZERO)).quantize(FOUR_PLACES)
     more_tokens, more_cost = tokens_used - recorded[0], actual_cost - recorded[1]
     if more_tokens < 0 or more_cost < 0:
         return Settlement(False, recorded=recorded, below=True)

@@ -581,8 +581,13 @@ def test_a_priced_report_retried_after_a_price_change_charges_nothing_more(proje
                                                           output_per_million=Decimal("6.0"))
     assert client.post(usage, {"tokens_used": 100000}, format="json").status_code == 200
     assert day_window(project).spent_cost == spent
-    assert client.post(usage, {"tokens_used": 110000}, format="json").status_code == 200  # more tokens: they count
-    assert day_window(project).spent_cost > spent
+    # more tokens: only they are priced, at today's prices (6.00 per million output tokens)
+    assert client.post(usage, {"tokens_used": 110000}, format="json").status_code == 200
+    assert day_window(project).spent_cost == spent + Decimal("0.0600")
+    ModelPrice.objects.filter(model="gpt-4o-mini").update(input_per_million=Decimal("0.015"),
+                                                          output_per_million=Decimal("0.06"))
+    assert client.post(usage, {"tokens_used": 910000}, format="json").status_code == 200  # cheaper now, still counted
+    assert day_window(project).spent_cost == spent + Decimal("0.0600") + Decimal("0.0480")
 
 
 def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='emergencysettings',
             name='error_rate_threshold',
-            field=models.DecimalField(decimal_places=3, default='0.500', help_text='failed / (completed + failed), above 0 and at most 1', max_digits=4, validators=[django.core.validators.MinValueValidator(Decimal('0.001')), django.core.validators.MaxValueValidator(Decimal('1'))]),
+            field=models.DecimalField(decimal_places=3, default='0.500', help_text='failed / (completed + failed), above 0 and below 1 (the condition trips above it)', max_digits=4, validators=[django.core.validators.MinValueValidator(Decimal('0.001')), django.core.validators.MaxValueValidator(Decimal('0.999'))]),
         ),
         migrations.AlterField(
             model_name='emergencysettings',

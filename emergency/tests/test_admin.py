@@ -85,7 +85,7 @@ def test_condition_thresholds_set_in_the_admin_are_audited(admin_client, project
     assert AuditEvent.objects.filter(action="emergency_settings.update", project_id=project.pk).exists()
 
 
-@pytest.mark.parametrize("bad", [{"error_rate_threshold": "-0.5"}, {"error_rate_threshold": "1.5"},
+@pytest.mark.parametrize("bad", [{"error_rate_threshold": "-0.5"}, {"error_rate_threshold": "1.5"}, {"error_rate_threshold": "1"},
                                  {"error_rate_threshold": "0"}, {"error_window_count": 0},
                                  {"error_min_outcomes": 25}, {"max_pending_approvals": 0},
                                  {"rate_limit_window_seconds": 0}])

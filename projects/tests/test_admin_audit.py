@@ -157,6 +157,16 @@ def test_a_notifier_target_delivery_would_refuse_is_refused_when_saved(client, a
     r = client.post(url, data)
     assert r.status_code == 200 and "target" in r.context["inline_admin_formsets"][1].formset.errors[0]
     assert not ProjectNotifier.objects.filter(project=project).exists()
-    ok = "alerts@example.com" if kind == "email" else "https://hooks.example.com/hitl"
+    ok = "alerts@example.com" if kind == "email" else "http://alerts:9000/hook"  # a service name without a dot
     assert client.post(url, {**data, "notifiers-0-target": f" {ok} "}).status_code == 302
     assert ProjectNotifier.objects.get(project=project).target == ok
+
+
+def test_a_notifier_saved_before_the_check_does_not_block_the_projects_other_changes(client, admin_user, project):
+    ProjectNotifier.objects.create(project=project, kind="webhook", target="hooks.example.com/legacy")
+    client.force_login(admin_user)
+    url = reverse("admin:projects_project_change", args=[project.pk])
+    assert client.post(url, {**form_data(client.get(url)), "name": "Renamed"}).status_code == 302
+    project.refresh_from_db()
+    assert project.name == "Renamed"
+    assert ProjectNotifier.objects.get(project=project).target == "hooks.example.com/legacy"
