@@ -550,15 +550,20 @@ def test_the_agent_reports_usage_of_a_started_call_once(project, agent, reviewer
     assert body["tokens_used_today"] == 900 and body["cost_incurred_today"] == "0.9000"
 
 
-def test_usage_cost_from_the_price_table(project, agent, reviewer, client_for):
+def started_priced_call(project, agent, reviewer, client_for):
+    """(the agent's client, the usage URL) of a started gpt-4o-mini call (priced from the table)."""
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="priced")
     approval = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
                                       proposed_action="write", input_data={}, model="gpt-4o-mini")
     agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
     client = client_for(agent)
     client.post(f"/api/v1/agent-approvals/{approval.pk}/start")
-    assert client.post(f"/api/v1/agent-approvals/{approval.pk}/usage", {"tokens_used": 2000},
-                       format="json").status_code == 200
+    return client, f"/api/v1/agent-approvals/{approval.pk}/usage"
+
+
+def test_usage_cost_from_the_price_table(project, agent, reviewer, client_for):
+    client, usage = started_priced_call(project, agent, reviewer, client_for)
+    assert client.post(usage, {"tokens_used": 2000}, format="json").status_code == 200
     spent = day_window(project).spent_cost
     assert Decimal("0.0011") <= spent <= Decimal("0.0013")  # ~2000 tokens at $0.60 per million output
 
@@ -568,13 +573,7 @@ def test_a_priced_report_retried_after_a_price_change_charges_nothing_more(proje
     a price changed since the first report repriced the tokens and charged ten times more."""
     from approvals.models import ModelPrice
 
-    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="priced")
-    approval = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
-                                      proposed_action="write", input_data={}, model="gpt-4o-mini")
-    agent_approval_decide(approval_id=approval.pk, decider=reviewer, decision="approve")
-    client = client_for(agent)
-    client.post(f"/api/v1/agent-approvals/{approval.pk}/start")
-    usage = f"/api/v1/agent-approvals/{approval.pk}/usage"
+    client, usage = started_priced_call(project, agent, reviewer, client_for)
     assert client.post(usage, {"tokens_used": 100000}, format="json").status_code == 200
     spent = day_window(project).spent_cost
     ModelPrice.objects.filter(model="gpt-4o-mini").update(input_per_million=Decimal("1.5"),

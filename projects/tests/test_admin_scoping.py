@@ -94,12 +94,6 @@ def test_a_bulk_action_says_how_many_selected_items_it_left_out(client, reviewer
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 
     from approvals.models import AgentCallApproval
-    from approvals.services import agent_approval_request
-
-    def call(user, task):
-        return agent_approval_request(requester=user, project_id=task.project_id, task_id=task.pk,
-                                      agent_type="coder", proposed_action="x", input_data={},
-                                      estimated_tokens=1, estimated_cost="0.0001")
 
     mine = call(agent, rows["mine"]["task"])
     theirs = call(rows["theirs"]["task"].created_by, rows["theirs"]["task"])
@@ -117,11 +111,8 @@ def test_a_hand_edited_selection_that_is_not_an_id_is_left_out_not_a_500(client,
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 
     from approvals.models import AgentCallApproval
-    from approvals.services import agent_approval_request
 
-    mine = agent_approval_request(requester=agent, project_id=rows["mine"]["task"].project_id,
-                                  task_id=rows["mine"]["task"].pk, agent_type="coder", proposed_action="x",
-                                  input_data={}, estimated_tokens=1, estimated_cost="0.0001")
+    mine = call(agent, rows["mine"]["task"])
     client.force_login(reviewer)
     changelist = reverse("admin:approvals_agentcallapproval_changelist")
     r = client.post(changelist, {"action": "approve_selected", "index": 0,
@@ -135,12 +126,6 @@ def test_an_action_asking_a_reason_names_the_selected_items_it_leaves_out(client
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 
     from approvals.models import AgentCallApproval
-    from approvals.services import agent_approval_request
-
-    def call(user, task):
-        return agent_approval_request(requester=user, project_id=task.project_id, task_id=task.pk,
-                                      agent_type="coder", proposed_action="x", input_data={},
-                                      estimated_tokens=1, estimated_cost="0.0001")
 
     mine = call(agent, rows["mine"]["task"])
     theirs = call(rows["theirs"]["task"].created_by, rows["theirs"]["task"])
@@ -150,3 +135,12 @@ def test_an_action_asking_a_reason_names_the_selected_items_it_leaves_out(client
     assert r.status_code == 200  # the page asking for the reason
     assert "1 selected item is not visible to you and was not changed." in r.content.decode()
     assert AgentCallApproval.objects.get(pk=theirs.pk).status == "pending"
+
+
+def call(user, task):
+    """A pending call of ``task``, requested by ``user``."""
+    from approvals.services import agent_approval_request
+
+    return agent_approval_request(requester=user, project_id=task.project_id, task_id=task.pk,
+                                  agent_type="coder", proposed_action="x", input_data={},
+                                  estimated_tokens=1, estimated_cost="0.0001")
