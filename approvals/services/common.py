@@ -150,8 +150,8 @@ def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason:
     if to in (Status.APPROVED, Status.REJECTED):
         approval.responded_at, approval.approved_by = now, actor
         fields += ["responded_at", "approved_by"]
-    if to == Status.REJECTED:
-        approval.rejection_reason = reason
+    if to == Status.REJECTED or (to == Status.CANCELLED and reason):
+        approval.rejection_reason = reason  # why it was rejected, or cancelled (its agent's reason, a lapsed grant)
         fields.append("rejection_reason")
     if to == Status.APPROVED:
         if approval.budget_state != BudgetState.RESERVED:  # the constraint says so too

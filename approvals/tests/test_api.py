@@ -130,6 +130,9 @@ def test_cancel_by_the_requesting_agent(requested, agent_client, reviewer_client
     approval_id = requested["approval_id"]
     r = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/cancel", {"reason": "not needed"}, format="json")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["rejection_reason"] == "not needed"  # the agent's reason, in the call and its event
+    [event] = Event.objects.filter(event_type="agent_approval_decided", data__approval_id=approval_id)
+    assert event.data["rejection_reason"] == "not needed" and event.data["status"] == "cancelled"
     assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/cancel").status_code == 200  # replay
     assert respond(reviewer_client, approval_id, decision="approve").status_code == 409
     task.refresh_from_db()
