@@ -7,10 +7,11 @@ from typing import Protocol
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from core.admin import ReadOnlyAdminMixin, changed_values
-from core.errors import DomainError
+from core.errors import DomainError, InvalidInput
 from core.hooks import Hook
 from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
 from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity
@@ -59,6 +60,18 @@ class EmergencySettingsAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, *(["project"] if obj else [])]  # a row stays its project's
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        """A save the service refuses after the form passed (another manager's edit saved
+        meanwhile makes the two together invalid) is said on the page with the current values,
+        never a 500."""
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except InvalidInput as err:
+            problems = "; ".join(f"{name.replace('_', ' ')}: {' '.join(errors)}"
+                                 for name, errors in (err.extra.get("fields") or {}).items())
+            self.message_user(request, f"{err.detail} {problems}".strip(), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request, obj, form, change):
         emergency_settings_save(settings_row=obj, actor=request.user,

@@ -108,3 +108,66 @@ def test_condition_thresholds_that_would_stop_a_healthy_project_or_never_trip_ar
     with pytest.raises(InvalidInput):
         emergency_settings_save(settings_row=row, actor=None, before=None, after=bad)
     assert not AuditEvent.objects.filter(action="emergency_settings.update").exists()
+
+
+GOOD_SETTINGS = {"error_rate_threshold": "0.300", "error_window_count": 20, "error_window_seconds": 300,
+                 "error_min_outcomes": 5, "max_pending_approvals": 100, "max_open_tasks": 100,
+                 "rate_limit_errors_threshold": 10, "rate_limit_window_seconds": 60, "stop_on_critical_risk": True}
+
+
+def test_two_edits_valid_each_on_its_own_copy_cannot_combine_into_settings_that_never_trip(project, manager):
+    """One manager raises the minimum of outcomes to 15 (of 20), another, from a copy read
+    before, shrinks the window to 10 (with the minimum of 5 it saw): each is valid, together
+    the condition could never trip. The second is refused and nothing of it is saved."""
+    from audit.models import AuditEvent
+    from core.errors import InvalidInput
+    from emergency.models import EmergencySettings
+    from emergency.services import emergency_settings_save
+
+    row = EmergencySettings.objects.create(project=project, **GOOD_SETTINGS)
+    first, second = EmergencySettings.objects.get(pk=row.pk), EmergencySettings.objects.get(pk=row.pk)
+    first.error_min_outcomes = 15
+    emergency_settings_save(settings_row=first, actor=manager, before={"error_min_outcomes": 5},
+                            after={"error_min_outcomes": 15})
+    second.error_window_count = 10
+    with pytest.raises(InvalidInput) as refused:
+        emergency_settings_save(settings_row=second, actor=manager, before={"error_window_count": 20},
+                                after={"error_window_count": 10})
+    assert "error_min_outcomes" in refused.value.extra["fields"]
+    assert "Another manager changed these settings" in refused.value.detail
+    row.refresh_from_db()
+    assert (row.error_window_count, row.error_min_outcomes) == (20, 15)
+    assert AuditEvent.objects.filter(action="emergency_settings.update").count() == 1
+    # a later edit that fits the other one is saved, onto the row as it stands
+    third = EmergencySettings.objects.get(pk=row.pk)
+    third.error_window_seconds = 600
+    emergency_settings_save(settings_row=third, actor=manager, before={"error_window_seconds": 300},
+                            after={"error_window_seconds": 600})
+    row.refresh_from_db()
+    assert (row.error_window_count, row.error_min_outcomes, row.error_window_seconds) == (20, 15, 600)
+
+
+def test_an_admin_save_refused_after_its_form_passed_is_said_on_the_page(client, project, manager, monkeypatch):
+    """Another manager's edit lands between the form's check and the save: the page says why
+    nothing was saved, shows the current values, and is never a 500."""
+    import emergency.admin as emergency_admin
+    from emergency.models import EmergencySettings
+
+    row = EmergencySettings.objects.create(project=project, **GOOD_SETTINGS)
+    real_save = emergency_admin.emergency_settings_save
+
+    def other_manager_first(**kwargs):
+        other = EmergencySettings.objects.get(pk=row.pk)
+        other.error_min_outcomes = 15
+        real_save(settings_row=other, actor=manager, before={"error_min_outcomes": 5},
+                  after={"error_min_outcomes": 15})
+        return real_save(**kwargs)
+
+    monkeypatch.setattr(emergency_admin, "emergency_settings_save", other_manager_first)
+    url = reverse("admin:emergency_emergencysettings_change", args=[row.pk])
+    r = login(client, manager).post(url, {**GOOD_SETTINGS, "stop_on_critical_risk": "on", "error_window_count": 10})
+    assert r.status_code == 302 and r.url == url
+    page = client.get(url).content.decode()
+    assert "Another manager changed these settings" in page and "error min outcomes" in page
+    row.refresh_from_db()  # the window kept; the other edit, run here inside this request's transaction, went with it
+    assert (row.error_window_count, row.error_min_outcomes) == (20, 5)
