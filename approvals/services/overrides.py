@@ -29,20 +29,30 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
     if project_id is None:
         raise NotFoundError("No such budget override.")
     with project_uow(project_id, gate=True) as uow:
-        calls = _lock_calls(uow, AgentCallApproval.objects.filter(budget_override_id=override_id,
-                                                                 status=Status.PENDING))
+        # Its calls and every other call blocked behind an override, locked in LOCK_ORDER (their
+        # tasks, the calls, their overrides, then the windows): each override was sized without
+        # the calls blocked beside it, so approving this one can leave another asking for less
+        # than its call now needs; that one is sized again below.
+        blocked = _lock_calls(uow, AgentCallApproval.objects.filter(
+            project_id=project_id, status=Status.PENDING, budget_state=BudgetState.BLOCKED).exclude(
+            budget_override_id=None))
+        others = _lock_overrides(uow, [call for call in blocked if call.budget_override_id != override_id],
+                                 also=override_id)
+        own = [call for call in blocked if call.budget_override_id == override_id]
         override = override_decide_locked(uow=uow, override_id=override_id, actor=actor, decision=decision,
                                           reason=reason, reason_required=reason_required)
         now = timezone.now()
-        for call in calls:
-            if call.budget_state != BudgetState.BLOCKED:
-                continue
+        for call in own:
             if override.status == BudgetOverrideRequest.Status.REJECTED:
                 close_call(uow, call, actor=actor, to=Status.REJECTED, now=now,
                            reason=f"Budget override rejected{': ' + override.rejection_reason if override.rejection_reason else '.'}",
                            event_type="agent_approval_decided", action="agent_approval.reject_budget")
                 continue
             _readmit(uow, call, actor, now)
+        if override.status == BudgetOverrideRequest.Status.APPROVED:
+            _size_again(uow, others, now, actor=actor,
+                        reason=f"Budget override {override.pk} was approved first: its call was admitted again "
+                               f"against what that left.")
     return override
 
 
@@ -55,7 +65,7 @@ def _lock_calls(uow, calls) -> list[AgentCallApproval]:
     return locked
 
 
-def _readmit(uow, call: AgentCallApproval, actor, now) -> bool:
+def _readmit(uow, call: AgentCallApproval, actor, now, *, keep_link: bool = True) -> bool:
     """Admit the call again (its override approved, or the limits changed). It is reserved,
     blocked behind a new override (a limit still passed), or stays blocked behind its override
     with a clear reason (the projected daily cost would pass 1.5 x the limit, which no override
@@ -71,6 +81,8 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> bool:
         audit_record(actor=actor, action="agent_approval.still_blocked", obj=call,
                      after={"budget_state": call.budget_state, "reason": call.budget_blocked_reason})
         return False
+    if admission.reserved and not keep_link:
+        call.budget_override_id = None  # admitted without its (pending, then withdrawn) override
     admission_apply(call, admission)
     audit_record(actor=actor, action="agent_approval.unblock" if admission.reserved else "agent_approval.reblock",
                  obj=call, after={"budget_state": call.budget_state,
@@ -81,15 +93,8 @@ def _readmit(uow, call: AgentCallApproval, actor, now) -> bool:
 
 
 def readmit_after_limits_change(*, uow) -> None:
-    """budgets.hooks.budget_limits_changed: the blocked calls admitted again under the new limits,
-    oldest first, each against the windows as the ones before it left them (the limits change
-    holds the project exclusively, so nothing else moves them meanwhile):
-    - a call kept blocked although its override was approved (only the 1.5 x ceiling held it);
-    - a call waiting for a pending override that no longer asks for what it needs now (not
-      needed at all, or another amount or limit): it is reserved, or blocked behind a new override
-      for what is missing, and only then is the old one withdrawn. One that the 1.5 x ceiling now
-      holds keeps its override, with a reason that says so; one whose override still asks for the
-      right amount is left as it is."""
+    """budgets.hooks.budget_limits_changed: the blocked calls admitted again under the new limits
+    (``_size_again``; the limits change holds the project exclusively)."""
     blocked = (AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
                                                 budget_state=BudgetState.BLOCKED)
                .exclude(budget_override_id=None))
@@ -98,17 +103,33 @@ def readmit_after_limits_change(*, uow) -> None:
             BudgetOverrideRequest.Status.APPROVED, BudgetOverrideRequest.Status.PENDING]).exists():
         return
     calls = _lock_calls(uow, blocked)
-    overrides = {o.pk: o for o in uow.lock_many("override", BudgetOverrideRequest.objects.filter(
-        pk__in=[call.budget_override_id for call in calls]))}
-    now = timezone.now()
-    for call in sorted(calls, key=lambda call: call.created_at):
-        old = overrides.get(call.budget_override_id)
+    _size_again(uow, _lock_overrides(uow, calls), timezone.now(), actor=None,
+                reason="The budget limits changed: its call was admitted again under the new ones.")
+
+
+def _lock_overrides(uow, calls, *, also=None) -> list[tuple[AgentCallApproval, BudgetOverrideRequest | None]]:
+    """The calls' overrides (and ``also``), locked: [(call, its override)]."""
+    ids = {call.budget_override_id for call in calls} | ({also} if also else set())
+    overrides = {o.pk: o for o in uow.lock_many("override", BudgetOverrideRequest.objects.filter(pk__in=ids))}
+    return [(call, overrides.get(call.budget_override_id)) for call in calls]
+
+
+def _size_again(uow, pairs, now, *, actor, reason: str) -> None:
+    """Blocked calls admitted again, oldest first, each against the windows as the ones before it
+    left them (the caller holds the project exclusively, so nothing else moves them meanwhile):
+    - a call kept blocked although its override was approved (only the 1.5 x ceiling held it);
+    - a call waiting for a pending override that no longer asks for what it needs now (not
+      needed at all, or another amount or limit): it is reserved, or blocked behind a new override
+      for what is missing, and only then is the old one withdrawn (a reserved call then names no
+      override: none was needed). One that the 1.5 x ceiling now holds keeps its override, with
+      a reason that says so; one whose override still asks for the right amount is left as it is."""
+    for call, old in sorted(pairs, key=lambda pair: pair[0].created_at):
         if old is None or old.status not in (BudgetOverrideRequest.Status.APPROVED,
                                               BudgetOverrideRequest.Status.PENDING):
             continue
         if old.status == BudgetOverrideRequest.Status.PENDING and \
                 budget_admission_preview(call, now) == (old.violation_type, old.requested_amount):
             continue  # it still asks for what the call needs
-        if _readmit(uow, call, None, now) and old.status == BudgetOverrideRequest.Status.PENDING:
-            overrides_withdraw([old], reason="The budget limits changed: its call was admitted again under the "
-                                             "new ones.")
+        pending = old.status == BudgetOverrideRequest.Status.PENDING
+        if _readmit(uow, call, actor, now, keep_link=not pending) and pending:
+            overrides_withdraw([old], reason=reason)

@@ -363,7 +363,7 @@ def test_raising_the_limit_admits_a_call_blocked_behind_a_pending_override_and_w
     assert r.status_code == 200, r.content
     b.refresh_from_db()
     c.refresh_from_db()
-    assert (b.budget_state, b.budget_blocked_reason) == ("reserved", "")
+    assert (b.budget_state, b.budget_blocked_reason, b.budget_override_id) == ("reserved", "", None)
     withdrawn = BudgetOverrideRequest.objects.get(pk=old_b)
     assert withdrawn.status == "rejected" and "limits changed" in withdrawn.rejection_reason
     assert c.budget_state == "blocked" and c.budget_override_id == old_c and "by 4.0000" in c.budget_blocked_reason
@@ -398,19 +398,71 @@ def test_a_call_the_ceiling_holds_after_an_earlier_one_is_admitted_keeps_its_ove
     b = ask(project, agent, cost="12.0000", title="b")
     ask(project, agent, cost="9.0000", title="x")
     assert a.budget_state == b.budget_state == "blocked"
+    old_a = a.budget_override_id
     r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "20.0000"}, format="json")
     assert r.status_code == 200, r.content
     a.refresh_from_db()
     b.refresh_from_db()
-    assert a.budget_state == "reserved"
-    assert BudgetOverrideRequest.objects.get(pk=a.budget_override_id).status == "rejected"  # withdrawn
+    assert a.budget_state == "reserved" and a.budget_override_id is None  # admitted without it
+    assert BudgetOverrideRequest.objects.get(pk=old_a).status == "rejected"  # withdrawn
     assert b.budget_state == "blocked" and "1.5 x the daily limit" in b.budget_blocked_reason
     assert BudgetOverrideRequest.objects.get(pk=b.budget_override_id).status == "pending"
     r = client_for(manager).patch(f"/api/v1/budgets/{project.pk}", {"daily_cost_limit": "100.0000"}, format="json")
     assert r.status_code == 200, r.content
+    old_b = b.budget_override_id
     b.refresh_from_db()
+    assert b.budget_state == "reserved" and b.budget_override_id is None
+    assert BudgetOverrideRequest.objects.get(pk=old_b).status == "rejected"
+
+
+def test_approving_one_of_two_calls_blocked_at_once_sizes_the_others_override_again(
+        project, agent, reviewer, manager):
+    """Two calls blocked side by side each got an override sized as if the other did not exist:
+    approving both left the second still short, though its reason said approving its override
+    unblocks it. Approving the first now sizes the second's again (withdrawn, replaced by one
+    for what it needs after the first is reserved), so each approval does what it says."""
+    from events.models import Event
+
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    run(ask(project, agent, cost="9.0000", title="a"), reviewer, agent)
+    b = ask(project, agent, cost="2.0000", title="b")
+    c = ask(project, agent, cost="2.0000", title="c")
+    old_c = c.budget_override_id
+    assert b.budget_state == c.budget_state == "blocked"
+    assert "by 1.0000" in b.budget_blocked_reason and "by 1.0000" in c.budget_blocked_reason
+
+    budget_override_respond(override_id=b.budget_override_id, actor=reviewer, decision="approve")
+    b.refresh_from_db()
+    c.refresh_from_db()
     assert b.budget_state == "reserved"
-    assert BudgetOverrideRequest.objects.get(pk=b.budget_override_id).status == "rejected"
+    withdrawn = BudgetOverrideRequest.objects.get(pk=old_c)
+    assert withdrawn.status == "rejected" and str(b.budget_override_id) in withdrawn.rejection_reason
+    assert c.budget_state == "blocked" and c.budget_override_id != old_c
+    assert "by 2.0000" in c.budget_blocked_reason and str(c.budget_override_id) in c.budget_blocked_reason
+    assert BudgetOverrideRequest.objects.get(pk=c.budget_override_id).requested_amount == Decimal("2.0000")
+    assert Event.objects.filter(event_type="budget_override_requested",
+                                data__id=str(c.budget_override_id), data__approval_id=str(c.pk)).exists()
+
+    budget_override_respond(override_id=c.budget_override_id, actor=reviewer, decision="approve")
+    c.refresh_from_db()
+    assert c.budget_state == "reserved"
+    assert day(project).reserved_cost == Decimal("13.0000")  # a (started), b and c, within 10 + 1 + 2
+    agent_approval_decide(approval_id=c.pk, decider=reviewer, decision="approve")
+
+
+def test_rejecting_one_of_two_blocked_calls_leaves_the_others_override_as_it_was(project, agent, reviewer):
+    limits(project, daily_cost_limit=Decimal("10.0000"))
+    run(ask(project, agent, cost="9.0000", title="a"), reviewer, agent)
+    b = ask(project, agent, cost="2.0000", title="b")
+    c = ask(project, agent, cost="2.0000", title="c")
+    budget_override_respond(override_id=b.budget_override_id, actor=reviewer, decision="reject", reason="no")
+    c_override = c.budget_override_id
+    c.refresh_from_db()
+    assert c.budget_override_id == c_override
+    assert BudgetOverrideRequest.objects.get(pk=c_override).status == "pending"
+    budget_override_respond(override_id=c_override, actor=reviewer, decision="approve")
+    c.refresh_from_db()
+    assert c.budget_state == "reserved" and c.budget_override_id == c_override  # names the approved one
 
 
 def test_max_tokens_anywhere_in_the_input_is_reserved_never_ignored(project, agent):
