@@ -42,6 +42,15 @@ def _covering(project, kind: str, now):
     return BudgetWindow.objects.filter(project=project, kind=kind, start__lte=now, end__gt=now).order_by("start")
 
 
+def _new_bounds(project, kind: str, now, tz_name: str) -> tuple[datetime, datetime]:
+    """[start, end) of the window to make for ``now``: the local day or month, starting no
+    earlier than the end of a window of the old time zone (never overlapping it)."""
+    start, end = window_bounds(tz_name, kind, now)
+    previous_end = BudgetWindow.objects.filter(project=project, kind=kind, end__gt=start, end__lte=now).aggregate(
+        end=Max("end"))["end"]
+    return (start if previous_end is None else max(start, previous_end)), end
+
+
 def _window(project, kind: str, now, uow) -> BudgetWindow:
     qs = _covering(project, kind, now)
     found = uow.lock_many("budget_window", qs) if uow is not None else list(qs[:1])
@@ -49,14 +58,11 @@ def _window(project, kind: str, now, uow) -> BudgetWindow:
         return found[0]
     if uow is None:
         # A read makes no window (only a unit of work, holding the project row and so reading its
-        # current time zone, may): an unsaved, empty one stands for the window not yet used.
-        start, end = window_bounds(project.timezone, kind, now)
+        # current time zone, may): an unsaved, empty one stands for the window not yet used, with
+        # the bounds the first write will give it.
+        start, end = _new_bounds(project, kind, now, project.timezone)
         return BudgetWindow(project=project, kind=kind, start=start, end=end)
-    start, end = window_bounds(uow.project.timezone, kind, now)
-    previous_end = BudgetWindow.objects.filter(project=project, kind=kind, end__gt=start, end__lte=now).aggregate(
-        end=Max("end"))["end"]
-    if previous_end is not None:
-        start = max(start, previous_end)  # never overlap a window of the old time zone
+    start, end = _new_bounds(project, kind, now, uow.project.timezone)
     try:
         with transaction.atomic():
             BudgetWindow.objects.create(project=project, kind=kind, start=start, end=end)

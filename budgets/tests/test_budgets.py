@@ -307,6 +307,31 @@ def test_usage_around_local_midnight_lands_in_the_right_windows_without_beat(pro
     assert BudgetWindow.objects.get(kind="month").reserved_tokens == 16
 
 
+def test_after_a_time_zone_change_the_day_shown_is_the_day_the_next_write_makes(project, agent):
+    """The old zone's day runs to its end; the next day starts there, never overlapping it, and
+    the budget's last_reset_date says so before any write has made that day (it said the new
+    zone's midnight, a start never used)."""
+    from budgets.selectors import budget_summary
+
+    project.timezone = "America/New_York"
+    project.save()
+    a = call(project, agent, tokens=7, cost="0.0700", title="x")
+    b = call(project, agent, tokens=9, cost="0.0900", title="y")
+    UsageEntry.objects.all().delete()
+    BudgetWindow.objects.all().delete()
+    budget_reserve(approval=a, now=datetime(2026, 3, 10, 3, 0, tzinfo=UTC))  # 23:00 local on the 9th (EDT)
+    project.timezone = "UTC"
+    project.save()
+    later = datetime(2026, 3, 10, 5, 0, tzinfo=UTC)  # the old day ended at 04:00 UTC
+    shown = budget_summary(project=project, now=later)["last_reset_date"]
+    assert shown == datetime(2026, 3, 10, 4, 0, tzinfo=UTC)
+    budget_reserve(approval=b, now=later)
+    days = {(w.start, w.end): w.reserved_tokens for w in BudgetWindow.objects.filter(kind="day")}
+    assert days == {(datetime(2026, 3, 9, 4, 0, tzinfo=UTC), datetime(2026, 3, 10, 4, 0, tzinfo=UTC)): 7,
+                    (datetime(2026, 3, 10, 4, 0, tzinfo=UTC), datetime(2026, 3, 11, 0, 0, tzinfo=UTC)): 9}
+    assert budget_summary(project=project, now=later)["last_reset_date"] == shown
+
+
 # --- alerts --------------------------------------------------------------------------
 def test_alerts_fire_once_per_threshold_per_window_and_again_in_the_next(project, agent):
     limits(project, daily_cost_limit=Decimal("10.0000"))
