@@ -24,11 +24,12 @@ class Analyzer:
     code = "risk"
     version = "1"
     kinds: tuple[str, ...] = ("call", "response")
-    #: The names (after ``<code>.``) of every flag it can report, and regexes for families of them
-    #: (``bandit\.B\d+``): a project's rule setting naming another is refused (a typo would match
-    #: nothing). None: not declared, and a setting is checked against ``code`` alone.
+    #: The names (after ``<code>.``) of every flag it can report, and regexes for families of them,
+    #: each with the form a refusal shows it in (``{r"bandit\.B\d{3}": "bandit.B<nnn>"}``): a
+    #: project's rule setting naming another is refused (a typo would match nothing). None: not
+    #: declared, and a setting is checked against ``code`` alone.
     names: frozenset[str] | None = None
-    name_patterns: tuple[str, ...] = ()
+    name_patterns: dict[str, str] = {}
 
     @classmethod
     def reports(cls, rest: str) -> bool:

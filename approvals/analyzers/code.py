@@ -289,7 +289,7 @@ class CodeSafetyAnalyzer(Analyzer):
     version = "1"
     names = frozenset(("syntax_error", "scan_incomplete", "pipe_to_shell", "fetch_then_run", "delete_root", "eval_input",
                        "unsafe_deserialization", "shell_injection", "bandit"))
-    name_patterns = (r"bandit\.B\d{3}",)
+    name_patterns = {r"bandit\.B\d{3}": "bandit.B<nnn>"}
 
     def prepare(self) -> None:
         _Bandit.build()

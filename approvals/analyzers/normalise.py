@@ -40,7 +40,7 @@ BIDI_CONTROL = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069
 BIDI_MARK = frozenset("\u200e\u200f\u061c")
 _TAG_START, _TAG_END = 0xE0000, 0xE007F   # Unicode tags: invisible ASCII ("ASCII smuggling")
 _STRIP = INVISIBLE | BIDI_CONTROL | BIDI_MARK
-_STRIP_RX = re.compile("[" + "".join(sorted(_STRIP)) + "\U000e0000-\U000e007f]")
+INVISIBLE_RX = re.compile("[" + "".join(sorted(_STRIP)) + "\U000e0000-\U000e007f]")
 
 # Letters of Cyrillic, Greek, Armenian and a few Latin extensions that look like ASCII letters.
 CONFUSABLES = {
@@ -99,7 +99,7 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
         return text, [], ""
     findings: list[Finding] = []
     smuggled = ""
-    if _STRIP_RX.search(text):
+    if INVISIBLE_RX.search(text):
         kinds: dict[str, list[str]] = {}
         tags = []
         for i, ch in enumerate(text):
@@ -119,7 +119,7 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
             codes = tuple(sorted({f"U+{ord(c):04X}" for c in chars}))
             findings.append(Finding(kind, location, codes[:8], len(chars)))
         smuggled = "".join(tags)
-        text = _STRIP_RX.sub("", text)
+        text = INVISIBLE_RX.sub("", text)
     text = unicodedata.normalize("NFKC", text)
     if not text.isascii():
         text = _WORD.sub(_fold_word, text)

@@ -32,7 +32,7 @@ from django.conf import settings
 
 from .base import SEVERITY_RANK, Analyzer, load_analyzers
 from .context import MAX_SCAN_CHARS, ResponseContext, RiskContext, Segment
-from .normalise import _STRIP_RX, Finding, base_location, normalise_segments
+from .normalise import INVISIBLE_RX, Finding, base_location, normalise_segments
 from .scores import combine
 from .text import mask
 
@@ -227,7 +227,7 @@ def _secrets_masked(flags: list[dict], secrets: set[str]) -> list[dict]:
         return flags
     # between two characters of the match: invisible characters, or the separators a card number
     # is written with (the PII matches are its digits alone)
-    gap = "(?:" + _STRIP_RX.pattern + r"|[\s\-./])*"
+    gap = "(?:" + INVISIBLE_RX.pattern + r"|[\s\-./])*"
     patterns = [(re.compile(gap.join(re.escape(c) for c in secret)), mask(secret)) for secret in found]
     collector = _Collector()
     for flag in flags:
@@ -300,8 +300,7 @@ def rule_names(family: str) -> list[str]:
     for analyzer in _configured_analyzers():
         if analyzer.code == family:
             codes.update(f"{family}.{name}" for name in analyzer.names or ())
-            codes.update(f"{family}.{p.replace(chr(92) + 'd{3}', '<nnn>').replace(chr(92) + '.', '.')}"
-                         for p in analyzer.name_patterns)
+            codes.update(f"{family}.{shown}" for shown in analyzer.name_patterns.values())
     return sorted(codes)
 
 

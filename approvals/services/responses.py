@@ -128,13 +128,14 @@ def response_approval_submit(*, submitter, project_id, task_id, agent_type: str,
             # redone or turned away
             raise TransitionError(f"Its task is {call.task.status}: an output is reviewed before its task ends.",
                                   current_status=call.status, task_status=call.task.status)
-        cost_priced = actual_cost is None
-        if cost_priced:
-            actual_cost = priced_cost(call, tokens_used)
+        # no cost given: the model's prices (and only the new tokens of a later report, at today's)
+        price = (lambda tokens: priced_cost(call, tokens)) if actual_cost is None else None
+        if price is not None:
+            actual_cost = price(tokens_used)
         stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
         # stopped: the usage is still recorded (the tokens were spent); the output is not taken
         settlement = budget_settle(uow=uow, call=call, tokens_used=tokens_used, actual_cost=actual_cost,
-                                   price=(lambda tokens: priced_cost(call, tokens)) if cost_priced else None)
+                                   price=price)
         if not stopped:  # stopped: the answer is 423 (below), whatever the totals
             refuse_lower_totals(settlement, current_status=call.status)
         record_settlement(uow, call, settlement, tokens_used=tokens_used, actual_cost=actual_cost)

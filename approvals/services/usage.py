@@ -47,11 +47,12 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
             raise Forbidden("Only the agent that requested this call may report its usage.")
         if approval.status != Status.APPROVED or approval.started_at is None:
             raise TransitionError("Only a started call has usage to report.", current_status=approval.status)
-        cost_priced = actual_cost is None
-        if cost_priced:
-            actual_cost = priced_cost(approval, tokens_used)
+        # no cost given: the model's prices (and only the new tokens of a later report, at today's)
+        price = (lambda tokens: priced_cost(approval, tokens)) if actual_cost is None else None
+        if price is not None:
+            actual_cost = price(tokens_used)
         settlement = budget_settle(uow=uow, call=approval, tokens_used=tokens_used, actual_cost=actual_cost,
-                                   price=(lambda tokens: priced_cost(approval, tokens)) if cost_priced else None)
+                                   price=price)
         refuse_lower_totals(settlement, current_status=approval.status)
         record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
     return approval, settlement.settled

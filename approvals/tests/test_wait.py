@@ -316,11 +316,13 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
     """An emergency stop wakes every waiting agent of the project at once: their re-reads of
     the call's status and their answers are coalesced (core.wakeup.BatchLoader), one query for
     many waiters, not one per waiter (20 waiters here: without batching, 20 reads of each kind)."""
+    from access.services import api_key_create
     from approvals.consumers import CALLS
     from emergency.services import emergency_stop_trigger
     from projects.services import task_create
 
     waiters = 20
+    keys = [agent_key, api_key_create(user=agent)[1]]  # half the waits on each of the agent's two keys
     calls = []
     for i in range(waiters):
         task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"many {i}")
@@ -345,16 +347,23 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
     from approvals import consumers
 
     checks = []  # the access checks of the woken waits: (keys, principals) per batch
-    access_again = consumers.access_again
+    authentications = []  # each principal authenticated again
+    access_again, authenticated_again = consumers.access_again, consumers.authenticated_again
 
-    def counted_access(keys):
-        checks.append((len(keys), len({principal for principal, _ in keys})))
-        return access_again(keys)
+    def counted_access(checked):
+        checks.append((len(checked), len({principal for principal, _ in checked})))
+        return access_again(checked)
+
+    def counted_authentication(principal):
+        authentications.append(principal)
+        return authenticated_again(principal)
 
     monkeypatch.setattr(consumers, "access_again", counted_access)
+    monkeypatch.setattr(consumers, "authenticated_again", counted_authentication)
 
     async def scenario():
-        waiting = [asyncio.ensure_future(wait_call(call.pk, agent_key, "timeout=30")) for call in calls]
+        waiting = [asyncio.ensure_future(wait_call(call.pk, keys[i % 2], "timeout=30"))
+                   for i, call in enumerate(calls)]
         await _until_waiting([approval_group(call.pk) for call in calls])
         stopped.append(True)
         await database_sync_to_async(emergency_stop_trigger)(
@@ -368,5 +377,7 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
     assert sum(batches["statuses"]) == waiters and sum(batches["renders"]) == waiters
     assert len(batches["statuses"]) <= 3, batches
     assert len(batches["renders"]) <= 3, batches
-    # every wait's access is checked again (one key, one project here) in a few batches, once per key each
-    assert 1 <= len(checks) <= 3 and all(principals == 1 for _, principals in checks), checks
+    # every wait's access is checked again, in a few batches, each key once per batch (not once per wait)
+    assert 1 <= len(checks) <= 3 and all(checked <= 2 for checked, _ in checks), checks
+    assert len(authentications) == sum(principals for _, principals in checks) <= 2 * len(checks), checks
+    assert len(set(authentications)) == 2
