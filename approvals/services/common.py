@@ -170,9 +170,21 @@ def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason:
         label_flags(project_id=approval.project_id, source=FlagLabel.Source.CALL, object_id=approval.pk,
                     flags=(approval.risk_assessment or {}).get("flags"), now=now,
                     outcome=FlagLabel.Outcome.FALSE_ALARM if to == Status.APPROVED else FlagLabel.Outcome.CONFIRMED)
-    task_move(task=approval.task, to=Task.Status.PENDING)
+    task_move(task=approval.task, to=task_status_after_review(approval.task))
     agent_state_refresh(project_id=approval.project_id, agent_type=approval.task.agent_type)
     record_closed(approval, actor=actor, action=action, before=before, reason=reason, event_type=event_type)
+
+
+def task_status_after_review(task: Task) -> str:
+    """Where a locked task goes when the call or output it waited for is decided (or ends): back
+    to running while another of its calls runs (started, its usage or output not reported yet: a
+    second call asked for meanwhile does not end the first), else pending (the agent asks again,
+    or reports the outcome)."""
+    if task.started_at is not None and AgentCallApproval.objects.filter(
+            task_id=task.pk, status=Status.APPROVED, started_at__isnull=False,
+            budget_state=BudgetState.RESERVED).exists():
+        return Task.Status.RUNNING
+    return Task.Status.PENDING
 
 
 def record_closed(approval: AgentCallApproval, *, actor, action: str, before: dict, reason: str,

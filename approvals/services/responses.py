@@ -22,7 +22,7 @@ from approvals.analyzers.text import redact
 from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, FlagLabel, ResponseApproval
 from approvals.selectors import call_route_key
 from approvals.services.calibration import label_flags, project_rules
-from approvals.services.common import call_uow
+from approvals.services.common import call_uow, task_status_after_review
 from approvals.services.usage import priced_cost, record_settlement, refuse_lower_totals
 from audit.services import audit_record
 from budgets.services import budget_settle
@@ -226,7 +226,8 @@ def _close(uow, response: ResponseApproval, *, actor, to: str, now, reason: str 
         response.modifications_required = modifications
         fields.append("modifications_required")
     response.save(update_fields=fields)
-    task_move(task=response.task, to=Task.Status.RUNNING if to == Status.APPROVED else Task.Status.PENDING)
+    task_move(task=response.task, to=Task.Status.RUNNING if to == Status.APPROVED else task_status_after_review(
+        response.task))
     agent_state_refresh(project_id=response.project_id, agent_type=response.task.agent_type)
     if to in (Status.APPROVED, Status.REJECTED, Status.REQUIRES_MODIFICATION):
         label_flags(project_id=response.project_id, source=FlagLabel.Source.RESPONSE, object_id=response.pk,

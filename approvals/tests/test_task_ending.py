@@ -245,3 +245,47 @@ def test_a_completed_task_cancels_its_output_left_waiting_and_a_question_holds_i
     response = ResponseApproval.objects.get(pk=response_id)
     assert (response.status, response.rejection_reason) == ("cancelled", "its task was reported completed")
     assert HitlRequest.objects.get(pk=question.json()["id"]).status == "cancelled"
+
+
+def second_call(client, project, task, title="again"):
+    r = client.post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+        "proposed_action": f"write {title}", "input_data": {"file": "b.py"}, "estimated_tokens": 100,
+        "estimated_cost": "1.0000"}, format="json")
+    assert r.status_code == 201, r.content
+    return r.json()["approval_id"]
+
+
+@pytest.mark.parametrize("decision", [{"decision": "reject", "reason": "no"}, {"decision": "approve"}])
+def test_a_second_call_on_a_running_task_leaves_it_running_and_never_reportable_as_cancelled(
+        project, agent, reviewer, client_for, decision):
+    """Call A started (the task runs); the agent asks for call B on the same task; B is decided.
+    The task went back to pending (its agent idle, A still running) and could then be reported
+    cancelled, "work abandoned before it ran". It stays running while A runs; once A's usage is
+    in, the next decision leaves it pending; and a task that ran is never reported cancelled."""
+    from projects.models import AgentState
+
+    agent_c, reviewer_c = client_for(agent), client_for(reviewer)
+    task, first = ask(agent_c, project, agent)
+    agent_approval_decide(approval_id=first, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=first, actor=agent)
+    second = second_call(agent_c, project, task)
+    assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "waiting_for_hitl"
+    r = reviewer_c.post(f"/api/v1/agent-approvals/{second}/respond", decision, format="json")
+    assert r.status_code == 200, r.content
+    assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "running"
+    assert AgentState.objects.get(project=project, agent_type="coder").status == "working"
+    r = agent_c.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 409 and "ran" in r.json()["detail"], r.content
+
+    if decision["decision"] == "approve":  # the agent does not run B after all
+        assert agent_c.post(f"/api/v1/agent-approvals/{second}/cancel", {}, format="json").status_code == 200
+    agent_approval_report_usage(approval_id=first, actor=agent, tokens_used=50, actual_cost=Decimal("0.5000"))
+    third = second_call(agent_c, project, task, title="third")
+    r = reviewer_c.post(f"/api/v1/agent-approvals/{third}/respond", {"decision": "reject", "reason": "no"},
+                        format="json")
+    assert r.status_code == 200, r.content
+    assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "pending"  # nothing of it runs now
+    r = agent_c.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 409 and r.json()["status"] == "pending", r.content  # it ran: completed or failed
+    report(agent_c, task, "failed")
