@@ -147,7 +147,7 @@ else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "core.sqlite3",  # Django's, refusing amounts past a column's precision (core/sqlite3)
             "NAME": env.str("SQLITE_PATH", default=str(VAR_DIR / "db.sqlite3")),
             # Web, worker and beat share one file: wait for the writer instead of failing,
             # take the write lock at BEGIN so a reader never fails to upgrade, and use WAL

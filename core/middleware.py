@@ -85,11 +85,21 @@ def _disallowed_host(request):
     return None if body is None else JsonResponse(body, status=400)
 
 
+def _api_error_shape(request, response):
+    """Under DEBUG (``make run``) Django answers an unexpected exception with its HTML debug page,
+    also on /api/ (handler500, core.views.server_error, only runs without DEBUG): the API keeps
+    its error format there too. The traceback is in the log (django.request), not in the answer."""
+    if response.status_code == 500 and settings.DEBUG and request.path.startswith("/api/") and \
+            not response.get("Content-Type", "").startswith("application/json"):
+        return JsonResponse(error_body("server_error", "Internal server error."), status=500)
+    return response
+
+
 @sync_and_async_middleware
 def request_middleware(get_response):
     """Our one Django middleware, sync and async capable (so the chain never switches threads
-    for it): a request-scoped cache (core.request_cache) around the request, and a chunked
-    body given its Content-Length. DRF reads a body only when Content-Length is set; Django
+    for it): a request-scoped cache (core.request_cache) around the request, a chunked body
+    given its Content-Length, and an API 500 kept JSON under DEBUG. DRF reads a body only when Content-Length is set; Django
     has already spooled the whole body (ASGI), so BoundedJSONParser then parses it and enforces
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
@@ -98,14 +108,14 @@ def request_middleware(get_response):
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
-                return await get_response(request)
+                return _api_error_shape(request, await get_response(request))
     else:
         def middleware(request):
             if (refused := _disallowed_host(request)) is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
-                return get_response(request)
+                return _api_error_shape(request, get_response(request))
     return middleware
 
 

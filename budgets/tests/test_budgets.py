@@ -798,3 +798,51 @@ def test_totals_past_what_the_database_holds_are_a_409_that_changes_nothing(proj
     assert "beyond what the database holds" in r.json()["detail"]
     assert AgentCallApproval.objects.count() == calls_before
     assert not BudgetOverrideRequest.objects.filter(project=project).exists()
+
+
+def test_totals_past_what_the_database_holds_are_a_409_on_either_database(project, agent, reviewer, manager,
+                                                                          client_for):
+    """On the embedded default (SQLite stores any number) a reserved total past NUMERIC(14,4)
+    was saved; every later read of the project's budget then failed (500), the emergency stop
+    included. Now refused when written, on SQLite as on PostgreSQL: a 409 that changes nothing,
+    and the project's budget, its calls and its stop keep working."""
+    limits(project, daily_cost_limit=Decimal("0"), monthly_cost_limit=Decimal("0"), daily_token_limit=0,
+           monthly_token_limit=0)  # no limits
+    agent_c = client_for(agent)
+
+    def request(cost):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=f"big {cost}")
+        return agent_c.post("/api/v1/agent-approvals", {
+            "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder", "proposed_action": "x",
+            "input_data": {}, "estimated_tokens": 10, "estimated_cost": cost}, format="json")
+
+    assert request("1.0000").status_code == 201
+    # as a hundred calls of 99,999,999.9999 (the most one may ask) would leave it
+    BudgetWindow.objects.filter(pk=day_window(project).pk).update(reserved_cost=Decimal("9999999001.0000"))
+    calls_before = AgentCallApproval.objects.count()
+    r = request("99999999.9999")  # past 9,999,999,999.9999 reserved
+    assert_error(r, 409, "conflict")
+    assert "beyond what the database holds" in r.json()["detail"]
+    assert AgentCallApproval.objects.count() == calls_before
+    budget = agent_c.get(f"/api/v1/budgets/{project.pk}")
+    assert budget.status_code == 200 and budget.json()["cost_reserved"] == "9999999001.0000"
+    assert request("1.0000").status_code == 201
+
+    # an override allowance past it: the second approval is refused, the first one stands
+    overrides = []
+    for _ in range(2):
+        r = agent_c.post("/api/v1/budget-overrides", {"project_id": str(project.pk), "violation_type": "daily_cost_limit",
+                                                      "requested_amount": "9999999999.9999", "justification": "x"},
+                         format="json")
+        assert r.status_code == 201, r.content
+        overrides.append(r.json()["id"])
+    respond = lambda o: client_for(manager).post(f"/api/v1/budget-overrides/{o}/respond",  # noqa: E731
+                                                 {"decision": "approve"}, format="json")
+    assert respond(overrides[0]).status_code == 200
+    assert_error(respond(overrides[1]), 409, "conflict")
+    assert BudgetOverrideRequest.objects.get(pk=overrides[1]).status == "pending"
+    assert day_window(project).allowance_cost == Decimal("9999999999.9999")
+
+    r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "halt"}, format="json")
+    assert r.status_code == 201, r.content
+    assert client_for(manager).get(f"/api/v1/projects/{project.pk}").json()["status"] == "emergency_stopped"

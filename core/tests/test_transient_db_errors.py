@@ -227,3 +227,16 @@ def test_a_real_lock_timeout_and_deadlock_are_transient(project, other_project):
     errors = [result["error"] for _, result in threads if "error" in result]
     assert len(errors) == 1, errors  # PostgreSQL picks one victim; the other commits
     assert transient_db_error_kind(errors[0]) == "deadlock detected"
+
+
+@pytest.mark.urls(__name__)
+def test_an_api_server_error_is_json_under_debug_too(raising, settings, caplog):
+    """`make run` runs with DJANGO_DEBUG=1, where Django answers a bug with its HTML debug page
+    (the handler500 only runs without DEBUG): on /api/ it is the API's JSON 500 there too, with
+    the traceback in the log."""
+    settings.DEBUG = True
+    r = raising(RuntimeError("a bug")).get("/api/v1/raising", HTTP_ACCEPT="text/html")
+    assert r.status_code == 500 and r["Content-Type"].startswith("application/json"), r.content[:200]
+    assert r.json() == {"error": "server_error", "detail": "Internal server error."}
+    assert any("a bug" in (record.exc_text or "") or (record.exc_info and "a bug" in str(record.exc_info[1]))
+               for record in caplog.records)
