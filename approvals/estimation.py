@@ -4,6 +4,7 @@ Tokens are counted offline with tiktoken's bundled ``cl100k_base`` (tiktoken-off
 downloaded. Cost comes from the ModelPrice table; an unknown model is an error, never a guess of 0.
 """
 import json
+import math
 from decimal import ROUND_UP, Decimal
 from functools import lru_cache
 
@@ -39,6 +40,23 @@ def money(value) -> Decimal:
 MAX_OUTPUT_TOKENS = 10_000_000
 
 
+def _as_tokens(value) -> int:
+    """A ``max_tokens`` value as a count: an int, or a number as text; one too large for a float
+    (``"Infinity"``, ``"1e309"``, a 400-digit integer) asks for the most (it was ignored, so the
+    call reserved the default output instead); anything else (NaN, a word) for none."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    if math.isnan(number):
+        return 0
+    return MAX_OUTPUT_TOKENS if math.isinf(number) else int(number)
+
+
 def _max_tokens(input_data) -> int:
     """The output a call asks for (``max_tokens`` anywhere in its input: the top level or an
     MCP tool call's ``arguments``; an int or a numeric string), capped; 0 when it names none."""
@@ -50,10 +68,7 @@ def _max_tokens(input_data) -> int:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key in ("max_tokens", "max_output_tokens", "max_completion_tokens"):
-                    try:
-                        found = max(found, int(float(value)) if not isinstance(value, bool) else 0)
-                    except (TypeError, ValueError, OverflowError):
-                        pass
+                    found = max(found, _as_tokens(value))
                 elif isinstance(value, (dict, list)):
                     stack.append(value)
         elif isinstance(node, list):

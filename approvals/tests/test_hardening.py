@@ -473,6 +473,25 @@ def test_max_tokens_anywhere_in_the_input_is_reserved_never_ignored(project, age
     assert nested.estimated_tokens >= 5000
 
 
+@pytest.mark.parametrize("value", ["Infinity", "inf", "1e309", 10 ** 400, 10 ** 30, "99999999"])
+def test_a_max_tokens_too_large_for_a_float_reserves_the_most_never_the_default(project, agent, value):
+    """Values past a float ("Infinity", "1e309", a 400-digit integer) were ignored, so the call
+    reserved the model's default output (about a thousand tokens) instead of the capped ten million."""
+    from approvals.estimation import MAX_OUTPUT_TOKENS
+
+    call = ask(project, agent, cost="0", tokens=0, input_data={"max_tokens": value}, title=f"huge {str(value)[:8]}",
+               model="gpt-4o-mini")
+    assert call.estimated_tokens >= MAX_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize("value", ["NaN", "lots", None, True, [5], -10])
+def test_a_max_tokens_that_is_no_count_asks_for_no_more_than_the_default(project, agent, value):
+    from approvals.estimation import MAX_OUTPUT_TOKENS
+
+    call = ask(project, agent, cost="0", tokens=0, input_data={"max_tokens": value}, title="odd", model="gpt-4o-mini")
+    assert 0 < call.estimated_tokens < MAX_OUTPUT_TOKENS
+
+
 def test_spend_past_the_ceiling_during_a_stop_joins_the_stop(project, agent, reviewer):
     limits(project, daily_cost_limit=Decimal("10.0000"))
     a = run(ask(project, agent, cost="1.0000"), reviewer, agent)
