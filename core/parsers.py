@@ -109,10 +109,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs) -> dict:
+    """An object whose keys are all different: JSON parsers disagree on a repeated one (Python's
+    keeps the last, many the first), so a proxy or a log could read {"decision": "reject", ...,
+    "decision": "approve"} as a rejection while the call is approved. Refused by name."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        shown = repeated if len(repeated) <= 40 else f"{repeated[:40]}..."
+        raise ValueError(f'the key "{shown}" appears more than once in one object: send each key once')
+    return obj
+
+
 def _loads(text: str):
-    """json.loads with the API's number rules: no NaN or Infinity, integers of at most
-    MAX_INT_DIGITS digits, numbers within a double's range."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+    """json.loads with the API's rules: no NaN or Infinity, integers of at most MAX_INT_DIGITS
+    digits, numbers within a double's range, no key twice in one object."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float,
+                      object_pairs_hook=_unique_keys)
 
 
 def loads_strict(text: str):

@@ -187,6 +187,37 @@ def test_numbers_that_overflow_to_infinity_are_400(targets, literal):
         assert_error(r, 400, "invalid")
 
 
+# --- a key twice in one object ------------------------------------------------------
+@pytest.mark.parametrize("where", ["top-level", "nested"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_key_twice_in_one_object_is_400(targets, task, target, where):
+    """Parsers disagree on a repeated key (Python keeps the last, many the first): a proxy or a
+    log could read a rejection where the server approved. Refused, naming the key."""
+    client, url, valid = targets[target]
+    body = json.dumps(valid)
+    raw = (body[:-1] + ', "zz": 1, "zz": 2}') if where == "top-level" else \
+        body[:-1] + ', "input_data": {"a": {"k": 1, "k": 2}}}'
+    with nothing_changes(task):
+        r = send(client, url, raw)
+        assert "appears more than once" in assert_error(r, 400, "invalid", "body")["detail"]
+
+
+def test_a_decision_named_twice_decides_nothing(project, agent, reviewer, client_for):
+    from approvals.models import AgentCallApproval
+    from approvals.services import agent_approval_request
+
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="twice")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="x", input_data={})
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{call.pk}/respond",
+                                  '{"decision": "reject", "reason": "no", "decision": "approve"}',
+                                  content_type="application/json")
+    assert_error(r, 400, "invalid", "body")
+    assert AgentCallApproval.objects.get(pk=call.pk).status == "pending"
+    with pytest.raises(ValueError, match='the key "a" appears more than once'):
+        loads_strict('{"a": 1, "b": {}, "a": 2}')
+
+
 # --- NUL characters and lone surrogates ---------------------------------------------
 @pytest.mark.parametrize("target,field", TARGET_FIELDS)
 def test_nul_in_a_string_value_is_400(targets, task, target, field):
