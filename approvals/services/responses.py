@@ -241,12 +241,17 @@ def _close(uow, response: ResponseApproval, *, actor, to: str, now, reason: str 
     wakeup_on_commit(response_group(response.pk), status=response.status)
 
 
-def _says_something(value) -> bool:
+def _says_something(value, *, item: bool = False) -> bool:
+    """What must change, said: non-blank text, an object with a named entry ({"max_lines": 50}),
+    or a list with an item that is text, a number or says something itself. A bare number or
+    true, an empty list or object, or only blanks and nulls say nothing."""
     if isinstance(value, str):
         return bool(value.strip())
-    if isinstance(value, (list, dict)):
-        return any(_says_something(v) for v in (value.values() if isinstance(value, dict) else value))
-    return False
+    if isinstance(value, dict):
+        return any(_says_something(key) or _says_something(v) for key, v in value.items())
+    if isinstance(value, list):
+        return any(_says_something(v, item=True) for v in value)
+    return item and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _refuse_unless_started(call: AgentCallApproval) -> None:

@@ -558,7 +558,7 @@ def test_beat_rechecks_pending_outputs_with_a_critical_flag(started, agent_clien
 def test_blank_modifications_are_refused_and_a_repeated_suppression_is_one_row(started, agent_client,
                                                                                 reviewer_client, project):
     body = _flagged_response(agent_client, started())
-    for blank in ("   ", [], [""], {}, 0, False):
+    for blank in ("   ", [], [""], {}, 0, False, True, [None], [{}], {"  ": None}, {"": ""}):
         r = respond(reviewer_client, body["approval_id"], decision="requires_modification",
                     modifications_required=blank)
         assert r.status_code == 400, (blank, r.content)
@@ -611,3 +611,13 @@ def test_the_pipelines_fail_closed_flags_get_no_rule(manager, project, code):
 def test_every_family_an_analyzer_reports_may_be_set(manager, project, code):
     rule_setting_save(actor=manager, project_id=project.pk, code=code, mode="observe", threshold=0)
     assert RuleSetting.objects.get(project=project).code == code
+
+
+@pytest.mark.parametrize("said", [{"max_lines": 50}, {"a": 1}, [1], ["shorter"], {"steps": [{"drop": True}]}])
+def test_modifications_said_as_json_with_numbers_are_taken(started, agent_client, reviewer_client, said):
+    """"Text or JSON": an object naming what must change was refused when its values were numbers
+    or booleans (only non-blank strings counted)."""
+    body = submit(agent_client, started()).json()
+    r = respond(reviewer_client, body["approval_id"], decision="requires_modification", modifications_required=said)
+    assert r.status_code == 200, r.content
+    assert r.json()["status"] == "requires_modification" and r.json()["modifications_required"] == said
