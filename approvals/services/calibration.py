@@ -19,9 +19,10 @@ from django.utils import timezone
 from approvals.analyzers import ProjectRules, rule_code_reported, rule_families, rule_names
 from approvals.models import AgentCallApproval, FlagLabel, FlagSuppression, ResponseApproval, RuleSetting
 from audit.services import audit_record
-from core.errors import InvalidInput, NotFoundError
+from core.errors import InvalidInput, NotFoundError, TransitionError
 from core.rawrows import kept_cursor
 from core.request_cache import memo
+from core.times import iso_utc
 from core.uow import retry_transient
 from projects import roles
 from projects.permissions import require_project_perm
@@ -158,10 +159,18 @@ def flag_suppression_create(*, actor, project_id, approval_id, code: str, finger
         uow.enter_stage("project_state")
         active = FlagSuppression.objects.filter(project=uow.project, code=code, fingerprint=fingerprint,
                                                 revoked_at__isnull=True, expires_at__gt=timezone.now()).first()
-        if active is not None:   # already suppressed: the same row, not a second one
-            return active
+        expires_at = timezone.now() + timedelta(days=int(days))
+        if active is not None:   # already suppressed: the same row, never a second one
+            if active.reason == reason and expires_at <= active.expires_at + timedelta(days=1):
+                return active    # asked again (a retry): what is on record is what was asked
+            # another reason or a longer time would be silently dropped: say what holds instead
+            raise TransitionError(
+                f"This finding is already suppressed until {iso_utc(active.expires_at)} (suppression {active.pk}, "
+                f"reason: {active.reason[:200]!r}): revoke it first to suppress it again with another reason or "
+                f"length.", current_status="active", suppression_id=str(active.pk),
+                expires_at=iso_utc(active.expires_at))
         row = FlagSuppression.objects.create(project=uow.project, code=code, fingerprint=fingerprint, reason=reason,
-                                             expires_at=timezone.now() + timedelta(days=int(days)), created_by=actor)
+                                             expires_at=expires_at, created_by=actor)
         audit_record(actor=actor, action="analyzer_flag.suppress", obj=row, project_id=uow.project.pk, reason=reason,
                      after={"code": code, "fingerprint": fingerprint, "expires_at": row.expires_at,
                             "approval_id": str(approval_id)})

@@ -569,6 +569,16 @@ def test_blank_modifications_are_refused_and_a_repeated_suppression_is_one_row(s
     again = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
     assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
     assert FlagSuppression.objects.count() == 1
+    # another reason or a longer time was answered 201 with the first one's, dropping what was asked
+    for other in ({**suppress, "reason": "known host, for a year", "days": 365}, {**suppress, "days": 90}):
+        r = reviewer_client.post("/api/v1/flag-suppressions", other, format="json")
+        assert r.status_code == 409 and r.json()["suppression_id"] == first.json()["id"], r.content
+        assert r.json()["status"] == "active" and "revoke it first" in r.json()["detail"]
+    row = FlagSuppression.objects.get()
+    assert (row.reason, row.expires_at.isoformat()[:10]) == ("known host", first.json()["expires_at"][:10])
+    assert reviewer_client.post(f"/api/v1/flag-suppressions/{row.pk}/revoke").status_code == 200
+    r = reviewer_client.post("/api/v1/flag-suppressions", {**suppress, "days": 90}, format="json")
+    assert r.status_code == 201 and r.json()["id"] != first.json()["id"]
 
 
 def test_event_payloads_mask_secrets_written_in_the_summary(started, agent_client):
