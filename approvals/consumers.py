@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from types import SimpleNamespace
@@ -89,15 +90,18 @@ class HttpError(Exception):
         self.status, self.body, self.headers = status, body, list(headers)
 
 
+_SECONDS_RX = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
 def _parse_timeout(query_string: bytes) -> float:
+    """``timeout``: seconds as ASCII digits with an optional fraction (``30``, ``2.5``), as the
+    API's other numbers are read: Python's float() also took ``1_0``, other scripts' digits and
+    ``1e1``."""
     values = parse_qs(query_string.decode("latin-1")).get("timeout")
     if not values:
         return DEFAULT_WAIT_SECONDS
-    try:
-        timeout = float(values[-1])
-    except ValueError:
-        timeout = -1.0
-    if not timeout >= 0 or timeout == float("inf"):  # also refuses nan
+    timeout = float(values[-1]) if _SECONDS_RX.fullmatch(values[-1]) else -1.0
+    if not timeout >= 0 or timeout == float("inf"):
         raise HttpError(400, error_body("invalid", "Invalid input.",
                                         fields={"timeout": ["Must be a number of seconds (at most 60 are waited)."]}))
     return min(timeout, MAX_WAIT_SECONDS)

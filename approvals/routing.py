@@ -46,11 +46,11 @@ class GetOr:
 def http_urlpatterns(django_app) -> list:
     """Routes served by consumers, in front of ``django_app`` (which serves the rest)."""
     return [
-        re_path(r"^api/v1/agent-approvals/(?P<approval_id>[^/]+)/wait/?$",
+        re_path(r"^api/v1/agent-approvals/(?P<approval_id>[^/]+)/wait$",
                 BearerOrSession(AgentApprovalWaitConsumer.as_asgi())),
-        re_path(r"^api/v1/response-approvals/(?P<approval_id>[^/]+)/wait/?$",
+        re_path(r"^api/v1/response-approvals/(?P<approval_id>[^/]+)/wait$",
                 BearerOrSession(ResponseApprovalWaitConsumer.as_asgi())),
-        re_path(r"^api/v1/hitl/(?P<approval_id>[^/]+)/wait/?$", BearerOrSession(HitlRequestWaitConsumer.as_asgi())),
+        re_path(r"^api/v1/hitl/(?P<approval_id>[^/]+)/wait$", BearerOrSession(HitlRequestWaitConsumer.as_asgi())),
         re_path(r"^api/v1/events$", GetOr(BearerOrSession(EventFeedConsumer.as_asgi()), django_app)),
     ]
 

@@ -29,7 +29,7 @@ class HttpRoutes:
 
     async def __call__(self, scope, receive, send):
         path = scope["path"]
-        if path.endswith(("/wait", "/wait/")) or path == "/api/v1/events":
+        if path.endswith("/wait") or path == "/api/v1/events":
             return await self.router(scope, receive, send)
         return await self.django_app(scope, receive, send)
 

@@ -177,12 +177,26 @@ def test_a_timeout_over_sixty_seconds_waits_sixty(pending, agent_key, reviewer):
     from approvals.consumers import _parse_timeout
 
     assert _parse_timeout(b"timeout=3600") == 60 and _parse_timeout(b"") == 30
+    assert _parse_timeout(b"timeout=2.5") == 2.5 and _parse_timeout(b"timeout=.5") == 0.5
+    assert _parse_timeout(b"timeout=0") == 0 and _parse_timeout(b"timeout=7.") == 7
 
 
-@pytest.mark.parametrize("query", ["timeout=-1", "timeout=abc", "timeout=nan", "timeout=inf"])
+@pytest.mark.parametrize("query", ["timeout=-1", "timeout=abc", "timeout=nan", "timeout=inf", "timeout=1_0",
+                                   "timeout=%D9%A3", "timeout=%EF%BC%91", "timeout=1e1", "timeout=+5", "timeout= 5"])
 def test_bad_timeout_is_400(pending, agent_key, query):
     status, body = async_to_sync(wait_call)(pending.pk, agent_key, query)
     assert status == 400 and body["error"] == "invalid" and "timeout" in body["fields"]
+
+
+def test_a_wait_path_with_a_trailing_slash_is_404_as_every_other_api_path(pending, agent_key):
+    async def call():
+        comm = HttpCommunicator(asgi_app(), "GET", f"/api/v1/agent-approvals/{pending.pk}/wait/?timeout=1",
+                                headers=[(b"host", b"localhost"), (b"authorization", f"Bearer {agent_key}".encode())])
+        response = await comm.get_response(timeout=20)
+        return response["status"], json.loads(response["body"])
+
+    status, body = async_to_sync(call)()
+    assert status == 404 and body["error"] == "not_found"
 
 
 def test_wait_needs_credentials_and_visibility(pending, outsider):
