@@ -7,14 +7,43 @@ live.js shows the note and says "Signed out: reload to sign in". A plain navigat
 the login page."""
 from functools import wraps
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
 
 SIGNED_OUT = "You are signed out: nothing was changed. Reload the page to sign in again."
 SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): nothing was changed. "
                    "Reload the page, then try again.")
+
+
+NOT_SENT = ("Nothing was done: your session had ended, and signing in again does not send a form again. "
+            "Do it again here.")
+
+
+def post_only(page: str, **names):
+    """``require_POST`` for a form's target, except for a GET: the browser following the login
+    page's ``next`` after the session ended mid-form (an emergency stop's reason typed, the
+    Continue pressed). It goes back to the page the form is on (the URL name ``page``, its
+    arguments from the view's, renamed by ``names``), saying nothing was done, instead of a bare
+    "405 Method Not Allowed" that lost the action."""
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method == "GET":
+                messages.error(request, NOT_SENT)
+                return redirect(reverse(page, kwargs={names.get(k, k): v for k, v in kwargs.items()
+                                                      if names.get(k, k) is not None}))
+            if request.method != "POST":
+                return HttpResponseNotAllowed(["POST"])
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def is_htmx(request) -> bool:

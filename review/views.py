@@ -10,7 +10,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
@@ -20,7 +20,7 @@ from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
-from review.auth import is_htmx, signed_in
+from review.auth import is_htmx, post_only, signed_in
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
 
@@ -76,7 +76,7 @@ def inbox_items(request):
 
 
 @signed_in
-@require_POST
+@post_only("review:inbox", override_id=None)
 @without_nul
 def override_decide(request, override_id):
     """Approve or reject a budget override from the inbox (reject needs a reason)."""
@@ -194,7 +194,7 @@ def agent_approval_panel(request, approval_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:agent_approval")
 @without_nul
 def agent_approval_decide_view(request, approval_id):
     approval = _call_for(request, approval_id)
@@ -305,7 +305,7 @@ def response_approval_panel(request, approval_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:response_approval")
 @without_nul
 def response_approval_decide_view(request, approval_id):
     response = _response_for(request, approval_id)
@@ -369,7 +369,7 @@ def hitl_request(request, request_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:hitl_request")
 @without_nul
 def hitl_request_decide(request, request_id):
     """Approve (with the chosen option or an answer), reject (with a reason) or amend (with what

@@ -18,7 +18,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from approvals.models import AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
@@ -36,7 +36,7 @@ from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, step_result_rows, step_title
 from recovery.selectors import open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
-from review.auth import signed_in
+from review.auth import post_only, signed_in
 
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
@@ -235,7 +235,7 @@ def project_detail(request, project_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:project")
 def project_stop(request, project_id):
     """Two steps, no JavaScript needed: the form (reason, severity) posts here and gets a
     confirmation page; that page posts again with ``confirm=yes`` and only then the project stops."""
@@ -269,7 +269,7 @@ def project_stop(request, project_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:project")
 def recovery_start_view(request, project_id):
     project = _project_or_404(request.user, project_id)
     if not has_project_perm(request.user, roles.MANAGE, project):
@@ -345,7 +345,7 @@ def recovery_detail(request, session_id):
 
 
 @signed_in
-@require_POST
+@post_only("review:recovery", step_id=None)
 def recovery_step_decide(request, session_id, step_id):
     """Approve (runs the step) or reject (with a reason) one step; the service enforces the order,
     the second person and the reason, and its refusal is shown on the page."""

@@ -513,3 +513,34 @@ def test_a_task_held_by_questions_says_how_many_on_the_project_page(project, age
     html = web(reviewer).get(page).content.decode()
     assert re.search(r"Pick the queue.*?Waiting for a person</span><br><small class=\"pp-muted\">2 open questions</small>",
                      html, re.S)
+
+
+def test_a_form_sent_again_as_a_get_after_signing_in_goes_back_to_its_page_saying_nothing_was_done(
+        project, agent, reviewer, manager, session):
+    """The session ends while a reviewer types a stop's reason; Continue goes to the login page,
+    whose ``next`` the browser then opens with a GET: that was a bare 405 and the action was lost.
+    Now the page the form is on, saying nothing was done; nothing stopped or decided."""
+    from approvals.models import AgentCallApproval
+
+    cancelled = AgentCallApproval.objects.get(project=project)  # the stop cancelled it
+    targets = [
+        (reverse("review:project_stop", args=[project.pk]), reverse("review:project", args=[project.pk]), reviewer),
+        (reverse("review:recovery_start", args=[project.pk]), reverse("review:project", args=[project.pk]), manager),
+        (reverse("review:recovery_step_decide", args=[session.pk, steps_of(session)[0].pk]),
+         reverse("review:recovery", args=[session.pk]), manager),
+        (reverse("review:agent_approval_decide", args=[cancelled.pk]),
+         reverse("review:agent_approval", args=[cancelled.pk]), reviewer),
+    ]
+    anonymous = web()
+    for target, page, user in targets:
+        r = anonymous.get(target)  # signed out: the login page first, with next
+        assert r.status_code == 302 and r["Location"].startswith("/admin/login/"), target
+        client = web(user)
+        r = client.get(target)
+        assert r.status_code == 302 and r["Location"] == page, (target, r.status_code)
+        shown = client.get(page).content.decode()
+        assert "Nothing was done: your session had ended" in shown, page
+        assert client.put(target).status_code == 405
+    assert EmergencyStop.objects.filter(project=project).count() == 1  # the fixture's, no other
+    assert steps_of(session)[0].status == "pending"
+    assert RecoverySession.objects.filter(project=project).count() == 1
