@@ -570,3 +570,42 @@ def test_keyboard_hints_show_with_a_keyboard_and_not_on_a_touch_screen(serve, ch
         expect(page.locator("#btn-approve")).to_be_visible()
         expect(page.locator("#reject-help")).to_contain_text("The agent sees this reason.")
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_long_unbroken_agent_text_wraps_instead_of_widening_the_page(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """A 480-character option, a context summary of 3,000 characters without a space, a long stop
+    reason: each made the page thousands of pixels wide, and the question page's answer buttons
+    showed as bars without labels (off the screen)."""
+    from decimal import Decimal
+
+    from approvals.services import agent_approval_request
+    from emergency.services import emergency_stop_trigger
+    from hitl.services import hitl_request_create
+    from projects.services import task_create
+
+    rita, _ = reviewers
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="long words")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="Summarise", input_data={"n": 1}, context_summary="c" * 3000,
+                                  estimated_tokens=10, estimated_cost=Decimal("0.0100"))
+    question = hitl_request_create(asker=agent, project_id=project.pk, request_type="question",
+                                   question="q" * 2000, options=["a" * 480, "b" * 480])
+    server = serve()
+    for viewport in (PHONE, {"width": 1280, "height": 900}):
+        page = log_in(chromium.new_context(server, viewport=viewport), rita.username)
+        for path in (f"/review/hitl/{question.pk}", f"/review/agent-approvals/{call.pk}"):
+            page.goto(path)
+            wait_live(page)
+            assert _page_width(page) <= viewport["width"], (path, viewport, _page_width(page))
+        page.goto(f"/review/hitl/{question.pk}")
+        wait_live(page)
+        for button in page.locator("main form button").all():  # every answer button's label on the screen
+            box = button.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (button.inner_text(), box)
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread: the ORM goes elsewhere
+        pool.submit(emergency_stop_trigger, project_id=project.pk, condition="manual_stop", reason="r" * 400,
+                    actor=rita).result()
+    page = log_in(chromium.new_context(server, viewport=PHONE), rita.username)
+    expect(page.locator(".banner-stop")).to_be_visible()
+    assert _page_width(page) <= 390, _page_width(page)
