@@ -18,7 +18,8 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
   drop dead connections). Each heartbeat also checks the connection's access again: a revoked
   API key, a session logged out (or its user deactivated) closes it (4401), as does losing the
   role on the one project it follows (4403); a stream of every visible project starts following
-  a project that became visible and stops sending one that did not stay so.
+  a project that became visible and stops sending one that did not stay so, saying so once
+  (``{"type": "access_ended", "project_id": ...}``).
 
 Authentication: ``Authorization: Bearer <key>`` in the handshake (agents) or the session cookie
 (browsers); anonymous users and projects the user cannot see are refused (the handshake is closed
@@ -325,13 +326,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             return
 
     async def _follow(self, ids) -> None:
-        """Follow the projects visible now: a new one from its events after now, none of a lost one."""
+        """Follow the projects visible now: a new one from its events after now, none of a lost one.
+        A lost one is said (``{"type": "access_ended", "project_id": ...}``): a page about that
+        project, which follows every project for the stop banners, then says it may no longer
+        be seen there instead of showing "Live" over what it can no longer see."""
         gone = [pid for pid in self.project_ids if pid not in ids]
         new = [pid for pid in ids if pid not in self.sent]
         if gone:
             self.hub.unsubscribe(self, gone)
             for pid in gone:
                 self.sent.pop(pid, None)
+                await self.send(text_data=json.dumps({"type": "access_ended", "project_id": str(pid)}))
         if new:  # from what the hub has read of it (EventHub.subscribe): every later event is pushed here
             await self.hub.subscribe(self, new)
         self.project_ids = list(ids)

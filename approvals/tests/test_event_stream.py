@@ -464,6 +464,12 @@ def test_a_stream_of_every_project_follows_the_roles_as_they_change(project, oth
         assert (await comm.connect())[0]
         await database_sync_to_async(role_grant)(user=agent, project=other_project, role="agent")
         await database_sync_to_async(role_revoke_all)(user=agent, project=project)
+        said = []  # what the next heartbeats send besides pings: the lost project, said once
+        while not said or said[-1].get("type") != "access_ended":
+            message = json.loads(await comm.receive_from(timeout=10))
+            if message.get("type") != "ping":
+                said.append(message)
+        assert said == [{"type": "access_ended", "project_id": str(project.pk)}], said
         await heartbeats_after_now(comm)
         await database_sync_to_async(emit)(project, 1)        # no longer visible
         theirs = await database_sync_to_async(emit)(other_project, 1)

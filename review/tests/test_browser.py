@@ -609,3 +609,30 @@ def test_long_unbroken_agent_text_wraps_instead_of_widening_the_page(
     page = log_in(chromium.new_context(server, viewport=PHONE), rita.username)
     expect(page.locator(".banner-stop")).to_be_visible()
     assert _page_width(page) <= 390, _page_width(page)
+
+
+def test_a_page_about_a_project_whose_role_was_taken_away_says_so(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """Every page follows every project (the stop banners): when the reviewer's role on the
+    project was taken away, its project page and call page went on saying "Live" over what they
+    could no longer see. They now say "No longer allowed here: reload"; the inbox goes on."""
+    from decimal import Decimal
+
+    from access.services import role_revoke_all
+    from approvals.services import agent_approval_request
+    from projects.services import task_create
+
+    rita, _ = reviewers
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="watched")
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="Summarise", input_data={"n": 1}, estimated_tokens=10,
+                                  estimated_cost=Decimal("0.0100"))
+    server = serve(HITL_WS_HEARTBEAT_SECONDS="0.5")
+    context = chromium.new_context(server)
+    inbox = log_in(context, rita.username)
+    pages = [open_page(context, f"/review/projects/{project.pk}"), open_page(context, f"/review/agent-approvals/{call.pk}")]
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread: the ORM goes elsewhere
+        pool.submit(role_revoke_all, user=rita, project=project).result()
+    for page in pages:
+        expect(page.locator("#live-status")).to_contain_text("No longer allowed here: reload", timeout=WAIT_MS)
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "ended")
+    expect(inbox.locator("#live-status")).to_have_attribute("data-state", "live")

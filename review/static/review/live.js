@@ -93,7 +93,23 @@
     live.timer = setTimeout(connect, delay);
   }
 
+  // The server stopped following a project this user may no longer see (its role taken away):
+  // a page about that project says so and stops, as a socket of that one project closed with
+  // 4403 would; the inbox (every project) goes on.
+  function accessEnded(projectId) {
+    var about = document.querySelectorAll("[data-project-id]");
+    for (var i = 0; i < about.length; i++) {
+      if (about[i].getAttribute("data-project-id") !== String(projectId)) continue;
+      live.closedByUs = true;
+      clearTimeout(live.timer);
+      if (live.socket) { try { live.socket.close(); } catch (e) { /* ignore */ } }
+      setStatus("ended", "No longer allowed here: reload");
+      return;
+    }
+  }
+
   function handle(payload) {
+    if (payload && payload.type === "access_ended") { accessEnded(payload.project_id); return; }
     // heartbeats, and the error the server sends before closing with 4400 (onclose says it)
     if (!payload || payload.type === "ping" || payload.type === "error") return;
     if (typeof payload.id === "number") {
