@@ -39,6 +39,10 @@ class ProjectScopedAdminMixin:
         hidden = 0
         if selected and request.POST.get("select_across") != "1":
             hidden = len(selected) - (self.get_queryset(request).filter(pk__in=ids).count() if ids else 0)
+            # The rows ticked, whatever the list's filters say now: Django acts on the filtered list,
+            # so a call approved by someone else since a "pending" list was loaded was left out
+            # without a word; the action now reports it ("already approved") as it does unfiltered.
+            queryset = self.get_queryset(request)
         response = super().response_action(request, queryset)
         # also on an action's confirmation page (a reason asked for), which lists the visible ones only
         if hidden > 0 and (response is None or response.status_code in (200, 301, 302, 303)):

@@ -107,6 +107,20 @@ def test_bulk_actions_report_refusals_per_object(reviewer_browser, approvals, ma
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "approved"
 
 
+def test_a_ticked_row_that_left_the_lists_filter_is_reported_not_dropped(reviewer_browser, approvals, manager):
+    """A "pending" list is loaded, three rows ticked, another person approves one, then "Approve
+    selected": Django acted on the filtered list, so the approved one was left out without a word
+    (two reported of three ticked). Now each ticked row is reported."""
+    agent_approval_decide(approval_id=approvals[0].pk, decider=manager, decision="approve")
+    r = reviewer_browser.post(f"{CHANGELIST}?status__exact=pending", {
+        "action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(a.pk) for a in approvals]}, follow=True)
+    messages = [str(m) for m in r.context["messages"]]
+    assert any("already approved" in m for m in messages), messages
+    assert sum("approved" in m for m in messages) == 3, messages
+    assert AgentCallApproval.objects.get(pk=approvals[0].pk).approved_by == manager
+    assert {AgentCallApproval.objects.get(pk=a.pk).status for a in approvals[1:]} == {"approved"}
+
+
 def test_staff_without_the_reviewer_role_sees_nothing_and_decides_nothing(client, make_user, approvals,
                                                                          other_project):
     stranger = make_user("stranger", role="manager", project=other_project)  # staff, but elsewhere
