@@ -21,6 +21,7 @@ from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
 from review import selectors
 from review.auth import is_htmx, post_only, signed_in
+from review.templatetags.review_format import money_text
 
 LEVEL_TAGS = {messages.SUCCESS: "success", messages.ERROR: "error"}
 
@@ -42,8 +43,9 @@ FIELD_LABELS = {"amended_content": "The amended answer", "amended_input_data": "
 
 
 def _error_text(exc: DomainError) -> str:
-    """The service's own words, plus field messages for a 400."""
-    text = str(exc.detail)
+    """The service's own words (their money as money, as on the rest of the page), plus field
+    messages for a 400."""
+    text = money_text(str(exc.detail))
     fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None
     if fields:
         parts = [f"{FIELD_LABELS.get(name, name.replace('_', ' ').capitalize())}: {' '.join(map(str, msgs))}"

@@ -233,6 +233,8 @@ def test_a_budget_blocked_call_cannot_be_approved_and_says_why(project, agent, r
     assert not re.search(r'id="btn-reject"[^>]*disabled', html)
     r = web(reviewer).post(decide_url(blocked), {"decision": "approve"})
     assert r.status_code == 409
+    refusal = re.search(r'class="outcome outcome-error"[^>]*>([^<]*)<', r.content.decode())
+    assert refusal and "by $0.5000" in refusal.group(1), refusal  # its money as money, as the page shows it
     blocked.refresh_from_db()
     assert blocked.status == "pending"
 
