@@ -4,7 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_HEADER, error_responses, get_or_404, idempotent, parse_uuid
-from core.fields import StrictCharField
+from core.fields import ChoiceField, StrictCharField
 from core.serializers import CopiedFieldsMixin
 from emergency.models import EmergencyStop
 from emergency.serializers import EmergencyStopOutputSerializer
@@ -28,7 +28,7 @@ class RecoveryDetailApi(APIView):
 class RecoveryStepRespondApi(APIView):
     @extend_schema_serializer(component_name="RecoveryStepRespondInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        decision = serializers.ChoiceField(choices=["approve", "reject"])
+        decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
         option = StrictCharField(required=False, allow_blank=True, default="", max_length=50,
                                  help_text="for steps that offer options, e.g. settle_halted_tasks: resume|cancel")
@@ -70,7 +70,7 @@ class EmergencyStatusApi(APIView):
 class RecoveryStartApi(APIView):
     @extend_schema_serializer(component_name="RecoveryStartInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        recovery_type = serializers.ChoiceField(choices=RecoverySession.Type.choices, required=False,
+        recovery_type = ChoiceField(choices=RecoverySession.Type.choices, required=False,
                                                 default=RecoverySession.Type.MANUAL)
 
     @extend_schema(operation_id="emergency_recovery_start", request=InputSerializer,

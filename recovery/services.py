@@ -253,7 +253,8 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
                                   f"{next_step.order if next_step else 'none'}.", current_status=step.status)
         options = STEPS[step.action][2]
         if option and (options is None or option not in options):
-            raise InvalidInput(fields={"option": [f"This step takes {options or 'no options'}."]})
+            raise InvalidInput(fields={"option": [f"This step takes one of {', '.join(options)}." if options else
+                                                  "This step takes no options."]})
         if decision == "reject":
             now = timezone.now()
             step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()

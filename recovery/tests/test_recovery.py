@@ -127,7 +127,10 @@ def test_halted_tasks_can_be_cancelled_instead(stopped, project, manager, review
     for s in session["recovery_plan"]["steps"]:
         body = {"decision": "approve"}
         if s["action"] == "settle_halted_tasks":
-            assert step(reviewer_c, session, s["step_id"], decision="approve", option="bogus").status_code == 400
+            r = step(reviewer_c, session, s["step_id"], decision="approve", option="bogus")
+            assert r.status_code == 400 and r.json()["fields"]["option"] == ["This step takes one of resume, cancel."]
+            r = step(reviewer_c, session, s["step_id"], decision=["approve"])  # said as JSON, not Python's repr
+            assert r.json()["fields"]["decision"] == ['"[\"approve\"]" is not a valid choice: one of approve, reject.']
             body["option"] = "cancel"
         assert step(reviewer_c, session, s["step_id"], **body).status_code == 200
     assert set(Task.objects.filter(project=project).values_list("status", flat=True)) == {"cancelled"}
