@@ -151,7 +151,10 @@ disable_server_form_parsing()
 
 # --- daphne: an oversized request head gets an answer ---------------------------------------
 def _head_answer(status: int, reason: str, detail: str, code: str = "invalid") -> bytes:
-    body = json.dumps(error_body(code, detail)).encode()
+    """The JSON answer to a request head the server will not read; an ``invalid`` one names what
+    was wrong under ``fields.request``, as every 400 ``invalid`` names its fields."""
+    body = json.dumps(error_body(code, detail, **({"fields": {"request": [detail]}} if code == "invalid" else {})))
+    body = body.encode()
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 

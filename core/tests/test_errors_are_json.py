@@ -321,6 +321,8 @@ def _raw(port, head: bytes) -> bytes:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("head, status", [
+    (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", 400),
     (b"GET /api/v1/tasks?q=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
     (b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 431),
     (b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -333,7 +335,8 @@ def test_daphne_answers_an_oversized_request_head_with_a_json_error(daphne_serve
     head_out, _, body = answer.partition(b"\r\n\r\n")
     assert head_out.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     assert b"content-type: application/json" in head_out.lower()
-    assert json.loads(body)["error"] == "invalid"
+    answer = json.loads(body)
+    assert answer["error"] == "invalid" and answer["fields"] == {"request": [answer["detail"]]}, answer
 
 
 def test_every_status_the_api_answers_has_its_reason_phrase_under_daphne():
