@@ -636,3 +636,26 @@ def test_a_page_about_a_project_whose_role_was_taken_away_says_so(serve, chromiu
         expect(page.locator("#live-status")).to_contain_text("No longer allowed here: reload", timeout=WAIT_MS)
         expect(page.locator("#live-status")).to_have_attribute("data-state", "ended")
     expect(inbox.locator("#live-status")).to_have_attribute("data-state", "live")
+
+
+def test_the_inbox_keeps_its_j_k_selection_across_a_live_refresh(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """j j, then a new request arrives and the list refreshes: the selection was gone (htmx's
+    settle put each row's class back), so Enter went wherever focus was left."""
+    rita, _ = reviewers
+    server = serve()
+    key = api_key_create(user=agent)[1]
+    for title in ("one", "two"):
+        request_call(server, key, project, title=title, action=f"Call {title}", input_data={})
+    page = log_in(chromium.new_context(server), rita.username)
+    rows = page.locator("#inbox-list > .item")
+    expect(rows).to_have_count(2)
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    selected = page.locator("#inbox-list > .item.selected")
+    expect(selected).to_have_count(1)
+    key_before = selected.get_attribute("data-key")
+    request_call(server, key, project, title="three", action="Third call", input_data={})
+    expect(rows).to_have_count(3, timeout=WAIT_MS)   # refreshed live
+    page.wait_for_timeout(300)                        # past htmx's settle
+    expect(selected).to_have_count(1)
+    assert selected.get_attribute("data-key") == key_before

@@ -339,8 +339,9 @@
     if (link) window.location.href = link.getAttribute("href");
   }
 
-  document.addEventListener("htmx:afterSwap", function (evt) {
-    // keep the selection (and focus) across live refreshes of the list
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    // keep the selection (and focus) across live refreshes of the list; after htmx's settle, which
+    // puts each row's new class back (rows keep their ids) and so took a selection made on swap away
     var target = evt.detail && evt.detail.target;
     if (!target || !target.querySelector || !target.querySelector("#inbox-list, .empty")) return;
     if (!selectedKey) return;
