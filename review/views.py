@@ -116,15 +116,20 @@ def _call_for(request, approval_id):
     return get_object_or_404(agent_approval_visible_to(user=request.user).select_related("task"), pk=approval_id)
 
 
-def _decided_elsewhere(obj, cancellation=None):
-    """The panel refreshed live (an event named it): say what happened, for the aria-live area."""
+def _decided_elsewhere(obj, user, cancellation=None):
+    """The panel refreshed live (an event named it): say what happened, for the aria-live area.
+    The reviewer's own decision (its event arriving after their click's answer) is said as their
+    click said it, not as news ("now approved by <themselves>")."""
     if obj.status == "pending":
         return None
+    state = {"requires_modification": "sent back for modification"}.get(obj.status, obj.get_status_display().lower())
+    if not cancellation and obj.approved_by_id == user.pk:
+        said = {"requires_modification": "sent it back for modification"}.get(obj.status, f"{state} it")
+        return {"level": "success", "text": f"You {said}."}
     if cancellation:
         who = f" by {cancellation['by']}" if cancellation["by"] else ""
     else:
         who = f" by {obj.approved_by.get_username()}" if obj.approved_by_id else ""
-    state = {"requires_modification": "sent back for modification"}.get(obj.status, obj.get_status_display().lower())
     return {"level": "info", "text": f"This request is now {state}{who}."}
 
 
@@ -191,7 +196,7 @@ def agent_approval(request, approval_id):
 def agent_approval_panel(request, approval_id):
     approval = _call_for(request, approval_id)
     context = _call_panel_context(request, approval, oob=True)
-    context["outcome"] = _decided_elsewhere(approval, context["cancellation"])
+    context["outcome"] = _decided_elsewhere(approval, request.user, context["cancellation"])
     return render(request, "review/partials/agent_approval_panel.html", context)
 
 
@@ -302,7 +307,7 @@ def response_approval(request, approval_id):
 def response_approval_panel(request, approval_id):
     response = _response_for(request, approval_id)
     context = _response_panel_context(request, response, oob=True)
-    context["outcome"] = _decided_elsewhere(response, context["cancellation"])
+    context["outcome"] = _decided_elsewhere(response, request.user, context["cancellation"])
     return render(request, "review/partials/response_approval_panel.html", context)
 
 

@@ -253,6 +253,14 @@ def test_csrf_is_enforced(call, reviewer):
     assert call.status == "approved"
 
 
+def test_the_panel_refreshed_after_ones_own_decision_says_it_as_the_click_did(call, reviewer):
+    """The decision's own event refreshes the decider's panel too: it said "This request is now
+    approved by <themselves>", replacing their "Approved.", as if someone else had decided."""
+    agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+    html = web(reviewer).get(f"{page(call)}/panel").content.decode()
+    assert "You approved it." in html and "This request is now" not in html
+
+
 def test_the_panel_partial_reflects_a_decision_made_elsewhere(call, reviewer, manager):
     client = web(reviewer)
     assert 'data-status="pending"' in client.get(f"{page(call)}/panel").content.decode()
