@@ -197,15 +197,15 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
 
 
 def _ran(task: Task) -> bool:
-    """It ran: one of its calls was started (whatever it waits for now: a later call, its output's
-    review), or it is running or waits for a question asked while it ran."""
-    return task.started_at is not None or Task.Status.RUNNING in (task.status, task.status_after_questions)
+    """Running (one of its calls runs), or waiting for a question asked while it ran (it goes back
+    to running after it)."""
+    return Task.Status.RUNNING in (task.status, task.status_after_questions)
 
 
 def _why_not(task: Task, status: str) -> str:
     if _ran(task) and status == Task.Status.CANCELLED:
-        return ("The task ran (a call of it was started), so it cannot be reported cancelled: report it "
-                "completed or failed. Cancelled is for work abandoned before it ran.")
+        return ("The task is running (a call of it was started), so it cannot be reported cancelled: report "
+                "it completed or failed. Cancelled is for work abandoned before it ran.")
     if task.status == Task.Status.WAITING_FOR_HITL:
         return (f"The task waits for a person (a call, its output or a question pending review), so it cannot "
                 f"be reported {status}: wait for the decision, cancel the call or the question, or report the "

@@ -118,6 +118,9 @@ def test_past_the_round_limit_modification_required_is_raised(world, bot):
         coder.execute_task_sync(title="Parser")
     reviewer_bot.check()
     assert caught.value.modifications_required == {"fix": "all"}
+    # the task it made is reported cancelled (its output was sent back: abandoned), not left open
+    counts = world.client("agent").get_project(world.project_id).raw["task_counts"]
+    assert counts.get("cancelled") == 1 and not counts.get("pending"), counts
 
 
 def test_a_call_nobody_decides_times_out(world):

@@ -161,7 +161,8 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
         if _grant_expired(approval, now):
             _expire_grant(uow, approval, now)
             stale = True
-        elif approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL):
+        elif approval.task.status not in (Task.Status.PENDING, Task.Status.WAITING_FOR_HITL, Task.Status.RUNNING):
+            # running: another of its calls runs (a second call approved meanwhile starts beside it)
             raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
                                   task_status=approval.task.status)
         elif input_digest(approval.input_to_run) != approval.input_digest:

@@ -257,12 +257,12 @@ def second_call(client, project, task, title="again"):
 
 
 @pytest.mark.parametrize("decision", [{"decision": "reject", "reason": "no"}, {"decision": "approve"}])
-def test_a_second_call_on_a_running_task_leaves_it_running_and_never_reportable_as_cancelled(
+def test_a_second_call_on_a_running_task_leaves_it_running_and_can_start_beside_the_first(
         project, agent, reviewer, client_for, decision):
     """Call A started (the task runs); the agent asks for call B on the same task; B is decided.
     The task went back to pending (its agent idle, A still running) and could then be reported
-    cancelled, "work abandoned before it ran". It stays running while A runs; once A's usage is
-    in, the next decision leaves it pending; and a task that ran is never reported cancelled."""
+    cancelled, "work abandoned before it ran". It stays running while A runs, an approved B
+    starts beside A, and once nothing of it runs the next refusal leaves it pending."""
     from projects.models import AgentState
 
     agent_c, reviewer_c = client_for(agent), client_for(reviewer)
@@ -276,16 +276,17 @@ def test_a_second_call_on_a_running_task_leaves_it_running_and_never_reportable_
     assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "running"
     assert AgentState.objects.get(project=project, agent_type="coder").status == "working"
     r = agent_c.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
-    assert r.status_code == 409 and "ran" in r.json()["detail"], r.content
+    assert r.status_code == 409 and "running" in r.json()["detail"], r.content
 
-    if decision["decision"] == "approve":  # the agent does not run B after all
-        assert agent_c.post(f"/api/v1/agent-approvals/{second}/cancel", {}, format="json").status_code == 200
+    if decision["decision"] == "approve":  # B starts beside A (the task was running: it was refused)
+        r = agent_c.post(f"/api/v1/agent-approvals/{second}/start")
+        assert r.status_code == 200 and r.json()["started_at"], r.content
+        assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "running"
+        agent_approval_report_usage(approval_id=second, actor=agent, tokens_used=20, actual_cost=Decimal("0.2000"))
     agent_approval_report_usage(approval_id=first, actor=agent, tokens_used=50, actual_cost=Decimal("0.5000"))
     third = second_call(agent_c, project, task, title="third")
     r = reviewer_c.post(f"/api/v1/agent-approvals/{third}/respond", {"decision": "reject", "reason": "no"},
                         format="json")
     assert r.status_code == 200, r.content
     assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "pending"  # nothing of it runs now
-    r = agent_c.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
-    assert r.status_code == 409 and r.json()["status"] == "pending", r.content  # it ran: completed or failed
-    report(agent_c, task, "failed")
+    report(agent_c, task, "cancelled")  # abandoned after a refusal, as the SDK reports it
