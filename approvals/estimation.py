@@ -54,7 +54,9 @@ def _as_tokens(value) -> int:
         return 0
     if math.isnan(number):
         return 0
-    return MAX_OUTPUT_TOKENS if math.isinf(number) else int(number)
+    if math.isinf(number):
+        return MAX_OUTPUT_TOKENS if number > 0 else 0
+    return int(number)
 
 
 def _max_tokens(input_data) -> int:

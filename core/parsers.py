@@ -117,8 +117,8 @@ def _unique_keys(pairs) -> dict:
     if len(obj) != len(pairs):
         seen = set()
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
-        shown = repeated if len(repeated) <= 40 else f"{repeated[:40]}..."
-        raise ValueError(f'the key "{shown}" appears more than once in one object: send each key once')
+        shown = json.dumps(repeated if len(repeated) <= 40 else f"{repeated[:40]}...")  # as JSON: "\ud800", never raw
+        raise ValueError(f"the key {shown} appears more than once in one object: send each key once")
     return obj
 
 

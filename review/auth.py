@@ -20,8 +20,8 @@ SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): not
                    "Reload the page, then try again.")
 
 
-NOT_SENT = ("Nothing was done: your session had ended, and signing in again does not send a form again. "
-            "Do it again here.")
+NOT_SENT = ("Nothing was done: a form was not sent (after signing in again, a browser opens its address "
+            "instead of sending it). Do it again here.")
 
 
 def post_only(page: str, **names):

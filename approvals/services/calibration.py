@@ -161,8 +161,9 @@ def flag_suppression_create(*, actor, project_id, approval_id, code: str, finger
                                                 revoked_at__isnull=True, expires_at__gt=timezone.now()).first()
         expires_at = timezone.now() + timedelta(days=int(days))
         if active is not None:   # already suppressed: the same row, never a second one
-            if active.reason == reason and expires_at <= active.expires_at + timedelta(days=1):
-                return active    # asked again (a retry): what is on record is what was asked
+            asked_then = round((active.expires_at - active.created_at) / timedelta(days=1))
+            if active.reason == reason and int(days) == asked_then:
+                return active    # asked again as it was (a retry, or a reviewer who forgot): on record
             # another reason or a longer time would be silently dropped: say what holds instead
             raise TransitionError(
                 f"This finding is already suppressed until {iso_utc(active.expires_at)} (suppression {active.pk}, "

@@ -33,9 +33,10 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
         # tasks, the calls, their overrides, then the windows): each override was sized without
         # the calls blocked beside it, so approving this one can leave another asking for less
         # than its call now needs; that one is sized again below.
-        blocked = _lock_calls(uow, AgentCallApproval.objects.filter(
-            project_id=project_id, status=Status.PENDING, budget_state=BudgetState.BLOCKED).exclude(
-            budget_override_id=None))
+        blocked = AgentCallApproval.objects.filter(project_id=project_id, status=Status.PENDING,
+                                                   budget_state=BudgetState.BLOCKED)
+        blocked = _lock_calls(uow, blocked.exclude(budget_override_id=None) if decision == "approve" else
+                              blocked.filter(budget_override_id=override_id))  # a rejection: its own calls
         others = _lock_overrides(uow, [call for call in blocked if call.budget_override_id != override_id],
                                  also=override_id)
         own = [call for call in blocked if call.budget_override_id == override_id]
@@ -50,7 +51,7 @@ def budget_override_respond(*, override_id, actor, decision: str, reason: str = 
                 continue
             _readmit(uow, call, actor, now)
         if override.status == BudgetOverrideRequest.Status.APPROVED:
-            _size_again(uow, others, now, actor=actor,
+            _size_again(uow, others, now, actor=actor, pending_only=True,
                         reason=f"Budget override {override.pk} was approved first: its call was admitted again "
                                f"against what that left.")
     return override
@@ -114,7 +115,7 @@ def _lock_overrides(uow, calls, *, also=None) -> list[tuple[AgentCallApproval, B
     return [(call, overrides.get(call.budget_override_id)) for call in calls]
 
 
-def _size_again(uow, pairs, now, *, actor, reason: str) -> None:
+def _size_again(uow, pairs, now, *, actor, reason: str, pending_only: bool = False) -> None:
     """Blocked calls admitted again, oldest first, each against the windows as the ones before it
     left them (the caller holds the project exclusively, so nothing else moves them meanwhile):
     - a call kept blocked although its override was approved (only the 1.5 x ceiling held it);
@@ -127,6 +128,8 @@ def _size_again(uow, pairs, now, *, actor, reason: str) -> None:
         if old is None or old.status not in (BudgetOverrideRequest.Status.APPROVED,
                                               BudgetOverrideRequest.Status.PENDING):
             continue
+        if pending_only and old.status != BudgetOverrideRequest.Status.PENDING:
+            continue  # held by the 1.5 x ceiling alone, which another override's approval does not lift
         if old.status == BudgetOverrideRequest.Status.PENDING and \
                 budget_admission_preview(call, now) == (old.violation_type, old.requested_amount):
             continue  # it still asks for what the call needs

@@ -576,6 +576,11 @@ def test_blank_modifications_are_refused_and_a_repeated_suppression_is_one_row(s
         assert r.json()["status"] == "active" and "revoke it first" in r.json()["detail"]
     row = FlagSuppression.objects.get()
     assert (row.reason, row.expires_at.isoformat()[:10]) == ("known host", first.json()["expires_at"][:10])
+    # the same asked again days later is still the same suppression, not "another length"
+    FlagSuppression.objects.filter(pk=row.pk).update(created_at=row.created_at - timedelta(days=2),
+                                                     expires_at=row.expires_at - timedelta(days=2))
+    r = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
+    assert r.status_code == 201 and r.json()["id"] == first.json()["id"], r.content
     assert reviewer_client.post(f"/api/v1/flag-suppressions/{row.pk}/revoke").status_code == 200
     r = reviewer_client.post("/api/v1/flag-suppressions", {**suppress, "days": 90}, format="json")
     assert r.status_code == 201 and r.json()["id"] != first.json()["id"]

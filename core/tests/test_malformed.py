@@ -199,7 +199,17 @@ def test_a_key_twice_in_one_object_is_400(targets, task, target, where):
         body[:-1] + ', "input_data": {"a": {"k": 1, "k": 2}}}'
     with nothing_changes(task):
         r = send(client, url, raw)
-        assert "appears more than once" in assert_error(r, 400, "invalid", "body")["detail"]
+        named = '"zz"' if where == "top-level" else '"k"'
+        assert f"the key {named} appears more than once" in assert_error(r, 400, "invalid", "body")["detail"]
+
+
+def test_a_repeated_key_that_is_no_text_is_named_safely(targets):
+    """A lone surrogate as the repeated key, echoed into the message as it was, made the 400 a 500
+    (the answer could not be encoded)."""
+    client, url, _ = targets["task_create"]
+    with nothing_changes():
+        r = send(client, url, '{"\\ud800": 1, "\\ud800": 2}')
+        assert 'the key "\\ud800" appears more than once' in assert_error(r, 400, "invalid", "body")["detail"]
 
 
 def test_a_decision_named_twice_decides_nothing(project, agent, reviewer, client_for):

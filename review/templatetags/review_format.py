@@ -21,7 +21,8 @@ register = template.Library()
 NOTHING = "—"
 FOUR_PLACES = Decimal("0.0001")
 # A number written with exactly four decimals (the API's money), not part of a longer number or word.
-_MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?![\w.])")
+# (not a four-place amount the text itself says is tokens or USD: "would add 150,000.0000 tokens")
+_MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?![\w.])(?!\s*(?:tokens?|USD)\b)")
 # The budget's "would pass the daily token limit by 12345" (whole tokens), as texts stored before
 # the services printed "12,345 tokens" themselves (budgets.services.ledger.excess_text) have it.
 _TOKENS_IN_TEXT = re.compile(r"(token limit by )(\d+)(?![\w.,])(?: tokens)?")

@@ -107,6 +107,10 @@ def test_money_in_recorded_text_and_the_countdown():
         "It would pass the daily token limit by 12,345 tokens: approving budget override x unblocks it."
     assert money_text("It would pass the monthly token limit by 7 tokens.") == \
         "It would pass the monthly token limit by 7 tokens."
+    # an amount the text itself says is tokens or USD (the manager threshold's refusal) stays as it is
+    assert money_text("would add 150,000.0000 tokens, above 100000") == "would add 150,000.0000 tokens, above 100000"
+    assert money_text("would add 12.0000 USD, above 10.0000: a manager") == \
+        "would add 12.0000 USD, above $10.0000: a manager"
     assert time_left(timezone.now() + datetime.timedelta(minutes=4, seconds=5, milliseconds=500)) == "4 min 5 s left"
     assert time_left(timezone.now() - datetime.timedelta(seconds=1)) == "expired"
 

@@ -539,7 +539,7 @@ def test_a_form_sent_again_as_a_get_after_signing_in_goes_back_to_its_page_sayin
         r = client.get(target)
         assert r.status_code == 302 and r["Location"] == page, (target, r.status_code)
         shown = client.get(page).content.decode()
-        assert "Nothing was done: your session had ended" in shown, page
+        assert "Nothing was done: a form was not sent" in shown, page
         assert client.put(target).status_code == 405
     assert EmergencyStop.objects.filter(project=project).count() == 1  # the fixture's, no other
     assert steps_of(session)[0].status == "pending"
