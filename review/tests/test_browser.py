@@ -35,6 +35,24 @@ def reviewers(make_user, project):
     return people
 
 
+def manage(server, *args):
+    """A management command on the server's database (on SQLite a copy made when it started: after
+    that, everything goes through the server or this)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from django.conf import settings
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "REDIS_URL": "",
+           "DJANGO_SECRET_KEY": settings.SECRET_KEY, "HITL_VAR_DIR": tempfile.mkdtemp(), **server.db_env}
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    return done.stdout
+
+
 def api(server, method, path, key, body=None, status=(200,), timeout=20.0):
     got, _, content, _ = server.request(method, path, key=key, body=body, timeout=timeout)
     assert got in status, (method, path, got, content[:1000], server.log())
@@ -580,11 +598,11 @@ def test_long_unbroken_agent_text_wraps_instead_of_widening_the_page(
     from decimal import Decimal
 
     from approvals.services import agent_approval_request
-    from emergency.services import emergency_stop_trigger
     from hitl.services import hitl_request_create
     from projects.services import task_create
 
     rita, _ = reviewers
+    rita_key = api_key_create(user=rita)[1]  # after the server starts, everything goes through it
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="long words")
     call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
                                   proposed_action="Summarise", input_data={"n": 1}, context_summary="c" * 3000,
@@ -603,9 +621,7 @@ def test_long_unbroken_agent_text_wraps_instead_of_widening_the_page(
         for button in page.locator("main form button").all():  # every answer button's label on the screen
             box = button.bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (button.inner_text(), box)
-    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread: the ORM goes elsewhere
-        pool.submit(emergency_stop_trigger, project_id=project.pk, condition="manual_stop", reason="r" * 400,
-                    actor=rita).result()
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", rita_key, status=(201,), body={"reason": "r" * 400})
     page = log_in(chromium.new_context(server, viewport=PHONE), rita.username)
     expect(page.locator(".banner-stop")).to_be_visible()
     assert _page_width(page) <= 390, _page_width(page)
@@ -617,7 +633,6 @@ def test_a_page_about_a_project_whose_role_was_taken_away_says_so(serve, chromiu
     could no longer see. They now say "No longer allowed here: reload"; the inbox goes on."""
     from decimal import Decimal
 
-    from access.services import role_revoke_all
     from approvals.services import agent_approval_request
     from projects.services import task_create
 
@@ -630,8 +645,7 @@ def test_a_page_about_a_project_whose_role_was_taken_away_says_so(serve, chromiu
     context = chromium.new_context(server)
     inbox = log_in(context, rita.username)
     pages = [open_page(context, f"/review/projects/{project.pk}"), open_page(context, f"/review/agent-approvals/{call.pk}")]
-    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread: the ORM goes elsewhere
-        pool.submit(role_revoke_all, user=rita, project=project).result()
+    manage(server, "hitl_access", rita.username, "--revoke-roles", "--project", project.slug)  # the operators' way
     for page in pages:
         expect(page.locator("#live-status")).to_contain_text("No longer allowed here: reload", timeout=WAIT_MS)
         expect(page.locator("#live-status")).to_have_attribute("data-state", "ended")
@@ -642,8 +656,8 @@ def test_the_inbox_keeps_its_j_k_selection_across_a_live_refresh(serve, chromium
     """j j, then a new request arrives and the list refreshes: the selection was gone (htmx's
     settle put each row's class back), so Enter went wherever focus was left."""
     rita, _ = reviewers
+    key = api_key_create(user=agent)[1]  # before the server starts: after, everything goes through it
     server = serve()
-    key = api_key_create(user=agent)[1]
     for title in ("one", "two"):
         request_call(server, key, project, title=title, action=f"Call {title}", input_data={})
     page = log_in(chromium.new_context(server), rita.username)
