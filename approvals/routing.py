@@ -70,7 +70,17 @@ class BrowserOriginOnly:
         return await self.app(scope, receive, send)
 
 
+async def no_such_socket(scope, receive, send):
+    """A websocket handshake on a path with no socket (``/api/v1/projects``, a wrong base URL's
+    ``/foo/ws/events/``): refused before it is accepted (the server answers HTTP 403), never the
+    500 of Channels' "No route found for path"."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 4404})
+
+
 def websocket_application():
     return BrowserOriginOnly(BearerOrSession(URLRouter([
         re_path(r"^ws/events/?$", EventStreamConsumer.as_asgi()),
+        re_path(r"", no_such_socket),
     ])))

@@ -534,3 +534,15 @@ def test_a_database_away_at_a_heartbeat_does_not_end_the_checks(project, other_p
         await database_sync_to_async(api_key_revoke)(key_id=key.pk)
         assert await closed_with(comm) == 4401
     async_to_sync(run)()
+
+
+@pytest.mark.parametrize("path", ["/foo/ws/events/", "/api/v1/projects", "/ws/events/extra", "/"])
+def test_a_handshake_on_a_path_with_no_socket_is_refused_not_a_500(project, keys, path):
+    """Channels raised "No route found for path" (a 500 from the server) and the SDK, pointed at
+    a wrong base URL, retried for ever; now the handshake is refused as any other (HTTP 403)."""
+    async def run():
+        for key in (keys["agent"], None):
+            comm = communicator(path, key)
+            connected, code = await comm.connect()
+            assert not connected and code == 4404, (path, key, code)
+    async_to_sync(run)()
