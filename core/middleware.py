@@ -199,6 +199,38 @@ def answer_oversized_heads() -> bool:
 answer_oversized_heads()
 
 
+def answer_tls_spoken_to_plain_http() -> bool:
+    """Make daphne's Twisted channel answer a TLS handshake (a client given ``https://`` for this
+    plain-HTTP server) at once: a plain 400 that says so, then close. Twisted waited for a request
+    line that never came, so the client's handshake hung until the idle timeout (60 s per try; the
+    SDK's retries made it three minutes); now the client fails at once (its TLS library reads the
+    answer as "wrong version number"). Idempotent; True when it is (now) on."""
+    try:
+        from twisted.web.http import HTTPChannel
+    except ImportError:  # not served by daphne
+        return False
+    if getattr(HTTPChannel, "_hitl_tls_answered", False):
+        return True
+    received = HTTPChannel.dataReceived
+
+    def dataReceived(self, data):
+        if not getattr(self, "_hitl_first_bytes_seen", False):
+            self._hitl_first_bytes_seen = True
+            if data[:2] in (b"\x16\x03", b"\x16\x02"):  # a TLS record: a handshake
+                self.transport.write(_head_answer(400, "Bad Request", "This server speaks plain HTTP, not TLS: use "
+                                                  "http:// (or put a TLS proxy in front of it)."))
+                self.transport.loseConnection()
+                return None
+        return received(self, data)
+
+    HTTPChannel.dataReceived = dataReceived
+    HTTPChannel._hitl_tls_answered = True
+    return True
+
+
+answer_tls_spoken_to_plain_http()
+
+
 def answer_stalled_requests() -> bool:
     """Make daphne's Twisted channel time a connection out after ``HITL_HTTP_IDLE_TIMEOUT``
     seconds with nothing received (Twisted's default is 60), and answer a request received only

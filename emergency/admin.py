@@ -49,11 +49,37 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
         return ", ".join(obj.triggered_conditions)
 
 
+class EmergencySettingsForm(forms.ModelForm):
+    """The thresholds, with the version of the row the page was loaded from: a form loaded before
+    another manager's save posts every field as it was, so saving it would put back what they
+    changed, without a word (Django's admin saves what differs from the row as it stands)."""
+    loaded_version = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    class Meta:
+        model = EmergencySettings
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["loaded_version"] = self.instance.updated_at.isoformat()
+
+    def clean(self):
+        cleaned = super().clean()
+        loaded = self.data.get(self.add_prefix("loaded_version"), "")
+        if self.instance.pk is not None and loaded and loaded != self.instance.updated_at.isoformat():
+            raise forms.ValidationError("Another manager changed these settings after this page was loaded: nothing "
+                                        "was saved. Reload the page to see their values, then make your change "
+                                        "again.", code="stale")
+        return cleaned
+
+
 @admin.register(EmergencySettings)
 class EmergencySettingsAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
     """Thresholds of the automatic conditions, per project: seen by those with a role on the
     project, changed by its managers (audited), deleted by no one (a project keeps its conditions)."""
 
+    form = EmergencySettingsForm
     list_display = ["project", "error_rate_threshold", "error_window_count", "error_window_seconds",
                     "max_pending_approvals", "stop_on_critical_risk"]
     readonly_fields = ["error_window_reset_at"]
@@ -74,9 +100,10 @@ class EmergencySettingsAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
             return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request, obj, form, change):
+        model_fields = lambda values: {k: v for k, v in values.items() if k != "loaded_version"}  # noqa: E731
         emergency_settings_save(settings_row=obj, actor=request.user,
-                                before=changed_values(form, initial=True) if change else None,
-                                after=changed_values(form))
+                                before=model_fields(changed_values(form, initial=True)) if change else None,
+                                after=model_fields(changed_values(form)))
 
 
 class EmergencyStopForm(forms.Form):

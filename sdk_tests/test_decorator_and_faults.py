@@ -393,3 +393,69 @@ def test_a_proxy_answering_503_until_the_deadline_ends_the_wait_with_wait_timeou
                 await client.wait_for_approval(str(uuid.uuid4()), timeout=1.0)
 
     asyncio.run(run())
+
+
+def test_a_key_read_from_a_file_with_its_newline_is_sent_without_it_and_a_bad_key_is_never_shown():
+    """The newline made every request fail inside the client, retried as a network error for
+    seconds (for ever in a wait without a timeout), its message holding the whole key."""
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers["authorization"])
+        return httpx.Response(200, json={"task_id": str(uuid.uuid4()), "status": "pending"})
+
+    with HitlClient("http://hitl.invalid", "hitl_abcd_secretpart\n", retry=FAST_RETRY,
+                    transport=httpx.MockTransport(handler)) as client:
+        client.get_task(str(uuid.uuid4()))
+    assert seen == ["Bearer hitl_abcd_secretpart"]
+    with pytest.raises(ValueError) as caught:
+        HitlClient("http://hitl.invalid", "hitl_abcd_secret part")
+    assert "secret" not in str(caught.value)
+
+
+def test_each_attempt_of_a_wait_ends_by_the_waits_deadline():
+    """Against a server that does not answer, a wait's timeout=2 ran whole 30 s attempts: the
+    wait returned after a minute. Each attempt's own timeout now ends by the wait's deadline."""
+    from hitl_sdk import WaitTimeout
+
+    timeouts = []
+
+    def frozen(request):
+        timeouts.append(request.extensions["timeout"]["read"])
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    async def run():
+        async with AsyncHitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, use_websocket=False,
+                                   transport=httpx.MockTransport(frozen)) as client:
+            with pytest.raises(WaitTimeout):
+                await client.wait_for_approval(str(uuid.uuid4()), timeout=2)
+
+    asyncio.run(run())
+    assert timeouts and max(timeouts) <= 2.0, timeouts
+
+
+def test_https_to_a_plain_http_server_fails_at_once_saying_so():
+    """The server now answers a TLS handshake at once (core.middleware); the SDK no longer retries
+    that answer six times and says what is wrong."""
+    from hitl_sdk import HitlConnectionError
+
+    attempts = []
+
+    def plain(request):
+        attempts.append(request)
+        raise httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)", request=request)
+
+    with HitlClient("https://hitl.invalid", "key", retry=FAST_RETRY, transport=httpx.MockTransport(plain)) as client:
+        with pytest.raises(HitlConnectionError) as caught:
+            client.get_task(str(uuid.uuid4()))
+    assert len(attempts) == 1 and "speaks plain HTTP: use http://" in str(caught.value)
+
+
+def test_the_agent_helpers_keep_the_clients_transport():
+    from hitl_sdk.agent import as_async, as_sync
+
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    assert as_async(HitlClient("http://hitl.invalid", "key", transport=mock))._transport is mock
+    assert as_sync(AsyncHitlClient("http://hitl.invalid", "key", transport=mock))._transport is mock
+    with pytest.raises(ValueError, match="async"):
+        as_async(HitlClient("http://hitl.invalid", "key", transport=httpx.HTTPTransport()))

@@ -507,3 +507,22 @@ def test_the_paths_consumers_serve_refuse_a_host_and_an_accept_as_django_does(be
         for accept in UNSATISFIABLE:
             assert_asgi_json_error(asgi_call(app, "GET", path, headers=[bearer, (b"accept", accept.encode())],
                                              query_string=q), 406, "not_acceptable")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_daphne_answers_a_tls_handshake_at_once_saying_it_speaks_plain_http(daphne_server):
+    """A client given https:// for this plain-HTTP server sent its TLS handshake and Twisted waited
+    for a request line that never came: the client hung until the idle timeout (60 s a try). Now
+    the handshake is answered at once, and a TLS client fails with its own "wrong version"."""
+    import ssl
+
+    answer = _raw(daphne_server, b"\x16\x03\x01\x00\x2a" + b"\x01" * 42)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"speaks plain HTTP" in answer, answer[:300]
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", daphne_server), timeout=10) as conn:
+        with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|wrong version number"):
+            context.wrap_socket(conn, server_hostname="127.0.0.1")
+    # a plain request on the same server is served as before
+    assert _raw(daphne_server, b"GET /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                ).startswith(b"HTTP/1.1 401 ")

@@ -171,3 +171,32 @@ def test_an_admin_save_refused_after_its_form_passed_is_said_on_the_page(client,
     assert "Another manager changed these settings" in page and "error min outcomes" in page
     row.refresh_from_db()  # the window kept; the other edit, run here inside this request's transaction, went with it
     assert (row.error_window_count, row.error_min_outcomes) == (20, 5)
+
+
+def test_a_form_loaded_before_another_managers_save_does_not_put_their_change_back(client, project, manager,
+                                                                                    make_user):
+    """Two managers open the thresholds; one raises the minimum of outcomes to 15 and saves; the
+    other, whose page still says 5, shrinks the window to 10 and saves. Django's admin wrote what
+    differed from the row as it stood, the stale 5 among it: the first change was reverted without
+    a word. Now the second save is refused, saying why, and nothing of it is saved."""
+    from django.test import Client
+
+    from emergency.models import EmergencySettings
+    from projects.tests.test_admin_audit import form_data
+
+    other = make_user("manager2", role="manager", project=project)
+    row = EmergencySettings.objects.create(project=project, **GOOD_SETTINGS)
+    url = reverse("admin:emergency_emergencysettings_change", args=[row.pk])
+    first, second = login(client, manager), Client()
+    second.force_login(other)
+    loaded, stale = form_data(first.get(url)), form_data(second.get(url))
+    assert loaded["loaded_version"] and loaded["loaded_version"] == stale["loaded_version"]
+    assert first.post(url, {**loaded, "error_min_outcomes": 15}).status_code == 302
+    r = second.post(url, {**stale, "error_window_count": 10})
+    assert r.status_code == 200 and "Another manager changed these settings" in r.content.decode()
+    row.refresh_from_db()
+    assert (row.error_window_count, row.error_min_outcomes) == (20, 15)
+    fresh = form_data(second.get(url))  # reloaded: their values, and a save from there goes through
+    assert second.post(url, {**fresh, "error_window_seconds": 600}).status_code == 302
+    row.refresh_from_db()
+    assert (row.error_window_count, row.error_min_outcomes, row.error_window_seconds) == (20, 15, 600)

@@ -89,12 +89,17 @@ class AsyncHitlClient:
             attempt += 1
             may_retry = (c.monotonic() < deadline) if deadline is not None else attempt < self.retry.attempts
             try:
-                response = await self._session().request(method, path.lstrip("/"), content=content, params=params,
-                                                    headers=headers, timeout=timeout or self.timeout)
+                response = await self._session().request(
+                    method, path.lstrip("/"), content=content, params=params, headers=headers,
+                    timeout=c.attempt_timeout(timeout or self.timeout, deadline))
+            except httpx.LocalProtocolError as exc:  # the request could not be made here: no retry helps
+                raise HitlError(f"{method} {path}: the request could not be sent: "
+                                f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
             except httpx.TransportError as exc:
                 transport_failed = True
-                if not may_retry:
-                    raise HitlConnectionError(f"{method} {path}: {exc!r}", code="connection_error") from exc
+                if not may_retry or c.tls_mismatch(self.base_url, exc):
+                    raise HitlConnectionError(f"{method} {path}: {c.redacted(repr(exc), self.api_key)}"
+                                              f"{c.tls_hint(self.base_url, exc)}", code="connection_error") from exc
                 await _asleep(c.until(deadline, self.retry.delay(attempt)))
                 continue
             if response.status_code in c.TRANSIENT_STATUSES and may_retry:

@@ -69,7 +69,43 @@ def not_json_body(response: httpx.Response, base_url: str) -> Dict[str, Any]:
 
 
 def resolve_api_key(api_key: Optional[str]) -> Optional[str]:
-    return api_key if api_key is not None else os.environ.get("HITL_API_KEY")
+    """The key given, else ``HITL_API_KEY``; the whitespace around it dropped (a key read from a
+    file keeps its newline, which no HTTP header may carry: every request failed inside the
+    client, retried as a network error, its message holding the whole key). A key with other
+    characters a header cannot carry is a ValueError at once, which never shows the key."""
+    key = api_key if api_key is not None else os.environ.get("HITL_API_KEY")
+    if key is None:
+        return None
+    key = key.strip()
+    if not all(" " < ch < "\x7f" for ch in key):
+        raise ValueError("api_key holds a character an HTTP header cannot carry (a space, a line break, a "
+                         "control or non-ASCII character): pass the key exactly as it was printed")
+    return key
+
+
+def redacted(text: str, api_key: Optional[str]) -> str:
+    """``text`` (an error's message) with the API key, if it is in it, cut to its prefix."""
+    if not api_key or api_key not in text:
+        return text
+    return text.replace(api_key, api_key[:10] + "…")
+
+
+def tls_mismatch(base_url: str, exc: BaseException) -> bool:
+    """An ``https://`` URL answered in plain HTTP (the server's own launcher speaks plain HTTP
+    unless a proxy in front adds TLS): no retry helps."""
+    return base_url.lower().startswith("https:") and "WRONG_VERSION_NUMBER" in repr(exc).upper()
+
+
+def tls_hint(base_url: str, exc: BaseException) -> str:
+    if tls_mismatch(base_url, exc):
+        return " (the server at this address speaks plain HTTP: use http://, or put a TLS proxy in front of it)"
+    return ""
+
+
+def attempt_timeout(timeout: float, deadline: Optional[float]) -> float:
+    """One HTTP attempt's timeout: never past the deadline of the call (a wait's ``timeout=5``
+    against a server that did not answer ran two 30 s attempts), but at least a second."""
+    return timeout if deadline is None else max(1.0, min(timeout, deadline - time.monotonic()))
 
 
 def api_root(base_url: str) -> str:

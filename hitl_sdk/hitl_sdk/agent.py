@@ -46,9 +46,18 @@ def made_task_ending(exc: BaseException, *, ran: bool) -> Optional[Tuple[str, Op
     return ("failed", f"the server refused a step: {exc}"[:2000]) if ran else ("cancelled", None)
 
 
-def _twin_config(client: AnyClient) -> Dict[str, Any]:
+def _twin_config(client: AnyClient, *, to_async: bool) -> Dict[str, Any]:
+    """The twin's settings, its transport among them (the one hook for a custom CA, a proxy or
+    mTLS, which the agent helpers dropped without a word). A transport the twin cannot drive (a
+    sync ``httpx.HTTPTransport`` under the async twin) is a ValueError that says what to pass."""
+    transport = getattr(client, "_transport", None)
+    if transport is not None and not hasattr(transport, "handle_async_request" if to_async else "handle_request"):
+        kind = "async (httpx.AsyncBaseTransport)" if to_async else "sync (httpx.BaseTransport)"
+        raise ValueError(f"this client's transport cannot serve its {'async' if to_async else 'sync'} twin, which "
+                         f"the agent helpers use: give them a client whose transport is {kind}, or a transport "
+                         f"that is both (httpx.MockTransport is)")
     return dict(retry=client.retry, timeout=client.timeout, use_websocket=client.use_websocket,
-                recheck_seconds=client.recheck_seconds, ws_open_timeout=client.ws_open_timeout)
+                recheck_seconds=client.recheck_seconds, ws_open_timeout=client.ws_open_timeout, transport=transport)
 
 
 def as_async(client: AnyClient) -> AsyncHitlClient:
@@ -57,7 +66,7 @@ def as_async(client: AnyClient) -> AsyncHitlClient:
         return client
     twin = getattr(client, "_async_twin", None)
     if twin is None:
-        twin = AsyncHitlClient(client.base_url, client.api_key, **_twin_config(client))
+        twin = AsyncHitlClient(client.base_url, client.api_key, **_twin_config(client, to_async=True))
         client._async_twin = twin  # type: ignore[attr-defined]
     return twin
 
@@ -68,7 +77,7 @@ def as_sync(client: AnyClient) -> HitlClient:
         return client
     twin = getattr(client, "_sync_twin", None)
     if twin is None:
-        twin = HitlClient(client.base_url, client.api_key, **_twin_config(client))
+        twin = HitlClient(client.base_url, client.api_key, **_twin_config(client, to_async=False))
         client._sync_twin = twin  # type: ignore[attr-defined]
     return twin
 
@@ -336,7 +345,7 @@ class WithUsage:
     used; the caller gets ``value``."""
     value: Any
     tokens_used: int = 0
-    actual_cost: Optional[Decimal] = None
+    actual_cost: Union[Decimal, str, int, None] = None  # a Decimal, a decimal string ("0.0006") or an int
 
     @staticmethod
     def of(returned: Any) -> "WithUsage":

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Dict, Generic, List, Optional, Type, TypeVar
+from typing import Any, ClassVar, Dict, Generic, List, Optional, Type, TypeVar, Union
 
 T = TypeVar("T", bound="ApiObject")
 
@@ -376,7 +376,7 @@ class RunResult:
     a summary and next steps for the reviewer."""
     output: Dict[str, Any]
     tokens_used: int = 0
-    actual_cost: Optional[Decimal] = None
+    actual_cost: Union[Decimal, str, int, None] = None  # a Decimal, a decimal string ("0.0006") or an int
     summary: str = ""
     next_steps: List[str] = field(default_factory=list)
 
