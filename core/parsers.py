@@ -109,6 +109,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class RepeatedKey(ValueError):
+    """JSON with a key twice in one object (json.loads lets the hook's exception through)."""
+
+
 def _unique_keys(pairs) -> dict:
     """An object whose keys are all different: JSON parsers disagree on a repeated one (Python's
     keeps the last, many the first), so a proxy or a log could read {"decision": "reject", ...,
@@ -118,7 +122,7 @@ def _unique_keys(pairs) -> dict:
         seen = set()
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
         shown = json.dumps(repeated if len(repeated) <= 40 else f"{repeated[:40]}...")  # as JSON: "\ud800", never raw
-        raise ValueError(f"the key {shown} appears more than once in one object: send each key once")
+        raise RepeatedKey(f"the key {shown} appears more than once in one object: send each key once")
     return obj
 
 

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError, InvalidInput
-from core.parsers import loads_strict
+from core.parsers import RepeatedKey, loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
@@ -387,12 +387,17 @@ def hitl_request_decide(request, request_id):
     amended_text = request.POST.get("amended_content", "")
     form = {"response": answer, "amended_content": amended_text, "action": action}
     amended = None
+    repeated = None
     if action == "amend":
         try:
             amended = loads_strict(amended_text)
+        except RepeatedKey as exc:  # JSON meant as JSON: never sent on as text without a word
+            repeated = f"This JSON has {exc}. Nothing was decided."
         except ValueError:
             amended = amended_text        # plain text is a valid amendment too
     try:
+        if repeated:
+            raise InvalidInput(repeated, fields={})
         if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
             raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,

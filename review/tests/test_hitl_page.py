@@ -93,6 +93,17 @@ def test_an_amendment_that_is_not_strict_json_is_kept_as_the_text_typed(project,
     assert req.status == "amended" and req.amended_content == text
 
 
+def test_an_amendment_of_json_with_a_key_twice_is_refused_not_sent_on_as_text(project, agent, reviewer):
+    """JSON with a key twice is refused (parsers disagree on which counts): an amendment meant as
+    JSON was then sent on to the agent as a plain string, without a word."""
+    req = ask(project, agent, request_type="checkpoint", question="Go on?")
+    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide",
+                               {"action": "amend", "amended_content": '{"env": "staging", "env": "production"}'})
+    assert r.status_code == 400 and 'the key &quot;env&quot; appears more than once' in r.content.decode()
+    req.refresh_from_db()
+    assert req.status == "pending"
+
+
 def test_outsiders_get_404_and_login_is_required(project, agent, outsider):
     req = ask(project, agent)
     assert Client().get(f"/review/hitl/{req.pk}").status_code == 302
