@@ -459,3 +459,17 @@ def test_the_agent_helpers_keep_the_clients_transport():
     assert as_sync(AsyncHitlClient("http://hitl.invalid", "key", transport=mock))._transport is mock
     with pytest.raises(ValueError, match="async"):
         as_async(HitlClient("http://hitl.invalid", "key", transport=httpx.HTTPTransport()))
+
+
+@pytest.mark.parametrize("tokens", [12.9, "12", True])
+def test_a_token_count_that_is_not_a_whole_number_is_refused_not_truncated(tokens):
+    """report_usage and submit_response sent int(12.9) = 12 without a word; RunResult refused it."""
+    sent = []
+    with HitlClient("http://hitl.invalid", "key", transport=httpx.MockTransport(
+            lambda request: sent.append(request) or httpx.Response(200, json={}))) as client:
+        with pytest.raises(TypeError, match="tokens_used must be a whole number"):
+            client.report_usage(str(uuid.uuid4()), tokens)
+        with pytest.raises(TypeError, match="tokens_used must be a whole number"):
+            client.submit_response(str(uuid.uuid4()), str(uuid.uuid4()), "coder", str(uuid.uuid4()), {"done": True},
+                                   tokens_used=tokens)
+    assert sent == []
