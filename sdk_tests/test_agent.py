@@ -379,6 +379,20 @@ def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_e
     assert f"No event has had the id {first.id + 10**9} yet" in str(refused.value)
 
 
+def test_a_refused_event_stream_says_why_as_the_api_does(world):
+    """A refused handshake is a bare 403: a bad key raised HitlError "ws_refused", not saying the
+    key is the problem. The same access asked over HTTP now gives the API's own error."""
+    from hitl_sdk import HitlClient, NotFound, Unauthenticated
+
+    with HitlClient(world.url, "hitl_0000_notakey", retry=FAST_RETRY) as stranger:
+        with pytest.raises(Unauthenticated):
+            next(stranger.events(world.project_id))
+        with pytest.raises(Unauthenticated):
+            next(stranger.events())
+    with pytest.raises(NotFound):
+        next(world.client("agent").events("00000000-0000-4000-8000-000000000000"))
+
+
 def test_a_step_the_server_refuses_ends_the_task_execute_task_made(world, bot):
     """Not a person's refusal but the server's (a 400 here): the task the agent made for the
     work is not left open. Cancelled when the call never ran, failed when it had run."""

@@ -340,6 +340,7 @@ class AsyncHitlClient:
                 ws = await _AsyncWS.connect(c.ws_url(self.base_url, project_id, last_event_id), self._headers,
                                             self.ws_open_timeout)
             except WSRefused as exc:
+                await self._why_refused(project_id)  # the API's own error (a bad key: Unauthenticated) when it has one
                 raise HitlError(f"the event stream refused this connection (HTTP {exc.args[0]})",
                                 status=int(exc.args[0]), code="ws_refused") from exc
             except Exception:  # noqa: BLE001  (the server is down or restarting)
@@ -360,6 +361,17 @@ class AsyncHitlClient:
                 await _asleep(self.retry.delay(failures))
             finally:
                 await ws.close()
+
+    async def _why_refused(self, project_id: Optional[str]) -> None:
+        """A refused websocket handshake says only "403": the same access asked over HTTP raises the
+        API's own error (Unauthenticated for a bad key, NotFound for a project it may not see)."""
+        try:
+            if project_id:
+                await self.request("GET", "/events", params={"project_id": project_id, "after": 0, "limit": 1})
+            else:
+                await self.request("GET", "/projects")
+        except (HitlConnectionError, ServerError, Throttled):
+            return
 
     async def watch_emergency_stop(self, project_id: str) -> EmergencyStop:
         """Return as soon as the project is emergency-stopped (already stopped: at once)."""
