@@ -473,3 +473,16 @@ def test_a_token_count_that_is_not_a_whole_number_is_refused_not_truncated(token
             client.submit_response(str(uuid.uuid4()), str(uuid.uuid4()), "coder", str(uuid.uuid4()), {"done": True},
                                    tokens_used=tokens)
     assert sent == []
+
+
+@pytest.mark.parametrize("answer", [httpx.Response(204), httpx.Response(200, content=b""),
+                                    httpx.Response(200, json={}), httpx.Response(200, json=[1, 2])])
+def test_an_empty_or_shapeless_success_is_an_error_never_an_empty_result(answer):
+    """A 204 (a proxy's) came back as an AgentApproval with every field blank."""
+    from hitl_sdk import HitlError
+
+    with HitlClient("http://hitl.invalid", "key", retry=FAST_RETRY,
+                    transport=httpx.MockTransport(lambda request: answer)) as client:
+        with pytest.raises(HitlError) as caught:
+            client.get_approval(str(uuid.uuid4()))
+    assert caught.value.code == "bad_response" and "not the API's JSON" in str(caught.value)

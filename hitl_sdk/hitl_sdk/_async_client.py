@@ -106,8 +106,11 @@ class AsyncHitlClient:
                 await _asleep(c.until(deadline, self.retry.delay(attempt, c.retry_after_seconds(response))))
                 continue
             try:
-                body = response.json() if response.content else {}
+                body = response.json() if response.content else None
             except ValueError:  # a proxy's or another server's page, whatever its status: never a result
+                body = None
+            if not isinstance(body, dict) or (response.status_code < 400 and not body):
+                # not the API's JSON object (a page, an empty 204, a list): never an empty result
                 body = c.not_json_body(response, self.base_url)
                 if response.status_code < 400:
                     raise HitlError(body["detail"], status=response.status_code, code="bad_response") from None
