@@ -102,10 +102,13 @@ def tls_hint(base_url: str, exc: BaseException) -> str:
     return ""
 
 
+ATTEMPT_GRACE = 2.0  # a long poll held until the deadline still gets its answer ("pending") back
+
+
 def attempt_timeout(timeout: float, deadline: Optional[float]) -> float:
-    """One HTTP attempt's timeout: never past the deadline of the call (a wait's ``timeout=5``
-    against a server that did not answer ran two 30 s attempts), but at least a second."""
-    return timeout if deadline is None else max(1.0, min(timeout, deadline - time.monotonic()))
+    """One HTTP attempt's timeout: ending by the deadline of the call, give or take ATTEMPT_GRACE
+    (a wait's ``timeout=5`` against a server that did not answer ran two 30 s attempts)."""
+    return timeout if deadline is None else max(1.0, min(timeout, deadline - time.monotonic() + ATTEMPT_GRACE))
 
 
 def api_root(base_url: str) -> str:
