@@ -121,7 +121,9 @@ def _unique_keys(pairs) -> dict:
     if len(obj) != len(pairs):
         seen = set()
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
-        shown = json.dumps(repeated if len(repeated) <= 40 else f"{repeated[:40]}...")  # as JSON: "\ud800", never raw
+        shown = repeated if len(repeated) <= 40 else f"{repeated[:40]}..."
+        # quoted as typed, a lone surrogate written out ("\ud800"): it could not be sent back raw
+        shown = '"' + shown.encode("utf-8", "backslashreplace").decode("utf-8") + '"'
         raise RepeatedKey(f"the key {shown} appears more than once in one object: send each key once")
     return obj
 

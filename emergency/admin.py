@@ -2,6 +2,8 @@
 added by this layer: it asks for a reason and a severity on a confirmation page that says what
 will happen to each selected project, then stops each one the user may stop (reviewers and
 managers of it) through emergency.services.emergency_stop_trigger, the call the API makes."""
+import hashlib
+import json
 from typing import Protocol
 
 from django import forms
@@ -62,12 +64,19 @@ class EmergencySettingsForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
-            self.initial["loaded_version"] = self.instance.updated_at.isoformat()
+            self.initial["loaded_version"] = self._version()
+
+    def _version(self) -> str:
+        """The thresholds as the row holds them now (the fields a manager edits: a recovery's reset of
+        the error window, a column of its own, is no other manager's change)."""
+        names = [f.name for f in EmergencySettings._meta.fields if f.editable and f.name in self.fields]
+        values = {name: str(getattr(self.instance, name)) for name in names}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
 
     def clean(self):
         cleaned = super().clean()
         loaded = self.data.get(self.add_prefix("loaded_version"), "")
-        if self.instance.pk is not None and loaded and loaded != self.instance.updated_at.isoformat():
+        if self.instance.pk is not None and loaded and loaded != self._version():
             raise forms.ValidationError("Another manager changed these settings after this page was loaded: nothing "
                                         "was saved. Reload the page to see their values, then make your change "
                                         "again.", code="stale")

@@ -73,7 +73,7 @@ class HitlAnswerForm(forms.Form):
         try:
             return loads_strict(text)
         except RepeatedKey as exc:  # JSON meant as JSON: never sent on as text without a word
-            raise forms.ValidationError(f"This JSON has {exc}.") from None
+            raise forms.ValidationError(f"This JSON is refused: {exc}.") from None
         except ValueError:
             return text  # plain text is an amendment too
 

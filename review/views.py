@@ -392,7 +392,7 @@ def hitl_request_decide(request, request_id):
         try:
             amended = loads_strict(amended_text)
         except RepeatedKey as exc:  # JSON meant as JSON: never sent on as text without a word
-            repeated = f"This JSON has {exc}. Nothing was decided."
+            repeated = f"This JSON is refused: {exc}. Nothing was decided."
         except ValueError:
             amended = amended_text        # plain text is a valid amendment too
     try:

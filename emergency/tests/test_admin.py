@@ -180,6 +180,7 @@ def test_a_form_loaded_before_another_managers_save_does_not_put_their_change_ba
     differed from the row as it stood, the stale 5 among it: the first change was reverted without
     a word. Now the second save is refused, saying why, and nothing of it is saved."""
     from django.test import Client
+    from django.utils import timezone
 
     from emergency.models import EmergencySettings
     from projects.tests.test_admin_audit import form_data
@@ -196,7 +197,10 @@ def test_a_form_loaded_before_another_managers_save_does_not_put_their_change_ba
     assert r.status_code == 200 and "Another manager changed these settings" in r.content.decode()
     row.refresh_from_db()
     assert (row.error_window_count, row.error_min_outcomes) == (20, 15)
+    # a recovery resetting the error window (a column of its own) is no other manager's change
+    EmergencySettings.objects.filter(pk=row.pk).update(error_window_reset_at=timezone.now(), updated_at=timezone.now())
     fresh = form_data(second.get(url))  # reloaded: their values, and a save from there goes through
+    EmergencySettings.objects.filter(pk=row.pk).update(error_window_reset_at=timezone.now(), updated_at=timezone.now())
     assert second.post(url, {**fresh, "error_window_seconds": 600}).status_code == 302
     row.refresh_from_db()
     assert (row.error_window_count, row.error_min_outcomes, row.error_window_seconds) == (20, 15, 600)

@@ -109,8 +109,9 @@ class AsyncHitlClient:
                 body = response.json() if response.content else None
             except ValueError:  # a proxy's or another server's page, whatever its status: never a result
                 body = None
-            if not isinstance(body, dict) or (response.status_code < 400 and not body):
-                # not the API's JSON object (a page, an empty 204, a list): never an empty result
+            if body is None or (response.status_code >= 400 and not isinstance(body, dict)):
+                # not the API's JSON (a page, an empty 204): never an empty result (the typed methods
+                # also refuse JSON that is not an object: ApiObject.from_api)
                 body = c.not_json_body(response, self.base_url)
                 if response.status_code < 400:
                     raise HitlError(body["detail"], status=response.status_code, code="bad_response") from None

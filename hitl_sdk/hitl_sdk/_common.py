@@ -108,7 +108,9 @@ ATTEMPT_GRACE = 2.0  # a long poll held until the deadline still gets its answer
 def attempt_timeout(timeout: float, deadline: Optional[float]) -> float:
     """One HTTP attempt's timeout: ending by the deadline of the call, give or take ATTEMPT_GRACE
     (a wait's ``timeout=5`` against a server that did not answer ran two 30 s attempts)."""
-    return timeout if deadline is None else max(1.0, min(timeout, deadline - time.monotonic() + ATTEMPT_GRACE))
+    if deadline is None or not isinstance(timeout, (int, float)):  # an httpx.Timeout is the caller's to set
+        return timeout
+    return max(1.0, min(timeout, deadline - time.monotonic() + ATTEMPT_GRACE))
 
 
 def api_root(base_url: str) -> str:

@@ -10,6 +10,7 @@ import inspect
 import json
 import threading
 import typing
+import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
@@ -53,9 +54,10 @@ def _twin_config(client: AnyClient, *, to_async: bool) -> Dict[str, Any]:
     transport = getattr(client, "_transport", None)
     if transport is not None and not hasattr(transport, "handle_async_request" if to_async else "handle_request"):
         kind = "async (httpx.AsyncBaseTransport)" if to_async else "sync (httpx.BaseTransport)"
-        raise ValueError(f"this client's transport cannot serve its {'async' if to_async else 'sync'} twin, which "
-                         f"the agent helpers use: give them a client whose transport is {kind}, or a transport "
-                         f"that is both (httpx.MockTransport is)")
+        warnings.warn(f"this client's transport cannot serve its {'async' if to_async else 'sync'} twin, which the "
+                      f"agent helpers use: the twin connects without it. Give them a client whose transport is "
+                      f"{kind}, or one that is both (httpx.MockTransport is).", UserWarning, stacklevel=3)
+        transport = None
     return dict(retry=client.retry, timeout=client.timeout, use_websocket=client.use_websocket,
                 recheck_seconds=client.recheck_seconds, ws_open_timeout=client.ws_open_timeout, transport=transport)
 

@@ -9,6 +9,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Dict, Generic, List, Optional, Type, TypeVar, Union
 
+from .errors import HitlError
+
 T = TypeVar("T", bound="ApiObject")
 
 AGENT_TYPES = ("orchestrator", "analyst", "architect", "coder", "tester", "deployer")
@@ -76,6 +78,10 @@ class ApiObject:
 
     @classmethod
     def from_api(cls: Type[T], data: Dict[str, Any]) -> T:
+        if not isinstance(data, dict) or not data:  # an empty object or a list: never one with every field blank
+            shown = "an empty object" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+            raise HitlError(f"The server answered {shown} where the API gives a {cls.__name__}: not the API's JSON "
+                            f"object.", code="bad_response")
         kwargs: Dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name == "raw" or f.name not in data:
