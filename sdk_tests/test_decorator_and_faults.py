@@ -380,19 +380,24 @@ def test_a_success_status_with_a_page_that_is_not_json_is_an_error_not_an_empty_
     assert caught.value.code == "bad_response" and "with text/html, not the API's JSON" in str(caught.value)
 
 
-def test_a_proxy_answering_503_until_the_deadline_ends_the_wait_with_wait_timeout():
+def wait_times_out(handler, timeout):
+    """A long-poll wait (no websocket) on a server answered by ``handler`` raises WaitTimeout."""
     from hitl_sdk import WaitTimeout
-
-    def busy(request):
-        return httpx.Response(503, json={"error": "unavailable", "detail": "proxy: no upstream"})
 
     async def run():
         async with AsyncHitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, use_websocket=False,
-                                   transport=httpx.MockTransport(busy)) as client:
+                                   transport=httpx.MockTransport(handler)) as client:
             with pytest.raises(WaitTimeout):
-                await client.wait_for_approval(str(uuid.uuid4()), timeout=1.0)
+                await client.wait_for_approval(str(uuid.uuid4()), timeout=timeout)
 
     asyncio.run(run())
+
+
+def test_a_proxy_answering_503_until_the_deadline_ends_the_wait_with_wait_timeout():
+    def busy(request):
+        return httpx.Response(503, json={"error": "unavailable", "detail": "proxy: no upstream"})
+
+    wait_times_out(busy, 1.0)
 
 
 def test_a_key_read_from_a_file_with_its_newline_is_sent_without_it_and_a_bad_key_is_never_shown():
@@ -416,21 +421,13 @@ def test_a_key_read_from_a_file_with_its_newline_is_sent_without_it_and_a_bad_ke
 def test_each_attempt_of_a_wait_ends_by_the_waits_deadline_give_or_take_the_grace():
     """Against a server that does not answer, a wait's timeout=2 ran whole 30 s attempts: the
     wait returned after a minute. Each attempt's own timeout now ends by the wait's deadline."""
-    from hitl_sdk import WaitTimeout
-
     timeouts = []
 
     def frozen(request):
         timeouts.append(request.extensions["timeout"]["read"])
         raise httpx.ReadTimeout("no answer", request=request)
 
-    async def run():
-        async with AsyncHitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, use_websocket=False,
-                                   transport=httpx.MockTransport(frozen)) as client:
-            with pytest.raises(WaitTimeout):
-                await client.wait_for_approval(str(uuid.uuid4()), timeout=2)
-
-    asyncio.run(run())
+    wait_times_out(frozen, 2)
     assert timeouts and max(timeouts) <= 2.0 + 2.0, timeouts  # by the deadline, give or take the grace
 
 
