@@ -13,6 +13,10 @@ class TaskWorkerCheck(Protocol):
     def __call__(self, *, task: Task, user_id) -> bool: ...
 
 
+class TaskCheck(Protocol):
+    def __call__(self, *, task: Task) -> bool: ...
+
+
 class TaskEndingHandler(Protocol):
     def __call__(self, *, uow, task: Task, actor, now) -> list[str]: ...  # the ids it cancelled
 
@@ -23,6 +27,10 @@ task_outcome_reported: Hook[TaskOutcomeHandler] = Hook("projects.task_outcome_re
 # Whether a user works on a task it did not create (approvals: it requested one of the task's calls,
 # as an agent running a task an orchestrator made for it does); such a user may report its outcome.
 task_worked_on_by: Hook[TaskWorkerCheck] = Hook("projects.task_worked_on_by")
+
+# Whether a task has an output waiting for a person's review (approvals: a pending response
+# approval): its call ran, so it is no work abandoned before it ran (it is not reported cancelled).
+task_output_under_review: Hook[TaskCheck] = Hook("projects.task_output_under_review")
 
 # In the outcome's unit of work, the task locked and just saved completed / failed: approvals
 # cancels the task's calls that can no longer run (pending, or approved and not started, their

@@ -12,7 +12,7 @@ from core import rawrows
 from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
-from projects.hooks import task_ending, task_outcome_reported, task_worked_on_by
+from projects.hooks import task_ending, task_outcome_reported, task_output_under_review, task_worked_on_by
 from projects.models import AgentState, AgentType, Project, ProjectNotifier, Task, validate_timezone
 from projects.uow import project_uow
 
@@ -180,7 +180,7 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
                             "report its outcome.")
         if task.status == status:
             return task  # a retried report
-        if status not in Task.TRANSITIONS[task.status] or _ran(task) and status == Task.Status.CANCELLED:
+        if status not in Task.TRANSITIONS[task.status] or status == Task.Status.CANCELLED and _ran(task):
             raise TransitionError(_why_not(task, status), current_status=task.status)
         before = _task_snapshot(task)
         task.status = status
@@ -197,15 +197,16 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
 
 
 def _ran(task: Task) -> bool:
-    """Running (one of its calls runs), or waiting for a question asked while it ran (it goes back
-    to running after it)."""
-    return Task.Status.RUNNING in (task.status, task.status_after_questions)
+    """Running (one of its calls runs), waiting for a question asked while it ran (it goes back to
+    running after it), or with an output of it waiting for review (the call that made it ran)."""
+    return Task.Status.RUNNING in (task.status, task.status_after_questions) or any(
+        task_output_under_review(task=task))
 
 
 def _why_not(task: Task, status: str) -> str:
     if _ran(task) and status == Task.Status.CANCELLED:
-        return ("The task is running (a call of it was started), so it cannot be reported cancelled: report "
-                "it completed or failed. Cancelled is for work abandoned before it ran.")
+        return ("The task ran (a call of it runs, or its output waits for review), so it cannot be reported "
+                "cancelled: report it completed or failed. Cancelled is for work abandoned before it ran.")
     if task.status == Task.Status.WAITING_FOR_HITL:
         return (f"The task waits for a person (a call, its output or a question pending review), so it cannot "
                 f"be reported {status}: wait for the decision, cancel the call or the question, or report the "

@@ -7,7 +7,7 @@ ApprovalsConfig.ready:
 Either way the overrides they waited for are withdrawn and their reservations given back."""
 from django.db.models import Q
 
-from approvals.models import CANCELLED_BY_STOP, AgentCallApproval
+from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, ResponseApproval
 from approvals.services.common import (
     BudgetState,
     Status,
@@ -41,6 +41,11 @@ def cancel_open_calls(*, uow, project, now) -> list[str]:
 def requested_a_call_on(*, task, user_id) -> bool:
     """Whether ``user_id`` requested one of ``task``'s calls (projects.task_worked_on_by)."""
     return AgentCallApproval.objects.filter(task_id=task.pk, requested_by_id=user_id).exists()
+
+
+def has_output_under_review(*, task) -> bool:
+    """Whether an output of ``task`` waits for review (projects.task_output_under_review)."""
+    return ResponseApproval.objects.filter(task_id=task.pk, status=ResponseApproval.Status.PENDING).exists()
 
 
 def cancel_calls_of_ended_task(*, uow, task, actor, now) -> list[str]:

@@ -247,6 +247,24 @@ def test_a_completed_task_cancels_its_output_left_waiting_and_a_question_holds_i
     assert HitlRequest.objects.get(pk=question.json()["id"]).status == "cancelled"
 
 
+def test_a_task_whose_output_waits_for_review_is_not_reported_cancelled(
+        agent_client, reviewer_client, request_body):
+    """Its call ran and made the output a reviewer is looking at: "cancelled" (work abandoned
+    before it ran) was accepted and cancelled the review; the task is reported failed (or
+    completed) instead, and a refused output leaves it cancellable as before."""
+    from approvals.models import ResponseApproval
+
+    call, response_id = started_with_output(agent_client, reviewer_client, request_body)
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 409 and "its output waits for review" in r.json()["detail"], r.content
+    assert ResponseApproval.objects.get(pk=response_id).status == "pending"
+    r = reviewer_client.post(f"/api/v1/response-approvals/{response_id}/respond",
+                             {"decision": "reject", "reason": "wrong file"}, format="json")
+    assert r.status_code == 200, r.content
+    r = agent_client.post(f"/api/v1/tasks/{call['task_id']}/status", {"status": "cancelled"}, format="json")
+    assert r.status_code == 200, r.content  # abandoned after a refusal, as the SDK reports it
+
+
 def second_call(client, project, task, title="again"):
     r = client.post("/api/v1/agent-approvals", {
         "project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
@@ -276,7 +294,7 @@ def test_a_second_call_on_a_running_task_leaves_it_running_and_can_start_beside_
     assert agent_c.get(f"/api/v1/tasks/{task.pk}").json()["status"] == "running"
     assert AgentState.objects.get(project=project, agent_type="coder").status == "working"
     r = agent_c.post(f"/api/v1/tasks/{task.pk}/status", {"status": "cancelled"}, format="json")
-    assert r.status_code == 409 and "running" in r.json()["detail"], r.content
+    assert r.status_code == 409 and r.json()["status"] == "running" and "a call of it runs" in r.json()["detail"], r.content
 
     if decision["decision"] == "approve":  # B starts beside A (the task was running: it was refused)
         r = agent_c.post(f"/api/v1/agent-approvals/{second}/start")
