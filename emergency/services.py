@@ -126,7 +126,7 @@ def _settings_clean(row: EmergencySettings, *, concurrent: bool = False) -> None
 @retry_transient
 def emergency_settings_save(*, settings_row: EmergencySettings, actor, before, after) -> EmergencySettings:
     """Save a project's condition thresholds (admin form), audited in the same unit of work.
-    Values the model refuses (a threshold outside (0, 1], an empty window) are 400s, never saved.
+    Values the model refuses (a threshold outside (0, 1), an empty window) are 400s, never saved.
 
     Only what the form changed is written, onto the row as it stands (read under the project's
     lock): another manager's edit saved since the form was loaded is kept, and the two together
@@ -134,16 +134,16 @@ def emergency_settings_save(*, settings_row: EmergencySettings, actor, before, a
     smaller window) cannot combine into settings that never trip."""
     _settings_clean(settings_row)
     with project_uow(settings_row.project_id) as uow:
-        if settings_row.pk is not None and after:  # only what the form changed: never a stale copy of the rest
+        if settings_row.pk is None:
+            uow.enter_stage("project_state")
+            settings_row.save()
+        elif after:  # only what the form changed: never a stale copy of the rest (nothing changed: nothing written)
             current = uow.lock("project_state", EmergencySettings.objects, pk=settings_row.pk)
             for name in after:
                 setattr(current, name, getattr(settings_row, name))
             _settings_clean(current, concurrent=True)
             current.save(update_fields=[*after.keys(), "updated_at"])
             settings_row.refresh_from_db()
-        else:
-            uow.enter_stage("project_state")
-            settings_row.save()
         audit_record(actor=actor, action="emergency_settings.update", obj=settings_row,
                      project_id=settings_row.project_id, before=before, after=after)
     return settings_row

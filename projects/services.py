@@ -180,8 +180,9 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
                             "report its outcome.")
         if task.status == status:
             return task  # a retried report
-        if status not in Task.TRANSITIONS[task.status] or status == Task.Status.CANCELLED and _ran(task):
-            raise TransitionError(_why_not(task, status), current_status=task.status)
+        ran = status == Task.Status.CANCELLED and _ran(task)  # (its hook asks the database: once)
+        if status not in Task.TRANSITIONS[task.status] or ran:
+            raise TransitionError(_why_not(task, status, ran=ran), current_status=task.status)
         before = _task_snapshot(task)
         task.status = status
         task.error = error if status == Task.Status.FAILED else ""
@@ -203,8 +204,8 @@ def _ran(task: Task) -> bool:
         task_output_under_review(task=task))
 
 
-def _why_not(task: Task, status: str) -> str:
-    if _ran(task) and status == Task.Status.CANCELLED:
+def _why_not(task: Task, status: str, *, ran: bool) -> str:
+    if ran:
         return ("The task ran (a call of it runs, or its output waits for review), so it cannot be reported "
                 "cancelled: report it completed or failed. Cancelled is for work abandoned before it ran.")
     if task.status == Task.Status.WAITING_FOR_HITL:

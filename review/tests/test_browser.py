@@ -618,7 +618,9 @@ def test_long_unbroken_agent_text_wraps_instead_of_widening_the_page(
             assert _page_width(page) <= viewport["width"], (path, viewport, _page_width(page))
         page.goto(f"/review/hitl/{question.pk}")
         wait_live(page)
-        for button in page.locator("main form button").all():  # every answer button's label on the screen
+        buttons = page.locator("main form button").all()
+        assert buttons, "the question's answer buttons"
+        for button in buttons:  # every answer button's label on the screen
             box = button.bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (button.inner_text(), box)
     api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", rita_key, status=(201,), body={"reason": "r" * 400})
