@@ -353,12 +353,15 @@ class FlagSuppressionCreateApi(APIView):
 
 class FlagSuppressionProjectListApi(APIView):
     @extend_schema(operation_id="flag_suppressions_project_list",
-                   responses={200: FlagSuppressionOutputSerializer(many=True), **error_responses(404)})
+                   parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                   responses={200: paginated(FlagSuppressionOutputSerializer, "PaginatedFlagSuppressionList"),
+                              **error_responses(400, 404)})
     def get(self, request, project_id):
-        """A project's suppressions (active and past), newest first."""
+        """A project's suppressions (active and past), newest first, paginated."""
         project = project_for_user(user=request.user, project_id=project_id)
-        return Response(FlagSuppressionOutputSerializer(selectors.flag_suppression_list(project=project),
-                                                        many=True).data)
+        paginator = AgentApprovalPagination()
+        page = paginator.paginate_queryset(selectors.flag_suppression_list(project=project), request, view=self)
+        return paginator.get_paginated_response(FlagSuppressionOutputSerializer(page, many=True).data)
 
 
 class FlagSuppressionRevokeApi(APIView):

@@ -62,4 +62,4 @@ def response_approval_list(*, project, status: str | None = None, agent_type: st
 
 
 def flag_suppression_list(*, project):
-    return FlagSuppression.objects.filter(project=project).select_related("created_by")
+    return FlagSuppression.objects.filter(project=project).select_related("created_by").order_by("-created_at", "-id")

@@ -486,7 +486,7 @@ def test_an_empty_or_shapeless_success_is_an_error_never_an_empty_result(answer)
 
 
 def test_request_returns_a_json_list_an_endpoint_gives():
-    """request() is for "anything else": GET /flag-suppressions/project/{id} answers a JSON list."""
+    """request() is for "anything else": it returns the JSON an endpoint answers, a list included."""
     with HitlClient("http://hitl.invalid", "key", transport=httpx.MockTransport(
             lambda request: httpx.Response(200, json=[{"id": "x"}]))) as client:
-        assert client.request("GET", "/flag-suppressions/project/p") == [{"id": "x"}]
+        assert client.request("GET", "/some/list") == [{"id": "x"}]

@@ -142,6 +142,9 @@ def _flag_on_record(project_id, approval_id, code: str, fingerprint: str) -> boo
     return any(f.get("code") == code and f.get("fingerprint") == fingerprint for f in flags)
 
 
+SUPPRESSION_RENEW_AFTER = timedelta(hours=1)   # a repeat asking an end this much later renews it
+
+
 @retry_transient
 def flag_suppression_create(*, actor, project_id, approval_id, code: str, fingerprint: str, reason: str,
                             days: int = 30) -> FlagSuppression:
@@ -161,14 +164,25 @@ def flag_suppression_create(*, actor, project_id, approval_id, code: str, finger
                                                 revoked_at__isnull=True, expires_at__gt=timezone.now()).first()
         expires_at = timezone.now() + timedelta(days=int(days))
         if active is not None:   # already suppressed: the same row, never a second one
-            asked_then = round((active.expires_at - active.created_at) / timedelta(days=1))
-            if active.reason == reason and int(days) == asked_then:
+            later = expires_at - active.expires_at
+            if active.reason == reason and later > SUPPRESSION_RENEW_AFTER:
+                # asked again later in its life ("30 days" on its 29th day) or for longer: it ends when asked
+                active = uow.lock("project_state", FlagSuppression.objects, pk=active.pk)
+                before = active.expires_at
+                active.expires_at = expires_at
+                active.save(update_fields=["expires_at", "updated_at"])
+                audit_record(actor=actor, action="analyzer_flag.suppress", obj=active, project_id=uow.project.pk,
+                             reason=reason, before={"expires_at": before},
+                             after={"code": code, "fingerprint": fingerprint, "expires_at": expires_at,
+                                    "approval_id": str(approval_id)})
+                return active
+            if active.reason == reason and later >= -SUPPRESSION_RENEW_AFTER:
                 return active    # asked again as it was (a retry, or a reviewer who forgot): on record
-            # another reason or a longer time would be silently dropped: say what holds instead
+            # another reason, or a shorter time, would be silently dropped: say what holds instead
             raise TransitionError(
                 f"This finding is already suppressed until {iso_utc(active.expires_at)} (suppression {active.pk}, "
                 f"reason: {active.reason[:200]!r}): revoke it first to suppress it again with another reason or "
-                f"length.", current_status="active", suppression_id=str(active.pk),
+                f"for a shorter time.", current_status="active", suppression_id=str(active.pk),
                 expires_at=iso_utc(active.expires_at))
         row = FlagSuppression.objects.create(project=uow.project, code=code, fingerprint=fingerprint, reason=reason,
                                              expires_at=expires_at, created_by=actor)

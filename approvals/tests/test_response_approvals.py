@@ -569,21 +569,47 @@ def test_blank_modifications_are_refused_and_a_repeated_suppression_is_one_row(s
     again = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
     assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
     assert FlagSuppression.objects.count() == 1
-    # another reason or a longer time was answered 201 with the first one's, dropping what was asked
-    for other in ({**suppress, "reason": "known host, for a year", "days": 365}, {**suppress, "days": 90}):
-        r = reviewer_client.post("/api/v1/flag-suppressions", other, format="json")
-        assert r.status_code == 409 and r.json()["suppression_id"] == first.json()["id"], r.content
-        assert r.json()["status"] == "active" and "revoke it first" in r.json()["detail"]
+    # another reason was answered 201 with the first one's, dropping what was asked
+    r = reviewer_client.post("/api/v1/flag-suppressions", {**suppress, "reason": "known host, for a year",
+                                                            "days": 365}, format="json")
+    assert r.status_code == 409 and r.json()["suppression_id"] == first.json()["id"], r.content
+    assert r.json()["status"] == "active" and "revoke it first" in r.json()["detail"]
     row = FlagSuppression.objects.get()
     assert (row.reason, row.expires_at.isoformat()[:10]) == ("known host", first.json()["expires_at"][:10])
-    # the same asked again days later is still the same suppression, not "another length"
+    renewals = AuditEvent.objects.filter(action="analyzer_flag.suppress", object_id=str(row.pk))
+    assert renewals.count() == 1
+    # the same asked again days later is the same suppression, lasting the 30 days asked from now
+    # (it kept its first end: 28 days left for "30 days")
     FlagSuppression.objects.filter(pk=row.pk).update(created_at=row.created_at - timedelta(days=2),
                                                      expires_at=row.expires_at - timedelta(days=2))
     r = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
     assert r.status_code == 201 and r.json()["id"] == first.json()["id"], r.content
-    assert reviewer_client.post(f"/api/v1/flag-suppressions/{row.pk}/revoke").status_code == 200
+    row.refresh_from_db()
+    assert timedelta(days=29, hours=23) < row.expires_at - timezone.now() <= timedelta(days=30)
+    assert r.json()["expires_at"] == row.expires_at.isoformat().replace("+00:00", "Z")
+    assert renewals.count() == 2 and FlagSuppression.objects.count() == 1
+    # a retry right after the renewal changes nothing (no row, no audit line)
+    assert reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json").status_code == 201
+    assert renewals.count() == 2
+    # longer: the same row ends later; shorter than what holds: 409, it would be dropped
     r = reviewer_client.post("/api/v1/flag-suppressions", {**suppress, "days": 90}, format="json")
+    assert r.status_code == 201 and r.json()["id"] == first.json()["id"], r.content
+    row.refresh_from_db()
+    assert timedelta(days=89, hours=23) < row.expires_at - timezone.now() <= timedelta(days=90)
+    r = reviewer_client.post("/api/v1/flag-suppressions", suppress, format="json")
+    assert r.status_code == 409 and "shorter time" in r.json()["detail"], r.content
+    assert FlagSuppression.objects.get().expires_at == row.expires_at
+    assert reviewer_client.post(f"/api/v1/flag-suppressions/{row.pk}/revoke").status_code == 200
+    r = reviewer_client.post("/api/v1/flag-suppressions", {**suppress, "days": 7}, format="json")
     assert r.status_code == 201 and r.json()["id"] != first.json()["id"]
+    # the project's list: active and past, newest first, paginated as the approval lists are
+    listed = agent_client.get(f"/api/v1/flag-suppressions/project/{project.pk}").json()
+    assert listed["count"] == 2 and [x["id"] for x in listed["results"]] == [r.json()["id"], first.json()["id"]]
+    assert [x["revoked_at"] is None for x in listed["results"]] == [True, False]
+    one = agent_client.get(f"/api/v1/flag-suppressions/project/{project.pk}?page_size=1&page=2").json()
+    assert [x["id"] for x in one["results"]] == [first.json()["id"]] and one["previous"] and not one["next"]
+    bad = agent_client.get(f"/api/v1/flag-suppressions/project/{project.pk}?page=x")
+    assert bad.status_code == 400 and "page" in bad.json()["fields"]
 
 
 def test_event_payloads_mask_secrets_written_in_the_summary(started, agent_client):
