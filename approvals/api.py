@@ -33,7 +33,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import ChoiceField, MoneyField, StrictCharField, StrictUUIDField
+from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
@@ -62,9 +62,9 @@ class AgentApprovalCreateApi(APIView):
         proposed_action = StrictCharField(max_length=MAX_TEXT)
         input_data = serializers.JSONField(validators=[_object])
         context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
-        estimated_tokens = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+        estimated_tokens = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)
         estimated_cost = MoneyField(required=False, max_digits=12)
-        timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
+        timeout_minutes = StrictIntegerField(required=False, min_value=1, max_value=24 * 60)
         model = StrictCharField(required=False, allow_blank=True, default="", max_length=100)
 
     @extend_schema(operation_id="agent_approvals_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
@@ -150,7 +150,7 @@ class AgentApprovalStartApi(APIView):
 class AgentApprovalUsageApi(APIView):
     @extend_schema_serializer(component_name="AgentApprovalUsageInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+        tokens_used = StrictIntegerField(min_value=0, max_value=2**31 - 1)
         actual_cost = MoneyField(required=False, max_digits=12)
 
     @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
@@ -236,9 +236,9 @@ class ResponseApprovalCreateApi(APIView):
         agent_response = serializers.JSONField(validators=[_object])
         response_summary = StrictCharField(allow_blank=True, max_length=MAX_TEXT)
         next_steps = serializers.JSONField(validators=[_string_list])
-        tokens_used = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+        tokens_used = StrictIntegerField(min_value=0, max_value=2**31 - 1)
         actual_cost = MoneyField(required=False, max_digits=12)
-        timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
+        timeout_minutes = StrictIntegerField(required=False, min_value=1, max_value=24 * 60)
 
     @extend_schema(operation_id="response_approvals_create", request=InputSerializer,
                    parameters=[IDEMPOTENCY_HEADER],
@@ -329,7 +329,7 @@ class FlagSuppressionCreateApi(APIView):
         code = StrictCharField(max_length=100)
         fingerprint = StrictCharField(max_length=64)
         reason = StrictCharField(max_length=5000)
-        days = serializers.IntegerField(required=False, default=30, min_value=1, max_value=365)
+        days = StrictIntegerField(required=False, default=30, min_value=1, max_value=365)
 
     @extend_schema(operation_id="flag_suppressions_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={201: FlagSuppressionOutputSerializer, **error_responses(400, 403, 404)})

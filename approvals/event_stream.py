@@ -207,11 +207,9 @@ def _query(scope) -> tuple[uuid.UUID | None, int | None]:
         except ValueError:
             raise _invalid("project_id", "Must be a valid UUID.") from None
     if params.get("last_event_id", [""])[-1]:
-        try:
-            last = int(params["last_event_id"][-1])
-        except ValueError:
-            last = -1
-        if last < 0:
+        raw = params["last_event_id"][-1]
+        last = int(raw) if raw.isascii() and raw.isdigit() else -1     # int() takes " 5", "1_0", "٥"
+        if not 0 <= last < 2**63:
             raise _invalid("last_event_id", "Must be a whole number, 0 or more: the id of the last event received.")
     return project_id, last
 

@@ -25,7 +25,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import ChoiceField, MoneyField, StrictCharField
+from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
@@ -34,13 +34,13 @@ from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
 class BudgetApi(APIView):
     @extend_schema_serializer(component_name="BudgetLimitsInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        daily_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
-        monthly_token_limit = serializers.IntegerField(required=False, min_value=0, max_value=10**15)
+        daily_token_limit = StrictIntegerField(required=False, min_value=0, max_value=10**15)
+        monthly_token_limit = StrictIntegerField(required=False, min_value=0, max_value=10**15)
         daily_cost_limit = MoneyField(required=False)
         monthly_cost_limit = MoneyField(required=False)
-        warning_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
-        critical_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
-        emergency_percent = serializers.IntegerField(required=False, min_value=1, max_value=100)
+        warning_percent = StrictIntegerField(required=False, min_value=1, max_value=100)
+        critical_percent = StrictIntegerField(required=False, min_value=1, max_value=100)
+        emergency_percent = StrictIntegerField(required=False, min_value=1, max_value=100)
 
         def validate(self, attrs):
             if "manager_threshold" in self.initial_data:

@@ -25,6 +25,32 @@ class StrictUUIDField(_StrictString, serializers.UUIDField):
     default_error_messages = {"invalid": "Must be a valid UUID string."}
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """A count in a JSON body: a JSON integer only. DRF's IntegerField also takes "12", 12.0 and
+    digits of other scripts ("١٢"), so a client's bug (a float where a count belongs, a number
+    sent as text) passed unseen; JSON's true is not 1 either."""
+    default_error_messages = {"invalid": "Must be a whole number: a JSON integer such as 12, not text or 12.0."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """A whole number in a query string: ASCII digits (DRF's IntegerField also takes "1e1" as 10,
+    "1_0", " 10 " and other scripts' digits)."""
+    default_error_messages = {"invalid": "Must be a whole number written with the digits 0-9."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not _INTEGER.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+
+
 class MoneyField(serializers.DecimalField):
     """Money as API.md has it: a decimal string ("0.0125"), never a float. A JSON float is refused
     (0.1 is not 0.1 in binary); a JSON integer is exact and accepted. 4 places, never negative."""

@@ -4,7 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import error_responses
-from core.fields import ChoiceField
+from core.fields import ChoiceField, QueryIntegerField
 from projects.permissions import project_for_user
 from events.models import EventType
 from events.selectors import event_page
@@ -32,10 +32,10 @@ class EventListApi(APIView):
     @extend_schema_serializer(component_name="EventFilter")
     class FilterSerializer(serializers.Serializer):
         project_id = serializers.UUIDField()
-        after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1,
-                                         help_text="return events with id > after")
-        limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000,
-                                         help_text="at most this many")
+        after = QueryIntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1,
+                                  help_text="return events with id > after")
+        limit = QueryIntegerField(required=False, default=100, min_value=1, max_value=1000,
+                                  help_text="at most this many")
 
     @extend_schema(
         operation_id="events_list",

@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
-from core.fields import ChoiceField, StrictCharField, StrictUUIDField
+from core.fields import ChoiceField, StrictCharField, StrictIntegerField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from hitl import selectors, services
@@ -41,7 +41,7 @@ class HitlRequestCreateApi(APIView):
                                         allow_null=True, default=None, max_length=MAX_OPTIONS,
                                         help_text=f"at most {MAX_OPTIONS} unique non-empty answers to choose from")
         context = serializers.JSONField(required=False, allow_null=True, default=None)
-        timeout_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
+        timeout_minutes = StrictIntegerField(required=False, min_value=1, max_value=24 * 60)
 
     @extend_schema(operation_id="hitl_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={201: HitlRequestOutputSerializer, **error_responses(400, 403, 404, 409, 423)})

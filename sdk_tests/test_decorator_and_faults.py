@@ -490,3 +490,30 @@ def test_request_returns_a_json_list_an_endpoint_gives():
     with HitlClient("http://hitl.invalid", "key", transport=httpx.MockTransport(
             lambda request: httpx.Response(200, json=[{"id": "x"}]))) as client:
         assert client.request("GET", "/some/list") == [{"id": "x"}]
+
+
+def test_ask_human_and_checkpoint_end_by_their_wait_timeout_while_the_question_cannot_be_asked():
+    """wait_timeout bounded only the wait: with the server unreachable, the question's creation
+    went on retrying for as many attempts as the policy gives (here minutes), past the caller's
+    timeout. Now the whole call ends by it, with the error that kept the question from being asked."""
+    from hitl_sdk import HitlConnectionError
+
+    def refused(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    patient = RetryPolicy(attempts=1000, backoff_base=0.05, backoff_max=0.2)
+    with HitlClient("http://127.0.0.1:9", "key", retry=patient, transport=httpx.MockTransport(refused)) as client:
+        started = time.monotonic()
+        with pytest.raises(HitlConnectionError):
+            client.ask_human(str(uuid.uuid4()), "Kafka or SQS?", wait_timeout=1.0)
+        assert 0.9 <= time.monotonic() - started < 10
+
+    async def run():
+        async with AsyncHitlClient("http://127.0.0.1:9", "key", retry=patient,
+                                   transport=httpx.MockTransport(refused)) as client:
+            started = time.monotonic()
+            with pytest.raises(HitlConnectionError):
+                await client.checkpoint(str(uuid.uuid4()), "The plan is ready, go on?", wait_timeout=1.0)
+            return time.monotonic() - started
+
+    assert 0.9 <= asyncio.run(run()) < 10

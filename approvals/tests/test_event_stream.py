@@ -363,6 +363,10 @@ async def told_invalid(comm):
 @pytest.mark.parametrize("query, field", [
     ("last_event_id=-3", "last_event_id"),
     ("last_event_id=abc", "last_event_id"),
+    ("last_event_id=1_0", "last_event_id"),             # int() takes these three
+    ("last_event_id=%D9%A5", "last_event_id"),
+    ("last_event_id=+5", "last_event_id"),
+    (f"last_event_id={2**63}", "last_event_id"),       # past the column's range
     ("project_id=not-a-uuid", "project_id"),
 ])
 def test_a_malformed_query_is_told_what_is_wrong_and_closed_with_4400(project, keys, query, field):

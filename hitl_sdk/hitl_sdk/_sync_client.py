@@ -429,11 +429,19 @@ class HitlClient:
                           options: Optional[Sequence[str]] = None, context: Any = None,
                           task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
                           idempotency_key: Optional[str] = None) -> HitlRequest:
+        return self._create_hitl(project_id, request_type, question, options=options, context=context,
+                                       task_id=task_id, timeout_minutes=timeout_minutes,
+                                       idempotency_key=idempotency_key)
+
+    def _create_hitl(self, project_id: str, request_type: str, question: str, *,
+                           options: Optional[Sequence[str]] = None, context: Any = None,
+                           task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
+                           idempotency_key: Optional[str] = None, deadline: Optional[float] = None) -> HitlRequest:
         body = c.clean({"project_id": project_id, "task_id": task_id, "request_type": request_type,
                         "question": question, "options": list(options) if options is not None else None,
                         "context": context, "timeout_minutes": timeout_minutes})
         return HitlRequest.from_api(self.request("POST", "/hitl", json_body=body, create=True,
-                                                       idempotency_key=idempotency_key))
+                                                       idempotency_key=idempotency_key, deadline=deadline))
 
     def get_hitl(self, request_id: str) -> HitlRequest:
         return HitlRequest.from_api(self.request("GET", f"/hitl/{c.seg(request_id)}"))
@@ -468,19 +476,23 @@ class HitlClient:
                         context: Any = None, task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
                         wait_timeout: Optional[float] = None) -> HitlRequest:
         """Ask a person a question and wait for the answer (``result.answer``): free text, or one
-        of ``options``."""
-        request = self.create_hitl(project_id, "question", question, options=options, context=context,
-                                         task_id=task_id, timeout_minutes=timeout_minutes)
-        return self.wait_for_hitl(request.id, wait_timeout)
+        of ``options``. ``wait_timeout`` bounds the whole call, the question's creation (and its
+        retries) included."""
+        deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
+        request = self._create_hitl(project_id, "question", question, options=options, context=context,
+                                          task_id=task_id, timeout_minutes=timeout_minutes, deadline=deadline)
+        return self.wait_for_hitl(request.id, c.left(deadline))
 
     def checkpoint(self, project_id: str, question: str, *, context: Any = None,
                          task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
                          wait_timeout: Optional[float] = None) -> HitlRequest:
         """Pause until a person lets the work go on ("the plan is ready, go on?"): the request when
-        approved or amended (``amended_content``), :class:`ApprovalRejected` when refused."""
-        request = self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
-                                         timeout_minutes=timeout_minutes)
-        return self.wait_for_hitl(request.id, wait_timeout)
+        approved or amended (``amended_content``), :class:`ApprovalRejected` when refused.
+        ``wait_timeout`` bounds the whole call, as for :meth:`ask_human`."""
+        deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
+        request = self._create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
+                                          timeout_minutes=timeout_minutes, deadline=deadline)
+        return self.wait_for_hitl(request.id, c.left(deadline))
 
     # --- waiting --------------------------------------------------------------------------------
     def _get(self, kind: str, object_id: str, deadline: Optional[float] = None) -> Any:
