@@ -1,8 +1,10 @@
 """SafetyEnhancedBaseAgent and the client's waits against a real daphne: a reviewer decides
 through the API in another thread (``bot``)."""
 import asyncio
+import gc
 import threading
 import time
+import warnings
 from decimal import Decimal
 
 import pytest
@@ -27,6 +29,20 @@ class Coder(SafetyEnhancedBaseAgent):
         return RunResult(output={"code": f"def login(): return {context.input['task']['input_data']!r}"},
                          tokens_used=1200, actual_cost=Decimal("0.0150"), summary="login form",
                          next_steps=["test it"])
+
+
+def test_execute_task_sync_closes_the_connections_of_its_loop(world, bot):
+    """Each execute_task_sync runs an event loop of its own; the connections the client opened in
+    it were left open when it ended (a ResourceWarning per socket). The client stays usable."""
+    reviewer_bot = bot(("agent", approve), ("response", approve), ("agent", approve), ("response", approve))
+    coder = Coder(world.client("agent"), world.project_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for title in ("Implement login", "Implement logout"):
+            assert coder.execute_task_sync(title=title).response_approval.status == "approved"
+            gc.collect()
+    reviewer_bot.check()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_lifecycle_request_approve_start_respond_approve(world, bot):

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 from ._async_client import AsyncHitlClient
-from ._common import json_default
+from ._common import current_loop, json_default
 from ._sync_client import HitlClient
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
                      HitlConnectionError, HitlError, ModificationRequired, ServerError, Throttled, WaitTimeout)
@@ -259,9 +259,19 @@ class SafetyEnhancedBaseAgent:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.execute_task(task, context, **kwargs))
+            return asyncio.run(self._execute_and_release(task, context, **kwargs))
         raise RuntimeError("execute_task_sync runs its own event loop, and one is already running here: "
                            "use `await agent.execute_task(...)` instead")
+
+    async def _execute_and_release(self, task: Union[Task, str, None], context: Optional[Dict[str, Any]],
+                                   **kwargs: Any) -> ExecutionResult:
+        """``execute_task`` in the loop ``execute_task_sync`` runs, then the client's connections of
+        that loop closed (the loop ends with it: they were left open, a ResourceWarning each)."""
+        try:
+            return await self.execute_task(task, context, **kwargs)
+        finally:
+            if self.client._http is not None and self.client._http_loop is current_loop():
+                await self.client.aclose()   # the client stays usable: the next call opens a new pool
 
     async def _run_watched(self, task: Task, context: RunContext) -> Any:
         """``run``, cancelled (or, in a thread, signalled) as soon as the project is stopped."""
