@@ -93,13 +93,6 @@ class ResourceExhaustion(StopCondition):
         return None
 
 
-class BudgetCritical(StopCondition):
-    """Tripped by the budget service (projected daily cost over 1.5 x the limit)."""
-
-    name = Condition.BUDGET_CRITICAL
-    periodic = False
-
-
 class ManualStop(StopCondition):
     """A person (or a project's agent) pressed stop."""
 

@@ -30,6 +30,7 @@ from budgets.services.windows import (
     budget_for,
     budget_remaining,
     current_windows,
+    day_cost_past_critical,
     window_add,
     window_bounds,
     windows_add,
@@ -37,7 +38,7 @@ from budgets.services.windows import (
 
 __all__ = [
     "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admission_preview",
-    "budget_admit",
+    "budget_admit", "day_cost_past_critical",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_reserve_more", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals",

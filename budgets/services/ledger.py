@@ -18,9 +18,8 @@ from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, Pro
 from budgets.services.alerts import check_alerts, emit_alert
 from budgets.services.overrides import override_create_locked
 from core import rawrows
-from budgets.services.windows import FOUR_PLACES, ZERO, budget_for, current_windows, window_add, windows_add
-
-CRITICAL_FACTOR = Decimal("1.5")
+from budgets.services.windows import (CRITICAL_FACTOR, FOUR_PLACES, ZERO, budget_for, current_windows, window_add,
+                                      windows_add)
 
 
 class BudgetCritical(Exception):

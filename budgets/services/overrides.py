@@ -9,15 +9,17 @@ from decimal import Decimal, InvalidOperation
 
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import actor_repr, audit_record
 from budgets.hooks import budget_limits_changed
 from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
-from budgets.services.windows import FOUR_PLACES, budget_for, current_windows
+from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
 from core.errors import Forbidden, InvalidInput, TransitionError
 from core.uow import retry_transient
+from emergency.services import emergency_stop_trigger
 from events.services import event_emit
 from projects import roles
+from projects.models import Project
 from projects.permissions import has_project_perm, require_not_requester, require_project_perm
 from projects.uow import project_uow
 
@@ -182,4 +184,11 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
         # What is already spent and reserved, against the new limits: a lowered limit alerts now,
         # not at the next call (each alert still fires once per window).
         check_alerts(uow.project, budget, list(current_windows(uow.project, uow=uow)))
+        # A daily limit lowered below what the day already holds (2/3 of its spent + reserved cost
+        # or less) is budget_critical now: nothing else would trip it until the next call or report,
+        # while the calls already reserved could still be approved and started.
+        trip = day_cost_past_critical(uow.project, uow=uow)
+        if trip is not None and uow.project.status == Project.Status.ACTIVE:
+            emergency_stop_trigger(project_id=uow.project.pk, condition=trip.condition, reason=trip.reason,
+                                   severity=trip.severity, data={**trip.data, "limits_changed_by": actor_repr(actor)})
     return budget

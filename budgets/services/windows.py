@@ -15,11 +15,14 @@ from django.utils import timezone
 
 from budgets.models import BudgetWindow, ProjectBudget
 from core.rawrows import Columns, db, kept_cursor
+from emergency.conditions import Trip
+from emergency.models import Condition, Severity
 from projects.models import Project
 from projects.uow import project_uow
 
 ZERO = Decimal("0.0000")
 FOUR_PLACES = Decimal("0.0001")
+CRITICAL_FACTOR = Decimal("1.5")   # budget_critical: the day's cost past 1.5 x the daily cost limit
 
 
 def window_bounds(tz_name: str, kind: str, now) -> tuple[datetime, datetime]:
@@ -175,6 +178,24 @@ def budget_for(project) -> ProjectBudget:
             pass
     budget, _ = ProjectBudget.objects.get_or_create(project=project)
     return budget
+
+
+def day_cost_past_critical(project, now=None, *, uow=None) -> Trip | None:
+    """budget_critical when the day's spent + reserved cost passes 1.5 x the daily cost limit (0: no
+    limit), with nothing more asked: a daily limit lowered below what the day already holds. Read as
+    the day stands (locked with ``uow``)."""
+    budget = budget_for(project)
+    if not budget.daily_cost_limit:
+        return None
+    day, _ = current_windows(project, now, uow=uow)
+    used = day.spent_cost + day.reserved_cost
+    if used <= budget.daily_cost_limit * CRITICAL_FACTOR:
+        return None
+    return Trip(Condition.BUDGET_CRITICAL,
+                f"The day's cost {used:.4f} (spent {day.spent_cost:.4f}, reserved {day.reserved_cost:.4f}) passes "
+                f"1.5 x the daily limit {budget.daily_cost_limit:.4f}", Severity.CRITICAL,
+                {"daily_cost": f"{used:.4f}", "spent_today": f"{day.spent_cost:.4f}",
+                 "reserved_today": f"{day.reserved_cost:.4f}", "daily_cost_limit": f"{budget.daily_cost_limit:.4f}"})
 
 
 BUDGET_RELATED = ("budget",)  # project_uow(..., related=BUDGET_RELATED): the budget with the project row

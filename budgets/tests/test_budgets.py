@@ -413,6 +413,52 @@ def test_lowering_a_limit_below_what_is_used_alerts_at_once(project, agent, mana
     assert sorted(alerts) == ["critical", "emergency", "warning"]  # the new ones only: no repeat
 
 
+def test_lowering_the_daily_cost_limit_below_two_thirds_of_the_day_stops_the_project_at_once(
+        project, agent, reviewer, manager, client_for):
+    """A daily cost limit lowered below what the day holds tripped nothing: the stop waited for the
+    next usage report or request, while the calls already reserved could still be approved and
+    started (no budget check there). Now the limits change trips budget_critical in its own
+    transaction; exactly 1.5 x is not past it; a limit of 0 is no limit."""
+    held = call(project, agent, cost="0.6000", title="held")          # pending: 0.6000 reserved
+    ran = call(project, agent, cost="1.0000", title="ran")
+    agent_approval_decide(approval_id=ran.pk, decider=reviewer, decision="approve")
+    boss, url = client_for(manager), f"/api/v1/budgets/{project.pk}"
+    # the day holds 1.6000 (reserved): 1.5 x 1.0667 = 1.60005 is not past it, nor is a limit of 0
+    for limit in ("1.0667", "0"):
+        assert boss.patch(url, {"daily_cost_limit": limit}, format="json").status_code == 200
+        assert not EmergencyStop.objects.exists()
+    r = boss.patch(url, {"daily_cost_limit": "0.5000"}, format="json")
+    assert r.status_code == 200 and r.json()["daily_cost_limit"] == "0.5000", r.content
+    stop = EmergencyStop.objects.get()
+    assert stop.triggered_conditions == ["budget_critical"] and stop.severity == "critical"
+    assert "1.6000" in stop.stop_reason and "0.5000" in stop.stop_reason
+    assert stop.condition_details[0]["data"]["limits_changed_by"].startswith(manager.get_username())
+    project.refresh_from_db()
+    assert project.status == "emergency_stopped"
+    assert boss.get(url).json()["emergency_stop_triggered"] is True
+    held.refresh_from_db()
+    ran.refresh_from_db()
+    assert held.status == ran.status == "cancelled"       # approved, not started: no longer runnable
+    assert Event.objects.filter(project_id=project.pk, event_type="emergency_stop_triggered").count() == 1
+    # lowering it again during the stop changes the limit, not the stop
+    assert boss.patch(url, {"daily_cost_limit": "0.4000"}, format="json").status_code == 200
+    assert EmergencyStop.objects.count() == 1
+
+
+def test_beat_trips_budget_critical_for_a_day_past_one_and_a_half_times_its_limit(project, agent):
+    """What no call or report brings (a limit changed outside the service, say by a data fix) is
+    found by beat's condition check, as its README promises for every condition."""
+    from emergency.conditions import conditions_check_all
+
+    call(project, agent, cost="2.0000")
+    assert conditions_check_all() == 0
+    ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1.0000"))
+    assert conditions_check_all() == 1
+    stop = EmergencyStop.objects.get()
+    assert stop.triggered_conditions == ["budget_critical"] and stop.triggered_by == "system:budget_critical"
+    assert conditions_check_all() == 0       # stopped: checked no more
+
+
 def _money_refused(response, field):
     return assert_error(response, 400, "invalid", field)["fields"][field]
 
