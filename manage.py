@@ -5,9 +5,17 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as exc:  # the environment, not the code: one line, not a traceback
+        print(f"manage.py: {exc}", file=sys.stderr)
+        if not os.environ.get("DJANGO_DEBUG") and not os.environ.get("DJANGO_SECRET_KEY"):
+            print("manage.py: on the embedded demo (what `make run` starts) run it as "
+                  "`DJANGO_DEBUG=1 .venv/bin/python manage.py ...`", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_checkpoint_command_writes_the_signed_heads(tmp_path, record, project):
     assert set(heads) == {"global", str(project.pk)}
     assert payload["format"] == "botarmy-hitl.audit-checkpoint.v1" and payload["created_at"].endswith("Z")
     assert verify("--checkpoints", str(tmp_path)) == (0, "OK: 4 audit rows in 2 chains verified against "
-                                                         "1 checkpoints.\n")
+                                                         "1 checkpoint.\n")
 
 
 def test_checkpoints_of_a_growing_trail_keep_verifying(tmp_path, record):
@@ -148,7 +148,7 @@ def test_checkpoints_default_to_the_setting_and_need_an_existing_directory(tmp_p
     settings.HITL_AUDIT_CHECKPOINT_DIR = tmp_path / "cp"
     audit_checkpoint_task.delay()  # eager in tests, as beat would run it
     assert len(list((tmp_path / "cp").glob("checkpoint-*.json"))) == 1
-    assert verify("--checkpoints")[1].endswith("against 1 checkpoints.\n")
+    assert verify("--checkpoints")[1].endswith("against 1 checkpoint.\n")
     with pytest.raises(CommandError, match="does not exist"):
         verify("--checkpoints", str(tmp_path / "nowhere"))
 

@@ -73,6 +73,10 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
         left = session_pids(sid)
         assert not left, f"still running after bin/run returned: {left}\n" + log_path.read_text()[-3000:]
         assert took < STOP_WITHIN, f"stopping took {took:.1f}s\n" + log_path.read_text()[-3000:]
+        # it names the fleet it stops only when one runs (HITL_DEMO_FLEET=0 said it all the same)
+        fleet = "the demo fleet works on the demo project" in log_path.read_text(errors="replace")
+        stopping = "run: stopping web, worker, beat and the demo fleet (" if fleet else "run: stopping web, worker, beat ("
+        assert stopping in log_path.read_text(errors="replace")
     finally:
         if session_pids(sid):
             os.killpg(sid, signal.SIGKILL)

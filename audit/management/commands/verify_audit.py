@@ -28,5 +28,6 @@ class Command(BaseCommand):
             for problem in report.problems:
                 self.stderr.write(f"TAMPERED: {problem}")
             raise SystemExit(1)
-        against = f" against {report.checkpoints} checkpoints" if checkpoint_dir is not None else ""
+        plural = "" if report.checkpoints == 1 else "s"
+        against = f" against {report.checkpoints} checkpoint{plural}" if checkpoint_dir is not None else ""
         self.stdout.write(f"OK: {report.rows} audit rows in {report.chains} chains verified{against}.")
