@@ -183,9 +183,9 @@ def budget_for(project) -> ProjectBudget:
 def day_cost_past_critical(project, now=None, *, uow=None) -> Trip | None:
     """budget_critical when the day's spent + reserved cost passes 1.5 x the daily cost limit (0: no
     limit), with nothing more asked: a daily limit lowered below what the day already holds. Read as
-    the day stands (locked with ``uow``)."""
-    budget = budget_for(project)
-    if not budget.daily_cost_limit:
+    the day stands (locked with ``uow``); beat's read makes no budget row."""
+    budget = budget_for(project) if uow is not None else ProjectBudget.objects.filter(project=project).first()
+    if budget is None or not budget.daily_cost_limit:
         return None
     day, _ = current_windows(project, now, uow=uow)
     used = day.spent_cost + day.reserved_cost

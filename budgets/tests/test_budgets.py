@@ -445,13 +445,14 @@ def test_lowering_the_daily_cost_limit_below_two_thirds_of_the_day_stops_the_pro
     assert EmergencyStop.objects.count() == 1
 
 
-def test_beat_trips_budget_critical_for_a_day_past_one_and_a_half_times_its_limit(project, agent):
+def test_beat_trips_budget_critical_for_a_day_past_one_and_a_half_times_its_limit(project, other_project, agent):
     """What no call or report brings (a limit changed outside the service, say by a data fix) is
     found by beat's condition check, as its README promises for every condition."""
     from emergency.conditions import conditions_check_all
 
     call(project, agent, cost="2.0000")
     assert conditions_check_all() == 0
+    assert not ProjectBudget.objects.filter(project=other_project).exists()   # beat's read makes no row
     ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1.0000"))
     assert conditions_check_all() == 1
     stop = EmergencyStop.objects.get()
