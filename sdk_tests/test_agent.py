@@ -395,6 +395,32 @@ def test_the_event_stream_replays_and_says_why_it_refuses_a_last_event_id_past_e
     assert f"No event has had the id {first.id + 10**9} yet" in str(refused.value)
 
 
+def test_leaving_an_event_replay_early_closes_at_once(world):
+    """A caller that broke out of a replay after one event waited 2 s for the stream to close (the
+    close timeout): past 16 unread messages the socket's reader pauses and never reads the server's
+    close frame. Sync and async alike."""
+    agent = world.client("agent")
+    start = agent.list_events(world.project_id).last_event_id
+    for i in range(30):
+        agent.create_hitl(world.project_id, "question", f"Question {i}: " + "which queue? " * 100)
+
+    stream = agent.events(world.project_id, last_event_id=start)
+    assert next(stream).event_type == "hitl_requested"
+    began = time.monotonic()
+    stream.close()
+    assert time.monotonic() - began < 1.0
+
+    async def run():
+        async with AsyncHitlClient(world.url, world.keys["agent"]) as client:
+            stream = client.events(world.project_id, last_event_id=start)
+            assert (await stream.__anext__()).event_type == "hitl_requested"
+            began = time.monotonic()
+            await stream.aclose()
+            return time.monotonic() - began
+
+    assert asyncio.run(run()) < 1.0
+
+
 def test_a_refused_event_stream_says_why_as_the_api_does(world):
     """A refused handshake is a bare 403: a bad key raised HitlError "ws_refused", not saying the
     key is the problem. The same access asked over HTTP now gives the API's own error."""
