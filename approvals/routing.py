@@ -1,8 +1,12 @@
 """HTTP routes served by Channels consumers rather than Django views (see consumers.py), and the
 websocket routes (event_stream.py)."""
+from urllib.parse import urlsplit
+
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.http.request import validate_host
 from django.urls import re_path
 
 from approvals.consumers import (
@@ -56,18 +60,49 @@ def http_urlpatterns(django_app) -> list:
 
 
 class BrowserOriginOnly:
-    """Websockets: a browser always sends ``Origin``, which must be one of ALLOWED_HOSTS (no
-    cross-site page can use a reviewer's session cookie); agents and other programs send none
-    and authenticate with their API key."""
+    """Websockets: a browser always sends ``Origin``, which must be this server's own origin (the
+    handshake's ``Host``, port included, one of ALLOWED_HOSTS) or one of CSRF_TRUSTED_ORIGINS: no page
+    of another site, nor of another port of this host (a browser sends the reviewer's session cookie
+    to every port), can use a reviewer's session. Channels' AllowedHostsOriginValidator compared the
+    host alone. Agents and other programs send no ``Origin`` and authenticate with their API key."""
 
     def __init__(self, app):
         self.app = app
-        self.validated = AllowedHostsOriginValidator(app)
 
     async def __call__(self, scope, receive, send):
-        if any(name.lower() == b"origin" for name, _ in scope.get("headers") or ()):
-            return await self.validated(scope, receive, send)
-        return await self.app(scope, receive, send)
+        headers = {name.lower(): value for name, value in scope.get("headers") or ()}
+        origin = headers.get(b"origin")
+        if origin is None or origin_allowed(origin.decode("latin-1"), headers.get(b"host", b"").decode("latin-1")):
+            return await self.app(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
+
+
+def _host_and_port(url: str, scheme: str) -> tuple[str, int | None]:
+    parts = urlsplit(url)
+    return (parts.hostname or "").rstrip("."), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def origin_allowed(origin: str, host_header: str) -> bool:
+    """Whether a browser page of ``origin`` may open a websocket to this server (reached as
+    ``host_header``): the same host and port, the host one of ALLOWED_HOSTS; or a trusted origin."""
+    scheme = origin.partition("://")[0].lower()
+    try:
+        seen = _host_and_port(origin, scheme)
+        own = _host_and_port(f"//{host_header}", scheme)     # no port in Host: the scheme's own
+    except ValueError:   # a port that is not a number
+        return False
+    listed = f"[{own[0]}]" if ":" in own[0] else own[0]     # ALLOWED_HOSTS writes IPv6 in brackets
+    if scheme in ("http", "https") and seen[0] and seen == own and validate_host(listed, settings.ALLOWED_HOSTS):
+        return True
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:   # as Django's CSRF check reads them
+        if origin == trusted:
+            return True
+        trusted_scheme, _, pattern = trusted.partition("://")
+        netloc = origin.partition("://")[2]
+        if pattern.startswith("*.") and scheme == trusted_scheme and (netloc == pattern[2:]
+                                                                       or netloc.endswith(pattern[1:])):
+            return True
+    return False
 
 
 async def no_such_socket(scope, receive, send):

@@ -40,6 +40,7 @@ from django.http import JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import parse_header_parameters
 
+from core.bidi import shown_in_response
 from core.request_cache import request_scope
 
 from whitenoise.middleware import WhiteNoiseMiddleware
@@ -99,7 +100,8 @@ def _api_error_shape(request, response):
 def request_middleware(get_response):
     """Our one Django middleware, sync and async capable (so the chain never switches threads
     for it): a request-scoped cache (core.request_cache) around the request, a chunked body
-    given its Content-Length, and an API 500 kept JSON under DEBUG. DRF reads a body only when Content-Length is set; Django
+    given its Content-Length, an API 500 kept JSON under DEBUG, and an HTML page's direction
+    controls made visible (core.bidi). DRF reads a body only when Content-Length is set; Django
     has already spooled the whole body (ASGI), so BoundedJSONParser then parses it and enforces
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
@@ -108,14 +110,14 @@ def request_middleware(get_response):
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
-                return _api_error_shape(request, await get_response(request))
+                return shown_in_response(_api_error_shape(request, await get_response(request)))
     else:
         def middleware(request):
             if (refused := _disallowed_host(request)) is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
-                return _api_error_shape(request, get_response(request))
+                return shown_in_response(_api_error_shape(request, get_response(request)))
     return middleware
 
 

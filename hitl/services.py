@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from core import rawrows
 from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.redaction import redact
 from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
@@ -43,7 +44,10 @@ def _by(actor) -> str:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= EVENT_TEXT else text[:EVENT_TEXT - 1] + "…"
+    """What an event carries of an agent's or a person's text: every role of the project reads the
+    events (agents too), so token-like strings (a live key pasted into a question) are masked, as
+    in the call and output events."""
+    return redact(text, EVENT_TEXT)
 
 
 def hitl_event_data(req: HitlRequest) -> dict:
@@ -53,7 +57,7 @@ def hitl_event_data(req: HitlRequest) -> dict:
         "kind": "hitl",
         "request_type": req.request_type,
         "question": _short(req.question),
-        "options": list(req.options or ()),
+        "options": [redact(option, EVENT_TEXT) for option in req.options or ()],
         "status": req.status,
         "response": _short(req.response or ""),
         "amended": req.amended_content is not None,

@@ -83,6 +83,42 @@ def test_a_foreign_browser_origin_is_refused(project, keys):
     async_to_sync(run)()
 
 
+@pytest.mark.parametrize("origin, host, trusted, allowed", [
+    ("http://localhost:8000", "localhost:8000", [], True),           # the page the server served
+    ("http://localhost", "localhost", [], True),
+    ("https://localhost", "localhost:443", [], True),
+    ("http://localhost:9999", "localhost:8000", [], False),         # another port of the same host
+    ("http://localhost:8000", "localhost:9999", [], False),
+    ("http://evil.example", "evil.example", [], False),             # not one of ALLOWED_HOSTS
+    ("null", "localhost:8000", [], False),
+    ("http://localhost:8000", "localhost:x", [], False),
+    ("https://hitl.example.com", "localhost:8000", ["https://hitl.example.com"], True),    # a trusted origin
+    ("https://ops.example.com", "localhost:8000", ["https://*.example.com"], True),
+    ("http://ops.example.com", "localhost:8000", ["https://*.example.com"], False),
+])
+def test_a_browser_may_open_the_stream_from_this_servers_own_origin_only(project, reviewer, settings, origin, host,
+                                                                          trusted, allowed):
+    """The Origin check compared the host alone: a page on another port of the same host (another
+    app: a browser sends the reviewer's session cookie to every port) replayed every event."""
+    from django.test import Client
+
+    settings.ALLOWED_HOSTS = ["localhost"]
+    settings.CSRF_TRUSTED_ORIGINS = trusted
+    client = Client()
+    client.force_login(reviewer)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}&last_event_id=0",
+                            headers=[(b"cookie", cookie.encode()), (b"origin", origin.encode()),
+                                     (b"host", host.encode())])
+        connected, _ = await comm.connect()
+        if connected:
+            await comm.disconnect()
+        return connected
+    assert async_to_sync(run)() is allowed
+
+
 def test_replay_after_last_event_id_then_live_without_gaps_or_duplicates(project, keys):
     ids = emit(project, 5)
 
@@ -496,7 +532,8 @@ def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, sett
 
     async def run():
         comm = communicator(f"/ws/events/?project_id={project.pk}",
-                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode())])
+                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode()),
+                                     (b"host", host.encode())])
         assert (await comm.connect())[0]
         mine = await database_sync_to_async(emit)(project, 1)
         assert [e["id"] for e in await receive_events(comm, 1)] == mine

@@ -15,6 +15,7 @@ from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
 from core.errors import Forbidden, InvalidInput, TransitionError
+from core.redaction import redact
 from core.uow import retry_transient
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
@@ -25,8 +26,11 @@ from projects.uow import project_uow
 
 
 def override_payload(override: BudgetOverrideRequest) -> dict:
+    """Its event's data and audit row: the justification with token-like strings masked (every role
+    of the project reads the events; the override itself keeps what was written)."""
     return {"id": str(override.pk), "project_id": str(override.project_id), "violation_type": override.violation_type,
-            "requested_amount": f"{override.requested_amount:.4f}", "justification": override.justification,
+            "requested_amount": f"{override.requested_amount:.4f}",
+            "justification": redact(override.justification, 2000),
             "requires_manager_approval": override.requires_manager_approval, "status": override.status}
 
 

@@ -460,6 +460,21 @@ def test_beat_trips_budget_critical_for_a_day_past_one_and_a_half_times_its_limi
     assert conditions_check_all() == 0       # stopped: checked no more
 
 
+def test_an_override_event_masks_a_key_written_in_its_justification(project, agent, reviewer, client_for):
+    """Every role of the project reads the events: a key pasted into a justification went out whole
+    in budget_override_requested / _decided; the override keeps what was written."""
+    token = "ghp_" + "Zq8Lm2Xv9Rt4Wb7Nc1Kd5Hf3Jg6Ps0Ya2Ue8"   # made up: the right shape, never a real key
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "0.5000",
+        "justification": f"the deploy needs {token}"}, format="json")
+    assert r.status_code == 201 and r.json()["justification"] == f"the deploy needs {token}"
+    decided = client_for(reviewer).post(f"/api/v1/budget-overrides/{r.json()['id']}/respond",
+                                        {"decision": "approve"}, format="json")
+    assert decided.status_code == 200, decided.content
+    events = Event.objects.filter(project_id=project.pk, event_type__startswith="budget_override_")
+    assert [e.data["justification"] for e in events] == ["the deploy needs ghp_…"] * 2
+
+
 def _money_refused(response, field):
     return assert_error(response, 400, "invalid", field)["fields"][field]
 

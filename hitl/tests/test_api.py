@@ -218,3 +218,28 @@ def test_nothing_is_asked_about_an_ended_task(agent_client, body, task):
     assert r.status_code == 409, r.content
     assert r.json()["error"] == "conflict" and r.json()["status"] == "completed"
     assert not HitlRequest.objects.exists()
+
+
+GITHUB_TOKEN = "ghp_" + "Zq8Lm2Xv9Rt4Wb7Nc1Kd5Hf3Jg6Ps0Ya2Ue8"   # made up: the right shape, never a real key
+AWS_KEY = "AKIA" + "Q3EGRT5YH7KDW2PX"
+
+
+def test_events_mask_keys_written_in_a_question_its_options_and_its_answer(agent_client, reviewer_client, body,
+                                                                           project):
+    """Every role of the project reads its events, agents too: a live key pasted into a question,
+    an option or an answer went out whole in hitl_requested / hitl_decided (the call and output
+    events mask theirs). The request itself keeps what was written, for the person answering."""
+    from events.models import Event
+
+    options = [f"use {GITHUB_TOKEN}", "ask again"]
+    r = agent_client.post("/api/v1/hitl", body(question=f"Deploy with {AWS_KEY}?", options=options), format="json")
+    assert r.status_code == 201 and r.json()["options"] == options
+    answered = reviewer_client.post(f"/api/v1/hitl/{r.json()['id']}/respond",
+                                    {"action": "approve", "response": options[0]}, format="json")
+    assert answered.status_code == 200, answered.content
+    events = list(Event.objects.filter(project_id=project.pk, event_type__in=["hitl_requested", "hitl_decided"]))
+    assert [e.event_type for e in events] == ["hitl_requested", "hitl_decided"]
+    feed = agent_client.get(f"/api/v1/events?project_id={project.pk}&after=0").content.decode()
+    for text in (str([e.data for e in events]), feed):
+        assert GITHUB_TOKEN not in text and AWS_KEY not in text and "ghp_…" in text
+    assert events[0].data["options"][1] == "ask again" and events[0].data["question"].startswith("Deploy with")

@@ -426,15 +426,8 @@ class AsyncHitlClient:
     async def create_hitl(self, project_id: str, request_type: str, question: str, *,
                           options: Optional[Sequence[str]] = None, context: Any = None,
                           task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
-                          idempotency_key: Optional[str] = None) -> HitlRequest:
-        return await self._create_hitl(project_id, request_type, question, options=options, context=context,
-                                       task_id=task_id, timeout_minutes=timeout_minutes,
-                                       idempotency_key=idempotency_key)
-
-    async def _create_hitl(self, project_id: str, request_type: str, question: str, *,
-                           options: Optional[Sequence[str]] = None, context: Any = None,
-                           task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
-                           idempotency_key: Optional[str] = None, deadline: Optional[float] = None) -> HitlRequest:
+                          idempotency_key: Optional[str] = None, deadline: Optional[float] = None) -> HitlRequest:
+        """``deadline`` (a ``time.monotonic()`` value), as for :meth:`request`: its retries end then."""
         body = c.clean({"project_id": project_id, "task_id": task_id, "request_type": request_type,
                         "question": question, "options": list(options) if options is not None else None,
                         "context": context, "timeout_minutes": timeout_minutes})
@@ -477,8 +470,8 @@ class AsyncHitlClient:
         of ``options``. ``wait_timeout`` bounds the whole call, the question's creation (and its
         retries) included."""
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
-        request = await self._create_hitl(project_id, "question", question, options=options, context=context,
-                                          task_id=task_id, timeout_minutes=timeout_minutes, deadline=deadline)
+        request = await self.create_hitl(project_id, "question", question, options=options, context=context,
+                                         task_id=task_id, timeout_minutes=timeout_minutes, deadline=deadline)
         return await self.wait_for_hitl(request.id, c.left(deadline))
 
     async def checkpoint(self, project_id: str, question: str, *, context: Any = None,
@@ -488,8 +481,8 @@ class AsyncHitlClient:
         approved or amended (``amended_content``), :class:`ApprovalRejected` when refused.
         ``wait_timeout`` bounds the whole call, as for :meth:`ask_human`."""
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
-        request = await self._create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
-                                          timeout_minutes=timeout_minutes, deadline=deadline)
+        request = await self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
+                                         timeout_minutes=timeout_minutes, deadline=deadline)
         return await self.wait_for_hitl(request.id, c.left(deadline))
 
     # --- waiting --------------------------------------------------------------------------------

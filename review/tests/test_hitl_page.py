@@ -42,6 +42,27 @@ def test_a_question_is_in_the_inbox_and_answered_with_one_of_its_options(project
     assert again.status_code == 409 and "already approved" in again.content.decode()
 
 
+def test_direction_controls_in_an_agents_text_are_shown_and_the_answer_is_the_agents_value(project, agent,
+                                                                                            reviewer, admin_user):
+    """U+202E made "DROP prod_db \u202ebd_gnigats" read "DROP prod_db staging_db" in the page, and two
+    options read alike: every page's text shows each direction control as a mark; the option's
+    value (what the form sends) stays the agent's, so answering with it still works."""
+    spoofed = "DROP prod_db \u202ebd_gnigats"
+    req = ask(project, agent, question="Which database should I wipe? \u2066", options=["staging_db", spoofed])
+    client = browser(reviewer)
+    page = client.get(f"/review/hitl/{req.pk}").content.decode()
+    assert "DROP prod_db ⟦U+202E⟧bd_gnigats" in page and "wipe? ⟦U+2066⟧" in page
+    assert f'value="{spoofed}"' in page                              # the form sends the agent's own value
+    assert "wipe? ⟦U+2066⟧" in client.get("/review/").content.decode()    # the inbox too
+    assert "⟦U+202E⟧" in browser(admin_user).get(f"/admin/hitl/hitlrequest/{req.pk}/change/").content.decode()
+    ok = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": spoofed})
+    assert ok.status_code == 302
+    req.refresh_from_db()
+    assert req.response == spoofed
+    api = browser(reviewer).get(f"/api/v1/hitl/{req.pk}")     # JSON: as written
+    assert api.json()["options"][1] == spoofed
+
+
 def test_a_checkpoint_is_amended_with_json_and_the_asker_cannot_answer(project, agent, reviewer):
     req = ask(project, agent, request_type="checkpoint", question="The plan is ready, go on?",
               context={"plan": ["analyse", "design", "build"]})
