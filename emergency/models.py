@@ -115,6 +115,9 @@ class EmergencySettings(BaseModel):
     stop_on_critical_risk = models.BooleanField(default=True,
                                                 help_text="a critical risk flag on a requested call stops the project")
 
+    class Meta:
+        verbose_name_plural = "emergency settings"   # not "settingss" in the admin
+
     def __str__(self):
         return f"emergency settings of {self.project}"
 

@@ -15,6 +15,8 @@ from django.urls import reverse
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
 
+from events.selectors import newest_visible_event_id
+
 SIGNED_OUT = "You are signed out: nothing was changed. Reload the page to sign in again."
 SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): nothing was changed. "
                    "Reload the page, then try again.")
@@ -59,6 +61,11 @@ def signed_in(view):
     def wrapper(request, *args, **kwargs):
         if is_htmx(request) and not request.user.is_authenticated:
             return HttpResponse(SIGNED_OUT, status=401, content_type="text/plain; charset=utf-8")
+        if request.method == "GET" and not is_htmx(request) and request.user.is_authenticated:
+            # A page's websocket resumes after the newest event the user could see BEFORE the view
+            # read the page's data: read while rendering (after it), an event committed in between
+            # (a second trigger of a stop) counted as seen and never reached the page.
+            request.hitl_last_event_id = newest_visible_event_id(request.user)
         return redirecting(request, *args, **kwargs)
 
     return wrapper

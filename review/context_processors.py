@@ -28,5 +28,6 @@ def review(request):
     match = getattr(request, "resolver_match", None)
     page = match.url_name if match is not None else None
     return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user)),
-            "last_event_id": SimpleLazyObject(lambda: newest_visible_event_id(user)),
+            "last_event_id": (request.hitl_last_event_id if hasattr(request, "hitl_last_event_id")   # review.auth
+                              else SimpleLazyObject(lambda: newest_visible_event_id(user))),
             "nav_page": page, "nav_section": _SECTION_OF.get(page)}

@@ -400,6 +400,8 @@ def hitl_request_decide(request, request_id):
             raise InvalidInput(repeated, fields={})
         if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
             raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
+        if action == "approve" and req.options and not answer:   # the page came back with no word
+            raise InvalidInput("Choose one of the options to answer with. Nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,
                              amended_content=amended)
     except DomainError as exc:

@@ -204,3 +204,12 @@ def test_a_form_loaded_before_another_managers_save_does_not_put_their_change_ba
     assert second.post(url, {**fresh, "error_window_seconds": 600}).status_code == 302
     row.refresh_from_db()
     assert (row.error_window_count, row.error_min_outcomes, row.error_window_seconds) == (20, 15, 600)
+
+
+def test_the_admin_index_names_the_settings_in_plain_english(admin_user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin_user)
+    page = client.get("/admin/").content.decode()
+    assert "Emergency settings" in page and "Emergency settingss" not in page

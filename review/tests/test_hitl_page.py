@@ -32,6 +32,9 @@ def test_a_question_is_in_the_inbox_and_answered_with_one_of_its_options(project
     assert 'value="PostgreSQL"' in page and 'value="SQLite"' in page
     bad = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": "MySQL"})
     assert bad.status_code == 400 and HitlRequest.objects.get(pk=req.pk).status == "pending"
+    none = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve"})    # no option picked: it said nothing
+    assert none.status_code == 400 and "Choose one of the options" in none.content.decode()
+    assert HitlRequest.objects.get(pk=req.pk).status == "pending"
     ok = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": "PostgreSQL"})
     assert ok.status_code == 302
     req.refresh_from_db()

@@ -544,3 +544,26 @@ def test_a_form_sent_again_as_a_get_after_signing_in_goes_back_to_its_page_sayin
     assert EmergencyStop.objects.filter(project=project).count() == 1  # the fixture's, no other
     assert steps_of(session)[0].status == "pending"
     assert RecoverySession.objects.filter(project=project).count() == 1
+
+
+def test_a_page_resumes_its_events_from_before_it_read_its_data(project, reviewer, manager, monkeypatch):
+    """The page's websocket resumes after data-last-event-id, which was read while the template
+    rendered, after the view had read the page's data: a second trigger of a stop committed in
+    between counted as seen, and the page kept the first trigger's severity for good."""
+    import review.views_project as views
+
+    read_stop = views._active_stop
+
+    def stop_then_read(p):
+        row = read_stop(p)
+        emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="again", severity="critical",
+                               actor=manager)   # lands after the page read the stop
+        return row
+
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="first", severity="medium",
+                           actor=reviewer)
+    before = Event.objects.filter(project_id=project.pk).order_by("-id").values_list("id", flat=True).first()
+    monkeypatch.setattr(views, "_active_stop", stop_then_read)
+    html = web(reviewer).get(f"/review/projects/{project.pk}").content.decode()
+    resume = int(re.search(r'data-last-event-id="(\d+)"', html).group(1))
+    assert resume == before < Event.objects.filter(project_id=project.pk).order_by("-id").first().id
