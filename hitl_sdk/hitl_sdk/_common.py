@@ -357,12 +357,9 @@ def until(deadline: Optional[float], seconds: float) -> float:
     return seconds if deadline is None else max(0.0, min(seconds, deadline - time.monotonic()))
 
 
-def left(deadline: Optional[float]) -> Optional[float]:
-    """The seconds left until ``deadline`` (None: no deadline, none left to count)."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def remaining(deadline: Optional[float], cap: float) -> float:
+def remaining(deadline: Optional[float], cap: Any) -> Any:
+    """The seconds left until ``deadline``, at most ``cap`` (``cap`` itself with no deadline: a
+    caller's own timeout, None included)."""
     return cap if deadline is None else max(0.0, min(cap, deadline - time.monotonic()))
 
 

@@ -474,7 +474,7 @@ class HitlClient:
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
         request = self.create_hitl(project_id, "question", question, options=options, context=context,
                                          task_id=task_id, timeout_minutes=timeout_minutes, deadline=deadline)
-        return self.wait_for_hitl(request.id, c.left(deadline))
+        return self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
 
     def checkpoint(self, project_id: str, question: str, *, context: Any = None,
                          task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
@@ -485,7 +485,7 @@ class HitlClient:
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
         request = self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
                                          timeout_minutes=timeout_minutes, deadline=deadline)
-        return self.wait_for_hitl(request.id, c.left(deadline))
+        return self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
 
     # --- waiting --------------------------------------------------------------------------------
     def _get(self, kind: str, object_id: str, deadline: Optional[float] = None) -> Any:
