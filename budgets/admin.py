@@ -113,7 +113,11 @@ class BudgetAlertAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelA
 
 @admin.register(BudgetOverrideRequest)
 class BudgetOverrideAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["created_at", "project", "violation_type", "requested_amount", "requires_manager_approval",
+    list_display = ["created_at", "project", "violation_type", "amount", "requires_manager_approval",
                     "status", "requested_by", "approved_by"]
     list_select_related = ["project", "window", "requested_by", "approved_by"]
     list_filter = ["status", "violation_type"]
+
+    @admin.display(description="requested amount", ordering="requested_amount")
+    def amount(self, obj):
+        return obj.amount_text  # tokens for a token limit, money for a cost limit

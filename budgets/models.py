@@ -1,5 +1,5 @@
 import uuid
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -167,7 +167,16 @@ class BudgetOverrideRequest(models.Model):
         indexes = [models.Index(fields=["status"], name="budget_override_status")]
 
     def __str__(self):
-        return f"override of {self.get_violation_type_display().lower()} (+{self.requested_amount}) in {self.project}"
+        return f"override of {self.get_violation_type_display().lower()} ({self.amount_text}) in {self.project}"
+
+    @property
+    def amount_text(self) -> str:
+        """What it asks for, in its limit's unit: ``+928 tokens`` for a token limit, ``+$1.2500`` for a
+        cost limit (the bare decimal read as money for both)."""
+        if self.violation_type.endswith("token_limit"):
+            count = int(self.requested_amount.to_integral_value(rounding=ROUND_HALF_UP))
+            return f"+{count:,} token{'' if count == 1 else 's'}"
+        return f"+${self.requested_amount:,.4f}"
 
     @property
     def requires_manager_approval(self) -> bool:

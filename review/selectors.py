@@ -166,7 +166,7 @@ def inbox_items(*, user) -> list[InboxItem]:
         items.append(InboxItem(
             kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",
             risk="high" if needs_manager else "medium", project=override.project, agent_type="",
-            summary=one_line(f"{override.get_violation_type_display()}: +{override.requested_amount} — "
+            summary=one_line(f"{override.get_violation_type_display()}: {override.amount_text} — "
                              f"{override.justification}"),
             created_at=override.created_at, obj=override,
             extra={"needs_manager": needs_manager, "violation_type": override.violation_type,

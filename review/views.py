@@ -42,14 +42,21 @@ FIELD_LABELS = {"amended_content": "The amended answer", "amended_input_data": "
                 "reason": "The reason", "response": "The answer"}  # as the forms label them
 
 
+def _field_text(name: str, message: str) -> str:
+    """A field's message under the form's label for it, unless the message names the field itself
+    ("A rejection needs a reason.", not "The reason: A rejection needs a reason.")."""
+    if name.replace("_", " ").lower() in message.lower():
+        return message
+    return f"{FIELD_LABELS.get(name, name.replace('_', ' ').capitalize())}: {message}"
+
+
 def _error_text(exc: DomainError) -> str:
     """The service's own words (their money as money, as on the rest of the page), plus field
     messages for a 400."""
     text = money_text(str(exc.detail))
     fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None
     if fields:
-        parts = [f"{FIELD_LABELS.get(name, name.replace('_', ' ').capitalize())}: {' '.join(map(str, msgs))}"
-                 for name, msgs in fields.items()]
+        parts = [_field_text(name, " ".join(map(str, msgs))) for name, msgs in fields.items()]
         text = f"{text} {'; '.join(parts)}" if text and text != "Invalid input." else "; ".join(parts)
     prefix = {409: "Not possible now", 410: "Too late", 423: "Emergency stop", 403: "Not allowed",
               404: "Not found", 400: "Check the form"}.get(exc.status_code)

@@ -10,7 +10,7 @@ from approvals.models import AgentCallApproval, ResponseApproval
 from approvals.services import agent_approval_decide, agent_approval_request, budget_override_respond
 from approvals.tests.test_response_admin import make_response
 from audit.models import AuditEvent
-from budgets.models import ProjectBudget
+from budgets.models import BudgetOverrideRequest, ProjectBudget
 from projects.services import task_create
 
 pytestmark = pytest.mark.django_db
@@ -130,7 +130,7 @@ def test_a_refusal_of_the_service_shows_as_a_message(browser, call, manager):
 
 
 def test_an_amendment_the_service_refuses_keeps_the_editor_text(browser, project, agent):
-    from budgets.models import ProjectBudget
+    from budgets.models import BudgetOverrideRequest, ProjectBudget
 
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_token_limit": 100})
     call = ask(project, agent, title="small", cost="0.0001", tokens=1)
@@ -188,6 +188,24 @@ def test_a_call_blocked_by_its_budget_says_so_at_the_top_with_what_unblocks_it(b
     browser.post(page(blocked), {"_decide": "1", "decision": "approve"})
     assert AgentCallApproval.objects.get(pk=blocked.pk).status == "approved"
 
+
+
+def test_a_token_overrides_amount_reads_as_tokens_and_a_cost_overrides_as_money(browser, project, agent):
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_token_limit": 100})
+    blocked = ask(project, agent, title="long", cost="0.0100", tokens=1028)
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    assert override.violation_type == "daily_token_limit" and override.requested_amount == Decimal("928")
+    html = browser.get(page(blocked)).content.decode()
+    assert "Daily token limit, +928 tokens" in html and "928.0000" not in html
+    listing = browser.get(reverse("admin:budgets_budgetoverriderequest_changelist")).content.decode()
+    assert "+928 tokens" in listing and "928.0000" not in listing
+    assert "(+928 tokens)" in str(override)
+    ProjectBudget.objects.filter(project=project).update(daily_token_limit=0, daily_cost_limit=Decimal("1.0000"))
+    costly = ask(project, agent, title="costly", cost="1.2500")
+    cost_override = BudgetOverrideRequest.objects.get(pk=costly.budget_override_id)
+    assert cost_override.violation_type == "daily_cost_limit"
+    assert "Daily cost limit, +$0.2500" in browser.get(page(costly)).content.decode()
+    assert "(+$0.2500)" in str(cost_override)
 
 # --- responses -------------------------------------------------------------------------
 @pytest.fixture
