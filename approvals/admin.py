@@ -410,7 +410,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 def _named(obj) -> str:
-    """An object's name opening a message: "Override of daily cost limit (+5.0000) in demo"."""
+    """An object's name opening a message: "Override of daily cost limit (+$5.0000) in demo"."""
     name = str(obj)
     return name[:1].upper() + name[1:]
 

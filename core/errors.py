@@ -11,8 +11,10 @@ free pooled connection, SQLite's "database is locked") is 503 ``unavailable`` wi
 import logging
 import math
 import sqlite3
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import OperationalError
@@ -20,6 +22,8 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+
+from core.times import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,22 @@ class TransitionError(DomainError):
 
     def __init__(self, detail: str = "", *, current_status: str, **extra):
         super().__init__(detail, status=current_status, **extra)
+
+
+class AlreadyDecided(TransitionError):
+    """A decision that came second (409): says who decided first and when, in its text and as
+    ``decided_by`` (a username, null for the system: a stop, a timeout) and ``decided_at``, so a
+    reviewer beaten to it by a colleague knows by whom."""
+
+    def __init__(self, detail: str, *, current_status: str, decider_id=None, decided_at=None, **extra):
+        user = get_user_model()
+        name = (user.objects.filter(pk=decider_id).values_list(user.USERNAME_FIELD, flat=True).first()
+                if decider_id is not None else None)
+        when = f" at {decided_at.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if decided_at else ""
+        if name:
+            detail = f"{detail.rstrip('.')} (by {name}{when})."
+        super().__init__(detail, current_status=current_status, decided_by=name, decided_at=iso_utc(decided_at),
+                         **extra)
 
 
 class Expired(DomainError):

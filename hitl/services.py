@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from core import rawrows
-from core.errors import Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.redaction import redact
 from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
@@ -220,7 +220,8 @@ def hitl_request_respond(*, request_id, responder, action: str, response: str = 
         if req.status == Status.TIMED_OUT:
             raise Expired("The request timed out before this answer.", status=req.status)
         if req.status != Status.PENDING:
-            raise TransitionError(f"The request is already {req.status}.", current_status=req.status)
+            raise AlreadyDecided(f"The request is already {req.status}.", current_status=req.status,
+                                 decider_id=req.responded_by_id, decided_at=req.responded_at)
         now = timezone.now()
         if now >= req.expires_at:
             _time_out(req, now)

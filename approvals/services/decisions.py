@@ -22,7 +22,7 @@ from approvals.services.common import (
 from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
-from core.errors import Expired, Forbidden, InvalidInput, TransitionError
+from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, TransitionError
 from core.sweeps import timeout_warning_due, timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
@@ -95,7 +95,8 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
         if approval.status == Status.TIMED_OUT:
             raise Expired("The approval timed out before this decision.", status=approval.status)
         if approval.status != Status.PENDING:
-            raise TransitionError(f"The approval is already {approval.status}.", current_status=approval.status)
+            raise AlreadyDecided(f"The approval is already {approval.status}.", current_status=approval.status,
+                                 decider_id=approval.approved_by_id, decided_at=approval.responded_at)
         now = timezone.now()
         if now >= approval.expires_at:
             _time_out(uow, approval, now)

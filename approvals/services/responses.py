@@ -27,7 +27,8 @@ from approvals.services.usage import priced_cost, record_settlement, refuse_lowe
 from audit.services import audit_record
 from budgets.services import budget_settle
 from core import rawrows
-from core.errors import EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
+from core.errors import (AlreadyDecided, EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError,
+                         TransitionError)
 from core.request_cache import memo
 from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
@@ -290,9 +291,9 @@ def response_approval_decide(*, approval_id, decider, decision: str, reason: str
         if response.status == Status.TIMED_OUT:
             raise Expired("The response approval timed out before this decision.", status=response.status)
         if response.status != Status.PENDING:
-            raise TransitionError(f"The response approval is already decided: "
-                                  f"{response.get_status_display().lower()}.",
-                                  current_status=response.status)
+            raise AlreadyDecided(f"The response approval is already decided: {response.get_status_display().lower()}.",
+                                 current_status=response.status, decider_id=response.approved_by_id,
+                                 decided_at=response.responded_at)
         now = timezone.now()
         if now >= response.expires_at:
             _close(uow, response, actor=None, to=Status.TIMED_OUT, now=now, action="response_approval.time_out",

@@ -1,6 +1,7 @@
 import threading
 import uuid
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
@@ -89,9 +90,14 @@ def test_second_decision_is_409_with_the_status(requested, reviewer_client, mana
     approval_id = requested["approval_id"]
     assert respond(reviewer_client, approval_id, decision="approve").status_code == 200
     r = respond(client_for(manager), approval_id, decision="reject", reason="no")
-    assert r.status_code == 409 and r.json() == {"error": "conflict", "detail": r.json()["detail"],
-                                                 "status": "approved"}
-    assert AgentCallApproval.objects.get(pk=approval_id).status == "approved"
+    decided = AgentCallApproval.objects.get(pk=approval_id)
+    # who decided first, and when: in the text and as fields
+    assert r.status_code == 409 and r.json() == {
+        "error": "conflict", "status": "approved", "decided_by": "reviewer",
+        "decided_at": decided.responded_at.astimezone(dt_timezone.utc).isoformat().replace("+00:00", "Z"),
+        "detail": f"The approval is already approved (by reviewer at "
+                  f"{decided.responded_at.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M:%S} UTC)."}
+    assert decided.status == "approved"
 
 
 def test_the_requester_cannot_decide_its_own_request(project, task, make_user, client_for, request_body):

@@ -272,6 +272,7 @@ def test_reject_with_a_reason_and_exactly_one_decision_wins(started, agent_clien
     assert r.status_code == 200 and r.json()["rejection_reason"] == "Wrong component"
     second = respond(client_for(manager), response["approval_id"], decision="approve")
     assert second.status_code == 409 and second.json()["status"] == "rejected"
+    assert second.json()["decided_by"] == "reviewer" and "rejected (by reviewer at " in second.json()["detail"]
     task.refresh_from_db()
     assert task.status == "pending"
 

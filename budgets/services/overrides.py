@@ -14,7 +14,7 @@ from budgets.hooks import budget_limits_changed
 from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
-from core.errors import Forbidden, InvalidInput, TransitionError
+from core.errors import AlreadyDecided, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
 from core.uow import retry_transient
 from emergency.services import emergency_stop_trigger
@@ -92,7 +92,8 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
             raise Forbidden(f"With this one, the overrides approved in this {window.kind}'s window would add "
                             f"{total:.4f} {'tokens' if tokens else 'USD'}, above {threshold}: a manager approves it.")
     if override.status != BudgetOverrideRequest.Status.PENDING:
-        raise TransitionError(f"The override is already {override.status}.", current_status=override.status)
+        raise AlreadyDecided(f"The override is already {override.status}.", current_status=override.status,
+                             decider_id=override.approved_by_id, decided_at=override.responded_at)
     override.status = BudgetOverrideRequest.Status.APPROVED if decision == "approve" else \
         BudgetOverrideRequest.Status.REJECTED
     override.approved_by, override.responded_at = actor, timezone.now()

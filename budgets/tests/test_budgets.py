@@ -156,6 +156,11 @@ def test_an_override_rejected_through_the_api_without_a_reason(project, agent, r
     assert r.json()["status"] == "rejected" and r.json()["rejection_reason"] == ""
     blocked.refresh_from_db()
     assert blocked.status == "rejected" and blocked.rejection_reason == "Budget override rejected."
+    # a second decision names who made the first
+    again = client_for(reviewer).post(f"/api/v1/budget-overrides/{blocked.budget_override_id}/respond",
+                                      {"decision": "approve"}, format="json")
+    assert again.status_code == 409 and again.json()["status"] == "rejected" and again.json()["decided_by"] == "reviewer"
+    assert "The override is already rejected (by reviewer at " in again.json()["detail"]
 
 
 def test_override_manager_rule_and_self_approval(project, agent, reviewer, manager, client_for):
@@ -688,7 +693,7 @@ def test_overrides_are_decided_in_the_admin(client, project, agent, reviewer):
                           ACTION_CHECKBOX_NAME: [str(blocked.budget_override_id)]}, follow=True)
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
     said = [str(m) for m in r.context["messages"]]  # named by what it allows, not by a bare id
-    assert said == ["Override of daily cost limit (+0.2000) in demo: approved."], said
+    assert said == ["Override of daily cost limit (+$0.2000) in demo: approved."], said
     assert UsageEntry.objects.filter(approval=blocked, kind="reserve").exists()  # unblocked: reserved now
     for name in ["budgets_budgetwindow", "budgets_usageentry", "budgets_budgetalert"]:
         assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200

@@ -161,7 +161,9 @@ def test_respond_409_for_a_second_decision(asked, reviewer_client, client_for, m
     url = f"/api/v1/hitl/{asked['id']}/respond"
     assert reviewer_client.post(url, {"action": "reject"}, format="json").status_code == 200
     r = client_for(manager).post(url, {"action": "approve", "response": "SQLite"}, format="json")
-    assert r.status_code == 409 and r.json() == {**r.json(), "error": "conflict", "status": "rejected"}
+    assert r.status_code == 409 and r.json() == {**r.json(), "error": "conflict", "status": "rejected",
+                                                 "decided_by": "reviewer"}
+    assert "already rejected (by reviewer at " in r.json()["detail"] and r.json()["decided_at"].endswith("Z")
 
 
 def test_respond_410_after_expiry(asked, reviewer_client):

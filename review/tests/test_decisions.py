@@ -189,7 +189,7 @@ def test_a_second_decision_is_a_409_message(call, reviewer, manager):
     r = web(reviewer).post(decide_url(call), {"decision": "reject", "reason": "too late"})
     assert r.status_code == 409
     html = r.content.decode()
-    assert "already approved" in html and 'role="status"' in html
+    assert "already approved (by manager at " in html and 'role="status"' in html  # who beat this reviewer to it
     r = web(reviewer).post(decide_url(call), {"decision": "reject", "reason": "too late"}, **HTMX)
     assert r.status_code == 200 and "already approved" in r.content.decode()
     call.refresh_from_db()
