@@ -74,7 +74,11 @@ class AlreadyDecided(TransitionError):
     ``decided_by`` (a username, null for the system: a stop, a timeout) and ``decided_at``, so a
     reviewer beaten to it by a colleague knows by whom."""
 
+    ENDED_BY_THE_SYSTEM = ("cancelled", "timed_out")  # an approved call a stop cancelled keeps its approver
+
     def __init__(self, detail: str, *, current_status: str, decider_id=None, decided_at=None, **extra):
+        if current_status in self.ENDED_BY_THE_SYSTEM:
+            decider_id = decided_at = None
         user = get_user_model()
         name = (user.objects.filter(pk=decider_id).values_list(user.USERNAME_FIELD, flat=True).first()
                 if decider_id is not None else None)

@@ -98,6 +98,11 @@ def test_second_decision_is_409_with_the_status(requested, reviewer_client, mana
         "detail": f"The approval is already approved (by reviewer at "
                   f"{decided.responded_at.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M:%S} UTC)."}
     assert decided.status == "approved"
+    # cancelled since (a stop): the system ended it, not its approver
+    AgentCallApproval.objects.filter(pk=approval_id).update(status="cancelled")
+    r = respond(client_for(manager), approval_id, decision="reject", reason="no")
+    assert r.status_code == 409 and r.json() == {"error": "conflict", "status": "cancelled", "decided_by": None,
+                                                 "decided_at": None, "detail": "The approval is already cancelled."}
 
 
 def test_the_requester_cannot_decide_its_own_request(project, task, make_user, client_for, request_body):
