@@ -18,7 +18,7 @@ pytest.register_assert_rewrite("review.tests.browser")  # imported here before p
 
 from access.services import api_key_create  # noqa: E402
 from core.tests.test_asgi_handler import serve  # noqa: E402,F401  (a real daphne on the test database)
-from review.tests.browser import (WAIT_MS, assert_not_reloaded, full_log, log_in, mark_page,  # noqa: E402
+from review.tests.browser import (PASSWORD, WAIT_MS, assert_not_reloaded, full_log, log_in, mark_page,  # noqa: E402
                                   open_page, server_password_hash, wait_live)
 
 pytest_plugins = ["review.tests.browser"]  # the chromium fixture, screenshots on failure
@@ -675,3 +675,58 @@ def test_the_inbox_keeps_its_j_k_selection_across_a_live_refresh(serve, chromium
     page.wait_for_timeout(300)                        # past htmx's settle
     expect(selected).to_have_count(1)
     assert selected.get_attribute("data-key") == key_before
+
+
+def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """A question's page posts a plain form: sent after the session ended, it went through the login
+    page and came back without the reason typed; a call's page (htmx) said "signed out: reload", and
+    the reload lost it too. The text is kept in the tab until the request is settled."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    question = api(server, "POST", "/api/v1/hitl", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "request_type": "question", "question": "Which database should we use?"})
+    context = chromium.new_context(server)
+    page = log_in(context, rita.username, next_path=f"/review/hitl/{question['id']}")
+    page.fill("#reject-reason", "Ask the data team first")
+    context.clear_cookies(name="sessionid")  # the session ends (expired); the CSRF cookie stays
+    with page.expect_navigation():
+        page.click(".reject-form button[type=submit]")
+    assert "/admin/login/" in page.url
+    page.fill("#id_username", rita.username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("input[type=submit]")
+    wait_live(page)
+    assert page.url.endswith(f"/review/hitl/{question['id']}")  # the form was not sent: said so
+    expect(page.locator("#decision-panel .outcome-area")).to_contain_text("Nothing was done")
+    expect(page.locator("#draft-restored")).to_contain_text("back in its box")
+    assert page.input_value("#reject-reason") == "Ask the data team first"
+    with page.expect_navigation():
+        page.click(".reject-form button[type=submit]")
+    assert api(server, "GET", f"/api/v1/hitl/{question['id']}", agent_key)["response"] == "Ask the data team first"
+    page.reload()
+    wait_live(page)
+    expect(page.locator("#draft-restored")).to_have_count(0)  # settled: the draft is gone
+
+    # a call's page (htmx): signed out, it says so; reloading to sign in keeps the text too
+    approval = request_call(server, agent_key, project, title="Write docs", action="Write the README",
+                            input_data={"files": ["README.md"]})
+    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    page.fill("#reject-reason", "Not this sprint")
+    context.clear_cookies(name="sessionid")
+    page.locator("#btn-reject").click()
+    expect(page.locator("#decision-panel .outcome-area")).to_contain_text("signed out")
+    page.reload()
+    page.fill("#id_username", rita.username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("input[type=submit]")
+    wait_live(page)
+    assert page.input_value("#reject-reason") == "Not this sprint"
+    page.locator("#btn-reject").click()
+    expect(page.locator("#decision-panel")).to_have_attribute("data-status", "rejected")
+    assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "rejected"
+    assert "Traceback" not in full_log(server), full_log(server)

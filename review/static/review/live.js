@@ -17,6 +17,8 @@
  * Keyboard: j / k move the selection in the inbox, Enter opens it; on a decision page a approves,
  * e opens the amend editor, r focuses the rejection reason, m the modifications; Ctrl+Enter in a
  * text area submits its form. Shortcuts are ignored while typing in a field.
+ * Drafts: text typed in a pending decision panel is kept in the tab's sessionStorage until the
+ * panel is settled, and put back after a lost session's sign-in brings the reviewer back.
  */
 (function () {
   "use strict";
@@ -219,6 +221,67 @@
       var field = document.getElementById(id);
       if (field && !field.disabled && field.value === field.defaultValue) field.value = kept[id];
     });
+  });
+
+  // ---- drafts: what a reviewer typed in a decision panel outlives a lost session --------------
+  // Saved in the tab's sessionStorage as they type (per page and field). A session that ended before
+  // the form was sent sends them through the login page, which comes back without the text (or the
+  // page is reloaded to sign in again); a pending panel puts it back into its box, untouched since
+  // the server rendered it, and says so. A settled panel (decided here or elsewhere) drops them.
+  var DRAFT_PREFIX = "hitl-draft:";
+
+  function draftKey(field) { return DRAFT_PREFIX + window.location.pathname + "#" + field.id; }
+
+  function draftStore() {
+    try { return window.sessionStorage; } catch (e) { return null; }  // storage turned off: no drafts
+  }
+
+  document.addEventListener("input", function (evt) {
+    var field = evt.target;
+    var store = draftStore();
+    if (!store || !field || field.tagName !== "TEXTAREA" || !field.id || !field.closest) return;
+    var panel = field.closest("#decision-panel");
+    if (!panel || panel.getAttribute("data-status") !== "pending") return;
+    try {
+      if (field.value && field.value !== field.defaultValue) store.setItem(draftKey(field), field.value);
+      else store.removeItem(draftKey(field));
+    } catch (e) { /* storage full: the box keeps the text */ }
+  });
+
+  function restoreDrafts() {
+    var store = draftStore();
+    var panel = document.getElementById("decision-panel");
+    if (!store || !panel) return;
+    var fields = panel.querySelectorAll("textarea[id]");
+    var pending = panel.getAttribute("data-status") === "pending";
+    var restored = false;
+    for (var i = 0; i < fields.length; i++) {
+      var text = store.getItem(draftKey(fields[i]));
+      if (text === null) continue;
+      if (!pending) { store.removeItem(draftKey(fields[i])); continue; }
+      if (!fields[i].disabled && fields[i].value === fields[i].defaultValue && text !== fields[i].value) {
+        fields[i].value = text;
+        restored = true;
+      }
+    }
+    if (restored) {
+      var details = panel.querySelectorAll("details");  // an amend editor holding it opens
+      for (var j = 0; j < details.length; j++) {
+        if (details[j].querySelector("textarea[id]") && details[j].querySelector("textarea[id]").value !==
+            details[j].querySelector("textarea[id]").defaultValue) details[j].open = true;
+      }
+      var area = panel.querySelector(".outcome-area") || panel;
+      var note = document.createElement("p");
+      note.id = "draft-restored";
+      note.className = "outcome outcome-info";
+      note.textContent = "What you typed here before is back in its box: nothing was sent yet.";
+      area.appendChild(note);
+    }
+  }
+
+  document.addEventListener("htmx:afterSwap", function () {  // a panel settled by its own decision
+    var panel = document.getElementById("decision-panel");
+    if (panel && panel.getAttribute("data-status") !== "pending") restoreDrafts();
   });
 
   function connect() {
@@ -485,6 +548,7 @@
   }
 
   function start() {
+    restoreDrafts();
     startLive();
     startCountdowns();
   }
