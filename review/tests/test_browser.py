@@ -706,6 +706,14 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
     with page.expect_navigation():
         page.click(".reject-form button[type=submit]")
     assert api(server, "GET", f"/api/v1/hitl/{question['id']}", agent_key)["response"] == "Ask the data team first"
+    wait_live(page)
+    expect(page.locator("#decision-panel .outcome-area")).to_contain_text("Rejected.")
+    # a later event naming the settled request does not reload its page (the outcome said would go)
+    mark_page(page)
+    page.evaluate("id => document.body.dispatchEvent(new CustomEvent('hitl:event', "
+                  "{detail: {data: {hitl_request_id: id, status: 'rejected'}}}))", question["id"])
+    assert_not_reloaded(page)
+    expect(page.locator("#decision-panel .outcome-area")).to_contain_text("Rejected.")
     page.reload()
     wait_live(page)
     expect(page.locator("#draft-restored")).to_have_count(0)  # settled: the draft is gone
