@@ -122,4 +122,16 @@ def step_result_rows(result) -> list[tuple[str, str]]:
     if isinstance(titles, list) and isinstance(result.get("tasks"), list) and len(titles) == len(result["tasks"]):
         # the settled tasks by their titles, each with the start of its id to tell them apart
         result["tasks"] = [f"“{title}” ({str(pk)[:8]})" for title, pk in zip(titles, result["tasks"])]
+    reviewed = result.get("reviewed") if isinstance(result, dict) else None
+    if isinstance(reviewed, list) and reviewed and all(isinstance(item, dict) for item in reviewed):
+        # the flagged calls and outputs reviewed: one row each, not one run of text
+        del result["reviewed"]
+        return [(f"Reviewed {item.get('kind', 'call')} {str(item.get('approval_id', ''))[:8]}", flagged_text(item))
+                for item in reviewed] + (rows(result) if result else [])
     return rows(result)
+
+
+def flagged_text(item: dict) -> str:
+    """``high risk: Deploy to production — flags: secret.aws_access_key, code.bandit.B602``."""
+    flags = ", ".join(map(str, item.get("flags") or [])) or "none"
+    return f"{readable(item.get('risk_level'))} risk: {readable(item.get('proposed_action'))} — flags: {flags}"

@@ -11,7 +11,7 @@ from emergency.services import emergency_stop_trigger
 from projects.models import Project, Task
 from projects.services import task_create
 from recovery.models import RecoverySession, RecoveryStep
-from recovery.presentation import assessment_sections
+from recovery.presentation import assessment_sections, step_result_rows
 from recovery.services import recovery_start
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +87,19 @@ def test_assessment_names_people_as_the_pages_do_and_explains_the_allowance():
         ("By", "rev#ie#w#er"), ("By", "the system (error rate high)")]
     assert sections["Budget today"]["rows"] == [("Override allowance today", "0.0000"),
                                                 ("Spent this month", "1.0000")]
+
+
+def test_the_flagged_calls_a_step_reviewed_read_one_row_each():
+    """They read as one run of text: "kind: call; approval id: ...; flags: a, b, kind: response; ..."."""
+    rows = step_result_rows({"reviewed": [
+        {"kind": "call", "approval_id": "3f2a1b2c-0000-0000-0000-000000000000", "proposed_action": "Deploy to prod",
+         "risk_level": "critical", "flags": ["secret.aws_access_key", "code.bandit.B602"]},
+        {"kind": "response", "approval_id": "9e8d7c6b-0000-0000-0000-000000000000", "proposed_action": "Write docs",
+         "risk_level": "high", "flags": []}]})
+    assert rows == [("Reviewed call 3f2a1b2c", "critical risk: Deploy to prod — flags: secret.aws_access_key, "
+                                               "code.bandit.B602"),
+                    ("Reviewed response 9e8d7c6b", "high risk: Write docs — flags: none")]
+    assert step_result_rows({"reviewed": []}) == [("Reviewed", "none")]
 
 
 def test_approving_the_next_step_runs_it_through_the_service(client, session, reviewer):
