@@ -244,7 +244,11 @@ def project_stop(request, project_id):
         return _forbidden(request, f"Only reviewers and managers of {project.name} may stop its agents.", project)
     form = StopForm(request.POST)
     if not form.is_valid():
-        return render(request, "review/project.html", _project_context(request, project, stop_form=form), status=400)
+        error = None
+        if project.status == Project.Status.EMERGENCY_STOPPED:  # its page draws no stop form to show them in
+            error = "Nothing was added to the stop: " + " ".join(str(m) for msgs in form.errors.values() for m in msgs)
+        return render(request, "review/project.html", _project_context(request, project, stop_form=form, error=error),
+                      status=400)
     if request.POST.get("confirm") != "yes":
         return render(request, "review/project_stop_confirm.html", {
             "project": project, "form": form, "severity_label": Severity(form.cleaned_data["severity"]).label,
@@ -403,12 +407,20 @@ def _audit_rows(user, form: AuditFilterForm, visible_ids):
         tz = timezone.get_current_timezone()
         if data["since"]:
             rows = rows.filter(created_at__gte=datetime.datetime.combine(data["since"], datetime.time.min, tz))
-        if data["until"]:
+        if data["until"] and data["until"] < datetime.date.max:  # to the last day there is: no end
             end = datetime.datetime.combine(data["until"] + datetime.timedelta(days=1), datetime.time.min, tz)
             rows = rows.filter(created_at__lt=end)
     else:
         rows = rows.none()
     return rows.order_by("-pk")  # insertion order (the primary key index): newest first, cheap at any size
+
+
+def _chain_named(problem: str, names: dict) -> str:
+    """``chain 06c51f44-…: row 3 …`` with its project's name: ``chain 06c51f44-… (Alpha): …``."""
+    key, sep, rest = problem.removeprefix("chain ").partition(":")
+    if not problem.startswith("chain ") or not sep or key not in names:
+        return problem
+    return f"chain {key} ({names[key]}):{rest}"
 
 
 def _verification(user, visible_ids) -> dict:
@@ -426,6 +438,8 @@ def _verification(user, visible_ids) -> dict:
         elsewhere = len(report.problems) - len(mine)
         rows = AuditEvent.objects.filter(project_id__in=visible_ids).count()
         chains = len(keys)
+    names = {chain_key(pk): name for pk, name in project_visible_to(user=user).values_list("pk", "name")}
+    mine = [_chain_named(problem, names) for problem in mine]
     return {"ok": not mine, "problems": mine, "elsewhere": elsewhere, "rows": rows, "chains": chains,
             "seconds": elapsed, "at": timezone.now()}
 

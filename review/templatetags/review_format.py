@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.times import iso_utc
+from recovery.presentation import person as person_text
 from review.selectors import expiring_soon, time_left_text  # the inbox's own words for a deadline and urgency
 
 register = template.Library()
@@ -53,6 +54,13 @@ def _utc(value):
             value = value.replace(tzinfo=datetime.timezone.utc)
         return value.astimezone(datetime.timezone.utc)
     return value
+
+
+@register.filter
+def person(value) -> str:
+    """Who did it, as the pages name people: the audit's ``rita#2`` is ``rita``, an automatic
+    stop's ``system:security_threat`` is ``the system (security threat)``."""
+    return person_text(value)
 
 
 @register.filter

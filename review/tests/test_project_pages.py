@@ -257,6 +257,12 @@ def test_stopping_a_stopped_project_adds_to_the_active_stop(stopped, project, ma
                           {"reason": "again", "severity": "low", "confirm": "yes"}, follow=True)
     assert "was already stopped" in r.content.decode()
     assert EmergencyStop.objects.filter(project=project).count() == 1
+    # a form sent from a page drawn before the stop, with no reason: the stopped page says why nothing happened
+    r = web(manager).post(reverse("review:project_stop", args=[project.pk]), {"reason": "  ", "severity": "low"})
+    assert r.status_code == 400 and "Nothing was added to the stop: Give a reason" in r.content.decode()
+    # the project page names an automatic stop's trigger as the other pages do
+    html = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert "system:" not in html and f"manager#{manager.pk}" not in html and "the system (error rate high)" in html
 
 
 # --- recovery -------------------------------------------------------------------------
@@ -390,6 +396,10 @@ def test_the_audit_page_shows_the_users_projects_newest_first_and_filters(stoppe
     today = timezone.now().date().isoformat()
     html = client.get(reverse("review:audit"), {"since": today, "until": today}).content.decode()
     assert "emergency_stop.trigger" in html
+    # actors by name, as the other pages have them (the record's "reviewer#5" in the cell's title)
+    assert f'title="reviewer#{reviewer.pk}">reviewer</td>' in html
+    r = client.get(reverse("review:audit"), {"until": "9999-12-31"})  # the last day there is: it was a 500
+    assert r.status_code == 200 and "emergency_stop.trigger" in r.content.decode()
     r = client.get(reverse("review:audit"), {"project": str(other_project.pk)})  # not theirs: refused
     assert r.status_code == 200 and "No event matches." in r.content.decode()
     assert "Select a valid choice" in r.content.decode()
@@ -423,6 +433,7 @@ def test_the_chain_is_verified_on_demand_and_a_tampered_row_is_shown(stopped, pr
         cursor.execute(f"UPDATE {AuditEvent._meta.db_table} SET reason = %s WHERE id = %s", ["edited", row.pk])
     html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
     assert "Chain broken" in html and f"row id={row.pk}" in html and "content does not match its hash" in html
+    assert f"chain {project.pk} ({project.name}):" in html  # the chain by its project's name too
     html = web(admin_user).get(reverse("review:audit"), {"verify": 1}).content.decode()
     assert "Chain broken" in html and f"row id={row.pk}" in html
 
