@@ -36,7 +36,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
-from django.http import JsonResponse
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import parse_header_parameters
 
@@ -86,6 +86,25 @@ def _disallowed_host(request):
     return None if body is None else JsonResponse(body, status=400)
 
 
+def _year_out_of_range(request):
+    """A plain 400 for a page whose query string filters by a year Python's dates cannot hold
+    (``?created_at__year=99999`` or ``0``: the admin's lists take any lookup on a model's own
+    fields, and the year's bounds are computed only when the list is rendered: a 500)."""
+    if request.path.startswith("/api/") or not request.GET:
+        return None
+    for key, values in request.GET.lists():
+        if "year" not in key.split("__")[1:]:
+            continue
+        for value in values:
+            try:
+                year = int(value)
+            except ValueError:
+                continue  # not a number: the admin refuses that one itself
+            if not 1 <= year <= 9999:
+                return HttpResponseBadRequest(f"{key}: a year from 1 to 9999.", content_type="text/plain; charset=utf-8")
+    return None
+
+
 def _api_error_shape(request, response):
     """Under DEBUG (``make run``) Django answers an unexpected exception with its HTML debug page,
     also on /api/ (handler500, core.views.server_error, only runs without DEBUG): the API keeps
@@ -106,14 +125,14 @@ def request_middleware(get_response):
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
         async def middleware(request):
-            if (refused := _disallowed_host(request)) is not None:
+            if (refused := _disallowed_host(request) or _year_out_of_range(request)) is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
                 return shown_in_response(_api_error_shape(request, await get_response(request)))
     else:
         def middleware(request):
-            if (refused := _disallowed_host(request)) is not None:
+            if (refused := _disallowed_host(request) or _year_out_of_range(request)) is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
