@@ -154,13 +154,14 @@ class AgentApprovalUsageApi(APIView):
         actual_cost = MoneyField(required=False, max_digits=12)
 
     @extend_schema(operation_id="agent_approvals_usage", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409)})
+                   responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
     @idempotent
     def post(self, request, approval_id):
         """The requesting agent reports what a started call used (for a call whose output is not
         sent for response approval): settles the budget reservation exactly once. It writes the
         ledger, so it honours an ``Idempotency-Key`` as a create does: a retry with the key and body
-        replays the first answer, the key with another body is 400."""
+        replays the first answer, the key with another body is 400. Under an emergency stop (or one
+        this report trips) the usage is recorded and the answer is 423."""
         route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)

@@ -3,11 +3,13 @@ import asyncio
 import threading
 import time
 import uuid
+from decimal import Decimal
 
 import httpx
 import pytest
 
-from hitl_sdk import (ApprovalRejected, AsyncHitlClient, HitlClient, RetryPolicy, WithUsage, require_approval)
+from hitl_sdk import (ApprovalRejected, AsyncHitlClient, EmergencyStopped, HitlClient, RetryPolicy, WithUsage,
+                      require_approval)
 from sdk_tests.conftest import FAST_RETRY, approve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +46,26 @@ def test_require_approval_runs_a_sync_function_with_the_amended_arguments(world,
     assert len(calls) == 1
     refused = agent.get_approval(reviewer_bot.handled[0].approval_id)
     assert agent.get_task(refused.task_id).status == "cancelled"  # the task made for it is ended, not left open
+
+
+def test_a_stop_while_the_function_ran_records_its_usage_and_raises(world, bot):
+    """The usage report of a function that ran while its project was stopped: recorded (the tokens
+    were spent) and answered 423, so the caller is told to stop instead of getting the value."""
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:long", model="gpt-4o-mini")
+    def long_tool():
+        reviewer.emergency_stop(world.project_id, "halt everything")
+        return WithUsage("done", tokens_used=50, actual_cost="0.0500")
+
+    reviewer_bot = bot(("agent", approve))
+    with pytest.raises(EmergencyStopped, match="the usage was recorded") as caught:
+        long_tool()
+    reviewer_bot.check()
+    assert caught.value.emergency_stop_id == reviewer.emergency_status(world.project_id).active_stop.id
+    call = reviewer.get_approval(reviewer_bot.handled[0].approval_id)
+    budget = reviewer.get_budget(world.project_id)
+    assert call.budget_state == "settled" and budget.cost_incurred_today == Decimal("0.0500") and budget.tokens_used_today == 50
 
 
 def test_require_approval_gates_an_async_function(world, bot):

@@ -11,12 +11,13 @@ from audit.services import audit_record
 from budgets.models import UsageEntry
 from budgets.services import budget_release, budget_settle
 from core import rawrows
-from core.errors import Forbidden, InvalidInput, TransitionError
+from core.errors import EmergencyStopActive, Forbidden, InvalidInput, TransitionError
 from core.times import iso_utc
 from core.uow import retry_transient
 from emergency.models import Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
+from projects.models import Project
 
 
 def priced_cost(approval: AgentCallApproval, tokens_used: int) -> Decimal:
@@ -41,7 +42,9 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
     nothing; one above them lands the difference; one below them is refused (409: spend never
     goes back). Usage far above the estimate raises a
     ``usage_overrun`` flag (a safety_alert event); a day's cost past 1.5 x the daily limit
-    stops the project (budget_critical). Returns (approval, settled now)."""
+    stops the project (budget_critical). Returns (approval, settled now). Under an emergency stop
+    (before the report, or tripped by it) the usage is recorded all the same and the agent is told
+    to stop: 423 after the commit, as for a response submitted then."""
     with call_uow(approval_id, gate=False) as (uow, approval):
         if actor.pk != approval.requested_by_id:
             raise Forbidden("Only the agent that requested this call may report its usage.")
@@ -55,6 +58,11 @@ def agent_approval_report_usage(*, approval_id, actor, tokens_used: int,
                                    price=price)
         refuse_lower_totals(settlement, current_status=approval.status)
         record_settlement(uow, approval, settlement, tokens_used=tokens_used, actual_cost=actual_cost)
+        stopped = uow.project.status == Project.Status.EMERGENCY_STOPPED
+        active_stop_id = uow.project.active_stop_id
+    if stopped:
+        raise EmergencyStopActive("The project is under an emergency stop: the usage was recorded.",
+                                  emergency_stop_id=active_stop_id)
     return approval, settlement.settled
 
 

@@ -100,7 +100,8 @@ def test_usage_of_a_started_call_lands_even_with_its_reservation_released_or_mis
 def test_spend_past_one_and_a_half_times_the_daily_limit_stops_the_project(project, agent, reviewer):
     limits(project, daily_cost_limit=Decimal("10.0000"))
     a = run(ask(project, agent, cost="9.0000"), reviewer, agent)
-    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
+    with pytest.raises(EmergencyStopActive, match="the usage was recorded"):  # the agent is told to stop
+        agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
     stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
     assert stop.triggered_conditions == ["budget_critical"]
     assert day(project).spent_cost == Decimal("15.0001")
@@ -498,7 +499,9 @@ def test_spend_past_the_ceiling_during_a_stop_joins_the_stop(project, agent, rev
     from emergency.services import emergency_stop_trigger
 
     emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="look", actor=reviewer)
-    agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("16.0000"))
+    with pytest.raises(EmergencyStopActive, match="the usage was recorded"):
+        agent_approval_report_usage(approval_id=a.pk, actor=agent, tokens_used=10, actual_cost=Decimal("16.0000"))
+    assert day(project).spent_cost == Decimal("16.0000")
     stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
     assert stop.triggered_conditions == ["manual_stop", "budget_critical"]
 
@@ -581,7 +584,8 @@ def test_growth_reported_past_the_critical_line_stops_the_project(project, agent
     call = run(ask(project, agent, cost="1.0000"), reviewer, agent)
     agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("1.0000"))
     assert not EmergencyStop.objects.filter(project=project).exists()
-    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
+    with pytest.raises(EmergencyStopActive):
+        agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal("15.0001"))
     stop = EmergencyStop.objects.get(project=project, resolved_at__isnull=True)
     assert stop.triggered_conditions == ["budget_critical"]
     assert day(project).spent_cost == Decimal("15.0001")

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_start
-from budgets.models import ProjectBudget
+from budgets.models import ProjectBudget, UsageEntry
 from core import uow as core_uow
 from emergency.models import EmergencyStop
 from projects.services import task_create
@@ -36,8 +36,15 @@ def test_a_usage_report_that_trips_the_stop_runs_again_with_the_exclusive_lock(
     headers = {"HTTP_IDEMPOTENCY_KEY": idempotency_key} if idempotency_key else {}
     r = agent_client.post(f"/api/v1/agent-approvals/{call.pk}/usage", {"tokens_used": 100, "actual_cost": "2.0000"},
                           format="json", **headers)
-    assert r.status_code == 200, r.content
+    # recorded, and the stop it tripped is said: 423
+    assert r.status_code == 423 and r.json()["detail"].endswith("the usage was recorded."), r.content
+    assert r.json()["emergency_stop_id"] == str(EmergencyStop.objects.get(project=project).pk)
     assert raised == [f"project:{project.pk}"]  # once: the second run took the exclusive lock
     call.refresh_from_db()
     assert call.budget_state == "settled"
     assert EmergencyStop.objects.get(project=project).triggered_conditions == ["budget_critical"]
+    if idempotency_key:  # a retry with its key replays the answer, and lands nothing more
+        again = agent_client.post(f"/api/v1/agent-approvals/{call.pk}/usage",
+                                  {"tokens_used": 100, "actual_cost": "2.0000"}, format="json", **headers)
+        assert again.status_code == 423 and again.json() == r.json()
+    assert sum(e.spent_cost for e in UsageEntry.objects.filter(approval=call)) == Decimal("2.0000")  # once

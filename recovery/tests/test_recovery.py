@@ -4,6 +4,7 @@ import pytest
 
 from approvals.services import agent_approval_request
 from audit.models import AuditEvent
+from core.errors import EmergencyStopActive
 from emergency.models import EmergencyStop
 from emergency.services import emergency_settings_for, emergency_stop_trigger
 from events.models import Event
@@ -196,7 +197,11 @@ def spend(project, agent, reviewer, *, limit: str, estimate: str, actual: str):
                                   estimated_cost=Decimal(estimate))
     agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
     agent_approval_start(approval_id=call.pk, actor=agent)
-    agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal(actual))
+    if Decimal(actual) > Decimal(limit) * Decimal("1.5"):
+        with pytest.raises(EmergencyStopActive):  # recorded, and it stops the project: the agent gets 423
+            agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal(actual))
+    else:
+        agent_approval_report_usage(approval_id=call.pk, actor=agent, tokens_used=10, actual_cost=Decimal(actual))
 
 
 def test_a_budget_stop_is_not_lifted_while_the_day_is_still_at_or_past_the_critical_line(
