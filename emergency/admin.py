@@ -76,7 +76,7 @@ class EmergencySettingsForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         loaded = self.data.get(self.add_prefix("loaded_version"), "")
-        if self.instance.pk is not None and loaded and loaded != self._version():
+        if self.instance.pk is not None and loaded != self._version():  # none sent: no proof it is current
             raise forms.ValidationError("Another manager changed these settings after this page was loaded: nothing "
                                         "was saved. Reload the page to see their values, then make your change "
                                         "again.", code="stale")

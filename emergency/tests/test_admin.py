@@ -164,8 +164,11 @@ def test_an_admin_save_refused_after_its_form_passed_is_said_on_the_page(client,
         return real_save(**kwargs)
 
     monkeypatch.setattr(emergency_admin, "emergency_settings_save", other_manager_first)
+    from projects.tests.test_admin_audit import form_data
+
     url = reverse("admin:emergency_emergencysettings_change", args=[row.pk])
-    r = login(client, manager).post(url, {**GOOD_SETTINGS, "stop_on_critical_risk": "on", "error_window_count": 10})
+    loaded = form_data(login(client, manager).get(url))
+    r = client.post(url, {**loaded, "error_window_count": 10})
     assert r.status_code == 302 and r.url == url
     page = client.get(url).content.decode()
     assert "Another manager changed these settings" in page and "error min outcomes" in page
@@ -204,6 +207,12 @@ def test_a_form_loaded_before_another_managers_save_does_not_put_their_change_ba
     assert second.post(url, {**fresh, "error_window_seconds": 600}).status_code == 302
     row.refresh_from_db()
     assert (row.error_window_count, row.error_min_outcomes, row.error_window_seconds) == (20, 15, 600)
+    # a post without the version it was loaded from proves nothing: refused likewise
+    current = form_data(second.get(url))
+    r = second.post(url, {**{k: v for k, v in current.items() if k != "loaded_version"}, "error_window_seconds": 900})
+    assert r.status_code == 200 and "Another manager changed these settings" in r.content.decode()
+    row.refresh_from_db()
+    assert row.error_window_seconds == 600
 
 
 def test_the_admin_index_names_the_settings_in_plain_english(admin_user):
