@@ -306,6 +306,20 @@ def test_the_recovery_page_lists_the_steps_in_order_with_a_readable_assessment(s
     assert '{"' not in main and "{'" not in main  # no JSON blob
 
 
+def test_a_step_refused_for_the_budget_says_its_money_as_money(project, agent, reviewer, manager):
+    """"The day's cost 16.0000 is still at or past 1.5 x the daily cost limit 10.0000 ... Above
+    10.6666 lifts the stop": bare decimals next to pages that write $16.0000."""
+    from recovery.tests.test_recovery import spend
+
+    spend(project, agent, reviewer, limit="10.0000", estimate="9.0000", actual="16.0000")
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    confirm = next(step for step in steps_of(session) if step.action == "confirm_budget")
+    r = decide(web(reviewer), session, confirm, decision="approve")
+    html = r.content.decode()
+    assert r.status_code == 409 and "The day&#x27;s cost $16.0000 is still at or past 1.5 x the daily cost limit " \
+                                    "$10.0000" in html and "Above $10.6666 lifts the stop" in html
+
+
 def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session, project, reviewer):
     client = web(reviewer)
     steps = steps_of(session)
