@@ -37,6 +37,8 @@ def test_health_reports_the_beat_heartbeat():
     body = client.get("/api/v1/health").json()
     assert body["heartbeat"] is None and body["database"] == connection.vendor
     assert body["status"] == "degraded" and len(body["problems"]) == 2  # neither queue has been heard from
+    assert body["problems"][0] == ("No heartbeat from the default queue (celery) yet (time-outs and budget resets "
+                                   "wait for it): is Celery beat running, and a worker consuming that queue?")
     heartbeat_task.delay()
     body = client.get("/api/v1/health").json()
     assert body["heartbeat"] is not None and 0 <= body["heartbeat_age_seconds"] < 60
