@@ -9,6 +9,7 @@ from typing import Protocol
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.validators import MinValueValidator
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
@@ -65,6 +66,17 @@ class EmergencySettingsForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
             self.initial["loaded_version"] = self._version()
+        for field in self.fields.values():
+            # a PositiveIntegerField's form field says "≥ 0" to -1, then the model "≥ 1" to 0: one rule, said once
+            if isinstance(field, forms.IntegerField) and field.min_value == 0:
+                field.min_value = 1
+                field.widget.attrs["min"] = 1
+                field.validators = [v for v in field.validators
+                                    if not (isinstance(v, MinValueValidator) and v.limit_value == 0)]
+        threshold = self.fields.get("error_rate_threshold")
+        if threshold is not None:  # "no more than 4 digits in total" said nothing of the three decimals
+            threshold.error_messages["max_digits"] = threshold.error_messages["max_decimal_places"] = \
+                "Give a rate from 0.001 to 0.999, with at most three decimals."
 
     def _version(self) -> str:
         """The thresholds as the row holds them now (the fields a manager edits: a recovery's reset of

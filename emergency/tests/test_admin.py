@@ -1,4 +1,6 @@
 """Stops and recoveries through the Django admin, driven by Django's test client."""
+from decimal import Decimal
+
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
@@ -222,3 +224,21 @@ def test_the_admin_index_names_the_settings_in_plain_english(admin_user):
     client.force_login(admin_user)
     page = client.get("/admin/").content.decode()
     assert "Emergency settings" in page and "Emergency settingss" not in page
+
+
+def test_a_settings_value_out_of_range_is_told_one_rule(client, project, manager):
+    """-1 was told "greater than or equal to 0", then 0 "greater than or equal to 1"; a rate of
+    0.12345 "no more than 4 digits in total" (the rule is three decimals)."""
+    from emergency.models import EmergencySettings
+    from projects.tests.test_admin_audit import form_data
+
+    row = EmergencySettings.objects.create(project=project, **GOOD_SETTINGS)
+    url = reverse("admin:emergency_emergencysettings_change", args=[row.pk])
+    loaded = form_data(login(client, manager).get(url))
+    for value in ("-1", "0"):
+        page = client.post(url, {**loaded, "error_window_seconds": value}).content.decode()
+        assert "Ensure this value is greater than or equal to 1." in page and "equal to 0" not in page, value
+    page = client.post(url, {**loaded, "error_rate_threshold": "0.12345"}).content.decode()
+    assert "Give a rate from 0.001 to 0.999, with at most three decimals." in page and "4 digits" not in page
+    row.refresh_from_db()
+    assert row.error_window_seconds == 300 and row.error_rate_threshold == Decimal("0.300")

@@ -217,6 +217,9 @@ def test_the_stop_banner_partial(project, agent, reviewer, outsider):
     part = client.get("/review/stop-banners").content.decode()
     assert "Project Demo is under an emergency stop" in part and 'role="alert"' in part
     assert "emergency stop" not in web(outsider).get("/review/stop-banners").content.decode()
+    type(project).objects.filter(pk=project.pk).update(name="Project Alpha")  # not "Project Project Alpha"
+    part = client.get("/review/stop-banners").content.decode()
+    assert "<strong>Project Alpha is under an emergency stop.</strong>" in part
 
 
 def test_the_admin_shows_the_same_stop_banner(project, agent, reviewer, outsider):
