@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 
 from core.times import iso_utc
 from recovery.presentation import person as person_text
+from recovery.presentation import step_title as step_title_text
 from review.selectors import expiring_soon, time_left_text  # the inbox's own words for a deadline and urgency
 
 register = template.Library()
@@ -61,6 +62,12 @@ def person(value) -> str:
     """Who did it, as the pages name people: the audit's ``rita#2`` is ``rita``, an automatic
     stop's ``system:security_threat`` is ``the system (security threat)``."""
     return person_text(value)
+
+
+@register.filter
+def step_title(action) -> str:
+    """A recovery step's title: ``lift_stop`` → ``Lift the emergency stop``."""
+    return step_title_text(str(action))
 
 
 @register.filter

@@ -378,6 +378,8 @@ def test_the_starter_may_not_approve_and_a_rejection_needs_a_reason(session, man
     assert r.status_code == 302
     html = client.get(r["Location"]).content.decode()
     assert "This recovery failed: the stop stays" in html and "not convinced" in html
+    # which step, by whom and why (it said "A step was rejected or failed, or a new condition tripped")
+    assert "Step 1 (Review the flagged calls and outputs) was rejected by reviewer: “not convinced”." in html
     assert RecoverySession.objects.get(pk=session.pk).status == "failed"
 
 
