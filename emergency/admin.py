@@ -195,19 +195,19 @@ class ProjectWithStopAdmin(ProjectAdmin):
     def _stop_each(self, request, queryset, *, reason: str, severity: str) -> None:
         for project in queryset.order_by("name"):
             if not has_project_perm(request.user, roles.REVIEW, project):
-                self.message_user(request, f"{project}: not stopped: only its reviewers and managers may stop it.",
+                self.message_user(request, f"{project.name}: not stopped: only its reviewers and managers may stop it.",
                                   messages.ERROR)
                 continue
             try:
                 stop, created = emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
                                                        severity=severity, reason=reason, actor=request.user)
             except DomainError as err:
-                self.message_user(request, f"{project}: not stopped: {err.detail}", messages.ERROR)
+                self.message_user(request, f"{project.name}: not stopped: {err.detail}", messages.ERROR)
                 continue
             if created:
-                self.message_user(request, f"{project}: stopped (severity {stop.severity}): "
+                self.message_user(request, f"{project.name}: stopped (severity {stop.severity}): "
                                   f"{stop.halted_summary}. Agents get 423 "
                                   f"until a recovery lifts the stop.", messages.SUCCESS)
             else:
-                self.message_user(request, f"{project}: already stopped; your reason was added to the active stop "
+                self.message_user(request, f"{project.name}: already stopped; your reason was added to the active stop "
                                   f"(severity now {stop.severity}).", messages.WARNING)

@@ -151,26 +151,26 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             session = recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=request.user,
                                             decision=decision, reason=reason, option=option)
         except DomainError as err:
-            self.message_user(request, f"{session.project}: {_step_name(step)} not {verb}: {_refusal(err)}",
+            self.message_user(request, f"{session.project.name}: {_step_name(step)} not {verb}: {_refusal(err)}",
                               messages.ERROR)
             return
         step.refresh_from_db()
         project = session.project
         if step.status == RecoveryStep.Status.REJECTED:
-            self.message_user(request, f"{project}: {_step_name(step)} rejected. The recovery failed and the "
+            self.message_user(request, f"{project.name}: {_step_name(step)} rejected. The recovery failed and the "
                                        f"emergency stop stays; a manager can start a new recovery.", messages.WARNING)
         elif step.status == RecoveryStep.Status.FAILED:
             error = (step.result or {}).get("error", "") if isinstance(step.result, dict) else ""
-            self.message_user(request, f"{project}: {_step_name(step)} failed{f': {error}' if error else ''}. "
+            self.message_user(request, f"{project.name}: {_step_name(step)} failed{f': {error}' if error else ''}. "
                                        f"The recovery failed and the emergency stop stays.", messages.ERROR)
         elif session.status == RecoverySession.Status.COMPLETED:
-            self.message_user(request, f"{project}: {_step_name(step)} approved and run. The emergency stop is "
+            self.message_user(request, f"{project.name}: {_step_name(step)} approved and run. The emergency stop is "
                                        f"lifted: {project} is active again and accepts agent calls.",
                               messages.SUCCESS)
         else:
             following = _next_pending(session) if session.status in OPEN else None
             then = f" Next: {_step_name(following)}, waiting for approval." if following else ""
-            self.message_user(request, f"{project}: {_step_name(step)} approved and run.{then}", messages.SUCCESS)
+            self.message_user(request, f"{project.name}: {_step_name(step)} approved and run.{then}", messages.SUCCESS)
 
     # --- list actions (the same service, on the next step of each selected session) --------
     def _respond_next(self, request, queryset, decision: str, reason: str = ""):
@@ -211,7 +211,7 @@ class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
             try:
                 session = recovery_start(project_id=stop.project_id, actor=request.user, recovery_type="manual")
             except DomainError as err:
-                self.message_user(request, f"{stop.project}: {_refusal(err)}", messages.WARNING)
+                self.message_user(request, f"{stop.project.name}: {_refusal(err)}", messages.WARNING)
                 continue
             first = _next_pending(session)
             self.message_user(request, format_html(

@@ -109,8 +109,8 @@ def test_a_reviewer_cannot_stop_another_project(client, make_user, project, othe
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
     assert Project.objects.get(pk=other_project.pk).status == "active"
     msgs = messages_of(r)
-    assert any(m.startswith("demo: stopped (severity medium)") for m in msgs)
-    assert any(m.startswith("other: not stopped: only its reviewers and managers may stop it") for m in msgs)
+    assert any(m.startswith("Demo: stopped (severity medium)") for m in msgs)
+    assert any(m.startswith("Other: not stopped: only its reviewers and managers may stop it") for m in msgs)
 
 
 def test_a_user_without_a_role_cannot_stop_a_project(client, outsider, project, reviewer):

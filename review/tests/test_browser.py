@@ -477,8 +477,8 @@ def test_a_pending_calls_countdown_ticks_on_its_page(serve, chromium, project, a
     """The call page's "29 min 59 s left" stood still until an event came (the inbox re-fetched
     every 30 s); every countdown now counts down each second."""
     rita, _ = reviewers
+    key = api_key_create(user=agent, name="browser")[1]  # before the server starts (on SQLite it copies the rows)
     server = serve()
-    key = api_key_create(user=agent, name="browser")[1]
     call = request_call(server, key, project, title="Countdown", action="Write the countdown",
                         input_data={"files": ["a.py"]})
     context = chromium.new_context(server)
