@@ -12,12 +12,15 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.validators import MinValueValidator
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from core.admin import ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError, InvalidInput
 from core.hooks import Hook
 from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
-from emergency.models import SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity
+from emergency.models import (SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity, actor_words,
+                              condition_words)
 from emergency.services import emergency_settings_save, emergency_stop_trigger
 from projects import roles
 from projects.admin import ProjectAdmin
@@ -44,12 +47,29 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
     """Stops are made by the trigger service (API, the projects' "Emergency stop" action,
     or a tripped condition) and lifted only by the last step of a recovery."""
 
-    list_display = ["project", "conditions", "severity", "stop_reason", "triggered_by", "created_at", "resolved_at"]
+    list_display = ["project", "conditions", "severity", "stop_reason", "by", "created_at", "resolved_at"]
     list_filter = ["severity", ("resolved_at", admin.EmptyFieldListFilter)]
+    # people and triggers as the reviewer pages say them, not "rita#2" and a JSON list
+    fields = readonly_fields = ["project", "conditions", "severity", "stop_reason", "by", "triggers", "stopped_tasks",
+                                "cancelled_approvals", "recovery_session_id", "created_at", "resolved_at",
+                                "resolved_by"]
 
     @admin.display(description="conditions")
     def conditions(self, obj):
         return ", ".join(obj.triggered_conditions)
+
+    @admin.display(description="triggered by", ordering="triggered_by")
+    def by(self, obj):
+        return actor_words(obj.triggered_by)
+
+    @admin.display(description="every trigger")
+    def triggers(self, obj):
+        """One line each: ``error rate high (high) by the system (error rate high) at …: reason``."""
+        return format_html_join(mark_safe("<br>"), "{} ({}) by {} at {}: {}{}", (
+            (condition_words(str(d.get("condition", "?"))), d.get("severity", "?"),
+             actor_words(d.get("by") or f"system:{d.get('condition', '?')}"), d.get("at", "?"), d.get("reason", ""),
+             "".join(f"; {str(k).replace('_', ' ')}: {v}" for k, v in (d.get("data") or {}).items()))
+            for d in obj.condition_details if isinstance(d, dict))) or "—"
 
 
 class EmergencySettingsForm(forms.ModelForm):

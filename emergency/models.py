@@ -20,6 +20,16 @@ def condition_words(condition: str) -> str:
     return condition.replace("_", " ")
 
 
+def actor_words(value) -> str:
+    """Who did it, as a person reads it: the audit's ``rita#2`` is ``rita``, an automatic
+    condition's ``system:security_threat`` is ``the system (security threat)``."""
+    text = "" if value is None else str(value)
+    if text.startswith("system:"):
+        return f"the system ({condition_words(text.removeprefix('system:'))})"
+    name, _, number = text.rpartition("#")
+    return name if name and number.isdigit() else text
+
+
 class Condition(models.TextChoices):
     BUDGET_CRITICAL = "budget_critical"
     ERROR_RATE_HIGH = "error_rate_high"

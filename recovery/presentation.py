@@ -5,7 +5,7 @@ says the same thing the same way."""
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from emergency.models import condition_words
+from emergency.models import actor_words, condition_words
 
 STEP_TITLES = {
     "review_flagged": "Review the flagged calls and outputs",
@@ -57,11 +57,7 @@ def readable(value) -> str:
 def person(value) -> str:
     """Who did it, as the pages name people: the audit's ``reviewer#2`` is ``reviewer``, an
     automatic condition's ``system:error_rate_high`` is ``the system (error rate high)``."""
-    text = readable(value)
-    if text.startswith("system:"):
-        return f"the system ({condition_words(text.removeprefix('system:'))})"
-    name, _, number = text.rpartition("#")
-    return name if name and number.isdigit() else text
+    return actor_words(readable(value))
 
 
 def rows(data) -> list[tuple[str, str]]:

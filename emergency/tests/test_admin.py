@@ -242,3 +242,18 @@ def test_a_settings_value_out_of_range_is_told_one_rule(client, project, manager
     assert "Give a rate from 0.001 to 0.999, with at most three decimals." in page and "4 digits" not in page
     row.refresh_from_db()
     assert row.error_window_seconds == 300 and row.error_rate_threshold == Decimal("0.300")
+
+
+def test_a_stops_admin_page_names_people_and_triggers_as_the_pages_do(client, project, reviewer, admin_user):
+    """It showed "reviewer#4" and its triggers as a JSON list."""
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="runaway agent",
+                                     actor=reviewer)
+    emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="errors over 50%",
+                           data={"rate": "0.8"})
+    client.force_login(admin_user)
+    listing = client.get(reverse("admin:emergency_emergencystop_changelist")).content.decode()
+    assert f"reviewer#{reviewer.pk}" not in listing and '<td class="field-by">reviewer</td>' in listing
+    page = client.get(reverse("admin:emergency_emergencystop_change", args=[stop.pk])).content.decode()
+    assert f"reviewer#{reviewer.pk}" not in page and "[{&quot;" not in page and '[{"' not in page
+    assert "manual stop (high) by reviewer at " in page and ": runaway agent" in page
+    assert "error rate high (high) by the system (error rate high) at " in page and "errors over 50%; rate: 0.8" in page
