@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from hitl_sdk import (ApprovalRejected, AsyncHitlClient, EmergencyStopped, HitlClient, RetryPolicy, WithUsage,
+from hitl_sdk import (ApprovalCancelled, ApprovalRejected, AsyncHitlClient, EmergencyStopped, HitlClient, RetryPolicy, WithUsage,
                       require_approval)
 from sdk_tests.conftest import FAST_RETRY, approve
 
@@ -66,6 +66,34 @@ def test_a_stop_while_the_function_ran_records_its_usage_and_raises(world, bot):
     call = reviewer.get_approval(reviewer_bot.handled[0].approval_id)
     budget = reviewer.get_budget(world.project_id)
     assert call.budget_state == "settled" and budget.cost_incurred_today == Decimal("0.0500") and budget.tokens_used_today == 50
+
+
+def test_a_cancelled_output_or_question_is_told_as_such_not_as_an_action_not_run(world):
+    """An output whose task ended while it waited, and a question its agent withdrew, raised
+    "This action was cancelled before it ran. Do not run it.": the wrong instruction for a model."""
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    task = agent.create_task(world.project_id, "coder", "cancelled output")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write it", {"files": ["a.py"]},
+                                  model="gpt-4o-mini")
+    reviewer.respond_approval(call.approval_id, "approve")
+    agent.start_approval(call.approval_id)
+    response = agent.submit_response(world.project_id, task.task_id, "coder", call.approval_id,
+                                     {"files": [{"path": "a.py", "content": "print(1)\n"}]},
+                                     response_summary="a.py", tokens_used=5)
+    agent.set_task_status(task.task_id, "failed", error="gave up")
+    with pytest.raises(ApprovalCancelled) as caught:
+        agent.wait_for_response(response.approval_id, timeout=10)
+    assert caught.value.kind == "response" and "Do not run it" not in str(caught.value)
+    assert str(caught.value).startswith("This output was cancelled before a person approved it")
+    assert str(caught.value).endswith("so it must not be used. Do not use it.")
+
+    question = agent.create_hitl(world.project_id, "question", "Which database?")
+    agent.cancel_hitl(question.id, "found it myself")
+    with pytest.raises(ApprovalCancelled) as caught:
+        agent.wait_for_hitl(question.id, timeout=10)
+    assert caught.value.kind == "hitl" and str(caught.value) == (
+        "This question was cancelled before a person answered it: found it myself. No answer will come: "
+        "do not act as if it had been answered.")
 
 
 def test_require_approval_gates_an_async_function(world, bot):

@@ -227,8 +227,9 @@ def outcome(kind: str, obj: Any, stop_id: Optional[str]) -> Any:
     if status == "timed_out":
         raise ApprovalTimedOut(approval_id=oid, approval=obj, output=kind == "response")
     if status == "cancelled":
-        raise ApprovalCancelled(approval_id=oid, approval=obj)
-    raise ApprovalCancelled(f"unexpected status {status!r}", approval_id=oid, approval=obj)
+        why = (obj.history[-1].note if obj.history else None) if kind == "hitl" else obj.rejection_reason
+        raise ApprovalCancelled(why or "", approval_id=oid, approval=obj, kind=kind)
+    raise ApprovalCancelled(f"unexpected status {status!r}", approval_id=oid, approval=obj, kind=kind)
 
 
 # --- websockets ------------------------------------------------------------------------------

@@ -134,12 +134,23 @@ class WaitTimeout(ApprovalError):
 
 
 class ApprovalCancelled(ApprovalError):
-    """The request was cancelled (by its agent, or by the server) before it ran."""
+    """The request was cancelled before a person decided it: a call before it ran, an output
+    before it was approved, a question before it was answered (by its agent, its task's end, or
+    the server). ``kind`` is ``"agent"`` (a call), ``"response"`` (an output) or ``"hitl"``."""
 
-    def __init__(self, detail: str = "", *, approval_id: Optional[str] = None, approval: Any = None) -> None:
+    MESSAGES = {
+        "agent": "This action was cancelled before it ran{}. Do not run it.",
+        "response": "This output was cancelled before a person approved it{}, so it must not be used. Do not use it.",
+        "hitl": "This question was cancelled before a person answered it{}. No answer will come: do not act as "
+                "if it had been answered.",
+    }
+
+    def __init__(self, detail: str = "", *, approval_id: Optional[str] = None, approval: Any = None,
+                 kind: str = "agent") -> None:
+        self.kind = kind
+        template = self.MESSAGES.get(kind, self.MESSAGES["agent"])
         super().__init__(detail, approval_id=approval_id, approval=approval, code="cancelled",
-                         message=f"This action was cancelled before it ran{': ' + detail if detail else ''}. "
-                                 "Do not run it.")
+                         message=template.format(f": {detail}" if detail else ""))
 
 
 class ModificationRequired(ApprovalError):
