@@ -567,3 +567,31 @@ def test_ask_human_and_checkpoint_end_by_their_wait_timeout_while_the_question_c
             return time.monotonic() - started
 
     assert 0.9 <= asyncio.run(run()) < 10
+
+
+def test_a_bad_request_whose_detail_is_its_fields_message_says_it_once():
+    """``events(last_event_id=10**9)``: "400 invalid: No event has had the id ... last_event_id: No
+    event has had the id ..." said the server's sentence twice."""
+    from hitl_sdk import BadRequest
+
+    said = "No event has had the id 1000000000."
+    once = BadRequest(said, status=400, code="invalid",
+                      body={"error": "invalid", "detail": said, "fields": {"last_event_id": [said]}})
+    assert str(once) == f"400 invalid: last_event_id: {said}"
+    both = BadRequest("Invalid input.", status=400, code="invalid",
+                      body={"error": "invalid", "detail": "Invalid input.", "fields": {"tokens_used": ["Too big."]}})
+    assert str(both) == "400 invalid: Invalid input. tokens_used: Too big."
+
+
+def test_a_float_cost_is_refused_before_anything_is_sent():
+    """``report_usage(id, 5, 0.5)`` went to the server and came back a 400, where a float token
+    count is refused at once: both are now, as in RunResult and WithUsage."""
+    sent = []
+    transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(500))
+    with HitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, transport=transport) as client:
+        with pytest.raises(TypeError, match="actual_cost must be a Decimal"):
+            client.report_usage(str(uuid.uuid4()), 5, 0.5)
+        with pytest.raises(TypeError, match="actual_cost must be a Decimal"):
+            client.submit_response(str(uuid.uuid4()), str(uuid.uuid4()), "coder", str(uuid.uuid4()), {"a": 1},
+                                   tokens_used=5, actual_cost=0.5)
+    assert sent == []

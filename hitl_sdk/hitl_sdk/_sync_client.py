@@ -18,7 +18,7 @@ from . import _common as c
 from ._common import RetryPolicy, StreamRefused, WSRefused, _SyncWS, _sleep
 from .errors import HitlConnectionError, HitlError, ServerError, Throttled, WaitTimeout, error_from_response
 from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
-                     HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task, token_count)
+                     HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task, money, token_count)
 
 Money = Union[Decimal, str, int, None]
 
@@ -211,7 +211,7 @@ class HitlClient:
     def report_usage(self, approval_id: str, tokens_used: int, actual_cost: Money = None) -> AgentApproval:
         """What a started call used, for calls whose output is not sent for response approval
         (tool calls). Settles the reservation once; a retried report changes nothing."""
-        body = c.clean({"tokens_used": token_count(tokens_used), "actual_cost": actual_cost})
+        body = c.clean({"tokens_used": token_count(tokens_used), "actual_cost": money(actual_cost)})
         return AgentApproval.from_api(self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/usage",
                                                          json_body=body))
 
@@ -246,7 +246,7 @@ class HitlClient:
         body = c.clean({"project_id": project_id, "task_id": task_id, "agent_type": agent_type,
                         "original_call_approval_id": original_call_approval_id, "agent_response": agent_response,
                         "response_summary": response_summary, "next_steps": list(next_steps),
-                        "tokens_used": token_count(tokens_used), "actual_cost": actual_cost,
+                        "tokens_used": token_count(tokens_used), "actual_cost": money(actual_cost),
                         "timeout_minutes": timeout_minutes})
         return ResponseApproval.from_api(self.request("POST", "/response-approvals", json_body=body,
                                                             create=True, idempotency_key=idempotency_key))

@@ -31,8 +31,11 @@ class BadRequest(HitlError):
                  body: Optional[dict] = None, message: Optional[str] = None) -> None:
         fields = (body or {}).get("fields")
         if message is None and status and isinstance(fields, dict) and fields:
-            message = f"{status} {code}: {detail} " + "; ".join(
-                f"{name}: {_messages(problems)}" for name, problems in fields.items())
+            named = "; ".join(f"{name}: {_messages(problems)}" for name, problems in fields.items())
+            # a detail that only repeats a field's message ("No event has had the id ...") is said once
+            said = [str(p) for problems in fields.values() for p in (problems if isinstance(problems, list)
+                                                                     else [problems])]
+            message = f"{status} {code}: {named}" if detail in said else f"{status} {code}: {detail} {named}"
         super().__init__(detail, status=status, code=code, body=body, message=message)
 
     @property
