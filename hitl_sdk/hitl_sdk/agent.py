@@ -13,7 +13,8 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
+from typing import (Any, Awaitable, Callable, Coroutine, Dict, Generic, List, Optional, ParamSpec, Protocol, Tuple,
+                    TypeVar, Union, cast, overload)
 
 from ._async_client import AsyncHitlClient
 from ._common import current_loop, json_default
@@ -24,6 +25,8 @@ from .models import AgentApproval, ResponseApproval, RunResult, Task, money, tok
 
 AnyClient = Union[HitlClient, AsyncHitlClient]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+P = ParamSpec("P")
 # What ends a call before it runs: a task made for it alone is then reported cancelled.
 ENDS_UNRUN_TASK = (ApprovalRejected, ApprovalTimedOut, ApprovalCancelled)
 # Errors that are not the server refusing a step: a task made for the work is left as it is (a stop's
@@ -352,15 +355,15 @@ def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any
 
 # --- @require_approval -------------------------------------------------------------------------
 @dataclass
-class WithUsage:
+class WithUsage(Generic[T]):
     """Return ``WithUsage(value, tokens_used, actual_cost)`` from a gated function to report what it
-    used; the caller gets ``value``."""
-    value: Any
+    used; the caller gets ``value`` (typed: a function returning ``WithUsage[str]`` gives a ``str``)."""
+    value: T
     tokens_used: int = 0
     actual_cost: Union[Decimal, str, int, None] = None  # a Decimal, a decimal string ("0.0006") or an int
 
     @staticmethod
-    def of(returned: Any) -> "WithUsage":
+    def of(returned: Any) -> "WithUsage[Any]":
         """What a gated function returned, with its usage as the API takes it (TypeError or
         ValueError naming the field otherwise: the function ran, so no usage of 0 is reported)."""
         used = returned if isinstance(returned, WithUsage) else WithUsage(returned)
@@ -446,11 +449,28 @@ def _usage_refusal(exc: BaseException) -> Optional[Tuple[str, Optional[str]]]:
     return made_task_ending(exc, ran=True)  # None for anything not the server's (an interrupt, say)
 
 
+class ApprovalGate(Protocol):
+    """What ``require_approval(...)`` returns: a decorator whose function gives its caller what the
+    function returned, or a ``WithUsage``'s ``value`` (not the ``WithUsage``)."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, WithUsage[T]]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        ...
+
+    @overload
+    def __call__(self, fn: Callable[P, WithUsage[T]]) -> Callable[P, T]:
+        ...
+
+    @overload
+    def __call__(self, fn: F) -> F:
+        ...
+
+
 def require_approval(client: AnyClient, project: str, *, agent_type: str = "coder", action: Optional[str] = None,
                      model: Optional[str] = "gpt-4o", estimated_tokens: Optional[int] = None,
                      estimated_cost: Any = None, context_summary: Optional[str] = None,
                      task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
-                     wait_timeout: Optional[float] = None) -> Callable[[F], F]:
+                     wait_timeout: Optional[float] = None) -> ApprovalGate:
     """Gate a function (sync or async) behind a person's approval.
 
     Each call becomes an agent call approval in ``project`` (its arguments, by parameter name,
@@ -576,7 +596,7 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
 
         return cast(F, wrapper)
 
-    return decorate
+    return cast(ApprovalGate, decorate)
 
 
 __all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_approval", "WithUsage",
