@@ -16,7 +16,7 @@ coder           AWS keys pasted into the code (AWS's documentation      ``secret
 coder           ``subprocess.run(f"...", shell=True)``                  ``bandit.B602`` (high)
 tester          installs a tool with ``curl ... | sh``                  ``code.pipe_to_shell``
 deployer        a production deploy                                     ``deploy.production``
-deployer        (rare, never in round 1) a database URL with its        ``secret.url_credentials``
+deployer        (1 round in 10, never round 1; round 2 with seed 0) a database URL with its        ``secret.url_credentials``
                 password in the call: critical                          (critical: the project
                                                                         is stopped at once)
 ==============  ======================================================  =========================
