@@ -16,8 +16,8 @@ coder           AWS keys pasted into the code (AWS's documentation      ``secret
 coder           ``subprocess.run(f"...", shell=True)``                  ``bandit.B602`` (high)
 tester          installs a tool with ``curl ... | sh``                  ``code.pipe_to_shell``
 deployer        a production deploy                                     ``deploy.production``
-deployer        (1 round in 10, never round 1; round 2 with seed 0) a database URL with its        ``secret.url_credentials``
-                password in the call: critical                          (critical: the project
+deployer        (1 round in 10, never round 1) a database URL with      ``secret.url_credentials``
+                its password in the call: critical                      (critical: the project
                                                                         is stopped at once)
 ==============  ======================================================  =========================
 
