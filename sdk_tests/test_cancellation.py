@@ -3,6 +3,8 @@ the task that runs it (Ctrl-C, a fleet shutting down). No server needed: the wat
 import asyncio
 from decimal import Decimal
 
+import pytest
+
 from hitl_sdk import AsyncHitlClient, RunResult, SafetyEnhancedBaseAgent
 from hitl_sdk.agent import RunContext
 
@@ -236,3 +238,32 @@ def test_without_the_websocket_the_stop_watcher_polls_the_status(monkeypatch):
 
     stop = asyncio.run(scenario())
     assert stop.id == "s1" and reads == ["/api/v1/emergency/status/p"] * 3 and opened == []
+
+
+def test_a_socket_whose_task_is_cancelled_while_it_drains_is_closed_all_the_same():
+    """close() reads what is already there before the closing handshake; a cancellation of its task
+    during that read skipped the handshake, and the socket stayed open (a ResourceWarning, and a
+    keepalive task destroyed with its event loop)."""
+    from hitl_sdk._common import _AsyncWS
+
+    class Conn:
+        closed = False
+
+        async def recv(self):
+            await asyncio.sleep(0.001)
+            return '{"id": 1}'  # the server keeps talking: the read goes on for its half second
+
+        async def close(self):
+            self.closed = True
+
+    async def main():
+        conn = Conn()
+        closing = asyncio.ensure_future(_AsyncWS(conn).close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # still reading
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert conn.closed
+
+    asyncio.run(main())

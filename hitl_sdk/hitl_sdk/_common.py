@@ -289,10 +289,14 @@ class _AsyncWS:
                 pass
         except Exception:  # noqa: BLE001  (the connection is gone)
             pass
-        try:
-            await self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
+        finally:  # also when this task is cancelled while reading: the socket is never left open
+            try:
+                await self.conn.close()
+            except asyncio.CancelledError:  # cancelled while closing: dropped at once, not left open
+                self.conn.transport.abort()
+                raise
+            except Exception:  # noqa: BLE001
+                pass
 
 
 class _SyncWS:
