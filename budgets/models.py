@@ -1,5 +1,5 @@
 import uuid
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.models import BaseModel
+from core.text import money, tokens
 
 MONEY = {"max_digits": 14, "decimal_places": 4}
 
@@ -173,10 +174,7 @@ class BudgetOverrideRequest(models.Model):
     def amount_text(self) -> str:
         """What it asks for, in its limit's unit: ``+928 tokens`` for a token limit, ``+$1.2500`` for a
         cost limit (the bare decimal read as money for both)."""
-        if self.violation_type.endswith("token_limit"):
-            count = int(self.requested_amount.to_integral_value(rounding=ROUND_HALF_UP))
-            return f"+{count:,} token{'' if count == 1 else 's'}"
-        return f"+${self.requested_amount:,.4f}"
+        return f"+{tokens(self.requested_amount) if self.violation_type.endswith('token_limit') else money(self.requested_amount)}"
 
     @property
     def requires_manager_approval(self) -> bool:

@@ -1,4 +1,6 @@
-"""Words for people: counts in the pages, the admin and messages."""
+"""Words for people: counts, money and tokens in the pages, the admin and messages."""
+import re
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 
 def plural(n: int, word: str, words: str = "") -> str:
@@ -13,3 +15,57 @@ def has_nul(*values: str) -> bool:
 
 # A decision form that was not valid, as the admin's and the reviewer pages' decision pages say it.
 FORM_ERROR_NOTE = "Nothing was decided: correct the form below."
+
+
+# --- money and tokens as people read them (the reviewer pages' filters, the admin's, the models' names) ---
+NOTHING = "—"
+FOUR_PLACES = Decimal("0.0001")
+# A number written with exactly four decimals (the API's money), not part of a longer number or word.
+# (not a four-place amount the text itself says is tokens or USD: "would add 150,000.0000 tokens")
+_MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?![\w.])(?!\s*(?:tokens?|USD)\b)")
+# The budget's "would pass the daily token limit by 12345" (whole tokens), as texts stored before
+# the services printed "12,345 tokens" themselves (budgets.services.ledger.excess_text) have it.
+_TOKENS_IN_TEXT = re.compile(r"(token limit by )(\d+)(?![\w.,])(?: tokens)?")
+
+
+def _decimal(value) -> Decimal | None:
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        number = Decimal(str(value).replace(",", "").strip())
+    except (InvalidOperation, ValueError, TypeError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _not_a_number(value) -> str:
+    """What money and tokens show for a value that is not a number: nothing, or the value as it is."""
+    return NOTHING if value is None or value == "" else str(value)
+
+
+def money(value) -> str:
+    """``Decimal("0.0125")`` → ``$0.0125``; ``1234.5`` → ``$1,234.5000``; ``-1`` → ``-$1.0000``."""
+    number = _decimal(value)
+    if number is None:
+        return _not_a_number(value)
+    number = number.quantize(FOUR_PLACES, rounding=ROUND_HALF_UP)
+    return f"{'-' if number < 0 else ''}${abs(number):,.4f}"
+
+
+def tokens(value) -> str:
+    """``12345`` → ``12,345 tokens``; ``1`` → ``1 token``."""
+    number = _decimal(value)
+    if number is None:
+        return _not_a_number(value)
+    count = int(number.to_integral_value(rounding=ROUND_HALF_UP))
+    return f"{count:,} token{'' if count == 1 else 's'}"
+
+
+def money_text(value) -> str:
+    """Text the services wrote (a recovery's assessment, a step's result, why a call is blocked by
+    its budget) with its money as bare four-place decimals (``spent today: 8.5000``) shown as money,
+    and the tokens past a token limit as tokens (``by 12,345 tokens``)."""
+    if value is None:
+        return NOTHING
+    text = _MONEY_IN_TEXT.sub(lambda m: money(m.group(1)), str(value))
+    return _TOKENS_IN_TEXT.sub(lambda m: m.group(1) + tokens(m.group(2)), text)

@@ -1,6 +1,8 @@
 """A recovery session's admin page walks a reviewer through the plan (issue 11): the assessment as
 readable sections, every step in order with the next one named before it runs, and Approve-and-run /
 Reject buttons that go through recovery_step_respond, its refusals shown as admin messages."""
+import re
+
 import pytest
 from django.urls import reverse
 from django.utils.html import escape
@@ -65,6 +67,10 @@ def test_the_page_lists_every_step_in_order_and_names_the_next_one(client, sessi
                  "Impact of the stop", "Halted tasks", "Tasks by status", "Budget today", "Daily cost limit"):
         assert text in html, text
     assert '"halted_tasks"' not in html and "{&quot;" not in html and "{'" not in html
+    # its money as money, as the reviewer pages write it
+    budget = html[html.index("<h3>Budget today</h3>"):]
+    budget = budget[:budget.index("</section>")]
+    assert "<td>$0.0000</td>" in budget and not re.search(r"<td>\d+\.\d{4}</td>", budget), budget
 
 
 def test_assessment_sections_render_every_key_as_rows():
