@@ -737,4 +737,6 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
     page.locator("#btn-reject").click()
     expect(page.locator("#decision-panel")).to_have_attribute("data-status", "rejected")
     assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "rejected"
+    # settled: nothing of the drafts is kept in the tab
+    assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.startsWith('hitl-draft:'))") == []
     assert "Traceback" not in full_log(server), full_log(server)
