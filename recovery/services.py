@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from approvals.models import AgentCallApproval, ResponseApproval
 from audit.services import audit_record
-from budgets.services import CRITICAL_FACTOR, budget_for, current_windows
+from budgets.services import CRITICAL_FACTOR, budget_for, critical_line, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
 from core.times import iso_utc
 from core.uow import LockOrderError, retry_transient
@@ -78,11 +78,12 @@ def refuse_while_budget_critical(project, step: RecoveryStep) -> None:
     first (or the day's window ends). The refusal names the least limit that clears it and what
     leaves the next calls room."""
     budget = budget_for(project)
-    if not budget.daily_cost_limit:
+    line = critical_line(budget)
+    if line is None:
         return
     day, _ = current_windows(project)
     used = day.spent_cost + day.reserved_cost
-    if used < budget.daily_cost_limit * CRITICAL_FACTOR:
+    if used < line:  # at the line: the next call with any cost passes it (critical_line)
         return
     step_up = Decimal("0.0001")
     needed = (used / CRITICAL_FACTOR).quantize(step_up, rounding=ROUND_FLOOR) + step_up  # 1.5 x it passes used

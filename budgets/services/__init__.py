@@ -2,7 +2,6 @@
 One module per subdomain; the names other apps use are re-exported here."""
 from budgets.services.alerts import alert_payload, check_alerts, emit_alert
 from budgets.services.ledger import (
-    CRITICAL_FACTOR,
     Admission,
     BudgetCritical,
     Settlement,
@@ -26,9 +25,11 @@ from budgets.services.overrides import (
 )
 from budgets.services.windows import (
     BUDGET_RELATED,
+    CRITICAL_FACTOR,
     budget_close_past_windows,
     budget_for,
     budget_remaining,
+    critical_line,
     current_windows,
     day_cost_past_critical,
     window_add,
@@ -38,7 +39,7 @@ from budgets.services.windows import (
 
 __all__ = [
     "BUDGET_RELATED", "CRITICAL_FACTOR", "Admission", "BudgetCritical", "Settlement", "alert_payload", "budget_admission_preview",
-    "budget_admit", "day_cost_past_critical",
+    "budget_admit", "critical_line", "day_cost_past_critical",
     "budget_close_past_windows", "budget_for", "budget_limits_update", "budget_override_create",
     "budget_reconcile", "budget_release", "budget_release_many", "budget_remaining", "budget_reserve_more", "budget_settle",
     "check_alerts", "current_windows", "emit_alert", "ledger_totals",

@@ -18,7 +18,7 @@ from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, Pro
 from budgets.services.alerts import check_alerts, emit_alert
 from budgets.services.overrides import override_create_locked
 from core import rawrows
-from budgets.services.windows import (CRITICAL_FACTOR, FOUR_PLACES, ZERO, budget_for, current_windows, window_add,
+from budgets.services.windows import (FOUR_PLACES, ZERO, budget_for, critical_line, current_windows, window_add,
                                       windows_add)
 
 
@@ -59,7 +59,8 @@ def _violations(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, t
 def _critical_projection(budget: ProjectBudget, day: BudgetWindow, cost: Decimal) -> Decimal | None:
     """The day's projected cost with ``cost`` added, when it passes 1.5 x the daily cost limit."""
     projected = day.spent_cost + day.reserved_cost + cost
-    return projected if budget.daily_cost_limit and projected > budget.daily_cost_limit * CRITICAL_FACTOR else None
+    line = critical_line(budget)
+    return projected if line is not None and projected > line else None
 
 
 def _first_violation(budget: ProjectBudget, day: BudgetWindow, month: BudgetWindow, tokens: int, cost: Decimal):
@@ -322,7 +323,8 @@ def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Deci
                  after={"tokens_used": tokens_used, "actual_cost": actual_cost, "estimated_tokens": estimated_tokens,
                         "estimated_cost": estimated_cost, **audit})
     critical = None
-    if budget.daily_cost_limit and day.spent_cost + day.reserved_cost > budget.daily_cost_limit * CRITICAL_FACTOR:
+    line = critical_line(budget)
+    if line is not None and day.spent_cost + day.reserved_cost > line:
         critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)
     return Settlement(True, flagged, critical)
 

@@ -180,16 +180,24 @@ def budget_for(project) -> ProjectBudget:
     return budget
 
 
+def critical_line(budget: ProjectBudget) -> Decimal | None:
+    """The day's cost (spent + reserved) past which the project is stopped (budget_critical):
+    1.5 x the daily cost limit; None without a daily cost limit (0). A day AT the line trips
+    nothing, but a recovery does not lift a stop into it: the next call with any cost passes it."""
+    return budget.daily_cost_limit * CRITICAL_FACTOR if budget.daily_cost_limit else None
+
+
 def day_cost_past_critical(project, now=None, *, uow=None) -> Trip | None:
     """budget_critical when the day's spent + reserved cost passes 1.5 x the daily cost limit (0: no
     limit), with nothing more asked: a daily limit lowered below what the day already holds. Read as
     the day stands (locked with ``uow``); beat's read makes no budget row."""
     budget = budget_for(project) if uow is not None else ProjectBudget.objects.filter(project=project).first()
-    if budget is None or not budget.daily_cost_limit:
+    line = critical_line(budget) if budget is not None else None
+    if line is None:
         return None
     day, _ = current_windows(project, now, uow=uow)
     used = day.spent_cost + day.reserved_cost
-    if used <= budget.daily_cost_limit * CRITICAL_FACTOR:
+    if used <= line:
         return None
     return Trip(Condition.BUDGET_CRITICAL,
                 f"The day's cost {used:.4f} (spent {day.spent_cost:.4f}, reserved {day.reserved_cost:.4f}) passes "
