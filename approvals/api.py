@@ -161,7 +161,8 @@ class AgentApprovalUsageApi(APIView):
         sent for response approval): settles the budget reservation exactly once. It writes the
         ledger, so it honours an ``Idempotency-Key`` as a create does: a retry with the key and body
         replays the first answer, the key with another body is 400. Under an emergency stop (or one
-        this report trips) the usage is recorded and the answer is 423."""
+        this report trips) the usage is recorded and the answer is 423 (not kept for the key: a retry
+        runs again, finds the same totals and records nothing more)."""
         route = selectors.agent_approval_route(user=request.user, approval_id=approval_id)
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)

@@ -51,6 +51,11 @@ ErrorSerializer = inline_serializer(
             help_text="400 only: each bad field and its messages"),
         "status": serializers.CharField(required=False, help_text="409 only: the current status"),
         "emergency_stop_id": serializers.UUIDField(required=False, allow_null=True, help_text="423 only"),
+        "decided_by": serializers.CharField(required=False, allow_null=True,
+                                            help_text="409 for a decision that came second: who decided first "
+                                                      "(null: nobody did, a stop or its agent cancelled it)"),
+        "decided_at": serializers.DateTimeField(required=False, allow_null=True,
+                                                help_text="409 for a decision that came second: when"),
     },
 )
 

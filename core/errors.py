@@ -71,10 +71,11 @@ class TransitionError(DomainError):
 
 class AlreadyDecided(TransitionError):
     """A decision that came second (409): says who decided first and when, in its text and as
-    ``decided_by`` (a username, null for the system: a stop, a timeout) and ``decided_at``, so a
+    ``decided_by`` (a username, null when nobody decided it: cancelled by a stop or its agent) and ``decided_at``, so a
     reviewer beaten to it by a colleague knows by whom."""
 
     ENDED_BY_THE_SYSTEM = ("cancelled", "timed_out")  # an approved call a stop cancelled keeps its approver
+    # (timed_out: a decision after the deadline is 410 expired before this; kept for a caller that does not)
 
     def __init__(self, detail: str, *, current_status: str, decider_id=None, decided_at=None, **extra):
         if current_status in self.ENDED_BY_THE_SYSTEM:

@@ -93,7 +93,7 @@ def _year_out_of_range(request):
     if request.path.startswith("/api/") or not request.GET:
         return None
     for key, values in request.GET.lists():
-        if "year" not in key.split("__")[1:]:
+        if not {"year", "iso_year"} & set(key.split("__")[1:]):
             continue
         for value in values:
             try:

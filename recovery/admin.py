@@ -165,7 +165,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
                                        f"The recovery failed and the emergency stop stays.", messages.ERROR)
         elif session.status == RecoverySession.Status.COMPLETED:
             self.message_user(request, f"{project.name}: {_step_name(step)} approved and run. The emergency stop is "
-                                       f"lifted: {project} is active again and accepts agent calls.",
+                                       f"lifted: {project.name} is active again and accepts agent calls.",
                               messages.SUCCESS)
         else:
             following = _next_pending(session) if session.status in OPEN else None
@@ -216,7 +216,7 @@ class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
             first = _next_pending(session)
             self.message_user(request, format_html(
                 '{}: recovery started with {} steps; another reviewer or manager approves them in order on '
-                '<a href="{}">its page</a>{}.', stop.project, session.total_steps,
+                '<a href="{}">its page</a>{}.', stop.project.name, session.total_steps,
                 reverse("admin:recovery_recoverysession_change", args=[session.pk]),
                 f" (first: {_step_name(first)})" if first else ""), messages.SUCCESS)
 

@@ -43,7 +43,7 @@ def test_a_usage_report_that_trips_the_stop_runs_again_with_the_exclusive_lock(
     call.refresh_from_db()
     assert call.budget_state == "settled"
     assert EmergencyStop.objects.get(project=project).triggered_conditions == ["budget_critical"]
-    if idempotency_key:  # a retry with its key replays the answer, and lands nothing more
+    if idempotency_key:  # a retry with its key (a 423 is not kept for it: run again) lands nothing more
         again = agent_client.post(f"/api/v1/agent-approvals/{call.pk}/usage",
                                   {"tokens_used": 100, "actual_cost": "2.0000"}, format="json", **headers)
         assert again.status_code == 423 and again.json() == r.json()

@@ -530,7 +530,7 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                 try:
                     used = WithUsage.of(value)
                     await aclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
-                except BaseException as exc:  # the reservation stays counted
+                except BaseException as exc:  # the reservation stays counted (recorded when the answer is 423: a stop)
                     ending = _usage_refusal(exc) if task_id is None else None
                     if ending is not None:
                         with contextlib.suppress(HitlError):
@@ -584,7 +584,7 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
             try:
                 used = WithUsage.of(value)
                 sclient.report_usage(call.approval_id, used.tokens_used, used.actual_cost)
-            except BaseException as exc:  # the reservation stays counted
+            except BaseException as exc:  # the reservation stays counted (recorded when the answer is 423: a stop)
                 ending = _usage_refusal(exc) if task_id is None else None
                 if ending is not None:
                     with contextlib.suppress(HitlError):

@@ -738,5 +738,21 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
     expect(page.locator("#decision-panel")).to_have_attribute("data-status", "rejected")
     assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "rejected"
     # settled: nothing of the drafts is kept in the tab
-    assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.startsWith('hitl-draft:'))") == []
+    drafts = "() => Object.keys(sessionStorage).filter(k => k.startsWith('hitl-draft:')).sort()"
+    assert page.evaluate(drafts) == []
+
+    # a draft is its reviewer's: another user's left in this tab is dropped, never put back; signing out drops all
+    other = request_call(server, agent_key, project, title="Write more docs", action="Write the FAQ",
+                         input_data={"files": ["FAQ.md"]})
+    page.goto(f"/review/agent-approvals/{other['approval_id']}")
+    wait_live(page)
+    page.fill("#reject-reason", "Mine")
+    page.evaluate("() => sessionStorage.setItem('hitl-draft:999999:' + location.pathname + '#modifications', 'x')")
+    page.reload()
+    wait_live(page)
+    assert page.input_value("#reject-reason") == "Mine"
+    assert page.evaluate(drafts) == [f"hitl-draft:{rita.pk}:/review/agent-approvals/{other['approval_id']}#reject-reason"]
+    with page.expect_navigation():
+        page.click("form.logout button")
+    assert page.evaluate(drafts) == []
     assert "Traceback" not in full_log(server), full_log(server)

@@ -594,3 +594,16 @@ def test_a_page_resumes_its_events_from_before_it_read_its_data(project, reviewe
     html = web(reviewer).get(f"/review/projects/{project.pk}").content.decode()
     resume = int(re.search(r'data-last-event-id="(\d+)"', html).group(1))
     assert resume == before < Event.objects.filter(project_id=project.pk).order_by("-id").first().id
+
+
+def test_an_agents_words_in_a_steps_result_are_not_read_as_money(session, reviewer, admin_user):
+    """The flagged calls a review step went through carry their agent's proposed action: its
+    "0.2500" is the agent's, not money ($0.2500) as the service-written rows have it."""
+    step = steps_of(session)[0]
+    RecoveryStep.objects.filter(pk=step.pk).update(status="completed", result={"reviewed": [
+        {"kind": "call", "approval_id": "3f2a1b2c-0000-0000-0000-000000000000", "risk_level": "high",
+         "proposed_action": "set the ratio to 0.2500", "flags": ["secret.aws_access_key"]}]})
+    html = web(reviewer).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "high risk: set the ratio to 0.2500 — flags: secret.aws_access_key" in html and "$0.2500" not in html
+    html = web(admin_user).get(reverse("admin:recovery_recoverysession_change", args=[session.pk])).content.decode()
+    assert "high risk: set the ratio to 0.2500 — flags: secret.aws_access_key" in html and "$0.2500" not in html

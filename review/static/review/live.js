@@ -230,7 +230,25 @@
   // the server rendered it, and says so. A settled panel (decided here or elsewhere) drops them.
   var DRAFT_PREFIX = "hitl-draft:";
 
-  function draftKey(field) { return DRAFT_PREFIX + window.location.pathname + "#" + field.id; }
+  // Whose they are: another reviewer signing in on this tab never gets them back.
+  function draftKey(field) {
+    return DRAFT_PREFIX + (document.body.getAttribute("data-user-id") || "") + ":" + window.location.pathname +
+      "#" + field.id;
+  }
+
+  function dropDrafts(keep) {  // every draft of this tab, but those whose key ``keep`` accepts
+    var store = draftStore();
+    if (!store) return;
+    for (var i = store.length - 1; i >= 0; i--) {
+      var key = store.key(i);
+      if (key && key.indexOf(DRAFT_PREFIX) === 0 && !(keep && keep(key))) store.removeItem(key);
+    }
+  }
+
+  // Signing out ends them; a page of another user drops those of the one before.
+  document.addEventListener("submit", function (evt) {
+    if (evt.target && evt.target.matches && evt.target.matches("form.logout")) dropDrafts(null);
+  });
 
   function draftStore() {
     try { return window.sessionStorage; } catch (e) { return null; }  // storage turned off: no drafts
@@ -250,6 +268,8 @@
 
   function restoreDrafts() {
     var store = draftStore();
+    var mine = DRAFT_PREFIX + (document.body.getAttribute("data-user-id") || "") + ":";
+    dropDrafts(function (key) { return key.indexOf(mine) === 0; });
     var panel = document.getElementById("decision-panel");
     if (!store || !panel) return;
     var fields = panel.querySelectorAll("textarea[id]");
