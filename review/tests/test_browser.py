@@ -157,6 +157,13 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
     for page in (inbox, project_page):
         expect(page.locator("#stop-banners .banner-stop")).to_have_count(0)
         mark_page(page)
+    # another tab half way through stopping it: its confirmation page says so once the stop lands
+    confirming = open_page(context, f"/review/projects/{project.pk}")
+    confirming.fill("#emergency-stop textarea[name=reason]", "mine too")
+    with confirming.expect_navigation():
+        confirming.click("#emergency-stop button[type=submit]")
+    wait_live(confirming)
+    expect(confirming.locator("#stopped-meanwhile")).to_be_hidden()
     admin_page = context.new_page()  # the admin has no websocket: it reads the banners every 10 s
     admin_page.goto("/admin/")
     expect(admin_page.locator("#hitl-stop-banners .banner-stop")).to_have_count(0)
@@ -166,6 +173,8 @@ def test_a_manual_emergency_stop_shows_the_red_banner_on_open_pages(serve, chrom
                body={"reason": "browser drill: the agents' loop misbehaves"})
     assert stop["triggered_conditions"] == ["manual_stop"], stop
 
+    expect(confirming.locator("#stopped-meanwhile")).to_contain_text(
+        f"The project was stopped meanwhile (by {rita.username}): the work counted below is halted already.")
     for page in (inbox, project_page):
         banner = page.locator("#stop-banners .banner-stop")
         expect(banner).to_be_visible()
