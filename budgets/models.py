@@ -174,7 +174,8 @@ class BudgetOverrideRequest(models.Model):
     def amount_text(self) -> str:
         """What it asks for, in its limit's unit: ``+928 tokens`` for a token limit, ``+$1.2500`` for a
         cost limit (the bare decimal read as money for both)."""
-        return f"+{tokens(self.requested_amount) if self.violation_type.endswith('token_limit') else money(self.requested_amount)}"
+        amount = self.requested_amount
+        return f"+{tokens(amount) if self.violation_type.endswith('token_limit') else money(amount)}"
 
     @property
     def requires_manager_approval(self) -> bool:

@@ -101,7 +101,8 @@ def _year_out_of_range(request):
             except ValueError:
                 continue  # not a number: the admin refuses that one itself
             if not 1 <= year <= 9999:
-                return HttpResponseBadRequest(f"{key}: a year from 1 to 9999.", content_type="text/plain; charset=utf-8")
+                return HttpResponseBadRequest(f"{key}: a year from 1 to 9999.",
+                                              content_type="text/plain; charset=utf-8")
     return None
 
 

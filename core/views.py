@@ -105,8 +105,9 @@ def _problems(body) -> list[str]:
     problems = []
     if body["redis"] == "unreachable":
         problems.append("Redis does not answer: live events and Celery wait for it.")
-    for key, queue, work in (("heartbeat_age_seconds", "the default queue (celery)", "time-outs and budget resets"),
-                             ("emergency_heartbeat_age_seconds", "the emergency queue", "the automatic stop conditions")):
+    for key, queue, work in (
+            ("heartbeat_age_seconds", "the default queue (celery)", "time-outs and budget resets"),
+            ("emergency_heartbeat_age_seconds", "the emergency queue", "the automatic stop conditions")):
         age = body[key]
         if age is None or age > stale:
             problems.append(f"No heartbeat from {queue} " + ("yet" if age is None else f"for {age:.0f} s")

@@ -326,7 +326,8 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
         "steps": [_step_view(s, next_step, session.emergency_stop) for s in steps], "next_step": next_step,
         "open": open_, "completed": session.status == RecoverySession.Status.COMPLETED,
         "failed": session.status == RecoverySession.Status.FAILED,
-        "failing_step": next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED, RecoveryStep.Status.FAILED)),
+        "failing_step": next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED,
+                                                               RecoveryStep.Status.FAILED)),
                              None),  # none: a new condition tripped during it
         "can_decide": has_project_perm(user, roles.REVIEW, session.project_id),
         "is_starter": session.created_by_id == user.pk,

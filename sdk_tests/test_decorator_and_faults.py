@@ -8,8 +8,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from hitl_sdk import (ApprovalCancelled, ApprovalRejected, AsyncHitlClient, EmergencyStopped, HitlClient, RetryPolicy, WithUsage,
-                      require_approval)
+from hitl_sdk import (ApprovalCancelled, ApprovalRejected, AsyncHitlClient, EmergencyStopped, HitlClient, RetryPolicy,
+                      WithUsage, require_approval)
 from sdk_tests.conftest import FAST_RETRY, approve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +65,8 @@ def test_a_stop_while_the_function_ran_records_its_usage_and_raises(world, bot):
     assert caught.value.emergency_stop_id == reviewer.emergency_status(world.project_id).active_stop.id
     call = reviewer.get_approval(reviewer_bot.handled[0].approval_id)
     budget = reviewer.get_budget(world.project_id)
-    assert call.budget_state == "settled" and budget.cost_incurred_today == Decimal("0.0500") and budget.tokens_used_today == 50
+    assert call.budget_state == "settled"
+    assert budget.cost_incurred_today == Decimal("0.0500") and budget.tokens_used_today == 50
 
 
 def test_a_cancelled_output_or_question_is_told_as_such_not_as_an_action_not_run(world):

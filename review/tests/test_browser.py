@@ -760,7 +760,8 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
     page.reload()
     wait_live(page)
     assert page.input_value("#reject-reason") == "Mine"
-    assert page.evaluate(drafts) == [f"hitl-draft:{rita.pk}:/review/agent-approvals/{other['approval_id']}#reject-reason"]
+    mine = f"hitl-draft:{rita.pk}:/review/agent-approvals/{other['approval_id']}#reject-reason"
+    assert page.evaluate(drafts) == [mine]
     with page.expect_navigation():
         page.click("form.logout button")
     assert page.evaluate(drafts) == []
