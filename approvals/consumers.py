@@ -317,7 +317,7 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
         approval, payload, principal = await db_read(self.kind.open)(self.scope, approval_id)
         timeout = _parse_timeout(self.scope.get("query_string", b""))
         if payload is None:
-            await self.wait_for_decision(approval.pk, approval.project_id, timeout)
+            await self.wait_for_decision(approval.pk, approval.project_id, timeout, approval.expires_at)
             # Its access checked again, beside the render: a key revoked, a user deactivated or
             # a role removed while it waited gets what a new request would, not the decision.
             refused, payload = await asyncio.gather(
@@ -330,12 +330,17 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
     async def _current_status(self, approval_id) -> str:
         return await BatchLoader.for_loop(self.kind.statuses, db_read).load(approval_id)
 
-    async def wait_for_decision(self, approval_id, project_id, timeout: float) -> None:
+    async def wait_for_decision(self, approval_id, project_id, timeout: float, expires_at=None) -> None:
         pending = self.kind.pending
         if await self._current_status(approval_id) != pending:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # Its own deadline, on the loop's clock: the wait reads it then (and times it out), not at the
+        # poller's next pass, which came after the caller's timeout when the deadline fell in its last
+        # seconds: the answer was "pending" for an approval past its deadline.
+        expiry = None if expires_at is None else \
+            loop.time() + max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.005
         poller = BatchPoller.for_loop(self.kind.due_for_release, settings.HITL_WAIT_POLL_SECONDS, db_read)
         async with wakeup(self.kind.group(approval_id), project_stop_group(project_id)) as woken, \
                 poller.watch(approval_id, woken):
@@ -343,13 +348,18 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
                 # Subscribed first, then read: a decision committed in between is not missed.
                 if await self._current_status(approval_id) != pending:
                     return
-                remaining = deadline - loop.time()
+                now = loop.time()
+                remaining = deadline - now
                 if remaining <= 0:
                     return
+                until_expiry = None if expiry is None else expiry - now
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=remaining)
+                    await asyncio.wait_for(woken.wait(), timeout=remaining if until_expiry is None or until_expiry <= 0
+                                           else min(remaining, until_expiry))
                 except asyncio.TimeoutError:
-                    return
+                    if loop.time() >= deadline:
+                        return
+                    expiry = None  # past it now: the status read next times it out
                 woken.clear()
 
 

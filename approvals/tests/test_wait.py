@@ -173,6 +173,15 @@ def test_wait_times_out_an_expired_approval_even_if_beat_is_late(pending, agent_
     assert status == 200 and body["status"] == "timed_out"
 
 
+def test_a_deadline_in_the_waits_last_seconds_ends_it_timed_out_not_pending(pending, agent_key, slow_poll):
+    """The poller reads the deadlines of the approvals waited on every HITL_WAIT_POLL_SECONDS: an
+    approval whose deadline fell in a wait's last seconds was answered "pending" when the wait
+    ended, past its deadline. The wait now reads it at its deadline."""
+    AgentCallApproval.objects.filter(pk=pending.pk).update(expires_at=timezone.now() + timedelta(seconds=1))
+    status, body = async_to_sync(wait_call)(pending.pk, agent_key, "timeout=4")
+    assert status == 200 and body["status"] == "timed_out", body
+
+
 def test_a_timeout_over_sixty_seconds_waits_sixty(pending, agent_key, reviewer):
     from approvals.consumers import _parse_timeout
 
