@@ -334,12 +334,14 @@ class FlagSuppressionCreateApi(APIView):
         days = StrictIntegerField(required=False, default=30, min_value=1, max_value=365)
 
     @extend_schema(operation_id="flag_suppressions_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={201: FlagSuppressionOutputSerializer, **error_responses(400, 403, 404)})
+                   responses={201: FlagSuppressionOutputSerializer, **error_responses(400, 403, 404, 409)})
     @idempotent
     def post(self, request):
         """A reviewer marks one finding (its `code` and `fingerprint`, as on the approval) a false
         positive for the project for `days` (default 30): later analyses list it under
-        `suppressed_flags` and do not score it. Audited."""
+        `suppressed_flags` and do not score it. Audited. The same finding asked again later or for
+        longer renews its suppression; with another reason or for a shorter time it is 409 with the
+        `suppression_id` and `expires_at` that hold (revoke it first)."""
         s = self.InputSerializer(data=request.data)
         s.is_valid(raise_exception=True)
         data = s.validated_data

@@ -33,6 +33,7 @@ def _wait(operation_id: str, schema: str) -> dict:
                 "400": {"description": "Bad timeout", "content": error},
                 "401": {"description": "No or bad credentials", "content": error},
                 "404": {"description": "No such approval, or not visible", "content": error},
+                "503": {"description": "The database is busy: retry after Retry-After seconds", "content": error},
             },
         }
     }

@@ -44,7 +44,9 @@ ErrorSerializer = inline_serializer(
     name="Error",
     fields={
         "error": serializers.CharField(help_text="invalid, unauthenticated, forbidden, not_found, conflict, "
-                                       "expired, emergency_stop or throttled"),
+                                       "expired, emergency_stop or throttled (API.md); also method_not_allowed "
+                                       "(405), not_acceptable (406), request_timeout (408), unavailable (503, "
+                                       "with Retry-After: retry the same request) and server_error (500)"),
         "detail": serializers.CharField(),
         "fields": serializers.DictField(
             child=serializers.ListField(child=serializers.CharField()), required=False,
@@ -61,7 +63,9 @@ ErrorSerializer = inline_serializer(
 
 
 def error_responses(*codes: int) -> dict:
-    return {code: ErrorSerializer for code in (401, *codes)}
+    """The error answers of an operation: ``codes``, plus 401 and the 503 any request may get
+    while the database is busy (``Retry-After``; README "Errors")."""
+    return {code: ErrorSerializer for code in (401, *codes, 503)}
 
 
 IDEMPOTENCY_HEADER = OpenApiParameter(

@@ -176,3 +176,12 @@ def test_every_answer_of_a_projects_life_is_one_the_schema_documents(contract, p
         e["event_type"] for e in events["results"]}
     check(a.get("/api/v1/events?project_id=nope"), "GET", "/api/v1/events")  # 400
     assert len(contract.checked) >= 50
+
+
+def test_every_operation_documents_the_busy_databases_503_and_a_suppressions_409(contract):
+    """Any request may get 503 unavailable (with Retry-After) while the database is busy, and a
+    finding suppressed again with another reason is 409: neither was in the schema."""
+    operations = [(path, method, op) for path, item in contract.paths.items() for method, op in item.items()
+                  if method in ("get", "post", "patch", "put", "delete")]
+    assert operations and [(path, method) for path, method, op in operations if "503" not in op["responses"]] == []
+    assert "409" in contract.paths["/api/v1/flag-suppressions"]["post"]["responses"]
