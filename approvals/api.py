@@ -33,7 +33,8 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField
+from core.fields import (ChoiceField, JsonObjectField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField,
+                         StringListField)
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
@@ -60,7 +61,7 @@ class AgentApprovalCreateApi(APIView):
         task_id = StrictUUIDField()
         agent_type = ChoiceField(choices=AgentType.choices)
         proposed_action = StrictCharField(max_length=MAX_TEXT)
-        input_data = serializers.JSONField(validators=[_object])
+        input_data = JsonObjectField(validators=[_object])
         context_summary = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         estimated_tokens = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1)
         estimated_cost = MoneyField(required=False, max_digits=12)
@@ -100,7 +101,7 @@ class AgentApprovalRespondApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
-        amended_input_data = serializers.JSONField(required=False, validators=[_object])
+        amended_input_data = JsonObjectField(required=False, validators=[_object])
 
     @extend_schema(operation_id="agent_approvals_respond", request=InputSerializer,
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
@@ -235,9 +236,9 @@ class ResponseApprovalCreateApi(APIView):
         task_id = StrictUUIDField()
         agent_type = ChoiceField(choices=AgentType.choices)
         original_call_approval_id = StrictUUIDField()
-        agent_response = serializers.JSONField(validators=[_object])
+        agent_response = JsonObjectField(validators=[_object])
         response_summary = StrictCharField(allow_blank=True, max_length=MAX_TEXT)
-        next_steps = serializers.JSONField(validators=[_string_list])
+        next_steps = StringListField(validators=[_string_list])
         tokens_used = StrictIntegerField(min_value=0, max_value=2**31 - 1)
         actual_cost = MoneyField(required=False, max_digits=12)
         timeout_minutes = StrictIntegerField(required=False, min_value=1, max_value=24 * 60)

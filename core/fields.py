@@ -3,6 +3,7 @@
 import json
 import re
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -88,3 +89,14 @@ class ChoiceField(serializers.ChoiceField):
                 raise serializers.ValidationError(
                     f'"{shown}" is not a valid choice: one of {", ".join(values)}.', code="invalid_choice") from None
             raise
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class JsonObjectField(serializers.JSONField):
+    """A JSON object (its view validates it so: 400 "Must be a JSON object."), typed so in the
+    OpenAPI schema, where a bare JSONField reads as any value."""
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
+class StringListField(serializers.JSONField):
+    """A JSON list of strings (validated by its view), typed so in the OpenAPI schema."""

@@ -21,7 +21,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import ChoiceField, StrictCharField, StrictSlugField, StrictUUIDField
+from core.fields import ChoiceField, JsonObjectField, StrictCharField, StrictSlugField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
@@ -128,7 +128,7 @@ class TaskCreateApi(APIView):
         project_id = StrictUUIDField()
         agent_type = ChoiceField(choices=AgentType.choices)
         title = StrictCharField(max_length=500)
-        input_data = serializers.JSONField(required=False, default=dict)
+        input_data = JsonObjectField(required=False, default=dict)
 
         def validate_input_data(self, value):
             if not isinstance(value, dict):

@@ -185,3 +185,16 @@ def test_every_operation_documents_the_busy_databases_503_and_a_suppressions_409
                   if method in ("get", "post", "patch", "put", "delete")]
     assert operations and [(path, method) for path, method, op in operations if "503" not in op["responses"]] == []
     assert "409" in contract.paths["/api/v1/flag-suppressions"]["post"]["responses"]
+
+
+def test_the_json_bodies_the_api_takes_as_objects_are_objects_in_the_schema(contract):
+    """``input_data``, ``amended_input_data`` and ``agent_response`` must be JSON objects and
+    ``next_steps`` a list of strings (400 otherwise); the schema said any value."""
+    schemas = contract.defs
+    call, decision, response = (schemas["AgentApprovalCreateInputRequest"], schemas["AgentApprovalRespondInputRequest"],
+                                schemas["ResponseApprovalCreateInputRequest"])
+    assert call["properties"]["input_data"]["type"] == "object"
+    assert schemas["TaskCreateInputRequest"]["properties"]["input_data"]["type"] == "object"
+    assert decision["properties"]["amended_input_data"]["type"] == "object"
+    assert response["properties"]["agent_response"]["type"] == "object"
+    assert response["properties"]["next_steps"] == {"type": "array", "items": {"type": "string"}}
