@@ -198,3 +198,12 @@ def test_the_json_bodies_the_api_takes_as_objects_are_objects_in_the_schema(cont
     assert decision["properties"]["amended_input_data"]["type"] == "object"
     assert response["properties"]["agent_response"]["type"] == "object"
     assert response["properties"]["next_steps"] == {"type": "array", "items": {"type": "string"}}
+
+
+def test_every_field_of_an_answer_is_required_in_the_schema(contract):
+    """An answer always carries every field (null when it has none); the schema left a model
+    field with a default (``status``, ``timezone``, ...) optional."""
+    outputs = {name: schema for name, schema in contract.defs.items() if name.endswith("Output")}
+    assert "AgentCallApprovalOutput" in outputs and "ProjectOutput" in outputs
+    for name, schema in outputs.items():
+        assert sorted(schema.get("required", [])) == sorted(schema["properties"]), name
