@@ -120,7 +120,12 @@ def _lock_call(approval_id) -> AgentCallApproval:
         built.append(columns.build(row[offset:offset + len(columns)]))
         offset += len(columns)
     approval, task, requester, decider = built
-    approval.task, approval.requested_by, approval.approved_by = task, requester, decider
+    approval.task, approval.requested_by = task, requester
+    if decider is not None or approval.approved_by_id is None:
+        approval.approved_by = decider
+    # else: a decision committed while this waited for the lock. PostgreSQL re-read the locked row
+    # (its new approved_by_id) but not the outer join's user, which stayed the old, empty one: the
+    # decider is loaded when used (setting None would have wiped approved_by_id off the object).
     return approval
 
 

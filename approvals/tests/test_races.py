@@ -2,6 +2,7 @@
 ledger reconciles and the audit chain verifies. (SQLite has one writer at a time: skipped.)"""
 import random
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from approvals.services import (
     agent_approval_time_out,
     agent_approval_warn_due,
     budget_override_respond,
+    input_digest,
 )
 from audit.services import audit_verify
 from budgets.models import ProjectBudget
@@ -323,3 +325,64 @@ def test_task_outcomes_race_the_starts_and_decisions_of_their_calls(tight, agent
             assert call.status in ("cancelled", "rejected", "timed_out"), (call.pk, call.status)
             assert call.budget_state == "released", (call.pk, call.budget_state)
     assert budget_reconcile() == [] and audit_verify() == []
+
+
+def _decided_while_waiting(call, decider, work):
+    """``work()`` run in a thread while this one holds the call's row with a decision by ``decider``
+    not yet committed: it waits for the lock, then PostgreSQL re-reads the row. What it raised or
+    returned."""
+    from django.db import connection, transaction
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        row = AgentCallApproval.objects.select_for_update().get(pk=call.pk)
+        AgentCallApproval.objects.filter(pk=row.pk).update(status="approved", approved_by=decider,
+                                                           responded_at=timezone.now(),
+                                                           input_digest=input_digest(row.input_to_run))
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 20
+        with connection.cursor() as cursor:
+            while time.monotonic() < deadline:  # until the other waits for the row lock
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the other thread never waited for the lock")
+    thread.join(30)
+    assert not thread.is_alive()
+    return outcome
+
+
+def test_a_decision_that_waited_for_the_winners_lock_names_the_winner(project, task, agent, reviewer, manager):
+    """PostgreSQL re-reads a locked row that changed while a statement waited for it, but not the
+    rows of its outer join: the decider's user stayed the empty one, and setting it wiped the id.
+    The loser's 409 said "already approved" with decided_by null (7 of 16 in a real race)."""
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="do it", input_data={}, model="gpt-4o-mini")
+    outcome = _decided_while_waiting(call, manager, lambda: agent_approval_decide(
+        approval_id=call.pk, decider=reviewer, decision="reject", reason="no"))
+    error = outcome.get("error")
+    assert isinstance(error, DomainError) and error.extra["decided_by"] == manager.username, outcome
+    assert f"already approved (by {manager.username} at " in error.detail
+
+
+def test_a_start_that_waited_for_the_approvals_lock_answers_with_its_approver(project, task, agent, manager):
+    from approvals.services import agent_approval_start
+
+    call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                  proposed_action="do it", input_data={}, model="gpt-4o-mini")
+    outcome = _decided_while_waiting(call, manager, lambda: agent_approval_start(approval_id=call.pk, actor=agent))
+    started = outcome.get("value")
+    assert started is not None and started.approved_by_id == manager.pk, outcome
+    assert AgentCallApproval.objects.get(pk=call.pk).approved_by_id == manager.pk
