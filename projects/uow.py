@@ -55,15 +55,28 @@ class ProjectUnitOfWork(core_uow.UnitOfWork):
 
 
 def _lock_exclusive(project_id, related=()):
+    if related and db().vendor == "postgresql":
+        project = Project.objects.select_for_update(of=("self",)).filter(pk=project_id).first()
+        return project if project is None else _read_with(project_id, related)
     return Project.objects.select_for_update(of=("self",)).select_related(*related).filter(pk=project_id).first()
 
 
 def _lock_shared(project_id, related=()):
-    """The project row under a shared lock (PostgreSQL ``FOR SHARE``), with its ``related``
-    one-to-one rows, in one hand-written statement (the ORM has no FOR SHARE)."""
+    """The project row under a shared lock (PostgreSQL ``FOR SHARE``, hand-written: the ORM has
+    no FOR SHARE), with its ``related`` one-to-one rows."""
     if db().vendor != "postgresql":
         return _lock_exclusive(project_id, related)
-    return by_pk_with(Project, project_id, tuple(related), share_lock=True)
+    project = by_pk_with(Project, project_id, (), share_lock=True)
+    return project if project is None or not related else _read_with(project_id, related)
+
+
+def _read_with(project_id, related):
+    """The project row with its ``related`` rows, read after its lock is held (PostgreSQL). Read
+    in the locking statement, they came from that statement's snapshot, taken before it waited:
+    an admission that waited for a limits change (which holds the project row, unchanged, and
+    writes the budget row) got the budget as it was before, and admitted a call against the limit
+    just lowered. The lock held, every writer of those rows waits for this transaction."""
+    return by_pk_with(Project, project_id, tuple(related))
 
 
 @contextmanager

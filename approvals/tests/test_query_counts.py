@@ -16,7 +16,9 @@ call's day and month window began to be updated in one statement. A usage report
 response submit rose by one when an alert (a stop; a budget threshold or a call's overrun, which
 the usage below and the response's settlement raise) began to be written in the change's own
 transaction (one ``INSERT ... SELECT`` over the project's notifiers): a process dying right after
-the commit no longer loses it."""
+the commit no longer loses it. On PostgreSQL a create, a decision, a start, a usage report and a response submit rose by one when the
+budget stopped being read in the project row's locking statement (its snapshot predates the wait
+for the lock: a limits change committed meanwhile was not seen) and began to be read after it."""
 import pytest
 from django.db import connection
 
@@ -28,12 +30,13 @@ PINS = {  # PostgreSQL
     "trivial_get": 2,    # API key with its user and the user's project roles (one statement), the task
     "approval_get": 2,
     "wait_decided": 2,   # a long poll on a decided call: the API key (with the roles), the call with its users
-    "create": 19,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query
-    "respond": 13,
-    "start": 12,
-    "usage": 18,        # + the alert (an overrun) written with the change
+    "create": 20,        # + the project's analyzer rules and suppressions (issue 10), - the roles' own query,
+                         # + the budget read after the project's lock
+    "respond": 14,       # + the budget read after the project's lock
+    "start": 13,         # + the budget read after the project's lock
+    "usage": 19,        # + the alert (an overrun) written with the change, + the budget read after the lock
     "stop": 25,          # + the locks of the pending response approvals and questions (issue 10)
-    "response_submit": 29,  # settles the budget (ledger, windows, alerts), records and analyzes the output
+    "response_submit": 30,  # settles the budget (ledger, windows, alerts), records and analyzes the output
     "response_decide": 16,
 }
 # SQLite sends an audit row's insert and its chain head's update as two statements (no

@@ -122,6 +122,28 @@ def test_an_admission_waits_for_a_stop_in_flight_and_is_refused_after_it(project
     assert not AgentCallApproval.objects.filter(task=task).exists()
 
 
+def test_an_admission_that_waited_for_a_limits_change_admits_against_the_new_limits(project, agent):
+    """The project row is locked with its budget read in the same statement; an admission that
+    waited for a limits change (which holds the project row, unchanged, and writes the budget row)
+    got the statement's older snapshot of the budget: a call was admitted against the limit the
+    manager had just lowered."""
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("100.0000")})
+    ask(project, agent, "warm up", cost="1.0000")  # the day's windows exist
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="after the change")
+    holder = Holder(project.pk, shared=False, before_commit=lambda: ProjectBudget.objects.filter(
+        project=project).update(daily_cost_limit=Decimal("10.0000")))  # as budget_limits_update writes it
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    done, box = in_thread(lambda: ask(project, agent, "after the change", cost="10.0000", task=task))
+    try:
+        assert not done.wait(1.0), "the admission did not wait for the exclusive writer"
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert done.wait(WAIT) and "error" not in box, box.get("error")
+    assert box["result"].budget_state == "blocked"  # 11 past the new limit of 10: it waits for an override
+
+
 def test_concurrent_admissions_never_overspend(project, agent):
     """Thirty admissions at once against a limit that fits ten: exactly ten are reserved, the
     rest are blocked behind overrides, and the windows match the ledger."""
