@@ -766,3 +766,26 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
         page.click("form.logout button")
     assert page.evaluate(drafts) == []
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_question_answered_on_its_page_keeps_its_outcome_when_its_event_comes_first(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """The page reloads when an event names its question (answered elsewhere); its own answer's
+    event, arriving while the answer's redirect was still loading, reloaded it and the one-time
+    "Approved." was lost (the loser of a race lost its 409 "Not possible now" likewise). While its
+    own answer is on its way, an event does not reload it."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    checkpoint = api(server, "POST", "/api/v1/hitl", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "request_type": "checkpoint", "question": "The plan is ready, go on?"})
+    page = log_in(chromium.new_context(server), rita.username, next_path=f"/review/hitl/{checkpoint['id']}")
+    mark_page(page)
+    # the answer is sent (the page's own listener sees it) but held in the page: as if still loading
+    page.evaluate("() => window.addEventListener('submit', e => e.preventDefault())")
+    page.click("#decision-panel button.btn-approve")
+    page.evaluate("id => document.body.dispatchEvent(new CustomEvent('hitl:event', "
+                  "{detail: {data: {hitl_request_id: id, status: 'approved'}}}))", checkpoint["id"])
+    assert_not_reloaded(page)  # the answer's own page comes next, not a reload
+    assert api(server, "GET", f"/api/v1/hitl/{checkpoint['id']}", agent_key)["status"] == "pending"
+    assert "Traceback" not in full_log(server), full_log(server)
