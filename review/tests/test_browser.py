@@ -762,6 +762,18 @@ def test_text_typed_before_the_session_ended_is_back_after_signing_in_again(
     assert page.input_value("#reject-reason") == "Mine"
     mine = f"hitl-draft:{rita.pk}:/review/agent-approvals/{other['approval_id']}#reject-reason"
     assert page.evaluate(drafts) == [mine]
+    page.goto("/admin/")  # the admin's Log out drops them too
+    with page.expect_navigation():
+        page.click("#logout-form button")
+    assert page.evaluate(drafts) == []
+    page.goto(f"/admin/login/?next=/review/agent-approvals/{other['approval_id']}")
+    page.fill("#id_username", rita.username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("input[type=submit]")
+    wait_live(page)
+    page.fill("#reject-reason", "Mine again")
+    assert page.evaluate(drafts) == [mine]
     with page.expect_navigation():
         page.click("form.logout button")
     assert page.evaluate(drafts) == []
