@@ -20,7 +20,7 @@ from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.permissions import has_project_perm
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.selectors import open_work_a_stop_cancels
-from recovery.presentation import assessment_sections, step_result_rows, step_title
+from recovery.presentation import assessment_sections, conditions_since, step_result_rows, step_title
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
 OPEN = RecoverySession.OPEN_STATUSES
@@ -118,6 +118,8 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             "session_completed": session.status == RecoverySession.Status.COMPLETED,
             "session_failed": session.status == RecoverySession.Status.FAILED,
             "failing_step": failing,
+            "new_conditions": conditions_since(stop.condition_details, session.created_at)
+            if session.status == RecoverySession.Status.FAILED and failing is None else [],
             "stop": stop,
             "can_decide": not why_not,
             "cannot_decide_reason": why_not,

@@ -131,3 +131,19 @@ def flagged_text(item: dict) -> str:
     """``high risk: Deploy to production — flags: secret.aws_access_key, code.bandit.B602``."""
     flags = ", ".join(map(str, item.get("flags") or [])) or "none"
     return f"{readable(item.get('risk_level'))} risk: {readable(item.get('proposed_action'))} — flags: {flags}"
+
+
+def conditions_since(condition_details, since) -> list[dict]:
+    """The triggers a stop gained at or after ``since`` (a failed recovery's start: what failed
+    it), as the pages say them: ``{"condition": "Manual stop", "by": "agent", "at": ..., "reason"}``."""
+    found = []
+    for detail in condition_details or []:
+        if not isinstance(detail, dict):
+            continue
+        at = parse_datetime(str(detail.get("at") or ""))
+        if at is None or since is None or at < since:
+            continue
+        condition = str(detail.get("condition") or "?")
+        found.append({"condition": label(condition), "by": person(detail.get("by") or f"system:{condition}"),
+                      "at": at, "reason": str(detail.get("reason") or "")})
+    return found

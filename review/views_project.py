@@ -33,7 +33,7 @@ from projects import roles
 from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
-from recovery.presentation import assessment_sections, step_result_rows, step_title
+from recovery.presentation import assessment_sections, conditions_since, step_result_rows, step_title
 from recovery.selectors import open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
 from review.auth import post_only, signed_in
@@ -329,6 +329,8 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
         "failing_step": next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED,
                                                                RecoveryStep.Status.FAILED)),
                              None),  # none: a new condition tripped during it
+        "new_conditions": conditions_since(session.emergency_stop.condition_details, session.created_at)
+        if session.status == RecoverySession.Status.FAILED else [],
         "can_decide": has_project_perm(user, roles.REVIEW, session.project_id),
         "is_starter": session.created_by_id == user.pk,
         "error": error,

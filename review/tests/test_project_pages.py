@@ -607,3 +607,16 @@ def test_an_agents_words_in_a_steps_result_are_not_read_as_money(session, review
     assert "high risk: set the ratio to 0.2500 — flags: secret.aws_access_key" in html and "$0.2500" not in html
     html = web(admin_user).get(reverse("admin:recovery_recoverysession_change", args=[session.pk])).content.decode()
     assert "high risk: set the ratio to 0.2500 — flags: secret.aws_access_key" in html and "$0.2500" not in html
+
+
+def test_a_recovery_failed_by_a_new_condition_says_which_by_whom_and_why(session, agent, reviewer, admin_user):
+    """It said only "A new condition tripped during the recovery"."""
+    emergency_stop_trigger(project_id=session.project_id, condition="manual_stop", reason="the agent saw smoke",
+                           actor=agent)
+    session.refresh_from_db()
+    assert session.status == "failed"
+    html = web(reviewer).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert re.search(r"Manual stop by agent at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: “the agent saw smoke”", html)
+    assert "runaway agent" not in html.split("This recovery failed")[1].split("</section>")[0]  # the earlier trigger
+    html = web(admin_user).get(reverse("admin:recovery_recoverysession_change", args=[session.pk])).content.decode()
+    assert re.search(r"Manual stop by agent at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: “the agent saw smoke”", html)
