@@ -5,6 +5,7 @@ says the same thing the same way."""
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from core.text import money_text
 from emergency.models import actor_words, condition_words
 
 STEP_TITLES = {
@@ -67,6 +68,13 @@ def rows(data) -> list[tuple[str, str]]:
     return [("", readable(data))]
 
 
+def _reason(condition: dict) -> str:
+    """A trigger's reason: a person's as they wrote it, the system's (budget_critical: "The day's
+    cost 5.0130 passes ...") with its money as money, as the rows beside it."""
+    text = readable(condition.get("reason"))
+    return money_text(text) if str(condition.get("by") or "").startswith("system:") else text
+
+
 def assessment_sections(assessment: dict) -> list[dict]:
     """The assessment recovery_start recorded, as ``[{title, rows: [(label, text)], items:
     [{heading, rows}]}]``: the stop, what tripped (each condition with its reason and data), the
@@ -87,7 +95,7 @@ def assessment_sections(assessment: dict) -> list[dict]:
     if conditions:
         sections.append({"title": "What tripped", "rows": [], "items": [
             {"heading": f"{label(c.get('condition', '?'))} ({c.get('severity', '?')})",
-             "rows": [("Reason", readable(c.get("reason"))), ("By", person(c.get("by"))),
+             "rows": [("Reason", _reason(c)), ("By", person(c.get("by"))),
                       ("At", readable(c.get("at"))),
                       *[(label(k), readable(v)) for k, v in (c.get("data") or {}).items()]]}
             for c in conditions if isinstance(c, dict)]})

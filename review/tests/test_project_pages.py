@@ -620,3 +620,18 @@ def test_a_recovery_failed_by_a_new_condition_says_which_by_whom_and_why(session
     assert "runaway agent" not in html.split("This recovery failed")[1].split("</section>")[0]  # the earlier trigger
     html = web(admin_user).get(reverse("admin:recovery_recoverysession_change", args=[session.pk])).content.decode()
     assert re.search(r"Manual stop by agent at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: “the agent saw smoke”", html)
+
+
+def test_an_automatic_stops_reason_writes_its_money_as_money(project, agent, reviewer, manager):
+    """"The day's cost 16.0000 ... 1.5 x the daily limit 10.0000" beside rows that say $16.0000; a
+    person's reason stays as they wrote it."""
+    from recovery.tests.test_recovery import spend
+
+    spend(project, agent, reviewer, limit="10.0000", estimate="9.0000", actual="16.0000")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert not re.search(r"[^$]16\.0000 passes", html) and "$16.0000 passes" in html and "$10.0000" in html
+    recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    session = RecoverySession.objects.get(project=project)
+    html = web(reviewer).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    what_tripped = html.split("What tripped")[1].split("</section>")[0]
+    assert "$16.0000 passes" in what_tripped and not re.search(r"[^$]16\.0000 passes", what_tripped)
