@@ -59,6 +59,23 @@ def race(*workers, rounds: int = 1) -> list[BaseException]:
     return errors
 
 
+def in_thread(fn):
+    """``fn()`` in a thread of its own: (an event set when it ends, {"result"} or {"error"})."""
+    done, box = threading.Event(), {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            box["error"] = exc
+        finally:
+            connections.close_all()
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, box
+
+
 def over_budget_call(project, agent, title, cost="1.5000"):
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
     return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
@@ -333,23 +350,12 @@ def _decided_while_waiting(call, decider, work):
     returned."""
     from django.db import connection, transaction
 
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            outcome["error"] = exc
-        finally:
-            connections.close_all()
-
     with transaction.atomic():
         row = AgentCallApproval.objects.select_for_update().get(pk=call.pk)
         AgentCallApproval.objects.filter(pk=row.pk).update(status="approved", approved_by=decider,
                                                            responded_at=timezone.now(),
                                                            input_digest=input_digest(row.input_to_run))
-        thread = threading.Thread(target=run)
-        thread.start()
+        done, outcome = in_thread(work)
         deadline = time.monotonic() + 20
         with connection.cursor() as cursor:
             while time.monotonic() < deadline:  # until the other waits for the row lock
@@ -359,8 +365,7 @@ def _decided_while_waiting(call, decider, work):
                 time.sleep(0.02)
             else:
                 raise AssertionError("the other thread never waited for the lock")
-    thread.join(30)
-    assert not thread.is_alive()
+    assert done.wait(30), "the other thread did not end"
     return outcome
 
 
@@ -383,6 +388,6 @@ def test_a_start_that_waited_for_the_approvals_lock_answers_with_its_approver(pr
     call = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
                                   proposed_action="do it", input_data={}, model="gpt-4o-mini")
     outcome = _decided_while_waiting(call, manager, lambda: agent_approval_start(approval_id=call.pk, actor=agent))
-    started = outcome.get("value")
+    started = outcome.get("result")
     assert started is not None and started.approved_by_id == manager.pk, outcome
     assert AgentCallApproval.objects.get(pk=call.pk).approved_by_id == manager.pk

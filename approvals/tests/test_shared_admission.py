@@ -9,7 +9,7 @@ from django.db import connections
 
 from approvals.models import AgentCallApproval
 from approvals.services import agent_approval_request
-from approvals.tests.test_races import race
+from approvals.tests.test_races import in_thread, race
 from budgets.models import ProjectBudget
 from budgets.services import budget_reconcile
 from core.errors import EmergencyStopActive
@@ -54,20 +54,21 @@ class Holder(threading.Thread):
             connections.close_all()
 
 
-def in_thread(fn):
-    done, box = threading.Event(), {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-        finally:
-            connections.close_all()
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    return done, box
+def waits_for_a_holder(project_id, work, *, shared: bool, what: str, before_commit=None) -> dict:
+    """``work()`` in a thread while a unit of work of the project is held (``shared`` or
+    exclusive, running ``before_commit`` as it ends): it must wait for the holder (``what`` says
+    who did not). Its box ({"result"} or {"error"}) once the holder has committed."""
+    holder = Holder(project_id, shared=shared, before_commit=before_commit)
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    done, box = in_thread(work)
+    try:
+        assert not done.wait(1.0), f"{what} did not wait for the unit of work in flight"
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert done.wait(WAIT)
+    return box
 
 
 def test_an_admission_does_not_wait_for_another_one_in_flight(project, agent):
@@ -88,36 +89,21 @@ def test_an_admission_does_not_wait_for_another_one_in_flight(project, agent):
 
 
 def test_an_exclusive_writer_still_waits_for_an_admission_in_flight(project, agent):
-    holder = Holder(project.pk, shared=True)
-    holder.start()
-    assert holder.holding.wait(WAIT) and holder.error is None
-    done, box = in_thread(lambda: emergency_stop_trigger(project_id=project.pk, condition=Condition.MANUAL_STOP,
-                                                         severity=Severity.HIGH, reason="test"))
-    try:
-        assert not done.wait(1.0), "the stop did not wait for the admission in flight"
-    finally:
-        holder.release.set()
-        holder.join(WAIT)
-    assert done.wait(WAIT) and "error" not in box, box.get("error")
+    box = waits_for_a_holder(project.pk, lambda: emergency_stop_trigger(
+        project_id=project.pk, condition=Condition.MANUAL_STOP, severity=Severity.HIGH, reason="test"),
+        shared=True, what="the stop")
+    assert "error" not in box, box.get("error")
     assert Project.objects.get(pk=project.pk).status == Project.Status.EMERGENCY_STOPPED
 
 
 def test_an_admission_waits_for_a_stop_in_flight_and_is_refused_after_it(project, agent):
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="late")
     # An exclusive writer in flight that stops the project before it commits (as a stop does).
-    holder = Holder(project.pk, shared=False, before_commit=lambda: Project.objects.filter(pk=project.pk).update(
-        status=Project.Status.EMERGENCY_STOPPED))
-    holder.start()
-    assert holder.holding.wait(WAIT) and holder.error is None
-    done, box = in_thread(lambda: agent_approval_request(
+    box = waits_for_a_holder(project.pk, lambda: agent_approval_request(
         requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder", proposed_action="x",
-        input_data={}, estimated_tokens=10, estimated_cost=Decimal("0.0100")))
-    try:
-        assert not done.wait(1.0), "the admission did not wait for the exclusive writer"
-    finally:
-        holder.release.set()
-        holder.join(WAIT)
-    assert done.wait(WAIT)
+        input_data={}, estimated_tokens=10, estimated_cost=Decimal("0.0100")),
+        shared=False, what="the admission", before_commit=lambda: Project.objects.filter(pk=project.pk).update(
+            status=Project.Status.EMERGENCY_STOPPED))
     assert isinstance(box.get("error"), EmergencyStopActive)
     assert not AgentCallApproval.objects.filter(task=task).exists()
 
@@ -130,17 +116,10 @@ def test_an_admission_that_waited_for_a_limits_change_admits_against_the_new_lim
     ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("100.0000")})
     ask(project, agent, "warm up", cost="1.0000")  # the day's windows exist
     task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="after the change")
-    holder = Holder(project.pk, shared=False, before_commit=lambda: ProjectBudget.objects.filter(
-        project=project).update(daily_cost_limit=Decimal("10.0000")))  # as budget_limits_update writes it
-    holder.start()
-    assert holder.holding.wait(WAIT) and holder.error is None
-    done, box = in_thread(lambda: ask(project, agent, "after the change", cost="10.0000", task=task))
-    try:
-        assert not done.wait(1.0), "the admission did not wait for the exclusive writer"
-    finally:
-        holder.release.set()
-        holder.join(WAIT)
-    assert done.wait(WAIT) and "error" not in box, box.get("error")
+    box = waits_for_a_holder(project.pk, lambda: ask(project, agent, "after the change", cost="10.0000", task=task),
+                             shared=False, what="the admission", before_commit=lambda: ProjectBudget.objects.filter(
+                                 project=project).update(daily_cost_limit=Decimal("10.0000")))  # as the limits change
+    assert "error" not in box, box.get("error")
     assert box["result"].budget_state == "blocked"  # 11 past the new limit of 10: it waits for an override
 
 
