@@ -89,7 +89,7 @@ def test_a_cancelled_output_or_question_is_told_as_such_not_as_an_action_not_run
     assert str(caught.value).endswith("so it must not be used. Do not use it.")
 
     question = agent.create_hitl(world.project_id, "question", "Which database?")
-    agent.cancel_hitl(question.id, "found it myself")
+    agent.cancel_hitl(question.id, "found it myself.")  # its full stop is not doubled
     with pytest.raises(ApprovalCancelled) as caught:
         agent.wait_for_hitl(question.id, timeout=10)
     assert caught.value.kind == "hitl" and str(caught.value) == (

@@ -153,7 +153,7 @@ class ApprovalCancelled(ApprovalError):
         self.kind = kind
         template = self.MESSAGES.get(kind, self.MESSAGES["agent"])
         super().__init__(detail, approval_id=approval_id, approval=approval, code="cancelled",
-                         message=template.format(f": {detail}" if detail else ""))
+                         message=template.format(f": {detail.rstrip().rstrip('.')}" if detail else ""))
 
 
 class ModificationRequired(ApprovalError):
