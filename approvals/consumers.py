@@ -352,10 +352,9 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
                 remaining = deadline - now
                 if remaining <= 0:
                     return
-                until_expiry = None if expiry is None else expiry - now
+                wake_in = remaining if expiry is None else max(0.0, min(remaining, expiry - now))
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=remaining if until_expiry is None or until_expiry <= 0
-                                           else min(remaining, until_expiry))
+                    await asyncio.wait_for(woken.wait(), timeout=wake_in)
                 except asyncio.TimeoutError:
                     if loop.time() >= deadline:
                         return

@@ -38,13 +38,3 @@ def _wait(operation_id: str, schema: str) -> dict:
         }
     }
 
-
-def require_output_fields(result, generator, request, public):
-    """Every field of an answer (a ``...Output`` component) is always there, null when it has no
-    value: the schema says so (drf-spectacular left a model field with a default optional, and a
-    client generated from it had to handle a missing ``status``). Checked against real answers by
-    core/tests/test_schema_conformance.py."""
-    for name, component in result.get("components", {}).get("schemas", {}).items():
-        if name.endswith("Output") and component.get("type") == "object" and component.get("properties"):
-            component["required"] = sorted(component["properties"])
-    return result

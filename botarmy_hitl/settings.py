@@ -218,7 +218,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "approvals.schema.add_wait_endpoint",
-                             "approvals.schema.require_output_fields"],
+                             "core.api.require_output_fields"],
     "ENUM_NAME_OVERRIDES": {
         "ProjectStatusEnum": "projects.models.Project.Status",
         "TaskStatusEnum": "projects.models.Task.Status",

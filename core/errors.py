@@ -74,12 +74,9 @@ class AlreadyDecided(TransitionError):
     ``decided_by`` (a username, null when nobody decided it: cancelled by a stop or its agent) and ``decided_at``, so a
     reviewer beaten to it by a colleague knows by whom."""
 
-    ENDED_BY_THE_SYSTEM = ("cancelled", "timed_out")  # an approved call a stop cancelled keeps its approver
-    # (timed_out: a decision after the deadline is 410 expired before this; kept for a caller that does not)
-
     def __init__(self, detail: str, *, current_status: str, decider_id=None, decided_at=None, **extra):
-        if current_status in self.ENDED_BY_THE_SYSTEM:
-            decider_id = decided_at = None
+        if current_status == "cancelled":  # nobody decided it: an approved call a stop cancelled keeps its approver
+            decider_id = decided_at = None  # (one that timed out is 410 expired before this)
         user = get_user_model()
         name = (user.objects.filter(pk=decider_id).values_list(user.USERNAME_FIELD, flat=True).first()
                 if decider_id is not None else None)

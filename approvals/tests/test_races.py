@@ -363,6 +363,8 @@ def _decided_while_waiting(call, decider, work):
                 if cursor.fetchone()[0]:
                     break
                 time.sleep(0.02)
+                if done.is_set():
+                    raise AssertionError(f"the other thread ended without waiting for the lock: {outcome}")
             else:
                 raise AssertionError("the other thread never waited for the lock")
     assert done.wait(30), "the other thread did not end"

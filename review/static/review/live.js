@@ -287,8 +287,8 @@
     if (restored) {
       var details = panel.querySelectorAll("details");  // an amend editor holding it opens
       for (var j = 0; j < details.length; j++) {
-        if (details[j].querySelector("textarea[id]") && details[j].querySelector("textarea[id]").value !==
-            details[j].querySelector("textarea[id]").defaultValue) details[j].open = true;
+        var box = details[j].querySelector("textarea[id]");
+        if (box && box.value !== box.defaultValue) details[j].open = true;
       }
       var area = panel.querySelector(".outcome-area") || panel;
       var note = document.createElement("p");
