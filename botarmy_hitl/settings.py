@@ -140,6 +140,16 @@ if DATABASE_URL:
         if prepare_threshold > 0:
             DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
             DATABASES["default"]["OPTIONS"]["prepare_threshold"] = prepare_threshold
+        # A statement that waits longer than this for a lock (held by a stuck transaction: a
+        # person's psql session, a hung process) fails with "lock not available" and the API
+        # answers 503 with Retry-After, instead of holding one of the process's few threads until
+        # the holder lets go (every other project's requests and the health check queued behind it).
+        _lock_timeout = env.float("HITL_DB_LOCK_TIMEOUT", default=10.0)
+        if _lock_timeout < 0:
+            raise ImproperlyConfigured(f"HITL_DB_LOCK_TIMEOUT must be 0 (no limit) or more (it is {_lock_timeout}).")
+        if _lock_timeout:
+            _options = DATABASES["default"]["OPTIONS"]
+            _options["options"] = f"{_options.get('options', '')} -c lock_timeout={round(_lock_timeout * 1000)}".strip()
         # Django's backend with timestamps parsed in C and the connection parameters built once
         # (core/postgresql/base.py).
         DATABASES["default"]["ENGINE"] = "core.postgresql"

@@ -181,9 +181,15 @@ def exclusive_wanted(scope_key) -> bool:
     return str(scope_key) in _exclusive.get()
 
 
+# A request that waited a whole pool timeout for a connection or a whole lock timeout for a lock is
+# answered 503 at once: running it again would make its client wait as long again, and meanwhile
+# hold one of the process's threads.
+_WAITED = ("connection pool exhausted", "lock not available")
+
+
 def retry_transient(fn):
-    """Retry the whole service when the database answers with a deadlock, a serialization
-    failure or a lock timeout, a few times with jittered backoff (HITL_DB_RETRIES), and at once
+    """Retry the whole service when the database answers with a deadlock or a serialization
+    failure, a few times with jittered backoff (HITL_DB_RETRIES), and at once
     with the exclusive lock when a unit of work asks for it (ExclusiveNeeded). Only the
     outermost transaction retries: inside another one the error goes up to its owner."""
 
@@ -204,7 +210,7 @@ def retry_transient(fn):
                     _exclusive.set(_exclusive.get() | {str(exc.scope_key)})  # no attempt used: no failure
                 except OperationalError as exc:
                     if attempt == attempts - 1 or not is_transient_db_error(exc) \
-                            or transient_db_error_kind(exc) == "connection pool exhausted":  # it already waited
+                            or transient_db_error_kind(exc) in _WAITED:  # it already waited its limit
                         raise
                     time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
                     attempt += 1

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from approvals.models import AgentCallApproval
 from approvals.services import agent_approval_request
@@ -208,3 +209,61 @@ def test_through_the_api_with_an_idempotency_key_neither(project, agent, reviewe
     assert AgentCallApproval.objects.filter(budget_state="settled").count() == 20
     assert EmergencyStop.objects.get(project=project).triggered_conditions == [Condition.BUDGET_CRITICAL]
     assert budget_reconcile() == []
+
+
+@pytest.fixture
+def lock_timeout_of_300_ms():
+    """The connections of this process wait at most 300 ms for a lock (HITL_DB_LOCK_TIMEOUT's
+    option, rebuilt into a new pool) for the test, then the configured limit again."""
+    from django.db import connection
+
+    options = connection.settings_dict["OPTIONS"]
+    configured = options.get("options")
+    assert configured and "lock_timeout=" in configured  # the settings set one
+
+    def new_pool(value):
+        connections.close_all()
+        connection.close_pool()
+        options["options"] = value
+
+    new_pool("-c lock_timeout=300")
+    try:
+        yield
+    finally:
+        new_pool(configured)
+
+
+def test_a_request_held_up_by_a_stuck_lock_gets_503_at_its_lock_timeout_and_changes_nothing(
+        lock_timeout_of_300_ms, project, agent, client_for):
+    """A transaction that keeps its project's lock (a person's psql session, a hung process)
+    holds every request of the project up only until the lock timeout: then 503 with
+    Retry-After, once (not run again: its client decides), and nothing admitted."""
+    client = client_for(agent)
+    client.raise_request_exception = False
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="held up")
+    body = {"project_id": str(project.pk), "task_id": str(task.pk), "agent_type": "coder",
+            "proposed_action": "do it", "input_data": {}, "estimated_tokens": 10, "estimated_cost": "0.0100"}
+    holder = Holder(project.pk, shared=False)
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    try:
+        with CaptureQueriesContext(connections["default"]) as queries:
+            response = client.post("/api/v1/agent-approvals", body, format="json")
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert response.status_code == 503, response.content
+    assert response.json()["error"] == "unavailable" and response["Retry-After"] == "1"
+    assert "lock" in response.json()["detail"]
+    locking = [q for q in queries.captured_queries if "projects_project" in q["sql"] and " FOR " in q["sql"]]
+    assert len(locking) == 1, locking
+    assert not AgentCallApproval.objects.filter(project=project).exists()
+    assert client.post("/api/v1/agent-approvals", body, format="json").status_code == 201  # once it is let go
+
+
+def test_the_connections_wait_at_most_hitl_db_lock_timeout_for_a_lock():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == "10s"  # HITL_DB_LOCK_TIMEOUT's default

@@ -219,6 +219,30 @@ def test_a_small_database_pool_is_taken_or_refused_with_a_clear_message(pool_max
     assert (done.returncode == 0) == (pool_max == "1")
 
 
+@pytest.mark.parametrize("value, answer", [
+    (None, "'-c lock_timeout=10000'"), ("2.5", "'-c lock_timeout=2500'"), ("0", "None"),
+    ("-1", "HITL_DB_LOCK_TIMEOUT must be 0 (no limit) or more (it is -1.0)."),
+])
+def test_the_lock_timeout_is_a_connection_option_or_refused_with_a_clear_message(value, answer):
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    code = ("import django; from django.conf import settings; django.setup(); "
+            "print(repr(settings.DATABASES['default']['OPTIONS'].get('options')))")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DJANGO_SECRET_KEY": "test",
+           "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/nowhere",
+           "HITL_VAR_DIR": os.environ.get("HITL_VAR_DIR", str(django_settings.VAR_DIR))}
+    env.pop("HITL_DB_LOCK_TIMEOUT", None)
+    if value is not None:
+        env["HITL_DB_LOCK_TIMEOUT"] = value
+    done = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert answer in (done.stdout + done.stderr), done.stderr[-2000:]
+    assert (done.returncode == 0) == (value != "-1")
+
+
 def test_behind_an_https_proxy_requests_are_secure_and_cookies_https_only():
     import subprocess
     import sys

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from core.errors import api_exception_handler, is_transient_db_error, transient_db_error_kind
+from core.uow import retry_transient
 
 
 def wrapped(driver_error: Exception) -> OperationalError:
@@ -67,6 +68,25 @@ def test_transient_errors_are_recognised_wrapped_or_raw(name):
 @pytest.mark.parametrize("name", NOT_TRANSIENT)
 def test_other_errors_are_not_transient(name):
     assert not is_transient_db_error(NOT_TRANSIENT[name]) and transient_db_error_kind(NOT_TRANSIENT[name]) is None
+
+
+# A service runs again after an error of concurrent work (HITL_DB_RETRIES times), not after one
+# that already waited its whole limit (a pooled connection, a lock): its client decides.
+@pytest.mark.parametrize("name, runs", [("deadlock", 4), ("serialization", 4), ("sqlite-locked", 4),
+                                        ("lock-timeout", 1), ("pool-timeout", 1), ("pool-queue-full", 1)])
+def test_a_service_runs_again_after_a_deadlock_not_after_a_whole_wait(name, runs, settings, monkeypatch):
+    settings.HITL_DB_RETRIES = 3
+    monkeypatch.setattr("core.uow.time.sleep", lambda seconds: None)
+    calls = []
+
+    @retry_transient
+    def service():
+        calls.append(1)
+        raise wrapped(TRANSIENT[name][0])
+
+    with pytest.raises(OperationalError):
+        service()
+    assert len(calls) == runs
 
 
 def test_the_classifier_takes_none_and_survives_a_cause_cycle():
