@@ -58,6 +58,10 @@ def test_direction_controls_in_an_agents_text_are_shown_and_the_answer_is_the_ag
     assert f'value="{spoofed}"' in page                              # the form sends the agent's own value
     assert "wipe? ⟦U+2066⟧" in client.get("/review/").content.decode()    # the inbox too
     assert "⟦U+202E⟧" in browser(admin_user).get(f"/admin/hitl/hitlrequest/{req.pk}/change/").content.decode()
+    # what a screen reader says of the admin list's checkbox too (it read the agent's controls as they were)
+    listed = browser(admin_user).get("/admin/hitl/hitlrequest/").content.decode()
+    labels = re.findall(r'aria-label="([^"]*)"', listed)
+    assert any("wipe? ⟦U+2066⟧" in label for label in labels) and not any("\u2066" in label for label in labels)
     ok = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": spoofed})
     assert ok.status_code == 302
     req.refresh_from_db()
