@@ -3,8 +3,10 @@
 import json
 import re
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 
 class _StrictString:
@@ -100,3 +102,26 @@ class JsonObjectField(serializers.JSONField):
 @extend_schema_field({"type": "array", "items": {"type": "string"}})
 class StringListField(serializers.JSONField):
     """A JSON list of strings (validated by its view), typed so in the OpenAPI schema."""
+
+
+class DecimalFieldSchema(OpenApiSerializerFieldExtension):
+    """Decimals (money, limits) in the OpenAPI schema as the API writes and reads them. An answer
+    carries a string with exactly its places ("0.0125", "12.0000"); a body may send a string or
+    a JSON integer. Neither has a minus sign where the field refuses negatives (drf-spectacular's
+    own pattern allowed one everywhere, and an empty string)."""
+    target_class = "rest_framework.fields.DecimalField"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema, direction):
+        field = self.target
+        if field.max_whole_digits is None or field.decimal_places is None \
+                or not getattr(field, "coerce_to_string", api_settings.COERCE_DECIMAL_TO_STRING):
+            return auto_schema._map_serializer_field(field, direction, bypass_extensions=True)
+        whole, places = field.max_whole_digits, field.decimal_places
+        sign = "" if field.min_value is not None and field.min_value >= 0 else "-?"
+        if direction == "response":
+            return {"type": "string", "format": "decimal", "pattern": rf"^{sign}[0-9]{{1,{whole}}}\.[0-9]{{{places}}}$"}
+        text = {"type": "string", "format": "decimal",
+                "pattern": rf"^{sign}(?:[0-9]{{1,{whole}}}(?:\.[0-9]{{0,{places}}})?|\.[0-9]{{1,{places}}})$"}
+        largest = 10 ** whole - 1
+        return {"oneOf": [text, {"type": "integer", "minimum": -largest if sign else 0, "maximum": largest}]}

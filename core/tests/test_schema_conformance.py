@@ -207,3 +207,26 @@ def test_every_field_of_an_answer_is_required_in_the_schema(contract):
     assert "AgentCallApprovalOutput" in outputs and "ProjectOutput" in outputs
     for name, schema in outputs.items():
         assert sorted(schema.get("required", [])) == sorted(schema["properties"]), name
+
+
+def test_money_in_the_schema_is_what_the_api_takes_and_gives(contract):
+    """A body's money is a decimal string or a JSON integer, never negative where the API refuses
+    it (the schema's pattern took "-1", "" and other scripts' digits); an answer's is a string
+    with its four places."""
+    def accepts(schema, value):
+        try:
+            jsonschema.validate(value, {**schema, "$defs": contract.defs})
+        except jsonschema.ValidationError:
+            return False
+        return True
+
+    for schema in (contract.defs["AgentApprovalCreateInputRequest"]["properties"]["estimated_cost"],
+                   contract.defs["PatchedBudgetLimitsInputRequest"]["properties"]["daily_cost_limit"],
+                   contract.defs["BudgetOverrideCreateInputRequest"]["properties"]["requested_amount"]):
+        for value in ("0.0125", "12", "12.5", ".5", "7.", 3, 0):
+            assert accepts(schema, value), (schema, value)
+        for value in ("-1.0000", "-1", -1, "", "1.00001", "abc", "١٢", 0.5, "1 000", 10 ** 12, "1" * 12):
+            assert not accepts(schema, value), (schema, value)
+    answer = contract.defs["AgentCallApprovalOutput"]["properties"]["estimated_cost"]
+    assert accepts(answer, "0.0125") and accepts(answer, "12.0000")
+    assert not accepts(answer, "0.01") and not accepts(answer, 1) and not accepts(answer, "")
