@@ -51,7 +51,9 @@ ErrorSerializer = inline_serializer(
         "fields": serializers.DictField(
             child=serializers.ListField(child=serializers.CharField()), required=False,
             help_text="400 only: each bad field and its messages"),
-        "status": serializers.CharField(required=False, help_text="409 only: the current status"),
+        "status": serializers.CharField(required=False, allow_null=True,
+                                        help_text="409 only: the current status (null when the refusal is about "
+                                                  "no object's status: a total past what the database holds)"),
         "emergency_stop_id": serializers.UUIDField(required=False, allow_null=True, help_text="423 only"),
         "decided_by": serializers.CharField(required=False, allow_null=True,
                                             help_text="409 for a decision that came second: who decided first "

@@ -273,7 +273,8 @@ def _error_response(exc, context):
         log.warning("a total out of the database's range, answered 409: %s", exc)
         return Response(error_body("conflict", "A value this request would store (a budget total, an override or "
                                                "an alert amount, all under 10,000,000,000) is beyond what the "
-                                               "database holds: nothing was changed."), status=409)
+                                               "database holds: nothing was changed.",
+                                   status=None), status=409)  # every 409 has one: here no object's is at issue
     return None  # unexpected: Django's 500 handler (JSON for /api/, see core.views)
 
 
