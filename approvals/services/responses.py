@@ -306,11 +306,15 @@ def response_approval_decide(*, approval_id, decider, decision: str, reason: str
             _close(uow, response, actor=decider, to=Status.REJECTED, now=now, reason=reason,
                    action="response_approval.reject")
         else:
+            # counted now, under the task's lock that every decision on its outputs takes: outputs of
+            # calls run side by side were all submitted at the same round, and each passed the cap
             cap = settings.HITL_RESPONSE_MAX_MODIFICATION_ROUNDS
-            if response.modification_round + 1 > cap:
-                raise TransitionError(f"This task was already sent back {response.modification_round} times (the "
+            sent_back = ResponseApproval.objects.filter(task_id=response.task_id,
+                                                        status=Status.REQUIRES_MODIFICATION).count()
+            if sent_back + 1 > cap:
+                raise TransitionError(f"This task was already sent back {sent_back} times (the "
                                       f"cap is {cap}): approve or reject it.", current_status=response.status,
-                                      modification_round=response.modification_round)
+                                      modification_round=sent_back)
             _close(uow, response, actor=decider, to=Status.REQUIRES_MODIFICATION, now=now, reason=reason,
                    modifications=modifications_required, action="response_approval.requires_modification")
     if expired:

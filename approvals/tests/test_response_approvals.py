@@ -301,6 +301,21 @@ def test_requires_modification_loop_and_its_cap(started, agent_client, reviewer_
     assert rounds == [0, 1, 2]
 
 
+def test_outputs_of_calls_run_side_by_side_are_sent_back_no_more_than_the_cap(started, agent_client, reviewer_client,
+                                                                               settings, task):
+    """Each output's round was fixed when it was submitted: three outputs of one task, submitted
+    before any was decided, each passed a cap of 2, and the task was sent back three times."""
+    settings.HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = 2
+    outputs = [submit(agent_client, started(task_id=task.pk)).json() for _ in range(3)]
+    assert [output["modification_round"] for output in outputs] == [0, 0, 0]
+    answers = [respond(reviewer_client, output["approval_id"], decision="requires_modification",
+                       modifications_required="Use the design system's Button") for output in outputs]
+    assert [a.status_code for a in answers] == [200, 200, 409], [a.content for a in answers]
+    assert answers[2].json()["modification_round"] == 2 and "already sent back 2 times" in answers[2].json()["detail"]
+    assert ResponseApproval.objects.filter(task=task, status="requires_modification").count() == 2
+    assert respond(reviewer_client, outputs[2]["approval_id"], decision="reject", reason="no").status_code == 200
+
+
 def test_decision_after_expiry_is_410_and_beat_times_out_once(started, agent_client, reviewer_client, task):
     first = submit(agent_client, started()).json()
     ResponseApproval.objects.filter(pk=first["approval_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
