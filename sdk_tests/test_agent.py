@@ -124,6 +124,35 @@ def test_requires_modification_loops_with_a_new_call_approval(world, bot):
     assert (result.tokens_used, result.actual_cost) == (2400, Decimal("0.0300"))  # both rounds, as the budget
 
 
+def test_a_redo_keeps_what_the_reviewer_amended(world, bot):
+    """The redo after a sent-back output asked again for the input the reviewer had amended away
+    (a deploy amended to staging came back as production): a reviewer who approved it as shown ran
+    what the first one refused. Each round now carries the amendments of the rounds before it."""
+    asked = []
+
+    def amend(reviewer, obj):
+        asked.append(obj.input_data)
+        amended = {**obj.input_data, "task": {**obj.input_data["task"], "input_data": {"env": "staging"}}}
+        reviewer.respond_approval(obj.approval_id, "approve", amended_input_data=amended)
+
+    def approve_call(reviewer, obj):
+        asked.append(obj.input_data)
+        reviewer.respond_approval(obj.approval_id, "approve")
+
+    def send_back(reviewer, obj):
+        reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required="add a changelog")
+
+    reviewer_bot = bot(("agent", amend), ("response", send_back), ("agent", approve_call), ("response", approve))
+    coder = Coder(world.client("agent"), world.project_id)
+    result = coder.execute_task_sync(title="Deploy", input_data={"env": "production"})
+    reviewer_bot.check()
+    assert asked[0]["task"]["input_data"] == {"env": "production"}
+    assert asked[1]["task"]["input_data"] == {"env": "staging"}              # asked as amended
+    assert asked[1]["modifications_required"] == ["add a changelog"]         # with this round's request
+    assert coder.runs[1].amended is False and coder.runs[1].input["task"]["input_data"] == {"env": "staging"}
+    assert result.rounds == 2
+
+
 def test_past_the_round_limit_modification_required_is_raised(world, bot):
     def send_back(reviewer, obj):
         reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required={"fix": "all"})

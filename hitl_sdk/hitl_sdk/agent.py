@@ -13,7 +13,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import (Any, Awaitable, Callable, Coroutine, Dict, Generic, List, Optional, ParamSpec, Protocol, Tuple,
+from typing import (Any, Awaitable, Callable, Coroutine, Dict, Generic, List, Optional, ParamSpec, Protocol, Set, Tuple,
                     TypeVar, Union, cast, overload)
 
 from ._async_client import AsyncHitlClient
@@ -188,8 +188,13 @@ class SafetyEnhancedBaseAgent:
         spent_tokens, spent_cost = 0, Decimal("0")  # every round's, as the budget counts them
         try:
             modifications: List[Any] = []
+            amended: Dict[str, Any] = {}  # what reviewers changed in an earlier round's input
+            dropped: Set[str] = set()     # ... and took out of it
             for round_no in range(1, self.max_modification_rounds + 2):
                 call_input = self.build_input(task, extra, modifications)
+                # A redo keeps what a reviewer amended (a deploy amended to staging is not asked
+                # for production again): the round's input is built again, with the amendment on it.
+                call_input = {**{k: v for k, v in call_input.items() if k not in dropped}, **amended}
                 tokens, cost = self.estimate(task, call_input)
                 call = await client.request_approval(
                     self.project_id, task.task_id, self.agent_type, self.describe_action(task, extra), call_input,
@@ -198,6 +203,10 @@ class SafetyEnhancedBaseAgent:
                 await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
                 started = await client.start_approval(call.approval_id)
                 ran = True
+                if started.amended_input_data is not None:
+                    changed, removed = _amendment(call_input, started.amended_input_data)
+                    amended = {**{k: v for k, v in amended.items() if k not in removed}, **changed}
+                    dropped = (dropped - changed.keys()) | removed
                 run_context = RunContext(input=started.input_to_run, approval=started,
                                          amended=started.amended_input_data is not None, round=round_no,
                                          modifications=list(modifications), extra=extra)
@@ -601,3 +610,13 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
 
 __all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_approval", "WithUsage",
            "as_async", "as_sync", "made_task_ending"]
+
+
+def _amendment(requested: Dict[str, Any], approved: Dict[str, Any]) -> Tuple[Dict[str, Any], Set[str]]:
+    """The top-level keys a reviewer changed (or added) in ``requested``, and those taken out; the
+    round's own ``modifications_required`` is the agent's, never carried."""
+    changed = {k: v for k, v in approved.items() if k != "modifications_required" and requested.get(k, _ABSENT) != v}
+    return changed, {k for k in requested if k not in approved and k != "modifications_required"}
+
+
+_ABSENT = object()
