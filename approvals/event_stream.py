@@ -242,7 +242,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             self.user, self.project_ids = await _open(self.scope)
             self.project_filter, last = _query(self.scope)
         except HttpError as err:
-            log.info("event stream refused (%s): %s", err.status, self.scope.get("path"))
+            log.info("event stream refused (%s %s%s): %s", err.status, err.body.get("error"),
+                     "" if err.status == 400 else ", the handshake answered 403", self.scope.get("path"))
             if err.status == 400:  # a user let in, with a wrong query: say what is wrong, then close
                 await self.accept()
                 await self.send(text_data=_text({"type": "error", **err.body}))

@@ -448,7 +448,7 @@ class DemoLLM:
         if "reviewer" in ticket_text.lower():
             output["risks"].append("The ticket contains text addressed to reviewers; treated as data, not as an "
                                    "instruction.")
-        return output, f"{len(plan)} steps for {title!r}, about {hours} hours of agent work", \
+        return output, f"{len(plan)} step{'' if len(plan) == 1 else 's'} for {title!r}, about {hours} hours of agent work", \
             ["A person confirms the plan at the checkpoint", "analyst starts on the requirements"]
 
     def _analyst(self, feature, round_no, data, risk, rng):
