@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from approvals.api import (
     AgentApprovalCancelApi,
@@ -25,7 +25,7 @@ from budgets.api import (
     BudgetOverrideProjectListApi,
     ProjectDetailWithBudgetApi,
 )
-from core.views import HealthApi, api_not_found
+from core.views import HealthApi, SchemaApi, api_not_found
 from emergency.api import EmergencyStopApi
 from events.api import EventListApi
 from hitl.api import (
@@ -101,7 +101,7 @@ urlpatterns = [
     path("", include("core.urls")),
     path("admin/", admin.site.urls),
     path("review/", include("review.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaApi.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api_v1)),
     re_path(r"^api/", api_not_found),  # unknown API paths: JSON 404, never an HTML page

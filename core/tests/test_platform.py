@@ -141,6 +141,16 @@ def test_redis_channel_layer_round_trip(settings):
     assert async_to_sync(round_trip)() == {"type": "hitl.event", "event": {"id": 1}}
 
 
+@pytest.mark.parametrize("version", ["x\ny", "x\r", "x\x00", "2.0"])
+def test_the_schema_does_not_take_a_version_from_its_query_string(version):
+    """``?version=x%0Ay`` was a 500 (copied into the Content-Disposition header), ``x%00`` a
+    malformed answer, and any other value was written into the schema's info.version."""
+    r = APIClient().get("/api/schema/", {"version": version}, HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert r.status_code == 200
+    assert r["Content-Disposition"] == 'inline; filename="BotArmy HITL API.json"'
+    assert r.json()["info"]["version"] == "1.0.0"
+
+
 def test_openapi_schema_documents_the_endpoints():
     r = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert r.status_code == 200
