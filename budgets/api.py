@@ -25,7 +25,7 @@ from core.api import (
     idempotent,
     paginated,
 )
-from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField
+from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField
 from core.pagination import StrictPageNumberPagination
 from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
@@ -73,7 +73,7 @@ class BudgetApi(APIView):
 class BudgetOverrideCreateApi(APIView):
     @extend_schema_serializer(component_name="BudgetOverrideCreateInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
-        project_id = serializers.UUIDField()
+        project_id = StrictUUIDField()
         violation_type = ChoiceField(choices=BudgetOverrideRequest.Violation.choices)
         requested_amount = MoneyField()
         justification = StrictCharField(max_length=5000)

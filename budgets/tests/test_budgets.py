@@ -505,6 +505,13 @@ def test_money_is_a_decimal_string_never_a_float(project, manager, agent, review
             "justification": "more room"}, format="json")
         _money_refused(r, "requested_amount")
     assert not BudgetOverrideRequest.objects.exists()
+    # the project's id is a UUID string, as for every other create (its number was taken as the UUID)
+    for project_id in (project.pk.int, True, 0, 2 ** 70):
+        r = client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": project_id, "violation_type": "daily_cost_limit", "requested_amount": "0.5000",
+            "justification": "more room"}, format="json")
+        assert r.status_code == 400 and r.json()["fields"]["project_id"] == ["Must be a valid UUID string."], r.content
+    assert not BudgetOverrideRequest.objects.exists()
     r = client_for(agent).post("/api/v1/budget-overrides", {
         "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "0.5000",
         "justification": "more room"}, format="json")
