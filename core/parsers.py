@@ -2,6 +2,7 @@ import codecs
 import json
 import math
 import re
+from decimal import Decimal
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -99,13 +100,18 @@ def _bounded_int(text: str) -> int:
 
 
 def _finite_float(text: str) -> float:
-    """A JSON number with a fraction or an exponent; one beyond the range of a double (1e999)
-    is refused by name, where Python would read it as infinity (which JSON cannot hold)."""
+    """A JSON number with a fraction or an exponent, as a double holds it. One beyond a double's
+    range (1e999) is refused by name, where Python would read it as infinity (which JSON cannot
+    hold); so is one a double cannot hold as written (123456789012345678901234567890.5, 1e-400):
+    it was rounded silently, and the input a reviewer approved was not the one the agent sent."""
     value = float(text)
+    shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
     if math.isinf(value):
-        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
         raise ValueError(f"the number {shown} is out of range: send one between -1.7e308 and 1.7e308, "
                          f"or the number as a string")
+    if Decimal(repr(value)) != Decimal(text):
+        raise ValueError(f"the number {shown} has more digits than a 64-bit float holds (it would be read as "
+                         f"{value!r}): send at most 15 significant digits, or the number as a string")
     return value
 
 

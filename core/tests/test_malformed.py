@@ -383,7 +383,12 @@ def test_typed_json_is_held_to_the_same_number_rules():
         loads_strict('{"n": 1e999}')
     with pytest.raises(ValueError, match=r"^a number has 4301 digits, more than 4300"):
         loads_strict("[" + "7" * 4301 + "]")
-    assert loads_strict('{"n": 1e308, "m": -2.5e-400}') == {"n": 1e308, "m": -0.0}
+    with pytest.raises(ValueError, match=r"^the number -2.5e-400 has more digits than a 64-bit float holds"):
+        loads_strict('{"m": -2.5e-400}')  # it was read as -0.0
+    # what a double holds as written is taken, however it is written
+    assert loads_strict('{"n": 1e308, "a": 0.1, "b": 1.10, "c": -0.0, "d": 2.5E-3, "e": 0.30000000000000004, '
+                        '"f": 12345678901234567890123}') == {"n": 1e308, "a": 0.1, "b": 1.1, "c": -0.0, "d": 0.0025,
+                                                             "e": 0.30000000000000004, "f": 12345678901234567890123}
 
 
 # --- wrong types, bad values, missing fields ----------------------------------------
@@ -844,6 +849,13 @@ def test_a_refused_body_says_what_to_send_in_the_clients_terms(settings, targets
             (send(client, url, with_literal(valid, "x", "-" + "9" * 400 + ".5")),
              "JSON parse error - the number -9999999999999999999...99999999.5 is out of range: "
              "send one between -1.7e308 and 1.7e308, or the number as a string"),
+            (send(client, url, with_literal(valid, "x", "123456789012345678901234567890.5")),
+             "JSON parse error - the number 123456789012345678901234567890.5 has more digits than a 64-bit float "
+             "holds (it would be read as 1.2345678901234568e+29): send at most 15 significant digits, or the "
+             "number as a string"),
+            (send(client, url, with_literal(valid, "x", "1e-400")),
+             "JSON parse error - the number 1e-400 has more digits than a 64-bit float holds (it would be read as "
+             "0.0): send at most 15 significant digits, or the number as a string"),
             (send(client, url, b"{}", content_type="application/json; charset=utf-16"),
              "JSON parse error - Expecting value: line 1 column 1 (char 0)"
              " (read as utf-16, the charset its Content-Type declares)"),
