@@ -35,7 +35,7 @@ from core.api import (
 )
 from core.fields import (ChoiceField, JsonObjectField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField,
                          StringListField)
-from core.pagination import StrictPageNumberPagination
+from core.pagination import PAGE_PARAMETERS, ListPagination
 from core.serializers import CopiedFieldsMixin
 from projects.models import AgentType
 
@@ -46,12 +46,6 @@ def _object(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("Must be a JSON object.")
     return value
-
-
-class AgentApprovalPagination(StrictPageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
 class AgentApprovalCreateApi(APIView):
@@ -182,7 +176,7 @@ class AgentApprovalProjectListApi(APIView):
     @extend_schema(operation_id="agent_approvals_project_list",
                    parameters=[OpenApiParameter("status", enum=AgentCallApproval.Status.values),
                                OpenApiParameter("agent_type", enum=AgentType.values),
-                               OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                               *PAGE_PARAMETERS],
                    responses={200: paginated(AgentCallApprovalOutputSerializer, "PaginatedAgentApprovalList"),
                               **error_responses(400, 404)})
     def get(self, request, project_id):
@@ -190,7 +184,7 @@ class AgentApprovalProjectListApi(APIView):
         project = project_for_user(user=request.user, project_id=project_id)
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
-        paginator = AgentApprovalPagination()
+        paginator = ListPagination()
         page = paginator.paginate_queryset(selectors.agent_approval_list(project=project, **s.validated_data),
                                            request, view=self)
         return paginator.get_paginated_response(AgentCallApprovalOutputSerializer(page, many=True).data)
@@ -308,7 +302,7 @@ class ResponseApprovalProjectListApi(APIView):
     @extend_schema(operation_id="response_approvals_project_list",
                    parameters=[OpenApiParameter("status", enum=ResponseApproval.Status.values),
                                OpenApiParameter("agent_type", enum=AgentType.values),
-                               OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                               *PAGE_PARAMETERS],
                    responses={200: paginated(ResponseApprovalOutputSerializer, "PaginatedResponseApprovalList"),
                               **error_responses(400, 404)})
     def get(self, request, project_id):
@@ -316,7 +310,7 @@ class ResponseApprovalProjectListApi(APIView):
         project = project_for_user(user=request.user, project_id=project_id)
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
-        paginator = AgentApprovalPagination()
+        paginator = ListPagination()
         page = paginator.paginate_queryset(selectors.response_approval_list(project=project, **s.validated_data),
                                            request, view=self)
         return paginator.get_paginated_response(ResponseApprovalOutputSerializer(page, many=True).data)
@@ -358,13 +352,13 @@ class FlagSuppressionCreateApi(APIView):
 
 class FlagSuppressionProjectListApi(APIView):
     @extend_schema(operation_id="flag_suppressions_project_list",
-                   parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                   parameters=[*PAGE_PARAMETERS],
                    responses={200: paginated(FlagSuppressionOutputSerializer, "PaginatedFlagSuppressionList"),
                               **error_responses(400, 404)})
     def get(self, request, project_id):
         """A project's suppressions (active and past), newest first, paginated."""
         project = project_for_user(user=request.user, project_id=project_id)
-        paginator = AgentApprovalPagination()
+        paginator = ListPagination()
         page = paginator.paginate_queryset(selectors.flag_suppression_list(project=project), request, view=self)
         return paginator.get_paginated_response(FlagSuppressionOutputSerializer(page, many=True).data)
 

@@ -24,7 +24,8 @@ def _wait(operation_id: str, schema: str) -> dict:
                 {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "timeout", "in": "query", "required": False,
                  "schema": {"type": "number", "minimum": 0, "default": 30},
-                 "description": "seconds to wait at most (values above 60 wait 60)"},
+                 "description": "seconds to wait at most, written as digits with an optional fraction (30, 2.5; not "
+                                "1e1: 400); values above 60 wait 60"},
             ],
             "security": [{"ApiKey": []}, {"cookieAuth": []}],
             "responses": {

@@ -26,7 +26,7 @@ from core.api import (
     paginated,
 )
 from core.fields import ChoiceField, MoneyField, StrictCharField, StrictIntegerField, StrictUUIDField
-from core.pagination import StrictPageNumberPagination
+from core.pagination import PAGE_PARAMETERS, ListPagination
 from core.serializers import CopiedFieldsMixin
 from projects.api import ProjectDetailApi, ProjectDetailOutputSerializer
 
@@ -115,7 +115,7 @@ class BudgetOverrideProjectListApi(APIView):
 
     @extend_schema(operation_id="budget_overrides_project_list",
                    parameters=[OpenApiParameter("status", enum=BudgetOverrideRequest.Status.values),
-                               OpenApiParameter("page", int)],
+                               *PAGE_PARAMETERS],
                    responses={200: paginated(BudgetOverrideOutputSerializer, "PaginatedBudgetOverrideList"),
                               **error_responses(400, 404)})
     def get(self, request, project_id):
@@ -125,8 +125,7 @@ class BudgetOverrideProjectListApi(APIView):
         qs = overrides_visible_to(request.user).filter(project=project)
         if s.validated_data.get("status"):
             qs = qs.filter(status=s.validated_data["status"])
-        paginator = StrictPageNumberPagination()
-        paginator.page_size = 50
+        paginator = ListPagination()
         page = paginator.paginate_queryset(qs.order_by("-created_at"), request, view=self)
         return paginator.get_paginated_response(BudgetOverrideOutputSerializer(page, many=True).data)
 

@@ -5,6 +5,7 @@ such object". Here a ``page`` that is not a whole number from 1 is 400 ``invalid
 ``fields.page``; a page past the last one stays 404 and names the last page. Where a list takes
 ``page_size``, one that is not a whole number from 1 is 400 ``fields.page_size`` (DRF ignored it
 and answered its default size); one above the list's maximum is that maximum."""
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
@@ -32,3 +33,14 @@ class StrictPageNumberPagination(PageNumberPagination):
             last = self.django_paginator_class(queryset, self.get_page_size(request)).num_pages
             page = f"page {raw}" if len(raw) <= 20 else "such page"
             raise NotFoundError(f"No {page}: the last page is {last}.") from None
+
+
+class ListPagination(StrictPageNumberPagination):
+    """Every list of the API: 50 a page, ``page_size`` up to 200."""
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+PAGE_PARAMETERS = [OpenApiParameter("page", int, description="from 1 (400 otherwise; past the last: 404)"),
+                   OpenApiParameter("page_size", int, description="1 to 200 (more shows 200); 50 by default")]

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from core.api import IDEMPOTENCY_HEADER, error_responses, idempotent, paginated
 from core.errors import Forbidden
 from core.fields import ChoiceField, StrictCharField, StrictIntegerField, StrictUUIDField
-from core.pagination import StrictPageNumberPagination
+from core.pagination import PAGE_PARAMETERS, ListPagination
 from core.serializers import CopiedFieldsMixin
 from hitl import selectors, services
 from hitl.models import MAX_OPTIONS, HitlRequest
@@ -22,12 +22,6 @@ from projects.permissions import (
 )
 
 MAX_TEXT = 20_000
-
-
-class HitlPagination(StrictPageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
 class HitlRequestCreateApi(APIView):
@@ -118,7 +112,7 @@ class HitlRequestProjectListApi(APIView):
 
     @extend_schema(operation_id="hitl_project_list",
                    parameters=[OpenApiParameter("status", enum=HitlRequest.Status.values),
-                               OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                               *PAGE_PARAMETERS],
                    responses={200: paginated(HitlRequestOutputSerializer, "PaginatedHitlRequestList"),
                               **error_responses(400, 404)})
     def get(self, request, project_id):
@@ -126,7 +120,7 @@ class HitlRequestProjectListApi(APIView):
         project = project_for_user(user=request.user, project_id=project_id)
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
-        paginator = HitlPagination()
+        paginator = ListPagination()
         page = paginator.paginate_queryset(selectors.hitl_request_list(project=project, **s.validated_data),
                                            request, view=self)
         return paginator.get_paginated_response(HitlRequestOutputSerializer(page, many=True).data)

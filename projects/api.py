@@ -22,7 +22,7 @@ from core.api import (
     paginated,
 )
 from core.fields import ChoiceField, JsonObjectField, StrictCharField, StrictSlugField, StrictUUIDField
-from core.pagination import StrictPageNumberPagination
+from core.pagination import PAGE_PARAMETERS, ListPagination
 from core.serializers import CopiedFieldsMixin
 from projects import selectors, services
 from projects.models import TIME_ZONES, AgentType, Task
@@ -46,10 +46,6 @@ class ProjectDetailOutputSerializer(ProjectOutputSerializer):
         return selectors.project_task_counts(project=project)
 
 
-class ProjectPagination(StrictPageNumberPagination):
-    page_size = 50
-
-
 class ProjectListCreateApi(APIView):
     @extend_schema_serializer(component_name="ProjectCreateInput")
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
@@ -57,11 +53,12 @@ class ProjectListCreateApi(APIView):
         slug = StrictSlugField(max_length=64)
         timezone = ChoiceField(choices=TIME_ZONES, required=False, default="UTC")
 
-    @extend_schema(operation_id="projects_list",
-                   responses={200: paginated(ProjectOutputSerializer, "PaginatedProjectList"), **error_responses()})
+    @extend_schema(operation_id="projects_list", parameters=PAGE_PARAMETERS,
+                   responses={200: paginated(ProjectOutputSerializer, "PaginatedProjectList"),
+                              **error_responses(400, 404)})
     def get(self, request):
         """Projects the caller can see (paginated)."""
-        paginator = ProjectPagination()
+        paginator = ListPagination()
         page = paginator.paginate_queryset(project_visible_to(user=request.user).order_by("name", "id"),
                                            request, view=self)
         return paginator.get_paginated_response(ProjectOutputSerializer(page, many=True).data)

@@ -583,7 +583,8 @@ def test_a_bad_page_is_json_400_and_a_page_past_the_last_404(clients, project, p
         assert_error(r, 400, "invalid", "page")
 
 
-SIZED_LISTS = ["/api/v1/agent-approvals/project/{p}", "/api/v1/hitl/project/{p}"]  # the lists taking page_size
+# every list takes page_size (the projects' and the overrides' ignored it, even -1)
+SIZED_LISTS = [*LISTS, "/api/v1/flag-suppressions/project/{p}"]
 
 
 @pytest.mark.parametrize("path", SIZED_LISTS)
@@ -596,9 +597,11 @@ def test_a_bad_page_size_is_json_400(clients, project, size, path):
 
 @pytest.mark.parametrize("path", SIZED_LISTS)
 @pytest.mark.parametrize("size", ["", "1", "200", "9" * 50])
-def test_a_page_size_from_1_is_served_up_to_the_maximum(clients, project, size, path):
+def test_a_page_size_from_1_is_served_up_to_the_maximum(clients, project, other_project, size, path):
     r = clients["admin"].get(f"{path.format(p=project.pk)}?page_size={size}")
     assert r.status_code == 200 and "results" in r.json(), r.content
+    if size == "1" and path == "/api/v1/projects":  # two projects: one a page
+        assert len(r.json()["results"]) == 1 and r.json()["count"] == 2 and r.json()["next"]
 
 
 # --- methods ------------------------------------------------------------------------
