@@ -2,12 +2,13 @@ import threading
 import uuid
 from datetime import timedelta
 from datetime import timezone as dt_timezone
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 
 import pytest
 from django.db import connections
 from django.utils import timezone
 
+from approvals.estimation import count_tokens, prompt_text
 from approvals.models import AgentCallApproval
 from approvals.services import (
     agent_approval_decide,
@@ -218,6 +219,36 @@ def test_cost_comes_from_the_price_table(agent_client, request_body):
                                              context_summary=body["context_summary"]))
     assert 5 < prompt_tokens < 500
     assert r.json()["estimated_tokens"] == 5000 and r.json()["estimated_cost"] == f"{prompt_tokens}.0000"
+
+
+def test_an_agents_token_estimate_without_a_cost_is_priced_and_held_to_the_budget(agent_client, request_body, project,
+                                                                                   task, agent):
+    """A call of a million tokens (the agent's own ``estimated_tokens``, no ``estimated_cost``)
+    reserved the cost of the server's small count, a cent: admitted under a limit of 1.0000, it
+    then spent ten dollars. Its cost is now that of the tokens it reserves, held to the limit as
+    the same call asking for them as ``max_tokens`` is."""
+    from approvals.models import ModelPrice
+    from budgets.models import ProjectBudget
+
+    price = ModelPrice.objects.get(model="gpt-4o")
+    ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1000.0000"),
+                                                         monthly_cost_limit=Decimal("10000.0000"))
+    body = request_body(model="gpt-4o", estimated_tokens=1_000_000)
+    created = agent_client.post("/api/v1/agent-approvals", body, format="json").json()
+    prompt = count_tokens(prompt_text(proposed_action=body["proposed_action"], input_data=body["input_data"],
+                                      context_summary=body["context_summary"]))
+    expected = (prompt * price.input_per_million + (1_000_000 - prompt) * price.output_per_million) / 1_000_000
+    assert created["estimated_tokens"] == 1_000_000
+    assert Decimal(created["estimated_cost"]) == expected.quantize(Decimal("0.0001"), rounding=ROUND_UP) > 5
+    assert agent_client.post(f"/api/v1/agent-approvals/{created['approval_id']}/cancel").status_code == 200
+    # against a limit of 1.0000 the same call is refused before it runs (past 1.5 x the limit: a stop)
+    ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1.0000"))
+    other = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="other")
+    refused = agent_client.post("/api/v1/agent-approvals", request_body(model="gpt-4o", estimated_tokens=1_000_000,
+                                                                        task_id=str(other.pk)), format="json")
+    assert refused.status_code == 423 and "1.5 x the limit" in refused.json()["detail"], refused.content
+    assert AgentCallApproval.objects.get(task=other).status == "cancelled"  # on record, cancelled by the stop
+    assert Decimal(agent_client.get(f"/api/v1/budgets/{project.pk}").json()["cost_reserved"]) == 0
 
 
 def test_request_is_423_while_stopped(agent_client, request_body, project, task):
