@@ -13,6 +13,7 @@ from emergency.models import (
     EmergencySettings,
     EmergencyStop,
     Severity,
+    actor_words,
 )
 from events.services import event_emit
 from projects.models import AgentState, Project
@@ -94,7 +95,8 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
                      obj=stop, project_id=project.pk, reason=reason,
                      after={"condition": condition, "severity": stop.severity, "stopped_tasks": tasks,
                             "cancelled_approvals": approvals, "data": data or {}})
-        payload = {**stop_payload(stop), "new_condition": condition, "created": created}
+        payload = {**stop_payload(stop), "new_condition": condition, "created": created,
+                   "triggered_by_name": actor_words(stop.triggered_by)}  # as the pages name who stopped it
         event_emit(project_id=project.pk, event_type="emergency_stop_triggered", data=payload)
         notify_project_on_commit(project_id=project.pk, event_type="emergency_stop_triggered",
                                  subject=f"[BotArmy HITL] Emergency stop of {project.slug}: {condition}",

@@ -59,6 +59,7 @@ def test_manual_stop_halts_everything_and_reports_it(project, agent, reviewer, m
     assert set(AgentState.objects.filter(project=project).values_list("status", flat=True)) == {"emergency_stopped"}
     event = Event.objects.get(event_type="emergency_stop_triggered")
     assert event.data["id"] == body["id"] and event.data["triggered_conditions"] == ["manual_stop"]
+    assert event.data["triggered_by_name"] == "reviewer"  # as the pages name people (reviewer#7: reviewer)
     # every time in the answer and the event is ISO-8601 UTC written with a "Z", as DRF writes its fields
     assert body["created_at"].endswith("Z") and body["condition_details"][0]["at"].endswith("Z")
     assert event.data["created_at"].endswith("Z")
