@@ -228,30 +228,13 @@
   // the form was sent sends them through the login page, which comes back without the text (or the
   // page is reloaded to sign in again); a pending panel puts it back into its box, untouched since
   // the server rendered it, and says so. A settled panel (decided here or elsewhere) drops them.
-  var DRAFT_PREFIX = "hitl-draft:";
+  // review/static/review/drafts.js holds them (and drops them all at Log out, here and in the admin).
+  var DRAFT_PREFIX = window.hitlDrafts.PREFIX, dropDrafts = window.hitlDrafts.drop, draftStore = window.hitlDrafts.store;
 
   // Whose they are: another reviewer signing in on this tab never gets them back.
   function draftKey(field) {
     return DRAFT_PREFIX + (document.body.getAttribute("data-user-id") || "") + ":" + window.location.pathname +
       "#" + field.id;
-  }
-
-  function dropDrafts(keep) {  // every draft of this tab, but those whose key ``keep`` accepts
-    var store = draftStore();
-    if (!store) return;
-    for (var i = store.length - 1; i >= 0; i--) {
-      var key = store.key(i);
-      if (key && key.indexOf(DRAFT_PREFIX) === 0 && !(keep && keep(key))) store.removeItem(key);
-    }
-  }
-
-  // Signing out ends them; a page of another user drops those of the one before.
-  document.addEventListener("submit", function (evt) {
-    if (evt.target && evt.target.matches && evt.target.matches("form.logout")) dropDrafts(null);
-  });
-
-  function draftStore() {
-    try { return window.sessionStorage; } catch (e) { return null; }  // storage turned off: no drafts
   }
 
   document.addEventListener("input", function (evt) {
