@@ -188,8 +188,9 @@ _WAITED = ("connection pool exhausted", "lock not available")
 
 
 def retry_transient(fn):
-    """Retry the whole service when the database answers with a deadlock or a serialization
-    failure, a few times with jittered backoff (HITL_DB_RETRIES), and at once
+    """Retry the whole service when the database answers with a deadlock, a serialization
+    failure or SQLite's "database is locked", a few times with jittered backoff
+    (HITL_DB_RETRIES; not a lock or pool timeout: see _WAITED), and at once
     with the exclusive lock when a unit of work asks for it (ExclusiveNeeded). Only the
     outermost transaction retries: inside another one the error goes up to its owner."""
 
