@@ -18,5 +18,8 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         try:
             return super().changelist_view(request, extra_context)
-        except OverflowError:  # a date far past any calendar (Django's date hierarchy lets it through)
+        except (OverflowError, ValueError) as exc:  # a date far past any calendar (the date hierarchy lets it
+            # through: its year 9999 ends in year 10000, "year 10000 is out of range")
+            if isinstance(exc, ValueError) and "out of range" not in str(exc):
+                raise
             return HttpResponseRedirect(f"{request.path}?e=1")  # the admin's "bad filter" answer
