@@ -1,12 +1,16 @@
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 
 from access.models import ApiKey
 from access.services import api_key_revoke
+from core.admin import SelectedIdsMixin
 from core.text import plural
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(SelectedIdsMixin, admin.ModelAdmin):
     """Keys are issued by `manage.py hitl_access --api-key` (shown once); here they are
     listed and revoked. Nothing about a key is editable."""
 
@@ -32,3 +36,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {plural(revoked, 'key')}"
                           + (f"; {plural(len(already), 'was', 'were')} already revoked." if already else "."),
                           messages.SUCCESS)
+
+
+# Django's own user and group lists, with the same guard on their bulk actions (delete selected).
+admin.site.unregister(get_user_model())
+admin.site.unregister(Group)
+
+
+@admin.register(get_user_model())
+class UserAdmin(SelectedIdsMixin, auth_admin.UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class GroupAdmin(SelectedIdsMixin, auth_admin.GroupAdmin):
+    pass

@@ -30,6 +30,7 @@ from budgets.models import BudgetOverrideRequest
 from core.admin import (
     QueueColumnsMixin,
     ReadOnlyAdminMixin,
+    SelectedIdsMixin,
     ask_reason,
     back_to_messages,
     changed_values,
@@ -390,7 +391,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(SelectedIdsMixin, admin.ModelAdmin):
     """Every project's cost estimates follow these prices: each change and deletion is audited."""
 
     list_display = ["model", "input_per_million", "output_per_million", "default_output_tokens", "updated_at"]

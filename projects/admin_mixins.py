@@ -1,14 +1,14 @@
 """Admin helpers that know projects (core/admin.py holds the project-agnostic ones)."""
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import ValidationError
 
+from core.admin import SelectedIdsMixin
 from core.text import plural
 from projects import roles
 from projects.permissions import has_project_perm, project_visible_to
 
 
-class ProjectScopedAdminMixin:
+class ProjectScopedAdminMixin(SelectedIdsMixin):
     """Staff see the rows of the projects they hold a role on, and nothing else.
     ``project_lookup`` names the project of a row ("pk" when the rows are projects).
 
@@ -32,10 +32,7 @@ class ProjectScopedAdminMixin:
         """Django's bulk actions drop selected rows the user may not see without a word (ids
         edited by hand, or a role lost since the list was loaded): say how many were left out."""
         selected = set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
-        ids = {value for value in selected if self._an_id(value)}
-        if ids != selected:  # not even ids (edited by hand): left out here, Django's own filter would raise
-            request.POST = request.POST.copy()
-            request.POST.setlist(helpers.ACTION_CHECKBOX_NAME, sorted(ids))
+        ids = {value for value in selected if self.an_id(value)}  # the others are left out (SelectedIdsMixin)
         hidden = 0
         if selected and request.POST.get("select_across") != "1":
             hidden = len(selected) - (self.get_queryset(request).filter(pk__in=ids).count() if ids else 0)
@@ -50,13 +47,6 @@ class ProjectScopedAdminMixin:
                                        f"visible to you and {'was' if hidden == 1 else 'were'} not changed.",
                               messages.WARNING)
         return response
-
-    def _an_id(self, value) -> bool:
-        try:
-            self.model._meta.pk.to_python(value)
-            return True
-        except (ValidationError, ValueError, TypeError):
-            return False
 
     def has_view_permission(self, request, obj=None):
         if not (request.user.is_active and request.user.is_staff):

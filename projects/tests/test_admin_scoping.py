@@ -2,6 +2,7 @@
 each staff user the rows of the projects they hold a role on, nothing of the others, whatever
 Django model permissions they were given."""
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
@@ -123,6 +124,23 @@ def test_a_hand_edited_selection_that_is_not_an_id_is_left_out_not_a_500(client,
     said = [str(m) for m in r.context["messages"]]
     assert "1 selected item is not visible to you and was not changed." in said, said
     assert AgentCallApproval.objects.get(pk=mine.pk).status == "approved"
+
+
+@pytest.mark.parametrize("changelist, action", [
+    ("admin:access_apikey_changelist", "revoke"), ("admin:core_heartbeat_changelist", "delete_selected"),
+    ("admin:approvals_modelprice_changelist", "delete_selected"), ("admin:auth_user_changelist", "delete_selected"),
+    ("admin:auth_group_changelist", "delete_selected"),
+])
+def test_a_selection_that_is_not_an_id_is_left_out_on_every_admin_list(client, admin_user, changelist, action):
+    """The lists that are not a project's (keys, heartbeats, prices, users, groups) raised on a
+    ticked value that is no id of theirs: a 500."""
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    client.force_login(admin_user)
+    for value in ("x", "00000000-0000-0000-0000-000000000000", "9" * 10_000):
+        r = client.post(reverse(changelist), {"action": action, "index": 0, ACTION_CHECKBOX_NAME: [value]})
+        assert r.status_code in (200, 302), (value, r.status_code)
+    assert get_user_model().objects.filter(pk=admin_user.pk).exists()
 
 
 def test_an_action_asking_a_reason_names_the_selected_items_it_leaves_out(client, reviewer, agent, rows):
