@@ -141,12 +141,19 @@ def _loads(text: str):
                       object_pairs_hook=_unique_keys)
 
 
+class NotJson(ValueError):
+    """Text that is not written as JSON at all (where plain text is an answer too)."""
+
+
 def loads_strict(text: str):
     """JSON typed by a person into a form (an amended input or answer), held to the API's rules:
     no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
-    with the reason otherwise (never a RecursionError or a value the database refuses)."""
+    with the reason otherwise (never a RecursionError or a value the database refuses): NotJson
+    for text that is not JSON, another one for JSON the rules refuse."""
     try:
         value = _loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotJson(str(exc)) from None
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:

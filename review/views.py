@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError, InvalidInput
-from core.parsers import RepeatedKey, loads_strict
+from core.parsers import NotJson, loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
@@ -394,17 +394,17 @@ def hitl_request_decide(request, request_id):
     amended_text = request.POST.get("amended_content", "")
     form = {"response": answer, "amended_content": amended_text, "action": action}
     amended = None
-    repeated = None
+    refused = None
     if action == "amend":
         try:
             amended = loads_strict(amended_text)
-        except RepeatedKey as exc:  # JSON meant as JSON: never sent on as text without a word
-            repeated = f"This JSON is refused: {exc}. Nothing was decided."
-        except ValueError:
+        except NotJson:
             amended = amended_text        # plain text is a valid amendment too
+        except ValueError as exc:  # JSON meant as JSON (a key twice, 1e400, NaN, ...): never sent on as text
+            refused = f"This JSON is refused: {exc}. Nothing was decided."
     try:
-        if repeated:
-            raise InvalidInput(repeated, fields={})
+        if refused:
+            raise InvalidInput(refused, fields={})
         if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
             raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
         if action == "approve" and req.options and not answer:   # the page came back with no word

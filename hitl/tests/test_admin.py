@@ -59,6 +59,12 @@ def test_amend_from_the_page_takes_json_or_text(browser, ask):
     as_json.refresh_from_db(), as_text.refresh_from_db()
     assert (as_json.status, as_json.amended_content) == ("amended", {"use": "pg"})
     assert (as_text.status, as_text.amended_content) == ("amended", "call it Atlas")
+    # JSON the API refuses is refused here too (it was sent on as a plain string, without a word)
+    refused = ask(question="How many rows?")
+    r = browser.post(page(refused), {"_decide": "1", "action": "amend", "amend-amended_content": '{"rows": 1e400}'})
+    assert r.status_code == 200 and "This JSON is refused: the number 1e400 is out of range" in r.content.decode()
+    refused.refresh_from_db()
+    assert refused.status == "pending"
 
 
 def test_a_form_error_decides_nothing(browser, ask):

@@ -110,15 +110,22 @@ def test_stopping_at_a_checkpoint_needs_a_reason_on_the_page(project, agent, rev
     assert req.status == "rejected" and req.response == "the plan skips the tests"
 
 
-@pytest.mark.parametrize("text", ["NaN", '{"x": Infinity}', '{"a": ' * 3000 + "1" + "}" * 3000])
-def test_an_amendment_that_is_not_strict_json_is_kept_as_the_text_typed(project, agent, reviewer, text):
-    """NaN and a 3,000-deep object were a 500 page (the database refused NaN; the parser recursed):
-    like any text that is not JSON, they are the plain-text amendment."""
+@pytest.mark.parametrize("text", ["NaN", '{"x": Infinity}', '{"a": ' * 3000 + "1" + "}" * 3000,
+                                  '{"batch_size": 100, "max_rows": 1e400}', '{"price": 123456789012345678901234567890.5}',
+                                  '{"a": "\\u0000"}'])
+def test_an_amendment_of_json_the_api_refuses_is_refused_not_sent_on_as_text(project, agent, reviewer, text):
+    """NaN and a 3,000-deep object were a 500 page (the database refused NaN; the parser recursed);
+    then they, 1e400 and a NUL were sent on to the agent as a plain string, without a word, where
+    the API refuses the same amendment (400). Text that is not written as JSON stays an answer."""
     req = ask(project, agent, request_type="checkpoint", question="Go on?")
     r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": text})
+    assert r.status_code == 400 and "This JSON is refused: " in r.content.decode()
+    req.refresh_from_db()
+    assert req.status == "pending"
+    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": "use 1e400 rows"})
     assert r.status_code == 302
     req.refresh_from_db()
-    assert req.status == "amended" and req.amended_content == text
+    assert req.status == "amended" and req.amended_content == "use 1e400 rows"
 
 
 def test_an_amendment_of_json_with_a_key_twice_is_refused_not_sent_on_as_text(project, agent, reviewer):
