@@ -210,6 +210,10 @@ class EmergencyStopWithRecoveryAdmin(EmergencyStopAdmin):
     @admin.action(description="Start a recovery session (managers)")
     def start_recovery(self, request, queryset):
         for stop in queryset:
+            if stop.resolved_at is not None:  # it would have started one for the project's active stop
+                self.message_user(request, f"{stop.project.name}: this stop is resolved already: nothing to recover "
+                                           f"(a recovery starts from the project's active stop).", messages.WARNING)
+                continue
             try:
                 session = recovery_start(project_id=stop.project_id, actor=request.user, recovery_type="manual")
             except DomainError as err:

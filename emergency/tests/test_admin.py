@@ -59,6 +59,13 @@ def test_recovery_through_the_admin(client, manager, reviewer, project):
     assert Project.objects.get(pk=project.pk).status == "active"
     page = client.get(reverse("admin:recovery_recoverysession_change", args=[session.pk]))
     assert page.status_code == 200 and b"lift_stop" in page.content
+    # the project stopped again: the old, resolved stop starts nothing (it started a recovery of the new one)
+    again, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="y", actor=reviewer)
+    login(client, manager)
+    r = client.post(reverse("admin:emergency_emergencystop_changelist"), {
+        "action": "start_recovery", "index": 0, ACTION_CHECKBOX_NAME: [str(stop.pk)]}, follow=True)
+    assert any("this stop is resolved already: nothing to recover" in str(m) for m in r.context["messages"])
+    assert not RecoverySession.objects.filter(emergency_stop=again).exists()
 
 
 def test_rejecting_a_step_in_the_admin_keeps_the_stop(client, manager, reviewer, project):
