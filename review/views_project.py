@@ -363,9 +363,10 @@ def recovery_step_decide(request, session_id, step_id):
         return _forbidden(request, f"Only reviewers and managers of {session.project.name} may decide "
                                    f"recovery steps.", session.project)
     form = StepDecisionForm(request.POST)
-    if not form.is_valid():
-        return render(request, "review/recovery.html",
-                      _recovery_context(request, session, error="Choose approve or reject."), status=400)
+    if not form.is_valid():  # what is wrong (a reason past 5,000 characters was "Choose approve or reject.")
+        error = "Choose approve or reject." if "decision" in form.errors else " ".join(
+            f"The {name}: {' '.join(messages_)}" for name, messages_ in form.errors.items())
+        return render(request, "review/recovery.html", _recovery_context(request, session, error=error), status=400)
     step = RecoveryStep.objects.filter(session=session, pk=step_id).first()
     try:
         session = recovery_step_respond(session_id=session.pk, step_id=step_id, actor=request.user,

@@ -383,6 +383,18 @@ def test_the_starter_may_not_approve_and_a_rejection_needs_a_reason(session, man
     assert RecoverySession.objects.get(pk=session.pk).status == "failed"
 
 
+def test_a_malformed_step_decision_says_what_is_wrong_and_decides_nothing(session, reviewer):
+    """A reason past 5,000 characters was told "Choose approve or reject." (it had chosen)."""
+    step = steps_of(session)[0]
+    r = decide(web(reviewer), session, step, decision="reject", reason="x" * 5001)
+    html = r.content.decode()
+    assert r.status_code == 400 and "The reason: Ensure this value has at most 5000 characters" in html, html[-3000:]
+    assert "Choose approve or reject." not in html
+    r = decide(web(reviewer), session, step, decision="maybe")
+    assert r.status_code == 400 and "Choose approve or reject." in r.content.decode()
+    assert RecoveryStep.objects.get(pk=step.pk).status == "pending"
+
+
 def test_an_agent_cannot_decide_recovery_steps(session, agent):
     step = steps_of(session)[0]
     html = web(agent).get(reverse("review:recovery", args=[session.pk])).content.decode()
