@@ -171,6 +171,20 @@ def test_an_amendment_the_service_refuses_is_shown(call, reviewer):
     assert call.status == "pending"
 
 
+def test_an_amendment_past_the_body_limit_says_so_and_decides_nothing(call, reviewer, settings):
+    """An input of 90 KB is prefilled indented (a megabyte): sent back, it passed the body limit and
+    the panel said "The server refused this (HTTP 400) ... reload the page", which could not help."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
+    big = json.dumps({"path": "src/login.tsx", "notes": "x" * 3000}, indent=2)
+    for headers in ({}, HTMX):
+        r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": big}, **headers)
+        assert r.status_code == 400 and r["Content-Type"].startswith("text/plain"), r.content[:300]
+        assert r.content.decode().startswith("The form sent is larger than this server takes (2,000 bytes, "
+                                             "HITL_MAX_BODY_BYTES): nothing was done.")
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
 def test_reject_needs_a_reason(call, reviewer):
     client = web(reviewer)
     r = client.post(decide_url(call), {"decision": "reject", "reason": "  "})
