@@ -99,20 +99,37 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+MAX_SIGNIFICANT_DIGITS = 17  # what a double's exact decimal form needs at most (C's %.17g, Java's toString)
+_SIGNIFICAND = re.compile(r"-?([0-9]*)\.?([0-9]*)")
+
+
 def _finite_float(text: str) -> float:
     """A JSON number with a fraction or an exponent, as a double holds it. One beyond a double's
     range (1e999) is refused by name, where Python would read it as infinity (which JSON cannot
-    hold); so is one a double cannot hold as written (123456789012345678901234567890.5, 1e-400):
-    it was rounded silently, and the input a reviewer approved was not the one the agent sent."""
+    hold); so is one whose digits a double cannot hold (more than 17 significant digits that are not
+    exactly a double, such as 123456789012345678901234567890.5, or 1e-400, below the smallest
+    double): it was rounded
+    silently, and the input a reviewer approved was not the one the agent sent."""
     value = float(text)
     shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
     if math.isinf(value):
         raise ValueError(f"the number {shown} is out of range: send one between -1.7e308 and 1.7e308, "
                          f"or the number as a string")
-    if Decimal(repr(value)) != Decimal(text):
+    whole, fraction = _SIGNIFICAND.match(text.lower().partition("e")[0]).groups()
+    digits = (whole + fraction).strip("0")
+    if (value == 0 and digits) or (len(digits) > MAX_SIGNIFICANT_DIGITS and not _exactly(value, text)):
         raise ValueError(f"the number {shown} has more digits than a 64-bit float holds (it would be read as "
-                         f"{value!r}): send at most 15 significant digits, or the number as a string")
+                         f"{value!r}): send at most {MAX_SIGNIFICANT_DIGITS} significant digits, or the number "
+                         f"as a string")
     return value
+
+
+def _exactly(value: float, text: str) -> bool:
+    """Whether the double ``value`` is exactly the number ``text`` writes (2.82879384806159008E17 is)."""
+    try:
+        return Decimal(value) == Decimal(text)
+    except ArithmeticError:  # an exponent past what Decimal takes
+        return False
 
 
 class RepeatedKey(ValueError):
@@ -145,6 +162,27 @@ class NotJson(ValueError):
     """Text that is not written as JSON at all (where plain text is an answer too)."""
 
 
+def _written_as_json(text: str) -> bool:
+    """JSON's syntax, whatever its values (NaN, 1e400, a key twice): read without the rules."""
+    try:
+        json.loads(text, parse_constant=str, parse_float=str, parse_int=str)
+    except json.JSONDecodeError:
+        return False
+    except (ValueError, RecursionError):
+        return True
+    return True
+
+
+def json_or_text(text: str):
+    """What a person typed where JSON or plain text is an answer (a question's amendment): the
+    JSON it is written as, held to the API's rules (ValueError with the reason: never sent on as
+    text without a word), or else the text itself."""
+    try:
+        return loads_strict(text)
+    except NotJson:
+        return text
+
+
 def loads_strict(text: str):
     """JSON typed by a person into a form (an amended input or answer), held to the API's rules:
     no NaN or Infinity, no NUL or lone surrogate, nesting at most MAX_DEPTH levels. ValueError
@@ -154,6 +192,10 @@ def loads_strict(text: str):
         value = _loads(text)
     except json.JSONDecodeError as exc:
         raise NotJson(str(exc)) from None
+    except ValueError:  # a rule's refusal, met while reading: is the text JSON at all ("NaN values must go")?
+        if not _written_as_json(text):
+            raise NotJson("not JSON") from None
+        raise
     except RecursionError:
         raise ValueError(f"nesting is deeper than {MAX_DEPTH} levels") from None
     try:

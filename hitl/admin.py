@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 
 from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, back_to_messages, refuse_on_page
 from core.errors import DomainError, InvalidInput
-from core.parsers import NotJson, loads_strict
+from core.parsers import json_or_text
 from core.text import FORM_ERROR_NOTE, plural
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
@@ -71,10 +71,8 @@ class HitlAnswerForm(forms.Form):
         if not text.strip():
             raise forms.ValidationError("This is required.")
         try:
-            return loads_strict(text)
-        except NotJson:
-            return text  # plain text is an amendment too
-        except ValueError as exc:  # JSON meant as JSON (a key twice, 1e400, NaN, ...): never sent on as text
+            return json_or_text(text)  # plain text is an amendment too
+        except ValueError as exc:
             raise forms.ValidationError(f"This JSON is refused: {exc}.") from None
 
     def service_kwargs(self) -> dict:

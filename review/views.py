@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError, InvalidInput
-from core.parsers import NotJson, loads_strict
+from core.parsers import json_or_text, loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
@@ -397,10 +397,8 @@ def hitl_request_decide(request, request_id):
     refused = None
     if action == "amend":
         try:
-            amended = loads_strict(amended_text)
-        except NotJson:
-            amended = amended_text        # plain text is a valid amendment too
-        except ValueError as exc:  # JSON meant as JSON (a key twice, 1e400, NaN, ...): never sent on as text
+            amended = json_or_text(amended_text)   # plain text is a valid amendment too
+        except ValueError as exc:
             refused = f"This JSON is refused: {exc}. Nothing was decided."
     try:
         if refused:

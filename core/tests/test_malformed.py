@@ -389,6 +389,12 @@ def test_typed_json_is_held_to_the_same_number_rules():
     assert loads_strict('{"n": 1e308, "a": 0.1, "b": 1.10, "c": -0.0, "d": 2.5E-3, "e": 0.30000000000000004, '
                         '"f": 12345678901234567890123}') == {"n": 1e308, "a": 0.1, "b": 1.1, "c": -0.0, "d": 0.0025,
                                                              "e": 0.30000000000000004, "f": 12345678901234567890123}
+    # 17 significant digits (C's %.17g, PHP, older Java), or more that are exactly a double, are taken
+    assert loads_strict("[0.10000000000000001, 9.999999999999999e22, 2.82879384806159008E17, 1.000000000000000000000]"
+                        ) == [0.1, 1e23, 2.82879384806159008e17, 1.0]
+    for refused in ("1e-9999999999999999999", "3.14159265358979323846", "1.2345678901234567891e-400"):
+        with pytest.raises(ValueError, match=r"has more digits than a 64-bit float holds"):
+            loads_strict(refused)  # the first was a 500 (Decimal's InvalidOperation)
 
 
 # --- wrong types, bad values, missing fields ----------------------------------------
@@ -854,11 +860,14 @@ def test_a_refused_body_says_what_to_send_in_the_clients_terms(settings, targets
              "send one between -1.7e308 and 1.7e308, or the number as a string"),
             (send(client, url, with_literal(valid, "x", "123456789012345678901234567890.5")),
              "JSON parse error - the number 123456789012345678901234567890.5 has more digits than a 64-bit float "
-             "holds (it would be read as 1.2345678901234568e+29): send at most 15 significant digits, or the "
+             "holds (it would be read as 1.2345678901234568e+29): send at most 17 significant digits, or the "
              "number as a string"),
             (send(client, url, with_literal(valid, "x", "1e-400")),
              "JSON parse error - the number 1e-400 has more digits than a 64-bit float holds (it would be read as "
-             "0.0): send at most 15 significant digits, or the number as a string"),
+             "0.0): send at most 17 significant digits, or the number as a string"),
+            (send(client, url, with_literal(valid, "x", "1e-9999999999999999999")),
+             "JSON parse error - the number 1e-9999999999999999999 has more digits than a 64-bit float holds (it "
+             "would be read as 0.0): send at most 17 significant digits, or the number as a string"),
             (send(client, url, b"{}", content_type="application/json; charset=utf-16"),
              "JSON parse error - Expecting value: line 1 column 1 (char 0)"
              " (read as utf-16, the charset its Content-Type declares)"),

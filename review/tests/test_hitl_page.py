@@ -122,10 +122,12 @@ def test_an_amendment_of_json_the_api_refuses_is_refused_not_sent_on_as_text(pro
     assert r.status_code == 400 and "This JSON is refused: " in r.content.decode()
     req.refresh_from_db()
     assert req.status == "pending"
-    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide", {"action": "amend", "amended_content": "use 1e400 rows"})
+    # text that only starts like JSON is text ("NaN values must go" was refused for its NaN)
+    r = browser(reviewer).post(f"/review/hitl/{req.pk}/decide",
+                               {"action": "amend", "amended_content": "NaN values must go, 1e400 rows at most"})
     assert r.status_code == 302
     req.refresh_from_db()
-    assert req.status == "amended" and req.amended_content == "use 1e400 rows"
+    assert req.status == "amended" and req.amended_content == "NaN values must go, 1e400 rows at most"
 
 
 def test_an_amendment_of_json_with_a_key_twice_is_refused_not_sent_on_as_text(project, agent, reviewer):
