@@ -159,7 +159,14 @@ _TRANSIENT_SQLSTATES = {
     "40P01": "deadlock detected",       # psycopg.errors.DeadlockDetected
     "40001": "serialization failure",   # psycopg.errors.SerializationFailure
     "55P03": "lock not available",      # psycopg.errors.LockNotAvailable (lock_timeout, NOWAIT)
+    # the server ended this connection (pg_terminate_backend, a restart, a failover): the next one works
+    "57P01": "connection lost",         # psycopg.errors.AdminShutdown
+    "57P02": "connection lost",         # psycopg.errors.CrashShutdown
+    "57P03": "connection lost",         # psycopg.errors.CannotConnectNow (the server is starting)
 }
+# ... or it went away without a word: the driver's own message (no SQLSTATE)
+_LOST_CONNECTION_MESSAGES = ("consuming input failed", "server closed the connection unexpectedly",
+                             "the connection is closed", "the connection is lost")
 # SQLite's SQLITE_BUSY / SQLITE_LOCKED: another connection holds the write lock past the timeout.
 _SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
 
@@ -183,6 +190,11 @@ def transient_db_error_kind(exc: BaseException | None) -> str | None:
         sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
         if sqlstate in _TRANSIENT_SQLSTATES:
             return _TRANSIENT_SQLSTATES[sqlstate]
+        if isinstance(sqlstate, str) and sqlstate.startswith("08"):  # connection_exception's class
+            return "connection lost"
+        if sqlstate is None and type(exc).__module__.startswith("psycopg") and \
+                any(text in str(exc) for text in _LOST_CONNECTION_MESSAGES):
+            return "connection lost"
         pool_errors = _pool_exhausted_types()
         if pool_errors and isinstance(exc, pool_errors):
             return "connection pool exhausted"

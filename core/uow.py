@@ -213,6 +213,8 @@ def retry_transient(fn):
                     if attempt == attempts - 1 or not is_transient_db_error(exc) \
                             or transient_db_error_kind(exc) in _WAITED:  # it already waited its limit
                         raise
+                    if transient_db_error_kind(exc) == "connection lost":
+                        connection.close()  # back to the pool, which drops it: the next run takes another
                     time.sleep(random.uniform(0.01, 0.05) * (2 ** attempt))
                     attempt += 1
         finally:

@@ -43,6 +43,10 @@ TRANSIENT = {
     "lock-timeout": (pg_errors.LockNotAvailable("canceling statement due to lock timeout"), "lock not available"),
     "pool-timeout": (PoolTimeout("couldn't get a connection after 30.00 sec"), "connection pool exhausted"),
     "pool-queue-full": (TooManyRequests("the pool has already 10 requests waiting"), "connection pool exhausted"),
+    "admin-shutdown": (pg_errors.AdminShutdown("terminating connection due to administrator command"),
+                       "connection lost"),
+    "closed-unexpectedly": (psycopg.OperationalError("consuming input failed: server closed the connection "
+                                                     "unexpectedly"), "connection lost"),
     "sqlite-locked": (sqlite3.OperationalError("database is locked"), "database is locked"),
     "sqlite-table-locked": (sqlite3.OperationalError("database table is locked: projects_project"),
                             "database is locked"),
@@ -200,6 +204,38 @@ def _in_thread(fn):
     thread = threading.Thread(target=run)
     thread.start()
     return thread, result
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_connections_the_server_ended_are_503_then_replaced_never_a_500(project, agent, client_for):
+    """pg_terminate_backend (a restart, a failover) left every pooled connection broken: each one's
+    next request was a 500 (AdminShutdown, "server closed the connection unexpectedly")."""
+    from projects.models import Task
+
+    client = client_for(agent)
+    client.raise_request_exception = False  # answer as the server would
+    params = connections["default"].get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")},
+                         autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert killed >= 1
+    answers = []
+    for i in range(12):
+        r = client.post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder", "title": f"t{i}"},
+                        format="json")
+        answers.append(r.status_code)
+        assert r.status_code in (201, 503), r.content
+        if r.status_code == 503:
+            assert r["Retry-After"] and "connection lost" in r.json()["detail"]
+        connections["default"].close()  # as a server's request ends (the test client keeps its connection)
+        got = client.get(f"/api/v1/projects/{project.pk}")
+        answers.append(got.status_code)
+        assert got.status_code in (200, 503), got.content
+        connections["default"].close()
+    assert 503 in answers and answers[-4:] == [201, 200, 201, 200], answers  # new connections by then
+    assert Task.objects.filter(project=project).count() == answers[0::2].count(201)
 
 
 @pytest.mark.postgres
