@@ -357,10 +357,20 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # below) and its run (at most 60 s). Ten minutes leave room for a backlog of slow webhooks.
 HITL_BROKER_VISIBILITY_TIMEOUT = env.int("HITL_BROKER_VISIBILITY_TIMEOUT", default=600)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A broker that hangs (a Redis that neither answers nor refuses) holds whoever hands it a task
+# for at most this many seconds per try, and a task is tried twice: a request's alerts are
+# handed over after its commit in its own thread (they wait in the database for the next sweep
+# when the broker does not take them), which waited for ever and held every web thread.
+HITL_BROKER_SOCKET_TIMEOUT = env.float("HITL_BROKER_SOCKET_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                    "interval_max": 0.2}
 if CELERY_BROKER_URL.startswith("redis"):  # redis://, rediss://, redis+socket://
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": HITL_BROKER_VISIBILITY_TIMEOUT,
                                        "unacked_restore_interval": min(10, HITL_BROKER_VISIBILITY_TIMEOUT),
-                                       "unacked_restore_throttle": 1}
+                                       "unacked_restore_throttle": 1,
+                                       "socket_timeout": HITL_BROKER_SOCKET_TIMEOUT,
+                                       "socket_connect_timeout": HITL_BROKER_SOCKET_TIMEOUT}
+    CELERY_BROKER_CONNECTION_TIMEOUT = HITL_BROKER_SOCKET_TIMEOUT
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("queue", "processed", "control"):

@@ -108,10 +108,10 @@ def queue_notifications(rows) -> int:
                                                 subject=claimed.subject, payload=claimed.payload,
                                                 delivery_id=claimed.delivery_id)
                 claimed.delete()
-        except Exception:  # noqa: BLE001 - one failed enqueue must not stop the others
+        except Exception:  # noqa: BLE001 - the broker did not take it: it stays for the next sweep
             log.exception("could not queue %s notification for notifier %s; it is tried again later",
                           row.event_type, row.notifier_id)
-            continue
+            break  # nor would it take the next ones now: the thread (a request's) is not held for each
         queued += 1
     return queued
 

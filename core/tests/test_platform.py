@@ -253,6 +253,26 @@ def test_the_lock_timeout_is_a_connection_option_or_refused_with_a_clear_message
     assert (done.returncode == 0) == (value != "-1")
 
 
+def test_a_hung_redis_broker_holds_a_task_hand_over_for_seconds_not_for_ever():
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    code = ("import django; from django.conf import settings as s; django.setup(); "
+            "o = s.CELERY_BROKER_TRANSPORT_OPTIONS; "
+            "print(o['socket_timeout'], o['socket_connect_timeout'], s.CELERY_BROKER_CONNECTION_TIMEOUT, "
+            "s.CELERY_TASK_PUBLISH_RETRY_POLICY['max_retries'])")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings", "DJANGO_SECRET_KEY": "test",
+           "REDIS_URL": "redis://127.0.0.1:6379/15", "CELERY_BROKER_URL": "",
+           "HITL_VAR_DIR": os.environ.get("HITL_VAR_DIR", str(django_settings.VAR_DIR))}
+    env.pop("CELERY_BROKER_URL")
+    env.pop("HITL_BROKER_SOCKET_TIMEOUT", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2.0", "2.0", "2.0", "1"], done.stderr[-2000:]
+
+
 def test_behind_an_https_proxy_requests_are_secure_and_cookies_https_only():
     import subprocess
     import sys

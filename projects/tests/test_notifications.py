@@ -303,6 +303,28 @@ def test_an_alert_the_broker_does_not_take_is_kept_and_queued_again_later(projec
     assert requeue_notifications_task.apply().get() == 0  # sent once
 
 
+def test_a_broker_that_does_not_take_an_alert_is_not_asked_again_for_the_next_ones(
+        project, webhook_server, monkeypatch, django_capture_on_commit_callbacks):
+    """A hung broker held the request's thread for each of its alerts in turn (for ever, before
+    HITL_BROKER_SOCKET_TIMEOUT): after the first refusal the others wait in the database too."""
+    from projects.models import QueuedNotification
+
+    server = webhook_server()
+    for name in ("a", "b", "c"):
+        _notifier(project, target=f"{server.url}/{name}", secret=SECRET)
+    tried = []
+
+    def broker_hangs_then_fails(*args, **kwargs):
+        tried.append(kwargs["notifier_id"])
+        raise TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(deliver_notification_task, "delay", broker_hangs_then_fails)
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            _notify(project)
+    assert len(tried) == 1 and QueuedNotification.objects.count() == 3
+
+
 def test_a_delivered_alert_leaves_nothing_queued(project, webhook_server, django_capture_on_commit_callbacks):
     from projects.models import QueuedNotification
 
