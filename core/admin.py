@@ -48,8 +48,9 @@ class SelectedIdsMixin:
         return super().response_action(request, queryset)
 
     def an_id(self, value) -> bool:
+        pk = self.model._meta.pk
         try:
-            self.model._meta.pk.to_python(value)
+            pk.run_validators(pk.to_python(value))  # an integer past the column's range too (an OverflowError)
             return True
         except (ValidationError, ValueError, TypeError):
             return False
