@@ -1,7 +1,29 @@
 """Beat's sweeps over pending requests (calls, response approvals, questions and checkpoints)."""
+import logging
 from datetime import timedelta
 
+from django.db import OperationalError
 from django.utils import timezone
+
+from core.errors import transient_db_error_kind
+
+log = logging.getLogger(__name__)
+
+
+def each(pks, run) -> int:
+    """``run(pk)`` for every row of a sweep, each in its own service and unit of work; how many it
+    changed. A row whose database work is held up (its project locked past HITL_DB_LOCK_TIMEOUT, a
+    lost connection) is left for the next sweep: the others are not held up behind it."""
+    changed = 0
+    for pk in list(pks):
+        try:
+            changed += bool(run(pk))
+        except OperationalError as exc:
+            kind = transient_db_error_kind(exc)
+            if kind is None:
+                raise
+            log.warning("sweep: %s left for the next sweep (%s)", pk, kind)
+    return changed
 
 
 def warn_at_for(created, timeout_minutes: int):
@@ -23,4 +45,4 @@ def timeout_warnings_due(model, warn, *, now=None, batch: int = 1000) -> int:
     now = now or timezone.now()
     due = model.objects.filter(status="pending", timeout_warning_sent_at__isnull=True, warn_at__lte=now,
                                expires_at__gt=now).values_list("pk", flat=True)
-    return sum(warn(pk, now) for pk in list(due[:batch]))
+    return each(due[:batch], lambda pk: warn(pk, now))

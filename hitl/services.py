@@ -16,7 +16,7 @@ from audit.services import audit_record
 from core import rawrows
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.redaction import redact
-from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
+from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -279,7 +279,7 @@ def hitl_request_expire_overdue(*, now=None) -> int:
     history entry, audit row and approval_timed_out event)."""
     now = now or timezone.now()
     due = HitlRequest.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
-    return sum(hitl_request_time_out(request_id=pk, now=now) for pk in list(due[:1000]))
+    return each(due[:1000], lambda pk: hitl_request_time_out(request_id=pk, now=now))
 
 
 @retry_transient

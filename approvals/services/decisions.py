@@ -23,7 +23,7 @@ from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, TransitionError
-from core.sweeps import timeout_warning_due, timeout_warnings_due
+from core.sweeps import each, timeout_warning_due, timeout_warnings_due
 from core.times import iso_utc
 from core.uow import retry_transient
 from events.services import event_emit
@@ -227,8 +227,8 @@ def agent_approval_expire_overdue(*, now=None) -> int:
     lapsed = AgentCallApproval.objects.filter(
         status=Status.APPROVED, started_at__isnull=True,
         responded_at__lt=now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)).values_list("pk", flat=True)
-    return (sum(agent_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
-            + sum(agent_approval_expire_grant(approval_id=pk, now=now) for pk in list(lapsed[:1000])))
+    return (each(due[:1000], lambda pk: agent_approval_time_out(approval_id=pk, now=now))
+            + each(lapsed[:1000], lambda pk: agent_approval_expire_grant(approval_id=pk, now=now)))
 
 
 @retry_transient

@@ -30,7 +30,7 @@ from core import rawrows
 from core.errors import (AlreadyDecided, EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError,
                          TransitionError)
 from core.request_cache import memo
-from core.sweeps import timeout_warning_due, timeout_warnings_due, warn_at_for
+from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
@@ -343,7 +343,7 @@ def response_approval_expire_overdue(*, now=None) -> int:
     """Beat sweep: every due pending response approval goes through the time-out service."""
     now = now or timezone.now()
     due = ResponseApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
-    return sum(response_approval_time_out(approval_id=pk, now=now) for pk in list(due[:1000]))
+    return each(due[:1000], lambda pk: response_approval_time_out(approval_id=pk, now=now))
 
 
 @retry_transient

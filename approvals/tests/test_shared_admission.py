@@ -267,3 +267,30 @@ def test_the_connections_wait_at_most_hitl_db_lock_timeout_for_a_lock():
     with connection.cursor() as cursor:
         cursor.execute("SHOW lock_timeout")
         assert cursor.fetchone()[0] == "10s"  # HITL_DB_LOCK_TIMEOUT's default
+
+
+def test_a_sweep_leaves_a_locked_projects_row_for_later_and_goes_on_with_the_others(
+        lock_timeout_of_300_ms, project, other_project, agent, make_user):
+    """One project's stuck lock failed beat's whole time-out sweep at its first row (every
+    project's approvals stayed pending while it lasted): that row waits for the next sweep."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.services import agent_approval_expire_overdue
+
+    other_agent = make_user("other-agent", role="agent", project=other_project)
+    held, free = ask(project, agent, "held"), ask(other_project, other_agent, "free")
+    AgentCallApproval.objects.filter(pk__in=[held.pk, free.pk]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    holder = Holder(project.pk, shared=False)
+    holder.start()
+    assert holder.holding.wait(WAIT) and holder.error is None
+    try:
+        assert agent_approval_expire_overdue() == 1
+    finally:
+        holder.release.set()
+        holder.join(WAIT)
+    assert AgentCallApproval.objects.get(pk=free.pk).status == "timed_out"
+    assert AgentCallApproval.objects.get(pk=held.pk).status == "pending"
+    assert agent_approval_expire_overdue() == 1  # the next sweep, once it is let go
+    assert AgentCallApproval.objects.get(pk=held.pk).status == "timed_out"
