@@ -229,7 +229,9 @@
   // page is reloaded to sign in again); a pending panel puts it back into its box, untouched since
   // the server rendered it, and says so. A settled panel (decided here or elsewhere) drops them.
   // review/static/review/drafts.js holds them (and drops them all at Log out, here and in the admin).
-  var DRAFT_PREFIX = window.hitlDrafts.PREFIX, dropDrafts = window.hitlDrafts.drop, draftStore = window.hitlDrafts.store;
+  // Without it (blocked, not loaded) no drafts are kept, and the live events still run.
+  var drafts = window.hitlDrafts || { PREFIX: "hitl-draft:", drop: function () {}, store: function () { return null; } };
+  var DRAFT_PREFIX = drafts.PREFIX, dropDrafts = drafts.drop, draftStore = drafts.store;
 
   // Whose they are: another reviewer signing in on this tab never gets them back.
   function draftKey(field) {
