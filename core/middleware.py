@@ -106,6 +106,26 @@ def _year_out_of_range(request):
     return None
 
 
+def _form_too_large(request):
+    """A page's form past the body limit (an amended input prefilled indented from a large one)
+    says so in plain text, which the reviewer pages show in the decision panel: Django's answer was
+    a bare "Bad Request (400)", or under DEBUG (``make run``) its debug page."""
+    if request.method != "POST" or request.path.startswith("/api/") or \
+            not request.META.get("CONTENT_TYPE", "").startswith(("application/x-www-form-urlencoded",
+                                                                  "multipart/form-data")):  # no page takes files
+        return None
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None or length <= limit:
+        return None
+    return HttpResponseBadRequest(f"The form sent is larger than this server takes ({limit:,} bytes, "
+                                  f"HITL_MAX_BODY_BYTES): nothing was done. An amended input this large is sent "
+                                  f"through the API, as compact JSON.", content_type="text/plain; charset=utf-8")
+
+
 def _api_error_shape(request, response):
     """Under DEBUG (``make run``) Django answers an unexpected exception with its HTML debug page,
     also on /api/ (handler500, core.views.server_error, only runs without DEBUG): the API keeps
@@ -126,14 +146,16 @@ def request_middleware(get_response):
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
         async def middleware(request):
-            if (refused := _disallowed_host(request) or _year_out_of_range(request)) is not None:
+            if (refused := _disallowed_host(request) or _year_out_of_range(request) or _form_too_large(request)) \
+                    is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():
                 return shown_in_response(_api_error_shape(request, await get_response(request)))
     else:
         def middleware(request):
-            if (refused := _disallowed_host(request) or _year_out_of_range(request)) is not None:
+            if (refused := _disallowed_host(request) or _year_out_of_range(request) or _form_too_large(request)) \
+                    is not None:
                 return refused
             _give_chunked_body_its_length(request)
             with request_scope():

@@ -2,9 +2,8 @@
 import functools
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, connection
-from django.http import HttpResponse, JsonResponse
+from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -24,15 +23,10 @@ def api_not_found(request, *args, **kwargs):
 
 
 def bad_request(request, exception=None):
-    """handler400 (for example a Host header not in DJANGO_ALLOWED_HOSTS): JSON for the API. A
-    page's form past the body limit says so (it was a bare "Bad Request (400)"; the reviewer
-    pages show a plain-text refusal in the decision panel)."""
+    """handler400 (for example a Host header not in DJANGO_ALLOWED_HOSTS): JSON for the API (a
+    page's form past the body limit: core.middleware)."""
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("invalid", "Bad request.", fields={"request": ["Bad request."]}), status=400)
-    if isinstance(exception, RequestDataTooBig):
-        return HttpResponse(f"The form sent is larger than this server takes ({settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "
-                            f"bytes, HITL_MAX_BODY_BYTES): nothing was done. An amended input this large is sent "
-                            f"through the API, as compact JSON.", status=400, content_type="text/plain; charset=utf-8")
     from django.views.defaults import bad_request as default
 
     return default(request, exception)

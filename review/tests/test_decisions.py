@@ -176,7 +176,8 @@ def test_an_amendment_past_the_body_limit_says_so_and_decides_nothing(call, revi
     the panel said "The server refused this (HTTP 400) ... reload the page", which could not help."""
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
     big = json.dumps({"path": "src/login.tsx", "notes": "x" * 3000}, indent=2)
-    for headers in ({}, HTMX):
+    for debug, headers in ((False, {}), (False, HTMX), (True, HTMX)):  # make run's DEBUG showed its debug page
+        settings.DEBUG = debug
         r = web(reviewer).post(decide_url(call), {"decision": "approve", "amended_input_data": big}, **headers)
         assert r.status_code == 400 and r["Content-Type"].startswith("text/plain"), r.content[:300]
         assert r.content.decode().startswith("The form sent is larger than this server takes (2,000 bytes, "
