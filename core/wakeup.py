@@ -42,12 +42,16 @@ def wakeup_on_commit(group: str, **data) -> None:
     transaction.on_commit(lambda: broadcast.group_send(group, message), robust=True)
 
 
+SUBSCRIBE_WAIT_SECONDS = 0.5
+
+
 class _Hub:
     def __init__(self, layer):
         self.layer = layer
         self.channel = None
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self.added: set[str] = set()   # the groups the layer has been told of
+        self.adding: dict[str, asyncio.Future] = {}  # the groups it is being told of
         self.lock = asyncio.Lock()
         self.task = None
         self.refresher = None
@@ -102,8 +106,10 @@ class _Hub:
                 event.set()
 
     async def subscribe(self, group: str, event: asyncio.Event) -> None:
-        """Never raises: with the channel layer down, the waiter relies on its database poll
-        until the layer is back (the receive loop then adds the group, see ``_add_all``)."""
+        """Never raises, and never waits long: with the channel layer down, or hung (a Redis that
+        neither answers nor refuses), the waiter relies on its database poll until the layer is
+        back (the receive loop then adds the group, see ``_add_all``). The layer is told of the
+        group outside the hub's lock, so one slow call does not hold up every other waiter."""
         async with self.lock:
             try:
                 await self._ensure_started()
@@ -111,13 +117,25 @@ class _Hub:
                 log.warning("wake-up hub could not start; the waiter falls back to polling", exc_info=True)
                 return
             self.waiters.setdefault(group, set()).add(event)
+            adding = self.adding.get(group)
             if group in self.added:
                 return
-            try:
-                await self.layer.group_add(group, self.channel)
+            if adding is None:
+                adding = self.adding[group] = asyncio.ensure_future(self._add(group))
+        # normally done in a millisecond; the waiter does not wait longer than this for a hung layer
+        await asyncio.wait({adding}, timeout=SUBSCRIBE_WAIT_SECONDS)
+
+    async def _add(self, group: str) -> None:
+        try:
+            await self.layer.group_add(group, self.channel)
+        except Exception:  # noqa: BLE001
+            log.warning("wake-up subscribe to %s failed; the waiter falls back to polling", group, exc_info=True)
+            return
+        finally:
+            self.adding.pop(group, None)
+        async with self.lock:
+            if group in self.waiters:  # not left meanwhile
                 self.added.add(group)
-            except Exception:  # noqa: BLE001
-                log.warning("wake-up subscribe to %s failed; the waiter falls back to polling", group, exc_info=True)
 
     async def _add_all(self, quiet: bool = False) -> bool:
         """Tell the layer of every group waited on (again); False if it refused one."""
@@ -139,13 +157,19 @@ class _Hub:
             if events is None:
                 return
             events.discard(event)
-            if not events:
-                del self.waiters[group]
+            if events:
+                return
+            del self.waiters[group]
+            self.added.discard(group)
+        try:  # outside the lock, as the add
+            await self.layer.group_discard(group, self.channel)
+        except Exception:  # noqa: BLE001 - the group expires on its own
+            log.warning("wake-up unsubscribe from %s failed", group, exc_info=True)
+        async with self.lock:  # waited on again meanwhile: the discard may have come after its add
+            again = group in self.waiters and group not in self.adding
+            if again:
                 self.added.discard(group)
-                try:
-                    await self.layer.group_discard(group, self.channel)
-                except Exception:  # noqa: BLE001 - the group expires on its own
-                    log.warning("wake-up unsubscribe from %s failed", group, exc_info=True)
+                self.adding[group] = asyncio.ensure_future(self._add(group))
 
     async def _refresh(self):
         """Groups expire in the channel layer (group_expiry, a day by default): re-add the ones

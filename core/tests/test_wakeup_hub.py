@@ -104,3 +104,45 @@ def test_closing_the_hub_stops_its_receive_without_cancelling_it(monkeypatch):
         return hub.task.done() and not hub.task.cancelled() and hub.refresher.cancelled()
 
     assert async_to_sync(scenario)()
+
+
+class HungLayer(ScriptedLayer):
+    """A Redis that neither answers nor refuses: adds and discards never return."""
+
+    def __init__(self):
+        super().__init__([])
+        self.adds = []
+
+    async def group_add(self, group, channel):
+        self.adds.append(group)
+        await _real_sleep(3600)
+
+    async def group_discard(self, group, channel):
+        await _real_sleep(3600)
+
+
+def test_a_hung_layer_holds_no_waiter_up_and_none_behind_another(monkeypatch):
+    """Each subscribe told the layer of its group under the hub's one lock: with a hung Redis (15 s
+    per call) waiters queued behind one another and long polls answered after 90-120 s instead of
+    polling the database at once. Now each waits at most SUBSCRIBE_WAIT_SECONDS, side by side."""
+    layer = HungLayer()
+    monkeypatch.setattr(wakeup_module, "get_channel_layer", lambda: layer)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def wait_on(group):
+            async with wakeup_module.wakeup(group) as event:
+                return event
+
+        events = await asyncio.gather(*(wait_on(f"g{i}") for i in range(20)))
+        took = loop.time() - started
+        hub = wakeup_module._hubs[loop]
+        for task in list(hub.adding.values()):
+            task.cancel()
+        return took, len(events), sorted(set(layer.adds))
+
+    took, entered, added = async_to_sync(scenario)()
+    assert entered == 20 and added == sorted(f"g{i}" for i in range(20))
+    assert took < 20 * wakeup_module.SUBSCRIBE_WAIT_SECONDS / 2, took  # side by side, not one after another
