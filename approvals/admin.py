@@ -39,7 +39,7 @@ from core.admin import (
 )
 from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin
 from core.errors import DomainError, InvalidInput
-from core.parsers import loads_strict
+from core.parsers import json_to_edit, loads_strict
 from core.text import FORM_ERROR_NOTE, plural
 
 PAST = {"approve": "approved", "reject": "rejected"}
@@ -267,7 +267,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
 
     def decision_initial(self, obj, decision):
         if decision == "amend":
-            return {"amended_input": json.dumps(obj.input_data, indent=2, ensure_ascii=False)}
+            return {"amended_input": json_to_edit(obj.input_data)}
         return {}
 
     def decision_context(self, request, obj, bound):

@@ -203,3 +203,14 @@ def loads_strict(text: str):
     except ParseError as exc:  # "$.files[0] contains a NUL character ...": the place, without the last period
         raise ValueError(str(exc.detail).removeprefix("JSON parse error - ").rstrip(".")) from None
     return value
+
+
+def json_to_edit(value) -> str:
+    """A value prefilled in a form's JSON box (an amendment's editor): indented to read, or compact
+    when indented it would take more than a quarter of the body limit (a 90 KB input became a
+    megabyte of indentation, and the form could not be sent back unchanged)."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is not None and len(text.encode()) > limit // 4:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text

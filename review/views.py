@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
 from approvals.services import agent_approval_decide, budget_override_respond, response_approval_decide
 from core.errors import DomainError, InvalidInput
-from core.parsers import json_or_text, loads_strict
+from core.parsers import json_or_text, json_to_edit, loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond
@@ -156,7 +156,7 @@ def _call_panel_context(request, approval, *, outcome=None, amend_text=None, ame
                                                  or selectors.may_manage(request.user, approval.project))
             and override.requested_by_id != request.user.pk),
         "enabled": pending and can_decide,
-        "amend_text": amend_text if amend_text is not None else selectors.pretty_json(approval.input_data),
+        "amend_text": amend_text if amend_text is not None else json_to_edit(approval.input_data),
         "amend_error": amend_error, "reason": reason, "reason_error": reason_error,
         "amended_pretty": selectors.pretty_json(approval.amended_input_data)
         if approval.amended_input_data is not None else "",

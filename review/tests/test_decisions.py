@@ -186,6 +186,23 @@ def test_an_amendment_past_the_body_limit_says_so_and_decides_nothing(call, revi
     assert call.status == "pending"
 
 
+def test_the_amend_editor_of_a_large_input_is_compact_and_can_be_sent_back(project, agent, reviewer, settings):
+    """Indented, an input of 90 KB filled the editor with a megabyte, past the body limit: sent back
+    unchanged, the form was refused. Past a quarter of the limit the editor holds compact JSON."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 40_000
+    small = make_call(project, agent, action="small", input_data={"a": [1, 2]})
+    assert '{\n  &quot;a&quot;: [\n    1,' in web(reviewer).get(page(small)).content.decode()  # indented to read
+    nested = {"level": {"deeper": {"items": list(range(2500))}}}
+    big = make_call(project, agent, action="big", input_data=nested)
+    html = web(reviewer).get(page(big)).content.decode()
+    compact = json.dumps(nested, separators=(",", ":"))
+    assert compact.replace('"', "&quot;") in html
+    r = web(reviewer).post(decide_url(big), {"decision": "approve", "amended_input_data": compact})
+    assert r.status_code == 302, r.content[:300]
+    big.refresh_from_db()
+    assert big.status == "approved" and big.amended_input_data == nested
+
+
 def test_reject_needs_a_reason(call, reviewer):
     client = web(reviewer)
     r = client.post(decide_url(call), {"decision": "reject", "reason": "  "})
