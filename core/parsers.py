@@ -108,8 +108,7 @@ def _finite_float(text: str) -> float:
     range (1e999) is refused by name, where Python would read it as infinity (which JSON cannot
     hold); so is one whose digits a double cannot hold (more than 17 significant digits that are not
     exactly a double, such as 123456789012345678901234567890.5, or 1e-400, below the smallest
-    double): it was rounded
-    silently, and the input a reviewer approved was not the one the agent sent."""
+    double): it was rounded silently, and the input a reviewer approved was not the one sent."""
     value = float(text)
     shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
     if math.isinf(value):
