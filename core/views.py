@@ -1,9 +1,10 @@
 """JSON answers for API paths that no view handles, and the health endpoint."""
 import functools
+import sys
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -13,7 +14,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import error_body
+from core.errors import error_body, retry_after_seconds, transient_db_error_kind
 from core.models import Heartbeat
 
 
@@ -33,9 +34,16 @@ def bad_request(request, exception=None):
 
 
 def server_error(request, *args, **kwargs):
-    """handler500: JSON for the API, so even a bug keeps the error shape."""
+    """handler500: JSON for the API, so even a bug keeps the error shape. A page (a reviewer's
+    decision, a stop) that met a busy database (a lock held past HITL_DB_LOCK_TIMEOUT, a lost
+    connection) says so, 503 with Retry-After, as the API does: nothing was done."""
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("server_error", "Internal server error."), status=500)
+    kind = transient_db_error_kind(sys.exc_info()[1])  # called inside Django's handling of the error
+    if kind is not None:
+        return HttpResponse(f"The database is busy ({kind}): nothing was done. Send it again in a moment.",
+                            status=503, content_type="text/plain; charset=utf-8",
+                            headers={"Retry-After": str(retry_after_seconds())})
     from django.views.defaults import server_error as default
 
     return default(request)

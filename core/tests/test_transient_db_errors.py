@@ -137,7 +137,12 @@ class Fine(APIView):
         return Response({"ok": True})
 
 
-urlpatterns = [path("api/v1/raising", Raising.as_view()), path("api/v1/fine", Fine.as_view())]
+def raising_page(request):
+    raise Raising.error
+
+
+urlpatterns = [path("api/v1/raising", Raising.as_view()), path("api/v1/fine", Fine.as_view()),
+               path("review/raising", raising_page)]
 handler500 = "core.views.server_error"
 
 
@@ -180,6 +185,18 @@ def test_another_operational_error_stays_a_json_500(raising, name):
     r = raising(NOT_TRANSIENT[name]).get("/api/v1/raising", HTTP_ACCEPT="text/html")
     assert r.status_code == 500 and "Retry-After" not in r
     assert r["Content-Type"].startswith("application/json") and r.json()["error"] == "server_error"
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("name", ["lock-timeout", "admin-shutdown", "deadlock"])
+def test_a_page_that_met_a_busy_database_says_so_503_not_a_500_page(raising, name):
+    """A reviewer's page (a decision, a stop) held up past the lock timeout was Django's 500 page."""
+    from django.test import Client
+
+    raising(wrapped(TRANSIENT[name][0]))
+    r = Client(raise_request_exception=False).post("/review/raising")
+    assert r.status_code == 503 and r["Retry-After"] == "1" and r["Content-Type"].startswith("text/plain")
+    assert r.content.decode().startswith(f"The database is busy ({TRANSIENT[name][1]}): nothing was done.")
 
 
 @pytest.mark.urls(__name__)
