@@ -83,8 +83,8 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     """(tokens, cost) to reserve for a call. The server's own estimate is the floor: the offline
     token count of the input plus an output allowance (``max_tokens`` in the input, else the
     model's default_output_tokens, else HITL_OUTPUT_TOKEN_ALLOWANCE), priced with the call's
-    model (or HITL_FLOOR_PRICE_MODEL when it names none). An agent may reserve more, never less;
-    without an ``estimated_cost`` of its own, the cost is that of the tokens reserved."""
+    model (or HITL_FLOOR_PRICE_MODEL when it names none). An agent may reserve more, never less:
+    the cost is at least that of the tokens reserved, whatever ``estimated_cost`` it gives."""
     from django.conf import settings
 
     price = None
@@ -101,11 +101,11 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     if floor_price is None:
         raise InvalidInput(fields={"model": ["No model prices are configured: the cost cannot be estimated."]})
     tokens = max(estimated_tokens or 0, input_tokens + output_tokens)
-    if estimated_cost is None:
-        # the cost of the tokens reserved: an agent's larger count, beyond the prompt the server
-        # counted, is taken as output (it was priced at the server's small count: a call of a
-        # million tokens reserved a cent and spent ten dollars past the limit)
-        output_tokens = tokens - input_tokens
+    # the cost of the tokens reserved, with or without an ``estimated_cost`` of the agent's: its
+    # larger count, beyond the prompt the server counted, is taken as output (priced at the
+    # server's small count, a call of a million tokens reserved a cent, or the agent's own
+    # cent, and spent ten dollars past the limit)
+    output_tokens = tokens - input_tokens
     floor_cost = (Decimal(input_tokens) * floor_price.input_per_million
                   + Decimal(output_tokens) * floor_price.output_per_million) / MILLION
     cost = max(Decimal(estimated_cost) if estimated_cost is not None else Decimal(0), floor_cost)

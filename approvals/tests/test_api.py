@@ -251,6 +251,37 @@ def test_an_agents_token_estimate_without_a_cost_is_priced_and_held_to_the_budge
     assert Decimal(agent_client.get(f"/api/v1/budgets/{project.pk}").json()["cost_reserved"]) == 0
 
 
+def test_an_agents_token_estimate_with_a_tiny_cost_is_still_priced(agent_client, request_body, project, task):
+    """A million tokens with the agent's own ``estimated_cost`` of a cent reserved that cent:
+    admitted under a limit of 1.0000, the call could then spend ten dollars. The reservation is
+    the larger of the agent's cost and that of the tokens it reserves; a larger cost stays."""
+    from approvals.models import ModelPrice
+    from budgets.models import ProjectBudget
+
+    price = ModelPrice.objects.get(model="gpt-4o")
+    ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1000.0000"),
+                                                         monthly_cost_limit=Decimal("10000.0000"))
+    body = request_body(model="gpt-4o", estimated_tokens=1_000_000, estimated_cost="0.0100")
+    created = agent_client.post("/api/v1/agent-approvals", body, format="json")
+    assert created.status_code == 201, created.content
+    prompt = count_tokens(prompt_text(proposed_action=body["proposed_action"], input_data=body["input_data"],
+                                      context_summary=body["context_summary"]))
+    expected = (prompt * price.input_per_million + (1_000_000 - prompt) * price.output_per_million) / 1_000_000
+    assert Decimal(created.json()["estimated_cost"]) == expected.quantize(Decimal("0.0001"), rounding=ROUND_UP) > 5
+    assert agent_client.post(f"/api/v1/agent-approvals/{created.json()['approval_id']}/cancel").status_code == 200
+    # an agent's cost above the tokens' price is kept
+    dear = agent_client.post("/api/v1/agent-approvals", request_body(model="gpt-4o", estimated_tokens=1000,
+                                                                     estimated_cost="50.0000"), format="json")
+    assert dear.status_code == 201 and dear.json()["estimated_cost"] == "50.0000", dear.content
+    assert agent_client.post(f"/api/v1/agent-approvals/{dear.json()['approval_id']}/cancel").status_code == 200
+    # against a limit of 1.0000 the cheap-looking call is refused before it runs
+    ProjectBudget.objects.filter(project=project).update(daily_cost_limit=Decimal("1.0000"))
+    refused = agent_client.post("/api/v1/agent-approvals", request_body(
+        model="gpt-4o", estimated_tokens=1_000_000, estimated_cost="0.0100"), format="json")
+    assert refused.status_code in (409, 423), refused.content
+    assert Decimal(agent_client.get(f"/api/v1/budgets/{project.pk}").json()["cost_reserved"]) == 0
+
+
 def test_request_is_423_while_stopped(agent_client, request_body, project, task):
     Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
     r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
