@@ -22,6 +22,10 @@ handler does not resolve it a second time to choose the async path.
 Backpressure: at most HITL_WEB_THREADS requests run at once per process; a request that
 waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 ``unavailable``
 with ``Retry-After`` (API.md's error shape) instead of piling up threads and database waits.
+
+The health check (the URL named ``health``) has a thread of its own, outside that pool: while every web
+thread waits for a locked project's row (up to HITL_DB_LOCK_TIMEOUT each), a monitor still
+hears whether the database answers, instead of a 503 "busy" that reads as the node being down.
 """
 import asyncio
 import logging
@@ -35,7 +39,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
-from django.urls import Resolver404, get_resolver, set_script_prefix
+from django.urls import Resolver404, get_resolver, reverse, set_script_prefix
 
 from core import broadcast
 from core.errors import error_body, retry_after_seconds
@@ -107,6 +111,11 @@ class OneHopASGIHandler(ASGIHandler):
         # loop per call (pushes after commit do not even wait: core.broadcast). Built once.
         self._serve_in_thread = sync_to_async(self._serve, thread_sensitive=False, executor=self._executor)
         self._slots: asyncio.Semaphore | None = None
+        # the health check's own thread and slot (one check at a time; the others queue as above)
+        self._health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-health")
+        self._serve_health = sync_to_async(self._serve, thread_sensitive=False, executor=self._health_executor)
+        self._health_slot: asyncio.Semaphore | None = None
+        self._health_path = reverse("health")
 
     def _is_async_view(self, path: str) -> bool:
         if not self._has_async_views:
@@ -128,11 +137,14 @@ class OneHopASGIHandler(ASGIHandler):
             return
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
+            self._health_slot = asyncio.Semaphore(1)
+        health = scope["path"] == self._health_path
+        slots, serve = (self._health_slot, self._serve_health) if health else (self._slots, self._serve_in_thread)
         try:
-            if self._slots.locked():  # every thread busy: wait for a turn, at most queue_timeout
-                await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout)
+            if slots.locked():  # every thread busy: wait for a turn, at most queue_timeout
+                await asyncio.wait_for(slots.acquire(), timeout=self.queue_timeout)
             else:  # a free thread: taken at once (no timer, no task)
-                await self._slots.acquire()
+                await slots.acquire()
         except asyncio.TimeoutError:
             body_file.close()
             log.warning("saturated: %s waited %.1f s for a thread, answered 503", scope["path"], self.queue_timeout)
@@ -141,12 +153,12 @@ class OneHopASGIHandler(ASGIHandler):
         except BaseException:
             body_file.close()
             raise
-        work = asyncio.ensure_future(self._serve_in_thread(scope, body_file, asyncio.get_running_loop()))
+        work = asyncio.ensure_future(serve(scope, body_file, asyncio.get_running_loop()))
 
         def finished(_):
             # The slot and the body are freed when the thread is done with them, not when this
             # coroutine is cancelled (a client that gave up): a thread still busy keeps its slot.
-            self._slots.release()
+            slots.release()
             body_file.close()
 
         work.add_done_callback(finished)
@@ -157,7 +169,8 @@ class OneHopASGIHandler(ASGIHandler):
             pass  # the client went away
         finally:
             if response.streaming:  # the rest was closed in the thread already
-                await sync_to_async(response.close, thread_sensitive=False, executor=self._executor)()
+                await sync_to_async(response.close, thread_sensitive=False,
+                                    executor=self._health_executor if health else self._executor)()
 
     def _serve(self, scope, body_file, loop=None):
         """The sync part of one request, on one pool thread (its pushes after commit go to

@@ -233,6 +233,10 @@ def test_a_saturated_server_answers_503_with_retry_after_then_recovers(server_na
             assert_unavailable(future.result(30))
         # A page outside the API: the same 503 and Retry-After, in plain text.
         assert_unavailable(server.request("GET", "/admin/login/"), api=False)
+        # The health check has a thread of its own: a monitor still hears the database answer
+        # (it was a 503 "saturated", read as the node being down, while a lock held every thread).
+        health = assert_json(server.request("GET", "/api/v1/health"), 200)
+        assert health["database"] == connection.vendor, health
         # The long poll and the events feed hold no request thread: they are still served.
         feed = assert_json(server.request("GET", f"/api/v1/events?project_id={project.pk}", key=agent_key), 200)
         assert feed["has_more"] is False
