@@ -325,8 +325,8 @@ HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
 HITL_WEBHOOK_TIMEOUT_SECONDS = env.float("HITL_WEBHOOK_TIMEOUT_SECONDS", default=10)
 # Threads per web process that run requests' Django code (core/asgi.py): at most this many requests
 # of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
-# threads and the health check's own thread use the rest). A request that waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn
-# is answered 503 with Retry-After.
+# threads and the health check's own thread use the rest). A request that waits longer than
+# HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 with Retry-After.
 HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=2)
 HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=30.0)
 
