@@ -17,6 +17,10 @@ JSON error shape of API.md, however malformed the request.
   or its body) got no answer. Patched to answer 408 ``request_timeout`` in JSON first. An idle
   keep-alive connection between requests is still closed without a word: an answer to no
   request would be read as the answer to its next one.
+- ``bound_request_bodies()``: Twisted keeps a request's whole body (in a temporary file past
+  100 KB) before daphne hands it on, however large: one client's endless upload filled the disk.
+  Only the first ``DATA_UPLOAD_MAX_MEMORY_SIZE`` + 1 bytes are kept, the rest is read and
+  dropped: Django still sees a body past the limit and answers its 400 as before.
 - ``name_every_status()``: the reason phrase of a status Twisted has no name for (423, 429)
   was "Unknown Status"; it is the standard one now ("423 Locked").
 - ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
@@ -309,6 +313,49 @@ def answer_stalled_requests() -> bool:
 
 
 answer_stalled_requests()
+
+
+def body_room(kept: int, data: bytes) -> bytes:
+    """The part of ``data`` to keep after ``kept`` bytes of a request's body: all of it up to
+    DATA_UPLOAD_MAX_MEMORY_SIZE + 1 bytes (one past the limit, so the application still sees a
+    body too large and refuses it), nothing after."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None:
+        return data
+    room = limit + 1 - kept
+    return data if len(data) <= room else data[:max(room, 0)]
+
+
+def bound_request_bodies() -> bool:
+    """Make daphne's Twisted request keep at most DATA_UPLOAD_MAX_MEMORY_SIZE + 1 bytes of a body
+    (``body_room``) and drop the rest as it is read, whatever its Content-Length or chunks say.
+    Idempotent; True when it is (now) on."""
+    try:
+        from twisted.web.http import Request
+    except ImportError:  # not served by daphne
+        return False
+    if getattr(Request, "_hitl_bodies_bounded", False):
+        return True
+    got_length, content_chunk = Request.gotLength, Request.handleContentChunk
+
+    def gotLength(self, length):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        got_length(self, length if length is None or limit is None else min(length, limit + 1))
+
+    def handleContentChunk(self, data):
+        kept = getattr(self, "_hitl_body_kept", 0)
+        data = body_room(kept, data)
+        if data:
+            self._hitl_body_kept = kept + len(data)
+            content_chunk(self, data)
+
+    Request.gotLength = gotLength
+    Request.handleContentChunk = handleContentChunk
+    Request._hitl_bodies_bounded = True
+    return True
+
+
+bound_request_bodies()
 
 
 def name_every_status() -> bool:

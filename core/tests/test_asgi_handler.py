@@ -384,3 +384,84 @@ def test_the_events_feed_served_async_answers_as_the_view_does(serve, project, a
     assert status == 401 and json.loads(body)["error"] == "unauthenticated" and "www-authenticate" in headers
     status, _, body, _ = server.request("POST", f"/api/v1/events?project_id={project.pk}", key=agent_key, body={})
     assert status == 405 and json.loads(body)["error"] == "method_not_allowed"
+
+
+def _server_processes(pid: int) -> list[int]:
+    """``pid`` and its descendants (bin/serve's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def _largest_file_open_under(pids: list[int], directory) -> int:
+    """The size of the largest file the processes hold open in ``directory`` (deleted ones too)."""
+    largest = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(directory)):
+                    largest = max(largest, os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+            except OSError:
+                continue
+    return largest
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_a_huge_body_fills_no_disk_and_is_still_refused(server_name, chunked, serve, tmp_path, project, agent_key):
+    """Twisted (under daphne) kept a request's whole body in a temporary file before the
+    application saw it, and Django's body spooling did the same under uvicorn: one client's 40 MB
+    (or endless) upload was 40 MB on the server's disk. Now at most the limit + 1 byte is kept; the
+    rest is read and dropped, and the answer is the same 400."""
+    scratch = tmp_path / "server-tmp"
+    scratch.mkdir()
+    server = serve(server=server_name, TMPDIR=str(scratch))
+    limit, total, sent_first = settings.DATA_UPLOAD_MAX_MEMORY_SIZE, 40 * 2**20, 30 * 2**20
+    head = (f"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {agent_key}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json\r\n"
+            + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n") + "\r\n").encode()
+    piece = b" " * 2**20
+
+    def frame(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head)
+        for _ in range(sent_first // len(piece)):
+            sock.sendall(frame(piece))
+        held, deadline = 0, time.monotonic() + 1
+        while time.monotonic() < deadline:  # the server reads what the socket buffers still hold
+            held = max(held, _largest_file_open_under(_server_processes(server.proc.pid), scratch))
+            time.sleep(0.05)
+        for _ in range((total - sent_first) // len(piece)):
+            sock.sendall(frame(piece))
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 20:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert held <= limit + 1, f"{held:,} bytes of the body kept on the server's disk"
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:500]
+    assert b"larger than" in rest, answer[:500]
+    # the server goes on serving
+    assert_json(server.request("GET", f"/api/v1/projects/{project.pk}", key=agent_key), 200)
+    assert "Traceback" not in server.log(), server.log()
