@@ -4,6 +4,7 @@ import json
 import re
 import uuid
 from functools import wraps
+from typing import Protocol
 
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
@@ -15,7 +16,8 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 
-from core.errors import EmergencyStopActive
+from core.errors import EmergencyStopActive, NotFoundError
+from core.hooks import Hook
 from core.models import IdempotencyRecord
 from core.uow import retry_transient
 
@@ -96,11 +98,30 @@ def _fingerprint(request) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
 
 
-def idempotent(post):
+class ReplayVisible(Protocol):
+    def __call__(self, *, user, project_id) -> bool: ...
+
+
+# Whether ``user`` may still see the project ``project_id`` (projects connects it): a replay
+# of a stored answer is an answer about that project, refused as any request of theirs would be.
+idempotent_replay_visible: Hook[ReplayVisible] = Hook("core.idempotent_replay_visible", required=True)
+
+
+def _replay_visible(user, answer, project_field: str) -> bool:
+    body = json.loads(answer) if isinstance(answer, str) else answer
+    project_id = body.get(project_field) if isinstance(body, dict) else None
+    return project_id is not None and all(idempotent_replay_visible(user=user, project_id=project_id))
+
+
+def idempotent(post=None, *, project_field: str = "project_id"):
     """Decorate an APIView's create ``post``: with an ``Idempotency-Key`` header, the first
     2xx answer is stored in the same transaction as what it created, and a retry with the
     same key and body gets that answer again (a different body with the same key is 400).
-    Concurrent retries wait for the first one on the key's unique constraint."""
+    Concurrent retries wait for the first one on the key's unique constraint. A replay is
+    answered only while the caller may still see the answer's project (its ``project_field``):
+    a role taken away since is 404, as their new request would be."""
+    if post is None:
+        return lambda view: idempotent(view, project_field=project_field)
     from rest_framework.response import Response
 
     @wraps(post)
@@ -125,6 +146,8 @@ def idempotent(post):
                     raise ValidationError(
                         {"Idempotency-Key": ["This key was already used with a different request."]}
                     ) from None
+                if not _replay_visible(request.user, previous.response_body, project_field):
+                    raise NotFoundError("Not found.")
                 replayed = {"Idempotent-Replayed": "true"}
                 if isinstance(previous.response_body, str):  # the answer's JSON text, byte for byte
                     return HttpResponse(previous.response_body, status=previous.status_code,
