@@ -19,7 +19,7 @@ from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin
 from projects.permissions import has_project_perm
 from recovery.models import RecoverySession, RecoveryStep
-from recovery.selectors import open_work_a_stop_cancels
+from recovery.selectors import lifted_later_by, open_work_a_stop_cancels
 from recovery.presentation import assessment_sections, conditions_since, step_result_rows, step_title
 from recovery.services import STEPS, recovery_start, recovery_step_respond
 
@@ -117,6 +117,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             "session_open": is_open,
             "session_completed": session.status == RecoverySession.Status.COMPLETED,
             "session_failed": session.status == RecoverySession.Status.FAILED,
+            "lifted_by": lifted_later_by(session),
             "failing_step": failing,
             "new_conditions": conditions_since(stop.condition_details, session.created_at)
             if session.status == RecoverySession.Status.FAILED and failing is None else [],

@@ -4,6 +4,7 @@ from django.db.models import Q
 from approvals.models import AgentCallApproval, ResponseApproval
 from core.text import plural
 from hitl.models import HitlRequest
+from recovery.models import RecoverySession
 
 
 def open_work_a_stop_cancels(*, project) -> list[str]:
@@ -25,3 +26,14 @@ def open_work_a_stop_cancels(*, project) -> list[str]:
         lines.append(f"{plural(requests, 'pending question or checkpoint', 'pending questions and checkpoints')}"
                      f" will be cancelled.")
     return lines
+
+
+def lifted_later_by(session):
+    """For a failed recovery whose stop was resolved since (another recovery walked it to the
+    end): that recovery, so its pages say the stop is lifted instead of "the stop stays";
+    else None."""
+    if session.status != RecoverySession.Status.FAILED or session.emergency_stop.resolved_at is None:
+        return None
+    return (RecoverySession.objects.filter(emergency_stop_id=session.emergency_stop_id,
+                                           status=RecoverySession.Status.COMPLETED)
+            .exclude(pk=session.pk).order_by("-completed_at").first())

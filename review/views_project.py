@@ -34,7 +34,7 @@ from projects.models import AgentState, Project, Task
 from projects.permissions import has_project_perm, project_visible_to
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import assessment_sections, conditions_since, step_result_rows, step_title
-from recovery.selectors import open_work_a_stop_cancels
+from recovery.selectors import lifted_later_by, open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
 from review.auth import post_only, signed_in
 
@@ -326,6 +326,7 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
         "steps": [_step_view(s, next_step, session.emergency_stop) for s in steps], "next_step": next_step,
         "open": open_, "completed": session.status == RecoverySession.Status.COMPLETED,
         "failed": session.status == RecoverySession.Status.FAILED,
+        "lifted_by": lifted_later_by(session),
         "failing_step": next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED,
                                                                RecoveryStep.Status.FAILED)),
                              None),  # none: a new condition tripped during it

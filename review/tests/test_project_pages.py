@@ -634,6 +634,37 @@ def test_a_recovery_failed_by_a_new_condition_says_which_by_whom_and_why(session
     assert re.search(r"Manual stop by agent at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: “the agent saw smoke”", html)
 
 
+def test_a_failed_recovery_whose_stop_a_later_one_lifted_says_so(session, agent, reviewer, manager, admin_user):
+    """A recovery failed by a new stop; a second recovery walked that stop to its end. The first
+    one's pages still said "the stop stays" and sent a manager to start a new recovery (a 409:
+    the project is no longer stopped)."""
+    from recovery.services import recovery_step_respond
+
+    emergency_stop_trigger(project_id=session.project_id, condition="manual_stop", reason="again", actor=agent)
+    session.refresh_from_db()
+    assert session.status == "failed"
+    later = recovery_start(project_id=session.project_id, actor=manager, recovery_type="manual")
+    for step in steps_of(later):
+        recovery_step_respond(session_id=later.pk, step_id=step.pk, actor=reviewer, decision="approve")
+    later.refresh_from_db()
+    assert later.status == "completed" and Project.objects.get(pk=session.project_id).status == "active"
+
+    html = web(reviewer).get(reverse("review:recovery", args=[session.pk])).content.decode()
+    failed = html.split("This recovery failed")[1].split("</section>")[0]
+    assert failed.startswith("; the stop was lifted later") and "the stop stays" not in html
+    assert reverse("review:recovery", args=[later.pk]) in failed and "starts a new recovery" not in failed
+    html = web(admin_user).get(reverse("admin:recovery_recoverysession_change", args=[session.pk])).content.decode()
+    assert "This recovery failed; the emergency stop was lifted later" in html and "stop stays" not in html
+    assert reverse("admin:recovery_recoverysession_change", args=[later.pk]) in html
+    # a failed recovery whose stop is still on says what it said
+    emergency_stop_trigger(project_id=session.project_id, condition="manual_stop", reason="third", actor=reviewer)
+    third = recovery_start(project_id=session.project_id, actor=manager, recovery_type="manual")
+    recovery_step_respond(session_id=third.pk, step_id=steps_of(third)[0].pk, actor=reviewer, decision="reject",
+                          reason="no")
+    html = web(reviewer).get(reverse("review:recovery", args=[third.pk])).content.decode()
+    assert "This recovery failed: the stop stays" in html and "starts a new recovery" in html
+
+
 def test_an_automatic_stops_reason_writes_its_money_as_money(project, agent, reviewer, manager):
     """"The day's cost 16.0000 ... 1.5 x the daily limit 10.0000" beside rows that say $16.0000; a
     person's reason stays as they wrote it."""
