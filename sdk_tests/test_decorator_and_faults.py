@@ -482,6 +482,52 @@ def test_each_attempt_of_a_wait_ends_by_the_waits_deadline_give_or_take_the_grac
     assert timeouts and max(timeouts) <= 2.0 + 2.0, timeouts  # by the deadline, give or take the grace
 
 
+def test_no_attempt_of_a_wait_starts_after_its_deadline_against_a_hung_server():
+    """A server that takes a request and never answers (SIGSTOP): the first attempt ended at the
+    deadline plus the grace, then one more attempt of at least a second started after it (a
+    wait's timeout=2 raised after 5 s). Now the wait ends when that attempt does."""
+    starts = []
+
+    def hung(request):
+        starts.append(time.monotonic())
+        time.sleep(min(request.extensions["timeout"]["read"], 4))  # holds the attempt for its whole timeout
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    begun = time.monotonic()
+    wait_times_out(hung, 1.0)
+    assert starts and all(at - begun < 1.0 for at in starts), [round(at - begun, 2) for at in starts]
+
+
+def test_a_question_the_network_lost_carries_its_key_and_asking_again_with_it_finds_it():
+    """ask_human against a hung server raised HitlConnectionError, though the server made the
+    question once it went on: the agent had no way to find it. The error carries the create's
+    Idempotency-Key; asking again with it gets the one question (the server replays it)."""
+    from hitl_sdk import HitlConnectionError
+
+    keys, question_id = [], str(uuid.uuid4())
+
+    def lost(request):
+        keys.append(request.headers.get("idempotency-key"))
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    with HitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, transport=httpx.MockTransport(lost)) as client:
+        with pytest.raises(HitlConnectionError) as caught:
+            client.ask_human(str(uuid.uuid4()), "Kafka or SQS?", wait_timeout=0.5)
+    assert caught.value.idempotency_key and set(keys) == {caught.value.idempotency_key}
+
+    def found(request):
+        keys.append(request.headers.get("idempotency-key"))
+        return httpx.Response(200 if request.method == "GET" else 201, json={
+            "id": question_id, "project_id": str(uuid.uuid4()), "task_id": None, "request_type": "question",
+            "question": "Kafka or SQS?", "status": "approved", "response": "Kafka", "options": []})
+
+    keys.clear()
+    with HitlClient("http://hitl.invalid", "key", retry=FAST_RETRY, transport=httpx.MockTransport(found)) as client:
+        answered = client.ask_human(str(uuid.uuid4()), "Kafka or SQS?", wait_timeout=5,
+                                    idempotency_key=caught.value.idempotency_key)
+    assert answered.id == question_id and keys[0] == caught.value.idempotency_key
+
+
 def test_https_to_a_plain_http_server_fails_at_once_saying_so():
     """The server now answers a TLS handshake at once (core.middleware); the SDK no longer retries
     that answer six times and says what is wrong."""

@@ -75,8 +75,11 @@ class AsyncHitlClient:
         """One API call with retries; the decoded JSON answer, or a :class:`HitlError`.
 
         ``create`` sends an ``Idempotency-Key`` (``idempotency_key``, else a new uuid4) that every
-        retry of this call reuses. ``deadline`` (a ``time.monotonic()`` value) retries until then
-        instead of ``retry.attempts`` times. 4xx answers other than 429 are never retried."""
+        retry of this call reuses; a :class:`HitlConnectionError` carries it (``.idempotency_key``):
+        the request may have reached the server all the same, and sending it again with that key
+        returns what it made (or makes it once). ``deadline`` (a ``time.monotonic()`` value)
+        retries until then instead of ``retry.attempts`` times, and no attempt starts after it.
+        4xx answers other than 429 are never retried."""
         headers: Dict[str, str] = {}
         if create:
             headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
@@ -84,10 +87,16 @@ class AsyncHitlClient:
             headers["Content-Type"] = "application/json"
         content = json.dumps(json_body, default=c.json_default).encode() if json_body is not None else None
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        attempt, transport_failed = 0, False
+        attempt, transport_failed, last_failure = 0, False, ""
         while True:
             attempt += 1
             may_retry = (c.monotonic() < deadline) if deadline is not None else attempt < self.retry.attempts
+            if last_failure and deadline is not None and not may_retry:
+                # the deadline passed while the last attempt failed on the network or its retry
+                # slept: no attempt of another second past it (a wait's timeout=2 against a hung
+                # server took 5 s)
+                raise HitlConnectionError(last_failure, code="connection_error",
+                                          idempotency_key=headers.get("Idempotency-Key"))
             try:
                 response = await self._session().request(
                     method, path.lstrip("/"), content=content, params=params, headers=headers,
@@ -97,11 +106,15 @@ class AsyncHitlClient:
                                 f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
             except httpx.TransportError as exc:
                 transport_failed = True
-                if not may_retry or c.tls_mismatch(self.base_url, exc):
-                    raise HitlConnectionError(f"{method} {path}: {c.redacted(repr(exc), self.api_key)}"
-                                              f"{c.tls_hint(self.base_url, exc)}", code="connection_error") from exc
+                last_failure = (f"{method} {path}: {c.redacted(repr(exc), self.api_key)}"
+                                f"{c.tls_hint(self.base_url, exc)}")
+                if not may_retry or c.tls_mismatch(self.base_url, exc) or \
+                        (deadline is not None and c.monotonic() >= deadline):
+                    raise HitlConnectionError(last_failure, code="connection_error",
+                                              idempotency_key=headers.get("Idempotency-Key")) from exc
                 await _asleep(c.until(deadline, self.retry.delay(attempt)))
                 continue
+            last_failure = ""
             if response.status_code in c.TRANSIENT_STATUSES and may_retry:
                 await _asleep(c.until(deadline, self.retry.delay(attempt, c.retry_after_seconds(response))))
                 continue
@@ -465,24 +478,27 @@ class AsyncHitlClient:
 
     async def ask_human(self, project_id: str, question: str, options: Optional[Sequence[str]] = None, *,
                         context: Any = None, task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
-                        wait_timeout: Optional[float] = None) -> HitlRequest:
+                        wait_timeout: Optional[float] = None, idempotency_key: Optional[str] = None) -> HitlRequest:
         """Ask a person a question and wait for the answer (``result.answer``): free text, or one
         of ``options``. ``wait_timeout`` bounds the whole call, the question's creation (and its
-        retries) included."""
+        retries) included. After a :class:`HitlConnectionError`, asking again with
+        ``idempotency_key=err.idempotency_key`` waits on the question if it was made after all."""
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
         request = await self.create_hitl(project_id, "question", question, options=options, context=context,
-                                         task_id=task_id, timeout_minutes=timeout_minutes, deadline=deadline)
+                                         task_id=task_id, timeout_minutes=timeout_minutes,
+                                         idempotency_key=idempotency_key, deadline=deadline)
         return await self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
 
     async def checkpoint(self, project_id: str, question: str, *, context: Any = None,
                          task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
-                         wait_timeout: Optional[float] = None) -> HitlRequest:
+                         wait_timeout: Optional[float] = None, idempotency_key: Optional[str] = None) -> HitlRequest:
         """Pause until a person lets the work go on ("the plan is ready, go on?"): the request when
         approved or amended (``amended_content``), :class:`ApprovalRejected` when refused.
-        ``wait_timeout`` bounds the whole call, as for :meth:`ask_human`."""
+        ``wait_timeout`` and ``idempotency_key`` as for :meth:`ask_human`."""
         deadline = None if wait_timeout is None else c.monotonic() + wait_timeout
         request = await self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
-                                         timeout_minutes=timeout_minutes, deadline=deadline)
+                                         timeout_minutes=timeout_minutes, idempotency_key=idempotency_key,
+                                         deadline=deadline)
         return await self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
 
     # --- waiting --------------------------------------------------------------------------------

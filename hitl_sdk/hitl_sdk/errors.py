@@ -76,7 +76,14 @@ class ServerError(HitlError):
 
 
 class HitlConnectionError(HitlError):
-    """The server could not be reached, after every retry."""
+    """The server could not be reached (or did not answer in time), after every retry. For a
+    create, ``idempotency_key`` is the key its attempts sent: the request may have reached the
+    server all the same (a hung server works through it later), and sending it again with
+    ``idempotency_key=`` that key returns what it made, or makes it once."""
+
+    def __init__(self, detail: str = "", *, idempotency_key: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.idempotency_key = idempotency_key
 
 
 class EmergencyStopped(HitlError):
