@@ -305,10 +305,24 @@ def hitl_request_warn_due(*, now=None) -> int:
 # --- emergency stop -----------------------------------------------------------------------------
 def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
     """emergency.hooks.project_halting: a stop cancels every pending request of the project (in
-    the stop's unit of work, stage "hitl"), each with its history entry, and wakes their waiters.
+    the stop's unit of work, stage "hitl"), each with its history entry, and wakes their waiters;
+    one past its deadline (beat late or down) times out instead, as beat would have.
     The stop's own audit row and event list them; the stop's halting of the tasks cleared their
     open questions."""
     pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)))
+    due = [req for req in pending if req.expires_at <= now]
+    for req in due:  # past its deadline, not timed out yet by beat: as beat would have (history,
+        # audit row, event), not "cancelled by the stop"; the stop's halting clears the task's question
+        before = snapshot(req)
+        req.status = Status.TIMED_OUT
+        req.history = [*(req.history or ()), _history_entry(Status.TIMED_OUT, None, now, "no answer in time")]
+        req.save(update_fields=["status", "history", "updated_at"])
+        audit_record(actor=None, action="hitl_request.time_out", obj=req, before=before, after=snapshot(req),
+                     reason="no answer in time")
+        event_emit(project_id=req.project_id, task_id=req.task_id, event_type="approval_timed_out",
+                   data=hitl_event_data(req))
+        wakeup_on_commit(hitl_group(req.pk), status=req.status)
+    pending = [req for req in pending if req not in due]
     for req in pending:
         req.status = Status.CANCELLED
         req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, CANCELLED_BY_STOP)]

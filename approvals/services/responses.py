@@ -374,9 +374,23 @@ def response_approval_warn_due(*, now=None) -> int:
 
 def cancel_open_responses(*, uow, project, now) -> list[str]:
     """An emergency stop (emergency.hooks.project_halting) cancels every pending response
-    approval of the project and wakes the agents waiting on them."""
+    approval of the project (one past its deadline times out instead) and wakes the agents
+    waiting on them."""
     pending = ResponseApproval.objects.filter(project=project, status=Status.PENDING)
-    ids = [r.pk for r in uow.lock_many("response", pending.only("pk"))]
+    locked = uow.lock_many("response", pending.only("pk", "expires_at"))
+    due = [r.pk for r in locked if r.expires_at <= now]
+    for response in ResponseApproval.objects.filter(pk__in=due).select_related("task", "submitted_by"):
+        # past its deadline, not timed out yet by beat: it times out as beat would have (its
+        # audit row and event), not "cancelled"; the stop halts its task
+        before = _snapshot(response)
+        response.status, response.responded_at = Status.TIMED_OUT, now
+        response.save(update_fields=["status", "responded_at", "updated_at"])
+        audit_record(actor=None, action="response_approval.time_out", obj=response, before=before,
+                     after=_snapshot(response), reason="")
+        event_emit(project_id=response.project_id, task_id=response.task_id, event_type="approval_timed_out",
+                   data={**response_event_data(response), "kind": "response_approval"})
+        wakeup_on_commit(response_group(response.pk), status=response.status)
+    ids = [r.pk for r in locked if r.pk not in set(due)]
     if not ids:
         return []
     ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason=CANCELLED_BY_STOP,

@@ -31,6 +31,48 @@ def request_call(project, agent, title="t", **kwargs):
     return agent_approval_request(**body)
 
 
+def test_a_stop_times_out_what_was_past_its_deadline_and_cancels_the_rest(project, agent, reviewer, manager):
+    """Beat late or down: a call, an output and a question past their deadlines, not timed out
+    yet. The stop marked them "cancelled" (emergency stop), as if withdrawn: a missed deadline was
+    out of the timeout rate, with no approval_timed_out event. They time out as beat would have;
+    what is still in time is cancelled by the stop."""
+    from approvals.models import ResponseApproval
+    from approvals.services import response_approval_submit
+    from budgets.services import current_windows
+    from hitl.models import HitlRequest
+    from hitl.services import hitl_request_create
+
+    late_call, call_in_time = request_call(project, agent, "late"), request_call(project, agent, "in time")
+    ran = request_call(project, agent, "ran")
+    agent_approval_decide(approval_id=ran.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=ran.pk, actor=agent)
+    output = response_approval_submit(submitter=agent, project_id=project.pk, task_id=ran.task_id, agent_type="coder",
+                                      call_approval_id=ran.pk, agent_response={"text": "done"}, tokens_used=10)
+    late_question = hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="A?")
+    question_in_time = hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="B?")
+    past = timezone.now() - timedelta(minutes=1)
+    AgentCallApproval.objects.filter(pk=late_call.pk).update(expires_at=past)
+    ResponseApproval.objects.filter(pk=output.pk).update(expires_at=past)
+    HitlRequest.objects.filter(pk=late_question.pk).update(expires_at=past)
+
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=manager)
+
+    statuses = {obj.pk: type(obj).objects.get(pk=obj.pk).status
+                for obj in (late_call, call_in_time, output, late_question, question_in_time)}
+    assert statuses == {late_call.pk: "timed_out", call_in_time.pk: "cancelled", output.pk: "timed_out",
+                        late_question.pk: "timed_out", question_in_time.pk: "cancelled"}
+    assert set(stop.cancelled_approvals) == {str(call_in_time.pk), str(question_in_time.pk)}
+    timed_out = {e.data.get("approval_id") or e.data.get("hitl_request_id")
+                 for e in Event.objects.filter(project_id=project.pk, event_type="approval_timed_out")}
+    assert {str(late_call.pk), str(output.pk), str(late_question.pk)} <= timed_out, timed_out
+    assert {a.action for a in AuditEvent.objects.filter(object_id__in=[str(late_call.pk), str(output.pk),
+                                                                       str(late_question.pk)])} >= {
+        "agent_approval.time_out", "response_approval.time_out", "hitl_request.time_out"}
+    assert HitlRequest.objects.get(pk=late_question.pk).history[-1]["status"] == "timed_out"
+    day, month = current_windows(project)
+    assert day.reserved_cost == 0 and month.reserved_cost == 0  # every reservation given back
+
+
 # --- manual stop --------------------------------------------------------------------
 def test_manual_stop_halts_everything_and_reports_it(project, agent, reviewer, manager, client_for):
     pending = request_call(project, agent, "a")
