@@ -23,9 +23,9 @@ Backpressure: at most HITL_WEB_THREADS requests run at once per process; a reque
 waits longer than HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 ``unavailable``
 with ``Retry-After`` (API.md's error shape) instead of piling up threads and database waits.
 
-The health check (the URL named ``health``) has a thread of its own, outside that pool: while every web
-thread waits for a locked project's row (up to HITL_DB_LOCK_TIMEOUT each), a monitor still
-hears whether the database answers, instead of a 503 "busy" that reads as the node being down.
+The health check (the URL named ``health``) has a thread of its own, outside that pool: while
+every web thread waits for a locked project's row (up to HITL_DB_LOCK_TIMEOUT each), a monitor
+still hears whether the database answers, instead of a 503 "busy" that reads as the node down.
 """
 import asyncio
 import logging
