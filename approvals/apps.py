@@ -9,6 +9,7 @@ class ApprovalsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        import approvals.checks  # noqa: F401  (registers the analyzers' check)
         import approvals.conditions  # noqa: F401  (registers the call conditions)
         from approvals.services import (
             cancel_calls_of_ended_task,

@@ -1,7 +1,7 @@
 """The Celery app: configuration from Django settings (CELERY_*), tasks from every app."""
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
 
@@ -15,3 +15,18 @@ app.add_defaults({
     "worker_cancel_long_running_tasks_on_connection_loss": True,
 })
 app.autodiscover_tasks()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _checked(**kwargs):
+    """A worker or beat with a setting the system checks refuse (audit keys, analyzers) stops
+    at once, naming it, instead of failing each task that needs it."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from core.checks import refuse_to_start_on_errors
+
+    try:
+        refuse_to_start_on_errors("Celery")
+    except ImproperlyConfigured as exc:
+        raise SystemExit(str(exc)) from None  # Celery only logs an exception a signal handler raises

@@ -4,7 +4,10 @@ With no DATABASE_URL and no REDIS_URL everything runs on one machine: SQLite, th
 in-process channel layer and Celery's filesystem broker (no server needed). With them
 set, PostgreSQL (psycopg 3), channels-redis and a Redis broker are used.
 """
+import math
+import os
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -16,7 +19,61 @@ VAR_DIR = Path(environ.Env().str("HITL_VAR_DIR", default=str(BASE_DIR / "var")))
 
 env = environ.Env()
 
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+def _read(name: str, default, cast, kind: str, least=None, above=None, most=None):
+    """The setting ``name`` from the environment (``default`` when unset or blank), cast, and held
+    to its range: a value a process cannot run with (a negative timeout, a beat period of 0, a
+    word for a number) stops every process at start-up with a message naming it, instead of 500s
+    or a beat sending thousands of tasks a second once it runs."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = cast(raw.strip())
+    except (ValueError, ArithmeticError):
+        raise ImproperlyConfigured(f"{name} must be {kind}, not {raw!r}.") from None
+    if (isinstance(value, Decimal) and not value.is_finite()) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ImproperlyConfigured(f"{name} must be a finite number, not {raw!r}.")
+    if least is not None and value < least:
+        raise ImproperlyConfigured(f"{name} must be {least} or more (it is {raw.strip()}).")
+    if above is not None and not value > above:
+        raise ImproperlyConfigured(f"{name} must be more than {above} (it is {raw.strip()}).")
+    if most is not None and value > most:
+        raise ImproperlyConfigured(f"{name} must be at most {most} (it is {raw.strip()}).")
+    return value
+
+
+def _int(name: str, default: int, **bounds) -> int:
+    return _read(name, default, int, "a whole number", **bounds)
+
+
+def _float(name: str, default: float, **bounds) -> float:
+    return _read(name, default, float, "a number", **bounds)
+
+
+def _amount(name: str, default: str) -> str:
+    """A money amount (a decimal string, 0 or more), kept as the string its readers parse."""
+    value = _read(name, None, Decimal, "a decimal amount such as 1.0000", least=0)
+    return default if value is None else str(value)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on", "y", "t"), ("0", "false", "no", "off", "n", "f")
+
+
+def _bool(name: str, default: bool) -> bool:
+    """True or false; another word is refused (it counted as off: HITL_BEHIND_HTTPS_PROXY=enabled
+    left cookies without Secure)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false (1 / 0, yes / no, on / off), not {raw!r}.")
+
+
+DEBUG = _bool("DJANGO_DEBUG", False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
@@ -32,11 +89,11 @@ CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "review.auth.csrf_failure"
 # Behind a proxy that terminates HTTPS (and sets X-Forwarded-Proto): requests are known to be secure,
 # cookies are sent only over HTTPS, and browsers are told to keep to HTTPS (HSTS) for that long.
-if env.bool("HITL_BEHIND_HTTPS_PROXY", default=False):
+if _bool("HITL_BEHIND_HTTPS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
-    SECURE_SSL_REDIRECT = env.bool("HITL_SSL_REDIRECT", default=False)  # usually the proxy's job
-    SECURE_HSTS_SECONDS = env.int("HITL_HSTS_SECONDS", default=0)
+    SECURE_SSL_REDIRECT = _bool("HITL_SSL_REDIRECT", False)  # usually the proxy's job
+    SECURE_HSTS_SECONDS = _int("HITL_HSTS_SECONDS", 0, least=0)
 
 INSTALLED_APPS = [
     "daphne",
@@ -121,14 +178,12 @@ if DATABASE_URL:
         # Under ASGI every request runs its database work in a thread of its own, so persistent
         # per-thread connections would pile up: a psycopg pool bounds them per process instead.
         DATABASES["default"]["CONN_MAX_AGE"] = 0
-        _pool_max = env.int("HITL_DB_POOL_MAX", default=20)
-        if _pool_max < 1:
-            raise ImproperlyConfigured(f"HITL_DB_POOL_MAX must be 1 or more (it is {_pool_max}).")
+        _pool_max = _int("HITL_DB_POOL_MAX", 20, least=1)
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             # at most the maximum (psycopg refuses a pool whose minimum is larger: every request was a 500)
-            "min_size": min(env.int("HITL_DB_POOL_MIN", default=2), _pool_max),
+            "min_size": min(_int("HITL_DB_POOL_MIN", 2, least=0), _pool_max),
             "max_size": _pool_max,
-            "timeout": env.float("HITL_DB_POOL_TIMEOUT", default=30.0),
+            "timeout": _float("HITL_DB_POOL_TIMEOUT", 30.0, above=0),
         }
         # Server-side parameter binding lets psycopg prepare a statement on its connection once
         # it has run HITL_DB_PREPARE_THRESHOLD times; PostgreSQL then skips parsing and planning
@@ -136,7 +191,7 @@ if DATABASE_URL:
         # round trip in bench/throughput.py. Django leaves both off for the sake of external
         # poolers (pgbouncer in transaction mode cannot keep prepared statements): set
         # HITL_DB_PREPARE_THRESHOLD=0 behind one.
-        prepare_threshold = env.int("HITL_DB_PREPARE_THRESHOLD", default=2)
+        prepare_threshold = _int("HITL_DB_PREPARE_THRESHOLD", 2, least=0)
         if prepare_threshold > 0:
             DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
             DATABASES["default"]["OPTIONS"]["prepare_threshold"] = prepare_threshold
@@ -144,9 +199,7 @@ if DATABASE_URL:
         # person's psql session, a hung process) fails with "lock not available" and the API
         # answers 503 with Retry-After, instead of holding one of the process's few threads until
         # the holder lets go (every other project's requests and the health check queued behind it).
-        _lock_timeout = env.float("HITL_DB_LOCK_TIMEOUT", default=10.0)
-        if _lock_timeout < 0:
-            raise ImproperlyConfigured(f"HITL_DB_LOCK_TIMEOUT must be 0 (no limit) or more (it is {_lock_timeout}).")
+        _lock_timeout = _float("HITL_DB_LOCK_TIMEOUT", 10.0, least=0)  # 0: no limit
         if _lock_timeout:
             _options = DATABASES["default"]["OPTIONS"]
             _options["options"] = f"{_options.get('options', '')} -c lock_timeout={round(_lock_timeout * 1000)}".strip()
@@ -196,7 +249,7 @@ WHITENOISE_USE_FINDERS = True
 LOGIN_URL = "/admin/login/"
 
 # Request bodies: anything larger is refused with 400 before it is parsed.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("HITL_MAX_BODY_BYTES", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _int("HITL_MAX_BODY_BYTES", 1024 * 1024, least=1024)
 
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -277,58 +330,58 @@ HITL_RESPONSE_ANALYZERS = env.list("HITL_RESPONSE_ANALYZERS", default=[
     "approvals.analyzers.ConsistencyAnalyzer",
 ])
 # Each analyzer must finish within this many seconds; one that does not is reported (analyzer.timeout).
-HITL_ANALYZER_TIME_LIMIT_SECONDS = env.float("HITL_ANALYZER_TIME_LIMIT_SECONDS", default=2.0)
-HITL_APPROVAL_TIMEOUT_MINUTES = env.int("HITL_APPROVAL_TIMEOUT_MINUTES", default=30)
+HITL_ANALYZER_TIME_LIMIT_SECONDS = _float("HITL_ANALYZER_TIME_LIMIT_SECONDS", 2.0, above=0)
+HITL_APPROVAL_TIMEOUT_MINUTES = _int("HITL_APPROVAL_TIMEOUT_MINUTES", 30, least=1, most=24 * 60)
 # --- Response approvals (an agent's output held for review) -------------------------------
-HITL_RESPONSE_TIMEOUT_MINUTES = env.int("HITL_RESPONSE_TIMEOUT_MINUTES", default=60)
+HITL_RESPONSE_TIMEOUT_MINUTES = _int("HITL_RESPONSE_TIMEOUT_MINUTES", 60, least=1, most=24 * 60)
 # How many times one task's output may be sent back with requires_modification.
-HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = env.int("HITL_RESPONSE_MAX_MODIFICATION_ROUNDS", default=3)
+HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = _int("HITL_RESPONSE_MAX_MODIFICATION_ROUNDS", 3, least=0)
 # An approved call must be started within this many minutes of its approval (410 afterwards).
-HITL_START_WITHIN_MINUTES = env.int("HITL_START_WITHIN_MINUTES", default=60)
+HITL_START_WITHIN_MINUTES = _int("HITL_START_WITHIN_MINUTES", 60, least=1)
 # How often beat times out due approvals and sends timeout warnings.
-HITL_APPROVAL_SWEEP_SECONDS = env.int("HITL_APPROVAL_SWEEP_SECONDS", default=10)
+HITL_APPROVAL_SWEEP_SECONDS = _int("HITL_APPROVAL_SWEEP_SECONDS", 10, least=1)
 # A waiting agent's long poll (and the /ws/events/ hub) re-reads the database this often, in case a
 # push was lost (for example an event written in another process on the in-process channel layer).
-HITL_WAIT_POLL_SECONDS = env.float("HITL_WAIT_POLL_SECONDS",
-                                   default=5.0 if env.str("REDIS_URL", default="") else 1.0)
+HITL_WAIT_POLL_SECONDS = _float("HITL_WAIT_POLL_SECONDS", 5.0 if env.str("REDIS_URL", default="") else 1.0,
+                                least=0.1)
 # The /ws/events/ websocket sends {"type": "ping"} this often (daphne's protocol pings drop dead peers).
-HITL_WS_HEARTBEAT_SECONDS = env.float("HITL_WS_HEARTBEAT_SECONDS", default=20.0)
+HITL_WS_HEARTBEAT_SECONDS = _float("HITL_WS_HEARTBEAT_SECONDS", 20.0, least=0.1)
 # How often beat evaluates the automatic emergency-stop conditions of every active project.
-HITL_CONDITION_CHECK_SECONDS = env.int("HITL_CONDITION_CHECK_SECONDS", default=5)
+HITL_CONDITION_CHECK_SECONDS = _int("HITL_CONDITION_CHECK_SECONDS", 5, least=1)
 # Reservations of calls approved but never settled are released after this many hours.
-HITL_BUDGET_STALE_RESERVATION_HOURS = env.int("HITL_BUDGET_STALE_RESERVATION_HOURS", default=24)
+HITL_BUDGET_STALE_RESERVATION_HOURS = _int("HITL_BUDGET_STALE_RESERVATION_HOURS", 24, least=1)
 # A single call estimated above these amounts (USD) is flagged medium / high.
-HITL_RISK_COST_MEDIUM = env.str("HITL_RISK_COST_MEDIUM", default="1.0000")
-HITL_RISK_COST_HIGH = env.str("HITL_RISK_COST_HIGH", default="10.0000")
+HITL_RISK_COST_MEDIUM = _amount("HITL_RISK_COST_MEDIUM", "1.0000")
+HITL_RISK_COST_HIGH = _amount("HITL_RISK_COST_HIGH", "10.0000")
 
 # --- Budgets: estimates, managers, retries ---------------------------------------------
 # The server's estimate is the floor of every reservation: the offline token count of the input
 # plus this output allowance (tokens; the model's own default_output_tokens when it has a price),
 # priced with the call's model, or with this model's price when the call names none.
-HITL_OUTPUT_TOKEN_ALLOWANCE = env.int("HITL_OUTPUT_TOKEN_ALLOWANCE", default=1000)
+HITL_OUTPUT_TOKEN_ALLOWANCE = _int("HITL_OUTPUT_TOKEN_ALLOWANCE", 1000, least=0)
 HITL_FLOOR_PRICE_MODEL = env.str("HITL_FLOOR_PRICE_MODEL", default="gpt-4o")
 # Reported usage above this many times the estimate raises a usage_overrun flag (safety_alert).
-HITL_USAGE_FLAG_FACTOR = env.float("HITL_USAGE_FLAG_FACTOR", default=2.0)
+HITL_USAGE_FLAG_FACTOR = _float("HITL_USAGE_FLAG_FACTOR", 2.0, least=1)
 # Budget overrides above these amounts need a manager (API.md: "above 100.0000"): cost limits
 # in USD, token limits in tokens. Deployment settings, not a project's: no API changes them.
-HITL_MANAGER_COST_THRESHOLD = env.str("HITL_MANAGER_COST_THRESHOLD", default="100.0000")
-HITL_MANAGER_TOKEN_THRESHOLD = env.int("HITL_MANAGER_TOKEN_THRESHOLD", default=100_000)
+HITL_MANAGER_COST_THRESHOLD = _amount("HITL_MANAGER_COST_THRESHOLD", "100.0000")
+HITL_MANAGER_TOKEN_THRESHOLD = _int("HITL_MANAGER_TOKEN_THRESHOLD", 100_000, least=0)
 # daphne closes a connection with nothing received for this many seconds; a request received
 # only in part by then (a client stalled mid-head or mid-body) is answered 408 first (core.middleware).
-HITL_HTTP_IDLE_TIMEOUT = env.float("HITL_HTTP_IDLE_TIMEOUT", default=60.0)
+HITL_HTTP_IDLE_TIMEOUT = _float("HITL_HTTP_IDLE_TIMEOUT", 60.0, above=0)
 # A deadlock or serialization failure is retried this many times before the API answers 503.
-HITL_DB_RETRIES = env.int("HITL_DB_RETRIES", default=3)
+HITL_DB_RETRIES = _int("HITL_DB_RETRIES", 3, least=0)
 # The Retry-After (seconds) of a 503 answered for a transient database error.
-HITL_RETRY_AFTER_SECONDS = env.int("HITL_RETRY_AFTER_SECONDS", default=1)
+HITL_RETRY_AFTER_SECONDS = _int("HITL_RETRY_AFTER_SECONDS", 1, least=0)
 # A webhook receiver that has not answered within this many seconds counts as failed: the alert
 # is sent again (with the same X-HITL-Delivery id) after the retry's back-off.
-HITL_WEBHOOK_TIMEOUT_SECONDS = env.float("HITL_WEBHOOK_TIMEOUT_SECONDS", default=10)
+HITL_WEBHOOK_TIMEOUT_SECONDS = _float("HITL_WEBHOOK_TIMEOUT_SECONDS", 10, above=0)
 # Threads per web process that run requests' Django code (core/asgi.py): at most this many requests
 # of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
 # threads and the health check's own thread use the rest). A request that waits longer than
 # HITL_QUEUE_TIMEOUT_SECONDS for its turn is answered 503 with Retry-After.
-HITL_WEB_THREADS = env.int("HITL_WEB_THREADS", default=2)
-HITL_QUEUE_TIMEOUT_SECONDS = env.float("HITL_QUEUE_TIMEOUT_SECONDS", default=30.0)
+HITL_WEB_THREADS = _int("HITL_WEB_THREADS", 2, least=1)
+HITL_QUEUE_TIMEOUT_SECONDS = _float("HITL_QUEUE_TIMEOUT_SECONDS", 30.0, above=0)
 
 # --- Redis, channels and Celery -------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -355,13 +408,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # in a worker, or the task runs twice: its retry countdown (at most 80 s), its wait behind the
 # tasks in front of it (a worker takes one task ahead per process: CELERY_WORKER_PREFETCH_MULTIPLIER
 # below) and its run (at most 60 s). Ten minutes leave room for a backlog of slow webhooks.
-HITL_BROKER_VISIBILITY_TIMEOUT = env.int("HITL_BROKER_VISIBILITY_TIMEOUT", default=600)
+HITL_BROKER_VISIBILITY_TIMEOUT = _int("HITL_BROKER_VISIBILITY_TIMEOUT", 600, least=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A broker that hangs (a Redis that neither answers nor refuses) holds whoever hands it a task
 # for at most this many seconds per try, and a task is tried twice: a request's alerts are
 # handed over after its commit in its own thread (they wait in the database for the next sweep
 # when the broker does not take them), which waited for ever and held every web thread.
-HITL_BROKER_SOCKET_TIMEOUT = env.float("HITL_BROKER_SOCKET_TIMEOUT", default=2.0)
+HITL_BROKER_SOCKET_TIMEOUT = _float("HITL_BROKER_SOCKET_TIMEOUT", 2.0, above=0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
                                     "interval_max": 0.2}
 if CELERY_BROKER_URL.startswith("redis"):  # redis://, rediss://, redis+socket://
@@ -388,7 +441,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_TIMEZONE = "UTC"
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -397,7 +450,7 @@ CELERY_TASK_ROUTES = {"emergency.*": {"queue": "emergency"}}
 # emergency worker can take `-Q emergency`.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = (Queue("celery"), Queue("emergency"))
-HITL_HEARTBEAT_SECONDS = env.int("HITL_HEARTBEAT_SECONDS", default=10)
+HITL_HEARTBEAT_SECONDS = _int("HITL_HEARTBEAT_SECONDS", 10, least=1)
 CELERY_BEAT_SCHEDULE = {
     "core-heartbeat": {
         "task": "core.heartbeat",
@@ -460,7 +513,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # How long a stored Idempotency-Key answer is replayed.
-HITL_IDEMPOTENCY_TTL = timedelta(hours=env.int("HITL_IDEMPOTENCY_TTL_HOURS", default=24))
+HITL_IDEMPOTENCY_TTL = timedelta(hours=_int("HITL_IDEMPOTENCY_TTL_HOURS", 24, least=1))
 
 # A refused request (403, 404, 409...) logs one warning line without traceback (Django logs the
 # exception's traceback with it); server errors (5xx) keep theirs. See core.errors.OneLineRefusals.
@@ -488,7 +541,7 @@ HITL_AUDIT_CHECKPOINT_KEY = env.str("HITL_AUDIT_CHECKPOINT_KEY", default="")
 # Keep it off the database's host if you can (another volume, synced to write-once storage).
 HITL_AUDIT_CHECKPOINT_DIR = Path(env.str("HITL_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
 # How often beat writes a checkpoint; 0 disables it.
-HITL_AUDIT_CHECKPOINT_MINUTES = env.int("HITL_AUDIT_CHECKPOINT_MINUTES", default=60)
+HITL_AUDIT_CHECKPOINT_MINUTES = _int("HITL_AUDIT_CHECKPOINT_MINUTES", 60, least=1)
 if HITL_AUDIT_CHECKPOINT_MINUTES > 0:
     CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
         "task": "audit.checkpoint",

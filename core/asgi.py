@@ -223,5 +223,8 @@ def get_asgi_application():
     """django.core.asgi.get_asgi_application with the one-hop handler."""
     import django
 
+    from core.checks import refuse_to_start_on_errors
+
     django.setup(set_prefix=False)
+    refuse_to_start_on_errors("The web process")
     return OneHopASGIHandler()

@@ -42,3 +42,16 @@ def api_middleware_check(app_configs=None, **kwargs):
             hint="Add it to HITL_API_MIDDLEWARE (in MIDDLEWARE's order), or, if only browsers need it, "
                  "to core.checks.BROWSER_ONLY_MIDDLEWARE.", id="core.E003"))
     return found
+
+
+def refuse_to_start_on_errors(process: str) -> None:
+    """Django's system checks (those of ``manage.py check``, without the database's), run when a
+    web or Celery process starts: an error stops it there, naming what is wrong. Neither ran them,
+    so a server with malformed audit keys or an analyzer that cannot be loaded started, answered
+    its health check ``ok`` and then failed every request that needed them with a 500."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    errors = [m for m in checks.run_checks() if m.is_serious() and not m.is_silenced()]
+    if errors:
+        raise ImproperlyConfigured(f"{process} not started: " + " ".join(
+            f"{m.id}: {m.msg}{f' ({m.hint})' if m.hint else ''}" for m in errors))
