@@ -30,32 +30,32 @@ def _cancel_locked(uow, ids, *, reason: str, override_reason: str, now) -> None:
     budget_release_many(uow=uow, call_ids=ids)
 
 
-def _time_out_locked(uow, ids, *, now) -> None:
-    """Pending calls past their deadline that beat had not timed out yet (late or down) time out
-    as it would have, with their audit row and ``approval_timed_out`` event: a stop is no
-    withdrawal of a call a person missed (the inbox's timeout rate counts them). Their tasks are
-    the stop's to halt (no task move here)."""
-    calls = list(AgentCallApproval.objects.filter(pk__in=ids).select_related("approved_by"))
-    befores = [snapshot(call) for call in calls]
-    AgentCallApproval.objects.filter(pk__in=ids).update(status=Status.TIMED_OUT, budget_state=BudgetState.RELEASED,
-                                                        updated_at=now)
-    withdraw_orphaned_overrides(uow, ids, f"Its call ended ({Status.TIMED_OUT}) before a decision.")
-    budget_release_many(uow=uow, call_ids=ids)
-    for call, before in zip(calls, befores):
+def cancel_open_calls(*, uow, project, now) -> list[str]:
+    """Cancel every pending and approved-not-started call of a stopped project. A pending call
+    past its deadline that beat had not timed out yet (late or down) times out instead, as beat
+    would have, with its audit row and ``approval_timed_out`` event: a stop is no withdrawal of a
+    call a person missed (the inbox's timeout rate counts it). Both kinds go through the stages
+    once, in LOCK_ORDER (their overrides, then every reservation); their tasks are the stop's to
+    halt (no task move here)."""
+    locked = uow.lock_many("approval", AgentCallApproval.objects.filter(project=project).filter(OPEN_CALLS)
+                           .only("pk", "status", "expires_at"))
+    due = [call.pk for call in locked if call.status == Status.PENDING and call.expires_at <= now]
+    ids = [call.pk for call in locked if call.pk not in set(due)]
+    late = list(AgentCallApproval.objects.filter(pk__in=due).select_related("approved_by")) if due else []
+    befores = [snapshot(call) for call in late]
+    if due:
+        AgentCallApproval.objects.filter(pk__in=due).update(status=Status.TIMED_OUT,
+                                                            budget_state=BudgetState.RELEASED, updated_at=now)
+    AgentCallApproval.objects.filter(pk__in=ids).update(
+        status=Status.CANCELLED, budget_state=BudgetState.RELEASED, rejection_reason=CANCELLED_BY_STOP, updated_at=now)
+    if due:
+        withdraw_orphaned_overrides(uow, due, f"Its call ended ({Status.TIMED_OUT}) before a decision.")
+    withdraw_orphaned_overrides(uow, ids, "Its call was cancelled by an emergency stop.")
+    budget_release_many(uow=uow, call_ids=[*due, *ids])
+    for call, before in zip(late, befores):
         call.status, call.budget_state = Status.TIMED_OUT, BudgetState.RELEASED
         record_closed(call, actor=None, action="agent_approval.time_out", before=before, reason="",
                       event_type="approval_timed_out")
-
-
-def cancel_open_calls(*, uow, project, now) -> list[str]:
-    locked = uow.lock_many("approval", AgentCallApproval.objects.filter(project=project).filter(OPEN_CALLS)
-                           .only("pk", "status", "expires_at"))
-    due = {call.pk for call in locked if call.status == Status.PENDING and call.expires_at <= now}
-    if due:
-        _time_out_locked(uow, list(due), now=now)
-    ids = [call.pk for call in locked if call.pk not in due]
-    _cancel_locked(uow, ids, reason=CANCELLED_BY_STOP, override_reason="Its call was cancelled by an emergency stop.",
-                   now=now)
     wakeup_on_commit(project_stop_group(project.pk), status="emergency_stopped")  # every waiting agent
     return [str(pk) for pk in ids]
 

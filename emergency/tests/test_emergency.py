@@ -73,6 +73,30 @@ def test_a_stop_times_out_what_was_past_its_deadline_and_cancels_the_rest(projec
     assert day.reserved_cost == 0 and month.reserved_cost == 0  # every reservation given back
 
 
+def test_a_stop_with_a_late_reserved_call_and_one_waiting_on_an_override(project, agent, manager):
+    """The late call's time-out withdrew overrides and released its reservation, then the other
+    calls' cancel withdrew overrides again: 'override' after 'budget_window', a LockOrderError that
+    rolled the whole stop back while beat was late on a project over its budget."""
+    from decimal import Decimal
+
+    from budgets.models import BudgetOverrideRequest, ProjectBudget
+    from budgets.services import current_windows
+
+    ProjectBudget.objects.update_or_create(project=project, defaults={"daily_cost_limit": Decimal("1.0000")})
+    late = request_call(project, agent, "late", estimated_cost="0.5000")
+    blocked = request_call(project, agent, "blocked", estimated_cost="0.9000")
+    assert late.budget_state == "reserved" and blocked.budget_override_id is not None
+    AgentCallApproval.objects.filter(pk=late.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=manager)
+
+    assert AgentCallApproval.objects.get(pk=late.pk).status == "timed_out"
+    assert AgentCallApproval.objects.get(pk=blocked.pk).status == "cancelled"
+    assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status != "pending"  # withdrawn
+    assert current_windows(project)[0].reserved_cost == 0
+    assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
+
+
 # --- manual stop --------------------------------------------------------------------
 def test_manual_stop_halts_everything_and_reports_it(project, agent, reviewer, manager, client_for):
     pending = request_call(project, agent, "a")
