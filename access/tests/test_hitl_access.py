@@ -154,3 +154,15 @@ def test_a_user_name_the_admin_would_refuse_is_not_created(username):
 def test_a_valid_new_user_name_is_created():
     run("agent.bot-1@fleet", "--create-user")
     assert get_user_model().objects.filter(username="agent.bot-1@fleet").exists()
+
+
+def test_revoke_key_takes_several_prefixes_after_one_flag_and_no_action_is_an_error(agent):
+    """README's usage reads ``[--revoke-key PREFIX ...]``, but ``--revoke-key A B`` was "unrecognized
+    arguments: B"; and ``hitl_access bob`` with no action did nothing, said nothing, exited 0."""
+    first, second = (run("agent", "--api-key")[-1] for _ in range(2))
+    prefixes = [key.split("_")[1] for key in (first, second)]
+    assert run("agent", "--revoke-key", *prefixes) == [f"Revoked API key {p} of agent." for p in prefixes]
+    assert ApiKey.objects.filter(user=agent, revoked_at__isnull=True).count() == 0
+    with pytest.raises(CommandError, match="Nothing to do") as caught:
+        run("agent")
+    assert caught.value.returncode == 2

@@ -22,8 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--api-key", action="store_true", help="issue a new API key and print it last")
         parser.add_argument("--key-name", default="", help="a label for the new key")
         parser.add_argument("--revoke-keys", action="store_true", help="revoke every active key of the user")
-        parser.add_argument("--revoke-key", action="append", default=[], metavar="PREFIX",
-                            help="revoke one key of the user, named by its prefix (or the whole key); repeatable")
+        parser.add_argument("--revoke-key", action="extend", nargs="+", default=[], metavar="PREFIX",
+                            help="revoke keys of the user, each named by its prefix (or the whole key): "
+                                 "--revoke-key A B, or the flag repeated")
         parser.add_argument("--list-keys", action="store_true",
                             help="list the user's keys: prefix, name, created, last used, active or revoked")
         parser.add_argument("--revoke-roles", action="store_true", help="remove every role on --project")
@@ -31,6 +32,9 @@ class Command(BaseCommand):
     def handle(self, *args, username, role, project, create_user, api_key, key_name, revoke_keys,
                revoke_roles, revoke_key=(), list_keys=False, **options):
         User = get_user_model()
+        if not (role or revoke_roles or create_user or api_key or revoke_keys or revoke_key or list_keys):
+            raise CommandError("Nothing to do: give --create-user, --role/--revoke-roles with --project, --api-key, "
+                               "--revoke-keys, --revoke-key or --list-keys.", returncode=2)
         if (role or revoke_roles) and not project:
             raise CommandError("--role and --revoke-roles need --project SLUG.", returncode=2)
         if project and not (role or revoke_roles):
