@@ -1,6 +1,7 @@
 """Helpers shared by every app's API views."""
 import hashlib
 import json
+import logging
 import re
 import uuid
 from functools import wraps
@@ -20,6 +21,8 @@ from core.errors import EmergencyStopActive, NotFoundError
 from core.hooks import Hook
 from core.models import IdempotencyRecord
 from core.uow import retry_transient
+
+logger = logging.getLogger(__name__)
 
 
 def parse_uuid(value, *, field: str | None = None) -> uuid.UUID:
@@ -107,21 +110,28 @@ class ReplayVisible(Protocol):
 idempotent_replay_visible: Hook[ReplayVisible] = Hook("core.idempotent_replay_visible", required=True)
 
 
-def _replay_visible(user, answer, project_field: str) -> bool:
+def _replay_allowed(user, answer, project_field: str, replay_allowed) -> bool:
     body = json.loads(answer) if isinstance(answer, str) else answer
-    project_id = body.get(project_field) if isinstance(body, dict) else None
-    return project_id is not None and all(idempotent_replay_visible(user=user, project_id=project_id))
+    body = body if isinstance(body, dict) else {}
+    if replay_allowed is not None:
+        return replay_allowed(user, body)
+    project_id = body.get(project_field)
+    if project_id is None:  # a create whose answer names no project: every replay of it would be 404
+        logger.error("idempotent replay: the stored answer has no %r; refused", project_field)
+        return False
+    return all(idempotent_replay_visible(user=user, project_id=project_id))
 
 
-def idempotent(post=None, *, project_field: str = "project_id"):
+def idempotent(post=None, *, project_field: str = "project_id", replay_allowed=None):
     """Decorate an APIView's create ``post``: with an ``Idempotency-Key`` header, the first
     2xx answer is stored in the same transaction as what it created, and a retry with the
     same key and body gets that answer again (a different body with the same key is 400).
     Concurrent retries wait for the first one on the key's unique constraint. A replay is
-    answered only while the caller may still see the answer's project (its ``project_field``):
-    a role taken away since is 404, as their new request would be."""
+    answered only while the caller may still see the answer's project (its ``project_field``), or
+    while ``replay_allowed(user, answer)`` says so where that is given: a role taken away since is
+    404, as their new request would be."""
     if post is None:
-        return lambda view: idempotent(view, project_field=project_field)
+        return lambda view: idempotent(view, project_field=project_field, replay_allowed=replay_allowed)
     from rest_framework.response import Response
 
     @wraps(post)
@@ -146,7 +156,7 @@ def idempotent(post=None, *, project_field: str = "project_id"):
                     raise ValidationError(
                         {"Idempotency-Key": ["This key was already used with a different request."]}
                     ) from None
-                if not _replay_visible(request.user, previous.response_body, project_field):
+                if not _replay_allowed(request.user, previous.response_body, project_field, replay_allowed):
                     raise NotFoundError("Not found.")
                 replayed = {"Idempotent-Replayed": "true"}
                 if isinstance(previous.response_body, str):  # the answer's JSON text, byte for byte

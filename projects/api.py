@@ -65,7 +65,7 @@ class ProjectListCreateApi(APIView):
 
     @extend_schema(operation_id="projects_create", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={201: ProjectOutputSerializer, **error_responses(400, 403)})
-    @idempotent(project_field="id")
+    @idempotent(replay_allowed=lambda user, answer: user.has_perm("projects.add_project"))
     def post(self, request):
         """Create a project (admins only)."""
         if not request.user.has_perm("projects.add_project"):

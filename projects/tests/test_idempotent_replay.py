@@ -107,3 +107,22 @@ def test_a_project_creation_replayed_after_the_admin_rights_went_is_404(admin_us
     replay = client.post("/api/v1/projects", body, format="json", HTTP_IDEMPOTENCY_KEY="p1")
     assert replay.status_code == 404 and replay.json()["error"] == "not_found", replay.content
     assert Project.objects.filter(slug="fleet").count() == 1
+
+
+def test_a_project_creation_by_staff_allowed_to_add_projects_is_replayed(make_user, client_for):
+    """The replay of a project's creation asked for a role on it, which its creator is not given:
+    a staff user with the "add project" permission got 404 on every retry of their 201."""
+    from django.contrib.auth.models import Permission
+
+    creator = make_user("creator")
+    creator.user_permissions.add(Permission.objects.get(codename="add_project"))
+    client = client_for(get_user_model().objects.get(pk=creator.pk))
+    body = {"name": "Fleet", "slug": "fleet"}
+    first = client.post("/api/v1/projects", body, format="json", HTTP_IDEMPOTENCY_KEY="p1")
+    assert first.status_code == 201, first.content
+    again = client.post("/api/v1/projects", body, format="json", HTTP_IDEMPOTENCY_KEY="p1")
+    assert again.status_code == 201 and again.content == first.content, again.content
+    creator.user_permissions.clear()
+    gone = client_for(get_user_model().objects.get(pk=creator.pk)).post(
+        "/api/v1/projects", body, format="json", HTTP_IDEMPOTENCY_KEY="p1")
+    assert gone.status_code == 404, gone.content
