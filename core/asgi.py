@@ -29,7 +29,6 @@ still hears whether the database answers, instead of a 503 "busy" that reads as 
 """
 import asyncio
 import logging
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
@@ -44,7 +43,6 @@ from django.urls import Resolver404, get_resolver, reverse, set_script_prefix
 
 from core import broadcast
 from core.errors import error_body, retry_after_seconds
-from core.middleware import body_room
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +116,6 @@ class OneHopASGIHandler(ASGIHandler):
         self._serve_health = sync_to_async(self._serve, thread_sensitive=False, executor=self._health_executor)
         self._health_slot: asyncio.Semaphore | None = None
         self._health_path = reverse("health")
-
-    async def read_body(self, receive):
-        """Django's read_body keeping at most DATA_UPLOAD_MAX_MEMORY_SIZE + 1 bytes
-        (``core.middleware.body_room``): the rest is read and dropped, so one client's endless
-        upload under uvicorn (which streams it to the application) fills no disk, and the
-        application still sees a body past the limit and answers its 400."""
-        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
-        kept = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                body_file.close()
-                raise RequestAborted()
-            if data := body_room(kept, message.get("body", b"")):
-                body_file.write(data)
-                kept += len(data)
-            if not message.get("more_body", False):
-                break
-        body_file.seek(0)
-        return body_file
 
     def _is_async_view(self, path: str) -> bool:
         if not self._has_async_views:

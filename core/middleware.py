@@ -20,7 +20,8 @@ JSON error shape of API.md, however malformed the request.
 - ``bound_request_bodies()``: Twisted keeps a request's whole body (in a temporary file past
   100 KB) before daphne hands it on, however large: one client's endless upload filled the disk.
   Only the first ``DATA_UPLOAD_MAX_MEMORY_SIZE`` + 1 bytes are kept, the rest is read and
-  dropped: Django still sees a body past the limit and answers its 400 as before.
+  dropped: Django still sees a body past the limit and answers its 400 as before. Under uvicorn
+  (which streams a body to the application) ``ApiErrorGuard`` bounds it the same way.
 - ``name_every_status()``: the reason phrase of a status Twisted has no name for (423, 429)
   was "Unknown Status"; it is the standard one now ("423 Locked").
 - ``ApiErrorGuard`` (ASGI middleware, wraps the whole ASGI application): a request head Django
@@ -456,7 +457,7 @@ class ApiErrorGuard:
                             "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
                 await send({"type": "http.response.body", "body": b"Bad Request"})
             return None
-        started = False
+        started, kept = False, 0
 
         async def tracking_send(message):
             nonlocal started
@@ -464,8 +465,22 @@ class ApiErrorGuard:
                 started = True
             await send(message)
 
+        async def bounded_receive():
+            # at most the body limit + 1 byte reaches the application (Django and the long polls'
+            # consumers alike, which kept a whole body in memory under uvicorn): the rest is read
+            # and dropped (``body_room``); the application still sees a body past the limit
+            nonlocal kept
+            message = await receive()
+            data = message.get("body")
+            if data:
+                room = body_room(kept, data)
+                kept += len(room)
+                if len(room) != len(data):
+                    message = {**message, "body": room}
+            return message
+
         try:
-            return await self.app(scope, receive, tracking_send)
+            return await self.app(scope, bounded_receive, tracking_send)
         except Exception as exc:
             if started or not _is_api(scope):
                 raise

@@ -465,3 +465,43 @@ def test_a_huge_body_fills_no_disk_and_is_still_refused(server_name, chunked, se
     # the server goes on serving
     assert_json(server.request("GET", f"/api/v1/projects/{project.pk}", key=agent_key), 200)
     assert "Traceback" not in server.log(), server.log()
+
+
+def _rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_a_huge_body_sent_to_a_long_poll_is_not_kept_in_memory(server_name, serve, project, agent_key):
+    """The long polls' consumers (paths ending in /wait) collect a body in memory before they
+    refuse its method: under uvicorn, which streams it to them, a 40 MB POST was 40 MB of the
+    web process's memory (any ``Bearer`` header will do, the key is checked after). Only the limit
+    + 1 byte reaches them now."""
+    server = serve(server=server_name)
+    pids = _server_processes(server.proc.pid)
+    total, piece = 40 * 2**20, b" " * 2**20
+    path = f"/api/v1/agent-approvals/{project.pk}/wait"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        before = _rss(pids)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer junk\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {total}\r\n\r\n".encode())
+        grown = 0
+        for _ in range(total // len(piece)):
+            sock.sendall(piece)
+            grown = max(grown, _rss(pids) - before)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert grown < 20 * 2**20, f"the web process grew by {grown:,} bytes"
+    assert answer.split(b"\r\n", 1)[0].split()[1] in (b"400", b"401", b"405"), answer[:300]
+    assert "Traceback" not in server.log(), server.log()
