@@ -497,6 +497,16 @@ def test_no_attempt_of_a_wait_starts_after_its_deadline_against_a_hung_server():
     wait_times_out(hung, 1.0)
     assert starts and all(at - begun < 1.0 for at in starts), [round(at - begun, 2) for at in starts]
 
+    def busy(request):  # an overloaded server: each 503 comes late
+        starts.append(time.monotonic())
+        time.sleep(0.4)
+        return httpx.Response(503, json={"error": "unavailable", "detail": "busy"}, headers={"Retry-After": "1"})
+
+    starts.clear()
+    begun = time.monotonic()
+    wait_times_out(busy, 1.0)
+    assert starts and all(at - begun < 1.0 for at in starts), [round(at - begun, 2) for at in starts]
+
 
 def test_a_question_the_network_lost_carries_its_key_and_asking_again_with_it_finds_it():
     """ask_human against a hung server raised HitlConnectionError, though the server made the

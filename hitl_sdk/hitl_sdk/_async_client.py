@@ -87,16 +87,17 @@ class AsyncHitlClient:
             headers["Content-Type"] = "application/json"
         content = json.dumps(json_body, default=c.json_default).encode() if json_body is not None else None
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        attempt, transport_failed, last_failure = 0, False, ""
+        attempt, transport_failed = 0, False
+
+        def past_deadline() -> bool:
+            # no attempt starts once the deadline has passed (in a failed attempt or in the sleep
+            # before its retry): the last failure is the answer (a wait's timeout=2 against a hung
+            # server took 5 s: one more attempt of at least a second started after it)
+            return deadline is not None and c.monotonic() >= deadline
+
         while True:
             attempt += 1
             may_retry = (c.monotonic() < deadline) if deadline is not None else attempt < self.retry.attempts
-            if last_failure and deadline is not None and not may_retry:
-                # the deadline passed while the last attempt failed on the network or its retry
-                # slept: no attempt of another second past it (a wait's timeout=2 against a hung
-                # server took 5 s)
-                raise HitlConnectionError(last_failure, code="connection_error",
-                                          idempotency_key=headers.get("Idempotency-Key"))
             try:
                 response = await self._session().request(
                     method, path.lstrip("/"), content=content, params=params, headers=headers,
@@ -106,18 +107,17 @@ class AsyncHitlClient:
                                 f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
             except httpx.TransportError as exc:
                 transport_failed = True
-                last_failure = (f"{method} {path}: {c.redacted(repr(exc), self.api_key)}"
-                                f"{c.tls_hint(self.base_url, exc)}")
-                if not may_retry or c.tls_mismatch(self.base_url, exc) or \
-                        (deadline is not None and c.monotonic() >= deadline):
-                    raise HitlConnectionError(last_failure, code="connection_error",
-                                              idempotency_key=headers.get("Idempotency-Key")) from exc
-                await _asleep(c.until(deadline, self.retry.delay(attempt)))
-                continue
-            last_failure = ""
-            if response.status_code in c.TRANSIENT_STATUSES and may_retry:
+                if may_retry and not c.tls_mismatch(self.base_url, exc) and not past_deadline():
+                    await _asleep(c.until(deadline, self.retry.delay(attempt)))
+                    if not past_deadline():
+                        continue
+                raise HitlConnectionError(f"{method} {path}: {c.redacted(repr(exc), self.api_key)}"
+                                          f"{c.tls_hint(self.base_url, exc)}", code="connection_error",
+                                          idempotency_key=headers.get("Idempotency-Key")) from exc
+            if response.status_code in c.TRANSIENT_STATUSES and may_retry and not past_deadline():
                 await _asleep(c.until(deadline, self.retry.delay(attempt, c.retry_after_seconds(response))))
-                continue
+                if not past_deadline():
+                    continue  # else this answer is the last one
             try:
                 body = response.json() if response.content else None
             except ValueError:  # a proxy's or another server's page, whatever its status: never a result
