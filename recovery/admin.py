@@ -117,7 +117,7 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             "session_open": is_open,
             "session_completed": session.status == RecoverySession.Status.COMPLETED,
             "session_failed": session.status == RecoverySession.Status.FAILED,
-            "lifted_by": lifted_later_by(session),
+            "lifted_by": lifted_later_by(session=session),
             "failing_step": failing,
             "new_conditions": conditions_since(stop.condition_details, session.created_at)
             if session.status == RecoverySession.Status.FAILED and failing is None else [],

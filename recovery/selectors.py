@@ -28,12 +28,12 @@ def open_work_a_stop_cancels(*, project) -> list[str]:
     return lines
 
 
-def lifted_later_by(session):
-    """For a failed recovery whose stop was resolved since (another recovery walked it to the
-    end): that recovery, so its pages say the stop is lifted instead of "the stop stays";
+def lifted_later_by(*, session):
+    """For a failed recovery whose stop was resolved since by another recovery (the one the stop
+    records): that recovery, so its pages say the stop is lifted instead of "the stop stays";
     else None."""
-    if session.status != RecoverySession.Status.FAILED or session.emergency_stop.resolved_at is None:
+    stop = session.emergency_stop
+    if session.status != RecoverySession.Status.FAILED or stop.resolved_at is None \
+            or stop.recovery_session_id in (None, session.pk):
         return None
-    return (RecoverySession.objects.filter(emergency_stop_id=session.emergency_stop_id,
-                                           status=RecoverySession.Status.COMPLETED)
-            .exclude(pk=session.pk).order_by("-completed_at").first())
+    return RecoverySession.objects.select_related("created_by").filter(pk=stop.recovery_session_id).first()

@@ -326,7 +326,7 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
         "steps": [_step_view(s, next_step, session.emergency_stop) for s in steps], "next_step": next_step,
         "open": open_, "completed": session.status == RecoverySession.Status.COMPLETED,
         "failed": session.status == RecoverySession.Status.FAILED,
-        "lifted_by": lifted_later_by(session),
+        "lifted_by": lifted_later_by(session=session),
         "failing_step": next((s for s in steps if s.status in (RecoveryStep.Status.REJECTED,
                                                                RecoveryStep.Status.FAILED)),
                              None),  # none: a new condition tripped during it
