@@ -149,8 +149,18 @@ def test_checkpoints_default_to_the_setting_and_need_an_existing_directory(tmp_p
     audit_checkpoint_task.delay()  # eager in tests, as beat would run it
     assert len(list((tmp_path / "cp").glob("checkpoint-*.json"))) == 1
     assert verify("--checkpoints")[1].endswith("against 1 checkpoint.\n")
-    with pytest.raises(CommandError, match="does not exist"):
+    with pytest.raises(CommandError, match="does not exist: no checkpoint has been written there yet") as caught:
         verify("--checkpoints", str(tmp_path / "nowhere"))
+    assert caught.value.returncode == 2  # 1 says the trail was tampered with
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_command_error_not_a_traceback(tmp_path):
+    from django.core.management import call_command
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CommandError, match="The checkpoint could not be written") as caught:
+        call_command("audit_checkpoint", "--dir", str(tmp_path / "file" / "below"))
+    assert caught.value.returncode == 2
 
 
 def test_empty_trail_and_empty_directory(tmp_path):

@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from audit.services import audit_checkpoint_write
 
@@ -13,5 +13,8 @@ class Command(BaseCommand):
                             help="where to write it (default: HITL_AUDIT_CHECKPOINT_DIR)")
 
     def handle(self, *args, **options):
-        path = audit_checkpoint_write(options["dir"] or settings.HITL_AUDIT_CHECKPOINT_DIR)
+        try:
+            path = audit_checkpoint_write(options["dir"] or settings.HITL_AUDIT_CHECKPOINT_DIR)
+        except OSError as exc:
+            raise CommandError(f"The checkpoint could not be written: {exc}", returncode=2) from None
         self.stdout.write(f"Checkpoint written: {path}")

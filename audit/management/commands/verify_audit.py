@@ -23,7 +23,11 @@ class Command(BaseCommand):
         try:
             report = audit_verify_report(checkpoint_dir=checkpoint_dir)
         except FileNotFoundError as exc:
-            raise CommandError(str(exc)) from None
+            # exit 2, not 1 (1 says the trail was tampered with): on a fresh install no checkpoint
+            # has been written yet
+            raise CommandError(f"{exc}: no checkpoint has been written there yet (beat writes one every "
+                               f"HITL_AUDIT_CHECKPOINT_MINUTES; `manage.py audit_checkpoint` writes one now), "
+                               f"or the directory is wrong.", returncode=2) from None
         if report.problems:
             for problem in report.problems:
                 self.stderr.write(f"TAMPERED: {problem}")
