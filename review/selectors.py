@@ -136,7 +136,8 @@ def inbox_items(*, user) -> list[InboxItem]:
         return []
     items: list[InboxItem] = []
     calls = (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING)
-             .exclude(requested_by=user).select_related("project", "task"))
+             .exclude(requested_by=user).select_related("project", "task")
+             .defer("input_data", "amended_input_data", "context_summary"))  # not shown: an input can be large
     for call in calls:
         items.append(InboxItem(
             kind="call", id=str(call.pk), url=reverse("review:agent_approval", args=[call.pk]),
@@ -148,7 +149,7 @@ def inbox_items(*, user) -> list[InboxItem]:
             extra={"estimated_cost": call.estimated_cost, "estimated_tokens": call.estimated_tokens,
                    "flags": len((call.risk_assessment or {}).get("flags") or [])}))
     responses = (ResponseApproval.objects.filter(project_id__in=project_ids, status=ResponseApproval.Status.PENDING)
-                 .exclude(submitted_by=user).select_related("project"))
+                 .exclude(submitted_by=user).select_related("project").defer("agent_response"))
     for response in responses:
         items.append(InboxItem(
             kind="response", id=str(response.pk), url=reverse("review:response_approval", args=[response.pk]),

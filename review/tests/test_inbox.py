@@ -76,6 +76,30 @@ def test_pending_calls_are_listed_newest_risk_first_then_oldest_first(project, a
     assert "critical one" in part and "<html" not in part
 
 
+def test_a_long_inbox_lists_its_first_items_and_counts_them_all(project, agent, reviewer, monkeypatch,
+                                                                django_assert_max_num_queries):
+    """7,000 pending items made a 6 MB inbox of 2.5 s, fetched again every 30 s and after each
+    burst of events (the agents' requests waited for the web threads meanwhile). The page lists
+    the first INBOX_SHOWN in its order and says how many more wait; the counts are of them all."""
+    from review import views
+
+    monkeypatch.setattr(views, "INBOX_SHOWN", 3)
+    calls = [make_call(project, agent, action=f"call {i}", risk="critical" if i == 4 else "low") for i in range(5)]
+    base = timezone.now() - timedelta(minutes=10)
+    for i, call in enumerate(calls):
+        AgentCallApproval.objects.filter(pk=call.pk).update(created_at=base + timedelta(minutes=i))
+    client = web(reviewer)
+    client.get("/review/inbox/items")  # the session and the first request's reads
+    with django_assert_max_num_queries(20):  # the deferred inputs are not read one by one
+        html = client.get("/review/inbox/items").content.decode()
+    assert "<strong>5</strong> pending" in html and re.search(r'<span class="count-n">5</span> Agent calls', html)
+    listed = re.findall(r'class="item-link" href="/review/agent-approvals/([0-9a-f-]+)"', html)
+    assert listed == [str(calls[4].pk), str(calls[0].pk), str(calls[1].pk)]  # the riskiest, then the oldest
+    assert "2 more pending items not listed here" in html
+    monkeypatch.setattr(views, "INBOX_SHOWN", 200)
+    assert "more pending" not in client.get("/review/").content.decode()
+
+
 def test_outsiders_and_agents_see_nothing_to_decide_of_other_projects(project, agent, reviewer, outsider):
     make_call(project, agent, action="secret project work")
     assert "secret project work" not in web(outsider).get("/review/").content.decode()

@@ -277,6 +277,9 @@ def test_a_manager_starts_a_recovery_from_the_project_page(stopped, project, man
     assert r.status_code == 302 and r["Location"] == reverse("review:recovery", args=[session.pk])
     html = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
     assert "Continue the recovery" in html and "Start recovery" not in html
+    assert "A manual recovery is open" in html
+    RecoverySession.objects.filter(pk=session.pk).update(recovery_type="automated")
+    assert "An automated recovery is open" in web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
     r = web(manager).post(reverse("review:recovery_start", args=[project.pk]), {"recovery_type": "manual"})
     assert r.status_code == 409 and "A recovery of this stop is already open." in r.content.decode()
 
