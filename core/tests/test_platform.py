@@ -231,7 +231,7 @@ def test_a_small_database_pool_is_taken_or_refused_with_a_clear_message(pool_max
 
 @pytest.mark.parametrize("value, answer", [
     (None, "'-c lock_timeout=10000'"), ("2.5", "'-c lock_timeout=2500'"), ("0", "None"),
-    ("-1", "HITL_DB_LOCK_TIMEOUT must be 0 (no limit) or more (it is -1.0)."),
+    ("-1", "HITL_DB_LOCK_TIMEOUT must be 0 or more (it is -1)."),
 ])
 def test_the_lock_timeout_is_a_connection_option_or_refused_with_a_clear_message(value, answer):
     import subprocess
