@@ -32,7 +32,8 @@ def _read(name: str, default, cast, kind: str, least=None, above=None, most=None
         value = cast(raw.strip())
     except (ValueError, ArithmeticError):
         raise ImproperlyConfigured(f"{name} must be {kind}, not {raw!r}.") from None
-    if (isinstance(value, Decimal) and not value.is_finite()) or (isinstance(value, float) and not math.isfinite(value)):
+    if (isinstance(value, Decimal) and not value.is_finite()) or \
+            (isinstance(value, float) and not math.isfinite(value)):
         raise ImproperlyConfigured(f"{name} must be a finite number, not {raw!r}.")
     if least is not None and value < least:
         raise ImproperlyConfigured(f"{name} must be {least} or more (it is {raw.strip()}).")
@@ -57,7 +58,7 @@ def _amount(name: str, default: str) -> str:
     return default if value is None else str(value)
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on", "y", "t"), ("0", "false", "no", "off", "n", "f")
+_TRUE, _FALSE = ("1", "true", "yes", "on", "y", "t", "ok"), ("0", "false", "no", "off", "n", "f")  # ok: django-environ's
 
 
 def _bool(name: str, default: bool) -> bool:

@@ -40,7 +40,8 @@ def cancel_open_calls(*, uow, project, now) -> list[str]:
     locked = uow.lock_many("approval", AgentCallApproval.objects.filter(project=project).filter(OPEN_CALLS)
                            .only("pk", "status", "expires_at"))
     due = [call.pk for call in locked if call.status == Status.PENDING and call.expires_at <= now]
-    ids = [call.pk for call in locked if call.pk not in set(due)]
+    late_ids = set(due)
+    ids = [call.pk for call in locked if call.pk not in late_ids]
     late = list(AgentCallApproval.objects.filter(pk__in=due).select_related("approved_by")) if due else []
     befores = [snapshot(call) for call in late]
     if due:

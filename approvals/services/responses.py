@@ -378,7 +378,7 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
     waiting on them."""
     pending = ResponseApproval.objects.filter(project=project, status=Status.PENDING)
     locked = uow.lock_many("response", pending.only("pk", "expires_at"))
-    due = [r.pk for r in locked if r.expires_at <= now]
+    due = {r.pk for r in locked if r.expires_at <= now}
     for response in ResponseApproval.objects.filter(pk__in=due).select_related("task", "submitted_by"):
         # past its deadline, not timed out yet by beat: it times out as beat would have (its
         # audit row and event), not "cancelled"; the stop halts its task
@@ -390,7 +390,7 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
         event_emit(project_id=response.project_id, task_id=response.task_id, event_type="approval_timed_out",
                    data={**response_event_data(response), "kind": "response_approval"})
         wakeup_on_commit(response_group(response.pk), status=response.status)
-    ids = [r.pk for r in locked if r.pk not in set(due)]
+    ids = [r.pk for r in locked if r.pk not in due]
     if not ids:
         return []
     ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason=CANCELLED_BY_STOP,
