@@ -31,6 +31,8 @@ JSON error shape of API.md, however malformed the request.
   exception escaping the application before it answered an API path gets a JSON 500 (503
   ``unavailable`` for a transient database error).
 """
+import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -481,6 +483,17 @@ class ApiErrorGuard:
 
         try:
             return await self.app(scope, bounded_receive, tracking_send)
+        except asyncio.CancelledError:
+            # The server cancels what is left when it stops (uvicorn's graceful shutdown: the long
+            # polls): an API request not answered yet gets 503 in JSON with Retry-After, not the
+            # server's plain-text 500; the cancellation goes on. A send that cannot go out any
+            # more (the client already left) changes nothing.
+            if not started and _is_api(scope):
+                with contextlib.suppress(Exception):
+                    await _send_json(send, 503, error_body("unavailable", "The server is stopping: retry the "
+                                                                          "request shortly."),
+                                     [(b"retry-after", str(retry_after_seconds()).encode())])
+            raise
         except Exception as exc:
             if started or not _is_api(scope):
                 raise

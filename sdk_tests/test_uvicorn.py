@@ -89,7 +89,8 @@ def test_bad_input_is_a_json_4xx_and_sigterm_stops_the_server_during_a_long_poll
     status, _, body = _call(world, "GET", "/api/v1/tasks/not-a-task", key=world.keys["agent"])
     assert status == 404 and body["error"] == "not_found", body
     approval_id = _pending_approval(world)
-    polling = threading.Thread(target=lambda: _poll_quietly(world, approval_id), daemon=True)
+    answers = []
+    polling = threading.Thread(target=lambda: answers.append(_poll_quietly(world, approval_id)), daemon=True)
     polling.start()
     time.sleep(0.5)  # the long poll is waiting in the server
     started = time.monotonic()
@@ -111,13 +112,16 @@ def test_bad_input_is_a_json_4xx_and_sigterm_stops_the_server_during_a_long_poll
     assert "exited with" not in log and "killed" not in log, log  # it stopped with the launcher, by itself
     polling.join(5)
     assert not polling.is_alive()
+    # the cancelled long poll was answered in the API's error format (it was uvicorn's plain-text 500)
+    status, headers, body = answers[0]
+    assert status == 503 and body["error"] == "unavailable" and headers.get("retry-after"), answers
 
 
 def _poll_quietly(world, approval_id):
     try:
-        _call(world, "GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30", key=world.keys["agent"])
-    except (OSError, ValueError):
-        pass  # the server went away under it: what a client of a stopping server sees
+        return _call(world, "GET", f"/api/v1/agent-approvals/{approval_id}/wait?timeout=30", key=world.keys["agent"])
+    except (OSError, ValueError) as exc:
+        return exc  # the server went away under it
 
 
 def test_a_header_named_with_an_underscore_is_not_the_idempotency_key(world):
