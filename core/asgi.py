@@ -138,7 +138,8 @@ class OneHopASGIHandler(ASGIHandler):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
             self._health_slot = asyncio.Semaphore(1)
-        health = scope["path"] == self._health_path
+        path, root = scope["path"], scope.get("root_path") or ""
+        health = (path[len(root):] if root and path.startswith(root) else path) == self._health_path
         slots, serve = (self._health_slot, self._serve_health) if health else (self._slots, self._serve_in_thread)
         try:
             if slots.locked():  # every thread busy: wait for a turn, at most queue_timeout
