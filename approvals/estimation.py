@@ -91,8 +91,10 @@ def estimate(*, model: str, proposed_action: str, input_data, context_summary: s
     if model:
         price = _price(model)
         if price is None:
-            raise InvalidInput(fields={"model": [f"Unknown model {model!r}: add its price in the admin "
-                                                 f"(Model prices) or give estimated_cost."]})
+            # (it said "or give estimated_cost", which never let an unknown model through)
+            raise InvalidInput(fields={"model": [f"Unknown model {model!r}: add its price in the admin (Model "
+                                                 f"prices), or leave model out to have the call priced at "
+                                                 f"HITL_FLOOR_PRICE_MODEL's price (or at estimated_cost, if larger)."]})
     input_tokens = count_tokens(prompt_text(proposed_action=proposed_action, input_data=input_data,
                                             context_summary=context_summary))
     allowance = price.default_output_tokens if price else settings.HITL_OUTPUT_TOKEN_ALLOWANCE

@@ -282,6 +282,16 @@ def test_an_agents_token_estimate_with_a_tiny_cost_is_still_priced(agent_client,
     assert Decimal(agent_client.get(f"/api/v1/budgets/{project.pk}").json()["cost_reserved"]) == 0
 
 
+def test_an_unknown_model_is_400_saying_what_does_work(agent_client, request_body, project, task):
+    """It said "or give estimated_cost", which never let an unknown model through."""
+    for extra in ({}, {"estimated_cost": "5.0000"}):
+        r = agent_client.post("/api/v1/agent-approvals", request_body(model="my-local-llm", **extra), format="json")
+        assert r.status_code == 400 and "leave model out" in r.json()["fields"]["model"][0], r.content
+    r = agent_client.post("/api/v1/agent-approvals", {**request_body(estimated_cost="5.0000"), "model": ""},
+                          format="json")
+    assert r.status_code == 201 and r.json()["estimated_cost"] == "5.0000", r.content
+
+
 def test_request_is_423_while_stopped(agent_client, request_body, project, task):
     Project.objects.filter(pk=project.pk).update(status=Project.Status.EMERGENCY_STOPPED)
     r = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
