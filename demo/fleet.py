@@ -454,6 +454,7 @@ class Fleet:
                 budget = (await self.client.get_budget(self.project_id)).raw
         agent.round_no = number
         agent.proposal = self.llm.propose(agent_type, number, upstream=dict(upstream) or None, budget=budget)
+        agent.model = agent.proposal.model  # the call names the model it runs on (it said gpt-4o, the SDK's default)
         try:
             # execute_task makes the task; a refusal, time-out, cancellation or one send-back too
             # many reports it cancelled (the SDK's rule for a task it made): none is left open

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 
 from demo.fleet import FLEET_MARK, Fleet
-from demo.llm import AGENT_ORDER, DemoLLM
+from demo.llm import AGENT_ORDER, COSTLY_MODEL, MODELS, DemoLLM
 from demo.tests.conftest import FAST_RETRY
 from hitl_sdk import Conflict, HitlClient, HitlError, NotFound
 
@@ -151,6 +151,8 @@ def test_the_fleet_runs_a_round_to_completion_unattended(world):
     calls = reader.list_approvals(world.project_id).results
     assert sorted(c.agent_type for c in calls) == sorted(AGENT_ORDER)
     assert all(c.status == "approved" and c.started_at and c.input_data["fleet"] == FLEET_MARK for c in calls)
+    # each call names the model it runs on: the analyst's batch job its costly one (all said gpt-4o)
+    assert {c.agent_type: c.model for c in calls} == {**MODELS, "analyst": COSTLY_MODEL}
     budget = reader.get_budget(world.project_id)
     assert budget.cost_incurred_today > Decimal("1") and budget.tokens_used_today > 5000  # the costly call ran
     assert budget.cost_reserved == Decimal("0")
