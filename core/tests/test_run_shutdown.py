@@ -118,3 +118,16 @@ def test_a_port_in_use_stops_make_run_before_it_changes_anything(tmp_path):
     assert "cannot listen on 127.0.0.1:" in done.stderr and "Nothing was changed" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "var" / "db.sqlite3").exists() and "API key" not in done.stdout  # nothing seeded
+
+
+@pytest.mark.parametrize("port", [" 8671", "abc", "99999", "0"])
+def test_a_port_that_is_no_port_number_stops_make_run_saying_so(tmp_path, port):
+    """" 8671" passed the port check and seeded a second demo (revoking the running one's keys)
+    with a space in its URL; "abc" and "99999" were "another server holds it"."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=port)
+    done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"HITL_PORT must be a port number from 1 to 65535, not {port!r}" in done.stderr, done.stderr
+    assert not (tmp_path / "var" / "db.sqlite3").exists() and "API key" not in done.stdout  # nothing seeded
