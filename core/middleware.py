@@ -153,18 +153,22 @@ def request_middleware(get_response):
     the size limit like any other body."""
     if iscoroutinefunction(get_response):
         async def middleware(request):
+            # the length first: a chunked page form past the limit (kept to the limit + 1 byte)
+            # was parsed as a smaller form and acted on
+            _give_chunked_body_its_length(request)
             if (refused := _disallowed_host(request) or _year_out_of_range(request) or _form_too_large(request)) \
                     is not None:
                 return refused
-            _give_chunked_body_its_length(request)
             with request_scope():
                 return shown_in_response(_api_error_shape(request, await get_response(request)))
     else:
         def middleware(request):
+            # the length first: a chunked page form past the limit (kept to the limit + 1 byte)
+            # was parsed as a smaller form and acted on
+            _give_chunked_body_its_length(request)
             if (refused := _disallowed_host(request) or _year_out_of_range(request) or _form_too_large(request)) \
                     is not None:
                 return refused
-            _give_chunked_body_its_length(request)
             with request_scope():
                 return shown_in_response(_api_error_shape(request, get_response(request)))
     return middleware

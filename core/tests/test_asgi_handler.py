@@ -505,3 +505,26 @@ def test_a_huge_body_sent_to_a_long_poll_is_not_kept_in_memory(server_name, serv
     assert grown < 20 * 2**20, f"the web process grew by {grown:,} bytes"
     assert answer.split(b"\r\n", 1)[0].split()[1] in (b"400", b"401", b"405"), answer[:300]
     assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_a_chunked_page_form_past_the_limit_is_refused_not_parsed_short(server_name, serve):
+    """A multipart page form sent chunked, past the body limit: kept to the limit + 1 byte, it was
+    parsed as a smaller form and acted on (a login succeeded, a decision was made). It gets the
+    page's plain-text 400, as the same form with a Content-Length does."""
+    server = serve(server=server_name)
+    boundary = "hitlboundary"
+    parts = [("username", "admin"), ("password", "nope"), ("pad", "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 4096))]
+    body = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                   for name, value in parts).encode() + f"--{boundary}--\r\n".encode()
+    conn = HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/admin/login/", body=(body[at:at + 65536] for at in range(0, len(body), 65536)),
+                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                              "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        answer = conn.getresponse()
+        status, text = answer.status, answer.read().decode(errors="replace")
+    finally:
+        conn.close()
+    assert status == 400, (status, text[:500])
+    assert text.startswith("The form sent is larger than this server takes"), text[:800]
