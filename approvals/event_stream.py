@@ -205,7 +205,7 @@ def _query(scope) -> tuple[uuid.UUID | None, int | None]:
         try:
             project_id = uuid.UUID(params["project_id"][-1])
         except ValueError:
-            raise _invalid("project_id", "Must be a valid UUID.") from None
+            raise _invalid("project_id", "Must be a valid UUID string.") from None
     if params.get("last_event_id", [""])[-1]:
         raw = params["last_event_id"][-1]
         last = int(raw) if raw.isascii() and raw.isdigit() else -1     # int() takes " 5", "1_0", "٥"

@@ -32,7 +32,7 @@ def parse_uuid(value, *, field: str | None = None) -> uuid.UUID:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except (ValueError, TypeError, AttributeError):
         if field:
-            raise ValidationError({field: ["Must be a valid UUID."]}) from None
+            raise ValidationError({field: ["Must be a valid UUID string."]}) from None
         raise NotFound() from None
 
 

@@ -4,7 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import error_responses
-from core.fields import ChoiceField, QueryIntegerField
+from core.fields import ChoiceField, QueryIntegerField, StrictUUIDField
 from projects.permissions import project_for_user
 from events.models import EventType
 from events.selectors import event_page
@@ -31,7 +31,7 @@ class EventPageSerializer(serializers.Serializer):
 class EventListApi(APIView):
     @extend_schema_serializer(component_name="EventFilter")
     class FilterSerializer(serializers.Serializer):
-        project_id = serializers.UUIDField()
+        project_id = StrictUUIDField()
         after = QueryIntegerField(required=False, default=0, min_value=0, max_value=2**63 - 1,
                                   help_text="return events with id > after")
         limit = QueryIntegerField(required=False, default=100, min_value=1, max_value=1000,

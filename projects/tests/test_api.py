@@ -245,3 +245,13 @@ def test_the_slug_migration_names_the_projects_to_rename_instead_of_failing_bare
     migration.refuse_slugs_that_differ_only_in_case(apps_with("demo", "ops", "web"), None)  # nothing to rename
     with pytest.raises(RuntimeError, match="rename all but one of each of these.*: Demo, demo; FUZZ-B, fuzz-b$"):
         migration.refuse_slugs_that_differ_only_in_case(apps_with("fuzz-b", "demo", "FUZZ-B", "Demo", "ops"), None)
+
+
+def test_a_malformed_uuid_is_said_the_same_way_everywhere(project, agent, client_for):
+    """"Must be a valid UUID string." from a create, "Must be a valid UUID." from the events feed."""
+    client = client_for(agent)
+    created = client.post("/api/v1/tasks", {"project_id": "nope", "agent_type": "coder", "title": "t"}, format="json")
+    feed = client.get("/api/v1/events", {"project_id": "nope"})
+    assert created.status_code == feed.status_code == 400, (created.content, feed.content)
+    assert created.json()["fields"]["project_id"] == feed.json()["fields"]["project_id"] == [
+        "Must be a valid UUID string."]
