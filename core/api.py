@@ -110,28 +110,28 @@ class ReplayVisible(Protocol):
 idempotent_replay_visible: Hook[ReplayVisible] = Hook("core.idempotent_replay_visible", required=True)
 
 
-def _replay_allowed(user, answer, project_field: str, replay_allowed) -> bool:
+def _replay_allowed(user, answer, replay_allowed) -> bool:
     body = json.loads(answer) if isinstance(answer, str) else answer
     body = body if isinstance(body, dict) else {}
     if replay_allowed is not None:
         return replay_allowed(user, body)
-    project_id = body.get(project_field)
+    project_id = body.get("project_id")
     if project_id is None:  # a create whose answer names no project: every replay of it would be 404
-        logger.error("idempotent replay: the stored answer has no %r; refused", project_field)
+        logger.error("idempotent replay: the stored answer has no project_id; refused")
         return False
     return all(idempotent_replay_visible(user=user, project_id=project_id))
 
 
-def idempotent(post=None, *, project_field: str = "project_id", replay_allowed=None):
+def idempotent(post=None, *, replay_allowed=None):
     """Decorate an APIView's create ``post``: with an ``Idempotency-Key`` header, the first
     2xx answer is stored in the same transaction as what it created, and a retry with the
     same key and body gets that answer again (a different body with the same key is 400).
     Concurrent retries wait for the first one on the key's unique constraint. A replay is
-    answered only while the caller may still see the answer's project (its ``project_field``), or
+    answered only while the caller may still see the answer's project (its ``project_id``), or
     while ``replay_allowed(user, answer)`` says so where that is given: a role taken away since is
     404, as their new request would be."""
     if post is None:
-        return lambda view: idempotent(view, project_field=project_field, replay_allowed=replay_allowed)
+        return lambda view: idempotent(view, replay_allowed=replay_allowed)
     from rest_framework.response import Response
 
     @wraps(post)
@@ -156,7 +156,7 @@ def idempotent(post=None, *, project_field: str = "project_id", replay_allowed=N
                     raise ValidationError(
                         {"Idempotency-Key": ["This key was already used with a different request."]}
                     ) from None
-                if not _replay_allowed(request.user, previous.response_body, project_field, replay_allowed):
+                if not _replay_allowed(request.user, previous.response_body, replay_allowed):
                     raise NotFoundError("Not found.")
                 replayed = {"Idempotent-Replayed": "true"}
                 if isinstance(previous.response_body, str):  # the answer's JSON text, byte for byte
