@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median
 
-from django.db.models import Count, Q
+from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Value, When
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -127,18 +127,76 @@ def _response_risk(response: ResponseApproval) -> str:
     return max((f.get("severity", "low") for f in response.risk_flags or []), key=risk_rank, default="low")
 
 
-def inbox_items(*, user) -> list[InboxItem]:
-    """Every pending item the user may decide, across their projects: newest risk first
-    (critical, high, medium, low), then oldest first. Items the user requested are left out
-    (nobody decides their own request)."""
+def _risk_rank_of(field: str) -> Case:
+    """The rank of ``<field>.level`` (critical 3 … low 0; missing or unknown 0, as ``risk_rank``)
+    for the database to order by."""
+    return Case(*(When(**{f"{field}__level": level}, then=Value(rank)) for level, rank in RISK_RANK.items() if rank),
+                default=Value(0), output_field=IntegerField())
+
+
+def _inbox_querysets(user) -> dict:
+    """{kind: queryset of that kind's pending items the user may decide}, each in the inbox's
+    order (riskiest, then oldest) where the database can rank it. Items the user requested are
+    left out (nobody decides their own request)."""
     project_ids = reviewable_project_ids(user)
     if not project_ids:
+        return {}
+    return {
+        "call": (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING)
+                 .exclude(requested_by=user).select_related("project", "task")
+                 .defer("input_data", "amended_input_data", "context_summary")  # not shown: an input can be large
+                 .annotate(rank=_risk_rank_of("risk_assessment")).order_by("-rank", "created_at", "pk")),
+        "response": (ResponseApproval.objects.filter(project_id__in=project_ids,
+                                                     status=ResponseApproval.Status.PENDING)
+                     .exclude(submitted_by=user).select_related("project").defer("agent_response")
+                     .annotate(rank=_risk_rank_of("analysis")).order_by("-rank", "created_at", "pk")),
+        # only a manager may decide one above the reviewers' cap (a property: ``_decidable``)
+        "override": (BudgetOverrideRequest.objects.filter(project_id__in=project_ids,
+                                                          status=BudgetOverrideRequest.Status.PENDING)
+                     .exclude(requested_by=user).select_related("project", "window").order_by("created_at", "pk")),
+        # who started a recovery does not approve its steps; a session shows its next pending step
+        "recovery": (RecoverySession.objects.filter(project_id__in=project_ids,
+                                                    status__in=RecoverySession.OPEN_STATUSES)
+                     .exclude(created_by=user)
+                     .filter(Exists(RecoveryStep.objects.filter(session=OuterRef("pk"),
+                                                                status=RecoveryStep.Status.PENDING)))
+                     .select_related("project", "emergency_stop").order_by("created_at", "pk")),
+        "hitl": pending_for_reviewer(user).order_by("created_at", "pk"),
+    }
+
+
+def _decidable_overrides(user, overrides) -> list[BudgetOverrideRequest]:
+    """The overrides ``user`` may decide: one that needs a manager (a property of its amount and
+    its window's approved overrides, not a column) only where the user is a manager."""
+    return [o for o in overrides if not o.requires_manager_approval or may_manage(user, o.project_id)]
+
+
+def inbox_counts(*, user) -> list[tuple[str, str, int]]:
+    """[(kind, label, count)] of every pending item the user may decide, for every kind, zeros
+    included ("1 Agent call", "2 Agent calls"): counted by the database, not read (budget
+    overrides, few and each needing its window, are read)."""
+    querysets = _inbox_querysets(user)
+    counts = {kind: 0 for kind in KINDS}
+    for kind, qs in querysets.items():
+        counts[kind] = len(_decidable_overrides(user, qs)) if kind == "override" else qs.order_by().count()
+    return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
+
+
+def inbox_items(*, user, limit: int | None = None) -> list[InboxItem]:
+    """The pending items the user may decide, across their projects (the first ``limit`` of
+    them, or all): newest risk first (critical, high, medium, low), then oldest first. Each kind
+    reads at most ``limit`` rows, in that order, so a long queue costs the page no more than a
+    short one."""
+    querysets = _inbox_querysets(user)
+    if not querysets:
         return []
+
+    def rows(kind):
+        qs = querysets[kind]
+        return qs if limit is None else qs[:limit]
+
     items: list[InboxItem] = []
-    calls = (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING)
-             .exclude(requested_by=user).select_related("project", "task")
-             .defer("input_data", "amended_input_data", "context_summary"))  # not shown: an input can be large
-    for call in calls:
+    for call in rows("call"):
         items.append(InboxItem(
             kind="call", id=str(call.pk), url=reverse("review:agent_approval", args=[call.pk]),
             risk=(call.risk_assessment or {}).get("level") or "low", project=call.project,
@@ -148,22 +206,15 @@ def inbox_items(*, user) -> list[InboxItem]:
             override_id=str(call.budget_override_id) if call.budget_override_id else None, obj=call,
             extra={"estimated_cost": call.estimated_cost, "estimated_tokens": call.estimated_tokens,
                    "flags": len((call.risk_assessment or {}).get("flags") or [])}))
-    responses = (ResponseApproval.objects.filter(project_id__in=project_ids, status=ResponseApproval.Status.PENDING)
-                 .exclude(submitted_by=user).select_related("project").defer("agent_response"))
-    for response in responses:
+    for response in rows("response"):
         items.append(InboxItem(
             kind="response", id=str(response.pk), url=reverse("review:response_approval", args=[response.pk]),
             risk=_response_risk(response), project=response.project, agent_type=response.agent_type,
             summary=one_line(response.response_summary or "(no summary)"), created_at=response.created_at,
             expires_at=response.expires_at, obj=response,
             extra={"safety_score": response.safety_score, "flags": len(response.risk_flags or [])}))
-    overrides = (BudgetOverrideRequest.objects.filter(project_id__in=project_ids,
-                                                      status=BudgetOverrideRequest.Status.PENDING)
-                 .exclude(requested_by=user).select_related("project", "window"))
-    for override in overrides:
+    for override in _decidable_overrides(user, querysets["override"]):
         needs_manager = override.requires_manager_approval
-        if needs_manager and not may_manage(user, override.project):
-            continue  # only a manager may decide it; it is not in this user's inbox
         items.append(InboxItem(
             kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",
             risk="high" if needs_manager else "medium", project=override.project, agent_type="",
@@ -174,12 +225,13 @@ def inbox_items(*, user) -> list[InboxItem]:
                    "requested_amount": override.requested_amount,
                    # decided only once the stop is lifted (423 meanwhile)
                    "stopped": override.project.status == override.project.Status.EMERGENCY_STOPPED}))
-    sessions = (RecoverySession.objects.filter(project_id__in=project_ids, status__in=RecoverySession.OPEN_STATUSES)
-        .exclude(created_by=user)  # who started a recovery does not approve its steps
-        .select_related("project", "emergency_stop"))
+    sessions = list(rows("recovery"))
+    next_steps = {}
+    for step in (RecoveryStep.objects.filter(session__in=sessions, status=RecoveryStep.Status.PENDING)
+                 .order_by("-order")):
+        next_steps[step.session_id] = step  # the lowest order wins
     for session in sessions:
-        step = (RecoveryStep.objects.filter(session=session, status=RecoveryStep.Status.PENDING)
-                .order_by("order").first())
+        step = next_steps.get(session.pk)
         if step is None:
             continue
         items.append(InboxItem(
@@ -188,7 +240,7 @@ def inbox_items(*, user) -> list[InboxItem]:
             summary=one_line(f"Step {step.order} of {session.total_steps}: {step_title(step.action)} — "
                              f"{step.description}"),
             created_at=step.created_at, obj=step, extra={"session_id": str(session.pk)}))
-    for req in pending_for_reviewer(user):
+    for req in rows("hitl"):
         items.append(InboxItem(
             kind="hitl", id=str(req.pk), url=reverse("review:hitl_request", args=[req.pk]), risk="medium",
             project=req.project, agent_type=req.task.agent_type if req.task_id else "",
@@ -201,13 +253,7 @@ def inbox_items(*, user) -> list[InboxItem]:
             target = overrides_by_id.get(item.override_id)
             item.override_url = target.url if target else ""
     items.sort(key=lambda i: (-risk_rank(i.risk), i.created_at))
-    return items
-
-
-def inbox_counts(items: list[InboxItem]) -> list[tuple[str, str, int]]:
-    """[(kind, label, count)] for every kind, zeros included ("1 Agent call", "2 Agent calls")."""
-    counts = {kind: sum(1 for i in items if i.kind == kind) for kind in KINDS}
-    return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
+    return items if limit is None else items[:limit]
 
 
 # --- reviewer metrics -----------------------------------------------------------------------
