@@ -120,11 +120,20 @@ _SECRET_PATTERNS = [   # (name, severity, hints, label, regex); group 1 (if any)
     ("npm_token", "critical", ("npm_",), "npm token", re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")),
     ("hitl_api_key", "critical", ("hitl_",), "BotArmy HITL API key",
      re.compile(r"\bhitl_[0-9a-f]{1,16}_[A-Za-z0-9_-]{20,128}")),
-    ("url_credentials", "critical", ("://",), "Password in a URL",
-     re.compile(r"://[^\s:/?#@'\"]{1,64}:([^\s/?#@'\"]{3,128})@")),
-    ("cli_password", "critical", ("-p", "password", "sshpass"), "Password on a command line", re.compile(
+    ("url_credentials", "critical", ("://",), "Password in a URL",   # the user may be empty (redis://:pw@)
+     re.compile(r"://[^\s:/?#@'\"]{0,64}:([^\s/?#@'\"]{3,128})@")),
+    # a token as the URL's user (https://<token>@github.com/...): when it looks generated
+    ("url_token", "critical", ("://",), "Token in a URL",
+     re.compile(r"\b[a-z][a-z0-9+.-]*://([A-Za-z0-9_~-]{8,128})@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")),
+    ("cli_password", "critical", ("-p", "password", "sshpass", "-u", "htpasswd"), "Password on a command line",
+     re.compile(
         r"\b(?:mysql|mysqldump|mysqladmin)\b[^\n;&|]{0,200}?\s-p([^\s'\"]{4,})|"
-        r"(?:\s--password[= ]|\bsshpass\s+-p\s*|\bPGPASSWORD=|\bMYSQL_PWD=)['\"]?([^\s'\"]{4,})")),
+        r"(?:\s--password[= ]|\bsshpass\s+-p\s*|\bPGPASSWORD=|\bMYSQL_PWD=)['\"]?([^\s'\"]{4,})|"
+        # curl -u user:password / --user user:password (a bare user makes curl ask for it)
+        r"\bcurl\b[^\n;&|]{0,200}?\s(?:-u|--user)[= ]?\s*['\"]?[^\s:'\"]+:([^\s'\"]{4,})|"
+        r"\b(?:docker|podman|helm\s+registry)\s+login\b[^\n;&|]{0,200}?\s-p[= ]?\s*['\"]?([^\s'\"]{4,})|"
+        # htpasswd -b[c...] FILE USER PASSWORD (-bn USER PASSWORD)
+        r"\bhtpasswd\s+-\w*b\w*\s+(?:-\S+\s+)*(?:\S+\s+)?\S+\s+['\"]?([^\s'\"]{4,})['\"]?\s*(?:$|[\n;&|])")),
     ("bearer_token", "critical", ("bearer",), "Bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/-]{20,}=*)", _I)),
 ]
 _KNOWN_FORMAT = {"private_key", "aws_access_key", "aws_secret_key", "github_token", "slack_token", "slack_webhook",
@@ -138,7 +147,7 @@ _LONG_TOKEN = re.compile(r"[A-Za-z0-9_+/=.-]{16}")
 # its high-entropy plugins take quoted strings only, and no plugin's pattern fits inside the 4-12-character
 # hex groups. Such values do not set off its file scan, which costs twice the rest of the analysis.
 _BARE_UUID = re.compile(r"\s*[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\s*")
-_SHORT_OK = {"private_key", "url_credentials", "cli_password", "Private Key", "Basic Auth Credentials"}
+_SHORT_OK = {"private_key", "url_credentials", "url_token", "cli_password", "Private Key", "Basic Auth Credentials"}
 
 # detect-secrets regex plugins (IPPublicDetector, Artifactory and npm left out: noisy or slow), each with
 # literals one of which must occur (lower case) for it to run. Only their regexes are used: no global

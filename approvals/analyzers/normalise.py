@@ -23,6 +23,8 @@ import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 
+from core.redaction import BIDI_CONTROL, BIDI_MARK, HIDDEN_RX, INVISIBLE, TAG_END, TAG_START, VARIATION_SELECTORS
+
 from .context import Segment
 
 MAX_CANDIDATES = 16            # decodable candidates tried per segment text
@@ -31,16 +33,10 @@ MAX_DECODED_CHARS = 262_144    # decoded text added per scan, in total
 MAX_DEPTH = 2                  # a decoded text is itself decoded at most once more
 MIN_DECODED = 8                # shorter decodings say nothing
 
-# zero-width and other invisible format characters (U+00AD soft hyphen, U+034F, U+115F/U+1160 fillers,
-# U+180E, U+200B-U+200D, U+2060-U+2064, U+3164, U+FEFF, U+FFA0)
-INVISIBLE = frozenset("\u00ad\u034f\u115f\u1160\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064"
-                      "\u3164\ufeff\uffa0")
-# embeddings, overrides and isolates (Trojan Source) and the implicit marks
-BIDI_CONTROL = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-BIDI_MARK = frozenset("\u200e\u200f\u061c")
-_TAG_START, _TAG_END = 0xE0000, 0xE007F   # Unicode tags: invisible ASCII ("ASCII smuggling")
-_STRIP = INVISIBLE | BIDI_CONTROL | BIDI_MARK
-INVISIBLE_RX = re.compile("[" + "".join(sorted(_STRIP)) + "\U000e0000-\U000e007f]")
+# the characters that do not show (zero-width and format characters, variation selectors, fillers),
+# bidi controls and marks, and Unicode tags: one list, which the event snippets strip too
+INVISIBLE_RX = HIDDEN_RX
+_TAG_START, _TAG_END = TAG_START, TAG_END
 
 # Letters of Cyrillic, Greek, Armenian and a few Latin extensions that look like ASCII letters.
 CONFUSABLES = {
@@ -58,7 +54,7 @@ CONFUSABLES = {
     "ı": "i", "ȷ": "j", "ʟ": "l", "ɪ": "i", "ᴀ": "a", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴍ": "m", "ᴏ": "o", "ᴘ": "p",
     "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "ʀ": "r", "ꜱ": "s",
 }
-_CONFUSABLE_TABLE = str.maketrans(CONFUSABLES)
+CONFUSABLE_TABLE = str.maketrans(CONFUSABLES)
 _WORD = re.compile(r"\w+")
 
 
@@ -83,7 +79,7 @@ def _fold_word(m: re.Match) -> str:
         elif ch.isalpha():
             return word            # a letter of another script with no look-alike: a real foreign word
     # a word made only of look-alikes ("рор") is folded too when it is all confusable
-    return word.translate(_CONFUSABLE_TABLE) if has_confusable and (has_latin or len(word) >= 3) else word
+    return word.translate(CONFUSABLE_TABLE) if has_confusable and (has_latin or len(word) >= 3) else word
 
 
 def _benign_zwj(text: str, i: int) -> bool:
@@ -91,6 +87,16 @@ def _benign_zwj(text: str, i: int) -> bool:
     before = text[i - 1] if i > 0 else ""
     after = text[i + 1] if i + 1 < len(text) else ""
     return bool(before) and bool(after) and not before.isascii() and not after.isascii()
+
+
+def _benign_selector(text: str, i: int) -> bool:
+    """A variation selector after a non-ASCII character (an emoji's U+FE0F, a CJK ideograph's
+    variant, Mongolian), or a keycap's (``1``, U+FE0F, U+20E3): how the text is meant to look.
+    After an ASCII letter it only hides (``r\ufe0fm -rf``)."""
+    before = text[i - 1] if i > 0 else ""
+    if before and not before.isascii():
+        return True
+    return before in tuple("0123456789#*") and text[i + 1:i + 2] == "\u20e3"
 
 
 def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], str]:
@@ -104,7 +110,8 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
         tags = []
         for i, ch in enumerate(text):
             if ch in INVISIBLE:
-                if (ch == "\ufeff" and i == 0) or (ch in "\u200c\u200d" and _benign_zwj(text, i)):
+                if (ch == "\ufeff" and i == 0) or (ch in "\u200c\u200d" and _benign_zwj(text, i)) \
+                        or (ch in VARIATION_SELECTORS and _benign_selector(text, i)):
                     continue
                 kinds.setdefault("invisible", []).append(ch)
             elif ch in BIDI_CONTROL:

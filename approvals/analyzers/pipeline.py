@@ -32,7 +32,7 @@ from django.conf import settings
 
 from .base import SEVERITY_RANK, Analyzer, load_analyzers
 from .context import MAX_SCAN_CHARS, ResponseContext, RiskContext, Segment
-from .normalise import INVISIBLE_RX, Finding, base_location, normalise_segments
+from .normalise import CONFUSABLE_TABLE, HIDDEN_RX, Finding, base_location, normalise_segments
 from .scores import combine
 from .text import mask
 
@@ -216,25 +216,83 @@ class _Collector:
         return sorted(out, key=lambda f: -SEVERITY_RANK[f["severity"]])    # stable: analyzer order
 
 
+# separators a secret may be written with (a card number's), and every ASCII space
+_GAP_CHARS = frozenset(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85-./")
+_ASCII_GAPS = str.maketrans("", "", "".join(_GAP_CHARS))
+
+
+@functools.lru_cache(maxsize=8192)
+def _folded_char(ch: str) -> str:
+    """What ``ch`` counts as when a secret is looked for: nothing for an invisible character or a
+    separator, else its NFKC form with look-alike letters folded (``ｇ`` and ``ɡ`` are ``g``)."""
+    if ch in _GAP_CHARS or HIDDEN_RX.match(ch) or ch.isspace():
+        return ""
+    return "".join(c for c in unicodedata.normalize("NFKC", ch).translate(CONFUSABLE_TABLE) if c not in _GAP_CHARS)
+
+
+def _folded(text: str) -> str:
+    return text.translate(_ASCII_GAPS) if text.isascii() else "".join(map(_folded_char, text))
+
+
+def _folded_index(text: str) -> list[int]:
+    """For each character of ``_folded(text)``, the index in ``text`` of the character it came from."""
+    return [i for i, ch in enumerate(text) for _ in (_folded_char(ch) if not ch.isascii() or ch in _GAP_CHARS
+                                                        else ch)]
+
+
+class _SecretMasker:
+    """Masks the secrets the analyzers found (each as its first 4 characters) wherever they are
+    written in a text, however: with invisible characters or separators between their characters,
+    in full-width or look-alike letters. Linear in the text: the secrets are indexed by their
+    first four folded characters, so thousands of them (an input of e-mail addresses) cost no more
+    per text than one."""
+
+    def __init__(self, secrets) -> None:
+        self.by_prefix: dict[str, list[tuple[str, str]]] = {}
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            folded = _folded(secret)
+            if len(folded) >= 4:
+                self.by_prefix.setdefault(folded[:4], []).append((folded, mask(secret)))
+
+    def __call__(self, text: str) -> str:
+        if not self.by_prefix or len(text) < 4:
+            return text
+        folded = _folded(text)
+        spans, i = [], 0
+        while i <= len(folded) - 4:
+            for secret, masked in self.by_prefix.get(folded[i:i + 4], ()):
+                if folded.startswith(secret, i):
+                    spans.append((i, i + len(secret), masked))
+                    i += len(secret)
+                    break
+            else:
+                i += 1
+        if not spans:
+            return text
+        index = _folded_index(text)
+        out, at = [], 0
+        for start, end, masked in spans:
+            out += [text[at:index[start]], masked]
+            at = index[end - 1] + 1
+        return "".join(out) + text[at:]
+
+
 def _secrets_masked(flags: list[dict], secrets: set[str]) -> list[dict]:
     """A location is a JSON path, whose keys are the agent's own text: a secret (or a card number)
     used as a key (``{"files": {"ghp_...": ...}}``) would be stored, sent in events and shown whole
-    there. Each one found is masked in every location as in the messages (its first 4
-    characters), also when invisible characters were slipped between its characters; flags that
-    then share a (code, location) are one flag, the most severe."""
-    found = sorted((s for s in secrets if len(s.strip()) >= 4), key=len, reverse=True)
-    if not found:
+    there; a message may quote the text another analyzer found a secret in (a command with a
+    token in it). Each secret found is masked in every location and message (its first 4
+    characters), also when invisible characters, separators, full-width or look-alike letters
+    hide it; flags that then share a (code, location) are one flag, the most severe."""
+    masked_in = _SecretMasker(secrets)
+    if not masked_in.by_prefix:
         return flags
-    # between two characters of the match: invisible characters, or the separators a card number
-    # is written with (the PII matches are its digits alone)
-    gap = "(?:" + INVISIBLE_RX.pattern + r"|[\s\-./])*"
-    patterns = [(re.compile(gap.join(re.escape(c) for c in secret)), mask(secret)) for secret in found]
     collector = _Collector()
     for flag in flags:
-        location = flag["location"]
-        for rx, masked in patterns:
-            location = rx.sub(lambda _match, masked=masked: masked, location)
-        collector.add(flag if location == flag["location"] else {**flag, "location": location})
+        location, message = masked_in(flag["location"]), masked_in(flag["message"])
+        if (location, message) != (flag["location"], flag["message"]):
+            flag = {**flag, "location": location, "message": message}
+        collector.add(flag)
     return collector.result()
 
 

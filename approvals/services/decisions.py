@@ -29,23 +29,37 @@ from core.uow import retry_transient
 from events.services import event_emit
 from projects import roles
 from projects.models import Task
-from projects.permissions import require_not_requester, require_project_perm
+from projects.permissions import has_project_perm, require_not_requester, require_project_perm
 from projects.services import agent_state_refresh, task_move
 from projects.uow import project_uow
 
 
-def _check_amendment(uow, approval: AgentCallApproval, amended_input_data: dict) -> None:
-    """An amended input is estimated and assessed like a new request. When it needs more than
-    the call reserved, the reservation grows by the difference (admitted against the budget
-    like a new request: a limit it would pass is a 409, reject the call and let the agent
-    request it with that input) and the call's estimate becomes the amended one. It must carry
-    no critical risk flag. Its assessment is kept next to the original one."""
-    tokens, cost = estimate(model=approval.model, proposed_action=approval.proposed_action,
-                            input_data=amended_input_data, context_summary=approval.context_summary,
-                            estimated_tokens=None, estimated_cost=None if approval.model else Decimal(0))
-    risk = assess(RiskContext(agent_type=approval.agent_type, proposed_action=approval.proposed_action,
+def _amendment_assessed(approval_id, decider, amended_input_data: dict):
+    """(tokens, cost, risk) of an amended input, estimated and assessed like a new request before
+    the decision's unit of work: a large input's analysis (seconds) would hold the project's lock,
+    and an emergency stop waits for that lock. The fields it reads never change after a call is
+    made. None when there is no such call or the decider may not review it (the unit of work
+    refuses it)."""
+    row = (AgentCallApproval.objects.filter(pk=approval_id)
+           .values("project_id", "model", "proposed_action", "context_summary", "agent_type").first())
+    if row is None or not has_project_perm(decider, roles.REVIEW, row["project_id"]):
+        return None
+    tokens, cost = estimate(model=row["model"], proposed_action=row["proposed_action"],
+                            input_data=amended_input_data, context_summary=row["context_summary"],
+                            estimated_tokens=None, estimated_cost=None if row["model"] else Decimal(0))
+    risk = assess(RiskContext(agent_type=row["agent_type"], proposed_action=row["proposed_action"],
                               input_data=amended_input_data, estimated_cost=cost, budget_remaining=None),
-                  project_rules(approval.project_id))
+                  project_rules(row["project_id"]))
+    return tokens, cost, risk
+
+
+def _check_amendment(uow, approval: AgentCallApproval, assessed) -> None:
+    """An amended input (``assessed``: ``_amendment_assessed``) is admitted like a new request.
+    When it needs more than the call reserved, the reservation grows by the difference (admitted
+    against the budget like a new request: a limit it would pass is a 409, reject the call and let
+    the agent request it with that input) and the call's estimate becomes the amended one. It must
+    carry no critical risk flag. Its assessment is kept next to the original one."""
+    tokens, cost, risk = assessed
     if risk["level"] == "critical":
         raise TransitionError("The amended input has a critical risk flag: "
                               f"{', '.join(sorted({f['code'] for f in risk['flags'] if f['severity'] == 'critical'}))}.",
@@ -88,6 +102,9 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
         raise InvalidInput(fields={"amended_input_data": ["Only an approval can amend the input."]})
     if amended_input_data is not None and not isinstance(amended_input_data, dict):
         raise InvalidInput(fields={"amended_input_data": ["Must be a JSON object."]})
+    assessed = None
+    if decision == "approve" and amended_input_data is not None:
+        assessed = _amendment_assessed(approval_id, decider, amended_input_data)
     expired = False
     with call_uow(approval_id, gate=True) as (uow, approval):
         require_project_perm(decider, roles.REVIEW, approval.project, "decide agent calls")
@@ -110,8 +127,9 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
                                   budget_override_id=str(approval.budget_override_id)
                                   if approval.budget_override_id else None)
         elif decision == "approve":
-            if amended_input_data is not None:
-                _check_amendment(uow, approval, amended_input_data)
+            if amended_input_data is not None:  # (assessed before: only a role granted meanwhile is None)
+                _check_amendment(uow, approval, assessed or _amendment_assessed(approval.pk, decider,
+                                                                                amended_input_data))
             approval.amended_input_data = amended_input_data
             amended = amended_input_data is not None
             close_call(uow, approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),

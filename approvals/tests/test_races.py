@@ -393,3 +393,31 @@ def test_a_start_that_waited_for_the_approvals_lock_answers_with_its_approver(pr
     started = outcome.get("result")
     assert started is not None and started.approved_by_id == manager.pk, outcome
     assert AgentCallApproval.objects.get(pk=call.pk).approved_by_id == manager.pk
+
+
+def test_an_amended_inputs_analysis_holds_no_lock_an_emergency_stop_waits_for(project, agent, reviewer, monkeypatch):
+    """An amended input was assessed inside the decision's unit of work: a red team's large input
+    (seconds of analysis) held the project's lock meanwhile, and an emergency stop waited for it
+    (503 after the lock timeout). The analysis now runs first; a stop made during it goes through
+    at once, and the decision then finds the project stopped (423), deciding nothing."""
+    from approvals.services import decisions
+    from core.errors import EmergencyStopActive
+
+    call = over_budget_call(project, agent, "amend me", cost="0.0100")
+    real_assess = decisions.assess
+    stop_box = {}
+
+    def assess_while_stopping(ctx, rules=None):
+        done, box = in_thread(lambda: emergency_stop_trigger(project_id=project.pk, condition="manual_stop",
+                                                             reason="drill during analysis", actor=reviewer))
+        stop_box["finished"] = done.wait(timeout=20)
+        stop_box.update(box)
+        return real_assess(ctx, rules)
+
+    monkeypatch.setattr(decisions, "assess", assess_while_stopping)
+    with pytest.raises(EmergencyStopActive):
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve",
+                              amended_input_data={"files": ["safer.py"]})
+    assert stop_box["finished"] and "error" not in stop_box, stop_box
+    call.refresh_from_db()
+    assert call.status == "cancelled" and call.amended_input_data is None
