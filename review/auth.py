@@ -6,12 +6,14 @@ follow the redirect and htmx would paste the login form into the inbox list or t
 live.js shows the note and says "Signed out: reload to sign in". A plain navigation still goes to
 the login page."""
 from functools import wraps
+from urllib.parse import urlsplit
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseNotAllowed
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
 
@@ -79,9 +81,24 @@ def session_probe(request):
     return HttpResponse(status=204)
 
 
+def _page_to_go_back_to(request) -> str:
+    """The reviewer page the refused form was on (its Referer, when it is one of ours), else the inbox."""
+    referer = request.META.get("HTTP_REFERER", "")
+    if referer and url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()},
+                                                   require_https=request.is_secure()):
+        path = urlsplit(referer).path
+        if path.startswith("/review/"):
+            return referer
+    return reverse("review:inbox")
+
+
 def csrf_failure(request, reason=""):
     """CSRF_FAILURE_VIEW: the pages' htmx posts get a plain note (a session rotated by signing in
-    again in another tab); everything else Django's own page."""
+    again in another tab); their plain form posts (JavaScript off, the question page, the project's
+    stop and recovery forms) a page saying the same, with the way back; anything else (the admin)
+    Django's own page."""
     if is_htmx(request):
         return HttpResponse(SESSION_CHANGED, status=403, content_type="text/plain; charset=utf-8")
+    if request.path.startswith("/review/"):
+        return render(request, "review/session_changed.html", {"back": _page_to_go_back_to(request)}, status=403)
     return django_csrf_failure(request, reason=reason)

@@ -801,3 +801,43 @@ def test_a_question_answered_on_its_page_keeps_its_outcome_when_its_event_comes_
     assert_not_reloaded(page)  # the answer's own page comes next, not a reload
     assert api(server, "GET", f"/api/v1/hitl/{checkpoint['id']}", agent_key)["status"] == "pending"
     assert "Traceback" not in full_log(server), full_log(server)
+
+
+def test_a_questions_time_out_warning_keeps_the_reviewers_choice_and_a_refused_answer_is_never_resent(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """Found by two reviewers racing in browsers: the time-out warning (an event naming the question,
+    still pending) reloaded the question's page and cleared the option ticked; and a refused answer
+    was shown at the form's address, so the next event's reload sent the form again: once the
+    reviewer's role was restored, it answered the question with nobody clicking."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    question = api(server, "POST", "/api/v1/hitl", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "request_type": "question", "question": "Which database?",
+        "options": ["Postgres", "MySQL"]})
+    page = log_in(chromium.new_context(server), rita.username, next_path=f"/review/hitl/{question['id']}")
+    wait_live(page)
+    mark_page(page)
+    page.check("input[type=radio][value=MySQL]")
+    page.evaluate("id => document.body.dispatchEvent(new CustomEvent('hitl:event', {detail: {event_type: "
+                  "'approval_timeout_warning', data: {hitl_request_id: id, status: 'pending', seconds_left: 12}}}))",
+                  question["id"])
+    assert_not_reloaded(page)
+    assert page.is_checked("input[type=radio][value=MySQL]")
+    expect(page.locator(".time-left")).to_have_class(re.compile(r"\burgent\b"))
+
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.fill("#reject-reason", "   ")  # whitespace only: refused (400), nothing decided
+    page.evaluate("() => { document.getElementById('reject-reason').required = false; }")
+    page.click("#decision-panel .btn-reject")
+    expect(page.locator("#decision-panel")).to_contain_text("Check the form")
+    assert page.url.endswith(f"/review/hitl/{question['id']}"), page.url  # its own address again, not /decide
+    mark_page(page)
+    page.evaluate("id => document.body.dispatchEvent(new CustomEvent('hitl:event', {detail: {event_type: "
+                  "'hitl_decided', data: {hitl_request_id: id, status: 'approved'}}}))", question["id"])
+    page.wait_for_function("() => window.__hitlNotReloaded !== true")  # shown again: a GET of the page
+    page.wait_for_load_state()
+    assert len(posts) == 1, posts  # the refused form was not sent a second time
+    assert api(server, "GET", f"/api/v1/hitl/{question['id']}", agent_key)["status"] == "pending"
+    assert "Traceback" not in full_log(server), full_log(server)

@@ -226,8 +226,20 @@ def test_a_post_whose_csrf_token_rotated_gets_a_plain_note(reviewer, project, ag
     assert "Your session changed" in r.content.decode()
     call.refresh_from_db()
     assert call.status == "pending"
-    r = client.post(f"/review/agent-approvals/{call.pk}/decide", {"decision": "approve"})  # not htmx
-    assert r.status_code == 403 and "CSRF" in r.content.decode()
+    # a plain form post (JavaScript off, the question page, the stop and recovery forms): a page of
+    # ours saying the same, with the way back to the page it was on (it was Django's bare 403 page)
+    r = client.post(f"/review/agent-approvals/{call.pk}/decide", {"decision": "approve"},
+                    HTTP_REFERER=f"http://testserver/review/agent-approvals/{call.pk}")
+    html = r.content.decode()
+    assert r.status_code == 403 and "CSRF" in html and "Nothing was decided or changed." in html
+    assert f'href="http://testserver/review/agent-approvals/{call.pk}"' in html and "Back to the page" in html
+    r = client.post(f"/review/agent-approvals/{call.pk}/decide", {"decision": "approve"},
+                    HTTP_REFERER="https://evil.example/review/x")
+    assert 'href="/review/"' in r.content.decode()  # only a page of ours to go back to
+    call.refresh_from_db()
+    assert call.status == "pending"
+    r = client.post("/admin/login/", {"username": "x", "password": "y"})  # the admin: Django's own page
+    assert r.status_code == 403 and "Nothing was decided" not in r.content.decode()
 
 
 def test_no_debug_script_replaces_a_page_on_a_refused_request(reviewer, settings):
