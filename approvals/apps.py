@@ -18,15 +18,17 @@ class ApprovalsConfig(AppConfig):
             cancel_responses_of_ended_task,
             has_output_under_review,
             readmit_after_limits_change,
+            readmit_after_windows_ended,
             requested_a_call_on,
         )
-        from budgets.hooks import budget_limits_changed
+        from budgets.hooks import budget_limits_changed, budget_windows_ended
         from emergency.hooks import project_halting
         from projects.hooks import task_ending, task_output_under_review, task_worked_on_by
 
         project_halting.connect(cancel_open_calls)
         project_halting.connect(cancel_open_responses)  # after the calls: LOCK_ORDER approval, response
         budget_limits_changed.connect(readmit_after_limits_change)
+        budget_windows_ended.connect(readmit_after_windows_ended)
         task_ending.connect(cancel_calls_of_ended_task)
         task_worked_on_by.connect(requested_a_call_on)
         task_output_under_review.connect(has_output_under_review)

@@ -44,6 +44,11 @@ def _read(name: str, default, cast, kind: str, least=None, above=None, most=None
     return value
 
 
+# Upper bounds of the periods and ages: past them a date computed from now overflows (a beat task
+# failing on every run, HITL_START_WITHIN_MINUTES=99999999999 timed nothing out) or a period never comes.
+_DAY_SECONDS, _YEAR_HOURS, _YEAR_MINUTES = 24 * 3600, 366 * 24, 366 * 24 * 60
+
+
 def _int(name: str, default: int, **bounds) -> int:
     return _read(name, default, int, "a whole number", **bounds)
 
@@ -338,19 +343,19 @@ HITL_RESPONSE_TIMEOUT_MINUTES = _int("HITL_RESPONSE_TIMEOUT_MINUTES", 60, least=
 # How many times one task's output may be sent back with requires_modification.
 HITL_RESPONSE_MAX_MODIFICATION_ROUNDS = _int("HITL_RESPONSE_MAX_MODIFICATION_ROUNDS", 3, least=0)
 # An approved call must be started within this many minutes of its approval (410 afterwards).
-HITL_START_WITHIN_MINUTES = _int("HITL_START_WITHIN_MINUTES", 60, least=1)
+HITL_START_WITHIN_MINUTES = _int("HITL_START_WITHIN_MINUTES", 60, least=1, most=_YEAR_MINUTES)
 # How often beat times out due approvals and sends timeout warnings.
-HITL_APPROVAL_SWEEP_SECONDS = _int("HITL_APPROVAL_SWEEP_SECONDS", 10, least=1)
+HITL_APPROVAL_SWEEP_SECONDS = _int("HITL_APPROVAL_SWEEP_SECONDS", 10, least=1, most=_DAY_SECONDS)
 # A waiting agent's long poll (and the /ws/events/ hub) re-reads the database this often, in case a
 # push was lost (for example an event written in another process on the in-process channel layer).
 HITL_WAIT_POLL_SECONDS = _float("HITL_WAIT_POLL_SECONDS", 5.0 if env.str("REDIS_URL", default="") else 1.0,
                                 least=0.1)
 # The /ws/events/ websocket sends {"type": "ping"} this often (daphne's protocol pings drop dead peers).
-HITL_WS_HEARTBEAT_SECONDS = _float("HITL_WS_HEARTBEAT_SECONDS", 20.0, least=0.1)
+HITL_WS_HEARTBEAT_SECONDS = _float("HITL_WS_HEARTBEAT_SECONDS", 20.0, least=0.1, most=_DAY_SECONDS)
 # How often beat evaluates the automatic emergency-stop conditions of every active project.
-HITL_CONDITION_CHECK_SECONDS = _int("HITL_CONDITION_CHECK_SECONDS", 5, least=1)
+HITL_CONDITION_CHECK_SECONDS = _int("HITL_CONDITION_CHECK_SECONDS", 5, least=1, most=_DAY_SECONDS)
 # Reservations of calls approved but never settled are released after this many hours.
-HITL_BUDGET_STALE_RESERVATION_HOURS = _int("HITL_BUDGET_STALE_RESERVATION_HOURS", 24, least=1)
+HITL_BUDGET_STALE_RESERVATION_HOURS = _int("HITL_BUDGET_STALE_RESERVATION_HOURS", 24, least=1, most=_YEAR_HOURS)
 # A single call estimated above these amounts (USD) is flagged medium / high.
 HITL_RISK_COST_MEDIUM = _amount("HITL_RISK_COST_MEDIUM", "1.0000")
 HITL_RISK_COST_HIGH = _amount("HITL_RISK_COST_HIGH", "10.0000")
@@ -451,7 +456,7 @@ CELERY_TASK_ROUTES = {"emergency.*": {"queue": "emergency"}}
 # emergency worker can take `-Q emergency`.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = (Queue("celery"), Queue("emergency"))
-HITL_HEARTBEAT_SECONDS = _int("HITL_HEARTBEAT_SECONDS", 10, least=1)
+HITL_HEARTBEAT_SECONDS = _int("HITL_HEARTBEAT_SECONDS", 10, least=1, most=_DAY_SECONDS)
 CELERY_BEAT_SCHEDULE = {
     "core-heartbeat": {
         "task": "core.heartbeat",
@@ -514,7 +519,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # How long a stored Idempotency-Key answer is replayed.
-HITL_IDEMPOTENCY_TTL = timedelta(hours=_int("HITL_IDEMPOTENCY_TTL_HOURS", 24, least=1))
+HITL_IDEMPOTENCY_TTL = timedelta(hours=_int("HITL_IDEMPOTENCY_TTL_HOURS", 24, least=1, most=_YEAR_HOURS))
 
 # A refused request (403, 404, 409...) logs one warning line without traceback (Django logs the
 # exception's traceback with it); server errors (5xx) keep theirs. See core.errors.OneLineRefusals.
@@ -541,8 +546,8 @@ HITL_AUDIT_KEYS = env.list("HITL_AUDIT_KEYS", default=[])
 HITL_AUDIT_CHECKPOINT_KEY = env.str("HITL_AUDIT_CHECKPOINT_KEY", default="")
 # Keep it off the database's host if you can (another volume, synced to write-once storage).
 HITL_AUDIT_CHECKPOINT_DIR = Path(env.str("HITL_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
-# How often beat writes a checkpoint; 0 disables it.
-HITL_AUDIT_CHECKPOINT_MINUTES = _int("HITL_AUDIT_CHECKPOINT_MINUTES", 60, least=1)
+# How often beat writes a checkpoint; 0 disables it (it was refused: 1 or more).
+HITL_AUDIT_CHECKPOINT_MINUTES = _int("HITL_AUDIT_CHECKPOINT_MINUTES", 60, least=0, most=_YEAR_MINUTES)
 if HITL_AUDIT_CHECKPOINT_MINUTES > 0:
     CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
         "task": "audit.checkpoint",

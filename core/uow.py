@@ -63,6 +63,7 @@ class UnitOfWork:
         self.scope = scope
         self.stage = -1
         self._deferred: dict[str, list[tuple[object, Callable[[], object]]]] = {stage: [] for stage in FLUSHED}
+        self._last: dict[str, list[tuple[object, Callable[[], object]]]] = {stage: [] for stage in FLUSHED}
         self._deferred_keys: set = set()
         self.flushed = False
 
@@ -94,26 +95,28 @@ class UnitOfWork:
         return list(queryset.select_for_update(of=("self",), no_key=True).order_by(*order_by))
 
     # --- buffered writes --------------------------------------------------------------------
-    def defer(self, stage: str, write: Callable[[], object], key=None) -> None:
+    def defer(self, stage: str, write: Callable[[], object], key=None, *, last: bool = False) -> None:
         """Run ``write`` at the end of the unit of work, in the stage's place of the order (once per
-        ``key`` when one is given)."""
+        ``key`` when one is given); with ``last``, after every write of the stage deferred without
+        it (an emergency stop's event goes out before those of each call it cancelled)."""
         if self.flushed:
             raise RuntimeError("this unit of work is already flushed")
         if key is not None:
             if (stage, key) in self._deferred_keys:
                 return
             self._deferred_keys.add((stage, key))
-        self._deferred[stage].append((key, write))
+        (self._last if last else self._deferred)[stage].append((key, write))
 
-    def mark(self) -> dict[str, int]:
+    def mark(self) -> dict[str, tuple[int, int]]:
         """Where the buffers stand (before a savepoint that may roll back)."""
-        return {stage: len(writes) for stage, writes in self._deferred.items()}
+        return {stage: (len(writes), len(self._last[stage])) for stage, writes in self._deferred.items()}
 
-    def discard_since(self, mark: dict[str, int]) -> None:
+    def discard_since(self, mark: dict[str, tuple[int, int]]) -> None:
         """Drop what was buffered after ``mark``: its savepoint rolled back, so must its audit
         rows and events."""
-        for stage, length in mark.items():
+        for stage, (length, last) in mark.items():
             del self._deferred[stage][length:]
+            del self._last[stage][last:]
         self._deferred_keys.clear()  # a dropped write may be deferred again
 
     def flush(self) -> None:
@@ -121,6 +124,7 @@ class UnitOfWork:
         transaction): the hot rows are locked last and held shortest."""
         for stage in FLUSHED:
             writes, self._deferred[stage] = self._deferred[stage], []
+            writes, self._last[stage] = writes + self._last[stage], []
             if writes:
                 self.enter_stage(stage)
             if stage == "agent_state":  # rows of one stage in a stable order (by agent type)
@@ -142,13 +146,13 @@ def deactivate(token) -> None:
     _current.reset(token)
 
 
-def defer_or_run(stage: str, write: Callable[[], object], key=None):
+def defer_or_run(stage: str, write: Callable[[], object], key=None, *, last: bool = False):
     """Used by agent_state_refresh, event_emit and audit_record: inside a unit of work, write at
-    its end (returns None; once per ``key``); outside one (a plain transaction, a test), write now
-    and return the result."""
+    its end (returns None; once per ``key``; ``last``: after the stage's other writes); outside
+    one (a plain transaction, a test), write now and return the result."""
     uow = _current.get()
     if uow is not None and not uow.flushed:
-        uow.defer(stage, write, key)
+        uow.defer(stage, write, key, last=last)
         return None
     return write()
 

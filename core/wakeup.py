@@ -163,8 +163,11 @@ class _Hub:
             self.added.discard(group)
         try:  # outside the lock, as the add
             await self.layer.group_discard(group, self.channel)
-        except Exception:  # noqa: BLE001 - the group expires on its own
-            log.warning("wake-up unsubscribe from %s failed", group, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the group expires on its own
+            # no traceback: at a server's shutdown the loop closes under the discard (a cancelled
+            # long poll's), and a traceback of redis-py's teardown read as a failure of the stop
+            log.warning("wake-up unsubscribe from %s failed (%s: %s); the group expires on its own",
+                        group, type(exc).__name__, exc)
         async with self.lock:  # waited on again meanwhile: the discard may have come after its add
             again = group in self.waiters and group not in self.adding
             if again:

@@ -46,6 +46,40 @@ def event_emit(*, project_id, event_type: str, data: dict, task_id=None) -> Even
                                                  task_id=task_id))
 
 
+def event_emit_many(*, project_id, events: list[tuple[str, object, dict]]) -> None:
+    """``event_emit`` for many events of one project, each ``(event_type, task_id, data)``: one
+    insert for them all, after every other event of the unit of work (an emergency stop's own
+    event goes out before those of the calls, outputs and questions it cancelled)."""
+    if not events:
+        return
+    for event_type, _task_id, _data in events:
+        if event_type not in EventType.values:
+            raise ValueError(f"unknown event type {event_type!r}")
+    rows = [(event_type, task_id, to_json(data) or {}) for event_type, task_id, data in events]
+    defer_or_run("outbox", lambda: _write_many(project_id=project_id, rows=rows), last=True)
+
+
+@transaction.atomic(savepoint=False)
+def _write_many(*, project_id, rows) -> list[Event]:
+    connection = db()
+    if connection.vendor == "postgresql":
+        with kept_cursor(connection) as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _stream_lock_key(project_id))
+    now = timezone.now()
+    events = Event.objects.bulk_create([Event(project_id=project_id, task_id=task_id, event_type=event_type,
+                                              data=data, created_at=now) for event_type, task_id, data in rows])
+    if any(event.pk is None for event in events):  # a backend that does not return ids: read them back
+        newest = list(Event.objects.filter(project_id=project_id, created_at=now).order_by("-id")
+                      .values_list("id", flat=True)[:len(events)])
+        for event, pk in zip(events, reversed(newest)):
+            event.pk = pk
+    group = project_group(project_id)
+    for event in events:  # each push on its own: one lost (Redis down) loses no other
+        message = {"type": "hitl.event", "group": group, "event": event_payload(event)}
+        transaction.on_commit(lambda message=message: broadcast.group_send(group, message), robust=True)
+    return events
+
+
 _INSERT = None
 
 

@@ -21,7 +21,7 @@ from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
 from emergency.models import CANCELLED_BY_STOP
-from events.services import event_emit
+from events.services import event_emit, event_emit_many
 from hitl.models import MAX_OPTION_LENGTH, MAX_OPTIONS, HitlRequest
 from projects import roles
 from projects.models import Task
@@ -328,6 +328,9 @@ def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
         req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, CANCELLED_BY_STOP)]
         req.save(update_fields=["status", "history", "updated_at"])
         wakeup_on_commit(hitl_group(req.pk), status=Status.CANCELLED)
+    # each one's own `hitl_decided` (one insert, after the stop's event)
+    event_emit_many(project_id=project.pk, events=[("hitl_decided", req.task_id, hitl_event_data(req))
+                                                   for req in pending])
     return [str(req.pk) for req in pending]
 
 

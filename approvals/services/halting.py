@@ -11,6 +11,7 @@ from django.db.models import Q
 from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, ResponseApproval
 from approvals.services.common import (
     BudgetState,
+    approval_event_data,
     Status,
     project_stop_group,
     record_closed,
@@ -19,6 +20,7 @@ from approvals.services.common import (
 )
 from budgets.services import budget_release_many
 from core.wakeup import wakeup_on_commit
+from events.services import event_emit_many
 
 OPEN_CALLS = Q(status=Status.PENDING) | Q(status=Status.APPROVED, started_at__isnull=True)  # not run, may not
 
@@ -57,6 +59,12 @@ def cancel_open_calls(*, uow, project, now) -> list[str]:
         call.status, call.budget_state = Status.TIMED_OUT, BudgetState.RELEASED
         record_closed(call, actor=None, action="agent_approval.time_out", before=before, reason="",
                       event_type="approval_timed_out")
+    # each cancelled call's own `agent_approval_decided` (one insert, after the stop's event): a
+    # dashboard counting calls by their events saw them pending for ever (the stop's audit row lists them)
+    cancelled = AgentCallApproval.objects.filter(pk__in=ids).select_related("approved_by").defer(
+        "input_data", "amended_input_data", "context_summary") if ids else ()
+    event_emit_many(project_id=project.pk, events=[("agent_approval_decided", call.task_id, approval_event_data(call))
+                                                   for call in cancelled])
     wakeup_on_commit(project_stop_group(project.pk), status="emergency_stopped")  # every waiting agent
     return [str(pk) for pk in ids]
 

@@ -108,6 +108,27 @@ def readmit_after_limits_change(*, uow) -> None:
                 reason="The budget limits changed: its call was admitted again under the new ones.")
 
 
+def readmit_after_windows_ended(*, uow, now) -> None:
+    """budgets.hooks.budget_windows_ended (beat, once a day or month of the project ended): a call
+    blocked behind an override of a window that ended waited for a decision about a budget gone by
+    (approving it is refused: 409). It is admitted again in the new windows: reserved, or blocked
+    behind a new override for what it needs there; its old override, if still pending, is
+    withdrawn. One held by the 1.5 x ceiling of the old day is admitted too: the new day's is its own."""
+    ended = BudgetOverrideRequest.objects.filter(project=uow.project, window__end__lte=now).values("pk")
+    blocked = AgentCallApproval.objects.filter(project=uow.project, status=Status.PENDING,
+                                               budget_state=BudgetState.BLOCKED, budget_override_id__in=ended)
+    if not blocked.exists():
+        return
+    pairs = _lock_overrides(uow, _lock_calls(uow, blocked))
+    for call, old in sorted(pairs, key=lambda pair: pair[0].created_at):
+        if old is None:
+            continue
+        pending = old.status == BudgetOverrideRequest.Status.PENDING
+        if _readmit(uow, call, None, now, keep_link=False) and pending:
+            overrides_withdraw([old], reason="Its budget window ended before a decision: its call was admitted "
+                                             "again in the new one.")
+
+
 def _lock_overrides(uow, calls, *, also=None) -> list[tuple[AgentCallApproval, BudgetOverrideRequest | None]]:
     """The calls' overrides (and ``also``), locked: [(call, its override)]."""
     ids = {call.budget_override_id for call in calls} | ({also} if also else set())

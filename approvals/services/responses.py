@@ -36,7 +36,7 @@ from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit
 from emergency.models import Condition, Severity
 from emergency.services import emergency_settings_for, emergency_stop_trigger
-from events.services import event_emit
+from events.services import event_emit, event_emit_many
 from projects import roles
 from projects.models import Project, Task
 from projects.permissions import require_not_requester, require_project_perm
@@ -395,6 +395,10 @@ def cancel_open_responses(*, uow, project, now) -> list[str]:
         return []
     ResponseApproval.objects.filter(pk__in=ids).update(status=Status.CANCELLED, rejection_reason=CANCELLED_BY_STOP,
                                                        responded_at=now, updated_at=now)
+    cancelled = ResponseApproval.objects.filter(pk__in=ids).select_related("task", "submitted_by", "approved_by") \
+        .defer("agent_response")
+    event_emit_many(project_id=project.pk, events=[("response_approval_decided", response.task_id,
+                                                    response_event_data(response)) for response in cancelled])
     for pk in ids:
         wakeup_on_commit(response_group(pk), status=Status.CANCELLED)
     return [str(pk) for pk in ids]

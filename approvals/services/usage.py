@@ -99,9 +99,12 @@ def record_settlement(uow, approval: AgentCallApproval, settlement, *, tokens_us
     if settlement.critical is not None and not _already_stopped_for_budget(uow.project):
         emergency_stop_trigger(
             project_id=approval.project_id, condition=Condition.BUDGET_CRITICAL, severity=Severity.CRITICAL,
-            reason=f"The day's cost {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
+            # a spend lands in the day its reservation was made in: name it (reported after the
+            # project's midnight, the stop pointed at a day the budget page no longer shows)
+            reason=f"The cost of the day from {iso_utc(settlement.critical.day_start)} (the day the call's cost was "
+                   f"reserved in) {settlement.critical.projected:.4f} passes 1.5 x the daily limit "
                    f"{settlement.critical.limit:.4f}",
-            data={"daily_cost": f"{settlement.critical.projected:.4f}",
+            data={"daily_cost": f"{settlement.critical.projected:.4f}", "day_start": iso_utc(settlement.critical.day_start),
                   "daily_cost_limit": f"{settlement.critical.limit:.4f}", "approval_id": str(approval.pk)})
 
 

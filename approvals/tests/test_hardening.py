@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from approvals.estimation import count_tokens, prompt_text
@@ -635,3 +636,39 @@ def test_usage_of_a_call_without_a_model_is_priced_like_its_estimate(project, ag
     assert r.status_code == 201, r.content
     assert Decimal(r.json()["actual_cost"]) > 0
     assert budget_reconcile() == []
+
+
+def test_a_call_blocked_for_a_day_that_ended_is_admitted_in_the_new_one_and_its_override_not_approved(
+        project, agent, reviewer, manager, client_for):
+    """Found by a time-zone hunt: past the project's midnight a call blocked by the daily limit stayed
+    blocked (its override asked for room in the day that had ended), and approving that override
+    answered 200, raising the allowance of a closed day. Approving it is now 409; beat's closing of
+    the ended window admits the call again in the new day and withdraws the old override."""
+    from budgets.services import budget_close_past_windows
+
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    ask(project, agent, cost="0.8000", title="fits")
+    blocked = ask(project, agent, cost="0.5000", title="blocked")
+    assert blocked.budget_state == "blocked" and blocked.budget_override_id
+    override = BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id)
+    # the project's day ends: its window (and what the first call reserved in it) is now yesterday's
+    BudgetWindow.objects.filter(pk=override.window_id).update(start=F("start") - timedelta(days=1),
+                                                              end=F("end") - timedelta(days=1))
+    r = client_for(manager).post(f"/api/v1/budget-overrides/{override.pk}/respond", {"decision": "approve"},
+                                 format="json")
+    assert r.status_code == 409 and "ended at" in r.json()["detail"], r.content
+    override.refresh_from_db()
+    assert override.status == "pending"
+    assert BudgetWindow.objects.get(pk=override.window_id).allowance_cost == 0
+
+    budget_close_past_windows()
+    blocked.refresh_from_db()
+    override.refresh_from_db()
+    assert blocked.budget_state == "reserved" and blocked.budget_override_id is None
+    assert override.status == "rejected" and "window ended before a decision" in override.rejection_reason
+    day, _ = current_windows(project)
+    assert day.pk != override.window_id and day.reserved_cost == Decimal("0.5000")
+    assert BudgetWindow.objects.get(pk=override.window_id).closed_at is not None
+    r = client_for(reviewer).post(f"/api/v1/agent-approvals/{blocked.pk}/respond", {"decision": "approve"},
+                                  format="json")
+    assert r.status_code == 200, r.content

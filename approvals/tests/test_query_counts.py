@@ -35,13 +35,14 @@ PINS = {  # PostgreSQL
     "respond": 14,       # + the budget read after the project's lock
     "start": 13,         # + the budget read after the project's lock
     "usage": 19,        # + the alert (an overrun) written with the change, + the budget read after the lock
-    "stop": 25,          # + the locks of the pending response approvals and questions (issue 10)
+    "stop": 28,          # + the locks of the pending response approvals and questions (issue 10); + each
+                         # cancelled call's own event: its read, the stream lock and one insert for them all
     "response_submit": 30,  # settles the budget (ledger, windows, alerts), records and analyzes the output
     "response_decide": 16,
 }
 # SQLite sends an audit row's insert and its chain head's update as two statements (no
 # data-modifying WITH there): one more per audit row.
-SQLITE = {**PINS, "create": 20, "respond": 14, "start": 13, "usage": 19, "stop": 26, "response_submit": 32,
+SQLITE = {**PINS, "create": 20, "respond": 14, "start": 13, "usage": 19, "stop": 28, "response_submit": 32,
           "response_decide": 17}
 
 

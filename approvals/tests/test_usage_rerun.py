@@ -42,7 +42,13 @@ def test_a_usage_report_that_trips_the_stop_runs_again_with_the_exclusive_lock(
     assert raised == [f"project:{project.pk}"]  # once: the second run took the exclusive lock
     call.refresh_from_db()
     assert call.budget_state == "settled"
-    assert EmergencyStop.objects.get(project=project).triggered_conditions == ["budget_critical"]
+    stop = EmergencyStop.objects.get(project=project)
+    assert stop.triggered_conditions == ["budget_critical"]
+    # the day is named: the spend lands in the day the cost was reserved in (reported after the
+    # project's midnight, the reason spoke of "the day's cost" while the budget showed today's 0)
+    day = UsageEntry.objects.filter(approval=call).first().day_window
+    assert f"The cost of the day from {day.start:%Y-%m-%dT%H:%M:%S}Z (the day the call's cost was reserved in) " \
+           "2.0000 passes 1.5 x the daily limit 1.0000" == stop.stop_reason, stop.stop_reason
     if idempotency_key:  # a retry with its key (a 423 is not kept for it: run again) lands nothing more
         again = agent_client.post(f"/api/v1/agent-approvals/{call.pk}/usage",
                                   {"tokens_used": 100, "actual_cost": "2.0000"}, format="json", **headers)

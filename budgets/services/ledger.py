@@ -25,9 +25,9 @@ from budgets.services.windows import (FOUR_PLACES, ZERO, budget_for, critical_li
 class BudgetCritical(Exception):
     """Projected daily cost over 1.5 x the limit: the caller stops the project."""
 
-    def __init__(self, projected: Decimal, limit: Decimal):
+    def __init__(self, projected: Decimal, limit: Decimal, day_start=None):
         super().__init__(f"projected daily cost {projected} over 1.5 x {limit}")
-        self.projected, self.limit = projected, limit
+        self.projected, self.limit, self.day_start = projected, limit, day_start  # the day window's start
 
 
 @dataclass
@@ -325,7 +325,7 @@ def _after_spend(uow, call, windows, day, *, tokens_used: int, actual_cost: Deci
     critical = None
     line = critical_line(budget)
     if line is not None and day.spent_cost + day.reserved_cost > line:
-        critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit)
+        critical = BudgetCritical(day.spent_cost + day.reserved_cost, budget.daily_cost_limit, day.start)
     return Settlement(True, flagged, critical)
 
 

@@ -16,6 +16,7 @@ from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, m
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
 from core.errors import AlreadyDecided, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
+from core.times import iso_utc
 from core.uow import retry_transient
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
@@ -94,13 +95,20 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     if override.status != BudgetOverrideRequest.Status.PENDING:
         raise AlreadyDecided(f"The override is already {override.status}.", current_status=override.status,
                              decider_id=override.approved_by_id, decided_at=override.responded_at)
+    if decision == "approve":
+        window = window or uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
+        if window.end <= timezone.now():  # approved, it raised the allowance of a day (or month) gone by
+            raise TransitionError(
+                f"The {window.kind} this override was for ended at {iso_utc(window.end)}: approving it would add "
+                f"to a closed budget. Its call is admitted again in the new {window.kind} within minutes (beat), "
+                f"and asks again there if it still does not fit.", current_status=override.status,
+                window_end=iso_utc(window.end))
     override.status = BudgetOverrideRequest.Status.APPROVED if decision == "approve" else \
         BudgetOverrideRequest.Status.REJECTED
     override.approved_by, override.responded_at = actor, timezone.now()
     override.rejection_reason = reason.strip() if decision == "reject" else ""
     override.save()
     if decision == "approve":
-        window = window or uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
         if tokens:
             window.allowance_tokens += int(override.requested_amount.to_integral_value(rounding="ROUND_CEILING"))
         else:

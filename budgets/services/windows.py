@@ -13,6 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from budgets.hooks import budget_windows_ended
 from budgets.models import BudgetWindow, ProjectBudget
 from core.rawrows import Columns, db, kept_cursor
 from emergency.conditions import Trip
@@ -257,6 +258,7 @@ def budget_close_past_windows(*, now=None) -> int:
     past = BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True)
     for project_id in list(past.values_list("project_id", flat=True).distinct()[:1000]):
         with project_uow(project_id) as uow:
+            budget_windows_ended(uow=uow, now=now)  # calls blocked for a day gone by: admitted in the new one
             windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
             closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
     return closed

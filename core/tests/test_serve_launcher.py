@@ -58,6 +58,10 @@ def test_a_setting_out_of_its_range_stops_every_process_at_start_naming_it(tmp_p
         "HITL_MANAGER_COST_THRESHOLD": ("abc", "must be a decimal amount"),
         "HITL_WS_HEARTBEAT_SECONDS": ("nan", "must be a finite number"),
         "HITL_MAX_BODY_BYTES": ("0", "must be 1024 or more (it is 0)"),
+        # a date computed from now overflowed on every beat run (nothing was timed out any more)
+        "HITL_START_WITHIN_MINUTES": ("99999999999", "must be at most 527040 (it is 99999999999)"),
+        "HITL_BUDGET_STALE_RESERVATION_HOURS": ("99999999", "must be at most 8784"),
+        "HITL_IDEMPOTENCY_TTL_HOURS": ("99999999999", "must be at most 8784"),
     }
     for name, (value, says) in cases.items():
         answer = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
@@ -66,3 +70,8 @@ def test_a_setting_out_of_its_range_stops_every_process_at_start_naming_it(tmp_p
     fine = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
                           env={**base, "HITL_BEHIND_HTTPS_PROXY": "yes", "HITL_WEB_THREADS": ""})
     assert fine.returncode == 0, fine.stderr
+    # 0 turns the audit checkpoints off, as the README says (it was refused: "must be 1 or more")
+    off = subprocess.run([sys.executable, str(manage), "shell", "-c",
+                          "from django.conf import settings; print('audit-checkpoint' in settings.CELERY_BEAT_SCHEDULE)"],
+                         capture_output=True, text=True, timeout=60, env={**base, "HITL_AUDIT_CHECKPOINT_MINUTES": "0"})
+    assert off.returncode == 0 and off.stdout.strip().endswith("False"), off.stderr[-2000:]

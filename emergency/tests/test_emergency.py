@@ -519,3 +519,47 @@ def test_a_stop_and_the_time_out_sweep_do_not_deadlock(project, agent, reviewer)
     assert errors == []
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
     assert not AgentCallApproval.objects.filter(project=project, status="pending").exists()
+
+
+def test_a_stop_writes_each_cancelled_call_output_and_questions_own_event_after_its_own(
+        project, agent, reviewer, client_for):
+    """A dashboard counting pending work by its events saw what a stop cancelled pending for ever:
+    only the stop's event listed them. Each now has its own decided event (status cancelled), after
+    the stop's event (agents and pages learn of the stop first), and the feed serves them in order."""
+    from decimal import Decimal
+
+    from approvals.services import (agent_approval_decide, agent_approval_request, agent_approval_start,
+                                    response_approval_submit)
+    from events.models import Event
+    from hitl.services import hitl_request_create
+    from projects.services import task_create
+
+    def call(title):
+        task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title=title)
+        return agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                      proposed_action=f"do {title}", input_data={}, estimated_tokens=10,
+                                      estimated_cost=Decimal("0.0100"))
+
+    pending = [call("one"), call("two")]
+    ran = call("three")
+    agent_approval_decide(approval_id=ran.pk, decider=reviewer, decision="approve")
+    agent_approval_start(approval_id=ran.pk, actor=agent)
+    output = response_approval_submit(
+        submitter=agent, project_id=project.pk, task_id=ran.task_id, agent_type="coder", call_approval_id=ran.pk,
+        agent_response={"files": [{"path": "a.py", "content": "x = 1\n"}]}, response_summary="done",
+        next_steps=["test"], tokens_used=5, actual_cost=Decimal("0.0010"))
+    question = hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="Go on?")
+    before = Event.objects.order_by("-id").values_list("id", flat=True).first()
+
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=reviewer)
+
+    events = list(Event.objects.filter(id__gt=before).order_by("id"))
+    assert events[0].event_type == "emergency_stop_triggered"
+    decided = {(e.event_type, e.data.get("approval_id") or e.data.get("hitl_request_id")): e for e in events[1:]}
+    assert set(decided) == {("agent_approval_decided", str(pending[0].pk)), ("agent_approval_decided", str(pending[1].pk)),
+                            ("response_approval_decided", str(output.pk)), ("hitl_decided", str(question.pk))}
+    assert all(e.data["status"] == "cancelled" for e in decided.values())
+    assert decided[("agent_approval_decided", str(pending[0].pk))].task_id == pending[0].task_id
+    assert "emergency stop" in decided[("agent_approval_decided", str(pending[0].pk))].data["rejection_reason"]
+    feed = client_for(reviewer).get(f"/api/v1/events?project_id={project.pk}&after={before}").json()
+    assert [e["id"] for e in feed["results"]] == [e.id for e in events]
