@@ -250,7 +250,10 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
             raise NotFoundError("No such step in this recovery.")
         next_step = session.steps.filter(status=RecoveryStep.Status.PENDING).order_by("order").first()
         if step.status != RecoveryStep.Status.PENDING or step != next_step:
-            raise TransitionError(f"Step {step.order} is {step.status}; the next step is "
+            # who decided it, as a call's 409 says (two approvers at once: the loser was told only the status)
+            by = (f" (by {step.approved_by.get_username()} at {iso_utc(step.decided_at)})"
+                  if step.approved_by_id and step.decided_at else "")
+            raise TransitionError(f"Step {step.order} is {step.status}{by}; the next step is "
                                   f"{next_step.order if next_step else 'none'}.", current_status=step.status)
         options = STEPS[step.action][2]
         if option and (options is None or option not in options):

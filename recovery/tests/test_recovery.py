@@ -122,6 +122,20 @@ def test_a_step_cannot_run_before_the_one_before_it(stopped, project, manager, r
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"
 
 
+def test_the_second_approver_of_a_step_is_told_who_approved_it_first(stopped, project, manager, reviewer, make_user,
+                                                                     client_for):
+    """Two approvers at once: the loser was told only "Step 1 is completed", where a call's 409
+    names who decided it and when."""
+    other = make_user("rhea", role="reviewer", project=project)
+    session = start(client_for(manager), project).json()
+    first = session["recovery_plan"]["steps"][0]
+    assert step(client_for(reviewer), session, first["step_id"], decision="approve").status_code == 200
+    r = step(client_for(other), session, first["step_id"], decision="approve")
+    assert r.status_code == 409 and r.json()["status"] == "completed"
+    assert re.match(rf"Step 1 is completed \(by {reviewer.username} at \d{{4}}-\d\d-\d\dT[\d:.]+Z\); the next step "
+                    r"is 2\.", r.json()["detail"]), r.json()["detail"]
+
+
 def test_halted_tasks_can_be_cancelled_instead(stopped, project, manager, reviewer, client_for):
     session = start(client_for(manager), project).json()
     reviewer_c = client_for(reviewer)
