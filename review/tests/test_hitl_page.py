@@ -199,3 +199,17 @@ def test_a_question_its_agent_withdrew_names_the_agent_and_its_reason(project, a
     hitl_request_cancel(request_id=req.pk, actor=agent, reason="solved it myself")
     html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
     assert f"by <strong>its agent ({agent.username})</strong> at" in html and "Reason: solved it myself" in html
+
+
+def test_a_timed_out_question_says_when_and_that_it_failed_closed(project, agent, reviewer):
+    """Its panel showed a "Timed out" badge alone, where the call and response pages say when and
+    what it means."""
+    from django.utils import timezone
+
+    from hitl.services import hitl_request_time_out
+
+    req = ask(project, agent)
+    HitlRequest.objects.filter(pk=req.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    assert hitl_request_time_out(request_id=req.pk)
+    html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
+    assert "Timed out" in html and "No one answered before" in html and "it failed closed" in html
