@@ -1,5 +1,6 @@
 """/api/v1/hitl (API.md "Questions and checkpoints"). The long poll GET /api/v1/hitl/{id}/wait
 is a Channels consumer (approvals/consumers.py, kind HITL)."""
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -59,8 +60,11 @@ class HitlRequestCreateApi(APIView):
 class HitlRequestDetailApi(APIView):
     @extend_schema(operation_id="hitl_retrieve", responses={200: HitlRequestOutputSerializer, **error_responses(404)})
     def get(self, request, request_id):
-        return Response(HitlRequestOutputSerializer(selectors.hitl_request_for(user=request.user,
-                                                                               request_id=request_id)).data)
+        req = selectors.hitl_request_for(user=request.user, request_id=request_id)
+        if req.status == HitlRequest.Status.PENDING and req.expires_at <= timezone.now():
+            services.hitl_request_time_out(request_id=req.pk)  # beat late or down: not pending past its deadline
+            req = selectors.hitl_request_for(user=request.user, request_id=request_id)
+        return Response(HitlRequestOutputSerializer(req).data)
 
 
 class HitlRequestRespondApi(APIView):
@@ -120,6 +124,7 @@ class HitlRequestProjectListApi(APIView):
         project = project_for_user(user=request.user, project_id=project_id)
         s = self.FilterSerializer(data=request.query_params)
         s.is_valid(raise_exception=True)
+        services.hitl_request_expire_overdue(project_id=project.pk)  # none listed pending past its deadline
         paginator = ListPagination()
         page = paginator.paginate_queryset(selectors.hitl_request_list(project=project, **s.validated_data),
                                            request, view=self)

@@ -274,11 +274,13 @@ def hitl_request_time_out(*, request_id, now=None) -> bool:
         return True
 
 
-def hitl_request_expire_overdue(*, now=None) -> int:
+def hitl_request_expire_overdue(*, now=None, project_id=None) -> int:
     """Beat sweep: every due pending request goes through the time-out service (its own lock,
-    history entry, audit row and approval_timed_out event)."""
+    history entry, audit row and approval_timed_out event); with ``project_id``, that project's
+    only: the API's reads run it first."""
     now = now or timezone.now()
-    due = HitlRequest.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    requests = HitlRequest.objects.filter(project_id=project_id) if project_id else HitlRequest.objects
+    due = requests.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
     return each(due[:1000], lambda pk: hitl_request_time_out(request_id=pk, now=now))
 
 

@@ -237,12 +237,15 @@ def agent_approval_time_out(*, approval_id, now=None) -> bool:
         return True
 
 
-def agent_approval_expire_overdue(*, now=None) -> int:
+def agent_approval_expire_overdue(*, now=None, project_id=None) -> int:
     """Beat sweep: every due pending approval goes through the time-out service, and every
-    lapsed execution grant (approved, not started in time) through agent_approval_expire_grant."""
+    lapsed execution grant (approved, not started in time) through agent_approval_expire_grant.
+    With ``project_id``, that project's only: the API's reads run it first, so that no answer shows
+    a call pending past its deadline while beat is late or down."""
     now = now or timezone.now()
-    due = AgentCallApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
-    lapsed = AgentCallApproval.objects.filter(
+    calls = AgentCallApproval.objects.filter(project_id=project_id) if project_id else AgentCallApproval.objects
+    due = calls.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    lapsed = calls.filter(
         status=Status.APPROVED, started_at__isnull=True,
         responded_at__lt=now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)).values_list("pk", flat=True)
     return (each(due[:1000], lambda pk: agent_approval_time_out(approval_id=pk, now=now))

@@ -339,10 +339,12 @@ def response_approval_time_out(*, approval_id, now=None) -> bool:
         return True
 
 
-def response_approval_expire_overdue(*, now=None) -> int:
-    """Beat sweep: every due pending response approval goes through the time-out service."""
+def response_approval_expire_overdue(*, now=None, project_id=None) -> int:
+    """Beat sweep: every due pending response approval goes through the time-out service (with
+    ``project_id``, that project's only: the API's reads run it first)."""
     now = now or timezone.now()
-    due = ResponseApproval.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    responses = ResponseApproval.objects.filter(project_id=project_id) if project_id else ResponseApproval.objects
+    due = responses.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
     return each(due[:1000], lambda pk: response_approval_time_out(approval_id=pk, now=now))
 
 

@@ -418,3 +418,26 @@ def test_an_approval_not_started_in_time_expires(requested, agent_client, review
     assert AuditEvent.objects.filter(action="agent_approval.grant_expired").count() == 1
     task.refresh_from_db()
     assert task.status == "pending"  # the agent may request the call again
+
+
+def test_no_read_shows_a_call_pending_past_its_deadline_while_beat_is_late(requested, agent_client, reviewer_client,
+                                                                           project, agent):
+    """Found by a time hunt: with beat stopped, `GET` of a call and its project's `?status=pending`
+    list showed it pending after its deadline (a decision got 410 and /wait timed it out, but a
+    reader polling GET saw pending for as long as beat was down). A read now times out what is due
+    first, once, with its event, as beat would have."""
+    AgentCallApproval.objects.filter(pk=requested["approval_id"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1))
+    listed = agent_client.get(f"/api/v1/agent-approvals/project/{project.pk}?status=pending").json()
+    assert listed["count"] == 0, listed
+    other = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="second")
+    second = agent_client.post("/api/v1/agent-approvals", {
+        "project_id": str(project.pk), "task_id": str(other.pk), "agent_type": "coder", "proposed_action": "x",
+        "input_data": {}, "model": "gpt-4o-mini"}, format="json").json()
+    AgentCallApproval.objects.filter(pk=second["approval_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    got = reviewer_client.get(f"/api/v1/agent-approvals/{second['approval_id']}").json()
+    assert got["status"] == "timed_out", got
+    assert agent_client.get(f"/api/v1/agent-approvals/{requested['approval_id']}").json()["status"] == "timed_out"
+    timed_out = Event.objects.filter(event_type="approval_timed_out").values_list("data__approval_id", flat=True)
+    assert sorted(timed_out) == sorted([requested["approval_id"], second["approval_id"]])  # once each
+    assert agent_approval_expire_overdue() == 0  # nothing left for beat

@@ -678,3 +678,15 @@ def test_modifications_said_as_json_with_numbers_are_taken(started, agent_client
     r = respond(reviewer_client, body["approval_id"], decision="requires_modification", modifications_required=said)
     assert r.status_code == 200, r.content
     assert r.json()["status"] == "requires_modification" and r.json()["modifications_required"] == said
+
+
+def test_no_read_shows_an_output_pending_past_its_deadline_while_beat_is_late(started, agent_client, reviewer_client):
+    call = started()
+    output = submit(agent_client, call).json()
+    ResponseApproval.objects.filter(pk=output["approval_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert reviewer_client.get(f"/api/v1/response-approvals/{output['approval_id']}").json()["status"] == "timed_out"
+    second = submit(agent_client, started()).json()
+    ResponseApproval.objects.filter(pk=second["approval_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    listed = agent_client.get(f"/api/v1/response-approvals/project/{call['project_id']}?status=pending").json()
+    assert listed["count"] == 0, listed
+    assert response_approval_expire_overdue() == 0  # nothing left for beat

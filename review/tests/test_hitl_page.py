@@ -213,3 +213,17 @@ def test_a_timed_out_question_says_when_and_that_it_failed_closed(project, agent
     assert hitl_request_time_out(request_id=req.pk)
     html = browser(reviewer).get(f"/review/hitl/{req.pk}").content.decode()
     assert "Timed out" in html and "No one answered before" in html and "it failed closed" in html
+
+
+def test_no_read_shows_a_question_pending_past_its_deadline_while_beat_is_late(project, agent, reviewer, client_for):
+    req = ask(project, agent)
+    other = ask(project, agent, question="And the cache?")
+    from django.utils import timezone
+
+    HitlRequest.objects.filter(pk__in=[req.pk, other.pk]).update(
+        expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    api = client_for(reviewer)
+    assert api.get(f"/api/v1/hitl/{req.pk}").json()["status"] == "timed_out"
+    listed = api.get(f"/api/v1/hitl/project/{project.pk}?status=pending").json()
+    assert listed["count"] == 0, listed
+    assert set(HitlRequest.objects.values_list("status", flat=True)) == {"timed_out"}
