@@ -37,7 +37,7 @@ from core.admin import (
     refusal_text,
     refuse_on_page,
 )
-from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin
+from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin, VisibleProjectListFilter
 from core.errors import DomainError, InvalidInput
 from core.parsers import json_to_edit, loads_strict
 from core.text import FORM_ERROR_NOTE, plural
@@ -59,11 +59,6 @@ class RiskLevelFilter(admin.SimpleListFilter):
         if self.value() in RISK_COLOURS:
             return queryset.filter(risk_assessment__level=self.value())
         return queryset
-
-
-class VisibleProjectFilter(admin.RelatedFieldListFilter):
-    def field_choices(self, field, request, model_admin):
-        return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]
 
 
 # --- decisions on an approval's own page (change view) ---------------------------------
@@ -240,7 +235,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
     list_display = ["short_action", "project", "agent_type", "status", "budget", "risk", "estimated_cost", "age",
                     "time_left", "requested_by"]
     list_display_links = ["short_action"]
-    list_filter = ["status", "budget_state", "agent_type", RiskLevelFilter, ("project", VisibleProjectFilter)]
+    list_filter = ["status", "budget_state", "agent_type", RiskLevelFilter, ("project", VisibleProjectListFilter)]
     search_fields = ["proposed_action", "context_summary"]
     list_per_page = 50
     actions = ["approve_selected", "reject_selected"]
@@ -475,7 +470,7 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
     list_display = ["short_summary", "project", "agent_type", "status", "risk", "safety", "flag_count", "age",
                     "time_left", "submitted_by"]
     list_display_links = ["short_summary"]
-    list_filter = ["status", "agent_type", ("project", VisibleProjectFilter)]
+    list_filter = ["status", "agent_type", ("project", VisibleProjectListFilter)]
     search_fields = ["response_summary"]
     list_per_page = 50
     actions = ["approve_selected", "reject_selected", "send_back_selected"]
@@ -646,7 +641,7 @@ class RuleSettingAdmin(ProjectManagerEditsMixin, admin.ModelAdmin):
     change_list_template = "admin/approvals/rulesetting/change_list.html"
     form = RuleSettingForm
     list_display = ["code", "project", "mode", "threshold", "note", "updated_by", "updated_at"]
-    list_filter = ["mode", ("project", VisibleProjectFilter)]
+    list_filter = ["mode", ("project", VisibleProjectListFilter)]
     fields = ["project", "code", "mode", "threshold", "note"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -671,7 +666,7 @@ class FlagSuppressionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
     """Findings reviewers marked false positives (made through the API, audited)."""
 
     list_display = ["code", "fingerprint", "project", "reason", "expires_at", "created_by", "revoked_at"]
-    list_filter = [("project", VisibleProjectFilter)]
+    list_filter = [("project", VisibleProjectListFilter)]
     actions = ["revoke_selected"]
 
     @admin.action(description="Revoke selected suppressions")

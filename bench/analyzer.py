@@ -99,6 +99,17 @@ def main():
                 analyzer.run(scan)
                 per_analyzer.setdefault(type(analyzer).__name__, []).append((time.perf_counter() - t0) * 1000)
     cpu = time.process_time() - cpu_start
+    # Hostile inputs: thousands of findings, each to be masked wherever it is written (a red team's
+    # 9,500 e-mail addresses held a web thread 35 s); the same addresses as keys too, all alike.
+    hostile = {}
+    emails = [f"user{i:05d}x@mail{i % 97}.corp.io" for i in range(9500)]
+    for name, value in (("9500_emails_in_one_value", {"to": " ".join(emails)}),
+                        ("6000_emails_as_keys", {e: 1 for e in emails[:6000]})):
+        t0 = time.perf_counter()
+        out = analyzers.assess(analyzers.RiskContext(agent_type="coder", proposed_action="Email them",
+                                                     input_data=value, estimated_cost=Decimal("0.01")))
+        hostile[name] = {"ms": round((time.perf_counter() - t0) * 1000, 1), "flags": len(out["flags"])}
+    baseline = sorted(pipeline["call"])[len(pipeline["call"]) // 2] if pipeline["call"] else None
     responses = len(pipeline["response"])
     result = {
         "benchmark": "analyzer", "corpus": source, "items": len(items), "rounds": args.rounds,
@@ -108,6 +119,9 @@ def main():
         "analyzer_ms": {name: latency_summary(values, 50, 99) for name, values in sorted(per_analyzer.items())},
         "responses_per_second_one_core": round(responses / response_seconds, 1) if response_seconds else None,
         "cpu_seconds": round(cpu, 2),
+        # each hostile input's time, and as a multiple of the corpus's median call (same run)
+        "hostile_inputs": {name: {**figures, "x_median_call": round(figures["ms"] / baseline, 1) if baseline else None}
+                           for name, figures in hostile.items()},
         "tools": analyzers.pipeline.tool_versions(),
     }
     print(json.dumps(result, indent=2))

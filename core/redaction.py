@@ -78,7 +78,16 @@ def _mask_if_random(m: re.Match) -> str:
 
 def redact(text: str, limit: int = 80) -> str:
     """A short, single-line snippet for messages, with anything token-like masked."""
-    text = " ".join(without_hidden(text).split())  # a key with zero-width characters slipped in is masked too
+    text = " ".join(text.split())
+    masked = _masked(text)
+    bare = without_hidden(text)
+    if bare != text:  # a token with zero-width characters slipped in is masked too; an emoji's
+        masked_bare = _masked(bare)  # own selector or a Persian word's joiner is left as written
+        if masked_bare != bare:
+            masked = masked_bare
+    return masked if len(masked) <= limit else masked[: limit - 1] + "…"
+
+
+def _masked(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}…{m.group(2)}", text)
-    text = _TOKEN_LIKE.sub(_mask_if_random, text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _TOKEN_LIKE.sub(_mask_if_random, text)

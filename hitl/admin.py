@@ -17,19 +17,12 @@ from core.text import FORM_ERROR_NOTE, plural
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_respond
 from projects import roles
-from projects.admin_mixins import ProjectScopedAdminMixin
-from projects.permissions import has_project_perm, project_visible_to
+from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
+from projects.permissions import has_project_perm
 
 PAST = {"approve": "approved", "reject": "rejected", "amend": "amended"}
 
 
-
-
-class VisibleProjectFilter(admin.RelatedFieldListFilter):
-    """Only the projects the user can see (Django's own filter would name every project)."""
-
-    def field_choices(self, field, request, model_admin):
-        return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]
 
 
 def _textarea(rows: int, **attrs):
@@ -86,7 +79,7 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
     list_display = ["short_question", "project", "request_type", "status", "asker", "age", "time_left",
                     "responder"]
     list_display_links = ["short_question"]
-    list_filter = ["status", "request_type", ("project", VisibleProjectFilter)]
+    list_filter = ["status", "request_type", ("project", VisibleProjectListFilter)]
     search_fields = ["question", "response"]
     list_per_page = 50
     actions = ["reject_selected"]

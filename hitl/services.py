@@ -311,7 +311,8 @@ def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
     one past its deadline (beat late or down) times out instead, as beat would have.
     The stop's own audit row and event list them; the stop's halting of the tasks cleared their
     open questions."""
-    pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)))
+    pending = list(uow.lock_many("hitl", HitlRequest.objects.filter(project=project, status=Status.PENDING)
+                                 .select_related("asked_by")))  # each one's event names who asked
     due = [req for req in pending if req.expires_at <= now]
     for req in due:  # past its deadline, not timed out yet by beat: as beat would have (history,
         # audit row, event), not "cancelled by the stop"; the stop's halting clears the task's question
@@ -326,10 +327,10 @@ def cancel_open_hitl_requests(*, uow, project, now) -> list[str]:
         wakeup_on_commit(hitl_group(req.pk), status=req.status)
     pending = [req for req in pending if req not in due]
     for req in pending:
-        req.status = Status.CANCELLED
+        req.status, req.updated_at = Status.CANCELLED, now
         req.history = [*(req.history or ()), _history_entry(Status.CANCELLED, None, now, CANCELLED_BY_STOP)]
-        req.save(update_fields=["status", "history", "updated_at"])
         wakeup_on_commit(hitl_group(req.pk), status=Status.CANCELLED)
+    HitlRequest.objects.bulk_update(pending, ["status", "history", "updated_at"])  # one statement, however many
     # each one's own `hitl_decided` (one insert, after the stop's event)
     event_emit_many(project_id=project.pk, events=[("hitl_decided", req.task_id, hitl_event_data(req))
                                                    for req in pending])

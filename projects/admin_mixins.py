@@ -95,3 +95,9 @@ class VisibleProjectListFilter(admin.RelatedFieldListFilter):
 
     def field_choices(self, field, request, model_admin):
         return [(p.pk, str(p)) for p in project_visible_to(user=request.user)]
+
+    def has_output(self):
+        """Also with one project to choose from when the URL names one: Django hides a filter of
+        one choice and drops its parameter unapplied, so a list asked for another project's rows
+        listed all of the user's own (and "select all" then acted on them); applied, it lists none."""
+        return super().has_output() or bool(self.used_parameters)

@@ -18,6 +18,7 @@ from approvals.models import AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
 from budgets.models import BudgetOverrideRequest
 from emergency.models import CANCELLED_BY_STOP, EmergencyStop, condition_words
+from core.request_cache import memo
 from hitl.selectors import pending_for_reviewer
 from projects import roles
 from projects.models import Project
@@ -121,10 +122,9 @@ def one_line(text: str, limit: int = 140) -> str:
 
 
 def _response_risk(response: ResponseApproval) -> str:
+    """Its analysis's level (every analysis writes one), as the database ranks the inbox by."""
     level = (response.analysis or {}).get("level")
-    if level in RISK_RANK:
-        return level
-    return max((f.get("severity", "low") for f in response.risk_flags or []), key=risk_rank, default="low")
+    return level if level in RISK_RANK else "low"
 
 
 def _risk_rank_of(field: str) -> Case:
@@ -167,8 +167,10 @@ def _inbox_querysets(user) -> dict:
 
 def _decidable_overrides(user, overrides) -> list[BudgetOverrideRequest]:
     """The overrides ``user`` may decide: one that needs a manager (a property of its amount and
-    its window's approved overrides, not a column) only where the user is a manager."""
-    return [o for o in overrides if not o.requires_manager_approval or may_manage(user, o.project_id)]
+    its window's approved overrides, not a column) only where the user is a manager. Read once
+    per request (the counts and the list both need them)."""
+    return memo(("inbox_overrides", user.pk), lambda: [
+        o for o in overrides if not o.requires_manager_approval or may_manage(user, o.project_id)])
 
 
 def inbox_counts(*, user) -> list[tuple[str, str, int]]:

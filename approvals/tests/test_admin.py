@@ -53,6 +53,23 @@ def test_queue_filters_and_search(reviewer_browser, approvals):
     assert reviewer_browser.get(CHANGELIST, {"risk": "low"}).status_code == 200
 
 
+def test_a_list_asked_for_another_projects_rows_lists_none_and_select_all_acts_on_none(
+        reviewer_browser, approvals, other_project):
+    """With one project to choose from Django hid the project filter and dropped its parameter:
+    `?project__id__exact=<a project the reviewer cannot see>` listed every row of her own project,
+    and "select all" with an action approved them all. Applied, the filter lists none."""
+    for project_id in (other_project.pk, "4b6f5c7e-1111-4222-8333-944455556666"):
+        r = reviewer_browser.get(CHANGELIST, {"project__id__exact": project_id})
+        html = r.content.decode()
+        assert r.status_code == 200 and not any(a.proposed_action in html for a in approvals), html[-2000:]
+        reviewer_browser.post(f"{CHANGELIST}?project__id__exact={project_id}",
+                              {"action": "approve_selected", "select_across": "1", "index": "0",
+                               ACTION_CHECKBOX_NAME: [str(a.pk) for a in approvals]})
+    assert set(AgentCallApproval.objects.values_list("status", flat=True)) == {"pending"}
+    html = reviewer_browser.get(CHANGELIST).content.decode()
+    assert all(a.proposed_action in html for a in approvals)  # unfiltered: her rows, as before
+
+
 def test_detail_page_shows_input_and_risk(reviewer_browser, approvals):
     r = reviewer_browser.get(reverse("admin:approvals_agentcallapproval_change", args=[approvals[0].pk]))
     assert r.status_code == 200

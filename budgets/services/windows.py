@@ -5,6 +5,7 @@ A window is [start, end) in UTC. The current window of a kind is the one whose r
 earlier than the end of the previous one. So a change of time zone never resets or loses what
 was spent or reserved: the current windows run to their end, and the new zone applies from
 there (the first window in the new zone may be shorter or longer than a day)."""
+import logging
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from budgets.hooks import budget_windows_ended
 from budgets.models import BudgetWindow, ProjectBudget
+from core.errors import DomainError
 from core.rawrows import Columns, db, kept_cursor
 from emergency.conditions import Trip
 from emergency.models import Condition, Severity
@@ -23,6 +25,7 @@ from projects.uow import project_uow
 
 ZERO = Decimal("0.0000")
 FOUR_PLACES = Decimal("0.0001")
+log = logging.getLogger(__name__)
 CRITICAL_FACTOR = Decimal("1.5")   # budget_critical: the day's cost past 1.5 x the daily cost limit
 
 
@@ -257,8 +260,11 @@ def budget_close_past_windows(*, now=None) -> int:
     closed = 0
     past = BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True)
     for project_id in list(past.values_list("project_id", flat=True).distinct()[:1000]):
-        with project_uow(project_id) as uow:
-            budget_windows_ended(uow=uow, now=now)  # calls blocked for a day gone by: admitted in the new one
-            windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
-            closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
+        try:
+            with project_uow(project_id) as uow:
+                budget_windows_ended(uow=uow, now=now)  # calls blocked for a day gone by: admitted in the new one
+                windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
+                closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
+        except DomainError as exc:  # one project's refusal (rolled back) holds up no other's windows
+            log.warning("closing the ended budget windows of project %s failed: %s", project_id, exc)
     return closed

@@ -20,3 +20,10 @@ def test_a_token_with_invisible_characters_slipped_in_is_masked_too():
 def test_a_password_in_a_url_is_masked_with_or_without_a_user():
     assert redact("redis://:Tr0ub4dor3xQz@cache:6379/0") == "redis://:…@cache:6379/0"
     assert redact("postgres://app:Tr0ub4dor3xQz@db/app") == "postgres://app:…@db/app"
+
+
+def test_invisible_characters_are_kept_where_no_mask_applies():
+    """Stripping them from every snippet took an emoji's variation selector and a Persian word's
+    joiner out of text that masked nothing."""
+    for text in ("Shipped \u2764\ufe0f today", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "step 1\ufe0f\u20e3"):
+        assert redact(text) == text

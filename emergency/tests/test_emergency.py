@@ -563,3 +563,26 @@ def test_a_stop_writes_each_cancelled_call_output_and_questions_own_event_after_
     assert "emergency stop" in decided[("agent_approval_decided", str(pending[0].pk))].data["rejection_reason"]
     feed = client_for(reviewer).get(f"/api/v1/events?project_id={project.pk}&after={before}").json()
     assert [e["id"] for e in feed["results"]] == [e.id for e in events]
+
+
+def test_a_stops_statements_do_not_grow_with_the_questions_it_cancels(project, other_project, agent, reviewer,
+                                                                      make_user):
+    """Each cancelled question's event names who asked: read with the locked rows, not one user
+    read per question while the stop holds the project; and the questions are updated in one
+    statement, not one each."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from hitl.services import hitl_request_create
+
+    other_agent = make_user("agent2", role="agent", project=other_project)
+    other_reviewer = make_user("reviewer2", role="reviewer", project=other_project)
+    hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="one?")
+    for i in range(5):
+        hitl_request_create(asker=other_agent, project_id=other_project.pk, request_type="question", question=f"{i}?")
+    counts = []
+    for where, who in ((project, reviewer), (other_project, other_reviewer)):
+        with CaptureQueriesContext(connection) as queries:
+            emergency_stop_trigger(project_id=where.pk, condition="manual_stop", reason="drill", actor=who)
+        counts.append(len(queries.captured_queries))
+    assert counts[0] == counts[1], counts
