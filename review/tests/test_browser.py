@@ -402,7 +402,8 @@ def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
     typing_on(calls[0], "Not before the release")
     api(server, "POST", f"/api/v1/agent-approvals/{calls[0]['approval_id']}/respond", sam_key,
         body={"decision": "approve"})
-    expect(panel.locator(".outcome-changed")).to_contain_text("This request changed elsewhere")
+    # its new state, as the question page says it (it said only "changed elsewhere")
+    expect(panel.locator(".outcome-changed")).to_contain_text("This request is now approved")
     assert page.input_value("#reject-reason") == "Not before the release"  # not swapped under the typing
     expect(panel).to_have_attribute("data-status", "pending")
     page.locator("#decision-title").click()  # leaves the text box: the panel shows the decision

@@ -144,7 +144,10 @@
         (Array.isArray(data.approval_ids) && data.approval_ids.indexOf(id) >= 0);
       var sameProject = PANEL_PROJECT_EVENTS[payload.event_type] &&
         String(payload.project_id) === panel.getAttribute("data-project-id");
-      if (named || sameProject) refreshPanel(panel);
+      var stopped = STOP_EVENTS[payload.event_type] && Array.isArray(data.cancelled_approvals) &&
+        data.cancelled_approvals.indexOf(id) >= 0;
+      if (named || sameProject) refreshPanel(panel, named && data.status !== "pending" ? data.status
+                                                    : stopped ? "cancelled by an emergency stop" : null);
     }
   }
 
@@ -158,7 +161,7 @@
 
   var keptText = null;  // {field id: text} typed in a panel whose refresh waited: put back after it
 
-  function refreshPanel(panel) {
+  function refreshPanel(panel, newStatus) {
     if (!typingIn(panel)) {
       if (panel.hasAttribute("data-refresh-pending")) {
         keptText = {};  // what the reviewer changed (an amendment starts as the call's input)
@@ -181,7 +184,13 @@
       note.className = "outcome outcome-info outcome-changed";
       area.appendChild(note);
     }
-    note.textContent = "This request changed elsewhere: the panel shows its new state when you leave the text box (a decision sent from its buttons meanwhile is answered for that new state).";
+    // its new state when the event says it (another reviewer decided, it timed out, a stop cancelled
+    // it), as the question page says it; "changed" for a change of its project (an override decided)
+    if (newStatus || !note.textContent) {
+      note.textContent = (newStatus ? "This request is now " + String(newStatus).replace(/_/g, " ")
+        : "This request changed elsewhere") + ": the panel shows its new state when you leave the text box " +
+        "(a decision sent from its buttons meanwhile is answered for that new state).";
+    }
   }
 
   // Leaving the box for one of the panel's buttons (Reject, Approve): the click goes through (the
