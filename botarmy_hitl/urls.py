@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularSwaggerView
 
 from approvals.api import (
     AgentApprovalCancelApi,
@@ -25,7 +24,7 @@ from budgets.api import (
     BudgetOverrideProjectListApi,
     ProjectDetailWithBudgetApi,
 )
-from core.views import HealthApi, SchemaApi, api_not_found
+from core.views import HealthApi, SchemaApi, SwaggerDocs, api_not_found
 from emergency.api import EmergencyStopApi
 from events.api import EventListApi
 from hitl.api import (
@@ -102,7 +101,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("review/", include("review.urls")),
     path("api/schema/", SchemaApi.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/docs/", SwaggerDocs.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api_v1)),
     re_path(r"^api/", api_not_found),  # unknown API paths: JSON 404, never an HTML page
 ]

@@ -20,14 +20,16 @@ class SharedFieldsMixin:
 
 
 class CopiedFieldsMixin:
-    """Input serializers that copy their fields from prototypes made once per class.
-
-    DRF deep-copies every declared field for each instance, which rebuilds each field from its
-    constructor's arguments (about 35 µs a field; a third of a create's input validation). This
-    mixin builds the fields once per class (DRF's own deep copy, validators included) and gives each
-    instance shallow copies, which it then binds to itself as DRF does: the copies share only what
-    no validation changes (choices, error messages, validators). A field with a child (a list or
-    dict field) or a nested serializer is still deep-copied: its child is bound to its parent."""
+    # Input serializers that copy their fields from prototypes made once per class. (A comment, not
+    # a docstring: drf-spectacular took an inherited docstring as the description of every request
+    # body built with it, and Swagger UI showed this text under 19 of them.)
+    #
+    # DRF deep-copies every declared field for each instance, which rebuilds each field from its
+    # constructor's arguments (about 35 µs a field; a third of a create's input validation). This
+    # mixin builds the fields once per class (DRF's own deep copy, validators included) and gives each
+    # instance shallow copies, which it then binds to itself as DRF does: the copies share only what
+    # no validation changes (choices, error messages, validators). A field with a child (a list or
+    # dict field) or a nested serializer is still deep-copied: its child is bound to its parent.
 
     def get_fields(self):
         cls = type(self)

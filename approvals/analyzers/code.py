@@ -59,8 +59,12 @@ MAX_CODE_BLOCKS = 200   # code blocks checked per call or response (the rules on
 
 def extract_code_blocks(ctx) -> tuple[CodeBlock, ...]:
     """Code blocks of the original segments and of the source JSON (files entries, code fields), at most
-    MAX_CODE_BLOCKS."""
+    MAX_CODE_BLOCKS (``ctx.code_blocks_cut`` says when there were more: the analyzer flags it)."""
     blocks = _blocks(ctx)
+    try:
+        ctx.code_blocks_cut = len(blocks) > MAX_CODE_BLOCKS
+    except AttributeError:  # a context that takes no attributes: the cut is not flagged
+        pass
     return tuple(blocks[:MAX_CODE_BLOCKS])
 
 
@@ -213,7 +217,10 @@ class _Bandit:
                                        profile={"include": set(), "exclude": set(BANDIT_SKIPS)})
 
     @classmethod
-    def scan(cls, code: str) -> list:
+    def scan(cls, code: str) -> tuple[list, bool]:
+        """(Bandit's issues, whether it skipped the code): Bandit catches its own failures (a
+        RecursionError on a deeply nested or a 1,000-term expression) and lists the file as skipped,
+        with no issue, which read as clean code."""
         from bandit.core import metrics as b_metrics
         manager = cls.build()
         acquired = cls._lock.acquire(timeout=0.5)
@@ -227,7 +234,7 @@ class _Bandit:
                 manager.files_list, manager.excluded_files, manager.skipped = [path], [], []
                 manager.results, manager.scores, manager.metrics = [], [], b_metrics.Metrics()
                 manager.run_tests()
-                return list(manager.get_issue_list())
+                return list(manager.get_issue_list()), bool(manager.skipped)
             finally:
                 os.unlink(path)
         finally:
@@ -299,11 +306,27 @@ class CodeSafetyAnalyzer(Analyzer):
         blocks = getattr(ctx, "code_blocks", ())
         budget = MAX_PYTHON_TOTAL
         scores = []
+
+        def unread_part(location: str, why: str) -> None:
+            # fail closed, as for an analyzer out of time or an input past the scan's cap (high): what
+            # Bandit did not read may hide anything, and filler in front of it is what an evasion looks like
+            flags.append(self.flag("scan_incomplete", "high", f"{why}; review it manually", location,
+                                   match="scan_incomplete"))
+
+        if getattr(ctx, "code_blocks_cut", False):
+            unread_part("input_data" if getattr(ctx, "kind", "") == "call" else "agent_response",
+                        f"More than {MAX_CODE_BLOCKS} code blocks: Bandit read the first {MAX_CODE_BLOCKS} only")
         for block in blocks:
+            if block.language == "python" and budget <= 0 and block.text.strip():
+                unread_part(block.location, f"Past the {MAX_PYTHON_TOTAL:,} characters of Python read per "
+                                            "check: Bandit did not read this block")
             if block.language != "python" or budget <= 0:
                 scores.append(1.0 if block.text.strip() else 0.0)
                 continue
             text = block.text[:MAX_PYTHON_CHARS]
+            if len(block.text) > MAX_PYTHON_CHARS:
+                unread_part(block.location, f"Python longer than {MAX_PYTHON_CHARS:,} characters: Bandit read the "
+                                            "first only")
             budget -= len(text)
             parts, error, unread = parseable_parts(text)
             if error is not None:
@@ -316,7 +339,10 @@ class CodeSafetyAnalyzer(Analyzer):
                                        match="scan_incomplete"))
             penalty = 0.0
             for offset, part in parts:  # Bandit still reads what parses: a stray line hides nothing
-                for issue in _Bandit.scan(part):
+                issues, skipped = _Bandit.scan(part)
+                if skipped:
+                    unread_part(block.location, "Bandit could not read this Python (nested or chained too deeply)")
+                for issue in issues:
                     severity = _bandit_severity(issue)
                     penalty += {"low": 0.05, "medium": 0.15, "high": 0.3, "critical": 0.5}[severity]
                     flags.append(self.flag(

@@ -577,3 +577,32 @@ def test_user_names_ports_and_variables_are_not_passwords(text):
     flags = assess(RiskContext(agent_type="coder", proposed_action="Run it", input_data={"cmd": text},
                                estimated_cost=Decimal("0.01")))["flags"]
     assert not any(f["code"].startswith("secret.") for f in flags), flags
+
+
+# --- Found by a schema-driven fuzzer (2026-12-07): what Bandit did not read was taken as clean ------------------
+
+RISKY_PYTHON = "import requests, tempfile\nrequests.get(url, verify=False)\npath = tempfile.mktemp()\nimport telnetlib\n"
+
+
+@pytest.mark.parametrize("how", ["a 1,000-term sum Bandit cannot walk", "past the first 100,000 characters",
+                                 "after 200 other code blocks"])
+def test_python_bandit_did_not_read_fails_closed(how):
+    """Bandit catches its own RecursionError and lists the file as skipped, with no issue; a block
+    was cut at 100,000 characters and the blocks at 200, silently: dangerous code after an ordinary
+    filler (an evasion's shape) was rated low, 0.0. Each now gives a high `code.scan_incomplete`."""
+    if how.startswith("a 1,000"):
+        value = {"code": RISKY_PYTHON + "x = " + " + ".join(["1"] * 1000) + "\n"}
+    elif how.startswith("past"):
+        value = {"code": "x = 12345\n" * 10001 + RISKY_PYTHON}
+    else:
+        value = {"files": [{"path": f"f{i}.py", "content": "x = 1\n"} for i in range(200)]
+                 + [{"path": "evil.py", "content": RISKY_PYTHON}]}
+    for result in (assess(RiskContext(agent_type="coder", proposed_action="run python", input_data=value,
+                                      estimated_cost=Decimal("0.01"))),
+                   analyze_response(response(value))):
+        flags = result.get("flags", result.get("risk_flags"))
+        assert has(flags, "code.scan_incomplete", "high"), flags
+        assert result["level"] in ("high", "critical")
+    plain = assess(RiskContext(agent_type="coder", proposed_action="run python", input_data={"code": RISKY_PYTHON},
+                               estimated_cost=Decimal("0.01")))
+    assert not any(f["code"] == "code.scan_incomplete" for f in plain["flags"])  # read whole: no such flag

@@ -175,6 +175,9 @@ def test_swagger_ui_is_served_without_a_cdn():
     assert r.status_code == 200
     html = r.content.decode()
     assert "cdn" not in html.lower() and "/static/drf_spectacular_sidecar/" in html
+    # OPTIONS as Django's pages answer it (it was a 500: DRF's metadata answer had no template)
+    r = client.options("/api/docs/")
+    assert r.status_code == 200 and "GET" in r["Allow"] and not r.content
 
 
 def test_unknown_api_path_is_json_404():

@@ -230,3 +230,11 @@ def test_money_in_the_schema_is_what_the_api_takes_and_gives(contract):
     answer = contract.defs["AgentCallApprovalOutput"]["properties"]["estimated_cost"]
     assert accepts(answer, "0.0125") and accepts(answer, "12.0000")
     assert not accepts(answer, "0.01") and not accepts(answer, 1) and not accepts(answer, "")
+
+
+def test_no_request_body_is_described_by_our_own_implementation_notes(contract):
+    """19 request bodies were described in Swagger UI by the docstring of the mixin their
+    serializers use ("Input serializers that copy their fields ... about 35 µs a field")."""
+    described = {name: schema.get("description", "") for name, schema in contract.defs.items()}
+    leaked = [name for name, text in described.items() if "serializers that" in text or "µs" in text]
+    assert not leaked, leaked
