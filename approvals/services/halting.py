@@ -11,8 +11,8 @@ from django.db.models import Q
 from approvals.models import CANCELLED_BY_STOP, AgentCallApproval, ResponseApproval
 from approvals.services.common import (
     BudgetState,
-    approval_event_data,
     Status,
+    approval_event_data,
     project_stop_group,
     record_closed,
     snapshot,
