@@ -276,17 +276,20 @@ class JsonHttpConsumer(AsyncHttpConsumer):
     that Channels would open on Redis for every request would only cost it time."""
 
     channel_layer_alias = None
+    answer_headers: list = []  # headers an answer adds (set by ``answer``)
 
     async def answer(self) -> tuple[int, bytes]:
         raise NotImplementedError
 
     async def handle(self, body):
         headers = []
+        self.answer_headers = []
         try:
             refused = head_refused(self.scope)
             if refused is not None:
                 raise refused
             status, payload = await self.answer()
+            headers = self.answer_headers
         except HttpError as err:
             status, payload, headers = err.status, json.dumps(err.body, separators=(",", ":")).encode(), err.headers
         except Exception as exc:  # noqa: BLE001 - the answer keeps the API's JSON error shape
@@ -307,15 +310,20 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
     kind: WaitKind = CALLS
 
     async def answer(self):
-        if self.scope["method"] != "GET":
-            raise HttpError(405, error_body("method_not_allowed", f'Method "{self.scope["method"]}" not allowed.'),
-                            [(b"Allow", b"GET")])
+        method = self.scope["method"]
+        if method == "OPTIONS":  # as the API's other GET paths answer it (it was 405)
+            self.answer_headers = [(b"Allow", b"GET, HEAD, OPTIONS")]
+            return 200, b"{}"
+        if method not in ("GET", "HEAD"):
+            raise HttpError(405, error_body("method_not_allowed", f'Method "{method}" not allowed.'),
+                            [(b"Allow", b"GET, HEAD, OPTIONS")])
         try:
             approval_id = parse_uuid(self.scope["url_route"]["kwargs"]["approval_id"])
         except Exception:
             raise HttpError(404, error_body("not_found", "Not found.")) from None
         approval, payload, principal = await db_read(self.kind.open)(self.scope, approval_id)
-        timeout = _parse_timeout(self.scope.get("query_string", b""))
+        # HEAD: the status line and headers a GET would have now, without waiting (the server sends no body)
+        timeout = 0.0 if method == "HEAD" else _parse_timeout(self.scope.get("query_string", b""))
         if payload is None:
             await self.wait_for_decision(approval.pk, approval.project_id, timeout, approval.expires_at)
             # Its access checked again, beside the render: a key revoked, a user deactivated or

@@ -404,3 +404,23 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
     assert 1 <= len(checks) <= 3 and all(checked <= 2 for checked, _ in checks), checks
     assert len(authentications) == sum(principals for _, principals in checks) <= 2 * len(checks), checks
     assert len(set(authentications)) == 2
+
+
+def test_head_and_options_on_a_wait_are_answered_as_on_the_apis_other_get_paths(pending, agent_key):
+    """They were 405 (`Allow: GET`) where every other GET path answers both. HEAD answers at once
+    with what a GET would have now (it does not wait: asked to wait 60 s, it is answered within the
+    30 s the test gives it); OPTIONS names the methods."""
+
+    async def call(method):
+        headers = [(b"host", b"localhost"), (b"authorization", f"Bearer {agent_key}".encode())]
+        comm = HttpCommunicator(asgi_app(), method, f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=60",
+                                headers=headers)
+        response = await comm.get_response(timeout=30)
+        await comm.wait(timeout=10)
+        return response
+
+    assert async_to_sync(call)("HEAD")["status"] == 200
+    options = async_to_sync(call)("OPTIONS")
+    assert options["status"] == 200 and dict(options["headers"])[b"Allow"] == b"GET, HEAD, OPTIONS"
+    post = async_to_sync(call)("POST")
+    assert post["status"] == 405 and json.loads(post["body"])["error"] == "method_not_allowed"
