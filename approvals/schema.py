@@ -6,11 +6,12 @@ def add_wait_endpoint(result, generator, request, public):
     paths["/api/v1/agent-approvals/{approval_id}/wait"] = _wait("agent_approvals_wait", "AgentCallApprovalOutput")
     paths["/api/v1/response-approvals/{approval_id}/wait"] = _wait("response_approvals_wait",
                                                                    "ResponseApprovalOutput")
-    paths["/api/v1/hitl/{approval_id}/wait"] = _wait("hitl_wait", "HitlRequestOutput")
+    # named as the other /hitl paths name it (the schema said approval_id)
+    paths["/api/v1/hitl/{request_id}/wait"] = _wait("hitl_wait", "HitlRequestOutput", parameter="request_id")
     return result
 
 
-def _wait(operation_id: str, schema: str) -> dict:
+def _wait(operation_id: str, schema: str, parameter: str = "approval_id") -> dict:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     return {
         "get": {
@@ -21,7 +22,7 @@ def _wait(operation_id: str, schema: str) -> dict:
                            "whose deadline passed is timed out here even if beat is late.",
             "tags": ["api"],
             "parameters": [
-                {"name": "approval_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+                {"name": parameter, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "timeout", "in": "query", "required": False,
                  "schema": {"type": "number", "minimum": 0, "default": 30},
                  "description": "seconds to wait at most, written as digits with an optional fraction (30, 2.5; not "

@@ -209,7 +209,7 @@ def test_the_schema_lists_the_endpoints():
     schema = SchemaGenerator().get_schema(request=None, public=True)
     for path in ("/api/v1/hitl", "/api/v1/hitl/{request_id}", "/api/v1/hitl/{request_id}/respond",
                  "/api/v1/hitl/{request_id}/cancel", "/api/v1/hitl/project/{project_id}",
-                 "/api/v1/hitl/{approval_id}/wait"):
+                 "/api/v1/hitl/{request_id}/wait"):  # named as the other /hitl paths (it was approval_id)
         assert path in schema["paths"], path
 
 
