@@ -68,7 +68,8 @@ class MoneyField(serializers.DecimalField):
         if isinstance(data, str) and not _DECIMAL.fullmatch(data):
             # Decimal() would also take "1_000", " 5 ", full-width or Arabic-Indic digits
             raise serializers.ValidationError('Money is a decimal string such as "0.0125" (ASCII digits, a point, '
-                                              'no spaces or separators).', code="invalid")
+                                              'no spaces or separators; an exponent as Python writes a Decimal, '
+                                              '"1E+2", is read too).', code="invalid")
         return super().to_internal_value(data)
 
 
@@ -122,6 +123,9 @@ class DecimalFieldSchema(OpenApiSerializerFieldExtension):
         if direction == "response":
             return {"type": "string", "format": "decimal", "pattern": rf"^{sign}[0-9]{{1,{whole}}}\.[0-9]{{{places}}}$"}
         text = {"type": "string", "format": "decimal",
-                "pattern": rf"^{sign}(?:[0-9]{{1,{whole}}}(?:\.[0-9]{{0,{places}}})?|\.[0-9]{{1,{places}}})$"}
+                "pattern": rf"^{sign}(?:[0-9]{{1,{whole}}}(?:\.[0-9]{{0,{places}}})?|\.[0-9]{{1,{places}}})$",
+                # what clients should send; the server also reads a sign and an exponent ("1E+2", as
+                # Python's str(Decimal) writes it), which the pattern leaves out
+                "description": 'A decimal string such as "0.0125" (an exponent, "1E+2", is read too).'}
         largest = 10 ** whole - 1
         return {"oneOf": [text, {"type": "integer", "minimum": -largest if sign else 0, "maximum": largest}]}
