@@ -93,6 +93,7 @@ def _call_as_of_now(user, approval):
     if approval.status == AgentCallApproval.Status.PENDING and approval.expires_at <= now:
         services.agent_approval_time_out(approval_id=approval.pk, now=now)
     elif approval.status == AgentCallApproval.Status.APPROVED and approval.started_at is None and \
+            approval.responded_at is not None and \
             approval.responded_at < now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES):
         services.agent_approval_expire_grant(approval_id=approval.pk, now=now)
     else:
