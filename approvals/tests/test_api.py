@@ -441,3 +441,15 @@ def test_no_read_shows_a_call_pending_past_its_deadline_while_beat_is_late(reque
     timed_out = Event.objects.filter(event_type="approval_timed_out").values_list("data__approval_id", flat=True)
     assert sorted(timed_out) == sorted([requested["approval_id"], second["approval_id"]])  # once each
     assert agent_approval_expire_overdue() == 0  # nothing left for beat
+
+
+def test_no_read_shows_a_lapsed_grant_as_startable_while_beat_is_late(requested, agent_client, reviewer_client,
+                                                                       settings):
+    """An approved call not started within HITL_START_WITHIN_MINUTES lapses (beat cancels it, and a
+    start gets 410); a GET of it while beat is late shows it cancelled, not approved."""
+    assert respond(reviewer_client, requested["approval_id"], decision="approve").status_code == 200
+    AgentCallApproval.objects.filter(pk=requested["approval_id"]).update(
+        responded_at=timezone.now() - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES + 1))
+    got = agent_client.get(f"/api/v1/agent-approvals/{requested['approval_id']}").json()
+    assert got["status"] == "cancelled", got
+    assert agent_client.post(f"/api/v1/agent-approvals/{requested['approval_id']}/start").status_code == 409
