@@ -311,7 +311,8 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
 
     async def answer(self):
         method = self.scope["method"]
-        if method == "OPTIONS":  # as the API's other GET paths answer it (it was 405)
+        if method == "OPTIONS":  # as the API's other GET paths answer it (it was 405): for a caller who is signed in
+            await db_read(_authenticate)(self.scope)
             self.answer_headers = [(b"Allow", b"GET, HEAD, OPTIONS")]
             return 200, b"{}"
         if method not in ("GET", "HEAD"):
@@ -322,8 +323,11 @@ class ApprovalWaitConsumer(JsonHttpConsumer):
         except Exception:
             raise HttpError(404, error_body("not_found", "Not found.")) from None
         approval, payload, principal = await db_read(self.kind.open)(self.scope, approval_id)
-        # HEAD: the status line and headers a GET would have now, without waiting (the server sends no body)
-        timeout = 0.0 if method == "HEAD" else _parse_timeout(self.scope.get("query_string", b""))
+        # HEAD: the status line and headers a GET would have now (a bad timeout 400 as for a GET), without
+        # waiting (the server sends no body)
+        timeout = _parse_timeout(self.scope.get("query_string", b""))
+        if method == "HEAD":
+            timeout = 0.0
         if payload is None:
             await self.wait_for_decision(approval.pk, approval.project_id, timeout, approval.expires_at)
             # Its access checked again, beside the render: a key revoked, a user deactivated or

@@ -4,6 +4,7 @@ analyzers, questions, budget overrides), so it lives at the bottom of the layers
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from detect_secrets.filters.heuristic import is_potential_uuid, is_sequential_string
 
@@ -80,9 +81,12 @@ def redact(text: str, limit: int = 80) -> str:
     """A short, single-line snippet for messages, with anything token-like masked."""
     text = " ".join(text.split())
     masked = _masked(text)
-    bare = without_hidden(text)
-    if bare != text:  # a token with zero-width characters slipped in is masked too; an emoji's
-        masked_bare = _masked(bare)  # own selector or a Persian word's joiner is left as written
+    # a token with zero-width characters slipped in, or in full-width letters, is masked too (in
+    # the text as a reader sees it: those characters taken out, NFKC); where no mask applies, the
+    # text stays as written (an emoji's own selector, a Persian word's joiner)
+    bare = text if text.isascii() else unicodedata.normalize("NFKC", without_hidden(text))
+    if bare != text:
+        masked_bare = _masked(bare)
         if masked_bare != bare:
             masked = masked_bare
     return masked if len(masked) <= limit else masked[: limit - 1] + "…"

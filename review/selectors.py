@@ -141,13 +141,16 @@ def _inbox_querysets(user) -> dict:
     project_ids = reviewable_project_ids(user)
     if not project_ids:
         return {}
+    now = timezone.now()
     return {
-        "call": (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING)
+        # past its deadline (beat late or down) nothing is left to decide: not listed, as questions
+        "call": (AgentCallApproval.objects.filter(project_id__in=project_ids, status=AgentCallApproval.Status.PENDING,
+                                                  expires_at__gt=now)
                  .exclude(requested_by=user).select_related("project", "task")
                  .defer("input_data", "amended_input_data", "context_summary")  # not shown: an input can be large
                  .annotate(rank=_risk_rank_of("risk_assessment")).order_by("-rank", "created_at", "pk")),
         "response": (ResponseApproval.objects.filter(project_id__in=project_ids,
-                                                     status=ResponseApproval.Status.PENDING)
+                                                     status=ResponseApproval.Status.PENDING, expires_at__gt=now)
                      .exclude(submitted_by=user).select_related("project").defer("agent_response")
                      .annotate(rank=_risk_rank_of("analysis")).order_by("-rank", "created_at", "pk")),
         # only a manager may decide one above the reviewers' cap (a property: ``_decidable``)

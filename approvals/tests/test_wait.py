@@ -409,18 +409,21 @@ def test_a_stop_that_wakes_many_waiters_reads_their_calls_in_a_few_batches(
 def test_head_and_options_on_a_wait_are_answered_as_on_the_apis_other_get_paths(pending, agent_key):
     """They were 405 (`Allow: GET`) where every other GET path answers both. HEAD answers at once
     with what a GET would have now (it does not wait: asked to wait 60 s, it is answered within the
-    30 s the test gives it); OPTIONS names the methods."""
+    30 s the test gives it), a bad timeout 400 as for a GET; OPTIONS names the methods, to a caller
+    who is signed in (401 otherwise, as on the other paths)."""
 
-    async def call(method):
-        headers = [(b"host", b"localhost"), (b"authorization", f"Bearer {agent_key}".encode())]
-        comm = HttpCommunicator(asgi_app(), method, f"/api/v1/agent-approvals/{pending.pk}/wait?timeout=60",
+    async def call(method, query="timeout=60", key=agent_key):
+        headers = [(b"host", b"localhost")] + ([(b"authorization", f"Bearer {key}".encode())] if key else [])
+        comm = HttpCommunicator(asgi_app(), method, f"/api/v1/agent-approvals/{pending.pk}/wait?{query}",
                                 headers=headers)
         response = await comm.get_response(timeout=30)
         await comm.wait(timeout=10)
         return response
 
     assert async_to_sync(call)("HEAD")["status"] == 200
+    assert async_to_sync(call)("HEAD", "timeout=abc")["status"] == 400
     options = async_to_sync(call)("OPTIONS")
     assert options["status"] == 200 and dict(options["headers"])[b"Allow"] == b"GET, HEAD, OPTIONS"
+    assert async_to_sync(call)("OPTIONS", key=None)["status"] == 401
     post = async_to_sync(call)("POST")
     assert post["status"] == 405 and json.loads(post["body"])["error"] == "method_not_allowed"

@@ -27,3 +27,11 @@ def test_invisible_characters_are_kept_where_no_mask_applies():
     joiner out of text that masked nothing."""
     for text in ("Shipped \u2764\ufe0f today", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "step 1\ufe0f\u20e3"):
         assert redact(text) == text
+
+
+def test_a_full_width_token_is_masked_too():
+    """Checked on real servers: a full-width token in a call's `proposed_action` went out whole in
+    its events (the ASCII one was masked)."""
+    full_width = "".join(chr(ord(c) + 0xFEE0) for c in TOKEN)
+    snippet = redact(f"run {full_width} now")
+    assert "ghp_…" in snippet and TOKEN[6:20] not in snippet and full_width[6:20] not in snippet, snippet

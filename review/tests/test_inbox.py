@@ -402,3 +402,18 @@ def test_an_item_whose_time_out_warning_is_due_is_shown_in_red_in_the_inbox_and_
     assert expiring_soon(warned, now=now) and not expiring_soon(calm, now=now)
     assert expiring_soon(calm, now=calm.expires_at - timedelta(minutes=4))  # under five minutes left
     assert not expiring_soon(None, None, now=now)  # no deadline (a budget override)
+
+
+def test_no_page_shows_a_call_pending_past_its_deadline_while_beat_is_late(project, agent, reviewer):
+    """Checked on real servers with beat stopped: the inbox listed a call past its deadline and its
+    page showed it pending with live buttons (a decision got 410). The page times it out first, as
+    the API's reads do, and the inbox leaves it out, as it does questions past theirs."""
+    from events.models import Event
+
+    call = make_call(project, agent, action="too late now")
+    AgentCallApproval.objects.filter(pk=call.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert "too late now" not in web(reviewer).get("/review/").content.decode()
+    html = web(reviewer).get(f"/review/agent-approvals/{call.pk}").content.decode()
+    call.refresh_from_db()
+    assert call.status == "timed_out" and "failed closed" in html
+    assert Event.objects.filter(event_type="approval_timed_out", data__approval_id=str(call.pk)).count() == 1
