@@ -1,7 +1,3 @@
-from datetime import timedelta
-
-from django.conf import settings
-from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
@@ -86,27 +82,13 @@ class AgentApprovalCreateApi(APIView):
         return Response(AgentCallApprovalOutputSerializer(approval).data, status=status.HTTP_201_CREATED)
 
 
-def _call_as_of_now(user, approval):
-    """The call as it stands now: one past its deadline (or its grant's) that beat has not timed out
-    yet (late or down) is timed out first, so no read shows it pending (or startable) after it."""
-    now = timezone.now()
-    if approval.status == AgentCallApproval.Status.PENDING and approval.expires_at <= now:
-        services.agent_approval_time_out(approval_id=approval.pk, now=now)
-    elif approval.status == AgentCallApproval.Status.APPROVED and approval.started_at is None and \
-            approval.responded_at is not None and \
-            approval.responded_at < now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES):
-        services.agent_approval_expire_grant(approval_id=approval.pk, now=now)
-    else:
-        return approval
-    return selectors.agent_approval_for(user=user, approval_id=approval.pk)
-
-
 class AgentApprovalDetailApi(APIView):
     @extend_schema(operation_id="agent_approvals_retrieve",
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(404)})
     def get(self, request, approval_id):
-        approval = _call_as_of_now(request.user, selectors.agent_approval_for(user=request.user,
-                                                                              approval_id=approval_id))
+        approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
+        if services.agent_approval_settle_due(approval):  # beat late or down: not pending past its deadline
+            approval = selectors.agent_approval_for(user=request.user, approval_id=approval_id)
         return Response(AgentCallApprovalOutputSerializer(approval).data)
 
 
@@ -286,8 +268,7 @@ class ResponseApprovalDetailApi(APIView):
                    responses={200: ResponseApprovalOutputSerializer, **error_responses(404)})
     def get(self, request, approval_id):
         response = selectors.response_approval_for(user=request.user, approval_id=approval_id)
-        if response.status == ResponseApproval.Status.PENDING and response.expires_at <= timezone.now():
-            services.response_approval_time_out(approval_id=response.pk)  # beat late or down: not pending past it
+        if services.response_approval_settle_due(response):  # beat late or down: not pending past its deadline
             response = selectors.response_approval_for(user=request.user, approval_id=approval_id)
         return Response(ResponseApprovalOutputSerializer(response).data)
 

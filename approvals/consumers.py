@@ -276,7 +276,7 @@ class JsonHttpConsumer(AsyncHttpConsumer):
     that Channels would open on Redis for every request would only cost it time."""
 
     channel_layer_alias = None
-    answer_headers: list = []  # headers an answer adds (set by ``answer``)
+    answer_headers: tuple | list = ()  # headers an answer adds (set per request by ``answer``)
 
     async def answer(self) -> tuple[int, bytes]:
         raise NotImplementedError

@@ -13,14 +13,13 @@ from detect_secrets.filters.heuristic import is_potential_uuid, is_sequential_st
 # the U+115F/U+1160/U+3164/U+FFA0 fillers, U+17B4/U+17B5, the Mongolian U+180B-U+180F, U+200B-U+200D,
 # U+2060-U+2064 and the deprecated U+206A-U+206F, U+FEFF, U+FFF9-U+FFFB, U+1BCA0-U+1BCA3, U+1D173-U+1D17A;
 # and the variation selectors U+FE00-U+FE0F and U+E0100-U+E01EF (an emoji's U+FE0F is one).
-INVISIBLE = frozenset(
-    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u200b\u200c\u200d"
-    "\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0"
-    "\ufff9\ufffa\ufffb"
-    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0)))
-    + "".join(map(chr, range(0x1BCA0, 0x1BCA4))) + "".join(map(chr, range(0x1D173, 0x1D17B))))
 VARIATION_SELECTORS = frozenset("".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0)))
                                 + "\u180b\u180c\u180d\u180f")
+INVISIBLE = VARIATION_SELECTORS | frozenset(
+    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d"
+    "\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0"
+    "\ufff9\ufffa\ufffb"
+    + "".join(map(chr, range(0x1BCA0, 0x1BCA4))) + "".join(map(chr, range(0x1D173, 0x1D17B))))
 # embeddings, overrides and isolates (Trojan Source) and the implicit marks
 BIDI_CONTROL = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 BIDI_MARK = frozenset("\u200e\u200f\u061c")

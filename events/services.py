@@ -62,17 +62,17 @@ def event_emit_many(*, project_id, events: list[tuple[str, object, dict]]) -> No
 @transaction.atomic(savepoint=False)
 def _write_many(*, project_id, rows) -> list[Event]:
     connection = db()
-    if connection.vendor == "postgresql":
-        with kept_cursor(connection) as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _stream_lock_key(project_id))
     now = timezone.now()
-    events = Event.objects.bulk_create([Event(project_id=project_id, task_id=task_id, event_type=event_type,
-                                              data=data, created_at=now) for event_type, task_id, data in rows])
-    if any(event.pk is None for event in events):  # a backend that does not return ids: read them back
-        newest = list(Event.objects.filter(project_id=project_id, created_at=now).order_by("-id")
-                      .values_list("id", flat=True)[:len(events)])
-        for event, pk in zip(events, reversed(newest)):
-            event.pk = pk
+    events = [Event(project_id=project_id, task_id=task_id, event_type=event_type, data=data, created_at=now)
+              for event_type, task_id, data in rows]
+    if connection.features.can_return_rows_from_bulk_insert:
+        if connection.vendor == "postgresql":
+            with kept_cursor(connection) as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _stream_lock_key(project_id))
+        Event.objects.bulk_create(events)
+    else:  # (SQLite before 3.35) one insert each, ids returned as event_emit's are
+        for event in events:
+            _insert(event)
     group = project_group(project_id)
     for event in events:  # each push on its own: one lost (Redis down) loses no other
         message = {"type": "hitl.event", "group": group, "event": event_payload(event)}

@@ -1,6 +1,5 @@
 """/api/v1/hitl (API.md "Questions and checkpoints"). The long poll GET /api/v1/hitl/{id}/wait
 is a Channels consumer (approvals/consumers.py, kind HITL)."""
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -61,8 +60,7 @@ class HitlRequestDetailApi(APIView):
     @extend_schema(operation_id="hitl_retrieve", responses={200: HitlRequestOutputSerializer, **error_responses(404)})
     def get(self, request, request_id):
         req = selectors.hitl_request_for(user=request.user, request_id=request_id)
-        if req.status == HitlRequest.Status.PENDING and req.expires_at <= timezone.now():
-            services.hitl_request_time_out(request_id=req.pk)  # beat late or down: not pending past its deadline
+        if services.hitl_request_settle_due(req):  # beat late or down: not pending past its deadline
             req = selectors.hitl_request_for(user=request.user, request_id=request_id)
         return Response(HitlRequestOutputSerializer(req).data)
 

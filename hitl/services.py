@@ -274,6 +274,15 @@ def hitl_request_time_out(*, request_id, now=None) -> bool:
         return True
 
 
+def hitl_request_settle_due(req: HitlRequest, now=None) -> bool:
+    """A question read past its deadline that beat has not timed out yet is timed out now: True
+    when it changed (read it again)."""
+    now = now or timezone.now()
+    if req.status == Status.PENDING and req.expires_at <= now:
+        return hitl_request_time_out(request_id=req.pk, now=now)
+    return False
+
+
 def hitl_request_expire_overdue(*, now=None, project_id=None) -> int:
     """Beat sweep: every due pending request goes through the time-out service (its own lock,
     history entry, audit row and approval_timed_out event); with ``project_id``, that project's

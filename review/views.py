@@ -13,13 +13,13 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET
 
 from approvals.selectors import agent_approval_visible_to, response_approval_visible_to
-from approvals.services import (agent_approval_decide, agent_approval_time_out, budget_override_respond,
-                                response_approval_decide, response_approval_time_out)
+from approvals.services import (agent_approval_decide, agent_approval_settle_due, budget_override_respond,
+                                response_approval_decide, response_approval_settle_due)
 from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text, json_to_edit, loads_strict
 from core.text import FORM_ERROR_NOTE, has_nul
 from hitl.selectors import hitl_request_visible_to
-from hitl.services import hitl_request_respond, hitl_request_time_out
+from hitl.services import hitl_request_respond, hitl_request_settle_due
 from review import selectors
 from review.auth import is_htmx, post_only, signed_in
 from review.templatetags.review_format import money_text
@@ -129,17 +129,12 @@ def stop_banners(request):
 
 
 # --- agent call approval --------------------------------------------------------------------
-def _past_deadline(obj) -> bool:
-    return obj.status == "pending" and obj.expires_at is not None and obj.expires_at <= timezone.now()
-
-
 def _call_for(request, approval_id):
     """The call, as it stands now: past its deadline while beat is late or down, it is timed out
     first (as the API's reads do), so no page shows it pending and decidable."""
     visible = agent_approval_visible_to(user=request.user).select_related("task")
     approval = get_object_or_404(visible, pk=approval_id)
-    if _past_deadline(approval):
-        agent_approval_time_out(approval_id=approval.pk)
+    if agent_approval_settle_due(approval):
         approval = get_object_or_404(visible, pk=approval_id)
     return approval
 
@@ -291,8 +286,7 @@ def _response_for(request, approval_id):
     """The output under review as it stands now (timed out first when past its deadline, as ``_call_for``)."""
     visible = response_approval_visible_to(user=request.user).select_related("agent_call_approval", "task")
     response = get_object_or_404(visible, pk=approval_id)
-    if _past_deadline(response):
-        response_approval_time_out(approval_id=response.pk)
+    if response_approval_settle_due(response):
         response = get_object_or_404(visible, pk=approval_id)
     return response
 
@@ -405,8 +399,7 @@ def _hitl_context(request, req, *, outcome=None, form=None):
 @require_GET
 def hitl_request(request, request_id):
     req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
-    if _past_deadline(req):  # timed out first, as the API's reads do (beat late or down)
-        hitl_request_time_out(request_id=req.pk)
+    if hitl_request_settle_due(req):  # timed out first, as the API's reads do (beat late or down)
         req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
     return render(request, "review/hitl_request.html", _hitl_context(request, req))
 

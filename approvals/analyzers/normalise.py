@@ -33,11 +33,6 @@ MAX_DECODED_CHARS = 262_144    # decoded text added per scan, in total
 MAX_DEPTH = 2                  # a decoded text is itself decoded at most once more
 MIN_DECODED = 8                # shorter decodings say nothing
 
-# the characters that do not show (zero-width and format characters, variation selectors, fillers),
-# bidi controls and marks, and Unicode tags: one list, which the event snippets strip too
-INVISIBLE_RX = HIDDEN_RX
-_TAG_START, _TAG_END = TAG_START, TAG_END
-
 # Letters of Cyrillic, Greek, Armenian and a few Latin extensions that look like ASCII letters.
 CONFUSABLES = {
     # Cyrillic
@@ -105,7 +100,7 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
         return text, [], ""
     findings: list[Finding] = []
     smuggled = ""
-    if INVISIBLE_RX.search(text):
+    if HIDDEN_RX.search(text):  # the characters that do not show: core.redaction's one list
         kinds: dict[str, list[str]] = {}
         tags = []
         for i, ch in enumerate(text):
@@ -118,7 +113,7 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
                 kinds.setdefault("bidi", []).append(ch)
             elif ch in BIDI_MARK:
                 kinds.setdefault("bidi_mark", []).append(ch)
-            elif _TAG_START <= ord(ch) <= _TAG_END:
+            elif TAG_START <= ord(ch) <= TAG_END:
                 kinds.setdefault("tags", []).append(ch)
                 if 0xE0020 <= ord(ch) <= 0xE007E:
                     tags.append(chr(ord(ch) - 0xE0000))
@@ -126,7 +121,7 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
             codes = tuple(sorted({f"U+{ord(c):04X}" for c in chars}))
             findings.append(Finding(kind, location, codes[:8], len(chars)))
         smuggled = "".join(tags)
-        text = INVISIBLE_RX.sub("", text)
+        text = HIDDEN_RX.sub("", text)
     text = unicodedata.normalize("NFKC", text)
     if not text.isascii():
         text = _WORD.sub(_fold_word, text)

@@ -13,6 +13,7 @@ from approvals.services.decisions import (
     agent_approval_expire_grant,
     agent_approval_expire_overdue,
     agent_approval_start,
+    agent_approval_settle_due,
     agent_approval_time_out,
     agent_approval_warn,
     agent_approval_warn_due,
@@ -36,6 +37,7 @@ from approvals.services.responses import (
     response_approval_decide,
     response_approval_expire_overdue,
     response_approval_submit,
+    response_approval_settle_due,
     response_approval_time_out,
     response_approval_warn,
     response_approval_warn_due,
@@ -45,7 +47,7 @@ from approvals.services.responses import (
 
 __all__ = [
     "agent_approval_cancel", "agent_approval_decide", "agent_approval_expire_grant", "agent_approval_expire_overdue",
-    "agent_approval_report_usage", "agent_approval_request", "agent_approval_start", "agent_approval_time_out",
+    "agent_approval_report_usage", "agent_approval_request", "agent_approval_start", "agent_approval_time_out", "agent_approval_settle_due", "response_approval_settle_due",
     "agent_approval_warn", "agent_approval_warn_due", "approval_event_data", "approval_group",
     "budget_override_respond", "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls",
     "readmit_after_limits_change", "readmit_after_windows_ended", "requested_a_call_on", "has_output_under_review", "close_call", "input_digest", "project_stop_group",

@@ -237,6 +237,19 @@ def agent_approval_time_out(*, approval_id, now=None) -> bool:
         return True
 
 
+def agent_approval_settle_due(approval: AgentCallApproval, now=None) -> bool:
+    """A call read (by the API or a page) past its deadline, or its grant's, that beat has not
+    settled yet (late or down) is timed out, or its grant lapsed, now: True when it changed (read
+    it again). Nothing is written for a call that is not due."""
+    now = now or timezone.now()
+    if approval.status == Status.PENDING and approval.expires_at <= now:
+        return agent_approval_time_out(approval_id=approval.pk, now=now)
+    if approval.status == Status.APPROVED and approval.started_at is None and approval.responded_at is not None \
+            and _grant_expired(approval, now):
+        return agent_approval_expire_grant(approval_id=approval.pk, now=now)
+    return False
+
+
 def agent_approval_expire_overdue(*, now=None, project_id=None) -> int:
     """Beat sweep: every due pending approval goes through the time-out service, and every
     lapsed execution grant (approved, not started in time) through agent_approval_expire_grant.

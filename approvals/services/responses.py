@@ -339,6 +339,15 @@ def response_approval_time_out(*, approval_id, now=None) -> bool:
         return True
 
 
+def response_approval_settle_due(response: ResponseApproval, now=None) -> bool:
+    """An output read past its deadline that beat has not timed out yet is timed out now: True
+    when it changed (read it again)."""
+    now = now or timezone.now()
+    if response.status == Status.PENDING and response.expires_at <= now:
+        return response_approval_time_out(approval_id=response.pk, now=now)
+    return False
+
+
 def response_approval_expire_overdue(*, now=None, project_id=None) -> int:
     """Beat sweep: every due pending response approval goes through the time-out service (with
     ``project_id``, that project's only: the API's reads run it first)."""
