@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, HttpResponseNotAllowed
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -20,6 +20,8 @@ from django.views.decorators.http import require_GET
 from events.selectors import newest_visible_event_id
 
 SIGNED_OUT = "You are signed out: nothing was changed. Reload the page to sign in again."
+GONE = ("This is not yours to see any more: your role in its project was removed, or it no longer exists. "
+        "Nothing was changed. Reload the page.")
 SESSION_CHANGED = ("Your session changed (signed out or in again elsewhere): nothing was changed. "
                    "Reload the page, then try again.")
 
@@ -68,7 +70,12 @@ def signed_in(view):
             # read the page's data: read while rendering (after it), an event committed in between
             # (a second trigger of a stop) counted as seen and never reached the page.
             request.hitl_last_event_id = newest_visible_event_id(request.user)
-        return redirecting(request, *args, **kwargs)
+        if not is_htmx(request):
+            return redirecting(request, *args, **kwargs)
+        try:  # a page's own request for what the user can no longer see (a role removed meanwhile)
+            return redirecting(request, *args, **kwargs)
+        except Http404:
+            return HttpResponse(GONE, status=404, content_type="text/plain; charset=utf-8")
 
     return wrapper
 

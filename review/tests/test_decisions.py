@@ -20,6 +20,7 @@ from approvals.services import (
     agent_approval_time_out,
     response_approval_submit,
 )
+from access.services import role_revoke_all
 from audit.models import AuditEvent
 from budgets.models import ProjectBudget
 from emergency.services import emergency_stop_trigger
@@ -77,6 +78,18 @@ def test_outsiders_get_404_and_decide_nothing(call, outsider):
     assert client.get(page(call)).status_code == 404
     assert client.get(f"{page(call)}/panel").status_code == 404
     assert client.post(decide_url(call), {"decision": "approve"}).status_code == 404
+    call.refresh_from_db()
+    assert call.status == "pending"
+
+
+def test_a_reviewer_whose_role_was_removed_is_told_so_by_the_pages_own_requests(call, reviewer, project):
+    client = web(reviewer)
+    assert client.get(page(call)).status_code == 200          # the page open, then the role removed
+    role_revoke_all(user=reviewer, project=project)
+    for r in (client.post(decide_url(call), {"decision": "approve"}, **HTMX), client.get(f"{page(call)}/panel", **HTMX)):
+        assert r.status_code == 404 and r["Content-Type"].startswith("text/plain")
+        assert "your role in its project was removed" in r.content.decode()
+    assert client.get(page(call)).status_code == 404          # a navigation: Django's own 404
     call.refresh_from_db()
     assert call.status == "pending"
 
