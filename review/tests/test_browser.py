@@ -217,6 +217,28 @@ def test_a_page_answered_at_a_refused_forms_address_goes_back_to_its_own_and_sta
     assert "405" not in " ".join(line for line in full_log(server).splitlines() if "/stop" in line)
 
 
+def test_a_stop_made_on_the_page_keeps_saying_so_across_its_live_refresh(serve, chromium, project, reviewers):  # noqa: F811
+    """The stop's success note ("... is stopped: ...") is said once, by the page the form led to; the
+    live refresh that the stop's own events (or another trigger) bring keeps it instead of wiping it."""
+    rita, sam = reviewers
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server = serve()
+    page = open_page(log_in(chromium.new_context(server), rita.username).context, f"/review/projects/{project.pk}")
+    page.locator("textarea[name=reason]").fill("loop misbehaves")
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile("Continue to stop")).click()
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile("Stop all agents")).click()
+    said = page.locator("#pp-live .pp-messages")
+    expect(said).to_contain_text(f"{project.name} is stopped")
+    wait_live(page)
+    mark_page(page)
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", sam_key, status=(201,), body={"reason": "mine too"})
+    expect(page.locator("#pp-live .pp-stop details summary")).to_contain_text("Every trigger of this stop (2)")
+    expect(said).to_contain_text(f"{project.name} is stopped")
+    assert_not_reloaded(page)
+
+
 def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, project, agent, reviewers):  # noqa: F811
     """`a` approves a low-risk call at once (above); on a high or critical risk the first `a` only
     focuses Approve and says so, the second one approves."""
