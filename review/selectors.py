@@ -168,12 +168,13 @@ def _inbox_querysets(user) -> dict:
     }
 
 
-def _decidable_overrides(user, overrides) -> list[BudgetOverrideRequest]:
-    """The overrides ``user`` may decide: one that needs a manager (a property of its amount and
-    its window's approved overrides, not a column) only where the user is a manager. Read once
-    per request (the counts and the list both need them)."""
+def _decidable_overrides(user) -> list[BudgetOverrideRequest]:
+    """The pending overrides ``user`` may decide: one that needs a manager (a property of its
+    amount and its window's approved overrides, not a column) only where the user is a manager.
+    Read once per request (the counts and the list both need them)."""
     return memo(("inbox_overrides", user.pk), lambda: [
-        o for o in overrides if not o.requires_manager_approval or may_manage(user, o.project_id)])
+        o for o in _inbox_querysets(user).get("override", ())
+        if not o.requires_manager_approval or may_manage(user, o.project_id)])
 
 
 def inbox_counts(*, user) -> list[tuple[str, str, int]]:
@@ -183,7 +184,7 @@ def inbox_counts(*, user) -> list[tuple[str, str, int]]:
     querysets = _inbox_querysets(user)
     counts = {kind: 0 for kind in KINDS}
     for kind, qs in querysets.items():
-        counts[kind] = len(_decidable_overrides(user, qs)) if kind == "override" else qs.order_by().count()
+        counts[kind] = len(_decidable_overrides(user)) if kind == "override" else qs.order_by().count()
     return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
 
 
@@ -218,7 +219,7 @@ def inbox_items(*, user, limit: int | None = None) -> list[InboxItem]:
             summary=one_line(response.response_summary or "(no summary)"), created_at=response.created_at,
             expires_at=response.expires_at, obj=response,
             extra={"safety_score": response.safety_score, "flags": len(response.risk_flags or [])}))
-    for override in _decidable_overrides(user, querysets["override"]):
+    for override in _decidable_overrides(user):
         needs_manager = override.requires_manager_approval
         items.append(InboxItem(
             kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",

@@ -153,6 +153,34 @@ def test_a_redo_keeps_what_the_reviewer_amended(world, bot):
     assert result.rounds == 2
 
 
+def test_a_redo_carries_only_what_the_reviewer_changed_not_values_sent_as_json(world, bot):
+    """A value the agent builds as a tuple (sent as a JSON list) and the reviewer left alone was
+    taken for an amendment and pinned: the redo asked with the first round's ``checks`` instead of
+    the ones its agent built for the second round."""
+    asked = []
+
+    class Checker(Coder):
+        def build_input(self, task, extra, modifications):
+            return {**super().build_input(task, extra, modifications), "checks": tuple(["lint"] + ["test"] * len(modifications))}
+
+    def amend(reviewer, obj):
+        asked.append(obj.input_data)
+        reviewer.respond_approval(obj.approval_id, "approve", amended_input_data={**obj.input_data, "env": "staging"})
+
+    def approve_call(reviewer, obj):
+        asked.append(obj.input_data)
+        reviewer.respond_approval(obj.approval_id, "approve")
+
+    def send_back(reviewer, obj):
+        reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required="test it")
+
+    reviewer_bot = bot(("agent", amend), ("response", send_back), ("agent", approve_call), ("response", approve))
+    Checker(world.client("agent"), world.project_id).execute_task_sync(title="Deploy")
+    reviewer_bot.check()
+    assert asked[0]["checks"] == ["lint"]
+    assert asked[1]["checks"] == ["lint", "test"] and asked[1]["env"] == "staging"   # the reviewer's change kept
+
+
 def test_past_the_round_limit_modification_required_is_raised(world, bot):
     def send_back(reviewer, obj):
         reviewer.respond_response(obj.approval_id, "requires_modification", modifications_required={"fix": "all"})

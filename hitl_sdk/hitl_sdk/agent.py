@@ -614,8 +614,11 @@ __all__ = ["SafetyEnhancedBaseAgent", "RunContext", "ExecutionResult", "require_
 
 def _amendment(requested: Dict[str, Any], approved: Dict[str, Any]) -> Tuple[Dict[str, Any], Set[str]]:
     """The top-level keys a reviewer changed (or added) in ``requested``, and those taken out; the
-    round's own ``modifications_required`` is the agent's, never carried."""
-    changed = {k: v for k, v in approved.items() if k != "modifications_required" and requested.get(k, _ABSENT) != v}
+    round's own ``modifications_required`` is the agent's, never carried. ``requested`` is compared
+    as it was sent (JSON: a tuple as a list, a Decimal as its string), so a value the reviewer left
+    alone is not taken for a change and pinned over what the agent builds in the next round."""
+    sent = json.loads(json.dumps(requested, default=json_default))
+    changed = {k: v for k, v in approved.items() if k != "modifications_required" and sent.get(k, _ABSENT) != v}
     return changed, {k for k in requested if k not in approved and k != "modifications_required"}
 
 
