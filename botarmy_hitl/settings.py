@@ -231,7 +231,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    "access.backends.StaffSessionBackend",  # ModelBackend, whose sessions hold while their user is staff
     "guardian.backends.ObjectPermissionBackend",
 ]
 GUARDIAN_USER_OBJ_PERMS_MODEL = "guardian.UserObjectPermission"
@@ -434,6 +434,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT = "core.kombu_fs:Transport"  # kombu's, each message written whole (a race lost one)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
