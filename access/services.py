@@ -7,6 +7,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from projects import roles
 from projects.permissions import project_perms_changed
 from access.models import ApiKey, hash_key
+from projects.models import Project, ProjectUserObjectPermission
 from audit.services import audit_record
 
 
@@ -32,19 +33,34 @@ def api_key_revoke(*, key_id: int, actor=None) -> ApiKey:
     return key
 
 
+def _held_perms(user, project) -> set[str]:
+    return set(ProjectUserObjectPermission.objects.filter(user=user, content_object=project)
+               .values_list("permission__codename", flat=True))
+
+
 @transaction.atomic
-def role_grant(*, user, project, role: str, actor=None) -> list[str]:
+def role_grant(*, user, project, role: str, actor=None) -> tuple[list[str], list[str]]:
+    """Give ``user`` the role on ``project``: (its permissions, those taken away). The staff roles
+    are one ladder: granting reviewer to a manager makes them a reviewer (``manage_project``
+    removed; it only added to what they held, and the trail said reviewer). The agent role is
+    held beside a staff role, neither taking the other away."""
     if role not in roles.ROLES:
         raise ValueError(f"unknown role {role!r}")
+    removed = []
+    if role in roles.STAFF_ROLES:
+        removed = sorted((_held_perms(user, project) & roles.STAFF_PERMS) - set(roles.ROLES[role]))
+        for perm in removed:
+            remove_perm(f"projects.{perm}", user, project)
     for perm in roles.ROLES[role]:
         assign_perm(f"projects.{perm}", user, project)
     project_perms_changed(user)
     if role in roles.STAFF_ROLES and not user.is_staff:
         user.is_staff = True  # reviewers and managers work in the admin's approval queue
         user.save(update_fields=["is_staff"])
+    after = {"user": user.get_username(), "role": role, "perms": roles.ROLES[role]}
     audit_record(actor=actor, action="role.grant", obj=project, object_type="projects.project",
-                 after={"user": user.get_username(), "role": role, "perms": roles.ROLES[role]})
-    return roles.ROLES[role]
+                 after={**after, "removed": removed} if removed else after)
+    return roles.ROLES[role], removed
 
 
 @transaction.atomic
@@ -53,3 +69,42 @@ def role_revoke_all(*, user, project, actor=None) -> None:
         remove_perm(f"projects.{perm}", user, project)
     project_perms_changed(user)
     audit_record(actor=actor, action="role.revoke_all", obj=project, after={"user": user.get_username()})
+
+
+USER_AUDITED = ("username", "is_active", "is_staff", "is_superuser")
+
+
+def user_state(user) -> dict:
+    """What of a user the trail keeps when the admin changes it: sign-in, staff and superuser
+    status, and Django's groups and model permissions (what the project roles do not cover)."""
+    return {**{name: getattr(user, name) for name in USER_AUDITED},
+            "groups": sorted(user.groups.values_list("name", flat=True)),
+            "user_permissions": sorted(f"{app}.{code}" for app, code in user.user_permissions.values_list(
+                "content_type__app_label", "codename"))}
+
+
+def user_changed(*, user, actor, before: dict | None) -> None:
+    """Audit an admin's change to a user (``before`` None: added): the fields that differ."""
+    after = user_state(user)
+    if before is None:
+        audit_record(actor=actor, action="user.create", obj=user, after=after)
+        return
+    changed = [name for name in after if after[name] != before.get(name)]
+    if changed:
+        audit_record(actor=actor, action="user.change", obj=user, before={k: before.get(k) for k in changed},
+                     after={k: after[k] for k in changed})
+
+
+def user_password_changed(*, user, actor) -> None:
+    audit_record(actor=actor, action="user.password_change", obj=user, after={"user": user.get_username()})
+
+
+@transaction.atomic
+def user_delete(*, user, actor) -> None:
+    """Delete a user (the admin's delete, which Django refuses while keys, decisions or audit rows
+    point at them), each of their project roles revoked first through ``role_revoke_all`` (the
+    permission rows went with the user unrecorded: the trail's last word was their grant)."""
+    for project in Project.objects.filter(projectuserobjectpermission__user=user).distinct():
+        role_revoke_all(user=user, project=project, actor=actor)
+    audit_record(actor=actor, action="user.delete", obj=user, before=user_state(user))
+    user.delete()

@@ -17,3 +17,5 @@ ROLES: dict[str, list[str]] = {
 ALL_PERMS = sorted({perm for perms in ROLES.values() for perm in perms})
 # Roles that work in the Django admin (approval queue): granting one makes the user staff.
 STAFF_ROLES = {"reviewer", "manager"}
+# What the staff roles grant beyond viewing: one ladder (granting reviewer to a manager takes MANAGE away).
+STAFF_PERMS = {REVIEW, MANAGE}

@@ -3,7 +3,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from access.models import ApiKey
-from access.services import api_key_create, api_key_revoke
+from access.services import api_key_create, api_key_revoke, role_grant
 
 pytestmark = pytest.mark.django_db
 
@@ -85,13 +85,14 @@ def test_revoking_twice_changes_nothing(agent):
 
 
 def test_session_auth_enforces_csrf(agent, project):
+    role_grant(user=agent, project=project, role="reviewer")  # a session is staff's (the admin's login)
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(agent)
     assert client.get(f"/api/v1/projects/{project.pk}").status_code == 200
     body = {"project_id": str(project.pk), "agent_type": "coder", "title": "t"}
     r = client.post("/api/v1/tasks", body, format="json")
     assert r.status_code == 403 and "CSRF" in r.json()["detail"]
-    client.get("/admin/login/")  # sets the csrftoken cookie
+    client.get("/review/")  # a page with forms sets the csrftoken cookie
     token = client.cookies["csrftoken"].value
     r = client.post("/api/v1/tasks", body, format="json", HTTP_X_CSRFTOKEN=token)
     assert r.status_code == 201

@@ -166,3 +166,26 @@ def test_revoke_key_takes_several_prefixes_after_one_flag_and_no_action_is_an_er
     with pytest.raises(CommandError, match="Nothing to do") as caught:
         run("agent")
     assert caught.value.returncode == 2
+
+
+def test_granting_reviewer_to_a_manager_makes_them_a_reviewer_and_the_trail_says_what_went(make_user, project):
+    """``--role reviewer`` on a manager only added to what they held: they kept managing (a budget
+    PATCH 200) while the trail read "role.grant reviewer"."""
+    from audit.models import AuditEvent
+
+    boss = make_user("boss", role="manager", project=project)
+    key = run("boss", "--api-key")[-1]
+    assert run("boss", "--role", "reviewer", "--project", "DEMO")[0] == (
+        "Granted reviewer on project demo to boss (view_project, review_project); removed manage_project.")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert client.patch(f"/api/v1/budgets/{project.pk}", {"daily_token_limit": 5}, format="json").status_code == 403
+    assert client.get(f"/api/v1/projects/{project.pk}").status_code == 200           # still a reviewer
+    row = AuditEvent.objects.filter(action="role.grant").latest("id")
+    assert row.after["role"] == "reviewer" and row.after["removed"] == ["manage_project"]
+    # the agent role is held beside a staff role: neither takes the other away
+    run("boss", "--role", "agent", "--project", "demo")
+    run("boss", "--role", "manager", "--project", "demo")
+    assert client.post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder", "title": "t"},
+                       format="json").status_code == 201
+    assert client.patch(f"/api/v1/budgets/{project.pk}", {"daily_token_limit": 5}, format="json").status_code == 200

@@ -266,6 +266,8 @@ def test_a_session_wait_is_answered_only_while_its_session_lasts(pending, agent,
     from django.contrib.sessions.models import Session
     from django.test import Client
 
+    agent.is_staff = True  # a session is staff's (the admin's login lets only staff in)
+    agent.save(update_fields=["is_staff"])
     client = Client()
     client.force_login(agent)
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()

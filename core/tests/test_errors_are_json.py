@@ -119,6 +119,8 @@ def test_an_unsatisfiable_accept_is_a_json_406_before_anything_else(agent_client
 
 def test_a_browser_session_gets_json_errors_too(agent, project):
     """A logged-in browser (session cookie, CSRF, Accept: text/html) posting garbage."""
+    agent.is_staff = True  # a session is staff's (the admin's login lets only staff in)
+    agent.save(update_fields=["is_staff"])
     client = Client(enforce_csrf_checks=True, raise_request_exception=False)
     client.force_login(agent)
     secret = _get_new_csrf_string()

@@ -258,6 +258,8 @@ def test_an_emergency_stop_is_a_clear_message(call, reviewer, manager):
 
 
 def test_the_requester_and_an_agent_cannot_decide(call, agent):
+    agent.is_staff = True  # signed in (only staff can be): the agent role still decides nothing
+    agent.save(update_fields=["is_staff"])
     html = web(agent).get(page(call)).content.decode()
     assert "someone else decides it" in html and re.search(r'id="btn-approve"[^>]*disabled', html)
     r = web(agent).post(decide_url(call), {"decision": "approve"})

@@ -5,6 +5,7 @@ import re
 import pytest
 from django.test import Client
 
+from access.services import role_grant
 from audit.models import AuditEvent
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_create
@@ -73,6 +74,7 @@ def test_direction_controls_in_an_agents_text_are_shown_and_the_answer_is_the_ag
 def test_a_checkpoint_is_amended_with_json_and_the_asker_cannot_answer(project, agent, reviewer):
     req = ask(project, agent, request_type="checkpoint", question="The plan is ready, go on?",
               context={"plan": ["analyse", "design", "build"]})
+    role_grant(user=agent, project=project, role="reviewer")  # an asker who may review (staff) still may not answer
     assert browser(agent).post(f"/review/hitl/{req.pk}/decide", {"action": "approve"}).status_code == 403
     client = browser(reviewer)
     assert "&quot;plan&quot;" in client.get(f"/review/hitl/{req.pk}").content.decode()
@@ -108,6 +110,23 @@ def test_stopping_at_a_checkpoint_needs_a_reason_on_the_page(project, agent, rev
     assert r.status_code == 302
     req.refresh_from_db()
     assert req.status == "rejected" and req.response == "the plan skips the tests"
+
+
+def test_a_free_text_question_is_not_approved_with_no_answer_on_the_page(project, agent, reviewer):
+    """"Answer and approve" with the answer left empty approved the question with an empty answer:
+    the field is required on the page (a checkpoint's answer stays optional)."""
+    req = ask(project, agent, question="Which port should the service listen on?")
+    client = browser(reviewer)
+    page = client.get(f"/review/hitl/{req.pk}").content.decode()
+    assert re.search(r'<textarea id="approve-answer" name="response" rows="3" required', page)
+    r = client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": " "})
+    assert r.status_code == 400 and "Type an answer: the agent asked a question. Nothing was decided." in r.content.decode()
+    assert HitlRequest.objects.get(pk=req.pk).status == "pending"
+    assert client.post(f"/review/hitl/{req.pk}/decide", {"action": "approve", "response": "8080"}).status_code == 302
+    assert HitlRequest.objects.get(pk=req.pk).response == "8080"
+    checkpoint = ask(project, agent, request_type="checkpoint", question="Go on?")
+    assert 'id="approve-answer" name="response" rows="3" required' not in client.get(f"/review/hitl/{checkpoint.pk}").content.decode()
+    assert client.post(f"/review/hitl/{checkpoint.pk}/decide", {"action": "approve", "response": ""}).status_code == 302
 
 
 @pytest.mark.parametrize("text", ["NaN", '{"x": Infinity}', '{"a": ' * 3000 + "1" + "}" * 3000,

@@ -239,6 +239,8 @@ def test_the_stop_form_needs_csrf(project, reviewer):
 
 
 def test_an_agent_sees_no_stop_button_and_cannot_post_it(project, agent):
+    agent.is_staff = True  # signed in (only staff can be): the agent role still stops nothing here
+    agent.save(update_fields=["is_staff"])
     client = web(agent)
     html = client.get(reverse("review:project", args=[project.pk])).content.decode()
     assert "Continue to stop" not in html and "Only reviewers and managers of this project can stop it" in html
@@ -400,6 +402,8 @@ def test_a_malformed_step_decision_says_what_is_wrong_and_decides_nothing(sessio
 
 
 def test_an_agent_cannot_decide_recovery_steps(session, agent):
+    agent.is_staff = True  # signed in (only staff can be): the agent role still decides nothing
+    agent.save(update_fields=["is_staff"])
     step = steps_of(session)[0]
     html = web(agent).get(reverse("review:recovery", args=[session.pk])).content.decode()
     assert "Approve and run" not in html
@@ -528,7 +532,10 @@ def test_a_question_waits_for_a_person_on_the_list_and_the_project_page(project,
 
 def test_the_projects_page_needs_a_login_and_shows_no_project_to_someone_without_a_role(make_user, project):
     assert web().get(reverse("review:projects")).status_code == 302
-    html = web(make_user("nobody")).get(reverse("review:projects")).content.decode()
+    nobody = make_user("nobody")
+    nobody.is_staff = True  # signed in (only staff can be), with no role
+    nobody.save(update_fields=["is_staff"])
+    html = web(nobody).get(reverse("review:projects")).content.decode()
     assert "You have no role on any project yet" in html and "Demo" not in html
 
 

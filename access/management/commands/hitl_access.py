@@ -41,7 +41,7 @@ class Command(BaseCommand):
             raise CommandError("--project needs --role or --revoke-roles.", returncode=2)
         target_project = None
         if project:
-            target_project = Project.objects.filter(slug=project).first()
+            target_project = Project.objects.filter(slug__iexact=project).first()  # unique whatever its case
             if target_project is None:
                 raise CommandError(f"No project with slug {project!r}.", returncode=2)
 
@@ -67,9 +67,9 @@ class Command(BaseCommand):
             role_revoke_all(user=user, project=target_project)
             self.stdout.write(f"Removed every role of {username} on project {target_project.slug}.")
         if role:
-            perms = role_grant(user=user, project=target_project, role=role)
+            perms, removed = role_grant(user=user, project=target_project, role=role)
             self.stdout.write(f"Granted {role} on project {target_project.slug} to {username} "
-                              f"({', '.join(perms)}).")
+                              f"({', '.join(perms)})" + (f"; removed {', '.join(removed)}." if removed else "."))
         if revoke_keys:
             active = list(ApiKey.objects.filter(user=user, revoked_at__isnull=True).values_list("pk", flat=True))
             for key_id in active:
