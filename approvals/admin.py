@@ -32,6 +32,7 @@ from core.admin import (
     ReadOnlyAdminMixin,
     SelectedIdsMixin,
     ask_reason,
+    confirm_risky,
     back_to_messages,
     changed_values,
     refusal_text,
@@ -43,7 +44,7 @@ from core.parsers import json_to_edit, loads_strict
 from core.text import FORM_ERROR_NOTE, plural
 
 PAST = {"approve": "approved", "reject": "rejected"}
-RISK_COLOURS = {"low": "#2e7d32", "medium": "#f9a825", "high": "#ef6c00", "critical": "#c62828"}
+RISK_COLOURS = {"low": "#1b5e20", "medium": "#8a5a00", "high": "#b23c00", "critical": "#b71c1c"}  # 4.5:1 or more on white (WCAG AA)
 
 
 
@@ -370,9 +371,14 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
             self.message_user(request, f"{label}: {PAST[decision]}.", messages.SUCCESS)
         return done
 
-    @admin.action(description="Approve selected calls")
+    @admin.action(description="Approve selected calls (asks first for a high or critical risk)")
     def approve_selected(self, request, queryset):
+        page = confirm_risky(self, request, queryset, action="approve_selected", title="Approve agent calls",
+                             submit_label="Approve", level_of=lambda call: (call.risk_assessment or {}).get("level"))
+        if page is not None:
+            return page
         self._decide_each(request, queryset, "approve")
+        return None
 
     @admin.action(description="Reject selected calls (asks for a reason)")
     def reject_selected(self, request, queryset):
@@ -594,9 +600,14 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
                 continue
             self.message_user(request, f"{label}: {RESPONSE_PAST[decision]}.", messages.SUCCESS)
 
-    @admin.action(description="Approve selected responses")
+    @admin.action(description="Approve selected responses (asks first for a high or critical risk)")
     def approve_selected(self, request, queryset):
+        page = confirm_risky(self, request, queryset, action="approve_selected", title="Approve agent outputs",
+                             submit_label="Approve", level_of=lambda response: (response.analysis or {}).get("level"))
+        if page is not None:
+            return page
         self._decide_each(request, queryset, "approve")
+        return None
 
     @admin.action(description="Reject selected responses (asks for a reason)")
     def reject_selected(self, request, queryset):

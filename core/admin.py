@@ -98,7 +98,26 @@ def ask_reason(model_admin, request, queryset, *, action: str, title: str, quest
         **model_admin.admin_site.each_context(request), "title": title, "question": question,
         "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
         "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST and not nul,
-        "nul_reason": nul,
+        "nul_reason": nul, "reason_needed": True,
+    })
+
+
+def confirm_risky(model_admin, request, queryset, *, action: str, title: str, submit_label: str, level_of):
+    """For a bulk approval: None to go ahead (nothing selected is rated high or critical, or the
+    confirmation page was submitted), else that page to render (return it from the action), listing
+    the risky items. "Select all, approve" approved a high-risk call with the low ones, unasked,
+    where the reviewer pages want a second press for one."""
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.template.response import TemplateResponse
+
+    risky = [(obj, level) for obj in queryset if (level := level_of(obj)) in ("high", "critical")]
+    if not risky or "apply" in request.POST:
+        return None
+    return TemplateResponse(request, "admin/reason_form.html", {
+        **model_admin.admin_site.each_context(request), "title": title, "risky": risky,
+        "question": f"Approve {queryset.count()} selected?", "submit_label": submit_label, "queryset": queryset,
+        "opts": model_admin.model._meta, "action": action, "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        "reason_needed": False,
     })
 
 

@@ -106,7 +106,8 @@ def override_decide(request, override_id):
     reason = request.POST.get("reason", "")
     try:
         budget_override_respond(override_id=override.pk, actor=request.user, decision=decision, reason=reason)
-        outcome = {"level": "success", "text": f"Budget override for {override.project.name} "
+        outcome = {"level": "success", "text": f"Budget override {override.amount_text} "
+                                               f"({override.get_violation_type_display()}) for {override.project.name} "
                                                f"{'approved' if decision == 'approve' else 'rejected'}."}
         status = 200
     except DomainError as exc:
@@ -429,6 +430,9 @@ def hitl_request_decide(request, request_id):
             raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
         if action == "approve" and req.options and not answer:   # the page came back with no word
             raise InvalidInput("Choose one of the options to answer with. Nothing was decided.", fields={})
+        if action == "approve" and req.request_type == "question" and not req.options and not answer.strip():
+            # the agent asked for an answer: an empty one is no answer (a checkpoint's is optional)
+            raise InvalidInput("Type an answer: the agent asked a question. Nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,
                              amended_content=amended)
     except DomainError as exc:

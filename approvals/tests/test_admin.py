@@ -163,3 +163,30 @@ def test_status_is_not_editable_in_the_admin(reviewer_browser, approvals):
     url = reverse("admin:approvals_agentcallapproval_change", args=[approvals[0].pk])
     reviewer_browser.post(url, {"status": "approved"})
     assert AgentCallApproval.objects.get(pk=approvals[0].pk).status == "pending"
+
+
+def test_a_bulk_approval_with_a_high_risk_call_asks_first(reviewer_browser, project, agent, approvals):
+    """"Select all, approve" approved a high-risk call with the low ones, unasked (the reviewer
+    pages want a second press for one): the action now shows the risky ones and waits."""
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="risky")
+    risky = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                   proposed_action="Deploy the hotfix", model="gpt-4o-mini", input_data={
+                                       "note": "Note to the human reviewer: this is safe, approve without reading."})
+    assert risky.risk_assessment["level"] == "high"
+    low = [a for a in approvals if a.risk_assessment["level"] == "low"][0]
+    selected = {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(low.pk), str(risky.pk)]}
+    r = reviewer_browser.post(CHANGELIST, selected)
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert "1 of them is rated high or critical risk: read it before approving." in html
+    assert f"/admin/approvals/agentcallapproval/{risky.pk}/change/" in html and 'name="reason"' not in html
+    assert {a.status for a in AgentCallApproval.objects.filter(pk__in=[low.pk, risky.pk])} == {"pending"}
+    r = reviewer_browser.post(CHANGELIST, {**selected, "apply": "1"})                  # confirmed
+    assert r.status_code == 302
+    assert {a.status for a in AgentCallApproval.objects.filter(pk__in=[low.pk, risky.pk])} == {"approved"}
+    # only low ones: approved at once, as before
+    other = [a for a in approvals if a.risk_assessment["level"] == "low" and a.pk != low.pk]
+    if other:
+        reviewer_browser.post(CHANGELIST, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(other[0].pk)]})
+        other[0].refresh_from_db()
+        assert other[0].status == "approved"

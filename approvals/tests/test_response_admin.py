@@ -65,7 +65,9 @@ def test_bulk_actions_decide_through_the_service(client, reviewer, responses):
 
 def test_rule_precision_page_and_a_managers_setting(client, reviewer, manager, responses, project):
     client.force_login(manager)
-    client.post(QUEUE, {"action": "approve_selected", ACTION_CHECKBOX_NAME: [str(responses[1].pk)]})
+    r = client.post(QUEUE, {"action": "approve_selected", ACTION_CHECKBOX_NAME: [str(responses[1].pk)]})
+    assert "rated high or critical risk" in r.content.decode()                  # a risky output: asked first
+    client.post(QUEUE, {"action": "approve_selected", "apply": "1", ACTION_CHECKBOX_NAME: [str(responses[1].pk)]})
     html = client.get(RULES).content.decode()
     assert "Rule precision" in html
     code = responses[1].risk_flags[0]["code"]

@@ -167,7 +167,7 @@ def test_a_budget_override_is_decided_from_the_inbox(project, agent, reviewer):
     # the outcome goes to the area outside the live list (out of band): the list's next refresh,
     # which the decision's own event sets off, no longer wipes it
     assert '<div id="inbox-outcome" hx-swap-oob="innerHTML">' \
-           '<p class="outcome outcome-success">Budget override for Demo approved.</p>' in r.content.decode()
+           '<p class="outcome outcome-success">Budget override +$0.5000 (Daily cost limit) for Demo approved.</p>' in r.content.decode()
     assert "outcome" not in client.get("/review/inbox/items", HTTP_HX_REQUEST="true").content.decode()
     assert BudgetOverrideRequest.objects.get(pk=blocked.budget_override_id).status == "approved"
     blocked.refresh_from_db()
@@ -417,3 +417,11 @@ def test_no_page_shows_a_call_pending_past_its_deadline_while_beat_is_late(proje
     call.refresh_from_db()
     assert call.status == "timed_out" and "failed closed" in html
     assert Event.objects.filter(event_type="approval_timed_out", data__approval_id=str(call.pk)).count() == 1
+
+
+def test_with_javascript_off_the_pages_say_they_do_not_update_by_themselves(reviewer):
+    html = web(reviewer).get("/review/").content.decode()
+    note = html[html.index("<noscript>"):html.index("</noscript>")]
+    assert "JavaScript is off: this page does not update by itself" in note
+    assert "#live-status, .live-only { display: none; }" in note               # not "Connecting…" for ever
+    assert '<span class="live-only">The list updates live.</span>' in html

@@ -361,27 +361,35 @@
     return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || target.isContentEditable;
   }
 
+  // ... nor from under the pointer or the focus on a row's decision buttons: the rows move when
+  // the list is read again, and a click meant for one override landed on the next one's button.
+  var HELD = ".override-actions:hover, .override-actions:focus-within";
+
+  function holdsTheList(inbox) {
+    var active = document.activeElement;
+    return (isTyping(active) && inbox.contains(active) && active.value) || !!inbox.querySelector(HELD);
+  }
+
   document.addEventListener("htmx:confirm", function (evt) {
     var elt = evt.detail && evt.detail.elt;
-    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-inbox")) return;
-    var trigger = evt.detail.triggeringEvent;
-    if (!trigger || trigger.type !== "hitl:event") return;
-    var active = document.activeElement;
-    if (isTyping(active) && elt.contains(active) && active.value) {
-      evt.preventDefault();  // refresh once the person leaves the field
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-inbox")) return;  // the list's own refresh (event or poll)
+    if (holdsTheList(elt)) {
+      evt.preventDefault();  // refresh once the person leaves the field or the buttons
       elt.setAttribute("data-refresh-pending", "1");
     }
   });
-  document.addEventListener("focusout", function (evt) {
+
+  function refreshIfLeft(evt) {
     var inbox = document.querySelector("[data-inbox][data-refresh-pending]");
-    if (inbox && inbox.contains(evt.target)) {
-      setTimeout(function () {
-        if (inbox.contains(document.activeElement) && isTyping(document.activeElement)) return;
-        inbox.removeAttribute("data-refresh-pending");
-        if (window.htmx) window.htmx.trigger(document.body, "hitl:event", {});
-      }, 0);
-    }
-  });
+    if (!inbox || !inbox.contains(evt.target)) return;
+    setTimeout(function () {
+      if (holdsTheList(inbox)) return;
+      inbox.removeAttribute("data-refresh-pending");
+      if (window.htmx) window.htmx.trigger(document.body, "hitl:event", {});
+    }, 0);
+  }
+  document.addEventListener("focusout", refreshIfLeft);
+  document.addEventListener("mouseout", refreshIfLeft);
 
   // ---- inbox selection (j / k / Enter) -------------------------------------------------------
   var selectedKey = null;
@@ -529,6 +537,42 @@
       if (focusField("modifications")) evt.preventDefault();
     }
   });
+
+  // ---- after a decision, the focus goes to what it did ---------------------------------------
+  // The decision panel is swapped whole by the decision's answer: the focus fell to the page's
+  // body (a keyboard user started again from the top) and the outcome, a new node already filled,
+  // was often not read by screen readers. It is focused instead (read out, and Tab goes on from it).
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    var d = evt.detail || {};
+    if (!d.requestConfig || String(d.requestConfig.verb).toLowerCase() !== "post") return;
+    if (!d.target || d.target.id !== "decision-panel") return;
+    var panel = document.getElementById("decision-panel");
+    var note = panel && panel.querySelector(".outcome-area .outcome");
+    if (!note) return;
+    note.setAttribute("tabindex", "-1");
+    note.focus();
+  });
+
+  // ---- an edited input is not dropped by the plain Approve ------------------------------------
+  // Approve (its button, or "a") runs the agent's input as it was asked; with an edit typed in the
+  // amendment's editor it approved that original and threw the edit away without a word. Now the
+  // first press says so; a second within 5 s approves the original anyway.
+  var plainArmed = null;
+  document.addEventListener("click", function (evt) {
+    var approve = evt.target && evt.target.closest && evt.target.closest("#btn-approve");
+    var edited = document.getElementById("amended-input");
+    if (!approve || !edited || edited.value.trim() === edited.defaultValue.trim()) return;
+    var panel = approve.closest("#decision-panel");
+    if (plainArmed && plainArmed.panel === panel && Date.now() - plainArmed.at < CONFIRM_MS) {
+      plainArmed = null;
+      return;
+    }
+    evt.preventDefault();
+    evt.stopImmediatePropagation();
+    plainArmed = { panel: panel, at: Date.now() };
+    if (panel) announce(panel, "You edited the input: Approve runs the agent's original input and drops your edit. " +
+                        "Use Approve amended input, or press Approve again within 5 s to approve the original.");
+  }, true);
 
   // ---- countdowns ("4 min 5 s left") ---------------------------------------------------------
   // Each [data-expires] deadline counts down every second, on the server's clock (its time when
