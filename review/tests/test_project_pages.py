@@ -339,6 +339,12 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
     assert "Approve and run step 2" in html
     for step in steps[1:]:
         option = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
+        if option:  # resume or cancel: the page pre-chose resume (after a critical stop too); now asked
+            page = client.get(reverse("review:recovery", args=[session.pk])).content.decode()
+            assert re.search(r'<input type="radio" name="option" value="resume" required>', page) and not re.search(r'name="option" value="\w+" checked', page)
+            r = decide(client, session, step, decision="approve")
+            assert r.status_code == 400 and "Choose what to do (resume or cancel): nothing was run." in r.content.decode()
+            assert RecoveryStep.objects.get(pk=step.pk).status == "pending"
         assert decide(client, session, step, decision="approve", **option).status_code == 302
         assert Project.objects.get(pk=project.pk).status == ("active" if step.action == "lift_stop"
                                                               else "emergency_stopped")
