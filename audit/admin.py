@@ -12,7 +12,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "actor_repr", "action", "object_type", "object_id", "project_id", "seq",
                     "key_id"]
     list_filter = ["action", "object_type"]
-    search_fields = ["action", "object_id", "actor_repr", "reason"]
+    search_fields = ["action", "object_id", "actor_repr", "actor__username", "reason"]  # the name then, or now
     date_hierarchy = "created_at"
 
     def changelist_view(self, request, extra_context=None):

@@ -13,7 +13,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -413,7 +413,8 @@ def _audit_rows(user, form: AuditFilterForm, visible_ids):
         elif data["project"]:
             rows = rows.filter(project_id=data["project"])
         if data["actor"]:
-            rows = rows.filter(actor_repr__istartswith=data["actor"])
+            # by the name at the time or the user's name now (renamed since: their history was not found)
+            rows = rows.filter(Q(actor_repr__istartswith=data["actor"]) | Q(actor__username__istartswith=data["actor"]))
         if data["action"]:
             rows = rows.filter(action__startswith=data["action"])
         tz = timezone.get_current_timezone()

@@ -432,6 +432,10 @@ def test_the_audit_page_shows_the_users_projects_newest_first_and_filters(stoppe
     assert "emergency_stop.trigger" in html and "project.create" not in html
     html = client.get(reverse("review:audit"), {"actor": "reviewer"}).content.decode()
     assert "emergency_stop.trigger" in html and "emergency_stop.add_condition" not in html  # that one was system
+    reviewer.username = "rita"  # renamed since: found by the name now too, as by the name at the time
+    reviewer.save(update_fields=["username"])
+    html = client.get(reverse("review:audit"), {"actor": "rit"}).content.decode()
+    assert "emergency_stop.trigger" in html and "emergency_stop.add_condition" not in html
     tomorrow = (timezone.now() + datetime.timedelta(days=1)).date().isoformat()
     html = client.get(reverse("review:audit"), {"since": tomorrow}).content.decode()
     assert "No event matches." in html
