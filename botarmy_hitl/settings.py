@@ -178,6 +178,9 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env.str("DATABASE_URL", default="")
+# The health check's own wait for a pooled connection (PostgreSQL): a probe learns within it that
+# the database does not answer (503), not after HITL_DB_POOL_TIMEOUT.
+HITL_HEALTH_DB_TIMEOUT = _float("HITL_HEALTH_DB_TIMEOUT", 3.0, above=0)
 if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":

@@ -109,22 +109,49 @@ class HealthApi(APIView):
         body = {"database": connection.vendor, "redis": _redis_health(), "heartbeat": None,
                 "heartbeat_age_seconds": None}
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            beat = Heartbeat.objects.filter(name="beat").first()
-        except DatabaseError:
+            beats = _heartbeats()
+        except Exception as exc:  # noqa: BLE001 - Django's, psycopg's or the pool's: the database does not answer
+            if not isinstance(exc, DatabaseError) and not type(exc).__module__.startswith("psycopg"):
+                raise
             body["database"] = "unreachable"
             return Response({**error_body("unavailable", "The database does not answer."), **body}, status=503)
         now = timezone.now()
+        beat, emergency = beats.get("beat"), beats.get("emergency")
         if beat:
-            body["heartbeat"] = beat.last_seen
-            body["heartbeat_age_seconds"] = round((now - beat.last_seen).total_seconds(), 3)
-        emergency = Heartbeat.objects.filter(name="emergency").first()
-        body["emergency_heartbeat_age_seconds"] = (round((now - emergency.last_seen).total_seconds(), 3)
-                                                   if emergency else None)
+            body["heartbeat"] = beat
+            body["heartbeat_age_seconds"] = round((now - beat).total_seconds(), 3)
+        body["emergency_heartbeat_age_seconds"] = round((now - emergency).total_seconds(), 3) if emergency else None
         body["problems"] = _problems(body)
         body["status"] = "degraded" if body["problems"] else "ok"
         return Response(body)
+
+
+def _heartbeats() -> dict:
+    """{name: last_seen} of the heartbeats, read on a connection of its own from the pool, taken
+    within HITL_HEALTH_DB_TIMEOUT seconds (else the pool's error: the database does not answer).
+    Through Django's connection it waited for one as long as any request (HITL_DB_POOL_TIMEOUT,
+    30 s) while the database was down: a monitor's probe saw a hung server, not a 503. A dead
+    connection (the server restarted) is dropped with the pool's other dead ones and read again
+    once, instead of reporting a database that answers as unreachable."""
+    names = ("beat", "emergency")
+    pool = getattr(connection, "pool", None)
+    if pool is None:  # SQLite, or PostgreSQL without a pool
+        return dict(Heartbeat.objects.filter(name__in=names).values_list("name", "last_seen"))
+    query = f"SELECT name, last_seen FROM {Heartbeat._meta.db_table} WHERE name = ANY(%s)"
+    from core.postgresql.base import check_pool_after_a_lost_connection
+
+    for attempt in range(2):
+        try:
+            with pool.connection(timeout=settings.HITL_HEALTH_DB_TIMEOUT) as conn:
+                rows = conn.execute(query, [list(names)]).fetchall()
+                if not conn.autocommit:
+                    conn.rollback()  # back to the pool idle
+            return dict(rows)
+        except Exception as exc:
+            if attempt or transient_db_error_kind(exc) != "connection lost":
+                raise
+            check_pool_after_a_lost_connection(connection)
+    raise AssertionError("unreachable")
 
 
 def _problems(body) -> list[str]:

@@ -32,6 +32,7 @@ def test_channel_layer_and_broker_follow_redis_url():
         assert settings.CELERY_BROKER_URL == "filesystem://"
 
 
+@pytest.mark.django_db(transaction=True)  # the health check reads on a pooled connection of its own
 def test_health_reports_the_beat_heartbeat():
     client = APIClient()
     body = client.get("/api/v1/health").json()
@@ -49,6 +50,7 @@ def test_health_reports_the_beat_heartbeat():
     assert 0 <= r.json()["emergency_heartbeat_age_seconds"] < 60
 
 
+@pytest.mark.django_db(transaction=True)  # the health check reads on a pooled connection of its own
 def test_health_says_which_queue_no_worker_has_served_lately(settings):
     """A worker consuming only the default queue left the automatic stop conditions unchecked while
     the health answer looked fine: a stale heartbeat of either queue now makes it degraded."""
@@ -82,7 +84,14 @@ def test_health_is_503_when_the_database_does_not_answer(monkeypatch):
     def refuse(*args, **kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(connection, "cursor", refuse)
+    monkeypatch.setattr(connection, "ensure_connection", refuse)
+    if getattr(connection, "pool", None) is not None:  # PostgreSQL: the health check's own pooled connection
+        from psycopg_pool import PoolTimeout
+
+        def no_connection(*args, **kwargs):
+            raise PoolTimeout("couldn't get a connection after 3.00 sec")
+
+        monkeypatch.setattr(connection.pool, "connection", no_connection)
     r = APIClient().get("/api/v1/health")
     assert r.status_code == 503
     assert r.json()["error"] == "unavailable" and r.json()["database"] == "unreachable"

@@ -8,6 +8,7 @@ with ``@pytest.mark.urls``), so the whole stack answers: view, exception handler
 import json
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
+from core.tests.test_asgi_handler import serve  # noqa: F401  (a real daphne on the test database)
 from core.errors import api_exception_handler, is_transient_db_error, transient_db_error_kind
 from core.uow import retry_transient
 
@@ -318,3 +320,41 @@ def test_an_api_server_error_is_json_under_debug_too(raising, settings, caplog):
     assert r.json() == {"error": "server_error", "detail": "Internal server error."}
     assert any("a bug" in (record.exc_text or "") or (record.exc_info and "a bug" in str(record.exc_info[1]))
                for record in caplog.records)
+
+
+@pytest.mark.postgres
+def test_after_the_server_ends_every_connection_one_request_is_refused_not_one_per_pooled_connection(
+        serve, project, agent):  # noqa: F811
+    """A restart (here: every connection of the web process ended) left each idle pooled
+    connection dead, and each was handed to a request of its own: 503 after 503 while the database
+    answered, and the health check said "unreachable". The first lost connection now has the pool
+    drop the others."""
+    from access.services import api_key_create
+    from core.tests.test_asgi_handler import SERVER_APP_NAME
+
+    key = api_key_create(user=agent, name="pool")[1]
+    server = serve(HITL_DB_POOL_MIN=6, HITL_DB_POOL_MAX=6)
+    with ThreadPoolExecutor(6) as pool:  # six connections open and idle in the pool
+        assert set(pool.map(lambda _: server.request("GET", f"/api/v1/projects/{project.pk}", key=key)[0],
+                            range(24))) == {200}
+    params = connections["default"].get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")},
+                         autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = %s", [SERVER_APP_NAME]).fetchone()[0]
+    assert ended >= 2, ended
+    statuses = [server.request("GET", f"/api/v1/projects/{project.pk}", key=key)[0] for _ in range(12)]
+    assert statuses.count(503) <= 1 and statuses.count(200) >= 11, statuses
+    status, _, body, _ = server.request("GET", "/api/v1/health")
+    assert status == 200 and json.loads(body)["database"] == "postgresql", body
+
+
+@pytest.mark.postgres
+def test_the_health_check_says_the_database_does_not_answer_within_its_own_timeout(serve):  # noqa: F811
+    """It waited for a pooled connection as long as any request (HITL_DB_POOL_TIMEOUT, 30 s) while
+    the database was down: a monitor's probe (1 to 10 s) saw a hung server."""
+    server = serve(DATABASE_URL="postgres://postgres@127.0.0.1:9/nothing_listens_here", HITL_DB_POOL_TIMEOUT=60,
+                   HITL_HEALTH_DB_TIMEOUT=1)
+    status, _, body, _ = server.request("GET", "/api/v1/health", timeout=20)  # well before the pool's 60 s
+    answer = json.loads(body)
+    assert status == 503 and answer["database"] == "unreachable" and answer["error"] == "unavailable", body
