@@ -385,6 +385,9 @@ HITL_RETRY_AFTER_SECONDS = _int("HITL_RETRY_AFTER_SECONDS", 1, least=0)
 # A webhook receiver that has not answered within this many seconds counts as failed: the alert
 # is sent again (with the same X-HITL-Delivery id) after the retry's back-off.
 HITL_WEBHOOK_TIMEOUT_SECONDS = _float("HITL_WEBHOOK_TIMEOUT_SECONDS", 10, above=0)
+# An alert handed to the broker whose delivery is not over after this long (its task lost: a Redis
+# restarted without persistence) is queued again by beat; longer than a delivery's retries (~6 min).
+HITL_NOTIFICATION_REQUEUE_MINUTES = _int("HITL_NOTIFICATION_REQUEUE_MINUTES", 15, least=10, most=_DAY_SECONDS // 60)
 # Threads per web process that run requests' Django code (core/asgi.py): at most this many requests
 # of a process run at once; keep it at or below HITL_DB_POOL_MAX (the long polls' own 4 database
 # threads and the health check's own thread use the rest). A request that waits longer than

@@ -187,14 +187,18 @@ class ProjectNotifier(BaseModel):
 
 class QueuedNotification(models.Model):
     """An alert for one notifier, written in the transaction that raised it and deleted once its
-    delivery task is in the broker: a broker that is down when the change commits delays the
-    alert (beat queues it again, projects.requeue_notifications), never loses it."""
+    delivery is over (sent, skipped, refused or failed for good), not when its task is in the
+    broker: a broker that is down when the change commits, or that loses the task (a Redis
+    restarted without persistence), delays the alert (beat queues it again,
+    projects.requeue_notifications), never loses it."""
 
     notifier = models.ForeignKey(ProjectNotifier, on_delete=models.CASCADE, related_name="+")
     event_type = models.CharField(max_length=64)
     subject = models.CharField(max_length=500)
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    handed_over_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                          help_text="When its delivery task was last given to the broker")
     alert_id = models.UUIDField(null=True, editable=False,
                                 help_text="One per alert (the same for each of its notifiers): with the notifier's "
                                           "id, the X-HITL-Delivery a receiver deduplicates on")

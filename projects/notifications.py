@@ -91,8 +91,10 @@ def notify_project_on_commit(*, project_id, event_type: str, subject: str, paylo
 
 
 def queue_notifications(rows) -> int:
-    """Hand each queued notification to the broker and forget it once the broker took it; the
-    ones it does not take stay for the next try. Returns how many were queued."""
+    """Hand each queued notification to the broker, noting when (``handed_over_at``); the row
+    stays until its delivery is over (the task deletes it), so a task the broker loses is queued
+    again by beat's sweep. The ones the broker does not take stay for the next try. Returns how
+    many were queued."""
     from projects.tasks import deliver_notification_task
 
     queued = 0
@@ -104,10 +106,10 @@ def queue_notifications(rows) -> int:
                 claimed = type(row).objects.select_for_update(skip_locked=True).filter(pk=row.pk).first()
                 if claimed is None:
                     continue
+                type(row).objects.filter(pk=claimed.pk).update(handed_over_at=timezone.now())
                 deliver_notification_task.delay(notifier_id=claimed.notifier_id, event_type=claimed.event_type,
                                                 subject=claimed.subject, payload=claimed.payload,
-                                                delivery_id=claimed.delivery_id)
-                claimed.delete()
+                                                delivery_id=claimed.delivery_id, queued_id=claimed.pk)
         except Exception:  # noqa: BLE001 - the broker did not take it: it stays for the next sweep
             log.exception("could not queue %s notification for notifier %s; it is tried again later",
                           row.event_type, row.notifier_id)

@@ -303,6 +303,40 @@ def test_an_alert_the_broker_does_not_take_is_kept_and_queued_again_later(projec
     assert requeue_notifications_task.apply().get() == 0  # sent once
 
 
+def test_an_alert_whose_task_the_broker_lost_is_queued_again_and_sent_once(
+        project, webhook_server, monkeypatch, settings, django_capture_on_commit_callbacks):
+    """The row was deleted as soon as the task was in the broker: a Redis restarted without
+    persistence before a worker took it lost the alert for good. The row now stays until the
+    delivery is over, and beat's sweep queues a task handed over long ago again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from projects.models import QueuedNotification
+    from projects.tasks import requeue_notifications_task
+
+    server = webhook_server()
+    _notifier(project, target=f"{server.url}/hook", secret=SECRET)
+    original, lost = deliver_notification_task.delay, []
+    monkeypatch.setattr(deliver_notification_task, "delay", lambda *a, **kw: lost.append(kw))  # taken, then lost
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            _notify(project)
+    assert len(lost) == 1 and server.requests == []
+    row = QueuedNotification.objects.get()
+    assert row.handed_over_at is not None                                   # kept, handed over
+    monkeypatch.setattr(deliver_notification_task, "delay", original)      # Redis is back, empty
+    assert requeue_notifications_task.apply().get() == 0                    # not before it could have been done
+    QueuedNotification.objects.update(handed_over_at=timezone.now() - timedelta(
+        minutes=settings.HITL_NOTIFICATION_REQUEUE_MINUTES + 1))
+    assert requeue_notifications_task.apply().get() == 1
+    assert len(server.requests) == 1 and server.requests[0]["headers"]["x-hitl-delivery"] == row.delivery_id
+    assert not QueuedNotification.objects.exists()                          # over: nothing left to send
+    # the lost task turning up after all sends nothing (its row is gone)
+    assert deliver_notification_task.apply(kwargs=lost[0]).get()["reason"] == "delivered already"
+    assert len(server.requests) == 1
+
+
 def test_a_broker_that_does_not_take_an_alert_is_not_asked_again_for_the_next_ones(
         project, webhook_server, monkeypatch, django_capture_on_commit_callbacks):
     """A hung broker held the request's thread for each of its alerts in turn (for ever, before
