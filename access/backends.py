@@ -12,3 +12,7 @@ class StaffSessionBackend(ModelBackend):
     def get_user(self, user_id):
         user = super().get_user(user_id)
         return user if user is not None and user.is_staff else None
+
+    async def aget_user(self, user_id):
+        user = await super().aget_user(user_id)
+        return user if user is not None and user.is_staff else None

@@ -7,6 +7,7 @@ file away and read nothing: ``JSONDecodeError``, which Celery takes as unrecover
 worker exited and ``make run`` stopped everything, and the message was lost. Here the message is
 written under a name no reader takes (``.part``) and renamed into place, which is atomic on one
 file system. Used only with ``filesystem://`` (settings: ``CELERY_BROKER_TRANSPORT``)."""
+import contextlib
 import os
 import uuid
 from time import monotonic
@@ -25,8 +26,12 @@ class Channel(filesystem.Channel):
             with open(part, "wb") as f:
                 f.write(str_to_bytes(dumps(payload)))
             os.replace(part, final)
-        except OSError as exc:
-            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(part)  # nothing half written is left behind
+            if isinstance(exc, OSError):
+                raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+            raise
 
 
 class Transport(filesystem.Transport):

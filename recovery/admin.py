@@ -145,14 +145,16 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             self.message_user(request, "No such step in this recovery.", messages.ERROR)
             return
         self._respond(request, session, step, decision, reason=request.POST.get("reason", ""),
-                      option=request.POST.get("option", ""))
+                      option=request.POST.get("option", ""), option_required=True)  # the page's choice, not a default
 
-    def _respond(self, request, session, step, decision: str, reason: str = "", option: str = "") -> None:
+    def _respond(self, request, session, step, decision: str, reason: str = "", option: str = "",
+                 option_required: bool = False) -> None:
         """One decision through the step service, its outcome or refusal as an admin message."""
         verb = "approved" if decision == "approve" else "rejected"
         try:
             session = recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=request.user,
-                                            decision=decision, reason=reason, option=option)
+                                            decision=decision, reason=reason, option=option,
+                                            option_required=option_required)
         except DomainError as err:
             self.message_user(request, f"{session.project.name}: {_step_name(step)} not {verb}: {_refusal(err)}",
                               messages.ERROR)

@@ -226,10 +226,13 @@ def recovery_start(*, project_id, actor, recovery_type: str) -> RecoverySession:
 
 @retry_transient
 def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: str = "",
-                          option: str = "", reason_required: bool = True) -> RecoverySession:
+                          option: str = "", reason_required: bool = True,
+                          option_required: bool = False) -> RecoverySession:
     """Approve (and so run) or reject the next step (with a reason unless ``reason_required`` is
-    False, as through the API). Steps run strictly in order; a rejected or failed step fails the
-    session and the stop stays; the last step lifts the stop."""
+    False, as through the API; approving a step with options names one when ``option_required``,
+    as on the pages, which pre-chose "resume" for the person; the API keeps it as the default).
+    Steps run strictly in order; a rejected or failed step fails the session and the stop stays;
+    the last step lifts the stop."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
     if decision == "reject" and not reason.strip() and reason_required:
@@ -259,6 +262,8 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
         if option and (options is None or option not in options):
             raise InvalidInput(fields={"option": [f"This step takes one of {', '.join(options)}." if options else
                                                   "This step takes no options."]})
+        if decision == "approve" and options and not option and option_required:
+            raise InvalidInput(fields={"option": [f"Choose what to do ({' or '.join(options)}): nothing was run."]})
         if decision == "reject":
             now = timezone.now()
             step.approved_by, step.decided_at, step.reason = actor, now, reason.strip()

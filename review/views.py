@@ -174,6 +174,7 @@ def _call_panel_context(request, approval, *, outcome=None, amend_text=None, ame
             and override.requested_by_id != request.user.pk),
         "enabled": pending and can_decide,
         "amend_text": amend_text if amend_text is not None else json_to_edit(approval.input_data),
+        "original_text": json_to_edit(approval.input_data),  # what an edit is told from (a refused one stays typed)
         "amend_error": amend_error, "reason": reason, "reason_error": reason_error,
         "amended_pretty": selectors.pretty_json(approval.amended_input_data)
         if approval.amended_input_data is not None else "",

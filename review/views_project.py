@@ -369,15 +369,10 @@ def recovery_step_decide(request, session_id, step_id):
             f"The {name}: {' '.join(messages_)}" for name, messages_ in form.errors.items())
         return render(request, "review/recovery.html", _recovery_context(request, session, error=error), status=400)
     step = RecoveryStep.objects.filter(session=session, pk=step_id).first()
-    options = STEPS.get(step.action, (None, None, None))[2] if step else None
-    if options and form.cleaned_data["decision"] == "approve" and not form.cleaned_data["option"]:
-        # the page pre-chose "resume" (even after a critical stop): the person chooses
-        return render(request, "review/recovery.html", _recovery_context(
-            request, session, error=f"Choose what to do ({' or '.join(options)}): nothing was run."), status=400)
     try:
         session = recovery_step_respond(session_id=session.pk, step_id=step_id, actor=request.user,
                                         decision=form.cleaned_data["decision"], reason=form.cleaned_data["reason"],
-                                        option=form.cleaned_data["option"])
+                                        option=form.cleaned_data["option"], option_required=True)
     except DomainError as exc:
         detail = exc.detail
         fields = exc.extra.get("fields") if isinstance(exc.extra, dict) else None

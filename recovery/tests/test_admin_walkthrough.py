@@ -174,6 +174,13 @@ def test_walking_every_step_lifts_the_stop_and_says_so(client, session, reviewer
     client.force_login(reviewer)
     for step in steps_of(session):
         extra = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
+        if extra:  # resume or cancel is the person's choice: nothing pre-chosen, none given refused
+            html = client.get(page_url(session)).content.decode()
+            assert '<input type="radio" name="option" value="resume" required>' in html
+            assert not re.search(r'name="option" value="\w+"[^>]* checked', html)
+            r = decide(client, session, step, "approve")
+            assert any("Choose what to do (resume or cancel): nothing was run." in m for m in messages_of(r))
+            assert RecoveryStep.objects.get(pk=step.pk).status == "pending"
         r = decide(client, session, step, "approve", **extra)
     session.refresh_from_db()
     assert session.status == "completed" and session.steps_completed == 5

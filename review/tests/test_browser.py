@@ -263,15 +263,25 @@ def test_the_inbox_does_not_move_an_override_under_the_pointer_on_its_buttons(
     api(server, "POST", f"/api/v1/budget-overrides/{ids[0]}/respond", sam_key, body={"decision": "reject", "reason": "no"})
     inbox = page.locator("#inbox-live")
     expect(inbox).to_have_attribute("data-refresh-pending", "1")      # the event came; the list waits
+    expect(page.locator("#inbox-held")).to_be_visible()                 # and says so
     expect(page.locator(f"#override-{ids[0]}")).to_have_count(1)
     page.mouse.click(*(lambda b: (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2))(approve.bounding_box()))
     expect(page.locator("#inbox-outcome")).to_contain_text(f"Budget override +$10.0000 (Daily cost limit) for {project.name} approved.")
     statuses = {o["id"]: o["status"] for o in api(server, "GET", f"/api/v1/budget-overrides/project/{project.pk}",
                                                   sam_key)["results"]}
     assert [statuses[i] for i in ids] == ["rejected", "approved", "pending"], statuses
+    # on a row's buttons again: a new request waits too (the decision's own answer read the list)
+    page.locator(f"#override-{ids[2]} .btn-approve").hover()
+    api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "20",
+        "justification": "batch 20"})
+    expect(page.locator("#inbox-held")).to_be_visible()
+    expect(page.locator("#inbox-live .item[data-kind=override]")).to_have_count(1)
     page.mouse.move(0, 0)                                             # off the buttons: the list reads again
     expect(page.locator(f"#override-{ids[0]}")).to_have_count(0)
     expect(page.locator(f"#override-{ids[2]}")).to_have_count(1)
+    expect(page.locator("#inbox-live .item[data-kind=override]")).to_have_count(2)
+    expect(page.locator("#inbox-held")).to_be_hidden()
     assert_not_reloaded(page)
 
 
@@ -294,6 +304,16 @@ def test_the_plain_approve_does_not_drop_an_edit_typed_in_the_amendment(serve, c
     expect(panel.locator(".outcome-confirm")).to_contain_text("You edited the input: Approve runs the agent's original input")
     page.wait_for_timeout(300)
     expect(panel).to_have_attribute("data-status", "pending")
+    # an amendment the server refuses comes back typed in the box: Approve still asks first
+    page.locator("#amended-input").fill('{"target": "dev",}')
+    page.locator("#btn-approve-amended").click()
+    expect(page.locator("#amended-input")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#amended-input")).to_be_focused()                 # the field to mend, not the body
+    page.locator("#btn-approve").click()
+    expect(panel.locator(".outcome-confirm")).to_contain_text("You edited the input")
+    page.wait_for_timeout(300)
+    expect(panel).to_have_attribute("data-status", "pending")
+    page.locator("#amended-input").fill('{"target": "dev"}')
     page.locator("#btn-approve-amended").click()
     expect(panel).to_have_attribute("data-status", "approved")
     expect(page.locator("#decision-panel .outcome-area .outcome")).to_be_focused()  # not the page's body

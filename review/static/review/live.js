@@ -373,9 +373,13 @@
   document.addEventListener("htmx:confirm", function (evt) {
     var elt = evt.detail && evt.detail.elt;
     if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-inbox")) return;  // the list's own refresh (event or poll)
+    var held = document.getElementById("inbox-held");
     if (holdsTheList(elt)) {
-      evt.preventDefault();  // refresh once the person leaves the field or the buttons
+      evt.preventDefault();  // refresh once the person leaves the field or the buttons, and say so meanwhile
       elt.setAttribute("data-refresh-pending", "1");
+      if (held) held.hidden = false;
+    } else if (held) {
+      held.hidden = true;
     }
   });
 
@@ -547,6 +551,8 @@
     if (!d.requestConfig || String(d.requestConfig.verb).toLowerCase() !== "post") return;
     if (!d.target || d.target.id !== "decision-panel") return;
     var panel = document.getElementById("decision-panel");
+    var invalid = panel && panel.querySelector("[aria-invalid=true]");
+    if (invalid && !invalid.disabled) { invalid.focus(); return; }  // refused: the field to mend
     var note = panel && panel.querySelector(".outcome-area .outcome");
     if (!note) return;
     note.setAttribute("tabindex", "-1");
@@ -561,7 +567,10 @@
   document.addEventListener("click", function (evt) {
     var approve = evt.target && evt.target.closest && evt.target.closest("#btn-approve");
     var edited = document.getElementById("amended-input");
-    if (!approve || !edited || edited.value.trim() === edited.defaultValue.trim()) return;
+    // told from the agent's input (data-original), not the box's first text: an amendment the
+    // server refused comes back typed in the box, and Approve then dropped it unasked
+    var original = edited && edited.hasAttribute("data-original") ? edited.getAttribute("data-original") : edited && edited.defaultValue;
+    if (!approve || !edited || edited.value.trim() === String(original).trim()) return;
     var panel = approve.closest("#decision-panel");
     if (plainArmed && plainArmed.panel === panel && Date.now() - plainArmed.at < CONFIRM_MS) {
       plainArmed = null;
