@@ -60,12 +60,19 @@ def _enqueue(loop, layer, group: str, message: dict) -> None:
 
 
 async def _send_forever(queue: asyncio.Queue) -> None:
+    failed = 0  # pushes lost in a row: the first one's traceback is logged, then one line when they work again
     while True:
         layer, group, message = await queue.get()
         try:
             await layer.group_send(group, message)
+            if failed:
+                log.warning("channel layer pushes work again (%d lost meanwhile; readers polled)", failed)
+                failed = 0
         except Exception:  # noqa: BLE001 - a lost push only delays readers, who poll the database too
-            log.warning("push to %s failed", group, exc_info=True)
+            if not failed:  # a 25 s Redis outage logged 23,000 lines, a traceback per push
+                log.warning("push to %s failed; further failures are counted, not logged, until one works",
+                            group, exc_info=True)
+            failed += 1
         finally:
             queue.task_done()
 

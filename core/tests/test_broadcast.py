@@ -78,6 +78,35 @@ def test_a_failed_send_is_logged_and_the_next_ones_still_go(layer, caplog):
     assert "push to down failed" in caplog.text
 
 
+def test_an_outage_logs_one_traceback_not_one_per_push(layer, caplog):
+    """A 25 s Redis outage logged about 23,000 lines: a traceback for every lost push."""
+    layer.fail_on = "down"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def request_thread():
+            broadcast.bind_loop(loop)
+            try:
+                for n in range(50):
+                    broadcast.group_send("down", {"n": n})
+                broadcast.group_send("up", {"n": 50})
+                broadcast.group_send("down", {"n": 51})
+            finally:
+                broadcast.bind_loop(None)
+
+        await sync_to_async(request_thread, thread_sensitive=False)()
+        await broadcast.drained()
+
+    with caplog.at_level("WARNING", logger="core.broadcast"):
+        asyncio.run(main())
+    assert layer.sent == [("up", 50)]
+    records = [r for r in caplog.records if r.name == "core.broadcast"]
+    assert [r.exc_info is not None for r in records] == [True, False, True], [r.getMessage() for r in records]
+    assert "50 lost meanwhile" in records[1].getMessage()                  # the outage's end, counted
+    assert "push to down failed" in records[2].getMessage()                # a new outage: its first again
+
+
 def test_an_unbound_thread_sends_at_once(layer):
     broadcast.group_send("g", {"n": 7})  # a Celery task, a management command, the test client
     assert layer.sent == [("g", 7)]
