@@ -55,18 +55,16 @@ def test_a_bound_thread_hands_pushes_to_its_loop_in_order_without_waiting(layer)
     assert layer.threads == {threading.main_thread().name}  # sent by the loop, not the request's thread
 
 
-def test_a_failed_send_is_logged_and_the_next_ones_still_go(layer, caplog):
-    layer.fail_on = "down"
-
+def pushed_from_a_request_thread(pushes) -> None:
+    """``pushes`` [(group, n)] made on a request's thread bound to a loop, then sent by it."""
     async def main():
         loop = asyncio.get_running_loop()
 
         def request_thread():
             broadcast.bind_loop(loop)
             try:
-                broadcast.group_send("up", {"n": 1})
-                broadcast.group_send("down", {"n": 2})
-                broadcast.group_send("up", {"n": 3})
+                for group, n in pushes:
+                    broadcast.group_send(group, {"n": n})
             finally:
                 broadcast.bind_loop(None)
 
@@ -74,6 +72,11 @@ def test_a_failed_send_is_logged_and_the_next_ones_still_go(layer, caplog):
         await broadcast.drained()
 
     asyncio.run(main())
+
+
+def test_a_failed_send_is_logged_and_the_next_ones_still_go(layer, caplog):
+    layer.fail_on = "down"
+    pushed_from_a_request_thread([("up", 1), ("down", 2), ("up", 3)])
     assert layer.sent == [("up", 1), ("up", 3)]
     assert "push to down failed" in caplog.text
 
@@ -81,25 +84,8 @@ def test_a_failed_send_is_logged_and_the_next_ones_still_go(layer, caplog):
 def test_an_outage_logs_one_traceback_not_one_per_push(layer, caplog):
     """A 25 s Redis outage logged about 23,000 lines: a traceback for every lost push."""
     layer.fail_on = "down"
-
-    async def main():
-        loop = asyncio.get_running_loop()
-
-        def request_thread():
-            broadcast.bind_loop(loop)
-            try:
-                for n in range(50):
-                    broadcast.group_send("down", {"n": n})
-                broadcast.group_send("up", {"n": 50})
-                broadcast.group_send("down", {"n": 51})
-            finally:
-                broadcast.bind_loop(None)
-
-        await sync_to_async(request_thread, thread_sensitive=False)()
-        await broadcast.drained()
-
     with caplog.at_level("WARNING", logger="core.broadcast"):
-        asyncio.run(main())
+        pushed_from_a_request_thread([*(("down", n) for n in range(50)), ("up", 50), ("down", 51)])
     assert layer.sent == [("up", 50)]
     records = [r for r in caplog.records if r.name == "core.broadcast"]
     assert [r.exc_info is not None for r in records] == [True, False, True], [r.getMessage() for r in records]
