@@ -638,6 +638,31 @@ def test_usage_of_a_call_without_a_model_is_priced_like_its_estimate(project, ag
     assert budget_reconcile() == []
 
 
+def test_an_override_asked_by_hand_for_a_day_that_ended_is_withdrawn_by_beat(project, agent, manager, client_for):
+    """An override asked for by hand (no call behind it) for a day that then ended stayed pending
+    for ever (in the inbox; approving it 409): beat's closing of the ended window withdraws it."""
+    from audit.models import AuditEvent
+    from budgets.services import budget_close_past_windows
+    from events.models import Event
+
+    limits(project, daily_cost_limit=Decimal("1.0000"))
+    r = client_for(agent).post("/api/v1/budget-overrides", {
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "150",
+        "justification": "a batch tonight"}, format="json")
+    assert r.status_code == 201, r.content
+    override = BudgetOverrideRequest.objects.get(pk=r.json()["id"])
+    BudgetWindow.objects.filter(pk=override.window_id).update(start=F("start") - timedelta(days=1),
+                                                              end=F("end") - timedelta(days=1))
+    budget_close_past_windows()
+    override.refresh_from_db()
+    assert override.status == "rejected" and "window ended before a decision" in override.rejection_reason
+    assert Event.objects.filter(event_type="budget_override_decided", data__id=str(override.pk)).exists()
+    assert AuditEvent.objects.filter(action="budget_override.withdraw", object_id=str(override.pk)).exists()
+    r = client_for(manager).post(f"/api/v1/budget-overrides/{override.pk}/respond", {"decision": "approve"},
+                                 format="json")
+    assert r.status_code == 409, r.content
+
+
 def test_a_call_blocked_for_a_day_that_ended_is_admitted_in_the_new_one_and_its_override_not_approved(
         project, agent, reviewer, manager, client_for):
     """Found by a time-zone hunt: past the project's midnight a call blocked by the daily limit stayed

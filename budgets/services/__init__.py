@@ -15,6 +15,7 @@ from budgets.services.ledger import (
     ledger_totals,
 )
 from budgets.services.overrides import (
+    budget_close_past_windows,
     budget_limits_update,
     budget_override_create,
     override_create_locked,
@@ -26,7 +27,6 @@ from budgets.services.overrides import (
 from budgets.services.windows import (
     BUDGET_RELATED,
     CRITICAL_FACTOR,
-    budget_close_past_windows,
     budget_for,
     budget_remaining,
     critical_line,

@@ -5,16 +5,17 @@ Who must approve is decided when the decision is made, from the deployment's set
 (HITL_MANAGER_COST_THRESHOLD for cost limits, in USD; HITL_MANAGER_TOKEN_THRESHOLD for token
 limits, in tokens), never frozen at creation. Deciding an override that blocks calls is a flow
 of the layer above (approvals.services.overrides), which calls ``override_decide_locked``."""
+import logging
 from decimal import Decimal, InvalidOperation
 
 from django.utils import timezone
 
 from audit.services import actor_repr, audit_record
-from budgets.hooks import budget_limits_changed
+from budgets.hooks import budget_limits_changed, budget_windows_ended
 from budgets.services.alerts import check_alerts
 from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
-from core.errors import AlreadyDecided, Forbidden, InvalidInput, TransitionError
+from core.errors import AlreadyDecided, DomainError, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
 from core.times import iso_utc
 from core.uow import retry_transient
@@ -24,6 +25,8 @@ from projects import roles
 from projects.models import Project
 from projects.permissions import has_project_perm, require_not_requester, require_project_perm
 from projects.uow import project_uow
+
+log = logging.getLogger(__name__)
 
 
 def override_payload(override: BudgetOverrideRequest) -> dict:
@@ -208,3 +211,30 @@ def budget_limits_update(*, project, actor, values: dict) -> ProjectBudget:
             emergency_stop_trigger(project_id=uow.project.pk, condition=trip.condition, reason=trip.reason,
                                    severity=trip.severity, data={**trip.data, "limits_changed_by": actor_repr(actor)})
     return budget
+
+
+def budget_close_past_windows(*, now=None) -> int:
+    """Beat: mark windows that have ended as closed, one project's unit of work at a time (a
+    late settle may still lock them), and withdraw the overrides still pending for them (those
+    of blocked calls through ``budget_windows_ended``, which admits the calls in the new windows;
+    then the ones asked for by hand). Usage never depends on this: the current window is always
+    found by the instant it covers."""
+    now = now or timezone.now()
+    closed = 0
+    past = BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True)
+    for project_id in list(past.values_list("project_id", flat=True).distinct()[:1000]):
+        try:
+            with project_uow(project_id) as uow:
+                budget_windows_ended(uow=uow, now=now)  # calls blocked for a day gone by: admitted in the new one
+                windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
+                closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
+            with project_uow(project_id) as uow:
+                # an override of a day gone by with no call behind it (asked by hand) is withdrawn too:
+                # it stayed pending in the inbox for ever, and approving it was refused (409)
+                stale = uow.lock_many("override", BudgetOverrideRequest.objects.filter(
+                    project_id=project_id, status=BudgetOverrideRequest.Status.PENDING, window__end__lte=now))
+                overrides_withdraw(stale, reason="Its budget window ended before a decision: ask again for the "
+                                                 "new one if it is still needed.")
+        except DomainError as exc:  # one project's refusal (rolled back) holds up no other's windows
+            log.warning("closing the ended budget windows of project %s failed: %s", project_id, exc)
+    return closed

@@ -5,7 +5,6 @@ A window is [start, end) in UTC. The current window of a kind is the one whose r
 earlier than the end of the previous one. So a change of time zone never resets or loses what
 was spent or reserved: the current windows run to their end, and the new zone applies from
 there (the first window in the new zone may be shorter or longer than a day)."""
-import logging
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -14,9 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from budgets.hooks import budget_windows_ended
 from budgets.models import BudgetWindow, ProjectBudget
-from core.errors import DomainError
 from core.rawrows import Columns, db, kept_cursor
 from emergency.conditions import Trip
 from emergency.models import Condition, Severity
@@ -25,7 +22,6 @@ from projects.uow import project_uow
 
 ZERO = Decimal("0.0000")
 FOUR_PLACES = Decimal("0.0001")
-log = logging.getLogger(__name__)
 CRITICAL_FACTOR = Decimal("1.5")   # budget_critical: the day's cost past 1.5 x the daily cost limit
 
 
@@ -250,21 +246,3 @@ def budget_remaining(project_id, now=None) -> Decimal | None:
     if today is None:  # nothing used today yet
         return limit
     return limit + today.allowance_cost - today.spent_cost - today.reserved_cost
-
-
-def budget_close_past_windows(*, now=None) -> int:
-    """Beat: mark windows that have ended as closed, one project's unit of work at a time (a
-    late settle may still lock them). Usage never depends on this: the current window is always
-    found by the instant it covers."""
-    now = now or timezone.now()
-    closed = 0
-    past = BudgetWindow.objects.filter(end__lte=now, closed_at__isnull=True)
-    for project_id in list(past.values_list("project_id", flat=True).distinct()[:1000]):
-        try:
-            with project_uow(project_id) as uow:
-                budget_windows_ended(uow=uow, now=now)  # calls blocked for a day gone by: admitted in the new one
-                windows = uow.lock_many("budget_window", past.filter(project_id=project_id), order_by=("kind", "pk"))
-                closed += BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(closed_at=now)
-        except DomainError as exc:  # one project's refusal (rolled back) holds up no other's windows
-            log.warning("closing the ended budget windows of project %s failed: %s", project_id, exc)
-    return closed
