@@ -10,9 +10,40 @@ class ProjectsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.db.models.signals import pre_migrate
+
         from core.api import idempotent_replay_visible
 
         idempotent_replay_visible.connect(replay_visible)
+        pre_migrate.connect(refuse_slug_clashes_before_migrating, sender=self)
+
+
+SLUG_MIGRATION = ("projects", "0008_project_slug_unique_without_case")
+
+
+def refuse_slug_clashes_before_migrating(*, plan=None, using="default", **kwargs):
+    """``migrate`` stops before it changes anything when projects 0008 (slugs unique without
+    case) is in its plan and two projects' slugs differ only in case: the migration's own check
+    ran after the migrations before it had changed the schema, leaving the database half
+    migrated (and the old version's processes failing) while the operator renamed them."""
+    from django.core.management.base import CommandError
+    from django.db import connections
+
+    if not any((m.app_label, m.name) == SLUG_MIGRATION and not backwards for m, backwards in plan or ()):
+        return
+    connection = connections[using]
+    if "projects_project" not in connection.introspection.table_names():
+        return  # a new database: nothing to clash
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT lower(slug), slug FROM projects_project ORDER BY slug")
+        seen: dict[str, list[str]] = {}
+        for lowered, slug in cursor.fetchall():
+            seen.setdefault(lowered, []).append(slug)
+    clashes = "; ".join(", ".join(slugs) for slugs in seen.values() if len(slugs) > 1)
+    if clashes:
+        raise CommandError("Nothing was migrated: project slugs must now be unique without case; rename all but "
+                           f"one of each of these (the admin's project page, or the shell), then migrate again: "
+                           f"{clashes}")
 
 
 def replay_visible(*, user, project_id) -> bool:

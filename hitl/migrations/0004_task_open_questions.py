@@ -19,6 +19,16 @@ def count_open_questions(apps, schema_editor):
         task_model.objects.filter(pk=task_id).update(**changes)
 
 
+def uncount_open_questions(apps, schema_editor):
+    """Back (a rollback to code that does not count questions): a task waiting only for its
+    questions goes back to the status they held back. The older code knew no other way out of
+    waiting_for_hitl, so such a task stayed there for good (its completion refused: 409)."""
+    task_model = apps.get_model("projects", "Task")
+    for status in ("pending", "running"):
+        task_model.objects.filter(status="waiting_for_hitl", open_questions__gt=0,
+                                  status_after_questions=status).update(status=status)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -27,5 +37,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(count_open_questions, migrations.RunPython.noop),
+        migrations.RunPython(count_open_questions, uncount_open_questions),
     ]

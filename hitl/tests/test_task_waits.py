@@ -233,6 +233,11 @@ def test_the_migration_counts_questions_pending_before_tasks_counted_them(projec
     rows = {t.title: (t.status, t.open_questions, t.status_after_questions) for t in Task.objects.all()}
     assert rows == {"pending": ("waiting_for_hitl", 1, "pending"), "running": ("waiting_for_hitl", 2, "running"),
                     "completed": ("completed", 0, "")}
+    # rolled back (to code that does not count questions): they go back where the questions held
+    # them, where they stayed waiting_for_hitl for good (their completion refused)
+    migration.uncount_open_questions(apps, None)
+    assert {t.title: t.status for t in Task.objects.all()} == {"pending": "pending", "running": "running",
+                                                               "completed": "completed"}
 
 
 def test_a_task_abandoned_before_it_ran_takes_its_questions_with_it(flow):
