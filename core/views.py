@@ -140,6 +140,7 @@ def _heartbeats() -> dict:
     query = f"SELECT name, last_seen FROM {Heartbeat._meta.db_table} WHERE name = ANY(%s)"
     from core.postgresql.base import check_pool_after_a_lost_connection
 
+    pool.open()  # as Django opens it on its first connection (a no-op once open): a fresh process's is not yet
     for attempt in range(2):
         try:
             with pool.connection(timeout=settings.HITL_HEALTH_DB_TIMEOUT) as conn:
