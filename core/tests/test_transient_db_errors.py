@@ -353,6 +353,9 @@ def test_after_the_server_ends_every_connection_one_request_is_refused_not_one_p
 def test_the_health_check_says_the_database_does_not_answer_within_its_own_timeout(serve):  # noqa: F811
     """It waited for a pooled connection as long as any request (HITL_DB_POOL_TIMEOUT, 30 s) while
     the database was down: a monitor's probe (1 to 10 s) saw a hung server."""
+    fresh = serve()  # its first request: the pool is not open yet (it answered 503, the pool "not open yet")
+    status, _, body, _ = fresh.request("GET", "/api/v1/health")
+    assert status == 200 and json.loads(body)["database"] == "postgresql", body
     server = serve(DATABASE_URL="postgres://postgres@127.0.0.1:9/nothing_listens_here", HITL_DB_POOL_TIMEOUT=60,
                    HITL_HEALTH_DB_TIMEOUT=1)
     status, _, body, _ = server.request("GET", "/api/v1/health", timeout=20)  # well before the pool's 60 s
