@@ -22,11 +22,11 @@ import logging
 import threading
 
 from django.db.backends.postgresql import base
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
 from core.errors import transient_db_error_kind
-from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 try:
     from psycopg.adapt import AdaptersMap, Loader
