@@ -54,12 +54,14 @@ def role_grant(*, user, project, role: str, actor=None) -> tuple[list[str], list
     for perm in roles.ROLES[role]:
         assign_perm(f"projects.{perm}", user, project)
     project_perms_changed(user)
+    after = {"user": user.get_username(), "role": role, "perms": roles.ROLES[role]}
+    if removed:
+        after["removed"] = removed
     if role in roles.STAFF_ROLES and not user.is_staff:
         user.is_staff = True  # reviewers and managers work in the admin's approval queue
         user.save(update_fields=["is_staff"])
-    after = {"user": user.get_username(), "role": role, "perms": roles.ROLES[role]}
-    audit_record(actor=actor, action="role.grant", obj=project, object_type="projects.project",
-                 after={**after, "removed": removed} if removed else after)
+        after["made_staff"] = True  # the trail says so (one an admin had de-staffed signs in again)
+    audit_record(actor=actor, action="role.grant", obj=project, object_type="projects.project", after=after)
     return roles.ROLES[role], removed
 
 

@@ -1,9 +1,11 @@
 """JSON answers for API paths that no view handles, and the health endpoint."""
 import functools
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, OperationalError, connection
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -137,9 +139,23 @@ def _heartbeats() -> dict:
     pool = getattr(connection, "pool", None)
     if pool is None:  # SQLite, or PostgreSQL without a pool
         return dict(Heartbeat.objects.filter(name__in=names).values_list("name", "last_seen"))
-    query = f"SELECT name, last_seen FROM {Heartbeat._meta.db_table} WHERE name = ANY(%s)"
+    # Read on a thread of its own, waited for a little longer than the pool's wait: a connection
+    # that stalls without refusing (a network partition, a hung server) held the check for good.
+    # A stalled read keeps that one thread; the next checks queue behind it and answer 503 in time.
+    future = _HEALTH_READER.submit(_pooled_heartbeats, pool, names)
+    try:
+        return future.result(timeout=settings.HITL_HEALTH_DB_TIMEOUT + 1)
+    except FuturesTimeout:
+        raise OperationalError("the database did not answer in time") from None
+
+
+_HEALTH_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-health-db")
+
+
+def _pooled_heartbeats(pool, names) -> dict:
     from core.postgresql.base import check_pool_after_a_lost_connection
 
+    query = f"SELECT name, last_seen FROM {Heartbeat._meta.db_table} WHERE name = ANY(%s)"
     pool.open()  # as Django opens it on its first connection (a no-op once open): a fresh process's is not yet
     for attempt in range(2):
         try:

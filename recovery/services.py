@@ -139,8 +139,9 @@ STEPS = {  # action: (description, run, options)
     "reset_error_window": ("Reset the error-rate window so past failures do not trip the stop again.",
                            _reset_error_window, None),
     "re_enable_agents": ("Re-enable the project's agents (their states go back to idle).", _re_enable_agents, None),
-    "settle_halted_tasks": ("Resume the halted tasks (option 'resume', the default: back to pending) or cancel "
-                            "them (option 'cancel').", _settle_halted_tasks, ["resume", "cancel"]),
+    "settle_halted_tasks": ("Resume the halted tasks (option 'resume': back to pending) or cancel them (option "
+                            "'cancel'): the approver chooses (through the API, resume unless told).",
+                            _settle_halted_tasks, ["resume", "cancel"]),
     "lift_stop": ("Lift the emergency stop: the project becomes active and accepts agent calls again.",
                   _lift_stop, None),
 }

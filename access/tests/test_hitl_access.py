@@ -189,3 +189,17 @@ def test_granting_reviewer_to_a_manager_makes_them_a_reviewer_and_the_trail_says
     assert client.post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder", "title": "t"},
                        format="json").status_code == 201
     assert client.patch(f"/api/v1/budgets/{project.pk}", {"daily_token_limit": 5}, format="json").status_code == 200
+
+
+def test_a_staff_role_given_to_someone_not_staff_says_it_makes_them_staff(make_user, project):
+    """An admin had taken staff status away; a role grant gave it back without a word in the trail."""
+    from audit.models import AuditEvent
+
+    rev = make_user("rev2", role="reviewer", project=project)
+    rev.is_staff = False
+    rev.save(update_fields=["is_staff"])
+    assert run("rev2", "--role", "reviewer", "--project", "demo")[0] == (
+        "Granted reviewer on project demo to rev2 (view_project, review_project); made staff (they may sign in to "
+        "the pages).")
+    assert AuditEvent.objects.filter(action="role.grant").latest("id").after["made_staff"] is True
+    assert "made staff" not in run("rev2", "--role", "reviewer", "--project", "demo")[0]   # staff already

@@ -97,6 +97,35 @@ def test_health_is_503_when_the_database_does_not_answer(monkeypatch):
     assert r.json()["error"] == "unavailable" and r.json()["database"] == "unreachable"
 
 
+@pytest.mark.postgres
+def test_health_is_503_in_time_when_the_database_connection_stalls(monkeypatch, settings):
+    """A connection that stalls without refusing (a network partition, a hung server) held the
+    health check for good: HITL_HEALTH_DB_TIMEOUT bounded only the wait for a pooled connection."""
+    import contextlib
+
+    stalled, released = threading.Event(), threading.Event()
+
+    class Stalled:
+        autocommit = True
+
+        def execute(self, *args, **kwargs):
+            stalled.set()
+            released.wait(30)
+            raise AssertionError("the health check did not wait for this")
+
+    @contextlib.contextmanager
+    def stalled_connection(*args, **kwargs):
+        yield Stalled()
+
+    settings.HITL_HEALTH_DB_TIMEOUT = 0.5
+    monkeypatch.setattr(connection.pool, "connection", stalled_connection)
+    try:  # without its own bound it waits for the read (which here gives up after 30 s with an error: a 500)
+        r = APIClient().get("/api/v1/health")
+        assert stalled.is_set() and r.status_code == 503 and r.json()["database"] == "unreachable", r.content
+    finally:
+        released.set()
+
+
 def test_beat_schedule_runs_the_heartbeat_on_both_queues():
     entry = settings.CELERY_BEAT_SCHEDULE["core-heartbeat"]
     assert entry["task"] == heartbeat_task.name == "core.heartbeat"

@@ -67,9 +67,12 @@ class Command(BaseCommand):
             role_revoke_all(user=user, project=target_project)
             self.stdout.write(f"Removed every role of {username} on project {target_project.slug}.")
         if role:
+            was_staff = user.is_staff
             perms, removed = role_grant(user=user, project=target_project, role=role)
             self.stdout.write(f"Granted {role} on project {target_project.slug} to {username} "
-                              f"({', '.join(perms)})" + (f"; removed {', '.join(removed)}." if removed else "."))
+                              f"({', '.join(perms)})" + (f"; removed {', '.join(removed)}" if removed else "")
+                              + ("; made staff (they may sign in to the pages)" if user.is_staff and not was_staff
+                                 else "") + ".")
         if revoke_keys:
             active = list(ApiKey.objects.filter(user=user, revoked_at__isnull=True).values_list("pk", flat=True))
             for key_id in active:
