@@ -84,22 +84,29 @@ class ReadOnlyAdminMixin:
         return False
 
 
-def ask_reason(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str):
-    """For an admin action that needs a reason: the reason when the intermediate form was
-    submitted with one, else the form to render (return it from the action)."""
+def _action_page(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str,
+                 **context):
+    """The intermediate page of an admin action (admin/reason_form.html): the selection, a question
+    and the button that submits the action again with ``apply``."""
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
     from django.template.response import TemplateResponse
 
+    return TemplateResponse(request, "admin/reason_form.html", {
+        **model_admin.admin_site.each_context(request), "title": title, "question": question,
+        "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME, **context})
+
+
+def ask_reason(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str):
+    """For an admin action that needs a reason: the reason when the intermediate form was
+    submitted with one, else the form to render (return it from the action)."""
     reason = (request.POST.get("reason") or "").strip()
     nul = has_nul(reason)  # the database cannot store U+0000: asked again, nothing decided
     if "apply" in request.POST and reason and not nul:
         return reason, None
-    return None, TemplateResponse(request, "admin/reason_form.html", {
-        **model_admin.admin_site.each_context(request), "title": title, "question": question,
-        "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
-        "action_checkbox_name": ACTION_CHECKBOX_NAME, "missing_reason": "apply" in request.POST and not nul,
-        "nul_reason": nul, "reason_needed": True,
-    })
+    return None, _action_page(model_admin, request, queryset, action=action, title=title, question=question,
+                              submit_label=submit_label, reason_needed=True, nul_reason=nul,
+                              missing_reason="apply" in request.POST and not nul)
 
 
 def confirm_risky(model_admin, request, queryset, *, action: str, title: str, submit_label: str, level_of):
@@ -107,18 +114,11 @@ def confirm_risky(model_admin, request, queryset, *, action: str, title: str, su
     confirmation page was submitted), else that page to render (return it from the action), listing
     the risky items. "Select all, approve" approved a high-risk call with the low ones, unasked,
     where the reviewer pages want a second press for one."""
-    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-    from django.template.response import TemplateResponse
-
     risky = [(obj, level) for obj in queryset if (level := level_of(obj)) in ("high", "critical")]
     if not risky or "apply" in request.POST:
         return None
-    return TemplateResponse(request, "admin/reason_form.html", {
-        **model_admin.admin_site.each_context(request), "title": title, "risky": risky,
-        "question": f"Approve {queryset.count()} selected?", "submit_label": submit_label, "queryset": queryset,
-        "opts": model_admin.model._meta, "action": action, "action_checkbox_name": ACTION_CHECKBOX_NAME,
-        "reason_needed": False,
-    })
+    return _action_page(model_admin, request, queryset, action=action, title=title, submit_label=submit_label,
+                        question=f"Approve {queryset.count()} selected?", risky=risky, reason_needed=False)
 
 
 def changed_values(form, *, initial: bool = False) -> dict:
