@@ -17,8 +17,8 @@ from django.utils.dateparse import parse_datetime
 from approvals.models import AgentCallApproval, ResponseApproval
 from audit.models import AuditEvent
 from budgets.models import BudgetOverrideRequest
-from emergency.models import CANCELLED_BY_STOP, EmergencyStop, condition_words
 from core.request_cache import memo
+from emergency.models import CANCELLED_BY_STOP, EmergencyStop, condition_words
 from hitl.selectors import pending_for_reviewer
 from projects import roles
 from projects.models import Project
