@@ -65,6 +65,15 @@ def role_grant(*, user, project, role: str, actor=None) -> tuple[list[str], list
     return roles.ROLES[role], removed
 
 
+def project_creator_role(*, project, actor) -> None:
+    """The ``projects.project_created`` hook: a creator who is not an admin (given Django's "add
+    project" permission, in the admin or the API) manages what they made, through ``role_grant``
+    (audited; one not staff is made staff, as every manager is). Admins see every project already."""
+    if actor is None or not actor.is_authenticated or actor.is_superuser:
+        return
+    role_grant(user=actor, project=project, role="manager", actor=actor)
+
+
 @transaction.atomic
 def role_revoke_all(*, user, project, actor=None) -> None:
     for perm in roles.ALL_PERMS:

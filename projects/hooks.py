@@ -2,7 +2,7 @@
 from typing import Protocol
 
 from core.hooks import Hook
-from projects.models import Task
+from projects.models import Project, Task
 
 
 class TaskOutcomeHandler(Protocol):
@@ -15,6 +15,10 @@ class TaskWorkerCheck(Protocol):
 
 class TaskCheck(Protocol):
     def __call__(self, *, task: Task) -> bool: ...
+
+
+class ProjectCreatedHandler(Protocol):
+    def __call__(self, *, project: Project, actor) -> None: ...
 
 
 class TaskEndingHandler(Protocol):
@@ -37,3 +41,8 @@ task_output_under_review: Hook[TaskCheck] = Hook("projects.task_output_under_rev
 # reservations given back at once) and its responses still pending review; hitl its pending
 # questions and checkpoints (connected in that order: LOCK_ORDER approval, response, hitl).
 task_ending: Hook[TaskEndingHandler] = Hook("projects.task_ending", required=True)
+
+# In a new project's transaction, after its row and audit row: access gives a creator who is not an
+# admin (a user given Django's "add project" permission) the manager role on what they made (they
+# could not see it: projects are shown to those who hold a role on them).
+project_created: Hook[ProjectCreatedHandler] = Hook("projects.project_created", required=True)

@@ -12,7 +12,7 @@ from core import rawrows
 from core.rawrows import db, kept_cursor
 from core import uow as core_uow
 from core.uow import retry_transient
-from projects.hooks import task_ending, task_outcome_reported, task_output_under_review, task_worked_on_by
+from projects.hooks import project_created, task_ending, task_outcome_reported, task_output_under_review, task_worked_on_by
 from projects.models import AgentState, AgentType, Project, ProjectNotifier, Task, validate_timezone
 from projects.uow import project_uow
 
@@ -26,6 +26,8 @@ def _task_snapshot(task: Task) -> dict:
 @transaction.atomic
 def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC",
                    allowed_link_hosts: list[str] | None = None) -> Project:
+    """A new project, its agents' states and its audit row; a creator who is not an admin is made its
+    manager (``project_created``: access) in the same transaction."""
     try:
         validate_timezone(timezone_name)
     except Exception as exc:  # django ValidationError
@@ -41,6 +43,7 @@ def project_create(*, actor, name: str, slug: str, timezone_name: str = "UTC",
     audit_record(actor=actor, action="project.create", obj=project,
                  after={"name": name, "slug": slug, "timezone": timezone_name, "status": project.status,
                         **({"allowed_link_hosts": hosts} if hosts else {})})
+    project_created(project=project, actor=actor)
     return project
 
 

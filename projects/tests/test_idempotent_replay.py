@@ -110,8 +110,8 @@ def test_a_project_creation_replayed_after_the_admin_rights_went_is_404(admin_us
 
 
 def test_a_project_creation_by_staff_allowed_to_add_projects_is_replayed(make_user, client_for):
-    """The replay of a project's creation asked for a role on it, which its creator is not given:
-    a staff user with the "add project" permission got 404 on every retry of their 201."""
+    """The replay of a project's creation asked for a role on it, which its creator was not given
+    then: a staff user with the "add project" permission got 404 on every retry of their 201."""
     from django.contrib.auth.models import Permission
 
     creator = make_user("creator")
