@@ -184,7 +184,10 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         if task.status == status:
             return task  # a retried report
         ran = status == Task.Status.CANCELLED and _ran(task)  # (its hook asks the database: once)
-        if status not in Task.TRANSITIONS[task.status] or ran:
+        # A halted task is its stop's recovery's to resume or cancel (HALTED → CANCELLED is the
+        # recovery's move): an agent's "cancelled" during the stop hid a call that ran from the
+        # error rate and from the person settling the halted tasks.
+        if status not in Task.TRANSITIONS[task.status] or ran or task.status == Task.Status.HALTED:
             raise TransitionError(_why_not(task, status, ran=ran), current_status=task.status)
         before = _task_snapshot(task)
         task.status = status
@@ -208,6 +211,8 @@ def _ran(task: Task) -> bool:
 
 
 def _why_not(task: Task, status: str, *, ran: bool) -> str:
+    if task.status == Task.Status.HALTED:
+        return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
     if ran:
         return ("The task ran (a call of it runs, or its output waits for review), so it cannot be reported "
                 "cancelled: report it completed or failed. Cancelled is for work abandoned before it ran.")
@@ -215,8 +220,6 @@ def _why_not(task: Task, status: str, *, ran: bool) -> str:
         return (f"The task waits for a person (a call, its output or a question pending review), so it cannot "
                 f"be reported {status}: wait for the decision, cancel the call or the question, or report the "
                 f"task failed.")
-    if task.status == Task.Status.HALTED:
-        return "The task is halted by an emergency stop: the stop's recovery resumes or cancels it, not a report."
     return f"A task that is {task.status} cannot become {status}."
 
 

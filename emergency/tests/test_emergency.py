@@ -586,3 +586,22 @@ def test_a_stops_statements_do_not_grow_with_the_questions_it_cancels(project, o
             emergency_stop_trigger(project_id=where.pk, condition="manual_stop", reason="drill", actor=who)
         counts.append(len(queries.captured_queries))
     assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_halted_task_takes_no_outcome_report_its_recovery_settles_it(project, agent, reviewer, manager, client_for,
+                                                                        started):
+    """An agent reported a halted task whose call had run "cancelled" (200) while "failed" was
+    refused: a run hidden from the error rate and from the person settling the halted tasks."""
+    call = request_call(project, agent, "ran" if started else "asked")
+    if started:
+        agent_approval_decide(approval_id=call.pk, decider=reviewer, decision="approve")
+        agent_approval_start(approval_id=call.pk, actor=agent)
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=manager)
+    client = client_for(agent)
+    trail = AuditEvent.objects.count()
+    for status in ("cancelled", "failed", "completed"):
+        r = client.post(f"/api/v1/tasks/{call.task_id}/status", {"status": status}, format="json")
+        assert r.status_code == 409, (status, r.content)
+        assert r.json()["status"] == "halted" and "recovery" in r.json()["detail"], r.json()
+    assert Task.objects.get(pk=call.task_id).status == "halted" and AuditEvent.objects.count() == trail
