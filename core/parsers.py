@@ -2,7 +2,8 @@ import codecs
 import json
 import math
 import re
-from decimal import Decimal
+import sys
+from decimal import Decimal, localcontext
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -107,8 +108,9 @@ def _finite_float(text: str) -> float:
     """A JSON number with a fraction or an exponent, as a double holds it. One beyond a double's
     range (1e999) is refused by name, where Python would read it as infinity (which JSON cannot
     hold); so is one whose digits a double cannot hold (more than 17 significant digits that are not
-    exactly a double, such as 123456789012345678901234567890.5, or 1e-400, below the smallest
-    double): it was rounded silently, and the input a reviewer approved was not the one sent."""
+    exactly a double, such as 123456789012345678901234567890.5), and one too small for a double to
+    hold as written (1e-400, read as 0.0; 2.5e-324, read as 5e-324): it was rounded silently, and the
+    input a reviewer approved was not the one sent."""
     value = float(text)
     shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
     if math.isinf(value):
@@ -116,11 +118,30 @@ def _finite_float(text: str) -> float:
                          f"or the number as a string")
     whole, fraction = _SIGNIFICAND.match(text.lower().partition("e")[0]).groups()
     digits = (whole + fraction).strip("0")
-    if (value == 0 and digits) or (len(digits) > MAX_SIGNIFICANT_DIGITS and not _exactly(value, text)):
+    if digits and (value == 0 or (abs(value) < sys.float_info.min and not _subnormal_holds(value, text))):
+        raise ValueError(f"the number {shown} is too small for a 64-bit float to hold as written (it would be read "
+                         f"as {value!r}; below 2.2e-308 a double has fewer digits): send the number as a string")
+    if len(digits) > MAX_SIGNIFICANT_DIGITS and not _exactly(value, text):
         raise ValueError(f"the number {shown} has more digits than a 64-bit float holds (it would be read as "
                          f"{value!r}): send at most {MAX_SIGNIFICANT_DIGITS} significant digits, or the number "
                          f"as a string")
     return value
+
+
+def _subnormal_holds(value: float, text: str) -> bool:
+    """Whether a number below the smallest normal double (2.2e-308), where doubles have fewer
+    digits, is held as written: it is the shortest form of its double (5e-324, as Python and
+    JavaScript print that double), or within what 17 digits carry (4.9406564584124654e-324, C's
+    %.17g). 2.5e-324 is read as 5e-324, twice what was sent."""
+    try:
+        sent, held = Decimal(text), Decimal(value)
+        if sent == Decimal(repr(value)):
+            return True
+        with localcontext() as exact:
+            exact.prec = 60
+            return abs(held - sent) <= abs(sent) * Decimal(2) ** -53
+    except ArithmeticError:
+        return False
 
 
 def _exactly(value: float, text: str) -> bool:

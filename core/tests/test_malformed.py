@@ -383,8 +383,13 @@ def test_typed_json_is_held_to_the_same_number_rules():
         loads_strict('{"n": 1e999}')
     with pytest.raises(ValueError, match=r"^a number has 4301 digits, more than 4300"):
         loads_strict("[" + "7" * 4301 + "]")
-    with pytest.raises(ValueError, match=r"^the number -2.5e-400 has more digits than a 64-bit float holds"):
+    with pytest.raises(ValueError, match=r"^the number -2.5e-400 is too small for a 64-bit float to hold as written"):
         loads_strict('{"m": -2.5e-400}')  # it was read as -0.0
+    with pytest.raises(ValueError, match=r"^the number 2.5e-324 is too small .* \(it would be read as 5e-324;"):
+        loads_strict('{"m": 2.5e-324}')  # it was taken, and doubled
+    # below the smallest normal double, what a double holds as printed (shortest, or C's 17 digits) is taken
+    assert loads_strict("[5e-324, 4.9406564584124654e-324, 1e-310, 1.23456789e-310, 2.2250738585072011e-308]") == [
+        5e-324, 5e-324, 1e-310, 1.23456789e-310, 2.225073858507201e-308]
     # what a double holds as written is taken, however it is written
     assert loads_strict('{"n": 1e308, "a": 0.1, "b": 1.10, "c": -0.0, "d": 2.5E-3, "e": 0.30000000000000004, '
                         '"f": 12345678901234567890123}') == {"n": 1e308, "a": 0.1, "b": 1.1, "c": -0.0, "d": 0.0025,
@@ -392,8 +397,10 @@ def test_typed_json_is_held_to_the_same_number_rules():
     # 17 significant digits (C's %.17g, PHP, older Java), or more that are exactly a double, are taken
     assert loads_strict("[0.10000000000000001, 9.999999999999999e22, 2.82879384806159008E17, 1.000000000000000000000]"
                         ) == [0.1, 1e23, 2.82879384806159008e17, 1.0]
-    for refused in ("1e-9999999999999999999", "3.14159265358979323846", "1.2345678901234567891e-400"):
-        with pytest.raises(ValueError, match=r"has more digits than a 64-bit float holds"):
+    with pytest.raises(ValueError, match=r"has more digits than a 64-bit float holds"):
+        loads_strict("3.14159265358979323846")
+    for refused in ("1e-9999999999999999999", "1.2345678901234567891e-400"):
+        with pytest.raises(ValueError, match=r"is too small for a 64-bit float to hold as written"):
             loads_strict(refused)  # the first was a 500 (Decimal's InvalidOperation)
 
 
@@ -863,11 +870,12 @@ def test_a_refused_body_says_what_to_send_in_the_clients_terms(settings, targets
              "holds (it would be read as 1.2345678901234568e+29): send at most 17 significant digits, or the "
              "number as a string"),
             (send(client, url, with_literal(valid, "x", "1e-400")),
-             "JSON parse error - the number 1e-400 has more digits than a 64-bit float holds (it would be read as "
-             "0.0): send at most 17 significant digits, or the number as a string"),
+             "JSON parse error - the number 1e-400 is too small for a 64-bit float to hold as written (it would be "
+             "read as 0.0; below 2.2e-308 a double has fewer digits): send the number as a string"),
             (send(client, url, with_literal(valid, "x", "1e-9999999999999999999")),
-             "JSON parse error - the number 1e-9999999999999999999 has more digits than a 64-bit float holds (it "
-             "would be read as 0.0): send at most 17 significant digits, or the number as a string"),
+             "JSON parse error - the number 1e-9999999999999999999 is too small for a 64-bit float to hold as "
+             "written (it would be read as 0.0; below 2.2e-308 a double has fewer digits): send the number as a "
+             "string"),
             (send(client, url, b"{}", content_type="application/json; charset=utf-16"),
              "JSON parse error - Expecting value: line 1 column 1 (char 0)"
              " (read as utf-16, the charset its Content-Type declares)"),
