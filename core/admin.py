@@ -85,28 +85,36 @@ class ReadOnlyAdminMixin:
 
 
 def _action_page(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str,
-                 **context):
-    """The intermediate page of an admin action (admin/reason_form.html): the selection, a question
-    and the button that submits the action again with ``apply``."""
+                 template: str = "admin/reason_form.html", **context):
+    """The intermediate page of an admin action (admin/reason_form.html, or a template extending
+    it): the selection, a question and the button that submits the action again with ``apply``."""
     from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
     from django.template.response import TemplateResponse
 
-    return TemplateResponse(request, "admin/reason_form.html", {
+    return TemplateResponse(request, template, {
         **model_admin.admin_site.each_context(request), "title": title, "question": question,
         "submit_label": submit_label, "queryset": queryset, "opts": model_admin.model._meta, "action": action,
         "action_checkbox_name": ACTION_CHECKBOX_NAME, **context})
 
 
-def ask_reason(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str):
+def ask_reason(model_admin, request, queryset, *, action: str, title: str, question: str, submit_label: str,
+               **page):
     """For an admin action that needs a reason: the reason when the intermediate form was
-    submitted with one, else the form to render (return it from the action)."""
+    submitted with one, else the form to render (return it from the action). ``page``: the
+    page's own template and context (``_action_page``)."""
     reason = (request.POST.get("reason") or "").strip()
     nul = has_nul(reason)  # the database cannot store U+0000: asked again, nothing decided
     if "apply" in request.POST and reason and not nul:
         return reason, None
     return None, _action_page(model_admin, request, queryset, action=action, title=title, question=question,
                               submit_label=submit_label, reason_needed=True, nul_reason=nul,
-                              missing_reason="apply" in request.POST and not nul)
+                              missing_reason="apply" in request.POST and not nul, **page)
+
+
+def action_page(model_admin, request, queryset, **page):
+    """The intermediate page of an admin action that asks no reason, to render (return it from the
+    action) until it is submitted (``apply``)."""
+    return _action_page(model_admin, request, queryset, reason_needed=False, **page)
 
 
 def confirm_risky(model_admin, request, queryset, *, action: str, title: str, submit_label: str, level_of):

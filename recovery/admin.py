@@ -10,7 +10,7 @@ from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdminMixin, ask_reason, back_to_messages
+from core.admin import ReadOnlyAdminMixin, action_page, ask_reason, back_to_messages
 from core.errors import DomainError, InvalidInput
 from core.text import has_nul
 from emergency.admin import EmergencyStopAdmin, stop_preview
@@ -177,27 +177,62 @@ class RecoverySessionAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mo
             then = f" Next: {_step_name(following)}, waiting for approval." if following else ""
             self.message_user(request, f"{project.name}: {_step_name(step)} approved and run.{then}", messages.SUCCESS)
 
-    # --- list actions (the same service, on the next step of each selected session) --------
-    def _respond_next(self, request, queryset, decision: str, reason: str = ""):
+    # --- list actions: the same service, on the step each session showed -------------------
+    # An action's page names the next step of each selected session and carries its id, so the
+    # step decided is the one the reviewer read: "approve the next step" ran whatever was next
+    # when the form arrived (one approved by someone else meanwhile made the click run the step
+    # after it, the stop's lift among them), and chose "resume" for the halted tasks unasked.
+    NEXT_STEP_PAGE = "admin/recovery/recoverysession/next_step_form.html"
+
+    def _shown_step(self, request, session):
+        """The step the action's page named for ``session`` (its id posted back), else None."""
+        try:
+            step_id = uuid.UUID(request.POST.get(f"step_{session.pk}", ""))
+        except ValueError:
+            return None
+        return RecoveryStep.objects.filter(session=session, pk=step_id).first()
+
+    def _next_steps(self, request, queryset) -> list[dict]:
+        """Each session's next step, for the action's page; the one it named already when the page
+        is shown again (a reason left out): the name and the id posted stay the same."""
+        rows = []
         for session in queryset:
-            step = _next_pending(session)
-            if step is None or session.status not in OPEN:
-                self.message_user(request, f"{session}: no step is waiting.", messages.WARNING)
+            step = self._shown_step(request, session) or (_next_pending(session) if session.status in OPEN else None)
+            rows.append({"session": session, "step": step, "name": _step_name(step) if step else "",
+                         "options": STEPS[step.action][2] if step else None})
+        return rows
+
+    def _respond_shown(self, request, queryset, decision: str, reason: str = "") -> None:
+        for session in queryset:
+            step = self._shown_step(request, session)
+            if step is None:  # none was waiting when the page was shown, or it was selected since
+                verb = "approved" if decision == "approve" else "rejected"
+                self.message_user(request, f"{session}: no step was named for it, so none was {verb}.",
+                                  messages.WARNING)
                 continue
-            self._respond(request, session, step, decision, reason=reason)
+            self._respond(request, session, step, decision, reason=reason,
+                          option=request.POST.get(f"option_{session.pk}", ""), option_required=True)
 
-    @admin.action(description="Approve and run the next step")
+    @admin.action(description="Approve and run the next step (names it first)")
     def approve_next_step(self, request, queryset):
-        self._respond_next(request, queryset, "approve")
+        if "apply" not in request.POST:
+            return action_page(self, request, queryset, action="approve_next_step", template=self.NEXT_STEP_PAGE,
+                               title="Approve and run recovery steps", submit_label="Approve and run",
+                               question="Approve and run these steps? Each is run as named here; one decided by "
+                                        "someone else meanwhile is not run, nor the step after it.",
+                               steps=self._next_steps(request, queryset))
+        self._respond_shown(request, queryset, "approve")
+        return None
 
-    @admin.action(description="Reject the next step (asks for a reason)")
+    @admin.action(description="Reject the next step (names it, asks for a reason)")
     def reject_next_step(self, request, queryset):
         reason, form = ask_reason(self, request, queryset, action="reject_next_step", title="Reject recovery steps",
-                                  question="Reject the next step of these recoveries? The recovery fails and the "
-                                           "emergency stop stays.", submit_label="Reject")
+                                  question="Reject these steps? The recovery fails and the emergency stop stays.",
+                                  submit_label="Reject", template=self.NEXT_STEP_PAGE,
+                                  steps=self._next_steps(request, queryset))
         if form is not None:
             return form
-        self._respond_next(request, queryset, "reject", reason)
+        self._respond_shown(request, queryset, "reject", reason)
         return None
 
 

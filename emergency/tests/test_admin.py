@@ -52,7 +52,12 @@ def test_recovery_through_the_admin(client, manager, reviewer, project):
     r = client.post(url, {"action": "reject_next_step", "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)]})
     assert b"Reason" in r.content
     for _ in range(session.total_steps):
-        client.post(url, {"action": "approve_next_step", "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)]})
+        selected = {"action": "approve_next_step", "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)]}
+        named = client.post(url, selected)  # the page naming the step: nothing run yet
+        step = RecoveryStep.objects.filter(session=session, status="pending").order_by("order").first()
+        assert f'name="step_{session.pk}" value="{step.pk}"' in named.content.decode()
+        option = {f"option_{session.pk}": "resume"} if step.action == "settle_halted_tasks" else {}
+        client.post(url, {**selected, "apply": "1", f"step_{session.pk}": str(step.pk), **option})
     session.refresh_from_db()
     assert session.status == "completed"
     assert set(RecoveryStep.objects.filter(session=session).values_list("status", flat=True)) == {"completed"}
@@ -74,8 +79,10 @@ def test_rejecting_a_step_in_the_admin_keeps_the_stop(client, manager, reviewer,
 
     session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
     login(client, reviewer)
+    first = RecoveryStep.objects.filter(session=session).order_by("order").first()
     client.post(reverse("admin:recovery_recoverysession_changelist"), {
-        "action": "reject_next_step", "apply": "1", "reason": "not yet", ACTION_CHECKBOX_NAME: [str(session.pk)]})
+        "action": "reject_next_step", "apply": "1", "reason": "not yet", ACTION_CHECKBOX_NAME: [str(session.pk)],
+        f"step_{session.pk}": str(first.pk)})
     session.refresh_from_db()
     assert session.status == "failed"
     assert Project.objects.get(pk=project.pk).status == "emergency_stopped"

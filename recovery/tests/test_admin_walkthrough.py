@@ -226,3 +226,81 @@ def test_the_list_names_the_next_step(client, session, reviewer):
     html = client.get(reverse("admin:recovery_recoverysession_changelist")).content.decode()
     assert "1. Review the flagged calls and outputs" in html and "0 of 5" in html
     assert RecoverySession.objects.count() == 1
+
+
+def list_action(client, session, action, **extra):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    return client.post(reverse("admin:recovery_recoverysession_changelist"),
+                       {"action": action, "index": 0, ACTION_CHECKBOX_NAME: [str(session.pk)], **extra}, follow=True)
+
+
+def shown_step(page) -> dict:
+    """The hidden step field (and nothing else) the action's page posts back, as a browser would."""
+    return dict(re.findall(r'<input type="hidden" name="(step_[^"]+)" value="([^"]+)"', page.content.decode()))
+
+
+def test_the_list_action_runs_the_step_it_named_not_the_one_after_it(client, session, reviewer, manager, project):
+    """The list's "approve the next step" ran whatever was next when the form arrived: a step
+    approved by someone else meanwhile made a reviewer's click run the one after it (the stop's
+    lift, unseen). Its page names the step and posts its id back; a stale one runs nothing."""
+    from recovery.services import recovery_step_respond
+
+    client.force_login(reviewer)
+    page = list_action(client, session, "approve_next_step")
+    html = page.content.decode()
+    assert "<b>step 1, Review the flagged calls and outputs (review_flagged)</b>" in html
+    assert steps_of(session)[0].status == "pending"  # named, not run
+    form = shown_step(page)
+    assert list(form.values()) == [str(steps_of(session)[0].pk)]
+    other = recovery_step_respond(session_id=session.pk, step_id=steps_of(session)[0].pk, actor=project_admin(),
+                                  decision="approve")
+    assert other.steps_completed == 1
+    r = list_action(client, session, "approve_next_step", apply="1", **form)
+    assert any("step 1, Review the flagged calls and outputs (review_flagged) not approved: Step 1 is completed" in m
+               for m in messages_of(r)), messages_of(r)
+    assert [s.status for s in steps_of(session)] == ["completed", "pending", "pending", "pending", "pending"]
+    page = list_action(client, session, "approve_next_step")
+    r = list_action(client, session, "approve_next_step", apply="1", **shown_step(page))
+    assert [s.status for s in steps_of(session)] == ["completed", "completed", "pending", "pending", "pending"]
+    assert any("step 2, Reset the error-rate window (reset_error_window) approved and run" in m for m in messages_of(r))
+
+
+def project_admin():
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_superuser(username="root", password="pw")
+
+
+def test_the_list_action_asks_what_to_do_with_the_halted_tasks(client, session, reviewer, project):
+    """It settled them with "resume", the API's default, where the pages ask for the choice."""
+    client.force_login(reviewer)
+    for _ in range(3):
+        page = list_action(client, session, "approve_next_step")
+        list_action(client, session, "approve_next_step", apply="1", **shown_step(page))
+    page = list_action(client, session, "approve_next_step")
+    html = page.content.decode()
+    assert "step 4, Settle the halted tasks (settle_halted_tasks)" in html
+    assert html.count(f'name="option_{session.pk}"') == 2 and "required" in html
+    r = list_action(client, session, "approve_next_step", apply="1", **shown_step(page))
+    assert any("not approved: Choose what to do (resume or cancel): nothing was run." in m for m in messages_of(r))
+    assert steps_of(session)[3].status == "pending"
+    list_action(client, session, "approve_next_step", apply="1", **shown_step(page), **{f"option_{session.pk}": "cancel"})
+    assert steps_of(session)[3].status == "completed"
+    assert set(Task.objects.filter(project=project).values_list("status", flat=True)) == {"cancelled"}
+
+
+def test_the_list_reject_names_the_step_and_keeps_it_when_the_reason_was_left_out(client, session, reviewer):
+    client.force_login(reviewer)
+    page = list_action(client, session, "reject_next_step")
+    assert "<b>step 1, Review the flagged calls and outputs (review_flagged)</b>" in page.content.decode()
+    again = list_action(client, session, "reject_next_step", apply="1", reason=" ", **shown_step(page))
+    assert "A reason is required." in again.content.decode() and shown_step(again) == shown_step(page)
+    decide(client, session, steps_of(session)[0], "approve")  # signed in as the same reviewer: fine, not the starter
+    r = list_action(client, session, "reject_next_step", apply="1", reason="no", **shown_step(page))
+    assert any("not rejected: Step 1 is completed" in m for m in messages_of(r)), messages_of(r)
+    session.refresh_from_db()
+    assert session.status != "failed" and steps_of(session)[1].status == "pending"
+    r = list_action(client, session, "reject_next_step", apply="1", reason="no")  # no step named: nothing
+    assert any("no step was named for it, so none was rejected" in m for m in messages_of(r)), messages_of(r)
+    assert steps_of(session)[1].status == "pending"
