@@ -148,3 +148,18 @@ def test_a_poller_never_skips_an_event_under_concurrent_writers(project):
     all_ids = list(Event.objects.filter(project=project).order_by("id").values_list("id", flat=True))
     assert len(all_ids) == writers * per_writer
     assert seen == all_ids
+
+
+def test_the_newest_visible_event_is_of_the_users_projects_only(project, other_project, agent, outsider, admin_user,
+                                                               make_user, django_assert_max_num_queries):
+    """Where a reviewer page's live feed resumes: one index lookup per project (it
+    scanned every event of the user's projects on every page load: 120-150 ms at 257k events)."""
+    from events.selectors import newest_visible_event_id
+
+    mine = [event_emit(project_id=project.pk, event_type="safety_alert", data={"n": n}) for n in range(3)]
+    theirs = event_emit(project_id=other_project.pk, event_type="safety_alert", data={})
+    with django_assert_max_num_queries(2):  # the user's roles, then the newest event
+        assert newest_visible_event_id(agent) == max(e.pk for e in mine) < theirs.pk
+    assert newest_visible_event_id(admin_user) == theirs.pk
+    assert newest_visible_event_id(outsider) == theirs.pk
+    assert newest_visible_event_id(make_user("nobody")) == 0
