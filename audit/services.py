@@ -256,10 +256,11 @@ def _checkpoints_compare(checkpoints, chains: dict[str, AuditChain]) -> list[str
     return problems
 
 
-def audit_verify_report(*, checkpoint_dir=None) -> AuditVerification:
+def audit_verify_report(*, checkpoint_dir=None, project_ids=None) -> AuditVerification:
     """Walk every chain in one snapshot and report the first bad row of each; with ``checkpoint_dir``,
     also compare the chains with every checkpoint file in it (an unreadable or badly signed file is
-    a problem too). ``FileNotFoundError`` if ``checkpoint_dir`` does not exist."""
+    a problem too). ``FileNotFoundError`` if ``checkpoint_dir`` does not exist. With ``project_ids``,
+    only those projects' chains (and rows of theirs that belong to no chain)."""
     report = AuditVerification()
     checkpoints = []
     if checkpoint_dir is not None:
@@ -268,16 +269,20 @@ def audit_verify_report(*, checkpoint_dir=None) -> AuditVerification:
         report.checkpoints = len(checkpoints)
     keys = chain_keys()
     with _read_snapshot():
-        chains = {chain.key: chain for chain in AuditChain.objects.order_by("key")}
+        walked, rows = AuditChain.objects.order_by("key"), AuditEvent.objects.all()
+        if project_ids is not None:
+            walked = walked.filter(key__in=[chain_key(pk) for pk in project_ids])
+            rows = rows.filter(project_id__in=list(project_ids))
+        chains = {chain.key: chain for chain in walked}
         for chain in chains.values():
             problem = _chain_walk(chain, keys)
             if problem:
                 report.problems.append(problem)
-        orphans = AuditEvent.objects.exclude(chain_id__in=AuditChain.objects.values("pk"))
+        orphans = rows.exclude(chain_id__in=AuditChain.objects.values("pk"))
         for row in orphans.order_by("pk")[:1]:
             report.problems.append(f"row id={row.pk}: belongs to no known chain (inserted)")
         report.problems += _checkpoints_compare(checkpoints, chains)
-        report.rows, report.chains = AuditEvent.objects.count(), len(chains)
+        report.rows, report.chains = rows.count(), len(chains)
     return report
 
 
