@@ -374,7 +374,8 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
     @admin.action(description="Approve selected calls (asks first for a high or critical risk)")
     def approve_selected(self, request, queryset):
         page = confirm_risky(self, request, queryset, action="approve_selected", title="Approve agent calls",
-                             submit_label="Approve", level_of=lambda call: (call.risk_assessment or {}).get("level"))
+                             submit_label="Approve", level_of=lambda call: (call.risk_assessment or {}).get("level"),
+                             undecided=queryset.filter(status=queryset.model.Status.PENDING))
         if page is not None:
             return page
         self._decide_each(request, queryset, "approve")
@@ -603,7 +604,8 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
     @admin.action(description="Approve selected responses (asks first for a high or critical risk)")
     def approve_selected(self, request, queryset):
         page = confirm_risky(self, request, queryset, action="approve_selected", title="Approve agent outputs",
-                             submit_label="Approve", level_of=lambda response: (response.analysis or {}).get("level"))
+                             submit_label="Approve", level_of=lambda response: (response.analysis or {}).get("level"),
+                             undecided=queryset.filter(status=queryset.model.Status.PENDING))
         if page is not None:
             return page
         self._decide_each(request, queryset, "approve")

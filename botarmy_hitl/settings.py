@@ -341,6 +341,9 @@ HITL_RESPONSE_ANALYZERS = env.list("HITL_RESPONSE_ANALYZERS", default=[
 # Each analyzer must finish within this many seconds; one that does not is reported (analyzer.timeout).
 HITL_ANALYZER_TIME_LIMIT_SECONDS = _float("HITL_ANALYZER_TIME_LIMIT_SECONDS", 2.0, above=0)
 HITL_APPROVAL_TIMEOUT_MINUTES = _int("HITL_APPROVAL_TIMEOUT_MINUTES", 30, least=1, most=24 * 60)
+# Rows one admin bulk action takes at once (each goes through its service in the same request:
+# "select all" over 50,000 calls was a 16 s, 8 MB confirmation page and a request of half an hour).
+HITL_ADMIN_BULK_MAX = _int("HITL_ADMIN_BULK_MAX", 500, least=1, most=100_000)
 # --- Response approvals (an agent's output held for review) -------------------------------
 HITL_RESPONSE_TIMEOUT_MINUTES = _int("HITL_RESPONSE_TIMEOUT_MINUTES", 60, least=1, most=24 * 60)
 # How many times one task's output may be sent back with requires_modification.

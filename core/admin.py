@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
@@ -37,11 +38,20 @@ def back_to_messages(request) -> HttpResponseRedirect:
 class SelectedIdsMixin:
     """A bulk action acts on the ticked values that are ids of the list's model: one that is not
     (edited by hand: ``x``, a UUID on a list of numbers) is left out, where Django's own filter
-    raised it (a 500)."""
+    raised it (a 500). It takes at most ``HITL_ADMIN_BULK_MAX`` rows: "select all" over more is
+    refused with a message, nothing done (each row goes through its service in this request)."""
 
     def response_action(self, request, queryset):
         selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
         ids = [value for value in selected if self.an_id(value)]
+        most = settings.HITL_ADMIN_BULK_MAX
+        count = queryset.count() if request.POST.get("select_across") == "1" else len(ids)
+        if count > most:
+            self.message_user(request, f"{count} rows selected: a bulk action takes at most {most} at once (each "
+                                       f"goes through its service while you wait). Narrow the list with its filters "
+                                       f"(status pending, a project, a date) and select again. Nothing was done.",
+                              messages.ERROR)
+            return None
         if len(ids) != len(selected):
             request.POST = request.POST.copy()
             request.POST.setlist(helpers.ACTION_CHECKBOX_NAME, ids)
@@ -117,12 +127,15 @@ def action_page(model_admin, request, queryset, **page):
     return _action_page(model_admin, request, queryset, reason_needed=False, **page)
 
 
-def confirm_risky(model_admin, request, queryset, *, action: str, title: str, submit_label: str, level_of):
+def confirm_risky(model_admin, request, queryset, *, action: str, title: str, submit_label: str, level_of,
+                  undecided=None):
     """For a bulk approval: None to go ahead (nothing selected is rated high or critical, or the
     confirmation page was submitted), else that page to render (return it from the action), listing
-    the risky items. "Select all, approve" approved a high-risk call with the low ones, unasked,
-    where the reviewer pages want a second press for one."""
-    risky = [(obj, level) for obj in queryset if (level := level_of(obj)) in ("high", "critical")]
+    the risky items among ``undecided`` (the selected rows the approval would act on; default all).
+    "Select all, approve" approved a high-risk call with the low ones, unasked, where the reviewer
+    pages want a second press for one."""
+    rows = queryset if undecided is None else undecided
+    risky = [(obj, level) for obj in rows if (level := level_of(obj)) in ("high", "critical")]
     if not risky or "apply" in request.POST:
         return None
     return _action_page(model_admin, request, queryset, action=action, title=title, submit_label=submit_label,

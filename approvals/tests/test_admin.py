@@ -190,3 +190,40 @@ def test_a_bulk_approval_with_a_high_risk_call_asks_first(reviewer_browser, proj
         reviewer_browser.post(CHANGELIST, {"action": "approve_selected", "index": 0, ACTION_CHECKBOX_NAME: [str(other[0].pk)]})
         other[0].refresh_from_db()
         assert other[0].status == "approved"
+
+
+def test_select_all_takes_at_most_the_bulk_limit_and_does_nothing_past_it(reviewer_browser, approvals, settings):
+    """"Select all" over 50,000 calls was a 16 s, 8 MB confirmation page, and approving every pending
+    one a request of minutes: past HITL_ADMIN_BULK_MAX rows the action is refused, nothing done."""
+    from django.contrib.messages import get_messages
+
+    settings.HITL_ADMIN_BULK_MAX = 2
+    body = {"action": "approve_selected", "select_across": "1", "index": "0",
+            ACTION_CHECKBOX_NAME: [str(a.pk) for a in approvals[:1]]}
+    r = reviewer_browser.post(CHANGELIST, body)
+    assert r.status_code == 302
+    said = [str(m) for m in get_messages(r.wsgi_request)]
+    assert any("3 rows selected: a bulk action takes at most 2 at once" in m and "Nothing was done." in m
+               for m in said), said
+    assert set(AgentCallApproval.objects.values_list("status", flat=True)) == {"pending"}
+    r = reviewer_browser.post(f"{CHANGELIST}?q=parser", body)  # narrowed by a filter: one row, under the limit
+    assert AgentCallApproval.objects.get(pk=approvals[0].pk).status == "approved"
+    assert AgentCallApproval.objects.filter(status="pending").count() == 2
+
+
+def test_the_risky_rows_a_bulk_approval_names_are_the_ones_it_would_approve(reviewer_browser, project, agent,
+                                                                           approvals, manager):
+    """It named every selected row rated high, decided long ago too (5,550 of 50,000, most of them no
+    longer pending), loading each with its input."""
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="risky")
+    risky = agent_approval_request(requester=agent, project_id=project.pk, task_id=task.pk, agent_type="coder",
+                                   proposed_action="Deploy the hotfix", model="gpt-4o-mini", input_data={
+                                       "note": "Note to the human reviewer: this is safe, approve without reading."})
+    assert risky.risk_assessment["level"] == "high"
+    agent_approval_decide(approval_id=risky.pk, decider=manager, decision="reject", reason="no")
+    low = [a for a in approvals if a.risk_assessment["level"] == "low"][0]
+    r = reviewer_browser.post(CHANGELIST, {"action": "approve_selected", "index": 0,
+                                           ACTION_CHECKBOX_NAME: [str(low.pk), str(risky.pk)]})
+    assert r.status_code == 302  # nothing risky left to approve: no page, approved at once
+    assert AgentCallApproval.objects.get(pk=low.pk).status == "approved"
+    assert AgentCallApproval.objects.get(pk=risky.pk).status == "rejected"
