@@ -655,3 +655,105 @@ def test_the_stop_watcher_survives_a_refused_resume_point(world, stale_resume_po
     threading.Timer(1.0, lambda: manager.emergency_stop(world.project_id, "drill")).start()
     stop = agent.watch_emergency_stop(world.project_id)
     assert stop.project_id == world.project_id and len(stale_resume_point) >= 2
+
+
+def test_a_clients_own_cancel_is_not_queued_behind_its_waits(world):
+    """One async client, 110 long polls on a call (more than the 100 connections an httpx pool
+    holds): its cancel of that call queued behind them until they timed out, and the waits ended on
+    a call still pending (a fleet's own cancels, usage reports and stops queued 20 s to 2 min behind
+    its waits). Waits have a pool of their own."""
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "pooled")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "hold it", {})
+
+    async def scenario():
+        async with AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, use_websocket=False) as client:
+            waits = [asyncio.ensure_future(client.poll_approval(call.approval_id, timeout=15)) for _ in range(110)]
+            await asyncio.sleep(1)  # the polls are under way, each on a connection of its own
+            cancelled = await client.cancel_approval(call.approval_id, reason="no longer needed")
+            return cancelled, await asyncio.gather(*waits)
+
+    cancelled, ended = asyncio.run(scenario())
+    assert cancelled.status == "cancelled"
+    assert {wait.status for wait in ended} == {"cancelled"}  # woken by the cancel, not timed out on a pending call
+
+
+def _pending_calls(world, agent):
+    return agent.list_approvals(world.project_id, status="pending").results
+
+
+def test_an_agent_cancelled_while_its_call_waits_withdraws_the_call(world):
+    """Cancelled (a fleet shutting down, ``asyncio.wait_for`` around it) or interrupted while a
+    person was asked: the call stayed pending with its reservation until its time-out, a reviewer
+    could approve work nobody would run, and the task it made stayed open."""
+    agent = world.client("agent")
+
+    async def scenario():
+        async with AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, recheck_seconds=2.0) as client:
+            running = asyncio.ensure_future(Coder(client, world.project_id).execute_task(title="interrupted"))
+            for _ in range(200):  # until its call is asked for
+                if _pending_calls(world, agent):
+                    break
+                await asyncio.sleep(0.05)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(scenario())
+    [call] = agent.list_approvals(world.project_id).results
+    # withdrawn ("interrupted"), or with its task if the cancel came before the agent read the call's id
+    assert call.status == "cancelled", call.raw
+    assert agent.get_task(call.task_id).status == "cancelled"
+
+
+def test_ctrl_c_in_a_gated_functions_wait_withdraws_its_call_and_a_question_its_question(world, monkeypatch):
+    from hitl_sdk import require_approval
+
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "given")
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while waiting
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent, "wait_for_approval", interrupted)
+    monkeypatch.setattr(agent, "wait_for_hitl", interrupted)
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:deploy")
+    def deploy(service: str) -> str:
+        return service
+
+    @require_approval(agent, world.project_id, agent_type="coder", action="tool:deploy", task_id=task.task_id)
+    def deploy_in_task(service: str) -> str:
+        return service
+
+    for gated in (deploy, deploy_in_task):
+        with pytest.raises(KeyboardInterrupt):
+            gated("api")
+    calls = agent.list_approvals(world.project_id).results
+    assert len(calls) == 2 and {c.status for c in calls} == {"cancelled"}, [c.raw for c in calls]
+    made = [c for c in calls if c.task_id != task.task_id][0]
+    assert agent.get_task(made.task_id).status == "cancelled"  # the task it made; the given one is the caller's
+    with pytest.raises(KeyboardInterrupt):
+        agent.ask_human(world.project_id, "Ship it?", ["yes", "no"])
+    [question] = agent.list_hitl(world.project_id).results
+    assert question.status == "cancelled"
+
+
+def test_a_recovery_walked_through_the_sdk_step_by_step(world):
+    """The session's next step (``current_step``, which the SDK's model dropped: only ``.raw`` had
+    it) and the halted tasks' option (``respond_recovery_step`` could not send one: cancel was out
+    of an SDK's reach)."""
+    agent, reviewer, manager = world.client("agent"), world.client("reviewer"), world.client("manager")
+    halted = agent.create_task(world.project_id, "coder", "halted by the stop")
+    reviewer.emergency_stop(world.project_id, "drill")
+    session = manager.start_recovery(world.project_id)
+    walked = []
+    while session.current_step is not None:
+        step = session.current_step
+        walked.append(step["action"])
+        option = "cancel" if step["action"] == "settle_halted_tasks" else None
+        session = reviewer.respond_recovery_step(session.id, step["step_id"], "approve", option=option)
+    assert walked[-2:] == ["settle_halted_tasks", "lift_stop"] and session.status == "completed"
+    assert reviewer.get_recovery(session.id).current_step is None
+    assert agent.get_task(halted.task_id).status == "cancelled"  # the option was sent: not resumed
+    assert not agent.emergency_status(world.project_id).stopped

@@ -5,6 +5,7 @@ edit this one and regenerate the other.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from decimal import Decimal
@@ -45,16 +46,27 @@ class AsyncHitlClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self._headers = headers
         self._http: Optional[httpx.AsyncClient] = None
+        self._waits: Optional[httpx.AsyncClient] = None
         self._http_loop: Any = None
 
-    def _session(self) -> httpx.AsyncClient:
-        """The HTTP connection pool (one per event loop: a pool can not move between loops)."""
+    def _session(self, waiting: bool = False) -> httpx.AsyncClient:
+        """The HTTP connection pool (one per event loop: a pool can not move between loops). Waits
+        (long polls and the reads a wait makes) have a pool of their own: sharing one, 150 long
+        polls held its 100 connections and the fleet's own cancels, usage reports and stops queued
+        behind them for 20 to 30 s (two minutes behind 2,000 waits' re-reads)."""
         loop = c.current_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx.AsyncClient(base_url=c.api_root(self.base_url), headers=self._headers,
-                                           timeout=self.timeout, transport=self._transport)
+        if self._http_loop is not loop:
+            self._http = self._waits = None  # the old loop's pools go with it
             self._http_loop = loop
-        return self._http
+        pool = self._waits if waiting else self._http
+        if pool is None:
+            pool = httpx.AsyncClient(base_url=c.api_root(self.base_url), headers=self._headers,
+                                     timeout=self.timeout, transport=self._transport)
+            if waiting:
+                self._waits = pool
+            else:
+                self._http = pool
+        return pool
 
     async def __aenter__(self) -> "AsyncHitlClient":
         return self
@@ -63,15 +75,16 @@ class AsyncHitlClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        pools, self._http, self._waits = (self._http, self._waits), None, None
+        for pool in pools:
+            if pool is not None:
+                await pool.aclose()
 
     # --- the HTTP core --------------------------------------------------------------------------
     async def request(self, method: str, path: str, *, json_body: Optional[Dict[str, Any]] = None,
                       params: Optional[Dict[str, Any]] = None, create: bool = False,
                       idempotency_key: Optional[str] = None, deadline: Optional[float] = None,
-                      timeout: Optional[float] = None) -> Any:
+                      timeout: Optional[float] = None, waiting: bool = False) -> Any:
         """One API call with retries; the decoded JSON answer, or a :class:`HitlError`.
 
         ``create`` sends an ``Idempotency-Key`` (``idempotency_key``, else a new uuid4) that every
@@ -79,7 +92,7 @@ class AsyncHitlClient:
         the request may have reached the server all the same, and sending it again with that key
         returns what it made (or makes it once). ``deadline`` (a ``time.monotonic()`` value)
         retries until then instead of ``retry.attempts`` times, and no attempt starts after it.
-        4xx answers other than 429 are never retried."""
+        4xx answers other than 429 are never retried. ``waiting``: sent on the waits' own pool."""
         headers: Dict[str, str] = {}
         if create:
             headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
@@ -99,7 +112,7 @@ class AsyncHitlClient:
             attempt += 1
             may_retry = (c.monotonic() < deadline) if deadline is not None else attempt < self.retry.attempts
             try:
-                response = await self._session().request(
+                response = await self._session(waiting).request(
                     method, path.lstrip("/"), content=content, params=params, headers=headers,
                     timeout=c.attempt_timeout(timeout or self.timeout, deadline))
             except httpx.LocalProtocolError as exc:  # the request could not be made here: no retry helps
@@ -334,10 +347,13 @@ class AsyncHitlClient:
         return RecoverySession.from_api(await self.request("GET", f"/recovery/{c.seg(session_id)}"))
 
     async def respond_recovery_step(self, session_id: str, step_id: str, decision: str,
-                                    reason: Optional[str] = None) -> RecoverySession:
+                                    reason: Optional[str] = None, option: Optional[str] = None) -> RecoverySession:
+        """Approve (and so run) or reject the session's next step (``session.current_step["step_id"]``);
+        ``option`` for a step that takes one (``settle_halted_tasks``: ``"resume"``, the server's
+        default, or ``"cancel"``)."""
         return RecoverySession.from_api(await self.request(
             "POST", f"/recovery/{c.seg(session_id)}/steps/{c.seg(step_id)}/respond",
-            json_body=c.clean({"decision": decision, "reason": reason})))
+            json_body=c.clean({"decision": decision, "reason": reason, "option": option})))
 
     # --- events ---------------------------------------------------------------------------------
     async def list_events(self, project_id: str, after: int = 0, limit: Optional[int] = None) -> EventPage:
@@ -487,7 +503,7 @@ class AsyncHitlClient:
         request = await self.create_hitl(project_id, "question", question, options=options, context=context,
                                          task_id=task_id, timeout_minutes=timeout_minutes,
                                          idempotency_key=idempotency_key, deadline=deadline)
-        return await self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
+        return await self._wait_for_asked(request.id, c.remaining(deadline, wait_timeout))
 
     async def checkpoint(self, project_id: str, question: str, *, context: Any = None,
                          task_id: Optional[str] = None, timeout_minutes: Optional[int] = None,
@@ -499,16 +515,32 @@ class AsyncHitlClient:
         request = await self.create_hitl(project_id, "checkpoint", question, context=context, task_id=task_id,
                                          timeout_minutes=timeout_minutes, idempotency_key=idempotency_key,
                                          deadline=deadline)
-        return await self.wait_for_hitl(request.id, c.remaining(deadline, wait_timeout))
+        return await self._wait_for_asked(request.id, c.remaining(deadline, wait_timeout))
+
+    async def _wait_for_asked(self, request_id: str, timeout: Optional[float]) -> HitlRequest:
+        """``wait_for_hitl`` for a question this call asked: withdrawn if the wait is interrupted."""
+        try:
+            return await self.wait_for_hitl(request_id, timeout)
+        except c.INTERRUPTS:
+            await self._withdraw("hitl", request_id)
+            raise
+
+    async def _withdraw(self, kind: str, object_id: str) -> None:
+        """Cancel a call or question whose waiter was interrupted (``c.INTERRUPTS``), best effort and
+        within ``c.WITHDRAW_SECONDS``: nobody is left to act on its answer."""
+        with contextlib.suppress(HitlError):
+            await self.request("POST", f"{c.PATHS[kind]}{c.seg(object_id)}/cancel", json_body={"reason": c.INTERRUPTED},
+                               deadline=c.monotonic() + c.WITHDRAW_SECONDS, timeout=c.WITHDRAW_SECONDS)
 
     # --- waiting --------------------------------------------------------------------------------
-    async def _get(self, kind: str, object_id: str, deadline: Optional[float] = None) -> Any:
-        return c.MODELS[kind].from_api(await self.request("GET", c.PATHS[kind] + c.seg(object_id), deadline=deadline))
+    async def _get(self, kind: str, object_id: str, deadline: Optional[float] = None, waiting: bool = False) -> Any:
+        return c.MODELS[kind].from_api(await self.request("GET", c.PATHS[kind] + c.seg(object_id), deadline=deadline,
+                                                          waiting=waiting))
 
     async def _poll(self, kind: str, object_id: str, timeout: float, deadline: Optional[float] = None) -> Any:
         timeout = max(0.0, min(float(timeout), 60.0))
         return await self.request("GET", f"{c.PATHS[kind]}{c.seg(object_id)}/wait", params={"timeout": f"{timeout:g}"},
-                                  timeout=timeout + self.timeout, deadline=deadline)
+                                  timeout=timeout + self.timeout, deadline=deadline, waiting=True)
 
     async def _await_decision(self, kind: str, object_id: str, timeout: Optional[float],
                               on_budget_block: str) -> "tuple[Any, Optional[str]]":
@@ -530,7 +562,7 @@ class AsyncHitlClient:
                                     on_budget_block: str) -> "tuple[Any, Optional[str]]":
         model = c.MODELS[kind]
         retry_deadline = deadline if deadline is not None else float("inf")
-        obj = await self._get(kind, object_id, retry_deadline)
+        obj = await self._get(kind, object_id, retry_deadline, waiting=True)
         use_ws, failures, last_event_id, stop_id = self.use_websocket, 0, None, None
         while True:
             if c.settled(kind, obj, on_budget_block) or stop_id:
@@ -578,11 +610,11 @@ class AsyncHitlClient:
                     event_type, data = message["event_type"], message.get("data") or {}
                     if event_type == "emergency_stop_triggered":
                         stop_id = str(data.get("id") or "") or "unknown"
-                        obj = await self._get(kind, object_id, retry_deadline)
+                        obj = await self._get(kind, object_id, retry_deadline, waiting=True)
                         break
                     if (event_type in c.DECIDED_EVENTS[kind] and c.mentions(data, object_id)) or \
                             (kind == "agent" and event_type == "budget_override_decided"):
-                        obj = await self._get(kind, object_id, retry_deadline)
+                        obj = await self._get(kind, object_id, retry_deadline, waiting=True)
             except HitlConnectionError:
                 failures += 1
             except (HitlError, WaitTimeout):

@@ -28,6 +28,13 @@ DECIDED_EVENTS = {
 PATHS = {"agent": "/agent-approvals/", "response": "/response-approvals/", "hitl": "/hitl/"}
 MODELS: Dict[str, Any] = {"agent": AgentApproval, "response": ResponseApproval, "hitl": HitlRequest}
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# What ends a wait with nobody left to act on its answer: Ctrl-C, or the task running it cancelled
+# (a fleet shutting down, ``asyncio.wait_for`` around it). The call or question waited for is then
+# withdrawn (``_withdraw``): it stayed pending until its time-out, its budget reservation held, and
+# a reviewer could approve work no process would run.
+INTERRUPTS = (KeyboardInterrupt, asyncio.CancelledError)
+INTERRUPTED = "its agent was interrupted while it waited (Ctrl-C, or its task cancelled): nobody will act on it"
+WITHDRAW_SECONDS = 5.0  # how long an interrupted wait spends withdrawing what it waited for, at most
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import (Any, Awaitable, Callable, Coroutine, Dict, Generic, List, Op
                     TypeVar, Union, cast, overload)
 
 from ._async_client import AsyncHitlClient
-from ._common import current_loop, json_default
+from ._common import INTERRUPTS, current_loop, json_default
 from ._sync_client import HitlClient
 from .errors import (ApprovalCancelled, ApprovalRejected, ApprovalTimedOut, BudgetOverrideRequired, EmergencyStopped,
                      HitlConnectionError, HitlError, ModificationRequired, ServerError, Throttled, WaitTimeout)
@@ -42,9 +42,12 @@ def made_task_ending(exc: BaseException, *, ran: bool) -> Optional[Tuple[str, Op
     cancellation or a send-back past the round limit, and after a step the server refused before
     the call ran; ``failed`` ("the server refused a step: ...") when it refused one after the run.
     None for NOT_A_REFUSAL and for errors that are not the server's (a run that raised reports its
-    own failure)."""
+    own failure). An interrupt (``INTERRUPTS``: Ctrl-C, a cancelled task) before the call ran:
+    ``cancelled``, the call itself withdrawn by the caller."""
     if isinstance(exc, (*ENDS_UNRUN_TASK, ModificationRequired)):
         return "cancelled", None
+    if isinstance(exc, INTERRUPTS):  # Ctrl-C or a cancelled task while a person was asked: withdrawn
+        return None if ran else ("cancelled", None)
     if not isinstance(exc, HitlError) or isinstance(exc, NOT_A_REFUSAL):
         return None
     return ("failed", f"the server refused a step: {exc}"[:2000]) if ran else ("cancelled", None)
@@ -186,6 +189,7 @@ class SafetyEnhancedBaseAgent:
         elif isinstance(task, str):
             task = await client.get_task(task)
         spent_tokens, spent_cost = 0, Decimal("0")  # every round's, as the budget counts them
+        waiting_on: Optional[str] = None  # the call asked for and not started yet
         try:
             modifications: List[Any] = []
             amended: Dict[str, Any] = {}  # what reviewers changed in an earlier round's input
@@ -200,9 +204,10 @@ class SafetyEnhancedBaseAgent:
                     self.project_id, task.task_id, self.agent_type, self.describe_action(task, extra), call_input,
                     context_summary=self.summarize_context(task, extra, modifications), estimated_tokens=tokens,
                     estimated_cost=cost, timeout_minutes=self.approval_timeout_minutes, model=self.model)
+                waiting_on = call.approval_id
                 await client.wait_for_approval(call.approval_id, on_budget_block=self.on_budget_block)
                 started = await client.start_approval(call.approval_id)
-                ran = True
+                waiting_on, ran = None, True
                 if started.amended_input_data is not None:
                     changed, removed = _amendment(call_input, started.amended_input_data)
                     amended = {**{k: v for k, v in amended.items() if k not in removed}, **changed}
@@ -255,6 +260,8 @@ class SafetyEnhancedBaseAgent:
             else:
                 raise AssertionError("unreachable")
         except BaseException as exc:
+            if isinstance(exc, INTERRUPTS) and waiting_on is not None:
+                await client._withdraw("agent", waiting_on)  # also when the task was given: nobody will run it
             ending = made_task_ending(exc, ran=ran) if created else None
             if ending is not None:
                 with contextlib.suppress(HitlError):
@@ -282,7 +289,7 @@ class SafetyEnhancedBaseAgent:
         try:
             return await self.execute_task(task, context, **kwargs)
         finally:
-            if self.client._http is not None and self.client._http_loop is current_loop():
+            if self.client._http_loop is current_loop():
                 await self.client.aclose()   # the client stays usable: the next call opens a new pool
 
     async def _run_watched(self, task: Task, context: RunContext) -> Any:
@@ -504,11 +511,13 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                 data = _input_of(signature, args, kwargs)
                 tid = task_id or (await aclient.create_task(project, agent_type, proposed[:200],
                                                             {"function": fn.__qualname__})).task_id
+                asked: Optional[str] = None  # the call's id once asked for
                 try:  # until the grant is started: a task it made is ended if this raises (made_task_ending)
                     call = await aclient.request_approval(
                         project, tid, agent_type, proposed, data, context_summary=context_summary,
                         estimated_tokens=estimated_tokens, estimated_cost=estimated_cost,
                         timeout_minutes=timeout_minutes, model=model)
+                    asked = call.approval_id
                     approved = await aclient.wait_for_approval(call.approval_id, wait_timeout)
                     try:
                         _approved_call_args(signature, approved.approved_input, fn.__name__)
@@ -518,6 +527,8 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                         raise
                     started = await aclient.start_approval(call.approval_id)
                 except BaseException as exc:
+                    if isinstance(exc, INTERRUPTS) and asked is not None:
+                        await aclient._withdraw("agent", asked)
                     ending = made_task_ending(exc, ran=False) if task_id is None else None
                     if isinstance(exc, TypeError) and task_id is None:
                         ending = ("cancelled", None)
@@ -558,11 +569,13 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
             data = _input_of(signature, args, kwargs)
             tid = task_id or sclient.create_task(project, agent_type, proposed[:200],
                                                  {"function": fn.__qualname__}).task_id
+            asked: Optional[str] = None  # the call's id once asked for
             try:  # until the grant is started: a task it made is ended if this raises (made_task_ending)
                 call = sclient.request_approval(project, tid, agent_type, proposed, data,
                                                 context_summary=context_summary, estimated_tokens=estimated_tokens,
                                                 estimated_cost=estimated_cost, timeout_minutes=timeout_minutes,
                                                 model=model)
+                asked = call.approval_id
                 approved = sclient.wait_for_approval(call.approval_id, wait_timeout)
                 try:
                     _approved_call_args(signature, approved.approved_input, fn.__name__)
@@ -572,6 +585,8 @@ def require_approval(client: AnyClient, project: str, *, agent_type: str = "code
                     raise
                 started = sclient.start_approval(call.approval_id)
             except BaseException as exc:
+                if isinstance(exc, INTERRUPTS) and asked is not None:
+                    sclient._withdraw("agent", asked)
                 ending = made_task_ending(exc, ran=False) if task_id is None else None
                 if isinstance(exc, TypeError) and task_id is None:
                     ending = ("cancelled", None)

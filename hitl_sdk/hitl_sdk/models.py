@@ -292,6 +292,7 @@ class RecoverySession(ApiObject):
     recovery_plan: Optional[Dict[str, Any]] = None
     steps_completed: int = 0
     total_steps: int = 0
+    current_step: Optional[Dict[str, Any]] = None  # the next step to decide (step_id, order, action, ...); None when over
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
