@@ -988,3 +988,21 @@ def test_the_inbox_reads_its_list_once_per_gap_however_many_events_come(serve, c
         page.wait_for_timeout(500)  # the agent's pace, not a wait for the page
     expect(page.locator("#inbox-list > .item")).to_have_count(asked, timeout=WAIT_MS)  # the last one too
     assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
+
+
+def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(serve, chromium, project, agent,
+                                                                             reviewers):  # noqa: F811
+    """It read the whole page again 300 ms after each event of its project: an agent asking every
+    half second had it read twice a second. The events are gathered; the last one still shows."""
+    rita, _ = reviewers
+    key = api_key_create(user=agent)[1]
+    server = serve()
+    page = open_page(log_in(chromium.new_context(server), rita.username).context, f"/review/projects/{project.pk}")
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if r.url.endswith(f"/review/projects/{project.pk}") else None)
+    asked = 8
+    for n in range(asked):  # an agent asking every half second or so
+        request_call(server, key, project, title=f"paced {n}", action=f"Paced call {n}", input_data={})
+        page.wait_for_timeout(500)  # the agent's pace, not a wait for the page
+    expect(page.locator(".pp-pending .pp-big")).to_have_text(str(asked), timeout=WAIT_MS)  # the last one too
+    assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
