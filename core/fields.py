@@ -70,7 +70,9 @@ class MoneyField(serializers.DecimalField):
             raise serializers.ValidationError('Money is a decimal string such as "0.0125" (ASCII digits, a point, '
                                               'no spaces or separators; an exponent as Python writes a Decimal, '
                                               '"1E+2", is read too).', code="invalid")
-        return super().to_internal_value(data)
+        value = super().to_internal_value(data)
+        # "-0" is zero: without its sign, or "-0.0000" was echoed in the 201 and its event, "0.0000" after
+        return value.copy_abs() if value is not None and value.is_zero() else value
 
 
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)

@@ -8,6 +8,7 @@ a project they cannot see 404."""
 import datetime
 import json
 import threading
+from zoneinfo import ZoneInfo
 from collections import Counter
 from decimal import Decimal
 
@@ -195,6 +196,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
         "tasks": list(Task.objects.filter(project=project).order_by("-created_at")[:RECENT_TASKS]),
         "task_total": Task.objects.filter(project=project).count(),
         "budget": summary,
+        "day_began_at_midnight": _is_local_midnight(summary["last_reset_date"], summary["timezone"]),
         "bars": _budget_bars(summary),
         "alerts": list(BudgetAlert.objects.filter(project=project).order_by("-triggered_at")[:ALERT_HISTORY]),
         "past_stops": list(EmergencyStop.objects.filter(project=project, resolved_at__isnull=False)
@@ -436,6 +438,13 @@ def _chain_named(problem: str, names: dict) -> str:
 # trail: about 20 s at 200,000 rows), and four presses at once held every thread of two processes
 # while agents' requests waited 30 s for a connection and got 503.
 _VERIFYING = threading.Lock()
+
+
+def _is_local_midnight(instant, zone: str) -> bool:
+    """Whether the day window began at midnight in the project's time zone (after a change of zone
+    the current window runs to its end, begun at midnight in the zone before)."""
+    local = instant.astimezone(ZoneInfo(zone))
+    return (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
 
 
 def _verification(user, visible_ids) -> dict:

@@ -453,3 +453,17 @@ def test_no_read_shows_a_lapsed_grant_as_startable_while_beat_is_late(requested,
     got = agent_client.get(f"/api/v1/agent-approvals/{requested['approval_id']}").json()
     assert got["status"] == "cancelled", got
     assert agent_client.post(f"/api/v1/agent-approvals/{requested['approval_id']}/start").status_code == 409
+
+
+@pytest.mark.parametrize("zero", ["-0", "-0.0000", "-0e3"])
+def test_a_negative_zero_cost_is_zero_without_its_sign(agent_client, request_body, project, zero):
+    """Taken (it is not below 0), it was echoed "-0.0000" in the 201 and its event, "0.0000" later."""
+    from approvals.models import ModelPrice
+    from events.models import Event
+
+    ModelPrice.objects.create(model="free", input_per_million=0, output_per_million=0)  # a local model
+    r = agent_client.post("/api/v1/agent-approvals", request_body(model="free", estimated_tokens=10,
+                                                                  estimated_cost=zero), format="json")
+    assert r.status_code == 201 and r.json()["estimated_cost"] == "0.0000", r.content
+    event = Event.objects.filter(project=project, event_type="agent_approval_requested").last()
+    assert event.data["estimated_cost"] == "0.0000", event.data

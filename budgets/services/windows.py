@@ -38,6 +38,11 @@ def window_bounds(tz_name: str, kind: str, now) -> tuple[datetime, datetime]:
         following = (first + timedelta(days=32)).replace(day=1)
     start = datetime.combine(first, time(), tzinfo=tz).astimezone(ZoneInfo("UTC"))
     end = datetime.combine(following, time(), tzinfo=tz).astimezone(ZoneInfo("UTC"))
+    if end <= now:
+        # Clocks that fell back across midnight (St. John's before 2011: 00:01 back to 23:01): the
+        # date repeats, and its day runs to the second midnight, after ``now`` (the first one, before
+        # it, left no window covering ``now``: a call's admission failed with a 500).
+        end = datetime.combine(following, time(fold=1), tzinfo=tz).astimezone(ZoneInfo("UTC"))
     return start, end
 
 

@@ -921,3 +921,15 @@ def test_totals_past_what_the_database_holds_are_a_409_on_either_database(projec
     r = client_for(reviewer).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "halt"}, format="json")
     assert r.status_code == 201, r.content
     assert client_for(manager).get(f"/api/v1/projects/{project.pk}").json()["status"] == "emergency_stopped"
+
+
+@pytest.mark.parametrize("tz", ["America/St_Johns", "America/Goose_Bay"])
+def test_a_day_and_month_whose_clocks_fell_back_across_midnight_cover_every_instant(tz):
+    """Until 2011 these zones fell back at 00:01 to 23:01 the day before: for the repeated hour the
+    window computed ended at the first midnight, before the instant itself, so no window covered it
+    and a call's admission failed with a 500 (IndexError)."""
+    for minutes in range(0, 240, 5):  # 02:00Z to 06:00Z on 2009-11-01, the repeated hour in it
+        now = datetime(2009, 11, 1, 2, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+        for kind in ("day", "month"):
+            start, end = window_bounds(tz, kind, now)
+            assert start <= now < end, (kind, now, start, end)

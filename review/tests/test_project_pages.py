@@ -722,3 +722,17 @@ def test_an_automatic_stops_reason_writes_its_money_as_money(project, agent, rev
     html = web(reviewer).get(reverse("review:recovery", args=[session.pk])).content.decode()
     what_tripped = html.split("What tripped")[1].split("</section>")[0]
     assert "$16.0000 passes" in what_tripped and not re.search(r"[^$]16\.0000 passes", what_tripped)
+
+
+def test_after_a_time_zone_change_the_day_is_not_said_to_begin_at_midnight_in_the_new_zone(project, agent, reviewer,
+                                                                                         manager):
+    """The current day runs to its end in the zone before: the page named the new zone's midnight."""
+    from projects.services import project_update
+
+    call(project, agent, cost="0.5000", tokens=10, title="spend a little")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert ": midnight in UTC)" in html
+    project_update(actor=manager, project_id=project.pk, timezone_name="Asia/Tokyo")
+    html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert ": midnight in Asia/Tokyo)" not in html
+    assert "time zone before it changed; the next day begins at midnight in Asia/Tokyo)" in html
