@@ -374,7 +374,7 @@ def test_the_page_carries_what_live_updates_need(project, agent, reviewer):
     assert re.search(r'data-last-event-id="\d+"', html)
     assert 'data-session-url="/review/session"' in html and re.search(r'data-server-now="\d+"', html)
     assert re.search(r'class="time-left[^"]*" data-expires="\d{4}-\d\d-\d\dT[\d:.]+Z"', html)  # counts down
-    assert 'hx-trigger="hitl:event from:body' in html and 'hx-get="/review/inbox/items"' in html
+    assert 'hx-trigger="hitl:inbox from:body' in html and 'hx-get="/review/inbox/items"' in html
     assert 'id="stop-banners"' in html and 'hx-get="/review/stop-banners"' in html
     assert "X-CSRFToken" in html
     assert "/static/review/live.js" in html and "htmx" in html and "unpkg" not in html and "cdn" not in html
