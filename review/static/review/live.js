@@ -396,31 +396,44 @@
   document.addEventListener("focusout", refreshIfLeft);
   document.addEventListener("mouseout", refreshIfLeft);
 
-  // ---- the inbox: one read of the list per INBOX_GAP at most, however many events come -------
-  // Every event read the whole list again (up to 200 rows, about 180 KB and 70 to 120 ms of the
-  // server's CPU each): 40 open inboxes with agents asking once a second took 90 % of a core and
-  // made the agents' own requests 5 to 10 times slower. Now the events of a burst are gathered: the
-  // list is read 300 ms after the first one, then at most once per INBOX_GAP after the last read
-  // ended (the last event of a burst is never left out), and not at all while the tab is hidden
-  // (once when it shows again). The list's own poll (every 30 s) is unchanged.
-  var INBOX_GAP = 2000;
-  var inboxReadAt = 0, inboxTimer = null, inboxMissed = false;
-  function inboxRead() {
-    inboxTimer = null;
-    if (document.hidden) { inboxMissed = true; return; }
-    inboxReadAt = Date.now();
-    document.body.dispatchEvent(new CustomEvent("hitl:inbox", { bubbles: true }));
+  // ---- events gathered into reads: one per gap at most, however many events come -------------
+  // Every event read the whole inbox list again (up to 200 rows, about 180 KB and 70 to 120 ms of
+  // the server's CPU each), and the project and recovery pages read themselves whole: 40 open inboxes
+  // with agents asking once a second took 90 % of a core and made the agents' own requests 5 to 10
+  // times slower. ``gatherer(read, gap)`` gathers the events of a burst: ``read`` runs 300 ms after
+  // the first, then at most once per ``gap`` ms after the last read was answered (``answered()``),
+  // so the last event of a burst is never left out; not while the tab is hidden (once when it shows
+  // again). The project and recovery pages use it too (window.hitlGatherer).
+  function gatherer(read, gap) {
+    var readAt = 0, timer = null, missed = false;
+    function run() {
+      timer = null;
+      if (document.hidden) { missed = true; return; }
+      readAt = Date.now();
+      read();
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden && missed && !timer) { missed = false; run(); }
+    });
+    return {
+      event: function () {  // a read already due covers this event too
+        if (!timer) timer = setTimeout(run, Math.max(300, readAt + gap - Date.now()));
+      },
+      answered: function () { readAt = Date.now(); }  // the gap starts at the answer
+    };
   }
+  window.hitlGatherer = gatherer;
+
+  // the inbox list: one read per 2 s at most (its own 30 s poll is unchanged)
+  var inboxReads = gatherer(function () {
+    document.body.dispatchEvent(new CustomEvent("hitl:inbox", { bubbles: true }));
+  }, 2000);
   document.addEventListener("hitl:event", function () {
-    if (inboxTimer || !document.querySelector("[data-inbox]")) return;  // a read is due already: it covers this one
-    inboxTimer = setTimeout(inboxRead, Math.max(300, inboxReadAt + INBOX_GAP - Date.now()));
+    if (document.querySelector("[data-inbox]")) inboxReads.event();
   });
   document.addEventListener("htmx:afterRequest", function (evt) {
     var elt = evt.detail && evt.detail.elt;
-    if (elt && elt.hasAttribute && elt.hasAttribute("data-inbox")) inboxReadAt = Date.now();  // the gap starts at the answer
-  });
-  document.addEventListener("visibilitychange", function () {
-    if (!document.hidden && inboxMissed) { inboxMissed = false; inboxRead(); }
+    if (elt && elt.hasAttribute && elt.hasAttribute("data-inbox")) inboxReads.answered();
   });
 
   // ---- inbox selection (j / k / Enter) -------------------------------------------------------
