@@ -439,7 +439,8 @@ def hitl_request_decide(request, request_id):
     except DomainError as exc:
         req = get_object_or_404(hitl_request_visible_to(user=request.user), pk=request_id)
         return render(request, "review/hitl_request.html",
-                      _hitl_context(request, req, outcome={"level": "error", "text": _error_text(exc)}, form=form),
+                      _hitl_context(request, req, form=form, outcome={  # a 400 is about the form's field
+                          "level": "error", "text": _error_text(exc), "field": exc.status_code == 400}),
                       status=exc.status_code)
     messages.success(request, {"approve": "Approved.", "reject": "Rejected.", "amend": "Amended."}.get(action, "Done."))
     return redirect("review:hitl_request", request_id=req.pk)

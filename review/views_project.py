@@ -318,7 +318,9 @@ def _step_view(step: RecoveryStep, next_step, stop) -> dict:
     }
 
 
-def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
+def _recovery_context(request, session: RecoverySession, *, error=None, invalid=()) -> dict:
+    """``invalid``: the next step's fields the error is about ("option", "reason:approve",
+    "reason:reject"): marked aria-invalid and described by the error, the first focused."""
     steps = list(session.steps.select_related("approved_by").order_by("order"))
     open_ = session.status in OPEN_RECOVERY
     next_step = session.current_step(steps)
@@ -337,7 +339,7 @@ def _recovery_context(request, session: RecoverySession, *, error=None) -> dict:
         if session.status == RecoverySession.Status.FAILED else [],
         "can_decide": has_project_perm(user, roles.REVIEW, session.project_id),
         "is_starter": session.created_by_id == user.pk,
-        "error": error,
+        "error": error, "invalid": set(invalid),
         "progress_percent": int(session.steps_completed * 100 / session.total_steps) if session.total_steps else 0,
     }
 
@@ -357,6 +359,11 @@ def recovery_detail(request, session_id):
     return render(request, "review/recovery.html", _recovery_context(request, session))
 
 
+def _step_fields(errors, decision) -> set:
+    """The step form's fields an error names, as the page marks them (a reason per form)."""
+    return {f"reason:{decision}" if name == "reason" else name for name in errors}
+
+
 @signed_in
 @post_only("review:recovery", step_id=None)
 def recovery_step_decide(request, session_id, step_id):
@@ -370,7 +377,10 @@ def recovery_step_decide(request, session_id, step_id):
     if not form.is_valid():  # what is wrong (a reason past 5,000 characters was "Choose approve or reject.")
         error = "Choose approve or reject." if "decision" in form.errors else " ".join(
             f"The {name}: {' '.join(messages_)}" for name, messages_ in form.errors.items())
-        return render(request, "review/recovery.html", _recovery_context(request, session, error=error), status=400)
+        return render(request, "review/recovery.html",
+                      _recovery_context(request, session, error=error,
+                                        invalid=_step_fields(form.errors, request.POST.get("decision"))),
+                      status=400)
     step = RecoveryStep.objects.filter(session=session, pk=step_id).first()
     try:
         session = recovery_step_respond(session_id=session.pk, step_id=step_id, actor=request.user,
@@ -382,7 +392,9 @@ def recovery_step_decide(request, session_id, step_id):
         if fields:
             detail = " ".join(str(m) for msgs in fields.values() for m in (msgs if isinstance(msgs, list) else [msgs]))
         session = _session_or_404(request.user, session_id)
-        return render(request, "review/recovery.html", _recovery_context(request, session, error=detail),
+        return render(request, "review/recovery.html",
+                      _recovery_context(request, session, error=detail,
+                                        invalid=_step_fields(fields or {}, form.cleaned_data["decision"])),
                       status=exc.status_code)
     title = step_title(step.action) if step else "The step"
     if form.cleaned_data["decision"] == "approve":

@@ -34,3 +34,22 @@ def test_it_refuses_to_set_known_passwords_without_debug(settings):
     settings.DEBUG = False
     with pytest.raises(CommandError, match="DJANGO_DEBUG"):
         run_demo()
+
+
+def test_a_restart_keeps_the_reviewers_signed_in_and_puts_a_changed_password_back(settings):
+    """Every ``make run`` set the demo passwords again: a new hash of the same password ended every
+    open session, so a reviewer page left open across a restart said "Signed out" for good."""
+    from django.contrib.auth import get_user_model
+
+    settings.DEBUG = True
+    run_demo()
+    client = Client()
+    assert client.login(username="reviewer", password="reviewer-demo-pw")
+    assert client.get("/review/").status_code == 200
+    run_demo()                                     # the next make run
+    assert client.get("/review/").status_code == 200, "signed out by the restart"
+    user = get_user_model().objects.get(username="reviewer")
+    user.set_password("changed")
+    user.save()
+    run_demo()                                     # a changed demo password is put back
+    assert Client().login(username="reviewer", password="reviewer-demo-pw")

@@ -111,13 +111,16 @@ def test_a_new_request_appears_live_is_approved_by_keyboard_and_every_screen_fol
         expect(sam_inbox.locator("#btn-approve")).to_be_enabled()
         mark_page(sam_inbox)
 
-        # Rita: j selects it, Enter opens it, a approves it.
+        # Rita: j selects it, Enter opens it, a a approves it.
         rita_page.keyboard.press("j")
         expect(item).to_have_class(re.compile(r"(^|\s)selected(\s|$)"))
         rita_page.keyboard.press("Enter")
         rita_page.wait_for_url(f"**/review/agent-approvals/{approval_id}")
         wait_live(rita_page)
         expect(rita_page.locator("#btn-approve")).to_be_enabled()
+        rita_page.keyboard.press("a")  # no call is approved by one keystroke: the first focuses Approve
+        expect(rita_page.locator("#decision-panel .outcome-confirm")).to_have_text("Press a again (or Enter) to approve.")
+        expect(rita_page.locator("#btn-approve")).to_be_focused()
         rita_page.keyboard.press("a")
         expect(rita_page.locator("#decision-panel")).to_have_attribute("data-status", "approved")
         # the post's own answer, or the same said by the live refresh its event brings (an approved
@@ -301,6 +304,8 @@ def test_the_plain_approve_does_not_drop_an_edit_typed_in_the_amendment(serve, c
     page.locator("#amended-input").fill('{"target": "dev"}')
     page.locator("#amend-summary").focus()
     page.keyboard.press("a")
+    expect(panel.locator(".outcome-confirm")).to_have_text("Press a again (or Enter) to approve.")
+    page.keyboard.press("a")
     expect(panel.locator(".outcome-confirm")).to_contain_text("You edited the input: Approve runs the agent's original input")
     page.wait_for_timeout(300)
     expect(panel).to_have_attribute("data-status", "pending")
@@ -345,8 +350,8 @@ def test_a_live_refresh_does_not_undo_a_choice_made_on_the_project_page(serve, c
 
 
 def test_a_high_risk_call_is_not_approved_by_one_keystroke(serve, chromium, project, agent, reviewers):  # noqa: F811
-    """`a` approves a low-risk call at once (above); on a high or critical risk the first `a` only
-    focuses Approve and says so, the second one approves."""
+    """On a high or critical risk (as on any call, above) the first `a` only focuses Approve and says
+    so with the risk, the second one approves."""
     rita, _ = reviewers
     agent_key = api_key_create(user=agent, name="browser")[1]
     server = serve()
@@ -1006,3 +1011,100 @@ def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(ser
         page.wait_for_timeout(500)  # the agent's pace, not a wait for the page
     expect(page.locator(".pp-pending .pp-big")).to_have_text(str(asked), timeout=WAIT_MS)  # the last one too
     assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
+
+
+def test_the_focus_stays_on_its_link_when_the_inbox_refreshes_live(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """Found with a keyboard: each live refresh of the list dropped the focus to the page's body (the
+    next Tab started from the top), and after j / k a link of another row had the focus pulled back
+    to the selected row. New requests were not said to a screen reader either."""
+    rita, _ = reviewers
+    key = api_key_create(user=agent)[1]
+    server = serve()
+    for title in ("one", "two"):
+        request_call(server, key, project, title=title, action=f"Call {title}", input_data={})
+    page = log_in(chromium.new_context(server), rita.username)
+    wait_live(page)
+    rows = page.locator("#inbox-list > .item")
+    expect(rows).to_have_count(2)
+    second = rows.nth(1)
+    row_key = second.get_attribute("data-key")
+    second.locator(".meta-project").focus()          # Tab-ed to, not selected with j / k
+    request_call(server, key, project, title="three", action="Call three", input_data={})
+    expect(rows).to_have_count(3, timeout=WAIT_MS)
+    page.wait_for_timeout(300)                       # past htmx's settle
+    focused = page.evaluate("() => [document.activeElement.className, "
+                            "document.activeElement.closest('.item') && document.activeElement.closest('.item').dataset.key]")
+    assert focused == ["meta-project", row_key], focused
+    expect(page.locator("#live-announce")).to_have_text("1 new request in the inbox, 3 listed.")
+
+    page.keyboard.press("j")                          # selects the first row, its link focused
+    link = page.locator(f'#inbox-list > .item[data-key="{row_key}"] .item-link')
+    link.focus()                                      # then Tab-ed to another row's link
+    request_call(server, key, project, title="four", action="Call four", input_data={})
+    expect(rows).to_have_count(4, timeout=WAIT_MS)
+    page.wait_for_timeout(300)
+    expect(link).to_be_focused()                      # not pulled back to the selected row
+    expect(page.locator("#inbox-list > .item.selected")).to_have_count(1)
+
+
+def test_a_decision_panel_changed_elsewhere_keeps_the_focus_on_its_new_state(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """The reviewer on Approve, another reviewer decides: the refreshed panel took the focus to the
+    page's body and its new state, in a region swapped in whole, was not read out."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    sam_key = api_key_create(user=reviewers[1], name="browser")[1]
+    server = serve()
+    approval = request_call(server, agent_key, project, title="Docs", action="Write the docs", input_data={})
+    page = log_in(chromium.new_context(server), rita.username)
+    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    page.locator("#btn-approve").focus()
+    api(server, "POST", f"/api/v1/agent-approvals/{approval['approval_id']}/respond", sam_key,
+        body={"decision": "reject", "reason": "not now"})
+    expect(page.locator("#decision-panel")).to_have_attribute("data-status", "rejected", timeout=WAIT_MS)
+    expect(page.locator("#decision-panel .state")).to_be_focused()
+    expect(page.locator("#live-announce")).to_contain_text("This request changed: Rejected by sam")
+
+
+def test_single_letter_shortcuts_can_be_turned_off_and_a_lone_a_approves_nothing(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """One `a` pressed on a link approved a low-risk call (WCAG 2.1.4: a stray key, a word of speech
+    input). Now the first `a` only focuses Approve; when its 5 s pass the focus goes back where it
+    was; and the top bar's Shortcuts button turns the letters off, remembered in the browser."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    approval = request_call(server, agent_key, project, title="Docs", action="Write the docs", input_data={})
+    page = log_in(chromium.new_context(server), rita.username)
+    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
+    wait_live(page)
+    panel = page.locator("#decision-panel")
+    crumb = page.locator("nav.crumbs a").first
+    crumb.focus()
+    page.keyboard.press("a")
+    expect(page.locator("#btn-approve")).to_be_focused()
+    expect(panel.locator(".outcome-confirm")).to_have_text("Press a again (or Enter) to approve.")
+    expect(panel.locator(".outcome-confirm")).to_have_count(0, timeout=8000)
+    expect(crumb).to_be_focused()                     # back where it was, not the page's body
+    expect(panel).to_have_attribute("data-status", "pending")
+
+    toggle = page.locator("#shortcuts-toggle")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(toggle).to_have_text("Shortcuts off")
+    page.reload()
+    wait_live(page)
+    expect(page.locator("#shortcuts-toggle")).to_have_attribute("aria-pressed", "false")   # remembered
+    expect(page.locator(".page-head .kbd-hint")).to_be_hidden()
+    page.locator("body").focus()
+    page.keyboard.press("a")
+    page.keyboard.press("a")
+    page.wait_for_timeout(300)
+    expect(page.locator("#btn-approve")).not_to_be_focused()
+    expect(panel).to_have_attribute("data-status", "pending")
+    assert api(server, "GET", f"/api/v1/agent-approvals/{approval['approval_id']}", agent_key)["status"] == "pending"
+    page.locator("#shortcuts-toggle").click()         # on again: a a approves
+    page.keyboard.press("a")
+    page.keyboard.press("a")
+    expect(panel).to_have_attribute("data-status", "approved")

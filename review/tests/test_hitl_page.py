@@ -105,6 +105,11 @@ def test_stopping_at_a_checkpoint_needs_a_reason_on_the_page(project, agent, rev
     assert "Reason for rejecting <span class=\"req\">(required)</span>" in page
     r = client.post(f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "  "})
     assert r.status_code == 400 and "Give a reason for the rejection. Nothing was decided." in r.content.decode()
+    # the reason's box is marked as what to mend, described by the error; the other boxes are not
+    refused = r.content.decode()
+    assert re.search(r'<p class="outcome outcome-error" id="hitl-outcome">Check the form', refused)
+    assert re.search(r'<textarea id="reject-reason" [^>]*aria-invalid="true" aria-describedby="hitl-outcome"', refused)
+    assert refused.count('aria-invalid="true"') == 1
     assert HitlRequest.objects.get(pk=req.pk).status == "pending"
     r = client.post(f"/review/hitl/{req.pk}/decide", {"action": "reject", "response": "the plan skips the tests"})
     assert r.status_code == 302

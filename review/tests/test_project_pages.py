@@ -344,6 +344,12 @@ def test_approving_the_next_step_runs_it_and_the_last_one_lifts_the_stop(session
             assert re.search(r'<input type="radio" name="option" value="resume" required>', page) and not re.search(r'name="option" value="\w+" checked', page)
             r = decide(client, session, step, decision="approve")
             assert r.status_code == 400 and "Choose what to do (resume or cancel): nothing was run." in r.content.decode()
+            # the choice is marked as what to mend and described by the error (it was only said at the top)
+            refused = r.content.decode()
+            assert 'id="pp-error"' in refused
+            assert len(re.findall(r'name="option" value="\w+" required aria-invalid="true" aria-describedby="pp-error"',
+                                  refused)) == 2
+            assert 'id="approve-note" name="reason" maxlength="5000">' in refused  # the note is not what is wrong
             assert RecoveryStep.objects.get(pk=step.pk).status == "pending"
         assert decide(client, session, step, decision="approve", **option).status_code == 302
         assert Project.objects.get(pk=project.pk).status == ("active" if step.action == "lift_stop"

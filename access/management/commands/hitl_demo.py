@@ -40,8 +40,9 @@ class Command(BaseCommand):
                 if user is None:
                     user = User.objects.create_user(username=username, password=password)
                     role_grant(user=user, project=project, role=role, actor=admin)
-                user.set_password(password)
-                user.save(update_fields=["password"])
+                if not user.check_password(password):  # put back if changed; a new hash of the same
+                    user.set_password(password)         # password signed every open page out at each start
+                    user.save(update_fields=["password"])
                 for old in ApiKey.objects.filter(user=user, name=KEY_NAME, revoked_at__isnull=True):
                     api_key_revoke(key_id=old.pk, actor=admin)
                 _, raw = api_key_create(user=user, name=KEY_NAME, actor=admin)

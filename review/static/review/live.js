@@ -46,7 +46,7 @@
     if (!el) return;
     el.setAttribute("data-state", state);
     var text = el.querySelector(".label");
-    if (text) text.textContent = label;
+    if (text && text.textContent !== label) text.textContent = label;  // the same words are not read again
   }
 
   function socketUrl() {
@@ -63,8 +63,15 @@
   function armWatchdog() {
     clearTimeout(live.watchdog);
     live.watchdog = setTimeout(function () {
-      // no message or ping for too long: the connection is dead even if the browser thinks not
-      if (live.socket) { try { live.socket.close(); } catch (e) { /* ignore */ } }
+      // no message or ping for too long: the connection is dead even if the browser thinks not.
+      // A dead network leaves close() pending until the browser gives up (minutes), with the dot
+      // still saying "Live": the socket is dropped here and the reconnects start at once.
+      var socket = live.socket;
+      if (!socket) return;
+      socket.onclose = socket.onmessage = socket.onerror = null;
+      live.socket = null;
+      try { socket.close(); } catch (e) { /* ignore */ }
+      scheduleReconnect();
     }, 45000);
   }
 
@@ -311,7 +318,10 @@
       return;
     }
     live.socket = socket;
-    setStatus("connecting", "Connecting…");
+    // "Connecting…" only for the first attempt: between reconnects the status stays "Reconnecting…"
+    // (a polite live region: alternating the two read out every attempt while a server restarted)
+    var status = document.getElementById("live-status");
+    if (!status || status.getAttribute("data-state") !== "reconnecting") setStatus("connecting", "Connecting…");
     var openedAt = null;
     socket.onopen = function () {
       openedAt = Date.now();
@@ -436,6 +446,128 @@
     if (elt && elt.hasAttribute && elt.hasAttribute("data-inbox")) inboxReads.answered();
   });
 
+  // ---- what changed, said to screen readers --------------------------------------------------
+  // A region swapped in whole is not read out (it is a new live region), and the inbox list is not
+  // one: <div id="live-announce" aria-live="polite"> (base.html, outside every swapped block) says
+  // what changed: requests that arrived in the inbox, a decision panel's new state after it changed
+  // elsewhere, the last minute before a request on screen times out.
+  function say(text) {
+    var region = document.getElementById("live-announce");
+    if (!region || !text) return;
+    region.textContent = "";
+    setTimeout(function () { region.textContent = text; }, 50);  // the same words twice are read twice
+  }
+
+  var listBefore = null;   // the inbox's item keys before its swap
+  var panelBefore = null;  // a decision panel's status before its refresh
+
+  function inboxKeys() {
+    var keys = {};
+    var items = document.querySelectorAll("#inbox-list > .item[data-key]");
+    for (var i = 0; i < items.length; i++) keys[items[i].getAttribute("data-key")] = 1;
+    return keys;
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var target = evt.detail && evt.detail.target;
+    if (!target || !target.hasAttribute) return;
+    if (target.hasAttribute("data-inbox")) listBefore = inboxKeys();
+    if (target.id === "decision-panel") panelBefore = target.getAttribute("data-status");
+  });
+
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    var d = evt.detail || {}, target = d.target;
+    if (!target) return;
+    var verb = d.requestConfig ? String(d.requestConfig.verb).toLowerCase() : "get";
+    if (target.hasAttribute && target.hasAttribute("data-inbox") && listBefore) {
+      var before = listBefore, now = inboxKeys(), added = 0, total = 0;
+      listBefore = null;
+      for (var key in now) { total += 1; if (!before[key]) added += 1; }
+      if (added) say(added + " new request" + (added > 1 ? "s" : "") + " in the inbox, " + total + " listed.");
+    }
+    if (target.id === "decision-panel" && verb === "get") {
+      var panel = document.getElementById("decision-panel"), was = panelBefore;
+      panelBefore = null;
+      var state = panel && panel.querySelector(".state");
+      if (panel && was && panel.getAttribute("data-status") !== was && state) {
+        say("This request changed: " + state.textContent.replace(/\s+/g, " ").trim());
+      }
+    }
+  });
+
+  // ---- the focus outlives live refreshes -------------------------------------------------------
+  // A live refresh replaces a block (the inbox list, a decision panel, the project and recovery
+  // pages): the element that had the focus went with it, the focus fell to the page's body and the
+  // next Tab started from the top. The focused element is remembered before the swap (its id, or its
+  // kind, address, name, value and words with its row's key) and its like in the new block gets
+  // the focus back; gone (the item left the list, the request was decided elsewhere) the focus goes
+  // to what replaced it: a panel's new state (read out), else the block itself. Not for a decision's
+  // own answer (a POST: the focus goes to its outcome, below).
+  var swapFocus = {};  // block id -> what had the focus in it when its swap began
+  var lastListFocus = null;  // the inbox list's: for its selection (j / k), below
+
+  function rowKey(el) {
+    var row = el.parentElement && el.parentElement.closest("[data-key], [id]");
+    return row ? (row.getAttribute("data-key") || "#" + row.id) : "";
+  }
+
+  function focusable(el) {
+    return el && !el.disabled && el.getAttribute("aria-disabled") !== "true" && !el.closest("[hidden]");
+  }
+
+  function likeOf(memo) {
+    if (memo.id) {
+      var same = document.getElementById(memo.id);
+      return focusable(same) ? same : null;
+    }
+    var found = null, count = 0;
+    var all = document.querySelectorAll(memo.tag);
+    for (var i = 0; i < all.length; i++) {
+      var el = all[i];
+      if (el.getAttribute("href") !== memo.href || el.getAttribute("name") !== memo.name ||
+          el.getAttribute("value") !== memo.value || (el.textContent || "").trim() !== memo.text) continue;
+      if (rowKey(el) === memo.row) return focusable(el) ? el : null;
+      found = el;
+      count += 1;
+    }
+    return count === 1 && focusable(found) ? found : null;  // one like it elsewhere: that one
+  }
+
+  function focusQuietly(el) {
+    if (!el.matches("a[href], button, input, select, textarea, summary, [tabindex]")) el.setAttribute("tabindex", "-1");
+    el.focus({ preventScroll: true });
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var d = evt.detail || {}, active = document.activeElement, block = d.target && d.target.id;
+    if (!block) return;
+    delete swapFocus[block];
+    if (d.target.hasAttribute("data-inbox")) lastListFocus = null;
+    if (d.requestConfig && String(d.requestConfig.verb).toLowerCase() !== "get") return;
+    if (!active || active === document.body || !d.target.contains(active)) return;
+    var memo = swapFocus[block] = {
+      id: active.id || null, tag: active.tagName, href: active.getAttribute("href"), name: active.getAttribute("name"),
+      value: active.getAttribute("value"), text: (active.textContent || "").trim(), row: rowKey(active),
+      selectedRow: !!(active.closest(".item.selected") && active.classList.contains("item-link")),
+      panel: !!active.closest("#decision-panel"), block: block
+    };
+    if (d.target.hasAttribute("data-inbox")) lastListFocus = memo;
+  });
+
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    var block = evt.detail && evt.detail.target && evt.detail.target.id;
+    var memo = block && swapFocus[block];
+    if (!memo) return;
+    delete swapFocus[block];
+    var active = document.activeElement;
+    if (active && active !== document.body && document.contains(active)) return;  // still somewhere
+    var like = likeOf(memo);
+    if (like) { like.focus({ preventScroll: true }); return; }
+    var panel = memo.panel && document.getElementById("decision-panel");
+    var to = (panel && (panel.querySelector(".state") || panel)) || document.getElementById(memo.block);
+    if (to) focusQuietly(to);
+  });
+
   // ---- inbox selection (j / k / Enter) -------------------------------------------------------
   var selectedKey = null;
 
@@ -475,7 +607,11 @@
     var target = evt.detail && evt.detail.target;
     if (!target || !target.querySelector || !target.querySelector("#inbox-list, .empty")) return;
     if (!selectedKey) return;
-    var hadFocus = target.contains(document.activeElement) || document.activeElement === document.body;
+    // the selected row's link gets the focus back if it had it (or nothing had it); a link of
+    // another row that had it got it back above, and keeps it
+    var memo = lastListFocus;
+    lastListFocus = null;
+    var hadFocus = memo ? memo.selectedRow : document.activeElement === document.body;
     var items = inboxItems();
     for (var i = 0; i < items.length; i++) {
       if (items[i].getAttribute("data-key") === selectedKey) { select(items[i], hadFocus); return; }
@@ -500,6 +636,30 @@
   });
 
   // ---- decision shortcuts ------------------------------------------------------------------
+  // Single-letter keys can be turned off (WCAG 2.1.4; speech input types letters): the top bar's
+  // "Shortcuts" button, remembered in this browser (localStorage "hitl-shortcuts" = "off").
+  var SHORTCUTS_KEY = "hitl-shortcuts";
+
+  function shortcutsOn() {
+    try { return window.localStorage.getItem(SHORTCUTS_KEY) !== "off"; } catch (e) { return true; }
+  }
+
+  function showShortcuts() {
+    var on = shortcutsOn();
+    document.body.classList.toggle("shortcuts-off", !on);
+    var button = document.getElementById("shortcuts-toggle");
+    if (!button) return;
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    button.textContent = on ? "Shortcuts on" : "Shortcuts off";
+  }
+
+  document.addEventListener("click", function (evt) {
+    var button = evt.target && evt.target.closest && evt.target.closest("#shortcuts-toggle");
+    if (!button) return;
+    try { window.localStorage.setItem(SHORTCUTS_KEY, shortcutsOn() ? "off" : "on"); } catch (e) { return; }
+    showShortcuts();
+  });
+
   var approveArmed = null;  // {panel, at}: a first "a" on a high or critical risk
   var CONFIRM_MS = 5000;    // how long that first "a" waits for the second
 
@@ -537,6 +697,7 @@
       return;
     }
     if (evt.ctrlKey || evt.metaKey || evt.altKey || isTyping(evt.target)) return;
+    if (!shortcutsOn()) return;  // turned off (the "Shortcuts" button in the top bar)
     if (evt.repeat) return;  // a held key is one keystroke, never a confirmation of itself
     var key = evt.key;
     var inInbox = !!document.getElementById("inbox-list") || !!document.querySelector("[data-inbox]");
@@ -551,19 +712,27 @@
       var approve = document.getElementById("btn-approve");
       if (!enabled(approve)) return;
       evt.preventDefault();
-      // A high or critical risk is not approved by one keystroke: the first "a" focuses the button
-      // and says so, a second "a" within 5 s (or Enter on the button) approves.
-      var risk = panel.getAttribute("data-confirm-approve");
-      if (risk && !(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < CONFIRM_MS)) {
+      // No call or output is approved by one keystroke (a stray "a" on a link, a speech command):
+      // the first "a" focuses Approve and says so, a second "a" within 5 s (or Enter on the button)
+      // approves; the hint names the risk when it is high or critical.
+      if (!(approveArmed && approveArmed.panel === panel && Date.now() - approveArmed.at < CONFIRM_MS)) {
+        var before = document.activeElement;
         var armed = approveArmed = { panel: panel, at: Date.now() };
         approve.focus();
-        announce(panel, "Risk " + risk + ": press a again (or Enter) to approve.");
-        setTimeout(function () {  // the window closed: the hint goes with it, and so does the focus
+        var risk = panel.getAttribute("data-confirm-approve");
+        announce(panel, (risk ? "Risk " + risk + ": press" : "Press") + " a again (or Enter) to approve.");
+        setTimeout(function () {  // the window closed: the hint goes, and the focus goes back where it was
           if (approveArmed !== armed) return;  // that "a" set (else a later Enter would still approve)
           approveArmed = null;
           var note = panel.querySelector(".outcome-confirm");
           if (note) note.remove();
-          if (document.activeElement === approve) approve.blur();
+          if (document.activeElement !== approve) return;
+          if (before && before !== document.body && before !== approve && document.contains(before)) {
+            before.focus();
+          } else {  // not left on the page's body (Tab would start again from the top)
+            if (!panel.hasAttribute("tabindex")) panel.setAttribute("tabindex", "-1");
+            panel.focus();
+          }
         }, CONFIRM_MS);
         return;
       }
@@ -629,6 +798,7 @@
   // the page was rendered, <body data-server-now>, against this browser's), as the server words it
   // (review.selectors.duration_display); under five minutes left it turns red, as the server marks it.
   var clockOffset = 0;  // server time minus this browser's, in ms
+  var warned = {};      // deadlines whose last minute was said
 
   function durationText(seconds) {
     if (seconds < 60) return seconds + " s";
@@ -646,6 +816,11 @@
       var text = left <= 0 ? "expired" : durationText(left) + " left";
       if (spans[i].textContent !== text) spans[i].textContent = text;
       if (left < 300) spans[i].classList.add("urgent");
+      // the request on screen (a decision page's own): its last minute is said once
+      if (left <= 60 && left > 0 && !warned[spans[i].getAttribute("data-expires")] && spans[i].closest("#decision-panel")) {
+        warned[spans[i].getAttribute("data-expires")] = 1;
+        say("One minute left to decide before this request times out.");
+      }
     }
   }
 
@@ -655,7 +830,22 @@
     setInterval(tickCountdowns, 1000);
   }
 
+  // A page that a form's post led to (a question answered, a stop, a recovery step): its outcome or
+  // the field to mend gets the focus (it was on the page's top, the outcome already there when the
+  // page loaded and so not read out, and each step meant tabbing through the top bar again).
+  // Messages are shown once, after an action: a page opened plainly has none.
+  function focusOutcome() {
+    var main = document.getElementById("main");
+    if (!main) return;
+    var invalid = main.querySelector("[aria-invalid=true]:not([disabled])");
+    if (invalid) { invalid.focus(); return; }
+    var said = main.querySelector(".pp-messages .pp-msg, #decision-panel .outcome-area .outcome, #inbox-outcome .outcome");
+    if (said) focusQuietly(said);
+  }
+
   function start() {
+    showShortcuts();
+    focusOutcome();
     restoreDrafts();
     startLive();
     startCountdowns();
