@@ -13,23 +13,39 @@ import hmac
 import json
 import uuid
 from datetime import timezone as dt_timezone
+from decimal import Decimal
 
 SIGNED_DOMAIN = b"botarmy-hitl audit row v2\n"
 
 
-def _normalize(value):
-    """JSON as it reads back from any backend: PostgreSQL jsonb returns 1e+20 as an integer."""
+def _normalize(value, exact_floats=True):
+    """JSON as it reads back from any backend: PostgreSQL jsonb returns 1e+20 as an integer, the
+    integer its text names: 1e+23 reads back as 100000000000000000000000, not as int(1e23) (the
+    double nearest to it, 99999999999999991611392), so a whole float is taken as its shortest
+    decimal text says. ``exact_floats=False``: the rule before that (rows written under it on
+    SQLite, whose JSON reads back as the float, verify with it)."""
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return int(Decimal(repr(value))) if exact_floats else int(value)
     if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
+        return {k: _normalize(v, exact_floats) for k, v in value.items()}
     if isinstance(value, list):
-        return [_normalize(v) for v in value]
+        return [_normalize(v, exact_floats) for v in value]
     return value
 
 
-def canonical_json(value) -> bytes:
-    return json.dumps(_normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+def has_inexact_whole_floats(value) -> bool:
+    """Whether ``value`` holds a whole float whose two rules above differ (2**53 and more)."""
+    if isinstance(value, float):
+        return value.is_integer() and abs(value) >= 2 ** 53 and int(value) != int(Decimal(repr(value)))
+    if isinstance(value, dict):
+        return any(has_inexact_whole_floats(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_inexact_whole_floats(v) for v in value)
+    return False
+
+
+def canonical_json(value, exact_floats=True) -> bytes:
+    return json.dumps(_normalize(value, exact_floats), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode()
 
 
@@ -56,8 +72,9 @@ def signed_content(row, chain_key: str) -> dict:
     }
 
 
-def signed_digest(row, chain_key: str, secret: bytes) -> str:
-    return hmac.new(secret, SIGNED_DOMAIN + canonical_json(signed_content(row, chain_key)), hashlib.sha256).hexdigest()
+def signed_digest(row, chain_key: str, secret: bytes, exact_floats=True) -> str:
+    return hmac.new(secret, SIGNED_DOMAIN + canonical_json(signed_content(row, chain_key), exact_floats),
+                    hashlib.sha256).hexdigest()
 
 
 def legacy_digest(row, chain_key: str) -> str:

@@ -54,14 +54,16 @@ class AuditEvent(models.Model):
     def __str__(self):
         return f"{self.action} {self.object_type}:{self.object_id} by {self.actor_repr}"
 
-    def compute_hash(self, keys: dict[str, bytes] | None = None) -> str:
-        """The row's hash as it should be; ``UnknownKeyId`` if its key is not configured."""
+    def compute_hash(self, keys: dict[str, bytes] | None = None, exact_floats: bool = True) -> str:
+        """The row's hash as it should be; ``UnknownKeyId`` if its key is not configured.
+        ``exact_floats=False``: as rows holding a whole float past 2**53 were hashed before
+        (audit.hashing._normalize)."""
         if not self.key_id:
             return legacy_digest(self, self.chain.key)
         keys = chain_keys() if keys is None else keys
         if self.key_id not in keys:
             raise UnknownKeyId(self.key_id)
-        return signed_digest(self, self.chain.key, keys[self.key_id])
+        return signed_digest(self, self.chain.key, keys[self.key_id], exact_floats)
 
     def save(self, *args, **kwargs):
         if not self._state.adding:

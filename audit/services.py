@@ -11,7 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_file_read, checkpoint_file_write
-from audit.hashing import signed_digest
+from audit.hashing import has_inexact_whole_floats, signed_digest
 from audit.keys import UnknownKeyId, chain_keys, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from core.rawrows import db, kept_cursor
@@ -169,37 +169,57 @@ class AuditVerification:
     rows: int = 0
     chains: int = 0
     checkpoints: int = 0
+    chain_keys: list[str] = field(default_factory=list)  # the chains walked
 
 
-def _chain_walk(chain: AuditChain, keys: dict[str, bytes]) -> str | None:
-    """The first problem of one chain, or None."""
+CHAIN_PROBLEMS_SHOWN = 5  # per chain; the rest are counted
+
+
+def _hash_holds(row: AuditEvent, keys: dict[str, bytes]) -> bool:
+    """``UnknownKeyId`` if its key is not configured."""
+    if hmac.compare_digest(row.compute_hash(keys), row.hash):
+        return True
+    # written before whole floats past 2**53 were hashed as their text says (1e23): on SQLite such
+    # a row reads back as written and holds under the rule it was hashed with
+    return (bool(row.key_id) and (has_inexact_whole_floats(row.before) or has_inexact_whole_floats(row.after))
+            and hmac.compare_digest(row.compute_hash(keys, exact_floats=False), row.hash))
+
+
+def _chain_walk(chain: AuditChain, keys: dict[str, bytes]) -> list[str]:
+    """The problems of one chain (none: it holds). The walk goes on past a bad row, taking its stored
+    hash and seq as the next row's link: one bad row (an edit, or a row a bug hashed wrongly) must
+    not hide a forgery after it. The first CHAIN_PROBLEMS_SHOWN are named, the rest counted."""
+    problems: list[str] = []
     expected_seq, expected_prev, keyed_seen = 1, GENESIS_HASH, False
     for row in AuditEvent.objects.filter(chain=chain).order_by("seq").iterator(chunk_size=2000):
         row.chain = chain
         where = f"chain {chain.key}: row id={row.pk} seq={row.seq} ({row.action} {row.object_type}:{row.object_id})"
         if row.seq != expected_seq:
             kind = "a row is missing before it (deleted)" if row.seq > expected_seq else "duplicated sequence"
-            return f"{where}: expected seq {expected_seq}, {kind}"
-        if row.prev_hash != expected_prev:
-            return f"{where}: previous-hash link broken (a row before it was changed, deleted or inserted)"
-        if not row.key_id and keyed_seen:
-            return f"{where}: unkeyed row after keyed rows (forged, or re-hashed without the key)"
-        try:
-            expected_hash = row.compute_hash(keys)
-        except UnknownKeyId:
-            return (f"{where}: signed with unknown key id {row.key_id!r} (not in HITL_AUDIT_KEYS: "
-                    f"an old key was dropped, or the row was forged)")
-        if not hmac.compare_digest(expected_hash, row.hash):
-            return f"{where}: content does not match its hash (edited)"
+            problems.append(f"{where}: expected seq {expected_seq}, {kind}")
+        elif row.prev_hash != expected_prev:
+            problems.append(f"{where}: previous-hash link broken (a row before it was changed, deleted or inserted)")
+        elif not row.key_id and keyed_seen:
+            problems.append(f"{where}: unkeyed row after keyed rows (forged, or re-hashed without the key)")
+        else:
+            try:
+                if not _hash_holds(row, keys):
+                    problems.append(f"{where}: content does not match its hash (edited)")
+            except UnknownKeyId:
+                problems.append(f"{where}: signed with unknown key id {row.key_id!r} (not in HITL_AUDIT_KEYS: "
+                                f"an old key was dropped, or the row was forged)")
         keyed_seen = keyed_seen or bool(row.key_id)
         expected_seq, expected_prev = row.seq + 1, row.hash
     if expected_seq > 1 and not keyed_seen:
-        return (f"chain {chain.key}: all {expected_seq - 1} rows are unkeyed, with no keyed row after them "
-                f"(re-hashed without the key, or migration audit 0002 did not run)")
+        problems.append(f"chain {chain.key}: all {expected_seq - 1} rows are unkeyed, with no keyed row after them "
+                        f"(re-hashed without the key, or migration audit 0002 did not run)")
     if chain.last_seq != expected_seq - 1 or chain.last_hash != expected_prev:
-        return (f"chain {chain.key}: head says {chain.last_seq} rows ending in {chain.last_hash[:12]}, "
-                f"found {expected_seq - 1} ending in {expected_prev[:12]} (rows deleted or inserted at the end)")
-    return None
+        problems.append(f"chain {chain.key}: head says {chain.last_seq} rows ending in {chain.last_hash[:12]}, "
+                        f"found {expected_seq - 1} ending in {expected_prev[:12]} (rows deleted or inserted at the end)")
+    if len(problems) > CHAIN_PROBLEMS_SHOWN:
+        more = len(problems) - CHAIN_PROBLEMS_SHOWN
+        problems = problems[:CHAIN_PROBLEMS_SHOWN] + [f"chain {chain.key}: and {more} more problem{'s' if more > 1 else ''}"]
+    return problems
 
 
 def _checkpoints_load(directory) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -218,12 +238,14 @@ def _checkpoints_load(directory) -> tuple[list[tuple[str, dict]], list[str]]:
     return loaded, problems
 
 
-def _checkpoints_compare(checkpoints, chains: dict[str, AuditChain]) -> list[str]:
+def _checkpoints_compare(checkpoints, chains: dict[str, AuditChain], only=None) -> list[str]:
     """Each chain must still hold, at every checkpoint's last_seq, the row hash the checkpoint recorded.
-    Reports the oldest disagreeing checkpoint of each chain."""
+    Reports the oldest disagreeing checkpoint of each chain; with ``only`` (chain keys), of those."""
     by_chain: dict[str, list[tuple[str, str, int, str]]] = {}
     for name, payload in checkpoints:
         for entry in payload["chains"]:
+            if only is not None and entry["key"] not in only:
+                continue
             by_chain.setdefault(entry["key"], []).append(
                 (name, payload["created_at"], entry["last_seq"], entry["last_hash"]))
     problems = []
@@ -275,14 +297,13 @@ def audit_verify_report(*, checkpoint_dir=None, project_ids=None) -> AuditVerifi
             rows = rows.filter(project_id__in=list(project_ids))
         chains = {chain.key: chain for chain in walked}
         for chain in chains.values():
-            problem = _chain_walk(chain, keys)
-            if problem:
-                report.problems.append(problem)
+            report.problems += _chain_walk(chain, keys)
         orphans = rows.exclude(chain_id__in=AuditChain.objects.values("pk"))
         for row in orphans.order_by("pk")[:1]:
             report.problems.append(f"row id={row.pk}: belongs to no known chain (inserted)")
-        report.problems += _checkpoints_compare(checkpoints, chains)
-        report.rows, report.chains = rows.count(), len(chains)
+        only = None if project_ids is None else {chain_key(pk) for pk in project_ids}
+        report.problems += _checkpoints_compare(checkpoints, chains, only)
+        report.rows, report.chains, report.chain_keys = rows.count(), len(chains), sorted(chains)
     return report
 
 

@@ -13,6 +13,9 @@ ALLOWED_HOSTS = ["testserver", "localhost"]
 # Tests give their calls exact estimates; the output allowance of the server's floor is tested
 # on its own (approvals/tests/test_hardening.py sets it back).
 HITL_OUTPUT_TOKEN_ALLOWANCE = 0
+# The checkpoints of a `make run` in ./var (another database's chains) are not the test database's:
+# tests that want checkpoints point this at their own directory.
+HITL_AUDIT_CHECKPOINT_DIR = VAR_DIR / "no-audit-checkpoints-in-tests"  # noqa: F405  (never created)
 # PostgreSQL: the same backend with a flush that DELETEs instead of TRUNCATE (core/postgresql/testing)
 if DATABASES["default"]["ENGINE"] == "core.postgresql":  # noqa: F405
     DATABASES["default"]["ENGINE"] = "core.postgresql.testing"  # noqa: F405

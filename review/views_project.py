@@ -8,11 +8,13 @@ a project they cannot see 404."""
 import datetime
 import json
 import threading
+from pathlib import Path
 from zoneinfo import ZoneInfo
 from collections import Counter
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
@@ -465,16 +467,26 @@ def _verification(user, visible_ids) -> dict:
     process, none: ``{"busy": True}``."""
     if not _VERIFYING.acquire(blocking=False):
         return {"busy": True}
+    # Against the checkpoints too, when beat has written any: a chain cut short at its end (its head
+    # rewritten to match) or deleted whole verified as OK on its own, as `verify_audit` without
+    # --checkpoints says; the page said OK where `verify_audit --checkpoints` did not.
+    directory = settings.HITL_AUDIT_CHECKPOINT_DIR
+    checkpoint_dir = directory if directory and Path(directory).is_dir() else None
     try:
         started = timezone.now()
-        report = audit_verify_report(project_ids=None if user.is_superuser else visible_ids)
+        report = audit_verify_report(project_ids=None if user.is_superuser else visible_ids,
+                                     checkpoint_dir=checkpoint_dir)
         elapsed = (timezone.now() - started).total_seconds()
     finally:
         _VERIFYING.release()
     names = {chain_key(pk): name for pk, name in project_visible_to(user=user).values_list("pk", "name")}
     problems = [_chain_named(problem, names) for problem in report.problems]
+    walked = set(report.chain_keys)
+    # every project's chain begins with its project.create row: a project without one lost it
+    problems += [f"chain {chain_key(pk)} ({names[chain_key(pk)]}): the project has no audit chain (deleted)"
+                 for pk in visible_ids if chain_key(pk) not in walked and chain_key(pk) in names]
     return {"ok": not problems, "problems": problems, "rows": report.rows, "chains": report.chains,
-            "seconds": elapsed, "at": timezone.now()}
+            "checkpoints": report.checkpoints, "seconds": elapsed, "at": timezone.now()}
 
 
 @signed_in

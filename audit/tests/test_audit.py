@@ -40,6 +40,18 @@ def test_edited_row_is_reported(trail):
     assert f"row id={victim.pk} " in err and "edited" in err
 
 
+def test_a_bad_row_does_not_hide_a_forgery_after_it(trail):
+    """The walk stopped at a chain's first bad row: one honest row that did not verify (a hashing
+    bug, say) hid every edit made after it."""
+    first, later = trail[1], trail[3]
+    sql("UPDATE audit_auditevent SET reason = %s WHERE id = %s", ["first edit", first.pk])
+    sql("UPDATE audit_auditevent SET actor_repr = %s WHERE id = %s", ["forged#9", later.pk])
+    code, err = verify()
+    assert code == 1
+    assert f"row id={first.pk} " in err and f"row id={later.pk} " in err
+    assert err.count("edited") == 2
+
+
 def test_edited_json_is_reported(trail):
     victim = trail[1]
     sql("UPDATE audit_auditevent SET actor_repr = %s WHERE id = %s", ["someone-else#1", victim.pk])

@@ -78,6 +78,37 @@ def test_the_signature_does_not_depend_on_how_json_reads_back(trail):
     assert hashing.signed_digest(row, "global", b"s") == hashing.signed_digest(again, "global", b"s")
 
 
+def test_a_whole_float_past_2_53_is_signed_as_its_text_reads_back(keyed, admin_user):
+    """Found by a reviewer's amendment ``{"replicas": 1e23}``: the row was hashed over int(1e23)
+    (99999999999999991611392) while PostgreSQL's jsonb gives back 100000000000000000000000, so the
+    honest row verified as "edited" on PostgreSQL and every chain with one stayed "tampered"."""
+    row = audit_record(actor=admin_user, action="test.big", object_type="test", object_id="1",
+                       after={"replicas": 1e23, "small": 3.0, "neg": -1e300})
+    assert verify()[0] == 0
+    stored = AuditEvent.objects.get(pk=row.pk)
+    assert stored.after["replicas"] in (10 ** 23, 1e23)        # jsonb's integer, or SQLite's float
+    again = AuditEvent(**{f.attname: getattr(row, f.attname) for f in AuditEvent._meta.concrete_fields})
+    again.after = {"replicas": 10 ** 23, "small": 3, "neg": -(10 ** 300)}   # jsonb's answer
+    assert hashing.signed_digest(row, "global", b"s") == hashing.signed_digest(again, "global", b"s")
+
+
+def test_a_row_hashed_under_the_old_float_rule_still_verifies(keyed, admin_user):
+    """Rows written before on SQLite (whose JSON reads back as the float) were hashed over int(1e23)
+    and held: they keep holding."""
+    row = audit_record(actor=admin_user, action="test.big", object_type="test", object_id="1",
+                       after={"replicas": 1e23})
+    old = hashing.signed_digest(row, row.chain.key, chain_keys()[row.key_id], exact_floats=False)
+    assert old != row.hash
+    AuditEvent.objects.filter(pk=row.pk).update(hash=old)
+    AuditChain.objects.filter(pk=row.chain_id).update(last_hash=old)
+    stored = AuditEvent.objects.get(pk=row.pk)
+    if stored.after["replicas"] == 1e23 and isinstance(stored.after["replicas"], float):  # SQLite: holds
+        assert verify()[0] == 0
+    else:  # PostgreSQL gives back the text's integer: that row never verified, and still does not
+        code, err = verify()
+        assert code == 1 and "edited" in err
+
+
 # --- the attack ----------------------------------------------------------------------------------
 
 def test_rewrite_with_a_recomputed_plain_sha256_chain_and_head_is_reported(trail):

@@ -509,6 +509,41 @@ def test_a_reviewer_verifies_their_projects_chains_only(project, other_project, 
     assert "Chain broken" in html and f"row id={row.pk}" in html
 
 
+def test_the_page_verifies_against_the_checkpoints_and_a_deleted_chain_is_not_ok(
+        project, other_project, reviewer, admin_user, settings, tmp_path):
+    """Found by a security test: the page's Verify read no checkpoint, so a chain cut short at its
+    end (its head rewritten to match) or deleted whole said "verified, OK" where
+    `verify_audit --checkpoints` did not."""
+    from audit.services import audit_checkpoint_write, chain_key
+    from projects.services import task_create
+
+    settings.HITL_AUDIT_CHECKPOINT_DIR = tmp_path
+    for n in range(3):
+        task_create(actor=admin_user, project_id=project.pk, agent_type="coder", title=f"t{n}")
+    audit_checkpoint_write()
+    client = web(reviewer)
+    html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain verified" in html and "OK." in html
+
+    # a database-only attacker cuts the last row and rewrites the head to match
+    rows = list(AuditEvent.objects.filter(project_id=project.pk).order_by("seq"))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {AuditEvent._meta.db_table} WHERE id = %s", [rows[-1].pk])
+        cursor.execute("UPDATE audit_auditchain SET last_seq = %s, last_hash = %s WHERE key = %s",
+                       [rows[-2].seq, rows[-2].hash, chain_key(project.pk)])
+    html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain broken" in html and f"chain has only {rows[-2].seq} rows (rows deleted)" in html
+    assert str(other_project.pk) not in html  # not their project: neither walked nor compared
+
+    # the whole chain deleted, with no checkpoint to say so: the project itself says it had one
+    settings.HITL_AUDIT_CHECKPOINT_DIR = tmp_path / "none"
+    with connection.cursor() as cursor:
+        AuditEvent.objects.filter(project_id=project.pk)._raw_delete(AuditEvent.objects.db)  # around the model's guard
+        cursor.execute("DELETE FROM audit_auditchain WHERE key = %s", [chain_key(project.pk)])
+    html = client.get(reverse("review:audit"), {"verify": 1}).content.decode()
+    assert "Chain broken" in html and f"chain {project.pk} ({project.name}): the project has no audit chain" in html
+
+
 def test_one_verification_at_a_time_in_a_web_process(project, reviewer):
     """Four presses at once held every thread of two web processes: the next answers at once."""
     from review import views_project
