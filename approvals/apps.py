@@ -19,7 +19,7 @@ class ApprovalsConfig(AppConfig):
             has_output_under_review,
             readmit_after_limits_change,
             readmit_after_windows_ended,
-            requested_a_call_on,
+            requested_the_first_call_on,
         )
         from budgets.hooks import budget_limits_changed, budget_windows_ended
         from emergency.hooks import project_halting
@@ -30,6 +30,6 @@ class ApprovalsConfig(AppConfig):
         budget_limits_changed.connect(readmit_after_limits_change)
         budget_windows_ended.connect(readmit_after_windows_ended)
         task_ending.connect(cancel_calls_of_ended_task)
-        task_worked_on_by.connect(requested_a_call_on)
+        task_worked_on_by.connect(requested_the_first_call_on)
         task_output_under_review.connect(has_output_under_review)
         task_ending.connect(cancel_responses_of_ended_task)  # after the calls, as for a stop

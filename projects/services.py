@@ -164,7 +164,7 @@ def task_create(*, actor, project_id, agent_type: str, title: str, input_data=No
 
 @retry_transient
 def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_kind: str = "") -> Task:
-    """The agent that created a task, or one that requested a call on it, reports that it completed
+    """The agent that created a task, or the one that requested its first call, reports that it completed
     or failed; another agent of the project gets 403, since the outcome ends the task's calls as only
     their own agent may. Under
     the project's exclusive lock (see projects/uow.py; hitl relies on it). Reporting the same outcome again
@@ -179,8 +179,8 @@ def task_report_outcome(*, actor, task_id, status: str, error: str = "", error_k
         task = uow.lock("task", Task.objects, pk=task_id)
         if actor.pk != task.created_by_id and not actor.is_superuser and \
                 not any(task_worked_on_by(task=task, user_id=actor.pk)):
-            raise Forbidden("Only the agent that created this task, or one that requested a call on it, may "
-                            "report its outcome.")
+            raise Forbidden("Only the agent that created this task, or the one that requested its first call, "
+                            "may report its outcome.")
         if task.status == status:
             return task  # a retried report
         ran = status == Task.Status.CANCELLED and _ran(task)  # (its hook asks the database: once)

@@ -19,7 +19,7 @@ from approvals.services.decisions import (
     agent_approval_warn_due,
 )
 from approvals.services.halting import (cancel_calls_of_ended_task, cancel_open_calls, has_output_under_review,
-                                        requested_a_call_on)
+                                        requested_the_first_call_on)
 from approvals.services.overrides import budget_override_respond, readmit_after_limits_change, readmit_after_windows_ended
 from approvals.services.requests import agent_approval_request
 from approvals.services.usage import agent_approval_report_usage, budget_release_stale
@@ -51,7 +51,7 @@ __all__ = [
     "agent_approval_time_out",
     "agent_approval_warn", "agent_approval_warn_due", "approval_event_data", "approval_group",
     "budget_override_respond", "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls",
-    "readmit_after_limits_change", "readmit_after_windows_ended", "requested_a_call_on", "has_output_under_review", "close_call", "input_digest", "project_stop_group",
+    "readmit_after_limits_change", "readmit_after_windows_ended", "requested_the_first_call_on", "has_output_under_review", "close_call", "input_digest", "project_stop_group",
     "cancel_open_responses",
     "cancel_responses_of_ended_task", "response_approval_decide", "response_approval_expire_overdue",
     "response_approval_settle_due", "response_approval_submit", "response_approval_time_out",

@@ -69,9 +69,14 @@ def cancel_open_calls(*, uow, project, now) -> list[str]:
     return [str(pk) for pk in ids]
 
 
-def requested_a_call_on(*, task, user_id) -> bool:
-    """Whether ``user_id`` requested one of ``task``'s calls (projects.task_worked_on_by)."""
-    return AgentCallApproval.objects.filter(task_id=task.pk, requested_by_id=user_id).exists()
+def requested_the_first_call_on(*, task, user_id) -> bool:
+    """Whether ``user_id`` requested ``task``'s first call: the agent running a task another made for
+    it (projects.task_worked_on_by). Any call it asked gave the right: another agent of the project
+    asked one on someone else's task, cancelled it, and reported the task completed (the owner's
+    output then got 409) or failed (its pending outputs and questions cancelled)."""
+    first = (AgentCallApproval.objects.filter(task_id=task.pk).order_by("created_at", "pk")
+             .values_list("requested_by_id", flat=True).first())
+    return first is not None and first == user_id
 
 
 def has_output_under_review(*, task) -> bool:

@@ -93,7 +93,7 @@ def test_only_the_agent_that_created_a_task_reports_its_outcome(clients, client_
     for status in ("failed", "completed", "cancelled"):
         r = other.post(f"/api/v1/tasks/{task.pk}/status", {"status": status, "error": "x"}, format="json")
         assert r.status_code == 403 and r.json()["error"] == "forbidden", r.content
-        assert "created this task, or one that requested a call on it" in r.json()["detail"]
+        assert "created this task, or the one that requested its first call" in r.json()["detail"]
     task.refresh_from_db()
     assert task.status == "pending" and not AuditEvent.objects.filter(action__startswith="task.failed").exists()
     assert clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "completed"},
@@ -113,6 +113,31 @@ def test_an_agent_running_a_task_another_made_for_it_reports_its_outcome(clients
                            proposed_action="write code", input_data={}, estimated_tokens=1, estimated_cost="0.0001")
     r = client_for(coder).post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "x"}, format="json")
     assert r.status_code == 200 and r.json()["status"] == "failed", r.content
+
+
+def test_another_agent_asking_a_call_on_a_task_does_not_take_over_its_outcome(clients, users, client_for, make_user,
+                                                                             task, project):
+    """Found by a security test: any call asked gave the right to report, so another agent of the
+    project asked one on a task its owner was running, cancelled it, and reported the task completed
+    (the owner's output then got 409) or failed (the owner's pending work cancelled)."""
+    from approvals.services import agent_approval_decide, agent_approval_request, agent_approval_start
+
+    call = dict(project_id=project.pk, task_id=task.pk, agent_type="coder", input_data={}, estimated_tokens=1,
+                estimated_cost="0.0001")
+    mine = agent_approval_request(requester=users["agent"], proposed_action="owner's call", **call)
+    agent_approval_decide(approval_id=mine.pk, decider=users["reviewer"], decision="approve")
+    agent_approval_start(approval_id=mine.pk, actor=users["agent"])   # the owner runs it
+    intruder = make_user("intruder", role="agent", project=project)
+    theirs = agent_approval_request(requester=intruder, proposed_action="intruder's call", **call)
+    c = client_for(intruder)
+    assert c.post(f"/api/v1/agent-approvals/{theirs.pk}/cancel", {}, format="json").status_code == 200
+    for status in ("completed", "failed"):
+        r = c.post(f"/api/v1/tasks/{task.pk}/status", {"status": status, "error": "x"}, format="json")
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", r.content
+    task.refresh_from_db()
+    assert task.status == "running", task.status
+    assert clients["agent"].post(f"/api/v1/tasks/{task.pk}/status", {"status": "failed", "error": "x"},
+                                 format="json").status_code == 200  # the owner still may
 
 
 def test_unknown_ids_are_404(clients):
