@@ -403,6 +403,19 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     from redis.exceptions import ConnectionError as _RedisConnectionError
 
+    # Read as redis-py reads it, at start: a malformed one (http://x, a port past 65535, no scheme)
+    # started every process and then made the health check a 500 and the worker die on its transport.
+    try:
+        import redis as _redis
+
+        _redis.ConnectionPool.from_url(REDIS_URL)  # its scheme (redis://, rediss://, unix://), its db
+        if REDIS_URL.startswith(("redis://", "rediss://")):
+            from urllib.parse import urlsplit as _urlsplit
+
+            _urlsplit(REDIS_URL).port  # noqa: B018  (a port past 65535 raises)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"REDIS_URL is not a Redis URL ({_exc}): e.g. redis://127.0.0.1:6379/0.") from None
+
     # channels-redis receives with a 5 s blocking pop; redis-py 8 reads with a 5 s socket timeout
     # by default, so an idle receive raised TimeoutError. Read longer than the pop blocks.
     # A pooled connection that a restarted Redis closed fails its next command: reconnect and try

@@ -206,6 +206,29 @@ def transient_db_error_kind(exc: BaseException | None) -> str | None:
     return None
 
 
+_SCHEMA_SQLSTATES = {"42P01", "42703"}  # undefined_table, undefined_column
+_SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column")
+SCHEMA_BEHIND = ("The database's schema is behind this version of the server (run `manage.py migrate`): "
+                 "nothing was done.")
+
+
+def schema_behind(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error behind it) says a table or column this code uses does not exist:
+    the new version runs on a database not yet migrated (a 500 on every write, while the health
+    check said ok)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) in _SCHEMA_SQLSTATES:
+            return True
+        message = str(exc).strip().lower()
+        if isinstance(exc, (OperationalError, sqlite3.OperationalError)) and \
+                (message.startswith(_SQLITE_SCHEMA_MESSAGES) or " has no column named " in message):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def is_transient_db_error(exc: BaseException | None) -> bool:
     """True for a deadlock, serialization failure, lock timeout, exhausted connection pool or
     SQLite "database is locked": running the same transaction again may well succeed. (An
@@ -277,6 +300,10 @@ def _error_response(exc, context):
         return Response(error_body("invalid", str(exc), fields={"body": [str(exc)]}), status=400)
     if isinstance(exc, exceptions.APIException):
         return Response(error_body(exc.default_code, str(exc.detail)), status=exc.status_code)
+    if schema_behind(exc):
+        log.error("the database's schema is behind the code (run manage.py migrate), answered 503: %s", exc)
+        return Response(error_body("unavailable", SCHEMA_BEHIND), status=503,
+                        headers={"Retry-After": str(retry_after_seconds())})
     kind = transient_db_error_kind(exc)
     if kind is not None:
         log.warning("transient database error, answered 503: %s: %s", kind, exc)

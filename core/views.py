@@ -1,6 +1,7 @@
 """JSON answers for API paths that no view handles, and the health endpoint."""
 import functools
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 
@@ -16,7 +17,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import error_body, retry_after_seconds, transient_db_error_kind
+from core.errors import SCHEMA_BEHIND, error_body, retry_after_seconds, schema_behind, transient_db_error_kind
 from core.models import Heartbeat
 
 
@@ -38,10 +39,18 @@ def bad_request(request, exception=None):
 def server_error(request, *args, **kwargs):
     """handler500: JSON for the API, so even a bug keeps the error shape. A page (a reviewer's
     decision, a stop) that met a busy database (a lock held past HITL_DB_LOCK_TIMEOUT, a lost
-    connection) says so, 503 with Retry-After, as the API does: nothing was done."""
+    connection) or a schema behind the code says so, 503 with Retry-After, as the API does:
+    nothing was done."""
     if request.path.startswith("/api/"):
+        if schema_behind(sys.exc_info()[1]):  # outside DRF's handler (a middleware's read, say)
+            return JsonResponse(error_body("unavailable", SCHEMA_BEHIND), status=503,
+                                headers={"Retry-After": str(retry_after_seconds())})
         return JsonResponse(error_body("server_error", "Internal server error."), status=500)
-    kind = transient_db_error_kind(sys.exc_info()[1])  # called inside Django's handling of the error
+    error = sys.exc_info()[1]  # called inside Django's handling of the error
+    if schema_behind(error):
+        return HttpResponse(SCHEMA_BEHIND, status=503, content_type="text/plain; charset=utf-8",
+                            headers={"Retry-After": str(retry_after_seconds())})
+    kind = transient_db_error_kind(error)
     if kind is not None:
         return HttpResponse(f"The database is busy ({kind}): nothing was done. Send it again in a moment.",
                             status=503, content_type="text/plain; charset=utf-8",
@@ -115,6 +124,10 @@ class HealthApi(APIView):
         except Exception as exc:  # noqa: BLE001 - Django's, psycopg's or the pool's: the database does not answer
             if not isinstance(exc, DatabaseError) and not type(exc).__module__.startswith("psycopg"):
                 raise
+            if schema_behind(exc):  # it answers, without this version's tables: not migrated
+                return Response({**error_body("unavailable", "The database answers but has not been migrated "
+                                                             "to this version: run `manage.py migrate`."),
+                                 **body, "problems": ["migrations not applied"]}, status=503)
             body["database"] = "unreachable"
             return Response({**error_body("unavailable", "The database does not answer."), **body}, status=503)
         now = timezone.now()
@@ -171,10 +184,33 @@ def _pooled_heartbeats(pool, names) -> dict:
     raise AssertionError("unreachable")
 
 
+_SCHEMA = {"unapplied": None, "checked_at": 0.0}
+_SCHEMA_RECHECK_SECONDS = 10.0
+
+
+def unapplied_migrations() -> int:
+    """How many of this version's migrations the database lacks. Reading the migration files costs
+    a tenth of a second or more: read once per _SCHEMA_RECHECK_SECONDS until none lacks (then never
+    again in this process: a migration is not undone under a running server)."""
+    if _SCHEMA["unapplied"] == 0:
+        return 0
+    now = time.monotonic()
+    if _SCHEMA["unapplied"] is None or now - _SCHEMA["checked_at"] >= _SCHEMA_RECHECK_SECONDS:
+        from django.db.migrations.executor import MigrationExecutor
+
+        executor = MigrationExecutor(connection)
+        _SCHEMA.update(unapplied=len(executor.migration_plan(executor.loader.graph.leaf_nodes())), checked_at=now)
+    return _SCHEMA["unapplied"]
+
+
 def _problems(body) -> list[str]:
     """What a monitor should page someone about (the answer stays 200: decisions go on)."""
     stale = 3 * settings.HITL_HEARTBEAT_SECONDS
     problems = []
+    unapplied = unapplied_migrations()
+    if unapplied:  # the new version started before `migrate`: what needs the new schema fails (503)
+        problems.append(f"{unapplied} migration{'s' if unapplied > 1 else ''} of this version not applied: "
+                        f"run `manage.py migrate` (requests that need them are answered 503).")
     if body["redis"] == "unreachable":
         problems.append("Redis does not answer: live events and Celery wait for it.")
     for key, queue, work in (
@@ -195,7 +231,7 @@ def _redis_health() -> str:
 
     try:
         _redis_client(url).ping()
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError, ValueError):  # ValueError: a URL it cannot read (settings refuse one)
         return "unreachable"
     return "ok"
 

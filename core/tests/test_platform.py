@@ -328,3 +328,58 @@ def test_behind_an_https_proxy_requests_are_secure_and_cookies_https_only():
     done = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["('HTTP_X_FORWARDED_PROTO',", "'https')", "True", "True", "3600"], done.stderr
+
+
+@pytest.mark.django_db(transaction=True)  # the health check reads on a pooled connection of its own
+def test_health_names_migrations_not_applied_and_a_schema_behind_the_code_is_503_not_500(monkeypatch):
+    """Found by an operator's upgrade: the new version started before `migrate` answered every write
+    500 ("column open_questions does not exist") while the health check said ok; on a database never
+    migrated it said the database "does not answer"."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from core import views
+
+    monkeypatch.setattr(views, "_SCHEMA", {"unapplied": None, "checked_at": 0.0})
+    client = APIClient()
+    body = client.get("/api/v1/health").json()
+    assert not any("migration" in p for p in body["problems"]), body
+    last = MigrationRecorder(connection).applied_migrations()
+    app, name = max(key for key in last if key[0] == "projects")
+    MigrationRecorder(connection).record_unapplied(app, name)    # as a database one version behind
+    try:
+        monkeypatch.setattr(views, "_SCHEMA", {"unapplied": None, "checked_at": 0.0})
+        r = client.get("/api/v1/health")
+        assert r.status_code == 200 and r.json()["status"] == "degraded", r.content
+        assert "1 migration of this version not applied: run `manage.py migrate`" in " ".join(r.json()["problems"])
+    finally:
+        MigrationRecorder(connection).record_applied(app, name)
+
+    # a table the code reads is not there (a database never migrated): it answers, without the schema
+    def no_table(*args, **kwargs):
+        raise views.OperationalError("no such table: core_heartbeat")
+
+    monkeypatch.setattr(views, "_heartbeats", no_table)
+    r = client.get("/api/v1/health")
+    assert r.status_code == 503 and "has not been migrated to this version" in r.json()["detail"], r.content
+    assert r.json()["database"] == connection.vendor
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_on_a_schema_behind_the_code_is_503_and_changes_nothing(project, agent):
+    """A column the code writes is missing (the new version before `migrate`): 503 in the API's error
+    shape, naming the fix, instead of a 500."""
+    from access.services import api_key_create
+
+    key = api_key_create(user=agent, name="schema")[1]
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE projects_task RENAME COLUMN open_questions TO open_questions_old")
+    try:
+        r = APIClient().post("/api/v1/tasks", {"project_id": str(project.pk), "agent_type": "coder", "title": "x"},
+                             format="json", HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert r.status_code == 503 and r.json()["error"] == "unavailable", r.content
+        assert "schema is behind this version of the server (run `manage.py migrate`)" in r.json()["detail"]
+        assert r["Retry-After"]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE projects_task RENAME COLUMN open_questions_old TO open_questions")
+    assert not Task.objects.filter(project=project, title="x").exists()

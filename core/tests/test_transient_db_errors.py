@@ -181,8 +181,20 @@ def test_retry_after_follows_the_setting(raising, settings, value, header):
 
 
 @pytest.mark.urls(__name__)
-@pytest.mark.parametrize("name", ["connection-refused", "statement-timeout", "sqlite-no-such-table",
-                                  "bare-operational-error"])
+@pytest.mark.parametrize("error", [NOT_TRANSIENT["sqlite-no-such-table"],
+                                   wrapped(sqlite3.OperationalError("table projects_task has no column named x")),
+                                   wrapped(pg_errors.UndefinedColumn('column "open_questions" does not exist')),
+                                   wrapped(pg_errors.UndefinedTable('relation "hitl_x" does not exist'))])
+def test_a_table_or_column_the_code_needs_missing_is_503_naming_migrate(raising, error):
+    """The schema behind the code (the new version started before `migrate`): not transient, and
+    not a bug of the request either: 503 saying what to run, not a 500."""
+    r = raising(error).post("/api/v1/raising", {}, format="json")
+    assert r.status_code == 503 and r["Retry-After"] == "1"
+    assert r.json()["error"] == "unavailable" and "run `manage.py migrate`" in r.json()["detail"]
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("name", ["connection-refused", "statement-timeout", "bare-operational-error"])
 def test_another_operational_error_stays_a_json_500(raising, name):
     r = raising(NOT_TRANSIENT[name]).get("/api/v1/raising", HTTP_ACCEPT="text/html")
     assert r.status_code == 500 and "Retry-After" not in r
