@@ -16,9 +16,11 @@ from projects.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, FlagSuppression, ModelPrice, ResponseApproval, RuleSetting
 from approvals.services import (
     agent_approval_decide,
+    agent_approval_settle_due,
     budget_override_respond,
     flag_suppression_revoke,
     response_approval_decide,
+    response_approval_settle_due,
     rule_precision,
     rule_code_clean,
     rule_setting_save,
@@ -180,6 +182,8 @@ class DecisionPageMixin:
             extra_context = {**(extra_context or {}), "decide_refusal": refusal}
             request.method = "GET"
         obj = self.get_object(request, unquote(object_id))
+        if obj is not None and self.settle_due(obj):  # beat late or down: not shown pending (and decidable) past
+            obj = self.get_object(request, unquote(object_id))  # its deadline, as the reviewer pages and the API
         context = dict(extra_context or {})
         if obj is not None:
             context.update(self.decision_context(request, obj, bound))
@@ -257,6 +261,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
     decision_form_class = AgentCallDecisionForm
     decision_past = {"approve": "approved", "amend": "approved with amended input", "reject": "rejected"}
     decide_service = staticmethod(agent_approval_decide)
+    settle_due = staticmethod(agent_approval_settle_due)
 
     def page_label(self, obj):
         return self.short_action(obj)
@@ -499,6 +504,7 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
     decision_form_class = ResponseDecisionForm
     decision_past = RESPONSE_PAST
     decide_service = staticmethod(response_approval_decide)
+    settle_due = staticmethod(response_approval_settle_due)
 
     def page_label(self, obj):
         return self.short_summary(obj)

@@ -15,7 +15,7 @@ from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text
 from core.text import FORM_ERROR_NOTE, plural
 from hitl.models import HitlRequest
-from hitl.services import hitl_request_respond
+from hitl.services import hitl_request_respond, hitl_request_settle_due
 from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
 from projects.permissions import has_project_perm
@@ -126,6 +126,8 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
             extra_context = {**(extra_context or {}), "decide_refusal": refusal}
             request.method = "GET"
         obj = self.get_object(request, unquote(object_id))
+        if obj is not None and hitl_request_settle_due(obj):  # beat late or down: not pending past its deadline
+            obj = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if obj is not None:
             context.update(self.answer_context(request, obj, bound))

@@ -276,10 +276,12 @@ def hitl_request_time_out(*, request_id, now=None) -> bool:
 
 def hitl_request_settle_due(req: HitlRequest, now=None) -> bool:
     """A question read past its deadline that beat has not timed out yet is timed out now: True
-    when it changed (read it again)."""
+    when the copy read is stale (read it again), whether this call timed it out or another reader,
+    a decision or beat did first."""
     now = now or timezone.now()
     if req.status == Status.PENDING and req.expires_at <= now:
-        return hitl_request_time_out(request_id=req.pk, now=now)
+        hitl_request_time_out(request_id=req.pk, now=now)
+        return True
     return False
 
 

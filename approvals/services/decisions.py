@@ -169,6 +169,10 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
     with call_uow(approval_id, gate=True) as (uow, approval):
         if actor.pk != approval.requested_by_id:
             raise Forbidden("Only the agent that requested this call may start it.")
+        if approval.status == Status.CANCELLED and approval.rejection_reason == GRANT_LAPSED:
+            # beat lapsed it first: the same 410 as when this start finds it due (it was a 409)
+            raise Expired(f"The approval was not started within {settings.HITL_START_WITHIN_MINUTES} minutes: "
+                          f"request the call again.", status=Status.CANCELLED)
         if approval.status != Status.APPROVED:
             why = f" ({approval.rejection_reason})" if approval.rejection_reason else ""
             raise TransitionError(f"The approval is {approval.status}{why}, not approved.",
@@ -207,8 +211,11 @@ def _grant_expired(approval: AgentCallApproval, now) -> bool:
     return now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)
 
 
+GRANT_LAPSED = "approved but not started in time"  # the reason of a lapsed grant's cancellation
+
+
 def _expire_grant(uow, approval: AgentCallApproval, now) -> None:
-    close_call(uow, approval, actor=None, to=Status.CANCELLED, now=now, reason="approved but not started in time",
+    close_call(uow, approval, actor=None, to=Status.CANCELLED, now=now, reason=GRANT_LAPSED,
                event_type="agent_approval_decided", action="agent_approval.grant_expired")
 
 
@@ -239,14 +246,18 @@ def agent_approval_time_out(*, approval_id, now=None) -> bool:
 
 def agent_approval_settle_due(approval: AgentCallApproval, now=None) -> bool:
     """A call read (by the API or a page) past its deadline, or its grant's, that beat has not
-    settled yet (late or down) is timed out, or its grant lapsed, now: True when it changed (read
-    it again). Nothing is written for a call that is not due."""
+    settled yet (late or down) is timed out, or its grant lapsed, now: True when the copy read is
+    stale (read it again), whether this call changed it or another reader, a decision or beat did
+    first (it said False then, and the read served the call as pending past its deadline). Nothing
+    is written for a call that is not due."""
     now = now or timezone.now()
     if approval.status == Status.PENDING and approval.expires_at <= now:
-        return agent_approval_time_out(approval_id=approval.pk, now=now)
+        agent_approval_time_out(approval_id=approval.pk, now=now)
+        return True
     if approval.status == Status.APPROVED and approval.started_at is None and approval.responded_at is not None \
             and _grant_expired(approval, now):
-        return agent_approval_expire_grant(approval_id=approval.pk, now=now)
+        agent_approval_expire_grant(approval_id=approval.pk, now=now)
+        return True
     return False
 
 

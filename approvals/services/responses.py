@@ -341,10 +341,12 @@ def response_approval_time_out(*, approval_id, now=None) -> bool:
 
 def response_approval_settle_due(response: ResponseApproval, now=None) -> bool:
     """An output read past its deadline that beat has not timed out yet is timed out now: True
-    when it changed (read it again)."""
+    when the copy read is stale (read it again), whether this call timed it out or another reader,
+    a decision or beat did first."""
     now = now or timezone.now()
     if response.status == Status.PENDING and response.expires_at <= now:
-        return response_approval_time_out(approval_id=response.pk, now=now)
+        response_approval_time_out(approval_id=response.pk, now=now)
+        return True
     return False
 
 

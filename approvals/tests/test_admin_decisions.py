@@ -45,6 +45,19 @@ def browser(client, reviewer):
 
 
 # --- agent calls -----------------------------------------------------------------------
+def test_a_call_past_its_deadline_is_timed_out_when_its_page_is_opened(browser, call):
+    """Found by a time hunt with beat stopped: the admin's page of a call past its deadline showed it
+    pending with its decision forms (the reviewer pages and the API time it out when they read it)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    AgentCallApproval.objects.filter(pk=call.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    html = browser.get(page(call)).content.decode()
+    assert AgentCallApproval.objects.get(pk=call.pk).status == "timed_out"
+    assert 'name="decision" value="approve"' not in html and "Timed out" in html
+
+
 def test_the_page_of_a_pending_call_offers_its_three_decisions(browser, call):
     html = browser.get(page(call)).content.decode()
     assert 'name="decision" value="approve"' in html

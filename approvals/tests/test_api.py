@@ -452,7 +452,32 @@ def test_no_read_shows_a_lapsed_grant_as_startable_while_beat_is_late(requested,
         responded_at=timezone.now() - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES + 1))
     got = agent_client.get(f"/api/v1/agent-approvals/{requested['approval_id']}").json()
     assert got["status"] == "cancelled", got
-    assert agent_client.post(f"/api/v1/agent-approvals/{requested['approval_id']}/start").status_code == 409
+    # lapsed before the start came (by that read, or by beat): the same 410 as a start that finds it
+    # due (it was a 409, so the SDK raised Conflict or Expired depending on beat's timing)
+    r = agent_client.post(f"/api/v1/agent-approvals/{requested['approval_id']}/start")
+    assert r.status_code == 410 and r.json()["error"] == "expired" and r.json()["status"] == "cancelled", r.content
+
+
+def test_a_read_racing_another_time_out_does_not_serve_the_call_as_pending(requested, agent_client, monkeypatch):
+    """Found by a time hunt: a GET at the deadline, while a decision (410) or beat timed the call out
+    first, answered `pending`: the read's own time-out found nothing to do and its stale copy was
+    served. Another request times the call out between this read and its settle."""
+    from approvals import selectors
+    from approvals.services import agent_approval_time_out
+
+    approval_id = requested["approval_id"]
+    AgentCallApproval.objects.filter(pk=approval_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    first_read = selectors.agent_approval_for
+
+    def read_then_lose_the_race(**kwargs):
+        approval = first_read(**kwargs)
+        if approval.status == "pending":
+            agent_approval_time_out(approval_id=approval.pk)  # the other request wins
+        return approval
+
+    monkeypatch.setattr(selectors, "agent_approval_for", read_then_lose_the_race)
+    got = agent_client.get(f"/api/v1/agent-approvals/{approval_id}").json()
+    assert got["status"] == "timed_out", got
 
 
 @pytest.mark.parametrize("zero", ["-0", "-0.0000", "-0e3"])

@@ -37,6 +37,18 @@ def test_the_queue_lists_pending_first_for_the_projects_of_the_reviewer(browser,
     assert client.get(page(pending)).status_code == 302  # not visible: the admin's "does not exist"
 
 
+def test_a_question_past_its_deadline_is_timed_out_when_its_page_is_opened(browser, ask):
+    """As the call's page: beat stopped, the question's page showed it pending and answerable."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    req = ask()
+    HitlRequest.objects.filter(pk=req.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    browser.get(page(req))
+    assert HitlRequest.objects.get(pk=req.pk).status == "timed_out"
+
+
 def test_the_page_offers_the_options_and_approves_through_the_service(browser, ask):
     req = ask(options=["PostgreSQL", "SQLite"])
     html = browser.get(page(req)).content.decode()

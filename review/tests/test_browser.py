@@ -1108,3 +1108,23 @@ def test_single_letter_shortcuts_can_be_turned_off_and_a_lone_a_approves_nothing
     page.keyboard.press("a")
     page.keyboard.press("a")
     expect(panel).to_have_attribute("data-status", "approved")
+
+
+def test_a_countdown_that_runs_out_reads_its_panel_again(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """Found by a time hunt with beat stopped: at the deadline no event comes, and the call page kept
+    Approve enabled under "expired" until a reload. The countdown running out reads the panel again
+    (the server times out what is due when it is read)."""
+    rita, _ = reviewers
+    key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    call = request_call(server, key, project, title="Deadline", action="Write it", input_data={})
+    page = log_in(chromium.new_context(server), rita.username)
+    page.goto(f"/review/agent-approvals/{call['approval_id']}")
+    wait_live(page)
+    page.wait_for_timeout(1100)  # one tick with time left: it was seen counting down
+    with page.expect_request(lambda r: r.url.endswith(f"/review/agent-approvals/{call['approval_id']}/panel"),
+                             timeout=WAIT_MS):
+        page.evaluate("() => { const s = document.querySelector('#decision-panel .time-left');"
+                      " s.setAttribute('data-expires', new Date(Date.now() + 1500).toISOString()); }")
+    expect(page.locator("#decision-panel")).to_have_attribute("data-status", "pending")  # the server's deadline is later
+    expect(page.locator("#live-announce")).not_to_contain_text("changed")

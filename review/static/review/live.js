@@ -816,11 +816,32 @@
       var text = left <= 0 ? "expired" : durationText(left) + " left";
       if (spans[i].textContent !== text) spans[i].textContent = text;
       if (left < 300) spans[i].classList.add("urgent");
+      var deadline = spans[i].getAttribute("data-expires");
+      if (left > 0) alive[deadline] = 1;
+      else if (left <= -1 && alive[deadline] && !passed[deadline]) { passed[deadline] = 1; deadlinePassed(spans[i]); }
       // the request on screen (a decision page's own): its last minute is said once
       if (left <= 60 && left > 0 && !warned[spans[i].getAttribute("data-expires")] && spans[i].closest("#decision-panel")) {
         warned[spans[i].getAttribute("data-expires")] = 1;
         say("One minute left to decide before this request times out.");
       }
+    }
+  }
+
+  // A countdown that ran out on screen reads what it counts down to again: the server times out what
+  // is due when it is read, so the page follows the deadline even while beat is late or down (no
+  // event comes then: the call page kept Approve enabled under "expired", the inbox kept the row).
+  var alive = {}, passed = {};
+
+  function deadlinePassed(span) {
+    var panel = document.getElementById("decision-panel");
+    if (span.closest("#inbox-list")) { inboxReads.event(); return; }
+    if (!panel || panel.getAttribute("data-status") !== "pending") return;
+    if (panel.hasAttribute("data-live-approval") && panel.contains(span)) { refreshPanel(panel, "timed_out"); return; }
+    var question = panel.getAttribute("data-live-hitl");
+    if (question) {  // the question page reloads on its request's event (not under typing)
+      document.body.dispatchEvent(new CustomEvent("hitl:event", { bubbles: true, detail: {
+        event_type: "deadline_passed", project_id: panel.getAttribute("data-project-id"),
+        data: { hitl_request_id: question, status: "timed_out" } } }));
     }
   }
 
