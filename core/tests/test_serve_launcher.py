@@ -75,3 +75,38 @@ def test_a_setting_out_of_its_range_stops_every_process_at_start_naming_it(tmp_p
                           "from django.conf import settings; print('audit-checkpoint' in settings.CELERY_BEAT_SCHEDULE)"],
                          capture_output=True, text=True, timeout=60, env={**base, "HITL_AUDIT_CHECKPOINT_MINUTES": "0"})
     assert off.returncode == 0 and off.stdout.strip().endswith("False"), off.stderr[-2000:]
+
+
+def test_the_workers_stop_when_the_launcher_is_killed(tmp_path):
+    """Found by an operator: `kill -9` of the launcher left its workers serving the port, re-parented
+    to init, and the supervisor's restarted launcher exited 2 (the port was held)."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": "", "REDIS_URL": "", "HITL_VAR_DIR": str(tmp_path), "DJANGO_DEBUG": "1",
+           "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings"}
+    launcher = subprocess.Popen([sys.executable, str(SERVE), "--workers", "2", "--port", str(port)], env=env,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        line = launcher.stderr.readline()
+        assert "worker(s) on" in line, line
+        pids = [int(pid) for pid in line.rsplit("(pids ", 1)[1].rstrip(")\n").split()]
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and
+                     open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"]
+            time.sleep(0.2)
+        assert not alive, f"workers {alive} outlived their launcher"
+    finally:
+        for pid in pids if "pids" in locals() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
