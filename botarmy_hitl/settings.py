@@ -183,6 +183,10 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 HITL_HEALTH_DB_TIMEOUT = _float("HITL_HEALTH_DB_TIMEOUT", 3.0, above=0)
 if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    if DATABASES["default"].get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
+        # `postgres//host/db` (no colon) was a bare KeyError: 'ENGINE'
+        raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL such as postgres://user:password@host:5432/"
+                                   "name (it does not start with postgres:// or postgresql://).")
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Under ASGI every request runs its database work in a thread of its own, so persistent
         # per-thread connections would pile up: a psycopg pool bounds them per process instead.

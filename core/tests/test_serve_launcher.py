@@ -67,6 +67,15 @@ def test_a_setting_out_of_its_range_stops_every_process_at_start_naming_it(tmp_p
         answer = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
                                 env={**base, name: value})
         assert answer.returncode != 0 and f"{name} {says}" in answer.stderr, (name, answer.stderr[-2000:])
+    # malformed service URLs (found by an operator): REDIS_URL started every process, then the health
+    # check was a 500 and the worker died on its transport; `postgres//host/db` was KeyError: 'ENGINE'
+    for name, value, says in (("REDIS_URL", "http://x", "REDIS_URL is not a Redis URL"),
+                              ("REDIS_URL", "redis://127.0.0.1:86200/0", "REDIS_URL is not a Redis URL"),
+                              ("DATABASE_URL", "postgres//db-host/botarmy", "DATABASE_URL must be a PostgreSQL URL")):
+        answer = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
+                                env={**base, name: value})
+        assert answer.returncode != 0 and says in answer.stderr and "Traceback" not in answer.stderr, \
+            (name, value, answer.stderr[-2000:])
     fine = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
                           env={**base, "HITL_BEHIND_HTTPS_PROXY": "yes", "HITL_WEB_THREADS": ""})
     assert fine.returncode == 0, fine.stderr
