@@ -99,6 +99,9 @@ def test_bulk_reject_asks_for_a_reason_first(reviewer_browser, approvals):
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "",
                                            ACTION_CHECKBOX_NAME: selected})
     assert b"A reason is required" in r.content
+    # the box is tied to the error and focused (the error was only said above it)
+    assert b'aria-invalid="true" aria-describedby="reason-error" autofocus' in r.content
+    assert b'id="reason-error" role="alert">A reason is required.' in r.content
     assert AgentCallApproval.objects.get(pk=approvals[2].pk).status == "pending"
     # a NUL character (PostgreSQL cannot store it: it was a 500 page) asks again, nothing decided
     r = reviewer_browser.post(CHANGELIST, {"action": "reject_selected", "apply": "1", "reason": "not\x00now",

@@ -117,7 +117,7 @@ def assert_refusal_where_the_page_lands(html: str, text: str) -> None:
     """The forms post to #decide: the note opens that section, right under its heading."""
     section = html.split('<section class="hitl-decide" id="decide"')[1]
     heading_end = section.index("</h2>")
-    note = section.index('<p class="errornote" role="alert" id="decide-refusal">')
+    note = section.index('<p class="errornote" role="alert" id="decide-refusal" tabindex="-1">')
     assert heading_end < note < section.index("<form")
     assert text in section[note:section.index("</p>", note)]
 

@@ -84,7 +84,7 @@ def test_a_form_error_decides_nothing(browser, ask):
     r = browser.post(page(req), {"_decide": "1", "action": "amend", "amend-amended_content": "  "})
     assert r.status_code == 200 and "This is required" in r.content.decode()
     decide = r.content.decode().split('id="decide"')[1]   # said where the form's post lands
-    assert '<p class="errornote" role="alert" id="decide-refusal">Nothing was decided: correct the form below.' \
+    assert '<p class="errornote" role="alert" id="decide-refusal" tabindex="-1">Nothing was decided: correct the form below.' \
         in decide
     req.refresh_from_db()
     assert req.status == "pending"
@@ -101,7 +101,7 @@ def test_the_asker_cannot_answer_from_the_page(client, ask, make_user, project):
     assert req.status == "pending" and any("not rejected" in m and m.endswith("Nothing was decided.")
                                            for m in messages_of(r))
     decide = r.content.decode().split('id="decide"')[1]  # the service's refusal, where the post lands
-    assert '<p class="errornote" role="alert" id="decide-refusal">Nothing was decided: ' in decide
+    assert '<p class="errornote" role="alert" id="decide-refusal" tabindex="-1">Nothing was decided: ' in decide
 
 
 def test_bulk_reject_asks_for_a_reason(browser, ask):
