@@ -1013,6 +1013,17 @@ def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(ser
     assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
 
 
+def open_call_page(serve, chromium, project, agent, reviewer, **call):  # noqa: F811
+    """(server, the agent's key, a call made through the API, the reviewer's page of it, live)."""
+    key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    made = request_call(server, key, project, **{"title": "Docs", "action": "Write the docs", "input_data": {}, **call})
+    page = log_in(chromium.new_context(server), reviewer.username)
+    page.goto(f"/review/agent-approvals/{made['approval_id']}")
+    wait_live(page)
+    return server, key, made, page
+
+
 def test_the_focus_stays_on_its_link_when_the_inbox_refreshes_live(serve, chromium, project, agent, reviewers):  # noqa: F811
     """Found with a keyboard: each live refresh of the list dropped the focus to the page's body (the
     next Tab started from the top), and after j / k a link of another row had the focus pulled back
@@ -1050,14 +1061,9 @@ def test_the_focus_stays_on_its_link_when_the_inbox_refreshes_live(serve, chromi
 def test_a_decision_panel_changed_elsewhere_keeps_the_focus_on_its_new_state(serve, chromium, project, agent, reviewers):  # noqa: F811
     """The reviewer on Approve, another reviewer decides: the refreshed panel took the focus to the
     page's body and its new state, in a region swapped in whole, was not read out."""
-    rita, _ = reviewers
-    agent_key = api_key_create(user=agent, name="browser")[1]
-    sam_key = api_key_create(user=reviewers[1], name="browser")[1]
-    server = serve()
-    approval = request_call(server, agent_key, project, title="Docs", action="Write the docs", input_data={})
-    page = log_in(chromium.new_context(server), rita.username)
-    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
-    wait_live(page)
+    rita, sam = reviewers
+    sam_key = api_key_create(user=sam, name="browser")[1]
+    server, _, approval, page = open_call_page(serve, chromium, project, agent, rita)
     page.locator("#btn-approve").focus()
     api(server, "POST", f"/api/v1/agent-approvals/{approval['approval_id']}/respond", sam_key,
         body={"decision": "reject", "reason": "not now"})
@@ -1072,12 +1078,7 @@ def test_single_letter_shortcuts_can_be_turned_off_and_a_lone_a_approves_nothing
     input). Now the first `a` only focuses Approve; when its 5 s pass the focus goes back where it
     was; and the top bar's Shortcuts button turns the letters off, remembered in the browser."""
     rita, _ = reviewers
-    agent_key = api_key_create(user=agent, name="browser")[1]
-    server = serve()
-    approval = request_call(server, agent_key, project, title="Docs", action="Write the docs", input_data={})
-    page = log_in(chromium.new_context(server), rita.username)
-    page.goto(f"/review/agent-approvals/{approval['approval_id']}")
-    wait_live(page)
+    server, agent_key, approval, page = open_call_page(serve, chromium, project, agent, rita)
     panel = page.locator("#decision-panel")
     crumb = page.locator("nav.crumbs a").first
     crumb.focus()
@@ -1115,12 +1116,7 @@ def test_a_countdown_that_runs_out_reads_its_panel_again(serve, chromium, projec
     Approve enabled under "expired" until a reload. The countdown running out reads the panel again
     (the server times out what is due when it is read)."""
     rita, _ = reviewers
-    key = api_key_create(user=agent, name="browser")[1]
-    server = serve()
-    call = request_call(server, key, project, title="Deadline", action="Write it", input_data={})
-    page = log_in(chromium.new_context(server), rita.username)
-    page.goto(f"/review/agent-approvals/{call['approval_id']}")
-    wait_live(page)
+    _, _, call, page = open_call_page(serve, chromium, project, agent, rita, title="Deadline")
     page.wait_for_timeout(1100)  # one tick with time left: it was seen counting down
     with page.expect_request(lambda r: r.url.endswith(f"/review/agent-approvals/{call['approval_id']}/panel"),
                              timeout=WAIT_MS):
