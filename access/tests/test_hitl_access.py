@@ -46,6 +46,11 @@ def test_admin_key_creates_the_first_project(admin_user):
 def test_role_without_key_prints_no_key(project):
     lines = run("rev", "--create-user", "--role", "reviewer", "--project", "demo")
     user = get_user_model().objects.get(username="rev")
+    # the trail says who came in (an operator found keys and roles audited, the user's creation not)
+    from audit.models import AuditEvent
+
+    created = AuditEvent.objects.get(action="user.create", object_id=str(user.pk))
+    assert created.actor_repr == "system" and created.after["username"] == "rev" and created.after["is_staff"] is False
     assert user.has_perm("projects.review_project", project)
     assert not user.has_perm("projects.act_as_agent", project)
     assert not ApiKey.objects.filter(user=user).exists()

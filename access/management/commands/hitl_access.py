@@ -1,10 +1,11 @@
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from projects import roles
 from access.models import ApiKey
-from access.services import api_key_create, api_key_revoke, role_grant, role_revoke_all
+from access.services import api_key_create, api_key_revoke, role_grant, role_revoke_all, user_changed
 from projects.models import Project
 
 
@@ -56,7 +57,9 @@ class Command(BaseCommand):
                 username = field.clean(username, None)
             except ValidationError as exc:
                 raise CommandError(f"Not a valid user name {username!r}: {' '.join(exc.messages)}", returncode=2) from None
-            user = User.objects.create_user(username=username)  # no password: API keys or set one later
+            with transaction.atomic():  # the user and its audit row (user.create, by "system") together
+                user = User.objects.create_user(username=username)  # no password: API keys or set one later
+                user_changed(user=user, actor=None, before=None)
             self.stdout.write(f"Created user {username} (no password; set one with changepassword).")
         elif create_user:
             self.stdout.write(f"User {username} already exists.")
