@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from audit.hashing import canonical_json
-from audit.keys import checkpoint_key
+from audit.keys import checkpoint_key, checkpoint_verify_keys
 
 FORMAT = "botarmy-hitl.audit-checkpoint.v1"
 SIGNED_DOMAIN = b"botarmy-hitl audit checkpoint v1\n"
@@ -64,11 +64,12 @@ def checkpoint_file_read(path: Path) -> dict:
     if not isinstance(payload, dict) or not isinstance(payload.get("signature"), str):
         raise CheckpointInvalid("not a signed checkpoint")
     try:
-        expected = checkpoint_signature(payload)
+        expected = [checkpoint_signature(payload, key) for key in checkpoint_verify_keys()]
     except ValueError:  # NaN and the like: not something this code wrote
         raise CheckpointInvalid("not a signed checkpoint") from None
-    if not hmac.compare_digest(payload["signature"], expected):
-        raise CheckpointInvalid("bad signature (file edited, or signed with another HITL_AUDIT_CHECKPOINT_KEY)")
+    if not any(hmac.compare_digest(payload["signature"], signature) for signature in expected):
+        raise CheckpointInvalid("bad signature (file edited, or signed with a HITL_AUDIT_CHECKPOINT_KEY no longer "
+                                "listed: add the old one to HITL_AUDIT_CHECKPOINT_OLD_KEYS)")
     chains = payload.get("chains")
     if payload.get("format") != FORMAT or not isinstance(payload.get("created_at"), str) \
             or not isinstance(chains, list):

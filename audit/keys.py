@@ -72,4 +72,14 @@ def signing_key() -> tuple[str, bytes]:
 
 
 def checkpoint_key() -> bytes:
-    return (settings.HITL_AUDIT_CHECKPOINT_KEY or _derived("audit checkpoint key")).encode()
+    return (settings.HITL_AUDIT_CHECKPOINT_KEY or dev_checkpoint_key()).encode()
+
+
+def dev_checkpoint_key() -> str:
+    """The checkpoint key SECRET_KEY derives (used while HITL_AUDIT_CHECKPOINT_KEY is unset)."""
+    return _derived("audit checkpoint key")
+
+
+def checkpoint_verify_keys() -> list[bytes]:
+    """The key that signs new checkpoint files, then those of older ones (HITL_AUDIT_CHECKPOINT_OLD_KEYS)."""
+    return [checkpoint_key(), *(key.encode() for key in getattr(settings, "HITL_AUDIT_CHECKPOINT_OLD_KEYS", []))]

@@ -571,6 +571,10 @@ HITL_AUDIT_KEYS = env.list("HITL_AUDIT_KEYS", default=[])
 # Signs the checkpoint files (chain heads written outside the database); separate from the chain keys.
 # Unset, derived from DJANGO_SECRET_KEY (development only).
 HITL_AUDIT_CHECKPOINT_KEY = env.str("HITL_AUDIT_CHECKPOINT_KEY", default="")
+# Keys that signed older checkpoint files (comma-separated): a rotated checkpoint key (or the move
+# from the SECRET_KEY-derived one, `manage.py audit_dev_key --checkpoint`) leaves them verifying.
+HITL_AUDIT_CHECKPOINT_OLD_KEYS = [k.strip() for k in env.str("HITL_AUDIT_CHECKPOINT_OLD_KEYS", default="").split(",")
+                                  if k.strip()]
 # Keep it off the database's host if you can (another volume, synced to write-once storage).
 HITL_AUDIT_CHECKPOINT_DIR = Path(env.str("HITL_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
 # How often beat writes a checkpoint; 0 disables it (it was refused: 1 or more).

@@ -122,8 +122,8 @@ def test_tampered_checkpoint_file_is_reported(tmp_path, record):
     path.write_text(json.dumps(payload))
     code, err = verify("--checkpoints", str(tmp_path))
     assert code == 1
-    assert err == f"TAMPERED: checkpoint {path.name}: bad signature (file edited, or signed with another " \
-                  f"HITL_AUDIT_CHECKPOINT_KEY)\n"
+    assert err == f"TAMPERED: checkpoint {path.name}: bad signature (file edited, or signed with a " \
+                  f"HITL_AUDIT_CHECKPOINT_KEY no longer listed: add the old one to HITL_AUDIT_CHECKPOINT_OLD_KEYS)\n"
 
 
 def test_checkpoint_signed_with_another_key_is_reported(tmp_path, record, settings):
@@ -132,6 +132,32 @@ def test_checkpoint_signed_with_another_key_is_reported(tmp_path, record, settin
     settings.HITL_AUDIT_CHECKPOINT_KEY = "another-checkpoint-secret-0123456789abc"
     code, err = verify("--checkpoints", str(tmp_path))
     assert code == 1 and f"checkpoint {path.name}: bad signature" in err
+
+
+def test_the_checkpoint_key_can_be_rotated_with_the_old_one_listed(tmp_path, record, settings):
+    """Found by an operator: changing HITL_AUDIT_CHECKPOINT_KEY (the README asks to move off the
+    derived one) made every older file "bad signature", the only way out deleting the evidence."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    record(1)
+    derived = StringIO()
+    call_command("audit_dev_key", "--checkpoint", stdout=derived)
+    settings.HITL_AUDIT_CHECKPOINT_KEY = ""
+    audit_checkpoint_write(tmp_path)                       # signed with the derived key (none set)
+    settings.HITL_AUDIT_CHECKPOINT_KEY = "first-checkpoint-secret-0123456789abcdef"
+    audit_checkpoint_write(tmp_path)
+    settings.HITL_AUDIT_CHECKPOINT_KEY = "second-checkpoint-secret-0123456789abcde"
+    code, err = verify("--checkpoints", str(tmp_path))
+    assert code == 1 and err.count("bad signature") == 2    # both older files, until their keys are listed
+    settings.HITL_AUDIT_CHECKPOINT_OLD_KEYS = ["first-checkpoint-secret-0123456789abcdef", derived.getvalue().strip()]
+    code, out = verify("--checkpoints", str(tmp_path))
+    assert code == 0 and "against 2 checkpoints" in out, out
+    audit_checkpoint_write(tmp_path)                       # new ones: the new key
+    settings.HITL_AUDIT_CHECKPOINT_OLD_KEYS = []
+    code, err = verify("--checkpoints", str(tmp_path))
+    assert code == 1 and err.count("bad signature") == 2
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"signature": "00"}', b"\xff\xfe"])
