@@ -44,6 +44,22 @@ def api_middleware_check(app_configs=None, **kwargs):
     return found
 
 
+@checks.register()
+def web_threads_check(app_configs=None, **kwargs):
+    """HITL_WEB_THREADS above the pool's HITL_DB_POOL_MAX: the threads past it wait for a connection
+    (HITL_DB_POOL_TIMEOUT) and their requests end 503 under load (the README said to keep it at or
+    below; nothing said so when it was not)."""
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    threads = getattr(settings, "HITL_WEB_THREADS", 1)
+    if isinstance(pool, dict) and threads > pool.get("max_size", threads):
+        return [checks.Warning(
+            f"HITL_WEB_THREADS ({threads}) is above HITL_DB_POOL_MAX ({pool['max_size']}): the threads past the "
+            f"pool wait for a database connection and their requests end 503 under load.",
+            hint="Keep HITL_WEB_THREADS at or below HITL_DB_POOL_MAX (the long polls and the health check use "
+                 "a few connections of the pool too).", id="core.W001")]
+    return []
+
+
 def refuse_to_start_on_errors(process: str) -> None:
     """Django's system checks (those of ``manage.py check``, without the database's), run when a
     web or Celery process starts: an error stops it there, naming what is wrong. Neither ran them,

@@ -383,3 +383,20 @@ def test_a_write_on_a_schema_behind_the_code_is_503_and_changes_nothing(project,
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE projects_task RENAME COLUMN open_questions_old TO open_questions")
     assert not Task.objects.filter(project=project, title="x").exists()
+
+
+def test_more_web_threads_than_pooled_connections_is_named_by_the_checks(settings, monkeypatch):
+    """An operator set HITL_WEB_THREADS=30 with a pool of 20: nothing said so, and the threads past
+    the pool waited for connections until their requests ended 503 under load."""
+    from django.core import checks
+
+    from core.checks import web_threads_check
+
+    options = {**settings.DATABASES["default"].get("OPTIONS", {}), "pool": {"min_size": 2, "max_size": 20, "timeout": 30}}
+    monkeypatch.setitem(settings.DATABASES["default"], "OPTIONS", options)  # read by the check only
+    settings.HITL_WEB_THREADS = 30
+    found = web_threads_check()
+    assert [m.id for m in found] == ["core.W001"] and "HITL_WEB_THREADS (30) is above HITL_DB_POOL_MAX (20)" in found[0].msg
+    assert found[0].level == checks.WARNING  # said at every start; the process still starts
+    settings.HITL_WEB_THREADS = 20
+    assert web_threads_check() == []
