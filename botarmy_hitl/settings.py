@@ -182,7 +182,11 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 # the database does not answer (503), not after HITL_DB_POOL_TIMEOUT.
 HITL_HEALTH_DB_TIMEOUT = _float("HITL_HEALTH_DB_TIMEOUT", 3.0, above=0)
 if DATABASE_URL:
-    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    try:
+        DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    except ValueError as _exc:  # a port past 65535 and the like: a traceback
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL ({_exc}): e.g. "
+                                   f"postgres://user:password@host:5432/name.") from None
     if DATABASES["default"].get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
         # `postgres//host/db` (no colon) was a bare KeyError: 'ENGINE'
         raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL such as postgres://user:password@host:5432/"

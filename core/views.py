@@ -188,18 +188,19 @@ _SCHEMA = {"unapplied": None, "checked_at": 0.0}
 _SCHEMA_RECHECK_SECONDS = 10.0
 
 
-def unapplied_migrations() -> int:
-    """How many of this version's migrations the database lacks. Reading the migration files costs
+def unapplied_migrations() -> list[str]:
+    """This version's migrations the database lacks (``app.name``). Reading the migration files costs
     a tenth of a second or more: read once per _SCHEMA_RECHECK_SECONDS until none lacks (then never
     again in this process: a migration is not undone under a running server)."""
-    if _SCHEMA["unapplied"] == 0:
-        return 0
+    if _SCHEMA["unapplied"] == []:
+        return []
     now = time.monotonic()
     if _SCHEMA["unapplied"] is None or now - _SCHEMA["checked_at"] >= _SCHEMA_RECHECK_SECONDS:
         from django.db.migrations.executor import MigrationExecutor
 
         executor = MigrationExecutor(connection)
-        _SCHEMA.update(unapplied=len(executor.migration_plan(executor.loader.graph.leaf_nodes())), checked_at=now)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        _SCHEMA.update(unapplied=[f"{migration.app_label}.{migration.name}" for migration, _ in plan], checked_at=now)
     return _SCHEMA["unapplied"]
 
 
@@ -209,8 +210,9 @@ def _problems(body) -> list[str]:
     problems = []
     unapplied = unapplied_migrations()
     if unapplied:  # the new version started before `migrate`: what needs the new schema fails (503)
-        problems.append(f"{unapplied} migration{'s' if unapplied > 1 else ''} of this version not applied: "
-                        f"run `manage.py migrate` (requests that need them are answered 503).")
+        named = ", ".join(unapplied[:5]) + (f" and {len(unapplied) - 5} more" if len(unapplied) > 5 else "")
+        problems.append(f"{len(unapplied)} migration{'s' if len(unapplied) > 1 else ''} of this version not applied "
+                        f"({named}): run `manage.py migrate` (requests that need them are answered 503).")
     if body["redis"] == "unreachable":
         problems.append("Redis does not answer: live events and Celery wait for it.")
     for key, queue, work in (

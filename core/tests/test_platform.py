@@ -350,7 +350,8 @@ def test_health_names_migrations_not_applied_and_a_schema_behind_the_code_is_503
         monkeypatch.setattr(views, "_SCHEMA", {"unapplied": None, "checked_at": 0.0})
         r = client.get("/api/v1/health")
         assert r.status_code == 200 and r.json()["status"] == "degraded", r.content
-        assert "1 migration of this version not applied: run `manage.py migrate`" in " ".join(r.json()["problems"])
+        assert f"1 migration of this version not applied ({app}.{name}): run `manage.py migrate`" in \
+            " ".join(r.json()["problems"]), r.json()
     finally:
         MigrationRecorder(connection).record_applied(app, name)
 

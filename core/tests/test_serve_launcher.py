@@ -71,7 +71,8 @@ def test_a_setting_out_of_its_range_stops_every_process_at_start_naming_it(tmp_p
     # check was a 500 and the worker died on its transport; `postgres//host/db` was KeyError: 'ENGINE'
     for name, value, says in (("REDIS_URL", "http://x", "REDIS_URL is not a Redis URL"),
                               ("REDIS_URL", "redis://127.0.0.1:86200/0", "REDIS_URL is not a Redis URL"),
-                              ("DATABASE_URL", "postgres//db-host/botarmy", "DATABASE_URL must be a PostgreSQL URL")):
+                              ("DATABASE_URL", "postgres//db-host/botarmy", "DATABASE_URL must be a PostgreSQL URL"),
+                              ("DATABASE_URL", "postgres://db-host:99999/botarmy", "DATABASE_URL is not a database URL")):
         answer = subprocess.run([sys.executable, str(manage), "check"], capture_output=True, text=True, timeout=60,
                                 env={**base, name: value})
         assert answer.returncode != 0 and says in answer.stderr and "Traceback" not in answer.stderr, \

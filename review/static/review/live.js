@@ -816,9 +816,10 @@
       var text = left <= 0 ? "expired" : durationText(left) + " left";
       if (spans[i].textContent !== text) spans[i].textContent = text;
       if (left < 300) spans[i].classList.add("urgent");
-      var deadline = spans[i].getAttribute("data-expires");
-      if (left > 0) alive[deadline] = 1;
-      else if (left <= -1 && alive[deadline] && !passed[deadline]) { passed[deadline] = 1; deadlinePassed(spans[i]); }
+      // per countdown, not per deadline: the page head's countdown of the same request ran out first and
+      // took the panel's turn (found on a real server with beat stopped: the panel never read itself)
+      if (left > 0) spans[i].hitlCounting = true;
+      else if (left <= -1 && spans[i].hitlCounting) { spans[i].hitlCounting = false; deadlinePassed(spans[i]); }
       // the request on screen (a decision page's own): its last minute is said once
       if (left <= 60 && left > 0 && !warned[spans[i].getAttribute("data-expires")] && spans[i].closest("#decision-panel")) {
         warned[spans[i].getAttribute("data-expires")] = 1;
@@ -830,8 +831,6 @@
   // A countdown that ran out on screen reads what it counts down to again: the server times out what
   // is due when it is read, so the page follows the deadline even while beat is late or down (no
   // event comes then: the call page kept Approve enabled under "expired", the inbox kept the row).
-  var alive = {}, passed = {};
-
   function deadlinePassed(span) {
     var panel = document.getElementById("decision-panel");
     if (span.closest("#inbox-list")) { inboxReads.event(); return; }
