@@ -16,10 +16,12 @@ from projects.permissions import has_project_perm, project_visible_to
 from approvals.models import AgentCallApproval, FlagSuppression, ModelPrice, ResponseApproval, RuleSetting
 from approvals.services import (
     agent_approval_decide,
+    agent_approval_expire_overdue,
     agent_approval_settle_due,
     budget_override_respond,
     flag_suppression_revoke,
     response_approval_decide,
+    response_approval_expire_overdue,
     response_approval_settle_due,
     rule_precision,
     rule_code_clean,
@@ -160,6 +162,11 @@ class DecisionPageMixin:
     decision_form_class: type[_DecisionForm]
     decision_past: dict[str, str]
 
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":  # beat late or down: no row listed pending past its deadline (the
+            self.expire_overdue()    # reviewer pages' lists and the API's do the same)
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         bound = None
         if request.method == "POST" and "_decide" in request.POST:
@@ -262,6 +269,7 @@ class AgentCallApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScoped
     decision_past = {"approve": "approved", "amend": "approved with amended input", "reject": "rejected"}
     decide_service = staticmethod(agent_approval_decide)
     settle_due = staticmethod(agent_approval_settle_due)
+    expire_overdue = staticmethod(agent_approval_expire_overdue)
 
     def page_label(self, obj):
         return self.short_action(obj)
@@ -505,6 +513,7 @@ class ResponseApprovalAdmin(DecisionPageMixin, QueueColumnsMixin, ProjectScopedA
     decision_past = RESPONSE_PAST
     decide_service = staticmethod(response_approval_decide)
     settle_due = staticmethod(response_approval_settle_due)
+    expire_overdue = staticmethod(response_approval_expire_overdue)
 
     def page_label(self, obj):
         return self.short_summary(obj)

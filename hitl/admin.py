@@ -15,7 +15,7 @@ from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text
 from core.text import FORM_ERROR_NOTE, plural
 from hitl.models import HitlRequest
-from hitl.services import hitl_request_respond, hitl_request_settle_due
+from hitl.services import hitl_request_expire_overdue, hitl_request_respond, hitl_request_settle_due
 from projects import roles
 from projects.admin_mixins import ProjectScopedAdminMixin, VisibleProjectListFilter
 from projects.permissions import has_project_perm
@@ -101,6 +101,11 @@ class HitlRequestAdmin(QueueColumnsMixin, ProjectScopedAdminMixin, ReadOnlyAdmin
         pending_first = Case(When(status=HitlRequest.Status.PENDING, then=Value(0)), default=Value(1),
                              output_field=IntegerField())
         return [pending_first.asc(), "created_at"]
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":  # beat late or down: no request listed pending past its deadline
+            hitl_request_expire_overdue()
+        return super().changelist_view(request, extra_context)
 
     # --- answers on the detail page -------------------------------------------------------
     def change_view(self, request, object_id, form_url="", extra_context=None):

@@ -58,6 +58,20 @@ def test_a_call_past_its_deadline_is_timed_out_when_its_page_is_opened(browser, 
     assert 'name="decision" value="approve"' not in html and "Timed out" in html
 
 
+def test_the_queue_lists_no_call_pending_past_its_deadline(browser, project, agent):
+    """As its page: with beat stopped the queue listed a call past its deadline "Pending / expired"."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    late = ask(project, agent, title="late")
+    AgentCallApproval.objects.filter(pk=late.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = browser.get(reverse("admin:approvals_agentcallapproval_changelist") + "?status__exact=pending")
+    assert r.status_code == 200
+    assert AgentCallApproval.objects.get(pk=late.pk).status == "timed_out"
+    assert f"/{late.pk}/change/" not in r.content.decode()
+
+
 def test_the_page_of_a_pending_call_offers_its_three_decisions(browser, call):
     html = browser.get(page(call)).content.decode()
     assert 'name="decision" value="approve"' in html

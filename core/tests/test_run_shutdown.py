@@ -131,3 +131,38 @@ def test_a_port_that_is_no_port_number_stops_make_run_saying_so(tmp_path, port):
     assert done.returncode == 2, done.stderr
     assert f"HITL_PORT must be a port number from 1 to 65535, not {port!r}" in done.stderr, done.stderr
     assert not (tmp_path / "var" / "db.sqlite3").exists() and "API key" not in done.stdout  # nothing seeded
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or not (ROOT / ".venv" / "bin" / "celery").exists(),
+                    reason="needs Linux /proc and the project's .venv")
+def test_a_process_that_ends_by_itself_is_named_when_make_run_stops_the_others(tmp_path):
+    """Found by a newcomer: beat stopped by hand (status 0) took web, worker and fleet down without a
+    word of which one ended (only a non-zero status was said)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), DJANGO_DEBUG="1", HITL_DEMO_FLEET="0")
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    sid = proc.pid
+    try:
+        deadline = time.monotonic() + 60
+        while "beat: Starting" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        beat = [pid for pid in session_pids(sid)
+                if b" beat " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")]
+        assert len(beat) == 1, beat
+        os.kill(beat[0], signal.SIGTERM)
+        proc.wait(timeout=STOP_WITHIN + 5)
+        assert "run: Celery beat exited with status 0: stopping the others" in log_path.read_text(errors="replace"), \
+            log_path.read_text(errors="replace")[-3000:]
+        assert not session_pids(sid)
+    finally:
+        if session_pids(sid):
+            os.killpg(sid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
