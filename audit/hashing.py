@@ -33,15 +33,9 @@ def _normalize(value, exact_floats=True):
     return value
 
 
-def has_inexact_whole_floats(value) -> bool:
-    """Whether ``value`` holds a whole float whose two rules above differ (2**53 and more)."""
-    if isinstance(value, float):
-        return value.is_integer() and abs(value) >= 2 ** 53 and int(value) != int(Decimal(repr(value)))
-    if isinstance(value, dict):
-        return any(has_inexact_whole_floats(v) for v in value.values())
-    if isinstance(value, list):
-        return any(has_inexact_whole_floats(v) for v in value)
-    return False
+def floats_hashed_otherwise_before(value) -> bool:
+    """Whether the rule before would hash ``value`` otherwise (a whole float past 2**53 in it)."""
+    return _normalize(value) != _normalize(value, exact_floats=False)
 
 
 def canonical_json(value, exact_floats=True) -> bytes:

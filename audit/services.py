@@ -11,7 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_file_read, checkpoint_file_write
-from audit.hashing import has_inexact_whole_floats, signed_digest
+from audit.hashing import floats_hashed_otherwise_before, signed_digest
 from audit.keys import UnknownKeyId, chain_keys, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from core.rawrows import db, kept_cursor
@@ -181,7 +181,7 @@ def _hash_holds(row: AuditEvent, keys: dict[str, bytes]) -> bool:
         return True
     # written before whole floats past 2**53 were hashed as their text says (1e23): on SQLite such
     # a row reads back as written and holds under the rule it was hashed with
-    return (bool(row.key_id) and (has_inexact_whole_floats(row.before) or has_inexact_whole_floats(row.after))
+    return (bool(row.key_id) and (floats_hashed_otherwise_before(row.before) or floats_hashed_otherwise_before(row.after))
             and hmac.compare_digest(row.compute_hash(keys, exact_floats=False), row.hash))
 
 

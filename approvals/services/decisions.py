@@ -160,6 +160,9 @@ def agent_approval_cancel(*, approval_id, actor, reason: str = "") -> AgentCallA
     return approval
 
 
+GRANT_LAPSED = "approved but not started in time"  # the reason of a lapsed grant's cancellation
+
+
 @retry_transient
 def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
     """The single-use execution grant: an approved call is started exactly once, by the agent
@@ -209,9 +212,6 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
 
 def _grant_expired(approval: AgentCallApproval, now) -> bool:
     return now > approval.responded_at + timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)
-
-
-GRANT_LAPSED = "approved but not started in time"  # the reason of a lapsed grant's cancellation
 
 
 def _expire_grant(uow, approval: AgentCallApproval, now) -> None:

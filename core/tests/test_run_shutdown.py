@@ -37,18 +37,37 @@ def _state(entry: Path) -> str:
         return "Z"
 
 
+def run_env() -> dict:
+    """This environment without the settings module and services: `make run`'s embedded default."""
+    return {k: v for k, v in os.environ.items()
+            if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+
+
+def start_run(env: dict, log_path: Path) -> subprocess.Popen:
+    """bin/run in a session of its own (its pid is the session's id), its output in ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    """Whatever of bin/run's session is left (a failed test), killed."""
+    if session_pids(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir() or not (ROOT / ".venv" / "bin" / "celery").exists(),
                     reason="needs Linux /proc and the project's .venv")
 def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env = run_env()
     # listening on every interface: a Host name of the machine's (not a loopback one) is served too
     env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), HITL_HOST="0.0.0.0", DJANGO_DEBUG="1")
     log_path = tmp_path / "run.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_run(env, log_path)
     sid = proc.pid
     try:
         deadline = time.monotonic() + 60
@@ -78,19 +97,14 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
         stopping = "run: stopping web, worker, beat and the demo fleet (" if fleet else "run: stopping web, worker, beat ("
         assert stopping in log_path.read_text(errors="replace")
     finally:
-        if session_pids(sid):
-            os.killpg(sid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_session(proc)
 
 
 @pytest.mark.parametrize("service", ["DATABASE_URL", "REDIS_URL"])
 def test_the_demo_refuses_services_that_may_hold_real_data(tmp_path, service):
     """`make run` seeds users with published passwords under DJANGO_DEBUG=1: with a service's URL
     set (the production variables exported in the shell) it starts nothing and says what to do."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env = run_env()
     env.update(HITL_VAR_DIR=str(tmp_path / "var"), **{service: "postgres://nowhere.invalid/x"
                                                       if service == "DATABASE_URL" else "redis://nowhere.invalid"})
     done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
@@ -103,8 +117,7 @@ def test_a_port_in_use_stops_make_run_before_it_changes_anything(tmp_path):
     which stopped its fleet) and then failed with a traceback. Now it stops first and says why."""
     import socket
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env = run_env()
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     held.listen(1)
@@ -124,8 +137,7 @@ def test_a_port_in_use_stops_make_run_before_it_changes_anything(tmp_path):
 def test_a_port_that_is_no_port_number_stops_make_run_saying_so(tmp_path, port):
     """" 8671" passed the port check and seeded a second demo (revoking the running one's keys)
     with a space in its URL; "abc" and "99999" were "another server holds it"."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env = run_env()
     env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=port)
     done = subprocess.run([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
@@ -139,13 +151,10 @@ def test_a_process_that_ends_by_itself_is_named_when_make_run_stops_the_others(t
     """Found by a newcomer: beat stopped by hand (status 0) took web, worker and fleet down without a
     word of which one ended (only a non-zero status was said)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env = run_env()
     env.update(HITL_VAR_DIR=str(tmp_path / "var"), HITL_PORT=str(port), DJANGO_DEBUG="1", HITL_DEMO_FLEET="0")
     log_path = tmp_path / "run.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(ROOT / "bin" / "run")], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_run(env, log_path)
     sid = proc.pid
     try:
         deadline = time.monotonic() + 60
@@ -161,8 +170,4 @@ def test_a_process_that_ends_by_itself_is_named_when_make_run_stops_the_others(t
             log_path.read_text(errors="replace")[-3000:]
         assert not session_pids(sid)
     finally:
-        if session_pids(sid):
-            os.killpg(sid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_session(proc)

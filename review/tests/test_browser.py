@@ -1127,3 +1127,16 @@ def test_a_countdown_that_runs_out_reads_its_panel_again(serve, chromium, projec
                       "s => s.setAttribute('data-expires', at)); }")
     expect(page.locator("#decision-panel")).to_have_attribute("data-status", "pending")  # the server's deadline is later
     expect(page.locator("#live-announce")).not_to_contain_text("changed")
+
+
+def test_a_hidden_inbox_does_not_poll(serve, chromium, project, reviewers):  # noqa: F811
+    """Found by a keyboard and screen-reader hunt: a hidden tab still read the whole list every 30 s."""
+    rita, _ = reviewers
+    server = serve()
+    page = log_in(chromium.new_context(server), rita.username)
+    wait_live(page)
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "/review/inbox/items" in r.url else None)
+    page.evaluate("() => Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+    page.wait_for_timeout(32000)  # past the list's 30 s poll
+    assert reads == [], reads
