@@ -5,8 +5,12 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botarmy_hitl.settings")
+    # A command runs on one connection at a time: no pool (settings.py), so a database that
+    # refuses it (a wrong name, port or user) is said at once in one line.
+    os.environ.setdefault("HITL_DB_POOL", "0")
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
+    from django.db import OperationalError, connections
 
     try:
         execute_from_command_line(sys.argv)
@@ -15,6 +19,11 @@ def main():
         if not os.environ.get("DJANGO_DEBUG") and not os.environ.get("DJANGO_SECRET_KEY"):
             print("manage.py: on the embedded demo (what `make run` starts) run it as "
                   "`DJANGO_DEBUG=1 .venv/bin/python manage.py ...`", file=sys.stderr)
+        sys.exit(2)
+    except OperationalError as exc:
+        if connections["default"].connection is not None:
+            raise  # a statement failed on an open connection: its traceback says where
+        print(f"manage.py: cannot connect to the database of DATABASE_URL: {exc}", file=sys.stderr)
         sys.exit(2)
 
 

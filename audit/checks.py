@@ -1,4 +1,5 @@
-"""System checks of the audit keys: malformed HITL_AUDIT_KEYS always, weak or derived keys on --deploy."""
+"""System checks of the audit keys: malformed HITL_AUDIT_KEYS always, derived keys with DEBUG off at
+every start, weak keys on --deploy."""
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -15,6 +16,21 @@ def audit_keys_check(app_configs=None, **kwargs):
     return []
 
 
+@checks.register(checks.Tags.security)
+def audit_keys_unset_check(app_configs=None, **kwargs):
+    """A production process (DEBUG off) without HITL_AUDIT_KEYS signs with the key SECRET_KEY
+    derives, and said so only under ``check --deploy``: one process started without the variable
+    (a worker's unit file that missed it) signed its rows with a key the others' ``verify_audit``
+    then called unknown. Each web, Celery and ``manage.py`` process now says it when it starts."""
+    if settings.DEBUG or settings.HITL_AUDIT_KEYS:
+        return []
+    return [checks.Warning(
+        "HITL_AUDIT_KEYS is not set while DJANGO_DEBUG is off: this process signs audit rows with the "
+        "development key derived from DJANGO_SECRET_KEY.",
+        hint="Set the same HITL_AUDIT_KEYS on every web, Celery and manage.py process (README, Audit trail: Keys).",
+        id="audit.W005")]
+
+
 @checks.register(checks.Tags.security, deploy=True)
 def audit_keys_deploy_check(app_configs=None, **kwargs):
     try:
@@ -22,7 +38,7 @@ def audit_keys_deploy_check(app_configs=None, **kwargs):
     except ImproperlyConfigured:
         return []  # audit.E001
     found = []
-    if not keys:
+    if not keys and settings.DEBUG:  # DEBUG off: audit.W005, at every start
         found.append(checks.Warning(
             "HITL_AUDIT_KEYS is not set: audit rows are signed with a key derived from SECRET_KEY.",
             hint="Set HITL_AUDIT_KEYS=<id>:<random secret> (32+ characters), kept out of the database.",

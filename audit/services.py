@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_file_read, checkpoint_file_write
 from audit.hashing import floats_hashed_otherwise_before, signed_digest
-from audit.keys import UnknownKeyId, chain_keys, signing_key
+from audit.keys import DEV_KEY_PREFIX, UnknownKeyId, chain_keys, dev_chain_key, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from core.rawrows import db, kept_cursor
 from core.uow import defer_or_run
@@ -206,8 +206,7 @@ def _chain_walk(chain: AuditChain, keys: dict[str, bytes]) -> list[str]:
                 if not _hash_holds(row, keys):
                     problems.append(f"{where}: content does not match its hash (edited)")
             except UnknownKeyId:
-                problems.append(f"{where}: signed with unknown key id {row.key_id!r} (not in HITL_AUDIT_KEYS: "
-                                f"an old key was dropped, or the row was forged)")
+                problems.append(f"{where}: signed with unknown key id {row.key_id!r} ({_unknown_key_cause(row.key_id)})")
         keyed_seen = keyed_seen or bool(row.key_id)
         expected_seq, expected_prev = row.seq + 1, row.hash
     if expected_seq > 1 and not keyed_seen:
@@ -220,6 +219,15 @@ def _chain_walk(chain: AuditChain, keys: dict[str, bytes]) -> list[str]:
         more = len(problems) - CHAIN_PROBLEMS_SHOWN
         problems = problems[:CHAIN_PROBLEMS_SHOWN] + [f"chain {chain.key}: and {more} more problem{'s' if more > 1 else ''}"]
     return problems
+
+
+def _unknown_key_cause(key_id: str) -> str:
+    if key_id == dev_chain_key()[0]:
+        return ("the development key DJANGO_SECRET_KEY derives: a process ran without HITL_AUDIT_KEYS; list "
+                "`manage.py audit_dev_key`'s output after your keys to verify these rows")
+    if key_id.startswith(DEV_KEY_PREFIX):
+        return "a development key of another DJANGO_SECRET_KEY, or the row was forged"
+    return "not in HITL_AUDIT_KEYS: an old key was dropped, or the row was forged"
 
 
 def _checkpoints_load(directory) -> tuple[list[tuple[str, dict]], list[str]]:

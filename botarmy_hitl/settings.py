@@ -104,6 +104,9 @@ if _bool("HITL_BEHIND_HTTPS_PROXY", False):
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
+    # before django.contrib.auth: its createsuperuser and changepassword are the audited ones
+    # (access/management/commands); its models, migrations and admin do not depend on the order
+    "access",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -118,7 +121,6 @@ INSTALLED_APPS = [
     # shared domain
     "core",
     "projects",
-    "access",
     "audit",
     "events",
     # safety domains
@@ -196,12 +198,16 @@ if DATABASE_URL:
         # per-thread connections would pile up: a psycopg pool bounds them per process instead.
         DATABASES["default"]["CONN_MAX_AGE"] = 0
         _pool_max = _int("HITL_DB_POOL_MAX", 20, least=1)
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            # at most the maximum (psycopg refuses a pool whose minimum is larger: every request was a 500)
-            "min_size": min(_int("HITL_DB_POOL_MIN", 2, least=0), _pool_max),
-            "max_size": _pool_max,
-            "timeout": _float("HITL_DB_POOL_TIMEOUT", 30.0, above=0),
-        }
+        if _bool("HITL_DB_POOL", True):
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+                # at most the maximum (psycopg refuses a pool whose minimum is larger: every request was a 500)
+                "min_size": min(_int("HITL_DB_POOL_MIN", 2, least=0), _pool_max),
+                "max_size": _pool_max,
+                "timeout": _float("HITL_DB_POOL_TIMEOUT", 30.0, above=0),
+            }
+        else:  # manage.py's commands (one thread at a time): a refused connection says why at once,
+            # where the pool retried for HITL_DB_POOL_TIMEOUT and ended in a PoolTimeout traceback
+            DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
         # Server-side parameter binding lets psycopg prepare a statement on its connection once
         # it has run HITL_DB_PREPARE_THRESHOLD times; PostgreSQL then skips parsing and planning
         # it (the same few statements run in every request): about a third less database CPU per

@@ -1,8 +1,11 @@
 """Settings for the test suite: the real settings (same DATABASE_URL / REDIS_URL rules),
-plus a throwaway secret, eager Celery and a fast password hasher."""
+plus a throwaway secret and audit key, eager Celery and a fast password hasher."""
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-not-for-production")
+# DEBUG is off here, as in production: without keys every process the tests start would warn
+# (audit.W005). The tests of the derived development key set HITL_AUDIT_KEYS = [] themselves.
+os.environ.setdefault("HITL_AUDIT_KEYS", "test-1:test-only-audit-key-not-for-production-0123")
 
 from botarmy_hitl.settings import *  # noqa: E402,F403
 

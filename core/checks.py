@@ -64,10 +64,17 @@ def refuse_to_start_on_errors(process: str) -> None:
     """Django's system checks (those of ``manage.py check``, without the database's), run when a
     web or Celery process starts: an error stops it there, naming what is wrong. Neither ran them,
     so a server with malformed audit keys or an analyzer that cannot be loaded started, answered
-    its health check ``ok`` and then failed every request that needed them with a 500."""
+    its health check ``ok`` and then failed every request that needed them with a 500. A warning
+    (a thread count above the pool, audit keys not set) is logged and the process starts."""
+    import logging
+
     from django.core.exceptions import ImproperlyConfigured
 
-    errors = [m for m in checks.run_checks() if m.is_serious() and not m.is_silenced()]
+    found = [m for m in checks.run_checks() if not m.is_silenced()]
+    for warning in (m for m in found if not m.is_serious()):
+        logging.getLogger("botarmy_hitl.checks").warning("%s: %s: %s%s", process, warning.id, warning.msg,
+                                                         f" ({warning.hint})" if warning.hint else "")
+    errors = [m for m in found if m.is_serious()]
     if errors:
         raise ImproperlyConfigured(f"{process} not started: " + " ".join(
             f"{m.id}: {m.msg}{f' ({m.hint})' if m.hint else ''}" for m in errors))

@@ -208,3 +208,27 @@ def test_a_staff_role_given_to_someone_not_staff_says_it_makes_them_staff(make_u
         "the pages).")
     assert AuditEvent.objects.filter(action="role.grant").latest("id").after["made_staff"] is True
     assert "made staff" not in run("rev2", "--role", "reviewer", "--project", "demo")[0]   # staff already
+
+
+def test_djangos_user_commands_write_their_audit_rows(db, monkeypatch):
+    """The README's first admin comes from `createsuperuser`, and `changepassword` sets passwords
+    from a shell: neither left an audit row, where the admin's user pages and `hitl_access
+    --create-user` write theirs."""
+    from audit.models import AuditEvent
+    from audit.services import audit_verify
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "first-admin-pw-0123")
+    call_command("createsuperuser", "--noinput", "--username", "root1", "--email", "r@example.com",
+                 stdout=io.StringIO())
+    user = get_user_model().objects.get(username="root1")
+    created = AuditEvent.objects.get(action="user.create", object_id=str(user.pk))
+    assert created.actor_repr == "system" and created.after["username"] == "root1"
+    assert created.after["is_superuser"] is True
+
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "second-pw-0123456789")
+    call_command("changepassword", "root1", stdout=io.StringIO())
+    changed = AuditEvent.objects.get(action="user.password_change", object_id=str(user.pk))
+    assert changed.actor_repr == "system" and changed.after == {"user": "root1"}
+    user.refresh_from_db()
+    assert user.check_password("second-pw-0123456789")
+    assert AuditEvent.objects.filter(object_id=str(user.pk)).count() == 2 and audit_verify() == []

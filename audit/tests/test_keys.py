@@ -204,6 +204,7 @@ def test_rows_of_the_development_key_keep_verifying_once_keys_are_set_with_it_li
     assert dev.startswith(f"{old.key_id}:") and dev.count(":") == 1
     settings.HITL_AUDIT_KEYS = [K1]
     assert "unknown key id" in audit_verify()[0]   # what the operator met: the history reads as forged
+    assert "a process ran without HITL_AUDIT_KEYS; list `manage.py audit_dev_key`" in audit_verify()[0]
     settings.HITL_AUDIT_KEYS = f"{K1},{dev}"
     new = audit_record(actor=admin_user, action="test.keyed", object_type="test", object_id="2")
     assert new.key_id == "k1" and audit_verify() == []
@@ -223,7 +224,7 @@ def test_the_development_key_is_derived_from_the_secret_key(settings, admin_user
     assert row.key_id == key_id and audit_verify() == []
     settings.SECRET_KEY = "another-secret-key"
     assert signing_key()[0] != key_id
-    assert "unknown key id" in audit_verify()[0]
+    assert f"unknown key id {key_id!r} (a development key of another DJANGO_SECRET_KEY" in audit_verify()[0]
 
 
 @pytest.mark.parametrize("raw", ["k1", "k1:", "bad id:secret", "k1:a,k1:b", f"{'x' * 33}:secret"])
@@ -244,7 +245,10 @@ def test_deploy_check_warns_about_derived_and_weak_keys(settings):
         return sorted(m.id for m in run_checks(include_deployment_checks=True) if m.id.startswith("audit."))
 
     settings.HITL_AUDIT_KEYS, settings.HITL_AUDIT_CHECKPOINT_KEY = [], ""
+    settings.DEBUG = True
     assert ids() == ["audit.W001", "audit.W002"]
+    settings.DEBUG = False  # said at every start instead (audit.W005)
+    assert ids() == ["audit.W002", "audit.W005"]
     settings.HITL_AUDIT_KEYS, settings.HITL_AUDIT_CHECKPOINT_KEY = ["k1:short"], "also-short"
     assert ids() == ["audit.W003"]
     settings.HITL_AUDIT_KEYS, settings.HITL_AUDIT_CHECKPOINT_KEY = [K1], K1.split(":", 1)[1]
@@ -252,6 +256,27 @@ def test_deploy_check_warns_about_derived_and_weak_keys(settings):
     settings.HITL_AUDIT_CHECKPOINT_KEY = "checkpoint-secret-0123456789abcdef01234"
     assert ids() == []
     assert [m.id for m in run_checks() if m.id.startswith("audit.")] == []  # nothing without --deploy
+
+
+def test_a_production_process_without_audit_keys_says_so_when_it_starts(settings, caplog):
+    """A Celery worker started without HITL_AUDIT_KEYS (DEBUG off) signed its rows with the
+    development key and nothing said so unless someone ran `check --deploy`: the rows then read
+    as signed with an unknown key in every other process's verify_audit."""
+    from core.checks import refuse_to_start_on_errors
+
+    settings.HITL_AUDIT_KEYS, settings.DEBUG = [], False
+    with caplog.at_level("WARNING"):
+        refuse_to_start_on_errors("Celery")  # warns, and the process starts
+    assert "Celery: audit.W005: HITL_AUDIT_KEYS is not set while DJANGO_DEBUG is off" in caplog.text
+    caplog.clear()
+    settings.DEBUG = True  # make run's demo: the derived key is what it is for
+    with caplog.at_level("WARNING"):
+        refuse_to_start_on_errors("Celery")
+    assert "audit.W005" not in caplog.text
+    settings.HITL_AUDIT_KEYS, settings.DEBUG = [K1], False
+    with caplog.at_level("WARNING"):
+        refuse_to_start_on_errors("Celery")
+    assert "audit.W005" not in caplog.text
 
 
 # --- rows from before keying (migration 0002) ----------------------------------------------------

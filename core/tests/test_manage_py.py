@@ -20,3 +20,33 @@ def test_a_missing_secret_key_is_one_line_and_exit_code_2_not_a_traceback(tmp_pa
     assert "DJANGO_SECRET_KEY is required" in done.stderr
     assert "DJANGO_DEBUG=1 .venv/bin/python manage.py" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 2
+
+
+def test_a_database_that_refuses_the_connection_is_one_line_at_once_not_a_pool_timeout(tmp_path):
+    """An operator's `migrate` with a wrong database name waited the pool's 30 s, retrying, and
+    ended in a PoolTimeout traceback that did not say why; each refusal is said at once now."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "HITL_DB_POOL")}
+    env.update(HITL_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY="x" * 50, HITL_AUDIT_KEYS="k1:" + "y" * 40,
+               HITL_DB_POOL_TIMEOUT="600",  # were the pool used, the command would outlive the test's timeout
+               DATABASE_URL="postgres://postgres@127.0.0.1:5432/hitl_no_such_database")
+    done = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("manage.py: cannot connect to the database of DATABASE_URL: connection failed:")
+    assert "hitl_no_such_database" in done.stderr  # the server's reason: a missing database, a refused port
+
+
+def test_the_pool_is_for_servers_and_workers_not_for_commands(tmp_path):
+    """Web and Celery processes pool their connections (many threads); manage.py's commands do not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "HITL_DB_POOL")}
+    env.update(HITL_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY="x" * 50, DATABASE_URL="postgres://u@db-host:5432/x")
+    show = "from django.conf import settings; o = settings.DATABASES['default']['OPTIONS']; " \
+           "print('pool' in o, o.get('connect_timeout'))"
+    server = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {show}"], cwd=ROOT,
+                            env={**env, "DJANGO_SETTINGS_MODULE": "botarmy_hitl.settings"},
+                            capture_output=True, text=True, timeout=120)
+    assert server.stdout.split() == ["True", "None"], server
+    command = subprocess.run([sys.executable, "manage.py", "shell", "-c", show], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert command.stdout.split()[-2:] == ["False", "10"], command
