@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from hitl_sdk import (ApprovalRejected, ApprovalTimedOut, AsyncHitlClient, BudgetOverrideRequired, EmergencyStopped,
+                      HitlClient,
                       ModificationRequired, RunResult, SafetyEnhancedBaseAgent)
 from sdk_tests.conftest import FAST_RETRY, approve
 
@@ -704,6 +705,84 @@ def test_an_agent_cancelled_while_its_call_waits_withdraws_the_call(world):
     # withdrawn ("interrupted"), or with its task if the cancel came before the agent read the call's id
     assert call.status == "cancelled", call.raw
     assert agent.get_task(call.task_id).status == "cancelled"
+
+
+class _AnswerHeldBack:
+    """Sends each request to the server, but holds back the answer of the first create of each
+    path (``/agent-approvals``, ``/hitl``) as a slow network would: the server has made the object,
+    and the agent is interrupted before it learns the id (``on_held`` says when; the sync twin
+    raises it there, as a Ctrl-C would)."""
+
+    def __init__(self, on_held=None):
+        import httpx
+
+        self.sync, self.async_ = httpx.HTTPTransport(), httpx.AsyncHTTPTransport()
+        self.held, self.on_held, self.arrived = set(), on_held, None
+
+    def _hold(self, request) -> bool:
+        path = request.url.path.rstrip("/")
+        first = request.method == "POST" and path.endswith(("/agent-approvals", "/hitl")) and path not in self.held
+        self.held.add(path)
+        return first
+
+    async def handle_async_request(self, request):
+        response = await self.async_.handle_async_request(request)
+        if self._hold(request):
+            await response.aread()
+            self.arrived.set()
+            await asyncio.sleep(3600)  # the answer never comes: the caller is cancelled meanwhile
+        return response
+
+    def handle_request(self, request):
+        response = self.sync.handle_request(request)
+        if self._hold(request):
+            response.read()
+            self.on_held()
+        return response
+
+    async def aclose(self):
+        await self.async_.aclose()
+
+    def close(self):
+        self.sync.close()
+
+
+def test_an_agent_interrupted_before_its_ask_was_answered_withdraws_what_the_server_made(world):
+    """Found by a developer running 60 agents cancelled 0.6 s after they asked: withdrawal began
+    only once the create's answer had come back, so an agent cancelled while it was on its way left
+    the call (or question) pending, its reservation held and its task waiting, though the server
+    had made it; a reviewer could approve work nobody would run."""
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "given to the agent")
+
+    async def scenario():
+        transport = _AnswerHeldBack()
+        transport.arrived = asyncio.Event()
+        async with AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, transport=transport) as client:
+            for asking in (Coder(client, world.project_id).execute_task(task.task_id),
+                           client.checkpoint(world.project_id, "Plan ready: go on?", task_id=task.task_id)):
+                running = asyncio.ensure_future(asking)
+                await asyncio.wait_for(transport.arrived.wait(), 30)  # made on the server; the agent waits on
+                transport.arrived.clear()
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+
+    asyncio.run(scenario())
+    [call] = agent.list_approvals(world.project_id).results
+    assert call.status == "cancelled", call.raw
+    [checkpoint] = agent.list_hitl(world.project_id).results
+    assert checkpoint.status == "cancelled", checkpoint.raw
+    assert agent.get_task(task.task_id).status not in ("waiting_for_hitl",)  # nothing of it is asked any more
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    sync = HitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, transport=_AnswerHeldBack(on_held=ctrl_c))
+    world.clients.append(sync)
+    with pytest.raises(KeyboardInterrupt):
+        sync.ask_human(world.project_id, "Which region?", ["eu", "us"])
+    assert {q.status for q in agent.list_hitl(world.project_id).results} == {"cancelled"}
 
 
 def test_ctrl_c_in_a_gated_functions_wait_withdraws_its_call_and_a_question_its_question(world, monkeypatch):
