@@ -8,7 +8,12 @@ class AccessConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from access.services import project_creator_role
+        from django.contrib.auth.signals import user_logged_out
+
+        from access.services import access_changed_on_commit, project_creator_role
         from projects.hooks import project_created
 
         project_created.connect(project_creator_role)
+        # a signed-out page's event stream ends at once, not at its next heartbeat
+        user_logged_out.connect(lambda **kwargs: access_changed_on_commit(), weak=False,
+                                dispatch_uid="access.logged_out")

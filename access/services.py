@@ -9,6 +9,16 @@ from projects.permissions import project_perms_changed
 from access.models import ApiKey, hash_key
 from projects.models import Project, ProjectUserObjectPermission
 from audit.services import audit_record
+from core.wakeup import wakeup_on_commit
+
+# Every open event stream of every process checks its access again when this group gets a message
+# (approvals/event_stream.py): a revoked key's or a removed role's stream is closed at once, not at
+# its next heartbeat (up to HITL_WS_HEARTBEAT_SECONDS of events later).
+ACCESS_CHANGED_GROUP = "hitl.access-changed"
+
+
+def access_changed_on_commit() -> None:
+    wakeup_on_commit(ACCESS_CHANGED_GROUP)
 
 
 @transaction.atomic
@@ -30,6 +40,7 @@ def api_key_revoke(*, key_id: int, actor=None) -> ApiKey:
         key.save(update_fields=["revoked_at"])
         audit_record(actor=actor, action="api_key.revoke", obj=key,
                      before={"revoked_at": None}, after={"revoked_at": key.revoked_at})
+        access_changed_on_commit()
     return key
 
 
@@ -62,6 +73,7 @@ def role_grant(*, user, project, role: str, actor=None) -> tuple[list[str], list
         user.save(update_fields=["is_staff"])
         after["made_staff"] = True  # the trail says so (one an admin had de-staffed signs in again)
     audit_record(actor=actor, action="role.grant", obj=project, object_type="projects.project", after=after)
+    access_changed_on_commit()  # a project newly visible is followed at once too; a role lowered ends one
     return roles.ROLES[role], removed
 
 
@@ -80,6 +92,7 @@ def role_revoke_all(*, user, project, actor=None) -> None:
         remove_perm(f"projects.{perm}", user, project)
     project_perms_changed(user)
     audit_record(actor=actor, action="role.revoke_all", obj=project, after={"user": user.get_username()})
+    access_changed_on_commit()
 
 
 USER_AUDITED = ("username", "is_active", "is_staff", "is_superuser")
@@ -104,10 +117,13 @@ def user_changed(*, user, actor, before: dict | None) -> None:
     if changed:
         audit_record(actor=actor, action="user.change", obj=user, before={k: before.get(k) for k in changed},
                      after={k: after[k] for k in changed})
+    if {"is_active", "is_superuser", "groups", "user_permissions"} & set(changed):
+        access_changed_on_commit()
 
 
 def user_password_changed(*, user, actor) -> None:
     audit_record(actor=actor, action="user.password_change", obj=user, after={"user": user.get_username()})
+    access_changed_on_commit()  # the user's other browser sessions are signed out: their streams end
 
 
 @transaction.atomic
@@ -119,3 +135,4 @@ def user_delete(*, user, actor) -> None:
         role_revoke_all(user=user, project=project, actor=actor)
     audit_record(actor=actor, action="user.delete", obj=user, before=user_state(user))
     user.delete()
+    access_changed_on_commit()

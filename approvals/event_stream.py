@@ -15,7 +15,9 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
   in id order: events.services holds a per-project lock until commit) and never one it already
   sent. A slow client whose queue fills up is resynchronised from the outbox, never skipped.
 - Heartbeats: ``{"type": "ping"}`` every HITL_WS_HEARTBEAT_SECONDS (daphne's protocol pings also
-  drop dead connections). Each heartbeat also checks the connection's access again: a revoked
+  drop dead connections). Each heartbeat, and each change of access anywhere (a key revoked, a
+  role granted or taken, a user changed: ``access.services.access_changed_on_commit``), checks
+  the connection's access again: a revoked
   API key, a session logged out (or its user deactivated) closes it (4401), as does losing the
   role on the one project it follows (4403); a stream of every visible project starts following
   a project that became visible and stops sending one that did not stay so, saying so once
@@ -47,6 +49,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db.models import Max, Q
 
+from access.services import ACCESS_CHANGED_GROUP
 from approvals.consumers import HttpError, _authenticate, authenticated_again, principal_of
 from events.models import Event
 from events.selectors import past_every_event
@@ -307,9 +310,22 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             await self.close()
 
     async def _heartbeat(self) -> None:
+        """A ping every HITL_WS_HEARTBEAT_SECONDS, and the access checked again then and whenever
+        access changes anywhere (a key revoked, a role granted or taken, a user deactivated:
+        ``access.services.access_changed_on_commit``): a revoked key's stream got the project's
+        events until its next heartbeat, up to 20 s later."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        await wakeup_subscribe(ACCESS_CHANGED_GROUP, changed)
+        next_ping = loop.time() + settings.HITL_WS_HEARTBEAT_SECONDS
         try:
             while True:
-                await asyncio.sleep(settings.HITL_WS_HEARTBEAT_SECONDS)
+                waiting = asyncio.ensure_future(changed.wait())
+                try:  # not asyncio.wait_for, which can swallow this task's cancellation (Python 3.11)
+                    await asyncio.wait({waiting}, timeout=max(0.0, next_ping - loop.time()))
+                finally:
+                    waiting.cancel()
+                changed.clear()
                 try:
                     await self._follow(await _access_now(self.scope, self.user.pk, self.project_filter))
                 except HttpError as err:
@@ -318,11 +334,15 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                     return
                 except Exception:  # noqa: BLE001 - the database is away: check again at the next heartbeat
                     log.warning("event stream: its access could not be checked", exc_info=True)
-                await self.send(text_data='{"type":"ping"}')
+                if loop.time() >= next_ping:
+                    next_ping = loop.time() + settings.HITL_WS_HEARTBEAT_SECONDS
+                    await self.send(text_data='{"type":"ping"}')
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the connection is gone
             return
+        finally:  # in the background, as core.wakeup's own: the close need not wait for it
+            asyncio.ensure_future(wakeup_unsubscribe(ACCESS_CHANGED_GROUP, changed))
 
     async def _follow(self, ids) -> None:
         """Follow the projects visible now: a new one from its events after now, none of a lost one.

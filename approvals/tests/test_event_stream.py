@@ -492,6 +492,36 @@ def test_a_revoked_key_or_a_lost_role_ends_an_open_stream(project, agent, review
     async_to_sync(run)()
 
 
+def test_a_change_of_access_ends_or_widens_open_streams_at_once_not_at_the_next_heartbeat(
+        project, other_project, agent, reviewer, settings):
+    """Found in a review of the leftovers: a stream opened with a key revoked since got the project's
+    events until its next heartbeat (20 s by default). A revoke, a role taken or granted now makes
+    every open stream check its access when it commits (the heartbeat here is a minute away)."""
+    from access.services import api_key_revoke, role_grant, role_revoke_all
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 60
+    revoked_key, revoked_raw = api_key_create(user=agent, name="ws, revoked")
+    reviewer_raw = api_key_create(user=reviewer, name="ws")[1]
+    every_raw = api_key_create(user=agent, name="ws, every project")[1]
+
+    async def run():
+        revoked = communicator(f"/ws/events/?project_id={project.pk}", revoked_raw)
+        demoted = communicator(f"/ws/events/?project_id={project.pk}", reviewer_raw)
+        every = communicator("/ws/events/", every_raw)
+        for comm in (revoked, demoted, every):
+            assert (await comm.connect())[0]
+        await database_sync_to_async(api_key_revoke)(key_id=revoked_key.pk)
+        assert await closed_with(revoked, timeout=5) == 4401
+        await database_sync_to_async(role_revoke_all)(user=reviewer, project=project)
+        assert await closed_with(demoted, timeout=5) == 4403
+        await database_sync_to_async(role_grant)(user=agent, project=other_project, role="agent")
+        await asyncio.sleep(1)  # the grant's check, long before the next heartbeat
+        theirs = await database_sync_to_async(emit)(other_project, 1)  # newly visible: followed already
+        assert [e["id"] for e in await receive_events(every, 1)] == theirs
+        await every.disconnect()
+    async_to_sync(run)()
+
+
 def test_a_stream_of_every_project_follows_the_roles_as_they_change(project, other_project, agent, keys, settings):
     """Without project_id: a project that became visible is followed from then on, one that
     did not stay visible is no longer sent."""
@@ -539,6 +569,27 @@ def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, sett
         assert [e["id"] for e in await receive_events(comm, 1)] == mine
         await database_sync_to_async(lambda: Session.objects.all().delete())()  # logged out elsewhere
         assert await closed_with(comm) == 4401
+    async_to_sync(run)()
+
+
+def test_a_browser_stream_ends_at_once_when_its_user_signs_out(project, reviewer, settings):
+    """Signing out (the pages' "Sign out") ends the page's stream when it commits, not at the next
+    heartbeat (a minute away here)."""
+    from django.test import Client
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 60
+    client = Client()
+    client.force_login(reviewer)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    host = settings.ALLOWED_HOSTS[0] if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS[0] != "*" else "testserver"
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}",
+                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode()),
+                                     (b"host", host.encode())])
+        assert (await comm.connect())[0]
+        await database_sync_to_async(client.logout)()
+        assert await closed_with(comm, timeout=5) == 4401
     async_to_sync(run)()
 
 
