@@ -11,12 +11,15 @@ from budgets.models import (
     UsageEntry,
 )
 from budgets.services import budget_limits_update
-from core.admin import ReadOnlyAdminMixin, changed_values
+from core.admin import LoadedVersionForm, ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError
 from projects.admin_mixins import ProjectManagerEditsMixin, ProjectScopedAdminMixin, VisibleProjectListFilter
 
 
-class ProjectBudgetForm(forms.ModelForm):
+class ProjectBudgetForm(LoadedVersionForm, forms.ModelForm):
+    """The limits, with the version of the row the page was loaded from (LoadedVersionForm): a stale
+    page saved put another manager's limit change back."""
+
     class Meta:
         model = ProjectBudget
         fields = ["project", "daily_token_limit", "monthly_token_limit", "daily_cost_limit", "monthly_cost_limit",

@@ -1,3 +1,7 @@
+import hashlib
+import json
+
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -140,6 +144,35 @@ def confirm_risky(model_admin, request, queryset, *, action: str, title: str, su
         return None
     return _action_page(model_admin, request, queryset, action=action, title=title, submit_label=submit_label,
                         question=f"Approve {queryset.count()} selected?", risky=risky, reason_needed=False)
+
+
+class LoadedVersionForm(forms.Form):
+    """A ModelForm mixin (``class F(LoadedVersionForm, forms.ModelForm)``) that carries the version
+    of the row the page was loaded from: a form loaded before another manager's save posts every
+    field as it was, and Django's admin saves what differs from the row as it stands, so saving
+    it put their change back without a word (a daily cost limit lowered to stop spending came back
+    raised, and the trail said the second manager changed it). Such a form is refused, nothing saved."""
+    loaded_version = forms.CharField(widget=forms.HiddenInput, required=False)
+    stale_message = ("Another manager changed these settings after this page was loaded: nothing was saved. "
+                     "Reload the page to see their values, then make your change again.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["loaded_version"] = self.row_version()
+
+    def row_version(self) -> str:
+        """The fields this form edits, as the row holds them now."""
+        names = [f.name for f in self.instance._meta.fields if f.editable and f.name in self.fields]
+        values = {name: str(getattr(self.instance, name)) for name in names}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
+
+    def clean(self):
+        cleaned = super().clean()
+        loaded = self.data.get(self.add_prefix("loaded_version"), "")
+        if self.instance.pk is not None and loaded != self.row_version():  # none sent: no proof it is current
+            raise forms.ValidationError(self.stale_message, code="stale")
+        return cleaned
 
 
 def changed_values(form, *, initial: bool = False) -> dict:

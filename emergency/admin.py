@@ -2,8 +2,6 @@
 added by this layer: it asks for a reason and a severity on a confirmation page that says what
 will happen to each selected project, then stops each one the user may stop (reviewers and
 managers of it) through emergency.services.emergency_stop_trigger, the call the API makes."""
-import hashlib
-import json
 from typing import Protocol
 
 from django import forms
@@ -15,7 +13,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
-from core.admin import ReadOnlyAdminMixin, changed_values
+from core.admin import LoadedVersionForm, ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError, InvalidInput
 from core.hooks import Hook
 from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
@@ -72,11 +70,8 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
             for d in obj.condition_details if isinstance(d, dict))) or "—"
 
 
-class EmergencySettingsForm(forms.ModelForm):
-    """The thresholds, with the version of the row the page was loaded from: a form loaded before
-    another manager's save posts every field as it was, so saving it would put back what they
-    changed, without a word (Django's admin saves what differs from the row as it stands)."""
-    loaded_version = forms.CharField(widget=forms.HiddenInput, required=False)
+class EmergencySettingsForm(LoadedVersionForm, forms.ModelForm):
+    """The thresholds, with the version of the row the page was loaded from (LoadedVersionForm)."""
 
     class Meta:
         model = EmergencySettings
@@ -84,8 +79,6 @@ class EmergencySettingsForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
-            self.initial["loaded_version"] = self._version()
         for field in self.fields.values():
             # a PositiveIntegerField's form field says "≥ 0" to -1, then the model "≥ 1" to 0: one rule, said once
             if isinstance(field, forms.IntegerField) and field.min_value == 0:
@@ -97,22 +90,6 @@ class EmergencySettingsForm(forms.ModelForm):
         if threshold is not None:  # "no more than 4 digits in total" said nothing of the three decimals
             threshold.error_messages["max_digits"] = threshold.error_messages["max_decimal_places"] = \
                 "Give a rate from 0.001 to 0.999, with at most three decimals."
-
-    def _version(self) -> str:
-        """The thresholds as the row holds them now (the fields a manager edits: a recovery's reset of
-        the error window, a column of its own, is no other manager's change)."""
-        names = [f.name for f in EmergencySettings._meta.fields if f.editable and f.name in self.fields]
-        values = {name: str(getattr(self.instance, name)) for name in names}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
-
-    def clean(self):
-        cleaned = super().clean()
-        loaded = self.data.get(self.add_prefix("loaded_version"), "")
-        if self.instance.pk is not None and loaded != self._version():  # none sent: no proof it is current
-            raise forms.ValidationError("Another manager changed these settings after this page was loaded: nothing "
-                                        "was saved. Reload the page to see their values, then make your change "
-                                        "again.", code="stale")
-        return cleaned
 
 
 @admin.register(EmergencySettings)

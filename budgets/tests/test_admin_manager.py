@@ -19,11 +19,21 @@ def change_url(budget):
     return reverse("admin:budgets_projectbudget_change", args=[budget.pk])
 
 
-def form_data(**overrides):
+def form_data(page=None, **overrides):
+    """The change form's fields; with ``page`` (the change page, loaded), the version of the row it
+    was loaded from."""
     data = {"daily_token_limit": 5000, "monthly_token_limit": 50000, "daily_cost_limit": "2.0000",
             "monthly_cost_limit": "20.0000", "warning_percent": 70, "critical_percent": 90, "emergency_percent": 100}
+    if page is not None:
+        from projects.tests.test_admin_audit import form_data as fields_of
+
+        data["loaded_version"] = fields_of(page)["loaded_version"]
     data.update(overrides)
     return data
+
+
+def loaded(client, budget):
+    return client.get(change_url(budget))
 
 
 @pytest.fixture
@@ -45,13 +55,13 @@ def test_a_manager_sees_and_edits_the_limits_of_their_project(client, manager, b
     assert change_url(budget) in html and change_url(other_budget) not in html
     r = client.get(change_url(budget))
     assert r.status_code == 200 and b'name="daily_cost_limit"' in r.content and b'name="_save"' in r.content
-    r = client.post(change_url(budget), form_data())
+    r = client.post(change_url(budget), form_data(loaded(client, budget)))
     assert r.status_code == 302, r.content[:2000]
     budget.refresh_from_db()
     assert budget.daily_cost_limit == Decimal("2.0000") and budget.warning_percent == 70
     event = AuditEvent.objects.get(action="budget.update")
     assert event.actor_id == manager.pk and event.project_id == budget.project_id
-    r = client.post(change_url(budget), form_data(daily_cost_limit="1e3", monthly_cost_limit="2e4"))
+    r = client.post(change_url(budget), form_data(loaded(client, budget), daily_cost_limit="1e3", monthly_cost_limit="2e4"))
     assert r.status_code == 302, r.content[:2000]
     event = AuditEvent.objects.filter(action="budget.update").latest("seq")
     assert event.after["daily_cost_limit"] == "1000.0000", event.after  # money as the API writes it, not "1E+3"
@@ -68,7 +78,7 @@ def test_a_manager_cannot_touch_another_projects_budget(client, manager, other_b
 
 def test_percentages_out_of_order_are_a_form_error(client, manager, budget):
     client.force_login(manager)
-    r = client.post(change_url(budget), form_data(warning_percent=95, critical_percent=90))
+    r = client.post(change_url(budget), form_data(loaded(client, budget), warning_percent=95, critical_percent=90))
     assert r.status_code == 200 and b"Alert percentages must increase" in r.content
     budget.refresh_from_db()
     assert budget.warning_percent == 80
@@ -77,7 +87,7 @@ def test_percentages_out_of_order_are_a_form_error(client, manager, budget):
 
 def test_a_daily_limit_above_the_monthly_one_is_a_form_error(client, manager, budget):
     client.force_login(manager)
-    r = client.post(change_url(budget), form_data(daily_cost_limit="30.0000"))
+    r = client.post(change_url(budget), form_data(loaded(client, budget), daily_cost_limit="30.0000"))
     assert r.status_code == 200 and b"is above the monthly one" in r.content
     budget.refresh_from_db()
     assert budget.daily_cost_limit == Decimal("100.0000")
@@ -139,10 +149,38 @@ def test_a_refusal_of_the_service_is_a_message_and_saves_nothing(client, manager
 
     monkeypatch.setattr(budgets_admin, "budget_limits_update", refuse)
     client.force_login(manager)
-    r = client.post(change_url(budget), form_data(), follow=True)
+    r = client.post(change_url(budget), form_data(loaded(client, budget)), follow=True)
     assert r.status_code == 200
     assert any("Not saved" in str(m) and "Changed meanwhile" in str(m) for m in r.context["messages"])
     assert not any("was changed successfully" in str(m) for m in r.context["messages"])
     assert not LogEntry.objects.exists()
     budget.refresh_from_db()
     assert budget.daily_cost_limit == Decimal("100.0000")
+
+
+def test_a_page_loaded_before_another_managers_save_does_not_put_their_limit_back(client, manager, budget, make_user):
+    """Found by two managers on one budget: one raised the daily cost limit 1 -> 5 and saved; the
+    other, on the page loaded before, changed only the monthly token limit and saved: the daily
+    limit went back to 1 without a word, and the trail said the second manager changed it. (A
+    limit lowered to stop spending could come back raised the same way.)"""
+    from django.test import Client
+
+    other = make_user("manager2", role="manager", project=budget.project)
+    first, second = client, Client()
+    first.force_login(manager)
+    second.force_login(other)
+    url = change_url(budget)
+    assert first.post(url, form_data(loaded(first, budget), daily_cost_limit="1.0000")).status_code == 302
+    page = form_data(loaded(second, budget), daily_cost_limit="1.0000")  # the second manager's page, loaded now
+    assert first.post(url, form_data(loaded(first, budget), daily_cost_limit="5.0000")).status_code == 302
+    r = second.post(url, {**page, "monthly_token_limit": 3000000})
+    assert r.status_code == 200 and "Another manager changed these settings after this page was loaded" in \
+        r.content.decode()
+    budget.refresh_from_db()
+    assert (budget.daily_cost_limit, budget.monthly_token_limit) == (Decimal("5.0000"), 50000)
+    assert not AuditEvent.objects.filter(action="budget.update", actor_id=other.pk).exists()
+    r = second.post(change_url(budget), form_data(loaded(second, budget), daily_cost_limit="5.0000",
+                                                  monthly_token_limit=3000000))
+    assert r.status_code == 302  # reloaded: their values, and the change goes through
+    budget.refresh_from_db()
+    assert (budget.daily_cost_limit, budget.monthly_token_limit) == (Decimal("5.0000"), 3000000)
