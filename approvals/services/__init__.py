@@ -5,6 +5,7 @@ from approvals.services.common import (
     approval_group,
     close_call,
     input_digest,
+    input_digest_holds,
     project_stop_group,
 )
 from approvals.services.decisions import (
@@ -51,7 +52,7 @@ __all__ = [
     "agent_approval_time_out",
     "agent_approval_warn", "agent_approval_warn_due", "approval_event_data", "approval_group",
     "budget_override_respond", "budget_release_stale", "cancel_calls_of_ended_task", "cancel_open_calls",
-    "readmit_after_limits_change", "readmit_after_windows_ended", "requested_the_first_call_on", "has_output_under_review", "close_call", "input_digest", "project_stop_group",
+    "readmit_after_limits_change", "readmit_after_windows_ended", "requested_the_first_call_on", "has_output_under_review", "close_call", "input_digest", "input_digest_holds", "project_stop_group",
     "cancel_open_responses",
     "cancel_responses_of_ended_task", "response_approval_decide", "response_approval_expire_overdue",
     "response_approval_settle_due", "response_approval_submit", "response_approval_time_out",

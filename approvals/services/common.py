@@ -4,6 +4,7 @@ import hashlib
 import json
 from contextlib import contextmanager
 
+from audit.hashing import canonical_json
 from audit.services import audit_record
 from budgets.services import BUDGET_RELATED, budget_release, override_withdraw_locked
 from core.errors import NotFoundError, TransitionError
@@ -26,8 +27,18 @@ BudgetState = AgentCallApproval.BudgetState
 
 
 def input_digest(data) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """SHA-256 of the input as it reads back from any backend (``canonical_json``: a whole float as
+    the integer its text names, -0.0 as 0). PostgreSQL's jsonb gives ``{"n": 1e23}`` back as
+    100000000000000000000000 and -0.0 as 0, so an amendment holding one was approved under one
+    digest and then refused at every start ("The input changed after it was approved")."""
+    return hashlib.sha256(canonical_json(data)).hexdigest()
+
+
+def input_digest_holds(data, digest: str) -> bool:
+    """Whether ``digest`` is ``data``'s, or its digest under the rule before (calls approved before
+    it, started after an upgrade, whose input holds a whole float such as 2.0)."""
+    before = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return digest in (input_digest(data), hashlib.sha256(before.encode()).hexdigest())
 
 
 def approval_group(approval_id) -> str:
@@ -58,9 +69,26 @@ def approval_event_data(approval: AgentCallApproval) -> dict:
     }
 
 
+AMENDMENT_AUDITED_BYTES = 16384  # an amendment up to this size is in its audit row whole; a larger one by its digest
+
+
 def snapshot(approval: AgentCallApproval) -> dict:
+    """A call's state in its audit rows, with the digest of the input it may run (set when it is
+    approved, checked when it starts) and what it reserves: the trail said neither, so the input a
+    person approved, or an input swapped in the database since, could not be told from it."""
     return {"status": approval.status, "approved_by": approval.approved_by_id, "budget_state": approval.budget_state,
-            "rejection_reason": approval.rejection_reason, "started_at": approval.started_at}
+            "rejection_reason": approval.rejection_reason, "started_at": approval.started_at,
+            "input_digest": approval.input_digest, "estimated_tokens": approval.estimated_tokens,
+            "estimated_cost": approval.estimated_cost}
+
+
+def amendment_audited(amended) -> dict:
+    """What an approval's audit row keeps of the reviewer's amendment: the amended input itself, or
+    (past AMENDMENT_AUDITED_BYTES) its size, its digest being the row's ``input_digest``."""
+    size = len(canonical_json(amended))
+    if size <= AMENDMENT_AUDITED_BYTES:
+        return {"amended_input_data": amended}
+    return {"amended_input_data": f"({size:,} bytes: see input_digest)"}
 
 
 @contextmanager
@@ -144,12 +172,13 @@ def withdraw_orphaned_overrides(uow, approval_ids, reason: str) -> int:
 
 
 def close_call(uow, approval: AgentCallApproval, *, actor, to: str, now, reason: str = "", event_type: str,
-               action: str) -> None:
+               action: str, before: dict | None = None) -> None:
     """The one place that moves a locked call out of pending (or approved, not started): along
-    AgentCallApproval.TRANSITIONS, with its budget, task, agent state, audit row and event."""
+    AgentCallApproval.TRANSITIONS, with its budget, task, agent state, audit row and event.
+    ``before``: the call's snapshot taken before the caller changed it (an amendment's estimate)."""
     if to not in AgentCallApproval.TRANSITIONS.get(approval.status, ()):
         raise TransitionError(f"The approval is {approval.status}.", current_status=approval.status)
-    before = snapshot(approval)
+    before = before or snapshot(approval)
     approval.status = to
     fields = ["status", "budget_state", "updated_at"]
     if to in (Status.APPROVED, Status.REJECTED):
@@ -196,7 +225,10 @@ def record_closed(approval: AgentCallApproval, *, actor, action: str, before: di
                   event_type: str = "agent_approval_decided") -> None:
     """What every move of a call out of pending (or approved, not started) leaves behind: its
     audit row, its event and the wake-up of the agent waiting on it (waiters also poll the DB)."""
-    audit_record(actor=actor, action=action, obj=approval, before=before, after=snapshot(approval), reason=reason)
+    after = snapshot(approval)
+    if approval.amended_input_data is not None and action.endswith("approve_amended"):
+        after.update(amendment_audited(approval.amended_input_data))
+    audit_record(actor=actor, action=action, obj=approval, before=before, after=after, reason=reason)
     data = approval_event_data(approval)
     if event_type == "approval_timed_out":  # shared by calls, outputs and questions: say which, as the warning does
         data["kind"] = "agent_approval"

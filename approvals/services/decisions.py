@@ -16,7 +16,7 @@ from approvals.services.common import (
     approval_event_data,
     call_uow,
     close_call,
-    input_digest,
+    input_digest_holds,
     snapshot,
 )
 from audit.services import audit_record
@@ -127,13 +127,14 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
                                   budget_override_id=str(approval.budget_override_id)
                                   if approval.budget_override_id else None)
         elif decision == "approve":
+            before = snapshot(approval)  # the estimate an amendment may raise
             if amended_input_data is not None:  # (assessed before: only a role granted meanwhile is None)
                 _check_amendment(uow, approval, assessed or _amendment_assessed(approval.pk, decider,
                                                                                 amended_input_data))
             approval.amended_input_data = amended_input_data
             amended = amended_input_data is not None
             close_call(uow, approval, actor=decider, to=Status.APPROVED, now=now, reason=(reason or "").strip(),
-                       event_type="agent_approval_decided",
+                       event_type="agent_approval_decided", before=before,
                        action="agent_approval.approve_amended" if amended else "agent_approval.approve")
         else:
             close_call(uow, approval, actor=decider, to=Status.REJECTED, now=now, reason=reason.strip(),
@@ -191,7 +192,7 @@ def agent_approval_start(*, approval_id, actor) -> AgentCallApproval:
             # running: another of its calls runs (a second call approved meanwhile starts beside it)
             raise TransitionError(f"Its task is {approval.task.status}.", current_status=approval.status,
                                   task_status=approval.task.status)
-        elif input_digest(approval.input_to_run) != approval.input_digest:
+        elif not input_digest_holds(approval.input_to_run, approval.input_digest):
             raise TransitionError("The input changed after it was approved.", current_status=approval.status)
         elif approval.budget_state != BudgetState.RESERVED:  # nothing runs without budget held for it
             raise TransitionError("The call holds no budget reservation any more: request it again.",

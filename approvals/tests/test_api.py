@@ -75,6 +75,61 @@ def test_amended_input_is_what_start_returns(requested, agent_client, reviewer_c
     assert started["input_to_run"] == {"files": ["safe.tsx"]} and started["input_data"] == {"files": ["login.tsx"]}
 
 
+def test_an_amendment_with_numbers_jsonb_reads_back_otherwise_starts(requested, agent_client, reviewer_client):
+    """Found on PostgreSQL: an amendment holding 1e23, 1e16 or -0.0 was approved (200) and then every
+    start was 409 "The input changed after it was approved": its digest was taken of the numbers as
+    sent, and jsonb gives them back as 100000000000000000000000, 10000000000000000 and 0."""
+    approval_id = requested["approval_id"]
+    amended = {"n": 1e23, "z": -0.0, "deep": {"list": [1e16, 2.5e16, 0.5]}}
+    r = respond(reviewer_client, approval_id, decision="approve", amended_input_data=amended, reason="scaled")
+    assert r.status_code == 200, r.json()
+    started = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start")
+    assert started.status_code == 200, started.json()
+    assert started.json()["input_to_run"]["deep"]["list"][2] == 0.5
+
+
+def test_the_trail_says_what_input_a_person_approved_and_what_it_reserves(requested, agent_client, reviewer_client,
+                                                                         request_body):
+    """Found by two reviewers and an auditor: the approve_amended row held only the status, the
+    approver and the budget state: not the amendment, not the digest of the input allowed to run,
+    not the larger reservation the amendment took. An input swapped in the database (with its digest
+    recomputed) then started, and the signed trail could not tell."""
+    from approvals.services import input_digest
+
+    approval_id = requested["approval_id"]
+    asked = AgentCallApproval.objects.get(pk=approval_id)
+    amended = {"files": ["safe.tsx"], "max_tokens": 50000}
+    assert respond(reviewer_client, approval_id, decision="approve", amended_input_data=amended,
+                   reason="only the safe file").status_code == 200
+    row = AuditEvent.objects.get(action="agent_approval.approve_amended", object_id=str(approval_id))
+    call = AgentCallApproval.objects.get(pk=approval_id)
+    assert row.after["amended_input_data"] == amended and row.after["input_digest"] == input_digest(amended)
+    assert row.before["input_digest"] == "" and row.before["estimated_tokens"] == asked.estimated_tokens
+    assert row.after["estimated_tokens"] == call.estimated_tokens > asked.estimated_tokens  # the reservation grew
+    big = {"blob": "x" * 20000}
+    other = agent_client.post("/api/v1/agent-approvals", request_body(), format="json")
+    assert other.status_code == 201, other.json()
+    assert respond(reviewer_client, other.json()["approval_id"], decision="approve", amended_input_data=big,
+                   reason="bigger").status_code == 200
+    row = AuditEvent.objects.get(action="agent_approval.approve_amended", object_id=other.json()["approval_id"])
+    assert row.after["amended_input_data"] == "(20,011 bytes: see input_digest)"
+    assert row.after["input_digest"] == input_digest(big)
+
+
+def test_a_digest_taken_under_the_rule_before_still_starts(requested, agent_client, reviewer_client):
+    """A call approved before the upgrade, with a whole float in its input (its digest of "2.0"),
+    still starts after it."""
+    import hashlib
+    import json
+
+    approval_id = requested["approval_id"]
+    assert respond(reviewer_client, approval_id, decision="approve", amended_input_data={"replicas": 2.0},
+                   reason="two").status_code == 200
+    before = hashlib.sha256(json.dumps({"replicas": 2.0}, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    AgentCallApproval.objects.filter(pk=approval_id).update(input_digest=before)
+    assert agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").status_code == 200
+
+
 def test_reject_needs_a_reason(requested, reviewer_client, agent_client, task):
     approval_id = requested["approval_id"]
     r = respond(reviewer_client, approval_id, decision="reject")
