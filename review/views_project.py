@@ -414,6 +414,12 @@ def recovery_step_decide(request, session_id, step_id):
 
 
 # --- audit log ------------------------------------------------------------------------
+def _changes(value) -> str | None:
+    """A row's before or after as the page shows it: the text as written (an emoji, Hebrew), not
+    as \\u escapes (the admin's audit page showed it readably, this one did not)."""
+    return None if value is None else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
 def _audit_rows(user, form: AuditFilterForm, visible_ids):
     rows = AuditEvent.objects.all()
     if not user.is_superuser:
@@ -503,8 +509,8 @@ def audit_log(request):
     page = paginator.get_page(request.GET.get("page"))
     names = {p.pk: p.name for p in projects}
     events = [{"row": e, "project_name": names.get(e.project_id) if e.project_id else "global",
-               "before": json.dumps(e.before, indent=2, sort_keys=True) if e.before is not None else None,
-               "after": json.dumps(e.after, indent=2, sort_keys=True) if e.after is not None else None}
+               "before": _changes(e.before),
+               "after": _changes(e.after)}
               for e in page.object_list]
     verification = _verification(user, visible_ids) if request.GET.get("verify") else None
     context = {"form": form, "page": page, "events": events, "query": params.urlencode(),

@@ -470,6 +470,19 @@ def test_the_audit_page_paginates(project, reviewer, admin_user):
     assert "test.row0<" in html and "test.row59" not in html
 
 
+def test_the_audit_pages_changes_show_text_as_written(project, reviewer, admin_user):
+    """Found by an auditor: a reason sent back with an emoji and Hebrew read as \\ud83d\\udee0 and
+    \\u05e2... escapes under "Changes" (the admin's audit page showed it readably); a direction
+    control is still shown as its mark."""
+    from audit.services import audit_record
+
+    audit_record(actor=admin_user, action="test.unicode", project_id=project.pk, object_type="x", object_id=1,
+                 after={"reason": "Fix \U0001f6e0 \u05e2\u05d1\u05e8\u05d9\u05ea \u202eesrever"})
+    html = web(reviewer).get(reverse("review:audit"), {"action": "test.unicode"}).content.decode()
+    assert "Fix \U0001f6e0 \u05e2\u05d1\u05e8\u05d9\u05ea \u27e6U+202E\u27e7esrever" in html
+    assert "\\ud83d" not in html and "\\u05e2" not in html
+
+
 def test_the_chain_is_verified_on_demand_and_a_tampered_row_is_shown(stopped, project, reviewer, admin_user):
     client = web(reviewer)
     html = client.get(reverse("review:audit")).content.decode()
