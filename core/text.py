@@ -1,11 +1,34 @@
 """Words for people: counts, money and tokens in the pages, the admin and messages."""
 import re
+import unicodedata
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+# Characters a page shows as nothing (with the format controls, Unicode category Cf): "\u200b",
+# "\ufeff" or a braille blank passed Python's strip() as a rejection's reason, and two options
+# "yes" and "yes\u200b" were two identical radio buttons.
+_BLANKS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
 
 
 def plural(n: int, word: str, words: str = "") -> str:
     """"1 task", "3 tasks" (or ``words`` for more than one when an "s" does not make it)."""
     return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
+
+
+def visible_text(value) -> str:
+    """``value`` stripped, or "" when nothing of it would be seen (whitespace, format controls such
+    as U+200B ZERO WIDTH SPACE and U+FEFF, blank letters): what a required reason, an option or an
+    answer is checked with."""
+    text = (value or "").strip()
+    if any(not (ch.isspace() or ch in _BLANKS or unicodedata.category(ch) == "Cf") for ch in text):
+        return text
+    return ""
+
+
+def seen_as(text: str) -> str:
+    """What a person reads ``text`` as: NFKC-normalised ("e" + U+0301 is "é"), without format
+    controls and blank letters: two options that are equal so are one choice to the eye."""
+    normal = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in normal if ch not in _BLANKS and unicodedata.category(ch) != "Cf").strip()
 
 
 def has_nul(*values: str) -> bool:

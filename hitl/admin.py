@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from core.admin import QueueColumnsMixin, ReadOnlyAdminMixin, ask_reason, back_to_messages, refuse_on_page
 from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text
-from core.text import FORM_ERROR_NOTE, plural
+from core.text import FORM_ERROR_NOTE, plural, visible_text
 from hitl.models import HitlRequest
 from hitl.services import hitl_request_expire_overdue, hitl_request_respond, hitl_request_settle_due
 from projects import roles
@@ -61,7 +61,7 @@ class HitlAnswerForm(forms.Form):
 
     def clean_amended_content(self):
         text = self.cleaned_data.get("amended_content") or ""
-        if not text.strip():
+        if not visible_text(text):
             raise forms.ValidationError("This is required.")
         try:
             return json_or_text(text)  # plain text is an amendment too

@@ -16,6 +16,7 @@ from audit.services import audit_record
 from core import rawrows
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.redaction import redact
+from core.text import seen_as, visible_text
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
@@ -86,13 +87,15 @@ def clean_options(options) -> list[str]:
         raise InvalidInput(fields={"options": [f"At most {MAX_OPTIONS} options."]})
     cleaned = []
     for option in options:
-        if not isinstance(option, str) or not option.strip():
-            raise InvalidInput(fields={"options": ["Each option must be a non-empty string."]})
+        if not isinstance(option, str) or not visible_text(option):
+            raise InvalidInput(fields={"options": ["Each option must be a non-empty string (of characters one "
+                                                   "can see)."]})
         if len(option) > MAX_OPTION_LENGTH:
             raise InvalidInput(fields={"options": [f"Each option has at most {MAX_OPTION_LENGTH} characters."]})
         cleaned.append(option.strip())
-    if len(set(cleaned)) != len(cleaned):
-        raise InvalidInput(fields={"options": ["The options must be unique."]})
+    if len({seen_as(option) for option in cleaned}) != len(cleaned):  # as a person reads them
+        raise InvalidInput(fields={"options": ["The options must be unique (two of them read alike: they differ "
+                                               "only in invisible characters or in their Unicode form)."]})
     return cleaned
 
 
@@ -211,7 +214,7 @@ def hitl_request_respond(*, request_id, responder, action: str, response: str = 
         raise InvalidInput(fields={"amended_content": ["Only an amendment carries amended_content."]})
     if isinstance(amended_content, (list, dict)) and not amended_content:
         raise InvalidInput(fields={"amended_content": ["Say what to do instead: this is empty."]})
-    if isinstance(amended_content, str) and not amended_content.strip():
+    if isinstance(amended_content, str) and not visible_text(amended_content):
         raise InvalidInput(fields={"amended_content": ["This field may not be blank."]})
     expired = False
     with request_uow(request_id, gate=True) as (uow, req):

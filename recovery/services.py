@@ -12,6 +12,7 @@ from audit.services import audit_record
 from budgets.services import CRITICAL_FACTOR, budget_for, critical_line, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
 from core.times import iso_utc
+from core.text import visible_text
 from core.uow import LockOrderError, retry_transient
 from emergency.conditions import conditions_evaluate
 from emergency.models import Condition, EmergencySettings, EmergencyStop
@@ -236,7 +237,7 @@ def recovery_step_respond(*, session_id, step_id, actor, decision: str, reason: 
     the last step lifts the stop."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
-    if decision == "reject" and not reason.strip() and reason_required:
+    if decision == "reject" and not visible_text(reason) and reason_required:
         raise InvalidInput(fields={"reason": ["Rejecting a step needs a reason."]})
     project_id = RecoverySession.objects.filter(pk=session_id).values_list("project_id", flat=True).first()
     if project_id is None:

@@ -17,7 +17,7 @@ from approvals.services import (agent_approval_decide, agent_approval_settle_due
                                 response_approval_decide, response_approval_settle_due)
 from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text, json_to_edit, loads_strict
-from core.text import FORM_ERROR_NOTE, has_nul
+from core.text import FORM_ERROR_NOTE, has_nul, visible_text
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond, hitl_request_settle_due
 from review import selectors
@@ -248,7 +248,7 @@ def agent_approval_decide_view(request, approval_id):
                 panel.update(amend_text=amend_raw,
                              amend_error="The amended input must be a JSON object ({...}). Nothing was decided.")
                 status = 400
-    if decision == "reject" and not reason.strip():
+    if decision == "reject" and not visible_text(reason):
         panel.update(reason_error="Give a reason for the rejection. Nothing was decided.")
         status = 400
     if decision not in ("approve", "reject"):
@@ -350,10 +350,10 @@ def response_approval_decide_view(request, approval_id):
     modifications = request.POST.get("modifications_required", "")
     panel: dict = {"reason": reason, "modifications": modifications}
     status, outcome = 200, None
-    if decision == "reject" and not reason.strip():
+    if decision == "reject" and not visible_text(reason):
         panel["reason_error"] = "Give a reason for the rejection. Nothing was decided."
         status = 400
-    elif decision == "requires_modification" and not modifications.strip():
+    elif decision == "requires_modification" and not visible_text(modifications):
         panel["modifications_error"] = "Say what must change. Nothing was decided."
         status = 400
     elif decision not in ("approve", "reject", "requires_modification"):
@@ -427,11 +427,11 @@ def hitl_request_decide(request, request_id):
     try:
         if refused:
             raise InvalidInput(refused, fields={})
-        if action == "reject" and not answer.strip():  # as on the call and response pages: the agent is told why
+        if action == "reject" and not visible_text(answer):  # as on the call and response pages: the agent is told why
             raise InvalidInput("Give a reason for the rejection. Nothing was decided.", fields={})
         if action == "approve" and req.options and not answer:   # the page came back with no word
             raise InvalidInput("Choose one of the options to answer with. Nothing was decided.", fields={})
-        if action == "approve" and req.request_type == "question" and not req.options and not answer.strip():
+        if action == "approve" and req.request_type == "question" and not req.options and not visible_text(answer):
             # the agent asked for an answer: an empty one is no answer (a checkpoint's is optional)
             raise InvalidInput("Type an answer: the agent asked a question. Nothing was decided.", fields={})
         hitl_request_respond(request_id=req.pk, responder=request.user, action=action, response=answer,

@@ -22,6 +22,7 @@ from approvals.services.common import (
 from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
+from core.text import visible_text
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, TransitionError
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due
 from core.times import iso_utc
@@ -96,7 +97,7 @@ def agent_approval_decide(*, approval_id, decider, decision: str, reason: str = 
     budget cannot be approved (409, with the override that unblocks it); it can be rejected."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
-    if decision == "reject" and not (reason or "").strip():
+    if decision == "reject" and not visible_text(reason):
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
     if decision == "reject" and amended_input_data is not None:
         raise InvalidInput(fields={"amended_input_data": ["Only an approval can amend the input."]})

@@ -30,6 +30,7 @@ from core import rawrows
 from core.errors import (AlreadyDecided, EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError,
                          TransitionError)
 from core.request_cache import memo
+from core.text import visible_text
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
 from core.times import iso_utc
 from core.uow import retry_transient
@@ -273,7 +274,7 @@ def response_approval_decide(*, approval_id, decider, decision: str, reason: str
     if decision not in ("approve", "reject", "requires_modification"):
         raise InvalidInput(fields={"decision": ["Must be approve, reject or requires_modification."]})
     reason = (reason or "").strip()
-    if decision == "reject" and not reason and reason_required:
+    if decision == "reject" and not visible_text(reason) and reason_required:
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
     if decision == "requires_modification" and not _says_something(modifications_required):
         raise InvalidInput(fields={"modifications_required": ["Say what must change (text, or a non-empty list "

@@ -18,6 +18,7 @@ from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, d
 from core.errors import AlreadyDecided, DomainError, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
 from core.times import iso_utc
+from core.text import visible_text
 from core.uow import retry_transient
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
@@ -75,7 +76,7 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     threshold, beyond it only a manager; nobody approves an override they requested."""
     if decision not in ("approve", "reject"):
         raise InvalidInput(fields={"decision": ["Must be approve or reject."]})
-    if decision == "reject" and not (reason or "").strip() and reason_required:
+    if decision == "reject" and not visible_text(reason) and reason_required:
         raise InvalidInput(fields={"reason": ["A rejection needs a reason."]})
     project = uow.project
     override = uow.lock("override", BudgetOverrideRequest.objects, pk=override_id, project=project)

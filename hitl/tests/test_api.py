@@ -56,6 +56,12 @@ def test_a_checkpoint_needs_no_task_or_options(agent_client, project):
     ({"question": 3}, "question"),
     ({"options": ["a", "a"]}, "options"),
     ({"options": ["a", ""]}, "options"),
+    # options a person cannot tell apart (found with look-alike text): an invisible one, one
+    # differing only in a zero-width space, and é written two ways
+    ({"options": ["yes", "\u200b"]}, "options"),
+    ({"options": ["yes", "yes\u200b"]}, "options"),
+    ({"options": ["\u00e9", "e\u0301"]}, "options"),
+    ({"options": ["ok", "\u2800"]}, "options"),
     ({"options": [f"o{i}" for i in range(21)]}, "options"),
     ({"options": "a"}, "options"),
     ({"timeout_minutes": 0}, "timeout_minutes"),
