@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.checkpoints import FILE_GLOB, FORMAT, CheckpointInvalid, checkpoint_file_read, checkpoint_file_write
 from audit.hashing import floats_hashed_otherwise_before, signed_digest
+from audit.hooks import expected_chains
 from audit.keys import DEV_KEY_PREFIX, UnknownKeyId, chain_keys, dev_chain_key, signing_key
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from core.rawrows import db, kept_cursor
@@ -306,6 +307,11 @@ def audit_verify_report(*, checkpoint_dir=None, project_ids=None) -> AuditVerifi
         chains = {chain.key: chain for chain in walked}
         for chain in chains.values():
             report.problems += _chain_walk(chain, keys)
+        expected = {key for keys_of in expected_chains() for key in keys_of}
+        if project_ids is not None:
+            expected &= {chain_key(pk) for pk in project_ids}
+        report.problems += [f"chain {key}: the project has no audit chain (deleted)"
+                            for key in sorted(expected - set(chains))]
         orphans = rows.exclude(chain_id__in=AuditChain.objects.values("pk"))
         for row in orphans.order_by("pk")[:1]:
             report.problems.append(f"row id={row.pk}: belongs to no known chain (inserted)")

@@ -12,10 +12,20 @@ class ProjectsConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import pre_migrate
 
+        from audit.hooks import expected_chains
         from core.api import idempotent_replay_visible
 
         idempotent_replay_visible.connect(replay_visible)
+        expected_chains.connect(project_chains)
         pre_migrate.connect(refuse_slug_clashes_before_migrating, sender=self)
+
+
+def project_chains():
+    """The audit hook ``expected_chains``: every project has a chain (its project.create row)."""
+    from audit.services import chain_key
+    from projects.models import Project
+
+    return [chain_key(pk) for pk in Project.objects.values_list("pk", flat=True)]
 
 
 SLUG_MIGRATION = ("projects", "0008_project_slug_unique_without_case")
