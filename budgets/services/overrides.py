@@ -97,8 +97,14 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
             raise Forbidden(f"With this one, the overrides approved in this {window.kind}'s window would add "
                             f"{total:.4f} {'tokens' if tokens else 'USD'}, above {threshold}: a manager approves it.")
     if override.status != BudgetOverrideRequest.Status.PENDING:
-        raise AlreadyDecided(f"The override is already {override.status}.", current_status=override.status,
-                             decider_id=override.approved_by_id, decided_at=override.responded_at)
+        if override.status == BudgetOverrideRequest.Status.REJECTED and override.approved_by_id is None:
+            # withdrawn by the system (another override approved first, its call ended, its day over):
+            # "already rejected" read as a person's refusal, and the reason was not said
+            detail = f"The override was withdrawn: {override.rejection_reason or 'it is no longer needed.'}"
+        else:
+            detail = f"The override is already {override.status}."
+        raise AlreadyDecided(detail, current_status=override.status, decider_id=override.approved_by_id,
+                             decided_at=override.responded_at)
     if decision == "approve":
         window = window or uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
         if window.end <= timezone.now():  # approved, it raised the allowance of a day (or month) gone by

@@ -751,6 +751,20 @@ def test_the_risk_assessment_sees_what_is_left_of_the_budget(project, agent):
     assert "cost.budget_share" in codes
 
 
+def test_deciding_an_override_the_system_withdrew_says_so_and_why(project, agent, reviewer, client_for):
+    """Found by two reviewers approving two overrides at once: the loser read "The override is already
+    rejected", as if a person had refused it, while the system had withdrawn it (and said why in its
+    rejection_reason, which nobody was shown)."""
+    limits(project, daily_token_limit=1000)
+    blocked = call(project, agent, tokens=1500)
+    BudgetOverrideRequest.objects.filter(pk=blocked.budget_override_id).update(
+        status="rejected", rejection_reason="Another override of this window was approved first.")
+    r = client_for(reviewer).post(f"/api/v1/budget-overrides/{blocked.budget_override_id}/respond",
+                                  {"decision": "approve"}, format="json")
+    assert r.status_code == 409 and r.json()["status"] == "rejected"
+    assert r.json()["detail"] == "The override was withdrawn: Another override of this window was approved first."
+
+
 def test_an_override_whose_call_ended_is_withdrawn(project, agent, reviewer):
     from approvals.services import budget_override_respond
 
