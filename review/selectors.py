@@ -2,6 +2,7 @@
 a call, the projects under an emergency stop. Permission-filtered here; writes go through the
 domain services (review/views.py)."""
 import difflib
+from collections import Counter
 import json
 import math
 import re
@@ -186,6 +187,18 @@ def inbox_counts(*, user) -> list[tuple[str, str, int]]:
     for kind, qs in querysets.items():
         counts[kind] = len(_decidable_overrides(user)) if kind == "override" else qs.order_by().count()
     return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
+
+
+def inbox_counts_by_project(*, user, project_ids) -> Counter:
+    """Per project, how many of the items the inbox lists for ``user`` are of it (a recovery: its
+    next step, one per open session with a step pending)."""
+    counts: Counter = Counter()
+    for kind, qs in _inbox_querysets(user).items():
+        if kind == "override":
+            counts.update(o.project_id for o in _decidable_overrides(user) if o.project_id in project_ids)
+            continue
+        counts.update(qs.filter(project_id__in=project_ids).order_by().values_list("project_id", flat=True))
+    return counts
 
 
 def inbox_items(*, user, limit: int | None = None) -> list[InboxItem]:

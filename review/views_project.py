@@ -41,6 +41,7 @@ from recovery.presentation import assessment_sections, conditions_since, step_re
 from recovery.selectors import lifted_later_by, open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
 from review.auth import post_only, signed_in
+from review.selectors import inbox_counts_by_project
 
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
@@ -204,6 +205,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
         "past_stops": list(EmergencyStop.objects.filter(project=project, resolved_at__isnull=False)
                            .order_by("-created_at")[:5]),
         "pending_count": _pending_counts([project.pk])[project.pk],
+        "yours_count": inbox_counts_by_project(user=user, project_ids=[project.pk])[project.pk],
         "inbox_url": _inbox_url(),
         "can_stop": has_project_perm(user, roles.REVIEW, project),
         "can_manage": has_project_perm(user, roles.MANAGE, project),
@@ -223,10 +225,11 @@ def project_list(request):
     projects = list(project_visible_to(user=request.user).order_by("name"))
     ids = [p.pk for p in projects]
     pending = _pending_counts(ids)
+    yours = inbox_counts_by_project(user=request.user, project_ids=ids)
     open_tasks = dict(Task.objects.filter(project_id__in=ids, status__in=Task.OPEN_STATUSES).values_list("project_id")
         .annotate(n=Count("pk")).values_list("project_id", "n"))
     rows = [{"project": p, "stopped": p.status == Project.Status.EMERGENCY_STOPPED, "pending": pending[p.pk],
-             "open_tasks": open_tasks.get(p.pk, 0)} for p in projects]
+             "open_tasks": open_tasks.get(p.pk, 0), "yours": yours[p.pk]} for p in projects]
     rows.sort(key=lambda row: not row["stopped"])  # stable: by name within each group
     return render(request, "review/projects.html", {"rows": rows})
 

@@ -592,7 +592,7 @@ def test_the_projects_page_lists_the_users_projects_stopped_first_with_what_wait
     alpha, demo = (row for _, row in rows)
     assert "emergency stopped" in alpha and reverse("review:project", args=[third.pk]) in alpha
     assert "active" in demo and reverse("review:project", args=[project.pk]) in demo
-    assert re.findall(r"<td>(\d+)</td>", demo) == ["2", "2"]  # two calls wait, two open tasks
+    assert re.findall(r"<td>(\d+)</td>", demo) == ["2", "2", "2"]  # two calls wait, two open tasks, both theirs
 
 
 def waiting_on_page(html: str) -> int:
@@ -615,6 +615,23 @@ def test_a_question_waits_for_a_person_on_the_list_and_the_project_page(project,
     client = web(reviewer)
     assert re.findall(r"<td>(\d+)</td>", client.get(reverse("review:projects")).content.decode())[0] == "1"
     assert waiting_on_page(client.get(reverse("review:project", args=[project.pk])).content.decode()) == 1
+
+
+def test_what_waits_says_how_much_of_it_the_user_may_decide(project, agent, reviewer, manager, client_for):
+    """Found by a reviewer of one project: its page said 7 requests wait and the inbox listed 4 (three
+    overrides above the reviewers' cap, which only a manager decides). Both are said now."""
+    for amount in ("500", "600"):  # above HITL_MANAGER_COST_THRESHOLD: a manager's
+        assert client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": amount,
+            "justification": "big batch"}, format="json").status_code == 201
+    call(project, agent, title="one")
+    page = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert waiting_on_page(page) == 3
+    assert re.search(r'<span id="pending-yours">1 of them for you to decide', page)
+    row = re.findall(r"<td>(\d+)</td>", web(reviewer).get(reverse("review:projects")).content.decode())
+    assert row == ["3", "1", "1"]  # waiting, open tasks, the reviewer's to decide
+    page = web(manager).get(reverse("review:project", args=[project.pk])).content.decode()
+    assert waiting_on_page(page) == 3 and 'id="pending-yours"' not in page  # all of them the manager's
 
 
 def test_the_projects_page_needs_a_login_and_shows_no_project_to_someone_without_a_role(make_user, project):
