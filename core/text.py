@@ -45,7 +45,13 @@ NOTHING = "—"
 FOUR_PLACES = Decimal("0.0001")
 # A number written with exactly four decimals (the API's money), not part of a longer number or word.
 # (not a four-place amount the text itself says is tokens or USD: "would add 150,000.0000 tokens")
-_MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?![\w.])(?!\s*(?:tokens?|USD)\b)")
+# A full stop after it ends the sentence ("by 0.2016."), not the number (it was left as it was).
+_MONEY_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4})(?!\w|\.\d)(?!\s*(?:tokens?|USD)\b)")
+# "would add 120.2007 USD": the amount the text says is money, shown as money ("$120.2007").
+_USD_IN_TEXT = re.compile(r"(?<![\w$.,])(-?\d[\d,]*\.\d{4}) USD\b")
+# A moment as the services write it (ISO 8601 in UTC: "at 2026-12-07T12:37:34.860736Z"), shown as
+# the pages show times ("2026-12-07 12:37:34 UTC").
+_UTC_IN_TEXT = re.compile(r"\b(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:Z|\+00:00)(?![\w:])")
 # The budget's "would pass the daily token limit by 12345" (whole tokens), as texts stored before
 # the services printed "12,345 tokens" themselves (budgets.services.ledger.excess_text) have it.
 _TOKENS_IN_TEXT = re.compile(r"(token limit by )(\d+)(?![\w.,])(?: tokens)?")
@@ -86,9 +92,12 @@ def tokens(value) -> str:
 
 def money_text(value) -> str:
     """Text the services wrote (a recovery's assessment, a step's result, why a call is blocked by
-    its budget) with its money as bare four-place decimals (``spent today: 8.5000``) shown as money,
-    and the tokens past a token limit as tokens (``by 12,345 tokens``)."""
+    its budget) with its money as bare four-place decimals (``spent today: 8.5000``, ``12.0000
+    USD``) shown as money, the tokens past a token limit as tokens (``by 12,345 tokens``) and its
+    UTC moments (``2026-12-07T12:37:34.860736Z``) as the pages show times."""
     if value is None:
         return NOTHING
     text = _MONEY_IN_TEXT.sub(lambda m: money(m.group(1)), str(value))
+    text = _USD_IN_TEXT.sub(lambda m: money(m.group(1)), text)
+    text = _UTC_IN_TEXT.sub(lambda m: f"{m.group(1)} {m.group(2)} UTC", text)
     return _TOKENS_IN_TEXT.sub(lambda m: m.group(1) + tokens(m.group(2)), text)

@@ -110,7 +110,12 @@ def test_money_in_recorded_text_and_the_countdown():
     # an amount the text itself says is tokens or USD (the manager threshold's refusal) stays as it is
     assert money_text("would add 150,000.0000 tokens, above 100000") == "would add 150,000.0000 tokens, above 100000"
     assert money_text("would add 12.0000 USD, above 10.0000: a manager") == \
-        "would add 12.0000 USD, above $10.0000: a manager"
+        "would add $12.0000, above $10.0000: a manager"
+    # found by two reviewers: a refusal's amount before its full stop, and its moments, were left raw
+    assert money_text("It would pass the daily cost limit by 0.2016.") == "It would pass the daily cost limit by $0.2016."
+    assert money_text("Step 1 is completed (by rev2 at 2026-12-07T12:37:34.860736Z); the next step is 2.") == \
+        "Step 1 is completed (by rev2 at 2026-12-07 12:37:34 UTC); the next step is 2."
+    assert money_text("ended at 2026-12-07T13:00:00Z, v1.2345.6") == "ended at 2026-12-07 13:00:00 UTC, v1.2345.6"
     assert time_left(timezone.now() + datetime.timedelta(minutes=4, seconds=5, milliseconds=500)) == "4 min 5 s left"
     assert time_left(timezone.now() - datetime.timedelta(seconds=1)) == "expired"
 
