@@ -682,6 +682,10 @@ def test_a_call_blocked_for_a_day_that_ended_is_admitted_in_the_new_one_and_its_
     r = client_for(manager).post(f"/api/v1/budget-overrides/{override.pk}/respond", {"decision": "approve"},
                                  format="json")
     assert r.status_code == 409 and "ended at" in r.json()["detail"], r.content
+    # it says what becomes of a call it held, and of one asked for by hand (no call behind it: it said
+    # "Its call is admitted again", found with an override asked for through the API)
+    assert "A call it held is admitted again in the new day" in r.json()["detail"]
+    assert "one asked for by hand is asked for again there" in r.json()["detail"]
     override.refresh_from_db()
     assert override.status == "pending"
     assert BudgetWindow.objects.get(pk=override.window_id).allowance_cost == 0

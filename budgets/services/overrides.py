@@ -108,11 +108,12 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
     if decision == "approve":
         window = window or uow.lock("budget_window", BudgetWindow.objects, pk=override.window_id)
         if window.end <= timezone.now():  # approved, it raised the allowance of a day (or month) gone by
-            then = (f"Its call was admitted again in the new {window.kind} and is still held there by the day's "
-                    f"1.5 x ceiling, which no override lifts: a manager raises the daily cost limit (the call is "
-                    f"then admitted at once), or it is rejected." if window.closed_at else
-                    f"Its call is admitted again in the new {window.kind} within minutes (beat), and asks again "
-                    f"there if it still does not fit.")
+            # (an override asked for by hand has no call behind it: the text says what happens to one that does)
+            then = (f"A call it held was admitted again in the new {window.kind} and is still held there by the "
+                    f"day's 1.5 x ceiling, which no override lifts: a manager raises the daily cost limit (the call "
+                    f"is then admitted at once), or it is rejected." if window.closed_at else
+                    f"A call it held is admitted again in the new {window.kind} within minutes (beat), and asks "
+                    f"again there if it still does not fit; one asked for by hand is asked for again there.")
             raise TransitionError(f"The {window.kind} this override was for ended at {iso_utc(window.end)}: "
                                   f"approving it would add to a closed budget. {then}",
                                   current_status=override.status, window_end=iso_utc(window.end))
