@@ -679,6 +679,75 @@ def test_a_clients_own_cancel_is_not_queued_behind_its_waits(world):
     assert {wait.status for wait in ended} == {"cancelled"}  # woken by the cancel, not timed out on a pending call
 
 
+def test_the_waits_of_one_client_on_a_project_share_one_websocket(world, monkeypatch):
+    """Found by a developer with 300 waits on one client: each opened a websocket of its own, so every
+    event of the project was sent and parsed 300 times and an emergency stop took 6 to 15 s to reach
+    them all. The waits on a project share one; each still gets its own decision, and a stop ends
+    them all."""
+    from hitl_sdk import _common
+
+    opened = []
+    connect = _common._AsyncWS.connect
+
+    async def counted(url, headers, open_timeout):
+        opened.append(url)
+        return await connect(url, headers, open_timeout)
+
+    monkeypatch.setattr(_common._AsyncWS, "connect", staticmethod(counted))
+    agent, reviewer = world.client("agent"), world.client("reviewer")
+    calls = [agent.request_approval(world.project_id, agent.create_task(world.project_id, "coder", f"task {i}").task_id,
+                                    "coder", f"call {i}", {"i": i}) for i in range(30)]
+
+    async def scenario():
+        async with AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY) as client:
+            waits = [asyncio.ensure_future(client.wait_for_approval(call.approval_id, timeout=60)) for call in calls]
+            await asyncio.sleep(1.5)  # every wait subscribed
+            for call in calls[:10]:
+                await asyncio.to_thread(reviewer.respond_approval, call.approval_id, "approve")
+            approved = await asyncio.gather(*waits[:10])
+            started = time.monotonic()
+            await asyncio.to_thread(reviewer.emergency_stop, world.project_id, "drill")
+            stopped = await asyncio.gather(*waits[10:], return_exceptions=True)
+            return approved, stopped, time.monotonic() - started, len(client._streams._open)
+
+    approved, stopped, took, still_open = asyncio.run(scenario())
+    assert [a.approval_id for a in approved] == [c.approval_id for c in calls[:10]]
+    assert {a.status for a in approved} == {"approved"}
+    assert all(isinstance(e, EmergencyStopped) for e in stopped), stopped
+    assert took < 10
+    assert len(opened) == 1, opened  # one socket for the 30 waits
+    assert still_open == 0  # closed once the last wait left
+
+
+@pytest.mark.parametrize("use_websocket", [True, False])
+def test_closing_a_client_ends_the_waits_still_open_on_it(world, use_websocket):
+    """Found by a developer: ``aclose()`` (leaving ``async with``) while waits were open did not end
+    them: they went on, on connections the client opened again and nobody closed, and returned
+    decisions (or timed out) a minute later."""
+    from hitl_sdk import HitlError
+
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "closed under its waits")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "wait", {})
+
+    async def scenario():
+        client = AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, use_websocket=use_websocket)
+        waits = [asyncio.ensure_future(client.wait_for_approval(call.approval_id, timeout=60)) for _ in range(5)]
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        await client.aclose()
+        ended = await asyncio.gather(*waits, return_exceptions=True)
+        took = time.monotonic() - started
+        again = await client.get_approval(call.approval_id)  # the client is still usable
+        await client.aclose()
+        return ended, took, again
+
+    ended, took, again = asyncio.run(scenario())
+    assert all(isinstance(e, HitlError) and e.code == "client_closed" for e in ended), ended
+    assert took < 5
+    assert again.status == "pending"
+
+
 def _pending_calls(world, agent):
     return agent.list_approvals(world.project_id, status="pending").results
 

@@ -344,6 +344,144 @@ class _SyncWS:
             pass
 
 
+CLIENT_CLOSED = "The client was closed while this wait was open: nothing will tell it the decision."
+
+
+class _AsyncStreams:
+    """The event streams an async client's waits listen on: one websocket per project, shared by
+    every wait on it of this client and event loop. Each wait opened its own: with 300 waits on
+    one project, every event of it was sent and parsed 300 times, and an emergency stop took 6 to
+    15 s to reach them all. A wait subscribes (a queue of its own), is handed every message the
+    one reader receives, and leaves; the socket closes when the last wait leaves. A dropped socket
+    ends every subscription with its error (each wait subscribes again, as it reconnected before).
+    A wait that joins an open stream replays nothing: it reads its object once it has subscribed,
+    as every wait does, so a decision made before is not missed.
+
+    ``aclose`` (the client's) ends every open subscription with ``HitlError("client_closed")``:
+    waits left open on a closed client went on, on connections nobody closed."""
+
+    def __init__(self, base_url: str, headers: Dict[str, str], open_timeout: float) -> None:
+        self.base_url, self.headers, self.open_timeout = base_url, headers, open_timeout
+        self._loop: Any = None
+        self._open: Dict[str, _SharedStream] = {}
+        self._opening: Dict[str, asyncio.Lock] = {}
+
+    async def subscribe(self, project_id: str, last_event_id: Optional[int]) -> "_Subscription":
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # the old loop's streams went with it
+            self._loop, self._open, self._opening = loop, {}, {}
+        async with self._opening.setdefault(project_id, asyncio.Lock()):
+            stream = self._open.get(project_id)
+            if stream is None or stream.ended:
+                ws = await _AsyncWS.connect(ws_url(self.base_url, project_id, last_event_id), self.headers,
+                                            self.open_timeout)
+                stream = self._open[project_id] = _SharedStream(ws, lambda: self._forget(project_id, stream))
+            return stream.join()
+
+    def _forget(self, project_id: str, stream: "_SharedStream") -> None:
+        if self._open.get(project_id) is stream:
+            del self._open[project_id]
+
+    async def aclose(self) -> None:
+        if self._loop is not current_loop():  # another loop's (or none): its tasks can not be awaited here
+            self._loop, self._open, self._opening = None, {}, {}
+            return
+        streams, self._open = list(self._open.values()), {}
+        from .errors import HitlError
+
+        for stream in streams:
+            await stream.end(HitlError(CLIENT_CLOSED, code="client_closed"))
+
+
+class _SharedStream:
+    """One project's websocket and the subscriptions it feeds (``_AsyncStreams``)."""
+
+    def __init__(self, ws: _AsyncWS, forget: Any) -> None:
+        self.ws, self.forget = ws, forget
+        self.queues: "set[asyncio.Queue[Any]]" = set()
+        self.ended = False
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.ws.conn.recv()  # cancel-safe: a cancelled receive loses no message
+                for queue in list(self.queues):
+                    queue.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (dropped, or closed by the server: every wait hears it)
+            self._ended_with(exc)
+
+    def _ended_with(self, exc: BaseException) -> None:
+        if not self.ended:
+            self.ended = True
+            self.forget()
+        for queue in list(self.queues):
+            queue.put_nowait(exc)
+
+    def join(self) -> "_Subscription":
+        queue: "asyncio.Queue[Any]" = asyncio.Queue()
+        self.queues.add(queue)
+        return _Subscription(self, queue)
+
+    async def leave(self, queue: "asyncio.Queue[Any]") -> None:
+        self.queues.discard(queue)
+        if not self.queues:
+            await self.end(None)
+
+    async def end(self, exc: Optional[BaseException]) -> None:
+        """Close the socket; the subscriptions still open get ``exc``."""
+        if exc is not None:
+            self._ended_with(exc)
+        elif not self.ended:
+            self.ended = True
+            self.forget()
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+        await self.ws.close()
+
+
+class _Subscription:
+    """A wait's share of a project's stream: ``recv`` and ``close`` as a socket of its own had."""
+
+    def __init__(self, stream: _SharedStream, queue: "asyncio.Queue[Any]") -> None:
+        self.stream, self.queue = stream, queue
+
+    async def recv(self, timeout: float) -> Optional[str]:
+        """A message, or None after ``timeout`` seconds; the stream's error once it ended. Not
+        ``asyncio.wait_for`` (see ``_AsyncWS.recv``); a cancelled ``Queue.get`` loses no message."""
+        getting = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait({getting}, timeout=max(timeout, 0.01))
+        finally:
+            if not getting.done():
+                getting.cancel()
+                await asyncio.wait({getting})
+        if getting.cancelled():
+            return None
+        item = getting.result()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        await self.stream.leave(self.queue)
+
+
+class _SyncStreams:
+    """The sync client's waits each have a socket of their own (a thread each)."""
+
+    def __init__(self, base_url: str, headers: Dict[str, str], open_timeout: float) -> None:
+        self.base_url, self.headers, self.open_timeout = base_url, headers, open_timeout
+
+    def subscribe(self, project_id: str, last_event_id: Optional[int]) -> _SyncWS:
+        return _SyncWS.connect(ws_url(self.base_url, project_id, last_event_id), self.headers, self.open_timeout)
+
+    def close(self) -> None:
+        pass
+
+
 def _asleep(seconds: float) -> "asyncio.Future[None]":
     return asyncio.sleep(seconds)  # type: ignore[return-value]
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Dict, Optional, Sequence, Union
 import httpx
 
 from . import _common as c
-from ._common import RetryPolicy, StreamRefused, WSRefused, _SyncWS, _sleep
+from ._common import RetryPolicy, StreamRefused, WSRefused, _SyncStreams, _SyncWS, _sleep
 from .errors import HitlConnectionError, HitlError, ServerError, Throttled, WaitTimeout, error_from_response
 from .models import (AgentApproval, Budget, BudgetOverride, EmergencyStatus, EmergencyStop, Event, EventPage,
                      HitlRequest, Page, Project, RecoverySession, ResponseApproval, Task, money, token_count)
@@ -50,6 +50,8 @@ class HitlClient:
         self._http: Optional[httpx.Client] = None
         self._waits: Optional[httpx.Client] = None
         self._http_loop: Any = None
+        self._streams = _SyncStreams(self.base_url, headers, ws_open_timeout)  # the waits' websockets
+        self._closes: Dict[Any, int] = {}  # per event loop, how many times the client was closed there
 
     def _session(self, waiting: bool = False) -> httpx.Client:
         """The HTTP connection pool (one per event loop: a pool can not move between loops). Waits
@@ -77,10 +79,19 @@ class HitlClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connections. A wait still open on this client ends with ``HitlError``
+        (``code="client_closed"``); the client stays usable: a later call opens new connections."""
+        loop = id(c.current_loop())  # a close in one loop (execute_task_sync's) ends no wait of another
+        self._closes[loop] = self._closes.get(loop, 0) + 1
+        self._streams.close()
         pools, self._http, self._waits = (self._http, self._waits), None, None
         for pool in pools:
             if pool is not None:
                 pool.close()
+
+    def _closed_here(self) -> int:
+        """How many times the client was closed in this event loop (or, sync, at all)."""
+        return self._closes.get(id(c.current_loop()), 0)
 
     # --- the HTTP core --------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json_body: Optional[Dict[str, Any]] = None,
@@ -102,7 +113,7 @@ class HitlClient:
             headers["Content-Type"] = "application/json"
         content = json.dumps(json_body, default=c.json_default).encode() if json_body is not None else None
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        attempt, transport_failed = 0, False
+        attempt, transport_failed, closes = 0, False, self._closed_here()
 
         def past_deadline() -> bool:
             # no attempt starts once the deadline has passed (in a failed attempt or in the sleep
@@ -121,6 +132,8 @@ class HitlClient:
                 raise HitlError(f"{method} {path}: the request could not be sent: "
                                 f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
             except httpx.TransportError as exc:
+                if self._closed_here() != closes:  # its connection went with the client's close: not retried
+                    raise HitlError(c.CLIENT_CLOSED, code="client_closed") from None
                 transport_failed = True
                 if may_retry and not c.tls_mismatch(self.base_url, exc) and not past_deadline():
                     _sleep(c.until(deadline, self.retry.delay(attempt)))
@@ -585,9 +598,12 @@ class HitlClient:
                                     on_budget_block: str) -> "tuple[Any, Optional[str]]":
         model = c.MODELS[kind]
         retry_deadline = deadline if deadline is not None else float("inf")
+        closes = self._closed_here()
         obj = self._get(kind, object_id, retry_deadline, waiting=True)
         use_ws, failures, last_event_id, stop_id = self.use_websocket, 0, None, None
         while True:
+            if self._closed_here() != closes:  # a long poll's answer came on a client closed meanwhile
+                raise HitlError(c.CLIENT_CLOSED, code="client_closed")
             if c.settled(kind, obj, on_budget_block) or stop_id:
                 if obj.status == "cancelled" and not stop_id:  # cancelled by a stop, or by its agent?
                     status = self.emergency_status(obj.project_id)
@@ -600,8 +616,7 @@ class HitlClient:
                 obj = model.from_api(self._poll(kind, object_id, c.remaining(deadline, 30), retry_deadline))
                 continue
             try:
-                ws = _SyncWS.connect(c.ws_url(self.base_url, obj.project_id, last_event_id), self._headers,
-                                            self.ws_open_timeout)
+                ws = self._streams.subscribe(obj.project_id, last_event_id)
             except WSRefused:
                 use_ws = False
                 continue

@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent.parent / "hitl_sdk"
 RULES = [
     (r"\bAsyncHitlClient\b", "HitlClient"),
     (r"\b_AsyncWS\b", "_SyncWS"),
+    (r"\b_AsyncStreams\b", "_SyncStreams"),
     (r"\b_asleep\b", "_sleep"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bhttpx\.AsyncClient\b", "httpx.Client"),
