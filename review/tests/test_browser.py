@@ -1013,6 +1013,37 @@ def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(ser
     assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
 
 
+def test_a_finished_recoverys_page_no_longer_reads_itself_on_the_projects_events(
+        serve, chromium, project, agent, reviewers, make_user):  # noqa: F811
+    """Found in a read of the leftovers: once its recovery had finished, the recovery page still read
+    itself again on every event of its project (the agents back at work), though nothing of it could
+    change any more. The project page beside it still follows the project."""
+    from emergency.services import emergency_stop_trigger
+    from recovery.services import recovery_start, recovery_step_respond
+
+    rita, _ = reviewers
+    manager = make_user("mona", role="manager", project=project)
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=rita)
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    for step in session.steps.order_by("order"):
+        recovery_step_respond(session_id=session.pk, step_id=step.pk, actor=rita, decision="approve",
+                              option="cancel" if step.action == "settle_halted_tasks" else "")
+    session.refresh_from_db()
+    assert session.status == "completed"
+    key = api_key_create(user=agent)[1]
+    server = serve()
+    context = log_in(chromium.new_context(server), rita.username).context
+    recovery_page = open_page(context, f"/review/recovery/{session.pk}")
+    project_page = open_page(context, f"/review/projects/{project.pk}")
+    reads = []
+    context.on("request", lambda r: reads.append(r.url.split("/review/", 1)[-1]) if "/review/" in r.url else None)
+    for n in range(3):  # the agents at work again: events of the project
+        request_call(server, key, project, title=f"after {n}", action=f"Call {n}", input_data={})
+    expect(project_page.locator(".pp-pending .pp-big")).to_have_text("3", timeout=WAIT_MS)
+    recovery_page.wait_for_timeout(2500)  # the gatherer's 2 s gap, and more
+    assert f"projects/{project.pk}" in reads and f"recovery/{session.pk}" not in reads, reads
+
+
 def open_call_page(serve, chromium, project, agent, reviewer, **call):  # noqa: F811
     """(server, the agent's key, a call made through the API, the reviewer's page of it, live)."""
     key = api_key_create(user=agent, name="browser")[1]
