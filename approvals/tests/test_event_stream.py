@@ -550,20 +550,26 @@ def test_a_stream_of_every_project_follows_the_roles_as_they_change(project, oth
     async_to_sync(run)()
 
 
-def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, settings):
-    from django.contrib.sessions.models import Session
+def signed_in_page(settings, user, project):
+    """(the browser's Django test client, signed in as ``user``; a communicator of its page's stream)."""
     from django.test import Client
 
-    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
     client = Client()
-    client.force_login(reviewer)
+    client.force_login(user)
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
     host = settings.ALLOWED_HOSTS[0] if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS[0] != "*" else "testserver"
+    return client, lambda: communicator(f"/ws/events/?project_id={project.pk}", headers=[
+        (b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode()), (b"host", host.encode())])
+
+
+def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, settings):
+    from django.contrib.sessions.models import Session
+
+    settings.HITL_WS_HEARTBEAT_SECONDS = 0.2
+    _client, stream = signed_in_page(settings, reviewer, project)
 
     async def run():
-        comm = communicator(f"/ws/events/?project_id={project.pk}",
-                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode()),
-                                     (b"host", host.encode())])
+        comm = stream()
         assert (await comm.connect())[0]
         mine = await database_sync_to_async(emit)(project, 1)
         assert [e["id"] for e in await receive_events(comm, 1)] == mine
@@ -575,18 +581,11 @@ def test_a_browser_stream_ends_when_its_session_logs_out(project, reviewer, sett
 def test_a_browser_stream_ends_at_once_when_its_user_signs_out(project, reviewer, settings):
     """Signing out (the pages' "Sign out") ends the page's stream when it commits, not at the next
     heartbeat (a minute away here)."""
-    from django.test import Client
-
     settings.HITL_WS_HEARTBEAT_SECONDS = 60
-    client = Client()
-    client.force_login(reviewer)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    host = settings.ALLOWED_HOSTS[0] if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS[0] != "*" else "testserver"
+    client, stream = signed_in_page(settings, reviewer, project)
 
     async def run():
-        comm = communicator(f"/ws/events/?project_id={project.pk}",
-                            headers=[(b"cookie", cookie.encode()), (b"origin", f"http://{host}".encode()),
-                                     (b"host", host.encode())])
+        comm = stream()
         assert (await comm.connect())[0]
         await database_sync_to_async(client.logout)()
         assert await closed_with(comm, timeout=5) == 4401
