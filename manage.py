@@ -23,7 +23,8 @@ def main():
     except OperationalError as exc:
         if connections["default"].connection is not None:
             raise  # a statement failed on an open connection: its traceback says where
-        print(f"manage.py: cannot connect to the database of DATABASE_URL: {exc}", file=sys.stderr)
+        reason = " ".join(str(exc).split())  # libpq's hint on a line of its own: one line all the same
+        print(f"manage.py: cannot connect to the database of DATABASE_URL: {reason}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -8,6 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from core.text import visible_text
+
 
 class _StrictString:
     def to_internal_value(self, data):
@@ -17,7 +19,15 @@ class _StrictString:
 
 
 class StrictCharField(_StrictString, serializers.CharField):
+    """A JSON string; one that may not be blank may not be made only of what shows as nothing either
+    (zero-width and format characters, blank letters: ``core.text.visible_text``): an override's
+    justification of "\u200b" was taken where "   " was refused."""
     default_error_messages = {"invalid": "Must be a string."}
+
+    def run_validation(self, data=serializers.empty):
+        if not self.allow_blank and isinstance(data, str) and data and not visible_text(data):
+            self.fail("blank")
+        return super().run_validation(data)
 
 
 class StrictSlugField(_StrictString, serializers.SlugField):

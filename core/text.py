@@ -6,7 +6,9 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 # Characters a page shows as nothing (with the format controls, Unicode category Cf): "\u200b",
 # "\ufeff" or a braille blank passed Python's strip() as a rejection's reason, and two options
 # "yes" and "yes\u200b" were two identical radio buttons.
-_BLANKS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+_BLANKS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+                    + "".join(map(chr, range(0xFE00, 0xFE10)))       # variation selectors: they show as
+                    + "".join(map(chr, range(0xE0100, 0xE01F0))))    # nothing after nothing (category Mn)
 
 
 def plural(n: int, word: str, words: str = "") -> str:

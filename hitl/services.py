@@ -110,7 +110,7 @@ def hitl_request_create(*, asker, project_id, request_type: str, question: str, 
     if request_type not in HitlRequest.RequestType.values:
         raise InvalidInput(fields={"request_type": ["Must be checkpoint or question."]})
     question = (question or "").strip()
-    if not question:
+    if not visible_text(question):
         raise InvalidInput(fields={"question": ["This field may not be blank."]})
     options = clean_options(options)
     timeout_minutes = timeout_minutes or settings.HITL_APPROVAL_TIMEOUT_MINUTES

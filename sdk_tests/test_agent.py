@@ -787,10 +787,12 @@ class _AnswerHeldBack:
 
         self.sync, self.async_ = httpx.HTTPTransport(), httpx.AsyncHTTPTransport()
         self.held, self.on_held, self.arrived = set(), on_held, None
+        self.made = {}  # what the server answered to each held create, by path
 
     def _hold(self, request) -> bool:
         path = request.url.path.rstrip("/")
-        first = request.method == "POST" and path.endswith(("/agent-approvals", "/hitl")) and path not in self.held
+        first = request.method == "POST" and path.endswith(("/agent-approvals", "/hitl", "/tasks")) \
+            and path not in self.held
         self.held.add(path)
         return first
 
@@ -798,6 +800,7 @@ class _AnswerHeldBack:
         response = await self.async_.handle_async_request(request)
         if self._hold(request):
             await response.aread()
+            self.made[request.url.path.rstrip("/").rsplit("/", 1)[-1]] = response.json()
             self.arrived.set()
             await asyncio.sleep(3600)  # the answer never comes: the caller is cancelled meanwhile
         return response
@@ -824,12 +827,14 @@ def test_an_agent_interrupted_before_its_ask_was_answered_withdraws_what_the_ser
     agent = world.client("agent")
     task = agent.create_task(world.project_id, "coder", "given to the agent")
 
+    transport = _AnswerHeldBack()
+
     async def scenario():
-        transport = _AnswerHeldBack()
         transport.arrived = asyncio.Event()
         async with AsyncHitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, transport=transport) as client:
             for asking in (Coder(client, world.project_id).execute_task(task.task_id),
-                           client.checkpoint(world.project_id, "Plan ready: go on?", task_id=task.task_id)):
+                           client.checkpoint(world.project_id, "Plan ready: go on?", task_id=task.task_id),
+                           client.create_task(world.project_id, "coder", "never learnt")):
                 running = asyncio.ensure_future(asking)
                 await asyncio.wait_for(transport.arrived.wait(), 30)  # made on the server; the agent waits on
                 transport.arrived.clear()
@@ -843,6 +848,7 @@ def test_an_agent_interrupted_before_its_ask_was_answered_withdraws_what_the_ser
     [checkpoint] = agent.list_hitl(world.project_id).results
     assert checkpoint.status == "cancelled", checkpoint.raw
     assert agent.get_task(task.task_id).status not in ("waiting_for_hitl",)  # nothing of it is asked any more
+    assert agent.get_task(transport.made["tasks"]["task_id"]).status == "cancelled"  # made, never learnt: ended
 
     def ctrl_c():
         raise KeyboardInterrupt

@@ -134,7 +134,7 @@ def test_reject_needs_a_reason(requested, reviewer_client, agent_client, task):
     approval_id = requested["approval_id"]
     r = respond(reviewer_client, approval_id, decision="reject")
     assert r.status_code == 400 and "reason" in r.json()["fields"]
-    for invisible in ("\u200b", "\ufeff", "\u2800", " \u200b\u200d "):  # passed strip(): a reason nobody can read
+    for invisible in ("\u200b", "\ufeff", "\u2800", " \u200b\u200d ", "\ufe0f", "\U000e0100"):  # passed strip(): a reason nobody can read
         r = respond(reviewer_client, approval_id, decision="reject", reason=invisible)
         assert r.status_code == 400 and "reason" in r.json()["fields"], (invisible, r.json())
     assert AgentCallApproval.objects.get(pk=approval_id).status == "pending"

@@ -466,6 +466,16 @@ def test_beat_trips_budget_critical_for_a_day_past_one_and_a_half_times_its_limi
     assert conditions_check_all() == 0       # stopped: checked no more
 
 
+def test_an_override_justified_by_nothing_one_can_see_is_refused(project, agent, client_for):
+    """Found by a verifier: "" and "   " were refused as blank, "\u200b" was taken."""
+    for invisible in ("\u200b", "\ufeff\u2800"):
+        r = client_for(agent).post("/api/v1/budget-overrides", {
+            "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "5",
+            "justification": invisible}, format="json")
+        assert r.status_code == 400 and "justification" in r.json()["fields"], r.content
+    assert not BudgetOverrideRequest.objects.exists()
+
+
 def test_an_override_event_masks_a_key_written_in_its_justification(project, agent, reviewer, client_for):
     """Every role of the project reads the events: a key pasted into a justification went out whole
     in budget_override_requested / _decided; the override keeps what was written."""

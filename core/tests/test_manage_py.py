@@ -35,6 +35,12 @@ def test_a_database_that_refuses_the_connection_is_one_line_at_once_not_a_pool_t
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("manage.py: cannot connect to the database of DATABASE_URL: connection failed:")
     assert "hitl_no_such_database" in done.stderr  # the server's reason: a missing database, a refused port
+    assert len(done.stderr.strip().splitlines()) == 1
+    env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:1/x"  # refused: libpq adds its hint on a line of its own
+    done = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done
+    assert "Connection refused" in done.stderr and "Is the server running" in done.stderr
 
 
 def test_the_pool_is_for_servers_and_workers_not_for_commands(tmp_path):

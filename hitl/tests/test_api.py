@@ -62,6 +62,8 @@ def test_a_checkpoint_needs_no_task_or_options(agent_client, project):
     ({"options": ["yes", "yes\u200b"]}, "options"),
     ({"options": ["\u00e9", "e\u0301"]}, "options"),
     ({"options": ["ok", "\u2800"]}, "options"),
+    ({"options": ["yes", "yes\ufe0f"]}, "options"),  # a variation selector: nothing to see either
+    ({"question": "\u200b"}, "question"),
     ({"options": [f"o{i}" for i in range(21)]}, "options"),
     ({"options": "a"}, "options"),
     ({"timeout_minutes": 0}, "timeout_minutes"),

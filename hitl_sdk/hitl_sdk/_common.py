@@ -26,6 +26,8 @@ DECIDED_EVENTS = {
     "hitl": frozenset({"hitl_decided", "approval_timed_out"}),
 }
 PATHS = {"agent": "/agent-approvals/", "response": "/response-approvals/", "hitl": "/hitl/"}
+# What ``_create_or_undo`` sends and reads back, by kind: the create's path and the made object's id.
+CREATES = {"agent": ("/agent-approvals", "approval_id"), "hitl": ("/hitl", "id"), "task": ("/tasks", "task_id")}
 MODELS: Dict[str, Any] = {"agent": AgentApproval, "response": ResponseApproval, "hitl": HitlRequest}
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # What ends a wait with nobody left to act on its answer: Ctrl-C, or the task running it cancelled

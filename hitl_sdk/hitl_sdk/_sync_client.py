@@ -185,8 +185,7 @@ class HitlClient:
                           idempotency_key: Optional[str] = None) -> Task:
         body = c.clean({"project_id": project_id, "agent_type": agent_type, "title": title,
                         "input_data": input_data})
-        return Task.from_api(self.request("POST", "/tasks", json_body=body, create=True,
-                                                idempotency_key=idempotency_key))
+        return Task.from_api(self._create_or_undo("task", body, idempotency_key))
 
     def get_task(self, task_id: str) -> Task:
         return Task.from_api(self.request("GET", f"/tasks/{c.seg(task_id)}"))
@@ -209,7 +208,7 @@ class HitlClient:
                         "proposed_action": proposed_action, "input_data": input_data,
                         "context_summary": context_summary, "estimated_tokens": estimated_tokens,
                         "estimated_cost": estimated_cost, "timeout_minutes": timeout_minutes, "model": model})
-        return AgentApproval.from_api(self._ask("agent", body, idempotency_key))
+        return AgentApproval.from_api(self._create_or_undo("agent", body, idempotency_key))
 
     def get_approval(self, approval_id: str) -> AgentApproval:
         return AgentApproval.from_api(self.request("GET", f"/agent-approvals/{c.seg(approval_id)}"))
@@ -474,7 +473,7 @@ class HitlClient:
         body = c.clean({"project_id": project_id, "task_id": task_id, "request_type": request_type,
                         "question": question, "options": list(options) if options is not None else None,
                         "context": context, "timeout_minutes": timeout_minutes})
-        return HitlRequest.from_api(self._ask("hitl", body, idempotency_key, deadline))
+        return HitlRequest.from_api(self._create_or_undo("hitl", body, idempotency_key, deadline))
 
     def get_hitl(self, request_id: str) -> HitlRequest:
         return HitlRequest.from_api(self.request("GET", f"/hitl/{c.seg(request_id)}"))
@@ -546,16 +545,17 @@ class HitlClient:
             self.request("POST", f"{c.PATHS[kind]}{c.seg(object_id)}/cancel", json_body={"reason": c.INTERRUPTED},
                                deadline=deadline, timeout=c.WITHDRAW_SECONDS)
 
-    def _ask(self, kind: str, body: Dict[str, Any], idempotency_key: Optional[str],
-                   deadline: Optional[float] = None) -> Any:
-        """The create of a call (``agent``) or a question (``hitl``). Interrupted (``c.INTERRUPTS``:
-        Ctrl-C, its task cancelled) before the answer came, the server may have made it all the same,
-        and nobody would learn its id: it stayed pending, its reservation held and a reviewer could
-        approve it (a quarter of 60 agents cancelled 0.6 s after asking). It is then sent again with
-        the same ``Idempotency-Key`` (the first one's answer, or made now) and withdrawn, within
-        ``c.WITHDRAW_SECONDS``."""
+    def _create_or_undo(self, kind: str, body: Dict[str, Any], idempotency_key: Optional[str],
+                              deadline: Optional[float] = None) -> Any:
+        """The create of a call (``agent``), a question (``hitl``) or a task (``task``). Interrupted
+        (``c.INTERRUPTS``: Ctrl-C, its task cancelled) before the answer came, the server may have
+        made it all the same, and nobody would learn its id: a call or question stayed pending, its
+        reservation held and a reviewer could approve it (a quarter of 60 agents cancelled 0.6 s
+        after asking), a task stayed open. It is then sent again with the same ``Idempotency-Key``
+        (the first one's answer, or made now) and undone, within ``c.WITHDRAW_SECONDS``: the call or
+        question withdrawn, the task reported cancelled."""
+        path, id_field = c.CREATES[kind]
         key = idempotency_key or str(uuid.uuid4())
-        path = c.PATHS[kind].rstrip("/")
         try:
             return self.request("POST", path, json_body=body, create=True, idempotency_key=key, deadline=deadline)
         except c.INTERRUPTS:
@@ -563,8 +563,11 @@ class HitlClient:
             with contextlib.suppress(HitlError):
                 made = self.request("POST", path, json_body=body, create=True, idempotency_key=key,
                                           deadline=until, timeout=c.WITHDRAW_SECONDS)
-                made_id = made.get("approval_id" if kind == "agent" else "id") if isinstance(made, dict) else None
-                if made_id:
+                made_id = made.get(id_field) if isinstance(made, dict) else None
+                if made_id and kind == "task":
+                    self.request("POST", f"/tasks/{c.seg(str(made_id))}/status", json_body={"status": "cancelled"},
+                                       deadline=until, timeout=c.WITHDRAW_SECONDS)
+                elif made_id:
                     self._withdraw(kind, str(made_id), until)
             raise
 
