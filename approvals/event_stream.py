@@ -316,9 +316,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         events until its next heartbeat, up to 20 s later."""
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
-        await wakeup_subscribe(ACCESS_CHANGED_GROUP, changed)
         next_ping = loop.time() + settings.HITL_WS_HEARTBEAT_SECONDS
         try:
+            await wakeup_subscribe(ACCESS_CHANGED_GROUP, changed)  # inside: a close meanwhile still leaves it
             while True:
                 waiting = asyncio.ensure_future(changed.wait())
                 try:  # not asyncio.wait_for, which can swallow this task's cancellation (Python 3.11)

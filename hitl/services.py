@@ -16,8 +16,8 @@ from audit.services import audit_record
 from core import rawrows
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, NotFoundError, TransitionError
 from core.redaction import redact
-from core.text import seen_as, visible_text
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
+from core.text import seen_as, visible_text
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit

@@ -11,8 +11,8 @@ from approvals.models import AgentCallApproval, ResponseApproval
 from audit.services import audit_record
 from budgets.services import CRITICAL_FACTOR, budget_for, critical_line, current_windows
 from core.errors import InvalidInput, NotFoundError, TransitionError
-from core.times import iso_utc
 from core.text import visible_text
+from core.times import iso_utc
 from core.uow import LockOrderError, retry_transient
 from emergency.conditions import conditions_evaluate
 from emergency.models import Condition, EmergencySettings, EmergencyStop

@@ -2,10 +2,10 @@
 a call, the projects under an emergency stop. Permission-filtered here; writes go through the
 domain services (review/views.py)."""
 import difflib
-from collections import Counter
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median

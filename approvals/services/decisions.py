@@ -22,9 +22,9 @@ from approvals.services.common import (
 from audit.services import audit_record
 from budgets.services import budget_reserve_more
 from core import rawrows
-from core.text import visible_text
 from core.errors import AlreadyDecided, Expired, Forbidden, InvalidInput, TransitionError
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due
+from core.text import visible_text
 from core.times import iso_utc
 from core.uow import retry_transient
 from events.services import event_emit

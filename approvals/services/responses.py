@@ -30,8 +30,8 @@ from core import rawrows
 from core.errors import (AlreadyDecided, EmergencyStopActive, Expired, Forbidden, InvalidInput, NotFoundError,
                          TransitionError)
 from core.request_cache import memo
-from core.text import visible_text
 from core.sweeps import each, timeout_warning_due, timeout_warnings_due, warn_at_for
+from core.text import visible_text
 from core.times import iso_utc
 from core.uow import retry_transient
 from core.wakeup import wakeup_on_commit

@@ -17,8 +17,8 @@ from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, m
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
 from core.errors import AlreadyDecided, DomainError, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
-from core.times import iso_utc
 from core.text import visible_text
+from core.times import iso_utc
 from core.uow import retry_transient
 from emergency.services import emergency_stop_trigger
 from events.services import event_emit
