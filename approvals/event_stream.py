@@ -241,10 +241,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
 
     async def connect(self):
+        # Told of every change of access from before its own check on: a key revoked or a page signed
+        # out just after the handshake is not missed until the next heartbeat (the heartbeat's task
+        # subscribed only once it ran).
+        self.access_changed = asyncio.Event()
+        await wakeup_subscribe(ACCESS_CHANGED_GROUP, self.access_changed)
         try:
             self.user, self.project_ids = await _open(self.scope)
             self.project_filter, last = _query(self.scope)
         except HttpError as err:
+            asyncio.ensure_future(wakeup_unsubscribe(ACCESS_CHANGED_GROUP, self.access_changed))
+            self.access_changed = None
             log.info("event stream refused (%s %s%s): %s", err.status, err.body.get("error"),
                      "" if err.status == 400 else ", the handshake answered 403", self.scope.get("path"))
             if err.status == 400:  # a user let in, with a wrong query: say what is wrong, then close
@@ -315,10 +322,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         ``access.services.access_changed_on_commit``): a revoked key's stream got the project's
         events until its next heartbeat, up to 20 s later."""
         loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
+        changed = self.access_changed  # subscribed in connect
         next_ping = loop.time() + settings.HITL_WS_HEARTBEAT_SECONDS
         try:
-            await wakeup_subscribe(ACCESS_CHANGED_GROUP, changed)  # inside: a close meanwhile still leaves it
             while True:
                 waiting = asyncio.ensure_future(changed.wait())
                 try:  # not asyncio.wait_for, which can swallow this task's cancellation (Python 3.11)
@@ -341,8 +347,6 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             raise
         except Exception:  # noqa: BLE001 - the connection is gone
             return
-        finally:  # in the background, as core.wakeup's own: the close need not wait for it
-            asyncio.ensure_future(wakeup_unsubscribe(ACCESS_CHANGED_GROUP, changed))
 
     async def _follow(self, ids) -> None:
         """Follow the projects visible now: a new one from its events after now, none of a lost one.
@@ -364,6 +368,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         return   # clients only listen (a {"type": "pong"} is welcome and ignored)
 
     async def disconnect(self, code):
+        changed = getattr(self, "access_changed", None)
+        if changed is not None:  # in the background, as core.wakeup's own: the close need not wait for it
+            asyncio.ensure_future(wakeup_unsubscribe(ACCESS_CHANGED_GROUP, changed))
         hub = getattr(self, "hub", None)
         if hub is not None:
             hub.unsubscribe(self)
