@@ -598,15 +598,18 @@ def test_a_page_whose_session_ended_while_its_socket_was_down_says_so(serve, chr
     login form into the list. Now the page asks the server, says it is signed out and stops, and a
     re-fetch shows a note instead of the login form."""
     rita, _ = reviewers
-    server = serve(HITL_WS_HEARTBEAT_SECONDS="600")  # the open socket does not notice the sign-out itself
+    server = serve(HITL_WS_HEARTBEAT_SECONDS="600")
     context = chromium.new_context(server)
     inbox = log_in(context, rita.username)
     status = inbox.locator("#live-status")
     expect(status).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    # The server now closes the open socket at the sign-out itself (4401, "Signed out"): here that
+    # close reads as a drop, as when the socket was down (a restart, a lost network) when it happened.
+    inbox.evaluate("""() => { const s = window.hitlLive.socket, close = s.onclose;
+                              s.onclose = () => close({code: 1006}); }""")
     other = open_page(context, f"/review/projects/{project.pk}")
     with other.expect_navigation():
-        other.click("form.logout button")
-    inbox.evaluate("() => window.hitlLive.socket.close()")  # a drop: every reconnect is now refused
+        other.click("form.logout button")  # the drop: every reconnect is now refused
     expect(status).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
     expect(status).to_contain_text("Signed out: reload to sign in")
     assert '"GET /review/session" 401' in full_log(server)  # told by asking, not by the socket
