@@ -50,6 +50,14 @@ def start_run(env: dict, log_path: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def wait_for_log(proc: subprocess.Popen, log_path: Path, *marks: str, timeout: float = 60) -> None:
+    """Until ``bin/run``'s log holds every one of ``marks`` (it fails if bin/run ends first)."""
+    deadline = time.monotonic() + timeout
+    while not all(mark in log_path.read_text(errors="replace") for mark in marks):
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+
+
 def end_session(proc: subprocess.Popen) -> None:
     """Whatever of bin/run's session is left (a failed test), killed."""
     if session_pids(proc.pid):
@@ -70,12 +78,7 @@ def test_ctrl_c_stops_web_worker_and_beat_and_the_script_waits_for_them(tmp_path
     proc = start_run(env, log_path)
     sid = proc.pid
     try:
-        deadline = time.monotonic() + 60
-        while not all(mark in log_path.read_text(errors="replace")
-                      for mark in ("ready.", "beat: Starting", "daphne worker(s) on")):
-            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
-            time.sleep(0.2)
+        wait_for_log(proc, log_path, "ready.", "beat: Starting", "daphne worker(s) on")
         started = session_pids(sid)
         assert len(started) >= 5, started  # bin/run, worker (+ its pool), beat, bin/serve, daphne
         from http.client import HTTPConnection
@@ -157,10 +160,7 @@ def test_a_process_that_ends_by_itself_is_named_when_make_run_stops_the_others(t
     proc = start_run(env, log_path)
     sid = proc.pid
     try:
-        deadline = time.monotonic() + 60
-        while "beat: Starting" not in log_path.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
-            time.sleep(0.2)
+        wait_for_log(proc, log_path, "beat: Starting")
         beat = [pid for pid in session_pids(sid)
                 if b" beat " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")]
         assert len(beat) == 1, beat

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+import weakref
 from decimal import Decimal
 from typing import Any, Iterator, Dict, Optional, Sequence, Union
 
@@ -51,7 +52,10 @@ class HitlClient:
         self._waits: Optional[httpx.Client] = None
         self._http_loop: Any = None
         self._streams = _SyncStreams(self.base_url, headers, ws_open_timeout)  # the waits' websockets
-        self._closes: Dict[Any, int] = {}  # per event loop, how many times the client was closed there
+        # per event loop (weakly: execute_task_sync makes a loop per call), how many times the client
+        # was closed there; ``None``'s (the sync client's, no loop) in ``_closes_unlooped``
+        self._closes: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+        self._closes_unlooped = 0
 
     def _session(self, waiting: bool = False) -> httpx.Client:
         """The HTTP connection pool (one per event loop: a pool can not move between loops). Waits
@@ -81,8 +85,11 @@ class HitlClient:
     def close(self) -> None:
         """Close the connections. A wait still open on this client ends with ``HitlError``
         (``code="client_closed"``); the client stays usable: a later call opens new connections."""
-        loop = id(c.current_loop())  # a close in one loop (execute_task_sync's) ends no wait of another
-        self._closes[loop] = self._closes.get(loop, 0) + 1
+        loop = c.current_loop()  # a close in one loop (execute_task_sync's) ends no wait of another
+        if loop is None:
+            self._closes_unlooped += 1
+        else:
+            self._closes[loop] = self._closes.get(loop, 0) + 1
         self._streams.close()
         pools, self._http, self._waits = (self._http, self._waits), None, None
         for pool in pools:
@@ -91,7 +98,8 @@ class HitlClient:
 
     def _closed_here(self) -> int:
         """How many times the client was closed in this event loop (or, sync, at all)."""
-        return self._closes.get(id(c.current_loop()), 0)
+        loop = c.current_loop()
+        return self._closes_unlooped if loop is None else self._closes.get(loop, 0)
 
     # --- the HTTP core --------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json_body: Optional[Dict[str, Any]] = None,
