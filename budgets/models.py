@@ -10,6 +10,7 @@ from core.models import BaseModel
 from core.text import money, tokens
 
 MONEY = {"max_digits": 14, "decimal_places": 4}
+MONEY_LIMIT = Decimal("9999999999.9999")  # the most a MONEY column holds
 
 
 def manager_threshold(violation_type: str) -> Decimal:

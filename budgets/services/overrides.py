@@ -13,7 +13,7 @@ from django.utils import timezone
 from audit.services import actor_repr, audit_record
 from budgets.hooks import budget_limits_changed, budget_windows_ended
 from budgets.services.alerts import check_alerts
-from budgets.models import BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
+from budgets.models import MONEY_LIMIT, BudgetOverrideRequest, BudgetWindow, ProjectBudget, manager_threshold
 from budgets.services.windows import FOUR_PLACES, budget_for, current_windows, day_cost_past_critical
 from core.errors import AlreadyDecided, DomainError, Forbidden, InvalidInput, TransitionError
 from core.redaction import redact
@@ -117,6 +117,13 @@ def override_decide_locked(*, uow, override_id, actor, decision: str, reason: st
             raise TransitionError(f"The {window.kind} this override was for ended at {iso_utc(window.end)}: "
                                   f"approving it would add to a closed budget. {then}",
                                   current_status=override.status, window_end=iso_utc(window.end))
+        if not tokens and window.allowance_cost + override.requested_amount > MONEY_LIMIT:
+            # the column's ceiling: it was the generic 409 of a total past the database's range, with
+            # `status` null, so a client could not tell this override stays pending
+            raise TransitionError(f"With this one, the overrides approved in this {window.kind}'s window would add "
+                                  f"{window.allowance_cost + override.requested_amount:.4f} USD, more than a "
+                                  f"budget holds ({MONEY_LIMIT}): nothing was changed. Reject it, or ask for "
+                                  f"less.", current_status=override.status)
     override.status = BudgetOverrideRequest.Status.APPROVED if decision == "approve" else \
         BudgetOverrideRequest.Status.REJECTED
     override.approved_by, override.responded_at = actor, timezone.now()
