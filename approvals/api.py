@@ -97,7 +97,7 @@ class AgentApprovalRespondApi(APIView):
     class InputSerializer(CopiedFieldsMixin, serializers.Serializer):
         decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
-        amended_input_data = JsonObjectField(required=False, validators=[_object])
+        amended_input_data = JsonObjectField(required=False, allow_null=True, default=None, validators=[_object])
 
     @extend_schema(operation_id="agent_approvals_respond", request=InputSerializer,
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})

@@ -75,6 +75,17 @@ def test_amended_input_is_what_start_returns(requested, agent_client, reviewer_c
     assert started["input_to_run"] == {"files": ["safe.tsx"]} and started["input_data"] == {"files": ["login.tsx"]}
 
 
+def test_an_amendment_of_null_is_no_amendment(requested, agent_client, reviewer_client):
+    """The API writes `amended_input_data: null` for a call approved as asked; a client that sent the
+    same null back with its decision got 400 "This field may not be null." and had to leave the field out."""
+    approval_id = requested["approval_id"]
+    r = respond(reviewer_client, approval_id, decision="approve", amended_input_data=None)
+    assert r.status_code == 200, r.json()
+    assert r.json()["status"] == "approved" and r.json()["amended_input_data"] is None
+    started = agent_client.post(f"/api/v1/agent-approvals/{approval_id}/start").json()
+    assert started["input_to_run"] == {"files": ["login.tsx"]}
+
+
 def test_an_amendment_with_numbers_jsonb_reads_back_otherwise_starts(requested, agent_client, reviewer_client):
     """Found on PostgreSQL: an amendment holding 1e23, 1e16 or -0.0 was approved (200) and then every
     start was 409 "The input changed after it was approved": its digest was taken of the numbers as
