@@ -195,7 +195,14 @@ def test_the_json_bodies_the_api_takes_as_objects_are_objects_in_the_schema(cont
                                 schemas["ResponseApprovalCreateInputRequest"])
     assert call["properties"]["input_data"]["type"] == "object"
     assert schemas["TaskCreateInputRequest"]["properties"]["input_data"]["type"] == "object"
-    assert decision["properties"]["amended_input_data"]["type"] == "object"
+    amended = decision["properties"]["amended_input_data"]  # an object, or null (no amendment)
+    for value, takes in (({"a": 1}, True), (None, True), ([1], False), ("x", False), (1, False)):
+        try:
+            jsonschema.validate(value, {**amended, "$defs": schemas})
+        except jsonschema.ValidationError:
+            assert not takes, value
+        else:
+            assert takes, value
     assert response["properties"]["agent_response"]["type"] == "object"
     assert response["properties"]["next_steps"] == {"type": "array", "items": {"type": "string"}}
 
