@@ -292,6 +292,28 @@ def test_resource_exhaustion_by_pending_approvals(project, agent):
     assert [t.condition for t in conditions_check(project_id=project.pk)] == ["resource_exhaustion"]
 
 
+def test_calls_past_their_deadline_trip_no_condition(project, agent):
+    """Found with the time-out sweep's queue down (and in the 10 s between a deadline and the
+    sweep): two calls past their deadline and a third one made resource_exhaustion stop the project
+    ("3 pending approvals (limit 2)") for calls nobody could decide any more; a critical call past
+    its deadline, switched on later, tripped security_threat."""
+    row = emergency_settings_for(project.pk)
+    row.max_pending_approvals, row.stop_on_critical_risk = 2, False
+    row.save()
+    late = [request_call(project, agent, str(i)) for i in range(2)]
+    late.append(request_call(project, agent, "critical", proposed_action="rm -rf / --no-preserve-root"))
+    AgentCallApproval.objects.filter(pk__in=[c.pk for c in late]).update(
+        expires_at=timezone.now() - timedelta(seconds=1))  # past due; the sweep has not run
+    request_call(project, agent, "the one still waiting")
+    row.stop_on_critical_risk = True
+    row.save()
+    assert conditions_check(project_id=project.pk) == []
+    assert AgentCallApproval.objects.filter(project=project, status="pending").count() == 4  # nothing touched
+    request_call(project, agent, "one more")
+    request_call(project, agent, "and one too many")
+    assert [t.condition for t in conditions_check(project_id=project.pk)] == ["resource_exhaustion"]
+
+
 def test_resource_exhaustion_by_rate_limit_failures(project, agent, outcomes_without_inline_check):
     row = emergency_settings_for(project.pk)
     row.rate_limit_errors_threshold, row.rate_limit_window_seconds, row.error_min_outcomes = 3, 60, 1000
