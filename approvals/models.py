@@ -91,6 +91,11 @@ class AgentCallApproval(BaseModel):
             models.Index(fields=["project", "status"], name="aca_project_status"),
             models.Index(fields=["task", "status"], name="aca_task_status"),
             models.Index(fields=["expires_at"], name="aca_pending_expires", condition=Q(status="pending")),
+            # the beat sweeps' own (every 10 s): without them each walked the whole table's history
+            models.Index(fields=["warn_at"], name="aca_warning_due",
+                         condition=Q(status="pending", timeout_warning_sent_at__isnull=True)),
+            models.Index(fields=["responded_at"], name="aca_grant_not_started",
+                         condition=Q(status="approved", started_at__isnull=True)),
         ]
         constraints = [
             models.UniqueConstraint(fields=["task"], condition=Q(status="pending"), name="aca_one_pending_per_task"),
@@ -158,6 +163,8 @@ class ResponseApproval(BaseModel):
             models.Index(fields=["project", "status"], name="ra_project_status"),
             models.Index(fields=["task", "status"], name="ra_task_status"),
             models.Index(fields=["expires_at"], name="ra_pending_expires", condition=Q(status="pending")),
+            models.Index(fields=["warn_at"], name="ra_warning_due",
+                         condition=Q(status="pending", timeout_warning_sent_at__isnull=True)),
         ]
         constraints = [
             models.UniqueConstraint(fields=["agent_call_approval"], condition=Q(status="pending"),

@@ -44,5 +44,5 @@ def timeout_warnings_due(model, warn, *, now=None, batch: int = 1000) -> int:
     its service, which takes the row's lock and checks again. Returns how many it warned."""
     now = now or timezone.now()
     due = model.objects.filter(status="pending", timeout_warning_sent_at__isnull=True, warn_at__lte=now,
-                               expires_at__gt=now).values_list("pk", flat=True)
+                               expires_at__gt=now).order_by("warn_at").values_list("pk", flat=True)
     return each(due[:batch], lambda pk: warn(pk, now))

@@ -294,7 +294,7 @@ def hitl_request_expire_overdue(*, now=None, project_id=None) -> int:
     only: the API's reads run it first."""
     now = now or timezone.now()
     requests = HitlRequest.objects.filter(project_id=project_id) if project_id else HitlRequest.objects
-    due = requests.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    due = requests.filter(status=Status.PENDING, expires_at__lte=now).order_by("expires_at").values_list("pk", flat=True)
     return each(due[:1000], lambda pk: hitl_request_time_out(request_id=pk, now=now))
 
 

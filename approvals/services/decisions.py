@@ -270,10 +270,13 @@ def agent_approval_expire_overdue(*, now=None, project_id=None) -> int:
     a call pending past its deadline while beat is late or down."""
     now = now or timezone.now()
     calls = AgentCallApproval.objects.filter(project_id=project_id) if project_id else AgentCallApproval.objects
-    due = calls.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    # oldest first, each by its partial index (the model's order, newest created first, walked the
+    # whole table's history backwards on PostgreSQL: 0.3 s a query at 100,000 calls)
+    due = calls.filter(status=Status.PENDING, expires_at__lte=now).order_by("expires_at").values_list("pk", flat=True)
     lapsed = calls.filter(
         status=Status.APPROVED, started_at__isnull=True,
-        responded_at__lt=now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)).values_list("pk", flat=True)
+        responded_at__lt=now - timedelta(minutes=settings.HITL_START_WITHIN_MINUTES)).order_by(
+        "responded_at").values_list("pk", flat=True)
     return (each(due[:1000], lambda pk: agent_approval_time_out(approval_id=pk, now=now))
             + each(lapsed[:1000], lambda pk: agent_approval_expire_grant(approval_id=pk, now=now)))
 

@@ -356,7 +356,7 @@ def response_approval_expire_overdue(*, now=None, project_id=None) -> int:
     ``project_id``, that project's only: the API's reads run it first)."""
     now = now or timezone.now()
     responses = ResponseApproval.objects.filter(project_id=project_id) if project_id else ResponseApproval.objects
-    due = responses.filter(status=Status.PENDING, expires_at__lte=now).values_list("pk", flat=True)
+    due = responses.filter(status=Status.PENDING, expires_at__lte=now).order_by("expires_at").values_list("pk", flat=True)
     return each(due[:1000], lambda pk: response_approval_time_out(approval_id=pk, now=now))
 
 
