@@ -3,11 +3,20 @@ import uuid
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, F, IntegerField, Q, Value, When
 
 from core.models import BaseModel
 from emergency.models import CANCELLED_BY_STOP  # noqa: F401  (a call's or response's rejection_reason)
 from projects.models import AgentType
+
+RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
+
+
+def risk_rank_of(field: str) -> Case:
+    """The rank of ``<field>.level`` (critical 3 … low 0; missing or unknown 0) for the database to
+    order by: the reviewer inbox's order (riskiest, then oldest), served by the indexes below."""
+    return Case(*(When(**{f"{field}__level": level}, then=Value(rank)) for level, rank in RISK_RANK.items() if rank),
+                default=Value(0), output_field=IntegerField())
 
 
 class ModelPrice(BaseModel):
@@ -91,6 +100,9 @@ class AgentCallApproval(BaseModel):
             models.Index(fields=["project", "status"], name="aca_project_status"),
             models.Index(fields=["task", "status"], name="aca_task_status"),
             models.Index(fields=["expires_at"], name="aca_pending_expires", condition=Q(status="pending")),
+            # the inbox's first rows without sorting every pending call (0.1 s at 20,000 of them, per re-fetch)
+            models.Index(risk_rank_of("risk_assessment").desc(), F("created_at"), F("id"), name="aca_inbox_order",
+                         condition=Q(status="pending")),
             # the beat sweeps' own (every 10 s): without them each walked the whole table's history
             models.Index(fields=["warn_at"], name="aca_warning_due",
                          condition=Q(status="pending", timeout_warning_sent_at__isnull=True)),
@@ -163,6 +175,8 @@ class ResponseApproval(BaseModel):
             models.Index(fields=["project", "status"], name="ra_project_status"),
             models.Index(fields=["task", "status"], name="ra_task_status"),
             models.Index(fields=["expires_at"], name="ra_pending_expires", condition=Q(status="pending")),
+            models.Index(risk_rank_of("analysis").desc(), F("created_at"), F("id"), name="ra_inbox_order",
+                         condition=Q(status="pending")),
             models.Index(fields=["warn_at"], name="ra_warning_due",
                          condition=Q(status="pending", timeout_warning_sent_at__isnull=True)),
         ]

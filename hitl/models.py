@@ -67,6 +67,7 @@ class HitlRequest(BaseModel):
         indexes = [
             models.Index(fields=["project", "status"], name="hitl_project_status"),
             models.Index(fields=["expires_at"], name="hitl_pending_expires", condition=Q(status="pending")),
+            models.Index(fields=["created_at", "id"], name="hitl_inbox_order", condition=Q(status="pending")),
             models.Index(fields=["warn_at"], name="hitl_warning_due",
                          condition=Q(status="pending", timeout_warning_sent_at__isnull=True)),
         ]

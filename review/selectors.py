@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median
 
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Value, When
+from django.db.models import Count, Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from approvals.models import AgentCallApproval, ResponseApproval
+from approvals.models import RISK_RANK, AgentCallApproval, ResponseApproval, risk_rank_of
 from audit.models import AuditEvent
 from budgets.models import BudgetOverrideRequest
 from core.request_cache import memo
@@ -27,7 +27,6 @@ from projects.permissions import has_project_perm, project_perms, project_visibl
 from recovery.models import RecoverySession, RecoveryStep
 from recovery.presentation import step_title
 
-RISK_RANK = {"critical": 3, "high": 2, "medium": 1, "low": 0}
 RISK_LEVELS = ("critical", "high", "medium", "low")
 KINDS = {"call": ("Agent call", "Agent calls"), "response": ("Response", "Responses"),  # (one, many)
          "hitl": ("Question", "Questions"), "override": ("Budget override", "Budget overrides"),
@@ -128,13 +127,6 @@ def _response_risk(response: ResponseApproval) -> str:
     return level if level in RISK_RANK else "low"
 
 
-def _risk_rank_of(field: str) -> Case:
-    """The rank of ``<field>.level`` (critical 3 … low 0; missing or unknown 0, as ``risk_rank``)
-    for the database to order by."""
-    return Case(*(When(**{f"{field}__level": level}, then=Value(rank)) for level, rank in RISK_RANK.items() if rank),
-                default=Value(0), output_field=IntegerField())
-
-
 def _inbox_querysets(user) -> dict:
     """{kind: queryset of that kind's pending items the user may decide}, each in the inbox's
     order (riskiest, then oldest) where the database can rank it. Items the user requested are
@@ -149,11 +141,11 @@ def _inbox_querysets(user) -> dict:
                                                   expires_at__gt=now)
                  .exclude(requested_by=user).select_related("project", "task")
                  .defer("input_data", "amended_input_data", "context_summary")  # not shown: an input can be large
-                 .annotate(rank=_risk_rank_of("risk_assessment")).order_by("-rank", "created_at", "pk")),
+                 .annotate(rank=risk_rank_of("risk_assessment")).order_by("-rank", "created_at", "pk")),
         "response": (ResponseApproval.objects.filter(project_id__in=project_ids,
                                                      status=ResponseApproval.Status.PENDING, expires_at__gt=now)
                      .exclude(submitted_by=user).select_related("project").defer("agent_response")
-                     .annotate(rank=_risk_rank_of("analysis")).order_by("-rank", "created_at", "pk")),
+                     .annotate(rank=risk_rank_of("analysis")).order_by("-rank", "created_at", "pk")),
         # only a manager may decide one above the reviewers' cap (a property: ``_decidable``)
         "override": (BudgetOverrideRequest.objects.filter(project_id__in=project_ids,
                                                           status=BudgetOverrideRequest.Status.PENDING)
