@@ -170,14 +170,19 @@ def _decidable_overrides(user) -> list[BudgetOverrideRequest]:
         if not o.requires_manager_approval or may_manage(user, o.project_id)])
 
 
-def inbox_counts(*, user) -> list[tuple[str, str, int]]:
-    """[(kind, label, count)] of every pending item the user may decide, for every kind, zeros
-    included ("1 Agent call", "2 Agent calls"): counted by the database, not read (budget
-    overrides, few and each needing its window, are read)."""
+def _of_project(project_id, qs):
+    return qs if project_id is None else qs.filter(project_id=project_id)
+
+
+def inbox_counts(*, user, project_id=None) -> list[tuple[str, str, int]]:
+    """[(kind, label, count)] of every pending item the user may decide (of one project, with
+    ``project_id``), for every kind, zeros included ("1 Agent call", "2 Agent calls"): counted by
+    the database, not read (budget overrides, few and each needing its window, are read)."""
     querysets = _inbox_querysets(user)
     counts = {kind: 0 for kind in KINDS}
     for kind, qs in querysets.items():
-        counts[kind] = len(_decidable_overrides(user)) if kind == "override" else qs.order_by().count()
+        counts[kind] = (sum(1 for o in _decidable_overrides(user) if project_id is None or o.project_id == project_id)
+                        if kind == "override" else _of_project(project_id, qs).order_by().count())
     return [(kind, labels[0] if counts[kind] == 1 else labels[1], counts[kind]) for kind, labels in KINDS.items()]
 
 
@@ -193,17 +198,19 @@ def inbox_counts_by_project(*, user, project_ids) -> Counter:
     return counts
 
 
-def inbox_items(*, user, limit: int | None = None) -> list[InboxItem]:
+def inbox_items(*, user, limit: int | None = None, kind: str | None = None, project_id=None) -> list[InboxItem]:
     """The pending items the user may decide, across their projects (the first ``limit`` of
-    them, or all): newest risk first (critical, high, medium, low), then oldest first. Each kind
-    reads at most ``limit`` rows, in that order, so a long queue costs the page no more than a
-    short one."""
+    them, or all): newest risk first (critical, high, medium, low), then oldest first; with
+    ``kind`` (a key of KINDS) only those, with ``project_id`` only that project's. Each kind reads
+    at most ``limit`` rows, in that order, so a long queue costs the page no more than a short one."""
     querysets = _inbox_querysets(user)
     if not querysets:
         return []
 
-    def rows(kind):
-        qs = querysets[kind]
+    def rows(of_kind):
+        if kind is not None and of_kind != kind:
+            return []
+        qs = _of_project(project_id, querysets[of_kind])
         return qs if limit is None else qs[:limit]
 
     items: list[InboxItem] = []
@@ -225,6 +232,8 @@ def inbox_items(*, user, limit: int | None = None) -> list[InboxItem]:
             expires_at=response.expires_at, obj=response,
             extra={"safety_score": response.safety_score, "flags": len(response.risk_flags or [])}))
     for override in _decidable_overrides(user):
+        if (kind is not None and kind != "override") or (project_id is not None and override.project_id != project_id):
+            continue
         needs_manager = override.requires_manager_approval
         items.append(InboxItem(
             kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",

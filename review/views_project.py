@@ -12,6 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 from collections import Counter
 from decimal import Decimal
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -206,7 +207,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
                            .order_by("-created_at")[:5]),
         "pending_count": _pending_counts([project.pk])[project.pk],
         "yours_count": inbox_counts_by_project(user=user, project_ids=[project.pk])[project.pk],
-        "inbox_url": _inbox_url(),
+        "inbox_url": f"{_inbox_url()}?{urlencode({'project': project.pk})}",  # its own items (the inbox's filter)
         "can_stop": has_project_perm(user, roles.REVIEW, project),
         "can_manage": has_project_perm(user, roles.MANAGE, project),
         "stop_form": stop_form or StopForm(),

@@ -131,6 +131,62 @@ def test_a_long_inbox_reads_only_what_it_lists_of_each_kind(project, agent, revi
     assert reads and all("LIMIT 3" in sql for sql in reads), reads  # not the 5 calls to list 3
 
 
+def test_a_long_inbox_shows_one_kind_or_one_project_at_a_time(project, other_project, agent, reviewer, make_user,
+                                                              admin_user, monkeypatch):
+    """Found with 22,000 pending items: the list held the riskiest and oldest calls, and the 3,050
+    questions and 169 budget overrides its counts announced could not be reached from these pages
+    (the counts were plain text, and the project page's link opened the same list). Each count now
+    shows its kind, the project page opens the project's items, and the live re-fetch and a
+    decision in the list keep the filter."""
+    from budgets.services import budget_override_create
+    from hitl.services import hitl_request_create
+    from access.services import role_grant
+    from projects.services import project_create
+    from review import views
+
+    monkeypatch.setattr(views, "INBOX_SHOWN", 3)
+    role_grant(user=reviewer, project=other_project, role="reviewer")
+    other_agent = make_user("other-agent", role="agent", project=other_project)
+    calls = [make_call(project, agent, action=f"risky {i}", risk="high") for i in range(4)]
+    question = hitl_request_create(asker=agent, project_id=project.pk, request_type="question", question="which db?")
+    override = budget_override_create(project_id=project.pk, actor=agent, violation_type="daily_cost_limit",
+                                      requested_amount=Decimal("5.0000"), justification="release day")
+    elsewhere = make_call(other_project, other_agent, action="elsewhere", risk="low")
+    client = web(reviewer)
+
+    def listed(html):
+        return re.findall(r'class="item-link" href="([^"]+)"', html)
+
+    html = client.get("/review/").content.decode()
+    assert len(listed(html)) == 3 and f"/review/hitl/{question.pk}" not in listed(html)
+    assert 'href="/review/?kind=hitl"' in html and 'href="/review/?kind=override"' in html
+    html = client.get("/review/?kind=hitl").content.decode()
+    assert listed(html) == [f"/review/hitl/{question.pk}"] and "Showing questions only." in html
+    assert "<strong>7</strong> pending" in html  # the counts stay of them all
+    assert 'hx-get="/review/inbox/items?kind=hitl"' in html  # the live re-fetch keeps the filter
+    assert listed(client.get("/review/inbox/items?kind=hitl").content.decode()) == [f"/review/hitl/{question.pk}"]
+    assert listed(client.get("/review/?kind=override").content.decode()) == [f"/review/#override-{override.pk}"]
+
+    html = client.get(f"/review/?project={other_project.pk}").content.decode()
+    assert listed(html) == [f"/review/agent-approvals/{elsewhere.pk}"]
+    assert "<strong>1</strong> pending</a> in Other" in html
+    html = client.get(f"/review/?kind=call&project={project.pk}").content.decode()
+    assert listed(html) == [f"/review/agent-approvals/{c.pk}" for c in calls[:3]] and "1 more pending item" in html
+    project_page = client.get(f"/review/projects/{project.pk}").content.decode()
+    assert f'href="/review/?project={project.pk}"' in project_page
+
+    # a decision in a filtered list answers with the same filter
+    r = client.post(f"/review/budget-overrides/{override.pk}/decide?kind=override&project={project.pk}",
+                    {"decision": "reject", "reason": "not today"}, HTTP_HX_REQUEST="true")
+    assert r.status_code == 200 and "Nothing of this kind waits for you in Demo" in r.content.decode()
+    # nothing to filter on: a kind that is none, a project the user does not review, not an id
+    hidden = project_create(actor=admin_user, name="Hidden", slug="hidden")
+    for query in ("?kind=everything", f"?project={uuid.uuid4()}", "?project=x", "?kind=&project=",
+                  f"?project={hidden.pk}"):
+        html = client.get("/review/" + query).content.decode()
+        assert "<strong>6</strong> pending" in html and len(listed(html)) == 3 and "Hidden" not in html, query
+
+
 def test_outsiders_and_agents_see_nothing_to_decide_of_other_projects(project, agent, reviewer, outsider):
     make_call(project, agent, action="secret project work")
     assert "secret project work" not in web(outsider).get("/review/").content.decode()
@@ -316,8 +372,8 @@ def test_the_top_bar_logs_out_and_leads_to_the_admin(reviewer, agent):
 def test_the_counts_say_one_or_many(project, agent, reviewer):
     make_call(project, agent)
     html = web(reviewer).get("/review/").content.decode()
-    assert re.search(r'<span class="count-n">1</span> Agent call</li>', html)
-    assert re.search(r'<span class="count-n">0</span> Budget overrides</li>', html)
+    assert re.search(r'<span class="count-n">1</span> Agent call</a></li>', html)
+    assert re.search(r'<span class="count-n">0</span> Budget overrides</a></li>', html)
 
 
 def test_metrics_from_known_decisions(project, agent, reviewer):
