@@ -422,6 +422,30 @@ def test_precedent_counts_last_decisions_and_the_diff(project, agent, reviewer, 
     assert '<span class="d-add">+  &quot;replicas&quot;: 4</span>' in html
 
 
+def test_a_long_input_is_compared_with_its_precedent_in_one_pass(project, agent, manager, reviewer, monkeypatch):
+    """Found by a reviewer at scale: the page of a call with an 800 KB input whose last approved
+    precedent had another gave no answer in 120 s and held a web thread at full CPU for minutes
+    (difflib's time grows with the product of the two inputs' lines), and any agent may send such
+    inputs. Past DIFF_MAX_LINES the page says where the inputs first differ instead."""
+    from review import selectors
+
+    calls_made = []
+    monkeypatch.setattr(selectors.difflib, "unified_diff", lambda *a, **k: calls_made.append(1) or iter(()))
+    rows = [{"i": i, "v": i * 2} for i in range(1000)]  # 4,000 lines indented
+    first = make_call(project, agent, action="bulk import", input_data={"rows": rows})
+    agent_approval_decide(approval_id=first.pk, decider=manager, decision="approve")
+    changed = [dict(row) for row in rows]
+    changed[700]["v"] = "changed"
+    current = make_call(project, agent, action="bulk import", input_data={"rows": changed})
+    html = web(reviewer).get(page(current)).content.decode()
+    assert not calls_made  # no line-by-line comparison of 4,004 lines against 4,004
+    line = 2 + 700 * 4 + 3  # two opening lines, 700 rows of four lines, then "{", "i" and "v"
+    assert f"too long to compare line by line here (4,004 lines against 4,004; at most 2,000): the first " \
+           f"difference is at line {line:,}" in html
+    assert '<span class="d-del">-      &quot;v&quot;: 1400</span>' in html
+    assert '<span class="d-add">+      &quot;v&quot;: &quot;changed&quot;</span>' in html
+
+
 def test_no_precedent_says_so(call, reviewer):
     html = web(reviewer).get(page(call)).content.decode()
     assert "nothing to compare" in html
