@@ -285,6 +285,13 @@ def test_the_inbox_does_not_move_an_override_under_the_pointer_on_its_buttons(
     expect(page.locator(f"#override-{ids[2]}")).to_have_count(1)
     expect(page.locator("#inbox-live .item[data-kind=override]")).to_have_count(2)
     expect(page.locator("#inbox-held")).to_be_hidden()
+    # by keyboard: the button pressed goes with the list its answer reads; the focus went to the
+    # page's body (the next Tab started from the top): it goes to the outcome, which is read out
+    page.locator(f"#override-{ids[2]} .btn-approve").focus()
+    page.keyboard.press("Enter")
+    outcome = page.locator("#inbox-outcome .outcome")
+    expect(outcome).to_contain_text(f"Budget override +$15.0000 (Daily cost limit) for {project.name} approved.")
+    expect(outcome).to_be_focused()
     assert_not_reloaded(page)
 
 

@@ -756,9 +756,19 @@
   // The decision panel is swapped whole by the decision's answer: the focus fell to the page's
   // body (a keyboard user started again from the top) and the outcome, a new node already filled,
   // was often not read by screen readers. It is focused instead (read out, and Tab goes on from it).
+  // The same for an override decided in the inbox: the list is read again with its answer and the
+  // button pressed went with it (the focus fell to the body); its outcome above the list gets it.
   document.addEventListener("htmx:afterSettle", function (evt) {
     var d = evt.detail || {};
     if (!d.requestConfig || String(d.requestConfig.verb).toLowerCase() !== "post") return;
+    if (d.target && d.target.id === "inbox-live") {
+      var active = document.activeElement;
+      if (active && active !== document.body && document.contains(active)) return;  // still somewhere
+      var said = document.querySelector("#inbox-outcome .outcome") || d.target;
+      said.setAttribute("tabindex", "-1");
+      said.focus({ preventScroll: true });
+      return;
+    }
     if (!d.target || d.target.id !== "decision-panel") return;
     var panel = document.getElementById("decision-panel");
     var invalid = panel && panel.querySelector("[aria-invalid=true]");
