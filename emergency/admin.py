@@ -16,7 +16,7 @@ from django.utils.safestring import mark_safe
 from core.admin import LoadedVersionForm, ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError, InvalidInput
 from core.hooks import Hook
-from core.text import plural  # noqa: F401  (recovery.admin takes it from here too)
+from core.text import LIST_SHOWN, more_than_shown, plural  # noqa: F401  (recovery.admin takes plural from here)
 from emergency.models import (SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity, actor_words,
                               condition_words)
 from emergency.services import emergency_settings_save, emergency_stop_trigger
@@ -48,9 +48,25 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
     list_display = ["project", "conditions", "severity", "stop_reason", "by", "created_at", "resolved_at"]
     list_filter = ["severity", ("resolved_at", admin.EmptyFieldListFilter)]
     # people and triggers as the reviewer pages say them, not "rita#2" and a JSON list
-    fields = readonly_fields = ["project", "conditions", "severity", "stop_reason", "by", "triggers", "stopped_tasks",
-                                "cancelled_approvals", "recovery_session_id", "created_at", "resolved_at",
+    fields = readonly_fields = ["project", "conditions", "severity", "stop_reason", "by", "triggers", "halted",
+                                "cancelled", "recovery_session_id", "created_at", "resolved_at",
                                 "resolved_by"]
+
+    @staticmethod
+    def _ids(ids) -> str:
+        """How many, and the first LIST_SHOWN of them (a stop of 9,000 tasks made this page 1 MB)."""
+        ids = ids if isinstance(ids, list) else []
+        shown = ", ".join(map(str, ids[:LIST_SHOWN])) or "none"
+        rest = f", {more_than_shown(len(ids) - LIST_SHOWN)}" if len(ids) > LIST_SHOWN else ""
+        return f"{len(ids):,}: {shown}{rest}" if ids else "none"
+
+    @admin.display(description="stopped tasks")
+    def halted(self, obj):
+        return self._ids(obj.stopped_tasks)
+
+    @admin.display(description="cancelled approvals")
+    def cancelled(self, obj):
+        return self._ids(obj.cancelled_approvals)
 
     @admin.display(description="conditions")
     def conditions(self, obj):

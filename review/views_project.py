@@ -31,6 +31,7 @@ from audit.services import audit_verify_report, chain_key
 from budgets.models import BudgetAlert, BudgetOverrideRequest
 from budgets.selectors import budget_summary
 from core.errors import DomainError
+from core.text import clipped
 from emergency.models import SEVERITY_MEANINGS, Condition, EmergencyStop, Severity
 from emergency.services import emergency_stop_trigger
 from hitl.models import HitlRequest
@@ -421,7 +422,8 @@ def recovery_step_decide(request, session_id, step_id):
 def _changes(value) -> str | None:
     """A row's before or after as the page shows it: the text as written (an emoji, Hebrew), not
     as \\u escapes (the admin's audit page showed it readably, this one did not)."""
-    return None if value is None else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    # each list cut to its first few (a stop's row listed its 9,000 tasks: a page of 50 rows was 4 MB)
+    return None if value is None else json.dumps(clipped(value), indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def _audit_rows(user, form: AuditFilterForm, visible_ids):

@@ -807,3 +807,33 @@ def test_after_a_time_zone_change_the_day_is_not_said_to_begin_at_midnight_in_th
     html = web(reviewer).get(reverse("review:project", args=[project.pk])).content.decode()
     assert ": midnight in Asia/Tokyo)" not in html
     assert "time zone before it changed; the next day begins at midnight in Asia/Tokyo)" in html
+
+
+def test_the_pages_of_a_large_stop_show_the_first_of_its_tasks_and_count_the_rest(project, agent, reviewer, manager,
+                                                                                  admin_user):
+    """Found at scale: a stop of 9,198 tasks made its recovery page 1 MB (the settle step listed
+    every task), the admin's stop page 1.1 MB and one audit page of 50 rows 4 MB (each row's
+    Changes listed them all). Each list shows its first 50 and how many more; the whole record stays
+    (the API, the admin's audit row)."""
+    from projects.models import Task
+
+    task = task_create(actor=agent, project_id=project.pk, agent_type="coder", title="template")
+    Task.objects.bulk_create([Task(project=project, created_by=agent, agent_type="coder", title=f"task {i}",
+                                   status=Task.Status.RUNNING) for i in range(119)])
+    stop, _ = emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="runaway",
+                                     actor=reviewer)
+    assert len(stop.stopped_tasks) == 120 and task
+    session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
+    client = web(reviewer)
+    for step in steps_of(session):
+        body = {"option": "cancel"} if step.action == "settle_halted_tasks" else {}
+        assert decide(client, session, step, decision="approve", **body).status_code == 302
+    page = client.get(reverse("review:recovery", args=[session.pk])).content.decode()
+    assert "… and 70 more" in page and page.count("“task ") <= 50
+    audit = client.get("/review/audit/?action=emergency_stop").content.decode()
+    assert "… and 70 more" in audit and sum(audit.count(str(pk)) for pk in stop.stopped_tasks) == 50
+    admin_page = web(admin_user).get(f"/admin/emergency/emergencystop/{stop.pk}/change/").content.decode()
+    assert "120: " in admin_page and "… and 70 more" in admin_page
+    assert sum(admin_page.count(str(pk)) for pk in stop.stopped_tasks) == 50
+    assert client.get(f"/api/v1/emergency/status/{project.pk}").status_code == 200
+    assert len(AuditEvent.objects.get(action="emergency_stop.trigger").after["stopped_tasks"]) == 120  # kept whole
