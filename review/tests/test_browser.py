@@ -447,6 +447,7 @@ def test_the_admin_recovery_walkthrough_fits_a_phone_screen(serve, chromium, pro
     rita, _ = reviewers
     manager = make_user("mona", role="manager", project=project)
     task_create(actor=agent, project_id=project.pk, agent_type="coder", title="A task with a rather long title to wrap")
+    task_create(actor=agent, project_id=project.pk, agent_type="coder", title="Donaudampfschifffahrts" * 20)
     emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="phone drill", actor=rita)
     session = recovery_start(project_id=project.pk, actor=manager, recovery_type="manual")
     for step in session.steps.order_by("order")[:3]:  # up to and with the settle step
@@ -467,6 +468,9 @@ def test_the_admin_recovery_walkthrough_fits_a_phone_screen(serve, chromium, pro
     for cell in (decided, settle.locator("td[data-label='Note / result']")):
         box = cell.bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    # on a desktop too: the title of one long word made the page 2.2 times the window's width
+    page.set_viewport_size({"width": 1280, "height": 900})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280, "the page scrolls sideways"
     assert "Traceback" not in full_log(server), full_log(server)
 
 
