@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
+from django.db import connection
 from django.utils import timezone
 
 from emergency.models import Condition, EmergencySettings, Severity
@@ -130,12 +131,29 @@ def task_outcome_check(*, task: Task) -> None:
     conditions_check(project_id=task.project_id, names=[Condition.ERROR_RATE_HIGH, Condition.RESOURCE_EXHAUSTION])
 
 
+def _lost_connection_closed() -> bool:
+    """After a failed check: a connection the database ended (pg_terminate_backend, a restart, a
+    failover) is closed, so that the next query opens another; True when it was. It failed every
+    later project's check of the pass too (nothing could trip for one beat, a traceback each)."""
+    if connection.in_atomic_block or connection.connection is None or connection.is_usable():
+        return False
+    connection.close()
+    return True
+
+
 def conditions_check_all(*, now=None) -> int:
-    """Beat: every active project."""
+    """Beat: every active project (one whose check failed on a lost connection, once more on a new one)."""
     tripped = 0
     for project_id in Project.objects.filter(status=Project.Status.ACTIVE).values_list("pk", flat=True):
-        try:
-            tripped += len(conditions_check(project_id=project_id, now=now))
-        except Exception:  # noqa: BLE001 - one project's failure must not stop the others' checks
-            logger.exception("emergency conditions check failed for project %s", project_id)
+        for attempt in range(2):
+            try:
+                tripped += len(conditions_check(project_id=project_id, now=now))
+                break
+            except Exception:  # noqa: BLE001 - one project's failure must not stop the others' checks
+                if attempt == 0 and _lost_connection_closed():
+                    logger.warning("emergency conditions check of project %s lost its database connection: "
+                                   "again on a new one", project_id)
+                    continue
+                logger.exception("emergency conditions check failed for project %s", project_id)
+                break
     return tripped

@@ -627,3 +627,45 @@ def test_a_halted_task_takes_no_outcome_report_its_recovery_settles_it(project, 
         assert r.status_code == 409, (status, r.content)
         assert r.json()["status"] == "halted" and "recovery" in r.json()["detail"], r.json()
     assert Task.objects.get(pk=call.task_id).status == "halted" and AuditEvent.objects.count() == trail
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_beats_check_goes_on_after_the_database_ended_its_connection(project, other_project, agent, make_user,
+                                                                      monkeypatch):
+    """Found by an operator: pg_terminate_backend (a restart, a failover) during beat's pass failed
+    every later project's check of that pass on the dead connection (a traceback each, nothing could
+    trip, "0" reported). The lost connection is replaced and the checks go on: both projects past
+    their limit are stopped in the same pass."""
+    import psycopg
+
+    from emergency import conditions
+
+    other_agent = make_user("other-agent", role="agent", project=other_project)
+    for owner, where in ((agent, project), (other_agent, other_project)):
+        row = emergency_settings_for(where.pk)
+        row.max_pending_approvals = 1
+        row.save()
+        for i in range(2):
+            request_call(where, owner, f"{where.slug} {i}")
+    params = connections["default"].get_connection_params()
+    admin = psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")},
+                            autocommit=True)
+    real_check, ended = conditions.conditions_check, []
+
+    def check_after_the_server_ends_the_connection(**kwargs):
+        if not ended:  # the first project's check: its connection ended under it
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pid = cursor.fetchone()[0]
+            ended.append(admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0])
+        return real_check(**kwargs)
+
+    monkeypatch.setattr(conditions, "conditions_check", check_after_the_server_ends_the_connection)
+    try:
+        assert conditions.conditions_check_all() == 2
+        assert ended == [True]
+        assert set(Project.objects.values_list("status", flat=True)) == {"emergency_stopped"}
+    finally:
+        connections["default"].close()
+        admin.close()
