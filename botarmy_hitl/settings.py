@@ -262,6 +262,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+FORMAT_MODULE_PATH = ["botarmy_hitl.formats"]  # times with their zone in the admin (botarmy_hitl/formats/en)
 USE_I18N = True
 USE_TZ = True
 

@@ -82,8 +82,8 @@ class AuditFilterForm(forms.Form):
                             widget=forms.TextInput(attrs={"placeholder": "username, or system"}))
     action = forms.CharField(label="Action starts with", required=False, max_length=100,
                              widget=forms.TextInput(attrs={"placeholder": "e.g. emergency_stop"}))
-    since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(label="To (inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    since = forms.DateField(label="From (UTC day)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To (UTC day, inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, *args, projects=(), superuser=False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -271,3 +271,18 @@ def test_a_stops_admin_page_names_people_and_triggers_as_the_pages_do(client, pr
     assert f"reviewer#{reviewer.pk}" not in page and "[{&quot;" not in page and '[{"' not in page
     assert "manual stop (high) by reviewer at " in page and ": runaway agent" in page
     assert "error rate high (high) by the system (error rate high) at " in page and "errors over 50%; rate: 0.8" in page
+
+
+def test_admin_times_say_their_zone(client, admin_user, project, reviewer):
+    """Found by a reviewer outside UTC: the admin's lists showed "Dec. 6, 2026, 6:30 p.m." (a
+    Kolkata project's midnight) with nothing saying it was UTC; the reviewer pages write
+    "2026-12-06 18:30:00 UTC". The admin now writes times as they do."""
+    import re
+
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="drill", actor=reviewer)
+    client.force_login(admin_user)
+    listing = client.get(reverse("admin:emergency_emergencystop_changelist")).content.decode()
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", listing), listing
+    assert not re.search(r"\b(?:a|p)\.m\.", listing)
+    audit = client.get("/review/audit/").content.decode()
+    assert "From (UTC day)" in audit and "To (UTC day, inclusive)" in audit
