@@ -345,6 +345,20 @@ def test_the_stop_banner_partial(project, agent, reviewer, outsider):
     assert "<strong>Project Alpha is under an emergency stop.</strong>" in part
 
 
+def test_many_stopped_projects_make_three_banners_and_a_line(admin_user):
+    """Found on a phone: with 21 projects stopped, 21 banners put the page's Approve six screens
+    down. Three banners, then one naming the others."""
+    from projects.services import project_create
+
+    for i in range(6):
+        stopped = project_create(actor=admin_user, name=f"Fleet {i}", slug=f"fleet-{i}")
+        emergency_stop_trigger(project_id=stopped.pk, condition="manual_stop", reason="drill", actor=admin_user)
+    part = web(admin_user).get("/review/stop-banners").content.decode()
+    assert part.count('class="banner banner-stop"') == 3 and part.count('role="alert"') == 4
+    assert "3 more projects under an emergency stop:" in part and "Fleet 3, Fleet 4, Fleet 5" in part
+    assert 'href="/review/projects/"' in part
+
+
 def test_the_admin_shows_the_same_stop_banner(project, agent, reviewer, outsider):
     """Reviewers in the admin's queue see a stop as they do on the reviewer pages."""
     client = web(reviewer)
