@@ -16,10 +16,12 @@ class SecurityThreat(StopCondition):
         if not settings.stop_on_critical_risk:
             return None
         # past its deadline it is timed out (by the sweep, or the next read), not waiting on anyone
-        flagged = list(AgentCallApproval.objects.filter(project=project, status=AgentCallApproval.Status.PENDING,
-                                                        expires_at__gt=now, risk_assessment__level="critical").values_list("pk", flat=True)[:20])
-        outputs = list(ResponseApproval.objects.filter(project=project, status=ResponseApproval.Status.PENDING,
-                                                       expires_at__gt=now, analysis__level="critical").values_list("pk", flat=True)[:20])
+        flagged = list(AgentCallApproval.objects.filter(
+            project=project, status=AgentCallApproval.Status.PENDING, expires_at__gt=now,
+            risk_assessment__level="critical").values_list("pk", flat=True)[:20])
+        outputs = list(ResponseApproval.objects.filter(
+            project=project, status=ResponseApproval.Status.PENDING, expires_at__gt=now,
+            analysis__level="critical").values_list("pk", flat=True)[:20])
         if flagged or outputs:
             return Trip(self.name, f"{len(flagged)} pending call(s) and {len(outputs)} pending output(s) with a "
                                    f"critical risk flag", Severity.CRITICAL,

@@ -112,6 +112,12 @@ def more_than_shown(n: int) -> str:
     return f"… and {n:,} more"
 
 
+def first_shown(items: list, text=str) -> str:
+    """``items`` as ``text`` joined with commas: the first LIST_SHOWN of them and how many more."""
+    shown = ", ".join(text(v) for v in items[:LIST_SHOWN])
+    return f"{shown}, {more_than_shown(len(items) - LIST_SHOWN)}" if len(items) > LIST_SHOWN else shown
+
+
 def clipped(value, limit: int = LIST_SHOWN):
     """``value`` (stored JSON) with each list in it cut to its first ``limit`` items and a last one
     saying how many more there are: for pages, which showed every task a stop halted, every call it

@@ -16,7 +16,7 @@ from django.utils.safestring import mark_safe
 from core.admin import LoadedVersionForm, ReadOnlyAdminMixin, changed_values
 from core.errors import DomainError, InvalidInput
 from core.hooks import Hook
-from core.text import LIST_SHOWN, more_than_shown, plural  # noqa: F401  (recovery.admin takes plural from here)
+from core.text import first_shown, plural  # noqa: F401  (recovery.admin takes plural from here)
 from emergency.models import (SEVERITY_MEANINGS, Condition, EmergencySettings, EmergencyStop, Severity, actor_words,
                               condition_words)
 from emergency.services import emergency_settings_save, emergency_stop_trigger
@@ -54,11 +54,8 @@ class EmergencyStopAdmin(ProjectScopedAdminMixin, ReadOnlyAdminMixin, admin.Mode
 
     @staticmethod
     def _ids(ids) -> str:
-        """How many, and the first LIST_SHOWN of them (a stop of 9,000 tasks made this page 1 MB)."""
-        ids = ids if isinstance(ids, list) else []
-        shown = ", ".join(map(str, ids[:LIST_SHOWN])) or "none"
-        rest = f", {more_than_shown(len(ids) - LIST_SHOWN)}" if len(ids) > LIST_SHOWN else ""
-        return f"{len(ids):,}: {shown}{rest}" if ids else "none"
+        """How many, and the first of them (a stop of 9,000 tasks made this page 1 MB)."""
+        return f"{len(ids):,}: {first_shown(ids)}" if isinstance(ids, list) and ids else "none"
 
     @admin.display(description="stopped tasks")
     def halted(self, obj):

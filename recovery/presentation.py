@@ -5,7 +5,7 @@ says the same thing the same way."""
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from core.text import LIST_SHOWN, money_text, more_than_shown
+from core.text import first_shown, money_text
 from emergency.models import actor_words, condition_words
 
 STEP_TITLES = {
@@ -51,8 +51,7 @@ def readable(value) -> str:
     if isinstance(value, dict):
         return "; ".join(f"{label(k).lower()}: {readable(v)}" for k, v in value.items()) or "—"
     if isinstance(value, list):  # a stop's 9,000 halted tasks made its recovery's pages 1 MB: the first few
-        shown = ", ".join(readable(v) for v in value[:LIST_SHOWN]) or "none"
-        return f"{shown}, {more_than_shown(len(value) - LIST_SHOWN)}" if len(value) > LIST_SHOWN else shown
+        return first_shown(value, readable) or "none"
     return str(value)
 
 
@@ -127,7 +126,6 @@ def step_result_rows(result) -> list[tuple[str, str]]:
     if isinstance(titles, list) and isinstance(result.get("tasks"), list) and len(titles) == len(result["tasks"]):
         # the settled tasks by their titles, each with the start of its id to tell them apart
         result["tasks"] = [f"“{title}” ({str(pk)[:8]})" for title, pk in zip(titles, result["tasks"])]
-        # (readable shows the first LIST_SHOWN of them and how many more)
     reviewed = result.get("reviewed") if isinstance(result, dict) else None
     if isinstance(reviewed, list) and reviewed and all(isinstance(item, dict) for item in reviewed):
         # the flagged calls and outputs reviewed: one row each, not one run of text

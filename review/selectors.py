@@ -391,9 +391,9 @@ DIFF_MAX_LINES = 2000  # per side: difflib's time grows with the product of the 
 
 def line_diff(old: str, new: str, context: int = 3) -> list[tuple[str, str]]:
     """A unified line diff as [(kind, line)]: ``hunk`` headers, ``del`` / ``add`` / ``same``.
-    Past DIFF_MAX_LINES on either side, where the next line is the first that differs and its
-    context (found in one pass): two calls of 800 KB inputs kept a web thread busy for minutes,
-    and any agent may send them."""
+    Past DIFF_MAX_LINES on either side, only where the two first differ, with its context (found in
+    one pass): two calls of 800 KB inputs kept a web thread busy for minutes, and any agent may
+    send them."""
     a, b = old.splitlines(), new.splitlines()
     if len(a) > DIFF_MAX_LINES or len(b) > DIFF_MAX_LINES:
         if a == b:
