@@ -21,9 +21,16 @@ def main():
                   "`DJANGO_DEBUG=1 .venv/bin/python manage.py ...`", file=sys.stderr)
         sys.exit(2)
     except OperationalError as exc:
+        from core.errors import transient_db_error_kind
+
+        reason = " ".join(str(exc).split())  # libpq's hint on a line of its own: one line all the same
+        if transient_db_error_kind(exc) == "lock not available":  # it said "cannot connect" (a migrate)
+            print(f"manage.py: a table stayed locked by another transaction for HITL_DB_LOCK_TIMEOUT seconds "
+                  f"({reason}): the step that waited was rolled back; end what holds the lock (a server still "
+                  f"running the old version, an open psql session) and run the command again", file=sys.stderr)
+            sys.exit(2)
         if connections["default"].connection is not None:
             raise  # a statement failed on an open connection: its traceback says where
-        reason = " ".join(str(exc).split())  # libpq's hint on a line of its own: one line all the same
         print(f"manage.py: cannot connect to the database of DATABASE_URL: {reason}", file=sys.stderr)
         sys.exit(2)
 

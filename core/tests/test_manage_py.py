@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,3 +58,35 @@ def test_the_pool_is_for_servers_and_workers_not_for_commands(tmp_path):
     command = subprocess.run([sys.executable, "manage.py", "shell", "-c", show], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert command.stdout.split()[-2:] == ["False", "10"], command
+
+
+@pytest.mark.postgres
+def test_a_table_held_locked_is_said_as_a_lock_not_as_a_connection_that_failed(tmp_path):
+    """An operator's `migrate` while an old server still held a row lock waited HITL_DB_LOCK_TIMEOUT
+    and then said "cannot connect to the database of DATABASE_URL: canceling statement due to lock
+    timeout": it had connected; another transaction held the table."""
+    import psycopg
+
+    url = os.environ["DATABASE_URL"]
+    holder = psycopg.connect(url.replace("postgres://", "postgresql://", 1))
+    try:
+        holder.execute("CREATE TABLE IF NOT EXISTS hitl_lock_probe (id int)")
+        holder.commit()
+        holder.execute("LOCK TABLE hitl_lock_probe IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+        env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "HITL_DB_POOL")}
+        env.update(HITL_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY="x" * 50, HITL_AUDIT_KEYS="k1:" + "y" * 40,
+                   HITL_DB_LOCK_TIMEOUT="1")
+        done = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                               "from django.db import connection; connection.cursor().execute("
+                               "'SELECT * FROM hitl_lock_probe')"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done
+        assert "Traceback" not in done.stderr and "cannot connect" not in done.stderr, done.stderr
+        assert done.stderr.startswith("manage.py: a table stayed locked by another transaction for "
+                                      "HITL_DB_LOCK_TIMEOUT seconds (canceling statement due to lock timeout")
+        assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        holder.rollback()
+        holder.execute("DROP TABLE IF EXISTS hitl_lock_probe")
+        holder.commit()
+        holder.close()
