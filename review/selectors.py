@@ -170,6 +170,12 @@ def _decidable_overrides(user) -> list[BudgetOverrideRequest]:
         if not o.requires_manager_approval or may_manage(user, o.project_id)])
 
 
+def override_inbox_url(override) -> str:
+    """Where an override is decided: the inbox showing its project's overrides (the unfiltered list
+    shows the first 50 items, which a queue of riskier calls fills)."""
+    return f"{reverse('review:inbox')}?kind=override&project={override.project_id}#override-{override.pk}"
+
+
 def _of_project(project_id, qs):
     return qs if project_id is None else qs.filter(project_id=project_id)
 
@@ -236,7 +242,7 @@ def inbox_items(*, user, limit: int | None = None, kind: str | None = None, proj
             continue
         needs_manager = override.requires_manager_approval
         items.append(InboxItem(
-            kind="override", id=str(override.pk), url=f"{reverse('review:inbox')}#override-{override.pk}",
+            kind="override", id=str(override.pk), url=override_inbox_url(override),
             risk="high" if needs_manager else "medium", project=override.project, agent_type="",
             summary=one_line(f"{override.get_violation_type_display()}: {override.amount_text} — "
                              f"{override.justification}"),

@@ -274,7 +274,7 @@ def test_a_budget_blocked_call_cannot_be_approved_and_says_why(project, agent, r
     html = web(reviewer).get(page(blocked)).content.decode()
     assert "blocked by budget" in html and escape(money_text(blocked.budget_blocked_reason)) in html
     assert "limit by $0.5000: approving budget override" in html  # its money as money
-    assert f"#override-{blocked.budget_override_id}" in html
+    assert f'href="/review/?kind=override&amp;project={project.pk}#override-{blocked.budget_override_id}"' in html
     assert "It needs a <a" in html and "budget override</a> approved first: Daily cost limit, +$0.5000 (Pending)" in html
     assert re.search(r'id="btn-approve"[^>]*disabled', html)
     assert not re.search(r'id="btn-reject"[^>]*disabled', html)
