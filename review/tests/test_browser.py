@@ -1009,6 +1009,32 @@ def test_the_inbox_reads_its_list_once_per_gap_however_many_events_come(serve, c
     assert 1 <= len(reads) <= asked // 2, reads  # one read per event: 8
 
 
+def test_an_inbox_the_server_is_slow_to_read_reads_it_less_often(serve, chromium, project, agent, reviewers):  # noqa: F811
+    """A reviewer of every project with 15,000 items pending: each read of the list took the server
+    0.2 to 1 s, once every 2 s while agents worked, and three such inboxes open made the agents'
+    requests 5 to 13 times slower. A read answered in t waits 10 t (2 s at least, 30 s at most)
+    before the next; the last event still shows."""
+    rita, _ = reviewers
+    key = api_key_create(user=agent)[1]
+    server = serve()
+    page = log_in(chromium.new_context(server), rita.username)
+    wait_live(page)
+    reads = []
+
+    def slow(route):  # the server's answer 0.6 s late: the next read waits 6 s
+        reads.append(route.request.url)
+        page.wait_for_timeout(600)
+        route.continue_()
+
+    page.route("**/review/inbox/items*", slow)
+    asked = 8
+    for n in range(asked):  # about 6 s of an agent asking
+        request_call(server, key, project, title=f"slow {n}", action=f"Slow call {n}", input_data={})
+        page.wait_for_timeout(700)
+    expect(page.locator("#inbox-list > .item")).to_have_count(asked, timeout=WAIT_MS)  # the last one too
+    assert 1 <= len(reads) <= 2, reads  # with a 2 s gap: 3 or 4
+
+
 def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(serve, chromium, project, agent,
                                                                              reviewers):  # noqa: F811
     """It read the whole page again 300 ms after each event of its project: an agent asking every
