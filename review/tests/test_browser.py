@@ -586,6 +586,28 @@ def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
     assert "Traceback" not in full_log(server), full_log(server)
 
 
+def test_the_stop_banners_are_read_whenever_the_stream_opens(serve, chromium, project, reviewers):  # noqa: F811
+    """Found with clients reconnecting under load: the pages' stream resumes after one event id
+    across every project, and ids are drawn before commit, so an event of another project committed
+    just after the page was rendered (or during a drop) with a lower id was never sent; a stop's
+    banner then stayed missing until a reload. The banners are read each time the stream opens."""
+    rita, sam = reviewers
+    key = api_key_create(user=sam)[1]
+    server = serve()
+    page = log_in(chromium.new_context(server), rita.username)
+    wait_live(page)
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "/review/stop-banners" in r.url else None)
+    page.evaluate("() => { window.hitlLive.socket.onmessage = null; }")  # its events lost, as in the race
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", key, status=(201,),
+        body={"reason": "while the page missed it"})
+    page.wait_for_timeout(500)
+    expect(page.locator("#stop-banners .banner-stop")).to_have_count(0)  # not shown: its event was lost
+    page.evaluate("() => window.hitlLive.socket.close()")  # a drop: the page reconnects
+    expect(page.locator("#stop-banners .banner-stop")).to_have_count(1, timeout=WAIT_MS)
+    assert len(reads) == 1, reads  # read once, when the stream opened again
+
+
 def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chromium, project, reviewers):  # noqa: F811
     """The socket checks its session at every heartbeat: logged out in another tab, the open page's
     live status says it is signed out (it used to reconnect for ever, refused each time)."""

@@ -327,6 +327,11 @@
       openedAt = Date.now();
       setStatus("live", "Live");
       armWatchdog();
+      // The stream resumes after one id across every project, and ids are drawn before commit: a
+      // stop of another project committed just after the page was rendered (or during a drop)
+      // with a lower id was never sent, and its banner stayed missing until a reload. The banners
+      // are read once the stream is open; stops after that come over it.
+      document.body.dispatchEvent(new CustomEvent("hitl:banners", { bubbles: true }));
     };
     socket.onmessage = function (message) {
       armWatchdog();
