@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median
+from urllib.parse import urlencode
 
 from django.db.models import Count, Exists, OuterRef, Q
 from django.urls import reverse
@@ -170,10 +171,16 @@ def _decidable_overrides(user) -> list[BudgetOverrideRequest]:
         if not o.requires_manager_approval or may_manage(user, o.project_id)])
 
 
+def inbox_query(kind: str | None = None, project_id=None) -> str:
+    """The inbox's filters that are set, as its query string (``?kind=…&project=…``), or nothing."""
+    query = urlencode({name: value for name, value in (("kind", kind), ("project", project_id)) if value})
+    return f"?{query}" if query else ""
+
+
 def override_inbox_url(override) -> str:
     """Where an override is decided: the inbox showing its project's overrides (the unfiltered list
     shows the first 50 items, which a queue of riskier calls fills)."""
-    return f"{reverse('review:inbox')}?kind=override&project={override.project_id}#override-{override.pk}"
+    return f"{reverse('review:inbox')}{inbox_query('override', override.project_id)}#override-{override.pk}"
 
 
 def _of_project(project_id, qs):

@@ -5,7 +5,6 @@ the page, never a 500. htmx requests get the swapped fragment; plain form posts 
 
 import uuid
 from functools import wraps
-from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest
@@ -89,12 +88,6 @@ def _inbox_filters(request):
     return kind, project
 
 
-def _filter_query(kind, project) -> str:
-    """``?kind=…&project=…`` for the filters set, or nothing."""
-    query = urlencode({name: value for name, value in (("kind", kind), ("project", project and project.pk)) if value})
-    return f"?{query}" if query else ""
-
-
 def _inbox_context(request, outcome=None):
     """The inbox: its counts of every pending item (of the project filtered on), and the first
     INBOX_SHOWN of them (of the kind filtered on) in its order (riskiest, then oldest). Listing
@@ -109,8 +102,8 @@ def _inbox_context(request, outcome=None):
     items = selectors.inbox_items(user=request.user, limit=INBOX_SHOWN, kind=kind, project_id=project_id)
     return {"items": items, "more": max(shown - len(items), 0), "counts": counts, "total": total,
             "now": timezone.now(), "outcome": outcome, "kind": kind, "project_filter": project,
-            "kind_label": selectors.KINDS[kind][1] if kind else "", "filter_query": _filter_query(kind, project),
-            "project_query": _filter_query(None, project)}
+            "kind_label": selectors.KINDS[kind][1] if kind else "", "filter_query": selectors.inbox_query(kind, project_id),
+            "project_query": selectors.inbox_query(project_id=project_id)}
 
 
 @signed_in
@@ -150,7 +143,8 @@ def override_decide(request, override_id):
         return render(request, "review/partials/inbox_items.html", _inbox_context(request, outcome))
     if status == 200:
         messages.success(request, outcome["text"])
-        return redirect(reverse("review:inbox") + _filter_query(*_inbox_filters(request)))
+        kind, project = _inbox_filters(request)
+        return redirect(reverse("review:inbox") + selectors.inbox_query(kind, project and project.pk))
     context = _inbox_context(request, outcome)
     context["metrics"] = selectors.reviewer_metrics(user=request.user)
     return render(request, "review/inbox.html", context, status=status)
@@ -200,7 +194,7 @@ def _call_panel_context(request, approval, *, outcome=None, amend_text=None, ame
         override = selectors.visible_override(user=request.user, override_id=approval.budget_override_id)
     return {
         "approval": approval, "pending": pending, "can_decide": can_decide, "blocked": blocked,
-        "override": override,
+        "override": override, "override_url": selectors.override_inbox_url(override) if override else "",
         "may_decide_override": bool(override and override.status == "pending" and selectors.may_review(
             request.user, approval.project) and (not override.requires_manager_approval
                                                  or selectors.may_manage(request.user, approval.project))

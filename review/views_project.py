@@ -12,7 +12,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 from collections import Counter
 from decimal import Decimal
-from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -43,7 +42,7 @@ from recovery.presentation import assessment_sections, conditions_since, step_re
 from recovery.selectors import lifted_later_by, open_work_a_stop_cancels
 from recovery.services import STEPS, flagged_cancelled, recovery_start, recovery_step_respond
 from review.auth import post_only, signed_in
-from review.selectors import inbox_counts_by_project
+from review.selectors import inbox_counts_by_project, inbox_query
 
 AUDIT_PAGE_SIZE = 50
 RECENT_TASKS = 15
@@ -208,7 +207,7 @@ def _project_context(request, project, *, stop_form=None, recovery_form=None, er
                            .order_by("-created_at")[:5]),
         "pending_count": _pending_counts([project.pk])[project.pk],
         "yours_count": inbox_counts_by_project(user=user, project_ids=[project.pk])[project.pk],
-        "inbox_url": f"{_inbox_url()}?{urlencode({'project': project.pk})}",  # its own items (the inbox's filter)
+        "inbox_url": _inbox_url() + inbox_query(project_id=project.pk),  # its own items (the inbox's filter)
         "can_stop": has_project_perm(user, roles.REVIEW, project),
         "can_manage": has_project_perm(user, roles.MANAGE, project),
         "stop_form": stop_form or StopForm(),

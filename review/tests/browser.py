@@ -167,6 +167,13 @@ def wait_live(page):
     page.locator("#live-status[data-state=live]").wait_for()
 
 
+def requests_to(page, wanted) -> list:
+    """The URLs of the page's requests from now on for which ``wanted(url)`` holds, as they come."""
+    urls: list = []
+    page.on("request", lambda r: urls.append(r.url) if wanted(r.url) else None)
+    return urls
+
+
 def open_page(context, path: str):
     """A new page of ``context`` (already logged in) on ``path``, its websocket live."""
     page = context.new_page()

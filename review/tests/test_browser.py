@@ -19,7 +19,7 @@ pytest.register_assert_rewrite("review.tests.browser")  # imported here before p
 from access.services import api_key_create  # noqa: E402
 from core.tests.test_asgi_handler import serve  # noqa: E402,F401  (a real daphne on the test database)
 from review.tests.browser import (PASSWORD, WAIT_MS, assert_not_reloaded, full_log, log_in, mark_page,  # noqa: E402
-                                  open_page, server_password_hash, wait_live)
+                                  open_page, requests_to, server_password_hash, wait_live)
 
 pytest_plugins = ["review.tests.browser"]  # the chromium fixture, screenshots on failure
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -596,8 +596,7 @@ def test_the_stop_banners_are_read_whenever_the_stream_opens(serve, chromium, pr
     server = serve()
     page = log_in(chromium.new_context(server), rita.username)
     wait_live(page)
-    reads = []
-    page.on("request", lambda r: reads.append(r.url) if "/review/stop-banners" in r.url else None)
+    reads = requests_to(page, lambda url: "/review/stop-banners" in url)
     page.evaluate("() => { window.hitlLive.socket.onmessage = null; }")  # its events lost, as in the race
     api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", key, status=(201,),
         body={"reason": "while the page missed it"})
@@ -1021,8 +1020,7 @@ def test_the_inbox_reads_its_list_once_per_gap_however_many_events_come(serve, c
     server = serve()
     page = log_in(chromium.new_context(server), rita.username)
     wait_live(page)
-    reads = []
-    page.on("request", lambda r: reads.append(r.url) if "/review/inbox/items" in r.url else None)
+    reads = requests_to(page, lambda url: "/review/inbox/items" in url)
     asked = 8
     for n in range(asked):  # an agent asking every half second or so
         request_call(server, key, project, title=f"paced {n}", action=f"Paced call {n}", input_data={})
@@ -1065,8 +1063,7 @@ def test_the_project_page_reads_itself_once_per_gap_however_many_events_come(ser
     key = api_key_create(user=agent)[1]
     server = serve()
     page = open_page(log_in(chromium.new_context(server), rita.username).context, f"/review/projects/{project.pk}")
-    reads = []
-    page.on("request", lambda r: reads.append(r.url) if r.url.endswith(f"/review/projects/{project.pk}") else None)
+    reads = requests_to(page, lambda url: url.endswith(f"/review/projects/{project.pk}"))
     asked = 8
     for n in range(asked):  # an agent asking every half second or so
         request_call(server, key, project, title=f"paced {n}", action=f"Paced call {n}", input_data={})
@@ -1228,8 +1225,7 @@ def test_a_hidden_inbox_does_not_poll(serve, chromium, project, reviewers):  # n
     server = serve()
     page = log_in(chromium.new_context(server), rita.username)
     wait_live(page)
-    reads = []
-    page.on("request", lambda r: reads.append(r.url) if "/review/inbox/items" in r.url else None)
+    reads = requests_to(page, lambda url: "/review/inbox/items" in url)
     page.evaluate("() => Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
     page.wait_for_timeout(32000)  # past the list's 30 s poll
     assert reads == [], reads

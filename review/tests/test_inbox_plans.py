@@ -69,7 +69,8 @@ def test_a_long_inbox_is_read_in_its_order_by_index_and_lists_a_page(project, ag
                              ("approvals_responseapproval", "ra_inbox_order"), ("hitl_hitlrequest", "hitl_inbox_order")):
             cursor.execute("EXPLAIN " + lists[table])
             plan = "\n".join(line for (line,) in cursor.fetchall())
-            # read in order from an index (this one, or one the planner finds as good): never every
-            # pending row read and sorted
+            # read in order from an index (this one, or one the planner finds as good, with an
+            # incremental sort): never every pending row read and sorted
             assert f"Index Scan using {index}" in plan or (
-                "Index Scan" in plan and not re.search(r"(^|->)\s*Sort\s+\(", plan, re.M)), (table, plan)
+                f"Seq Scan on {table}" not in plan and not re.search(r"(^|->)\s*Sort\s+\(", plan, re.M)), \
+                (table, plan)
