@@ -14,6 +14,13 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
   ``last_event_id``; it sends each project's events in id order (a project's events are committed
   in id order: events.services holds a per-project lock until commit) and never one it already
   sent. A slow client whose queue fills up is resynchronised from the outbox, never skipped.
+- A stream of every visible project (no ``project_id``) is resumed after one id across projects,
+  and ids are drawn before commit: an event of one project can commit after a higher id of another.
+  Such a stream sends an event only once every lower id is settled (events.selectors.
+  settled_through: committed, or a gap older than HITL_EVENT_SETTLE_SECONDS, a rolled-back write),
+  so it sends in increasing id order across projects and a resume after the last id loses nothing.
+  The hub reads the settled point before each round's events and sends it to those streams after
+  them; each holds what it read past that point. A stream of one project sends at once.
 - Heartbeats: ``{"type": "ping"}`` every HITL_WS_HEARTBEAT_SECONDS (daphne's protocol pings also
   drop dead connections). Each heartbeat, and each change of access anywhere (a key revoked, a
   role granted or taken, a user changed: ``access.services.access_changed_on_commit``), checks
@@ -52,7 +59,7 @@ from django.db.models import Max, Q
 from access.services import ACCESS_CHANGED_GROUP
 from approvals.consumers import HttpError, _authenticate, authenticated_again, principal_of
 from events.models import Event
-from events.selectors import past_every_event
+from events.selectors import past_every_event, settled_start, settled_through
 from events.services import event_payload, project_group
 from core.request_cache import request_scope
 from core.wakeup import wakeup_subscribe, wakeup_unsubscribe
@@ -93,6 +100,14 @@ def _read(cursors: dict) -> tuple[list[dict], bool]:
         batch = [e for e in batch if e.id <= cut]
     batch.sort(key=lambda e: e.id)
     return [event_payload(e) for e in batch], cut is not None
+
+
+@database_sync_to_async
+def _settled(after: int | None) -> tuple[int, bool]:
+    return settled_through(settled_start() if after is None else after)
+
+
+SETTLE_POLL = 0.1           # seconds between reads while an event waits for a lower id to settle
 
 
 @database_sync_to_async
@@ -138,9 +153,17 @@ class EventHub:
         self.cursors: dict[uuid.UUID, int] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        # Streams of every visible project, and the id through which every event is settled for
+        # them (events.selectors.settled_through): they send nothing past it.
+        self.everything: set = set()
+        self.horizon: int | None = None
+        self.unsettled = False
 
     async def subscribe(self, stream: EventStreamConsumer, project_ids) -> None:
         new = [pid for pid in project_ids if pid not in self.subscribers]
+        if stream.project_filter is None:
+            self.everything.add(stream)
+            self.wake.set()      # a settled point for it soon, whatever the poll period
         if new:
             self.cursors.update(await _latest_ids(new))
         for pid in project_ids:
@@ -155,6 +178,10 @@ class EventHub:
 
     def unsubscribe(self, stream: EventStreamConsumer, project_ids=None) -> None:
         """``stream`` stops following ``project_ids`` (all of its projects when None)."""
+        if project_ids is None:
+            self.everything.discard(stream)
+            if not self.everything:
+                self.horizon, self.unsettled = None, False
         for pid in list(self.subscribers) if project_ids is None else [p for p in project_ids if p in self.subscribers]:
             self.subscribers[pid].discard(stream)
             if not self.subscribers[pid]:
@@ -168,8 +195,9 @@ class EventHub:
     async def _run(self) -> None:
         interval = settings.HITL_WAIT_POLL_SECONDS
         while self.subscribers:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=interval)
+            try:   # soon again while an event waits for a lower id to settle
+                await asyncio.wait_for(self.wake.wait(), timeout=min(interval, SETTLE_POLL) if self.unsettled
+                                       else interval)
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
@@ -179,6 +207,13 @@ class EventHub:
                 log.exception("event hub: reading the outbox failed")
 
     async def deliver_new(self) -> None:
+        """Push what is new to the streams of its project; then tell the streams of every project
+        through which id they may send. That settled point is read BEFORE the new events: every
+        event up to it was committed before the read, so it is in this read or an earlier one, or
+        in a stream's own catch-up (events.selectors.settled_through)."""
+        horizon = None
+        if self.everything:
+            horizon, self.unsettled = await _settled(self.horizon)
         while self.subscribers:
             batch, more = await _read(dict(self.cursors))
             for event in batch:
@@ -190,7 +225,11 @@ class EventHub:
                 for stream in list(self.subscribers.get(pid, ())):
                     stream.push(item)
             if not more:
-                return
+                break
+        if horizon is not None and self.everything:
+            self.horizon = max(horizon, self.horizon or 0)
+            for stream in list(self.everything):     # after this round's events, in each queue
+                stream.push((None, self.horizon, None))
 
 
 def _text(event: dict) -> str:
@@ -263,6 +302,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             return
         self.queue: asyncio.Queue = asyncio.Queue()
         self.resync = False
+        self.held: dict[int, tuple] = {}   # a stream of every project: event id -> (project id, JSON text)
         # Where the stream starts: after last_event_id, or (without one) after what exists now, read
         # before the handshake completes, so an event written once the client is connected is sent.
         if last is None:
@@ -278,7 +318,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self.beat = asyncio.ensure_future(self._heartbeat())
 
     def push(self, item: tuple) -> None:
-        """Called by the hub (same event loop) with (project id, event id, JSON text)."""
+        """Called by the hub (same event loop) with (project id, event id, JSON text), or with
+        (None, settled id, None) for a stream of every project."""
         if self.resync:
             return
         if self.queue.qsize() >= QUEUE_LIMIT:
@@ -286,21 +327,36 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             self.queue = asyncio.Queue()
         self.queue.put_nowait(item)
 
-    async def _send_event(self, pid: uuid.UUID, event_id: int, text: str) -> None:
-        if pid not in self.sent:
-            return                   # a project the connection no longer follows (its access ended)
-        if event_id <= self.sent[pid]:
-            return                   # already sent (replay and live overlap)
+    async def _send_event(self, pid: uuid.UUID | None, event_id: int, text: str | None) -> None:
+        if pid is None:              # the hub's settled point: send what is held up to it, in id order
+            for held_id in sorted(i for i in self.held if i <= event_id):
+                await self._send_now(*self.held.pop(held_id), held_id)
+            return
+        if pid not in self.sent or event_id <= self.sent[pid]:
+            return                   # no longer followed (its access ended), or already sent
+        if self.project_filter is None:
+            self.held[event_id] = (pid, text)   # until every lower id is settled (the hub says when)
+            return
+        await self._send_now(pid, text, event_id)
+
+    async def _send_now(self, pid: uuid.UUID, text: str, event_id: int) -> None:
+        if pid not in self.sent or event_id <= self.sent[pid]:
+            return                   # no longer followed, or already sent (replay and live overlap)
         self.sent[pid] = event_id
         await self.send(text_data=text)
 
     async def _catch_up(self) -> None:
+        read = dict(self.sent)       # (what is held is read, not sent)
         while True:
-            batch, more = await _read(dict(self.sent))
+            batch, more = await _read(read)
             for event in batch:
-                await self._send_event(uuid.UUID(event["project_id"]), event["id"], _text(event))
+                pid = uuid.UUID(event["project_id"])
+                read[pid] = max(read.get(pid, 0), event["id"])
+                await self._send_event(pid, event["id"], _text(event))
             if not more:
-                return
+                break
+        if self.project_filter is None:
+            self.hub.wake.set()      # what the catch-up holds goes out at the hub's next settled point
 
     async def _pump(self) -> None:
         try:

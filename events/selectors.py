@@ -1,4 +1,8 @@
+from datetime import timedelta
+
+from django.conf import settings
 from django.db.models import Max, OuterRef, Subquery
+from django.utils import timezone
 
 from core.errors import InvalidInput
 from events.models import Event
@@ -18,6 +22,55 @@ def newest_visible_event_id(user) -> int:
     newest = Event.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
     return (project_visible_to(user=user).order_by().annotate(newest=Subquery(newest))
             .aggregate(last=Max("newest"))["last"] or 0)
+
+
+SETTLE_BATCH = 2000
+
+
+def _settle_after() -> timedelta:
+    return timedelta(seconds=settings.HITL_EVENT_SETTLE_SECONDS)
+
+
+def settled_start() -> int:
+    """Where ``settled_through`` may start walking: the newest event written longer than
+    HITL_EVENT_SETTLE_SECONDS ago (every id below it is settled: see ``settled_through``), else
+    just before the oldest event there is. Reads the events of the last few seconds (backwards by
+    id), not the history."""
+    old = (Event.objects.filter(created_at__lt=timezone.now() - _settle_after()).order_by("-id")
+           .values_list("id", flat=True).first())
+    if old is not None:
+        return old
+    first = Event.objects.order_by("id").values_list("id", flat=True).first()
+    return first - 1 if first else 0
+
+
+def settled_through(after: int) -> tuple[int, bool]:
+    """The highest id S >= ``after`` such that every event with an id up to S that will ever be
+    visible is visible now, and whether visible events lie beyond S (a wait for one to settle).
+
+    Ids are drawn before commit, and only a project's own events commit in id order (a per-project
+    lock: events.services): an event of project B with id 7 can become visible after one of
+    project A with id 8. A stream of several projects that resumes after 8 would never send 7.
+    So it sends an event only once every lower id is settled: visible, or a gap that will never
+    fill (a rolled-back write, ids a crash skipped). A gap is taken for one of those once the
+    visible event after it was written more than HITL_EVENT_SETTLE_SECONDS ago (events are written
+    at the end of their unit of work, so what holds a drawn id uncommitted is its commit, which
+    takes milliseconds). Across every project, whoever may see them: only ids are compared."""
+    cutoff = timezone.now() - _settle_after()
+    while True:
+        rows = list(Event.objects.filter(id__gt=after).order_by("id").values_list("id", "created_at")[:SETTLE_BATCH])
+        for event_id, created_at in rows:
+            if event_id != after + 1 and created_at > cutoff:
+                return after, True
+            after = event_id
+        if len(rows) < SETTLE_BATCH:
+            return after, False
+
+
+def resume_point(user) -> int:
+    """Where a page's stream of every project resumes: the newest event ``user`` can see, or the
+    settled point before it when an event below it may still commit (see ``settled_through``)."""
+    return min(newest_visible_event_id(user), settled_through(settled_start())[0])
 
 
 def past_every_event(event_id: int, *, user) -> str | None:

@@ -17,7 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
 
-from events.selectors import newest_visible_event_id
+from events.selectors import resume_point
 
 SIGNED_OUT = "You are signed out: nothing was changed. Reload the page to sign in again."
 GONE = ("This is not yours to see any more: your role in its project was removed, or it no longer exists. "
@@ -68,8 +68,9 @@ def signed_in(view):
         if request.method == "GET" and not is_htmx(request) and request.user.is_authenticated:
             # A page's websocket resumes after the newest event the user could see BEFORE the view
             # read the page's data: read while rendering (after it), an event committed in between
-            # (a second trigger of a stop) counted as seen and never reached the page.
-            request.hitl_last_event_id = newest_visible_event_id(request.user)
+            # (a second trigger of a stop) counted as seen and never reached the page. Or before it,
+            # where a lower id may still commit (events.selectors.settled_through).
+            request.hitl_last_event_id = resume_point(request.user)
         if not is_htmx(request):
             return redirecting(request, *args, **kwargs)
         try:  # a page's own request for what the user can no longer see (a role removed meanwhile)

@@ -19,7 +19,7 @@ def review(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not request.path.startswith(("/review/", "/admin/")):
         return {}
-    from events.selectors import newest_visible_event_id
+    from events.selectors import resume_point
     from review.selectors import stopped_projects
 
     if request.path.startswith("/admin/"):  # the admin shows the same stop banners (admin/base_site.html)
@@ -29,5 +29,5 @@ def review(request):
     page = match.url_name if match is not None else None
     return {"stopped_projects": SimpleLazyObject(lambda: stopped_projects(user=user)),
             "last_event_id": (request.hitl_last_event_id if hasattr(request, "hitl_last_event_id")   # review.auth
-                              else SimpleLazyObject(lambda: newest_visible_event_id(user))),
+                              else SimpleLazyObject(lambda: resume_point(user))),
             "nav_page": page, "nav_section": _SECTION_OF.get(page)}

@@ -291,6 +291,105 @@ def test_a_stream_of_projects_read_in_several_queries_keeps_id_order(project, ot
     async_to_sync(run)()
 
 
+def _slow_write(project_id, *, commit=True):
+    """In a thread of its own: an event written in a transaction that stays open until ``release``
+    is set (then committed, or rolled back). Returns (thread, release, the event's id)."""
+    import threading
+
+    from django.db import connections, transaction
+
+    written, release, slow = threading.Event(), threading.Event(), {}
+
+    def run():
+        try:
+            with transaction.atomic():
+                slow["id"] = event_emit(project_id=project_id, event_type="budget_alert", data={"slow": True}).id
+                written.set()
+                release.wait(30)
+                if not commit:
+                    transaction.set_rollback(True)
+        finally:
+            written.set()
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert written.wait(10) and "id" in slow
+    return thread, release, slow["id"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("reconnect", [False, True])
+def test_a_stream_of_every_project_sends_no_event_before_a_lower_id_commits(project, other_project, agent, keys,
+                                                                           settings, reconnect):
+    """Ids are drawn before commit: an event of project B (id n) can commit after one of project A
+    (id n + 1). A stream of every project sent A's at once, and a client that reconnected after it
+    never got B's (API.md: "none is lost"). It now holds A's until B's commits; a client that
+    reconnects meanwhile resumes before both."""
+    from access.services import role_grant
+
+    settings.HITL_EVENT_SETTLE_SECONDS = 60
+    role_grant(user=agent, project=other_project, role="agent")
+    start = emit(project, 1)[0]
+    thread, release, slow = _slow_write(other_project.pk)
+    try:
+        later = emit(project, 1)[0]
+        assert start < slow < later
+
+        async def run():
+            comm = communicator(f"/ws/events/?last_event_id={start}", keys["agent"])
+            assert (await comm.connect())[0]
+            assert await comm.receive_nothing(timeout=1.5)    # A's event waits for B's lower id
+            if reconnect:
+                await comm.disconnect()
+                comm = communicator(f"/ws/events/?last_event_id={start}", keys["agent"])
+                assert (await comm.connect())[0]
+            release.set()
+            await asyncio.to_thread(thread.join, 30)
+            got = await receive_events(comm, 2)
+            assert [e["id"] for e in got] == [slow, later]
+            assert await comm.receive_nothing(timeout=0.5)
+            await comm.disconnect()
+        async_to_sync(run)()
+    finally:
+        release.set()
+        thread.join(30)
+
+
+@pytest.mark.postgres
+def test_a_rolled_back_id_holds_a_stream_of_every_project_only_for_the_settle_time(project, other_project, agent,
+                                                                                  keys, settings):
+    """A write that rolls back leaves a gap in the ids that never fills: a stream of every project
+    sends what follows it once the event after the gap is HITL_EVENT_SETTLE_SECONDS old; a stream
+    of one project does not wait at all."""
+    import time
+
+    from access.services import role_grant
+
+    settings.HITL_EVENT_SETTLE_SECONDS = 4
+    role_grant(user=agent, project=other_project, role="agent")
+    start = emit(project, 1)[0]
+    thread, release, gap = _slow_write(other_project.pk, commit=False)
+    release.set()
+    thread.join(30)
+
+    async def run():
+        every = communicator(f"/ws/events/?last_event_id={start}", keys["agent"])
+        one = communicator(f"/ws/events/?project_id={project.pk}&last_event_id={start}", keys["agent"])
+        assert (await every.connect())[0] and (await one.connect())[0]
+        after = (await database_sync_to_async(emit)(project, 1))[0]
+        assert gap < after
+        began = time.monotonic()
+        assert [e["id"] for e in await receive_events(one, 1, timeout=5)] == [after]
+        if time.monotonic() - began < 3:   # (a machine so loaded that it took longer proves nothing here)
+            assert await every.receive_nothing(timeout=0.5)
+        assert [e["id"] for e in await receive_events(every, 1, timeout=15)] == [after]
+        assert time.monotonic() - began >= 3.5
+        await every.disconnect()
+        await one.disconnect()
+    async_to_sync(run)()
+
+
 @pytest.mark.redis
 def test_a_redis_outage_ends_no_stream_and_pushes_resume_after_it(serve, project, agent, keys, tmp_path):
     """A real daphne on a Redis of its own: the Redis stops, and the open stream is not closed

@@ -163,3 +163,64 @@ def test_the_newest_visible_event_is_of_the_users_projects_only(project, other_p
     assert newest_visible_event_id(admin_user) == theirs.pk
     assert newest_visible_event_id(outsider) == theirs.pk
     assert newest_visible_event_id(make_user("nobody")) == 0
+
+
+def test_the_settled_point_stops_before_a_fresh_gap_and_passes_an_old_one(project, other_project, settings):
+    """A stream of every project sends an event only once every lower id is settled: a gap in the
+    ids (an event of another project not committed yet, or rolled back) holds it until the event
+    after the gap is HITL_EVENT_SETTLE_SECONDS old."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from events.selectors import settled_start, settled_through
+
+    settings.HITL_EVENT_SETTLE_SECONDS = 5
+    ids = [event_emit(project_id=(project if n % 2 else other_project).pk, event_type="safety_alert",
+                      data={"n": n}).id for n in range(6)]
+    start = settled_start()
+    assert start == ids[0] - 1                      # nothing older than 5 s: from the first event on
+    assert settled_through(start) == (ids[-1], False)
+    Event.objects.filter(pk=ids[2]).delete()        # a gap: ids[2] was drawn, never visible
+    assert settled_through(start) == (ids[1], True)
+    Event.objects.filter(pk=ids[3]).update(created_at=timezone.now() - timedelta(seconds=6))
+    assert settled_through(start) == (ids[-1], False)   # the gap is older than 5 s: rolled back
+    Event.objects.filter(pk__lte=ids[3]).update(created_at=timezone.now() - timedelta(seconds=6))
+    assert settled_start() == ids[3]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_page_resumes_before_an_event_that_may_still_commit(project, other_project, reviewer, settings):
+    """A reviewer page's stream resumes after the settled point, not after the newest event: an
+    event of another project with a lower id, committed after the page was rendered, still comes."""
+    from access.services import role_grant
+    from events.selectors import newest_visible_event_id, resume_point
+
+    settings.HITL_EVENT_SETTLE_SECONDS = 60
+    role_grant(user=reviewer, project=other_project, role="reviewer")
+    before = event_emit(project_id=project.pk, event_type="safety_alert", data={}).id
+    written, release = threading.Event(), threading.Event()
+    slow = {}
+
+    def slow_write():
+        try:
+            with transaction.atomic():
+                slow["id"] = event_emit(project_id=other_project.pk, event_type="safety_alert", data={}).id
+                written.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=slow_write)
+    thread.start()
+    try:
+        assert written.wait(10)
+        after = event_emit(project_id=project.pk, event_type="safety_alert", data={}).id
+        assert before < slow["id"] < after
+        assert newest_visible_event_id(reviewer) == after
+        assert resume_point(reviewer) == before
+    finally:
+        release.set()
+        thread.join(30)
+    assert resume_point(reviewer) == after

@@ -295,6 +295,33 @@ def test_the_inbox_does_not_move_an_override_under_the_pointer_on_its_buttons(
     assert_not_reloaded(page)
 
 
+def test_a_decision_pressed_as_the_list_is_read_again_is_not_a_page_reload(
+        serve, chromium, project, agent, reviewers):  # noqa: F811
+    """htmx wired the buttons of a re-read list only at its settle, 20 ms after the swap: a press
+    in between (Enter on a button just focused) posted the form without htmx, and the page
+    reloaded (a CI run's inbox test caught it). They are wired in the swap now."""
+    rita, _ = reviewers
+    agent_key = api_key_create(user=agent, name="browser")[1]
+    server = serve()
+    first = api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "5",
+        "justification": "first"})["id"]
+    page = log_in(chromium.new_context(server), rita.username)
+    wait_live(page)
+    mark_page(page)
+    # right after the next swap of the list, before anything else runs: press the first Approve
+    page.evaluate("""(id) => document.body.addEventListener("htmx:afterSwap", function once(evt) {
+        if (evt.detail.target.id !== "inbox-live") return;
+        document.body.removeEventListener("htmx:afterSwap", once);
+        Promise.resolve().then(() => document.querySelector("#override-" + id + " .btn-approve").click());
+    })""", first)
+    api(server, "POST", "/api/v1/budget-overrides", agent_key, status=(201,), body={
+        "project_id": str(project.pk), "violation_type": "daily_cost_limit", "requested_amount": "10",
+        "justification": "second"})
+    expect(page.locator("#inbox-outcome")).to_contain_text(f"Budget override +$5.0000 (Daily cost limit) for {project.name} approved.")
+    assert_not_reloaded(page)
+
+
 def test_the_plain_approve_does_not_drop_an_edit_typed_in_the_amendment(serve, chromium, project, agent, reviewers):  # noqa: F811
     """"a" (or the Approve button) with an edit typed in the amendment's editor approved the
     original input and dropped the edit without a word; now the first press says so."""

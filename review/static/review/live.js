@@ -301,6 +301,15 @@
     }
   }
 
+  // htmx wires a swapped block's forms only at its settle, 20 ms after the swap: a press in between
+  // (Enter on a button just focused, as the list was read again) posted the form without htmx, and
+  // the page reloaded. They are wired at the swap (htmx.process: the settle's own pass then finds
+  // them done).
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    var target = evt.detail && evt.detail.target;
+    if (window.htmx && target && document.contains(target)) window.htmx.process(target);
+  });
+
   document.addEventListener("htmx:afterSwap", function () {  // a panel settled by its own decision
     var panel = document.getElementById("decision-panel");
     if (panel && panel.getAttribute("data-status") !== "pending") restoreDrafts();
@@ -327,10 +336,10 @@
       openedAt = Date.now();
       setStatus("live", "Live");
       armWatchdog();
-      // The stream resumes after one id across every project, and ids are drawn before commit: a
-      // stop of another project committed just after the page was rendered (or during a drop)
-      // with a lower id was never sent, and its banner stayed missing until a reload. The banners
-      // are read once the stream is open; stops after that come over it.
+      // The banners are read again once the stream is open: what changed while it was down comes
+      // over it too (a stream of every project resumes after the highest id seen: the server sends
+      // an event only once every lower id is settled), but a banner must not wait for the events
+      // of a long drop to be replayed.
       document.body.dispatchEvent(new CustomEvent("hitl:banners", { bubbles: true }));
     };
     socket.onmessage = function (message) {
