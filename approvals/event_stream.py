@@ -61,6 +61,7 @@ from approvals.consumers import HttpError, _authenticate, authenticated_again, p
 from events.models import Event
 from events.selectors import past_every_event, settled_start, settled_through
 from events.services import event_payload, project_group
+from core.errors import transient_db_error_kind
 from core.request_cache import request_scope
 from core.wakeup import wakeup_subscribe, wakeup_unsubscribe
 from projects.permissions import project_visible_to
@@ -280,6 +281,28 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
 
     async def connect(self):
+        """A database busy or away (no pooled connection within HITL_DB_POOL_TIMEOUT, a connection
+        lost) is not a failed handshake (daphne answered it 500 and logged a traceback): the socket
+        is accepted and closed with 1013, "try again later", and the client reconnects with its
+        backoff (the SDK and the pages do), as an HTTP request gets 503 with Retry-After."""
+        self.accepted = False
+        try:
+            await self._connect()
+        except Exception as exc:
+            kind = transient_db_error_kind(exc)
+            if kind is None:
+                raise
+            log.warning("event stream: the database is unavailable (%s), closed with 1013: %s", kind,
+                        self.scope.get("path"))
+            if not self.accepted:
+                await self.accept()
+            await self.close(code=1013, reason="The database is unavailable: reconnect shortly.")
+
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        self.accepted = True
+
+    async def _connect(self):
         # Told of every change of access from before its own check on: a key revoked or a page signed
         # out just after the handshake is not missed until the next heartbeat (the heartbeat's task
         # subscribed only once it ran).

@@ -726,6 +726,39 @@ def test_a_database_away_at_a_heartbeat_does_not_end_the_checks(project, other_p
     async_to_sync(run)()
 
 
+@pytest.mark.parametrize("query", ["", "?project_id={project}"])
+def test_a_database_away_at_the_handshake_closes_with_try_again_later_not_a_500(project, keys, monkeypatch, query):
+    """No pooled connection (the database down for HITL_DB_POOL_TIMEOUT) raised out of the
+    handshake: daphne answered it HTTP 500 with a traceback. It is accepted and closed with 1013
+    ("try again later"), which the clients reconnect after; the next handshake works."""
+    from django.db import OperationalError
+
+    from approvals import event_stream
+
+    real = event_stream._authenticate
+    calls = []
+
+    def away_once(scope):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        return real(scope)
+
+    monkeypatch.setattr(event_stream, "_authenticate", away_once)
+    path = "/ws/events/" + query.format(project=project.pk)
+
+    async def run():
+        comm = communicator(path, keys["agent"])
+        assert (await comm.connect())[0]
+        assert await closed_with(comm) == 1013
+        comm = communicator(path, keys["agent"])
+        assert (await comm.connect())[0]
+        ids = await database_sync_to_async(emit)(project, 1)
+        assert [e["id"] for e in await receive_events(comm, 1)] == ids
+        await comm.disconnect()
+    async_to_sync(run)()
+
+
 @pytest.mark.parametrize("path", ["/foo/ws/events/", "/api/v1/projects", "/ws/events/extra", "/"])
 def test_a_handshake_on_a_path_with_no_socket_is_refused_not_a_500(project, keys, path):
     """Channels raised "No route found for path" (a 500 from the server) and the SDK, pointed at
