@@ -161,12 +161,18 @@ class EventHub:
         self.unsettled = False
 
     async def subscribe(self, stream: EventStreamConsumer, project_ids) -> None:
-        new = [pid for pid in project_ids if pid not in self.subscribers]
         if stream.project_filter is None:
             self.everything.add(stream)
             self.wake.set()      # a settled point for it soon, whatever the poll period
-        if new:
-            self.cursors.update(await _latest_ids(new))
+        # Cursors for the projects the hub does not read yet. Read until none is missing: a project
+        # followed by others when this began may have lost its last follower (and its cursor)
+        # during the read (a KeyError then, and the crashed stream left in the project's followers
+        # broke every later stream of it in the process). One that got a cursor meanwhile keeps it.
+        while missing := [pid for pid in project_ids if pid not in self.cursors]:
+            for pid, last in (await _latest_ids(missing)).items():
+                self.cursors.setdefault(pid, last)
+        # from here to the end of the loop, no await: the cursors read are still there
+        new = [pid for pid in project_ids if pid not in self.subscribers]
         for pid in project_ids:
             self.subscribers.setdefault(pid, set()).add(stream)
             # A project the stream did not follow yet starts from what the hub has read of it, set
@@ -176,6 +182,15 @@ class EventHub:
             await wakeup_subscribe(project_group(pid), self.wake)
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
+
+    async def _drop_wakeup(self, pid) -> None:
+        """The wake-ups of a project no stream follows any more, unless one follows it again by
+        then (its subscribe would otherwise come before this and be undone by it)."""
+        if pid in self.subscribers:
+            return
+        await wakeup_unsubscribe(project_group(pid), self.wake)
+        if pid in self.subscribers:  # followed again during the unsubscribe: subscribed again
+            await wakeup_subscribe(project_group(pid), self.wake)
 
     def unsubscribe(self, stream: EventStreamConsumer, project_ids=None) -> None:
         """``stream`` stops following ``project_ids`` (all of its projects when None)."""
@@ -188,26 +203,33 @@ class EventHub:
             if not self.subscribers[pid]:
                 del self.subscribers[pid]
                 self.cursors.pop(pid, None)
-                asyncio.ensure_future(wakeup_unsubscribe(project_group(pid), self.wake))
+                asyncio.ensure_future(self._drop_wakeup(pid))
         if not self.subscribers and self.task is not None:
             self.task.cancel()
             self.task = None
 
     async def _run(self) -> None:
         interval = settings.HITL_WAIT_POLL_SECONDS
+        loop = asyncio.get_running_loop()
+        last_read = loop.time()
         while self.subscribers:
+            woken = True
             try:   # soon again while an event waits for a lower id to settle
                 await asyncio.wait_for(self.wake.wait(), timeout=min(interval, SETTLE_POLL) if self.unsettled
                                        else interval)
             except asyncio.TimeoutError:
-                pass
+                woken = False
             self.wake.clear()
+            # a settle poll reads the settled point only: the events again only when woken or due
+            read = woken or loop.time() - last_read >= interval
             try:
-                await self.deliver_new()
+                await self.deliver_new(read=read)
             except Exception:  # noqa: BLE001 - try again on the next round
                 log.exception("event hub: reading the outbox failed")
+            if read:
+                last_read = loop.time()
 
-    async def deliver_new(self) -> None:
+    async def deliver_new(self, read: bool = True) -> None:
         """Push what is new to the streams of its project; then tell the streams of every project
         through which id they may send. That settled point is read BEFORE the new events: every
         event up to it was committed before the read, so it is in this read or an earlier one, or
@@ -215,7 +237,9 @@ class EventHub:
         horizon = None
         if self.everything:
             horizon, self.unsettled = await _settled(self.horizon)
-        while self.subscribers:
+            # a point that moved is sent only after a read: the events up to it must be read first
+            read = read or horizon != self.horizon
+        while read and self.subscribers:
             batch, more = await _read(dict(self.cursors))
             for event in batch:
                 pid = uuid.UUID(event["project_id"])
@@ -227,7 +251,7 @@ class EventHub:
                     stream.push(item)
             if not more:
                 break
-        if horizon is not None and self.everything:
+        if horizon is not None and self.everything and read:
             self.horizon = max(horizon, self.horizon or 0)
             for stream in list(self.everything):     # after this round's events, in each queue
                 stream.push((None, self.horizon, None))
@@ -369,13 +393,22 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=text)
 
     async def _catch_up(self) -> None:
+        """Send what the outbox holds after ``sent``. A stream of every project sends, after each
+        read, what it read up to a settled point taken before that read (every event up to it was
+        committed, so the read has it): a backlog goes out as it is read, not held whole until the
+        end (a resync during a long catch-up started it again from where it started, for ever)."""
         read = dict(self.sent)       # (what is held is read, not sent)
         while True:
+            settled = None
+            if self.project_filter is None:
+                settled = self.hub.horizon if self.hub.horizon is not None else (await _settled(None))[0]
             batch, more = await _read(read)
             for event in batch:
                 pid = uuid.UUID(event["project_id"])
                 read[pid] = max(read.get(pid, 0), event["id"])
                 await self._send_event(pid, event["id"], _text(event))
+            if settled is not None:  # all of it read up to there (a full read: up to its last id)
+                await self._send_event(None, min(settled, batch[-1]["id"]) if more else settled, None)
             if not more:
                 break
         if self.project_filter is None:

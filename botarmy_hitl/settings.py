@@ -372,8 +372,9 @@ HITL_APPROVAL_SWEEP_SECONDS = _int("HITL_APPROVAL_SWEEP_SECONDS", 10, least=1, m
 HITL_WAIT_POLL_SECONDS = _float("HITL_WAIT_POLL_SECONDS", 5.0 if env.str("REDIS_URL", default="") else 1.0,
                                 least=0.1)
 # A stream of every project (/ws/events/ without project_id) sends an event once every lower id is
-# committed (ids are drawn before commit), or has stayed a gap this long: a rolled-back write.
-HITL_EVENT_SETTLE_SECONDS = _float("HITL_EVENT_SETTLE_SECONDS", 5.0, least=0.1, most=3600)
+# committed (ids are drawn before commit), or has stayed a gap this long: a rolled-back write. Longer
+# than HITL_DB_LOCK_TIMEOUT: a write waits up to that for the audit chain's lock after its event.
+HITL_EVENT_SETTLE_SECONDS = _float("HITL_EVENT_SETTLE_SECONDS", 15.0, least=0.1, most=3600)
 # The /ws/events/ websocket sends {"type": "ping"} this often (daphne's protocol pings drop dead peers).
 HITL_WS_HEARTBEAT_SECONDS = _float("HITL_WS_HEARTBEAT_SECONDS", 20.0, least=0.1, most=_DAY_SECONDS)
 # How often beat evaluates the automatic emergency-stop conditions of every active project.

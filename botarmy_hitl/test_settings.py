@@ -22,3 +22,5 @@ HITL_AUDIT_CHECKPOINT_DIR = VAR_DIR / "no-audit-checkpoints-in-tests"  # noqa: F
 # PostgreSQL: the same backend with a flush that DELETEs instead of TRUNCATE (core/postgresql/testing)
 if DATABASES["default"]["ENGINE"] == "core.postgresql":  # noqa: F405
     DATABASES["default"]["ENGINE"] = "core.postgresql.testing"  # noqa: F405
+# a rolled-back write holds streams of every project this long (15 s by default): shorter in tests
+HITL_EVENT_SETTLE_SECONDS = 5.0

@@ -1,8 +1,8 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Max, OuterRef, Subquery
-from django.utils import timezone
+from django.db.models import BooleanField, ExpressionWrapper, Max, OuterRef, Q, Subquery
+from django.db.models.functions import Now
 
 from core.errors import InvalidInput
 from events.models import Event
@@ -27,8 +27,10 @@ def newest_visible_event_id(user) -> int:
 SETTLE_BATCH = 2000
 
 
-def _settle_after() -> timedelta:
-    return timedelta(seconds=settings.HITL_EVENT_SETTLE_SECONDS)
+def _settle_cutoff():
+    """HITL_EVENT_SETTLE_SECONDS before now, by the database's clock: on PostgreSQL an event's
+    ``created_at`` is that clock's, read once its project's lock is held (events.services)."""
+    return Now() - timedelta(seconds=settings.HITL_EVENT_SETTLE_SECONDS)
 
 
 def settled_start() -> int:
@@ -36,7 +38,7 @@ def settled_start() -> int:
     HITL_EVENT_SETTLE_SECONDS ago (every id below it is settled: see ``settled_through``), else
     just before the oldest event there is. Reads the events of the last few seconds (backwards by
     id), not the history."""
-    old = (Event.objects.filter(created_at__lt=timezone.now() - _settle_after()).order_by("-id")
+    old = (Event.objects.filter(created_at__lt=_settle_cutoff()).order_by("-id")
            .values_list("id", flat=True).first())
     if old is not None:
         return old
@@ -53,14 +55,17 @@ def settled_through(after: int) -> tuple[int, bool]:
     project A with id 8. A stream of several projects that resumes after 8 would never send 7.
     So it sends an event only once every lower id is settled: visible, or a gap that will never
     fill (a rolled-back write, ids a crash skipped). A gap is taken for one of those once the
-    visible event after it was written more than HITL_EVENT_SETTLE_SECONDS ago (events are written
-    at the end of their unit of work, so what holds a drawn id uncommitted is its commit, which
-    takes milliseconds). Across every project, whoever may see them: only ids are compared."""
-    cutoff = timezone.now() - _settle_after()
+    visible event after it was written more than HITL_EVENT_SETTLE_SECONDS ago, by the database's
+    clock (its id was drawn after the gap's; events are written at the end of their unit of work,
+    so what holds a drawn id uncommitted is the rest of its commit, which takes milliseconds: a
+    commit held up longer, a lock wait for the audit chain say, may be passed, and its event is then
+    sent late, out of order). Across every project, whoever may see them: only ids are compared."""
+    fresh = ExpressionWrapper(Q(created_at__gt=_settle_cutoff()), output_field=BooleanField())
     while True:
-        rows = list(Event.objects.filter(id__gt=after).order_by("id").values_list("id", "created_at")[:SETTLE_BATCH])
-        for event_id, created_at in rows:
-            if event_id != after + 1 and created_at > cutoff:
+        rows = list(Event.objects.filter(id__gt=after).order_by("id").annotate(fresh=fresh)
+                    .values_list("id", "fresh")[:SETTLE_BATCH])
+        for event_id, is_fresh in rows:
+            if event_id != after + 1 and is_fresh:
                 return after, True
             after = event_id
         if len(rows) < SETTLE_BATCH:

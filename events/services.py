@@ -67,8 +67,12 @@ def _write_many(*, project_id, rows) -> list[Event]:
               for event_type, task_id, data in rows]
     if connection.features.can_return_rows_from_bulk_insert:
         if connection.vendor == "postgresql":
-            with kept_cursor(connection) as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _stream_lock_key(project_id))
+            with kept_cursor(connection) as cursor:   # stamped once the lock is held (see _insert)
+                cursor.execute("SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(%s, %s)) AS stream",
+                               _stream_lock_key(project_id))
+                stamped = cursor.fetchone()[0]
+            for event in events:
+                event.created_at = stamped
         Event.objects.bulk_create(events)
     else:  # (SQLite before 3.35) one insert each, ids returned as event_emit's are
         for event in events:
@@ -87,7 +91,10 @@ def _insert(event: Event) -> None:
     """INSERT the outbox row (one hand-written statement: every write emits at least one). On
     PostgreSQL the same statement takes the project's stream lock first (a materialised WITH
     that the row's select reads from, so the id is drawn once the lock is held): one round trip
-    fewer while it is held."""
+    fewer while it is held. There ``created_at`` is the database's clock once the lock is held,
+    not the caller's before it: how old an event is tells how long ago its id was drawn
+    (events.selectors.settled_through), though it waited for the lock, and whatever the clock of
+    the process that wrote it."""
     global _INSERT
     connection = db()  # this thread's database wrapper (the module's is a proxy)
     postgres = connection.vendor == "postgresql"
@@ -96,19 +103,26 @@ def _insert(event: Event) -> None:
         fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
         returning = f" RETURNING {quote(Event._meta.pk.column)}" \
             if connection.features.can_return_columns_from_insert else ""
-        into = f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+        table = quote(Event._meta.db_table)
         if postgres:
+            stamp = quote(Event._meta.get_field("created_at").column)
+            fields = [f for f in fields if f.attname != "created_at"]
             values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
             _INSERT = (f"WITH stream AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s)) "
-                       f"{into} SELECT {values} FROM stream{returning}", fields)
+                       f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}, {stamp}) "
+                       f"SELECT {values}, clock_timestamp() FROM stream{returning}, {stamp}", fields)
         else:
+            into = f"INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)})"
             _INSERT = (f"{into} VALUES ({', '.join(['%s'] * len(fields))}){returning}", fields)
     sql, fields = _INSERT
     params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
     with kept_cursor(connection) as cursor:
         cursor.execute(sql, [*_stream_lock_key(event.project_id), *params] if postgres else params)
-        event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
-            connection.ops.last_insert_id(cursor, Event._meta.db_table, Event._meta.pk.column)
+        if postgres:
+            event.pk, event.created_at = cursor.fetchone()
+        else:
+            event.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else \
+                connection.ops.last_insert_id(cursor, Event._meta.db_table, Event._meta.pk.column)
     event._state.adding, event._state.db = False, connection.alias
 
 

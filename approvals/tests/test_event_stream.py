@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -387,6 +388,95 @@ def test_a_rolled_back_id_holds_a_stream_of_every_project_only_for_the_settle_ti
         assert time.monotonic() - began >= 3.5
         await every.disconnect()
         await one.disconnect()
+    async_to_sync(run)()
+
+
+def test_a_project_losing_its_last_stream_while_another_subscribes_breaks_nothing(project, other_project, agent,
+                                                                                 keys, monkeypatch):
+    """A stream subscribing to a project that others followed, while it read the cursors of its
+    other projects, found that project's cursor gone (its last stream had closed meanwhile):
+    KeyError, a handshake that failed, and that crashed stream left among the project's followers,
+    so every later stream of it in the process failed too (a helper's load test saw 1011s until
+    the server restarted)."""
+    from access.services import role_grant
+    from approvals import event_stream
+
+    role_grant(user=agent, project=other_project, role="agent")
+    start = emit(project, 1)[0]
+    real = event_stream._latest_ids
+
+    async def run():
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held_open(project_ids):
+            if other_project.pk in project_ids and not gate.is_set():
+                entered.set()
+                await gate.wait()
+            return await real(project_ids)
+
+        monkeypatch.setattr(event_stream, "_latest_ids", held_open)
+        first = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await first.connect())[0]
+        every = communicator(f"/ws/events/?last_event_id={start}", keys["agent"])
+        connecting = asyncio.ensure_future(every.connect())
+        await asyncio.wait_for(entered.wait(), 10)
+        await first.disconnect()                      # the project's last stream goes meanwhile
+        gate.set()
+        assert (await connecting)[0]
+        mine = await database_sync_to_async(emit)(project, 1)
+        theirs = await database_sync_to_async(emit)(other_project, 1)
+        assert [e["id"] for e in await receive_events(every, 2)] == mine + theirs
+        again = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await again.connect())[0]             # and the next stream of that project works
+        more = await database_sync_to_async(emit)(project, 1)
+        assert [e["id"] for e in await receive_events(again, 1)] == more
+        await every.disconnect()
+        await again.disconnect()
+    async_to_sync(run)()
+
+
+def test_a_stream_of_every_project_sends_a_long_backlog_while_events_keep_coming(project, keys, monkeypatch):
+    """A stream of every project read its whole backlog before sending any of it; events pushed
+    meanwhile past its queue's limit started the catch-up again from where it began, for ever:
+    nothing was sent (a reviewer's review found it). It now sends each read up to a settled point."""
+    import threading
+
+    from django.db import connections
+
+    from approvals import event_stream
+
+    monkeypatch.setattr(event_stream, "QUEUE_LIMIT", 3)
+    monkeypatch.setattr(event_stream, "BATCH", 200)
+    real_read = event_stream._read
+
+    async def slow_read(cursors):
+        await asyncio.sleep(0.05)
+        return await real_read(cursors)
+
+    monkeypatch.setattr(event_stream, "_read", slow_read)
+    backlog = emit(project, 1000)
+    stop = threading.Event()
+
+    def writer():
+        try:
+            while not stop.is_set():
+                event_emit(project_id=project.pk, event_type="budget_alert", data={})
+                time.sleep(0.01)
+        finally:
+            connections.close_all()
+
+    async def run():
+        comm = communicator(f"/ws/events/?last_event_id={backlog[0] - 1}", keys["agent"])
+        assert (await comm.connect())[0]
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            got = await receive_events(comm, len(backlog), timeout=15)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 10)
+        assert [e["id"] for e in got] == backlog
+        await comm.disconnect()
     async_to_sync(run)()
 
 

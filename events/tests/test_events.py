@@ -224,3 +224,62 @@ def test_a_page_resumes_before_an_event_that_may_still_commit(project, other_pro
         release.set()
         thread.join(30)
     assert resume_point(reviewer) == after
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_event_that_waited_for_its_projects_lock_is_not_taken_for_an_old_one(project, other_project, settings):
+    """``created_at`` was stamped before the project's stream lock was waited for: an event that
+    waited longer than the settle time drew its id just now but looked old, and a lower id of
+    another project, drawn meanwhile and not committed, was passed as settled (and could be lost by
+    a stream resuming after the later one). It is stamped by the database once the lock is held."""
+    from events.selectors import settled_start, settled_through
+
+    settings.HITL_EVENT_SETTLE_SECONDS = 1
+    event_emit(project_id=project.pk, event_type="budget_alert", data={})
+    hold, lower_written, release_lower = threading.Event(), threading.Event(), threading.Event()
+    ids = {}
+
+    def in_thread(work):
+        def run():
+            try:
+                work()
+            finally:
+                connections.close_all()
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def holder():      # a transaction of the other project holds its stream lock
+        with transaction.atomic():
+            ids["held"] = event_emit(project_id=other_project.pk, event_type="budget_alert", data={}).id
+            hold.wait(30)
+
+    def waiter():      # that project's next event waits for the lock, then draws its id
+        ids["waited"] = event_emit(project_id=other_project.pk, event_type="budget_alert", data={}).id
+
+    def lower():       # this project's event draws its id and stays uncommitted a while
+        with transaction.atomic():
+            ids["lower"] = event_emit(project_id=project.pk, event_type="budget_alert", data={}).id
+            lower_written.set()
+            release_lower.wait(30)
+
+    threads = [in_thread(holder)]
+    time.sleep(0.3)
+    threads.append(in_thread(waiter))
+    time.sleep(1.5)                    # longer than the settle time, shorter than the lock timeout
+    threads.append(in_thread(lower))
+    try:
+        assert lower_written.wait(10)
+        hold.set()
+        threads[0].join(10)
+        threads[1].join(10)
+        assert ids["held"] < ids["lower"] < ids["waited"]
+        through, waiting = settled_through(settled_start())
+        assert (through, waiting) == (ids["lower"] - 1, True)
+    finally:
+        hold.set()
+        release_lower.set()
+        for thread in threads:
+            thread.join(10)
+    assert settled_through(settled_start()) == (ids["waited"], False)

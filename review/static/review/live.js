@@ -307,7 +307,10 @@
   // them done).
   document.addEventListener("htmx:afterSwap", function (evt) {
     var target = evt.detail && evt.detail.target;
-    if (window.htmx && target && document.contains(target)) window.htmx.process(target);
+    if (!window.htmx || !target) return;
+    // an outerHTML swap (a decision panel) put a new element in the target's place, under its id
+    var swapped = document.contains(target) ? target : (target.id && document.getElementById(target.id));
+    if (swapped) window.htmx.process(swapped);
   });
 
   document.addEventListener("htmx:afterSwap", function () {  // a panel settled by its own decision
