@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import BooleanField, ExpressionWrapper, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Now
 
@@ -59,17 +60,42 @@ def settled_through(after: int) -> tuple[int, bool]:
     clock (its id was drawn after the gap's; events are written at the end of their unit of work,
     so what holds a drawn id uncommitted is the rest of its commit, which takes milliseconds: a
     commit held up longer, a lock wait for the audit chain say, may be passed, and its event is then
-    sent late, out of order). Across every project, whoever may see them: only ids are compared."""
+    sent late, out of order). Across every project, whoever may see them: only ids are compared.
+
+    On PostgreSQL a gap is also taken as settled as soon as no transaction that has written
+    anything and began before the event after it was written is still running: the gap's own
+    transaction began before then, so it has ended (committed: its event is visible; else rolled
+    back). A rolled-back write then holds nothing up, and a commit held up long is waited for,
+    up to HITL_EVENT_SETTLE_SECONDS."""
     fresh = ExpressionWrapper(Q(created_at__gt=_settle_cutoff()), output_field=BooleanField())
+    oldest_writer = _NOT_READ
     while True:
         rows = list(Event.objects.filter(id__gt=after).order_by("id").annotate(fresh=fresh)
-                    .values_list("id", "fresh")[:SETTLE_BATCH])
-        for event_id, is_fresh in rows:
+                    .values_list("id", "fresh", "created_at")[:SETTLE_BATCH])
+        for event_id, is_fresh, created_at in rows:
             if event_id != after + 1 and is_fresh:
-                return after, True
+                if oldest_writer is _NOT_READ:
+                    oldest_writer = _oldest_writer_start()
+                if oldest_writer is _UNKNOWN or (oldest_writer is not None and oldest_writer <= created_at):
+                    return after, True
             after = event_id
         if len(rows) < SETTLE_BATCH:
             return after, False
+
+
+_NOT_READ, _UNKNOWN = object(), object()
+
+
+def _oldest_writer_start():
+    """When the oldest transaction still running that has written something began (another
+    connection's; None when there is none), or _UNKNOWN (not PostgreSQL). Transactions of other
+    roles show no start to a role without pg_read_all_stats: they write no events."""
+    if connection.vendor != "postgresql":
+        return _UNKNOWN
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT min(xact_start) FROM pg_stat_activity "
+                       "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()")
+        return cursor.fetchone()[0]
 
 
 def resume_point(user) -> int:
