@@ -17,7 +17,8 @@ The outbox (events.Event) is the source of truth; the channel layer only says "s
 - A stream of every visible project (no ``project_id``) is resumed after one id across projects,
   and ids are drawn before commit: an event of one project can commit after a higher id of another.
   Such a stream sends an event only once every lower id is settled (events.selectors.
-  settled_through: committed, or a gap older than HITL_EVENT_SETTLE_SECONDS, a rolled-back write),
+  settled_through: committed, or a gap whose transaction has ended or that is older than
+  HITL_EVENT_SETTLE_SECONDS, a rolled-back write),
   so it sends in increasing id order across projects and a resume after the last id loses nothing.
   The hub reads the settled point before each round's events and sends it to those streams after
   them; each holds what it read past that point. A stream of one project sends at once.
