@@ -435,6 +435,7 @@ def test_a_project_losing_its_last_stream_while_another_subscribes_breaks_nothin
     async_to_sync(run)()
 
 
+@pytest.mark.postgres     # (a writer thread beside the stream: SQLite's shared in-memory test database locks the table)
 def test_a_stream_of_every_project_sends_a_long_backlog_while_events_keep_coming(project, keys, monkeypatch):
     """A stream of every project read its whole backlog before sending any of it; events pushed
     meanwhile past its queue's limit started the catch-up again from where it began, for ever:

@@ -305,12 +305,12 @@
   // (Enter on a button just focused, as the list was read again) posted the form without htmx, and
   // the page reloaded. They are wired at the swap (htmx.process: the settle's own pass then finds
   // them done).
+  // (Not a block swapped whole, outerHTML, as a decision panel: wired at once, the panel took the
+  // refresh that its own decision's event asks for at once too, and the outcome the reviewer was
+  // just told, and focused on, was replaced.)
   document.addEventListener("htmx:afterSwap", function (evt) {
     var target = evt.detail && evt.detail.target;
-    if (!window.htmx || !target) return;
-    // an outerHTML swap (a decision panel) put a new element in the target's place, under its id
-    var swapped = document.contains(target) ? target : (target.id && document.getElementById(target.id));
-    if (swapped) window.htmx.process(swapped);
+    if (window.htmx && target && document.contains(target)) window.htmx.process(target);
   });
 
   document.addEventListener("htmx:afterSwap", function () {  // a panel settled by its own decision
