@@ -69,6 +69,12 @@ from projects.permissions import project_visible_to
 
 log = logging.getLogger(__name__)
 
+try:   # daphne's "attempt to send on a closed protocol": a client that closed as an event went out
+    from autobahn.exception import Disconnected as _Disconnected
+    _CLIENT_GONE: tuple = (_Disconnected,)
+except ImportError:  # (another ASGI server)
+    _CLIENT_GONE = ()
+
 BATCH = 500                 # events read per query
 CHUNK = 200                 # projects per query
 QUEUE_LIMIT = 5000          # events buffered per connection before it is resynchronised from the outbox
@@ -425,8 +431,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                 await self._send_event(*await self.queue.get())
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the client reconnects with its last id
-            log.warning("event stream: sending failed, closing", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the client reconnects with its last id
+            if _CLIENT_GONE and isinstance(exc, _CLIENT_GONE):   # it closed as we sent: no traceback
+                log.info("event stream: the client had gone (%s)", exc)
+            else:
+                log.warning("event stream: sending failed, closing", exc_info=True)
             await self.close()
 
     async def _heartbeat(self) -> None:

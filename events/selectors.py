@@ -93,8 +93,8 @@ def _oldest_writer_start():
     if connection.vendor != "postgresql":
         return _UNKNOWN
     with connection.cursor() as cursor:
-        cursor.execute("SELECT min(xact_start) FROM pg_stat_activity "
-                       "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()")
+        cursor.execute("SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+                       "AND pid <> pg_backend_pid() AND datname = current_database()")
         return cursor.fetchone()[0]
 
 

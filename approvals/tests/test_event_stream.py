@@ -817,6 +817,46 @@ def test_a_database_away_at_a_heartbeat_does_not_end_the_checks(project, other_p
     async_to_sync(run)()
 
 
+def test_a_client_gone_as_an_event_goes_out_is_one_line_not_a_traceback(project, keys, monkeypatch):
+    """A client that closed as an event was sent to it (daphne: "Attempt to send on a closed
+    protocol") logged a warning with a whole traceback each time: 40 of them in a helper's load
+    test of clients reconnecting. It is one line at info now; the stream is closed as before."""
+    import logging
+
+    from autobahn.exception import Disconnected
+
+    from approvals import event_stream
+
+    real_send = event_stream.EventStreamConsumer.send
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        if text_data and '"event_type"' in text_data:
+            raise Disconnected("Attempt to send on a closed protocol")
+        return await real_send(self, text_data=text_data, bytes_data=bytes_data, close=close)
+
+    monkeypatch.setattr(event_stream.EventStreamConsumer, "send", send)
+    app()   # (configures logging: a handler added before it would be dropped)
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("approvals.event_stream")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+
+    async def run():
+        comm = communicator(f"/ws/events/?project_id={project.pk}", keys["agent"])
+        assert (await comm.connect())[0]
+        await database_sync_to_async(emit)(project, 1)
+        assert (await comm.receive_output(timeout=5))["type"] == "websocket.close"
+    try:
+        async_to_sync(run)()
+    finally:
+        logger.removeHandler(handler)
+    said = [r for r in records if "client had gone" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO and not said[0].exc_info
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+
+
 @pytest.mark.parametrize("query", ["", "?project_id={project}"])
 def test_a_database_away_at_the_handshake_closes_with_try_again_later_not_a_500(project, keys, monkeypatch, query):
     """No pooled connection (the database down for HITL_DB_POOL_TIMEOUT) raised out of the
