@@ -66,7 +66,7 @@ def signed_in(view):
         if is_htmx(request) and not request.user.is_authenticated:
             return HttpResponse(SIGNED_OUT, status=401, content_type="text/plain; charset=utf-8")
         if request.method == "GET" and not is_htmx(request) and request.user.is_authenticated:
-            # A page's websocket resumes after the newest event the user could see BEFORE the view
+            # A page's websocket resumes after the point the user had seen BEFORE the view
             # read the page's data: read while rendering (after it), an event committed in between
             # (a second trigger of a stop) counted as seen and never reached the page. Or before it,
             # where a lower id may still commit (events.selectors.settled_through).

@@ -1,5 +1,5 @@
 """Context for every template (registered in settings): the emergency banners of base.html (and of
-the admin's base_site.html) and the id of the newest event the user can see, from which the page's websocket resumes
+the admin's base_site.html) and the event id from which the page's websocket resumes (events.selectors.resume_point)
 (no event is missed between the page's rendering and the socket's opening). Lazy: a partial that
 uses neither costs no query."""
 from django.utils.functional import SimpleLazyObject

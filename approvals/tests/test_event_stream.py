@@ -19,6 +19,7 @@ from emergency.services import emergency_stop_trigger
 from events.models import Event
 from core.tests.test_asgi_handler import serve  # noqa: F401  (a real daphne on the test database)
 from events.services import event_emit
+from events.tests.writes import slow_write as _slow_write
 from projects.services import task_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -290,33 +291,6 @@ def test_a_stream_of_projects_read_in_several_queries_keeps_id_order(project, ot
         assert got == written, got
         await comm.disconnect()
     async_to_sync(run)()
-
-
-def _slow_write(project_id, *, commit=True):
-    """In a thread of its own: an event written in a transaction that stays open until ``release``
-    is set (then committed, or rolled back). Returns (thread, release, the event's id)."""
-    import threading
-
-    from django.db import connections, transaction
-
-    written, release, slow = threading.Event(), threading.Event(), {}
-
-    def run():
-        try:
-            with transaction.atomic():
-                slow["id"] = event_emit(project_id=project_id, event_type="budget_alert", data={"slow": True}).id
-                written.set()
-                release.wait(30)
-                if not commit:
-                    transaction.set_rollback(True)
-        finally:
-            written.set()
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert written.wait(10) and "id" in slow
-    return thread, release, slow["id"]
 
 
 @pytest.mark.postgres

@@ -201,28 +201,15 @@ def test_a_page_resumes_before_an_event_that_may_still_commit(project, other_pro
     event of another project with a lower id, committed after the page was rendered, still comes."""
     from access.services import role_grant
     from events.selectors import newest_visible_event_id, resume_point
+    from events.tests.writes import slow_write
 
     settings.HITL_EVENT_SETTLE_SECONDS = 60
     role_grant(user=reviewer, project=other_project, role="reviewer")
     before = event_emit(project_id=project.pk, event_type="safety_alert", data={}).id
-    written, release = threading.Event(), threading.Event()
-    slow = {}
-
-    def slow_write():
-        try:
-            with transaction.atomic():
-                slow["id"] = event_emit(project_id=other_project.pk, event_type="safety_alert", data={}).id
-                written.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=slow_write)
-    thread.start()
+    thread, release, slow = slow_write(other_project.pk)
     try:
-        assert written.wait(10)
         after = event_emit(project_id=project.pk, event_type="safety_alert", data={}).id
-        assert before < slow["id"] < after
+        assert before < slow < after
         assert newest_visible_event_id(reviewer) == after
         assert resume_point(reviewer) == before
     finally:

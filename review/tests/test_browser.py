@@ -614,10 +614,10 @@ def test_a_decision_panel_is_not_swapped_under_the_reviewers_typing(
 
 
 def test_the_stop_banners_are_read_whenever_the_stream_opens(serve, chromium, project, reviewers):  # noqa: F811
-    """Found with clients reconnecting under load: the pages' stream resumes after one event id
-    across every project, and ids are drawn before commit, so an event of another project committed
-    just after the page was rendered (or during a drop) with a lower id was never sent; a stop's
-    banner then stayed missing until a reload. The banners are read each time the stream opens."""
+    """Found with clients reconnecting under load: a stop's event the page's stream did not deliver
+    (an event of another project with a lower id, before streams of every project waited for lower
+    ids to settle) left its banner missing until a reload. The banners are read each time the stream
+    opens, whatever the stream delivers: here its events are dropped in the page."""
     rita, sam = reviewers
     key = api_key_create(user=sam)[1]
     server = serve()

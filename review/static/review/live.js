@@ -1,7 +1,7 @@
 /* BotArmy HITL reviewer pages: live events over the websocket, and keyboard shortcuts.
  *
  * Live: opens <body data-ws-url> (/ws/events/, authenticated by the session cookie), resuming
- * after <body data-last-event-id> (the newest event when the page was rendered), remembers the
+ * after <body data-last-event-id> (the settled point when the page was rendered: events.selectors.resume_point), remembers the
  * last event id and reconnects with ?last_event_id= after a drop (exponential backoff with
  * jitter; a silent socket is treated as dead after 45 s without any message or ping).
  * Each event is dispatched on <body> as a DOM event "hitl:event" (detail: the event payload);
@@ -32,7 +32,7 @@
   var live = {
     socket: null,
     lastId: null,      // highest event id seen: the resume point (?last_event_id=)
-    initialId: null,   // the newest event when the page was rendered
+    initialId: null,   // where the page's stream started (its settled point when rendered)
     seen: {},          // project id -> highest event id seen of that project
     attempt: 0,
     timer: null,
