@@ -2,6 +2,7 @@
 (flag codes ``destructive.*``)."""
 from __future__ import annotations
 
+import posixpath
 import re
 
 from .base import Analyzer
@@ -14,6 +15,17 @@ _CRITICAL_PATHS = {"/", "/*", "~", "~/", "~/*", "$HOME", "${HOME}", "$HOME/", "$
                    "/etc", "/usr", "/var", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/opt", "/srv", "/dev", "/sys",
                    "/proc", "/mnt", "/data", "/var/lib", "/usr/local", "c:\\", "c:/"}
 _BROAD_PATHS = {".", "./", "*", "./*", "..", "../", "../*", ".*"}
+# Below a system or home tree, a recursive delete is high (the reviewer looks at what it removes:
+# `rm -rf /home/app/data` was unflagged); a database's or a container runtime's data is critical.
+_SYSTEM_TREES = re.compile(r"^(?:/(?:home|root|etc|usr|var|bin|sbin|lib|lib32|lib64|libx32|boot|opt|srv|dev|sys|proc|"
+                           r"mnt|media|data|snap)|~|\$HOME|\$\{HOME\})/", re.I)
+_DATA_TREES = re.compile(r"^/var/lib/(?:postgresql|pgsql|mysql|mariadb|mongodb|redis|docker|containerd|etcd|"
+                         r"cassandra|elasticsearch|opensearch|kafka|zookeeper|rabbitmq|influxdb|clickhouse|neo4j|"
+                         r"couchdb|kubelet|minio)(?:/|$)", re.I)
+# Scratch and caches, wherever they are: deleting them loses nothing (`rm -rf /var/lib/apt/lists/*`).
+_SCRATCH = re.compile(r"^(?:/tmp|/var/tmp|/dev/shm|/var/cache|/var/lib/apt/lists|/run/user/\d+)(?:/|$)|"
+                      r"(?:^|/)(?:\.?cache|__pycache__|node_modules|\.npm|\.pytest_cache|\.mypy_cache|"
+                      r"\.ruff_cache|\.gradle)(?:/|$)", re.I)
 _RM = re.compile(r"(?<![\w.-])(?:sudo\s+)?rm\s+([^\n;&|)`]{1,300})")
 _UNGUARDED_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?/?\*?")
 _TEMP_VAR = re.compile(r"^\$\{?(?:tmp|temp|tmpdir|tempdir|tmp_dir|temp_dir|TMPDIR|TMP|TEMP|scratch)\}?$", re.I)
@@ -92,7 +104,7 @@ _PROTECTED = re.compile(r"(?:^|[\s:+])(?:refs/heads/)?(?:main|master|production|
 class DestructiveCommandAnalyzer(Analyzer):
     """Shell, SQL, git and cloud CLI commands that destroy data or hosts (critical/high)."""
     code = "destructive"
-    names = frozenset(("git_force_push", "rm_root", "rm_broad", *(rule[0] for rule in _DESTRUCTIVE)))
+    names = frozenset(("git_force_push", "rm_root", "rm_system", "rm_broad", *(rule[0] for rule in _DESTRUCTIVE)))
 
     def analyze(self, ctx: RiskContext) -> list[dict]:
         return self.for_each_segment(ctx, self._segment)
@@ -125,11 +137,24 @@ class DestructiveCommandAnalyzer(Analyzer):
         if not recursive:
             return None
         shown = redact("rm " + argstring)
-        if "--no-preserve-root" in opts or any(t.rstrip("/") in _CRITICAL_PATHS or t in _CRITICAL_PATHS
-                                               or t.lower() in _CRITICAL_PATHS for t in targets):
+        paths = [_path(t) for t in targets]
+        if "--no-preserve-root" in opts or any(p in _CRITICAL_PATHS or p.lower() in _CRITICAL_PATHS for p in paths):
             return self.flag("rm_root", "critical", f"Recursive delete of a root/home/system path: \"{shown}\"", loc)
+        if any(_DATA_TREES.match(p) for p in paths):
+            return self.flag("rm_root", "critical", f"Recursive delete of a database's or container runtime's "
+                                                    f"data: \"{shown}\"", loc)
+        if any(_SYSTEM_TREES.match(p) and not _SCRATCH.search(p) for p in paths):
+            return self.flag("rm_system", "high", f"Recursive delete under a system or home directory: \"{shown}\"",
+                             loc)
         if any(t in _BROAD_PATHS or (_UNGUARDED_VAR.fullmatch(t) and ":?" not in t and not _TEMP_VAR.search(t))
                for t in targets):
             return self.flag("rm_broad", "high", f"Recursive delete of the working directory or an "
                                                  f"unchecked variable path: \"{shown}\"", loc)
         return None
+
+
+def _path(target: str) -> str:
+    """A delete's target as the path it names: `/tmp/../etc` is `/etc`, `//etc/` and `/etc/*` are `/etc`."""
+    if target.startswith("/"):
+        target = "/" + posixpath.normpath(target).lstrip("/")
+    return target.rstrip("*").rstrip("/") or target[:1]

@@ -228,6 +228,14 @@ def test_prompt_injection_analyzer_ignores_ordinary_instructions(text):
     ("rm -rf ~/", "destructive.rm_root", "critical"),
     ("rm -r --no-preserve-root /", "destructive.rm_root", "critical"),
     ("cd $WORKDIR && rm -rf *", "destructive.rm_broad", "high"),
+    # a database's data and anything below a system or home tree (all three were unflagged)
+    ("sudo rm -rf /var/lib/postgresql && echo done", "destructive.rm_root", "critical"),
+    ("rm -rf /var/lib/mysql/*", "destructive.rm_root", "critical"),
+    ("rm -rf /tmp/../etc", "destructive.rm_root", "critical"),
+    ("rm -rf /etc/*", "destructive.rm_root", "critical"),
+    ("rm -rf /home/app/data", "destructive.rm_system", "high"),
+    ("sudo rm -rf /usr/lib/python3", "destructive.rm_system", "high"),
+    ("rm -r ~/projects/billing", "destructive.rm_system", "high"),
     ("sudo mkfs.ext4 /dev/sdb", "destructive.disk_format", "critical"),
     ("dd if=/dev/zero of=/dev/sda bs=1M", "destructive.disk_overwrite", "critical"),
     (":(){ :|:& };:", "destructive.fork_bomb", "critical"),
@@ -259,6 +267,7 @@ def test_destructive_command_analyzer_flags_commands(command, code, severity):
 
 @pytest.mark.parametrize("command", [
     "rm -rf build/ dist/ node_modules .pytest_cache", "rm -rf /tmp/build-1234", "rm -rf ~/.cache/pip",
+    "rm -rf /var/lib/apt/lists/*", "rm -rf /root/.cache /var/cache/apk/*", "rm -rf /wheels", "rm -f /etc/motd",
     "rm -rf \"${BUILD_DIR:?}/\"", "DELETE FROM sessions WHERE expires_at < now();",
     "DELETE FROM sessions\nWHERE expires_at < now()", "UPDATE users SET last_login = now() WHERE id = %s",
     "git push origin feature/login", "git reset --soft HEAD~1", "git branch -d feature/login", "git clean -n",
