@@ -19,6 +19,7 @@ from approvals.services import (agent_approval_decide, agent_approval_settle_due
                                 response_approval_decide, response_approval_settle_due)
 from core.errors import DomainError, InvalidInput
 from core.parsers import json_or_text, json_to_edit, loads_strict
+from core.snapshot import one_snapshot
 from core.text import FORM_ERROR_NOTE, has_nul, visible_text
 from hitl.selectors import hitl_request_visible_to
 from hitl.services import hitl_request_respond, hitl_request_settle_due
@@ -96,10 +97,11 @@ def _inbox_context(request, outcome=None):
     second: the database counts them and reads INBOX_SHOWN of each kind, by indexes in that order."""
     kind, project = _inbox_filters(request)
     project_id = project.pk if project else None
-    counts = selectors.inbox_counts(user=request.user, project_id=project_id)
+    with one_snapshot():  # the counts and the list of one moment ("37 pending" over 38 rows, under load)
+        counts = selectors.inbox_counts(user=request.user, project_id=project_id)
+        items = selectors.inbox_items(user=request.user, limit=INBOX_SHOWN, kind=kind, project_id=project_id)
     total = sum(n for _kind, _label, n in counts)
     shown = next(n for k, _label, n in counts if k == kind) if kind else total
-    items = selectors.inbox_items(user=request.user, limit=INBOX_SHOWN, kind=kind, project_id=project_id)
     return {"items": items, "more": max(shown - len(items), 0), "counts": counts, "total": total,
             "now": timezone.now(), "outcome": outcome, "kind": kind, "project_filter": project,
             "kind_label": selectors.KINDS[kind][1] if kind else "", "filter_query": selectors.inbox_query(kind, project_id),

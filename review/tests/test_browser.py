@@ -634,6 +634,35 @@ def test_the_stop_banners_are_read_whenever_the_stream_opens(serve, chromium, pr
     assert len(reads) == 1, reads  # read once, when the stream opened again
 
 
+def test_banners_read_again_unchanged_are_not_announced_again(serve, chromium, project, reviewers):  # noqa: F811
+    """Found with a screen reader: the banners, read again whenever a page's stream opens (each page
+    load), were put back whole into their assertive live region, so every page a reviewer opened
+    while a project was stopped was interrupted by its stop again. Unchanged, they are left as they
+    are; a new stop still comes in (the test above)."""
+    rita, sam = reviewers
+    key = api_key_create(user=sam)[1]
+    server = serve()
+    api(server, "POST", f"/api/v1/emergency/stop/{project.pk}", key, status=(201,), body={"reason": "rollback"})
+    context = chromium.new_context(server)
+    context.add_init_script("""document.addEventListener('DOMContentLoaded', () => {
+      const box = document.getElementById('stop-banners');
+      window.bannerChanges = 0; window.bannerReads = 0;
+      new MutationObserver((records) => {  // what an assertive region reads out: nodes added, text changed
+        const read = records.filter((r) => r.addedNodes.length || r.type === 'characterData');
+        window.bannerChanges += read.length;
+        window.bannerRecords = (window.bannerRecords || []).concat(read.map((r) => r.target.textContent.slice(0, 80)));
+      }).observe(box, {childList: true, subtree: true, characterData: true});  // (htmx toggles classes, unread)
+      document.body.addEventListener('htmx:afterSwap', (e) => { if (e.detail.target === box) window.bannerReads += 1; });
+    });""")
+    page = log_in(context, rita.username)
+    page.goto("/review/projects/")                  # another page: its stream opens and reads them again
+    wait_live(page)
+    page.wait_for_function("() => window.bannerReads >= 1")
+    expect(page.locator("#stop-banners .banner-stop")).to_have_count(1)
+    expect(page.get_by_role("link", name=f"Open project {project.name}")).to_be_visible()  # named, not one of many
+    assert page.evaluate("() => window.bannerChanges") == 0, page.evaluate("() => window.bannerRecords")
+
+
 def test_a_page_signed_out_elsewhere_says_so_instead_of_reconnecting(serve, chromium, project, reviewers):  # noqa: F811
     """The socket checks its session at every heartbeat: logged out in another tab, the open page's
     live status says it is signed out (it used to reconnect for ever, refused each time)."""
@@ -1157,12 +1186,18 @@ def test_the_focus_stays_on_its_link_when_the_inbox_refreshes_live(serve, chromi
     second = rows.nth(1)
     row_key = second.get_attribute("data-key")
     second.locator(".meta-project").focus()          # Tab-ed to, not selected with j / k
+    # The focused link is kept, not replaced by a copy focused again: the list was swapped whole, the
+    # focus fell to the body for ~20 ms on every refresh (a Tab then started from the top) and a
+    # screen reader read the link again each time (every 2 s while agents asked).
+    page.evaluate("() => { document.activeElement.keptLink = true; window.blurs = 0;"
+                  " document.addEventListener('focusout', () => { window.blurs += 1; }); }")
     request_call(server, key, project, title="three", action="Call three", input_data={})
     expect(rows).to_have_count(3, timeout=WAIT_MS)
     page.wait_for_timeout(300)                       # past htmx's settle
     focused = page.evaluate("() => [document.activeElement.className, "
-                            "document.activeElement.closest('.item') && document.activeElement.closest('.item').dataset.key]")
-    assert focused == ["meta-project", row_key], focused
+                            "document.activeElement.closest('.item') && document.activeElement.closest('.item').dataset.key,"
+                            " document.activeElement.keptLink === true, window.blurs]")
+    assert focused == ["meta-project", row_key, True, 0], focused
     expect(page.locator("#live-announce")).to_have_text("1 new request in the inbox, 3 listed.")
 
     page.keyboard.press("j")                          # selects the first row, its link focused

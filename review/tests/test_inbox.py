@@ -515,3 +515,43 @@ def test_a_long_queue_of_overrides_lists_the_riskiest_then_the_oldest(project, a
     assert listed == [str(made[1].pk), str(made[3].pk), str(made[5].pk)]
     assert re.search(r'<span class="count-n">8</span> Budget overrides', html)
     assert "5 more pending items not listed here" in html
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_inbox_counts_and_lists_one_moment_of_the_queue(project, agent, reviewer, monkeypatch):
+    """Found with 50 items arriving while another reviewer decided them: the header said
+    "37 pending" over a list of 38 rows. The counts and the list are read in separate statements;
+    a call committed between the two (here by another connection, right after the counts) was
+    listed but not counted. Both are now read from one snapshot."""
+    import threading
+
+    from django.db import connection as thread_connection
+
+    from review import selectors as review_selectors
+
+    make_call(project, agent, action="first")
+    counted = review_selectors.inbox_counts
+
+    def counts_then_a_commit_elsewhere(**kwargs):
+        counts = counted(**kwargs)
+
+        def commit():
+            try:
+                make_call(project, agent, action="committed between the count and the list")
+            finally:
+                thread_connection.close()
+
+        writer = threading.Thread(target=commit)
+        writer.start()
+        writer.join(30)
+        return counts
+
+    monkeypatch.setattr(review_selectors, "inbox_counts", counts_then_a_commit_elsewhere)
+    html = web(reviewer).get("/review/inbox/items").content.decode()
+    listed = re.findall(r'class="item-link" href="/review/agent-approvals/', html)
+    assert "<strong>1</strong> pending" in html and len(listed) == 1, (len(listed), html[:600])
+    assert AgentCallApproval.objects.filter(status="pending").count() == 2  # the other one did commit
+    monkeypatch.setattr(review_selectors, "inbox_counts", counted)
+    html = web(reviewer).get("/review/inbox/items").content.decode()  # the next read has both
+    assert "<strong>2</strong> pending" in html and html.count('class="item-link"') == 2
