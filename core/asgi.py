@@ -42,13 +42,13 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import Resolver404, get_resolver, reverse, set_script_prefix
 
 from core import broadcast
-from core.errors import error_body, retry_after_seconds
+from core.errors import error_body, is_api_path, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
 
 def _saturated_response(path: str):
-    if path.startswith("/api/"):
+    if is_api_path(path):
         response = JsonResponse(error_body("unavailable", "The server is saturated; retry the request shortly."),
                                 status=503)
     else:

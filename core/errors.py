@@ -148,6 +148,13 @@ def _fields(detail) -> dict[str, list[str]]:
     return {"non_field_errors": _messages(detail)}
 
 
+def is_api_path(path: str) -> bool:
+    """Is an error to ``path`` answered in the API's JSON format? Also ``//api/...`` (a client whose
+    base URL ends in a slash) and a request line's ``api/...`` without its slash: they got Django's
+    HTML 404, which a JSON client cannot read."""
+    return path.lstrip("/").startswith("api/")
+
+
 def error_body(code: str, detail: str, **extra) -> dict:
     return {"error": code, "detail": detail, **extra}
 

@@ -52,7 +52,7 @@ from core.request_cache import request_scope
 
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from core.errors import error_body, retry_after_seconds, transient_db_error_kind, unavailable_body
+from core.errors import error_body, is_api_path, retry_after_seconds, transient_db_error_kind, unavailable_body
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def disallowed_host_body(request) -> dict | None:
 def _disallowed_host(request):
     """A JSON 400 for an API request whose Host is not in ALLOWED_HOSTS (None otherwise).
     Django would answer it through handler400, which under DEBUG is a text/plain debug page."""
-    if not request.path.startswith("/api/"):
+    if not is_api_path(request.path):
         return None
     body = disallowed_host_body(request)
     return None if body is None else JsonResponse(body, status=400)
@@ -426,7 +426,7 @@ def origin_form(scope) -> tuple[dict, str | None]:
 
 
 def _is_api(scope) -> bool:
-    return str(scope.get("path", "")).startswith("/api/")
+    return is_api_path(str(scope.get("path", "")))
 
 
 async def _send_json(send, status: int, body: dict, headers=()) -> None:

@@ -17,7 +17,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import SCHEMA_BEHIND, error_body, retry_after_seconds, schema_behind, transient_db_error_kind
+from core.errors import (SCHEMA_BEHIND, error_body, is_api_path, retry_after_seconds, schema_behind,
+                         transient_db_error_kind)
 from core.models import Heartbeat
 
 
@@ -29,7 +30,7 @@ def api_not_found(request, *args, **kwargs):
 def bad_request(request, exception=None):
     """handler400 (for example a Host header not in DJANGO_ALLOWED_HOSTS): JSON for the API (a
     page's form past the body limit: core.middleware)."""
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         return JsonResponse(error_body("invalid", "Bad request.", fields={"request": ["Bad request."]}), status=400)
     from django.views.defaults import bad_request as default
 
@@ -41,7 +42,7 @@ def server_error(request, *args, **kwargs):
     decision, a stop) that met a busy database (a lock held past HITL_DB_LOCK_TIMEOUT, a lost
     connection) or a schema behind the code says so, 503 with Retry-After, as the API does:
     nothing was done."""
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         if schema_behind(sys.exc_info()[1]):  # outside DRF's handler (a middleware's read, say)
             return JsonResponse(error_body("unavailable", SCHEMA_BEHIND), status=503,
                                 headers={"Retry-After": str(retry_after_seconds())})
@@ -61,7 +62,7 @@ def server_error(request, *args, **kwargs):
 
 
 def not_found(request, exception=None):
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         return api_not_found(request)
     from django.views.defaults import page_not_found
 

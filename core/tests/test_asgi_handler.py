@@ -344,6 +344,12 @@ def test_pages_and_api_answers_keep_their_status_and_content_type(serve, project
     assert assert_json(server.request("GET", "/api/v1/tasks/00000000-0000-0000-0000-000000000000",
                                       key=agent_key), 404)["error"] == "not_found"
     assert assert_json(server.request("GET", "/api/v1/projects"), 401)["error"] == "unauthenticated"
+    # A base URL ending in a slash (`//api/...`), or a request line without its slash: JSON too (it
+    # was Django's HTML 404, which a JSON client cannot read).
+    for method, path in (("POST", "//api/v1/tasks"), ("GET", "//api/v1/health"), ("GET", "api/v1/projects")):
+        answer = server.request(method, path, key=agent_key, body={"project_id": str(project.pk),
+                                                                    "agent_type": "coder", "title": "doubled"})
+        assert assert_json(answer, 404)["error"] == "not_found", (method, path)
 
     assert assert_json(server.request("GET", f"/api/v1/projects/{project.pk}", key=agent_key), 200)["id"] == \
         str(project.pk)
