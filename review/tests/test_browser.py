@@ -818,6 +818,8 @@ def test_keyboard_hints_show_with_a_keyboard_and_not_on_a_touch_screen(serve, ch
         for hint in (page.locator(".page-head .hint"), page.locator("#btn-approve kbd"),
                      page.locator("#reject-help .kbd-hint")):
             expect(hint).to_be_visible() if shown else expect(hint).to_be_hidden()
+        # as the keys work (one `a` only arms Approve): it said "a approve (twice on a high risk)"
+        expect(page.locator(".page-head .hint")).to_contain_text("a then a (or Enter) approve")
         expect(page.locator("#btn-approve")).to_be_visible()
         expect(page.locator("#reject-help")).to_contain_text("The agent sees this reason.")
     assert "Traceback" not in full_log(server), full_log(server)
