@@ -911,3 +911,38 @@ def test_a_recovery_walked_through_the_sdk_step_by_step(world):
     assert reviewer.get_recovery(session.id).current_step is None
     assert agent.get_task(halted.task_id).status == "cancelled"  # the option was sent: not resumed
     assert not agent.emergency_status(world.project_id).stopped
+
+
+@pytest.mark.parametrize("use_websocket", [True, False])
+def test_closing_a_sync_client_ends_the_waits_open_on_it_in_other_threads(world, use_websocket):
+    """Found by a new user: ``close()`` of the sync client from another thread left its waits
+    reading for 28 s (long poll: the server's answer) and 48 s (websocket: the next re-check); the
+    README promises a second or two. Closing a socket does not wake a thread reading it: the
+    client now closes its waits' websockets and shuts down its long polls' connections."""
+    from hitl_sdk import HitlClient, HitlError
+
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "sync client closed under its waits")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "wait", {})
+    client = HitlClient(world.url, world.keys["agent"], retry=FAST_RETRY, use_websocket=use_websocket)
+    ended: list = []
+
+    def wait():
+        try:
+            ended.append(client.wait_for_approval(call.approval_id, timeout=60))
+        except Exception as error:  # noqa: BLE001
+            ended.append(error)
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)  # each is waiting (reading its socket or its long poll)
+    started = time.monotonic()
+    client.close()
+    for thread in threads:
+        thread.join(30)
+    took = time.monotonic() - started
+    assert len(ended) == 3 and all(isinstance(e, HitlError) and e.code == "client_closed" for e in ended), ended
+    assert took < 5, took
+    assert client.get_approval(call.approval_id).status == "pending"  # still usable
+    client.close()

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import random
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -311,6 +313,7 @@ class _AsyncWS:
 class _SyncWS:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self.forget: Any = lambda: None  # _SyncStreams's: no longer open
 
     @classmethod
     def connect(cls, url: str, headers: Dict[str, str], open_timeout: float) -> "_SyncWS":
@@ -344,6 +347,7 @@ class _SyncWS:
             self.conn.close()
         except Exception:  # noqa: BLE001
             pass
+        self.forget()
 
 
 CLIENT_CLOSED = "The client was closed while this wait was open: nothing will tell it the decision."
@@ -472,16 +476,65 @@ class _Subscription:
 
 
 class _SyncStreams:
-    """The sync client's waits each have a socket of their own (a thread each)."""
+    """The sync client's waits each have a socket of their own (a thread each). ``close`` (the
+    client's, from any thread) closes them: a wait reading one ends at once (it went on reading
+    until its next re-check, up to 48 s)."""
 
     def __init__(self, base_url: str, headers: Dict[str, str], open_timeout: float) -> None:
         self.base_url, self.headers, self.open_timeout = base_url, headers, open_timeout
+        self._open: "set[_SyncWS]" = set()
+        self._lock = threading.Lock()
 
     def subscribe(self, project_id: str, last_event_id: Optional[int]) -> _SyncWS:
-        return _SyncWS.connect(ws_url(self.base_url, project_id, last_event_id), self.headers, self.open_timeout)
+        ws = _SyncWS.connect(ws_url(self.base_url, project_id, last_event_id), self.headers, self.open_timeout)
+        with self._lock:
+            self._open.add(ws)
+        ws.forget = lambda: self._drop(ws)
+        return ws
+
+    def _drop(self, ws: _SyncWS) -> None:
+        with self._lock:
+            self._open.discard(ws)
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for ws in sockets:
+            try:
+                ws.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class OpenSockets:
+    """The sockets of the requests in flight that a close must interrupt (the waits' long polls):
+    a socket closed by another thread does not wake a thread blocked reading it, so the sync
+    client's close left a long poll hanging until the server answered (28 s and more). Fed by
+    httpcore's ``trace`` extension as each connection of the waits' pool is made (kept while the
+    pool may reuse it); ``shut()`` shuts them down, which wakes their readers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: "set[Any]" = set()
+
+    def add(self, info: Dict[str, Any]) -> Any:
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with self._lock:
+                if len(self._sockets) >= 64:  # the pool's connections come and go: forget the closed ones
+                    self._sockets = {s for s in self._sockets if s.fileno() != -1}
+                self._sockets.add(sock)
+        return sock
+
+    def shut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed meanwhile
+                pass
 
 
 def _asleep(seconds: float) -> "asyncio.Future[None]":

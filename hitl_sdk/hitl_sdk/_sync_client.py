@@ -52,6 +52,7 @@ class HitlClient:
         self._waits: Optional[httpx.Client] = None
         self._http_loop: Any = None
         self._streams = _SyncStreams(self.base_url, headers, ws_open_timeout)  # the waits' websockets
+        self._wait_sockets = c.OpenSockets()  # the waits' pool's connections: a close shuts them down
         # per event loop (weakly: execute_task_sync makes a loop per call), how many times the client
         # was closed there; ``None``'s (the sync client's, no loop) in ``_closes_unlooped``
         self._closes: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
@@ -91,6 +92,8 @@ class HitlClient:
         else:
             self._closes[loop] = self._closes.get(loop, 0) + 1
         self._streams.close()
+        if loop is None:  # the sync client: wakes a long poll read in another thread, which a pool's close did not
+            self._wait_sockets.shut()
         pools, self._http, self._waits = (self._http, self._waits), None, None
         for pool in pools:
             if pool is not None:
@@ -123,6 +126,10 @@ class HitlClient:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         attempt, transport_failed, closes = 0, False, self._closed_here()
 
+        def trace(event: str, info: Dict[str, Any]) -> None:  # httpcore's, as a connection is made
+            if event == "connection.connect_tcp.complete":
+                self._wait_sockets.add(info)
+
         def past_deadline() -> bool:
             # no attempt starts once the deadline has passed (in a failed attempt or in the sleep
             # before its retry): the last failure is the answer (a wait's timeout=2 against a hung
@@ -135,7 +142,8 @@ class HitlClient:
             try:
                 response = self._session(waiting).request(
                     method, path.lstrip("/"), content=content, params=params, headers=headers,
-                    timeout=c.attempt_timeout(timeout or self.timeout, deadline))
+                    timeout=c.attempt_timeout(timeout or self.timeout, deadline),
+                    extensions={"trace": trace} if waiting and c.current_loop() is None else None)  # sync
             except httpx.LocalProtocolError as exc:  # the request could not be made here: no retry helps
                 raise HitlError(f"{method} {path}: the request could not be sent: "
                                 f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
@@ -672,6 +680,8 @@ class HitlClient:
                 # without it (the object is read again after subscribing); long-poll if the query is refused
                 use_ws, last_event_id = c.refuses_resume_point(refused), None
             except Exception:  # noqa: BLE001  (the socket dropped: reconnect with last_event_id)
+                if self._closed_here() != closes:  # closed by the client's close (sync: from another thread)
+                    raise HitlError(c.CLIENT_CLOSED, code="client_closed") from None
                 failures += 1
                 _sleep(min(self.retry.delay(failures), c.remaining(deadline, 60)))
             finally:
