@@ -99,8 +99,9 @@ class AgentApprovalRespondApi(APIView):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         amended_input_data = JsonObjectField(required=False, allow_null=True, default=None, validators=[_object])
 
-    @extend_schema(operation_id="agent_approvals_respond", request=InputSerializer,
+    @extend_schema(operation_id="agent_approvals_respond", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: AgentCallApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
+    @idempotent
     def post(self, request, approval_id):
         """Approve (optionally with `amended_input_data`) or reject (with a `reason`), as a
         reviewer who did not request the call. Exactly one decision wins; the rest get 409.
@@ -202,8 +203,9 @@ class BudgetOverrideRespondApi(APIView):
         decision = ChoiceField(choices=["approve", "reject"])
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
-    @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer,
+    @extend_schema(operation_id="budget_overrides_respond", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: BudgetOverrideOutputSerializer, **error_responses(400, 403, 404, 409, 423)})
+    @idempotent
     def post(self, request, override_id):
         """Approve or reject (`reason` optional). Above the manager threshold only a manager approves
         (403 for a reviewer); nobody decides an override they requested."""
@@ -280,8 +282,9 @@ class ResponseApprovalRespondApi(APIView):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_TEXT)
         modifications_required = serializers.JSONField(required=False)
 
-    @extend_schema(operation_id="response_approvals_respond", request=InputSerializer,
+    @extend_schema(operation_id="response_approvals_respond", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: ResponseApprovalOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
+    @idempotent
     def post(self, request, approval_id):
         """Approve, reject (`reason` optional, as API.md has it) or ask for modifications (`modifications_required`:
         text or JSON saying what must change; the agent redoes the work under a new call approval,

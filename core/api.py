@@ -17,7 +17,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 
-from core.errors import EmergencyStopActive, NotFoundError
+from core.errors import DomainError, NotFoundError
 from core.hooks import Hook
 from core.models import IdempotencyRecord
 from core.uow import retry_transient
@@ -123,7 +123,7 @@ def _replay_allowed(user, answer, replay_allowed) -> bool:
 
 
 def idempotent(post=None, *, replay_allowed=None):
-    """Decorate an APIView's create ``post``: with an ``Idempotency-Key`` header, the first
+    """Decorate an APIView's create (or decision) ``post``: with an ``Idempotency-Key`` header, the first
     2xx answer is stored in the same transaction as what it created, and a retry with the
     same key and body gets that answer again (a different body with the same key is 400).
     Concurrent retries wait for the first one on the key's unique constraint. A replay is
@@ -165,9 +165,11 @@ def idempotent(post=None, *, replay_allowed=None):
                 return Response(previous.response_body, status=previous.status_code, headers=replayed)
             try:
                 response = post(self, request, *args, **kwargs)
-            except EmergencyStopActive as exc:
-                # A request can trip a stop (security_threat, budget_critical) before it is refused:
-                # the stop must commit, the refusal is not stored (a retry tries again).
+            except DomainError as exc:
+                # A refusal is not stored (a retry tries again), and what was committed before it is
+                # kept, as without a key: a request can trip a stop (security_threat, budget_critical)
+                # before it is refused, a decision past the deadline times the item out (410); what a
+                # refused service began was rolled back by its own unit of work.
                 record.delete()
                 refused = exc
             else:

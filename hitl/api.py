@@ -75,8 +75,9 @@ class HitlRequestRespondApi(APIView):
         amended_content = serializers.JSONField(required=False, allow_null=True, default=None,
                                                 help_text="amend only: what to do instead (JSON or text)")
 
-    @extend_schema(operation_id="hitl_respond", request=InputSerializer,
+    @extend_schema(operation_id="hitl_respond", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: HitlRequestOutputSerializer, **error_responses(400, 403, 404, 409, 410, 423)})
+    @idempotent
     def post(self, request, request_id):
         """Approve, reject or amend, as a reviewer who did not ask. Exactly one answer wins (409
         for the rest); at or after `expires_at` the request times out and the answer gets 410."""

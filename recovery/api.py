@@ -33,8 +33,9 @@ class RecoveryStepRespondApi(APIView):
         option = StrictCharField(required=False, allow_blank=True, default="", max_length=50,
                                  help_text="for steps that offer options, e.g. settle_halted_tasks: resume|cancel")
 
-    @extend_schema(operation_id="recovery_step_respond", request=InputSerializer,
+    @extend_schema(operation_id="recovery_step_respond", request=InputSerializer, parameters=[IDEMPOTENCY_HEADER],
                    responses={200: RecoverySessionOutputSerializer, **error_responses(400, 403, 404, 409)})
+    @idempotent
     def post(self, request, session_id, step_id):
         """Approve (which runs it) or reject (`reason` optional) the next step of a recovery.
         Steps run in order; a rejected or failed step fails the session and the stop stays."""

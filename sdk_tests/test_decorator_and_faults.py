@@ -278,6 +278,44 @@ def test_a_retried_create_makes_one_approval(world):
     assert approvals.count == 2 and approvals.results[0].approval_id == call.approval_id  # one per create
 
 
+def test_a_decision_whose_answer_was_lost_is_the_reviewers_own_not_a_conflict(world):
+    """Found by a new user: a reviewer's bot decided, the answer was lost on the network, the
+    retry found the item decided and raised ``Conflict`` ("already approved") for the bot's own
+    decision. Decisions carry an ``Idempotency-Key`` now, which the retry reuses: the server
+    answers it with the first decision (``Idempotent-Replayed``), once."""
+    agent = world.client("agent")
+    task = agent.create_task(world.project_id, "coder", "decided once")
+    call = agent.request_approval(world.project_id, task.task_id, "coder", "write code", {"n": 3})
+    question = agent.create_hitl(world.project_id, "question", "Which colour?", task_id=task.task_id)
+    real = httpx.HTTPTransport()
+    sent: list = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = real.handle_request(request)
+        response.read()
+        if request.method == "POST" and request.url.path.endswith("/respond"):
+            sent.append((request.url.path, request.headers.get("Idempotency-Key"),
+                         response.headers.get("Idempotent-Replayed")))
+            if len([s for s in sent if s[0] == request.url.path]) == 1:  # each decision's first answer lost
+                raise httpx.ReadError("connection reset after the server answered", request=request)
+        return response
+
+    reviewer = HitlClient(world.url, world.keys["reviewer"], retry=FAST_RETRY, transport=httpx.MockTransport(handler))
+    world.clients.append(reviewer)
+    approved = reviewer.respond_approval(call.approval_id, "approve")
+    answered = reviewer.respond_hitl(question.id, "approve", response="blue")
+    assert approved.status == "approved" and answered.status == "approved" and answered.response == "blue"
+    assert [(replayed) for _path, _key, replayed in sent] == [None, "true", None, "true"], sent
+    assert sent[0][1] and sent[0][1] == sent[1][1] and sent[2][1] == sent[3][1] != sent[0][1]
+    # a decision that lost to another one is still a Conflict (it is not stored, not replayed)
+    from hitl_sdk import Conflict
+
+    other = agent.request_approval(world.project_id, task.task_id, "coder", "write more code", {"n": 4})
+    world.client("reviewer").respond_approval(other.approval_id, "reject", reason="not now")
+    with pytest.raises(Conflict):
+        reviewer.respond_approval(other.approval_id, "approve")
+
+
 def test_a_4xx_is_never_retried():
     attempts = []
 

@@ -614,6 +614,34 @@ def test_a_usage_report_honours_its_idempotency_key(project, agent, reviewer, cl
     assert grown.status_code == 200 and day(project).spent_cost == Decimal("0.6000")
 
 
+def test_a_decision_honours_its_idempotency_key_and_keeps_what_a_refusal_committed(project, agent, reviewer,
+                                                                                    client_for):
+    """A reviewer's retried decision (its answer lost on the network) with the same key gets the
+    first answer again, not 409 for its own decision; once. A refusal is not stored, and what it
+    committed stays as without a key: a decision past the deadline times the call out (410)."""
+    from audit.models import AuditEvent
+
+    client = client_for(reviewer)
+    call = ask(project, agent, cost="0.1000", title="decided once")
+    url = f"/api/v1/agent-approvals/{call.pk}/respond"
+    first = client.post(url, {"decision": "approve"}, format="json", HTTP_IDEMPOTENCY_KEY="d1")
+    again = client.post(url, {"decision": "approve"}, format="json", HTTP_IDEMPOTENCY_KEY="d1")
+    assert first.status_code == 200 and again.status_code == 200 and again.content == first.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert AuditEvent.objects.filter(action="agent_approval.approve", object_id=str(call.pk)).count() == 1
+    other_key = client.post(url, {"decision": "approve"}, format="json", HTTP_IDEMPOTENCY_KEY="d2")
+    assert other_key.status_code == 409  # a new decision (another key) on a decided call
+
+    late = ask(project, agent, cost="0.1000", title="too late")
+    AgentCallApproval.objects.filter(pk=late.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    url = f"/api/v1/agent-approvals/{late.pk}/respond"
+    for _ in range(2):  # not stored: the retry is refused again, as the item is timed out now
+        refused = client.post(url, {"decision": "approve"}, format="json", HTTP_IDEMPOTENCY_KEY="d3")
+        assert refused.status_code == 410, refused.content
+    late.refresh_from_db()
+    assert late.status == "timed_out"  # committed, though the key's transaction refused the decision
+
+
 def test_usage_of_a_call_without_a_model_is_priced_like_its_estimate(project, agent, reviewer, client_for):
     """A call created without ``model`` (the server estimated it at HITL_FLOOR_PRICE_MODEL's
     price) used to need ``actual_cost`` in every report (400 "the call has no priced model"),

@@ -111,7 +111,8 @@ class HitlClient:
                       timeout: Optional[float] = None, waiting: bool = False) -> Any:
         """One API call with retries; the decoded JSON answer, or a :class:`HitlError`.
 
-        ``create`` sends an ``Idempotency-Key`` (``idempotency_key``, else a new uuid4) that every
+        ``create`` (a create, a usage report or a decision) sends an ``Idempotency-Key``
+        (``idempotency_key``, else a new uuid4) that every
         retry of this call reuses; a :class:`HitlConnectionError` carries it (``.idempotency_key``):
         the request may have reached the server all the same, and sending it again with that key
         returns what it made (or makes it once). ``deadline`` (a ``time.monotonic()`` value)
@@ -238,7 +239,7 @@ class HitlClient:
         """A reviewer's decision: ``approve`` (with ``amended_input_data`` to amend) or ``reject``."""
         body = c.clean({"decision": decision, "reason": reason, "amended_input_data": amended_input_data})
         return AgentApproval.from_api(self.request("POST", f"/agent-approvals/{c.seg(approval_id)}/respond",
-                                                         json_body=body))
+                                                         json_body=body, create=True))
 
     def start_approval(self, approval_id: str) -> AgentApproval:
         """The single-use execution grant: the approval with ``input_to_run``. A second start is 409.
@@ -315,7 +316,7 @@ class HitlClient:
         """``approve``, ``reject`` (with ``reason``) or ``requires_modification`` (with ``modifications_required``)."""
         body = c.clean({"decision": decision, "reason": reason, "modifications_required": modifications_required})
         return ResponseApproval.from_api(self.request("POST", f"/response-approvals/{c.seg(approval_id)}/respond",
-                                                            json_body=body))
+                                                            json_body=body, create=True))
 
     def list_responses(self, project_id: str, *, status: Optional[str] = None,
                              agent_type: Optional[str] = None,
@@ -349,7 +350,7 @@ class HitlClient:
                                       reason: Optional[str] = None) -> BudgetOverride:
         return BudgetOverride.from_api(self.request("POST", f"/budget-overrides/{c.seg(override_id)}/respond",
                                                           json_body=c.clean({"decision": decision,
-                                                                             "reason": reason})))
+                                                                             "reason": reason}), create=True))
 
     def list_budget_overrides(self, project_id: str, *, status: Optional[str] = None,
                                     page: Optional[int] = None) -> Page[BudgetOverride]:
@@ -382,7 +383,7 @@ class HitlClient:
         default, or ``"cancel"``)."""
         return RecoverySession.from_api(self.request(
             "POST", f"/recovery/{c.seg(session_id)}/steps/{c.seg(step_id)}/respond",
-            json_body=c.clean({"decision": decision, "reason": reason, "option": option})))
+            json_body=c.clean({"decision": decision, "reason": reason, "option": option}), create=True))
 
     # --- events ---------------------------------------------------------------------------------
     def list_events(self, project_id: str, after: int = 0, limit: Optional[int] = None) -> EventPage:
@@ -501,7 +502,8 @@ class HitlClient:
                            amended_content: Any = None) -> HitlRequest:
         """(reviewer) ``approve``, ``reject`` or ``amend``."""
         body = c.clean({"action": action, "response": response, "amended_content": amended_content})
-        return HitlRequest.from_api(self.request("POST", f"/hitl/{c.seg(request_id)}/respond", json_body=body))
+        return HitlRequest.from_api(self.request("POST", f"/hitl/{c.seg(request_id)}/respond", json_body=body,
+                                                       create=True))
 
     def cancel_hitl(self, request_id: str, reason: Optional[str] = None) -> HitlRequest:
         """(the asker) Withdraw a pending question or checkpoint, e.g. after its wait timed out; its
