@@ -81,6 +81,36 @@ def test_a_receive_cancelled_just_as_its_message_arrives_ends_cancelled():
         assert asyncio.run(scenario(turns)), f"cancelled after {turns} turn(s), the receive went on"
 
 
+def test_a_receive_cancelled_after_its_socket_dropped_leaves_no_unretrieved_error():
+    """Seen in the demo fleet's log at a SIGTERM: "Task exception was never retrieved ...
+    ConnectionClosedError: no close frame", a traceback per wait. The socket dropped (the receive
+    failed) and the wait was cancelled before it read the failure: nobody ever looked at it."""
+    import gc
+
+    from hitl_sdk._common import _AsyncWS
+    from websockets.exceptions import ConnectionClosedError
+
+    class Dropped:
+        async def recv(self):
+            raise ConnectionClosedError(None, None)
+
+    async def scenario(turns):
+        unseen: list = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unseen.append(context["message"]))
+        waiting = asyncio.ensure_future(_AsyncWS(Dropped()).recv(30))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.wait({waiting}, timeout=5)
+        del waiting
+        gc.collect()  # an unretrieved error is reported when its task is collected
+        await asyncio.sleep(0)
+        return unseen
+
+    for turns in range(4):
+        assert asyncio.run(scenario(turns)) == [], f"cancelled after {turns} turn(s)"
+
+
 def test_a_receive_gives_the_message_or_none_after_its_timeout():
     async def scenario():
         ws = _ws()

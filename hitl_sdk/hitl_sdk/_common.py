@@ -285,6 +285,8 @@ class _AsyncWS:
             if not receiving.done():  # the time is up, or this task is cancelled: so is the receive
                 receiving.cancel()
                 await asyncio.wait({receiving})  # cancelling websockets' recv() loses no message
+            if receiving.done() and not receiving.cancelled():  # a drop this task, cancelled, will not raise: seen
+                receiving.exception()      # (else "Task exception was never retrieved" and a traceback)
         if receiving.cancelled():
             return None
         return receiving.result()  # a message that came as the time ran out is kept; ConnectionClosed raises
