@@ -338,6 +338,7 @@ HITL_RISK_ANALYZERS = env.list("HITL_RISK_ANALYZERS", default=[
     "approvals.analyzers.CodeSafetyAnalyzer",
     "approvals.analyzers.InvisibleUnicodeAnalyzer",
     "approvals.analyzers.LinkAnalyzer",
+    "approvals.analyzers.exposure.ExposureAnalyzer",
     "approvals.analyzers.CostAnalyzer",
 ])
 # ... and over every agent response (the same pipeline; completeness and consistency are response-only).
@@ -349,6 +350,7 @@ HITL_RESPONSE_ANALYZERS = env.list("HITL_RESPONSE_ANALYZERS", default=[
     "approvals.analyzers.LinkAnalyzer",
     "approvals.analyzers.DestructiveCommandAnalyzer",
     "approvals.analyzers.ExfiltrationAnalyzer",
+    "approvals.analyzers.exposure.ExposureAnalyzer",
     "approvals.analyzers.CodeSafetyAnalyzer",
     "approvals.analyzers.CompletenessAnalyzer",
     "approvals.analyzers.ConsistencyAnalyzer",

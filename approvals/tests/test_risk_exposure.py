@@ -1,0 +1,77 @@
+"""The exposure analyzer (``exposure.*``): privilege grants and openings to the internet that
+destroy nothing at once, and so came out low risk (a red team's findings: an administrator
+policy, a public bucket, a sudoers backdoor, 0.0.0.0/0 on every port were all "low")."""
+import pytest
+
+from approvals.analyzers import assess, analyze_response
+from approvals.analyzers.context import ResponseContext, RiskContext
+from approvals.analyzers.exposure import ExposureAnalyzer
+
+
+def ctx(command: str) -> RiskContext:
+    return RiskContext(agent_type="coder", proposed_action="Run command", input_data={"command": command})
+
+
+@pytest.mark.parametrize("command, code, severity", [
+    ("aws iam attach-user-policy --user-name bot --policy-arn arn:aws:iam::aws:policy/AdministratorAccess",
+     "exposure.iam_admin", "high"),
+    ('aws iam put-user-policy --user-name bot --policy-name all --policy-document '
+     '\'{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}\'', "exposure.iam_admin", "high"),
+    ("gcloud projects add-iam-policy-binding prod --member=allUsers --role=roles/owner", "exposure.iam_admin", "high"),
+    ("az role assignment create --assignee bot@example.com --role Owner --scope /subscriptions/1",
+     "exposure.iam_admin", "high"),
+    ("kubectl create clusterrolebinding anon --clusterrole=cluster-admin --user=system:anonymous",
+     "exposure.public_to_everyone", "high"),
+    ("gsutil iam ch allUsers:objectViewer gs://prod-exports", "exposure.public_to_everyone", "high"),
+    ("aws s3api put-bucket-acl --bucket prod-data --acl public-read", "exposure.public_bucket", "high"),
+    ("aws s3api put-public-access-block --bucket b --public-access-block-configuration BlockPublicAcls=false",
+     "exposure.public_bucket", "high"),
+    ("az storage container set-permission --name exports --public-access container", "exposure.public_bucket", "high"),
+    ("aws ec2 authorize-security-group-ingress --group-id sg-1 --protocol -1 --cidr 0.0.0.0/0",
+     "exposure.firewall_open", "high"),
+    ("gcloud compute firewall-rules create ssh --allow=tcp:22 --source-ranges=0.0.0.0/0",
+     "exposure.firewall_open", "high"),
+    ('resource "aws_security_group_rule" "web" { type = "ingress" from_port = 443 cidr_blocks = ["0.0.0.0/0"] }',
+     "exposure.firewall_public", "medium"),
+    ("echo 'app ALL=(ALL) NOPASSWD:ALL' >> /etc/sudoers", "exposure.host_backdoor", "high"),
+    ("echo ssh-ed25519 AAAAC3Nz attacker >> ~/.ssh/authorized_keys", "exposure.host_backdoor", "high"),
+    ("useradd -o -u 0 -g 0 sysadm", "exposure.host_backdoor", "high"),
+    ("sed -i 's/#PermitRootLogin no/PermitRootLogin yes/' /etc/ssh/sshd_config", "exposure.host_backdoor", "high"),
+    ("sudo ufw disable", "exposure.defences_off", "high"),
+    ("iptables -F", "exposure.defences_off", "high"),
+    ("setenforce 0", "exposure.defences_off", "high"),
+    ("aws cloudtrail stop-logging --name main", "exposure.defences_off", "high"),
+    ("git config --global http.sslVerify false", "exposure.tls_verify_off", "medium"),
+    ("export NODE_TLS_REJECT_UNAUTHORIZED=0", "exposure.tls_verify_off", "medium"),
+    ("docker run --privileged -v /:/host -it alpine chroot /host", "exposure.container_host", "high"),
+    ("docker run -v /var/run/docker.sock:/var/run/docker.sock ci-image", "exposure.container_host", "high"),
+    ("history -c && rm ~/.bash_history", "exposure.cover_tracks", "high"),
+    ("rm -f /var/log/auth.log", "exposure.cover_tracks", "high"),
+    ("journalctl --vacuum-time=1s", "exposure.cover_tracks", "high"),
+])
+def test_privilege_grants_and_exposure_are_flagged(command, code, severity):
+    flags = ExposureAnalyzer().analyze(ctx(command))
+    assert (code, severity) in {(f["code"], f["severity"]) for f in flags}, flags
+    assessed = assess(ctx(command))  # and through the configured pipeline: no longer "low"
+    assert assessed["level"] in ("medium", "high") and assessed["level"] != "critical", assessed["flags"]
+
+
+@pytest.mark.parametrize("command", [
+    "aws iam attach-role-policy --role-name lambda --policy-arn arn:aws:iam::aws:policy/AWSLambdaBasicExecutionRole",
+    'resource "aws_security_group_rule" "vpn" { type = "ingress" from_port = 443 cidr_blocks = ["10.0.0.0/8"] }',
+    "kubectl create rolebinding dev --clusterrole=view --user=alice -n dev",
+    "cat ~/.ssh/id_ed25519.pub", "history | grep docker", "tail -f /var/log/auth.log",
+    "journalctl -u nginx --since today", "docker run -v $(pwd):/app -w /app python:3.12 pytest",
+    "useradd --create-home app", "ufw allow 443/tcp", "iptables -L -n",
+    "npm config set registry https://registry.npmjs.org/",
+])
+def test_everyday_commands_are_not_flagged(command):
+    assert ExposureAnalyzer().analyze(ctx(command)) == []
+
+
+def test_an_output_opening_a_bucket_to_everyone_is_flagged_too():
+    response = ResponseContext(agent_type="coder", agent_response={"files": [{"path": "policy.json", "content": (
+        '{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", '
+        '"Resource": "arn:aws:s3:::prod-exports/*"}]}')}]})
+    flags = analyze_response(response)["risk_flags"]
+    assert ("exposure.public_bucket", "high") in {(f["code"], f["severity"]) for f in flags}, flags
