@@ -84,6 +84,39 @@ def _child_path(path: str, key: str) -> str:
     return f"{path}[{key!r}]" if '"' in key else f'{path}["{key}"]'
 
 
+# A command given in pieces: an argv list under a command key ({"argv": ["rm", "-rf", "/"]}), or a command with
+# its arguments in sibling fields ({"command": "rm", "args": ["-rf", "/"]}, {"command": "rm -rf", "path": "/"}).
+# The joined command line is one more segment, located `<command key> (joined)`.
+_COMMAND_KEYS = frozenset(("command", "cmd", "argv", "program", "executable", "exec", "shell", "run", "script",
+                           "binary", "tool_command", "command_line", "commandline"))
+_ARG_KEYS = ("subcommand", "args", "arguments", "argv", "params", "options", "flags", "path", "paths", "target",
+             "targets", "file", "files", "dir", "directory", "query", "input")
+_MAX_ARGS = 200
+
+
+def _argv(value: Any) -> str:
+    """The command line of a list of strings (an element with spaces quoted), or ''."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)) or not value or len(value) > _MAX_ARGS \
+            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+        return ""
+    parts = [str(v) for v in value]
+    return " ".join(f"'{p}'" if (" " in p or not p) and "'" not in p else p for p in parts)
+
+
+def _command_line(path: str, value: dict) -> tuple[str, str, str] | None:
+    """(location, command line, key) of a dict holding a command and its arguments in sibling fields."""
+    key = next((k for k in value if k in _COMMAND_KEYS and isinstance(value[k], str)), None)
+    if key is None:
+        return None
+    args = [_argv(value[k]) for k in _ARG_KEYS if k != key and k in value]
+    args = [a for a in args if a]
+    if not args:
+        return None
+    return f"{_child_path(path, key)} (joined)", " ".join([value[key], *args])[:MAX_SCAN_CHARS], key
+
+
 def _extract(proposed_action: Any, input_data: Any) -> tuple[tuple[Segment, ...], bool]:
     return extract_roots([("proposed_action", "" if proposed_action is None else str(proposed_action)),
                           ("input_data", input_data)])
@@ -124,6 +157,9 @@ def extract_roots(roots: list[tuple[str, Any]]) -> tuple[tuple[Segment, ...], bo
             if len(value) > room:
                 truncated = True
             if isinstance(value, dict):
+                command = _command_line(path, value)
+                if command:
+                    add(*command)
                 for k, v in itertools.islice(value.items(), max(room, 0)):
                     k = str(k)
                     child = _child_path(path, k)
@@ -131,5 +167,7 @@ def extract_roots(roots: list[tuple[str, Any]]) -> tuple[tuple[Segment, ...], bo
                     children.append((child, v, k, depth + 1))
             else:
                 children = [(f"{path}[{i}]", v, None, depth + 1) for i, v in enumerate(value[:max(room, 0)])]
+                if key in _COMMAND_KEYS and _argv(value):
+                    add(f"{path} (joined)", _argv(value), key)      # {"argv": ["rm", "-rf", "/"]}
             stack.extend(reversed(children))       # visit in document order
     return tuple(segments), truncated

@@ -63,6 +63,11 @@ _PLACEHOLDER = re.compile(
     r"<[^>]*>|\{[^}]*\}|\$\{[^}]*\}|\$\([^)]*\)|\$[A-Za-z_]\w*|%\([^)]*\)s|%s|\?+|"
     r".*\.\.\..*|.*….*|"
     r".*(?:insecure|not[-_]?for[-_]?prod|changeme|change[-_]me|placeholder|dummy|example|sample|fake|redacted).*)", _I)
+# Tokens published as examples (jwt.io's HS256 token, Slack's placeholder webhook): high, not critical
+_PUBLIC_EXAMPLE = re.compile(
+    r"^eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ"
+    r"\.?(?:SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c)?$|"   # its claims: John Doe, 1234567890
+    r"hooks\.slack\.com/services/T0+/B0+/X+$|^T0+/B0+/X+$")
 _DOTTED_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 _CONST_REF = re.compile(r"[A-Z][A-Z0-9_]*|[a-z][a-z_]*")
 
@@ -278,7 +283,7 @@ class SecretsAnalyzer(Analyzer):
     """Known key formats (own regexes + detect-secrets plugins and its file scan), hardcoded credentials,
     high entropy."""
     code = "secret"
-    version = "2"
+    version = "3"       # h4: jwt.io's and Slack's published examples are high
     names = frozenset(("aws_secret_key", "hardcoded_credential", "high_entropy",
                        *(rule[0] for rule in _SECRET_PATTERNS), *(ds_name(kind) for kind in ds_secret_types())))
 
@@ -320,6 +325,11 @@ class SecretsAnalyzer(Analyzer):
             if name.startswith("aws_") and value.endswith(("EXAMPLE", "EXAMPLEKEY")):
                 # AWS's own documentation keys (AKIAIOSFODNN7EXAMPLE...): worth a look, not a live secret
                 severity, label = "high", f"{label} (AWS documentation example)"
+            elif severity == "critical" and _PUBLIC_EXAMPLE.search(value) \
+                    and not re.search(r"\bBearer\s+" + re.escape(value[:40]), text, _I):
+                # jwt.io's example token, Slack's placeholder webhook: published in every tutorial, not live
+                # (sent as `Authorization: Bearer` it is a credential in use, and stays critical)
+                severity, label = "high", f"{label} (public documentation example)"
             elif name == "hardcoded_credential" and severity == "critical":
                 # a literal in a credential-named place: a finding for the reviewer, but not proof of a
                 # live secret (test fixtures, local defaults), so it does not stop the project by itself

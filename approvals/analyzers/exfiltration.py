@@ -45,9 +45,30 @@ _SHOW_CMD = re.compile(r"\b(?:cat|less|more|head|tail|strings|xxd|od|base64|open
                        r"Get-Content|type)\b[^\n;&|]{0,120}?$")
 _READ_CMD = re.compile(r"\b(?:cat|less|more|head|tail|strings|xxd|od|hexdump|base64|gzip|tar|zip|cp|grep|awk|"
                        r"open|read_text|read_bytes|readFile(?:Sync)?|Get-Content|type)\b[^\n;&]{0,120}?$")
-_UPLOAD = re.compile(r"\bcurl\b[^\n;&|]*?\s(?:-d|--data(?:-binary|-raw|-urlencode)?|-F|--form)[\s=]+['\"]?(?:\w+=)?@"
-                     r"(?!-)\S+|\bcurl\b[^\n;&|]*?\s(?:-T|--upload-file)[\s=]+\S+|"
-                     r"\bwget\b[^\n;&|]*?--(?:post-file|body-file)[\s=]+\S+")
+_UPLOAD = re.compile(r"\bcurl\b[^\n;&|]*?\s(?:-[a-zA-Z]*[dF]|--data(?:-binary|-raw|-urlencode)?|--form)[\s=]+['\"]?"
+                     r"(?:\w+=)?@(?!-(?:[\s'\"]|$))\S+|"
+                     r"\bcurl\b[^\n;&|]*?\s(?:-T|--upload-file)[\s=]+(?!-(?:\s|$))\S+|"
+                     r"\bwget\b[^\n;&|]*?--(?:post-file|body-file)[\s=]+(?!/dev/stdin)\S+")
+# An upload of what is piped in: `… | curl -d @- https://host`, `--data-binary @-`, `-T -`, `--post-file=/dev/stdin`
+_STDIN_UPLOAD = re.compile(r"\bcurl\b[^\n;&|]*?\s(?:(?:-[a-zA-Z]*[dF]|--data(?:-binary|-raw|-urlencode)?|--form)"
+                           r"[\s=]+['\"]?(?:\w+=)?@-|(?:-T|--upload-file)[\s=]+-)(?=[\s'\"]|$)|"
+                           r"\bwget\b[^\n;&|]*?--(?:post-file|body-file)[\s=]+/dev/stdin\b")
+# What makes piped data secrets: a cluster's secrets, the environment, a secret store, CI secrets
+_SECRET_SOURCE = re.compile(
+    r"\bkubectl\s+(?:[^|;&\n]*\s)?get\s+secrets?\b|\bprintenv\b|(?:^|[|;&(]\s*)env\s*(?:\||$)|"
+    r"\baws\s+(?:[^|;&\n]*\s)?(?:secretsmanager\s+get-secret-value|ssm\s+get-parameters?(?:-by-path)?\b"
+    r"[^|;&\n]*--with-decryption)|\bvault\s+(?:read|kv\s+get)\b|\$\{\{\s*secrets\.|"
+    r"\bgcloud\s+secrets\s+versions\s+access\b|/proc/(?:self|\d+)/environ\b")
+# Data flow from a credential file to a network command, besides being its upload argument:
+_PIPED_TO_NET = re.compile(r"\|\s*(?:sudo\s+)?(?:curl|wget|nc|ncat|netcat|socat|ssh|telnet|http|https|xh)\b")
+_SUBST_OPEN = re.compile(r"\$\([^()]*$|`[^`]*$")
+_DNS_CMD = re.compile(r"\b(?:dig|nslookup|host)\s")
+_ASSIGNED = re.compile(r"(?:^|[;\s])(?:(?:const|let|var|my)\s+)?\$?([A-Za-z_]\w*)\s*:?=[^=][^\n]*$")
+_NET_CALL = re.compile(r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\(|\burlopen\s*\(|"
+                       r"\bfetch\s*\(|\baxios\.(?:post|put)\s*\(|\bInvoke-(?:WebRequest|RestMethod)\b")
+_SHELL_HOST = re.compile(r"\b(?:nc|ncat|netcat|socat|ssh|telnet)\s+(?:-\S+\s+)*(?:[\w.-]+@)?(\[[^\]]+\]|[\w.-]+)")
+_PATH_REST = re.compile(r"[^\s'\"`;&|()<>,]*")
+_COPY_OPTS_WITH_VALUE = frozenset(("-i", "-P", "-o", "-F", "-e", "-J", "-S", "-c", "-l", "--rsh", "--port"))
 _NETCAT = re.compile(r"\b(?:nc|ncat|netcat)\b[^\n;&|]*<\s*\S+|\|\s*(?:nc|ncat|netcat|socat)\s+[\w.-]+\s+\d+")
 _REVERSE_SHELL = re.compile(r"\b(?:bash|sh|zsh)\s+-i\b[^\n]*/dev/tcp/|/dev/tcp/[\w.-]+/\d+\s*0>&1|"
                             r"\b(?:nc|ncat|netcat)\b[^\n;&|]*\s-[ce]\s+/bin/(?:ba)?sh")
@@ -67,6 +88,7 @@ class ExfiltrationAnalyzer(Analyzer):
     """Data leaving the machine: uploads, netcat, remote copies, paste/tunnel hosts (high);
     credential files read (high) or sent out (critical)."""
     code = "exfil"
+    version = "2"       # h4: credentials_upload needs a data flow; uploads of piped data
     names = frozenset(("credentials_upload", "credential_file_read", "dotenv_read", "system_file_read", "file_upload",
                        "netcat", "reverse_shell", "remote_copy", "paste_or_tunnel_host", "cloud_metadata"))
 
@@ -91,13 +113,37 @@ class ExfiltrationAnalyzer(Analyzer):
             end = starts[n + 1] - 1 if n + 1 < len(starts) else len(text)
             return text[max(starts[n], pos - CONTEXT_CHARS):min(end, pos + CONTEXT_CHARS)]
 
-        creds = sorted([*_CRED_FILE.finditer(text), *_DOTENV.finditer(text)], key=lambda m: m.start())
+        def external(hosts) -> bool:                # no host named (a variable) counts as external
+            return not hosts or not all(_is_internal_host(h) for h in hosts)
+
+        creds = [m for m in sorted([*_CRED_FILE.finditer(text), *_DOTENV.finditer(text)], key=lambda m: m.start())
+                 if not (m.group(0) + _PATH_REST.match(text, m.end()).group(0)).endswith(".pub")]   # public keys
+        uploads = list(_UPLOAD.finditer(text)) if ("curl" in text or "wget" in text) else []
         if creds:
-            net = {line_no(m.start()) for m in _NET_CMD.finditer(text)}
-            sent = [m for m in creds if any(line_no(m.start()) + d in net for d in (-2, -1, 0, 1, 2))]
+            copies = self._copy_sources(text) if ("scp" in text or "rsync" in text) else []
+            net: dict[int, bool] = {}               # line -> a network command there names an outside host
+            for p in _NET_CMD.finditer(text):
+                n = line_no(p.start())
+                net[n] = net.get(n, False) or external(_URL_HOST.findall(line_around(p.start())))
+            spans = sorted([(u.start(), u.end(), u) for u in uploads] + copies, key=lambda span: span[0])
+            sent = near = None
+            for m in creds:
+                hosts = self._flow(text, m, spans, starts, line_no, line_before, line_around)
+                if hosts is not None:
+                    if external(hosts):
+                        sent = m
+                        break
+                    near = near or m                # sent, but to an internal host
+                elif near is None and any(net.get(line_no(m.start()) + d) for d in (-2, -1, 0, 1, 2)):
+                    near = m
             if sent:
                 flags.append(self.flag("credentials_upload", "critical", f"Credential file or environment "
-                                       f"({redact(sent[0].group(0), 40)}) sent over the network", loc))
+                                       f"({redact(sent.group(0), 40)}) sent over the network", loc))
+            elif near:
+                # only near a network command (`source .env && curl …/health`), or sent to an internal host:
+                # worth a look, not a project stop
+                flags.append(self.flag("credentials_upload", "medium", f"Credential file or environment "
+                                       f"({redact(near.group(0), 40)}) next to a network command", loc))
             reads: dict[str, dict] = {}              # the first read of each kind is enough
             for m in creds:
                 before = line_before(m.start())
@@ -109,11 +155,22 @@ class ExfiltrationAnalyzer(Analyzer):
                     reads["dotenv_read"] = self.flag("dotenv_read", "medium", f"Reads environment file "
                                                      f"{m.group(0).strip()} (its secrets enter the model context)", loc)
             flags.extend(reads.values())
+        for m in _STDIN_UPLOAD.finditer(text) if "@-" in text or " -" in text or "stdin" in text else ():
+            hosts = _URL_HOST.findall(line_around(m.end()))
+            if not external(hosts):
+                continue
+            start = max(starts[line_no(m.start())], m.start() - 2 * CONTEXT_CHARS)
+            source = re.split(r";|&&|\|\|", text[start:m.start()])[-1]
+            if "|" in source and _SECRET_SOURCE.search(source):
+                flags.append(self.flag("credentials_upload", "critical", f"Secrets piped to an upload: "
+                                       f"\"{redact(source.strip() + ' ' + m.group(0), 120)}\"", loc))
+            else:
+                flags.append(self.flag("file_upload", "high", f"Uploads piped data: \"{redact(m.group(0))}\"", loc))
         for m in _MILD_FILE.finditer(text):
             if _READ_CMD.search(line_before(m.start())):
                 flags.append(self.flag("system_file_read", "medium", "Reads /etc/passwd", loc))
                 break
-        for m in _UPLOAD.finditer(text):
+        for m in uploads:
             hosts = _URL_HOST.findall(f"{line_around(m.start())} {line_around(m.end())}")
             if not hosts or not all(_is_internal_host(h) for h in hosts):
                 flags.append(self.flag("file_upload", "high", f"Uploads a local file: \"{redact(m.group(0))}\"", loc))
@@ -137,3 +194,59 @@ class ExfiltrationAnalyzer(Analyzer):
                                        "Queries the cloud instance metadata service (instance credentials)", loc))
                 break
         return flags
+
+    @staticmethod
+    def _copy_sources(text: str) -> list[tuple[int, int, str]]:
+        """(start, end, destination host) of each source argument of an `scp` / `rsync` to a remote host."""
+        out = []
+        for m in _REMOTE_COPY.finditer(text):
+            args, skip = [], False
+            for a in re.finditer(r"\S+", m.group(1)):
+                word = a.group(0)
+                if skip:
+                    skip = False
+                elif word.startswith("-"):
+                    skip = word in _COPY_OPTS_WITH_VALUE
+                else:
+                    args.append(a)
+            dest = _REMOTE_DEST.match(args[-1].group(0).strip("'\"")) if len(args) >= 2 else None
+            if dest:
+                base = m.start(1)
+                out.extend((base + a.start(), base + a.end(), dest.group(1)) for a in args[:-1])
+        return out
+
+    @staticmethod
+    def _flow(text, m, spans, starts, line_no, line_before, line_around) -> list[str] | None:
+        """The hosts a credential match is sent to when a data flow links it to a network command (it is
+        the upload's or the copy's argument, piped into it, `$(cat …)`-substituted in its line, or read
+        into a variable the next lines send), else None."""
+        pos = m.start()
+        i = bisect.bisect_right(spans, (pos, float("inf"))) - 1   # the last upload / copy argument starting here
+        for start, end, what in spans[max(0, i - 3):i + 1]:         # or a little before (they do not nest deeply)
+            if start <= pos < end:
+                if isinstance(what, str):
+                    return [what]                   # the host an scp / rsync source goes to
+                return _URL_HOST.findall(f"{line_around(what.start())} {line_around(what.end())}")
+        line = line_around(pos)
+        rest = line_around(m.end())
+        rest = rest[rest.find(m.group(0)) + len(m.group(0)):] if m.group(0) in rest else ""
+        tail = re.split(r";|&&|\|\||\n", ("|" if m.group(0).endswith("|") else "") + rest, maxsplit=1)[0]
+        piped = _PIPED_TO_NET.search(tail)
+        if piped:
+            after = tail[piped.start():]
+            return _URL_HOST.findall(after) + _SHELL_HOST.findall(after)
+        before = line_before(pos)
+        if _SUBST_OPEN.search(before) and (_NET_CMD.search(line) or _DNS_CMD.search(line)):
+            return _URL_HOST.findall(line)
+        if _NET_CALL.search(before):              # requests.post(url, data=open('.env').read())
+            return _URL_HOST.findall(line)
+        assigned = _ASSIGNED.search(before)
+        if assigned:
+            name = re.compile(rf"\b{re.escape(assigned.group(1))}\b")
+            n = line_no(pos)
+            end = starts[n + 3] if n + 3 < len(starts) else len(text)
+            for later in re.finditer(r"[^\n]+", text[m.end():min(end, m.end() + 2000)]):
+                piece = later.group(0)
+                if (_NET_CMD.search(piece) or _NET_CALL.search(piece)) and name.search(piece):
+                    return _URL_HOST.findall(piece)
+        return None

@@ -131,6 +131,9 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
 # --- decoding ---------------------------------------------------------------------------------------
 
 _B64 = re.compile(r"(?<![A-Za-z0-9+/_-])([A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2})(?![A-Za-z0-9+/=_-])")
+_B64_SHORT = re.compile(r"(?<![A-Za-z0-9+/_-])([A-Za-z0-9+/]{8,}={0,2}|[A-Za-z0-9_-]{8,}={0,2})(?![A-Za-z0-9+/=_-])")
+_DECODER = re.compile(r"\bbase64\s+(?:-\w*d\b|--decode\b|-D\b)|\bb64decode\b|\batob\s*\(|"
+                      r"\bFromBase64String\b|\bBase64\.decode|\bbase64_decode\b")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?((?:[0-9A-Fa-f]{2}){8,})(?![0-9A-Fa-f])")
 _HEX_ESCAPES = re.compile(r"((?:\\x[0-9A-Fa-f]{2}){4,})")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -180,7 +183,9 @@ def _decodings(text: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     tried = 0
     if len(text) >= 16:
-        for rx, label, decode in ((_B64, "base64", _b64), (_HEX, "hex", _hex), (_HEX_ESCAPES, "hex", _hex)):
+        # next to a decoder (`echo cm0gLXJmIC8q | base64 -d | sh`), base64 shorter than 16 characters too
+        b64 = _B64_SHORT if _DECODER.search(text) else _B64
+        for rx, label, decode in ((b64, "base64", _b64), (_HEX, "hex", _hex), (_HEX_ESCAPES, "hex", _hex)):
             if label == "hex" and rx is _HEX_ESCAPES and "\\x" not in text:
                 continue
             for m in rx.finditer(text):
@@ -230,6 +235,25 @@ def _join_argv(m: re.Match) -> str:
     return '"' + " ".join(_unquote(p) for p in _ONE_LIT.findall(m.group(1))) + '"'
 
 
+# Shell quoting that splits a command word without changing it: `"rm" -rf /`, `r''m`, `r\m`, `rm${IFS}-rf`
+_SHELL_TRICK = re.compile(r"\$\{IFS\}|\$IFS\b|(?<=[A-Za-z])(?:''|\"\"|\\)(?=[A-Za-z])|"
+                          r"(?<![\w'\"\\])(['\"])([A-Za-z][\w.-]{0,15})\1(?=[ \t]+-|[A-Za-z])|"
+                          r"(?<=[A-Za-z])(['\"])([A-Za-z]{1,15})\3")
+
+
+def _untrick(m: re.Match) -> str:
+    if m.group(2) or m.group(4):
+        return m.group(2) or m.group(4)
+    return " " if m.group(0).startswith("$") else ""
+
+
+def shell_unquote(text: str) -> str | None:
+    """The text with shell quoting tricks inside or around command words undone, or None if it has none."""
+    if not _SHELL_TRICK.search(text):
+        return None
+    return _SHELL_TRICK.sub(_untrick, text)
+
+
 _SPACED = re.compile(r"(?:\b\w (?=\w\b)){4,}\w\b")
 
 
@@ -255,7 +279,7 @@ def join_literals(text: str) -> str | None:
 
 # --- segments ------------------------------------------------------------------------------------------
 
-DERIVED_LABELS = ("joined", "spaced", "unicode tags", "base64", "hex", "url-encoded")
+DERIVED_LABELS = ("joined", "spaced", "unquoted", "unicode tags", "base64", "hex", "url-encoded")
 _DERIVED_SUFFIX = re.compile(r" \((?:" + "|".join(re.escape(label) for label in DERIVED_LABELS) + r")\)$")
 
 
@@ -287,6 +311,9 @@ def normalise_segments(segments: tuple[Segment, ...]) -> Normalised:
         spaced = unspace(text) if depth == 1 and len(text) < 20_000 else None
         if spaced:
             out.append(Segment(f"{seg.location} (spaced)", spaced, seg.key))
+        unquoted = shell_unquote(text)
+        if unquoted:
+            out.append(Segment(f"{seg.location} (unquoted)", unquoted, seg.key))
         if depth > MAX_DEPTH:
             return
         for label, decoded in _decodings(text):
