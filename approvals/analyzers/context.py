@@ -89,19 +89,25 @@ def _child_path(path: str, key: str) -> str:
 # The joined command line is one more segment, located `<command key> (joined)`.
 _COMMAND_KEYS = frozenset(("command", "cmd", "argv", "program", "executable", "exec", "shell", "run", "script",
                            "binary", "tool_command", "command_line", "commandline"))
-_ARG_KEYS = ("subcommand", "args", "arguments", "argv", "params", "options", "flags", "path", "paths", "target",
-             "targets", "file", "files", "dir", "directory", "query", "input")
+_ARG_KEYS = ("subcommand", "args", "arguments", "argv", "params", "options", "flags")
+# joined only to a program without operands (`{"command": "rm -rf", "path": "/"}`): beside a whole command line they are
+# its working directory or its input (`{"command": "rm -rf node_modules", "directory": "/srv"}` was "rm -rf
+# node_modules /srv", critical)
+_TARGET_KEYS = ("path", "paths", "target", "targets", "file", "files")
 _MAX_ARGS = 200
 
 
 def _argv(value: Any) -> str:
-    """The command line of a list of strings (an element with spaces quoted), or ''."""
+    """The command line of a list of strings (an element with spaces quoted), or ''. A list of command
+    lines (a CI job's `script:`, several elements with spaces) is not one command: ''."""
     if isinstance(value, str):
         return value
     if not isinstance(value, (list, tuple)) or not value or len(value) > _MAX_ARGS \
             or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
         return ""
     parts = [str(v) for v in value]
+    if " " in parts[0].strip() or sum(" " in p.strip() for p in parts) > 1:
+        return ""  # ["rm -rf build", "cmake --install build --prefix /usr/local"]: read line by line already
     return " ".join(f"'{p}'" if (" " in p or not p) and "'" not in p else p for p in parts)
 
 
@@ -110,7 +116,9 @@ def _command_line(path: str, value: dict) -> tuple[str, str, str] | None:
     key = next((k for k in value if k in _COMMAND_KEYS and isinstance(value[k], str)), None)
     if key is None:
         return None
-    args = [_argv(value[k]) for k in _ARG_KEYS if k != key and k in value]
+    bare = all(t.startswith("-") for t in value[key].split()[1:])  # a program and its options, no operand
+    keys = _ARG_KEYS + (_TARGET_KEYS if bare else ())
+    args = [_argv(value[k]) for k in keys if k != key and k in value]
     args = [a for a in args if a]
     if not args:
         return None

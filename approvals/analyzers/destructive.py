@@ -39,13 +39,16 @@ _TEST_DB = re.compile(r"(?:^|[_-])(?:test|tests|testing|e2e|ci|tmp|temp|scratch)
 
 
 def _drop_database_level(m: re.Match) -> str:
-    if not (m.group("if") or m.group("if2")):
-        return "critical"
+    """A database named as a test one (`test_app`, `shop_ci_42`): low with IF EXISTS, else high; another
+    one: high with IF EXISTS (a rollback migration), else critical."""
     if m.group("name"):
         name = m.group("name").strip().strip("\"`'[]")
     else:
-        name = next((w for w in reversed(m.group("args").split()) if not w.startswith("-")), "")
-    return "low" if _TEST_DB.search(name) else "high"
+        name = next((w for w in reversed((m.group("args") or "").split()) if not w.startswith("-")), "")
+    guarded = bool(m.group("if") or m.group("if2"))
+    if _TEST_DB.search(name):
+        return "low" if guarded else "high"
+    return "high" if guarded else "critical"
 
 
 _DESTRUCTIVE = [   # (name, severity, hints, label, regex)
@@ -110,8 +113,10 @@ _DESTRUCTIVE = [   # (name, severity, hints, label, regex)
         r"\bgcloud\s+(?:[\w-]+\s+){1,4}delete\b")),
     ("kubectl_delete", "high", ("kubectl",), "Kubernetes bulk deletion", re.compile(
         rf"\bkubectl{_O}delete\s+(?:[^\n;&|]*\s)?(?:ns|namespaces?)\b|\bkubectl{_O}delete\b[^\n;&|]*\s--all\b")),
-    ("infra_destroy", "critical", ("destroy",), "Infrastructure destroy", re.compile(
-        rf"\b(?:terraform|tofu|terragrunt){_O}(?:(?:run-all\s+)?destroy\b|apply\s+[^\n;&|]*-destroy\b)|"
+    # one resource or module (`-target=module.preview_pr_482`: a preview environment's teardown): high
+    ("infra_destroy", lambda m: "high" if re.search(r"\s-target[= ]", m.group(0)) else "critical", ("destroy",),
+     "Infrastructure destroy", re.compile(
+        rf"\b(?:terraform|tofu|terragrunt){_O}(?:(?:run-all\s+)?destroy\b|apply\s+[^\n;&|]*-destroy\b)[^\n;&|]*|"
         r"\b(?:pulumi|cdk)\s+destroy\b")),
     ("terraform_state_rm", "high", ("terraform", "tofu"), "terraform state rm",
      re.compile(rf"\b(?:terraform|tofu){_O}state\s+rm\b")),

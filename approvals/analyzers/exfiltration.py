@@ -55,13 +55,25 @@ _STDIN_UPLOAD = re.compile(r"\bcurl\b[^\n;&|]*?\s(?:(?:-[a-zA-Z]*[dF]|--data(?:-
                            r"\bwget\b[^\n;&|]*?--(?:post-file|body-file)[\s=]+/dev/stdin\b")
 # What makes piped data secrets: a cluster's secrets, the environment, a secret store, CI secrets
 _SECRET_SOURCE = re.compile(
-    r"\bkubectl\s+(?:[^|;&\n]*\s)?get\s+secrets?\b|\bprintenv\b|(?:^|[|;&(]\s*)env\s*(?:\||$)|"
+    r"\bkubectl\s+(?:[^|;&\n]*\s)?get\s+secrets?\b|\bprintenv\s*(?:\||$)|(?:^|[|;&(]\s*)env\s*(?:\||$)|"
     r"\baws\s+(?:[^|;&\n]*\s)?(?:secretsmanager\s+get-secret-value|ssm\s+get-parameters?(?:-by-path)?\b"
     r"[^|;&\n]*--with-decryption)|\bvault\s+(?:read|kv\s+get)\b|\$\{\{\s*secrets\.|"
     r"\bgcloud\s+secrets\s+versions\s+access\b|/proc/(?:self|\d+)/environ\b")
 # Data flow from a credential file to a network command, besides being its upload argument:
 _PIPED_TO_NET = re.compile(r"\|\s*(?:sudo\s+)?(?:curl|wget|nc|ncat|netcat|socat|ssh|telnet|http|https|xh)\b")
-_SUBST_OPEN = re.compile(r"\$\([^()]*$|`[^`]*$")
+_SUBST_OPEN = re.compile(r"\$\([^()]*$")
+
+
+_READER = re.compile(r"\b(?:cat|head|tail|base64|xxd|od|gzip|tar|openssl|sed|awk|grep|jq|type)\b|<")
+
+
+def _subst_open(before: str) -> bool:
+    """Is the file read inside a `$(...)` or a backquoted command still open on its line? A backquote
+    left open (an odd number before it) whose text reads the file (`cat`, `<` ...): in Markdown prose the
+    backquotes come in pairs, and one opening a file's name (`.env`) reads nothing."""
+    if _SUBST_OPEN.search(before):
+        return True
+    return before.count("`") % 2 == 1 and bool(_READER.search(before[before.rindex("`") + 1:]))
 _DNS_CMD = re.compile(r"\b(?:dig|nslookup|host)\s")
 _ASSIGNED = re.compile(r"(?:^|[;\s])(?:(?:const|let|var|my)\s+)?\$?([A-Za-z_]\w*)\s*:?=[^=][^\n]*$")
 _NET_CALL = re.compile(r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\(|\burlopen\s*\(|"
@@ -236,7 +248,7 @@ class ExfiltrationAnalyzer(Analyzer):
             after = tail[piped.start():]
             return _URL_HOST.findall(after) + _SHELL_HOST.findall(after)
         before = line_before(pos)
-        if _SUBST_OPEN.search(before) and (_NET_CMD.search(line) or _DNS_CMD.search(line)):
+        if _subst_open(before) and (_NET_CMD.search(line) or _DNS_CMD.search(line)):
             return _URL_HOST.findall(line)
         if _NET_CALL.search(before):              # requests.post(url, data=open('.env').read())
             return _URL_HOST.findall(line)

@@ -272,7 +272,7 @@ def test_prompt_injection_analyzer_ignores_ordinary_instructions(text):
     ("psql -c 'DROP DATABASE IF EXISTS analytics_2019'", "destructive.sql_drop_database", "high"),
     ("psql -c 'DROP DATABASE IF EXISTS test_myapp'", "destructive.sql_drop_database", "low"),
     ("dropdb --if-exists shop_e2e", "destructive.sql_drop_database", "low"),
-    ("DROP DATABASE test_myapp;", "destructive.sql_drop_database", "critical"),
+    ("DROP DATABASE test_myapp;", "destructive.sql_drop_database", "high"),  # a test database: high
     ("DROP SCHEMA IF EXISTS staging_import CASCADE;", "destructive.sql_drop_database", "high"),
     ("DROP SCHEMA IF EXISTS tmp CASCADE; DROP DATABASE prod;", "destructive.sql_drop_database", "critical"),
     ("dropdb -h prod-db.example.com app_production", "destructive.sql_drop_database", "critical"),
