@@ -73,17 +73,24 @@ def emergency_stop_trigger(*, project_id, condition: str, reason: str, severity:
         stop = uow.lock_many("project_state", active)
         stop = stop[0] if stop else None
         created = stop is None
+        # An automatic condition the active stop already has, tripped again (30 failures reported at once:
+        # each outcome's check saw the project active): it adds nothing, so no second trigger is recorded,
+        # sent or notified (one stop gave four events, audit rows and webhook alerts) and no open recovery
+        # is failed for it; only what it halts (work resumed meanwhile) is recorded.
+        again = not created and actor is None and condition in stop.triggered_conditions
         if created:
             stop = EmergencyStop(project=project, triggered_conditions=[condition], condition_details=[detail],
                                  stop_reason=reason, severity=severity, triggered_by=by,
                                  triggered_by_user=actor if actor is not None else None)
-        else:
+        elif not again:
             stop_condition_added(uow=uow, stop=stop, condition=condition, actor=actor)
             if condition not in stop.triggered_conditions:
                 stop.triggered_conditions = [*stop.triggered_conditions, condition]
             stop.condition_details = [*stop.condition_details, detail]
             stop.severity = max(stop.severity, severity, key=SEVERITY_ORDER.index)
         tasks, approvals = _halt_project_work(uow, project, now)  # nothing new can exist while stopped; harmless
+        if again and not tasks and not approvals:
+            return stop, False
         # each once: tasks a recovery resumed and this stop halts again are already listed
         stop.stopped_tasks = list(dict.fromkeys([*stop.stopped_tasks, *tasks]))
         stop.cancelled_approvals = list(dict.fromkeys([*stop.cancelled_approvals, *approvals]))

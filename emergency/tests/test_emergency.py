@@ -173,6 +173,25 @@ def test_a_second_trigger_adds_its_condition_to_the_active_stop(project, agent, 
     assert EmergencyStop.objects.filter(project=project).count() == 1
 
 
+def test_an_automatic_condition_tripped_again_is_recorded_sent_and_notified_once(project, agent, reviewer):
+    """Found with 30 failures reported at once: each outcome's check saw the project active and tripped
+    error_rate_high; the one stop got four emergency_stop_triggered events, four audit rows and four
+    webhook alerts for one condition. Again, it adds nothing; a person's second stop is still recorded."""
+    first, created = emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="a")
+    events = Event.objects.filter(project_id=project.pk, event_type="emergency_stop_triggered").count()
+    audits = AuditEvent.objects.filter(project_id=project.pk, action__startswith="emergency_stop.").count()
+    for _ in range(3):
+        again, created = emergency_stop_trigger(project_id=project.pk, condition="error_rate_high", reason="b")
+        assert not created and again.pk == first.pk
+    stop = EmergencyStop.objects.get(pk=first.pk)
+    assert stop.triggered_conditions == ["error_rate_high"] and len(stop.condition_details) == 1
+    assert Event.objects.filter(project_id=project.pk, event_type="emergency_stop_triggered").count() == events
+    assert AuditEvent.objects.filter(project_id=project.pk, action__startswith="emergency_stop.").count() == audits
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="me too", actor=reviewer)
+    emergency_stop_trigger(project_id=project.pk, condition="manual_stop", reason="me three", actor=reviewer)
+    assert len(EmergencyStop.objects.get(pk=first.pk).condition_details) == 3  # each person's stop is kept
+
+
 def test_who_may_stop(project, client_for, make_user, outsider, other_project):
     assert client_for(outsider).post(f"/api/v1/emergency/stop/{project.pk}", {"reason": "x"},
                                      format="json").status_code == 404

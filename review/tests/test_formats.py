@@ -246,7 +246,7 @@ def test_keyboard_hints_are_marked_for_touch_screens(project, agent, reviewer):
     html = client.get("/review/").content.decode()
     assert '<span class="kbd-hint" id="inbox-keys"><kbd>j</kbd>' in html
     html = client.get(f"/review/agent-approvals/{call.pk}").content.decode()
-    assert '<p class="hint kbd-hint"><kbd>a</kbd> approve' in html
+    assert '<p class="hint kbd-hint"><kbd>a</kbd> then <kbd>a</kbd> (or <kbd>Enter</kbd>) approve' in html
     kbds = re.findall(r"<kbd\b[^>]*>", html)
     outside = re.sub(r'<(p|span) class="[^"]*kbd-hint[^"]*">.*?</\1>', "", html, flags=re.S)
     assert all('class="kbd-hint"' in k for k in re.findall(r"<kbd\b[^>]*>", outside)), kbds  # every key named
