@@ -18,6 +18,7 @@ from budgets.models import BudgetAlert, BudgetOverrideRequest, BudgetWindow, Pro
 from budgets.services.alerts import check_alerts, emit_alert
 from budgets.services.overrides import override_create_locked
 from core import rawrows
+from core.snapshot import one_snapshot
 from budgets.services.windows import (FOUR_PLACES, ZERO, budget_for, critical_line, current_windows, window_add,
                                       windows_add)
 
@@ -341,12 +342,15 @@ def ledger_totals(window: BudgetWindow) -> dict:
 
 
 def budget_reconcile() -> list[str]:
-    """Recompute every window from the ledger; return the differences found (none expected)."""
+    """Recompute every window from the ledger; return the differences found (none expected). The windows
+    and their ledgers are read from one snapshot: read statement by statement, a reservation committed
+    between a window's read and its ledger's sum was a false MISMATCH (exit 1) while agents worked."""
     problems = []
-    for window in BudgetWindow.objects.order_by("project_id", "kind", "start"):
-        totals = ledger_totals(window)
-        for field, expected in totals.items():
-            actual = getattr(window, field)
-            if actual != expected:
-                problems.append(f"{window}: {field} is {actual}, the ledger says {expected}")
+    with one_snapshot():
+        for window in BudgetWindow.objects.order_by("project_id", "kind", "start"):
+            totals = ledger_totals(window)
+            for field, expected in totals.items():
+                actual = getattr(window, field)
+                if actual != expected:
+                    problems.append(f"{window}: {field} is {actual}, the ledger says {expected}")
     return problems

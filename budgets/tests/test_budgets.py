@@ -596,6 +596,39 @@ def test_reconcile_command_reports_a_tampered_window(project, agent):
     assert exc.value.code == 1
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_reads_one_moment_while_agents_reserve(project, agent, monkeypatch):
+    """Found with agents working beside the nightly check: a reservation committed between the read of
+    the windows and the sum of their ledger was reported as a MISMATCH (exit 1), though the ledger was
+    consistent. The windows and the ledger are now read from one snapshot."""
+    from budgets.services import ledger
+
+    call(project, agent, cost="1.0000", title="before")
+    summed = ledger.ledger_totals
+    committed = []
+
+    def sum_after_a_commit_elsewhere(window):
+        if not committed:
+            def reserve():
+                try:
+                    call(project, agent, cost="2.0000", title="meanwhile")
+                finally:
+                    connections["default"].close()
+
+            writer = threading.Thread(target=reserve)
+            writer.start()
+            writer.join(30)
+            committed.append(True)
+        return summed(window)
+
+    monkeypatch.setattr(ledger, "ledger_totals", sum_after_a_commit_elsewhere)
+    assert budget_reconcile() == []
+    assert committed and AgentCallApproval.objects.filter(status="pending").count() == 2  # it did commit
+    monkeypatch.setattr(ledger, "ledger_totals", summed)
+    assert budget_reconcile() == []
+
+
 # --- no overspend under concurrency ---------------------------------------------------
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
