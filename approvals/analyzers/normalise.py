@@ -130,8 +130,14 @@ def normalise_text(text: str, location: str = "") -> tuple[str, list[Finding], s
 
 # --- decoding ---------------------------------------------------------------------------------------
 
-_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])([A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2})(?![A-Za-z0-9+/=_-])")
-_B64_SHORT = re.compile(r"(?<![A-Za-z0-9+/_-])([A-Za-z0-9+/]{8,}={0,2}|[A-Za-z0-9_-]{8,}={0,2})(?![A-Za-z0-9+/=_-])")
+def _b64_candidates(least: int) -> re.Pattern:
+    """Runs of at least ``least`` base64 (or base64url) characters, standing alone."""
+    return re.compile(rf"(?<![A-Za-z0-9+/_-])([A-Za-z0-9+/]{{{least},}}={{0,2}}|[A-Za-z0-9_-]{{{least},}}={{0,2}})"
+                      r"(?![A-Za-z0-9+/=_-])")
+
+
+_B64 = _b64_candidates(16)
+_B64_SHORT = _b64_candidates(8)
 _DECODER = re.compile(r"\bbase64\s+(?:-\w*d\b|--decode\b|-D\b)|\bb64decode\b|\batob\s*\(|"
                       r"\bFromBase64String\b|\bBase64\.decode|\bbase64_decode\b")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:0x)?((?:[0-9A-Fa-f]{2}){8,})(?![0-9A-Fa-f])")
