@@ -82,8 +82,20 @@ _SHELL_HOST = re.compile(r"\b(?:nc|ncat|netcat|socat|ssh|telnet)\s+(?:-\S+\s+)*(
 _PATH_REST = re.compile(r"[^\s'\"`;&|()<>,]*")
 _COPY_OPTS_WITH_VALUE = frozenset(("-i", "-P", "-o", "-F", "-e", "-J", "-S", "-c", "-l", "--rsh", "--port"))
 _NETCAT = re.compile(r"\b(?:nc|ncat|netcat)\b[^\n;&|]*<\s*\S+|\|\s*(?:nc|ncat|netcat|socat)\s+[\w.-]+\s+\d+")
-_REVERSE_SHELL = re.compile(r"\b(?:bash|sh|zsh)\s+-i\b[^\n]*/dev/tcp/|/dev/tcp/[\w.-]+/\d+\s*0>&1|"
-                            r"\b(?:nc|ncat|netcat)\b[^\n;&|]*\s-[ce]\s+/bin/(?:ba)?sh")
+_REVERSE_SHELL = re.compile(r"\b(?:bash|sh|zsh)\s+-i\b[^\n]*/dev/(?:tcp|udp)/|/dev/(?:tcp|udp)/[\w.-]+/\d+\s*0>&1|"
+                            r"\b(?:nc|ncat|netcat)\b[^\n;&|]*\s-[ce]\s+/bin/(?:ba)?sh|"
+                            # red team h4: socat's and Python's and PHP's (all were low)
+                            r"\bsocat\b[^\n]*\bexec:['\"]?(?:/bin/)?(?:ba|z)?sh\b[^\n]*\btcp(?:4|6)?:|"
+                            r"\bsocket\b[\s\S]{0,300}?\bconnect\s*\(\s*\(['\"][\w.:-]+['\"]\s*,\s*\d+\s*\)\s*\)"
+                            r"[\s\S]{0,300}?\b(?:dup2|pty\.spawn)\b|"
+                            r"\bfsockopen\s*\([^\n]*\)[^\n]*(?:exec|shell_exec|system|proc_open)\s*\(['\"]?(?:/bin/)?sh")
+# The whole environment sent over HTTP (`requests.post(url, json=dict(os.environ))`, `JSON.stringify(process.env)`):
+# every secret the process holds (red team h4: low)
+_ENV_SENT = re.compile(r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\([^\n]*\b(?:dict\s*\(\s*)?os\.environ\s*[),]|"
+                       r"\bfetch\s*\([^\n]*\bJSON\.stringify\s*\(\s*process\.env\s*\)|"
+                       r"\baxios\.(?:post|put)\s*\([^\n]*\bprocess\.env\s*\)")
+_METADATA_URL = re.compile(r"^\s*https?://(?:169\.254\.169\.254|metadata\.google\.internal|\[fd00:ec2::254\])"
+                           r"(?:[:/]|$)", _I)
 _REMOTE_COPY = re.compile(r"\b(?:scp|rsync)\s+([^\n;&|]{1,400})")
 _REMOTE_DEST = re.compile(r"^(?:[\w.-]+@)?(\[[^\]]+\]|[\w.-]+):(?!//)")
 _EXFIL_HOSTS = re.compile(
@@ -205,6 +217,14 @@ class ExfiltrationAnalyzer(Analyzer):
                 flags.append(self.flag("cloud_metadata", "high",
                                        "Queries the cloud instance metadata service (instance credentials)", loc))
                 break
+        else:
+            if _METADATA_URL.match(text):  # an HTTP tool's url field ({"url": "http://169.254.169.254/..."})
+                flags.append(self.flag("cloud_metadata", "high",
+                                       "Queries the cloud instance metadata service (instance credentials)", loc))
+        m = _ENV_SENT.search(text) if "environ" in text or "process.env" in text else None
+        if m:
+            flags.append(self.flag("credentials_upload", "critical",
+                                   f"Sends the whole environment (every secret it holds): \"{redact(m.group(0))}\"", loc))
         return flags
 
     @staticmethod
