@@ -64,6 +64,17 @@ _PIPED_TO_NET = re.compile(r"\|\s*(?:sudo\s+)?(?:curl|wget|nc|ncat|netcat|socat|
 _SUBST_OPEN = re.compile(r"\$\([^()]*$")
 
 
+_AS_CREDENTIAL = re.compile(r"(?:Authorization|Bearer|--netrc(?:-file)?|\bauth\s*=|\bheaders?\b|\btoken)[^\n]{0,40}$",
+                            re.I)
+
+
+def _credential_use(line: str, use: re.Match) -> bool:
+    """Is this use of a variable read from a credential file a use of the credential (one of its fields,
+    `env.STRIPE_KEY`, `creds['client_id']`; a header, `Bearer ${key}`; `curl --netrc-file "$NETRC"`), not
+    the file's content sent? Calling its own API with it was an emergency stop (a second red team)."""
+    return line[use.end():use.end() + 1] in (".", "[") or bool(_AS_CREDENTIAL.search(line[:use.start()]))
+
+
 _READER = re.compile(r"\b(?:cat|head|tail|base64|xxd|od|gzip|tar|openssl|sed|awk|grep|jq|type)\b|<")
 
 
@@ -279,6 +290,7 @@ class ExfiltrationAnalyzer(Analyzer):
             end = starts[n + 3] if n + 3 < len(starts) else len(text)
             for later in re.finditer(r"[^\n]+", text[m.end():min(end, m.end() + 2000)]):
                 piece = later.group(0)
-                if (_NET_CMD.search(piece) or _NET_CALL.search(piece)) and name.search(piece):
+                if (_NET_CMD.search(piece) or _NET_CALL.search(piece)) and any(
+                        not _credential_use(piece, use) for use in name.finditer(piece)):
                     return _URL_HOST.findall(piece)
         return None
