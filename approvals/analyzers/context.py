@@ -175,7 +175,8 @@ def extract_roots(roots: list[tuple[str, Any]]) -> tuple[tuple[Segment, ...], bo
                     children.append((child, v, k, depth + 1))
             else:
                 children = [(f"{path}[{i}]", v, None, depth + 1) for i, v in enumerate(value[:max(room, 0)])]
-                if key in _COMMAND_KEYS and _argv(value):
-                    add(f"{path} (joined)", _argv(value), key)      # {"argv": ["rm", "-rf", "/"]}
+                joined = _argv(value) if key in _COMMAND_KEYS else ""
+                if joined:
+                    add(f"{path} (joined)", joined, key)      # {"argv": ["rm", "-rf", "/"]}
             stack.extend(reversed(children))       # visit in document order
     return tuple(segments), truncated

@@ -73,7 +73,7 @@ _DESTRUCTIVE = [   # (name, severity, hints, label, regex)
     ("kill_all", "high", ("kill",), "Kill every process", re.compile(r"\bkill\s+-(?:9|KILL|SIGKILL)\s+-1\b")),
     # IF EXISTS / --if-exists: rollback migrations, test databases: high, not a project stop (low for a
     # database named as a test one: `dropdb --if-exists shop_e2e`)
-    ("sql_drop_database", lambda m: _drop_database_level(m), ("drop",), "DROP DATABASE/SCHEMA", re.compile(
+    ("sql_drop_database", _drop_database_level, ("drop",), "DROP DATABASE/SCHEMA", re.compile(
         r"\bDROP\s+(?:DATABASE|SCHEMA)\b(?P<if>\s+IF\s+EXISTS\b)?(?P<name>\s+[\"`'\[]?[\w.-]+)?|"
         r"(?<![\w.-])dropdb\s(?P<if2>[^\n;&|]*--if-exists\b)?(?P<args>[^\n;&|'\"]{0,200})", _I)),
     ("sql_drop_table", "high", ("drop",), "DROP TABLE", re.compile(r"\bDROP\s+TABLE\b", _I)),

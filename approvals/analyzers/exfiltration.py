@@ -62,32 +62,10 @@ _SECRET_SOURCE = re.compile(
 # Data flow from a credential file to a network command, besides being its upload argument:
 _PIPED_TO_NET = re.compile(r"\|\s*(?:sudo\s+)?(?:curl|wget|nc|ncat|netcat|socat|ssh|telnet|http|https|xh)\b")
 _SUBST_OPEN = re.compile(r"\$\([^()]*$")
-
-
-_AS_CREDENTIAL = re.compile(r"(?:Authorization|Bearer|--netrc(?:-file)?|\bauth\s*=|\bheaders?\b|\btoken)[^\n]{0,40}$",
-                            re.I)
-
-
-def _credential_use(line: str, use: re.Match) -> bool:
-    """Is this use of a variable read from a credential file a use of the credential (one of its fields,
-    `env.STRIPE_KEY`, `creds['client_id']`; a header, `Bearer ${key}`; `curl --netrc-file "$NETRC"`), not
-    the file's content sent? Calling its own API with it was an emergency stop (a second red team)."""
-    return line[use.end():use.end() + 1] in (".", "[") or bool(_AS_CREDENTIAL.search(line[:use.start()]))
-
-
-_READER = re.compile(r"\b(?:cat|head|tail|base64|xxd|od|gzip|tar|openssl|sed|awk|grep|jq|type)\b|<")
-
-
-def _subst_open(before: str) -> bool:
-    """Is the file read inside a `$(...)` or a backquoted command still open on its line? A backquote
-    left open (an odd number before it) whose text reads the file (`cat`, `<` ...): in Markdown prose the
-    backquotes come in pairs, and one opening a file's name (`.env`) reads nothing."""
-    if _SUBST_OPEN.search(before):
-        return True
-    return before.count("`") % 2 == 1 and bool(_READER.search(before[before.rindex("`") + 1:]))
 _DNS_CMD = re.compile(r"\b(?:dig|nslookup|host)\s")
 _ASSIGNED = re.compile(r"(?:^|[;\s])(?:(?:const|let|var|my)\s+)?\$?([A-Za-z_]\w*)\s*:?=[^=][^\n]*$")
-_NET_CALL = re.compile(r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\(|\burlopen\s*\(|"
+_PY_SEND = r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\("   # a Python HTTP client's send
+_NET_CALL = re.compile(rf"{_PY_SEND}|\burlopen\s*\(|"
                        r"\bfetch\s*\(|\baxios\.(?:post|put)\s*\(|\bInvoke-(?:WebRequest|RestMethod)\b")
 _SHELL_HOST = re.compile(r"\b(?:nc|ncat|netcat|socat|ssh|telnet)\s+(?:-\S+\s+)*(?:[\w.-]+@)?(\[[^\]]+\]|[\w.-]+)")
 _PATH_REST = re.compile(r"[^\s'\"`;&|()<>,]*")
@@ -102,7 +80,7 @@ _REVERSE_SHELL = re.compile(r"\b(?:bash|sh|zsh)\s+-i\b[^\n]*/dev/(?:tcp|udp)/|/d
                             r"\bfsockopen\s*\([^\n]*\)[^\n]*(?:exec|shell_exec|system|proc_open)\s*\(['\"]?(?:/bin/)?sh")
 # The whole environment sent over HTTP (`requests.post(url, json=dict(os.environ))`, `JSON.stringify(process.env)`):
 # every secret the process holds (red team h4: low)
-_ENV_SENT = re.compile(r"\b(?:requests|httpx|session|client)\.(?:post|put|patch)\s*\([^\n]*\b(?:dict\s*\(\s*)?os\.environ\s*[),]|"
+_ENV_SENT = re.compile(rf"{_PY_SEND}[^\n]*\b(?:dict\s*\(\s*)?os\.environ\s*[),]|"
                        r"\bfetch\s*\([^\n]*\bJSON\.stringify\s*\(\s*process\.env\s*\)|"
                        r"\baxios\.(?:post|put)\s*\([^\n]*\bprocess\.env\s*\)")
 _METADATA_URL = re.compile(r"^\s*https?://(?:169\.254\.169\.254|metadata\.google\.internal|\[fd00:ec2::254\])"
@@ -117,6 +95,25 @@ _EXFIL_HOSTS = re.compile(
 _METADATA = re.compile(r"\b169\.254\.169\.254\b|\bmetadata\.google\.internal\b")
 _NEWLINE = re.compile(r"\n")
 _URL_HOST = re.compile(r"https?://(?:[^/\s@'\"]+@)?(\[[^\]]+\]|[^/\s:'\"?#]+)")
+_AS_CREDENTIAL = re.compile(r"(?:Authorization|Bearer|--netrc(?:-file)?|\bauth\s*=|\bheaders?\b|\btoken)[^\n]{0,40}$",
+                            re.I)
+_READER = re.compile(r"\b(?:cat|head|tail|base64|xxd|od|gzip|tar|openssl|sed|awk|grep|jq|type)\b|<")
+
+
+def _credential_use(line: str, use: re.Match) -> bool:
+    """Is this use of a variable read from a credential file a use of the credential (one of its fields,
+    `env.STRIPE_KEY`, `creds['client_id']`; a header, `Bearer ${key}`; `curl --netrc-file "$NETRC"`), not
+    the file's content sent? Calling its own API with it was an emergency stop (a second red team)."""
+    return line[use.end():use.end() + 1] in (".", "[") or bool(_AS_CREDENTIAL.search(line[:use.start()]))
+
+
+def _subst_open(before: str) -> bool:
+    """Is the file read inside a `$(...)` or a backquoted command still open on its line? A backquote
+    left open (an odd number before it) whose text reads the file (`cat`, `<` ...): in Markdown prose the
+    backquotes come in pairs, and one opening a file's name (`.env`) reads nothing."""
+    if _SUBST_OPEN.search(before):
+        return True
+    return before.count("`") % 2 == 1 and bool(_READER.search(before[before.rindex("`") + 1:]))
 
 
 class ExfiltrationAnalyzer(Analyzer):
@@ -223,15 +220,10 @@ class ExfiltrationAnalyzer(Analyzer):
         if m:
             flags.append(self.flag("paste_or_tunnel_host", "high",
                                    f"Paste, tunnel or request-capture service ({m.group(0)})", loc))
-        for m in _METADATA.finditer(text):
-            if _NET_CMD.search(line_around(m.start())):
-                flags.append(self.flag("cloud_metadata", "high",
-                                       "Queries the cloud instance metadata service (instance credentials)", loc))
-                break
-        else:
-            if _METADATA_URL.match(text):  # an HTTP tool's url field ({"url": "http://169.254.169.254/..."})
-                flags.append(self.flag("cloud_metadata", "high",
-                                       "Queries the cloud instance metadata service (instance credentials)", loc))
+        # asked by a network command, or as an HTTP tool's url field ({"url": "http://169.254.169.254/..."})
+        if any(_NET_CMD.search(line_around(m.start())) for m in _METADATA.finditer(text)) or _METADATA_URL.match(text):
+            flags.append(self.flag("cloud_metadata", "high",
+                                   "Queries the cloud instance metadata service (instance credentials)", loc))
         m = _ENV_SENT.search(text) if "environ" in text or "process.env" in text else None
         if m:
             flags.append(self.flag("credentials_upload", "critical",

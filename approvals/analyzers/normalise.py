@@ -255,9 +255,8 @@ def _untrick(m: re.Match) -> str:
 
 def shell_unquote(text: str) -> str | None:
     """The text with shell quoting tricks inside or around command words undone, or None if it has none."""
-    if not _SHELL_TRICK.search(text):
-        return None
-    return _SHELL_TRICK.sub(_untrick, text)
+    undone, count = _SHELL_TRICK.subn(_untrick, text)
+    return undone if count else None
 
 
 _SPACED = re.compile(r"(?:\b\w (?=\w\b)){4,}\w\b")

@@ -99,6 +99,11 @@ class HitlClient:
             if pool is not None:
                 pool.close()
 
+    def _trace_wait(self, event: str, info: Dict[str, Any]) -> None:
+        """httpcore's ``trace`` of a sync wait's request: each connection made, for ``close`` to shut down."""
+        if event == "connection.connect_tcp.complete":
+            self._wait_sockets.add(info)
+
     def _closed_here(self) -> int:
         """How many times the client was closed in this event loop (or, sync, at all)."""
         loop = c.current_loop()
@@ -127,10 +132,6 @@ class HitlClient:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         attempt, transport_failed, closes = 0, False, self._closed_here()
 
-        def trace(event: str, info: Dict[str, Any]) -> None:  # httpcore's, as a connection is made
-            if event == "connection.connect_tcp.complete":
-                self._wait_sockets.add(info)
-
         def past_deadline() -> bool:
             # no attempt starts once the deadline has passed (in a failed attempt or in the sleep
             # before its retry): the last failure is the answer (a wait's timeout=2 against a hung
@@ -144,7 +145,7 @@ class HitlClient:
                 response = self._session(waiting).request(
                     method, path.lstrip("/"), content=content, params=params, headers=headers,
                     timeout=c.attempt_timeout(timeout or self.timeout, deadline),
-                    extensions={"trace": trace} if waiting and c.current_loop() is None else None)  # sync
+                    extensions={"trace": self._trace_wait} if waiting and c.current_loop() is None else None)
             except httpx.LocalProtocolError as exc:  # the request could not be made here: no retry helps
                 raise HitlError(f"{method} {path}: the request could not be sent: "
                                 f"{c.redacted(str(exc), self.api_key)}", code="bad_request") from None
